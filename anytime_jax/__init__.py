@@ -1,0 +1,1 @@
+"""ADP-C anytime dense prediction (not yet implemented; see the issues)."""

@@ -1,0 +1,1 @@
+"""Shared layer of the three research lines: data, parallelism, checkpoints, optimizers, the training loop."""

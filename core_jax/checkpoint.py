@@ -1,0 +1,137 @@
+"""Checkpoints: one orbax `CheckpointManager` behind a small class, so a move to orbax v1 touches one file.
+
+A checkpoint step directory holds three items committed atomically together:
+  state  the TrainState pytree (params, batch_stats, opt_state, ema_params, step, rng)
+  data   the Grain iterator state of this process (a few bytes of JSON), so resume sees the exact next batch
+  meta   JSON: step, metrics at that step, the config that produced it
+Kept: the last `keep` steps plus the best one by `best_metric`. Restores always go against target shardings,
+so a run saved on 8 devices resumes on 1 and vice versa.
+"""
+import logging
+import os
+import shutil
+import signal
+import threading
+
+import grain
+import jax
+import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+from orbax.checkpoint import checkpoint_managers as policies
+
+from core_jax.errors import UserError
+
+CORRUPT_DIR = 'checkpoints_corrupt'
+
+
+class _SigtermFlag:
+  """Turns SIGTERM (what schedulers send before preemption) into a flag the loop polls once per step."""
+
+  def __init__(self):
+    self.raised = False
+    if threading.current_thread() is threading.main_thread():
+      signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    del signum, frame
+    self.raised = True
+
+
+class Checkpointer:
+
+  def __init__(self, directory: str, *, save_every_steps: int, keep: int = 3,
+               best_metric: str | None = None, best_mode: str = 'max', asynchronous: bool = True):
+    self.directory = os.path.abspath(directory)
+    preserve = [policies.LatestN(keep)]
+    if best_metric:
+      preserve.append(policies.BestN(get_metric_fn=lambda m: m[best_metric], reverse=(best_mode == 'min'),
+                                     n=1, keep_checkpoints_without_metrics=False))
+    self._options = ocp.CheckpointManagerOptions(
+        save_decision_policy=policies.FixedIntervalPolicy(save_every_steps),
+        preservation_policy=policies.AnyPreservationPolicy(preserve),
+        enable_async_checkpointing=asynchronous,
+        cleanup_tmp_directories=True,  # half-written saves of a killed run are removed at start
+    )
+    self._manager = self._open()
+    self._sigterm = _SigtermFlag()
+
+  def _open(self):
+    return ocp.CheckpointManager(
+        self.directory, options=self._options,
+        item_handlers={'state': ocp.StandardCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler(),
+                       'data': grain.checkpoint.CheckpointHandler()})
+
+  # ---------------------------------------------------------------- saving
+  def save(self, step: int, state, data_iterator, meta: dict, metrics: dict | None = None,
+           force: bool = False) -> bool:
+    """Saves if the interval says so (or `force`); returns whether a save started."""
+    if step in self._manager.all_steps():
+      return False
+    args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta),
+                              data=grain.checkpoint.CheckpointSave(data_iterator))
+    return self._manager.save(step, args=args, metrics=metrics, force=force)
+
+  def should_stop_for_preemption(self, step: int) -> bool:
+    """True when this step's checkpoint must be the last: SIGTERM here, or a preemption notice on any host."""
+    if jax.process_count() > 1:
+      # jax.distributed's preemption sync manager agrees on one step across hosts; a local flag cannot.
+      return self._manager.reached_preemption(step)
+    return self._sigterm.raised
+
+  def wait(self):
+    self._manager.wait_until_finished()
+
+  def close(self):
+    self._manager.close()
+
+  # ---------------------------------------------------------------- restoring
+  def all_steps(self):
+    return list(self._manager.all_steps())
+
+  def restore_latest(self, abstract_state, data_iterator):
+    """Restores the newest readable checkpoint into `abstract_state`'s shardings and `data_iterator`.
+
+    Returns (state, meta) or None when there is no checkpoint. A checkpoint that fails to read (a corrupt
+    or truncated file) is moved aside to `<workdir>/checkpoints_corrupt/<step>` — kept, not deleted — and
+    the previous one is tried, with a warning naming both.
+    """
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore(),
+            data=grain.checkpoint.CheckpointRestore(data_iterator)))
+      except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore raise many types)
+        if _is_shape_mismatch(e):
+          raise UserError(f'checkpoint step {step} in {self.directory} does not match the model: '
+                          f'{_first_line(e)}') from None
+        self._set_aside(step, e)
+        continue
+      return restored['state'], restored['meta']
+    return None
+
+  def _set_aside(self, step: int, error: Exception):
+    target = os.path.join(os.path.dirname(self.directory), CORRUPT_DIR, str(step))
+    logging.warning('checkpoint step %d is unreadable (%s: %s); moved to %s, trying the previous one',
+                    step, type(error).__name__, _first_line(error), target)
+    print(f'warning: checkpoint step {step} is unreadable ({type(error).__name__}); moved it to {target} '
+          'and falling back to the previous checkpoint', flush=True)
+    if jax.process_index() == 0:
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      if os.path.exists(target):
+        shutil.rmtree(target)
+      shutil.move(os.path.join(self.directory, str(step)), target)
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f'set_aside_{step}')
+    self._manager.close()
+    self._manager = self._open()
+
+
+def _first_line(e: Exception) -> str:
+  text = str(e).strip().splitlines()
+  return text[0][:300] if text else type(e).__name__
+
+
+def _is_shape_mismatch(e: Exception) -> bool:
+  text = str(e)
+  return ('shape' in text.lower() and ('mismatch' in text.lower() or 'does not match' in text.lower())) \
+      or 'Dict key mismatch' in text or 'tree structure' in text.lower()

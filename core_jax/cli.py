@@ -1,0 +1,127 @@
+"""Command line shared by every line's `main`: `--config=FILE --workdir=DIR [--config.a.b=v ...]`.
+
+We parse overrides ourselves instead of through absl's `config_flags`, because an unknown key there ends in
+a multi-line traceback; here it is one line naming the key, and every override is type-checked against the
+field it replaces.
+"""
+import ast
+import importlib.util
+import os
+import sys
+from typing import Sequence
+
+import ml_collections
+
+from core_jax.errors import UserError
+
+_USAGE = 'usage: python -m <line>.main --config=configs/<line>/<name>.py --workdir=DIR [--config.key=value ...]'
+
+
+def load_config_file(path: str) -> ml_collections.ConfigDict:
+  """Imports a config file and calls its `get_config()`; `FILE:arg` passes `arg` to it."""
+  path, _, arg = path.partition(':')
+  if not os.path.isfile(path):
+    raise UserError(f'config file not found: {path}')
+  spec = importlib.util.spec_from_file_location(f'_config_{abs(hash(path))}', path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  if not hasattr(module, 'get_config'):
+    raise UserError(f'config file {path} has no get_config()')
+  config = module.get_config(arg) if arg else module.get_config()
+  return config
+
+
+def _parse_value(text: str, current):
+  """Turns override text into a value of the same kind as the field it replaces."""
+  if isinstance(current, str):
+    return text
+  if isinstance(current, bool):
+    lowered = text.lower()
+    if lowered in ('true', '1', 'yes'):
+      return True
+    if lowered in ('false', '0', 'no'):
+      return False
+    raise ValueError(f'expected a bool, got {text!r}')
+  try:
+    value = ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    if current is None:
+      return text  # a None field (e.g. an optional path) takes a bare string
+    raise ValueError(f'cannot parse {text!r} as {type(current).__name__}')
+  if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+    value = float(value)
+  if isinstance(current, tuple) and isinstance(value, list):
+    value = tuple(value)
+  if isinstance(current, tuple) and not isinstance(value, tuple):
+    value = (value,)
+  if current is not None and not isinstance(value, type(current)):
+    raise ValueError(f'expected {type(current).__name__}, got {type(value).__name__} {text!r}')
+  return value
+
+
+def apply_override(config: ml_collections.ConfigDict, dotted: str, text: str) -> None:
+  node = config
+  *parents, leaf = dotted.split('.')
+  walked = []
+  for name in parents:
+    walked.append(name)
+    if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+      raise UserError(f'unknown config key {".".join(walked)!r} (in --config.{dotted})')
+    node = node[name]
+  if not isinstance(node, ml_collections.ConfigDict) or leaf not in node:
+    raise UserError(f'unknown config key {dotted!r}')
+  current = node[leaf]
+  if isinstance(current, ml_collections.ConfigDict):
+    raise UserError(f'config key {dotted!r} is a group; set one of its fields: {", ".join(sorted(current.keys()))}')
+  try:
+    value = _parse_value(text, current)
+    with node.unlocked():
+      node[leaf] = value
+  except (ValueError, TypeError) as e:
+    raise UserError(f'bad value for config key {dotted!r}: {e}') from None
+
+
+def parse_args(argv: Sequence[str]):
+  """Returns (config, workdir) from `--config=`, `--workdir=` and `--config.x=y` arguments."""
+  config_path, workdir, overrides = None, None, []
+  for arg in argv:
+    if not arg.startswith('--') or '=' not in arg:
+      raise UserError(f'unexpected argument {arg!r}; {_USAGE}')
+    key, _, value = arg[2:].partition('=')
+    if key == 'config':
+      config_path = value
+    elif key == 'workdir':
+      workdir = value
+    elif key.startswith('config.'):
+      overrides.append((key[len('config.'):], value))
+    else:
+      raise UserError(f'unknown flag --{key}; {_USAGE}')
+  if config_path is None or workdir is None:
+    raise UserError(f'--config and --workdir are required; {_USAGE}')
+  config = load_config_file(config_path)
+  for dotted, value in overrides:
+    apply_override(config, dotted, value)
+  config.lock()
+  return config, workdir
+
+
+def _quiet_libraries():
+  """TF/TFDS/absl chatter (progress bars, 'no dataset_info.json') would bury our own progress lines."""
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+  from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+  absl_logging.set_verbosity(absl_logging.ERROR)
+  import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+  tfds.disable_progress_bar()
+
+
+def run_main(run_fn, argv=None) -> int:
+  """Entry point body for `<line>.main`: bad input ends as one line on stderr and exit status 2."""
+  argv = sys.argv[1:] if argv is None else argv
+  _quiet_libraries()
+  try:
+    config, workdir = parse_args(argv)
+    run_fn(config, workdir)
+  except UserError as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  return 0

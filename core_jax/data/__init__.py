@@ -1,0 +1,1 @@
+"""Data: TFDS sources (incl. embedded offline datasets), numpy augmentations, grain pipelines."""

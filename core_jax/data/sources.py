@@ -1,0 +1,153 @@
+"""Random-access dataset sources: TFDS builders read through ArrayRecord (`as_data_source`)."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import os
+import re
+from typing import Any
+
+import core_jax.data.embedded  # noqa: F401  (tfds compat shim)
+from core_jax.errors import UserError
+
+# Embedded builders: generated offline on first use. Values are 'module:Class' so that importing
+# this module does not import TFDS (slow) until a dataset is actually loaded.
+EMBEDDED = {
+    'digits': ('core_jax.data.embedded.digits', 'Digits'),
+    'digit_scenes': ('core_jax.data.embedded.digit_scenes', 'DigitScenes'),
+}
+# Classes for datasets without a ClassLabel 'label' feature.
+_NUM_CLASSES = {'digit_scenes': 11}
+# One-line hints for manual-download datasets; others fall back to TFDS' own instructions.
+_MANUAL_HINTS = {
+    'imagenet2012': 'put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in {manual}/',
+    'cityscapes': 'put leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip in {manual}/',
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+  name: str
+  num_classes: int | None
+  splits: dict[str, int]
+  features: tuple[str, ...]
+
+
+def default_data_dir() -> str:
+  return os.environ.get('TFDS_DATA_DIR') or os.path.expanduser('~/tensorflow_datasets')
+
+
+@contextlib.contextmanager
+def _file_lock(path: str):
+  """Exclusive inter-process lock (blocks) so concurrent hosts/processes prepare only once."""
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, 'a') as f:
+    fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _download_config(manual_dir: str | None = None):
+  import tensorflow_datasets as tfds
+
+  # try_download_gcs=False: TFDS would otherwise probe GCS, which hangs/fails offline.
+  return tfds.download.DownloadConfig(
+      manual_dir=manual_dir, try_download_gcs=False,
+      compute_stats=tfds.download.ComputeStatsMode.SKIP)
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+  text = re.sub(r'\s+', ' ', text).strip()
+  return text if len(text) <= limit else text[:limit - 3] + '...'
+
+
+def _embedded_builder(name: str, data_dir: str):
+  import importlib
+
+  module, cls = EMBEDDED[name]
+  builder = getattr(importlib.import_module(module), cls)(
+      data_dir=data_dir, file_format='array_record')
+  if not builder.is_prepared():
+    with _file_lock(os.path.join(data_dir, f'.{name}.prepare.lock')):
+      # Re-check under the lock: another process may have finished meanwhile.
+      builder = getattr(importlib.import_module(module), cls)(
+          data_dir=data_dir, file_format='array_record')
+      if not builder.is_prepared():
+        builder.download_and_prepare(download_config=_download_config())
+  return builder
+
+
+def _tfds_builder(name: str, data_dir: str, download: bool):
+  import tensorflow_datasets as tfds
+
+  try:
+    builder = tfds.builder(name, data_dir=data_dir, file_format='array_record', try_gcs=False)
+  except tfds.core.registered.DatasetNotFoundError:
+    raise UserError(f'unknown dataset {name!r}: not an embedded dataset '
+                    f'({", ".join(sorted(EMBEDDED))}) nor a TFDS dataset') from None
+  if builder.is_prepared():
+    return builder
+  base = name.split('/')[0].split(':')[0]
+  manual_dir = os.path.join(data_dir, 'downloads', 'manual')
+  instructions = getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None)
+  if instructions:
+    has_files = os.path.isdir(manual_dir) and any(os.scandir(manual_dir))
+    hint = _MANUAL_HINTS.get(base, 'manual files in {manual}/: ' + _one_line(instructions))
+    hint = hint.format(manual=manual_dir)
+    if not has_files:
+      raise UserError(f'dataset {name!r} is not prepared in {data_dir}: {hint}')
+  elif not download:
+    raise UserError(
+        f'dataset {name!r} is not prepared in {data_dir}: run `tfds build {name} --data_dir '
+        f'{data_dir} --file_format array_record` on a machine with internet access '
+        f'(or call load_source(..., download=True))')
+  else:
+    hint = 'check network access for the download'
+  with _file_lock(os.path.join(data_dir, f'.{base}.prepare.lock')):
+    builder = tfds.builder(name, data_dir=data_dir, file_format='array_record', try_gcs=False)
+    if not builder.is_prepared():
+      try:
+        builder.download_and_prepare(
+            file_format='array_record', download_config=_download_config(manual_dir))
+      except Exception as e:  # TFDS raises assorted types for missing/corrupt inputs
+        raise UserError(f'preparing dataset {name!r} in {data_dir} failed '
+                        f'({type(e).__name__}: {_one_line(str(e), 200)}); {hint}') from e
+  return builder
+
+
+def load_source(name: str, split: str, data_dir: str | None = None, *,
+                download: bool = False) -> tuple[Any, DatasetInfo]:
+  """Returns (random-access source of decoded numpy dicts, DatasetInfo).
+
+  Embedded datasets are generated into `data_dir` on first use; TFDS datasets are prepared
+  (array_record) only from files already present (manual dir or TFDS download cache), unless
+  `download=True` allows TFDS to download them.
+  """
+  data_dir = os.path.expanduser(data_dir or default_data_dir())
+  base = name.split('/')[0].split(':')[0]
+  if base in EMBEDDED:
+    builder = _embedded_builder(base, data_dir)
+  else:
+    builder = _tfds_builder(name, data_dir, download)
+  tinfo = builder.info
+  fmt = getattr(tinfo.file_format, 'value', tinfo.file_format)
+  if fmt != 'array_record':
+    raise UserError(f'dataset {name!r} in {data_dir} is prepared as {fmt}, not array_record: '
+                    'prepare it with --file_format array_record (or use another data_dir)')
+  try:
+    source = builder.as_data_source(split=split)
+  except (KeyError, ValueError) as e:
+    raise UserError(f'dataset {name!r} has no split {split!r} '
+                    f'(splits: {", ".join(tinfo.splits)}): {_one_line(str(e), 150)}') from None
+  num_classes = _NUM_CLASSES.get(base)
+  if num_classes is None and 'label' in tinfo.features.keys():
+    num_classes = getattr(tinfo.features['label'], 'num_classes', None)
+  info = DatasetInfo(
+      name=name, num_classes=num_classes,
+      splits={k: int(v.num_examples) for k, v in tinfo.splits.items()},
+      features=tuple(tinfo.features.keys()))
+  return source, info

@@ -1,0 +1,284 @@
+"""Pure numpy augmentations `f(example, rng) -> example`, built from config spec strings.
+
+A spec is an op name or a call with literal arguments, e.g. "flip_lr",
+"random_crop(size=32, padding=4)", "normalize(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))".
+Ops transform `image` (H, W, C) and, where it is spatial, `segmentation` (H, W) jointly.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+from typing import Any, Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from core_jax.errors import UserError
+
+Example = dict[str, Any]
+Transform = Callable[[Example, np.random.Generator], Example]
+
+IGNORE_LABEL = 255
+_REGISTRY: dict[str, Callable[..., Transform]] = {}
+
+
+def register(name: str):
+  """Decorator registering a factory `(**kwargs) -> Transform` under `name`."""
+
+  def deco(factory):
+    if name in _REGISTRY:
+      raise ValueError(f'transform {name!r} already registered')
+    _REGISTRY[name] = factory
+    return factory
+
+  return deco
+
+
+def registered() -> tuple[str, ...]:
+  return tuple(sorted(_REGISTRY))
+
+
+def parse_spec(spec: str) -> tuple[str, tuple, dict]:
+  """'name' or 'name(literal args)' -> (name, args, kwargs)."""
+  try:
+    node = ast.parse(spec.strip(), mode='eval').body
+    if isinstance(node, ast.Name):
+      return node.id, (), {}
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+      args = tuple(ast.literal_eval(a) for a in node.args)
+      kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords if k.arg is not None}
+      if len(kwargs) != len(node.keywords):
+        raise ValueError('**kwargs not allowed')
+      return node.func.id, args, kwargs
+    raise ValueError('expected `name` or `name(key=literal, ...)`')
+  except (SyntaxError, ValueError) as e:
+    raise UserError(f'bad transform spec {spec!r}: {e}') from None
+
+
+def get_transform(spec: str) -> Transform:
+  name, args, kwargs = parse_spec(spec)
+  if name not in _REGISTRY:
+    raise UserError(f'unknown transform {name!r} in {spec!r}; known: {", ".join(registered())}')
+  try:
+    return _REGISTRY[name](*args, **kwargs)
+  except TypeError as e:
+    raise UserError(f'bad arguments for transform {spec!r}: {e}') from None
+
+
+def build_transforms(specs: Sequence[str]) -> Transform:
+  """Composes the ops of `specs` left to right into one `f(example, rng) -> example`."""
+  if isinstance(specs, str):
+    specs = [specs]
+  ops = [get_transform(s) for s in specs]
+
+  def apply(example: Example, rng: np.random.Generator) -> Example:
+    example = dict(example)  # sources may hand out shared/cached dicts
+    for op in ops:
+      example = op(example, rng)
+    return example
+
+  return apply
+
+
+# ------------------------------------------------------------------------------- helpers
+
+
+def _hw(size) -> tuple[int, int]:
+  if isinstance(size, (int, np.integer)):
+    return int(size), int(size)
+  h, w = size
+  return int(h), int(w)
+
+
+def _spatial_keys(example: Example) -> list[tuple[str, Any]]:
+  """(key, pad value) of the arrays sharing the image's spatial layout."""
+  keys = [('image', 0)]
+  if 'segmentation' in example:
+    keys.append(('segmentation', IGNORE_LABEL))
+  return keys
+
+
+def _pad_to(example: Example, pad: tuple[int, int, int, int]) -> Example:
+  """Pads (top, bottom, left, right) image with 0 and segmentation with IGNORE_LABEL."""
+  top, bottom, left, right = pad
+  if not any(pad):
+    return example
+  for key, value in _spatial_keys(example):
+    x = np.asarray(example[key])
+    widths = [(top, bottom), (left, right)] + [(0, 0)] * (x.ndim - 2)
+    example[key] = np.pad(x, widths, constant_values=value)
+  return example
+
+
+def _crop(example: Example, y: int, x: int, h: int, w: int) -> Example:
+  for key, _ in _spatial_keys(example):
+    example[key] = np.asarray(example[key])[y:y + h, x:x + w]
+  return example
+
+
+def _resize_array(x: np.ndarray, h: int, w: int, nearest: bool) -> np.ndarray:
+  """PIL resize; bilinear for images (uint8 or float), nearest for label maps."""
+  resample = Image.NEAREST if nearest else Image.BILINEAR
+  if x.ndim == 2 and (x.dtype == np.uint8 or nearest):
+    return np.asarray(Image.fromarray(x).resize((w, h), resample))
+  if x.dtype == np.uint8 and x.ndim == 3 and x.shape[2] in (3, 4):
+    return np.asarray(Image.fromarray(x).resize((w, h), resample))
+  # Generic path: per-channel float32 ('F' mode).
+  chans = x[..., None] if x.ndim == 2 else x
+  out = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(chans[..., c], np.float32))
+                             .resize((w, h), resample)) for c in range(chans.shape[-1])], -1)
+  out = out[..., 0] if x.ndim == 2 else out
+  if x.dtype == np.uint8:
+    out = np.clip(np.round(out), 0, 255)
+  return out.astype(x.dtype)
+
+
+def _resize(example: Example, h: int, w: int) -> Example:
+  example['image'] = _resize_array(np.asarray(example['image']), h, w, nearest=False)
+  if 'segmentation' in example:
+    example['segmentation'] = _resize_array(np.asarray(example['segmentation']), h, w, nearest=True)
+  return example
+
+
+# ----------------------------------------------------------------------------------- ops
+
+
+@register('random_crop')
+def random_crop(size, padding: int = 0) -> Transform:
+  """Zero-pad by `padding` (labels with 255), pad up to `size` if smaller, random crop."""
+  ch, cw = _hw(size)
+
+  def op(ex, rng):
+    ex = _pad_to(ex, (padding,) * 4)
+    h, w = np.asarray(ex['image']).shape[:2]
+    ph, pw = max(ch - h, 0), max(cw - w, 0)
+    ex = _pad_to(ex, (ph // 2, ph - ph // 2, pw // 2, pw - pw // 2))
+    h, w = max(h, ch), max(w, cw)
+    y = int(rng.integers(0, h - ch + 1))
+    x = int(rng.integers(0, w - cw + 1))
+    return _crop(ex, y, x, ch, cw)
+
+  return op
+
+
+@register('center_crop')
+def center_crop(size) -> Transform:
+  ch, cw = _hw(size)
+
+  def op(ex, rng):
+    del rng
+    h, w = np.asarray(ex['image']).shape[:2]
+    ph, pw = max(ch - h, 0), max(cw - w, 0)
+    ex = _pad_to(ex, (ph // 2, ph - ph // 2, pw // 2, pw - pw // 2))
+    h, w = max(h, ch), max(w, cw)
+    return _crop(ex, (h - ch) // 2, (w - cw) // 2, ch, cw)
+
+  return op
+
+
+@register('flip_lr')
+def flip_lr(p: float = 0.5) -> Transform:
+
+  def op(ex, rng):
+    # Always draw, so the rng stream does not depend on earlier outcomes.
+    if rng.random() < p:
+      for key, _ in _spatial_keys(ex):
+        ex[key] = np.asarray(ex[key])[:, ::-1]
+    return ex
+
+  return op
+
+
+@register('resize')
+def resize(size) -> Transform:
+  """Bilinear resize to `size` (int -> square); segmentation uses nearest."""
+  h, w = _hw(size)
+
+  def op(ex, rng):
+    del rng
+    return _resize(ex, h, w)
+
+  return op
+
+
+@register('resize_small')
+def resize_small(size: int) -> Transform:
+  """Resize so the shorter side is `size`, keeping the aspect ratio (eval: then center_crop)."""
+
+  def op(ex, rng):
+    del rng
+    h, w = np.asarray(ex['image']).shape[:2]
+    s = size / min(h, w)
+    return _resize(ex, max(1, round(h * s)), max(1, round(w * s)))
+
+  return op
+
+
+@register('random_resized_crop')
+def random_resized_crop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
+                        attempts: int = 10) -> Transform:
+  """Inception-style crop: random area fraction and aspect ratio, resized to `size`."""
+  oh, ow = _hw(size)
+  log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+
+  def op(ex, rng):
+    h, w = np.asarray(ex['image']).shape[:2]
+    for _ in range(attempts):
+      area = h * w * rng.uniform(*scale)
+      aspect = math.exp(rng.uniform(*log_ratio))
+      cw = int(round(math.sqrt(area * aspect)))
+      ch = int(round(math.sqrt(area / aspect)))
+      if 0 < cw <= w and 0 < ch <= h:
+        y = int(rng.integers(0, h - ch + 1))
+        x = int(rng.integers(0, w - cw + 1))
+        break
+    else:  # fall back to a central crop with the ratio clamped
+      aspect = min(max(w / h, ratio[0]), ratio[1])
+      cw, ch = (w, int(round(w / aspect))) if w / h < aspect else (int(round(h * aspect)), h)
+      cw, ch = min(cw, w), min(ch, h)
+      y, x = (h - ch) // 2, (w - cw) // 2
+    return _resize(_crop(ex, y, x, ch, cw), oh, ow)
+
+  return op
+
+
+@register('normalize')
+def normalize(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)) -> Transform:
+  """float32 image = (image / 255 - mean) / std for uint8 images (mean/std in [0, 1] units)."""
+  mean = np.asarray(mean, np.float32)
+  inv_std = 1.0 / np.asarray(std, np.float32)
+
+  def op(ex, rng):
+    del rng
+    x = np.asarray(ex['image'])
+    x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
+    ex['image'] = (x - mean) * inv_std
+    return ex
+
+  return op
+
+
+@register('keep')
+def keep(keys) -> Transform:
+  keys = (keys,) if isinstance(keys, str) else tuple(keys)
+
+  def op(ex, rng):
+    del rng
+    missing = [k for k in keys if k not in ex]
+    if missing:
+      raise KeyError(f'keep{keys}: example has no {missing}; it has {sorted(ex)}')
+    return {k: ex[k] for k in keys}
+
+  return op
+
+
+@register('rename')
+def rename(**mapping) -> Transform:
+  """rename(old='new', ...), e.g. rename(segmentation_label='segmentation') for cityscapes."""
+
+  def op(ex, rng):
+    del rng
+    return {mapping.get(k, k): v for k, v in ex.items()}
+
+  return op

@@ -1,0 +1,283 @@
+"""Optax optimizers and learning-rate schedules built from an `ml_collections.ConfigDict`.
+
+Config fields (`opt_cfg`; defaults in `DEFAULTS`):
+  name            'sgd' | 'adamw'                                       (required)
+  lr              peak / base learning rate                             (required)
+  base_batch_size reference batch for linear lr scaling (0/None = no scaling; see `scaled_lr`)
+  momentum        sgd momentum, 0.9 (0 = plain SGD)
+  nesterov        sgd Nesterov momentum, False
+  b1, b2, eps     adamw, 0.9 / 0.999 / 1e-8
+  weight_decay    0.0. sgd: classic L2 coupled into the gradient (PyTorch `SGD(weight_decay=)`:
+                  g += wd * p before momentum). adamw: decoupled (PyTorch `AdamW`:
+                  p -= lr * (m_hat / (sqrt(v_hat) + eps) + wd * p)).
+  wd_exclude_1d   True: no decay on parameters with ndim <= 1 (biases, norm scales, layer-scale gammas).
+  grad_clip_norm  0.0 = off; otherwise clip the global gradient norm (before weight decay is added).
+  ema_decay       0.0 = off. Not part of the optax chain: the train loop keeps an EMA copy and calls
+                  `ema_update` after every optimizer update.
+  accumulate_steps 1; k > 1 wraps the chain in `optax.MultiSteps` (update every k micro-batches with the
+                  mean gradient).
+  schedule        'cosine' | 'step' | 'poly' | 'constant', default 'cosine'
+  warmup_epochs   0; linear warmup from `warmup_init_lr` (0.0) reaching `lr` exactly at the last warmup step
+  min_lr          0.0; end value of 'cosine' and 'poly'
+  decay_epochs    () milestones (absolute epochs, counted from step 0) for 'step'
+  decay_factor    0.1 for 'step'
+  poly_power      0.9 for 'poly'
+
+Step units: `steps_per_epoch` and `total_steps` count data-loader steps (micro-batches). Without
+accumulation that is one optimizer update per step. With `accumulate_steps = k` the optimizer updates every
+k steps and update number u (0-based) uses `schedule_fn(u * k)`, i.e. the returned `schedule_fn` is always
+indexed by the loader step, which is what the train loop should log.
+
+Chain order (one optimizer update):
+  1. clip_by_global_norm(grad_clip_norm)                         [if > 0]
+  2. sgd:   add_decayed_weights(wd, mask) -> trace(momentum, nesterov) -> * -schedule(t)
+     adamw: scale_by_adam -> add_decayed_weights(wd, mask)          -> * -schedule(t)
+  3. per-parameter lr scale: updates[leaf] *= lr_scale_fn(path, leaf)   [if lr_scale_fn]
+Because (3) comes last it multiplies the entire step, including the weight-decay term, which equals a
+per-parameter-group learning rate in PyTorch (timm / BEiT layer-wise lr decay).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from core_jax.errors import UserError
+
+DEFAULTS = dict(
+  base_batch_size=0,
+  momentum=0.9,
+  nesterov=False,
+  b1=0.9,
+  b2=0.999,
+  eps=1e-8,
+  weight_decay=0.0,
+  wd_exclude_1d=True,
+  grad_clip_norm=0.0,
+  ema_decay=0.0,
+  accumulate_steps=1,
+  schedule='cosine',
+  warmup_epochs=0,
+  warmup_init_lr=0.0,
+  min_lr=0.0,
+  decay_epochs=(),
+  decay_factor=0.1,
+  poly_power=0.9,
+)
+OPTIMIZERS = ('sgd', 'adamw')
+SCHEDULES = ('cosine', 'step', 'poly', 'constant')
+
+LrScaleFn = Callable[[tuple, Any], float]
+
+
+def _get(cfg, key):
+  value = cfg.get(key, None) if hasattr(cfg, 'get') else getattr(cfg, key, None)
+  if value is None:
+    if key not in DEFAULTS:
+      raise UserError(f'optimizer config is missing required field {key!r}')
+    return DEFAULTS[key]
+  return value
+
+
+def scaled_lr(opt_cfg, global_batch_size: int | None = None) -> float:
+  """Peak lr: `lr`, linearly scaled by effective_batch / base_batch_size when both are given.
+
+  `global_batch_size` is the batch of one loader step summed over all devices; the effective batch per
+  optimizer update is global_batch_size * accumulate_steps.
+  """
+  lr = float(_get(opt_cfg, 'lr'))
+  base = _get(opt_cfg, 'base_batch_size')
+  if base and global_batch_size:
+    lr *= global_batch_size * int(_get(opt_cfg, 'accumulate_steps')) / float(base)
+  return lr
+
+
+def _epochs_to_steps(epochs, steps_per_epoch: int) -> int:
+  return int(round(float(epochs) * steps_per_epoch))
+
+
+def make_schedule(opt_cfg, *, steps_per_epoch: int, total_steps: int, peak_lr: float | None = None
+                  ) -> Callable[[Any], jax.Array]:
+  """lr(step) as a jit-able function of the (loader) step; see the module docstring for the fields.
+
+  warmup (t < W): init + (peak - init) * t / W
+  cosine:  w = 0.5 * (1 + cos(pi * min(t - W, T) / T)), lr = peak * w + min_lr * (1 - w), T = total - W
+  poly:    w = (1 - min(t - W, T) / T) ** power,        lr = peak * w + min_lr * (1 - w)
+  step:    peak * decay_factor ** #{milestones m : t >= m * steps_per_epoch}
+  constant: peak
+  so lr(W) == peak and lr(total_steps) == min_lr exactly (the convex form keeps both endpoints exact).
+  """
+  kind = _get(opt_cfg, 'schedule')
+  if kind not in SCHEDULES:
+    raise UserError(f'unknown lr schedule {kind!r} (expected one of {", ".join(SCHEDULES)})')
+  if steps_per_epoch <= 0 or total_steps <= 0:
+    raise UserError(f'steps_per_epoch ({steps_per_epoch}) and total_steps ({total_steps}) must be positive')
+  peak = float(_get(opt_cfg, 'lr')) if peak_lr is None else float(peak_lr)
+  init = float(_get(opt_cfg, 'warmup_init_lr'))
+  end = float(_get(opt_cfg, 'min_lr'))
+  warmup = _epochs_to_steps(_get(opt_cfg, 'warmup_epochs'), steps_per_epoch)
+  if warmup < 0 or warmup > total_steps:
+    raise UserError(f'warmup ({warmup} steps) must lie within [0, total_steps={total_steps}]')
+  decay_steps = max(total_steps - warmup, 1)
+
+  if kind == 'step':
+    milestones = sorted(_epochs_to_steps(e, steps_per_epoch) for e in _get(opt_cfg, 'decay_epochs'))
+    factor = float(_get(opt_cfg, 'decay_factor'))
+  power = float(_get(opt_cfg, 'poly_power'))
+
+  def main(t):  # t: float32 loader step >= warmup
+    # remaining fraction r = 1 - (t - W) / T, computed from integers so it is exact near the end;
+    # 0.5 * (1 + cos(pi * (1 - r))) == sin(pi * r / 2) ** 2 keeps float32 relative accuracy near min_lr.
+    r = jnp.clip((warmup + decay_steps - t) / decay_steps, 0.0, 1.0)
+    if kind == 'cosine':
+      w = jnp.sin(0.5 * jnp.pi * r) ** 2
+      return peak * w + end * (1.0 - w)
+    if kind == 'poly':
+      w = r ** power
+      return peak * w + end * (1.0 - w)
+    if kind == 'step':
+      if not milestones:
+        return jnp.full_like(t, peak)
+      passed = jnp.sum(t[..., None] >= jnp.asarray(milestones, jnp.float32), axis=-1)
+      return peak * jnp.asarray(factor, jnp.float32) ** passed
+    return jnp.full_like(t, peak)
+
+  def schedule(step):
+    t = jnp.asarray(step, jnp.float32)
+    lr = main(t)
+    if warmup > 0:
+      lr = jnp.where(t < warmup, init + (peak - init) * t / warmup, lr)
+    return lr
+
+  return schedule
+
+
+def path_to_names(path) -> tuple[str, ...]:
+  """A jax key path as a tuple of strings, e.g. ('stages_0', 'block_1', 'dwconv', 'kernel')."""
+  out = []
+  for k in path:
+    for attr in ('key', 'name', 'idx'):
+      if hasattr(k, attr):
+        out.append(str(getattr(k, attr)))
+        break
+    else:
+      out.append(str(k))
+  return tuple(out)
+
+
+def weight_decay_mask(params, exclude_1d: bool = True):
+  """Pytree of bools like `params`: True where weight decay applies (ndim > 1 when `exclude_1d`)."""
+  return jax.tree.map(lambda p: (jnp.ndim(p) > 1) if exclude_1d else True, params)
+
+
+def lr_scale_tree(params, lr_scale_fn: LrScaleFn):
+  """Pytree of python floats: lr_scale_fn(path_names, leaf) for every leaf of `params`."""
+  return jax.tree_util.tree_map_with_path(lambda p, x: float(lr_scale_fn(path_to_names(p), x)), params)
+
+
+def layerwise_lr_decay_scale(num_layers: int, decay: float, layer_id_fn: Callable[[tuple], int]) -> LrScaleFn:
+  """BEiT / ConvNeXt layer-wise lr decay: scale = decay ** (num_layers + 1 - layer_id_fn(path)).
+
+  `layer_id_fn(path_names)` returns 0 for the stem/embedding, 1..num_layers for the blocks and
+  num_layers + 1 for the head (scale 1).
+  """
+  def fn(path, leaf):
+    del leaf
+    return float(decay) ** (num_layers + 1 - int(layer_id_fn(path)))
+  return fn
+
+
+def scale_by_lr_scale_fn(lr_scale_fn: LrScaleFn) -> optax.GradientTransformation:
+  """Multiplies each leaf's update by lr_scale_fn(path, leaf); scales are static python floats."""
+  def init_fn(params):
+    del params
+    return optax.EmptyState()
+
+  def update_fn(updates, state, params=None):
+    del params
+    def scale(path, u):
+      s = float(lr_scale_fn(path_to_names(path), u))
+      return u if s == 1.0 else u * jnp.asarray(s, u.dtype)
+    return jax.tree_util.tree_map_with_path(scale, updates), state
+
+  return optax.GradientTransformation(init_fn, update_fn)
+
+
+def build_optimizer(opt_cfg, *, steps_per_epoch: int, total_steps: int, params,
+                    lr_scale_fn: LrScaleFn | None = None, global_batch_size: int | None = None
+                    ) -> tuple[optax.GradientTransformation, Callable[[Any], jax.Array]]:
+  """(optax transformation, schedule_fn) for `opt_cfg`; see the module docstring.
+
+  `params` (arrays or ShapeDtypeStructs) is used to validate the weight-decay mask and `lr_scale_fn`
+  eagerly; the transformation itself recomputes both from the tree it is given, so dict/FrozenDict
+  containers need not match. `global_batch_size` enables `base_batch_size` lr scaling (`scaled_lr`).
+  `schedule_fn(loader_step)` is the base lr (before per-parameter scales).
+  """
+  name = _get(opt_cfg, 'name')
+  if name not in OPTIMIZERS:
+    raise UserError(f'unknown optimizer {name!r} (expected one of {", ".join(OPTIMIZERS)})')
+  peak = scaled_lr(opt_cfg, global_batch_size)
+  schedule = make_schedule(opt_cfg, steps_per_epoch=steps_per_epoch, total_steps=total_steps, peak_lr=peak)
+  k = int(_get(opt_cfg, 'accumulate_steps'))
+  if k < 1:
+    raise UserError(f'accumulate_steps must be >= 1, got {k}')
+  # The inner optimizer's step counter counts updates; map update u to loader step u * k.
+  inner_schedule = schedule if k == 1 else (lambda u: schedule(u * k))
+
+  wd = float(_get(opt_cfg, 'weight_decay'))
+  exclude_1d = bool(_get(opt_cfg, 'wd_exclude_1d'))
+  mask_fn = lambda p: weight_decay_mask(p, exclude_1d)
+  mask_fn(params)
+  if lr_scale_fn is not None:
+    bad = {n: s for n, s in zip(*_flat_names(lr_scale_tree(params, lr_scale_fn))) if not (s >= 0 and math.isfinite(s))}
+    if bad:
+      raise UserError(f'lr_scale_fn returned invalid scales: {bad}')
+
+  parts = []
+  clip = float(_get(opt_cfg, 'grad_clip_norm'))
+  if clip > 0:
+    parts.append(optax.clip_by_global_norm(clip))
+  if name == 'sgd':
+    momentum = float(_get(opt_cfg, 'momentum'))
+    nesterov = bool(_get(opt_cfg, 'nesterov'))
+    if nesterov and momentum <= 0:
+      raise UserError('sgd: nesterov=True needs momentum > 0')
+    if wd:
+      parts.append(optax.add_decayed_weights(wd, mask_fn))
+    parts.append(optax.sgd(inner_schedule, momentum=momentum or None, nesterov=nesterov))
+  else:
+    parts.append(optax.adamw(inner_schedule, b1=float(_get(opt_cfg, 'b1')), b2=float(_get(opt_cfg, 'b2')),
+                             eps=float(_get(opt_cfg, 'eps')), weight_decay=wd, mask=mask_fn))
+  if lr_scale_fn is not None:
+    parts.append(scale_by_lr_scale_fn(lr_scale_fn))
+  tx = optax.chain(*parts)
+  if k > 1:
+    tx = optax.MultiSteps(tx, every_k_schedule=k).gradient_transformation()
+  return tx, schedule
+
+
+def _flat_names(tree):
+  leaves = jax.tree_util.tree_leaves_with_path(tree)
+  return ['/'.join(path_to_names(p)) for p, _ in leaves], [v for _, v in leaves]
+
+
+def ema_update(ema_params, params, decay):
+  """One EMA step: ema <- decay * ema + (1 - decay) * params (leafwise; keeps ema's dtypes).
+
+  Pure; call it after each optimizer update. The EMA is initialised to a copy of the parameters
+  (`ema_init`), as timm's ModelEma used by ConvNeXt does, so there is no bias correction. `decay` may be a
+  python float or a traced scalar (e.g. to switch the EMA on after some step, pass decay=0 before it).
+  Works on any pytree, e.g. params and batch_stats together.
+  """
+  def upd(e, p):
+    d = jnp.asarray(decay, jnp.float32)
+    return (d * e.astype(jnp.float32) + (1.0 - d) * p.astype(jnp.float32)).astype(e.dtype)
+  return jax.tree.map(upd, ema_params, params)
+
+
+def ema_init(params):
+  """Initial EMA state: a copy of `params`."""
+  return jax.tree.map(jnp.array, params)

@@ -1,0 +1,1 @@
+"""Rethinking the Value of Network Pruning (not yet implemented; see the issues)."""
