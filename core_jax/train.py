@@ -56,6 +56,16 @@ def _append_digest(workdir: str, step: int, local_batch: dict) -> None:
     f.write(f'{step} {digest}\n')
 
 
+def _compile_once_cheaply(fn, out_shardings):
+  """jit for functions that run once (init): on CPU, XLA's optimizing backend spends ~20 s on the
+  threefry calls of a few dozen initializers; level 0 compiles in ~1 s and runs in milliseconds."""
+  lowered = jax.jit(fn, out_shardings=out_shardings).lower()
+  if jax.default_backend() == 'cpu':
+    return lowered.compile(compiler_options={'xla_backend_optimization_level': 0,
+                                             'xla_llvm_disable_expensive_passes': True})
+  return lowered.compile()
+
+
 def _say(*args):
   if jax.process_index() == 0:
     print(*args, flush=True)
@@ -125,7 +135,7 @@ def run(config, workdir: str, task_cls) -> dict:
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, state_sharding))
   restored = ckpt.restore_latest(target, train_iter)
   if restored is None:
-    state = jax.jit(init_state, out_shardings=state_sharding)()
+    state = _compile_once_cheaply(init_state, state_sharding)()
     _say(f'fresh start in {workdir}: {num_params:,} parameters, {total_steps} steps '
          f'({steps_per_epoch} per epoch), {jax.device_count()} devices on {pcount} process(es)')
   else:
@@ -187,6 +197,8 @@ def run(config, workdir: str, task_cls) -> dict:
   while step < total_steps:
     with jax.profiler.StepTraceAnnotation('train', step_num=step):
       local_batch = next(train_iter)
+      if config.get('test_step_delay_s', 0):  # tests: keep a run alive long enough to SIGKILL it mid-way
+        time.sleep(config.test_step_delay_s)
       if config.get('write_batch_digests', False):  # tests: prove each process's data order
         _append_digest(workdir, step, local_batch)
       batch = pipeline.to_global(local_batch, batch_sharding)

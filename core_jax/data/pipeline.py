@@ -2,8 +2,10 @@
 
 Train stream layout: global position `pos` -> (epoch, i) = divmod(pos, steps_per_epoch * B);
 record = source[perm_epoch(i)], augmented with an rng seeded by (seed, pos). Everything is a pure
-function of `pos`, so sharding by process afterwards (`[p::P]`) only decides who computes which
-record: 1-process and P-process runs see identical examples, and the iterator state is tiny.
+function of `pos`, so sharding by process only decides who computes which record. Process p of P owns
+the contiguous slice [p*L, (p+1)*L) of every global batch (L = B/P), so the global array assembled from
+the local batches holds the same examples in the same order as a 1-process batch: per-position
+randomness (drop-path masks) matches too, and the iterator state is tiny.
 """
 
 from __future__ import annotations
@@ -91,11 +93,24 @@ def make_train_dataset(source, *, transforms, global_batch_size: int, seed: int,
     raise UserError(f'dataset has {len(source)} examples, fewer than one global batch '
                     f'of {global_batch_size}')
   per_epoch = steps * global_batch_size
-  positions = grain.MapDataset.range(per_epoch)
+  local_batch = global_batch_size // process_count
+  local_positions = grain.MapDataset.range(steps * local_batch)
   # reseed_each_epoch=False: positions are plain ints; the epoch reshuffle is ours (_TrainRecord).
-  positions = positions.repeat(num_epochs, reseed_each_epoch=False)
-  ds = positions.map_with_index(_TrainRecord(source, _as_transform(transforms), seed, per_epoch))
-  return ds[process_index::process_count]
+  local_positions = local_positions.repeat(num_epochs, reseed_each_epoch=False)
+  record = _TrainRecord(source, _as_transform(transforms), seed, per_epoch)
+  return local_positions.map_with_index(_ProcessSlice(record, global_batch_size, local_batch, process_index))
+
+
+class _ProcessSlice:
+  """Local position j -> the global position this process owns: its slice of global batch j // L."""
+
+  def __init__(self, record: '_TrainRecord', global_batch: int, local_batch: int, process_index: int):
+    self.record, self.global_batch, self.local_batch = record, global_batch, local_batch
+    self.offset = process_index * local_batch
+
+  def __call__(self, j: int, _value: Any = None) -> dict:
+    step, r = divmod(int(j), self.local_batch)
+    return self.record(step * self.global_batch + self.offset + r)
 
 
 def make_train_iterator(source, *, transforms, global_batch_size: int, seed: int,

@@ -252,11 +252,10 @@ def test_process_shards_reassemble_global_batches(nproc):
     labels = [b['label'].tolist() for b in local]
     flat = sum(labels, [])
     assert len(set(flat)) == len(flat)  # disjoint across processes
-    assert sorted(flat) == sorted(single[k]['label'].tolist())
-    # Same augmentation on every layout: records match image for image.
-    by_id = {int(l): img for b in local for l, img in zip(b['label'], b['image'])}
-    for l, img in zip(single[k]['label'], single[k]['image']):
-      np.testing.assert_array_equal(by_id[int(l)], img)
+    # In process order the local batches ARE the 1-process batch: same records, same positions (so
+    # per-position randomness like drop-path masks matches), same augmentation.
+    assert flat == single[k]['label'].tolist()
+    np.testing.assert_array_equal(np.concatenate([b['image'] for b in local]), single[k]['image'])
 
 
 def test_indivisible_batch_is_user_error():

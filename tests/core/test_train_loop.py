@@ -5,6 +5,7 @@ between device counts; bad input ends in one clear line without losing saved wor
 """
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -18,9 +19,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 TINY = os.path.join(REPO, 'tests', 'core', 'tiny_config.py')
 
 
+# Runs with the same device count share compiled programs through JAX's persistent cache.
+_COMPILE_CACHE = os.path.join(os.environ.get('TMPDIR', '/tmp'), f'core_jax_test_compile_cache_{os.getpid()}')
+
+
 def _env(data_dir, devices=1, extra=None):
   env = dict(os.environ)
   env.update(TEST_TFDS_DIR=str(data_dir), TF_CPP_MIN_LOG_LEVEL='3', JAX_PLATFORMS='cpu',
+             JAX_COMPILATION_CACHE_DIR=_COMPILE_CACHE,
              XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}', PYTHONPATH=REPO)
   env.update(extra or {})
   return env
@@ -41,10 +47,17 @@ def _run(workdir, data_dir, *overrides, devices=1, check=True, timeout=300):
 
 def _final_params(workdir):
   """Parameters of the newest checkpoint as a flat {path: numpy array}."""
+  import jax  # pylint: disable=import-outside-toplevel
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   ckpt_dir = os.path.join(workdir, 'checkpoints')
   step = max(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
-  tree = ocp.StandardCheckpointer().restore(os.path.join(ckpt_dir, str(step), 'state'))
+  path = os.path.join(ckpt_dir, str(step), 'state')
+  checkpointer = ocp.StandardCheckpointer()
+  # Onto this process's single device, whatever device count saved it.
+  here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here),
+                        checkpointer.metadata(path).item_metadata.tree)
+  tree = checkpointer.restore(path, target)
   flat = {}
 
   def walk(prefix, node):
@@ -69,6 +82,12 @@ def _digests(workdir, process=0):
   return seen
 
 
+@pytest.fixture(scope='module', autouse=True)
+def _remove_compile_cache():
+  yield
+  shutil.rmtree(_COMPILE_CACHE, ignore_errors=True)
+
+
 @pytest.fixture(scope='module')
 def reference_run(tmp_path_factory, tfds_dir):
   """The uninterrupted 1-device run every other test compares with."""
@@ -86,7 +105,8 @@ def test_reference_run_writes_results(reference_run):
 
 def test_sigkill_and_resume_is_bitwise_identical(reference_run, tfds_dir, tmp_path):
   workdir = tmp_path / 'killed'
-  proc = subprocess.Popen(_cmd(workdir), env=_env(tfds_dir), cwd=REPO,
+  slow = '--config.test_step_delay_s=0.5'  # same numerics, but the kill surely lands mid-run
+  proc = subprocess.Popen(_cmd(workdir, slow), env=_env(tfds_dir), cwd=REPO,
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
   ckpt_dir = workdir / 'checkpoints'
   deadline = time.time() + 240
@@ -100,7 +120,7 @@ def test_sigkill_and_resume_is_bitwise_identical(reference_run, tfds_dir, tmp_pa
   proc.send_signal(signal.SIGKILL)
   proc.wait()
   assert not (workdir / 'results.json').exists()
-  out = _run(workdir, tfds_dir)
+  out = _run(workdir, tfds_dir, slow)
   assert 'resumed from step' in out.stdout
   ref_step, ref = _final_params(reference_run)
   step, got = _final_params(workdir)
