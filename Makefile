@@ -2,28 +2,34 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed
+BASE   := $(VENV)/.installed-base
+TESTS  := $(VENV)/.installed-test
 DEMO_WORKDIR ?= workdirs/convnext_digits
 
 .PHONY: demo test bench install clean-demo
 
-$(STAMP): setup.cfg pyproject.toml constraints.txt
+# The demo needs only the package; the tests add the PyTorch reference (torch, timm) for parity checks.
+$(BASE): setup.cfg pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e .
+	touch $@
+
+$(TESTS): $(BASE)
 	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
 	touch $@
 
-install: $(STAMP)
+install: $(TESTS)
 
 # Trains ConvNeXt on the embedded digits data (prepared on first use, no network). Rerunning resumes the
 # same workdir; `make clean-demo` starts over.
-demo: $(STAMP)
+demo: $(BASE)
 	$(BIN)/python -m convnext_jax.main --config=configs/convnext/digits.py --workdir=$(DEMO_WORKDIR)
 
 clean-demo:
 	rm -rf $(DEMO_WORKDIR)
 
-test: $(STAMP)
+test: $(TESTS)
 	$(BIN)/python -m pytest -q tests
 
-bench: $(STAMP)
+bench: $(TESTS)
 	$(BIN)/python -m benchmarks.run_all

@@ -19,7 +19,7 @@ def get_config():
   c.compute_dtype = 'float32'
   c.batch_size = 64
   c.eval_batch_size = 120
-  c.num_epochs = 30
+  c.num_epochs = 15
   c.num_train_steps = -1  # > 0 overrides num_epochs
   c.label_smoothing = 0.1
   c.optimizer = ml_collections.ConfigDict(dict(

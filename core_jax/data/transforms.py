@@ -282,3 +282,6 @@ def rename(**mapping) -> Transform:
     return {mapping.get(k, k): v for k, v in ex.items()}
 
   return op
+
+
+from core_jax.data import augment as _augment  # noqa: E402,F401  registers the ImageNet (timm) ops

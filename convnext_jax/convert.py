@@ -1,0 +1,622 @@
+"""ConvNeXt weights in and out: official facebookresearch `.pth`, timm `.safetensors`/`.pth`, Flax msgpack.
+
+Layouts (detected from the keys, see `detect_layout`):
+  'official'      facebookresearch/ConvNeXt: downsample_layers.0.0.weight, stages.i.j.dwconv.weight, norm, head
+  'timm'          timm: stem.0, stages.i.downsample.k, stages.i.blocks.j.conv_dw / mlp.fc1 / mlp.fc2, head.norm,
+                  head.fc; MLP weights are (out, in) or, for timm conv_mlp=True models (atto/femto/pico/nano),
+                  (out, in, 1, 1) -- both are read; export writes what timm builds for that name
+  'official_iso'  isotropic ConvNeXt: stem, blocks.j.*, norm, head (timm has no isotropic ConvNeXt, so iso
+                  exports always use this layout, also inside .safetensors)
+  'flax'          our own param tree, '/'-joined (msgpack files)
+The Flax <-> official <-> timm key table is documented in `convnext_jax.models`; the rules below implement it
+with `core_jax.weights` (one table per layout, used in both directions).
+
+Checkpoint files: `.pth/.pt/.bin` are read with ``torch.load(weights_only=True)`` (no pickled code runs) and
+unwrapped from ``model`` / ``state_dict`` (``model_ema`` / ``state_dict_ema`` with ``ema=True``, or when they are
+the only choice); `.safetensors` with ``safetensors.numpy`` (no torch); `.msgpack` with flax.serialization.
+
+Python API
+  read_checkpoint(path, ema=False) -> {key: np.ndarray}
+  detect_layout(keys) -> str
+  external_to_flax(state_dict, layout=None) -> flat Flax dict (no target, non-strict about the architecture)
+  infer_arch(state_dict_or_flat_flax) -> (registry name, create_model overrides)
+  load_pretrained(params_target, path, *, arch=None, reinit_head=False, ema=False) -> params (target's structure)
+  import_checkpoint(path, *, arch=None, num_classes=None, ema=False) -> (params, arch, overrides)
+  flax_to_timm(params, arch) / flax_to_official(params, arch) -> {key: np.ndarray}
+  save_timm_safetensors(params, path, arch) / save_official_pth(params, path, arch)
+  save_flax(params, path, *, arch, ...) / load_flax(path) -> (params, meta)
+
+CLI
+  python -m convnext_jax.convert --src PATH --dst PATH [--arch NAME] [--num-classes N] [--ema] [--input-size S]
+  src: .pth/.pt/.bin/.safetensors (official or timm layout) or .msgpack (Flax; its .json sidecar gives the arch)
+  dst: .msgpack (+ .json sidecar) | .safetensors (timm layout) | .pth (official layout, {'model': state_dict})
+  --num-classes N different from the checkpoint's head re-initializes the head (N classes) with a message.
+  Bad input -> one line 'error: ...' on stderr, exit status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+from typing import Any, Dict, Mapping, Optional, Tuple
+
+import numpy as np
+
+from core_jax.errors import UserError
+from core_jax.weights import (CONV, CONV1X1_AS_LINEAR, LINEAR, Rule, RuleTable, export_tensors, flatten,
+                              format_shape, import_tensors, shape_of, unflatten)
+
+log = logging.getLogger(__name__)
+
+__all__ = ['read_checkpoint', 'detect_layout', 'rule_table', 'external_to_flax', 'infer_arch', 'load_pretrained',
+           'import_checkpoint', 'flax_to_timm', 'flax_to_official', 'save_timm_safetensors', 'save_official_pth',
+           'save_flax', 'load_flax', 'sidecar_path', 'CONV_MLP_ARCHS', 'main']
+
+# timm builds these with conv_mlp=True: MLP weights are 1x1 convs (out, in, 1, 1).
+CONV_MLP_ARCHS = frozenset({'convnext_atto', 'convnext_femto', 'convnext_pico', 'convnext_nano'})
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+_TORCH_EXTS = ('.pth', '.pt', '.bin')
+_WRAPPERS = ('model', 'state_dict')
+_EMA_WRAPPERS = ('model_ema', 'state_dict_ema')
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Rule tables
+# --------------------------------------------------------------------------------------------------------------
+def _block_rules(flax_prefix: str, ext_prefix: str, names: Mapping[str, str], mlp) -> list:
+  """The 9 tensors of a block. names: our sub-module -> external sub-module name."""
+  f, e = flax_prefix, ext_prefix
+  return [
+      Rule(f'{f}/gamma', f'{e}.gamma'),
+      Rule(f'{f}/dwconv/kernel', f'{e}.{names["dwconv"]}.weight', CONV),
+      Rule(f'{f}/dwconv/bias', f'{e}.{names["dwconv"]}.bias'),
+      Rule(f'{f}/norm/scale', f'{e}.norm.weight'),
+      Rule(f'{f}/norm/bias', f'{e}.norm.bias'),
+      Rule(f'{f}/pwconv1/kernel', f'{e}.{names["pwconv1"]}.weight', mlp),
+      Rule(f'{f}/pwconv1/bias', f'{e}.{names["pwconv1"]}.bias'),
+      Rule(f'{f}/pwconv2/kernel', f'{e}.{names["pwconv2"]}.weight', mlp),
+      Rule(f'{f}/pwconv2/bias', f'{e}.{names["pwconv2"]}.bias'),
+  ]
+
+
+def _conv_rules(flax_prefix, ext_prefix):
+  return [Rule(f'{flax_prefix}/kernel', f'{ext_prefix}.weight', CONV), Rule(f'{flax_prefix}/bias', f'{ext_prefix}.bias')]
+
+
+def _ln_rules(flax_prefix, ext_prefix):
+  return [Rule(f'{flax_prefix}/scale', f'{ext_prefix}.weight'), Rule(f'{flax_prefix}/bias', f'{ext_prefix}.bias')]
+
+
+def _head_rules(norm, fc):
+  return _ln_rules('head_norm', norm) + [Rule('head/kernel', f'{fc}.weight', LINEAR), Rule('head/bias', f'{fc}.bias')]
+
+
+_OFFICIAL_NAMES = {'dwconv': 'dwconv', 'pwconv1': 'pwconv1', 'pwconv2': 'pwconv2'}
+_TIMM_NAMES = {'dwconv': 'conv_dw', 'pwconv1': 'mlp.fc1', 'pwconv2': 'mlp.fc2'}
+_I = '{i:[1-9][0-9]*}'  # downsample index: stage 0 has the stem instead
+
+
+def rule_table(layout: str, conv_mlp: bool = False) -> RuleTable:
+  """The Flax <-> `layout` table. conv_mlp: the MLP weights are (out, in, 1, 1) 1x1 convs on the external side."""
+  mlp = CONV1X1_AS_LINEAR if conv_mlp else LINEAR
+  if layout == 'official':
+    rules = (_conv_rules('stem_conv', 'downsample_layers.0.0') + _ln_rules('stem_norm', 'downsample_layers.0.1')
+             + _ln_rules(f'downsample_{_I}/norm', f'downsample_layers.{_I}.0')
+             + _conv_rules(f'downsample_{_I}/conv', f'downsample_layers.{_I}.1')
+             + _block_rules('stages_{i}_block_{j}', 'stages.{i}.{j}', _OFFICIAL_NAMES, mlp)
+             + _head_rules('norm', 'head'))
+  elif layout == 'timm':
+    rules = (_conv_rules('stem_conv', 'stem.0') + _ln_rules('stem_norm', 'stem.1')
+             + _ln_rules(f'downsample_{_I}/norm', f'stages.{_I}.downsample.0')
+             + _conv_rules(f'downsample_{_I}/conv', f'stages.{_I}.downsample.1')
+             + _block_rules('stages_{i}_block_{j}', 'stages.{i}.blocks.{j}', _TIMM_NAMES, mlp)
+             + _head_rules('head.norm', 'head.fc'))
+  elif layout == 'official_iso':
+    rules = (_conv_rules('stem_conv', 'stem') + _block_rules('blocks_{j}', 'blocks.{j}', _OFFICIAL_NAMES, mlp)
+             + _head_rules('norm', 'head'))
+  elif layout == 'flax':
+    rules = [Rule('{path:.+}', '{path:.+}')]
+  else:
+    raise ValueError(f'unknown layout {layout!r}')
+  return RuleTable(rules, name=f'{layout}{" conv_mlp" if conv_mlp else ""} ConvNeXt')
+
+
+def detect_layout(keys) -> str:
+  keys = list(keys)
+  ks = set(keys)
+  if any('/' in k for k in keys):
+    return 'flax'
+  if 'downsample_layers.0.0.weight' in ks or any(k.startswith('downsample_layers.') for k in keys):
+    return 'official'
+  if 'stem.0.weight' in ks or 'head.norm.weight' in ks or any(re.match(r'stages\.\d+\.blocks\.', k) for k in keys):
+    return 'timm'
+  if 'stem.weight' in ks or any(re.match(r'blocks\.\d+\.', k) for k in keys):
+    return 'official_iso'
+  shown = ', '.join(keys[:3]) if keys else 'no keys'
+  raise UserError(f'unknown checkpoint layout (not official, timm or isotropic ConvNeXt): first keys {shown}')
+
+
+def _is_conv_mlp(sd: Mapping[str, Any], layout: str) -> bool:
+  """True when the checkpoint stores the MLP as 1x1 convs; mixed layouts are rejected."""
+  pat = re.compile(r'.*\.(pwconv[12]|mlp\.fc[12])\.weight$')
+  ndims = {len(shape_of(v)) for k, v in sd.items() if pat.match(k)}
+  return ndims == {4}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reading files
+# --------------------------------------------------------------------------------------------------------------
+def _one_line(e: BaseException) -> str:
+  text = f'{type(e).__name__}: {e}' if str(e) else type(e).__name__
+  text = ' '.join(text.split())
+  return text if len(text) <= 300 else text[:297] + '...'
+
+
+def _file_kind(path: str) -> str:
+  ext = os.path.splitext(path)[1].lower()
+  if ext in _TORCH_EXTS:
+    return 'torch'
+  if ext == '.safetensors':
+    return 'safetensors'
+  if ext == '.msgpack':
+    return 'msgpack'
+  # unknown extension: sniff the content
+  try:
+    with open(path, 'rb') as f:
+      head = f.read(16)
+  except OSError as e:
+    raise UserError(f'cannot read {path}: {_one_line(e)}') from None
+  if head[:2] == b'PK':
+    return 'torch'
+  if len(head) >= 9 and head[8:9] == b'{':
+    return 'safetensors'
+  raise UserError(f'cannot tell the format of {path}: use a .pth/.pt/.bin, .safetensors or .msgpack file')
+
+
+def _unwrap(obj: Any, path: str, ema: bool) -> Mapping[str, Any]:
+  if not isinstance(obj, Mapping):
+    raise UserError(f'{path} holds a {type(obj).__name__}, not a state dict')
+  order = _EMA_WRAPPERS + _WRAPPERS if ema else _WRAPPERS + _EMA_WRAPPERS
+  for w in order:
+    if w in obj and isinstance(obj[w], Mapping):
+      return obj[w]
+  if ema:
+    raise UserError(f'{path} has no EMA weights (no model_ema / state_dict_ema entry)')
+  return obj
+
+
+def _to_numpy(k: str, v: Any, path: str) -> np.ndarray:
+  if isinstance(v, np.ndarray):
+    return v
+  if hasattr(v, 'detach') and hasattr(v, 'numpy'):  # torch.Tensor
+    import torch
+    t = v.detach().cpu()
+    if t.dtype in (torch.bfloat16,):
+      t = t.float()
+    return t.numpy()
+  raise UserError(f'{k} in {path} is a {type(v).__name__}, not a tensor')
+
+
+def read_checkpoint(path: str, *, ema: bool = False) -> Dict[str, np.ndarray]:
+  """Any supported file -> flat {key: np.ndarray} (torch tensors converted; wrappers removed; 'module.' stripped)."""
+  if not os.path.isfile(path):
+    raise UserError(f'checkpoint not found: {path}')
+  kind = _file_kind(path)
+  try:
+    if kind == 'safetensors':
+      from safetensors.numpy import load_file
+      sd = dict(load_file(path))
+    elif kind == 'msgpack':
+      from flax import serialization
+      with open(path, 'rb') as f:
+        tree = serialization.msgpack_restore(f.read())
+      if not isinstance(tree, Mapping):
+        raise UserError(f'{path} holds a {type(tree).__name__}, not a param tree')
+      if set(tree) == {'params'}:
+        tree = tree['params']
+      sd = {k: np.asarray(v) for k, v in flatten(tree).items()}
+    else:
+      try:
+        import torch
+      except ImportError:
+        raise UserError(f'reading {path} needs PyTorch (pip install torch), or convert it to .safetensors') from None
+      obj = torch.load(path, map_location='cpu', weights_only=True)
+      obj = _unwrap(obj, path, ema)
+      sd = {str(k): _to_numpy(str(k), v, path) for k, v in obj.items()}
+  except UserError:
+    raise
+  except Exception as e:  # corrupt / truncated / not this format: one line, no traceback
+    raise UserError(f'cannot read {path} as {kind}: {_one_line(e)}') from None
+  if kind != 'torch' and ema:
+    raise UserError(f'--ema applies to .pth checkpoints only ({path} is {kind})')
+  if not sd:
+    raise UserError(f'{path} holds no tensors')
+  if all(k.startswith('module.') for k in sd):  # DistributedDataParallel wrapper
+    sd = {k[len('module.'):]: v for k, v in sd.items()}
+  return sd
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Architecture inference
+# --------------------------------------------------------------------------------------------------------------
+def external_to_flax(sd: Mapping[str, Any], layout: Optional[str] = None) -> Dict[str, np.ndarray]:
+  """Renames + transforms every tensor to its Flax path without a target (unmapped key -> UserError)."""
+  layout = layout or detect_layout(sd)
+  return import_tensors(sd, rule_table(layout, _is_conv_mlp(sd, layout)), None)
+
+
+def _flax_shapes(sd: Mapping[str, Any]) -> Dict[str, Tuple[int, ...]]:
+  """Flat Flax {path: shape} for a checkpoint in any layout (shapes only where possible)."""
+  layout = detect_layout(sd)
+  table = rule_table(layout, _is_conv_mlp(sd, layout))
+  out = {}
+  for k, v in sd.items():
+    hit = table.to_flax_key(k)
+    if hit is None:
+      raise UserError(f'unexpected key {k} in checkpoint: no {table.name} rule maps it')
+    path, rule = hit
+    s = shape_of(v)
+    if rule.transform.external_ndim is not None and len(s) != rule.transform.external_ndim:
+      raise UserError(f'{k}: expected a {rule.transform.external_ndim}-d tensor but checkpoint has {format_shape(s)}')
+    out[path] = rule.transform.flax_shape(s)
+  return out
+
+
+def _describe(shapes: Mapping[str, Tuple[int, ...]]) -> Dict[str, Any]:
+  """Architecture facts from flat Flax shapes."""
+  if 'stem_conv/kernel' not in shapes:
+    raise UserError('checkpoint has no stem conv (stem_conv/kernel); cannot infer the architecture')
+  kh, _, in_chans, _ = shapes['stem_conv/kernel']
+  d: Dict[str, Any] = {'patch_size': kh, 'in_chans': in_chans,
+                       'num_classes': shapes['head/bias'][0] if 'head/bias' in shapes else 0}
+  blocks = [re.match(r'stages_(\d+)_block_(\d+)/', p) for p in shapes]
+  blocks = [(int(m.group(1)), int(m.group(2))) for m in blocks if m]
+  iso = [int(m.group(1)) for m in (re.match(r'blocks_(\d+)/', p) for p in shapes) if m]
+  if blocks:
+    n = max(i for i, _ in blocks) + 1
+    d['isotropic'] = False
+    d['depths'] = tuple(max([j for i, j in blocks if i == s], default=-1) + 1 for s in range(n))
+    d['dims'] = tuple(shapes.get(f'stages_{s}_block_0/dwconv/bias', (0,))[0] for s in range(n))
+    first = 'stages_0_block_0'
+  elif iso:
+    d['isotropic'] = True
+    d['depth'] = max(iso) + 1
+    d['dim'] = shapes['stem_conv/kernel'][3]
+    first = 'blocks_0'
+  else:
+    raise UserError('checkpoint has no ConvNeXt blocks; cannot infer the architecture')
+  if f'{first}/dwconv/kernel' in shapes:
+    d['kernel_size'] = shapes[f'{first}/dwconv/kernel'][0]
+  d['layer_scale'] = f'{first}/gamma' in shapes
+  return d
+
+
+def infer_arch(sd: Mapping[str, Any], arch: Optional[str] = None) -> Tuple[str, Dict[str, Any]]:
+  """(registry name, create_model overrides) for a checkpoint (any layout, incl. flat Flax).
+
+  Without `arch`, the registry model with the same depths/dims (or depth/dim), patch size, kernel size and
+  input channels is chosen; overrides carry num_classes and the layer-scale switch when they differ.
+  """
+  from .models import create_model, list_models
+  d = _describe(_flax_shapes(sd))
+  if arch is None:
+    for name in list_models():
+      m = create_model(name)
+      if d['isotropic'] != (not hasattr(m, 'depths')):
+        continue
+      same = ((m.depth, m.dim) == (d['depth'], d['dim'])) if d['isotropic'] else \
+          (tuple(m.depths) == d['depths'] and tuple(m.dims) == d['dims'])
+      if same and m.patch_size == d['patch_size'] and m.in_chans == d['in_chans'] and \
+          m.kernel_size == d.get('kernel_size', m.kernel_size):
+        arch = name
+        break
+    else:
+      what = (f'depth={d["depth"]}, dim={d["dim"]}' if d['isotropic'] else f'depths={d["depths"]}, dims={d["dims"]}')
+      raise UserError(f'checkpoint architecture ({what}, patch_size={d["patch_size"]}) matches no registered model; '
+                      f'pass --arch')
+  try:
+    m = create_model(arch)
+  except (ValueError, KeyError, TypeError) as e:
+    raise UserError(f'unknown --arch {arch!r}: {_one_line(e)}') from None
+  overrides: Dict[str, Any] = {}
+  if m.num_classes != d['num_classes']:
+    overrides['num_classes'] = d['num_classes']
+  if d['layer_scale'] and m.layer_scale_init_value <= 0:
+    overrides['layer_scale_init_value'] = 1e-6
+  elif not d['layer_scale'] and m.layer_scale_init_value > 0:
+    overrides['layer_scale_init_value'] = 0.0
+  return arch, overrides
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Import
+# --------------------------------------------------------------------------------------------------------------
+_HEAD = ('head/kernel', 'head/bias')
+
+
+def _unwrap_target(target: Mapping[str, Any]) -> Tuple[Mapping[str, Any], bool]:
+  target = dict(target) if not isinstance(target, dict) else target
+  if set(target) == {'params'}:
+    return target['params'], True
+  return target, False
+
+
+def load_pretrained(params_target: Mapping[str, Any], path: str, *, arch: Optional[str] = None,
+                    reinit_head: bool = False, ema: bool = False, as_numpy: bool = False):
+  """Loads `path` (any supported format/layout) into the structure of `params_target`, strictly.
+
+  params_target: the model's params (or ``{'params': ...}``); leaves may be arrays or jax.ShapeDtypeStruct
+    (only shapes/dtypes are used), except the head when `reinit_head` (its values are kept).
+  arch: registry name of the target model; checked against the checkpoint's architecture when given.
+  reinit_head: keep the target's head/{kernel,bias} (freshly initialized) instead of the checkpoint's, e.g.
+    22K (21841) -> 1K or -> N classes; one line says so. Without it a head-size mismatch is a UserError naming
+    the head key and both shapes.
+  Returns the params with the target's structure (jax arrays; numpy with as_numpy=True).
+  """
+  import jax
+  import jax.numpy as jnp
+  tgt, wrapped = _unwrap_target(params_target)
+  flat = _load_into(flatten(tgt), read_checkpoint(path, ema=ema), path=path, arch=arch, reinit_head=reinit_head)
+  tree = unflatten(flat)
+  if not as_numpy:
+    tree = jax.tree_util.tree_map(jnp.asarray, tree)
+  return {'params': tree} if wrapped else tree
+
+
+def _load_into(flat_t: Dict[str, Any], sd: Dict[str, np.ndarray], *, path: str, arch: Optional[str],
+               reinit_head: bool) -> Dict[str, np.ndarray]:
+  """Strict external state dict -> flat Flax dict with exactly the target's paths (see load_pretrained)."""
+  import jax
+  layout = detect_layout(sd)
+  if arch is not None and layout != 'flax':
+    iso_ckpt = layout == 'official_iso'
+    if iso_ckpt != ('iso' in arch):
+      raise UserError(f'{path} holds a{"n isotropic" if iso_ckpt else " hierarchical"} ConvNeXt but arch is {arch}')
+  table = rule_table(layout, _is_conv_mlp(sd, layout))
+  ignore = ()
+  head_rules = {p: table.to_external_key(p) for p in _HEAD}
+  head_keys = {p: r[0] for p, r in head_rules.items()}
+  head_t = head_rules['head/kernel'][1].transform
+  if reinit_head:
+    for p in _HEAD:
+      if p in flat_t and isinstance(flat_t[p], jax.ShapeDtypeStruct):
+        raise UserError(f'reinit_head needs concrete initial values for {p} in the target, not {type(flat_t[p]).__name__}')
+    found = sd.get(head_keys['head/kernel'])
+    found = format_shape(shape_of(found)) if found is not None else '(none)'
+    want = format_shape(head_t.external_shape(shape_of(flat_t['head/kernel']))) if 'head/kernel' in flat_t else '(none)'
+    log.warning('head re-initialized: %s keeps the freshly initialized target values %s instead of the '
+                'checkpoint\'s %s', re.sub(r'[./](weight|kernel)$', '', head_keys['head/kernel']), want, found)
+    ignore = _HEAD
+  else:
+    k = head_keys['head/kernel']
+    if k in sd and 'head/kernel' in flat_t:
+      want = head_t.external_shape(shape_of(flat_t['head/kernel']))
+      if shape_of(sd[k]) != want:
+        raise UserError(f'{k}: expected shape {format_shape(want)} but checkpoint has {format_shape(shape_of(sd[k]))}'
+                        f' (head size mismatch; use reinit_head=True / --num-classes to re-initialize the head)')
+  flat = import_tensors(sd, table, flat_t, source='checkpoint', ignore_flax=ignore)
+  for p in ignore:
+    if p in flat_t:
+      flat[p] = np.asarray(flat_t[p])
+  return {p: flat[p] for p in flat_t}
+
+
+def import_checkpoint(path: str, *, arch: Optional[str] = None, num_classes: Optional[int] = None,
+                      ema: bool = False, seed: int = 0):
+  """Reads a checkpoint and returns ``(params, arch, overrides)`` with ``create_model(arch, **overrides)``
+  matching the params. num_classes different from the checkpoint's head -> fresh head (trunc-normal 0.02,
+  zero bias) with a message."""
+  import jax
+  import jax.numpy as jnp
+  from .layers import trunc_normal_init
+  from .models import create_model
+  sd = read_checkpoint(path, ema=ema)
+  arch, overrides = infer_arch(sd, arch)
+  ckpt_classes = overrides.get('num_classes', create_model(arch).num_classes)
+  reinit = num_classes is not None and num_classes != ckpt_classes
+  if reinit:
+    overrides['num_classes'] = num_classes
+    if num_classes == create_model(arch).num_classes:
+      overrides.pop('num_classes')
+  model = create_model(arch, **overrides)
+  size = model.patch_size * (1 if hasattr(model, 'depth') else 8)  # param shapes do not depend on it
+  x = jax.ShapeDtypeStruct((1, size, size, model.in_chans), jnp.float32)
+  target = flatten(jax.eval_shape(model.init, jax.random.PRNGKey(0), x)['params'])
+  if reinit and 'head/kernel' in target:
+    shape = target['head/kernel'].shape
+    target['head/kernel'] = np.asarray(
+        trunc_normal_init(0.02, scale=model.head_init_scale)(jax.random.PRNGKey(seed), shape))
+    target['head/bias'] = np.zeros(target['head/bias'].shape, np.float32)
+  params = unflatten(_load_into(target, sd, path=path, arch=arch, reinit_head=reinit))
+  return params, arch, overrides
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Export
+# --------------------------------------------------------------------------------------------------------------
+def _flat_numpy(params) -> Dict[str, np.ndarray]:
+  tgt, _ = _unwrap_target(params)
+  return {k: np.asarray(v) for k, v in flatten(tgt).items()}
+
+
+def flax_to_timm(params, arch: str) -> Dict[str, np.ndarray]:
+  """Flax params -> timm state dict (numpy). atto/femto/pico/nano: MLP as (out, in, 1, 1) (timm conv_mlp=True).
+  Isotropic models have no timm version: they get the official isotropic layout."""
+  flat = _flat_numpy(params)
+  if 'iso' in arch or 'blocks_0/dwconv/kernel' in flat:
+    return export_tensors(flat, rule_table('official_iso'))
+  return export_tensors(flat, rule_table('timm', conv_mlp=arch in CONV_MLP_ARCHS))
+
+
+def flax_to_official(params, arch: str) -> Dict[str, np.ndarray]:
+  """Flax params -> facebookresearch layout (Linear MLP (out, in), also for atto..nano)."""
+  flat = _flat_numpy(params)
+  if 'iso' in arch or 'blocks_0/dwconv/kernel' in flat:
+    return export_tensors(flat, rule_table('official_iso'))
+  return export_tensors(flat, rule_table('official'))
+
+
+def _check_dst_dir(path: str):
+  d = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(d):
+    raise UserError(f'output directory does not exist: {d}')
+
+
+def _atomic_write(path: str, write):
+  _check_dst_dir(path)
+  tmp = f'{path}.tmp{os.getpid()}'
+  try:
+    write(tmp)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+
+
+def save_timm_safetensors(params, path: str, arch: str) -> Dict[str, np.ndarray]:
+  """Writes a .safetensors file loadable by ``timm.create_model(arch).load_state_dict(..., strict=True)``
+  and by ``timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=dict(file=path))``."""
+  from safetensors.numpy import save_file
+  sd = flax_to_timm(params, arch)
+  _atomic_write(path, lambda p: save_file(sd, p, metadata={'format': 'pt'}))
+  return sd
+
+
+def save_official_pth(params, path: str, arch: str) -> Dict[str, np.ndarray]:
+  """Writes ``{'model': state_dict}`` in the facebookresearch layout (needs torch)."""
+  try:
+    import torch
+  except ImportError:
+    raise UserError('writing .pth needs PyTorch; write .safetensors instead') from None
+  sd = flax_to_official(params, arch)
+  _atomic_write(path, lambda p: torch.save({'model': {k: torch.from_numpy(v if v.flags.writeable else v.copy()) for k, v in sd.items()}}, p))
+  return sd
+
+
+def sidecar_path(path: str) -> str:
+  return os.path.splitext(path)[0] + '.json'
+
+
+def save_flax(params, path: str, *, arch: str, num_classes: Optional[int] = None, input_size: int = 224,
+              metrics: Optional[Mapping[str, Any]] = None, overrides: Optional[Mapping[str, Any]] = None,
+              mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation: str = 'bicubic',
+              crop_pct: Optional[float] = None) -> str:
+  """msgpack of the params tree (flax.serialization.to_bytes) + JSON sidecar next to it (`sidecar_path`):
+  {arch, num_classes, input_size (C, H, W as timm), mean, std, interpolation, crop_pct, metrics[, overrides]}.
+  crop_pct defaults to 0.875 at 224 and 1.0 (squash resize) above. Returns the sidecar path."""
+  from flax import serialization
+  tgt, _ = _unwrap_target(params)
+  flat = _flat_numpy(tgt)
+  if num_classes is None:
+    num_classes = int(flat['head/bias'].shape[0]) if 'head/bias' in flat else 0
+  in_chans = int(flat['stem_conv/kernel'].shape[2]) if 'stem_conv/kernel' in flat else 3
+  meta = {'arch': arch, 'num_classes': int(num_classes), 'input_size': [in_chans, int(input_size), int(input_size)],
+          'mean': list(mean), 'std': list(std), 'interpolation': interpolation,
+          'crop_pct': float(crop_pct if crop_pct is not None else (0.875 if input_size <= 224 else 1.0)),
+          'metrics': dict(metrics or {})}
+  ov = {k: v for k, v in (overrides or {}).items() if k != 'num_classes'}
+  if ov:
+    meta['overrides'] = ov
+  data = serialization.to_bytes(unflatten(flat))
+
+  def write(p):
+    with open(p, 'wb') as f:
+      f.write(data)
+
+  _atomic_write(path, write)
+  side = sidecar_path(path)
+  _atomic_write(side, lambda p: open(p, 'w').write(json.dumps(meta, indent=1) + '\n'))
+  return side
+
+
+def load_flax(path: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+  """(params tree of numpy arrays, sidecar dict or {} when there is none)."""
+  flat = read_checkpoint(path)
+  if detect_layout(flat) != 'flax':
+    raise UserError(f'{path} is not a Flax param tree')
+  meta = {}
+  side = sidecar_path(path)
+  if os.path.isfile(side):
+    try:
+      with open(side) as f:
+        meta = json.load(f)
+    except (OSError, ValueError) as e:
+      raise UserError(f'cannot read sidecar {side}: {_one_line(e)}') from None
+  return unflatten(flat), meta
+
+
+# --------------------------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------------------------
+class _Parser(argparse.ArgumentParser):
+  def error(self, message):
+    raise UserError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = _Parser(prog='python -m convnext_jax.convert',
+              description='Convert ConvNeXt weights: official/timm .pth/.safetensors <-> Flax .msgpack.')
+  p.add_argument('--src', required=True, help='.pth/.pt/.bin/.safetensors (official or timm) or .msgpack (Flax)')
+  p.add_argument('--dst', required=True, help='.msgpack (Flax + .json sidecar), .safetensors (timm) or .pth (official)')
+  p.add_argument('--arch', default=None, help='registry name (default: inferred from the checkpoint)')
+  p.add_argument('--num-classes', type=int, default=None,
+                 help='classes of the output model; differing from the checkpoint re-initializes the head')
+  p.add_argument('--ema', action='store_true', help='take model_ema / state_dict_ema from a training checkpoint')
+  p.add_argument('--input-size', type=int, default=224, help='resolution recorded in the Flax sidecar')
+  return p
+
+
+def convert(src: str, dst: str, *, arch: Optional[str] = None, num_classes: Optional[int] = None,
+            ema: bool = False, input_size: int = 224) -> str:
+  """File -> file; returns a one-line summary."""
+  dst_ext = os.path.splitext(dst)[1].lower()
+  if dst_ext not in ('.msgpack', '.safetensors', '.pth'):
+    raise UserError(f'--dst must end in .msgpack, .safetensors or .pth, got {dst}')
+  if os.path.abspath(src) == os.path.abspath(dst):
+    raise UserError('--src and --dst are the same file')
+  _check_dst_dir(dst)
+  meta: Dict[str, Any] = {}
+  if _file_kind(src) == 'msgpack':
+    side = sidecar_path(src)
+    if os.path.isfile(side):
+      try:
+        with open(side) as f:
+          meta = json.load(f)
+      except (OSError, ValueError) as e:
+        raise UserError(f'cannot read sidecar {side}: {_one_line(e)}') from None
+    if arch is None:
+      arch = meta.get('arch')
+  params, arch, overrides = import_checkpoint(src, arch=arch, num_classes=num_classes, ema=ema)
+  n = sum(int(np.prod(v.shape)) for v in flatten(params).values())
+  if dst_ext == '.msgpack':
+    save_flax(params, dst, arch=arch, input_size=input_size, overrides=overrides, metrics=meta.get('metrics'))
+    what = 'Flax msgpack + ' + os.path.basename(sidecar_path(dst))
+  elif dst_ext == '.safetensors':
+    save_timm_safetensors(params, dst, arch)
+    what = 'timm safetensors' if 'iso' not in arch else 'official isotropic layout safetensors'
+  else:
+    save_official_pth(params, dst, arch)
+    what = 'official .pth'
+  extra = f' {overrides}' if overrides else ''
+  return f'{src} -> {dst}: {arch}{extra}, {n:,} params, {what}'
+
+
+def main(argv=None) -> int:
+  try:
+    args = _parser().parse_args(argv)
+    print(convert(args.src, args.dst, arch=args.arch, num_classes=args.num_classes, ema=args.ema,
+                  input_size=args.input_size))
+  except UserError as e:
+    print('error: ' + ' '.join(str(e).split()), file=sys.stderr)
+    return 2
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,338 @@
+"""Table-driven weight conversion between Flax param trees and external (PyTorch-style) state dicts.
+
+One table of `Rule`s per model family / external layout, used in BOTH directions:
+
+  Rule(flax='stages_{i}_block_{j}/dwconv/kernel', external='stages.{i}.blocks.{j}.conv_dw.weight', transform=CONV)
+
+Templates hold literal text plus placeholders: ``{name}`` matches a decimal integer, ``{name:REGEX}`` matches
+REGEX (e.g. ``{i:[1-9][0-9]*}``; a regex given on one side of a rule applies to both sides). Both templates of a rule must use the same placeholders; a key is converted
+by matching it against one side and formatting the other side with the captured values. The FIRST rule that
+matches wins, so put specific rules before general ones.
+
+A `Transform` maps a tensor (and its shape) external -> Flax (`to_flax`) and back (`to_external`):
+
+  IDENTITY                          unchanged (biases, LayerNorm scale/bias, layer scale)
+  CONV      (O, I, kh, kw) <-> (kh, kw, I, O)      PyTorch Conv2d weight <-> Flax nn.Conv kernel
+  LINEAR    (out, in)      <-> (in, out)           PyTorch Linear weight <-> Flax nn.Dense kernel
+  CONV1X1_AS_LINEAR (out, in, 1, 1) <-> (in, out)  1x1 Conv2d weight     <-> Flax nn.Dense kernel
+
+`import_tensors` / `export_tensors` are strict: the FIRST offending key is reported by name in a one-line
+`core_jax.errors.UserError` -- an external key no rule maps, a key the target does not have, a key the target
+needs but the source lacks, or a shape mismatch, worded
+``"<key>: expected shape (a, b) but checkpoint has (c, d)"`` (shapes in the source's own layout).
+All tensors are numpy arrays; nothing here needs torch.
+"""
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+
+from core_jax.errors import UserError
+
+__all__ = ['Transform', 'IDENTITY', 'CONV', 'LINEAR', 'CONV1X1_AS_LINEAR', 'Rule', 'RuleTable', 'flatten',
+           'unflatten', 'shape_of', 'format_shape', 'import_tensors', 'export_tensors']
+
+Shape = Tuple[int, ...]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Flat '/'-joined paths
+# --------------------------------------------------------------------------------------------------------------
+def flatten(tree: Mapping[str, Any], sep: str = '/') -> Dict[str, Any]:
+  """Nested mapping (dict / FrozenDict) -> {'a/b/c': leaf}, in insertion order. Empty sub-dicts are dropped."""
+  out: Dict[str, Any] = {}
+
+  def walk(node, prefix):
+    for k, v in node.items():
+      if not isinstance(k, str):
+        raise TypeError(f'param tree keys must be strings, got {k!r} under {prefix or "<root>"!r}')
+      path = f'{prefix}{sep}{k}' if prefix else k
+      if isinstance(v, Mapping):
+        walk(v, path)
+      else:
+        out[path] = v
+
+  walk(tree, '')
+  return out
+
+
+def unflatten(flat: Mapping[str, Any], sep: str = '/') -> Dict[str, Any]:
+  """{'a/b/c': leaf} -> nested plain dicts (inverse of `flatten`)."""
+  tree: Dict[str, Any] = {}
+  for path, v in flat.items():
+    parts = path.split(sep)
+    node = tree
+    for p in parts[:-1]:
+      node = node.setdefault(p, {})
+      if not isinstance(node, dict):
+        raise ValueError(f'path {path!r} collides with a leaf at {p!r}')
+    if parts[-1] in node:
+      raise ValueError(f'duplicate path {path!r}')
+    node[parts[-1]] = v
+  return tree
+
+
+def shape_of(x: Any) -> Shape:
+  """Shape of a numpy/jax/torch array, a jax.ShapeDtypeStruct, or a plain shape tuple."""
+  if isinstance(x, tuple):
+    return tuple(int(d) for d in x)
+  return tuple(int(d) for d in x.shape)
+
+
+def format_shape(shape: Sequence[int]) -> str:
+  return str(tuple(int(d) for d in shape))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Tensor transforms
+# --------------------------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Transform:
+  """external -> Flax (`to_flax`) and Flax -> external (`to_external`), for arrays and for shapes."""
+
+  name: str
+  to_flax: Callable[[np.ndarray], np.ndarray]
+  to_external: Callable[[np.ndarray], np.ndarray]
+  flax_shape: Callable[[Shape], Shape]
+  external_shape: Callable[[Shape], Shape]
+  external_ndim: Optional[int] = None   # ndim the external tensor must have (None: any)
+  flax_ndim: Optional[int] = None
+
+  def __repr__(self):
+    return f'Transform({self.name})'
+
+
+def _ident(x):
+  return x
+
+
+IDENTITY = Transform('identity', _ident, _ident, _ident, _ident)
+
+CONV = Transform(
+    'conv OIHW<->HWIO',
+    to_flax=lambda w: np.transpose(w, (2, 3, 1, 0)),
+    to_external=lambda k: np.transpose(k, (3, 2, 0, 1)),
+    flax_shape=lambda s: (s[2], s[3], s[1], s[0]),
+    external_shape=lambda s: (s[3], s[2], s[0], s[1]),
+    external_ndim=4, flax_ndim=4)
+
+LINEAR = Transform(
+    'linear (out,in)<->(in,out)',
+    to_flax=lambda w: np.transpose(w),
+    to_external=lambda k: np.transpose(k),
+    flax_shape=lambda s: (s[1], s[0]),
+    external_shape=lambda s: (s[1], s[0]),
+    external_ndim=2, flax_ndim=2)
+
+CONV1X1_AS_LINEAR = Transform(
+    '1x1 conv (out,in,1,1)<->(in,out)',
+    to_flax=lambda w: np.transpose(w.reshape(w.shape[0], w.shape[1])),
+    to_external=lambda k: np.transpose(k)[:, :, None, None],
+    flax_shape=lambda s: (s[1], s[0]),
+    external_shape=lambda s: (s[1], s[0], 1, 1),
+    external_ndim=4, flax_ndim=2)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Rules
+# --------------------------------------------------------------------------------------------------------------
+_PLACEHOLDER = re.compile(r'\{(\w+)(?::([^{}]+))?\}')
+
+
+class _Template:
+  """'a.{i}.b.{j:[0-9]+}' -> a full-match regex with named groups, and a formatter back."""
+
+  def __init__(self, text: str, patterns: Optional[Mapping[str, str]] = None):
+    self.text = text
+    patterns = patterns or {}
+    pattern, fmt, names, pos = [], [], [], 0
+    for m in _PLACEHOLDER.finditer(text):
+      literal = text[pos:m.start()]
+      pattern.append(re.escape(literal))
+      fmt.append(literal.replace('{', '{{').replace('}', '}}'))
+      name, rx = m.group(1), m.group(2) or patterns.get(m.group(1), r'[0-9]+')
+      if name in names:
+        raise ValueError(f'placeholder {{{name}}} used twice in {text!r}')
+      names.append(name)
+      pattern.append(f'(?P<{name}>{rx})')
+      fmt.append('{' + name + '}')
+      pos = m.end()
+    pattern.append(re.escape(text[pos:]))
+    fmt.append(text[pos:].replace('{', '{{').replace('}', '}}'))
+    self.names = frozenset(names)
+    self.regex = re.compile(''.join(pattern))
+    self.fmt = ''.join(fmt)
+
+  def match(self, key: str) -> Optional[Dict[str, str]]:
+    m = self.regex.fullmatch(key)
+    return m.groupdict() if m else None
+
+  def format(self, groups: Mapping[str, str]) -> str:
+    return self.fmt.format(**groups)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+  """One Flax path template <-> one external key template, with the tensor transform between them."""
+
+  flax: str
+  external: str
+  transform: Transform = IDENTITY
+
+  def __post_init__(self):
+    # a placeholder's regex given on either side applies to both sides
+    patterns: Dict[str, str] = {}
+    for text in (self.flax, self.external):
+      for m in _PLACEHOLDER.finditer(text):
+        if m.group(2):
+          if patterns.setdefault(m.group(1), m.group(2)) != m.group(2):
+            raise ValueError(f'rule {self.flax!r} <-> {self.external!r}: two regexes for {{{m.group(1)}}}')
+    f, e = _Template(self.flax, patterns), _Template(self.external, patterns)
+    if f.names != e.names:
+      raise ValueError(f'rule {self.flax!r} <-> {self.external!r}: placeholders differ ({sorted(f.names)} vs '
+                       f'{sorted(e.names)})')
+    object.__setattr__(self, '_f', f)
+    object.__setattr__(self, '_e', e)
+
+
+class RuleTable:
+  """An ordered list of rules; maps single keys either way (first matching rule wins)."""
+
+  def __init__(self, rules: Iterable[Rule], name: str = 'rules'):
+    self.rules: List[Rule] = list(rules)
+    self.name = name
+
+  def to_flax_key(self, external_key: str) -> Optional[Tuple[str, Rule]]:
+    for r in self.rules:
+      g = r._e.match(external_key)
+      if g is not None:
+        return r._f.format(g), r
+    return None
+
+  def to_external_key(self, flax_path: str) -> Optional[Tuple[str, Rule]]:
+    for r in self.rules:
+      g = r._f.match(flax_path)
+      if g is not None:
+        return r._e.format(g), r
+    return None
+
+  def rename_to_flax(self, external_keys: Iterable[str]) -> Dict[str, str]:
+    """{external key: flax path} for the keys some rule maps (unmapped keys are left out; no strictness)."""
+    out = {}
+    for k in external_keys:
+      hit = self.to_flax_key(k)
+      if hit is not None:
+        out[k] = hit[0]
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Strict conversion
+# --------------------------------------------------------------------------------------------------------------
+def _more(n: int) -> str:
+  return f' (and {n} more)' if n > 0 else ''
+
+
+def _shape_error(key: str, expected: Shape, found: Shape, source: str, hint: str = '') -> UserError:
+  return UserError(f'{key}: expected shape {format_shape(expected)} but {source} has {format_shape(found)}{hint}')
+
+
+def import_tensors(external: Mapping[str, Any], table: RuleTable, target: Optional[Mapping[str, Any]] = None, *,
+                   source: str = 'checkpoint', dtype: Any = None, ignore_flax: Iterable[str] = ()
+                   ) -> Dict[str, np.ndarray]:
+  """External state dict -> flat Flax dict {path: np.ndarray}, strictly.
+
+  external: {key: array} (numpy, or anything `np.asarray` takes).
+  target:   flat {flax path: array | ShapeDtypeStruct | shape tuple}. When given, the result has exactly the
+            target's paths (in target order) and shapes; checkpoint-layout shapes are compared BEFORE the
+            transform, so the message speaks the checkpoint's layout. Leaves with a dtype set the output dtype.
+  dtype:    cast every tensor to this dtype (overrides the target's dtypes).
+  ignore_flax: Flax paths that are neither loaded nor required (e.g. a head being re-initialized): the
+            checkpoint's tensors for them are skipped and they are absent from the result.
+  Raises UserError naming the first offending key: unmapped / unexpected key, shape mismatch, missing key.
+  """
+  ignore = set(ignore_flax)
+  mapped: Dict[str, Tuple[str, Rule]] = {}
+  unmapped = [k for k in external if table.to_flax_key(k) is None]
+  if unmapped:
+    raise UserError(f'unexpected key {unmapped[0]} in {source}: no {table.name} rule maps it{_more(len(unmapped) - 1)}')
+  for k in external:
+    path, rule = table.to_flax_key(k)
+    if path in mapped:
+      raise UserError(f'{k} and {mapped[path][0]} in {source} both map to Flax param {path}')
+    mapped[path] = (k, rule)
+
+  if target is not None:
+    unexpected = [mapped[p][0] for p in mapped if p not in target and p not in ignore]
+    if unexpected:
+      raise UserError(f'unexpected key {unexpected[0]} in {source}: the model has no param '
+                      f'{table.to_flax_key(unexpected[0])[0]}{_more(len(unexpected) - 1)}')
+    for p, (k, rule) in mapped.items():
+      if p in ignore:
+        continue
+      want = rule.transform.external_shape(shape_of(target[p])) if _ndim_ok(rule.transform, target[p]) else None
+      got = shape_of(external[k])
+      if want is None or want != got:
+        want = want if want is not None else shape_of(target[p])
+        raise _shape_error(k, want, got, source)
+    missing = [p for p in target if p not in mapped and p not in ignore]
+    if missing:
+      hit = table.to_external_key(missing[0])
+      name = hit[0] if hit else missing[0]
+      raise UserError(f'missing key {name} in {source} (Flax param {missing[0]}){_more(len(missing) - 1)}')
+    order = [p for p in target if p not in ignore]
+  else:
+    order = [p for p in mapped if p not in ignore]
+
+  out: Dict[str, np.ndarray] = {}
+  for p in order:
+    k, rule = mapped[p]
+    x = np.asarray(external[k])
+    if rule.transform.external_ndim is not None and x.ndim != rule.transform.external_ndim:
+      raise UserError(f'{k}: expected a {rule.transform.external_ndim}-d tensor ({rule.transform.name}) but '
+                      f'{source} has shape {format_shape(x.shape)}')
+    y = rule.transform.to_flax(x)
+    want_dtype = dtype if dtype is not None else (getattr(target[p], 'dtype', None) if target is not None else None)
+    if want_dtype is not None and y.dtype != np.dtype(want_dtype):
+      y = y.astype(want_dtype)
+    out[p] = y
+  return out
+
+
+def _ndim_ok(t: Transform, leaf: Any) -> bool:
+  return t.flax_ndim is None or len(shape_of(leaf)) == t.flax_ndim
+
+
+def export_tensors(flat: Mapping[str, Any], table: RuleTable, expected: Optional[Mapping[str, Any]] = None, *,
+                   source: str = 'Flax params') -> Dict[str, np.ndarray]:
+  """Flat Flax dict -> external state dict {key: C-contiguous np.ndarray}, strictly.
+
+  expected: optional {external key: array | shape}; when given the output must have exactly these keys and
+  shapes (e.g. a freshly built PyTorch model's state dict), else the first offending key is reported.
+  """
+  out: Dict[str, np.ndarray] = {}
+  for p, v in flat.items():
+    hit = table.to_external_key(p)
+    if hit is None:
+      raise UserError(f'unexpected Flax param {p} in {source}: no {table.name} rule maps it')
+    k, rule = hit
+    x = np.asarray(v)
+    if rule.transform.flax_ndim is not None and x.ndim != rule.transform.flax_ndim:
+      raise UserError(f'{p}: expected a {rule.transform.flax_ndim}-d array ({rule.transform.name}) but {source} '
+                      f'has shape {format_shape(x.shape)}')
+    if k in out:
+      raise UserError(f'two Flax params map to {k}')
+    out[k] = np.ascontiguousarray(rule.transform.to_external(x))
+  if expected is not None:
+    for k, v in out.items():
+      if k not in expected:
+        raise UserError(f'unexpected key {k} (from Flax param {table.to_flax_key(k)[0]}): the target has no such key')
+      if shape_of(expected[k]) != v.shape:
+        raise _shape_error(k, shape_of(expected[k]), v.shape, source)
+    missing = [k for k in expected if k not in out]
+    if missing:
+      raise UserError(f'missing key {missing[0]}: {source} provide no value for it{_more(len(missing) - 1)}')
+  return out

@@ -1,0 +1,562 @@
+"""Tests for core_jax.weights and convnext_jax.convert (checkpoint import/export, CLI).
+
+Run: .venv/bin/python -m pytest tests/convnext/test_convert.py -q
+
+What is verified
+  * hierarchical variants (atto..xlarge): a random timm model (LN weights/biases and gamma ~ U(0.5, 1.5), biases
+    random) is saved as timm .safetensors and as an official-layout .pth (keys renamed by a test-side function
+    that is itself checked against timm's own checkpoint_filter_fn); both import to bit-identical Flax params;
+    Flax logits vs timm fp32 eval logits (64x64; tiny also 224) max|diff| <= 1e-4; Flax -> timm and
+    Flax -> official exports equal the original tensors bit for bit (same key sets); the timm export loads
+    into timm with load_state_dict(strict=True) and gives the same logits; for atto and tiny also via
+    timm.create_model(pretrained=True, pretrained_cfg_overlay=dict(file=...)) offline.
+  * isotropic variants (timm has none): an official-layout state dict drawn from numpy, saved as .pth and
+    .safetensors, imported, and the Flax logits compared against a small torch.nn.functional re-implementation
+    of the official isotropic model written here; export round trip bit-exact.
+  * error cases: missing / unexpected key, shape mismatch, head mismatch with and without reinit_head,
+    corrupt / truncated files, CLI exit status 2 with one 'error: ' line on stderr.
+"""
+from __future__ import annotations
+
+import gc
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
+sys.path.insert(0, ROOT)
+
+torch = pytest.importorskip('torch')
+timm = pytest.importorskip('timm')
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+from safetensors.numpy import save_file  # noqa: E402
+
+from core_jax import weights as W  # noqa: E402
+from core_jax.errors import UserError  # noqa: E402
+from convnext_jax import convert as C  # noqa: E402
+from convnext_jax import create_model  # noqa: E402
+
+HIER = ['convnext_atto', 'convnext_femto', 'convnext_pico', 'convnext_nano', 'convnext_tiny', 'convnext_small',
+        'convnext_base', 'convnext_large', 'convnext_xlarge']
+ISO = ['convnext_iso_small', 'convnext_iso_base', 'convnext_iso_large']
+TOL = 1e-4
+
+
+@pytest.fixture
+def highest_precision():
+  prev = jax.config.jax_default_matmul_precision
+  jax.config.update('jax_default_matmul_precision', 'highest')
+  yield
+  jax.config.update('jax_default_matmul_precision', prev)
+
+
+@pytest.fixture(autouse=True)
+def _free_memory():
+  yield
+  gc.collect()
+  jax.clear_caches()
+
+
+# ------------------------------------------------------------------------------------------------
+# helpers
+# ------------------------------------------------------------------------------------------------
+def _timm_model(name, seed=0, fill=True):
+  """timm model (built on the meta device, then filled: much faster than timm's trunc-normal init for xlarge)
+  with random conv/linear weights N(0, 0.02^2), LN weights and gamma ~ U(0.5, 1.5), biases ~ U(-0.5, 0.5), so
+  every tensor matters for parity."""
+  with torch.device('meta'):
+    tm = timm.create_model(name, pretrained=False)
+  tm = tm.to_empty(device='cpu').eval()
+  if not fill:  # uninitialized memory
+    return tm
+  g = torch.Generator().manual_seed(seed)
+  with torch.no_grad():
+    for k, p in tm.named_parameters():
+      if p.ndim > 1:
+        p.normal_(0.0, 0.02, generator=g)
+      elif k.endswith('gamma') or k.endswith('weight'):  # layer scale and every LN weight
+        p.uniform_(0.5, 1.5, generator=g)
+      else:
+        p.uniform_(-0.5, 0.5, generator=g)
+    assert not list(tm.buffers())
+  return tm
+
+
+def _timm_to_official(sd):
+  """Test-side reverse of timm's checkpoint_filter_fn: timm keys -> facebookresearch keys; MLP weights 2-D."""
+  out = {}
+  for k, v in sd.items():
+    k2 = k
+    k2 = re.sub(r'^stem\.', 'downsample_layers.0.', k2)
+    k2 = re.sub(r'^stages\.(\d+)\.downsample\.(\d+)\.', r'downsample_layers.\1.\2.', k2)
+    k2 = re.sub(r'^stages\.(\d+)\.blocks\.(\d+)\.', r'stages.\1.\2.', k2)
+    k2 = k2.replace('conv_dw', 'dwconv').replace('mlp.fc', 'pwconv')
+    k2 = k2.replace('head.norm.', 'norm.').replace('head.fc.', 'head.')
+    if 'pwconv' in k2 and v.ndim == 4:
+      v = v.reshape(v.shape[0], v.shape[1])
+    out[k2] = v
+  return out
+
+
+def _state_dict_numpy(tm):
+  return {k: v.detach().numpy() for k, v in tm.state_dict().items()}  # shares memory with tm
+
+
+def _target(name, **overrides):
+  model = create_model(name, dwconv_impl='xla', **overrides)
+  size = model.patch_size * (1 if 'iso' in name else 8)
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
+  return model, shapes['params']
+
+
+def _flax_logits(model, params, x_nchw):
+  out, _ = jax.jit(model.apply)({'params': params}, jnp.asarray(np.transpose(x_nchw, (0, 2, 3, 1))))
+  return np.asarray(out)
+
+
+def _assert_same_tensors(a, b):
+  assert list(a) == list(b) or set(a) == set(b), (sorted(set(a) ^ set(b)))[:5]
+  for k in a:
+    assert a[k].shape == b[k].shape and a[k].dtype == b[k].dtype, k
+    assert np.array_equal(a[k], b[k]), k
+
+
+def _save_pth(sd, path, wrapper='model'):
+  obj = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in sd.items()}
+  torch.save({wrapper: obj} if wrapper else obj, path)
+
+
+def _one_line_error(excinfo, *fragments):
+  msg = str(excinfo.value)
+  assert '\n' not in msg, msg
+  for f in fragments:
+    assert f in msg, msg
+  return msg
+
+
+PARITY = []  # (name, size, err) collected for the summary printed at the end
+
+
+# ------------------------------------------------------------------------------------------------
+# core_jax.weights
+# ------------------------------------------------------------------------------------------------
+def test_flatten_unflatten_roundtrip():
+  tree = {'a': {'b': np.ones(2), 'c': {'d': np.zeros(3)}}, 'e': np.arange(4)}
+  flat = W.flatten(tree)
+  assert list(flat) == ['a/b', 'a/c/d', 'e']
+  back = W.unflatten(flat)
+  assert W.flatten(back).keys() == flat.keys()
+  import flax
+  assert list(W.flatten(flax.core.freeze(tree))) == ['a/b', 'a/c/d', 'e']
+
+
+def test_transforms_roundtrip_and_shapes():
+  rng = np.random.default_rng(0)
+  cases = [(W.CONV, (8, 3, 4, 4), (4, 4, 3, 8)), (W.CONV, (8, 1, 7, 7), (7, 7, 1, 8)), (W.LINEAR, (6, 5), (5, 6)),
+           (W.CONV1X1_AS_LINEAR, (6, 5, 1, 1), (5, 6)), (W.IDENTITY, (7,), (7,))]
+  for t, ext_shape, flax_shape in cases:
+    w = rng.standard_normal(ext_shape).astype(np.float32)
+    k = t.to_flax(w)
+    assert k.shape == flax_shape == t.flax_shape(ext_shape)
+    assert t.external_shape(flax_shape) == ext_shape
+    assert np.array_equal(t.to_external(k), w)
+  w = rng.standard_normal((8, 3, 4, 4))
+  assert np.array_equal(W.CONV.to_flax(w)[1, 2, 0, 5], w[5, 0, 1, 2])  # kernel[h, w, i, o] == weight[o, i, h, w]
+
+
+def test_rule_table_both_directions():
+  table = W.RuleTable([
+      W.Rule('stem/kernel', 'stem.0.weight', W.CONV),
+      W.Rule('down_{i:[1-9][0-9]*}/bias', 'layers.{i}.1.bias'),
+      W.Rule('s_{i}_b_{j}/fc/kernel', 'stages.{i}.blocks.{j}.fc.weight', W.LINEAR),
+  ])
+  assert table.to_flax_key('stages.2.blocks.11.fc.weight')[0] == 's_2_b_11/fc/kernel'
+  assert table.to_external_key('s_2_b_11/fc/kernel')[0] == 'stages.2.blocks.11.fc.weight'
+  assert table.to_flax_key('layers.0.1.bias') is None and table.to_flax_key('layers.3.1.bias')[0] == 'down_3/bias'
+  with pytest.raises(ValueError):
+    W.Rule('a_{i}', 'b')
+  ext = {'stem.0.weight': np.zeros((4, 3, 2, 2), np.float32), 'stages.0.blocks.0.fc.weight': np.zeros((6, 4))}
+  flat = W.import_tensors(ext, table, dtype=np.float32)
+  assert flat['stem/kernel'].shape == (2, 2, 3, 4) and flat['s_0_b_0/fc/kernel'].dtype == np.float32
+  back = W.export_tensors(flat, table)
+  assert set(back) == set(ext) and back['stem.0.weight'].flags['C_CONTIGUOUS']
+  target = {'stem/kernel': (2, 2, 3, 4), 's_0_b_0/fc/kernel': (4, 6), 's_0_b_1/fc/kernel': (4, 6)}
+  with pytest.raises(UserError) as e:
+    W.import_tensors(ext, table, target)
+  _one_line_error(e, 'missing key stages.0.blocks.1.fc.weight')
+  with pytest.raises(UserError) as e:
+    W.import_tensors({**ext, 'foo.bar': np.zeros(1)}, table, target)
+  _one_line_error(e, 'unexpected key foo.bar')
+  with pytest.raises(UserError) as e:
+    W.import_tensors({**ext, 'stem.0.weight': np.zeros((4, 3, 3, 3))}, table, target)
+  assert str(e.value) == 'stem.0.weight: expected shape (4, 3, 2, 2) but checkpoint has (4, 3, 3, 3)'
+  with pytest.raises(UserError) as e:
+    W.export_tensors(flat, table, expected={'stem.0.weight': (4, 3, 2, 2)})
+  _one_line_error(e, 'unexpected key stages.0.blocks.0.fc.weight')
+
+
+# ------------------------------------------------------------------------------------------------
+# Hierarchical ConvNeXt: timm + official layouts, every variant
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize('name', HIER)
+def test_hierarchical_import_parity_export(name, tmp_path, highest_precision):
+  tm = _timm_model(name)
+  sd_timm = _state_dict_numpy(tm)
+  sd_off = _timm_to_official(sd_timm)
+  # the test's official layout is what timm's own FB filter maps back to exactly these timm tensors
+  filtered = timm.models.convnext.checkpoint_filter_fn({'model': sd_off}, tm)
+  _assert_same_tensors({k: np.asarray(v) for k, v in filtered.items()}, sd_timm)
+  del filtered
+
+  p_timm, p_off = tmp_path / 'timm.safetensors', tmp_path / 'official.pth'
+  save_file(sd_timm, str(p_timm))
+  _save_pth(sd_off, str(p_off))
+  assert C.detect_layout(sd_timm) == 'timm' and C.detect_layout(sd_off) == 'official'
+  assert C.infer_arch(sd_timm) == (name, {}) and C.infer_arch(sd_off) == (name, {})
+
+  model, target = _target(name)
+  params = C.load_pretrained(target, str(p_timm), arch=name, as_numpy=True)
+  params_off = C.load_pretrained({'params': target}, str(p_off), arch=name, as_numpy=True)['params']
+  _assert_same_tensors(W.flatten(params), W.flatten(params_off))  # both layouts -> identical Flax params
+  del params_off
+
+  sizes = [(64, 64)] + ([(224, 224)] if name == 'convnext_tiny' else [])
+  refs = {}
+  for size in sizes:
+    x = np.random.RandomState(1).randn(2, 3, *size).astype(np.float32)
+    with torch.no_grad():
+      ref = tm(torch.from_numpy(x)).numpy()
+    out = _flax_logits(model, params, x)
+    err = float(np.max(np.abs(out - ref)))
+    PARITY.append((name, size, err))
+    print(f'\n{name} {size}: max|logit diff| = {err:.2e} (max|logit| {np.abs(ref).max():.2f})')
+    assert err <= TOL
+    refs[size] = (x, ref)
+
+  # export: bit-exact round trip in both layouts
+  exp_timm = C.flax_to_timm(params, name)
+  _assert_same_tensors(exp_timm, sd_timm)
+  _assert_same_tensors(C.flax_to_official(params, name), sd_off)
+  del sd_off
+
+  # the timm export loads strictly into timm and gives the same logits (through a file for the small models)
+  if sum(v.size for v in exp_timm.values()) < 30e6:
+    p_exp = tmp_path / 'export.safetensors'
+    C.save_timm_safetensors(params, str(p_exp), name)
+    from safetensors.torch import load_file
+    exp_torch = load_file(str(p_exp))
+  else:
+    exp_torch = {k: torch.from_numpy(v) for k, v in exp_timm.items()}
+  x, ref = refs[(64, 64)]
+  fresh = _timm_model(name, fill=False)  # uninitialized; load_state_dict(strict=True) must set every tensor
+  fresh.load_state_dict(exp_torch, strict=True)
+  del exp_torch, exp_timm, tm
+  with torch.no_grad():
+    again = fresh(torch.from_numpy(x)).numpy()
+  assert np.array_equal(again, ref)
+
+
+@pytest.mark.parametrize('name', ['convnext_atto', 'convnext_tiny'])
+def test_export_loads_with_timm_pretrained_overlay(name, tmp_path, monkeypatch):
+  monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+  tm = _timm_model(name, seed=3)
+  sd = _state_dict_numpy(tm)
+  src = tmp_path / 'src.safetensors'
+  save_file(sd, str(src))
+  params, arch, overrides = C.import_checkpoint(str(src))
+  assert (arch, overrides) == (name, {})
+  dst = tmp_path / 'out.safetensors'
+  C.save_timm_safetensors(params, str(dst), arch)
+  tm2 = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(dst))).eval()
+  _assert_same_tensors(_state_dict_numpy(tm2), sd)
+
+
+# ------------------------------------------------------------------------------------------------
+# Isotropic ConvNeXt (official layout only; reference = torch.nn.functional re-implementation below)
+# ------------------------------------------------------------------------------------------------
+def _iso_state_dict(name, seed=0):
+  model = create_model(name)
+  d, depth = model.dim, model.depth
+  rng = np.random.default_rng(seed)
+
+  def normal(*shape, std=0.02):
+    return (rng.standard_normal(shape, dtype=np.float32) * np.float32(std))
+
+  def unif(*shape, lo=0.5, hi=1.5):
+    return rng.uniform(lo, hi, shape).astype(np.float32)
+
+  sd = {'stem.weight': normal(d, 3, 16, 16, std=0.05), 'stem.bias': unif(d, lo=-0.5, hi=0.5)}
+  for j in range(depth):
+    b = f'blocks.{j}.'
+    if model.layer_scale_init_value > 0:
+      sd[b + 'gamma'] = unif(d, lo=0.05, hi=0.15)
+    sd[b + 'dwconv.weight'] = normal(d, 1, 7, 7, std=0.1)
+    sd[b + 'dwconv.bias'] = unif(d, lo=-0.5, hi=0.5)
+    sd[b + 'norm.weight'] = unif(d)
+    sd[b + 'norm.bias'] = unif(d, lo=-0.5, hi=0.5)
+    sd[b + 'pwconv1.weight'] = normal(4 * d, d)
+    sd[b + 'pwconv1.bias'] = unif(4 * d, lo=-0.5, hi=0.5)
+    sd[b + 'pwconv2.weight'] = normal(d, 4 * d)
+    sd[b + 'pwconv2.bias'] = unif(d, lo=-0.5, hi=0.5)
+  sd['norm.weight'] = unif(d)
+  sd['norm.bias'] = unif(d, lo=-0.5, hi=0.5)
+  sd['head.weight'] = normal(1000, d)
+  sd['head.bias'] = unif(1000, lo=-0.5, hi=0.5)
+  return sd
+
+
+def _iso_reference(sd, x):
+  """Official isotropic ConvNeXt forward (facebookresearch models/convnext_isotropic.py), torch.nn.functional."""
+  F = torch.nn.functional
+  t = {k: torch.from_numpy(v) for k, v in sd.items()}
+  d = t['stem.bias'].shape[0]
+  h = F.conv2d(torch.from_numpy(x), t['stem.weight'], t['stem.bias'], stride=16)
+  j = 0
+  while f'blocks.{j}.dwconv.weight' in t:
+    b = f'blocks.{j}.'
+    y = F.conv2d(h, t[b + 'dwconv.weight'], t[b + 'dwconv.bias'], padding=3, groups=d)
+    y = y.permute(0, 2, 3, 1)
+    y = F.layer_norm(y, (d,), t[b + 'norm.weight'], t[b + 'norm.bias'], eps=1e-6)
+    y = F.linear(F.gelu(F.linear(y, t[b + 'pwconv1.weight'], t[b + 'pwconv1.bias'])), t[b + 'pwconv2.weight'],
+                 t[b + 'pwconv2.bias'])
+    if b + 'gamma' in t:
+      y = t[b + 'gamma'] * y
+    h = h + y.permute(0, 3, 1, 2)
+    j += 1
+  h = F.layer_norm(h.mean((-2, -1)), (d,), t['norm.weight'], t['norm.bias'], eps=1e-6)
+  return F.linear(h, t['head.weight'], t['head.bias']).numpy()
+
+
+@pytest.mark.parametrize('name', ISO)
+def test_isotropic_import_parity_export(name, tmp_path, highest_precision):
+  sd = _iso_state_dict(name)
+  assert C.detect_layout(sd) == 'official_iso'
+  assert C.infer_arch(sd) == (name, {})
+  p_pth, p_st = tmp_path / 'iso.pth', tmp_path / 'iso.safetensors'
+  _save_pth(sd, str(p_pth), wrapper='model')
+  save_file(sd, str(p_st))
+  model, target = _target(name)
+  params = C.load_pretrained(target, str(p_pth), arch=name, as_numpy=True)
+  _assert_same_tensors(W.flatten(params), W.flatten(C.load_pretrained(target, str(p_st), arch=name, as_numpy=True)))
+  x = np.random.RandomState(1).randn(2, 3, 64, 64).astype(np.float32)
+  with torch.no_grad():
+    ref = _iso_reference(sd, x)
+  out = _flax_logits(model, params, x)
+  err = float(np.max(np.abs(out - ref)))
+  PARITY.append((name, (64, 64), err))
+  print(f'\n{name} (64, 64): max|logit diff| vs torch functional reference = {err:.2e}')
+  assert err <= TOL
+  _assert_same_tensors(C.flax_to_official(params, name), sd)
+  _assert_same_tensors(C.flax_to_timm(params, name), sd)  # no timm iso: official iso layout
+
+
+# ------------------------------------------------------------------------------------------------
+# Flax-native format, CLI
+# ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope='module')
+def atto_files(tmp_path_factory):
+  d = tmp_path_factory.mktemp('atto')
+  tm = _timm_model('convnext_atto', seed=5)
+  sd = _state_dict_numpy(tm)
+  save_file(sd, str(d / 'timm.safetensors'))
+  _save_pth(_timm_to_official(sd), str(d / 'official.pth'))
+  return d, sd
+
+
+def test_flax_msgpack_and_sidecar(atto_files, tmp_path):
+  d, sd = atto_files
+  params, arch, _ = C.import_checkpoint(str(d / 'official.pth'))
+  side = C.save_flax(params, str(tmp_path / 'm.msgpack'), arch=arch, metrics={'top1': 0.5})
+  meta = json.load(open(side))
+  assert set(meta) == {'arch', 'num_classes', 'input_size', 'mean', 'std', 'interpolation', 'crop_pct', 'metrics'}
+  assert meta['arch'] == 'convnext_atto' and meta['num_classes'] == 1000 and meta['input_size'] == [3, 224, 224]
+  assert meta['crop_pct'] == 0.875 and meta['interpolation'] == 'bicubic' and meta['metrics'] == {'top1': 0.5}
+  tree, meta2 = C.load_flax(str(tmp_path / 'm.msgpack'))
+  assert meta2 == meta
+  _assert_same_tensors(W.flatten(tree), W.flatten(params))
+  # msgpack -> strict load into a target
+  _, target = _target('convnext_atto')
+  again = C.load_pretrained(target, str(tmp_path / 'm.msgpack'), as_numpy=True)
+  _assert_same_tensors(W.flatten(again), W.flatten(params))
+
+
+def test_cli_roundtrip(atto_files, tmp_path, capsys):
+  d, sd = atto_files
+  mp, st, pth = tmp_path / 'a.msgpack', tmp_path / 'a.safetensors', tmp_path / 'a.pth'
+  assert C.main(['--src', str(d / 'official.pth'), '--dst', str(mp)]) == 0
+  assert json.load(open(tmp_path / 'a.json'))['arch'] == 'convnext_atto'
+  assert C.main(['--src', str(mp), '--dst', str(st)]) == 0
+  assert C.main(['--src', str(mp), '--dst', str(pth)]) == 0
+  from safetensors.numpy import load_file
+  _assert_same_tensors(load_file(str(st)), sd)  # timm conv_mlp layout, bit-exact
+  off = torch.load(str(pth), map_location='cpu', weights_only=True)['model']
+  _assert_same_tensors({k: v.numpy() for k, v in off.items()}, _timm_to_official(sd))
+  out = capsys.readouterr().out
+  assert 'convnext_atto' in out
+
+
+def test_cli_num_classes_reinit(atto_files, tmp_path, caplog):
+  d, sd = atto_files
+  mp = tmp_path / 'ft.msgpack'
+  with caplog.at_level('WARNING'):
+    assert C.main(['--src', str(d / 'timm.safetensors'), '--dst', str(mp), '--num-classes', '10']) == 0
+  assert any('head re-initialized' in r.getMessage() for r in caplog.records)
+  tree, meta = C.load_flax(str(mp))
+  assert meta['num_classes'] == 10 and tree['head']['kernel'].shape == (320, 10)
+  assert np.array_equal(tree['head_norm']['scale'], sd['head.norm.weight'])
+
+
+def test_cli_errors_exit_2(atto_files, tmp_path, capsys):
+  d, sd = atto_files
+  bad = tmp_path / 'bad.pth'
+  bad.write_bytes(b'this is not a checkpoint')
+  cases = [
+      ['--src', str(bad), '--dst', str(tmp_path / 'x.msgpack')],
+      ['--src', str(tmp_path / 'nope.pth'), '--dst', str(tmp_path / 'x.msgpack')],
+      ['--src', str(d / 'timm.safetensors'), '--dst', str(tmp_path / 'x.txt')],
+      ['--src', str(d / 'timm.safetensors'), '--dst', str(tmp_path / 'x.msgpack'), '--arch', 'convnext_tiny'],
+      ['--src', str(d / 'timm.safetensors')],  # argparse error: still one line
+  ]
+  for argv in cases:
+    assert C.main(argv) == 2, argv
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and err.count('\n') == 1, err
+  # the real process: exit status 2 and exactly one stderr line
+  r = subprocess.run([sys.executable, '-m', 'convnext_jax.convert', '--src', str(bad), '--dst',
+                      str(tmp_path / 'y.msgpack')], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert r.returncode == 2
+  lines = [l for l in r.stderr.splitlines() if l.strip()]
+  assert len(lines) == 1 and lines[0].startswith('error: cannot read'), r.stderr
+
+
+# ------------------------------------------------------------------------------------------------
+# Strict-loading error cases
+# ------------------------------------------------------------------------------------------------
+def _load_modified(sd, tmp_path, **kw):
+  p = tmp_path / 'mod.safetensors'
+  save_file(sd, str(p))
+  _, target = _target('convnext_atto')
+  return C.load_pretrained(target, str(p), arch='convnext_atto', as_numpy=True, **kw)
+
+
+def test_missing_key(atto_files, tmp_path):
+  _, sd = atto_files
+  sd = dict(sd)
+  del sd['stages.1.blocks.0.gamma']
+  with pytest.raises(UserError) as e:
+    _load_modified(sd, tmp_path)
+  _one_line_error(e, 'missing key stages.1.blocks.0.gamma')
+
+
+def test_unexpected_keys(atto_files, tmp_path):
+  _, sd = atto_files
+  with pytest.raises(UserError) as e:
+    _load_modified({**sd, 'stages.0.blocks.0.foo.weight': np.zeros(3, np.float32)}, tmp_path)
+  _one_line_error(e, 'unexpected key stages.0.blocks.0.foo.weight')
+  with pytest.raises(UserError) as e:  # maps to a Flax path the model does not have (stage 0 has 2 blocks)
+    _load_modified({**sd, 'stages.0.blocks.2.gamma': np.zeros(40, np.float32)}, tmp_path)
+  _one_line_error(e, 'unexpected key stages.0.blocks.2.gamma', 'stages_0_block_2/gamma')
+
+
+def test_shape_mismatch(atto_files, tmp_path):
+  _, sd = atto_files
+  with pytest.raises(UserError) as e:
+    _load_modified({**sd, 'stages.0.blocks.1.conv_dw.weight': np.zeros((40, 1, 5, 5), np.float32)}, tmp_path)
+  assert str(e.value) == 'stages.0.blocks.1.conv_dw.weight: expected shape (40, 1, 7, 7) but checkpoint has (40, 1, 5, 5)'
+
+
+def test_head_mismatch_and_reinit(atto_files, tmp_path, caplog):
+  _, sd = atto_files
+  rng = np.random.default_rng(0)
+  sd22k = {**sd, 'head.fc.weight': rng.standard_normal((21841, 320), dtype=np.float32),
+           'head.fc.bias': rng.standard_normal(21841, dtype=np.float32)}
+  with pytest.raises(UserError) as e:
+    _load_modified(sd22k, tmp_path)
+  _one_line_error(e, 'head.fc.weight', '(1000, 320)', '(21841, 320)')
+  # reinit_head: head keeps the target's (fresh) values, everything else comes from the checkpoint
+  p = tmp_path / '22k.safetensors'
+  save_file(sd22k, str(p))
+  model, abstract = _target('convnext_atto')
+  head = {'kernel': np.full((320, 1000), 0.25, np.float32), 'bias': np.full((1000,), -1.0, np.float32)}
+  target = {**abstract, 'head': head}
+  with caplog.at_level('WARNING'):
+    params = C.load_pretrained(target, str(p), arch='convnext_atto', reinit_head=True)
+  msgs = [r.getMessage() for r in caplog.records if 'head re-initialized' in r.getMessage()]
+  assert len(msgs) == 1 and '\n' not in msgs[0] and '(21841, 320)' in msgs[0]
+  assert np.array_equal(np.asarray(params['head']['kernel']), head['kernel'])
+  assert np.array_equal(np.asarray(params['head']['bias']), head['bias'])
+  assert np.array_equal(np.asarray(params['head_norm']['scale']), sd['head.norm.weight'])
+  assert isinstance(params['stem_conv']['kernel'], jax.Array)
+
+
+def test_arch_inference_overrides(atto_files):
+  _, sd = atto_files
+  no_gamma = {k: v for k, v in sd.items() if not k.endswith('gamma')}
+  assert C.infer_arch(no_gamma) == ('convnext_atto', {'layer_scale_init_value': 0.0})
+  headless = {k: v for k, v in sd.items() if not k.startswith('head.fc')}
+  assert C.infer_arch(headless) == ('convnext_atto', {'num_classes': 0})
+  odd = {k: v for k, v in sd.items() if not k.startswith('stages.3.blocks.1.')}
+  with pytest.raises(UserError) as e:
+    C.infer_arch(odd)
+  _one_line_error(e, 'matches no registered model', 'depths=(2, 2, 6, 1)')
+  with pytest.raises(UserError) as e:
+    C.detect_layout({'foo.weight': 1})
+  _one_line_error(e, 'unknown checkpoint layout')
+
+
+def test_wrappers_and_ema(atto_files, tmp_path):
+  _, sd = atto_files
+  off = _timm_to_official(sd)
+  _, target = _target('convnext_atto')
+  for wrapper in ['state_dict', 'model_ema', None]:
+    p = tmp_path / f'{wrapper}.pth'
+    _save_pth(off, str(p), wrapper=wrapper)
+    params = C.load_pretrained(target, str(p), as_numpy=True)
+    assert np.array_equal(params['stem_conv']['bias'], sd['stem.0.bias'])
+  both = {'model': {k: torch.from_numpy(v) for k, v in off.items()},
+          'model_ema': {k: torch.from_numpy(v + 1) for k, v in off.items()}}
+  torch.save(both, str(tmp_path / 'train.pth'))
+  p = C.load_pretrained(target, str(tmp_path / 'train.pth'), as_numpy=True)
+  pe = C.load_pretrained(target, str(tmp_path / 'train.pth'), ema=True, as_numpy=True)
+  assert np.array_equal(p['stem_conv']['bias'], sd['stem.0.bias'])
+  assert np.array_equal(pe['stem_conv']['bias'], sd['stem.0.bias'] + 1)
+
+
+def test_corrupt_and_truncated_files(atto_files, tmp_path):
+  d, _ = atto_files
+  _, target = _target('convnext_atto')
+  blobs = {}
+  for src in ['timm.safetensors', 'official.pth']:
+    data = (d / src).read_bytes()
+    blobs['trunc_' + src] = data[:len(data) // 2]
+  blobs['garbage.safetensors'] = b'\x00' * 64
+  blobs['empty.pth'] = b''
+  blobs['garbage.msgpack'] = b'\xc1\xc1\xc1'
+  for fname, data in blobs.items():
+    p = tmp_path / fname
+    p.write_bytes(data)
+    with pytest.raises(UserError) as e:
+      C.load_pretrained(target, str(p))
+    _one_line_error(e, 'cannot read', fname)
+  # pickled code is never executed: a pickle of an arbitrary object is refused by weights_only=True
+  p = tmp_path / 'evil.pth'
+  torch.save({'model': {'x': _Evil()}}, str(p))
+  with pytest.raises(UserError) as e:
+    C.read_checkpoint(str(p))
+  _one_line_error(e, 'cannot read')
+
+
+class _Evil:
+  pass
+
+
+def test_parity_summary():
+  if PARITY:
+    print('\nparity summary: ' + '; '.join(f'{n} {s[0]}: {e:.1e}' for n, s, e in PARITY))
