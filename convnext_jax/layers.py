@@ -6,12 +6,15 @@ All layers work on NHWC arrays.  Parameters are always float32 (``param_dtype``)
 from __future__ import annotations
 
 import functools
+import math
 from typing import Any, Callable, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 import flax.linen as nn
+
+from core_jax import counting
 
 Array = jax.Array
 Dtype = Any
@@ -194,6 +197,8 @@ class DepthwiseConv(nn.Module):
         bias = self.param("bias", self.bias_init, (c,), jnp.float32)
         x = x.astype(self.dtype)
         y = depthwise_conv2d(x, kernel.astype(self.dtype), self.padding, self.impl)
+        # Not an nn.Conv, so report its MACs to core_jax.counting the way a grouped conv counts them.
+        counting.record_macs(self.kernel_size * self.kernel_size * math.prod(y.shape))
         return y + bias.astype(self.dtype)
 
 

@@ -82,6 +82,25 @@ def _digests(workdir, process=0):
   return seen
 
 
+SLOW = '--config.test_step_delay_s=0.5'  # same numerics, but a signal surely lands mid-run
+
+
+def _start_and_signal(workdir, data_dir, sig, *, after_step, devices=1):
+  """Starts a (slowed) run, sends `sig` once a checkpoint >= `after_step` has committed, waits for exit."""
+  proc = subprocess.Popen(_cmd(workdir, SLOW), env=_env(data_dir, devices), cwd=REPO,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  ckpt_dir = workdir / 'checkpoints'
+  deadline = time.time() + 240
+  while time.time() < deadline and proc.poll() is None:
+    if ckpt_dir.exists() and any(d.isdigit() and int(d) >= after_step for d in os.listdir(ckpt_dir)):
+      break
+    time.sleep(0.05)
+  assert proc.poll() is None, 'training finished before the signal; make it longer'
+  proc.send_signal(sig)
+  output = proc.communicate(timeout=120)[0]
+  return proc.returncode, output
+
+
 @pytest.fixture(scope='module', autouse=True)
 def _remove_compile_cache():
   yield
@@ -105,22 +124,10 @@ def test_reference_run_writes_results(reference_run):
 
 def test_sigkill_and_resume_is_bitwise_identical(reference_run, tfds_dir, tmp_path):
   workdir = tmp_path / 'killed'
-  slow = '--config.test_step_delay_s=0.5'  # same numerics, but the kill surely lands mid-run
-  proc = subprocess.Popen(_cmd(workdir, slow), env=_env(tfds_dir), cwd=REPO,
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-  ckpt_dir = workdir / 'checkpoints'
-  deadline = time.time() + 240
-  # Kill once a checkpoint beyond the first has committed, i.e. mid-training.
-  while time.time() < deadline and proc.poll() is None:
-    steps = [int(d) for d in os.listdir(ckpt_dir) if d.isdigit()] if ckpt_dir.exists() else []
-    if any(s >= 8 for s in steps):
-      break
-    time.sleep(0.05)
-  assert proc.poll() is None, 'training finished before it could be killed; make it longer'
-  proc.send_signal(signal.SIGKILL)
-  proc.wait()
+  returncode, _ = _start_and_signal(workdir, tfds_dir, signal.SIGKILL, after_step=8)
+  assert returncode == -signal.SIGKILL
   assert not (workdir / 'results.json').exists()
-  out = _run(workdir, tfds_dir, slow)
+  out = _run(workdir, tfds_dir, SLOW)  # the same command again
   assert 'resumed from step' in out.stdout
   ref_step, ref = _final_params(reference_run)
   step, got = _final_params(workdir)
@@ -169,14 +176,18 @@ def test_two_processes_match_one_device(reference_run, tfds_dir, tmp_path):
 
 
 @pytest.mark.parametrize('first,second', [(8, 1), (1, 8)])
-def test_checkpoint_moves_between_device_counts(tfds_dir, tmp_path, first, second):
-  common = ('--config.optimizer.schedule=constant',)
-  _run(tmp_path / 'moved', tfds_dir, *common, '--config.num_train_steps=4', devices=first)
-  out = _run(tmp_path / 'moved', tfds_dir, *common, devices=second)
-  assert 'resumed from step 4' in out.stdout
-  _run(tmp_path / 'straight', tfds_dir, *common, devices=second)
-  _, ref = _final_params(tmp_path / 'straight')
-  _, got = _final_params(tmp_path / 'moved')
+def test_preempted_run_resumes_on_another_device_count(reference_run, tfds_dir, tmp_path, first, second):
+  """SIGTERM saves and exits cleanly; the checkpoint then resumes on a different device count."""
+  returncode, output = _start_and_signal(tmp_path, tfds_dir, signal.SIGTERM, after_step=4, devices=first)
+  assert returncode == 0, output[-3000:]
+  assert 'preempted: saved step' in output
+  assert not (tmp_path / 'results.json').exists()
+  saved = max(int(d) for d in os.listdir(tmp_path / 'checkpoints') if d.isdigit())
+  assert 4 <= saved < 12
+  out = _run(tmp_path, tfds_dir, devices=second)
+  assert f'resumed from step {saved}' in out.stdout
+  _, ref = _final_params(reference_run)
+  _, got = _final_params(tmp_path)
   for k in ref:
     np.testing.assert_allclose(got[k], ref[k], rtol=2e-4, atol=2e-6, err_msg=k)
 

@@ -1,0 +1,147 @@
+"""ConvNeXt images/s, ours (jax.jit) vs timm (PyTorch eager, and torch.compile when it works), same machine.
+
+  python -m benchmarks.convnext_throughput [--model convnext_tiny] [--batch 32] [--size 224] [--repeats 5]
+
+Measures inference (eval forward) and a training step (forward + backward + AdamW update, drop path 0.1)
+for each contender in its own subprocess; prints medians, the ratio ours/timm, peak RSS, and BENCH json
+lines. fp32 on CPU; on a GPU, bf16 compute for ours and AMP bf16 + channels_last for timm.
+"""
+import argparse
+import os
+import sys
+
+from benchmarks import common
+
+CONTENDERS = ('ours', 'timm', 'timm_compile')
+
+
+def _ours(args):
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+  from convnext_jax import models  # pylint: disable=import-outside-toplevel
+  gpu = jax.default_backend() != 'cpu'
+  dtype = jnp.bfloat16 if gpu else jnp.float32
+  model = models.create_model(args.model, drop_path_rate=0.1, dtype=dtype, dwconv_impl=args.dwconv_impl)
+  x = jax.random.normal(jax.random.PRNGKey(0), (args.batch, args.size, args.size, 3), jnp.float32)
+  y = jnp.zeros((args.batch,), jnp.int32)
+  params = jax.jit(lambda: model.init({'params': jax.random.PRNGKey(1)}, x[:1])['params'])()
+  if args.mode == 'infer':
+    fwd = jax.jit(lambda p, x: model.apply({'params': p}, x, train=False)[0])
+    fn = lambda: fwd(params, x).block_until_ready()
+  else:
+    tx = optax.adamw(1e-4, weight_decay=0.05)
+    state = {'p': params, 'o': tx.init(params)}
+
+    def step(p, o, x, y, key):
+      def loss(p):
+        logits, _ = model.apply({'params': p}, x, train=True, rngs={'dropout': key})
+        return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y).mean()
+      g = jax.grad(loss)(p)
+      u, o = tx.update(g, o, p)
+      return optax.apply_updates(p, u), o
+
+    jstep = jax.jit(step, donate_argnums=(0, 1))
+    key = jax.random.PRNGKey(2)
+
+    def fn():
+      state['p'], state['o'] = jstep(state['p'], state['o'], x, y, key)
+      jax.block_until_ready(state['p'])
+  return fn
+
+
+def _timm(args, compiled: bool):
+  import timm  # pylint: disable=import-outside-toplevel
+  import torch  # pylint: disable=import-outside-toplevel
+  gpu = torch.cuda.is_available()
+  device = 'cuda' if gpu else 'cpu'
+  model = timm.create_model(args.model, drop_path_rate=0.1).to(device)
+  x = torch.randn(args.batch, 3, args.size, args.size, device=device)
+  y = torch.zeros(args.batch, dtype=torch.long, device=device)
+  if gpu:
+    model = model.to(memory_format=torch.channels_last)
+    x = x.to(memory_format=torch.channels_last)
+  amp = torch.autocast('cuda', dtype=torch.bfloat16) if gpu else torch.autocast('cpu', enabled=False)
+  sync = torch.cuda.synchronize if gpu else (lambda: None)
+  if args.mode == 'infer':
+    model.eval()
+    run = torch.compile(model) if compiled else model
+
+    def fn():
+      with torch.no_grad(), amp:
+        run(x)
+      sync()
+  else:
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
+    run = torch.compile(model) if compiled else model
+    loss_fn = torch.nn.CrossEntropyLoss()
+
+    def fn():
+      opt.zero_grad(set_to_none=True)
+      with amp:
+        loss = loss_fn(run(x), y)
+      loss.backward()
+      opt.step()
+      sync()
+  return fn
+
+
+def worker(args):
+  fn = _ours(args) if args.contender == 'ours' else _timm(args, args.contender == 'timm_compile')
+  stats = common.time_calls(fn, warmup=args.warmup, repeats=args.repeats)
+  common.emit({'bench': 'convnext_throughput', 'contender': args.contender, 'mode': args.mode,
+               'model': args.model, 'batch': args.batch, 'size': args.size,
+               'images_per_s': args.batch / stats['median_s'], 'peak_rss_mb': common.peak_rss_mb(), **stats})
+
+
+def measure(model='convnext_tiny', batch=32, size=224, repeats=5, warmup=2, contenders=CONTENDERS,
+            modes=('infer', 'train'), dwconv_impl='auto') -> list:
+  records = []
+  for mode in modes:
+    for contender in contenders:
+      cli = ['--worker', '--contender', contender, '--mode', mode, '--model', model, '--batch', str(batch),
+             '--size', str(size), '--repeats', str(repeats), '--warmup', str(warmup), '--dwconv-impl', dwconv_impl]
+      try:
+        records += common.run_isolated('benchmarks.convnext_throughput', cli)
+      except RuntimeError as e:  # torch.compile needs a C++ toolchain and may fail; say so, go on
+        print(f'{contender}/{mode}: failed ({str(e).strip().splitlines()[-1][:200]})', file=sys.stderr)
+  return records
+
+
+def table(records) -> str:
+  by = {(r['mode'], r['contender']): r for r in records}
+  lines = ['| mode | contender | images/s | median step (s) | first call (s) | peak RSS (MB) | ours / this |',
+           '|---|---|---|---|---|---|---|']
+  for (mode, contender), r in sorted(by.items()):
+    ours = by.get((mode, 'ours'))
+    ratio = f"{ours['images_per_s'] / r['images_per_s']:.2f}x" if ours else '-'
+    lines.append(f"| {mode} | {contender} | {r['images_per_s']:.1f} | {r['median_s']:.3f} | "
+                 f"{r['first_call_s']:.1f} | {r['peak_rss_mb']:.0f} | {ratio} |")
+  return '\n'.join(lines)
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
+  p.add_argument('--contender', choices=CONTENDERS, default='ours')
+  p.add_argument('--contenders', default=','.join(CONTENDERS))
+  p.add_argument('--mode', choices=('infer', 'train'), default='infer')
+  p.add_argument('--model', default='convnext_tiny')
+  p.add_argument('--batch', type=int, default=32)
+  p.add_argument('--size', type=int, default=224)
+  p.add_argument('--repeats', type=int, default=5)
+  p.add_argument('--warmup', type=int, default=2)
+  p.add_argument('--dwconv-impl', default='auto')
+  args = p.parse_args()
+  if args.worker:
+    return worker(args)
+  records = measure(args.model, args.batch, args.size, args.repeats, args.warmup,
+                    tuple(args.contenders.split(',')), dwconv_impl=args.dwconv_impl)
+  print(table(records))
+  return records
+
+
+if __name__ == '__main__':
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+  main()

@@ -1,0 +1,118 @@
+"""ImageNet-style training transforms, images/s per CPU core: ours (numpy/PIL ops in core_jax.data) vs timm.
+
+  python -m benchmarks.input_pipeline [--images 96] [--repeats 3]
+
+Both sides run the ConvNeXt recipe on the same synthetic folder of real-size JPEGs (written by this script):
+decode JPEG -> RandomResizedCrop 224 bicubic -> flip -> RandAugment rand-m9-mstd0.5-inc1 -> normalize ->
+random erasing 0.25. Each side runs in its own single-threaded subprocess (one core), ours through the Grain
+train iterator, timm through torchvision's ImageFolder + `timm.data.create_transform` in a DataLoader with
+num_workers=0, so the number is per core; both scale by adding worker processes.
+"""
+import argparse
+import os
+import tempfile
+
+import numpy as np
+
+from benchmarks import common
+
+OURS_SPECS = ('decode_jpeg', 'random_resized_crop_timm(size=224)', 'flip_lr',
+              "randaugment(config_str='rand-m9-mstd0.5-inc1')", 'imagenet_normalize',
+              'random_erasing(prob=0.25)')
+
+
+def make_folder(root: str, images: int, seed: int = 0) -> str:
+  """A one-class ImageFolder of smooth random JPEGs of typical ImageNet sizes (about 500x375)."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(seed)
+  cls = os.path.join(root, 'class0')
+  os.makedirs(cls, exist_ok=True)
+  for i in range(images):
+    h, w = int(rng.integers(330, 420)), int(rng.integers(450, 520))
+    small = rng.integers(0, 256, (h // 8, w // 8, 3), dtype=np.uint8)
+    img = Image.fromarray(small).resize((w, h), Image.BICUBIC)
+    img.save(os.path.join(cls, f'{i:04d}.jpg'), quality=90)
+  return root
+
+
+def _ours(folder, repeats):
+  import grain  # pylint: disable=import-outside-toplevel
+  from core_jax.data import pipeline, transforms  # pylint: disable=import-outside-toplevel
+  files = sorted(os.path.join(folder, 'class0', f) for f in os.listdir(os.path.join(folder, 'class0')))
+  source = [{'image': open(f, 'rb').read(), 'label': 0} for f in files]
+  tf = transforms.build_transforms(OURS_SPECS)
+  n = len(source)
+
+  def fn():
+    it = pipeline.make_train_iterator(source, transforms=tf, global_batch_size=16, seed=0, process_index=0,
+                                      process_count=1, worker_count=0,
+                                      read_options=grain.ReadOptions(num_threads=1, prefetch_buffer_size=32))
+    for _ in range(n // 16):
+      next(it)
+  return fn, (n // 16) * 16
+
+
+def _timm(folder, repeats):
+  import torch  # pylint: disable=import-outside-toplevel
+  import torchvision  # pylint: disable=import-outside-toplevel
+  from timm.data import create_transform  # pylint: disable=import-outside-toplevel
+  torch.set_num_threads(1)
+  tf = create_transform(224, is_training=True, auto_augment='rand-m9-mstd0.5-inc1', interpolation='bicubic',
+                        re_prob=0.25, re_mode='pixel', re_count=1)
+  ds = torchvision.datasets.ImageFolder(folder, transform=tf)
+  loader = torch.utils.data.DataLoader(ds, batch_size=16, shuffle=True, num_workers=0, drop_last=True)
+  n = len(ds)
+
+  def fn():
+    for _ in loader:
+      pass
+  return fn, (n // 16) * 16
+
+
+def worker(args):
+  os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core each, whatever threads either side starts
+  fn, count = (_ours if args.contender == 'ours' else _timm)(args.folder, args.repeats)
+  stats = common.time_calls(fn, warmup=1, repeats=args.repeats)
+  common.emit({'bench': 'input_pipeline', 'contender': args.contender, 'images': count,
+               'images_per_s_per_core': count / stats['median_s'], **stats})
+
+
+def measure(images=96, repeats=3) -> list:
+  records = []
+  with tempfile.TemporaryDirectory() as tmp:
+    folder = make_folder(tmp, images)
+    single_thread = {'OMP_NUM_THREADS': '1'}
+    for contender in ('ours', 'timm'):
+      records += common.run_isolated(
+          'benchmarks.input_pipeline',
+          ['--worker', '--contender', contender, '--folder', folder, '--repeats', str(repeats)],
+          env=single_thread)
+  return records
+
+
+def table(records) -> str:
+  by = {r['contender']: r for r in records}
+  lines = ['| contender | images/s per core | ours / this |', '|---|---|---|']
+  for name, r in by.items():
+    ratio = by['ours']['images_per_s_per_core'] / r['images_per_s_per_core']
+    lines.append(f"| {name} | {r['images_per_s_per_core']:.1f} | {ratio:.2f}x |")
+  return '\n'.join(lines)
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
+  p.add_argument('--contender', choices=('ours', 'timm'), default='ours')
+  p.add_argument('--folder')
+  p.add_argument('--images', type=int, default=96)
+  p.add_argument('--repeats', type=int, default=3)
+  args = p.parse_args()
+  if args.worker:
+    return worker(args)
+  records = measure(args.images, args.repeats)
+  print(table(records))
+  return records
+
+
+if __name__ == '__main__':
+  main()

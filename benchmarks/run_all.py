@@ -1,0 +1,41 @@
+"""`make bench`: every benchmark with small settings; writes benchmarks/RESULTS.md (machine, versions, numbers)."""
+import datetime
+import json
+import os
+
+from benchmarks import common, convnext_throughput, devices_scaling, input_pipeline
+
+
+def main():
+  sections = []
+  records = []
+  runs = [
+      ('ConvNeXt-T throughput at 224, batch 32 (fp32)', convnext_throughput,
+       lambda: convnext_throughput.measure('convnext_tiny', batch=32, size=224, repeats=3)),
+      ('Input pipeline: ConvNeXt train transforms on real-size JPEGs', input_pipeline,
+       lambda: input_pipeline.measure(images=96, repeats=3)),
+      ('Data parallelism: 8 simulated devices vs 1 (ConvNeXt-atto, 64x64, global batch 64)', devices_scaling,
+       lambda: devices_scaling.measure('convnext_atto', batch=64, size=64, repeats=5)),
+  ]
+  for title, module, run in runs:
+    print(f'== {title}', flush=True)
+    result = run()
+    records += result
+    text = module.table(result)
+    print(text, flush=True)
+    sections.append(f'## {title}\n\n{text}\n')
+  info = common.machine()
+  out = os.path.join(common.REPO, 'benchmarks', 'RESULTS.md')
+  with open(out, 'w') as f:
+    f.write('# Benchmark results\n\n')
+    f.write(f'Measured by `make bench` (benchmarks/run_all.py) on {datetime.date.today().isoformat()}.\n\n')
+    f.write('Machine: ' + ', '.join(f'{k} {v}' for k, v in info.items()) + '\n\n')
+    f.write('Ratios are ours / reference (above 1.0x = ours faster). Each contender runs in its own process.\n\n')
+    f.write('\n'.join(sections))
+    f.write('\n<details><summary>raw records</summary>\n\n```\n' +
+            '\n'.join(json.dumps(r) for r in records) + '\n```\n</details>\n')
+  print(f'wrote {out}')
+
+
+if __name__ == '__main__':
+  main()
