@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from core_jax import metrics as metrics_lib
+from core_jax.errors import UserError
 
 
 class Task:
@@ -45,6 +46,12 @@ class Task:
     """Per-parameter learning-rate scale (layer-wise decay); None for none."""
     return None
 
+  def load_pretrained(self, params, path: str, reinit_head: bool):
+    """`config.init_from`: returns `params` (host arrays, same tree) with the weights in `path` loaded.
+
+    `reinit_head` keeps the freshly initialized classifier of `params` (e.g. 22K -> 1K classes)."""
+    raise UserError(f'{type(self).__name__} cannot load pretrained weights (config.init_from={path!r})')
+
 
 def apply_model(model: nn.Module, variables: dict, inputs, *, train: bool, rng=None):
   """Runs the model, threading BatchNorm statistics when the model has them.
@@ -59,7 +66,10 @@ def apply_model(model: nn.Module, variables: dict, inputs, *, train: bool, rng=N
 
 
 class ClassificationTask(Task):
-  """Softmax classification with optional label smoothing; the model returns (logits, features)."""
+  """Softmax classification with optional label smoothing; the model returns (logits, features).
+
+  Integer labels (B,) get `config.label_smoothing`; 2-D labels are soft targets (the train loop's
+  Mixup/CutMix, which folds its own `config.mixup.label_smoothing` in) and are used as they are."""
 
   def train_loss(self, model, variables, batch, rng):
     (logits, _), new_vars = apply_model(model, variables, batch['image'], train=True, rng=rng)
@@ -68,11 +78,11 @@ class ClassificationTask(Task):
     labels = batch['label']
     if labels.ndim == 1:
       targets = jax.nn.one_hot(labels, num_classes)
-    else:  # already soft targets (mixup/cutmix)
+      smoothing = self.config.get('label_smoothing', 0.0)
+      if smoothing:
+        targets = optax.smooth_labels(targets, smoothing)
+    else:  # already soft targets (mixup/cutmix), label smoothing included: not smoothed again
       targets = labels
-    smoothing = self.config.get('label_smoothing', 0.0)
-    if smoothing:
-      targets = optax.smooth_labels(targets, smoothing)
     loss = optax.softmax_cross_entropy(logits, targets).mean()
     hard = labels if labels.ndim == 1 else jnp.argmax(labels, -1)
     accuracy = (jnp.argmax(logits, -1) == hard).astype(jnp.float32).mean()

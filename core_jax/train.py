@@ -1,8 +1,18 @@
 """The one training loop every research line runs: `run(config, workdir, task)`.
 
 Reads top to bottom in sections: devices, workdir, data, model and optimizer, state and shardings,
-restore-or-init, the jitted steps, the loop, and the final report. A line supplies a `Task`
+restore-or-init, the jitted steps, eval-only, the loop, and the final report. A line supplies a `Task`
 (core_jax.task); nothing here knows about ConvNeXt, pruning or exits.
+
+Optional config fields:
+  mixup          ConfigDict(mixup_alpha, cutmix_alpha, prob, switch_prob, label_smoothing): batch-level
+                 Mixup/CutMix (core_jax.data.mixing, timm semantics) inside the jitted train step, keyed by
+                 (state.rng, step), so runs are deterministic and resume bitwise. Its soft targets carry the
+                 label smoothing (default: config.label_smoothing); the task does not smooth them again.
+  init_from      weights file loaded by `Task.load_pretrained` into the initialized params on a fresh start
+                 only (never on resume); `init_reinit_head` keeps the freshly initialized head.
+  eval_only      evaluate (EMA too when present) and write results.json without training: the weights of
+                 `init_from` when given, else the latest checkpoint in the workdir.
 """
 import hashlib
 import json
@@ -17,10 +27,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 
 from core_jax import checkpoint as checkpoint_lib
 from core_jax import counting
-from core_jax.data import pipeline, sources, transforms
+from core_jax.data import mixing, pipeline, sources, transforms
 from core_jax import metrics as metrics_lib
 from core_jax import optim
 from core_jax import parallel
@@ -64,6 +75,27 @@ def _compile_once_cheaply(fn, out_shardings):
     return lowered.compile(compiler_options={'xla_backend_optimization_level': 0,
                                              'xla_llvm_disable_expensive_passes': True})
   return lowered.compile()
+
+
+def _load_pretrained(task, config, state, state_sharding):
+  """`config.init_from` weights into `state` (params, and the EMA copy when there is one).
+
+  The optimizer state is kept: it holds no parameter values (zero moments / accumulators)."""
+  host = jax.tree.map(lambda x: np.asarray(x) if x.is_fully_addressable
+                      else multihost_utils.process_allgather(x, tiled=True), state.params)
+  loaded = task.load_pretrained(host, config.init_from, bool(config.get('init_reinit_head', False)))
+  put = lambda: jax.tree.map(  # called twice: params and EMA must not share (donated) buffers
+      lambda v, t, s: jax.make_array_from_callback(t.shape, s, lambda idx: np.asarray(v, t.dtype)[idx]),
+      loaded, state.params, state_sharding.params)
+  return state.replace(params=put(), ema_params=put() if state.ema_params is not None else None)
+
+
+def _write_results(workdir: str, results: dict) -> None:
+  if jax.process_index() == 0:
+    path = os.path.join(workdir, 'results.json')
+    with open(path + '.tmp', 'w') as f:
+      json.dump(results, f, indent=2)
+    os.replace(path + '.tmp', path)
 
 
 def _say(*args):
@@ -133,9 +165,15 @@ def run(config, workdir: str, task_cls) -> dict:
       best_mode=task.metric_mode, asynchronous=ckpt_cfg.get('asynchronous', True))
   target = flax.serialization.to_state_dict(jax.tree.map(
       lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, state_sharding))
-  restored = ckpt.restore_latest(target, train_iter)
+  eval_only, init_from = config.get('eval_only', False), config.get('init_from') or None
+  restored = None if eval_only and init_from else ckpt.restore_latest(target, train_iter)
   if restored is None:
+    if eval_only and not init_from:
+      raise UserError(f'eval_only: no checkpoint in {workdir} and no init_from weights to evaluate')
     state = _compile_once_cheaply(init_state, state_sharding)()
+    if init_from:
+      state = _load_pretrained(task, config, state, state_sharding)
+      _say(f'initialized from {init_from}' + (' (head re-initialized)' if config.get('init_reinit_head') else ''))
     _say(f'fresh start in {workdir}: {num_params:,} parameters, {total_steps} steps '
          f'({steps_per_epoch} per epoch), {jax.device_count()} devices on {pcount} process(es)')
   else:
@@ -143,8 +181,19 @@ def run(config, workdir: str, task_cls) -> dict:
     _say(f'resumed from step {int(state.step)} of {total_steps} in {workdir}')
 
   # ------------------------------------------------------------------ jitted steps
+  mix_cfg = config.get('mixup') or None
+  if mix_cfg is not None and not info.num_classes:
+    raise UserError(f'mixup needs a dataset with a class count; {dcfg.name} has none')
+
   def train_step(state: TrainState, batch):
     rng = jax.random.fold_in(state.rng, state.step)
+    if mix_cfg is not None:  # own stream (the salt), so the dropout rng is the same with or without mixup
+      mix_key = jax.random.fold_in(jax.random.fold_in(state.rng, 0x6d6978), state.step)
+      batch = mixing.mixup_cutmix_jax(
+          batch, mix_key, mixup_alpha=mix_cfg.mixup_alpha, cutmix_alpha=mix_cfg.cutmix_alpha,
+          prob=mix_cfg.get('prob', 1.0), switch_prob=mix_cfg.get('switch_prob', 0.5),
+          label_smoothing=mix_cfg.get('label_smoothing', config.get('label_smoothing', 0.0)),
+          num_classes=info.num_classes)
 
     def loss_fn(params):
       variables = {'params': params}
@@ -174,10 +223,10 @@ def run(config, workdir: str, task_cls) -> dict:
   p_eval_step = jax.jit(eval_step, in_shardings=(state_sharding.params, state_sharding.batch_stats,
                                                  batch_sharding), out_shardings=replicated)
 
-  def evaluate(state) -> dict:
+  def evaluate(state, with_ema=bool(ema_decay)) -> dict:
     results = {}
     weights = {'': state.params}
-    if ema_decay:
+    if with_ema:
       weights['ema_'] = state.ema_params
     for prefix, params in weights.items():
       collection = None
@@ -185,6 +234,20 @@ def run(config, workdir: str, task_cls) -> dict:
         m = p_eval_step(params, state.batch_stats, pipeline.to_global(local, batch_sharding))
         collection = m if collection is None else collection.merge(m)
       results.update({prefix + k: v for k, v in metrics_lib.to_floats(collection).items()})
+    return results
+
+  # ------------------------------------------------------------------ eval only
+  if eval_only:
+    source = init_from or f'checkpoint step {int(state.step)}'
+    final = evaluate(state, with_ema=bool(ema_decay) and not init_from)  # a file holds one set of weights
+    results = {'eval_only': True, 'weights': source, 'step': int(state.step), 'eval': final,
+               'num_params': num_params, 'primary_metric': task.primary_metric,
+               task.primary_metric: final[task.primary_metric]}
+    _write_results(workdir, results)
+    ckpt.close()
+    writer.close()
+    _say(f'eval of {source} on {dcfg.name}:{dcfg.eval_split}: ' + '  '.join(
+        f'{k} {v:.4f}' for k, v in final.items() if k.endswith(('accuracy', 'top5', 'loss'))))
     return results
 
   # ------------------------------------------------------------------ loop
@@ -253,11 +316,7 @@ def run(config, workdir: str, task_cls) -> dict:
       'train_seconds_this_run': time.time() - t_start,
       'devices': jax.device_count(), 'processes': pcount,
   }
-  if jax.process_index() == 0:
-    path = os.path.join(workdir, 'results.json')
-    with open(path + '.tmp', 'w') as f:
-      json.dump(results, f, indent=2)
-    os.replace(path + '.tmp', path)
+  _write_results(workdir, results)
   ckpt.close()
   writer.close()
   _say(f'done: {task.primary_metric} {final[task.primary_metric]:.4f} at step {step}\n'

@@ -81,6 +81,26 @@ def _embedded_builder(name: str, data_dir: str):
   return builder
 
 
+def _image_folder_builder(name: str, data_dir: str):
+  """'image_folder:/path/to/root' -> prepared core_jax.data.image_folder.ImageFolder builder."""
+  from core_jax.data.image_folder import ImageFolder, config_name
+
+  root = name.split(':', 1)[1] if ':' in name else ''
+  if not root:
+    raise UserError(f'{name!r}: give the folder as image_folder:/path/to/root')
+  try:
+    make = lambda: ImageFolder(root=root, data_dir=data_dir, file_format='array_record')
+    builder = make()
+    if not builder.is_prepared():
+      with _file_lock(os.path.join(data_dir, f'.image_folder_{config_name(root)}.prepare.lock')):
+        builder = make()
+        if not builder.is_prepared():
+          builder.download_and_prepare(download_config=_download_config())
+  except (OSError, ValueError) as e:
+    raise UserError(f'dataset {name!r}: {_one_line(str(e), 200)}') from None
+  return builder
+
+
 def _tfds_builder(name: str, data_dir: str, download: bool):
   import tensorflow_datasets as tfds
 
@@ -123,13 +143,16 @@ def load_source(name: str, split: str, data_dir: str | None = None, *,
                 download: bool = False) -> tuple[Any, DatasetInfo]:
   """Returns (random-access source of decoded numpy dicts, DatasetInfo).
 
-  Embedded datasets are generated into `data_dir` on first use; TFDS datasets are prepared
+  Embedded datasets, and image-folder trees named 'image_folder:/path/to/root'
+  (core_jax.data.image_folder), are prepared into `data_dir` on first use; TFDS datasets are prepared
   (array_record) only from files already present (manual dir or TFDS download cache), unless
   `download=True` allows TFDS to download them.
   """
   data_dir = os.path.expanduser(data_dir or default_data_dir())
   base = name.split('/')[0].split(':')[0]
-  if base in EMBEDDED:
+  if base == 'image_folder':
+    builder = _image_folder_builder(name, data_dir)
+  elif base in EMBEDDED:
     builder = _embedded_builder(base, data_dir)
   else:
     builder = _tfds_builder(name, data_dir, download)
