@@ -303,11 +303,13 @@ def infer_arch(sd: Mapping[str, Any], arch: Optional[str] = None) -> Tuple[str, 
   Without `arch`, the registry model with the same depths/dims (or depth/dim), patch size, kernel size and
   input channels is chosen; overrides carry num_classes and the layer-scale switch when they differ.
   """
-  from .models import create_model, list_models
+  from .models import ConvNeXt, ConvNeXtIsotropic, create_model, list_models
   d = _describe(_flax_shapes(sd))
   if arch is None:
     for name in list_models():
       m = create_model(name)
+      if not isinstance(m, (ConvNeXt, ConvNeXtIsotropic)):  # e.g. roadmap models share the registry
+        continue
       if d['isotropic'] != (not hasattr(m, 'depths')):
         continue
       same = ((m.depth, m.dim) == (d['depth'], d['dim'])) if d['isotropic'] else \
