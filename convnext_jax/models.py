@@ -45,7 +45,7 @@ interchangeable between implementations.
 from __future__ import annotations
 
 import fnmatch
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp

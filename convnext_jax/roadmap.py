@@ -61,7 +61,6 @@ import jax.numpy as jnp
 import numpy as np
 import flax.linen as nn
 
-from core_jax import counting
 from . import models
 from .layers import DropPath, layer_norm, trunc_normal_init
 

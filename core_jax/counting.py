@@ -28,11 +28,9 @@ import contextlib
 import math
 import numbers
 import threading
-from typing import Any
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 _state = threading.local()

@@ -255,8 +255,8 @@ def run(config, workdir: str, task_cls) -> dict:
   log_every = config.log_every_steps
   eval_every = max(1, int(config.get('eval_every_epochs', 1) * steps_per_epoch))
   meta_config = json.loads(config.to_json_best_effort())
-  history, best, train_metrics = [], None, None
-  start_step, t_start, t_log = step, time.time(), time.time()
+  history, train_metrics = [], None
+  start_step, t_start = step, time.time()
   while step < total_steps:
     with jax.profiler.StepTraceAnnotation('train', step_num=step):
       local_batch = next(train_iter)
@@ -287,7 +287,6 @@ def run(config, workdir: str, task_cls) -> dict:
       eta = (total_steps - step) / max(rate, 1e-9)
       _say(f'step {step}/{total_steps}  loss {values["loss"]:.4f}  acc {values["accuracy"]:.4f}  '
            f'lr {values["lr"]:.3g}  {rate * config.batch_size:.0f} img/s  ETA {eta / 60:.1f} min')
-      t_log = now
     eval_values = None
     if is_eval:
       eval_values = evaluate(state)
