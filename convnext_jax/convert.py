@@ -204,7 +204,12 @@ def _to_numpy(k: str, v: Any, path: str) -> np.ndarray:
 
 
 def read_checkpoint(path: str, *, ema: bool = False) -> Dict[str, np.ndarray]:
-  """Any supported file -> flat {key: np.ndarray} (torch tensors converted; wrappers removed; 'module.' stripped)."""
+  """Any supported file -> flat {key: np.ndarray} (torch tensors converted; wrappers removed; 'module.' stripped).
+
+  A directory is a training checkpoint step (`WORKDIR/checkpoints/STEP`): its params, or EMA params with `ema`.
+  """
+  if os.path.isdir(path):
+    return read_training_checkpoint(path, ema=ema)
   if not os.path.isfile(path):
     raise UserError(f'checkpoint not found: {path}')
   kind = _file_kind(path)
@@ -240,6 +245,28 @@ def read_checkpoint(path: str, *, ema: bool = False) -> Dict[str, np.ndarray]:
   if all(k.startswith('module.') for k in sd):  # DistributedDataParallel wrapper
     sd = {k[len('module.'):]: v for k, v in sd.items()}
   return sd
+
+
+def read_training_checkpoint(step_dir: str, *, ema: bool = False) -> Dict[str, np.ndarray]:
+  """Params (or `ema_params`) of one step saved by core_jax.checkpoint, onto host memory whatever device count
+  saved it. This is how weights trained here are exported for others."""
+  import jax
+  import orbax.checkpoint as ocp
+  state_dir = os.path.join(os.path.abspath(step_dir), 'state')
+  if not os.path.isdir(state_dir):
+    raise UserError(f'{step_dir} is not a training checkpoint step (expected WORKDIR/checkpoints/STEP/state)')
+  try:
+    checkpointer = ocp.StandardCheckpointer()
+    here = jax.sharding.SingleDeviceSharding(jax.devices('cpu')[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here),
+                          checkpointer.metadata(state_dir).item_metadata.tree)
+    tree = checkpointer.restore(state_dir, target)
+  except Exception as e:  # pylint: disable=broad-except
+    raise UserError(f'cannot read training checkpoint {step_dir}: {_one_line(e)}') from None
+  key = 'ema_params' if ema else 'params'
+  if not tree.get(key):
+    raise UserError(f'{step_dir} has no {key} (was EMA on in that run?)')
+  return {k: np.asarray(v) for k, v in flatten(tree[key]).items()}
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -584,7 +611,7 @@ def convert(src: str, dst: str, *, arch: Optional[str] = None, num_classes: Opti
     raise UserError('--src and --dst are the same file')
   _check_dst_dir(dst)
   meta: Dict[str, Any] = {}
-  if _file_kind(src) == 'msgpack':
+  if not os.path.isdir(src) and _file_kind(src) == 'msgpack':
     side = sidecar_path(src)
     if os.path.isfile(side):
       try:

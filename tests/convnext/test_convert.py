@@ -402,6 +402,25 @@ def test_cli_roundtrip(atto_files, tmp_path, capsys):
   assert 'convnext_atto' in out
 
 
+def test_cli_exports_a_training_checkpoint(atto_files, tmp_path):
+  """WORKDIR/checkpoints/STEP (as core_jax.checkpoint writes it) -> timm .safetensors, params or EMA."""
+  import orbax.checkpoint as ocp
+  d, sd = atto_files
+  params, _, _ = C.import_checkpoint(str(d / 'official.pth'))
+  ema = jax.tree.map(lambda v: np.asarray(v) * 0.5, params)
+  step_dir = tmp_path / 'checkpoints' / '7'
+  saver = ocp.StandardCheckpointer()
+  saver.save(str(step_dir / 'state'), {'params': params, 'ema_params': ema, 'step': 7})
+  saver.wait_until_finished()
+  from safetensors.numpy import load_file
+  assert C.main(['--src', str(step_dir), '--dst', str(tmp_path / 'p.safetensors')]) == 0
+  _assert_same_tensors(load_file(str(tmp_path / 'p.safetensors')), sd)
+  assert C.main(['--src', str(step_dir), '--dst', str(tmp_path / 'e.safetensors'), '--ema']) == 0
+  got = load_file(str(tmp_path / 'e.safetensors'))
+  np.testing.assert_array_equal(got['head.fc.weight'], sd['head.fc.weight'] * 0.5)
+  assert C.main(['--src', str(tmp_path), '--dst', str(tmp_path / 'x.safetensors')]) == 2  # not a step dir
+
+
 def test_cli_num_classes_reinit(atto_files, tmp_path, caplog):
   d, sd = atto_files
   mp = tmp_path / 'ft.msgpack'
