@@ -15,3 +15,13 @@ def repo_root():
 def tfds_dir(tmp_path_factory):
   """One TFDS data dir per test session: embedded datasets are prepared into it once, on first use."""
   return tmp_path_factory.mktemp('tfds')
+
+
+@pytest.fixture
+def highest_precision():
+  """fp32 matmuls/convs at full precision, for parity checks against PyTorch."""
+  import jax  # pylint: disable=import-outside-toplevel
+  prev = jax.config.jax_default_matmul_precision
+  jax.config.update('jax_default_matmul_precision', 'highest')
+  yield
+  jax.config.update('jax_default_matmul_precision', prev)

@@ -46,7 +46,7 @@ import re
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
-from core_jax.data.transforms import Transform, register
+from core_jax.data.transforms import Transform, normalize, register
 from core_jax.errors import UserError
 
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)  # 0-1 scale (normalize divides uint8 by 255 first)
@@ -275,17 +275,7 @@ def squash_resize(size: int = 384, interpolation: str = 'bicubic',
 @register('imagenet_normalize')
 def imagenet_normalize() -> Transform:
   """(image / 255 - IMAGENET_DEFAULT_MEAN) / IMAGENET_DEFAULT_STD as float32."""
-  mean = np.asarray(IMAGENET_DEFAULT_MEAN, np.float32)
-  inv_std = 1.0 / np.asarray(IMAGENET_DEFAULT_STD, np.float32)
-
-  def op(ex, rng):
-    del rng
-    x = np.asarray(ex['image'])
-    x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
-    ex['image'] = (x - mean) * inv_std
-    return ex
-
-  return op
+  return normalize(mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD)
 
 
 # ------------------------------------------------------------------------------ RandAugment

@@ -49,14 +49,6 @@ ISO = ['convnext_iso_small', 'convnext_iso_base', 'convnext_iso_large']
 TOL = 1e-4
 
 
-@pytest.fixture
-def highest_precision():
-  prev = jax.config.jax_default_matmul_precision
-  jax.config.update('jax_default_matmul_precision', 'highest')
-  yield
-  jax.config.update('jax_default_matmul_precision', prev)
-
-
 @pytest.fixture(autouse=True)
 def _free_memory():
   yield

@@ -21,14 +21,6 @@ from convnext_jax import (ConvNeXt, DropPath, create_model, depthwise_conv2d, li
                           param_count)
 
 
-@pytest.fixture
-def highest_precision():
-    prev = jax.config.jax_default_matmul_precision
-    jax.config.update("jax_default_matmul_precision", "highest")
-    yield
-    jax.config.update("jax_default_matmul_precision", prev)
-
-
 def _rand(shape, seed=0):
     return jnp.asarray(np.random.RandomState(seed).randn(*shape).astype(np.float32))
 
