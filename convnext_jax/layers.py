@@ -51,6 +51,40 @@ def layer_norm(name: Optional[str] = None, dtype: Dtype = jnp.float32, eps: floa
 
 
 # --------------------------------------------------------------------------------------
+# GELU
+# --------------------------------------------------------------------------------------
+def _gelu_erf(x: Array) -> Array:
+    # PyTorch's formula (aten gelu, approximate='none'): x * 0.5 * (1 + erf(x / sqrt(2))).  jax.nn.gelu
+    # uses erfc instead: the same function to ~1 ulp, but erfc costs an exp and a divide more on CPU.
+    return x * 0.5 * (1.0 + lax.erf(x * (1.0 / math.sqrt(2.0))))
+
+
+@jax.custom_vjp
+def gelu_exact(x: Array) -> Array:
+    """Exact (erf) GELU, computed as PyTorch ``nn.GELU()`` computes it.
+
+    Hand-written VJP: the backward keeps only ``x`` (the matmul output, materialized anyway) and computes
+    dx = g * (Phi(x) + x * phi(x)) in one elementwise pass, where autodiff also saves the erf term: one
+    more full-size write and read of the widest activation in the block (4C channels).
+    """
+    return _gelu_erf(x)
+
+
+def _gelu_exact_fwd(x):
+    return _gelu_erf(x), x
+
+
+def _gelu_exact_bwd(x, g):
+    xf = x.astype(jnp.float32)
+    cdf = 0.5 * (1.0 + lax.erf(xf * (1.0 / math.sqrt(2.0))))
+    pdf = jnp.exp(-0.5 * xf * xf) * (1.0 / math.sqrt(2.0 * math.pi))
+    return ((g.astype(jnp.float32) * (cdf + xf * pdf)).astype(x.dtype),)
+
+
+gelu_exact.defvjp(_gelu_exact_fwd, _gelu_exact_bwd)
+
+
+# --------------------------------------------------------------------------------------
 # Depthwise convolution
 # --------------------------------------------------------------------------------------
 def resolve_dwconv_impl(impl: str) -> str:
@@ -78,8 +112,35 @@ def _pad_hw(x: Array, p: Tuple[int, int]) -> Array:
     return jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0))) if (ph or pw) else x
 
 
+def _dw_kernel_grad_variadic(xp: Array, g: Array, kh: int, kw: int) -> Array:
+    """dk as ONE variadic reduce over (n, h, w) with kh*kw outputs: XLA sweeps ``g`` and ``xp`` once and
+    updates all 49 per-channel accumulators at each position (the loop order a hand-written kernel
+    would use).  Run over pairs of images (a scan) so that each sweep stays in cache: 1.2-1.5x faster
+    than the row loops of ``_dw_kernel_grad_chunked`` on maps of 14 px and more."""
+    n, hp, wp, c = xp.shape
+    if n % 2 == 0 and n > 2:
+        def pair(acc, xg):
+            return acc + _dw_kernel_grad_variadic(xg[0], xg[1], kh, kw), None
+
+        acc, _ = lax.scan(pair, jnp.zeros((kh, kw, c), jnp.float32),
+                          (xp.reshape(n // 2, 2, hp, wp, c), g.reshape(n // 2, 2, *g.shape[1:])))
+        return acc
+    _, h, w, c = g.shape
+    products = tuple((xp[:, i:i + h, j:j + w, :] * g).astype(jnp.float32) for i in range(kh) for j in range(kw))
+    sums = lax.reduce(products, tuple(jnp.zeros((), jnp.float32) for _ in products),
+                      lambda a, b: tuple(u + v for u, v in zip(a, b)), (0, 1, 2))
+    return jnp.stack(sums).reshape(kh, kw, c)
+
+
 def _dw_kernel_grad(xp: Array, g: Array, kh: int, kw: int) -> Array:
-    """dk[i, j, c] = sum_{n,h,w} xp[n, h+i, w+j, c] * g[n, h, w, c]  -> (kh, kw, C).
+    """dk[i, j, c] = sum_{n,h,w} xp[n, h+i, w+j, c] * g[n, h, w, c]  -> (kh, kw, C)."""
+    if g.shape[1] * g.shape[2] >= 196:
+        return _dw_kernel_grad_variadic(xp, g, kh, kw)
+    return _dw_kernel_grad_chunked(xp, g, kh, kw)
+
+
+def _dw_kernel_grad_chunked(xp: Array, g: Array, kh: int, kw: int) -> Array:
+    """dk for small maps (below 14x14).
 
     Autodiff of the shifted forward gives kh*kw separate slice + reduce fusions over the whole batch
     (memory-bound, ~10x slower than the forward on XLA:CPU).  Here a scan over small batch chunks keeps
@@ -110,11 +171,43 @@ def _dw_kernel_grad(xp: Array, g: Array, kh: int, kw: int) -> Array:
     return acc
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _dwconv_shifted(x: Array, kernel: Array, padding: Tuple[int, int]) -> Array:
+def _materialized(fn: Callable, *args: Array) -> Array:
+    """``fn(*args)``, computed once into its own buffer: an XLA:CPU fusion barrier.
+
+    XLA:CPU would otherwise fuse cheap-looking producers into every consumer -- the 49-tap shifted
+    sum is recomputed by each of LayerNorm's three passes (mean, variance, normalize) -- or hand a
+    reduce and its producers to its YNNPACK fusion, which then materializes each shifted slice on its
+    own: together 6-10x slower than the conv itself (benchmarks/profile_convnext_layers.py).  XLA:CPU
+    has no barrier op (``optimization_barrier`` is expanded before fusion), but a conditional is one:
+    its result is always a buffer of its own.  Both branches are ``fn``, so the predicate (never
+    constant-folded: ``v == v`` is false for NaN) cannot change the result.  Differentiable: the
+    transpose of a conditional is a conditional, so the backward pass gets the same barrier.
+    """
+    v = args[-1].reshape(-1)[0]
+    return lax.cond(v == v, fn, fn, *args)
+
+
+def fusion_barrier(x: Array) -> Array:
+    """``x`` unchanged, but materialized: XLA cannot fuse its producer into its consumers (see
+    ``_materialized``).  Used between ConvNeXt block layers on CPU, where XLA's cross-layer fusion
+    choices cost more than the memory pass they save (ConvNeXt-T inference 1.5x faster)."""
+    return _materialized(lambda t: t * 1.0, x)
+
+
+def resolve_fusion_barriers(flag: Optional[bool]) -> bool:
+    """None -> on for the CPU backend only (GPU/TPU fusion is left to XLA)."""
+    return jax.default_backend() == "cpu" if flag is None else bool(flag)
+
+
+def _shifted_same(x: Array, kernel: Array, padding: Tuple[int, int]) -> Array:
     kh, kw, c = kernel.shape
     _, h, w, _ = x.shape
     return _shifted_sum(_pad_hw(x, padding), kernel, h + 2 * padding[0] - kh + 1, w + 2 * padding[1] - kw + 1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _dwconv_shifted(x: Array, kernel: Array, padding: Tuple[int, int]) -> Array:
+    return _materialized(functools.partial(_shifted_same, padding=padding), x, kernel)
 
 
 def _dwconv_shifted_fwd(x, kernel, padding):
@@ -129,7 +222,7 @@ def _dwconv_shifted_bwd(padding, res, g):
     ph, pw = kh - 1 - padding[0], kw - 1 - padding[1]
     if ph < 0 or pw < 0 or g.shape[1:3] != (h, w):
         raise NotImplementedError("shifted dwconv backward assumes 'same' padding (k = 2p + 1)")
-    dx = _shifted_sum(_pad_hw(g, (ph, pw)), kernel[::-1, ::-1], h, w)
+    dx = _materialized(lambda g, k: _shifted_sum(_pad_hw(g, (ph, pw)), k, h, w), g, kernel[::-1, ::-1])
     dk = _dw_kernel_grad(_pad_hw(x, padding), g, kh, kw).astype(kernel.dtype)
     return dx.astype(x.dtype), dk
 
@@ -177,6 +270,54 @@ def depthwise_conv2d(x: Array, kernel: Array, padding: int, impl: str) -> Array:
     if impl in ("shifted", "shifted_autodiff"):
         return _shifted_sum(_pad_hw(x, (ph, pw)), k, h + 2 * ph - k.shape[0] + 1, w + 2 * pw - k.shape[1] + 1)
     raise AssertionError(impl)
+
+
+# --------------------------------------------------------------------------------------
+# Non-overlapping patch convolution (stem, downsampling)
+# --------------------------------------------------------------------------------------
+PATCH_CONV_IMPLS = ("auto", "conv", "dense")
+
+
+class PatchConv(nn.Module):
+    """k x k conv with stride k, no padding (ConvNeXt's patchify stem and 2x2 downsampling layers).
+
+    Params ``kernel`` (k, k, Cin, Cout) and ``bias`` exactly as ``nn.Conv`` -- checkpoints do not
+    depend on ``impl``:
+
+    * ``conv``: ``lax.conv_general_dilated``.
+    * ``dense``: the same sum as one matmul over non-overlapping patches (space-to-depth, then
+      (k*k*Cin) x Cout).  Bit-identical to ``conv`` on XLA:CPU, and 1.5-2x faster there in the
+      backward pass.
+    * ``auto``: ``dense`` on CPU, ``conv`` elsewhere.
+    """
+
+    features: int
+    patch: int
+    impl: str = "auto"
+    dtype: Dtype = jnp.float32
+    kernel_init: Callable = trunc_normal_init(0.02)
+    bias_init: Callable = nn.initializers.zeros
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        if self.impl not in PATCH_CONV_IMPLS:
+            raise ValueError(f"PatchConv impl must be one of {PATCH_CONV_IMPLS}, got {self.impl!r}")
+        k, cin = self.patch, x.shape[-1]
+        kernel = self.param("kernel", self.kernel_init, (k, k, cin, self.features), jnp.float32)
+        bias = self.param("bias", self.bias_init, (self.features,), jnp.float32)
+        x = x.astype(self.dtype)
+        kernel = kernel.astype(self.dtype)
+        n, h, w, _ = x.shape
+        ho, wo = h // k, w // k
+        impl = self.impl if self.impl != "auto" else ("dense" if jax.default_backend() == "cpu" else "conv")
+        if impl == "conv":
+            y = lax.conv_general_dilated(x, kernel, (k, k), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        else:
+            x = x[:, :ho * k, :wo * k]  # VALID: a remainder row/column is dropped, as by the conv
+            patches = x.reshape(n, ho, k, wo, k, cin).transpose(0, 1, 3, 2, 4, 5).reshape(n, ho, wo, k * k * cin)
+            y = patches @ kernel.reshape(k * k * cin, self.features)
+        counting.record_macs(k * k * cin * math.prod(y.shape))
+        return y + bias.astype(self.dtype)
 
 
 class DepthwiseConv(nn.Module):

@@ -40,7 +40,9 @@ squeeze first); LN weight -> ``scale``; gamma unchanged; inputs NCHW -> NHWC.
 
 The depthwise conv kernel is (7, 7, 1, C) whatever ``dwconv_impl`` is ('xla' grouped conv,
 'shifted' 49 multiply-adds, 'auto' = shifted on CPU / xla elsewhere), so checkpoints are
-interchangeable between implementations.
+interchangeable between implementations.  Likewise ``patch_conv_impl`` (stem and downsampling
+convs: 'conv', 'dense' patch matmul, 'auto' = dense on CPU) and ``fusion_barriers`` (materialize
+each block layer's output; None = on CPU only) change speed, never parameters or results.
 """
 from __future__ import annotations
 
@@ -52,7 +54,8 @@ import jax.numpy as jnp
 import numpy as np
 import flax.linen as nn
 
-from .layers import DepthwiseConv, DropPath, layer_norm, trunc_normal_init
+from .layers import (DepthwiseConv, DropPath, PatchConv, fusion_barrier, gelu_exact, layer_norm,
+                     resolve_fusion_barriers, trunc_normal_init)
 
 Array = jax.Array
 Dtype = Any
@@ -66,9 +69,9 @@ def _dense(features: int, name: str, dtype: Dtype, scale: float = 1.0) -> nn.Den
                     bias_init=nn.initializers.zeros, name=name)
 
 
-def _conv(features: int, k: int, name: str, dtype: Dtype) -> nn.Conv:
-    return nn.Conv(features, (k, k), strides=(k, k), padding="VALID", dtype=dtype, param_dtype=jnp.float32,
-                   kernel_init=trunc_normal_init(0.02), bias_init=nn.initializers.zeros, name=name)
+def _conv(features: int, k: int, name: str, dtype: Dtype, impl: str = "auto") -> PatchConv:
+    """k x k / stride k conv (same params as ``nn.Conv``; a patch matmul on CPU, see ``PatchConv``)."""
+    return PatchConv(features, k, impl=impl, dtype=dtype, name=name)
 
 
 class Block(nn.Module):
@@ -78,23 +81,28 @@ class Block(nn.Module):
     layer_scale_init_value: float = 1e-6
     kernel_size: int = 7
     dwconv_impl: str = "auto"
+    fusion_barriers: Optional[bool] = None
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Array:
+        # On CPU every layer output is materialized (layers.fusion_barrier): XLA:CPU's cross-layer fusion
+        # (LN into the matmul, GELU into its neighbours) is slower than the memory pass it saves.
+        # Identity in value; None = on for the CPU backend only.
+        bar = fusion_barrier if resolve_fusion_barriers(self.fusion_barriers) else (lambda t: t)
         c = x.shape[-1]
         shortcut = x
         y = DepthwiseConv(self.kernel_size, self.kernel_size // 2, impl=self.dwconv_impl, dtype=self.dtype,
                           name="dwconv")(x)
-        y = layer_norm("norm", self.dtype)(y)
-        y = _dense(4 * c, "pwconv1", self.dtype)(y)
-        y = nn.gelu(y, approximate=False)
-        y = _dense(c, "pwconv2", self.dtype)(y)
+        y = bar(layer_norm("norm", self.dtype)(y))
+        y = bar(_dense(4 * c, "pwconv1", self.dtype)(y))
+        y = bar(gelu_exact(y))
+        y = bar(_dense(c, "pwconv2", self.dtype)(y))
         if self.layer_scale_init_value > 0:
             gamma = self.param("gamma", nn.initializers.constant(self.layer_scale_init_value), (c,), jnp.float32)
             y = y * gamma.astype(y.dtype)
         y = DropPath(self.drop_path, name="drop_path")(y, train=train)
-        return shortcut.astype(y.dtype) + y
+        return bar(shortcut.astype(y.dtype) + y)
 
 
 def _head(x: Array, num_classes: int, head_init_scale: float, dtype: Dtype) -> Array:
@@ -118,6 +126,8 @@ class ConvNeXt(nn.Module):
     patch_size: int = 4
     kernel_size: int = 7
     dwconv_impl: str = "auto"
+    patch_conv_impl: str = "auto"
+    fusion_barriers: Optional[bool] = None
     dtype: Dtype = jnp.float32
 
     def block_drop_rates(self) -> np.ndarray:
@@ -135,13 +145,14 @@ class ConvNeXt(nn.Module):
         k = 0
         for i, (depth, dim) in enumerate(zip(self.depths, self.dims)):
             if i == 0:
-                x = _conv(dim, self.patch_size, "stem_conv", self.dtype)(x)
+                x = _conv(dim, self.patch_size, "stem_conv", self.dtype, self.patch_conv_impl)(x)
                 x = layer_norm("stem_norm", self.dtype)(x)
             else:
-                x = Downsample(dim, dtype=self.dtype, name=f"downsample_{i}")(x)
+                x = Downsample(dim, dtype=self.dtype, conv_impl=self.patch_conv_impl, name=f"downsample_{i}")(x)
             for j in range(depth):
                 x = Block(drop_path=float(rates[k]), layer_scale_init_value=self.layer_scale_init_value,
-                          kernel_size=self.kernel_size, dwconv_impl=self.dwconv_impl, dtype=self.dtype,
+                          kernel_size=self.kernel_size, dwconv_impl=self.dwconv_impl,
+                          fusion_barriers=self.fusion_barriers, dtype=self.dtype,
                           name=f"stages_{i}_block_{j}")(x, train=train)
                 k += 1
             features[f"stage_{i}"] = x
@@ -154,11 +165,12 @@ class Downsample(nn.Module):
 
     dim: int
     dtype: Dtype = jnp.float32
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         x = layer_norm("norm", self.dtype)(x)
-        return _conv(self.dim, 2, "conv", self.dtype)(x)
+        return _conv(self.dim, 2, "conv", self.dtype, self.conv_impl)(x)
 
 
 class ConvNeXtIsotropic(nn.Module):
@@ -177,17 +189,20 @@ class ConvNeXtIsotropic(nn.Module):
     patch_size: int = 16
     kernel_size: int = 7
     dwconv_impl: str = "auto"
+    patch_conv_impl: str = "auto"
+    fusion_barriers: Optional[bool] = None
     dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array, train: bool = False) -> Tuple[Array, Dict[str, Array]]:
         if x.ndim != 4 or x.shape[-1] != self.in_chans:
             raise ValueError(f"expected NHWC input with {self.in_chans} channels, got shape {x.shape}")
-        x = _conv(self.dim, self.patch_size, "stem_conv", self.dtype)(x.astype(self.dtype))
+        x = _conv(self.dim, self.patch_size, "stem_conv", self.dtype, self.patch_conv_impl)(x.astype(self.dtype))
         rates = np.linspace(0.0, self.drop_path_rate, self.depth)
         for j in range(self.depth):
             x = Block(drop_path=float(rates[j]), layer_scale_init_value=self.layer_scale_init_value,
-                      kernel_size=self.kernel_size, dwconv_impl=self.dwconv_impl, dtype=self.dtype,
+                      kernel_size=self.kernel_size, dwconv_impl=self.dwconv_impl,
+                      fusion_barriers=self.fusion_barriers, dtype=self.dtype,
                       name=f"blocks_{j}")(x, train=train)
         logits = _head(x, self.num_classes, self.head_init_scale, self.dtype)
         return logits, {"blocks": x}
@@ -244,7 +259,8 @@ def create_model(name: str, **overrides) -> nn.Module:
     """timm-style factory: ``create_model('convnext_tiny', num_classes=10, drop_path_rate=0.1, dtype=jnp.bfloat16)``.
 
     Overrides are any ConvNeXt / ConvNeXtIsotropic field (depths, dims, in_chans, num_classes,
-    drop_path_rate, layer_scale_init_value, head_init_scale, patch_size, kernel_size, dwconv_impl, dtype).
+    drop_path_rate, layer_scale_init_value, head_init_scale, patch_size, kernel_size, dwconv_impl,
+    patch_conv_impl, fusion_barriers, dtype).
     """
     cls, _ = _REGISTRY[name] if name in _REGISTRY else (None, None)
     cfg = model_config(name, **overrides)

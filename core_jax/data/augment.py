@@ -77,7 +77,16 @@ def _choose_interp(interp, rng: np.random.Generator):
 # ----------------------------------------------------------------------------- PIL helpers
 
 
+def image_hw(x) -> tuple:
+  """(height, width) of a numpy image or a PIL image, without converting it."""
+  if isinstance(x, Image.Image):
+    return x.height, x.width
+  return np.shape(x)[:2]
+
+
 def _to_pil(x: np.ndarray) -> Image.Image:
+  if isinstance(x, Image.Image):
+    return x
   x = np.asarray(x)
   if x.dtype != np.uint8:
     raise UserError(f'expected a uint8 image here, got {x.dtype} (put this op before normalize)')
@@ -109,8 +118,11 @@ def _resize_any(x: np.ndarray, h: int, w: int, resample) -> np.ndarray:
 def _resized_crop(ex: dict, top: int, left: int, h: int, w: int, out_h: int, out_w: int,
                   resample) -> dict:
   """torchvision F.resized_crop on PIL: crop box then resize; segmentation uses nearest."""
-  img = np.asarray(ex['image'])[top:top + h, left:left + w]
-  ex['image'] = _resize_any(img, out_h, out_w, resample)
+  if isinstance(ex['image'], Image.Image):  # decoded JPEG: crop and resize in PIL, stay PIL
+    ex['image'] = ex['image'].crop((left, top, left + w, top + h)).resize((out_w, out_h), resample)
+  else:
+    img = np.asarray(ex['image'])[top:top + h, left:left + w]
+    ex['image'] = _resize_any(img, out_h, out_w, resample)
   if 'segmentation' in ex:
     seg = np.asarray(ex['segmentation'])[top:top + h, left:left + w]
     ex['segmentation'] = _resize_any(seg, out_h, out_w, Image.NEAREST)
@@ -138,7 +150,9 @@ def decode_jpeg() -> Transform:
       x = bytes(x)
     if isinstance(x, (bytes, bytearray, memoryview)):
       with Image.open(io.BytesIO(bytes(x))) as img:
-        ex['image'] = np.asarray(img.convert('RGB'))
+        # Stays a PIL image while PIL ops follow (crop, resize, RandAugment): each PIL <-> numpy
+        # round trip is a full copy. `build_transforms` hands out numpy arrays in the end.
+        ex['image'] = img.convert('RGB')
     return ex
 
   return op
@@ -186,7 +200,7 @@ def _rrc_factory(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
   scale, ratio = tuple(scale), tuple(ratio)
 
   def op(ex, rng):
-    h, w = np.asarray(ex['image']).shape[:2]
+    h, w = image_hw(ex['image'])
     top, left, ch, cw = rrc_params(h, w, scale, ratio, rng)
     resample = _choose_interp(interp, rng)  # timm draws the filter after the box
     return _resized_crop(ex, top, left, ch, cw, out_h, out_w, resample)
@@ -243,7 +257,7 @@ def resize_shorter_and_center_crop(size: int = 224, crop_pct: float = 0.875,
 
   def op(ex, rng):
     del rng
-    h, w = np.asarray(ex['image']).shape[:2]
+    h, w = image_hw(ex['image'])
     if w <= h:
       nw, nh = scale_size, int(scale_size * h / w)
     else:
@@ -488,10 +502,16 @@ def randaugment(config_str: str = 'rand-m9-mstd0.5-inc1', mean=IMAGENET_DEFAULT_
 
   def op(ex, rng):
     _check_no_segmentation(ex, 'randaugment')
-    x = np.asarray(ex['image'])
-    if x.dtype != np.uint8 or x.ndim != 3 or x.shape[2] != 3:
-      raise UserError(f'randaugment needs a uint8 RGB (H, W, 3) image, got {x.dtype} {x.shape}')
-    img = Image.fromarray(np.ascontiguousarray(x))
+    x = ex['image']
+    if isinstance(x, Image.Image):
+      if x.mode != 'RGB':
+        raise UserError(f'randaugment needs an RGB image, got PIL mode {x.mode}')
+      img = x
+    else:
+      x = np.asarray(x)
+      if x.dtype != np.uint8 or x.ndim != 3 or x.shape[2] != 3:
+        raise UserError(f'randaugment needs a uint8 RGB (H, W, 3) image, got {x.dtype} {x.shape}')
+      img = Image.fromarray(np.ascontiguousarray(x))
     for k in rng.integers(0, len(ops), size=cfg['num_layers']):
       geometric, level_fn, fn = ops[int(k)]
       if prob < 1.0 and rng.random() > prob:
@@ -507,7 +527,7 @@ def randaugment(config_str: str = 'rand-m9-mstd0.5-inc1', mean=IMAGENET_DEFAULT_
         img = fn(img, *args, resample=_choose_interp(resample, rng), fillcolor=fill)
       else:
         img = fn(img, *args)
-    ex['image'] = np.asarray(img)
+    ex['image'] = img  # PIL; normalize or the end of the pipeline converts it once
     return ex
 
   return op

@@ -76,6 +76,9 @@ def build_transforms(specs: Sequence[str]) -> Transform:
     example = dict(example)  # sources may hand out shared/cached dicts
     for op in ops:
       example = op(example, rng)
+    for key, value in example.items():  # PIL images (kept between PIL ops) leave as numpy arrays
+      if isinstance(value, Image.Image):
+        example[key] = np.asarray(value)
     return example
 
   return apply
@@ -184,7 +187,8 @@ def flip_lr(p: float = 0.5) -> Transform:
     # Always draw, so the rng stream does not depend on earlier outcomes.
     if rng.random() < p:
       for key, _ in _spatial_keys(ex):
-        ex[key] = np.asarray(ex[key])[:, ::-1]
+        x = ex[key]
+        ex[key] = x.transpose(Image.FLIP_LEFT_RIGHT) if isinstance(x, Image.Image) else np.asarray(x)[:, ::-1]
     return ex
 
   return op
@@ -252,8 +256,12 @@ def normalize(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)) -> Transform:
   def op(ex, rng):
     del rng
     x = np.asarray(ex['image'])
-    x = x.astype(np.float32) / 255.0 if x.dtype == np.uint8 else x.astype(np.float32)
-    ex['image'] = (x - mean) * inv_std
+    y = x.astype(np.float32)  # a fresh buffer: the rest is in place (same float ops, no temporaries)
+    if x.dtype == np.uint8:
+      y /= 255.0
+    y -= mean
+    y *= inv_std
+    ex['image'] = y
     return ex
 
   return op

@@ -17,8 +17,8 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import flax  # noqa: E402
 
-from convnext_jax import (ConvNeXt, DropPath, create_model, depthwise_conv2d, list_models,  # noqa: E402
-                          param_count)
+from convnext_jax import (ConvNeXt, DropPath, PatchConv, create_model, depthwise_conv2d, fusion_barrier,  # noqa: E402
+                          gelu_exact, list_models, param_count)
 
 
 def _rand(shape, seed=0):
@@ -175,7 +175,10 @@ def test_bf16_compute_dtype():
 # ------------------------------------------------------------------------------------------------
 # Depthwise conv implementations
 # ------------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("shape", [(2, 16, 16, 8), (3, 5, 7, 4), (2, 2, 2, 16), (2, 1, 1, 8), (1, 3, 9, 5)])
+# (2, 16, 16, 8) and (1, 14, 15, 6) take the variadic-reduce kernel gradient (maps >= 14x14); the others the
+# chunked one; (2, 2, 2, 16) and (2, 1, 1, 8) the cropped kernel.
+@pytest.mark.parametrize("shape", [(2, 16, 16, 8), (1, 14, 15, 6), (3, 5, 7, 4), (2, 2, 2, 16), (2, 1, 1, 8),
+                                   (1, 3, 9, 5)])
 def test_depthwise_conv_impls_agree(shape, highest_precision):
     x = _rand(shape, 1)
     k = _rand((7, 7, 1, shape[-1]), 2)
@@ -195,11 +198,19 @@ def test_depthwise_conv_impls_agree(shape, highest_precision):
         depthwise_conv2d(x, k, 3, "bogus")
 
 
-def test_model_dwconv_impls_same_tree_and_numerics(highest_precision):
+@pytest.mark.parametrize("cpu_paths", [
+    dict(dwconv_impl="shifted"),                                        # CPU defaults: barriers + patch matmul
+    dict(dwconv_impl="shifted", fusion_barriers=False, patch_conv_impl="conv"),
+    dict(dwconv_impl="xla", fusion_barriers=True, patch_conv_impl="dense"),
+])
+def test_model_dwconv_impls_same_tree_and_numerics(cpu_paths, highest_precision):
+    """Every speed path (depthwise impl, patch-conv impl, fusion barriers) against the plain XLA model:
+    same parameter tree, same outputs, same gradients."""
     x = _rand((4, 32, 32, 3))
     small = dict(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32))  # 16/8/4/2 maps: exercises the cropped 2x2 path
-    m_xla = create_model("convnext_digits", dwconv_impl="xla", **small)
-    m_sh = create_model("convnext_digits", dwconv_impl="shifted", **small)
+    m_xla = create_model("convnext_digits", dwconv_impl="xla", patch_conv_impl="conv", fusion_barriers=False,
+                         **small)
+    m_sh = create_model("convnext_digits", **cpu_paths, **small)
     v = _np_variables(m_xla, x.shape, gamma=1.0)  # gamma 1: make the residual branch matter
     v_sh = jax.eval_shape(m_sh.init, jax.random.PRNGKey(0), x)
     assert jax.tree_util.tree_structure(v) == jax.tree_util.tree_structure(v_sh)
@@ -217,6 +228,55 @@ def test_model_dwconv_impls_same_tree_and_numerics(highest_precision):
     gb = jax.jit(jax.grad(loss(m_sh)))(v["params"])
     for a, b in zip(jax.tree_util.tree_leaves(ga), jax.tree_util.tree_leaves(gb)):
         np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("shape,k", [((2, 16, 16, 3), 4), ((3, 9, 7, 5), 2), ((1, 8, 8, 6), 2)])
+def test_patch_conv_impls_agree_with_nn_conv(shape, k, highest_precision):
+    """PatchConv('dense') == PatchConv('conv') == nn.Conv(k, stride k, VALID): params, values, grads."""
+    x = _rand(shape, 3)
+    ref = flax.linen.Conv(7, (k, k), strides=(k, k), padding="VALID")
+    v = ref.init(jax.random.PRNGKey(1), x)
+    v = jax.tree_util.tree_map(lambda a: a + 0.1, v)  # non-zero bias
+    y_ref = ref.apply(v, x)
+    g_ref = jax.grad(lambda v, x: jnp.sum(jnp.sin(ref.apply(v, x))), argnums=(0, 1))(v, x)
+    for impl in ("conv", "dense", "auto"):
+        m = PatchConv(7, k, impl=impl)
+        v_m = m.init(jax.random.PRNGKey(1), x)
+        assert jax.tree_util.tree_map(jnp.shape, v_m) == jax.tree_util.tree_map(jnp.shape, v)
+        np.testing.assert_allclose(m.apply(v, x), y_ref, atol=1e-6, rtol=1e-6)
+        g = jax.grad(lambda v, x: jnp.sum(jnp.sin(m.apply(v, x))), argnums=(0, 1))(v, x)
+        for a, b in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(g_ref)):
+            np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="PatchConv impl"):
+        PatchConv(7, k, impl="bogus").init(jax.random.PRNGKey(1), x)
+
+
+def test_gelu_exact_matches_autodiff_and_torch(highest_precision):
+    x = jnp.linspace(-9.0, 9.0, 2001, dtype=jnp.float32)
+    np.testing.assert_allclose(gelu_exact(x), jax.nn.gelu(x, approximate=False), atol=1e-6, rtol=1e-6)
+    g_ours = jax.grad(lambda x: jnp.sum(jnp.sin(gelu_exact(x))))(x)
+    g_ref = jax.grad(lambda x: jnp.sum(jnp.sin(jax.nn.gelu(x, approximate=False))))(x)
+    np.testing.assert_allclose(g_ours, g_ref, atol=2e-6, rtol=1e-5)
+    torch = pytest.importorskip("torch")
+    xt = torch.from_numpy(np.array(x)).requires_grad_(True)
+    yt = torch.nn.functional.gelu(xt)
+    np.testing.assert_allclose(gelu_exact(x), yt.detach().numpy(), atol=1e-6, rtol=1e-6)
+    torch.sin(yt).sum().backward()
+    np.testing.assert_allclose(g_ours, xt.grad.numpy(), atol=2e-6, rtol=1e-5)
+
+
+def test_fusion_barrier_is_identity_with_identity_gradient():
+    x = _rand((2, 5, 5, 3))
+    f = jax.jit(lambda x: fusion_barrier(jnp.sin(x)) * 2.0)
+    np.testing.assert_array_equal(f(x), jnp.sin(x) * 2.0)
+    np.testing.assert_array_equal(jax.grad(lambda x: jnp.sum(f(x)))(x), 2.0 * jnp.cos(x))
+    # The conditional's predicate is False for a NaN first element; both branches are the identity.
+    x_nan = x.at[0, 0, 0, 0].set(jnp.nan)
+    np.testing.assert_array_equal(np.isnan(f(x_nan)), np.isnan(jnp.sin(x_nan)))
+    np.testing.assert_array_equal(f(x_nan)[1], (jnp.sin(x_nan) * 2.0)[1])
+    # A barrier is what makes XLA compute the depthwise conv once: it shows up as a conditional.
+    hlo = jax.jit(lambda x: fusion_barrier(x) + 1.0).lower(x).compile().as_text()
+    assert "conditional" in hlo
 
 
 # ------------------------------------------------------------------------------------------------
@@ -369,6 +429,7 @@ def _randomize_torch(model, torch):
 @pytest.mark.parametrize("name,size,impl", [
     ("convnext_atto", (64, 64), "shifted"),   # timm conv_mlp=True layout
     ("convnext_atto", (70, 66), "xla"),       # non-multiple-of-32 input: VALID padding floors like PyTorch
+    ("convnext_atto", (70, 66), "plain"),     # no CPU speed paths: grouped conv, nn conv, no barriers
     ("convnext_tiny", (224, 224), "xla"),     # Linear MLP layout, full resolution
 ])
 def test_timm_parity(name, size, impl, highest_precision):
@@ -377,7 +438,9 @@ def test_timm_parity(name, size, impl, highest_precision):
     torch.manual_seed(0)
     tm = timm.create_model(name, pretrained=False, num_classes=1000).eval()
     _randomize_torch(tm, torch)
-    model = create_model(name, num_classes=1000, dwconv_impl=impl)
+    paths = dict(dwconv_impl=impl) if impl != "plain" else dict(
+        dwconv_impl="xla", patch_conv_impl="conv", fusion_barriers=False)
+    model = create_model(name, num_classes=1000, **paths)
     params = timm_to_flax(tm.state_dict(), model.depths)
     ref_tree = jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, *size, 3), jnp.float32))
     assert jax.tree_util.tree_structure(ref_tree["params"]) == jax.tree_util.tree_structure(params)

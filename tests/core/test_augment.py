@@ -469,3 +469,25 @@ def test_jax_mixup_cutmix_in_jit_and_sampling_statistics():
   np.testing.assert_array_equal(np.asarray(out['image']), batch['image'])
   np.testing.assert_allclose(np.asarray(out['label']),
                              mixing.smooth_one_hot_np(batch['label'], k, 0.1), atol=1e-7)
+
+
+@pytest.mark.parametrize('specs', [
+    ('decode_jpeg', 'random_resized_crop_timm(size=64)', 'flip_lr(p=1.0)',
+     "randaugment(config_str='rand-m9-mstd0.5-inc1')", 'imagenet_normalize', 'random_erasing(prob=1.0)'),
+    ('decode_jpeg', 'resize_shorter_and_center_crop(size=48)', 'flip_lr(p=1.0)'),
+])
+def test_pil_images_between_pil_ops_match_numpy_path(specs):
+  """decode_jpeg keeps a PIL image while PIL ops follow; the output must equal the all-numpy path
+  (same ops on the pre-decoded array) bit for bit, and always leave as a numpy array."""
+  rs = np.random.RandomState(0)
+  img = Image.fromarray(rs.randint(0, 256, (50, 70, 3), dtype=np.uint8)).resize((140, 100), Image.BICUBIC)
+  buf = io.BytesIO()
+  img.save(buf, format='JPEG', quality=90)
+  decoded = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert('RGB'))
+  tf = transforms.build_transforms(list(specs))
+  for seed in range(6):
+    from_bytes = tf({'image': buf.getvalue(), 'label': 1}, np.random.default_rng(seed))
+    from_array = tf({'image': decoded.copy(), 'label': 1}, np.random.default_rng(seed))
+    assert isinstance(from_bytes['image'], np.ndarray)
+    assert from_bytes['image'].dtype == from_array['image'].dtype
+    np.testing.assert_array_equal(from_bytes['image'], from_array['image'])
