@@ -42,12 +42,65 @@ def trunc_normal_init(std: float = 0.02, a: float = -2.0, b: float = 2.0, scale:
     return init
 
 
-def layer_norm(name: Optional[str] = None, dtype: Dtype = jnp.float32, eps: float = 1e-6) -> nn.LayerNorm:
-    """Channels-last LayerNorm as in ConvNeXt: eps 1e-6, biased variance, scale=1 / bias=0 init.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def layer_norm_channels_last(x: Array, scale: Array, bias: Array, eps: float) -> Array:
+    """LayerNorm over the last axis, statistics in float32: (x - mean) / sqrt(var + eps) * scale + bias,
+    var = mean((x - mean)^2) (two-pass, like PyTorch).  Returns x's dtype.
 
-    ``use_fast_variance=False`` computes var as E[(x-mean)^2] (closer parity, stabler in bf16).
+    Hand-written VJP: it keeps x and the per-row mean / 1/std and recomputes the normalized value in
+    the backward, dx = rstd * (gs - mean(gs) - xhat * mean(gs * xhat)) with gs = g * scale.  Autodiff
+    of the forward saves and re-reads broadcast (N, H, W, C) copies of the row statistics instead.
     """
-    return nn.LayerNorm(epsilon=eps, dtype=dtype, param_dtype=jnp.float32, use_fast_variance=False, name=name)
+    return _ln_forward(x, scale, bias, eps)[0]
+
+
+def _ln_forward(x, scale, bias, eps):
+    xf = x.astype(jnp.float32)
+    mean = jnp.mean(xf, axis=-1, keepdims=True)
+    centered = xf - mean
+    rstd = lax.rsqrt(jnp.mean(centered * centered, axis=-1, keepdims=True) + eps)
+    y = centered * rstd * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+    return y.astype(x.dtype), (x, scale, mean, rstd)
+
+
+def _ln_fwd(x, scale, bias, eps):
+    return _ln_forward(x, scale, bias, eps)
+
+
+def _ln_bwd(eps, res, g):
+    del eps
+    x, scale, mean, rstd = res
+    xhat = (x.astype(jnp.float32) - mean) * rstd
+    gf = g.astype(jnp.float32)
+    axes = tuple(range(g.ndim - 1))
+    dbias = jnp.sum(gf, axis=axes)
+    dscale = jnp.sum(gf * xhat, axis=axes)
+    gs = gf * scale.astype(jnp.float32)
+    dx = rstd * (gs - jnp.mean(gs, axis=-1, keepdims=True) - xhat * jnp.mean(gs * xhat, axis=-1, keepdims=True))
+    return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(scale.dtype)
+
+
+layer_norm_channels_last.defvjp(_ln_fwd, _ln_bwd)
+
+
+class LayerNorm(nn.Module):
+    """Channels-last LayerNorm as in ConvNeXt (``nn.LayerNorm``'s params: ``scale`` = 1, ``bias`` = 0 at
+    init), computed by ``layer_norm_channels_last``."""
+
+    epsilon: float = 1e-6
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: Array) -> Array:
+        c = x.shape[-1]
+        scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
+        bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+        return layer_norm_channels_last(x.astype(self.dtype), scale, bias, self.epsilon)
+
+
+def layer_norm(name: Optional[str] = None, dtype: Dtype = jnp.float32, eps: float = 1e-6) -> LayerNorm:
+    """Channels-last LayerNorm as in ConvNeXt: eps 1e-6, biased two-pass variance, scale=1 / bias=0 init."""
+    return LayerNorm(epsilon=eps, dtype=dtype, name=name)
 
 
 # --------------------------------------------------------------------------------------
