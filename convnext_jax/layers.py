@@ -294,7 +294,8 @@ def depthwise_conv2d(x: Array, kernel: Array, padding: int, impl: str) -> Array:
     * ``xla``: ``lax.conv_general_dilated(feature_group_count=C)`` (fast on GPU/TPU, slow on XLA:CPU).
     * ``xla_nchw``: same, on NCHW/OIHW layout (profiling only).
     * ``shifted``: kh*kw shifted multiply-adds with a hand-written VJP (dx = shifted sum with the flipped
-      kernel; dk = chunked fused reduction).  Fastest on CPU.
+      kernel; dk = one variadic reduce, or row loops on small maps), each computed once behind a
+      fusion barrier.  Fastest on CPU.
     * ``shifted_autodiff``: the same forward, differentiated by JAX (profiling only).
     """
     kh, kw, _, c = kernel.shape
