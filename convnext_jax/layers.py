@@ -63,10 +63,6 @@ def _ln_forward(x, scale, bias, eps):
     return y.astype(x.dtype), (x, scale, mean, rstd)
 
 
-def _ln_fwd(x, scale, bias, eps):
-    return _ln_forward(x, scale, bias, eps)
-
-
 def _ln_bwd(eps, res, g):
     del eps
     x, scale, mean, rstd = res
@@ -80,7 +76,7 @@ def _ln_bwd(eps, res, g):
     return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(scale.dtype)
 
 
-layer_norm_channels_last.defvjp(_ln_fwd, _ln_bwd)
+layer_norm_channels_last.defvjp(_ln_forward, _ln_bwd)
 
 
 class LayerNorm(nn.Module):
@@ -106,6 +102,10 @@ def layer_norm(name: Optional[str] = None, dtype: Dtype = jnp.float32, eps: floa
 # --------------------------------------------------------------------------------------
 # GELU
 # --------------------------------------------------------------------------------------
+def _normal_cdf(x: Array) -> Array:
+    return 0.5 * (1.0 + lax.erf(x * (1.0 / math.sqrt(2.0))))
+
+
 def _gelu_erf(x: Array) -> Array:
     # PyTorch's formula (aten gelu, approximate='none'): x * 0.5 * (1 + erf(x / sqrt(2))).  jax.nn.gelu
     # uses erfc instead: the same function to ~1 ulp, but erfc costs an exp and a divide more on CPU.
@@ -129,9 +129,8 @@ def _gelu_exact_fwd(x):
 
 def _gelu_exact_bwd(x, g):
     xf = x.astype(jnp.float32)
-    cdf = 0.5 * (1.0 + lax.erf(xf * (1.0 / math.sqrt(2.0))))
     pdf = jnp.exp(-0.5 * xf * xf) * (1.0 / math.sqrt(2.0 * math.pi))
-    return ((g.astype(jnp.float32) * (cdf + xf * pdf)).astype(x.dtype),)
+    return ((g.astype(jnp.float32) * (_normal_cdf(xf) + xf * pdf)).astype(x.dtype),)
 
 
 gelu_exact.defvjp(_gelu_exact_fwd, _gelu_exact_bwd)
