@@ -5,6 +5,10 @@
 Measures inference (eval forward) and a training step (forward + backward + AdamW update, drop path 0.1)
 for each contender in its own subprocess; prints medians, the ratio ours/timm, peak RSS, and BENCH json
 lines. fp32 on CPU; on a GPU, bf16 compute for ours and AMP bf16 + channels_last for timm.
+
+Ours runs as our trainers do, with `core_jax.host_memory.retain_freed_memory()` (glibc keeps freed
+memory mapped, so a step's temporaries are not page-faulted in again every step).  `timm_retain` is timm
+with the same allocator setting, so the ratio against it isolates the model code from that setting.
 """
 import argparse
 import os
@@ -12,7 +16,7 @@ import sys
 
 from benchmarks import common
 
-CONTENDERS = ('ours', 'timm', 'timm_compile')
+CONTENDERS = ('ours', 'timm', 'timm_retain', 'timm_compile')
 
 
 def _ours(args):
@@ -88,6 +92,9 @@ def _timm(args, compiled: bool):
 
 
 def worker(args):
+  if args.contender in ('ours', 'timm_retain'):
+    from core_jax import host_memory  # pylint: disable=import-outside-toplevel
+    host_memory.retain_freed_memory()  # before torch/jax start their thread pools
   fn = _ours(args) if args.contender == 'ours' else _timm(args, args.contender == 'timm_compile')
   stats = common.time_calls(fn, warmup=args.warmup, repeats=args.repeats)
   common.emit({'bench': 'convnext_throughput', 'contender': args.contender, 'mode': args.mode,

@@ -19,6 +19,10 @@ import re
 import tempfile
 import time
 
+from core_jax import host_memory
+
+host_memory.retain_freed_memory()  # as our trainers run (before JAX starts its thread pools)
+
 import jax
 import jax.numpy as jnp
 import numpy as np

@@ -13,7 +13,7 @@ def main():
       ('ConvNeXt-T throughput at 224, batch 32 (fp32; torch.compile: run convnext_throughput alone)',
        convnext_throughput,
        lambda: convnext_throughput.measure('convnext_tiny', batch=32, size=224, repeats=3,
-                                           contenders=('ours', 'timm'))),
+                                           contenders=('ours', 'timm', 'timm_retain'))),
       ('Input pipeline: ConvNeXt train transforms on real-size JPEGs', input_pipeline,
        lambda: input_pipeline.measure(images=96, repeats=3)),
       ('Data parallelism: 8 simulated devices vs 1 (ConvNeXt-atto, 64x64, global batch 64)', devices_scaling,

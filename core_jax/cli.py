@@ -12,6 +12,7 @@ from typing import Sequence
 
 import ml_collections
 
+from core_jax import host_memory
 from core_jax.errors import UserError
 
 _USAGE = 'usage: python -m <line>.main --config=configs/<line>/<name>.py --workdir=DIR [--config.key=value ...]'
@@ -117,6 +118,7 @@ def _quiet_libraries():
 def run_main(run_fn, argv=None) -> int:
   """Entry point body for `<line>.main`: bad input ends as one line on stderr and exit status 2."""
   argv = sys.argv[1:] if argv is None else argv
+  host_memory.retain_freed_memory()  # first: before any thread pool exists (see host_memory)
   _quiet_libraries()
   try:
     config, workdir = parse_args(argv)
