@@ -10,6 +10,7 @@ num_workers=0, so the number is per core; both scale by adding worker processes.
 """
 import argparse
 import os
+import random
 import tempfile
 
 import numpy as np
@@ -52,18 +53,38 @@ def _ours(folder, repeats):
   return fn, (n // 16) * 16
 
 
+def _patch_timm_posterize():
+  """timm's posterize passes 'keep 0 bits' (PosterizeIncreasing at high magnitude) to Pillow, which raises
+  for bits < 1 since Pillow 10, so a timm run crashes at random. Give it the black image older Pillow gave
+  (what ours does, core_jax.data.augment._op_posterize); it is rare, so the timing is unaffected."""
+  from timm.data import auto_augment  # pylint: disable=import-outside-toplevel
+  original = auto_augment.posterize
+
+  def posterize(img, bits_to_keep, **kwargs):
+    if bits_to_keep < 1:
+      return img.point([0] * 256 * len(img.getbands()))
+    return original(img, bits_to_keep, **kwargs)
+
+  for name, op in list(auto_augment.NAME_TO_OP.items()):
+    if op is original:
+      auto_augment.NAME_TO_OP[name] = posterize
+
+
 def _timm(folder, repeats):
   import torch  # pylint: disable=import-outside-toplevel
   import torchvision  # pylint: disable=import-outside-toplevel
   from timm.data import create_transform  # pylint: disable=import-outside-toplevel
   torch.set_num_threads(1)
+  _patch_timm_posterize()
   tf = create_transform(224, is_training=True, auto_augment='rand-m9-mstd0.5-inc1', interpolation='bicubic',
                         re_prob=0.25, re_mode='pixel', re_count=1)
   ds = torchvision.datasets.ImageFolder(folder, transform=tf)
   loader = torch.utils.data.DataLoader(ds, batch_size=16, shuffle=True, num_workers=0, drop_last=True)
   n = len(ds)
 
-  def fn():
+  def fn():  # same random draws every repeat, as ours (a fresh seed-0 iterator each time)
+    random.seed(0)
+    torch.manual_seed(0)
     for _ in loader:
       pass
   return fn, (n // 16) * 16

@@ -15,7 +15,7 @@ def main():
        lambda: convnext_throughput.measure('convnext_tiny', batch=32, size=224, repeats=3,
                                            contenders=('ours', 'timm', 'timm_retain'))),
       ('Input pipeline: ConvNeXt train transforms on real-size JPEGs', input_pipeline,
-       lambda: input_pipeline.measure(images=96, repeats=3)),
+       lambda: input_pipeline.measure(images=192, repeats=5)),
       ('Data parallelism: 8 simulated devices vs 1 (ConvNeXt-atto, 64x64, global batch 64)', devices_scaling,
        lambda: devices_scaling.measure('convnext_atto', batch=64, size=64, repeats=5)),
   ]

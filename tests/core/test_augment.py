@@ -119,6 +119,25 @@ def test_imagenet_normalize_matches_normalize_op():
   np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize('channels', [3, 1])
+def test_normalize_table_lookup_equals_arithmetic(channels):
+  """uint8 images take the per-channel lookup table; it must equal the float arithmetic bit for bit
+  (every byte value in every channel), as timm's ToTensor + Normalize computes it."""
+  img = np.stack([np.roll(np.arange(256, dtype=np.uint8), 17 * c) for c in range(channels)], -1).reshape(16, 16, channels)
+  mean, std = (0.485, 0.456, 0.406)[:channels], (0.229, 0.224, 0.225)[:channels]
+  op = transforms.get_transform(f'normalize(mean={mean}, std={std})')
+  got = op({'image': img}, None)['image']
+  want = (img.astype(np.float32) / np.float32(255.0) - np.float32(mean)) * (1.0 / np.float32(std))
+  assert got.dtype == np.float32 and got.shape == img.shape
+  np.testing.assert_array_equal(got, want)
+  scaled = img.astype(np.float32) / np.float32(255.0)  # float images are taken as already in [0, 1]
+  np.testing.assert_array_equal(op({'image': scaled}, None)['image'], want)
+  torch = pytest.importorskip('torch')
+  from torchvision.transforms import functional as F  # pylint: disable=import-outside-toplevel
+  ref = F.normalize(torch.from_numpy(img).permute(2, 0, 1).float() / 255.0, mean, std).permute(1, 2, 0).numpy()
+  np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6)
+
+
 # ----------------------------------------------------------------------- random resized crop
 
 
