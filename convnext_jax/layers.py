@@ -164,66 +164,30 @@ def _pad_hw(x: Array, p: Tuple[int, int]) -> Array:
     return jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0))) if (ph or pw) else x
 
 
-def _dw_kernel_grad_variadic(xp: Array, g: Array, kh: int, kw: int) -> Array:
-    """dk as ONE variadic reduce over (n, h, w) with kh*kw outputs: XLA sweeps ``g`` and ``xp`` once and
-    updates all 49 per-channel accumulators at each position (the loop order a hand-written kernel
-    would use).  Run over pairs of images (a scan) so that each sweep stays in cache: 1.2-1.5x faster
-    than the row loops of ``_dw_kernel_grad_chunked`` on maps of 14 px and more."""
-    n, hp, wp, c = xp.shape
-    if n % 2 == 0 and n > 2:
-        def pair(acc, xg):
-            return acc + _dw_kernel_grad_variadic(xg[0], xg[1], kh, kw), None
-
-        acc, _ = lax.scan(pair, jnp.zeros((kh, kw, c), jnp.float32),
-                          (xp.reshape(n // 2, 2, hp, wp, c), g.reshape(n // 2, 2, *g.shape[1:])))
-        return acc
-    _, h, w, c = g.shape
-    products = tuple((xp[:, i:i + h, j:j + w, :] * g).astype(jnp.float32) for i in range(kh) for j in range(kw))
-    sums = lax.reduce(products, tuple(jnp.zeros((), jnp.float32) for _ in products),
-                      lambda a, b: tuple(u + v for u, v in zip(a, b)), (0, 1, 2))
-    return jnp.stack(sums).reshape(kh, kw, c)
-
-
 def _dw_kernel_grad(xp: Array, g: Array, kh: int, kw: int) -> Array:
-    """dk[i, j, c] = sum_{n,h,w} xp[n, h+i, w+j, c] * g[n, h, w, c]  -> (kh, kw, C)."""
-    if g.shape[1] * g.shape[2] >= 196:
-        return _dw_kernel_grad_variadic(xp, g, kh, kw)
-    return _dw_kernel_grad_chunked(xp, g, kh, kw)
+    """dk[i, j, c] = sum_{n,h,w} xp[n, h+i, w+j, c] * g[n, h, w, c]  -> (kh, kw, C).
 
-
-def _dw_kernel_grad_chunked(xp: Array, g: Array, kh: int, kw: int) -> Array:
-    """dk for small maps (below 14x14).
-
-    Autodiff of the shifted forward gives kh*kw separate slice + reduce fusions over the whole batch
-    (memory-bound, ~10x slower than the forward on XLA:CPU).  Here a scan over small batch chunks keeps
-    the working set in cache, and a fori_loop over the kh kernel rows (kw fused reductions each) keeps
-    the compiled code small (a fully unrolled kh*kw version compiles ~4x slower for the same speed).
+    ONE variadic reduce with kh*kw outputs: XLA sweeps ``g`` and ``xp`` once and updates all 49
+    per-channel accumulators at each position (the loop order a hand-written kernel would use).
+    Autodiff of the shifted forward instead gives 49 separate slice + reduce fusions (~10x slower).
+    The batch is split into chunks of two images that the reduce keeps apart (summed at the end): XLA
+    finishes one chunk before the next, so each sweep stays in cache.  No loop over chunks, so under a
+    batch-sharded jit each device reduces its own images and only the (chunks, C) partial sums cross
+    devices (a scan over chunks made GSPMD all-gather the whole batch onto every device).
     """
     n, hp, wp, c = xp.shape
     _, h, w, _ = g.shape
-    per_image = hp * wp * c
-    nb = 1
-    while nb * 2 <= n and n % (nb * 2) == 0 and nb * 2 * per_image <= 32768:
-        nb *= 2
+    nb = 2 if n % 2 == 0 else 1
     xr = xp.reshape(n // nb, nb, hp, wp, c)
     gr = g.reshape(n // nb, nb, h, w, c)
-
-    def chunk(acc, xg):
-        x1, g1 = xg
-
-        def row(i, acc):
-            rows = lax.dynamic_slice_in_dim(x1, i, h, axis=1)
-            r = jnp.stack([jnp.sum(rows[:, :, j:j + w, :] * g1, axis=(0, 1, 2), dtype=jnp.float32)
-                           for j in range(kw)])
-            return acc.at[i].add(r)
-
-        return lax.fori_loop(0, kh, row, acc), None
-
-    acc, _ = lax.scan(chunk, jnp.zeros((kh, kw, c), jnp.float32), (xr, gr))
-    return acc
+    products = tuple((xr[:, :, i:i + h, j:j + w, :] * gr).astype(jnp.float32)
+                     for i in range(kh) for j in range(kw))
+    sums = lax.reduce(products, tuple(jnp.zeros((), jnp.float32) for _ in products),
+                      lambda a, b: tuple(u + v for u, v in zip(a, b)), (1, 2, 3))
+    return jnp.stack(sums).sum(axis=1).reshape(kh, kw, c)
 
 
-def _materialized(fn: Callable, *args: Array) -> Array:
+def _materialized(fn: Callable, *args: Array, anchor: Optional[Array] = None) -> Array:
     """``fn(*args)``, computed once into its own buffer: an XLA:CPU fusion barrier.
 
     XLA:CPU would otherwise fuse cheap-looking producers into every consumer -- the 49-tap shifted
@@ -234,16 +198,21 @@ def _materialized(fn: Callable, *args: Array) -> Array:
     its result is always a buffer of its own.  Both branches are ``fn``, so the predicate (never
     constant-folded: ``v == v`` is false for NaN) cannot change the result.  Differentiable: the
     transpose of a conditional is a conditional, so the backward pass gets the same barrier.
+
+    The predicate reads one element of ``anchor`` (default: the last arg).  Under a batch-sharded jit
+    that element must not come from an activation: it lives on one device, and GSPMD broadcasts it to
+    all of them at every barrier (60 extra all-reduces per ConvNeXt-atto step).  Pass a parameter.
     """
-    v = args[-1].reshape(-1)[0]
+    v = (args[-1] if anchor is None else anchor).reshape(-1)[0]
     return lax.cond(v == v, fn, fn, *args)
 
 
-def fusion_barrier(x: Array) -> Array:
+def fusion_barrier(x: Array, anchor: Optional[Array] = None) -> Array:
     """``x`` unchanged, but materialized: XLA cannot fuse its producer into its consumers (see
-    ``_materialized``).  Used between ConvNeXt block layers on CPU, where XLA's cross-layer fusion
-    choices cost more than the memory pass they save (ConvNeXt-T inference 1.5x faster)."""
-    return _materialized(lambda t: t * 1.0, x)
+    ``_materialized``; ``anchor``: a replicated array, e.g. a parameter, for the predicate).  Used
+    between ConvNeXt block layers on CPU, where XLA's cross-layer fusion choices cost more than the
+    memory pass they save (ConvNeXt-T inference 1.5x faster)."""
+    return _materialized(lambda t: t * 1.0, x, anchor=anchor)
 
 
 def resolve_fusion_barriers(flag: Optional[bool]) -> bool:
@@ -293,7 +262,7 @@ def depthwise_conv2d(x: Array, kernel: Array, padding: int, impl: str) -> Array:
     * ``xla``: ``lax.conv_general_dilated(feature_group_count=C)`` (fast on GPU/TPU, slow on XLA:CPU).
     * ``xla_nchw``: same, on NCHW/OIHW layout (profiling only).
     * ``shifted``: kh*kw shifted multiply-adds with a hand-written VJP (dx = shifted sum with the flipped
-      kernel; dk = one variadic reduce, or row loops on small maps), each computed once behind a
+      kernel; dk = one variadic reduce over two-image chunks), each computed once behind a
       fusion barrier.  Fastest on CPU.
     * ``shifted_autodiff``: the same forward, differentiated by JAX (profiling only).
     """

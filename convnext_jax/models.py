@@ -89,12 +89,19 @@ class Block(nn.Module):
         # On CPU every layer output is materialized (layers.fusion_barrier): XLA:CPU's cross-layer fusion
         # (LN into the matmul, GELU into its neighbours) is slower than the memory pass it saves.
         # Identity in value; None = on for the CPU backend only.
-        bar = fusion_barrier if resolve_fusion_barriers(self.fusion_barriers) else (lambda t: t)
         c = x.shape[-1]
         shortcut = x
         y = DepthwiseConv(self.kernel_size, self.kernel_size // 2, impl=self.dwconv_impl, dtype=self.dtype,
                           name="dwconv")(x)
-        y = bar(layer_norm("norm", self.dtype)(y))
+        norm = layer_norm("norm", self.dtype)
+        y = norm(y)
+        if resolve_fusion_barriers(self.fusion_barriers):
+            # The barrier's predicate reads a (replicated) parameter, not the batch-sharded activation.
+            anchor = norm.variables["params"]["scale"]
+            bar = lambda t: fusion_barrier(t, anchor)  # pylint: disable=unnecessary-lambda-assignment
+        else:
+            bar = lambda t: t  # pylint: disable=unnecessary-lambda-assignment
+        y = bar(y)
         y = bar(_dense(4 * c, "pwconv1", self.dtype)(y))
         y = bar(gelu_exact(y))
         y = bar(_dense(c, "pwconv2", self.dtype)(y))

@@ -175,8 +175,8 @@ def test_bf16_compute_dtype():
 # ------------------------------------------------------------------------------------------------
 # Depthwise conv implementations
 # ------------------------------------------------------------------------------------------------
-# (2, 16, 16, 8) and (1, 14, 15, 6) take the variadic-reduce kernel gradient (maps >= 14x14); the others the
-# chunked one; (2, 2, 2, 16) and (2, 1, 1, 8) the cropped kernel.
+# The kernel gradient reduces over two-image chunks (even batches) or single images (odd ones);
+# (2, 2, 2, 16) and (2, 1, 1, 8) take the cropped kernel.
 @pytest.mark.parametrize("shape", [(2, 16, 16, 8), (1, 14, 15, 6), (3, 5, 7, 4), (2, 2, 2, 16), (2, 1, 1, 8),
                                    (1, 3, 9, 5)])
 def test_depthwise_conv_impls_agree(shape, highest_precision):
