@@ -98,17 +98,22 @@ def worker(args):
                'images_per_s_per_core': count / stats['median_s'], **stats})
 
 
-def measure(images=96, repeats=3) -> list:
-  records = []
+def measure(images=96, repeats=3, rounds=3) -> list:
+  """Runs ours and timm alternately for `rounds` rounds and keeps each side's fastest round: a shared
+  VM's speed drifts by up to 20% over minutes, and alternating exposes both sides to the same drift."""
+  best = {}
   with tempfile.TemporaryDirectory() as tmp:
     folder = make_folder(tmp, images)
     single_thread = {'OMP_NUM_THREADS': '1'}
-    for contender in ('ours', 'timm'):
-      records += common.run_isolated(
-          'benchmarks.input_pipeline',
-          ['--worker', '--contender', contender, '--folder', folder, '--repeats', str(repeats)],
-          env=single_thread)
-  return records
+    for _ in range(rounds):
+      for contender in ('ours', 'timm'):
+        for r in common.run_isolated(
+            'benchmarks.input_pipeline',
+            ['--worker', '--contender', contender, '--folder', folder, '--repeats', str(repeats)],
+            env=single_thread):
+          if contender not in best or r['images_per_s_per_core'] > best[contender]['images_per_s_per_core']:
+            best[contender] = dict(r, rounds=rounds)
+  return [best['ours'], best['timm']]
 
 
 def table(records) -> str:
