@@ -36,21 +36,15 @@ def worker(args):
   def step(p, o, x, y):
     g = jax.grad(lambda p: optax.softmax_cross_entropy_with_integer_labels(
         model.apply({'params': p}, x)[0], y).mean())(p)
+    if args.variant == 'shard_map_pmean':  # inside shard_map: the gradient all-reduce, written out
+      g = jax.lax.pmean(g, 'data')
     u, o = tx.update(g, o, p)
     return optax.apply_updates(p, u), o
 
   if args.variant == 'jit':
     jstep = jax.jit(step, out_shardings=(rep, rep))
   else:  # explicit per-device step, with or without the gradient all-reduce
-    def local_step(p, o, x, y):
-      g = jax.grad(lambda p: optax.softmax_cross_entropy_with_integer_labels(
-          model.apply({'params': p}, x)[0], y).mean())(p)
-      if args.variant == 'shard_map_pmean':
-        g = jax.lax.pmean(g, 'data')
-      u, o = tx.update(g, o, p)
-      return optax.apply_updates(p, u), o
-
-    jstep = jax.jit(jax.shard_map(local_step, mesh=mesh, in_specs=(P(), P(), P('data'), P('data')),
+    jstep = jax.jit(jax.shard_map(step, mesh=mesh, in_specs=(P(), P(), P('data'), P('data')),
                                   out_specs=(P(), P()), check_vma=False))
   state = [params, opt]
 
