@@ -11,7 +11,9 @@ num_workers=0, so the number is per core; both scale by adding worker processes.
 import argparse
 import os
 import random
+import statistics
 import tempfile
+import time
 
 import numpy as np
 
@@ -44,8 +46,8 @@ def _ours(folder, repeats):
   tf = transforms.build_transforms(OURS_SPECS)
   n = len(source)
 
-  def fn():
-    it = pipeline.make_train_iterator(source, transforms=tf, global_batch_size=16, seed=0, process_index=0,
+  def fn(seed):
+    it = pipeline.make_train_iterator(source, transforms=tf, global_batch_size=16, seed=seed, process_index=0,
                                       process_count=1, worker_count=0,
                                       read_options=grain.ReadOptions(num_threads=1, prefetch_buffer_size=32))
     for _ in range(n // 16):
@@ -82,9 +84,9 @@ def _timm(folder, repeats):
   loader = torch.utils.data.DataLoader(ds, batch_size=16, shuffle=True, num_workers=0, drop_last=True)
   n = len(ds)
 
-  def fn():  # same random draws every repeat, as ours (a fresh seed-0 iterator each time)
-    random.seed(0)
-    torch.manual_seed(0)
+  def fn(seed):
+    random.seed(seed)
+    torch.manual_seed(seed)
     for _ in loader:
       pass
   return fn, (n // 16) * 16
@@ -93,14 +95,28 @@ def _timm(folder, repeats):
 def worker(args):
   os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core each, whatever threads either side starts
   fn, count = (_ours if args.contender == 'ours' else _timm)(args.folder, args.repeats)
-  stats = common.time_calls(fn, warmup=1, repeats=args.repeats)
-  common.emit({'bench': 'input_pipeline', 'contender': args.contender, 'images': count,
-               'images_per_s_per_core': count / stats['median_s'], **stats})
+  t0 = time.perf_counter()
+  fn(args.repeats)  # warm-up epoch, with a seed no timed epoch uses
+  first = time.perf_counter() - t0
+  # Epoch r draws its augmentations with seed r on both sides. How many images get an expensive op
+  # (RandAugment's geometric ops cost ~3 ms, its colour ops ~0.1 ms) varies with the draws, so both
+  # sides time the same number of epochs and the rate is over their total: one fixed seed per side
+  # would compare two different, fixed amounts of work.
+  times = []
+  for seed in range(args.repeats):
+    t0 = time.perf_counter()
+    fn(seed)
+    times.append(time.perf_counter() - t0)
+  common.emit({'bench': 'input_pipeline', 'contender': args.contender, 'images': count * args.repeats,
+               'images_per_s_per_core': count * args.repeats / sum(times), 'first_call_s': first,
+               'total_s': sum(times), 'median_s': statistics.median(times), 'min_s': min(times),
+               'repeats': args.repeats})
 
 
 def measure(images=96, repeats=3, rounds=3) -> list:
-  """Runs ours and timm alternately for `rounds` rounds and keeps each side's fastest round: a shared
-  VM's speed drifts by up to 20% over minutes, and alternating exposes both sides to the same drift."""
+  """Runs ours and timm alternately for `rounds` rounds of `repeats` epochs over `images` JPEGs and
+  keeps each side's fastest round: a shared VM's speed drifts by up to 20% over minutes, and
+  alternating exposes both sides to the same drift."""
   best = {}
   with tempfile.TemporaryDirectory() as tmp:
     folder = make_folder(tmp, images)

@@ -149,10 +149,12 @@ def decode_jpeg() -> Transform:
     if isinstance(x, np.bytes_):
       x = bytes(x)
     if isinstance(x, (bytes, bytearray, memoryview)):
-      with Image.open(io.BytesIO(bytes(x))) as img:
-        # Stays a PIL image while PIL ops follow (crop, resize, RandAugment): each PIL <-> numpy
-        # round trip is a full copy. `build_transforms` hands out numpy arrays in the end.
-        ex['image'] = img.convert('RGB')
+      img = Image.open(io.BytesIO(bytes(x)))
+      img.load()
+      # convert() to the same mode copies the image; most JPEGs are RGB already.
+      # Stays a PIL image while PIL ops follow (crop, resize, RandAugment): each PIL <-> numpy
+      # round trip is a full copy. `build_transforms` hands out numpy arrays in the end.
+      ex['image'] = img if img.mode == 'RGB' else img.convert('RGB')
     return ex
 
   return op

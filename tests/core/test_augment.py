@@ -119,13 +119,17 @@ def test_imagenet_normalize_matches_normalize_op():
   np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize('channels', [3, 1])
-def test_normalize_table_lookup_equals_arithmetic(channels):
-  """uint8 images take the per-channel lookup table; it must equal the float arithmetic bit for bit
-  (every byte value in every channel), as timm's ToTensor + Normalize computes it."""
+@pytest.mark.parametrize('channels,stats', [(3, 3), (1, 1), (3, 1), (4, 4)])
+def test_normalize_table_lookup_equals_arithmetic(channels, stats):
+  """uint8 images take the (channel, value) lookup table; it must equal the float arithmetic bit for
+  bit (every byte value in every channel, one mean/std broadcast over channels too), as timm's
+  ToTensor + Normalize computes it."""
   img = np.stack([np.roll(np.arange(256, dtype=np.uint8), 17 * c) for c in range(channels)], -1).reshape(16, 16, channels)
-  mean, std = (0.485, 0.456, 0.406)[:channels], (0.229, 0.224, 0.225)[:channels]
+  mean, std = (0.485, 0.456, 0.406, 0.5)[:stats], (0.229, 0.224, 0.225, 0.25)[:stats]
   op = transforms.get_transform(f'normalize(mean={mean}, std={std})')
+  whole = op({'image': img}, None)['image']
+  for crop in (np.s_[:5, :9], np.s_[3:, 1:]):  # other shapes: the channel offsets are cached per shape
+    np.testing.assert_array_equal(op({'image': img[crop]}, None)['image'], whole[crop])
   got = op({'image': img}, None)['image']
   want = (img.astype(np.float32) / np.float32(255.0) - np.float32(mean)) * (1.0 / np.float32(std))
   assert got.dtype == np.float32 and got.shape == img.shape
@@ -510,3 +514,16 @@ def test_pil_images_between_pil_ops_match_numpy_path(specs):
     assert isinstance(from_bytes['image'], np.ndarray)
     assert from_bytes['image'].dtype == from_array['image'].dtype
     np.testing.assert_array_equal(from_bytes['image'], from_array['image'])
+
+
+@pytest.mark.parametrize('mode,fmt', [('RGB', 'JPEG'), ('L', 'JPEG'), ('P', 'PNG'), ('RGBA', 'PNG')])
+def test_decode_gives_rgb_uint8_like_pil_convert(mode, fmt):
+  """RGB JPEGs skip PIL's convert (a copy); every other mode is converted to RGB as timm's loader does."""
+  rs = np.random.RandomState(1)
+  img = Image.fromarray(rs.randint(0, 256, (12, 20, 3), dtype=np.uint8)).convert(mode)
+  buf = io.BytesIO()
+  img.save(buf, format=fmt)
+  got = transforms.build_transforms(['decode_jpeg'])({'image': buf.getvalue()}, np.random.default_rng(0))['image']
+  want = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert('RGB'))
+  assert got.dtype == np.uint8 and got.shape == (12, 20, 3)
+  np.testing.assert_array_equal(got, want)
