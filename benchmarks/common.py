@@ -1,7 +1,9 @@
 """Shared helpers for the benchmark scripts: timing, machine facts, one JSON line per measurement.
 
-Every benchmark runs each contender in its own fresh subprocess (`run_isolated`), so thread pools (XLA's,
-PyTorch's OpenMP) never compete and peak memory (max RSS) belongs to one contender only.
+Every benchmark runs each contender in its own subprocess, so thread pools (XLA's, PyTorch's OpenMP) never
+compete and peak memory (max RSS) belongs to one contender only: `run_isolated` runs one to completion,
+`interleaved` keeps several alive and times them in turns (a shared VM's speed drifts by 10-20% over
+minutes; taking turns step by step exposes every contender to the same drift).
 """
 import json
 import os
@@ -10,6 +12,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -65,3 +68,86 @@ def run_isolated(module: str, args: list, env: dict | None = None, timeout: int 
   if proc.returncode != 0:
     raise RuntimeError(f'{module} {args} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}')
   return [json.loads(line[6:]) for line in proc.stdout.splitlines() if line.startswith('BENCH ')]
+
+
+class _Server:
+  """A `python -m module args --serve` subprocess: builds its step, prints `READY {json}`, then times one
+  step per `step` line it reads (`TIME seconds`) until `quit`, when it prints its BENCH record."""
+
+  def __init__(self, module: str, args: list, env: dict | None):
+    full_env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL='3', **(env or {}))
+    self.name = f'{module} {" ".join(args)}'
+    self.stderr = tempfile.TemporaryFile('w+')  # a file, not a pipe: a chatty child can't block on it
+    self.proc = subprocess.Popen([sys.executable, '-m', module, *args, '--serve'], cwd=REPO, env=full_env,
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True,
+                                 bufsize=1)
+    self.ready = json.loads(self._expect('READY '))
+
+  def _expect(self, prefix: str) -> str:
+    for line in self.proc.stdout:
+      if line.startswith(prefix):
+        return line[len(prefix):]
+    self.proc.wait()
+    self.stderr.seek(0)
+    raise RuntimeError(f'{self.name} exited with {self.proc.returncode}:\n{self.stderr.read()[-3000:]}')
+
+  def step(self) -> float:
+    self.proc.stdin.write('step\n')
+    return float(self._expect('TIME '))
+
+  def finish(self) -> dict:
+    self.proc.stdin.write('quit\n')
+    record = json.loads(self._expect('BENCH '))
+    self.proc.wait()
+    return record
+
+  def kill(self):
+    if self.proc.poll() is None:
+      self.proc.kill()
+      self.proc.wait()
+
+
+def serve(fn, warmup: int, record: dict) -> None:
+  """The worker side of `interleaved`: first call (compile) and warm-up, then one timed `fn()` per
+  `step` read from stdin; `record` (plus the first-call time and peak RSS) is the final BENCH line."""
+  t0 = time.perf_counter()
+  fn()
+  first = time.perf_counter() - t0
+  for _ in range(max(0, warmup - 1)):
+    fn()
+  print('READY ' + json.dumps({'first_call_s': first}), flush=True)
+  for line in sys.stdin:
+    if line.strip() == 'quit':
+      break
+    t0 = time.perf_counter()
+    fn()
+    print(f'TIME {time.perf_counter() - t0!r}', flush=True)
+  emit({**record, 'first_call_s': first, 'peak_rss_mb': peak_rss_mb()})
+
+
+def interleaved(module: str, contenders: dict, rounds: int, env: dict | None = None) -> dict:
+  """Starts one `--serve` worker per contender (name -> args), one after another (compiles don't
+  overlap), then runs `rounds` rounds in which each times one step, in an order rotated every round.
+  Returns name -> record with per-round `times_s`, `median_s`, `min_s` and `first_call_s`."""
+  servers, times = {}, {name: [] for name in contenders}
+  try:
+    for name, args in contenders.items():
+      servers[name] = _Server(module, args, env)
+    names = list(contenders)
+    for r in range(rounds):
+      for name in names[r % len(names):] + names[:r % len(names)]:
+        times[name].append(servers[name].step())
+    records = {name: server.finish() for name, server in servers.items()}
+  finally:
+    for server in servers.values():
+      server.kill()
+  for name, record in records.items():
+    record.update(times_s=times[name], median_s=statistics.median(times[name]), min_s=min(times[name]),
+                  repeats=rounds)
+  return records
+
+
+def paired_ratio(times_a: list, times_b: list) -> float:
+  """Median over rounds of b / a: how many times faster `a` is than `b`, each round's pair measured
+  back to back, so drift between rounds cancels."""
+  return statistics.median(b / a for a, b in zip(times_a, times_b))

@@ -3,8 +3,9 @@
   python -m benchmarks.convnext_throughput [--model convnext_tiny] [--batch 32] [--size 224] [--repeats 5]
 
 Measures inference (eval forward) and a training step (forward + backward + AdamW update, drop path 0.1)
-for each contender in its own subprocess; prints medians, the ratio ours/timm, peak RSS, and BENCH json
-lines. fp32 on CPU; on a GPU, bf16 compute for ours and AMP bf16 + channels_last for timm.
+for each contender in its own subprocess, the subprocesses taking turns step by step (`common.interleaved`,
+so the VM's drift hits every contender alike); prints medians, the ratio ours/timm (median of the per-round
+ratios), peak RSS, and BENCH json lines. fp32 on CPU; on a GPU, bf16 compute for ours and AMP bf16 + channels_last for timm.
 
 Ours runs as our trainers do, with `core_jax.host_memory.retain_freed_memory()` (glibc keeps freed
 memory mapped, so a step's temporaries are not page-faulted in again every step).  `timm_retain` is timm
@@ -96,35 +97,64 @@ def worker(args):
     from core_jax import host_memory  # pylint: disable=import-outside-toplevel
     host_memory.retain_freed_memory()  # before torch/jax start their thread pools
   fn = _ours(args) if args.contender == 'ours' else _timm(args, args.contender == 'timm_compile')
+  record = {'bench': 'convnext_throughput', 'contender': args.contender, 'mode': args.mode,
+            'model': args.model, 'batch': args.batch, 'size': args.size}
+  if args.serve:
+    return common.serve(fn, args.warmup, record)
   stats = common.time_calls(fn, warmup=args.warmup, repeats=args.repeats)
-  common.emit({'bench': 'convnext_throughput', 'contender': args.contender, 'mode': args.mode,
-               'model': args.model, 'batch': args.batch, 'size': args.size,
-               'images_per_s': args.batch / stats['median_s'], 'peak_rss_mb': common.peak_rss_mb(), **stats})
+  common.emit({**record, 'images_per_s': args.batch / stats['median_s'], 'peak_rss_mb': common.peak_rss_mb(),
+               **stats})
+
+
+def _groups(mode: str, contenders) -> list:
+  """Who is alive at once. Inference: everyone (about 1.5 GB each). Training: ours with one reference
+  at a time, because ours (6.6 GB at batch 32, up to twice that when glibc's kept heap fragments) and
+  two timm processes (5 GB each) would not fit in this machine's 23 GB together."""
+  refs = [c for c in contenders if c != 'ours']
+  if 'ours' not in contenders:
+    return [list(contenders)]
+  if mode == 'infer' or len(refs) <= 1:
+    return [['ours'] + refs]
+  return [['ours', r] for r in refs]
 
 
 def measure(model='convnext_tiny', batch=32, size=224, repeats=5, warmup=2, contenders=CONTENDERS,
             modes=('infer', 'train'), dwconv_impl='auto') -> list:
+  """Interleaved rounds (see `common.interleaved`): each record is one contender in one group, with
+  `ours_per_this` = ours' speed over this contender's, the median of the per-round ratios."""
   records = []
   for mode in modes:
-    for contender in contenders:
-      cli = ['--worker', '--contender', contender, '--mode', mode, '--model', model, '--batch', str(batch),
-             '--size', str(size), '--repeats', str(repeats), '--warmup', str(warmup), '--dwconv-impl', dwconv_impl]
+    for group in _groups(mode, contenders):
+      cli = lambda c: ['--worker', '--contender', c, '--mode', mode, '--model', model, '--batch', str(batch),
+                       '--size', str(size), '--warmup', str(warmup), '--dwconv-impl', dwconv_impl]
       try:
-        records += common.run_isolated('benchmarks.convnext_throughput', cli)
+        by = common.interleaved('benchmarks.convnext_throughput', {c: cli(c) for c in group}, rounds=repeats)
       except RuntimeError as e:  # torch.compile needs a C++ toolchain and may fail; say so, go on
-        print(f'{contender}/{mode}: failed ({str(e).strip().splitlines()[-1][:200]})', file=sys.stderr)
+        print(f'{"/".join(group)} {mode}: failed ({str(e).strip().splitlines()[-1][:200]})', file=sys.stderr)
+        continue
+      for c, r in by.items():
+        r['images_per_s'] = batch / r['median_s']
+        if c == 'ours':  # training runs ours once per reference: its row is the first group's
+          if not any(x['contender'] == 'ours' and x['mode'] == mode for x in records):
+            records.append(r)
+          continue
+        if 'ours' in by:
+          r['ours_per_this'] = common.paired_ratio(by['ours']['times_s'], r['times_s'])
+          r['ours_images_per_s'] = by['ours']['images_per_s']
+        records.append(r)
   return records
 
 
 def table(records) -> str:
-  by = {(r['mode'], r['contender']): r for r in records}
-  lines = ['| mode | contender | images/s | median step (s) | first call (s) | peak RSS (MB) | ours / this |',
-           '|---|---|---|---|---|---|---|']
-  for (mode, contender), r in sorted(by.items()):
-    ours = by.get((mode, 'ours'))
-    ratio = f"{ours['images_per_s'] / r['images_per_s']:.2f}x" if ours else '-'
-    lines.append(f"| {mode} | {contender} | {r['images_per_s']:.1f} | {r['median_s']:.3f} | "
-                 f"{r['first_call_s']:.1f} | {r['peak_rss_mb']:.0f} | {ratio} |")
+  """One row per (mode, contender). For a reference, `ours / this` is the median of the per-round
+  ratios against ours measured in the same rounds (ours' own speed in those rounds alongside)."""
+  lines = ['| mode | contender | images/s | median step (s) | first call (s) | peak RSS (MB) | ours in the same rounds (images/s) | ours / this |',
+           '|---|---|---|---|---|---|---|---|']
+  for r in sorted(records, key=lambda r: (r['mode'], r['contender'] != 'ours', r['contender'])):
+    ours = f"{r['ours_images_per_s']:.1f}" if 'ours_per_this' in r else '-'
+    ratio = f"{r['ours_per_this']:.2f}x" if 'ours_per_this' in r else ('1.00x' if r['contender'] == 'ours' else '-')
+    lines.append(f"| {r['mode']} | {r['contender']} | {r['images_per_s']:.1f} | {r['median_s']:.3f} | "
+                 f"{r['first_call_s']:.1f} | {r['peak_rss_mb']:.0f} | {ours} | {ratio} |")
   return '\n'.join(lines)
 
 
@@ -133,7 +163,9 @@ def main():
   p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
   p.add_argument('--contender', choices=CONTENDERS, default='ours')
   p.add_argument('--contenders', default=','.join(CONTENDERS))
-  p.add_argument('--mode', choices=('infer', 'train'), default='infer')
+  p.add_argument('--serve', action='store_true', help=argparse.SUPPRESS)
+  p.add_argument('--mode', choices=('infer', 'train'), default='infer', help='for --worker')
+  p.add_argument('--modes', default='infer,train')
   p.add_argument('--model', default='convnext_tiny')
   p.add_argument('--batch', type=int, default=32)
   p.add_argument('--size', type=int, default=224)
@@ -144,7 +176,7 @@ def main():
   if args.worker:
     return worker(args)
   records = measure(args.model, args.batch, args.size, args.repeats, args.warmup,
-                    tuple(args.contenders.split(',')), dwconv_impl=args.dwconv_impl)
+                    tuple(args.contenders.split(',')), tuple(args.modes.split(',')), dwconv_impl=args.dwconv_impl)
   print(table(records))
   return records
 

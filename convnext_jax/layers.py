@@ -7,19 +7,21 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from typing import Any, Callable, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 from jax import lax
 import flax.linen as nn
+import numpy as np
 
-from core_jax import counting
+from core_jax import counting, native_kernels
 
 Array = jax.Array
 Dtype = Any
 
-DWCONV_IMPLS = ("auto", "xla", "shifted", "shifted_autodiff", "xla_nchw")
+DWCONV_IMPLS = ("auto", "xla", "native", "shifted", "shifted_autodiff", "xla_nchw")
 
 
 # --------------------------------------------------------------------------------------
@@ -139,12 +141,31 @@ gelu_exact.defvjp(_gelu_exact_fwd, _gelu_exact_bwd)
 # --------------------------------------------------------------------------------------
 # Depthwise convolution
 # --------------------------------------------------------------------------------------
+_NATIVE_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "depthwise_conv_cpu.cc")
+_NATIVE_FORWARD, _NATIVE_KERNEL_GRAD = "convnext_dwconv_forward", "convnext_dwconv_kernel_grad"
+
+
+def native_dwconv_available() -> bool:
+    """The C++ depthwise kernels (depthwise_conv_cpu.cc) are compiled and registered with XLA:CPU."""
+    return native_kernels.load(_NATIVE_SOURCE, {_NATIVE_FORWARD: "ConvnextDwconvForward",
+                                                _NATIVE_KERNEL_GRAD: "ConvnextDwconvKernelGrad"})
+
+
 def resolve_dwconv_impl(impl: str) -> str:
-    """'auto' -> 'shifted' on CPU (XLA:CPU grouped convs are very slow), 'xla' on GPU/TPU."""
+    """'auto' -> on CPU 'native' (C++ kernels) when they compile and the process sees one device, else
+    'shifted' (XLA:CPU grouped convs are very slow); 'xla' on GPU/TPU.
+
+    One device only: XLA cannot partition a custom call, so under a sharded jit it would gather the
+    whole batch onto every device; the 'shifted' path shards like any XLA op.
+    """
     if impl not in DWCONV_IMPLS:
         raise ValueError(f"dwconv_impl must be one of {DWCONV_IMPLS}, got {impl!r}")
     if impl == "auto":
-        return "shifted" if jax.default_backend() == "cpu" else "xla"
+        if jax.default_backend() != "cpu":
+            return "xla"
+        return "native" if jax.device_count() == 1 and native_dwconv_available() else "shifted"
+    if impl == "native" and not native_dwconv_available():
+        return "shifted"
     return impl
 
 
@@ -251,6 +272,35 @@ def _dwconv_shifted_bwd(padding, res, g):
 _dwconv_shifted.defvjp(_dwconv_shifted_fwd, _dwconv_shifted_bwd)
 
 
+def _native_forward(x: Array, kernel: Array, padding: Tuple[int, int]) -> Array:
+    return jax.ffi.ffi_call(_NATIVE_FORWARD, jax.ShapeDtypeStruct(x.shape, x.dtype), vmap_method="sequential")(
+        x, kernel, ph=np.int64(padding[0]), pw=np.int64(padding[1]))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _dwconv_native(x: Array, kernel: Array, padding: Tuple[int, int]) -> Array:
+    """float32 'same' depthwise conv by the C++ kernels; kernel (kh, kw, C) with k = 2p + 1. Its output is
+    a buffer of its own (a custom call), so it needs no fusion barrier."""
+    return _native_forward(x, kernel, padding)
+
+
+def _dwconv_native_fwd(x, kernel, padding):
+    return _native_forward(x, kernel, padding), (x, kernel)
+
+
+def _dwconv_native_bwd(padding, res, g):
+    x, kernel = res
+    kh, kw, _ = kernel.shape
+    g = g.astype(jnp.float32)
+    dx = _native_forward(g, kernel[::-1, ::-1], (kh - 1 - padding[0], kw - 1 - padding[1]))
+    dk = jax.ffi.ffi_call(_NATIVE_KERNEL_GRAD, jax.ShapeDtypeStruct(kernel.shape, jnp.float32),
+                          vmap_method="sequential")(x, g, ph=np.int64(padding[0]), pw=np.int64(padding[1]))
+    return dx, dk
+
+
+_dwconv_native.defvjp(_dwconv_native_fwd, _dwconv_native_bwd)
+
+
 @functools.partial(jax.jit, static_argnums=(2, 3))
 def depthwise_conv2d(x: Array, kernel: Array, padding: int, impl: str) -> Array:
     """Stride-1 depthwise conv. x: (N,H,W,C); kernel: (kh,kw,1,C) (Flax grouped-conv layout).
@@ -261,9 +311,11 @@ def depthwise_conv2d(x: Array, kernel: Array, padding: int, impl: str) -> Array:
 
     * ``xla``: ``lax.conv_general_dilated(feature_group_count=C)`` (fast on GPU/TPU, slow on XLA:CPU).
     * ``xla_nchw``: same, on NCHW/OIHW layout (profiling only).
+    * ``native``: C++ kernels called as XLA FFI custom calls (``depthwise_conv_cpu.cc``; float32, 'same'
+      padding; falls back to ``shifted`` where they can't compile).  Fastest on CPU.
     * ``shifted``: kh*kw shifted multiply-adds with a hand-written VJP (dx = shifted sum with the flipped
       kernel; dk = one variadic reduce over two-image chunks), each computed once behind a
-      fusion barrier.  Fastest on CPU.
+      fusion barrier.  Fastest pure-XLA path on CPU.
     * ``shifted_autodiff``: the same forward, differentiated by JAX (profiling only).
     """
     kh, kw, _, c = kernel.shape
@@ -287,6 +339,11 @@ def depthwise_conv2d(x: Array, kernel: Array, padding: int, impl: str) -> Array:
         k = k[padding - ph:padding + ph + 1, padding - pw:padding + pw + 1]
     else:
         ph = pw = padding
+    if impl == "native":
+        same = k.shape[0] == 2 * ph + 1 and k.shape[1] == 2 * pw + 1
+        if same and x.dtype == jnp.float32 and k.dtype == jnp.float32:
+            return _dwconv_native(x, k, (ph, pw))
+        impl = "shifted"  # the C++ kernels do float32 'same' convs only
     if impl == "shifted" and k.shape[0] == 2 * ph + 1 and k.shape[1] == 2 * pw + 1:
         return _dwconv_shifted(x, k, (ph, pw))
     if impl in ("shifted", "shifted_autodiff"):

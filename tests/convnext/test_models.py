@@ -18,7 +18,8 @@ import jax.numpy as jnp  # noqa: E402
 import flax  # noqa: E402
 
 from convnext_jax import (ConvNeXt, DropPath, PatchConv, create_model, depthwise_conv2d, fusion_barrier,  # noqa: E402
-                          gelu_exact, list_models, param_count)
+                          gelu_exact, list_models, param_count, resolve_dwconv_impl)
+from core_jax import native_kernels  # noqa: E402
 
 
 def _rand(shape, seed=0):
@@ -188,7 +189,7 @@ def test_depthwise_conv_impls_agree(shape, highest_precision):
         return jax.jit(jax.value_and_grad(fn, argnums=(0, 1)))(x, k), depthwise_conv2d(x, k, 3, impl)
 
     (ref_val, (ref_dx, ref_dk)), ref_y = f("xla")
-    for impl in ("shifted", "shifted_autodiff", "xla_nchw", "auto"):
+    for impl in ("native", "shifted", "shifted_autodiff", "xla_nchw", "auto"):
         (val, (dx, dk)), y = f(impl)
         np.testing.assert_allclose(y, ref_y, atol=1e-5, rtol=1e-5)
         # gradients are sums of many more terms: fp32 summation-order noise ~1e-5 absolute
@@ -199,7 +200,8 @@ def test_depthwise_conv_impls_agree(shape, highest_precision):
 
 
 @pytest.mark.parametrize("cpu_paths", [
-    dict(dwconv_impl="shifted"),                                        # CPU defaults: barriers + patch matmul
+    dict(dwconv_impl="native"),                                         # CPU defaults: C++ dwconv + patch matmul
+    dict(dwconv_impl="shifted"),                                        # barriers + patch matmul
     dict(dwconv_impl="xla", fusion_barriers=True, patch_conv_impl="dense"),
 ])  # barriers off + conv patches: test_timm_parity's 'plain' case; each depthwise impl: test above
 def test_model_dwconv_impls_same_tree_and_numerics(cpu_paths, highest_precision):
@@ -427,6 +429,7 @@ def _randomize_torch(model, torch):
 
 @pytest.mark.parametrize("name,size,impl", [
     ("convnext_atto", (64, 64), "shifted"),   # timm conv_mlp=True layout
+    ("convnext_atto", (64, 64), "native"),    # the CPU default: C++ depthwise kernels
     ("convnext_atto", (70, 66), "xla"),       # non-multiple-of-32 input: VALID padding floors like PyTorch
     ("convnext_atto", (70, 66), "plain"),     # no CPU speed paths: grouped conv, nn conv, no barriers
     ("convnext_tiny", (224, 224), "xla"),     # Linear MLP layout, full resolution
@@ -451,3 +454,26 @@ def test_timm_parity(name, size, impl, highest_precision):
     err = float(np.max(np.abs(np.asarray(logits) - ref)))
     print(f"\n{name} {size} {impl}: max|logit diff| = {err:.2e} (logit scale {np.abs(ref).max():.2f})")
     assert err <= 1e-4
+
+
+needs_compiler = pytest.mark.skipif(native_kernels._compiler() is None, reason="no C++ compiler on this machine")
+
+
+@needs_compiler
+def test_native_dwconv_is_the_cpu_default_and_deterministic():
+    """With a compiler, 'auto' on a one-device CPU process is the C++ kernel (the HLO holds the custom
+    calls, forward and backward), and the kernel gradient's fixed block order makes it bit-reproducible."""
+    from convnext_jax import layers  # pylint: disable=import-outside-toplevel
+    assert layers.native_dwconv_available() and resolve_dwconv_impl("auto") == "native"
+    x, k = _rand((4, 9, 11, 24), 1), _rand((7, 7, 1, 24), 2)
+    grad = jax.jit(jax.grad(lambda x, k: jnp.sum(jnp.sin(depthwise_conv2d(x, k, 3, "auto"))), argnums=(0, 1)))
+    hlo = grad.lower(x, k).as_text()
+    assert "convnext_dwconv_forward" in hlo and "convnext_dwconv_kernel_grad" in hlo
+    a, b = grad(x, k), grad(x + 0.0, k + 0.0)
+    for u, v in zip(a, b):
+        np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+    # bf16 compute falls back to the shifted path (the kernels are float32 only), same function
+    y16 = depthwise_conv2d(x.astype(jnp.bfloat16), k.astype(jnp.bfloat16), 3, "native")
+    ref = depthwise_conv2d(x, k, 3, "xla")
+    assert y16.dtype == jnp.bfloat16
+    np.testing.assert_allclose(np.asarray(y16, np.float32), ref, atol=0.15, rtol=0.05)

@@ -1,0 +1,63 @@
+"""core_jax.native_kernels: compile-on-first-use C++ FFI kernels, with a clean fallback."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from core_jax import native_kernels
+
+needs_compiler = pytest.mark.skipif(native_kernels._compiler() is None, reason='no C++ compiler')
+
+_ADD_ONE = r'''
+#include "xla/ffi/api/ffi.h"
+namespace ffi = xla::ffi;
+static ffi::Error AddOne(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y) {
+  for (size_t i = 0; i < x.element_count(); ++i) y->typed_data()[i] = x.typed_data()[i] + 1.0f;
+  return ffi::Error::Success();
+}
+XLA_FFI_DEFINE_HANDLER_SYMBOL(TestAddOne, AddOne,
+    ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>());
+'''
+
+
+@needs_compiler
+def test_load_compiles_caches_and_registers(tmp_path, monkeypatch):
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  monkeypatch.setenv('CORE_JAX_KERNEL_CACHE', str(tmp_path / 'cache'))
+  src = tmp_path / 'add_one.cc'
+  src.write_text(_ADD_ONE)
+  assert native_kernels.load(str(src), {'core_jax_test_add_one': 'TestAddOne'})
+  built = os.listdir(tmp_path / 'cache')
+  assert len(built) == 1 and built[0].startswith('add_one-') and built[0].endswith('.so')
+  x = jnp.arange(5, dtype=jnp.float32)
+  y = jax.jit(lambda x: jax.ffi.ffi_call('core_jax_test_add_one', jax.ShapeDtypeStruct(x.shape, x.dtype))(x))(x)
+  assert y.tolist() == [1.0, 2.0, 3.0, 4.0, 5.0]
+  assert native_kernels.load(str(src), {'core_jax_test_add_one': 'TestAddOne'})  # once per source
+  assert os.listdir(tmp_path / 'cache') == built  # no half-written temporaries left behind
+
+
+def test_broken_source_or_disabled_falls_back_with_one_warning(tmp_path, monkeypatch, caplog):
+  monkeypatch.setenv('CORE_JAX_KERNEL_CACHE', str(tmp_path / 'cache'))
+  src = tmp_path / 'broken.cc'
+  src.write_text('this is not C++')
+  with caplog.at_level('WARNING'):
+    assert not native_kernels.load(str(src), {'core_jax_test_broken': 'Nothing'})
+  if native_kernels._compiler() is not None:
+    assert any('broken.cc unavailable' in r.getMessage() for r in caplog.records)
+    assert not [f for f in os.listdir(tmp_path / 'cache') if f.endswith('.so')]
+  monkeypatch.setenv('CORE_JAX_NATIVE_KERNELS', '0')
+  other = tmp_path / 'other.cc'
+  other.write_text(_ADD_ONE)
+  assert not native_kernels.load(str(other), {'core_jax_test_never': 'TestAddOne'})
+  assert not os.path.exists(tmp_path / 'cache' / 'other')
+
+
+def test_convnext_without_native_kernels_uses_the_xla_path():
+  """CORE_JAX_NATIVE_KERNELS=0 (or no compiler): 'auto' resolves to the pure-XLA shifted conv."""
+  code = ('from convnext_jax import resolve_dwconv_impl; print(resolve_dwconv_impl("auto"), '
+          'resolve_dwconv_impl("native"))')
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
+                       env=dict(os.environ, CORE_JAX_NATIVE_KERNELS='0', JAX_PLATFORMS='cpu'))
+  assert out.stdout.split() == ['shifted', 'shifted']
