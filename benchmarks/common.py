@@ -75,7 +75,8 @@ class _Server:
   step per `step` line it reads (`TIME seconds`) until `quit`, when it prints its BENCH record."""
 
   def __init__(self, module: str, args: list, env: dict | None):
-    full_env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL='3', **(env or {}))
+    full_env = dict(os.environ, PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL='3')
+    full_env.update(env or {})
     self.name = f'{module} {" ".join(args)}'
     self.stderr = tempfile.TemporaryFile('w+')  # a file, not a pipe: a chatty child can't block on it
     self.proc = subprocess.Popen([sys.executable, '-m', module, *args, '--serve'], cwd=REPO, env=full_env,
