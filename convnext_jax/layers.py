@@ -23,6 +23,11 @@ Dtype = Any
 
 DWCONV_IMPLS = ("auto", "xla", "native", "shifted", "shifted_autodiff", "xla_nchw")
 
+# C++ kernels for XLA:CPU (compiled on first use by core_jax.native_kernels; see native_cpu_kernels_available)
+_NATIVE_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "cpu_kernels.cc")
+_NATIVE_FORWARD, _NATIVE_KERNEL_GRAD = "convnext_dwconv_forward", "convnext_dwconv_kernel_grad"
+_NATIVE_LN_FORWARD, _NATIVE_LN_BACKWARD = "convnext_layer_norm_forward", "convnext_layer_norm_backward"
+
 
 # --------------------------------------------------------------------------------------
 # Initializers
@@ -81,24 +86,61 @@ def _ln_bwd(eps, res, g):
 layer_norm_channels_last.defvjp(_ln_forward, _ln_bwd)
 
 
+def _ln_native_call(x, scale, bias, eps):
+    rows = jax.ShapeDtypeStruct(x.shape[:-1], jnp.float32)
+    return jax.ffi.ffi_call(_NATIVE_LN_FORWARD, (jax.ShapeDtypeStruct(x.shape, x.dtype), rows, rows),
+                            vmap_method="sequential")(x, scale, bias, eps=np.float32(eps))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def layer_norm_native(x: Array, scale: Array, bias: Array, eps: float) -> Array:
+    """``layer_norm_channels_last`` (same function, float32 only) by the C++ kernels: one read of x and
+    one write of y in the forward, one pass over x and g (dx, dscale, dbias together) in the backward."""
+    return _ln_native_call(x, scale, bias, eps)[0]
+
+
+def _ln_native_fwd(x, scale, bias, eps):
+    y, mean, rstd = _ln_native_call(x, scale, bias, eps)
+    return y, (x, scale, mean, rstd)
+
+
+def _ln_native_bwd(eps, res, g):
+    del eps
+    x, scale, mean, rstd = res
+    vec = jax.ShapeDtypeStruct(scale.shape, jnp.float32)
+    dx, dscale, dbias = jax.ffi.ffi_call(_NATIVE_LN_BACKWARD, (jax.ShapeDtypeStruct(x.shape, x.dtype), vec, vec),
+                                         vmap_method="sequential")(x, scale, mean, rstd, g.astype(x.dtype))
+    return dx, dscale, dbias
+
+
+layer_norm_native.defvjp(_ln_native_fwd, _ln_native_bwd)
+
+
 class LayerNorm(nn.Module):
     """Channels-last LayerNorm as in ConvNeXt (``nn.LayerNorm``'s params: ``scale`` = 1, ``bias`` = 0 at
-    init), computed by ``layer_norm_channels_last``."""
+    init), computed by ``layer_norm_channels_last``, or by ``layer_norm_native`` if ``native`` (float32
+    only; other dtypes take the XLA path)."""
 
     epsilon: float = 1e-6
     dtype: Dtype = jnp.float32
+    native: bool = False
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         c = x.shape[-1]
         scale = self.param("scale", nn.initializers.ones, (c,), jnp.float32)
         bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
-        return layer_norm_channels_last(x.astype(self.dtype), scale, bias, self.epsilon)
+        x = x.astype(self.dtype)
+        if self.native and x.dtype == jnp.float32:
+            return layer_norm_native(x, scale, bias, self.epsilon)
+        return layer_norm_channels_last(x, scale, bias, self.epsilon)
 
 
-def layer_norm(name: Optional[str] = None, dtype: Dtype = jnp.float32, eps: float = 1e-6) -> LayerNorm:
-    """Channels-last LayerNorm as in ConvNeXt: eps 1e-6, biased two-pass variance, scale=1 / bias=0 init."""
-    return LayerNorm(epsilon=eps, dtype=dtype, name=name)
+def layer_norm(name: Optional[str] = None, dtype: Dtype = jnp.float32, eps: float = 1e-6,
+               native: bool = False) -> LayerNorm:
+    """Channels-last LayerNorm as in ConvNeXt: eps 1e-6, biased two-pass variance, scale=1 / bias=0 init.
+    ``native``: use the C++ CPU kernel (callers pass ``resolve_dwconv_impl(impl) == 'native'``)."""
+    return LayerNorm(epsilon=eps, dtype=dtype, native=native, name=name)
 
 
 # --------------------------------------------------------------------------------------
@@ -141,18 +183,17 @@ gelu_exact.defvjp(_gelu_exact_fwd, _gelu_exact_bwd)
 # --------------------------------------------------------------------------------------
 # Depthwise convolution
 # --------------------------------------------------------------------------------------
-_NATIVE_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "depthwise_conv_cpu.cc")
-_NATIVE_FORWARD, _NATIVE_KERNEL_GRAD = "convnext_dwconv_forward", "convnext_dwconv_kernel_grad"
-
-
-def native_dwconv_available() -> bool:
-    """The C++ depthwise kernels (depthwise_conv_cpu.cc) are compiled and registered with XLA:CPU."""
+def native_cpu_kernels_available() -> bool:
+    """The C++ kernels (cpu_kernels.cc: depthwise conv, LayerNorm) are compiled and registered with XLA:CPU."""
     return native_kernels.load(_NATIVE_SOURCE, {_NATIVE_FORWARD: "ConvnextDwconvForward",
-                                                _NATIVE_KERNEL_GRAD: "ConvnextDwconvKernelGrad"})
+                                                _NATIVE_KERNEL_GRAD: "ConvnextDwconvKernelGrad",
+                                                _NATIVE_LN_FORWARD: "ConvnextLayerNormForward",
+                                                _NATIVE_LN_BACKWARD: "ConvnextLayerNormBackward"})
 
 
 def resolve_dwconv_impl(impl: str) -> str:
-    """'auto' -> on CPU 'native' (C++ kernels) when they compile and the process sees one device, else
+    """'auto' -> on CPU 'native' (C++ kernels for the depthwise conv and, in the models, LayerNorm) when
+    they compile and the process sees one device, else
     'shifted' (XLA:CPU grouped convs are very slow); 'xla' on GPU/TPU.
 
     One device only: XLA cannot partition a custom call, so under a sharded jit it would gather the
@@ -163,8 +204,8 @@ def resolve_dwconv_impl(impl: str) -> str:
     if impl == "auto":
         if jax.default_backend() != "cpu":
             return "xla"
-        return "native" if jax.device_count() == 1 and native_dwconv_available() else "shifted"
-    if impl == "native" and not native_dwconv_available():
+        return "native" if jax.device_count() == 1 and native_cpu_kernels_available() else "shifted"
+    if impl == "native" and not native_cpu_kernels_available():
         return "shifted"
     return impl
 
@@ -311,7 +352,7 @@ def depthwise_conv2d(x: Array, kernel: Array, padding: int, impl: str) -> Array:
 
     * ``xla``: ``lax.conv_general_dilated(feature_group_count=C)`` (fast on GPU/TPU, slow on XLA:CPU).
     * ``xla_nchw``: same, on NCHW/OIHW layout (profiling only).
-    * ``native``: C++ kernels called as XLA FFI custom calls (``depthwise_conv_cpu.cc``; float32, 'same'
+    * ``native``: C++ kernels called as XLA FFI custom calls (``cpu_kernels.cc``; float32, 'same'
       padding; falls back to ``shifted`` where they can't compile).  Fastest on CPU.
     * ``shifted``: kh*kw shifted multiply-adds with a hand-written VJP (dx = shifted sum with the flipped
       kernel; dk = one variadic reduce over two-image chunks), each computed once behind a

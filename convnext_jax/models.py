@@ -39,8 +39,9 @@ transpose (2, 3, 1, 0) -- this covers the depthwise kernel (C,1,7,7) -> (7,7,1,C
 squeeze first); LN weight -> ``scale``; gamma unchanged; inputs NCHW -> NHWC.
 
 The depthwise conv kernel is (7, 7, 1, C) whatever ``dwconv_impl`` is ('xla' grouped conv,
-'shifted' 49 multiply-adds, 'auto' = shifted on CPU / xla elsewhere), so checkpoints are
-interchangeable between implementations.  Likewise ``patch_conv_impl`` (stem and downsampling
+'native' C++ kernels for XLA:CPU -- which then also compute the LayerNorms --, 'shifted' 49
+multiply-adds, 'auto' = native on a one-device CPU process with a C++ compiler, else shifted on CPU,
+xla elsewhere), so checkpoints are interchangeable between implementations.  Likewise ``patch_conv_impl`` (stem and downsampling
 convs: 'conv', 'dense' patch matmul, 'auto' = dense on CPU) and ``fusion_barriers`` (materialize
 each block layer's output; None = on CPU only) change speed, never parameters or results.
 """
@@ -55,7 +56,7 @@ import numpy as np
 import flax.linen as nn
 
 from .layers import (DepthwiseConv, DropPath, PatchConv, fusion_barrier, gelu_exact, layer_norm,
-                     resolve_fusion_barriers, trunc_normal_init)
+                     resolve_dwconv_impl, resolve_fusion_barriers, trunc_normal_init)
 
 Array = jax.Array
 Dtype = Any
@@ -93,7 +94,9 @@ class Block(nn.Module):
         shortcut = x
         y = DepthwiseConv(self.kernel_size, self.kernel_size // 2, impl=self.dwconv_impl, dtype=self.dtype,
                           name="dwconv")(x)
-        norm = layer_norm("norm", self.dtype)
+        # 'native' (CPU): the C++ kernels do the LayerNorms too; their outputs need no fusion barrier.
+        native = resolve_dwconv_impl(self.dwconv_impl) == "native"
+        norm = layer_norm("norm", self.dtype, native=native)
         y = norm(y)
         if resolve_fusion_barriers(self.fusion_barriers):
             # The barrier's predicate reads a (replicated) parameter, not the batch-sharded activation.
@@ -101,7 +104,8 @@ class Block(nn.Module):
             bar = lambda t: fusion_barrier(t, anchor)  # pylint: disable=unnecessary-lambda-assignment
         else:
             bar = lambda t: t  # pylint: disable=unnecessary-lambda-assignment
-        y = bar(y)
+        if not native:
+            y = bar(y)
         y = bar(_dense(4 * c, "pwconv1", self.dtype)(y))
         y = bar(gelu_exact(y))
         y = bar(_dense(c, "pwconv2", self.dtype)(y))
@@ -112,9 +116,9 @@ class Block(nn.Module):
         return bar(shortcut.astype(y.dtype) + y)
 
 
-def _head(x: Array, num_classes: int, head_init_scale: float, dtype: Dtype) -> Array:
+def _head(x: Array, num_classes: int, head_init_scale: float, dtype: Dtype, native: bool) -> Array:
     x = jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(dtype)  # global average pool, then LN
-    x = layer_norm("head_norm", dtype)(x)
+    x = layer_norm("head_norm", dtype, native=native)(x)
     if num_classes > 0:
         x = _dense(num_classes, "head", dtype, scale=head_init_scale)(x)
     return x.astype(jnp.float32)
@@ -148,14 +152,16 @@ class ConvNeXt(nn.Module):
             raise ValueError(f"expected NHWC input with {self.in_chans} channels, got shape {x.shape}")
         x = x.astype(self.dtype)
         rates = self.block_drop_rates()
+        native = resolve_dwconv_impl(self.dwconv_impl) == "native"
         features: Dict[str, Array] = {}
         k = 0
         for i, (depth, dim) in enumerate(zip(self.depths, self.dims)):
             if i == 0:
                 x = _conv(dim, self.patch_size, "stem_conv", self.dtype, self.patch_conv_impl)(x)
-                x = layer_norm("stem_norm", self.dtype)(x)
+                x = layer_norm("stem_norm", self.dtype, native=native)(x)
             else:
-                x = Downsample(dim, dtype=self.dtype, conv_impl=self.patch_conv_impl, name=f"downsample_{i}")(x)
+                x = Downsample(dim, dtype=self.dtype, conv_impl=self.patch_conv_impl, native_norm=native,
+                               name=f"downsample_{i}")(x)
             for j in range(depth):
                 x = Block(drop_path=float(rates[k]), layer_scale_init_value=self.layer_scale_init_value,
                           kernel_size=self.kernel_size, dwconv_impl=self.dwconv_impl,
@@ -163,7 +169,7 @@ class ConvNeXt(nn.Module):
                           name=f"stages_{i}_block_{j}")(x, train=train)
                 k += 1
             features[f"stage_{i}"] = x
-        logits = _head(x, self.num_classes, self.head_init_scale, self.dtype)
+        logits = _head(x, self.num_classes, self.head_init_scale, self.dtype, native)
         return logits, features
 
 
@@ -173,10 +179,11 @@ class Downsample(nn.Module):
     dim: int
     dtype: Dtype = jnp.float32
     conv_impl: str = "auto"
+    native_norm: bool = False
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
-        x = layer_norm("norm", self.dtype)(x)
+        x = layer_norm("norm", self.dtype, native=self.native_norm)(x)
         return _conv(self.dim, 2, "conv", self.dtype, self.conv_impl)(x)
 
 
@@ -211,7 +218,8 @@ class ConvNeXtIsotropic(nn.Module):
                       kernel_size=self.kernel_size, dwconv_impl=self.dwconv_impl,
                       fusion_barriers=self.fusion_barriers, dtype=self.dtype,
                       name=f"blocks_{j}")(x, train=train)
-        logits = _head(x, self.num_classes, self.head_init_scale, self.dtype)
+        logits = _head(x, self.num_classes, self.head_init_scale, self.dtype,
+                       resolve_dwconv_impl(self.dwconv_impl) == "native")
         return logits, {"blocks": x}
 
 

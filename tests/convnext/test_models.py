@@ -464,7 +464,7 @@ def test_native_dwconv_is_the_cpu_default_and_deterministic():
     """With a compiler, 'auto' on a one-device CPU process is the C++ kernel (the HLO holds the custom
     calls, forward and backward), and the kernel gradient's fixed block order makes it bit-reproducible."""
     from convnext_jax import layers  # pylint: disable=import-outside-toplevel
-    assert layers.native_dwconv_available() and resolve_dwconv_impl("auto") == "native"
+    assert layers.native_cpu_kernels_available() and resolve_dwconv_impl("auto") == "native"
     x, k = _rand((4, 9, 11, 24), 1), _rand((7, 7, 1, 24), 2)
     grad = jax.jit(jax.grad(lambda x, k: jnp.sum(jnp.sin(depthwise_conv2d(x, k, 3, "auto"))), argnums=(0, 1)))
     hlo = grad.lower(x, k).as_text()
@@ -477,3 +477,23 @@ def test_native_dwconv_is_the_cpu_default_and_deterministic():
     ref = depthwise_conv2d(x, k, 3, "xla")
     assert y16.dtype == jnp.bfloat16
     np.testing.assert_allclose(np.asarray(y16, np.float32), ref, atol=0.15, rtol=0.05)
+
+
+@needs_compiler
+@pytest.mark.parametrize("shape", [(4, 9, 11, 24), (3, 40), (2, 5, 3, 13)])
+def test_layer_norm_native_matches_xla(shape):
+    """The C++ LayerNorm (the CPU default inside the models) equals the XLA LayerNorm: values, dx,
+    dscale and dbias, for 4-D maps, the head's 2-D input and channel counts off the 8-wide vectors."""
+    from convnext_jax import layers  # pylint: disable=import-outside-toplevel
+    assert layers.native_cpu_kernels_available()
+    x = _rand(shape, 1) * 3.0 + 1.0
+    scale, bias, g = _rand(shape[-1:], 2) + 1.5, _rand(shape[-1:], 3), _rand(shape, 4)
+    outs = {}
+    for name, fn in (("xla", layers.layer_norm_channels_last), ("native", layers.layer_norm_native)):
+        f = lambda x, s, b, fn=fn: fn(x, s, b, 1e-6)
+        y, vjp = jax.vjp(f, x, scale, bias)
+        outs[name] = (y, *vjp(g))
+    for a, b in zip(outs["xla"], outs["native"]):
+        np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=2e-5, rtol=1e-5)
+    hlo = jax.jit(jax.grad(lambda x: jnp.sum(layers.layer_norm_native(x, scale, bias, 1e-6) ** 2))).lower(x).as_text()
+    assert "convnext_layer_norm_forward" in hlo and "convnext_layer_norm_backward" in hlo

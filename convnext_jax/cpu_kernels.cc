@@ -1,19 +1,31 @@
-// Depthwise 2-D convolution (stride 1, zero padding) for XLA:CPU, as XLA FFI custom calls.
+// ConvNeXt's depthwise convolution and channels-last LayerNorm for XLA:CPU, as XLA FFI custom calls
+// (compiled on first use by core_jax/native_kernels.py; convnext_jax/layers.py holds the XLA paths that
+// compute the same functions).
 //
-// Why this exists: XLA:CPU runs grouped convolutions ~13x slower than PyTorch, and the shifted
-// multiply-add formulation that replaces them (convnext_jax/layers.py) still sweeps memory once per
-// tap in the kernel gradient. These loops keep each output's accumulator in a register and read every
-// input once per tap from L1. Float32, NHWC, C contiguous.
+// Why these exist: XLA:CPU runs grouped convolutions ~13x slower than PyTorch, and the shifted
+// multiply-add formulation that replaces them still sweeps memory once per tap in the kernel gradient;
+// its LayerNorm backward goes through reduce fusions that materialize broadcast statistics (4x
+// PyTorch's time). These loops keep accumulators in registers and read each input once per row.
+// Float32, channels last (C contiguous).
 //
+// Depthwise 2-D convolution (stride 1, zero padding):
 //   dwconv_forward(x[N,H,W,C], k[KH,KW,C]; ph, pw) -> y[N,H,W,C]
 //       y[n,h,w,c] = sum_{i,j} x[n, h+i-ph, w+j-pw, c] * k[i,j,c]   (zero outside x)
 //     Serves the input gradient too: dx = dwconv_forward(g, k flipped, KH-1-ph, KW-1-pw).
 //   dwconv_kernel_grad(x[N,H,W,C], g[N,H,W,C]; ph, pw, kh, kw) -> dk[KH,KW,C]
 //       dk[i,j,c] = sum_{n,h,w} x[n, h+i-ph, w+j-pw, c] * g[n,h,w,c]
 //
-// Deterministic: the forward sums the taps of each output in (i, j) order; the kernel gradient sums
-// fixed blocks of rows, then the blocks in order, whatever the number of threads.
+// LayerNorm over the last axis of x viewed as rows [R, C] (two-pass statistics, as PyTorch):
+//   layer_norm_forward(x, scale[C], bias[C]; eps) -> y[R,C], mean[R], rstd[R]
+//       y = (x - mean) * rstd * scale + bias,  rstd = 1 / sqrt(mean((x - mean)^2) + eps)
+//   layer_norm_backward(x, scale, mean, rstd, g) -> dx[R,C], dscale[C], dbias[C]
+//       xhat = (x - mean) * rstd, gs = g * scale,
+//       dx = rstd * (gs - mean(gs) - xhat * mean(gs * xhat)),  dscale = sum_rows g * xhat,  dbias = sum_rows g
+//
+// Deterministic: per-output sums run in a fixed order; sums over rows (kernel gradient, dscale, dbias)
+// add fixed blocks of rows, then the blocks in order, whatever the number of threads.
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <cstdint>
 #include <cstring>
@@ -201,6 +213,113 @@ ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   return ffi::Error::Success();
 }
 
+// ------------------------------------------------------------------------------------- LayerNorm
+
+// Row-wise helpers over C floats; 8-wide partial sums, then a fixed-order horizontal sum.
+inline float hsum(v8 v) {
+  float s = 0.f;
+  for (int l = 0; l < 8; ++l) s += v[l];
+  return s;
+}
+
+ffi::Error LnForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> scale,
+                     ffi::Buffer<ffi::F32> bias, ffi::ResultBuffer<ffi::F32> y, ffi::ResultBuffer<ffi::F32> mean,
+                     ffi::ResultBuffer<ffi::F32> rstd, float eps) {
+  const int64_t C = scale.element_count(), R = x.element_count() / C;
+  const float *xp = x.typed_data(), *sp = scale.typed_data(), *bp = bias.typed_data();
+  float *yp = y->typed_data(), *mp = mean->typed_data(), *rp = rstd->typed_data();
+  const int64_t rows_per_item = std::max<int64_t>(1, 16384 / C);
+  parallel_for(pool, (R + rows_per_item - 1) / rows_per_item, [=](int64_t item) {
+    for (int64_t r = item * rows_per_item; r < std::min(R, (item + 1) * rows_per_item); ++r) {
+      const float* xr = xp + r * C;
+      float* yr = yp + r * C;
+      int64_t c = 0;
+      v8 acc = {0, 0, 0, 0, 0, 0, 0, 0};
+      for (; c + 8 <= C; c += 8) acc += load8(xr + c);
+      float s = hsum(acc);
+      for (; c < C; ++c) s += xr[c];
+      const float m = s / static_cast<float>(C);
+      const v8 mv = m - (v8){0, 0, 0, 0, 0, 0, 0, 0};
+      acc = (v8){0, 0, 0, 0, 0, 0, 0, 0};
+      for (c = 0; c + 8 <= C; c += 8) {
+        const v8 d = load8(xr + c) - mv;
+        acc += d * d;
+      }
+      float ss = hsum(acc);
+      for (; c < C; ++c) ss += (xr[c] - m) * (xr[c] - m);
+      const float rs = 1.0f / std::sqrt(ss / static_cast<float>(C) + eps);
+      const v8 rv = rs - (v8){0, 0, 0, 0, 0, 0, 0, 0};
+      for (c = 0; c + 8 <= C; c += 8) store8(yr + c, (load8(xr + c) - mv) * rv * load8(sp + c) + load8(bp + c));
+      for (; c < C; ++c) yr[c] = (xr[c] - m) * rs * sp[c] + bp[c];
+      mp[r] = m;
+      rp[r] = rs;
+    }
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error LnBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::F32> scale,
+                      ffi::Buffer<ffi::F32> mean, ffi::Buffer<ffi::F32> rstd, ffi::Buffer<ffi::F32> g,
+                      ffi::ResultBuffer<ffi::F32> dx, ffi::ResultBuffer<ffi::F32> dscale,
+                      ffi::ResultBuffer<ffi::F32> dbias) {
+  const int64_t C = scale.element_count(), R = x.element_count() / C;
+  const float *xp = x.typed_data(), *sp = scale.typed_data(), *mp = mean.typed_data(), *rp = rstd.typed_data(),
+              *gp = g.typed_data();
+  float* dxp = dx->typed_data();
+  const int64_t blocks = std::min<int64_t>(R, 16);  // fixed: the dscale/dbias order ignores thread count
+  std::vector<float> partial(blocks * 2 * C, 0.f);
+  float* pp = partial.data();
+  parallel_for(pool, blocks, [=](int64_t b) {
+    float* ds = pp + b * 2 * C;
+    float* db = ds + C;
+    for (int64_t r = R * b / blocks; r < R * (b + 1) / blocks; ++r) {
+      const float *xr = xp + r * C, *gr = gp + r * C;
+      float* dxr = dxp + r * C;
+      const float m = mp[r], rs = rp[r];
+      const v8 mv = m - (v8){0, 0, 0, 0, 0, 0, 0, 0}, rv = rs - (v8){0, 0, 0, 0, 0, 0, 0, 0};
+      v8 a8 = {0, 0, 0, 0, 0, 0, 0, 0}, b8 = a8;
+      int64_t c = 0;
+      for (; c + 8 <= C; c += 8) {
+        const v8 xh = (load8(xr + c) - mv) * rv, gv = load8(gr + c), gs = gv * load8(sp + c);
+        a8 += gs;
+        b8 += gs * xh;
+        store8(ds + c, load8(ds + c) + gv * xh);
+        store8(db + c, load8(db + c) + gv);
+      }
+      float a = hsum(a8), bb = hsum(b8);
+      for (; c < C; ++c) {
+        const float xh = (xr[c] - m) * rs, gs = gr[c] * sp[c];
+        a += gs;
+        bb += gs * xh;
+        ds[c] += gr[c] * xh;
+        db[c] += gr[c];
+      }
+      a /= static_cast<float>(C);
+      bb /= static_cast<float>(C);
+      const v8 av = a - (v8){0, 0, 0, 0, 0, 0, 0, 0}, bv = bb - (v8){0, 0, 0, 0, 0, 0, 0, 0};
+      for (c = 0; c + 8 <= C; c += 8) {
+        const v8 xh = (load8(xr + c) - mv) * rv, gs = load8(gr + c) * load8(sp + c);
+        store8(dxr + c, rv * (gs - av - xh * bv));
+      }
+      for (; c < C; ++c) {
+        const float xh = (xr[c] - m) * rs, gs = gr[c] * sp[c];
+        dxr[c] = rs * (gs - a - xh * bb);
+      }
+    }
+  });
+  float *dsp = dscale->typed_data(), *dbp = dbias->typed_data();
+  for (int64_t c = 0; c < C; ++c) {
+    float s = 0.f, t = 0.f;
+    for (int64_t b = 0; b < blocks; ++b) {
+      s += pp[b * 2 * C + c];
+      t += pp[b * 2 * C + C + c];
+    }
+    dsp[c] = s;
+    dbp[c] = t;
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ConvnextDwconvForward, Forward,
@@ -220,3 +339,26 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(ConvnextDwconvKernelGrad, KernelGrad,
                                   .Ret<ffi::Buffer<ffi::F32>>()
                                   .Attr<int64_t>("ph")
                                   .Attr<int64_t>("pw"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ConvnextLayerNormForward, LnForward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Attr<float>("eps"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ConvnextLayerNormBackward, LnBackward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>()
+                                  .Ret<ffi::Buffer<ffi::F32>>());
