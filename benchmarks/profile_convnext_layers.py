@@ -4,6 +4,8 @@
     .venv/bin/python benchmarks/profile_convnext_layers.py --depths 1,1,3,1 --dims 32,64,128,256 \
         --patch 2 --impls xla,shifted --batch 64 --res 32
     .venv/bin/python benchmarks/profile_convnext_layers.py --dwconv-only   # isolated depthwise conv fwd+bwd
+    .venv/bin/python benchmarks/profile_convnext_layers.py --tiny-stages --batch 16 --impls shifted,native
+        # ConvNeXt-T's four stage shapes: depthwise conv and LayerNorm fwd+bwd per implementation
 
 Reports median and min step time (s) over ``--iters`` steps after compile + warm-up (min is the
 more robust number on a shared machine).
@@ -74,6 +76,16 @@ def dwconv_time(n, h, c, impl, iters=20):
     return _median_time(lambda: f(x, k), iters)[1]
 
 
+def layer_norm_time(n, h, c, native, iters=20):
+    from convnext_jax import layers  # pylint: disable=import-outside-toplevel
+    x = jnp.asarray(np.random.RandomState(0).randn(n, h, h, c).astype(np.float32))
+    s, b = jnp.ones((c,)), jnp.zeros((c,))
+    fn = layers.layer_norm_native if native else layers.layer_norm_channels_last
+    f = jax.jit(jax.value_and_grad(lambda x, s, b: jnp.sum(fn(x, s, b, 1e-6) ** 2), argnums=(0, 1, 2)))
+    jax.block_until_ready(f(x, s, b))
+    return _median_time(lambda: f(x, s, b), iters)[1]
+
+
 def _ints(s):
     return tuple(int(v) for v in s.split(","))
 
@@ -88,6 +100,7 @@ def main():
     ap.add_argument("--res", type=int, default=32)
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--dwconv-only", action="store_true")
+    ap.add_argument("--tiny-stages", action="store_true")
     args = ap.parse_args()
     impls = args.impls.split(",")
     print(f"backend={jax.default_backend()} devices={jax.devices()}")
@@ -97,6 +110,17 @@ def main():
         for h, c in [(16, 32), (8, 64), (4, 128), (2, 256), (16, 40), (32, 32)]:
             ts = [dwconv_time(args.batch, h, c, i) for i in impls]
             print(f"{args.batch:>4} {h:>3}x{h:<2} {c:>5} " + " ".join(f"{t:13.5f}" for t in ts))
+        return
+
+    if args.tiny_stages:
+        ln_impls = ["xla"] + (["native"] if "native" in impls else [])
+        print(f"{'N':>4} {'HxW':>6} {'C':>5} " + " ".join(f"{'dw ' + i:>14}" for i in impls)
+              + " " + " ".join(f"{'ln ' + i:>12}" for i in ln_impls) + "   (min ms, fwd+bwd)")
+        for h, c in [(56, 96), (28, 192), (14, 384), (7, 768)]:
+            dw = [1e3 * dwconv_time(args.batch, h, c, i) for i in impls]
+            ln = [1e3 * layer_norm_time(args.batch, h, c, i == "native") for i in ln_impls]
+            print(f"{args.batch:>4} {h:>3}x{h:<2} {c:>5} " + " ".join(f"{t:14.1f}" for t in dw) + " "
+                  + " ".join(f"{t:12.1f}" for t in ln), flush=True)
         return
 
     if args.depths:

@@ -199,6 +199,10 @@ ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   // Fixed blocks (independent of the thread count) -> a deterministic summation order.
   const int64_t blocks = std::min<int64_t>(rows, 16);
   const int64_t per = kh * kw * d.c;
+  if (blocks == 0 || d.w == 0) {  // an empty batch or map: the gradient is zero
+    std::fill(dk->typed_data(), dk->typed_data() + per, 0.f);
+    return ffi::Error::Success();
+  }
   std::vector<float> partial(blocks * per, 0.f);
   const float* xp = x.typed_data();
   const float* gp = g.typed_data();

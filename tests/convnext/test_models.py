@@ -472,6 +472,8 @@ def test_native_dwconv_is_the_cpu_default_and_deterministic():
     a, b = grad(x, k), grad(x + 0.0, k + 0.0)
     for u, v in zip(a, b):
         np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
+    empty = grad(x[:0], k)  # an empty batch: zero kernel gradient, no out-of-bounds block sums
+    assert empty[0].shape == (0, 9, 11, 24) and not np.any(np.asarray(empty[1]))
     # bf16 compute falls back to the shifted path (the kernels are float32 only), same function
     y16 = depthwise_conv2d(x.astype(jnp.bfloat16), k.astype(jnp.bfloat16), 3, "native")
     ref = depthwise_conv2d(x, k, 3, "xla")
