@@ -18,18 +18,25 @@ import time
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def time_calls(fn, *, warmup: int, repeats: int) -> dict:
-  """Median/min seconds of `fn()` after `warmup` calls; the first call's time is reported as compile."""
+def seconds(fn) -> float:
+  """Wall seconds of one `fn()`."""
   t0 = time.perf_counter()
   fn()
-  first = time.perf_counter() - t0
-  for _ in range(max(0, warmup - 1)):
+  return time.perf_counter() - t0
+
+
+def warm_up(fn, warmup: int) -> float:
+  """Calls `fn()` `warmup` times (at least once); returns the first call's seconds (compile included)."""
+  first = seconds(fn)
+  for _ in range(warmup - 1):
     fn()
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - t0)
+  return first
+
+
+def time_calls(fn, *, warmup: int, repeats: int) -> dict:
+  """Median/min seconds of `fn()` after `warmup` calls; the first call's time is reported as compile."""
+  first = warm_up(fn, warmup)
+  times = [seconds(fn) for _ in range(repeats)]
   return {'first_call_s': first, 'median_s': statistics.median(times), 'min_s': min(times), 'repeats': repeats}
 
 
@@ -111,18 +118,12 @@ class _Server:
 def serve(fn, warmup: int, record: dict) -> None:
   """The worker side of `interleaved`: first call (compile) and warm-up, then one timed `fn()` per
   `step` read from stdin; `record` (plus the first-call time and peak RSS) is the final BENCH line."""
-  t0 = time.perf_counter()
-  fn()
-  first = time.perf_counter() - t0
-  for _ in range(max(0, warmup - 1)):
-    fn()
+  first = warm_up(fn, warmup)
   print('READY ' + json.dumps({'first_call_s': first}), flush=True)
   for line in sys.stdin:
     if line.strip() == 'quit':
       break
-    t0 = time.perf_counter()
-    fn()
-    print(f'TIME {time.perf_counter() - t0!r}', flush=True)
+    print(f'TIME {seconds(fn)!r}', flush=True)
   emit({**record, 'first_call_s': first, 'peak_rss_mb': peak_rss_mb()})
 
 

@@ -108,8 +108,8 @@ def worker(args):
 
 def _groups(mode: str, contenders) -> list:
   """Who is alive at once. Inference: everyone (about 1.5 GB each). Training: ours with one reference
-  at a time, because ours (6.6 GB at batch 32, up to twice that when glibc's kept heap fragments) and
-  two timm processes (5 GB each) would not fit in this machine's 23 GB together."""
+  at a time, because ours (5.6 GB at batch 32; more when glibc's kept heap fragments, 12 GB seen with the
+  pure-XLA path) and two timm processes (5 GB each) would not fit in this machine's 23 GB together."""
   refs = [c for c in contenders if c != 'ours']
   if 'ours' not in contenders:
     return [list(contenders)]

@@ -9,11 +9,11 @@ train iterator, timm through torchvision's ImageFolder + `timm.data.create_trans
 num_workers=0, so the number is per core; both scale by adding worker processes.
 """
 import argparse
+import functools
 import os
 import random
 import statistics
 import tempfile
-import time
 
 import numpy as np
 
@@ -95,18 +95,12 @@ def _timm(folder, repeats):
 def worker(args):
   os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # one core each, whatever threads either side starts
   fn, count = (_ours if args.contender == 'ours' else _timm)(args.folder, args.repeats)
-  t0 = time.perf_counter()
-  fn(args.repeats)  # warm-up epoch, with a seed no timed epoch uses
-  first = time.perf_counter() - t0
+  first = common.seconds(functools.partial(fn, args.repeats))  # warm-up epoch, with a seed no timed epoch uses
   # Epoch r draws its augmentations with seed r on both sides. How many images get an expensive op
   # (RandAugment's geometric ops cost ~3 ms, its colour ops ~0.1 ms) varies with the draws, so both
   # sides time the same number of epochs and the rate is over their total: one fixed seed per side
   # would compare two different, fixed amounts of work.
-  times = []
-  for seed in range(args.repeats):
-    t0 = time.perf_counter()
-    fn(seed)
-    times.append(time.perf_counter() - t0)
+  times = [common.seconds(functools.partial(fn, seed)) for seed in range(args.repeats)]
   common.emit({'bench': 'input_pipeline', 'contender': args.contender, 'images': count * args.repeats,
                'images_per_s_per_core': count * args.repeats / sum(times), 'first_call_s': first,
                'total_s': sum(times), 'median_s': statistics.median(times), 'min_s': min(times),

@@ -12,7 +12,7 @@
 //   dwconv_forward(x[N,H,W,C], k[KH,KW,C]; ph, pw) -> y[N,H,W,C]
 //       y[n,h,w,c] = sum_{i,j} x[n, h+i-ph, w+j-pw, c] * k[i,j,c]   (zero outside x)
 //     Serves the input gradient too: dx = dwconv_forward(g, k flipped, KH-1-ph, KW-1-pw).
-//   dwconv_kernel_grad(x[N,H,W,C], g[N,H,W,C]; ph, pw, kh, kw) -> dk[KH,KW,C]
+//   dwconv_kernel_grad(x[N,H,W,C], g[N,H,W,C]; ph, pw) -> dk[KH,KW,C]   (KH, KW: from dk's shape)
 //       dk[i,j,c] = sum_{n,h,w} x[n, h+i-ph, w+j-pw, c] * g[n,h,w,c]
 //
 // LayerNorm over the last axis of x viewed as rows [R, C] (two-pass statistics, as PyTorch):
@@ -42,6 +42,7 @@ typedef float v8 __attribute__((vector_size(32)));
 
 inline v8 load8(const float* p) { v8 v; std::memcpy(&v, p, sizeof(v)); return v; }
 inline void store8(float* p, v8 v) { std::memcpy(p, &v, sizeof(v)); }
+inline v8 splat(float a) { return a - (v8){0, 0, 0, 0, 0, 0, 0, 0}; }  // (a, a, ..., a)
 
 // Runs body(item) for item in [0, items) on the calling thread and the XLA intra-op pool.
 // Work is claimed from a shared counter, so the caller never waits on a task that has not started
@@ -74,6 +75,20 @@ void parallel_for(ffi::ThreadPool& pool, int64_t items, Body body) {
   }
 }
 
+// out[0:per] = the sum over rows [0, rows) that block_fn(r0, r1, acc) adds into a zeroed acc[0:per] for
+// a block of rows. The rows go in at most 16 fixed blocks, summed in block order: the result does not
+// depend on the thread count (reproducible runs). No rows: zeros.
+template <typename BlockFn>
+void sum_over_row_blocks(ffi::ThreadPool& pool, int64_t rows, int64_t per, float* out, BlockFn block_fn) {
+  const int64_t blocks = std::min<int64_t>(rows, 16);
+  std::vector<float> partial(blocks * per, 0.f);
+  float* pp = partial.data();
+  parallel_for(pool, blocks, [=](int64_t b) { block_fn(rows * b / blocks, rows * (b + 1) / blocks, pp + b * per); });
+  std::fill(out, out + per, 0.f);
+  for (int64_t b = 0; b < blocks; ++b)
+    for (int64_t e = 0; e < per; ++e) out[e] += pp[b * per + e];
+}
+
 struct Dims {
   int64_t n, h, w, c;
 };
@@ -95,7 +110,7 @@ void forward_row(const float* x, const float* k, float* y, Dims d, int64_t kh, i
     const int64_t j_lo = std::max<int64_t>(0, pw - w), j_hi = std::min<int64_t>(kw, W + pw - w);
     int64_t c = 0;
     for (; c + 8 <= C; c += 8) {
-      v8 acc = {0, 0, 0, 0, 0, 0, 0, 0};
+      v8 acc = splat(0.f);
       for (int64_t i = i_lo; i < i_hi; ++i) {
         const float* xrow = xbase + (i * W + w) * C + c;
         const float* krow = k + (i * kw) * C + c;
@@ -117,7 +132,7 @@ void forward_row(const float* x, const float* k, float* y, Dims d, int64_t kh, i
   if (C % 8 == 0) {
     for (; w + 4 <= w_in_hi; w += 4) {
       for (int64_t c = 0; c < C; c += 8) {
-        v8 a0 = {0, 0, 0, 0, 0, 0, 0, 0}, a1 = a0, a2 = a0, a3 = a0;
+        v8 a0 = splat(0.f), a1 = a0, a2 = a0, a3 = a0;
         for (int64_t i = i_lo; i < i_hi; ++i) {
           const float* xrow = xbase + (i * W + w) * C + c;
           const float* krow = k + (i * kw) * C + c;
@@ -170,7 +185,7 @@ void kernel_grad_rows(const float* x, const float* g, float* acc, Dims d, int64_
         float* a = acc + (i * kw + j) * C;
         int64_t c = 0;
         for (; c + 16 <= C; c += 16) {
-          v8 s0 = {0, 0, 0, 0, 0, 0, 0, 0}, s1 = s0;
+          v8 s0 = splat(0.f), s1 = s0;
           for (int64_t w = w_lo; w < w_hi; ++w) {
             const float* xs = xrow + (w + j - pw) * C + c;
             const float* gs = grow + w * C + c;
@@ -195,25 +210,11 @@ ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   Dims d = dims_of(x);
   auto kd = dk->dimensions();
   const int64_t kh = kd[0], kw = kd[1];
-  const int64_t rows = d.n * d.h;
-  // Fixed blocks (independent of the thread count) -> a deterministic summation order.
-  const int64_t blocks = std::min<int64_t>(rows, 16);
-  const int64_t per = kh * kw * d.c;
-  if (blocks == 0 || d.w == 0) {  // an empty batch or map: the gradient is zero
-    std::fill(dk->typed_data(), dk->typed_data() + per, 0.f);
-    return ffi::Error::Success();
-  }
-  std::vector<float> partial(blocks * per, 0.f);
   const float* xp = x.typed_data();
   const float* gp = g.typed_data();
-  float* pp = partial.data();
-  parallel_for(pool, blocks, [=](int64_t b) {
-    kernel_grad_rows(xp, gp, pp + b * per, d, kh, kw, ph, pw, rows * b / blocks, rows * (b + 1) / blocks);
+  sum_over_row_blocks(pool, d.n * d.h, kh * kw * d.c, dk->typed_data(), [=](int64_t r0, int64_t r1, float* acc) {
+    kernel_grad_rows(xp, gp, acc, d, kh, kw, ph, pw, r0, r1);
   });
-  float* out = dk->typed_data();
-  std::memcpy(out, pp, per * sizeof(float));
-  for (int64_t b = 1; b < blocks; ++b)
-    for (int64_t e = 0; e < per; ++e) out[e] += pp[b * per + e];
   return ffi::Error::Success();
 }
 
@@ -238,13 +239,13 @@ ffi::Error LnForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<
       const float* xr = xp + r * C;
       float* yr = yp + r * C;
       int64_t c = 0;
-      v8 acc = {0, 0, 0, 0, 0, 0, 0, 0};
+      v8 acc = splat(0.f);
       for (; c + 8 <= C; c += 8) acc += load8(xr + c);
       float s = hsum(acc);
       for (; c < C; ++c) s += xr[c];
       const float m = s / static_cast<float>(C);
-      const v8 mv = m - (v8){0, 0, 0, 0, 0, 0, 0, 0};
-      acc = (v8){0, 0, 0, 0, 0, 0, 0, 0};
+      const v8 mv = splat(m);
+      acc = splat(0.f);
       for (c = 0; c + 8 <= C; c += 8) {
         const v8 d = load8(xr + c) - mv;
         acc += d * d;
@@ -252,7 +253,7 @@ ffi::Error LnForward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<
       float ss = hsum(acc);
       for (; c < C; ++c) ss += (xr[c] - m) * (xr[c] - m);
       const float rs = 1.0f / std::sqrt(ss / static_cast<float>(C) + eps);
-      const v8 rv = rs - (v8){0, 0, 0, 0, 0, 0, 0, 0};
+      const v8 rv = splat(rs);
       for (c = 0; c + 8 <= C; c += 8) store8(yr + c, (load8(xr + c) - mv) * rv * load8(sp + c) + load8(bp + c));
       for (; c < C; ++c) yr[c] = (xr[c] - m) * rs * sp[c] + bp[c];
       mp[r] = m;
@@ -270,18 +271,15 @@ ffi::Error LnBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   const float *xp = x.typed_data(), *sp = scale.typed_data(), *mp = mean.typed_data(), *rp = rstd.typed_data(),
               *gp = g.typed_data();
   float* dxp = dx->typed_data();
-  const int64_t blocks = std::min<int64_t>(R, 16);  // fixed: the dscale/dbias order ignores thread count
-  std::vector<float> partial(blocks * 2 * C, 0.f);
-  float* pp = partial.data();
-  parallel_for(pool, blocks, [=](int64_t b) {
-    float* ds = pp + b * 2 * C;
+  std::vector<float> sums(2 * C);  // [dscale | dbias]
+  sum_over_row_blocks(pool, R, 2 * C, sums.data(), [=](int64_t r0, int64_t r1, float* ds) {
     float* db = ds + C;
-    for (int64_t r = R * b / blocks; r < R * (b + 1) / blocks; ++r) {
+    for (int64_t r = r0; r < r1; ++r) {
       const float *xr = xp + r * C, *gr = gp + r * C;
       float* dxr = dxp + r * C;
       const float m = mp[r], rs = rp[r];
-      const v8 mv = m - (v8){0, 0, 0, 0, 0, 0, 0, 0}, rv = rs - (v8){0, 0, 0, 0, 0, 0, 0, 0};
-      v8 a8 = {0, 0, 0, 0, 0, 0, 0, 0}, b8 = a8;
+      const v8 mv = splat(m), rv = splat(rs);
+      v8 a8 = splat(0.f), b8 = a8;
       int64_t c = 0;
       for (; c + 8 <= C; c += 8) {
         const v8 xh = (load8(xr + c) - mv) * rv, gv = load8(gr + c), gs = gv * load8(sp + c);
@@ -300,7 +298,7 @@ ffi::Error LnBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
       }
       a /= static_cast<float>(C);
       bb /= static_cast<float>(C);
-      const v8 av = a - (v8){0, 0, 0, 0, 0, 0, 0, 0}, bv = bb - (v8){0, 0, 0, 0, 0, 0, 0, 0};
+      const v8 av = splat(a), bv = splat(bb);
       for (c = 0; c + 8 <= C; c += 8) {
         const v8 xh = (load8(xr + c) - mv) * rv, gs = load8(gr + c) * load8(sp + c);
         store8(dxr + c, rv * (gs - av - xh * bv));
@@ -311,38 +309,27 @@ ffi::Error LnBackward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
       }
     }
   });
-  float *dsp = dscale->typed_data(), *dbp = dbias->typed_data();
-  for (int64_t c = 0; c < C; ++c) {
-    float s = 0.f, t = 0.f;
-    for (int64_t b = 0; b < blocks; ++b) {
-      s += pp[b * 2 * C + c];
-      t += pp[b * 2 * C + C + c];
-    }
-    dsp[c] = s;
-    dbp[c] = t;
-  }
+  std::copy(sums.begin(), sums.begin() + C, dscale->typed_data());
+  std::copy(sums.begin() + C, sums.end(), dbias->typed_data());
   return ffi::Error::Success();
+}
+
+// The two depthwise handlers take the same operands: (x or g, k or g) -> one result; padding attributes.
+auto conv_binding() {
+  return ffi::Ffi::Bind()
+      .Ctx<ffi::ThreadPool>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Arg<ffi::Buffer<ffi::F32>>()
+      .Ret<ffi::Buffer<ffi::F32>>()
+      .Attr<int64_t>("ph")
+      .Attr<int64_t>("pw");
 }
 
 }  // namespace
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(ConvnextDwconvForward, Forward,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("ph")
-                                  .Attr<int64_t>("pw"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ConvnextDwconvForward, Forward, conv_binding());
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(ConvnextDwconvKernelGrad, KernelGrad,
-                              ffi::Ffi::Bind()
-                                  .Ctx<ffi::ThreadPool>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Arg<ffi::Buffer<ffi::F32>>()
-                                  .Ret<ffi::Buffer<ffi::F32>>()
-                                  .Attr<int64_t>("ph")
-                                  .Attr<int64_t>("pw"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(ConvnextDwconvKernelGrad, KernelGrad, conv_binding());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(ConvnextLayerNormForward, LnForward,
                               ffi::Ffi::Bind()

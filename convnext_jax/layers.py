@@ -139,7 +139,7 @@ class LayerNorm(nn.Module):
 def layer_norm(name: Optional[str] = None, dtype: Dtype = jnp.float32, eps: float = 1e-6,
                native: bool = False) -> LayerNorm:
     """Channels-last LayerNorm as in ConvNeXt: eps 1e-6, biased two-pass variance, scale=1 / bias=0 init.
-    ``native``: use the C++ CPU kernel (callers pass ``resolve_dwconv_impl(impl) == 'native'``)."""
+    ``native``: use the C++ CPU kernel (models pass ``native_layer_norms(dwconv_impl)``)."""
     return LayerNorm(epsilon=eps, dtype=dtype, native=native, name=name)
 
 
@@ -189,6 +189,12 @@ def native_cpu_kernels_available() -> bool:
                                                 _NATIVE_KERNEL_GRAD: "ConvnextDwconvKernelGrad",
                                                 _NATIVE_LN_FORWARD: "ConvnextLayerNormForward",
                                                 _NATIVE_LN_BACKWARD: "ConvnextLayerNormBackward"})
+
+
+def native_layer_norms(dwconv_impl: str) -> bool:
+    """Whether a model built with ``dwconv_impl`` computes its LayerNorms with the C++ kernel too: exactly
+    when its depthwise conv resolves to 'native' (the same device and compiler conditions)."""
+    return resolve_dwconv_impl(dwconv_impl) == "native"
 
 
 def resolve_dwconv_impl(impl: str) -> str:

@@ -41,9 +41,10 @@ squeeze first); LN weight -> ``scale``; gamma unchanged; inputs NCHW -> NHWC.
 The depthwise conv kernel is (7, 7, 1, C) whatever ``dwconv_impl`` is ('xla' grouped conv,
 'native' C++ kernels for XLA:CPU -- which then also compute the LayerNorms --, 'shifted' 49
 multiply-adds, 'auto' = native on a one-device CPU process with a C++ compiler, else shifted on CPU,
-xla elsewhere), so checkpoints are interchangeable between implementations.  Likewise ``patch_conv_impl`` (stem and downsampling
-convs: 'conv', 'dense' patch matmul, 'auto' = dense on CPU) and ``fusion_barriers`` (materialize
-each block layer's output; None = on CPU only) change speed, never parameters or results.
+xla elsewhere), so checkpoints are interchangeable between implementations.  Likewise
+``patch_conv_impl`` (stem and downsampling convs: 'conv', 'dense' patch matmul, 'auto' = dense on
+CPU) and ``fusion_barriers`` (materialize each block layer's output; None = on CPU only) change
+speed, never parameters or results.
 """
 from __future__ import annotations
 
@@ -56,7 +57,7 @@ import numpy as np
 import flax.linen as nn
 
 from .layers import (DepthwiseConv, DropPath, PatchConv, fusion_barrier, gelu_exact, layer_norm,
-                     resolve_dwconv_impl, resolve_fusion_barriers, trunc_normal_init)
+                     native_layer_norms, resolve_fusion_barriers, trunc_normal_init)
 
 Array = jax.Array
 Dtype = Any
@@ -95,7 +96,7 @@ class Block(nn.Module):
         y = DepthwiseConv(self.kernel_size, self.kernel_size // 2, impl=self.dwconv_impl, dtype=self.dtype,
                           name="dwconv")(x)
         # 'native' (CPU): the C++ kernels do the LayerNorms too; their outputs need no fusion barrier.
-        native = resolve_dwconv_impl(self.dwconv_impl) == "native"
+        native = native_layer_norms(self.dwconv_impl)
         norm = layer_norm("norm", self.dtype, native=native)
         y = norm(y)
         if resolve_fusion_barriers(self.fusion_barriers):
@@ -152,7 +153,7 @@ class ConvNeXt(nn.Module):
             raise ValueError(f"expected NHWC input with {self.in_chans} channels, got shape {x.shape}")
         x = x.astype(self.dtype)
         rates = self.block_drop_rates()
-        native = resolve_dwconv_impl(self.dwconv_impl) == "native"
+        native = native_layer_norms(self.dwconv_impl)
         features: Dict[str, Array] = {}
         k = 0
         for i, (depth, dim) in enumerate(zip(self.depths, self.dims)):
@@ -218,8 +219,7 @@ class ConvNeXtIsotropic(nn.Module):
                       kernel_size=self.kernel_size, dwconv_impl=self.dwconv_impl,
                       fusion_barriers=self.fusion_barriers, dtype=self.dtype,
                       name=f"blocks_{j}")(x, train=train)
-        logits = _head(x, self.num_classes, self.head_init_scale, self.dtype,
-                       resolve_dwconv_impl(self.dwconv_impl) == "native")
+        logits = _head(x, self.num_classes, self.head_init_scale, self.dtype, native_layer_norms(self.dwconv_impl))
         return logits, {"blocks": x}
 
 
