@@ -1,6 +1,7 @@
 """ImageNet-style training transforms, images/s per CPU core: ours (numpy/PIL ops in core_jax.data) vs timm.
 
   python -m benchmarks.input_pipeline [--images 96] [--repeats 3]
+  python -m benchmarks.input_pipeline --ops      # the resize/affine kernels alone vs the Pillow calls
 
 Both sides run the ConvNeXt recipe on the same synthetic folder of real-size JPEGs (written by this script):
 decode JPEG -> RandomResizedCrop 224 bicubic -> flip -> RandAugment rand-m9-mstd0.5-inc1 -> normalize ->
@@ -126,6 +127,75 @@ def measure(images=96, repeats=3, rounds=3) -> list:
   return [best['ours'], best['timm']]
 
 
+def _op_cases(folder, seed=0):
+  """(name, ours, pillow) callables over the folder's images: the resizes of random-resized crops and
+  RandAugment's geometric ops at 224, each pair giving identical pixels."""
+  from PIL import Image  # pylint: disable=import-outside-toplevel
+  from core_jax.data import augment, image_kernels  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(seed)
+  files = sorted(os.listdir(os.path.join(folder, 'class0')))
+  decoded = [Image.open(os.path.join(folder, 'class0', f)).convert('RGB') for f in files]
+  boxes = []
+  for img in decoded:
+    top, left, h, w = augment.rrc_params(img.height, img.width, (0.08, 1.0), (3 / 4, 4 / 3), rng)
+    boxes.append((left, top, left + w, top + h))
+  small = [np.asarray(img.crop(b).resize((224, 224), Image.BICUBIC)) for img, b in zip(decoded, boxes)]
+  small_pil = [Image.fromarray(x) for x in small]
+  shears = [float(v) for v in rng.uniform(-0.3, 0.3, len(small))]
+  angles = [float(v) for v in rng.uniform(-30, 30, len(small))]
+  fill = (124, 116, 104)
+  cases = []
+  for name, resample in (('bicubic', Image.BICUBIC), ('bilinear', Image.BILINEAR)):
+    cases.append((f'random-resized crop to 224, {name}',
+                  lambda r=resample: [image_kernels.resize(i, 224, 224, r, box=b) for i, b in zip(decoded, boxes)],
+                  lambda r=resample: [np.asarray(i.crop(b).resize((224, 224), r)) for i, b in zip(decoded, boxes)]))
+    cases.append((f'ShearX at 224, {name}',
+                  lambda r=resample: [image_kernels.affine(x, (1, f, 0, 0, 1, 0), r, fill) for x, f in zip(small, shears)],
+                  lambda r=resample: [np.asarray(i.transform(i.size, Image.AFFINE, (1, f, 0, 0, 1, 0), resample=r,
+                                                             fillcolor=fill)) for i, f in zip(small_pil, shears)]))
+    cases.append((f'Rotate at 224, {name}',
+                  lambda r=resample: [image_kernels.affine(x, image_kernels.rotate_matrix(224, 224, a), r, fill)
+                                      for x, a in zip(small, angles)],
+                  lambda r=resample: [np.asarray(i.rotate(a, resample=r, fillcolor=fill)) for i, a in zip(small_pil, angles)]))
+  return cases
+
+
+def ops_worker(args):
+  os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+  from core_jax.data import image_kernels  # pylint: disable=import-outside-toplevel
+  if not image_kernels.available():
+    raise SystemExit('input_pipeline --ops: the C++ image kernels are unavailable (no C++ compiler?)')
+  for name, ours, pillow in _op_cases(args.folder):
+    for a, b in zip(ours(), pillow()):  # the comparison is only fair between equal results
+      if not np.array_equal(a, b):
+        raise SystemExit(f'input_pipeline --ops: {name}: the kernel and Pillow disagree')
+    times = {'ours': [], 'pillow': []}
+    for r in range(args.repeats):  # alternate, so both see the same drift of a shared machine
+      for side, fn in ((('ours', ours), ('pillow', pillow)) if r % 2 == 0 else (('pillow', pillow), ('ours', ours))):
+        times[side].append(common.seconds(fn))
+    n = len(os.listdir(os.path.join(args.folder, 'class0')))
+    ours_ms, pillow_ms = (1e3 * min(times[k]) / n for k in ('ours', 'pillow'))
+    common.emit({'bench': 'input_ops', 'op': name, 'images': n, 'ours_ms': ours_ms, 'pillow_ms': pillow_ms,
+                 'speedup': pillow_ms / ours_ms, 'repeats': args.repeats})
+
+
+def measure_ops(images=48, repeats=5) -> list:
+  """Per-image milliseconds of the C++ resize/affine kernels and of the Pillow calls timm makes, on the
+  same images in one single-core process (results checked equal first)."""
+  with tempfile.TemporaryDirectory() as tmp:
+    folder = make_folder(tmp, images)
+    return common.run_isolated('benchmarks.input_pipeline',
+                               ['--ops-worker', '--folder', folder, '--repeats', str(repeats)],
+                               env={'OMP_NUM_THREADS': '1'})
+
+
+def ops_table(records) -> str:
+  lines = ['| op (per image) | C++ kernel (ms) | Pillow (ms) | speed-up |', '|---|---|---|---|']
+  for r in records:
+    lines.append(f"| {r['op']} | {r['ours_ms']:.3f} | {r['pillow_ms']:.3f} | {r['speedup']:.2f}x |")
+  return '\n'.join(lines)
+
+
 def table(records) -> str:
   by = {r['contender']: r for r in records}
   lines = ['| contender | images/s per core | ours / this |', '|---|---|---|']
@@ -138,6 +208,8 @@ def table(records) -> str:
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
+  p.add_argument('--ops-worker', action='store_true', help=argparse.SUPPRESS)
+  p.add_argument('--ops', action='store_true', help='time the resize/affine kernels against Pillow alone')
   p.add_argument('--contender', choices=('ours', 'timm'), default='ours')
   p.add_argument('--folder')
   p.add_argument('--images', type=int, default=96)
@@ -145,6 +217,12 @@ def main():
   args = p.parse_args()
   if args.worker:
     return worker(args)
+  if args.ops_worker:
+    return ops_worker(args)
+  if args.ops:
+    records = measure_ops(args.images, max(args.repeats, 5))
+    print(ops_table(records))
+    return records
   records = measure(args.images, args.repeats)
   print(table(records))
   return records

@@ -1,14 +1,15 @@
-"""C++ kernels for XLA:CPU, compiled on first use with the machine's C++ compiler and called as XLA FFI
-custom calls.
+"""C++ kernels compiled on first use with the machine's C++ compiler: XLA FFI custom calls for XLA:CPU
+(`load`), and plain C functions for host-side work such as the input pipeline (`library`, via ctypes).
 
 Some CPU hot spots XLA cannot generate well (e.g. depthwise convolutions); a line ships the C++ source
 of a kernel next to its model and calls `load(source, {ffi_name: symbol})`. The first call compiles it
-(`$CXX` or c++/g++, -O3 -march=native, ~7 s) into a cache keyed by the source, the jaxlib version and
-this CPU, so later processes only load it. Without a compiler, or if it fails, `load` says why once
-(a warning) and returns False: callers then use their pure-XLA path, which computes the same function.
-`pip install` needs no compiler; the kernels are an acceleration, never a requirement.
+(`$CXX` or c++/g++, -O3 -march=native, ~7 s) into a cache keyed by the source, the flags, the compiler
+and this CPU (and the jaxlib version for FFI kernels), so later processes only load it. Without a
+compiler, or if it fails, the loader says why once (a warning) and returns False/None: callers then use
+their pure-XLA (or Pillow/numpy) path, which computes the same function. `pip install` needs no
+compiler; the kernels are an acceleration, never a requirement.
 
-  CORE_JAX_NATIVE_KERNELS=0       never compile or load (pure XLA everywhere)
+  CORE_JAX_NATIVE_KERNELS=0       never compile or load (pure XLA / Pillow everywhere)
   CORE_JAX_KERNEL_CACHE=DIR       cache folder (default ~/.cache/core_jax/kernels)
 """
 
@@ -26,7 +27,8 @@ import threading
 
 _FLAGS = ('-O3', '-march=native', '-std=c++17', '-shared', '-fPIC', '-w')
 _lock = threading.Lock()
-_loaded: dict[str, bool] = {}  # source path -> registered?
+_loaded: dict[str, bool] = {}  # source path -> FFI targets registered?
+_libraries: dict[tuple, ctypes.CDLL | None] = {}  # (source, flags) -> library, None if unavailable
 
 
 def enabled() -> bool:
@@ -58,13 +60,18 @@ def _cache_dir() -> str:
       os.path.expanduser('~'), '.cache', 'core_jax', 'kernels')
 
 
-def _build(source: str, compiler: str) -> str:
-  import jax  # pylint: disable=import-outside-toplevel
-  import jaxlib  # pylint: disable=import-outside-toplevel
+def _build(source: str, compiler: str, extra_flags: tuple = (), ffi_headers: bool = True) -> str:
   with open(source, 'rb') as f:
     text = f.read()
-  key = hashlib.sha256(b'\0'.join([text, ' '.join(_FLAGS).encode(), compiler.encode(),
-                                   jaxlib.__version__.encode(), _cpu_signature().encode()])).hexdigest()[:16]
+  flags = (*_FLAGS, *extra_flags)
+  key_parts = [text, ' '.join(flags).encode(), compiler.encode(), _cpu_signature().encode()]
+  include = []
+  if ffi_headers:  # only FFI kernels depend on jaxlib (its headers and ABI)
+    import jax  # pylint: disable=import-outside-toplevel
+    import jaxlib  # pylint: disable=import-outside-toplevel
+    key_parts.append(jaxlib.__version__.encode())
+    include = ['-I', jax.ffi.include_dir()]
+  key = hashlib.sha256(b'\0'.join(key_parts)).hexdigest()[:16]
   name = os.path.splitext(os.path.basename(source))[0]
   out = os.path.join(_cache_dir(), f'{name}-{key}.so')
   if os.path.exists(out):
@@ -74,7 +81,7 @@ def _build(source: str, compiler: str) -> str:
   fd, tmp = tempfile.mkstemp(suffix='.so', dir=os.path.dirname(out))
   os.close(fd)
   try:
-    cmd = [compiler, *_FLAGS, '-I', jax.ffi.include_dir(), source, '-o', tmp]
+    cmd = [compiler, *flags, *include, source, '-o', tmp]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
       raise RuntimeError(f'{" ".join(cmd)} failed: {proc.stderr.strip()[-1500:]}')
@@ -83,6 +90,36 @@ def _build(source: str, compiler: str) -> str:
     if os.path.exists(tmp):
       os.remove(tmp)
   return out
+
+
+def _open(source: str, extra_flags: tuple, ffi_headers: bool) -> ctypes.CDLL:
+  """The compiled (or cached) library of `source`; raises with the reason if there is none."""
+  compiler = _compiler()
+  if compiler is None:
+    raise RuntimeError('no C++ compiler found (set $CXX)')
+  return ctypes.CDLL(_build(source, compiler, tuple(extra_flags), ffi_headers=ffi_headers))
+
+
+def _warn(source: str, e: Exception, fallback: str):
+  logging.warning('native kernels in %s unavailable, using the %s path: %s', os.path.basename(source), fallback,
+                  str(e).splitlines()[0] if str(e) else type(e).__name__)
+
+
+def library(source: str, extra_flags: tuple = (), fallback: str = 'Python') -> ctypes.CDLL | None:
+  """Compiles (or finds cached) `source` with `extra_flags` and loads it with ctypes, for plain
+  `extern "C"` functions; no jax import. None if unavailable (one warning naming `fallback`, the path
+  callers take instead). Thread-safe, compiled once per (source, flags) and process."""
+  key = (source, tuple(extra_flags))
+  with _lock:
+    if key not in _libraries:
+      lib = None
+      if enabled():
+        try:
+          lib = _open(source, extra_flags, ffi_headers=False)
+        except Exception as e:  # pylint: disable=broad-except
+          _warn(source, e, fallback)
+      _libraries[key] = lib
+    return _libraries[key]
 
 
 def load(source: str, targets: dict[str, str]) -> bool:
@@ -95,15 +132,11 @@ def load(source: str, targets: dict[str, str]) -> bool:
     if enabled():
       try:
         import jax  # pylint: disable=import-outside-toplevel
-        compiler = _compiler()
-        if compiler is None:
-          raise RuntimeError('no C++ compiler found (set $CXX)')
-        lib = ctypes.CDLL(_build(source, compiler))
+        lib = _open(source, (), ffi_headers=True)
         for name, symbol in targets.items():
           jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)), platform='cpu')
         ok = True
       except Exception as e:  # pylint: disable=broad-except
-        logging.warning('native kernels in %s unavailable, using the XLA path: %s', os.path.basename(source),
-                        str(e).splitlines()[0] if str(e) else type(e).__name__)
+        _warn(source, e, 'XLA')
     _loaded[source] = ok
     return ok

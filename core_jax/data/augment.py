@@ -31,6 +31,10 @@ then batch-level Mixup/CutMix from `core_jax.data.mixing`. Eval (crop_pct 0.875 
   ['decode_jpeg', 'resize_shorter_and_center_crop(size=224)', 'imagenet_normalize']
   ['decode_jpeg', 'squash_resize(size=384)', 'imagenet_normalize']
 
+Speed: resizes and RandAugment's geometric ops run in C++ kernels equal to Pillow bit for bit
+(core_jax.data.image_kernels; Pillow whenever they cannot take a case), which read Pillow images in
+place and hand numpy arrays on; the colour ops stay Pillow calls.
+
 Interpolation note: timm's RandAugment picks bilinear/bicubic at random per geometric op only when
 the train `interpolation` is 'random'; with the ConvNeXt recipe (`--train_interpolation bicubic`)
 `create_transform` passes `interpolation=bicubic` into the RandAugment hparams, so every geometric op
@@ -46,6 +50,7 @@ import re
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
+from core_jax.data import image_kernels
 from core_jax.data.transforms import Transform, normalize, register
 from core_jax.errors import UserError
 
@@ -108,6 +113,9 @@ def _resize_any(x: np.ndarray, h: int, w: int, resample) -> np.ndarray:
   """PIL resize to (h, w): uint8 images directly (timm/torchvision path), else per channel in 'F'."""
   x = np.asarray(x)
   if x.dtype == np.uint8:
+    out = image_kernels.resize(x, h, w, resample)
+    if out is not None:
+      return out
     return _from_pil(_to_pil(x).resize((w, h), resample), x)
   chans = x[..., None] if x.ndim == 2 else x
   out = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(chans[..., c], np.float32))
@@ -118,8 +126,10 @@ def _resize_any(x: np.ndarray, h: int, w: int, resample) -> np.ndarray:
 def _resized_crop(ex: dict, top: int, left: int, h: int, w: int, out_h: int, out_w: int,
                   resample) -> dict:
   """torchvision F.resized_crop on PIL: crop box then resize; segmentation uses nearest."""
-  if isinstance(ex['image'], Image.Image):  # decoded JPEG: crop and resize in PIL, stay PIL
-    ex['image'] = ex['image'].crop((left, top, left + w, top + h)).resize((out_w, out_h), resample)
+  if isinstance(ex['image'], Image.Image):  # decoded JPEG: read in place, or crop and resize in PIL
+    box = (left, top, left + w, top + h)
+    out = image_kernels.resize(ex['image'], out_h, out_w, resample, box=box)
+    ex['image'] = out if out is not None else ex['image'].crop(box).resize((out_w, out_h), resample)
   else:
     img = np.asarray(ex['image'])[top:top + h, left:left + w]
     ex['image'] = _resize_any(img, out_h, out_w, resample)
@@ -239,11 +249,12 @@ def _center_crop_pil_semantics(ex: dict, ch: int, cw: int) -> dict:
 
 
 def _resize_example(ex: dict, h: int, w: int, resample) -> dict:
-  x = np.asarray(ex['image'])
-  if x.shape[:2] != (h, w):  # torchvision returns the input untouched at the same size
-    ex['image'] = _resize_any(x, h, w, resample)
-    if 'segmentation' in ex:
-      ex['segmentation'] = _resize_any(np.asarray(ex['segmentation']), h, w, Image.NEAREST)
+  if image_hw(ex['image']) == (h, w):  # torchvision returns the input untouched at the same size
+    return ex
+  out = image_kernels.resize(ex['image'], h, w, resample)  # reads a decoded PIL image in place
+  ex['image'] = out if out is not None else _resize_any(np.asarray(ex['image']), h, w, resample)
+  if 'segmentation' in ex:
+    ex['segmentation'] = _resize_any(np.asarray(ex['segmentation']), h, w, Image.NEAREST)
   return ex
 
 
@@ -301,7 +312,22 @@ def imagenet_normalize() -> Transform:
 _LEVEL_DENOM = 10.0
 
 
+def _as_pil(img) -> Image.Image:
+  return img if isinstance(img, Image.Image) else Image.fromarray(np.ascontiguousarray(img))
+
+
+def _size(img) -> tuple:
+  """(width, height), as PIL's `img.size`, of a PIL image or an array."""
+  return img.size if isinstance(img, Image.Image) else (img.shape[1], img.shape[0])
+
+
+# The geometric ops take a PIL image or a uint8 array and may return either: the C++ kernels (equal
+# to Pillow bit for bit) give arrays; Pillow serves whatever they do not take.
 def _affine(img, matrix, resample, fillcolor):
+  out = image_kernels.affine(img, matrix, resample, fillcolor)
+  if out is not None:
+    return out
+  img = _as_pil(img)
   return img.transform(img.size, Image.AFFINE, matrix, resample=resample, fillcolor=fillcolor)
 
 
@@ -314,15 +340,19 @@ def _op_shear_y(img, factor, resample, fillcolor):
 
 
 def _op_translate_x_rel(img, pct, resample, fillcolor):
-  return _affine(img, (1, 0, pct * img.size[0], 0, 1, 0), resample, fillcolor)
+  return _affine(img, (1, 0, pct * _size(img)[0], 0, 1, 0), resample, fillcolor)
 
 
 def _op_translate_y_rel(img, pct, resample, fillcolor):
-  return _affine(img, (1, 0, 0, 0, 1, pct * img.size[1]), resample, fillcolor)
+  return _affine(img, (1, 0, 0, 0, 1, pct * _size(img)[1]), resample, fillcolor)
 
 
 def _op_rotate(img, degrees, resample, fillcolor):
-  return img.rotate(degrees, resample=resample, fillcolor=fillcolor)
+  matrix = image_kernels.rotate_matrix(*_size(img), degrees)
+  out = None if matrix is None else image_kernels.affine(img, matrix, resample, fillcolor)
+  if out is not None:
+    return out
+  return _as_pil(img).rotate(degrees, resample=resample, fillcolor=fillcolor)
 
 
 def _op_solarize_add(img, add, thresh=128):
@@ -448,7 +478,7 @@ def apply_rand_op(img: Image.Image, name: str, magnitude: float, rng: np.random.
   args = level_fn(magnitude, rng)
   if geometric:
     return fn(img, *args, resample=_choose_interp(resample, rng), fillcolor=fillcolor)
-  return fn(img, *args)
+  return fn(_as_pil(img), *args)
 
 
 def parse_rand_config(config_str: str) -> dict:
@@ -504,16 +534,14 @@ def randaugment(config_str: str = 'rand-m9-mstd0.5-inc1', mean=IMAGENET_DEFAULT_
 
   def op(ex, rng):
     _check_no_segmentation(ex, 'randaugment')
-    x = ex['image']
-    if isinstance(x, Image.Image):
-      if x.mode != 'RGB':
-        raise UserError(f'randaugment needs an RGB image, got PIL mode {x.mode}')
-      img = x
+    img = ex['image']  # a PIL image or an array: each op converts only if it needs the other
+    if isinstance(img, Image.Image):
+      if img.mode != 'RGB':
+        raise UserError(f'randaugment needs an RGB image, got PIL mode {img.mode}')
     else:
-      x = np.asarray(x)
-      if x.dtype != np.uint8 or x.ndim != 3 or x.shape[2] != 3:
-        raise UserError(f'randaugment needs a uint8 RGB (H, W, 3) image, got {x.dtype} {x.shape}')
-      img = Image.fromarray(np.ascontiguousarray(x))
+      img = np.asarray(img)
+      if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
+        raise UserError(f'randaugment needs a uint8 RGB (H, W, 3) image, got {img.dtype} {img.shape}')
     for k in rng.integers(0, len(ops), size=cfg['num_layers']):
       geometric, level_fn, fn = ops[int(k)]
       if prob < 1.0 and rng.random() > prob:
@@ -528,8 +556,8 @@ def randaugment(config_str: str = 'rand-m9-mstd0.5-inc1', mean=IMAGENET_DEFAULT_
       if geometric:
         img = fn(img, *args, resample=_choose_interp(resample, rng), fillcolor=fill)
       else:
-        img = fn(img, *args)
-    ex['image'] = img  # PIL; normalize or the end of the pipeline converts it once
+        img = fn(_as_pil(img), *args)
+    ex['image'] = img  # PIL or array; normalize or the end of the pipeline converts it once
     return ex
 
   return op

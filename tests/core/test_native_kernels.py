@@ -61,3 +61,22 @@ def test_convnext_without_native_kernels_uses_the_xla_path():
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
                        env=dict(os.environ, CORE_JAX_NATIVE_KERNELS='0', JAX_PLATFORMS='cpu'))
   assert out.stdout.split() == ['shifted', 'shifted']
+
+
+@needs_compiler
+def test_library_loads_plain_functions_without_jax(tmp_path, monkeypatch, caplog):
+  """`library` (ctypes, host-side kernels such as the image ones): compiled once per (source, flags),
+  with the extra flags in the cache key; a broken source gives None and one warning."""
+  monkeypatch.setenv('CORE_JAX_KERNEL_CACHE', str(tmp_path / 'cache'))
+  src = tmp_path / 'twice.cc'
+  src.write_text('extern "C" int twice(int x) { return 2 * x; }\n')
+  lib = native_kernels.library(str(src))
+  assert lib is not None and lib.twice(21) == 42
+  assert native_kernels.library(str(src)) is lib
+  assert native_kernels.library(str(src), ('-ffp-contract=off',)).twice(4) == 8
+  assert len(os.listdir(tmp_path / 'cache')) == 2  # the flags are part of the key
+  bad = tmp_path / 'bad.cc'
+  bad.write_text('not C++')
+  with caplog.at_level('WARNING'):
+    assert native_kernels.library(str(bad), fallback='Pillow') is None
+  assert any('bad.cc unavailable, using the Pillow path' in r.getMessage() for r in caplog.records)

@@ -1,0 +1,197 @@
+"""Pillow's resize and affine transform for uint8 L/RGB images, in C++ (image_kernels.cc).
+
+The training transforms follow timm, which calls Pillow; these kernels give Pillow's result bit for bit
+(tests/core/test_image_kernels.py compares them over many sizes, crops and matrices) in a fraction of
+its time (benchmarks/input_pipeline.py --ops prints the ratios). They read a Pillow image in place
+through its Arrow export (no copy), or a numpy array, and return numpy arrays. Each function returns
+None when it cannot take a case (no C++ compiler, CORE_JAX_NATIVE_KERNELS=0, another filter or mode);
+the caller then calls Pillow, so results never depend on whether the kernels are there.
+"""
+from __future__ import annotations
+
+import ctypes
+import math
+import os
+
+import numpy as np
+from PIL import Image
+
+from core_jax import native_kernels
+
+_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'image_kernels.cc')
+# Pillow rounds every product and sum on its own; a fused multiply-add would round once.
+_FLAGS = ('-ffp-contract=off',)
+AFFINE_FILTERS = {Image.BILINEAR: 2, Image.BICUBIC: 3}
+RESIZE_FILTERS = {**AFFINE_FILTERS, Image.BOX: 4}
+_UNSET = object()
+_lib = _UNSET
+
+
+def _library():
+  global _lib
+  if _lib is _UNSET:
+    lib = native_kernels.library(_SOURCE, _FLAGS, fallback='Pillow')
+    if lib is not None:
+      ptr, i32, ssize = ctypes.c_void_p, ctypes.c_int, ctypes.c_ssize_t
+      lib.core_jax_resize_u8.argtypes = [ptr, ssize, i32, i32, i32, i32, ptr, i32, i32, i32]
+      lib.core_jax_affine_u8.argtypes = [ptr, ssize, i32, i32, i32, i32, ctypes.POINTER(ctypes.c_double), ptr,
+                                         ptr, i32, i32, i32]
+      lib.core_jax_resize_u8.restype = lib.core_jax_affine_u8.restype = i32
+    _lib = lib
+  return _lib
+
+
+def available() -> bool:
+  return _library() is not None
+
+
+# ------------------------------------------------------------------------ reading the pixels
+
+
+class _ArrowSchema(ctypes.Structure):
+  pass
+
+
+_ArrowSchema._fields_ = [('format', ctypes.c_char_p), ('name', ctypes.c_char_p), ('metadata', ctypes.c_char_p),
+                         ('flags', ctypes.c_int64), ('n_children', ctypes.c_int64),
+                         ('children', ctypes.POINTER(ctypes.POINTER(_ArrowSchema))),
+                         ('dictionary', ctypes.POINTER(_ArrowSchema)), ('release', ctypes.c_void_p),
+                         ('private_data', ctypes.c_void_p)]
+
+
+class _ArrowArray(ctypes.Structure):
+  pass
+
+
+_ArrowArray._fields_ = [('length', ctypes.c_int64), ('null_count', ctypes.c_int64), ('offset', ctypes.c_int64),
+                        ('n_buffers', ctypes.c_int64), ('n_children', ctypes.c_int64),
+                        ('buffers', ctypes.POINTER(ctypes.c_void_p)),
+                        ('children', ctypes.POINTER(ctypes.POINTER(_ArrowArray))),
+                        ('dictionary', ctypes.POINTER(_ArrowArray)), ('release', ctypes.c_void_p),
+                        ('private_data', ctypes.c_void_p)]
+
+_capsule_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+_capsule_pointer.restype = ctypes.c_void_p
+_capsule_pointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+
+
+def _pil_pixels(img: Image.Image):
+  """(address, pixel stride, capsules to keep alive) of a Pillow 'RGB' or 'L' image's own storage,
+  through the Arrow C data interface (Pillow >= 11.2): RGB pixels are 4 bytes (RGBX), L pixels 1.
+  None if Pillow cannot export it (older Pillow, an image stored in several blocks)."""
+  try:
+    schema_capsule, array_capsule = img.__arrow_c_array__()
+    schema = ctypes.cast(_capsule_pointer(schema_capsule, b'arrow_schema'), ctypes.POINTER(_ArrowSchema)).contents
+    array = ctypes.cast(_capsule_pointer(array_capsule, b'arrow_array'), ctypes.POINTER(_ArrowArray)).contents
+  except (AttributeError, ValueError, TypeError):
+    return None
+  w, h = img.size
+  if array.offset != 0 or array.length != w * h:
+    return None
+  if img.mode == 'RGB' and schema.format == b'+w:4' and array.n_children == 1:
+    child = array.children[0].contents
+    if schema.children[0].contents.format != b'C' or child.offset != 0 or child.n_buffers != 2:
+      return None
+    address, pixel = child.buffers[1], 4
+  elif img.mode == 'L' and schema.format == b'C' and array.n_buffers == 2:
+    address, pixel = array.buffers[1], 1
+  else:
+    return None
+  if not address:
+    return None
+  return address, pixel, (schema_capsule, array_capsule)
+
+
+def _source(x, box=None):
+  """(address, row stride, pixel stride, h, w, channel axis (() or (C,)), keep-alive) of uint8 L/RGB pixels, for a
+  numpy H x W or H x W x {1,3} array or a Pillow 'L'/'RGB' image, optionally the (left, top, right,
+  bottom) `box` of it (in place). None for anything else."""
+  if isinstance(x, Image.Image):
+    if x.mode not in ('RGB', 'L') or 0 in x.size:
+      return None
+    c = 3 if x.mode == 'RGB' else 1
+    found = _pil_pixels(x)
+    if found is None:  # an older Pillow: one packed copy
+      return _source(np.asarray(x), box)
+    address, pixel, keep = found
+    w, h = x.size
+    row = w * pixel
+    left, top, right, bottom = box or (0, 0, w, h)
+    return address + top * row + left * pixel, row, pixel, bottom - top, right - left, (c,) if c == 3 else (), keep
+  if not isinstance(x, np.ndarray) or x.dtype != np.uint8 or x.ndim not in (2, 3):
+    return None
+  if box is not None:
+    left, top, right, bottom = box
+    x = x[top:bottom, left:right]
+  c = 1 if x.ndim == 2 else x.shape[2]
+  if c not in (1, 3) or 0 in x.shape:
+    return None
+  if x.strides[1] != c or (x.ndim == 3 and x.strides[2] != 1) or x.strides[0] < 0:
+    x = np.ascontiguousarray(x)  # e.g. a horizontally flipped view
+  return x.ctypes.data, x.strides[0], c, x.shape[0], x.shape[1], x.shape[2:], x
+
+
+def _valid_box(x, box) -> bool:
+  if box is None:
+    return True
+  w, h = x.size if isinstance(x, Image.Image) else (np.shape(x)[1], np.shape(x)[0])
+  left, top, right, bottom = box
+  return 0 <= left < right <= w and 0 <= top < bottom <= h
+
+
+# --------------------------------------------------------------------------------- operations
+
+
+def resize(x, out_h: int, out_w: int, resample, box=None) -> np.ndarray | None:
+  """Pillow `img.crop(box).resize((out_w, out_h), resample)` (no crop without `box`) as an H x W (x 3)
+  uint8 array, for a Pillow image or numpy array; None where the kernels do not apply (use Pillow).
+  The box must lie inside the image, as it does for random-resized crops."""
+  lib = _library()
+  if lib is None or resample not in RESIZE_FILTERS or out_h <= 0 or out_w <= 0 or not _valid_box(x, box):
+    return None
+  src = _source(x, box)
+  if src is None:
+    return None
+  address, row, pixel, h, w, channel_axis, keep = src
+  out = np.empty((out_h, out_w) + channel_axis, np.uint8)
+  c = channel_axis[0] if channel_axis else 1
+  rc = lib.core_jax_resize_u8(address, row, pixel, h, w, c, out.ctypes.data, out_h, out_w, RESIZE_FILTERS[resample])
+  del keep
+  return out if rc == 0 else None
+
+
+def affine(x, matrix, resample, fillcolor) -> np.ndarray | None:
+  """Pillow `img.transform(img.size, Image.AFFINE, matrix, resample, fillcolor=fillcolor)` as an array,
+  for a Pillow image or numpy array; None where the kernels do not apply (use Pillow). `matrix` maps
+  output pixel centres to input coordinates, as in Pillow."""
+  lib = _library()
+  if lib is None or resample not in AFFINE_FILTERS:
+    return None
+  src = _source(x)
+  if src is None:
+    return None
+  address, row, pixel, h, w, channel_axis, keep = src
+  out = np.empty((h, w) + channel_axis, np.uint8)
+  c = channel_axis[0] if channel_axis else 1
+  fill = np.broadcast_to(np.asarray(0 if fillcolor is None else fillcolor, np.uint8).reshape(-1), (c,)).copy()
+  a = (ctypes.c_double * 6)(*(float(v) for v in tuple(matrix)[:6]))
+  rc = lib.core_jax_affine_u8(address, row, pixel, h, w, c, a, fill.ctypes.data, out.ctypes.data, h, w,
+                              AFFINE_FILTERS[resample])
+  del keep
+  return out if rc == 0 else None
+
+
+def rotate_matrix(width: int, height: int, degrees: float):
+  """The affine matrix of Pillow's `Image.rotate(degrees)` (about the centre, no translate or expand),
+  computed as Pillow computes it; None where Pillow takes a pixel-permuting fast path instead (0/180
+  degrees, 90/270 on a square image), which callers leave to Pillow."""
+  angle = degrees % 360.0
+  if angle in (0, 180) or (angle in (90, 270) and width == height):
+    return None
+  cx, cy = width / 2, height / 2
+  angle = -math.radians(angle)
+  m = [round(math.cos(angle), 15), round(math.sin(angle), 15), 0.0,
+       round(-math.sin(angle), 15), round(math.cos(angle), 15), 0.0]
+  # Pillow: (m[2], m[5]) = m applied to (-cx, -cy), then + (cx, cy); in the same order of operations.
+  m[2], m[5] = m[0] * -cx + m[1] * -cy + m[2] + cx, m[3] * -cx + m[4] * -cy + m[5] + cy
+  return m

@@ -1,0 +1,187 @@
+"""core_jax.data.image_kernels: C++ resize/affine must equal Pillow bit for bit, on every layout."""
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from core_jax import native_kernels
+from core_jax.data import augment, image_kernels, transforms
+
+needs_kernels = pytest.mark.skipif(native_kernels._compiler() is None, reason='no C++ compiler')
+FILL = (124, 116, 104)
+
+
+def _image(rng, h, w, c, smooth):
+  shape = (h, w) if c == 1 else (h, w, c)
+  x = rng.integers(0, 256, shape, dtype=np.uint8)
+  if smooth:  # also natural-looking gradients, where rounding ties are more frequent
+    x = (np.cumsum(x.astype(np.int64), 0) // 7 % 256).astype(np.uint8)
+  return x
+
+
+def _pil_resize(x, out_h, out_w, resample, box=None):
+  img = Image.fromarray(x) if isinstance(x, np.ndarray) else x
+  if box is not None:
+    img = img.crop(box)
+  return np.asarray(img.resize((out_w, out_h), resample))
+
+
+@needs_kernels
+def test_kernels_compile():
+  assert image_kernels.available()
+
+
+@needs_kernels
+@pytest.mark.parametrize('resample', [Image.BILINEAR, Image.BICUBIC, Image.BOX])
+def test_resize_equals_pillow(resample):
+  """Random sizes (1 pixel up to 5x up- and down-scaling, one axis unchanged), L and RGB, from numpy
+  arrays and from Pillow images read in place (RGBX storage), whole images and crop boxes."""
+  rng = np.random.default_rng(int(resample))
+  orders = set()
+  for trial in range(120):
+    h, w = (int(v) for v in rng.integers(1, 70, 2))
+    c = 1 if trial % 5 == 0 else 3
+    x = _image(rng, h, w, c, smooth=trial % 2 == 1)
+    out_h, out_w = (int(v) for v in rng.integers(1, 100, 2))
+    if trial % 7 == 0:
+      out_h = h
+    if trial % 11 == 0:
+      out_w = w
+    box = None
+    if trial % 3 == 0 and h > 1 and w > 1:
+      left, top = int(rng.integers(0, w - 1)), int(rng.integers(0, h - 1))
+      box = (left, top, int(rng.integers(left + 1, w + 1)), int(rng.integers(top + 1, h + 1)))
+    bh, bw = (box[3] - box[1], box[2] - box[0]) if box else (h, w)
+    orders.add(out_h < bh and (bh - out_h) > 2 * (bw - out_w))
+    want = _pil_resize(x, out_h, out_w, resample, box)
+    for source in (x, Image.fromarray(x)):
+      got = image_kernels.resize(source, out_h, out_w, resample, box=box)
+      assert got is not None
+      np.testing.assert_array_equal(got, want, err_msg=f'{x.shape} box={box} -> {(out_h, out_w)} {type(source)}')
+  assert orders == {True, False}  # Pillow's vertical-first and horizontal-first orders both covered
+
+
+@needs_kernels
+@pytest.mark.parametrize('resample', [Image.BILINEAR, Image.BICUBIC])
+def test_random_resized_crop_sizes_equal_pillow(resample):
+  """ImageNet-size sources, random-resized-crop boxes, 224 output: the case the pipeline runs."""
+  rng = np.random.default_rng(7)
+  img = Image.fromarray(_image(rng, 375, 500, 3, smooth=True))
+  for _ in range(6):
+    top, left, h, w = augment.rrc_params(375, 500, (0.08, 1.0), (3 / 4, 4 / 3), rng)
+    box = (left, top, left + w, top + h)
+    got = image_kernels.resize(img, 224, 224, resample, box=box)
+    np.testing.assert_array_equal(got, _pil_resize(img, 224, 224, resample, box), err_msg=str(box))
+
+
+def _matrices(rng, w, h):
+  yield (1, float(rng.uniform(-0.3, 0.3)), 0, 0, 1, 0)  # ShearX
+  yield (1, 0, 0, float(rng.uniform(-0.3, 0.3)), 1, 0)  # ShearY
+  yield (1, 0, float(rng.uniform(-0.45, 0.45)) * w, 0, 1, float(rng.uniform(-0.45, 0.45)) * h)  # translate
+  yield tuple(float(v) for v in rng.uniform(-2, 2, 6))  # anything, mostly mapping outside
+  yield (1, 0, 3 * w, 0, 1, 0)  # entirely outside: all fill
+
+
+@needs_kernels
+@pytest.mark.parametrize('resample', [Image.BILINEAR, Image.BICUBIC])
+def test_affine_equals_pillow(resample):
+  rng = np.random.default_rng(int(resample) + 10)
+  for trial in range(40):
+    h, w = (int(v) for v in rng.integers(1, 60, 2))
+    c = 1 if trial % 4 == 0 else 3
+    x = _image(rng, h, w, c, smooth=trial % 2 == 1)
+    fill = FILL if c == 3 else 77
+    for m in _matrices(rng, w, h):
+      want = np.asarray(Image.fromarray(x).transform((w, h), Image.AFFINE, m, resample=resample, fillcolor=fill))
+      for source in (x, Image.fromarray(x), np.ascontiguousarray(x[:, ::-1])[:, ::-1]):  # also a negative stride
+        got = image_kernels.affine(source, m, resample, fill)
+        np.testing.assert_array_equal(got, want, err_msg=f'{x.shape} {m}')
+
+
+@needs_kernels
+def test_rotate_matrix_equals_pillow_rotate():
+  rng = np.random.default_rng(3)
+  x = _image(rng, 37, 52, 3, smooth=True)
+  for degrees in (*rng.uniform(-30, 30, 8), 45.0, -90.0, 270.0, 360.0 + 12.5):
+    matrix = image_kernels.rotate_matrix(52, 37, degrees)
+    want = np.asarray(Image.fromarray(x).rotate(degrees, resample=Image.BICUBIC, fillcolor=FILL))
+    np.testing.assert_array_equal(image_kernels.affine(x, matrix, Image.BICUBIC, FILL), want, err_msg=str(degrees))
+  for degrees in (0.0, 180.0, -180.0, 360.0):  # Pillow's pixel-permuting fast paths stay Pillow's
+    assert image_kernels.rotate_matrix(52, 37, degrees) is None
+  assert image_kernels.rotate_matrix(40, 40, 90.0) is None
+  assert image_kernels.rotate_matrix(52, 37, 90.0) is not None  # not square: Pillow's affine path
+
+
+@needs_kernels
+def test_unsupported_cases_return_none():
+  x = np.zeros((8, 9, 3), np.uint8)
+  assert image_kernels.resize(x, 4, 4, Image.LANCZOS) is None
+  assert image_kernels.resize(x, 4, 4, Image.NEAREST) is None
+  assert image_kernels.affine(x, (1, 0, 0, 0, 1, 0), Image.NEAREST, None) is None
+  assert image_kernels.resize(Image.new('RGBA', (9, 8)), 4, 4, Image.BICUBIC) is None  # Pillow premultiplies
+  assert image_kernels.resize(np.zeros((8, 9, 4), np.uint8), 4, 4, Image.BICUBIC) is None
+  assert image_kernels.resize(np.zeros((8, 9), np.float32), 4, 4, Image.BICUBIC) is None
+  assert image_kernels.resize(x, 4, 4, Image.BICUBIC, box=(0, 0, 10, 8)) is None  # box outside the image
+
+
+@needs_kernels
+def test_pillow_image_in_several_blocks_is_copied_once():
+  """Pillow cannot export an image split over several memory blocks; the kernels then read a copy."""
+  block = Image.core.get_block_size()
+  try:
+    Image.core.set_block_size(4096)
+    img = Image.fromarray(_image(np.random.default_rng(0), 90, 80, 3, smooth=True))
+    assert image_kernels._pil_pixels(img) is None
+    np.testing.assert_array_equal(image_kernels.resize(img, 33, 41, Image.BICUBIC),
+                                  _pil_resize(img, 33, 41, Image.BICUBIC))
+  finally:
+    Image.core.set_block_size(block)
+
+
+def _jpeg_examples(n=6):
+  import io  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(5)
+  out = []
+  for i in range(n):
+    buf = io.BytesIO()
+    Image.fromarray(_image(rng, 90 + 7 * i, 120 - 5 * i, 3, smooth=True)).save(buf, format='JPEG', quality=90)
+    out.append({'image': buf.getvalue(), 'label': i})
+  return out
+
+
+@needs_kernels
+@pytest.mark.parametrize('specs', [
+    ('decode_jpeg', 'random_resized_crop_timm(size=64)', 'flip_lr', "randaugment(config_str='rand-m9-n4-p1.0-mstd0.5')"),
+    ('decode_jpeg', 'resize_shorter_and_center_crop(size=56)'),
+    ('decode_jpeg', 'squash_resize(size=48)'),
+])
+def test_pipeline_equal_with_and_without_kernels(specs, monkeypatch):
+  """The training/eval transforms give the same arrays through the kernels and through Pillow alone."""
+  tf = transforms.build_transforms(specs)
+  examples = _jpeg_examples()
+  used = []
+  for name in ('resize', 'affine'):
+    def counted(*args, _fn=getattr(image_kernels, name), _name=name, **kwargs):
+      out = _fn(*args, **kwargs)
+      used.append((_name, out is not None))
+      return out
+    monkeypatch.setattr(image_kernels, name, counted)
+  fast = [tf(ex, np.random.default_rng(i))['image'] for i, ex in enumerate(examples)]
+  assert ('resize', True) in used and ('randaugment' not in specs[-1] or ('affine', True) in used)
+  monkeypatch.setattr(image_kernels, '_lib', None)
+  slow = [tf(ex, np.random.default_rng(i))['image'] for i, ex in enumerate(examples)]
+  for a, b in zip(fast, slow):
+    assert a.dtype == b.dtype == np.uint8
+    np.testing.assert_array_equal(a, b)
+
+
+def test_disabled_kernels_fall_back_to_pillow():
+  code = ('from core_jax.data import image_kernels, augment; import numpy as np; from PIL import Image; '
+          'print(image_kernels.available(), image_kernels.resize(np.zeros((4, 4, 3), np.uint8), 2, 2, Image.BICUBIC), '
+          'augment._resize_any(np.zeros((4, 4, 3), np.uint8), 2, 2, Image.BICUBIC).shape)')
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
+                       env=dict(os.environ, CORE_JAX_NATIVE_KERNELS='0'))
+  assert out.stdout.split() == ['False', 'None', '(2,', '2,', '3)']
