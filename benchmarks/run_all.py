@@ -6,6 +6,10 @@ import os
 from benchmarks import common, convnext_throughput, devices_scaling, input_pipeline
 
 
+class _OpsTable:
+  table = staticmethod(input_pipeline.ops_table)
+
+
 def main():
   sections = []
   records = []
@@ -17,6 +21,8 @@ def main():
                                            contenders=('ours', 'timm', 'timm_retain'))),
       ('Input pipeline: ConvNeXt train transforms on real-size JPEGs', input_pipeline,
        lambda: input_pipeline.measure(images=192, repeats=5)),
+      ('Input pipeline ops: the C++ image kernels vs the Pillow calls timm makes (equal pixels, one core)',
+       _OpsTable, lambda: input_pipeline.measure_ops(images=48, repeats=5)),
       ('Data parallelism: 8 simulated devices vs 1 (ConvNeXt-atto, 64x64, global batch 64)', devices_scaling,
        lambda: devices_scaling.measure('convnext_atto', batch=64, size=64, repeats=5)),
   ]

@@ -15,6 +15,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
@@ -161,7 +162,8 @@ void transpose_pixels(Source src, int rows, int cols, uint8_t* dst) {
         uint8_t* d = dst + x * dst_stride;
         const uint8_t* s = src.at(0, x);
         if (C == 3) {
-          const bool word_read_ok = src.pixel >= 4 || x + 1 < cols;  // the spare byte is this row's
+          // The spare byte belongs to the neighbour pixel in memory (x + 1, or x - 1 in a flipped view).
+          const bool word_read_ok = src.pixel >= 4 || (src.pixel > 0 ? x + 1 < cols : x > 0);
           const int y_end = std::min(y1, rows - 1);
           int y = y0;
           if (word_read_ok) {
@@ -194,7 +196,7 @@ void copy_pixels(Source src, int rows, int cols, uint8_t* dst) {
 
 // Scratch buffers reused across calls (one set per thread): no page faults or zero-fill per image.
 uint8_t* scratch(int slot, size_t bytes) {
-  thread_local std::vector<uint8_t> buffers[3];
+  thread_local std::vector<uint8_t> buffers[4];
   std::vector<uint8_t>& b = buffers[slot];
   if (b.size() < bytes + 4) b.resize(bytes + 4);
   return b.data();
@@ -437,16 +439,19 @@ extern "C" {
 // filter or layout (callers then use Pillow).
 int core_jax_resize_u8(const uint8_t* src, ptrdiff_t row_stride, int pixel_stride, int in_h, int in_w,
                        int channels, uint8_t* dst, int out_h, int out_w, int filter) {
-  if (in_h <= 0 || in_w <= 0 || out_h <= 0 || out_w <= 0 || pixel_stride < channels) return -1;
-  if (channels == 3 && pixel_stride != 3 && pixel_stride != 4) return -1;
+  if (in_h <= 0 || in_w <= 0 || out_h <= 0 || out_w <= 0 || std::abs(pixel_stride) < channels) return -1;
+  if (channels != 1 && channels != 3) return -1;
   Taps th, tv;
   if (!make_taps(in_w, out_w, filter, &th) || !make_taps(in_h, out_h, filter, &tv)) return -1;
-  const Source s{src, row_stride, pixel_stride};
-  switch (channels) {
-    case 1: resize<1>(s, in_h, in_w, out_h, out_w, th, tv, dst); return 0;
-    case 3: resize<3>(s, in_h, in_w, out_h, out_w, th, tv, dst); return 0;
-    default: return -1;
+  Source s{src, row_stride, pixel_stride};
+  if (pixel_stride != channels && pixel_stride != 4) {  // e.g. a flipped view: pack it first
+    uint8_t* packed = scratch(3, static_cast<size_t>(in_h) * in_w * channels);
+    if (channels == 3) copy_pixels<3>(s, in_h, in_w, packed); else copy_pixels<1>(s, in_h, in_w, packed);
+    s = Source{packed, static_cast<ptrdiff_t>(in_w) * channels, channels};
   }
+  if (channels == 1) resize<1>(s, in_h, in_w, out_h, out_w, th, tv, dst);
+  else resize<3>(s, in_h, in_w, out_h, out_w, th, tv, dst);
+  return 0;
 }
 
 // Pillow `Image.transform(size, AFFINE, a, filter, fillcolor=fill)` into dst (out_h x out_w x channels,
@@ -454,7 +459,7 @@ int core_jax_resize_u8(const uint8_t* src, ptrdiff_t row_stride, int pixel_strid
 int core_jax_affine_u8(const uint8_t* src, ptrdiff_t row_stride, int pixel_stride, int in_h, int in_w,
                        int channels, const double* a, const uint8_t* fill, uint8_t* dst, int out_h, int out_w,
                        int filter) {
-  if (in_h <= 0 || in_w <= 0 || out_h < 0 || out_w < 0 || pixel_stride < channels || channels > 4) return -1;
+  if (in_h <= 0 || in_w <= 0 || out_h < 0 || out_w < 0 || std::abs(pixel_stride) < channels || channels > 4) return -1;
   if (filter != kFilterBicubic && filter != kFilterBilinear) return -1;
   // Pillow starts from an image of the fill color; pixels that map inside the source are overwritten.
   const size_t pixels = static_cast<size_t>(out_h) * out_w;
@@ -469,6 +474,47 @@ int core_jax_affine_u8(const uint8_t* src, ptrdiff_t row_stride, int pixel_strid
     if (channels == 1) { affine<1, kFilterBilinear>(s, in_h, in_w, a, dst, out_h, out_w); return 0; }
   }
   return -1;
+}
+
+// Horizontal flip of an in_h x in_w image into packed dst (numpy's x[:, ::-1], made contiguous).
+int core_jax_flip_lr_u8(const uint8_t* src, ptrdiff_t row_stride, int pixel_stride, int h, int w, int channels,
+                        uint8_t* dst) {
+  if (h < 0 || w < 0 || channels < 1 || channels > 4) return -1;
+  const Source s{src, row_stride, pixel_stride};
+  for (int y = 0; y < h; ++y) {
+    uint8_t* o = dst + static_cast<ptrdiff_t>(y) * w * channels;
+    for (int x = 0; x < w; ++x) {
+      const uint8_t* p = s.at(y, w - 1 - x);
+      for (int ch = 0; ch < channels; ++ch) o[x * channels + ch] = p[ch];
+    }
+  }
+  return 0;
+}
+
+// dst[y][x][c] = table[c * 256 + src pixel (y, x) channel c]: normalization of uint8 images through
+// a table the caller fills with exactly what its float arithmetic gives, so results are equal bit
+// for bit. dst is packed h x w x channels float32.
+int core_jax_lookup_u8_f32(const uint8_t* src, ptrdiff_t row_stride, int pixel_stride, int h, int w,
+                           int channels, const float* table, float* dst) {
+  if (h < 0 || w < 0 || channels < 1 || channels > 4) return -1;
+  const Source s{src, row_stride, pixel_stride};
+  for (int y = 0; y < h; ++y) {
+    float* o = dst + static_cast<ptrdiff_t>(y) * w * channels;
+    if (channels == 3) {
+      for (int x = 0; x < w; ++x) {
+        const uint8_t* p = s.at(y, x);
+        o[3 * x] = table[p[0]];
+        o[3 * x + 1] = table[256 + p[1]];
+        o[3 * x + 2] = table[512 + p[2]];
+      }
+    } else {
+      for (int x = 0; x < w; ++x) {
+        const uint8_t* p = s.at(y, x);
+        for (int ch = 0; ch < channels; ++ch) o[x * channels + ch] = table[ch * 256 + p[ch]];
+      }
+    }
+  }
+  return 0;
 }
 
 }  // extern "C"

