@@ -213,15 +213,21 @@ void horizontal_pass(Source src, int rows, int in_w, int out_w, const Taps& th, 
   transpose_pixels<C>(Source{cols_out, col_stride, C}, out_w, rows, dst);
 }
 
+// Which pass Pillow runs first. The order changes the result (the intermediate image is rounded to
+// uint8), and it changed in Pillow 13; image_kernels.py finds the installed Pillow's by a probe.
+enum PassOrder { kHorizontalFirst = 0, kPillow13 = 1 };
+
 template <int C>
-void resize(Source src, int in_h, int in_w, int out_h, int out_w, const Taps& th, const Taps& tv, uint8_t* dst) {
+void resize(Source src, int in_h, int in_w, int out_h, int out_w, const Taps& th, const Taps& tv, uint8_t* dst,
+            int order) {
   const bool need_h = out_w != in_w;  // Pillow skips a pass that would be the identity
   const bool need_v = out_h != in_h;
   const ptrdiff_t out_stride = static_cast<ptrdiff_t>(out_w) * C;
-  // Pillow 13 runs the vertical pass first when it shrinks the height by more than twice what the
-  // horizontal pass takes off the width (measured against Pillow: tests/core/test_image_kernels.py).
-  // The order changes the result (the intermediate image is rounded to uint8), so it is kept.
-  const bool vertical_first = need_v && out_h < in_h && (in_h - out_h) > 2 * (in_w - out_w);
+  // Pillow <= 12 always starts with the horizontal pass; Pillow 13 starts with the vertical one when
+  // it shrinks the height by more than twice what the horizontal pass takes off the width (measured
+  // against Pillow: tests/core/test_image_kernels.py).
+  const bool vertical_first =
+      order == kPillow13 && need_v && out_h < in_h && (in_h - out_h) > 2 * (in_w - out_w);
   if (vertical_first) {
     // Row sums run over whole source rows (with Pillow's spare byte when pixels are 4 bytes apart).
     const ptrdiff_t mid_stride = static_cast<ptrdiff_t>(in_w) * src.pixel;
@@ -436,9 +442,9 @@ extern "C" {
 // Pillow `Image.resize((out_w, out_h), filter)` of a whole in_h x in_w image with `channels` channels
 // whose pixels lie `pixel_stride` bytes apart (channels, or 4 for Pillow's RGBX storage) and rows
 // `row_stride` apart; dst is packed out_h x out_w x channels. 0 on success, -1 for an unsupported
-// filter or layout (callers then use Pillow).
+// filter or layout (callers then use Pillow). `pass_order`: a PassOrder.
 int core_jax_resize_u8(const uint8_t* src, ptrdiff_t row_stride, int pixel_stride, int in_h, int in_w,
-                       int channels, uint8_t* dst, int out_h, int out_w, int filter) {
+                       int channels, uint8_t* dst, int out_h, int out_w, int filter, int pass_order) {
   if (in_h <= 0 || in_w <= 0 || out_h <= 0 || out_w <= 0 || std::abs(pixel_stride) < channels) return -1;
   if (channels != 1 && channels != 3) return -1;
   Taps th, tv;
@@ -449,8 +455,8 @@ int core_jax_resize_u8(const uint8_t* src, ptrdiff_t row_stride, int pixel_strid
     if (channels == 3) copy_pixels<3>(s, in_h, in_w, packed); else copy_pixels<1>(s, in_h, in_w, packed);
     s = Source{packed, static_cast<ptrdiff_t>(in_w) * channels, channels};
   }
-  if (channels == 1) resize<1>(s, in_h, in_w, out_h, out_w, th, tv, dst);
-  else resize<3>(s, in_h, in_w, out_h, out_w, th, tv, dst);
+  if (channels == 1) resize<1>(s, in_h, in_w, out_h, out_w, th, tv, dst, pass_order);
+  else resize<3>(s, in_h, in_w, out_h, out_w, th, tv, dst, pass_order);
   return 0;
 }
 

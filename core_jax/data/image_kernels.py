@@ -3,13 +3,14 @@
 The training transforms follow timm, which calls Pillow; these kernels give Pillow's result bit for bit
 (tests/core/test_image_kernels.py compares them over many sizes, crops and matrices) in a fraction of
 its time (benchmarks/input_pipeline.py --ops prints the ratios). They read a Pillow image in place
-through its Arrow export (no copy), or a numpy array, and return numpy arrays. Each function returns
+through its Arrow export (RGB; no copy), or a numpy array, and return numpy arrays. Each function returns
 None when it cannot take a case (no C++ compiler, CORE_JAX_NATIVE_KERNELS=0, another filter or mode);
 the caller then calls Pillow, so results never depend on whether the kernels are there.
 """
 from __future__ import annotations
 
 import ctypes
+import logging
 import math
 import os
 
@@ -25,6 +26,8 @@ AFFINE_FILTERS = {Image.BILINEAR: 2, Image.BICUBIC: 3}
 RESIZE_FILTERS = {**AFFINE_FILTERS, Image.BOX: 4}
 _UNSET = object()
 _lib = _UNSET
+_resize_order = None  # the installed Pillow's pass order (image_kernels.cc PassOrder); None: no resize
+_affine_ok = False
 
 
 def _library():
@@ -33,15 +36,53 @@ def _library():
     lib = native_kernels.library(_SOURCE, _FLAGS, fallback='Pillow')
     if lib is not None:
       ptr, i32, ssize = ctypes.c_void_p, ctypes.c_int, ctypes.c_ssize_t
-      lib.core_jax_resize_u8.argtypes = [ptr, ssize, i32, i32, i32, i32, ptr, i32, i32, i32]
+      lib.core_jax_resize_u8.argtypes = [ptr, ssize, i32, i32, i32, i32, ptr, i32, i32, i32, i32]
       lib.core_jax_affine_u8.argtypes = [ptr, ssize, i32, i32, i32, i32, ctypes.POINTER(ctypes.c_double), ptr,
                                          ptr, i32, i32, i32]
       lib.core_jax_flip_lr_u8.argtypes = [ptr, ssize, i32, i32, i32, i32, ptr]
       lib.core_jax_lookup_u8_f32.argtypes = [ptr, ssize, i32, i32, i32, i32, ptr, ptr]
       for fn in (lib.core_jax_resize_u8, lib.core_jax_affine_u8, lib.core_jax_flip_lr_u8, lib.core_jax_lookup_u8_f32):
         fn.restype = i32
+      _calibrate(lib)
     _lib = lib
   return _lib
+
+
+def _calibrate(lib):
+  """Checks the kernels against the installed Pillow on small probes, once per process: which pass
+  Pillow's resize runs first changed in Pillow 13 (image_kernels.cc PassOrder), and a Pillow that
+  computes differently in any other way must not be silently disagreed with. An op whose probe no
+  variant matches is left to Pillow, with a warning."""
+  global _resize_order, _affine_ok
+  rng = np.random.default_rng(0)
+  x = rng.integers(0, 256, (84, 24, 3), dtype=np.uint8)
+  # Shapes where the two orders give different pixels (the first shrinks the height > 2x the width).
+  probes = [((32, 33), Image.BICUBIC), ((40, 20), Image.BILINEAR), ((50, 30), Image.BICUBIC)]
+  wants = [np.asarray(Image.fromarray(x).resize((w, h), f)) for (h, w), f in probes]
+  _resize_order = None
+  for order in (1, 0):
+    got = []
+    for ((h, w), f) in probes:
+      out = np.empty((h, w, 3), np.uint8)
+      lib.core_jax_resize_u8(x.ctypes.data, x.strides[0], 3, 84, 24, 3, out.ctypes.data, h, w, RESIZE_FILTERS[f],
+                             order)
+      got.append(out)
+    if all(np.array_equal(a, b) for a, b in zip(got, wants)):
+      _resize_order = order
+      break
+  matrix = (ctypes.c_double * 6)(0.9, 0.21, -3.3, -0.17, 1.1, 2.6)
+  fill = np.array([1, 2, 3], np.uint8)
+  _affine_ok = True
+  for f in AFFINE_FILTERS:
+    want = np.asarray(Image.fromarray(x).transform((24, 84), Image.AFFINE, tuple(matrix), resample=f, fillcolor=(1, 2, 3)))
+    out = np.empty_like(x)
+    lib.core_jax_affine_u8(x.ctypes.data, x.strides[0], 3, 84, 24, 3, matrix, fill.ctypes.data, out.ctypes.data,
+                           84, 24, AFFINE_FILTERS[f])
+    _affine_ok &= bool(np.array_equal(out, want))
+  for name, ok in (('resize', _resize_order is not None), ('affine transform', _affine_ok)):
+    if not ok:
+      logging.warning('image kernels: the C++ %s differs from Pillow %s here; using Pillow for it', name,
+                      Image.__version__ if hasattr(Image, '__version__') else '?')
 
 
 def available() -> bool:
@@ -79,9 +120,11 @@ _capsule_pointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
 
 
 def _pil_pixels(img: Image.Image):
-  """(address, pixel stride, capsules to keep alive) of a Pillow 'RGB' or 'L' image's own storage,
-  through the Arrow C data interface (Pillow >= 11.2): RGB pixels are 4 bytes (RGBX), L pixels 1.
-  None if Pillow cannot export it (older Pillow, an image stored in several blocks)."""
+  """(address, capsules to keep alive) of a Pillow 'RGB' image's own storage (4-byte RGBX pixels),
+  through the Arrow C data interface (Pillow >= 11.2). None if Pillow cannot export it (older Pillow,
+  an image stored in several blocks). Only RGB: Pillow 11 and 12 crash exporting 'L' images."""
+  if img.mode != 'RGB':
+    return None
   try:
     schema_capsule, array_capsule = img.__arrow_c_array__()
     schema = ctypes.cast(_capsule_pointer(schema_capsule, b'arrow_schema'), ctypes.POINTER(_ArrowSchema)).contents
@@ -89,20 +132,13 @@ def _pil_pixels(img: Image.Image):
   except (AttributeError, ValueError, TypeError):
     return None
   w, h = img.size
-  if array.offset != 0 or array.length != w * h:
+  if (array.offset != 0 or array.length != w * h or schema.format != b'+w:4' or array.n_children != 1
+      or schema.children[0].contents.format != b'C'):
     return None
-  if img.mode == 'RGB' and schema.format == b'+w:4' and array.n_children == 1:
-    child = array.children[0].contents
-    if schema.children[0].contents.format != b'C' or child.offset != 0 or child.n_buffers != 2:
-      return None
-    address, pixel = child.buffers[1], 4
-  elif img.mode == 'L' and schema.format == b'C' and array.n_buffers == 2:
-    address, pixel = array.buffers[1], 1
-  else:
+  child = array.children[0].contents
+  if child.offset != 0 or child.n_buffers != 2 or not child.buffers[1]:
     return None
-  if not address:
-    return None
-  return address, pixel, (schema_capsule, array_capsule)
+  return child.buffers[1], (schema_capsule, array_capsule)
 
 
 def _source(x, box=None):
@@ -114,9 +150,9 @@ def _source(x, box=None):
       return None
     c = 3 if x.mode == 'RGB' else 1
     found = _pil_pixels(x)
-    if found is None:  # an older Pillow: one packed copy
+    if found is None:  # 'L', an older Pillow: one packed copy
       return _source(np.asarray(x), box)
-    address, pixel, keep = found
+    (address, keep), pixel = found, 4
     w, h = x.size
     row = w * pixel
     left, top, right, bottom = box or (0, 0, w, h)
@@ -150,7 +186,8 @@ def resize(x, out_h: int, out_w: int, resample, box=None) -> np.ndarray | None:
   uint8 array, for a Pillow image or numpy array; None where the kernels do not apply (use Pillow).
   The box must lie inside the image, as it does for random-resized crops."""
   lib = _library()
-  if lib is None or resample not in RESIZE_FILTERS or out_h <= 0 or out_w <= 0 or not _valid_box(x, box):
+  if (lib is None or _resize_order is None or resample not in RESIZE_FILTERS or out_h <= 0 or out_w <= 0
+      or not _valid_box(x, box)):
     return None
   src = _source(x, box)
   if src is None:
@@ -158,7 +195,8 @@ def resize(x, out_h: int, out_w: int, resample, box=None) -> np.ndarray | None:
   address, row, pixel, h, w, channel_axis, keep = src
   out = np.empty((out_h, out_w) + channel_axis, np.uint8)
   c = channel_axis[0] if channel_axis else 1
-  rc = lib.core_jax_resize_u8(address, row, pixel, h, w, c, out.ctypes.data, out_h, out_w, RESIZE_FILTERS[resample])
+  rc = lib.core_jax_resize_u8(address, row, pixel, h, w, c, out.ctypes.data, out_h, out_w, RESIZE_FILTERS[resample],
+                              _resize_order)
   del keep
   return out if rc == 0 else None
 
@@ -168,7 +206,7 @@ def affine(x, matrix, resample, fillcolor) -> np.ndarray | None:
   for a Pillow image or numpy array; None where the kernels do not apply (use Pillow). `matrix` maps
   output pixel centres to input coordinates, as in Pillow."""
   lib = _library()
-  if lib is None or resample not in AFFINE_FILTERS:
+  if lib is None or not _affine_ok or resample not in AFFINE_FILTERS:
     return None
   src = _source(x)
   if src is None:

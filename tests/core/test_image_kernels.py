@@ -231,3 +231,25 @@ def test_negative_strides_read_in_place():
     np.testing.assert_array_equal(image_kernels.affine(view, m, Image.BICUBIC, FILL),
                                   np.asarray(Image.fromarray(packed).transform((w, h), Image.AFFINE, m,
                                                                                resample=Image.BICUBIC, fillcolor=FILL)))
+
+
+@needs_kernels
+def test_calibration_follows_the_installed_pillow(monkeypatch):
+  """The resize pass order is probed from Pillow (it changed in Pillow 13); an op that matches no
+  variant of the installed Pillow is left to Pillow, never run with different results."""
+  lib = image_kernels._library()
+  major = int(Image.__version__.split('.')[0])
+  assert image_kernels._resize_order == (1 if major >= 13 else 0) and image_kernels._affine_ok
+  original_resize, original_transform = Image.Image.resize, Image.Image.transform
+  monkeypatch.setattr(Image.Image, 'resize', lambda self, *a, **k: original_resize(self, *a, **k).rotate(180))
+  monkeypatch.setattr(Image.Image, 'transform', lambda self, *a, **k: original_transform(self, *a, **k).rotate(180))
+  try:
+    image_kernels._calibrate(lib)
+    assert image_kernels._resize_order is None and not image_kernels._affine_ok
+    x = np.zeros((8, 9, 3), np.uint8)
+    assert image_kernels.resize(x, 4, 4, Image.BICUBIC) is None
+    assert image_kernels.affine(x, (1, 0, 0, 0, 1, 0), Image.BICUBIC, None) is None
+  finally:
+    monkeypatch.undo()
+    image_kernels._calibrate(lib)
+  assert image_kernels._resize_order is not None and image_kernels._affine_ok
