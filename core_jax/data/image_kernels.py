@@ -214,7 +214,10 @@ def affine(x, matrix, resample, fillcolor) -> np.ndarray | None:
   address, row, pixel, h, w, channel_axis, keep = src
   out = np.empty((h, w) + channel_axis, np.uint8)
   c = channel_axis[0] if channel_axis else 1
-  fill = np.broadcast_to(np.asarray(0 if fillcolor is None else fillcolor, np.uint8).reshape(-1), (c,)).copy()
+  fill = np.asarray((0,) * c if fillcolor is None else fillcolor).reshape(-1)
+  if fill.size != c or fill.dtype.kind not in 'iu' or fill.min() < 0 or fill.max() > 255:
+    return None  # Pillow's own conversion (an int is a packed colour in RGB) or error
+  fill = fill.astype(np.uint8)
   a = (ctypes.c_double * 6)(*(float(v) for v in tuple(matrix)[:6]))
   rc = lib.core_jax_affine_u8(address, row, pixel, h, w, c, a, fill.ctypes.data, out.ctypes.data, h, w,
                               AFFINE_FILTERS[resample])

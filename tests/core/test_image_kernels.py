@@ -125,6 +125,8 @@ def test_unsupported_cases_return_none():
   assert image_kernels.resize(np.zeros((8, 9, 4), np.uint8), 4, 4, Image.BICUBIC) is None
   assert image_kernels.resize(np.zeros((8, 9), np.float32), 4, 4, Image.BICUBIC) is None
   assert image_kernels.resize(x, 4, 4, Image.BICUBIC, box=(0, 0, 10, 8)) is None  # box outside the image
+  assert image_kernels.affine(x, (1, 0, 0, 0, 1, 0), Image.BICUBIC, 128) is None  # Pillow: a packed RGB int
+  assert image_kernels.affine(x, (1, 0, 0, 0, 1, 0), Image.BICUBIC, (1, 2)) is None
 
 
 @needs_kernels
