@@ -105,23 +105,25 @@ void forward_row(const float* x, const float* k, float* y, Dims d, int64_t kh, i
   const int64_t C = d.c, W = d.w;
   const int64_t i_lo = std::max<int64_t>(0, ph - h), i_hi = std::min<int64_t>(kh, d.h + ph - h);
   float* out = y + ((n * d.h + h) * W) * C;
-  const float* xbase = x + ((n * d.h + h - ph) * W - pw) * C;  // x[n, h+i-ph, w+j-pw] = xbase[(i*W + w+j)*C]
+  // x[n, h+i-ph, w+j-pw, c] = x[base + (i*W + w+j)*C + c]. `base` itself may be negative (the top and
+  // left borders); pointers are only formed at taps inside the image, where the sum is not.
+  const int64_t base = ((n * d.h + h - ph) * W - pw) * C;
   auto one_column = [&](int64_t w) {
     const int64_t j_lo = std::max<int64_t>(0, pw - w), j_hi = std::min<int64_t>(kw, W + pw - w);
     int64_t c = 0;
     for (; c + 8 <= C; c += 8) {
       v8 acc = splat(0.f);
       for (int64_t i = i_lo; i < i_hi; ++i) {
-        const float* xrow = xbase + (i * W + w) * C + c;
-        const float* krow = k + (i * kw) * C + c;
-        for (int64_t j = j_lo; j < j_hi; ++j) acc += load8(xrow + j * C) * load8(krow + j * C);
+        const float* xrow = x + (base + (i * W + w + j_lo) * C + c);  // first tap inside the row
+        const float* krow = k + (i * kw + j_lo) * C + c;
+        for (int64_t j = 0; j < j_hi - j_lo; ++j) acc += load8(xrow + j * C) * load8(krow + j * C);
       }
       store8(out + w * C + c, acc);
     }
     for (; c < C; ++c) {
       float acc = 0.f;
       for (int64_t i = i_lo; i < i_hi; ++i)
-        for (int64_t j = j_lo; j < j_hi; ++j) acc += xbase[(i * W + w + j) * C + c] * k[(i * kw + j) * C + c];
+        for (int64_t j = j_lo; j < j_hi; ++j) acc += x[base + (i * W + w + j) * C + c] * k[(i * kw + j) * C + c];
       out[w * C + c] = acc;
     }
   };
@@ -134,7 +136,7 @@ void forward_row(const float* x, const float* k, float* y, Dims d, int64_t kh, i
       for (int64_t c = 0; c < C; c += 8) {
         v8 a0 = splat(0.f), a1 = a0, a2 = a0, a3 = a0;
         for (int64_t i = i_lo; i < i_hi; ++i) {
-          const float* xrow = xbase + (i * W + w) * C + c;
+          const float* xrow = x + (base + (i * W + w) * C + c);  // interior: every tap inside the row
           const float* krow = k + (i * kw) * C + c;
           for (int64_t j = 0; j < kw; ++j) {
             const v8 kv = load8(krow + j * C);
