@@ -138,7 +138,9 @@ void weighted_rows(const uint8_t* in, ptrdiff_t in_stride, int n, const Taps& ta
   }
 }
 
-// A view of source pixels: `pixel` bytes apart (C, or 4 for Pillow's own RGBX storage), `row` apart.
+// A view of source pixels: `pixel` bytes apart, `row` apart (either may be negative). The callers
+// pass pixel = +-C (packed pixels, e.g. a flipped numpy view) or 4 only for Pillow's own RGBX storage,
+// whose spare 4th byte the word-sized reads below may touch.
 struct Source {
   const uint8_t* data;
   ptrdiff_t row;
@@ -195,11 +197,20 @@ void copy_pixels(Source src, int rows, int cols, uint8_t* dst) {
 }
 
 // Scratch buffers reused across calls (one set per thread): no page faults or zero-fill per image.
+// Buffers that grew past kKeepBytes (a huge image) are released after the call that needed them, so
+// many threads do not each keep the largest image they ever saw.
+constexpr size_t kKeepBytes = size_t{4} << 20;
+thread_local std::vector<uint8_t> scratch_buffers[4];
+
 uint8_t* scratch(int slot, size_t bytes) {
-  thread_local std::vector<uint8_t> buffers[4];
-  std::vector<uint8_t>& b = buffers[slot];
+  std::vector<uint8_t>& b = scratch_buffers[slot];
   if (b.size() < bytes + 4) b.resize(bytes + 4);
   return b.data();
+}
+
+void release_large_scratch() {
+  for (auto& b : scratch_buffers)
+    if (b.capacity() > kKeepBytes) std::vector<uint8_t>().swap(b);
 }
 
 // The horizontal pass over `rows` rows: transposed, it is a weighted sum of rows too.
@@ -417,7 +428,7 @@ void affine(Source src, int h, int w, const double* a, uint8_t* dst, int out_h, 
       const double xin = x + 0.5;
       const double xs = a0 * xin + byx + a2;
       const double ys = a3 * xin + byy + a5;
-      if (xs < 0.0 || xs >= w || ys < 0.0 || ys >= h) continue;
+      if (!(xs >= 0.0 && xs < w && ys >= 0.0 && ys < h)) continue;  // Pillow's test, for finite xs, ys
       keep(x, xs, ys);
     }
     uint8_t* saved = dst;
@@ -450,13 +461,14 @@ int core_jax_resize_u8(const uint8_t* src, ptrdiff_t row_stride, int pixel_strid
   Taps th, tv;
   if (!make_taps(in_w, out_w, filter, &th) || !make_taps(in_h, out_h, filter, &tv)) return -1;
   Source s{src, row_stride, pixel_stride};
-  if (pixel_stride != channels && pixel_stride != 4) {  // e.g. a flipped view: pack it first
+  if (pixel_stride != channels && !(pixel_stride == 4 && channels == 3)) {  // e.g. a flipped view: pack it
     uint8_t* packed = scratch(3, static_cast<size_t>(in_h) * in_w * channels);
     if (channels == 3) copy_pixels<3>(s, in_h, in_w, packed); else copy_pixels<1>(s, in_h, in_w, packed);
     s = Source{packed, static_cast<ptrdiff_t>(in_w) * channels, channels};
   }
   if (channels == 1) resize<1>(s, in_h, in_w, out_h, out_w, th, tv, dst, pass_order);
   else resize<3>(s, in_h, in_w, out_h, out_w, th, tv, dst, pass_order);
+  release_large_scratch();
   return 0;
 }
 
@@ -467,19 +479,25 @@ int core_jax_affine_u8(const uint8_t* src, ptrdiff_t row_stride, int pixel_strid
                        int filter) {
   if (in_h <= 0 || in_w <= 0 || out_h < 0 || out_w < 0 || std::abs(pixel_stride) < channels || channels > 4) return -1;
   if (filter != kFilterBicubic && filter != kFilterBilinear) return -1;
+  for (int i = 0; i < 6; ++i)
+    if (!std::isfinite(a[i])) return -1;  // Pillow's comparisons let NaN coordinates through
   // Pillow starts from an image of the fill color; pixels that map inside the source are overwritten.
   const size_t pixels = static_cast<size_t>(out_h) * out_w;
   for (size_t i = 0; i < pixels; ++i)
     for (int ch = 0; ch < channels; ++ch) dst[i * channels + ch] = fill[ch];
   const Source s{src, row_stride, pixel_stride};
-  if (filter == kFilterBicubic) {
-    if (channels == 3) { affine<3, kFilterBicubic>(s, in_h, in_w, a, dst, out_h, out_w); return 0; }
-    if (channels == 1) { affine<1, kFilterBicubic>(s, in_h, in_w, a, dst, out_h, out_w); return 0; }
-  } else if (filter == kFilterBilinear) {
-    if (channels == 3) { affine<3, kFilterBilinear>(s, in_h, in_w, a, dst, out_h, out_w); return 0; }
-    if (channels == 1) { affine<1, kFilterBilinear>(s, in_h, in_w, a, dst, out_h, out_w); return 0; }
+  const bool cubic = filter == kFilterBicubic;
+  if (channels == 3) {
+    cubic ? affine<3, kFilterBicubic>(s, in_h, in_w, a, dst, out_h, out_w)
+          : affine<3, kFilterBilinear>(s, in_h, in_w, a, dst, out_h, out_w);
+  } else if (channels == 1) {
+    cubic ? affine<1, kFilterBicubic>(s, in_h, in_w, a, dst, out_h, out_w)
+          : affine<1, kFilterBilinear>(s, in_h, in_w, a, dst, out_h, out_w);
+  } else {
+    return -1;
   }
-  return -1;
+  release_large_scratch();
+  return 0;
 }
 
 // Horizontal flip of an in_h x in_w image into packed dst (numpy's x[:, ::-1], made contiguous).

@@ -12,7 +12,9 @@ from __future__ import annotations
 import ctypes
 import logging
 import math
+import operator
 import os
+import threading
 
 import numpy as np
 from PIL import Image
@@ -26,40 +28,45 @@ AFFINE_FILTERS = {Image.BILINEAR: 2, Image.BICUBIC: 3}
 RESIZE_FILTERS = {**AFFINE_FILTERS, Image.BOX: 4}
 _UNSET = object()
 _lib = _UNSET
+_init_lock = threading.Lock()
 _resize_order = None  # the installed Pillow's pass order (image_kernels.cc PassOrder); None: no resize
 _affine_ok = False
 
 
 def _library():
-  global _lib
+  global _lib, _resize_order, _affine_ok
   if _lib is _UNSET:
-    lib = native_kernels.library(_SOURCE, _FLAGS, fallback='Pillow')
-    if lib is not None:
-      ptr, i32, ssize = ctypes.c_void_p, ctypes.c_int, ctypes.c_ssize_t
-      lib.core_jax_resize_u8.argtypes = [ptr, ssize, i32, i32, i32, i32, ptr, i32, i32, i32, i32]
-      lib.core_jax_affine_u8.argtypes = [ptr, ssize, i32, i32, i32, i32, ctypes.POINTER(ctypes.c_double), ptr,
-                                         ptr, i32, i32, i32]
-      lib.core_jax_flip_lr_u8.argtypes = [ptr, ssize, i32, i32, i32, i32, ptr]
-      lib.core_jax_lookup_u8_f32.argtypes = [ptr, ssize, i32, i32, i32, i32, ptr, ptr]
-      for fn in (lib.core_jax_resize_u8, lib.core_jax_affine_u8, lib.core_jax_flip_lr_u8, lib.core_jax_lookup_u8_f32):
-        fn.restype = i32
-      _calibrate(lib)
-    _lib = lib
+    with _init_lock:  # Grain calls transforms from several threads; calibrate once, publish at the end
+      if _lib is _UNSET:
+        lib = native_kernels.library(_SOURCE, _FLAGS, fallback='Pillow')
+        if lib is not None:
+          ptr, i32, ssize = ctypes.c_void_p, ctypes.c_int, ctypes.c_ssize_t
+          lib.core_jax_resize_u8.argtypes = [ptr, ssize, i32, i32, i32, i32, ptr, i32, i32, i32, i32]
+          lib.core_jax_affine_u8.argtypes = [ptr, ssize, i32, i32, i32, i32, ctypes.POINTER(ctypes.c_double),
+                                             ptr, ptr, i32, i32, i32]
+          lib.core_jax_flip_lr_u8.argtypes = [ptr, ssize, i32, i32, i32, i32, ptr]
+          lib.core_jax_lookup_u8_f32.argtypes = [ptr, ssize, i32, i32, i32, i32, ptr, ptr]
+          for fn in (lib.core_jax_resize_u8, lib.core_jax_affine_u8, lib.core_jax_flip_lr_u8,
+                     lib.core_jax_lookup_u8_f32):
+            fn.restype = i32
+          _resize_order, _affine_ok = _calibrate(lib)
+        _lib = lib
   return _lib
 
 
 def _calibrate(lib):
-  """Checks the kernels against the installed Pillow on small probes, once per process: which pass
-  Pillow's resize runs first changed in Pillow 13 (image_kernels.cc PassOrder), and a Pillow that
-  computes differently in any other way must not be silently disagreed with. An op whose probe no
-  variant matches is left to Pillow, with a warning."""
-  global _resize_order, _affine_ok
+  """(resize pass order or None, affine usable): the kernels checked against the installed Pillow on
+  small probes, once per process. Which pass Pillow's resize runs first changed in Pillow 13
+  (image_kernels.cc PassOrder), and a Pillow that computes differently in any other way must not be
+  silently disagreed with: an op whose probe no variant matches is left to Pillow, with a warning."""
   rng = np.random.default_rng(0)
   x = rng.integers(0, 256, (84, 24, 3), dtype=np.uint8)
-  # Shapes where the two orders give different pixels (the first shrinks the height > 2x the width).
-  probes = [((32, 33), Image.BICUBIC), ((40, 20), Image.BILINEAR), ((50, 30), Image.BICUBIC)]
+  # Shapes where the two orders give different pixels: inside Pillow 13's vertical-first region, and
+  # on both sides of its edge (84 - 76 == 2 * (24 - 20): horizontal first; one row fewer: vertical).
+  probes = [((32, 33), Image.BICUBIC), ((40, 20), Image.BILINEAR), ((50, 30), Image.BICUBIC),
+            ((76, 20), Image.BICUBIC), ((75, 20), Image.BICUBIC)]
   wants = [np.asarray(Image.fromarray(x).resize((w, h), f)) for (h, w), f in probes]
-  _resize_order = None
+  resize_order = None
   for order in (1, 0):
     got = []
     for ((h, w), f) in probes:
@@ -68,21 +75,22 @@ def _calibrate(lib):
                              order)
       got.append(out)
     if all(np.array_equal(a, b) for a, b in zip(got, wants)):
-      _resize_order = order
+      resize_order = order
       break
   matrix = (ctypes.c_double * 6)(0.9, 0.21, -3.3, -0.17, 1.1, 2.6)
   fill = np.array([1, 2, 3], np.uint8)
-  _affine_ok = True
+  affine_ok = True
   for f in AFFINE_FILTERS:
     want = np.asarray(Image.fromarray(x).transform((24, 84), Image.AFFINE, tuple(matrix), resample=f, fillcolor=(1, 2, 3)))
     out = np.empty_like(x)
     lib.core_jax_affine_u8(x.ctypes.data, x.strides[0], 3, 84, 24, 3, matrix, fill.ctypes.data, out.ctypes.data,
                            84, 24, AFFINE_FILTERS[f])
-    _affine_ok &= bool(np.array_equal(out, want))
-  for name, ok in (('resize', _resize_order is not None), ('affine transform', _affine_ok)):
+    affine_ok &= bool(np.array_equal(out, want))
+  for name, ok in (('resize', resize_order is not None), ('affine transform', affine_ok)):
     if not ok:
       logging.warning('image kernels: the C++ %s differs from Pillow %s here; using Pillow for it', name,
-                      Image.__version__ if hasattr(Image, '__version__') else '?')
+                      getattr(Image, '__version__', '?'))
+  return resize_order, affine_ok
 
 
 def available() -> bool:
@@ -123,8 +131,8 @@ def _pil_pixels(img: Image.Image):
   """(address, capsules to keep alive) of a Pillow 'RGB' image's own storage (4-byte RGBX pixels),
   through the Arrow C data interface (Pillow >= 11.2). None if Pillow cannot export it (older Pillow,
   an image stored in several blocks). Only RGB: Pillow 11 and 12 crash exporting 'L' images."""
-  if img.mode != 'RGB':
-    return None
+  if img.mode != 'RGB' or getattr(Image.core, 'get_alignment', lambda: 1)() != 1:
+    return None  # with row alignment, rows may be padded apart (Pillow 13 refuses the export then)
   try:
     schema_capsule, array_capsule = img.__arrow_c_array__()
     schema = ctypes.cast(_capsule_pointer(schema_capsule, b'arrow_schema'), ctypes.POINTER(_ArrowSchema)).contents
@@ -165,17 +173,27 @@ def _source(x, box=None):
   c = 1 if x.ndim == 2 else x.shape[2]
   if c not in (1, 3) or 0 in x.shape:
     return None
-  if abs(x.strides[1]) < c or (x.ndim == 3 and x.strides[2] != 1):
-    x = np.ascontiguousarray(x)  # pixels must be whole bytes runs; any row/pixel strides otherwise
+  if abs(x.strides[1]) != c or (x.ndim == 3 and x.strides[2] != 1):
+    x = np.ascontiguousarray(x)  # pixels packed (a flipped view is fine); 4-byte pixels mean Pillow's RGBX
   return x.ctypes.data, x.strides[0], x.strides[1], x.shape[0], x.shape[1], x.shape[2:], x
 
 
-def _valid_box(x, box) -> bool:
+def _box(x, box):
+  """`box` as (left, top, right, bottom) ints inside the image, None for the whole image, or False if
+  it is not such a box (Pillow's crop would pad or round: leave it to Pillow)."""
   if box is None:
-    return True
-  w, h = x.size if isinstance(x, Image.Image) else (np.shape(x)[1], np.shape(x)[0])
-  left, top, right, bottom = box
-  return 0 <= left < right <= w and 0 <= top < bottom <= h
+    return None
+  try:
+    left, top, right, bottom = (operator.index(v) for v in box)
+  except (TypeError, ValueError):
+    return False
+  if isinstance(x, Image.Image):
+    w, h = x.size
+  elif isinstance(x, np.ndarray) and x.ndim >= 2:
+    h, w = x.shape[:2]
+  else:
+    return False
+  return (left, top, right, bottom) if 0 <= left < right <= w and 0 <= top < bottom <= h else False
 
 
 # --------------------------------------------------------------------------------- operations
@@ -186,8 +204,8 @@ def resize(x, out_h: int, out_w: int, resample, box=None) -> np.ndarray | None:
   uint8 array, for a Pillow image or numpy array; None where the kernels do not apply (use Pillow).
   The box must lie inside the image, as it does for random-resized crops."""
   lib = _library()
-  if (lib is None or _resize_order is None or resample not in RESIZE_FILTERS or out_h <= 0 or out_w <= 0
-      or not _valid_box(x, box)):
+  box = _box(x, box)
+  if lib is None or _resize_order is None or resample not in RESIZE_FILTERS or out_h <= 0 or out_w <= 0 or box is False:
     return None
   src = _source(x, box)
   if src is None:
@@ -206,8 +224,10 @@ def affine(x, matrix, resample, fillcolor) -> np.ndarray | None:
   for a Pillow image or numpy array; None where the kernels do not apply (use Pillow). `matrix` maps
   output pixel centres to input coordinates, as in Pillow."""
   lib = _library()
-  if lib is None or not _affine_ok or resample not in AFFINE_FILTERS:
-    return None
+  matrix = tuple(matrix)
+  if (lib is None or not _affine_ok or resample not in AFFINE_FILTERS or len(matrix) < 6
+      or not all(isinstance(v, (int, float, np.number)) and math.isfinite(v) for v in matrix[:6])):
+    return None  # Pillow raises for a short matrix; non-finite coordinates are left to it too
   src = _source(x)
   if src is None:
     return None
@@ -218,7 +238,7 @@ def affine(x, matrix, resample, fillcolor) -> np.ndarray | None:
   if fill.size != c or fill.dtype.kind not in 'iu' or fill.min() < 0 or fill.max() > 255:
     return None  # Pillow's own conversion (an int is a packed colour in RGB) or error
   fill = fill.astype(np.uint8)
-  a = (ctypes.c_double * 6)(*(float(v) for v in tuple(matrix)[:6]))
+  a = (ctypes.c_double * 6)(*(float(v) for v in matrix[:6]))
   rc = lib.core_jax_affine_u8(address, row, pixel, h, w, c, a, fill.ctypes.data, out.ctypes.data, h, w,
                               AFFINE_FILTERS[resample])
   del keep

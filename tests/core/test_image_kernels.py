@@ -203,19 +203,16 @@ def test_flip_and_normalize_kernels_equal_numpy():
     np.testing.assert_array_equal(flipped, x[:, ::-1])
     np.testing.assert_array_equal(image_kernels.flip_lr(Image.fromarray(x)), x[:, ::-1])
     op = norm if x.ndim == 3 else gray
-    for source in (x, x[:, ::-1], Image.fromarray(x)):
+    for source in (x, x[:, ::-1], x[::-1], Image.fromarray(x)):
       got = op({'image': source}, None)['image']
-      want = op({'image': np.ascontiguousarray(np.asarray(source))}, None)['image']  # kernel path too
+      lib = image_kernels._lib
+      try:
+        image_kernels._lib = None  # the numpy table path
+        want = op({'image': np.ascontiguousarray(np.asarray(source))}, None)['image']
+      finally:
+        image_kernels._lib = lib
       assert got.dtype == np.float32
       np.testing.assert_array_equal(got, want)
-  x = _image(rng, 6, 7, 3, True)
-  fast = norm({'image': x[:, ::-1]}, None)['image']
-  lib = image_kernels._lib
-  try:
-    image_kernels._lib = None  # the numpy table path
-    np.testing.assert_array_equal(norm({'image': x[:, ::-1]}, None)['image'], fast)
-  finally:
-    image_kernels._lib = lib
 
 
 @needs_kernels
@@ -241,17 +238,136 @@ def test_calibration_follows_the_installed_pillow(monkeypatch):
   variant of the installed Pillow is left to Pillow, never run with different results."""
   lib = image_kernels._library()
   major = int(Image.__version__.split('.')[0])
-  assert image_kernels._resize_order == (1 if major >= 13 else 0) and image_kernels._affine_ok
+  assert image_kernels._calibrate(lib) == (1 if major >= 13 else 0, True)
+  assert (image_kernels._resize_order, image_kernels._affine_ok) == (1 if major >= 13 else 0, True)
   original_resize, original_transform = Image.Image.resize, Image.Image.transform
-  monkeypatch.setattr(Image.Image, 'resize', lambda self, *a, **k: original_resize(self, *a, **k).rotate(180))
-  monkeypatch.setattr(Image.Image, 'transform', lambda self, *a, **k: original_transform(self, *a, **k).rotate(180))
-  try:
-    image_kernels._calibrate(lib)
-    assert image_kernels._resize_order is None and not image_kernels._affine_ok
-    x = np.zeros((8, 9, 3), np.uint8)
-    assert image_kernels.resize(x, 4, 4, Image.BICUBIC) is None
-    assert image_kernels.affine(x, (1, 0, 0, 0, 1, 0), Image.BICUBIC, None) is None
-  finally:
-    monkeypatch.undo()
-    image_kernels._calibrate(lib)
-  assert image_kernels._resize_order is not None and image_kernels._affine_ok
+  with monkeypatch.context() as m:  # a Pillow that computes something else
+    m.setattr(Image.Image, 'resize', lambda self, *a, **k: original_resize(self, *a, **k).rotate(180))
+    m.setattr(Image.Image, 'transform', lambda self, *a, **k: original_transform(self, *a, **k).rotate(180))
+    assert image_kernels._calibrate(lib) == (None, False)
+  monkeypatch.setattr(image_kernels, '_resize_order', None)
+  monkeypatch.setattr(image_kernels, '_affine_ok', False)
+  x = np.zeros((8, 9, 3), np.uint8)
+  assert image_kernels.resize(x, 4, 4, Image.BICUBIC) is None
+  assert image_kernels.affine(x, (1, 0, 0, 0, 1, 0), Image.BICUBIC, None) is None
+
+
+_GUARD_SCRIPT = r"""
+import ctypes, mmap, sys
+import numpy as np
+from PIL import Image
+from core_jax.data import image_kernels as ik
+assert ik.available()
+libc = ctypes.CDLL(None)
+libc.mprotect.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+PAGE = mmap.PAGESIZE
+keep = []
+
+def guarded(x):
+    # A copy of x whose bytes end exactly at an unreadable page, and start right after another.
+    n = x.nbytes
+    pages = -(-n // PAGE)
+    buf = mmap.mmap(-1, (pages + 2) * PAGE)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(buf))
+    for p in (base, base + (pages + 1) * PAGE):
+        assert libc.mprotect(p, PAGE, 0) == 0
+    start = PAGE + pages * PAGE - n
+    y = np.frombuffer(buf, np.uint8, n, start).reshape(x.shape)
+    y[...] = x
+    keep.append(buf)
+    return y
+
+rng = np.random.default_rng(0)
+fill = (124, 116, 104)
+count = 0
+for h, w in ((9, 7), (1, 1), (1, 6), (5, 1), (40, 13)):
+    rgba = guarded(rng.integers(0, 256, (h, w, 4), dtype=np.uint8))
+    rgb = guarded(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+    gray = guarded(rng.integers(0, 256, (h, 4 * w), dtype=np.uint8))
+    views = [rgb, rgb[:, ::-1], rgb[::-1], rgb[::-1, ::-1], rgba[..., :3], rgba[..., 1:], rgba[::-1, :, 1:],
+             rgba[..., 3], gray[:, ::4], gray[:, 3::4], gray[::-1, ::-1]]
+    for v in views:
+        packed = np.ascontiguousarray(v)
+        for order in (0, 1):
+            ik._resize_order = order
+            for oh, ow in ((3, 11), (2 * h + 1, w), (h, 3 * w), (max(1, h // 3), w + 1)):
+                got = ik.resize(v, oh, ow, Image.BICUBIC)
+                assert got is not None and got.shape[:2] == (oh, ow), (v.shape, v.strides)
+                count += 1
+        m = (1, 0.3, -1, 0.1, 1, 0.5)
+        c = 1 if v.ndim == 2 else 3
+        f = fill if c == 3 else 9
+        want = np.asarray(Image.fromarray(packed).transform((v.shape[1], v.shape[0]), Image.AFFINE, m,
+                                                           resample=Image.BICUBIC, fillcolor=f))
+        assert np.array_equal(ik.affine(v, m, Image.BICUBIC, f), want)
+        assert np.array_equal(ik.flip_lr(v), packed[:, ::-1])
+        table = np.tile(np.arange(256, dtype=np.float32), (c, 1))
+        assert np.array_equal(ik.lookup(v, table), packed.astype(np.float32))
+print('ok', count)
+"""
+
+
+@needs_kernels
+def test_no_reads_outside_any_numpy_layout():
+  """Every view the kernels accept (flipped rows or columns, channels cut out of RGBA, strided gray),
+  placed right before and after unreadable pages: any read past the pixels would crash the process."""
+  out = subprocess.run([sys.executable, '-c', _GUARD_SCRIPT], capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0 and out.stdout.startswith('ok'), out.stderr[-2000:]
+
+
+@needs_kernels
+def test_bad_arguments_fall_back_instead_of_failing():
+  x = _image(np.random.default_rng(1), 12, 10, 3, True)
+  for bad in ((1, 0, float('nan'), 0, 1, 0), (1, 0, 0, 0, float('inf'), 0), (1, 0, 0)):
+    assert image_kernels.affine(x, bad, Image.BICUBIC, FILL) is None
+  box = tuple(np.int64(v) for v in (1, 2, 9, 11))
+  np.testing.assert_array_equal(image_kernels.resize(Image.fromarray(x), 5, 6, Image.BICUBIC, box=box),
+                                _pil_resize(x, 5, 6, Image.BICUBIC, box=(1, 2, 9, 11)))
+  assert image_kernels.resize(x, 5, 6, Image.BICUBIC, box=(1.5, 2, 9, 11)) is None  # Pillow rounds: its call
+  assert image_kernels.resize(np.zeros(5, np.uint8), 2, 2, Image.BICUBIC, box=(0, 0, 1, 1)) is None
+
+
+@needs_kernels
+def test_pass_order_rule_is_pillows():
+  """Independently of the kernels: Pillow's result for a two-axis resize equals one of its two
+  single-axis sequences; which one must be the calibrated rule's choice, ties at its edge included."""
+  image_kernels._library()
+  rng = np.random.default_rng(4)
+  checked = 0
+  for trial in range(160):
+    h, w = (int(v) for v in rng.integers(3, 90, 2))
+    out_w = int(rng.integers(2, 90))
+    out_h = h - 2 * (w - out_w) + int(rng.integers(-1, 2)) if trial % 2 else int(rng.integers(2, 90))
+    if out_h < 1 or out_h == h or out_w == w:
+      continue
+    img = Image.fromarray(_image(rng, h, w, 3, False))
+    full = np.asarray(img.resize((out_w, out_h), Image.BICUBIC))
+    h_first = np.array_equal(full, np.asarray(img.resize((out_w, h), Image.BICUBIC).resize((out_w, out_h), Image.BICUBIC)))
+    v_first = np.array_equal(full, np.asarray(img.resize((w, out_h), Image.BICUBIC).resize((out_w, out_h), Image.BICUBIC)))
+    if h_first == v_first:
+      continue  # both sequences give the same pixels here
+    rule = image_kernels._resize_order == 1 and out_h < h and (h - out_h) > 2 * (w - out_w)
+    assert v_first == rule, (h, w, out_h, out_w)
+    checked += 1
+  assert checked > 60
+
+
+@needs_kernels
+def test_first_use_from_many_threads_calibrates_once(monkeypatch):
+  import threading  # pylint: disable=import-outside-toplevel
+  calls = []
+  original = image_kernels._calibrate
+  monkeypatch.setattr(image_kernels, '_calibrate', lambda lib: calls.append(1) or original(lib))
+  monkeypatch.setattr(image_kernels, '_lib', image_kernels._UNSET)
+  x = _image(np.random.default_rng(2), 30, 20, 3, True)
+  want = _pil_resize(x, 11, 13, Image.BICUBIC)
+  results = []
+  threads = [threading.Thread(target=lambda: results.append(image_kernels.resize(x, 11, 13, Image.BICUBIC)))
+             for _ in range(8)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  assert len(calls) == 1 and len(results) == 8
+  for r in results:
+    np.testing.assert_array_equal(r, want)
