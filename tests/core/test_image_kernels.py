@@ -216,8 +216,9 @@ def test_flip_and_normalize_kernels_equal_numpy():
 
 
 @needs_kernels
-def test_negative_strides_read_in_place():
-  """A horizontally flipped view (negative pixel stride) resizes and transforms like its packed copy."""
+def test_flipped_views_equal_their_packed_copies():
+  """A horizontally flipped view (negative pixel stride) resizes (packed in C++ first) and transforms (read
+  in place) like its packed copy."""
   rng = np.random.default_rng(12)
   for h, w in ((31, 40), (1, 5), (6, 1)):
     x = _image(rng, h, w, 3, True)
