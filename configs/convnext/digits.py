@@ -2,7 +2,7 @@
 
 Command:  python -m convnext_jax.main --config=configs/convnext/digits.py --workdir=/tmp/convnext_digits
 Expected: >= 97% test accuracy (measured: see README "Results"; an SVM reaches ~98% on this data).
-Time:     about 1.5 minutes on 2 CPU cores (the `make demo` job; 1 min 16 s of training).
+Time:     about 1-1.5 minutes on 2 CPU cores (the `make demo` job; 55 s-1 min 16 s of training).
 """
 import ml_collections
 
