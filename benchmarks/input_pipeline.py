@@ -150,13 +150,15 @@ def _op_cases(folder, seed=0):
                   lambda r=resample: [image_kernels.resize(i, 224, 224, r, box=b) for i, b in zip(decoded, boxes)],
                   lambda r=resample: [np.asarray(i.crop(b).resize((224, 224), r)) for i, b in zip(decoded, boxes)]))
     cases.append((f'ShearX at 224, {name}',
-                  lambda r=resample: [image_kernels.affine(x, (1, f, 0, 0, 1, 0), r, fill) for x, f in zip(small, shears)],
+                  lambda r=resample: [image_kernels.affine(x, (1, f, 0, 0, 1, 0), r, fill)
+                                      for x, f in zip(small, shears)],
                   lambda r=resample: [np.asarray(i.transform(i.size, Image.AFFINE, (1, f, 0, 0, 1, 0), resample=r,
                                                              fillcolor=fill)) for i, f in zip(small_pil, shears)]))
     cases.append((f'Rotate at 224, {name}',
                   lambda r=resample: [image_kernels.affine(x, image_kernels.rotate_matrix(224, 224, a), r, fill)
                                       for x, a in zip(small, angles)],
-                  lambda r=resample: [np.asarray(i.rotate(a, resample=r, fillcolor=fill)) for i, a in zip(small_pil, angles)]))
+                  lambda r=resample: [np.asarray(i.rotate(a, resample=r, fillcolor=fill))
+                                      for i, a in zip(small_pil, angles)]))
   return cases
 
 

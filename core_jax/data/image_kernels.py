@@ -1,4 +1,5 @@
-"""Pillow's resize and affine transform for uint8 L/RGB images, in C++ (image_kernels.cc).
+"""Pillow's resize and affine transform for uint8 L/RGB images in C++ (image_kernels.cc), with the
+flip and the normalize table lookup the pipeline applies next.
 
 The training transforms follow timm, which calls Pillow; these kernels give Pillow's result bit for bit
 (tests/core/test_image_kernels.py compares them over many sizes, crops and matrices) in a fraction of
@@ -81,7 +82,8 @@ def _calibrate(lib):
   fill = np.array([1, 2, 3], np.uint8)
   affine_ok = True
   for f in AFFINE_FILTERS:
-    want = np.asarray(Image.fromarray(x).transform((24, 84), Image.AFFINE, tuple(matrix), resample=f, fillcolor=(1, 2, 3)))
+    want = np.asarray(Image.fromarray(x).transform((24, 84), Image.AFFINE, tuple(matrix), resample=f,
+                                                   fillcolor=(1, 2, 3)))
     out = np.empty_like(x)
     lib.core_jax_affine_u8(x.ctypes.data, x.strides[0], 3, 84, 24, 3, matrix, fill.ctypes.data, out.ctypes.data,
                            84, 24, AFFINE_FILTERS[f])
@@ -150,9 +152,9 @@ def _pil_pixels(img: Image.Image):
 
 
 def _source(x, box=None):
-  """(address, row stride, pixel stride, h, w, channel axis (() or (C,)), keep-alive) of uint8 L/RGB pixels, for a
-  numpy H x W or H x W x {1,3} array or a Pillow 'L'/'RGB' image, optionally the (left, top, right,
-  bottom) `box` of it (in place). None for anything else."""
+  """(address, row stride, pixel stride, h, w, channel axis (() or (C,)), keep-alive) of the uint8
+  L/RGB pixels of a numpy H x W or H x W x {1,3} array or a Pillow 'L'/'RGB' image, optionally of its
+  (left, top, right, bottom) `box` (in place). None for anything else."""
   if isinstance(x, Image.Image):
     if x.mode not in ('RGB', 'L') or 0 in x.size:
       return None
