@@ -6,31 +6,27 @@ import os
 from benchmarks import common, convnext_throughput, devices_scaling, input_pipeline
 
 
-class _OpsTable:
-  table = staticmethod(input_pipeline.ops_table)
-
-
 def main():
   sections = []
   records = []
   runs = [
       ('ConvNeXt-T throughput at 224, batch 32 (fp32, 5 interleaved rounds; torch.compile: run '
        'convnext_throughput alone)',
-       convnext_throughput,
+       convnext_throughput.table,
        lambda: convnext_throughput.measure('convnext_tiny', batch=32, size=224, repeats=5,
                                            contenders=('ours', 'timm', 'timm_retain'))),
-      ('Input pipeline: ConvNeXt train transforms on real-size JPEGs', input_pipeline,
+      ('Input pipeline: ConvNeXt train transforms on real-size JPEGs', input_pipeline.table,
        lambda: input_pipeline.measure(images=192, repeats=5)),
       ('Input pipeline ops: the C++ image kernels vs the Pillow calls timm makes (equal pixels, one core)',
-       _OpsTable, lambda: input_pipeline.measure_ops(images=48, repeats=5)),
-      ('Data parallelism: 8 simulated devices vs 1 (ConvNeXt-atto, 64x64, global batch 64)', devices_scaling,
+       input_pipeline.ops_table, lambda: input_pipeline.measure_ops(images=48, repeats=5)),
+      ('Data parallelism: 8 simulated devices vs 1 (ConvNeXt-atto, 64x64, global batch 64)', devices_scaling.table,
        lambda: devices_scaling.measure('convnext_atto', batch=64, size=64, repeats=5)),
   ]
-  for title, module, run in runs:
+  for title, table, run in runs:
     print(f'== {title}', flush=True)
     result = run()
     records += result
-    text = module.table(result)
+    text = table(result)
     print(text, flush=True)
     sections.append(f'## {title}\n\n{text}\n')
   info = common.machine()

@@ -109,13 +109,14 @@ def _from_pil(img: Image.Image, like: np.ndarray) -> np.ndarray:
   return out
 
 
-def _resize_any(x: np.ndarray, h: int, w: int, resample) -> np.ndarray:
-  """PIL resize to (h, w): uint8 images directly (timm/torchvision path), else per channel in 'F'."""
+def _resize_any(x, h: int, w: int, resample) -> np.ndarray:
+  """PIL resize of an array or PIL image to (h, w): uint8 images directly (timm/torchvision path; the
+  C++ kernels where they apply, reading a PIL image in place), else per channel in 'F'."""
+  out = image_kernels.resize(x, h, w, resample)
+  if out is not None:
+    return out
   x = np.asarray(x)
   if x.dtype == np.uint8:
-    out = image_kernels.resize(x, h, w, resample)
-    if out is not None:
-      return out
     return _from_pil(_to_pil(x).resize((w, h), resample), x)
   chans = x[..., None] if x.ndim == 2 else x
   out = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(chans[..., c], np.float32))
@@ -251,8 +252,7 @@ def _center_crop_pil_semantics(ex: dict, ch: int, cw: int) -> dict:
 def _resize_example(ex: dict, h: int, w: int, resample) -> dict:
   if image_hw(ex['image']) == (h, w):  # torchvision returns the input untouched at the same size
     return ex
-  out = image_kernels.resize(ex['image'], h, w, resample)  # reads a decoded PIL image in place
-  ex['image'] = out if out is not None else _resize_any(np.asarray(ex['image']), h, w, resample)
+  ex['image'] = _resize_any(ex['image'], h, w, resample)
   if 'segmentation' in ex:
     ex['segmentation'] = _resize_any(np.asarray(ex['segmentation']), h, w, Image.NEAREST)
   return ex

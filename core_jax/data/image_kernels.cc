@@ -377,14 +377,12 @@ void affine(Source src, int h, int w, const double* a, uint8_t* dst, int out_h, 
     }
     return truncate_to_i4(v);  // as Pillow's (UINT8) cast
   };
-  auto store = [&](int x, i4 v) {
-    uint8_t* o = dst + x * C;
-    for (int ch = 0; ch < C; ++ch) o[ch] = static_cast<uint8_t>(v[ch]);
+  auto store = [](uint8_t* row, int x, i4 v) {
+    for (int ch = 0; ch < C; ++ch) row[x * C + ch] = static_cast<uint8_t>(v[ch]);
   };
   const int back = Filter == kFilterBicubic ? 1 : 0;  // neighbourhood starts `back` pixels up-left
   for (int y = 0; y < out_h; ++y) {
-    uint8_t* row_out = dst;
-    dst += static_cast<ptrdiff_t>(out_w) * C;
+    uint8_t* row_out = dst + static_cast<ptrdiff_t>(y) * out_w * C;
     const double yin = y + 0.5;
     // Pillow's a0 * xin + a1 * yin + a2 adds left to right, so the a1 * yin term is the same for the
     // whole row and can be formed once without changing any rounding.
@@ -431,18 +429,15 @@ void affine(Source src, int h, int w, const double* a, uint8_t* dst, int out_h, 
       if (!(xs >= 0.0 && xs < w && ys >= 0.0 && ys < h)) continue;  // Pillow's test, for finite xs, ys
       keep(x, xs, ys);
     }
-    uint8_t* saved = dst;
-    dst = row_out;
     // Then sample two pixels per step: independent chains the core can overlap.
     int k = 0;
     for (; k + 2 <= n; k += 2) {
       const i4 v0 = sample(origin + offset[k], fx[k], fy[k]);
       const i4 v1 = sample(origin + offset[k + 1], fx[k + 1], fy[k + 1]);
-      store(column[k], v0);
-      store(column[k + 1], v1);
+      store(row_out, column[k], v0);
+      store(row_out, column[k + 1], v1);
     }
-    if (k < n) store(column[k], sample(origin + offset[k], fx[k], fy[k]));
-    dst = saved;
+    if (k < n) store(row_out, column[k], sample(origin + offset[k], fx[k], fy[k]));
   }
 }
 

@@ -285,8 +285,8 @@ def normalize(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)) -> Transform:
       channels = {'RGB': 3, 'L': 1}.get(image.mode)
     else:
       channels = image.shape[2] if getattr(image, 'ndim', 0) == 3 else None
-    if channels is not None and table.shape[1] in (1, channels):
-      out = image_kernels.lookup(image, np.broadcast_to(table.T, (channels, 256)))
+    if channels in flat_table:
+      out = image_kernels.lookup(image, flat_table[channels].reshape(channels, 256))
       if out is not None:
         ex['image'] = out
         return ex
