@@ -386,12 +386,12 @@ def depthwise_conv2d(x: Array, kernel: Array, padding: int, impl: str) -> Array:
         k = k[padding - ph:padding + ph + 1, padding - pw:padding + pw + 1]
     else:
         ph = pw = padding
+    same = k.shape[0] == 2 * ph + 1 and k.shape[1] == 2 * pw + 1
     if impl == "native":
-        same = k.shape[0] == 2 * ph + 1 and k.shape[1] == 2 * pw + 1
         if same and x.dtype == jnp.float32 and k.dtype == jnp.float32:
             return _dwconv_native(x, k, (ph, pw))
         impl = "shifted"  # the C++ kernels do float32 'same' convs only
-    if impl == "shifted" and k.shape[0] == 2 * ph + 1 and k.shape[1] == 2 * pw + 1:
+    if impl == "shifted" and same:
         return _dwconv_shifted(x, k, (ph, pw))
     if impl in ("shifted", "shifted_autodiff"):
         return _shifted_sum(_pad_hw(x, (ph, pw)), k, h + 2 * ph - k.shape[0] + 1, w + 2 * pw - k.shape[1] + 1)
