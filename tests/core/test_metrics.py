@@ -137,15 +137,19 @@ cm_metric = metrics.confusion_matrix_metric(K)
 @jax.jit
 def step(batch):
   preds = (batch['image'][..., 0].astype(jnp.int32) * 7 + 3) % K  # a deterministic 'model'
-  return cm_metric.from_model_output(predictions=preds, labels=batch['segmentation'], mask=batch['mask'])
+  masked = cm_metric.from_model_output(predictions=preds, labels=batch['segmentation'], mask=batch['mask'])
+  # Without the mask the padded slot still counts for nothing: its label map is all 255.
+  return masked, cm_metric.from_model_output(predictions=preds, labels=batch['segmentation'])
 
 batches = pipeline.make_eval_batches(split(), transforms=None, global_batch_size=4, process_index=pid,
                                      process_count=2)
-total = None
+total = unmasked = None
 for local in batches:
-  m = step(pipeline.to_global(local, sharding))
+  m, u = step(pipeline.to_global(local, sharding))
   total = m if total is None else total.merge(m)
-json.dump({'counts': total.counts().tolist(), 'batches': len(batches), 'devices': jax.device_count(),
+  unmasked = u if unmasked is None else unmasked.merge(u)
+json.dump({'counts': total.counts().tolist(), 'unmasked': unmasked.counts().tolist(), 'batches': len(batches),
+           'devices': jax.device_count(),
            'scores': metrics.to_floats(total.compute())}, open(out, 'w'))
 '''
 
@@ -186,5 +190,6 @@ def test_two_processes_match_numpy_with_a_padded_last_batch(tmp_path):
   for r in results:
     assert r['devices'] == 4 and r['batches'] == 3  # 3 global batches of 4 hold 11 examples: 1 padded slot
     np.testing.assert_array_equal(r['counts'], ref)
+    np.testing.assert_array_equal(r['unmasked'], ref)
     np.testing.assert_allclose([r['scores'][f'iou/{i}'] for i in range(K)], iou, rtol=1e-12)
     np.testing.assert_allclose([r['scores']['miou'], r['scores']['pixel_accuracy']], [miou, acc], rtol=1e-12)
