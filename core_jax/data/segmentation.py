@@ -11,7 +11,7 @@ The train augmentation of HRNet-Semantic-Segmentation (which ADP-C uses), step f
   seg_random_crop(size=(h, w))   pad as seg_pad if smaller, then a uniform crop; x is drawn before y
   seg_random_scale_crop(size=(h, w), factors=..., base_size=None)
                                  seg_random_scale then seg_random_crop, equal bit for bit (same draws), but only
-                                 the crop window is resized (a 2.1x Cityscapes image is 2150x4301)
+                                 the crop window is resized (a 2.1x Cityscapes image is 2151x4301)
   seg_flip(p=0.5)                horizontal flip of both
   normalize / imagenet_normalize (core_jax.data.transforms / augment) then touch the image only
 
