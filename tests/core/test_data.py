@@ -344,7 +344,8 @@ for name in os.listdir(root):
         deps |= {node.module} | {f'{node.module}.{a.name}' for a in node.names}
       elif isinstance(node, ast.Import):
         deps |= {a.name for a in node.names}
-    graph[mod] = {d for d in deps if d.startswith('core_jax.data.') and d[len('core_jax.data.'):] + '.py' in os.listdir(root)}
+    local = {f'core_jax.data.{n[:-3]}' for n in os.listdir(root) if n.endswith('.py')}
+    graph[mod] = deps & local
 def visit(m, stack):
   assert m not in stack, 'import cycle: ' + ' -> '.join(stack + [m])
   for d in graph.get(m, ()):

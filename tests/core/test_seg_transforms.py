@@ -63,9 +63,11 @@ def test_resize_windows_equal_windows_of_the_full_resize():
   label = rng.integers(0, 19, (37, 53), dtype=np.uint8)
   full, full_label = segmentation.resize_bilinear(x, 80, 113), segmentation.resize_nearest(label, 80, 113)
   for window in [(0, 0, 80, 113), (3, 7, 20, 30), (60, 100, 20, 13)]:
-    t, l, h, w = window
-    np.testing.assert_array_equal(segmentation.resize_bilinear(x, 80, 113, window), full[t:t + h, l:l + w])
-    np.testing.assert_array_equal(segmentation.resize_nearest(label, 80, 113, window), full_label[t:t + h, l:l + w])
+    top, left, h, w = window
+    want = full[top:top + h, left:left + w]
+    np.testing.assert_array_equal(segmentation.resize_bilinear(x, 80, 113, window), want)
+    want_label = full_label[top:top + h, left:left + w]
+    np.testing.assert_array_equal(segmentation.resize_nearest(label, 80, 113, window), want_label)
 
 
 def test_scale_factor_set_and_sizes_are_the_references():
