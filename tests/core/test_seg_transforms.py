@@ -162,3 +162,26 @@ def test_bad_inputs_are_user_errors():
     ops.build_transforms('seg_random_scale')(dict(bad), np.random.default_rng(0))
   with pytest.raises(UserError, match='differ in size'):
     ops.build_transforms('seg_random_scale_crop(size=4)')(dict(bad), np.random.default_rng(0))
+
+
+def test_digit_scenes_train_and_eval_batches(tfds_dir):
+  """The ops in the grain pipelines on the embedded segmentation dataset: fixed-size train crops, full-size eval."""
+  import grain
+
+  from core_jax.data import pipeline, sources
+  train, info = sources.load_source('digit_scenes', 'train', tfds_dir)
+  assert info.num_classes == 11
+  specs = ['seg_random_scale_crop(size=(48, 96), factors=(0.5, 1.0, 1.5))', 'seg_flip',
+           'normalize(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))']
+  it = pipeline.make_train_iterator(train, transforms=specs, global_batch_size=4, seed=0, process_index=0,
+                                    process_count=1, read_options=grain.ReadOptions(num_threads=1,
+                                                                                    prefetch_buffer_size=4))
+  batch = next(it)
+  assert batch['image'].shape == (4, 48, 96, 3) and batch['image'].dtype == np.float32
+  assert batch['segmentation'].shape == (4, 48, 96) and batch['segmentation'].dtype == np.uint8
+  assert set(np.unique(batch['segmentation']).tolist()) <= set(range(11)) | {255}
+  val, _ = sources.load_source('digit_scenes', 'validation', tfds_dir)
+  first = next(iter(pipeline.make_eval_batches(val, transforms=specs[-1:], global_batch_size=3, process_index=0,
+                                               process_count=1)))
+  assert first['image'].shape == (3, 64, 128, 3)
+  np.testing.assert_array_equal(first['segmentation'][0], val[0]['segmentation'])
