@@ -29,10 +29,13 @@ SEGMENTATION_MODULES = {
     'digit_scenes': 'core_jax.data.embedded.digit_scenes',
     'cityscapes': 'core_jax.data.cityscapes',
 }
-# Files a manual-download dataset needs in the manual dir, per TFDS config ('' = any config).
+# Files a manual-download dataset needs in its manual dir, per (dataset, TFDS config; '' = the default config).
+# Others fall back to TFDS' own instructions.
 _MANUAL_FILES = {
-    ('cityscapes', 'semantic_segmentation'): ('leftImg8bit_trainvaltest.zip', 'gtFine_trainvaltest.zip'),
     ('cityscapes', ''): ('leftImg8bit_trainvaltest.zip', 'gtFine_trainvaltest.zip'),
+    ('cityscapes', 'semantic_segmentation'): ('leftImg8bit_trainvaltest.zip', 'gtFine_trainvaltest.zip'),
+    ('cityscapes', 'semantic_segmentation_extra'): ('leftImg8bit_trainvaltest.zip', 'leftImg8bit_trainextra.zip',
+                                                    'gtCoarse.zip'),
     ('imagenet2012', ''): ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar'),
 }
 
@@ -121,7 +124,7 @@ def segmentation_num_classes(base: str) -> int | None:
 
 def _manual_files(name: str) -> tuple[str, ...]:
   base, _, config = name.split(':')[0].partition('/')
-  return _MANUAL_FILES.get((base, config.split('/')[0]), _MANUAL_FILES.get((base, ''), ()))
+  return _MANUAL_FILES.get((base, config.split('/')[0]), ())
 
 
 def _tfds_builder(name: str, data_dir: str, download: bool):
@@ -140,7 +143,7 @@ def _tfds_builder(name: str, data_dir: str, download: bool):
   if instructions:
     has_files = os.path.isdir(manual_dir) and any(os.scandir(manual_dir))
     needed = _manual_files(name)
-    hint = (f'put {" and ".join(needed)} in {manual_dir}/' if needed
+    hint = (f'put {", ".join(needed)} in {manual_dir}/' if needed
             else f'manual files in {manual_dir}/: ' + _one_line(instructions))
     missing = tuple(f for f in needed if not os.path.isfile(os.path.join(manual_dir, f)))
     if missing:

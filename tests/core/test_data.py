@@ -105,7 +105,7 @@ def test_concurrent_prepare_is_safe(tmp_path):
     ('cifar10', 'tfds build cifar10'),
     ('imagenet2012', 'ILSVRC2012_img_train.tar'),
     ('cityscapes', 'gtFine_trainvaltest.zip'),
-    ('cityscapes/semantic_segmentation', 'leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip'),
+    ('cityscapes/semantic_segmentation', 'put leftImg8bit_trainvaltest.zip, gtFine_trainvaltest.zip in'),
 ])
 def test_missing_real_dataset_fails_fast(tmp_path, name, needle):
   t = time.time()
