@@ -8,6 +8,7 @@ import ast
 import importlib.util
 import os
 import sys
+import traceback
 from typing import Sequence
 
 import ml_collections
@@ -19,17 +20,51 @@ _USAGE = 'usage: python -m <line>.main --config=configs/<line>/<name>.py --workd
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
-  """Imports a config file and calls its `get_config()`; `FILE:arg` passes `arg` to it."""
+  """Imports a config file and calls its `get_config()`; `FILE:arg` passes `arg` to it.
+
+  A file that does not parse, raises while importing or raises in get_config() is a UserError naming the file,
+  the line and the error (bad input, like an unknown key), not a traceback."""
   path, _, arg = path.partition(':')
   if not os.path.isfile(path):
     raise UserError(f'config file not found: {path}')
   spec = importlib.util.spec_from_file_location(f'_config_{abs(hash(path))}', path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  try:
+    spec.loader.exec_module(module)
+  except Exception as e:  # pylint: disable=broad-except  (any error in the user's file)
+    raise _config_error(path, e) from None
   if not hasattr(module, 'get_config'):
     raise UserError(f'config file {path} has no get_config()')
-  config = module.get_config(arg) if arg else module.get_config()
+  try:
+    config = module.get_config(arg) if arg else module.get_config()
+  except Exception as e:  # pylint: disable=broad-except
+    raise _config_error(path, e, calling=f'get_config({arg!r})' if arg else 'get_config()') from None
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise UserError(f'config file {path}: get_config() returned a {type(config).__name__}, not a ConfigDict')
   return config
+
+
+def _config_error(path: str, error: Exception, calling: str = '') -> UserError:
+  """One line: the file (or the one it imports) and line where `error` arose, and the error itself."""
+  where, lineno = path, None
+  if isinstance(error, SyntaxError) and error.filename:
+    where, lineno = error.filename, error.lineno
+    message = f'SyntaxError: {error.msg}'
+  else:
+    frames = traceback.extract_tb(error.__traceback__)
+    # the deepest frame in the config's own folder: the file itself or a sibling config it imports
+    folder = os.path.dirname(os.path.realpath(path))
+    own = [f for f in frames if os.path.dirname(os.path.realpath(f.filename)) == folder]
+    frame = own[-1] if own else (frames[-1] if frames else None)
+    if frame is not None:
+      where, lineno = frame.filename, frame.lineno
+    text = ' '.join(str(error).split())
+    message = f'{type(error).__name__}: {text}' if text else type(error).__name__
+  place = f'{where}, line {lineno}' if lineno else where
+  if os.path.realpath(where) != os.path.realpath(path):
+    place = f'{path} (via {place})'
+  during = f' in {calling}' if calling else ''
+  return UserError(f'config file {place}{during}: {message}')
 
 
 def _parse_value(text: str, current):
