@@ -39,6 +39,7 @@ import argparse
 import json
 import logging
 import os
+import pickle
 import re
 import sys
 from typing import Any, Dict, Mapping, Optional, Tuple
@@ -152,10 +153,22 @@ def _is_conv_mlp(sd: Mapping[str, Any], layout: str) -> bool:
 # --------------------------------------------------------------------------------------------------------------
 # Reading files
 # --------------------------------------------------------------------------------------------------------------
+_ANSI = re.compile(r'\x1b\[[0-9;]*[A-Za-z]')
+
+
 def _one_line(e: BaseException) -> str:
   text = f'{type(e).__name__}: {e}' if str(e) else type(e).__name__
-  text = ' '.join(text.split())
+  text = ' '.join(_ANSI.sub('', text).split())
   return text if len(text) <= 300 else text[:297] + '...'
+
+
+def _pickled_code_error(path: str, e: Exception) -> UserError:
+  """torch's weights-only refusal, in our words: what the file holds and that nothing in it ran."""
+  found = re.search(r'GLOBAL ([\w.]+)', str(e))
+  what = f' ({found.group(1)})' if found else ''
+  return UserError(f'{path} holds pickled Python objects{what} besides tensors, which can run code when loaded, '
+                   f'so it was not loaded; if you trust its source, re-save its state_dict with torch.save or as '
+                   f'.safetensors and convert that')
 
 
 def _file_kind(path: str) -> str:
@@ -231,7 +244,10 @@ def read_checkpoint(path: str, *, ema: bool = False) -> Dict[str, np.ndarray]:
         import torch
       except ImportError:
         raise UserError(f'reading {path} needs PyTorch (pip install torch), or convert it to .safetensors') from None
-      obj = torch.load(path, map_location='cpu', weights_only=True)
+      try:
+        obj = torch.load(path, map_location='cpu', weights_only=True)
+      except pickle.UnpicklingError as e:
+        raise _pickled_code_error(path, e) from None
       obj = _unwrap(obj, path, ema)
       sd = {str(k): _to_numpy(str(k), v, path) for k, v in obj.items()}
   except UserError:
