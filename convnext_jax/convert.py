@@ -46,6 +46,7 @@ from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
+from core_jax import checkpoint
 from core_jax.errors import UserError
 from core_jax.weights import (CONV, CONV1X1_AS_LINEAR, LINEAR, Rule, RuleTable, export_tensors, flatten,
                               format_shape, import_tensors, shape_of, unflatten)
@@ -222,7 +223,7 @@ def read_checkpoint(path: str, *, ema: bool = False) -> Dict[str, np.ndarray]:
   A directory is a training checkpoint step (`WORKDIR/checkpoints/STEP`): its params, or EMA params with `ema`.
   """
   if os.path.isdir(path):
-    return read_training_checkpoint(path, ema=ema)
+    return _training_checkpoint(path, ema=ema)[0]
   if not os.path.isfile(path):
     raise UserError(f'checkpoint not found: {path}')
   kind = _file_kind(path)
@@ -263,26 +264,13 @@ def read_checkpoint(path: str, *, ema: bool = False) -> Dict[str, np.ndarray]:
   return sd
 
 
-def read_training_checkpoint(step_dir: str, *, ema: bool = False) -> Dict[str, np.ndarray]:
-  """Params (or `ema_params`) of one step saved by core_jax.checkpoint, onto host memory whatever device count
-  saved it. This is how weights trained here are exported for others."""
-  import jax
-  import orbax.checkpoint as ocp
-  state_dir = os.path.join(os.path.abspath(step_dir), 'state')
-  if not os.path.isdir(state_dir):
-    raise UserError(f'{step_dir} is not a training checkpoint step (expected WORKDIR/checkpoints/STEP/state)')
-  try:
-    checkpointer = ocp.StandardCheckpointer()
-    here = jax.sharding.SingleDeviceSharding(jax.devices('cpu')[0])
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here),
-                          checkpointer.metadata(state_dir).item_metadata.tree)
-    tree = checkpointer.restore(state_dir, target)
-  except Exception as e:  # pylint: disable=broad-except
-    raise UserError(f'cannot read training checkpoint {step_dir}: {_one_line(e)}') from None
+def _training_checkpoint(step_dir: str, *, ema: bool = False) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
+  """(flat params or EMA params, the step's meta) of a step saved by core_jax.checkpoint."""
+  ckpt = checkpoint.read_training_checkpoint(step_dir)
   key = 'ema_params' if ema else 'params'
-  if not tree.get(key):
+  if not ckpt[key]:
     raise UserError(f'{step_dir} has no {key} (was EMA on in that run?)')
-  return {k: np.asarray(v) for k, v in flatten(tree[key]).items()}
+  return {k: np.asarray(v) for k, v in flatten(ckpt[key]).items()}, ckpt['meta']
 
 
 # --------------------------------------------------------------------------------------------------------------
