@@ -39,12 +39,14 @@ import argparse
 import json
 import logging
 import os
+import pickle
 import re
 import sys
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
+from core_jax import checkpoint
 from core_jax.errors import UserError
 from core_jax.weights import (CONV, CONV1X1_AS_LINEAR, LINEAR, Rule, RuleTable, export_tensors, flatten,
                               format_shape, import_tensors, shape_of, unflatten)
@@ -152,10 +154,22 @@ def _is_conv_mlp(sd: Mapping[str, Any], layout: str) -> bool:
 # --------------------------------------------------------------------------------------------------------------
 # Reading files
 # --------------------------------------------------------------------------------------------------------------
+_ANSI = re.compile(r'\x1b\[[0-9;]*[A-Za-z]')
+
+
 def _one_line(e: BaseException) -> str:
   text = f'{type(e).__name__}: {e}' if str(e) else type(e).__name__
-  text = ' '.join(text.split())
+  text = ' '.join(_ANSI.sub('', text).split())
   return text if len(text) <= 300 else text[:297] + '...'
+
+
+def _pickled_code_error(path: str, e: Exception) -> UserError:
+  """torch's weights-only refusal, in our words: what the file holds and that nothing in it ran."""
+  found = re.search(r'GLOBAL ([\w.]+)', str(e))
+  what = f' ({found.group(1)})' if found else ''
+  return UserError(f'{path} holds pickled Python objects{what} besides tensors, which can run code when loaded, '
+                   f'so it was not loaded; if you trust its source, re-save its state_dict with torch.save or as '
+                   f'.safetensors and convert that')
 
 
 def _file_kind(path: str) -> str:
@@ -209,7 +223,7 @@ def read_checkpoint(path: str, *, ema: bool = False) -> Dict[str, np.ndarray]:
   A directory is a training checkpoint step (`WORKDIR/checkpoints/STEP`): its params, or EMA params with `ema`.
   """
   if os.path.isdir(path):
-    return read_training_checkpoint(path, ema=ema)
+    return _training_checkpoint(path, ema=ema)[0]
   if not os.path.isfile(path):
     raise UserError(f'checkpoint not found: {path}')
   kind = _file_kind(path)
@@ -231,7 +245,10 @@ def read_checkpoint(path: str, *, ema: bool = False) -> Dict[str, np.ndarray]:
         import torch
       except ImportError:
         raise UserError(f'reading {path} needs PyTorch (pip install torch), or convert it to .safetensors') from None
-      obj = torch.load(path, map_location='cpu', weights_only=True)
+      try:
+        obj = torch.load(path, map_location='cpu', weights_only=True)
+      except pickle.UnpicklingError as e:
+        raise _pickled_code_error(path, e) from None
       obj = _unwrap(obj, path, ema)
       sd = {str(k): _to_numpy(str(k), v, path) for k, v in obj.items()}
   except UserError:
@@ -247,26 +264,13 @@ def read_checkpoint(path: str, *, ema: bool = False) -> Dict[str, np.ndarray]:
   return sd
 
 
-def read_training_checkpoint(step_dir: str, *, ema: bool = False) -> Dict[str, np.ndarray]:
-  """Params (or `ema_params`) of one step saved by core_jax.checkpoint, onto host memory whatever device count
-  saved it. This is how weights trained here are exported for others."""
-  import jax
-  import orbax.checkpoint as ocp
-  state_dir = os.path.join(os.path.abspath(step_dir), 'state')
-  if not os.path.isdir(state_dir):
-    raise UserError(f'{step_dir} is not a training checkpoint step (expected WORKDIR/checkpoints/STEP/state)')
-  try:
-    checkpointer = ocp.StandardCheckpointer()
-    here = jax.sharding.SingleDeviceSharding(jax.devices('cpu')[0])
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here),
-                          checkpointer.metadata(state_dir).item_metadata.tree)
-    tree = checkpointer.restore(state_dir, target)
-  except Exception as e:  # pylint: disable=broad-except
-    raise UserError(f'cannot read training checkpoint {step_dir}: {_one_line(e)}') from None
+def _training_checkpoint(step_dir: str, *, ema: bool = False) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
+  """(flat params or EMA params, the step's meta) of a step saved by core_jax.checkpoint."""
+  ckpt = checkpoint.read_training_checkpoint(step_dir)
   key = 'ema_params' if ema else 'params'
-  if not tree.get(key):
+  if not ckpt[key]:
     raise UserError(f'{step_dir} has no {key} (was EMA on in that run?)')
-  return {k: np.asarray(v) for k, v in flatten(tree[key]).items()}
+  return {k: np.asarray(v) for k, v in flatten(ckpt[key]).items()}, ckpt['meta']
 
 
 # --------------------------------------------------------------------------------------------------------------

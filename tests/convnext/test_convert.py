@@ -561,7 +561,11 @@ def test_corrupt_and_truncated_files(atto_files, tmp_path):
   torch.save({'model': {'x': _Evil()}}, str(p))
   with pytest.raises(UserError) as e:
     C.read_checkpoint(str(p))
-  _one_line_error(e, 'cannot read')
+  msg = _one_line_error(e, str(p), 'pickled Python objects', '_Evil', 'was not loaded')
+  assert '\x1b' not in msg and not msg.endswith('...') and len(msg) < 400, msg
+  with pytest.raises(UserError) as e:  # the same words on the init_from path
+    C.load_pretrained(target, str(p))
+  assert str(e.value) == msg
 
 
 class _Evil:
