@@ -16,7 +16,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
-from clu import metric_writers, metrics
+from clu import metrics
 
 
 @flax.struct.dataclass
@@ -44,6 +44,10 @@ def classification_eval_outputs(logits, labels, mask):
 
 def create_writer(workdir: str):
   """TensorBoard events in `workdir` and console lines; only process 0 writes."""
+  # Imported here: metric_writers imports TensorFlow, and torch imported after TensorFlow crashes (segfault in
+  # triton's import), so importing this module must not pull TensorFlow in.
+  from clu import metric_writers
+
   return metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0, asynchronous=True)
 
 
