@@ -676,7 +676,8 @@ def timm_recipe(arch: str, overrides: Optional[Mapping[str, Any]] = None) -> Dic
   code += ['model.load_state_dict(safetensors.torch.load_file(PATH), strict=True)']
   recipe = {'model_name': name, 'builder': builder, 'kwargs': kwargs, 'identity': identity,
             'python': '\n'.join(code)}
-  if not identity and builder == 'create_model':  # timm's pretrained path; num_classes in the overlay too, or timm drops a non-1000 head
+  if not identity and builder == 'create_model':
+    # timm's pretrained path; num_classes in the overlay too, or timm drops a head of another size
     recipe['python_pretrained'] = (
         f'model = timm.create_model({name!r}, pretrained=True, pretrained_cfg_overlay=dict(file=PATH, '
         f'num_classes={kwargs["num_classes"]}), {args})')

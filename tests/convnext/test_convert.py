@@ -618,7 +618,8 @@ def test_training_checkpoint_with_overrides_exports_to_timm(trained_tiny, tmp_pa
   dst = tmp_path / 'mine.safetensors'
   assert C.main(['--src', step_dir, '--dst', str(dst)]) == 0
   out = capsys.readouterr().out
-  assert "depths=[1, 1, 1, 1], dims=[8, 16, 16, 16]" in out and 'model.stages[0].downsample = torch.nn.Identity()' in out
+  assert 'depths=[1, 1, 1, 1], dims=[8, 16, 16, 16]' in out
+  assert 'model.stages[0].downsample = torch.nn.Identity()' in out
   meta = json.load(open(tmp_path / 'mine.json'))
   assert meta['arch'] == 'convnext_digits' and meta['num_classes'] == 10
   assert meta['overrides'] == {'depths': [1, 1, 1, 1], 'dims': [8, 16, 16, 16]}
