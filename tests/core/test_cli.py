@@ -71,7 +71,8 @@ def test_config_error_in_an_imported_sibling_names_both(tmp_path):
       'spec.loader.exec_module(importlib.util.module_from_spec(spec))\n')
   with pytest.raises(UserError) as e:
     cli.load_config_file(str(tmp_path / 'child.py'))
-  assert str(e.value) == f'config file {tmp_path / "child.py"} (via {tmp_path / "base.py"}, line 2): ValueError: bad base'
+  child, base = tmp_path / 'child.py', tmp_path / 'base.py'
+  assert str(e.value) == f'config file {child} (via {base}, line 2): ValueError: bad base'
 
 
 def _doc_line(path):
