@@ -135,3 +135,53 @@ def _is_shape_mismatch(e: Exception) -> bool:
   text = str(e)
   return ('shape' in text.lower() and ('mismatch' in text.lower() or 'does not match' in text.lower())) \
       or 'Dict key mismatch' in text or 'tree structure' in text.lower()
+
+
+# ---------------------------------------------------------------- reading a step outside the loop
+def latest_step_dir(workdir: str) -> str | None:
+  """The newest committed step directory of `workdir/checkpoints` (absolute path), or None when there is none.
+
+  A save in flight lives in a temporary name (`STEP.orbax-checkpoint-tmp-...`) until it commits, so only
+  all-digit names with a `state` item count."""
+  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  if not os.path.isdir(directory):
+    return None
+  steps = [int(d) for d in os.listdir(directory)
+           if d.isdigit() and os.path.isdir(os.path.join(directory, d, 'state'))]
+  return os.path.join(directory, str(max(steps))) if steps else None
+
+
+def read_training_checkpoint(step_dir: str) -> dict:
+  """The weights of one step saved by `Checkpointer` (e.g. `latest_step_dir(workdir)`), on host memory.
+
+  Returns {'params', 'batch_stats', 'ema_params' (None when the run had no EMA): nested dicts of numpy arrays,
+  'meta': the step's JSON meta ({'step', 'metrics', 'config'}; {} when the step has none)}. Whatever device count
+  saved it, it is read onto this host; the optimizer state is not read. Bad input is a one-line UserError."""
+  import numpy as np  # pylint: disable=import-outside-toplevel  (kept here: this section is appended as a unit)
+  step_dir = os.path.abspath(step_dir)
+  state_dir = os.path.join(step_dir, 'state')
+  if not os.path.isdir(state_dir):
+    raise UserError(f'{step_dir} is not a training checkpoint step (expected WORKDIR/checkpoints/STEP/state)')
+  try:
+    checkpointer = ocp.PyTreeCheckpointer()
+    saved = checkpointer.metadata(state_dir).item_metadata.tree
+    if 'params' not in saved:
+      raise ValueError(f'no params in its state (items: {", ".join(sorted(saved))})')
+    wanted = {k: saved[k] for k in ('params', 'batch_stats', 'ema_params') if saved.get(k)}
+    here = jax.sharding.SingleDeviceSharding(jax.devices('cpu')[0])
+    item = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here), wanted)
+    restore_args = jax.tree.map(lambda m: ocp.ArrayRestoreArgs(sharding=here, dtype=m.dtype), wanted)
+    tree = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
+        item=item, restore_args=restore_args, partial_restore=True))
+  except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore raise many types)
+    raise UserError(f'cannot read training checkpoint {step_dir}: {type(e).__name__}: {_first_line(e)}') from None
+  host = lambda t: jax.tree.map(np.asarray, t) if t else t  # pylint: disable=unnecessary-lambda-assignment
+  meta = {}
+  meta_dir = os.path.join(step_dir, 'meta')
+  if os.path.isdir(meta_dir):
+    try:
+      meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(meta_dir) or {}
+    except Exception as e:  # pylint: disable=broad-except
+      raise UserError(f'cannot read the meta of training checkpoint {step_dir}: {_first_line(e)}') from None
+  return {'params': host(tree['params']), 'batch_stats': host(tree.get('batch_stats')) or {},
+          'ema_params': host(tree.get('ema_params')) or None, 'meta': meta}
