@@ -260,9 +260,10 @@ def run(config, workdir: str, task_cls) -> dict:
   while step < total_steps:
     with jax.profiler.StepTraceAnnotation('train', step_num=step):
       local_batch = next(train_iter)
-      if config.get('test_step_delay_s', 0):  # tests: keep a run alive long enough to SIGKILL it mid-way
-        time.sleep(config.test_step_delay_s)
-      if config.get('write_batch_digests', False):  # tests: prove each process's data order
+      debug = config.get('debug', {})
+      if debug.get('step_delay_s', 0):  # tests: keep a run alive long enough to SIGKILL it mid-way
+        time.sleep(debug.step_delay_s)
+      if debug.get('write_batch_digests', False):  # tests: prove each process's data order
         _append_digest(workdir, step, local_batch)
       batch = pipeline.to_global(local_batch, batch_sharding)
       state, m = p_train_step(state, batch)
