@@ -1,0 +1,193 @@
+"""The pruning line's classification task on the shared loop (`core_jax.train.run`).
+
+Config fields read here (the rest is core_jax.config.base_config):
+  model.name        a named model of pruning_jax.models ('vgg16', 'resnet56', ...) or a family ('vgg_l1', ...)
+  model.cfg         the channel configuration (None: the named model's own); a pruned model is its family
+                    built from a smaller cfg
+  model.selections  channel_selection indices (PreResNet / DenseNet / ResNet-50; None: every channel)
+  sparsity.s        > 0: Network Slimming's sparsity training, s * sign(gamma) added to the BN-scale gradients
+                    before weight decay (the `pre` optimizer transform)
+  mask.path         '' or a mask file written by the prune phase (pruning_jax.pipeline): the mask
+                    implementation, whose updates are multiplied by the mask so masked weights stay exactly 0
+                    (the `post` transform; its state is part of the checkpointed optimizer state)
+  init_from         a pruned-model export (.safetensors + .json sidecar, pruning_jax.io), a training step dir
+                    (core_jax.checkpoint.read_training_checkpoint) or an official PyTorch checkpoint
+                    (.pth / .pth.tar / .pt, pruning_jax.io.import_torch_checkpoint): every variable (params and
+                    BatchNorm statistics) must match the configured model's shape, or the run stops with one line
+                    naming the first mismatching key and both shapes.
+
+results.json gets (extra_results): model {family, cfg, selections, num_classes}, params, nonzero_params, macs
+(conv + Linear multiply-accumulates of one image of the dataset's size, core_jax.counting), input_shape.
+"""
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from core_jax import checkpoint, counting
+from core_jax.errors import UserError
+from core_jax.task import ClassificationTask
+from core_jax.weights import flatten, format_shape, unflatten
+from pruning_jax import models
+
+# The classifier of each family: `init_reinit_head` keeps its fresh initialization.
+HEADS = {'vgg_l1': 'fc2', 'vgg_slimming': 'fc', 'vgg_imagenet': 'fc3', 'vgg_bn_imagenet': 'fc3'}
+TORCH_SUFFIXES = ('.pth', '.pth.tar', '.pt', '.tar')
+MASK_PREFIX = 'params/'
+
+
+def build_from_config(model_cfg, num_classes: int | None, dtype=None):
+  """The model config.model describes (a named model, or a family with its cfg / selections)."""
+  name = model_cfg.get('name') or ''
+  if not name:
+    raise UserError('config.model.name is empty: name a model (e.g. vgg16, resnet56) or a family')
+  cfg = model_cfg.get('cfg') or None
+  return models.create(name, cfg=None if cfg is None else list(cfg), num_classes=num_classes,
+                       selections=model_cfg.get('selections') or None, dtype=dtype)
+
+
+def read_weights(path: str) -> tuple[dict | None, dict]:
+  """(model description or None, {'params', 'batch_stats'} host numpy) of a weights file or step dir."""
+  if not path:
+    raise UserError('no weights path given')
+  if path.endswith('.safetensors'):
+    from pruning_jax import io  # pylint: disable=import-outside-toplevel  (safetensors)
+    model, variables = io.load_pruned(path)
+    return models.describe(model), variables
+  if os.path.isdir(path):
+    ckpt = checkpoint.read_training_checkpoint(path)
+    return None, {'params': ckpt['params'], 'batch_stats': ckpt.get('batch_stats') or {}}
+  if path.endswith(TORCH_SUFFIXES):
+    from pruning_jax import io  # pylint: disable=import-outside-toplevel  (torch)
+    model, variables = io.import_torch_checkpoint(path)
+    return models.describe(model), variables
+  if not os.path.exists(path):
+    raise UserError(f'weights not found: {path}')
+  raise UserError(f'{path}: not a pruned-model export (.safetensors), a training step dir or a PyTorch checkpoint')
+
+
+def _architecture(d: dict) -> tuple:
+  return d['family'], list(models.normalize_cfg(d['cfg'])), d.get('selections')
+
+
+def _same_architecture(want: dict, got: dict) -> bool:
+  return _architecture(want) == _architecture(got)
+
+
+def merge_weights(variables: dict, loaded: dict, path: str, keep_fresh: tuple[str, ...] = ()) -> dict:
+  """`variables` with every leaf replaced by the same-shaped leaf of `loaded` (except top-level modules named in
+  keep_fresh); the first missing key or shape mismatch is one UserError naming it and both shapes."""
+  out = {}
+  for collection in ('params', 'batch_stats'):
+    want = flatten(dict(variables.get(collection) or {}))
+    have = flatten(dict(loaded.get(collection) or {}))
+    merged = {}
+    for key, leaf in want.items():
+      if key.split('/')[0] in keep_fresh:
+        merged[key] = leaf
+        continue
+      if key not in have:
+        raise UserError(f'{path} has no {collection}/{key} (the configured model needs shape '
+                        f'{format_shape(np.shape(leaf))}): the cfg does not match this checkpoint')
+      if tuple(np.shape(have[key])) != tuple(np.shape(leaf)):
+        raise UserError(f'{collection}/{key}: the configured model has shape {format_shape(np.shape(leaf))} but '
+                        f'{path} has {format_shape(np.shape(have[key]))}: the cfg does not match this checkpoint')
+      merged[key] = np.asarray(have[key], np.asarray(leaf).dtype)
+    extra = sorted(set(have) - set(want))
+    if extra:
+      raise UserError(f'{path} has {collection}/{extra[0]} (shape {format_shape(np.shape(have[extra[0]]))}), which '
+                      'the configured model lacks: the cfg does not match this checkpoint')
+    if merged:
+      out[collection] = unflatten(merged)
+  return out
+
+
+def save_mask(path: str, mask: dict) -> None:
+  """A params-shaped {0, 1} tree (None leaves: not masked) as .safetensors, written atomically."""
+  from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+  tensors = {MASK_PREFIX + k: np.ascontiguousarray(np.asarray(v)) for k, v in flatten(mask).items() if v is not None}
+  tmp = f'{path}.tmp{os.getpid()}'
+  save_file(tensors, tmp)
+  os.replace(tmp, path)
+
+
+def load_mask(path: str, params) -> dict:
+  """The mask of `save_mask` as a tree shaped like `params` (None where the file has no leaf)."""
+  from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+  try:
+    tensors = load_file(path)
+  except Exception as e:  # missing, truncated or not safetensors
+    raise UserError(f'cannot read the mask {path}: {str(e).splitlines()[0][:200]}') from None
+  flat = {}
+  for key, leaf in flatten(dict(params)).items():
+    m = tensors.pop(MASK_PREFIX + key, None)
+    if m is not None and tuple(m.shape) != tuple(np.shape(leaf)):
+      raise UserError(f'mask {path}: {key} has shape {format_shape(m.shape)}, the model {format_shape(np.shape(leaf))}')
+    flat[key] = m
+  if tensors:
+    raise UserError(f'mask {path} has {sorted(tensors)[0]}, which the model lacks')
+  tree: dict = {}
+  for key, m in flat.items():
+    node = tree
+    *parents, leaf = key.split('/')
+    for p in parents:
+      node = node.setdefault(p, {})
+    node[leaf] = m
+  return tree
+
+
+def count_nonzero(tree) -> int:
+  # host count; core_jax.counting.count_params(tree, nonzero=True) (contracts.md) is the same number
+  return int(sum(np.count_nonzero(np.asarray(x)) for x in jax.tree_util.tree_leaves(jax.device_get(tree))))
+
+
+class PruningTask(ClassificationTask):
+  """Classification with a pruning_jax model; the hooks above (sparsity, masks, weights in, counts out)."""
+
+  def __init__(self, config, dataset_info):
+    super().__init__(config, dataset_info)
+    self._model = None
+    self._input_shape = (1, 32, 32, 3)
+
+  def build_model(self):
+    if self._model is None:
+      num_classes = self.config.model.get('num_classes') or self.dataset_info.num_classes
+      self._model = build_from_config(self.config.model, num_classes)
+    return self._model
+
+  def init_inputs(self, example_batch):
+    self._input_shape = (1,) + tuple(np.shape(example_batch[self.input_key])[1:])
+    return super().init_inputs(example_batch)
+
+  def optimizer_transforms(self):
+    pre, post = [], []
+    s = float(self.config.get('sparsity', {}).get('s', 0.0) or 0.0)
+    if s < 0:
+      raise UserError(f'sparsity.s must be >= 0, got {s}')
+    if s > 0:
+      from pruning_jax.methods import slimming  # pylint: disable=import-outside-toplevel
+      pre.append(slimming.sparsity_transform(self.build_model(), s))
+    mask_path = self.config.get('mask', {}).get('path', '') or ''
+    if mask_path:
+      from pruning_jax import masking  # pylint: disable=import-outside-toplevel
+      post.append(masking.keep_masked(lambda params: load_mask(mask_path, params)))
+    return pre, post
+
+  def load_pretrained(self, variables, path, reinit_head):
+    description, loaded = read_weights(path)
+    model = self.build_model()
+    if description is not None and not _same_architecture(models.describe(model), description):
+      want = models.describe(model)
+      raise UserError(f'{path} holds {description["family"]} cfg {description["cfg"]}, but config.model builds '
+                      f'{want["family"]} cfg {want["cfg"]}')
+    keep = (HEADS.get(models.family_of(model), 'fc'),) if reinit_head else ()
+    return merge_weights(variables, loaded, path, keep)
+
+  def macs(self) -> int:
+    return counting.count_macs(self.build_model(), jax.ShapeDtypeStruct(self._input_shape, jnp.float32))
+
+  def extra_results(self, state):
+    return {'model': models.describe(self.build_model()), 'params': counting.count_params(state.params),
+            'nonzero_params': count_nonzero(state.params), 'macs': int(self.macs()),
+            'input_shape': list(self._input_shape)}
