@@ -128,7 +128,18 @@ def check_config(config) -> None:
   num_epochs = float(config.num_epochs)
   if num_epochs <= 0 or num_epochs != int(num_epochs):
     raise UserError(f'num_epochs must be a positive whole number of epochs, got {config.num_epochs}')
-  build_from_config(config.model, config.model.get('num_classes') or 10)  # unknown model / bad cfg: now
+  model = build_from_config(config.model, config.model.get('num_classes') or 10)  # unknown model / bad cfg: now
+  if method == 'l1_norm':  # a bad scheme (skip list, ratio that empties a layer) stops before any training
+    from pruning_jax.methods import l1_norm  # pylint: disable=import-outside-toplevel
+    l1_norm.target_cfg(model, _scheme(config))
+
+
+def _scheme(config):
+  scheme = config.prune.scheme
+  scheme = scheme.to_dict() if hasattr(scheme, 'to_dict') else scheme
+  if not scheme:
+    raise UserError('prune.scheme is empty: name an L1-norm scheme (e.g. resnet56_a) or give {skip, ratios}')
+  return scheme
 
 
 # ----------------------------------------------------------------------------------------------- phase configs
@@ -226,9 +237,7 @@ def run_method(config, model, variables: dict):
   p = config.prune
   if p.method == 'l1_norm':
     from pruning_jax.methods import l1_norm  # pylint: disable=import-outside-toplevel
-    scheme = p.scheme.to_dict() if hasattr(p.scheme, 'to_dict') else p.scheme
-    if not scheme:
-      raise UserError('prune.scheme is empty: name an L1-norm scheme (e.g. resnet56_a) or give {skip, ratios}')
+    scheme = _scheme(config)
     small, small_vars, report, _ = _call_prune(l1_norm, model, variables, scheme)
     return small, small_vars, {'scheme': scheme, **report}
   from pruning_jax.methods import slimming  # pylint: disable=import-outside-toplevel
@@ -421,13 +430,21 @@ def _count_cell(stats: dict | None, exact: bool = False) -> str:
   return f'{_num(stats["mean"])} ({_num(stats["min"])}-{_num(stats["max"])})'
 
 
+def _method_text(prune: dict) -> str:
+  if prune['method'] == 'l1_norm':
+    scheme = prune.get('scheme')
+    return f'L1-norm {scheme}' if isinstance(scheme, str) else f'L1-norm {json.dumps(scheme)}'
+  mode = ', mask implementation' if prune.get('mode') == 'mask' else ''
+  return f'Network Slimming {100 * float(prune["percent"]):g}%{mode}'
+
+
 def markdown(summary: dict) -> str:
   ph = summary['phases']
   n = len(summary['seeds'])
   cols = [COLUMNS[p] for p in PHASES]
   lines = [f'### {summary["title"]}', '',
-           f'{summary["dataset"]}, {summary["method"]}, {n} seed{"s" if n != 1 else ""} (mean ± std of the final '
-           'top-1 accuracy)', '',
+           f'{summary["dataset"]}, {_method_text(summary["prune"])}, {n} seed{"s" if n != 1 else ""} (mean ± std '
+           'of the final top-1 accuracy)', '',
            '| | ' + ' | '.join(cols) + ' |', '|---|' + '---|' * len(cols)]
 
   def row(label, cell):
