@@ -126,7 +126,7 @@ def test_init_from_loads_params_and_batch_stats_and_rebuilds_the_mask(tfds_dir, 
 @pytest.fixture(scope='module')
 def hooks_run(tmp_path_factory, tfds_dir):
   workdir = tmp_path_factory.mktemp('hooks')
-  toy_runs.run(workdir, tfds_dir, *HOOKS)
+  (workdir / 'stdout.txt').write_text(toy_runs.run(workdir, tfds_dir, *HOOKS).stdout)
   return workdir
 
 
@@ -140,6 +140,10 @@ def test_hooks_in_one_run(hooks_run):
   results = json.load(open(hooks_run / 'results.json'))
   state = toy_runs.read_state(hooks_run)
   assert results['step'] == 25
+  # the progress line shows the task's progress_metrics (only 'loss' for the toy) and the run's speed
+  line = [ln for ln in (hooks_run / 'stdout.txt').read_text().splitlines() if ln.startswith('step 25/25')][0]
+  assert 'loss ' in line and 'accuracy' not in line, line
+  assert all(s in line for s in (' steps/s', ' img/s', 'ETA ')), line
   # post-update mask: pruned kernel entries exactly 0 through momentum and weight decay, the rest trained
   masked = _masked(state)
   assert masked and all(m.any() for m in masked.values())
