@@ -136,6 +136,7 @@ def _masked(state):
           and v.ndim >= 2}
 
 
+@pytest.mark.slow
 def test_hooks_in_one_run(hooks_run):
   results = json.load(open(hooks_run / 'results.json'))
   state = toy_runs.read_state(hooks_run)
@@ -163,6 +164,7 @@ def test_hooks_in_one_run(hooks_run):
     assert toy_runs.read_state(hooks_run, s)['batch_stats/epochs'] == s // 10
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not toy_task.NESTED_METRICS, reason='needs metrics.to_floats to flatten dicts (core-data)')
 def test_dict_metric_keys_reach_results(hooks_run):
   results = json.load(open(hooks_run / 'results.json'))
@@ -170,6 +172,7 @@ def test_dict_metric_keys_reach_results(hooks_run):
   assert results['cls/error'] == pytest.approx(1 - results['eval']['cls/accuracy'])
 
 
+@pytest.mark.slow
 def test_sigkill_resume_with_hooks_is_bitwise(hooks_run, tfds_dir, tmp_path):
   rc, _ = toy_runs.start_and_signal(tmp_path, tfds_dir, signal.SIGKILL, *HOOKS, '--config.debug.step_delay_s=0.3',
                                     after_step=10)
@@ -183,6 +186,7 @@ def test_sigkill_resume_with_hooks_is_bitwise(hooks_run, tfds_dir, tmp_path):
   assert toy_runs.digests(tmp_path) == toy_runs.digests(hooks_run)
 
 
+@pytest.mark.slow
 def test_mask_survives_a_restore_on_eight_devices(hooks_run, tfds_dir, tmp_path):
   rc, output = toy_runs.start_and_signal(tmp_path, tfds_dir, signal.SIGTERM, *HOOKS,
                                          '--config.debug.step_delay_s=0.3', after_step=5)
