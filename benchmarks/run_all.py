@@ -1,4 +1,5 @@
 """`make bench`: every benchmark with small settings; writes benchmarks/RESULTS.md (machine, versions, numbers)."""
+
 import datetime
 import json
 import os
@@ -10,17 +11,29 @@ def main():
   sections = []
   records = []
   runs = [
-      ('ConvNeXt-T throughput at 224, batch 32 (fp32, 5 interleaved rounds; torch.compile: run '
-       'convnext_throughput alone)',
-       convnext_throughput.table,
-       lambda: convnext_throughput.measure('convnext_tiny', batch=32, size=224, repeats=5,
-                                           contenders=('ours', 'timm', 'timm_retain'))),
-      ('Input pipeline: ConvNeXt train transforms on real-size JPEGs', input_pipeline.table,
-       lambda: input_pipeline.measure(images=192, repeats=5)),
-      ('Input pipeline ops: the C++ image kernels vs the Pillow calls timm makes (equal pixels, one core)',
-       input_pipeline.ops_table, lambda: input_pipeline.measure_ops(images=48, repeats=5)),
-      ('Data parallelism: 8 simulated devices vs 1 (ConvNeXt-atto, 64x64, global batch 64)', devices_scaling.table,
-       lambda: devices_scaling.measure('convnext_atto', batch=64, size=64, repeats=5)),
+      (
+          'ConvNeXt-T throughput at 224, batch 32 (fp32, 5 interleaved rounds; torch.compile: run '
+          'convnext_throughput alone)',
+          convnext_throughput.table,
+          lambda: convnext_throughput.measure(
+              'convnext_tiny', batch=32, size=224, repeats=5, contenders=('ours', 'timm', 'timm_retain')
+          ),
+      ),
+      (
+          'Input pipeline: ConvNeXt train transforms on real-size JPEGs',
+          input_pipeline.table,
+          lambda: input_pipeline.measure(images=192, repeats=5),
+      ),
+      (
+          'Input pipeline ops: the C++ image kernels vs the Pillow calls timm makes (equal pixels, one core)',
+          input_pipeline.ops_table,
+          lambda: input_pipeline.measure_ops(images=48, repeats=5),
+      ),
+      (
+          'Data parallelism: 8 simulated devices vs 1 (ConvNeXt-atto, 64x64, global batch 64)',
+          devices_scaling.table,
+          lambda: devices_scaling.measure('convnext_atto', batch=64, size=64, repeats=5),
+      ),
   ]
   for title, table, run in runs:
     print(f'== {title}', flush=True)
@@ -35,12 +48,17 @@ def main():
     f.write('# Benchmark results\n\n')
     f.write(f'Measured by `make bench` (benchmarks/run_all.py) on {datetime.date.today().isoformat()}.\n\n')
     f.write('Machine: ' + ', '.join(f'{k} {v}' for k, v in info.items()) + '\n\n')
-    f.write('Ratios are ours / reference (above 1.0x = ours faster). Each contender runs in its own process; '
-            'the ConvNeXt throughput processes take turns step by step, and each of those ratios is the median '
-            'of the per-round ratios.\n\n')
+    f.write(
+        'Ratios are ours / reference (above 1.0x = ours faster). Each contender runs in its own process; '
+        'the ConvNeXt throughput processes take turns step by step, and each of those ratios is the median '
+        'of the per-round ratios.\n\n'
+    )
     f.write('\n'.join(sections))
-    f.write('\n<details><summary>raw records</summary>\n\n```\n' +
-            '\n'.join(json.dumps(r) for r in records) + '\n```\n</details>\n')
+    f.write(
+        '\n<details><summary>raw records</summary>\n\n```\n'
+        + '\n'.join(json.dumps(r) for r in records)
+        + '\n```\n</details>\n'
+    )
   print(f'wrote {out}')
 
 

@@ -1,4 +1,5 @@
 """Test-wide settings: highest matmul precision for parity checks, and one TFDS data dir per session."""
+
 import os
 
 import pytest
@@ -21,6 +22,7 @@ def tfds_dir(tmp_path_factory):
 def highest_precision():
   """fp32 matmuls/convs at full precision, for parity checks against PyTorch."""
   import jax  # pylint: disable=import-outside-toplevel
+
   prev = jax.config.jax_default_matmul_precision
   jax.config.update('jax_default_matmul_precision', 'highest')
   yield

@@ -6,6 +6,7 @@ slower than 1, against 1.5x for the same step written with shard_map):
   every barrier (60 all-reduces per step);
 - a scan over image chunks in the depthwise kernel gradient made GSPMD all-gather the whole batch.
 """
+
 import os
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import textwrap
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-_PROBE = textwrap.dedent('''
+_PROBE = textwrap.dedent("""
   import jax, jax.numpy as jnp, optax
   from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
   from convnext_jax import create_model
@@ -32,12 +33,17 @@ _PROBE = textwrap.dedent('''
     return optax.apply_updates(p, u), o
   hlo = jax.jit(step, out_shardings=(rep, rep)).lower(params, tx.init(params), x, y).compile().as_text()
   print(hlo.count(' all-gather('), hlo.count(' all-reduce('), hlo.count(' conditional('))
-''')
+""")
 
 
 def test_sharded_train_step_moves_no_activations():
-  env = dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS='cpu', TF_CPP_MIN_LOG_LEVEL='3',
-             XLA_FLAGS='--xla_force_host_platform_device_count=8')
+  env = dict(
+      os.environ,
+      PYTHONPATH=REPO,
+      JAX_PLATFORMS='cpu',
+      TF_CPP_MIN_LOG_LEVEL='3',
+      XLA_FLAGS='--xla_force_host_platform_device_count=8',
+  )
   out = subprocess.run([sys.executable, '-c', _PROBE], env=env, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-2000:]
   all_gathers, all_reduces, conditionals = map(int, out.stdout.split())
