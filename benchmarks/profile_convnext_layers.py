@@ -9,6 +9,11 @@
 
 Reports median and min step time (s) over ``--iters`` steps after compile + warm-up (min is the
 more robust number on a shared machine).
+
+``--impls`` takes the model's depthwise impls (``convnext_jax.ops.DWCONV_IMPLS``) and, for ``--dwconv-only`` and
+``--tiny-stages``, two variants kept only for profiling (``PROFILING_DWCONVS``): ``xla_nchw`` (the grouped conv
+on NCHW/OIHW layout) and ``shifted_autodiff`` (the shifted multiply-adds differentiated by JAX instead of the
+hand-written backward, and without the fusion barrier).
 """
 
 import argparse
@@ -22,7 +27,38 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from convnext_jax import ConvNeXt, depthwise_conv2d
+from convnext_jax import ConvNeXt, ops
+
+
+def _dwconv_xla_nchw(x, kernel, padding):
+  c = kernel.shape[-1]
+  y = jax.lax.conv_general_dilated(
+      jnp.transpose(x, (0, 3, 1, 2)),
+      jnp.transpose(kernel, (3, 2, 0, 1)),
+      window_strides=(1, 1),
+      padding=((padding, padding), (padding, padding)),
+      dimension_numbers=('NCHW', 'OIHW', 'NCHW'),
+      feature_group_count=c,
+  )
+  return jnp.transpose(y, (0, 2, 3, 1))
+
+
+def _dwconv_shifted_autodiff(x, kernel, padding):
+  kh, kw, _, _ = kernel.shape
+  _, h, w, _ = x.shape
+  xp = ops.pad_hw(x, (padding, padding))
+  return ops.shifted_sum(xp, kernel[:, :, 0, :], h + 2 * padding - kh + 1, w + 2 * padding - kw + 1)
+
+
+# Depthwise conv variants that only the profiles compare (same function as ops.depthwise_conv2d).
+PROFILING_DWCONVS = {'xla_nchw': _dwconv_xla_nchw, 'shifted_autodiff': _dwconv_shifted_autodiff}
+
+
+def depthwise_conv(x, kernel, padding, impl):
+  """``ops.depthwise_conv2d`` for the model's impls, else the profiling-only variant named ``impl``."""
+  if impl in PROFILING_DWCONVS:
+    return PROFILING_DWCONVS[impl](x, kernel, padding)
+  return ops.depthwise_conv2d(x, kernel, padding, impl)
 
 
 def _median_time(fn, iters: int) -> float:
@@ -76,17 +112,15 @@ def train_step_time(depths, dims, patch, impl, batch=64, res=32, iters=10, num_c
 def dwconv_time(n, h, c, impl, iters=20):
   x = jnp.asarray(np.random.RandomState(0).randn(n, h, h, c).astype(np.float32))
   k = jnp.asarray(np.random.RandomState(1).randn(7, 7, 1, c).astype(np.float32))
-  f = jax.jit(jax.value_and_grad(lambda x, k: jnp.sum(depthwise_conv2d(x, k, 3, impl) ** 2), argnums=(0, 1)))
+  f = jax.jit(jax.value_and_grad(lambda x, k: jnp.sum(depthwise_conv(x, k, 3, impl) ** 2), argnums=(0, 1)))
   jax.block_until_ready(f(x, k))
   return _median_time(lambda: f(x, k), iters)[1]
 
 
 def layer_norm_time(n, h, c, native, iters=20):
-  from convnext_jax import layers  # pylint: disable=import-outside-toplevel
-
   x = jnp.asarray(np.random.RandomState(0).randn(n, h, h, c).astype(np.float32))
   s, b = jnp.ones((c,)), jnp.zeros((c,))
-  fn = layers.layer_norm_native if native else layers.layer_norm_channels_last
+  fn = ops.layer_norm_native if native else ops.layer_norm_channels_last
   f = jax.jit(jax.value_and_grad(lambda x, s, b: jnp.sum(fn(x, s, b, 1e-6) ** 2), argnums=(0, 1, 2)))
   jax.block_until_ready(f(x, s, b))
   return _median_time(lambda: f(x, s, b), iters)[1]

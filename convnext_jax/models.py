@@ -38,13 +38,10 @@ transpose (2, 3, 1, 0) -- this covers the depthwise kernel (C,1,7,7) -> (7,7,1,C
 (out, in) -> kernel (in, out) (timm ``conv_mlp=True`` models store fc1/fc2 as (out, in, 1, 1):
 squeeze first); LN weight -> ``scale``; gamma unchanged; inputs NCHW -> NHWC.
 
-The depthwise conv kernel is (7, 7, 1, C) whatever ``dwconv_impl`` is ('xla' grouped conv,
-'native' C++ kernels for XLA:CPU -- which then also compute the LayerNorms --, 'shifted' 49
-multiply-adds, 'auto' = native on a one-device CPU process with a C++ compiler, else shifted on CPU,
-xla elsewhere), so checkpoints are interchangeable between implementations.  Likewise
-``patch_conv_impl`` (stem and downsampling convs: 'conv', 'dense' patch matmul, 'auto' = dense on
-CPU) and ``fusion_barriers`` (materialize each block layer's output; None = on CPU only) change
-speed, never parameters or results.
+How the layers compute is not part of the model: ``dwconv_impl``, ``patch_conv_impl`` and ``fusion_barriers``
+name the backend's choices (C++ kernels, shifted depthwise conv, patch matmuls, fusion barriers; 'auto' / None
+picks for the running process), resolved once into a ``convnext_jax.ops.Ops`` that every layer receives. They
+change speed, never parameters or results, so checkpoints are interchangeable between them.
 """
 
 import fnmatch
@@ -56,17 +53,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from convnext_jax.layers import (
-    DepthwiseConv,
-    DropPath,
-    PatchConv,
-    fusion_barrier,
-    gelu_exact,
-    layer_norm,
-    native_layer_norms,
-    resolve_fusion_barriers,
-    trunc_normal_init,
-)
+from convnext_jax.layers import DepthwiseConv, DropPath, LayerNorm, PatchConv, gelu_exact, trunc_normal_init
+from convnext_jax.ops import Ops
 
 Array = jax.Array
 Dtype = Any
@@ -94,56 +82,41 @@ def _dense(features: int, name: str, dtype: Dtype, scale: float = 1.0) -> nn.Den
   )
 
 
-def _conv(features: int, k: int, name: str, dtype: Dtype, impl: str = 'auto') -> PatchConv:
-  """k x k / stride k conv (same params as ``nn.Conv``; a patch matmul on CPU, see ``PatchConv``)."""
-  return PatchConv(features, k, impl=impl, dtype=dtype, name=name)
-
-
 class Block(nn.Module):
-  """ConvNeXt block. Params: dwconv/{kernel (k,k,1,C), bias}, norm/{scale,bias}, pwconv1, pwconv2, [gamma]."""
+  """ConvNeXt block: x + DropPath(gamma * pwconv2(GELU(pwconv1(LN(dwconv(x)))))).
+
+  Params: dwconv/{kernel (k,k,1,C), bias}, norm/{scale,bias}, pwconv1, pwconv2, [gamma].
+  """
 
   drop_path: float = 0.0
   layer_scale_init_value: float = 1e-6
   kernel_size: int = 7
-  dwconv_impl: str = 'auto'
-  fusion_barriers: bool | None = None
+  ops: Ops = Ops()
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
-    # On CPU every layer output is materialized (layers.fusion_barrier): XLA:CPU's cross-layer fusion
-    # (LN into the matmul, GELU into its neighbours) is slower than the memory pass it saves.
-    # Identity in value; None = on for the CPU backend only.
     c = x.shape[-1]
-    shortcut = x
-    y = DepthwiseConv(self.kernel_size, self.kernel_size // 2, impl=self.dwconv_impl, dtype=self.dtype, name='dwconv')(
-        x
-    )
-    # 'native' (CPU): the C++ kernels do the LayerNorms too; their outputs need no fusion barrier.
-    native = native_layer_norms(self.dwconv_impl)
-    norm = layer_norm('norm', self.dtype, native=native)
+    norm = LayerNorm(dtype=self.dtype, ops=self.ops, name='norm')
+    y = DepthwiseConv(self.kernel_size, self.kernel_size // 2, ops=self.ops, dtype=self.dtype, name='dwconv')(x)
     y = norm(y)
-    if resolve_fusion_barriers(self.fusion_barriers):
-      # The barrier's predicate reads a (replicated) parameter, not the batch-sharded activation.
-      anchor = norm.variables['params']['scale']
-      bar = lambda t: fusion_barrier(t, anchor)  # pylint: disable=unnecessary-lambda-assignment
-    else:
-      bar = lambda t: t  # pylint: disable=unnecessary-lambda-assignment
-    if not native:
-      y = bar(y)
-    y = bar(_dense(4 * c, 'pwconv1', self.dtype)(y))
-    y = bar(gelu_exact(y))
-    y = bar(_dense(c, 'pwconv2', self.dtype)(y))
+    # Each layer's output may be materialized (speed only, see Ops.layer_end); the barrier's predicate reads a
+    # replicated parameter, never the batch-sharded activation.
+    anchor = norm.variables['params']['scale']
+    y = self.ops.layer_end(y, anchor, after_layer_norm=True)
+    y = self.ops.layer_end(_dense(4 * c, 'pwconv1', self.dtype)(y), anchor)
+    y = self.ops.layer_end(gelu_exact(y), anchor)
+    y = self.ops.layer_end(_dense(c, 'pwconv2', self.dtype)(y), anchor)
     if self.layer_scale_init_value > 0:
       gamma = self.param('gamma', nn.initializers.constant(self.layer_scale_init_value), (c,), jnp.float32)
       y = y * gamma.astype(y.dtype)
     y = DropPath(self.drop_path, name='drop_path')(y, train=train)
-    return bar(shortcut.astype(y.dtype) + y)
+    return self.ops.layer_end(x.astype(y.dtype) + y, anchor)
 
 
-def _head(x: Array, num_classes: int, head_init_scale: float, dtype: Dtype, native: bool) -> Array:
+def _head(x: Array, num_classes: int, head_init_scale: float, dtype: Dtype, ops: Ops) -> Array:
   x = jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(dtype)  # global average pool, then LN
-  x = layer_norm('head_norm', dtype, native=native)(x)
+  x = LayerNorm(dtype=dtype, ops=ops, name='head_norm')(x)
   if num_classes > 0:
     x = _dense(num_classes, 'head', dtype, scale=head_init_scale)(x)
   return x.astype(jnp.float32)
@@ -175,32 +148,29 @@ class ConvNeXt(nn.Module):
       raise ValueError(f'depths {self.depths} and dims {self.dims} must have the same length')
     if x.ndim != 4 or x.shape[-1] != self.in_chans:
       raise ValueError(f'expected NHWC input with {self.in_chans} channels, got shape {x.shape}')
+    ops = Ops.for_backend(self.dwconv_impl, self.patch_conv_impl, self.fusion_barriers)
     x = x.astype(self.dtype)
     rates = self.block_drop_rates()
-    native = native_layer_norms(self.dwconv_impl)
     features: dict[str, Array] = {}
     k = 0
     for i, (depth, dim) in enumerate(zip(self.depths, self.dims)):
       if i == 0:
-        x = _conv(dim, self.patch_size, 'stem_conv', self.dtype, self.patch_conv_impl)(x)
-        x = layer_norm('stem_norm', self.dtype, native=native)(x)
+        x = PatchConv(dim, self.patch_size, ops=ops, dtype=self.dtype, name='stem_conv')(x)
+        x = LayerNorm(dtype=self.dtype, ops=ops, name='stem_norm')(x)
       else:
-        x = Downsample(
-            dim, dtype=self.dtype, conv_impl=self.patch_conv_impl, native_norm=native, name=f'downsample_{i}'
-        )(x)
+        x = Downsample(dim, dtype=self.dtype, ops=ops, name=f'downsample_{i}')(x)
       for j in range(depth):
         x = Block(
             drop_path=float(rates[k]),
             layer_scale_init_value=self.layer_scale_init_value,
             kernel_size=self.kernel_size,
-            dwconv_impl=self.dwconv_impl,
-            fusion_barriers=self.fusion_barriers,
+            ops=ops,
             dtype=self.dtype,
             name=f'stages_{i}_block_{j}',
         )(x, train=train)
         k += 1
       features[f'stage_{i}'] = x
-    logits = _head(x, self.num_classes, self.head_init_scale, self.dtype, native)
+    logits = _head(x, self.num_classes, self.head_init_scale, self.dtype, ops)
     return logits, features
 
 
@@ -209,13 +179,12 @@ class Downsample(nn.Module):
 
   dim: int
   dtype: Dtype = jnp.float32
-  conv_impl: str = 'auto'
-  native_norm: bool = False
+  ops: Ops = Ops()
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    x = layer_norm('norm', self.dtype, native=self.native_norm)(x)
-    return _conv(self.dim, 2, 'conv', self.dtype, self.conv_impl)(x)
+    x = LayerNorm(dtype=self.dtype, ops=self.ops, name='norm')(x)
+    return PatchConv(self.dim, 2, ops=self.ops, dtype=self.dtype, name='conv')(x)
 
 
 class ConvNeXtIsotropic(nn.Module):
@@ -242,19 +211,19 @@ class ConvNeXtIsotropic(nn.Module):
   def __call__(self, x: Array, train: bool = False) -> tuple[Array, dict[str, Array]]:
     if x.ndim != 4 or x.shape[-1] != self.in_chans:
       raise ValueError(f'expected NHWC input with {self.in_chans} channels, got shape {x.shape}')
-    x = _conv(self.dim, self.patch_size, 'stem_conv', self.dtype, self.patch_conv_impl)(x.astype(self.dtype))
+    ops = Ops.for_backend(self.dwconv_impl, self.patch_conv_impl, self.fusion_barriers)
+    x = PatchConv(self.dim, self.patch_size, ops=ops, dtype=self.dtype, name='stem_conv')(x.astype(self.dtype))
     rates = np.linspace(0.0, self.drop_path_rate, self.depth)
     for j in range(self.depth):
       x = Block(
           drop_path=float(rates[j]),
           layer_scale_init_value=self.layer_scale_init_value,
           kernel_size=self.kernel_size,
-          dwconv_impl=self.dwconv_impl,
-          fusion_barriers=self.fusion_barriers,
+          ops=ops,
           dtype=self.dtype,
           name=f'blocks_{j}',
       )(x, train=train)
-    logits = _head(x, self.num_classes, self.head_init_scale, self.dtype, native_layer_norms(self.dwconv_impl))
+    logits = _head(x, self.num_classes, self.head_init_scale, self.dtype, ops)
     return logits, {'blocks': x}
 
 

@@ -16,8 +16,10 @@ import flax  # noqa: E402
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
+from benchmarks import profile_convnext_layers  # noqa: E402
 from convnext_jax import (  # noqa: E402
     DropPath,
+    Ops,
     PatchConv,
     create_model,
     depthwise_conv2d,
@@ -205,11 +207,12 @@ def test_depthwise_conv_impls_agree(shape, highest_precision):
   k = _rand((7, 7, 1, shape[-1]), 2)
 
   def f(impl):
-    fn = lambda x, k: jnp.sum(jnp.sin(depthwise_conv2d(x, k, 3, impl)))
-    return jax.jit(jax.value_and_grad(fn, argnums=(0, 1)))(x, k), depthwise_conv2d(x, k, 3, impl)
+    fn = lambda x, k: jnp.sum(jnp.sin(profile_convnext_layers.depthwise_conv(x, k, 3, impl)))
+    return jax.jit(jax.value_and_grad(fn, argnums=(0, 1)))(x, k), profile_convnext_layers.depthwise_conv(x, k, 3, impl)
 
   (ref_val, (ref_dx, ref_dk)), ref_y = f('xla')
-  for impl in ('native', 'shifted', 'shifted_autodiff', 'xla_nchw', 'auto'):
+  # The model's paths, and the variants the layer profiles compare them with (benchmarks/).
+  for impl in ('native', 'shifted', 'auto', *profile_convnext_layers.PROFILING_DWCONVS):
     (val, (dx, dk)), y = f(impl)
     np.testing.assert_allclose(y, ref_y, atol=1e-5, rtol=1e-5)
     # gradients are sums of many more terms: fp32 summation-order noise ~1e-5 absolute
@@ -255,7 +258,7 @@ def test_model_dwconv_impls_same_tree_and_numerics(cpu_paths, highest_precision)
 
 @pytest.mark.parametrize('shape,k', [((2, 16, 16, 3), 4), ((3, 9, 7, 5), 2)])
 def test_patch_conv_impls_agree_with_nn_conv(shape, k, highest_precision):
-  """PatchConv('dense') == PatchConv('conv') == nn.Conv(k, stride k, VALID): params, values, grads."""
+  """PatchConv by a patch matmul == by a conv == nn.Conv(k, stride k, VALID): params, values, grads."""
   x = _rand(shape, 3)
   ref = flax.linen.Conv(7, (k, k), strides=(k, k), padding='VALID')
   v = ref.init(jax.random.PRNGKey(1), x)
@@ -263,15 +266,17 @@ def test_patch_conv_impls_agree_with_nn_conv(shape, k, highest_precision):
   y_ref = ref.apply(v, x)
   g_ref = jax.grad(lambda v, x: jnp.sum(jnp.sin(ref.apply(v, x))), argnums=(0, 1))(v, x)
   for impl in ('conv', 'dense', 'auto'):
-    m = PatchConv(7, k, impl=impl)
+    m = PatchConv(7, k, ops=Ops.for_backend(patch_conv_impl=impl))
     v_m = m.init(jax.random.PRNGKey(1), x)
     assert jax.tree_util.tree_map(jnp.shape, v_m) == jax.tree_util.tree_map(jnp.shape, v)
     np.testing.assert_allclose(m.apply(v, x), y_ref, atol=1e-6, rtol=1e-6)
     g = jax.grad(lambda v, x, m=m: jnp.sum(jnp.sin(m.apply(v, x))), argnums=(0, 1))(v, x)
     for a, b in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(g_ref)):
       np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
-  with pytest.raises(ValueError, match='PatchConv impl'):
-    PatchConv(7, k, impl='bogus').init(jax.random.PRNGKey(1), x)
+  with pytest.raises(ValueError, match='patch_conv_impl'):
+    Ops.for_backend(patch_conv_impl='bogus')
+  with pytest.raises(ValueError, match='patch_conv_impl'):
+    create_model('convnext_atto', patch_conv_impl='bogus').init(jax.random.PRNGKey(1), jnp.zeros((1, 32, 32, 3)))
 
 
 def test_gelu_exact_matches_autodiff_and_torch(highest_precision):
@@ -493,9 +498,9 @@ needs_compiler = pytest.mark.skipif(native_kernels._compiler() is None, reason='
 def test_native_dwconv_is_the_cpu_default_and_deterministic():
   """With a compiler, 'auto' on a one-device CPU process is the C++ kernel (the HLO holds the custom
   calls, forward and backward), and the kernel gradient's fixed block order makes it bit-reproducible."""
-  from convnext_jax import layers  # pylint: disable=import-outside-toplevel
+  from convnext_jax import ops  # pylint: disable=import-outside-toplevel
 
-  assert layers.native_cpu_kernels_available() and resolve_dwconv_impl('auto') == 'native'
+  assert ops.native_cpu_kernels_available() and resolve_dwconv_impl('auto') == 'native'
   x, k = _rand((4, 9, 11, 24), 1), _rand((7, 7, 1, 24), 2)
   grad = jax.jit(jax.grad(lambda x, k: jnp.sum(jnp.sin(depthwise_conv2d(x, k, 3, 'auto'))), argnums=(0, 1)))
   hlo = grad.lower(x, k).as_text()
@@ -517,17 +522,17 @@ def test_native_dwconv_is_the_cpu_default_and_deterministic():
 def test_layer_norm_native_matches_xla(shape):
   """The C++ LayerNorm (the CPU default inside the models) equals the XLA LayerNorm: values, dx,
   dscale and dbias, for 4-D maps, the head's 2-D input and channel counts off the 8-wide vectors."""
-  from convnext_jax import layers  # pylint: disable=import-outside-toplevel
+  from convnext_jax import ops  # pylint: disable=import-outside-toplevel
 
-  assert layers.native_cpu_kernels_available()
+  assert ops.native_cpu_kernels_available()
   x = _rand(shape, 1) * 3.0 + 1.0
   scale, bias, g = _rand(shape[-1:], 2) + 1.5, _rand(shape[-1:], 3), _rand(shape, 4)
   outs = {}
-  for name, fn in (('xla', layers.layer_norm_channels_last), ('native', layers.layer_norm_native)):
+  for name, fn in (('xla', ops.layer_norm_channels_last), ('native', ops.layer_norm_native)):
     f = lambda x, s, b, fn=fn: fn(x, s, b, 1e-6)
     y, vjp = jax.vjp(f, x, scale, bias)
     outs[name] = (y, *vjp(g))
   for a, b in zip(outs['xla'], outs['native']):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=2e-5, rtol=1e-5)
-  hlo = jax.jit(jax.grad(lambda x: jnp.sum(layers.layer_norm_native(x, scale, bias, 1e-6) ** 2))).lower(x).as_text()
+  hlo = jax.jit(jax.grad(lambda x: jnp.sum(ops.layer_norm_native(x, scale, bias, 1e-6) ** 2))).lower(x).as_text()
   assert 'convnext_layer_norm_forward' in hlo and 'convnext_layer_norm_backward' in hlo
