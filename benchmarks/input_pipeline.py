@@ -125,7 +125,7 @@ def worker(args):
   fn, count = (_ours if args.contender == 'ours' else _timm)(args.folder, args.repeats)
   first = common.seconds(functools.partial(fn, args.repeats))  # warm-up epoch, with a seed no timed epoch uses
   # Epoch r draws its augmentations with seed r on both sides. How many images get an expensive op
-  # (RandAugment's geometric ops cost ~3 ms, its colour ops ~0.1 ms) varies with the draws, so both
+  # (RandAugment's geometric ops cost far more than its colour ops) varies with the draws, so both
   # sides time the same number of epochs and the rate is over their total: one fixed seed per side
   # would compare two different, fixed amounts of work.
   times = [common.seconds(functools.partial(fn, seed)) for seed in range(args.repeats)]

@@ -7,7 +7,7 @@ Runs one step under `jax.profiler.trace`, reads the XPlane it writes, maps every
 (fusion, dot, conditional, loop) to the model layer in its op_name metadata, and prints the time per
 (layer kind, XLA op kind), largest first. This is how the CPU speed work found its targets: e.g. the
 depthwise conv's 49-tap sum recomputed inside each LayerNorm pass, and the YNNPACK reduce fusion
-materializing every shifted slice (see `convnext_jax.layers._materialized`). The profiler adds
+materializing every shifted slice (see `convnext_jax.ops._materialized`). The profiler adds
 overhead, so read shares, not absolute times.
 """
 

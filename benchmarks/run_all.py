@@ -1,10 +1,29 @@
-"""`make bench`: every benchmark with small settings; writes benchmarks/RESULTS.md (machine, versions, numbers)."""
+"""`make bench`: every benchmark with small settings; writes benchmarks/RESULTS.md (machine, versions, numbers).
+
+The file's `DESIGN_HEADING` section is written by hand (measurements behind design choices, with their date and
+command) and kept as it is when the file is rewritten.
+"""
 
 import datetime
 import json
 import os
 
 from benchmarks import common, convnext_throughput, devices_scaling, input_pipeline
+
+DESIGN_HEADING = '## Design measurements'
+
+
+def kept_design_section(path: str) -> str:
+  """The hand-written design section of an existing RESULTS.md (up to the raw records), or ''."""
+  if not os.path.exists(path):
+    return ''
+  with open(path) as f:
+    text = f.read()
+  start = text.find(DESIGN_HEADING)
+  if start < 0:
+    return ''
+  end = text.find('\n<details>', start)
+  return text[start : end if end >= 0 else len(text)].rstrip() + '\n'
 
 
 def main():
@@ -44,6 +63,7 @@ def main():
     sections.append(f'## {title}\n\n{text}\n')
   info = common.machine()
   out = os.path.join(common.REPO, 'benchmarks', 'RESULTS.md')
+  design = kept_design_section(out)
   with open(out, 'w') as f:
     f.write('# Benchmark results\n\n')
     f.write(f'Measured by `make bench` (benchmarks/run_all.py) on {datetime.date.today().isoformat()}.\n\n')
@@ -54,6 +74,8 @@ def main():
         'of the per-round ratios.\n\n'
     )
     f.write('\n'.join(sections))
+    if design:
+      f.write('\n' + design)
     f.write(
         '\n<details><summary>raw records</summary>\n\n```\n'
         + '\n'.join(json.dumps(r) for r in records)

@@ -37,8 +37,8 @@ def _rand(shape, seed=0):
 
 
 def _np_variables(model, shape, seed=0, gamma=None):
-  """Init-like variables built with numpy from the abstract tree (no threefry compile: jitted
-  ``model.init`` takes ~5-20 s to compile on 2 CPU cores, mostly the RNG)."""
+  """Init-like variables built with numpy from the abstract tree: compiling a jitted ``model.init`` on CPU is
+  mostly compiling its threefry RNG calls, and costs more than the test itself."""
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct(shape, jnp.float32))
   rs = np.random.RandomState(seed)
 
