@@ -182,6 +182,7 @@ def test_valid_padding_floors_like_pytorch():
   assert [feats[f'stage_{i}'].shape[1:3] for i in range(4)] == [(17, 16), (8, 8), (4, 4), (2, 2)]
 
 
+@pytest.mark.slow  # bfloat16 programs compile slowly on XLA:CPU
 def test_bf16_compute_dtype():
   small = dict(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32))
   model = create_model('convnext_digits', dtype=jnp.bfloat16, **small)
@@ -344,6 +345,7 @@ def test_drop_path_schedule_and_model_behaviour():
 # ------------------------------------------------------------------------------------------------
 # Initialisation
 # ------------------------------------------------------------------------------------------------
+@pytest.mark.slow  # a jitted init: compiling its threefry calls dominates
 def test_init_statistics():
   # atto widths, one block per stage (fast to init); 1000-class head
   model = create_model('convnext_atto', depths=(1, 1, 1, 1), head_init_scale=0.1, dwconv_impl='xla')
@@ -463,7 +465,7 @@ def _randomize_torch(model, torch):
         ('convnext_atto', (64, 64), 'native'),  # the CPU default: C++ depthwise kernels
         ('convnext_atto', (70, 66), 'xla'),  # non-multiple-of-32 input: VALID padding floors like PyTorch
         ('convnext_atto', (70, 66), 'plain'),  # no CPU speed paths: grouped conv, nn conv, no barriers
-        ('convnext_tiny', (224, 224), 'xla'),  # Linear MLP layout, full resolution
+        pytest.param('convnext_tiny', (224, 224), 'xla', marks=pytest.mark.slow),  # Linear MLP layout, full size
     ],
 )
 def test_timm_parity(name, size, impl, highest_precision):

@@ -12,6 +12,9 @@ import subprocess
 import sys
 import textwrap
 
+import jax
+import pytest
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _PROBE = textwrap.dedent("""
@@ -36,6 +39,7 @@ _PROBE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # a subprocess compiling a train step for 8 simulated devices
 def test_sharded_train_step_moves_no_activations():
   env = dict(
       os.environ,
@@ -44,6 +48,11 @@ def test_sharded_train_step_moves_no_activations():
       TF_CPP_MIN_LOG_LEVEL='3',
       XLA_FLAGS='--xla_force_host_platform_device_count=8',
   )
+  if jax.config.jax_compilation_cache_dir:  # the suite's persistent cache (tests/conftest.py): reruns load the step
+    env.update(
+        JAX_COMPILATION_CACHE_DIR=jax.config.jax_compilation_cache_dir,
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS=str(jax.config.jax_persistent_cache_min_compile_time_secs),
+    )
   out = subprocess.run([sys.executable, '-c', _PROBE], env=env, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-2000:]
   all_gathers, all_reduces, conditionals = map(int, out.stdout.split())
