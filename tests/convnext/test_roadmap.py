@@ -206,8 +206,10 @@ def test_config_loads_and_builds(step):
 
 def test_default_config_is_convnext_t():
   from core_jax import cli
+  from core_jax.errors import UserError
 
   c = cli.load_config_file(os.path.join(ROOT, 'configs', 'convnext', 'roadmap.py'))
   assert c.model.name == 'roadmap_separate_downsampling'
-  with pytest.raises(ValueError):
+  # An unknown step is bad input: one line naming the config file and the step (core_jax.cli).
+  with pytest.raises(UserError, match="roadmap.py.*unknown roadmap step 'nope'"):
     cli.load_config_file(os.path.join(ROOT, 'configs', 'convnext', 'roadmap.py:nope'))
