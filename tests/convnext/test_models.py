@@ -91,7 +91,13 @@ def test_list_models():
     create_model('convnext_nope')
 
 
-@pytest.mark.parametrize('name', sorted(EXPECTED_PARAMS))
+# The 27- and 36-block models take seconds each to trace; tests/convnext/test_zoo.py counts them too.
+_DEEP = ('convnext_small', 'convnext_base', 'convnext_large', 'convnext_xlarge', 'convnext_iso_large')
+
+
+@pytest.mark.parametrize(
+    'name', [pytest.param(n, marks=pytest.mark.slow) if n in _DEEP else n for n in sorted(EXPECTED_PARAMS)]
+)
 def test_param_count(name):
   # jax.eval_shape: nothing is materialised.  Count is input-size independent; 'xla' traces fastest.
   model = create_model(name, num_classes=1000, dwconv_impl='xla')
