@@ -4,7 +4,8 @@ TFDS data dir per session.
 The compilation cache (``.cache/jax`` in the repository, git-ignored; ``JAX_COMPILATION_CACHE_DIR`` overrides it,
 ``JAX_ENABLE_COMPILATION_CACHE=false`` turns it off) lets a rerun of the suite load the programs an earlier run
 compiled instead of compiling them again: most of a test's time on CPU is XLA compiling it. Entries are keyed by
-the program, the XLA flags and the jax/jaxlib version, so a changed test or library compiles afresh.
+the program, the XLA flags and the jax/jaxlib version, so a changed test or library compiles afresh. No size cap
+(jax's LRU mode breaks when a subprocess without it writes the same directory); `rm -rf .cache/jax` clears it.
 """
 
 import os
@@ -20,8 +21,6 @@ if jax.config.jax_compilation_cache_dir is None:
   jax.config.update('jax_compilation_cache_dir', os.path.join(REPO, '.cache', 'jax'))
 # jax caches only compiles slower than this; the default (1 s) would leave out most of the suite's small programs.
 jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.1)
-# Least recently used entries go first past this size, so the cache cannot fill the disk across many reruns.
-jax.config.update('jax_compilation_cache_max_size', 2 * 2**30)
 
 
 @pytest.fixture(scope='session')
