@@ -481,18 +481,26 @@ def _recorded_arch(flat: Mapping[str, Any], arch: Optional[str], overrides: Mapp
   return arch, overrides
 
 
-def _normalize_stats(transforms) -> Dict[str, Any]:
-  """mean/std of the `normalize(...)` op in a transform list (the training's eval preprocessing), if any."""
+def _eval_preprocessing(transforms) -> Dict[str, Any]:
+  """What a training's eval transform list says about preprocessing: mean/std of its `normalize(...)` op, and the
+  size (input_size), crop_pct and interpolation of its last op with a `size`, where it has them."""
   import ast
+  found: Dict[str, Any] = {}
   for spec in transforms or ():
     try:
       call = ast.parse(str(spec), mode='eval').body
-    except SyntaxError:
+      kw = {k.arg: ast.literal_eval(k.value) for k in call.keywords} if isinstance(call, ast.Call) else {}
+    except (SyntaxError, ValueError):
       continue
-    if isinstance(call, ast.Call) and getattr(call.func, 'id', '') == 'normalize':
-      kw = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
-      return {'mean': list(kw.get('mean', (0.0, 0.0, 0.0))), 'std': list(kw.get('std', (1.0, 1.0, 1.0)))}
-  return {}
+    name = getattr(call.func, 'id', '') if isinstance(call, ast.Call) else ''
+    if name == 'normalize':
+      found.update(mean=list(kw.get('mean', (0.0, 0.0, 0.0))), std=list(kw.get('std', (1.0, 1.0, 1.0))))
+    if isinstance(kw.get('size'), int):
+      found['input_size'] = [3, kw['size'], kw['size']]
+      found['crop_pct'] = float(kw.get('crop_pct', 1.0))  # a squash resize or plain crop keeps the whole image
+      if isinstance(kw.get('interpolation'), str):
+        found['interpolation'] = kw['interpolation']
+  return found
 
 
 def _read_source(path: str, ema: bool) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
@@ -512,7 +520,7 @@ def _read_source(path: str, ema: bool) -> Tuple[Dict[str, np.ndarray], Dict[str,
     eval_tf = (config.get('data') or {}).get('eval_transforms')
     if eval_tf:
       info['eval_transforms'] = list(eval_tf)
-      info.update(_normalize_stats(eval_tf))
+      info.update(_eval_preprocessing(eval_tf))
     return sd, info
   sd = read_checkpoint(path, ema=ema)
   info = {}
@@ -535,7 +543,7 @@ def _import(path: str, *, arch: Optional[str], num_classes: Optional[int], ema: 
   from .layers import trunc_normal_init
   from .models import ConvNeXt, ConvNeXtIsotropic, create_model
   sd, info = _read_source(path, ema)
-  if arch is None and info.get('arch') and detect_layout(sd) == 'flax':
+  if (arch is None or arch == info.get('arch')) and info.get('arch') and detect_layout(sd) == 'flax':
     # the checkpoint names its own model (e.g. trained with model.overrides): rebuild exactly that one
     arch, overrides = _recorded_arch(sd, info['arch'], info.get('overrides'), info['where'])
     if not isinstance(create_model(arch), (ConvNeXt, ConvNeXtIsotropic)):

@@ -6,6 +6,12 @@ A checkpoint step directory holds three items committed atomically together:
   meta   JSON: step, metrics at that step, the config that produced it
 Kept: the last `keep` steps plus the best one by `best_metric`. Restores always go against target shardings,
 so a run saved on 8 devices resumes on 1 and vice versa.
+
+Restoring never half-happens: the state is read first, the data iterator is set only after that, and put back
+as it was when anything fails. Unreadable steps are moved to `<workdir>/checkpoints_corrupt/` (never deleted);
+when no readable step is left the restore refuses (UserError) unless the caller allows a fresh start. A
+chosen step (`restore_step`) restores that step only; `set_aside_later_than` moves the steps after it to
+`<workdir>/checkpoints_superseded/`. The directory is created on the first save or restore that needs it.
 """
 import os
 import shutil

@@ -720,6 +720,18 @@ def test_timm_recipe_builds_the_export_layout(name, overrides):
     assert {k: tuple(v.shape) for k, v in named.state_dict().items()} == want
 
 
+def test_sidecar_preprocessing_from_the_training_eval_transforms(repo_root):
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  spec = importlib.util.spec_from_file_location('_in1k', os.path.join(repo_root, 'configs', 'convnext', 'in1k.py'))
+  in1k = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(in1k)
+  prep = C._eval_preprocessing  # pylint: disable=protected-access
+  assert prep(in1k.EVAL_224) == {'input_size': [3, 224, 224], 'crop_pct': 0.875, 'interpolation': 'bicubic'}
+  assert prep(in1k.EVAL_384)['crop_pct'] == 1.0
+  assert prep(['normalize(mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.2))']) == {'mean': [0.5, 0.4, 0.3],
+                                                                          'std': [0.2, 0.2, 0.2]}
+
+
 def test_timm_recipe_refuses_what_timm_cannot_build():
   for name, overrides, message in [('convnext_iso_small', {}, 'timm has no ConvNeXtIsotropic'),
                                    ('convnext_tiny', {'depths': (2, 2, 2), 'dims': (8, 16, 32)}, '4 stages'),
