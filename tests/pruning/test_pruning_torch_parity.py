@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from pruning_jax import io, models
+
 import pruning_torch_reference as tr
+from pruning_helpers import random_variables
 
 R = np.random.RandomState(0)
 
@@ -30,21 +32,6 @@ CASES = {
 }
 
 
-def _randomize(variables, key):
-  """Non-trivial BN affine and running stats (fresh ones are 1 / 0), so eval mode tests something."""
-  flat, treedef = jax.tree_util.tree_flatten_with_path(variables)
-  keys = jax.random.split(key, len(flat))
-  out = []
-  for (path, x), k in zip(flat, keys):
-    name = path[-1].key
-    if name in ('scale', 'var'):
-      x = jax.random.uniform(k, x.shape, x.dtype, 0.5, 1.5)
-    elif name in ('mean', 'bias'):
-      x = 0.1 * jax.random.normal(k, x.shape, x.dtype)
-    out.append(x)
-  return jax.tree_util.tree_unflatten(treedef, out)
-
-
 def _max_rel(a, b):
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
   return float(np.abs(a - b).max() / max(1.0, np.abs(b).max()))
@@ -55,8 +42,7 @@ def test_matches_pytorch(family, highest_precision):
   case = CASES[family]
   model = models.build(family, case['cfg'], 5, case['sel'])
   x = np.random.RandomState(1).randn(4, case['hw'], case['hw'], 3).astype(np.float32)
-  variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
-  variables = _randomize(variables, jax.random.PRNGKey(1))
+  variables = random_variables(model, x)
   tm = case['torch'](list(case['cfg'])).double()
   sd = io.to_torch_state_dict(model, variables)
   missing, unexpected = tm.load_state_dict({k: torch.from_numpy(np.asarray(v, np.float64)) for k, v in sd.items()},
