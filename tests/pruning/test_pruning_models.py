@@ -106,3 +106,9 @@ def test_bad_input_is_one_line_user_error(call, message):
   with pytest.raises(UserError, match=message) as e:
     call().init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
   assert '\n' not in str(e.value)
+
+
+def test_zoo_cli_prints_exact_counts(capsys):
+  zoo.main(['resnet56', 'resnet56_a'])
+  out = capsys.readouterr().out
+  assert '| resnet56_a | resnet_cifar | cifar | 773,336 | 112,435,840 |' in out and '9.3% / 10.4% of resnet56' in out

@@ -1,6 +1,7 @@
-"""Each CIFAR family against a PyTorch definition written from the reference sheet (tests/pruning/pruning_torch_reference.py):
-the same weights in both (through pruning_jax.io's official layout, loaded strict), logits in eval and train mode,
-the running-statistics update and the gradients agree to 1e-4. Small cfgs and inputs; selections non-trivial."""
+"""Each CIFAR family against a PyTorch definition written from the reference sheet
+(tests/pruning/pruning_torch_reference.py): the same weights in both (through pruning_jax.io's official layout,
+loaded strict), logits in eval and train mode, the running-statistics update and the gradients agree to 1e-4.
+Small cfgs and inputs; selections non-trivial."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -83,8 +84,7 @@ def test_matches_pytorch(family, highest_precision):
 
 
 def test_option_a_shortcut_passes_no_gradient():
-  """The downsampling shortcut is detached: with the residual branch's weights zeroed, the stem gets no gradient
-  through stage 2/3's first blocks beyond what the branch gives; here checked directly on the shortcut."""
+  """The option-A shortcut: 2x2 average pool, zero channels appended at the end, and no gradient through it."""
   from pruning_jax.models.resnet_cifar import option_a_shortcut
   g = jax.grad(lambda x: option_a_shortcut(x, 8).sum())(jnp.ones((1, 4, 4, 4)))
   assert float(jnp.abs(g).max()) == 0.0
