@@ -5,6 +5,7 @@ import numpy as np
 import optax
 import pytest
 
+from core_jax import counting
 from core_jax.errors import UserError
 from pruning_jax import budget, masking, models, surgery, zoo
 from pruning_jax.methods import l1_norm, slimming
@@ -58,8 +59,8 @@ def test_l1_bad_schemes(scheme, message):
 
 
 def test_slimming_threshold_strictly_greater_and_empty_layer_kept():
-  model = models.build('vgg_slimming', (4, 'M', 6), 3)
-  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3))))
+  model = models.build('vgg_slimming', (4, 'M', 6, 'M', 'M', 'M'), 3)
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
   params = jax.tree_util.tree_map(lambda s: np.ones(s.shape, np.float32), variables['params'])
   params['bn0']['scale'] = np.array([0.1, -0.5, 0.3, 0.2], np.float32)
   params['bn1']['scale'] = np.array([0.05, 0.01, -0.02, 0.04, 0.03, 0.06], np.float32)
@@ -69,14 +70,16 @@ def test_slimming_threshold_strictly_greater_and_empty_layer_kept():
   keep, report = slimming.plan(model, v, 0.6)
   assert report['threshold'] == pytest.approx(0.1)
   assert keep['conv0'] == [1, 2, 3] and keep['conv1'] == [5] and report['emptied'] == ['conv1']
-  result = slimming.prune('vgg_slimming', (4, 'M', 6), v, 0.6)
-  assert result.report['cfg'] == result.cfg == [3, 'M', 1] and result.model.num_classes == 3
+  result = slimming.prune('vgg_slimming', (4, 'M', 6, 'M', 'M', 'M'), v, 0.6)
+  assert result.report['cfg'] == result.cfg == [3, 'M', 1, 'M', 'M', 'M'] and result.model.num_classes == 3
   np.testing.assert_array_equal(result.variables['params']['bn0']['scale'], np.float32([-0.5, 0.3, 0.2]))
   masked = slimming.prune(model, None, v, 0.6, mask=True)
   zeroed, mask = masked.variables, masked.mask
-  assert masked.cfg == [4, 'M', 6] and masked.report['pruned_cfg'] == [3, 'M', 1]
+  assert masked.cfg == [4, 'M', 6, 'M', 'M', 'M'] and masked.report['pruned_cfg'] == [3, 'M', 1, 'M', 'M', 'M']
   assert float(zeroed['params']['bn0']['scale'][0]) == 0 and float(zeroed['params']['bn0']['bias'][0]) == 0
   assert float(np.abs(zeroed['params']['conv0']['kernel'][..., 0]).max()) == 0
+  # mask mode keeps exactly the physically pruned model's weights non-zero (all test weights are non-zero)
+  assert zoo.count_nonzero_params(zeroed['params']) == counting.count_params(result.variables['params'])
   with pytest.raises(UserError, match='percent'):
     slimming.plan(model, v, 1.0)
 
@@ -111,9 +114,9 @@ def test_slimming_preresnet_selection_and_densenet_no_bn_sliced():
 
 
 def test_sparsity_transform_adds_sign_before_decay():
-  model = models.build('vgg_slimming', (4, 'M', 6), 3)
+  model = models.build('vgg_slimming', (4, 'M', 6, 'M', 'M', 'M'), 3)
   params = jax.tree_util.tree_map(lambda s: -jnp.ones(s.shape), jax.eval_shape(
-    lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3))))['params'])
+    lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))['params'])
   grads = jax.tree_util.tree_map(jnp.zeros_like, params)
   for tx in (slimming.sparsity_transform(1e-4), slimming.sparsity_transform(1e-4, model)):
     out, _ = tx.update(grads, tx.init(params), params)

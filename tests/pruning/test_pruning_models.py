@@ -79,7 +79,7 @@ def test_inits_follow_reference():
   assert np.all(np.asarray(v['params']['bn1']['scale']) == 1.0)
   fc = np.asarray(v['params']['fc']['kernel'])
   assert np.abs(fc).max() <= 1 / 8 and np.abs(np.asarray(v['params']['fc']['bias'])).max() <= 1 / 8
-  vg = jax.jit(models.create('vgg_slimming', cfg=(8, 'M', 512)).init)(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+  vg = jax.jit(models.create('vgg_slimming', cfg=(8, 'M', 'M', 'M', 'M', 512)).init)(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
   assert np.all(np.asarray(vg['params']['bn0']['scale']) == 0.5)
   assert np.all(np.asarray(vg['params']['fc']['bias']) == 0)
   assert abs(np.asarray(vg['params']['fc']['kernel']).std() - 0.01) < 0.001  # 5,120 draws
