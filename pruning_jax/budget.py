@@ -31,3 +31,7 @@ def scratch_b(base_epochs: int, macs_large: int, macs_pruned: int, cap: float | 
 
 def scratch_e(base_epochs: int) -> Budget:
   return Budget(int(base_epochs), 1.0, False)
+
+
+def scratch_b_epochs(base_epochs: int, macs_large: int, macs_pruned: int, cap: float | None = None) -> int:
+  return scratch_b(base_epochs, macs_large, macs_pruned, cap).epochs

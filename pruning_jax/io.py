@@ -366,6 +366,15 @@ def save_pruned(path: str, model, variables: Mapping, extra: dict | None = None)
   return path
 
 
+def export_pruned(path: str, model_or_result, variables: Mapping | None = None, extra: dict | None = None) -> str:
+  """save_pruned for a model + variables or a methods.PruneResult (its report goes into the sidecar)."""
+  if variables is None:
+    result = model_or_result
+    extra = dict({'report': result.report}, **(extra or {}))
+    return save_pruned(path, result.model, result.variables, extra)
+  return save_pruned(path, model_or_result, variables, extra)
+
+
 def read_sidecar(path: str) -> dict:
   side = sidecar_path(path)
   if not os.path.isfile(side):

@@ -22,8 +22,10 @@ class KeepMaskedState(NamedTuple):
 
 
 def _fill_none(mask, params):
-  return jax.tree_util.tree_map(lambda m, p: jnp.ones((), jnp.asarray(p).dtype) if m is None else jnp.asarray(m, p.dtype),
-                                mask, params, is_leaf=lambda m: m is None)
+  def fill(m, p):
+    return jnp.ones((), jnp.asarray(p).dtype) if m is None else jnp.asarray(m, p.dtype)
+
+  return jax.tree_util.tree_map(fill, mask, params, is_leaf=lambda m: m is None)
 
 
 def keep_masked(mask_fn: Callable[[Any], Any]) -> optax.GradientTransformation:

@@ -63,8 +63,8 @@ def _conv_set(name, width, cfg_index, conv, bn, consumer, consumer_axis=-2, conv
 
 
 def _selection_set(name, width, cfg_index, bn, consumer, selection_index, consumer_axis=-2):
-  return ChannelSet(name, 'selection', width, cfg_index, bn, None, (('params', f'{consumer}/kernel', consumer_axis, 1),),
-                    selection_index)
+  consumer_member = (('params', f'{consumer}/kernel', consumer_axis, 1),)
+  return ChannelSet(name, 'selection', width, cfg_index, bn, None, consumer_member, selection_index)
 
 
 def _vgg_sets(model) -> list[ChannelSet]:
@@ -99,6 +99,12 @@ def _resnet_basic_sets(model, n_per_stage) -> list[ChannelSet]:
   return sets
 
 
+def _bottleneck_sets(blk: str, cfg, k: int, bns: tuple[str, str]) -> list[ChannelSet]:
+  """The two inner widths of bottleneck block k (cfg entries 3k+1, 3k+2): conv1 -> BN -> conv2, conv2 -> BN -> conv3."""
+  return [_conv_set(f'{blk}/conv{j}', int(cfg[3 * k + j]), 3 * k + j, f'{blk}/conv{j}', f'{blk}/{bn}',
+                    f'{blk}/conv{j + 1}') for j, bn in ((1, bns[0]), (2, bns[1]))]
+
+
 def _resnet50_sets(model) -> list[ChannelSet]:
   cfg = models.cfg_of(model)
   full = resnet_imagenet.block_input_widths(50)
@@ -107,8 +113,7 @@ def _resnet50_sets(model) -> list[ChannelSet]:
     for b in range(n):
       blk = f'layer{s + 1}_{b}'
       sets.append(_selection_set(f'{blk}/select', full[k], 3 * k, None, f'{blk}/conv1', k))
-      sets.append(_conv_set(f'{blk}/conv1', int(cfg[3 * k + 1]), 3 * k + 1, f'{blk}/conv1', f'{blk}/bn1', f'{blk}/conv2'))
-      sets.append(_conv_set(f'{blk}/conv2', int(cfg[3 * k + 2]), 3 * k + 2, f'{blk}/conv2', f'{blk}/bn2', f'{blk}/conv3'))
+      sets += _bottleneck_sets(blk, cfg, k, ('bn1', 'bn2'))
       k += 1
   return sets
 
@@ -123,8 +128,7 @@ def _preresnet_sets(model) -> list[ChannelSet]:
       k = s * n + b
       blk = f'layer{s + 1}_{b}'
       sets.append(_selection_set(f'{blk}/select', full[k], 3 * k, f'{blk}/bn1', f'{blk}/conv1', k))
-      sets.append(_conv_set(f'{blk}/conv1', int(cfg[3 * k + 1]), 3 * k + 1, f'{blk}/conv1', f'{blk}/bn2', f'{blk}/conv2'))
-      sets.append(_conv_set(f'{blk}/conv2', int(cfg[3 * k + 2]), 3 * k + 2, f'{blk}/conv2', f'{blk}/bn3', f'{blk}/conv3'))
+      sets += _bottleneck_sets(blk, cfg, k, ('bn2', 'bn3'))
   sets.append(_selection_set('select', full[-1], len(cfg) - 1, 'bn', 'fc', 3 * n, consumer_axis=0))
   return sets
 

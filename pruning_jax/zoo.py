@@ -11,10 +11,12 @@ MACs removed relative to their unpruned base model. The REFERENCE columns are co
 (`shared/reference/pruning.md` sections 3 and 4.1, rounded as printed there), not computed here.
 """
 import argparse
+import inspect
 import json
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from core_jax import counting
 from pruning_jax import models
@@ -45,6 +47,15 @@ def params_and_macs(model, dataset: str, variables=None) -> tuple[int, int]:
   params = counting.count_params(variables['params'])
   macs = counting.count_macs(model, jax.ShapeDtypeStruct(shape, jnp.float32), variables=variables)
   return params, macs
+
+
+def count_nonzero_params(params) -> int:
+  """Non-zero entries over all leaves (mask-mode models: the weights that survive).
+
+  Kept local until core_jax.counting.count_params(tree, nonzero=True) lands on main; then this delegates."""
+  if 'nonzero' in inspect.signature(counting.count_params).parameters:
+    return counting.count_params(params, nonzero=True)
+  return int(sum(int(np.count_nonzero(np.asarray(x))) for x in jax.tree_util.tree_leaves(params)))
 
 
 def pruned_percent(value: int, base: int) -> float:

@@ -11,7 +11,9 @@ per-stage ratio decided by id thresholds; skipped ids keep every filter. VGG-16-
 
   SCHEMES                          the named variants: 'resnet56_a', ..., 'resnet34_b' (skip ids, stage ratios)
   plan(model, variables, scheme)   {channel set name: kept indices} for pruning_jax.surgery
-  prune(model, variables, scheme)  (smaller model, its variables)
+  prune(model_name_or_family, cfg, variables, scheme=None)  -> methods.PruneResult (the smaller model and its
+                                   variables); scheme defaults to the named model's own (e.g. 'resnet56_a' needs a
+                                   base: prune('resnet56', None, v, scheme='resnet56_a'))
   target_cfg(model, scheme)        the cfg the scheme produces (no weights needed)
 A scheme is a name, or a dict {'skip': [...ids], 'ratios': [...per stage]} (ResNets) / {'cfg': [...]} (VGG).
 """
@@ -23,6 +25,7 @@ import numpy as np
 
 from core_jax.errors import UserError
 from pruning_jax import models, surgery
+from pruning_jax.methods import PruneResult, resolve_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -151,6 +154,15 @@ def plan(model, variables: Mapping, scheme) -> dict[str, list[int]]:
   return keep
 
 
-def prune(model, variables: Mapping, scheme):
-  """(smaller model, its variables) of L1-norm pruning with `scheme`."""
-  return surgery.prune(model, variables, plan(model, variables, scheme))
+def prune(model_name_or_family, cfg, variables: Mapping, scheme=None, *, num_classes: int | None = None):
+  """L1-norm pruning of `variables` (a model of that name / family and cfg) with `scheme` -> PruneResult."""
+  if scheme is None:
+    raise UserError(f'L1-norm pruning needs a scheme (one of {", ".join(SCHEMES)} or {{"skip", "ratios"}} / '
+                    '{"cfg"})')
+  model = resolve_model(model_name_or_family, cfg, num_classes, variables=variables)
+  keep = plan(model, variables, scheme)
+  small, small_vars = surgery.prune(model, variables, keep)
+  name = scheme if isinstance(scheme, str) else None
+  report = {'method': 'l1_norm', 'scheme': name or dataclasses.asdict(get_scheme(scheme)),
+            'cfg': list(models.cfg_of(small)), 'kept': {k: len(v) for k, v in keep.items()}}
+  return PruneResult(small, small_vars, report)

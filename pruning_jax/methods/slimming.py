@@ -13,15 +13,18 @@ BN's mask into the block's channel selection (conv1's input sliced, the residual
 slices no BN at all -- every BN's mask becomes the next channel selection. A channel set that would lose every
 channel keeps its largest-|gamma| channel, and the report says so (the original crashes there).
 
-  sparsity_transform(model, s)           optax GradientTransformation for the `pre` list
+  sparsity_transform(s, model=None)      optax GradientTransformation for the `pre` list (every BN scale; with
+                                         `model`, the scored BNs only -- the same set for these families)
   plan(model, variables, percent)        ({set name: kept indices}, report)
-  prune(model, variables, percent)       (smaller model, its variables, report)
-  mask(model, variables, percent)        (variables with pruned channels zeroed, the {0, 1} params mask, report):
-                                         the mask implementation of the ImageNet VGG-11 experiment
+  prune(model_name_or_family, cfg, variables, percent, mask=False)  -> methods.PruneResult: the smaller model
+                                         and its variables, or with mask=True the large model, its variables
+                                         with the pruned channels zeroed and the {0, 1} params mask (the mask
+                                         implementation of the ImageNet VGG-11 experiment)
 """
 import logging
 from collections.abc import Mapping
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,6 +32,7 @@ import optax
 
 from core_jax.errors import UserError
 from pruning_jax import models, surgery
+from pruning_jax.methods import PruneResult, resolve_model
 
 
 def scored_bns(model) -> list[str]:
@@ -36,9 +40,11 @@ def scored_bns(model) -> list[str]:
   return [cs.bn for cs in surgery.channel_sets(model) if cs.bn is not None]
 
 
-def sparsity_transform(model, s: float) -> optax.GradientTransformation:
-  """g += s * sign(gamma) on the scale of every scored BN (L1 subgradient), before the optimizer's chain."""
-  targets = {tuple(p.split('/')) + ('scale',) for p in scored_bns(model)}
+def sparsity_transform(s: float, model=None) -> optax.GradientTransformation:
+  """g += s * sign(gamma) on BatchNorm scales (L1 subgradient), before the optimizer's chain."""
+  if isinstance(s, nn.Module):  # sparsity_transform(model, s)
+    s, model = model, s
+  targets = None if model is None else {tuple(p.split('/')) + ('scale',) for p in scored_bns(model)}
 
   def update(updates, state, params=None):
     if params is None:
@@ -46,7 +52,8 @@ def sparsity_transform(model, s: float) -> optax.GradientTransformation:
 
     def add(path, g, p):
       key = tuple(getattr(k, 'key', k) for k in path)
-      return g + s * jnp.sign(p).astype(g.dtype) if key in targets else g
+      hit = key[-1] == 'scale' if targets is None else key in targets
+      return g + s * jnp.sign(p).astype(g.dtype) if hit else g
 
     return jax.tree_util.tree_map_with_path(add, updates, params), state
 
@@ -113,18 +120,19 @@ def zero_pruned(model, variables: Mapping, keep: Mapping[str, list[int]]) -> dic
   return dict(variables, params=params)
 
 
-def prune(model, variables: Mapping, percent: float):
-  """(smaller model, its variables, report): threshold, zero gamma / beta, physical surgery."""
+def prune(model_name_or_family, cfg, variables: Mapping, percent: float, *, mask: bool = False,
+          num_classes: int | None = None, selections=None) -> PruneResult:
+  """Threshold, zero gamma / beta, then physical surgery (or, with mask=True, the mask in the large shape)."""
+  model = resolve_model(model_name_or_family, cfg, num_classes, selections, variables)
   keep, report = plan(model, variables, percent)
+  report['method'] = 'slimming'
   zeroed = zero_pruned(model, variables, keep)
+  if mask:
+    channel_mask = surgery.channel_mask(model, zeroed, keep)
+    masked = dict(zeroed, params=surgery.apply_mask(zeroed['params'], channel_mask))
+    report['cfg'] = list(models.cfg_of(model))
+    report['pruned_cfg'] = list(models.cfg_of(surgery.prune(model, zeroed, keep)[0]))
+    return PruneResult(model, masked, report, channel_mask)
   small, small_vars = surgery.prune(model, zeroed, keep)
   report['cfg'] = list(models.cfg_of(small))
-  return small, small_vars, report
-
-
-def mask(model, variables: Mapping, percent: float):
-  """(zeroed variables, params mask, report): the same channels pruned in the large shape (mask implementation)."""
-  keep, report = plan(model, variables, percent)
-  zeroed = zero_pruned(model, variables, keep)
-  channel_mask = surgery.channel_mask(model, zeroed, keep)
-  return dict(zeroed, params=surgery.apply_mask(zeroed['params'], channel_mask)), channel_mask, report
+  return PruneResult(small, small_vars, report)

@@ -43,6 +43,10 @@ def default_cfg(depth: int, growth: int = 12) -> tuple[int, ...]:
   return tuple(selection_widths(depth, growth))
 
 
+def _bn(train: bool, name: str, dtype) -> layers.BatchNorm:
+  return layers.BatchNorm(use_running_average=not train, scale_init=layers.constant(0.5), name=name, dtype=dtype)
+
+
 class DenseLayer(nn.Module):
   width: int
   growth: int
@@ -51,7 +55,7 @@ class DenseLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    y = layers.BatchNorm(use_running_average=not train, scale_init=layers.constant(0.5), name='bn1', dtype=self.dtype)(x)
+    y = _bn(train, 'bn1', self.dtype)(x)
     y = layers.conv(self.growth, 3, name='conv1', dtype=self.dtype)(nn.relu(layers.select_channels(y, self.selection)))
     return jnp.concatenate([x, y], axis=-1)
 
@@ -64,7 +68,7 @@ class Transition(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False):
     out = x.shape[-1]  # compression 1
-    y = layers.BatchNorm(use_running_average=not train, scale_init=layers.constant(0.5), name='bn1', dtype=self.dtype)(x)
+    y = _bn(train, 'bn1', self.dtype)(x)
     y = layers.conv(out, 1, name='conv1', dtype=self.dtype)(nn.relu(layers.select_channels(y, self.selection)))
     return layers.avg_pool(y, 2)
 
@@ -95,9 +99,8 @@ class DenseNet(nn.Module):
       if stage < 2:
         x = Transition(int(cfg[k]), sel(k), self.dtype, name=f'trans{stage + 1}')(x, train)
         k += 1
-    x = layers.BatchNorm(use_running_average=not train, scale_init=layers.constant(0.5), name='bn', dtype=self.dtype)(x)
+    x = _bn(train, 'bn', self.dtype)(x)
     x = nn.relu(layers.select_channels(x, sel(k)))
     features = layers.global_avg_pool(x)
-    logits = nn.Dense(self.num_classes, kernel_init=layers.torch_linear_kernel_init,
-                      bias_init=layers.torch_linear_bias_init(features.shape[-1]), name='fc', dtype=self.dtype)(features)
+    logits = layers.torch_dense(self.num_classes, features.shape[-1], 'fc', self.dtype)(features)
     return logits, {'pooled': features}

@@ -37,6 +37,12 @@ def torch_linear_bias_init(fan_in: int) -> Callable:
   return init
 
 
+def torch_dense(features: int, fan_in: int, name: str, dtype=None) -> nn.Dense:
+  """A Linear layer with PyTorch's default init (the heads the original does not re-initialize)."""
+  return nn.Dense(features, kernel_init=torch_linear_kernel_init, bias_init=torch_linear_bias_init(fan_in), name=name,
+                  dtype=dtype)
+
+
 def constant(value: float) -> Callable:
   return nn.initializers.constant(value)
 

@@ -109,9 +109,9 @@ class PreResNet(nn.Module):
         k = s * n + b
         stride = 2 if (s > 0 and b == 0) else 1
         x = Bottleneck(cfg[3 * k:3 * k + 3], planes, stride, sel(k), self.dtype, name=f'layer{s + 1}_{b}')(x, train)
-    x = layers.BatchNorm(use_running_average=not train, scale_init=layers.constant(0.5), name='bn', dtype=self.dtype)(x)
+    x = layers.BatchNorm(use_running_average=not train, scale_init=layers.constant(0.5), name='bn',
+                         dtype=self.dtype)(x)
     x = nn.relu(layers.select_channels(x, sel(3 * n)))
     features = layers.global_avg_pool(x)
-    logits = nn.Dense(self.num_classes, kernel_init=layers.torch_linear_kernel_init,
-                      bias_init=layers.torch_linear_bias_init(features.shape[-1]), name='fc', dtype=self.dtype)(features)
+    logits = layers.torch_dense(self.num_classes, features.shape[-1], 'fc', self.dtype)(features)
     return logits, {'pooled': features}

@@ -77,6 +77,5 @@ class CifarResNet(nn.Module):
         stride = 2 if (s > 0 and b == 0) else 1
         x = BasicBlock(int(cfg[s * n + b]), planes, stride, self.dtype, name=f'layer{s + 1}_{b}')(x, train)
     features = layers.global_avg_pool(x)
-    logits = nn.Dense(self.num_classes, kernel_init=layers.torch_linear_kernel_init,
-                      bias_init=layers.torch_linear_bias_init(features.shape[-1]), name='fc', dtype=self.dtype)(features)
+    logits = layers.torch_dense(self.num_classes, features.shape[-1], 'fc', self.dtype)(features)
     return logits, {'pooled': features}

@@ -55,8 +55,7 @@ def _stem(x, train, dtype):
 
 
 def _fc(features, num_classes, dtype):
-  return nn.Dense(num_classes, kernel_init=layers.torch_linear_kernel_init,
-                  bias_init=layers.torch_linear_bias_init(features.shape[-1]), name='fc', dtype=dtype)(features)
+  return layers.torch_dense(num_classes, features.shape[-1], 'fc', dtype)(features)
 
 
 class BasicBlock(nn.Module):

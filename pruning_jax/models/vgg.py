@@ -70,10 +70,14 @@ class VGG(nn.Module):
         x = bn(f'bn{i}')(x)
       x = nn.relu(x)
       i += 1
-    if imagenet:
-      x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)  # PyTorch's (C, H, W) flatten order
-    else:
-      x = layers.avg_pool(x, 2).reshape(x.shape[0], -1)
+    if not imagenet:
+      x = layers.avg_pool(x, 2)
+    expected = 7 if imagenet else 1
+    if x.shape[1:3] != (expected, expected):  # the original's Linear sizes assume exactly this
+      size = '224x224 input with 5 pools' if imagenet else '32x32 input with 4 pools'
+      raise ValueError(f'VGG head {self.head!r} needs a {expected}x{expected} feature map before the classifier '
+                       f'({size}), got {x.shape[1]}x{x.shape[2]}')
+    x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)  # PyTorch's (C, H, W) flatten order
     features = x
     if self.head == 'l1':
       x = dense(512, 'fc1')(x)

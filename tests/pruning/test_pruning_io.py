@@ -60,7 +60,8 @@ def test_load_pruned_errors(tmp_path):
 
 TORCH_CASES = {
   'vgg_l1': (lambda: tr.VGG([8, 'M', 6, 'M', 16, 'M', 24, 'M', 32], 10, 'l1'), [8, 'M', 6, 'M', 16, 'M', 24, 'M', 32]),
-  'vgg_slimming': (lambda: tr.VGG([5, 'M', 6, 'M', 7, 'M', 8, 'M', 9], 10, 'slimming'), [5, 'M', 6, 'M', 7, 'M', 8, 'M', 9]),
+  'vgg_slimming': (lambda: tr.VGG([5, 'M', 6, 'M', 7, 'M', 8, 'M', 9], 10, 'slimming'),
+                   [5, 'M', 6, 'M', 7, 'M', 8, 'M', 9]),
   'resnet_cifar': (lambda: tr.CifarResNet([3, 16, 9, 32, 50, 64], 100), [3, 16, 9, 32, 50, 64]),
   'preresnet': (lambda: tr.PreResNet([16, 16, 16, 40, 32, 32, 128, 20, 64, 200], 10), None),
   'densenet': (lambda: tr.DenseNet([20, 36, 30, 48, 40, 50], 10), None),

@@ -5,6 +5,7 @@ import numpy as np
 import optax
 import pytest
 
+from core_jax import counting
 from core_jax.errors import UserError
 from pruning_jax import budget, masking, models, surgery, zoo
 from pruning_jax.methods import l1_norm, slimming
@@ -35,6 +36,17 @@ def test_l1_keeps_largest_filters_with_argsort_ties():
   assert 3 not in keep['layer2_0/conv1']
 
 
+def test_l1_prune_result():
+  model = models.build('resnet_cifar', (10, 10, 10), 3)
+  v = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3))))
+  rng = np.random.RandomState(0)
+  v = jax.tree_util.tree_map(lambda s: rng.randn(*s.shape).astype(np.float32), v)
+  result = l1_norm.prune('resnet_cifar', (10, 10, 10), v, {'skip': [4], 'ratios': [0.5, 0.5, 0.5]})
+  assert result.cfg == [5, 10, 5] and result.model.num_classes == 3 and result.report['kept'] == {
+    'layer1_0/conv1': 5, 'layer3_0/conv1': 5}
+  assert result.variables['params']['layer3_0']['conv2']['kernel'].shape == (3, 3, 5, 64)
+
+
 @pytest.mark.parametrize('scheme, message', [
   ({'skip': [3], 'ratios': [0.1] * 3}, 'layer id 3'),
   ({'skip': [], 'ratios': [0.1] * 2}, '3 per-stage ratios'),
@@ -47,8 +59,8 @@ def test_l1_bad_schemes(scheme, message):
 
 
 def test_slimming_threshold_strictly_greater_and_empty_layer_kept():
-  model = models.build('vgg_slimming', (4, 'M', 6), 3)
-  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3))))
+  model = models.build('vgg_slimming', (4, 'M', 6, 'M', 'M', 'M'), 3)
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
   params = jax.tree_util.tree_map(lambda s: np.ones(s.shape, np.float32), variables['params'])
   params['bn0']['scale'] = np.array([0.1, -0.5, 0.3, 0.2], np.float32)
   params['bn1']['scale'] = np.array([0.05, 0.01, -0.02, 0.04, 0.03, 0.06], np.float32)
@@ -58,12 +70,16 @@ def test_slimming_threshold_strictly_greater_and_empty_layer_kept():
   keep, report = slimming.plan(model, v, 0.6)
   assert report['threshold'] == pytest.approx(0.1)
   assert keep['conv0'] == [1, 2, 3] and keep['conv1'] == [5] and report['emptied'] == ['conv1']
-  small, small_vars, report = slimming.prune(model, v, 0.6)
-  assert report['cfg'] == [3, 'M', 1]
-  np.testing.assert_array_equal(small_vars['params']['bn0']['scale'], np.float32([-0.5, 0.3, 0.2]))
-  zeroed, mask, _ = slimming.mask(model, v, 0.6)
+  result = slimming.prune('vgg_slimming', (4, 'M', 6, 'M', 'M', 'M'), v, 0.6)
+  assert result.report['cfg'] == result.cfg == [3, 'M', 1, 'M', 'M', 'M'] and result.model.num_classes == 3
+  np.testing.assert_array_equal(result.variables['params']['bn0']['scale'], np.float32([-0.5, 0.3, 0.2]))
+  masked = slimming.prune(model, None, v, 0.6, mask=True)
+  zeroed, mask = masked.variables, masked.mask
+  assert masked.cfg == [4, 'M', 6, 'M', 'M', 'M'] and masked.report['pruned_cfg'] == [3, 'M', 1, 'M', 'M', 'M']
   assert float(zeroed['params']['bn0']['scale'][0]) == 0 and float(zeroed['params']['bn0']['bias'][0]) == 0
   assert float(np.abs(zeroed['params']['conv0']['kernel'][..., 0]).max()) == 0
+  # mask mode keeps exactly the physically pruned model's weights non-zero (all test weights are non-zero)
+  assert zoo.count_nonzero_params(zeroed['params']) == counting.count_params(result.variables['params'])
   with pytest.raises(UserError, match='percent'):
     slimming.plan(model, v, 1.0)
 
@@ -71,15 +87,17 @@ def test_slimming_threshold_strictly_greater_and_empty_layer_kept():
 def test_slimming_preresnet_selection_and_densenet_no_bn_sliced():
   model = models.build('preresnet', (16, 16, 16, 64, 32, 32, 128, 64, 64, 256), 3)
   x = np.random.RandomState(0).randn(2, 8, 8, 3).astype(np.float32)
-  v = jax.jit(model.init)(jax.random.PRNGKey(0), x)
   rng = np.random.RandomState(1)
-  v = dict(v, params=jax.tree_util.tree_map(np.array, v['params']))
+  v = jax.tree_util.tree_map(lambda s: rng.randn(*s.shape).astype(np.float32),
+                             jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x)))
+  v['batch_stats'] = jax.tree_util.tree_map(np.abs, v['batch_stats'])
   for path in slimming.scored_bns(model):
     node = v['params']
     for part in path.split('/'):
       node = node[part]
     node['scale'] = rng.rand(*node['scale'].shape).astype(np.float32)
-  small, sv, report = slimming.prune(model, v, 0.5)
+  result = slimming.prune(model, None, v, 0.5)
+  small, sv, report = result.model, result.variables, result.report
   assert sv['params']['layer2_0']['bn1']['scale'].shape == (64,)  # block-input BN not sliced
   assert len(small.selections[1]) == report['kept']['layer2_0/select'] == sv['params']['layer2_0']['conv1'][
     'kernel'].shape[2]
@@ -88,21 +106,22 @@ def test_slimming_preresnet_selection_and_densenet_no_bn_sliced():
   zeroed = slimming.zero_pruned(model, v, slimming.plan(model, v, 0.5)[0])
   np.testing.assert_allclose(out_small, jax.jit(lambda v: model.apply(v, x)[0])(zeroed), rtol=1e-4, atol=1e-5)
   dn = models.build('densenet', (24, 36, 36, 48, 48, 60), 3)
-  dv = jax.jit(dn.init)(jax.random.PRNGKey(0), x)
-  dsmall, dsv, _ = slimming.prune(dn, dv, 0.0)  # all gammas 0.5: threshold 0.5, nothing strictly greater
+  dv = jax.tree_util.tree_map(lambda s: np.full(s.shape, 0.5, np.float32),
+                              jax.eval_shape(lambda: dn.init(jax.random.PRNGKey(0), x)))
+  dsv = slimming.prune(dn, None, dv, 0.0).variables  # all gammas 0.5: threshold 0.5, nothing strictly greater
   shapes = jax.tree_util.tree_map(np.shape, dsv['params'])
   assert shapes['dense1_0']['bn1']['scale'] == (24,) and shapes['dense1_0']['conv1']['kernel'][2] == 1
 
 
 def test_sparsity_transform_adds_sign_before_decay():
-  model = models.build('vgg_slimming', (4, 'M', 6), 3)
+  model = models.build('vgg_slimming', (4, 'M', 6, 'M', 'M', 'M'), 3)
   params = jax.tree_util.tree_map(lambda s: -jnp.ones(s.shape), jax.eval_shape(
-    lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3))))['params'])
+    lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))['params'])
   grads = jax.tree_util.tree_map(jnp.zeros_like, params)
-  tx = slimming.sparsity_transform(model, 1e-4)
-  out, _ = tx.update(grads, tx.init(params), params)
-  assert float(out['bn0']['scale'][0]) == pytest.approx(-1e-4) and float(out['bn0']['bias'][0]) == 0
-  assert float(jnp.abs(out['conv0']['kernel']).max()) == 0
+  for tx in (slimming.sparsity_transform(1e-4), slimming.sparsity_transform(1e-4, model)):
+    out, _ = tx.update(grads, tx.init(params), params)
+    assert float(out['bn0']['scale'][0]) == pytest.approx(-1e-4) and float(out['bn0']['bias'][0]) == 0
+    assert float(jnp.abs(out['conv0']['kernel']).max()) == 0
 
 
 def test_keep_masked_keeps_zeros_through_momentum_and_decay():
@@ -124,6 +143,7 @@ def test_scratch_b_epochs_cifar(scheme, base, epochs):
   _, macs_large = zoo.params_and_macs(models.create(base), 'cifar')
   _, macs_pruned = zoo.params_and_macs(models.create(scheme), 'cifar')
   assert budget.scratch_b(160, macs_large, macs_pruned).epochs == epochs
+  assert budget.scratch_b_epochs(160, macs_large, macs_pruned) == epochs
 
 
 @pytest.mark.slow

@@ -79,7 +79,7 @@ def test_inits_follow_reference():
   assert np.all(np.asarray(v['params']['bn1']['scale']) == 1.0)
   fc = np.asarray(v['params']['fc']['kernel'])
   assert np.abs(fc).max() <= 1 / 8 and np.abs(np.asarray(v['params']['fc']['bias'])).max() <= 1 / 8
-  vg = jax.jit(models.create('vgg_slimming', cfg=(8, 'M', 512)).init)(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+  vg = jax.jit(models.create('vgg_slimming', cfg=(8, 'M', 'M', 'M', 'M', 512)).init)(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
   assert np.all(np.asarray(vg['params']['bn0']['scale']) == 0.5)
   assert np.all(np.asarray(vg['params']['fc']['bias']) == 0)
   assert abs(np.asarray(vg['params']['fc']['kernel']).std() - 0.01) < 0.001  # 5,120 draws
@@ -106,3 +106,9 @@ def test_bad_input_is_one_line_user_error(call, message):
   with pytest.raises(UserError, match=message) as e:
     call().init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
   assert '\n' not in str(e.value)
+
+
+def test_zoo_cli_prints_exact_counts(capsys):
+  zoo.main(['resnet56', 'resnet56_a'])
+  out = capsys.readouterr().out
+  assert '| resnet56_a | resnet_cifar | cifar | 773,336 | 112,435,840 |' in out and '9.3% / 10.4% of resnet56' in out

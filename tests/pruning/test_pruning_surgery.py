@@ -10,6 +10,8 @@ from core_jax import counting
 from core_jax.errors import UserError
 from pruning_jax import models, surgery
 
+from pruning_helpers import random_variables
+
 CASES = {
   'vgg_l1': ((8, 'M', 16, 'M', 16, 'M', 24, 'M', 32), None, 32),
   'vgg_slimming': ((8, 'M', 12, 'M', 16, 'M', 24, 'M', 20), None, 32),
@@ -19,19 +21,6 @@ CASES = {
   'densenet': ((24, 36, 36, 48, 48, 60), None, 16),
   'resnet34': ((8,) * 16, None, 64),
 }
-
-
-def _randomize(variables, key):
-  flat, treedef = jax.tree_util.tree_flatten_with_path(variables)
-  out = []
-  for (path, x), k in zip(flat, jax.random.split(key, len(flat))):
-    name = path[-1].key
-    if name in ('scale', 'var'):
-      x = jax.random.uniform(k, x.shape, x.dtype, 0.5, 1.5)
-    elif name in ('mean', 'bias'):
-      x = 0.1 * jax.random.normal(k, x.shape, x.dtype)
-    out.append(x)
-  return jax.tree_util.tree_unflatten(treedef, out)
 
 
 def _random_keep(model, rng, every=1):
@@ -51,12 +40,13 @@ def _apply(model, variables, x, train):
   return model.apply(variables, x, train=False)[0]
 
 
-@pytest.mark.parametrize('family', sorted(CASES))
+@pytest.mark.parametrize('family', [pytest.param(f, marks=pytest.mark.slow) if f == 'resnet34' else f
+                                    for f in sorted(CASES)])
 def test_pruned_equals_masked(family, highest_precision):
   cfg, sel, hw = CASES[family]
   model = models.build(family, cfg, 5, sel)
   x = np.random.RandomState(0).randn(3, hw, hw, 3).astype(np.float32)
-  variables = _randomize(jax.jit(model.init)(jax.random.PRNGKey(0), x), jax.random.PRNGKey(1))
+  variables = random_variables(model, x)
   keep = _random_keep(model, np.random.RandomState(2))
   small, small_vars = surgery.prune(model, variables, keep)
   mask = surgery.channel_mask(model, variables, keep)
@@ -77,7 +67,7 @@ def test_pruned_equals_masked(family, highest_precision):
 def test_prune_twice_through_selection_and_describe():
   model = models.build('densenet', (24, 36, 36, 48, 48, 60), 5)
   x = np.zeros((1, 16, 16, 3), np.float32)
-  variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
+  variables = random_variables(model, x)
   small, v1 = surgery.prune(model, variables, {'dense2_0/select': list(range(0, 36, 2))})
   assert small.selections[2] == tuple(range(0, 36, 2)) and models.cfg_of(small)[2] == 18
   smaller, v2 = surgery.prune(small, v1, {'dense2_0/select': [0, 4, 8]})

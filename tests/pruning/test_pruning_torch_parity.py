@@ -1,6 +1,7 @@
-"""Each CIFAR family against a PyTorch definition written from the reference sheet (tests/pruning/pruning_torch_reference.py):
-the same weights in both (through pruning_jax.io's official layout, loaded strict), logits in eval and train mode,
-the running-statistics update and the gradients agree to 1e-4. Small cfgs and inputs; selections non-trivial."""
+"""Each CIFAR family against a PyTorch definition written from the reference sheet
+(tests/pruning/pruning_torch_reference.py): the same weights in both (through pruning_jax.io's official layout,
+loaded strict), logits in eval and train mode, the running-statistics update and the gradients agree to 1e-4.
+Small cfgs and inputs; selections non-trivial."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,7 +9,9 @@ import pytest
 import torch
 
 from pruning_jax import io, models
+
 import pruning_torch_reference as tr
+from pruning_helpers import random_variables
 
 R = np.random.RandomState(0)
 
@@ -30,21 +33,6 @@ CASES = {
 }
 
 
-def _randomize(variables, key):
-  """Non-trivial BN affine and running stats (fresh ones are 1 / 0), so eval mode tests something."""
-  flat, treedef = jax.tree_util.tree_flatten_with_path(variables)
-  keys = jax.random.split(key, len(flat))
-  out = []
-  for (path, x), k in zip(flat, keys):
-    name = path[-1].key
-    if name in ('scale', 'var'):
-      x = jax.random.uniform(k, x.shape, x.dtype, 0.5, 1.5)
-    elif name in ('mean', 'bias'):
-      x = 0.1 * jax.random.normal(k, x.shape, x.dtype)
-    out.append(x)
-  return jax.tree_util.tree_unflatten(treedef, out)
-
-
 def _max_rel(a, b):
   a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
   return float(np.abs(a - b).max() / max(1.0, np.abs(b).max()))
@@ -55,8 +43,7 @@ def test_matches_pytorch(family, highest_precision):
   case = CASES[family]
   model = models.build(family, case['cfg'], 5, case['sel'])
   x = np.random.RandomState(1).randn(4, case['hw'], case['hw'], 3).astype(np.float32)
-  variables = jax.jit(model.init)(jax.random.PRNGKey(0), x)
-  variables = _randomize(variables, jax.random.PRNGKey(1))
+  variables = random_variables(model, x)
   tm = case['torch'](list(case['cfg'])).double()
   sd = io.to_torch_state_dict(model, variables)
   missing, unexpected = tm.load_state_dict({k: torch.from_numpy(np.asarray(v, np.float64)) for k, v in sd.items()},
@@ -97,8 +84,7 @@ def test_matches_pytorch(family, highest_precision):
 
 
 def test_option_a_shortcut_passes_no_gradient():
-  """The downsampling shortcut is detached: with the residual branch's weights zeroed, the stem gets no gradient
-  through stage 2/3's first blocks beyond what the branch gives; here checked directly on the shortcut."""
+  """The option-A shortcut: 2x2 average pool, zero channels appended at the end, and no gradient through it."""
   from pruning_jax.models.resnet_cifar import option_a_shortcut
   g = jax.grad(lambda x: option_a_shortcut(x, 8).sum())(jnp.ones((1, 4, 4, 4)))
   assert float(jnp.abs(g).max()) == 0.0
