@@ -4,6 +4,7 @@ Runs one pruning experiment end to end (pruning_jax.pipeline): per seed the larg
 Scratch-E and Scratch-B, each phase in its own sub-workdir (rerun the same command to resume a killed run);
 then DIR/results.json and DIR/results.md, the paper's table, printed at the end. `--help` lists the configs of
 configs/pruning; `--config=FILE --help` lists that config's keys. Bad input: one line on stderr, exit 2."""
+
 import os
 import sys
 
@@ -14,6 +15,7 @@ CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 
 def _run(config, workdir):
   from pruning_jax import pipeline  # after flag parsing, so `--help`-level errors stay instant
+
   pipeline.run(config, workdir)
 
 

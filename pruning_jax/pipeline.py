@@ -20,8 +20,8 @@ Config fields beyond core_jax.config.base_config and pruning_jax.task: prune (me
 'slimming' with percent; mode 'physical' | 'mask'; on_empty_layer 'keep_strongest' | 'error'), finetune
 (num_epochs, lr), scratch (budget_cap), experiment (title, seeds, phases, paper: the paper's numbers).
 """
+
 import copy
-import inspect
 import json
 import os
 
@@ -36,8 +36,13 @@ from pruning_jax import budget, models
 from pruning_jax.task import PruningTask, build_from_config, merge_weights, read_weights, save_mask
 
 PHASES = ('large', 'prune', 'finetune', 'scratch_e', 'scratch_b')
-COLUMNS = {'large': 'unpruned', 'prune': 'pruned', 'finetune': 'Fine-tuned', 'scratch_e': 'Scratch-E',
-           'scratch_b': 'Scratch-B'}
+COLUMNS = {
+    'large': 'unpruned',
+    'prune': 'pruned',
+    'finetune': 'Fine-tuned',
+    'scratch_e': 'Scratch-E',
+    'scratch_b': 'Scratch-B',
+}
 METHODS = ('l1_norm', 'slimming')
 EXPORT, MASKED, MASK = 'pruned.safetensors', 'masked.safetensors', 'mask.safetensors'
 
@@ -50,12 +55,14 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 def experiment_config():
   """core_jax.config.base_config plus the pruning groups, with neutral defaults (configs/pruning set them)."""
   from core_jax import config as core_config  # pylint: disable=import-outside-toplevel
+
   c = core_config.base_config()
   c.model.update(dict(name='', cfg=None, selections=None, num_classes=None))
   c.sparsity = ml_collections.ConfigDict(dict(s=0.0))
   c.mask = ml_collections.ConfigDict(dict(path=''))
-  c.prune = ml_collections.ConfigDict(dict(method='l1_norm', scheme=None, percent=0.0, mode='physical',
-                                           on_empty_layer='keep_strongest'))
+  c.prune = ml_collections.ConfigDict(
+      dict(method='l1_norm', scheme=None, percent=0.0, mode='physical', on_empty_layer='keep_strongest')
+  )
   c.finetune = ml_collections.ConfigDict(dict(num_epochs=40, lr=0.001))
   c.scratch = ml_collections.ConfigDict(dict(budget_cap=0.0))
   c.experiment = ml_collections.ConfigDict(dict(title='', seeds=(0,), phases=PHASES, paper={}))
@@ -66,15 +73,37 @@ def experiment_config():
 def cifar_recipe(c, dataset: str = 'cifar10'):
   """The paper's CIFAR protocol: SGD 0.9 (not Nesterov), wd 1e-4 on every parameter, batch 64 (test 256),
   160 epochs, lr 0.1 / 10 at 50% and 75%, zero-pad 4 + random 32x32 crop + horizontal flip, CIFAR mean / std."""
-  c.data.update(dict(name=dataset, train_split='train', eval_split='test', worker_count=0,
-                     train_transforms=('keep(keys=("image", "label"))', 'random_crop(size=32, padding=4)',
-                                       'flip_lr', f'normalize(mean={CIFAR_MEAN}, std={CIFAR_STD})'),
-                     eval_transforms=('keep(keys=("image", "label"))',
-                                      f'normalize(mean={CIFAR_MEAN}, std={CIFAR_STD})')))
+  c.data.update(
+      dict(
+          name=dataset,
+          train_split='train',
+          eval_split='test',
+          worker_count=0,
+          train_transforms=(
+              'keep(keys=("image", "label"))',
+              'random_crop(size=32, padding=4)',
+              'flip_lr',
+              f'normalize(mean={CIFAR_MEAN}, std={CIFAR_STD})',
+          ),
+          eval_transforms=('keep(keys=("image", "label"))', f'normalize(mean={CIFAR_MEAN}, std={CIFAR_STD})'),
+      )
+  )
   c.batch_size, c.eval_batch_size, c.num_epochs = 64, 256, 160
-  c.optimizer.update(dict(name='sgd', lr=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4, wd_exclude_1d=False,
-                          schedule='step', decay_fractions=(0.5, 0.75), decay_epochs=(), decay_factor=0.1,
-                          warmup_epochs=0.0))
+  c.optimizer.update(
+      dict(
+          name='sgd',
+          lr=0.1,
+          momentum=0.9,
+          nesterov=False,
+          weight_decay=1e-4,
+          wd_exclude_1d=False,
+          schedule='step',
+          decay_fractions=(0.5, 0.75),
+          decay_epochs=(),
+          decay_factor=0.1,
+          warmup_epochs=0.0,
+      )
+  )
   c.finetune.update(dict(num_epochs=40, lr=0.001))
   c.scratch.budget_cap = 0.0
   c.log_every_steps = 200
@@ -86,15 +115,44 @@ def cifar_recipe(c, dataset: str = 'cifar10'):
 def imagenet_recipe(c):
   """pytorch/examples 0.3.1: SGD 0.9, wd 1e-4, batch 256, 90 epochs, lr 0.1 / 10 every 30 epochs;
   RandomResizedCrop 224 + flip, eval resize 256 + center crop 224, ImageNet mean / std."""
-  c.data.update(dict(name='imagenet2012', train_split='train', eval_split='validation', worker_count=16,
-                     train_transforms=('keep(keys=("image", "label"))', 'decode_jpeg', 'random_resized_crop(size=224)',
-                                       'flip_lr', f'normalize(mean={IMAGENET_MEAN}, std={IMAGENET_STD})'),
-                     eval_transforms=('keep(keys=("image", "label"))', 'decode_jpeg', 'resize_small(size=256)',
-                                      'center_crop(size=224)', f'normalize(mean={IMAGENET_MEAN}, std={IMAGENET_STD})')))
+  c.data.update(
+      dict(
+          name='imagenet2012',
+          train_split='train',
+          eval_split='validation',
+          worker_count=16,
+          train_transforms=(
+              'keep(keys=("image", "label"))',
+              'decode_jpeg',
+              'random_resized_crop(size=224)',
+              'flip_lr',
+              f'normalize(mean={IMAGENET_MEAN}, std={IMAGENET_STD})',
+          ),
+          eval_transforms=(
+              'keep(keys=("image", "label"))',
+              'decode_jpeg',
+              'resize_small(size=256)',
+              'center_crop(size=224)',
+              f'normalize(mean={IMAGENET_MEAN}, std={IMAGENET_STD})',
+          ),
+      )
+  )
   c.batch_size, c.eval_batch_size, c.num_epochs = 256, 500, 90
-  c.optimizer.update(dict(name='sgd', lr=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4, wd_exclude_1d=False,
-                          schedule='step', decay_fractions=(1 / 3, 2 / 3), decay_epochs=(), decay_factor=0.1,
-                          warmup_epochs=0.0))
+  c.optimizer.update(
+      dict(
+          name='sgd',
+          lr=0.1,
+          momentum=0.9,
+          nesterov=False,
+          weight_decay=1e-4,
+          wd_exclude_1d=False,
+          schedule='step',
+          decay_fractions=(1 / 3, 2 / 3),
+          decay_epochs=(),
+          decay_factor=0.1,
+          warmup_epochs=0.0,
+      )
+  )
   c.log_every_steps = 500
   c.eval_every_epochs = 1.0
   c.checkpoint.every_steps = 5000
@@ -131,6 +189,7 @@ def check_config(config) -> None:
   model = build_from_config(config.model, config.model.get('num_classes') or 10)  # unknown model / bad cfg: now
   if method == 'l1_norm':  # a bad scheme (skip list, ratio that empties a layer) stops before any training
     from pruning_jax.methods import l1_norm  # pylint: disable=import-outside-toplevel
+
     l1_norm.target_cfg(model, _scheme(config))
 
 
@@ -183,8 +242,9 @@ def finetune_config(config, seed: int, prune_results: dict):
 
 def scratch_b_budget(config, prune_results: dict) -> budget.Budget:
   cap = float(config.scratch.get('budget_cap', 0.0) or 0.0)
-  return budget.scratch_b(int(config.num_epochs), int(prune_results['macs_large']), int(prune_results['macs']),
-                          cap=cap if cap > 0 else None)
+  return budget.scratch_b(
+      int(config.num_epochs), int(prune_results['macs_large']), int(prune_results['macs']), cap=cap if cap > 0 else None
+  )
 
 
 def scratch_config(config, seed: int, prune_results: dict, kind: str):
@@ -209,9 +269,11 @@ def _abstract_variables(model, input_shape):
 
 def _counts(model, input_shape) -> tuple[int, int]:
   from core_jax import counting  # pylint: disable=import-outside-toplevel
+
   v = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(input_shape, jnp.float32)))
   return counting.count_params(v['params']), counting.count_macs(
-      model, jax.ShapeDtypeStruct(input_shape, jnp.float32), variables=v)
+      model, jax.ShapeDtypeStruct(input_shape, jnp.float32), variables=v
+  )
 
 
 def _say(text: str) -> None:
@@ -219,33 +281,25 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
-def _call_prune(module, model, variables: dict, arg, mask: bool = False):
-  """(model, variables, report, mask) of a method's prune(); takes both the PruneResult API of
-  pruning-split.md and the earlier tuple-returning one."""
-  if 'model_name_or_family' in inspect.signature(module.prune).parameters:
-    result = module.prune(model, None, variables, arg, mask=True) if mask else module.prune(model, None, variables, arg)
-    return result.model, result.variables, dict(result.report), result.mask
-  if mask:
-    masked, channel_mask, report = module.mask(model, variables, arg)
-    return model, masked, report, channel_mask
-  out = module.prune(model, variables, arg)
-  return out[0], out[1], (out[2] if len(out) > 2 else {}), None
-
-
 def run_method(config, model, variables: dict):
   """(pruned model, its variables, report) of config.prune on `model`'s trained `variables`."""
   p = config.prune
   if p.method == 'l1_norm':
     from pruning_jax.methods import l1_norm  # pylint: disable=import-outside-toplevel
+
     scheme = _scheme(config)
-    small, small_vars, report, _ = _call_prune(l1_norm, model, variables, scheme)
-    return small, small_vars, {'scheme': scheme, **report}
+    result = l1_norm.prune(model, None, variables, scheme)
+    return result.model, result.variables, {'scheme': scheme, **result.report}
   from pruning_jax.methods import slimming  # pylint: disable=import-outside-toplevel
-  small, small_vars, report, _ = _call_prune(slimming, model, variables, float(p.percent))
+
+  result = slimming.prune(model, None, variables, float(p.percent))
+  small, small_vars, report = result.model, result.variables, dict(result.report)
   emptied = list(report.get('emptied') or ())
   if emptied:
-    what = (f'slimming at percent {p.percent} (threshold {report.get("threshold", float("nan")):.4g}) would remove '
-            f'every channel of {", ".join(emptied)}')
+    what = (
+        f'slimming at percent {p.percent} (threshold {report.get("threshold", float("nan")):.4g}) would remove '
+        f'every channel of {", ".join(emptied)}'
+    )
     if p.get('on_empty_layer', 'keep_strongest') == 'error':
       raise UserError(f'{what}; lower prune.percent or train with more sparsity (prune.on_empty_layer=error)')
     _say(f'warning: {what}; each keeps its strongest channel')
@@ -255,8 +309,9 @@ def run_method(config, model, variables: dict):
 def run_mask(config, model, variables: dict):
   """(large-shape variables with the pruned channels zeroed, the params mask) of the mask implementation."""
   from pruning_jax.methods import slimming  # pylint: disable=import-outside-toplevel
-  _, masked, _, mask = _call_prune(slimming, model, variables, float(config.prune.percent), mask=True)
-  return masked, mask
+
+  result = slimming.prune(model, None, variables, float(config.prune.percent), mask=True)
+  return result.variables, result.mask
 
 
 def _jsonable(x):
@@ -274,6 +329,7 @@ def prune_phase(config, seed: int):
 
   def run(workdir: str, done: dict) -> dict:
     from core_jax import train  # pylint: disable=import-outside-toplevel
+
     large = done[large_name]
     source = config.init_from or checkpoint.latest_step_dir(large['workdir'])
     if not source:
@@ -288,15 +344,25 @@ def prune_phase(config, seed: int):
     params, macs = _counts(small, input_shape)
     main_process = not jax.distributed.is_initialized() or jax.process_index() == 0
     from pruning_jax import io  # pylint: disable=import-outside-toplevel
+
     export = os.path.join(workdir, EXPORT)
     extra = {'method': config.prune.method, 'report': _jsonable(report), 'source': source}
     if main_process:
       io.save_pruned(export, small, small_vars, extra=extra)
-    results = {'method': config.prune.method, 'source': source, 'export': export,
-               'large_model': models.describe(model), 'pruned_model': models.describe(small),
-               'params_large': params_large, 'macs_large': macs_large, 'params': params, 'macs': macs,
-               'params_pruned_percent': 100.0 * (1 - params / params_large),
-               'macs_pruned_percent': 100.0 * (1 - macs / macs_large), 'report': _jsonable(report)}
+    results = {
+        'method': config.prune.method,
+        'source': source,
+        'export': export,
+        'large_model': models.describe(model),
+        'pruned_model': models.describe(small),
+        'params_large': params_large,
+        'macs_large': macs_large,
+        'params': params,
+        'macs': macs,
+        'params_pruned_percent': 100.0 * (1 - params / params_large),
+        'macs_pruned_percent': 100.0 * (1 - macs / macs_large),
+        'report': _jsonable(report),
+    }
     evaluated = export
     if config.prune.mode == 'mask':
       masked_vars, mask = run_mask(config, model, variables)
@@ -307,6 +373,7 @@ def prune_phase(config, seed: int):
       evaluated = results['masked_export']
     if jax.distributed.is_initialized() and jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
       multihost_utils.sync_global_devices(f'pruned_{seed}')
     # the pruned model's accuracy before any training, through the loop's eval
     ec = _base(config, seed)
@@ -316,9 +383,11 @@ def prune_phase(config, seed: int):
     evaluation = train.run(ec, os.path.join(workdir, 'eval'), PruningTask)
     results['accuracy'] = evaluation['accuracy']
     results['eval'] = evaluation['eval']
-    _say(f'pruned ({config.prune.method}): cfg {list(small_cfg(results))}; params {params:,} of {params_large:,} '
-         f'({results["params_pruned_percent"]:.1f}% pruned), MACs {macs:,} of {macs_large:,} '
-         f'({results["macs_pruned_percent"]:.1f}% pruned); accuracy before fine-tuning {results["accuracy"]:.4f}')
+    _say(
+        f'pruned ({config.prune.method}): cfg {list(small_cfg(results))}; params {params:,} of {params_large:,} '
+        f'({results["params_pruned_percent"]:.1f}% pruned), MACs {macs:,} of {macs_large:,} '
+        f'({results["macs_pruned_percent"]:.1f}% pruned); accuracy before fine-tuning {results["accuracy"]:.4f}'
+    )
     return results
 
   return experiment.Phase(f'seed{seed}/prune', run)
@@ -339,18 +408,24 @@ def phases_for(config) -> list[experiment.Phase]:
       return done[f'seed{s}/prune']
 
     if 'large' in wanted or 'prune' in wanted:
-      out.append(experiment.train_phase(f'seed{seed}/large', lambda done, s=seed: large_config(config, s),
-                                        PruningTask))
+      out.append(experiment.train_phase(f'seed{seed}/large', lambda done, s=seed: large_config(config, s), PruningTask))
     if 'prune' in wanted:
       out.append(prune_phase(config, seed))
     if 'finetune' in wanted:
-      out.append(experiment.train_phase(
-          f'seed{seed}/finetune', lambda done, s=seed, p=prune_of: finetune_config(config, s, p(done)), PruningTask))
+      out.append(
+          experiment.train_phase(
+              f'seed{seed}/finetune', lambda done, s=seed, p=prune_of: finetune_config(config, s, p(done)), PruningTask
+          )
+      )
     for kind in ('scratch_e', 'scratch_b'):
       if kind in wanted:
-        out.append(experiment.train_phase(
-            f'seed{seed}/{kind}', lambda done, s=seed, p=prune_of, k=kind: scratch_config(config, s, p(done), k),
-            PruningTask))
+        out.append(
+            experiment.train_phase(
+                f'seed{seed}/{kind}',
+                lambda done, s=seed, p=prune_of, k=kind: scratch_config(config, s, p(done), k),
+                PruningTask,
+            )
+        )
   return out
 
 
@@ -386,10 +461,18 @@ def summarize(config, done: dict) -> dict:
         params, macs, nonzero = r['params'], r['macs'], None
       else:
         params, macs, nonzero = r.get('params'), r.get('macs'), r.get('nonzero_params')
-      per_seed.append({'seed': int(seed), 'accuracy': float(r['accuracy']), 'params': params, 'macs': macs,
-                       'nonzero_params': nonzero, 'epochs': _epochs(config, phase, r, pr),
-                       'cfg': (r['pruned_model'] if phase == 'prune' else r.get('model', {})).get('cfg'),
-                       'workdir': r.get('workdir')})
+      per_seed.append(
+          {
+              'seed': int(seed),
+              'accuracy': float(r['accuracy']),
+              'params': params,
+              'macs': macs,
+              'nonzero_params': nonzero,
+              'epochs': _epochs(config, phase, r, pr),
+              'cfg': (r['pruned_model'] if phase == 'prune' else r.get('model', {})).get('cfg'),
+              'workdir': r.get('workdir'),
+          }
+      )
     if not per_seed:
       continue
     entry = {'per_seed': per_seed, 'accuracy': _stats([100.0 * s['accuracy'] for s in per_seed])}
@@ -405,11 +488,17 @@ def summarize(config, done: dict) -> dict:
       entry['macs_pruned_percent'] = 100.0 * (1 - entry['macs']['mean'] / large['macs']['mean'])
   paper = config.experiment.get('paper') or {}
   paper = paper.to_dict() if hasattr(paper, 'to_dict') else dict(paper)
-  return {'title': config.experiment.title, 'dataset': config.data.name, 'model': config.model.name,
-          'method': config.prune.method,
-          'prune': _jsonable(config.prune.to_dict()), 'seeds': [int(s) for s in config.experiment.seeds],
-          'phases': phases, 'paper': paper,
-          'accuracy_note': 'top-1 % at the end of each phase; mean and sample std over seeds'}
+  return {
+      'title': config.experiment.title,
+      'dataset': config.data.name,
+      'model': config.model.name,
+      'method': config.prune.method,
+      'prune': _jsonable(config.prune.to_dict()),
+      'seeds': [int(s) for s in config.experiment.seeds],
+      'phases': phases,
+      'paper': paper,
+      'accuracy_note': 'top-1 % at the end of each phase; mean and sample std over seeds',
+  }
 
 
 def _num(v: float) -> str:
@@ -442,26 +531,41 @@ def markdown(summary: dict) -> str:
   ph = summary['phases']
   n = len(summary['seeds'])
   cols = [COLUMNS[p] for p in PHASES]
-  lines = [f'### {summary["title"]}', '',
-           f'{summary["dataset"]}, {_method_text(summary["prune"])}, {n} seed{"s" if n != 1 else ""} (mean ± std '
-           'of the final top-1 accuracy)', '',
-           '| | ' + ' | '.join(cols) + ' |', '|---|' + '---|' * len(cols)]
+  lines = [
+      f'### {summary["title"]}',
+      '',
+      f'{summary["dataset"]}, {_method_text(summary["prune"])}, {n} seed{"s" if n != 1 else ""} (mean ± std '
+      'of the final top-1 accuracy)',
+      '',
+      '| | ' + ' | '.join(cols) + ' |',
+      '|---|' + '---|' * len(cols),
+  ]
 
   def row(label, cell):
     lines.append(f'| {label} | ' + ' | '.join(cell(p, ph.get(p)) for p in PHASES) + ' |')
 
-  row('accuracy (%)', lambda p, e: '-' if e is None else (
-      f'{e["accuracy"]["mean"]:.2f} ± {e["accuracy"]["std"]:.2f}' if n > 1 else f'{e["accuracy"]["mean"]:.2f}'))
+  row(
+      'accuracy (%)',
+      lambda p, e: '-'
+      if e is None
+      else (f'{e["accuracy"]["mean"]:.2f} ± {e["accuracy"]["std"]:.2f}' if n > 1 else f'{e["accuracy"]["mean"]:.2f}'),
+  )
   if summary.get('paper'):
     row('paper (%)', lambda p, e: '-' if summary['paper'].get(p) is None else f'{summary["paper"][p]}')
 
   def pct(e, key):
     return f' (-{e[key]:.1f}%)' if e is not None and key in e else ''
 
-  row('params', lambda p, e: '-' if e is None or 'params' not in e else _count_cell(e['params']) +
-      pct(e, 'params_pruned_percent'))
-  row('MACs', lambda p, e: '-' if e is None or 'macs' not in e else _count_cell(e['macs']) +
-      pct(e, 'macs_pruned_percent'))
+  row(
+      'params',
+      lambda p, e: '-'
+      if e is None or 'params' not in e
+      else _count_cell(e['params']) + pct(e, 'params_pruned_percent'),
+  )
+  row(
+      'MACs',
+      lambda p, e: '-' if e is None or 'macs' not in e else _count_cell(e['macs']) + pct(e, 'macs_pruned_percent'),
+  )
   row('epochs', lambda p, e: '-' if e is None else _count_cell(e['epochs'], exact=True))
   prune = ph.get('prune')
   if prune:

@@ -19,6 +19,7 @@ Config fields read here (the rest is core_jax.config.base_config):
 results.json gets (extra_results): model {family, cfg, selections, num_classes}, params, nonzero_params, macs
 (conv + Linear multiply-accumulates of one image of the dataset's size, core_jax.counting), input_shape.
 """
+
 import os
 
 import jax
@@ -43,8 +44,13 @@ def build_from_config(model_cfg, num_classes: int | None, dtype=None):
   if not name:
     raise UserError('config.model.name is empty: name a model (e.g. vgg16, resnet56) or a family')
   cfg = model_cfg.get('cfg') or None
-  return models.create(name, cfg=None if cfg is None else list(cfg), num_classes=num_classes,
-                       selections=model_cfg.get('selections') or None, dtype=dtype)
+  return models.create(
+      name,
+      cfg=None if cfg is None else list(cfg),
+      num_classes=num_classes,
+      selections=model_cfg.get('selections') or None,
+      dtype=dtype,
+  )
 
 
 def read_weights(path: str) -> tuple[dict | None, dict]:
@@ -53,6 +59,7 @@ def read_weights(path: str) -> tuple[dict | None, dict]:
     raise UserError('no weights path given')
   if path.endswith('.safetensors'):
     from pruning_jax import io  # pylint: disable=import-outside-toplevel  (safetensors)
+
     model, variables = io.load_pruned(path)
     return models.describe(model), variables
   if os.path.isdir(path):
@@ -60,6 +67,7 @@ def read_weights(path: str) -> tuple[dict | None, dict]:
     return None, {'params': ckpt['params'], 'batch_stats': ckpt.get('batch_stats') or {}}
   if path.endswith(TORCH_SUFFIXES):
     from pruning_jax import io  # pylint: disable=import-outside-toplevel  (torch)
+
     model, variables = io.import_torch_checkpoint(path)
     return models.describe(model), variables
   if not os.path.exists(path):
@@ -88,16 +96,22 @@ def merge_weights(variables: dict, loaded: dict, path: str, keep_fresh: tuple[st
         merged[key] = leaf
         continue
       if key not in have:
-        raise UserError(f'{path} has no {collection}/{key} (the configured model needs shape '
-                        f'{format_shape(np.shape(leaf))}): the cfg does not match this checkpoint')
+        raise UserError(
+            f'{path} has no {collection}/{key} (the configured model needs shape '
+            f'{format_shape(np.shape(leaf))}): the cfg does not match this checkpoint'
+        )
       if tuple(np.shape(have[key])) != tuple(np.shape(leaf)):
-        raise UserError(f'{collection}/{key}: the configured model has shape {format_shape(np.shape(leaf))} but '
-                        f'{path} has {format_shape(np.shape(have[key]))}: the cfg does not match this checkpoint')
+        raise UserError(
+            f'{collection}/{key}: the configured model has shape {format_shape(np.shape(leaf))} but '
+            f'{path} has {format_shape(np.shape(have[key]))}: the cfg does not match this checkpoint'
+        )
       merged[key] = np.asarray(have[key], np.asarray(leaf).dtype)
     extra = sorted(set(have) - set(want))
     if extra:
-      raise UserError(f'{path} has {collection}/{extra[0]} (shape {format_shape(np.shape(have[extra[0]]))}), which '
-                      'the configured model lacks: the cfg does not match this checkpoint')
+      raise UserError(
+          f'{path} has {collection}/{extra[0]} (shape {format_shape(np.shape(have[extra[0]]))}), which '
+          'the configured model lacks: the cfg does not match this checkpoint'
+      )
     if merged:
       out[collection] = unflatten(merged)
   return out
@@ -106,6 +120,7 @@ def merge_weights(variables: dict, loaded: dict, path: str, keep_fresh: tuple[st
 def save_mask(path: str, mask: dict) -> None:
   """A params-shaped {0, 1} tree (None leaves: not masked) as .safetensors, written atomically."""
   from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+
   tensors = {MASK_PREFIX + k: np.ascontiguousarray(np.asarray(v)) for k, v in flatten(mask).items() if v is not None}
   tmp = f'{path}.tmp{os.getpid()}'
   save_file(tensors, tmp)
@@ -115,6 +130,7 @@ def save_mask(path: str, mask: dict) -> None:
 def load_mask(path: str, params) -> dict:
   """The mask of `save_mask` as a tree shaped like `params` (None where the file has no leaf)."""
   from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+
   try:
     tensors = load_file(path)
   except Exception as e:  # missing, truncated or not safetensors
@@ -138,8 +154,9 @@ def load_mask(path: str, params) -> dict:
 
 
 def count_nonzero(tree) -> int:
-  # host count; core_jax.counting.count_params(tree, nonzero=True) (contracts.md) is the same number
-  return int(sum(np.count_nonzero(np.asarray(x)) for x in jax.tree_util.tree_leaves(jax.device_get(tree))))
+  from pruning_jax import zoo  # pylint: disable=import-outside-toplevel  (core_jax.counting's nonzero count)
+
+  return zoo.count_nonzero_params(jax.device_get(tree))
 
 
 class PruningTask(ClassificationTask):
@@ -167,10 +184,12 @@ class PruningTask(ClassificationTask):
       raise UserError(f'sparsity.s must be >= 0, got {s}')
     if s > 0:
       from pruning_jax.methods import slimming  # pylint: disable=import-outside-toplevel
-      pre.append(slimming.sparsity_transform(self.build_model(), s))
+
+      pre.append(slimming.sparsity_transform(s, self.build_model()))
     mask_path = self.config.get('mask', {}).get('path', '') or ''
     if mask_path:
       from pruning_jax import masking  # pylint: disable=import-outside-toplevel
+
       post.append(masking.keep_masked(lambda params: load_mask(mask_path, params)))
     return pre, post
 
@@ -179,8 +198,10 @@ class PruningTask(ClassificationTask):
     model = self.build_model()
     if description is not None and not _same_architecture(models.describe(model), description):
       want = models.describe(model)
-      raise UserError(f'{path} holds {description["family"]} cfg {description["cfg"]}, but config.model builds '
-                      f'{want["family"]} cfg {want["cfg"]}')
+      raise UserError(
+          f'{path} holds {description["family"]} cfg {description["cfg"]}, but config.model builds '
+          f'{want["family"]} cfg {want["cfg"]}'
+      )
     keep = (HEADS.get(models.family_of(model), 'fc'),) if reinit_head else ()
     return merge_weights(variables, loaded, path, keep)
 
@@ -188,6 +209,10 @@ class PruningTask(ClassificationTask):
     return counting.count_macs(self.build_model(), jax.ShapeDtypeStruct(self._input_shape, jnp.float32))
 
   def extra_results(self, state):
-    return {'model': models.describe(self.build_model()), 'params': counting.count_params(state.params),
-            'nonzero_params': count_nonzero(state.params), 'macs': int(self.macs()),
-            'input_shape': list(self._input_shape)}
+    return {
+        'model': models.describe(self.build_model()),
+        'params': counting.count_params(state.params),
+        'nonzero_params': count_nonzero(state.params),
+        'macs': int(self.macs()),
+        'input_shape': list(self._input_shape),
+    }

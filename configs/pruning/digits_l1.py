@@ -9,6 +9,7 @@ recipe scaled down (SGD 0.9, wd 1e-4, batch 64, lr 0.1 / 10 at 50% and 75%, pad-
 blocks' inner widths by half (per-stage ratios 0.5, no skipped layer); fine-tune 2 epochs at 0.001 (the
 paper's 40 of 160 epochs, scaled); Scratch-E 6 epochs; Scratch-B 6 x MACs ratio.
 """
+
 from pruning_jax import pipeline
 
 DIGITS_MEAN, DIGITS_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)

@@ -11,13 +11,15 @@ channels; fine-tune 2 epochs at 0.001; Scratch-E 6 epochs; Scratch-B 6 x MACs ra
 like the paper's ImageNet runs, so the demo stays a few minutes (the early, cheap-to-cut layers make the uncapped
 ratio 3-6x here). The pruned cfg depends on the trained scales, so it can differ between the seeds.
 """
+
 import importlib.util
 import os
 
 from pruning_jax import pipeline
 
-_spec = importlib.util.spec_from_file_location('_pruning_digits_l1', os.path.join(os.path.dirname(__file__),
-                                                                                  'digits_l1.py'))
+_spec = importlib.util.spec_from_file_location(
+    '_pruning_digits_l1', os.path.join(os.path.dirname(__file__), 'digits_l1.py')
+)
 digits_l1 = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(digits_l1)
 

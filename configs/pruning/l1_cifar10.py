@@ -22,25 +22,41 @@ divided by 10 at epochs 80 and 120; pad-4 crop + flip; fine-tune 40 epochs at a 
 epochs, Scratch-B int(160 x MACs ratio) with the decays at int(0.5 E), int(0.75 E). Our epochs have 781 steps
 (the last partial batch of 16 is dropped; the original runs 782).
 """
+
 from pruning_jax import pipeline
 
 EXPERIMENTS = {
     # arg: (large model, L1 scheme, title, paper numbers)
-    'vgg16_a': ('vgg16', 'vgg16_a', 'VGG-16 -> VGG-16-A (L1-norm, CIFAR-10)',
-                dict(large='93.63 ± 0.16', finetune='93.41 ± 0.12', scratch_e='93.62 ± 0.11',
-                     scratch_b='93.78 ± 0.15')),
-    'resnet56_a': ('resnet56', 'resnet56_a', 'ResNet-56 -> ResNet-56-A (L1-norm, CIFAR-10)',
-                   dict(large='93.14 ± 0.12', finetune='92.97 ± 0.17', scratch_e='92.96 ± 0.26',
-                        scratch_b='93.09 ± 0.14')),
-    'resnet56_b': ('resnet56', 'resnet56_b', 'ResNet-56 -> ResNet-56-B (L1-norm, CIFAR-10)',
-                   dict(large='93.14 ± 0.12', finetune='92.67 ± 0.14', scratch_e='92.54 ± 0.19',
-                        scratch_b='93.05 ± 0.18')),
-    'resnet110_a': ('resnet110', 'resnet110_a', 'ResNet-110 -> ResNet-110-A (L1-norm, CIFAR-10)',
-                    dict(large='93.14 ± 0.24', finetune='93.14 ± 0.16', scratch_e='93.25 ± 0.29',
-                         scratch_b='93.22 ± 0.22')),
-    'resnet110_b': ('resnet110', 'resnet110_b', 'ResNet-110 -> ResNet-110-B (L1-norm, CIFAR-10)',
-                    dict(large='93.14 ± 0.24', finetune='92.69 ± 0.09', scratch_e='92.89 ± 0.43',
-                         scratch_b='93.60 ± 0.25')),
+    'vgg16_a': (
+        'vgg16',
+        'vgg16_a',
+        'VGG-16 -> VGG-16-A (L1-norm, CIFAR-10)',
+        dict(large='93.63 ± 0.16', finetune='93.41 ± 0.12', scratch_e='93.62 ± 0.11', scratch_b='93.78 ± 0.15'),
+    ),
+    'resnet56_a': (
+        'resnet56',
+        'resnet56_a',
+        'ResNet-56 -> ResNet-56-A (L1-norm, CIFAR-10)',
+        dict(large='93.14 ± 0.12', finetune='92.97 ± 0.17', scratch_e='92.96 ± 0.26', scratch_b='93.09 ± 0.14'),
+    ),
+    'resnet56_b': (
+        'resnet56',
+        'resnet56_b',
+        'ResNet-56 -> ResNet-56-B (L1-norm, CIFAR-10)',
+        dict(large='93.14 ± 0.12', finetune='92.67 ± 0.14', scratch_e='92.54 ± 0.19', scratch_b='93.05 ± 0.18'),
+    ),
+    'resnet110_a': (
+        'resnet110',
+        'resnet110_a',
+        'ResNet-110 -> ResNet-110-A (L1-norm, CIFAR-10)',
+        dict(large='93.14 ± 0.24', finetune='93.14 ± 0.16', scratch_e='93.25 ± 0.29', scratch_b='93.22 ± 0.22'),
+    ),
+    'resnet110_b': (
+        'resnet110',
+        'resnet110_b',
+        'ResNet-110 -> ResNet-110-B (L1-norm, CIFAR-10)',
+        dict(large='93.14 ± 0.24', finetune='92.69 ± 0.09', scratch_e='92.89 ± 0.43', scratch_b='93.60 ± 0.25'),
+    ),
 }
 
 

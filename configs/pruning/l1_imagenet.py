@@ -15,10 +15,13 @@ Recipe (pytorch/examples 0.3.1): SGD 0.9, wd 1e-4, batch 256, 90 epochs, lr 0.1 
 RandomResizedCrop 224 + flip, eval resize 256 + center crop 224; fine-tune 20 epochs at lr 0.001; Scratch-B
 int(90 x MACs ratio) epochs, capped at 2x (180), decays at thirds of the run.
 """
+
 from pruning_jax import pipeline
 
-PAPER = {'resnet34_a': dict(large=73.31, finetune=72.56, scratch_e=72.77, scratch_b=73.08),
-         'resnet34_b': dict(large=73.31, finetune=72.29, scratch_e=72.55, scratch_b=72.84)}
+PAPER = {
+    'resnet34_a': dict(large=73.31, finetune=72.56, scratch_e=72.77, scratch_b=73.08),
+    'resnet34_b': dict(large=73.31, finetune=72.29, scratch_e=72.55, scratch_b=72.84),
+}
 
 
 def get_config(arg: str = 'resnet34_a'):
@@ -29,6 +32,7 @@ def get_config(arg: str = 'resnet34_a'):
   c.prune.update(dict(method='l1_norm', scheme=arg))
   c.finetune.update(dict(num_epochs=20, lr=0.001))
   c.scratch.budget_cap = 2.0
-  c.experiment.update(dict(title=f'ResNet-34 -> ResNet-34-{arg[-1].upper()} (L1-norm, ImageNet)', seeds=(0,),
-                           paper=PAPER[arg]))
+  c.experiment.update(
+      dict(title=f'ResNet-34 -> ResNet-34-{arg[-1].upper()} (L1-norm, ImageNet)', seeds=(0,), paper=PAPER[arg])
+  )
   return c

@@ -21,26 +21,35 @@ flip) with sparsity training s * sign(gamma) on every scored BN scale before wei
 above kept (a layer that would lose all keeps its strongest channel and the run says so); fine-tune 40 epochs at
 0.001; Scratch-E 160; Scratch-B int(160 x MACs ratio), no cap.
 """
+
 from pruning_jax import pipeline
 
 MODELS = {'vgg19': ('vgg19', 1e-4), 'preresnet164': ('preresnet164', 1e-5), 'densenet40': ('densenet40', 1e-5)}
 DATA = {'c10': 'cifar10', 'c100': 'cifar100'}
 PAPER = {  # (model, data, percent): (unpruned, fine-tuned, Scratch-E, Scratch-B)
-    ('vgg19', 'c10', 70): (93.53, 93.60, 93.30, 93.81), ('vgg19', 'c100', 50): (72.63, 72.32, 71.94, 73.08),
+    ('vgg19', 'c10', 70): (93.53, 93.60, 93.30, 93.81),
+    ('vgg19', 'c100', 50): (72.63, 72.32, 71.94, 73.08),
     ('preresnet164', 'c10', 40): (95.04, 94.77, 94.70, 94.90),
     ('preresnet164', 'c10', 60): (95.04, 94.23, 94.58, 94.71),
     ('preresnet164', 'c100', 40): (76.80, 76.22, 76.36, 76.68),
     ('preresnet164', 'c100', 60): (76.80, 74.17, 75.05, 75.73),
-    ('densenet40', 'c10', 40): (94.10, 94.00, 93.68, 94.06), ('densenet40', 'c10', 60): (94.10, 93.87, 93.58, 93.85),
-    ('densenet40', 'c100', 40): (73.82, 73.35, 73.24, 73.19), ('densenet40', 'c100', 60): (73.82, 72.46, 72.62, 72.91),
+    ('densenet40', 'c10', 40): (94.10, 94.00, 93.68, 94.06),
+    ('densenet40', 'c10', 60): (94.10, 93.87, 93.58, 93.85),
+    ('densenet40', 'c100', 40): (73.82, 73.35, 73.24, 73.19),
+    ('densenet40', 'c100', 60): (73.82, 72.46, 72.62, 72.91),
 }
 NAMES = {'vgg19': 'VGG-19', 'preresnet164': 'PreResNet-164', 'densenet40': 'DenseNet-40'}
 
 
 def _parse(arg: str):
   parts = arg.split('_')
-  if len(parts) != 3 or parts[0] not in MODELS or parts[1] not in DATA or not parts[2].isdigit() \
-      or (parts[0], parts[1], int(parts[2])) not in PAPER:
+  if (
+      len(parts) != 3
+      or parts[0] not in MODELS
+      or parts[1] not in DATA
+      or not parts[2].isdigit()
+      or (parts[0], parts[1], int(parts[2])) not in PAPER
+  ):
     known = ', '.join(f'{m}_{d}_{p}' for m, d, p in PAPER)
     raise ValueError(f'experiment {arg!r}: expected one of {known}')
   return parts[0], parts[1], int(parts[2])
@@ -54,7 +63,11 @@ def get_config(arg: str = 'vgg19_c10_70'):
   c.sparsity.s = s
   c.prune.update(dict(method='slimming', percent=percent / 100))
   unpruned, ft, e, b = PAPER[(model, data, percent)]
-  c.experiment.update(dict(title=f'{NAMES[model]}, Network Slimming {percent}% ({DATA[data].upper()})',
-                           seeds=(0, 1, 2, 3, 4),
-                           paper=dict(large=unpruned, finetune=ft, scratch_e=e, scratch_b=b)))
+  c.experiment.update(
+      dict(
+          title=f'{NAMES[model]}, Network Slimming {percent}% ({DATA[data].upper()})',
+          seeds=(0, 1, 2, 3, 4),
+          paper=dict(large=unpruned, finetune=ft, scratch_e=e, scratch_b=b),
+      )
+  )
   return c

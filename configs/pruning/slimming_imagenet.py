@@ -14,6 +14,7 @@ scratch runs train the physically smaller model; Scratch-B int(90 x MACs ratio) 
 original's slimming main_B). Beware [issue #30]: a threshold over the FC BN1d layers can empty a whole FC
 layer; here that layer keeps its strongest channel and the run says so (prune.on_empty_layer=error stops).
 """
+
 from pruning_jax import pipeline
 
 
@@ -23,6 +24,11 @@ def get_config():
   c.sparsity.s = 1e-5
   c.prune.update(dict(method='slimming', percent=0.5, mode='mask'))
   c.finetune.update(dict(num_epochs=5, lr=0.001))
-  c.experiment.update(dict(title='VGG-11, Network Slimming 50% (ImageNet, mask implementation)', seeds=(0,),
-                           paper=dict(large=70.84, finetune=68.62, scratch_e=70.00, scratch_b=71.18)))
+  c.experiment.update(
+      dict(
+          title='VGG-11, Network Slimming 50% (ImageNet, mask implementation)',
+          seeds=(0,),
+          paper=dict(large=70.84, finetune=68.62, scratch_e=70.00, scratch_b=71.18),
+      )
+  )
   return c

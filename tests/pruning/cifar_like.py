@@ -6,6 +6,7 @@ coarse_label ClassLabel(20)), so `core_jax.data.sources.load_source('cifar10', '
 the real cifar configs' code paths -- reads them through the registered TFDS builder like the real data. The
 images are class-dependent colour blobs plus noise, so a few steps of training move the accuracy.
 """
+
 import os
 
 import numpy as np
@@ -57,6 +58,9 @@ def prepare(data_dir: str, name: str = 'cifar10', num_train: int = 128, num_test
   cls = _builder_class(name)
   cls.counts = {'train': num_train, 'test': num_test}
   builder = cls(data_dir=data_dir, file_format='array_record')
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      try_download_gcs=False, compute_stats=tfds.download.ComputeStatsMode.SKIP))
+  builder.download_and_prepare(
+      download_config=tfds.download.DownloadConfig(
+          try_download_gcs=False, compute_stats=tfds.download.ComputeStatsMode.SKIP
+      )
+  )
   return data_dir

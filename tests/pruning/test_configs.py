@@ -1,16 +1,17 @@
 """Every experiment config of configs/pruning builds, passes the pipeline's checks and resolves its phases (without
 training): the paper's recipe, the fine-tune / Scratch-E / Scratch-B budgets (Scratch-B epochs against the reference
 sheet), and the CIFAR data path on the tiny CIFAR-layout builder."""
+
 import functools
 import glob
 import os
 import subprocess
 import sys
 
+import cifar_like
 import numpy as np
 import pytest
 
-import cifar_like
 from core_jax import cli
 from core_jax.data import transforms
 from core_jax.errors import UserError
@@ -22,12 +23,24 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 CONFIGS = os.path.join(REPO, 'configs', 'pruning')
 L1_CIFAR = {'vgg16_a': 243, 'resnet56_a': 178, 'resnet56_b': 220, 'resnet110_a': 190, 'resnet110_b': 260}
 L1_IMAGENET = {'resnet34_a': 106, 'resnet34_b': 118}  # the reference sheet's "about 106 / 118"
-SLIMMING_CIFAR = ['vgg19_c10_70', 'vgg19_c100_50', 'preresnet164_c10_40', 'preresnet164_c10_60', 'preresnet164_c100_40',
-                  'preresnet164_c100_60', 'densenet40_c10_40', 'densenet40_c10_60', 'densenet40_c100_40',
-                  'densenet40_c100_60']
-ALL = ([f'l1_cifar10.py:{a}' for a in L1_CIFAR] + [f'l1_imagenet.py:{a}' for a in L1_IMAGENET]
-       + [f'slimming_cifar.py:{a}' for a in SLIMMING_CIFAR] + ['slimming_imagenet.py', 'digits_l1.py',
-                                                                'digits_slimming.py'])
+SLIMMING_CIFAR = [
+    'vgg19_c10_70',
+    'vgg19_c100_50',
+    'preresnet164_c10_40',
+    'preresnet164_c10_60',
+    'preresnet164_c100_40',
+    'preresnet164_c100_60',
+    'densenet40_c10_40',
+    'densenet40_c10_60',
+    'densenet40_c100_40',
+    'densenet40_c100_60',
+]
+ALL = (
+    [f'l1_cifar10.py:{a}' for a in L1_CIFAR]
+    + [f'l1_imagenet.py:{a}' for a in L1_IMAGENET]
+    + [f'slimming_cifar.py:{a}' for a in SLIMMING_CIFAR]
+    + ['slimming_imagenet.py', 'digits_l1.py', 'digits_slimming.py']
+)
 
 
 def _load(spec):
@@ -46,9 +59,16 @@ def _fake_prune_results(config, pruned_cfg):
   dataset = 'imagenet' if config.data.name == 'imagenet2012' else 'cifar'
   params_large, macs_large = _counts(family, models.cfg_of(large), dataset)
   params, macs = _counts(family, tuple(pruned_cfg), dataset)
-  return {'export': '/x/pruned.safetensors', 'masked_export': '/x/masked.safetensors', 'mask': '/x/mask.safetensors',
-          'pruned_model': {'family': family, 'cfg': list(pruned_cfg), 'selections': None, 'num_classes': 10},
-          'params_large': params_large, 'macs_large': macs_large, 'params': params, 'macs': macs}
+  return {
+      'export': '/x/pruned.safetensors',
+      'masked_export': '/x/masked.safetensors',
+      'mask': '/x/mask.safetensors',
+      'pruned_model': {'family': family, 'cfg': list(pruned_cfg), 'selections': None, 'num_classes': 10},
+      'params_large': params_large,
+      'macs_large': macs_large,
+      'params': params,
+      'macs': macs,
+  }
 
 
 def test_every_config_file_is_listed_here():
@@ -66,8 +86,14 @@ def test_config_builds_checks_and_resolves_its_phases(spec):
   assert c.experiment.title and set(c.experiment.paper) <= set(pipeline.PHASES)
   imagenet = c.data.name == 'imagenet2012'
   opt = c.optimizer
-  assert (opt.name, opt.momentum, opt.nesterov, opt.weight_decay, opt.wd_exclude_1d, opt.schedule) == \
-      ('sgd', 0.9, False, 1e-4, False, 'step')
+  assert (opt.name, opt.momentum, opt.nesterov, opt.weight_decay, opt.wd_exclude_1d, opt.schedule) == (
+      'sgd',
+      0.9,
+      False,
+      1e-4,
+      False,
+      'step',
+  )
   if not spec.startswith('digits'):
     assert c.batch_size == (256 if imagenet else 64) and c.num_epochs == (90 if imagenet else 160)
     assert tuple(opt.decay_fractions) == ((1 / 3, 2 / 3) if imagenet else (0.5, 0.75))
@@ -123,8 +149,14 @@ def test_config_arguments_and_help():
     _load('l1_cifar10.py:resnet57_a')
   with pytest.raises(UserError, match='expected one of vgg19_c10_70'):
     _load('slimming_cifar.py:vgg19_c10_50')
-  out = subprocess.run([sys.executable, '-m', 'pruning_jax.main', '--help'], cwd=REPO, capture_output=True, text=True,
-                       env=dict(os.environ, PYTHONPATH=REPO), timeout=120)
+  out = subprocess.run(
+      [sys.executable, '-m', 'pruning_jax.main', '--help'],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      env=dict(os.environ, PYTHONPATH=REPO),
+      timeout=120,
+  )
   assert out.returncode == 0, out.stderr
   for name in ('l1_cifar10.py', 'slimming_cifar.py', 'l1_imagenet.py', 'slimming_imagenet.py', 'digits_l1.py'):
     assert name in out.stdout
@@ -134,6 +166,7 @@ def test_config_arguments_and_help():
 @pytest.mark.parametrize('dataset', ['cifar10', 'cifar100'])
 def test_cifar_data_path_on_the_tiny_builder(tmp_path, dataset):
   from core_jax import train  # pylint: disable=import-outside-toplevel
+
   c = _load('l1_cifar10.py:resnet56_a' if dataset == 'cifar10' else 'slimming_cifar.py:vgg19_c100_50')
   c.data.data_dir = cifar_like.prepare(str(tmp_path), dataset, num_train=128, num_test=64)
   c.eval_batch_size = 32

@@ -1,6 +1,7 @@
 """The experiment runner: the results table from phase results, bad input (one line, exit 2, nothing saved lost),
 and tiny end-to-end experiments on the CIFAR-layout builder through the real cifar configs: an uninterrupted run,
 the same run SIGKILLed mid-phase and rerun (same final results), the mask implementation keeping its zeros."""
+
 import json
 import os
 import shutil
@@ -9,10 +10,10 @@ import subprocess
 import sys
 import time
 
+import cifar_like
 import numpy as np
 import pytest
 
-import cifar_like
 from pruning_jax import main as pruning_main
 from pruning_jax import pipeline
 
@@ -25,7 +26,7 @@ def _write_config(path, base: str, lines: list[str]) -> str:
   """A config file that loads configs/pruning/BASE and applies `lines` (python statements on `c`)."""
   file, _, arg = base.partition(':')
   body = '\n'.join(f'  {line}' for line in lines)
-  path.write_text(f'''import importlib.util
+  path.write_text(f"""import importlib.util
 spec = importlib.util.spec_from_file_location('_base_config', {os.path.join(CONFIGS, file)!r})
 module = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(module)
@@ -35,22 +36,35 @@ def get_config():
   c = module.get_config({arg!r}) if {arg!r} else module.get_config()
 {body}
   return c
-''')
+""")
   return str(path)
 
 
 def _tiny(data_dir: str, extra: list[str] = ()) -> list[str]:
   """Seconds-long phases: a tiny model, 2 steps an epoch (128 examples, batch 64), 1 seed."""
-  return [f'c.data.data_dir = {data_dir!r}', 'c.eval_batch_size = 32', 'c.num_epochs = 3',
-          'c.finetune.num_epochs = 1', 'c.experiment.seeds = (0,)', 'c.eval_every_epochs = 100.0',
-          'c.checkpoint.every_steps = 1', 'c.checkpoint.asynchronous = False', 'c.log_every_steps = 100',
-          *extra]
+  return [
+      f'c.data.data_dir = {data_dir!r}',
+      'c.eval_batch_size = 32',
+      'c.num_epochs = 3',
+      'c.finetune.num_epochs = 1',
+      'c.experiment.seeds = (0,)',
+      'c.eval_every_epochs = 100.0',
+      'c.checkpoint.every_steps = 1',
+      'c.checkpoint.asynchronous = False',
+      'c.log_every_steps = 100',
+      *extra,
+  ]
 
 
 def _l1_lines(data_dir):
-  return _tiny(data_dir, [f'c.model.update(dict(name="vgg_slimming", cfg={TINY_VGG!r}))',
-                          'c.prune.scheme = None',
-                          'c.prune.scheme = dict(cfg=(4, "M", 8, "M", 8, "M", 16, "M", 8))'])
+  return _tiny(
+      data_dir,
+      [
+          f'c.model.update(dict(name="vgg_slimming", cfg={TINY_VGG!r}))',
+          'c.prune.scheme = None',
+          'c.prune.scheme = dict(cfg=(4, "M", 8, "M", 8, "M", 16, "M", 8))',
+      ],
+  )
 
 
 def _main(argv, capsys):
@@ -70,13 +84,31 @@ def _fake_done():
   for seed, accs in ((0, (0.93, 0.10, 0.92, 0.925, 0.935)), (1, (0.95, 0.20, 0.94, 0.935, 0.945))):
     large, prune, ft, se, sb = accs
     cfg = [4, 8]
-    done[f'seed{seed}/large'] = {'accuracy': large, 'params': 1000, 'macs': 10_000_000, 'nonzero_params': 1000,
-                                 'model': {'cfg': [8, 16]}, 'workdir': f'/w/seed{seed}/large'}
-    done[f'seed{seed}/prune'] = {'accuracy': prune, 'params': 400 + seed, 'macs': 4_000_000, 'macs_large': 10_000_000,
-                                 'pruned_model': {'cfg': cfg}, 'workdir': f'/w/seed{seed}/prune'}
+    done[f'seed{seed}/large'] = {
+        'accuracy': large,
+        'params': 1000,
+        'macs': 10_000_000,
+        'nonzero_params': 1000,
+        'model': {'cfg': [8, 16]},
+        'workdir': f'/w/seed{seed}/large',
+    }
+    done[f'seed{seed}/prune'] = {
+        'accuracy': prune,
+        'params': 400 + seed,
+        'macs': 4_000_000,
+        'macs_large': 10_000_000,
+        'pruned_model': {'cfg': cfg},
+        'workdir': f'/w/seed{seed}/prune',
+    }
     for name, acc in (('finetune', ft), ('scratch_e', se), ('scratch_b', sb)):
-      done[f'seed{seed}/{name}'] = {'accuracy': acc, 'params': 400 + seed, 'macs': 4_000_000, 'nonzero_params': 400,
-                                    'model': {'cfg': cfg}, 'workdir': f'/w/seed{seed}/{name}'}
+      done[f'seed{seed}/{name}'] = {
+          'accuracy': acc,
+          'params': 400 + seed,
+          'macs': 4_000_000,
+          'nonzero_params': 400,
+          'model': {'cfg': cfg},
+          'workdir': f'/w/seed{seed}/{name}',
+      }
   return done
 
 
@@ -105,17 +137,24 @@ def test_summary_and_markdown_table():
 
 
 # ------------------------------------------------------------------------------------------------ bad input
-@pytest.mark.parametrize('lines,message', [
-    (['c.prune.method = "magnitude"'], "unknown pruning method 'magnitude'"),
-    (['c.model.name = "resnet57"'], "unknown model 'resnet57'"),
-    (['c.prune.scheme = "resnet57_z"'], "unknown L1-norm scheme 'resnet57_z'"),
-    (['c.prune.scheme = None', 'c.prune.scheme = dict(skip=(16, 21), ratios=(0.1, 0.1, 0.1))'],
-     'skip list names layer id 21'),
-    (['c.prune.scheme = None', 'c.prune.scheme = dict(skip=(), ratios=(0.1, 0.99, 0.1))'],
-     'leaves no filter in block'),
-    (['c.prune.mode = "mask"'], 'prune.mode=mask is implemented for slimming only'),
-    (['c.experiment.phases = ("large", "finetune")'], 'need the prune phase'),
-])
+@pytest.mark.parametrize(
+    'lines,message',
+    [
+        (['c.prune.method = "magnitude"'], "unknown pruning method 'magnitude'"),
+        (['c.model.name = "resnet57"'], "unknown model 'resnet57'"),
+        (['c.prune.scheme = "resnet57_z"'], "unknown L1-norm scheme 'resnet57_z'"),
+        (
+            ['c.prune.scheme = None', 'c.prune.scheme = dict(skip=(16, 21), ratios=(0.1, 0.1, 0.1))'],
+            'skip list names layer id 21',
+        ),
+        (
+            ['c.prune.scheme = None', 'c.prune.scheme = dict(skip=(), ratios=(0.1, 0.99, 0.1))'],
+            'leaves no filter in block',
+        ),
+        (['c.prune.mode = "mask"'], 'prune.mode=mask is implemented for slimming only'),
+        (['c.experiment.phases = ("large", "finetune")'], 'need the prune phase'),
+    ],
+)
 def test_bad_experiment_configs_fail_before_training(tmp_path, capsys, lines, message):
   config = _write_config(tmp_path / 'bad.py', 'l1_cifar10.py:resnet56_a', lines)
   workdir = tmp_path / 'run'
@@ -176,9 +215,21 @@ def test_sigkilled_experiment_resumes_phase_by_phase_to_the_same_results(finishe
   config, reference = finished_run
   workdir = tmp_path / 'killed'
   env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.path.dirname(__file__))
-  proc = subprocess.Popen([sys.executable, '-m', 'pruning_jax.main', f'--config={config}', f'--workdir={workdir}',
-                           '--config.debug.step_delay_s=0.4'], cwd=REPO, env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL, start_new_session=True)
+  proc = subprocess.Popen(
+      [
+          sys.executable,
+          '-m',
+          'pruning_jax.main',
+          f'--config={config}',
+          f'--workdir={workdir}',
+          '--config.debug.step_delay_s=0.4',
+      ],
+      cwd=REPO,
+      env=env,
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.DEVNULL,
+      start_new_session=True,
+  )
   ckpts = workdir / 'seed0' / 'scratch_b' / 'checkpoints'
   deadline = time.time() + 600
   try:
@@ -203,15 +254,25 @@ def test_sigkilled_experiment_resumes_phase_by_phase_to_the_same_results(finishe
 
 
 @pytest.mark.slow
-def test_corrupt_checkpoint_and_emptying_threshold_are_one_line_and_keep_saved_work(finished_run, cifar_dir, tmp_path,
-                                                                                     capsys):
+def test_corrupt_checkpoint_and_emptying_threshold_are_one_line_and_keep_saved_work(
+    finished_run, cifar_dir, tmp_path, capsys
+):
   config, reference = finished_run
   workdir = tmp_path / 'run'
   shutil.copytree(reference / 'seed0' / 'large', workdir / 'seed0' / 'large')
   # slimming at 99% of the channels of the finished large model: every set would be emptied
-  slim = _write_config(tmp_path / 'slim.py', 'slimming_cifar.py:vgg19_c10_70', _tiny(cifar_dir, [
-      f'c.model.update(dict(name="vgg_slimming", cfg={TINY_VGG!r}))', 'c.prune.percent = 0.99',
-      'c.prune.on_empty_layer = "error"']))
+  slim = _write_config(
+      tmp_path / 'slim.py',
+      'slimming_cifar.py:vgg19_c10_70',
+      _tiny(
+          cifar_dir,
+          [
+              f'c.model.update(dict(name="vgg_slimming", cfg={TINY_VGG!r}))',
+              'c.prune.percent = 0.99',
+              'c.prune.on_empty_layer = "error"',
+          ],
+      ),
+  )
   code, err = _main([f'--config={slim}', f'--workdir={workdir}'], capsys)
   assert code == 2 and len(err) == 1 and 'would remove every channel of' in err[0], err
   assert (workdir / 'seed0' / 'large' / 'results.json').exists()
@@ -233,9 +294,19 @@ def test_corrupt_checkpoint_and_emptying_threshold_are_one_line_and_keep_saved_w
 
 @pytest.mark.slow
 def test_mask_implementation_fine_tunes_with_the_pruned_channels_held_at_zero(cifar_dir, tmp_path):
-  config = _write_config(tmp_path / 'mask.py', 'slimming_cifar.py:vgg19_c100_50', _tiny(cifar_dir, [
-      f'c.model.update(dict(name="vgg_slimming", cfg={TINY_VGG!r}))', 'c.prune.mode = "mask"',
-      'c.experiment.phases = ("large", "prune", "finetune")', 'c.sparsity.s = 1e-3']))
+  config = _write_config(
+      tmp_path / 'mask.py',
+      'slimming_cifar.py:vgg19_c100_50',
+      _tiny(
+          cifar_dir,
+          [
+              f'c.model.update(dict(name="vgg_slimming", cfg={TINY_VGG!r}))',
+              'c.prune.mode = "mask"',
+              'c.experiment.phases = ("large", "prune", "finetune")',
+              'c.sparsity.s = 1e-3',
+          ],
+      ),
+  )
   workdir = tmp_path / 'run'
   assert pruning_main.main([f'--config={config}', f'--workdir={workdir}']) == 0
   prune = json.loads((workdir / 'seed0' / 'prune' / 'results.json').read_text())
@@ -243,6 +314,7 @@ def test_mask_implementation_fine_tunes_with_the_pruned_channels_held_at_zero(ci
   assert ft['model']['cfg'] == list(TINY_VGG) and ft['model']['num_classes'] == 100
   from pruning_jax import io  # pylint: disable=import-outside-toplevel
   from pruning_jax.task import count_nonzero  # pylint: disable=import-outside-toplevel
+
   _, masked = io.load_pruned(prune['masked_export'])
   assert ft['nonzero_params'] == count_nonzero(masked['params']) < ft['params']
   summary = json.loads((workdir / 'results.json').read_text())

@@ -1,5 +1,6 @@
 """PruningTask's hooks without the loop: the model from config.model, the slimming `pre` and mask `post` transforms,
 load_pretrained from each weights kind (and its one-line errors), the counts in extra_results."""
+
 import os
 
 import jax
@@ -36,8 +37,9 @@ def _task(name='vgg_slimming', cfg=VGG_CFG, **overrides):
 def _variables(model, seed=0):
   v = model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 32, 32, 3)))
   rng = np.random.default_rng(seed)  # non-trivial BN stats, so a load that skipped them would show
-  return jax.tree_util.tree_map(lambda x: np.asarray(x) + rng.normal(0, 0.1, np.shape(x)).astype(np.float32),
-                                {k: dict(v[k]) for k in v})
+  return jax.tree_util.tree_map(
+      lambda x: np.asarray(x) + rng.normal(0, 0.1, np.shape(x)).astype(np.float32), {k: dict(v[k]) for k in v}
+  )
 
 
 def _equal(a, b):
@@ -79,8 +81,9 @@ def test_mask_post_transform_keeps_masked_weights_exactly_zero(tmp_path):
   path = str(tmp_path / 'mask.safetensors')
   save_mask(path, mask)
   loaded = load_mask(path, params)
-  assert jax.tree_util.tree_structure(loaded, is_leaf=lambda x: x is None) == \
-      jax.tree_util.tree_structure(mask, is_leaf=lambda x: x is None)
+  assert jax.tree_util.tree_structure(loaded, is_leaf=lambda x: x is None) == jax.tree_util.tree_structure(
+      mask, is_leaf=lambda x: x is None
+  )
   task = _task(**{'mask.path': path})
   pre, post = task.optimizer_transforms()
   assert pre == [] and len(post) == 1
@@ -92,7 +95,8 @@ def test_mask_post_transform_keeps_masked_weights_exactly_zero(tmp_path):
     updates, state = tx.update(grads, state, p)
     p = optax.apply_updates(p, updates)
   flat_p, flat_m = jax.tree_util.tree_leaves_with_path(p), jax.tree_util.tree_leaves_with_path(
-      mask, is_leaf=lambda x: x is None)
+      mask, is_leaf=lambda x: x is None
+  )
   masked = 0
   for (path_, x), (_, m) in zip(flat_p, flat_m, strict=True):
     if m is not None:
@@ -113,8 +117,10 @@ def test_load_pretrained_from_export_step_dir_and_mismatches(tmp_path):
 
   step_dir = str(tmp_path / 'run' / 'checkpoints' / '7')
   saver = ocp.StandardCheckpointer()
-  saver.save(os.path.join(step_dir, 'state'), {'params': trained['params'], 'batch_stats': trained['batch_stats'],
-                                               'step': np.int32(7)})
+  saver.save(
+      os.path.join(step_dir, 'state'),
+      {'params': trained['params'], 'batch_stats': trained['batch_stats'], 'step': np.int32(7)},
+  )
   saver.wait_until_finished()
   _equal(task.load_pretrained(fresh, step_dir, False), trained)
 
@@ -130,8 +136,10 @@ def test_load_pretrained_from_export_step_dir_and_mismatches(tmp_path):
   wrong_dir = str(tmp_path / 'other' / 'checkpoints' / '3')
   saver.save(os.path.join(wrong_dir, 'state'), {'params': _variables(other)['params'], 'step': np.int32(3)})
   saver.wait_until_finished()
-  with pytest.raises(UserError, match=r'params/bn4/bias: the configured model has shape \(16,\) but '
-                                      r'.* has \(12,\): the cfg does not match') as e:
+  with pytest.raises(
+      UserError,
+      match=r'params/bn4/bias: the configured model has shape \(16,\) but ' r'.* has \(12,\): the cfg does not match',
+  ) as e:
     task.load_pretrained(fresh, wrong_dir, False)
   assert '\n' not in str(e.value)
   with pytest.raises(UserError, match='weights not found'):
@@ -143,8 +151,14 @@ def test_extra_results_counts_params_nonzero_and_macs():
   model = task.build_model()
   params = dict(_variables(model)['params'])
   params['conv1'] = dict(params['conv1'], kernel=np.zeros_like(params['conv1']['kernel']))
-  state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats={}, opt_state=(), ema_params=None,
-                     rng=jax.random.PRNGKey(0))
+  state = TrainState(
+      step=jnp.zeros((), jnp.int32),
+      params=params,
+      batch_stats={},
+      opt_state=(),
+      ema_params=None,
+      rng=jax.random.PRNGKey(0),
+  )
   extra = task.extra_results(state)
   want_params, want_macs = zoo.params_and_macs(models.build('resnet_cifar', (8, 16, 32), 10), 'cifar')
   assert extra['params'] == want_params and extra['macs'] == want_macs
