@@ -276,3 +276,29 @@ def build(arch: str = 'w48', *, num_classes: int = 19, exits=(1, 2, 3, 4), exit_
 def base(arch: str = 'w48', num_classes: int = 19) -> HRNet:
   """The plain HRNetV2 segmentation model (head only)."""
   return build(arch, num_classes=num_classes, exits=(4,))
+
+
+def random_variables(model: HRNet, height: int = 64, width: int = 64, seed: int = 0) -> dict:
+  """{'params', 'batch_stats'} as host numpy arrays drawn like the model's init (conv weights N(0, 0.001),
+  biases U(+-1/sqrt(fan_in)), BN scale 1 / bias 0 / mean 0 / var 1, rbf_lambda 3), without compiling
+  `model.init` (which takes minutes for W48 on a small CPU); shapes from `jax.eval_shape`."""
+  import numpy as np   # host-only helper
+  abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32))
+  rng = np.random.RandomState(seed)
+  fan_in = {tuple(p.key for p in path[:-1]): int(np.prod(s.shape[:-1]))
+            for path, s in jax.tree_util.tree_flatten_with_path(abstract['params'])[0] if path[-1].key == 'kernel'}
+
+  def fill(path, s):
+    keys = tuple(p.key for p in path)[1:]   # drop the collection name
+    name = keys[-1]
+    if name == 'kernel':
+      return rng.normal(0.0, confidence.CONV_INIT_STD, s.shape).astype(s.dtype)
+    if name == 'bias' and keys[:-1] in fan_in:
+      bound = 1.0 / np.sqrt(fan_in[keys[:-1]])
+      return rng.uniform(-bound, bound, s.shape).astype(s.dtype)
+    if name == 'rbf_lambda':
+      return np.full(s.shape, confidence.LAMBDA_INIT, s.dtype)
+    return np.full(s.shape, 1.0 if name in ('scale', 'var') else 0.0, s.dtype)
+
+  tree = {'params': abstract['params'], 'batch_stats': abstract['batch_stats']}
+  return jax.tree_util.tree_map_with_path(fill, tree)
