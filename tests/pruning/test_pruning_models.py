@@ -7,6 +7,8 @@ import pytest
 from core_jax.errors import UserError
 from pruning_jax import models, zoo
 
+from pruning_helpers import random_variables
+
 # Exact integers computed by our counter; the reference sheet's rounded values are asserted alongside.
 EXACT = {
   'vgg16': (14_987_722, 313_463_808), 'vgg19': (20_035_018, 398_136_320), 'resnet56': (853_018, 125_485_696),
@@ -65,7 +67,7 @@ def test_vgg_heads_and_shapes():
   cfg = (8, 'M', 16, 'M', 16, 'M', 24, 'M', 32)
   for family, head_stats in (('vgg_l1', {'fc_bn1'}), ('vgg_slimming', set())):
     m = models.create(family, cfg=cfg, num_classes=7)
-    v = jax.jit(m.init)(jax.random.PRNGKey(0), x)
+    v = random_variables(m, x)
     logits, feats = jax.jit(m.apply)(v, x)
     assert logits.shape == (2, 7) and feats['pooled'].shape == (2, 32)
     assert set(v['batch_stats']) - {f'bn{i}' for i in range(5)} == head_stats
