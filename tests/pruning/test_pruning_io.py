@@ -127,3 +127,40 @@ def test_official_checkpoint_errors(tmp_path):
     io.import_torch_checkpoint(path)
   with pytest.raises(UserError, match='not found'):
     io.import_torch_checkpoint(str(tmp_path / 'nope.pth'))
+
+
+def test_torchvision_resnet34_layout(tmp_path):
+  """The ImageNet ResNet-34 family reads torchvision's own state_dict (the L1 ImageNet baseline) bit for bit."""
+  import torchvision  # pylint: disable=import-outside-toplevel
+  torch.manual_seed(0)
+  tv = torchvision.models.resnet34()
+  path = str(tmp_path / 'r34.pth')
+  torch.save(tv.state_dict(), path)
+  model, variables = io.import_torch_checkpoint(path)
+  assert models.family_of(model) == 'resnet34' and models.cfg_of(model) == models.NAMED['resnet34'].cfg
+  back = io.to_torch_state_dict(model, variables)
+  expected = {k: v.numpy() for k, v in tv.state_dict().items() if not k.endswith('num_batches_tracked')}
+  assert sorted(back) == sorted(expected) and all(np.array_equal(back[k], expected[k]) for k in expected)
+
+
+@pytest.mark.slow
+def test_torchvision_resnet34_logits(highest_precision):
+  import torchvision  # pylint: disable=import-outside-toplevel
+  torch.manual_seed(0)
+  tv = torchvision.models.resnet34().eval()
+  model, variables = io.from_torch_state_dict(tv.state_dict())
+  x = np.random.RandomState(0).randn(1, 64, 64, 3).astype(np.float32)
+  with torch.no_grad():
+    ref = tv(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+  ours = jax.jit(lambda v: model.apply(v, x, train=False)[0])(variables)
+  np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * float(np.abs(ref).max()))
+
+
+def test_torchvision_vgg16_layout(tmp_path):
+  """ImageNet VGG-16 (ThiNet / regression baseline) reads torchvision's vgg16 state_dict; cfg recovered with pools."""
+  import torchvision  # pylint: disable=import-outside-toplevel
+  sd = torchvision.models.vgg16().state_dict()
+  model, variables = io.from_torch_state_dict(sd)
+  assert models.family_of(model) == 'vgg_imagenet' and models.cfg_of(model) == models.NAMED['vgg16_imagenet'].cfg
+  back = io.to_torch_state_dict(model, variables)
+  assert sorted(back) == sorted(sd) and all(np.array_equal(back[k], sd[k].numpy()) for k in sd)
