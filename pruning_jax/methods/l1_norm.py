@@ -64,9 +64,12 @@ def get_scheme(scheme) -> Scheme:
 
 
 def filter_l1_norms(kernel) -> np.ndarray:
-  """L1 norm per output filter of a flax (kh, kw, in, out) kernel, summed in PyTorch's (O, I, kh, kw) order."""
-  w = np.transpose(np.abs(np.asarray(jax.device_get(kernel), np.float32)), (3, 2, 0, 1))
-  return np.sum(w, axis=(1, 2, 3))
+  """L1 norm per output filter of a flax (kh, kw, in, out) conv kernel, summed in PyTorch's (O, I, kh, kw) order
+  (a Dense (in, out) kernel: per output unit)."""
+  w = np.abs(np.asarray(jax.device_get(kernel), np.float32))
+  if w.ndim == 2:
+    return np.sum(w.T, axis=1)
+  return np.sum(np.transpose(w, (3, 2, 0, 1)), axis=(1, 2, 3))
 
 
 def keep_largest(norms: np.ndarray, num_keep: int) -> list[int]:

@@ -156,6 +156,7 @@ def test_torchvision_resnet34_logits(highest_precision):
   np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * float(np.abs(ref).max()))
 
 
+@pytest.mark.slow
 def test_torchvision_vgg16_layout(tmp_path):
   """ImageNet VGG-16 (ThiNet / regression baseline) reads torchvision's vgg16 state_dict; cfg recovered with pools."""
   import torchvision  # pylint: disable=import-outside-toplevel
