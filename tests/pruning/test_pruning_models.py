@@ -81,7 +81,8 @@ def test_inits_follow_reference():
   assert np.all(np.asarray(v['params']['bn1']['scale']) == 1.0)
   fc = np.asarray(v['params']['fc']['kernel'])
   assert np.abs(fc).max() <= 1 / 8 and np.abs(np.asarray(v['params']['fc']['bias'])).max() <= 1 / 8
-  vg = jax.jit(models.create('vgg_slimming', cfg=(8, 'M', 'M', 'M', 'M', 512)).init)(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+  vgg = models.create('vgg_slimming', cfg=(8, 'M', 'M', 'M', 'M', 512))
+  vg = jax.jit(vgg.init)(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
   assert np.all(np.asarray(vg['params']['bn0']['scale']) == 0.5)
   assert np.all(np.asarray(vg['params']['fc']['bias']) == 0)
   assert abs(np.asarray(vg['params']['fc']['kernel']).std() - 0.01) < 0.001  # 5,120 draws
@@ -114,3 +115,23 @@ def test_zoo_cli_prints_exact_counts(capsys):
   zoo.main(['resnet56', 'resnet56_a'])
   out = capsys.readouterr().out
   assert '| resnet56_a | resnet_cifar | cifar | 773,336 | 112,435,840 |' in out and '9.3% / 10.4% of resnet56' in out
+
+
+@pytest.mark.parametrize('cin, cout, hw, k, stride', [(5, 7, 2, 3, 1), (6, 4, 7, 3, 2), (3, 8, 8, 7, 2)])
+def test_small_output_conv_equals_flax_conv(cin, cout, hw, k, stride, highest_precision):
+  """layers.Conv's patches @ kernel path (<= 16 output positions) == nn.Conv: variables, outputs, grads, MACs."""
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  from core_jax import counting  # pylint: disable=import-outside-toplevel
+  from pruning_jax.models import layers  # pylint: disable=import-outside-toplevel
+  x = jnp.asarray(np.random.RandomState(0).randn(2, hw, hw, cin).astype(np.float32))
+  ours = layers.conv(cout, k, stride, name='c', use_bias=True)
+  ref = nn.Conv(cout, (k, k), strides=(stride, stride), padding=((k // 2, k // 2),) * 2, use_bias=True)
+  shapes = jax.eval_shape(lambda: ours.init(jax.random.PRNGKey(0), x))
+  assert shapes == jax.eval_shape(lambda: ref.init(jax.random.PRNGKey(0), x))
+  rng = np.random.RandomState(1)
+  v = jax.tree_util.tree_map(lambda s: jnp.asarray(rng.randn(*s.shape).astype(np.float32)), shapes)
+  np.testing.assert_allclose(ours.apply(v, x), ref.apply(v, x), rtol=1e-5, atol=1e-5)
+  grads = [jax.grad(lambda v, m=m: jnp.sum(m.apply(v, x) ** 2))(v) for m in (ours, ref)]
+  for a, b in zip(*map(jax.tree_util.tree_leaves, grads)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+  assert counting.count_macs(ours, x) == counting.count_macs(ref, x)
