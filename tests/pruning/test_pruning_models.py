@@ -1,23 +1,27 @@
 """Model families: exact params / MACs against the reference sheet, cfg handling and bad input."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from pruning_helpers import random_variables
 
 from core_jax.errors import UserError
 from pruning_jax import models, zoo
 
-from pruning_helpers import random_variables
-
 # Exact integers computed by our counter; the reference sheet's rounded values are asserted alongside.
 EXACT = {
-  'vgg16': (14_987_722, 313_463_808), 'vgg19': (20_035_018, 398_136_320), 'resnet56': (853_018, 125_485_696),
-  'resnet110': (1_727_962, 252_887_680), 'preresnet164': (1_703_258, 247_646_720),
-  'densenet40': (1_059_298, 282_917_328),
+    'vgg16': (14_987_722, 313_463_808),
+    'vgg19': (20_035_018, 398_136_320),
+    'resnet56': (853_018, 125_485_696),
+    'resnet110': (1_727_962, 252_887_680),
+    'preresnet164': (1_703_258, 247_646_720),
+    'densenet40': (1_059_298, 282_917_328),
 }
 EXACT_IMAGENET = {
-  'resnet34': (21_797_672, 3_663_761_408), 'resnet50': (25_560_872, 4_089_184_256),
-  'vgg16_imagenet': (138_357_544, 15_470_264_320),
+    'resnet34': (21_797_672, 3_663_761_408),
+    'resnet50': (25_560_872, 4_089_184_256),
+    'vgg16_imagenet': (138_357_544, 15_470_264_320),
 }
 
 
@@ -98,13 +102,16 @@ def test_description_round_trip_and_selection():
   assert models.from_description(d) == m
 
 
-@pytest.mark.parametrize('call, message', [
-  (lambda: models.create('resnet57'), 'unknown model'),
-  (lambda: models.create('resnet_cifar', cfg=[16] * 4), r'depth 6n\+2'),
-  (lambda: models.create('resnet_cifar'), 'needs a cfg'),
-  (lambda: models.create('vgg_l1', cfg=[64, 0]), 'positive'),
-  (lambda: models.create('resnet56', selections=[None]), 'no channel selection'),
-])
+@pytest.mark.parametrize(
+    'call, message',
+    [
+        (lambda: models.create('resnet57'), 'unknown model'),
+        (lambda: models.create('resnet_cifar', cfg=[16] * 4), r'depth 6n\+2'),
+        (lambda: models.create('resnet_cifar'), 'needs a cfg'),
+        (lambda: models.create('vgg_l1', cfg=[64, 0]), 'positive'),
+        (lambda: models.create('resnet56', selections=[None]), 'no channel selection'),
+    ],
+)
 def test_bad_input_is_one_line_user_error(call, message):
   with pytest.raises(UserError, match=message) as e:
     call().init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
@@ -121,8 +128,10 @@ def test_zoo_cli_prints_exact_counts(capsys):
 def test_small_output_conv_equals_flax_conv(cin, cout, hw, k, stride, highest_precision):
   """layers.Conv's patches @ kernel path (<= 16 output positions) == nn.Conv: variables, outputs, grads, MACs."""
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
+
   from core_jax import counting  # pylint: disable=import-outside-toplevel
   from pruning_jax.models import layers  # pylint: disable=import-outside-toplevel
+
   x = jnp.asarray(np.random.RandomState(0).randn(2, hw, hw, cin).astype(np.float32))
   ours = layers.conv(cout, k, stride, name='c', use_bias=True)
   ref = nn.Conv(cout, (k, k), strides=(stride, stride), padding=((k // 2, k // 2),) * 2, use_bias=True)
