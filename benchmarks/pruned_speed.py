@@ -10,6 +10,7 @@ MACs ratio large/pruned, our speed-up and PyTorch's (each the median over rounds
 speed-up as a fraction of the MACs ratio, and ours / torch absolute speed for both models (above 1.0x = ours
 faster). The PyTorch definitions are the parity-tested ones of tests/pruning/pruning_torch_reference.py.
 """
+
 import argparse
 import os
 import statistics
@@ -17,15 +18,22 @@ import sys
 
 from benchmarks import common
 
-DEFAULT_PAIRS = (('vgg16', 'vgg16_a'), ('resnet56', 'resnet56_a'), ('resnet56', 'resnet56_b'),
-                 ('resnet110', 'resnet110_a'), ('resnet110', 'resnet110_b'))
+DEFAULT_PAIRS = (
+    ('vgg16', 'vgg16_a'),
+    ('resnet56', 'resnet56_a'),
+    ('resnet56', 'resnet56_b'),
+    ('resnet110', 'resnet110_a'),
+    ('resnet110', 'resnet110_b'),
+)
 
 
 def _ours(name, mode, batch):
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
+
   from pruning_jax import models  # pylint: disable=import-outside-toplevel
+
   model = models.create(name)
   x = jax.random.normal(jax.random.PRNGKey(0), (batch, 32, 32, 3), jnp.float32)
   y = jnp.zeros((batch,), jnp.int32)
@@ -40,6 +48,7 @@ def _ours(name, mode, batch):
     def loss(p):
       (logits, _), new = model.apply({'params': p, 'batch_stats': b}, x, train=True, mutable=['batch_stats'])
       return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new['batch_stats']
+
     g, b = jax.grad(loss, has_aux=True)(p)
     u, o = tx.update(g, o, p)
     return optax.apply_updates(p, u), b, o
@@ -56,7 +65,9 @@ def _ours(name, mode, batch):
 def _torch_model(name):
   sys.path.insert(0, os.path.join(common.REPO, 'tests', 'pruning'))
   import pruning_torch_reference as tr  # pylint: disable=import-outside-toplevel,import-error
+
   from pruning_jax import models  # pylint: disable=import-outside-toplevel
+
   spec = models.NAMED[name]
   cfg = list(spec.cfg)
   if spec.family == 'vgg_l1':
@@ -70,6 +81,7 @@ def _torch_model(name):
 
 def _torch(name, mode, batch):
   import torch  # pylint: disable=import-outside-toplevel
+
   model = _torch_model(name)
   x = torch.randn(batch, 3, 32, 32)
   y = torch.zeros(batch, dtype=torch.long)
@@ -95,10 +107,16 @@ def _torch(name, mode, batch):
 
 def worker(args):
   from core_jax import host_memory  # pylint: disable=import-outside-toplevel
+
   host_memory.retain_freed_memory()
   fn = (_ours if args.contender == 'ours' else _torch)(args.model, args.mode, args.batch)
-  record = {'bench': 'pruned_speed', 'contender': args.contender, 'mode': args.mode, 'model': args.model,
-            'batch': args.batch}
+  record = {
+      'bench': 'pruned_speed',
+      'contender': args.contender,
+      'mode': args.mode,
+      'model': args.model,
+      'batch': args.batch,
+  }
   if args.serve:
     return common.serve(fn, args.warmup, record)
   stats = common.time_calls(fn, warmup=args.warmup, repeats=args.repeats)
@@ -107,6 +125,7 @@ def worker(args):
 
 def _macs(name) -> int:
   from pruning_jax import models, zoo  # pylint: disable=import-outside-toplevel
+
   return zoo.params_and_macs(models.create(name), 'cifar')[1]
 
 
@@ -115,18 +134,35 @@ def measure(pairs=DEFAULT_PAIRS, batch=64, repeats=5, warmup=2, modes=('infer', 
   for large, pruned in pairs:
     macs_ratio = _macs(large) / _macs(pruned)
     for mode in modes:
-      cli = lambda c, m: ['--worker', '--contender', c, '--mode', mode, '--model', m, '--batch', str(batch),
-                          '--warmup', str(warmup)]
+      cli = lambda c, m: [
+          '--worker',
+          '--contender',
+          c,
+          '--mode',
+          mode,
+          '--model',
+          m,
+          '--batch',
+          str(batch),
+          '--warmup',
+          str(warmup),
+      ]
       contenders = {f'{c}:{m}': cli(c, m) for c in ('ours', 'torch') for m in (large, pruned)}
       by = common.interleaved('benchmarks.pruned_speed', contenders, rounds=repeats)
       t = {k: v['times_s'] for k, v in by.items()}
-      rec = {'bench': 'pruned_speed', 'mode': mode, 'large': large, 'pruned': pruned, 'batch': batch,
-             'macs_ratio': macs_ratio,
-             'ours_speedup': common.paired_ratio(t[f'ours:{pruned}'], t[f'ours:{large}']),
-             'torch_speedup': common.paired_ratio(t[f'torch:{pruned}'], t[f'torch:{large}']),
-             'ours_per_torch_large': common.paired_ratio(t[f'ours:{large}'], t[f'torch:{large}']),
-             'ours_per_torch_pruned': common.paired_ratio(t[f'ours:{pruned}'], t[f'torch:{pruned}']),
-             'median_s': {k: statistics.median(v) for k, v in t.items()}}
+      rec = {
+          'bench': 'pruned_speed',
+          'mode': mode,
+          'large': large,
+          'pruned': pruned,
+          'batch': batch,
+          'macs_ratio': macs_ratio,
+          'ours_speedup': common.paired_ratio(t[f'ours:{pruned}'], t[f'ours:{large}']),
+          'torch_speedup': common.paired_ratio(t[f'torch:{pruned}'], t[f'torch:{large}']),
+          'ours_per_torch_large': common.paired_ratio(t[f'ours:{large}'], t[f'torch:{large}']),
+          'ours_per_torch_pruned': common.paired_ratio(t[f'ours:{pruned}'], t[f'torch:{pruned}']),
+          'median_s': {k: statistics.median(v) for k, v in t.items()},
+      }
       rec['ours_speedup_of_macs_ratio'] = rec['ours_speedup'] / macs_ratio
       records.append(rec)
       common.emit(rec)
@@ -134,15 +170,19 @@ def measure(pairs=DEFAULT_PAIRS, batch=64, repeats=5, warmup=2, modes=('infer', 
 
 
 def table(records) -> str:
-  lines = ['| mode | large -> pruned | MACs ratio | ours speed-up | torch speed-up | ours speed-up / MACs ratio | '
-           'ours / torch (large) | ours / torch (pruned) | ours step large / pruned (ms) |',
-           '|---|---|---:|---:|---:|---:|---:|---:|---:|']
+  lines = [
+      '| mode | large -> pruned | MACs ratio | ours speed-up | torch speed-up | ours speed-up / MACs ratio | '
+      'ours / torch (large) | ours / torch (pruned) | ours step large / pruned (ms) |',
+      '|---|---|---:|---:|---:|---:|---:|---:|---:|',
+  ]
   for r in records:
     m = r['median_s']
-    lines.append(f"| {r['mode']} | {r['large']} -> {r['pruned']} | {r['macs_ratio']:.2f} | {r['ours_speedup']:.2f}x | "
-                 f"{r['torch_speedup']:.2f}x | {r['ours_speedup_of_macs_ratio']:.2f} | "
-                 f"{r['ours_per_torch_large']:.2f}x | {r['ours_per_torch_pruned']:.2f}x | "
-                 f"{1e3 * m['ours:' + r['large']]:.1f} / {1e3 * m['ours:' + r['pruned']]:.1f} |")
+    lines.append(
+        f"| {r['mode']} | {r['large']} -> {r['pruned']} | {r['macs_ratio']:.2f} | {r['ours_speedup']:.2f}x | "
+        f"{r['torch_speedup']:.2f}x | {r['ours_speedup_of_macs_ratio']:.2f} | "
+        f"{r['ours_per_torch_large']:.2f}x | {r['ours_per_torch_pruned']:.2f}x | "
+        f"{1e3 * m['ours:' + r['large']]:.1f} / {1e3 * m['ours:' + r['pruned']]:.1f} |"
+    )
   return '\n'.join(lines)
 
 

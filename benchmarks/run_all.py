@@ -8,7 +8,7 @@ import datetime
 import json
 import os
 
-from benchmarks import common, convnext_throughput, devices_scaling, input_pipeline, pruned_speed
+from benchmarks import anytime_cost, common, convnext_throughput, devices_scaling, input_pipeline, pruned_speed
 
 DESIGN_HEADING = '## Design measurements'
 
@@ -60,6 +60,12 @@ def main():
           lambda: pruned_speed.measure(
               (('vgg16', 'vgg16_a'), ('resnet56', 'resnet56_b'), ('resnet110', 'resnet110_b')), batch=64, repeats=3
           ),
+      ),
+      (
+          'ADP-C cost per exit: wall-clock next to GFLOPs, and the HRNet backbone vs timm (W18-Small-v2 at 512x1024, '
+          'batch 1, fp32; W48 at 1024x2048 too on a GPU)',
+          anytime_cost.table,
+          lambda: anytime_cost.measure_all(repeats=2, rounds=3),
       ),
   ]
   for title, table, run in runs:

@@ -1,6 +1,7 @@
 """python -m convnext_jax.main --config=configs/convnext/<name>.py --workdir=DIR [--config.key=value ...]
 
 `--help` lists the config files of configs/convnext; `--config=FILE --help` lists that config's keys."""
+
 import os
 import sys
 
@@ -11,6 +12,7 @@ CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 
 def _run(config, workdir):
   from convnext_jax import train  # after flag parsing, so `--help`-level errors stay instant
+
   train.run(config, workdir)
 
 

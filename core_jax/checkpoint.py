@@ -13,6 +13,7 @@ when no readable step is left the restore refuses (UserError) unless the caller 
 chosen step (`restore_step`) restores that step only; `set_aside_later_than` moves the steps after it to
 `<workdir>/checkpoints_superseded/`. The directory is created on the first save or restore that needs it.
 """
+
 import os
 import shutil
 import signal
@@ -47,13 +48,27 @@ class Checkpointer:
   """Saves and restores step directories of one workdir; opens (and creates) the directory only on first use,
   so a run that fails before its first save leaves no empty checkpoints/ folder behind."""
 
-  def __init__(self, directory: str, *, save_every_steps: int, keep: int = 3,
-               best_metric: str | None = None, best_mode: str = 'max', asynchronous: bool = True):
+  def __init__(
+      self,
+      directory: str,
+      *,
+      save_every_steps: int,
+      keep: int = 3,
+      best_metric: str | None = None,
+      best_mode: str = 'max',
+      asynchronous: bool = True,
+  ):
     self.directory = os.path.abspath(directory)
     preserve = [policies.LatestN(keep)]
     if best_metric:
-      preserve.append(policies.BestN(get_metric_fn=lambda m: m[best_metric], reverse=(best_mode == 'min'),
-                                     n=1, keep_checkpoints_without_metrics=False))
+      preserve.append(
+          policies.BestN(
+              get_metric_fn=lambda m: m[best_metric],
+              reverse=(best_mode == 'min'),
+              n=1,
+              keep_checkpoints_without_metrics=False,
+          )
+      )
     self._options = ocp.CheckpointManagerOptions(
         save_decision_policy=policies.FixedIntervalPolicy(save_every_steps),
         preservation_policy=policies.AnyPreservationPolicy(preserve),
@@ -67,9 +82,14 @@ class Checkpointer:
   def manager(self) -> ocp.CheckpointManager:
     if self._manager is None:
       self._manager = ocp.CheckpointManager(
-          self.directory, options=self._options,
-          item_handlers={'state': ocp.StandardCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler(),
-                         'data': grain.checkpoint.CheckpointHandler()})
+          self.directory,
+          options=self._options,
+          item_handlers={
+              'state': ocp.StandardCheckpointHandler(),
+              'meta': ocp.JsonCheckpointHandler(),
+              'data': grain.checkpoint.CheckpointHandler(),
+          },
+      )
     return self._manager
 
   def _reopen(self):
@@ -78,13 +98,15 @@ class Checkpointer:
       self._manager = None
 
   # ---------------------------------------------------------------- saving
-  def save(self, step: int, state, data_iterator, meta: dict, metrics: dict | None = None,
-           force: bool = False) -> bool:
+  def save(self, step: int, state, data_iterator, meta: dict, metrics: dict | None = None, force: bool = False) -> bool:
     """Saves if the interval says so (or `force`); returns whether a save started."""
     if step in self.manager.all_steps():
       return False
-    args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta),
-                              data=grain.checkpoint.CheckpointSave(data_iterator))
+    args = ocp.args.Composite(
+        state=ocp.args.StandardSave(state),
+        meta=ocp.args.JsonSave(meta),
+        data=grain.checkpoint.CheckpointSave(data_iterator),
+    )
     return self.manager.save(step, args=args, metrics=metrics, force=force)
 
   def should_stop_for_preemption(self, step: int) -> bool:
@@ -127,15 +149,17 @@ class Checkpointer:
     """
     steps = self.all_steps()
     if step not in steps:
-      raise UserError(f'checkpoint.restore_step={step}: no such step in {self.directory} '
-                      f'(kept steps: {_steps_text(steps)})')
+      raise UserError(
+          f'checkpoint.restore_step={step}: no such step in {self.directory} ' f'(kept steps: {_steps_text(steps)})'
+      )
     try:
       return self._restore(step, abstract_state, data_iterator)
     except UserError:
       raise
     except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore raise many types)
-      raise UserError(f'checkpoint step {step} in {self.directory} is unreadable '
-                      f'({type(e).__name__}: {_first_line(e)})') from None
+      raise UserError(
+          f'checkpoint step {step} in {self.directory} is unreadable ' f'({type(e).__name__}: {_first_line(e)})'
+      ) from None
 
   def restore_latest(self, abstract_state, data_iterator, *, allow_fresh_start: bool = False):
     """Restores the newest readable checkpoint into `abstract_state`'s shardings and `data_iterator`.
@@ -160,21 +184,25 @@ class Checkpointer:
     if corrupt and not allow_fresh_start:
       folder = os.path.join(os.path.dirname(self.directory), CORRUPT_DIR)
       now = f'steps {_steps_text(moved)} were just moved' if moved else f'steps {_steps_text(corrupt)} were moved'
-      raise UserError(f'no readable checkpoint in {self.directory} ({now} to {folder}); to start this run over '
-                      f'on purpose, pass --config.checkpoint.allow_fresh_start=True or remove {folder}')
+      raise UserError(
+          f'no readable checkpoint in {self.directory} ({now} to {folder}); to start this run over '
+          f'on purpose, pass --config.checkpoint.allow_fresh_start=True or remove {folder}'
+      )
     return None
 
   def _restore(self, step: int, abstract_state, data_iterator):
     before = data_iterator.get_state()
     try:
-      restored = self.manager.restore(step, args=ocp.args.Composite(
-          state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+      restored = self.manager.restore(
+          step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
+      )
       self.manager.restore(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(data_iterator)))
     except Exception as e:  # pylint: disable=broad-except
       data_iterator.set_state(before)
       if _is_shape_mismatch(e):
-        raise UserError(f'checkpoint step {step} in {self.directory} does not match the model: '
-                        f'{_first_line(e)}') from None
+        raise UserError(
+            f'checkpoint step {step} in {self.directory} does not match the model: ' f'{_first_line(e)}'
+        ) from None
       raise
     return restored['state'], restored['meta']
 
@@ -191,8 +219,11 @@ class Checkpointer:
     target = self._move(step, CORRUPT_DIR)
     then = f'falling back to step {older}' if older is not None else 'no older checkpoint to fall back to'
     if jax.process_index() == 0:
-      print(f'warning: checkpoint step {step} is unreadable ({type(error).__name__}: {_first_line(error)}); '
-            f'moved it to {target}; {then}', flush=True)
+      print(
+          f'warning: checkpoint step {step} is unreadable ({type(error).__name__}: {_first_line(error)}); '
+          f'moved it to {target}; {then}',
+          flush=True,
+      )
     self._reopen()
 
   def _move(self, step: int, folder: str) -> str:
@@ -218,8 +249,11 @@ def _first_line(e: Exception) -> str:
 
 def _is_shape_mismatch(e: Exception) -> bool:
   text = str(e)
-  return ('shape' in text.lower() and ('mismatch' in text.lower() or 'does not match' in text.lower())) \
-      or 'Dict key mismatch' in text or 'tree structure' in text.lower()
+  return (
+      ('shape' in text.lower() and ('mismatch' in text.lower() or 'does not match' in text.lower()))
+      or 'Dict key mismatch' in text
+      or 'tree structure' in text.lower()
+  )
 
 
 # ---------------------------------------------------------------- reading a step outside the loop
@@ -231,8 +265,7 @@ def latest_step_dir(workdir: str) -> str | None:
   directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
   if not os.path.isdir(directory):
     return None
-  steps = [int(d) for d in os.listdir(directory)
-           if d.isdigit() and os.path.isdir(os.path.join(directory, d, 'state'))]
+  steps = [int(d) for d in os.listdir(directory) if d.isdigit() and os.path.isdir(os.path.join(directory, d, 'state'))]
   return os.path.join(directory, str(max(steps))) if steps else None
 
 
@@ -243,6 +276,7 @@ def read_training_checkpoint(step_dir: str) -> dict:
   'meta': the step's JSON meta ({'step', 'metrics', 'config'}; {} when the step has none)}. Whatever device count
   saved it, it is read onto this host; the optimizer state is not read. Bad input is a one-line UserError."""
   import numpy as np  # pylint: disable=import-outside-toplevel  (kept here: this section is appended as a unit)
+
   step_dir = os.path.abspath(step_dir)
   state_dir = os.path.join(step_dir, 'state')
   if not os.path.isdir(state_dir):
@@ -256,8 +290,9 @@ def read_training_checkpoint(step_dir: str) -> dict:
     here = jax.sharding.SingleDeviceSharding(jax.devices('cpu')[0])
     item = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here), wanted)
     restore_args = jax.tree.map(lambda m: ocp.ArrayRestoreArgs(sharding=here, dtype=m.dtype), wanted)
-    tree = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
-        item=item, restore_args=restore_args, partial_restore=True))
+    tree = checkpointer.restore(
+        state_dir, args=ocp.args.PyTreeRestore(item=item, restore_args=restore_args, partial_restore=True)
+    )
   except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore raise many types)
     raise UserError(f'cannot read training checkpoint {step_dir}: {type(e).__name__}: {_first_line(e)}') from None
   host = lambda t: jax.tree.map(np.asarray, t) if t else t  # pylint: disable=unnecessary-lambda-assignment
@@ -268,5 +303,9 @@ def read_training_checkpoint(step_dir: str) -> dict:
       meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(meta_dir) or {}
     except Exception as e:  # pylint: disable=broad-except
       raise UserError(f'cannot read the meta of training checkpoint {step_dir}: {_first_line(e)}') from None
-  return {'params': host(tree['params']), 'batch_stats': host(tree.get('batch_stats')) or {},
-          'ema_params': host(tree.get('ema_params')) or None, 'meta': meta}
+  return {
+      'params': host(tree['params']),
+      'batch_stats': host(tree.get('batch_stats')) or {},
+      'ema_params': host(tree.get('ema_params')) or None,
+      'meta': meta,
+  }

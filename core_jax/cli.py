@@ -8,17 +8,19 @@ field it replaces.
 files of `config_dir` (first docstring line of each), `--config=FILE --help` the keys and values of one config;
 a config file that does not import is one line naming the file and line; bad input exits 2.
 """
+
 import ast
 import importlib.util
 import os
 import sys
 import traceback
-from typing import Sequence
+from collections.abc import Sequence
 
 import ml_collections
 
 from core_jax import host_memory
 from core_jax.errors import UserError
+
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:
   """Imports a config file and calls its `get_config()`; `FILE:arg` passes `arg` to it.
@@ -84,7 +86,7 @@ def _parse_value(text: str, current):
   except (ValueError, SyntaxError):
     if current is None:
       return text  # a None field (e.g. an optional path) takes a bare string
-    raise ValueError(f'cannot parse {text!r} as {type(current).__name__}')
+    raise ValueError(f'cannot parse {text!r} as {type(current).__name__}') from None
   if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
     value = float(value)
   if isinstance(current, tuple) and isinstance(value, list):
@@ -131,7 +133,7 @@ def parse_args(argv: Sequence[str], prog: str = '<line>.main'):
     elif key == 'workdir':
       workdir = value
     elif key.startswith('config.'):
-      overrides.append((key[len('config.'):], value))
+      overrides.append((key[len('config.') :], value))
     else:
       raise UserError(f'unknown flag --{key}; {usage}')
   if config_path is None or workdir is None:
@@ -147,8 +149,10 @@ def _quiet_libraries():
   """TF/TFDS/absl chatter (progress bars, 'no dataset_info.json') would bury our own progress lines."""
   os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
   from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+
   absl_logging.set_verbosity(absl_logging.ERROR)
   import tensorflow_datasets as tfds  # pylint: disable=import-outside-toplevel
+
   tfds.disable_progress_bar()
 
 
@@ -168,8 +172,10 @@ def _display_path(path: str) -> str:
 
 
 def _usage(prog: str) -> str:
-  return (f'usage: python -m {prog} --config=FILE[:ARG] --workdir=DIR [--config.KEY=VALUE ...]\n'
-          f'       python -m {prog} --config=FILE[:ARG] [--config.KEY=VALUE ...] --help   (the config\'s keys)')
+  return (
+      f'usage: python -m {prog} --config=FILE[:ARG] --workdir=DIR [--config.KEY=VALUE ...]\n'
+      f"       python -m {prog} --config=FILE[:ARG] [--config.KEY=VALUE ...] --help   (the config's keys)"
+  )
 
 
 def help_text(prog: str, config_dir: str | None) -> str:
@@ -177,8 +183,11 @@ def help_text(prog: str, config_dir: str | None) -> str:
   lines = [_usage(prog), '']
   if config_dir is None:
     return '\n'.join(lines[:1])
-  files = sorted(f for f in os.listdir(config_dir) if f.endswith('.py') and not f.startswith('_')) \
-      if os.path.isdir(config_dir) else []
+  files = (
+      sorted(f for f in os.listdir(config_dir) if f.endswith('.py') and not f.startswith('_'))
+      if os.path.isdir(config_dir)
+      else []
+  )
   if not files:
     lines.append(f'no config files in {_display_path(config_dir)}')
     return '\n'.join(lines)
@@ -206,7 +215,7 @@ def config_help_text(config: ml_collections.ConfigDict, path: str) -> str:
   walk(config, '')
   doc = _first_doc_line(path.partition(':')[0])
   width = max((len(k) for k, _ in rows), default=0)
-  head = [f'{path}: {doc}' if doc else path, f'keys (set any with --config.KEY=VALUE):']
+  head = [f'{path}: {doc}' if doc else path, 'keys (set any with --config.KEY=VALUE):']
   return '\n'.join(head + [f'  {k:<{width}} = {v}' for k, v in rows])
 
 
@@ -220,7 +229,7 @@ def _help(argv: Sequence[str], prog: str, config_dir: str | None) -> str:
   for arg in rest:
     key, _, value = arg[2:].partition('=') if arg.startswith('--') else ('', '', '')
     if key.startswith('config.'):
-      apply_override(config, key[len('config.'):], value)
+      apply_override(config, key[len('config.') :], value)
   return config_help_text(config, config_path)
 
 

@@ -36,6 +36,7 @@ every config on the command line. Groups and fields (read by core_jax.train unle
   optimizer             core_jax.optim.build_optimizer fields (its DEFAULTS fill what is not set here)
   model                 the line's model fields (name, ...)
 """
+
 import ml_collections
 
 
@@ -52,17 +53,34 @@ def base_config() -> ml_collections.ConfigDict:
   c.init_from = ''
   c.init_reinit_head = False
   c.eval_only = False
-  c.checkpoint = ml_collections.ConfigDict(dict(
-      every_steps=1000, keep=3, keep_best=True, asynchronous=True, restore_step=-1, allow_fresh_start=False))
+  c.checkpoint = ml_collections.ConfigDict(
+      dict(every_steps=1000, keep=3, keep_best=True, asynchronous=True, restore_step=-1, allow_fresh_start=False)
+  )
   c.mesh = ml_collections.ConfigDict(dict(fsdp=1))
-  c.distributed = ml_collections.ConfigDict(dict(coordinator_address='', num_processes=0, process_id=-1,
-                                                 auto=False))
+  c.distributed = ml_collections.ConfigDict(dict(coordinator_address='', num_processes=0, process_id=-1, auto=False))
   c.debug = ml_collections.ConfigDict(dict(step_delay_s=0.0, write_batch_digests=False))
-  c.data = ml_collections.ConfigDict(dict(
-      name='', data_dir=None, train_split='train', eval_split='test', worker_count=0,
-      train_transforms=(), eval_transforms=()))
-  c.optimizer = ml_collections.ConfigDict(dict(
-      name='sgd', lr=0.1, weight_decay=0.0, schedule='cosine', warmup_epochs=0.0, grad_clip_norm=0.0,
-      ema_decay=0.0, accumulate_steps=1))
+  c.data = ml_collections.ConfigDict(
+      dict(
+          name='',
+          data_dir=None,
+          train_split='train',
+          eval_split='test',
+          worker_count=0,
+          train_transforms=(),
+          eval_transforms=(),
+      )
+  )
+  c.optimizer = ml_collections.ConfigDict(
+      dict(
+          name='sgd',
+          lr=0.1,
+          weight_decay=0.0,
+          schedule='cosine',
+          warmup_epochs=0.0,
+          grad_clip_norm=0.0,
+          ema_decay=0.0,
+          accumulate_steps=1,
+      )
+  )
   c.model = ml_collections.ConfigDict(dict(name=''))
   return c

@@ -29,10 +29,11 @@ Contract
     of a non-training phase is written by process 0. Initialize jax.distributed before the first phase touches
     JAX (a non-training phase that runs first on a rerun would otherwise start the backend without it).
 """
+
 import dataclasses
 import json
 import os
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import ml_collections
@@ -57,6 +58,7 @@ def train_phase(name: str, make_config: Callable[[dict], ml_collections.ConfigDi
 
   def run(workdir: str, done: dict) -> dict:
     from core_jax import train  # pylint: disable=import-outside-toplevel  (experiment.py stays light to import)
+
     return train.run(make_config(done), workdir, task_cls)
 
   return Phase(name, run, writes_results=True)
@@ -130,8 +132,10 @@ def run_experiment(phases: Sequence[Phase], workdir: str) -> dict[str, dict]:
       raise UserError(f'phase {phase.name!r} returned a {type(results).__name__}, not a results dict')
     if 'preempted_at_step' in results:
       done[phase.name] = {**results, 'workdir': phase_dir}
-      _say(f'experiment stopped: phase {phase.name} was preempted at step {results["preempted_at_step"]}; '
-           'rerun the same command to continue')
+      _say(
+          f'experiment stopped: phase {phase.name} was preempted at step {results["preempted_at_step"]}; '
+          'rerun the same command to continue'
+      )
       return done
     if not phase.writes_results:
       _write_results(results_path, results, phase.name)

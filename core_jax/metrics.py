@@ -10,6 +10,7 @@
   per-class IoU = tp / (tp + fp + fn) (NaN for a class absent from labels and predictions), their mean over the
   present classes (mIoU) and pixel accuracy.
 """
+
 from collections.abc import Mapping
 
 import flax
@@ -28,6 +29,7 @@ class TrainMetrics(metrics.Collection):
 @flax.struct.dataclass
 class ClassificationEvalMetrics(metrics.Collection):
   """Masked top-1/top-5 accuracy and loss: padded eval examples (mask False) count for nothing."""
+
   loss: metrics.Average.from_output('loss')
   accuracy: metrics.Average.from_output('top1')
   top5: metrics.Average.from_output('top5')
@@ -38,8 +40,12 @@ def classification_eval_outputs(logits, labels, mask):
   logits = logits.astype(jnp.float32)
   loss = -jnp.take_along_axis(jax.nn.log_softmax(logits), labels[:, None], axis=-1)[:, 0]
   top5_idx = jax.lax.top_k(logits, min(5, logits.shape[-1]))[1]
-  return dict(loss=loss, top1=(top5_idx[:, 0] == labels).astype(jnp.float32),
-              top5=(top5_idx == labels[:, None]).any(-1).astype(jnp.float32), mask=mask)
+  return dict(
+      loss=loss,
+      top1=(top5_idx[:, 0] == labels).astype(jnp.float32),
+      top5=(top5_idx == labels[:, None]).any(-1).astype(jnp.float32),
+      mask=mask,
+  )
 
 
 def create_writer(workdir: str):
@@ -83,8 +89,9 @@ def _add_hi_lo(a_hi, a_lo, b_hi, b_lo):
   return a_hi + b_hi + carry, lo
 
 
-def confusion_matrix_metric(num_classes: int, ignore_label: int = 255, predictions_key: str = 'predictions',
-                            labels_key: str = 'labels') -> type[metrics.Metric]:
+def confusion_matrix_metric(
+    num_classes: int, ignore_label: int = 255, predictions_key: str = 'predictions', labels_key: str = 'labels'
+) -> type[metrics.Metric]:
   """A clu Metric class: the confusion matrix of int predictions against int labels (any equal shapes).
 
   `from_model_output(**outputs)` reads `outputs[predictions_key]` and `outputs[labels_key]` and an optional
@@ -122,7 +129,7 @@ def confusion_matrix_metric(num_classes: int, ignore_label: int = 255, predictio
         valid &= mask.reshape(mask.shape + (1,) * (labels.ndim - mask.ndim))
       # Invalid pixels go to one extra bin that is dropped. int32 bincounts are exact per batch (< 2**31 pixels).
       index = jnp.where(valid, labels * k + preds, k * k)
-      counts = jnp.bincount(index.reshape(-1), length=k * k + 1)[:k * k].reshape(k, k)
+      counts = jnp.bincount(index.reshape(-1), length=k * k + 1)[: k * k].reshape(k, k)
       return cls(hi=jnp.zeros((k, k), jnp.uint32), lo=counts.astype(jnp.uint32))
 
     def merge(self, other):

@@ -12,7 +12,9 @@ changes nothing:
   extra_results(state)       entries merged into results.json
   lr_scale_fn()              per-parameter learning-rate scale (layer-wise decay)
 """
-from typing import Any, Callable
+
+from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -23,7 +25,7 @@ from core_jax import metrics as metrics_lib
 from core_jax.data import mixing
 from core_jax.errors import UserError
 
-MIXUP_SALT = 0x6d6978  # 'mix': Mixup/CutMix draws from its own stream, so the dropout rng is the same without it
+MIXUP_SALT = 0x6D6978  # 'mix': Mixup/CutMix draws from its own stream, so the dropout rng is the same without it
 
 
 class Task:
@@ -131,10 +133,15 @@ class ClassificationTask(Task):
     mix = self._mixup
     key = jax.random.fold_in(jax.random.fold_in(rng, MIXUP_SALT), step)
     return mixing.mixup_cutmix_jax(
-        batch, key, mixup_alpha=mix.mixup_alpha, cutmix_alpha=mix.cutmix_alpha, prob=mix.get('prob', 1.0),
+        batch,
+        key,
+        mixup_alpha=mix.mixup_alpha,
+        cutmix_alpha=mix.cutmix_alpha,
+        prob=mix.get('prob', 1.0),
         switch_prob=mix.get('switch_prob', 0.5),
         label_smoothing=mix.get('label_smoothing', self.config.get('label_smoothing', 0.0)),
-        num_classes=self.dataset_info.num_classes)
+        num_classes=self.dataset_info.num_classes,
+    )
 
   def train_loss(self, model, variables, batch, rng):
     (logits, _), new_vars = apply_model(model, variables, batch['image'], train=True, rng=rng)

@@ -18,6 +18,7 @@ top to bottom in the order of a run, each part a function a test can call on its
 Generic options and their defaults: core_jax.config.base_config. Nothing is written to the workdir before the
 data, the model and `init_from` have loaded (a bad dataset name or weights file leaves no empty folders).
 """
+
 import dataclasses
 import functools
 import hashlib
@@ -26,7 +27,8 @@ import math
 import os
 import tempfile
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import flax
 import jax
@@ -37,10 +39,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from core_jax import checkpoint as checkpoint_lib
-from core_jax import counting
+from core_jax import counting, optim, parallel
 from core_jax import metrics as metrics_lib
-from core_jax import optim
-from core_jax import parallel
 from core_jax.data import pipeline, sources, transforms
 from core_jax.errors import UserError
 from core_jax.task import Task
@@ -80,6 +80,7 @@ class Data:
 @dataclasses.dataclass
 class Built:
   """Everything a run needs before it restores or initializes its state."""
+
   config: Any
   workdir: str
   mesh: Mesh
@@ -124,26 +125,49 @@ def build_data(config) -> Data:
   steps_per_epoch = len(train_source) // config.batch_size
   if steps_per_epoch == 0:
     raise UserError(f'batch_size {config.batch_size} is larger than the {len(train_source)} training examples')
-  total_steps = config.num_train_steps if config.get('num_train_steps', -1) > 0 \
-      else int(config.num_epochs * steps_per_epoch)
+  total_steps = (
+      config.num_train_steps if config.get('num_train_steps', -1) > 0 else int(config.num_epochs * steps_per_epoch)
+  )
   pidx, pcount = jax.process_index(), jax.process_count()
   train_iter = pipeline.make_train_iterator(
-      train_source, transforms=train_tf, global_batch_size=config.batch_size, seed=config.seed,
-      process_index=pidx, process_count=pcount, worker_count=dcfg.get('worker_count', 0))
+      train_source,
+      transforms=train_tf,
+      global_batch_size=config.batch_size,
+      seed=config.seed,
+      process_index=pidx,
+      process_count=pcount,
+      worker_count=dcfg.get('worker_count', 0),
+  )
   eval_batches = pipeline.make_eval_batches(
-      eval_source, transforms=eval_tf, global_batch_size=config.eval_batch_size,
-      process_index=pidx, process_count=pcount)
+      eval_source,
+      transforms=eval_tf,
+      global_batch_size=config.eval_batch_size,
+      process_index=pidx,
+      process_count=pcount,
+  )
   example = eval_tf(dict(train_source[0]), np.random.default_rng(0))
   example = {k: np.asarray(v)[None] for k, v in example.items()}
-  return Data(info=info, train_source=train_source, train_iter=train_iter, eval_batches=eval_batches,
-              example=example, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+  return Data(
+      info=info,
+      train_source=train_source,
+      train_iter=train_iter,
+      eval_batches=eval_batches,
+      example=example,
+      steps_per_epoch=steps_per_epoch,
+      total_steps=total_steps,
+  )
 
 
 def build_optimizer(config, task: Task, data: Data) -> tuple[optax.GradientTransformation, Callable]:
   """(tx, schedule): the task's pre transforms, the optimizer's own chain, the task's post transforms."""
-  tx, schedule = optim.build_optimizer(config.optimizer, steps_per_epoch=data.steps_per_epoch,
-                                       total_steps=data.total_steps, params=None, lr_scale_fn=task.lr_scale_fn(),
-                                       global_batch_size=config.batch_size)
+  tx, schedule = optim.build_optimizer(
+      config.optimizer,
+      steps_per_epoch=data.steps_per_epoch,
+      total_steps=data.total_steps,
+      params=None,
+      lr_scale_fn=task.lr_scale_fn(),
+      global_batch_size=config.batch_size,
+  )
   pre, post = task.optimizer_transforms()
   if pre or post:  # without them the optimizer state keeps the plain chain's layout (older checkpoints load)
     tx = optax.chain(*pre, tx, *post)
@@ -156,9 +180,15 @@ def make_init_fn(config, model, tx, init_inputs: tuple, ema_decay: float) -> Cal
     params_rng, dropout_rng, state_rng = jax.random.split(rng, 3)
     variables = model.init({'params': params_rng, 'dropout': dropout_rng}, *init_inputs, train=False)
     params = variables['params']
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                      batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params),
-                      ema_params=params if ema_decay else None, rng=state_rng)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=variables.get('batch_stats', {}),
+        opt_state=tx.init(params),
+        ema_params=params if ema_decay else None,
+        rng=state_rng,
+    )
+
   return init_state
 
 
@@ -171,11 +201,22 @@ def build(config, workdir: str, task_cls) -> Built:
   ema_decay = float(config.optimizer.get('ema_decay', 0.0) or 0.0)
   init_fn = make_init_fn(config, model, tx, task.init_inputs(data.example), ema_decay)
   abstract_state = jax.eval_shape(init_fn)
-  return Built(config=config, workdir=workdir, mesh=mesh, data=data, task=task, model=model, tx=tx,
-               schedule=schedule, ema_decay=ema_decay, init_fn=init_fn, abstract_state=abstract_state,
-               state_sharding=parallel.state_shardings(mesh, abstract_state),
-               batch_sharding=parallel.batch_sharding(mesh),
-               num_params=counting.count_params(abstract_state.params))
+  return Built(
+      config=config,
+      workdir=workdir,
+      mesh=mesh,
+      data=data,
+      task=task,
+      model=model,
+      tx=tx,
+      schedule=schedule,
+      ema_decay=ema_decay,
+      init_fn=init_fn,
+      abstract_state=abstract_state,
+      state_sharding=parallel.state_shardings(mesh, abstract_state),
+      batch_sharding=parallel.batch_sharding(mesh),
+      num_params=counting.count_params(abstract_state.params),
+  )
 
 
 # ============================================================================================ steps
@@ -186,8 +227,9 @@ def _variables(params, batch_stats) -> dict:
   return variables
 
 
-def train_step(task: Task, model, tx: optax.GradientTransformation, state: TrainState, batch: dict, *,
-               ema_decay: float = 0.0):
+def train_step(
+    task: Task, model, tx: optax.GradientTransformation, state: TrainState, batch: dict, *, ema_decay: float = 0.0
+):
   """One optimizer step on a global batch: (new state, the task's train metrics of this step)."""
   batch = task.prepare_train_batch(batch, state.rng, state.step)
   rng = jax.random.fold_in(state.rng, state.step)
@@ -199,15 +241,19 @@ def train_step(task: Task, model, tx: optax.GradientTransformation, state: Train
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   ema = optim.ema_update(state.ema_params, params, ema_decay) if ema_decay else state.ema_params
-  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema,
-                            batch_stats=new_vars.get('batch_stats', state.batch_stats))
+  new_state = state.replace(
+      step=state.step + 1,
+      params=params,
+      opt_state=opt_state,
+      ema_params=ema,
+      batch_stats=new_vars.get('batch_stats', state.batch_stats),
+  )
   return new_state, task.train_metrics.single_from_model_output(**outputs)
 
 
 def eval_step(task: Task, model, params, batch_stats, batch: dict):
   """The task's eval metrics of one global (padded, masked) batch."""
-  return task.eval_metrics.single_from_model_output(**task.eval_outputs(model, _variables(params, batch_stats),
-                                                                        batch))
+  return task.eval_metrics.single_from_model_output(**task.eval_outputs(model, _variables(params, batch_stats), batch))
 
 
 def _all_finite(trees) -> jax.Array:
@@ -226,10 +272,17 @@ class Steps:
 def compile_steps(b: Built) -> Steps:
   replicated = parallel.replicated(b.mesh)
   ss = b.state_sharding
-  train = jax.jit(functools.partial(train_step, b.task, b.model, b.tx, ema_decay=b.ema_decay),
-                  in_shardings=(ss, b.batch_sharding), out_shardings=(ss, replicated), donate_argnums=(0,))
-  evaluate_ = jax.jit(functools.partial(eval_step, b.task, b.model),
-                      in_shardings=(ss.params, ss.batch_stats, b.batch_sharding), out_shardings=replicated)
+  train = jax.jit(
+      functools.partial(train_step, b.task, b.model, b.tx, ema_decay=b.ema_decay),
+      in_shardings=(ss, b.batch_sharding),
+      out_shardings=(ss, replicated),
+      donate_argnums=(0,),
+  )
+  evaluate_ = jax.jit(
+      functools.partial(eval_step, b.task, b.model),
+      in_shardings=(ss.params, ss.batch_stats, b.batch_sharding),
+      out_shardings=replicated,
+  )
   epoch_end = None
   if type(b.task).on_epoch_end is not Task.on_epoch_end:
     epoch_end = jax.jit(b.task.on_epoch_end, in_shardings=(ss, replicated), out_shardings=ss, donate_argnums=(0,))
@@ -258,14 +311,16 @@ def _compile_once_cheaply(fn, out_shardings):
   threefry calls of a few dozen initializers; level 0 compiles them quickly and they run in milliseconds."""
   lowered = jax.jit(fn, out_shardings=out_shardings).lower()
   if jax.default_backend() == 'cpu':
-    return lowered.compile(compiler_options={'xla_backend_optimization_level': 0,
-                                             'xla_llvm_disable_expensive_passes': True})
+    return lowered.compile(
+        compiler_options={'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
+    )
   return lowered.compile()
 
 
 def _to_host(tree):
-  return jax.tree.map(lambda x: np.asarray(x) if x.is_fully_addressable
-                      else multihost_utils.process_allgather(x, tiled=True), tree)
+  return jax.tree.map(
+      lambda x: np.asarray(x) if x.is_fully_addressable else multihost_utils.process_allgather(x, tiled=True), tree
+  )
 
 
 def _check_same_tree(name: str, got, want) -> None:
@@ -275,12 +330,15 @@ def _check_same_tree(name: str, got, want) -> None:
   missing = sorted(key(p) for p in want_leaves.keys() - got_leaves.keys())
   extra = sorted(key(p) for p in got_leaves.keys() - want_leaves.keys())
   if missing or extra:
-    raise UserError(f'load_pretrained returned {name} of another structure (missing {missing[:3]}, '
-                    f'unexpected {extra[:3]})')
+    raise UserError(
+        f'load_pretrained returned {name} of another structure (missing {missing[:3]}, ' f'unexpected {extra[:3]})'
+    )
   for p, w in want_leaves.items():
     if tuple(np.shape(got_leaves[p])) != tuple(w.shape):
-      raise UserError(f'load_pretrained returned {name}{key(p)} of shape {tuple(np.shape(got_leaves[p]))}; '
-                      f'the model has {tuple(w.shape)}')
+      raise UserError(
+          f'load_pretrained returned {name}{key(p)} of shape {tuple(np.shape(got_leaves[p]))}; '
+          f'the model has {tuple(w.shape)}'
+      )
 
 
 def load_pretrained(b: Built, state: TrainState) -> TrainState:
@@ -293,14 +351,19 @@ def load_pretrained(b: Built, state: TrainState) -> TrainState:
     _check_same_tree(name, loaded.get(name, {}), getattr(state, name))
 
   def put(values, like, shardings):  # a fresh device copy each call: params and EMA must not share buffers
-    return jax.tree.map(lambda v, t, s: jax.make_array_from_callback(
-        t.shape, s, lambda idx: np.asarray(v, t.dtype)[idx]), values, like, shardings)
+    return jax.tree.map(
+        lambda v, t, s: jax.make_array_from_callback(t.shape, s, lambda idx: np.asarray(v, t.dtype)[idx]),
+        values,
+        like,
+        shardings,
+    )
 
   ss = b.state_sharding
   return state.replace(
       params=put(loaded['params'], state.params, ss.params),
       ema_params=put(loaded['params'], state.params, ss.params) if state.ema_params is not None else None,
-      batch_stats=put(loaded.get('batch_stats', {}), state.batch_stats, ss.batch_stats))
+      batch_stats=put(loaded.get('batch_stats', {}), state.batch_stats, ss.batch_stats),
+  )
 
 
 def restore_or_init(b: Built, ckpt: checkpoint_lib.Checkpointer) -> tuple[TrainState, int | None]:
@@ -312,8 +375,9 @@ def restore_or_init(b: Built, ckpt: checkpoint_lib.Checkpointer) -> tuple[TrainS
   config, ckpt_cfg = b.config, b.config.checkpoint
   eval_only, init_from = config.get('eval_only', False), config.get('init_from') or None
   restore_step = int(ckpt_cfg.get('restore_step', -1))
-  target = flax.serialization.to_state_dict(jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), b.abstract_state, b.state_sharding))
+  target = flax.serialization.to_state_dict(
+      jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), b.abstract_state, b.state_sharding)
+  )
   it = b.data.train_iter
   restored, lineage = None, None
   if eval_only and init_from:
@@ -328,8 +392,10 @@ def restore_or_init(b: Built, ckpt: checkpoint_lib.Checkpointer) -> tuple[TrainS
       restored = ckpt.restore_step(restore_step, target, it)
       if not eval_only and later:
         ckpt.set_aside_later_than(restore_step)
-        _say(f'restarting from step {restore_step}: moved later steps {", ".join(map(str, later))} to '
-             f'{os.path.join(b.workdir, checkpoint_lib.SUPERSEDED_DIR)}')
+        _say(
+            f'restarting from step {restore_step}: moved later steps {", ".join(map(str, later))} to '
+            f'{os.path.join(b.workdir, checkpoint_lib.SUPERSEDED_DIR)}'
+        )
   else:
     restored = ckpt.restore_latest(target, it, allow_fresh_start=bool(ckpt_cfg.get('allow_fresh_start', False)))
     if restored is not None:
@@ -348,8 +414,10 @@ def restore_or_init(b: Built, ckpt: checkpoint_lib.Checkpointer) -> tuple[TrainS
     opt_init = jax.jit(b.tx.init, in_shardings=(b.state_sharding.params,), out_shardings=b.state_sharding.opt_state)
     state = state.replace(opt_state=opt_init(state.params))
     _say(f'initialized from {init_from}' + (' (head re-initialized)' if config.get('init_reinit_head') else ''))
-  _say(f'fresh start in {b.workdir}: {b.num_params:,} parameters, {total} steps ({spe} per epoch), '
-       f'{jax.device_count()} devices on {jax.process_count()} process(es)')
+  _say(
+      f'fresh start in {b.workdir}: {b.num_params:,} parameters, {total} steps ({spe} per epoch), '
+      f'{jax.device_count()} devices on {jax.process_count()} process(es)'
+  )
   return state, None
 
 
@@ -370,8 +438,10 @@ def _write_results(workdir: str, results: dict) -> None:
 
 def _primary(task: Task, values: dict) -> float:
   if task.primary_metric not in values:
-    raise UserError(f'{type(task).__name__}.primary_metric {task.primary_metric!r} is not an eval metric '
-                    f'(have: {", ".join(values)})')
+    raise UserError(
+        f'{type(task).__name__}.primary_metric {task.primary_metric!r} is not an eval metric '
+        f'(have: {", ".join(values)})'
+    )
   return values[task.primary_metric]
 
 
@@ -386,8 +456,9 @@ def _progress_keys(task: Task, values: dict) -> tuple[str, ...] | None:
     return None
   unknown = [k for k in task.progress_metrics if k not in values]
   if unknown:
-    raise UserError(f'{type(task).__name__}.progress_metrics names {unknown}, not train metrics '
-                    f'(have: {", ".join(values)})')
+    raise UserError(
+        f'{type(task).__name__}.progress_metrics names {unknown}, not train metrics ' f'(have: {", ".join(values)})'
+    )
   return tuple(task.progress_metrics)
 
 
@@ -400,9 +471,14 @@ def _append_digest(workdir: str, step: int, local_batch: dict) -> None:
 def _diverged(what: str, step: int, ckpt: checkpoint_lib.Checkpointer) -> NonFiniteLoss:
   ckpt.wait()
   kept = ckpt.all_steps()
-  way_back = (f'kept checkpoints: steps {", ".join(map(str, kept))}; restart from one with '
-              f'--config.checkpoint.restore_step=N (e.g. with a lower learning rate)') if kept else \
-      'no checkpoint was kept; start again with a lower learning rate'
+  way_back = (
+      (
+          f'kept checkpoints: steps {", ".join(map(str, kept))}; restart from one with '
+          f'--config.checkpoint.restore_step=N (e.g. with a lower learning rate)'
+      )
+      if kept
+      else 'no checkpoint was kept; start again with a lower learning rate'
+  )
   return NonFiniteLoss(f'{what} at step {step} (not saved); {way_back}')
 
 
@@ -413,9 +489,13 @@ def run(config, workdir: str, task_cls) -> dict:
   b = build(config, workdir, task_cls)
   ckpt_cfg = config.checkpoint
   ckpt = checkpoint_lib.Checkpointer(
-      os.path.join(workdir, 'checkpoints'), save_every_steps=ckpt_cfg.every_steps, keep=ckpt_cfg.keep,
+      os.path.join(workdir, 'checkpoints'),
+      save_every_steps=ckpt_cfg.every_steps,
+      keep=ckpt_cfg.keep,
       best_metric=b.task.primary_metric if ckpt_cfg.get('keep_best', True) else None,
-      best_mode=b.task.metric_mode, asynchronous=ckpt_cfg.get('asynchronous', True))
+      best_mode=b.task.metric_mode,
+      asynchronous=ckpt_cfg.get('asynchronous', True),
+  )
   try:
     state, lineage = restore_or_init(b, ckpt)
     steps = compile_steps(b)
@@ -430,17 +510,23 @@ def _eval_only(b: Built, steps: Steps, state: TrainState) -> dict:
   init_from = b.config.get('init_from') or None
   source = init_from or f'checkpoint step {int(state.step)}'
   final = evaluate(b, steps, state, with_ema=bool(b.ema_decay) and not init_from)  # a file holds one set
-  results = {'eval_only': True, 'weights': source, 'step': int(state.step), 'eval': final,
-             'num_params': b.num_params, 'primary_metric': b.task.primary_metric,
-             b.task.primary_metric: _primary(b.task, final), **b.task.extra_results(state)}
+  results = {
+      'eval_only': True,
+      'weights': source,
+      'step': int(state.step),
+      'eval': final,
+      'num_params': b.num_params,
+      'primary_metric': b.task.primary_metric,
+      b.task.primary_metric: _primary(b.task, final),
+      **b.task.extra_results(state),
+  }
   _write_results(b.workdir, results)
   dcfg = b.config.data
   _say(f'eval of {source} on {dcfg.name}:{dcfg.eval_split}: {_scalars_text(final)}')
   return results
 
 
-def _train(b: Built, steps: Steps, ckpt: checkpoint_lib.Checkpointer, state: TrainState,
-           lineage: int | None) -> dict:
+def _train(b: Built, steps: Steps, ckpt: checkpoint_lib.Checkpointer, state: TrainState, lineage: int | None) -> dict:
   config, task, workdir = b.config, b.task, b.workdir
   total_steps, spe = b.data.total_steps, b.data.steps_per_epoch
   writer = metrics_lib.create_writer(os.path.join(workdir, 'tensorboard'))
@@ -479,11 +565,14 @@ def _train(b: Built, steps: Steps, ckpt: checkpoint_lib.Checkpointer, state: Tra
       now = time.time()
       rate = (step - start_step) / max(now - t_start, 1e-9)
       lr = float(b.schedule(step - 1))
-      writer.write_scalars(step, {**{f'train/{k}': v for k, v in values.items()},
-                                  'train/lr': lr, 'train/steps_per_sec': rate})
+      writer.write_scalars(
+          step, {**{f'train/{k}': v for k, v in values.items()}, 'train/lr': lr, 'train/steps_per_sec': rate}
+      )
       eta = (total_steps - step) / max(rate, 1e-9)
-      _say(f'step {step}/{total_steps}  {_scalars_text(values, keys)}  lr {lr:.3g}  {rate:.2f} steps/s  '
-           f'{rate * config.batch_size:.0f} img/s  ETA {eta / 60:.1f} min')
+      _say(
+          f'step {step}/{total_steps}  {_scalars_text(values, keys)}  lr {lr:.3g}  {rate:.2f} steps/s  '
+          f'{rate * config.batch_size:.0f} img/s  ETA {eta / 60:.1f} min'
+      )
     eval_values = None
     if is_eval:
       eval_values = evaluate(b, steps, state, with_ema=bool(b.ema_decay))
@@ -497,8 +586,14 @@ def _train(b: Built, steps: Steps, ckpt: checkpoint_lib.Checkpointer, state: Tra
       meta = {'step': step, 'metrics': eval_values, 'config': meta_config}
       if lineage is not None:
         meta['restored_from_step'] = lineage
-      ckpt.save(step, flax.serialization.to_state_dict(state), b.data.train_iter, meta=meta,
-                metrics=eval_values, force=is_eval or stop or step == total_steps)
+      ckpt.save(
+          step,
+          flax.serialization.to_state_dict(state),
+          b.data.train_iter,
+          meta=meta,
+          metrics=eval_values,
+          force=is_eval or stop or step == total_steps,
+      )
     if stop:
       ckpt.wait()
       _say(f'preempted: saved step {step}; rerun the same command to resume')
@@ -507,20 +602,29 @@ def _train(b: Built, steps: Steps, ckpt: checkpoint_lib.Checkpointer, state: Tra
   writer.flush()
   ckpt.wait()
 
-  final = evaluate(b, steps, state, with_ema=bool(b.ema_decay)) if not history or history[-1]['step'] != step \
+  final = (
+      evaluate(b, steps, state, with_ema=bool(b.ema_decay))
+      if not history or history[-1]['step'] != step
       else {k: v for k, v in history[-1].items() if k != 'step'}
+  )
   results = {
-      'step': step, 'eval': final, 'num_params': b.num_params,
-      'primary_metric': task.primary_metric, task.primary_metric: _primary(task, final),
+      'step': step,
+      'eval': final,
+      'num_params': b.num_params,
+      'primary_metric': task.primary_metric,
+      task.primary_metric: _primary(task, final),
       'history_this_run': history,
       'train_seconds_this_run': time.time() - t_start,
-      'devices': jax.device_count(), 'processes': jax.process_count(),
+      'devices': jax.device_count(),
+      'processes': jax.process_count(),
       **task.extra_results(state),
   }
   _write_results(workdir, results)
   writer.close()
-  _say(f'done: {task.primary_metric} {results[task.primary_metric]:.4f} at step {step}\n'
-       f'  results:     {os.path.join(workdir, "results.json")}\n'
-       f'  checkpoints: {os.path.join(workdir, "checkpoints")}\n'
-       f'  tensorboard: tensorboard --logdir {os.path.join(workdir, "tensorboard")}')
+  _say(
+      f'done: {task.primary_metric} {results[task.primary_metric]:.4f} at step {step}\n'
+      f'  results:     {os.path.join(workdir, "results.json")}\n'
+      f'  checkpoints: {os.path.join(workdir, "checkpoints")}\n'
+      f'  tensorboard: tensorboard --logdir {os.path.join(workdir, "tensorboard")}'
+  )
   return results

@@ -8,4 +8,5 @@ filter pruning, Network Slimming), budget (Scratch-E / Scratch-B epochs), io (pr
 def load_pruned(path: str, dtype=None):
   """(model, variables) of a pruned model saved as PATH.safetensors + PATH.json (see pruning_jax.io)."""
   from pruning_jax import io  # pylint: disable=import-outside-toplevel
+
   return io.load_pruned(path, dtype)

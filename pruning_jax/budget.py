@@ -7,6 +7,7 @@ ImageNet the L1-norm, ThiNet and regression-pruning scripts cap the extension at
 pass cap=2.0 there (the ImageNet slimming and weight-level scripts have no cap). MACs are conv + Linear
 multiply-accumulates of one image (`core_jax.counting`); for unstructured pruning pass non-zero-weight MACs.
 """
+
 import dataclasses
 
 from core_jax.errors import UserError

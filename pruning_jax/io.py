@@ -27,6 +27,7 @@ present) and returns (model, variables); to_torch_state_dict(model, variables) w
 import -> export round trip reproduces every tensor bit for bit. Errors are one line naming the first offending
 key and both shapes.
 """
+
 import json
 import os
 import re
@@ -42,11 +43,16 @@ from pruning_jax import models
 
 _LEAF = {'kernel': 'weight', 'bias': 'bias', 'scale': 'weight', 'mean': 'running_mean', 'var': 'running_var'}
 _VGG_HEAD_KEYS = {
-  'vgg_l1': {'fc1': 'classifier.0', 'fc_bn1': 'classifier.1', 'fc2': 'classifier.3'},
-  'vgg_slimming': {'fc': 'classifier'},
-  'vgg_imagenet': {'fc1': 'classifier.0', 'fc2': 'classifier.3', 'fc3': 'classifier.6'},
-  'vgg_bn_imagenet': {'fc1': 'classifier.0', 'fc_bn1': 'classifier.1', 'fc2': 'classifier.3', 'fc_bn2': 'classifier.4',
-                      'fc3': 'classifier.6'},
+    'vgg_l1': {'fc1': 'classifier.0', 'fc_bn1': 'classifier.1', 'fc2': 'classifier.3'},
+    'vgg_slimming': {'fc': 'classifier'},
+    'vgg_imagenet': {'fc1': 'classifier.0', 'fc2': 'classifier.3', 'fc3': 'classifier.6'},
+    'vgg_bn_imagenet': {
+        'fc1': 'classifier.0',
+        'fc_bn1': 'classifier.1',
+        'fc2': 'classifier.3',
+        'fc_bn2': 'classifier.4',
+        'fc3': 'classifier.6',
+    },
 }
 
 
@@ -178,13 +184,15 @@ def _shape(sd, key) -> tuple[int, ...]:
 
 def infer_cfg(family: str, sd: Mapping[str, np.ndarray]):
   """(cfg, selections) of the model a state_dict in the official layout holds, from its shapes alone."""
+
   def count(prefix):
     return sum(1 for k in sd if re.fullmatch(rf'{prefix}\.\d+\.conv1\.weight', k))
 
   if family.startswith('vgg'):
     prefix = 'features' if 'imagenet' in family else 'feature'
-    idx = sorted(int(m.group(1)) for k in sd if (m := re.fullmatch(rf'{prefix}\.(\d+)\.weight', k))
-                 and len(np.shape(sd[k])) == 4)
+    idx = sorted(
+        int(m.group(1)) for k in sd if (m := re.fullmatch(rf'{prefix}\.(\d+)\.weight', k)) and len(np.shape(sd[k])) == 4
+    )
     cfg, prev = [], None
     for i in idx:
       if prev is not None and i - prev > (2 if family == 'vgg_imagenet' else 3):
@@ -220,8 +228,11 @@ def infer_cfg(family: str, sd: Mapping[str, np.ndarray]):
       n = count('layer1')
       for s in range(1, 4):
         for b in range(n):
-          cfg += [_shape(sd, f'layer{s}.{b}.conv1.weight')[1], _shape(sd, f'layer{s}.{b}.conv1.weight')[0],
-                  _shape(sd, f'layer{s}.{b}.conv2.weight')[0]]
+          cfg += [
+              _shape(sd, f'layer{s}.{b}.conv1.weight')[1],
+              _shape(sd, f'layer{s}.{b}.conv1.weight')[0],
+              _shape(sd, f'layer{s}.{b}.conv2.weight')[0],
+          ]
       cfg.append(_shape(sd, 'fc.weight')[1])
     else:
       n = count('dense1')
@@ -257,15 +268,19 @@ def from_torch_state_dict(sd: Mapping, family: str | None = None, cfg=None, sour
   """(model, variables) from a state_dict in the official layout; `cfg` (the file's entry) is checked."""
   sd = {str(k): np.asarray(v) for k, v in sd.items() if not str(k).endswith('num_batches_tracked')}
   if sd and all(k.startswith('module.') for k in sd):  # DataParallel wrapper of the ImageNet scripts
-    sd = {k[len('module.'):]: v for k, v in sd.items()}
+    sd = {k[len('module.') :]: v for k, v in sd.items()}
   family = family or detect_family(sd)
   inferred, selections = infer_cfg(family, sd)
   if cfg is not None:
     given = models.normalize_cfg(cfg)
     if tuple(given) != tuple(inferred):
       raise UserError(f'{source}: its cfg {list(given)} does not match its tensors (they give {list(inferred)})')
-  fc_key = {'vgg_l1': 'classifier.3.weight', 'vgg_slimming': 'classifier.weight', 'vgg_imagenet': 'classifier.6.weight',
-            'vgg_bn_imagenet': 'classifier.6.weight'}.get(family, 'fc.weight')
+  fc_key = {
+      'vgg_l1': 'classifier.3.weight',
+      'vgg_slimming': 'classifier.weight',
+      'vgg_imagenet': 'classifier.6.weight',
+      'vgg_bn_imagenet': 'classifier.6.weight',
+  }.get(family, 'fc.weight')
   num_classes = _shape(sd, fc_key)[0]
   model = models.build(family, inferred, num_classes, selections)
   target = abstract_variables(model, _input_hw(family))
@@ -326,6 +341,7 @@ def import_torch_checkpoint(path: str, family: str | None = None):
 def save_torch_checkpoint(path: str, model, variables) -> None:
   """The official layout, {'cfg': cfg, 'state_dict': ...}, as the repo's prune scripts save it."""
   import torch  # pylint: disable=import-outside-toplevel
+
   sd = {k: torch.from_numpy(np.array(v)) for k, v in to_torch_state_dict(model, variables).items()}
   cfg = list(models.cfg_of(model))
   _atomic(path, lambda p: torch.save({'cfg': cfg, 'state_dict': sd}, p))
@@ -354,6 +370,7 @@ def _atomic(path: str, write) -> None:
 def save_pruned(path: str, model, variables: Mapping, extra: dict | None = None) -> str:
   """Writes PATH (.safetensors, every variable) and its JSON sidecar; returns PATH."""
   from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
+
   if not path.endswith('.safetensors'):
     raise UserError(f'pruned models are saved as .safetensors, got {path}')
   tensors = {}
@@ -389,6 +406,7 @@ def read_sidecar(path: str) -> dict:
 def load_pruned(path: str, dtype=None):
   """(model, variables) of a model saved by `save_pruned`: rebuilt from the sidecar, weights checked and loaded."""
   from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+
   meta = read_sidecar(path)
   model = models.from_description(meta, dtype)
   if not os.path.isfile(path):
@@ -406,8 +424,10 @@ def load_pruned(path: str, dtype=None):
       if key not in tensors:
         raise UserError(f'{path}: missing {key} (expected shape {format_shape(leaf.shape)})')
       if tuple(tensors[key].shape) != tuple(leaf.shape):
-        raise UserError(f'{key}: expected shape {format_shape(leaf.shape)} (from the sidecar cfg) but {path} has '
-                        f'{format_shape(tensors[key].shape)}')
+        raise UserError(
+            f'{key}: expected shape {format_shape(leaf.shape)} (from the sidecar cfg) but {path} has '
+            f'{format_shape(tensors[key].shape)}'
+        )
       flat[p] = tensors[key]
     variables[collection] = unflatten(flat)
   known = {f'{c}/{p}' for c in ('params', 'batch_stats') for p in flatten(dict(target.get(c, {})))}

@@ -9,6 +9,7 @@
 
 Mask trees mirror params; None leaves are not masked (stored as a scalar 1 in the state).
 """
+
 from collections.abc import Callable
 from typing import Any, NamedTuple
 

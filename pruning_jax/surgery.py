@@ -21,6 +21,7 @@ conv whose filters score it (L1-norm).
                                       consumer the outputs equal the physically pruned model's; see tests).
   apply_mask(tree, mask)              elementwise product (None leaves untouched)
 """
+
 import dataclasses
 from collections.abc import Mapping, Sequence
 
@@ -30,7 +31,7 @@ import numpy as np
 from core_jax.errors import UserError
 from core_jax.weights import flatten, unflatten
 from pruning_jax import models
-from pruning_jax.models import densenet, preresnet, resnet_cifar, resnet_imagenet, vgg
+from pruning_jax.models import densenet, preresnet, resnet_cifar, resnet_imagenet
 
 Member = tuple[str, str, int, int]  # (collection, flax path of the leaf, axis, repeat: rows per channel)
 
@@ -48,8 +49,12 @@ class ChannelSet:
 
 
 def _bn_members(path: str) -> list[Member]:
-  return [('params', f'{path}/scale', 0, 1), ('params', f'{path}/bias', 0, 1), ('batch_stats', f'{path}/mean', 0, 1),
-          ('batch_stats', f'{path}/var', 0, 1)]
+  return [
+      ('params', f'{path}/scale', 0, 1),
+      ('params', f'{path}/bias', 0, 1),
+      ('batch_stats', f'{path}/mean', 0, 1),
+      ('batch_stats', f'{path}/var', 0, 1),
+  ]
 
 
 def _conv_set(name, width, cfg_index, conv, bn, consumer, consumer_axis=-2, conv_bias=False, repeat=1):
@@ -74,14 +79,24 @@ def _vgg_sets(model) -> list[ChannelSet]:
   idx = [i for i, v in enumerate(body) if v != 'M']
   first_fc = {'l1': 'fc1', 'slimming': 'fc', 'imagenet': 'fc1', 'imagenet_bn': 'fc1'}[head]
   pools = sum(1 for v in body if v == 'M')
-  repeat = (224 // 2 ** pools) ** 2 if head.startswith('imagenet') else 1  # NCHW flatten: channel-major rows
+  repeat = (224 // 2**pools) ** 2 if head.startswith('imagenet') else 1  # NCHW flatten: channel-major rows
   sets = []
   for i, ci in enumerate(idx):
     last = i == len(idx) - 1
     consumer = first_fc if last else f'conv{i + 1}'
-    sets.append(_conv_set(f'conv{i}', int(body[ci]), ci, f'conv{i}', None if head == 'imagenet' else f'bn{i}',
-                          consumer, 0 if last else -2, conv_bias=head.startswith('imagenet'),
-                          repeat=repeat if last else 1))
+    sets.append(
+        _conv_set(
+            f'conv{i}',
+            int(body[ci]),
+            ci,
+            f'conv{i}',
+            None if head == 'imagenet' else f'bn{i}',
+            consumer,
+            0 if last else -2,
+            conv_bias=head.startswith('imagenet'),
+            repeat=repeat if last else 1,
+        )
+    )
   if head == 'imagenet_bn':
     for j, (fc, bn, nxt) in enumerate((('fc1', 'fc_bn1', 'fc2'), ('fc2', 'fc_bn2', 'fc3'))):
       sets.append(_conv_set(fc, int(cfg[len(cfg) - 2 + j]), len(cfg) - 2 + j, fc, bn, nxt, 0, conv_bias=True))
@@ -101,8 +116,10 @@ def _resnet_basic_sets(model, n_per_stage) -> list[ChannelSet]:
 
 def _bottleneck_sets(blk: str, cfg, k: int, bns: tuple[str, str]) -> list[ChannelSet]:
   """The two inner widths of bottleneck block k (cfg entries 3k+1, 3k+2): conv1 -> BN -> conv2, conv2 -> BN -> conv3."""
-  return [_conv_set(f'{blk}/conv{j}', int(cfg[3 * k + j]), 3 * k + j, f'{blk}/conv{j}', f'{blk}/{bn}',
-                    f'{blk}/conv{j + 1}') for j, bn in ((1, bns[0]), (2, bns[1]))]
+  return [
+      _conv_set(f'{blk}/conv{j}', int(cfg[3 * k + j]), 3 * k + j, f'{blk}/conv{j}', f'{blk}/{bn}', f'{blk}/conv{j + 1}')
+      for j, bn in ((1, bns[0]), (2, bns[1]))
+  ]
 
 
 def _resnet50_sets(model) -> list[ChannelSet]:
@@ -179,8 +196,10 @@ def _check_keep(model, cs: ChannelSet, keep) -> np.ndarray:
   if len(set(keep.tolist())) != keep.size:
     raise UserError(f'{cs.name}: kept channel indices repeat')
   if keep[0] < 0 or keep[-1] >= cs.width:
-    raise UserError(f'{cs.name}: kept channel {int(keep[-1]) if keep[-1] >= cs.width else int(keep[0])} is outside '
-                    f'[0, {cs.width})')
+    raise UserError(
+        f'{cs.name}: kept channel {int(keep[-1]) if keep[-1] >= cs.width else int(keep[0])} is outside '
+        f'[0, {cs.width})'
+    )
   if cs.kind == 'selection':
     missing = sorted(set(keep.tolist()) - set(_current_selection(model, cs)))
     if missing:
@@ -197,8 +216,10 @@ def _plan(model, keep: Mapping[str, Sequence[int]]):
   sets = {cs.name: cs for cs in channel_sets(model)}
   unknown = sorted(set(keep) - set(sets))
   if unknown:
-    raise UserError(f'no prunable channel set {unknown[0]!r} in {models.family_of(model)} (known e.g. '
-                    f'{", ".join(list(sets)[:4])})')
+    raise UserError(
+        f'no prunable channel set {unknown[0]!r} in {models.family_of(model)} (known e.g. '
+        f'{", ".join(list(sets)[:4])})'
+    )
   plan = []
   for name, kept in keep.items():
     cs = sets[name]
@@ -215,8 +236,10 @@ def _plan(model, keep: Mapping[str, Sequence[int]]):
 def prune(model, variables: Mapping, keep: Mapping[str, Sequence[int]]):
   """(smaller model, its variables): every tensor sharing a pruned channel set sliced in one place."""
   plan = _plan(model, keep)
-  flat = {c: {p: np.asarray(jax.device_get(x)) for p, x in flatten(dict(variables.get(c, {}))).items()}
-          for c in ('params', 'batch_stats')}
+  flat = {
+      c: {p: np.asarray(jax.device_get(x)) for p, x in flatten(dict(variables.get(c, {}))).items()}
+      for c in ('params', 'batch_stats')
+  }
   cfg = list(models.cfg_of(model))
   selections = getattr(model, 'selections', None)
   selections = None if selections is None else list(selections)

@@ -10,6 +10,7 @@ only, which is what Li et al. and the paper call FLOPs. Pruned architectures sho
 MACs removed relative to their unpruned base model. The REFERENCE columns are copied from the reference sheet
 (`shared/reference/pruning.md` sections 3 and 4.1, rounded as printed there), not computed here.
 """
+
 import argparse
 import inspect
 import json
@@ -23,19 +24,36 @@ from pruning_jax import models
 
 # name -> (params in M, MACs in M) as printed in the reference sheet (None: not given there).
 REFERENCE_COUNTS: dict[str, tuple[float | None, float | None]] = {
-  'vgg16': (14.99, 313.5), 'vgg19': (20.04, 398.0), 'resnet56': (0.853, 125.5), 'resnet110': (1.728, 252.9),
-  'preresnet164': (1.703, 247.6), 'densenet40': (1.059, None), 'resnet34': (21.80, 3660.0),
-  'resnet50': (25.56, 4090.0), 'vgg16_imagenet': (138.4, 15470.0), 'vgg16_a': (5.40, None),
+    'vgg16': (14.99, 313.5),
+    'vgg19': (20.04, 398.0),
+    'resnet56': (0.853, 125.5),
+    'resnet110': (1.728, 252.9),
+    'preresnet164': (1.703, 247.6),
+    'densenet40': (1.059, None),
+    'resnet34': (21.80, 3660.0),
+    'resnet50': (25.56, 4090.0),
+    'vgg16_imagenet': (138.4, 15470.0),
+    'vgg16_a': (5.40, None),
 }
 # pruned name -> (params pruned %, MACs pruned %) of the reference sheet section 4.1 (our formulas' values).
 REFERENCE_PRUNED: dict[str, tuple[float, float]] = {
-  'vgg16_a': (64.0, 34.2), 'resnet56_a': (9.3, 10.4), 'resnet56_b': (13.8, 27.6), 'resnet110_a': (2.3, 15.9),
-  'resnet110_b': (32.4, 38.7), 'resnet34_a': (7.6, 15.4), 'resnet34_b': (10.7, 24.1),
+    'vgg16_a': (64.0, 34.2),
+    'resnet56_a': (9.3, 10.4),
+    'resnet56_b': (13.8, 27.6),
+    'resnet110_a': (2.3, 15.9),
+    'resnet110_b': (32.4, 38.7),
+    'resnet34_a': (7.6, 15.4),
+    'resnet34_b': (10.7, 24.1),
 }
 # Li et al. (2017) Table, as quoted in the reference sheet, for comparison only.
 LI_ET_AL_PRUNED: dict[str, tuple[float, float]] = {
-  'vgg16_a': (64.0, 34.2), 'resnet56_a': (9.4, 10.4), 'resnet56_b': (13.7, 27.6), 'resnet110_a': (2.3, 15.9),
-  'resnet110_b': (32.4, 38.6), 'resnet34_a': (7.6, 15.5), 'resnet34_b': (10.8, 24.2),
+    'vgg16_a': (64.0, 34.2),
+    'resnet56_a': (9.4, 10.4),
+    'resnet56_b': (13.7, 27.6),
+    'resnet110_a': (2.3, 15.9),
+    'resnet110_b': (32.4, 38.6),
+    'resnet34_a': (7.6, 15.5),
+    'resnet34_b': (10.8, 24.2),
 }
 
 
@@ -76,9 +94,16 @@ def zoo_rows(names=None) -> list[dict]:
   for name in names:
     spec = models.NAMED[name]
     params, macs = stats(name)
-    row = {'name': name, 'family': spec.family, 'dataset': spec.dataset, 'params': params, 'macs': macs,
-           'ref_params_m': REFERENCE_COUNTS.get(name, (None, None))[0],
-           'ref_macs_m': REFERENCE_COUNTS.get(name, (None, None))[1], 'base': spec.base}
+    row = {
+        'name': name,
+        'family': spec.family,
+        'dataset': spec.dataset,
+        'params': params,
+        'macs': macs,
+        'ref_params_m': REFERENCE_COUNTS.get(name, (None, None))[0],
+        'ref_macs_m': REFERENCE_COUNTS.get(name, (None, None))[1],
+        'base': spec.base,
+    }
     if spec.base is not None:
       base_params, base_macs = stats(spec.base)
       row['params_pruned_pct'] = round(pruned_percent(params, base_params), 4)
@@ -96,8 +121,11 @@ def _ref(v):
 
 
 def format_markdown(rows: list[dict]) -> str:
-  lines = ['| model | family | data | params | MACs | ref. params | ref. MACs | pruned params / MACs | '
-           'ref. pruned | Li et al. |', '|---|---|---|---:|---:|---:|---:|---:|---:|---:|']
+  lines = [
+      '| model | family | data | params | MACs | ref. params | ref. MACs | pruned params / MACs | '
+      'ref. pruned | Li et al. |',
+      '|---|---|---|---:|---:|---:|---:|---:|---:|---:|',
+  ]
   for r in rows:
     pruned = ref = li = ''
     if r['base'] is not None:
@@ -106,8 +134,10 @@ def format_markdown(rows: list[dict]) -> str:
         ref = '{:.1f}% / {:.1f}%'.format(*r['ref_pruned_pct'])
       if r.get('li_et_al_pruned_pct'):
         li = '{:.1f}% / {:.1f}%'.format(*r['li_et_al_pruned_pct'])
-    lines.append(f"| {r['name']} | {r['family']} | {r['dataset']} | {r['params']:,} | {r['macs']:,} | "
-                 f"{_ref(r['ref_params_m'])} | {_ref(r['ref_macs_m'])} | {pruned} | {ref} | {li} |")
+    lines.append(
+        f"| {r['name']} | {r['family']} | {r['dataset']} | {r['params']:,} | {r['macs']:,} | "
+        f"{_ref(r['ref_params_m'])} | {_ref(r['ref_macs_m'])} | {pruned} | {ref} | {li} |"
+    )
   return '\n'.join(lines)
 
 

@@ -18,10 +18,25 @@ from core_jax.errors import UserError
 NUM_CLASSES = 19
 # (labelId, name) of trainIds 0..18, in trainId order.
 TRAIN_CLASSES = (
-    (7, 'road'), (8, 'sidewalk'), (11, 'building'), (12, 'wall'), (13, 'fence'), (17, 'pole'),
-    (19, 'traffic light'), (20, 'traffic sign'), (21, 'vegetation'), (22, 'terrain'), (23, 'sky'),
-    (24, 'person'), (25, 'rider'), (26, 'car'), (27, 'truck'), (28, 'bus'), (31, 'train'),
-    (32, 'motorcycle'), (33, 'bicycle'),
+    (7, 'road'),
+    (8, 'sidewalk'),
+    (11, 'building'),
+    (12, 'wall'),
+    (13, 'fence'),
+    (17, 'pole'),
+    (19, 'traffic light'),
+    (20, 'traffic sign'),
+    (21, 'vegetation'),
+    (22, 'terrain'),
+    (23, 'sky'),
+    (24, 'person'),
+    (25, 'rider'),
+    (26, 'car'),
+    (27, 'truck'),
+    (28, 'bus'),
+    (31, 'train'),
+    (32, 'motorcycle'),
+    (33, 'bicycle'),
 )
 CLASS_NAMES = tuple(name for _, name in TRAIN_CLASSES)
 NUM_LABEL_IDS = 34  # labelIds 0..33; -1 (license plate) is 255 as uint8
@@ -52,8 +67,10 @@ def to_train_ids(label_ids: np.ndarray) -> np.ndarray:
     x = x.astype(np.uint8)
   if not _KNOWN_LABEL_IDS[x].all():
     bad = np.unique(x[~_KNOWN_LABEL_IDS[x]])
-    raise UserError(f'cityscapes label map has ids {bad[:8].tolist()} outside the labelIds 0..33 and -1 '
-                    '(expected *_gtFine_labelIds.png)')
+    raise UserError(
+        f'cityscapes label map has ids {bad[:8].tolist()} outside the labelIds 0..33 and -1 '
+        '(expected *_gtFine_labelIds.png)'
+    )
   return TRAIN_ID_LUT[x]
 
 

@@ -150,8 +150,7 @@ def _pad_bottom_right(ex: Example, ch: int, cw: int) -> Example:
     ex['image'] = np.pad(image, [(0, ph), (0, pw)] + [(0, 0)] * (image.ndim - 2), constant_values=0)
     label = _label_map(ex)
     if label is not None:
-      ex[LABEL_MAP_KEY] = np.pad(label, [(0, ph), (0, pw)] + [(0, 0)] * (label.ndim - 2),
-                                 constant_values=IGNORE_LABEL)
+      ex[LABEL_MAP_KEY] = np.pad(label, [(0, ph), (0, pw)] + [(0, 0)] * (label.ndim - 2), constant_values=IGNORE_LABEL)
   return ex
 
 
@@ -177,12 +176,12 @@ def seg_random_crop(size) -> Transform:
     h, w = np.asarray(ex['image']).shape[:2]
     x = int(rng.integers(0, w - cw + 1))  # HRNet draws x first
     y = int(rng.integers(0, h - ch + 1))
-    ex['image'] = np.asarray(ex['image'])[y:y + ch, x:x + cw]
+    ex['image'] = np.asarray(ex['image'])[y : y + ch, x : x + cw]
     label = _label_map(ex)
     if label is not None:
       if label.shape[:2] != (h, w):
         raise UserError(f'{LABEL_MAP_KEY} {label.shape[:2]} and image {(h, w)} differ in size')
-      ex[LABEL_MAP_KEY] = label[y:y + ch, x:x + cw]
+      ex[LABEL_MAP_KEY] = label[y : y + ch, x : x + cw]
     return ex
 
   return op
@@ -204,14 +203,14 @@ def seg_random_scale_crop(size, factors=CITYSCAPES_SCALE_FACTORS, base_size: int
     y = int(rng.integers(0, max(sh, ch) - ch + 1))
     window = (y, x, min(ch, sh - y), min(cw, sw - x))  # the part of the crop inside the scaled image
     out = np.zeros((ch, cw) + image.shape[2:], image.dtype)
-    out[:window[2], :window[3]] = resize_bilinear(image, sh, sw, window)
+    out[: window[2], : window[3]] = resize_bilinear(image, sh, sw, window)
     ex['image'] = out
     label = _label_map(ex)
     if label is not None:
       if label.shape[:2] != image.shape[:2]:
         raise UserError(f'{LABEL_MAP_KEY} {label.shape[:2]} and image {image.shape[:2]} differ in size')
       out = np.full((ch, cw) + label.shape[2:], IGNORE_LABEL, label.dtype)
-      out[:window[2], :window[3]] = resize_nearest(label, sh, sw, window)
+      out[: window[2], : window[3]] = resize_nearest(label, sh, sw, window)
       ex[LABEL_MAP_KEY] = out
     return ex
 

@@ -34,8 +34,11 @@ SEGMENTATION_MODULES = {
 _MANUAL_FILES = {
     ('cityscapes', ''): ('leftImg8bit_trainvaltest.zip', 'gtFine_trainvaltest.zip'),
     ('cityscapes', 'semantic_segmentation'): ('leftImg8bit_trainvaltest.zip', 'gtFine_trainvaltest.zip'),
-    ('cityscapes', 'semantic_segmentation_extra'): ('leftImg8bit_trainvaltest.zip', 'leftImg8bit_trainextra.zip',
-                                                    'gtCoarse.zip'),
+    ('cityscapes', 'semantic_segmentation_extra'): (
+        'leftImg8bit_trainvaltest.zip',
+        'leftImg8bit_trainextra.zip',
+        'gtCoarse.zip',
+    ),
     ('imagenet2012', ''): ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar'),
 }
 
@@ -69,26 +72,24 @@ def _download_config(manual_dir: str | None = None):
 
   # try_download_gcs=False: TFDS would otherwise probe GCS, which hangs/fails offline.
   return tfds.download.DownloadConfig(
-      manual_dir=manual_dir, try_download_gcs=False,
-      compute_stats=tfds.download.ComputeStatsMode.SKIP)
+      manual_dir=manual_dir, try_download_gcs=False, compute_stats=tfds.download.ComputeStatsMode.SKIP
+  )
 
 
 def _one_line(text: str, limit: int = 300) -> str:
   text = re.sub(r'\s+', ' ', text).strip()
-  return text if len(text) <= limit else text[:limit - 3] + '...'
+  return text if len(text) <= limit else text[: limit - 3] + '...'
 
 
 def _embedded_builder(name: str, data_dir: str):
   import importlib
 
   module, cls = EMBEDDED[name]
-  builder = getattr(importlib.import_module(module), cls)(
-      data_dir=data_dir, file_format='array_record')
+  builder = getattr(importlib.import_module(module), cls)(data_dir=data_dir, file_format='array_record')
   if not builder.is_prepared():
     with _file_lock(os.path.join(data_dir, f'.{name}.prepare.lock')):
       # Re-check under the lock: another process may have finished meanwhile.
-      builder = getattr(importlib.import_module(module), cls)(
-          data_dir=data_dir, file_format='array_record')
+      builder = getattr(importlib.import_module(module), cls)(data_dir=data_dir, file_format='array_record')
       if not builder.is_prepared():
         builder.download_and_prepare(download_config=_download_config())
   return builder
@@ -133,8 +134,9 @@ def _tfds_builder(name: str, data_dir: str, download: bool):
   try:
     builder = tfds.builder(name, data_dir=data_dir, file_format='array_record', try_gcs=False)
   except tfds.core.registered.DatasetNotFoundError:
-    raise UserError(f'unknown dataset {name!r}: not an embedded dataset '
-                    f'({", ".join(sorted(EMBEDDED))}) nor a TFDS dataset') from None
+    raise UserError(
+        f'unknown dataset {name!r}: not an embedded dataset ' f'({", ".join(sorted(EMBEDDED))}) nor a TFDS dataset'
+    ) from None
   if builder.is_prepared():
     return builder
   base = name.split('/')[0].split(':')[0]
@@ -143,35 +145,40 @@ def _tfds_builder(name: str, data_dir: str, download: bool):
   if instructions:
     has_files = os.path.isdir(manual_dir) and any(os.scandir(manual_dir))
     needed = _manual_files(name)
-    hint = (f'put {", ".join(needed)} in {manual_dir}/' if needed
-            else f'manual files in {manual_dir}/: ' + _one_line(instructions))
+    hint = (
+        f'put {", ".join(needed)} in {manual_dir}/'
+        if needed
+        else f'manual files in {manual_dir}/: ' + _one_line(instructions)
+    )
     missing = tuple(f for f in needed if not os.path.isfile(os.path.join(manual_dir, f)))
     if missing:
-      raise UserError(f'dataset {name!r} is not prepared in {data_dir}: {hint} '
-                      f'(missing: {", ".join(missing)})')
+      raise UserError(f'dataset {name!r} is not prepared in {data_dir}: {hint} ' f'(missing: {", ".join(missing)})')
     if not has_files:
       raise UserError(f'dataset {name!r} is not prepared in {data_dir}: {hint}')
   elif not download:
     raise UserError(
         f'dataset {name!r} is not prepared in {data_dir}: run `tfds build {name} --data_dir '
         f'{data_dir} --file_format array_record` on a machine with internet access '
-        f'(or call load_source(..., download=True))')
+        f'(or call load_source(..., download=True))'
+    )
   else:
     hint = 'check network access for the download'
   with _file_lock(os.path.join(data_dir, f'.{base}.prepare.lock')):
     builder = tfds.builder(name, data_dir=data_dir, file_format='array_record', try_gcs=False)
     if not builder.is_prepared():
       try:
-        builder.download_and_prepare(
-            file_format='array_record', download_config=_download_config(manual_dir))
+        builder.download_and_prepare(file_format='array_record', download_config=_download_config(manual_dir))
       except Exception as e:  # TFDS raises assorted types for missing/corrupt inputs
-        raise UserError(f'preparing dataset {name!r} in {data_dir} failed '
-                        f'({type(e).__name__}: {_one_line(str(e), 200)}); {hint}') from e
+        raise UserError(
+            f'preparing dataset {name!r} in {data_dir} failed '
+            f'({type(e).__name__}: {_one_line(str(e), 200)}); {hint}'
+        ) from e
   return builder
 
 
-def load_source(name: str, split: str, data_dir: str | None = None, *,
-                download: bool = False) -> tuple[Any, DatasetInfo]:
+def load_source(
+    name: str, split: str, data_dir: str | None = None, *, download: bool = False
+) -> tuple[Any, DatasetInfo]:
   """Returns (random-access source of decoded numpy dicts, DatasetInfo).
 
   Embedded datasets, and image-folder trees named 'image_folder:/path/to/root'
@@ -190,13 +197,16 @@ def load_source(name: str, split: str, data_dir: str | None = None, *,
   tinfo = builder.info
   fmt = getattr(tinfo.file_format, 'value', tinfo.file_format)
   if fmt != 'array_record':
-    raise UserError(f'dataset {name!r} in {data_dir} is prepared as {fmt}, not array_record: '
-                    'prepare it with --file_format array_record (or use another data_dir)')
+    raise UserError(
+        f'dataset {name!r} in {data_dir} is prepared as {fmt}, not array_record: '
+        'prepare it with --file_format array_record (or use another data_dir)'
+    )
   try:
     source = builder.as_data_source(split=split)
   except (KeyError, ValueError) as e:
-    raise UserError(f'dataset {name!r} has no split {split!r} '
-                    f'(splits: {", ".join(tinfo.splits)}): {_one_line(str(e), 150)}') from None
+    raise UserError(
+        f'dataset {name!r} has no split {split!r} ' f'(splits: {", ".join(tinfo.splits)}): {_one_line(str(e), 150)}'
+    ) from None
   num_classes = segmentation_num_classes(base)
   if num_classes is None and 'label' in tinfo.features.keys():
     num_classes = getattr(tinfo.features['label'], 'num_classes', None)
@@ -209,7 +219,9 @@ def load_source(name: str, split: str, data_dir: str | None = None, *,
     source = cityscapes.TrainIdSource(source)
     features = ('image', 'segmentation')
   info = DatasetInfo(
-      name=name, num_classes=num_classes,
+      name=name,
+      num_classes=num_classes,
       splits={k: int(v.num_examples) for k, v in tinfo.splits.items()},
-      features=features)
+      features=features,
+  )
   return source, info

@@ -20,8 +20,16 @@ from PIL import Image
 from core_jax.data import image_kernels
 from core_jax.data.registry import IGNORE_LABEL, Example, Transform, get_transform, parse_spec, register, registered
 
-__all__ = ['IGNORE_LABEL', 'Example', 'Transform', 'build_transforms', 'get_transform', 'parse_spec', 'register',
-           'registered']
+__all__ = [
+    'IGNORE_LABEL',
+    'Example',
+    'Transform',
+    'build_transforms',
+    'get_transform',
+    'parse_spec',
+    'register',
+    'registered',
+]
 
 
 def build_transforms(specs: Sequence[str] | str) -> Transform:
@@ -63,7 +71,7 @@ def _pad_to(example: Example, pad: tuple[int, int, int, int]) -> Example:
 
 def _crop(example: Example, y: int, x: int, h: int, w: int) -> Example:
   for key, _ in _spatial_keys(example):
-    example[key] = np.asarray(example[key])[y:y + h, x:x + w]
+    example[key] = np.asarray(example[key])[y : y + h, x : x + w]
   return example
 
 
@@ -76,8 +84,13 @@ def _resize_array(x: np.ndarray, h: int, w: int, nearest: bool) -> np.ndarray:
     return np.asarray(Image.fromarray(x).resize((w, h), resample))
   # Generic path: per-channel float32 ('F' mode).
   chans = x[..., None] if x.ndim == 2 else x
-  out = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(chans[..., c], np.float32))
-                             .resize((w, h), resample)) for c in range(chans.shape[-1])], -1)
+  out = np.stack(
+      [
+          np.asarray(Image.fromarray(np.ascontiguousarray(chans[..., c], np.float32)).resize((w, h), resample))
+          for c in range(chans.shape[-1])
+      ],
+      -1,
+  )
   out = out[..., 0] if x.ndim == 2 else out
   if x.dtype == np.uint8:
     out = np.clip(np.round(out), 0, 255)
@@ -173,8 +186,7 @@ def resize_small(size: int) -> Transform:
 
 
 @register('random_resized_crop')
-def random_resized_crop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
-                        attempts: int = 10) -> Transform:
+def random_resized_crop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), attempts: int = 10) -> Transform:
   """Inception-style crop: random area fraction and aspect ratio, resized to `size`."""
   oh, ow = _hw(size)
   log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
@@ -210,8 +222,11 @@ def normalize(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)) -> Transform:
   # are equal bit for bit. One `take` over the interleaved pixels, indexed by value + 256 * channel,
   # beats a strided `take` per channel 2x; the channel offsets are cached per image shape.
   table = (np.arange(256, dtype=np.float32)[:, None] / np.float32(255.0) - mean) * inv_std  # (256, C)
-  flat_table = {c: np.ascontiguousarray(np.broadcast_to(table, (256, c)).T).reshape(-1)
-                for c in (1, 2, 3, 4) if table.shape[1] in (1, c)}
+  flat_table = {
+      c: np.ascontiguousarray(np.broadcast_to(table, (256, c)).T).reshape(-1)
+      for c in (1, 2, 3, 4)
+      if table.shape[1] in (1, c)
+  }
   offsets: dict[tuple, np.ndarray] = {}
 
   def channel_offsets(shape):
@@ -275,4 +290,3 @@ def rename(**mapping) -> Transform:
     return {mapping.get(k, k): v for k, v in ex.items()}
 
   return op
-

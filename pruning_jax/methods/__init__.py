@@ -3,6 +3,7 @@
 Every method's `prune(model_name_or_family, cfg, variables, ...)` returns a `PruneResult`; the model may also be
 given as a built pruning_jax model (then cfg may be None).
 """
+
 import dataclasses
 from typing import Any
 
@@ -34,8 +35,9 @@ class PruneResult:
     return models.describe(self.model)
 
 
-def resolve_model(model_name_or_family, cfg=None, num_classes: int | None = None, selections=None,
-                  variables=None) -> nn.Module:
+def resolve_model(
+    model_name_or_family, cfg=None, num_classes: int | None = None, selections=None, variables=None
+) -> nn.Module:
   """A built model from a model, a named model or a family + cfg (num_classes from the fc when not given)."""
   if isinstance(model_name_or_family, nn.Module):
     return model_name_or_family

@@ -17,8 +17,9 @@ per-stage ratio decided by id thresholds; skipped ids keep every filter. VGG-16-
   target_cfg(model, scheme)        the cfg the scheme produces (no weights needed)
 A scheme is a name, or a dict {'skip': [...ids], 'ratios': [...per stage]} (ResNets) / {'cfg': [...]} (VGG).
 """
+
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 
 import jax
 import numpy as np
@@ -36,13 +37,13 @@ class Scheme:
 
 
 SCHEMES: dict[str, Scheme] = {
-  'vgg16_a': Scheme(cfg=(32, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 256, 256, 256, 'M', 256, 256, 256)),
-  'resnet56_a': Scheme(skip=(16, 20, 38, 54), ratios=(0.1, 0.1, 0.1)),
-  'resnet56_b': Scheme(skip=(16, 18, 20, 34, 38, 54), ratios=(0.6, 0.3, 0.1)),
-  'resnet110_a': Scheme(skip=(36,), ratios=(0.5, 0.0, 0.0)),
-  'resnet110_b': Scheme(skip=(36, 38, 74), ratios=(0.5, 0.4, 0.3)),
-  'resnet34_a': Scheme(skip=(2, 8, 14, 16, 26, 28, 30, 32), ratios=(0.3, 0.3, 0.3, 0.0)),
-  'resnet34_b': Scheme(skip=(2, 8, 14, 16, 26, 28, 30, 32), ratios=(0.5, 0.6, 0.4, 0.0)),
+    'vgg16_a': Scheme(cfg=(32, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 256, 256, 256, 'M', 256, 256, 256)),
+    'resnet56_a': Scheme(skip=(16, 20, 38, 54), ratios=(0.1, 0.1, 0.1)),
+    'resnet56_b': Scheme(skip=(16, 18, 20, 34, 38, 54), ratios=(0.6, 0.3, 0.1)),
+    'resnet110_a': Scheme(skip=(36,), ratios=(0.5, 0.0, 0.0)),
+    'resnet110_b': Scheme(skip=(36, 38, 74), ratios=(0.5, 0.4, 0.3)),
+    'resnet34_a': Scheme(skip=(2, 8, 14, 16, 26, 28, 30, 32), ratios=(0.3, 0.3, 0.3, 0.0)),
+    'resnet34_b': Scheme(skip=(2, 8, 14, 16, 26, 28, 30, 32), ratios=(0.5, 0.6, 0.4, 0.0)),
 }
 
 
@@ -58,15 +59,21 @@ def get_scheme(scheme) -> Scheme:
     if unknown:
       raise UserError(f'L1-norm scheme has unknown key {unknown[0]!r} (use skip, ratios or cfg)')
     cfg = scheme.get('cfg')
-    return Scheme(tuple(scheme.get('skip', ())), tuple(float(r) for r in scheme.get('ratios', ())),
-                  None if cfg is None else models.normalize_cfg(cfg))
+    return Scheme(
+        tuple(scheme.get('skip', ())),
+        tuple(float(r) for r in scheme.get('ratios', ())),
+        None if cfg is None else models.normalize_cfg(cfg),
+    )
   raise UserError(f'an L1-norm scheme is a name or a dict, got {type(scheme).__name__}')
 
 
 def filter_l1_norms(kernel) -> np.ndarray:
-  """L1 norm per output filter of a flax (kh, kw, in, out) kernel, summed in PyTorch's (O, I, kh, kw) order."""
-  w = np.transpose(np.abs(np.asarray(jax.device_get(kernel), np.float32)), (3, 2, 0, 1))
-  return np.sum(w, axis=(1, 2, 3))
+  """L1 norm per output filter of a flax (kh, kw, in, out) conv kernel, summed in PyTorch's (O, I, kh, kw) order
+  (a Dense (in, out) kernel: per output unit)."""
+  w = np.abs(np.asarray(jax.device_get(kernel), np.float32))
+  if w.ndim == 2:
+    return np.sum(w.T, axis=1)
+  return np.sum(np.transpose(w, (3, 2, 0, 1)), axis=(1, 2, 3))
 
 
 def keep_largest(norms: np.ndarray, num_keep: int) -> list[int]:
@@ -77,9 +84,9 @@ def keep_largest(norms: np.ndarray, num_keep: int) -> list[int]:
 def _stage_bounds(family: str, depth: int) -> list[int]:
   """Largest layer id of each stage (the code's thresholds: <= 2n, <= 4n, else)."""
   if family == 'resnet34':
-    return [6, 14, 26, 10 ** 9]
+    return [6, 14, 26, 10**9]
   n = (depth - 2) // 6
-  return [2 * n, 4 * n, 10 ** 9]
+  return [2 * n, 4 * n, 10**9]
 
 
 def _resnet_decisions(model, scheme: Scheme) -> list[tuple[int, int, float | None]]:
@@ -95,8 +102,10 @@ def _resnet_decisions(model, scheme: Scheme) -> list[tuple[int, int, float | Non
   valid = {2 * (k + 1) for k in range(len(cfg))}
   bad = [i for i in scheme.skip if i not in valid]
   if bad:
-    raise UserError(f'skip list names layer id {bad[0]}, which is not the first conv of a block of {family} '
-                    f'(even ids 2..{2 * len(cfg)})')
+    raise UserError(
+        f'skip list names layer id {bad[0]}, which is not the first conv of a block of {family} '
+        f'(even ids 2..{2 * len(cfg)})'
+    )
   out = []
   for k in range(len(cfg)):
     layer_id = 2 * (k + 1)
@@ -157,12 +166,17 @@ def plan(model, variables: Mapping, scheme) -> dict[str, list[int]]:
 def prune(model_name_or_family, cfg, variables: Mapping, scheme=None, *, num_classes: int | None = None):
   """L1-norm pruning of `variables` (a model of that name / family and cfg) with `scheme` -> PruneResult."""
   if scheme is None:
-    raise UserError(f'L1-norm pruning needs a scheme (one of {", ".join(SCHEMES)} or {{"skip", "ratios"}} / '
-                    '{"cfg"})')
+    raise UserError(
+        f'L1-norm pruning needs a scheme (one of {", ".join(SCHEMES)} or {{"skip", "ratios"}} / ' '{"cfg"})'
+    )
   model = resolve_model(model_name_or_family, cfg, num_classes, variables=variables)
   keep = plan(model, variables, scheme)
   small, small_vars = surgery.prune(model, variables, keep)
   name = scheme if isinstance(scheme, str) else None
-  report = {'method': 'l1_norm', 'scheme': name or dataclasses.asdict(get_scheme(scheme)),
-            'cfg': list(models.cfg_of(small)), 'kept': {k: len(v) for k, v in keep.items()}}
+  report = {
+      'method': 'l1_norm',
+      'scheme': name or dataclasses.asdict(get_scheme(scheme)),
+      'cfg': list(models.cfg_of(small)),
+      'kept': {k: len(v) for k, v in keep.items()},
+  }
   return PruneResult(small, small_vars, report)

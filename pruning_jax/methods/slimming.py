@@ -21,6 +21,7 @@ channel keeps its largest-|gamma| channel, and the report says so (the original 
                                          with the pruned channels zeroed and the {0, 1} params mask (the mask
                                          implementation of the ImageNet VGG-11 experiment)
 """
+
 import logging
 from collections.abc import Mapping
 
@@ -96,12 +97,19 @@ def plan(model, variables: Mapping, percent: float):
     if not kept:
       kept = [cur[int(np.argmax(g))]]
       emptied.append(cs.name)
-      logging.warning('slimming: threshold %.6g would remove every channel of %s; keeping its strongest one',
-                      threshold, cs.name)
+      logging.warning(
+          'slimming: threshold %.6g would remove every channel of %s; keeping its strongest one', threshold, cs.name
+      )
     keep[cs.name] = kept
     cfg_counts[cs.name] = len(kept)
-  report = {'percent': percent, 'threshold': threshold, 'total_channels': int(total),
-            'pruned_channels': int(total - sum(cfg_counts.values())), 'kept': cfg_counts, 'emptied': emptied}
+  report = {
+      'percent': percent,
+      'threshold': threshold,
+      'total_channels': int(total),
+      'pruned_channels': int(total - sum(cfg_counts.values())),
+      'kept': cfg_counts,
+      'emptied': emptied,
+  }
   return keep, report
 
 
@@ -120,8 +128,16 @@ def zero_pruned(model, variables: Mapping, keep: Mapping[str, list[int]]) -> dic
   return dict(variables, params=params)
 
 
-def prune(model_name_or_family, cfg, variables: Mapping, percent: float, *, mask: bool = False,
-          num_classes: int | None = None, selections=None) -> PruneResult:
+def prune(
+    model_name_or_family,
+    cfg,
+    variables: Mapping,
+    percent: float,
+    *,
+    mask: bool = False,
+    num_classes: int | None = None,
+    selections=None,
+) -> PruneResult:
   """Threshold, zero gamma / beta, then physical surgery (or, with mask=True, the mask in the large shape)."""
   model = resolve_model(model_name_or_family, cfg, num_classes, selections, variables)
   keep, report = plan(model, variables, percent)

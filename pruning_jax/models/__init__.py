@@ -9,6 +9,7 @@ A family plus its cfg determines the architecture (depth is implied by the cfg l
 channel_selection indices of PreResNet / DenseNet / ResNet-50 (None = every channel). `describe(model)` gives
 the JSON-able dict that `from_description` rebuilds the model from (the pruned-model sidecar uses it).
 """
+
 import dataclasses
 from collections.abc import Sequence
 
@@ -17,8 +18,17 @@ import flax.linen as nn
 from core_jax.errors import UserError
 from pruning_jax.models import densenet, preresnet, resnet_cifar, resnet_imagenet, vgg
 
-FAMILIES = ('vgg_l1', 'vgg_slimming', 'vgg_imagenet', 'vgg_bn_imagenet', 'resnet_cifar', 'preresnet', 'densenet',
-            'resnet34', 'resnet50')
+FAMILIES = (
+    'vgg_l1',
+    'vgg_slimming',
+    'vgg_imagenet',
+    'vgg_bn_imagenet',
+    'resnet_cifar',
+    'preresnet',
+    'densenet',
+    'resnet34',
+    'resnet50',
+)
 SELECTION_FAMILIES = ('preresnet', 'densenet', 'resnet50')
 _VGG_HEADS = {'vgg_l1': 'l1', 'vgg_slimming': 'slimming', 'vgg_imagenet': 'imagenet', 'vgg_bn_imagenet': 'imagenet_bn'}
 
@@ -68,20 +78,26 @@ NAMED['vgg16_imagenet'] = Named('vgg_imagenet', vgg.IMAGENET_VGG16_CFG, 'imagene
 NAMED['vgg11_bn_imagenet'] = Named('vgg_bn_imagenet', vgg.IMAGENET_VGG11_BN_CFG, 'imagenet')
 NAMED['resnet34'] = Named('resnet34', resnet_imagenet.default_cfg(34), 'imagenet')
 NAMED['resnet50'] = Named('resnet50', resnet_imagenet.default_cfg(50), 'imagenet')
-NAMED.update({
-  'vgg16_a': Named('vgg_l1', _VGG16_A, 'cifar', base='vgg16'),
-  'resnet56_a': Named('resnet_cifar', _R56_A, 'cifar', base='resnet56'),
-  'resnet56_b': Named('resnet_cifar', _R56_B, 'cifar', base='resnet56'),
-  'resnet110_a': Named('resnet_cifar', _R110_A, 'cifar', base='resnet110'),
-  'resnet110_b': Named('resnet_cifar', _R110_B, 'cifar', base='resnet110'),
-  'resnet34_a': Named('resnet34', _R34_A, 'imagenet', base='resnet34'),
-  'resnet34_b': Named('resnet34', _R34_B, 'imagenet', base='resnet34'),
-  'resnet50_thinet30': Named('resnet50', _thinet((19, 38, 76, 153)), 'imagenet', base='resnet50'),
-  'resnet50_thinet50': Named('resnet50', _thinet((32, 64, 128, 256)), 'imagenet', base='resnet50'),
-  'resnet50_thinet70': Named('resnet50', _thinet((44, 89, 179, 358)), 'imagenet', base='resnet50'),
-  'vgg16_5x': Named('vgg_imagenet', (24, 22, 'M', 41, 51, 'M', 108, 89, 111, 'M', 184, 276, 228, 'M', 512, 512, 512,
-                                     'M'), 'imagenet', base='vgg16_imagenet'),
-})
+NAMED.update(
+    {
+        'vgg16_a': Named('vgg_l1', _VGG16_A, 'cifar', base='vgg16'),
+        'resnet56_a': Named('resnet_cifar', _R56_A, 'cifar', base='resnet56'),
+        'resnet56_b': Named('resnet_cifar', _R56_B, 'cifar', base='resnet56'),
+        'resnet110_a': Named('resnet_cifar', _R110_A, 'cifar', base='resnet110'),
+        'resnet110_b': Named('resnet_cifar', _R110_B, 'cifar', base='resnet110'),
+        'resnet34_a': Named('resnet34', _R34_A, 'imagenet', base='resnet34'),
+        'resnet34_b': Named('resnet34', _R34_B, 'imagenet', base='resnet34'),
+        'resnet50_thinet30': Named('resnet50', _thinet((19, 38, 76, 153)), 'imagenet', base='resnet50'),
+        'resnet50_thinet50': Named('resnet50', _thinet((32, 64, 128, 256)), 'imagenet', base='resnet50'),
+        'resnet50_thinet70': Named('resnet50', _thinet((44, 89, 179, 358)), 'imagenet', base='resnet50'),
+        'vgg16_5x': Named(
+            'vgg_imagenet',
+            (24, 22, 'M', 41, 51, 'M', 108, 89, 111, 'M', 184, 276, 228, 'M', 512, 512, 512, 'M'),
+            'imagenet',
+            base='vgg16_imagenet',
+        ),
+    }
+)
 
 
 def input_shape(dataset: str) -> tuple[int, int, int, int]:
@@ -125,8 +141,9 @@ def _validate(family: str, cfg: tuple, selections) -> None:
         raise ValueError(f'resnet_cifar needs 3n block widths (depth 6n+2), got {n}')
     elif family == 'preresnet':
       d = 1 + n
-      preresnet.check_selections(cfg, selections, preresnet.selection_widths(d),
-                                 list(cfg[0:n - 1:3]) + [cfg[-1]], f'PreResNet-{d}')
+      preresnet.check_selections(
+          cfg, selections, preresnet.selection_widths(d), list(cfg[0 : n - 1 : 3]) + [cfg[-1]], f'PreResNet-{d}'
+      )
     elif family == 'densenet':
       d = 1 + n
       densenet.check_selections(cfg, selections, densenet.selection_widths(d), cfg, f'DenseNet-{d}')
@@ -165,27 +182,38 @@ def build(family: str, cfg: Sequence, num_classes: int, selections=None, dtype=N
   raise UserError(f'unknown model family {family!r} (known: {", ".join(FAMILIES)})')
 
 
-def create(family_or_name: str, cfg: Sequence | None = None, num_classes: int | None = None, selections=None,
-           dtype=None) -> nn.Module:
+def create(
+    family_or_name: str, cfg: Sequence | None = None, num_classes: int | None = None, selections=None, dtype=None
+) -> nn.Module:
   """A named model (optionally with another cfg) or a family built from `cfg`."""
   if family_or_name in NAMED:
     spec = NAMED[family_or_name]
-    return build(spec.family, spec.cfg if cfg is None else cfg,
-                 default_classes(spec.dataset) if num_classes is None else num_classes, selections, dtype)
+    return build(
+        spec.family,
+        spec.cfg if cfg is None else cfg,
+        default_classes(spec.dataset) if num_classes is None else num_classes,
+        selections,
+        dtype,
+    )
   if family_or_name in FAMILIES:
     if cfg is None:
       raise UserError(f'family {family_or_name!r} needs a cfg (or use a named model: {", ".join(sorted(NAMED))})')
     return build(family_or_name, cfg, 10 if num_classes is None else num_classes, selections, dtype)
-  raise UserError(f'unknown model {family_or_name!r} (named: {", ".join(sorted(NAMED))}; families: '
-                  f'{", ".join(FAMILIES)})')
+  raise UserError(
+      f'unknown model {family_or_name!r} (named: {", ".join(sorted(NAMED))}; families: ' f'{", ".join(FAMILIES)})'
+  )
 
 
 def family_of(model: nn.Module) -> str:
   if isinstance(model, vgg.VGG):
     return {v: k for k, v in _VGG_HEADS.items()}[model.head]
-  for family, cls in (('resnet_cifar', resnet_cifar.CifarResNet), ('preresnet', preresnet.PreResNet),
-                      ('densenet', densenet.DenseNet), ('resnet34', resnet_imagenet.ResNet34),
-                      ('resnet50', resnet_imagenet.ResNet50)):
+  for family, cls in (
+      ('resnet_cifar', resnet_cifar.CifarResNet),
+      ('preresnet', preresnet.PreResNet),
+      ('densenet', densenet.DenseNet),
+      ('resnet34', resnet_imagenet.ResNet34),
+      ('resnet50', resnet_imagenet.ResNet50),
+  ):
     if isinstance(model, cls):
       return family
   raise UserError(f'{type(model).__name__} is not a pruning_jax model')
@@ -195,18 +223,25 @@ def cfg_of(model: nn.Module) -> tuple:
   if model.cfg is not None:
     return tuple(model.cfg)
   family = family_of(model)
-  defaults = {'resnet_cifar': lambda: resnet_cifar.default_cfg(model.depth),
-              'preresnet': lambda: preresnet.default_cfg(model.depth),
-              'densenet': lambda: densenet.default_cfg(model.depth, model.growth),
-              'resnet34': lambda: resnet_imagenet.default_cfg(34), 'resnet50': lambda: resnet_imagenet.default_cfg(50)}
+  defaults = {
+      'resnet_cifar': lambda: resnet_cifar.default_cfg(model.depth),
+      'preresnet': lambda: preresnet.default_cfg(model.depth),
+      'densenet': lambda: densenet.default_cfg(model.depth, model.growth),
+      'resnet34': lambda: resnet_imagenet.default_cfg(34),
+      'resnet50': lambda: resnet_imagenet.default_cfg(50),
+  }
   return defaults[family]()
 
 
 def describe(model: nn.Module) -> dict:
   """JSON-able {'family', 'cfg', 'num_classes', 'selections'} that `from_description` rebuilds `model` from."""
   sel = getattr(model, 'selections', None)
-  return {'family': family_of(model), 'cfg': list(cfg_of(model)), 'num_classes': int(model.num_classes),
-          'selections': None if sel is None else [None if s is None else list(s) for s in sel]}
+  return {
+      'family': family_of(model),
+      'cfg': list(cfg_of(model)),
+      'num_classes': int(model.num_classes),
+      'selections': None if sel is None else [None if s is None else list(s) for s in sel],
+  }
 
 
 def from_description(d: dict, dtype=None) -> nn.Module:

@@ -12,6 +12,7 @@ pruned; `selections` (one per cfg entry, None = all channels) picks the inputs e
 
 Variables: conv1, dense{s}_{i}/{bn1,conv1}, trans{s}/{bn1,conv1}, bn, fc.
 """
+
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -31,7 +32,7 @@ def selection_widths(depth: int, growth: int = 12) -> list[int]:
   """Full channel count at every BN / channel_selection, in cfg order."""
   n = layers_per_block(depth)
   widths, c = [], 2 * growth
-  for stage in range(3):
+  for _stage in range(3):
     for _ in range(n):
       widths.append(c)
       c += growth

@@ -15,6 +15,7 @@ are static (jit constants), the counterpart of the original's `indexes` vector.
 
 Variables: conv1, layer{s}_{b}/{bn1,conv1,bn2,conv2,bn3,conv3,downsample}, bn, fc.
 """
+
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -73,8 +74,9 @@ class Bottleneck(nn.Module):
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    bn = lambda name: layers.BatchNorm(use_running_average=not train, scale_init=layers.constant(0.5), name=name,
-                                       dtype=self.dtype)
+    bn = lambda name: layers.BatchNorm(
+        use_running_average=not train, scale_init=layers.constant(0.5), name=name, dtype=self.dtype
+    )
     c0, c1, c2 = (int(c) for c in self.cfg)
     del c0  # implied by the selection
     y = nn.relu(layers.select_channels(bn('bn1')(x), self.selection))
@@ -101,16 +103,15 @@ class PreResNet(nn.Module):
     if len(cfg) != 9 * n + 1:
       raise ValueError(f'PreResNet-{self.depth} needs a cfg of {9 * n + 1} entries, got {len(cfg)}')
     full = selection_widths(self.depth)
-    check_selections(cfg, self.selections, full, list(cfg[0:9 * n:3]) + [cfg[-1]], f'PreResNet-{self.depth}')
+    check_selections(cfg, self.selections, full, list(cfg[0 : 9 * n : 3]) + [cfg[-1]], f'PreResNet-{self.depth}')
     sel = (lambda k: None) if self.selections is None else (lambda k: self.selections[k])
     x = layers.conv(16, 3, name='conv1', dtype=self.dtype)(x)
     for s, planes in enumerate(PLANES):
       for b in range(n):
         k = s * n + b
         stride = 2 if (s > 0 and b == 0) else 1
-        x = Bottleneck(cfg[3 * k:3 * k + 3], planes, stride, sel(k), self.dtype, name=f'layer{s + 1}_{b}')(x, train)
-    x = layers.BatchNorm(use_running_average=not train, scale_init=layers.constant(0.5), name='bn',
-                         dtype=self.dtype)(x)
+        x = Bottleneck(cfg[3 * k : 3 * k + 3], planes, stride, sel(k), self.dtype, name=f'layer{s + 1}_{b}')(x, train)
+    x = layers.BatchNorm(use_running_average=not train, scale_init=layers.constant(0.5), name='bn', dtype=self.dtype)(x)
     x = nn.relu(layers.select_channels(x, sel(3 * n)))
     features = layers.global_avg_pool(x)
     logits = layers.torch_dense(self.num_classes, features.shape[-1], 'fc', self.dtype)(features)

@@ -12,6 +12,7 @@ Init: convs He fan_out normal, BN gamma 1, beta 0.
 
 Variables: conv1, bn1, layer{s}_{b}/{conv1,bn1,conv2,bn2} (s = 1..3, b = 0..n-1), fc.
 """
+
 from collections.abc import Sequence
 
 import flax.linen as nn

@@ -13,6 +13,7 @@ Init: convs He fan_out normal, BN gamma 1, beta 0; the fc keeps PyTorch's defaul
 
 Variables: conv1, bn1, layer{s}_{b}/{conv1,bn1,conv2,bn2[,conv3,bn3],downsample_conv,downsample_bn}, fc.
 """
+
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -71,8 +72,9 @@ class BasicBlock(nn.Module):
     y = bn('bn2')(layers.conv(self.planes, 3, name='conv2', dtype=self.dtype)(y))
     shortcut = x
     if self.stride != 1 or x.shape[-1] != self.planes:
-      shortcut = bn('downsample_bn')(layers.conv(self.planes, 1, self.stride, name='downsample_conv',
-                                                 dtype=self.dtype)(x))
+      shortcut = bn('downsample_bn')(
+          layers.conv(self.planes, 1, self.stride, name='downsample_conv', dtype=self.dtype)(x)
+      )
     return nn.relu(y + shortcut)
 
 
@@ -93,8 +95,9 @@ class Bottleneck(nn.Module):
     y = bn('bn3')(layers.conv(4 * self.planes, 1, name='conv3', dtype=self.dtype)(y))
     shortcut = x
     if self.stride != 1 or x.shape[-1] != 4 * self.planes:
-      shortcut = bn('downsample_bn')(layers.conv(4 * self.planes, 1, self.stride, name='downsample_conv',
-                                                 use_bias=True, dtype=self.dtype)(x))
+      shortcut = bn('downsample_bn')(
+          layers.conv(4 * self.planes, 1, self.stride, name='downsample_conv', use_bias=True, dtype=self.dtype)(x)
+      )
     return nn.relu(y + shortcut)
 
 
@@ -137,7 +140,7 @@ class ResNet50(nn.Module):
       for b in range(n):
         stride = 2 if (s > 0 and b == 0) else 1
         sel = None if self.selections is None else self.selections[k]
-        x = Bottleneck(cfg[3 * k:3 * k + 3], planes, stride, sel, self.dtype, name=f'layer{s + 1}_{b}')(x, train)
+        x = Bottleneck(cfg[3 * k : 3 * k + 3], planes, stride, sel, self.dtype, name=f'layer{s + 1}_{b}')(x, train)
         k += 1
     features = layers.global_avg_pool(x)
     return _fc(features, self.num_classes, self.dtype), {'pooled': features}

@@ -19,6 +19,7 @@ The ImageNet heads flatten in PyTorch's (C, H, W) order so Dense rows line up wi
 Variables: conv{i} / bn{i} for the i-th conv of the cfg (0-based); heads fc1, fc_bn1, fc2, fc_bn2, fc3 (l1:
 fc1, fc_bn1, fc2; slimming: fc). The model returns (logits, {'pooled': features fed to the head}).
 """
+
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -27,10 +28,10 @@ import jax.numpy as jnp
 from pruning_jax.models import layers
 
 CIFAR_CFGS = {
-  11: (64, 'M', 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512),
-  13: (64, 64, 'M', 128, 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512),
-  16: (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M', 512, 512, 512),
-  19: (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 256, 'M', 512, 512, 512, 512, 'M', 512, 512, 512, 512),
+    11: (64, 'M', 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512),
+    13: (64, 64, 'M', 128, 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512),
+    16: (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M', 512, 512, 512),
+    19: (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 256, 'M', 512, 512, 512, 512, 'M', 512, 512, 512, 512),
 }
 IMAGENET_VGG16_CFG = (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M', 512, 512, 512, 'M')
 IMAGENET_VGG11_BN_CFG = (64, 'M', 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512, 'M', 4096, 4096)
@@ -56,10 +57,12 @@ class VGG(nn.Module):
     imagenet = self.head.startswith('imagenet')
     with_bn = self.head != 'imagenet'
     body = self.cfg[:-2] if self.head == 'imagenet_bn' else self.cfg
-    bn = lambda name, gamma=0.5: layers.BatchNorm(use_running_average=not train, scale_init=layers.constant(gamma),
-                                                  name=name, dtype=self.dtype)
-    dense = lambda n, name: nn.Dense(n, kernel_init=layers.gaussian_001, bias_init=nn.initializers.zeros, name=name,
-                                     dtype=self.dtype)
+    bn = lambda name, gamma=0.5: layers.BatchNorm(
+        use_running_average=not train, scale_init=layers.constant(gamma), name=name, dtype=self.dtype
+    )
+    dense = lambda n, name: nn.Dense(
+        n, kernel_init=layers.gaussian_001, bias_init=nn.initializers.zeros, name=name, dtype=self.dtype
+    )
     i = 0
     for v in body:
       if v == 'M':
@@ -75,8 +78,10 @@ class VGG(nn.Module):
     expected = 7 if imagenet else 1
     if x.shape[1:3] != (expected, expected):  # the original's Linear sizes assume exactly this
       size = '224x224 input with 5 pools' if imagenet else '32x32 input with 4 pools'
-      raise ValueError(f'VGG head {self.head!r} needs a {expected}x{expected} feature map before the classifier '
-                       f'({size}), got {x.shape[1]}x{x.shape[2]}')
+      raise ValueError(
+          f'VGG head {self.head!r} needs a {expected}x{expected} feature map before the classifier '
+          f'({size}), got {x.shape[1]}x{x.shape[2]}'
+      )
     x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)  # PyTorch's (C, H, W) flatten order
     features = x
     if self.head == 'l1':
@@ -98,5 +103,6 @@ class VGG(nn.Module):
 
 def _bn1d_uniform(train: bool, name: str, dtype) -> layers.BatchNorm:
   """The L1 head's BatchNorm1d: never re-initialized in the original, so gamma ~ U(0, 1) (PyTorch 0.3.1)."""
-  return layers.BatchNorm(use_running_average=not train, scale_init=nn.initializers.uniform(1.0), name=name,
-                          dtype=dtype)
+  return layers.BatchNorm(
+      use_running_average=not train, scale_init=nn.initializers.uniform(1.0), name=name, dtype=dtype
+  )

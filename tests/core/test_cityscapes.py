@@ -13,10 +13,27 @@ from core_jax.data import cityscapes, ops, sources
 from core_jax.errors import UserError
 
 # ../shared/reference/anytime.md section 7: trainId -> labelId, name.
-REFERENCE = [(0, 7, 'road'), (1, 8, 'sidewalk'), (2, 11, 'building'), (3, 12, 'wall'), (4, 13, 'fence'),
-             (5, 17, 'pole'), (6, 19, 'traffic light'), (7, 20, 'traffic sign'), (8, 21, 'vegetation'),
-             (9, 22, 'terrain'), (10, 23, 'sky'), (11, 24, 'person'), (12, 25, 'rider'), (13, 26, 'car'),
-             (14, 27, 'truck'), (15, 28, 'bus'), (16, 31, 'train'), (17, 32, 'motorcycle'), (18, 33, 'bicycle')]
+REFERENCE = [
+    (0, 7, 'road'),
+    (1, 8, 'sidewalk'),
+    (2, 11, 'building'),
+    (3, 12, 'wall'),
+    (4, 13, 'fence'),
+    (5, 17, 'pole'),
+    (6, 19, 'traffic light'),
+    (7, 20, 'traffic sign'),
+    (8, 21, 'vegetation'),
+    (9, 22, 'terrain'),
+    (10, 23, 'sky'),
+    (11, 24, 'person'),
+    (12, 25, 'rider'),
+    (13, 26, 'car'),
+    (14, 27, 'truck'),
+    (15, 28, 'bus'),
+    (16, 31, 'train'),
+    (17, 32, 'motorcycle'),
+    (18, 33, 'bicycle'),
+]
 IGNORED_IDS = [0, 1, 2, 3, 4, 5, 6, 9, 10, 14, 15, 16, 18, 29, 30, -1]
 
 
@@ -42,8 +59,10 @@ def test_to_train_ids_maps_every_label_id_and_rejects_others():
     cityscapes.to_train_ids(np.array([[7, 34], [200, 8]], np.uint8))
   assert '\n' not in str(e.value)
   op = ops.build_transforms('cityscapes_train_ids')
-  out = op({'image': np.zeros((1, 3, 3), np.uint8), 'segmentation': np.array([[[7], [26], [3]]], np.uint8)},
-           np.random.default_rng(0))
+  out = op(
+      {'image': np.zeros((1, 3, 3), np.uint8), 'segmentation': np.array([[[7], [26], [3]]], np.uint8)},
+      np.random.default_rng(0),
+  )
   assert out['segmentation'].tolist() == [[0, 13, 255]]
 
 
@@ -60,8 +79,10 @@ def fake_cityscapes(tmp_path_factory):
   manual = data_dir / 'downloads' / 'manual'
   manual.mkdir(parents=True)
   labels = {}
-  with zipfile.ZipFile(manual / 'leftImg8bit_trainvaltest.zip', 'w') as left, \
-      zipfile.ZipFile(manual / 'gtFine_trainvaltest.zip', 'w') as gt:
+  with (
+      zipfile.ZipFile(manual / 'leftImg8bit_trainvaltest.zip', 'w') as left,
+      zipfile.ZipFile(manual / 'gtFine_trainvaltest.zip', 'w') as gt,
+  ):
     for split, n in (('train', 2), ('val', 1), ('test', 1)):
       for i in range(n):
         image_id = f'aachen_{i:06d}_000019'

@@ -1,4 +1,5 @@
 """Config loading and `--config.x=y` overrides: typed, and unknown keys fail in one line."""
+
 import os
 
 import pytest
@@ -11,9 +12,17 @@ DIGITS = os.path.join(REPO, 'configs', 'convnext', 'digits.py')
 
 
 def test_overrides_are_typed():
-  config, workdir = cli.parse_args([f'--config={DIGITS}', '--workdir=/tmp/x', '--config.num_epochs=2',
-                                    '--config.optimizer.lr=1', '--config.checkpoint.asynchronous=false',
-                                    "--config.data.train_transforms=('flip_lr',)", '--config.data.data_dir=/d'])
+  config, workdir = cli.parse_args(
+      [
+          f'--config={DIGITS}',
+          '--workdir=/tmp/x',
+          '--config.num_epochs=2',
+          '--config.optimizer.lr=1',
+          '--config.checkpoint.asynchronous=false',
+          "--config.data.train_transforms=('flip_lr',)",
+          '--config.data.data_dir=/d',
+      ]
+  )
   assert workdir == '/tmp/x'
   assert config.num_epochs == 2 and config.optimizer.lr == 1.0 and isinstance(config.optimizer.lr, float)
   assert config.checkpoint.asynchronous is False
@@ -21,14 +30,17 @@ def test_overrides_are_typed():
   assert config.data.data_dir == '/d'
 
 
-@pytest.mark.parametrize('args,message', [
-    (['--config.nope=1'], "unknown config key 'nope'"),
-    (['--config.optimizer.lrr=1'], "unknown config key 'optimizer.lrr'"),
-    (['--config.nothere.lr=1'], "unknown config key 'nothere'"),
-    (['--config.batch_size=big'], "bad value for config key 'batch_size'"),
-    (['--config.optimizer=1'], "is a group"),
-    (['--frobnicate=1'], 'unknown flag --frobnicate'),
-])
+@pytest.mark.parametrize(
+    'args,message',
+    [
+        (['--config.nope=1'], "unknown config key 'nope'"),
+        (['--config.optimizer.lrr=1'], "unknown config key 'optimizer.lrr'"),
+        (['--config.nothere.lr=1'], "unknown config key 'nothere'"),
+        (['--config.batch_size=big'], "bad value for config key 'batch_size'"),
+        (['--config.optimizer=1'], 'is a group'),
+        (['--frobnicate=1'], 'unknown flag --frobnicate'),
+    ],
+)
 def test_bad_overrides_name_the_problem(args, message):
   with pytest.raises(UserError, match=message.replace('(', r'\(')):
     cli.parse_args([f'--config={DIGITS}', '--workdir=/tmp/x', *args])
@@ -47,13 +59,19 @@ def test_run_main_prints_one_line_and_exits_2(capsys):
   assert err == ["error: unknown config key 'zzz'"]
 
 
-@pytest.mark.parametrize('source,line,error', [
-    ('def get_config():\n  return {\n', 2, 'SyntaxError'),
-    ('import ml_collections\nx = 1\nraise RuntimeError("no GPU here")\n', 3, 'RuntimeError: no GPU here'),
-    ('import ml_collections\n\ndef get_config():\n  return ml_collections.ConfigDict({"a": 1 / 0})\n', 4,
-     'ZeroDivisionError: division by zero'),
-    ('import not_a_module_anywhere\n', 1, "ModuleNotFoundError: No module named 'not_a_module_anywhere'"),
-])
+@pytest.mark.parametrize(
+    'source,line,error',
+    [
+        ('def get_config():\n  return {\n', 2, 'SyntaxError'),
+        ('import ml_collections\nx = 1\nraise RuntimeError("no GPU here")\n', 3, 'RuntimeError: no GPU here'),
+        (
+            'import ml_collections\n\ndef get_config():\n  return ml_collections.ConfigDict({"a": 1 / 0})\n',
+            4,
+            'ZeroDivisionError: division by zero',
+        ),
+        ('import not_a_module_anywhere\n', 1, "ModuleNotFoundError: No module named 'not_a_module_anywhere'"),
+    ],
+)
 def test_broken_config_file_is_one_line_naming_file_and_line(tmp_path, capsys, source, line, error):
   path = tmp_path / 'broken.py'
   path.write_text(source)
@@ -68,7 +86,8 @@ def test_config_error_in_an_imported_sibling_names_both(tmp_path):
   (tmp_path / 'child.py').write_text(
       'import importlib.util, os\n'
       'spec = importlib.util.spec_from_file_location("b", os.path.join(os.path.dirname(__file__), "base.py"))\n'
-      'spec.loader.exec_module(importlib.util.module_from_spec(spec))\n')
+      'spec.loader.exec_module(importlib.util.module_from_spec(spec))\n'
+  )
   with pytest.raises(UserError) as e:
     cli.load_config_file(str(tmp_path / 'child.py'))
   child, base = tmp_path / 'child.py', tmp_path / 'base.py'
@@ -77,6 +96,7 @@ def test_config_error_in_an_imported_sibling_names_both(tmp_path):
 
 def _doc_line(path):
   import ast  # pylint: disable=import-outside-toplevel
+
   return ast.get_docstring(ast.parse(open(path).read())).strip().splitlines()[0]
 
 
@@ -107,7 +127,14 @@ def test_help_with_config_lists_its_keys_and_values(capsys):
 def test_main_help_as_a_process():
   import subprocess  # pylint: disable=import-outside-toplevel
   import sys  # pylint: disable=import-outside-toplevel
-  r = subprocess.run([sys.executable, '-m', 'convnext_jax.main', '--help'], cwd=REPO, capture_output=True, text=True,
-                     env={**os.environ, 'PYTHONPATH': REPO}, timeout=120)
+
+  r = subprocess.run(
+      [sys.executable, '-m', 'convnext_jax.main', '--help'],
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      env={**os.environ, 'PYTHONPATH': REPO},
+      timeout=120,
+  )
   assert r.returncode == 0 and r.stderr == '', r.stderr
   assert 'digits.py' in r.stdout and 'finetune.py' in r.stdout and 'usage:' in r.stdout

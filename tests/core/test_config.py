@@ -1,17 +1,27 @@
 """Every line config extends core_jax.config.base_config: the loop's generic options work on each of them."""
+
 import glob
 import os
 
 import pytest
 
-from core_jax import cli, config as config_lib
+from core_jax import cli
+from core_jax import config as config_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = sorted(p for p in glob.glob(os.path.join(REPO, 'configs', '*', '*.py')) if not p.endswith('__init__.py'))
-GENERIC = [('init_from', '/weights/x.safetensors'), ('init_reinit_head', 'True'), ('eval_only', 'True'),
-           ('checkpoint.restore_step', '4'), ('checkpoint.allow_fresh_start', 'True'),
-           ('debug.step_delay_s', '0.5'), ('debug.write_batch_digests', 'True'), ('num_epochs', '2.5'),
-           ('mesh.fsdp', '2'), ('seed', '3')]
+GENERIC = [
+    ('init_from', '/weights/x.safetensors'),
+    ('init_reinit_head', 'True'),
+    ('eval_only', 'True'),
+    ('checkpoint.restore_step', '4'),
+    ('checkpoint.allow_fresh_start', 'True'),
+    ('debug.step_delay_s', '0.5'),
+    ('debug.write_batch_digests', 'True'),
+    ('num_epochs', '2.5'),
+    ('mesh.fsdp', '2'),
+    ('seed', '3'),
+]
 
 
 @pytest.mark.parametrize('path', CONFIGS, ids=[os.path.relpath(p, REPO) for p in CONFIGS])

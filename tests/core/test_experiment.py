@@ -8,6 +8,7 @@ from that via init_from) run as a real process (this file is also its driver: `p
 DATA_DIR DELAY`), SIGKILLed once inside each phase and rerun with the same command each time; the finished
 phases are skipped, the running one resumes, and every phase's weights equal an uninterrupted run's bit for bit.
 """
+
 import json
 import os
 import re
@@ -24,13 +25,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 if __name__ == '__main__':
   sys.path.insert(0, REPO)
 
-from core_jax import checkpoint  # noqa: E402
-from core_jax import experiment  # noqa: E402
+from core_jax import checkpoint, experiment  # noqa: E402
 from core_jax.errors import UserError  # noqa: E402
 
 
 def _save_step(workdir, step, state, meta=None):
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
   step_dir = os.path.join(workdir, 'checkpoints', str(step))
   saver = ocp.StandardCheckpointer()
   saver.save(os.path.join(step_dir, 'state'), state)
@@ -46,8 +47,12 @@ def test_read_training_checkpoint_and_latest_step_dir(tmp_path):
   stats = {'bn': {'mean': rng.standard_normal(4).astype(np.float32)}}
   assert checkpoint.latest_step_dir(tmp_path) is None
   _save_step(tmp_path, 3, {'params': params, 'batch_stats': {}, 'opt_state': {'mu': params}, 'step': 3})
-  newest = _save_step(tmp_path, 10, {'params': params, 'batch_stats': stats, 'ema_params': params, 'step': 10},
-                      meta={'step': 10, 'config': {'model': {'name': 'm'}}})
+  newest = _save_step(
+      tmp_path,
+      10,
+      {'params': params, 'batch_stats': stats, 'ema_params': params, 'step': 10},
+      meta={'step': 10, 'config': {'model': {'name': 'm'}}},
+  )
   os.makedirs(tmp_path / 'checkpoints' / '12.orbax-checkpoint-tmp-1234')  # a save still in flight
   assert checkpoint.latest_step_dir(tmp_path) == newest
   got = checkpoint.read_training_checkpoint(newest)
@@ -108,8 +113,10 @@ def test_finished_phases_are_skipped_and_results_handed_on(tmp_path):
 
 def test_preempted_phase_stops_the_experiment(tmp_path):
   later = []
-  phases = [experiment.Phase('one', lambda w, d: {'preempted_at_step': 3}, writes_results=True),
-            experiment.Phase('two', lambda w, d: later.append(1) or {})]
+  phases = [
+      experiment.Phase('one', lambda w, d: {'preempted_at_step': 3}, writes_results=True),
+      experiment.Phase('two', lambda w, d: later.append(1) or {}),
+  ]
   results = experiment.run_experiment(phases, str(tmp_path))
   assert results['one']['preempted_at_step'] == 3 and 'two' not in results and not later
   assert not (tmp_path / 'one' / 'results.json').exists()
@@ -142,8 +149,10 @@ def _set_step_delay(c, seconds):
 def toy_experiment(workdir, data_dir, delay):
   """large (6 steps) -> prune (half of each kernel's weights, smallest |w|, set to 0) -> finetune (4 steps)."""
   import importlib.util  # pylint: disable=import-outside-toplevel
+
   import numpy as np  # pylint: disable=import-outside-toplevel,redefined-outer-name,reimported
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
   from convnext_jax.task import ConvNeXtTask  # pylint: disable=import-outside-toplevel
 
   def config(steps):
@@ -183,8 +192,11 @@ def toy_experiment(workdir, data_dir, delay):
     c.init_from = done['prune']['init_from']
     return c
 
-  phases = [experiment.train_phase('large', lambda done: config(6), ConvNeXtTask), experiment.Phase('prune', prune),
-            experiment.train_phase('finetune', finetune, ConvNeXtTask)]
+  phases = [
+      experiment.train_phase('large', lambda done: config(6), ConvNeXtTask),
+      experiment.Phase('prune', prune),
+      experiment.train_phase('finetune', finetune, ConvNeXtTask),
+  ]
   return experiment.run_experiment(phases, workdir)
 
 
@@ -203,10 +215,22 @@ _CACHE = os.path.join(os.environ.get('TMPDIR', '/tmp'), f'core_jax_experiment_ca
 
 
 def _start(workdir, data_dir, delay):
-  env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL='3', JAX_PLATFORMS='cpu', PYTHONPATH=REPO,
-             JAX_COMPILATION_CACHE_DIR=_CACHE, XLA_FLAGS='--xla_force_host_platform_device_count=1')
-  return subprocess.Popen([sys.executable, os.path.abspath(__file__), str(workdir), str(data_dir), str(delay)],
-                          env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  env = dict(
+      os.environ,
+      TF_CPP_MIN_LOG_LEVEL='3',
+      JAX_PLATFORMS='cpu',
+      PYTHONPATH=REPO,
+      JAX_COMPILATION_CACHE_DIR=_CACHE,
+      XLA_FLAGS='--xla_force_host_platform_device_count=1',
+  )
+  return subprocess.Popen(
+      [sys.executable, os.path.abspath(__file__), str(workdir), str(data_dir), str(delay)],
+      env=env,
+      cwd=REPO,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+  )
 
 
 def _finish(proc, timeout=600):
@@ -232,10 +256,13 @@ def _has_step(phase_dir, at_least):
 
 def _weights(workdir):
   """Per phase, the flat weights it ended with (the pruned step directory for 'prune')."""
-  return {'large': _flat(checkpoint.read_training_checkpoint(checkpoint.latest_step_dir(workdir / 'large'))['params']),
-          'prune': _flat(checkpoint.read_training_checkpoint(workdir / 'prune' / 'pruned')['params']),
-          'finetune': _flat(checkpoint.read_training_checkpoint(
-              checkpoint.latest_step_dir(workdir / 'finetune'))['params'])}
+  return {
+      'large': _flat(checkpoint.read_training_checkpoint(checkpoint.latest_step_dir(workdir / 'large'))['params']),
+      'prune': _flat(checkpoint.read_training_checkpoint(workdir / 'prune' / 'pruned')['params']),
+      'finetune': _flat(
+          checkpoint.read_training_checkpoint(checkpoint.latest_step_dir(workdir / 'finetune'))['params']
+      ),
+  }
 
 
 @pytest.mark.slow
@@ -266,7 +293,9 @@ def test_three_phase_experiment_killed_in_each_phase_resumes_bitwise(tfds_dir, t
       np.testing.assert_array_equal(got[phase][k], want[phase][k], err_msg=f'{phase}: {k}')
   pruned = json.load(open(exp / 'prune' / 'results.json'))
   assert pruned['zeros'] > 0 and pruned == json.load(open(ref / 'prune' / 'results.json')) | {
-      'source': pruned['source'], 'init_from': pruned['init_from']}
+      'source': pruned['source'],
+      'init_from': pruned['init_from'],
+  }
   finetuned = json.load(open(exp / 'finetune' / 'results.json'))
   reference = json.load(open(ref / 'finetune' / 'results.json'))
   assert finetuned['step'] == 4 and finetuned['accuracy'] == reference['accuracy']

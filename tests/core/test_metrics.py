@@ -41,10 +41,26 @@ def _reference_scores(cm):
 
 
 def test_to_floats_flattens_nested_dicts_and_arrays():
-  got = metrics.to_floats({'exit3': {'miou': np.float32(0.5), 'iou': np.array([0.25, np.nan, 1.0])},
-                           'loss': jnp.asarray(2.0), 'one': np.array([7.0]), 'grid': np.arange(4).reshape(2, 2)})
-  assert set(got) == {'exit3/miou', 'exit3/iou/0', 'exit3/iou/1', 'exit3/iou/2', 'loss', 'one',
-                      'grid/0', 'grid/1', 'grid/2', 'grid/3'}
+  got = metrics.to_floats(
+      {
+          'exit3': {'miou': np.float32(0.5), 'iou': np.array([0.25, np.nan, 1.0])},
+          'loss': jnp.asarray(2.0),
+          'one': np.array([7.0]),
+          'grid': np.arange(4).reshape(2, 2),
+      }
+  )
+  assert set(got) == {
+      'exit3/miou',
+      'exit3/iou/0',
+      'exit3/iou/1',
+      'exit3/iou/2',
+      'loss',
+      'one',
+      'grid/0',
+      'grid/1',
+      'grid/2',
+      'grid/3',
+  }
   assert got['exit3/miou'] == 0.5 and got['exit3/iou/2'] == 1.0 and np.isnan(got['exit3/iou/1'])
   assert got['loss'] == 2.0 and got['one'] == 7.0 and got['grid/3'] == 3.0
   assert all(type(v) is float for v in got.values())
@@ -58,8 +74,9 @@ def test_to_floats_of_a_collection_with_dict_metrics():
     loss: clu_metrics.Average.from_output('loss')
     exit1: seg
 
-  m = Metrics.single_from_model_output(loss=jnp.array([1.0, 3.0]), predictions=jnp.array([[0, 1], [2, 2]]),
-                                       labels=jnp.array([[0, 1], [2, 1]]))
+  m = Metrics.single_from_model_output(
+      loss=jnp.array([1.0, 3.0]), predictions=jnp.array([[0, 1], [2, 2]]), labels=jnp.array([[0, 1], [2, 1]])
+  )
   got = metrics.to_floats(m)
   assert set(got) == {'loss', 'exit1/miou', 'exit1/pixel_accuracy', 'exit1/iou/0', 'exit1/iou/1', 'exit1/iou/2'}
   assert got['loss'] == 2.0 and got['exit1/pixel_accuracy'] == 0.75
@@ -99,8 +116,9 @@ def test_confusion_matrix_matches_numpy_with_ignore_mask_and_absent_classes():
 def test_confusion_matrix_counts_exact_past_2_to_24_and_2_to_32():
   """Counts are two uint32 words with carry: exact where float32 (2**24) and int32 (2**31) are not."""
   cm_metric = metrics.confusion_matrix_metric(2)
-  big = cm_metric.from_model_output(predictions=jnp.zeros((1, 2048, 2048), jnp.int32),
-                                    labels=jnp.zeros((1, 2048, 2048), jnp.int32))  # 2**22 pixels of class 0
+  big = cm_metric.from_model_output(
+      predictions=jnp.zeros((1, 2048, 2048), jnp.int32), labels=jnp.zeros((1, 2048, 2048), jnp.int32)
+  )  # 2**22 pixels of class 0
   one = cm_metric.from_model_output(predictions=jnp.ones((1, 1)), labels=jnp.zeros((1, 1)))
   merge = jax.jit(lambda a, b: a.merge(b))
   total = one
@@ -120,7 +138,7 @@ def test_confusion_matrix_counts_exact_past_2_to_24_and_2_to_32():
   np.testing.assert_array_equal(merge(b, a).counts(), want)
 
 
-_TWO_PROCESS_SCRIPT = r'''
+_TWO_PROCESS_SCRIPT = r"""
 import json, sys
 import jax, jax.numpy as jnp, numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
@@ -151,7 +169,7 @@ for local in batches:
 json.dump({'counts': total.counts().tolist(), 'unmasked': unmasked.counts().tolist(), 'batches': len(batches),
            'devices': jax.device_count(),
            'scores': metrics.to_floats(total.compute())}, open(out, 'w'))
-'''
+"""
 
 K = 5
 
@@ -173,12 +191,31 @@ def test_two_processes_match_numpy_with_a_padded_last_batch(tmp_path):
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     port = s.getsockname()[1]
-  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=REPO, TF_CPP_MIN_LOG_LEVEL='3',
-             XLA_FLAGS='--xla_force_host_platform_device_count=2')
-  procs = [subprocess.Popen([sys.executable, '-c', _TWO_PROCESS_SCRIPT, str(port), str(pid),
-                             str(tmp_path / f'{pid}.json'), os.path.dirname(__file__)],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-           for pid in range(2)]
+  env = dict(
+      os.environ,
+      JAX_PLATFORMS='cpu',
+      PYTHONPATH=REPO,
+      TF_CPP_MIN_LOG_LEVEL='3',
+      XLA_FLAGS='--xla_force_host_platform_device_count=2',
+  )
+  procs = [
+      subprocess.Popen(
+          [
+              sys.executable,
+              '-c',
+              _TWO_PROCESS_SCRIPT,
+              str(port),
+              str(pid),
+              str(tmp_path / f'{pid}.json'),
+              os.path.dirname(__file__),
+          ],
+          env=env,
+          stdout=subprocess.PIPE,
+          stderr=subprocess.STDOUT,
+          text=True,
+      )
+      for pid in range(2)
+  ]
   outs = [p.communicate(timeout=240)[0] for p in procs]
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out[-3000:]

@@ -7,13 +7,13 @@
   moved aside, not deleted) and the divergence error names the kept steps and that option.
 - A failing init_from or dataset name leaves no empty checkpoints/ or tensorboard/ folder behind.
 """
+
 import json
 import os
 import shutil
 
 import numpy as np
 import pytest
-
 import toy_runs
 
 DIGESTS = '--config.debug.write_batch_digests=True'
@@ -66,12 +66,20 @@ def test_all_checkpoints_unreadable_stops_then_fresh_start_reads_the_same_data(r
   for step in (4, 8, 12):
     _truncate_state(workdir, step)
   proc = toy_runs.run(workdir, tfds_dir, DIGESTS, check=False)
-  line = toy_runs.one_line_error(proc, 'no readable checkpoint', 'steps 4, 8, 12', 'checkpoints_corrupt',
-                                 '--config.checkpoint.allow_fresh_start=True')
+  line = toy_runs.one_line_error(
+      proc,
+      'no readable checkpoint',
+      'steps 4, 8, 12',
+      'checkpoints_corrupt',
+      '--config.checkpoint.allow_fresh_start=True',
+  )
   assert 'was moved' in line or 'were just moved' in line
   everything = proc.stdout + proc.stderr
-  for step, then in ((12, 'falling back to step 8'), (8, 'falling back to step 4'),
-                     (4, 'no older checkpoint to fall back to')):
+  for step, then in (
+      (12, 'falling back to step 8'),
+      (8, 'falling back to step 4'),
+      (4, 'no older checkpoint to fall back to'),
+  ):
     assert everything.count(f'checkpoint step {step} is unreadable') == 1, everything[-3000:]  # once, not twice
     assert then in [ln for ln in everything.splitlines() if f'step {step} is unreadable' in ln][0]
   assert 'previous' not in everything
@@ -114,28 +122,44 @@ def test_restore_step_restarts_from_a_kept_step(reference, tfds_dir, tmp_path):
   assert 'was applied by an earlier run' in out.stdout and 'resumed from step 12' in out.stdout
   assert toy_runs.steps(workdir, 'checkpoints_superseded') == [8, 12]
   # a step that is not kept: one line naming those that are
-  toy_runs.one_line_error(toy_runs.run(workdir, tfds_dir, '--config.checkpoint.restore_step=5', check=False),
-                          'restore_step=5', 'kept steps: 4, 8, 12')
+  toy_runs.one_line_error(
+      toy_runs.run(workdir, tfds_dir, '--config.checkpoint.restore_step=5', check=False),
+      'restore_step=5',
+      'kept steps: 4, 8, 12',
+  )
 
 
 @pytest.mark.slow
 def test_non_finite_parameters_are_never_saved(tfds_dir, tmp_path):
   """An infinite gradient at step 1: its loss (of the step's input params) is finite, the params after it are
   not; the checkpoint due at that step is refused."""
-  proc = toy_runs.run(tmp_path, tfds_dir, '--config.toy.grad_offset=1e39', '--config.checkpoint.every_steps=1',
-                      '--config.log_every_steps=1', check=False)
+  proc = toy_runs.run(
+      tmp_path,
+      tfds_dir,
+      '--config.toy.grad_offset=1e39',
+      '--config.checkpoint.every_steps=1',
+      '--config.log_every_steps=1',
+      check=False,
+  )
   toy_runs.one_line_error(proc, 'parameters became non-finite at step 1 (not saved)', 'no checkpoint was kept')
   assert not toy_runs.steps(tmp_path)
 
 
 @pytest.mark.slow
 def test_divergence_error_names_the_kept_steps_and_restore_step(tfds_dir, tmp_path):
-  proc = toy_runs.run(tmp_path, tfds_dir, '--config.optimizer.lr=1e4', '--config.checkpoint.every_steps=1',
-                      '--config.log_every_steps=1', check=False)
+  proc = toy_runs.run(
+      tmp_path,
+      tfds_dir,
+      '--config.optimizer.lr=1e4',
+      '--config.checkpoint.every_steps=1',
+      '--config.log_every_steps=1',
+      check=False,
+  )
   kept = toy_runs.steps(tmp_path)
   assert kept, 'the run should diverge after a few finite steps'
-  line = toy_runs.one_line_error(proc, 'not saved', f'kept checkpoints: steps {", ".join(map(str, kept))}',
-                                 '--config.checkpoint.restore_step=N')
+  line = toy_runs.one_line_error(
+      proc, 'not saved', f'kept checkpoints: steps {", ".join(map(str, kept))}', '--config.checkpoint.restore_step=N'
+  )
   assert 'became' in line
   for step in kept:
     state = toy_runs.read_state(tmp_path, step)

@@ -41,20 +41,26 @@ def test_bilinear_and_nearest_are_opencv_bit_for_bit():
     h, w = (int(v) for v in rng.integers(1, 60, 2))
     oh, ow = (int(v) for v in rng.integers(1, 130, 2))
     x = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-    np.testing.assert_array_equal(segmentation.resize_bilinear(x, oh, ow),
-                                  cv2.resize(x, (ow, oh), interpolation=cv2.INTER_LINEAR), err_msg=str(trial))
+    np.testing.assert_array_equal(
+        segmentation.resize_bilinear(x, oh, ow),
+        cv2.resize(x, (ow, oh), interpolation=cv2.INTER_LINEAR),
+        err_msg=str(trial),
+    )
     label = rng.integers(0, 256, (h, w), dtype=np.uint8)
-    np.testing.assert_array_equal(segmentation.resize_nearest(label, oh, ow),
-                                  cv2.resize(label, (ow, oh), interpolation=cv2.INTER_NEAREST))
+    np.testing.assert_array_equal(
+        segmentation.resize_nearest(label, oh, ow), cv2.resize(label, (ow, oh), interpolation=cv2.INTER_NEAREST)
+    )
     xf = x.astype(np.float32) / 3
-    np.testing.assert_allclose(segmentation.resize_bilinear(xf, oh, ow),
-                               cv2.resize(xf, (ow, oh), interpolation=cv2.INTER_LINEAR), atol=1e-3)
+    np.testing.assert_allclose(
+        segmentation.resize_bilinear(xf, oh, ow), cv2.resize(xf, (ow, oh), interpolation=cv2.INTER_LINEAR), atol=1e-3
+    )
   # Every reference scale of a Cityscapes-shaped image (1/4 size: 256 x 512).
   x = rng.integers(0, 256, (256, 512, 3), dtype=np.uint8)
   for s in segmentation.CITYSCAPES_SCALE_FACTORS:
     oh, ow = segmentation.scaled_size(256, 512, s)
-    np.testing.assert_array_equal(segmentation.resize_bilinear(x, oh, ow),
-                                  cv2.resize(x, (ow, oh), interpolation=cv2.INTER_LINEAR), err_msg=str(s))
+    np.testing.assert_array_equal(
+        segmentation.resize_bilinear(x, oh, ow), cv2.resize(x, (ow, oh), interpolation=cv2.INTER_LINEAR), err_msg=str(s)
+    )
 
 
 def test_resize_windows_equal_windows_of_the_full_resize():
@@ -64,9 +70,9 @@ def test_resize_windows_equal_windows_of_the_full_resize():
   full, full_label = segmentation.resize_bilinear(x, 80, 113), segmentation.resize_nearest(label, 80, 113)
   for window in [(0, 0, 80, 113), (3, 7, 20, 30), (60, 100, 20, 13)]:
     top, left, h, w = window
-    want = full[top:top + h, left:left + w]
+    want = full[top : top + h, left : left + w]
     np.testing.assert_array_equal(segmentation.resize_bilinear(x, 80, 113, window), want)
-    want_label = full_label[top:top + h, left:left + w]
+    want_label = full_label[top : top + h, left : left + w]
     np.testing.assert_array_equal(segmentation.resize_nearest(label, 80, 113, window), want_label)
 
 
@@ -127,8 +133,14 @@ def test_flip_mirrors_image_and_label_together():
   np.testing.assert_array_equal(out['segmentation'], ex['segmentation'][:, ::-1])
   kept = ops.build_transforms('seg_flip(p=0.0)')(dict(ex), np.random.default_rng(0))
   np.testing.assert_array_equal(kept['segmentation'], ex['segmentation'])
-  outcomes = {bool((ops.build_transforms('seg_flip')(dict(ex), np.random.default_rng(s))['segmentation']
-                    != ex['segmentation']).any()) for s in range(20)}
+  outcomes = {
+      bool(
+          (
+              ops.build_transforms('seg_flip')(dict(ex), np.random.default_rng(s))['segmentation'] != ex['segmentation']
+          ).any()
+      )
+      for s in range(20)
+  }
   assert outcomes == {True, False}
 
 
@@ -145,8 +157,10 @@ def test_same_rng_same_output_and_different_rngs_differ():
 
 def test_normalize_touches_the_image_only_and_eval_keeps_full_resolution():
   rng = np.random.default_rng(0)
-  ex = {'image': rng.integers(0, 256, (1024, 2048, 3), dtype=np.uint8),
-        'segmentation': rng.integers(0, 19, (1024, 2048), dtype=np.uint8)}
+  ex = {
+      'image': rng.integers(0, 256, (1024, 2048, 3), dtype=np.uint8),
+      'segmentation': rng.integers(0, 19, (1024, 2048), dtype=np.uint8),
+  }
   out = ops.build_transforms(['imagenet_normalize'])(dict(ex), np.random.default_rng(0))
   assert out['image'].shape == (1024, 2048, 3) and out['image'].dtype == np.float32
   assert out['segmentation'] is ex['segmentation']
@@ -169,19 +183,32 @@ def test_digit_scenes_train_and_eval_batches(tfds_dir):
   import grain
 
   from core_jax.data import pipeline, sources
+
   train, info = sources.load_source('digit_scenes', 'train', tfds_dir)
   assert info.num_classes == 11
-  specs = ['seg_random_scale_crop(size=(48, 96), factors=(0.5, 1.0, 1.5))', 'seg_flip',
-           'normalize(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))']
-  it = pipeline.make_train_iterator(train, transforms=specs, global_batch_size=4, seed=0, process_index=0,
-                                    process_count=1, read_options=grain.ReadOptions(num_threads=1,
-                                                                                    prefetch_buffer_size=4))
+  specs = [
+      'seg_random_scale_crop(size=(48, 96), factors=(0.5, 1.0, 1.5))',
+      'seg_flip',
+      'normalize(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))',
+  ]
+  it = pipeline.make_train_iterator(
+      train,
+      transforms=specs,
+      global_batch_size=4,
+      seed=0,
+      process_index=0,
+      process_count=1,
+      read_options=grain.ReadOptions(num_threads=1, prefetch_buffer_size=4),
+  )
   batch = next(it)
   assert batch['image'].shape == (4, 48, 96, 3) and batch['image'].dtype == np.float32
   assert batch['segmentation'].shape == (4, 48, 96) and batch['segmentation'].dtype == np.uint8
   assert set(np.unique(batch['segmentation']).tolist()) <= set(range(11)) | {255}
   val, _ = sources.load_source('digit_scenes', 'validation', tfds_dir)
-  first = next(iter(pipeline.make_eval_batches(val, transforms=specs[-1:], global_batch_size=3, process_index=0,
-                                               process_count=1)))
+  first = next(
+      iter(
+          pipeline.make_eval_batches(val, transforms=specs[-1:], global_batch_size=3, process_index=0, process_count=1)
+      )
+  )
   assert first['image'].shape == (3, 64, 128, 3)
   np.testing.assert_array_equal(first['segmentation'][0], val[0]['segmentation'])

@@ -6,6 +6,7 @@ As processes: one run with every hook on (a post-update mask through momentum an
 hook, extra results, a dict eval metric choosing the best checkpoint), SIGKILL + resume bitwise, and a
 preempted run resumed on 8 devices.
 """
+
 import functools
 import json
 import os
@@ -16,18 +17,25 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 import toy_runs
 import toy_task
+
 from core_jax import checkpoint as checkpoint_lib
 from core_jax import train
 from core_jax.task import Task
 
 LR, WD = 0.05, 5e-4
-HOOKS = ('--config.toy.prune_threshold=0.1', '--config.toy.epoch_head_scale=0.5', '--config.toy.grad_offset=1e-5',
-         '--config.num_train_steps=25', '--config.eval_every_epochs=1.0', '--config.checkpoint.every_steps=5',
-         '--config.checkpoint.keep=1', f'--config.toy.primary_metric={toy_task.ERROR}',
-         '--config.debug.write_batch_digests=True')
+HOOKS = (
+    '--config.toy.prune_threshold=0.1',
+    '--config.toy.epoch_head_scale=0.5',
+    '--config.toy.grad_offset=1e-5',
+    '--config.num_train_steps=25',
+    '--config.eval_every_epochs=1.0',
+    '--config.checkpoint.every_steps=5',
+    '--config.checkpoint.keep=1',
+    f'--config.toy.primary_metric={toy_task.ERROR}',
+    '--config.debug.write_batch_digests=True',
+)
 
 
 @pytest.fixture(scope='module', autouse=True)
@@ -83,9 +91,9 @@ def test_epoch_hook_is_jitted_over_the_state(tfds_dir):
   assert int(out.batch_stats['epochs']) == 3
   np.testing.assert_array_equal(np.asarray(out.params['head']['kernel']), head * 0.5)
 
-
   class NoHook(toy_task.ToyTask):
     on_epoch_end = Task.on_epoch_end
+
   assert train.compile_steps(train.build(_config(tfds_dir), '/nonexistent', NoHook)).epoch_end is None
 
 
@@ -95,8 +103,9 @@ def test_init_from_loads_params_and_batch_stats_and_rebuilds_the_mask(tfds_dir, 
   b = train.build(_config(tfds_dir, prune_threshold=0.0), str(tmp_path), toy_task.ToyTask)
   fresh = b.init_fn()
   rng = np.random.default_rng(0)
-  params = jax.tree.map(lambda p: np.asarray(p) * (rng.random(p.shape) < 0.5 if p.ndim >= 2 else 1.0) + 0.0,
-                        fresh.params)
+  params = jax.tree.map(
+      lambda p: np.asarray(p) * (rng.random(p.shape) < 0.5 if p.ndim >= 2 else 1.0) + 0.0, fresh.params
+  )
   batch_stats = jax.tree.map(np.asarray, fresh.batch_stats)
   batch_stats['bn1']['mean'] = np.full_like(batch_stats['bn1']['mean'], 0.25)
   path = str(tmp_path / 'pruned.npz')
@@ -110,8 +119,9 @@ def test_init_from_loads_params_and_batch_stats_and_rebuilds_the_mask(tfds_dir, 
   jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, state.params), params)
   np.testing.assert_array_equal(np.asarray(state.batch_stats['bn1']['mean']), 0.25)
   mask = state.opt_state[-1]['mask']
-  jax.tree.map(lambda m, p: np.testing.assert_array_equal(np.asarray(m), (p != 0) if p.ndim >= 2 else True),
-               mask, params)
+  jax.tree.map(
+      lambda m, p: np.testing.assert_array_equal(np.asarray(m), (p != 0) if p.ndim >= 2 else True), mask, params
+  )
   steps = train.compile_steps(b)
   for _ in range(3):
     state, _ = steps.train(state, batch)
@@ -132,8 +142,9 @@ def hooks_run(tmp_path_factory, tfds_dir):
 
 def _masked(state):
   """{kernel path: bool array of entries the mask holds at 0}."""
-  return {k[len('opt_state/2/mask/'):]: ~v for k, v in state.items() if k.startswith('opt_state/2/mask/')
-          and v.ndim >= 2}
+  return {
+      k[len('opt_state/2/mask/') :]: ~v for k, v in state.items() if k.startswith('opt_state/2/mask/') and v.ndim >= 2
+  }
 
 
 @pytest.mark.slow
@@ -174,8 +185,9 @@ def test_dict_metric_keys_reach_results(hooks_run):
 
 @pytest.mark.slow
 def test_sigkill_resume_with_hooks_is_bitwise(hooks_run, tfds_dir, tmp_path):
-  rc, _ = toy_runs.start_and_signal(tmp_path, tfds_dir, signal.SIGKILL, *HOOKS, '--config.debug.step_delay_s=0.3',
-                                    after_step=10)
+  rc, _ = toy_runs.start_and_signal(
+      tmp_path, tfds_dir, signal.SIGKILL, *HOOKS, '--config.debug.step_delay_s=0.3', after_step=10
+  )
   assert rc == -signal.SIGKILL
   out = toy_runs.run(tmp_path, tfds_dir, *HOOKS)
   assert 'resumed from step' in out.stdout
@@ -188,8 +200,9 @@ def test_sigkill_resume_with_hooks_is_bitwise(hooks_run, tfds_dir, tmp_path):
 
 @pytest.mark.slow
 def test_mask_survives_a_restore_on_eight_devices(hooks_run, tfds_dir, tmp_path):
-  rc, output = toy_runs.start_and_signal(tmp_path, tfds_dir, signal.SIGTERM, *HOOKS,
-                                         '--config.debug.step_delay_s=0.3', after_step=5)
+  rc, output = toy_runs.start_and_signal(
+      tmp_path, tfds_dir, signal.SIGTERM, *HOOKS, '--config.debug.step_delay_s=0.3', after_step=5
+  )
   assert rc == 0 and 'preempted: saved step' in output, output[-3000:]
   saved = max(toy_runs.steps(tmp_path))
   assert saved < 25

@@ -1,4 +1,5 @@
 """A seconds-long variant of configs/convnext/digits.py for loop tests: tiny ConvNeXt, few steps."""
+
 import importlib.util
 import os
 

@@ -1,4 +1,5 @@
 """Helpers for loop tests that run the toy task (tests/core/toy_task.py) as real processes."""
+
 import os
 import subprocess
 import sys
@@ -14,9 +15,14 @@ COMPILE_CACHE = os.path.join(os.environ.get('TMPDIR', '/tmp'), f'core_jax_toy_co
 
 def env(data_dir, devices=1):
   e = dict(os.environ)
-  e.update(TEST_TFDS_DIR=str(data_dir), TF_CPP_MIN_LOG_LEVEL='3', JAX_PLATFORMS='cpu',
-           JAX_COMPILATION_CACHE_DIR=COMPILE_CACHE, PYTHONPATH=REPO,
-           XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}')
+  e.update(
+      TEST_TFDS_DIR=str(data_dir),
+      TF_CPP_MIN_LOG_LEVEL='3',
+      JAX_PLATFORMS='cpu',
+      JAX_COMPILATION_CACHE_DIR=COMPILE_CACHE,
+      PYTHONPATH=REPO,
+      XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+  )
   return e
 
 
@@ -25,8 +31,9 @@ def cmd(workdir, *overrides):
 
 
 def run(workdir, data_dir, *overrides, devices=1, check=True, timeout=300):
-  proc = subprocess.run(cmd(workdir, *overrides), env=env(data_dir, devices), cwd=REPO, capture_output=True,
-                        text=True, timeout=timeout)
+  proc = subprocess.run(
+      cmd(workdir, *overrides), env=env(data_dir, devices), cwd=REPO, capture_output=True, text=True, timeout=timeout
+  )
   if check and proc.returncode != 0:
     raise AssertionError(f'run failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}')
   return proc
@@ -34,8 +41,14 @@ def run(workdir, data_dir, *overrides, devices=1, check=True, timeout=300):
 
 def start_and_signal(workdir, data_dir, sig, *overrides, after_step, devices=1):
   """Starts a run, sends `sig` once a checkpoint >= `after_step` has committed; returns (returncode, output)."""
-  proc = subprocess.Popen(cmd(workdir, *overrides), env=env(data_dir, devices), cwd=REPO,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  proc = subprocess.Popen(
+      cmd(workdir, *overrides),
+      env=env(data_dir, devices),
+      cwd=REPO,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+  )
   ckpt_dir = os.path.join(workdir, 'checkpoints')
   deadline = time.time() + 240
   while time.time() < deadline and proc.poll() is None:
@@ -57,15 +70,19 @@ def read_state(workdir, step=None) -> dict:
   """A checkpoint's whole state as a flat {'params/conv1/kernel': array, 'opt_state/...': ...} on one device."""
   import jax  # pylint: disable=import-outside-toplevel
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
   step = max(steps(workdir)) if step is None else step
   path = os.path.join(workdir, 'checkpoints', str(step), 'state')
   checkpointer = ocp.StandardCheckpointer()
   here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here),
-                        checkpointer.metadata(path).item_metadata.tree)
+  target = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here), checkpointer.metadata(path).item_metadata.tree
+  )
   tree = checkpointer.restore(path, target)
-  return {'/'.join(str(getattr(k, 'key', k)) for k in p): np.asarray(v)
-          for p, v in jax.tree_util.tree_leaves_with_path(tree)}
+  return {
+      '/'.join(str(getattr(k, 'key', k)) for k in p): np.asarray(v)
+      for p, v in jax.tree_util.tree_leaves_with_path(tree)
+  }
 
 
 def digests(workdir) -> dict:

@@ -13,6 +13,7 @@ load_pretrained reads an .npz of flattened 'params/...' and 'batch_stats/...' ke
 Also a config file (`get_config`) and a command line:
   python tests/core/toy_task.py --config=tests/core/toy_task.py --workdir=DIR [--config.k=v ...]
 """
+
 import os
 import sys
 
@@ -50,8 +51,16 @@ ERROR = 'cls/error' if NESTED_METRICS else 'error'
 
 def get_config():
   c = base_config()
-  c.data.update(dict(name='digits', data_dir=os.environ.get('TEST_TFDS_DIR', ''), train_split='train[:160]',
-                     eval_split='test[:80]', train_transforms=(NORMALIZE,), eval_transforms=(NORMALIZE,)))
+  c.data.update(
+      dict(
+          name='digits',
+          data_dir=os.environ.get('TEST_TFDS_DIR', ''),
+          train_split='train[:160]',
+          eval_split='test[:80]',
+          train_transforms=(NORMALIZE,),
+          eval_transforms=(NORMALIZE,),
+      )
+  )
   c.model.name = 'toy_cnn'
   c.batch_size = 16  # 10 steps per epoch
   c.eval_batch_size = 40
@@ -59,10 +68,19 @@ def get_config():
   c.log_every_steps = 4
   c.eval_every_epochs = 1000.0  # eval only at the end
   c.checkpoint.update(dict(every_steps=4, keep=3))
-  c.optimizer.update(dict(name='sgd', lr=0.05, momentum=0.9, weight_decay=5e-4, wd_exclude_1d=False,
-                          schedule='constant'))
-  c.toy = ml_collections.ConfigDict(dict(grad_scale=1.0, grad_offset=0.0, prune_threshold=-1.0,
-                                         epoch_head_scale=1.0, primary_metric=PRIMARY, metric_mode='max'))
+  c.optimizer.update(
+      dict(name='sgd', lr=0.05, momentum=0.9, weight_decay=5e-4, wd_exclude_1d=False, schedule='constant')
+  )
+  c.toy = ml_collections.ConfigDict(
+      dict(
+          grad_scale=1.0,
+          grad_offset=0.0,
+          prune_threshold=-1.0,
+          epoch_head_scale=1.0,
+          primary_metric=PRIMARY,
+          metric_mode='max',
+      )
+  )
   return c
 
 
@@ -82,6 +100,7 @@ class ToyCNN(nn.Module):
 @flax.struct.dataclass
 class ClassAccuracy(metrics.Metric):
   """Masked accuracy that computes to a dict (as per-exit / per-class metrics do)."""
+
   correct: jax.Array
   count: jax.Array
 
@@ -115,19 +134,20 @@ def offset_gradients(scale: float, offset: float) -> optax.GradientTransformatio
   def update(grads, state, params=None):
     del params
     return jax.tree.map(lambda g: g * scale + offset, grads), state
-  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
+  return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
 
 
 def keep_mask(threshold: float) -> optax.GradientTransformation:
   """Kernels (ndim >= 2): entries with |w| <= threshold at init are set to 0 and kept there; others untouched."""
+
   def init(params):
-    return {'mask': jax.tree.map(lambda p: jnp.abs(p) > threshold if p.ndim >= 2 else jnp.ones(p.shape, bool),
-                                 params)}
+    return {'mask': jax.tree.map(lambda p: jnp.abs(p) > threshold if p.ndim >= 2 else jnp.ones(p.shape, bool), params)}
 
   def update(updates, state, params):
     # Masked entries get the update that lands exactly on 0 (p + (-p)), whatever momentum and decay proposed.
     return jax.tree.map(lambda u, m, p: jnp.where(m, u, -p), updates, state['mask'], params), state
+
   return optax.GradientTransformation(init, update)
 
 
@@ -172,8 +192,12 @@ class ToyTask(ClassificationTask):
     out = {}
     for group, tree in variables.items():
       paths = jax.tree_util.tree_flatten_with_path(tree)[0]
-      leaves = [flat.get(f'{group}/{_key(p)}', np.asarray(v)) if not (reinit_head and _key(p).startswith('head/'))
-                else np.asarray(v) for p, v in paths]
+      leaves = [
+          flat.get(f'{group}/{_key(p)}', np.asarray(v))
+          if not (reinit_head and _key(p).startswith('head/'))
+          else np.asarray(v)
+          for p, v in paths
+      ]
       out[group] = jax.tree.unflatten(jax.tree.structure(tree), leaves)
     return out
 
@@ -188,8 +212,11 @@ def _key(path) -> str:
 
 def save_variables(path: str, variables: dict) -> None:
   """The `init_from` format of ToyTask: {'params/conv1/kernel': array, 'batch_stats/bn1/mean': ...}."""
-  flat = {f'{group}/{_key(p)}': np.asarray(v) for group, tree in variables.items()
-          for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  flat = {
+      f'{group}/{_key(p)}': np.asarray(v)
+      for group, tree in variables.items()
+      for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
   np.savez(path, **flat)
 
 

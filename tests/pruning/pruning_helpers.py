@@ -1,4 +1,5 @@
 """Test helpers: random variables for a model without compiling its init (jit of init dominates test time)."""
+
 import jax
 import numpy as np
 

@@ -3,12 +3,14 @@
 Same module structure and state_dict keys as the official repo (`feature.{i}`, `layer{s}.{b}.conv1`,
 `select.indexes`, ...), so `pruning_jax.io.to_torch_state_dict` output loads with strict=True.
 """
+
 import torch
-from torch import nn
 import torch.nn.functional as F
+from torch import nn
 
 
 class VGG(nn.Module):
+
   def __init__(self, cfg, num_classes, head):
     super().__init__()
     mods, c = [], 3
@@ -30,6 +32,7 @@ class VGG(nn.Module):
 
 
 class BasicBlock(nn.Module):
+
   def __init__(self, inplanes, planes, width, stride):
     super().__init__()
     self.conv1 = nn.Conv2d(inplanes, width, 3, stride, 1, bias=False)
@@ -49,6 +52,7 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
+
   def __init__(self, cfg, num_classes):
     super().__init__()
     n = len(cfg) // 3
@@ -70,6 +74,7 @@ class CifarResNet(nn.Module):
 
 
 class Select(nn.Module):
+
   def __init__(self, n):
     super().__init__()
     self.indexes = nn.Parameter(torch.ones(n))
@@ -80,6 +85,7 @@ class Select(nn.Module):
 
 
 class Bottleneck(nn.Module):
+
   def __init__(self, inplanes, planes, cfg, stride):
     super().__init__()
     self.bn1 = nn.BatchNorm2d(inplanes)
@@ -101,6 +107,7 @@ class Bottleneck(nn.Module):
 
 
 class PreResNet(nn.Module):
+
   def __init__(self, cfg, num_classes):
     super().__init__()
     n = (len(cfg) - 1) // 9
@@ -110,7 +117,7 @@ class PreResNet(nn.Module):
       blocks = []
       for b in range(n):
         k = s * n + b
-        blocks.append(Bottleneck(inplanes, planes, cfg[3 * k:3 * k + 3], 2 if (s and not b) else 1))
+        blocks.append(Bottleneck(inplanes, planes, cfg[3 * k : 3 * k + 3], 2 if (s and not b) else 1))
         inplanes = 4 * planes
       setattr(self, f'layer{s + 1}', nn.Sequential(*blocks))
     self.bn = nn.BatchNorm2d(256)
@@ -123,6 +130,7 @@ class PreResNet(nn.Module):
 
 
 class DenseLayer(nn.Module):
+
   def __init__(self, inplanes, width, growth):
     super().__init__()
     self.bn1 = nn.BatchNorm2d(inplanes)
@@ -134,6 +142,7 @@ class DenseLayer(nn.Module):
 
 
 class Transition(nn.Module):
+
   def __init__(self, inplanes, width):
     super().__init__()
     self.bn1 = nn.BatchNorm2d(inplanes)
@@ -145,6 +154,7 @@ class Transition(nn.Module):
 
 
 class DenseNet(nn.Module):
+
   def __init__(self, cfg, num_classes, growth=12):
     super().__init__()
     n = (len(cfg) - 3) // 3

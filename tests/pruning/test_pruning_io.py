@@ -1,16 +1,17 @@
 """Pruned models in and out: safetensors + sidecar, the official repo's {'cfg', 'state_dict'} checkpoints (written
 here by torch from the reference PyTorch definitions), bit-exact round trips and one-line errors."""
+
 import argparse
 import json
 import os
 
 import jax
 import numpy as np
+import pruning_torch_reference as tr
 import pytest
 import torch
 
 import pruning_jax
-import pruning_torch_reference as tr
 from core_jax.errors import UserError
 from pruning_jax import io, models, surgery
 
@@ -59,12 +60,17 @@ def test_load_pruned_errors(tmp_path):
 
 
 TORCH_CASES = {
-  'vgg_l1': (lambda: tr.VGG([8, 'M', 6, 'M', 16, 'M', 24, 'M', 32], 10, 'l1'), [8, 'M', 6, 'M', 16, 'M', 24, 'M', 32]),
-  'vgg_slimming': (lambda: tr.VGG([5, 'M', 6, 'M', 7, 'M', 8, 'M', 9], 10, 'slimming'),
-                   [5, 'M', 6, 'M', 7, 'M', 8, 'M', 9]),
-  'resnet_cifar': (lambda: tr.CifarResNet([3, 16, 9, 32, 50, 64], 100), [3, 16, 9, 32, 50, 64]),
-  'preresnet': (lambda: tr.PreResNet([16, 16, 16, 40, 32, 32, 128, 20, 64, 200], 10), None),
-  'densenet': (lambda: tr.DenseNet([20, 36, 30, 48, 40, 50], 10), None),
+    'vgg_l1': (
+        lambda: tr.VGG([8, 'M', 6, 'M', 16, 'M', 24, 'M', 32], 10, 'l1'),
+        [8, 'M', 6, 'M', 16, 'M', 24, 'M', 32],
+    ),
+    'vgg_slimming': (
+        lambda: tr.VGG([5, 'M', 6, 'M', 7, 'M', 8, 'M', 9], 10, 'slimming'),
+        [5, 'M', 6, 'M', 7, 'M', 8, 'M', 9],
+    ),
+    'resnet_cifar': (lambda: tr.CifarResNet([3, 16, 9, 32, 50, 64], 100), [3, 16, 9, 32, 50, 64]),
+    'preresnet': (lambda: tr.PreResNet([16, 16, 16, 40, 32, 32, 128, 20, 64, 200], 10), None),
+    'densenet': (lambda: tr.DenseNet([20, 36, 30, 48, 40, 50], 10), None),
 }
 
 
@@ -79,9 +85,13 @@ def _official_checkpoint(family, path):
   if family in ('preresnet', 'densenet'):  # selection vectors as the prune scripts leave them
     g = torch.Generator().manual_seed(1)
     for k in [k for k in sd if k.endswith('select.indexes')]:
-      width = {'layer2.0.select.indexes': 40, 'select.indexes': 200 if family == 'preresnet' else 50,
-               'dense1.0.select.indexes': 20, 'dense2.0.select.indexes': 30,
-               'dense3.0.select.indexes': 40}.get(k, sd[k].numel())
+      width = {
+          'layer2.0.select.indexes': 40,
+          'select.indexes': 200 if family == 'preresnet' else 50,
+          'dense1.0.select.indexes': 20,
+          'dense2.0.select.indexes': 30,
+          'dense3.0.select.indexes': 40,
+      }.get(k, sd[k].numel())
       vec = torch.zeros(sd[k].numel())
       vec[torch.randperm(sd[k].numel(), generator=g)[:width]] = 1
       sd[k] = vec
@@ -127,3 +137,44 @@ def test_official_checkpoint_errors(tmp_path):
     io.import_torch_checkpoint(path)
   with pytest.raises(UserError, match='not found'):
     io.import_torch_checkpoint(str(tmp_path / 'nope.pth'))
+
+
+def test_torchvision_resnet34_layout(tmp_path):
+  """The ImageNet ResNet-34 family reads torchvision's own state_dict (the L1 ImageNet baseline) bit for bit."""
+  import torchvision  # pylint: disable=import-outside-toplevel
+
+  torch.manual_seed(0)
+  tv = torchvision.models.resnet34()
+  path = str(tmp_path / 'r34.pth')
+  torch.save(tv.state_dict(), path)
+  model, variables = io.import_torch_checkpoint(path)
+  assert models.family_of(model) == 'resnet34' and models.cfg_of(model) == models.NAMED['resnet34'].cfg
+  back = io.to_torch_state_dict(model, variables)
+  expected = {k: v.numpy() for k, v in tv.state_dict().items() if not k.endswith('num_batches_tracked')}
+  assert sorted(back) == sorted(expected) and all(np.array_equal(back[k], expected[k]) for k in expected)
+
+
+@pytest.mark.slow
+def test_torchvision_resnet34_logits(highest_precision):
+  import torchvision  # pylint: disable=import-outside-toplevel
+
+  torch.manual_seed(0)
+  tv = torchvision.models.resnet34().eval()
+  model, variables = io.from_torch_state_dict(tv.state_dict())
+  x = np.random.RandomState(0).randn(1, 64, 64, 3).astype(np.float32)
+  with torch.no_grad():
+    ref = tv(torch.from_numpy(x.transpose(0, 3, 1, 2))).numpy()
+  ours = jax.jit(lambda v: model.apply(v, x, train=False)[0])(variables)
+  np.testing.assert_allclose(ours, ref, rtol=1e-4, atol=1e-4 * float(np.abs(ref).max()))
+
+
+@pytest.mark.slow
+def test_torchvision_vgg16_layout(tmp_path):
+  """ImageNet VGG-16 (ThiNet / regression baseline) reads torchvision's vgg16 state_dict; cfg recovered with pools."""
+  import torchvision  # pylint: disable=import-outside-toplevel
+
+  sd = torchvision.models.vgg16().state_dict()
+  model, variables = io.from_torch_state_dict(sd)
+  assert models.family_of(model) == 'vgg_imagenet' and models.cfg_of(model) == models.NAMED['vgg16_imagenet'].cfg
+  back = io.to_torch_state_dict(model, variables)
+  assert sorted(back) == sorted(sd) and all(np.array_equal(back[k], sd[k].numpy()) for k in sd)

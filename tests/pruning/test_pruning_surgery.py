@@ -1,25 +1,25 @@
 """surgery: for each family, random channels pruned from a small model; the physically pruned model's outputs
 equal the large model's with the same channels masked (eval and train mode), its counts equal a fresh model of
 its cfg, and bad keep lists are one-line UserErrors."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from pruning_helpers import random_variables
 
 from core_jax import counting
 from core_jax.errors import UserError
 from pruning_jax import models, surgery
 
-from pruning_helpers import random_variables
-
 CASES = {
-  'vgg_l1': ((8, 'M', 16, 'M', 16, 'M', 24, 'M', 32), None, 32),
-  'vgg_slimming': ((8, 'M', 12, 'M', 16, 'M', 24, 'M', 20), None, 32),
-  'vgg_bn_imagenet': ((4, 'M', 6, 'M', 6, 'M', 8, 'M', 8, 'M', 24, 20), None, 224),
-  'resnet_cifar': ((6, 7, 9), None, 16),
-  'preresnet': ((16, 16, 16, 64, 32, 32, 128, 64, 64, 256), None, 16),
-  'densenet': ((24, 36, 36, 48, 48, 60), None, 16),
-  'resnet34': ((8,) * 16, None, 64),
+    'vgg_l1': ((8, 'M', 16, 'M', 16, 'M', 24, 'M', 32), None, 32),
+    'vgg_slimming': ((8, 'M', 12, 'M', 16, 'M', 24, 'M', 20), None, 32),
+    'vgg_bn_imagenet': ((4, 'M', 6, 'M', 6, 'M', 8, 'M', 8, 'M', 24, 20), None, 224),
+    'resnet_cifar': ((6, 7, 9), None, 16),
+    'preresnet': ((16, 16, 16, 64, 32, 32, 128, 64, 64, 256), None, 16),
+    'densenet': ((24, 36, 36, 48, 48, 60), None, 16),
+    'resnet34': ((8,) * 16, None, 64),
 }
 
 
@@ -40,8 +40,9 @@ def _apply(model, variables, x, train):
   return model.apply(variables, x, train=False)[0]
 
 
-@pytest.mark.parametrize('family', [pytest.param(f, marks=pytest.mark.slow) if f == 'resnet34' else f
-                                    for f in sorted(CASES)])
+@pytest.mark.parametrize(
+    'family', [pytest.param(f, marks=pytest.mark.slow) if f == 'resnet34' else f for f in sorted(CASES)]
+)
 def test_pruned_equals_masked(family, highest_precision):
   cfg, sel, hw = CASES[family]
   model = models.build(family, cfg, 5, sel)
@@ -61,7 +62,8 @@ def test_pruned_equals_masked(family, highest_precision):
   kept = sum(len(v) for v in keep.values())
   assert kept < sum(cs.width for cs in surgery.channel_sets(model) if cs.name in keep)
   assert counting.count_macs(small, jax.ShapeDtypeStruct(x[:1].shape, jnp.float32)) < counting.count_macs(
-    model, jax.ShapeDtypeStruct(x[:1].shape, jnp.float32))
+      model, jax.ShapeDtypeStruct(x[:1].shape, jnp.float32)
+  )
 
 
 def test_prune_twice_through_selection_and_describe():
@@ -72,18 +74,23 @@ def test_prune_twice_through_selection_and_describe():
   assert small.selections[2] == tuple(range(0, 36, 2)) and models.cfg_of(small)[2] == 18
   smaller, v2 = surgery.prune(small, v1, {'dense2_0/select': [0, 4, 8]})
   assert smaller.selections[2] == (0, 4, 8) and v2['params']['dense2_0']['conv1']['kernel'].shape[2] == 3
-  np.testing.assert_array_equal(v2['params']['dense2_0']['conv1']['kernel'],
-                                np.asarray(variables['params']['dense2_0']['conv1']['kernel'])[:, :, [0, 4, 8]])
+  np.testing.assert_array_equal(
+      v2['params']['dense2_0']['conv1']['kernel'],
+      np.asarray(variables['params']['dense2_0']['conv1']['kernel'])[:, :, [0, 4, 8]],
+  )
   with pytest.raises(UserError, match='not in the current selection'):
     surgery.prune(small, v1, {'dense2_0/select': [1]})
 
 
-@pytest.mark.parametrize('keep, message', [
-  ({'conv9': [0]}, 'no prunable channel set'),
-  ({'layer1_0/conv1': []}, 'every channel'),
-  ({'layer1_0/conv1': [0, 99]}, 'outside'),
-  ({'layer1_0/conv1': [1, 1]}, 'repeat'),
-])
+@pytest.mark.parametrize(
+    'keep, message',
+    [
+        ({'conv9': [0]}, 'no prunable channel set'),
+        ({'layer1_0/conv1': []}, 'every channel'),
+        ({'layer1_0/conv1': [0, 99]}, 'outside'),
+        ({'layer1_0/conv1': [1, 1]}, 'repeat'),
+    ],
+)
 def test_bad_keep_lists(keep, message):
   model = models.build('resnet_cifar', (6, 7, 9), 5)
   variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3))))

@@ -2,16 +2,16 @@
 (tests/pruning/pruning_torch_reference.py): the same weights in both (through pruning_jax.io's official layout,
 loaded strict), logits in eval and train mode, the running-statistics update and the gradients agree to 1e-4.
 Small cfgs and inputs; selections non-trivial."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pruning_torch_reference as tr
 import pytest
 import torch
+from pruning_helpers import random_variables
 
 from pruning_jax import io, models
-
-import pruning_torch_reference as tr
-from pruning_helpers import random_variables
 
 R = np.random.RandomState(0)
 
@@ -21,15 +21,23 @@ def _sel(full, keep):
 
 
 CASES = {
-  'vgg_l1': dict(cfg=(8, 'M', 16, 'M', 16, 'M', 24, 'M', 32), hw=32, sel=None, torch=lambda c: tr.VGG(c, 5, 'l1')),
-  'vgg_slimming': dict(cfg=(8, 'M', 12, 'M', 16, 'M', 24, 'M', 20), hw=32, sel=None,
-                       torch=lambda c: tr.VGG(c, 5, 'slimming')),
-  'resnet_cifar': dict(cfg=(5, 7, 9), hw=16, sel=None, torch=lambda c: tr.CifarResNet(c, 5)),
-  'preresnet': dict(cfg=(16, 16, 16, 40, 32, 32, 100, 64, 64, 200), hw=16,
-                    sel=(None, _sel(64, 40), _sel(128, 100), _sel(256, 200)), torch=lambda c: tr.PreResNet(c, 5)),
-  'densenet': dict(cfg=(20, 36, 30, 48, 40, 50), hw=16,
-                   sel=(_sel(24, 20), None, _sel(36, 30), None, _sel(48, 40), _sel(60, 50)),
-                   torch=lambda c: tr.DenseNet(c, 5)),
+    'vgg_l1': dict(cfg=(8, 'M', 16, 'M', 16, 'M', 24, 'M', 32), hw=32, sel=None, torch=lambda c: tr.VGG(c, 5, 'l1')),
+    'vgg_slimming': dict(
+        cfg=(8, 'M', 12, 'M', 16, 'M', 24, 'M', 20), hw=32, sel=None, torch=lambda c: tr.VGG(c, 5, 'slimming')
+    ),
+    'resnet_cifar': dict(cfg=(5, 7, 9), hw=16, sel=None, torch=lambda c: tr.CifarResNet(c, 5)),
+    'preresnet': dict(
+        cfg=(16, 16, 16, 40, 32, 32, 100, 64, 64, 200),
+        hw=16,
+        sel=(None, _sel(64, 40), _sel(128, 100), _sel(256, 200)),
+        torch=lambda c: tr.PreResNet(c, 5),
+    ),
+    'densenet': dict(
+        cfg=(20, 36, 30, 48, 40, 50),
+        hw=16,
+        sel=(_sel(24, 20), None, _sel(36, 30), None, _sel(48, 40), _sel(60, 50)),
+        torch=lambda c: tr.DenseNet(c, 5),
+    ),
 }
 
 
@@ -46,8 +54,9 @@ def test_matches_pytorch(family, highest_precision):
   variables = random_variables(model, x)
   tm = case['torch'](list(case['cfg'])).double()
   sd = io.to_torch_state_dict(model, variables)
-  missing, unexpected = tm.load_state_dict({k: torch.from_numpy(np.asarray(v, np.float64)) for k, v in sd.items()},
-                                           strict=False)
+  missing, unexpected = tm.load_state_dict(
+      {k: torch.from_numpy(np.asarray(v, np.float64)) for k, v in sd.items()}, strict=False
+  )
   assert not unexpected and all(k.endswith('num_batches_tracked') for k in missing)
   xt = torch.from_numpy(x.transpose(0, 3, 1, 2).astype(np.float64))
 
@@ -60,8 +69,9 @@ def test_matches_pytorch(family, highest_precision):
   weights = np.random.RandomState(2).randn(4, 5)
 
   def loss_fn(params):
-    (out, _), new = model.apply({'params': params, 'batch_stats': variables['batch_stats']}, x, train=True,
-                                mutable=['batch_stats'])
+    (out, _), new = model.apply(
+        {'params': params, 'batch_stats': variables['batch_stats']}, x, train=True, mutable=['batch_stats']
+    )
     return jnp.sum(out * weights), (out, new)
 
   (_, (train_logits, new_vars)), grads = jax.jit(jax.value_and_grad(loss_fn, has_aux=True))(variables['params'])
@@ -86,6 +96,7 @@ def test_matches_pytorch(family, highest_precision):
 def test_option_a_shortcut_passes_no_gradient():
   """The option-A shortcut: 2x2 average pool, zero channels appended at the end, and no gradient through it."""
   from pruning_jax.models.resnet_cifar import option_a_shortcut
+
   g = jax.grad(lambda x: option_a_shortcut(x, 8).sum())(jnp.ones((1, 4, 4, 4)))
   assert float(jnp.abs(g).max()) == 0.0
   y = option_a_shortcut(jnp.arange(64.0).reshape(1, 4, 4, 4), 8)

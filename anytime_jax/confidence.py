@@ -1,0 +1,189 @@
+"""Confidence adaptivity (CA) of ADP-C: per-pixel masks from an exit's confidence, masked convs, RBF fill.
+
+Contract (the released ADP-C code, `conv_mask_uniform` + `set_part_masks`):
+- `confidence_mask(logits, tau)`: a pixel is computed (1.0) where max softmax(logits) <= tau, skipped (0.0)
+  where it is more confident; hard, no gradient. tau must lie in (0, 1].
+- `MaskSet(mask)` holds exit k's mask at the logits' resolution (1/4) and gives it at any conv's OUTPUT
+  resolution as PyTorch's `F.interpolate(mode='nearest')` samples it: source index floor(dst * in / out) in
+  float32, i.e. the top-left pixel of each block (strided slicing when the sizes divide).
+- `Conv`: a bias-optional conv with PyTorch's explicit padding (k // 2) and N(0, 0.001) weights (biases
+  U(+-1/sqrt(fan_in)) as PyTorch's default). With `exit_index` set it is a masked conv of the segment that
+  ends at that exit (2..4): it owns a learnable scalar `rbf_lambda` (init 3.0) and, given a MaskSet, returns
+  `masked_conv(...)`. It reports its dense cost to `core_jax.counting` (`record_macs`) and, when masked, sows
+  per example `actual_exit{k}` (dense * p + (1 - p) * p * C_out * 49 * H * W, p = computed fraction of its
+  output, as the ADP-C FLOP counter) and `dense_exit{k}` into the 'macs' collection.
+- `masked_conv(x, kernel, bias, mask, rbf_lambda, strides, padding)` is THE masked conv: the reference here
+  computes the dense conv y (bias included), keeps y where mask == 1 and fills masked positions with the 7x7
+  depthwise RBF interpolation of y * mask: weights exp(-lambda^2 d^2) with the centre's d^2 set to 1e5,
+  normalised by the full kernel sum + 1e-5. A faster implementation with the same semantics (e.g. one that
+  only computes the unmasked outputs) replaces it for every Conv via `set_masked_conv_impl(fn)`.
+- `aggregate(prev, new, mask)`: the "copy" aggregation prev * (1 - m) + new * m at the logits' resolution, so
+  an exited pixel keeps its logits in every later exit.
+"""
+
+import math
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from core_jax import counting
+from core_jax.errors import UserError
+
+RBF_SIZE = 7
+RBF_CENTRE_DIST2 = 1e5  # the released code's centre distance: its weight is exp(-1e5 * lambda^2) ~ 0
+RBF_EPS = 1e-5
+LAMBDA_INIT = 3.0
+CONV_INIT_STD = 0.001
+_DN = ('NHWC', 'HWIO', 'NHWC')
+
+
+def check_tau(tau) -> float:
+  """tau as a float in (0, 1], else a one-line UserError."""
+  try:
+    t = float(tau)
+  except (TypeError, ValueError):
+    raise UserError(f'confidence threshold tau must be a number in (0, 1], got {tau!r}') from None
+  if not 0.0 < t <= 1.0:
+    raise UserError(f'confidence threshold tau must be in (0, 1], got {tau!r}')
+  return t
+
+
+def confidence_mask(logits: jax.Array, tau: float) -> jax.Array:
+  """(B, H, W, classes) logits -> (B, H, W) float mask, 1.0 where max softmax <= tau (still to compute)."""
+  conf = jnp.max(jax.nn.softmax(logits.astype(jnp.float32), axis=-1), axis=-1)
+  return lax.stop_gradient((conf <= tau).astype(jnp.float32))
+
+
+def aggregate(prev: jax.Array, new: jax.Array, mask: jax.Array) -> jax.Array:
+  """'copy' aggregation: pixels with mask 0 keep `prev`'s logits, the others take `new`'s."""
+  m = mask[..., None].astype(new.dtype)
+  return prev * (1 - m) + new * m
+
+
+def nearest_indices(src: int, dst: int) -> np.ndarray:
+  """PyTorch 'nearest' source indices for resizing a length-`src` axis to `dst`: floor(i * src / dst)."""
+  scale = np.float32(src) / np.float32(dst)
+  idx = np.floor(np.arange(dst, dtype=np.float32) * scale).astype(np.int64)
+  return np.minimum(idx, src - 1)
+
+
+def resize_mask_nearest(mask: jax.Array, h: int, w: int) -> jax.Array:
+  """(B, H, W) -> (B, h, w) sampled as PyTorch's nearest (strided slicing when H/h and W/w are integers)."""
+  big_h, big_w = mask.shape[1:3]
+  ih, iw = nearest_indices(big_h, h), nearest_indices(big_w, w)
+  if big_h % h == 0 and big_w % w == 0:
+    sh, sw = big_h // h, big_w // w
+    if np.array_equal(ih, np.arange(h) * sh) and np.array_equal(iw, np.arange(w) * sw):
+      return mask[:, ::sh, ::sw]
+  return jnp.take(jnp.take(mask, jnp.asarray(ih), axis=1), jnp.asarray(iw), axis=2)
+
+
+class MaskSet:
+  """Exit k's mask at the logits' resolution, served at every conv's output resolution (cached per size)."""
+
+  def __init__(self, mask: jax.Array):
+    self.mask = mask
+    self._cache: dict[tuple[int, int], jax.Array] = {}
+
+  def at(self, h: int, w: int) -> jax.Array:
+    if (h, w) not in self._cache:
+      big_h, big_w = self.mask.shape[1:3]
+      if h > big_h or w > big_w:
+        raise ValueError(f'mask of size {(big_h, big_w)} asked at a larger size {(h, w)}')
+      self._cache[(h, w)] = self.mask if (h, w) == (big_h, big_w) else resize_mask_nearest(self.mask, h, w)
+    return self._cache[(h, w)]
+
+  @property
+  def fraction(self) -> jax.Array:
+    """Per-example fraction of the logits' pixels still computed, (B,)."""
+    return self.mask.mean(axis=(1, 2))
+
+
+def rbf_kernel(rbf_lambda: jax.Array) -> jax.Array:
+  """The 7x7 interpolation weights for one lambda (normalised by the full sum + 1e-5; centre ~0)."""
+  r = RBF_SIZE // 2
+  d = np.arange(RBF_SIZE, dtype=np.float32) - r
+  dist2 = d[:, None] ** 2 + d[None, :] ** 2
+  dist2[r, r] = RBF_CENTRE_DIST2
+  k = jnp.exp(-(rbf_lambda**2) * jnp.asarray(dist2))
+  return k / (k.sum() + RBF_EPS)
+
+
+def rbf_fill(y: jax.Array, mask: jax.Array, rbf_lambda: jax.Array) -> jax.Array:
+  """y * m + rbf(y * m) * (1 - m) for y (B, h, w, C) and mask (B, h, w)."""
+  m = mask[..., None].astype(y.dtype)
+  ym = y * m
+  c = y.shape[-1]
+  k = jnp.broadcast_to(rbf_kernel(rbf_lambda).astype(y.dtype)[:, :, None, None], (RBF_SIZE, RBF_SIZE, 1, c))
+  p = RBF_SIZE // 2
+  interp = lax.conv_general_dilated(ym, k, (1, 1), ((p, p), (p, p)), dimension_numbers=_DN, feature_group_count=c)
+  return ym + interp * (1 - m)
+
+
+def dense_conv(x, kernel, bias, strides, padding):
+  y = lax.conv_general_dilated(x, kernel.astype(x.dtype), strides, padding, dimension_numbers=_DN)
+  return y if bias is None else y + bias.astype(y.dtype)
+
+
+def reference_masked_conv(x, kernel, bias, mask, rbf_lambda, strides, padding):
+  """Masked-dense reference: the full conv, then masked outputs replaced by the RBF fill (no compute saved)."""
+  return rbf_fill(dense_conv(x, kernel, bias, strides, padding), mask, rbf_lambda)
+
+
+_impl: list[Callable] = [reference_masked_conv]
+
+
+def masked_conv(x, kernel, bias, mask, rbf_lambda, strides, padding):
+  """The masked conv every masked `Conv` calls (the implementation set by `set_masked_conv_impl`)."""
+  return _impl[0](x, kernel, bias, mask, rbf_lambda, strides, padding)
+
+
+def set_masked_conv_impl(fn: Callable) -> Callable:
+  """Replaces the masked conv implementation (same signature and semantics); returns the previous one."""
+  prev = _impl[0]
+  _impl[0] = fn
+  return prev
+
+
+def torch_bias_init(fan_in: int):
+  bound = 1.0 / math.sqrt(fan_in)
+  return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+class Conv(nn.Module):
+  """k x k conv, PyTorch padding k // 2, optionally a masked conv of the segment ending at `exit_index`."""
+
+  features: int
+  kernel_size: int = 1
+  strides: int = 1
+  use_bias: bool = False
+  exit_index: int | None = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, masks: MaskSet | None = None) -> jax.Array:
+    k, s, cin = self.kernel_size, self.strides, x.shape[-1]
+    kernel = self.param('kernel', nn.initializers.normal(CONV_INIT_STD), (k, k, cin, self.features))
+    bias = self.param('bias', torch_bias_init(cin * k * k), (self.features,)) if self.use_bias else None
+    pad = ((k // 2, k // 2), (k // 2, k // 2))
+    h = (x.shape[1] + 2 * (k // 2) - k) // s + 1
+    w = (x.shape[2] + 2 * (k // 2) - k) // s + 1
+    dense = h * w * k * k * cin * self.features  # MACs per example (conv/linear multiply-adds only)
+    counting.record_macs(x.shape[0] * dense)
+    if self.exit_index is None:
+      if masks is not None:
+        raise ValueError(f'{self.name}: a mask was given to a conv that is not masked')
+      return dense_conv(x, kernel, bias, (s, s), pad)
+    rbf_lambda = self.param('rbf_lambda', nn.initializers.constant(LAMBDA_INIT), ())
+    if masks is None:  # CA model run without masks (e.g. backbone features): plain dense conv
+      return dense_conv(x, kernel, bias, (s, s), pad)
+    m = masks.at(h, w)
+    y = masked_conv(x, kernel, bias, m, rbf_lambda, (s, s), pad)
+    p = m.mean(axis=(1, 2))
+    actual = float(dense) * p + (1 - p) * p * float(self.features * RBF_SIZE * RBF_SIZE * h * w)
+    counting.sow_macs(self, f'actual_exit{self.exit_index}', actual)
+    counting.sow_macs(self, f'dense_exit{self.exit_index}', jnp.full_like(p, float(dense)))
+    return y

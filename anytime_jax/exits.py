@@ -1,0 +1,98 @@
+"""ADP-C exits: the input concat, the original exit (EE, also the HRNet head) and the redesigned exit (RH).
+
+- `exit_input(branches)`: every branch bilinearly upsampled (align_corners=False) to branch 0's 1/4 size and
+  concatenated along channels ([b0, b1, ...]).
+- `OriginalExit` ('ee'; the segmentation head `last_layer` is always this): 1x1 conv C -> C (bias) + BN + ReLU
+  + 1x1 conv C -> classes (bias), at 1/4.
+- `RedesignedExit` ('rh', the code's `flex` = downup_pool_1x1_inter{,_double,_triple}): d = 4 - k down steps
+  (AvgPool 2x2 s2 -> 1x1 conv (C -> I, then I -> I, bias) + BN + ReLU), then d up steps (bilinear x2 -> 1x1 conv
+  I -> I + BN + ReLU, except that the last up step is followed by the 1x1 I -> classes classifier). Up steps
+  return to the sizes the down steps came from, so the output is at 1/4.
+Submodules are named by their index in the PyTorch nn.Sequential (`conv0`, `bn1`, `conv3`, ...), which is what
+the official checkpoint's keys (`exit1.0.weight`, `last_layer.1.running_mean`) use.
+Every conv may be a masked conv (`exit_index` set, `masks` given); BN momentum 0.99 (PyTorch 0.01), eps 1e-5.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from anytime_jax.confidence import Conv, MaskSet
+
+BN_MOMENTUM = 0.99
+BN_EPS = 1e-5
+
+
+def batch_norm(train: bool, name: str) -> nn.BatchNorm:
+  return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPS, name=name)
+
+
+def resize_bilinear(x: jax.Array, h: int, w: int) -> jax.Array:
+  """PyTorch F.interpolate(mode='bilinear', align_corners=False) to (h, w)."""
+  if x.shape[1:3] == (h, w):
+    return x
+  return jax.image.resize(x, (x.shape[0], h, w, x.shape[3]), 'bilinear', antialias=False)
+
+
+def exit_input(branches) -> jax.Array:
+  h, w = branches[0].shape[1:3]
+  return jnp.concatenate([branches[0]] + [resize_bilinear(b, h, w) for b in branches[1:]], axis=-1)
+
+
+def avg_pool_2x2(x: jax.Array) -> jax.Array:
+  return nn.avg_pool(x, (2, 2), strides=(2, 2), padding='VALID')
+
+
+class OriginalExit(nn.Module):
+  num_classes: int
+  exit_index: int | None = None  # masked convs of the segment ending at this exit (None: not masked)
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, masks: MaskSet | None = None):
+    c = x.shape[-1]
+    y = Conv(c, 1, use_bias=True, exit_index=self.exit_index, name='conv0')(x, masks)
+    y = nn.relu(batch_norm(train, 'bn1')(y))
+    return Conv(self.num_classes, 1, use_bias=True, exit_index=self.exit_index, name='conv3')(y, masks)
+
+
+class RedesignedExit(nn.Module):
+  num_classes: int
+  depth: int  # 4 - k for exit k
+  inter_channels: int  # 128 for W48, 64 for W18
+  exit_index: int | None = None
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, masks: MaskSet | None = None):
+    idx = 0
+    sizes = []
+
+    def conv_bn_relu(y, features):
+      nonlocal idx
+      y = Conv(features, 1, use_bias=True, exit_index=self.exit_index, name=f'conv{idx}')(y, masks)
+      y = nn.relu(batch_norm(train, f'bn{idx + 1}')(y))
+      idx += 3  # conv, bn, relu
+      return y
+
+    for _ in range(self.depth):
+      sizes.append(x.shape[1:3])
+      x = avg_pool_2x2(x)
+      idx += 1
+      x = conv_bn_relu(x, self.inter_channels)
+    for u in range(self.depth):
+      x = resize_bilinear(x, *sizes[-1 - u])
+      idx += 1
+      if u < self.depth - 1:
+        x = conv_bn_relu(x, self.inter_channels)
+    return Conv(self.num_classes, 1, use_bias=True, exit_index=self.exit_index, name=f'conv{idx}')(x, masks)
+
+
+EXIT_TYPES = ('ee', 'rh')
+
+
+def make_exit(exit_type: str, k: int, num_classes: int, inter_channels: int, exit_index: int | None, name: str):
+  """Exit k (1..3) of the given type."""
+  if exit_type == 'ee':
+    return OriginalExit(num_classes, exit_index=exit_index, name=name)
+  if exit_type == 'rh':
+    return RedesignedExit(num_classes, depth=4 - k, inter_channels=inter_channels, exit_index=exit_index, name=name)
+  raise ValueError(f'unknown exit type {exit_type!r} (expected one of {EXIT_TYPES})')

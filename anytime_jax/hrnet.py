@@ -1,0 +1,335 @@
+"""HRNetV2 for segmentation with ADP-C's four exits and confidence adaptivity (Flax Linen, NHWC).
+
+Structure (HRNet-Semantic-Segmentation / the ADP-C code): stem (3x3 s2 conv 3->64 + BN + ReLU, 3x3 s2 64->64 +
+BN + ReLU: 1/4), stage 1 = `layer1` Bottlenecks (planes 64, out 256; the first with a 1x1 + BN downsample),
+transitions (an existing branch whose channels change: 3x3 conv + BN + ReLU; a new branch: 3x3 s2 conv + BN +
+ReLU chain from the lowest-resolution branch), stages 2-4 of HighResolutionModules (BasicBlock branches, SUM
+fuse: j > i 1x1 conv + BN then bilinear up, j < i chains of 3x3 s2 conv + BN (+ ReLU except the last), ReLU of
+the sum), every conv bias-free and N(0, 0.001), BN momentum 0.99 (PyTorch 0.01), eps 1e-5, bilinear with
+align_corners=False everywhere. Branch resolutions 1/4 .. 1/32, channels width * 2^i.
+
+Exits (`exits`, a subset of 1..4 that includes 4): exit k (k = 1..3) after stage k, of `exit_type` 'ee' or 'rh'
+(`anytime_jax.exits`); exit 4 is the HRNet head `last_layer` (the original exit on the 4-branch concat).
+`exits=(4,)` is the plain HRNetV2 segmentation model. Each exit's input is the concat of the current branches
+upsampled to 1/4; all logits are at 1/4.
+
+Confidence adaptivity (`tau` set): the aggregated logits of exit k-1 give a mask (`confidence.confidence_mask`)
+that every conv of transition k-1, stage k and exit k uses (the stem, stage 1 and exit 1 are never masked;
+`masked_stages` picks among 2..4), and exit k's logits are aggregated with "copy". Counting: after exit k the
+forward calls `core_jax.counting.mark(f'exit{k}')`, so `count_macs_by_mark` gives the paper's cumulative dense
+cost per exit; masked convs sow their actual cost (`confidence.Conv`).
+
+`__call__(x, train)` returns {'logits': (exit logits, aggregated, in exit order), 'fractions': (per-example
+fraction of 1/4-res pixels computed by each exit: 1.0 unless that exit's stage is masked)};
+`features_only=True` returns the four stage-4 branch outputs instead (backbone only); `last_exit=k` stops
+after exit k (its logits last), for per-exit latency.
+"""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from anytime_jax import confidence
+from anytime_jax.confidence import Conv, MaskSet
+from anytime_jax.exits import EXIT_TYPES, OriginalExit, batch_norm, exit_input, make_exit, resize_bilinear
+from core_jax import counting
+from core_jax.errors import UserError
+
+
+@dataclasses.dataclass(frozen=True)
+class Arch:
+  """One HRNetV2 configuration (the yaml's STAGE1..4)."""
+
+  width: int  # branch 0 channels; branch i has width * 2^i
+  stage1_blocks: int  # Bottlenecks in layer1
+  stage_modules: tuple[int, int, int]  # HighResolutionModules in stages 2, 3, 4
+  stage_blocks: int  # BasicBlocks per branch per module
+  timm_name: str  # the timm model with the same backbone
+  inter_channels: int  # RH exit inter channels the ADP-C code uses with this width
+
+  def channels(self, num_branches: int) -> list[int]:
+    return [self.width * 2**i for i in range(num_branches)]
+
+
+ARCHS = {
+    'w48': Arch(48, 4, (1, 4, 3), 4, 'hrnet_w48', 128),
+    'w18_small_v2': Arch(18, 2, (1, 3, 2), 2, 'hrnet_w18_small_v2', 64),  # the ADP-C code's "w18"
+    'w18': Arch(18, 4, (1, 4, 3), 4, 'hrnet_w18', 64),
+    # not from the papers: a small HRNet (one module per stage, one block per branch) for CPU jobs and tests
+    'w8_tiny': Arch(8, 1, (1, 1, 1), 1, '', 16),
+}
+STEM_WIDTH = 64
+LAYER1_PLANES = 64
+
+
+def get_arch(name: str) -> Arch:
+  if name not in ARCHS:
+    raise UserError(f'unknown HRNet arch {name!r} (expected one of {", ".join(ARCHS)})')
+  return ARCHS[name]
+
+
+class ConvBN(nn.Module):
+  """conv + BN (+ ReLU): the PyTorch nn.Sequential(conv, BN[, ReLU]) of transitions, fuses and downsamples."""
+
+  features: int
+  kernel_size: int
+  strides: int = 1
+  relu: bool = True
+  exit_index: int | None = None
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, masks: MaskSet | None = None):
+    x = Conv(self.features, self.kernel_size, self.strides, exit_index=self.exit_index, name='conv')(x, masks)
+    x = batch_norm(train, 'bn')(x)
+    return nn.relu(x) if self.relu else x
+
+
+class Bottleneck(nn.Module):
+  planes: int
+  downsample: bool = False
+
+  @nn.compact
+  def __call__(self, x, train: bool = False):
+    out = nn.relu(batch_norm(train, 'bn1')(Conv(self.planes, 1, name='conv1')(x)))
+    out = nn.relu(batch_norm(train, 'bn2')(Conv(self.planes, 3, name='conv2')(out)))
+    out = batch_norm(train, 'bn3')(Conv(self.planes * 4, 1, name='conv3')(out))
+    residual = ConvBN(self.planes * 4, 1, relu=False, name='downsample')(x, train) if self.downsample else x
+    return nn.relu(out + residual)
+
+
+class BasicBlock(nn.Module):
+  planes: int
+  exit_index: int | None = None
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, masks: MaskSet | None = None):
+    out = Conv(self.planes, 3, exit_index=self.exit_index, name='conv1')(x, masks)
+    out = nn.relu(batch_norm(train, 'bn1')(out))
+    out = Conv(self.planes, 3, exit_index=self.exit_index, name='conv2')(out, masks)
+    out = batch_norm(train, 'bn2')(out)
+    return nn.relu(out + x)
+
+
+class HighResolutionModule(nn.Module):
+  channels: tuple[int, ...]
+  num_blocks: int
+  fuse_upsample: str = 'bilinear'
+  exit_index: int | None = None
+
+  @nn.compact
+  def __call__(self, xs, train: bool = False, masks: MaskSet | None = None):
+    xs = list(xs)
+    n = len(self.channels)
+    for i in range(n):
+      for b in range(self.num_blocks):
+        xs[i] = BasicBlock(self.channels[i], exit_index=self.exit_index, name=f'branch{i}_{b}')(xs[i], train, masks)
+    outs = []
+    for i in range(n):
+      y = None
+      for j in range(n):
+        if j == i:
+          t = xs[j]
+        elif j > i:
+          t = ConvBN(self.channels[i], 1, relu=False, exit_index=self.exit_index, name=f'fuse{i}_{j}')(
+              xs[j], train, masks
+          )
+          t = self._upsample(t, xs[i].shape[1:3], 2 ** (j - i))
+        else:
+          t = xs[j]
+          for k in range(i - j):
+            last = k == i - j - 1
+            t = ConvBN(
+                self.channels[i] if last else self.channels[j],
+                3,
+                2,
+                relu=not last,
+                exit_index=self.exit_index,
+                name=f'fuse{i}_{j}_{k}',
+            )(t, train, masks)
+        y = t if y is None else y + t
+      outs.append(nn.relu(y))
+    return outs
+
+  def _upsample(self, t, size, factor):
+    if self.fuse_upsample == 'bilinear':
+      return resize_bilinear(t, *size)
+    if self.fuse_upsample == 'nearest':  # HRNet classification / timm (x 2^(j-i), nearest)
+      return jnp.repeat(jnp.repeat(t, factor, axis=1), factor, axis=2)[:, : size[0], : size[1]]
+    raise ValueError(f'fuse_upsample must be bilinear or nearest, got {self.fuse_upsample!r}')
+
+
+def check_structure(exits, exit_type: str, tau, masked_stages) -> tuple:
+  """Validates the exit / CA options (one-line UserErrors); returns (exits, masked_stages) as sorted tuples."""
+  exits = tuple(sorted({int(e) for e in exits}))
+  bad = [e for e in exits if e not in (1, 2, 3, 4)]
+  if bad:
+    raise UserError(f'exit {bad[0]} does not exist: HRNet has 4 stages, so exits are 1..4 (one after each stage)')
+  if 4 not in exits:
+    raise UserError('exits must include 4 (the segmentation head after stage 4)')
+  if len(exits) > 1 and exit_type not in EXIT_TYPES:
+    raise UserError(f'exit_type must be one of {EXIT_TYPES}, got {exit_type!r}')
+  if tau is None:
+    if masked_stages:
+      raise UserError('masked_stages given without a confidence threshold tau')
+    return exits, ()
+  confidence.check_tau(tau)
+  masked_stages = tuple(sorted({int(s) for s in masked_stages}))
+  for s in masked_stages:
+    if s == 1:
+      raise UserError('stage 1 cannot be masked: the stem, layer1 and exit 1 run before any exit gives a mask')
+    if s not in (2, 3, 4):
+      raise UserError(f'cannot mask stage {s}: HRNet has stages 1..4 and only 2..4 can be masked')
+    if s - 1 not in exits:
+      raise UserError(f'masking stage {s} needs exit {s - 1}, whose confidence gives the mask (exits={exits})')
+  return exits, masked_stages
+
+
+class HRNet(nn.Module):
+  arch: str = 'w48'
+  num_classes: int = 19
+  exits: tuple[int, ...] = (1, 2, 3, 4)
+  exit_type: str = 'rh'
+  inter_channels: int | None = None  # RH exits; None: the arch's (128 for W48, 64 for W18)
+  tau: float | None = None  # confidence adaptivity when set
+  masked_stages: tuple[int, ...] = (2, 3, 4)
+  fuse_upsample: str = 'bilinear'
+
+  @nn.compact
+  def __call__(self, x, train: bool = False, features_only: bool = False, last_exit: int = 4):
+    arch = get_arch(self.arch)
+    if last_exit not in tuple(self.exits):
+      raise UserError(f'last_exit={last_exit} is not one of the exits {tuple(self.exits)}')
+    exits, masked = check_structure(
+        self.exits, self.exit_type, self.tau, self.masked_stages if self.tau is not None else ()
+    )
+    inter = self.inter_channels or arch.inter_channels
+    ca = self.tau is not None and not features_only
+
+    x = nn.relu(batch_norm(train, 'bn1')(Conv(STEM_WIDTH, 3, 2, name='conv1')(x)))
+    x = nn.relu(batch_norm(train, 'bn2')(Conv(64, 3, 2, name='conv2')(x)))
+    for b in range(arch.stage1_blocks):
+      x = Bottleneck(LAYER1_PLANES, downsample=b == 0, name=f'layer1_{b}')(x, train)
+    ys = [x]
+
+    logits, fractions, ran = [], [], []
+    masks = None  # the MaskSet of the last exit, for the next stage
+    prev = None  # the last exit's aggregated logits
+    batch = x.shape[0]
+
+    def run_exit(k, feats, masks_k):
+      nonlocal prev, masks
+      seg = k if k in masked else None
+      if features_only:
+        return
+      if k == 4:
+        out = OriginalExit(self.num_classes, exit_index=seg, name='last_layer')(feats, train, masks_k)
+      else:
+        out = make_exit(self.exit_type, k, self.num_classes, inter, seg, f'exit{k}')(feats, train, masks_k)
+      if masks_k is not None:
+        out = confidence.aggregate(prev, out, masks_k.mask)
+        fractions.append(masks_k.fraction)
+      else:
+        fractions.append(jnp.ones((batch,), jnp.float32))
+      logits.append(out)
+      ran.append(k)
+      counting.mark(f'exit{k}')
+      prev = out
+      masks = MaskSet(confidence.confidence_mask(out, self.tau)) if ca and k + 1 in masked else None
+
+    if 1 in exits:
+      run_exit(1, exit_input(ys), None)
+
+    pre = [LAYER1_PLANES * 4]
+    for s in (2, 3, 4):
+      if not features_only and ran and ran[-1] >= last_exit:
+        break  # stop after `last_exit` (per-exit latency, as the ADP-C code's stop_k)
+      seg = s if s in masked else None
+      masks_s = masks if seg is not None and ca else None
+      cur = arch.channels(s)
+      xs = []
+      for i in range(s):
+        if i < len(pre):
+          if cur[i] != pre[i]:
+            xs.append(ConvBN(cur[i], 3, exit_index=seg, name=f'transition{s - 1}_{i}')(ys[i], train, masks_s))
+          else:
+            xs.append(ys[i])
+        else:
+          t = ys[-1]
+          for j in range(i + 1 - len(pre)):
+            out_c = cur[i] if j == i - len(pre) else pre[-1]
+            t = ConvBN(out_c, 3, 2, exit_index=seg, name=f'transition{s - 1}_{i}_{j}')(t, train, masks_s)
+          xs.append(t)
+      for m in range(arch.stage_modules[s - 2]):
+        xs = HighResolutionModule(
+            tuple(cur), arch.stage_blocks, self.fuse_upsample, exit_index=seg, name=f'stage{s}_{m}'
+        )(xs, train, masks_s)
+      ys, pre = xs, cur
+      if s in exits:
+        run_exit(s, exit_input(ys), masks_s)
+
+    if features_only:
+      return ys
+    return {'logits': tuple(logits), 'fractions': tuple(fractions)}
+
+
+def build(
+    arch: str = 'w48',
+    *,
+    num_classes: int = 19,
+    exits=(1, 2, 3, 4),
+    exit_type: str = 'rh',
+    inter_channels: int | None = None,
+    tau: float | None = None,
+    masked_stages=(2, 3, 4),
+    fuse_upsample: str = 'bilinear',
+) -> HRNet:
+  """An HRNet with the options validated up front (one-line UserErrors)."""
+  get_arch(arch)
+  exits, masked = check_structure(exits, exit_type, tau, masked_stages if tau is not None else ())
+  return HRNet(
+      arch=arch,
+      num_classes=num_classes,
+      exits=exits,
+      exit_type=exit_type,
+      inter_channels=inter_channels,
+      tau=None if tau is None else float(tau),
+      masked_stages=masked or (2, 3, 4),
+      fuse_upsample=fuse_upsample,
+  )
+
+
+def base(arch: str = 'w48', num_classes: int = 19) -> HRNet:
+  """The plain HRNetV2 segmentation model (head only)."""
+  return build(arch, num_classes=num_classes, exits=(4,))
+
+
+def random_variables(model: HRNet, height: int = 64, width: int = 64, seed: int = 0) -> dict:
+  """{'params', 'batch_stats'} as host numpy arrays drawn like the model's init (conv weights N(0, 0.001),
+  biases U(+-1/sqrt(fan_in)), BN scale 1 / bias 0 / mean 0 / var 1, rbf_lambda 3), without compiling
+  `model.init` (which takes minutes for W48 on a small CPU); shapes from `jax.eval_shape`."""
+  import numpy as np  # host-only helper
+
+  abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32))
+  rng = np.random.RandomState(seed)
+  fan_in = {
+      tuple(p.key for p in path[:-1]): int(np.prod(s.shape[:-1]))
+      for path, s in jax.tree_util.tree_flatten_with_path(abstract['params'])[0]
+      if path[-1].key == 'kernel'
+  }
+
+  def fill(path, s):
+    keys = tuple(p.key for p in path)[1:]  # drop the collection name
+    name = keys[-1]
+    if name == 'kernel':
+      return rng.normal(0.0, confidence.CONV_INIT_STD, s.shape).astype(s.dtype)
+    if name == 'bias' and keys[:-1] in fan_in:
+      bound = 1.0 / np.sqrt(fan_in[keys[:-1]])
+      return rng.uniform(-bound, bound, s.shape).astype(s.dtype)
+    if name == 'rbf_lambda':
+      return np.full(s.shape, confidence.LAMBDA_INIT, s.dtype)
+    return np.full(s.shape, 1.0 if name in ('scale', 'var') else 0.0, s.dtype)
+
+  tree = {'params': abstract['params'], 'batch_stats': abstract['batch_stats']}
+  return jax.tree_util.tree_map_with_path(fill, tree)
