@@ -20,6 +20,7 @@ Contract (the released ADP-C code, `conv_mask_uniform` + `set_part_masks`):
 - `aggregate(prev, new, mask)`: the "copy" aggregation prev * (1 - m) + new * m at the logits' resolution, so
   an exited pixel keeps its logits in every later exit.
 """
+
 import math
 from collections.abc import Callable
 
@@ -33,7 +34,7 @@ from core_jax import counting
 from core_jax.errors import UserError
 
 RBF_SIZE = 7
-RBF_CENTRE_DIST2 = 1e5   # the released code's centre distance: its weight is exp(-1e5 * lambda^2) ~ 0
+RBF_CENTRE_DIST2 = 1e5  # the released code's centre distance: its weight is exp(-1e5 * lambda^2) ~ 0
 RBF_EPS = 1e-5
 LAMBDA_INIT = 3.0
 CONV_INIT_STD = 0.001
@@ -108,7 +109,7 @@ def rbf_kernel(rbf_lambda: jax.Array) -> jax.Array:
   d = np.arange(RBF_SIZE, dtype=np.float32) - r
   dist2 = d[:, None] ** 2 + d[None, :] ** 2
   dist2[r, r] = RBF_CENTRE_DIST2
-  k = jnp.exp(-(rbf_lambda ** 2) * jnp.asarray(dist2))
+  k = jnp.exp(-(rbf_lambda**2) * jnp.asarray(dist2))
   return k / (k.sum() + RBF_EPS)
 
 
@@ -155,6 +156,7 @@ def torch_bias_init(fan_in: int):
 
 class Conv(nn.Module):
   """k x k conv, PyTorch padding k // 2, optionally a masked conv of the segment ending at `exit_index`."""
+
   features: int
   kernel_size: int = 1
   strides: int = 1
@@ -169,14 +171,14 @@ class Conv(nn.Module):
     pad = ((k // 2, k // 2), (k // 2, k // 2))
     h = (x.shape[1] + 2 * (k // 2) - k) // s + 1
     w = (x.shape[2] + 2 * (k // 2) - k) // s + 1
-    dense = h * w * k * k * cin * self.features   # MACs per example (conv/linear multiply-adds only)
+    dense = h * w * k * k * cin * self.features  # MACs per example (conv/linear multiply-adds only)
     counting.record_macs(x.shape[0] * dense)
     if self.exit_index is None:
       if masks is not None:
         raise ValueError(f'{self.name}: a mask was given to a conv that is not masked')
       return dense_conv(x, kernel, bias, (s, s), pad)
     rbf_lambda = self.param('rbf_lambda', nn.initializers.constant(LAMBDA_INIT), ())
-    if masks is None:   # CA model run without masks (e.g. backbone features): plain dense conv
+    if masks is None:  # CA model run without masks (e.g. backbone features): plain dense conv
       return dense_conv(x, kernel, bias, (s, s), pad)
     m = masks.at(h, w)
     y = masked_conv(x, kernel, bias, m, rbf_lambda, (s, s), pad)

@@ -28,6 +28,7 @@ BN `num_batches_tracked` counters are written as 0 and ignored when read. Mismat
 a one-line UserError naming the key (and a checkpoint of another HRNet width says which width it is).
 Files: .safetensors, or .pth/.pt/.bin read with torch.load(weights_only=True).
 """
+
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -40,34 +41,55 @@ from core_jax.errors import UserError
 
 LAYOUTS = ('timm', 'official')
 _TIMM_HEAD_PREFIXES = ('incre_modules.', 'downsamp_modules.', 'final_layer.', 'classifier.')
-CITYSCAPES_CLASS_WEIGHTS = (0.8373, 0.918, 0.866, 1.0345, 1.0166, 0.9969, 0.9754, 1.0489, 0.8786, 1.0023, 0.9539,
-                            0.9843, 1.1116, 0.9037, 1.0865, 1.0955, 1.0865, 1.1529, 1.0507)
+CITYSCAPES_CLASS_WEIGHTS = (
+    0.8373,
+    0.918,
+    0.866,
+    1.0345,
+    1.0166,
+    0.9969,
+    0.9754,
+    1.0489,
+    0.8786,
+    1.0023,
+    0.9539,
+    0.9843,
+    1.1116,
+    0.9037,
+    1.0865,
+    1.0955,
+    1.0865,
+    1.1529,
+    1.0507,
+)
 
 # (flax module template, external module template, kind)
 _BACKBONE = [
-  ('conv{n:[12]}', 'conv{n}', 'conv'),
-  ('bn{n:[12]}', 'bn{n}', 'bn'),
-  ('layer1_{b}/conv{n:[123]}', 'layer1.{b}.conv{n}', 'conv'),
-  ('layer1_{b}/bn{n:[123]}', 'layer1.{b}.bn{n}', 'bn'),
-  ('layer1_{b}/downsample/conv', 'layer1.{b}.downsample.0', 'conv'),
-  ('layer1_{b}/downsample/bn', 'layer1.{b}.downsample.1', 'bn'),
-  ('transition{t}_{i}/conv', 'transition{t}.{i}.0', 'conv'),
-  ('transition{t}_{i}/bn', 'transition{t}.{i}.1', 'bn'),
-  ('transition{t}_{i}_{j}/conv', 'transition{t}.{i}.{j}.0', 'conv'),
-  ('transition{t}_{i}_{j}/bn', 'transition{t}.{i}.{j}.1', 'bn'),
-  ('stage{s}_{m}/branch{i}_{b}/conv{n:[12]}', 'stage{s}.{m}.branches.{i}.{b}.conv{n}', 'conv'),
-  ('stage{s}_{m}/branch{i}_{b}/bn{n:[12]}', 'stage{s}.{m}.branches.{i}.{b}.bn{n}', 'bn'),
-  ('stage{s}_{m}/fuse{i}_{j}/conv', 'stage{s}.{m}.fuse_layers.{i}.{j}.0', 'conv'),
-  ('stage{s}_{m}/fuse{i}_{j}/bn', 'stage{s}.{m}.fuse_layers.{i}.{j}.1', 'bn'),
-  ('stage{s}_{m}/fuse{i}_{j}_{k}/conv', 'stage{s}.{m}.fuse_layers.{i}.{j}.{k}.0', 'conv'),
-  ('stage{s}_{m}/fuse{i}_{j}_{k}/bn', 'stage{s}.{m}.fuse_layers.{i}.{j}.{k}.1', 'bn'),
+    ('conv{n:[12]}', 'conv{n}', 'conv'),
+    ('bn{n:[12]}', 'bn{n}', 'bn'),
+    ('layer1_{b}/conv{n:[123]}', 'layer1.{b}.conv{n}', 'conv'),
+    ('layer1_{b}/bn{n:[123]}', 'layer1.{b}.bn{n}', 'bn'),
+    ('layer1_{b}/downsample/conv', 'layer1.{b}.downsample.0', 'conv'),
+    ('layer1_{b}/downsample/bn', 'layer1.{b}.downsample.1', 'bn'),
+    ('transition{t}_{i}/conv', 'transition{t}.{i}.0', 'conv'),
+    ('transition{t}_{i}/bn', 'transition{t}.{i}.1', 'bn'),
+    ('transition{t}_{i}_{j}/conv', 'transition{t}.{i}.{j}.0', 'conv'),
+    ('transition{t}_{i}_{j}/bn', 'transition{t}.{i}.{j}.1', 'bn'),
+    ('stage{s}_{m}/branch{i}_{b}/conv{n:[12]}', 'stage{s}.{m}.branches.{i}.{b}.conv{n}', 'conv'),
+    ('stage{s}_{m}/branch{i}_{b}/bn{n:[12]}', 'stage{s}.{m}.branches.{i}.{b}.bn{n}', 'bn'),
+    ('stage{s}_{m}/fuse{i}_{j}/conv', 'stage{s}.{m}.fuse_layers.{i}.{j}.0', 'conv'),
+    ('stage{s}_{m}/fuse{i}_{j}/bn', 'stage{s}.{m}.fuse_layers.{i}.{j}.1', 'bn'),
+    ('stage{s}_{m}/fuse{i}_{j}_{k}/conv', 'stage{s}.{m}.fuse_layers.{i}.{j}.{k}.0', 'conv'),
+    ('stage{s}_{m}/fuse{i}_{j}_{k}/bn', 'stage{s}.{m}.fuse_layers.{i}.{j}.{k}.1', 'bn'),
 ]
 # nn.Sequential indices: a conv's and a BN's keys differ only by index, which depends on the exit type
 _HEAD = [('last_layer/conv{n:0|3}', 'last_layer.{n}', 'conv'), ('last_layer/bn{n:1}', 'last_layer.{n}', 'bn')]
 _EXITS = {
-  'ee': [('exit{e:[123]}/conv{n:0|3}', 'exit{e}.{n}', 'conv'), ('exit{e:[123]}/bn{n:1}', 'exit{e}.{n}', 'bn')],
-  'rh': [('exit{e:[123]}/conv{n:1|5|9|13|17|21}', 'exit{e}.{n}', 'conv'),
-         ('exit{e:[123]}/bn{n:2|6|10|14|18}', 'exit{e}.{n}', 'bn')],
+    'ee': [('exit{e:[123]}/conv{n:0|3}', 'exit{e}.{n}', 'conv'), ('exit{e:[123]}/bn{n:1}', 'exit{e}.{n}', 'bn')],
+    'rh': [
+        ('exit{e:[123]}/conv{n:1|5|9|13|17|21}', 'exit{e}.{n}', 'conv'),
+        ('exit{e:[123]}/bn{n:2|6|10|14|18}', 'exit{e}.{n}', 'bn'),
+    ],
 }
 
 
@@ -79,9 +101,12 @@ def _rules(modules, with_lambda: bool) -> list[W.Rule]:
       if with_lambda:
         rules.append(W.Rule(f'params/{f}/rbf_lambda', f'{e}.Lambda'))
     else:
-      rules += [W.Rule(f'params/{f}/scale', f'{e}.weight'), W.Rule(f'params/{f}/bias', f'{e}.bias'),
-                W.Rule(f'batch_stats/{f}/mean', f'{e}.running_mean'),
-                W.Rule(f'batch_stats/{f}/var', f'{e}.running_var')]
+      rules += [
+          W.Rule(f'params/{f}/scale', f'{e}.weight'),
+          W.Rule(f'params/{f}/bias', f'{e}.bias'),
+          W.Rule(f'batch_stats/{f}/mean', f'{e}.running_mean'),
+          W.Rule(f'batch_stats/{f}/var', f'{e}.running_var'),
+      ]
   return rules
 
 
@@ -136,15 +161,16 @@ def _width_hint(sd: Mapping[str, Any], flat_target: Mapping[str, Any]) -> str:
   return ''
 
 
-def external_to_variables(sd: Mapping[str, Any], variables: Mapping[str, Any], layout: str,
-                          source: str = 'checkpoint') -> dict[str, Any]:
+def external_to_variables(
+    sd: Mapping[str, Any], variables: Mapping[str, Any], layout: str, source: str = 'checkpoint'
+) -> dict[str, Any]:
   """A PyTorch-layout state dict loaded into `variables` ({'params', 'batch_stats'}, same tree returned)."""
   sd = {k: v for k, v in sd.items() if not k.endswith('num_batches_tracked')}
   if layout == 'timm':
     sd = {k: v for k, v in sd.items() if not k.startswith(_TIMM_HEAD_PREFIXES)}
   else:
     if any(k.startswith('model.') for k in sd):
-      sd = {k[len('model.'):]: v for k, v in sd.items() if k.startswith('model.')}
+      sd = {k[len('model.') :]: v for k, v in sd.items() if k.startswith('model.')}
     for k in [k for k in sd if k.endswith('.square_dis')]:
       if np.shape(sd[k]) != (confidence.RBF_SIZE,) * 2 or not np.array_equal(np.asarray(sd[k]), _square_dis()):
         raise UserError(f'{k} in {source} is not the constant 7x7 RBF distance table')
@@ -161,23 +187,24 @@ def external_to_variables(sd: Mapping[str, Any], variables: Mapping[str, Any], l
   return _unflat_variables(out)
 
 
-def variables_to_external(variables: Mapping[str, Any], layout: str,
-                          class_weights: tuple[float, ...] | None = None) -> dict[str, np.ndarray]:
+def variables_to_external(
+    variables: Mapping[str, Any], layout: str, class_weights: tuple[float, ...] | None = None
+) -> dict[str, np.ndarray]:
   """{'params', 'batch_stats'} -> the PyTorch state dict of `layout` (num_batches_tracked = 0 added)."""
   flat = {k: np.asarray(v) for k, v in _flat_variables(variables).items()}
   if layout == 'timm':
     flat = {k: v for k, v in flat.items() if _is_backbone(k)}
   table = rule_table(layout, exit_type_of(flat))
   sd = W.export_tensors(flat, table)
-  for k, v in sd.items():   # export_tensors' ascontiguousarray makes 0-d tensors (Lambda) 1-d
+  for k, v in sd.items():  # export_tensors' ascontiguousarray makes 0-d tensors (Lambda) 1-d
     want = np.shape(flat[table.to_flax_key(k)[0]])
     if v.shape != want and v.size == 1:
       sd[k] = v.reshape(want)
   for k in [k for k in sd if k.endswith('.running_var')]:
-    sd[k[:-len('running_var')] + 'num_batches_tracked'] = np.zeros((), np.int64)
+    sd[k[: -len('running_var')] + 'num_batches_tracked'] = np.zeros((), np.int64)
   if layout == 'official':
     for k in [k for k in sd if k.endswith('.Lambda')]:
-      sd[k[:-len('Lambda')] + 'square_dis'] = _square_dis()
+      sd[k[: -len('Lambda')] + 'square_dis'] = _square_dis()
     sd = {f'model.{k}': v for k, v in sd.items()}
     num_classes = int(np.shape(flat['params/last_layer/conv3/bias'])[0])
     if class_weights is None:
@@ -201,8 +228,10 @@ def read_state_dict(path: str) -> dict[str, np.ndarray]:
   try:
     if path.endswith('.safetensors'):
       from safetensors.numpy import load_file
+
       return dict(load_file(path))
     import torch
+
     obj = torch.load(path, map_location='cpu', weights_only=True)
   except UserError:
     raise
@@ -241,16 +270,20 @@ def load_pretrained(variables: Mapping[str, Any], path: str, reinit_head: bool =
   sd = read_state_dict(path)
   layout = detect_layout(sd)
   if layout == 'official' and reinit_head:
-    sd = {k: v for k, v in sd.items() if not k.startswith(('model.exit', 'model.last_layer', 'exit', 'last_layer',
-                                                          'loss.'))}
-    sd = {k[len('model.'):] if k.startswith('model.') else k: v for k, v in sd.items()}
+    sd = {
+        k: v
+        for k, v in sd.items()
+        if not k.startswith(('model.exit', 'model.last_layer', 'exit', 'last_layer', 'loss.'))
+    }
+    sd = {k[len('model.') :] if k.startswith('model.') else k: v for k, v in sd.items()}
     sd = {k: v for k, v in sd.items() if not k.endswith(('.Lambda', '.square_dis'))}
     layout = 'timm'
   return external_to_variables(sd, variables, layout, source=path)
 
 
-def save_variables(variables: Mapping[str, Any], path: str, layout: str,
-                   class_weights: tuple[float, ...] | None = None) -> dict[str, np.ndarray]:
+def save_variables(
+    variables: Mapping[str, Any], path: str, layout: str, class_weights: tuple[float, ...] | None = None
+) -> dict[str, np.ndarray]:
   """Writes `variables` in `layout` as .safetensors or .pth (atomically); returns the state dict written."""
   sd = variables_to_external(variables, layout, class_weights)
   d = os.path.dirname(os.path.abspath(path))
@@ -260,9 +293,11 @@ def save_variables(variables: Mapping[str, Any], path: str, layout: str,
   try:
     if path.endswith('.safetensors'):
       from safetensors.numpy import save_file
+
       save_file(sd, tmp, metadata={'format': 'pt'})
     else:
       import torch
+
       torch.save({k: torch.from_numpy(np.array(v)) for k, v in sd.items()}, tmp)
     os.replace(tmp, path)
   finally:

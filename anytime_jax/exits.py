@@ -12,6 +12,7 @@ Submodules are named by their index in the PyTorch nn.Sequential (`conv0`, `bn1`
 the official checkpoint's keys (`exit1.0.weight`, `last_layer.1.running_mean`) use.
 Every conv may be a masked conv (`exit_index` set, `masks` given); BN momentum 0.99 (PyTorch 0.01), eps 1e-5.
 """
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -44,7 +45,7 @@ def avg_pool_2x2(x: jax.Array) -> jax.Array:
 
 class OriginalExit(nn.Module):
   num_classes: int
-  exit_index: int | None = None   # masked convs of the segment ending at this exit (None: not masked)
+  exit_index: int | None = None  # masked convs of the segment ending at this exit (None: not masked)
 
   @nn.compact
   def __call__(self, x, train: bool = False, masks: MaskSet | None = None):
@@ -56,8 +57,8 @@ class OriginalExit(nn.Module):
 
 class RedesignedExit(nn.Module):
   num_classes: int
-  depth: int            # 4 - k for exit k
-  inter_channels: int   # 128 for W48, 64 for W18
+  depth: int  # 4 - k for exit k
+  inter_channels: int  # 128 for W48, 64 for W18
   exit_index: int | None = None
 
   @nn.compact

@@ -11,12 +11,13 @@
   (k = the exit whose segment they belong to), so `ca_macs(dense, macs)` = dense cumulative cost of exit k
   + sum over segments j <= k of (actual - dense). Averaging over an eval set is done by the caller (metrics).
 """
+
 import jax
 import jax.numpy as jnp
 
 from core_jax import counting
 
-GIGA = 1024 ** 3
+GIGA = 1024**3
 
 
 def exit_names(marks: dict) -> list[str]:
@@ -34,8 +35,9 @@ def dense_gflops(model, height: int, width: int) -> dict[str, float]:
 
 
 def _segment_delta(macs_collection, k: int):
-  return (counting.sum_macs(macs_collection, name=f'actual_exit{k}')
-          - counting.sum_macs(macs_collection, name=f'dense_exit{k}'))
+  return counting.sum_macs(macs_collection, name=f'actual_exit{k}') - counting.sum_macs(
+      macs_collection, name=f'dense_exit{k}'
+  )
 
 
 def ca_macs(dense: dict[str, int], macs_collection, batch: int) -> dict[str, jax.Array]:
@@ -43,7 +45,7 @@ def ca_macs(dense: dict[str, int], macs_collection, batch: int) -> dict[str, jax
   sown 'macs' collection of one apply (empty or absent: the dense numbers)."""
   out, delta = {}, jnp.zeros((batch,), jnp.float32)
   for name in exit_names(dense):
-    k = int(name[len('exit'):])
+    k = int(name[len('exit') :])
     delta = delta + _segment_delta(macs_collection or {}, k)
     out[name] = jnp.float32(dense[name]) + delta
   return out
@@ -51,7 +53,7 @@ def ca_macs(dense: dict[str, int], macs_collection, batch: int) -> dict[str, jax
 
 def apply_with_macs(model, variables, x, **kwargs):
   """model.apply returning (outputs, per-example cumulative MACs per exit)."""
-  variables = {k: v for k, v in variables.items() if k != counting.MACS_COLLECTION}   # sown values would add up
+  variables = {k: v for k, v in variables.items() if k != counting.MACS_COLLECTION}  # sown values would add up
   outputs, state = model.apply(variables, x, train=False, mutable=[counting.MACS_COLLECTION], **kwargs)
   dense = dense_macs(model, x.shape[1], x.shape[2])
   return outputs, ca_macs(dense, state.get(counting.MACS_COLLECTION, {}), x.shape[0])

@@ -24,6 +24,7 @@ fraction of 1/4-res pixels computed by each exit: 1.0 unless that exit's stage i
 `features_only=True` returns the four stage-4 branch outputs instead (backbone only); `last_exit=k` stops
 after exit k (its logits last), for per-exit latency.
 """
+
 import dataclasses
 
 import flax.linen as nn
@@ -40,23 +41,24 @@ from core_jax.errors import UserError
 @dataclasses.dataclass(frozen=True)
 class Arch:
   """One HRNetV2 configuration (the yaml's STAGE1..4)."""
-  width: int                      # branch 0 channels; branch i has width * 2^i
-  stage1_blocks: int              # Bottlenecks in layer1
-  stage_modules: tuple[int, int, int]   # HighResolutionModules in stages 2, 3, 4
-  stage_blocks: int               # BasicBlocks per branch per module
-  timm_name: str                  # the timm model with the same backbone
-  inter_channels: int             # RH exit inter channels the ADP-C code uses with this width
+
+  width: int  # branch 0 channels; branch i has width * 2^i
+  stage1_blocks: int  # Bottlenecks in layer1
+  stage_modules: tuple[int, int, int]  # HighResolutionModules in stages 2, 3, 4
+  stage_blocks: int  # BasicBlocks per branch per module
+  timm_name: str  # the timm model with the same backbone
+  inter_channels: int  # RH exit inter channels the ADP-C code uses with this width
 
   def channels(self, num_branches: int) -> list[int]:
-    return [self.width * 2 ** i for i in range(num_branches)]
+    return [self.width * 2**i for i in range(num_branches)]
 
 
 ARCHS = {
-  'w48': Arch(48, 4, (1, 4, 3), 4, 'hrnet_w48', 128),
-  'w18_small_v2': Arch(18, 2, (1, 3, 2), 2, 'hrnet_w18_small_v2', 64),   # the ADP-C code's "w18"
-  'w18': Arch(18, 4, (1, 4, 3), 4, 'hrnet_w18', 64),
-  # not from the papers: a small HRNet (one module per stage, one block per branch) for CPU jobs and tests
-  'w8_tiny': Arch(8, 1, (1, 1, 1), 1, '', 16),
+    'w48': Arch(48, 4, (1, 4, 3), 4, 'hrnet_w48', 128),
+    'w18_small_v2': Arch(18, 2, (1, 3, 2), 2, 'hrnet_w18_small_v2', 64),  # the ADP-C code's "w18"
+    'w18': Arch(18, 4, (1, 4, 3), 4, 'hrnet_w18', 64),
+    # not from the papers: a small HRNet (one module per stage, one block per branch) for CPU jobs and tests
+    'w8_tiny': Arch(8, 1, (1, 1, 1), 1, '', 16),
 }
 STEM_WIDTH = 64
 LAYER1_PLANES = 64
@@ -70,6 +72,7 @@ def get_arch(name: str) -> Arch:
 
 class ConvBN(nn.Module):
   """conv + BN (+ ReLU): the PyTorch nn.Sequential(conv, BN[, ReLU]) of transitions, fuses and downsamples."""
+
   features: int
   kernel_size: int
   strides: int = 1
@@ -130,14 +133,21 @@ class HighResolutionModule(nn.Module):
           t = xs[j]
         elif j > i:
           t = ConvBN(self.channels[i], 1, relu=False, exit_index=self.exit_index, name=f'fuse{i}_{j}')(
-            xs[j], train, masks)
+              xs[j], train, masks
+          )
           t = self._upsample(t, xs[i].shape[1:3], 2 ** (j - i))
         else:
           t = xs[j]
           for k in range(i - j):
             last = k == i - j - 1
-            t = ConvBN(self.channels[i] if last else self.channels[j], 3, 2, relu=not last,
-                       exit_index=self.exit_index, name=f'fuse{i}_{j}_{k}')(t, train, masks)
+            t = ConvBN(
+                self.channels[i] if last else self.channels[j],
+                3,
+                2,
+                relu=not last,
+                exit_index=self.exit_index,
+                name=f'fuse{i}_{j}_{k}',
+            )(t, train, masks)
         y = t if y is None else y + t
       outs.append(nn.relu(y))
     return outs
@@ -145,8 +155,8 @@ class HighResolutionModule(nn.Module):
   def _upsample(self, t, size, factor):
     if self.fuse_upsample == 'bilinear':
       return resize_bilinear(t, *size)
-    if self.fuse_upsample == 'nearest':   # HRNet classification / timm (x 2^(j-i), nearest)
-      return jnp.repeat(jnp.repeat(t, factor, axis=1), factor, axis=2)[:, :size[0], :size[1]]
+    if self.fuse_upsample == 'nearest':  # HRNet classification / timm (x 2^(j-i), nearest)
+      return jnp.repeat(jnp.repeat(t, factor, axis=1), factor, axis=2)[:, : size[0], : size[1]]
     raise ValueError(f'fuse_upsample must be bilinear or nearest, got {self.fuse_upsample!r}')
 
 
@@ -181,8 +191,8 @@ class HRNet(nn.Module):
   num_classes: int = 19
   exits: tuple[int, ...] = (1, 2, 3, 4)
   exit_type: str = 'rh'
-  inter_channels: int | None = None   # RH exits; None: the arch's (128 for W48, 64 for W18)
-  tau: float | None = None            # confidence adaptivity when set
+  inter_channels: int | None = None  # RH exits; None: the arch's (128 for W48, 64 for W18)
+  tau: float | None = None  # confidence adaptivity when set
   masked_stages: tuple[int, ...] = (2, 3, 4)
   fuse_upsample: str = 'bilinear'
 
@@ -191,8 +201,9 @@ class HRNet(nn.Module):
     arch = get_arch(self.arch)
     if last_exit not in tuple(self.exits):
       raise UserError(f'last_exit={last_exit} is not one of the exits {tuple(self.exits)}')
-    exits, masked = check_structure(self.exits, self.exit_type, self.tau,
-                                    self.masked_stages if self.tau is not None else ())
+    exits, masked = check_structure(
+        self.exits, self.exit_type, self.tau, self.masked_stages if self.tau is not None else ()
+    )
     inter = self.inter_channels or arch.inter_channels
     ca = self.tau is not None and not features_only
 
@@ -203,8 +214,8 @@ class HRNet(nn.Module):
     ys = [x]
 
     logits, fractions, ran = [], [], []
-    masks = None        # the MaskSet of the last exit, for the next stage
-    prev = None         # the last exit's aggregated logits
+    masks = None  # the MaskSet of the last exit, for the next stage
+    prev = None  # the last exit's aggregated logits
     batch = x.shape[0]
 
     def run_exit(k, feats, masks_k):
@@ -233,7 +244,7 @@ class HRNet(nn.Module):
     pre = [LAYER1_PLANES * 4]
     for s in (2, 3, 4):
       if not features_only and ran and ran[-1] >= last_exit:
-        break   # stop after `last_exit` (per-exit latency, as the ADP-C code's stop_k)
+        break  # stop after `last_exit` (per-exit latency, as the ADP-C code's stop_k)
       seg = s if s in masked else None
       masks_s = masks if seg is not None and ca else None
       cur = arch.channels(s)
@@ -251,8 +262,9 @@ class HRNet(nn.Module):
             t = ConvBN(out_c, 3, 2, exit_index=seg, name=f'transition{s - 1}_{i}_{j}')(t, train, masks_s)
           xs.append(t)
       for m in range(arch.stage_modules[s - 2]):
-        xs = HighResolutionModule(tuple(cur), arch.stage_blocks, self.fuse_upsample, exit_index=seg,
-                                  name=f'stage{s}_{m}')(xs, train, masks_s)
+        xs = HighResolutionModule(
+            tuple(cur), arch.stage_blocks, self.fuse_upsample, exit_index=seg, name=f'stage{s}_{m}'
+        )(xs, train, masks_s)
       ys, pre = xs, cur
       if s in exits:
         run_exit(s, exit_input(ys), masks_s)
@@ -262,15 +274,30 @@ class HRNet(nn.Module):
     return {'logits': tuple(logits), 'fractions': tuple(fractions)}
 
 
-def build(arch: str = 'w48', *, num_classes: int = 19, exits=(1, 2, 3, 4), exit_type: str = 'rh',
-          inter_channels: int | None = None, tau: float | None = None, masked_stages=(2, 3, 4),
-          fuse_upsample: str = 'bilinear') -> HRNet:
+def build(
+    arch: str = 'w48',
+    *,
+    num_classes: int = 19,
+    exits=(1, 2, 3, 4),
+    exit_type: str = 'rh',
+    inter_channels: int | None = None,
+    tau: float | None = None,
+    masked_stages=(2, 3, 4),
+    fuse_upsample: str = 'bilinear',
+) -> HRNet:
   """An HRNet with the options validated up front (one-line UserErrors)."""
   get_arch(arch)
   exits, masked = check_structure(exits, exit_type, tau, masked_stages if tau is not None else ())
-  return HRNet(arch=arch, num_classes=num_classes, exits=exits, exit_type=exit_type, inter_channels=inter_channels,
-               tau=None if tau is None else float(tau), masked_stages=masked or (2, 3, 4),
-               fuse_upsample=fuse_upsample)
+  return HRNet(
+      arch=arch,
+      num_classes=num_classes,
+      exits=exits,
+      exit_type=exit_type,
+      inter_channels=inter_channels,
+      tau=None if tau is None else float(tau),
+      masked_stages=masked or (2, 3, 4),
+      fuse_upsample=fuse_upsample,
+  )
 
 
 def base(arch: str = 'w48', num_classes: int = 19) -> HRNet:
@@ -282,14 +309,18 @@ def random_variables(model: HRNet, height: int = 64, width: int = 64, seed: int 
   """{'params', 'batch_stats'} as host numpy arrays drawn like the model's init (conv weights N(0, 0.001),
   biases U(+-1/sqrt(fan_in)), BN scale 1 / bias 0 / mean 0 / var 1, rbf_lambda 3), without compiling
   `model.init` (which takes minutes for W48 on a small CPU); shapes from `jax.eval_shape`."""
-  import numpy as np   # host-only helper
+  import numpy as np  # host-only helper
+
   abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32))
   rng = np.random.RandomState(seed)
-  fan_in = {tuple(p.key for p in path[:-1]): int(np.prod(s.shape[:-1]))
-            for path, s in jax.tree_util.tree_flatten_with_path(abstract['params'])[0] if path[-1].key == 'kernel'}
+  fan_in = {
+      tuple(p.key for p in path[:-1]): int(np.prod(s.shape[:-1]))
+      for path, s in jax.tree_util.tree_flatten_with_path(abstract['params'])[0]
+      if path[-1].key == 'kernel'
+  }
 
   def fill(path, s):
-    keys = tuple(p.key for p in path)[1:]   # drop the collection name
+    keys = tuple(p.key for p in path)[1:]  # drop the collection name
     name = keys[-1]
     if name == 'kernel':
       return rng.normal(0.0, confidence.CONV_INIT_STD, s.shape).astype(s.dtype)

@@ -13,6 +13,7 @@ REFERENCE values (not computed here), from ../shared/reference/anytime.md:
     row 521.6 / 717.9 / 914.2 / 1110.5 rises by a constant 196.3 per exit and is an artifact).
 W18 (full) and the W18-Small-v2 exit rows have no published FLOPs.
 """
+
 import argparse
 import json
 import sys
@@ -27,10 +28,10 @@ HEIGHT, WIDTH = 1024, 2048
 ARCH_LABELS = {'w48': 'HRNet-W48', 'w18_small_v2': 'HRNet-W18-Small-v2', 'w18': 'HRNet-W18'}
 # (arch, exits) -> (params in M or None, per-exit GFLOPs or None)
 REFERENCE = {
-  ('w48', 'base'): (65.86, (696.2,)),
-  ('w18_small_v2', 'base'): (3.94, (71.6,)),
-  ('w48', 'rh'): (None, (41.9, 105.6, 368.0, 701.3)),
-  ('w48', 'ee'): (None, (48.4, 113.5, 388.9, 722.2)),
+    ('w48', 'base'): (65.86, (696.2,)),
+    ('w18_small_v2', 'base'): (3.94, (71.6,)),
+    ('w48', 'rh'): (None, (41.9, 105.6, 368.0, 701.3)),
+    ('w48', 'ee'): (None, (48.4, 113.5, 388.9, 722.2)),
 }
 ROWS = [(a, e) for a in ('w48', 'w18_small_v2', 'w18') for e in ('base', 'ee', 'rh')]
 
@@ -48,8 +49,15 @@ def row(arch: str, exits: str, height: int = HEIGHT, width: int = WIDTH) -> dict
   g = flops.dense_gflops(model, height, width)
   per_exit = [g[k] for k in flops.exit_names(g)]
   ref_params, ref_gflops = REFERENCE.get((arch, exits), (None, None))
-  return {'arch': arch, 'exits': exits, 'params': params, 'gflops': per_exit,
-          'mean_gflops': sum(per_exit) / len(per_exit), 'ref_params_m': ref_params, 'ref_gflops': ref_gflops}
+  return {
+      'arch': arch,
+      'exits': exits,
+      'params': params,
+      'gflops': per_exit,
+      'mean_gflops': sum(per_exit) / len(per_exit),
+      'ref_params_m': ref_params,
+      'ref_gflops': ref_gflops,
+  }
 
 
 def table(height: int = HEIGHT, width: int = WIDTH) -> list[dict]:
@@ -61,18 +69,23 @@ def _fmt(v) -> str:
 
 
 def markdown(rows: list[dict], height: int = HEIGHT, width: int = WIDTH) -> str:
-  lines = [f'GFLOPs (conv/linear MACs / 1024^3) cumulative per exit at {height}x{width}, no confidence adaptivity; '
-           'ref = reference value',
-           '',
-           '| model | exits | params (M) | ref | exit1 | exit2 | exit3 | exit4 | mean | ref per exit |',
-           '|---|---|---|---|---|---|---|---|---|---|']
+  lines = [
+      f'GFLOPs (conv/linear MACs / 1024^3) cumulative per exit at {height}x{width}, no confidence adaptivity; '
+      'ref = reference value',
+      '',
+      '| model | exits | params (M) | ref | exit1 | exit2 | exit3 | exit4 | mean | ref per exit |',
+      '|---|---|---|---|---|---|---|---|---|---|',
+  ]
   for r in rows:
     g = r['gflops']
     cells = ['-'] * (4 - len(g)) + [_fmt(v) for v in g]
     ref = ' / '.join(_fmt(v) for v in r['ref_gflops']) if r['ref_gflops'] else '-'
-    lines.append(f"| {ARCH_LABELS[r['arch']]} | {r['exits']} | {r['params'] / 1e6:.2f} | "
-                 f"{'-' if r['ref_params_m'] is None else r['ref_params_m']} | " + ' | '.join(cells)
-                 + f" | {_fmt(r['mean_gflops']) if len(g) > 1 else '-'} | {ref} |")
+    lines.append(
+        f"| {ARCH_LABELS[r['arch']]} | {r['exits']} | {r['params'] / 1e6:.2f} | "
+        f"{'-' if r['ref_params_m'] is None else r['ref_params_m']} | "
+        + ' | '.join(cells)
+        + f" | {_fmt(r['mean_gflops']) if len(g) > 1 else '-'} | {ref} |"
+    )
   return '\n'.join(lines)
 
 

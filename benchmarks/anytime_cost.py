@@ -16,6 +16,7 @@ Backbone: our HRNet stem..stage4 (`features_only`, jax.jit) against timm's `crea
 `forward_features` (PyTorch eager, no_grad), same size, each in its own process, taking turns
 (`common.interleaved`). On a GPU (when one is present) the same runs use W48 at 1024x2048.
 """
+
 import argparse
 
 from benchmarks import common
@@ -27,7 +28,9 @@ TAU = 0.998
 def _setup(args):
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
+
   from anytime_jax import hrnet  # pylint: disable=import-outside-toplevel
+
   x = np.random.RandomState(0).randn(1, args.height, args.width, 3).astype(np.float32)
   return jax, np, hrnet, jax.device_put(x)
 
@@ -37,12 +40,14 @@ def _he_weights(variables):
   confidences) follow the input from pixel to pixel; at 0.001 they vanish and every pixel gets the same logits."""
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
+
   from anytime_jax import confidence  # pylint: disable=import-outside-toplevel
 
   def rescale(path, x):
     if path[-1].key != 'kernel':
       return x
     return (x * (np.sqrt(2.0 / np.prod(x.shape[:-1])) / confidence.CONV_INIT_STD)).astype(x.dtype)
+
   return {**variables, 'params': jax.tree_util.tree_map_with_path(rescale, variables['params'])}
 
 
@@ -50,6 +55,7 @@ def worker_exits(args):
   """Times the model stopped after each exit; one BENCH record per exit."""
   jax, np, hrnet, x = _setup(args)
   from anytime_jax import confidence, flops  # pylint: disable=import-outside-toplevel
+
   tau = None if args.variant == 'rh' else TAU
   model = hrnet.build(args.arch, exit_type='rh', tau=tau)
   variables = jax.device_put(_he_weights(hrnet.random_variables(model)))
@@ -65,12 +71,24 @@ def worker_exits(args):
 
     def fn():
       out[0] = jax.block_until_ready(fwd(variables, x))
+
     stats = common.time_calls(fn, warmup=1, repeats=args.repeats)
     outputs, macs = out[0]
-    common.emit({'bench': 'anytime_exits', 'arch': args.arch, 'variant': args.variant, 'tau': tau, 'exit': k,
-                 'height': args.height, 'width': args.width, 'gflops': float(macs[f'exit{k}'][0]) / flops.GIGA,
-                 'fraction_computed': float(outputs['fractions'][-1][0]),
-                 'masked_conv': confidence.masked_conv.__name__, **stats})
+    common.emit(
+        {
+            'bench': 'anytime_exits',
+            'arch': args.arch,
+            'variant': args.variant,
+            'tau': tau,
+            'exit': k,
+            'height': args.height,
+            'width': args.width,
+            'gflops': float(macs[f'exit{k}'][0]) / flops.GIGA,
+            'fraction_computed': float(outputs['fractions'][-1][0]),
+            'masked_conv': confidence.masked_conv.__name__,
+            **stats,
+        }
+    )
 
 
 def worker_backbone(args):
@@ -84,7 +102,9 @@ def worker_backbone(args):
     import numpy as np  # pylint: disable=import-outside-toplevel
     import timm  # pylint: disable=import-outside-toplevel
     import torch  # pylint: disable=import-outside-toplevel
+
     from anytime_jax import hrnet  # pylint: disable=import-outside-toplevel
+
     dev = 'cuda' if torch.cuda.is_available() else 'cpu'
     tm = timm.create_model(hrnet.ARCHS[args.arch].timm_name, pretrained=False, head='').eval().to(dev)
     x = torch.from_numpy(np.random.RandomState(0).randn(1, 3, args.height, args.width).astype(np.float32)).to(dev)
@@ -95,8 +115,18 @@ def worker_backbone(args):
       if dev == 'cuda':
         torch.cuda.synchronize()
       return out
-  common.serve(fn, 2, {'bench': 'anytime_backbone', 'contender': args.contender, 'arch': args.arch,
-                       'height': args.height, 'width': args.width})
+
+  common.serve(
+      fn,
+      2,
+      {
+          'bench': 'anytime_backbone',
+          'contender': args.contender,
+          'arch': args.arch,
+          'height': args.height,
+          'width': args.width,
+      },
+  )
 
 
 def _base_args(arch, height, width, repeats):
@@ -108,8 +138,11 @@ def measure(arch='w18_small_v2', height=512, width=1024, repeats=3, rounds=5) ->
   records = []
   for variant in VARIANTS:
     records += common.run_isolated('benchmarks.anytime_cost', ['--worker', 'exits', '--variant', variant, *base])
-  runs = common.interleaved('benchmarks.anytime_cost',
-                            {c: ['--worker', 'backbone', '--contender', c, *base] for c in ('ours', 'timm')}, rounds)
+  runs = common.interleaved(
+      'benchmarks.anytime_cost',
+      {c: ['--worker', 'backbone', '--contender', c, *base] for c in ('ours', 'timm')},
+      rounds,
+  )
   ratio = common.paired_ratio(runs['ours']['times_s'], runs['timm']['times_s'])
   for name, r in runs.items():
     records.append({**r, 'ours_over_timm': ratio if name == 'timm' else 1.0})
@@ -121,6 +154,7 @@ def measure_all(repeats=3, rounds=5) -> list:
   records = measure('w18_small_v2', 512, 1024, repeats, rounds)
   try:
     import jax  # pylint: disable=import-outside-toplevel
+
     if jax.default_backend() == 'gpu':
       records += measure('w48', 1024, 2048, repeats, rounds)
   except Exception:  # pylint: disable=broad-except
@@ -129,19 +163,28 @@ def measure_all(repeats=3, rounds=5) -> list:
 
 
 def table(records) -> str:
-  lines = ['| model | size | variant | tau | exit | GFLOPs | fraction computed | ms / image (median) |',
-           '|---|---|---|---|---|---|---|---|']
+  lines = [
+      '| model | size | variant | tau | exit | GFLOPs | fraction computed | ms / image (median) |',
+      '|---|---|---|---|---|---|---|---|',
+  ]
   for r in records:
     if r.get('bench') == 'anytime_exits':
       tau = '-' if r['tau'] is None else f"{r['tau']:.4g}"
-      lines.append(f"| {r['arch']} | {r['height']}x{r['width']} | {r['variant']} | {tau} | {r['exit']} | "
-                   f"{r['gflops']:.1f} | {r['fraction_computed']:.3f} | {1e3 * r['median_s']:.1f} |")
-  lines += ['', '| backbone | size | contender | ms / image (median) | first call (s) | ours faster by |',
-            '|---|---|---|---|---|---|']
+      lines.append(
+          f"| {r['arch']} | {r['height']}x{r['width']} | {r['variant']} | {tau} | {r['exit']} | "
+          f"{r['gflops']:.1f} | {r['fraction_computed']:.3f} | {1e3 * r['median_s']:.1f} |"
+      )
+  lines += [
+      '',
+      '| backbone | size | contender | ms / image (median) | first call (s) | ours faster by |',
+      '|---|---|---|---|---|---|',
+  ]
   for r in records:
     if r.get('bench') == 'anytime_backbone':
-      lines.append(f"| {r['arch']} | {r['height']}x{r['width']} | {r['contender']} | {1e3 * r['median_s']:.1f} | "
-                   f"{r['first_call_s']:.1f} | {r['ours_over_timm']:.2f}x |")
+      lines.append(
+          f"| {r['arch']} | {r['height']}x{r['width']} | {r['contender']} | {1e3 * r['median_s']:.1f} | "
+          f"{r['first_call_s']:.1f} | {r['ours_over_timm']:.2f}x |"
+      )
   return '\n'.join(lines)
 
 

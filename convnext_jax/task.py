@@ -22,14 +22,15 @@ relative depth get the same scale (block j of d sits at fraction j / d, like blo
 Other depths (e.g. d = 6 for atto: ids 3, 4, 6, 7, 9, 10) skip some ids but remain monotone in depth.
 Isotropic ConvNeXt (BEiT style): stem_conv -> 0, blocks_j -> j + 1, head_norm/head -> depth + 1.
 """
+
 import re
 
 import jax.numpy as jnp
 
+from convnext_jax import models
 from core_jax import optim
 from core_jax.errors import UserError
 from core_jax.task import ClassificationTask
-from convnext_jax import models
 
 NUM_LAYER_GROUPS = 14  # official ConvNeXt: ids 0..13
 
@@ -85,8 +86,12 @@ class ConvNeXtTask(ClassificationTask):
   def build_model(self):
     mcfg = self.config.model
     return models.create_model(
-        mcfg.name, num_classes=self.dataset_info.num_classes, drop_path_rate=mcfg.drop_path_rate,
-        dtype=jnp.dtype(self.config.compute_dtype), **self._overrides())
+        mcfg.name,
+        num_classes=self.dataset_info.num_classes,
+        drop_path_rate=mcfg.drop_path_rate,
+        dtype=jnp.dtype(self.config.compute_dtype),
+        **self._overrides(),
+    )
 
   def lr_scale_fn(self):
     decay = self.config.optimizer.get('layer_decay', None)
@@ -94,7 +99,16 @@ class ConvNeXtTask(ClassificationTask):
       return None
     return layer_decay_scale_fn(self.config.model.name, float(decay), self._overrides())
 
-  def load_pretrained(self, params, path, reinit_head):
+  def load_pretrained(self, variables, path, reinit_head):
+    """ConvNeXt has no batch_stats: the file's weights go into `variables['params']`."""
     from convnext_jax import convert  # pylint: disable=import-outside-toplevel
-    return convert.load_pretrained(params, path, arch=self.config.model.name, reinit_head=reinit_head,
-                                   ema=bool(self.config.get('init_from_ema', False)), as_numpy=True)
+
+    params = convert.load_pretrained(
+        variables['params'],
+        path,
+        arch=self.config.model.name,
+        reinit_head=reinit_head,
+        ema=bool(self.config.get('init_from_ema', False)),
+        as_numpy=True,
+    )
+    return {**variables, 'params': params}

@@ -32,6 +32,7 @@ Limitations: the count is of what Python sees while tracing, so a body traced on
 (`nn.scan`, `nn.vmap`, `lax.fori_loop` / `lax.scan` in a custom op) is counted once; multiply yourself
 (record_macs from outside the loop) where it matters.
 """
+
 import contextlib
 import math
 import numbers
@@ -73,6 +74,7 @@ def mark(name: str) -> None:
 
 
 class _Cell:
+
   def __init__(self):
     self.total = 0
     self.marks: dict[str, int] = {}
@@ -137,7 +139,7 @@ def _einsum_macs(einsum_str: str, lhs_shape, rhs_shape, out_shape) -> int:
     labels = spec.replace('...', '')
     if '...' in spec:  # labels after the ellipsis align with the trailing dims
       head, tail = spec.split('...')
-      dims = list(zip(head, shape[:len(head)])) + list(zip(tail, shape[len(shape) - len(tail):]))
+      dims = list(zip(head, shape[: len(head)])) + list(zip(tail, shape[len(shape) - len(tail) :]))
     else:
       dims = list(zip(labels, shape))
     for label, d in dims:
@@ -220,8 +222,7 @@ def _trace(fn_or_module, inputs, *, method, variables, rngs, kwargs) -> _Cell:
   if rngs is None:
     rngs = {'params': jax.random.PRNGKey(0), 'dropout': jax.random.PRNGKey(1)}
   if variables is None:
-    variables = jax.eval_shape(
-      lambda r, *d: module.init(r, *rebuild(d), method=method, **kwargs), rngs, *dyn)
+    variables = jax.eval_shape(lambda r, *d: module.init(r, *rebuild(d), method=method, **kwargs), rngs, *dyn)
 
   def apply(v, r, *d):
     return module.apply(v, *rebuild(d), method=method, rngs=r, mutable=True, **kwargs)

@@ -15,6 +15,7 @@ Call ``retain_freed_memory()`` first thing in the process, before JAX starts its
 glibc fixes the arena limit when the first secondary arena is made.  ``CORE_JAX_RETAIN_HOST_MEMORY=0``
 turns it off.
 """
+
 import ctypes
 import os
 import sys
@@ -37,5 +38,6 @@ def retain_freed_memory() -> bool:
     return False
   mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
   # -1 as the trim threshold means never trim (documented in mallopt(3)).
-  return all(mallopt(param, value) == 1
-             for param, value in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1)))
+  return all(
+      mallopt(param, value) == 1 for param, value in ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, -1))
+  )

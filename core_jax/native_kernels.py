@@ -57,7 +57,8 @@ def _cpu_signature() -> str:
 
 def _cache_dir() -> str:
   return os.environ.get('CORE_JAX_KERNEL_CACHE') or os.path.join(
-      os.path.expanduser('~'), '.cache', 'core_jax', 'kernels')
+      os.path.expanduser('~'), '.cache', 'core_jax', 'kernels'
+  )
 
 
 def _build(source: str, compiler: str, extra_flags: tuple = (), ffi_headers: bool = True) -> str:
@@ -69,6 +70,7 @@ def _build(source: str, compiler: str, extra_flags: tuple = (), ffi_headers: boo
   if ffi_headers:  # only FFI kernels depend on jaxlib (its headers and ABI)
     import jax  # pylint: disable=import-outside-toplevel
     import jaxlib  # pylint: disable=import-outside-toplevel
+
     key_parts.append(jaxlib.__version__.encode())
     include = ['-I', jax.ffi.include_dir()]
   key = hashlib.sha256(b'\0'.join(key_parts)).hexdigest()[:16]
@@ -101,8 +103,12 @@ def _open(source: str, extra_flags: tuple, ffi_headers: bool) -> ctypes.CDLL:
 
 
 def _warn(source: str, e: Exception, fallback: str):
-  logging.warning('native kernels in %s unavailable, using the %s path: %s', os.path.basename(source), fallback,
-                  str(e).splitlines()[0] if str(e) else type(e).__name__)
+  logging.warning(
+      'native kernels in %s unavailable, using the %s path: %s',
+      os.path.basename(source),
+      fallback,
+      str(e).splitlines()[0] if str(e) else type(e).__name__,
+  )
 
 
 def library(source: str, extra_flags: tuple = (), fallback: str = 'Python') -> ctypes.CDLL | None:
@@ -132,6 +138,7 @@ def load(source: str, targets: dict[str, str]) -> bool:
     if enabled():
       try:
         import jax  # pylint: disable=import-outside-toplevel
+
         lib = _open(source, (), ffi_headers=True)
         for name, symbol in targets.items():
           jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(getattr(lib, symbol)), platform='cpu')

@@ -20,6 +20,8 @@ Config fields (`opt_cfg`; defaults in `DEFAULTS`):
   warmup_epochs   0; linear warmup from `warmup_init_lr` (0.0) reaching `lr` exactly at the last warmup step
   min_lr          0.0; end value of 'cosine' and 'poly'
   decay_epochs    () milestones (absolute epochs, counted from step 0) for 'step'
+  decay_fractions () milestones for 'step' as fractions of `total_steps` (e.g. (0.5, 0.75)), so a scaled
+                  budget (Scratch-B) scales them too; exclusive with decay_epochs
   decay_factor    0.1 for 'step'
   poly_power      0.9 for 'poly'
 
@@ -36,10 +38,12 @@ Chain order (one optimizer update):
 Because (3) comes last it multiplies the entire step, including the weight-decay term, which equals a
 per-parameter-group learning rate in PyTorch (timm / BEiT layer-wise lr decay).
 """
+
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -48,24 +52,25 @@ import optax
 from core_jax.errors import UserError
 
 DEFAULTS = dict(
-  base_batch_size=0,
-  momentum=0.9,
-  nesterov=False,
-  b1=0.9,
-  b2=0.999,
-  eps=1e-8,
-  weight_decay=0.0,
-  wd_exclude_1d=True,
-  grad_clip_norm=0.0,
-  ema_decay=0.0,
-  accumulate_steps=1,
-  schedule='cosine',
-  warmup_epochs=0,
-  warmup_init_lr=0.0,
-  min_lr=0.0,
-  decay_epochs=(),
-  decay_factor=0.1,
-  poly_power=0.9,
+    base_batch_size=0,
+    momentum=0.9,
+    nesterov=False,
+    b1=0.9,
+    b2=0.999,
+    eps=1e-8,
+    weight_decay=0.0,
+    wd_exclude_1d=True,
+    grad_clip_norm=0.0,
+    ema_decay=0.0,
+    accumulate_steps=1,
+    schedule='cosine',
+    warmup_epochs=0,
+    warmup_init_lr=0.0,
+    min_lr=0.0,
+    decay_epochs=(),
+    decay_fractions=(),
+    decay_factor=0.1,
+    poly_power=0.9,
 )
 OPTIMIZERS = ('sgd', 'adamw')
 SCHEDULES = ('cosine', 'step', 'poly', 'constant')
@@ -99,14 +104,16 @@ def _epochs_to_steps(epochs, steps_per_epoch: int) -> int:
   return int(round(float(epochs) * steps_per_epoch))
 
 
-def make_schedule(opt_cfg, *, steps_per_epoch: int, total_steps: int, peak_lr: float | None = None
-                  ) -> Callable[[Any], jax.Array]:
+def make_schedule(
+    opt_cfg, *, steps_per_epoch: int, total_steps: int, peak_lr: float | None = None
+) -> Callable[[Any], jax.Array]:
   """lr(step) as a jit-able function of the (loader) step; see the module docstring for the fields.
 
   warmup (t < W): init + (peak - init) * t / W
   cosine:  w = 0.5 * (1 + cos(pi * min(t - W, T) / T)), lr = peak * w + min_lr * (1 - w), T = total - W
   poly:    w = (1 - min(t - W, T) / T) ** power,        lr = peak * w + min_lr * (1 - w)
-  step:    peak * decay_factor ** #{milestones m : t >= m * steps_per_epoch}
+  step:    peak * decay_factor ** #{milestones m : t >= m}, m = round(e * steps_per_epoch) for decay_epochs
+           or round(f * total_steps) for decay_fractions
   constant: peak
   so lr(W) == peak and lr(total_steps) == min_lr exactly (the convex form keeps both endpoints exact).
   """
@@ -124,7 +131,15 @@ def make_schedule(opt_cfg, *, steps_per_epoch: int, total_steps: int, peak_lr: f
   decay_steps = max(total_steps - warmup, 1)
 
   if kind == 'step':
-    milestones = sorted(_epochs_to_steps(e, steps_per_epoch) for e in _get(opt_cfg, 'decay_epochs'))
+    epochs, fractions = tuple(_get(opt_cfg, 'decay_epochs')), tuple(_get(opt_cfg, 'decay_fractions'))
+    if epochs and fractions:
+      raise UserError(f'step schedule: give decay_epochs {epochs} or decay_fractions {fractions}, not both')
+    bad = [f for f in fractions if not 0.0 <= float(f) <= 1.0]
+    if bad:
+      raise UserError(f'step schedule: decay_fractions must lie in [0, 1], got {bad}')
+    milestones = sorted(
+        [_epochs_to_steps(e, steps_per_epoch) for e in epochs] + [int(round(float(f) * total_steps)) for f in fractions]
+    )
     factor = float(_get(opt_cfg, 'decay_factor'))
   power = float(_get(opt_cfg, 'poly_power'))
 
@@ -136,7 +151,7 @@ def make_schedule(opt_cfg, *, steps_per_epoch: int, total_steps: int, peak_lr: f
       w = jnp.sin(0.5 * jnp.pi * r) ** 2
       return peak * w + end * (1.0 - w)
     if kind == 'poly':
-      w = r ** power
+      w = r**power
       return peak * w + end * (1.0 - w)
     if kind == 'step':
       if not milestones:
@@ -184,31 +199,42 @@ def layerwise_lr_decay_scale(num_layers: int, decay: float, layer_id_fn: Callabl
   `layer_id_fn(path_names)` returns 0 for the stem/embedding, 1..num_layers for the blocks and
   num_layers + 1 for the head (scale 1).
   """
+
   def fn(path, leaf):
     del leaf
     return float(decay) ** (num_layers + 1 - int(layer_id_fn(path)))
+
   return fn
 
 
 def scale_by_lr_scale_fn(lr_scale_fn: LrScaleFn) -> optax.GradientTransformation:
   """Multiplies each leaf's update by lr_scale_fn(path, leaf); scales are static python floats."""
+
   def init_fn(params):
     del params
     return optax.EmptyState()
 
   def update_fn(updates, state, params=None):
     del params
+
     def scale(path, u):
       s = float(lr_scale_fn(path_to_names(path), u))
       return u if s == 1.0 else u * jnp.asarray(s, u.dtype)
+
     return jax.tree_util.tree_map_with_path(scale, updates), state
 
   return optax.GradientTransformation(init_fn, update_fn)
 
 
-def build_optimizer(opt_cfg, *, steps_per_epoch: int, total_steps: int, params,
-                    lr_scale_fn: LrScaleFn | None = None, global_batch_size: int | None = None
-                    ) -> tuple[optax.GradientTransformation, Callable[[Any], jax.Array]]:
+def build_optimizer(
+    opt_cfg,
+    *,
+    steps_per_epoch: int,
+    total_steps: int,
+    params,
+    lr_scale_fn: LrScaleFn | None = None,
+    global_batch_size: int | None = None,
+) -> tuple[optax.GradientTransformation, Callable[[Any], jax.Array]]:
   """(optax transformation, schedule_fn) for `opt_cfg`; see the module docstring.
 
   `params` (arrays or ShapeDtypeStructs) is used to validate the weight-decay mask and `lr_scale_fn`
@@ -249,8 +275,16 @@ def build_optimizer(opt_cfg, *, steps_per_epoch: int, total_steps: int, params,
       parts.append(optax.add_decayed_weights(wd, mask_fn))
     parts.append(optax.sgd(inner_schedule, momentum=momentum or None, nesterov=nesterov))
   else:
-    parts.append(optax.adamw(inner_schedule, b1=float(_get(opt_cfg, 'b1')), b2=float(_get(opt_cfg, 'b2')),
-                             eps=float(_get(opt_cfg, 'eps')), weight_decay=wd, mask=mask_fn))
+    parts.append(
+        optax.adamw(
+            inner_schedule,
+            b1=float(_get(opt_cfg, 'b1')),
+            b2=float(_get(opt_cfg, 'b2')),
+            eps=float(_get(opt_cfg, 'eps')),
+            weight_decay=wd,
+            mask=mask_fn,
+        )
+    )
   if lr_scale_fn is not None:
     parts.append(scale_by_lr_scale_fn(lr_scale_fn))
   tx = optax.chain(*parts)
@@ -272,9 +306,11 @@ def ema_update(ema_params, params, decay):
   python float or a traced scalar (e.g. to switch the EMA on after some step, pass decay=0 before it).
   Works on any pytree, e.g. params and batch_stats together.
   """
+
   def upd(e, p):
     d = jnp.asarray(decay, jnp.float32)
     return (d * e.astype(jnp.float32) + (1.0 - d) * p.astype(jnp.float32)).astype(e.dtype)
+
   return jax.tree.map(upd, ema_params, params)
 
 

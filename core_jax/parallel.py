@@ -5,11 +5,13 @@ parameters and optimizer state are replicated, except that with fsdp > 1 large l
 largest dimension that the fsdp axis divides. Shardings are a function of a leaf's shape only, so the
 optimizer moments get the sharding of the parameter they mirror without any bookkeeping.
 """
+
 import os
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from core_jax.errors import UserError
 
@@ -17,11 +19,14 @@ DATA_AXES = ('data', 'fsdp')
 
 
 def initialize_distributed(config) -> None:
-  """Starts `jax.distributed` when the config or the environment names a coordinator.
+  """Starts `jax.distributed` when the config or the environment names a coordinator; once per process, so a
+  driver may call `train.run` several times in one multi-process job (later calls keep the first setup).
 
   Environment: JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID (what a launcher sets); on
   TPU pods and SLURM, `config.distributed.auto=True` lets JAX discover them.
   """
+  if jax.distributed.is_initialized():
+    return
   dist = config.get('distributed', {})
   address = dist.get('coordinator_address') or os.environ.get('JAX_COORDINATOR_ADDRESS')
   if address:
@@ -30,8 +35,9 @@ def initialize_distributed(config) -> None:
     if pid is None or pid < 0:  # -1 in configs means "from the environment"
       pid = os.environ.get('JAX_PROCESS_ID')
     if num is None or pid is None:
-      raise UserError('a coordinator address needs num_processes and process_id '
-                      '(JAX_NUM_PROCESSES / JAX_PROCESS_ID)')
+      raise UserError(
+          'a coordinator address needs num_processes and process_id ' '(JAX_NUM_PROCESSES / JAX_PROCESS_ID)'
+      )
     jax.distributed.initialize(coordinator_address=address, num_processes=int(num), process_id=int(pid))
   elif dist.get('auto', False):
     jax.distributed.initialize()

@@ -5,7 +5,8 @@ One table of `Rule`s per model family / external layout, used in BOTH directions
   Rule(flax='stages_{i}_block_{j}/dwconv/kernel', external='stages.{i}.blocks.{j}.conv_dw.weight', transform=CONV)
 
 Templates hold literal text plus placeholders: ``{name}`` matches a decimal integer, ``{name:REGEX}`` matches
-REGEX (e.g. ``{i:[1-9][0-9]*}``; a regex given on one side of a rule applies to both sides). Both templates of a rule must use the same placeholders; a key is converted
+REGEX (e.g. ``{i:[1-9][0-9]*}``; a regex given on one side of a rule applies to both sides). Both templates of
+a rule must use the same placeholders; a key is converted
 by matching it against one side and formatting the other side with the captured values. The FIRST rule that
 matches wins, so put specific rules before general ones.
 
@@ -22,28 +23,43 @@ needs but the source lacks, or a shape mismatch, worded
 ``"<key>: expected shape (a, b) but checkpoint has (c, d)"`` (shapes in the source's own layout).
 All tensors are numpy arrays; nothing here needs torch.
 """
+
 from __future__ import annotations
 
 import dataclasses
 import re
-from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
 from core_jax.errors import UserError
 
-__all__ = ['Transform', 'IDENTITY', 'CONV', 'LINEAR', 'CONV1X1_AS_LINEAR', 'Rule', 'RuleTable', 'flatten',
-           'unflatten', 'shape_of', 'format_shape', 'import_tensors', 'export_tensors']
+__all__ = [
+    'Transform',
+    'IDENTITY',
+    'CONV',
+    'LINEAR',
+    'CONV1X1_AS_LINEAR',
+    'Rule',
+    'RuleTable',
+    'flatten',
+    'unflatten',
+    'shape_of',
+    'format_shape',
+    'import_tensors',
+    'export_tensors',
+]
 
-Shape = Tuple[int, ...]
+Shape = tuple[int, ...]
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Flat '/'-joined paths
 # --------------------------------------------------------------------------------------------------------------
-def flatten(tree: Mapping[str, Any], sep: str = '/') -> Dict[str, Any]:
+def flatten(tree: Mapping[str, Any], sep: str = '/') -> dict[str, Any]:
   """Nested mapping (dict / FrozenDict) -> {'a/b/c': leaf}, in insertion order. Empty sub-dicts are dropped."""
-  out: Dict[str, Any] = {}
+  out: dict[str, Any] = {}
 
   def walk(node, prefix):
     for k, v in node.items():
@@ -59,9 +75,9 @@ def flatten(tree: Mapping[str, Any], sep: str = '/') -> Dict[str, Any]:
   return out
 
 
-def unflatten(flat: Mapping[str, Any], sep: str = '/') -> Dict[str, Any]:
+def unflatten(flat: Mapping[str, Any], sep: str = '/') -> dict[str, Any]:
   """{'a/b/c': leaf} -> nested plain dicts (inverse of `flatten`)."""
-  tree: Dict[str, Any] = {}
+  tree: dict[str, Any] = {}
   for path, v in flat.items():
     parts = path.split(sep)
     node = tree
@@ -98,8 +114,8 @@ class Transform:
   to_external: Callable[[np.ndarray], np.ndarray]
   flax_shape: Callable[[Shape], Shape]
   external_shape: Callable[[Shape], Shape]
-  external_ndim: Optional[int] = None   # ndim the external tensor must have (None: any)
-  flax_ndim: Optional[int] = None
+  external_ndim: int | None = None  # ndim the external tensor must have (None: any)
+  flax_ndim: int | None = None
 
   def __repr__(self):
     return f'Transform({self.name})'
@@ -117,7 +133,9 @@ CONV = Transform(
     to_external=lambda k: np.transpose(k, (3, 2, 0, 1)),
     flax_shape=lambda s: (s[2], s[3], s[1], s[0]),
     external_shape=lambda s: (s[3], s[2], s[0], s[1]),
-    external_ndim=4, flax_ndim=4)
+    external_ndim=4,
+    flax_ndim=4,
+)
 
 LINEAR = Transform(
     'linear (out,in)<->(in,out)',
@@ -125,7 +143,9 @@ LINEAR = Transform(
     to_external=lambda k: np.transpose(k),
     flax_shape=lambda s: (s[1], s[0]),
     external_shape=lambda s: (s[1], s[0]),
-    external_ndim=2, flax_ndim=2)
+    external_ndim=2,
+    flax_ndim=2,
+)
 
 CONV1X1_AS_LINEAR = Transform(
     '1x1 conv (out,in,1,1)<->(in,out)',
@@ -133,7 +153,9 @@ CONV1X1_AS_LINEAR = Transform(
     to_external=lambda k: np.transpose(k)[:, :, None, None],
     flax_shape=lambda s: (s[1], s[0]),
     external_shape=lambda s: (s[1], s[0], 1, 1),
-    external_ndim=4, flax_ndim=2)
+    external_ndim=4,
+    flax_ndim=2,
+)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -145,12 +167,12 @@ _PLACEHOLDER = re.compile(r'\{(\w+)(?::([^{}]+))?\}')
 class _Template:
   """'a.{i}.b.{j:[0-9]+}' -> a full-match regex with named groups, and a formatter back."""
 
-  def __init__(self, text: str, patterns: Optional[Mapping[str, str]] = None):
+  def __init__(self, text: str, patterns: Mapping[str, str] | None = None):
     self.text = text
     patterns = patterns or {}
     pattern, fmt, names, pos = [], [], [], 0
     for m in _PLACEHOLDER.finditer(text):
-      literal = text[pos:m.start()]
+      literal = text[pos : m.start()]
       pattern.append(re.escape(literal))
       fmt.append(literal.replace('{', '{{').replace('}', '}}'))
       name, rx = m.group(1), m.group(2) or patterns.get(m.group(1), r'[0-9]+')
@@ -166,7 +188,7 @@ class _Template:
     self.regex = re.compile(''.join(pattern))
     self.fmt = ''.join(fmt)
 
-  def match(self, key: str) -> Optional[Dict[str, str]]:
+  def match(self, key: str) -> dict[str, str] | None:
     m = self.regex.fullmatch(key)
     return m.groupdict() if m else None
 
@@ -184,7 +206,7 @@ class Rule:
 
   def __post_init__(self):
     # a placeholder's regex given on either side applies to both sides
-    patterns: Dict[str, str] = {}
+    patterns: dict[str, str] = {}
     for text in (self.flax, self.external):
       for m in _PLACEHOLDER.finditer(text):
         if m.group(2):
@@ -192,8 +214,9 @@ class Rule:
             raise ValueError(f'rule {self.flax!r} <-> {self.external!r}: two regexes for {{{m.group(1)}}}')
     f, e = _Template(self.flax, patterns), _Template(self.external, patterns)
     if f.names != e.names:
-      raise ValueError(f'rule {self.flax!r} <-> {self.external!r}: placeholders differ ({sorted(f.names)} vs '
-                       f'{sorted(e.names)})')
+      raise ValueError(
+          f'rule {self.flax!r} <-> {self.external!r}: placeholders differ ({sorted(f.names)} vs ' f'{sorted(e.names)})'
+      )
     object.__setattr__(self, '_f', f)
     object.__setattr__(self, '_e', e)
 
@@ -202,24 +225,24 @@ class RuleTable:
   """An ordered list of rules; maps single keys either way (first matching rule wins)."""
 
   def __init__(self, rules: Iterable[Rule], name: str = 'rules'):
-    self.rules: List[Rule] = list(rules)
+    self.rules: list[Rule] = list(rules)
     self.name = name
 
-  def to_flax_key(self, external_key: str) -> Optional[Tuple[str, Rule]]:
+  def to_flax_key(self, external_key: str) -> tuple[str, Rule] | None:
     for r in self.rules:
       g = r._e.match(external_key)
       if g is not None:
         return r._f.format(g), r
     return None
 
-  def to_external_key(self, flax_path: str) -> Optional[Tuple[str, Rule]]:
+  def to_external_key(self, flax_path: str) -> tuple[str, Rule] | None:
     for r in self.rules:
       g = r._f.match(flax_path)
       if g is not None:
         return r._e.format(g), r
     return None
 
-  def rename_to_flax(self, external_keys: Iterable[str]) -> Dict[str, str]:
+  def rename_to_flax(self, external_keys: Iterable[str]) -> dict[str, str]:
     """{external key: flax path} for the keys some rule maps (unmapped keys are left out; no strictness)."""
     out = {}
     for k in external_keys:
@@ -240,9 +263,15 @@ def _shape_error(key: str, expected: Shape, found: Shape, source: str, hint: str
   return UserError(f'{key}: expected shape {format_shape(expected)} but {source} has {format_shape(found)}{hint}')
 
 
-def import_tensors(external: Mapping[str, Any], table: RuleTable, target: Optional[Mapping[str, Any]] = None, *,
-                   source: str = 'checkpoint', dtype: Any = None, ignore_flax: Iterable[str] = ()
-                   ) -> Dict[str, np.ndarray]:
+def import_tensors(
+    external: Mapping[str, Any],
+    table: RuleTable,
+    target: Mapping[str, Any] | None = None,
+    *,
+    source: str = 'checkpoint',
+    dtype: Any = None,
+    ignore_flax: Iterable[str] = (),
+) -> dict[str, np.ndarray]:
   """External state dict -> flat Flax dict {path: np.ndarray}, strictly.
 
   external: {key: array} (numpy, or anything `np.asarray` takes).
@@ -255,7 +284,7 @@ def import_tensors(external: Mapping[str, Any], table: RuleTable, target: Option
   Raises UserError naming the first offending key: unmapped / unexpected key, shape mismatch, missing key.
   """
   ignore = set(ignore_flax)
-  mapped: Dict[str, Tuple[str, Rule]] = {}
+  mapped: dict[str, tuple[str, Rule]] = {}
   unmapped = [k for k in external if table.to_flax_key(k) is None]
   if unmapped:
     raise UserError(f'unexpected key {unmapped[0]} in {source}: no {table.name} rule maps it{_more(len(unmapped) - 1)}')
@@ -268,8 +297,10 @@ def import_tensors(external: Mapping[str, Any], table: RuleTable, target: Option
   if target is not None:
     unexpected = [mapped[p][0] for p in mapped if p not in target and p not in ignore]
     if unexpected:
-      raise UserError(f'unexpected key {unexpected[0]} in {source}: the model has no param '
-                      f'{table.to_flax_key(unexpected[0])[0]}{_more(len(unexpected) - 1)}')
+      raise UserError(
+          f'unexpected key {unexpected[0]} in {source}: the model has no param '
+          f'{table.to_flax_key(unexpected[0])[0]}{_more(len(unexpected) - 1)}'
+      )
     for p, (k, rule) in mapped.items():
       if p in ignore:
         continue
@@ -287,13 +318,15 @@ def import_tensors(external: Mapping[str, Any], table: RuleTable, target: Option
   else:
     order = [p for p in mapped if p not in ignore]
 
-  out: Dict[str, np.ndarray] = {}
+  out: dict[str, np.ndarray] = {}
   for p in order:
     k, rule = mapped[p]
     x = np.asarray(external[k])
     if rule.transform.external_ndim is not None and x.ndim != rule.transform.external_ndim:
-      raise UserError(f'{k}: expected a {rule.transform.external_ndim}-d tensor ({rule.transform.name}) but '
-                      f'{source} has shape {format_shape(x.shape)}')
+      raise UserError(
+          f'{k}: expected a {rule.transform.external_ndim}-d tensor ({rule.transform.name}) but '
+          f'{source} has shape {format_shape(x.shape)}'
+      )
     y = rule.transform.to_flax(x)
     want_dtype = dtype if dtype is not None else (getattr(target[p], 'dtype', None) if target is not None else None)
     if want_dtype is not None and y.dtype != np.dtype(want_dtype):
@@ -306,14 +339,15 @@ def _ndim_ok(t: Transform, leaf: Any) -> bool:
   return t.flax_ndim is None or len(shape_of(leaf)) == t.flax_ndim
 
 
-def export_tensors(flat: Mapping[str, Any], table: RuleTable, expected: Optional[Mapping[str, Any]] = None, *,
-                   source: str = 'Flax params') -> Dict[str, np.ndarray]:
+def export_tensors(
+    flat: Mapping[str, Any], table: RuleTable, expected: Mapping[str, Any] | None = None, *, source: str = 'Flax params'
+) -> dict[str, np.ndarray]:
   """Flat Flax dict -> external state dict {key: C-contiguous np.ndarray}, strictly.
 
   expected: optional {external key: array | shape}; when given the output must have exactly these keys and
   shapes (e.g. a freshly built PyTorch model's state dict), else the first offending key is reported.
   """
-  out: Dict[str, np.ndarray] = {}
+  out: dict[str, np.ndarray] = {}
   for p, v in flat.items():
     hit = table.to_external_key(p)
     if hit is None:
@@ -321,8 +355,10 @@ def export_tensors(flat: Mapping[str, Any], table: RuleTable, expected: Optional
     k, rule = hit
     x = np.asarray(v)
     if rule.transform.flax_ndim is not None and x.ndim != rule.transform.flax_ndim:
-      raise UserError(f'{p}: expected a {rule.transform.flax_ndim}-d array ({rule.transform.name}) but {source} '
-                      f'has shape {format_shape(x.shape)}')
+      raise UserError(
+          f'{p}: expected a {rule.transform.flax_ndim}-d array ({rule.transform.name}) but {source} '
+          f'has shape {format_shape(x.shape)}'
+      )
     if k in out:
       raise UserError(f'two Flax params map to {k}')
     out[k] = np.ascontiguousarray(rule.transform.to_external(x))

@@ -22,10 +22,13 @@ official default), layer-wise lr decay 0.8 (22K->1K) / 0.7 (1K 224->384), no Mix
 rand-m9-mstd0.5-inc1, random erasing 0.25, label smoothing 0.1, head_init_scale 0.001, drop path
 22K->1K T/S/B/L/XL 0.0/0.1/0.2/0.3/0.4 and 1K->384 B/L 0.8/0.95, EMA only for XL 22K->1K (0.9999).
 """
+
 import importlib.util
 import os
 
-_spec = importlib.util.spec_from_file_location('_convnext_in1k_config', os.path.join(os.path.dirname(__file__), 'in1k.py'))
+_spec = importlib.util.spec_from_file_location(
+    '_convnext_in1k_config', os.path.join(os.path.dirname(__file__), 'in1k.py')
+)
 in1k = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(in1k)
 
@@ -59,9 +62,17 @@ def get_config(arg: str = '22k_to_1k_224:base'):
   c.num_epochs = 30
   c.mixup = None  # no Mixup / CutMix: plain label-smoothing cross-entropy
   c.label_smoothing = 0.1
-  c.optimizer.update(dict(lr=5e-5, base_batch_size=512, weight_decay=1e-8, warmup_epochs=0, min_lr=1e-6,
-                          layer_decay=layer_decay,
-                          ema_decay=0.9999 if (variant.startswith('22k') and size == 'xlarge') else 0.0))
+  c.optimizer.update(
+      dict(
+          lr=5e-5,
+          base_batch_size=512,
+          weight_decay=1e-8,
+          warmup_epochs=0,
+          min_lr=1e-6,
+          layer_decay=layer_decay,
+          ema_decay=0.9999 if (variant.startswith('22k') and size == 'xlarge') else 0.0,
+      )
+  )
   if variant.startswith('22k'):
     c.init_from = f'convnext_{_SHORT[size]}_22k_224.pth'  # official file name; point it at your copy
     c.init_reinit_head = True  # 21841-class head dropped (no class mapping), fresh 1000-class head

@@ -14,10 +14,13 @@ Time:     not measured here. ~14.2M images x 90 epochs = 1.28B images; with trai
 Same as in1k.py except: 90 epochs, 5 warmup, no EMA, 21841 classes (from the folder), drop path
 T/S/B/L/XL 0.0/0.0/0.1/0.1/0.2.
 """
+
 import importlib.util
 import os
 
-_spec = importlib.util.spec_from_file_location('_convnext_in1k_config', os.path.join(os.path.dirname(__file__), 'in1k.py'))
+_spec = importlib.util.spec_from_file_location(
+    '_convnext_in1k_config', os.path.join(os.path.dirname(__file__), 'in1k.py')
+)
 in1k = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(in1k)
 

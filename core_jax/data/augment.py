@@ -1,4 +1,4 @@
-"""ImageNet-style augmentations with timm semantics, registered into `core_jax.data.transforms`.
+"""ImageNet-style augmentations with timm semantics, registered into `core_jax.data.registry`.
 
 Every op is numpy/PIL only and deterministic given the per-record `np.random.Generator`; the
 random draws happen in the same order and with the same distributions as timm's python-`random`
@@ -51,14 +51,21 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
 from core_jax.data import image_kernels
-from core_jax.data.transforms import Transform, normalize, register
+from core_jax.data.registry import Transform, register
+from core_jax.data.transforms import normalize
 from core_jax.errors import UserError
 
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)  # 0-1 scale (normalize divides uint8 by 255 first)
 IMAGENET_DEFAULT_STD = (0.229, 0.224, 0.225)
 
-_INTERP = {'nearest': Image.NEAREST, 'bilinear': Image.BILINEAR, 'bicubic': Image.BICUBIC,
-           'lanczos': Image.LANCZOS, 'box': Image.BOX, 'hamming': Image.HAMMING}
+_INTERP = {
+    'nearest': Image.NEAREST,
+    'bilinear': Image.BILINEAR,
+    'bicubic': Image.BICUBIC,
+    'lanczos': Image.LANCZOS,
+    'box': Image.BOX,
+    'hamming': Image.HAMMING,
+}
 _RANDOM_INTERP = (Image.BILINEAR, Image.BICUBIC)  # timm's order for 'random'
 
 
@@ -67,8 +74,9 @@ def _interp(name: str, allow_random: bool = True):
   if name == 'random' and allow_random:
     return _RANDOM_INTERP
   if name not in _INTERP:
-    raise UserError(f'unknown interpolation {name!r}; known: {sorted(_INTERP)}'
-                    + (" and 'random'" if allow_random else ''))
+    raise UserError(
+        f'unknown interpolation {name!r}; known: {sorted(_INTERP)}' + (" and 'random'" if allow_random else '')
+    )
   return _INTERP[name]
 
 
@@ -119,23 +127,27 @@ def _resize_any(x, h: int, w: int, resample) -> np.ndarray:
   if x.dtype == np.uint8:
     return _from_pil(_to_pil(x).resize((w, h), resample), x)
   chans = x[..., None] if x.ndim == 2 else x
-  out = np.stack([np.asarray(Image.fromarray(np.ascontiguousarray(chans[..., c], np.float32))
-                             .resize((w, h), resample)) for c in range(chans.shape[-1])], -1)
+  out = np.stack(
+      [
+          np.asarray(Image.fromarray(np.ascontiguousarray(chans[..., c], np.float32)).resize((w, h), resample))
+          for c in range(chans.shape[-1])
+      ],
+      -1,
+  )
   return (out[..., 0] if x.ndim == 2 else out).astype(x.dtype)
 
 
-def _resized_crop(ex: dict, top: int, left: int, h: int, w: int, out_h: int, out_w: int,
-                  resample) -> dict:
+def _resized_crop(ex: dict, top: int, left: int, h: int, w: int, out_h: int, out_w: int, resample) -> dict:
   """torchvision F.resized_crop on PIL: crop box then resize; segmentation uses nearest."""
   if isinstance(ex['image'], Image.Image):  # decoded JPEG: read in place, or crop and resize in PIL
     box = (left, top, left + w, top + h)
     out = image_kernels.resize(ex['image'], out_h, out_w, resample, box=box)
     ex['image'] = out if out is not None else ex['image'].crop(box).resize((out_w, out_h), resample)
   else:
-    img = np.asarray(ex['image'])[top:top + h, left:left + w]
+    img = np.asarray(ex['image'])[top : top + h, left : left + w]
     ex['image'] = _resize_any(img, out_h, out_w, resample)
   if 'segmentation' in ex:
-    seg = np.asarray(ex['segmentation'])[top:top + h, left:left + w]
+    seg = np.asarray(ex['segmentation'])[top : top + h, left : left + w]
     ex['segmentation'] = _resize_any(seg, out_h, out_w, Image.NEAREST)
   return ex
 
@@ -205,8 +217,7 @@ def rrc_params(img_h: int, img_w: int, scale, ratio, rng: np.random.Generator):
   return (img_h - th) // 2, (img_w - tw) // 2, th, tw
 
 
-def _rrc_factory(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3),
-                 interpolation: str = 'bicubic') -> Transform:
+def _rrc_factory(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), interpolation: str = 'bicubic') -> Transform:
   """timm RandomResizedCropAndInterpolation (PIL), default bicubic as in the ConvNeXt recipe."""
   out_h, out_w = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
   interp = _interp(interpolation)
@@ -245,7 +256,7 @@ def _center_crop_pil_semantics(ex: dict, ch: int, cw: int) -> dict:
       h, w = x.shape[:2]
     top = int(round((h - ch) / 2.0))
     left = int(round((w - cw) / 2.0))
-    ex[key] = x[top:top + ch, left:left + cw]
+    ex[key] = x[top : top + ch, left : left + cw]
   return ex
 
 
@@ -259,8 +270,9 @@ def _resize_example(ex: dict, h: int, w: int, resample) -> dict:
 
 
 @register('resize_shorter_and_center_crop')
-def resize_shorter_and_center_crop(size: int = 224, crop_pct: float = 0.875,
-                                   interpolation: str = 'bicubic') -> Transform:
+def resize_shorter_and_center_crop(
+    size: int = 224, crop_pct: float = 0.875, interpolation: str = 'bicubic'
+) -> Transform:
   """timm `transforms_imagenet_eval` (crop_mode 'center'): shorter side -> floor(size / crop_pct)
   (long side int(scale * long / short), torchvision Resize), then CenterCrop(size)."""
   if not isinstance(size, int):
@@ -282,8 +294,7 @@ def resize_shorter_and_center_crop(size: int = 224, crop_pct: float = 0.875,
 
 
 @register('squash_resize')
-def squash_resize(size: int = 384, interpolation: str = 'bicubic',
-                  crop_pct: float = 1.0) -> Transform:
+def squash_resize(size: int = 384, interpolation: str = 'bicubic', crop_pct: float = 1.0) -> Transform:
   """timm eval crop_mode 'squash': resize to floor(size / crop_pct) square ignoring the aspect,
   then CenterCrop(size) (a no-op at crop_pct=1.0, the official ConvNeXt >= 384 eval)."""
   if not isinstance(size, int):
@@ -379,7 +390,7 @@ def _negate(v, rng):
 
 # name -> (geometric?, level->args (level, rng) -> tuple, apply (img, *args[, resample, fill]))
 def _lvl_rotate(level, rng):
-  return (_negate((level / _LEVEL_DENOM) * 30., rng),)
+  return (_negate((level / _LEVEL_DENOM) * 30.0, rng),)
 
 
 def _lvl_shear(level, rng):
@@ -389,6 +400,7 @@ def _lvl_shear(level, rng):
 def _lvl_translate_rel(translate_pct):
   def f(level, rng):
     return (_negate((level / _LEVEL_DENOM) * translate_pct, rng),)
+
   return f
 
 
@@ -408,7 +420,7 @@ def _lvl_solarize_add(level, rng):
 
 
 def _lvl_enhance_increasing(level, rng):
-  level = (level / _LEVEL_DENOM) * .9
+  level = (level / _LEVEL_DENOM) * 0.9
   return (max(0.1, 1.0 + _negate(level, rng)),)
 
 
@@ -461,17 +473,52 @@ def _op_table(translate_pct: float) -> dict:
   return table
 
 
-RAND_TRANSFORMS = ('AutoContrast', 'Equalize', 'Invert', 'Rotate', 'Posterize', 'Solarize',
-                   'SolarizeAdd', 'Color', 'Contrast', 'Brightness', 'Sharpness', 'ShearX', 'ShearY',
-                   'TranslateXRel', 'TranslateYRel')
-RAND_INCREASING_TRANSFORMS = ('AutoContrast', 'Equalize', 'Invert', 'Rotate', 'PosterizeIncreasing',
-                              'SolarizeIncreasing', 'SolarizeAdd', 'ColorIncreasing',
-                              'ContrastIncreasing', 'BrightnessIncreasing', 'SharpnessIncreasing',
-                              'ShearX', 'ShearY', 'TranslateXRel', 'TranslateYRel')
+RAND_TRANSFORMS = (
+    'AutoContrast',
+    'Equalize',
+    'Invert',
+    'Rotate',
+    'Posterize',
+    'Solarize',
+    'SolarizeAdd',
+    'Color',
+    'Contrast',
+    'Brightness',
+    'Sharpness',
+    'ShearX',
+    'ShearY',
+    'TranslateXRel',
+    'TranslateYRel',
+)
+RAND_INCREASING_TRANSFORMS = (
+    'AutoContrast',
+    'Equalize',
+    'Invert',
+    'Rotate',
+    'PosterizeIncreasing',
+    'SolarizeIncreasing',
+    'SolarizeAdd',
+    'ColorIncreasing',
+    'ContrastIncreasing',
+    'BrightnessIncreasing',
+    'SharpnessIncreasing',
+    'ShearX',
+    'ShearY',
+    'TranslateXRel',
+    'TranslateYRel',
+)
 
 
-def apply_rand_op(img: Image.Image, name: str, magnitude: float, rng: np.random.Generator, *,
-                  resample, fillcolor, translate_pct: float = 0.45) -> Image.Image:
+def apply_rand_op(
+    img: Image.Image,
+    name: str,
+    magnitude: float,
+    rng: np.random.Generator,
+    *,
+    resample,
+    fillcolor,
+    translate_pct: float = 0.45,
+) -> Image.Image:
   """One timm AugmentOp body at a given (already noised/clipped) magnitude: level->args (which may
   draw the sign), then the interpolation choice for geometric ops, then the PIL op."""
   geometric, level_fn, fn = _op_table(translate_pct)[name]
@@ -486,8 +533,7 @@ def parse_rand_config(config_str: str) -> dict:
   parts = config_str.split('-')
   if parts[0] != 'rand':
     raise UserError(f'randaugment config must start with "rand": {config_str!r}')
-  cfg = dict(magnitude=_LEVEL_DENOM, num_layers=2, prob=0.5, magnitude_std=0.0,
-             magnitude_max=None, increasing=False)
+  cfg = dict(magnitude=_LEVEL_DENOM, num_layers=2, prob=0.5, magnitude_std=0.0, magnitude_max=None, increasing=False)
   for c in parts[1:]:
     if c.startswith('t'):
       raise UserError(f'randaugment: weighted/named transform sets ({c!r}) are not supported')
@@ -514,8 +560,12 @@ def parse_rand_config(config_str: str) -> dict:
 
 
 @register('randaugment')
-def randaugment(config_str: str = 'rand-m9-mstd0.5-inc1', mean=IMAGENET_DEFAULT_MEAN,
-                interpolation: str = 'bicubic', translate_pct: float = 0.45) -> Transform:
+def randaugment(
+    config_str: str = 'rand-m9-mstd0.5-inc1',
+    mean=IMAGENET_DEFAULT_MEAN,
+    interpolation: str = 'bicubic',
+    translate_pct: float = 0.45,
+) -> Transform:
   """timm RandAugment on a uint8 RGB image.
 
   Per image: `num_layers` ops drawn uniformly with replacement; each applied with prob `p`; its
@@ -551,7 +601,7 @@ def randaugment(config_str: str = 'rand-m9-mstd0.5-inc1', mean=IMAGENET_DEFAULT_
         mag = rng.uniform(0, mag)
       elif mstd > 0:
         mag = rng.normal(mag, mstd)
-      mag = max(0., min(mag, upper))
+      mag = max(0.0, min(mag, upper))
       args = level_fn(mag, rng)
       if geometric:
         img = fn(img, *args, resample=_choose_interp(resample, rng), fillcolor=fill)
@@ -566,8 +616,19 @@ def randaugment(config_str: str = 'rand-m9-mstd0.5-inc1', mean=IMAGENET_DEFAULT_
 # --------------------------------------------------------------------------- random erasing
 
 
-def erase_boxes(img_h: int, img_w: int, rng: np.random.Generator, *, prob=0.25, min_area=0.02,
-                max_area=1 / 3, min_aspect=0.3, max_aspect=None, min_count=1, max_count=None):
+def erase_boxes(
+    img_h: int,
+    img_w: int,
+    rng: np.random.Generator,
+    *,
+    prob=0.25,
+    min_area=0.02,
+    max_area=1 / 3,
+    min_aspect=0.3,
+    max_aspect=None,
+    min_count=1,
+    max_count=None,
+):
   """timm RandomErasing box sampling -> list of (top, left, h, w) (empty if not erasing)."""
   if rng.random() > prob:
     return []
@@ -592,16 +653,30 @@ def erase_boxes(img_h: int, img_w: int, rng: np.random.Generator, *, prob=0.25, 
 
 
 @register('random_erasing')
-def random_erasing(prob: float = 0.25, mode: str = 'pixel', min_area: float = 0.02,
-                   max_area: float = 1 / 3, min_aspect: float = 0.3, max_aspect=None,
-                   min_count: int = 1, max_count=None) -> Transform:
+def random_erasing(
+    prob: float = 0.25,
+    mode: str = 'pixel',
+    min_area: float = 0.02,
+    max_area: float = 1 / 3,
+    min_aspect: float = 0.3,
+    max_aspect=None,
+    min_count: int = 1,
+    max_count=None,
+) -> Transform:
   """timm RandomErasing on the *normalized* float HWC image (timm applies it to the normalized CHW
   tensor): mode 'pixel' = per-pixel N(0, 1) noise, 'rand' = per-box per-channel N(0, 1), 'const' = 0."""
   mode = (mode or 'const').lower()
   if mode not in ('pixel', 'rand', 'const'):
     raise UserError(f"random_erasing: mode must be 'pixel', 'rand' or 'const', got {mode!r}")
-  kw = dict(prob=prob, min_area=min_area, max_area=max_area, min_aspect=min_aspect,
-            max_aspect=max_aspect, min_count=min_count, max_count=max_count)
+  kw = dict(
+      prob=prob,
+      min_area=min_area,
+      max_area=max_area,
+      min_aspect=min_aspect,
+      max_aspect=max_aspect,
+      min_count=min_count,
+      max_count=max_count,
+  )
 
   def op(ex, rng):
     _check_no_segmentation(ex, 'random_erasing')
@@ -622,7 +697,7 @@ def random_erasing(prob: float = 0.25, mode: str = 'pixel', min_area: float = 0.
         fill = rng.standard_normal(() if chan is None else (chan,), dtype=np.float32)
       else:
         fill = 0.0
-      x[top:top + bh, left:left + bw] = fill
+      x[top : top + bh, left : left + bw] = fill
     ex['image'] = x
     return ex
 

@@ -96,10 +96,12 @@ class ImageFolder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
         description=f'Image-folder tree at {self._root} (encoded image bytes, sorted class folders).',
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Tensor(shape=(), dtype=np.object_),  # encoded bytes, not decoded
-            'label': tfds.features.ClassLabel(names=self._classes),
-        }),
+        features=tfds.features.FeaturesDict(
+            {
+                'image': tfds.features.Tensor(shape=(), dtype=np.object_),  # encoded bytes, not decoded
+                'label': tfds.features.ClassLabel(names=self._classes),
+            }
+        ),
         supervised_keys=('image', 'label'),
     )
 

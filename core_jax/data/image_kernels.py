@@ -8,6 +8,7 @@ through its Arrow export (RGB; no copy), or a numpy array, and return numpy arra
 None when it cannot take a case (no C++ compiler, CORE_JAX_NATIVE_KERNELS=0, another filter or mode);
 the caller then calls Pillow, so results never depend on whether the kernels are there.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -43,12 +44,28 @@ def _library():
         if lib is not None:
           ptr, i32, ssize = ctypes.c_void_p, ctypes.c_int, ctypes.c_ssize_t
           lib.core_jax_resize_u8.argtypes = [ptr, ssize, i32, i32, i32, i32, ptr, i32, i32, i32, i32]
-          lib.core_jax_affine_u8.argtypes = [ptr, ssize, i32, i32, i32, i32, ctypes.POINTER(ctypes.c_double),
-                                             ptr, ptr, i32, i32, i32]
+          lib.core_jax_affine_u8.argtypes = [
+              ptr,
+              ssize,
+              i32,
+              i32,
+              i32,
+              i32,
+              ctypes.POINTER(ctypes.c_double),
+              ptr,
+              ptr,
+              i32,
+              i32,
+              i32,
+          ]
           lib.core_jax_flip_lr_u8.argtypes = [ptr, ssize, i32, i32, i32, i32, ptr]
           lib.core_jax_lookup_u8_f32.argtypes = [ptr, ssize, i32, i32, i32, i32, ptr, ptr]
-          for fn in (lib.core_jax_resize_u8, lib.core_jax_affine_u8, lib.core_jax_flip_lr_u8,
-                     lib.core_jax_lookup_u8_f32):
+          for fn in (
+              lib.core_jax_resize_u8,
+              lib.core_jax_affine_u8,
+              lib.core_jax_flip_lr_u8,
+              lib.core_jax_lookup_u8_f32,
+          ):
             fn.restype = i32
           _resize_order, _affine_ok = _calibrate(lib)
         _lib = lib
@@ -64,16 +81,20 @@ def _calibrate(lib):
   x = rng.integers(0, 256, (84, 24, 3), dtype=np.uint8)
   # Shapes where the two orders give different pixels: inside Pillow 13's vertical-first region, and
   # on both sides of its edge (84 - 76 == 2 * (24 - 20): horizontal first; one row fewer: vertical).
-  probes = [((32, 33), Image.BICUBIC), ((40, 20), Image.BILINEAR), ((50, 30), Image.BICUBIC),
-            ((76, 20), Image.BICUBIC), ((75, 20), Image.BICUBIC)]
+  probes = [
+      ((32, 33), Image.BICUBIC),
+      ((40, 20), Image.BILINEAR),
+      ((50, 30), Image.BICUBIC),
+      ((76, 20), Image.BICUBIC),
+      ((75, 20), Image.BICUBIC),
+  ]
   wants = [np.asarray(Image.fromarray(x).resize((w, h), f)) for (h, w), f in probes]
   resize_order = None
   for order in (1, 0):
     got = []
-    for ((h, w), f) in probes:
+    for (h, w), f in probes:
       out = np.empty((h, w, 3), np.uint8)
-      lib.core_jax_resize_u8(x.ctypes.data, x.strides[0], 3, 84, 24, 3, out.ctypes.data, h, w, RESIZE_FILTERS[f],
-                             order)
+      lib.core_jax_resize_u8(x.ctypes.data, x.strides[0], 3, 84, 24, 3, out.ctypes.data, h, w, RESIZE_FILTERS[f], order)
       got.append(out)
     if all(np.array_equal(a, b) for a, b in zip(got, wants)):
       resize_order = order
@@ -82,16 +103,21 @@ def _calibrate(lib):
   fill = np.array([1, 2, 3], np.uint8)
   affine_ok = True
   for f in AFFINE_FILTERS:
-    want = np.asarray(Image.fromarray(x).transform((24, 84), Image.AFFINE, tuple(matrix), resample=f,
-                                                   fillcolor=(1, 2, 3)))
+    want = np.asarray(
+        Image.fromarray(x).transform((24, 84), Image.AFFINE, tuple(matrix), resample=f, fillcolor=(1, 2, 3))
+    )
     out = np.empty_like(x)
-    lib.core_jax_affine_u8(x.ctypes.data, x.strides[0], 3, 84, 24, 3, matrix, fill.ctypes.data, out.ctypes.data,
-                           84, 24, AFFINE_FILTERS[f])
+    lib.core_jax_affine_u8(
+        x.ctypes.data, x.strides[0], 3, 84, 24, 3, matrix, fill.ctypes.data, out.ctypes.data, 84, 24, AFFINE_FILTERS[f]
+    )
     affine_ok &= bool(np.array_equal(out, want))
   for name, ok in (('resize', resize_order is not None), ('affine transform', affine_ok)):
     if not ok:
-      logging.warning('image kernels: the C++ %s differs from Pillow %s here; using Pillow for it', name,
-                      getattr(Image, '__version__', '?'))
+      logging.warning(
+          'image kernels: the C++ %s differs from Pillow %s here; using Pillow for it',
+          name,
+          getattr(Image, '__version__', '?'),
+      )
   return resize_order, affine_ok
 
 
@@ -106,23 +132,35 @@ class _ArrowSchema(ctypes.Structure):
   pass
 
 
-_ArrowSchema._fields_ = [('format', ctypes.c_char_p), ('name', ctypes.c_char_p), ('metadata', ctypes.c_char_p),
-                         ('flags', ctypes.c_int64), ('n_children', ctypes.c_int64),
-                         ('children', ctypes.POINTER(ctypes.POINTER(_ArrowSchema))),
-                         ('dictionary', ctypes.POINTER(_ArrowSchema)), ('release', ctypes.c_void_p),
-                         ('private_data', ctypes.c_void_p)]
+_ArrowSchema._fields_ = [
+    ('format', ctypes.c_char_p),
+    ('name', ctypes.c_char_p),
+    ('metadata', ctypes.c_char_p),
+    ('flags', ctypes.c_int64),
+    ('n_children', ctypes.c_int64),
+    ('children', ctypes.POINTER(ctypes.POINTER(_ArrowSchema))),
+    ('dictionary', ctypes.POINTER(_ArrowSchema)),
+    ('release', ctypes.c_void_p),
+    ('private_data', ctypes.c_void_p),
+]
 
 
 class _ArrowArray(ctypes.Structure):
   pass
 
 
-_ArrowArray._fields_ = [('length', ctypes.c_int64), ('null_count', ctypes.c_int64), ('offset', ctypes.c_int64),
-                        ('n_buffers', ctypes.c_int64), ('n_children', ctypes.c_int64),
-                        ('buffers', ctypes.POINTER(ctypes.c_void_p)),
-                        ('children', ctypes.POINTER(ctypes.POINTER(_ArrowArray))),
-                        ('dictionary', ctypes.POINTER(_ArrowArray)), ('release', ctypes.c_void_p),
-                        ('private_data', ctypes.c_void_p)]
+_ArrowArray._fields_ = [
+    ('length', ctypes.c_int64),
+    ('null_count', ctypes.c_int64),
+    ('offset', ctypes.c_int64),
+    ('n_buffers', ctypes.c_int64),
+    ('n_children', ctypes.c_int64),
+    ('buffers', ctypes.POINTER(ctypes.c_void_p)),
+    ('children', ctypes.POINTER(ctypes.POINTER(_ArrowArray))),
+    ('dictionary', ctypes.POINTER(_ArrowArray)),
+    ('release', ctypes.c_void_p),
+    ('private_data', ctypes.c_void_p),
+]
 
 _capsule_pointer = ctypes.pythonapi.PyCapsule_GetPointer
 _capsule_pointer.restype = ctypes.c_void_p
@@ -142,8 +180,13 @@ def _pil_pixels(img: Image.Image):
   except (AttributeError, ValueError, TypeError):
     return None
   w, h = img.size
-  if (array.offset != 0 or array.length != w * h or schema.format != b'+w:4' or array.n_children != 1
-      or schema.children[0].contents.format != b'C'):
+  if (
+      array.offset != 0
+      or array.length != w * h
+      or schema.format != b'+w:4'
+      or array.n_children != 1
+      or schema.children[0].contents.format != b'C'
+  ):
     return None
   child = array.children[0].contents
   if child.offset != 0 or child.n_buffers != 2 or not child.buffers[1]:
@@ -215,8 +258,9 @@ def resize(x, out_h: int, out_w: int, resample, box=None) -> np.ndarray | None:
   address, row, pixel, h, w, channel_axis, keep = src
   out = np.empty((out_h, out_w) + channel_axis, np.uint8)
   c = channel_axis[0] if channel_axis else 1
-  rc = lib.core_jax_resize_u8(address, row, pixel, h, w, c, out.ctypes.data, out_h, out_w, RESIZE_FILTERS[resample],
-                              _resize_order)
+  rc = lib.core_jax_resize_u8(
+      address, row, pixel, h, w, c, out.ctypes.data, out_h, out_w, RESIZE_FILTERS[resample], _resize_order
+  )
   del keep
   return out if rc == 0 else None
 
@@ -227,8 +271,13 @@ def affine(x, matrix, resample, fillcolor) -> np.ndarray | None:
   output pixel centres to input coordinates, as in Pillow."""
   lib = _library()
   matrix = tuple(matrix)
-  if (lib is None or not _affine_ok or resample not in AFFINE_FILTERS or len(matrix) < 6
-      or not all(isinstance(v, (int, float, np.number)) and math.isfinite(v) for v in matrix[:6])):
+  if (
+      lib is None
+      or not _affine_ok
+      or resample not in AFFINE_FILTERS
+      or len(matrix) < 6
+      or not all(isinstance(v, (int, float, np.number)) and math.isfinite(v) for v in matrix[:6])
+  ):
     return None  # Pillow raises for a short matrix; non-finite coordinates are left to it too
   src = _source(x)
   if src is None:
@@ -241,8 +290,9 @@ def affine(x, matrix, resample, fillcolor) -> np.ndarray | None:
     return None  # Pillow's own conversion (an int is a packed colour in RGB) or error
   fill = fill.astype(np.uint8)
   a = (ctypes.c_double * 6)(*(float(v) for v in matrix[:6]))
-  rc = lib.core_jax_affine_u8(address, row, pixel, h, w, c, a, fill.ctypes.data, out.ctypes.data, h, w,
-                              AFFINE_FILTERS[resample])
+  rc = lib.core_jax_affine_u8(
+      address, row, pixel, h, w, c, a, fill.ctypes.data, out.ctypes.data, h, w, AFFINE_FILTERS[resample]
+  )
   del keep
   return out if rc == 0 else None
 
@@ -287,8 +337,14 @@ def rotate_matrix(width: int, height: int, degrees: float):
     return None
   cx, cy = width / 2, height / 2
   angle = -math.radians(angle)
-  m = [round(math.cos(angle), 15), round(math.sin(angle), 15), 0.0,
-       round(-math.sin(angle), 15), round(math.cos(angle), 15), 0.0]
+  m = [
+      round(math.cos(angle), 15),
+      round(math.sin(angle), 15),
+      0.0,
+      round(-math.sin(angle), 15),
+      round(math.cos(angle), 15),
+      0.0,
+  ]
   # Pillow: (m[2], m[5]) = m applied to (-cx, -cy), then + (cx, cy); in the same order of operations.
   m[2], m[5] = m[0] * -cx + m[1] * -cy + m[2] + cx, m[3] * -cx + m[4] * -cy + m[5] + cy
   return m

@@ -47,15 +47,31 @@ def _is_jax_key(x) -> bool:
   return isinstance(x, jax.Array)
 
 
-def mixup_cutmix(batch: Batch, rng_or_key, *, mixup_alpha: float = 0.8, cutmix_alpha: float = 1.0,
-                 prob: float = 1.0, switch_prob: float = 0.5, label_smoothing: float = 0.1,
-                 num_classes: int, correct_lam: bool = True) -> Batch:
+def mixup_cutmix(
+    batch: Batch,
+    rng_or_key,
+    *,
+    mixup_alpha: float = 0.8,
+    cutmix_alpha: float = 1.0,
+    prob: float = 1.0,
+    switch_prob: float = 0.5,
+    label_smoothing: float = 0.1,
+    num_classes: int,
+    correct_lam: bool = True,
+) -> Batch:
   """Mixes `batch` ('image' NHWC, 'label' int (B,)) -> new batch, 'label' float32 (B, num_classes).
 
   `rng_or_key`: a `np.random.Generator` (numpy, host) or a jax PRNG key (jnp, jit-able).
   """
-  kw = dict(mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, prob=prob, switch_prob=switch_prob,
-            label_smoothing=label_smoothing, num_classes=num_classes, correct_lam=correct_lam)
+  kw = dict(
+      mixup_alpha=mixup_alpha,
+      cutmix_alpha=cutmix_alpha,
+      prob=prob,
+      switch_prob=switch_prob,
+      label_smoothing=label_smoothing,
+      num_classes=num_classes,
+      correct_lam=correct_lam,
+  )
   if _is_jax_key(rng_or_key):
     return mixup_cutmix_jax(batch, rng_or_key, **kw)
   if not isinstance(rng_or_key, np.random.Generator):
@@ -68,7 +84,7 @@ def mixup_cutmix(batch: Batch, rng_or_key, *, mixup_alpha: float = 0.8, cutmix_a
 
 def smooth_one_hot_np(labels, num_classes: int, smoothing: float) -> np.ndarray:
   off = smoothing / num_classes
-  on = 1. - smoothing + off
+  on = 1.0 - smoothing + off
   labels = np.asarray(labels).reshape(-1)
   out = np.full((labels.shape[0], num_classes), off, np.float32)
   out[np.arange(labels.shape[0]), labels] = on
@@ -78,7 +94,7 @@ def smooth_one_hot_np(labels, num_classes: int, smoothing: float) -> np.ndarray:
 def mix_targets_np(labels, lam, num_classes: int, smoothing: float) -> np.ndarray:
   """timm `mixup_target`: lam * smooth(y) + (1 - lam) * smooth(y.flip(0))."""
   y1 = smooth_one_hot_np(labels, num_classes, smoothing)
-  return y1 * np.float32(lam) + y1[::-1] * np.float32(1. - lam)  # scalars cast like torch
+  return y1 * np.float32(lam) + y1[::-1] * np.float32(1.0 - lam)  # scalars cast like torch
 
 
 def cutmix_box(lam: float, img_h: int, img_w: int, cy: int, cx: int):
@@ -92,49 +108,58 @@ def cutmix_box(lam: float, img_h: int, img_w: int, cy: int, cx: int):
   return yl, yh, xl, xh
 
 
-def sample_mix_params_np(rng: np.random.Generator, img_h: int, img_w: int, *, mixup_alpha=0.8,
-                         cutmix_alpha=1.0, prob=1.0, switch_prob=0.5):
+def sample_mix_params_np(
+    rng: np.random.Generator, img_h: int, img_w: int, *, mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5
+):
   """timm `_params_per_batch` (+ `rand_bbox` centre) -> (lam, use_cutmix, (yl, yh, xl, xh) | None).
 
   `lam` is the *uncorrected* Beta draw; `apply_mix_np` applies the area correction."""
   _check_alphas(mixup_alpha, cutmix_alpha)
-  lam, use_cutmix = 1., False
+  lam, use_cutmix = 1.0, False
   if rng.random() < prob:
-    if mixup_alpha > 0. and cutmix_alpha > 0.:
+    if mixup_alpha > 0.0 and cutmix_alpha > 0.0:
       use_cutmix = bool(rng.random() < switch_prob)
       lam = rng.beta(cutmix_alpha, cutmix_alpha) if use_cutmix else rng.beta(mixup_alpha, mixup_alpha)
-    elif mixup_alpha > 0.:
+    elif mixup_alpha > 0.0:
       lam = rng.beta(mixup_alpha, mixup_alpha)
     else:
       use_cutmix = True
       lam = rng.beta(cutmix_alpha, cutmix_alpha)
     lam = float(lam)
   box = None
-  if use_cutmix and lam != 1.:
+  if use_cutmix and lam != 1.0:
     cy = int(rng.integers(0, img_h))
     cx = int(rng.integers(0, img_w))
     box = cutmix_box(lam, img_h, img_w, cy, cx)
   return lam, use_cutmix, box
 
 
-def apply_mix_np(batch: Batch, lam: float, use_cutmix: bool, box, *, num_classes: int,
-                 label_smoothing: float = 0.1, correct_lam: bool = True) -> Batch:
+def apply_mix_np(
+    batch: Batch,
+    lam: float,
+    use_cutmix: bool,
+    box,
+    *,
+    num_classes: int,
+    label_smoothing: float = 0.1,
+    correct_lam: bool = True,
+) -> Batch:
   """Deterministic part of timm `Mixup._mix_batch` + `mixup_target` for given lam / box."""
   batch = dict(batch)
   x = np.asarray(batch['image'])
   labels = np.asarray(batch['label'])
   if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
     raise UserError(f'mixup_cutmix needs integer labels of shape (B,), got {labels.dtype} {labels.shape}')
-  if lam != 1.:
+  if lam != 1.0:
     if use_cutmix:
       yl, yh, xl, xh = box
       if correct_lam:
-        lam = 1. - (yh - yl) * (xh - xl) / float(x.shape[1] * x.shape[2])
+        lam = 1.0 - (yh - yl) * (xh - xl) / float(x.shape[1] * x.shape[2])
       x = np.array(x, copy=True)
       x[:, yl:yh, xl:xh] = x[::-1, yl:yh, xl:xh].copy()
     else:
       xf = x.astype(np.float32) if not np.issubdtype(x.dtype, np.floating) else x
-      mixed = xf * np.float32(lam) + xf[::-1] * np.float32(1. - lam)
+      mixed = xf * np.float32(lam) + xf[::-1] * np.float32(1.0 - lam)
       if not np.issubdtype(x.dtype, np.floating):
         info = np.iinfo(x.dtype)
         mixed = np.clip(np.rint(mixed), info.min, info.max)
@@ -144,15 +169,25 @@ def apply_mix_np(batch: Batch, lam: float, use_cutmix: bool, box, *, num_classes
   return batch
 
 
-def mixup_cutmix_np(batch: Batch, rng: np.random.Generator, *, mixup_alpha=0.8, cutmix_alpha=1.0,
-                    prob=1.0, switch_prob=0.5, label_smoothing=0.1, num_classes: int,
-                    correct_lam=True) -> Batch:
+def mixup_cutmix_np(
+    batch: Batch,
+    rng: np.random.Generator,
+    *,
+    mixup_alpha=0.8,
+    cutmix_alpha=1.0,
+    prob=1.0,
+    switch_prob=0.5,
+    label_smoothing=0.1,
+    num_classes: int,
+    correct_lam=True,
+) -> Batch:
   h, w = np.asarray(batch['image']).shape[1:3]
-  lam, use_cutmix, box = sample_mix_params_np(rng, h, w, mixup_alpha=mixup_alpha,
-                                              cutmix_alpha=cutmix_alpha, prob=prob,
-                                              switch_prob=switch_prob)
-  return apply_mix_np(batch, lam, use_cutmix, box, num_classes=num_classes,
-                      label_smoothing=label_smoothing, correct_lam=correct_lam)
+  lam, use_cutmix, box = sample_mix_params_np(
+      rng, h, w, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, prob=prob, switch_prob=switch_prob
+  )
+  return apply_mix_np(
+      batch, lam, use_cutmix, box, num_classes=num_classes, label_smoothing=label_smoothing, correct_lam=correct_lam
+  )
 
 
 # -------------------------------------------------------------------------------- jax.numpy
@@ -161,16 +196,17 @@ def mixup_cutmix_np(batch: Batch, rng: np.random.Generator, *, mixup_alpha=0.8, 
 def smooth_one_hot_jax(labels, num_classes: int, smoothing: float):
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
   off = smoothing / num_classes
-  on = 1. - smoothing + off
-  return jnp.where(jax.nn.one_hot(labels, num_classes, dtype=jnp.bool_), jnp.float32(on),
-                   jnp.float32(off))
+  on = 1.0 - smoothing + off
+  return jnp.where(jax.nn.one_hot(labels, num_classes, dtype=jnp.bool_), jnp.float32(on), jnp.float32(off))
 
 
 def cutmix_box_jax(lam, img_h: int, img_w: int, cy, cx):
   """`cutmix_box` with traced lam / centre -> int32 (yl, yh, xl, xh)."""
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  ratio = jnp.sqrt(1. - jnp.asarray(lam, jnp.float32))
+
+  ratio = jnp.sqrt(1.0 - jnp.asarray(lam, jnp.float32))
   cut_h = jnp.floor(img_h * ratio).astype(jnp.int32)
   cut_w = jnp.floor(img_w * ratio).astype(jnp.int32)
   yl = jnp.clip(cy - cut_h // 2, 0, img_h)
@@ -180,34 +216,36 @@ def cutmix_box_jax(lam, img_h: int, img_w: int, cy, cx):
   return yl, yh, xl, xh
 
 
-def sample_mix_params_jax(key, img_h: int, img_w: int, *, mixup_alpha=0.8, cutmix_alpha=1.0,
-                          prob=1.0, switch_prob=0.5):
+def sample_mix_params_jax(key, img_h: int, img_w: int, *, mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5):
   """Same distribution as `sample_mix_params_np` -> (lam, use_cutmix, box) as traced scalars.
 
   When not mixing lam == 1 and use_cutmix is False; box is always computed (ignored then)."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
   _check_alphas(mixup_alpha, cutmix_alpha)
   k_apply, k_switch, k_lam, k_cy, k_cx = jax.random.split(key, 5)
   apply = jax.random.uniform(k_apply) < prob
-  if mixup_alpha > 0. and cutmix_alpha > 0.:
+  if mixup_alpha > 0.0 and cutmix_alpha > 0.0:
     use_cutmix = jax.random.uniform(k_switch) < switch_prob
     alpha = jnp.where(use_cutmix, jnp.float32(cutmix_alpha), jnp.float32(mixup_alpha))
-  elif mixup_alpha > 0.:
+  elif mixup_alpha > 0.0:
     use_cutmix, alpha = jnp.bool_(False), jnp.float32(mixup_alpha)
   else:
     use_cutmix, alpha = jnp.bool_(True), jnp.float32(cutmix_alpha)
-  lam = jnp.where(apply, jax.random.beta(k_lam, alpha, alpha), jnp.float32(1.))
+  lam = jnp.where(apply, jax.random.beta(k_lam, alpha, alpha), jnp.float32(1.0))
   use_cutmix = apply & use_cutmix
   cy = jax.random.randint(k_cy, (), 0, img_h)
   cx = jax.random.randint(k_cx, (), 0, img_w)
   return lam, use_cutmix, cutmix_box_jax(lam, img_h, img_w, cy, cx)
 
 
-def apply_mix_jax(batch: Batch, lam, use_cutmix, box, *, num_classes: int,
-                  label_smoothing: float = 0.1, correct_lam: bool = True) -> Batch:
+def apply_mix_jax(
+    batch: Batch, lam, use_cutmix, box, *, num_classes: int, label_smoothing: float = 0.1, correct_lam: bool = True
+) -> Batch:
   """Branch-free `apply_mix_np`: lam / use_cutmix / box may be traced."""
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
   batch = dict(batch)
   x = jnp.asarray(batch['image'])
   labels = jnp.asarray(batch['label'])
@@ -216,7 +254,7 @@ def apply_mix_jax(batch: Batch, lam, use_cutmix, box, *, num_classes: int,
   _, h, w = x.shape[:3]
   lam = jnp.asarray(lam, jnp.float32)
   use_cutmix = jnp.asarray(use_cutmix, jnp.bool_)
-  mixing = lam != 1.
+  mixing = lam != 1.0
   yl, yh, xl, xh = box
   rows = jnp.arange(h)[:, None]
   cols = jnp.arange(w)[None, :]
@@ -226,7 +264,7 @@ def apply_mix_jax(batch: Batch, lam, use_cutmix, box, *, num_classes: int,
   cut = jnp.where(inside, flipped, x)
   floating = jnp.issubdtype(x.dtype, jnp.floating)
   xf = x if floating else x.astype(jnp.float32)
-  blend = xf * lam + xf[::-1] * (jnp.float32(1.) - lam)
+  blend = xf * lam + xf[::-1] * (jnp.float32(1.0) - lam)
   if not floating:
     info = jnp.iinfo(x.dtype)
     blend = jnp.clip(jnp.rint(blend), info.min, info.max)
@@ -234,21 +272,31 @@ def apply_mix_jax(batch: Batch, lam, use_cutmix, box, *, num_classes: int,
   x_out = jnp.where(mixing & use_cutmix, cut, jnp.where(mixing, blend, x))
   if correct_lam:
     area = ((yh - yl) * (xh - xl)).astype(jnp.float32)
-    lam_cut = jnp.float32(1.) - area / jnp.float32(h * w)
+    lam_cut = jnp.float32(1.0) - area / jnp.float32(h * w)
     lam = jnp.where(mixing & use_cutmix, lam_cut, lam)
   y1 = smooth_one_hot_jax(labels, num_classes, label_smoothing)
   batch['image'] = x_out
-  batch['label'] = y1 * lam + y1[::-1] * (jnp.float32(1.) - lam)
+  batch['label'] = y1 * lam + y1[::-1] * (jnp.float32(1.0) - lam)
   return batch
 
 
-def mixup_cutmix_jax(batch: Batch, key, *, mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0,
-                     switch_prob=0.5, label_smoothing=0.1, num_classes: int,
-                     correct_lam=True) -> Batch:
+def mixup_cutmix_jax(
+    batch: Batch,
+    key,
+    *,
+    mixup_alpha=0.8,
+    cutmix_alpha=1.0,
+    prob=1.0,
+    switch_prob=0.5,
+    label_smoothing=0.1,
+    num_classes: int,
+    correct_lam=True,
+) -> Batch:
   """jit-able mixup/cutmix: call inside the train step with a per-step key."""
   h, w = batch['image'].shape[1:3]
-  lam, use_cutmix, box = sample_mix_params_jax(key, h, w, mixup_alpha=mixup_alpha,
-                                               cutmix_alpha=cutmix_alpha, prob=prob,
-                                               switch_prob=switch_prob)
-  return apply_mix_jax(batch, lam, use_cutmix, box, num_classes=num_classes,
-                       label_smoothing=label_smoothing, correct_lam=correct_lam)
+  lam, use_cutmix, box = sample_mix_params_jax(
+      key, h, w, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, prob=prob, switch_prob=switch_prob
+  )
+  return apply_mix_jax(
+      batch, lam, use_cutmix, box, num_classes=num_classes, label_smoothing=label_smoothing, correct_lam=correct_lam
+  )

@@ -6,6 +6,9 @@ function of `pos`, so sharding by process only decides who computes which record
 the contiguous slice [p*L, (p+1)*L) of every global batch (L = B/P), so the global array assembled from
 the local batches holds the same examples in the same order as a 1-process batch: per-position
 randomness (drop-path masks) matches too, and the iterator state is tiny.
+
+Eval batches are padded to equal counts per process with examples whose `mask` is False; their label maps
+(`segmentation`, and a spatial `label`) are IGNORE_LABEL (255), everything else 0.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from typing import Any
 import grain
 import numpy as np
 
-from core_jax.data.transforms import Transform, build_transforms
+from core_jax.data.ops import build_transforms
+from core_jax.data.registry import IGNORE_LABEL, LABEL_MAP_KEY, Transform
 from core_jax.errors import UserError
 
 _SHUFFLE_TAG, _AUGMENT_TAG, _EVAL_TAG = 0, 1, 2
@@ -79,19 +83,24 @@ class _TrainRecord:
     return _finalize(self.transform(self.source[idx], rng))
 
 
-def make_train_dataset(source, *, transforms, global_batch_size: int, seed: int,
-                       process_index: int, process_count: int,
-                       num_epochs: int | None = None) -> grain.MapDataset:
+def make_train_dataset(
+    source,
+    *,
+    transforms,
+    global_batch_size: int,
+    seed: int,
+    process_index: int,
+    process_count: int,
+    num_epochs: int | None = None,
+) -> grain.MapDataset:
   """Process-local, unbatched record stream behind `make_train_iterator`."""
   if global_batch_size % process_count:
-    raise UserError(f'global batch size {global_batch_size} is not divisible by the '
-                    f'{process_count} processes')
+    raise UserError(f'global batch size {global_batch_size} is not divisible by the ' f'{process_count} processes')
   if not 0 <= process_index < process_count:
     raise ValueError(f'process_index {process_index} not in [0, {process_count})')
   steps = steps_per_epoch(len(source), global_batch_size)
   if steps == 0:
-    raise UserError(f'dataset has {len(source)} examples, fewer than one global batch '
-                    f'of {global_batch_size}')
+    raise UserError(f'dataset has {len(source)} examples, fewer than one global batch ' f'of {global_batch_size}')
   per_epoch = steps * global_batch_size
   local_batch = global_batch_size // process_count
   local_positions = grain.MapDataset.range(steps * local_batch)
@@ -104,7 +113,7 @@ def make_train_dataset(source, *, transforms, global_batch_size: int, seed: int,
 class _ProcessSlice:
   """Local position j -> the global position this process owns: its slice of global batch j // L."""
 
-  def __init__(self, record: '_TrainRecord', global_batch: int, local_batch: int, process_index: int):
+  def __init__(self, record: _TrainRecord, global_batch: int, local_batch: int, process_index: int):
     self.record, self.global_batch, self.local_batch = record, global_batch, local_batch
     self.offset = process_index * local_batch
 
@@ -113,25 +122,38 @@ class _ProcessSlice:
     return self.record(step * self.global_batch + self.offset + r)
 
 
-def make_train_iterator(source, *, transforms, global_batch_size: int, seed: int,
-                        process_index: int, process_count: int, num_epochs: int | None = None,
-                        worker_count: int = 0,
-                        read_options: grain.ReadOptions | None = None) -> grain.DatasetIterator:
+def make_train_iterator(
+    source,
+    *,
+    transforms,
+    global_batch_size: int,
+    seed: int,
+    process_index: int,
+    process_count: int,
+    num_epochs: int | None = None,
+    worker_count: int = 0,
+    read_options: grain.ReadOptions | None = None,
+) -> grain.DatasetIterator:
   """Infinite (or `num_epochs`) iterator of local batches: dict of stacked numpy arrays.
 
   Checkpoint with `it.get_state()` / `it.set_state(state)`, or in orbax with
   `grain.checkpoint.CheckpointSave(it)` / `grain.checkpoint.CheckpointRestore(it)`.
   `worker_count > 0` uses grain multiprocessing (needs absl flags parsed and a __main__ guard).
   """
-  ds = make_train_dataset(source, transforms=transforms, global_batch_size=global_batch_size,
-                          seed=seed, process_index=process_index, process_count=process_count,
-                          num_epochs=num_epochs)
+  ds = make_train_dataset(
+      source,
+      transforms=transforms,
+      global_batch_size=global_batch_size,
+      seed=seed,
+      process_index=process_index,
+      process_count=process_count,
+      num_epochs=num_epochs,
+  )
   # Prefetch records, then batch: ReadOptions.prefetch_buffer_size (default 500) counts elements,
   # and 500 prefetched *batches* of large images would not fit in host memory.
   if read_options is None:
     # grain's default of 16 reader threads thrashes small hosts (2.5x slower on 2 cores).
-    read_options = grain.ReadOptions(num_threads=min(16, os.cpu_count() or 1),
-                                     prefetch_buffer_size=500)
+    read_options = grain.ReadOptions(num_threads=min(16, os.cpu_count() or 1), prefetch_buffer_size=500)
   ds = ds.to_iter_dataset(read_options)
   if worker_count > 0:
     # Before batching: mp_prefetch gives worker w the records w::W and interleaves them back in
@@ -141,6 +163,13 @@ def make_train_iterator(source, *, transforms, global_batch_size: int, seed: int
   return iter(ds.batch(global_batch_size // process_count, drop_remainder=True))
 
 
+def _padding_like(key: str, value: np.ndarray) -> np.ndarray:
+  """A padded example's feature: label maps hold IGNORE_LABEL (never a real class), other features 0."""
+  if key == LABEL_MAP_KEY or (key == 'label' and value.ndim >= 2):
+    return np.full_like(value, IGNORE_LABEL)
+  return np.zeros_like(value)
+
+
 class _EvalRecord:
 
   def __init__(self, source, transform: Transform, process_index: int, process_count: int):
@@ -148,7 +177,7 @@ class _EvalRecord:
     self.process_index, self.process_count = process_index, process_count
     self.n = len(source)
     template = self._load(0)
-    self.padding = {k: np.zeros_like(v) for k, v in template.items()}
+    self.padding = {k: _padding_like(k, v) for k, v in template.items()}
     self.padding['mask'] = np.asarray(False)
 
   def _load(self, idx: int) -> dict:
@@ -162,16 +191,16 @@ class _EvalRecord:
     return self._load(idx) if idx < self.n else dict(self.padding)
 
 
-def make_eval_batches(source, *, transforms, global_batch_size: int, process_index: int,
-                      process_count: int) -> grain.MapDataset:
+def make_eval_batches(
+    source, *, transforms, global_batch_size: int, process_index: int, process_count: int
+) -> grain.MapDataset:
   """Local eval batches with a bool `mask`; padded so every process yields the same count.
 
   Process p takes examples p, p + P, ...; the result supports len() (number of batches),
   indexing and iteration (or `.to_iter_dataset()` for threaded prefetch).
   """
   if global_batch_size % process_count:
-    raise UserError(f'global batch size {global_batch_size} is not divisible by the '
-                    f'{process_count} processes')
+    raise UserError(f'global batch size {global_batch_size} is not divisible by the ' f'{process_count} processes')
   n = len(source)
   if n == 0:
     raise UserError('eval split is empty')
@@ -189,7 +218,5 @@ def to_global(local_batch: dict, sharding) -> dict:
   """
   import jax
 
-  get = sharding if callable(sharding) and not isinstance(sharding, jax.sharding.Sharding) \
-      else (lambda _: sharding)
-  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(get(x), np.asarray(x)),
-                      local_batch)
+  get = sharding if callable(sharding) and not isinstance(sharding, jax.sharding.Sharding) else (lambda _: sharding)
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(get(x), np.asarray(x)), local_batch)

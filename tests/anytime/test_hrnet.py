@@ -1,4 +1,5 @@
 """HRNetV2 structure: param counts vs timm and the reference, backbone numerics vs timm, weight layouts."""
+
 import numpy as np
 import pytest
 
@@ -20,6 +21,7 @@ def abstract_variables(model, shape=(1, 64, 64, 3)):
 def numpy_variables(model, shape=(1, 64, 64, 3), seed=0):
   """Random host variables without compiling init (each leaf N(0, 0.1); BN var positive)."""
   rng = np.random.RandomState(seed)
+
   def fill(path, s):
     name = path[-1].key
     if name == 'var':
@@ -29,6 +31,7 @@ def numpy_variables(model, shape=(1, 64, 64, 3), seed=0):
     if name == 'rbf_lambda':
       return np.asarray(rng.uniform(1.0, 3.0), s.dtype).reshape(s.shape)
     return (0.1 * rng.randn(*s.shape)).astype(s.dtype)
+
   v = abstract_variables(model, shape)
   return jax.tree_util.tree_map_with_path(fill, {'params': v['params'], 'batch_stats': v['batch_stats']})
 
@@ -71,7 +74,7 @@ def timm_w18s2():
 @pytest.mark.slow
 def test_backbone_features_match_timm(timm_w18s2):
   tm, x = timm_w18s2
-  for m in tm.modules():   # the segmentation HRNet fuses with bilinear (align_corners=False), not nearest
+  for m in tm.modules():  # the segmentation HRNet fuses with bilinear (align_corners=False), not nearest
     if isinstance(m, torch.nn.Upsample):
       m.mode, m.align_corners = 'bilinear', False
   sd = {k: v.numpy() for k, v in tm.state_dict().items()}
@@ -80,11 +83,10 @@ def test_backbone_features_match_timm(timm_w18s2):
   with torch.no_grad():
     want = [t.numpy().transpose(0, 2, 3, 1) for t in tm.forward_features(torch.from_numpy(x.transpose(0, 3, 1, 2)))]
   got = jax.jit(lambda v, x: model.apply(v, x, features_only=True))(variables, x)
-  assert [g.shape for g in got] == [w.shape for w in want] == [(2, 16 // 2 ** i, 16 // 2 ** i, 18 * 2 ** i)
-                                                                for i in range(4)]
+  assert [g.shape for g in got] == [w.shape for w in want] == [(2, 16 // 2**i, 16 // 2**i, 18 * 2**i) for i in range(4)]
   for g, w in zip(got, want):
     assert np.abs(np.asarray(g) - w).max() <= 1e-4
-    assert np.abs(w).max() > 1.0   # not a comparison of zeros
+    assert np.abs(w).max() > 1.0  # not a comparison of zeros
 
 
 def test_timm_layout_round_trip_bit_exact_and_strict(timm_w18s2, tmp_path):
@@ -94,8 +96,9 @@ def test_timm_layout_round_trip_bit_exact_and_strict(timm_w18s2, tmp_path):
   fresh = numpy_variables(model)
   variables = convert.external_to_variables(sd, fresh, 'timm')
   # the exits and the head are not in a timm backbone: they keep their values
-  np.testing.assert_array_equal(variables['params']['last_layer']['conv0']['kernel'],
-                                fresh['params']['last_layer']['conv0']['kernel'])
+  np.testing.assert_array_equal(
+      variables['params']['last_layer']['conv0']['kernel'], fresh['params']['last_layer']['conv0']['kernel']
+  )
   back = convert.variables_to_external(variables, 'timm')
   assert set(back) == set(sd)
   for k, v in sd.items():
@@ -138,27 +141,34 @@ def test_official_layout_round_trip(exit_type, tau, tmp_path):
   if exit_type == 'rh':
     # Sequential indices of downup_pool_1x1_inter_triple / _double / plain, as in the ADP-C code
     assert {k for k in sd if k.startswith('model.exit1.') and k.endswith('.weight')} == {
-      f'model.exit1.{i}.weight' for i in (1, 2, 5, 6, 9, 10, 13, 14, 17, 18, 21)}
+        f'model.exit1.{i}.weight' for i in (1, 2, 5, 6, 9, 10, 13, 14, 17, 18, 21)
+    }
     assert {k for k in sd if k.startswith('model.exit3.') and k.endswith('.weight')} == {
-      'model.exit3.1.weight', 'model.exit3.2.weight', 'model.exit3.5.weight'}
+        'model.exit3.1.weight',
+        'model.exit3.2.weight',
+        'model.exit3.5.weight',
+    }
     assert sd['model.stage2.0.branches.0.0.conv1.Lambda'].shape == ()
     assert sd['model.stage2.0.branches.0.0.conv1.square_dis'][3, 3] == 1e5
     assert 'model.exit1.1.Lambda' not in sd and 'model.layer1.0.conv1.Lambda' not in sd  # never masked
     assert 'model.last_layer.3.Lambda' in sd and 'model.transition1.0.0.Lambda' in sd
   else:
     assert {k for k in sd if k.startswith('model.exit2.') and k.endswith('.weight')} == {
-      'model.exit2.0.weight', 'model.exit2.1.weight', 'model.exit2.3.weight'}
+        'model.exit2.0.weight',
+        'model.exit2.1.weight',
+        'model.exit2.3.weight',
+    }
     assert not any(k.endswith('Lambda') for k in sd)
   zeros = jax.tree_util.tree_map(np.zeros_like, variables)
   for ext in ('pth', 'safetensors'):
     path = str(tmp_path / f'adpc.{ext}')
     convert.save_variables(variables, path, 'official')
-    again = convert.load_variables(path, zeros)   # layout detected from the keys
+    again = convert.load_variables(path, zeros)  # layout detected from the keys
     for a, b in zip(jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(again)):
       assert np.array_equal(a, b)
   back = convert.variables_to_external(convert.external_to_variables(sd, zeros, 'official'), 'official')
   assert set(back) == set(sd) and all(np.array_equal(back[k], sd[k]) for k in sd)
-  bare = {k[len('model.'):]: v for k, v in sd.items() if k.startswith('model.')}   # test_ee.py strips 'model.'
+  bare = {k[len('model.') :]: v for k, v in sd.items() if k.startswith('model.')}  # test_ee.py strips 'model.'
   convert.external_to_variables(bare, zeros, 'official')
   if exit_type == 'rh':
     bad = dict(sd)
@@ -183,11 +193,16 @@ def test_load_pretrained_official_with_and_without_head(tmp_path):
   # another number of classes: backbone loaded, exits / head / lambdas keep the target's values
   other = numpy_variables(hrnet.build('w8_tiny', exit_type='rh', tau=0.998, num_classes=3), seed=2)
   loaded = convert.load_pretrained(other, path, reinit_head=True)
-  np.testing.assert_array_equal(loaded['params']['stage4_0']['branch3_0']['conv2']['kernel'],
-                                variables['params']['stage4_0']['branch3_0']['conv2']['kernel'])
-  np.testing.assert_array_equal(loaded['params']['last_layer']['conv3']['kernel'],
-                                other['params']['last_layer']['conv3']['kernel'])
-  np.testing.assert_array_equal(loaded['params']['stage2_0']['branch0_0']['conv1']['rbf_lambda'],
-                                other['params']['stage2_0']['branch0_0']['conv1']['rbf_lambda'])
+  np.testing.assert_array_equal(
+      loaded['params']['stage4_0']['branch3_0']['conv2']['kernel'],
+      variables['params']['stage4_0']['branch3_0']['conv2']['kernel'],
+  )
+  np.testing.assert_array_equal(
+      loaded['params']['last_layer']['conv3']['kernel'], other['params']['last_layer']['conv3']['kernel']
+  )
+  np.testing.assert_array_equal(
+      loaded['params']['stage2_0']['branch0_0']['conv1']['rbf_lambda'],
+      other['params']['stage2_0']['branch0_0']['conv1']['rbf_lambda'],
+  )
   with pytest.raises(UserError, match=r'^exit1\.21\.bias: expected shape \(3,\) but .*adpc\.pth has \(5,\)$'):
     convert.load_pretrained(other, path)

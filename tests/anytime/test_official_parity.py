@@ -6,6 +6,7 @@ Runs only when ADPC_REPO names a checkout of github.com/liuzhuang13/anytime (e.g
 
     ADPC_REPO=/path/to/anytime pytest tests/anytime/test_official_parity.py
 """
+
 import contextlib
 import importlib
 import io
@@ -16,8 +17,10 @@ import numpy as np
 import pytest
 
 REPO = os.environ.get('ADPC_REPO', '')
-pytestmark = pytest.mark.skipif(not os.path.isfile(os.path.join(REPO, 'lib', 'models', 'model_anytime.py')),
-                                reason='set ADPC_REPO to a checkout of liuzhuang13/anytime')
+pytestmark = pytest.mark.skipif(
+    not os.path.isfile(os.path.join(REPO, 'lib', 'models', 'model_anytime.py')),
+    reason='set ADPC_REPO to a checkout of liuzhuang13/anytime',
+)
 
 torch = pytest.importorskip('torch')
 import jax  # noqa: E402
@@ -27,12 +30,13 @@ from anytime_jax import convert, flops, hrnet  # noqa: E402
 
 class Cfg(dict):
   """The attribute + item access of the code's yacs config."""
+
   __getattr__ = dict.__getitem__
 
 
 def official_module():
   if not hasattr(np, 'int'):
-    np.int = int   # the released code uses np.int (removed in NumPy 1.24)
+    np.int = int  # the released code uses np.int (removed in NumPy 1.24)
   lib = os.path.join(REPO, 'lib')
   if lib not in sys.path:
     sys.path.insert(0, lib)
@@ -43,19 +47,36 @@ def official_config(arch, exit_type, tau, num_classes):
   a = hrnet.ARCHS[arch]
 
   def stage(n, modules):
-    return Cfg(NUM_MODULES=modules, NUM_BRANCHES=n, BLOCK='BASIC', NUM_BLOCKS=[a.stage_blocks] * n,
-               NUM_CHANNELS=a.channels(n), FUSE_METHOD='SUM')
-  extra = Cfg(EE_WEIGHTS=(1, 1, 1, 1), EARLY_DETACH=False,
-              STAGE1=Cfg(NUM_MODULES=1, NUM_BRANCHES=1, BLOCK='BOTTLENECK', NUM_BLOCKS=[a.stage1_blocks],
-                         NUM_CHANNELS=[64], FUSE_METHOD='SUM'),
-              STAGE2=stage(2, a.stage_modules[0]), STAGE3=stage(3, a.stage_modules[1]),
-              STAGE4=stage(4, a.stage_modules[2]))
-  return Cfg(MODEL=Cfg(EXTRA=extra),
-             MASK=Cfg(USE=tau is not None, P=0.5, INTERPOLATION='rbf', CONF_THRE=tau or 0.0, CRIT='conf_thre',
-                      AGGR='copy'),
-             EXIT=Cfg(TYPE='flex' if exit_type == 'rh' else 'original', INTER_CHANNEL=a.inter_channels,
-                      FINAL_CONV_KERNEL=1),
-             DATASET=Cfg(NUM_CLASSES=num_classes))
+    return Cfg(
+        NUM_MODULES=modules,
+        NUM_BRANCHES=n,
+        BLOCK='BASIC',
+        NUM_BLOCKS=[a.stage_blocks] * n,
+        NUM_CHANNELS=a.channels(n),
+        FUSE_METHOD='SUM',
+    )
+
+  extra = Cfg(
+      EE_WEIGHTS=(1, 1, 1, 1),
+      EARLY_DETACH=False,
+      STAGE1=Cfg(
+          NUM_MODULES=1,
+          NUM_BRANCHES=1,
+          BLOCK='BOTTLENECK',
+          NUM_BLOCKS=[a.stage1_blocks],
+          NUM_CHANNELS=[64],
+          FUSE_METHOD='SUM',
+      ),
+      STAGE2=stage(2, a.stage_modules[0]),
+      STAGE3=stage(3, a.stage_modules[1]),
+      STAGE4=stage(4, a.stage_modules[2]),
+  )
+  return Cfg(
+      MODEL=Cfg(EXTRA=extra),
+      MASK=Cfg(USE=tau is not None, P=0.5, INTERPOLATION='rbf', CONF_THRE=tau or 0.0, CRIT='conf_thre', AGGR='copy'),
+      EXIT=Cfg(TYPE='flex' if exit_type == 'rh' else 'original', INTER_CHANNEL=a.inter_channels, FINAL_CONV_KERNEL=1),
+      DATASET=Cfg(NUM_CLASSES=num_classes),
+  )
 
 
 @pytest.mark.slow
@@ -67,7 +88,7 @@ def test_same_logits_keys_and_flops_as_the_official_code(exit_type, ca):
   with contextlib.redirect_stdout(io.StringIO()):
     ref = model_anytime.HighResolutionNet(cfg)
   rng = np.random.RandomState(0)
-  with torch.no_grad():   # weights of some size, random BN affine params and lambdas
+  with torch.no_grad():  # weights of some size, random BN affine params and lambdas
     for m in ref.modules():
       if isinstance(m, torch.nn.Conv2d):
         torch.nn.init.kaiming_normal_(m.weight)
@@ -90,10 +111,10 @@ def test_same_logits_keys_and_flops_as_the_official_code(exit_type, ca):
   x = rng.randn(2, 3, 64, 128).astype(np.float32)
   xt = torch.from_numpy(x)
   with torch.no_grad():
-    ref(xt)   # the code's first forward has no output sizes and uses random masks; the scripts run two
+    ref(xt)  # the code's first forward has no output sizes and uses random masks; the scripts run two
     outs = ref(xt)
     tau = None
-    if ca:    # a threshold that lets about half of exit 1's pixels exit, with no confidence of any exit within
+    if ca:  # a threshold that lets about half of exit 1's pixels exit, with no confidence of any exit within
       # 1e-6 of it (a tie would flip with float rounding and change everything downstream)
       conf = np.unique(torch.softmax(outs[0], 1).max(1)[0].numpy().astype(np.float64))
       mid = len(conf) // 2
@@ -116,7 +137,7 @@ def test_same_logits_keys_and_flops_as_the_official_code(exit_type, ca):
   for a, b in zip(got['logits'], outs):
     np.testing.assert_allclose(np.asarray(a), b.numpy().transpose(0, 2, 3, 1), rtol=1e-4, atol=1e-4)
   if ca:
-    assert 0.2 < 1 - float(got['fractions'][1].mean()) < 0.8   # about half of the pixels exited at exit 1
+    assert 0.2 < 1 - float(got['fractions'][1].mean()) < 0.8  # about half of the pixels exited at exit 1
   # the code's counter: run with stop_k, batch 1
   counted = []
   with torch.no_grad():

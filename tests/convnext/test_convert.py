@@ -16,6 +16,7 @@ What is verified
   * error cases: missing / unexpected key, shape mismatch, head mismatch with and without reinit_head,
     corrupt / truncated files, CLI exit status 2 with one 'error: ' line on stderr.
 """
+
 from __future__ import annotations
 
 import gc
@@ -38,13 +39,22 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from safetensors.numpy import save_file  # noqa: E402
 
-from core_jax import weights as W  # noqa: E402
-from core_jax.errors import UserError  # noqa: E402
 from convnext_jax import convert as C  # noqa: E402
 from convnext_jax import create_model  # noqa: E402
+from core_jax import weights as W  # noqa: E402
+from core_jax.errors import UserError  # noqa: E402
 
-HIER = ['convnext_atto', 'convnext_femto', 'convnext_pico', 'convnext_nano', 'convnext_tiny', 'convnext_small',
-        'convnext_base', 'convnext_large', 'convnext_xlarge']
+HIER = [
+    'convnext_atto',
+    'convnext_femto',
+    'convnext_pico',
+    'convnext_nano',
+    'convnext_tiny',
+    'convnext_small',
+    'convnext_base',
+    'convnext_large',
+    'convnext_xlarge',
+]
 ISO = ['convnext_iso_small', 'convnext_iso_base', 'convnext_iso_large']
 TOL = 1e-4
 
@@ -146,13 +156,19 @@ def test_flatten_unflatten_roundtrip():
   back = W.unflatten(flat)
   assert W.flatten(back).keys() == flat.keys()
   import flax
+
   assert list(W.flatten(flax.core.freeze(tree))) == ['a/b', 'a/c/d', 'e']
 
 
 def test_transforms_roundtrip_and_shapes():
   rng = np.random.default_rng(0)
-  cases = [(W.CONV, (8, 3, 4, 4), (4, 4, 3, 8)), (W.CONV, (8, 1, 7, 7), (7, 7, 1, 8)), (W.LINEAR, (6, 5), (5, 6)),
-           (W.CONV1X1_AS_LINEAR, (6, 5, 1, 1), (5, 6)), (W.IDENTITY, (7,), (7,))]
+  cases = [
+      (W.CONV, (8, 3, 4, 4), (4, 4, 3, 8)),
+      (W.CONV, (8, 1, 7, 7), (7, 7, 1, 8)),
+      (W.LINEAR, (6, 5), (5, 6)),
+      (W.CONV1X1_AS_LINEAR, (6, 5, 1, 1), (5, 6)),
+      (W.IDENTITY, (7,), (7,)),
+  ]
   for t, ext_shape, flax_shape in cases:
     w = rng.standard_normal(ext_shape).astype(np.float32)
     k = t.to_flax(w)
@@ -164,11 +180,13 @@ def test_transforms_roundtrip_and_shapes():
 
 
 def test_rule_table_both_directions():
-  table = W.RuleTable([
-      W.Rule('stem/kernel', 'stem.0.weight', W.CONV),
-      W.Rule('down_{i:[1-9][0-9]*}/bias', 'layers.{i}.1.bias'),
-      W.Rule('s_{i}_b_{j}/fc/kernel', 'stages.{i}.blocks.{j}.fc.weight', W.LINEAR),
-  ])
+  table = W.RuleTable(
+      [
+          W.Rule('stem/kernel', 'stem.0.weight', W.CONV),
+          W.Rule('down_{i:[1-9][0-9]*}/bias', 'layers.{i}.1.bias'),
+          W.Rule('s_{i}_b_{j}/fc/kernel', 'stages.{i}.blocks.{j}.fc.weight', W.LINEAR),
+      ]
+  )
   assert table.to_flax_key('stages.2.blocks.11.fc.weight')[0] == 's_2_b_11/fc/kernel'
   assert table.to_external_key('s_2_b_11/fc/kernel')[0] == 'stages.2.blocks.11.fc.weight'
   assert table.to_flax_key('layers.0.1.bias') is None and table.to_flax_key('layers.3.1.bias')[0] == 'down_3/bias'
@@ -243,6 +261,7 @@ def test_hierarchical_import_parity_export(name, tmp_path, highest_precision):
     p_exp = tmp_path / 'export.safetensors'
     C.save_timm_safetensors(params, str(p_exp), name)
     from safetensors.torch import load_file
+
     exp_torch = load_file(str(p_exp))
   else:
     exp_torch = {k: torch.from_numpy(v) for k, v in exp_timm.items()}
@@ -279,7 +298,7 @@ def _iso_state_dict(name, seed=0):
   rng = np.random.default_rng(seed)
 
   def normal(*shape, std=0.02):
-    return (rng.standard_normal(shape, dtype=np.float32) * np.float32(std))
+    return rng.standard_normal(shape, dtype=np.float32) * np.float32(std)
 
   def unif(*shape, lo=0.5, hi=1.5):
     return rng.uniform(lo, hi, shape).astype(np.float32)
@@ -316,8 +335,11 @@ def _iso_reference(sd, x):
     y = F.conv2d(h, t[b + 'dwconv.weight'], t[b + 'dwconv.bias'], padding=3, groups=d)
     y = y.permute(0, 2, 3, 1)
     y = F.layer_norm(y, (d,), t[b + 'norm.weight'], t[b + 'norm.bias'], eps=1e-6)
-    y = F.linear(F.gelu(F.linear(y, t[b + 'pwconv1.weight'], t[b + 'pwconv1.bias'])), t[b + 'pwconv2.weight'],
-                 t[b + 'pwconv2.bias'])
+    y = F.linear(
+        F.gelu(F.linear(y, t[b + 'pwconv1.weight'], t[b + 'pwconv1.bias'])),
+        t[b + 'pwconv2.weight'],
+        t[b + 'pwconv2.bias'],
+    )
     if b + 'gamma' in t:
       y = t[b + 'gamma'] * y
     h = h + y.permute(0, 3, 1, 2)
@@ -367,7 +389,18 @@ def test_flax_msgpack_and_sidecar(atto_files, tmp_path):
   params, arch, _ = C.import_checkpoint(str(d / 'official.pth'))
   side = C.save_flax(params, str(tmp_path / 'm.msgpack'), arch=arch, metrics={'top1': 0.5})
   meta = json.load(open(side))
-  assert set(meta) == {'arch', 'num_classes', 'input_size', 'mean', 'std', 'interpolation', 'crop_pct', 'metrics'}
+  assert set(meta) == {
+      'arch',
+      'num_classes',
+      'input_size',
+      'mean',
+      'std',
+      'interpolation',
+      'crop_pct',
+      'metrics',
+      'timm',
+  }
+  assert meta['timm'] == C.timm_recipe('convnext_atto')
   assert meta['arch'] == 'convnext_atto' and meta['num_classes'] == 1000 and meta['input_size'] == [3, 224, 224]
   assert meta['crop_pct'] == 0.875 and meta['interpolation'] == 'bicubic' and meta['metrics'] == {'top1': 0.5}
   tree, meta2 = C.load_flax(str(tmp_path / 'm.msgpack'))
@@ -387,6 +420,7 @@ def test_cli_roundtrip(atto_files, tmp_path, capsys):
   assert C.main(['--src', str(mp), '--dst', str(st)]) == 0
   assert C.main(['--src', str(mp), '--dst', str(pth)]) == 0
   from safetensors.numpy import load_file
+
   _assert_same_tensors(load_file(str(st)), sd)  # timm conv_mlp layout, bit-exact
   off = torch.load(str(pth), map_location='cpu', weights_only=True)['model']
   _assert_same_tensors({k: v.numpy() for k, v in off.items()}, _timm_to_official(sd))
@@ -397,6 +431,7 @@ def test_cli_roundtrip(atto_files, tmp_path, capsys):
 def test_cli_exports_a_training_checkpoint(atto_files, tmp_path):
   """WORKDIR/checkpoints/STEP (as core_jax.checkpoint writes it) -> timm .safetensors, params or EMA."""
   import orbax.checkpoint as ocp
+
   d, sd = atto_files
   params, _, _ = C.import_checkpoint(str(d / 'official.pth'))
   ema = jax.tree.map(lambda v: np.asarray(v) * 0.5, params)
@@ -405,6 +440,7 @@ def test_cli_exports_a_training_checkpoint(atto_files, tmp_path):
   saver.save(str(step_dir / 'state'), {'params': params, 'ema_params': ema, 'step': 7})
   saver.wait_until_finished()
   from safetensors.numpy import load_file
+
   assert C.main(['--src', str(step_dir), '--dst', str(tmp_path / 'p.safetensors')]) == 0
   _assert_same_tensors(load_file(str(tmp_path / 'p.safetensors')), sd)
   assert C.main(['--src', str(step_dir), '--dst', str(tmp_path / 'e.safetensors'), '--ema']) == 0
@@ -440,8 +476,13 @@ def test_cli_errors_exit_2(atto_files, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith('error: ') and err.count('\n') == 1, err
   # the real process: exit status 2 and exactly one stderr line
-  r = subprocess.run([sys.executable, '-m', 'convnext_jax.convert', '--src', str(bad), '--dst',
-                      str(tmp_path / 'y.msgpack')], cwd=ROOT, capture_output=True, text=True, timeout=120)
+  r = subprocess.run(
+      [sys.executable, '-m', 'convnext_jax.convert', '--src', str(bad), '--dst', str(tmp_path / 'y.msgpack')],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=120,
+  )
   assert r.returncode == 2
   lines = [l for l in r.stderr.splitlines() if l.strip()]
   assert len(lines) == 1 and lines[0].startswith('error: cannot read'), r.stderr
@@ -480,14 +521,19 @@ def test_shape_mismatch(atto_files, tmp_path):
   _, sd = atto_files
   with pytest.raises(UserError) as e:
     _load_modified({**sd, 'stages.0.blocks.1.conv_dw.weight': np.zeros((40, 1, 5, 5), np.float32)}, tmp_path)
-  assert str(e.value) == 'stages.0.blocks.1.conv_dw.weight: expected shape (40, 1, 7, 7) but checkpoint has (40, 1, 5, 5)'
+  assert (
+      str(e.value) == 'stages.0.blocks.1.conv_dw.weight: expected shape (40, 1, 7, 7) but checkpoint has (40, 1, 5, 5)'
+  )
 
 
 def test_head_mismatch_and_reinit(atto_files, tmp_path, caplog):
   _, sd = atto_files
   rng = np.random.default_rng(0)
-  sd22k = {**sd, 'head.fc.weight': rng.standard_normal((21841, 320), dtype=np.float32),
-           'head.fc.bias': rng.standard_normal(21841, dtype=np.float32)}
+  sd22k = {
+      **sd,
+      'head.fc.weight': rng.standard_normal((21841, 320), dtype=np.float32),
+      'head.fc.bias': rng.standard_normal(21841, dtype=np.float32),
+  }
   with pytest.raises(UserError) as e:
     _load_modified(sd22k, tmp_path)
   _one_line_error(e, 'head.fc.weight', '(1000, 320)', '(21841, 320)')
@@ -531,8 +577,10 @@ def test_wrappers_and_ema(atto_files, tmp_path):
     _save_pth(off, str(p), wrapper=wrapper)
     params = C.load_pretrained(target, str(p), as_numpy=True)
     assert np.array_equal(params['stem_conv']['bias'], sd['stem.0.bias'])
-  both = {'model': {k: torch.from_numpy(v) for k, v in off.items()},
-          'model_ema': {k: torch.from_numpy(v + 1) for k, v in off.items()}}
+  both = {
+      'model': {k: torch.from_numpy(v) for k, v in off.items()},
+      'model_ema': {k: torch.from_numpy(v + 1) for k, v in off.items()},
+  }
   torch.save(both, str(tmp_path / 'train.pth'))
   p = C.load_pretrained(target, str(tmp_path / 'train.pth'), as_numpy=True)
   pe = C.load_pretrained(target, str(tmp_path / 'train.pth'), ema=True, as_numpy=True)
@@ -546,7 +594,7 @@ def test_corrupt_and_truncated_files(atto_files, tmp_path):
   blobs = {}
   for src in ['timm.safetensors', 'official.pth']:
     data = (d / src).read_bytes()
-    blobs['trunc_' + src] = data[:len(data) // 2]
+    blobs['trunc_' + src] = data[: len(data) // 2]
   blobs['garbage.safetensors'] = b'\x00' * 64
   blobs['empty.pth'] = b''
   blobs['garbage.msgpack'] = b'\xc1\xc1\xc1'
@@ -561,11 +609,209 @@ def test_corrupt_and_truncated_files(atto_files, tmp_path):
   torch.save({'model': {'x': _Evil()}}, str(p))
   with pytest.raises(UserError) as e:
     C.read_checkpoint(str(p))
-  _one_line_error(e, 'cannot read')
+  msg = _one_line_error(e, str(p), 'pickled Python objects', '_Evil', 'was not loaded')
+  assert '\x1b' not in msg and not msg.endswith('...') and len(msg) < 400, msg
+  with pytest.raises(UserError) as e:  # the same words on the init_from path
+    C.load_pretrained(target, str(p))
+  assert str(e.value) == msg
 
 
 class _Evil:
   pass
+
+
+# ------------------------------------------------------------------------------------------------
+# Trained models: a training checkpoint names its own model; timm recipes (issue 11 items 4 and 5)
+# ------------------------------------------------------------------------------------------------
+def _tiny_config(data_dir, steps=2):
+  import importlib.util  # pylint: disable=import-outside-toplevel
+
+  spec = importlib.util.spec_from_file_location('_tiny_config', os.path.join(ROOT, 'tests', 'core', 'tiny_config.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config()
+  c.num_train_steps = steps
+  c.checkpoint.every_steps = steps
+  c.checkpoint.asynchronous = False
+  c.data.data_dir = str(data_dir)
+  return c
+
+
+@pytest.fixture(scope='module')
+def trained_tiny(tmp_path_factory, tfds_dir):
+  """A convnext_digits with model.overrides (depths/dims: no registry model has them) trained 2 steps."""
+  from convnext_jax import train  # pylint: disable=import-outside-toplevel
+  from core_jax import checkpoint  # pylint: disable=import-outside-toplevel
+
+  workdir = tmp_path_factory.mktemp('tiny_run')
+  config = _tiny_config(tfds_dir)
+  train.run(config, str(workdir))
+  return checkpoint.latest_step_dir(str(workdir)), config
+
+
+def _digits_logits_check(flax_model, params, tm, size=32):
+  x = np.random.RandomState(2).randn(3, 3, size, size).astype(np.float32)
+  with torch.no_grad():
+    ref = tm(torch.from_numpy(x)).numpy()
+  out = _flax_logits(flax_model, params, x)
+  err = float(np.max(np.abs(out - ref)))
+  assert err <= TOL, err
+  return err
+
+
+@pytest.mark.slow
+def test_training_checkpoint_with_overrides_exports_to_timm(trained_tiny, tmp_path, capsys, highest_precision):
+  from core_jax import checkpoint  # pylint: disable=import-outside-toplevel
+
+  step_dir, config = trained_tiny
+  dst = tmp_path / 'mine.safetensors'
+  assert C.main(['--src', step_dir, '--dst', str(dst)]) == 0
+  out = capsys.readouterr().out
+  assert 'depths=[1, 1, 1, 1], dims=[8, 16, 16, 16]' in out
+  assert 'model.stages[0].downsample = torch.nn.Identity()' in out
+  meta = json.load(open(tmp_path / 'mine.json'))
+  assert meta['arch'] == 'convnext_digits' and meta['num_classes'] == 10
+  assert meta['overrides'] == {'depths': [1, 1, 1, 1], 'dims': [8, 16, 16, 16]}
+  assert meta['mean'] == [0.5, 0.5, 0.5] and meta['std'] == [0.5, 0.5, 0.5]  # the run's own normalize
+  assert meta['metrics'] == json.load(open(os.path.join(step_dir, '..', '..', 'results.json')))['eval']
+  assert meta['timm']['identity'] == ['stages.0.downsample'] and meta['timm']['kwargs']['patch_size'] == 2
+  # the exact model that was trained, from its config, with its trained weights
+  trained = checkpoint.read_training_checkpoint(step_dir)['params']
+  model = create_model(config.model.name, num_classes=10, **config.model.overrides)
+  # the helper: strict load, same logits
+  tm = C.timm_model_for(str(dst))
+  _digits_logits_check(model, trained, tm)
+  # the printed recipe, run as it is
+  scope = {}
+  exec(meta['timm']['python'].replace('PATH', repr(str(dst))), scope)  # pylint: disable=exec-used
+  _digits_logits_check(model, trained, scope['model'].eval())
+  # timm's constructor alone builds a stride-2 stage-0 downsample the trained model does not have
+  plain = timm.create_model(meta['timm']['model_name'], **meta['timm']['kwargs'])  # builder: create_model
+  from safetensors.torch import load_file  # pylint: disable=import-outside-toplevel
+
+  with pytest.raises(RuntimeError, match='stages.0.downsample'):
+    plain.load_state_dict(load_file(str(dst)), strict=True)
+  # the same through a Flax msgpack (its sidecar carries the overrides) -> timm: the very same tensors
+  mp, again = tmp_path / 'mine.msgpack', tmp_path / 'again.safetensors'
+  assert C.main(['--src', step_dir, '--dst', str(mp)]) == 0
+  assert C.main(['--src', str(mp), '--dst', str(again)]) == 0
+  _assert_same_tensors(load_file(str(again)), load_file(str(dst)))
+  # and back into a training config's init_from (the task's loader) with the right shapes
+  params = C.load_pretrained(jax.tree.map(np.asarray, trained), str(again), arch='convnext_digits', as_numpy=True)
+  _assert_same_tensors(W.flatten(params), W.flatten(trained))
+
+
+def _random_params(model, size, seed):
+  """Random params of `model` from its abstract shapes (no jit of init): every tensor non-trivial."""
+  shapes = jax.eval_shape(
+      model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, size, size, model.in_chans), jnp.float32)
+  )['params']
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(
+      lambda s: (rng.standard_normal(s.shape) * 0.1 if len(s.shape) > 1 else rng.uniform(0.5, 1.5, s.shape)).astype(
+          np.float32
+      ),
+      shapes,
+  )
+
+
+def test_demo_architecture_timm_recipe_round_trip(tmp_path, highest_precision):
+  """convnext_digits as the demo trains it (no overrides): the recipe builds it in timm; strict load; logits."""
+  model = create_model('convnext_digits', dwconv_impl='xla')
+  params = _random_params(model, 32, seed=4)
+  src = tmp_path / 'digits.msgpack'
+  C.save_flax(params, str(src), arch='convnext_digits', input_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
+  dst = tmp_path / 'digits.safetensors'
+  summary = C.convert(str(src), str(dst))
+  assert 'model.stages[0].downsample = torch.nn.Identity()' in summary
+  meta = json.load(open(tmp_path / 'digits.json'))
+  assert meta['arch'] == 'convnext_digits' and meta['input_size'] == [3, 32, 32]  # carried from the source sidecar
+  assert meta['mean'] == [0.5] * 3 and meta['std'] == [0.5] * 3
+  recipe = meta['timm']
+  assert recipe == C.timm_recipe('convnext_digits')
+  assert recipe['kwargs'] == {
+      'depths': [1, 1, 3, 1],
+      'dims': [32, 64, 128, 256],
+      'in_chans': 3,
+      'num_classes': 10,
+      'patch_size': 2,
+      'kernel_sizes': 7,
+      'ls_init_value': 1e-6,
+      'conv_mlp': False,
+  }
+  tm = C.timm_model_for(str(dst))  # load_state_dict(strict=True) inside
+  _digits_logits_check(model, params, tm)
+  assert C.timm_model_for(meta, load_weights=False).stages[0].downsample.__class__.__name__ == 'Identity'
+
+
+def test_overridden_atto_loads_through_timm_pretrained_overlay(tmp_path, monkeypatch):
+  """No replacement needed (patch 4): timm's own pretrained path takes the export with the recipe's kwargs."""
+  monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+  overrides = {'depths': (1, 1, 2, 1), 'num_classes': 7}
+  recipe = C.timm_recipe('convnext_atto', overrides)
+  assert recipe['identity'] == [] and recipe['model_name'] == 'convnext_atto' and recipe['kwargs']['conv_mlp']
+  params = _random_params(create_model('convnext_atto', **overrides), 32, seed=6)
+  dst = tmp_path / 'out.safetensors'
+  sd = C.save_timm_safetensors(params, str(dst), 'convnext_atto')
+  scope = {'timm': timm}
+  exec(recipe['python_pretrained'].replace('PATH', repr(str(dst))), scope)  # pylint: disable=exec-used
+  _assert_same_tensors(_state_dict_numpy(scope['model']), sd)
+
+
+@pytest.mark.parametrize(
+    'name,overrides',
+    [(n, {}) for n in HIER]
+    + [
+        ('convnext_digits', {}),
+        ('convnext_digits', {'depths': (1, 1, 1, 1), 'dims': (8, 16, 16, 16)}),
+        ('convnext_tiny', {'patch_size': 2, 'kernel_size': 5, 'layer_scale_init_value': 0.0}),
+        ('convnext_nano', {'num_classes': 0}),
+    ],
+)
+def test_timm_recipe_builds_the_export_layout(name, overrides):
+  """For every registry ConvNeXt (and overridden ones): the recipe's timm module has exactly the keys and shapes
+  the export writes (built on the meta device, export computed from shapes: no weights materialized)."""
+  recipe = C.timm_recipe(name, overrides)
+  with torch.device('meta'):
+    tm = C.timm_model_for(recipe, load_weights=False)
+  want = {k: tuple(v.shape) for k, v in tm.state_dict().items()}
+  model, shapes = _target(name, **overrides)
+  table = C.rule_table('timm', conv_mlp=name in C.CONV_MLP_ARCHS)
+  got = {}
+  for path, leaf in W.flatten(shapes).items():
+    key, rule = table.to_external_key(path)
+    got[key] = rule.transform.external_shape(tuple(leaf.shape))
+  assert got == want
+  if name in C.TIMM_NAMES and not overrides:
+    assert recipe['identity'] == [] and recipe['model_name'] == name
+    with torch.device('meta'):
+      named = timm.create_model(name)
+    assert {k: tuple(v.shape) for k, v in named.state_dict().items()} == want
+
+
+def test_sidecar_preprocessing_from_the_training_eval_transforms(repo_root):
+  import importlib.util  # pylint: disable=import-outside-toplevel
+
+  spec = importlib.util.spec_from_file_location('_in1k', os.path.join(repo_root, 'configs', 'convnext', 'in1k.py'))
+  in1k = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(in1k)
+  prep = C._eval_preprocessing  # pylint: disable=protected-access
+  assert prep(in1k.EVAL_224) == {'input_size': [3, 224, 224], 'crop_pct': 0.875, 'interpolation': 'bicubic'}
+  assert prep(in1k.EVAL_384)['crop_pct'] == 1.0
+  assert prep(['normalize(mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.2))']) == {
+      'mean': [0.5, 0.4, 0.3],
+      'std': [0.2, 0.2, 0.2],
+  }
+
+
+def test_timm_recipe_refuses_what_timm_cannot_build():
+  for name, overrides, message in [
+      ('convnext_iso_small', {}, 'timm has no ConvNeXtIsotropic'),
+      ('convnext_tiny', {'depths': (2, 2, 2), 'dims': (8, 16, 32)}, '4 stages'),
+      ('convnext_tiny', {'patch_size': 8}, 'dilate'),
+  ]:
+    with pytest.raises(UserError, match=message):
+      C.timm_recipe(name, overrides)
 
 
 def test_parity_summary():

@@ -6,7 +6,7 @@ images, batch 8, on a tiny image-folder tree (3 classes x 4 JPEGs train, x 2 val
 imagenet2012 / ImageNet-22K. Also: layer-wise lr decay vs the official mapping, Mixup inside the step,
 eval_only on a checkpoint and on a timm-format file, init_from with a re-initialized head.
 """
-import importlib.util
+
 import json
 import os
 import re
@@ -28,8 +28,9 @@ def _fast_cpu_compiles(tmp_path_factory):
   coincide (e.g. in1k base/large) share them through the persistent cache. Takes effect when this module
   initializes the JAX backend (run alone); in a larger session it is a no-op (slower, same results)."""
   old = os.environ.get('XLA_FLAGS')
-  os.environ['XLA_FLAGS'] = ((old or '') + ' --xla_backend_optimization_level=0'
-                             ' --xla_llvm_disable_expensive_passes=true').strip()
+  os.environ['XLA_FLAGS'] = (
+      (old or '') + ' --xla_backend_optimization_level=0' ' --xla_llvm_disable_expensive_passes=true'
+  ).strip()
   old_cache = jax.config.jax_compilation_cache_dir
   if old_cache is None:
     jax.config.update('jax_compilation_cache_dir', str(tmp_path_factory.mktemp('jax_cache')))
@@ -44,6 +45,7 @@ def _fast_cpu_compiles(tmp_path_factory):
 
 def _load_config(name, arg):
   from core_jax.cli import load_config_file
+
   return load_config_file(os.path.join(REPO, 'configs', 'convnext', f'{name}.py') + f':{arg}')
 
 
@@ -85,13 +87,15 @@ def _shrink(c, data):
 
 
 def _run(c, workdir):
-  from core_jax import train
   from convnext_jax.task import ConvNeXtTask
+  from core_jax import train
+
   return train.run(c, str(workdir), ConvNeXtTask)
 
 
 def _final_params(workdir):
   import orbax.checkpoint as ocp
+
   ckpt_dir = os.path.join(workdir, 'checkpoints')
   step = max(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
   path = os.path.join(ckpt_dir, str(step), 'state')
@@ -100,20 +104,24 @@ def _final_params(workdir):
   here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
   target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here), tree)
   state = checkpointer.restore(path, target)
-  flat = lambda t: {'/'.join(str(getattr(k, 'key', k)) for k in p): np.asarray(v)
-                    for p, v in jax.tree_util.tree_leaves_with_path(t)}
+  flat = lambda t: {
+      '/'.join(str(getattr(k, 'key', k)) for k in p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(t)
+  }
   return flat(state['params']), (flat(state['ema_params']) if state.get('ema_params') else None)
 
 
 def _random_params(num_classes, seed=1):
   from convnext_jax import models
+
   model = models.create_model('convnext_tiny', num_classes=num_classes, **TINY_MODEL)
   return model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 32, 32, 3)))['params']
 
 
 def _flat(params):
-  return {'/'.join(str(getattr(k, 'key', k)) for k in p): np.asarray(v)
-          for p, v in jax.tree_util.tree_leaves_with_path(params)}
+  return {
+      '/'.join(str(getattr(k, 'key', k)) for k in p): np.asarray(v)
+      for p, v in jax.tree_util.tree_leaves_with_path(params)
+  }
 
 
 # ------------------------------------------------------------------------------------------ recipes
@@ -136,25 +144,39 @@ def _recipe_run(name, arg, data, tmp_path_factory, prepare=None, tag=''):
 def _finetune_init(c, workdir):
   """Writes the weights `init_from` names: timm safetensors (22K: 7-class head) or official .pth with EMA."""
   from convnext_jax import convert
+
   if c.init_reinit_head:
     path = os.path.join(workdir, 'in22k_timm.safetensors')
     convert.save_timm_safetensors(_random_params(7), path, 'convnext_tiny')
   else:
     import torch
+
     sd = convert.flax_to_official(_random_params(NUM_CLASSES, seed=1), 'convnext_tiny')
     sd_ema = convert.flax_to_official(_random_params(NUM_CLASSES, seed=2), 'convnext_tiny')
     path = os.path.join(workdir, 'in1k_official.pth')
-    torch.save({'model': {k: torch.from_numpy(np.array(v)) for k, v in sd.items()},
-                'model_ema': {k: torch.from_numpy(np.array(v)) for k, v in sd_ema.items()}}, path)
+    torch.save(
+        {
+            'model': {k: torch.from_numpy(np.array(v)) for k, v in sd.items()},
+            'model_ema': {k: torch.from_numpy(np.array(v)) for k, v in sd_ema.items()},
+        },
+        path,
+    )
   c.init_from = path
 
 
-RECIPES = [('in1k', 'tiny'), ('in1k', 'small'), ('in1k', 'base'), ('in1k', 'large'),
-           ('in22k', 'base'),
-           ('finetune', '22k_to_1k_224:base'), ('finetune', '22k_to_1k_384:xlarge'),
-           ('finetune', '1k_224_to_384:large')]
+RECIPES = [
+    ('in1k', 'tiny'),
+    ('in1k', 'small'),
+    ('in1k', 'base'),
+    ('in1k', 'large'),
+    ('in22k', 'base'),
+    ('finetune', '22k_to_1k_224:base'),
+    ('finetune', '22k_to_1k_384:xlarge'),
+    ('finetune', '1k_224_to_384:large'),
+]
 
 
+@pytest.mark.slow  # a train step per recipe at its real model size
 @pytest.mark.parametrize('name,arg', RECIPES, ids=[f'{n}:{a}' for n, a in RECIPES])
 def test_recipe_one_step(name, arg, data, tmp_path_factory):
   prepare = _finetune_init if name == 'finetune' else None
@@ -177,8 +199,9 @@ def test_finetune_22k_init_reinit_head(data, tmp_path_factory):
   src = _flat(_random_params(7))
   # trunk: loaded (1 step at lr ~5e-5 * 8/512 * layer scale hardly moves it); head: fresh, 3 classes, tiny init
   np.testing.assert_allclose(params['stem_conv/kernel'], src['stem_conv/kernel'], atol=1e-5)
-  np.testing.assert_allclose(params['stages_2_block_0/pwconv1/kernel'], src['stages_2_block_0/pwconv1/kernel'],
-                             atol=1e-5)
+  np.testing.assert_allclose(
+      params['stages_2_block_0/pwconv1/kernel'], src['stages_2_block_0/pwconv1/kernel'], atol=1e-5
+  )
   assert params['head/kernel'].shape == (16, NUM_CLASSES)
   assert np.abs(params['head/kernel']).max() < 0.02 * 0.001 * 5  # head_init_scale 0.001
 
@@ -196,6 +219,7 @@ def test_finetune_1k_large_loads_ema_weights(data, tmp_path_factory):
 # ------------------------------------------------------------------------------- mixup in the step
 
 
+@pytest.mark.slow  # two training runs
 def test_mixup_in_step_is_deterministic(data, tmp_path_factory):
   """Two runs of the mixup recipe give bitwise-equal weights (params and EMA): the mixing key is a function
   of (state.rng, step), both checkpointed, so a resumed run draws the same mixes. (That the jnp mixing
@@ -210,8 +234,9 @@ def test_mixup_in_step_is_deterministic(data, tmp_path_factory):
   assert max(np.abs(a[k] - ema_a[k]).max() for k in a) > 1e-6, 'the step did not move the weights'
   # the mixing key depends only on (state.rng, step): the same as a jnp call with that key
   from core_jax.data import mixing
+
   batch = {'image': jnp.arange(2 * 4 * 4 * 3, dtype=jnp.float32).reshape(2, 4, 4, 3), 'label': jnp.array([0, 2])}
-  key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(0), 0x6d6978), 1)
+  key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(0), 0x6D6978), 1)
   out1 = mixing.mixup_cutmix_jax(batch, key, num_classes=3)
   out2 = jax.jit(lambda b, k: mixing.mixup_cutmix_jax(b, k, num_classes=3))(batch, key)
   np.testing.assert_allclose(out1['label'].sum(-1), 1.0, rtol=1e-6)
@@ -220,13 +245,16 @@ def test_mixup_in_step_is_deterministic(data, tmp_path_factory):
 
 def test_soft_targets_not_smoothed_twice():
   import ml_collections
+
   from core_jax.task import ClassificationTask
 
   logits = jnp.array([[4.0, 0.0, -1.0], [0.5, 2.0, -3.0]])
 
   class Fixed:  # a stand-in model with fixed logits
+
     def apply(self, variables, x, train, rngs=None):
       return logits, {}
+
   task = ClassificationTask(ml_collections.ConfigDict(dict(label_smoothing=0.1)), None)
   logp = np.asarray(jax.nn.log_softmax(logits))
   soft = np.array([[0.9, 0.05, 0.05], [0.0, 0.5, 0.5]], np.float32)
@@ -256,6 +284,7 @@ def test_eval_only_on_checkpoint(data, tmp_path_factory):
 def test_eval_only_on_timm_file(data, tmp_path_factory):
   from convnext_jax import convert, models
   from core_jax.data import sources, transforms
+
   workdir = tmp_path_factory.mktemp('eval_timm')
   params = _random_params(NUM_CLASSES, seed=3)
   path = os.path.join(workdir, 'convnext_tiny_tiny.safetensors')
@@ -279,6 +308,7 @@ def test_eval_only_on_timm_file(data, tmp_path_factory):
 
 def test_eval_only_without_weights_is_a_user_error(data, tmp_path_factory):
   from core_jax.errors import UserError
+
   c = _shrink(_load_config('in1k', 'tiny'), data)
   c.eval_only = True
   with pytest.raises(UserError, match='eval_only'):
@@ -307,34 +337,38 @@ def _scales(model_name, decay, overrides=None):
   from convnext_jax import models
   from convnext_jax.task import layer_decay_scale_fn
   from core_jax import optim
+
   model = models.create_model(model_name, **dict(overrides or {}))
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
   fn = layer_decay_scale_fn(model_name, decay, overrides)
-  return {'/'.join(optim.path_to_names(p)): fn(optim.path_to_names(p), x)
-          for p, x in jax.tree_util.tree_leaves_with_path(shapes['params'])}
+  return {
+      '/'.join(optim.path_to_names(p)): fn(optim.path_to_names(p), x)
+      for p, x in jax.tree_util.tree_leaves_with_path(shapes['params'])
+  }
 
 
 @pytest.mark.parametrize('model_name', ['convnext_small', 'convnext_base', 'convnext_large', 'convnext_xlarge'])
 def test_layer_decay_matches_official(model_name):
   from convnext_jax import convert
+
   table = convert.rule_table('official')
   scales = _scales(model_name, 0.8)
   assert len(scales) > 300
   for path, s in scales.items():
     official_key = table.to_external_key(path)[0]
     assert s == pytest.approx(0.8 ** (13 - _official_layer_id(official_key)), rel=1e-12), (path, official_key)
-  assert scales['stem_conv/kernel'] == pytest.approx(0.8 ** 13)
+  assert scales['stem_conv/kernel'] == pytest.approx(0.8**13)
   assert scales['head/kernel'] == 1.0 and scales['head_norm/scale'] == 1.0
   assert scales['stages_3_block_2/gamma'] == pytest.approx(0.8)
-  assert scales['stages_2_block_26/pwconv2/kernel'] == pytest.approx(0.8 ** 2)  # id 11
+  assert scales['stages_2_block_26/pwconv2/kernel'] == pytest.approx(0.8**2)  # id 11
 
 
 def test_layer_decay_tiny_generalization():
   scales = _scales('convnext_tiny', 0.7)
-  assert scales['stem_norm/bias'] == pytest.approx(0.7 ** 13)
-  assert scales['stages_0_block_2/dwconv/kernel'] == pytest.approx(0.7 ** 12)
-  assert scales['downsample_1/conv/kernel'] == scales['stages_1_block_0/norm/scale'] == pytest.approx(0.7 ** 11)
-  assert scales['downsample_2/norm/scale'] == pytest.approx(0.7 ** 10)
+  assert scales['stem_norm/bias'] == pytest.approx(0.7**13)
+  assert scales['stages_0_block_2/dwconv/kernel'] == pytest.approx(0.7**12)
+  assert scales['downsample_1/conv/kernel'] == scales['stages_1_block_0/norm/scale'] == pytest.approx(0.7**11)
+  assert scales['downsample_2/norm/scale'] == pytest.approx(0.7**10)
   for j in range(9):  # one group per block: ids 3..11
     assert scales[f'stages_2_block_{j}/pwconv1/kernel'] == pytest.approx(0.7 ** (10 - j))
   assert scales['downsample_3/conv/bias'] == scales['stages_3_block_0/gamma'] == pytest.approx(0.7)
@@ -343,11 +377,13 @@ def test_layer_decay_tiny_generalization():
 
 def test_layer_decay_off_and_in_task():
   import ml_collections
+
   from convnext_jax.task import ConvNeXtTask
+
   cfg = _load_config('finetune', '22k_to_1k_224:tiny')
   task = ConvNeXtTask(cfg, None)
   fn = task.lr_scale_fn()
-  assert fn(('stem_conv', 'kernel'), None) == pytest.approx(0.8 ** 13)
+  assert fn(('stem_conv', 'kernel'), None) == pytest.approx(0.8**13)
   cfg.optimizer.layer_decay = 1.0
   assert ConvNeXtTask(cfg, None).lr_scale_fn() is None
   assert ConvNeXtTask(_load_config('in1k', 'tiny'), None).lr_scale_fn() is None
@@ -359,6 +395,7 @@ def test_layer_decay_off_and_in_task():
 
 def test_image_folder_source(data):
   from core_jax.data import sources
+
   src, info = sources.load_source(f'image_folder:{data["root"]}', 'train', data['tfds'])
   assert info.num_classes == NUM_CLASSES and info.splits == {'train': 12, 'validation': 6}
   ex = src[0]

@@ -11,10 +11,12 @@ def tfds_dir(tmp_path_factory):
 @pytest.fixture(scope='session')
 def digits_train(tfds_dir):
   from core_jax.data.sources import load_source
+
   return load_source('digits', 'train', tfds_dir)
 
 
 @pytest.fixture(scope='session')
 def digits_test(tfds_dir):
   from core_jax.data.sources import load_source
+
   return load_source('digits', 'test', tfds_dir)

@@ -24,6 +24,7 @@ try:  # the reference implementation (test extra); only the comparisons need it
   from timm.data.random_erasing import RandomErasing
   from timm.data.transforms import RandomResizedCropAndInterpolation
   from timm.data.transforms_factory import transforms_imagenet_eval
+
   HAVE_TIMM = True
 except ImportError:  # pragma: no cover
   HAVE_TIMM = False
@@ -91,13 +92,26 @@ def _image(h, w, seed=0):
 
 def test_ops_registered_and_build():
   names = set(transforms.registered())
-  assert {'decode_jpeg', 'random_resized_crop_timm', 'inception_crop', 'randaugment',
-          'random_erasing', 'resize_shorter_and_center_crop', 'squash_resize',
-          'imagenet_normalize'} <= names
-  train = transforms.build_transforms([
-      'decode_jpeg', 'random_resized_crop_timm(size=24)', 'flip_lr',
-      "randaugment(config_str='rand-m9-mstd0.5-inc1')", 'imagenet_normalize',
-      'random_erasing(prob=1.0)'])
+  assert {
+      'decode_jpeg',
+      'random_resized_crop_timm',
+      'inception_crop',
+      'randaugment',
+      'random_erasing',
+      'resize_shorter_and_center_crop',
+      'squash_resize',
+      'imagenet_normalize',
+  } <= names
+  train = transforms.build_transforms(
+      [
+          'decode_jpeg',
+          'random_resized_crop_timm(size=24)',
+          'flip_lr',
+          "randaugment(config_str='rand-m9-mstd0.5-inc1')",
+          'imagenet_normalize',
+          'random_erasing(prob=1.0)',
+      ]
+  )
   buf = io.BytesIO()
   Image.fromarray(_image(40, 30)).save(buf, format='JPEG')
   out = train({'image': buf.getvalue(), 'label': 3}, np.random.default_rng(0))
@@ -114,8 +128,9 @@ def test_ops_registered_and_build():
 def test_imagenet_normalize_matches_normalize_op():
   img = _image(9, 7)
   a = transforms.get_transform('imagenet_normalize')({'image': img}, None)['image']
-  b = transforms.get_transform(
-      'normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))')({'image': img}, None)['image']
+  b = transforms.get_transform('normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))')(
+      {'image': img}, None
+  )['image']
   np.testing.assert_array_equal(a, b)
 
 
@@ -124,7 +139,9 @@ def test_normalize_table_lookup_equals_arithmetic(channels, stats):
   """uint8 images take the (channel, value) lookup table; it must equal the float arithmetic bit for
   bit (every byte value in every channel, one mean/std broadcast over channels too), as timm's
   ToTensor + Normalize computes it."""
-  img = np.stack([np.roll(np.arange(256, dtype=np.uint8), 17 * c) for c in range(channels)], -1).reshape(16, 16, channels)
+  img = np.stack([np.roll(np.arange(256, dtype=np.uint8), 17 * c) for c in range(channels)], -1).reshape(
+      16, 16, channels
+  )
   mean, std = (0.485, 0.456, 0.406, 0.5)[:stats], (0.229, 0.224, 0.225, 0.25)[:stats]
   op = transforms.get_transform(f'normalize(mean={mean}, std={std})')
   whole = op({'image': img}, None)['image']
@@ -138,6 +155,7 @@ def test_normalize_table_lookup_equals_arithmetic(channels, stats):
   np.testing.assert_array_equal(op({'image': scaled}, None)['image'], want)
   torch = pytest.importorskip('torch')
   from torchvision.transforms import functional as F  # pylint: disable=import-outside-toplevel
+
   ref = F.normalize(torch.from_numpy(img).permute(2, 0, 1).float() / 255.0, mean, std).permute(1, 2, 0).numpy()
   np.testing.assert_allclose(got, ref, rtol=0, atol=1e-6)
 
@@ -167,8 +185,7 @@ def test_rrc_params_incl_fallback_match_timm():
   for s in range(300):
     h, w = [(300, 200), (40, 400), (400, 40), (10, 11)][s % 4]  # thin images hit the fallback
     _seed(s)
-    want = RandomResizedCropAndInterpolation.get_params(
-        Image.new('RGB', (w, h)), (0.08, 1.0), (3 / 4, 4 / 3))
+    want = RandomResizedCropAndInterpolation.get_params(Image.new('RGB', (w, h)), (0.08, 1.0), (3 / 4, 4 / 3))
     _seed(s)
     assert augment.rrc_params(h, w, (0.08, 1.0), (3 / 4, 4 / 3), shim) == tuple(want)
 
@@ -180,8 +197,7 @@ def test_rrc_box_statistics_match_timm():
   ours = np.array([augment.rrc_params(h, w, (0.08, 1.0), (3 / 4, 4 / 3), rng) for _ in range(n)])
   random.seed(0)
   img = Image.new('RGB', (w, h))
-  theirs = np.array([RandomResizedCropAndInterpolation.get_params(img, (0.08, 1.0), (3 / 4, 4 / 3))
-                     for _ in range(n)])
+  theirs = np.array([RandomResizedCropAndInterpolation.get_params(img, (0.08, 1.0), (3 / 4, 4 / 3)) for _ in range(n)])
   for boxes in (ours, theirs):
     assert (boxes[:, 0] >= 0).all() and (boxes[:, 0] + boxes[:, 2] <= h).all()
   area = lambda b: (b[:, 2] * b[:, 3] / (h * w))  # noqa: E731
@@ -199,13 +215,12 @@ _HPARAMS = dict(translate_const=100, img_mean=FILL)
 
 
 @needs_timm
-@pytest.mark.parametrize('name', sorted(set(augment.RAND_INCREASING_TRANSFORMS)
-                                        | set(augment.RAND_TRANSFORMS)))
+@pytest.mark.parametrize('name', sorted(set(augment.RAND_INCREASING_TRANSFORMS) | set(augment.RAND_TRANSFORMS)))
 def test_rand_op_matches_timm(name, monkeypatch):
   img = Image.fromarray(_image(23, 31, 7))
   for sign_draw, negate in ((0.1, False), (0.9, True)):
     monkeypatch.setattr(timm_aa, '_randomly_negate', (lambda v: -v) if negate else (lambda v: v))
-    for mag in (0., 2.5, 9., 9.73, 10.):
+    for mag in (0.0, 2.5, 9.0, 9.73, 10.0):
       for resample in (Image.BICUBIC, Image.BILINEAR):
         level_fn = timm_aa.LEVEL_TO_ARG[name]
         args = level_fn(mag, _HPARAMS) if level_fn is not None else ()
@@ -214,21 +229,25 @@ def test_rand_op_matches_timm(name, monkeypatch):
         except ValueError:  # new Pillow rejects posterize(bits=0); old Pillow gave black
           assert name.startswith('Posterize') and args == (0,)
           want = np.zeros_like(np.asarray(img))
-        got = augment.apply_rand_op(img, name, mag, FixedRandom(sign_draw), resample=resample,
-                                    fillcolor=FILL)
-        np.testing.assert_array_equal(np.asarray(got), np.asarray(want),
-                                      err_msg=f'{name} m={mag} negate={negate} {resample}')
+        got = augment.apply_rand_op(img, name, mag, FixedRandom(sign_draw), resample=resample, fillcolor=FILL)
+        np.testing.assert_array_equal(
+            np.asarray(got), np.asarray(want), err_msg=f'{name} m={mag} negate={negate} {resample}'
+        )
 
 
-@pytest.mark.parametrize('config,interp', [('rand-m9-mstd0.5-inc1', 'random'),
-                                           ('rand-m9-mstd0.5-inc1', 'bicubic'),
-                                           ('rand-m7-n3-p0.8-mstd101', 'bilinear')])
+@pytest.mark.parametrize(
+    'config,interp',
+    [('rand-m9-mstd0.5-inc1', 'random'), ('rand-m9-mstd0.5-inc1', 'bicubic'), ('rand-m7-n3-p0.8-mstd101', 'bilinear')],
+)
 @needs_timm
 def test_randaugment_pipeline_matches_timm(config, interp, monkeypatch):
   # timm's posterize(bits=0) raises on Pillow >= 10.x; give it the old-Pillow result (black).
   posterize = ImageOps.posterize
-  monkeypatch.setattr(ImageOps, 'posterize', lambda img, bits: posterize(img, bits) if bits >= 1
-                      else img.point([0] * 256 * len(img.getbands())))
+  monkeypatch.setattr(
+      ImageOps,
+      'posterize',
+      lambda img, bits: posterize(img, bits) if bits >= 1 else img.point([0] * 256 * len(img.getbands())),
+  )
   hp = dict(_HPARAMS)
   if interp != 'random':
     hp['interpolation'] = augment._INTERP[interp]
@@ -253,10 +272,12 @@ def test_randaugment_statistics(monkeypatch):
   def spy_table(translate_pct):
     out = {}
     for name, (geo, level_fn, fn) in table(translate_pct).items():
+
       def lvl(level, rng, _n=name, _f=level_fn):
         calls.append(_n)
         mags.append(level)
         return _f(level, rng)
+
       out[name] = (geo, lvl, fn)
     return out
 
@@ -311,8 +332,7 @@ def test_random_erasing_pixel_statistics_vs_timm():
   random.seed(0)
   torch.manual_seed(0)
   theirs = RandomErasing(0.25, mode='pixel', max_count=1, device='cpu')
-  their_fracs = [(theirs(torch.full((3, h, w), 7.0)) != 7.0).any(0).float().mean().item()
-                 for _ in range(n)]
+  their_fracs = [(theirs(torch.full((3, h, w), 7.0)) != 7.0).any(0).float().mean().item() for _ in range(n)]
   our_fracs, their_fracs = np.array(our_fracs), np.array(their_fracs)
   # fraction of erased images ~ 0.25 (std of the estimate ~0.01)
   assert abs((our_fracs > 0).mean() - 0.25) < 0.04
@@ -333,8 +353,7 @@ def test_random_erasing_pixel_statistics_vs_timm():
 def test_resize_shorter_and_center_crop_matches_timm(hw):
   size = 224 if hw == (333, 257) else 32
   img = _image(*hw, seed=hw[0])
-  theirs = transforms_imagenet_eval(img_size=size, crop_pct=0.875, interpolation='bicubic',
-                                    normalize=False)
+  theirs = transforms_imagenet_eval(img_size=size, crop_pct=0.875, interpolation='bicubic', normalize=False)
   want = theirs(Image.fromarray(img)).numpy().transpose(1, 2, 0)
   op = transforms.get_transform(f'resize_shorter_and_center_crop(size={size})')
   got = op({'image': img}, None)['image']
@@ -342,18 +361,19 @@ def test_resize_shorter_and_center_crop_matches_timm(hw):
   # With timm's normalization too (float ulp differences only).
   theirs_n = transforms_imagenet_eval(img_size=size, crop_pct=0.875, interpolation='bicubic')
   want_n = theirs_n(Image.fromarray(img)).numpy().transpose(1, 2, 0)
-  got_n = transforms.build_transforms([f'resize_shorter_and_center_crop(size={size})',
-                                       'imagenet_normalize'])({'image': img}, None)['image']
+  got_n = transforms.build_transforms([f'resize_shorter_and_center_crop(size={size})', 'imagenet_normalize'])(
+      {'image': img}, None
+  )['image']
   np.testing.assert_allclose(got_n, want_n, atol=1e-5)
 
 
 @needs_timm
-@pytest.mark.parametrize('hw,size,crop_pct', [((300, 451), 384, 1.0), ((45, 31), 24, 1.0),
-                                              ((45, 31), 24, 0.9)])
+@pytest.mark.parametrize('hw,size,crop_pct', [((300, 451), 384, 1.0), ((45, 31), 24, 1.0), ((45, 31), 24, 0.9)])
 def test_squash_resize_matches_timm(hw, size, crop_pct):
   img = _image(*hw, seed=1)
-  theirs = transforms_imagenet_eval(img_size=size, crop_pct=crop_pct, crop_mode='squash',
-                                    interpolation='bicubic', normalize=False)
+  theirs = transforms_imagenet_eval(
+      img_size=size, crop_pct=crop_pct, crop_mode='squash', interpolation='bicubic', normalize=False
+  )
   want = theirs(Image.fromarray(img)).numpy().transpose(1, 2, 0)
   got = augment.squash_resize(size=size, crop_pct=crop_pct)({'image': img}, None)['image']
   np.testing.assert_array_equal(got, want)
@@ -366,13 +386,13 @@ _MIX = dict(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, label_
 
 def _batch(b=6, h=11, w=13, k=10, seed=0):
   r = np.random.default_rng(seed)
-  return {'image': r.normal(size=(b, h, w, 3)).astype(np.float32),
-          'label': r.integers(0, k, size=b).astype(np.int32)}
+  return {'image': r.normal(size=(b, h, w, 3)).astype(np.float32), 'label': r.integers(0, k, size=b).astype(np.int32)}
 
 
 @needs_timm
-@pytest.mark.parametrize('kw', [_MIX, dict(_MIX, prob=0.5), dict(_MIX, mixup_alpha=0.),
-                                dict(_MIX, cutmix_alpha=0., label_smoothing=0.)])
+@pytest.mark.parametrize(
+    'kw', [_MIX, dict(_MIX, prob=0.5), dict(_MIX, mixup_alpha=0.0), dict(_MIX, cutmix_alpha=0.0, label_smoothing=0.0)]
+)
 def test_mixup_cutmix_np_matches_timm(kw):
   k = 10
   theirs = timm_mixup.Mixup(mode='batch', num_classes=k, correct_lam=True, **kw)
@@ -384,9 +404,10 @@ def test_mixup_cutmix_np_matches_timm(kw):
     _seed(s)
     xt, yt = theirs(x, torch.from_numpy(batch['label']).long())
     _seed(s)
-    lam, use_cutmix, _ = mixing.sample_mix_params_np(shim, 11, 13, **{
-        n: v for n, v in kw.items() if n != 'label_smoothing'})
-    kinds.add('none' if lam == 1. else 'cutmix' if use_cutmix else 'mixup')
+    lam, use_cutmix, _ = mixing.sample_mix_params_np(
+        shim, 11, 13, **{n: v for n, v in kw.items() if n != 'label_smoothing'}
+    )
+    kinds.add('none' if lam == 1.0 else 'cutmix' if use_cutmix else 'mixup')
     _seed(s)
     out = mixing.mixup_cutmix_np(batch, shim, num_classes=k, **kw)
     np.testing.assert_allclose(out['image'], xt.numpy().transpose(0, 2, 3, 1), rtol=0, atol=1e-6)
@@ -406,8 +427,7 @@ def test_forced_lambda_and_box_match_timm_helpers():
   out = mixing.apply_mix_np(batch, 0.3, False, None, num_classes=k, label_smoothing=0.1)
   want_x = x * 0.3 + x.flip(0) * (1 - 0.3)
   np.testing.assert_allclose(out['image'], want_x.numpy().transpose(0, 2, 3, 1), atol=1e-6)
-  np.testing.assert_allclose(out['label'], timm_mixup.mixup_target(y, k, 0.3, 0.1).numpy(),
-                             atol=1e-7)
+  np.testing.assert_allclose(out['label'], timm_mixup.mixup_target(y, k, 0.3, 0.1).numpy(), atol=1e-7)
   # CutMix: box from timm's rand_bbox (seeded) == our cutmix_box with the same centre.
   for s, lam in enumerate([0.05, 0.37, 0.5, 0.81, 0.999]):
     np.random.seed(s)
@@ -420,8 +440,7 @@ def test_forced_lambda_and_box_match_timm_helpers():
     xt = x.clone()
     xt[:, :, yl:yh, xl:xh] = x.flip(0)[:, :, yl:yh, xl:xh]
     np.testing.assert_array_equal(out['image'], xt.numpy().transpose(0, 2, 3, 1))
-    np.testing.assert_allclose(out['label'], timm_mixup.mixup_target(y, k, lam_c, 0.1).numpy(),
-                               atol=1e-7)
+    np.testing.assert_allclose(out['label'], timm_mixup.mixup_target(y, k, lam_c, 0.1).numpy(), atol=1e-7)
 
 
 def test_np_and_jax_agree_for_same_params():
@@ -429,8 +448,9 @@ def test_np_and_jax_agree_for_same_params():
   jnp = jax.numpy
   k, b, h, w = 5, 6, 10, 14
   batch = _batch(b, h, w, k, seed=1)
-  apply_jax = jax.jit(lambda bt, lam, cut, box: mixing.apply_mix_jax(
-      bt, lam, cut, box, num_classes=k, label_smoothing=0.1))
+  apply_jax = jax.jit(
+      lambda bt, lam, cut, box: mixing.apply_mix_jax(bt, lam, cut, box, num_classes=k, label_smoothing=0.1)
+  )
   r = np.random.default_rng(0)
   for lam in [1.0, 0.9, 0.5, 0.123, 0.02]:
     lam = float(np.float32(lam))
@@ -447,15 +467,14 @@ def test_np_and_jax_agree_for_same_params():
   lams = r.random(300).astype(np.float32)
   cys, cxs = r.integers(0, h, 300), r.integers(0, w, 300)
   boxes_j = jax.vmap(lambda l, a, c: jnp.stack(mixing.cutmix_box_jax(l, h, w, a, c)))(
-      jnp.asarray(lams), jnp.asarray(cys, jnp.int32), jnp.asarray(cxs, jnp.int32))
-  boxes_n = np.array([mixing.cutmix_box(float(l), h, w, int(a), int(c))
-                      for l, a, c in zip(lams, cys, cxs)])
+      jnp.asarray(lams), jnp.asarray(cys, jnp.int32), jnp.asarray(cxs, jnp.int32)
+  )
+  boxes_n = np.array([mixing.cutmix_box(float(l), h, w, int(a), int(c)) for l, a, c in zip(lams, cys, cxs)])
   np.testing.assert_array_equal(np.asarray(boxes_j), boxes_n)
 
 
 def test_jax_mixup_cutmix_in_jit_and_sampling_statistics():
   jax = pytest.importorskip('jax')
-  jnp = jax.numpy
   k, b, h, w = 8, 4, 12, 12
   batch = _batch(b, h, w, k, seed=2)
 
@@ -477,8 +496,7 @@ def test_jax_mixup_cutmix_in_jit_and_sampling_statistics():
       blended = np.allclose(x, xo * lam + xf * (1 - lam), atol=1e-5)
       assert blended or abs(from_own[0].mean() - lam) < 1e-5
   # Sampling: P(cutmix) = 0.5 and E[lam] = 0.5 for both Beta(0.8, 0.8) and Beta(1, 1).
-  sample = jax.jit(jax.vmap(lambda key: mixing.sample_mix_params_jax(key, h, w, mixup_alpha=0.8,
-                                                                     cutmix_alpha=1.0)[:2]))
+  sample = jax.jit(jax.vmap(lambda key: mixing.sample_mix_params_jax(key, h, w, mixup_alpha=0.8, cutmix_alpha=1.0)[:2]))
   lams, cuts = map(np.asarray, sample(jax.random.split(jax.random.key(0), 4000)))
   assert abs(cuts.mean() - 0.5) < 0.04 and abs(lams.mean() - 0.5) < 0.03
   assert abs(lams[~cuts].var() - 0.25 / (2 * 0.8 + 1)) < 0.015  # Beta(a, a) var = 1/(4(2a+1))
@@ -487,18 +505,27 @@ def test_jax_mixup_cutmix_in_jit_and_sampling_statistics():
   np_lams = np.array([mixing.sample_mix_params_np(np_rng, h, w)[0] for _ in range(4000)])
   assert abs(np_lams.mean() - lams.mean()) < 0.03 and abs(np_lams.var() - lams.var()) < 0.015
   # prob=0: nothing mixed, labels are the smoothed one-hot.
-  out = jax.jit(lambda bt, key: mixing.mixup_cutmix(bt, key, num_classes=k, **dict(_MIX, prob=0.)))(
-      batch, jax.random.key(1))
+  out = jax.jit(lambda bt, key: mixing.mixup_cutmix(bt, key, num_classes=k, **dict(_MIX, prob=0.0)))(
+      batch, jax.random.key(1)
+  )
   np.testing.assert_array_equal(np.asarray(out['image']), batch['image'])
-  np.testing.assert_allclose(np.asarray(out['label']),
-                             mixing.smooth_one_hot_np(batch['label'], k, 0.1), atol=1e-7)
+  np.testing.assert_allclose(np.asarray(out['label']), mixing.smooth_one_hot_np(batch['label'], k, 0.1), atol=1e-7)
 
 
-@pytest.mark.parametrize('specs', [
-    ('decode_jpeg', 'random_resized_crop_timm(size=64)', 'flip_lr(p=1.0)',
-     "randaugment(config_str='rand-m9-mstd0.5-inc1')", 'imagenet_normalize', 'random_erasing(prob=1.0)'),
-    ('decode_jpeg', 'resize_shorter_and_center_crop(size=48)', 'flip_lr(p=1.0)'),
-])
+@pytest.mark.parametrize(
+    'specs',
+    [
+        (
+            'decode_jpeg',
+            'random_resized_crop_timm(size=64)',
+            'flip_lr(p=1.0)',
+            "randaugment(config_str='rand-m9-mstd0.5-inc1')",
+            'imagenet_normalize',
+            'random_erasing(prob=1.0)',
+        ),
+        ('decode_jpeg', 'resize_shorter_and_center_crop(size=48)', 'flip_lr(p=1.0)'),
+    ],
+)
 def test_pil_images_between_pil_ops_match_numpy_path(specs):
   """decode_jpeg keeps a PIL image while PIL ops follow; the output must equal the all-numpy path
   (same ops on the pre-decoded array) bit for bit, and always leave as a numpy array."""

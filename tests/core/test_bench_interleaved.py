@@ -1,4 +1,5 @@
 """benchmarks.common: the interleaved runner behind the throughput benchmark (processes taking turns)."""
+
 import os
 import sys
 
@@ -8,12 +9,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 sys.path.insert(0, REPO)
 from benchmarks import common  # noqa: E402  pylint: disable=wrong-import-position
 
-_WORKER = '''
+_WORKER = """
 import sys, time
 from benchmarks import common
 delay = float(sys.argv[1])
 common.serve(lambda: time.sleep(delay), warmup=1, record={'bench': 'fake', 'delay': delay})
-'''
+"""
 
 
 def test_interleaved_times_each_worker_in_turns_and_pairs_ratios(tmp_path):

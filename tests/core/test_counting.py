@@ -1,4 +1,5 @@
 """count_params / count_macs on small hand-built Linen modules with hand-computed MACs."""
+
 import math
 
 import flax.linen as nn
@@ -67,6 +68,7 @@ def test_dense_general_and_einsum():
 
 class Bottleneck(nn.Module):
   """ResNet-style bottleneck with BatchNorm and a projection shortcut."""
+
   features: int
   strides: int = 1
 
@@ -83,10 +85,12 @@ class Bottleneck(nn.Module):
 def test_bottleneck_with_batchnorm():
   cin, f, h = 64, 32, 16
   ho = h // 2
-  want = (h * h * f * cin            # 1x1 reduce
-          + ho * ho * f * f * 9      # 3x3 stride 2
-          + ho * ho * 4 * f * f      # 1x1 expand
-          + ho * ho * 4 * f * cin)   # projection shortcut
+  want = (
+      h * h * f * cin  # 1x1 reduce
+      + ho * ho * f * f * 9  # 3x3 stride 2
+      + ho * ho * 4 * f * f  # 1x1 expand
+      + ho * ho * 4 * f * cin
+  )  # projection shortcut
   m = Bottleneck(f, strides=2)
   assert counting.count_macs(m, x_of(1, h, h, cin), train=False) == want
   assert counting.count_macs(m, x_of(1, h, h, cin), train=True) == want  # batch_stats mutable
@@ -94,6 +98,7 @@ def test_bottleneck_with_batchnorm():
 
 class ShiftDepthwise(nn.Module):
   """Depthwise k x k conv written as k*k shifted multiply-adds (not an nn.Conv)."""
+
   k: int = 3
 
   @nn.compact
@@ -106,12 +111,13 @@ class ShiftDepthwise(nn.Module):
     y = jnp.zeros_like(x)
     for i in range(self.k):
       for j in range(self.k):
-        y = y + xp[:, i:i + h, j:j + wd, :] * w[i, j]
+        y = y + xp[:, i : i + h, j : j + wd, :] * w[i, j]
     counting.record_macs(self.k * self.k * math.prod(x.shape))
     return y
 
 
 class Mixer(nn.Module):
+
   @nn.compact
   def __call__(self, x):
     x = ShiftDepthwise(5)(x)
@@ -139,10 +145,12 @@ def test_custom_hook_depthwise_and_matmul():
 
 def test_record_macs_rejects_traced_values():
   class Bad(nn.Module):
+
     @nn.compact
     def __call__(self, x):
       counting.record_macs(jnp.sum(x).astype(jnp.int32))
       return x
+
   with pytest.raises(TypeError):
     counting.count_macs(Bad(), x_of(1, 2))
 
@@ -178,9 +186,11 @@ def test_nested_setup_remat_shared_and_method():
 
 def test_given_variables_and_pytree_inputs():
   class Two(nn.Module):
+
     @nn.compact
     def __call__(self, inp, scale=1.0):
       return nn.Dense(3)(inp['a']) * scale + nn.Dense(3)(inp['b'])
+
   inp = {'a': jnp.ones((4, 5)), 'b': jnp.ones((4, 2))}
   variables = Two().init(jax.random.PRNGKey(0), inp)
   assert counting.count_macs(Two(), inp, variables=variables) == 4 * 5 * 3 + 4 * 2 * 3
@@ -233,7 +243,7 @@ def test_convnext_tiny_gmacs():
 
 
 def test_count_params_nonzero():
-  tree = {'w': np.array([[0., 1.], [2., 0.]]), 'b': jnp.array([0., 0., 3.])}
+  tree = {'w': np.array([[0.0, 1.0], [2.0, 0.0]]), 'b': jnp.array([0.0, 0.0, 3.0])}
   assert counting.count_params(tree) == 7
   assert counting.count_params(tree, nonzero=True) == 3
   with pytest.raises(TypeError):
@@ -270,11 +280,13 @@ def test_count_macs_by_mark_cumulative_one_trace():
 
 def test_mark_twice_is_an_error():
   class Twice(nn.Module):
+
     @nn.compact
     def __call__(self, x):
       counting.mark('m')
       counting.mark('m')
       return x
+
   with pytest.raises(ValueError, match='twice'):
     counting.count_macs_by_mark(Twice(), x_of(1, 2))
 
@@ -292,6 +304,7 @@ class HalfConv(nn.Module):
 
 
 class TwoHalf(nn.Module):
+
   @nn.compact
   def __call__(self, x, mask):
     shared = HalfConv(name='shared')
@@ -300,7 +313,7 @@ class TwoHalf(nn.Module):
 
 def test_sow_macs_data_dependent():
   x = jnp.ones((2, 4, 4, 3))
-  mask = jnp.zeros((2, 4, 4)).at[0, :2].set(1.0).at[1, 0, 0].set(1.0)   # 8 and 1 computed positions
+  mask = jnp.zeros((2, 4, 4)).at[0, :2].set(1.0).at[1, 0, 0].set(1.0)  # 8 and 1 computed positions
   variables = {'params': TwoHalf().init(jax.random.PRNGKey(0), x, mask)['params']}
   _, state = TwoHalf().apply(variables, x, mask, mutable=[])
   assert state == {}  # sow is a no-op when the collection is not mutable

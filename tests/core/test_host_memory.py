@@ -1,4 +1,5 @@
 """core_jax.host_memory: a freed big buffer is reused without page faults, also from a worker thread."""
+
 import os
 import subprocess
 import sys
@@ -11,7 +12,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 # Allocates, touches and frees 256 MB twice from a new thread (XLA:CPU allocates a step's temporaries
 # from a worker thread, i.e. from a secondary glibc arena); prints whether the settings applied and the
 # minor page faults of the second round.
-_PROBE = textwrap.dedent('''
+_PROBE = textwrap.dedent("""
   import ctypes, resource, threading
   from core_jax import host_memory
   applied = host_memory.retain_freed_memory()
@@ -30,7 +31,7 @@ _PROBE = textwrap.dedent('''
     t = threading.Thread(target=round_trip)
     t.start(); t.join()
   print(applied, faults[1])
-''')
+""")
 
 
 def _probe(switch):

@@ -1,4 +1,5 @@
 """core_jax.data.image_kernels: C++ resize/affine must equal Pillow bit for bit, on every layout."""
+
 import os
 import subprocess
 import sys
@@ -137,14 +138,16 @@ def test_pillow_image_in_several_blocks_is_copied_once():
     Image.core.set_block_size(4096)
     img = Image.fromarray(_image(np.random.default_rng(0), 90, 80, 3, smooth=True))
     assert image_kernels._pil_pixels(img) is None
-    np.testing.assert_array_equal(image_kernels.resize(img, 33, 41, Image.BICUBIC),
-                                  _pil_resize(img, 33, 41, Image.BICUBIC))
+    np.testing.assert_array_equal(
+        image_kernels.resize(img, 33, 41, Image.BICUBIC), _pil_resize(img, 33, 41, Image.BICUBIC)
+    )
   finally:
     Image.core.set_block_size(block)
 
 
 def _jpeg_examples(n=6):
   import io  # pylint: disable=import-outside-toplevel
+
   rng = np.random.default_rng(5)
   out = []
   for i in range(n):
@@ -155,22 +158,31 @@ def _jpeg_examples(n=6):
 
 
 @needs_kernels
-@pytest.mark.parametrize('specs', [
-    ('decode_jpeg', 'random_resized_crop_timm(size=64)', 'flip_lr',
-     "randaugment(config_str='rand-m9-n4-p1.0-mstd0.5')"),
-    ('decode_jpeg', 'resize_shorter_and_center_crop(size=56)'),
-    ('decode_jpeg', 'squash_resize(size=48)'),
-])
+@pytest.mark.parametrize(
+    'specs',
+    [
+        (
+            'decode_jpeg',
+            'random_resized_crop_timm(size=64)',
+            'flip_lr',
+            "randaugment(config_str='rand-m9-n4-p1.0-mstd0.5')",
+        ),
+        ('decode_jpeg', 'resize_shorter_and_center_crop(size=56)'),
+        ('decode_jpeg', 'squash_resize(size=48)'),
+    ],
+)
 def test_pipeline_equal_with_and_without_kernels(specs, monkeypatch):
   """The training/eval transforms give the same arrays through the kernels and through Pillow alone."""
   tf = transforms.build_transforms(specs)
   examples = _jpeg_examples()
   used = []
   for name in ('resize', 'affine'):
+
     def counted(*args, _fn=getattr(image_kernels, name), _name=name, **kwargs):
       out = _fn(*args, **kwargs)
       used.append((_name, out is not None))
       return out
+
     monkeypatch.setattr(image_kernels, name, counted)
   fast = [tf(ex, np.random.default_rng(i))['image'] for i, ex in enumerate(examples)]
   assert ('resize', True) in used and ('randaugment' not in specs[-1] or ('affine', True) in used)
@@ -182,11 +194,18 @@ def test_pipeline_equal_with_and_without_kernels(specs, monkeypatch):
 
 
 def test_disabled_kernels_fall_back_to_pillow():
-  code = ('from core_jax.data import image_kernels, augment; import numpy as np; from PIL import Image; '
-          'print(image_kernels.available(), image_kernels.resize(np.zeros((4, 4, 3), np.uint8), 2, 2, Image.BICUBIC), '
-          'augment._resize_any(np.zeros((4, 4, 3), np.uint8), 2, 2, Image.BICUBIC).shape)')
-  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
-                       env=dict(os.environ, CORE_JAX_NATIVE_KERNELS='0'))
+  code = (
+      'from core_jax.data import image_kernels, augment; import numpy as np; from PIL import Image; '
+      'print(image_kernels.available(), image_kernels.resize(np.zeros((4, 4, 3), np.uint8), 2, 2, Image.BICUBIC), '
+      'augment._resize_any(np.zeros((4, 4, 3), np.uint8), 2, 2, Image.BICUBIC).shape)'
+  )
+  out = subprocess.run(
+      [sys.executable, '-c', code],
+      capture_output=True,
+      text=True,
+      check=True,
+      env=dict(os.environ, CORE_JAX_NATIVE_KERNELS='0'),
+  )
   assert out.stdout.split() == ['False', 'None', '(2,', '2,', '3)']
 
 
@@ -226,12 +245,14 @@ def test_flipped_views_equal_their_packed_copies():
     view = x[:, ::-1]
     packed = np.ascontiguousarray(view)
     for out_hw in ((13, 29), (h, 2 * w + 1), (3 * h, w)):
-      np.testing.assert_array_equal(image_kernels.resize(view, *out_hw, Image.BICUBIC),
-                                    _pil_resize(packed, *out_hw, Image.BICUBIC))
+      np.testing.assert_array_equal(
+          image_kernels.resize(view, *out_hw, Image.BICUBIC), _pil_resize(packed, *out_hw, Image.BICUBIC)
+      )
     m = (1, 0.2, -3, 0.1, 1, 2)
-    np.testing.assert_array_equal(image_kernels.affine(view, m, Image.BICUBIC, FILL),
-                                  np.asarray(Image.fromarray(packed).transform((w, h), Image.AFFINE, m,
-                                                                               resample=Image.BICUBIC, fillcolor=FILL)))
+    np.testing.assert_array_equal(
+        image_kernels.affine(view, m, Image.BICUBIC, FILL),
+        np.asarray(Image.fromarray(packed).transform((w, h), Image.AFFINE, m, resample=Image.BICUBIC, fillcolor=FILL)),
+    )
 
 
 @needs_kernels
@@ -323,8 +344,10 @@ def test_bad_arguments_fall_back_instead_of_failing():
   for bad in ((1, 0, float('nan'), 0, 1, 0), (1, 0, 0, 0, float('inf'), 0), (1, 0, 0)):
     assert image_kernels.affine(x, bad, Image.BICUBIC, FILL) is None
   box = tuple(np.int64(v) for v in (1, 2, 9, 11))
-  np.testing.assert_array_equal(image_kernels.resize(Image.fromarray(x), 5, 6, Image.BICUBIC, box=box),
-                                _pil_resize(x, 5, 6, Image.BICUBIC, box=(1, 2, 9, 11)))
+  np.testing.assert_array_equal(
+      image_kernels.resize(Image.fromarray(x), 5, 6, Image.BICUBIC, box=box),
+      _pil_resize(x, 5, 6, Image.BICUBIC, box=(1, 2, 9, 11)),
+  )
   assert image_kernels.resize(x, 5, 6, Image.BICUBIC, box=(1.5, 2, 9, 11)) is None  # Pillow rounds: its call
   assert image_kernels.resize(np.zeros(5, np.uint8), 2, 2, Image.BICUBIC, box=(0, 0, 1, 1)) is None
 
@@ -358,6 +381,7 @@ def test_pass_order_rule_is_pillows():
 @needs_kernels
 def test_first_use_from_many_threads_calibrates_once(monkeypatch):
   import threading  # pylint: disable=import-outside-toplevel
+
   calls = []
   original = image_kernels._calibrate
   monkeypatch.setattr(image_kernels, '_calibrate', lambda lib: calls.append(1) or original(lib))
@@ -365,8 +389,9 @@ def test_first_use_from_many_threads_calibrates_once(monkeypatch):
   x = _image(np.random.default_rng(2), 30, 20, 3, True)
   want = _pil_resize(x, 11, 13, Image.BICUBIC)
   results = []
-  threads = [threading.Thread(target=lambda: results.append(image_kernels.resize(x, 11, 13, Image.BICUBIC)))
-             for _ in range(8)]
+  threads = [
+      threading.Thread(target=lambda: results.append(image_kernels.resize(x, 11, 13, Image.BICUBIC))) for _ in range(8)
+  ]
   for t in threads:
     t.start()
   for t in threads:

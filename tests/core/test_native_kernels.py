@@ -1,4 +1,5 @@
 """core_jax.native_kernels: compile-on-first-use C++ FFI kernels, with a clean fallback."""
+
 import os
 import subprocess
 import sys
@@ -9,7 +10,7 @@ from core_jax import native_kernels
 
 needs_compiler = pytest.mark.skipif(native_kernels._compiler() is None, reason='no C++ compiler')
 
-_ADD_ONE = r'''
+_ADD_ONE = r"""
 #include "xla/ffi/api/ffi.h"
 namespace ffi = xla::ffi;
 static ffi::Error AddOne(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y) {
@@ -18,13 +19,14 @@ static ffi::Error AddOne(ffi::Buffer<ffi::F32> x, ffi::ResultBuffer<ffi::F32> y)
 }
 XLA_FFI_DEFINE_HANDLER_SYMBOL(TestAddOne, AddOne,
     ffi::Ffi::Bind().Arg<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>());
-'''
+"""
 
 
 @needs_compiler
 def test_load_compiles_caches_and_registers(tmp_path, monkeypatch):
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
   monkeypatch.setenv('CORE_JAX_KERNEL_CACHE', str(tmp_path / 'cache'))
   src = tmp_path / 'add_one.cc'
   src.write_text(_ADD_ONE)
@@ -56,10 +58,17 @@ def test_broken_source_or_disabled_falls_back_with_one_warning(tmp_path, monkeyp
 
 def test_convnext_without_native_kernels_uses_the_xla_path():
   """CORE_JAX_NATIVE_KERNELS=0 (or no compiler): 'auto' resolves to the pure-XLA shifted conv."""
-  code = ('from convnext_jax import resolve_dwconv_impl; print(resolve_dwconv_impl("auto"), '
-          'resolve_dwconv_impl("native"))')
-  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True,
-                       env=dict(os.environ, CORE_JAX_NATIVE_KERNELS='0', JAX_PLATFORMS='cpu'))
+  code = (
+      'from convnext_jax import resolve_dwconv_impl; print(resolve_dwconv_impl("auto"), '
+      'resolve_dwconv_impl("native"))'
+  )
+  out = subprocess.run(
+      [sys.executable, '-c', code],
+      capture_output=True,
+      text=True,
+      check=True,
+      env=dict(os.environ, CORE_JAX_NATIVE_KERNELS='0', JAX_PLATFORMS='cpu'),
+  )
   assert out.stdout.split() == ['shifted', 'shifted']
 
 

@@ -1,4 +1,5 @@
 """Optimizers and schedules against hand-written numpy references of the PyTorch semantics."""
+
 import math
 
 import jax
@@ -23,6 +24,7 @@ def sched(c, spe=10, total=100):
 
 
 # ---------------------------------------------------------------- schedules
+
 
 def test_cosine_with_warmup_exact():
   peak, mn, spe, total, wep = 4e-3, 1e-6, 10, 300, 5
@@ -51,8 +53,9 @@ def test_warmup_init_lr_and_fractional_warmup_epochs():
 
 
 def test_step_schedule_milestones_absolute_epochs():
-  s = sched(cfg(lr=0.1, schedule='step', decay_epochs=(150, 225), decay_factor=0.1, warmup_epochs=1),
-            spe=10, total=3000)
+  s = sched(
+      cfg(lr=0.1, schedule='step', decay_epochs=(150, 225), decay_factor=0.1, warmup_epochs=1), spe=10, total=3000
+  )
   np.testing.assert_allclose(float(s(5)), 0.05, rtol=1e-6)
   for t, want in [(10, 0.1), (1499, 0.1), (1500, 0.01), (2249, 0.01), (2250, 0.001), (3000, 0.001)]:
     np.testing.assert_allclose(float(s(t)), want, rtol=1e-6)
@@ -93,19 +96,24 @@ def test_scaled_lr():
   assert optim.scaled_lr(cfg(lr=0.1), 1024) == 0.1
   assert optim.scaled_lr(cfg(lr=0.1, base_batch_size=256), 1024) == pytest.approx(0.4)
   assert optim.scaled_lr(cfg(lr=4e-3, base_batch_size=4096, accumulate_steps=4), 1024) == pytest.approx(4e-3)
-  _, s = optim.build_optimizer(cfg(lr=0.1, base_batch_size=256), steps_per_epoch=1, total_steps=1,
-                               params={}, global_batch_size=512)
+  _, s = optim.build_optimizer(
+      cfg(lr=0.1, base_batch_size=256), steps_per_epoch=1, total_steps=1, params={}, global_batch_size=512
+  )
   np.testing.assert_allclose(float(s(0)), 0.2, rtol=1e-6)
 
 
 # ---------------------------------------------------------------- update rules
 
+
 def make_params():
   rng = np.random.default_rng(0)
-  return {'conv': {'kernel': rng.normal(size=(3, 3, 2, 4)).astype(np.float32),
-                   'bias': rng.normal(size=(4,)).astype(np.float32)},
-          'head': {'kernel': rng.normal(size=(4, 5)).astype(np.float32),
-                   'gamma': rng.normal(size=(5,)).astype(np.float32)}}
+  return {
+      'conv': {
+          'kernel': rng.normal(size=(3, 3, 2, 4)).astype(np.float32),
+          'bias': rng.normal(size=(4,)).astype(np.float32),
+      },
+      'head': {'kernel': rng.normal(size=(4, 5)).astype(np.float32), 'gamma': rng.normal(size=(5,)).astype(np.float32)},
+  }
 
 
 def grads_seq(params, n, seed=1):
@@ -123,9 +131,15 @@ def run_optax(tx, params, grads):
 
 
 def leaves_np(tree):
-  return {'/'.join(k): np.asarray(v, np.float64) for k, v in
-          zip(*[[optim.path_to_names(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)],
-                jax.tree_util.tree_leaves(tree)])}
+  return {
+      '/'.join(k): np.asarray(v, np.float64)
+      for k, v in zip(
+          *[
+              [optim.path_to_names(p) for p, _ in jax.tree_util.tree_leaves_with_path(tree)],
+              jax.tree_util.tree_leaves(tree),
+          ]
+      )
+  }
 
 
 def lr_scale(path, leaf):
@@ -136,11 +150,20 @@ def lr_scale(path, leaf):
 @pytest.mark.parametrize('with_scale', [False, True])
 def test_sgd_matches_pytorch_coupled_l2(nesterov, with_scale):
   params, wd, mu = make_params(), 5e-2, 0.9
-  c = cfg(name='sgd', lr=0.1, momentum=mu, nesterov=nesterov, weight_decay=wd, schedule='cosine',
-          warmup_epochs=1, min_lr=0.0)
+  c = cfg(
+      name='sgd',
+      lr=0.1,
+      momentum=mu,
+      nesterov=nesterov,
+      weight_decay=wd,
+      schedule='cosine',
+      warmup_epochs=1,
+      min_lr=0.0,
+  )
   spe, total = 2, 6
-  tx, s = optim.build_optimizer(c, steps_per_epoch=spe, total_steps=total, params=params,
-                                lr_scale_fn=lr_scale if with_scale else None)
+  tx, s = optim.build_optimizer(
+      c, steps_per_epoch=spe, total_steps=total, params=params, lr_scale_fn=lr_scale if with_scale else None
+  )
   grads = grads_seq(params, 3)
   got, _ = run_optax(tx, params, grads)
 
@@ -163,11 +186,13 @@ def test_sgd_matches_pytorch_coupled_l2(nesterov, with_scale):
 @pytest.mark.parametrize('with_scale', [False, True])
 def test_adamw_matches_pytorch_decoupled(with_scale):
   params, wd, b1, b2, eps = make_params(), 0.05, 0.9, 0.999, 1e-8
-  c = cfg(name='adamw', lr=4e-3, b1=b1, b2=b2, eps=eps, weight_decay=wd, schedule='cosine',
-          warmup_epochs=1, min_lr=1e-6)
+  c = cfg(
+      name='adamw', lr=4e-3, b1=b1, b2=b2, eps=eps, weight_decay=wd, schedule='cosine', warmup_epochs=1, min_lr=1e-6
+  )
   spe, total = 2, 8
-  tx, s = optim.build_optimizer(c, steps_per_epoch=spe, total_steps=total, params=params,
-                                lr_scale_fn=lr_scale if with_scale else None)
+  tx, s = optim.build_optimizer(
+      c, steps_per_epoch=spe, total_steps=total, params=params, lr_scale_fn=lr_scale if with_scale else None
+  )
   grads = grads_seq(params, 5)
   got, _ = run_optax(tx, params, grads)
 
@@ -186,8 +211,8 @@ def test_adamw_matches_pytorch_decoupled(with_scale):
         p[k] = p[k] * (1 - lr * wd)
       m[k] = b1 * m[k] + (1 - b1) * g[k]
       v2[k] = b2 * v2[k] + (1 - b2) * g[k] ** 2
-      denom = np.sqrt(v2[k]) / math.sqrt(1 - b2 ** step) + eps
-      p[k] = p[k] - (lr / (1 - b1 ** step)) * m[k] / denom
+      denom = np.sqrt(v2[k]) / math.sqrt(1 - b2**step) + eps
+      p[k] = p[k] - (lr / (1 - b1**step)) * m[k] / denom
   for k, v in leaves_np(got).items():
     np.testing.assert_allclose(v, p[k], rtol=1e-5, atol=1e-7, err_msg=k)
 
@@ -219,8 +244,12 @@ def test_gradient_accumulation_multisteps():
   params, k = make_params(), 2
   c = cfg(name='sgd', lr=0.1, momentum=0.9, weight_decay=1e-2, schedule='cosine', accumulate_steps=k)
   tx, s = optim.build_optimizer(c, steps_per_epoch=4, total_steps=8, params=params)
-  ref_tx, _ = optim.build_optimizer(cfg(name='sgd', lr=0.1, momentum=0.9, weight_decay=1e-2, schedule='cosine'),
-                                    steps_per_epoch=2, total_steps=4, params=params)
+  ref_tx, _ = optim.build_optimizer(
+      cfg(name='sgd', lr=0.1, momentum=0.9, weight_decay=1e-2, schedule='cosine'),
+      steps_per_epoch=2,
+      total_steps=4,
+      params=params,
+  )
   grads = grads_seq(params, 4)
   got, state = run_optax(tx, params, grads)
   mean = [jax.tree.map(lambda a, b: (a + b) / 2, grads[i], grads[i + 1]) for i in (0, 2)]
@@ -238,12 +267,13 @@ def test_layerwise_lr_decay_scale():
   fn = optim.layerwise_lr_decay_scale(12, 0.8, lambda path: int(path[0]))
   assert fn(('13', 'kernel'), None) == 1.0
   assert fn(('12', 'kernel'), None) == pytest.approx(0.8)
-  assert fn(('0', 'kernel'), None) == pytest.approx(0.8 ** 13)
+  assert fn(('0', 'kernel'), None) == pytest.approx(0.8**13)
   tree = optim.lr_scale_tree({'0': {'k': np.ones(2)}, '13': {'k': np.ones(2)}}, fn)
-  assert tree['13']['k'] == 1.0 and tree['0']['k'] == pytest.approx(0.8 ** 13)
+  assert tree['13']['k'] == 1.0 and tree['0']['k'] == pytest.approx(0.8**13)
   with pytest.raises(UserError, match='lr_scale_fn'):
-    optim.build_optimizer(cfg(), steps_per_epoch=1, total_steps=1, params={'a': np.ones(2)},
-                          lr_scale_fn=lambda p, x: float('nan'))
+    optim.build_optimizer(
+        cfg(), steps_per_epoch=1, total_steps=1, params={'a': np.ones(2)}, lr_scale_fn=lambda p, x: float('nan')
+    )
 
 
 def test_ema_update():
@@ -260,10 +290,21 @@ def test_ema_update():
 
 def test_jit_train_step_runs():
   params = make_params()
-  tx, _ = optim.build_optimizer(cfg(name='adamw', lr=1e-3, weight_decay=0.05, grad_clip_norm=1.0,
-                                    accumulate_steps=2, schedule='cosine', warmup_epochs=1),
-                                steps_per_epoch=2, total_steps=8, params=params,
-                                lr_scale_fn=lr_scale)
+  tx, _ = optim.build_optimizer(
+      cfg(
+          name='adamw',
+          lr=1e-3,
+          weight_decay=0.05,
+          grad_clip_norm=1.0,
+          accumulate_steps=2,
+          schedule='cosine',
+          warmup_epochs=1,
+      ),
+      steps_per_epoch=2,
+      total_steps=8,
+      params=params,
+      lr_scale_fn=lr_scale,
+  )
   state = tx.init(params)
 
   @jax.jit
@@ -273,3 +314,24 @@ def test_jit_train_step_runs():
 
   p, st = step(params, state, grads_seq(params, 1)[0])
   assert jax.tree.structure(p) == jax.tree.structure(params)
+
+
+def test_step_schedule_decay_fractions_scale_with_the_budget():
+  """Milestones as fractions of the run: doubling total_steps (Scratch-B) doubles the milestone steps."""
+  for total in (400, 800):
+    s = sched(cfg(lr=0.1, schedule='step', decay_fractions=(0.5, 0.75), decay_factor=0.1), spe=10, total=total)
+    half, three_q = total // 2, total * 3 // 4
+    for t, want in [(0, 0.1), (half - 1, 0.1), (half, 0.01), (three_q - 1, 0.01), (three_q, 0.001), (total, 0.001)]:
+      np.testing.assert_allclose(float(s(t)), want, rtol=1e-6, err_msg=f'total={total} t={t}')
+  # The same run written with epochs gives the same schedule.
+  a = sched(cfg(lr=0.1, schedule='step', decay_fractions=(0.5, 0.75)), spe=10, total=400)
+  b = sched(cfg(lr=0.1, schedule='step', decay_epochs=(20, 30)), spe=10, total=400)
+  ts = jnp.arange(401)
+  np.testing.assert_array_equal(jax.jit(a)(ts), jax.jit(b)(ts))
+
+
+def test_step_schedule_bad_fractions_are_user_errors():
+  with pytest.raises(UserError, match='not both'):
+    sched(cfg(schedule='step', decay_fractions=(0.5,), decay_epochs=(3,)))
+  with pytest.raises(UserError, match=r'\[0, 1\]'):
+    sched(cfg(schedule='step', decay_fractions=(50,)))

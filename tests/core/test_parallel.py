@@ -1,4 +1,5 @@
 """Mesh and shardings: fsdp splits large leaves and leaves the math unchanged (8 simulated devices)."""
+
 import os
 import subprocess
 import sys
@@ -6,7 +7,7 @@ import textwrap
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-_SCRIPT = textwrap.dedent('''
+_SCRIPT = textwrap.dedent("""
     import jax, jax.numpy as jnp, ml_collections, numpy as np
     from core_jax import parallel
     from core_jax.errors import UserError
@@ -39,11 +40,28 @@ _SCRIPT = textwrap.dedent('''
     except UserError as e:
       assert 'not divisible' in str(e)
     print('OK')
-''')
+""")
 
 
 def test_fsdp_shardings_on_eight_devices():
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu',
-             PYTHONPATH=REPO)
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu', PYTHONPATH=REPO)
   proc = subprocess.run([sys.executable, '-c', _SCRIPT], env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0 and proc.stdout.strip().endswith('OK'), proc.stdout + proc.stderr[-3000:]
+
+
+def test_distributed_is_initialized_once_per_process(monkeypatch):
+  """A driver calling train.run several times in one multi-process job: later calls keep the first setup."""
+  import jax
+  import ml_collections
+
+  from core_jax import parallel
+
+  calls = []
+  monkeypatch.setattr(jax.distributed, 'initialize', lambda **kw: calls.append(kw))
+  cfg = ml_collections.ConfigDict(
+      dict(distributed=dict(coordinator_address='127.0.0.1:1', num_processes=2, process_id=0, auto=False))
+  )
+  monkeypatch.setattr(jax.distributed, 'is_initialized', lambda: bool(calls))
+  parallel.initialize_distributed(cfg)
+  parallel.initialize_distributed(cfg)
+  assert calls == [dict(coordinator_address='127.0.0.1:1', num_processes=2, process_id=0)]

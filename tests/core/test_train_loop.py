@@ -3,6 +3,7 @@
 Resume after SIGKILL is bitwise; 8 devices and 2 processes x 4 devices match 1 device; checkpoints move
 between device counts; bad input ends in one clear line without losing saved work.
 """
+
 import json
 import os
 import shutil
@@ -25,21 +26,34 @@ _COMPILE_CACHE = os.path.join(os.environ.get('TMPDIR', '/tmp'), f'core_jax_test_
 
 def _env(data_dir, devices=1, extra=None):
   env = dict(os.environ)
-  env.update(TEST_TFDS_DIR=str(data_dir), TF_CPP_MIN_LOG_LEVEL='3', JAX_PLATFORMS='cpu',
-             JAX_COMPILATION_CACHE_DIR=_COMPILE_CACHE,
-             XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}', PYTHONPATH=REPO)
+  env.update(
+      TEST_TFDS_DIR=str(data_dir),
+      TF_CPP_MIN_LOG_LEVEL='3',
+      JAX_PLATFORMS='cpu',
+      JAX_COMPILATION_CACHE_DIR=_COMPILE_CACHE,
+      XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+      PYTHONPATH=REPO,
+  )
   env.update(extra or {})
   return env
 
 
 def _cmd(workdir, *overrides):
-  return [sys.executable, '-m', 'convnext_jax.main', f'--config={TINY}', f'--workdir={workdir}',
-          '--config.write_batch_digests=True', *overrides]
+  return [
+      sys.executable,
+      '-m',
+      'convnext_jax.main',
+      f'--config={TINY}',
+      f'--workdir={workdir}',
+      '--config.debug.write_batch_digests=True',
+      *overrides,
+  ]
 
 
 def _run(workdir, data_dir, *overrides, devices=1, check=True, timeout=300):
-  proc = subprocess.run(_cmd(workdir, *overrides), env=_env(data_dir, devices), cwd=REPO,
-                        capture_output=True, text=True, timeout=timeout)
+  proc = subprocess.run(
+      _cmd(workdir, *overrides), env=_env(data_dir, devices), cwd=REPO, capture_output=True, text=True, timeout=timeout
+  )
   if check and proc.returncode != 0:
     raise AssertionError(f'run failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}')
   return proc
@@ -49,14 +63,16 @@ def _final_params(workdir):
   """Parameters of the newest checkpoint as a flat {path: numpy array}."""
   import jax  # pylint: disable=import-outside-toplevel
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
   ckpt_dir = os.path.join(workdir, 'checkpoints')
   step = max(int(d) for d in os.listdir(ckpt_dir) if d.isdigit())
   path = os.path.join(ckpt_dir, str(step), 'state')
   checkpointer = ocp.StandardCheckpointer()
   # Onto this process's single device, whatever device count saved it.
   here = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-  target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here),
-                        checkpointer.metadata(path).item_metadata.tree)
+  target = jax.tree.map(
+      lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here), checkpointer.metadata(path).item_metadata.tree
+  )
   tree = checkpointer.restore(path, target)
   flat = {}
 
@@ -82,13 +98,19 @@ def _digests(workdir, process=0):
   return seen
 
 
-SLOW = '--config.test_step_delay_s=0.5'  # same numerics, but a signal surely lands mid-run
+SLOW = '--config.debug.step_delay_s=0.5'  # same numerics, but a signal surely lands mid-run
 
 
 def _start_and_signal(workdir, data_dir, sig, *, after_step, devices=1):
   """Starts a (slowed) run, sends `sig` once a checkpoint >= `after_step` has committed, waits for exit."""
-  proc = subprocess.Popen(_cmd(workdir, SLOW), env=_env(data_dir, devices), cwd=REPO,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  proc = subprocess.Popen(
+      _cmd(workdir, SLOW),
+      env=_env(data_dir, devices),
+      cwd=REPO,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+  )
   ckpt_dir = workdir / 'checkpoints'
   deadline = time.time() + 240
   while time.time() < deadline and proc.poll() is None:
@@ -157,10 +179,14 @@ def test_two_processes_match_one_device(reference_run, tfds_dir, tmp_path):
   port = _free_port()
   procs = []
   for pid in range(2):
-    env = _env(tfds_dir, devices=4, extra=dict(JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}',
-                                               JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(pid)))
-    procs.append(subprocess.Popen(_cmd(tmp_path), env=env, cwd=REPO, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True))
+    env = _env(
+        tfds_dir,
+        devices=4,
+        extra=dict(JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(pid)),
+    )
+    procs.append(
+        subprocess.Popen(_cmd(tmp_path), env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    )
   outs = [p.communicate(timeout=400)[0] for p in procs]
   for p, out in zip(procs, outs):
     assert p.returncode == 0, out[-4000:]

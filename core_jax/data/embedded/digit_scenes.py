@@ -49,10 +49,12 @@ class DigitScenes(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
         description='1-4 sklearn digits pasted on a noisy 64x128 canvas; labels 0=bg, 1..10=digit+1, 255=ignore.',
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(HEIGHT, WIDTH, 3), dtype=np.uint8),
-            'segmentation': tfds.features.Tensor(shape=(HEIGHT, WIDTH), dtype=np.uint8),
-        }),
+        features=tfds.features.FeaturesDict(
+            {
+                'image': tfds.features.Image(shape=(HEIGHT, WIDTH, 3), dtype=np.uint8),
+                'segmentation': tfds.features.Tensor(shape=(HEIGHT, WIDTH), dtype=np.uint8),
+            }
+        ),
     )
 
   def _split_generators(self, dl_manager):

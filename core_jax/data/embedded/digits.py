@@ -39,8 +39,7 @@ def png(image: np.ndarray) -> io.BytesIO:
 
 def resize_gray(img01: np.ndarray, height: int, width: int) -> np.ndarray:
   """Bilinear resize of a float [0, 1] gray image (PIL, deterministic); returns float32 [0, 1]."""
-  out = Image.fromarray(np.ascontiguousarray(img01, dtype=np.float32)).resize(
-      (width, height), Image.BILINEAR)
+  out = Image.fromarray(np.ascontiguousarray(img01, dtype=np.float32)).resize((width, height), Image.BILINEAR)
   return np.clip(np.asarray(out, dtype=np.float32), 0.0, 1.0)
 
 
@@ -54,10 +53,12 @@ class Digits(tfds.core.GeneratorBasedBuilder):
   def _info(self) -> tfds.core.DatasetInfo:
     return self.dataset_info_from_configs(
         description='UCI/sklearn 8x8 handwritten digits, bilinearly upscaled to 32x32x3.',
-        features=tfds.features.FeaturesDict({
-            'image': tfds.features.Image(shape=(IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8),
-            'label': tfds.features.ClassLabel(num_classes=10),
-        }),
+        features=tfds.features.FeaturesDict(
+            {
+                'image': tfds.features.Image(shape=(IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.uint8),
+                'label': tfds.features.ClassLabel(num_classes=10),
+            }
+        ),
         supervised_keys=('image', 'label'),
     )
 
