@@ -6,7 +6,7 @@ Per exit k (the model stopped after exit k, as the ADP-C counter's stop_k), batc
 drawn as the model's init: EE+RH exits, and ADP-C (the same + confidence adaptivity) at tau=0.998 and at
 tau = the median of exit 1's confidence on the benchmark image ("tau_median": random weights are never
 confident, so at 0.998 nothing exits; the median makes half the pixels exit at exit 1, to show the effect;
-the exits' classifiers are scaled to N(0, 1) so that confidences differ between pixels).
+conv weights are He-scaled so that confidences differ between pixels).
 GFLOPs follow the paper (anytime_jax.flops: conv/linear MACs / 1024^3, masked convs at dense x computed
 fraction + the interpolation term). The masked convs are masked-dense (`confidence.masked_conv`): they
 compute every output and then fill, so ADP-C saves FLOPs on paper only and its wall-clock is the dense one
@@ -35,15 +35,20 @@ def _setup(args):
   return jax, np, hrnet, jax.device_put(x)
 
 
-def _spread_logits(variables, scale=1000.0):
-  """Scales each exit's classifier (its last conv) from N(0, 0.001) to N(0, 1), so that the confidences of a
-  random model differ from pixel to pixel (else they all tie near 1 / classes and a median splits nothing)."""
-  params = variables['params']
-  for name, sub in params.items():
-    if name.startswith('exit') or name == 'last_layer':
-      last = max((k for k in sub if k.startswith('conv')), key=lambda k: int(k[len('conv') :]))
-      sub[last]['kernel'] = sub[last]['kernel'] * scale
-  return variables
+def _he_weights(variables):
+  """Conv weights rescaled from N(0, 0.001) to He's N(0, 2 / fan_in), so that features (and the exits'
+  confidences) follow the input from pixel to pixel; at 0.001 they vanish and every pixel gets the same logits."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  from anytime_jax import confidence  # pylint: disable=import-outside-toplevel
+
+  def rescale(path, x):
+    if path[-1].key != 'kernel':
+      return x
+    return (x * (np.sqrt(2.0 / np.prod(x.shape[:-1])) / confidence.CONV_INIT_STD)).astype(x.dtype)
+
+  return {**variables, 'params': jax.tree_util.tree_map_with_path(rescale, variables['params'])}
 
 
 def worker_exits(args):
@@ -53,10 +58,12 @@ def worker_exits(args):
 
   tau = None if args.variant == 'rh' else TAU
   model = hrnet.build(args.arch, exit_type='rh', tau=tau)
-  variables = jax.device_put(_spread_logits(hrnet.random_variables(model)))
+  variables = jax.device_put(_he_weights(hrnet.random_variables(model)))
   if args.variant == 'adpc_tau_median':
     probe = jax.jit(lambda v, x: model.apply(v, x, last_exit=1)['logits'][0])(variables, x)
-    tau = float(np.median(np.asarray(jax.nn.softmax(probe, -1).max(-1))))
+    conf = np.unique(np.asarray(jax.nn.softmax(probe, -1).max(-1)).astype(np.float64))
+    # midway between the two middle distinct confidences: a strict split even where they nearly tie
+    tau = float((conf[len(conf) // 2 - 1] + conf[len(conf) // 2]) / 2) if len(conf) > 1 else float(conf[0])
     model = hrnet.build(args.arch, exit_type='rh', tau=tau)
   for k in (1, 2, 3, 4):
     fwd = jax.jit(lambda v, x, k=k: flops.apply_with_macs(model, v, x, last_exit=k))
