@@ -4,9 +4,8 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 BASE   := $(VENV)/.installed-base
 TESTS  := $(VENV)/.installed-test
-DEMO_WORKDIR ?= workdirs/convnext_digits
 
-.PHONY: demo test test-fast lint format bench install clean-demo
+.PHONY: demo demo-convnext demo-pruning demo-anytime test test-fast lint format bench install clean-demo
 
 # The demo needs only the package; the tests add the PyTorch reference (torch, timm) for parity checks.
 $(BASE): setup.cfg pyproject.toml constraints.txt
@@ -20,13 +19,29 @@ $(TESTS): $(BASE)
 
 install: $(TESTS)
 
-# Trains ConvNeXt on the embedded digits data (prepared on first use, no network). Rerunning resumes the
-# same workdir; `make clean-demo` starts over.
+# Every line's embedded demo, no network: ConvNeXt on digits, the pruning table on digits (L1-norm and
+# Network Slimming), ADP-C on digit_scenes. `make demo LINE=convnext|pruning|anytime` runs one. Rerunning
+# resumes the same workdirs; `make clean-demo` starts over.
+LINE ?= all
+DEMO_DIR ?= workdirs
+DEMO_LINES := $(if $(filter all,$(LINE)),convnext pruning anytime,$(LINE))
+
 demo: $(BASE)
-	$(BIN)/python -m convnext_jax.main --config=configs/convnext/digits.py --workdir=$(DEMO_WORKDIR)
+	@for line in $(DEMO_LINES); do $(MAKE) --no-print-directory demo-$$line || exit 1; done
+
+demo-convnext: $(BASE)
+	$(BIN)/python -m convnext_jax.main --config=configs/convnext/digits.py --workdir=$(DEMO_DIR)/convnext_digits
+
+demo-pruning: $(BASE)
+	$(BIN)/python -m pruning_jax.main --config=configs/pruning/digits_l1.py --workdir=$(DEMO_DIR)/pruning_digits_l1
+	$(BIN)/python -m pruning_jax.main --config=configs/pruning/digits_slimming.py --workdir=$(DEMO_DIR)/pruning_digits_slimming
+
+demo-anytime: $(BASE)
+	$(BIN)/python -m anytime_jax.main --config=configs/anytime/digit_scenes.py --workdir=$(DEMO_DIR)/anytime_digit_scenes
 
 clean-demo:
-	rm -rf $(DEMO_WORKDIR)
+	rm -rf $(DEMO_DIR)/convnext_digits $(DEMO_DIR)/pruning_digits_l1 $(DEMO_DIR)/pruning_digits_slimming \
+	  $(DEMO_DIR)/anytime_digit_scenes
 
 # The style check (pyproject.toml: pyink + ruff) runs first, so CI holds it; `make format` applies it.
 test: lint
