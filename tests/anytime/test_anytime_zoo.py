@@ -6,6 +6,7 @@ from anytime_jax import zoo
 
 
 @pytest.mark.parametrize('arch,exits', sorted(zoo.REFERENCE))
+@pytest.mark.slow
 def test_reference_gflops_and_params(arch, exits):
   r = zoo.row(arch, exits)
   ref_params, ref_gflops = zoo.REFERENCE[(arch, exits)]
@@ -32,6 +33,7 @@ def test_markdown_lists_every_row():
   assert '| HRNet-W48 | rh | 66.06 | - | 41.9 | 105.6 | 368.0 | 701.3 | 304.2 | 41.9 / 105.6 / 368.0 / 701.3 |' in md
 
 
+@pytest.mark.slow
 def test_stopping_after_exit_k_costs_the_cumulative_count():
   """The ADP-C counter runs the model with stop_k; our marks in one full trace give the same numbers."""
   import jax

@@ -37,6 +37,7 @@ def numpy_variables(model, shape=(1, 64, 64, 3), seed=0):
 
 
 @pytest.mark.parametrize('arch', ['w48', 'w18_small_v2', 'w18'])
+@pytest.mark.slow
 def test_param_counts_equal_timm_backbone_and_reference(arch):
   variables = abstract_variables(hrnet.base(arch))
   params = variables['params']
@@ -89,6 +90,7 @@ def test_backbone_features_match_timm(timm_w18s2):
     assert np.abs(w).max() > 1.0  # not a comparison of zeros
 
 
+@pytest.mark.slow
 def test_timm_layout_round_trip_bit_exact_and_strict(timm_w18s2, tmp_path):
   tm, _ = timm_w18s2
   sd = {k: v.numpy() for k, v in tm.state_dict().items()}

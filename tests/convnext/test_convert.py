@@ -216,6 +216,7 @@ def test_rule_table_both_directions():
 # Hierarchical ConvNeXt: timm + official layouts, every variant
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize('name', HIER)
+@pytest.mark.slow
 def test_hierarchical_import_parity_export(name, tmp_path, highest_precision):
   tm = _timm_model(name)
   sd_timm = _state_dict_numpy(tm)
@@ -349,6 +350,7 @@ def _iso_reference(sd, x):
 
 
 @pytest.mark.parametrize('name', ISO)
+@pytest.mark.slow
 def test_isotropic_import_parity_export(name, tmp_path, highest_precision):
   sd = _iso_state_dict(name)
   assert C.detect_layout(sd) == 'official_iso'
@@ -460,6 +462,7 @@ def test_cli_num_classes_reinit(atto_files, tmp_path, caplog):
   assert np.array_equal(tree['head_norm']['scale'], sd['head.norm.weight'])
 
 
+@pytest.mark.slow
 def test_cli_errors_exit_2(atto_files, tmp_path, capsys):
   d, sd = atto_files
   bad = tmp_path / 'bad.pth'
@@ -715,6 +718,7 @@ def _random_params(model, size, seed):
   )
 
 
+@pytest.mark.slow
 def test_demo_architecture_timm_recipe_round_trip(tmp_path, highest_precision):
   """convnext_digits as the demo trains it (no overrides): the recipe builds it in timm; strict load; logits."""
   model = create_model('convnext_digits', dwconv_impl='xla')

@@ -209,6 +209,7 @@ def test_bf16_compute_dtype():
 @pytest.mark.parametrize(
     'shape', [(2, 16, 16, 8), (1, 14, 15, 6), (3, 5, 7, 4), (2, 2, 2, 16), (2, 1, 1, 8), (1, 3, 9, 5)]
 )
+@pytest.mark.slow
 def test_depthwise_conv_impls_agree(shape, highest_precision):
   x = _rand(shape, 1)
   k = _rand((7, 7, 1, shape[-1]), 2)
@@ -237,6 +238,7 @@ def test_depthwise_conv_impls_agree(shape, highest_precision):
         dict(dwconv_impl='xla', fusion_barriers=True, patch_conv_impl='dense'),
     ],
 )  # barriers off + conv patches: test_timm_parity's 'plain' case; each depthwise impl: test above
+@pytest.mark.slow
 def test_model_dwconv_impls_same_tree_and_numerics(cpu_paths, highest_precision):
   """Every speed path (depthwise impl, patch-conv impl, fusion barriers) against the plain XLA model:
   same parameter tree, same outputs, same gradients."""
@@ -264,6 +266,7 @@ def test_model_dwconv_impls_same_tree_and_numerics(cpu_paths, highest_precision)
 
 
 @pytest.mark.parametrize('shape,k', [((2, 16, 16, 3), 4), ((3, 9, 7, 5), 2)])
+@pytest.mark.slow
 def test_patch_conv_impls_agree_with_nn_conv(shape, k, highest_precision):
   """PatchConv by a patch matmul == by a conv == nn.Conv(k, stride k, VALID): params, values, grads."""
   x = _rand(shape, 3)
@@ -474,6 +477,7 @@ def _randomize_torch(model, torch):
         pytest.param('convnext_tiny', (224, 224), 'xla', marks=pytest.mark.slow),  # Linear MLP layout, full size
     ],
 )
+@pytest.mark.slow
 def test_timm_parity(name, size, impl, highest_precision):
   torch = pytest.importorskip('torch')
   timm = pytest.importorskip('timm')

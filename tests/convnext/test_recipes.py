@@ -193,6 +193,7 @@ def test_recipe_one_step(name, arg, data, tmp_path_factory):
     assert c.mixup is None and c.model.head_init_scale == 0.001 and c.optimizer.layer_decay < 1
 
 
+@pytest.mark.slow
 def test_finetune_22k_init_reinit_head(data, tmp_path_factory):
   c, workdir, _ = _recipe_run('finetune', '22k_to_1k_224:base', data, tmp_path_factory, _finetune_init)
   params, _ = _final_params(workdir)
@@ -206,6 +207,7 @@ def test_finetune_22k_init_reinit_head(data, tmp_path_factory):
   assert np.abs(params['head/kernel']).max() < 0.02 * 0.001 * 5  # head_init_scale 0.001
 
 
+@pytest.mark.slow
 def test_finetune_1k_large_loads_ema_weights(data, tmp_path_factory):
   c, workdir, _ = _recipe_run('finetune', '1k_224_to_384:large', data, tmp_path_factory, _finetune_init)
   assert c.init_from_ema and not c.init_reinit_head
@@ -269,6 +271,7 @@ def test_soft_targets_not_smoothed_twice():
 # ------------------------------------------------------------------------------------------ eval_only
 
 
+@pytest.mark.slow
 def test_eval_only_on_checkpoint(data, tmp_path_factory):
   c, workdir, trained = _recipe_run('in1k', 'tiny', data, tmp_path_factory)
   c = _shrink(_load_config('in1k', 'tiny'), data)

@@ -63,6 +63,7 @@ def test_steps_cover_the_paper_roadmap():
   assert roadmap.step_config('enhanced_recipe') == roadmap.step_config('resnet50')
 
 
+@pytest.mark.slow
 def test_resnet50_matches_torchvision(table):
   r = table['resnet50']
   assert r['params'] == RESNET50_PARAMS

@@ -44,6 +44,7 @@ def test_zoo_covers_registered_imagenet_models():
 
 
 @pytest.mark.parametrize('name', sorted(EXPECTED))
+@pytest.mark.slow
 def test_params_and_gmacs(rows, name):
   params, g224, g384 = EXPECTED[name]
   r = rows[name]

@@ -473,6 +473,7 @@ def test_np_and_jax_agree_for_same_params():
   np.testing.assert_array_equal(np.asarray(boxes_j), boxes_n)
 
 
+@pytest.mark.slow
 def test_jax_mixup_cutmix_in_jit_and_sampling_statistics():
   jax = pytest.importorskip('jax')
   k, b, h, w = 8, 4, 12, 12

@@ -63,6 +63,7 @@ def batch(tfds_dir):
 
 
 # ------------------------------------------------------------------------------------------------ in process
+@pytest.mark.slow
 def test_pre_transform_acts_on_raw_gradients_before_weight_decay(tfds_dir, batch):
   """grad_scale=0 zeroes the raw gradient: only weight decay moves the params (p * (1 - lr * wd)); were the
   transform after the optimizer's chain, nothing would move. An offset c on the gradient moves them by -lr * c."""

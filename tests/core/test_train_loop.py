@@ -137,6 +137,7 @@ def reference_run(tmp_path_factory, tfds_dir):
   return workdir
 
 
+@pytest.mark.slow
 def test_reference_run_writes_results(reference_run):
   results = json.load(open(os.path.join(reference_run, 'results.json')))
   assert results['step'] == 12
@@ -144,6 +145,7 @@ def test_reference_run_writes_results(reference_run):
   assert os.listdir(os.path.join(reference_run, 'tensorboard'))
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_is_bitwise_identical(reference_run, tfds_dir, tmp_path):
   workdir = tmp_path / 'killed'
   returncode, _ = _start_and_signal(workdir, tfds_dir, signal.SIGKILL, after_step=8)
@@ -160,6 +162,7 @@ def test_sigkill_and_resume_is_bitwise_identical(reference_run, tfds_dir, tmp_pa
   assert _digests(workdir) == _digests(reference_run)
 
 
+@pytest.mark.slow
 def test_eight_devices_match_one_device(reference_run, tfds_dir, tmp_path):
   _run(tmp_path, tfds_dir, devices=8)
   _, ref = _final_params(reference_run)
@@ -175,6 +178,7 @@ def _free_port():
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_device(reference_run, tfds_dir, tmp_path):
   port = _free_port()
   procs = []
@@ -202,6 +206,7 @@ def test_two_processes_match_one_device(reference_run, tfds_dir, tmp_path):
 
 
 @pytest.mark.parametrize('first,second', [(8, 1), (1, 8)])
+@pytest.mark.slow
 def test_preempted_run_resumes_on_another_device_count(reference_run, tfds_dir, tmp_path, first, second):
   """SIGTERM saves and exits cleanly; the checkpoint then resumes on a different device count."""
   returncode, output = _start_and_signal(tmp_path, tfds_dir, signal.SIGTERM, after_step=4, devices=first)
@@ -248,6 +253,7 @@ def test_unwritable_workdir_is_one_line(tfds_dir, tmp_path):
   _one_line_error(proc, 'not writable')
 
 
+@pytest.mark.slow
 def test_corrupt_latest_checkpoint_falls_back(reference_run, tfds_dir, tmp_path):
   workdir = tmp_path / 'w'
   _run(workdir, tfds_dir)
@@ -272,6 +278,7 @@ def test_corrupt_latest_checkpoint_falls_back(reference_run, tfds_dir, tmp_path)
     np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_message(tfds_dir, tmp_path):
   proc = _run(tmp_path, tfds_dir, '--config.optimizer.lr=1e30', check=False)
   _one_line_error(proc, 'training loss became')

@@ -50,6 +50,7 @@ def test_imagenet_counts_match_reference(name):
   _check_reference(name, params, macs)
 
 
+@pytest.mark.slow
 def test_named_pruned_cifar_percentages():
   rows = {r['name']: r for r in zoo.zoo_rows(['vgg16_a', 'resnet56_a', 'resnet56_b', 'resnet110_a', 'resnet110_b'])}
   for name, row in rows.items():
@@ -77,6 +78,7 @@ def test_vgg_heads_and_shapes():
     assert set(v['batch_stats']) - {f'bn{i}' for i in range(5)} == head_stats
 
 
+@pytest.mark.slow
 def test_inits_follow_reference():
   m = models.create('resnet_cifar', cfg=(16, 32, 64))  # ResNet-8
   v = jax.jit(m.init)(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
