@@ -25,11 +25,21 @@ Python API
   flax_to_timm(params, arch) / flax_to_official(params, arch) -> {key: np.ndarray}
   save_timm_safetensors(params, path, arch) / save_official_pth(params, path, arch)
   save_flax(params, path, *, arch, ...) / load_flax(path) -> (params, meta)
+  timm_recipe(arch, overrides) -> {model_name, kwargs, identity, python}: how timm 1.0.x builds exactly that model
+  timm_model_for(export.safetensors | sidecar path | sidecar dict) -> the timm module (weights loaded strictly)
+
+Which model: a training step directory carries its config, so its model is rebuilt exactly from model.name and
+model.overrides (num_classes from the head); a .msgpack's sidecar names arch and overrides; any other file is
+matched against the registry by its shapes (`infer_arch`; `--arch` to force).
 
 CLI
   python -m convnext_jax.convert --src PATH --dst PATH [--arch NAME] [--num-classes N] [--ema] [--input-size S]
-  src: .pth/.pt/.bin/.safetensors (official or timm layout) or .msgpack (Flax; its .json sidecar gives the arch)
-  dst: .msgpack (+ .json sidecar) | .safetensors (timm layout) | .pth (official layout, {'model': state_dict})
+  src: .pth/.pt/.bin/.safetensors (official or timm layout), .msgpack (Flax; its .json sidecar gives the arch) or
+       a training step WORKDIR/checkpoints/STEP (params, or EMA params with --ema)
+  dst: .msgpack | .safetensors (timm layout) | .pth (official layout, {'model': state_dict}); each gets a .json
+       sidecar (arch, overrides, num_classes, preprocessing, eval metrics of a training step, and the timm recipe).
+       When timm needs more than timm.create_model(arch) (overrides, or convnext_digits' stride-2 stem, for which
+       timm adds a stage-0 downsample the model does not have), the CLI prints the recipe as code.
   --num-classes N different from the checkpoint's head re-initializes the head (N classes) with a message.
   Bad input -> one line 'error: ...' on stderr, exit status 2.
 """
@@ -39,12 +49,14 @@ import argparse
 import json
 import logging
 import os
+import pickle
 import re
 import sys
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
+from core_jax import checkpoint
 from core_jax.errors import UserError
 from core_jax.weights import (CONV, CONV1X1_AS_LINEAR, LINEAR, Rule, RuleTable, export_tensors, flatten,
                               format_shape, import_tensors, shape_of, unflatten)
@@ -53,7 +65,8 @@ log = logging.getLogger(__name__)
 
 __all__ = ['read_checkpoint', 'detect_layout', 'rule_table', 'external_to_flax', 'infer_arch', 'load_pretrained',
            'import_checkpoint', 'flax_to_timm', 'flax_to_official', 'save_timm_safetensors', 'save_official_pth',
-           'save_flax', 'load_flax', 'sidecar_path', 'CONV_MLP_ARCHS', 'main']
+           'save_flax', 'load_flax', 'sidecar_path', 'sidecar', 'write_sidecar', 'timm_recipe', 'timm_model_for',
+           'CONV_MLP_ARCHS', 'TIMM_NAMES', 'main']
 
 # timm builds these with conv_mlp=True: MLP weights are 1x1 convs (out, in, 1, 1).
 CONV_MLP_ARCHS = frozenset({'convnext_atto', 'convnext_femto', 'convnext_pico', 'convnext_nano'})
@@ -152,10 +165,22 @@ def _is_conv_mlp(sd: Mapping[str, Any], layout: str) -> bool:
 # --------------------------------------------------------------------------------------------------------------
 # Reading files
 # --------------------------------------------------------------------------------------------------------------
+_ANSI = re.compile(r'\x1b\[[0-9;]*[A-Za-z]')
+
+
 def _one_line(e: BaseException) -> str:
   text = f'{type(e).__name__}: {e}' if str(e) else type(e).__name__
-  text = ' '.join(text.split())
+  text = ' '.join(_ANSI.sub('', text).split())
   return text if len(text) <= 300 else text[:297] + '...'
+
+
+def _pickled_code_error(path: str, e: Exception) -> UserError:
+  """torch's weights-only refusal, in our words: what the file holds and that nothing in it ran."""
+  found = re.search(r'GLOBAL ([\w.]+)', str(e))
+  what = f' ({found.group(1)})' if found else ''
+  return UserError(f'{path} holds pickled Python objects{what} besides tensors, which can run code when loaded, '
+                   f'so it was not loaded; if you trust its source, re-save its state_dict with torch.save or as '
+                   f'.safetensors and convert that')
 
 
 def _file_kind(path: str) -> str:
@@ -209,7 +234,7 @@ def read_checkpoint(path: str, *, ema: bool = False) -> Dict[str, np.ndarray]:
   A directory is a training checkpoint step (`WORKDIR/checkpoints/STEP`): its params, or EMA params with `ema`.
   """
   if os.path.isdir(path):
-    return read_training_checkpoint(path, ema=ema)
+    return _training_checkpoint(path, ema=ema)[0]
   if not os.path.isfile(path):
     raise UserError(f'checkpoint not found: {path}')
   kind = _file_kind(path)
@@ -231,7 +256,10 @@ def read_checkpoint(path: str, *, ema: bool = False) -> Dict[str, np.ndarray]:
         import torch
       except ImportError:
         raise UserError(f'reading {path} needs PyTorch (pip install torch), or convert it to .safetensors') from None
-      obj = torch.load(path, map_location='cpu', weights_only=True)
+      try:
+        obj = torch.load(path, map_location='cpu', weights_only=True)
+      except pickle.UnpicklingError as e:
+        raise _pickled_code_error(path, e) from None
       obj = _unwrap(obj, path, ema)
       sd = {str(k): _to_numpy(str(k), v, path) for k, v in obj.items()}
   except UserError:
@@ -247,26 +275,13 @@ def read_checkpoint(path: str, *, ema: bool = False) -> Dict[str, np.ndarray]:
   return sd
 
 
-def read_training_checkpoint(step_dir: str, *, ema: bool = False) -> Dict[str, np.ndarray]:
-  """Params (or `ema_params`) of one step saved by core_jax.checkpoint, onto host memory whatever device count
-  saved it. This is how weights trained here are exported for others."""
-  import jax
-  import orbax.checkpoint as ocp
-  state_dir = os.path.join(os.path.abspath(step_dir), 'state')
-  if not os.path.isdir(state_dir):
-    raise UserError(f'{step_dir} is not a training checkpoint step (expected WORKDIR/checkpoints/STEP/state)')
-  try:
-    checkpointer = ocp.StandardCheckpointer()
-    here = jax.sharding.SingleDeviceSharding(jax.devices('cpu')[0])
-    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here),
-                          checkpointer.metadata(state_dir).item_metadata.tree)
-    tree = checkpointer.restore(state_dir, target)
-  except Exception as e:  # pylint: disable=broad-except
-    raise UserError(f'cannot read training checkpoint {step_dir}: {_one_line(e)}') from None
+def _training_checkpoint(step_dir: str, *, ema: bool = False) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
+  """(flat params or EMA params, the step's meta) of a step saved by core_jax.checkpoint."""
+  ckpt = checkpoint.read_training_checkpoint(step_dir)
   key = 'ema_params' if ema else 'params'
-  if not tree.get(key):
+  if not ckpt[key]:
     raise UserError(f'{step_dir} has no {key} (was EMA on in that run?)')
-  return {k: np.asarray(v) for k, v in flatten(tree[key]).items()}
+  return {k: np.asarray(v) for k, v in flatten(ckpt[key]).items()}, ckpt['meta']
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -436,17 +451,110 @@ def _load_into(flat_t: Dict[str, Any], sd: Dict[str, np.ndarray], *, path: str, 
   return {p: flat[p] for p in flat_t}
 
 
-def import_checkpoint(path: str, *, arch: Optional[str] = None, num_classes: Optional[int] = None,
-                      ema: bool = False, seed: int = 0):
-  """Reads a checkpoint and returns ``(params, arch, overrides)`` with ``create_model(arch, **overrides)``
-  matching the params. num_classes different from the checkpoint's head -> fresh head (trunc-normal 0.02,
-  zero bias) with a message."""
+# create_model fields that change how a model runs or trains, not its parameters: not part of an export's recipe.
+_RUN_FIELDS = frozenset({'dwconv_impl', 'patch_conv_impl', 'fusion_barriers', 'dtype', 'drop_path_rate',
+                         'head_init_scale'})
+
+
+def _plain(value):
+  """JSON lists back to the tuples create_model takes."""
+  return tuple(_plain(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _recorded_arch(flat: Mapping[str, Any], arch: Optional[str], overrides: Mapping[str, Any], where: str):
+  """(arch, overrides) for a model a checkpoint names itself (its training config or a sidecar): the
+  architecture overrides, plus num_classes when the head differs from the registry default."""
+  from .models import create_model, model_config
+  overrides = {k: _plain(v) for k, v in dict(overrides or {}).items() if k not in _RUN_FIELDS}
+  try:
+    defaults = model_config(arch)
+  except ValueError:
+    raise UserError(f'{where} names model {arch!r}, which convnext_jax does not register') from None
+  classes = int(flat['head/bias'].shape[0]) if 'head/bias' in flat else 0
+  overrides.pop('num_classes', None)
+  if classes != defaults.get('num_classes', 1000):
+    overrides['num_classes'] = classes
+  try:
+    create_model(arch, **overrides)
+  except (TypeError, ValueError) as e:
+    raise UserError(f'{where}: cannot build {arch} with {overrides}: {_one_line(e)}') from None
+  return arch, overrides
+
+
+def _eval_preprocessing(transforms) -> Dict[str, Any]:
+  """What a training's eval transform list says about preprocessing: mean/std of its `normalize(...)` op, and the
+  size (input_size), crop_pct and interpolation of its last op with a `size`, where it has them."""
+  import ast
+  found: Dict[str, Any] = {}
+  for spec in transforms or ():
+    try:
+      call = ast.parse(str(spec), mode='eval').body
+      kw = {k.arg: ast.literal_eval(k.value) for k in call.keywords} if isinstance(call, ast.Call) else {}
+    except (SyntaxError, ValueError):
+      continue
+    name = getattr(call.func, 'id', '') if isinstance(call, ast.Call) else ''
+    if name == 'normalize':
+      found.update(mean=list(kw.get('mean', (0.0, 0.0, 0.0))), std=list(kw.get('std', (1.0, 1.0, 1.0))))
+    if isinstance(kw.get('size'), int):
+      found['input_size'] = [3, kw['size'], kw['size']]
+      found['crop_pct'] = float(kw.get('crop_pct', 1.0))  # a squash resize or plain crop keeps the whole image
+      if isinstance(kw.get('interpolation'), str):
+        found['interpolation'] = kw['interpolation']
+  return found
+
+
+def _read_source(path: str, ema: bool) -> Tuple[Dict[str, np.ndarray], Dict[str, Any]]:
+  """(flat state dict, what the source says about itself): a training step's meta gives 'arch' and
+  'overrides' (from its config), 'metrics' and 'eval_transforms'; a .msgpack's sidecar gives its fields."""
+  if os.path.isdir(path):
+    sd, meta = _training_checkpoint(path, ema=ema)
+    config = meta.get('config') or {}
+    model = config.get('model') or {}
+    info: Dict[str, Any] = {}
+    if model.get('name'):
+      info.update(arch=model['name'], overrides=model.get('overrides') or {},
+                  where=f'the training config of {path}')
+    if meta.get('metrics'):  # eval metrics of the weights exported (the EMA ones carry an 'ema_' prefix)
+      info['metrics'] = {k[len('ema_'):] if ema else k: v for k, v in meta['metrics'].items()
+                         if k.startswith('ema_') == ema}
+    eval_tf = (config.get('data') or {}).get('eval_transforms')
+    if eval_tf:
+      info['eval_transforms'] = list(eval_tf)
+      info.update(_eval_preprocessing(eval_tf))
+    return sd, info
+  sd = read_checkpoint(path, ema=ema)
+  info = {}
+  if _file_kind(path) == 'msgpack':
+    side = sidecar_path(path)
+    if os.path.isfile(side):
+      try:
+        with open(side) as f:
+          info = json.load(f)
+      except (OSError, ValueError) as e:
+        raise UserError(f'cannot read sidecar {side}: {_one_line(e)}') from None
+      info['where'] = f'sidecar {side}'
+  return sd, info
+
+
+def _import(path: str, *, arch: Optional[str], num_classes: Optional[int], ema: bool, seed: int = 0):
+  """import_checkpoint, plus what the source says about itself (see _read_source)."""
   import jax
   import jax.numpy as jnp
   from .layers import trunc_normal_init
-  from .models import create_model
-  sd = read_checkpoint(path, ema=ema)
-  arch, overrides = infer_arch(sd, arch)
+  from .models import ConvNeXt, ConvNeXtIsotropic, create_model
+  sd, info = _read_source(path, ema)
+  if (arch is None or arch == info.get('arch')) and info.get('arch') and detect_layout(sd) == 'flax':
+    # the checkpoint names its own model (e.g. trained with model.overrides): rebuild exactly that one
+    arch, overrides = _recorded_arch(sd, info['arch'], info.get('overrides'), info['where'])
+    if not isinstance(create_model(arch), (ConvNeXt, ConvNeXtIsotropic)):
+      # e.g. a roadmap step: exportable only where its param tree is a ConvNeXt's (the last step is ConvNeXt-T)
+      try:
+        arch, overrides = infer_arch(sd)
+      except UserError:
+        raise UserError(f'{info["arch"]} is a {type(create_model(info["arch"])).__name__} whose parameters are not '
+                        f'a ConvNeXt\'s: there is no timm or official layout to export it to') from None
+  else:
+    arch, overrides = infer_arch(sd, arch)
   ckpt_classes = overrides.get('num_classes', create_model(arch).num_classes)
   reinit = num_classes is not None and num_classes != ckpt_classes
   if reinit:
@@ -463,6 +571,16 @@ def import_checkpoint(path: str, *, arch: Optional[str] = None, num_classes: Opt
         trunc_normal_init(0.02, scale=model.head_init_scale)(jax.random.PRNGKey(seed), shape))
     target['head/bias'] = np.zeros(target['head/bias'].shape, np.float32)
   params = unflatten(_load_into(target, sd, path=path, arch=arch, reinit_head=reinit))
+  return params, arch, overrides, info
+
+
+def import_checkpoint(path: str, *, arch: Optional[str] = None, num_classes: Optional[int] = None,
+                      ema: bool = False, seed: int = 0):
+  """Reads a checkpoint and returns ``(params, arch, overrides)`` with ``create_model(arch, **overrides)``
+  matching the params. A training step directory (its config) or a .msgpack (its sidecar) names its own model,
+  overrides included; other files are matched against the registry (`infer_arch`). num_classes different from
+  the checkpoint's head -> fresh head (trunc-normal 0.02, zero bias) with a message."""
+  params, arch, overrides, _ = _import(path, arch=arch, num_classes=num_classes, ema=ema, seed=seed)
   return params, arch, overrides
 
 
@@ -508,9 +626,125 @@ def _atomic_write(path: str, write):
       os.remove(tmp)
 
 
+# --------------------------------------------------------------------------------------------------------------
+# timm recipe: how timm 1.0.x builds exactly our model
+# --------------------------------------------------------------------------------------------------------------
+# Our registry names that are timm model names with the same architecture.
+TIMM_NAMES = frozenset({'convnext_atto', 'convnext_femto', 'convnext_pico', 'convnext_nano', 'convnext_tiny',
+                        'convnext_small', 'convnext_base', 'convnext_large', 'convnext_xlarge'})
+
+
+def timm_recipe(arch: str, overrides: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
+  """What timm 1.0.x needs to build exactly ``create_model(arch, **overrides)`` (hierarchical ConvNeXt):
+
+    {'model_name': a timm name, 'kwargs': timm.create_model keyword arguments (every architecture field),
+     'builder': 'create_model', or 'ConvNeXt' (timm.models.convnext.ConvNeXt(**kwargs)) for models without
+                layer scale, because timm.create_model drops the ls_init_value=None that turns it off,
+     'identity': module paths to replace by torch.nn.Identity() before loading (else []),
+     'python': the same as code,
+     'python_pretrained' (only with create_model and identity []): the same through timm's pretrained path}
+
+  timm's ConvNeXt gives stage 0 a stride-2 downsample (LN + 2x2 conv) whenever the stem stride is 2 (our
+  patch_size=2, e.g. convnext_digits); our model has no such layer, so `identity` names `stages.0.downsample`.
+  Without replacements (`identity == []`) the export also loads through timm's own
+  ``create_model(model_name, pretrained=True, pretrained_cfg_overlay=dict(file=..., num_classes=N), **kwargs)``
+  (num_classes in the overlay too: else timm drops a head whose size differs from the named model's).
+  UserError when timm cannot build the model at all (isotropic, not 4 stages, a stem stride that makes timm
+  dilate the last stage)."""
+  from .models import ConvNeXt, create_model
+  overrides = {k: v for k, v in dict(overrides or {}).items() if k not in _RUN_FIELDS}
+  model = create_model(arch, **overrides)
+  if not isinstance(model, ConvNeXt):
+    raise UserError(f'timm has no {type(model).__name__} ({arch}); its export uses the official layout')
+  depths, dims = [int(d) for d in model.depths], [int(d) for d in model.dims]
+  if len(depths) != 4:
+    raise UserError(f'timm\'s ConvNeXt has 4 stages; {arch} has {len(depths)} (depths={tuple(depths)})')
+  stride, strides = int(model.patch_size), []
+  for i in range(4):  # timm.models.convnext.ConvNeXt.__init__'s stage strides (output_stride=32)
+    s = 2 if stride == 2 or i > 0 else 1
+    if stride >= 32 and s > 1:
+      raise UserError(f'timm cannot build {arch} with patch_size={model.patch_size}: it would dilate stage {i} '
+                      f'instead of downsampling')
+    stride *= s
+    strides.append(s)
+  identity = ['stages.0.downsample'] if strides[0] == 2 else []
+  ls = float(model.layer_scale_init_value)
+  kwargs = {'depths': depths, 'dims': dims, 'in_chans': int(model.in_chans), 'num_classes': int(model.num_classes),
+            'patch_size': int(model.patch_size), 'kernel_sizes': int(model.kernel_size),
+            'ls_init_value': ls if ls > 0 else None, 'conv_mlp': arch in CONV_MLP_ARCHS}
+  name = arch if arch in TIMM_NAMES else 'convnext_tiny'
+  args = ', '.join(f'{k}={v!r}' for k, v in kwargs.items())
+  # timm.create_model drops None-valued kwargs, so "no layer scale" (ls_init_value=None) needs the class itself
+  builder = 'create_model' if kwargs['ls_init_value'] is not None else 'ConvNeXt'
+  build = (f'timm.create_model({name!r}, pretrained=False, {args})' if builder == 'create_model'
+           else f'timm.models.convnext.ConvNeXt({args})')
+  code = ['import safetensors.torch, timm, torch', f'model = {build}']
+  code += [f'model.{_torch_attr(p)} = torch.nn.Identity()  # timm adds this layer; the trained model has none'
+           for p in identity]
+  code += ['model.load_state_dict(safetensors.torch.load_file(PATH), strict=True)']
+  recipe = {'model_name': name, 'builder': builder, 'kwargs': kwargs, 'identity': identity,
+            'python': '\n'.join(code)}
+  if not identity and builder == 'create_model':
+    # timm's pretrained path; num_classes in the overlay too, or timm drops a head of another size
+    recipe['python_pretrained'] = (
+        f'model = timm.create_model({name!r}, pretrained=True, pretrained_cfg_overlay=dict(file=PATH, '
+        f'num_classes={kwargs["num_classes"]}), {args})')
+  return recipe
+
+
+def _torch_attr(path: str) -> str:
+  """'stages.0.downsample' -> 'stages[0].downsample'."""
+  return re.sub(r'\.(\d+)', r'[\1]', path)
+
+
+def timm_model_for(source, *, load_weights: bool = True):
+  """The exact timm module for an export: `source` is an exported .safetensors file (its .json sidecar next to
+  it gives the recipe; the weights are loaded with strict=True unless `load_weights` is False), a sidecar path,
+  or a sidecar / recipe dict (no weights loaded). Returns the module in eval mode."""
+  import timm
+  import torch
+  weights = None
+  if isinstance(source, Mapping):
+    meta = dict(source)
+  else:
+    path = str(source)
+    side = path if path.endswith('.json') else sidecar_path(path)
+    if not path.endswith('.json'):
+      weights = path
+    try:
+      with open(side) as f:
+        meta = json.load(f)
+    except (OSError, ValueError) as e:
+      raise UserError(f'cannot read sidecar {side}: {_one_line(e)}') from None
+  recipe = meta.get('timm', meta)
+  if 'model_name' not in recipe or 'kwargs' not in recipe:
+    raise UserError('no timm recipe (its sidecar has no "timm" entry: not a hierarchical ConvNeXt export?)')
+  kwargs = dict(recipe['kwargs'])
+  for key in ('depths', 'dims'):
+    kwargs[key] = tuple(kwargs[key])
+  if recipe.get('builder', 'create_model') == 'create_model':
+    model = timm.create_model(recipe['model_name'], pretrained=False, **kwargs)
+  else:
+    model = timm.models.convnext.ConvNeXt(**kwargs)
+  for p in recipe.get('identity', []):
+    parent, _, leaf = p.rpartition('.')
+    setattr(model.get_submodule(parent), leaf, torch.nn.Identity())
+  if weights is not None and load_weights:
+    if _file_kind(weights) != 'safetensors':
+      raise UserError(f'{weights}: timm_model_for loads .safetensors exports')
+    from safetensors.torch import load_file
+    model.load_state_dict(load_file(weights), strict=True)
+  return model.eval()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Writing files
+# --------------------------------------------------------------------------------------------------------------
 def save_timm_safetensors(params, path: str, arch: str) -> Dict[str, np.ndarray]:
-  """Writes a .safetensors file loadable by ``timm.create_model(arch).load_state_dict(..., strict=True)``
-  and by ``timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=dict(file=path))``."""
+  """Writes the timm-layout .safetensors file. For a registry model timm knows by the same name (TIMM_NAMES)
+  without overrides, ``timm.create_model(arch).load_state_dict(..., strict=True)`` and
+  ``timm.create_model(arch, pretrained=True, pretrained_cfg_overlay=dict(file=path))`` load it; any other model
+  needs `timm_recipe` (which `convert` writes into the .json sidecar; `timm_model_for` applies it)."""
   from safetensors.numpy import save_file
   sd = flax_to_timm(params, arch)
   _atomic_write(path, lambda p: save_file(sd, p, metadata={'format': 'pt'}))
@@ -532,16 +766,14 @@ def sidecar_path(path: str) -> str:
   return os.path.splitext(path)[0] + '.json'
 
 
-def save_flax(params, path: str, *, arch: str, num_classes: Optional[int] = None, input_size: int = 224,
-              metrics: Optional[Mapping[str, Any]] = None, overrides: Optional[Mapping[str, Any]] = None,
-              mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation: str = 'bicubic',
-              crop_pct: Optional[float] = None) -> str:
-  """msgpack of the params tree (flax.serialization.to_bytes) + JSON sidecar next to it (`sidecar_path`):
-  {arch, num_classes, input_size (C, H, W as timm), mean, std, interpolation, crop_pct, metrics[, overrides]}.
-  crop_pct defaults to 0.875 at 224 and 1.0 (squash resize) above. Returns the sidecar path."""
-  from flax import serialization
-  tgt, _ = _unwrap_target(params)
-  flat = _flat_numpy(tgt)
+def sidecar(params, *, arch: str, num_classes: Optional[int] = None, input_size: int = 224,
+            metrics: Optional[Mapping[str, Any]] = None, overrides: Optional[Mapping[str, Any]] = None,
+            mean=IMAGENET_MEAN, std=IMAGENET_STD, interpolation: str = 'bicubic',
+            crop_pct: Optional[float] = None, **extra) -> Dict[str, Any]:
+  """The JSON written next to an export: {arch, num_classes, input_size (C, H, W as timm), mean, std,
+  interpolation, crop_pct, metrics[, overrides][, timm (timm_recipe)]} plus `extra` entries.
+  crop_pct defaults to 0.875 at 224 and 1.0 (squash resize) above."""
+  flat = _flat_numpy(params)
   if num_classes is None:
     num_classes = int(flat['head/bias'].shape[0]) if 'head/bias' in flat else 0
   in_chans = int(flat['stem_conv/kernel'].shape[2]) if 'stem_conv/kernel' in flat else 3
@@ -549,19 +781,39 @@ def save_flax(params, path: str, *, arch: str, num_classes: Optional[int] = None
           'mean': list(mean), 'std': list(std), 'interpolation': interpolation,
           'crop_pct': float(crop_pct if crop_pct is not None else (0.875 if input_size <= 224 else 1.0)),
           'metrics': dict(metrics or {})}
-  ov = {k: v for k, v in (overrides or {}).items() if k != 'num_classes'}
+  ov = {k: list(v) if isinstance(v, tuple) else v for k, v in (overrides or {}).items() if k != 'num_classes'}
   if ov:
     meta['overrides'] = ov
-  data = serialization.to_bytes(unflatten(flat))
+  if 'stages_0_block_0/dwconv/kernel' in flat:
+    try:
+      meta['timm'] = timm_recipe(arch, overrides)
+    except UserError:
+      pass  # a model timm cannot build: the sidecar says nothing about timm
+  meta.update(extra)
+  return meta
+
+
+def write_sidecar(path: str, meta: Mapping[str, Any]) -> str:
+  """Writes `meta` as JSON next to the export `path`; returns the sidecar path."""
+  side = sidecar_path(path)
+  _atomic_write(side, lambda p: open(p, 'w').write(json.dumps(meta, indent=1) + '\n'))
+  return side
+
+
+def save_flax(params, path: str, *, arch: str, **sidecar_fields) -> str:
+  """msgpack of the params tree (flax.serialization.to_bytes) + JSON sidecar next to it (`sidecar_path`;
+  its fields: see `sidecar`). Returns the sidecar path."""
+  from flax import serialization
+  tgt, _ = _unwrap_target(params)
+  data = serialization.to_bytes(unflatten(_flat_numpy(tgt)))
 
   def write(p):
     with open(p, 'wb') as f:
       f.write(data)
 
+  meta = sidecar(tgt, arch=arch, **sidecar_fields)
   _atomic_write(path, write)
-  side = sidecar_path(path)
-  _atomic_write(side, lambda p: open(p, 'w').write(json.dumps(meta, indent=1) + '\n'))
-  return side
+  return write_sidecar(path, meta)
 
 
 def load_flax(path: str) -> Tuple[Dict[str, Any], Dict[str, Any]]:
@@ -597,43 +849,51 @@ def _parser() -> argparse.ArgumentParser:
   p.add_argument('--num-classes', type=int, default=None,
                  help='classes of the output model; differing from the checkpoint re-initializes the head')
   p.add_argument('--ema', action='store_true', help='take model_ema / state_dict_ema from a training checkpoint')
-  p.add_argument('--input-size', type=int, default=224, help='resolution recorded in the Flax sidecar')
+  p.add_argument('--input-size', type=int, default=None,
+                 help="resolution recorded in the sidecar (default: the source sidecar's, else 224)")
   return p
 
 
 def convert(src: str, dst: str, *, arch: Optional[str] = None, num_classes: Optional[int] = None,
-            ema: bool = False, input_size: int = 224) -> str:
-  """File -> file; returns a one-line summary."""
+            ema: bool = False, input_size: Optional[int] = None) -> str:
+  """File -> file (+ .json sidecar); returns the summary printed by the CLI: one line, then the timm recipe
+  when a .safetensors export needs more than ``timm.create_model(arch)``."""
   dst_ext = os.path.splitext(dst)[1].lower()
   if dst_ext not in ('.msgpack', '.safetensors', '.pth'):
     raise UserError(f'--dst must end in .msgpack, .safetensors or .pth, got {dst}')
   if os.path.abspath(src) == os.path.abspath(dst):
     raise UserError('--src and --dst are the same file')
+  if os.path.abspath(sidecar_path(dst)) == os.path.abspath(src):
+    raise UserError(f'--dst {dst} would overwrite --src {src} with its sidecar')
   _check_dst_dir(dst)
-  meta: Dict[str, Any] = {}
-  if not os.path.isdir(src) and _file_kind(src) == 'msgpack':
-    side = sidecar_path(src)
-    if os.path.isfile(side):
-      try:
-        with open(side) as f:
-          meta = json.load(f)
-      except (OSError, ValueError) as e:
-        raise UserError(f'cannot read sidecar {side}: {_one_line(e)}') from None
-    if arch is None:
-      arch = meta.get('arch')
-  params, arch, overrides = import_checkpoint(src, arch=arch, num_classes=num_classes, ema=ema)
+  params, arch, overrides, info = _import(src, arch=arch, num_classes=num_classes, ema=ema)
   n = sum(int(np.prod(v.shape)) for v in flatten(params).values())
+  # preprocessing facts travel with the weights: from the source's sidecar or training config
+  fields = {k: info[k] for k in ('mean', 'std', 'interpolation', 'crop_pct', 'eval_transforms') if k in info}
+  if input_size is None:
+    input_size = int(info['input_size'][-1]) if info.get('input_size') else 224
   if dst_ext == '.msgpack':
-    save_flax(params, dst, arch=arch, input_size=input_size, overrides=overrides, metrics=meta.get('metrics'))
-    what = 'Flax msgpack + ' + os.path.basename(sidecar_path(dst))
+    save_flax(params, dst, arch=arch, input_size=input_size, overrides=overrides, metrics=info.get('metrics'),
+              **fields)
+    what = 'Flax msgpack'
   elif dst_ext == '.safetensors':
     save_timm_safetensors(params, dst, arch)
     what = 'timm safetensors' if 'iso' not in arch else 'official isotropic layout safetensors'
   else:
     save_official_pth(params, dst, arch)
     what = 'official .pth'
+  meta = sidecar(params, arch=arch, input_size=input_size, overrides=overrides, metrics=info.get('metrics'),
+                 **fields)
+  if dst_ext != '.msgpack':
+    write_sidecar(dst, meta)
   extra = f' {overrides}' if overrides else ''
-  return f'{src} -> {dst}: {arch}{extra}, {n:,} params, {what}'
+  summary = f'{src} -> {dst}: {arch}{extra}, {n:,} params, {what} + {os.path.basename(sidecar_path(dst))}'
+  recipe = meta.get('timm')
+  if dst_ext == '.safetensors' and recipe and (recipe['identity'] or overrides or arch not in TIMM_NAMES):
+    summary += ('\ntimm builds this model as follows (also in the sidecar\'s "timm" entry; '
+                'convnext_jax.convert.timm_model_for(PATH) does it):\n'
+                + recipe['python'].replace('PATH', repr(dst)))
+  return summary
 
 
 def main(argv=None) -> int:

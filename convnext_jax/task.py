@@ -94,7 +94,9 @@ class ConvNeXtTask(ClassificationTask):
       return None
     return layer_decay_scale_fn(self.config.model.name, float(decay), self._overrides())
 
-  def load_pretrained(self, params, path, reinit_head):
+  def load_pretrained(self, variables, path, reinit_head):
+    """ConvNeXt has no batch_stats: the file's weights go into `variables['params']`."""
     from convnext_jax import convert  # pylint: disable=import-outside-toplevel
-    return convert.load_pretrained(params, path, arch=self.config.model.name, reinit_head=reinit_head,
-                                   ema=bool(self.config.get('init_from_ema', False)), as_numpy=True)
+    params = convert.load_pretrained(variables['params'], path, arch=self.config.model.name, reinit_head=reinit_head,
+                                     ema=bool(self.config.get('init_from_ema', False)), as_numpy=True)
+    return {**variables, 'params': params}

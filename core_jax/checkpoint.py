@@ -6,8 +6,13 @@ A checkpoint step directory holds three items committed atomically together:
   meta   JSON: step, metrics at that step, the config that produced it
 Kept: the last `keep` steps plus the best one by `best_metric`. Restores always go against target shardings,
 so a run saved on 8 devices resumes on 1 and vice versa.
+
+Restoring never half-happens: the state is read first, the data iterator is set only after that, and put back
+as it was when anything fails. Unreadable steps are moved to `<workdir>/checkpoints_corrupt/` (never deleted);
+when no readable step is left the restore refuses (UserError) unless the caller allows a fresh start. A
+chosen step (`restore_step`) restores that step only; `set_aside_later_than` moves the steps after it to
+`<workdir>/checkpoints_superseded/`. The directory is created on the first save or restore that needs it.
 """
-import logging
 import os
 import shutil
 import signal
@@ -22,6 +27,7 @@ from orbax.checkpoint import checkpoint_managers as policies
 from core_jax.errors import UserError
 
 CORRUPT_DIR = 'checkpoints_corrupt'
+SUPERSEDED_DIR = 'checkpoints_superseded'
 
 
 class _SigtermFlag:
@@ -38,6 +44,8 @@ class _SigtermFlag:
 
 
 class Checkpointer:
+  """Saves and restores step directories of one workdir; opens (and creates) the directory only on first use,
+  so a run that fails before its first save leaves no empty checkpoints/ folder behind."""
 
   def __init__(self, directory: str, *, save_every_steps: int, keep: int = 3,
                best_metric: str | None = None, best_mode: str = 'max', asynchronous: bool = True):
@@ -52,78 +60,155 @@ class Checkpointer:
         enable_async_checkpointing=asynchronous,
         cleanup_tmp_directories=True,  # half-written saves of a killed run are removed at start
     )
-    self._manager = self._open()
+    self._manager = None
     self._sigterm = _SigtermFlag()
 
-  def _open(self):
-    return ocp.CheckpointManager(
-        self.directory, options=self._options,
-        item_handlers={'state': ocp.StandardCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler(),
-                       'data': grain.checkpoint.CheckpointHandler()})
+  @property
+  def manager(self) -> ocp.CheckpointManager:
+    if self._manager is None:
+      self._manager = ocp.CheckpointManager(
+          self.directory, options=self._options,
+          item_handlers={'state': ocp.StandardCheckpointHandler(), 'meta': ocp.JsonCheckpointHandler(),
+                         'data': grain.checkpoint.CheckpointHandler()})
+    return self._manager
+
+  def _reopen(self):
+    if self._manager is not None:
+      self._manager.close()
+      self._manager = None
 
   # ---------------------------------------------------------------- saving
   def save(self, step: int, state, data_iterator, meta: dict, metrics: dict | None = None,
            force: bool = False) -> bool:
     """Saves if the interval says so (or `force`); returns whether a save started."""
-    if step in self._manager.all_steps():
+    if step in self.manager.all_steps():
       return False
     args = ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta),
                               data=grain.checkpoint.CheckpointSave(data_iterator))
-    return self._manager.save(step, args=args, metrics=metrics, force=force)
+    return self.manager.save(step, args=args, metrics=metrics, force=force)
 
   def should_stop_for_preemption(self, step: int) -> bool:
     """True when this step's checkpoint must be the last: SIGTERM here, or a preemption notice on any host."""
     if jax.process_count() > 1:
       # jax.distributed's preemption sync manager agrees on one step across hosts; a local flag cannot.
-      return self._manager.reached_preemption(step)
+      return self.manager.reached_preemption(step)
     return self._sigterm.raised
 
   def wait(self):
-    self._manager.wait_until_finished()
+    if self._manager is not None:
+      self._manager.wait_until_finished()
 
   def close(self):
-    self._manager.close()
+    self._reopen()
 
   # ---------------------------------------------------------------- restoring
-  def all_steps(self):
-    return list(self._manager.all_steps())
+  def all_steps(self) -> list[int]:
+    if self._manager is None and not os.path.isdir(self.directory):
+      return []
+    return sorted(self.manager.all_steps())
 
-  def restore_latest(self, abstract_state, data_iterator):
+  def corrupt_steps(self) -> list[int]:
+    """Steps earlier runs moved to `<workdir>/checkpoints_corrupt` (unreadable ones)."""
+    folder = os.path.join(os.path.dirname(self.directory), CORRUPT_DIR)
+    return sorted(int(d) for d in os.listdir(folder) if d.isdigit()) if os.path.isdir(folder) else []
+
+  def read_meta(self, step: int) -> dict | None:
+    """The JSON meta of `step`, or None when it cannot be read."""
+    try:
+      return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))['meta']
+    except Exception:  # pylint: disable=broad-except
+      return None
+
+  def restore_step(self, step: int, abstract_state, data_iterator):
+    """Restores `step` (must be kept) into `abstract_state`'s shardings and `data_iterator`: (state, meta).
+
+    The iterator is set only once the state has been read, and put back as it was if anything fails, so a
+    failed restore changes nothing. Raises UserError for a missing step, a model mismatch or an unreadable step.
+    """
+    steps = self.all_steps()
+    if step not in steps:
+      raise UserError(f'checkpoint.restore_step={step}: no such step in {self.directory} '
+                      f'(kept steps: {_steps_text(steps)})')
+    try:
+      return self._restore(step, abstract_state, data_iterator)
+    except UserError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore raise many types)
+      raise UserError(f'checkpoint step {step} in {self.directory} is unreadable '
+                      f'({type(e).__name__}: {_first_line(e)})') from None
+
+  def restore_latest(self, abstract_state, data_iterator, *, allow_fresh_start: bool = False):
     """Restores the newest readable checkpoint into `abstract_state`'s shardings and `data_iterator`.
 
-    Returns (state, meta) or None when there is no checkpoint. A checkpoint that fails to read (a corrupt
-    or truncated file) is moved aside to `<workdir>/checkpoints_corrupt/<step>` — kept, not deleted — and
-    the previous one is tried, with a warning naming both.
+    Returns (state, meta) or None when there is nothing to resume. A checkpoint that fails to read (a corrupt
+    or truncated file) is moved aside to `<workdir>/checkpoints_corrupt/<step>` (kept, not deleted) and the
+    previous one is tried; a failed try leaves `data_iterator` untouched. When checkpoints existed but none is
+    readable (now or in an earlier run), raises UserError naming them, unless `allow_fresh_start`.
     """
-    for step in sorted(self._manager.all_steps(), reverse=True):
+    steps = self.all_steps()
+    moved = []
+    for i, step in enumerate(reversed(steps)):
       try:
-        restored = self._manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore(),
-            data=grain.checkpoint.CheckpointRestore(data_iterator)))
+        return self._restore(step, abstract_state, data_iterator)
+      except UserError:
+        raise
       except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore raise many types)
-        if _is_shape_mismatch(e):
-          raise UserError(f'checkpoint step {step} in {self.directory} does not match the model: '
-                          f'{_first_line(e)}') from None
-        self._set_aside(step, e)
-        continue
-      return restored['state'], restored['meta']
+        older = steps[len(steps) - 2 - i] if i + 1 < len(steps) else None
+        self._set_aside(step, e, older)
+        moved.append(step)
+    corrupt = self.corrupt_steps()
+    if corrupt and not allow_fresh_start:
+      folder = os.path.join(os.path.dirname(self.directory), CORRUPT_DIR)
+      now = f'steps {_steps_text(moved)} were just moved' if moved else f'steps {_steps_text(corrupt)} were moved'
+      raise UserError(f'no readable checkpoint in {self.directory} ({now} to {folder}); to start this run over '
+                      f'on purpose, pass --config.checkpoint.allow_fresh_start=True or remove {folder}')
     return None
 
-  def _set_aside(self, step: int, error: Exception):
-    target = os.path.join(os.path.dirname(self.directory), CORRUPT_DIR, str(step))
-    logging.warning('checkpoint step %d is unreadable (%s: %s); moved to %s, trying the previous one',
-                    step, type(error).__name__, _first_line(error), target)
-    print(f'warning: checkpoint step {step} is unreadable ({type(error).__name__}); moved it to {target} '
-          'and falling back to the previous checkpoint', flush=True)
+  def _restore(self, step: int, abstract_state, data_iterator):
+    before = data_iterator.get_state()
+    try:
+      restored = self.manager.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore()))
+      self.manager.restore(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(data_iterator)))
+    except Exception as e:  # pylint: disable=broad-except
+      data_iterator.set_state(before)
+      if _is_shape_mismatch(e):
+        raise UserError(f'checkpoint step {step} in {self.directory} does not match the model: '
+                        f'{_first_line(e)}') from None
+      raise
+    return restored['state'], restored['meta']
+
+  def set_aside_later_than(self, step: int) -> list[int]:
+    """Moves the steps after `step` to `<workdir>/checkpoints_superseded/` (a run restarted from `step`)."""
+    later = [s for s in self.all_steps() if s > step]
+    for s in later:
+      self._move(s, SUPERSEDED_DIR)
+    if later:
+      self._reopen()
+    return later
+
+  def _set_aside(self, step: int, error: Exception, older: int | None):
+    target = self._move(step, CORRUPT_DIR)
+    then = f'falling back to step {older}' if older is not None else 'no older checkpoint to fall back to'
+    if jax.process_index() == 0:
+      print(f'warning: checkpoint step {step} is unreadable ({type(error).__name__}: {_first_line(error)}); '
+            f'moved it to {target}; {then}', flush=True)
+    self._reopen()
+
+  def _move(self, step: int, folder: str) -> str:
+    target = os.path.join(os.path.dirname(self.directory), folder, str(step))
     if jax.process_index() == 0:
       os.makedirs(os.path.dirname(target), exist_ok=True)
       if os.path.exists(target):
         shutil.rmtree(target)
       shutil.move(os.path.join(self.directory, str(step)), target)
     if jax.process_count() > 1:
-      multihost_utils.sync_global_devices(f'set_aside_{step}')
-    self._manager.close()
-    self._manager = self._open()
+      multihost_utils.sync_global_devices(f'move_{folder}_{step}')
+    return target
+
+
+def _steps_text(steps) -> str:
+  return ', '.join(str(s) for s in sorted(steps)) or 'none'
 
 
 def _first_line(e: Exception) -> str:
@@ -135,3 +220,53 @@ def _is_shape_mismatch(e: Exception) -> bool:
   text = str(e)
   return ('shape' in text.lower() and ('mismatch' in text.lower() or 'does not match' in text.lower())) \
       or 'Dict key mismatch' in text or 'tree structure' in text.lower()
+
+
+# ---------------------------------------------------------------- reading a step outside the loop
+def latest_step_dir(workdir: str) -> str | None:
+  """The newest committed step directory of `workdir/checkpoints` (absolute path), or None when there is none.
+
+  A save in flight lives in a temporary name (`STEP.orbax-checkpoint-tmp-...`) until it commits, so only
+  all-digit names with a `state` item count."""
+  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  if not os.path.isdir(directory):
+    return None
+  steps = [int(d) for d in os.listdir(directory)
+           if d.isdigit() and os.path.isdir(os.path.join(directory, d, 'state'))]
+  return os.path.join(directory, str(max(steps))) if steps else None
+
+
+def read_training_checkpoint(step_dir: str) -> dict:
+  """The weights of one step saved by `Checkpointer` (e.g. `latest_step_dir(workdir)`), on host memory.
+
+  Returns {'params', 'batch_stats', 'ema_params' (None when the run had no EMA): nested dicts of numpy arrays,
+  'meta': the step's JSON meta ({'step', 'metrics', 'config'}; {} when the step has none)}. Whatever device count
+  saved it, it is read onto this host; the optimizer state is not read. Bad input is a one-line UserError."""
+  import numpy as np  # pylint: disable=import-outside-toplevel  (kept here: this section is appended as a unit)
+  step_dir = os.path.abspath(step_dir)
+  state_dir = os.path.join(step_dir, 'state')
+  if not os.path.isdir(state_dir):
+    raise UserError(f'{step_dir} is not a training checkpoint step (expected WORKDIR/checkpoints/STEP/state)')
+  try:
+    checkpointer = ocp.PyTreeCheckpointer()
+    saved = checkpointer.metadata(state_dir).item_metadata.tree
+    if 'params' not in saved:
+      raise ValueError(f'no params in its state (items: {", ".join(sorted(saved))})')
+    wanted = {k: saved[k] for k in ('params', 'batch_stats', 'ema_params') if saved.get(k)}
+    here = jax.sharding.SingleDeviceSharding(jax.devices('cpu')[0])
+    item = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here), wanted)
+    restore_args = jax.tree.map(lambda m: ocp.ArrayRestoreArgs(sharding=here, dtype=m.dtype), wanted)
+    tree = checkpointer.restore(state_dir, args=ocp.args.PyTreeRestore(
+        item=item, restore_args=restore_args, partial_restore=True))
+  except Exception as e:  # pylint: disable=broad-except  (orbax/tensorstore raise many types)
+    raise UserError(f'cannot read training checkpoint {step_dir}: {type(e).__name__}: {_first_line(e)}') from None
+  host = lambda t: jax.tree.map(np.asarray, t) if t else t  # pylint: disable=unnecessary-lambda-assignment
+  meta = {}
+  meta_dir = os.path.join(step_dir, 'meta')
+  if os.path.isdir(meta_dir):
+    try:
+      meta = ocp.Checkpointer(ocp.JsonCheckpointHandler()).restore(meta_dir) or {}
+    except Exception as e:  # pylint: disable=broad-except
+      raise UserError(f'cannot read the meta of training checkpoint {step_dir}: {_first_line(e)}') from None
+  return {'params': host(tree['params']), 'batch_stats': host(tree.get('batch_stats')) or {},
+          'ema_params': host(tree.get('ema_params')) or None, 'meta': meta}

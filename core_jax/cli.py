@@ -3,11 +3,16 @@
 We parse overrides ourselves instead of through absl's `config_flags`, because an unknown key there ends in
 a multi-line traceback; here it is one line naming the key, and every override is type-checked against the
 field it replaces.
+
+`run_main(run_fn, prog=..., config_dir=...)` is the whole body of a line's `main`: `--help` lists the config
+files of `config_dir` (first docstring line of each), `--config=FILE --help` the keys and values of one config;
+a config file that does not import is one line naming the file and line; bad input exits 2.
 """
 import ast
 import importlib.util
 import os
 import sys
+import traceback
 from typing import Sequence
 
 import ml_collections
@@ -15,21 +20,52 @@ import ml_collections
 from core_jax import host_memory
 from core_jax.errors import UserError
 
-_USAGE = 'usage: python -m <line>.main --config=configs/<line>/<name>.py --workdir=DIR [--config.key=value ...]'
-
-
 def load_config_file(path: str) -> ml_collections.ConfigDict:
-  """Imports a config file and calls its `get_config()`; `FILE:arg` passes `arg` to it."""
+  """Imports a config file and calls its `get_config()`; `FILE:arg` passes `arg` to it.
+
+  A file that does not parse, raises while importing or raises in get_config() is a UserError naming the file,
+  the line and the error (bad input, like an unknown key), not a traceback."""
   path, _, arg = path.partition(':')
   if not os.path.isfile(path):
     raise UserError(f'config file not found: {path}')
   spec = importlib.util.spec_from_file_location(f'_config_{abs(hash(path))}', path)
   module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
+  try:
+    spec.loader.exec_module(module)
+  except Exception as e:  # pylint: disable=broad-except  (any error in the user's file)
+    raise _config_error(path, e) from None
   if not hasattr(module, 'get_config'):
     raise UserError(f'config file {path} has no get_config()')
-  config = module.get_config(arg) if arg else module.get_config()
+  try:
+    config = module.get_config(arg) if arg else module.get_config()
+  except Exception as e:  # pylint: disable=broad-except
+    raise _config_error(path, e, calling=f'get_config({arg!r})' if arg else 'get_config()') from None
+  if not isinstance(config, ml_collections.ConfigDict):
+    raise UserError(f'config file {path}: get_config() returned a {type(config).__name__}, not a ConfigDict')
   return config
+
+
+def _config_error(path: str, error: Exception, calling: str = '') -> UserError:
+  """One line: the file (or the one it imports) and line where `error` arose, and the error itself."""
+  where, lineno = path, None
+  if isinstance(error, SyntaxError) and error.filename:
+    where, lineno = error.filename, error.lineno
+    message = f'SyntaxError: {error.msg}'
+  else:
+    frames = traceback.extract_tb(error.__traceback__)
+    # the deepest frame in the config's own folder: the file itself or a sibling config it imports
+    folder = os.path.dirname(os.path.realpath(path))
+    own = [f for f in frames if os.path.dirname(os.path.realpath(f.filename)) == folder]
+    frame = own[-1] if own else (frames[-1] if frames else None)
+    if frame is not None:
+      where, lineno = frame.filename, frame.lineno
+    text = ' '.join(str(error).split())
+    message = f'{type(error).__name__}: {text}' if text else type(error).__name__
+  place = f'{where}, line {lineno}' if lineno else where
+  if os.path.realpath(where) != os.path.realpath(path):
+    place = f'{path} (via {place})'
+  during = f' in {calling}' if calling else ''
+  return UserError(f'config file {place}{during}: {message}')
 
 
 def _parse_value(text: str, current):
@@ -82,12 +118,13 @@ def apply_override(config: ml_collections.ConfigDict, dotted: str, text: str) ->
     raise UserError(f'bad value for config key {dotted!r}: {e}') from None
 
 
-def parse_args(argv: Sequence[str]):
+def parse_args(argv: Sequence[str], prog: str = '<line>.main'):
   """Returns (config, workdir) from `--config=`, `--workdir=` and `--config.x=y` arguments."""
+  usage = _usage(prog).splitlines()[0] + '  (--help for more)'
   config_path, workdir, overrides = None, None, []
   for arg in argv:
     if not arg.startswith('--') or '=' not in arg:
-      raise UserError(f'unexpected argument {arg!r}; {_USAGE}')
+      raise UserError(f'unexpected argument {arg!r}; {usage}')
     key, _, value = arg[2:].partition('=')
     if key == 'config':
       config_path = value
@@ -96,9 +133,9 @@ def parse_args(argv: Sequence[str]):
     elif key.startswith('config.'):
       overrides.append((key[len('config.'):], value))
     else:
-      raise UserError(f'unknown flag --{key}; {_USAGE}')
+      raise UserError(f'unknown flag --{key}; {usage}')
   if config_path is None or workdir is None:
-    raise UserError(f'--config and --workdir are required; {_USAGE}')
+    raise UserError(f'--config and --workdir are required; {usage}')
   config = load_config_file(config_path)
   for dotted, value in overrides:
     apply_override(config, dotted, value)
@@ -115,13 +152,97 @@ def _quiet_libraries():
   tfds.disable_progress_bar()
 
 
-def run_main(run_fn, argv=None) -> int:
-  """Entry point body for `<line>.main`: bad input ends as one line on stderr and exit status 2."""
+def _first_doc_line(path: str) -> str:
+  """The first line of a file's module docstring, read without importing it."""
+  try:
+    with open(path) as f:
+      doc = ast.get_docstring(ast.parse(f.read(), filename=path))
+  except (OSError, SyntaxError, ValueError):
+    return '(cannot read its docstring)'
+  return doc.strip().splitlines()[0] if doc and doc.strip() else ''
+
+
+def _display_path(path: str) -> str:
+  rel = os.path.relpath(path)
+  return rel if not rel.startswith('..') else path
+
+
+def _usage(prog: str) -> str:
+  return (f'usage: python -m {prog} --config=FILE[:ARG] --workdir=DIR [--config.KEY=VALUE ...]\n'
+          f'       python -m {prog} --config=FILE[:ARG] [--config.KEY=VALUE ...] --help   (the config\'s keys)')
+
+
+def help_text(prog: str, config_dir: str | None) -> str:
+  """Usage and the line's config files, each with the first line of its docstring."""
+  lines = [_usage(prog), '']
+  if config_dir is None:
+    return '\n'.join(lines[:1])
+  files = sorted(f for f in os.listdir(config_dir) if f.endswith('.py') and not f.startswith('_')) \
+      if os.path.isdir(config_dir) else []
+  if not files:
+    lines.append(f'no config files in {_display_path(config_dir)}')
+    return '\n'.join(lines)
+  lines.append(f'config files ({_display_path(config_dir)}):')
+  width = max(len(f) for f in files)
+  for f in files:
+    lines.append(f'  {f:<{width}}  {_first_doc_line(os.path.join(config_dir, f))}'.rstrip())
+  lines.append('')
+  lines.append('--config=FILE --help lists the keys of FILE and their values.')
+  return '\n'.join(lines)
+
+
+def config_help_text(config: ml_collections.ConfigDict, path: str) -> str:
+  """Every key of `config` (dotted, in the config's order) with its value: what `--config.KEY=` can set."""
+  rows = []
+
+  def walk(node, prefix):
+    for key, value in node.items():
+      name = f'{prefix}{key}'
+      if isinstance(value, ml_collections.ConfigDict):
+        walk(value, name + '.')
+      else:
+        rows.append((name, repr(value)))
+
+  walk(config, '')
+  doc = _first_doc_line(path.partition(':')[0])
+  width = max((len(k) for k, _ in rows), default=0)
+  head = [f'{path}: {doc}' if doc else path, f'keys (set any with --config.KEY=VALUE):']
+  return '\n'.join(head + [f'  {k:<{width}} = {v}' for k, v in rows])
+
+
+def _help(argv: Sequence[str], prog: str, config_dir: str | None) -> str:
+  """`--help` alone: usage and config files; with `--config=FILE` (and overrides): that config's keys."""
+  rest = [a for a in argv if a not in ('--help', '-h')]
+  config_path = next((a.partition('=')[2] for a in rest if a.startswith('--config=')), None)
+  if config_path is None:
+    return help_text(prog, config_dir)
+  config = load_config_file(config_path)
+  for arg in rest:
+    key, _, value = arg[2:].partition('=') if arg.startswith('--') else ('', '', '')
+    if key.startswith('config.'):
+      apply_override(config, key[len('config.'):], value)
+  return config_help_text(config, config_path)
+
+
+def run_main(run_fn, argv=None, *, prog: str = '<line>.main', config_dir: str | None = None) -> int:
+  """Entry point body for `<line>.main`: bad input ends as one line on stderr and exit status 2.
+
+  `--help` / `-h` prints the usage and the config files in `config_dir` (each with its docstring's first
+  line); with `--config=FILE` it lists that config's keys and values. Both exit 0 without training."""
   argv = sys.argv[1:] if argv is None else argv
+  if '--help' in argv or '-h' in argv:
+    try:
+      print(_help(argv, prog, config_dir), flush=True)
+    except UserError as e:
+      print(f'error: {e}', file=sys.stderr)
+      return 2
+    except BrokenPipeError:  # `--help | head`: the reader left; not an error
+      os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+    return 0
   host_memory.retain_freed_memory()  # first: before any thread pool exists (see host_memory)
   _quiet_libraries()
   try:
-    config, workdir = parse_args(argv)
+    config, workdir = parse_args(argv, prog=prog)
     run_fn(config, workdir)
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)

@@ -20,6 +20,8 @@ Config fields (`opt_cfg`; defaults in `DEFAULTS`):
   warmup_epochs   0; linear warmup from `warmup_init_lr` (0.0) reaching `lr` exactly at the last warmup step
   min_lr          0.0; end value of 'cosine' and 'poly'
   decay_epochs    () milestones (absolute epochs, counted from step 0) for 'step'
+  decay_fractions () milestones for 'step' as fractions of `total_steps` (e.g. (0.5, 0.75)), so a scaled
+                  budget (Scratch-B) scales them too; exclusive with decay_epochs
   decay_factor    0.1 for 'step'
   poly_power      0.9 for 'poly'
 
@@ -64,6 +66,7 @@ DEFAULTS = dict(
   warmup_init_lr=0.0,
   min_lr=0.0,
   decay_epochs=(),
+  decay_fractions=(),
   decay_factor=0.1,
   poly_power=0.9,
 )
@@ -106,7 +109,8 @@ def make_schedule(opt_cfg, *, steps_per_epoch: int, total_steps: int, peak_lr: f
   warmup (t < W): init + (peak - init) * t / W
   cosine:  w = 0.5 * (1 + cos(pi * min(t - W, T) / T)), lr = peak * w + min_lr * (1 - w), T = total - W
   poly:    w = (1 - min(t - W, T) / T) ** power,        lr = peak * w + min_lr * (1 - w)
-  step:    peak * decay_factor ** #{milestones m : t >= m * steps_per_epoch}
+  step:    peak * decay_factor ** #{milestones m : t >= m}, m = round(e * steps_per_epoch) for decay_epochs
+           or round(f * total_steps) for decay_fractions
   constant: peak
   so lr(W) == peak and lr(total_steps) == min_lr exactly (the convex form keeps both endpoints exact).
   """
@@ -124,7 +128,14 @@ def make_schedule(opt_cfg, *, steps_per_epoch: int, total_steps: int, peak_lr: f
   decay_steps = max(total_steps - warmup, 1)
 
   if kind == 'step':
-    milestones = sorted(_epochs_to_steps(e, steps_per_epoch) for e in _get(opt_cfg, 'decay_epochs'))
+    epochs, fractions = tuple(_get(opt_cfg, 'decay_epochs')), tuple(_get(opt_cfg, 'decay_fractions'))
+    if epochs and fractions:
+      raise UserError(f'step schedule: give decay_epochs {epochs} or decay_fractions {fractions}, not both')
+    bad = [f for f in fractions if not 0.0 <= float(f) <= 1.0]
+    if bad:
+      raise UserError(f'step schedule: decay_fractions must lie in [0, 1], got {bad}')
+    milestones = sorted([_epochs_to_steps(e, steps_per_epoch) for e in epochs]
+                        + [int(round(float(f) * total_steps)) for f in fractions])
     factor = float(_get(opt_cfg, 'decay_factor'))
   power = float(_get(opt_cfg, 'poly_power'))
 

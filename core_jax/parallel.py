@@ -17,11 +17,14 @@ DATA_AXES = ('data', 'fsdp')
 
 
 def initialize_distributed(config) -> None:
-  """Starts `jax.distributed` when the config or the environment names a coordinator.
+  """Starts `jax.distributed` when the config or the environment names a coordinator; once per process, so a
+  driver may call `train.run` several times in one multi-process job (later calls keep the first setup).
 
   Environment: JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES, JAX_PROCESS_ID (what a launcher sets); on
   TPU pods and SLURM, `config.distributed.auto=True` lets JAX discover them.
   """
+  if jax.distributed.is_initialized():
+    return
   dist = config.get('distributed', {})
   address = dist.get('coordinator_address') or os.environ.get('JAX_COORDINATOR_ADDRESS')
   if address:

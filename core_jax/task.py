@@ -1,7 +1,16 @@
 """The contract between the shared training loop and a research line.
 
 A line subclasses `Task` (or `ClassificationTask`) to say which model to build, its loss and its eval
-metrics; `core_jax.train.run` does everything else. Methods that take `variables` run inside `jax.jit`.
+metrics; `core_jax.train.run` does everything else. Methods that take `variables` or `state` run inside
+`jax.jit`. Required: `build_model`, `train_loss`, `eval_outputs`. Optional hooks, each with a default that
+changes nothing:
+
+  optimizer_transforms()     (pre, post) optax transformations around the optimizer's own chain
+  prepare_train_batch(...)   a jittable batch transform inside the train step (ClassificationTask: Mixup/CutMix)
+  on_epoch_end(state, epoch) a jittable state update at each epoch boundary, before eval and checkpoint
+  load_pretrained(...)       `config.init_from`: weights into the freshly built variables
+  extra_results(state)       entries merged into results.json
+  lr_scale_fn()              per-parameter learning-rate scale (layer-wise decay)
 """
 from typing import Any, Callable
 
@@ -11,16 +20,20 @@ import jax.numpy as jnp
 import optax
 
 from core_jax import metrics as metrics_lib
+from core_jax.data import mixing
 from core_jax.errors import UserError
+
+MIXUP_SALT = 0x6d6978  # 'mix': Mixup/CutMix draws from its own stream, so the dropout rng is the same without it
 
 
 class Task:
   """Base class: override `build_model`, `train_loss` and `eval_outputs`."""
 
-  train_metrics = metrics_lib.TrainMetrics
+  train_metrics = metrics_lib.TrainMetrics  # clu Collections; compute() may return nested dicts
   eval_metrics = metrics_lib.ClassificationEvalMetrics
-  primary_metric = 'accuracy'  # used to keep the best checkpoint and reported in results.json
+  primary_metric = 'accuracy'  # a key of metrics.to_floats(eval), e.g. 'exit4/miou': best checkpoint, results
   metric_mode = 'max'
+  progress_metrics: tuple[str, ...] | None = None  # train-metric keys on the progress line (None: all)
   input_key = 'image'
 
   def __init__(self, config, dataset_info):
@@ -46,11 +59,42 @@ class Task:
     """Per-parameter learning-rate scale (layer-wise decay); None for none."""
     return None
 
-  def load_pretrained(self, params, path: str, reinit_head: bool):
-    """`config.init_from`: returns `params` (host arrays, same tree) with the weights in `path` loaded.
+  def optimizer_transforms(self) -> tuple[list[optax.GradientTransformation], list[optax.GradientTransformation]]:
+    """(pre, post), default ([], []).
 
-    `reinit_head` keeps the freshly initialized classifier of `params` (e.g. 22K -> 1K classes)."""
+    pre: applied to the raw gradients before the optimizer's own chain (before weight decay), e.g. Network
+    Slimming's s * sign(gamma). post: applied to the optimizer's final updates before apply_updates, e.g. a
+    mask so pruned weights stay exactly 0. Both get `params` in update(). Their init(params) runs on the
+    params the run trains from (after init_from weights are loaded), so masks derive from loaded weights.
+    Their state lives in opt_state (checkpointed, sharded, restored on another device count)."""
+    return [], []
+
+  def prepare_train_batch(self, batch: dict, rng: jax.Array, step: jax.Array) -> dict:
+    """The global train batch as the loss sees it (jittable); `rng` is the run's key (state.rng, the same
+    every step), `step` the traced step number: derive per-step keys from both, so a resumed run repeats
+    the same draws. Default: the batch unchanged."""
+    del rng, step
+    return batch
+
+  def on_epoch_end(self, state, epoch: jax.Array):
+    """Jittable; `epoch` = number of completed epochs (1-based, traced int32 scalar). Returns the state.
+
+    Runs at each epoch boundary before eval and checkpoint, so a resumed run behaves exactly like an
+    uninterrupted one. Default: identity (and the loop then skips it)."""
+    del epoch
+    return state
+
+  def load_pretrained(self, variables: dict, path: str, reinit_head: bool) -> dict:
+    """`config.init_from`: `variables` = {'params': ..., 'batch_stats': ...} (host numpy trees of the freshly
+    built model); returns the same structure and shapes with the weights in `path` loaded (a line may slice
+    a larger checkpoint). `reinit_head` keeps the freshly initialized classifier (e.g. 22K -> 1K classes)."""
+    del variables, reinit_head
     raise UserError(f'{type(self).__name__} cannot load pretrained weights (config.init_from={path!r})')
+
+  def extra_results(self, state) -> dict:
+    """JSON-able entries merged into results.json (e.g. non-zero parameters, MACs). Default: none."""
+    del state
+    return {}
 
 
 def apply_model(model: nn.Module, variables: dict, inputs, *, train: bool, rng=None):
@@ -66,10 +110,31 @@ def apply_model(model: nn.Module, variables: dict, inputs, *, train: bool, rng=N
 
 
 class ClassificationTask(Task):
-  """Softmax classification with optional label smoothing; the model returns (logits, features).
+  """Softmax classification with optional label smoothing and Mixup/CutMix; the model returns (logits, features).
 
-  Integer labels (B,) get `config.label_smoothing`; 2-D labels are soft targets (the train loop's
-  Mixup/CutMix, which folds its own `config.mixup.label_smoothing` in) and are used as they are."""
+  Config fields: label_smoothing (integer labels), mixup (optional ConfigDict: mixup_alpha, cutmix_alpha, prob,
+  switch_prob, label_smoothing (default: config.label_smoothing), enabled (default True); None: off).
+  Mixup/CutMix (core_jax.data.mixing, timm batch mode) runs in `prepare_train_batch`, keyed by (state.rng,
+  step), so runs are deterministic and resume bitwise. Its soft targets carry the label smoothing; 2-D labels
+  are used as they are (not smoothed again)."""
+
+  def __init__(self, config, dataset_info):
+    super().__init__(config, dataset_info)
+    mix = config.get('mixup') or None
+    self._mixup = mix if mix is not None and mix.get('enabled', True) else None
+    if self._mixup is not None and dataset_info is not None and not dataset_info.num_classes:
+      raise UserError(f'mixup needs a dataset with a class count; {config.data.name} has none')
+
+  def prepare_train_batch(self, batch, rng, step):
+    if self._mixup is None:
+      return batch
+    mix = self._mixup
+    key = jax.random.fold_in(jax.random.fold_in(rng, MIXUP_SALT), step)
+    return mixing.mixup_cutmix_jax(
+        batch, key, mixup_alpha=mix.mixup_alpha, cutmix_alpha=mix.cutmix_alpha, prob=mix.get('prob', 1.0),
+        switch_prob=mix.get('switch_prob', 0.5),
+        label_smoothing=mix.get('label_smoothing', self.config.get('label_smoothing', 0.0)),
+        num_classes=self.dataset_info.num_classes)
 
   def train_loss(self, model, variables, batch, rng):
     (logits, _), new_vars = apply_model(model, variables, batch['image'], train=True, rng=rng)

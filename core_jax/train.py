@@ -1,26 +1,32 @@
-"""The one training loop every research line runs: `run(config, workdir, task)`.
+"""The one training loop every research line runs: `run(config, workdir, task_cls)`.
 
-Reads top to bottom in sections: devices, workdir, data, model and optimizer, state and shardings,
-restore-or-init, the jitted steps, eval-only, the loop, and the final report. A line supplies a `Task`
-(core_jax.task); nothing here knows about ConvNeXt, pruning or exits.
+A line supplies a `Task` (core_jax.task); nothing here knows about ConvNeXt, pruning or exits. The file reads
+top to bottom in the order of a run, each part a function a test can call on its own:
 
-Optional config fields:
-  mixup          ConfigDict(mixup_alpha, cutmix_alpha, prob, switch_prob, label_smoothing): batch-level
-                 Mixup/CutMix (core_jax.data.mixing, timm semantics) inside the jitted train step, keyed by
-                 (state.rng, step), so runs are deterministic and resume bitwise. Its soft targets carry the
-                 label smoothing (default: config.label_smoothing); the task does not smooth them again.
-  init_from      weights file loaded by `Task.load_pretrained` into the initialized params on a fresh start
-                 only (never on resume); `init_reinit_head` keeps the freshly initialized head.
-  eval_only      evaluate (EMA too when present) and write results.json without training: the weights of
-                 `init_from` when given, else the latest checkpoint in the workdir.
+  building      `build(config, workdir, task_cls) -> Built`: mesh (`build_mesh`), data (`build_data`), task and
+                model, optimizer (`build_optimizer`: the task's pre transforms, the optimizer's chain, the
+                task's post transforms), the state's init function, abstract state and shardings
+  steps         `train_step(task, model, tx, state, batch, ema_decay=...)` and
+                `eval_step(task, model, params, batch_stats, batch)`: pure, the task passed explicitly;
+                `compile_steps(built)` jits them (and `Task.on_epoch_end`) over the mesh
+  state         `restore_or_init(built, checkpointer)`: resume (latest, or `checkpoint.restore_step`), else
+                init, `init_from` weights (`load_pretrained`), then the optimizer state from those weights
+  eval only     `evaluate` the weights once and write results.json
+  the loop      steps, epoch hooks, progress lines, evals, checkpoints (never of a non-finite state),
+                preemption, and the final results.json (with `Task.extra_results`)
+
+Generic options and their defaults: core_jax.config.base_config. Nothing is written to the workdir before the
+data, the model and `init_from` have loaded (a bad dataset name or weights file leaves no empty folders).
 """
+import dataclasses
+import functools
 import hashlib
 import json
 import math
 import os
 import tempfile
 import time
-from typing import Any
+from typing import Any, Callable
 
 import flax
 import jax
@@ -28,14 +34,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.experimental import multihost_utils
+from jax.sharding import Mesh
 
 from core_jax import checkpoint as checkpoint_lib
 from core_jax import counting
-from core_jax.data import mixing, pipeline, sources, transforms
 from core_jax import metrics as metrics_lib
 from core_jax import optim
 from core_jax import parallel
+from core_jax.data import pipeline, sources, transforms
 from core_jax.errors import UserError
+from core_jax.task import Task
 
 
 @flax.struct.dataclass
@@ -49,7 +57,43 @@ class TrainState:
 
 
 class NonFiniteLoss(UserError):
-  pass
+  """The loss or the parameters became NaN/inf; nothing of that state was saved."""
+
+
+def _say(*args):
+  if jax.process_index() == 0:
+    print(*args, flush=True)
+
+
+# ============================================================================================ building
+@dataclasses.dataclass
+class Data:
+  info: Any  # sources.DatasetInfo
+  train_source: Any
+  train_iter: Any  # grain iterator of process-local batches (checkpointed with the state)
+  eval_batches: Any  # process-local padded eval batches with a 'mask'
+  example: dict  # one eval-transformed host example with a leading batch axis of 1 (for model.init)
+  steps_per_epoch: int
+  total_steps: int
+
+
+@dataclasses.dataclass
+class Built:
+  """Everything a run needs before it restores or initializes its state."""
+  config: Any
+  workdir: str
+  mesh: Mesh
+  data: Data
+  task: Task
+  model: Any
+  tx: optax.GradientTransformation
+  schedule: Callable
+  ema_decay: float
+  init_fn: Callable[[], TrainState]
+  abstract_state: TrainState
+  state_sharding: Any
+  batch_sharding: Any
+  num_params: int
 
 
 def _check_workdir(workdir: str) -> None:
@@ -61,63 +105,20 @@ def _check_workdir(workdir: str) -> None:
     raise UserError(f'workdir {workdir} is not writable: {e.strerror or e}') from None
 
 
-def _append_digest(workdir: str, step: int, local_batch: dict) -> None:
-  digest = hashlib.sha1(np.ascontiguousarray(local_batch['image']).tobytes()).hexdigest()[:16]
-  with open(os.path.join(workdir, f'batch_digests.{jax.process_index()}.txt'), 'a') as f:
-    f.write(f'{step} {digest}\n')
-
-
-def _compile_once_cheaply(fn, out_shardings):
-  """jit for functions that run once (init): on CPU, XLA's optimizing backend spends ~20 s on the
-  threefry calls of a few dozen initializers; level 0 compiles in ~1 s and runs in milliseconds."""
-  lowered = jax.jit(fn, out_shardings=out_shardings).lower()
-  if jax.default_backend() == 'cpu':
-    return lowered.compile(compiler_options={'xla_backend_optimization_level': 0,
-                                             'xla_llvm_disable_expensive_passes': True})
-  return lowered.compile()
-
-
-def _load_pretrained(task, config, state, state_sharding):
-  """`config.init_from` weights into `state` (params, and the EMA copy when there is one).
-
-  The optimizer state is kept: it holds no parameter values (zero moments / accumulators)."""
-  host = jax.tree.map(lambda x: np.asarray(x) if x.is_fully_addressable
-                      else multihost_utils.process_allgather(x, tiled=True), state.params)
-  loaded = task.load_pretrained(host, config.init_from, bool(config.get('init_reinit_head', False)))
-  put = lambda: jax.tree.map(  # called twice: params and EMA must not share (donated) buffers
-      lambda v, t, s: jax.make_array_from_callback(t.shape, s, lambda idx: np.asarray(v, t.dtype)[idx]),
-      loaded, state.params, state_sharding.params)
-  return state.replace(params=put(), ema_params=put() if state.ema_params is not None else None)
-
-
-def _write_results(workdir: str, results: dict) -> None:
-  if jax.process_index() == 0:
-    path = os.path.join(workdir, 'results.json')
-    with open(path + '.tmp', 'w') as f:
-      json.dump(results, f, indent=2)
-    os.replace(path + '.tmp', path)
-
-
-def _say(*args):
-  if jax.process_index() == 0:
-    print(*args, flush=True)
-
-
-def run(config, workdir: str, task_cls) -> dict:
-  """Trains (or resumes) in `workdir`, evaluates, writes `workdir/results.json`; returns the results."""
-  # ------------------------------------------------------------------ devices and workdir
+def build_mesh(config) -> Mesh:
+  """Starts jax.distributed (once per process), builds the mesh and checks the batch sizes against it."""
   parallel.initialize_distributed(config)
-  _check_workdir(workdir)
   mesh = parallel.make_mesh(config)
   parallel.check_batch_size(config.batch_size, mesh)
   parallel.check_batch_size(config.eval_batch_size, mesh)
-  pidx, pcount = jax.process_index(), jax.process_count()
-  writer = metrics_lib.create_writer(os.path.join(workdir, 'tensorboard'))
+  return mesh
 
-  # ------------------------------------------------------------------ data
+
+def build_data(config) -> Data:
   dcfg = config.data
-  train_source, info = sources.load_source(dcfg.name, dcfg.train_split, dcfg.get('data_dir') or None)
-  eval_source, _ = sources.load_source(dcfg.name, dcfg.eval_split, dcfg.get('data_dir') or None)
+  data_dir = dcfg.get('data_dir') or None
+  train_source, info = sources.load_source(dcfg.name, dcfg.train_split, data_dir)
+  eval_source, _ = sources.load_source(dcfg.name, dcfg.eval_split, data_dir)
   train_tf = transforms.build_transforms(dcfg.train_transforms)
   eval_tf = transforms.build_transforms(dcfg.eval_transforms)
   steps_per_epoch = len(train_source) // config.batch_size
@@ -125,25 +126,31 @@ def run(config, workdir: str, task_cls) -> dict:
     raise UserError(f'batch_size {config.batch_size} is larger than the {len(train_source)} training examples')
   total_steps = config.num_train_steps if config.get('num_train_steps', -1) > 0 \
       else int(config.num_epochs * steps_per_epoch)
+  pidx, pcount = jax.process_index(), jax.process_count()
   train_iter = pipeline.make_train_iterator(
       train_source, transforms=train_tf, global_batch_size=config.batch_size, seed=config.seed,
       process_index=pidx, process_count=pcount, worker_count=dcfg.get('worker_count', 0))
   eval_batches = pipeline.make_eval_batches(
       eval_source, transforms=eval_tf, global_batch_size=config.eval_batch_size,
       process_index=pidx, process_count=pcount)
-  batch_sharding = parallel.batch_sharding(mesh)
-
-  # ------------------------------------------------------------------ model and optimizer
-  task = task_cls(config, info)
-  model = task.build_model()
   example = eval_tf(dict(train_source[0]), np.random.default_rng(0))
-  init_inputs = task.init_inputs({k: np.asarray(v)[None] for k, v in example.items()})
-  tx, schedule = optim.build_optimizer(config.optimizer, steps_per_epoch=steps_per_epoch, total_steps=total_steps,
-                                       params=None, lr_scale_fn=task.lr_scale_fn(),
-                                       global_batch_size=config.batch_size)
-  ema_decay = config.optimizer.get('ema_decay', 0.0)
+  example = {k: np.asarray(v)[None] for k, v in example.items()}
+  return Data(info=info, train_source=train_source, train_iter=train_iter, eval_batches=eval_batches,
+              example=example, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
 
-  # ------------------------------------------------------------------ state and shardings
+
+def build_optimizer(config, task: Task, data: Data) -> tuple[optax.GradientTransformation, Callable]:
+  """(tx, schedule): the task's pre transforms, the optimizer's own chain, the task's post transforms."""
+  tx, schedule = optim.build_optimizer(config.optimizer, steps_per_epoch=data.steps_per_epoch,
+                                       total_steps=data.total_steps, params=None, lr_scale_fn=task.lr_scale_fn(),
+                                       global_batch_size=config.batch_size)
+  pre, post = task.optimizer_transforms()
+  if pre or post:  # without them the optimizer state keeps the plain chain's layout (older checkpoints load)
+    tx = optax.chain(*pre, tx, *post)
+  return tx, schedule
+
+
+def make_init_fn(config, model, tx, init_inputs: tuple, ema_decay: float) -> Callable[[], TrainState]:
   def init_state():
     rng = jax.random.PRNGKey(config.seed)
     params_rng, dropout_rng, state_rng = jax.random.split(rng, 3)
@@ -152,173 +159,367 @@ def run(config, workdir: str, task_cls) -> dict:
     return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                       batch_stats=variables.get('batch_stats', {}), opt_state=tx.init(params),
                       ema_params=params if ema_decay else None, rng=state_rng)
+  return init_state
 
-  abstract_state = jax.eval_shape(init_state)
-  state_sharding = parallel.state_shardings(mesh, abstract_state)
-  num_params = counting.count_params(abstract_state.params)
 
-  # ------------------------------------------------------------------ restore or init
+def build(config, workdir: str, task_cls) -> Built:
+  mesh = build_mesh(config)
+  data = build_data(config)
+  task = task_cls(config, data.info)
+  model = task.build_model()
+  tx, schedule = build_optimizer(config, task, data)
+  ema_decay = float(config.optimizer.get('ema_decay', 0.0) or 0.0)
+  init_fn = make_init_fn(config, model, tx, task.init_inputs(data.example), ema_decay)
+  abstract_state = jax.eval_shape(init_fn)
+  return Built(config=config, workdir=workdir, mesh=mesh, data=data, task=task, model=model, tx=tx,
+               schedule=schedule, ema_decay=ema_decay, init_fn=init_fn, abstract_state=abstract_state,
+               state_sharding=parallel.state_shardings(mesh, abstract_state),
+               batch_sharding=parallel.batch_sharding(mesh),
+               num_params=counting.count_params(abstract_state.params))
+
+
+# ============================================================================================ steps
+def _variables(params, batch_stats) -> dict:
+  variables = {'params': params}
+  if batch_stats:
+    variables['batch_stats'] = batch_stats
+  return variables
+
+
+def train_step(task: Task, model, tx: optax.GradientTransformation, state: TrainState, batch: dict, *,
+               ema_decay: float = 0.0):
+  """One optimizer step on a global batch: (new state, the task's train metrics of this step)."""
+  batch = task.prepare_train_batch(batch, state.rng, state.step)
+  rng = jax.random.fold_in(state.rng, state.step)
+
+  def loss_fn(params):
+    return task.train_loss(model, _variables(params, state.batch_stats), batch, rng)
+
+  (_, (outputs, new_vars)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+  updates, opt_state = tx.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  ema = optim.ema_update(state.ema_params, params, ema_decay) if ema_decay else state.ema_params
+  new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema,
+                            batch_stats=new_vars.get('batch_stats', state.batch_stats))
+  return new_state, task.train_metrics.single_from_model_output(**outputs)
+
+
+def eval_step(task: Task, model, params, batch_stats, batch: dict):
+  """The task's eval metrics of one global (padded, masked) batch."""
+  return task.eval_metrics.single_from_model_output(**task.eval_outputs(model, _variables(params, batch_stats),
+                                                                        batch))
+
+
+def _all_finite(trees) -> jax.Array:
+  leaves = [x for x in jax.tree.leaves(trees) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  return jnp.all(jnp.stack([jnp.isfinite(x).all() for x in leaves])) if leaves else jnp.bool_(True)
+
+
+@dataclasses.dataclass
+class Steps:
+  train: Callable  # (state, global batch) -> (state, train metrics); donates the state
+  eval: Callable  # (params, batch_stats, global batch) -> eval metrics
+  epoch_end: Callable | None  # (state, completed epochs) -> state; None when the task has no hook
+  finite: Callable  # (params, batch_stats) -> bool scalar
+
+
+def compile_steps(b: Built) -> Steps:
+  replicated = parallel.replicated(b.mesh)
+  ss = b.state_sharding
+  train = jax.jit(functools.partial(train_step, b.task, b.model, b.tx, ema_decay=b.ema_decay),
+                  in_shardings=(ss, b.batch_sharding), out_shardings=(ss, replicated), donate_argnums=(0,))
+  evaluate_ = jax.jit(functools.partial(eval_step, b.task, b.model),
+                      in_shardings=(ss.params, ss.batch_stats, b.batch_sharding), out_shardings=replicated)
+  epoch_end = None
+  if type(b.task).on_epoch_end is not Task.on_epoch_end:
+    epoch_end = jax.jit(b.task.on_epoch_end, in_shardings=(ss, replicated), out_shardings=ss, donate_argnums=(0,))
+  finite = jax.jit(lambda p, s: _all_finite((p, s)), out_shardings=replicated)
+  return Steps(train=train, eval=evaluate_, epoch_end=epoch_end, finite=finite)
+
+
+def evaluate(b: Built, steps: Steps, state: TrainState, with_ema: bool) -> dict[str, float]:
+  """The task's eval metrics over the eval split, flattened (metrics.to_floats); EMA ones prefixed 'ema_'."""
+  results = {}
+  weights = {'': state.params}
+  if with_ema:
+    weights['ema_'] = state.ema_params
+  for prefix, params in weights.items():
+    collection = None
+    for local in b.data.eval_batches:
+      m = steps.eval(params, state.batch_stats, pipeline.to_global(local, b.batch_sharding))
+      collection = m if collection is None else collection.merge(m)
+    results.update({prefix + k: v for k, v in metrics_lib.to_floats(collection).items()})
+  return results
+
+
+# ============================================================================================ state
+def _compile_once_cheaply(fn, out_shardings):
+  """jit for functions that run once (init): on CPU, XLA's optimizing backend spends many seconds on the
+  threefry calls of a few dozen initializers; level 0 compiles them quickly and they run in milliseconds."""
+  lowered = jax.jit(fn, out_shardings=out_shardings).lower()
+  if jax.default_backend() == 'cpu':
+    return lowered.compile(compiler_options={'xla_backend_optimization_level': 0,
+                                             'xla_llvm_disable_expensive_passes': True})
+  return lowered.compile()
+
+
+def _to_host(tree):
+  return jax.tree.map(lambda x: np.asarray(x) if x.is_fully_addressable
+                      else multihost_utils.process_allgather(x, tiled=True), tree)
+
+
+def _check_same_tree(name: str, got, want) -> None:
+  got_leaves = dict(jax.tree_util.tree_flatten_with_path(got)[0])
+  want_leaves = dict(jax.tree_util.tree_flatten_with_path(want)[0])
+  key = lambda p: jax.tree_util.keystr(p)
+  missing = sorted(key(p) for p in want_leaves.keys() - got_leaves.keys())
+  extra = sorted(key(p) for p in got_leaves.keys() - want_leaves.keys())
+  if missing or extra:
+    raise UserError(f'load_pretrained returned {name} of another structure (missing {missing[:3]}, '
+                    f'unexpected {extra[:3]})')
+  for p, w in want_leaves.items():
+    if tuple(np.shape(got_leaves[p])) != tuple(w.shape):
+      raise UserError(f'load_pretrained returned {name}{key(p)} of shape {tuple(np.shape(got_leaves[p]))}; '
+                      f'the model has {tuple(w.shape)}')
+
+
+def load_pretrained(b: Built, state: TrainState) -> TrainState:
+  """`config.init_from` weights into `state` through `Task.load_pretrained` (params, EMA copy, batch_stats).
+
+  The optimizer state is not touched here: `restore_or_init` rebuilds it from the loaded params."""
+  variables = {'params': _to_host(state.params), 'batch_stats': _to_host(state.batch_stats)}
+  loaded = b.task.load_pretrained(variables, b.config.init_from, bool(b.config.get('init_reinit_head', False)))
+  for name in ('params', 'batch_stats'):
+    _check_same_tree(name, loaded.get(name, {}), getattr(state, name))
+
+  def put(values, like, shardings):  # a fresh device copy each call: params and EMA must not share buffers
+    return jax.tree.map(lambda v, t, s: jax.make_array_from_callback(
+        t.shape, s, lambda idx: np.asarray(v, t.dtype)[idx]), values, like, shardings)
+
+  ss = b.state_sharding
+  return state.replace(
+      params=put(loaded['params'], state.params, ss.params),
+      ema_params=put(loaded['params'], state.params, ss.params) if state.ema_params is not None else None,
+      batch_stats=put(loaded.get('batch_stats', {}), state.batch_stats, ss.batch_stats))
+
+
+def restore_or_init(b: Built, ckpt: checkpoint_lib.Checkpointer) -> tuple[TrainState, int | None]:
+  """(state, restored_from_step): the checkpoint to resume, else a fresh init with `init_from` weights.
+
+  `checkpoint.restore_step=N` resumes kept step N and moves later steps to checkpoints_superseded/ (a rerun of
+  the same command then resumes this new branch, not N again); `restored_from_step` is N for such a branch
+  (recorded in the checkpoints' meta), else None."""
+  config, ckpt_cfg = b.config, b.config.checkpoint
+  eval_only, init_from = config.get('eval_only', False), config.get('init_from') or None
+  restore_step = int(ckpt_cfg.get('restore_step', -1))
+  target = flax.serialization.to_state_dict(jax.tree.map(
+      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), b.abstract_state, b.state_sharding))
+  it = b.data.train_iter
+  restored, lineage = None, None
+  if eval_only and init_from:
+    pass  # evaluate the file's weights; the workdir's checkpoints are not read
+  elif restore_step >= 0:
+    lineage = restore_step
+    later = [s for s in ckpt.all_steps() if s > restore_step]
+    if not eval_only and later and (ckpt.read_meta(later[-1]) or {}).get('restored_from_step') == restore_step:
+      restored = ckpt.restore_latest(target, it)
+      _say(f'checkpoint.restore_step={restore_step} was applied by an earlier run; resuming from its latest step')
+    else:
+      restored = ckpt.restore_step(restore_step, target, it)
+      if not eval_only and later:
+        ckpt.set_aside_later_than(restore_step)
+        _say(f'restarting from step {restore_step}: moved later steps {", ".join(map(str, later))} to '
+             f'{os.path.join(b.workdir, checkpoint_lib.SUPERSEDED_DIR)}')
+  else:
+    restored = ckpt.restore_latest(target, it, allow_fresh_start=bool(ckpt_cfg.get('allow_fresh_start', False)))
+    if restored is not None:
+      lineage = (restored[1] or {}).get('restored_from_step')
+  spe, total = b.data.steps_per_epoch, b.data.total_steps
+  if restored is not None:
+    state = flax.serialization.from_state_dict(b.abstract_state, restored[0])
+    _say(f'resumed from step {int(state.step)} of {total} in {b.workdir}')
+    return state, lineage
+  if eval_only and not init_from:
+    raise UserError(f'eval_only: no checkpoint in {b.workdir} and no init_from weights to evaluate')
+  state = _compile_once_cheaply(b.init_fn, b.state_sharding)()
+  if init_from:
+    state = load_pretrained(b, state)
+    # Optimizer state (incl. the task's masks) derives from the weights the run trains from.
+    opt_init = jax.jit(b.tx.init, in_shardings=(b.state_sharding.params,), out_shardings=b.state_sharding.opt_state)
+    state = state.replace(opt_state=opt_init(state.params))
+    _say(f'initialized from {init_from}' + (' (head re-initialized)' if config.get('init_reinit_head') else ''))
+  _say(f'fresh start in {b.workdir}: {b.num_params:,} parameters, {total} steps ({spe} per epoch), '
+       f'{jax.device_count()} devices on {jax.process_count()} process(es)')
+  return state, None
+
+
+# ============================================================================================ reporting
+def _jsonable(x):
+  if isinstance(x, (np.generic, jax.Array)):
+    return np.asarray(x).tolist()
+  raise TypeError(f'{type(x).__name__} is not JSON serializable')
+
+
+def _write_results(workdir: str, results: dict) -> None:
+  if jax.process_index() == 0:
+    path = os.path.join(workdir, 'results.json')
+    with open(path + '.tmp', 'w') as f:
+      json.dump(results, f, indent=2, default=_jsonable)
+    os.replace(path + '.tmp', path)
+
+
+def _primary(task: Task, values: dict) -> float:
+  if task.primary_metric not in values:
+    raise UserError(f'{type(task).__name__}.primary_metric {task.primary_metric!r} is not an eval metric '
+                    f'(have: {", ".join(values)})')
+  return values[task.primary_metric]
+
+
+def _scalars_text(values: dict, keys=None) -> str:
+  """`k v` pairs for a console line; per-class entries ('iou/7') stay in TensorBoard and results.json."""
+  keys = [k for k in values if not k.rsplit('/', 1)[-1].isdigit()] if keys is None else keys
+  return '  '.join(f'{k} {values[k]:.4f}' for k in keys)
+
+
+def _progress_keys(task: Task, values: dict) -> tuple[str, ...] | None:
+  if task.progress_metrics is None:
+    return None
+  unknown = [k for k in task.progress_metrics if k not in values]
+  if unknown:
+    raise UserError(f'{type(task).__name__}.progress_metrics names {unknown}, not train metrics '
+                    f'(have: {", ".join(values)})')
+  return tuple(task.progress_metrics)
+
+
+def _append_digest(workdir: str, step: int, local_batch: dict) -> None:
+  digest = hashlib.sha1(np.ascontiguousarray(local_batch['image']).tobytes()).hexdigest()[:16]
+  with open(os.path.join(workdir, f'batch_digests.{jax.process_index()}.txt'), 'a') as f:
+    f.write(f'{step} {digest}\n')
+
+
+def _diverged(what: str, step: int, ckpt: checkpoint_lib.Checkpointer) -> NonFiniteLoss:
+  ckpt.wait()
+  kept = ckpt.all_steps()
+  way_back = (f'kept checkpoints: steps {", ".join(map(str, kept))}; restart from one with '
+              f'--config.checkpoint.restore_step=N (e.g. with a lower learning rate)') if kept else \
+      'no checkpoint was kept; start again with a lower learning rate'
+  return NonFiniteLoss(f'{what} at step {step} (not saved); {way_back}')
+
+
+# ============================================================================================ the run
+def run(config, workdir: str, task_cls) -> dict:
+  """Trains (or resumes) in `workdir`, evaluates, writes `workdir/results.json`; returns the results."""
+  _check_workdir(workdir)
+  b = build(config, workdir, task_cls)
   ckpt_cfg = config.checkpoint
   ckpt = checkpoint_lib.Checkpointer(
       os.path.join(workdir, 'checkpoints'), save_every_steps=ckpt_cfg.every_steps, keep=ckpt_cfg.keep,
-      best_metric=task.primary_metric if ckpt_cfg.get('keep_best', True) else None,
-      best_mode=task.metric_mode, asynchronous=ckpt_cfg.get('asynchronous', True))
-  target = flax.serialization.to_state_dict(jax.tree.map(
-      lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract_state, state_sharding))
-  eval_only, init_from = config.get('eval_only', False), config.get('init_from') or None
-  restored = None if eval_only and init_from else ckpt.restore_latest(target, train_iter)
-  if restored is None:
-    if eval_only and not init_from:
-      raise UserError(f'eval_only: no checkpoint in {workdir} and no init_from weights to evaluate')
-    state = _compile_once_cheaply(init_state, state_sharding)()
-    if init_from:
-      state = _load_pretrained(task, config, state, state_sharding)
-      _say(f'initialized from {init_from}' + (' (head re-initialized)' if config.get('init_reinit_head') else ''))
-    _say(f'fresh start in {workdir}: {num_params:,} parameters, {total_steps} steps '
-         f'({steps_per_epoch} per epoch), {jax.device_count()} devices on {pcount} process(es)')
-  else:
-    state = flax.serialization.from_state_dict(abstract_state, restored[0])
-    _say(f'resumed from step {int(state.step)} of {total_steps} in {workdir}')
-
-  # ------------------------------------------------------------------ jitted steps
-  mix_cfg = config.get('mixup') or None
-  if mix_cfg is not None and not info.num_classes:
-    raise UserError(f'mixup needs a dataset with a class count; {dcfg.name} has none')
-
-  def train_step(state: TrainState, batch):
-    rng = jax.random.fold_in(state.rng, state.step)
-    if mix_cfg is not None:  # own stream (the salt), so the dropout rng is the same with or without mixup
-      mix_key = jax.random.fold_in(jax.random.fold_in(state.rng, 0x6d6978), state.step)
-      batch = mixing.mixup_cutmix_jax(
-          batch, mix_key, mixup_alpha=mix_cfg.mixup_alpha, cutmix_alpha=mix_cfg.cutmix_alpha,
-          prob=mix_cfg.get('prob', 1.0), switch_prob=mix_cfg.get('switch_prob', 0.5),
-          label_smoothing=mix_cfg.get('label_smoothing', config.get('label_smoothing', 0.0)),
-          num_classes=info.num_classes)
-
-    def loss_fn(params):
-      variables = {'params': params}
-      if state.batch_stats:
-        variables['batch_stats'] = state.batch_stats
-      return task.train_loss(model, variables, batch, rng)
-
-    (_, (outputs, new_vars)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    ema = state.ema_params
-    if ema_decay:
-      ema = optim.ema_update(ema, params, ema_decay)
-    new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema,
-                              batch_stats=new_vars.get('batch_stats', state.batch_stats))
-    return new_state, task.train_metrics.single_from_model_output(**outputs)
-
-  def eval_step(params, batch_stats, batch):
-    variables = {'params': params}
-    if batch_stats:
-      variables['batch_stats'] = batch_stats
-    return task.eval_metrics.single_from_model_output(**task.eval_outputs(model, variables, batch))
-
-  replicated = parallel.replicated(mesh)
-  p_train_step = jax.jit(train_step, in_shardings=(state_sharding, batch_sharding),
-                         out_shardings=(state_sharding, replicated), donate_argnums=(0,))
-  p_eval_step = jax.jit(eval_step, in_shardings=(state_sharding.params, state_sharding.batch_stats,
-                                                 batch_sharding), out_shardings=replicated)
-
-  def evaluate(state, with_ema=bool(ema_decay)) -> dict:
-    results = {}
-    weights = {'': state.params}
-    if with_ema:
-      weights['ema_'] = state.ema_params
-    for prefix, params in weights.items():
-      collection = None
-      for local in eval_batches:
-        m = p_eval_step(params, state.batch_stats, pipeline.to_global(local, batch_sharding))
-        collection = m if collection is None else collection.merge(m)
-      results.update({prefix + k: v for k, v in metrics_lib.to_floats(collection).items()})
-    return results
-
-  # ------------------------------------------------------------------ eval only
-  if eval_only:
-    source = init_from or f'checkpoint step {int(state.step)}'
-    final = evaluate(state, with_ema=bool(ema_decay) and not init_from)  # a file holds one set of weights
-    results = {'eval_only': True, 'weights': source, 'step': int(state.step), 'eval': final,
-               'num_params': num_params, 'primary_metric': task.primary_metric,
-               task.primary_metric: final[task.primary_metric]}
-    _write_results(workdir, results)
+      best_metric=b.task.primary_metric if ckpt_cfg.get('keep_best', True) else None,
+      best_mode=b.task.metric_mode, asynchronous=ckpt_cfg.get('asynchronous', True))
+  try:
+    state, lineage = restore_or_init(b, ckpt)
+    steps = compile_steps(b)
+    if config.get('eval_only', False):
+      return _eval_only(b, steps, state)
+    return _train(b, steps, ckpt, state, lineage)
+  finally:
     ckpt.close()
-    writer.close()
-    _say(f'eval of {source} on {dcfg.name}:{dcfg.eval_split}: ' + '  '.join(
-        f'{k} {v:.4f}' for k, v in final.items() if k.endswith(('accuracy', 'top5', 'loss'))))
-    return results
 
-  # ------------------------------------------------------------------ loop
+
+def _eval_only(b: Built, steps: Steps, state: TrainState) -> dict:
+  init_from = b.config.get('init_from') or None
+  source = init_from or f'checkpoint step {int(state.step)}'
+  final = evaluate(b, steps, state, with_ema=bool(b.ema_decay) and not init_from)  # a file holds one set
+  results = {'eval_only': True, 'weights': source, 'step': int(state.step), 'eval': final,
+             'num_params': b.num_params, 'primary_metric': b.task.primary_metric,
+             b.task.primary_metric: _primary(b.task, final), **b.task.extra_results(state)}
+  _write_results(b.workdir, results)
+  dcfg = b.config.data
+  _say(f'eval of {source} on {dcfg.name}:{dcfg.eval_split}: {_scalars_text(final)}')
+  return results
+
+
+def _train(b: Built, steps: Steps, ckpt: checkpoint_lib.Checkpointer, state: TrainState,
+           lineage: int | None) -> dict:
+  config, task, workdir = b.config, b.task, b.workdir
+  total_steps, spe = b.data.total_steps, b.data.steps_per_epoch
+  writer = metrics_lib.create_writer(os.path.join(workdir, 'tensorboard'))
   step = int(state.step)
   log_every = config.log_every_steps
-  eval_every = max(1, int(config.get('eval_every_epochs', 1) * steps_per_epoch))
+  eval_every = max(1, int(config.get('eval_every_epochs', 1) * spe))
+  every_steps = config.checkpoint.every_steps
+  debug = config.get('debug', {})
   meta_config = json.loads(config.to_json_best_effort())
   history, train_metrics = [], None
   start_step, t_start = step, time.time()
   while step < total_steps:
     with jax.profiler.StepTraceAnnotation('train', step_num=step):
-      local_batch = next(train_iter)
-      if config.get('test_step_delay_s', 0):  # tests: keep a run alive long enough to SIGKILL it mid-way
-        time.sleep(config.test_step_delay_s)
-      if config.get('write_batch_digests', False):  # tests: prove each process's data order
+      local_batch = next(b.data.train_iter)
+      if debug.get('step_delay_s', 0):  # tests: keep a run alive long enough to signal it mid-way
+        time.sleep(debug.step_delay_s)
+      if debug.get('write_batch_digests', False):  # tests: prove each process's data order
         _append_digest(workdir, step, local_batch)
-      batch = pipeline.to_global(local_batch, batch_sharding)
-      state, m = p_train_step(state, batch)
+      state, m = steps.train(state, pipeline.to_global(local_batch, b.batch_sharding))
     step += 1
     train_metrics = m if train_metrics is None else train_metrics.merge(m)
+    if steps.epoch_end is not None and step % spe == 0:
+      state = steps.epoch_end(state, np.int32(step // spe))
     is_eval = step % eval_every == 0 or step == total_steps
-    is_ckpt = step % ckpt_cfg.every_steps == 0 or step == total_steps
+    is_ckpt = step % every_steps == 0 or step == total_steps
     stop = ckpt.should_stop_for_preemption(step)
     if step % log_every == 0 or is_eval or is_ckpt or stop:
       # Read the loss before any checkpoint so a diverged state is never saved.
       values = metrics_lib.to_floats(train_metrics)
       train_metrics = None
-      if not math.isfinite(values['loss']):
-        ckpt.wait()
-        raise NonFiniteLoss(f'training loss became {values["loss"]} at step {step}; last good checkpoint '
-                            f'is step {max(ckpt.all_steps(), default="none")} (lower the learning rate?)')
+      watched = {k: v for k, v in values.items() if k == 'loss'} or values
+      bad = {k: v for k, v in watched.items() if not math.isfinite(v)}
+      if bad:
+        raise _diverged(f'training {" and ".join(bad)} became {list(bad.values())[0]}', step, ckpt)
+      keys = _progress_keys(task, values)
       now = time.time()
       rate = (step - start_step) / max(now - t_start, 1e-9)
-      values['lr'] = float(schedule(step - 1))
-      values['steps_per_sec'] = rate
-      writer.write_scalars(step, {f'train/{k}': v for k, v in values.items()})
+      lr = float(b.schedule(step - 1))
+      writer.write_scalars(step, {**{f'train/{k}': v for k, v in values.items()},
+                                  'train/lr': lr, 'train/steps_per_sec': rate})
       eta = (total_steps - step) / max(rate, 1e-9)
-      _say(f'step {step}/{total_steps}  loss {values["loss"]:.4f}  acc {values["accuracy"]:.4f}  '
-           f'lr {values["lr"]:.3g}  {rate * config.batch_size:.0f} img/s  ETA {eta / 60:.1f} min')
+      _say(f'step {step}/{total_steps}  {_scalars_text(values, keys)}  lr {lr:.3g}  {rate:.2f} steps/s  '
+           f'{rate * config.batch_size:.0f} img/s  ETA {eta / 60:.1f} min')
     eval_values = None
     if is_eval:
-      eval_values = evaluate(state)
+      eval_values = evaluate(b, steps, state, with_ema=bool(b.ema_decay))
+      _primary(task, eval_values)
       writer.write_scalars(step, {f'eval/{k}': v for k, v in eval_values.items()})
       history.append({'step': step, **eval_values})
-      _say(f'eval at step {step}: ' + '  '.join(f'{k} {v:.4f}' for k, v in eval_values.items()))
+      _say(f'eval at step {step}: {_scalars_text(eval_values)}')
     if is_ckpt or is_eval or stop:
-      ckpt.save(step, flax.serialization.to_state_dict(state), train_iter,
-                meta={'step': step, 'metrics': eval_values, 'config': meta_config},
+      if not bool(steps.finite(state.params, state.batch_stats)):
+        raise _diverged('parameters became non-finite', step, ckpt)
+      meta = {'step': step, 'metrics': eval_values, 'config': meta_config}
+      if lineage is not None:
+        meta['restored_from_step'] = lineage
+      ckpt.save(step, flax.serialization.to_state_dict(state), b.data.train_iter, meta=meta,
                 metrics=eval_values, force=is_eval or stop or step == total_steps)
     if stop:
       ckpt.wait()
       _say(f'preempted: saved step {step}; rerun the same command to resume')
-      writer.flush()
+      writer.close()
       return {'preempted_at_step': step}
   writer.flush()
   ckpt.wait()
 
-  # ------------------------------------------------------------------ final report
-  final = evaluate(state) if not history or history[-1]['step'] != step else \
-      {k: v for k, v in history[-1].items() if k != 'step'}
+  final = evaluate(b, steps, state, with_ema=bool(b.ema_decay)) if not history or history[-1]['step'] != step \
+      else {k: v for k, v in history[-1].items() if k != 'step'}
   results = {
-      'step': step, 'eval': final, 'num_params': num_params,
-      'primary_metric': task.primary_metric, task.primary_metric: final[task.primary_metric],
+      'step': step, 'eval': final, 'num_params': b.num_params,
+      'primary_metric': task.primary_metric, task.primary_metric: _primary(task, final),
       'history_this_run': history,
       'train_seconds_this_run': time.time() - t_start,
-      'devices': jax.device_count(), 'processes': pcount,
+      'devices': jax.device_count(), 'processes': jax.process_count(),
+      **task.extra_results(state),
   }
   _write_results(workdir, results)
-  ckpt.close()
   writer.close()
-  _say(f'done: {task.primary_metric} {final[task.primary_metric]:.4f} at step {step}\n'
+  _say(f'done: {task.primary_metric} {results[task.primary_metric]:.4f} at step {step}\n'
        f'  results:     {os.path.join(workdir, "results.json")}\n'
        f'  checkpoints: {os.path.join(workdir, "checkpoints")}\n'
        f'  tensorboard: tensorboard --logdir {os.path.join(workdir, "tensorboard")}')

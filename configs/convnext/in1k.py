@@ -18,6 +18,8 @@ layer scale 1e-6, EMA 0.9999 evaluated alongside; eval resize 256 (bicubic) + ce
 """
 import ml_collections
 
+from core_jax import config as core_config
+
 MODELS = {'tiny': 'convnext_tiny', 'small': 'convnext_small', 'base': 'convnext_base', 'large': 'convnext_large',
           'xlarge': 'convnext_xlarge'}
 DROP_PATH = {'tiny': 0.1, 'small': 0.4, 'base': 0.5, 'large': 0.5}
@@ -43,14 +45,14 @@ def _size(arg, allowed):
 
 def base_config(size: str) -> ml_collections.ConfigDict:
   """The IN-1K-from-scratch recipe; in22k.py and finetune.py start from it."""
-  c = ml_collections.ConfigDict()
+  c = core_config.base_config()
   c.seed = 0
-  c.data = ml_collections.ConfigDict(dict(
+  c.data.update(dict(
       name='imagenet2012', data_dir=None, train_split='train', eval_split='validation', worker_count=16,
       train_transforms=TRAIN_TRANSFORMS(224), eval_transforms=EVAL_224,
   ))
-  c.model = ml_collections.ConfigDict(dict(name=MODELS[size], drop_path_rate=DROP_PATH.get(size, 0.0),
-                                           head_init_scale=1.0, overrides={}))
+  c.model.update(dict(name=MODELS[size], drop_path_rate=DROP_PATH.get(size, 0.0), head_init_scale=1.0,
+                      overrides={}))
   c.compute_dtype = 'bfloat16'  # official: optional AMP (fp16); params and logits stay float32
   c.batch_size = 4096
   c.eval_batch_size = 6144  # 1.5x train batch, as the official code
@@ -59,7 +61,7 @@ def base_config(size: str) -> ml_collections.ConfigDict:
   c.label_smoothing = 0.1  # used for integer labels; with mixup it is folded into the soft targets
   c.mixup = ml_collections.ConfigDict(dict(mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5,
                                            label_smoothing=0.1))
-  c.optimizer = ml_collections.ConfigDict(dict(
+  c.optimizer.update(dict(
       name='adamw', lr=4e-3, base_batch_size=4096, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.05,
       wd_exclude_1d=True, schedule='cosine', warmup_epochs=20, warmup_init_lr=0.0, min_lr=1e-6,
       grad_clip_norm=0.0, ema_decay=0.9999, accumulate_steps=1, layer_decay=1.0,
@@ -67,13 +69,9 @@ def base_config(size: str) -> ml_collections.ConfigDict:
   c.init_from = ''  # weights file (official/timm .pth/.safetensors, flax .msgpack) loaded on a fresh start
   c.init_reinit_head = False
   c.init_from_ema = False  # load the checkpoint's EMA weights (official .pth 'model_ema')
-  c.eval_only = False
   c.log_every_steps = 100
   c.eval_every_epochs = 1
-  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=1000, keep=3, keep_best=True, asynchronous=True))
-  c.mesh = ml_collections.ConfigDict(dict(fsdp=1))
-  c.distributed = ml_collections.ConfigDict(dict(coordinator_address='', num_processes=0, process_id=-1,
-                                                 auto=False))
+  c.checkpoint.update(dict(every_steps=1000, keep=3, keep_best=True, asynchronous=True))
   return c
 
 

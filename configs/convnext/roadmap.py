@@ -19,6 +19,7 @@ download).  Every step's model builds (tests/convnext/test_roadmap.py).
 """
 import ml_collections
 
+from core_jax.config import base_config
 from convnext_jax import roadmap as _roadmap
 
 DEFAULT_STEP = 'separate_downsampling'
@@ -39,12 +40,12 @@ def get_config(step: str = DEFAULT_STEP):
   _roadmap.register_roadmap_models()  # makes model.name = 'roadmap_<step>' resolvable by create_model
   baseline = step == 'resnet50'
   gflops, top1 = _roadmap.PAPER_RESULTS[step]
-  c = ml_collections.ConfigDict()
+  c = base_config()
   c.seed = 0
   c.step = step
   c.expected_top1 = top1  # paper Appendix Table 10 (R50 regime, mean of 3 seeds)
   c.paper_gflops = gflops
-  c.data = ml_collections.ConfigDict(dict(
+  c.data.update(dict(
       name='imagenet2012', data_dir=None, train_split='train', eval_split='validation', worker_count=16,
       train_transforms=_BASELINE_TRAIN_TF if baseline else _TRAIN_TF,
       eval_transforms=_BASELINE_EVAL_TF if baseline else _EVAL_TF,
@@ -52,8 +53,7 @@ def get_config(step: str = DEFAULT_STEP):
   # Batch-level Mixup/CutMix (core_jax.data.mixing), label smoothing folded into the soft targets.
   c.mixup = ml_collections.ConfigDict(dict(
       enabled=not baseline, mixup_alpha=0.8, cutmix_alpha=1.0, prob=1.0, switch_prob=0.5, mode='batch'))
-  c.model = ml_collections.ConfigDict(dict(
-      name=f'roadmap_{step}', drop_path_rate=0.0 if baseline else 0.1, overrides={}))
+  c.model.update(dict(name=f'roadmap_{step}', drop_path_rate=0.0 if baseline else 0.1, overrides={}))
   c.compute_dtype = 'float32'
   c.batch_size = 256 if baseline else 4096
   c.eval_batch_size = 384 if baseline else 6144  # 1.5x train batch, as the official code
@@ -61,13 +61,13 @@ def get_config(step: str = DEFAULT_STEP):
   c.num_train_steps = -1  # > 0 overrides num_epochs
   c.label_smoothing = 0.0 if baseline else 0.1
   if baseline:
-    c.optimizer = ml_collections.ConfigDict(dict(
+    c.optimizer.update(dict(
         name='sgd', lr=0.1, momentum=0.9, nesterov=False, weight_decay=1e-4, wd_exclude_1d=False,
         schedule='step', decay_epochs=(30, 60), decay_factor=0.1, warmup_epochs=0, grad_clip_norm=0.0,
         ema_decay=0.0, accumulate_steps=1,
     ))
   else:
-    c.optimizer = ml_collections.ConfigDict(dict(
+    c.optimizer.update(dict(
         name='adamw', lr=4e-3, b1=0.9, b2=0.999, eps=1e-8, weight_decay=0.05, wd_exclude_1d=True,
         schedule='cosine', warmup_epochs=20, warmup_init_lr=0.0, min_lr=1e-6, grad_clip_norm=0.0,
         ema_decay=0.0,  # no EMA for the roadmap (paper Sec. 2.1 / A.1)
@@ -75,7 +75,5 @@ def get_config(step: str = DEFAULT_STEP):
     ))
   c.log_every_steps = 100
   c.eval_every_epochs = 5
-  c.checkpoint = ml_collections.ConfigDict(dict(every_steps=2000, keep=3, keep_best=True, asynchronous=True))
-  c.mesh = ml_collections.ConfigDict(dict(fsdp=1))
-  c.distributed = ml_collections.ConfigDict(dict(coordinator_address='', num_processes=0, process_id=-1, auto=False))
+  c.checkpoint.update(dict(every_steps=2000, keep=3, keep_best=True, asynchronous=True))
   return c

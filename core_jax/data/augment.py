@@ -1,4 +1,4 @@
-"""ImageNet-style augmentations with timm semantics, registered into `core_jax.data.transforms`.
+"""ImageNet-style augmentations with timm semantics, registered into `core_jax.data.registry`.
 
 Every op is numpy/PIL only and deterministic given the per-record `np.random.Generator`; the
 random draws happen in the same order and with the same distributions as timm's python-`random`
@@ -51,7 +51,8 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
 from core_jax.data import image_kernels
-from core_jax.data.transforms import Transform, normalize, register
+from core_jax.data.registry import Transform, register
+from core_jax.data.transforms import normalize
 from core_jax.errors import UserError
 
 IMAGENET_DEFAULT_MEAN = (0.485, 0.456, 0.406)  # 0-1 scale (normalize divides uint8 by 255 first)

@@ -6,6 +6,9 @@ function of `pos`, so sharding by process only decides who computes which record
 the contiguous slice [p*L, (p+1)*L) of every global batch (L = B/P), so the global array assembled from
 the local batches holds the same examples in the same order as a 1-process batch: per-position
 randomness (drop-path masks) matches too, and the iterator state is tiny.
+
+Eval batches are padded to equal counts per process with examples whose `mask` is False; their label maps
+(`segmentation`, and a spatial `label`) are IGNORE_LABEL (255), everything else 0.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from typing import Any
 import grain
 import numpy as np
 
-from core_jax.data.transforms import Transform, build_transforms
+from core_jax.data.ops import build_transforms
+from core_jax.data.registry import IGNORE_LABEL, LABEL_MAP_KEY, Transform
 from core_jax.errors import UserError
 
 _SHUFFLE_TAG, _AUGMENT_TAG, _EVAL_TAG = 0, 1, 2
@@ -141,6 +145,13 @@ def make_train_iterator(source, *, transforms, global_batch_size: int, seed: int
   return iter(ds.batch(global_batch_size // process_count, drop_remainder=True))
 
 
+def _padding_like(key: str, value: np.ndarray) -> np.ndarray:
+  """A padded example's feature: label maps hold IGNORE_LABEL (never a real class), other features 0."""
+  if key == LABEL_MAP_KEY or (key == 'label' and value.ndim >= 2):
+    return np.full_like(value, IGNORE_LABEL)
+  return np.zeros_like(value)
+
+
 class _EvalRecord:
 
   def __init__(self, source, transform: Transform, process_index: int, process_count: int):
@@ -148,7 +159,7 @@ class _EvalRecord:
     self.process_index, self.process_count = process_index, process_count
     self.n = len(source)
     template = self._load(0)
-    self.padding = {k: np.zeros_like(v) for k, v in template.items()}
+    self.padding = {k: _padding_like(k, v) for k, v in template.items()}
     self.padding['mask'] = np.asarray(False)
 
   def _load(self, idx: int) -> dict:

@@ -1,4 +1,10 @@
-"""Random-access dataset sources: TFDS builders read through ArrayRecord (`as_data_source`)."""
+"""Random-access dataset sources: TFDS builders read through ArrayRecord (`as_data_source`).
+
+`load_source(name, split)` -> (source, DatasetInfo). `DatasetInfo.num_classes` is the ClassLabel count of a
+classification dataset's 'label', or for a segmentation dataset the `NUM_CLASSES` of its module
+(`SEGMENTATION_MODULES`: digit_scenes 11, cityscapes 19), the one place each count is written.
+Cityscapes records come out as {'image', 'segmentation' (trainIds)} (core_jax.data.cityscapes).
+"""
 
 from __future__ import annotations
 
@@ -18,12 +24,19 @@ EMBEDDED = {
     'digits': ('core_jax.data.embedded.digits', 'Digits'),
     'digit_scenes': ('core_jax.data.embedded.digit_scenes', 'DigitScenes'),
 }
-# Classes for datasets without a ClassLabel 'label' feature.
-_NUM_CLASSES = {'digit_scenes': 11}
-# One-line hints for manual-download datasets; others fall back to TFDS' own instructions.
-_MANUAL_HINTS = {
-    'imagenet2012': 'put ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar in {manual}/',
-    'cityscapes': 'put leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip in {manual}/',
+# Segmentation datasets: the module whose NUM_CLASSES is the class count (no ClassLabel feature to read it from).
+SEGMENTATION_MODULES = {
+    'digit_scenes': 'core_jax.data.embedded.digit_scenes',
+    'cityscapes': 'core_jax.data.cityscapes',
+}
+# Files a manual-download dataset needs in its manual dir, per (dataset, TFDS config; '' = the default config).
+# Others fall back to TFDS' own instructions.
+_MANUAL_FILES = {
+    ('cityscapes', ''): ('leftImg8bit_trainvaltest.zip', 'gtFine_trainvaltest.zip'),
+    ('cityscapes', 'semantic_segmentation'): ('leftImg8bit_trainvaltest.zip', 'gtFine_trainvaltest.zip'),
+    ('cityscapes', 'semantic_segmentation_extra'): ('leftImg8bit_trainvaltest.zip', 'leftImg8bit_trainextra.zip',
+                                                    'gtCoarse.zip'),
+    ('imagenet2012', ''): ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar'),
 }
 
 
@@ -101,6 +114,19 @@ def _image_folder_builder(name: str, data_dir: str):
   return builder
 
 
+def segmentation_num_classes(base: str) -> int | None:
+  """NUM_CLASSES of a segmentation dataset's module, None for other datasets."""
+  import importlib
+
+  module = SEGMENTATION_MODULES.get(base)
+  return None if module is None else int(importlib.import_module(module).NUM_CLASSES)
+
+
+def _manual_files(name: str) -> tuple[str, ...]:
+  base, _, config = name.split(':')[0].partition('/')
+  return _MANUAL_FILES.get((base, config.split('/')[0]), ())
+
+
 def _tfds_builder(name: str, data_dir: str, download: bool):
   import tensorflow_datasets as tfds
 
@@ -116,8 +142,13 @@ def _tfds_builder(name: str, data_dir: str, download: bool):
   instructions = getattr(builder, 'MANUAL_DOWNLOAD_INSTRUCTIONS', None)
   if instructions:
     has_files = os.path.isdir(manual_dir) and any(os.scandir(manual_dir))
-    hint = _MANUAL_HINTS.get(base, 'manual files in {manual}/: ' + _one_line(instructions))
-    hint = hint.format(manual=manual_dir)
+    needed = _manual_files(name)
+    hint = (f'put {", ".join(needed)} in {manual_dir}/' if needed
+            else f'manual files in {manual_dir}/: ' + _one_line(instructions))
+    missing = tuple(f for f in needed if not os.path.isfile(os.path.join(manual_dir, f)))
+    if missing:
+      raise UserError(f'dataset {name!r} is not prepared in {data_dir}: {hint} '
+                      f'(missing: {", ".join(missing)})')
     if not has_files:
       raise UserError(f'dataset {name!r} is not prepared in {data_dir}: {hint}')
   elif not download:
@@ -166,11 +197,19 @@ def load_source(name: str, split: str, data_dir: str | None = None, *,
   except (KeyError, ValueError) as e:
     raise UserError(f'dataset {name!r} has no split {split!r} '
                     f'(splits: {", ".join(tinfo.splits)}): {_one_line(str(e), 150)}') from None
-  num_classes = _NUM_CLASSES.get(base)
+  num_classes = segmentation_num_classes(base)
   if num_classes is None and 'label' in tinfo.features.keys():
     num_classes = getattr(tinfo.features['label'], 'num_classes', None)
+  features = tuple(tinfo.features.keys())
+  if base == 'cityscapes':
+    from core_jax.data import cityscapes
+
+    if 'segmentation_label' not in features:
+      raise UserError(f'dataset {name!r}: use cityscapes/semantic_segmentation (this config has no labels)')
+    source = cityscapes.TrainIdSource(source)
+    features = ('image', 'segmentation')
   info = DatasetInfo(
       name=name, num_classes=num_classes,
       splits={k: int(v.num_examples) for k, v in tinfo.splits.items()},
-      features=tuple(tinfo.features.keys()))
+      features=features)
   return source, info

@@ -1,88 +1,34 @@
-"""Pure numpy augmentations `f(example, rng) -> example`, built from config spec strings.
+"""Basic ops on `image` and, where spatial, `segmentation` together: crops, flips, resizes, normalize, keys.
 
-A spec is an op name or a call with literal arguments, e.g. "flip_lr",
-"random_crop(size=32, padding=4)", "normalize(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))".
-Ops transform `image` (H, W, C) and, where it is spatial, `segmentation` (H, W) jointly.
+Registered into `core_jax.data.registry` (listed in `core_jax.data.ops.OP_MODULES`):
+
+  random_crop(size, padding=0)   center_crop(size)   flip_lr(p=0.5)   resize(size)   resize_small(size)
+  random_resized_crop(size, scale=(0.08, 1.0), ratio=(3/4, 4/3), attempts=10)
+  normalize(mean=(0, 0, 0), std=(1, 1, 1))   keep(keys)   rename(old='new', ...)
+
+Padding fills the image with 0 and `segmentation` with IGNORE_LABEL (255). `build_transforms` is kept here as
+the name the train loop calls; it is `core_jax.data.ops.build_transforms`.
 """
 
-from __future__ import annotations
-
-import ast
 import math
-from typing import Any, Callable, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from core_jax.data import image_kernels
-from core_jax.errors import UserError
+from core_jax.data.registry import IGNORE_LABEL, Example, Transform, get_transform, parse_spec, register, registered
 
-Example = dict[str, Any]
-Transform = Callable[[Example, np.random.Generator], Example]
-
-IGNORE_LABEL = 255
-_REGISTRY: dict[str, Callable[..., Transform]] = {}
+__all__ = ['IGNORE_LABEL', 'Example', 'Transform', 'build_transforms', 'get_transform', 'parse_spec', 'register',
+           'registered']
 
 
-def register(name: str):
-  """Decorator registering a factory `(**kwargs) -> Transform` under `name`."""
+def build_transforms(specs: Sequence[str] | str) -> Transform:
+  """`core_jax.data.ops.build_transforms` under its older name (imports every op module, then composes)."""
+  from core_jax.data import ops  # deferred: ops imports this module to register its ops
 
-  def deco(factory):
-    if name in _REGISTRY:
-      raise ValueError(f'transform {name!r} already registered')
-    _REGISTRY[name] = factory
-    return factory
-
-  return deco
-
-
-def registered() -> tuple[str, ...]:
-  return tuple(sorted(_REGISTRY))
-
-
-def parse_spec(spec: str) -> tuple[str, tuple, dict]:
-  """'name' or 'name(literal args)' -> (name, args, kwargs)."""
-  try:
-    node = ast.parse(spec.strip(), mode='eval').body
-    if isinstance(node, ast.Name):
-      return node.id, (), {}
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
-      args = tuple(ast.literal_eval(a) for a in node.args)
-      kwargs = {k.arg: ast.literal_eval(k.value) for k in node.keywords if k.arg is not None}
-      if len(kwargs) != len(node.keywords):
-        raise ValueError('**kwargs not allowed')
-      return node.func.id, args, kwargs
-    raise ValueError('expected `name` or `name(key=literal, ...)`')
-  except (SyntaxError, ValueError) as e:
-    raise UserError(f'bad transform spec {spec!r}: {e}') from None
-
-
-def get_transform(spec: str) -> Transform:
-  name, args, kwargs = parse_spec(spec)
-  if name not in _REGISTRY:
-    raise UserError(f'unknown transform {name!r} in {spec!r}; known: {", ".join(registered())}')
-  try:
-    return _REGISTRY[name](*args, **kwargs)
-  except TypeError as e:
-    raise UserError(f'bad arguments for transform {spec!r}: {e}') from None
-
-
-def build_transforms(specs: Sequence[str]) -> Transform:
-  """Composes the ops of `specs` left to right into one `f(example, rng) -> example`."""
-  if isinstance(specs, str):
-    specs = [specs]
-  ops = [get_transform(s) for s in specs]
-
-  def apply(example: Example, rng: np.random.Generator) -> Example:
-    example = dict(example)  # sources may hand out shared/cached dicts
-    for op in ops:
-      example = op(example, rng)
-    for key, value in example.items():  # PIL images (kept between PIL ops) leave as numpy arrays
-      if isinstance(value, Image.Image):
-        example[key] = np.asarray(value)
-    return example
-
-  return apply
+  return ops.build_transforms(specs)
 
 
 # ------------------------------------------------------------------------------- helpers
@@ -330,5 +276,3 @@ def rename(**mapping) -> Transform:
 
   return op
 
-
-from core_jax.data import augment as _augment  # noqa: E402,F401  registers the ImageNet (timm) ops

@@ -367,7 +367,9 @@ def test_flax_msgpack_and_sidecar(atto_files, tmp_path):
   params, arch, _ = C.import_checkpoint(str(d / 'official.pth'))
   side = C.save_flax(params, str(tmp_path / 'm.msgpack'), arch=arch, metrics={'top1': 0.5})
   meta = json.load(open(side))
-  assert set(meta) == {'arch', 'num_classes', 'input_size', 'mean', 'std', 'interpolation', 'crop_pct', 'metrics'}
+  assert set(meta) == {'arch', 'num_classes', 'input_size', 'mean', 'std', 'interpolation', 'crop_pct', 'metrics',
+                       'timm'}
+  assert meta['timm'] == C.timm_recipe('convnext_atto')
   assert meta['arch'] == 'convnext_atto' and meta['num_classes'] == 1000 and meta['input_size'] == [3, 224, 224]
   assert meta['crop_pct'] == 0.875 and meta['interpolation'] == 'bicubic' and meta['metrics'] == {'top1': 0.5}
   tree, meta2 = C.load_flax(str(tmp_path / 'm.msgpack'))
@@ -561,11 +563,181 @@ def test_corrupt_and_truncated_files(atto_files, tmp_path):
   torch.save({'model': {'x': _Evil()}}, str(p))
   with pytest.raises(UserError) as e:
     C.read_checkpoint(str(p))
-  _one_line_error(e, 'cannot read')
+  msg = _one_line_error(e, str(p), 'pickled Python objects', '_Evil', 'was not loaded')
+  assert '\x1b' not in msg and not msg.endswith('...') and len(msg) < 400, msg
+  with pytest.raises(UserError) as e:  # the same words on the init_from path
+    C.load_pretrained(target, str(p))
+  assert str(e.value) == msg
 
 
 class _Evil:
   pass
+
+
+# ------------------------------------------------------------------------------------------------
+# Trained models: a training checkpoint names its own model; timm recipes (issue 11 items 4 and 5)
+# ------------------------------------------------------------------------------------------------
+def _tiny_config(data_dir, steps=2):
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  spec = importlib.util.spec_from_file_location('_tiny_config', os.path.join(ROOT, 'tests', 'core', 'tiny_config.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  c = module.get_config()
+  c.num_train_steps = steps
+  c.checkpoint.every_steps = steps
+  c.checkpoint.asynchronous = False
+  c.data.data_dir = str(data_dir)
+  return c
+
+
+@pytest.fixture(scope='module')
+def trained_tiny(tmp_path_factory, tfds_dir):
+  """A convnext_digits with model.overrides (depths/dims: no registry model has them) trained 2 steps."""
+  from convnext_jax import train  # pylint: disable=import-outside-toplevel
+  from core_jax import checkpoint  # pylint: disable=import-outside-toplevel
+  workdir = tmp_path_factory.mktemp('tiny_run')
+  config = _tiny_config(tfds_dir)
+  train.run(config, str(workdir))
+  return checkpoint.latest_step_dir(str(workdir)), config
+
+
+def _digits_logits_check(flax_model, params, tm, size=32):
+  x = np.random.RandomState(2).randn(3, 3, size, size).astype(np.float32)
+  with torch.no_grad():
+    ref = tm(torch.from_numpy(x)).numpy()
+  out = _flax_logits(flax_model, params, x)
+  err = float(np.max(np.abs(out - ref)))
+  assert err <= TOL, err
+  return err
+
+
+@pytest.mark.slow
+def test_training_checkpoint_with_overrides_exports_to_timm(trained_tiny, tmp_path, capsys, highest_precision):
+  from core_jax import checkpoint  # pylint: disable=import-outside-toplevel
+  step_dir, config = trained_tiny
+  dst = tmp_path / 'mine.safetensors'
+  assert C.main(['--src', step_dir, '--dst', str(dst)]) == 0
+  out = capsys.readouterr().out
+  assert 'depths=[1, 1, 1, 1], dims=[8, 16, 16, 16]' in out
+  assert 'model.stages[0].downsample = torch.nn.Identity()' in out
+  meta = json.load(open(tmp_path / 'mine.json'))
+  assert meta['arch'] == 'convnext_digits' and meta['num_classes'] == 10
+  assert meta['overrides'] == {'depths': [1, 1, 1, 1], 'dims': [8, 16, 16, 16]}
+  assert meta['mean'] == [0.5, 0.5, 0.5] and meta['std'] == [0.5, 0.5, 0.5]  # the run's own normalize
+  assert meta['metrics'] == json.load(open(os.path.join(step_dir, '..', '..', 'results.json')))['eval']
+  assert meta['timm']['identity'] == ['stages.0.downsample'] and meta['timm']['kwargs']['patch_size'] == 2
+  # the exact model that was trained, from its config, with its trained weights
+  trained = checkpoint.read_training_checkpoint(step_dir)['params']
+  model = create_model(config.model.name, num_classes=10, **config.model.overrides)
+  # the helper: strict load, same logits
+  tm = C.timm_model_for(str(dst))
+  _digits_logits_check(model, trained, tm)
+  # the printed recipe, run as it is
+  scope = {}
+  exec(meta['timm']['python'].replace('PATH', repr(str(dst))), scope)  # pylint: disable=exec-used
+  _digits_logits_check(model, trained, scope['model'].eval())
+  # timm's constructor alone builds a stride-2 stage-0 downsample the trained model does not have
+  plain = timm.create_model(meta['timm']['model_name'], **meta['timm']['kwargs'])  # builder: create_model
+  from safetensors.torch import load_file  # pylint: disable=import-outside-toplevel
+  with pytest.raises(RuntimeError, match='stages.0.downsample'):
+    plain.load_state_dict(load_file(str(dst)), strict=True)
+  # the same through a Flax msgpack (its sidecar carries the overrides) -> timm: the very same tensors
+  mp, again = tmp_path / 'mine.msgpack', tmp_path / 'again.safetensors'
+  assert C.main(['--src', step_dir, '--dst', str(mp)]) == 0
+  assert C.main(['--src', str(mp), '--dst', str(again)]) == 0
+  _assert_same_tensors(load_file(str(again)), load_file(str(dst)))
+  # and back into a training config's init_from (the task's loader) with the right shapes
+  params = C.load_pretrained(jax.tree.map(np.asarray, trained), str(again), arch='convnext_digits', as_numpy=True)
+  _assert_same_tensors(W.flatten(params), W.flatten(trained))
+
+
+def _random_params(model, size, seed):
+  """Random params of `model` from its abstract shapes (no jit of init): every tensor non-trivial."""
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, size, size, model.in_chans),
+                                                                                 jnp.float32))['params']
+  rng = np.random.default_rng(seed)
+  return jax.tree.map(lambda s: (rng.standard_normal(s.shape) * 0.1 if len(s.shape) > 1
+                                 else rng.uniform(0.5, 1.5, s.shape)).astype(np.float32), shapes)
+
+
+def test_demo_architecture_timm_recipe_round_trip(tmp_path, highest_precision):
+  """convnext_digits as the demo trains it (no overrides): the recipe builds it in timm; strict load; logits."""
+  model = create_model('convnext_digits', dwconv_impl='xla')
+  params = _random_params(model, 32, seed=4)
+  src = tmp_path / 'digits.msgpack'
+  C.save_flax(params, str(src), arch='convnext_digits', input_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
+  dst = tmp_path / 'digits.safetensors'
+  summary = C.convert(str(src), str(dst))
+  assert 'model.stages[0].downsample = torch.nn.Identity()' in summary
+  meta = json.load(open(tmp_path / 'digits.json'))
+  assert meta['arch'] == 'convnext_digits' and meta['input_size'] == [3, 32, 32]  # carried from the source sidecar
+  assert meta['mean'] == [0.5] * 3 and meta['std'] == [0.5] * 3
+  recipe = meta['timm']
+  assert recipe == C.timm_recipe('convnext_digits')
+  assert recipe['kwargs'] == {'depths': [1, 1, 3, 1], 'dims': [32, 64, 128, 256], 'in_chans': 3, 'num_classes': 10,
+                              'patch_size': 2, 'kernel_sizes': 7, 'ls_init_value': 1e-6, 'conv_mlp': False}
+  tm = C.timm_model_for(str(dst))  # load_state_dict(strict=True) inside
+  _digits_logits_check(model, params, tm)
+  assert C.timm_model_for(meta, load_weights=False).stages[0].downsample.__class__.__name__ == 'Identity'
+
+
+def test_overridden_atto_loads_through_timm_pretrained_overlay(tmp_path, monkeypatch):
+  """No replacement needed (patch 4): timm's own pretrained path takes the export with the recipe's kwargs."""
+  monkeypatch.setenv('HF_HUB_OFFLINE', '1')
+  overrides = {'depths': (1, 1, 2, 1), 'num_classes': 7}
+  recipe = C.timm_recipe('convnext_atto', overrides)
+  assert recipe['identity'] == [] and recipe['model_name'] == 'convnext_atto' and recipe['kwargs']['conv_mlp']
+  params = _random_params(create_model('convnext_atto', **overrides), 32, seed=6)
+  dst = tmp_path / 'out.safetensors'
+  sd = C.save_timm_safetensors(params, str(dst), 'convnext_atto')
+  scope = {'timm': timm}
+  exec(recipe['python_pretrained'].replace('PATH', repr(str(dst))), scope)  # pylint: disable=exec-used
+  _assert_same_tensors(_state_dict_numpy(scope['model']), sd)
+
+
+@pytest.mark.parametrize('name,overrides', [(n, {}) for n in HIER] + [
+    ('convnext_digits', {}), ('convnext_digits', {'depths': (1, 1, 1, 1), 'dims': (8, 16, 16, 16)}),
+    ('convnext_tiny', {'patch_size': 2, 'kernel_size': 5, 'layer_scale_init_value': 0.0}),
+    ('convnext_nano', {'num_classes': 0})])
+def test_timm_recipe_builds_the_export_layout(name, overrides):
+  """For every registry ConvNeXt (and overridden ones): the recipe's timm module has exactly the keys and shapes
+  the export writes (built on the meta device, export computed from shapes: no weights materialized)."""
+  recipe = C.timm_recipe(name, overrides)
+  with torch.device('meta'):
+    tm = C.timm_model_for(recipe, load_weights=False)
+  want = {k: tuple(v.shape) for k, v in tm.state_dict().items()}
+  model, shapes = _target(name, **overrides)
+  table = C.rule_table('timm', conv_mlp=name in C.CONV_MLP_ARCHS)
+  got = {}
+  for path, leaf in W.flatten(shapes).items():
+    key, rule = table.to_external_key(path)
+    got[key] = rule.transform.external_shape(tuple(leaf.shape))
+  assert got == want
+  if name in C.TIMM_NAMES and not overrides:
+    assert recipe['identity'] == [] and recipe['model_name'] == name
+    with torch.device('meta'):
+      named = timm.create_model(name)
+    assert {k: tuple(v.shape) for k, v in named.state_dict().items()} == want
+
+
+def test_sidecar_preprocessing_from_the_training_eval_transforms(repo_root):
+  import importlib.util  # pylint: disable=import-outside-toplevel
+  spec = importlib.util.spec_from_file_location('_in1k', os.path.join(repo_root, 'configs', 'convnext', 'in1k.py'))
+  in1k = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(in1k)
+  prep = C._eval_preprocessing  # pylint: disable=protected-access
+  assert prep(in1k.EVAL_224) == {'input_size': [3, 224, 224], 'crop_pct': 0.875, 'interpolation': 'bicubic'}
+  assert prep(in1k.EVAL_384)['crop_pct'] == 1.0
+  assert prep(['normalize(mean=(0.5, 0.4, 0.3), std=(0.2, 0.2, 0.2))']) == {'mean': [0.5, 0.4, 0.3],
+                                                                          'std': [0.2, 0.2, 0.2]}
+
+
+def test_timm_recipe_refuses_what_timm_cannot_build():
+  for name, overrides, message in [('convnext_iso_small', {}, 'timm has no ConvNeXtIsotropic'),
+                                   ('convnext_tiny', {'depths': (2, 2, 2), 'dims': (8, 16, 32)}, '4 stages'),
+                                   ('convnext_tiny', {'patch_size': 8}, 'dilate')]:
+    with pytest.raises(UserError, match=message):
+      C.timm_recipe(name, overrides)
 
 
 def test_parity_summary():

@@ -45,3 +45,69 @@ def test_run_main_prints_one_line_and_exits_2(capsys):
   assert cli.run_main(lambda c, w: None, [f'--config={DIGITS}', '--workdir=/tmp/x', '--config.zzz=1']) == 2
   err = capsys.readouterr().err.strip().splitlines()
   assert err == ["error: unknown config key 'zzz'"]
+
+
+@pytest.mark.parametrize('source,line,error', [
+    ('def get_config():\n  return {\n', 2, 'SyntaxError'),
+    ('import ml_collections\nx = 1\nraise RuntimeError("no GPU here")\n', 3, 'RuntimeError: no GPU here'),
+    ('import ml_collections\n\ndef get_config():\n  return ml_collections.ConfigDict({"a": 1 / 0})\n', 4,
+     'ZeroDivisionError: division by zero'),
+    ('import not_a_module_anywhere\n', 1, "ModuleNotFoundError: No module named 'not_a_module_anywhere'"),
+])
+def test_broken_config_file_is_one_line_naming_file_and_line(tmp_path, capsys, source, line, error):
+  path = tmp_path / 'broken.py'
+  path.write_text(source)
+  assert cli.run_main(lambda c, w: None, [f'--config={path}', '--workdir=/tmp/x']) == 2
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1, err
+  assert err[0].startswith(f'error: config file {path}, line {line}') and error in err[0], err[0]
+
+
+def test_config_error_in_an_imported_sibling_names_both(tmp_path):
+  (tmp_path / 'base.py').write_text('VALUE = 1\nraise ValueError("bad base")\n')
+  (tmp_path / 'child.py').write_text(
+      'import importlib.util, os\n'
+      'spec = importlib.util.spec_from_file_location("b", os.path.join(os.path.dirname(__file__), "base.py"))\n'
+      'spec.loader.exec_module(importlib.util.module_from_spec(spec))\n')
+  with pytest.raises(UserError) as e:
+    cli.load_config_file(str(tmp_path / 'child.py'))
+  child, base = tmp_path / 'child.py', tmp_path / 'base.py'
+  assert str(e.value) == f'config file {child} (via {base}, line 2): ValueError: bad base'
+
+
+def _doc_line(path):
+  import ast  # pylint: disable=import-outside-toplevel
+  return ast.get_docstring(ast.parse(open(path).read())).strip().splitlines()[0]
+
+
+def test_help_lists_the_lines_config_files(capsys):
+  config_dir = os.path.dirname(DIGITS)
+  assert cli.run_main(None, ['--help'], prog='convnext_jax.main', config_dir=config_dir) == 0
+  out = capsys.readouterr().out
+  assert out.startswith('usage: python -m convnext_jax.main --config=FILE')
+  files = sorted(f for f in os.listdir(config_dir) if f.endswith('.py'))
+  assert 'digits.py' in files
+  for f in files:
+    line = next(l for l in out.splitlines() if l.strip().startswith(f + ' '))
+    assert line.split(None, 1)[1] == _doc_line(os.path.join(config_dir, f))
+
+
+def test_help_with_config_lists_its_keys_and_values(capsys):
+  assert cli.run_main(None, [f'--config={DIGITS}', '--config.num_epochs=3', '-h'], config_dir=None) == 0
+  rows = {}
+  for line in capsys.readouterr().out.splitlines()[2:]:
+    key, _, value = line.strip().partition(' = ')
+    rows[key.strip()] = value
+  config = cli.load_config_file(DIGITS)
+  assert rows['num_epochs'] == '3' and rows['optimizer.lr'] == repr(config.optimizer.lr)
+  assert rows['data.name'] == "'digits'" and rows['checkpoint.every_steps'] == repr(config.checkpoint.every_steps)
+  assert cli.run_main(None, [f'--config={DIGITS}', '--config.nope=1', '--help']) == 2
+
+
+def test_main_help_as_a_process():
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  r = subprocess.run([sys.executable, '-m', 'convnext_jax.main', '--help'], cwd=REPO, capture_output=True, text=True,
+                     env={**os.environ, 'PYTHONPATH': REPO}, timeout=120)
+  assert r.returncode == 0 and r.stderr == '', r.stderr
+  assert 'digits.py' in r.stdout and 'finetune.py' in r.stdout and 'usage:' in r.stdout

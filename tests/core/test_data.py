@@ -105,6 +105,7 @@ def test_concurrent_prepare_is_safe(tmp_path):
     ('cifar10', 'tfds build cifar10'),
     ('imagenet2012', 'ILSVRC2012_img_train.tar'),
     ('cityscapes', 'gtFine_trainvaltest.zip'),
+    ('cityscapes/semantic_segmentation', 'put leftImg8bit_trainvaltest.zip, gtFine_trainvaltest.zip in'),
 ])
 def test_missing_real_dataset_fails_fast(tmp_path, name, needle):
   t = time.time()
@@ -113,6 +114,16 @@ def test_missing_real_dataset_fails_fast(tmp_path, name, needle):
   assert time.time() - t < 10
   msg = str(e.value)
   assert '\n' not in msg and repr(name) in msg and needle in msg and str(tmp_path) in msg
+
+
+def test_cityscapes_with_some_manual_files_names_the_missing_one(tmp_path):
+  manual = tmp_path / 'downloads' / 'manual'
+  manual.mkdir(parents=True)
+  (manual / 'leftImg8bit_trainvaltest.zip').write_bytes(b'')
+  with pytest.raises(UserError) as e:
+    sources.load_source('cityscapes/semantic_segmentation', 'train', str(tmp_path))
+  msg = str(e.value)
+  assert '\n' not in msg and str(manual) in msg and msg.endswith('(missing: gtFine_trainvaltest.zip)')
 
 
 def test_unknown_dataset(tmp_path):
@@ -284,6 +295,83 @@ def test_eval_batches_count_each_example_once(n, gb, nproc):
       np.add.at(counts, b['label'][b['mask']], 1)
   assert len(set(lens)) == 1 and lens[0] == -(-(-(-n // nproc)) // (gb // nproc))
   np.testing.assert_array_equal(counts, 1)
+
+
+def test_eval_padding_fills_label_maps_with_ignore():
+  """Padded eval examples: segmentation (and a spatial 'label') 255, never class 0; other features 0."""
+  src = [{'image': np.full((3, 4, 3), 9, np.uint8), 'segmentation': np.full((3, 4), 2, np.uint8),
+          'label': np.int64(4), 'label_map': np.ones((3, 4), np.uint8)} for _ in range(3)]
+  grid = [{'image': np.zeros((2, 2, 1), np.uint8), 'label': np.full((2, 2), 3, np.uint8)}]
+  batches = list(pipeline.make_eval_batches(src, transforms=None, global_batch_size=2, process_index=0,
+                                            process_count=1))
+  last = batches[-1]
+  assert last['mask'].tolist() == [True, False]
+  assert np.all(last['segmentation'][1] == 255) and np.all(last['segmentation'][0] == 2)
+  assert last['label'][1] == 0 and np.all(last['image'][1] == 0) and np.all(last['label_map'][1] == 0)
+  padded = list(pipeline.make_eval_batches(grid, transforms=None, global_batch_size=2, process_index=0,
+                                           process_count=1))[0]
+  assert np.all(padded['label'][1] == 255) and np.all(padded['label'][0] == 3)
+
+
+def test_segmentation_num_classes_come_from_the_dataset_modules():
+  from core_jax.data import cityscapes
+  from core_jax.data.embedded import digit_scenes
+  assert sources.segmentation_num_classes('digit_scenes') == digit_scenes.NUM_CLASSES == 11
+  assert sources.segmentation_num_classes('cityscapes') == cityscapes.NUM_CLASSES == 19
+  assert sources.segmentation_num_classes('digits') is None
+
+
+_REGISTRY_SCRIPT = r'''
+import ast, os, sys
+from core_jax.data import registry
+ops_modules = ['core_jax.data.transforms', 'core_jax.data.augment', 'core_jax.data.segmentation',
+               'core_jax.data.cityscapes', 'core_jax.data.ops']
+assert registry.registered() == () and not [m for m in ops_modules if m in sys.modules], 'registry imported ops'
+from core_jax.data import ops
+listed = {m.__name__ for m in ops.OP_MODULES}
+origins = {registry.factory(n).__module__ for n in registry.registered()}
+assert origins == listed, (origins, listed)
+# Module-level imports inside core_jax.data form no cycle (the op modules never import ops.py).
+root = os.path.dirname(registry.__file__)
+graph = {}
+for name in os.listdir(root):
+  if name.endswith('.py'):
+    mod = 'core_jax.data.' + name[:-3]
+    tree = ast.parse(open(os.path.join(root, name)).read())
+    deps = set()
+    for node in tree.body:
+      if isinstance(node, ast.ImportFrom) and node.module:
+        deps |= {node.module} | {f'{node.module}.{a.name}' for a in node.names}
+      elif isinstance(node, ast.Import):
+        deps |= {a.name for a in node.names}
+    local = {f'core_jax.data.{n[:-3]}' for n in os.listdir(root) if n.endswith('.py')}
+    graph[mod] = deps & local
+def visit(m, stack):
+  assert m not in stack, 'import cycle: ' + ' -> '.join(stack + [m])
+  for d in graph.get(m, ()):
+    visit(d, stack + [m])
+for m in graph:
+  visit(m, [])
+print(len(registry.registered()))
+'''
+
+
+def test_registry_imports_no_ops_and_every_op_comes_from_a_listed_module():
+  out = subprocess.run([sys.executable, '-c', _REGISTRY_SCRIPT], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=os.getcwd()))
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert int(out.stdout.split()[-1]) >= 20
+
+
+def test_existing_specs_build_through_ops_and_the_old_name():
+  from configs.convnext import digits, in1k
+  from core_jax.data import ops
+  ex = {'image': np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)}
+  for specs in (digits.get_config().data.train_transforms, in1k.TRAIN_TRANSFORMS(32), in1k.EVAL_224):
+    a = ops.build_transforms(list(specs))(ex, np.random.default_rng(1))
+    b = transforms.build_transforms(list(specs))(ex, np.random.default_rng(1))
+    assert a['image'].dtype == np.float32
+    np.testing.assert_array_equal(a['image'], b['image'])
 
 
 def test_to_global_single_process():

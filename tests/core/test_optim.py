@@ -273,3 +273,24 @@ def test_jit_train_step_runs():
 
   p, st = step(params, state, grads_seq(params, 1)[0])
   assert jax.tree.structure(p) == jax.tree.structure(params)
+
+
+def test_step_schedule_decay_fractions_scale_with_the_budget():
+  """Milestones as fractions of the run: doubling total_steps (Scratch-B) doubles the milestone steps."""
+  for total in (400, 800):
+    s = sched(cfg(lr=0.1, schedule='step', decay_fractions=(0.5, 0.75), decay_factor=0.1), spe=10, total=total)
+    half, three_q = total // 2, total * 3 // 4
+    for t, want in [(0, 0.1), (half - 1, 0.1), (half, 0.01), (three_q - 1, 0.01), (three_q, 0.001), (total, 0.001)]:
+      np.testing.assert_allclose(float(s(t)), want, rtol=1e-6, err_msg=f'total={total} t={t}')
+  # The same run written with epochs gives the same schedule.
+  a = sched(cfg(lr=0.1, schedule='step', decay_fractions=(0.5, 0.75)), spe=10, total=400)
+  b = sched(cfg(lr=0.1, schedule='step', decay_epochs=(20, 30)), spe=10, total=400)
+  ts = jnp.arange(401)
+  np.testing.assert_array_equal(jax.jit(a)(ts), jax.jit(b)(ts))
+
+
+def test_step_schedule_bad_fractions_are_user_errors():
+  with pytest.raises(UserError, match='not both'):
+    sched(cfg(schedule='step', decay_fractions=(0.5,), decay_epochs=(3,)))
+  with pytest.raises(UserError, match=r'\[0, 1\]'):
+    sched(cfg(schedule='step', decay_fractions=(50,)))

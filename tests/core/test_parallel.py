@@ -47,3 +47,18 @@ def test_fsdp_shardings_on_eight_devices():
              PYTHONPATH=REPO)
   proc = subprocess.run([sys.executable, '-c', _SCRIPT], env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0 and proc.stdout.strip().endswith('OK'), proc.stdout + proc.stderr[-3000:]
+
+
+def test_distributed_is_initialized_once_per_process(monkeypatch):
+  """A driver calling train.run several times in one multi-process job: later calls keep the first setup."""
+  import jax
+  import ml_collections
+  from core_jax import parallel
+  calls = []
+  monkeypatch.setattr(jax.distributed, 'initialize', lambda **kw: calls.append(kw))
+  cfg = ml_collections.ConfigDict(dict(distributed=dict(coordinator_address='127.0.0.1:1', num_processes=2,
+                                                        process_id=0, auto=False)))
+  monkeypatch.setattr(jax.distributed, 'is_initialized', lambda: bool(calls))
+  parallel.initialize_distributed(cfg)
+  parallel.initialize_distributed(cfg)
+  assert calls == [dict(coordinator_address='127.0.0.1:1', num_processes=2, process_id=0)]

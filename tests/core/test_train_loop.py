@@ -34,7 +34,7 @@ def _env(data_dir, devices=1, extra=None):
 
 def _cmd(workdir, *overrides):
   return [sys.executable, '-m', 'convnext_jax.main', f'--config={TINY}', f'--workdir={workdir}',
-          '--config.write_batch_digests=True', *overrides]
+          '--config.debug.write_batch_digests=True', *overrides]
 
 
 def _run(workdir, data_dir, *overrides, devices=1, check=True, timeout=300):
@@ -82,7 +82,7 @@ def _digests(workdir, process=0):
   return seen
 
 
-SLOW = '--config.test_step_delay_s=0.5'  # same numerics, but a signal surely lands mid-run
+SLOW = '--config.debug.step_delay_s=0.5'  # same numerics, but a signal surely lands mid-run
 
 
 def _start_and_signal(workdir, data_dir, sig, *, after_step, devices=1):

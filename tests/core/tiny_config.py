@@ -23,7 +23,7 @@ def get_config():
   c.optimizer.name = 'sgd'
   c.optimizer.lr = 0.05
   c.optimizer.weight_decay = 5e-4
-  c.write_batch_digests = False  # the loop appends per-step batch digests (data-order tests)
-  c.test_step_delay_s = 0.0  # the SIGKILL test slows steps down so the kill lands mid-run
+  # debug.write_batch_digests: per-step batch digests (data-order tests); debug.step_delay_s: the SIGKILL
+  # tests slow steps down so the kill lands mid-run. Both off here, turned on per test.
   c.data.data_dir = os.environ.get('TEST_TFDS_DIR', '')
   return c

@@ -1,0 +1,68 @@
+"""The base config every line config extends: every option the shared loop reads, with its default.
+
+A line config starts from it and sets what its recipe needs:
+
+  c = base_config()
+  c.model.name = 'convnext_tiny'
+  c.optimizer.update(name='adamw', lr=4e-3)
+
+so every generic option (`--config.init_from=...`, `--config.checkpoint.restore_step=N`, ...) is accepted by
+every config on the command line. Groups and fields (read by core_jax.train unless noted):
+
+  seed                  PRNG seed of init, dropout and the data order
+  batch_size            global train batch (all devices, all processes)
+  eval_batch_size       global eval batch
+  num_epochs            training length in epochs (float)
+  num_train_steps       > 0 overrides num_epochs
+  log_every_steps       progress line and TensorBoard train scalars every N steps
+  eval_every_epochs     eval (and a checkpoint) every N epochs (float); always at the end
+  compute_dtype         activation dtype for the line's model (read by the line's Task)
+  init_from             weights file loaded by `Task.load_pretrained` on a fresh start only (never on resume)
+  init_reinit_head      keep the freshly initialized classifier instead of the file's
+  eval_only             evaluate and write results.json without training: the weights of `init_from` when
+                        given, else the checkpoint (latest, or `checkpoint.restore_step`)
+  checkpoint            every_steps, keep (last N), keep_best (plus the best by the task's primary metric),
+                        asynchronous (write in the background), restore_step (-1: latest; N: resume from
+                        kept step N, later steps are moved to checkpoints_superseded/), allow_fresh_start
+                        (start over when every checkpoint of the workdir is unreadable; default: stop)
+  mesh                  fsdp: devices per parameter shard (1: parameters replicated)
+  distributed           coordinator_address, num_processes, process_id (-1: from the environment), auto
+                        (let JAX discover a TPU pod / SLURM job)
+  debug                 test-only knobs, off by default: step_delay_s (sleep per step, so a test can signal
+                        a run mid-way; same numerics), write_batch_digests (append each step's batch digest
+                        to WORKDIR/batch_digests.<process>.txt, to prove the data order)
+  data                  name, data_dir, train_split, eval_split, worker_count, train_transforms,
+                        eval_transforms (core_jax.data)
+  optimizer             core_jax.optim.build_optimizer fields (its DEFAULTS fill what is not set here)
+  model                 the line's model fields (name, ...)
+"""
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.batch_size = 128
+  c.eval_batch_size = 256
+  c.num_epochs = 1.0
+  c.num_train_steps = -1
+  c.log_every_steps = 100
+  c.eval_every_epochs = 1.0
+  c.compute_dtype = 'float32'
+  c.init_from = ''
+  c.init_reinit_head = False
+  c.eval_only = False
+  c.checkpoint = ml_collections.ConfigDict(dict(
+      every_steps=1000, keep=3, keep_best=True, asynchronous=True, restore_step=-1, allow_fresh_start=False))
+  c.mesh = ml_collections.ConfigDict(dict(fsdp=1))
+  c.distributed = ml_collections.ConfigDict(dict(coordinator_address='', num_processes=0, process_id=-1,
+                                                 auto=False))
+  c.debug = ml_collections.ConfigDict(dict(step_delay_s=0.0, write_batch_digests=False))
+  c.data = ml_collections.ConfigDict(dict(
+      name='', data_dir=None, train_split='train', eval_split='test', worker_count=0,
+      train_transforms=(), eval_transforms=()))
+  c.optimizer = ml_collections.ConfigDict(dict(
+      name='sgd', lr=0.1, weight_decay=0.0, schedule='cosine', warmup_epochs=0.0, grad_clip_norm=0.0,
+      ema_decay=0.0, accumulate_steps=1))
+  c.model = ml_collections.ConfigDict(dict(name=''))
+  return c

@@ -1,0 +1,140 @@
+"""Multi-phase experiments: a list of phases run in order, each in its own sub-workdir of one experiment dir.
+
+  phases = [train_phase('seed0/large', large_config, Task),           # an ordinary core_jax.train.run
+            Phase('seed0/prune', prune),                              # any function of the earlier results
+            train_phase('seed0/finetune', finetune_config, Task)]     # init_from set from 'seed0/prune'
+  results = run_experiment(phases, workdir)
+
+Contract
+  Phase(name, run)      name: the phase's sub-workdir, relative to the experiment dir ('seed0/large');
+                        run(phase_workdir, done) -> results dict, where done = {earlier phase name: its results}.
+                        (writes_results=True: run writes results.json itself, as train.run does.)
+  train_phase(name, make_config, task_cls)
+                        a Phase whose run is core_jax.train.run(make_config(done), phase_workdir, task_cls).
+  run_experiment(phases, workdir) -> {phase name: results}
+  - A phase is finished when PHASE_DIR/results.json exists: train.run writes it atomically at the end of a run;
+    for other phases run_experiment writes the returned dict (atomically). Finished phases are not run again on
+    a rerun: their results are read back. So rerunning the same command after a crash or SIGKILL skips what is
+    done, and a training phase that was running resumes bitwise from its own checkpoints.
+  - Every results dict in `done` (and in the returned dict) carries 'workdir': the phase's absolute directory, so
+    a later phase finds the weights of an earlier one, e.g.
+      config.init_from = core_jax.checkpoint.latest_step_dir(done['seed0/large']['workdir'])
+    or a file / step directory a non-training phase wrote (read with core_jax.checkpoint.read_training_checkpoint).
+  - A preempted training phase (train.run returned {'preempted_at_step': N}: SIGTERM, the scheduler's warning)
+    stops the experiment: run_experiment returns the results so far, the last one holding 'preempted_at_step',
+    without running later phases; rerun the same command to continue.
+  - A non-training phase must be safe to run again from the start (it is, when killed before its results.json):
+    write its outputs atomically or overwrite them.
+  - Multi-process jobs: every process runs every phase (the phases' jitted code is collective); results.json
+    of a non-training phase is written by process 0. Initialize jax.distributed before the first phase touches
+    JAX (a non-training phase that runs first on a rerun would otherwise start the backend without it).
+"""
+import dataclasses
+import json
+import os
+from typing import Callable, Sequence
+
+import jax
+import ml_collections
+from jax.experimental import multihost_utils
+
+from core_jax.errors import UserError
+
+RESULTS_FILE = 'results.json'
+
+
+@dataclasses.dataclass(frozen=True)
+class Phase:
+  name: str  # sub-workdir relative to the experiment dir, e.g. 'seed0/large'
+  run: Callable[[str, dict], dict]  # (phase_workdir, done: {phase name: its results dict}) -> results
+  writes_results: bool = False  # run() itself writes PHASE_DIR/results.json when it finishes (train.run does)
+
+
+def train_phase(name: str, make_config: Callable[[dict], ml_collections.ConfigDict], task_cls) -> Phase:
+  """A phase that trains: `core_jax.train.run(make_config(done), phase_workdir, task_cls)`.
+
+  make_config sees the results of the earlier phases (each with its 'workdir'), e.g. to set init_from."""
+
+  def run(workdir: str, done: dict) -> dict:
+    from core_jax import train  # pylint: disable=import-outside-toplevel  (experiment.py stays light to import)
+    return train.run(make_config(done), workdir, task_cls)
+
+  return Phase(name, run, writes_results=True)
+
+
+def _check_names(phases: Sequence[Phase]) -> None:
+  seen = set()
+  for phase in phases:
+    name = phase.name
+    norm = os.path.normpath(name) if name else ''
+    if not name or os.path.isabs(name) or norm == '.' or norm.split(os.sep)[0] == '..':
+      raise UserError(f'phase name {name!r} must be a relative sub-directory of the experiment dir')
+    if norm in seen:
+      raise UserError(f'two phases are named {name!r}')
+    seen.add(norm)
+
+
+def _is_main_process() -> bool:
+  # jax.process_index() would start the backend; before jax.distributed is up every process counts as main
+  return not jax.distributed.is_initialized() or jax.process_index() == 0
+
+
+def _say(text: str) -> None:
+  if _is_main_process():
+    print(text, flush=True)
+
+
+def _read_results(path: str, name: str) -> dict:
+  try:
+    with open(path) as f:
+      results = json.load(f)
+  except (OSError, ValueError) as e:
+    raise UserError(f'phase {name!r}: cannot read {path} ({e}); remove it to run the phase again') from None
+  if not isinstance(results, dict):
+    raise UserError(f'phase {name!r}: {path} holds a {type(results).__name__}, not a results dict')
+  return results
+
+
+def _write_results(path: str, results: dict, name: str) -> None:
+  try:
+    text = json.dumps(results, indent=2)
+  except (TypeError, ValueError) as e:
+    raise UserError(f'phase {name!r} returned results that are not JSON: {e}') from None
+  if _is_main_process():
+    tmp = f'{path}.tmp{os.getpid()}'
+    with open(tmp, 'w') as f:
+      f.write(text + '\n')
+    os.replace(tmp, path)  # atomic: a phase is finished or it is not
+  if jax.distributed.is_initialized() and jax.process_count() > 1:
+    multihost_utils.sync_global_devices(f'experiment_phase_done_{name}')
+
+
+def run_experiment(phases: Sequence[Phase], workdir: str) -> dict[str, dict]:
+  """Runs `phases` in order under `workdir`, skipping finished ones; returns {phase name: results}.
+
+  See the module docstring for what finished means, how weights are handed on, and preemption."""
+  _check_names(phases)
+  workdir = os.path.abspath(workdir)
+  done: dict[str, dict] = {}
+  for index, phase in enumerate(phases, 1):
+    phase_dir = os.path.join(workdir, phase.name)
+    results_path = os.path.join(phase_dir, RESULTS_FILE)
+    if os.path.isfile(results_path):
+      done[phase.name] = {**_read_results(results_path, phase.name), 'workdir': phase_dir}
+      _say(f'phase {index}/{len(phases)} {phase.name}: finished earlier ({results_path}); skipped')
+      continue
+    os.makedirs(phase_dir, exist_ok=True)
+    _say(f'phase {index}/{len(phases)} {phase.name}: running in {phase_dir}')
+    results = phase.run(phase_dir, dict(done))
+    if not isinstance(results, dict):
+      raise UserError(f'phase {phase.name!r} returned a {type(results).__name__}, not a results dict')
+    if 'preempted_at_step' in results:
+      done[phase.name] = {**results, 'workdir': phase_dir}
+      _say(f'experiment stopped: phase {phase.name} was preempted at step {results["preempted_at_step"]}; '
+           'rerun the same command to continue')
+      return done
+    if not phase.writes_results:
+      _write_results(results_path, results, phase.name)
+    done[phase.name] = {**results, 'workdir': phase_dir}
+  _say(f'experiment done: {len(phases)} phases in {workdir}')
+  return done

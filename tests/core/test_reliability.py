@@ -1,0 +1,156 @@
+"""What the loop guarantees when checkpoints or training go wrong (issue 11), with the toy task as processes.
+
+- A workdir whose checkpoints are all unreadable stops with one line (moved steps, how to start fresh on
+  purpose); a failed restore leaves the data iterator untouched, so the deliberate fresh start reads the same
+  batches as an uninterrupted run; each fallback warning is printed once and the last promises nothing.
+- A non-finite state is never saved; `checkpoint.restore_step=N` restarts from any kept step (later steps are
+  moved aside, not deleted) and the divergence error names the kept steps and that option.
+- A failing init_from or dataset name leaves no empty checkpoints/ or tensorboard/ folder behind.
+"""
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+import toy_runs
+
+DIGESTS = '--config.debug.write_batch_digests=True'
+
+
+@pytest.fixture(scope='module', autouse=True)
+def _remove_compile_cache():
+  yield
+  shutil.rmtree(toy_runs.COMPILE_CACHE, ignore_errors=True)
+
+
+@pytest.fixture(scope='module')
+def reference(tmp_path_factory, tfds_dir):
+  """12 steps, checkpoints at 4, 8, 12 (all kept)."""
+  workdir = tmp_path_factory.mktemp('reference')
+  toy_runs.run(workdir, tfds_dir, DIGESTS)
+  assert toy_runs.steps(workdir) == [4, 8, 12]
+  return workdir
+
+
+def _copy_for_rerun(reference, tmp_path):
+  """The reference workdir as it stood before its final results were written: checkpoints only."""
+  workdir = tmp_path / 'w'
+  shutil.copytree(reference / 'checkpoints', workdir / 'checkpoints')
+  return workdir
+
+
+def _truncate_state(workdir, step):
+  n = 0
+  for root, _, files in os.walk(workdir / 'checkpoints' / str(step) / 'state'):
+    for name in files:
+      path = os.path.join(root, name)
+      if os.path.getsize(path) > 64:
+        with open(path, 'r+b') as f:
+          f.truncate(os.path.getsize(path) // 3)
+        n += 1
+  assert n
+
+
+def _assert_same_params(a, b):
+  ref, got = toy_runs.read_state(a), toy_runs.read_state(b)
+  assert ref.keys() == got.keys()
+  for k in ref:
+    np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
+
+
+def test_all_checkpoints_unreadable_stops_then_fresh_start_reads_the_same_data(reference, tfds_dir, tmp_path):
+  workdir = _copy_for_rerun(reference, tmp_path)
+  for step in (4, 8, 12):
+    _truncate_state(workdir, step)
+  proc = toy_runs.run(workdir, tfds_dir, DIGESTS, check=False)
+  line = toy_runs.one_line_error(proc, 'no readable checkpoint', 'steps 4, 8, 12', 'checkpoints_corrupt',
+                                 '--config.checkpoint.allow_fresh_start=True')
+  assert 'was moved' in line or 'were just moved' in line
+  everything = proc.stdout + proc.stderr
+  for step, then in ((12, 'falling back to step 8'), (8, 'falling back to step 4'),
+                     (4, 'no older checkpoint to fall back to')):
+    assert everything.count(f'checkpoint step {step} is unreadable') == 1, everything[-3000:]  # once, not twice
+    assert then in [ln for ln in everything.splitlines() if f'step {step} is unreadable' in ln][0]
+  assert 'previous' not in everything
+  assert toy_runs.steps(workdir, 'checkpoints_corrupt') == [4, 8, 12] and not toy_runs.steps(workdir)
+  assert not (workdir / 'tensorboard').exists()
+  # the same command again still refuses (the moved steps are remembered) ...
+  toy_runs.one_line_error(toy_runs.run(workdir, tfds_dir, DIGESTS, check=False), 'allow_fresh_start')
+  # ... and a deliberate fresh start trains on exactly the batches an uninterrupted run sees
+  out = toy_runs.run(workdir, tfds_dir, DIGESTS, '--config.checkpoint.allow_fresh_start=True')
+  assert 'fresh start' in out.stdout
+  assert toy_runs.digests(workdir) == toy_runs.digests(reference)
+  _assert_same_params(reference, workdir)
+
+
+def test_corrupt_latest_falls_back_once_with_the_iterator_of_the_older_step(reference, tfds_dir, tmp_path):
+  workdir = _copy_for_rerun(reference, tmp_path)
+  _truncate_state(workdir, 12)
+  out = toy_runs.run(workdir, tfds_dir, DIGESTS)
+  everything = out.stdout + out.stderr
+  assert everything.count('checkpoint step 12 is unreadable') == 1 and 'falling back to step 8' in everything
+  assert 'resumed from step 8' in out.stdout
+  digests = toy_runs.digests(workdir)
+  assert sorted(digests, key=int) == ['8', '9', '10', '11']
+  assert all(toy_runs.digests(reference)[s] == d for s, d in digests.items())
+  _assert_same_params(reference, workdir)
+
+
+def test_restore_step_restarts_from_a_kept_step(reference, tfds_dir, tmp_path):
+  workdir = _copy_for_rerun(reference, tmp_path)
+  restore = '--config.checkpoint.restore_step=4'
+  out = toy_runs.run(workdir, tfds_dir, DIGESTS, restore)
+  assert 'resumed from step 4' in out.stdout and 'moved later steps 8, 12' in out.stdout
+  assert toy_runs.steps(workdir, 'checkpoints_superseded') == [8, 12]  # kept, not deleted
+  assert sorted(toy_runs.digests(workdir), key=int) == [str(s) for s in range(4, 12)]
+  _assert_same_params(reference, workdir)
+  # the same command again resumes the new branch instead of going back to step 4 once more
+  out = toy_runs.run(workdir, tfds_dir, restore)
+  assert 'was applied by an earlier run' in out.stdout and 'resumed from step 12' in out.stdout
+  assert toy_runs.steps(workdir, 'checkpoints_superseded') == [8, 12]
+  # a step that is not kept: one line naming those that are
+  toy_runs.one_line_error(toy_runs.run(workdir, tfds_dir, '--config.checkpoint.restore_step=5', check=False),
+                          'restore_step=5', 'kept steps: 4, 8, 12')
+
+
+def test_non_finite_parameters_are_never_saved(tfds_dir, tmp_path):
+  """An infinite gradient at step 1: its loss (of the step's input params) is finite, the params after it are
+  not; the checkpoint due at that step is refused."""
+  proc = toy_runs.run(tmp_path, tfds_dir, '--config.toy.grad_offset=1e39', '--config.checkpoint.every_steps=1',
+                      '--config.log_every_steps=1', check=False)
+  toy_runs.one_line_error(proc, 'parameters became non-finite at step 1 (not saved)', 'no checkpoint was kept')
+  assert not toy_runs.steps(tmp_path)
+
+
+def test_divergence_error_names_the_kept_steps_and_restore_step(tfds_dir, tmp_path):
+  proc = toy_runs.run(tmp_path, tfds_dir, '--config.optimizer.lr=1e4', '--config.checkpoint.every_steps=1',
+                      '--config.log_every_steps=1', check=False)
+  kept = toy_runs.steps(tmp_path)
+  assert kept, 'the run should diverge after a few finite steps'
+  line = toy_runs.one_line_error(proc, 'not saved', f'kept checkpoints: steps {", ".join(map(str, kept))}',
+                                 '--config.checkpoint.restore_step=N')
+  assert 'became' in line
+  for step in kept:
+    state = toy_runs.read_state(tmp_path, step)
+    assert all(np.isfinite(v).all() for k, v in state.items() if k.startswith('params/'))
+
+
+def test_failing_init_from_leaves_no_folders(tfds_dir, tmp_path):
+  workdir = tmp_path / 'fresh'
+  proc = toy_runs.run(workdir, tfds_dir, f'--config.init_from={tmp_path / "missing.npz"}', check=False)
+  toy_runs.one_line_error(proc, 'missing.npz')
+  assert not os.listdir(workdir)
+
+
+def test_unknown_dataset_writes_no_tensorboard_events(tfds_dir, tmp_path):
+  workdir = tmp_path / 'fresh'
+  proc = toy_runs.run(workdir, tfds_dir, '--config.data.name=no_such_dataset', check=False)
+  toy_runs.one_line_error(proc, 'no_such_dataset')
+  assert not os.listdir(workdir)
+
+
+def test_results_of_the_reference_run(reference):
+  results = json.load(open(reference / 'results.json'))
+  assert results['step'] == 12 and results['epochs_seen'] == 1
