@@ -6,7 +6,7 @@ BASE   := $(VENV)/.installed-base
 TESTS  := $(VENV)/.installed-test
 DEMO_WORKDIR ?= workdirs/convnext_digits
 
-.PHONY: demo test bench install clean-demo
+.PHONY: demo test test-fast lint format bench install clean-demo
 
 # The demo needs only the package; the tests add the PyTorch reference (torch, timm) for parity checks.
 $(BASE): setup.cfg pyproject.toml constraints.txt
@@ -28,8 +28,20 @@ demo: $(BASE)
 clean-demo:
 	rm -rf $(DEMO_WORKDIR)
 
-test: $(TESTS)
+# The style check (pyproject.toml: pyink + ruff) runs first, so CI holds it; `make format` applies it.
+test: lint
 	$(BIN)/python -m pytest -q tests
+
+# The tests not marked slow (setup.cfg [tool:pytest] markers): the quick check while developing.
+test-fast: lint
+	$(BIN)/python -m pytest -q -m "not slow" tests
+
+lint: $(TESTS)
+	$(BIN)/pyink --check --quiet .
+	$(BIN)/ruff check --quiet .
+
+format: $(TESTS)
+	BIN=$(BIN) scripts/format_all.sh
 
 bench: $(TESTS)
 	$(BIN)/python -m benchmarks.run_all

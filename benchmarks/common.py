@@ -5,6 +5,7 @@ compete and peak memory (max RSS) belongs to one contender only: `run_isolated` 
 `interleaved` keeps several alive and times them in turns (a shared VM's speed drifts by 10-20% over
 minutes; taking turns step by step exposes every contender to the same drift).
 """
+
 import json
 import os
 import platform
@@ -53,6 +54,7 @@ def machine() -> dict:
       info[name] = None
   try:
     import jax  # pylint: disable=import-outside-toplevel
+
     info['jax_backend'] = jax.default_backend()
     info['device'] = str(jax.devices()[0].device_kind)
   except Exception:  # pylint: disable=broad-except
@@ -70,8 +72,9 @@ def run_isolated(module: str, args: list, env: dict | None = None, timeout: int 
   full_env = dict(os.environ)
   full_env.update({'PYTHONPATH': REPO, 'TF_CPP_MIN_LOG_LEVEL': '3'})
   full_env.update(env or {})
-  proc = subprocess.run([sys.executable, '-m', module, *args], cwd=REPO, env=full_env, capture_output=True,
-                        text=True, timeout=timeout)
+  proc = subprocess.run(
+      [sys.executable, '-m', module, *args], cwd=REPO, env=full_env, capture_output=True, text=True, timeout=timeout
+  )
   if proc.returncode != 0:
     raise RuntimeError(f'{module} {args} failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-3000:]}')
   return [json.loads(line[6:]) for line in proc.stdout.splitlines() if line.startswith('BENCH ')]
@@ -86,15 +89,22 @@ class _Server:
     full_env.update(env or {})
     self.name = f'{module} {" ".join(args)}'
     self.stderr = tempfile.TemporaryFile('w+')  # a file, not a pipe: a chatty child can't block on it
-    self.proc = subprocess.Popen([sys.executable, '-m', module, *args, '--serve'], cwd=REPO, env=full_env,
-                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.stderr, text=True,
-                                 bufsize=1)
+    self.proc = subprocess.Popen(
+        [sys.executable, '-m', module, *args, '--serve'],
+        cwd=REPO,
+        env=full_env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=self.stderr,
+        text=True,
+        bufsize=1,
+    )
     self.ready = json.loads(self._expect('READY '))
 
   def _expect(self, prefix: str) -> str:
     for line in self.proc.stdout:
       if line.startswith(prefix):
-        return line[len(prefix):]
+        return line[len(prefix) :]
     self.proc.wait()
     self.stderr.seek(0)
     raise RuntimeError(f'{self.name} exited with {self.proc.returncode}:\n{self.stderr.read()[-3000:]}')
@@ -137,15 +147,14 @@ def interleaved(module: str, contenders: dict, rounds: int, env: dict | None = N
       servers[name] = _Server(module, args, env)
     names = list(contenders)
     for r in range(rounds):
-      for name in names[r % len(names):] + names[:r % len(names)]:
+      for name in names[r % len(names) :] + names[: r % len(names)]:
         times[name].append(servers[name].step())
     records = {name: server.finish() for name, server in servers.items()}
   finally:
     for server in servers.values():
       server.kill()
   for name, record in records.items():
-    record.update(times_s=times[name], median_s=statistics.median(times[name]), min_s=min(times[name]),
-                  repeats=rounds)
+    record.update(times_s=times[name], median_s=statistics.median(times[name]), min_s=min(times[name]), repeats=rounds)
   return records
 
 

@@ -5,12 +5,14 @@
 Measures inference (eval forward) and a training step (forward + backward + AdamW update, drop path 0.1)
 for each contender in its own subprocess, the subprocesses taking turns step by step (`common.interleaved`,
 so the VM's drift hits every contender alike); prints medians, the ratio ours/timm (median of the per-round
-ratios), peak RSS, and BENCH json lines. fp32 on CPU; on a GPU, bf16 compute for ours and AMP bf16 + channels_last for timm.
+ratios), peak RSS, and BENCH json lines. fp32 on CPU; on a GPU, bf16 compute for ours and AMP bf16 + channels_last for
+timm.
 
 Ours runs as our trainers do, with `core_jax.host_memory.retain_freed_memory()` (glibc keeps freed
 memory mapped, so a step's temporaries are not page-faulted in again every step).  `timm_retain` is timm
 with the same allocator setting, so the ratio against it isolates the model code from that setting.
 """
+
 import argparse
 import os
 import sys
@@ -24,7 +26,9 @@ def _ours(args):
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
+
   from convnext_jax import models  # pylint: disable=import-outside-toplevel
+
   gpu = jax.default_backend() != 'cpu'
   dtype = jnp.bfloat16 if gpu else jnp.float32
   model = models.create_model(args.model, drop_path_rate=0.1, dtype=dtype, dwconv_impl=args.dwconv_impl)
@@ -42,6 +46,7 @@ def _ours(args):
       def loss(p):
         logits, _ = model.apply({'params': p}, x, train=True, rngs={'dropout': key})
         return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), y).mean()
+
       g = jax.grad(loss)(p)
       u, o = tx.update(g, o, p)
       return optax.apply_updates(p, u), o
@@ -52,12 +57,14 @@ def _ours(args):
     def fn():
       state['p'], state['o'] = jstep(state['p'], state['o'], x, y, key)
       jax.block_until_ready(state['p'])
+
   return fn
 
 
 def _timm(args, compiled: bool):
   import timm  # pylint: disable=import-outside-toplevel
   import torch  # pylint: disable=import-outside-toplevel
+
   gpu = torch.cuda.is_available()
   device = 'cuda' if gpu else 'cpu'
   model = timm.create_model(args.model, drop_path_rate=0.1).to(device)
@@ -76,6 +83,7 @@ def _timm(args, compiled: bool):
       with torch.no_grad(), amp:
         run(x)
       sync()
+
   else:
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.05)
@@ -89,21 +97,28 @@ def _timm(args, compiled: bool):
       loss.backward()
       opt.step()
       sync()
+
   return fn
 
 
 def worker(args):
   if args.contender in ('ours', 'timm_retain'):
     from core_jax import host_memory  # pylint: disable=import-outside-toplevel
+
     host_memory.retain_freed_memory()  # before torch/jax start their thread pools
   fn = _ours(args) if args.contender == 'ours' else _timm(args, args.contender == 'timm_compile')
-  record = {'bench': 'convnext_throughput', 'contender': args.contender, 'mode': args.mode,
-            'model': args.model, 'batch': args.batch, 'size': args.size}
+  record = {
+      'bench': 'convnext_throughput',
+      'contender': args.contender,
+      'mode': args.mode,
+      'model': args.model,
+      'batch': args.batch,
+      'size': args.size,
+  }
   if args.serve:
     return common.serve(fn, args.warmup, record)
   stats = common.time_calls(fn, warmup=args.warmup, repeats=args.repeats)
-  common.emit({**record, 'images_per_s': args.batch / stats['median_s'], 'peak_rss_mb': common.peak_rss_mb(),
-               **stats})
+  common.emit({**record, 'images_per_s': args.batch / stats['median_s'], 'peak_rss_mb': common.peak_rss_mb(), **stats})
 
 
 def _groups(mode: str, contenders) -> list:
@@ -118,17 +133,27 @@ def _groups(mode: str, contenders) -> list:
   return [['ours', r] for r in refs]
 
 
-def measure(model='convnext_tiny', batch=32, size=224, repeats=5, warmup=2, contenders=CONTENDERS,
-            modes=('infer', 'train'), dwconv_impl='auto') -> list:
+def measure(
+    model='convnext_tiny',
+    batch=32,
+    size=224,
+    repeats=5,
+    warmup=2,
+    contenders=CONTENDERS,
+    modes=('infer', 'train'),
+    dwconv_impl='auto',
+) -> list:
   """Interleaved rounds (see `common.interleaved`): each record is one contender in one group, with
   `ours_per_this` = ours' speed over this contender's, the median of the per-round ratios."""
   records = []
   for mode in modes:
     for group in _groups(mode, contenders):
-      cli = lambda c: ['--worker', '--contender', c, '--mode', mode, '--model', model, '--batch', str(batch),
-                       '--size', str(size), '--warmup', str(warmup), '--dwconv-impl', dwconv_impl]
+      args = ['--mode', mode, '--model', model, '--batch', str(batch), '--size', str(size)]
+      args += ['--warmup', str(warmup), '--dwconv-impl', dwconv_impl]
       try:
-        by = common.interleaved('benchmarks.convnext_throughput', {c: cli(c) for c in group}, rounds=repeats)
+        by = common.interleaved(
+            'benchmarks.convnext_throughput', {c: ['--worker', '--contender', c, *args] for c in group}, rounds=repeats
+        )
       except RuntimeError as e:  # torch.compile needs a C++ toolchain and may fail; say so, go on
         print(f'{"/".join(group)} {mode}: failed ({str(e).strip().splitlines()[-1][:200]})', file=sys.stderr)
         continue
@@ -148,13 +173,18 @@ def measure(model='convnext_tiny', batch=32, size=224, repeats=5, warmup=2, cont
 def table(records) -> str:
   """One row per (mode, contender). For a reference, `ours / this` is the median of the per-round
   ratios against ours measured in the same rounds (ours' own speed in those rounds alongside)."""
-  lines = ['| mode | contender | images/s | median step (s) | first call (s) | peak RSS (MB) | ours in the same rounds (images/s) | ours / this |',
-           '|---|---|---|---|---|---|---|---|']
+  lines = [
+      '| mode | contender | images/s | median step (s) | first call (s) | peak RSS (MB) '
+      '| ours in the same rounds (images/s) | ours / this |',
+      '|---|---|---|---|---|---|---|---|',
+  ]
   for r in sorted(records, key=lambda r: (r['mode'], r['contender'] != 'ours', r['contender'])):
     ours = f"{r['ours_images_per_s']:.1f}" if 'ours_per_this' in r else '-'
     ratio = f"{r['ours_per_this']:.2f}x" if 'ours_per_this' in r else ('1.00x' if r['contender'] == 'ours' else '-')
-    lines.append(f"| {r['mode']} | {r['contender']} | {r['images_per_s']:.1f} | {r['median_s']:.3f} | "
-                 f"{r['first_call_s']:.1f} | {r['peak_rss_mb']:.0f} | {ours} | {ratio} |")
+    lines.append(
+        f"| {r['mode']} | {r['contender']} | {r['images_per_s']:.1f} | {r['median_s']:.3f} | "
+        f"{r['first_call_s']:.1f} | {r['peak_rss_mb']:.0f} | {ours} | {ratio} |"
+    )
   return '\n'.join(lines)
 
 
@@ -175,8 +205,16 @@ def main():
   args = p.parse_args()
   if args.worker:
     return worker(args)
-  records = measure(args.model, args.batch, args.size, args.repeats, args.warmup,
-                    tuple(args.contenders.split(',')), tuple(args.modes.split(',')), dwconv_impl=args.dwconv_impl)
+  records = measure(
+      args.model,
+      args.batch,
+      args.size,
+      args.repeats,
+      args.warmup,
+      tuple(args.contenders.split(',')),
+      tuple(args.modes.split(',')),
+      dwconv_impl=args.dwconv_impl,
+  )
   print(table(records))
   return records
 

@@ -7,9 +7,10 @@ Runs one step under `jax.profiler.trace`, reads the XPlane it writes, maps every
 (fusion, dot, conditional, loop) to the model layer in its op_name metadata, and prints the time per
 (layer kind, XLA op kind), largest first. This is how the CPU speed work found its targets: e.g. the
 depthwise conv's 49-tap sum recomputed inside each LayerNorm pass, and the YNNPACK reduce fusion
-materializing every shifted slice (see `convnext_jax.layers._materialized`). The profiler adds
+materializing every shifted slice (see `convnext_jax.ops._materialized`). The profiler adds
 overhead, so read shares, not absolute times.
 """
+
 import argparse
 import ast
 import collections
@@ -23,16 +24,17 @@ from core_jax import host_memory
 
 host_memory.retain_freed_memory()  # as our trainers run (before JAX starts its thread pools)
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
 
 _LAYER = re.compile(r'(dwconv|norm|pwconv1|pwconv2|erf|downsample_\d/conv|stem_conv|head|drop_path|gamma)')
 
 
 def _step(args):
   import optax  # pylint: disable=import-outside-toplevel
+
   from convnext_jax import create_model  # pylint: disable=import-outside-toplevel
+
   overrides = {k: ast.literal_eval(v) for k, v in (s.split('=', 1) for s in args.set)}
   model = create_model(args.model, **overrides)
   x = jax.random.normal(jax.random.PRNGKey(0), (args.batch, args.size, args.size, 3), jnp.float32)
@@ -48,6 +50,7 @@ def _step(args):
       def loss(p):
         logits, _ = model.apply({'params': p}, x, train=True, rngs={'dropout': jax.random.PRNGKey(0)})
         return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
       value, grads = jax.value_and_grad(loss)(p)
       updates, o = tx.update(grads, o, p)
       return optax.apply_updates(p, updates), o, value
@@ -70,6 +73,7 @@ def _op_names(compiled_text: str) -> dict:
 
 def profile(args) -> list:
   from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=import-outside-toplevel
+
   fn, operands = _step(args)
   for _ in range(2):  # compile, then one warm call
     jax.block_until_ready(fn(*operands))
@@ -96,8 +100,10 @@ def profile(args) -> list:
         kind = (layer.group(1) if layer else op_names[name].split('/')[-1][:24], name.split('.')[0][:28])
         per_kind[kind] += ev.duration_ps / 1e9
   total = sum(per_kind.values())
-  print(f'{args.model} {args.mode} batch {args.batch} at {args.size}: wall under profiler {wall * 1e3:.0f} ms, '
-        f'XLA ops {total:.0f} ms, backend {jax.default_backend()}')
+  print(
+      f'{args.model} {args.mode} batch {args.batch} at {args.size}: wall under profiler {wall * 1e3:.0f} ms, '
+      f'XLA ops {total:.0f} ms, backend {jax.default_backend()}'
+  )
   rows = per_kind.most_common(args.top)
   for (layer, op), ms in rows:
     print(f'{ms:9.1f} ms {100 * ms / total:5.1f}%  {layer:22s} {op}')

@@ -38,255 +38,258 @@ transpose (2, 3, 1, 0) -- this covers the depthwise kernel (C,1,7,7) -> (7,7,1,C
 (out, in) -> kernel (in, out) (timm ``conv_mlp=True`` models store fc1/fc2 as (out, in, 1, 1):
 squeeze first); LN weight -> ``scale``; gamma unchanged; inputs NCHW -> NHWC.
 
-The depthwise conv kernel is (7, 7, 1, C) whatever ``dwconv_impl`` is ('xla' grouped conv,
-'native' C++ kernels for XLA:CPU -- which then also compute the LayerNorms --, 'shifted' 49
-multiply-adds, 'auto' = native on a one-device CPU process with a C++ compiler, else shifted on CPU,
-xla elsewhere), so checkpoints are interchangeable between implementations.  Likewise
-``patch_conv_impl`` (stem and downsampling convs: 'conv', 'dense' patch matmul, 'auto' = dense on
-CPU) and ``fusion_barriers`` (materialize each block layer's output; None = on CPU only) change
-speed, never parameters or results.
+How the layers compute is not part of the model: ``dwconv_impl``, ``patch_conv_impl`` and ``fusion_barriers``
+name the backend's choices (C++ kernels, shifted depthwise conv, patch matmuls, fusion barriers; 'auto' / None
+picks for the running process), resolved once into a ``convnext_jax.ops.Ops`` that every layer receives. They
+change speed, never parameters or results, so checkpoints are interchangeable between them.
 """
-from __future__ import annotations
 
 import fnmatch
-from typing import Any, Dict, Optional, Sequence, Tuple
+from collections.abc import Sequence
+from typing import Any
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import flax.linen as nn
 
-from .layers import (DepthwiseConv, DropPath, PatchConv, fusion_barrier, gelu_exact, layer_norm,
-                     native_layer_norms, resolve_fusion_barriers, trunc_normal_init)
+from convnext_jax.layers import DepthwiseConv, DropPath, LayerNorm, PatchConv, gelu_exact, trunc_normal_init
+from convnext_jax.ops import Ops
 
 Array = jax.Array
 Dtype = Any
 
-__all__ = ["Block", "ConvNeXt", "ConvNeXtIsotropic", "create_model", "list_models", "register_model",
-           "model_config", "param_count"]
+__all__ = [
+    'Block',
+    'ConvNeXt',
+    'ConvNeXtIsotropic',
+    'create_model',
+    'list_models',
+    'register_model',
+    'model_config',
+    'param_count',
+]
 
 
 def _dense(features: int, name: str, dtype: Dtype, scale: float = 1.0) -> nn.Dense:
-    return nn.Dense(features, dtype=dtype, param_dtype=jnp.float32, kernel_init=trunc_normal_init(0.02, scale=scale),
-                    bias_init=nn.initializers.zeros, name=name)
-
-
-def _conv(features: int, k: int, name: str, dtype: Dtype, impl: str = "auto") -> PatchConv:
-    """k x k / stride k conv (same params as ``nn.Conv``; a patch matmul on CPU, see ``PatchConv``)."""
-    return PatchConv(features, k, impl=impl, dtype=dtype, name=name)
+  return nn.Dense(
+      features,
+      dtype=dtype,
+      param_dtype=jnp.float32,
+      kernel_init=trunc_normal_init(0.02, scale=scale),
+      bias_init=nn.initializers.zeros,
+      name=name,
+  )
 
 
 class Block(nn.Module):
-    """ConvNeXt block. Params: dwconv/{kernel (k,k,1,C), bias}, norm/{scale,bias}, pwconv1, pwconv2, [gamma]."""
+  """ConvNeXt block: x + DropPath(gamma * pwconv2(GELU(pwconv1(LN(dwconv(x)))))).
 
-    drop_path: float = 0.0
-    layer_scale_init_value: float = 1e-6
-    kernel_size: int = 7
-    dwconv_impl: str = "auto"
-    fusion_barriers: Optional[bool] = None
-    dtype: Dtype = jnp.float32
+  Params: dwconv/{kernel (k,k,1,C), bias}, norm/{scale,bias}, pwconv1, pwconv2, [gamma].
+  """
 
-    @nn.compact
-    def __call__(self, x: Array, train: bool = False) -> Array:
-        # On CPU every layer output is materialized (layers.fusion_barrier): XLA:CPU's cross-layer fusion
-        # (LN into the matmul, GELU into its neighbours) is slower than the memory pass it saves.
-        # Identity in value; None = on for the CPU backend only.
-        c = x.shape[-1]
-        shortcut = x
-        y = DepthwiseConv(self.kernel_size, self.kernel_size // 2, impl=self.dwconv_impl, dtype=self.dtype,
-                          name="dwconv")(x)
-        # 'native' (CPU): the C++ kernels do the LayerNorms too; their outputs need no fusion barrier.
-        native = native_layer_norms(self.dwconv_impl)
-        norm = layer_norm("norm", self.dtype, native=native)
-        y = norm(y)
-        if resolve_fusion_barriers(self.fusion_barriers):
-            # The barrier's predicate reads a (replicated) parameter, not the batch-sharded activation.
-            anchor = norm.variables["params"]["scale"]
-            bar = lambda t: fusion_barrier(t, anchor)  # pylint: disable=unnecessary-lambda-assignment
-        else:
-            bar = lambda t: t  # pylint: disable=unnecessary-lambda-assignment
-        if not native:
-            y = bar(y)
-        y = bar(_dense(4 * c, "pwconv1", self.dtype)(y))
-        y = bar(gelu_exact(y))
-        y = bar(_dense(c, "pwconv2", self.dtype)(y))
-        if self.layer_scale_init_value > 0:
-            gamma = self.param("gamma", nn.initializers.constant(self.layer_scale_init_value), (c,), jnp.float32)
-            y = y * gamma.astype(y.dtype)
-        y = DropPath(self.drop_path, name="drop_path")(y, train=train)
-        return bar(shortcut.astype(y.dtype) + y)
+  drop_path: float = 0.0
+  layer_scale_init_value: float = 1e-6
+  kernel_size: int = 7
+  ops: Ops = Ops()
+  dtype: Dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False) -> Array:
+    c = x.shape[-1]
+    norm = LayerNorm(dtype=self.dtype, ops=self.ops, name='norm')
+    y = DepthwiseConv(self.kernel_size, self.kernel_size // 2, ops=self.ops, dtype=self.dtype, name='dwconv')(x)
+    y = norm(y)
+    # Each layer's output may be materialized (speed only, see Ops.layer_end); the barrier's predicate reads a
+    # replicated parameter, never the batch-sharded activation.
+    anchor = norm.variables['params']['scale']
+    y = self.ops.layer_end(y, anchor, after_layer_norm=True)
+    y = self.ops.layer_end(_dense(4 * c, 'pwconv1', self.dtype)(y), anchor)
+    y = self.ops.layer_end(gelu_exact(y), anchor)
+    y = self.ops.layer_end(_dense(c, 'pwconv2', self.dtype)(y), anchor)
+    if self.layer_scale_init_value > 0:
+      gamma = self.param('gamma', nn.initializers.constant(self.layer_scale_init_value), (c,), jnp.float32)
+      y = y * gamma.astype(y.dtype)
+    y = DropPath(self.drop_path, name='drop_path')(y, train=train)
+    return self.ops.layer_end(x.astype(y.dtype) + y, anchor)
 
 
-def _head(x: Array, num_classes: int, head_init_scale: float, dtype: Dtype, native: bool) -> Array:
-    x = jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(dtype)  # global average pool, then LN
-    x = layer_norm("head_norm", dtype, native=native)(x)
-    if num_classes > 0:
-        x = _dense(num_classes, "head", dtype, scale=head_init_scale)(x)
-    return x.astype(jnp.float32)
+def _head(x: Array, num_classes: int, head_init_scale: float, dtype: Dtype, ops: Ops) -> Array:
+  x = jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(dtype)  # global average pool, then LN
+  x = LayerNorm(dtype=dtype, ops=ops, name='head_norm')(x)
+  if num_classes > 0:
+    x = _dense(num_classes, 'head', dtype, scale=head_init_scale)(x)
+  return x.astype(jnp.float32)
 
 
 class ConvNeXt(nn.Module):
-    """Hierarchical ConvNeXt. See the module docstring for the param tree."""
+  """Hierarchical ConvNeXt. See the module docstring for the param tree."""
 
-    depths: Sequence[int] = (3, 3, 9, 3)
-    dims: Sequence[int] = (96, 192, 384, 768)
-    in_chans: int = 3
-    num_classes: int = 1000
-    drop_path_rate: float = 0.0
-    layer_scale_init_value: float = 1e-6
-    head_init_scale: float = 1.0
-    patch_size: int = 4
-    kernel_size: int = 7
-    dwconv_impl: str = "auto"
-    patch_conv_impl: str = "auto"
-    fusion_barriers: Optional[bool] = None
-    dtype: Dtype = jnp.float32
+  depths: Sequence[int] = (3, 3, 9, 3)
+  dims: Sequence[int] = (96, 192, 384, 768)
+  in_chans: int = 3
+  num_classes: int = 1000
+  drop_path_rate: float = 0.0
+  layer_scale_init_value: float = 1e-6
+  head_init_scale: float = 1.0
+  patch_size: int = 4
+  kernel_size: int = 7
+  dwconv_impl: str = 'auto'
+  patch_conv_impl: str = 'auto'
+  fusion_barriers: bool | None = None
+  dtype: Dtype = jnp.float32
 
-    def block_drop_rates(self) -> np.ndarray:
-        return np.linspace(0.0, self.drop_path_rate, int(sum(self.depths)))
+  def block_drop_rates(self) -> np.ndarray:
+    return np.linspace(0.0, self.drop_path_rate, int(sum(self.depths)))
 
-    @nn.compact
-    def __call__(self, x: Array, train: bool = False) -> Tuple[Array, Dict[str, Array]]:
-        if len(self.depths) != len(self.dims):
-            raise ValueError(f"depths {self.depths} and dims {self.dims} must have the same length")
-        if x.ndim != 4 or x.shape[-1] != self.in_chans:
-            raise ValueError(f"expected NHWC input with {self.in_chans} channels, got shape {x.shape}")
-        x = x.astype(self.dtype)
-        rates = self.block_drop_rates()
-        native = native_layer_norms(self.dwconv_impl)
-        features: Dict[str, Array] = {}
-        k = 0
-        for i, (depth, dim) in enumerate(zip(self.depths, self.dims)):
-            if i == 0:
-                x = _conv(dim, self.patch_size, "stem_conv", self.dtype, self.patch_conv_impl)(x)
-                x = layer_norm("stem_norm", self.dtype, native=native)(x)
-            else:
-                x = Downsample(dim, dtype=self.dtype, conv_impl=self.patch_conv_impl, native_norm=native,
-                               name=f"downsample_{i}")(x)
-            for j in range(depth):
-                x = Block(drop_path=float(rates[k]), layer_scale_init_value=self.layer_scale_init_value,
-                          kernel_size=self.kernel_size, dwconv_impl=self.dwconv_impl,
-                          fusion_barriers=self.fusion_barriers, dtype=self.dtype,
-                          name=f"stages_{i}_block_{j}")(x, train=train)
-                k += 1
-            features[f"stage_{i}"] = x
-        logits = _head(x, self.num_classes, self.head_init_scale, self.dtype, native)
-        return logits, features
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False) -> tuple[Array, dict[str, Array]]:
+    if len(self.depths) != len(self.dims):
+      raise ValueError(f'depths {self.depths} and dims {self.dims} must have the same length')
+    if x.ndim != 4 or x.shape[-1] != self.in_chans:
+      raise ValueError(f'expected NHWC input with {self.in_chans} channels, got shape {x.shape}')
+    ops = Ops.for_backend(self.dwconv_impl, self.patch_conv_impl, self.fusion_barriers)
+    x = x.astype(self.dtype)
+    rates = self.block_drop_rates()
+    features: dict[str, Array] = {}
+    k = 0
+    for i, (depth, dim) in enumerate(zip(self.depths, self.dims)):
+      if i == 0:
+        x = PatchConv(dim, self.patch_size, ops=ops, dtype=self.dtype, name='stem_conv')(x)
+        x = LayerNorm(dtype=self.dtype, ops=ops, name='stem_norm')(x)
+      else:
+        x = Downsample(dim, dtype=self.dtype, ops=ops, name=f'downsample_{i}')(x)
+      for j in range(depth):
+        x = Block(
+            drop_path=float(rates[k]),
+            layer_scale_init_value=self.layer_scale_init_value,
+            kernel_size=self.kernel_size,
+            ops=ops,
+            dtype=self.dtype,
+            name=f'stages_{i}_block_{j}',
+        )(x, train=train)
+        k += 1
+      features[f'stage_{i}'] = x
+    logits = _head(x, self.num_classes, self.head_init_scale, self.dtype, ops)
+    return logits, features
 
 
 class Downsample(nn.Module):
-    """LN(eps 1e-6) -> Conv 2x2 stride 2 (VALID). Params: norm/{scale,bias}, conv/{kernel,bias}."""
+  """LN(eps 1e-6) -> Conv 2x2 stride 2 (VALID). Params: norm/{scale,bias}, conv/{kernel,bias}."""
 
-    dim: int
-    dtype: Dtype = jnp.float32
-    conv_impl: str = "auto"
-    native_norm: bool = False
+  dim: int
+  dtype: Dtype = jnp.float32
+  ops: Ops = Ops()
 
-    @nn.compact
-    def __call__(self, x: Array) -> Array:
-        x = layer_norm("norm", self.dtype, native=self.native_norm)(x)
-        return _conv(self.dim, 2, "conv", self.dtype, self.conv_impl)(x)
+  @nn.compact
+  def __call__(self, x: Array) -> Array:
+    x = LayerNorm(dtype=self.dtype, ops=self.ops, name='norm')(x)
+    return PatchConv(self.dim, 2, ops=self.ops, dtype=self.dtype, name='conv')(x)
 
 
 class ConvNeXtIsotropic(nn.Module):
-    """Isotropic ConvNeXt (paper Sec. 3.3): patchify stem (no LN) -> depth x Block(dim) -> pool -> LN -> head.
+  """Isotropic ConvNeXt (paper Sec. 3.3): patchify stem (no LN) -> depth x Block(dim) -> pool -> LN -> head.
 
-    Returns ``(logits, {'blocks': final block output (N, H/p, W/p, dim)})``.
-    """
+  Returns ``(logits, {'blocks': final block output (N, H/p, W/p, dim)})``.
+  """
 
-    depth: int = 18
-    dim: int = 384
-    in_chans: int = 3
-    num_classes: int = 1000
-    drop_path_rate: float = 0.0
-    layer_scale_init_value: float = 0.0
-    head_init_scale: float = 1.0
-    patch_size: int = 16
-    kernel_size: int = 7
-    dwconv_impl: str = "auto"
-    patch_conv_impl: str = "auto"
-    fusion_barriers: Optional[bool] = None
-    dtype: Dtype = jnp.float32
+  depth: int = 18
+  dim: int = 384
+  in_chans: int = 3
+  num_classes: int = 1000
+  drop_path_rate: float = 0.0
+  layer_scale_init_value: float = 0.0
+  head_init_scale: float = 1.0
+  patch_size: int = 16
+  kernel_size: int = 7
+  dwconv_impl: str = 'auto'
+  patch_conv_impl: str = 'auto'
+  fusion_barriers: bool | None = None
+  dtype: Dtype = jnp.float32
 
-    @nn.compact
-    def __call__(self, x: Array, train: bool = False) -> Tuple[Array, Dict[str, Array]]:
-        if x.ndim != 4 or x.shape[-1] != self.in_chans:
-            raise ValueError(f"expected NHWC input with {self.in_chans} channels, got shape {x.shape}")
-        x = _conv(self.dim, self.patch_size, "stem_conv", self.dtype, self.patch_conv_impl)(x.astype(self.dtype))
-        rates = np.linspace(0.0, self.drop_path_rate, self.depth)
-        for j in range(self.depth):
-            x = Block(drop_path=float(rates[j]), layer_scale_init_value=self.layer_scale_init_value,
-                      kernel_size=self.kernel_size, dwconv_impl=self.dwconv_impl,
-                      fusion_barriers=self.fusion_barriers, dtype=self.dtype,
-                      name=f"blocks_{j}")(x, train=train)
-        logits = _head(x, self.num_classes, self.head_init_scale, self.dtype, native_layer_norms(self.dwconv_impl))
-        return logits, {"blocks": x}
+  @nn.compact
+  def __call__(self, x: Array, train: bool = False) -> tuple[Array, dict[str, Array]]:
+    if x.ndim != 4 or x.shape[-1] != self.in_chans:
+      raise ValueError(f'expected NHWC input with {self.in_chans} channels, got shape {x.shape}')
+    ops = Ops.for_backend(self.dwconv_impl, self.patch_conv_impl, self.fusion_barriers)
+    x = PatchConv(self.dim, self.patch_size, ops=ops, dtype=self.dtype, name='stem_conv')(x.astype(self.dtype))
+    rates = np.linspace(0.0, self.drop_path_rate, self.depth)
+    for j in range(self.depth):
+      x = Block(
+          drop_path=float(rates[j]),
+          layer_scale_init_value=self.layer_scale_init_value,
+          kernel_size=self.kernel_size,
+          ops=ops,
+          dtype=self.dtype,
+          name=f'blocks_{j}',
+      )(x, train=train)
+    logits = _head(x, self.num_classes, self.head_init_scale, self.dtype, ops)
+    return logits, {'blocks': x}
 
 
 # --------------------------------------------------------------------------------------
 # Registry
 # --------------------------------------------------------------------------------------
-_REGISTRY: Dict[str, Tuple[type, Dict[str, Any]]] = {}
+_REGISTRY: dict[str, tuple[type, dict[str, Any]]] = {}
 
 
 def register_model(name: str, cls: type, **defaults) -> None:
-    _REGISTRY[name] = (cls, dict(defaults))
+  _REGISTRY[name] = (cls, dict(defaults))
 
 
 _H = ConvNeXt
-register_model("convnext_atto", _H, depths=(2, 2, 6, 2), dims=(40, 80, 160, 320))
-register_model("convnext_femto", _H, depths=(2, 2, 6, 2), dims=(48, 96, 192, 384))
-register_model("convnext_pico", _H, depths=(2, 2, 6, 2), dims=(64, 128, 256, 512))
-register_model("convnext_nano", _H, depths=(2, 2, 8, 2), dims=(80, 160, 320, 640))
-register_model("convnext_tiny", _H, depths=(3, 3, 9, 3), dims=(96, 192, 384, 768))
-register_model("convnext_small", _H, depths=(3, 3, 27, 3), dims=(96, 192, 384, 768))
-register_model("convnext_base", _H, depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024))
-register_model("convnext_large", _H, depths=(3, 3, 27, 3), dims=(192, 384, 768, 1536))
-register_model("convnext_xlarge", _H, depths=(3, 3, 27, 3), dims=(256, 512, 1024, 2048))
+register_model('convnext_atto', _H, depths=(2, 2, 6, 2), dims=(40, 80, 160, 320))
+register_model('convnext_femto', _H, depths=(2, 2, 6, 2), dims=(48, 96, 192, 384))
+register_model('convnext_pico', _H, depths=(2, 2, 6, 2), dims=(64, 128, 256, 512))
+register_model('convnext_nano', _H, depths=(2, 2, 8, 2), dims=(80, 160, 320, 640))
+register_model('convnext_tiny', _H, depths=(3, 3, 9, 3), dims=(96, 192, 384, 768))
+register_model('convnext_small', _H, depths=(3, 3, 27, 3), dims=(96, 192, 384, 768))
+register_model('convnext_base', _H, depths=(3, 3, 27, 3), dims=(128, 256, 512, 1024))
+register_model('convnext_large', _H, depths=(3, 3, 27, 3), dims=(192, 384, 768, 1536))
+register_model('convnext_xlarge', _H, depths=(3, 3, 27, 3), dims=(256, 512, 1024, 2048))
 # Small ConvNeXt for 32x32 digit images (10 classes): patch-2 stem -> 16/8/4/2 feature maps.
-# Same block design / 7x7 depthwise kernel / 4 stages; sized for a <0.3 s train step at batch 64 on
-# 2 CPU cores (see benchmarks/profile_convnext_layers.py).
-register_model("convnext_digits", _H, depths=(1, 1, 3, 1), dims=(32, 64, 128, 256), patch_size=2,
-               num_classes=10)
-register_model("convnext_iso_small", ConvNeXtIsotropic, depth=18, dim=384, layer_scale_init_value=0.0)
-register_model("convnext_iso_base", ConvNeXtIsotropic, depth=18, dim=768, layer_scale_init_value=0.0)
-register_model("convnext_iso_large", ConvNeXtIsotropic, depth=36, dim=1024, layer_scale_init_value=1e-6)
+# Same block design / 7x7 depthwise kernel / 4 stages; sized for the CPU demo (`make demo`; its train step
+# time is in benchmarks/RESULTS.md, design measurements).
+register_model('convnext_digits', _H, depths=(1, 1, 3, 1), dims=(32, 64, 128, 256), patch_size=2, num_classes=10)
+register_model('convnext_iso_small', ConvNeXtIsotropic, depth=18, dim=384, layer_scale_init_value=0.0)
+register_model('convnext_iso_base', ConvNeXtIsotropic, depth=18, dim=768, layer_scale_init_value=0.0)
+register_model('convnext_iso_large', ConvNeXtIsotropic, depth=36, dim=1024, layer_scale_init_value=1e-6)
 del _H
 
 
-def list_models(pattern: Optional[str] = None) -> list:
-    """Sorted registered names, optionally filtered by an fnmatch pattern (e.g. 'convnext_iso_*')."""
-    names = sorted(_REGISTRY)
-    return [n for n in names if pattern is None or fnmatch.fnmatch(n, pattern)]
+def list_models(pattern: str | None = None) -> list:
+  """Sorted registered names, optionally filtered by an fnmatch pattern (e.g. 'convnext_iso_*')."""
+  names = sorted(_REGISTRY)
+  return [n for n in names if pattern is None or fnmatch.fnmatch(n, pattern)]
 
 
-def model_config(name: str, **overrides) -> Dict[str, Any]:
-    """The constructor kwargs ``create_model(name, **overrides)`` would use."""
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown model {name!r}; available: {list_models()}")
-    cls, defaults = _REGISTRY[name]
-    cfg = dict(defaults)
-    cfg.update(overrides)
-    return cfg
+def model_config(name: str, **overrides) -> dict[str, Any]:
+  """The constructor kwargs ``create_model(name, **overrides)`` would use."""
+  if name not in _REGISTRY:
+    raise ValueError(f'unknown model {name!r}; available: {list_models()}')
+  cls, defaults = _REGISTRY[name]
+  cfg = dict(defaults)
+  cfg.update(overrides)
+  return cfg
 
 
 def create_model(name: str, **overrides) -> nn.Module:
-    """timm-style factory: ``create_model('convnext_tiny', num_classes=10, drop_path_rate=0.1, dtype=jnp.bfloat16)``.
+  """timm-style factory: ``create_model('convnext_tiny', num_classes=10, drop_path_rate=0.1, dtype=jnp.bfloat16)``.
 
-    Overrides are any ConvNeXt / ConvNeXtIsotropic field (depths, dims, in_chans, num_classes,
-    drop_path_rate, layer_scale_init_value, head_init_scale, patch_size, kernel_size, dwconv_impl,
-    patch_conv_impl, fusion_barriers, dtype).
-    """
-    cls, _ = _REGISTRY[name] if name in _REGISTRY else (None, None)
-    cfg = model_config(name, **overrides)
-    for key in ("depths", "dims"):
-        if key in cfg:
-            cfg[key] = tuple(int(v) for v in cfg[key])
-    return cls(**cfg)
+  Overrides are any ConvNeXt / ConvNeXtIsotropic field (depths, dims, in_chans, num_classes,
+  drop_path_rate, layer_scale_init_value, head_init_scale, patch_size, kernel_size, dwconv_impl,
+  patch_conv_impl, fusion_barriers, dtype).
+  """
+  cls, _ = _REGISTRY[name] if name in _REGISTRY else (None, None)
+  cfg = model_config(name, **overrides)
+  for key in ('depths', 'dims'):
+    if key in cfg:
+      cfg[key] = tuple(int(v) for v in cfg[key])
+  return cls(**cfg)
 
 
-def param_count(model: nn.Module, input_size: Tuple[int, int] = (224, 224)) -> int:
-    """Number of parameters, computed abstractly with ``jax.eval_shape`` (nothing is materialised)."""
-    x = jax.ShapeDtypeStruct((1, *input_size, model.in_chans), jnp.float32)
-    shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
-    return int(sum(int(np.prod(l.shape)) for l in jax.tree_util.tree_leaves(shapes["params"])))
+def param_count(model: nn.Module, input_size: tuple[int, int] = (224, 224)) -> int:
+  """Number of parameters, computed abstractly with ``jax.eval_shape`` (nothing is materialised)."""
+  x = jax.ShapeDtypeStruct((1, *input_size, model.in_chans), jnp.float32)
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+  return int(sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(shapes['params'])))

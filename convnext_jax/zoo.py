@@ -8,25 +8,33 @@ are ``core_jax.counting.count_macs`` for one image at 224x224 and 384x384 (fvcor
 "FLOPs": convs and linears only).  The top-1 columns are REFERENCE numbers copied from the sources below
 (not measured here).
 """
-from __future__ import annotations
 
 import argparse
 import json
-from typing import Dict, Optional, Sequence, Tuple
+from collections.abc import Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import flax.linen as nn
 
+from convnext_jax import models
 from core_jax import counting
-from . import models
 
-__all__ = ["ZOO_MODELS", "REFERENCE_TOP1", "params_and_macs", "model_stats", "zoo_table", "format_markdown"]
+__all__ = ['ZOO_MODELS', 'REFERENCE_TOP1', 'params_and_macs', 'model_stats', 'zoo_table', 'format_markdown']
 
-ZOO_MODELS: Tuple[str, ...] = (
-    "convnext_atto", "convnext_femto", "convnext_pico", "convnext_nano", "convnext_tiny", "convnext_small",
-    "convnext_base", "convnext_large", "convnext_xlarge", "convnext_iso_small", "convnext_iso_base",
-    "convnext_iso_large",
+ZOO_MODELS: tuple[str, ...] = (
+    'convnext_atto',
+    'convnext_femto',
+    'convnext_pico',
+    'convnext_nano',
+    'convnext_tiny',
+    'convnext_small',
+    'convnext_base',
+    'convnext_large',
+    'convnext_xlarge',
+    'convnext_iso_small',
+    'convnext_iso_base',
+    'convnext_iso_large',
 )
 
 # ---------------------------------------------------------------------------------------------------
@@ -39,88 +47,104 @@ ZOO_MODELS: Tuple[str, ...] = (
 #            atto/femto/pico/nano (not in the paper): convnext_atto.d2_in1k, femto.d1_in1k, pico.d1_in1k,
 #            nano.d1h_in1k, evaluated at 224.
 # ---------------------------------------------------------------------------------------------------
-REFERENCE_TOP1: Dict[str, Tuple[Optional[float], Optional[float], str]] = {
-    "convnext_atto": (75.672, None, "timm results CSV (atto.d2_in1k)"),
-    "convnext_femto": (77.498, None, "timm results CSV (femto.d1_in1k)"),
-    "convnext_pico": (79.516, None, "timm results CSV (pico.d1_in1k)"),
-    "convnext_nano": (80.762, None, "timm results CSV (nano.d1h_in1k)"),
-    "convnext_tiny": (82.1, None, "paper Table 1"),
-    "convnext_small": (83.1, None, "paper Table 1"),
-    "convnext_base": (83.8, 85.1, "paper Table 1"),
-    "convnext_large": (84.3, 85.5, "paper Table 1"),
-    "convnext_xlarge": (None, None, "paper Table 1 (22K pre-trained only: 87.0 / 87.8)"),
-    "convnext_iso_small": (79.7, None, "paper Table 2 (README: 78.7)"),
-    "convnext_iso_base": (82.0, None, "paper Table 2"),
-    "convnext_iso_large": (82.6, None, "paper Table 2"),
+REFERENCE_TOP1: dict[str, tuple[float | None, float | None, str]] = {
+    'convnext_atto': (75.672, None, 'timm results CSV (atto.d2_in1k)'),
+    'convnext_femto': (77.498, None, 'timm results CSV (femto.d1_in1k)'),
+    'convnext_pico': (79.516, None, 'timm results CSV (pico.d1_in1k)'),
+    'convnext_nano': (80.762, None, 'timm results CSV (nano.d1h_in1k)'),
+    'convnext_tiny': (82.1, None, 'paper Table 1'),
+    'convnext_small': (83.1, None, 'paper Table 1'),
+    'convnext_base': (83.8, 85.1, 'paper Table 1'),
+    'convnext_large': (84.3, 85.5, 'paper Table 1'),
+    'convnext_xlarge': (None, None, 'paper Table 1 (22K pre-trained only: 87.0 / 87.8)'),
+    'convnext_iso_small': (79.7, None, 'paper Table 2 (README: 78.7)'),
+    'convnext_iso_base': (82.0, None, 'paper Table 2'),
+    'convnext_iso_large': (82.6, None, 'paper Table 2'),
 }
 
 
-def params_and_macs(model: nn.Module, x: jax.ShapeDtypeStruct, **kwargs) -> Tuple[int, int]:
-    """(number of params, MACs) of ``model`` on input ``x`` from ONE abstract trace.
+def params_and_macs(model: nn.Module, x: jax.ShapeDtypeStruct, **kwargs) -> tuple[int, int]:
+  """(number of params, MACs) of ``model`` on input ``x`` from ONE abstract trace.
 
-    ``count_macs`` with empty variables initialises the parameters while it traces the forward pass
-    (``apply`` with ``mutable=True`` and a 'params' rng is how flax's ``init`` works), and the traced method
-    reads the param count off the bound module, so init and counting share a single trace.
-    """
-    box = {}
+  ``count_macs`` with empty variables initialises the parameters while it traces the forward pass
+  (``apply`` with ``mutable=True`` and a 'params' rng is how flax's ``init`` works), and the traced method
+  reads the param count off the bound module, so init and counting share a single trace.
+  """
+  box = {}
 
-    def forward(mdl, inp, **kw):
-        out = mdl(inp, **kw)
-        box["params"] = counting.count_params(mdl.variables.get("params", {}))
-        return out
-
-    kwargs.setdefault("train", False)
-    macs = counting.count_macs(model, x, variables={}, method=forward, **kwargs)
-    return box["params"], macs
-
-
-def model_stats(name: str, sizes: Sequence[int] = (224, 384), num_classes: int = 1000) -> Dict[str, int]:
-    """{'params': ..., 'macs_<size>': ...} for ``create_model(name, num_classes=num_classes)``, abstractly
-    (one trace per size; params reported for the first size -- they do not depend on it)."""
-    model = models.create_model(name, num_classes=num_classes)
-    out = {}
-    for s in sizes:
-        x = jax.ShapeDtypeStruct((1, s, s, model.in_chans), jnp.float32)
-        params, out[f"macs_{s}"] = params_and_macs(model, x)
-        out.setdefault("params", params)
+  def forward(mdl, inp, **kw):
+    out = mdl(inp, **kw)
+    box['params'] = counting.count_params(mdl.variables.get('params', {}))
     return out
+
+  kwargs.setdefault('train', False)
+  macs = counting.count_macs(model, x, variables={}, method=forward, **kwargs)
+  return box['params'], macs
+
+
+def model_stats(name: str, sizes: Sequence[int] = (224, 384), num_classes: int = 1000) -> dict[str, int]:
+  """{'params': ..., 'macs_<size>': ...} for ``create_model(name, num_classes=num_classes)``, abstractly
+  (one trace per size; params reported for the first size -- they do not depend on it)."""
+  model = models.create_model(name, num_classes=num_classes)
+  out = {}
+  for s in sizes:
+    x = jax.ShapeDtypeStruct((1, s, s, model.in_chans), jnp.float32)
+    params, out[f'macs_{s}'] = params_and_macs(model, x)
+    out.setdefault('params', params)
+  return out
 
 
 def zoo_table(names: Sequence[str] = ZOO_MODELS) -> list:
-    rows = []
-    for name in names:
-        st = model_stats(name)
-        top1, top1_384, src = REFERENCE_TOP1.get(name, (None, None, ""))
-        rows.append(dict(model=name, params=st["params"], gmacs_224=round(st["macs_224"] / 1e9, 2),
-                         gmacs_384=round(st["macs_384"] / 1e9, 2), macs_224=st["macs_224"], macs_384=st["macs_384"],
-                         ref_top1_224=top1, ref_top1_384=top1_384, ref_source=src))
-    return rows
+  rows = []
+  for name in names:
+    st = model_stats(name)
+    top1, top1_384, src = REFERENCE_TOP1.get(name, (None, None, ''))
+    rows.append(
+        dict(
+            model=name,
+            params=st['params'],
+            gmacs_224=round(st['macs_224'] / 1e9, 2),
+            gmacs_384=round(st['macs_384'] / 1e9, 2),
+            macs_224=st['macs_224'],
+            macs_384=st['macs_384'],
+            ref_top1_224=top1,
+            ref_top1_384=top1_384,
+            ref_source=src,
+        )
+    )
+  return rows
 
 
-def _fmt(v: Optional[float]) -> str:
-    return "—" if v is None else str(v)
+def _fmt(v: float | None) -> str:
+  return '—' if v is None else str(v)
 
 
 def format_markdown(rows: list) -> str:
-    lines = ["| model | params | GMACs @224 | GMACs @384 | ref. IN-1K top-1 @224 | ref. @384 | reference source |",
-             "|---|---:|---:|---:|---:|---:|---|"]
-    for r in rows:
-        lines.append(f"| {r['model']} | {r['params']:,} | {r['gmacs_224']:.2f} | {r['gmacs_384']:.2f} | "
-                     f"{_fmt(r['ref_top1_224'])} | {_fmt(r['ref_top1_384'])} | {r['ref_source']} |")
-    lines.append("")
-    lines.append("Params (1000-class head) and GMACs are computed from the Flax models (`python -m convnext_jax.zoo`); "
-                 "top-1 columns are reference numbers from the paper / timm, not measured here.")
-    return "\n".join(lines)
+  lines = [
+      '| model | params | GMACs @224 | GMACs @384 | ref. IN-1K top-1 @224 | ref. @384 | reference source |',
+      '|---|---:|---:|---:|---:|---:|---|',
+  ]
+  for r in rows:
+    lines.append(
+        f"| {r['model']} | {r['params']:,} | {r['gmacs_224']:.2f} | {r['gmacs_384']:.2f} | "
+        f"{_fmt(r['ref_top1_224'])} | {_fmt(r['ref_top1_384'])} | {r['ref_source']} |"
+    )
+  lines.append('')
+  lines.append(
+      'Params (1000-class head) and GMACs are computed from the Flax models (`python -m convnext_jax.zoo`); '
+      'top-1 columns are reference numbers from the paper / timm, not measured here.'
+  )
+  return '\n'.join(lines)
 
 
 def main(argv=None) -> None:
-    p = argparse.ArgumentParser(description="ConvNeXt model-zoo table (params, GMACs, reference top-1)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of Markdown")
-    p.add_argument("--models", nargs="*", default=None, help="subset of model names (default: all ImageNet ones)")
-    args = p.parse_args(argv)
-    rows = zoo_table(args.models or ZOO_MODELS)
-    print(json.dumps(rows, indent=1) if args.json else format_markdown(rows))
+  p = argparse.ArgumentParser(description='ConvNeXt model-zoo table (params, GMACs, reference top-1)')
+  p.add_argument('--json', action='store_true', help='print JSON instead of Markdown')
+  p.add_argument('--models', nargs='*', default=None, help='subset of model names (default: all ImageNet ones)')
+  args = p.parse_args(argv)
+  rows = zoo_table(args.models or ZOO_MODELS)
+  print(json.dumps(rows, indent=1) if args.json else format_markdown(rows))
 
 
-if __name__ == "__main__":
-    main()
+if __name__ == '__main__':
+  main()

@@ -1,14 +1,31 @@
-"""Test-wide settings: highest matmul precision for parity checks, and one TFDS data dir per session."""
+"""Test-wide settings: a persistent JAX compilation cache, highest matmul precision for parity checks, and one
+TFDS data dir per session.
+
+The compilation cache (``.cache/jax`` in the repository, git-ignored; ``JAX_COMPILATION_CACHE_DIR`` overrides it,
+``JAX_ENABLE_COMPILATION_CACHE=false`` turns it off) lets a rerun of the suite load the programs an earlier run
+compiled instead of compiling them again: most of a test's time on CPU is XLA compiling it. Entries are keyed by
+the program, the XLA flags and the jax/jaxlib version, so a changed test or library compiles afresh. No size cap
+(jax's LRU mode breaks when a subprocess without it writes the same directory); `rm -rf .cache/jax` clears it.
+"""
+
 import os
 
+import jax
 import pytest
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+if jax.config.jax_compilation_cache_dir is None:
+  jax.config.update('jax_compilation_cache_dir', os.path.join(REPO, '.cache', 'jax'))
+# jax caches only compiles slower than this; the default (1 s) would leave out most of the suite's small programs.
+jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.1)
+
 
 @pytest.fixture(scope='session')
 def repo_root():
-  return os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  return REPO
 
 
 @pytest.fixture(scope='session')
@@ -20,7 +37,6 @@ def tfds_dir(tmp_path_factory):
 @pytest.fixture
 def highest_precision():
   """fp32 matmuls/convs at full precision, for parity checks against PyTorch."""
-  import jax  # pylint: disable=import-outside-toplevel
   prev = jax.config.jax_default_matmul_precision
   jax.config.update('jax_default_matmul_precision', 'highest')
   yield

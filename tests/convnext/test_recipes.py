@@ -155,6 +155,7 @@ RECIPES = [('in1k', 'tiny'), ('in1k', 'small'), ('in1k', 'base'), ('in1k', 'larg
            ('finetune', '1k_224_to_384:large')]
 
 
+@pytest.mark.slow  # a train step per recipe at its real model size
 @pytest.mark.parametrize('name,arg', RECIPES, ids=[f'{n}:{a}' for n, a in RECIPES])
 def test_recipe_one_step(name, arg, data, tmp_path_factory):
   prepare = _finetune_init if name == 'finetune' else None
@@ -196,6 +197,7 @@ def test_finetune_1k_large_loads_ema_weights(data, tmp_path_factory):
 # ------------------------------------------------------------------------------- mixup in the step
 
 
+@pytest.mark.slow  # two training runs
 def test_mixup_in_step_is_deterministic(data, tmp_path_factory):
   """Two runs of the mixup recipe give bitwise-equal weights (params and EMA): the mixing key is a function
   of (state.rng, step), both checkpointed, so a resumed run draws the same mixes. (That the jnp mixing

@@ -99,7 +99,7 @@ def test_help_with_config_lists_its_keys_and_values(capsys):
     key, _, value = line.strip().partition(' = ')
     rows[key.strip()] = value
   config = cli.load_config_file(DIGITS)
-  assert rows['num_epochs'] == '3' and rows['optimizer.lr'] == repr(config.optimizer.lr)
+  assert rows['num_epochs'] == repr(type(config.num_epochs)(3)) and rows['optimizer.lr'] == repr(config.optimizer.lr)
   assert rows['data.name'] == "'digits'" and rows['checkpoint.every_steps'] == repr(config.checkpoint.every_steps)
   assert cli.run_main(None, [f'--config={DIGITS}', '--config.nope=1', '--help']) == 2
 

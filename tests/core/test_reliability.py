@@ -60,6 +60,7 @@ def _assert_same_params(a, b):
     np.testing.assert_array_equal(got[k], ref[k], err_msg=k)
 
 
+@pytest.mark.slow
 def test_all_checkpoints_unreadable_stops_then_fresh_start_reads_the_same_data(reference, tfds_dir, tmp_path):
   workdir = _copy_for_rerun(reference, tmp_path)
   for step in (4, 8, 12):
@@ -85,6 +86,7 @@ def test_all_checkpoints_unreadable_stops_then_fresh_start_reads_the_same_data(r
   _assert_same_params(reference, workdir)
 
 
+@pytest.mark.slow
 def test_corrupt_latest_falls_back_once_with_the_iterator_of_the_older_step(reference, tfds_dir, tmp_path):
   workdir = _copy_for_rerun(reference, tmp_path)
   _truncate_state(workdir, 12)
@@ -98,6 +100,7 @@ def test_corrupt_latest_falls_back_once_with_the_iterator_of_the_older_step(refe
   _assert_same_params(reference, workdir)
 
 
+@pytest.mark.slow
 def test_restore_step_restarts_from_a_kept_step(reference, tfds_dir, tmp_path):
   workdir = _copy_for_rerun(reference, tmp_path)
   restore = '--config.checkpoint.restore_step=4'
@@ -115,6 +118,7 @@ def test_restore_step_restarts_from_a_kept_step(reference, tfds_dir, tmp_path):
                           'restore_step=5', 'kept steps: 4, 8, 12')
 
 
+@pytest.mark.slow
 def test_non_finite_parameters_are_never_saved(tfds_dir, tmp_path):
   """An infinite gradient at step 1: its loss (of the step's input params) is finite, the params after it are
   not; the checkpoint due at that step is refused."""
@@ -124,6 +128,7 @@ def test_non_finite_parameters_are_never_saved(tfds_dir, tmp_path):
   assert not toy_runs.steps(tmp_path)
 
 
+@pytest.mark.slow
 def test_divergence_error_names_the_kept_steps_and_restore_step(tfds_dir, tmp_path):
   proc = toy_runs.run(tmp_path, tfds_dir, '--config.optimizer.lr=1e4', '--config.checkpoint.every_steps=1',
                       '--config.log_every_steps=1', check=False)
@@ -151,6 +156,7 @@ def test_unknown_dataset_writes_no_tensorboard_events(tfds_dir, tmp_path):
   assert not os.listdir(workdir)
 
 
+@pytest.mark.slow
 def test_results_of_the_reference_run(reference):
   results = json.load(open(reference / 'results.json'))
   assert results['step'] == 12 and results['epochs_seen'] == 1

@@ -126,7 +126,7 @@ def test_init_from_loads_params_and_batch_stats_and_rebuilds_the_mask(tfds_dir, 
 @pytest.fixture(scope='module')
 def hooks_run(tmp_path_factory, tfds_dir):
   workdir = tmp_path_factory.mktemp('hooks')
-  toy_runs.run(workdir, tfds_dir, *HOOKS)
+  (workdir / 'stdout.txt').write_text(toy_runs.run(workdir, tfds_dir, *HOOKS).stdout)
   return workdir
 
 
@@ -136,10 +136,15 @@ def _masked(state):
           and v.ndim >= 2}
 
 
+@pytest.mark.slow
 def test_hooks_in_one_run(hooks_run):
   results = json.load(open(hooks_run / 'results.json'))
   state = toy_runs.read_state(hooks_run)
   assert results['step'] == 25
+  # the progress line shows the task's progress_metrics (only 'loss' for the toy) and the run's speed
+  line = [ln for ln in (hooks_run / 'stdout.txt').read_text().splitlines() if ln.startswith('step 25/25')][0]
+  assert 'loss ' in line and 'accuracy' not in line, line
+  assert all(s in line for s in (' steps/s', ' img/s', 'ETA ')), line
   # post-update mask: pruned kernel entries exactly 0 through momentum and weight decay, the rest trained
   masked = _masked(state)
   assert masked and all(m.any() for m in masked.values())
@@ -159,6 +164,7 @@ def test_hooks_in_one_run(hooks_run):
     assert toy_runs.read_state(hooks_run, s)['batch_stats/epochs'] == s // 10
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not toy_task.NESTED_METRICS, reason='needs metrics.to_floats to flatten dicts (core-data)')
 def test_dict_metric_keys_reach_results(hooks_run):
   results = json.load(open(hooks_run / 'results.json'))
@@ -166,6 +172,7 @@ def test_dict_metric_keys_reach_results(hooks_run):
   assert results['cls/error'] == pytest.approx(1 - results['eval']['cls/accuracy'])
 
 
+@pytest.mark.slow
 def test_sigkill_resume_with_hooks_is_bitwise(hooks_run, tfds_dir, tmp_path):
   rc, _ = toy_runs.start_and_signal(tmp_path, tfds_dir, signal.SIGKILL, *HOOKS, '--config.debug.step_delay_s=0.3',
                                     after_step=10)
@@ -179,6 +186,7 @@ def test_sigkill_resume_with_hooks_is_bitwise(hooks_run, tfds_dir, tmp_path):
   assert toy_runs.digests(tmp_path) == toy_runs.digests(hooks_run)
 
 
+@pytest.mark.slow
 def test_mask_survives_a_restore_on_eight_devices(hooks_run, tfds_dir, tmp_path):
   rc, output = toy_runs.start_and_signal(tmp_path, tfds_dir, signal.SIGTERM, *HOOKS,
                                          '--config.debug.step_delay_s=0.3', after_step=5)

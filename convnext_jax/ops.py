@@ -1,0 +1,395 @@
+"""How ConvNeXt's layers compute on a backend: one ops policy (``Ops``), never what they compute.
+
+Every choice here gives the same function, the same parameters and the same results (to float rounding; the
+parity tests in tests/convnext/test_models.py run every path). They exist because XLA:CPU is slow on the plain
+formulation:
+
+* ``dwconv_impl``: the 7x7 depthwise conv as
+  ``xla`` (``lax.conv_general_dilated(feature_group_count=C)``; fast on GPU/TPU, slow on XLA:CPU),
+  ``native`` (C++ kernels, ``cpu_kernels.cc``, called as XLA FFI custom calls; float32 'same' convs, other
+  cases take ``shifted``; with it the LayerNorms use the C++ kernels too), or ``shifted`` (kh*kw shifted
+  multiply-adds with a hand-written backward, each computed once behind a fusion barrier; the fastest
+  pure-XLA path on CPU, and the one that partitions under a sharded jit).
+* ``patch_conv_impl``: the non-overlapping k x k / stride k convs (stem, downsampling) as ``conv`` or as
+  ``dense``, one matmul over space-to-depth patches (bit-identical on XLA:CPU, faster there in the backward).
+* ``fusion_barriers``: materialize each block layer's output (``Ops.layer_end``): XLA:CPU's cross-layer fusions
+  (LayerNorm into the matmul, GELU into its neighbours) cost more than the memory pass they save.
+
+``Ops()`` is the plain XLA formulation; ``Ops.for_backend()`` resolves each ``'auto'`` / ``None`` for the
+running process (see ``resolve_dwconv_impl`` and ``resolve_fusion_barriers``). ``ConvNeXt`` builds one from its
+``dwconv_impl`` / ``patch_conv_impl`` / ``fusion_barriers`` fields and hands it to every layer.
+"""
+
+import dataclasses
+import functools
+import os
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from core_jax import native_kernels
+
+Array = jax.Array
+
+DWCONV_IMPLS = ('auto', 'xla', 'native', 'shifted')
+PATCH_CONV_IMPLS = ('auto', 'conv', 'dense')
+
+# C++ kernels for XLA:CPU, compiled on first use by core_jax.native_kernels (see native_cpu_kernels_available).
+_NATIVE_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'cpu_kernels.cc')
+_NATIVE_FORWARD, _NATIVE_KERNEL_GRAD = 'convnext_dwconv_forward', 'convnext_dwconv_kernel_grad'
+_NATIVE_LN_FORWARD, _NATIVE_LN_BACKWARD = 'convnext_layer_norm_forward', 'convnext_layer_norm_backward'
+
+
+def native_cpu_kernels_available() -> bool:
+  """The C++ kernels (cpu_kernels.cc: depthwise conv, LayerNorm) are compiled and registered with XLA:CPU."""
+  return native_kernels.load(
+      _NATIVE_SOURCE,
+      {
+          _NATIVE_FORWARD: 'ConvnextDwconvForward',
+          _NATIVE_KERNEL_GRAD: 'ConvnextDwconvKernelGrad',
+          _NATIVE_LN_FORWARD: 'ConvnextLayerNormForward',
+          _NATIVE_LN_BACKWARD: 'ConvnextLayerNormBackward',
+      },
+  )
+
+
+def resolve_dwconv_impl(impl: str) -> str:
+  """'auto' -> on CPU 'native' when the C++ kernels compile and the process sees one device, else 'shifted'
+  (XLA:CPU grouped convs are slow); 'xla' on GPU/TPU. 'native' without the kernels -> 'shifted'.
+
+  One device only: XLA cannot partition a custom call, so under a sharded jit it would gather the whole batch
+  onto every device; the 'shifted' path shards like any XLA op.
+  """
+  if impl not in DWCONV_IMPLS:
+    raise ValueError(f'dwconv_impl must be one of {DWCONV_IMPLS}, got {impl!r}')
+  if impl == 'auto':
+    if jax.default_backend() != 'cpu':
+      return 'xla'
+    return 'native' if jax.device_count() == 1 and native_cpu_kernels_available() else 'shifted'
+  if impl == 'native' and not native_cpu_kernels_available():
+    return 'shifted'
+  return impl
+
+
+def resolve_patch_conv_impl(impl: str) -> str:
+  """'auto' -> 'dense' on CPU, 'conv' elsewhere."""
+  if impl not in PATCH_CONV_IMPLS:
+    raise ValueError(f'patch_conv_impl must be one of {PATCH_CONV_IMPLS}, got {impl!r}')
+  if impl == 'auto':
+    return 'dense' if jax.default_backend() == 'cpu' else 'conv'
+  return impl
+
+
+def resolve_fusion_barriers(flag: bool | None) -> bool:
+  """None -> on for the CPU backend only (GPU/TPU fusion is left to XLA)."""
+  return jax.default_backend() == 'cpu' if flag is None else bool(flag)
+
+
+@dataclasses.dataclass(frozen=True)
+class Ops:
+  """The ops policy the layers receive (see the module docstring). Fields are resolved choices, never 'auto'.
+
+  Hashable, so it can be a field of a Flax module.
+  """
+
+  dwconv_impl: str = 'xla'
+  patch_conv_impl: str = 'conv'
+  fusion_barriers: bool = False
+
+  def __post_init__(self):
+    if self.dwconv_impl not in DWCONV_IMPLS[1:]:
+      raise ValueError(f'Ops.dwconv_impl must be one of {DWCONV_IMPLS[1:]}, got {self.dwconv_impl!r}')
+    if self.patch_conv_impl not in PATCH_CONV_IMPLS[1:]:
+      raise ValueError(f'Ops.patch_conv_impl must be one of {PATCH_CONV_IMPLS[1:]}, got {self.patch_conv_impl!r}')
+
+  @classmethod
+  def for_backend(
+      cls, dwconv_impl: str = 'auto', patch_conv_impl: str = 'auto', fusion_barriers: bool | None = None
+  ) -> 'Ops':
+    """The policy for the running process, each 'auto' / None resolved by this module's ``resolve_*``."""
+    return cls(
+        resolve_dwconv_impl(dwconv_impl),
+        resolve_patch_conv_impl(patch_conv_impl),
+        resolve_fusion_barriers(fusion_barriers),
+    )
+
+  @property
+  def native_layer_norm(self) -> bool:
+    """LayerNorms by the C++ kernel: exactly when the depthwise conv uses them (same device conditions)."""
+    return self.dwconv_impl == 'native'
+
+  def depthwise_conv(self, x: Array, kernel: Array, padding: int) -> Array:
+    """Stride-1 depthwise conv, zero padding ``padding``; kernel (kh, kw, 1, C). See ``depthwise_conv2d``."""
+    return depthwise_conv2d(x, kernel, padding, self.dwconv_impl)
+
+  def patch_conv(self, x: Array, kernel: Array) -> Array:
+    """k x k conv with stride k, VALID, no bias; kernel (k, k, Cin, Cout) as ``nn.Conv``'s."""
+    k, _, cin, cout = kernel.shape
+    if self.patch_conv_impl == 'conv':
+      return lax.conv_general_dilated(x, kernel, (k, k), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+    n, h, w, _ = x.shape
+    ho, wo = h // k, w // k
+    x = x[:, : ho * k, : wo * k]  # VALID: a remainder row/column is dropped, as by the conv
+    patches = x.reshape(n, ho, k, wo, k, cin).transpose(0, 1, 3, 2, 4, 5).reshape(n, ho, wo, k * k * cin)
+    return patches @ kernel.reshape(k * k * cin, cout)
+
+  def layer_norm(self, x: Array, scale: Array, bias: Array, eps: float) -> Array:
+    """LayerNorm over the last axis (``layer_norm_channels_last``); by the C++ kernel for float32 if native."""
+    if self.native_layer_norm and x.dtype == jnp.float32:
+      return layer_norm_native(x, scale, bias, eps)
+    return layer_norm_channels_last(x, scale, bias, eps)
+
+  def layer_end(self, y: Array, anchor: Array, after_layer_norm: bool = False) -> Array:
+    """``y`` unchanged; with ``fusion_barriers`` computed into its own buffer (``fusion_barrier``).
+
+    ``anchor``: a replicated array (a parameter) for the barrier's predicate. ``after_layer_norm``: ``y`` is a
+    LayerNorm's output, which the C++ kernel already writes to a buffer of its own.
+    """
+    if not self.fusion_barriers or (after_layer_norm and self.native_layer_norm):
+      return y
+    return fusion_barrier(y, anchor)
+
+
+# --------------------------------------------------------------------------------------
+# Fusion barrier
+# --------------------------------------------------------------------------------------
+def _materialized(fn: Callable, *args: Array, anchor: Array | None = None) -> Array:
+  """``fn(*args)``, computed once into its own buffer: an XLA:CPU fusion barrier.
+
+  XLA:CPU would otherwise fuse cheap-looking producers into every consumer (the 49-tap shifted sum is
+  recomputed by each of LayerNorm's three passes: mean, variance, normalize) or hand a reduce and its
+  producers to its YNNPACK fusion, which then materializes each shifted slice on its own; both cost more than
+  the conv itself (benchmarks/profile_convnext_layers.py). XLA:CPU has no barrier op (``optimization_barrier``
+  is expanded before fusion), but a conditional is one: its result is always a buffer of its own. Both
+  branches are ``fn``, so the predicate (never constant-folded: ``v == v`` is false for NaN) cannot change the
+  result. Differentiable: the transpose of a conditional is a conditional, so the backward gets the barrier too.
+
+  The predicate reads one element of ``anchor`` (default: the last arg). Under a batch-sharded jit that element
+  must not come from an activation: it lives on one device, and GSPMD would broadcast it to all of them at
+  every barrier (an all-reduce per barrier per step). Pass a parameter.
+  """
+  v = (args[-1] if anchor is None else anchor).reshape(-1)[0]
+  return lax.cond(v == v, fn, fn, *args)
+
+
+def fusion_barrier(x: Array, anchor: Array | None = None) -> Array:
+  """``x`` unchanged, but materialized: XLA cannot fuse its producer into its consumers (see ``_materialized``;
+  ``anchor``: a replicated array, e.g. a parameter, for the predicate)."""
+  return _materialized(lambda t: t * 1.0, x, anchor=anchor)
+
+
+# --------------------------------------------------------------------------------------
+# LayerNorm: XLA formulation and C++ kernel
+# --------------------------------------------------------------------------------------
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def layer_norm_channels_last(x: Array, scale: Array, bias: Array, eps: float) -> Array:
+  """LayerNorm over the last axis, statistics in float32: (x - mean) / sqrt(var + eps) * scale + bias,
+  var = mean((x - mean)^2) (two-pass, like PyTorch). Returns x's dtype.
+
+  Hand-written VJP: it keeps x and the per-row mean / 1/std and recomputes the normalized value in the
+  backward, dx = rstd * (gs - mean(gs) - xhat * mean(gs * xhat)) with gs = g * scale. Autodiff of the forward
+  saves and re-reads broadcast (N, H, W, C) copies of the row statistics instead.
+  """
+  return _ln_forward(x, scale, bias, eps)[0]
+
+
+def _ln_forward(x, scale, bias, eps):
+  xf = x.astype(jnp.float32)
+  mean = jnp.mean(xf, axis=-1, keepdims=True)
+  centered = xf - mean
+  rstd = lax.rsqrt(jnp.mean(centered * centered, axis=-1, keepdims=True) + eps)
+  y = centered * rstd * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+  return y.astype(x.dtype), (x, scale, mean, rstd)
+
+
+def _ln_bwd(eps, res, g):
+  del eps
+  x, scale, mean, rstd = res
+  xhat = (x.astype(jnp.float32) - mean) * rstd
+  gf = g.astype(jnp.float32)
+  axes = tuple(range(g.ndim - 1))
+  dbias = jnp.sum(gf, axis=axes)
+  dscale = jnp.sum(gf * xhat, axis=axes)
+  gs = gf * scale.astype(jnp.float32)
+  dx = rstd * (gs - jnp.mean(gs, axis=-1, keepdims=True) - xhat * jnp.mean(gs * xhat, axis=-1, keepdims=True))
+  return dx.astype(x.dtype), dscale.astype(scale.dtype), dbias.astype(scale.dtype)
+
+
+layer_norm_channels_last.defvjp(_ln_forward, _ln_bwd)
+
+
+def _ln_native_call(x, scale, bias, eps):
+  rows = jax.ShapeDtypeStruct(x.shape[:-1], jnp.float32)
+  return jax.ffi.ffi_call(
+      _NATIVE_LN_FORWARD, (jax.ShapeDtypeStruct(x.shape, x.dtype), rows, rows), vmap_method='sequential'
+  )(x, scale, bias, eps=np.float32(eps))
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
+def layer_norm_native(x: Array, scale: Array, bias: Array, eps: float) -> Array:
+  """``layer_norm_channels_last`` (same function, float32 only) by the C++ kernels: one read of x and one write
+  of y in the forward, one pass over x and g (dx, dscale, dbias together) in the backward."""
+  return _ln_native_call(x, scale, bias, eps)[0]
+
+
+def _ln_native_fwd(x, scale, bias, eps):
+  y, mean, rstd = _ln_native_call(x, scale, bias, eps)
+  return y, (x, scale, mean, rstd)
+
+
+def _ln_native_bwd(eps, res, g):
+  del eps
+  x, scale, mean, rstd = res
+  vec = jax.ShapeDtypeStruct(scale.shape, jnp.float32)
+  dx, dscale, dbias = jax.ffi.ffi_call(
+      _NATIVE_LN_BACKWARD, (jax.ShapeDtypeStruct(x.shape, x.dtype), vec, vec), vmap_method='sequential'
+  )(x, scale, mean, rstd, g.astype(x.dtype))
+  return dx, dscale, dbias
+
+
+layer_norm_native.defvjp(_ln_native_fwd, _ln_native_bwd)
+
+
+# --------------------------------------------------------------------------------------
+# Depthwise convolution: shifted multiply-adds and C++ kernel
+# --------------------------------------------------------------------------------------
+def shifted_sum(xp: Array, kernel: Array, ho: int, wo: int) -> Array:
+  """sum_{i,j} xp[:, i:i+ho, j:j+wo, :] * kernel[i, j]   (kernel: (kh, kw, C)); one XLA loop fusion."""
+  kh, kw, _ = kernel.shape
+  out = None
+  for i in range(kh):
+    for j in range(kw):
+      term = xp[:, i : i + ho, j : j + wo, :] * kernel[i, j]
+      out = term if out is None else out + term
+  return out
+
+
+def pad_hw(x: Array, p: tuple[int, int]) -> Array:
+  """Zero padding of ``p = (ph, pw)`` on both sides of H and W of an NHWC array."""
+  ph, pw = p
+  return jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0))) if (ph or pw) else x
+
+
+def _dw_kernel_grad(xp: Array, g: Array, kh: int, kw: int) -> Array:
+  """dk[i, j, c] = sum_{n,h,w} xp[n, h+i, w+j, c] * g[n, h, w, c]  -> (kh, kw, C).
+
+  ONE variadic reduce with kh*kw outputs: XLA sweeps ``g`` and ``xp`` once and updates all 49 per-channel
+  accumulators at each position (the loop order a hand-written kernel would use); autodiff of the shifted
+  forward gives 49 separate slice + reduce fusions instead. The batch is split into chunks of two images that
+  the reduce keeps apart (summed at the end): XLA finishes one chunk before the next, so each sweep stays in
+  cache. No loop over chunks, so under a batch-sharded jit each device reduces its own images and only the
+  (chunks, C) partial sums cross devices (a scan over chunks made GSPMD all-gather the whole batch onto every
+  device).
+  """
+  n, hp, wp, c = xp.shape
+  _, h, w, _ = g.shape
+  nb = 2 if n % 2 == 0 else 1
+  xr = xp.reshape(n // nb, nb, hp, wp, c)
+  gr = g.reshape(n // nb, nb, h, w, c)
+  products = tuple((xr[:, :, i : i + h, j : j + w, :] * gr).astype(jnp.float32) for i in range(kh) for j in range(kw))
+  sums = lax.reduce(
+      products,
+      tuple(jnp.zeros((), jnp.float32) for _ in products),
+      lambda a, b: tuple(u + v for u, v in zip(a, b)),
+      (1, 2, 3),
+  )
+  return jnp.stack(sums).sum(axis=1).reshape(kh, kw, c)
+
+
+def _shifted_same(x: Array, kernel: Array, padding: tuple[int, int]) -> Array:
+  kh, kw, c = kernel.shape
+  _, h, w, _ = x.shape
+  return shifted_sum(pad_hw(x, padding), kernel, h + 2 * padding[0] - kh + 1, w + 2 * padding[1] - kw + 1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _dwconv_shifted(x: Array, kernel: Array, padding: tuple[int, int]) -> Array:
+  return _materialized(functools.partial(_shifted_same, padding=padding), x, kernel)
+
+
+def _dwconv_shifted_fwd(x, kernel, padding):
+  return _dwconv_shifted(x, kernel, padding), (x, kernel)
+
+
+def _dwconv_shifted_bwd(padding, res, g):
+  x, kernel = res
+  kh, kw, _ = kernel.shape
+  _, h, w, _ = x.shape
+  # d/dx: full correlation of g with the flipped kernel (itself a shifted sum), padded so the output is (h, w).
+  ph, pw = kh - 1 - padding[0], kw - 1 - padding[1]
+  if ph < 0 or pw < 0 or g.shape[1:3] != (h, w):
+    raise NotImplementedError("shifted dwconv backward assumes 'same' padding (k = 2p + 1)")
+  dx = _materialized(lambda g, k: shifted_sum(pad_hw(g, (ph, pw)), k, h, w), g, kernel[::-1, ::-1])
+  dk = _dw_kernel_grad(pad_hw(x, padding), g, kh, kw).astype(kernel.dtype)
+  return dx.astype(x.dtype), dk
+
+
+_dwconv_shifted.defvjp(_dwconv_shifted_fwd, _dwconv_shifted_bwd)
+
+
+def _native_forward(x: Array, kernel: Array, padding: tuple[int, int]) -> Array:
+  return jax.ffi.ffi_call(_NATIVE_FORWARD, jax.ShapeDtypeStruct(x.shape, x.dtype), vmap_method='sequential')(
+      x, kernel, ph=np.int64(padding[0]), pw=np.int64(padding[1])
+  )
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _dwconv_native(x: Array, kernel: Array, padding: tuple[int, int]) -> Array:
+  """float32 'same' depthwise conv by the C++ kernels; kernel (kh, kw, C) with k = 2p + 1. Its output is a
+  buffer of its own (a custom call), so it needs no fusion barrier."""
+  return _native_forward(x, kernel, padding)
+
+
+def _dwconv_native_fwd(x, kernel, padding):
+  return _native_forward(x, kernel, padding), (x, kernel)
+
+
+def _dwconv_native_bwd(padding, res, g):
+  x, kernel = res
+  kh, kw, _ = kernel.shape
+  g = g.astype(jnp.float32)
+  dx = _native_forward(g, kernel[::-1, ::-1], (kh - 1 - padding[0], kw - 1 - padding[1]))
+  dk = jax.ffi.ffi_call(_NATIVE_KERNEL_GRAD, jax.ShapeDtypeStruct(kernel.shape, jnp.float32), vmap_method='sequential')(
+      x, g, ph=np.int64(padding[0]), pw=np.int64(padding[1])
+  )
+  return dx, dk
+
+
+_dwconv_native.defvjp(_dwconv_native_fwd, _dwconv_native_bwd)
+
+
+@functools.partial(jax.jit, static_argnums=(2, 3))
+def depthwise_conv2d(x: Array, kernel: Array, padding: int, impl: str) -> Array:
+  """Stride-1 depthwise conv. x: (N,H,W,C); kernel: (kh,kw,1,C) (Flax grouped-conv layout).
+
+  Every ``impl`` (``DWCONV_IMPLS``, see the module docstring) computes the same function: cross-correlation
+  with zero padding ``padding`` on all sides, as PyTorch ``Conv2d(groups=C)``. Jitted (inlined under an outer
+  jit) so that an eager call, e.g. an un-jitted ``model.init``, does not dispatch the 49 shifted terms one by
+  one.
+  """
+  kh, kw, _, c = kernel.shape
+  impl = resolve_dwconv_impl(impl)
+  if impl == 'xla':
+    p = ((padding, padding), (padding, padding))
+    return lax.conv_general_dilated(
+        x, kernel, window_strides=(1, 1), padding=p, dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=c
+    )
+  _, h, w, _ = x.shape
+  k = kernel[:, :, 0, :]
+  if kh == 2 * padding + 1 and kw == 2 * padding + 1:
+    # 'same' conv on a small map (e.g. 7x7 kernel on 2x2): taps that only ever see zero padding are skipped
+    # exactly by cropping the kernel to the (2*min(p, H-1) + 1) central rows/cols.
+    ph, pw = min(padding, h - 1), min(padding, w - 1)
+    k = k[padding - ph : padding + ph + 1, padding - pw : padding + pw + 1]
+  else:
+    ph = pw = padding
+  same = k.shape[0] == 2 * ph + 1 and k.shape[1] == 2 * pw + 1
+  if impl == 'native' and same and x.dtype == jnp.float32 and k.dtype == jnp.float32:
+    return _dwconv_native(x, k, (ph, pw))
+  # 'shifted', and 'native' where the C++ kernels do not apply (they do float32 'same' convs only)
+  if same:
+    return _dwconv_shifted(x, k, (ph, pw))
+  return shifted_sum(pad_hw(x, (ph, pw)), k, h + 2 * ph - k.shape[0] + 1, w + 2 * pw - k.shape[1] + 1)
