@@ -233,6 +233,22 @@ def load_variables(path: str, variables: Mapping[str, Any], layout: str | None =
   return external_to_variables(sd, variables, layout or detect_layout(sd), source=path)
 
 
+def load_pretrained(variables: Mapping[str, Any], path: str, reinit_head: bool = False) -> dict[str, Any]:
+  """The Task.load_pretrained contract: `variables` ({'params', 'batch_stats'} host arrays) with `path` loaded.
+
+  A timm file loads the backbone (exits and head keep their fresh values); an official ADP-C file loads
+  everything, or with `reinit_head` only its backbone (e.g. another number of classes)."""
+  sd = read_state_dict(path)
+  layout = detect_layout(sd)
+  if layout == 'official' and reinit_head:
+    sd = {k: v for k, v in sd.items() if not k.startswith(('model.exit', 'model.last_layer', 'exit', 'last_layer',
+                                                          'loss.'))}
+    sd = {k[len('model.'):] if k.startswith('model.') else k: v for k, v in sd.items()}
+    sd = {k: v for k, v in sd.items() if not k.endswith(('.Lambda', '.square_dis'))}
+    layout = 'timm'
+  return external_to_variables(sd, variables, layout, source=path)
+
+
 def save_variables(variables: Mapping[str, Any], path: str, layout: str,
                    class_weights: tuple[float, ...] | None = None) -> dict[str, np.ndarray]:
   """Writes `variables` in `layout` as .safetensors or .pth (atomically); returns the state dict written."""

@@ -21,7 +21,8 @@ cost per exit; masked convs sow their actual cost (`confidence.Conv`).
 
 `__call__(x, train)` returns {'logits': (exit logits, aggregated, in exit order), 'fractions': (per-example
 fraction of 1/4-res pixels computed by each exit: 1.0 unless that exit's stage is masked)};
-`features_only=True` returns the four stage-4 branch outputs instead (backbone only).
+`features_only=True` returns the four stage-4 branch outputs instead (backbone only); `last_exit=k` stops
+after exit k (its logits last), for per-exit latency.
 """
 import dataclasses
 
@@ -186,8 +187,10 @@ class HRNet(nn.Module):
   fuse_upsample: str = 'bilinear'
 
   @nn.compact
-  def __call__(self, x, train: bool = False, features_only: bool = False):
+  def __call__(self, x, train: bool = False, features_only: bool = False, last_exit: int = 4):
     arch = get_arch(self.arch)
+    if last_exit not in tuple(self.exits):
+      raise UserError(f'last_exit={last_exit} is not one of the exits {tuple(self.exits)}')
     exits, masked = check_structure(self.exits, self.exit_type, self.tau,
                                     self.masked_stages if self.tau is not None else ())
     inter = self.inter_channels or arch.inter_channels
@@ -199,7 +202,7 @@ class HRNet(nn.Module):
       x = Bottleneck(LAYER1_PLANES, downsample=b == 0, name=f'layer1_{b}')(x, train)
     ys = [x]
 
-    logits, fractions = [], []
+    logits, fractions, ran = [], [], []
     masks = None        # the MaskSet of the last exit, for the next stage
     prev = None         # the last exit's aggregated logits
     batch = x.shape[0]
@@ -219,6 +222,7 @@ class HRNet(nn.Module):
       else:
         fractions.append(jnp.ones((batch,), jnp.float32))
       logits.append(out)
+      ran.append(k)
       counting.mark(f'exit{k}')
       prev = out
       masks = MaskSet(confidence.confidence_mask(out, self.tau)) if ca and k + 1 in masked else None
@@ -228,6 +232,8 @@ class HRNet(nn.Module):
 
     pre = [LAYER1_PLANES * 4]
     for s in (2, 3, 4):
+      if not features_only and ran and ran[-1] >= last_exit:
+        break   # stop after `last_exit` (per-exit latency, as the ADP-C code's stop_k)
       seg = s if s in masked else None
       masks_s = masks if seg is not None and ca else None
       cur = arch.channels(s)
@@ -270,3 +276,29 @@ def build(arch: str = 'w48', *, num_classes: int = 19, exits=(1, 2, 3, 4), exit_
 def base(arch: str = 'w48', num_classes: int = 19) -> HRNet:
   """The plain HRNetV2 segmentation model (head only)."""
   return build(arch, num_classes=num_classes, exits=(4,))
+
+
+def random_variables(model: HRNet, height: int = 64, width: int = 64, seed: int = 0) -> dict:
+  """{'params', 'batch_stats'} as host numpy arrays drawn like the model's init (conv weights N(0, 0.001),
+  biases U(+-1/sqrt(fan_in)), BN scale 1 / bias 0 / mean 0 / var 1, rbf_lambda 3), without compiling
+  `model.init` (which takes minutes for W48 on a small CPU); shapes from `jax.eval_shape`."""
+  import numpy as np   # host-only helper
+  abstract = jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32))
+  rng = np.random.RandomState(seed)
+  fan_in = {tuple(p.key for p in path[:-1]): int(np.prod(s.shape[:-1]))
+            for path, s in jax.tree_util.tree_flatten_with_path(abstract['params'])[0] if path[-1].key == 'kernel'}
+
+  def fill(path, s):
+    keys = tuple(p.key for p in path)[1:]   # drop the collection name
+    name = keys[-1]
+    if name == 'kernel':
+      return rng.normal(0.0, confidence.CONV_INIT_STD, s.shape).astype(s.dtype)
+    if name == 'bias' and keys[:-1] in fan_in:
+      bound = 1.0 / np.sqrt(fan_in[keys[:-1]])
+      return rng.uniform(-bound, bound, s.shape).astype(s.dtype)
+    if name == 'rbf_lambda':
+      return np.full(s.shape, confidence.LAMBDA_INIT, s.dtype)
+    return np.full(s.shape, 1.0 if name in ('scale', 'var') else 0.0, s.dtype)
+
+  tree = {'params': abstract['params'], 'batch_stats': abstract['batch_stats']}
+  return jax.tree_util.tree_map_with_path(fill, tree)

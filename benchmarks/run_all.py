@@ -8,7 +8,7 @@ import datetime
 import json
 import os
 
-from benchmarks import common, convnext_throughput, devices_scaling, input_pipeline
+from benchmarks import anytime_cost, common, convnext_throughput, devices_scaling, input_pipeline
 
 DESIGN_HEADING = '## Design measurements'
 
@@ -52,6 +52,12 @@ def main():
           'Data parallelism: 8 simulated devices vs 1 (ConvNeXt-atto, 64x64, global batch 64)',
           devices_scaling.table,
           lambda: devices_scaling.measure('convnext_atto', batch=64, size=64, repeats=5),
+      ),
+      (
+          'ADP-C cost per exit: wall-clock next to GFLOPs, and the HRNet backbone vs timm (W18-Small-v2 at 512x1024, '
+          'batch 1, fp32; W48 at 1024x2048 too on a GPU)',
+          anytime_cost.table,
+          lambda: anytime_cost.measure_all(repeats=2, rounds=3),
       ),
   ]
   for title, table, run in runs:

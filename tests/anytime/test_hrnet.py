@@ -169,3 +169,25 @@ def test_official_layout_round_trip(exit_type, tau, tmp_path):
     bad['model.stage2.0.branches.0.0.conv1.square_dis'] = np.zeros((7, 7), np.float32)
     with pytest.raises(UserError, match='square_dis'):
       convert.external_to_variables(bad, zeros, 'official')
+
+
+def test_load_pretrained_official_with_and_without_head(tmp_path):
+  src = hrnet.build('w8_tiny', exit_type='rh', tau=0.998, num_classes=5)
+  variables = numpy_variables(src)
+  path = str(tmp_path / 'adpc.pth')
+  convert.save_variables(variables, path, 'official')
+  fresh = numpy_variables(src, seed=1)
+  loaded = convert.load_pretrained(fresh, path)
+  for a, b in zip(jax.tree_util.tree_leaves(variables), jax.tree_util.tree_leaves(loaded)):
+    assert np.array_equal(a, b)
+  # another number of classes: backbone loaded, exits / head / lambdas keep the target's values
+  other = numpy_variables(hrnet.build('w8_tiny', exit_type='rh', tau=0.998, num_classes=3), seed=2)
+  loaded = convert.load_pretrained(other, path, reinit_head=True)
+  np.testing.assert_array_equal(loaded['params']['stage4_0']['branch3_0']['conv2']['kernel'],
+                                variables['params']['stage4_0']['branch3_0']['conv2']['kernel'])
+  np.testing.assert_array_equal(loaded['params']['last_layer']['conv3']['kernel'],
+                                other['params']['last_layer']['conv3']['kernel'])
+  np.testing.assert_array_equal(loaded['params']['stage2_0']['branch0_0']['conv1']['rbf_lambda'],
+                                other['params']['stage2_0']['branch0_0']['conv1']['rbf_lambda'])
+  with pytest.raises(UserError, match=r'^exit1\.21\.bias: expected shape \(3,\) but .*adpc\.pth has \(5,\)$'):
+    convert.load_pretrained(other, path)

@@ -1,0 +1,165 @@
+"""ADP-C measured cost: wall-clock per image next to GFLOPs per exit, and our HRNet backbone against timm's.
+
+  python -m benchmarks.anytime_cost [--arch w18_small_v2] [--height 512] [--width 1024] [--repeats 3]
+
+Per exit k (the model stopped after exit k, as the ADP-C counter's stop_k), batch 1, fp32, random weights
+drawn as the model's init: EE+RH exits, and ADP-C (the same + confidence adaptivity) at tau=0.998 and at
+tau = the median of exit 1's confidence on the benchmark image ("tau_median": random weights are never
+confident, so at 0.998 nothing exits; the median makes half the pixels exit at exit 1, to show the effect;
+the exits' classifiers are scaled to N(0, 1) so that confidences differ between pixels).
+GFLOPs follow the paper (anytime_jax.flops: conv/linear MACs / 1024^3, masked convs at dense x computed
+fraction + the interpolation term). The masked convs are masked-dense (`confidence.masked_conv`): they
+compute every output and then fill, so ADP-C saves FLOPs on paper only and its wall-clock is the dense one
+plus the RBF fill; a faster masked conv replaces `confidence.masked_conv` and shows up here.
+
+Backbone: our HRNet stem..stage4 (`features_only`, jax.jit) against timm's `create_model(arch, head='')`
+`forward_features` (PyTorch eager, no_grad), same size, each in its own process, taking turns
+(`common.interleaved`). On a GPU (when one is present) the same runs use W48 at 1024x2048.
+"""
+import argparse
+
+from benchmarks import common
+
+VARIANTS = ('rh', 'adpc', 'adpc_tau_median')
+TAU = 0.998
+
+
+def _setup(args):
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  from anytime_jax import hrnet  # pylint: disable=import-outside-toplevel
+  x = np.random.RandomState(0).randn(1, args.height, args.width, 3).astype(np.float32)
+  return jax, np, hrnet, jax.device_put(x)
+
+
+def _spread_logits(variables, scale=1000.0):
+  """Scales each exit's classifier (its last conv) from N(0, 0.001) to N(0, 1), so that the confidences of a
+  random model differ from pixel to pixel (else they all tie near 1 / classes and a median splits nothing)."""
+  params = variables['params']
+  for name, sub in params.items():
+    if name.startswith('exit') or name == 'last_layer':
+      last = max((k for k in sub if k.startswith('conv')), key=lambda k: int(k[len('conv'):]))
+      sub[last]['kernel'] = sub[last]['kernel'] * scale
+  return variables
+
+
+def worker_exits(args):
+  """Times the model stopped after each exit; one BENCH record per exit."""
+  jax, np, hrnet, x = _setup(args)
+  from anytime_jax import confidence, flops  # pylint: disable=import-outside-toplevel
+  tau = None if args.variant == 'rh' else TAU
+  model = hrnet.build(args.arch, exit_type='rh', tau=tau)
+  variables = jax.device_put(_spread_logits(hrnet.random_variables(model)))
+  if args.variant == 'adpc_tau_median':
+    probe = jax.jit(lambda v, x: model.apply(v, x, last_exit=1)['logits'][0])(variables, x)
+    tau = float(np.median(np.asarray(jax.nn.softmax(probe, -1).max(-1))))
+    model = hrnet.build(args.arch, exit_type='rh', tau=tau)
+  for k in (1, 2, 3, 4):
+    fwd = jax.jit(lambda v, x, k=k: flops.apply_with_macs(model, v, x, last_exit=k))
+    out = [None]
+
+    def fn():
+      out[0] = jax.block_until_ready(fwd(variables, x))
+    stats = common.time_calls(fn, warmup=1, repeats=args.repeats)
+    outputs, macs = out[0]
+    common.emit({'bench': 'anytime_exits', 'arch': args.arch, 'variant': args.variant, 'tau': tau, 'exit': k,
+                 'height': args.height, 'width': args.width, 'gflops': float(macs[f'exit{k}'][0]) / flops.GIGA,
+                 'fraction_computed': float(outputs['fractions'][-1][0]),
+                 'masked_conv': confidence.masked_conv.__name__, **stats})
+
+
+def worker_backbone(args):
+  if args.contender == 'ours':
+    jax, np, hrnet, x = _setup(args)
+    model = hrnet.base(args.arch)
+    variables = jax.device_put(hrnet.random_variables(model))
+    fwd = jax.jit(lambda v, x: model.apply(v, x, features_only=True))
+    fn = lambda: jax.block_until_ready(fwd(variables, x))
+  else:
+    import numpy as np  # pylint: disable=import-outside-toplevel
+    import timm  # pylint: disable=import-outside-toplevel
+    import torch  # pylint: disable=import-outside-toplevel
+    from anytime_jax import hrnet  # pylint: disable=import-outside-toplevel
+    dev = 'cuda' if torch.cuda.is_available() else 'cpu'
+    tm = timm.create_model(hrnet.ARCHS[args.arch].timm_name, pretrained=False, head='').eval().to(dev)
+    x = torch.from_numpy(np.random.RandomState(0).randn(1, 3, args.height, args.width).astype(np.float32)).to(dev)
+
+    def fn():
+      with torch.no_grad():
+        out = tm.forward_features(x)
+      if dev == 'cuda':
+        torch.cuda.synchronize()
+      return out
+  common.serve(fn, 2, {'bench': 'anytime_backbone', 'contender': args.contender, 'arch': args.arch,
+                       'height': args.height, 'width': args.width})
+
+
+def _base_args(arch, height, width, repeats):
+  return ['--arch', arch, '--height', str(height), '--width', str(width), '--repeats', str(repeats)]
+
+
+def measure(arch='w18_small_v2', height=512, width=1024, repeats=3, rounds=5) -> list:
+  base = _base_args(arch, height, width, repeats)
+  records = []
+  for variant in VARIANTS:
+    records += common.run_isolated('benchmarks.anytime_cost', ['--worker', 'exits', '--variant', variant, *base])
+  runs = common.interleaved('benchmarks.anytime_cost',
+                            {c: ['--worker', 'backbone', '--contender', c, *base] for c in ('ours', 'timm')}, rounds)
+  ratio = common.paired_ratio(runs['ours']['times_s'], runs['timm']['times_s'])
+  for name, r in runs.items():
+    records.append({**r, 'ours_over_timm': ratio if name == 'timm' else 1.0})
+  return records
+
+
+def measure_all(repeats=3, rounds=5) -> list:
+  """CPU: W18-Small-v2 at 512x1024; with a GPU also W48 at 1024x2048."""
+  records = measure('w18_small_v2', 512, 1024, repeats, rounds)
+  try:
+    import jax  # pylint: disable=import-outside-toplevel
+    if jax.default_backend() == 'gpu':
+      records += measure('w48', 1024, 2048, repeats, rounds)
+  except Exception:  # pylint: disable=broad-except
+    pass
+  return records
+
+
+def table(records) -> str:
+  lines = ['| model | size | variant | tau | exit | GFLOPs | fraction computed | ms / image (median) |',
+           '|---|---|---|---|---|---|---|---|']
+  for r in records:
+    if r.get('bench') == 'anytime_exits':
+      tau = '-' if r['tau'] is None else f"{r['tau']:.4g}"
+      lines.append(f"| {r['arch']} | {r['height']}x{r['width']} | {r['variant']} | {tau} | {r['exit']} | "
+                   f"{r['gflops']:.1f} | {r['fraction_computed']:.3f} | {1e3 * r['median_s']:.1f} |")
+  lines += ['', '| backbone | size | contender | ms / image (median) | first call (s) | ours faster by |',
+            '|---|---|---|---|---|---|']
+  for r in records:
+    if r.get('bench') == 'anytime_backbone':
+      lines.append(f"| {r['arch']} | {r['height']}x{r['width']} | {r['contender']} | {1e3 * r['median_s']:.1f} | "
+                   f"{r['first_call_s']:.1f} | {r['ours_over_timm']:.2f}x |")
+  return '\n'.join(lines)
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument('--worker', choices=('exits', 'backbone'), help=argparse.SUPPRESS)
+  p.add_argument('--variant', choices=VARIANTS, default='rh', help=argparse.SUPPRESS)
+  p.add_argument('--contender', choices=('ours', 'timm'), default='ours', help=argparse.SUPPRESS)
+  p.add_argument('--serve', action='store_true', help=argparse.SUPPRESS)
+  p.add_argument('--arch', default='w18_small_v2')
+  p.add_argument('--height', type=int, default=512)
+  p.add_argument('--width', type=int, default=1024)
+  p.add_argument('--repeats', type=int, default=3)
+  p.add_argument('--rounds', type=int, default=5)
+  args = p.parse_args()
+  if args.worker == 'exits':
+    return worker_exits(args)
+  if args.worker == 'backbone':
+    return worker_backbone(args)
+  records = measure(args.arch, args.height, args.width, args.repeats, args.rounds)
+  print(table(records))
+  return records
+
+
+if __name__ == '__main__':
+  main()
