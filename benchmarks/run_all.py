@@ -8,7 +8,7 @@ import datetime
 import json
 import os
 
-from benchmarks import anytime_cost, common, convnext_throughput, devices_scaling, input_pipeline
+from benchmarks import anytime_cost, common, convnext_throughput, devices_scaling, input_pipeline, pruned_speed
 
 DESIGN_HEADING = '## Design measurements'
 
@@ -52,6 +52,14 @@ def main():
           'Data parallelism: 8 simulated devices vs 1 (ConvNeXt-atto, 64x64, global batch 64)',
           devices_scaling.table,
           lambda: devices_scaling.measure('convnext_atto', batch=64, size=64, repeats=5),
+      ),
+      (
+          'Pruned CIFAR models: speed-up over the unpruned model vs the MACs ratio, ours and PyTorch eager '
+          '(batch 64, 3 interleaved rounds; all five pairs: run pruned_speed alone)',
+          pruned_speed.table,
+          lambda: pruned_speed.measure(
+              (('vgg16', 'vgg16_a'), ('resnet56', 'resnet56_b'), ('resnet110', 'resnet110_b')), batch=64, repeats=3
+          ),
       ),
       (
           'ADP-C cost per exit: wall-clock next to GFLOPs, and the HRNet backbone vs timm (W18-Small-v2 at 512x1024, '

@@ -1,0 +1,172 @@
+"""Speed of the paper's pruned CIFAR models: measured speed-up over the unpruned model next to the MACs ratio,
+ours (jax.jit) and the same models in PyTorch eager, in the same run.
+
+  python -m benchmarks.pruned_speed [--pairs vgg16:vgg16_a,resnet56:resnet56_a,...] [--batch 64] [--repeats 5]
+
+For each (unpruned, pruned) pair and mode (inference = eval forward; train = forward + backward + the paper's
+SGD step, momentum 0.9, weight decay 1e-4, BN in train mode), four worker processes (ours / torch x large /
+pruned) take turns step by step (`common.interleaved`), so the VM's drift hits all alike. Printed per pair:
+MACs ratio large/pruned, our speed-up and PyTorch's (each the median over rounds of t_large / t_pruned), our
+speed-up as a fraction of the MACs ratio, and ours / torch absolute speed for both models (above 1.0x = ours
+faster). The PyTorch definitions are the parity-tested ones of tests/pruning/pruning_torch_reference.py.
+"""
+import argparse
+import os
+import statistics
+import sys
+
+from benchmarks import common
+
+DEFAULT_PAIRS = (('vgg16', 'vgg16_a'), ('resnet56', 'resnet56_a'), ('resnet56', 'resnet56_b'),
+                 ('resnet110', 'resnet110_a'), ('resnet110', 'resnet110_b'))
+
+
+def _ours(name, mode, batch):
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+  from pruning_jax import models  # pylint: disable=import-outside-toplevel
+  model = models.create(name)
+  x = jax.random.normal(jax.random.PRNGKey(0), (batch, 32, 32, 3), jnp.float32)
+  y = jnp.zeros((batch,), jnp.int32)
+  variables = jax.jit(model.init)(jax.random.PRNGKey(1), x[:1])
+  if mode == 'infer':
+    fwd = jax.jit(lambda v, x: model.apply(v, x, train=False)[0])
+    return lambda: fwd(variables, x).block_until_ready()
+  tx = optax.chain(optax.add_decayed_weights(1e-4), optax.sgd(0.1, momentum=0.9))
+  state = {'p': variables['params'], 'b': variables['batch_stats'], 'o': tx.init(variables['params'])}
+
+  def step(p, b, o, x, y):
+    def loss(p):
+      (logits, _), new = model.apply({'params': p, 'batch_stats': b}, x, train=True, mutable=['batch_stats'])
+      return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), new['batch_stats']
+    g, b = jax.grad(loss, has_aux=True)(p)
+    u, o = tx.update(g, o, p)
+    return optax.apply_updates(p, u), b, o
+
+  jstep = jax.jit(step, donate_argnums=(0, 1, 2))
+
+  def fn():
+    state['p'], state['b'], state['o'] = jstep(state['p'], state['b'], state['o'], x, y)
+    jax.block_until_ready(state['p'])
+
+  return fn
+
+
+def _torch_model(name):
+  sys.path.insert(0, os.path.join(common.REPO, 'tests', 'pruning'))
+  import pruning_torch_reference as tr  # pylint: disable=import-outside-toplevel,import-error
+  from pruning_jax import models  # pylint: disable=import-outside-toplevel
+  spec = models.NAMED[name]
+  cfg = list(spec.cfg)
+  if spec.family == 'vgg_l1':
+    return tr.VGG(cfg, 10, 'l1')
+  if spec.family == 'vgg_slimming':
+    return tr.VGG(cfg, 10, 'slimming')
+  if spec.family == 'resnet_cifar':
+    return tr.CifarResNet(cfg, 10)
+  raise ValueError(f'no PyTorch definition for {name}')
+
+
+def _torch(name, mode, batch):
+  import torch  # pylint: disable=import-outside-toplevel
+  model = _torch_model(name)
+  x = torch.randn(batch, 3, 32, 32)
+  y = torch.zeros(batch, dtype=torch.long)
+  if mode == 'infer':
+    model.eval()
+
+    def fn():
+      with torch.no_grad():
+        model(x)
+
+    return fn
+  model.train()
+  opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
+  loss_fn = torch.nn.CrossEntropyLoss()
+
+  def fn():
+    opt.zero_grad(set_to_none=True)
+    loss_fn(model(x), y).backward()
+    opt.step()
+
+  return fn
+
+
+def worker(args):
+  from core_jax import host_memory  # pylint: disable=import-outside-toplevel
+  host_memory.retain_freed_memory()
+  fn = (_ours if args.contender == 'ours' else _torch)(args.model, args.mode, args.batch)
+  record = {'bench': 'pruned_speed', 'contender': args.contender, 'mode': args.mode, 'model': args.model,
+            'batch': args.batch}
+  if args.serve:
+    return common.serve(fn, args.warmup, record)
+  stats = common.time_calls(fn, warmup=args.warmup, repeats=args.repeats)
+  common.emit({**record, **stats})
+
+
+def _macs(name) -> int:
+  from pruning_jax import models, zoo  # pylint: disable=import-outside-toplevel
+  return zoo.params_and_macs(models.create(name), 'cifar')[1]
+
+
+def measure(pairs=DEFAULT_PAIRS, batch=64, repeats=5, warmup=2, modes=('infer', 'train')) -> list:
+  records = []
+  for large, pruned in pairs:
+    macs_ratio = _macs(large) / _macs(pruned)
+    for mode in modes:
+      cli = lambda c, m: ['--worker', '--contender', c, '--mode', mode, '--model', m, '--batch', str(batch),
+                          '--warmup', str(warmup)]
+      contenders = {f'{c}:{m}': cli(c, m) for c in ('ours', 'torch') for m in (large, pruned)}
+      by = common.interleaved('benchmarks.pruned_speed', contenders, rounds=repeats)
+      t = {k: v['times_s'] for k, v in by.items()}
+      rec = {'bench': 'pruned_speed', 'mode': mode, 'large': large, 'pruned': pruned, 'batch': batch,
+             'macs_ratio': macs_ratio,
+             'ours_speedup': common.paired_ratio(t[f'ours:{pruned}'], t[f'ours:{large}']),
+             'torch_speedup': common.paired_ratio(t[f'torch:{pruned}'], t[f'torch:{large}']),
+             'ours_per_torch_large': common.paired_ratio(t[f'ours:{large}'], t[f'torch:{large}']),
+             'ours_per_torch_pruned': common.paired_ratio(t[f'ours:{pruned}'], t[f'torch:{pruned}']),
+             'median_s': {k: statistics.median(v) for k, v in t.items()}}
+      rec['ours_speedup_of_macs_ratio'] = rec['ours_speedup'] / macs_ratio
+      records.append(rec)
+      common.emit(rec)
+  return records
+
+
+def table(records) -> str:
+  lines = ['| mode | large -> pruned | MACs ratio | ours speed-up | torch speed-up | ours speed-up / MACs ratio | '
+           'ours / torch (large) | ours / torch (pruned) | ours step large / pruned (ms) |',
+           '|---|---|---:|---:|---:|---:|---:|---:|---:|']
+  for r in records:
+    m = r['median_s']
+    lines.append(f"| {r['mode']} | {r['large']} -> {r['pruned']} | {r['macs_ratio']:.2f} | {r['ours_speedup']:.2f}x | "
+                 f"{r['torch_speedup']:.2f}x | {r['ours_speedup_of_macs_ratio']:.2f} | "
+                 f"{r['ours_per_torch_large']:.2f}x | {r['ours_per_torch_pruned']:.2f}x | "
+                 f"{1e3 * m['ours:' + r['large']]:.1f} / {1e3 * m['ours:' + r['pruned']]:.1f} |")
+  return '\n'.join(lines)
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
+  p.add_argument('--serve', action='store_true', help=argparse.SUPPRESS)
+  p.add_argument('--contender', choices=('ours', 'torch'), default='ours')
+  p.add_argument('--model', default='resnet56')
+  p.add_argument('--mode', choices=('infer', 'train'), default='infer')
+  p.add_argument('--modes', default='infer,train')
+  p.add_argument('--pairs', default=','.join(f'{a}:{b}' for a, b in DEFAULT_PAIRS))
+  p.add_argument('--batch', type=int, default=64)
+  p.add_argument('--repeats', type=int, default=5)
+  p.add_argument('--warmup', type=int, default=2)
+  args = p.parse_args()
+  if args.worker:
+    return worker(args)
+  pairs = [tuple(s.split(':')) for s in args.pairs.split(',')]
+  records = measure(pairs, args.batch, args.repeats, args.warmup, tuple(args.modes.split(',')))
+  print(table(records))
+  return records
+
+
+if __name__ == '__main__':
+  os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
+  main()

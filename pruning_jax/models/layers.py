@@ -1,0 +1,105 @@
+"""Layers shared by the pruning line's model families, with the PyTorch semantics of the original code.
+
+- `conv_init`: Normal(0, sqrt(2 / (kh * kw * out))) -- He with fan_out, plain (untruncated) normal, which is
+  what every family of the original re-initializes its convs with.
+- `torch_linear_kernel_init` / `torch_linear_bias_init`: PyTorch's default Linear init, U(+-1/sqrt(fan_in)) on
+  the weight and on the bias (the CIFAR ResNet / PreResNet / DenseNet heads keep it).
+- `BatchNorm`: PyTorch BatchNorm semantics (eps 1e-5, momentum 0.1): the forward pass in train mode normalizes
+  with the biased batch variance, while the running variance is updated with the *unbiased* one, exactly as
+  torch does. Variables use flax's names: params 'scale' / 'bias', batch_stats 'mean' / 'var'.
+- `select_channels`: the original's channel_selection layer as a static gather on the channel axis.
+- `conv`: a bias-free (by default) convolution with the explicit symmetric padding PyTorch uses.
+"""
+import math
+from collections.abc import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
+gaussian_001 = nn.initializers.normal(stddev=0.01)
+
+
+def torch_linear_kernel_init(key, shape, dtype=jnp.float32):
+  """U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for a flax Dense kernel of shape (in, out)."""
+  bound = 1.0 / math.sqrt(shape[0])
+  return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def torch_linear_bias_init(fan_in: int) -> Callable:
+  bound = 1.0 / math.sqrt(fan_in)
+
+  def init(key, shape, dtype=jnp.float32):
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+  return init
+
+
+def torch_dense(features: int, fan_in: int, name: str, dtype=None) -> nn.Dense:
+  """A Linear layer with PyTorch's default init (the heads the original does not re-initialize)."""
+  return nn.Dense(features, kernel_init=torch_linear_kernel_init, bias_init=torch_linear_bias_init(fan_in), name=name,
+                  dtype=dtype)
+
+
+def constant(value: float) -> Callable:
+  return nn.initializers.constant(value)
+
+
+class BatchNorm(nn.Module):
+  """BatchNorm over the last axis with PyTorch's train-mode statistics (see the module docstring)."""
+  use_running_average: bool = False
+  momentum: float = 0.1  # PyTorch convention: new = (1 - momentum) * old + momentum * batch
+  epsilon: float = 1e-5
+  scale_init: Callable = nn.initializers.ones
+  dtype: jnp.dtype | None = None
+
+  @nn.compact
+  def __call__(self, x):
+    features = x.shape[-1]
+    scale = self.param('scale', self.scale_init, (features,), jnp.float32)
+    bias = self.param('bias', nn.initializers.zeros, (features,), jnp.float32)
+    ra_mean = self.variable('batch_stats', 'mean', lambda: jnp.zeros((features,), jnp.float32))
+    ra_var = self.variable('batch_stats', 'var', lambda: jnp.ones((features,), jnp.float32))
+    xf = x.astype(jnp.float32)
+    if self.use_running_average:
+      mean, var = ra_mean.value, ra_var.value
+    else:
+      axes = tuple(range(x.ndim - 1))
+      n = math.prod(x.shape[:-1])
+      mean = jnp.mean(xf, axes)
+      var = jnp.mean(jnp.square(xf - mean), axes)
+      if not self.is_initializing():
+        unbiased = var * (n / max(n - 1, 1))
+        ra_mean.value = (1.0 - self.momentum) * ra_mean.value + self.momentum * mean
+        ra_var.value = (1.0 - self.momentum) * ra_var.value + self.momentum * unbiased
+    y = (xf - mean) * (jax.lax.rsqrt(var + self.epsilon) * scale) + bias
+    return y.astype(self.dtype or x.dtype)
+
+
+def conv(features: int, kernel: int, stride: int = 1, *, name: str, use_bias: bool = False,
+         padding: int | None = None, dtype=None) -> nn.Conv:
+  pad = kernel // 2 if padding is None else padding
+  return nn.Conv(features, (kernel, kernel), strides=(stride, stride), padding=((pad, pad), (pad, pad)),
+                 use_bias=use_bias, kernel_init=conv_init, bias_init=nn.initializers.zeros, name=name, dtype=dtype)
+
+
+def select_channels(x, indices: Sequence[int] | None):
+  """channel_selection: keeps the listed channels of the last axis (None keeps all)."""
+  if indices is None:
+    return x
+  return jnp.take(x, np.asarray(indices, dtype=np.int32), axis=-1)
+
+
+def avg_pool(x, window: int, stride: int | None = None):
+  stride = window if stride is None else stride
+  return nn.avg_pool(x, (window, window), strides=(stride, stride), padding='VALID')
+
+
+def max_pool(x, window: int, stride: int, padding: int = 0):
+  return nn.max_pool(x, (window, window), strides=(stride, stride), padding=((padding, padding), (padding, padding)))
+
+
+def global_avg_pool(x):
+  return jnp.mean(x, axis=(1, 2))

@@ -1,0 +1,22 @@
+"""Test helpers: random variables for a model without compiling its init (jit of init dominates test time)."""
+import jax
+import numpy as np
+
+
+def random_variables(model, x, seed: int = 0) -> dict:
+  """Host numpy variables of `model`'s shapes: kernels N(0, 1/fan_in), BN scale / var U(0.5, 1.5), BN bias / mean
+  and Linear biases N(0, 0.1) -- non-trivial everywhere, so eval and train mode both test something."""
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x[:1]))
+  rng = np.random.RandomState(seed)
+  flat, treedef = jax.tree_util.tree_flatten_with_path(shapes)
+  out = []
+  for path, s in flat:
+    name = path[-1].key
+    if name == 'kernel':
+      v = rng.randn(*s.shape) / np.sqrt(np.prod(s.shape[:-1]))
+    elif name in ('scale', 'var'):
+      v = rng.uniform(0.5, 1.5, s.shape)
+    else:
+      v = 0.1 * rng.randn(*s.shape)
+    out.append(v.astype(np.float32))
+  return jax.tree_util.tree_unflatten(treedef, out)
