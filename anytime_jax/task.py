@@ -20,13 +20,14 @@ Eval metrics (`eval_metrics`, one field per exit, each computing to a dict; flat
                       backbone to stage k plus exits 1..k), averaged over the eval images: the dense count of
                       `core_jax.counting.count_macs_by_mark` at the eval size, where every masked conv's dense cost
                       is replaced by its sown actual cost (dense x p + the RBF interpolation term, anytime_jax.
-                      confidence.Conv)
+                      confidence.Conv; anytime_jax.flops.ca_macs)
   mean/miou, mean/gflops, mean/fraction                    the mean over the exits (the paper's "mean" columns)
 Primary metric: the last exit's mIoU ('exit4/miou'). Eval runs at the eval transforms' resolution (full
 resolution: no resize) with `eval_batch_size`; padded examples (mask False) count for nothing.
 
 `load_pretrained` (config.init_from): a timm HRNet backbone or an official ADP-C checkpoint (.pth/.safetensors,
-anytime_jax.convert: layout from the keys), or one of our training checkpoints (a step dir, or a workdir: its
+anytime_jax.convert.load_pretrained: layout from the keys; `init_reinit_head` loads only an official file's
+backbone), or one of our training checkpoints (a step dir, or a workdir: its
 latest step). Our checkpoints load strictly except for the masked convs' `rbf_lambda`: a model with CA takes
 the fresh 3.0 where the checkpoint has none, a model without CA ignores them, so one set of weights is
 evaluated with and without CA. `init_reinit_head=True` keeps the fresh exits and head.
@@ -40,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from clu import metrics
 
-from anytime_jax import confidence, hrnet
+from anytime_jax import confidence, flops, hrnet
 from anytime_jax.exits import resize_bilinear
 from core_jax import counting
 from core_jax import metrics as metrics_lib
@@ -49,7 +50,7 @@ from core_jax.data.registry import IGNORE_LABEL
 from core_jax.errors import UserError
 from core_jax.task import Task, apply_model
 
-GIGA = 1024 ** 3
+GIGA = flops.GIGA
 LABEL_KEY = 'segmentation'
 _HEAD_MODULES = ('last_layer',)
 
@@ -183,18 +184,6 @@ def train_metrics_class(exits) -> type[metrics.Collection]:
   return flax.struct.dataclass(cls)
 
 
-def cumulative_macs(dense_marks: dict, macs_collection, batch: int) -> dict[str, jax.Array]:
-  """Per-example cumulative MACs per exit: exit k's dense count plus, for every masked segment j <= k, the
-  difference between the MACs its convs actually computed and their dense cost (sown by confidence.Conv)."""
-  out, delta = {}, jnp.zeros((batch,), jnp.float32)
-  for name in [n for n in dense_marks if n.startswith('exit')]:
-    k = int(name[len('exit'):])
-    delta = delta + (counting.sum_macs(macs_collection, name=f'actual_exit{k}')
-                     - counting.sum_macs(macs_collection, name=f'dense_exit{k}'))
-    out[name] = jnp.float32(dense_marks[name]) + delta
-  return out
-
-
 # ---------------------------------------------------------------------------------------------- task
 class AnytimeSegTask(Task):
   primary_metric = 'exit4/miou'
@@ -224,8 +213,7 @@ class AnytimeSegTask(Task):
   def dense_marks(self, height: int, width: int) -> dict[str, int]:
     """Per-image cumulative dense MACs at each exit ({'exit1': .., 'total': ..}) for one input size (cached)."""
     if (height, width) not in self._dense_marks:
-      x = jax.ShapeDtypeStruct((1, height, width, 3), jnp.float32)
-      self._dense_marks[(height, width)] = counting.count_macs_by_mark(self.build_model(), x, train=False)
+      self._dense_marks[(height, width)] = flops.dense_macs(self.build_model(), height, width)
     return self._dense_marks[(height, width)]
 
   def train_loss(self, model, variables, batch, rng):
@@ -244,8 +232,8 @@ class AnytimeSegTask(Task):
     image, labels = batch[self.input_key], batch[LABEL_KEY]
     variables = {k: v for k, v in variables.items() if k != counting.MACS_COLLECTION}
     out, state = model.apply(variables, image, train=False, mutable=[counting.MACS_COLLECTION])
-    macs = cumulative_macs(self.dense_marks(*image.shape[1:3]), state.get(counting.MACS_COLLECTION, {}),
-                           image.shape[0])
+    macs = flops.ca_macs(self.dense_marks(*image.shape[1:3]), state.get(counting.MACS_COLLECTION, {}),
+                         image.shape[0])
     outputs = {'labels': labels, 'mask': batch['mask']}
     for k, logits, fraction in zip(self.exits, out['logits'], out['fractions']):
       up = resize_bilinear(logits.astype(jnp.float32), *labels.shape[1:3])
@@ -259,7 +247,7 @@ class AnytimeSegTask(Task):
       loaded, source = read_our_checkpoint(path), path
     else:
       from anytime_jax import convert  # pylint: disable=import-outside-toplevel  (torch only when needed)
-      loaded, source = convert.load_variables(path, variables), path
+      return convert.load_pretrained(variables, path, reinit_head)
     return fit_variables(variables, loaded, source, keep_head=reinit_head)
 
   def extra_results(self, state):

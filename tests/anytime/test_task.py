@@ -7,7 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from anytime_jax import task as task_lib
+from anytime_jax import hrnet, task as task_lib
 from core_jax import cli, counting
 from core_jax.errors import UserError
 
@@ -26,12 +26,11 @@ def digit_config(**model):
 
 @pytest.fixture(scope='module')
 def tiny_ca():
-  """A CA task, its model and host variables (BN statistics of one train batch, so logits are not uniform)."""
+  """A CA task, its model and host variables drawn as the model's init (without compiling init)."""
   task = task_lib.AnytimeSegTask(digit_config(confidence_adaptive=True, tau=0.5), Info())
   model = task.build_model()
   x = jnp.asarray(np.random.RandomState(0).randn(4, 32, 64, 3).astype(np.float32))
-  variables = jax.jit(lambda k, x: model.init(k, x))(jax.random.PRNGKey(0), x)
-  return task, model, variables, x
+  return task, model, hrnet.random_variables(model, 32, 64), x
 
 
 def test_weighted_cross_entropy_equals_torch():
@@ -87,12 +86,20 @@ def test_eval_metrics_per_exit_and_mean(tiny_ca):
     np.testing.assert_allclose(values[f'mean/{key}'], np.mean([values[f'exit{k}/{key}'] for k in (1, 2, 3, 4)]))
   assert task.primary_metric == 'exit4/miou' and 'exit4/miou' in values
   # merging two batches sums the confusion matrices: the same as one batch of both
-  _, coll2 = _eval(task, model, variables, x[:2], labels[:2], jnp.asarray([True, True]))
-  _, coll3 = _eval(task, model, variables, x[2:3], labels[2:3], jnp.asarray([True]))
-  merged = metrics.to_floats(coll2.merge(coll3))
+  part = lambda sl: {k: v[sl] for k, v in outputs.items()}  # noqa: E731
+  merged = metrics.to_floats(task.eval_metrics.single_from_model_output(**part(slice(0, 2))).merge(
+      task.eval_metrics.single_from_model_output(**part(slice(2, 4)))))
   for k in (1, 4):
     assert merged[f'exit{k}/miou'] == pytest.approx(values[f'exit{k}/miou'], abs=1e-12)
     assert merged[f'exit{k}/gflops'] == pytest.approx(values[f'exit{k}/gflops'], rel=1e-6)
+  # the confusion matrix against numpy on the unpadded examples
+  pred = np.asarray(outputs['predictions_exit4'])[:3].reshape(-1)
+  lab = np.asarray(labels)[:3].reshape(-1)
+  cm = np.zeros((11, 11), np.int64)
+  np.add.at(cm, (lab, pred), 1)
+  tp = np.diag(cm)
+  union = cm.sum(0) + cm.sum(1) - tp
+  assert values['exit4/miou'] == pytest.approx(np.mean(tp[union > 0] / union[union > 0]))
 
 
 def test_gflops_dense_when_everything_computed_and_exit1_only_when_nothing():
@@ -107,7 +114,7 @@ def test_gflops_dense_when_everything_computed_and_exit1_only_when_nothing():
   for tau, expect in ((1.0, 'dense'), (1e-6, 'exit1')):
     task = task_lib.AnytimeSegTask(digit_config(confidence_adaptive=True, tau=tau), Info())
     model = task.build_model()
-    variables = jax.jit(lambda k, x, m=model: m.init(k, x))(jax.random.PRNGKey(0), x)
+    variables = hrnet.random_variables(model, 32, 64)
     outputs = task.eval_outputs(model, variables, {'image': x, 'segmentation': labels, 'mask': mask})
     for k in (1, 2, 3, 4):
       gf = np.asarray(outputs[f'gflops_exit{k}'])
