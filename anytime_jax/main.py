@@ -12,6 +12,7 @@ DIR/anytime.png (the anytime curve, anytime_jax.curve; the paper's points beside
 - Configs with `anytime.eval_taus` or `anytime.baseline_exit_type` (configs/anytime/digit_scenes.py) run the
   whole comparison as one core_jax.experiment: [baseline without CA,] the CA model, eval-only runs of the CA
   weights at each threshold; the table and curve then hold every run. Rerunning skips finished phases.
+  With eval_only such a config runs the one evaluation (e.g. of a phase directory at another tau).
 
 `run(config, workdir)` is the importable entry (returns {'runs': [...], ...} as written to anytime.json).
 `--help` lists the config files of configs/anytime; `--config=FILE --help` lists that config's keys.
@@ -44,9 +45,6 @@ def validate(config) -> None:
   base = str(a.get('baseline_exit_type', '') or '')
   if base and base not in ('ee', 'rh'):
     raise UserError(f"anytime.baseline_exit_type must be 'ee', 'rh' or '', got {base!r}")
-  if (a.get('eval_taus') or base) and config.get('eval_only', False):
-    raise UserError('eval_only runs one evaluation; unset anytime.eval_taus / anytime.baseline_exit_type '
-                    '(or evaluate a phase directory of the job)')
 
 
 def run_label(config) -> str:
@@ -226,7 +224,7 @@ def run(config, workdir: str) -> dict | None:
   """Validates, trains/evaluates, reports; None when preempted (rerun the same command to continue)."""
   validate(config)
   a = _anytime(config)
-  if a.get('eval_taus') or a.get('baseline_exit_type'):
+  if (a.get('eval_taus') or a.get('baseline_exit_type')) and not config.get('eval_only', False):
     return _job(config, workdir)
   return _single(config, workdir)
 

@@ -86,7 +86,6 @@ def test_digit_scenes_job_phases():
   ('anytime.eval_taus', '(0.5, 2.0)', r'tau must be in \(0, 1\], got 2.0'),
   ('anytime.reference', 'imagenet', "anytime.reference 'imagenet' is not one of"),
   ('anytime.baseline_exit_type', 'big', "anytime.baseline_exit_type must be 'ee', 'rh' or ''"),
-  ('eval_only', 'True', 'eval_only runs one evaluation'),
 ])
 def test_bad_anytime_options(key, value, message):
   c = load('digit_scenes.py')

@@ -87,8 +87,7 @@ def test_digit_scenes_job_end_to_end(tmp_path, tfds_dir, capsys):
   phase = os.path.join(workdir, 'adp_c')
   with open(os.path.join(phase, 'results.json')) as f:
     before = f.read()
-  c = small_job(tfds_dir)
-  c.anytime.eval_taus = ()
+  c = small_job(tfds_dir)   # the job's config: eval_only runs the one evaluation
   c.eval_only = True
   c.model.tau = 0.9
   single = main.run(c, phase)
