@@ -12,9 +12,9 @@ block per branch, RH inter channels 16; not from the paper), 11 classes, train o
 Recipe: the Cityscapes one scaled down (SGD momentum 0.9, wd 5e-4 on all params, poly 0.9 per step), lr 0.1
           with 1 epoch of linear warmup (the N(0, 0.001) conv init trains from scratch here, not from ImageNet).
 Time:     22 min for the 5 phases on the 2-core CPU shared with five other jobs (load ~12). At 3 epochs the
-          tiny HRNet lowers the loss below the class prior but every pixel's argmax is still background (mIoU 8.4 = the background IoU
-          / 11 at every exit); the FLOP, fraction and threshold machinery is what this length shows. A longer
-          schedule (--config.num_epochs=20, not yet measured) is needed for digit mIoU.
+          tiny HRNet lowers the loss below the class prior but every pixel's argmax is still background
+          (mIoU 8.4 = the background IoU / 11 at every exit); the FLOP, fraction and threshold machinery is what
+          this length shows. A longer schedule (--config.num_epochs=20, not yet measured) is needed for digit mIoU.
 """
 import importlib.util
 import os
