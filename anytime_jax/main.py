@@ -80,6 +80,7 @@ def run_entry(label: str, results: dict, config) -> dict:
           'tau': float(m.tau) if m.get('confidence_adaptive', False) else None,
           'params': results.get('params', results.get('num_params')), 'eval_size': results.get('eval_size'),
           'gflops_dense': results.get('gflops_dense'), 'step': results.get('step'),
+          'weights': results.get('weights'),
           'train_seconds': results.get('train_seconds_this_run')}
 
 

@@ -95,7 +95,7 @@ def test_digit_scenes_job_end_to_end(tmp_path, tfds_dir, capsys):
     assert f.read() == before
   assert os.path.isfile(os.path.join(phase, 'eval_tau0.9', 'anytime.json'))
   assert single['runs'][0]['label'] == 'ADP-C (tau 0.9)'
-  assert single['runs'][0]['step'] == 2
+  assert single['runs'][0]['weights'] == os.path.join(phase, 'checkpoints', '2')
 
   # a rerun skips every finished phase and reports the same numbers
   again = main.run(small_job(tfds_dir), workdir)
