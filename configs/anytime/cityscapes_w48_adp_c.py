@@ -1,0 +1,34 @@
+"""ADP-C = EE+RH+CA on HRNet-W48 (redesigned exits, confidence adaptivity at tau 0.998), Cityscapes.
+
+Command:  python -m anytime_jax.main --config=configs/anytime/cityscapes_w48_adp_c.py --workdir=/ckpt/w48_adp_c \
+            --config.init_from=/weights/hrnet_w48.safetensors --config.data.data_dir=/data/tfds
+          init_from: the ImageNet backbone (timm `hrnet_w48.ms_in1k`, .safetensors or .pth; exits and head stay
+          randomly initialized), as the reference loads HRNet-Image-Classification weights. Evaluate imported
+          official ADP-C weights or a checkpoint: ... --config.eval_only=True [--config.init_from=FILE.pth].
+          Data: TFDS cityscapes/semantic_segmentation built from the manual zips (core_jax.data.cityscapes).
+Expected (README): mIoU 44.3 / 60.1 / 76.8 / 81.3 (mean 65.7); GFLOPs 41.9 / 93.9 / 259.3 / 387.1
+          (mean 195.6; -44.4% total vs the 696.2 base). The masked convs run densely (FLOPs saved on paper only),
+          so training costs what EE+RH costs.
+Other thresholds without retraining:  ... --config.eval_only=True --config.model.tau=0.99
+          (evaluates WORKDIR's checkpoint into WORKDIR/eval_tau0.99).
+Time:     not measured (no accelerator was available to this build). Estimate from the FLOP count: about
+          1.5e18 FLOPs for the whole schedule (3 x forward MACs x 2 per 512x1024 crop x 12 x 119,548 steps), i.e.
+          roughly 2.5 h on 4x A100 at 30% of fp32/TF32 peak (4 GPUs as the reference; batch 12 must split
+          evenly over the devices), before any data-loading limit.
+Recipe (reference sheet 3.1): SGD lr 0.01 momentum 0.9 wd 5e-4 on all params, poly 0.9 per step, batch 12
+(SyncBN: BN statistics over the global batch under jit), 484 epochs = 119,548 steps, class-weighted CE summed
+over the exits, train crops 512x1024 of images rescaled by 0.5..2.1 + flip, eval at 1024x2048.
+"""
+
+import importlib.util
+import os
+
+_spec = importlib.util.spec_from_file_location('_anytime_base', os.path.join(os.path.dirname(__file__), '_base.py'))
+_base = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_base)
+
+
+def get_config():
+  return _base.cityscapes_config(
+      'w48', exits=(1, 2, 3, 4), exit_type='rh', confidence_adaptive=True, reference='cityscapes_w48'
+  )

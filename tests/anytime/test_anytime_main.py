@@ -1,0 +1,122 @@
+"""anytime_jax.main: bad input is one line and exit 2 (before any data work); the digit_scenes job end to end
+(small: a few steps on a slice), eval-only at another threshold into its own directory, rerun skips phases."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from anytime_jax import main
+from core_jax import cli
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DIGITS = os.path.join(REPO, 'configs', 'anytime', 'digit_scenes.py')
+
+
+def test_bad_tau_through_main_subprocess(tmp_path):
+  workdir = tmp_path / 'run'
+  proc = subprocess.run(
+      [
+          sys.executable,
+          '-m',
+          'anytime_jax.main',
+          f'--config={DIGITS}',
+          f'--workdir={workdir}',
+          '--config.model.tau=1.5',
+      ],
+      cwd=REPO,
+      env=dict(os.environ, PYTHONPATH=REPO),
+      capture_output=True,
+      text=True,
+      timeout=300,
+  )
+  assert proc.returncode == 2
+  err = proc.stderr.strip().splitlines()
+  assert err == ['error: confidence threshold tau must be in (0, 1], got 1.5']
+  assert not workdir.exists()
+
+
+@pytest.mark.parametrize(
+    'override, message',
+    [
+        ('--config.model.masked_stages=(1, 2, 3)', 'stage 1 cannot be masked'),
+        ("--config.model.masked_stages=('stem',)", 'the stem cannot be masked'),
+        ('--config.model.exits=(1, 2, 3, 4, 5)', 'exit 5 does not exist'),
+        ('--config.model.tau=0.0', r'tau must be in (0, 1], got 0.0'),
+        ('--config.anytime.eval_taus=(0.9, 1.01)', r'tau must be in (0, 1], got 1.01'),
+    ],
+)
+def test_bad_config_exits_2_with_one_line(tmp_path, capsys, override, message):
+  workdir = tmp_path / 'run'
+  code = cli.run_main(
+      main._run,
+      [f'--config={DIGITS}', f'--workdir={workdir}', override],
+      prog='anytime_jax.main',
+      config_dir=main.CONFIG_DIR,
+  )
+  err = capsys.readouterr().err.strip()
+  assert code == 2 and message in err and '\n' not in err, err
+  assert not workdir.exists()
+
+
+def test_help_lists_the_configs(capsys):
+  assert cli.run_main(main._run, ['--help'], prog='anytime_jax.main', config_dir=main.CONFIG_DIR) == 0
+  out = capsys.readouterr().out
+  for name in ('digit_scenes.py', 'cityscapes_w48_adp_c.py', 'cityscapes_w18_small_v2_adp_c.py'):
+    assert name in out
+  assert not any(line.split()[0] == '_base.py' for line in out.splitlines() if line.strip())
+
+
+def small_job(tfds_dir):
+  c = cli.load_config_file(DIGITS)
+  c.data.update(dict(data_dir=str(tfds_dir), train_split='train[:16]', eval_split='validation[:8]'))
+  c.batch_size = 8
+  c.eval_batch_size = 8
+  c.num_train_steps = 2
+  c.log_every_steps = 1
+  c.checkpoint.update(dict(every_steps=2, asynchronous=False))
+  c.anytime.eval_taus = (0.5,)
+  return c
+
+
+@pytest.mark.slow
+def test_digit_scenes_job_end_to_end(tmp_path, tfds_dir, capsys):
+  workdir = str(tmp_path / 'job')
+  data = main.run(small_job(tfds_dir), workdir)
+  out = capsys.readouterr().out
+  assert [r['label'] for r in data['runs']] == ['EE+RH', 'ADP-C (tau 0.998)', 'ADP-C (tau 0.5)']
+  with open(os.path.join(workdir, 'anytime.json')) as f:
+    assert json.load(f)['runs'] == data['runs']
+  assert os.path.getsize(os.path.join(workdir, 'anytime.png')) > 10_000
+  assert 'mIoU %' in out and 'skipped %' in out and 'anytime curve:' in out
+  ee_rh, adp_c, low = data['runs']
+  for run in data['runs']:
+    assert [e['exit'] for e in run['exits']] == [1, 2, 3, 4]
+    gf = [e['gflops'] for e in run['exits']]
+    assert gf == sorted(gf) and gf[0] > 0
+  assert all(e['fraction'] == 1.0 for e in ee_rh['exits'])
+  # the baseline's GFLOPs are the dense count; CA never costs more than dense (the RBF term is at most 1/4 x 49
+  # x C_out x H x W per conv, far below the convs' dense cost here)
+  assert [e['gflops'] for e in ee_rh['exits']] == pytest.approx(list(ee_rh['gflops_dense'].values()), rel=1e-6)
+  assert low['exits'][3]['fraction'] <= adp_c['exits'][3]['fraction']
+  assert low['exits'][3]['gflops'] <= adp_c['exits'][3]['gflops'] + 1e-9
+
+  # eval-only at another threshold in the trained phase dir: its own sub-dir, the training results untouched
+  phase = os.path.join(workdir, 'adp_c')
+  with open(os.path.join(phase, 'results.json')) as f:
+    before = f.read()
+  c = small_job(tfds_dir)  # the job's config: eval_only runs the one evaluation
+  c.eval_only = True
+  c.model.tau = 0.9
+  single = main.run(c, phase)
+  with open(os.path.join(phase, 'results.json')) as f:
+    assert f.read() == before
+  assert os.path.isfile(os.path.join(phase, 'eval_tau0.9', 'anytime.json'))
+  assert single['runs'][0]['label'] == 'ADP-C (tau 0.9)'
+  assert single['runs'][0]['weights'] == os.path.join(phase, 'checkpoints', '2')
+
+  # a rerun skips every finished phase and reports the same numbers
+  again = main.run(small_job(tfds_dir), workdir)
+  assert [r['exits'] for r in again['runs']] == [r['exits'] for r in data['runs']]

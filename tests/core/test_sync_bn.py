@@ -1,0 +1,195 @@
+"""Synchronized BatchNorm: under jit over a batch-sharded mesh, BN statistics are over the GLOBAL batch.
+
+The same train steps run in two subprocesses, one with 1 CPU device and one with 8 simulated devices
+(XLA_FLAGS=--xla_force_host_platform_device_count=8; the batch split 8 ways by core_jax.parallel's batch
+sharding, the step jitted as core_jax.train does). The batch_stats, params, loss and eval outputs agree to
+float tolerance, the 8-device program contains cross-device all-reduces, and, as a control that the check can
+fail, per-shard statistics (what unsynchronized BN would use, averaged over the 8 shards) differ in the
+variances. A small BN CNN for the fast test; the anytime HRNet ('w8_tiny' with CA, AnytimeSegTask's loss) slow.
+
+Worker: python tests/core/test_sync_bn.py KIND OUT.npz
+"""
+
+import functools
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+DEVICES = 8
+BATCH = 16
+
+
+def _small_model():
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+
+  from core_jax.task import Task, apply_model  # pylint: disable=import-outside-toplevel
+
+  class SmallBN(nn.Module):
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+      # momentum 0: the running statistics ARE the last batch's statistics
+      x = nn.Conv(8, (3, 3), name='conv1')(x)
+      x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.0, name='bn1')(x))
+      x = nn.Conv(16, (3, 3), strides=2, name='conv2')(x)
+      x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.0, name='bn2')(x))
+      return nn.Dense(5, name='head')(x.mean((1, 2)))
+
+  class SmallTask(Task):
+
+    def build_model(self):
+      return SmallBN()
+
+    def train_loss(self, model, variables, batch, rng):
+      logits, new_vars = apply_model(model, variables, batch['image'], train=True, rng=rng)
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
+      return loss, ({'loss': loss, 'accuracy': jnp.float32(0)}, new_vars)
+
+  rng = np.random.RandomState(0)
+  batch = {
+      'image': rng.randn(BATCH, 8, 8, 3).astype(np.float32) * 2 + rng.randn(BATCH, 1, 1, 3).astype(np.float32),
+      'label': rng.randint(0, 5, BATCH).astype(np.int32),
+  }
+  task = SmallTask(None, None)
+  return task, task.build_model(), batch, 1.0
+
+
+def _hrnet_model():
+  from anytime_jax.task import AnytimeSegTask  # pylint: disable=import-outside-toplevel
+  from core_jax import cli  # pylint: disable=import-outside-toplevel
+
+  class Info:
+    num_classes = 11
+
+  config = cli.load_config_file(os.path.join(REPO, 'configs', 'anytime', 'digit_scenes.py'))
+  task = AnytimeSegTask(config, Info())
+  rng = np.random.RandomState(0)
+  label = rng.randint(0, 11, (BATCH, 32, 64)).astype(np.uint8)
+  label[:, :4] = 255
+  batch = {
+      'image': rng.randn(BATCH, 32, 64, 3).astype(np.float32) + rng.randn(BATCH, 1, 1, 3).astype(np.float32),
+      'segmentation': label,
+  }
+  return task, task.build_model(), batch, 0.01  # BN momentum 0.99: the stats move by 0.01 x the batch's
+
+
+def worker(kind: str, out: str) -> None:
+  import jax  # pylint: disable=import-outside-toplevel
+  import ml_collections  # pylint: disable=import-outside-toplevel
+  import optax  # pylint: disable=import-outside-toplevel
+
+  from core_jax import parallel, train  # pylint: disable=import-outside-toplevel
+  from core_jax.weights import flatten  # pylint: disable=import-outside-toplevel
+
+  task, model, batch, rate = {'small': _small_model, 'hrnet': _hrnet_model}[kind]()
+  mesh = parallel.make_mesh(ml_collections.ConfigDict({'mesh': {'fsdp': 1}}))
+  shard, replicated = parallel.batch_sharding(mesh), parallel.replicated(mesh)
+  variables = model.init(jax.random.PRNGKey(0), batch['image'][:1], train=False)
+  tx = optax.sgd(0.05, momentum=0.9)
+  state = train.TrainState(
+      step=jax.numpy.zeros((), jax.numpy.int32),
+      params=variables['params'],
+      batch_stats=variables['batch_stats'],
+      opt_state=tx.init(variables['params']),
+      ema_params=None,
+      rng=jax.random.PRNGKey(1),
+  )
+  init_stats = flatten(jax.tree.map(np.asarray, variables['batch_stats']))
+  state = jax.device_put(state, replicated)
+  global_batch = jax.device_put(batch, shard)
+  assert len(global_batch['image'].sharding.device_set) == jax.device_count()
+  step = jax.jit(
+      functools.partial(train.train_step, task, model, tx),
+      in_shardings=(replicated, shard),
+      out_shardings=(replicated, replicated),
+  )
+  hlo = step.lower(state, global_batch).compile().as_text()
+  losses = []
+  for _ in range(2):
+    state, m = step(state, global_batch)
+    losses.append(float(m.compute()['loss']))
+  stats = flatten(jax.tree.map(np.asarray, state.batch_stats))
+  result = {f'stats/{k}': (v - init_stats[k]) / rate for k, v in stats.items()}  # the batches' statistics
+  result.update({f'params/{k}': np.asarray(v) for k, v in flatten(state.params).items()})
+  result['loss'] = np.asarray(losses)
+  apply = jax.jit(
+      lambda p, s, x: model.apply({'params': p, 'batch_stats': s}, x, train=False),
+      in_shardings=(replicated, replicated, shard),
+  )
+  outputs = apply(state.params, state.batch_stats, global_batch['image'])
+  outputs = outputs['logits'] if isinstance(outputs, dict) else (outputs,)
+  result.update({f'out/{i}': np.asarray(o) for i, o in enumerate(outputs)})
+  result['all_reduce'] = np.asarray('all-reduce' in hlo)
+  if jax.device_count() == 1:  # the control: statistics of each 1/8 shard on its own, averaged
+    per_shard = []
+    for i in range(DEVICES):
+      part = {k: v[i * BATCH // DEVICES : (i + 1) * BATCH // DEVICES] for k, v in batch.items()}
+      _, new_vars = model.apply(
+          variables,
+          part[task.input_key if hasattr(task, 'input_key') else 'image'],
+          train=True,
+          mutable=['batch_stats'],
+      )
+      per_shard.append(flatten(jax.tree.map(np.asarray, new_vars['batch_stats'])))
+    for k in init_stats:
+      result[f'local/{k}'] = (np.mean([p[k] for p in per_shard], axis=0) - init_stats[k]) / rate
+    _, new_vars = model.apply(variables, batch['image'], train=True, mutable=['batch_stats'])
+    first = flatten(jax.tree.map(np.asarray, new_vars['batch_stats']))
+    result.update({f'first/{k}': (v - init_stats[k]) / rate for k, v in first.items()})
+  np.savez(out, **result)
+
+
+def _run_worker(kind: str, devices: int, out: str) -> dict:
+  env = dict(
+      os.environ,
+      JAX_PLATFORMS='cpu',
+      PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''),
+      XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+  )
+  proc = subprocess.run(
+      [sys.executable, os.path.abspath(__file__), kind, out], env=env, capture_output=True, text=True, timeout=900
+  )
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return dict(np.load(out))
+
+
+def _check(kind: str, tmp_path) -> None:
+  one = _run_worker(kind, 1, str(tmp_path / 'one.npz'))
+  eight = _run_worker(kind, DEVICES, str(tmp_path / 'eight.npz'))
+  assert bool(eight['all_reduce']) and not bool(one['all_reduce'])
+  np.testing.assert_allclose(eight['loss'], one['loss'], rtol=1e-5)
+  stat_keys = [k for k in one if k.startswith('stats/')]
+  assert stat_keys
+  for k in stat_keys:
+    np.testing.assert_allclose(eight[k], one[k], rtol=1e-4, atol=1e-6, err_msg=k)
+  for k in [k for k in one if k.startswith(('params/', 'out/'))]:
+    np.testing.assert_allclose(eight[k], one[k], rtol=1e-4, atol=1e-5, err_msg=k)
+  # the control: per-shard (unsynchronized) variances differ from the global batch's by far more than the tolerance
+  var_keys = [k for k in stat_keys if k.endswith('/var')]
+  gaps = []
+  for k in var_keys:
+    name = k[len('stats/') :]
+    first_step = one[f'first/{name}']
+    scale = np.abs(first_step).max() + 1e-12
+    gaps.append(np.abs(one[f'local/{name}'] - first_step).max() / scale)
+  assert max(gaps) > 1e-2, gaps
+
+
+def test_sync_bn_small_model_8_devices_equal_1(tmp_path):
+  _check('small', tmp_path)
+
+
+@pytest.mark.slow
+def test_sync_bn_anytime_hrnet_8_devices_equal_1(tmp_path):
+  _check('hrnet', tmp_path)
+
+
+if __name__ == '__main__':
+  sys.path.insert(0, REPO)
+  worker(sys.argv[1], sys.argv[2])
