@@ -9,7 +9,10 @@ from core_jax import cli
 from core_jax import config as config_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-CONFIGS = sorted(p for p in glob.glob(os.path.join(REPO, 'configs', '*', '*.py')) if not p.endswith('__init__.py'))
+# Files starting with '_' are shared pieces that configs import (configs/anytime/_base.py), not configs.
+CONFIGS = sorted(
+    p for p in glob.glob(os.path.join(REPO, 'configs', '*', '*.py')) if not os.path.basename(p).startswith('_')
+)
 GENERIC = [
     ('init_from', '/weights/x.safetensors'),
     ('init_reinit_head', 'True'),

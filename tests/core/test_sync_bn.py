@@ -95,9 +95,13 @@ def worker(kind: str, out: str) -> None:
   if kind == 'hrnet':
     # N(0, 0.001) kernels give activations with variance below BN's eps, where the BN gradients amplify float
     # rounding by orders of magnitude; He-scaled kernels keep the comparison well conditioned.
-    variables = {**variables, 'params': jax.tree_util.tree_map_with_path(
-        lambda p, v: v * np.sqrt(2.0 / np.prod(v.shape[:-1])) / 0.001 if p[-1].key == 'kernel' else v,
-        variables['params'])}
+    variables = {
+        **variables,
+        'params': jax.tree_util.tree_map_with_path(
+            lambda p, v: v * np.sqrt(2.0 / np.prod(v.shape[:-1])) / 0.001 if p[-1].key == 'kernel' else v,
+            variables['params'],
+        ),
+    }
   tx = optax.sgd(0.05, momentum=0.9)
   state = train.TrainState(
       step=jax.numpy.zeros((), jax.numpy.int32),
@@ -173,7 +177,7 @@ def _check(kind: str, tmp_path, compare_params: bool = True) -> None:
   np.testing.assert_allclose(eight['loss'], one['loss'], rtol=1e-5)
   stat_keys = [k for k in one if k.startswith('stats/')]
   assert stat_keys
-  for k in stat_keys:   # float32 sums in another order: near-zero means carry an error of the stats' scale
+  for k in stat_keys:  # float32 sums in another order: near-zero means carry an error of the stats' scale
     np.testing.assert_allclose(eight[k], one[k], rtol=1e-4, atol=1e-3 * np.abs(one[k]).max(), err_msg=k)
   for k in [k for k in one if compare_params and k.startswith(('params/', 'out/'))]:
     np.testing.assert_allclose(eight[k], one[k], rtol=1e-4, atol=1e-5, err_msg=k)

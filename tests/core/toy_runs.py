@@ -98,7 +98,14 @@ def digests(workdir) -> dict:
 def one_line_error(proc, *needles) -> str:
   assert proc.returncode == 2, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
   err = proc.stderr.strip().splitlines()
-  assert err and err[-1].startswith('error: '), proc.stderr[-2000:]
+  errors = [i for i, line in enumerate(err) if line.startswith('error: ')]
+  assert len(errors) == 1, proc.stderr[-2000:]
+  # Known, not ours: under load orbax's background temp-path cleanup can outlive the interpreter and print
+  # 'cannot schedule new futures after shutdown' after our line (seen once in a loaded full run). Anything
+  # else after the error line fails.
+  tail = err[errors[0] + 1 :]
+  assert not tail or tail[-1] == 'RuntimeError: cannot schedule new futures after shutdown', proc.stderr[-2000:]
+  line = err[errors[0]]
   for needle in needles:
-    assert needle in err[-1], err[-1]
-  return err[-1]
+    assert needle in line, line
+  return line
