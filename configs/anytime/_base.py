@@ -13,30 +13,10 @@
 
 import ml_collections
 
+# The reference's 19 Cityscapes trainId weights (lib/datasets/cityscapes.py): one table, in anytime_jax.convert.
+from anytime_jax.convert import CITYSCAPES_CLASS_WEIGHTS
 from core_jax.config import base_config
 
-# The reference's 19 Cityscapes trainId weights (lib/datasets/cityscapes.py), also anytime_jax.convert's.
-CITYSCAPES_CLASS_WEIGHTS = (
-    0.8373,
-    0.918,
-    0.866,
-    1.0345,
-    1.0166,
-    0.9969,
-    0.9754,
-    1.0489,
-    0.8786,
-    1.0023,
-    0.9539,
-    0.9843,
-    1.1116,
-    0.9037,
-    1.0865,
-    1.0955,
-    1.0865,
-    1.1529,
-    1.0507,
-)
 CITYSCAPES_TRAIN_IMAGES = 2975
 
 
