@@ -8,10 +8,20 @@ the program, the XLA flags and the jax/jaxlib version, so a changed test or libr
 (jax's LRU mode breaks when a subprocess without it writes the same directory); `rm -rf .cache/jax` clears it.
 """
 
+import importlib
 import os
 
-import jax
-import pytest
+# PyTorch (and torchvision's triton) before TensorFlow: importing triton after TensorFlow (tfds, clu's writers)
+# segfaults in this stack (torch 2.14 + tensorflow-cpu 2.21), so a test that first touches torchvision after a
+# training test would crash the session. Importing them first, when installed, makes the order safe.
+for _name in ('torch', 'triton', 'torchvision'):
+  try:
+    importlib.import_module(_name)
+  except ImportError:
+    pass
+
+import jax  # noqa: E402
+import pytest  # noqa: E402
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 
