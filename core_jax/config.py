@@ -35,9 +35,30 @@ every config on the command line. Groups and fields (read by core_jax.train unle
                         eval_transforms (core_jax.data)
   optimizer             core_jax.optim.build_optimizer fields (its DEFAULTS fill what is not set here)
   model                 the line's model fields (name, ...)
+
+A config file that builds on a sibling file of its folder (a recipe shared by several configs) loads it with
+`load_sibling(__file__, 'in1k.py')`: config folders are not packages, so a plain import would not find it.
 """
 
+import importlib.util
+import os
+import types
+
 import ml_collections
+
+
+def load_sibling(config_file: str, name: str) -> types.ModuleType:
+  """Imports the file `name` from the folder of `config_file` (a config's `__file__`) and returns the module."""
+  path = os.path.join(os.path.dirname(os.path.abspath(config_file)), name)
+  module_name = '_config_' + os.path.splitext(os.path.basename(path))[0] + f'_{abs(hash(path))}'
+  spec = importlib.util.spec_from_file_location(module_name, path)
+  if spec is None or not os.path.isfile(path):
+    raise FileNotFoundError(
+        f'{os.path.basename(config_file)} builds on {name}, which is not in {os.path.dirname(path)}'
+    )
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module
 
 
 def base_config() -> ml_collections.ConfigDict:

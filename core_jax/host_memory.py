@@ -1,15 +1,14 @@
 """Host allocator settings for a training process: keep freed memory for reuse (glibc only).
 
-XLA:CPU allocates each step's temporaries as one buffer (2.85 GB for a ConvNeXt-T train step at
-batch 16) with ``posix_memalign`` from a worker thread.  glibc serves a request that large with a
-fresh ``mmap`` and returns it with ``munmap`` when the step ends, so every step first-touches the
-whole buffer again: 740k page faults and ~2 s of kernel time per step on a 2-core VM, a sixth of
-the step (benchmarks/convnext_throughput.py).  The glibc knobs ``mmap_max`` and
-``trim_threshold`` alone do not help, because a worker thread allocates from a secondary arena,
-which falls back to ``mmap`` whatever the limit.  With one arena, no ``mmap`` and no trimming, the
-buffer comes from the main heap, and freed memory stays mapped for the next step: no page faults
-after the first step.  The price is that the process keeps its peak footprint (as a GPU process
-does with its preallocated pool).
+XLA:CPU allocates each step's temporaries as one buffer (2.85 GB for a ConvNeXt-T train step at batch 16) with
+``posix_memalign`` from a worker thread. glibc serves a request that large with a fresh ``mmap`` and returns it
+with ``munmap`` when the step ends, so every step first-touches the whole buffer again: hundreds of thousands of
+page faults per step, a large share of the step in kernel time (measured with benchmarks/convnext_throughput.py;
+numbers in benchmarks/RESULTS.md). The glibc knobs ``mmap_max`` and ``trim_threshold`` alone do not help,
+because a worker thread allocates from a secondary arena, which falls back to ``mmap`` whatever the limit. With
+one arena, no ``mmap`` and no trimming, the buffer comes from the main heap, and freed memory stays mapped for
+the next step: no page faults after the first step. The price is that the process keeps its peak footprint (as a
+GPU process does with its preallocated pool).
 
 Call ``retain_freed_memory()`` first thing in the process, before JAX starts its thread pools:
 glibc fixes the arena limit when the first secondary arena is made.  ``CORE_JAX_RETAIN_HOST_MEMORY=0``

@@ -1,13 +1,13 @@
 """C++ kernels compiled on first use with the machine's C++ compiler: XLA FFI custom calls for XLA:CPU
 (`load`), and plain C functions for host-side work such as the input pipeline (`library`, via ctypes).
 
-Some CPU hot spots XLA cannot generate well (e.g. depthwise convolutions); a line ships the C++ source
-of a kernel next to its model and calls `load(source, {ffi_name: symbol})`. The first call compiles it
-(`$CXX` or c++/g++, -O3 -march=native, ~7 s) into a cache keyed by the source, the flags, the compiler
-and this CPU (and the jaxlib version for FFI kernels), so later processes only load it. Without a
-compiler, or if it fails, the loader says why once (a warning) and returns False/None: callers then use
-their pure-XLA (or Pillow/numpy) path, which computes the same function. `pip install` needs no
-compiler; the kernels are an acceleration, never a requirement.
+Some CPU hot spots XLA cannot generate well (e.g. depthwise convolutions); a line ships the C++ source of a
+kernel next to its model and calls `load(source, {ffi_name: symbol})`. The first call compiles it (`$CXX` or
+c++/g++, -O3 -march=native; seconds, see benchmarks/RESULTS.md) into a cache keyed by the source, the flags, the
+compiler and this CPU (and the jaxlib version for FFI kernels), so later processes only load it. Without a
+compiler, or if it fails, the loader says why once (a warning) and returns False/None: callers then use their
+pure-XLA (or Pillow/numpy) path, which computes the same function. `pip install` needs no compiler; the kernels
+are an acceleration, never a requirement.
 
   CORE_JAX_NATIVE_KERNELS=0       never compile or load (pure XLA / Pillow everywhere)
   CORE_JAX_KERNEL_CACHE=DIR       cache folder (default ~/.cache/core_jax/kernels)

@@ -17,12 +17,9 @@ Recipe (reference sheet 3.1): SGD lr 0.01 momentum 0.9 wd 5e-4 on all params, po
 over the exits, train crops 512x1024 of images rescaled by 0.5..2.1 + flip, eval at 1024x2048.
 """
 
-import importlib.util
-import os
+from core_jax.config import load_sibling
 
-_spec = importlib.util.spec_from_file_location('_anytime_base', os.path.join(os.path.dirname(__file__), '_base.py'))
-_base = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_base)
+_base = load_sibling(__file__, '_base.py')
 
 
 def get_config():

@@ -23,14 +23,9 @@ rand-m9-mstd0.5-inc1, random erasing 0.25, label smoothing 0.1, head_init_scale 
 22K->1K T/S/B/L/XL 0.0/0.1/0.2/0.3/0.4 and 1K->384 B/L 0.8/0.95, EMA only for XL 22K->1K (0.9999).
 """
 
-import importlib.util
-import os
+from core_jax.config import load_sibling
 
-_spec = importlib.util.spec_from_file_location(
-    '_convnext_in1k_config', os.path.join(os.path.dirname(__file__), 'in1k.py')
-)
-in1k = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(in1k)
+in1k = load_sibling(__file__, 'in1k.py')
 
 VARIANTS = {
     # variant: (resolution, layer decay, drop path per size)

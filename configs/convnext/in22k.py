@@ -15,14 +15,11 @@ Same as in1k.py except: 90 epochs, 5 warmup, no EMA, 21841 classes (from the fol
 T/S/B/L/XL 0.0/0.0/0.1/0.1/0.2.
 """
 
-import importlib.util
 import os
 
-_spec = importlib.util.spec_from_file_location(
-    '_convnext_in1k_config', os.path.join(os.path.dirname(__file__), 'in1k.py')
-)
-in1k = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(in1k)
+from core_jax.config import load_sibling
+
+in1k = load_sibling(__file__, 'in1k.py')
 
 DROP_PATH = {'tiny': 0.0, 'small': 0.0, 'base': 0.1, 'large': 0.1, 'xlarge': 0.2}
 NUM_CLASSES = 21841

@@ -65,7 +65,7 @@ class _TrainRecord:
     return {**self.__dict__, '_perms': {}}  # don't ship cached permutations to workers
 
   def _perm(self, epoch: int) -> np.ndarray:
-    # A cached numpy permutation per epoch, rather than grain's index_shuffle (which costs ~4 ms
+    # A cached numpy permutation per epoch, rather than grain's index_shuffle (which costs milliseconds
     # per call for small datasets). Seeded by hash(seed, epoch), unlike grain's seed + epoch, so
     # runs with nearby seeds don't share epochs.
     perms = self._perms  # never mutated, only replaced: safe under grain's reader threads
@@ -152,7 +152,7 @@ def make_train_iterator(
   # Prefetch records, then batch: ReadOptions.prefetch_buffer_size (default 500) counts elements,
   # and 500 prefetched *batches* of large images would not fit in host memory.
   if read_options is None:
-    # grain's default of 16 reader threads thrashes small hosts (2.5x slower on 2 cores).
+    # grain's default of 16 reader threads thrashes small hosts (benchmarks/RESULTS.md, design measurements).
     read_options = grain.ReadOptions(num_threads=min(16, os.cpu_count() or 1), prefetch_buffer_size=500)
   ds = ds.to_iter_dataset(read_options)
   if worker_count > 0:

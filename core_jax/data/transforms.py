@@ -151,7 +151,7 @@ def flip_lr(p: float = 0.5) -> Transform:
         if isinstance(x, Image.Image):
           ex[key] = x.transpose(Image.FLIP_LEFT_RIGHT)
           continue
-        # A packed copy (C++, 20x numpy's copy of the flipped view) where the kernels take it, so
+        # A packed copy (C++, far faster than numpy's copy of the flipped view) where the kernels take it, so
         # later ops need not copy a negative-stride view; the view otherwise.
         flipped = image_kernels.flip_lr(x) if key == 'image' else None
         ex[key] = flipped if flipped is not None else np.asarray(x)[:, ::-1]
@@ -217,10 +217,11 @@ def normalize(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)) -> Transform:
   """float32 image = (image / 255 - mean) / std for uint8 images (mean/std in [0, 1] units)."""
   mean = np.asarray(mean, np.float32)
   inv_std = 1.0 / np.asarray(std, np.float32)
-  # uint8 HWC images: one lookup in a (channel, value) table, 3-6x faster than the arithmetic below.
+  # uint8 HWC images: one lookup in a (channel, value) table, several times faster than the arithmetic below
+  # (benchmarks/RESULTS.md, design measurements).
   # The table holds exactly what the arithmetic gives (same float32 ops, same order), so results
   # are equal bit for bit. One `take` over the interleaved pixels, indexed by value + 256 * channel,
-  # beats a strided `take` per channel 2x; the channel offsets are cached per image shape.
+  # beats a strided `take` per channel; the channel offsets are cached per image shape.
   table = (np.arange(256, dtype=np.float32)[:, None] / np.float32(255.0) - mean) * inv_std  # (256, C)
   flat_table = {
       c: np.ascontiguousarray(np.broadcast_to(table, (256, c)).T).reshape(-1)
@@ -241,7 +242,7 @@ def normalize(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)) -> Transform:
   def op(ex, rng):
     del rng
     image = ex['image']
-    # The same table through C++: any strides (a flipped view), Pillow images read in place, 4x the take.
+    # The same table through C++: any strides (a flipped view), Pillow images read in place, faster than the take.
     if isinstance(image, Image.Image):
       channels = {'RGB': 3, 'L': 1}.get(image.mode)
     else:

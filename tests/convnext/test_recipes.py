@@ -24,7 +24,7 @@ NUM_CLASSES = 3
 
 @pytest.fixture(scope='module', autouse=True)
 def _fast_cpu_compiles(tmp_path_factory):
-  """Train steps compile ~5x faster at XLA's lowest CPU optimization level, and recipes whose programs
+  """Train steps compile several times faster at XLA's lowest CPU optimization level, and recipes whose programs
   coincide (e.g. in1k base/large) share them through the persistent cache. Takes effect when this module
   initializes the JAX backend (run alone); in a larger session it is a no-op (slower, same results)."""
   old = os.environ.get('XLA_FLAGS')

@@ -44,3 +44,21 @@ def test_debug_knobs_are_off_by_default():
   assert c.debug.step_delay_s == 0.0 and not c.debug.write_batch_digests
   assert c.checkpoint.restore_step == -1 and not c.checkpoint.allow_fresh_start
   assert 'test_step_delay_s' not in c and 'write_batch_digests' not in c
+
+
+def test_load_sibling_imports_the_file_beside_the_config(tmp_path):
+  (tmp_path / '_recipe.py').write_text('LR = 0.25\n')
+  (tmp_path / 'mine.py').write_text(
+      'from core_jax.config import base_config, load_sibling\n'
+      "recipe = load_sibling(__file__, '_recipe.py')\n"
+      'def get_config():\n'
+      '  c = base_config()\n'
+      '  c.optimizer.lr = recipe.LR\n'
+      '  return c\n'
+  )
+  assert cli.load_config_file(str(tmp_path / 'mine.py')).optimizer.lr == 0.25
+  (tmp_path / 'broken.py').write_text(
+      "from core_jax.config import load_sibling\nrecipe = load_sibling(__file__, 'absent.py')\n"
+  )
+  with pytest.raises(cli.UserError, match=r'broken\.py.*absent\.py'):
+    cli.load_config_file(str(tmp_path / 'broken.py'))

@@ -30,7 +30,7 @@ def load_glyphs(split: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def png(image: np.ndarray) -> io.BytesIO:
-  """Lossless PNG via PIL: TFDS would otherwise import TensorFlow (~5 s) just to encode."""
+  """Lossless PNG via PIL: TFDS would otherwise import TensorFlow (seconds) just to encode."""
   buf = io.BytesIO()
   Image.fromarray(image).save(buf, format='PNG')
   buf.seek(0)
