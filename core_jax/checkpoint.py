@@ -14,6 +14,7 @@ chosen step (`restore_step`) restores that step only; `set_aside_later_than` mov
 `<workdir>/checkpoints_superseded/`. The directory is created on the first save or restore that needs it.
 """
 
+import logging
 import os
 import shutil
 import signal
@@ -94,6 +95,16 @@ class Checkpointer:
 
   def _reopen(self):
     if self._manager is not None:
+      # The manager starts deleting half-written saves of earlier runs in a background thread when it opens,
+      # and only its save() waits for that; close() does not. A run that stops early (bad input found after the
+      # checkpoints were opened) would otherwise exit with the thread still running, which then fails loudly
+      # in interpreter shutdown after our one-line error. So wait for it here.
+      await_cleanup = getattr(self._manager, '_maybe_await_cleanup_tmp_directory', None)
+      if await_cleanup is not None:
+        try:
+          await_cleanup()
+        except Exception as e:  # pylint: disable=broad-except  (leftover temp dirs only; never hide the run's error)
+          logging.warning('checkpoint temp-dir cleanup failed: %s', _first_line(e))
       self._manager.close()
       self._manager = None
 

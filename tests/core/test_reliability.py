@@ -184,3 +184,21 @@ def test_unknown_dataset_writes_no_tensorboard_events(tfds_dir, tmp_path):
 def test_results_of_the_reference_run(reference):
   results = json.load(open(reference / 'results.json'))
   assert results['step'] == 12 and results['epochs_seen'] == 1
+
+
+def test_close_waits_for_the_cleanup_of_half_written_saves(tmp_path):
+  """The manager deletes an earlier run's half-written saves in a background thread as it opens; close() must
+  wait for it, or a run stopping early on bad input exits with that thread alive (orbax then fails loudly in
+  interpreter shutdown, after our one-line error)."""
+  from orbax.checkpoint._src.path import atomicity_types  # pylint: disable=import-outside-toplevel
+
+  from core_jax import checkpoint  # pylint: disable=import-outside-toplevel
+
+  leftovers = [tmp_path / 'checkpoints' / f'{step}{atomicity_types.TMP_DIR_SUFFIX}1234' for step in (4, 8)]
+  for d in leftovers:
+    (d / 'state').mkdir(parents=True)
+    (d / 'state' / 'data').write_bytes(b'x' * 4096)
+  ckpt = checkpoint.Checkpointer(str(tmp_path / 'checkpoints'), save_every_steps=4)
+  assert ckpt.all_steps() == []  # opens the manager
+  ckpt.close()
+  assert not any(d.exists() for d in leftovers)
