@@ -7,11 +7,12 @@ Contract (the released ADP-C code, `conv_mask_uniform` + `set_part_masks`):
   resolution as PyTorch's `F.interpolate(mode='nearest')` samples it: source index floor(dst * in / out) in
   float32, i.e. the top-left pixel of each block (strided slicing when the sizes divide).
 - `Conv`: a bias-optional conv with PyTorch's explicit padding (k // 2) and N(0, 0.001) weights (biases
-  U(+-1/sqrt(fan_in)) as PyTorch's default). With `exit_index` set it is a masked conv of the segment that
-  ends at that exit (2..4): it owns a learnable scalar `rbf_lambda` (init 3.0) and, given a MaskSet, returns
-  `masked_conv(...)`. It reports its dense cost to `core_jax.counting` (`record_macs`) and, when masked, sows
-  per example `actual_exit{k}` (dense * p + (1 - p) * p * C_out * 49 * H * W, p = computed fraction of its
-  output, as the ADP-C FLOP counter) and `dense_exit{k}` into the 'macs' collection.
+  U(+-1/sqrt(fan_in)) as PyTorch's default); `conv_init='he'` draws N(0, 2 / fan_in) instead (CONV_INITS).
+  With `exit_index` set it is a masked conv of the segment that ends at that exit (2..4): it owns a learnable
+  scalar `rbf_lambda` (init 3.0) and, given a MaskSet, returns `masked_conv(...)`. It reports its dense cost to
+  `core_jax.counting` (`record_macs`) and, when masked, sows per example `actual_exit{k}` (dense * p + (1 - p) * p
+  * C_out * 49 * H * W, p = computed fraction of its output, as the ADP-C FLOP counter) and `dense_exit{k}` into
+  the 'macs' collection.
 - `masked_conv(x, kernel, bias, mask, rbf_lambda, strides, padding)` is THE masked conv: the reference here
   computes the dense conv y (bias included), keeps y where mask == 1 and fills masked positions with the 7x7
   depthwise RBF interpolation of y * mask: weights exp(-lambda^2 d^2) with the centre's d^2 set to 1e5,
@@ -38,6 +39,7 @@ RBF_CENTRE_DIST2 = 1e5  # the released code's centre distance: its weight is exp
 RBF_EPS = 1e-5
 LAMBDA_INIT = 3.0
 CONV_INIT_STD = 0.001
+CONV_INITS = ('normal', 'he')  # the reference's N(0, 0.001); He (Kaiming) normal N(0, 2 / fan_in)
 _DN = ('NHWC', 'HWIO', 'NHWC')
 
 
@@ -162,11 +164,13 @@ class Conv(nn.Module):
   strides: int = 1
   use_bias: bool = False
   exit_index: int | None = None
+  conv_init: str = 'normal'  # CONV_INITS
 
   @nn.compact
   def __call__(self, x: jax.Array, masks: MaskSet | None = None) -> jax.Array:
     k, s, cin = self.kernel_size, self.strides, x.shape[-1]
-    kernel = self.param('kernel', nn.initializers.normal(CONV_INIT_STD), (k, k, cin, self.features))
+    std = CONV_INIT_STD if self.conv_init == 'normal' else math.sqrt(2.0 / (cin * k * k))
+    kernel = self.param('kernel', nn.initializers.normal(std), (k, k, cin, self.features))
     bias = self.param('bias', torch_bias_init(cin * k * k), (self.features,)) if self.use_bias else None
     pad = ((k // 2, k // 2), (k // 2, k // 2))
     h = (x.shape[1] + 2 * (k // 2) - k) // s + 1

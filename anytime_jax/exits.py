@@ -10,7 +10,8 @@
   return to the sizes the down steps came from, so the output is at 1/4.
 Submodules are named by their index in the PyTorch nn.Sequential (`conv0`, `bn1`, `conv3`, ...), which is what
 the official checkpoint's keys (`exit1.0.weight`, `last_layer.1.running_mean`) use.
-Every conv may be a masked conv (`exit_index` set, `masks` given); BN momentum 0.99 (PyTorch 0.01), eps 1e-5.
+Every conv may be a masked conv (`exit_index` set, `masks` given); BN momentum 0.99 (PyTorch 0.01; `bn_momentum`),
+eps 1e-5; conv init as `confidence.Conv` (`conv_init`).
 """
 
 import flax.linen as nn
@@ -23,8 +24,8 @@ BN_MOMENTUM = 0.99
 BN_EPS = 1e-5
 
 
-def batch_norm(train: bool, name: str) -> nn.BatchNorm:
-  return nn.BatchNorm(use_running_average=not train, momentum=BN_MOMENTUM, epsilon=BN_EPS, name=name)
+def batch_norm(train: bool, name: str, momentum: float = BN_MOMENTUM) -> nn.BatchNorm:
+  return nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=BN_EPS, name=name)
 
 
 def resize_bilinear(x: jax.Array, h: int, w: int) -> jax.Array:
@@ -46,13 +47,15 @@ def avg_pool_2x2(x: jax.Array) -> jax.Array:
 class OriginalExit(nn.Module):
   num_classes: int
   exit_index: int | None = None  # masked convs of the segment ending at this exit (None: not masked)
+  bn_momentum: float = BN_MOMENTUM
+  conv_init: str = 'normal'
 
   @nn.compact
   def __call__(self, x, train: bool = False, masks: MaskSet | None = None):
-    c = x.shape[-1]
-    y = Conv(c, 1, use_bias=True, exit_index=self.exit_index, name='conv0')(x, masks)
-    y = nn.relu(batch_norm(train, 'bn1')(y))
-    return Conv(self.num_classes, 1, use_bias=True, exit_index=self.exit_index, name='conv3')(y, masks)
+    c, ci = x.shape[-1], self.conv_init
+    y = Conv(c, 1, use_bias=True, exit_index=self.exit_index, conv_init=ci, name='conv0')(x, masks)
+    y = nn.relu(batch_norm(train, 'bn1', self.bn_momentum)(y))
+    return Conv(self.num_classes, 1, use_bias=True, exit_index=self.exit_index, conv_init=ci, name='conv3')(y, masks)
 
 
 class RedesignedExit(nn.Module):
@@ -60,6 +63,8 @@ class RedesignedExit(nn.Module):
   depth: int  # 4 - k for exit k
   inter_channels: int  # 128 for W48, 64 for W18
   exit_index: int | None = None
+  bn_momentum: float = BN_MOMENTUM
+  conv_init: str = 'normal'
 
   @nn.compact
   def __call__(self, x, train: bool = False, masks: MaskSet | None = None):
@@ -68,8 +73,10 @@ class RedesignedExit(nn.Module):
 
     def conv_bn_relu(y, features):
       nonlocal idx
-      y = Conv(features, 1, use_bias=True, exit_index=self.exit_index, name=f'conv{idx}')(y, masks)
-      y = nn.relu(batch_norm(train, f'bn{idx + 1}')(y))
+      y = Conv(features, 1, use_bias=True, exit_index=self.exit_index, conv_init=self.conv_init, name=f'conv{idx}')(
+          y, masks
+      )
+      y = nn.relu(batch_norm(train, f'bn{idx + 1}', self.bn_momentum)(y))
       idx += 3  # conv, bn, relu
       return y
 
@@ -83,16 +90,22 @@ class RedesignedExit(nn.Module):
       idx += 1
       if u < self.depth - 1:
         x = conv_bn_relu(x, self.inter_channels)
-    return Conv(self.num_classes, 1, use_bias=True, exit_index=self.exit_index, name=f'conv{idx}')(x, masks)
+    return Conv(
+        self.num_classes, 1, use_bias=True, exit_index=self.exit_index, conv_init=self.conv_init, name=f'conv{idx}'
+    )(x, masks)
 
 
 EXIT_TYPES = ('ee', 'rh')
 
 
-def make_exit(exit_type: str, k: int, num_classes: int, inter_channels: int, exit_index: int | None, name: str):
-  """Exit k (1..3) of the given type."""
+def make_exit(
+    exit_type: str, k: int, num_classes: int, inter_channels: int, exit_index: int | None, name: str, **options
+):
+  """Exit k (1..3) of the given type; `options`: bn_momentum, conv_init."""
   if exit_type == 'ee':
-    return OriginalExit(num_classes, exit_index=exit_index, name=name)
+    return OriginalExit(num_classes, exit_index=exit_index, name=name, **options)
   if exit_type == 'rh':
-    return RedesignedExit(num_classes, depth=4 - k, inter_channels=inter_channels, exit_index=exit_index, name=name)
+    return RedesignedExit(
+        num_classes, depth=4 - k, inter_channels=inter_channels, exit_index=exit_index, name=name, **options
+    )
   raise ValueError(f'unknown exit type {exit_type!r} (expected one of {EXIT_TYPES})')

@@ -6,7 +6,9 @@ transitions (an existing branch whose channels change: 3x3 conv + BN + ReLU; a n
 ReLU chain from the lowest-resolution branch), stages 2-4 of HighResolutionModules (BasicBlock branches, SUM
 fuse: j > i 1x1 conv + BN then bilinear up, j < i chains of 3x3 s2 conv + BN (+ ReLU except the last), ReLU of
 the sum), every conv bias-free and N(0, 0.001), BN momentum 0.99 (PyTorch 0.01), eps 1e-5, bilinear with
-align_corners=False everywhere. Branch resolutions 1/4 .. 1/32, channels width * 2^i.
+align_corners=False everywhere. Branch resolutions 1/4 .. 1/32, channels width * 2^i. Two recipe options keep
+the reference's values by default: `bn_momentum` (every BN) and `conv_init` ('he': N(0, 2 / fan_in) kernels, for
+short from-scratch runs; `random_variables` always draws the reference's N(0, 0.001)).
 
 Exits (`exits`, a subset of 1..4 that includes 4): exit k (k = 1..3) after stage k, of `exit_type` 'ee' or 'rh'
 (`anytime_jax.exits`); exit 4 is the HRNet head `last_layer` (the original exit on the 4-branch concat).
@@ -33,7 +35,7 @@ import jax.numpy as jnp
 
 from anytime_jax import confidence
 from anytime_jax.confidence import Conv, MaskSet
-from anytime_jax.exits import EXIT_TYPES, OriginalExit, batch_norm, exit_input, make_exit, resize_bilinear
+from anytime_jax.exits import BN_MOMENTUM, EXIT_TYPES, OriginalExit, batch_norm, exit_input, make_exit, resize_bilinear
 from core_jax import counting
 from core_jax.errors import UserError
 
@@ -48,6 +50,8 @@ class Arch:
   stage_blocks: int  # BasicBlocks per branch per module
   timm_name: str  # the timm model with the same backbone
   inter_channels: int  # RH exit inter channels the ADP-C code uses with this width
+  stem_width: int = 64  # the stem's channels (HRNet: 64)
+  layer1_planes: int = 64  # layer1's Bottleneck planes (HRNet: 64, out 256)
 
   def channels(self, num_branches: int) -> list[int]:
     return [self.width * 2**i for i in range(num_branches)]
@@ -59,9 +63,10 @@ ARCHS = {
     'w18': Arch(18, 4, (1, 4, 3), 4, 'hrnet_w18', 64),
     # not from the papers: a small HRNet (one module per stage, one block per branch) for CPU jobs and tests
     'w8_tiny': Arch(8, 1, (1, 1, 1), 1, '', 16),
+    # not from the papers: w8_tiny with a 16-channel stem and layer1 planes 16 (out 64), whose 64 / 256 channels
+    # at 1/2 and 1/4 are most of w8_tiny's cost: the embedded CPU job trains it for more epochs in its budget
+    'w8_nano': Arch(8, 1, (1, 1, 1), 1, '', 16, stem_width=16, layer1_planes=16),
 }
-STEM_WIDTH = 64
-LAYER1_PLANES = 64
 
 
 def get_arch(name: str) -> Arch:
@@ -78,37 +83,51 @@ class ConvBN(nn.Module):
   strides: int = 1
   relu: bool = True
   exit_index: int | None = None
+  bn_momentum: float = BN_MOMENTUM
+  conv_init: str = 'normal'
 
   @nn.compact
   def __call__(self, x, train: bool = False, masks: MaskSet | None = None):
-    x = Conv(self.features, self.kernel_size, self.strides, exit_index=self.exit_index, name='conv')(x, masks)
-    x = batch_norm(train, 'bn')(x)
+    x = Conv(
+        self.features, self.kernel_size, self.strides, exit_index=self.exit_index, conv_init=self.conv_init, name='conv'
+    )(x, masks)
+    x = batch_norm(train, 'bn', self.bn_momentum)(x)
     return nn.relu(x) if self.relu else x
 
 
 class Bottleneck(nn.Module):
   planes: int
   downsample: bool = False
+  bn_momentum: float = BN_MOMENTUM
+  conv_init: str = 'normal'
 
   @nn.compact
   def __call__(self, x, train: bool = False):
-    out = nn.relu(batch_norm(train, 'bn1')(Conv(self.planes, 1, name='conv1')(x)))
-    out = nn.relu(batch_norm(train, 'bn2')(Conv(self.planes, 3, name='conv2')(out)))
-    out = batch_norm(train, 'bn3')(Conv(self.planes * 4, 1, name='conv3')(out))
-    residual = ConvBN(self.planes * 4, 1, relu=False, name='downsample')(x, train) if self.downsample else x
+    m, ci = self.bn_momentum, self.conv_init
+    out = nn.relu(batch_norm(train, 'bn1', m)(Conv(self.planes, 1, conv_init=ci, name='conv1')(x)))
+    out = nn.relu(batch_norm(train, 'bn2', m)(Conv(self.planes, 3, conv_init=ci, name='conv2')(out)))
+    out = batch_norm(train, 'bn3', m)(Conv(self.planes * 4, 1, conv_init=ci, name='conv3')(out))
+    residual = (
+        ConvBN(self.planes * 4, 1, relu=False, bn_momentum=m, conv_init=ci, name='downsample')(x, train)
+        if self.downsample
+        else x
+    )
     return nn.relu(out + residual)
 
 
 class BasicBlock(nn.Module):
   planes: int
   exit_index: int | None = None
+  bn_momentum: float = BN_MOMENTUM
+  conv_init: str = 'normal'
 
   @nn.compact
   def __call__(self, x, train: bool = False, masks: MaskSet | None = None):
-    out = Conv(self.planes, 3, exit_index=self.exit_index, name='conv1')(x, masks)
-    out = nn.relu(batch_norm(train, 'bn1')(out))
-    out = Conv(self.planes, 3, exit_index=self.exit_index, name='conv2')(out, masks)
-    out = batch_norm(train, 'bn2')(out)
+    m, ci = self.bn_momentum, self.conv_init
+    out = Conv(self.planes, 3, exit_index=self.exit_index, conv_init=ci, name='conv1')(x, masks)
+    out = nn.relu(batch_norm(train, 'bn1', m)(out))
+    out = Conv(self.planes, 3, exit_index=self.exit_index, conv_init=ci, name='conv2')(out, masks)
+    out = batch_norm(train, 'bn2', m)(out)
     return nn.relu(out + x)
 
 
@@ -117,14 +136,17 @@ class HighResolutionModule(nn.Module):
   num_blocks: int
   fuse_upsample: str = 'bilinear'
   exit_index: int | None = None
+  bn_momentum: float = BN_MOMENTUM
+  conv_init: str = 'normal'
 
   @nn.compact
   def __call__(self, xs, train: bool = False, masks: MaskSet | None = None):
     xs = list(xs)
+    opts = dict(exit_index=self.exit_index, bn_momentum=self.bn_momentum, conv_init=self.conv_init)
     n = len(self.channels)
     for i in range(n):
       for b in range(self.num_blocks):
-        xs[i] = BasicBlock(self.channels[i], exit_index=self.exit_index, name=f'branch{i}_{b}')(xs[i], train, masks)
+        xs[i] = BasicBlock(self.channels[i], name=f'branch{i}_{b}', **opts)(xs[i], train, masks)
     outs = []
     for i in range(n):
       y = None
@@ -132,9 +154,7 @@ class HighResolutionModule(nn.Module):
         if j == i:
           t = xs[j]
         elif j > i:
-          t = ConvBN(self.channels[i], 1, relu=False, exit_index=self.exit_index, name=f'fuse{i}_{j}')(
-              xs[j], train, masks
-          )
+          t = ConvBN(self.channels[i], 1, relu=False, name=f'fuse{i}_{j}', **opts)(xs[j], train, masks)
           t = self._upsample(t, xs[i].shape[1:3], 2 ** (j - i))
         else:
           t = xs[j]
@@ -145,8 +165,8 @@ class HighResolutionModule(nn.Module):
                 3,
                 2,
                 relu=not last,
-                exit_index=self.exit_index,
                 name=f'fuse{i}_{j}_{k}',
+                **opts,
             )(t, train, masks)
         y = t if y is None else y + t
       outs.append(nn.relu(y))
@@ -195,6 +215,8 @@ class HRNet(nn.Module):
   tau: float | None = None  # confidence adaptivity when set
   masked_stages: tuple[int, ...] = (2, 3, 4)
   fuse_upsample: str = 'bilinear'
+  bn_momentum: float = BN_MOMENTUM  # the reference's 0.99 (PyTorch 0.01)
+  conv_init: str = 'normal'  # confidence.CONV_INITS: the reference's N(0, 0.001), or 'he'
 
   @nn.compact
   def __call__(self, x, train: bool = False, features_only: bool = False, last_exit: int = 4):
@@ -207,10 +229,12 @@ class HRNet(nn.Module):
     inter = self.inter_channels or arch.inter_channels
     ca = self.tau is not None and not features_only
 
-    x = nn.relu(batch_norm(train, 'bn1')(Conv(STEM_WIDTH, 3, 2, name='conv1')(x)))
-    x = nn.relu(batch_norm(train, 'bn2')(Conv(64, 3, 2, name='conv2')(x)))
+    bn_m, ci = self.bn_momentum, self.conv_init
+    opts = dict(bn_momentum=bn_m, conv_init=ci)
+    x = nn.relu(batch_norm(train, 'bn1', bn_m)(Conv(arch.stem_width, 3, 2, conv_init=ci, name='conv1')(x)))
+    x = nn.relu(batch_norm(train, 'bn2', bn_m)(Conv(arch.stem_width, 3, 2, conv_init=ci, name='conv2')(x)))
     for b in range(arch.stage1_blocks):
-      x = Bottleneck(LAYER1_PLANES, downsample=b == 0, name=f'layer1_{b}')(x, train)
+      x = Bottleneck(arch.layer1_planes, downsample=b == 0, name=f'layer1_{b}', **opts)(x, train)
     ys = [x]
 
     logits, fractions, ran = [], [], []
@@ -224,9 +248,9 @@ class HRNet(nn.Module):
       if features_only:
         return
       if k == 4:
-        out = OriginalExit(self.num_classes, exit_index=seg, name='last_layer')(feats, train, masks_k)
+        out = OriginalExit(self.num_classes, exit_index=seg, name='last_layer', **opts)(feats, train, masks_k)
       else:
-        out = make_exit(self.exit_type, k, self.num_classes, inter, seg, f'exit{k}')(feats, train, masks_k)
+        out = make_exit(self.exit_type, k, self.num_classes, inter, seg, f'exit{k}', **opts)(feats, train, masks_k)
       if masks_k is not None:
         out = confidence.aggregate(prev, out, masks_k.mask)
         fractions.append(masks_k.fraction)
@@ -241,7 +265,7 @@ class HRNet(nn.Module):
     if 1 in exits:
       run_exit(1, exit_input(ys), None)
 
-    pre = [LAYER1_PLANES * 4]
+    pre = [arch.layer1_planes * 4]
     for s in (2, 3, 4):
       if not features_only and ran and ran[-1] >= last_exit:
         break  # stop after `last_exit` (per-exit latency, as the ADP-C code's stop_k)
@@ -252,18 +276,18 @@ class HRNet(nn.Module):
       for i in range(s):
         if i < len(pre):
           if cur[i] != pre[i]:
-            xs.append(ConvBN(cur[i], 3, exit_index=seg, name=f'transition{s - 1}_{i}')(ys[i], train, masks_s))
+            xs.append(ConvBN(cur[i], 3, exit_index=seg, name=f'transition{s - 1}_{i}', **opts)(ys[i], train, masks_s))
           else:
             xs.append(ys[i])
         else:
           t = ys[-1]
           for j in range(i + 1 - len(pre)):
             out_c = cur[i] if j == i - len(pre) else pre[-1]
-            t = ConvBN(out_c, 3, 2, exit_index=seg, name=f'transition{s - 1}_{i}_{j}')(t, train, masks_s)
+            t = ConvBN(out_c, 3, 2, exit_index=seg, name=f'transition{s - 1}_{i}_{j}', **opts)(t, train, masks_s)
           xs.append(t)
       for m in range(arch.stage_modules[s - 2]):
         xs = HighResolutionModule(
-            tuple(cur), arch.stage_blocks, self.fuse_upsample, exit_index=seg, name=f'stage{s}_{m}'
+            tuple(cur), arch.stage_blocks, self.fuse_upsample, exit_index=seg, name=f'stage{s}_{m}', **opts
         )(xs, train, masks_s)
       ys, pre = xs, cur
       if s in exits:
@@ -284,9 +308,15 @@ def build(
     tau: float | None = None,
     masked_stages=(2, 3, 4),
     fuse_upsample: str = 'bilinear',
+    bn_momentum: float = BN_MOMENTUM,
+    conv_init: str = 'normal',
 ) -> HRNet:
   """An HRNet with the options validated up front (one-line UserErrors)."""
   get_arch(arch)
+  if conv_init not in confidence.CONV_INITS:
+    raise UserError(f'conv_init must be one of {confidence.CONV_INITS}, got {conv_init!r}')
+  if not 0.0 <= float(bn_momentum) < 1.0:
+    raise UserError(f'bn_momentum must be in [0, 1) (Flax convention: 1 - PyTorch momentum), got {bn_momentum!r}')
   exits, masked = check_structure(exits, exit_type, tau, masked_stages if tau is not None else ())
   return HRNet(
       arch=arch,
@@ -297,6 +327,8 @@ def build(
       tau=None if tau is None else float(tau),
       masked_stages=masked or (2, 3, 4),
       fuse_upsample=fuse_upsample,
+      bn_momentum=float(bn_momentum),
+      conv_init=conv_init,
   )
 
 

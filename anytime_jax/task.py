@@ -2,7 +2,8 @@
 
 Config fields read here (`configs/anytime/*`):
   model.arch, model.exits, model.exit_type ('ee' | 'rh'), model.inter_channels (0: the arch's),
-  model.confidence_adaptive (CA on/off), model.tau (its threshold, in (0, 1]), model.masked_stages (2..4)
+  model.confidence_adaptive (CA on/off), model.tau (its threshold, in (0, 1]), model.masked_stages (2..4),
+  model.bn_momentum (0.99 = the reference), model.conv_init ('normal' = the reference's N(0, 0.001) | 'he')
                           -> anytime_jax.hrnet.build
   loss.exit_weights       one weight per exit (the reference: all 1)
   loss.class_weights      one weight per class (the reference's 19 Cityscapes weights), () = uniform
@@ -43,6 +44,7 @@ import numpy as np
 from clu import metrics
 
 from anytime_jax import confidence, flops, hrnet
+from anytime_jax import exits as exits_lib
 from anytime_jax.exits import resize_bilinear
 from core_jax import counting
 from core_jax import metrics as metrics_lib
@@ -81,6 +83,12 @@ def model_options(config) -> dict:
     raise UserError(f'model.inter_channels must be >= 0 (0: the arch default), got {inter}')
   exit_type = str(m.get('exit_type', 'rh'))
   exits, masked = hrnet.check_structure(exits, exit_type, tau if ca else None, masked if ca else ())
+  bn_momentum = float(m.get('bn_momentum', exits_lib.BN_MOMENTUM))
+  if not 0.0 <= bn_momentum < 1.0:
+    raise UserError(f'model.bn_momentum must be in [0, 1) (Flax: 1 - PyTorch momentum), got {bn_momentum!r}')
+  conv_init = str(m.get('conv_init', 'normal'))
+  if conv_init not in confidence.CONV_INITS:
+    raise UserError(f'model.conv_init must be one of {confidence.CONV_INITS}, got {conv_init!r}')
   return dict(
       arch=arch,
       exits=exits,
@@ -88,6 +96,8 @@ def model_options(config) -> dict:
       inter_channels=inter or None,
       tau=tau if ca else None,
       masked_stages=masked or (2, 3, 4),
+      bn_momentum=bn_momentum,
+      conv_init=conv_init,
   )
 
 
@@ -120,7 +130,7 @@ def weighted_cross_entropy(logits, labels, class_weights=None, ignore_label: int
   """PyTorch `CrossEntropyLoss(weight, ignore_index)` with 'mean': sum w_y nll / sum w_y over valid pixels.
 
   logits (B, h, w, K) at any resolution are bilinearly upsampled to the labels' (B, H, W) first."""
-  logits = resize_bilinear(logits.astype(jnp.float32), *labels.shape[1:3])
+  logits = resize_bilinear(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), *labels.shape[1:3])
   labels = labels.astype(jnp.int32)
   valid = labels != ignore_label
   safe = jnp.where(valid, labels, 0)

@@ -2,7 +2,8 @@
 
 `anytime_config()` is core_jax.config.base_config() plus the anytime groups (defaults = ADP-C on W48):
   model     name 'hrnet', arch, exits, exit_type ('ee' | 'rh'), inter_channels (0: arch default 128 / 64),
-            confidence_adaptive, tau (threshold in (0, 1]), masked_stages (2..4)
+            confidence_adaptive, tau (threshold in (0, 1]), masked_stages (2..4), bn_momentum (0.99, the
+            reference's PyTorch 0.01), conv_init ('normal': the reference's N(0, 0.001); 'he': N(0, 2 / fan_in))
   loss      exit_weights (one per exit), class_weights (one per class; () = uniform)
   anytime   reference: the paper's curve drawn beside ours ('cityscapes_w48', 'cityscapes_w18_small_v2', '');
             label: the run's name in the table and curve ('' = from the model options);
@@ -32,6 +33,8 @@ def anytime_config() -> ml_collections.ConfigDict:
           confidence_adaptive=True,
           tau=0.998,
           masked_stages=(2, 3, 4),
+          bn_momentum=0.99,
+          conv_init='normal',
       )
   )
   c.loss = ml_collections.ConfigDict(dict(exit_weights=(1.0, 1.0, 1.0, 1.0), class_weights=()))

@@ -208,3 +208,27 @@ def test_load_pretrained_official_with_and_without_head(tmp_path):
   )
   with pytest.raises(UserError, match=r'^exit1\.21\.bias: expected shape \(3,\) but .*adpc\.pth has \(5,\)$'):
     convert.load_pretrained(other, path)
+
+
+def test_recipe_options_conv_init_and_bn_momentum():
+  """conv_init='he' draws N(0, 2 / fan_in) (the default stays the reference's N(0, 0.001)); bn_momentum reaches
+  every BN (a train step moves the running mean by (1 - momentum) x the batch mean); w8_nano's small stem."""
+  from anytime_jax.confidence import Conv  # pylint: disable=import-outside-toplevel
+
+  x = jnp.ones((1, 8, 8, 32))
+  for init, std in (('normal', 0.001), ('he', np.sqrt(2.0 / (9 * 32)))):
+    kernel = Conv(256, 3, conv_init=init).init(jax.random.PRNGKey(0), x)['params']['kernel']
+    assert float(jnp.std(kernel)) == pytest.approx(std, rel=0.03), init
+  block = hrnet.BasicBlock(4, bn_momentum=0.75)
+  y = jax.random.normal(jax.random.PRNGKey(1), (2, 6, 6, 4)) + 3.0
+  variables = block.init(jax.random.PRNGKey(0), y)
+  _, new = block.apply(variables, y, train=True, mutable=['batch_stats'])
+  w = variables['params']['conv1']['kernel']
+  first = jax.lax.conv_general_dilated(y, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+  np.testing.assert_allclose(new['batch_stats']['bn1']['mean'], 0.25 * first.mean((0, 1, 2)), rtol=1e-4, atol=1e-9)
+  with pytest.raises(UserError, match='conv_init must be one of'):
+    hrnet.build('w8_tiny', conv_init='kaiming')
+  with pytest.raises(UserError, match='bn_momentum must be in'):
+    hrnet.build('w8_tiny', bn_momentum=1.0)
+  nano = abstract_variables(hrnet.build('w8_nano', num_classes=3))['params']
+  assert nano['conv1']['kernel'].shape == (3, 3, 3, 16) and nano['layer1_0']['conv3']['kernel'].shape[-1] == 64
