@@ -1,7 +1,8 @@
 """Speed of the paper's pruned CIFAR models: measured speed-up over the unpruned model next to the MACs ratio,
 ours (jax.jit) and the same models in PyTorch eager, in the same run.
 
-  python -m benchmarks.pruned_speed [--pairs vgg16:vgg16_a,resnet56:resnet56_a,...] [--batch 64] [--repeats 5]
+  python -m benchmarks.pruned_speed [--pairs vgg16:vgg16_a,resnet56:resnet56_a,...] [--batch 64] [--repeats 5] \
+      [--channel-multiples 8,1]
 
 For each (unpruned, pruned) pair and mode (inference = eval forward; train = forward + backward + the paper's
 SGD step, momentum 0.9, weight decay 1e-4, BN in train mode), four worker processes (ours / torch x large /
@@ -9,6 +10,11 @@ pruned) take turns step by step (`common.interleaved`), so the VM's drift hits a
 MACs ratio large/pruned, our speed-up and PyTorch's (each the median over rounds of t_large / t_pruned), our
 speed-up as a fraction of the MACs ratio, and ours / torch absolute speed for both models (above 1.0x = ours
 faster). The PyTorch definitions are the parity-tested ones of tests/pruning/pruning_torch_reference.py.
+
+Ours runs at each of --channel-multiples (pruning_jax.models.layers.CHANNEL_MULTIPLE: pruned channel counts
+computed zero-padded to a multiple of m; 1 = unpadded), one row per value, all in the same interleaved rounds.
+Both sides use one thread per CPU core: PyTorch's intra-op pool is set to os.cpu_count() threads, XLA:CPU's
+Eigen pool has one thread per core; each worker reports its count (`threads`).
 """
 
 import argparse
@@ -18,6 +24,7 @@ import sys
 
 from benchmarks import common
 
+_CHANNEL_MULTIPLE = [8]  # a worker's --channel-multiple
 DEFAULT_PAIRS = (
     ('vgg16', 'vgg16_a'),
     ('resnet56', 'resnet56_a'),
@@ -33,7 +40,9 @@ def _ours(name, mode, batch):
   import optax  # pylint: disable=import-outside-toplevel
 
   from pruning_jax import models  # pylint: disable=import-outside-toplevel
+  from pruning_jax.models import layers  # pylint: disable=import-outside-toplevel
 
+  layers.CHANNEL_MULTIPLE = _CHANNEL_MULTIPLE[0]  # read when the model is traced (below)
   model = models.create(name)
   x = jax.random.normal(jax.random.PRNGKey(0), (batch, 32, 32, 3), jnp.float32)
   y = jnp.zeros((batch,), jnp.int32)
@@ -82,6 +91,7 @@ def _torch_model(name):
 def _torch(name, mode, batch):
   import torch  # pylint: disable=import-outside-toplevel
 
+  torch.set_num_threads(os.cpu_count() or 1)
   model = _torch_model(name)
   x = torch.randn(batch, 3, 32, 32)
   y = torch.zeros(batch, dtype=torch.long)
@@ -109,6 +119,7 @@ def worker(args):
   from core_jax import host_memory  # pylint: disable=import-outside-toplevel
 
   host_memory.retain_freed_memory()
+  _CHANNEL_MULTIPLE[0] = args.channel_multiple
   fn = (_ours if args.contender == 'ours' else _torch)(args.model, args.mode, args.batch)
   record = {
       'bench': 'pruned_speed',
@@ -116,11 +127,24 @@ def worker(args):
       'mode': args.mode,
       'model': args.model,
       'batch': args.batch,
+      'threads': _threads(args.contender),
   }
+  if args.contender == 'ours':
+    from pruning_jax.models import layers  # pylint: disable=import-outside-toplevel
+
+    record['channel_multiple'] = layers.CHANNEL_MULTIPLE
   if args.serve:
     return common.serve(fn, args.warmup, record)
   stats = common.time_calls(fn, warmup=args.warmup, repeats=args.repeats)
   common.emit({**record, **stats})
+
+
+def _threads(contender: str) -> int:
+  if contender == 'torch':
+    import torch  # pylint: disable=import-outside-toplevel
+
+    return torch.get_num_threads()
+  return os.cpu_count() or 1  # XLA:CPU's intra-op pool: one thread per core
 
 
 def _macs(name) -> int:
@@ -129,12 +153,14 @@ def _macs(name) -> int:
   return zoo.params_and_macs(models.create(name), 'cifar')[1]
 
 
-def measure(pairs=DEFAULT_PAIRS, batch=64, repeats=5, warmup=2, modes=('infer', 'train')) -> list:
+def measure(
+    pairs=DEFAULT_PAIRS, batch=64, repeats=5, warmup=2, modes=('infer', 'train'), channel_multiples=(8,)
+) -> list:
   records = []
   for large, pruned in pairs:
     macs_ratio = _macs(large) / _macs(pruned)
     for mode in modes:
-      cli = lambda c, m: [
+      cli = lambda c, m, k=1: [
           '--worker',
           '--contender',
           c,
@@ -146,42 +172,57 @@ def measure(pairs=DEFAULT_PAIRS, batch=64, repeats=5, warmup=2, modes=('infer', 
           str(batch),
           '--warmup',
           str(warmup),
+          '--channel-multiple',
+          str(k),
       ]
-      contenders = {f'{c}:{m}': cli(c, m) for c in ('ours', 'torch') for m in (large, pruned)}
+      contenders = {f'torch:{m}': cli('torch', m) for m in (large, pruned)}
+      contenders.update({f'ours{k}:{m}': cli('ours', m, k) for k in channel_multiples for m in (large, pruned)})
       by = common.interleaved('benchmarks.pruned_speed', contenders, rounds=repeats)
       t = {k: v['times_s'] for k, v in by.items()}
-      rec = {
-          'bench': 'pruned_speed',
-          'mode': mode,
-          'large': large,
-          'pruned': pruned,
-          'batch': batch,
-          'macs_ratio': macs_ratio,
-          'ours_speedup': common.paired_ratio(t[f'ours:{pruned}'], t[f'ours:{large}']),
-          'torch_speedup': common.paired_ratio(t[f'torch:{pruned}'], t[f'torch:{large}']),
-          'ours_per_torch_large': common.paired_ratio(t[f'ours:{large}'], t[f'torch:{large}']),
-          'ours_per_torch_pruned': common.paired_ratio(t[f'ours:{pruned}'], t[f'torch:{pruned}']),
-          'median_s': {k: statistics.median(v) for k, v in t.items()},
-      }
-      rec['ours_speedup_of_macs_ratio'] = rec['ours_speedup'] / macs_ratio
-      records.append(rec)
-      common.emit(rec)
+      threads = {k: v.get('threads') for k, v in by.items()}
+      for k in channel_multiples:
+        ours = f'ours{k}'
+        rec = {
+            'bench': 'pruned_speed',
+            'mode': mode,
+            'large': large,
+            'pruned': pruned,
+            'batch': batch,
+            'channel_multiple': k,
+            'threads': {'ours': threads[f'{ours}:{large}'], 'torch': threads[f'torch:{large}']},
+            'macs_ratio': macs_ratio,
+            'ours_speedup': common.paired_ratio(t[f'{ours}:{pruned}'], t[f'{ours}:{large}']),
+            'torch_speedup': common.paired_ratio(t[f'torch:{pruned}'], t[f'torch:{large}']),
+            'ours_per_torch_large': common.paired_ratio(t[f'{ours}:{large}'], t[f'torch:{large}']),
+            'ours_per_torch_pruned': common.paired_ratio(t[f'{ours}:{pruned}'], t[f'torch:{pruned}']),
+            'median_s': (
+                {'ours:' + m: statistics.median(t[f'{ours}:{m}']) for m in (large, pruned)}
+                | {'torch:' + m: statistics.median(t[f'torch:{m}']) for m in (large, pruned)}
+            ),
+        }
+        rec['ours_speedup_of_macs_ratio'] = rec['ours_speedup'] / macs_ratio
+        records.append(rec)
+        common.emit(rec)
   return records
 
 
 def table(records) -> str:
   lines = [
-      '| mode | large -> pruned | MACs ratio | ours speed-up | torch speed-up | ours speed-up / MACs ratio | '
-      'ours / torch (large) | ours / torch (pruned) | ours step large / pruned (ms) |',
-      '|---|---|---:|---:|---:|---:|---:|---:|---:|',
+      '| mode | large -> pruned | channel multiple | MACs ratio | ours speed-up | torch speed-up | '
+      'ours speed-up / MACs ratio | ours / torch (large) | ours / torch (pruned) | ours step large / pruned (ms) | '
+      'threads ours / torch |',
+      '|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
   ]
   for r in records:
     m = r['median_s']
+    th = r.get('threads') or {}
     lines.append(
-        f"| {r['mode']} | {r['large']} -> {r['pruned']} | {r['macs_ratio']:.2f} | {r['ours_speedup']:.2f}x | "
+        f"| {r['mode']} | {r['large']} -> {r['pruned']} | {r.get('channel_multiple', '-')} | {r['macs_ratio']:.2f} | "
+        f"{r['ours_speedup']:.2f}x | "
         f"{r['torch_speedup']:.2f}x | {r['ours_speedup_of_macs_ratio']:.2f} | "
         f"{r['ours_per_torch_large']:.2f}x | {r['ours_per_torch_pruned']:.2f}x | "
-        f"{1e3 * m['ours:' + r['large']]:.1f} / {1e3 * m['ours:' + r['pruned']]:.1f} |"
+        f"{1e3 * m['ours:' + r['large']]:.1f} / {1e3 * m['ours:' + r['pruned']]:.1f} | "
+        f"{th.get('ours', '-')} / {th.get('torch', '-')} |"
     )
   return '\n'.join(lines)
 
@@ -198,11 +239,14 @@ def main():
   p.add_argument('--batch', type=int, default=64)
   p.add_argument('--repeats', type=int, default=5)
   p.add_argument('--warmup', type=int, default=2)
+  p.add_argument('--channel-multiple', type=int, default=8, help=argparse.SUPPRESS)
+  p.add_argument('--channel-multiples', default='8', help='ours at each CHANNEL_MULTIPLE, e.g. 8,1')
   args = p.parse_args()
   if args.worker:
     return worker(args)
   pairs = [tuple(s.split(':')) for s in args.pairs.split(',')]
-  records = measure(pairs, args.batch, args.repeats, args.warmup, tuple(args.modes.split(',')))
+  multiples = tuple(int(k) for k in args.channel_multiples.split(','))
+  records = measure(pairs, args.batch, args.repeats, args.warmup, tuple(args.modes.split(',')), multiples)
   print(table(records))
   return records
 

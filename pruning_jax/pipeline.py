@@ -18,9 +18,17 @@ DIR/results.md (the paper's row: unpruned / pruned / Fine-tuned / Scratch-E / Sc
 
 Config fields beyond core_jax.config.base_config and pruning_jax.task: prune (method 'l1_norm' with scheme, or
 'slimming' with percent; mode 'physical' | 'mask'; on_empty_layer 'keep_strongest' | 'error'), finetune
-(num_epochs, lr), scratch (budget_cap), experiment (title, seeds, phases, paper: the paper's numbers).
+(num_epochs, lr), scratch (budget_cap), experiment (title, seeds, phases, paper: the paper's numbers,
+compilation_cache).
+
+Compiled steps are shared between phases and seeds through JAX's persistent compilation cache in
+DIR/xla_cache (experiment.compilation_cache=True, the default; a JAX_COMPILATION_CACHE_DIR the user set wins):
+phases whose steps lower to the same program (every phase of a second seed with the same cfg, reruns) load the
+executable instead of compiling it again. The cache holds compiled code only, so the results are the same with
+or without it.
 """
 
+import contextlib
 import copy
 import json
 import os
@@ -65,7 +73,7 @@ def experiment_config():
   )
   c.finetune = ml_collections.ConfigDict(dict(num_epochs=40, lr=0.001))
   c.scratch = ml_collections.ConfigDict(dict(budget_cap=0.0))
-  c.experiment = ml_collections.ConfigDict(dict(title='', seeds=(0,), phases=PHASES, paper={}))
+  c.experiment = ml_collections.ConfigDict(dict(title='', seeds=(0,), phases=PHASES, paper={}, compilation_cache=True))
   c.checkpoint.keep_best = False  # every phase hands on its final weights; the best epoch is not used
   return c
 
@@ -583,11 +591,36 @@ def _write_atomic(path: str, text: str) -> None:
   os.replace(tmp, path)
 
 
+CACHE_DIR = 'xla_cache'
+
+
+@contextlib.contextmanager
+def compilation_cache(config, workdir: str):
+  """JAX's persistent compilation cache in WORKDIR/xla_cache while the experiment runs (see the module
+  docstring); the process's earlier cache settings come back afterwards (tests run many experiments)."""
+  if not config.experiment.get('compilation_cache', True) or jax.config.jax_compilation_cache_dir:
+    yield
+    return
+  from jax.experimental.compilation_cache import compilation_cache as cc  # pylint: disable=import-outside-toplevel
+
+  min_seconds = jax.config.jax_persistent_cache_min_compile_time_secs
+  cc.reset_cache()
+  jax.config.update('jax_compilation_cache_dir', os.path.join(os.path.abspath(workdir), CACHE_DIR))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)  # evals and inits are short compiles
+  try:
+    yield
+  finally:
+    jax.config.update('jax_compilation_cache_dir', None)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', min_seconds)
+    cc.reset_cache()
+
+
 def run(config, workdir: str) -> dict:
   """Runs (or resumes) the experiment in `workdir`; returns the summary (also DIR/results.json, results.md)."""
   check_config(config)
   os.makedirs(workdir, exist_ok=True)
-  done = experiment.run_experiment(phases_for(config), workdir)
+  with compilation_cache(config, workdir):
+    done = experiment.run_experiment(phases_for(config), workdir)
   if any('preempted_at_step' in r for r in done.values()):
     return {'preempted': True}
   summary = summarize(config, done)

@@ -9,9 +9,17 @@
   torch does. Variables use flax's names: params 'scale' / 'bias', batch_stats 'mean' / 'var'.
 - `select_channels`: the original's channel_selection layer as a static gather on the channel axis.
 - `conv`: a bias-free (by default) convolution with the explicit symmetric padding PyTorch uses.
+- Channel padding at compute time (`CHANNEL_MULTIPLE`, `channel_multiple(m)`): a convolution whose input or
+  output channel count is not a multiple of m (a pruned width such as 14 or 57) is computed with its kernel
+  zero-padded up to the next multiples and the extra output channels sliced off. The zero rows and columns add
+  exact zeros, so the outputs, the gradients and the variables (stored at the exact unpadded shapes, which the
+  params / MACs counts read) are unchanged; only XLA's choice of convolution kernel is. Counts <= 4 (the RGB
+  input) are left as they are. 1 turns it off.
 """
 
+import contextlib
 import math
+import os
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
@@ -82,12 +90,34 @@ class BatchNorm(nn.Module):
 
 
 SMALL_OUTPUT_POSITIONS = 16
+# Channel counts are padded up to a multiple of this at compute time (see the module docstring); read when a
+# model is traced. PRUNING_JAX_CHANNEL_MULTIPLE sets the process default.
+CHANNEL_MULTIPLE = int(os.environ.get('PRUNING_JAX_CHANNEL_MULTIPLE', '8'))
+_UNPADDED_MAX = 4
+
+
+@contextlib.contextmanager
+def channel_multiple(m: int):
+  """Models traced inside use channel padding to multiples of `m` (1: none)."""
+  global CHANNEL_MULTIPLE
+  before, CHANNEL_MULTIPLE = CHANNEL_MULTIPLE, int(m)
+  try:
+    yield
+  finally:
+    CHANNEL_MULTIPLE = before
+
+
+def padded_channels(c: int, m: int | None = None) -> int:
+  """The channel count `c` is computed with: the next multiple of m (CHANNEL_MULTIPLE), counts <= 4 as they are."""
+  m = CHANNEL_MULTIPLE if m is None else m
+  return c if m <= 1 or c <= _UNPADDED_MAX else -(-c // m) * m
 
 
 class Conv(nn.Conv):
   """nn.Conv (same variables, same result); when the output has at most SMALL_OUTPUT_POSITIONS positions per image
   it is computed as shifted patches @ kernel, because XLA:CPU's convolution is up to ~40x slower than a matmul
-  there (3x3, 512 -> 512 channels at 2x2: the last stage of the CIFAR VGGs). Explicit padding only."""
+  there (3x3, 512 -> 512 channels at 2x2: the last stage of the CIFAR VGGs); channel counts that are not a
+  multiple of CHANNEL_MULTIPLE are computed zero-padded to one (module docstring). Explicit padding only."""
 
   def __call__(self, inputs):
     kh, kw = self.kernel_size
@@ -95,9 +125,36 @@ class Conv(nn.Conv):
     sh, sw = self.strides
     h, w = inputs.shape[-3], inputs.shape[-2]
     ho, wo = (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1
-    if ho * wo > SMALL_OUTPUT_POSITIONS or inputs.ndim != 4 or kh * kw == 1:
+    if inputs.ndim != 4 or self.feature_group_count != 1 or self.kernel_dilation not in (1, (1, 1)):
+      return super().__call__(inputs)
+    if ho * wo > SMALL_OUTPUT_POSITIONS or kh * kw == 1:
+      cin, cout = inputs.shape[-1], self.features
+      if (padded_channels(cin), padded_channels(cout)) != (cin, cout):
+        return self._padded_conv(inputs)
       return super().__call__(inputs)
     return self._patches_matmul(inputs, ho, wo)
+
+  @nn.compact
+  def _padded_conv(self, inputs):
+    kh, kw = self.kernel_size
+    cin, cout = inputs.shape[-1], self.features
+    cin_p, cout_p = padded_channels(cin), padded_channels(cout)
+    kernel = self.param('kernel', self.kernel_init, (kh, kw, cin, cout), self.param_dtype)
+    bias = self.param('bias', self.bias_init, (cout,), self.param_dtype) if self.use_bias else None
+    x, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
+    # zero input channels meet zero kernel rows; the zero output columns are sliced off
+    x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, cin_p - cin))) if cin_p > cin else x
+    kernel = jnp.pad(kernel, ((0, 0), (0, 0), (0, cin_p - cin), (0, cout_p - cout)))
+    y = jax.lax.conv_general_dilated(
+        x,
+        kernel,
+        window_strides=tuple(self.strides),
+        padding=tuple(tuple(p) for p in self.padding),
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
+        precision=self.precision,
+    )
+    y = y[..., :cout] if cout_p > cout else y
+    return y if bias is None else y + bias
 
   @nn.compact
   def _patches_matmul(self, inputs, ho, wo):

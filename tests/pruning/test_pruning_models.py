@@ -146,3 +146,32 @@ def test_small_output_conv_equals_flax_conv(cin, cout, hw, k, stride, highest_pr
   for a, b in zip(*map(jax.tree_util.tree_leaves, grads)):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
   assert counting.count_macs(ours, x) == counting.count_macs(ref, x)
+
+
+@pytest.mark.parametrize('cin, cout, hw, k, stride', [(6, 57, 10, 3, 2), (22, 19, 6, 1, 1), (3, 4, 8, 3, 1)])
+def test_channel_padded_conv_equals_flax_conv(cin, cout, hw, k, stride, highest_precision):
+  """layers.Conv with channel counts computed zero-padded to multiples of 8 == nn.Conv: variables (exact, unpadded
+  shapes), outputs, grads, MACs; counts <= 4 (the RGB input) are not padded."""
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+
+  from core_jax import counting  # pylint: disable=import-outside-toplevel
+  from pruning_jax.models import layers  # pylint: disable=import-outside-toplevel
+
+  assert [layers.padded_channels(c, 8) for c in (3, 4, 6, 14, 16, 57)] == [3, 4, 8, 16, 16, 64]
+  assert layers.padded_channels(57, 1) == 57
+  x = jnp.asarray(np.random.RandomState(0).randn(2, hw, hw, cin).astype(np.float32))
+  ours = layers.conv(cout, k, stride, name='c', use_bias=True)
+  ref = nn.Conv(cout, (k, k), strides=(stride, stride), padding=((k // 2, k // 2),) * 2, use_bias=True)
+  with layers.channel_multiple(8):
+    shapes = jax.eval_shape(lambda: ours.init(jax.random.PRNGKey(0), x))
+    assert shapes == jax.eval_shape(lambda: ref.init(jax.random.PRNGKey(0), x))
+    rng = np.random.RandomState(1)
+    v = jax.tree_util.tree_map(lambda s: jnp.asarray(rng.randn(*s.shape).astype(np.float32)), shapes)
+    jaxpr = str(jax.make_jaxpr(lambda v: ours.apply(v, x))(v))
+    padded = (layers.padded_channels(cin), layers.padded_channels(cout)) != (cin, cout)
+    assert ('name=_pad' in jaxpr) == padded, jaxpr  # the padded path ran where a count is not a multiple of 8
+    np.testing.assert_allclose(ours.apply(v, x), ref.apply(v, x), rtol=1e-5, atol=1e-5)
+    grads = [jax.grad(lambda v, m=m: jnp.sum(m.apply(v, x) ** 2))(v) for m in (ours, ref)]
+    for a, b in zip(*map(jax.tree_util.tree_leaves, grads)):
+      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+    assert counting.count_macs(ours, x) == counting.count_macs(ref, x)
