@@ -97,6 +97,13 @@ def test_cityscapes_recipe(name):
 def test_digit_scenes_job_phases():
   c = load('digit_scenes.py')
   main.validate(c)
+  # the demo: one training run (ADP-C), then its weights at other thresholds (tau 1: every pixel computed)
+  phases = main.job_configs(c)
+  assert [n for n, _, _ in phases] == ['adp_c'] + [f'adp_c_tau{t:g}' for t in c.anytime.eval_taus]
+  assert 1.0 in c.anytime.eval_taus
+  assert c.model.arch == 'w8_nano' and c.data.name == 'digit_scenes'
+  # with a baseline exit type the job trains the EE+RH baseline first
+  cli.apply_override(c, 'anytime.baseline_exit_type', 'rh')
   phases = main.job_configs(c)
   names = [n for n, _, _ in phases]
   assert names == ['ee_rh', 'adp_c'] + [f'adp_c_tau{t:g}' for t in c.anytime.eval_taus]
@@ -107,7 +114,6 @@ def test_digit_scenes_job_phases():
     assert source == 'adp_c' and pc.eval_only and pc.model.confidence_adaptive
     assert name == f'adp_c_tau{pc.model.tau:g}'
   assert [main.run_label(pc) for _, pc, _ in phases][:2] == ['EE+RH', 'ADP-C (tau 0.998)']
-  assert c.model.arch == 'w8_tiny' and c.data.name == 'digit_scenes'
 
 
 @pytest.mark.parametrize(

@@ -77,7 +77,7 @@ def small_job(tfds_dir):
   c.num_train_steps = 2
   c.log_every_steps = 1
   c.checkpoint.update(dict(every_steps=2, asynchronous=False))
-  c.anytime.eval_taus = (0.5,)
+  c.anytime.eval_taus = (1.0, 0.5)
   return c
 
 
@@ -86,20 +86,20 @@ def test_digit_scenes_job_end_to_end(tmp_path, tfds_dir, capsys):
   workdir = str(tmp_path / 'job')
   data = main.run(small_job(tfds_dir), workdir)
   out = capsys.readouterr().out
-  assert [r['label'] for r in data['runs']] == ['EE+RH', 'ADP-C (tau 0.998)', 'ADP-C (tau 0.5)']
+  assert [r['label'] for r in data['runs']] == ['ADP-C (tau 0.998)', 'ADP-C (tau 1)', 'ADP-C (tau 0.5)']
   with open(os.path.join(workdir, 'anytime.json')) as f:
     assert json.load(f)['runs'] == data['runs']
   assert os.path.getsize(os.path.join(workdir, 'anytime.png')) > 10_000
   assert 'mIoU %' in out and 'skipped %' in out and 'anytime curve:' in out
-  ee_rh, adp_c, low = data['runs']
+  adp_c, dense, low = data['runs']
   for run in data['runs']:
     assert [e['exit'] for e in run['exits']] == [1, 2, 3, 4]
     gf = [e['gflops'] for e in run['exits']]
     assert gf == sorted(gf) and gf[0] > 0
-  assert all(e['fraction'] == 1.0 for e in ee_rh['exits'])
-  # the baseline's GFLOPs are the dense count; CA never costs more than dense (the RBF term is at most 1/4 x 49
-  # x C_out x H x W per conv, far below the convs' dense cost here)
-  assert [e['gflops'] for e in ee_rh['exits']] == pytest.approx(list(ee_rh['gflops_dense'].values()), rel=1e-6)
+  # tau 1 computes every pixel: the dense count (the EE+RH network's cost); CA never costs more than dense (the
+  # RBF term is at most 1/4 x 49 x C_out x H x W per conv, far below the convs' dense cost here)
+  assert all(e['fraction'] == 1.0 for e in dense['exits'])
+  assert [e['gflops'] for e in dense['exits']] == pytest.approx(list(dense['gflops_dense'].values()), rel=1e-6)
   assert low['exits'][3]['fraction'] <= adp_c['exits'][3]['fraction']
   assert low['exits'][3]['gflops'] <= adp_c['exits'][3]['gflops'] + 1e-9
 
