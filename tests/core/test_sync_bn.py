@@ -5,7 +5,8 @@ The same train steps run in two subprocesses, one with 1 CPU device and one with
 sharding, the step jitted as core_jax.train does). The batch_stats, params, loss and eval outputs agree to
 float tolerance, the 8-device program contains cross-device all-reduces, and, as a control that the check can
 fail, per-shard statistics (what unsynchronized BN would use, averaged over the 8 shards) differ in the
-variances. A small BN CNN for the fast test (float32); the anytime HRNet ('w8_tiny', AnytimeSegTask's loss) slow.
+variances. A small BN CNN for the fast test (float32); the anytime HRNet (digit_scenes' 'w8_nano',
+AnytimeSegTask's loss) slow.
 
 The HRNet runs in float64 (SYNC_BN_X64=1 in the workers): in float32 its params after 2 SGD steps differ between
 1 and 8 devices by up to 8% relative (abs <= 2e-5, median 3e-5 relative), in BN biases whose gradient nearly
