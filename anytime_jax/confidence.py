@@ -105,18 +105,42 @@ class MaskSet:
     return self.mask.mean(axis=(1, 2))
 
 
-def rbf_kernel(rbf_lambda: jax.Array) -> jax.Array:
-  """The 7x7 interpolation weights for one lambda (normalised by the full sum + 1e-5; centre ~0)."""
+def rbf_weights(rbf_lambda: jax.Array) -> jax.Array:
+  """The unnormalised 7x7 weights exp(-lambda^2 d^2), the centre's d^2 = 1e5 (weight ~0)."""
   r = RBF_SIZE // 2
   d = np.arange(RBF_SIZE, dtype=np.float32) - r
   dist2 = d[:, None] ** 2 + d[None, :] ** 2
   dist2[r, r] = RBF_CENTRE_DIST2
-  k = jnp.exp(-(rbf_lambda**2) * jnp.asarray(dist2))
+  return jnp.exp(-(rbf_lambda**2) * jnp.asarray(dist2))
+
+
+def rbf_kernel(rbf_lambda: jax.Array) -> jax.Array:
+  """The 7x7 interpolation weights for one lambda (normalised by the full sum + 1e-5; centre ~0)."""
+  k = rbf_weights(rbf_lambda)
   return k / (k.sum() + RBF_EPS)
 
 
 def rbf_fill(y: jax.Array, mask: jax.Array, rbf_lambda: jax.Array) -> jax.Array:
-  """y * m + rbf(y * m) * (1 - m) for y (B, h, w, C) and mask (B, h, w)."""
+  """y * m + rbf(y * m) * (1 - m) for y (B, h, w, C) and mask (B, h, w).
+
+  Computed as a separable 7 + 7 tap sum of shifted slices (XLA:CPU's depthwise conv is many times slower): the
+  RBF weights are exp(-lambda^2 dy^2) exp(-lambda^2 dx^2) except at the centre, and the centre only meets
+  y * m at the pixel itself, which is 0 wherever the fill is used (m = 0); the normalisation is the reference
+  kernel's sum (centre ~0) + 1e-5. Same values and gradients as the 7x7 depthwise conv of `rbf_kernel`."""
+  m = mask[..., None].astype(y.dtype)
+  ym = y * m
+  r = RBF_SIZE // 2
+  h, w = y.shape[1:3]
+  g = jnp.exp(-(rbf_lambda**2) * jnp.asarray((np.arange(RBF_SIZE, dtype=np.float32) - r) ** 2)).astype(y.dtype)
+  norm = (1.0 / (rbf_weights(rbf_lambda).sum() + RBF_EPS)).astype(y.dtype)
+  yp = jnp.pad(ym, ((0, 0), (r, r), (r, r), (0, 0)))
+  rows = sum(g[j] * yp[:, :, j : j + w, :] for j in range(RBF_SIZE))
+  interp = sum(g[i] * rows[:, i : i + h, :, :] for i in range(RBF_SIZE)) * norm
+  return ym + interp * (1 - m)
+
+
+def rbf_fill_conv(y: jax.Array, mask: jax.Array, rbf_lambda: jax.Array) -> jax.Array:
+  """`rbf_fill` as the reference writes it: the 7x7 depthwise conv of `rbf_kernel` (the tests' oracle)."""
   m = mask[..., None].astype(y.dtype)
   ym = y * m
   c = y.shape[-1]
@@ -127,6 +151,25 @@ def rbf_fill(y: jax.Array, mask: jax.Array, rbf_lambda: jax.Array) -> jax.Array:
 
 
 def dense_conv(x, kernel, bias, strides, padding):
+  """The conv as patches @ kernel (shifted slices of the padded input concatenated over the k x k taps): XLA:CPU's
+  convolution is several times slower at these few channels; same result to float rounding."""
+  kh, kw, cin, cout = kernel.shape
+  (pt, pb), (pl, pr) = padding
+  sh, sw = strides
+  ho = (x.shape[1] + pt + pb - kh) // sh + 1
+  wo = (x.shape[2] + pl + pr - kw) // sw + 1
+  xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0))) if pt or pb or pl or pr else x
+  taps = [
+      xp[:, i : i + (ho - 1) * sh + 1 : sh, j : j + (wo - 1) * sw + 1 : sw, :] for i in range(kh) for j in range(kw)
+  ]
+  patches = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
+  y = patches.reshape(-1, kh * kw * cin) @ kernel.astype(x.dtype).reshape(kh * kw * cin, cout)
+  y = y.reshape(x.shape[0], ho, wo, cout)
+  return y if bias is None else y + bias.astype(y.dtype)
+
+
+def dense_conv_xla(x, kernel, bias, strides, padding):
+  """`dense_conv` as one lax.conv_general_dilated (the tests' oracle)."""
   y = lax.conv_general_dilated(x, kernel.astype(x.dtype), strides, padding, dimension_numbers=_DN)
   return y if bias is None else y + bias.astype(y.dtype)
 

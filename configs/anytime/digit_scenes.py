@@ -20,12 +20,13 @@ of 1-70x their norm per step; at BN momentum 0.99 the running statistics lag (ev
 84.5% on a fitted batch);
 digit identity is what takes the epochs (exit-4 mIoU 15% after 3 epochs, 29% after 8 on w8_nano without CA).
 Result (measured, 496 steps; exit 1..4 mIoU %, exit-4 GFLOPs per image; background-only is 8.4 at every exit):
-  ADP-C tau 0.998  8.4 / 10.3 / 13.8 / 27.8   0.0209  (exit 4 computes 83.7% of the pixels)
-  ADP-C tau 1      8.4 / 10.3 / 13.9 / 26.5   0.0222  (every pixel: the dense cost)
-  ADP-C tau 0.99   8.4 / 10.3 / 13.8 / 26.2   0.0117  (22.8%)
-  ADP-C tau 0.9    8.4 / 10.2 / 12.2 / 19.7   0.0083  (12.4%)
-Time:     24.5 min wall for the job on the 2-core CPU shared with other jobs (load 4-8): training 22.4 min at
-          0.3-0.38 steps/s, each eval-only phase ~29 s. Not measured on an idle machine this session.
+  ADP-C tau 0.998  8.4 / 10.1 / 14.2 / 28.8   0.0208  (exit 4 computes 82.2% of the pixels)
+  ADP-C tau 1      8.4 / 10.1 / 14.1 / 28.1   0.0222  (every pixel: the dense cost)
+  ADP-C tau 0.99   8.4 / 10.1 / 14.1 / 26.7   0.0120  (24.3%)
+  ADP-C tau 0.9    8.4 / 10.3 / 13.0 / 20.5   0.0081  (12.2%)
+Time:     9.4 min wall for the job on the 2-core CPU while two test runs of ours and another engineer's jobs ran
+          (load 2-4): training ~6 min, 0.95-1.6 steps/s after the ~40 s compile; each eval-only phase ~1 min.
+          Not measured on an idle machine.
 """
 
 import importlib.util

@@ -57,6 +57,25 @@ def test_rbf_fill_hand_built():
   np.testing.assert_allclose(got[0, 2, 3], 0.245 * (y[0, 1, 3] + y[0, 3, 3] + y[0, 2, 2] + y[0, 2, 4]), rtol=2e-3)
   # far from the only computed pixel: nothing to interpolate from
   np.testing.assert_array_equal(got[1, 0, 0], 0.0)
+  # the separable slice sum equals the reference's 7x7 depthwise conv, values and gradients (lambda included)
+  grads = [
+      jax.grad(lambda t, lam, f=f: jnp.sum(f(t, jnp.asarray(mask), lam) ** 2), argnums=(0, 1))(
+          jnp.asarray(y), jnp.float32(0.7)
+      )
+      for f in (confidence.rbf_fill, confidence.rbf_fill_conv)
+  ]
+  np.testing.assert_allclose(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(grads[0][1], grads[1][1], rtol=1e-5)
+
+
+def test_dense_conv_as_matmul_equals_xla_conv():
+  rng = np.random.RandomState(1)
+  x = jnp.asarray(rng.randn(2, 9, 13, 6).astype(np.float32))
+  for k, s in ((3, 1), (3, 2), (1, 1), (1, 2)):
+    kernel, bias = jnp.asarray(rng.randn(k, k, 6, 7).astype(np.float32)), jnp.arange(7.0)
+    pad = ((k // 2, k // 2), (k // 2, k // 2))
+    got = confidence.dense_conv(x, kernel, bias, (s, s), pad)
+    np.testing.assert_allclose(got, confidence.dense_conv_xla(x, kernel, bias, (s, s), pad), rtol=1e-5, atol=1e-5)
 
 
 def test_masked_conv_module_and_lambda_gradient():
