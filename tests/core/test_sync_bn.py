@@ -210,6 +210,7 @@ def _check(kind: str, tmp_path, x64: bool = False) -> None:
   assert max(gaps) > 1e-2, gaps
 
 
+@pytest.mark.slow  # two subprocesses, each compiling its steps: ~20 s
 def test_sync_bn_small_model_8_devices_equal_1(tmp_path):
   _check('small', tmp_path)
 
