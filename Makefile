@@ -21,8 +21,8 @@ install: $(TESTS)
 
 # The embedded demos, no network: ConvNeXt on digits and the pruning tables on digits (L1-norm and Network
 # Slimming). `make demo LINE=convnext|pruning|anytime` runs one; the ADP-C job on digit_scenes (LINE=anytime)
-# learns the digits now (exit-4 mIoU 27.8%, configs/anytime/digit_scenes.py) but is not in the default set yet:
-# it took 24.5 min on the shared 2-core CPU, over its ~4 min share of `make demo`. Rerunning resumes the same
+# learns the digits now (exit-4 mIoU 28.8%, configs/anytime/digit_scenes.py) but is not in the default set yet:
+# it took 9.4 min on the shared 2-core CPU, over its ~4 min share of `make demo`. Rerunning resumes the same
 # workdirs; `make clean-demo` starts over.
 LINE ?= all
 DEMO_DIR ?= workdirs

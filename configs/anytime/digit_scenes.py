@@ -29,12 +29,11 @@ Time:     9.4 min wall for the job on the 2-core CPU while two test runs of ours
           Not measured on an idle machine.
 """
 
-import importlib.util
 import os
 
-_spec = importlib.util.spec_from_file_location('_anytime_base', os.path.join(os.path.dirname(__file__), '_base.py'))
-_base = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_base)
+from core_jax.config import load_sibling
+
+_base = load_sibling(__file__, '_base.py')
 
 NORMALIZE = 'normalize(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))'
 

@@ -14,16 +14,10 @@ Scratch-E 5 epochs; Scratch-B 5 x MACs ratio, capped at 2x (10 epochs) like the 
 demo stays short. The pruned cfg depends on the trained scales, so it can differ between the seeds.
 """
 
-import importlib.util
-import os
-
+from core_jax.config import load_sibling
 from pruning_jax import pipeline
 
-_spec = importlib.util.spec_from_file_location(
-    '_pruning_digits_l1', os.path.join(os.path.dirname(__file__), 'digits_l1.py')
-)
-digits_l1 = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(digits_l1)
+digits_l1 = load_sibling(__file__, 'digits_l1.py')
 
 
 def get_config():

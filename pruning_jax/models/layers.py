@@ -115,9 +115,10 @@ def padded_channels(c: int, m: int | None = None) -> int:
 
 class Conv(nn.Conv):
   """nn.Conv (same variables, same result); when the output has at most SMALL_OUTPUT_POSITIONS positions per image
-  it is computed as shifted patches @ kernel, because XLA:CPU's convolution is up to ~40x slower than a matmul
-  there (3x3, 512 -> 512 channels at 2x2: the last stage of the CIFAR VGGs); channel counts that are not a
-  multiple of CHANNEL_MULTIPLE are computed zero-padded to one (module docstring). Explicit padding only."""
+  it is computed as shifted patches @ kernel, because XLA:CPU's convolution is far slower than a matmul
+  there (3x3, 512 -> 512 channels at 2x2: the last stage of the CIFAR VGGs; numbers in benchmarks/RESULTS.md);
+  channel counts that are not a multiple of CHANNEL_MULTIPLE are computed zero-padded to one (module docstring).
+  Explicit padding only."""
 
   def __call__(self, inputs):
     kh, kw = self.kernel_size
