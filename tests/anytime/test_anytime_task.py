@@ -54,6 +54,7 @@ def test_weighted_cross_entropy_equals_torch():
   )
 
 
+@pytest.mark.slow  # compiles the 4-exit HRNet's loss and gradient: ~30 s on 2 cores
 def test_train_loss_sums_exits_with_weights(tiny_ca):
   task, model, variables, x = tiny_ca
   labels = jnp.asarray(np.random.RandomState(1).randint(0, 11, (4, 32, 64)).astype(np.uint8))
@@ -110,6 +111,7 @@ def test_eval_metrics_per_exit_and_mean(tiny_ca):
   assert values['exit4/miou'] == pytest.approx(np.mean(tp[union > 0] / union[union > 0]))
 
 
+@pytest.mark.slow  # compiles the HRNet's eval at two thresholds: ~30 s on 2 cores
 def test_gflops_dense_when_everything_computed_and_exit1_only_when_nothing():
   """tau = 1: every pixel computed, so the CA cost is the dense cost; tau tiny: every pixel exits at exit 1, so
   the masked convs cost nothing and exits 2-4 cost exit 1's GFLOPs; exited logits never change."""
