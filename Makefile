@@ -46,12 +46,18 @@ clean-demo:
 	  $(DEMO_DIR)/anytime_digit_scenes
 
 # The style check (pyproject.toml: pyink + ruff) runs first, so CI holds it; `make format` applies it.
+# TEST_WORKERS pytest-xdist processes share the cores (most of a test's time is XLA compiling, one thread);
+# each test file stays on one worker, so a file's module-scoped fixtures (a compiled model) are built once.
+# TEST_WORKERS=0 runs in this process.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
+
 test: lint
-	$(BIN)/python -m pytest -q tests
+	$(PYTEST) tests
 
 # The tests not marked slow (setup.cfg [tool:pytest] markers): the quick check while developing.
 test-fast: lint
-	$(BIN)/python -m pytest -q -m "not slow" tests
+	$(PYTEST) -m "not slow" tests
 
 lint: $(TESTS)
 	$(BIN)/pyink --check --quiet .

@@ -1,5 +1,6 @@
 """anytime_jax.main: bad input is one line and exit 2 (before any data work); the digit_scenes job end to end
-(small: a few steps on a slice), eval-only at another threshold into its own directory, rerun skips phases."""
+(small: a few steps on a slice; its tau-1 phase is an eval-only run at another threshold), eval-only into its own
+directory reproducing the training's evaluation, rerun skips phases."""
 
 import json
 import os
@@ -101,22 +102,25 @@ def test_digit_scenes_job_end_to_end(tmp_path, tfds_dir, capsys):
   assert all(e['fraction'] == 1.0 for e in dense['exits'])
   assert [e['gflops'] for e in dense['exits']] == pytest.approx(list(dense['gflops_dense'].values()), rel=1e-6)
 
-  # eval-only at another threshold in the trained phase dir: its own sub-dir, the training results untouched
+  # eval-only in the trained phase dir: its own sub-dir, the training results untouched. At the training's own
+  # threshold it reproduces the training phase's evaluation exactly (the same checkpoint and program; the
+  # job's tau-1 phase above is the eval-only run at another threshold, and a second threshold here would only
+  # compile another eval program)
   phase = os.path.join(workdir, 'adp_c')
   with open(os.path.join(phase, 'results.json')) as f:
     before = f.read()
   c = small_job(tfds_dir)  # the job's config: eval_only runs the one evaluation
   c.eval_only = True
-  c.model.tau = 0.9
   single = main.run(c, phase)
   with open(os.path.join(phase, 'results.json')) as f:
     assert f.read() == before
-  assert os.path.isfile(os.path.join(phase, 'eval_tau0.9', 'anytime.json'))
-  assert single['runs'][0]['label'] == 'ADP-C (tau 0.9)'
+  assert os.path.isfile(os.path.join(phase, 'eval_tau0.998', 'anytime.json'))
+  assert single['runs'][0]['label'] == 'ADP-C (tau 0.998)'
   assert single['runs'][0]['weights'] == os.path.join(phase, 'checkpoints', '2')
-  low = single['runs'][0]  # a lower threshold computes no more pixels and costs no more
-  assert low['exits'][3]['fraction'] <= adp_c['exits'][3]['fraction']
-  assert low['exits'][3]['gflops'] <= adp_c['exits'][3]['gflops'] + 1e-9
+  assert single['runs'][0]['exits'] == adp_c['exits']
+  # a lower threshold computes no more pixels and costs no more: tau 0.998 against tau 1
+  for low, high in zip(adp_c['exits'], dense['exits']):
+    assert low['fraction'] <= high['fraction'] and low['gflops'] <= high['gflops'] + 1e-9
 
   # a rerun skips every finished phase and reports the same numbers
   again = main.run(small_job(tfds_dir), workdir)
