@@ -19,14 +19,12 @@ $(TESTS): $(BASE)
 
 install: $(TESTS)
 
-# The embedded demos, no network: ConvNeXt on digits and the pruning tables on digits (L1-norm and Network
-# Slimming). `make demo LINE=convnext|pruning|anytime` runs one; the ADP-C job on digit_scenes (LINE=anytime)
-# learns the digits now (exit-4 mIoU 28.8%, configs/anytime/digit_scenes.py) but is not in the default set yet:
-# it took 9.4 min on the shared 2-core CPU, over its ~4 min share of `make demo`. Rerunning resumes the same
-# workdirs; `make clean-demo` starts over.
+# The embedded demos, no network: ConvNeXt on digits, the pruning tables on digits (L1-norm and Network
+# Slimming), then ADP-C on digit_scenes (its table and anytime curve). `make demo LINE=convnext|pruning|anytime`
+# runs one. Rerunning resumes the same workdirs; `make clean-demo` starts over.
 LINE ?= all
 DEMO_DIR ?= workdirs
-DEMO_LINES := $(if $(filter all,$(LINE)),convnext pruning,$(LINE))
+DEMO_LINES := $(if $(filter all,$(LINE)),convnext pruning anytime,$(LINE))
 
 demo: $(BASE)
 	@for line in $(DEMO_LINES); do $(MAKE) --no-print-directory demo-$$line || exit 1; done

@@ -17,7 +17,9 @@ upsampled to 1/4; all logits are at 1/4.
 
 Confidence adaptivity (`tau` set): the aggregated logits of exit k-1 give a mask (`confidence.confidence_mask`)
 that every conv of transition k-1, stage k and exit k uses (the stem, stage 1 and exit 1 are never masked;
-`masked_stages` picks among 2..4), and exit k's logits are aggregated with "copy". Counting: after exit k the
+`masked_stages` picks among 2..4), and exit k's logits are aggregated with "copy". A threshold given as
+variables['constants']['tau'] (traced) replaces `tau`'s value, so one compiled program serves every threshold
+(`tau` set still decides that the model has CA). Counting: after exit k the
 forward calls `core_jax.counting.mark(f'exit{k}')`, so `count_macs_by_mark` gives the paper's cumulative dense
 cost per exit; masked convs sow their actual cost (`confidence.Conv`).
 
@@ -228,6 +230,9 @@ class HRNet(nn.Module):
     )
     inter = self.inter_channels or arch.inter_channels
     ca = self.tau is not None and not features_only
+    # the threshold: `tau`, or a traced value given as variables['constants']['tau'] (the eval step's argument,
+    # core_jax.task.Task.eval_constants), so one compiled program serves every threshold
+    tau = self.get_variable('constants', 'tau', self.tau) if ca else None
 
     bn_m, ci = self.bn_momentum, self.conv_init
     opts = dict(bn_momentum=bn_m, conv_init=ci)
@@ -260,7 +265,7 @@ class HRNet(nn.Module):
       ran.append(k)
       counting.mark(f'exit{k}')
       prev = out
-      masks = MaskSet(confidence.confidence_mask(out, self.tau)) if ca and k + 1 in masked else None
+      masks = MaskSet(confidence.confidence_mask(out, tau)) if ca and k + 1 in masked else None
 
     if 1 in exits:
       run_exit(1, exit_input(ys), None)

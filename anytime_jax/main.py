@@ -9,6 +9,9 @@ DIR/anytime.png (the anytime curve, anytime_jax.curve; the paper's points beside
   `checkpoint.restore_step`). When DIR holds a training run, the evaluation goes to its own sub-directory
   DIR/eval_tau<t> (DIR/eval_dense without CA), so the training's results.json is never overwritten.
 - `--config.model.tau=0.99` (with eval_only) evaluates the same weights at another threshold, no retraining.
+  The threshold is an argument of the compiled eval step (`AnytimeSegTask.eval_constants`), not a constant in
+  it, and compiled programs are kept in DIR/xla_cache (`anytime.compilation_cache`, default True; a
+  JAX_COMPILATION_CACHE_DIR already set wins), so evaluating another threshold compiles nothing new.
 - Configs with `anytime.eval_taus` or `anytime.baseline_exit_type` (configs/anytime/digit_scenes.py) run the
   whole comparison as one core_jax.experiment: [baseline without CA,] the CA model, eval-only runs of the CA
   weights at each threshold; the table and curve then hold every run. Rerunning skips finished phases.
@@ -250,11 +253,14 @@ def _job(config, workdir: str) -> dict | None:
 
 def run(config, workdir: str) -> dict | None:
   """Validates, trains/evaluates, reports; None when preempted (rerun the same command to continue)."""
+  from core_jax import experiment  # pylint: disable=import-outside-toplevel
+
   validate(config)
   a = _anytime(config)
-  if (a.get('eval_taus') or a.get('baseline_exit_type')) and not config.get('eval_only', False):
-    return _job(config, workdir)
-  return _single(config, workdir)
+  with experiment.compilation_cache(workdir, bool(a.get('compilation_cache', True))):
+    if (a.get('eval_taus') or a.get('baseline_exit_type')) and not config.get('eval_only', False):
+      return _job(config, workdir)
+    return _single(config, workdir)
 
 
 def _run(config, workdir):

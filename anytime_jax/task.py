@@ -261,6 +261,12 @@ class AnytimeSegTask(Task):
     metrics_out['accuracy'] = pixel_accuracy(out['logits'][-1], labels)
     return total, (metrics_out, new_vars)
 
+  def eval_constants(self):
+    """The confidence threshold as an argument of the eval step: evaluating the same weights at another tau
+    (eval-only runs, the job's eval_taus) reuses the compiled program instead of compiling one per tau."""
+    tau = self.options['tau']
+    return {} if tau is None else {'tau': np.float32(tau)}
+
   def eval_outputs(self, model, variables, batch):
     image, labels = batch[self.input_key], batch[LABEL_KEY]
     variables = {k: v for k, v in variables.items() if k != counting.MACS_COLLECTION}

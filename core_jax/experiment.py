@@ -30,6 +30,7 @@ Contract
     JAX (a non-training phase that runs first on a rerun would otherwise start the backend without it).
 """
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -142,3 +143,29 @@ def run_experiment(phases: Sequence[Phase], workdir: str) -> dict[str, dict]:
     done[phase.name] = {**results, 'workdir': phase_dir}
   _say(f'experiment done: {len(phases)} phases in {workdir}')
   return done
+
+
+CACHE_DIR = 'xla_cache'
+
+
+@contextlib.contextmanager
+def compilation_cache(workdir: str, enabled: bool = True):
+  """JAX's persistent compilation cache in WORKDIR/xla_cache while an experiment runs: its phases compile the
+  same programs (a second seed's steps, every eval-only phase's eval and init), so later phases load them. A
+  cache directory the process already has (JAX_COMPILATION_CACHE_DIR, the tests') wins; the earlier settings
+  come back afterwards (a driver or the tests may run many experiments in one process)."""
+  if not enabled or jax.config.jax_compilation_cache_dir:
+    yield
+    return
+  from jax.experimental.compilation_cache import compilation_cache as cc  # pylint: disable=import-outside-toplevel
+
+  min_seconds = jax.config.jax_persistent_cache_min_compile_time_secs
+  cc.reset_cache()
+  jax.config.update('jax_compilation_cache_dir', os.path.join(os.path.abspath(workdir), CACHE_DIR))
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)  # evals and inits are short compiles
+  try:
+    yield
+  finally:
+    jax.config.update('jax_compilation_cache_dir', None)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', min_seconds)
+    cc.reset_cache()

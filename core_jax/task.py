@@ -57,6 +57,14 @@ class Task:
     """Per-example outputs for `eval_metrics.single_from_model_output`, honouring batch['mask']."""
     raise NotImplementedError
 
+  def eval_constants(self) -> dict:
+    """Arrays the eval step takes as arguments instead of compile-time constants, so that runs differing only
+    in these values share one compiled program (and its persistent-cache entry): e.g. ADP-C's confidence
+    threshold, evaluated at several values without recompiling. They reach `eval_outputs` (and the model) as
+    the variable collection variables['constants'] (a Flax module reads one with
+    `self.get_variable('constants', name, default)`). Default: none."""
+    return {}
+
   def lr_scale_fn(self) -> Callable[[tuple, Any], float] | None:
     """Per-parameter learning-rate scale (layer-wise decay); None for none."""
     return None

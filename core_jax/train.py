@@ -251,9 +251,12 @@ def train_step(
   return new_state, task.train_metrics.single_from_model_output(**outputs)
 
 
-def eval_step(task: Task, model, params, batch_stats, batch: dict):
-  """The task's eval metrics of one global (padded, masked) batch."""
-  return task.eval_metrics.single_from_model_output(**task.eval_outputs(model, _variables(params, batch_stats), batch))
+def eval_step(task: Task, model, params, batch_stats, batch: dict, constants: dict | None = None):
+  """The task's eval metrics of one global (padded, masked) batch; `constants`: `task.eval_constants()`."""
+  variables = _variables(params, batch_stats)
+  if constants:
+    variables['constants'] = constants
+  return task.eval_metrics.single_from_model_output(**task.eval_outputs(model, variables, batch))
 
 
 def _all_finite(trees) -> jax.Array:
@@ -264,7 +267,7 @@ def _all_finite(trees) -> jax.Array:
 @dataclasses.dataclass
 class Steps:
   train: Callable  # (state, global batch) -> (state, train metrics); donates the state
-  eval: Callable  # (params, batch_stats, global batch) -> eval metrics
+  eval: Callable  # (params, batch_stats, global batch, task.eval_constants()) -> eval metrics
   epoch_end: Callable | None  # (state, completed epochs) -> state; None when the task has no hook
   finite: Callable  # (params, batch_stats) -> bool scalar
 
@@ -280,7 +283,7 @@ def compile_steps(b: Built) -> Steps:
   )
   evaluate_ = jax.jit(
       functools.partial(eval_step, b.task, b.model),
-      in_shardings=(ss.params, ss.batch_stats, b.batch_sharding),
+      in_shardings=(ss.params, ss.batch_stats, b.batch_sharding, replicated),
       out_shardings=replicated,
   )
   epoch_end = None
@@ -296,10 +299,11 @@ def evaluate(b: Built, steps: Steps, state: TrainState, with_ema: bool) -> dict[
   weights = {'': state.params}
   if with_ema:
     weights['ema_'] = state.ema_params
+  constants = jax.tree.map(jnp.asarray, b.task.eval_constants())
   for prefix, params in weights.items():
     collection = None
     for local in b.data.eval_batches:
-      m = steps.eval(params, state.batch_stats, pipeline.to_global(local, b.batch_sharding))
+      m = steps.eval(params, state.batch_stats, pipeline.to_global(local, b.batch_sharding), constants)
       collection = m if collection is None else collection.merge(m)
     results.update({prefix + k: v for k, v in metrics_lib.to_floats(collection).items()})
   return results

@@ -28,7 +28,6 @@ executable instead of compiling it again. The cache holds compiled code only, so
 or without it.
 """
 
-import contextlib
 import copy
 import json
 import os
@@ -581,35 +580,11 @@ def _write_atomic(path: str, text: str) -> None:
   os.replace(tmp, path)
 
 
-CACHE_DIR = 'xla_cache'
-
-
-@contextlib.contextmanager
-def compilation_cache(config, workdir: str):
-  """JAX's persistent compilation cache in WORKDIR/xla_cache while the experiment runs (see the module
-  docstring); the process's earlier cache settings come back afterwards (tests run many experiments)."""
-  if not config.experiment.get('compilation_cache', True) or jax.config.jax_compilation_cache_dir:
-    yield
-    return
-  from jax.experimental.compilation_cache import compilation_cache as cc  # pylint: disable=import-outside-toplevel
-
-  min_seconds = jax.config.jax_persistent_cache_min_compile_time_secs
-  cc.reset_cache()
-  jax.config.update('jax_compilation_cache_dir', os.path.join(os.path.abspath(workdir), CACHE_DIR))
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)  # evals and inits are short compiles
-  try:
-    yield
-  finally:
-    jax.config.update('jax_compilation_cache_dir', None)
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', min_seconds)
-    cc.reset_cache()
-
-
 def run(config, workdir: str) -> dict:
   """Runs (or resumes) the experiment in `workdir`; returns the summary (also DIR/results.json, results.md)."""
   check_config(config)
   os.makedirs(workdir, exist_ok=True)
-  with compilation_cache(config, workdir):
+  with experiment.compilation_cache(workdir, config.experiment.get('compilation_cache', True)):
     done = experiment.run_experiment(phases_for(config), workdir)
   if any('preempted_at_step' in r for r in done.values()):
     return {'preempted': True}

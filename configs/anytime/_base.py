@@ -38,7 +38,9 @@ def anytime_config() -> ml_collections.ConfigDict:
       )
   )
   c.loss = ml_collections.ConfigDict(dict(exit_weights=(1.0, 1.0, 1.0, 1.0), class_weights=()))
-  c.anytime = ml_collections.ConfigDict(dict(reference='', label='', eval_taus=(), baseline_exit_type=''))
+  c.anytime = ml_collections.ConfigDict(
+      dict(reference='', label='', eval_taus=(), baseline_exit_type='', compilation_cache=True)
+  )
   return c
 
 

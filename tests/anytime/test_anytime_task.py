@@ -1,5 +1,6 @@
 """AnytimeSegTask: the loss against PyTorch, per-exit metrics, FLOPs/fractions under CA, weights, bad configs."""
 
+import functools
 import os
 
 import jax
@@ -10,7 +11,7 @@ import pytest
 
 from anytime_jax import hrnet
 from anytime_jax import task as task_lib
-from core_jax import cli, counting
+from core_jax import cli, counting, train
 from core_jax.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -111,7 +112,7 @@ def test_eval_metrics_per_exit_and_mean(tiny_ca):
   assert values['exit4/miou'] == pytest.approx(np.mean(tp[union > 0] / union[union > 0]))
 
 
-@pytest.mark.slow  # compiles the HRNet's eval at two thresholds: ~30 s on 2 cores
+@pytest.mark.slow  # the HRNet's eval at two thresholds and a swept one, op by op: ~40 s on 2 cores
 def test_gflops_dense_when_everything_computed_and_exit1_only_when_nothing():
   """tau = 1: every pixel computed, so the CA cost is the dense cost; tau tiny: every pixel exits at exit 1, so
   the masked convs cost nothing and exits 2-4 cost exit 1's GFLOPs; exited logits never change."""
@@ -121,11 +122,14 @@ def test_gflops_dense_when_everything_computed_and_exit1_only_when_nothing():
   dense_task = task_lib.AnytimeSegTask(digit_config(confidence_adaptive=False), Info())
   dense_model = dense_task.build_model()
   marks = counting.count_macs_by_mark(dense_model, jax.ShapeDtypeStruct((1, 32, 64, 3), jnp.float32), train=False)
+  batch = {'image': x, 'segmentation': labels, 'mask': mask}
+  by_tau = {}
   for tau, expect in ((1.0, 'dense'), (1e-6, 'exit1')):
     task = task_lib.AnytimeSegTask(digit_config(confidence_adaptive=True, tau=tau), Info())
+    assert task.eval_constants() == {'tau': np.float32(tau)}
     model = task.build_model()
     variables = hrnet.random_variables(model, 32, 64)
-    outputs = task.eval_outputs(model, variables, {'image': x, 'segmentation': labels, 'mask': mask})
+    outputs = by_tau[tau] = task.eval_outputs(model, variables, batch)
     for k in (1, 2, 3, 4):
       gf = np.asarray(outputs[f'gflops_exit{k}'])
       want = marks[f'exit{k}'] if expect == 'dense' or k == 1 else marks['exit1']
@@ -135,6 +139,18 @@ def test_gflops_dense_when_everything_computed_and_exit1_only_when_nothing():
     if expect == 'exit1':
       for k in (2, 3, 4):
         np.testing.assert_array_equal(outputs[f'predictions_exit{k}'], outputs['predictions_exit1'])
+  # the threshold as the eval step's argument (variables['constants'], Task.eval_constants): the tau-1e-6 model
+  # given tau 1 computes what the tau-1 model computes, and the eval step lowers to one program for both taus
+  swept = task.eval_outputs(model, {**variables, 'constants': {'tau': np.float32(1.0)}}, batch)
+  assert set(swept) == set(by_tau[1.0])
+  for key, value in swept.items():
+    np.testing.assert_array_equal(np.asarray(value), np.asarray(by_tau[1.0][key]), err_msg=key)
+  step = jax.jit(functools.partial(train.eval_step, task, model))
+  texts = [
+      step.lower(variables['params'], variables['batch_stats'], batch, {'tau': jnp.float32(t)}).as_text()
+      for t in (1.0, 0.5)
+  ]
+  assert texts[0] == texts[1]
 
 
 def test_dense_marks_match_the_model_without_ca():
