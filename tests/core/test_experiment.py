@@ -307,3 +307,31 @@ if __name__ == '__main__':
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
+
+
+def test_compilation_cache_in_the_experiment_dir_then_restored(tmp_path):
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  from jax.experimental.compilation_cache import compilation_cache as cc  # pylint: disable=import-outside-toplevel
+
+  before = jax.config.jax_compilation_cache_dir  # the suite's (tests/conftest.py)
+  min_seconds = jax.config.jax_persistent_cache_min_compile_time_secs
+  try:
+    # a cache the process already has wins: nothing changes
+    with experiment.compilation_cache(str(tmp_path / 'ignored')):
+      assert jax.config.jax_compilation_cache_dir == before
+    jax.config.update('jax_compilation_cache_dir', None)
+    cc.reset_cache()
+    with experiment.compilation_cache(str(tmp_path / 'off'), enabled=False):
+      assert jax.config.jax_compilation_cache_dir is None
+    with experiment.compilation_cache(str(tmp_path)):
+      assert jax.config.jax_compilation_cache_dir == str(tmp_path / experiment.CACHE_DIR)
+      jax.jit(lambda x: x * 3.0 + 1.0)(jnp.arange(7.0)).block_until_ready()  # even a tiny compile is kept
+    assert os.listdir(tmp_path / experiment.CACHE_DIR)
+    assert jax.config.jax_compilation_cache_dir is None
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == min_seconds
+    assert not (tmp_path / 'ignored').exists() and not (tmp_path / 'off').exists()
+  finally:
+    jax.config.update('jax_compilation_cache_dir', before)
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', min_seconds)
+    cc.reset_cache()
