@@ -151,20 +151,17 @@ def rbf_fill_conv(y: jax.Array, mask: jax.Array, rbf_lambda: jax.Array) -> jax.A
 
 
 def dense_conv(x, kernel, bias, strides, padding):
-  """The conv as patches @ kernel (shifted slices of the padded input concatenated over the k x k taps): XLA:CPU's
-  convolution is several times slower at these few channels; same result to float rounding."""
+  """The conv every `Conv` computes: a 1x1 conv as a matmul over the channels (XLA:CPU's convolution is several
+  times slower for it at these channel counts), any other as XLA's convolution (shifted patches @ kernel was
+  as fast only on small images, and 3.4x slower for the W18-Small-v2 backbone at 512x1024: benchmarks/RESULTS.md).
+  Same result as `dense_conv_xla` to float rounding."""
   kh, kw, cin, cout = kernel.shape
-  (pt, pb), (pl, pr) = padding
+  if (kh, kw) != (1, 1) or any(p for side in padding for p in side):
+    return dense_conv_xla(x, kernel, bias, strides, padding)
   sh, sw = strides
-  ho = (x.shape[1] + pt + pb - kh) // sh + 1
-  wo = (x.shape[2] + pl + pr - kw) // sw + 1
-  xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0))) if pt or pb or pl or pr else x
-  taps = [
-      xp[:, i : i + (ho - 1) * sh + 1 : sh, j : j + (wo - 1) * sw + 1 : sw, :] for i in range(kh) for j in range(kw)
-  ]
-  patches = taps[0] if len(taps) == 1 else jnp.concatenate(taps, axis=-1)
-  y = patches.reshape(-1, kh * kw * cin) @ kernel.astype(x.dtype).reshape(kh * kw * cin, cout)
-  y = y.reshape(x.shape[0], ho, wo, cout)
+  xs = x[:, ::sh, ::sw, :] if (sh, sw) != (1, 1) else x
+  y = xs.reshape(-1, cin) @ kernel.astype(x.dtype).reshape(cin, cout)
+  y = y.reshape(*xs.shape[:3], cout)
   return y if bias is None else y + bias.astype(y.dtype)
 
 

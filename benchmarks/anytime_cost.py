@@ -12,7 +12,8 @@ fraction + the interpolation term). The masked convs are masked-dense (`confiden
 compute every output and then fill, so ADP-C saves FLOPs on paper only and its wall-clock is the dense one
 plus the RBF fill; a faster masked conv replaces `confidence.masked_conv` and shows up here.
 
-Backbone: our HRNet stem..stage4 (`features_only`, jax.jit) against timm's `create_model(arch, head='')`
+Backbone: our HRNet stem..stage4 (`features_only`, jax.jit; nearest upsampling in the fuse layers, as timm's
+classification HRNet, so both run the same network) against timm's `create_model(arch, head='')`
 `forward_features` (PyTorch eager, no_grad), same size, each in its own process, taking turns
 (`common.interleaved`). On a GPU (when one is present) the same runs use W48 at 1024x2048.
 """
@@ -94,7 +95,9 @@ def worker_exits(args):
 def worker_backbone(args):
   if args.contender == 'ours':
     jax, np, hrnet, x = _setup(args)
-    model = hrnet.base(args.arch)
+    # the network timm's HRNet is (its fuse layers upsample nearest; the segmentation model's bilinear fuse
+    # costs more on CPU: benchmarks/RESULTS.md)
+    model = hrnet.build(args.arch, exits=(4,), fuse_upsample='nearest')
     variables = jax.device_put(hrnet.random_variables(model))
     fwd = jax.jit(lambda v, x: model.apply(v, x, features_only=True))
     fn = lambda: jax.block_until_ready(fwd(variables, x))
