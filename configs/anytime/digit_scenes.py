@@ -20,12 +20,12 @@ of 1-70x their norm per step; at BN momentum 0.99 the running statistics lag (ev
 84.5% on a fitted batch);
 digit identity is what takes the epochs (exit-4 mIoU 15% after 3 epochs, 29% after 8 on w8_nano without CA).
 Result (measured, 496 steps; exit 1..4 mIoU %, exit-4 GFLOPs per image; background-only is 8.4 at every exit):
-  ADP-C tau 0.998  8.4 / 10.1 / 14.2 / 28.8   0.0208  (exit 4 computes 82.2% of the pixels)
-  ADP-C tau 1      8.4 / 10.1 / 14.1 / 28.1   0.0222  (every pixel: the dense cost)
-  ADP-C tau 0.99   8.4 / 10.1 / 14.1 / 26.7   0.0120  (24.3%)
-  ADP-C tau 0.9    8.4 / 10.3 / 13.0 / 20.5   0.0081  (12.2%)
-Time:     5.5 min wall on an idle 2-core CPU (measured in `make demo`): training ~4.5 min (about 3 steps/s after the
-          ~40 s compile), each eval-only threshold ~15 s (the threshold is an argument of the compiled eval step
+  ADP-C tau 0.998  8.4 / 10.5 / 15.1 / 30.5   0.0210  (exit 4 computes 84.5% of the pixels)
+  ADP-C tau 1      8.4 / 10.5 / 15.1 / 29.2   0.0222  (every pixel: the dense cost)
+  ADP-C tau 0.99   8.4 / 10.5 / 15.0 / 28.2   0.0119  (23.9%)
+  ADP-C tau 0.9    8.4 / 10.8 / 13.9 / 22.1   0.0083  (12.6%)
+Time:     4.6 min wall on an idle 2-core CPU (measured in `make demo`): training ~4 min (about 3 steps/s after the
+          ~30 s compile), each eval-only threshold ~10 s (the threshold is an argument of the compiled eval step
           and the compiled programs are kept in WORKDIR/xla_cache, so another threshold compiles nothing).
 """
 
