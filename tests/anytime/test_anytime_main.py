@@ -1,6 +1,6 @@
 """anytime_jax.main: bad input is one line and exit 2 (before any data work); the digit_scenes job end to end
 (small: a few steps on a slice; its tau-1 phase is an eval-only run at another threshold), eval-only into its own
-directory reproducing the training's evaluation, rerun skips phases."""
+directory reproducing the training's evaluation and at a lower threshold, rerun skips phases."""
 
 import json
 import os
@@ -103,9 +103,7 @@ def test_digit_scenes_job_end_to_end(tmp_path, tfds_dir, capsys):
   assert [e['gflops'] for e in dense['exits']] == pytest.approx(list(dense['gflops_dense'].values()), rel=1e-6)
 
   # eval-only in the trained phase dir: its own sub-dir, the training results untouched. At the training's own
-  # threshold it reproduces the training phase's evaluation exactly (the same checkpoint and program; the
-  # job's tau-1 phase above is the eval-only run at another threshold, and a second threshold here would only
-  # compile another eval program)
+  # threshold it reproduces the training phase's evaluation exactly (the same checkpoint and program)
   phase = os.path.join(workdir, 'adp_c')
   with open(os.path.join(phase, 'results.json')) as f:
     before = f.read()
@@ -121,6 +119,14 @@ def test_digit_scenes_job_end_to_end(tmp_path, tfds_dir, capsys):
   # a lower threshold computes no more pixels and costs no more: tau 0.998 against tau 1
   for low, high in zip(adp_c['exits'], dense['exits']):
     assert low['fraction'] <= high['fraction'] and low['gflops'] <= high['gflops'] + 1e-9
+  # and `--config.model.tau` evaluates another threshold into its own sub-dir (the same compiled eval program:
+  # the threshold is the step's argument), again no more pixels than at 0.998
+  c.model.tau = 0.9
+  low = main.run(c, phase)['runs'][0]
+  assert os.path.isfile(os.path.join(phase, 'eval_tau0.9', 'anytime.json'))
+  assert low['label'] == 'ADP-C (tau 0.9)'
+  assert low['exits'][3]['fraction'] <= adp_c['exits'][3]['fraction']
+  assert low['exits'][3]['gflops'] <= adp_c['exits'][3]['gflops'] + 1e-9
 
   # a rerun skips every finished phase and reports the same numbers
   again = main.run(small_job(tfds_dir), workdir)
