@@ -112,6 +112,25 @@ def _write_results(path: str, results: dict, name: str) -> None:
     multihost_utils.sync_global_devices(f'experiment_phase_done_{name}')
 
 
+def _make_dirs(path: str) -> list[str]:
+  """`os.makedirs(path)`; returns the folders it created, deepest first."""
+  made = []
+  head = path
+  while not os.path.exists(head):
+    made.append(head)
+    head = os.path.dirname(head)
+  os.makedirs(path, exist_ok=True)
+  return made
+
+
+def _remove_empty(folders: list[str]) -> None:
+  for folder in folders:  # deepest first, so a parent is empty once its children are gone
+    try:
+      os.rmdir(folder)
+    except OSError:
+      return  # not empty (the phase wrote something) or gone: keep it and everything above it
+
+
 def run_experiment(phases: Sequence[Phase], workdir: str) -> dict[str, dict]:
   """Runs `phases` in order under `workdir`, skipping finished ones; returns {phase name: results}.
 
@@ -126,9 +145,13 @@ def run_experiment(phases: Sequence[Phase], workdir: str) -> dict[str, dict]:
       done[phase.name] = {**_read_results(results_path, phase.name), 'workdir': phase_dir}
       _say(f'phase {index}/{len(phases)} {phase.name}: finished earlier ({results_path}); skipped')
       continue
-    os.makedirs(phase_dir, exist_ok=True)
+    made = _make_dirs(phase_dir)
     _say(f'phase {index}/{len(phases)} {phase.name}: running in {phase_dir}')
-    results = phase.run(phase_dir, dict(done))
+    try:
+      results = phase.run(phase_dir, dict(done))
+    except BaseException:
+      _remove_empty(made)  # a phase failing on bad input (a dataset name, a weights file) leaves no empty folder
+      raise
     if not isinstance(results, dict):
       raise UserError(f'phase {phase.name!r} returned a {type(results).__name__}, not a results dict')
     if 'preempted_at_step' in results:

@@ -98,6 +98,25 @@ class Built:
 
 
 def _check_workdir(workdir: str) -> None:
+  """Fails early if `workdir` cannot be written, creating nothing: the folder itself is made by `_make_workdir`
+  once the data, the model and the weights have loaded, so bad input leaves no empty folder behind."""
+  if os.path.isdir(workdir):
+    try:
+      with tempfile.NamedTemporaryFile(dir=workdir):
+        pass
+    except OSError as e:
+      raise UserError(f'workdir {workdir} is not writable: {e.strerror or e}') from None
+    return
+  parent = os.path.dirname(os.path.abspath(workdir))
+  while not os.path.exists(parent):  # the nearest existing ancestor is the folder makedirs will write into
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise UserError(f'workdir {workdir} is not writable: {parent} is not a directory')
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise UserError(f'workdir {workdir} is not writable: no write permission in {parent}')
+
+
+def _make_workdir(workdir: str) -> None:
   try:
     os.makedirs(workdir, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=workdir):
@@ -489,6 +508,7 @@ def _diverged(what: str, step: int, ckpt: checkpoint_lib.Checkpointer) -> NonFin
 # ============================================================================================ the run
 def run(config, workdir: str, task_cls) -> dict:
   """Trains (or resumes) in `workdir`, evaluates, writes `workdir/results.json`; returns the results."""
+  optim.check_config(config)  # a phase's derived config too (the command line's was checked by cli.run_main)
   _check_workdir(workdir)
   b = build(config, workdir, task_cls)
   ckpt_cfg = config.checkpoint
@@ -502,6 +522,7 @@ def run(config, workdir: str, task_cls) -> dict:
   )
   try:
     state, lineage = restore_or_init(b, ckpt)
+    _make_workdir(workdir)  # data, model and weights have loaded: the first thing this run writes
     steps = compile_steps(b)
     if config.get('eval_only', False):
       return _eval_only(b, steps, state)

@@ -133,6 +133,25 @@ def test_bad_phases_are_one_line_errors(tmp_path):
     experiment.run_experiment([experiment.Phase('y', lambda w, d: [1])], str(tmp_path))
 
 
+def test_a_failing_phase_leaves_no_empty_folder(tmp_path):
+  def bad_input(workdir, done):
+    del workdir, done
+    raise UserError('unknown dataset')
+
+  def writes_then_fails(workdir, done):
+    del done
+    with open(os.path.join(workdir, 'log.txt'), 'w') as f:
+      f.write('started')
+    raise UserError('diverged')
+
+  with pytest.raises(UserError, match='unknown dataset'):
+    experiment.run_experiment([experiment.Phase('seed0/large', bad_input)], str(tmp_path / 'exp'))
+  assert not os.listdir(tmp_path)  # the experiment dir and the phase's were made for the phase: both gone
+  with pytest.raises(UserError, match='diverged'):
+    experiment.run_experiment([experiment.Phase('seed0/large', writes_then_fails)], str(tmp_path / 'exp'))
+  assert (tmp_path / 'exp' / 'seed0' / 'large' / 'log.txt').read_text() == 'started'  # what it wrote is kept
+
+
 # ---------------------------------------------------------------- the 3-phase toy experiment, killed in each phase
 TINY = os.path.join(REPO, 'tests', 'core', 'tiny_config.py')
 PHASES = ('large', 'prune', 'finetune')
