@@ -508,6 +508,7 @@ def _diverged(what: str, step: int, ckpt: checkpoint_lib.Checkpointer) -> NonFin
 # ============================================================================================ the run
 def run(config, workdir: str, task_cls) -> dict:
   """Trains (or resumes) in `workdir`, evaluates, writes `workdir/results.json`; returns the results."""
+  optim.check_config(config)  # a phase's derived config too (the command line's was checked by cli.run_main)
   _check_workdir(workdir)
   b = build(config, workdir, task_cls)
   ckpt_cfg = config.checkpoint
