@@ -485,8 +485,8 @@ def _progress_keys(task: Task, values: dict) -> tuple[str, ...] | None:
   return tuple(task.progress_metrics)
 
 
-def _append_digest(workdir: str, step: int, local_batch: dict) -> None:
-  digest = hashlib.sha1(np.ascontiguousarray(local_batch['image']).tobytes()).hexdigest()[:16]
+def _append_digest(workdir: str, step: int, inputs) -> None:
+  digest = hashlib.sha1(np.ascontiguousarray(inputs).tobytes()).hexdigest()[:16]
   with open(os.path.join(workdir, f'batch_digests.{jax.process_index()}.txt'), 'a') as f:
     f.write(f'{step} {digest}\n')
 
@@ -570,7 +570,7 @@ def _train(b: Built, steps: Steps, ckpt: checkpoint_lib.Checkpointer, state: Tra
       if debug.get('step_delay_s', 0):  # tests: keep a run alive long enough to signal it mid-way
         time.sleep(debug.step_delay_s)
       if debug.get('write_batch_digests', False):  # tests: prove each process's data order
-        _append_digest(workdir, step, local_batch)
+        _append_digest(workdir, step, local_batch[task.input_key])
       state, m = steps.train(state, pipeline.to_global(local_batch, b.batch_sharding))
     step += 1
     train_metrics = m if train_metrics is None else train_metrics.merge(m)
@@ -597,7 +597,7 @@ def _train(b: Built, steps: Steps, ckpt: checkpoint_lib.Checkpointer, state: Tra
       eta = (total_steps - step) / max(rate, 1e-9)
       _say(
           f'step {step}/{total_steps}  {_scalars_text(values, keys)}  lr {lr:.3g}  {rate:.2f} steps/s  '
-          f'{rate * config.batch_size:.0f} img/s  ETA {eta / 60:.1f} min'
+          f'{rate * config.batch_size:.0f} examples/s  ETA {eta / 60:.1f} min'
       )
     eval_values = None
     if is_eval:
