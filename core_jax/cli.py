@@ -254,6 +254,9 @@ def run_main(run_fn, argv=None, *, prog: str = '<line>.main', config_dir: str | 
   wall_start, cpu_start = time.monotonic(), time.process_time()
   try:
     config, workdir = parse_args(argv, prog=prog)
+    from core_jax import optim  # pylint: disable=import-outside-toplevel  (imports jax: after retain_freed_memory)
+
+    optim.check_config(config)  # once, before the line's job builds or writes anything
     run_fn(config, workdir)
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)

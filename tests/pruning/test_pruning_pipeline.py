@@ -13,9 +13,10 @@ import time
 import cifar_like
 import numpy as np
 import pytest
+from pruning_helpers import recipes
 
+from pruning_jax import job, report
 from pruning_jax import main as pruning_main
-from pruning_jax import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = os.path.join(REPO, 'configs', 'pruning')
@@ -113,18 +114,18 @@ def _fake_done():
 
 
 def test_summary_and_markdown_table():
-  c = pipeline.cifar_recipe(pipeline.experiment_config())
+  c = recipes.cifar_recipe(recipes.experiment_config())
   c.model.name = 'vgg16'
   c.prune.scheme = 'vgg16_a'
   c.experiment.update(dict(title='T', seeds=(0, 1), paper=dict(large=93.63, scratch_b='93.78 ± 0.15')))
-  summary = pipeline.summarize(c, _fake_done())
+  summary = report.summarize(c, _fake_done())
   ph = summary['phases']
   assert ph['large']['accuracy']['mean'] == pytest.approx(94.0)
   assert ph['large']['accuracy']['std'] == pytest.approx(np.std([93.0, 95.0], ddof=1))
   assert [s['epochs'] for s in ph['scratch_b']['per_seed']] == [400, 400]  # int(160 * 10M / 4M)
   assert ph['finetune']['epochs']['mean'] == 40 and ph['prune']['epochs']['mean'] == 0
   assert ph['finetune']['macs_pruned_percent'] == pytest.approx(60.0)
-  text = pipeline.markdown(summary)
+  text = report.markdown(summary)
   lines = text.splitlines()
   assert lines[0] == '### T' and 'L1-norm vgg16_a, 2 seeds' in lines[2]
   assert lines[4] == '| | unpruned | pruned | Fine-tuned | Scratch-E | Scratch-B |'
@@ -187,7 +188,7 @@ def test_tiny_experiment_writes_the_table(finished_run, capsys):
   config, workdir = finished_run
   summary = json.loads((workdir / 'results.json').read_text())
   ph = summary['phases']
-  assert list(ph) == list(pipeline.PHASES) and summary['dataset'] == 'cifar10' and summary['seeds'] == [0]
+  assert list(ph) == list(job.PHASES) and summary['dataset'] == 'cifar10' and summary['seeds'] == [0]
   large, prune = ph['large']['per_seed'][0], ph['prune']['per_seed'][0]
   assert large['cfg'] == list(TINY_VGG) and prune['cfg'] == [4, 'M', 8, 'M', 8, 'M', 16, 'M', 8]
   ratio = large['macs'] / prune['macs']
@@ -198,12 +199,12 @@ def test_tiny_experiment_writes_the_table(finished_run, capsys):
     r = json.loads((workdir / 'seed0' / p / 'results.json').read_text())
     assert r['step'] == 2 * epochs[p] and r['model']['cfg'] == prune['cfg']
     assert r['params'] == prune['params'] and r['macs'] == prune['macs']
-  for p in pipeline.PHASES:
+  for p in job.PHASES:
     assert 0.0 <= ph[p]['accuracy']['mean'] <= 100.0
   ft = json.loads((workdir / 'seed0' / 'finetune' / 'results.json').read_text())
   assert ft['history_this_run'] or ft['eval']
   md = (workdir / 'results.md').read_text()
-  assert md == pipeline.markdown(summary) and '| epochs | 3 | 0 | 1 | 3 |' in md
+  assert md == report.markdown(summary) and '| epochs | 3 | 0 | 1 | 3 |' in md
   # a rerun skips every phase and prints the same table
   assert pruning_main.main([f'--config={config}', f'--workdir={workdir}']) == 0
   out = capsys.readouterr().out
@@ -287,7 +288,7 @@ def test_corrupt_checkpoint_and_emptying_threshold_are_one_line_and_keep_saved_w
   after = sorted(str(p.relative_to(workdir)) for p in workdir.rglob('*'))
   assert set(before) <= set(after)
   # given large weights of another cfg (the pruned export): one line naming both cfgs
-  export = reference / 'seed0' / 'prune' / pipeline.EXPORT
+  export = reference / 'seed0' / 'prune' / job.EXPORT
   code, err = _main([f'--config={config}', f'--workdir={tmp_path / "given"}', f'--config.init_from={export}'], capsys)
   assert code == 2 and len(err) == 1 and 'but config.model builds vgg_slimming cfg' in err[0], err
 
