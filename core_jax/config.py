@@ -28,6 +28,8 @@ every config on the command line. Groups and fields (read by core_jax.train unle
   mesh                  fsdp: devices per parameter shard (1: parameters replicated)
   distributed           coordinator_address, num_processes, process_id (-1: from the environment), auto
                         (let JAX discover a TPU pod / SLURM job)
+  guard                 loss_spike_factor (1000; 0 = off), window: stop before a state whose loss exploded is
+                        saved, and move the steps of that trajectory aside (core_jax.guard)
   debug                 test-only knobs, off by default: step_delay_s (sleep per step, so a test can signal
                         a run mid-way; same numerics), write_batch_digests (append each step's batch digest
                         to WORKDIR/batch_digests.<process>.txt, to prove the data order)
@@ -80,6 +82,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict(dict(fsdp=1))
   c.distributed = ml_collections.ConfigDict(dict(coordinator_address='', num_processes=0, process_id=-1, auto=False))
   c.debug = ml_collections.ConfigDict(dict(step_delay_s=0.0, write_batch_digests=False))
+  c.guard = ml_collections.ConfigDict(dict(loss_spike_factor=1000.0, window=200))
   c.data = ml_collections.ConfigDict(
       dict(
           name='',
