@@ -7,7 +7,7 @@ Config fields read here (the rest is core_jax.config.base_config):
   model.selections  channel_selection indices (PreResNet / DenseNet / ResNet-50; None: every channel)
   sparsity.s        > 0: Network Slimming's sparsity training, s * sign(gamma) added to the BN-scale gradients
                     before weight decay (the `pre` optimizer transform)
-  mask.path         '' or a mask file written by the prune phase (pruning_jax.pipeline): the mask
+  mask.path         '' or a mask file written by the prune phase (pruning_jax.job): the mask
                     implementation, whose updates are multiplied by the mask so masked weights stay exactly 0
                     (the `post` transform; its state is part of the checkpointed optimizer state)
   init_from         a pruned-model export (.safetensors + .json sidecar, pruning_jax.io), a training step dir
@@ -28,8 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from core_jax import counting, weights
+from core_jax.classification import ClassificationTask
 from core_jax.errors import UserError
-from core_jax.task import ClassificationTask
 from core_jax.weights import flatten, format_shape, unflatten
 from pruning_jax import models
 
