@@ -39,7 +39,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from core_jax import checkpoint as checkpoint_lib
-from core_jax import counting, optim, parallel
+from core_jax import counting, experiment, optim, parallel
 from core_jax import metrics as metrics_lib
 from core_jax.data import pipeline, sources, transforms
 from core_jax.errors import UserError
@@ -485,8 +485,8 @@ def _progress_keys(task: Task, values: dict) -> tuple[str, ...] | None:
   return tuple(task.progress_metrics)
 
 
-def _append_digest(workdir: str, step: int, local_batch: dict) -> None:
-  digest = hashlib.sha1(np.ascontiguousarray(local_batch['image']).tobytes()).hexdigest()[:16]
+def _append_digest(workdir: str, step: int, inputs) -> None:
+  digest = hashlib.sha1(np.ascontiguousarray(inputs).tobytes()).hexdigest()[:16]
   with open(os.path.join(workdir, f'batch_digests.{jax.process_index()}.txt'), 'a') as f:
     f.write(f'{step} {digest}\n')
 
@@ -523,6 +523,7 @@ def run(config, workdir: str, task_cls) -> dict:
   try:
     state, lineage = restore_or_init(b, ckpt)
     _make_workdir(workdir)  # data, model and weights have loaded: the first thing this run writes
+    experiment.start_compilation_cache()  # an experiment's WORKDIR/xla_cache, likewise only now
     steps = compile_steps(b)
     if config.get('eval_only', False):
       return _eval_only(b, steps, state)
@@ -569,7 +570,7 @@ def _train(b: Built, steps: Steps, ckpt: checkpoint_lib.Checkpointer, state: Tra
       if debug.get('step_delay_s', 0):  # tests: keep a run alive long enough to signal it mid-way
         time.sleep(debug.step_delay_s)
       if debug.get('write_batch_digests', False):  # tests: prove each process's data order
-        _append_digest(workdir, step, local_batch)
+        _append_digest(workdir, step, local_batch[task.input_key])
       state, m = steps.train(state, pipeline.to_global(local_batch, b.batch_sharding))
     step += 1
     train_metrics = m if train_metrics is None else train_metrics.merge(m)
@@ -596,7 +597,7 @@ def _train(b: Built, steps: Steps, ckpt: checkpoint_lib.Checkpointer, state: Tra
       eta = (total_steps - step) / max(rate, 1e-9)
       _say(
           f'step {step}/{total_steps}  {_scalars_text(values, keys)}  lr {lr:.3g}  {rate:.2f} steps/s  '
-          f'{rate * config.batch_size:.0f} img/s  ETA {eta / 60:.1f} min'
+          f'{rate * config.batch_size:.0f} examples/s  ETA {eta / 60:.1f} min'
       )
     eval_values = None
     if is_eval:

@@ -302,7 +302,7 @@ def phases_for(config) -> list[experiment.Phase]:
 def run(config, workdir: str) -> dict:
   """Runs (or resumes) the experiment in `workdir`; returns the summary (also DIR/results.json, results.md)."""
   check_config(config)
-  os.makedirs(workdir, exist_ok=True)
+  # no makedirs here: run_experiment makes each phase's folder (and removes it again if the phase's input fails)
   with experiment.compilation_cache(workdir, config.experiment.get('compilation_cache', True)):
     done = experiment.run_experiment(phases_for(config), workdir)
   if any('preempted_at_step' in r for r in done.values()):

@@ -27,8 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from core_jax import checkpoint, counting
+from core_jax.classification import ClassificationTask
 from core_jax.errors import UserError
-from core_jax.task import ClassificationTask
 from core_jax.weights import flatten, format_shape, unflatten
 from pruning_jax import models
 
