@@ -27,8 +27,8 @@ import re
 
 from convnext_jax import models
 from core_jax import compute, optim
+from core_jax.classification import ClassificationTask
 from core_jax.errors import UserError
-from core_jax.task import ClassificationTask
 
 NUM_LAYER_GROUPS = 14  # official ConvNeXt: ids 0..13
 
