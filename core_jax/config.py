@@ -16,7 +16,11 @@ every config on the command line. Groups and fields (read by core_jax.train unle
   num_train_steps       > 0 overrides num_epochs
   log_every_steps       progress line and TensorBoard train scalars every N steps
   eval_every_epochs     eval (and a checkpoint) every N epochs (float); always at the end
-  compute_dtype         activation dtype for the line's model (read by the line's Task)
+  compute_dtype         activation and conv / matmul dtype of every line's model: float32 or bfloat16 (params,
+                        losses and BatchNorm statistics stay float32; core_jax.compute.compute_dtype)
+  compute               the compute policy (core_jax.compute): patch_conv, small_conv, pointwise_conv,
+                        channel_multiple, fusion_barriers, dwconv, masked_conv; 'auto' / None: the line's
+                        choice for the running backend; a choice the line's models cannot honour is an error
   init_from             weights file loaded by `Task.load_pretrained` on a fresh start only (never on resume)
   init_reinit_head      keep the freshly initialized classifier instead of the file's
   eval_only             evaluate and write results.json without training: the weights of `init_from` when
@@ -47,6 +51,7 @@ import os
 import types
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def load_sibling(config_file: str, name: str) -> types.ModuleType:
@@ -73,6 +78,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 100
   c.eval_every_epochs = 1.0
   c.compute_dtype = 'float32'
+  c.compute = ml_collections.ConfigDict(
+      dict(
+          patch_conv='auto',
+          small_conv='auto',
+          pointwise_conv='auto',
+          channel_multiple=config_dict.placeholder(int),
+          fusion_barriers=config_dict.placeholder(bool),
+          dwconv='auto',
+          masked_conv='auto',
+      )
+  )
   c.init_from = ''
   c.init_reinit_head = False
   c.eval_only = False
