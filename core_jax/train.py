@@ -39,7 +39,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from core_jax import checkpoint as checkpoint_lib
-from core_jax import counting, experiment, guard, optim, parallel
+from core_jax import counting, experiment, guard, optim, parallel, workdir_lock
 from core_jax import metrics as metrics_lib
 from core_jax.data import pipeline, sources, transforms
 from core_jax.errors import UserError
@@ -512,6 +512,10 @@ def run(config, workdir: str, task_cls) -> dict:
   guard.check_options(config.get('guard', None))
   _check_workdir(workdir)
   b = build(config, workdir, task_cls)
+  # one process per workdir (core_jax.workdir_lock): an existing workdir is locked now, before the restore may
+  # move steps aside; a fresh one as it is made. Process 0 holds it for a multi-process job.
+  lock = workdir_lock.WorkdirLock(workdir, enabled=jax.process_index() == 0)
+  lock.acquire()
   ckpt_cfg = config.checkpoint
   ckpt = checkpoint_lib.Checkpointer(
       os.path.join(workdir, 'checkpoints'),
@@ -524,6 +528,7 @@ def run(config, workdir: str, task_cls) -> dict:
   try:
     state, lineage = restore_or_init(b, ckpt)
     _make_workdir(workdir)  # data, model and weights have loaded: the first thing this run writes
+    lock.acquire()
     experiment.start_compilation_cache()  # an experiment's WORKDIR/xla_cache, likewise only now
     steps = compile_steps(b)
     if config.get('eval_only', False):
@@ -531,6 +536,7 @@ def run(config, workdir: str, task_cls) -> dict:
     return _train(b, steps, ckpt, state, lineage)
   finally:
     ckpt.close()
+    lock.release()
 
 
 def _eval_only(b: Built, steps: Steps, state: TrainState) -> dict:
