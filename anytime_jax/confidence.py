@@ -153,7 +153,7 @@ def rbf_fill_conv(y: jax.Array, mask: jax.Array, rbf_lambda: jax.Array) -> jax.A
 def dense_conv(x, kernel, bias, strides, padding):
   """The conv every `Conv` computes: a 1x1 conv as a matmul over the channels (XLA:CPU's convolution is several
   times slower for it at these channel counts), any other as XLA's convolution (shifted patches @ kernel was
-  as fast only on small images, and 3.4x slower for the W18-Small-v2 backbone at 512x1024: benchmarks/RESULTS.md).
+  as fast only on small images, and 3.4x slower for the W18-Small-v2 backbone at 512x1024: benchmarks/ANALYSIS.md).
   Same result as `dense_conv_xla` to float rounding."""
   kh, kw, cin, cout = kernel.shape
   if (kh, kw) != (1, 1) or any(p for side in padding for p in side):

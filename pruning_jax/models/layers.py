@@ -116,7 +116,7 @@ def padded_channels(c: int, m: int | None = None) -> int:
 class Conv(nn.Conv):
   """nn.Conv (same variables, same result); when the output has at most SMALL_OUTPUT_POSITIONS positions per image
   it is computed as shifted patches @ kernel, because XLA:CPU's convolution is far slower than a matmul
-  there (3x3, 512 -> 512 channels at 2x2: the last stage of the CIFAR VGGs; numbers in benchmarks/RESULTS.md);
+  there (3x3, 512 -> 512 channels at 2x2: the last stage of the CIFAR VGGs; numbers in benchmarks/ANALYSIS.md);
   channel counts that are not a multiple of CHANNEL_MULTIPLE are computed zero-padded to one (module docstring).
   Explicit padding only."""
 
