@@ -29,8 +29,8 @@ import jax.numpy as jnp
 
 from convnext_jax import models
 from core_jax import optim
+from core_jax.classification import ClassificationTask
 from core_jax.errors import UserError
-from core_jax.task import ClassificationTask
 
 NUM_LAYER_GROUPS = 14  # official ConvNeXt: ids 0..13
 

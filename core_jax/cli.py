@@ -13,12 +13,13 @@ import ast
 import importlib.util
 import os
 import sys
+import time
 import traceback
 from collections.abc import Sequence
 
 import ml_collections
 
-from core_jax import host_memory
+from core_jax import host_memory, run_log
 from core_jax.errors import UserError
 
 
@@ -238,6 +239,7 @@ def run_main(run_fn, argv=None, *, prog: str = '<line>.main', config_dir: str | 
 
   `--help` / `-h` prints the usage and the config files in `config_dir` (each with its docstring's first
   line); with `--config=FILE` it lists that config's keys and values. Both exit 0 without training."""
+  own_process = argv is None  # the process's command line, not an in-process caller such as a test
   argv = sys.argv[1:] if argv is None else argv
   if '--help' in argv or '-h' in argv:
     try:
@@ -250,10 +252,42 @@ def run_main(run_fn, argv=None, *, prog: str = '<line>.main', config_dir: str | 
     return 0
   host_memory.retain_freed_memory()  # first: before any thread pool exists (see host_memory)
   _quiet_libraries()
+  wall_start, cpu_start = time.monotonic(), time.process_time()
+  log = None
   try:
     config, workdir = parse_args(argv, prog=prog)
+    from core_jax import optim  # pylint: disable=import-outside-toplevel  (imports jax: after retain_freed_memory)
+
+    optim.check_config(config)  # once, before the line's job builds or writes anything
+    log = run_log.capture(workdir)  # library noise (orbax, TensorStore) to WORKDIR/log.txt, not stderr
     run_fn(config, workdir)
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
+  finally:
+    if log is not None:  # the process's own command line keeps the hooks to its exit (orbax's shutdown noise)
+      log.flush() if own_process else log.release()
+  if _is_main_process():
+    print(done_line(time.monotonic() - wall_start, time.process_time() - cpu_start), flush=True)
   return 0
+
+
+def _is_main_process() -> bool:
+  jax = sys.modules.get('jax')  # not imported here: --help and bad flags stay fast, and a run has imported it
+  return jax is None or not jax.distributed.is_initialized() or jax.process_index() == 0
+
+
+def duration_text(seconds: float) -> str:
+  """'42 s', '2 min 13 s', '1 h 02 min'."""
+  s = int(round(seconds))
+  if s < 60:
+    return f'{s} s'
+  if s < 3600:
+    return f'{s // 60} min {s % 60} s'
+  return f'{s // 3600} h {s % 3600 // 60:02d} min'
+
+
+def done_line(wall_s: float, cpu_s: float) -> str:
+  """The last line of every job: its wall time, and the CPU time of all its threads, which says how much of the
+  wall time the machine's other load took (on an idle machine CPU time is about wall time x busy cores)."""
+  return f'done in {duration_text(wall_s)} ({duration_text(cpu_s)} CPU time)'

@@ -87,6 +87,70 @@ def _get(cfg, key):
   return value
 
 
+def _number(opt_cfg, key) -> float:
+  value = _get(opt_cfg, key)
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    raise UserError(f'optimizer.{key} must be a finite number, got {value!r}')
+  return float(value)
+
+
+def check_options(opt_cfg, *, num_epochs: float | None = None, num_train_steps: int | None = None) -> None:
+  """Raises a one-line UserError for optimizer options that cannot be meant, before anything is built or run.
+
+  The rules (each names the key): `name` and `schedule` known; lr > 0; weight_decay, grad_clip_norm, min_lr,
+  warmup_init_lr, base_batch_size, warmup_epochs >= 0; momentum, b1, b2, ema_decay in [0, 1); eps, decay_factor,
+  poly_power > 0; accumulate_steps an integer >= 1; min_lr and warmup_init_lr <= lr; decay milestones >= 0.
+  With the run's length (`num_epochs`, unless `num_train_steps` > 0 sets it): num_epochs >= 0 and warmup within it
+  (a milestone beyond the end is allowed: a shortened run simply never reaches it). A negative lr would otherwise
+  train by gradient ascent and exit 0."""
+  name = _get(opt_cfg, 'name')
+  if name not in OPTIMIZERS:
+    raise UserError(f'unknown optimizer {name!r} (expected one of {", ".join(OPTIMIZERS)})')
+  kind = _get(opt_cfg, 'schedule')
+  if kind not in SCHEDULES:
+    raise UserError(f'unknown lr schedule {kind!r} (expected one of {", ".join(SCHEDULES)})')
+  lr = _number(opt_cfg, 'lr')
+  if lr <= 0:
+    raise UserError(f'optimizer.lr must be > 0, got {lr:g}')
+  for key in ('weight_decay', 'grad_clip_norm', 'min_lr', 'warmup_init_lr', 'base_batch_size', 'warmup_epochs'):
+    if _number(opt_cfg, key) < 0:
+      raise UserError(f'optimizer.{key} must be >= 0, got {_number(opt_cfg, key):g}')
+  for key in ('momentum', 'b1', 'b2', 'ema_decay'):
+    if not 0.0 <= _number(opt_cfg, key) < 1.0:
+      raise UserError(f'optimizer.{key} must lie in [0, 1), got {_number(opt_cfg, key):g}')
+  for key in ('eps', 'decay_factor', 'poly_power'):
+    if _number(opt_cfg, key) <= 0:
+      raise UserError(f'optimizer.{key} must be > 0, got {_number(opt_cfg, key):g}')
+  k = _get(opt_cfg, 'accumulate_steps')
+  if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+    raise UserError(f'optimizer.accumulate_steps must be an integer >= 1, got {k!r}')
+  for key in ('min_lr', 'warmup_init_lr'):
+    if _number(opt_cfg, key) > lr:
+      raise UserError(f'optimizer.{key} ({_number(opt_cfg, key):g}) must not exceed optimizer.lr ({lr:g})')
+  if name == 'sgd' and bool(_get(opt_cfg, 'nesterov')) and _number(opt_cfg, 'momentum') <= 0:
+    raise UserError('sgd: nesterov=True needs momentum > 0')
+  milestones = tuple(_get(opt_cfg, 'decay_epochs'))
+  if any(float(e) < 0 for e in milestones):
+    raise UserError(f'optimizer.decay_epochs must be >= 0, got {milestones}')
+  if num_train_steps is not None and num_train_steps > 0:
+    return  # the length is in steps: warmup is checked against it once steps_per_epoch is known (make_schedule)
+  if num_epochs is None:
+    return
+  epochs = float(num_epochs)
+  if not math.isfinite(epochs) or epochs < 0:
+    raise UserError(f'num_epochs must be >= 0, got {num_epochs!r}')
+  warmup = _number(opt_cfg, 'warmup_epochs')
+  if epochs > 0 and warmup > epochs:
+    raise UserError(f'optimizer.warmup_epochs ({warmup:g}) exceeds num_epochs ({epochs:g})')
+
+
+def check_config(config) -> None:
+  """`check_options` on a run config (base_config layout): its optimizer group and its length."""
+  if 'optimizer' not in config:
+    return
+  check_options(config.optimizer, num_epochs=config.get('num_epochs'), num_train_steps=config.get('num_train_steps'))
+
+
 def scaled_lr(opt_cfg, global_batch_size: int | None = None) -> float:
   """Peak lr: `lr`, linearly scaled by effective_batch / base_batch_size when both are given.
 

@@ -1,12 +1,12 @@
 """The contract between the shared training loop and a research line.
 
-A line subclasses `Task` (or `ClassificationTask`) to say which model to build, its loss and its eval
-metrics; `core_jax.train.run` does everything else. Methods that take `variables` or `state` run inside
+A line subclasses `Task` (or `core_jax.classification.ClassificationTask`) to say which model to build, its loss
+and its eval metrics; `core_jax.train.run` does everything else. Methods that take `variables` or `state` run inside
 `jax.jit`. Required: `build_model`, `train_loss`, `eval_outputs`. Optional hooks, each with a default that
 changes nothing:
 
   optimizer_transforms()     (pre, post) optax transformations around the optimizer's own chain
-  prepare_train_batch(...)   a jittable batch transform inside the train step (ClassificationTask: Mixup/CutMix)
+  prepare_train_batch(...)   a jittable batch transform inside the train step (classification: Mixup/CutMix)
   on_epoch_end(state, epoch) a jittable state update at each epoch boundary, before eval and checkpoint
   load_pretrained(...)       `config.init_from`: weights into the freshly built variables
   extra_results(state)       entries merged into results.json
@@ -22,10 +22,7 @@ import jax.numpy as jnp
 import optax
 
 from core_jax import metrics as metrics_lib
-from core_jax.data import mixing
 from core_jax.errors import UserError
-
-MIXUP_SALT = 0x6D6978  # 'mix': Mixup/CutMix draws from its own stream, so the dropout rng is the same without it
 
 
 class Task:
@@ -36,7 +33,7 @@ class Task:
   primary_metric = 'accuracy'  # a key of metrics.to_floats(eval), e.g. 'exit4/miou': best checkpoint, results
   metric_mode = 'max'
   progress_metrics: tuple[str, ...] | None = None  # train-metric keys on the progress line (None: all)
-  input_key = 'image'
+  input_key = 'image'  # the batch entry the model reads; the loop reads the input through it too
 
   def __init__(self, config, dataset_info):
     self.config = config
@@ -117,57 +114,3 @@ def apply_model(model: nn.Module, variables: dict, inputs, *, train: bool, rng=N
     outputs, new_vars = model.apply(variables, inputs, train=True, rngs=rngs, mutable=['batch_stats'])
     return outputs, dict(new_vars)
   return model.apply(variables, inputs, train=train, rngs=rngs), {}
-
-
-class ClassificationTask(Task):
-  """Softmax classification with optional label smoothing and Mixup/CutMix; the model returns (logits, features).
-
-  Config fields: label_smoothing (integer labels), mixup (optional ConfigDict: mixup_alpha, cutmix_alpha, prob,
-  switch_prob, label_smoothing (default: config.label_smoothing), enabled (default True); None: off).
-  Mixup/CutMix (core_jax.data.mixing, timm batch mode) runs in `prepare_train_batch`, keyed by (state.rng,
-  step), so runs are deterministic and resume bitwise. Its soft targets carry the label smoothing; 2-D labels
-  are used as they are (not smoothed again)."""
-
-  def __init__(self, config, dataset_info):
-    super().__init__(config, dataset_info)
-    mix = config.get('mixup') or None
-    self._mixup = mix if mix is not None and mix.get('enabled', True) else None
-    if self._mixup is not None and dataset_info is not None and not dataset_info.num_classes:
-      raise UserError(f'mixup needs a dataset with a class count; {config.data.name} has none')
-
-  def prepare_train_batch(self, batch, rng, step):
-    if self._mixup is None:
-      return batch
-    mix = self._mixup
-    key = jax.random.fold_in(jax.random.fold_in(rng, MIXUP_SALT), step)
-    return mixing.mixup_cutmix_jax(
-        batch,
-        key,
-        mixup_alpha=mix.mixup_alpha,
-        cutmix_alpha=mix.cutmix_alpha,
-        prob=mix.get('prob', 1.0),
-        switch_prob=mix.get('switch_prob', 0.5),
-        label_smoothing=mix.get('label_smoothing', self.config.get('label_smoothing', 0.0)),
-        num_classes=self.dataset_info.num_classes,
-    )
-
-  def train_loss(self, model, variables, batch, rng):
-    (logits, _), new_vars = apply_model(model, variables, batch['image'], train=True, rng=rng)
-    logits = logits.astype(jnp.float32)
-    num_classes = logits.shape[-1]
-    labels = batch['label']
-    if labels.ndim == 1:
-      targets = jax.nn.one_hot(labels, num_classes)
-      smoothing = self.config.get('label_smoothing', 0.0)
-      if smoothing:
-        targets = optax.smooth_labels(targets, smoothing)
-    else:  # already soft targets (mixup/cutmix), label smoothing included: not smoothed again
-      targets = labels
-    loss = optax.softmax_cross_entropy(logits, targets).mean()
-    hard = labels if labels.ndim == 1 else jnp.argmax(labels, -1)
-    accuracy = (jnp.argmax(logits, -1) == hard).astype(jnp.float32).mean()
-    return loss, ({'loss': loss, 'accuracy': accuracy}, new_vars)
-
-  def eval_outputs(self, model, variables, batch):
-    logits, _ = model.apply(variables, batch['image'], train=False)
-    return metrics_lib.classification_eval_outputs(logits, batch['label'], batch['mask'])

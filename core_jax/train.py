@@ -39,7 +39,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from core_jax import checkpoint as checkpoint_lib
-from core_jax import counting, optim, parallel
+from core_jax import counting, experiment, optim, parallel
 from core_jax import metrics as metrics_lib
 from core_jax.data import pipeline, sources, transforms
 from core_jax.errors import UserError
@@ -98,6 +98,25 @@ class Built:
 
 
 def _check_workdir(workdir: str) -> None:
+  """Fails early if `workdir` cannot be written, creating nothing: the folder itself is made by `_make_workdir`
+  once the data, the model and the weights have loaded, so bad input leaves no empty folder behind."""
+  if os.path.isdir(workdir):
+    try:
+      with tempfile.NamedTemporaryFile(dir=workdir):
+        pass
+    except OSError as e:
+      raise UserError(f'workdir {workdir} is not writable: {e.strerror or e}') from None
+    return
+  parent = os.path.dirname(os.path.abspath(workdir))
+  while not os.path.exists(parent):  # the nearest existing ancestor is the folder makedirs will write into
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise UserError(f'workdir {workdir} is not writable: {parent} is not a directory')
+  if not os.access(parent, os.W_OK | os.X_OK):
+    raise UserError(f'workdir {workdir} is not writable: no write permission in {parent}')
+
+
+def _make_workdir(workdir: str) -> None:
   try:
     os.makedirs(workdir, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=workdir):
@@ -466,8 +485,8 @@ def _progress_keys(task: Task, values: dict) -> tuple[str, ...] | None:
   return tuple(task.progress_metrics)
 
 
-def _append_digest(workdir: str, step: int, local_batch: dict) -> None:
-  digest = hashlib.sha1(np.ascontiguousarray(local_batch['image']).tobytes()).hexdigest()[:16]
+def _append_digest(workdir: str, step: int, inputs) -> None:
+  digest = hashlib.sha1(np.ascontiguousarray(inputs).tobytes()).hexdigest()[:16]
   with open(os.path.join(workdir, f'batch_digests.{jax.process_index()}.txt'), 'a') as f:
     f.write(f'{step} {digest}\n')
 
@@ -489,6 +508,7 @@ def _diverged(what: str, step: int, ckpt: checkpoint_lib.Checkpointer) -> NonFin
 # ============================================================================================ the run
 def run(config, workdir: str, task_cls) -> dict:
   """Trains (or resumes) in `workdir`, evaluates, writes `workdir/results.json`; returns the results."""
+  optim.check_config(config)  # a phase's derived config too (the command line's was checked by cli.run_main)
   _check_workdir(workdir)
   b = build(config, workdir, task_cls)
   ckpt_cfg = config.checkpoint
@@ -502,6 +522,8 @@ def run(config, workdir: str, task_cls) -> dict:
   )
   try:
     state, lineage = restore_or_init(b, ckpt)
+    _make_workdir(workdir)  # data, model and weights have loaded: the first thing this run writes
+    experiment.start_compilation_cache()  # an experiment's WORKDIR/xla_cache, likewise only now
     steps = compile_steps(b)
     if config.get('eval_only', False):
       return _eval_only(b, steps, state)
@@ -548,7 +570,7 @@ def _train(b: Built, steps: Steps, ckpt: checkpoint_lib.Checkpointer, state: Tra
       if debug.get('step_delay_s', 0):  # tests: keep a run alive long enough to signal it mid-way
         time.sleep(debug.step_delay_s)
       if debug.get('write_batch_digests', False):  # tests: prove each process's data order
-        _append_digest(workdir, step, local_batch)
+        _append_digest(workdir, step, local_batch[task.input_key])
       state, m = steps.train(state, pipeline.to_global(local_batch, b.batch_sharding))
     step += 1
     train_metrics = m if train_metrics is None else train_metrics.merge(m)
@@ -575,7 +597,7 @@ def _train(b: Built, steps: Steps, ckpt: checkpoint_lib.Checkpointer, state: Tra
       eta = (total_steps - step) / max(rate, 1e-9)
       _say(
           f'step {step}/{total_steps}  {_scalars_text(values, keys)}  lr {lr:.3g}  {rate:.2f} steps/s  '
-          f'{rate * config.batch_size:.0f} img/s  ETA {eta / 60:.1f} min'
+          f'{rate * config.batch_size:.0f} examples/s  ETA {eta / 60:.1f} min'
       )
     eval_values = None
     if is_eval:

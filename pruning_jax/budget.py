@@ -36,3 +36,12 @@ def scratch_e(base_epochs: int) -> Budget:
 
 def scratch_b_epochs(base_epochs: int, macs_large: int, macs_pruned: int, cap: float | None = None) -> int:
   return scratch_b(base_epochs, macs_large, macs_pruned, cap).epochs
+
+
+def scratch_b_of_experiment(config, prune_results: dict) -> Budget:
+  """Scratch-B of a pruning experiment's config (num_epochs, scratch.budget_cap; a cap <= 0 is none) and its prune
+  phase's results (macs_large, macs)."""
+  cap = float(config.scratch.get('budget_cap', 0.0) or 0.0)
+  return scratch_b(
+      int(config.num_epochs), int(prune_results['macs_large']), int(prune_results['macs']), cap=cap if cap > 0 else None
+  )

@@ -12,14 +12,16 @@ paper's 40 of 160 epochs, scaled); Scratch-E 5 epochs; Scratch-B 5 x MACs ratio 
 at its end; the second seed loads the first one's compiled steps from WORKDIR/xla_cache (same shapes).
 """
 
-from pruning_jax import pipeline
+from core_jax.config import load_sibling
+
+recipes = load_sibling(__file__, '_recipes.py')
 
 DIGITS_MEAN, DIGITS_STD = (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)
 
 
 def digits_recipe(c, epochs: int = 5):
   """The CIFAR recipe on `digits`, scaled to a few CPU minutes (shared with digits_slimming.py)."""
-  c = pipeline.cifar_recipe(c, 'digits')
+  c = recipes.cifar_recipe(c, 'digits')
   c.data.train_transforms = ('random_crop(size=32, padding=2)', f'normalize(mean={DIGITS_MEAN}, std={DIGITS_STD})')
   c.data.eval_transforms = (f'normalize(mean={DIGITS_MEAN}, std={DIGITS_STD})',)
   c.eval_batch_size = 120
@@ -33,7 +35,7 @@ def digits_recipe(c, epochs: int = 5):
 
 
 def get_config():
-  c = digits_recipe(pipeline.experiment_config())
+  c = digits_recipe(recipes.experiment_config())
   c.model.update(dict(name='resnet_cifar', cfg=(16, 32, 64)))
   c.prune.update(dict(method='l1_norm', scheme=dict(skip=(), ratios=(0.5, 0.5, 0.5))))
   c.experiment.title = 'ResNet-8 -> L1-norm 50% of each block (digits)'

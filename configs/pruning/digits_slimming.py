@@ -15,13 +15,12 @@ demo stays short. The pruned cfg depends on the trained scales, so it can differ
 """
 
 from core_jax.config import load_sibling
-from pruning_jax import pipeline
 
 digits_l1 = load_sibling(__file__, 'digits_l1.py')
 
 
 def get_config():
-  c = digits_l1.digits_recipe(pipeline.experiment_config())
+  c = digits_l1.digits_recipe(digits_l1.recipes.experiment_config())
   c.model.update(dict(name='vgg_slimming', cfg=(16, 'M', 32, 'M', 64, 'M', 64, 'M', 128)))
   c.sparsity.s = 0.02
   c.prune.update(dict(method='slimming', percent=0.5))

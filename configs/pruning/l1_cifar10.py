@@ -23,7 +23,9 @@ epochs, Scratch-B int(160 x MACs ratio) with the decays at int(0.5 E), int(0.75 
 (the last partial batch of 16 is dropped; the original runs 782).
 """
 
-from pruning_jax import pipeline
+from core_jax.config import load_sibling
+
+recipes = load_sibling(__file__, '_recipes.py')
 
 EXPERIMENTS = {
     # arg: (large model, L1 scheme, title, paper numbers)
@@ -64,7 +66,7 @@ def get_config(arg: str = 'vgg16_a'):
   if arg not in EXPERIMENTS:
     raise ValueError(f'experiment {arg!r}: expected one of {", ".join(EXPERIMENTS)}')
   model, scheme, title, paper = EXPERIMENTS[arg]
-  c = pipeline.cifar_recipe(pipeline.experiment_config(), 'cifar10')
+  c = recipes.cifar_recipe(recipes.experiment_config(), 'cifar10')
   c.model.name = model
   c.prune.update(dict(method='l1_norm', scheme=scheme))
   c.experiment.update(dict(title=title, seeds=(0, 1, 2, 3, 4), paper=paper))

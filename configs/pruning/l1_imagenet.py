@@ -16,7 +16,9 @@ RandomResizedCrop 224 + flip, eval resize 256 + center crop 224; fine-tune 20 ep
 int(90 x MACs ratio) epochs, capped at 2x (180), decays at thirds of the run.
 """
 
-from pruning_jax import pipeline
+from core_jax.config import load_sibling
+
+recipes = load_sibling(__file__, '_recipes.py')
 
 PAPER = {
     'resnet34_a': dict(large=73.31, finetune=72.56, scratch_e=72.77, scratch_b=73.08),
@@ -27,7 +29,7 @@ PAPER = {
 def get_config(arg: str = 'resnet34_a'):
   if arg not in PAPER:
     raise ValueError(f'experiment {arg!r}: expected one of {", ".join(PAPER)}')
-  c = pipeline.imagenet_recipe(pipeline.experiment_config())
+  c = recipes.imagenet_recipe(recipes.experiment_config())
   c.model.name = 'resnet34'
   c.prune.update(dict(method='l1_norm', scheme=arg))
   c.finetune.update(dict(num_epochs=20, lr=0.001))

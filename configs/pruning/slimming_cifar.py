@@ -22,7 +22,9 @@ above kept (a layer that would lose all keeps its strongest channel and the run 
 0.001; Scratch-E 160; Scratch-B int(160 x MACs ratio), no cap.
 """
 
-from pruning_jax import pipeline
+from core_jax.config import load_sibling
+
+recipes = load_sibling(__file__, '_recipes.py')
 
 MODELS = {'vgg19': ('vgg19', 1e-4), 'preresnet164': ('preresnet164', 1e-5), 'densenet40': ('densenet40', 1e-5)}
 DATA = {'c10': 'cifar10', 'c100': 'cifar100'}
@@ -58,7 +60,7 @@ def _parse(arg: str):
 def get_config(arg: str = 'vgg19_c10_70'):
   model, data, percent = _parse(arg)
   name, s = MODELS[model]
-  c = pipeline.cifar_recipe(pipeline.experiment_config(), DATA[data])
+  c = recipes.cifar_recipe(recipes.experiment_config(), DATA[data])
   c.model.name = name
   c.sparsity.s = s
   c.prune.update(dict(method='slimming', percent=percent / 100))

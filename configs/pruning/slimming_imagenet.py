@@ -15,11 +15,13 @@ original's slimming main_B). Beware [issue #30]: a threshold over the FC BN1d la
 layer; here that layer keeps its strongest channel and the run says so (prune.on_empty_layer=error stops).
 """
 
-from pruning_jax import pipeline
+from core_jax.config import load_sibling
+
+recipes = load_sibling(__file__, '_recipes.py')
 
 
 def get_config():
-  c = pipeline.imagenet_recipe(pipeline.experiment_config())
+  c = recipes.imagenet_recipe(recipes.experiment_config())
   c.model.name = 'vgg11_bn_imagenet'
   c.sparsity.s = 1e-5
   c.prune.update(dict(method='slimming', percent=0.5, mode='mask'))

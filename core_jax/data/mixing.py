@@ -241,13 +241,21 @@ def sample_mix_params_jax(key, img_h: int, img_w: int, *, mixup_alpha=0.8, cutmi
 
 
 def apply_mix_jax(
-    batch: Batch, lam, use_cutmix, box, *, num_classes: int, label_smoothing: float = 0.1, correct_lam: bool = True
+    batch: Batch,
+    lam,
+    use_cutmix,
+    box,
+    *,
+    num_classes: int,
+    label_smoothing: float = 0.1,
+    correct_lam: bool = True,
+    input_key: str = 'image',
 ) -> Batch:
-  """Branch-free `apply_mix_np`: lam / use_cutmix / box may be traced."""
+  """Branch-free `apply_mix_np` on batch[input_key]: lam / use_cutmix / box may be traced."""
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
   batch = dict(batch)
-  x = jnp.asarray(batch['image'])
+  x = jnp.asarray(batch[input_key])
   labels = jnp.asarray(batch['label'])
   if labels.ndim != 1 or not jnp.issubdtype(labels.dtype, jnp.integer):
     raise UserError(f'mixup_cutmix needs integer labels of shape (B,), got {labels.dtype} {labels.shape}')
@@ -275,7 +283,7 @@ def apply_mix_jax(
     lam_cut = jnp.float32(1.0) - area / jnp.float32(h * w)
     lam = jnp.where(mixing & use_cutmix, lam_cut, lam)
   y1 = smooth_one_hot_jax(labels, num_classes, label_smoothing)
-  batch['image'] = x_out
+  batch[input_key] = x_out
   batch['label'] = y1 * lam + y1[::-1] * (jnp.float32(1.0) - lam)
   return batch
 
@@ -291,12 +299,20 @@ def mixup_cutmix_jax(
     label_smoothing=0.1,
     num_classes: int,
     correct_lam=True,
+    input_key: str = 'image',
 ) -> Batch:
-  """jit-able mixup/cutmix: call inside the train step with a per-step key."""
-  h, w = batch['image'].shape[1:3]
+  """jit-able mixup/cutmix of batch[input_key] (NHWC): call inside the train step with a per-step key."""
+  h, w = batch[input_key].shape[1:3]
   lam, use_cutmix, box = sample_mix_params_jax(
       key, h, w, mixup_alpha=mixup_alpha, cutmix_alpha=cutmix_alpha, prob=prob, switch_prob=switch_prob
   )
   return apply_mix_jax(
-      batch, lam, use_cutmix, box, num_classes=num_classes, label_smoothing=label_smoothing, correct_lam=correct_lam
+      batch,
+      lam,
+      use_cutmix,
+      box,
+      num_classes=num_classes,
+      label_smoothing=label_smoothing,
+      correct_lam=correct_lam,
+      input_key=input_key,
   )

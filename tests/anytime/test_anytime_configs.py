@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from anytime_jax import hrnet, main
+from anytime_jax import hrnet, job, report
 from anytime_jax import task as task_lib
 from core_jax import cli
 from core_jax.data import transforms
@@ -63,7 +63,7 @@ def test_cityscapes_recipe(name):
   arch, exits, exit_type, ca, paper = CITYSCAPES[name]
   c = load(name)
   task_lib.validate_config(c)
-  main.validate(c)
+  job.validate(c)
   assert (c.model.arch, tuple(c.model.exits), c.model.confidence_adaptive) == (arch, exits, ca)
   if exit_type:
     assert c.model.exit_type == exit_type
@@ -96,15 +96,15 @@ def test_cityscapes_recipe(name):
 
 def test_digit_scenes_job_phases():
   c = load('digit_scenes.py')
-  main.validate(c)
+  job.validate(c)
   # the demo: one training run (ADP-C), then its weights at other thresholds (tau 1: every pixel computed)
-  phases = main.job_configs(c)
+  phases = job.job_configs(c)
   assert [n for n, _, _ in phases] == ['adp_c'] + [f'adp_c_tau{t:g}' for t in c.anytime.eval_taus]
   assert 1.0 in c.anytime.eval_taus
   assert c.model.arch == 'w8_nano' and c.data.name == 'digit_scenes'
   # with a baseline exit type the job trains the EE+RH baseline first
   cli.apply_override(c, 'anytime.baseline_exit_type', 'rh')
-  phases = main.job_configs(c)
+  phases = job.job_configs(c)
   names = [n for n, _, _ in phases]
   assert names == ['ee_rh', 'adp_c'] + [f'adp_c_tau{t:g}' for t in c.anytime.eval_taus]
   ee_rh, adp_c = phases[0][1], phases[1][1]
@@ -113,7 +113,7 @@ def test_digit_scenes_job_phases():
   for name, pc, source in phases[2:]:
     assert source == 'adp_c' and pc.eval_only and pc.model.confidence_adaptive
     assert name == f'adp_c_tau{pc.model.tau:g}'
-  assert [main.run_label(pc) for _, pc, _ in phases][:2] == ['EE+RH', 'ADP-C (tau 0.998)']
+  assert [report.run_label(pc) for _, pc, _ in phases][:2] == ['EE+RH', 'ADP-C (tau 0.998)']
 
 
 @pytest.mark.parametrize(
@@ -128,5 +128,5 @@ def test_bad_anytime_options(key, value, message):
   c = load('digit_scenes.py')
   cli.apply_override(c, key, value)
   with pytest.raises(Exception, match=message) as e:
-    main.validate(c)
+    job.validate(c)
   assert type(e.value).__name__ == 'UserError' and '\n' not in str(e.value)

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from anytime_jax import curve, main
+from anytime_jax import curve, report
 from core_jax.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -111,10 +111,10 @@ def test_table_and_run_entry():
   from core_jax import cli  # pylint: disable=import-outside-toplevel
 
   config = cli.load_config_file(os.path.join(REPO, 'configs', 'anytime', 'digit_scenes.py'))
-  entry = main.run_entry(main.run_label(config), results, config)
+  entry = report.run_entry(report.run_label(config), results, config)
   assert entry['label'] == 'ADP-C (tau 0.998)' and entry['tau'] == 0.998
   assert [e['miou'] for e in entry['exits']] == pytest.approx([50, 60, 70, 80])
-  text = main.table([entry])
+  text = report.table([entry])
   lines = text.splitlines()
   assert lines[0].split() == ['run', 'exit1', 'exit2', 'exit3', 'exit4', 'mean']
   assert lines[2].split()[-5:] == ['50.0', '60.0', '70.0', '80.0', '65.0']

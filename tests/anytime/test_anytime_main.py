@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from anytime_jax import main
+from anytime_jax import job, main
 from core_jax import cli
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -85,7 +85,7 @@ def small_job(tfds_dir):
 @pytest.mark.slow
 def test_digit_scenes_job_end_to_end(tmp_path, tfds_dir, capsys):
   workdir = str(tmp_path / 'job')
-  data = main.run(small_job(tfds_dir), workdir)
+  data = job.run(small_job(tfds_dir), workdir)
   out = capsys.readouterr().out
   assert [r['label'] for r in data['runs']] == ['ADP-C (tau 0.998)', 'ADP-C (tau 1)']
   with open(os.path.join(workdir, 'anytime.json')) as f:
@@ -109,7 +109,7 @@ def test_digit_scenes_job_end_to_end(tmp_path, tfds_dir, capsys):
     before = f.read()
   c = small_job(tfds_dir)  # the job's config: eval_only runs the one evaluation
   c.eval_only = True
-  single = main.run(c, phase)
+  single = job.run(c, phase)
   with open(os.path.join(phase, 'results.json')) as f:
     assert f.read() == before
   assert os.path.isfile(os.path.join(phase, 'eval_tau0.998', 'anytime.json'))
@@ -122,12 +122,12 @@ def test_digit_scenes_job_end_to_end(tmp_path, tfds_dir, capsys):
   # and `--config.model.tau` evaluates another threshold into its own sub-dir (the same compiled eval program:
   # the threshold is the step's argument), again no more pixels than at 0.998
   c.model.tau = 0.9
-  low = main.run(c, phase)['runs'][0]
+  low = job.run(c, phase)['runs'][0]
   assert os.path.isfile(os.path.join(phase, 'eval_tau0.9', 'anytime.json'))
   assert low['label'] == 'ADP-C (tau 0.9)'
   assert low['exits'][3]['fraction'] <= adp_c['exits'][3]['fraction']
   assert low['exits'][3]['gflops'] <= adp_c['exits'][3]['gflops'] + 1e-9
 
   # a rerun skips every finished phase and reports the same numbers
-  again = main.run(small_job(tfds_dir), workdir)
+  again = job.run(small_job(tfds_dir), workdir)
   assert [r['exits'] for r in again['runs']] == [r['exits'] for r in data['runs']]

@@ -248,7 +248,7 @@ def test_mixup_in_step_is_deterministic(data, tmp_path_factory):
 def test_soft_targets_not_smoothed_twice():
   import ml_collections
 
-  from core_jax.task import ClassificationTask
+  from core_jax.classification import ClassificationTask
 
   logits = jnp.array([[4.0, 0.0, -1.0], [0.5, 2.0, -3.0]])
 

@@ -59,6 +59,22 @@ def test_run_main_prints_one_line_and_exits_2(capsys):
   assert err == ["error: unknown config key 'zzz'"]
 
 
+def test_run_main_ends_a_job_with_its_wall_and_cpu_time(capsys):
+  ran = []
+  assert cli.run_main(lambda c, w: ran.append(w), [f'--config={DIGITS}', '--workdir=/tmp/x']) == 0
+  assert ran == ['/tmp/x']
+  out = capsys.readouterr().out.strip().splitlines()
+  assert len(out) == 1 and out[0].startswith('done in ') and out[0].endswith(' CPU time)'), out
+
+
+@pytest.mark.parametrize(
+    'seconds,text', [(0.4, '0 s'), (42.6, '43 s'), (133, '2 min 13 s'), (3599.6, '1 h 00 min'), (7385, '2 h 03 min')]
+)
+def test_duration_text(seconds, text):
+  assert cli.duration_text(seconds) == text
+  assert cli.done_line(seconds, 2 * seconds) == f'done in {text} ({cli.duration_text(2 * seconds)} CPU time)'
+
+
 @pytest.mark.parametrize(
     'source,line,error',
     [

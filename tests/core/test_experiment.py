@@ -133,6 +133,25 @@ def test_bad_phases_are_one_line_errors(tmp_path):
     experiment.run_experiment([experiment.Phase('y', lambda w, d: [1])], str(tmp_path))
 
 
+def test_a_failing_phase_leaves_no_empty_folder(tmp_path):
+  def bad_input(workdir, done):
+    del workdir, done
+    raise UserError('unknown dataset')
+
+  def writes_then_fails(workdir, done):
+    del done
+    with open(os.path.join(workdir, 'log.txt'), 'w') as f:
+      f.write('started')
+    raise UserError('diverged')
+
+  with pytest.raises(UserError, match='unknown dataset'):
+    experiment.run_experiment([experiment.Phase('seed0/large', bad_input)], str(tmp_path / 'exp'))
+  assert not os.listdir(tmp_path)  # the experiment dir and the phase's were made for the phase: both gone
+  with pytest.raises(UserError, match='diverged'):
+    experiment.run_experiment([experiment.Phase('seed0/large', writes_then_fails)], str(tmp_path / 'exp'))
+  assert (tmp_path / 'exp' / 'seed0' / 'large' / 'log.txt').read_text() == 'started'  # what it wrote is kept
+
+
 # ---------------------------------------------------------------- the 3-phase toy experiment, killed in each phase
 TINY = os.path.join(REPO, 'tests', 'core', 'tiny_config.py')
 PHASES = ('large', 'prune', 'finetune')
@@ -325,6 +344,11 @@ def test_compilation_cache_in_the_experiment_dir_then_restored(tmp_path):
     with experiment.compilation_cache(str(tmp_path / 'off'), enabled=False):
       assert jax.config.jax_compilation_cache_dir is None
     with experiment.compilation_cache(str(tmp_path)):
+      # armed, not on: what compiles before the run's inputs have loaded is not written
+      assert jax.config.jax_compilation_cache_dir is None
+      jax.jit(lambda x: x * 5.0 - 1.0)(jnp.arange(7.0)).block_until_ready()
+      assert not (tmp_path / experiment.CACHE_DIR).exists()
+      experiment.start_compilation_cache()  # what train.run calls once data, model and weights have loaded
       assert jax.config.jax_compilation_cache_dir == str(tmp_path / experiment.CACHE_DIR)
       jax.jit(lambda x: x * 3.0 + 1.0)(jnp.arange(7.0)).block_until_ready()  # even a tiny compile is kept
     assert os.listdir(tmp_path / experiment.CACHE_DIR)

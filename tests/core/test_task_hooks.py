@@ -156,7 +156,7 @@ def test_hooks_in_one_run(hooks_run):
   # the progress line shows the task's progress_metrics (only 'loss' for the toy) and the run's speed
   line = [ln for ln in (hooks_run / 'stdout.txt').read_text().splitlines() if ln.startswith('step 25/25')][0]
   assert 'loss ' in line and 'accuracy' not in line, line
-  assert all(s in line for s in (' steps/s', ' img/s', 'ETA ')), line
+  assert all(s in line for s in (' steps/s', ' examples/s', 'ETA ')), line
   # post-update mask: pruned kernel entries exactly 0 through momentum and weight decay, the rest trained
   masked = _masked(state)
   assert masked and all(m.any() for m in masked.values())

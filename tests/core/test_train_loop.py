@@ -244,6 +244,15 @@ def test_unknown_config_key_is_one_line(tfds_dir, tmp_path):
 def test_missing_dataset_is_one_line(tmp_path):
   proc = _run(tmp_path / 'w', tmp_path / 'empty_tfds', '--config.data.name=cifar10', check=False)
   _one_line_error(proc, 'cifar10')
+  assert not (tmp_path / 'w').exists()
+
+
+@pytest.mark.parametrize('bad', ['--config.data.name=nope', '--config.init_from=/no/such/weights.msgpack'])
+def test_bad_input_leaves_no_folder(tfds_dir, tmp_path, bad):
+  """The workdir (and its missing parents) is made only once the data, the model and the weights have loaded."""
+  proc = _run(tmp_path / 'new' / 'w', tfds_dir, bad, check=False)
+  _one_line_error(proc, bad.split('=')[1])
+  assert not os.listdir(tmp_path)
 
 
 def test_unwritable_workdir_is_one_line(tfds_dir, tmp_path):

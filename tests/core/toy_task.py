@@ -27,9 +27,10 @@ import optax
 from clu import metrics
 
 from core_jax import cli, train
+from core_jax.classification import ClassificationTask
 from core_jax.config import base_config
 from core_jax.errors import UserError
-from core_jax.task import ClassificationTask, apply_model
+from core_jax.task import apply_model
 
 NORMALIZE = 'normalize(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))'
 

@@ -1,7 +1,16 @@
-"""Test helpers: random variables for a model without compiling its init (jit of init dominates test time)."""
+"""Test helpers: random variables for a model without compiling its init (jit of init dominates test time); the
+recipes of configs/pruning (configs/pruning/_recipes.py, loaded as the configs load it)."""
+
+import os
 
 import jax
 import numpy as np
+
+from core_jax.config import load_sibling
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CONFIGS = os.path.join(REPO, 'configs', 'pruning')
+recipes = load_sibling(os.path.join(CONFIGS, '_recipes.py'), '_recipes.py')
 
 
 def random_variables(model, x, seed: int = 0) -> dict:

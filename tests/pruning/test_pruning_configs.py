@@ -1,4 +1,4 @@
-"""Every experiment config of configs/pruning builds, passes the pipeline's checks and resolves its phases (without
+"""Every experiment config of configs/pruning builds, passes the job's checks and resolves its phases (without
 training): the paper's recipe, the fine-tune / Scratch-E / Scratch-B budgets (Scratch-B epochs against the reference
 sheet), and the CIFAR data path on the tiny CIFAR-layout builder."""
 
@@ -15,7 +15,7 @@ import pytest
 from core_jax import cli
 from core_jax.data import transforms
 from core_jax.errors import UserError
-from pruning_jax import models, pipeline, zoo
+from pruning_jax import job, models, zoo
 from pruning_jax.methods import l1_norm
 from pruning_jax.task import build_from_config
 
@@ -72,18 +72,20 @@ def _fake_prune_results(config, pruned_cfg):
 
 
 def test_every_config_file_is_listed_here():
-  files = {os.path.basename(p) for p in glob.glob(os.path.join(CONFIGS, '*.py'))}
+  files = {
+      os.path.basename(p) for p in glob.glob(os.path.join(CONFIGS, '*.py')) if not os.path.basename(p).startswith('_')
+  }
   assert files == {spec.split(':')[0] for spec in ALL}
 
 
 @pytest.mark.parametrize('spec', ALL)
 def test_config_builds_checks_and_resolves_its_phases(spec):
   c = _load(spec)
-  pipeline.check_config(c)
+  job.check_config(c)
   seeds = [int(s) for s in c.experiment.seeds]
-  names = [p.name for p in pipeline.phases_for(c)]
-  assert names == [f'seed{s}/{p}' for s in seeds for p in pipeline.PHASES]
-  assert c.experiment.title and set(c.experiment.paper) <= set(pipeline.PHASES)
+  names = [p.name for p in job.phases_for(c)]
+  assert names == [f'seed{s}/{p}' for s in seeds for p in job.PHASES]
+  assert c.experiment.title and set(c.experiment.paper) <= set(job.PHASES)
   imagenet = c.data.name == 'imagenet2012'
   opt = c.optimizer
   assert (opt.name, opt.momentum, opt.nesterov, opt.weight_decay, opt.wd_exclude_1d, opt.schedule) == (
@@ -101,10 +103,10 @@ def test_config_builds_checks_and_resolves_its_phases(spec):
   for spec_t in (c.data.train_transforms, c.data.eval_transforms):
     transforms.build_transforms(spec_t)
 
-  large = pipeline.large_config(c, seeds[0])
+  large = job.large_config(c, seeds[0])
   assert large.sparsity.s == c.sparsity.s and not large.init_from and large.num_epochs == c.num_epochs
   if c.prune.method == 'l1_norm':
-    pruned_cfg = l1_norm.target_cfg(build_from_config(c.model, None), pipeline._scheme(c))  # pylint: disable=protected-access
+    pruned_cfg = l1_norm.target_cfg(build_from_config(c.model, None), job._scheme(c))  # pylint: disable=protected-access
   else:  # slimming's cfg comes from trained scales: any cfg of the family resolves the same way (selection
     # families would also need kept indices, so they keep their cfg here)
     assert c.sparsity.s in (1e-4, 1e-5, 0.02)
@@ -113,7 +115,7 @@ def test_config_builds_checks_and_resolves_its_phases(spec):
     if models.family_of(large_model) not in models.SELECTION_FAMILIES:
       pruned_cfg = tuple(v if v == 'M' else max(1, v // 2) for v in pruned_cfg)
   prune = _fake_prune_results(c, pruned_cfg)
-  ft = pipeline.finetune_config(c, seeds[0], prune)
+  ft = job.finetune_config(c, seeds[0], prune)
   assert (ft.optimizer.schedule, ft.sparsity.s, ft.num_epochs) == ('constant', 0.0, c.finetune.num_epochs)
   ft_epochs = {'l1_imagenet.py': 20, 'slimming_imagenet.py': 5, 'digits_l1.py': 2, 'digits_slimming.py': 2}
   assert ft.optimizer.lr == 0.001 and ft.num_epochs == ft_epochs.get(spec.split(':')[0], 40)
@@ -121,10 +123,10 @@ def test_config_builds_checks_and_resolves_its_phases(spec):
     assert ft.model.name == c.model.name and ft.mask.path == prune['mask'] and ft.init_from == prune['masked_export']
   else:
     assert list(ft.model.cfg) == list(pruned_cfg) and ft.init_from == prune['export'] and not ft.mask.path
-  se = pipeline.scratch_config(c, seeds[0], prune, 'scratch_e')
+  se = job.scratch_config(c, seeds[0], prune, 'scratch_e')
   assert (se.num_epochs, se.init_from, list(se.model.cfg), se.sparsity.s) == (c.num_epochs, '', list(pruned_cfg), 0.0)
   assert tuple(se.optimizer.decay_fractions) == tuple(opt.decay_fractions)
-  sb = pipeline.scratch_config(c, seeds[0], prune, 'scratch_b')
+  sb = job.scratch_config(c, seeds[0], prune, 'scratch_b')
   epochs = int(sb.num_epochs)
   ratio = prune['macs_large'] / prune['macs']
   cap = c.scratch.budget_cap or None
@@ -177,3 +179,9 @@ def test_cifar_data_path_on_the_tiny_builder(tmp_path, dataset):
   assert batch['image'].dtype == np.float32 and abs(float(batch['image'].mean())) < 3
   eval_batch = next(iter(data.eval_batches))
   assert eval_batch['image'].shape == (32, 32, 32, 3)
+
+
+def test_report_columns_follow_the_job_phases():
+  from pruning_jax import report  # pylint: disable=import-outside-toplevel
+
+  assert tuple(report.COLUMNS) == job.PHASES

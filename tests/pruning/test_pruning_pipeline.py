@@ -13,9 +13,10 @@ import time
 import cifar_like
 import numpy as np
 import pytest
+from pruning_helpers import recipes
 
+from pruning_jax import job, report
 from pruning_jax import main as pruning_main
-from pruning_jax import pipeline
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIGS = os.path.join(REPO, 'configs', 'pruning')
@@ -113,18 +114,18 @@ def _fake_done():
 
 
 def test_summary_and_markdown_table():
-  c = pipeline.cifar_recipe(pipeline.experiment_config())
+  c = recipes.cifar_recipe(recipes.experiment_config())
   c.model.name = 'vgg16'
   c.prune.scheme = 'vgg16_a'
   c.experiment.update(dict(title='T', seeds=(0, 1), paper=dict(large=93.63, scratch_b='93.78 ± 0.15')))
-  summary = pipeline.summarize(c, _fake_done())
+  summary = report.summarize(c, _fake_done())
   ph = summary['phases']
   assert ph['large']['accuracy']['mean'] == pytest.approx(94.0)
   assert ph['large']['accuracy']['std'] == pytest.approx(np.std([93.0, 95.0], ddof=1))
   assert [s['epochs'] for s in ph['scratch_b']['per_seed']] == [400, 400]  # int(160 * 10M / 4M)
   assert ph['finetune']['epochs']['mean'] == 40 and ph['prune']['epochs']['mean'] == 0
   assert ph['finetune']['macs_pruned_percent'] == pytest.approx(60.0)
-  text = pipeline.markdown(summary)
+  text = report.markdown(summary)
   lines = text.splitlines()
   assert lines[0] == '### T' and 'L1-norm vgg16_a, 2 seeds' in lines[2]
   assert lines[4] == '| | unpruned | pruned | Fine-tuned | Scratch-E | Scratch-B |'
@@ -134,6 +135,35 @@ def test_summary_and_markdown_table():
   assert any(line.startswith('| MACs | 10.00M | 4.00M (-60.0%) |') for line in lines)
   assert any(line.startswith('| params | 1.0K | 400 (400-401) (-59.9%) |') for line in lines)
   assert lines[-1] == 'pruned cfg: [4, 8]'
+  # the claim the table shows: Scratch-B 94.00 ± 0.71 vs Fine-tuned 93.00 ± 1.41
+  assert summary['claim'] == {
+      'scratch_b_minus_finetuned': pytest.approx(1.0),
+      'spread': pytest.approx(2.12, abs=0.01),
+      'holds': True,
+  }
+  assert lines[-3] == (
+      "the paper's claim, Scratch-B >= Fine-tuned within the seeds' spread: holds "
+      '(Scratch-B - Fine-tuned = +1.00 points, spread 2.12)'
+  )
+
+
+@pytest.mark.parametrize(
+    'finetune,scratch_b,holds',
+    [
+        ((90.0, 92.0), (85.0, 86.0), False),  # 5.5 points below, spread 2.1: fails
+        ((90.0, 92.0), (89.0, 90.0), True),  # 1.5 below, within the spread 2.1
+        ((90.0,), (89.9,), False),  # one seed: no spread, any shortfall fails
+        ((90.0,), (90.0,), True),
+    ],
+)
+def test_scratch_b_claim_within_the_seeds_spread(finetune, scratch_b, holds):
+  def entry(values):
+    return {'accuracy': report._stats(values)}
+
+  claim = report.scratch_b_claim({'finetune': entry(finetune), 'scratch_b': entry(scratch_b)})
+  assert claim['holds'] is holds
+  assert claim['scratch_b_minus_finetuned'] == pytest.approx(np.mean(scratch_b) - np.mean(finetune))
+  assert report.scratch_b_claim({'finetune': entry(finetune)}) is None
 
 
 # ------------------------------------------------------------------------------------------------ bad input
@@ -187,7 +217,7 @@ def test_tiny_experiment_writes_the_table(finished_run, capsys):
   config, workdir = finished_run
   summary = json.loads((workdir / 'results.json').read_text())
   ph = summary['phases']
-  assert list(ph) == list(pipeline.PHASES) and summary['dataset'] == 'cifar10' and summary['seeds'] == [0]
+  assert list(ph) == list(job.PHASES) and summary['dataset'] == 'cifar10' and summary['seeds'] == [0]
   large, prune = ph['large']['per_seed'][0], ph['prune']['per_seed'][0]
   assert large['cfg'] == list(TINY_VGG) and prune['cfg'] == [4, 'M', 8, 'M', 8, 'M', 16, 'M', 8]
   ratio = large['macs'] / prune['macs']
@@ -198,12 +228,12 @@ def test_tiny_experiment_writes_the_table(finished_run, capsys):
     r = json.loads((workdir / 'seed0' / p / 'results.json').read_text())
     assert r['step'] == 2 * epochs[p] and r['model']['cfg'] == prune['cfg']
     assert r['params'] == prune['params'] and r['macs'] == prune['macs']
-  for p in pipeline.PHASES:
+  for p in job.PHASES:
     assert 0.0 <= ph[p]['accuracy']['mean'] <= 100.0
   ft = json.loads((workdir / 'seed0' / 'finetune' / 'results.json').read_text())
   assert ft['history_this_run'] or ft['eval']
   md = (workdir / 'results.md').read_text()
-  assert md == pipeline.markdown(summary) and '| epochs | 3 | 0 | 1 | 3 |' in md
+  assert md == report.markdown(summary) and '| epochs | 3 | 0 | 1 | 3 |' in md
   # a rerun skips every phase and prints the same table
   assert pruning_main.main([f'--config={config}', f'--workdir={workdir}']) == 0
   out = capsys.readouterr().out
@@ -287,7 +317,7 @@ def test_corrupt_checkpoint_and_emptying_threshold_are_one_line_and_keep_saved_w
   after = sorted(str(p.relative_to(workdir)) for p in workdir.rglob('*'))
   assert set(before) <= set(after)
   # given large weights of another cfg (the pruned export): one line naming both cfgs
-  export = reference / 'seed0' / 'prune' / pipeline.EXPORT
+  export = reference / 'seed0' / 'prune' / job.EXPORT
   code, err = _main([f'--config={config}', f'--workdir={tmp_path / "given"}', f'--config.init_from={export}'], capsys)
   assert code == 2 and len(err) == 1 and 'but config.model builds vgg_slimming cfg' in err[0], err
 

@@ -9,11 +9,12 @@ import numpy as np
 import optax
 import orbax.checkpoint as ocp
 import pytest
+from pruning_helpers import recipes
 
 from core_jax.data.sources import DatasetInfo
 from core_jax.errors import UserError
 from core_jax.train import TrainState
-from pruning_jax import io, models, pipeline, surgery, zoo
+from pruning_jax import io, models, surgery, zoo
 from pruning_jax.task import PruningTask, load_mask, save_mask
 
 INFO = DatasetInfo(name='cifar10', num_classes=10, splits={'train': 128, 'test': 64}, features=('image', 'label'))
@@ -21,7 +22,7 @@ VGG_CFG = (8, 'M', 8, 'M', 16, 'M', 16, 'M', 16)
 
 
 def _task(name='vgg_slimming', cfg=VGG_CFG, **overrides):
-  c = pipeline.experiment_config()
+  c = recipes.experiment_config()
   c.model.update(dict(name=name, cfg=cfg))
   for key, value in overrides.items():
     node = c
@@ -138,7 +139,7 @@ def test_load_pretrained_from_export_step_dir_and_mismatches(tmp_path):
   saver.wait_until_finished()
   with pytest.raises(
       UserError,
-      match=r'params/bn4/bias: the configured model has shape \(16,\) but ' r'.* has \(12,\): the cfg does not match',
+      match=r'params/bn4/bias: the model has shape \(16,\) but ' r'.* has \(12,\): the cfg does not match',
   ) as e:
     task.load_pretrained(fresh, wrong_dir, False)
   assert '\n' not in str(e.value)

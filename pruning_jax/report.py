@@ -1,0 +1,219 @@
+"""The pruning experiment's report: DIR/results.json (per phase and seed: accuracy, params, MACs, epochs; mean and
+sample std over seeds) and DIR/results.md (the paper's row: unpruned / pruned / Fine-tuned / Scratch-E /
+Scratch-B), printed at the end of `pruning_jax.job.run`."""
+
+import json
+import os
+
+import jax
+import numpy as np
+
+from pruning_jax import budget
+
+COLUMNS = {  # phase -> its column, in the table's order (the order of pruning_jax.job.PHASES)
+    'large': 'unpruned',
+    'prune': 'pruned',
+    'finetune': 'Fine-tuned',
+    'scratch_e': 'Scratch-E',
+    'scratch_b': 'Scratch-B',
+}
+
+
+def jsonable(x):
+  if isinstance(x, dict):
+    return {str(k): jsonable(v) for k, v in x.items()}
+  if isinstance(x, (list, tuple)):
+    return [jsonable(v) for v in x]
+  if isinstance(x, np.generic):
+    return x.item()
+  return x
+
+
+def _epochs(config, phase: str, r: dict, prune_results: dict | None) -> int | None:
+  if phase == 'large':
+    return 0 if config.init_from else int(config.num_epochs)
+  if phase == 'prune':
+    return 0
+  if phase == 'finetune':
+    return int(config.finetune.num_epochs)
+  if phase == 'scratch_e':
+    return int(config.num_epochs)
+  return budget.scratch_b_of_experiment(config, prune_results).epochs
+
+
+def _stats(values: list[float]) -> dict:
+  arr = np.asarray(values, np.float64)
+  std = float(arr.std(ddof=1)) if arr.size > 1 else 0.0
+  return {'mean': float(arr.mean()), 'std': std, 'min': float(arr.min()), 'max': float(arr.max())}
+
+
+def summarize(config, done: dict) -> dict:
+  """results.json of the experiment from the phases' results."""
+  phases = {}
+  for phase in COLUMNS:
+    per_seed = []
+    for seed in config.experiment.seeds:
+      r = done.get(f'seed{int(seed)}/{phase}')
+      if r is None:
+        continue
+      pr = done.get(f'seed{int(seed)}/prune')
+      if phase == 'prune':
+        params, macs, nonzero = r['params'], r['macs'], None
+      else:
+        params, macs, nonzero = r.get('params'), r.get('macs'), r.get('nonzero_params')
+      per_seed.append(
+          {
+              'seed': int(seed),
+              'accuracy': float(r['accuracy']),
+              'params': params,
+              'macs': macs,
+              'nonzero_params': nonzero,
+              'epochs': _epochs(config, phase, r, pr),
+              'cfg': (r['pruned_model'] if phase == 'prune' else r.get('model', {})).get('cfg'),
+              'workdir': r.get('workdir'),
+          }
+      )
+    if not per_seed:
+      continue
+    entry = {'per_seed': per_seed, 'accuracy': _stats([100.0 * s['accuracy'] for s in per_seed])}
+    for key in ('params', 'macs', 'epochs', 'nonzero_params'):
+      values = [s[key] for s in per_seed if s[key] is not None]
+      if values:
+        entry[key] = _stats(values)
+    phases[phase] = entry
+  large = phases.get('large')
+  for phase, entry in phases.items():
+    if large and phase != 'large' and 'params' in entry:
+      entry['params_pruned_percent'] = 100.0 * (1 - entry['params']['mean'] / large['params']['mean'])
+      entry['macs_pruned_percent'] = 100.0 * (1 - entry['macs']['mean'] / large['macs']['mean'])
+  paper = config.experiment.get('paper') or {}
+  paper = paper.to_dict() if hasattr(paper, 'to_dict') else dict(paper)
+  claim = scratch_b_claim(phases)
+  return {
+      **({'claim': claim} if claim else {}),
+      'title': config.experiment.title,
+      'dataset': config.data.name,
+      'model': config.model.name,
+      'method': config.prune.method,
+      'prune': jsonable(config.prune.to_dict()),
+      'seeds': [int(s) for s in config.experiment.seeds],
+      'phases': phases,
+      'paper': paper,
+      'accuracy_note': 'top-1 % at the end of each phase; mean and sample std over seeds',
+  }
+
+
+def scratch_b_claim(phases: dict) -> dict | None:
+  """The paper's claim the table is there to show: Scratch-B matches or beats Fine-tuned. It holds when Scratch-B's
+  mean is at least Fine-tuned's less the seeds' spread (the sum of both sample stds; 0 with one seed).
+
+  This, not a CPU's digits, is what a run must reproduce: XLA:CPU rounds differently on different CPUs, and a few
+  hundred steps amplify that into points of accuracy (README "Pruning")."""
+  if 'finetune' not in phases or 'scratch_b' not in phases:
+    return None
+  ft, sb = phases['finetune']['accuracy'], phases['scratch_b']['accuracy']
+  difference, spread = sb['mean'] - ft['mean'], sb['std'] + ft['std']
+  return {'scratch_b_minus_finetuned': difference, 'spread': spread, 'holds': bool(difference >= -spread)}
+
+
+def _claim_text(claim: dict) -> str:
+  verdict = 'holds' if claim['holds'] else 'does NOT hold'
+  return (
+      f"the paper's claim, Scratch-B >= Fine-tuned within the seeds' spread: {verdict} "
+      f"(Scratch-B - Fine-tuned = {claim['scratch_b_minus_finetuned']:+.2f} points, spread {claim['spread']:.2f})"
+  )
+
+
+def _num(v: float) -> str:
+  if v >= 1e9:
+    return f'{v / 1e9:.2f}G'
+  if v >= 1e6:
+    return f'{v / 1e6:.2f}M'
+  if v >= 1e3:
+    return f'{v / 1e3:.1f}K'
+  return f'{v:.0f}'
+
+
+def _count_cell(stats: dict | None, exact: bool = False) -> str:
+  if stats is None:
+    return '-'
+  if stats['min'] == stats['max']:
+    return f'{int(stats["min"]):,}' if exact else _num(stats['mean'])
+  return f'{_num(stats["mean"])} ({_num(stats["min"])}-{_num(stats["max"])})'
+
+
+def _method_text(prune: dict) -> str:
+  if prune['method'] == 'l1_norm':
+    scheme = prune.get('scheme')
+    return f'L1-norm {scheme}' if isinstance(scheme, str) else f'L1-norm {json.dumps(scheme)}'
+  mode = ', mask implementation' if prune.get('mode') == 'mask' else ''
+  return f'Network Slimming {100 * float(prune["percent"]):g}%{mode}'
+
+
+def markdown(summary: dict) -> str:
+  ph = summary['phases']
+  n = len(summary['seeds'])
+  cols = [COLUMNS[p] for p in COLUMNS]
+  lines = [
+      f'### {summary["title"]}',
+      '',
+      f'{summary["dataset"]}, {_method_text(summary["prune"])}, {n} seed{"s" if n != 1 else ""} (mean ± std '
+      'of the final top-1 accuracy)',
+      '',
+      '| | ' + ' | '.join(cols) + ' |',
+      '|---|' + '---|' * len(cols),
+  ]
+
+  def row(label, cell):
+    lines.append(f'| {label} | ' + ' | '.join(cell(p, ph.get(p)) for p in COLUMNS) + ' |')
+
+  row(
+      'accuracy (%)',
+      lambda p, e: '-'
+      if e is None
+      else (f'{e["accuracy"]["mean"]:.2f} ± {e["accuracy"]["std"]:.2f}' if n > 1 else f'{e["accuracy"]["mean"]:.2f}'),
+  )
+  if summary.get('paper'):
+    row('paper (%)', lambda p, e: '-' if summary['paper'].get(p) is None else f'{summary["paper"][p]}')
+
+  def pct(e, key):
+    return f' (-{e[key]:.1f}%)' if e is not None and key in e else ''
+
+  row(
+      'params',
+      lambda p, e: '-'
+      if e is None or 'params' not in e
+      else _count_cell(e['params']) + pct(e, 'params_pruned_percent'),
+  )
+  row(
+      'MACs',
+      lambda p, e: '-' if e is None or 'macs' not in e else _count_cell(e['macs']) + pct(e, 'macs_pruned_percent'),
+  )
+  row('epochs', lambda p, e: '-' if e is None else _count_cell(e['epochs'], exact=True))
+  if summary.get('claim'):
+    lines += ['', _claim_text(summary['claim'])]
+  prune = ph.get('prune')
+  if prune:
+    cfgs = {json.dumps(s['cfg']) for s in prune['per_seed']}
+    lines += ['', f'pruned cfg{"s" if len(cfgs) > 1 else ""}: ' + '; '.join(sorted(cfgs))]
+  return '\n'.join(lines) + '\n'
+
+
+def _write_atomic(path: str, text: str) -> None:
+  if jax.distributed.is_initialized() and jax.process_index() != 0:
+    return
+  tmp = f'{path}.tmp{os.getpid()}'
+  with open(tmp, 'w') as f:
+    f.write(text)
+  os.replace(tmp, path)
+
+
+def write(config, done: dict, workdir: str) -> dict:
+  """Writes DIR/results.json and DIR/results.md from the phases' results, prints the table; returns the summary."""
+  summary = summarize(config, done)
+  text = markdown(summary)
+  _write_atomic(os.path.join(workdir, 'results.json'), json.dumps(summary, indent=1, allow_nan=True) + '\n')
+  _write_atomic(os.path.join(workdir, 'results.md'), text)
+  if not jax.distributed.is_initialized() or jax.process_index() == 0:
+    print(f'\n{text}\nresults: {os.path.join(os.path.abspath(workdir), "results.json")}, results.md', flush=True)
+  return summary
