@@ -57,7 +57,7 @@ def get_config():
   )
   # one training run (ADP-C, CA active in training as in the reference), then its weights at other thresholds;
   # tau 1.0 computes every pixel: the EE+RH network's dense cost and predictions with these weights
-  c.anytime.update(dict(eval_taus=(1.0, 0.99, 0.9), baseline_exit_type=''))
+  c.anytime.update(dict(eval_taus=(1.0, 0.99), baseline_exit_type=''))
   c.data.update(
       dict(
           name='digit_scenes',
@@ -66,13 +66,13 @@ def get_config():
           eval_split='validation',
           # whole scenes (a 32x64 crop cuts most 16-40 px digits), rescaled; no flip: a mirrored digit is another
           # shape to learn, and the validation digits are never mirrored
-          train_transforms=('seg_random_scale_crop(size=(64, 128), factors=(0.75, 1.0, 1.25))', NORMALIZE),
+          train_transforms=('seg_random_scale_crop(size=(64, 64), factors=(0.75, 1.0, 1.25))', NORMALIZE),
           eval_transforms=(NORMALIZE,),
       )
   )
   c.batch_size = 16  # 62 steps per epoch
   c.eval_batch_size = 50
-  c.num_epochs = 8.0
+  c.num_epochs = 6.0
   c.eval_every_epochs = 1000.0  # once, at the end
   c.log_every_steps = 62
   c.checkpoint.update(dict(every_steps=1000, keep=1, keep_best=False))
