@@ -23,7 +23,7 @@ Result (measured, 372 steps; exit 1..4 mIoU %, exit-4 GFLOPs per image; backgrou
   ADP-C tau 0.998  8.4 / 9.4 / 11.5 / 16.1   0.0221  (exit 4 computes 98.5% of the pixels)
   ADP-C tau 1      8.4 / 9.4 / 11.5 / 16.0   0.0222  (every pixel: the dense cost)
   ADP-C tau 0.99   8.4 / 9.4 / 11.4 / 15.5   0.0147  (39.3%)
-  Sized for `make demo`'s budget: about half the cost of the previous recipe (496 steps on whole 64x128 scenes,
+  Sized for `make demo`'s budget, cheaper than the previous recipe (496 steps on whole 64x128 scenes,
   thresholds 1 / 0.99 / 0.9; exit 4 reached 30.5 at tau 0.998). Most of the time is fixed: compiling the
   masked 4-exit training step takes about a minute of one core.
 Time:     each eval-only threshold ~10 s on an idle 2-core CPU (the threshold is an argument of the compiled eval
