@@ -41,7 +41,7 @@ from jax.sharding import Mesh
 from core_jax import checkpoint as checkpoint_lib
 from core_jax import counting, optim, parallel
 from core_jax import metrics as metrics_lib
-from core_jax.data import pipeline, sources, transforms
+from core_jax.data import ops, pipeline, sources
 from core_jax.errors import UserError
 from core_jax.task import Task
 
@@ -139,8 +139,8 @@ def build_data(config) -> Data:
   data_dir = dcfg.get('data_dir') or None
   train_source, info = sources.load_source(dcfg.name, dcfg.train_split, data_dir)
   eval_source, _ = sources.load_source(dcfg.name, dcfg.eval_split, data_dir)
-  train_tf = transforms.build_transforms(dcfg.train_transforms)
-  eval_tf = transforms.build_transforms(dcfg.eval_transforms)
+  train_tf = ops.build_transforms(dcfg.train_transforms)
+  eval_tf = ops.build_transforms(dcfg.eval_transforms)
   steps_per_epoch = len(train_source) // config.batch_size
   if steps_per_epoch == 0:
     raise UserError(f'batch_size {config.batch_size} is larger than the {len(train_source)} training examples')
