@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 BASE   := $(VENV)/.installed-base
 TESTS  := $(VENV)/.installed-test
 
-.PHONY: demo demo-convnext demo-pruning demo-anytime test test-fast lint format bench install clean-demo
+.PHONY: demo demo-convnext demo-pruning demo-pruning-l1 demo-pruning-slimming demo-anytime test test-fast lint format bench install clean-demo
 
 # The demo needs only the package; the tests add the PyTorch reference (torch, timm) for parity checks.
 $(BASE): setup.cfg pyproject.toml constraints.txt
@@ -19,21 +19,29 @@ $(TESTS): $(BASE)
 
 install: $(TESTS)
 
-# The embedded demos, no network: ConvNeXt on digits, the pruning tables on digits (L1-norm and Network
-# Slimming), then ADP-C on digit_scenes (its table and anytime curve). `make demo LINE=convnext|pruning|anytime`
-# runs one. Rerunning resumes the same workdirs; `make clean-demo` starts over.
-LINE ?= all
+# The embedded demos, no network. `make demo`: one per line, each with its table or picture: ConvNeXt on digits,
+# Network Slimming's pruning table on digits, ADP-C on digit_scenes (its table and anytime curve); every job ends
+# with its wall and CPU time. `make demo LINE=convnext|pruning|anytime` runs one line in full (pruning: both
+# experiments, L1-norm and Network Slimming), `LINE=all` every line in full, `LINE=pruning-l1` one experiment.
+# Rerunning resumes the same workdirs; `make clean-demo` starts over.
+LINE ?=
 DEMO_DIR ?= workdirs
-DEMO_LINES := $(if $(filter all,$(LINE)),convnext pruning anytime,$(LINE))
+DEMO_DEFAULT := convnext pruning-slimming anytime
+DEMO_LINES := $(if $(LINE),$(if $(filter all,$(LINE)),convnext pruning anytime,$(LINE)),$(DEMO_DEFAULT))
 
 demo: $(BASE)
-	@for line in $(DEMO_LINES); do $(MAKE) --no-print-directory demo-$$line || exit 1; done
+	@start=$$(date +%s); for line in $(DEMO_LINES); do $(MAKE) --no-print-directory demo-$$line || exit 1; done; \
+	  s=$$(( $$(date +%s) - start )); echo "make demo ($(DEMO_LINES)): done in $$((s / 60)) min $$((s % 60)) s in all"
 
 demo-convnext: $(BASE)
 	$(BIN)/python -m convnext_jax.main --config=configs/convnext/digits.py --workdir=$(DEMO_DIR)/convnext_digits
 
-demo-pruning: $(BASE)
+demo-pruning: demo-pruning-l1 demo-pruning-slimming
+
+demo-pruning-l1: $(BASE)
 	$(BIN)/python -m pruning_jax.main --config=configs/pruning/digits_l1.py --workdir=$(DEMO_DIR)/pruning_digits_l1
+
+demo-pruning-slimming: $(BASE)
 	$(BIN)/python -m pruning_jax.main --config=configs/pruning/digits_slimming.py --workdir=$(DEMO_DIR)/pruning_digits_slimming
 
 demo-anytime: $(BASE)

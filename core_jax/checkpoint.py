@@ -16,6 +16,7 @@ chosen step (`restore_step`) restores that step only; `set_aside_later_than` mov
 
 import logging
 import os
+import re
 import shutil
 import signal
 import threading
@@ -229,6 +230,7 @@ class Checkpointer:
   def _set_aside(self, step: int, error: Exception, older: int | None):
     target = self._move(step, CORRUPT_DIR)
     then = f'falling back to step {older}' if older is not None else 'no older checkpoint to fall back to'
+    logging.warning('checkpoint step %d is unreadable: %s: %s', step, type(error).__name__, error)  # run's log
     if jax.process_index() == 0:
       print(
           f'warning: checkpoint step {step} is unreadable ({type(error).__name__}: {_first_line(error)}); '
@@ -253,9 +255,15 @@ def _steps_text(steps) -> str:
   return ', '.join(str(s) for s in sorted(steps)) or 'none'
 
 
-def _first_line(e: Exception) -> str:
-  text = str(e).strip().splitlines()
-  return text[0][:300] if text else type(e).__name__
+# TensorStore appends its whole spec (JSON, often dozens of lines once pretty-printed) and C++ source locations
+# to an error; the warning and error lines keep the message, the full text goes to the run's log (core_jax.run_log).
+_TENSORSTORE_DETAILS = re.compile(r'\s*\[(tensorstore_spec|source locations)=.*', re.DOTALL)
+
+
+def _first_line(e: Exception, limit: int = 240) -> str:
+  text = _TENSORSTORE_DETAILS.sub('', str(e)).strip().splitlines()
+  line = text[0] if text else type(e).__name__
+  return line if len(line) <= limit else line[: limit - 3] + '...'
 
 
 def _is_shape_mismatch(e: Exception) -> bool:

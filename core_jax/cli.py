@@ -19,7 +19,7 @@ from collections.abc import Sequence
 
 import ml_collections
 
-from core_jax import host_memory
+from core_jax import host_memory, run_log
 from core_jax.errors import UserError
 
 
@@ -239,6 +239,7 @@ def run_main(run_fn, argv=None, *, prog: str = '<line>.main', config_dir: str | 
 
   `--help` / `-h` prints the usage and the config files in `config_dir` (each with its docstring's first
   line); with `--config=FILE` it lists that config's keys and values. Both exit 0 without training."""
+  own_process = argv is None  # the process's command line, not an in-process caller such as a test
   argv = sys.argv[1:] if argv is None else argv
   if '--help' in argv or '-h' in argv:
     try:
@@ -252,15 +253,20 @@ def run_main(run_fn, argv=None, *, prog: str = '<line>.main', config_dir: str | 
   host_memory.retain_freed_memory()  # first: before any thread pool exists (see host_memory)
   _quiet_libraries()
   wall_start, cpu_start = time.monotonic(), time.process_time()
+  log = None
   try:
     config, workdir = parse_args(argv, prog=prog)
     from core_jax import optim  # pylint: disable=import-outside-toplevel  (imports jax: after retain_freed_memory)
 
     optim.check_config(config)  # once, before the line's job builds or writes anything
+    log = run_log.capture(workdir)  # library noise (orbax, TensorStore) to WORKDIR/log.txt, not stderr
     run_fn(config, workdir)
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
+  finally:
+    if log is not None:  # the process's own command line keeps the hooks to its exit (orbax's shutdown noise)
+      log.flush() if own_process else log.release()
   if _is_main_process():
     print(done_line(time.monotonic() - wall_start, time.process_time() - cpu_start), flush=True)
   return 0

@@ -173,17 +173,17 @@ def run_method(config, model, variables: dict):
   from pruning_jax.methods import slimming  # pylint: disable=import-outside-toplevel
 
   result = slimming.prune(model, None, variables, float(p.percent))
-  small, small_vars, report = result.model, result.variables, dict(result.report)
-  emptied = list(report.get('emptied') or ())
+  small, small_vars, method_report = result.model, result.variables, dict(result.report)
+  emptied = list(method_report.get('emptied') or ())
   if emptied:
     what = (
-        f'slimming at percent {p.percent} (threshold {report.get("threshold", float("nan")):.4g}) would remove '
+        f'slimming at percent {p.percent} (threshold {method_report.get("threshold", float("nan")):.4g}) would remove '
         f'every channel of {", ".join(emptied)}'
     )
     if p.get('on_empty_layer', 'keep_strongest') == 'error':
       raise UserError(f'{what}; lower prune.percent or train with more sparsity (prune.on_empty_layer=error)')
     _say(f'warning: {what}; each keeps its strongest channel')
-  return small, small_vars, report
+  return small, small_vars, method_report
 
 
 def run_mask(config, model, variables: dict):
@@ -209,14 +209,14 @@ def prune_phase(config, seed: int):
     model = build_from_config(config.model, num_classes)
     _, loaded = read_weights(source)
     variables = merge_weights(_abstract_variables(model, input_shape), loaded, source)
-    small, small_vars, report = run_method(config, model, variables)
+    small, small_vars, method_report = run_method(config, model, variables)
     params_large, macs_large = _counts(model, input_shape)
     params, macs = _counts(small, input_shape)
     main_process = not jax.distributed.is_initialized() or jax.process_index() == 0
     from pruning_jax import io  # pylint: disable=import-outside-toplevel
 
     export = os.path.join(workdir, EXPORT)
-    extra = {'method': config.prune.method, 'report': report.jsonable(report), 'source': source}
+    extra = {'method': config.prune.method, 'report': report.jsonable(method_report), 'source': source}
     if main_process:
       io.save_pruned(export, small, small_vars, extra=extra)
     results = {
@@ -231,7 +231,7 @@ def prune_phase(config, seed: int):
         'macs': macs,
         'params_pruned_percent': 100.0 * (1 - params / params_large),
         'macs_pruned_percent': 100.0 * (1 - macs / macs_large),
-        'report': report.jsonable(report),
+        'report': report.jsonable(method_report),
     }
     evaluated = export
     if config.prune.mode == 'mask':
@@ -302,7 +302,7 @@ def phases_for(config) -> list[experiment.Phase]:
 def run(config, workdir: str) -> dict:
   """Runs (or resumes) the experiment in `workdir`; returns the summary (also DIR/results.json, results.md)."""
   check_config(config)
-  os.makedirs(workdir, exist_ok=True)
+  # no makedirs here: run_experiment makes each phase's folder (and removes it again if the phase's input fails)
   with experiment.compilation_cache(workdir, config.experiment.get('compilation_cache', True)):
     done = experiment.run_experiment(phases_for(config), workdir)
   if any('preempted_at_step' in r for r in done.values()):

@@ -448,7 +448,10 @@ def test_cli_exports_a_training_checkpoint(atto_files, tmp_path):
   assert C.main(['--src', str(step_dir), '--dst', str(tmp_path / 'e.safetensors'), '--ema']) == 0
   got = load_file(str(tmp_path / 'e.safetensors'))
   np.testing.assert_array_equal(got['head.fc.weight'], sd['head.fc.weight'] * 0.5)
-  assert C.main(['--src', str(tmp_path), '--dst', str(tmp_path / 'x.safetensors')]) == 2  # not a step dir
+  assert C.main(['--src', str(tmp_path), '--dst', str(tmp_path / 'x.safetensors')]) == 0  # a workdir: latest step
+  _assert_same_tensors(load_file(str(tmp_path / 'x.safetensors')), sd)
+  os.makedirs(tmp_path / 'empty')
+  assert C.main(['--src', str(tmp_path / 'empty'), '--dst', str(tmp_path / 'y.safetensors')]) == 2  # no checkpoint
 
 
 def test_cli_num_classes_reinit(atto_files, tmp_path, caplog):

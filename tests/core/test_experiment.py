@@ -344,6 +344,11 @@ def test_compilation_cache_in_the_experiment_dir_then_restored(tmp_path):
     with experiment.compilation_cache(str(tmp_path / 'off'), enabled=False):
       assert jax.config.jax_compilation_cache_dir is None
     with experiment.compilation_cache(str(tmp_path)):
+      # armed, not on: what compiles before the run's inputs have loaded is not written
+      assert jax.config.jax_compilation_cache_dir is None
+      jax.jit(lambda x: x * 5.0 - 1.0)(jnp.arange(7.0)).block_until_ready()
+      assert not (tmp_path / experiment.CACHE_DIR).exists()
+      experiment.start_compilation_cache()  # what train.run calls once data, model and weights have loaded
       assert jax.config.jax_compilation_cache_dir == str(tmp_path / experiment.CACHE_DIR)
       jax.jit(lambda x: x * 3.0 + 1.0)(jnp.arange(7.0)).block_until_ready()  # even a tiny compile is kept
     assert os.listdir(tmp_path / experiment.CACHE_DIR)

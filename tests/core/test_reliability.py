@@ -202,3 +202,33 @@ def test_close_waits_for_the_cleanup_of_half_written_saves(tmp_path):
   assert ckpt.all_steps() == []  # opens the manager
   ckpt.close()
   assert not any(d.exists() for d in leftovers)
+
+
+def _corrupt_tensor_data(workdir, step):
+  """Truncates the tensor data files of a step's state and keeps its metadata readable: orbax then fails inside
+  TensorStore, whose threads report each failed read once more after orbax's event loop has closed."""
+  n = 0
+  for root, _, files in os.walk(workdir / 'checkpoints' / str(step) / 'state'):
+    if os.path.basename(root) == 'd':
+      for name in files:
+        path = os.path.join(root, name)
+        with open(path, 'r+b') as f:
+          f.truncate(os.path.getsize(path) // 3)
+        n += 1
+  assert n
+
+
+@pytest.mark.slow
+def test_unreadable_tensors_leave_one_line_on_stderr_and_the_details_in_the_log(reference, tfds_dir, tmp_path):
+  """Issue 23 item 3: before the fix this case printed ~125 lines of `RuntimeError: Event loop is closed`
+  tracebacks from TensorStore's threads on stderr (every time: the data files, not the metadata, are corrupt)."""
+  workdir = _copy_for_rerun(reference, tmp_path)
+  for step in (4, 8, 12):
+    _corrupt_tensor_data(workdir, step)
+  proc = toy_runs.run(workdir, tfds_dir, check=False)
+  toy_runs.one_line_error(proc, 'no readable checkpoint', 'steps 4, 8, 12')
+  assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr[-3000:]
+  warnings = [ln for ln in proc.stdout.splitlines() if 'is unreadable' in ln]
+  assert len(warnings) == 3 and all(len(ln) < 600 and 'tensorstore_spec' not in ln for ln in warnings), warnings
+  log = (workdir / 'log.txt').read_text()
+  assert 'checkpoint step 12 is unreadable' in log and 'Traceback' in log

@@ -135,6 +135,35 @@ def test_summary_and_markdown_table():
   assert any(line.startswith('| MACs | 10.00M | 4.00M (-60.0%) |') for line in lines)
   assert any(line.startswith('| params | 1.0K | 400 (400-401) (-59.9%) |') for line in lines)
   assert lines[-1] == 'pruned cfg: [4, 8]'
+  # the claim the table shows: Scratch-B 94.00 ± 0.71 vs Fine-tuned 93.00 ± 1.41
+  assert summary['claim'] == {
+      'scratch_b_minus_finetuned': pytest.approx(1.0),
+      'spread': pytest.approx(2.12, abs=0.01),
+      'holds': True,
+  }
+  assert lines[-3] == (
+      "the paper's claim, Scratch-B >= Fine-tuned within the seeds' spread: holds "
+      '(Scratch-B - Fine-tuned = +1.00 points, spread 2.12)'
+  )
+
+
+@pytest.mark.parametrize(
+    'finetune,scratch_b,holds',
+    [
+        ((90.0, 92.0), (85.0, 86.0), False),  # 5.5 points below, spread 2.1: fails
+        ((90.0, 92.0), (89.0, 90.0), True),  # 1.5 below, within the spread 2.1
+        ((90.0,), (89.9,), False),  # one seed: no spread, any shortfall fails
+        ((90.0,), (90.0,), True),
+    ],
+)
+def test_scratch_b_claim_within_the_seeds_spread(finetune, scratch_b, holds):
+  def entry(values):
+    return {'accuracy': report._stats(values)}
+
+  claim = report.scratch_b_claim({'finetune': entry(finetune), 'scratch_b': entry(scratch_b)})
+  assert claim['holds'] is holds
+  assert claim['scratch_b_minus_finetuned'] == pytest.approx(np.mean(scratch_b) - np.mean(finetune))
+  assert report.scratch_b_claim({'finetune': entry(finetune)}) is None
 
 
 # ------------------------------------------------------------------------------------------------ bad input
