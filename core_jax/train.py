@@ -39,7 +39,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from core_jax import checkpoint as checkpoint_lib
-from core_jax import counting, experiment, optim, parallel
+from core_jax import counting, optim, parallel, xla_cache
 from core_jax import metrics as metrics_lib
 from core_jax.data import ops, pipeline, sources
 from core_jax.errors import UserError
@@ -523,7 +523,7 @@ def run(config, workdir: str, task_cls) -> dict:
   try:
     state, lineage = restore_or_init(b, ckpt)
     _make_workdir(workdir)  # data, model and weights have loaded: the first thing this run writes
-    experiment.start_compilation_cache()  # an experiment's WORKDIR/xla_cache, likewise only now
+    xla_cache.start_compilation_cache()  # an experiment's WORKDIR/xla_cache, likewise only now
     steps = compile_steps(b)
     if config.get('eval_only', False):
       return _eval_only(b, steps, state)
