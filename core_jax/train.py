@@ -39,7 +39,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from core_jax import checkpoint as checkpoint_lib
-from core_jax import counting, optim, parallel, xla_cache
+from core_jax import counting, guard, optim, parallel, xla_cache
 from core_jax import metrics as metrics_lib
 from core_jax.data import ops, pipeline, sources
 from core_jax.errors import UserError
@@ -509,6 +509,7 @@ def _diverged(what: str, step: int, ckpt: checkpoint_lib.Checkpointer) -> NonFin
 def run(config, workdir: str, task_cls) -> dict:
   """Trains (or resumes) in `workdir`, evaluates, writes `workdir/results.json`; returns the results."""
   optim.check_config(config)  # a phase's derived config too (the command line's was checked by cli.run_main)
+  guard.check_options(config.get('guard', None))
   _check_workdir(workdir)
   b = build(config, workdir, task_cls)
   ckpt_cfg = config.checkpoint
@@ -563,6 +564,7 @@ def _train(b: Built, steps: Steps, ckpt: checkpoint_lib.Checkpointer, state: Tra
   debug = config.get('debug', {})
   meta_config = json.loads(config.to_json_best_effort())
   history, train_metrics = [], None
+  spike_guard = guard.LossSpikeGuard(config.get('guard', None))
   start_step, t_start = step, time.time()
   while step < total_steps:
     with jax.profiler.StepTraceAnnotation('train', step_num=step):
@@ -573,6 +575,7 @@ def _train(b: Built, steps: Steps, ckpt: checkpoint_lib.Checkpointer, state: Tra
         _append_digest(workdir, step, local_batch[task.input_key])
       state, m = steps.train(state, pipeline.to_global(local_batch, b.batch_sharding))
     step += 1
+    spike_guard.observe(step, m)
     train_metrics = m if train_metrics is None else train_metrics.merge(m)
     if steps.epoch_end is not None and step % spe == 0:
       state = steps.epoch_end(state, np.int32(step // spe))
@@ -581,6 +584,9 @@ def _train(b: Built, steps: Steps, ckpt: checkpoint_lib.Checkpointer, state: Tra
     stop = ckpt.should_stop_for_preemption(step)
     if step % log_every == 0 or is_eval or is_ckpt or stop:
       # Read the loss before any checkpoint so a diverged state is never saved.
+      spike = spike_guard.check()
+      if spike is not None:
+        raise guard.stop(spike, ckpt, workdir)
       values = metrics_lib.to_floats(train_metrics)
       train_metrics = None
       watched = {k: v for k, v in values.items() if k == 'loss'} or values

@@ -112,7 +112,7 @@ def _state_dict_numpy(tm):
 
 
 def _target(name, **overrides):
-  model = create_model(name, dwconv_impl='xla', **overrides)
+  model = create_model(name, compute=dict(dwconv='xla'), **overrides)
   size = model.patch_size * (1 if 'iso' in name else 8)
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
   return model, shapes['params']
@@ -724,7 +724,7 @@ def _random_params(model, size, seed):
 @pytest.mark.slow
 def test_demo_architecture_timm_recipe_round_trip(tmp_path, highest_precision):
   """convnext_digits as the demo trains it (no overrides): the recipe builds it in timm; strict load; logits."""
-  model = create_model('convnext_digits', dwconv_impl='xla')
+  model = create_model('convnext_digits', compute=dict(dwconv='xla'))
   params = _random_params(model, 32, seed=4)
   src = tmp_path / 'digits.msgpack'
   C.save_flax(params, str(src), arch='convnext_digits', input_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)

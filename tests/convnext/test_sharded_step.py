@@ -24,7 +24,7 @@ _PROBE = textwrap.dedent("""
   assert jax.device_count() == 8
   mesh = Mesh(jax.devices(), ('data',))
   model = create_model('convnext_digits', depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), num_classes=10,
-                       dwconv_impl='shifted', fusion_barriers=True, patch_conv_impl='dense')
+                       compute=dict(dwconv='shifted', fusion_barriers=True, patch_conv='matmul'))
   x = jax.device_put(jnp.ones((16, 32, 32, 3)), NamedSharding(mesh, P('data')))
   y = jax.device_put(jnp.zeros((16,), jnp.int32), NamedSharding(mesh, P('data')))
   rep = NamedSharding(mesh, P())
