@@ -30,6 +30,7 @@ Files: .safetensors, or .pth/.pt/.bin read with torch.load(weights_only=True).
 """
 
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -113,11 +114,6 @@ def _flat_variables(variables: Mapping[str, Any]) -> dict[str, Any]:
   return flat
 
 
-def _unflat_variables(flat: Mapping[str, Any]) -> dict[str, Any]:
-  tree = W.unflatten(flat)
-  return {'params': tree.get('params', {}), 'batch_stats': tree.get('batch_stats', {})}
-
-
 def _is_backbone(path: str) -> bool:
   mod = path.split('/')[1]
   return not (mod.startswith('exit') or mod == 'last_layer') and not path.endswith('/rbf_lambda')
@@ -160,10 +156,10 @@ def external_to_variables(
     raise UserError(f'{source}: {hint}')
   target = {k: v for k, v in flat.items() if layout == 'official' or _is_backbone(k)}
   loaded = W.import_tensors(sd, rule_table(layout, exit_type_of(flat)), target, source=source)
-  out = dict(flat)
-  for k, v in loaded.items():
-    out[k] = v.astype(np.asarray(flat[k]).dtype, copy=False)
-  return _unflat_variables(out)
+  # what the layout does not carry (a timm backbone: exits, head, lambdas) keeps the model's values
+  keep = [re.escape(k) for k in flat if k not in target]
+  tree = W.merge_params(loaded, flat, keep_fresh=keep, source=source)
+  return {'params': tree.get('params', {}), 'batch_stats': tree.get('batch_stats', {})}
 
 
 def variables_to_external(
@@ -198,37 +194,12 @@ def variables_to_external(
 # ------------------------------------------------------------------------------------------------------------
 # Files
 # ------------------------------------------------------------------------------------------------------------
-def _one_line(e: BaseException) -> str:
-  text = ' '.join(f'{type(e).__name__}: {e}'.split())
-  return text if len(text) <= 300 else text[:297] + '...'
-
-
 def read_state_dict(path: str) -> dict[str, np.ndarray]:
-  """A .safetensors or torch (.pth/.pt/.bin, weights_only=True) file -> {key: numpy array}."""
-  if not os.path.isfile(path):
-    raise UserError(f'weights file not found: {path}')
-  try:
-    if path.endswith('.safetensors'):
-      from safetensors.numpy import load_file
-
-      return dict(load_file(path))
-    import torch
-
-    obj = torch.load(path, map_location='cpu', weights_only=True)
-  except UserError:
-    raise
-  except Exception as e:
-    raise UserError(f'cannot read {path}: {_one_line(e)}') from None
-  if isinstance(obj, Mapping) and 'state_dict' in obj and isinstance(obj['state_dict'], Mapping):
-    obj = obj['state_dict']
-  if not isinstance(obj, Mapping):
-    raise UserError(f'{path} holds a {type(obj).__name__}, not a state dict')
-  out = {}
-  for k, v in obj.items():
-    if not hasattr(v, 'numpy'):
-      raise UserError(f'{k} in {path} is a {type(v).__name__}, not a tensor')
-    out[str(k)] = v.detach().cpu().numpy()
-  return out
+  """A .safetensors or torch (.pth/.pt/.bin, weights_only=True) file -> {key: numpy array}
+  (core_jax.weights.read_weights)."""
+  if os.path.isdir(path):
+    raise UserError(f'{path} is a directory, not a .safetensors / .pth weights file')
+  return W.read_weights(path).tensors
 
 
 def detect_layout(keys) -> str:

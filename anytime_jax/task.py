@@ -247,7 +247,9 @@ class AnytimeSegTask(Task):
     self.eval_size: tuple[int, int] | None = None
 
   def build_model(self):
-    return hrnet.build(num_classes=self.num_classes, **self.options)
+    return hrnet.build(
+        num_classes=self.num_classes, compute=confidence.for_backend(self.config.get('compute')), **self.options
+    )
 
   def init_inputs(self, example_batch):
     image = jnp.asarray(example_batch[self.input_key][:1])
@@ -318,47 +320,16 @@ class AnytimeSegTask(Task):
 # ---------------------------------------------------------------------------------------------- weights
 def read_our_checkpoint(path: str) -> dict:
   """{'params', 'batch_stats'} of a training step dir, or of a workdir's latest step."""
-  from core_jax import checkpoint  # pylint: disable=import-outside-toplevel
-
-  step_dir = path
-  if not os.path.isdir(os.path.join(path, 'state')):
-    step_dir = checkpoint.latest_step_dir(path)
-    if step_dir is None:
-      raise UserError(f'init_from {path}: neither a checkpoint step dir nor a workdir with checkpoints')
-  ckpt = checkpoint.read_training_checkpoint(step_dir)
-  return {'params': ckpt['params'], 'batch_stats': ckpt['batch_stats']}
-
-
-def _is_head(key: str) -> bool:
-  module = key.split('/')[1] if '/' in key else key
-  return module.startswith('exit') or module in _HEAD_MODULES
+  tree = weights_lib.unflatten(weights_lib.read_weights(path).tensors)
+  return {'params': tree.get('params', {}), 'batch_stats': tree.get('batch_stats', {})}
 
 
 def fit_variables(fresh: dict, loaded: dict, source: str, keep_head: bool = False) -> dict:
-  """`fresh` ({'params', 'batch_stats'}) with the values of `loaded`: same keys and shapes, except masked convs'
-  `rbf_lambda` (kept fresh where `loaded` has none, dropped where the model has none) and, with `keep_head`,
-  the exits and head (kept fresh)."""
-  want = weights_lib.flatten({k: fresh.get(k, {}) for k in ('params', 'batch_stats')})
-  got = weights_lib.flatten({k: loaded.get(k, {}) or {} for k in ('params', 'batch_stats')})
-  out = {}
-  for key, value in want.items():
-    if keep_head and _is_head(key):
-      out[key] = value
-    elif key in got:
-      if tuple(np.shape(got[key])) != tuple(np.shape(value)):
-        raise UserError(
-            f'{source}: {key} has shape {tuple(np.shape(got[key]))}; the model has ' f'{tuple(np.shape(value))}'
-        )
-      out[key] = np.asarray(got[key]).astype(np.asarray(value).dtype)
-    elif key.endswith('/rbf_lambda'):
-      out[key] = value
-    else:
-      raise UserError(f'{source} has no {key} (is it a checkpoint of another model configuration?)')
-  extra = [k for k in got if k not in want and not k.endswith('/rbf_lambda') and not (keep_head and _is_head(k))]
-  if extra:
-    raise UserError(
-        f'{source} has {extra[0]}, which the model does not have'
-        + (f' (and {len(extra) - 1} more)' if len(extra) > 1 else '')
-    )
-  tree = weights_lib.unflatten(out)
+  """`fresh` ({'params', 'batch_stats'}) with the values of `loaded` (core_jax.weights.merge_params): same keys
+  and shapes, except masked convs' `rbf_lambda` (kept fresh where `loaded` has none, dropped where the model has
+  none) and, with `keep_head`, the exits and head (kept fresh)."""
+  head = [rf'[^/]+/(exit[^/]*|{"|".join(_HEAD_MODULES)})(/.*)?'] if keep_head else []
+  fresh = {k: fresh.get(k) or {} for k in ('params', 'batch_stats')}
+  loaded = {k: loaded.get(k) or {} for k in ('params', 'batch_stats')}
+  tree = weights_lib.merge_params(loaded, fresh, keep_fresh=head, optional=[r'params/.*/rbf_lambda'], source=source)
   return {'params': tree.get('params', {}), 'batch_stats': tree.get('batch_stats', {})}

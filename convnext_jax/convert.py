@@ -11,9 +11,10 @@ Layouts (detected from the keys, see `detect_layout`):
 The Flax <-> official <-> timm key table is documented in `convnext_jax.models`; the rules below implement it
 with `core_jax.weights` (one table per layout, used in both directions).
 
-Checkpoint files: `.pth/.pt/.bin` are read with ``torch.load(weights_only=True)`` (no pickled code runs) and
-unwrapped from ``model`` / ``state_dict`` (``model_ema`` / ``state_dict_ema`` with ``ema=True``, or when they are
-the only choice); `.safetensors` with ``safetensors.numpy`` (no torch); `.msgpack` with flax.serialization.
+Checkpoint files are read by `core_jax.weights.read_weights`: `.pth/.pt/.bin` with ``torch.load(weights_only=True)``
+(no pickled code runs), unwrapped from ``model`` / ``state_dict`` (``model_ema`` / ``state_dict_ema`` with
+``ema=True``, or when they are the only choice); `.safetensors` with ``safetensors.numpy`` (no torch); `.msgpack`
+with flax.serialization.
 
 Python API
   read_checkpoint(path, ema=False) -> {key: np.ndarray}
@@ -50,7 +51,6 @@ import argparse
 import json
 import logging
 import os
-import pickle
 import re
 import sys
 from collections.abc import Mapping
@@ -58,7 +58,6 @@ from typing import Any
 
 import numpy as np
 
-from core_jax import checkpoint
 from core_jax.errors import UserError
 from core_jax.weights import (
     CONV,
@@ -66,11 +65,18 @@ from core_jax.weights import (
     LINEAR,
     Rule,
     RuleTable,
+    Weights,
     export_tensors,
+    file_kind,
     flatten,
     format_shape,
     import_tensors,
+    merge_params,
+    one_line,
+    read_sidecar,
+    read_weights,
     shape_of,
+    sidecar_path,
     unflatten,
 )
 
@@ -105,10 +111,6 @@ CONV_MLP_ARCHS = frozenset({'convnext_atto', 'convnext_femto', 'convnext_pico', 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-_TORCH_EXTS = ('.pth', '.pt', '.bin')
-_WRAPPERS = ('model', 'state_dict')
-_EMA_WRAPPERS = ('model_ema', 'state_dict_ema')
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -207,130 +209,24 @@ def _is_conv_mlp(sd: Mapping[str, Any], layout: str) -> bool:
 
 
 # --------------------------------------------------------------------------------------------------------------
-# Reading files
+# Reading files (core_jax.weights.read_weights)
 # --------------------------------------------------------------------------------------------------------------
-_ANSI = re.compile(r'\x1b\[[0-9;]*[A-Za-z]')
-
-
-def _one_line(e: BaseException) -> str:
-  text = f'{type(e).__name__}: {e}' if str(e) else type(e).__name__
-  text = ' '.join(_ANSI.sub('', text).split())
-  return text if len(text) <= 300 else text[:297] + '...'
-
-
-def _pickled_code_error(path: str, e: Exception) -> UserError:
-  """torch's weights-only refusal, in our words: what the file holds and that nothing in it ran."""
-  found = re.search(r'GLOBAL ([\w.]+)', str(e))
-  what = f' ({found.group(1)})' if found else ''
-  return UserError(
-      f'{path} holds pickled Python objects{what} besides tensors, which can run code when loaded, '
-      f'so it was not loaded; if you trust its source, re-save its state_dict with torch.save or as '
-      f'.safetensors and convert that'
-  )
-
-
-def _file_kind(path: str) -> str:
-  ext = os.path.splitext(path)[1].lower()
-  if ext in _TORCH_EXTS:
-    return 'torch'
-  if ext == '.safetensors':
-    return 'safetensors'
-  if ext == '.msgpack':
-    return 'msgpack'
-  # unknown extension: sniff the content
-  try:
-    with open(path, 'rb') as f:
-      head = f.read(16)
-  except OSError as e:
-    raise UserError(f'cannot read {path}: {_one_line(e)}') from None
-  if head[:2] == b'PK':
-    return 'torch'
-  if len(head) >= 9 and head[8:9] == b'{':
-    return 'safetensors'
-  raise UserError(f'cannot tell the format of {path}: use a .pth/.pt/.bin, .safetensors or .msgpack file')
-
-
-def _unwrap(obj: Any, path: str, ema: bool) -> Mapping[str, Any]:
-  if not isinstance(obj, Mapping):
-    raise UserError(f'{path} holds a {type(obj).__name__}, not a state dict')
-  order = _EMA_WRAPPERS + _WRAPPERS if ema else _WRAPPERS + _EMA_WRAPPERS
-  for w in order:
-    if w in obj and isinstance(obj[w], Mapping):
-      return obj[w]
-  if ema:
-    raise UserError(f'{path} has no EMA weights (no model_ema / state_dict_ema entry)')
-  return obj
-
-
-def _to_numpy(k: str, v: Any, path: str) -> np.ndarray:
-  if isinstance(v, np.ndarray):
-    return v
-  if hasattr(v, 'detach') and hasattr(v, 'numpy'):  # torch.Tensor
-    import torch
-
-    t = v.detach().cpu()
-    if t.dtype in (torch.bfloat16,):
-      t = t.float()
-    return t.numpy()
-  raise UserError(f'{k} in {path} is a {type(v).__name__}, not a tensor')
-
-
 def read_checkpoint(path: str, *, ema: bool = False) -> dict[str, np.ndarray]:
   """Any supported file -> flat {key: np.ndarray} (torch tensors converted; wrappers removed; 'module.' stripped).
 
-  A directory is a training checkpoint step (`WORKDIR/checkpoints/STEP`): its params, or EMA params with `ema`.
+  A directory is a training checkpoint step (`WORKDIR/checkpoints/STEP`) or a workdir (its latest step): its
+  params, or EMA params with `ema`.
   """
-  if os.path.isdir(path):
-    return _training_checkpoint(path, ema=ema)[0]
-  if not os.path.isfile(path):
-    raise UserError(f'checkpoint not found: {path}')
-  kind = _file_kind(path)
-  try:
-    if kind == 'safetensors':
-      from safetensors.numpy import load_file
-
-      sd = dict(load_file(path))
-    elif kind == 'msgpack':
-      from flax import serialization
-
-      with open(path, 'rb') as f:
-        tree = serialization.msgpack_restore(f.read())
-      if not isinstance(tree, Mapping):
-        raise UserError(f'{path} holds a {type(tree).__name__}, not a param tree')
-      if set(tree) == {'params'}:
-        tree = tree['params']
-      sd = {k: np.asarray(v) for k, v in flatten(tree).items()}
-    else:
-      try:
-        import torch
-      except ImportError:
-        raise UserError(f'reading {path} needs PyTorch (pip install torch), or convert it to .safetensors') from None
-      try:
-        obj = torch.load(path, map_location='cpu', weights_only=True)
-      except pickle.UnpicklingError as e:
-        raise _pickled_code_error(path, e) from None
-      obj = _unwrap(obj, path, ema)
-      sd = {str(k): _to_numpy(str(k), v, path) for k, v in obj.items()}
-  except UserError:
-    raise
-  except Exception as e:  # corrupt / truncated / not this format: one line, no traceback
-    raise UserError(f'cannot read {path} as {kind}: {_one_line(e)}') from None
-  if kind != 'torch' and ema:
-    raise UserError(f'--ema applies to .pth checkpoints only ({path} is {kind})')
-  if not sd:
-    raise UserError(f'{path} holds no tensors')
-  if all(k.startswith('module.') for k in sd):  # DistributedDataParallel wrapper
-    sd = {k[len('module.') :]: v for k, v in sd.items()}
-  return sd
+  return _read(path, ema)[0]
 
 
-def _training_checkpoint(step_dir: str, *, ema: bool = False) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-  """(flat params or EMA params, the step's meta) of a step saved by core_jax.checkpoint."""
-  ckpt = checkpoint.read_training_checkpoint(step_dir)
-  key = 'ema_params' if ema else 'params'
-  if not ckpt[key]:
-    raise UserError(f'{step_dir} has no {key} (was EMA on in that run?)')
-  return {k: np.asarray(v) for k, v in flatten(ckpt[key]).items()}, ckpt['meta']
+def _read(path: str, ema: bool) -> tuple[dict[str, np.ndarray], Weights]:
+  """(flat params of a step / the file's state dict, what core_jax.weights.read_weights found)."""
+  found = read_weights(path, ema=ema)
+  if found.kind != 'step':
+    return found.tensors, found
+  prefix = 'params/'
+  return {k[len(prefix) :]: v for k, v in found.tensors.items() if k.startswith(prefix)}, found
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -428,7 +324,7 @@ def infer_arch(sd: Mapping[str, Any], arch: str | None = None) -> tuple[str, dic
   try:
     m = create_model(arch)
   except (ValueError, KeyError, TypeError) as e:
-    raise UserError(f'unknown --arch {arch!r}: {_one_line(e)}') from None
+    raise UserError(f'unknown --arch {arch!r}: {one_line(e)}') from None
   overrides: dict[str, Any] = {}
   if m.num_classes != d['num_classes']:
     overrides['num_classes'] = d['num_classes']
@@ -475,8 +371,7 @@ def load_pretrained(
   import jax.numpy as jnp
 
   tgt, wrapped = _unwrap_target(params_target)
-  flat = _load_into(flatten(tgt), read_checkpoint(path, ema=ema), path=path, arch=arch, reinit_head=reinit_head)
-  tree = unflatten(flat)
+  tree = _load_into(flatten(tgt), read_checkpoint(path, ema=ema), path=path, arch=arch, reinit_head=reinit_head)
   if not as_numpy:
     tree = jax.tree_util.tree_map(jnp.asarray, tree)
   return {'params': tree} if wrapped else tree
@@ -484,10 +379,9 @@ def load_pretrained(
 
 def _load_into(
     flat_t: dict[str, Any], sd: dict[str, np.ndarray], *, path: str, arch: str | None, reinit_head: bool
-) -> dict[str, np.ndarray]:
-  """Strict external state dict -> flat Flax dict with exactly the target's paths (see load_pretrained)."""
-  import jax
-
+) -> dict[str, Any]:
+  """Strict external state dict -> params tree with exactly the target's paths (see load_pretrained): the rule
+  table renames and checks in the checkpoint's own key names, core_jax.weights.merge_params keeps the head."""
   layout = detect_layout(sd)
   if arch is not None and layout != 'flax':
     iso_ckpt = layout == 'official_iso'
@@ -499,11 +393,6 @@ def _load_into(
   head_keys = {p: r[0] for p, r in head_rules.items()}
   head_t = head_rules['head/kernel'][1].transform
   if reinit_head:
-    for p in _HEAD:
-      if p in flat_t and isinstance(flat_t[p], jax.ShapeDtypeStruct):
-        raise UserError(
-            f'reinit_head needs concrete initial values for {p} in the target, not {type(flat_t[p]).__name__}'
-        )
     found = sd.get(head_keys['head/kernel'])
     found = format_shape(shape_of(found)) if found is not None else '(none)'
     want = format_shape(head_t.external_shape(shape_of(flat_t['head/kernel']))) if 'head/kernel' in flat_t else '(none)'
@@ -524,16 +413,11 @@ def _load_into(
             f' (head size mismatch; use reinit_head=True / --num-classes to re-initialize the head)'
         )
   flat = import_tensors(sd, table, flat_t, source='checkpoint', ignore_flax=ignore)
-  for p in ignore:
-    if p in flat_t:
-      flat[p] = np.asarray(flat_t[p])
-  return {p: flat[p] for p in flat_t}
+  return merge_params(flat, flat_t, keep_fresh=[re.escape(p) for p in ignore], source=path)
 
 
 # create_model fields that change how a model runs or trains, not its parameters: not part of an export's recipe.
-_RUN_FIELDS = frozenset(
-    {'dwconv_impl', 'patch_conv_impl', 'fusion_barriers', 'dtype', 'drop_path_rate', 'head_init_scale'}
-)
+_RUN_FIELDS = frozenset({'compute', 'dtype', 'drop_path_rate', 'head_init_scale'})
 
 
 def _plain(value):
@@ -558,7 +442,7 @@ def _recorded_arch(flat: Mapping[str, Any], arch: str | None, overrides: Mapping
   try:
     create_model(arch, **overrides)
   except (TypeError, ValueError) as e:
-    raise UserError(f'{where}: cannot build {arch} with {overrides}: {_one_line(e)}') from None
+    raise UserError(f'{where}: cannot build {arch} with {overrides}: {one_line(e)}') from None
   return arch, overrides
 
 
@@ -588,8 +472,9 @@ def _eval_preprocessing(transforms) -> dict[str, Any]:
 def _read_source(path: str, ema: bool) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
   """(flat state dict, what the source says about itself): a training step's meta gives 'arch' and
   'overrides' (from its config), 'metrics' and 'eval_transforms'; a .msgpack's sidecar gives its fields."""
-  if os.path.isdir(path):
-    sd, meta = _training_checkpoint(path, ema=ema)
+  sd, found = _read(path, ema)
+  if found.kind == 'step':
+    meta = found.meta
     config = meta.get('config') or {}
     model = config.get('model') or {}
     info: dict[str, Any] = {}
@@ -604,17 +489,9 @@ def _read_source(path: str, ema: bool) -> tuple[dict[str, np.ndarray], dict[str,
       info['eval_transforms'] = list(eval_tf)
       info.update(_eval_preprocessing(eval_tf))
     return sd, info
-  sd = read_checkpoint(path, ema=ema)
   info = {}
-  if _file_kind(path) == 'msgpack':
-    side = sidecar_path(path)
-    if os.path.isfile(side):
-      try:
-        with open(side) as f:
-          info = json.load(f)
-      except (OSError, ValueError) as e:
-        raise UserError(f'cannot read sidecar {side}: {_one_line(e)}') from None
-      info['where'] = f'sidecar {side}'
+  if found.kind == 'msgpack' and found.meta:  # a .msgpack's sidecar names its model; other files are matched
+    info = dict(found.meta, where=f'sidecar {sidecar_path(path)}')
   return sd, info
 
 
@@ -657,7 +534,7 @@ def _import(path: str, *, arch: str | None, num_classes: int | None, ema: bool, 
         trunc_normal_init(0.02, scale=model.head_init_scale)(jax.random.PRNGKey(seed), shape)
     )
     target['head/bias'] = np.zeros(target['head/bias'].shape, np.float32)
-  params = unflatten(_load_into(target, sd, path=path, arch=arch, reinit_head=reinit))
+  params = _load_into(target, sd, path=path, arch=arch, reinit_head=reinit)
   return params, arch, overrides, info
 
 
@@ -830,7 +707,7 @@ def timm_model_for(source, *, load_weights: bool = True):
       with open(side) as f:
         meta = json.load(f)
     except (OSError, ValueError) as e:
-      raise UserError(f'cannot read sidecar {side}: {_one_line(e)}') from None
+      raise UserError(f'cannot read sidecar {side}: {one_line(e)}') from None
   recipe = meta.get('timm', meta)
   if 'model_name' not in recipe or 'kwargs' not in recipe:
     raise UserError('no timm recipe (its sidecar has no "timm" entry: not a hierarchical ConvNeXt export?)')
@@ -845,7 +722,7 @@ def timm_model_for(source, *, load_weights: bool = True):
     parent, _, leaf = p.rpartition('.')
     setattr(model.get_submodule(parent), leaf, torch.nn.Identity())
   if weights is not None and load_weights:
-    if _file_kind(weights) != 'safetensors':
+    if file_kind(weights) != 'safetensors':
       raise UserError(f'{weights}: timm_model_for loads .safetensors exports')
     from safetensors.torch import load_file
 
@@ -882,10 +759,6 @@ def save_official_pth(params, path: str, arch: str) -> dict[str, np.ndarray]:
       ),
   )
   return sd
-
-
-def sidecar_path(path: str) -> str:
-  return os.path.splitext(path)[0] + '.json'
 
 
 def sidecar(
@@ -960,14 +833,7 @@ def load_flax(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
   flat = read_checkpoint(path)
   if detect_layout(flat) != 'flax':
     raise UserError(f'{path} is not a Flax param tree')
-  meta = {}
-  side = sidecar_path(path)
-  if os.path.isfile(side):
-    try:
-      with open(side) as f:
-        meta = json.load(f)
-    except (OSError, ValueError) as e:
-      raise UserError(f'cannot read sidecar {side}: {_one_line(e)}') from None
+  meta = read_sidecar(path)
   return unflatten(flat), meta
 
 

@@ -40,7 +40,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from core_jax import checkpoint as checkpoint_lib
-from core_jax import counting, experiment, optim, parallel
+from core_jax import counting, experiment, guard, optim, parallel
 from core_jax import metrics as metrics_lib
 from core_jax.data import pipeline, sources, transforms
 from core_jax.errors import UserError
@@ -519,6 +519,7 @@ def run(config, workdir: str, task_cls) -> dict:
   With `eval_only` it evaluates instead (`evaluate_only`): results in WORKDIR/eval/<tag>/, never over a training
   run's results.json, the workdir's checkpoints read but never touched."""
   optim.check_config(config)  # a phase's derived config too (the command line's was checked by cli.run_main)
+  guard.check_options(config.get('guard', None))
   if config.get('eval_only', False):
     return evaluate_only(config, workdir, task_cls)
   _check_workdir(workdir)
@@ -633,6 +634,7 @@ def evaluate_only(config, workdir: str, task_cls) -> dict:
     source = init_from
   eval_dir = os.path.join(os.path.abspath(workdir), EVAL_DIR, eval_tag(b.task, step_dir, init_from))
   _make_workdir(eval_dir)  # data, model and weights have loaded: the first thing this run writes
+  experiment.start_compilation_cache()  # an experiment's WORKDIR/xla_cache, likewise only now
   steps = compile_steps(b)
   final = evaluate(b, steps, state, with_ema=with_ema and bool(b.ema_decay))
   step = int(state.step)
@@ -670,6 +672,7 @@ def _train(b: Built, steps: Steps, ckpt: checkpoint_lib.Checkpointer, state: Tra
   debug = config.get('debug', {})
   meta_config = json.loads(config.to_json_best_effort())
   history, train_metrics = [], None
+  spike_guard = guard.LossSpikeGuard(config.get('guard', None))
   start_step, t_start = step, time.time()
   while step < total_steps:
     with jax.profiler.StepTraceAnnotation('train', step_num=step):
@@ -680,6 +683,7 @@ def _train(b: Built, steps: Steps, ckpt: checkpoint_lib.Checkpointer, state: Tra
         _append_digest(workdir, step, local_batch[task.input_key])
       state, m = steps.train(state, pipeline.to_global(local_batch, b.batch_sharding))
     step += 1
+    spike_guard.observe(step, m)
     train_metrics = m if train_metrics is None else train_metrics.merge(m)
     if steps.epoch_end is not None and step % spe == 0:
       state = steps.epoch_end(state, np.int32(step // spe))
@@ -688,6 +692,9 @@ def _train(b: Built, steps: Steps, ckpt: checkpoint_lib.Checkpointer, state: Tra
     stop = ckpt.should_stop_for_preemption(step)
     if step % log_every == 0 or is_eval or is_ckpt or stop:
       # Read the loss before any checkpoint so a diverged state is never saved.
+      spike = spike_guard.check()
+      if spike is not None:
+        raise guard.stop(spike, ckpt, workdir)
       values = metrics_lib.to_floats(train_metrics)
       train_metrics = None
       watched = {k: v for k, v in values.items() if k == 'loss'} or values

@@ -22,17 +22,33 @@ A `Transform` maps a tensor (and its shape) external -> Flax (`to_flax`) and bac
 needs but the source lacks, or a shape mismatch, worded
 ``"<key>: expected shape (a, b) but checkpoint has (c, d)"`` (shapes in the source's own layout).
 All tensors are numpy arrays; nothing here needs torch.
+
+Files and trees, once for every line:
+  read_weights(path, ema=False) -> Weights(tensors, meta, kind): the ONE reader of weight files. `.pth/.pt/.bin/.tar`
+      with ``torch.load(weights_only=True)`` (a file with pickled objects besides tensors is refused in one line,
+      nothing in it runs), `.safetensors` (no torch), `.msgpack` (flax.serialization), a training step directory
+      (core_jax.checkpoint) or a workdir (its latest step). Flat {key: np.ndarray}; `meta` is what the file says
+      about itself besides tensors (a torch file's other top-level entries such as 'cfg', a step's JSON meta, or
+      the `.json` sidecar next to a file).
+  merge_params(loaded, fresh, keep_fresh=(), optional=()) -> the fresh tree with the loaded values, after
+      big_vision's `merge_params`: exact key and shape match by default; `keep_fresh` patterns (kept from the
+      fresh init, e.g. a reinitialized head) and `optional` patterns (may be missing from the file); the first
+      mismatching key is one UserError naming it and both shapes.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import pickle
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from core_jax import checkpoint
 from core_jax.errors import UserError
 
 __all__ = [
@@ -49,6 +65,10 @@ __all__ = [
     'format_shape',
     'import_tensors',
     'export_tensors',
+    'Weights',
+    'read_weights',
+    'sidecar_path',
+    'merge_params',
 ]
 
 Shape = tuple[int, ...]
@@ -372,3 +392,251 @@ def export_tensors(
     if missing:
       raise UserError(f'missing key {missing[0]}: {source} provide no value for it{_more(len(missing) - 1)}')
   return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Reading weight files
+# --------------------------------------------------------------------------------------------------------------
+TORCH_SUFFIXES = ('.pth', '.pt', '.bin', '.tar')
+_WRAPPERS = ('model', 'state_dict')
+_EMA_WRAPPERS = ('model_ema', 'state_dict_ema')
+_ANSI = re.compile(r'\x1b\[[0-9;]*[A-Za-z]')
+
+
+@dataclasses.dataclass
+class Weights:
+  """What `read_weights` found: flat {key: np.ndarray} in the file's own key names ('/'-joined paths for Flax
+  trees; 'params/...' and 'batch_stats/...' for a training step), what the source says about itself, and its
+  kind ('torch', 'safetensors', 'msgpack' or 'step')."""
+
+  tensors: dict[str, np.ndarray]
+  meta: dict[str, Any]
+  kind: str
+
+
+def one_line(e: BaseException) -> str:
+  """An exception as one short line (ANSI colours and newlines removed)."""
+  text = f'{type(e).__name__}: {e}' if str(e) else type(e).__name__
+  text = ' '.join(_ANSI.sub('', text).split())
+  return text if len(text) <= 300 else text[:297] + '...'
+
+
+def sidecar_path(path: str) -> str:
+  """The JSON written next to a weights file: 'x.safetensors' -> 'x.json'."""
+  return os.path.splitext(path)[0] + '.json'
+
+
+def read_sidecar(path: str) -> dict[str, Any]:
+  """The sidecar of `path` as a dict, {} when there is none."""
+  side = sidecar_path(path)
+  if not os.path.isfile(side):
+    return {}
+  try:
+    with open(side) as f:
+      meta = json.load(f)
+  except (OSError, ValueError) as e:
+    raise UserError(f'cannot read sidecar {side}: {one_line(e)}') from None
+  if not isinstance(meta, dict):
+    raise UserError(f'sidecar {side} holds a {type(meta).__name__}, not a JSON object')
+  return meta
+
+
+def _pickled_objects_error(path: str, e: Exception) -> UserError:
+  """torch's weights-only refusal, in our words: what the file holds and that nothing in it ran."""
+  found = re.search(r'GLOBAL ([\w.]+)', str(e))
+  what = f' ({found.group(1)})' if found else ''
+  return UserError(
+      f'{path} holds pickled Python objects{what} besides tensors, which can run code when loaded, so it was not '
+      f'loaded (torch.load weights_only=True); if you trust its source, re-save its state_dict with torch.save or '
+      f'as .safetensors and read that'
+  )
+
+
+def file_kind(path: str) -> str:
+  """'torch', 'safetensors' or 'msgpack', by extension, else by the first bytes."""
+  lower = path.lower()
+  if lower.endswith(TORCH_SUFFIXES):
+    return 'torch'
+  if lower.endswith('.safetensors'):
+    return 'safetensors'
+  if lower.endswith('.msgpack'):
+    return 'msgpack'
+  try:
+    with open(path, 'rb') as f:
+      head = f.read(16)
+  except OSError as e:
+    raise UserError(f'cannot read {path}: {one_line(e)}') from None
+  if head[:2] == b'PK':  # torch's zip format
+    return 'torch'
+  if len(head) >= 9 and head[8:9] == b'{':  # 8-byte header length, then the JSON header
+    return 'safetensors'
+  raise UserError(f'cannot tell the format of {path}: use a .pth/.pt/.bin, .safetensors or .msgpack file')
+
+
+def _unwrap(obj: Any, path: str, ema: bool) -> tuple[Mapping[str, Any], dict[str, Any]]:
+  """(the state dict inside a torch checkpoint, its other top-level entries that are not dicts)."""
+  if not isinstance(obj, Mapping):
+    raise UserError(f'{path} holds a {type(obj).__name__}, not a state dict')
+  order = _EMA_WRAPPERS + _WRAPPERS if ema else _WRAPPERS + _EMA_WRAPPERS
+  for w in order:
+    if w in obj and isinstance(obj[w], Mapping):
+      return obj[w], {str(k): v for k, v in obj.items() if not isinstance(v, Mapping) and not _is_tensor(v)}
+  if ema:
+    raise UserError(f'{path} has no EMA weights (no model_ema / state_dict_ema entry)')
+  return obj, {}
+
+
+def _is_tensor(v: Any) -> bool:
+  return isinstance(v, np.ndarray) or (hasattr(v, 'detach') and hasattr(v, 'numpy'))
+
+
+def _to_numpy(k: str, v: Any, path: str) -> np.ndarray:
+  if isinstance(v, np.ndarray):
+    return v
+  if hasattr(v, 'detach') and hasattr(v, 'numpy'):  # torch.Tensor
+    import torch  # pylint: disable=import-outside-toplevel  (torch only for torch files)
+
+    t = v.detach().cpu()
+    if t.dtype == torch.bfloat16:  # numpy has no bfloat16
+      t = t.float()
+    return t.numpy()
+  raise UserError(f'{k} in {path} is a {type(v).__name__}, not a tensor')
+
+
+def _read_torch(path: str, ema: bool) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+  try:
+    import torch  # pylint: disable=import-outside-toplevel  (torch only for torch files)
+  except ImportError:
+    raise UserError(f'reading {path} needs PyTorch (pip install torch), or convert it to .safetensors') from None
+  try:
+    obj = torch.load(path, map_location='cpu', weights_only=True)
+  except pickle.UnpicklingError as e:
+    raise _pickled_objects_error(path, e) from None
+  sd, meta = _unwrap(obj, path, ema)
+  return {str(k): _to_numpy(str(k), v, path) for k, v in sd.items()}, meta
+
+
+def _read_msgpack(path: str) -> dict[str, np.ndarray]:
+  from flax import serialization  # pylint: disable=import-outside-toplevel  (flax only for msgpack files)
+
+  with open(path, 'rb') as f:
+    tree = serialization.msgpack_restore(f.read())
+  if not isinstance(tree, Mapping):
+    raise UserError(f'{path} holds a {type(tree).__name__}, not a param tree')
+  if set(tree) == {'params'}:
+    tree = tree['params']
+  return {k: np.asarray(v) for k, v in flatten(tree).items()}
+
+
+def _read_step(path: str, ema: bool) -> Weights:
+  step_dir = path
+  if not os.path.isdir(os.path.join(path, 'state')):
+    step_dir = checkpoint.latest_step_dir(path)
+    if step_dir is None:
+      raise UserError(f'{path} is neither a training checkpoint step (WORKDIR/checkpoints/STEP) nor a workdir with one')
+  ckpt = checkpoint.read_training_checkpoint(step_dir)
+  params = ckpt['params']
+  if ema:
+    params = ckpt['ema_params']
+    if not params:
+      raise UserError(f'{step_dir} has no ema_params (was EMA on in that run?)')
+  tensors = {f'params/{k}': np.asarray(v) for k, v in flatten(params).items()}
+  tensors.update({f'batch_stats/{k}': np.asarray(v) for k, v in flatten(ckpt['batch_stats'] or {}).items()})
+  return Weights(tensors, dict(ckpt['meta'] or {}, step_dir=step_dir), 'step')
+
+
+def read_weights(path: str, *, ema: bool = False) -> Weights:
+  """Any weights file, a training step directory or a workdir -> `Weights` (see the module docstring).
+
+  A torch file is unwrapped from 'model' / 'state_dict' ('model_ema' / 'state_dict_ema' with `ema`, or when they
+  are the only choice); keys all prefixed 'module.' (DataParallel) lose it. A step dir gives 'params/...' (its
+  EMA params with `ema`) and 'batch_stats/...'. Bad input is a one-line UserError."""
+  if not path:
+    raise UserError('no weights path given')
+  if os.path.isdir(path):
+    return _read_step(path, ema)
+  if not os.path.isfile(path):
+    raise UserError(f'weights not found: {path}')
+  kind = file_kind(path)
+  meta: dict[str, Any] = {}
+  try:
+    if kind == 'torch':
+      sd, meta = _read_torch(path, ema)
+    elif kind == 'safetensors':
+      from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel  (an optional package)
+
+      sd = dict(load_file(path))
+    else:
+      sd = _read_msgpack(path)
+  except UserError:
+    raise
+  except Exception as e:  # corrupt / truncated / not this format: one line, no traceback
+    raise UserError(f'cannot read {path} as {kind}: {one_line(e)}') from None
+  if kind != 'torch' and ema:
+    raise UserError(f'EMA weights can be read from .pth checkpoints and training steps only ({path} is {kind})')
+  if not sd:
+    raise UserError(f'{path} holds no tensors')
+  if all(k.startswith('module.') for k in sd):  # DataParallel / DistributedDataParallel wrapper
+    sd = {k[len('module.') :]: v for k, v in sd.items()}
+  if kind != 'torch':
+    meta = read_sidecar(path)
+  return Weights(sd, meta, kind)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Merging loaded weights into a fresh tree
+# --------------------------------------------------------------------------------------------------------------
+def _compile(patterns: Iterable[str]) -> list[re.Pattern]:
+  return [re.compile(p) for p in patterns]
+
+
+def _matches(key: str, patterns: Sequence[re.Pattern]) -> bool:
+  return any(p.fullmatch(key) for p in patterns)
+
+
+def merge_params(
+    loaded: Mapping[str, Any],
+    fresh: Mapping[str, Any],
+    *,
+    keep_fresh: Iterable[str] = (),
+    optional: Iterable[str] = (),
+    source: str = 'checkpoint',
+    hint: str = '',
+) -> dict[str, Any]:
+  """`fresh` (a nested tree or a flat '/'-joined dict) with every leaf replaced by the same key of `loaded`
+  (nested or flat), cast to the fresh leaf's dtype; returns a nested tree of numpy arrays.
+
+  keep_fresh: regexes (full match on the '/'-joined key): these leaves keep their fresh values (which must be
+    concrete arrays), and `loaded`'s values for them are ignored, present or not.
+  optional:   regexes: these leaves may be missing from `loaded` (they keep their fresh values), and `loaded`
+    may hold them where the model has none.
+  Anything else is strict: the first key the model needs and `loaded` lacks, the first shape mismatch, and the
+  first key of `loaded` the model lacks are each one UserError naming the key (and both shapes), with `hint`
+  appended (e.g. ': the cfg does not match this checkpoint')."""
+  keep, opt = _compile(keep_fresh), _compile(optional)
+  want, have = flatten(fresh), flatten(loaded)
+  kept = {k for k in want if _matches(k, keep) or (k not in have and _matches(k, opt))}
+  # a shape mismatch says the most about what is wrong, so it is reported before a missing or unexpected key
+  for key, leaf in want.items():
+    if key not in kept and key in have and shape_of(have[key]) != shape_of(leaf):
+      raise UserError(
+          f'{key}: the model has shape {format_shape(shape_of(leaf))} but {source} has '
+          f'{format_shape(shape_of(have[key]))}{hint}'
+      )
+  merged: dict[str, Any] = {}
+  for key, leaf in want.items():
+    if key in kept:
+      if not hasattr(leaf, '__array__'):
+        raise UserError(f'{key} keeps its fresh value, so it needs a concrete initial value, not {type(leaf).__name__}')
+      merged[key] = np.asarray(leaf)
+    elif key not in have:
+      raise UserError(f'{source} has no {key} (the model needs shape {format_shape(shape_of(leaf))}){hint}')
+    else:
+      merged[key] = np.asarray(have[key]).astype(leaf.dtype, copy=False)
+  extra = [k for k in have if k not in want and not _matches(k, keep) and not _matches(k, opt)]
+  if extra:
+    raise UserError(
+        f'{source} has {extra[0]} (shape {format_shape(shape_of(have[extra[0]]))}), which the model lacks'
+        f'{_more(len(extra) - 1)}{hint}'
+    )
+  return unflatten(merged)

@@ -37,8 +37,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from core_jax import weights as W
 from core_jax.errors import UserError
-from core_jax.weights import flatten, format_shape, unflatten
+from core_jax.weights import flatten, format_shape, sidecar_path, unflatten
 from pruning_jax import models
 
 _LEAF = {'kernel': 'weight', 'bias': 'bias', 'scale': 'weight', 'mean': 'running_mean', 'var': 'running_var'}
@@ -307,29 +308,9 @@ def from_torch_state_dict(sd: Mapping, family: str | None = None, cfg=None, sour
 
 
 def read_torch_checkpoint(path: str) -> tuple[dict, object]:
-  """(state_dict as numpy, the file's 'cfg' or None) with torch.load(weights_only=True)."""
-  if not os.path.isfile(path):
-    raise UserError(f'checkpoint not found: {path}')
-  try:
-    import torch  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    raise UserError(f'reading {path} needs PyTorch (pip install torch)') from None
-  try:
-    obj = torch.load(path, map_location='cpu', weights_only=True)
-  except Exception as e:  # pickled code, corrupt or truncated file: one line
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise UserError(f'cannot read {path} with torch.load(weights_only=True): {first[:200]}') from None
-  if not isinstance(obj, Mapping):
-    raise UserError(f'{path} holds a {type(obj).__name__}, not a dict with a state_dict')
-  sd = obj.get('state_dict', obj)
-  if not isinstance(sd, Mapping) or not sd:
-    raise UserError(f'{path} has no state_dict')
-  out = {}
-  for k, v in sd.items():
-    if not hasattr(v, 'numpy'):
-      raise UserError(f'{path}: {k} is a {type(v).__name__}, not a tensor')
-    out[str(k)] = v.detach().cpu().numpy()
-  return out, obj.get('cfg')
+  """(state_dict as numpy, the file's 'cfg' or None), read by core_jax.weights.read_weights (weights_only=True)."""
+  found = W.read_weights(path)
+  return found.tensors, found.meta.get('cfg')
 
 
 def import_torch_checkpoint(path: str, family: str | None = None):
@@ -350,10 +331,6 @@ def save_torch_checkpoint(path: str, model, variables) -> None:
 # --------------------------------------------------------------------------------------------------------------
 # Our format
 # --------------------------------------------------------------------------------------------------------------
-def sidecar_path(path: str) -> str:
-  return os.path.splitext(path)[0] + '.json'
-
-
 def _atomic(path: str, write) -> None:
   d = os.path.dirname(os.path.abspath(path))
   if not os.path.isdir(d):
@@ -393,45 +370,18 @@ def export_pruned(path: str, model_or_result, variables: Mapping | None = None, 
 
 
 def read_sidecar(path: str) -> dict:
-  side = sidecar_path(path)
-  if not os.path.isfile(side):
-    raise UserError(f'{path}: its sidecar {side} (family, cfg, num_classes) is missing')
-  try:
-    with open(side) as f:
-      return json.load(f)
-  except (OSError, ValueError) as e:
-    raise UserError(f'cannot read {side}: {e}') from None
+  meta = W.read_sidecar(path)
+  if not meta:
+    raise UserError(f'{path}: its sidecar {sidecar_path(path)} (family, cfg, num_classes) is missing')
+  return meta
 
 
 def load_pruned(path: str, dtype=None):
   """(model, variables) of a model saved by `save_pruned`: rebuilt from the sidecar, weights checked and loaded."""
-  from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
-
   meta = read_sidecar(path)
   model = models.from_description(meta, dtype)
-  if not os.path.isfile(path):
-    raise UserError(f'pruned model not found: {path}')
-  try:
-    tensors = load_file(path)
-  except Exception as e:  # corrupt / truncated
-    raise UserError(f'cannot read {path} as safetensors: {str(e).splitlines()[0][:200]}') from None
+  tensors = W.read_weights(path).tensors
   target = abstract_variables(model, _input_hw(meta['family']))
-  variables = {}
-  for collection in ('params', 'batch_stats'):
-    flat = {}
-    for p, leaf in flatten(dict(target.get(collection, {}))).items():
-      key = f'{collection}/{p}'
-      if key not in tensors:
-        raise UserError(f'{path}: missing {key} (expected shape {format_shape(leaf.shape)})')
-      if tuple(tensors[key].shape) != tuple(leaf.shape):
-        raise UserError(
-            f'{key}: expected shape {format_shape(leaf.shape)} (from the sidecar cfg) but {path} has '
-            f'{format_shape(tensors[key].shape)}'
-        )
-      flat[p] = tensors[key]
-    variables[collection] = unflatten(flat)
-  known = {f'{c}/{p}' for c in ('params', 'batch_stats') for p in flatten(dict(target.get(c, {})))}
-  extra = sorted(set(tensors) - known)
-  if extra:
-    raise UserError(f'{path}: unexpected tensor {extra[0]} (shape {format_shape(tensors[extra[0]].shape)})')
-  return model, variables
+  target = {c: target[c] for c in ('params', 'batch_stats') if c in target}
+  variables = W.merge_params(tensors, target, source=path, hint=' (the model built from its sidecar cfg)')
+  return model, {c: variables.get(c, {}) for c in ('params', 'batch_stats')}

@@ -11,7 +11,7 @@ Config fields read here (the rest is core_jax.config.base_config):
                     implementation, whose updates are multiplied by the mask so masked weights stay exactly 0
                     (the `post` transform; its state is part of the checkpointed optimizer state)
   init_from         a pruned-model export (.safetensors + .json sidecar, pruning_jax.io), a training step dir
-                    (core_jax.checkpoint.read_training_checkpoint) or an official PyTorch checkpoint
+                    or a workdir (its latest step; core_jax.weights.read_weights) or an official PyTorch checkpoint
                     (.pth / .pth.tar / .pt, pruning_jax.io.import_torch_checkpoint): every variable (params and
                     BatchNorm statistics) must match the configured model's shape, or the run stops with one line
                     naming the first mismatching key and both shapes.
@@ -21,16 +21,19 @@ results.json gets (extra_results): model {family, cfg, selections, num_classes},
 """
 
 import os
+import re
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from core_jax import checkpoint, counting
+from core_jax import counting, weights
 from core_jax.classification import ClassificationTask
+from core_jax.compute import Compute, compute_dtype
 from core_jax.errors import UserError
 from core_jax.weights import flatten, format_shape, unflatten
 from pruning_jax import models
+from pruning_jax.models import layers
 
 # The classifier of each family: `init_reinit_head` keeps its fresh initialization.
 HEADS = {'vgg_l1': 'fc2', 'vgg_slimming': 'fc', 'vgg_imagenet': 'fc3', 'vgg_bn_imagenet': 'fc3'}
@@ -38,8 +41,9 @@ TORCH_SUFFIXES = ('.pth', '.pth.tar', '.pt', '.tar')
 MASK_PREFIX = 'params/'
 
 
-def build_from_config(model_cfg, num_classes: int | None, dtype=None):
-  """The model config.model describes (a named model, or a family with its cfg / selections)."""
+def build_from_config(model_cfg, num_classes: int | None, dtype=None, compute: Compute | None = None):
+  """The model config.model describes (a named model, or a family with its cfg / selections); `dtype` and
+  `compute` as `models.build`'s."""
   name = model_cfg.get('name') or ''
   if not name:
     raise UserError('config.model.name is empty: name a model (e.g. vgg16, resnet56) or a family')
@@ -50,11 +54,12 @@ def build_from_config(model_cfg, num_classes: int | None, dtype=None):
       num_classes=num_classes,
       selections=model_cfg.get('selections') or None,
       dtype=dtype,
+      compute=compute,
   )
 
 
 def read_weights(path: str) -> tuple[dict | None, dict]:
-  """(model description or None, {'params', 'batch_stats'} host numpy) of a weights file or step dir."""
+  """(model description or None, {'params', 'batch_stats'} host numpy) of a weights file, step dir or workdir."""
   if not path:
     raise UserError('no weights path given')
   if path.endswith('.safetensors'):
@@ -63,8 +68,7 @@ def read_weights(path: str) -> tuple[dict | None, dict]:
     model, variables = io.load_pruned(path)
     return models.describe(model), variables
   if os.path.isdir(path):
-    ckpt = checkpoint.read_training_checkpoint(path)
-    return None, {'params': ckpt['params'], 'batch_stats': ckpt.get('batch_stats') or {}}
+    return None, unflatten(weights.read_weights(path).tensors)
   if path.endswith(TORCH_SUFFIXES):
     from pruning_jax import io  # pylint: disable=import-outside-toplevel  (torch)
 
@@ -84,37 +88,13 @@ def _same_architecture(want: dict, got: dict) -> bool:
 
 
 def merge_weights(variables: dict, loaded: dict, path: str, keep_fresh: tuple[str, ...] = ()) -> dict:
-  """`variables` with every leaf replaced by the same-shaped leaf of `loaded` (except top-level modules named in
-  keep_fresh); the first missing key or shape mismatch is one UserError naming it and both shapes."""
-  out = {}
-  for collection in ('params', 'batch_stats'):
-    want = flatten(dict(variables.get(collection) or {}))
-    have = flatten(dict(loaded.get(collection) or {}))
-    merged = {}
-    for key, leaf in want.items():
-      if key.split('/')[0] in keep_fresh:
-        merged[key] = leaf
-        continue
-      if key not in have:
-        raise UserError(
-            f'{path} has no {collection}/{key} (the configured model needs shape '
-            f'{format_shape(np.shape(leaf))}): the cfg does not match this checkpoint'
-        )
-      if tuple(np.shape(have[key])) != tuple(np.shape(leaf)):
-        raise UserError(
-            f'{collection}/{key}: the configured model has shape {format_shape(np.shape(leaf))} but '
-            f'{path} has {format_shape(np.shape(have[key]))}: the cfg does not match this checkpoint'
-        )
-      merged[key] = np.asarray(have[key], np.asarray(leaf).dtype)
-    extra = sorted(set(have) - set(want))
-    if extra:
-      raise UserError(
-          f'{path} has {collection}/{extra[0]} (shape {format_shape(np.shape(have[extra[0]]))}), which '
-          'the configured model lacks: the cfg does not match this checkpoint'
-      )
-    if merged:
-      out[collection] = unflatten(merged)
-  return out
+  """`variables` with every leaf replaced by the same-shaped leaf of `loaded`, except those of the top-level
+  modules named in keep_fresh (core_jax.weights.merge_params: the first mismatch is one line naming the key and
+  both shapes)."""
+  keep = [rf'(params|batch_stats)/{re.escape(m)}/.*' for m in keep_fresh]
+  return weights.merge_params(
+      loaded, variables, keep_fresh=keep, source=path, hint=': the cfg does not match this checkpoint'
+  )
 
 
 def save_mask(path: str, mask: dict) -> None:
@@ -170,7 +150,12 @@ class PruningTask(ClassificationTask):
   def build_model(self):
     if self._model is None:
       num_classes = self.config.model.get('num_classes') or self.dataset_info.num_classes
-      self._model = build_from_config(self.config.model, num_classes)
+      self._model = build_from_config(
+          self.config.model,
+          num_classes,
+          dtype=compute_dtype(self.config.compute_dtype),
+          compute=layers.for_backend(self.config.get('compute')),
+      )
     return self._model
 
   def init_inputs(self, example_batch):

@@ -218,7 +218,7 @@ def normalize(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)) -> Transform:
   mean = np.asarray(mean, np.float32)
   inv_std = 1.0 / np.asarray(std, np.float32)
   # uint8 HWC images: one lookup in a (channel, value) table, several times faster than the arithmetic below
-  # (benchmarks/RESULTS.md, design measurements).
+  # (benchmarks/ANALYSIS.md, design measurements).
   # The table holds exactly what the arithmetic gives (same float32 ops, same order), so results
   # are equal bit for bit. One `take` over the interleaved pixels, indexed by value + 256 * channel,
   # beats a strided `take` per channel; the channel offsets are cached per image shape.

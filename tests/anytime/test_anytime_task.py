@@ -188,7 +188,9 @@ def test_fit_variables_lambda_head_and_errors(tiny_ca):
   np.testing.assert_array_equal(out['params']['conv1']['kernel'], loaded['params']['conv1']['kernel'])
   bad = weights.flatten(loaded)
   bad['params/conv1/kernel'] = np.zeros((1, 1, 3, 64), np.float32)
-  with pytest.raises(UserError, match=r'^ckpt: params/conv1/kernel has shape \(1, 1, 3, 64\)'):
+  with pytest.raises(
+      UserError, match=r'^params/conv1/kernel: the model has shape \(3, 3, 3, \d+\) but ckpt has \(1, 1, 3, 64\)$'
+  ):
     task_lib.fit_variables(fresh, weights.unflatten(bad), 'ckpt')
   missing = {k: v for k, v in weights.flatten(loaded).items() if k != 'params/conv2/kernel'}
   with pytest.raises(UserError, match='has no params/conv2/kernel'):

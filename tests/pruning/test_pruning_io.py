@@ -47,7 +47,10 @@ def test_load_pruned_errors(tmp_path):
   side = json.load(open(tmp_path / 'm.json'))
   side['cfg'] = [4, 9, 6]
   json.dump(side, open(tmp_path / 'm.json', 'w'))
-  with pytest.raises(UserError, match=r'params/layer2_0/bn1/bias: expected shape \(9,\) .* has \(5,\)') as e:
+  with pytest.raises(
+      UserError,
+      match=r'params/layer2_0/bn1/bias: the model has shape \(9,\) .* has \(5,\) \(the model built from its sidecar',
+  ) as e:
     pruning_jax.load_pruned(path)
   assert '\n' not in str(e.value)
   os.remove(tmp_path / 'm.json')

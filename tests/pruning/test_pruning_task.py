@@ -139,7 +139,7 @@ def test_load_pretrained_from_export_step_dir_and_mismatches(tmp_path):
   saver.wait_until_finished()
   with pytest.raises(
       UserError,
-      match=r'params/bn4/bias: the configured model has shape \(16,\) but ' r'.* has \(12,\): the cfg does not match',
+      match=r'params/bn4/bias: the model has shape \(16,\) but ' r'.* has \(12,\): the cfg does not match',
   ) as e:
     task.load_pretrained(fresh, wrong_dir, False)
   assert '\n' not in str(e.value)
