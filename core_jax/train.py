@@ -40,9 +40,9 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from core_jax import checkpoint as checkpoint_lib
-from core_jax import counting, experiment, guard, optim, parallel
+from core_jax import counting, guard, optim, parallel, xla_cache
 from core_jax import metrics as metrics_lib
-from core_jax.data import pipeline, sources, transforms
+from core_jax.data import ops, pipeline, sources
 from core_jax.errors import UserError
 from core_jax.task import Task
 
@@ -140,8 +140,8 @@ def build_data(config) -> Data:
   data_dir = dcfg.get('data_dir') or None
   train_source, info = sources.load_source(dcfg.name, dcfg.train_split, data_dir)
   eval_source, _ = sources.load_source(dcfg.name, dcfg.eval_split, data_dir)
-  train_tf = transforms.build_transforms(dcfg.train_transforms)
-  eval_tf = transforms.build_transforms(dcfg.eval_transforms)
+  train_tf = ops.build_transforms(dcfg.train_transforms)
+  eval_tf = ops.build_transforms(dcfg.eval_transforms)
   steps_per_epoch = len(train_source) // config.batch_size
   if steps_per_epoch == 0:
     raise UserError(f'batch_size {config.batch_size} is larger than the {len(train_source)} training examples')
@@ -536,7 +536,7 @@ def run(config, workdir: str, task_cls) -> dict:
   try:
     state, lineage = restore_or_init(b, ckpt)
     _make_workdir(workdir)  # data, model and weights have loaded: the first thing this run writes
-    experiment.start_compilation_cache()  # an experiment's WORKDIR/xla_cache, likewise only now
+    xla_cache.start_compilation_cache()  # an experiment's WORKDIR/xla_cache, likewise only now
     steps = compile_steps(b)
     return _train(b, steps, ckpt, state, lineage)
   finally:

@@ -294,7 +294,7 @@ def test_eval_only_on_checkpoint(data, tmp_path_factory):
 
 def test_eval_only_on_timm_file(data, tmp_path_factory):
   from convnext_jax import convert, models
-  from core_jax.data import sources, transforms
+  from core_jax.data import ops, sources
 
   workdir = tmp_path_factory.mktemp('eval_timm')
   params = _random_params(NUM_CLASSES, seed=3)
@@ -306,7 +306,7 @@ def test_eval_only_on_timm_file(data, tmp_path_factory):
   assert results['weights'] == path and 'ema_accuracy' not in results['eval']
   # the same numbers by hand: the file's weights on the eval split
   src, _ = sources.load_source(c.data.name, 'validation', c.data.data_dir)
-  tf = transforms.build_transforms(c.data.eval_transforms)
+  tf = ops.build_transforms(c.data.eval_transforms)
   exs = [tf(dict(src[i]), np.random.default_rng(0)) for i in range(len(src))]
   x = np.stack([e['image'] for e in exs])
   y = np.array([e['label'] for e in exs])
