@@ -634,7 +634,7 @@ def evaluate_only(config, workdir: str, task_cls) -> dict:
     source = init_from
   eval_dir = os.path.join(os.path.abspath(workdir), EVAL_DIR, eval_tag(b.task, step_dir, init_from))
   _make_workdir(eval_dir)  # data, model and weights have loaded: the first thing this run writes
-  experiment.start_compilation_cache()  # an experiment's WORKDIR/xla_cache, likewise only now
+  xla_cache.start_compilation_cache()  # an experiment's WORKDIR/xla_cache, likewise only now
   steps = compile_steps(b)
   final = evaluate(b, steps, state, with_ema=with_ema and bool(b.ema_decay))
   step = int(state.step)
