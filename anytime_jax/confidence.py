@@ -9,21 +9,26 @@ Contract (the released ADP-C code, `conv_mask_uniform` + `set_part_masks`):
 - `Conv`: a bias-optional conv with PyTorch's explicit padding (k // 2) and N(0, 0.001) weights (biases
   U(+-1/sqrt(fan_in)) as PyTorch's default); `conv_init='he'` draws N(0, 2 / fan_in) instead (CONV_INITS).
   With `exit_index` set it is a masked conv of the segment that ends at that exit (2..4): it owns a learnable
-  scalar `rbf_lambda` (init 3.0) and, given a MaskSet, returns `masked_conv(...)`. It reports its dense cost to
+  scalar `rbf_lambda` (init 3.0) and, given a MaskSet, returns the masked conv (below). It reports its dense cost to
   `core_jax.counting` (`record_macs`) and, when masked, sows per example `actual_exit{k}` (dense * p + (1 - p) * p
   * C_out * 49 * H * W, p = computed fraction of its output, as the ADP-C FLOP counter) and `dense_exit{k}` into
   the 'macs' collection.
-- `masked_conv(x, kernel, bias, mask, rbf_lambda, strides, padding)` is THE masked conv: the reference here
-  computes the dense conv y (bias included), keeps y where mask == 1 and fills masked positions with the 7x7
-  depthwise RBF interpolation of y * mask: weights exp(-lambda^2 d^2) with the centre's d^2 set to 1e5,
-  normalised by the full kernel sum + 1e-5. A faster implementation with the same semantics (e.g. one that
-  only computes the unmasked outputs) replaces it for every Conv via `set_masked_conv_impl(fn)`.
+- `MASKED_CONVS[compute.masked_conv](compute, x, kernel, bias, mask, rbf_lambda, strides, padding)` is THE
+  masked conv, chosen by the model's compute policy (`core_jax.compute.Compute.masked_conv`): 'dense'
+  (`masked_dense`, the released code's formulation) computes the dense conv y (bias included), keeps y where
+  mask == 1 and fills masked positions with the 7x7 depthwise RBF interpolation of y * mask: weights
+  exp(-lambda^2 d^2) with the centre's d^2 set to 1e5, normalised by the full kernel sum + 1e-5. A faster
+  implementation with the same semantics (one that only computes the unmasked outputs) is one more entry.
+- Dense convs (`dense_conv`) compute as the policy says (`Compute.conv`); `AUTO` / `for_backend` give the
+  line's choices per backend: on CPU a 1x1 conv is a matmul over the channels (XLA:CPU's convolution is several
+  times slower for it at these channel counts), any other an XLA convolution (shifted patches @ kernel was as
+  fast only on small images, and 3.4x slower for the W18-Small-v2 backbone at 512x1024: benchmarks/ANALYSIS.md).
 - `aggregate(prev, new, mask)`: the "copy" aggregation prev * (1 - m) + new * m at the logits' resolution, so
   an exited pixel keeps its logits in every later exit.
 """
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import flax.linen as nn
 import jax
@@ -32,6 +37,7 @@ import numpy as np
 from jax import lax
 
 from core_jax import counting
+from core_jax.compute import Compute, on_cpu, resolve
 from core_jax.errors import UserError
 
 RBF_SIZE = 7
@@ -150,18 +156,24 @@ def rbf_fill_conv(y: jax.Array, mask: jax.Array, rbf_lambda: jax.Array) -> jax.A
   return ym + interp * (1 - m)
 
 
-def dense_conv(x, kernel, bias, strides, padding):
-  """The conv every `Conv` computes: a 1x1 conv as a matmul over the channels (XLA:CPU's convolution is several
-  times slower for it at these channel counts), any other as XLA's convolution (shifted patches @ kernel was
-  as fast only on small images, and 3.4x slower for the W18-Small-v2 backbone at 512x1024: benchmarks/RESULTS.md).
-  Same result as `dense_conv_xla` to float rounding."""
-  kh, kw, cin, cout = kernel.shape
-  if (kh, kw) != (1, 1) or any(p for side in padding for p in side):
-    return dense_conv_xla(x, kernel, bias, strides, padding)
-  sh, sw = strides
-  xs = x[:, ::sh, ::sw, :] if (sh, sw) != (1, 1) else x
-  y = xs.reshape(-1, cin) @ kernel.astype(x.dtype).reshape(cin, cout)
-  y = y.reshape(*xs.shape[:3], cout)
+# What 'auto' means for the anytime line on each backend (module docstring); the other fields do not apply.
+AUTO = {
+    'pointwise_conv': on_cpu('matmul', 'conv'),
+    'small_conv': 'conv',
+    'patch_conv': 'conv',
+    'channel_multiple': 1,
+    'masked_conv': 'dense',
+}
+
+
+def for_backend(options: Mapping | None = None) -> Compute:
+  """The anytime models' compute policy: ``options`` (``config.compute``) with 'auto' entries from ``AUTO``."""
+  return resolve(options, AUTO, 'anytime')
+
+
+def dense_conv(compute: Compute, x, kernel, bias, strides, padding):
+  """The conv every `Conv` computes (kernel and bias in x's dtype), as ``compute`` says (``Compute.conv``)."""
+  y = compute.conv(x, kernel.astype(x.dtype), strides, padding)
   return y if bias is None else y + bias.astype(y.dtype)
 
 
@@ -171,24 +183,13 @@ def dense_conv_xla(x, kernel, bias, strides, padding):
   return y if bias is None else y + bias.astype(y.dtype)
 
 
-def reference_masked_conv(x, kernel, bias, mask, rbf_lambda, strides, padding):
-  """Masked-dense reference: the full conv, then masked outputs replaced by the RBF fill (no compute saved)."""
-  return rbf_fill(dense_conv(x, kernel, bias, strides, padding), mask, rbf_lambda)
+def masked_dense(compute: Compute, x, kernel, bias, mask, rbf_lambda, strides, padding):
+  """Masked-dense (the reference): the full conv, then masked outputs replaced by the RBF fill (no compute saved)."""
+  return rbf_fill(dense_conv(compute, x, kernel, bias, strides, padding), mask, rbf_lambda)
 
 
-_impl: list[Callable] = [reference_masked_conv]
-
-
-def masked_conv(x, kernel, bias, mask, rbf_lambda, strides, padding):
-  """The masked conv every masked `Conv` calls (the implementation set by `set_masked_conv_impl`)."""
-  return _impl[0](x, kernel, bias, mask, rbf_lambda, strides, padding)
-
-
-def set_masked_conv_impl(fn: Callable) -> Callable:
-  """Replaces the masked conv implementation (same signature and semantics); returns the previous one."""
-  prev = _impl[0]
-  _impl[0] = fn
-  return prev
+# compute.masked_conv -> the masked conv (same signature and semantics); core_jax.compute.CHOICES lists the names.
+MASKED_CONVS: dict[str, Callable] = {'dense': masked_dense}
 
 
 def torch_bias_init(fan_in: int):
@@ -205,6 +206,7 @@ class Conv(nn.Module):
   use_bias: bool = False
   exit_index: int | None = None
   conv_init: str = 'normal'  # CONV_INITS
+  compute: Compute = Compute()
 
   @nn.compact
   def __call__(self, x: jax.Array, masks: MaskSet | None = None) -> jax.Array:
@@ -220,12 +222,12 @@ class Conv(nn.Module):
     if self.exit_index is None:
       if masks is not None:
         raise ValueError(f'{self.name}: a mask was given to a conv that is not masked')
-      return dense_conv(x, kernel, bias, (s, s), pad)
+      return dense_conv(self.compute, x, kernel, bias, (s, s), pad)
     rbf_lambda = self.param('rbf_lambda', nn.initializers.constant(LAMBDA_INIT), ())
     if masks is None:  # CA model run without masks (e.g. backbone features): plain dense conv
-      return dense_conv(x, kernel, bias, (s, s), pad)
+      return dense_conv(self.compute, x, kernel, bias, (s, s), pad)
     m = masks.at(h, w)
-    y = masked_conv(x, kernel, bias, m, rbf_lambda, (s, s), pad)
+    y = MASKED_CONVS[self.compute.masked_conv](self.compute, x, kernel, bias, m, rbf_lambda, (s, s), pad)
     p = m.mean(axis=(1, 2))
     actual = float(dense) * p + (1 - p) * p * float(self.features * RBF_SIZE * RBF_SIZE * h * w)
     counting.sow_macs(self, f'actual_exit{self.exit_index}', actual)

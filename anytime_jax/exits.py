@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from anytime_jax.confidence import Conv, MaskSet
+from core_jax.compute import Compute
 
 BN_MOMENTUM = 0.99
 BN_EPS = 1e-5
@@ -49,13 +50,18 @@ class OriginalExit(nn.Module):
   exit_index: int | None = None  # masked convs of the segment ending at this exit (None: not masked)
   bn_momentum: float = BN_MOMENTUM
   conv_init: str = 'normal'
+  compute: Compute = Compute()
 
   @nn.compact
   def __call__(self, x, train: bool = False, masks: MaskSet | None = None):
     c, ci = x.shape[-1], self.conv_init
-    y = Conv(c, 1, use_bias=True, exit_index=self.exit_index, conv_init=ci, name='conv0')(x, masks)
+    y = Conv(c, 1, use_bias=True, exit_index=self.exit_index, conv_init=ci, compute=self.compute, name='conv0')(
+        x, masks
+    )
     y = nn.relu(batch_norm(train, 'bn1', self.bn_momentum)(y))
-    return Conv(self.num_classes, 1, use_bias=True, exit_index=self.exit_index, conv_init=ci, name='conv3')(y, masks)
+    return Conv(
+        self.num_classes, 1, use_bias=True, exit_index=self.exit_index, conv_init=ci, compute=self.compute, name='conv3'
+    )(y, masks)
 
 
 class RedesignedExit(nn.Module):
@@ -65,6 +71,7 @@ class RedesignedExit(nn.Module):
   exit_index: int | None = None
   bn_momentum: float = BN_MOMENTUM
   conv_init: str = 'normal'
+  compute: Compute = Compute()
 
   @nn.compact
   def __call__(self, x, train: bool = False, masks: MaskSet | None = None):
@@ -73,9 +80,15 @@ class RedesignedExit(nn.Module):
 
     def conv_bn_relu(y, features):
       nonlocal idx
-      y = Conv(features, 1, use_bias=True, exit_index=self.exit_index, conv_init=self.conv_init, name=f'conv{idx}')(
-          y, masks
-      )
+      y = Conv(
+          features,
+          1,
+          use_bias=True,
+          exit_index=self.exit_index,
+          conv_init=self.conv_init,
+          compute=self.compute,
+          name=f'conv{idx}',
+      )(y, masks)
       y = nn.relu(batch_norm(train, f'bn{idx + 1}', self.bn_momentum)(y))
       idx += 3  # conv, bn, relu
       return y
@@ -91,7 +104,13 @@ class RedesignedExit(nn.Module):
       if u < self.depth - 1:
         x = conv_bn_relu(x, self.inter_channels)
     return Conv(
-        self.num_classes, 1, use_bias=True, exit_index=self.exit_index, conv_init=self.conv_init, name=f'conv{idx}'
+        self.num_classes,
+        1,
+        use_bias=True,
+        exit_index=self.exit_index,
+        conv_init=self.conv_init,
+        compute=self.compute,
+        name=f'conv{idx}',
     )(x, masks)
 
 
@@ -101,7 +120,7 @@ EXIT_TYPES = ('ee', 'rh')
 def make_exit(
     exit_type: str, k: int, num_classes: int, inter_channels: int, exit_index: int | None, name: str, **options
 ):
-  """Exit k (1..3) of the given type; `options`: bn_momentum, conv_init."""
+  """Exit k (1..3) of the given type; `options`: bn_momentum, conv_init, compute."""
   if exit_type == 'ee':
     return OriginalExit(num_classes, exit_index=exit_index, name=name, **options)
   if exit_type == 'rh':

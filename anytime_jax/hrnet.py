@@ -39,6 +39,7 @@ from anytime_jax import confidence
 from anytime_jax.confidence import Conv, MaskSet
 from anytime_jax.exits import BN_MOMENTUM, EXIT_TYPES, OriginalExit, batch_norm, exit_input, make_exit, resize_bilinear
 from core_jax import counting
+from core_jax.compute import Compute
 from core_jax.errors import UserError
 
 
@@ -87,11 +88,18 @@ class ConvBN(nn.Module):
   exit_index: int | None = None
   bn_momentum: float = BN_MOMENTUM
   conv_init: str = 'normal'
+  compute: Compute = Compute()
 
   @nn.compact
   def __call__(self, x, train: bool = False, masks: MaskSet | None = None):
     x = Conv(
-        self.features, self.kernel_size, self.strides, exit_index=self.exit_index, conv_init=self.conv_init, name='conv'
+        self.features,
+        self.kernel_size,
+        self.strides,
+        exit_index=self.exit_index,
+        conv_init=self.conv_init,
+        compute=self.compute,
+        name='conv',
     )(x, masks)
     x = batch_norm(train, 'bn', self.bn_momentum)(x)
     return nn.relu(x) if self.relu else x
@@ -102,15 +110,22 @@ class Bottleneck(nn.Module):
   downsample: bool = False
   bn_momentum: float = BN_MOMENTUM
   conv_init: str = 'normal'
+  compute: Compute = Compute()
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     m, ci = self.bn_momentum, self.conv_init
-    out = nn.relu(batch_norm(train, 'bn1', m)(Conv(self.planes, 1, conv_init=ci, name='conv1')(x)))
-    out = nn.relu(batch_norm(train, 'bn2', m)(Conv(self.planes, 3, conv_init=ci, name='conv2')(out)))
-    out = batch_norm(train, 'bn3', m)(Conv(self.planes * 4, 1, conv_init=ci, name='conv3')(out))
+    out = nn.relu(
+        batch_norm(train, 'bn1', m)(Conv(self.planes, 1, conv_init=ci, compute=self.compute, name='conv1')(x))
+    )
+    out = nn.relu(
+        batch_norm(train, 'bn2', m)(Conv(self.planes, 3, conv_init=ci, compute=self.compute, name='conv2')(out))
+    )
+    out = batch_norm(train, 'bn3', m)(Conv(self.planes * 4, 1, conv_init=ci, compute=self.compute, name='conv3')(out))
     residual = (
-        ConvBN(self.planes * 4, 1, relu=False, bn_momentum=m, conv_init=ci, name='downsample')(x, train)
+        ConvBN(self.planes * 4, 1, relu=False, bn_momentum=m, conv_init=ci, compute=self.compute, name='downsample')(
+            x, train
+        )
         if self.downsample
         else x
     )
@@ -122,13 +137,14 @@ class BasicBlock(nn.Module):
   exit_index: int | None = None
   bn_momentum: float = BN_MOMENTUM
   conv_init: str = 'normal'
+  compute: Compute = Compute()
 
   @nn.compact
   def __call__(self, x, train: bool = False, masks: MaskSet | None = None):
     m, ci = self.bn_momentum, self.conv_init
-    out = Conv(self.planes, 3, exit_index=self.exit_index, conv_init=ci, name='conv1')(x, masks)
+    out = Conv(self.planes, 3, exit_index=self.exit_index, conv_init=ci, compute=self.compute, name='conv1')(x, masks)
     out = nn.relu(batch_norm(train, 'bn1', m)(out))
-    out = Conv(self.planes, 3, exit_index=self.exit_index, conv_init=ci, name='conv2')(out, masks)
+    out = Conv(self.planes, 3, exit_index=self.exit_index, conv_init=ci, compute=self.compute, name='conv2')(out, masks)
     out = batch_norm(train, 'bn2', m)(out)
     return nn.relu(out + x)
 
@@ -140,11 +156,14 @@ class HighResolutionModule(nn.Module):
   exit_index: int | None = None
   bn_momentum: float = BN_MOMENTUM
   conv_init: str = 'normal'
+  compute: Compute = Compute()
 
   @nn.compact
   def __call__(self, xs, train: bool = False, masks: MaskSet | None = None):
     xs = list(xs)
-    opts = dict(exit_index=self.exit_index, bn_momentum=self.bn_momentum, conv_init=self.conv_init)
+    opts = dict(
+        exit_index=self.exit_index, bn_momentum=self.bn_momentum, conv_init=self.conv_init, compute=self.compute
+    )
     n = len(self.channels)
     for i in range(n):
       for b in range(self.num_blocks):
@@ -219,6 +238,7 @@ class HRNet(nn.Module):
   fuse_upsample: str = 'bilinear'
   bn_momentum: float = BN_MOMENTUM  # the reference's 0.99 (PyTorch 0.01)
   conv_init: str = 'normal'  # confidence.CONV_INITS: the reference's N(0, 0.001), or 'he'
+  compute: Compute = Compute()  # how the convs compute (confidence.for_backend), never what they compute
 
   @nn.compact
   def __call__(self, x, train: bool = False, features_only: bool = False, last_exit: int = 4):
@@ -235,9 +255,13 @@ class HRNet(nn.Module):
     tau = self.get_variable('constants', 'tau', self.tau) if ca else None
 
     bn_m, ci = self.bn_momentum, self.conv_init
-    opts = dict(bn_momentum=bn_m, conv_init=ci)
-    x = nn.relu(batch_norm(train, 'bn1', bn_m)(Conv(arch.stem_width, 3, 2, conv_init=ci, name='conv1')(x)))
-    x = nn.relu(batch_norm(train, 'bn2', bn_m)(Conv(arch.stem_width, 3, 2, conv_init=ci, name='conv2')(x)))
+    opts = dict(bn_momentum=bn_m, conv_init=ci, compute=self.compute)
+    x = nn.relu(
+        batch_norm(train, 'bn1', bn_m)(Conv(arch.stem_width, 3, 2, conv_init=ci, compute=self.compute, name='conv1')(x))
+    )
+    x = nn.relu(
+        batch_norm(train, 'bn2', bn_m)(Conv(arch.stem_width, 3, 2, conv_init=ci, compute=self.compute, name='conv2')(x))
+    )
     for b in range(arch.stage1_blocks):
       x = Bottleneck(arch.layer1_planes, downsample=b == 0, name=f'layer1_{b}', **opts)(x, train)
     ys = [x]
@@ -315,8 +339,10 @@ def build(
     fuse_upsample: str = 'bilinear',
     bn_momentum: float = BN_MOMENTUM,
     conv_init: str = 'normal',
+    compute: Compute | None = None,
 ) -> HRNet:
-  """An HRNet with the options validated up front (one-line UserErrors)."""
+  """An HRNet with the options validated up front (one-line UserErrors); `compute` None: the backend's policy
+  (`confidence.for_backend`)."""
   get_arch(arch)
   if conv_init not in confidence.CONV_INITS:
     raise UserError(f'conv_init must be one of {confidence.CONV_INITS}, got {conv_init!r}')
@@ -334,6 +360,7 @@ def build(
       fuse_upsample=fuse_upsample,
       bn_momentum=float(bn_momentum),
       conv_init=conv_init,
+      compute=confidence.for_backend() if compute is None else compute,
   )
 
 

@@ -236,7 +236,9 @@ class AnytimeSegTask(Task):
     self.eval_size: tuple[int, int] | None = None
 
   def build_model(self):
-    return hrnet.build(num_classes=self.num_classes, **self.options)
+    return hrnet.build(
+        num_classes=self.num_classes, compute=confidence.for_backend(self.config.get('compute')), **self.options
+    )
 
   def init_inputs(self, example_batch):
     image = jnp.asarray(example_batch[self.input_key][:1])

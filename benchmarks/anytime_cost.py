@@ -8,9 +8,9 @@ tau = the median of exit 1's confidence on the benchmark image ("tau_median": ra
 confident, so at 0.998 nothing exits; the median makes half the pixels exit at exit 1, to show the effect;
 conv weights are He-scaled so that confidences differ between pixels).
 GFLOPs follow the paper (anytime_jax.flops: conv/linear MACs / 1024^3, masked convs at dense x computed
-fraction + the interpolation term). The masked convs are masked-dense (`confidence.masked_conv`): they
+fraction + the interpolation term). The masked convs are masked-dense (`compute.masked_conv='dense'`): they
 compute every output and then fill, so ADP-C saves FLOPs on paper only and its wall-clock is the dense one
-plus the RBF fill; a faster masked conv replaces `confidence.masked_conv` and shows up here.
+plus the RBF fill; a faster masked conv (another `compute.masked_conv`) shows up here.
 
 Backbone: our HRNet stem..stage4 (`features_only`, jax.jit; nearest upsampling in the fuse layers, as timm's
 classification HRNet, so both run the same network) against timm's `create_model(arch, head='')`
@@ -86,7 +86,7 @@ def worker_exits(args):
             'width': args.width,
             'gflops': float(macs[f'exit{k}'][0]) / flops.GIGA,
             'fraction_computed': float(outputs['fractions'][-1][0]),
-            'masked_conv': confidence.masked_conv.__name__,
+            'masked_conv': confidence.for_backend().masked_conv,
             **stats,
         }
     )
@@ -96,7 +96,7 @@ def worker_backbone(args):
   if args.contender == 'ours':
     jax, np, hrnet, x = _setup(args)
     # the network timm's HRNet is (its fuse layers upsample nearest; the segmentation model's bilinear fuse
-    # costs more on CPU: benchmarks/RESULTS.md)
+    # costs more on CPU: benchmarks/ANALYSIS.md)
     model = hrnet.build(args.arch, exits=(4,), fuse_upsample='nearest')
     variables = jax.device_put(hrnet.random_variables(model))
     fwd = jax.jit(lambda v, x: model.apply(v, x, features_only=True))

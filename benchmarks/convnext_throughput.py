@@ -31,7 +31,7 @@ def _ours(args):
 
   gpu = jax.default_backend() != 'cpu'
   dtype = jnp.bfloat16 if gpu else jnp.float32
-  model = models.create_model(args.model, drop_path_rate=0.1, dtype=dtype, dwconv_impl=args.dwconv_impl)
+  model = models.create_model(args.model, drop_path_rate=0.1, dtype=dtype, compute=dict(dwconv=args.dwconv_impl))
   x = jax.random.normal(jax.random.PRNGKey(0), (args.batch, args.size, args.size, 3), jnp.float32)
   y = jnp.zeros((args.batch,), jnp.int32)
   params = jax.jit(lambda: model.init({'params': jax.random.PRNGKey(1)}, x[:1])['params'])()

@@ -32,7 +32,7 @@ def worker(args):
   mesh = Mesh(jax.devices(), ('data',))
   # The XLA depthwise path on 1 device too: 'auto' picks the C++ kernels only where one device is
   # visible (XLA cannot partition a custom call), so this compares device counts, not code paths.
-  model = models.create_model(args.model, num_classes=10, dwconv_impl='shifted')
+  model = models.create_model(args.model, num_classes=10, compute=dict(dwconv='shifted'))
   x = jax.device_put(jnp.ones((args.batch, args.size, args.size, 3)), NamedSharding(mesh, P('data')))
   y = jax.device_put(jnp.zeros((args.batch,), jnp.int32), NamedSharding(mesh, P('data')))
   rep = NamedSharding(mesh, P())

@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from convnext_jax import ConvNeXt, ops
+from convnext_jax import ConvNeXt, for_backend, ops
 
 
 def _dwconv_xla_nchw(x, kernel, padding):
@@ -76,7 +76,7 @@ def train_step_time(depths, dims, patch, impl, batch=64, res=32, iters=10, num_c
       dims=tuple(dims),
       patch_size=patch,
       num_classes=num_classes,
-      dwconv_impl=impl,
+      compute=for_backend(dict(dwconv=impl)),
       drop_path_rate=0.0,
   )
   x = jnp.asarray(np.random.RandomState(0).randn(batch, res, res, 3).astype(np.float32))

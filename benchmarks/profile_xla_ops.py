@@ -1,13 +1,13 @@
 """Where a jitted ConvNeXt step spends its time, per layer kind, from the XLA profiler (any backend).
 
   python -m benchmarks.profile_xla_ops [--mode infer|train] [--model convnext_tiny] [--batch 16] \
-      [--size 224] [--top 25] [--set fusion_barriers=False --set patch_conv_impl=conv ...]
+      [--size 224] [--top 25] [--set fusion_barriers=False --set patch_conv=conv ...]
 
 Runs one step under `jax.profiler.trace`, reads the XPlane it writes, maps every executed XLA op
 (fusion, dot, conditional, loop) to the model layer in its op_name metadata, and prints the time per
 (layer kind, XLA op kind), largest first. This is how the CPU speed work found its targets: e.g. the
 depthwise conv's 49-tap sum recomputed inside each LayerNorm pass, and the YNNPACK reduce fusion
-materializing every shifted slice (see `convnext_jax.ops._materialized`). The profiler adds
+materializing every shifted slice (see `core_jax.compute.materialized`). The profiler adds
 overhead, so read shares, not absolute times.
 """
 
@@ -35,8 +35,11 @@ def _step(args):
 
   from convnext_jax import create_model  # pylint: disable=import-outside-toplevel
 
-  overrides = {k: ast.literal_eval(v) for k, v in (s.split('=', 1) for s in args.set)}
-  model = create_model(args.model, **overrides)
+  compute = {
+      k: ast.literal_eval(v) if v[:1] not in 'abcdefghijklmnopqrstuvwxyz' else v
+      for k, v in (s.split('=', 1) for s in args.set)
+  }
+  model = create_model(args.model, compute=compute)
   x = jax.random.normal(jax.random.PRNGKey(0), (args.batch, args.size, args.size, 3), jnp.float32)
   variables = jax.jit(model.init)(jax.random.PRNGKey(0), x[:1])
   if args.mode == 'infer':
@@ -117,7 +120,9 @@ def main():
   p.add_argument('--batch', type=int, default=16)
   p.add_argument('--size', type=int, default=224)
   p.add_argument('--top', type=int, default=25)
-  p.add_argument('--set', action='append', default=[], help='model override, e.g. fusion_barriers=False')
+  p.add_argument(
+      '--set', action='append', default=[], help='compute policy field (core_jax.compute), e.g. fusion_barriers=False'
+  )
   profile(p.parse_args())
 
 

@@ -11,7 +11,7 @@ MACs ratio large/pruned, our speed-up and PyTorch's (each the median over rounds
 speed-up as a fraction of the MACs ratio, and ours / torch absolute speed for both models (above 1.0x = ours
 faster). The PyTorch definitions are the parity-tested ones of tests/pruning/pruning_torch_reference.py.
 
-Ours runs at each of --channel-multiples (pruning_jax.models.layers.CHANNEL_MULTIPLE: pruned channel counts
+Ours runs at each of --channel-multiples (the compute policy's channel_multiple, core_jax.compute: pruned counts
 computed zero-padded to a multiple of m; 1 = unpadded), one row per value, all in the same interleaved rounds.
 Both sides use one thread per CPU core: PyTorch's intra-op pool is set to os.cpu_count() threads, XLA:CPU's
 Eigen pool has one thread per core; each worker reports its count (`threads`).
@@ -42,8 +42,7 @@ def _ours(name, mode, batch):
   from pruning_jax import models  # pylint: disable=import-outside-toplevel
   from pruning_jax.models import layers  # pylint: disable=import-outside-toplevel
 
-  layers.CHANNEL_MULTIPLE = _CHANNEL_MULTIPLE[0]  # read when the model is traced (below)
-  model = models.create(name)
+  model = models.create(name, compute=layers.for_backend(dict(channel_multiple=_CHANNEL_MULTIPLE[0])))
   x = jax.random.normal(jax.random.PRNGKey(0), (batch, 32, 32, 3), jnp.float32)
   y = jnp.zeros((batch,), jnp.int32)
   variables = jax.jit(model.init)(jax.random.PRNGKey(1), x[:1])
@@ -130,9 +129,7 @@ def worker(args):
       'threads': _threads(args.contender),
   }
   if args.contender == 'ours':
-    from pruning_jax.models import layers  # pylint: disable=import-outside-toplevel
-
-    record['channel_multiple'] = layers.CHANNEL_MULTIPLE
+    record['channel_multiple'] = _CHANNEL_MULTIPLE[0]
   if args.serve:
     return common.serve(fn, args.warmup, record)
   stats = common.time_calls(fn, warmup=args.warmup, repeats=args.repeats)
@@ -240,7 +237,7 @@ def main():
   p.add_argument('--repeats', type=int, default=5)
   p.add_argument('--warmup', type=int, default=2)
   p.add_argument('--channel-multiple', type=int, default=8, help=argparse.SUPPRESS)
-  p.add_argument('--channel-multiples', default='8', help='ours at each CHANNEL_MULTIPLE, e.g. 8,1')
+  p.add_argument('--channel-multiples', default='8', help='ours at each compute.channel_multiple, e.g. 8,1')
   args = p.parse_args()
   if args.worker:
     return worker(args)

@@ -11,15 +11,8 @@ from convnext_jax.models import (
     param_count,
     register_model,
 )
-from convnext_jax.ops import (
-    DWCONV_IMPLS,
-    PATCH_CONV_IMPLS,
-    Ops,
-    depthwise_conv2d,
-    fusion_barrier,
-    resolve_dwconv_impl,
-    resolve_fusion_barriers,
-)
+from convnext_jax.ops import DWCONV_IMPLS, depthwise_conv2d, for_backend, resolve_dwconv_impl
+from core_jax.compute import Compute, fusion_barrier
 
 __all__ = [
     'Block',
@@ -30,17 +23,16 @@ __all__ = [
     'model_config',
     'param_count',
     'register_model',
+    'Compute',
     'DWCONV_IMPLS',
-    'PATCH_CONV_IMPLS',
     'DepthwiseConv',
     'DropPath',
     'LayerNorm',
-    'Ops',
     'PatchConv',
     'depthwise_conv2d',
+    'for_backend',
     'fusion_barrier',
     'gelu_exact',
     'resolve_dwconv_impl',
-    'resolve_fusion_barriers',
     'trunc_normal_init',
 ]

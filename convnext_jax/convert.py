@@ -384,9 +384,7 @@ def _load_into(
 
 
 # create_model fields that change how a model runs or trains, not its parameters: not part of an export's recipe.
-RUN_FIELDS = frozenset(
-    {'dwconv_impl', 'patch_conv_impl', 'fusion_barriers', 'dtype', 'drop_path_rate', 'head_init_scale'}
-)
+RUN_FIELDS = frozenset({'compute', 'dtype', 'drop_path_rate', 'head_init_scale'})
 
 
 def _plain(value):

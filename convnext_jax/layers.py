@@ -1,8 +1,9 @@
 """ConvNeXt's layers in Flax Linen: init, LayerNorm, exact GELU, depthwise and patch convs, DropPath.
 
 All layers work on NHWC arrays. Parameters are always float32; ``dtype`` is the computation dtype. The layers
-that have faster formulations on some backend (LayerNorm, DepthwiseConv, PatchConv) take an ops policy
-(``convnext_jax.ops.Ops``): it chooses how they compute, never their parameters or their function.
+that have faster formulations on some backend (LayerNorm, DepthwiseConv, PatchConv) take the compute policy
+(``core_jax.compute.Compute``, see ``convnext_jax.ops``): it chooses how they compute, never their parameters or
+their function.
 """
 
 import math
@@ -14,8 +15,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from convnext_jax.ops import Ops
+from convnext_jax import ops
 from core_jax import counting
+from core_jax.compute import Compute
 
 Array = jax.Array
 Dtype = Any
@@ -50,21 +52,21 @@ class LayerNorm(nn.Module):
 
   epsilon: float = 1e-6
   dtype: Dtype = jnp.float32
-  ops: Ops = Ops()
+  compute: Compute = Compute()
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     c = x.shape[-1]
     scale = self.param('scale', nn.initializers.ones, (c,), jnp.float32)
     bias = self.param('bias', nn.initializers.zeros, (c,), jnp.float32)
-    return self.ops.layer_norm(x.astype(self.dtype), scale, bias, self.epsilon)
+    return ops.layer_norm(self.compute, x.astype(self.dtype), scale, bias, self.epsilon)
 
 
 def layer_norm(
-    name: str | None = None, dtype: Dtype = jnp.float32, eps: float = 1e-6, ops: Ops | None = None
+    name: str | None = None, dtype: Dtype = jnp.float32, eps: float = 1e-6, compute: Compute | None = None
 ) -> LayerNorm:
-  """ConvNeXt's LayerNorm (eps 1e-6); ``ops`` None: the plain XLA formulation, ``Ops()``."""
-  return LayerNorm(epsilon=eps, dtype=dtype, ops=ops or Ops(), name=name)
+  """ConvNeXt's LayerNorm (eps 1e-6); ``compute`` None: the plain XLA formulation, ``Compute()``."""
+  return LayerNorm(epsilon=eps, dtype=dtype, compute=compute or Compute(), name=name)
 
 
 # --------------------------------------------------------------------------------------
@@ -110,13 +112,13 @@ gelu_exact.defvjp(_gelu_exact_fwd, _gelu_exact_bwd)
 class DepthwiseConv(nn.Module):
   """Depthwise conv (stride 1, zero padding ``padding``) with bias, as PyTorch ``Conv2d(C, C, k, groups=C)``.
 
-  Params ``kernel`` (k, k, 1, C) and ``bias`` (C,), as ``nn.Conv(feature_group_count=C)``'s whatever the ops
+  Params ``kernel`` (k, k, 1, C) and ``bias`` (C,), as ``nn.Conv(feature_group_count=C)``'s whatever the compute
   policy computes it with, so checkpoints do not depend on it.
   """
 
   kernel_size: int = 7
   padding: int = 3
-  ops: Ops = Ops()
+  compute: Compute = Compute()
   dtype: Dtype = jnp.float32
   kernel_init: Callable = trunc_normal_init(0.02)
   bias_init: Callable = nn.initializers.zeros
@@ -126,7 +128,7 @@ class DepthwiseConv(nn.Module):
     c = x.shape[-1]
     kernel = self.param('kernel', self.kernel_init, (self.kernel_size, self.kernel_size, 1, c), jnp.float32)
     bias = self.param('bias', self.bias_init, (c,), jnp.float32)
-    y = self.ops.depthwise_conv(x.astype(self.dtype), kernel.astype(self.dtype), self.padding)
+    y = ops.depthwise_conv(self.compute, x.astype(self.dtype), kernel.astype(self.dtype), self.padding)
     # Not an nn.Conv, so report its MACs to core_jax.counting the way a grouped conv counts them.
     counting.record_macs(self.kernel_size * self.kernel_size * math.prod(y.shape))
     return y + bias.astype(self.dtype)
@@ -135,13 +137,13 @@ class DepthwiseConv(nn.Module):
 class PatchConv(nn.Module):
   """k x k conv with stride k, no padding, with bias (ConvNeXt's patchify stem and 2x2 downsampling layers).
 
-  Params ``kernel`` (k, k, Cin, Cout) and ``bias`` exactly as ``nn.Conv``'s, whatever the ops policy computes
-  it with (a conv, or a matmul over patches).
+  Params ``kernel`` (k, k, Cin, Cout) and ``bias`` exactly as ``nn.Conv``'s, whatever the compute policy
+  computes it with (a conv, or a matmul over patches: ``Compute.conv``).
   """
 
   features: int
   patch: int
-  ops: Ops = Ops()
+  compute: Compute = Compute()
   dtype: Dtype = jnp.float32
   kernel_init: Callable = trunc_normal_init(0.02)
   bias_init: Callable = nn.initializers.zeros
@@ -151,7 +153,7 @@ class PatchConv(nn.Module):
     k, cin = self.patch, x.shape[-1]
     kernel = self.param('kernel', self.kernel_init, (k, k, cin, self.features), jnp.float32)
     bias = self.param('bias', self.bias_init, (self.features,), jnp.float32)
-    y = self.ops.patch_conv(x.astype(self.dtype), kernel.astype(self.dtype))
+    y = self.compute.conv(x.astype(self.dtype), kernel.astype(self.dtype), (k, k))
     counting.record_macs(k * k * cin * math.prod(y.shape))
     return y + bias.astype(self.dtype)
 

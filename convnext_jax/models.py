@@ -38,12 +38,13 @@ transpose (2, 3, 1, 0) -- this covers the depthwise kernel (C,1,7,7) -> (7,7,1,C
 (out, in) -> kernel (in, out) (timm ``conv_mlp=True`` models store fc1/fc2 as (out, in, 1, 1):
 squeeze first); LN weight -> ``scale``; gamma unchanged; inputs NCHW -> NHWC.
 
-How the layers compute is not part of the model: ``dwconv_impl``, ``patch_conv_impl`` and ``fusion_barriers``
-name the backend's choices (C++ kernels, shifted depthwise conv, patch matmuls, fusion barriers; 'auto' / None
-picks for the running process), resolved once into a ``convnext_jax.ops.Ops`` that every layer receives. They
-change speed, never parameters or results, so checkpoints are interchangeable between them.
+How the layers compute is not part of the model: the ``compute`` field (``core_jax.compute.Compute``: C++
+kernels or shifted depthwise conv, patch matmuls, fusion barriers) is handed to every layer. ``create_model``
+resolves it for the running process (``convnext_jax.ops.for_backend``); the field's default ``Compute()`` is the
+plain XLA formulation. It changes speed, never parameters or results, so checkpoints are interchangeable.
 """
 
+import dataclasses
 import fnmatch
 from collections.abc import Sequence
 from typing import Any
@@ -53,8 +54,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from convnext_jax import ops
 from convnext_jax.layers import DepthwiseConv, DropPath, LayerNorm, PatchConv, gelu_exact, trunc_normal_init
-from convnext_jax.ops import Ops
+from core_jax.compute import Compute, resolve
+from core_jax.errors import UserError
 
 Array = jax.Array
 Dtype = Any
@@ -91,32 +94,32 @@ class Block(nn.Module):
   drop_path: float = 0.0
   layer_scale_init_value: float = 1e-6
   kernel_size: int = 7
-  ops: Ops = Ops()
+  compute: Compute = Compute()
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:
-    c = x.shape[-1]
-    norm = LayerNorm(dtype=self.dtype, ops=self.ops, name='norm')
-    y = DepthwiseConv(self.kernel_size, self.kernel_size // 2, ops=self.ops, dtype=self.dtype, name='dwconv')(x)
+    c, compute = x.shape[-1], self.compute
+    norm = LayerNorm(dtype=self.dtype, compute=compute, name='norm')
+    y = DepthwiseConv(self.kernel_size, self.kernel_size // 2, compute=compute, dtype=self.dtype, name='dwconv')(x)
     y = norm(y)
-    # Each layer's output may be materialized (speed only, see Ops.layer_end); the barrier's predicate reads a
+    # Each layer's output may be materialized (speed only, see ops.layer_end); the barrier's predicate reads a
     # replicated parameter, never the batch-sharded activation.
     anchor = norm.variables['params']['scale']
-    y = self.ops.layer_end(y, anchor, after_layer_norm=True)
-    y = self.ops.layer_end(_dense(4 * c, 'pwconv1', self.dtype)(y), anchor)
-    y = self.ops.layer_end(gelu_exact(y), anchor)
-    y = self.ops.layer_end(_dense(c, 'pwconv2', self.dtype)(y), anchor)
+    y = ops.layer_end(compute, y, anchor, after_layer_norm=True)
+    y = compute.layer_end(_dense(4 * c, 'pwconv1', self.dtype)(y), anchor)
+    y = compute.layer_end(gelu_exact(y), anchor)
+    y = compute.layer_end(_dense(c, 'pwconv2', self.dtype)(y), anchor)
     if self.layer_scale_init_value > 0:
       gamma = self.param('gamma', nn.initializers.constant(self.layer_scale_init_value), (c,), jnp.float32)
       y = y * gamma.astype(y.dtype)
     y = DropPath(self.drop_path, name='drop_path')(y, train=train)
-    return self.ops.layer_end(x.astype(y.dtype) + y, anchor)
+    return compute.layer_end(x.astype(y.dtype) + y, anchor)
 
 
-def _head(x: Array, num_classes: int, head_init_scale: float, dtype: Dtype, ops: Ops) -> Array:
+def _head(x: Array, num_classes: int, head_init_scale: float, dtype: Dtype, compute: Compute) -> Array:
   x = jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(dtype)  # global average pool, then LN
-  x = LayerNorm(dtype=dtype, ops=ops, name='head_norm')(x)
+  x = LayerNorm(dtype=dtype, compute=compute, name='head_norm')(x)
   if num_classes > 0:
     x = _dense(num_classes, 'head', dtype, scale=head_init_scale)(x)
   return x.astype(jnp.float32)
@@ -134,9 +137,7 @@ class ConvNeXt(nn.Module):
   head_init_scale: float = 1.0
   patch_size: int = 4
   kernel_size: int = 7
-  dwconv_impl: str = 'auto'
-  patch_conv_impl: str = 'auto'
-  fusion_barriers: bool | None = None
+  compute: Compute = Compute()
   dtype: Dtype = jnp.float32
 
   def block_drop_rates(self) -> np.ndarray:
@@ -148,29 +149,29 @@ class ConvNeXt(nn.Module):
       raise ValueError(f'depths {self.depths} and dims {self.dims} must have the same length')
     if x.ndim != 4 or x.shape[-1] != self.in_chans:
       raise ValueError(f'expected NHWC input with {self.in_chans} channels, got shape {x.shape}')
-    ops = Ops.for_backend(self.dwconv_impl, self.patch_conv_impl, self.fusion_barriers)
+    compute = self.compute
     x = x.astype(self.dtype)
     rates = self.block_drop_rates()
     features: dict[str, Array] = {}
     k = 0
     for i, (depth, dim) in enumerate(zip(self.depths, self.dims)):
       if i == 0:
-        x = PatchConv(dim, self.patch_size, ops=ops, dtype=self.dtype, name='stem_conv')(x)
-        x = LayerNorm(dtype=self.dtype, ops=ops, name='stem_norm')(x)
+        x = PatchConv(dim, self.patch_size, compute=compute, dtype=self.dtype, name='stem_conv')(x)
+        x = LayerNorm(dtype=self.dtype, compute=compute, name='stem_norm')(x)
       else:
-        x = Downsample(dim, dtype=self.dtype, ops=ops, name=f'downsample_{i}')(x)
+        x = Downsample(dim, dtype=self.dtype, compute=compute, name=f'downsample_{i}')(x)
       for j in range(depth):
         x = Block(
             drop_path=float(rates[k]),
             layer_scale_init_value=self.layer_scale_init_value,
             kernel_size=self.kernel_size,
-            ops=ops,
+            compute=compute,
             dtype=self.dtype,
             name=f'stages_{i}_block_{j}',
         )(x, train=train)
         k += 1
       features[f'stage_{i}'] = x
-    logits = _head(x, self.num_classes, self.head_init_scale, self.dtype, ops)
+    logits = _head(x, self.num_classes, self.head_init_scale, self.dtype, compute)
     return logits, features
 
 
@@ -179,12 +180,12 @@ class Downsample(nn.Module):
 
   dim: int
   dtype: Dtype = jnp.float32
-  ops: Ops = Ops()
+  compute: Compute = Compute()
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    x = LayerNorm(dtype=self.dtype, ops=self.ops, name='norm')(x)
-    return PatchConv(self.dim, 2, ops=self.ops, dtype=self.dtype, name='conv')(x)
+    x = LayerNorm(dtype=self.dtype, compute=self.compute, name='norm')(x)
+    return PatchConv(self.dim, 2, compute=self.compute, dtype=self.dtype, name='conv')(x)
 
 
 class ConvNeXtIsotropic(nn.Module):
@@ -202,28 +203,27 @@ class ConvNeXtIsotropic(nn.Module):
   head_init_scale: float = 1.0
   patch_size: int = 16
   kernel_size: int = 7
-  dwconv_impl: str = 'auto'
-  patch_conv_impl: str = 'auto'
-  fusion_barriers: bool | None = None
+  compute: Compute = Compute()
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> tuple[Array, dict[str, Array]]:
     if x.ndim != 4 or x.shape[-1] != self.in_chans:
       raise ValueError(f'expected NHWC input with {self.in_chans} channels, got shape {x.shape}')
-    ops = Ops.for_backend(self.dwconv_impl, self.patch_conv_impl, self.fusion_barriers)
-    x = PatchConv(self.dim, self.patch_size, ops=ops, dtype=self.dtype, name='stem_conv')(x.astype(self.dtype))
+    x = PatchConv(self.dim, self.patch_size, compute=self.compute, dtype=self.dtype, name='stem_conv')(
+        x.astype(self.dtype)
+    )
     rates = np.linspace(0.0, self.drop_path_rate, self.depth)
     for j in range(self.depth):
       x = Block(
           drop_path=float(rates[j]),
           layer_scale_init_value=self.layer_scale_init_value,
           kernel_size=self.kernel_size,
-          ops=ops,
+          compute=self.compute,
           dtype=self.dtype,
           name=f'blocks_{j}',
       )(x, train=train)
-    logits = _head(x, self.num_classes, self.head_init_scale, self.dtype, ops)
+    logits = _head(x, self.num_classes, self.head_init_scale, self.dtype, self.compute)
     return logits, {'blocks': x}
 
 
@@ -249,7 +249,7 @@ register_model('convnext_large', _H, depths=(3, 3, 27, 3), dims=(192, 384, 768, 
 register_model('convnext_xlarge', _H, depths=(3, 3, 27, 3), dims=(256, 512, 1024, 2048))
 # Small ConvNeXt for 32x32 digit images (10 classes): patch-2 stem -> 16/8/4/2 feature maps.
 # Same block design / 7x7 depthwise kernel / 4 stages; sized for the CPU demo (`make demo`; its train step
-# time is in benchmarks/RESULTS.md, design measurements).
+# time is in benchmarks/ANALYSIS.md, design measurements).
 register_model('convnext_digits', _H, depths=(1, 1, 3, 1), dims=(32, 64, 128, 256), patch_size=2, num_classes=10)
 register_model('convnext_iso_small', ConvNeXtIsotropic, depth=18, dim=384, layer_scale_init_value=0.0)
 register_model('convnext_iso_base', ConvNeXtIsotropic, depth=18, dim=768, layer_scale_init_value=0.0)
@@ -277,14 +277,22 @@ def create_model(name: str, **overrides) -> nn.Module:
   """timm-style factory: ``create_model('convnext_tiny', num_classes=10, drop_path_rate=0.1, dtype=jnp.bfloat16)``.
 
   Overrides are any ConvNeXt / ConvNeXtIsotropic field (depths, dims, in_chans, num_classes,
-  drop_path_rate, layer_scale_init_value, head_init_scale, patch_size, kernel_size, dwconv_impl,
-  patch_conv_impl, fusion_barriers, dtype).
+  drop_path_rate, layer_scale_init_value, head_init_scale, patch_size, kernel_size, dtype) and ``compute``:
+  a ``Compute``, or a mapping of its fields (``config.compute``) resolved for the running process by
+  ``convnext_jax.ops.for_backend`` (None / missing: every field the backend's choice).
   """
   cls, _ = _REGISTRY[name] if name in _REGISTRY else (None, None)
   cfg = model_config(name, **overrides)
   for key in ('depths', 'dims'):
     if key in cfg:
       cfg[key] = tuple(int(v) for v in cfg[key])
+  compute = cfg.pop('compute', None)
+  if 'compute' in {f.name for f in dataclasses.fields(cls)}:
+    cfg['compute'] = compute if isinstance(compute, Compute) else ops.for_backend(compute)
+  elif not isinstance(compute, Compute):  # e.g. the roadmap models: plain layers, no speed paths to choose
+    resolve(compute, {}, name)  # any field set is a one-line error
+  elif compute != Compute():
+    raise UserError(f'{name} has no compute policy; it was given {compute}')
   return cls(**cfg)
 
 

@@ -1,29 +1,28 @@
-"""How ConvNeXt's layers compute on a backend: one ops policy (``Ops``), never what they compute.
+"""How ConvNeXt's layers compute on a backend, under the one compute policy (``core_jax.compute.Compute``).
 
-Every choice here gives the same function, the same parameters and the same results (to float rounding; the
-parity tests in tests/convnext/test_models.py run every path). They exist because XLA:CPU is slow on the plain
-formulation:
+Every choice gives the same function, the same parameters and the same results (to float rounding; the
+parity tests in tests/convnext/test_models.py run every path). The policy fields ConvNeXt uses:
 
-* ``dwconv_impl``: the 7x7 depthwise conv as
+* ``dwconv``: the 7x7 depthwise conv as
   ``xla`` (``lax.conv_general_dilated(feature_group_count=C)``; fast on GPU/TPU, slow on XLA:CPU),
   ``native`` (C++ kernels, ``cpu_kernels.cc``, called as XLA FFI custom calls; float32 'same' convs, other
   cases take ``shifted``; with it the LayerNorms use the C++ kernels too), or ``shifted`` (kh*kw shifted
   multiply-adds with a hand-written backward, each computed once behind a fusion barrier; the fastest
   pure-XLA path on CPU, and the one that partitions under a sharded jit).
-* ``patch_conv_impl``: the non-overlapping k x k / stride k convs (stem, downsampling) as ``conv`` or as
-  ``dense``, one matmul over space-to-depth patches (bit-identical on XLA:CPU, faster there in the backward).
-* ``fusion_barriers``: materialize each block layer's output (``Ops.layer_end``): XLA:CPU's cross-layer fusions
+* ``patch_conv``: the non-overlapping k x k / stride k convs (stem, downsampling) as ``conv`` or ``matmul``
+  over space-to-depth patches (``Compute.conv``; bit-identical on XLA:CPU, faster there in the backward).
+* ``fusion_barriers``: materialize each block layer's output (``layer_end``): XLA:CPU's cross-layer fusions
   (LayerNorm into the matmul, GELU into its neighbours) cost more than the memory pass they save.
 
-``Ops()`` is the plain XLA formulation; ``Ops.for_backend()`` resolves each ``'auto'`` / ``None`` for the
-running process (see ``resolve_dwconv_impl`` and ``resolve_fusion_barriers``). ``ConvNeXt`` builds one from its
-``dwconv_impl`` / ``patch_conv_impl`` / ``fusion_barriers`` fields and hands it to every layer.
+``for_backend(options)`` resolves ``config.compute`` for ConvNeXt (``AUTO``: what 'auto' means per backend;
+the other policy fields do not apply to it and are an error when set). ``create_model`` / the task hand the
+policy to the model, which hands it to every layer.
 """
 
 import dataclasses
 import functools
 import os
-from collections.abc import Callable
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -31,11 +30,11 @@ import numpy as np
 from jax import lax
 
 from core_jax import native_kernels
+from core_jax.compute import Compute, materialized, on_cpu, resolve
 
 Array = jax.Array
 
 DWCONV_IMPLS = ('auto', 'xla', 'native', 'shifted')
-PATCH_CONV_IMPLS = ('auto', 'conv', 'dense')
 
 # C++ kernels for XLA:CPU, compiled on first use by core_jax.native_kernels (see native_cpu_kernels_available).
 _NATIVE_SOURCE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'cpu_kernels.cc')
@@ -74,111 +73,45 @@ def resolve_dwconv_impl(impl: str) -> str:
   return impl
 
 
-def resolve_patch_conv_impl(impl: str) -> str:
-  """'auto' -> 'dense' on CPU, 'conv' elsewhere."""
-  if impl not in PATCH_CONV_IMPLS:
-    raise ValueError(f'patch_conv_impl must be one of {PATCH_CONV_IMPLS}, got {impl!r}')
-  if impl == 'auto':
-    return 'dense' if jax.default_backend() == 'cpu' else 'conv'
-  return impl
+# What 'auto' means for ConvNeXt on each backend (benchmarks/ANALYSIS.md, design measurements).
+AUTO = {
+    'dwconv': lambda: resolve_dwconv_impl('auto'),
+    'patch_conv': on_cpu('matmul', 'conv'),
+    'fusion_barriers': on_cpu(True, False),
+}
 
 
-def resolve_fusion_barriers(flag: bool | None) -> bool:
-  """None -> on for the CPU backend only (GPU/TPU fusion is left to XLA)."""
-  return jax.default_backend() == 'cpu' if flag is None else bool(flag)
+def for_backend(options: Mapping | None = None) -> Compute:
+  """ConvNeXt's compute policy for the running process: ``options`` (``config.compute``, or a dict of some
+  fields) with each 'auto' / missing entry resolved by ``AUTO``; 'native' without the C++ kernels ->
+  'shifted'."""
+  compute = resolve(options, AUTO, 'convnext')
+  return dataclasses.replace(compute, dwconv=resolve_dwconv_impl(compute.dwconv))
 
 
-@dataclasses.dataclass(frozen=True)
-class Ops:
-  """The ops policy the layers receive (see the module docstring). Fields are resolved choices, never 'auto'.
-
-  Hashable, so it can be a field of a Flax module.
-  """
-
-  dwconv_impl: str = 'xla'
-  patch_conv_impl: str = 'conv'
-  fusion_barriers: bool = False
-
-  def __post_init__(self):
-    if self.dwconv_impl not in DWCONV_IMPLS[1:]:
-      raise ValueError(f'Ops.dwconv_impl must be one of {DWCONV_IMPLS[1:]}, got {self.dwconv_impl!r}')
-    if self.patch_conv_impl not in PATCH_CONV_IMPLS[1:]:
-      raise ValueError(f'Ops.patch_conv_impl must be one of {PATCH_CONV_IMPLS[1:]}, got {self.patch_conv_impl!r}')
-
-  @classmethod
-  def for_backend(
-      cls, dwconv_impl: str = 'auto', patch_conv_impl: str = 'auto', fusion_barriers: bool | None = None
-  ) -> 'Ops':
-    """The policy for the running process, each 'auto' / None resolved by this module's ``resolve_*``."""
-    return cls(
-        resolve_dwconv_impl(dwconv_impl),
-        resolve_patch_conv_impl(patch_conv_impl),
-        resolve_fusion_barriers(fusion_barriers),
-    )
-
-  @property
-  def native_layer_norm(self) -> bool:
-    """LayerNorms by the C++ kernel: exactly when the depthwise conv uses them (same device conditions)."""
-    return self.dwconv_impl == 'native'
-
-  def depthwise_conv(self, x: Array, kernel: Array, padding: int) -> Array:
-    """Stride-1 depthwise conv, zero padding ``padding``; kernel (kh, kw, 1, C). See ``depthwise_conv2d``."""
-    return depthwise_conv2d(x, kernel, padding, self.dwconv_impl)
-
-  def patch_conv(self, x: Array, kernel: Array) -> Array:
-    """k x k conv with stride k, VALID, no bias; kernel (k, k, Cin, Cout) as ``nn.Conv``'s."""
-    k, _, cin, cout = kernel.shape
-    if self.patch_conv_impl == 'conv':
-      return lax.conv_general_dilated(x, kernel, (k, k), 'VALID', dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-    n, h, w, _ = x.shape
-    ho, wo = h // k, w // k
-    x = x[:, : ho * k, : wo * k]  # VALID: a remainder row/column is dropped, as by the conv
-    patches = x.reshape(n, ho, k, wo, k, cin).transpose(0, 1, 3, 2, 4, 5).reshape(n, ho, wo, k * k * cin)
-    return patches @ kernel.reshape(k * k * cin, cout)
-
-  def layer_norm(self, x: Array, scale: Array, bias: Array, eps: float) -> Array:
-    """LayerNorm over the last axis (``layer_norm_channels_last``); by the C++ kernel for float32 if native."""
-    if self.native_layer_norm and x.dtype == jnp.float32:
-      return layer_norm_native(x, scale, bias, eps)
-    return layer_norm_channels_last(x, scale, bias, eps)
-
-  def layer_end(self, y: Array, anchor: Array, after_layer_norm: bool = False) -> Array:
-    """``y`` unchanged; with ``fusion_barriers`` computed into its own buffer (``fusion_barrier``).
-
-    ``anchor``: a replicated array (a parameter) for the barrier's predicate. ``after_layer_norm``: ``y`` is a
-    LayerNorm's output, which the C++ kernel already writes to a buffer of its own.
-    """
-    if not self.fusion_barriers or (after_layer_norm and self.native_layer_norm):
-      return y
-    return fusion_barrier(y, anchor)
+def uses_native_layer_norm(compute: Compute) -> bool:
+  """LayerNorms by the C++ kernel: exactly when the depthwise conv uses them (same device conditions)."""
+  return compute.dwconv == 'native' and native_cpu_kernels_available()
 
 
-# --------------------------------------------------------------------------------------
-# Fusion barrier
-# --------------------------------------------------------------------------------------
-def _materialized(fn: Callable, *args: Array, anchor: Array | None = None) -> Array:
-  """``fn(*args)``, computed once into its own buffer: an XLA:CPU fusion barrier.
-
-  XLA:CPU would otherwise fuse cheap-looking producers into every consumer (the 49-tap shifted sum is
-  recomputed by each of LayerNorm's three passes: mean, variance, normalize) or hand a reduce and its
-  producers to its YNNPACK fusion, which then materializes each shifted slice on its own; both cost more than
-  the conv itself (benchmarks/profile_convnext_layers.py). XLA:CPU has no barrier op (``optimization_barrier``
-  is expanded before fusion), but a conditional is one: its result is always a buffer of its own. Both
-  branches are ``fn``, so the predicate (never constant-folded: ``v == v`` is false for NaN) cannot change the
-  result. Differentiable: the transpose of a conditional is a conditional, so the backward gets the barrier too.
-
-  The predicate reads one element of ``anchor`` (default: the last arg). Under a batch-sharded jit that element
-  must not come from an activation: it lives on one device, and GSPMD would broadcast it to all of them at
-  every barrier (an all-reduce per barrier per step). Pass a parameter.
-  """
-  v = (args[-1] if anchor is None else anchor).reshape(-1)[0]
-  return lax.cond(v == v, fn, fn, *args)
+def depthwise_conv(compute: Compute, x: Array, kernel: Array, padding: int) -> Array:
+  """Stride-1 depthwise conv, zero padding ``padding``; kernel (kh, kw, 1, C). See ``depthwise_conv2d``."""
+  return depthwise_conv2d(x, kernel, padding, compute.dwconv)
 
 
-def fusion_barrier(x: Array, anchor: Array | None = None) -> Array:
-  """``x`` unchanged, but materialized: XLA cannot fuse its producer into its consumers (see ``_materialized``;
-  ``anchor``: a replicated array, e.g. a parameter, for the predicate)."""
-  return _materialized(lambda t: t * 1.0, x, anchor=anchor)
+def layer_norm(compute: Compute, x: Array, scale: Array, bias: Array, eps: float) -> Array:
+  """LayerNorm over the last axis (``layer_norm_channels_last``); by the C++ kernel for float32 if native."""
+  if uses_native_layer_norm(compute) and x.dtype == jnp.float32:
+    return layer_norm_native(x, scale, bias, eps)
+  return layer_norm_channels_last(x, scale, bias, eps)
+
+
+def layer_end(compute: Compute, y: Array, anchor: Array, after_layer_norm: bool = False) -> Array:
+  """``compute.layer_end``, except after a LayerNorm by the C++ kernel, which already writes to a buffer of
+  its own (``after_layer_norm``: ``y`` is a LayerNorm's output)."""
+  if after_layer_norm and uses_native_layer_norm(compute):
+    return y
+  return compute.layer_end(y, anchor)
 
 
 # --------------------------------------------------------------------------------------
@@ -307,7 +240,7 @@ def _shifted_same(x: Array, kernel: Array, padding: tuple[int, int]) -> Array:
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
 def _dwconv_shifted(x: Array, kernel: Array, padding: tuple[int, int]) -> Array:
-  return _materialized(functools.partial(_shifted_same, padding=padding), x, kernel)
+  return materialized(functools.partial(_shifted_same, padding=padding), x, kernel)
 
 
 def _dwconv_shifted_fwd(x, kernel, padding):
@@ -322,7 +255,7 @@ def _dwconv_shifted_bwd(padding, res, g):
   ph, pw = kh - 1 - padding[0], kw - 1 - padding[1]
   if ph < 0 or pw < 0 or g.shape[1:3] != (h, w):
     raise NotImplementedError("shifted dwconv backward assumes 'same' padding (k = 2p + 1)")
-  dx = _materialized(lambda g, k: shifted_sum(pad_hw(g, (ph, pw)), k, h, w), g, kernel[::-1, ::-1])
+  dx = materialized(lambda g, k: shifted_sum(pad_hw(g, (ph, pw)), k, h, w), g, kernel[::-1, ::-1])
   dk = _dw_kernel_grad(pad_hw(x, padding), g, kh, kw).astype(kernel.dtype)
   return dx.astype(x.dtype), dk
 

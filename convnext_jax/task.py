@@ -25,10 +25,8 @@ Isotropic ConvNeXt (BEiT style): stem_conv -> 0, blocks_j -> j + 1, head_norm/he
 
 import re
 
-import jax.numpy as jnp
-
 from convnext_jax import models
-from core_jax import optim
+from core_jax import compute, optim
 from core_jax.classification import ClassificationTask
 from core_jax.errors import UserError
 
@@ -89,7 +87,8 @@ class ConvNeXtTask(ClassificationTask):
         mcfg.name,
         num_classes=self.dataset_info.num_classes,
         drop_path_rate=mcfg.drop_path_rate,
-        dtype=jnp.dtype(self.config.compute_dtype),
+        dtype=compute.compute_dtype(self.config.compute_dtype),
+        compute=self.config.get('compute'),  # resolved by create_model (ops.for_backend)
         **self._overrides(),
     )
 

@@ -16,7 +16,11 @@ every config on the command line. Groups and fields (read by core_jax.train unle
   num_train_steps       > 0 overrides num_epochs
   log_every_steps       progress line and TensorBoard train scalars every N steps
   eval_every_epochs     eval (and a checkpoint) every N epochs (float); always at the end
-  compute_dtype         activation dtype for the line's model (read by the line's Task)
+  compute_dtype         activation and conv / matmul dtype of every line's model: float32 or bfloat16 (params,
+                        losses and BatchNorm statistics stay float32; core_jax.compute.compute_dtype)
+  compute               the compute policy (core_jax.compute): patch_conv, small_conv, pointwise_conv,
+                        channel_multiple, fusion_barriers, dwconv, masked_conv; 'auto' / None: the line's
+                        choice for the running backend; a choice the line's models cannot honour is an error
   init_from             weights file loaded by `Task.load_pretrained` on a fresh start only (never on resume)
   init_reinit_head      keep the freshly initialized classifier instead of the file's
   eval_only             evaluate and write results.json without training: the weights of `init_from` when
@@ -28,6 +32,8 @@ every config on the command line. Groups and fields (read by core_jax.train unle
   mesh                  fsdp: devices per parameter shard (1: parameters replicated)
   distributed           coordinator_address, num_processes, process_id (-1: from the environment), auto
                         (let JAX discover a TPU pod / SLURM job)
+  guard                 loss_spike_factor (1000; 0 = off), window: stop before a state whose loss exploded is
+                        saved, and move the steps of that trajectory aside (core_jax.guard)
   debug                 test-only knobs, off by default: step_delay_s (sleep per step, so a test can signal
                         a run mid-way; same numerics), write_batch_digests (append each step's batch digest
                         to WORKDIR/batch_digests.<process>.txt, to prove the data order)
@@ -45,6 +51,7 @@ import os
 import types
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def load_sibling(config_file: str, name: str) -> types.ModuleType:
@@ -71,6 +78,17 @@ def base_config() -> ml_collections.ConfigDict:
   c.log_every_steps = 100
   c.eval_every_epochs = 1.0
   c.compute_dtype = 'float32'
+  c.compute = ml_collections.ConfigDict(
+      dict(
+          patch_conv='auto',
+          small_conv='auto',
+          pointwise_conv='auto',
+          channel_multiple=config_dict.placeholder(int),
+          fusion_barriers=config_dict.placeholder(bool),
+          dwconv='auto',
+          masked_conv='auto',
+      )
+  )
   c.init_from = ''
   c.init_reinit_head = False
   c.eval_only = False
@@ -80,6 +98,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict(dict(fsdp=1))
   c.distributed = ml_collections.ConfigDict(dict(coordinator_address='', num_processes=0, process_id=-1, auto=False))
   c.debug = ml_collections.ConfigDict(dict(step_delay_s=0.0, write_batch_digests=False))
+  c.guard = ml_collections.ConfigDict(dict(loss_spike_factor=1000.0, window=200))
   c.data = ml_collections.ConfigDict(
       dict(
           name='',

@@ -30,7 +30,6 @@ Contract
     JAX (a non-training phase that runs first on a rerun would otherwise start the backend without it).
 """
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -41,6 +40,10 @@ import ml_collections
 from jax.experimental import multihost_utils
 
 from core_jax.errors import UserError
+
+# The experiment's compilation cache, kept in a module of its own that train.run can import too: train.run
+# switches it on, and this module imports train (train_phase), so living here would close an import circle.
+from core_jax.xla_cache import CACHE_DIR, compilation_cache, start_compilation_cache  # noqa: F401  (its API)
 
 RESULTS_FILE = 'results.json'
 
@@ -166,48 +169,3 @@ def run_experiment(phases: Sequence[Phase], workdir: str) -> dict[str, dict]:
     done[phase.name] = {**results, 'workdir': phase_dir}
   _say(f'experiment done: {len(phases)} phases in {workdir}')
   return done
-
-
-CACHE_DIR = 'xla_cache'
-_pending_cache_dir: str | None = None  # set by compilation_cache, switched on by start_compilation_cache
-
-
-@contextlib.contextmanager
-def compilation_cache(workdir: str, enabled: bool = True):
-  """JAX's persistent compilation cache in WORKDIR/xla_cache while an experiment runs: its phases compile the
-  same programs (a second seed's steps, every eval-only phase's eval and init), so later phases load them. A
-  cache directory the process already has (JAX_COMPILATION_CACHE_DIR, the tests') wins; the earlier settings
-  come back afterwards (a driver or the tests may run many experiments in one process).
-
-  The cache is only armed here: it is switched on by `start_compilation_cache()`, which core_jax.train.run calls
-  once the data, the model and the weights of its run have loaded. Compiles before that (the init, a data
-  stage) are not kept, so input that fails to load (weights of another width, an export without its sidecar)
-  leaves no WORKDIR/xla_cache behind: nothing is written before the inputs are checked."""
-  global _pending_cache_dir
-  if not enabled or jax.config.jax_compilation_cache_dir:
-    yield
-    return
-  cache_dir = os.path.join(os.path.abspath(workdir), CACHE_DIR)
-  min_seconds = jax.config.jax_persistent_cache_min_compile_time_secs
-  _pending_cache_dir = cache_dir
-  try:
-    yield
-  finally:
-    _pending_cache_dir = None
-    if jax.config.jax_compilation_cache_dir == cache_dir:  # it was switched on: put the earlier settings back
-      from jax.experimental.compilation_cache import compilation_cache as cc  # pylint: disable=import-outside-toplevel
-
-      jax.config.update('jax_compilation_cache_dir', None)
-      jax.config.update('jax_persistent_cache_min_compile_time_secs', min_seconds)
-      cc.reset_cache()
-
-
-def start_compilation_cache() -> None:
-  """Switches on the cache a surrounding `compilation_cache` armed (no-op without one, or when already on)."""
-  if _pending_cache_dir is None or jax.config.jax_compilation_cache_dir:
-    return
-  from jax.experimental.compilation_cache import compilation_cache as cc  # pylint: disable=import-outside-toplevel
-
-  cc.reset_cache()  # jax settles on "no cache" at the first compile; forget that so the directory takes effect
-  jax.config.update('jax_compilation_cache_dir', _pending_cache_dir)
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)  # evals and inits are short compiles

@@ -39,9 +39,9 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from core_jax import checkpoint as checkpoint_lib
-from core_jax import counting, experiment, optim, parallel
+from core_jax import counting, guard, optim, parallel, xla_cache
 from core_jax import metrics as metrics_lib
-from core_jax.data import pipeline, sources, transforms
+from core_jax.data import ops, pipeline, sources
 from core_jax.errors import UserError
 from core_jax.task import Task
 
@@ -139,8 +139,8 @@ def build_data(config) -> Data:
   data_dir = dcfg.get('data_dir') or None
   train_source, info = sources.load_source(dcfg.name, dcfg.train_split, data_dir)
   eval_source, _ = sources.load_source(dcfg.name, dcfg.eval_split, data_dir)
-  train_tf = transforms.build_transforms(dcfg.train_transforms)
-  eval_tf = transforms.build_transforms(dcfg.eval_transforms)
+  train_tf = ops.build_transforms(dcfg.train_transforms)
+  eval_tf = ops.build_transforms(dcfg.eval_transforms)
   steps_per_epoch = len(train_source) // config.batch_size
   if steps_per_epoch == 0:
     raise UserError(f'batch_size {config.batch_size} is larger than the {len(train_source)} training examples')
@@ -509,6 +509,7 @@ def _diverged(what: str, step: int, ckpt: checkpoint_lib.Checkpointer) -> NonFin
 def run(config, workdir: str, task_cls) -> dict:
   """Trains (or resumes) in `workdir`, evaluates, writes `workdir/results.json`; returns the results."""
   optim.check_config(config)  # a phase's derived config too (the command line's was checked by cli.run_main)
+  guard.check_options(config.get('guard', None))
   _check_workdir(workdir)
   b = build(config, workdir, task_cls)
   ckpt_cfg = config.checkpoint
@@ -523,7 +524,7 @@ def run(config, workdir: str, task_cls) -> dict:
   try:
     state, lineage = restore_or_init(b, ckpt)
     _make_workdir(workdir)  # data, model and weights have loaded: the first thing this run writes
-    experiment.start_compilation_cache()  # an experiment's WORKDIR/xla_cache, likewise only now
+    xla_cache.start_compilation_cache()  # an experiment's WORKDIR/xla_cache, likewise only now
     steps = compile_steps(b)
     if config.get('eval_only', False):
       return _eval_only(b, steps, state)
@@ -563,6 +564,7 @@ def _train(b: Built, steps: Steps, ckpt: checkpoint_lib.Checkpointer, state: Tra
   debug = config.get('debug', {})
   meta_config = json.loads(config.to_json_best_effort())
   history, train_metrics = [], None
+  spike_guard = guard.LossSpikeGuard(config.get('guard', None))
   start_step, t_start = step, time.time()
   while step < total_steps:
     with jax.profiler.StepTraceAnnotation('train', step_num=step):
@@ -573,6 +575,7 @@ def _train(b: Built, steps: Steps, ckpt: checkpoint_lib.Checkpointer, state: Tra
         _append_digest(workdir, step, local_batch[task.input_key])
       state, m = steps.train(state, pipeline.to_global(local_batch, b.batch_sharding))
     step += 1
+    spike_guard.observe(step, m)
     train_metrics = m if train_metrics is None else train_metrics.merge(m)
     if steps.epoch_end is not None and step % spe == 0:
       state = steps.epoch_end(state, np.int32(step // spe))
@@ -581,6 +584,9 @@ def _train(b: Built, steps: Steps, ckpt: checkpoint_lib.Checkpointer, state: Tra
     stop = ckpt.should_stop_for_preemption(step)
     if step % log_every == 0 or is_eval or is_ckpt or stop:
       # Read the loss before any checkpoint so a diverged state is never saved.
+      spike = spike_guard.check()
+      if spike is not None:
+        raise guard.stop(spike, ckpt, workdir)
       values = metrics_lib.to_floats(train_metrics)
       train_metrics = None
       watched = {k: v for k, v in values.items() if k == 'loss'} or values

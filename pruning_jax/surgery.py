@@ -251,7 +251,9 @@ def prune(model, variables: Mapping, keep: Mapping[str, Sequence[int]]):
       if selections is None:
         selections = [None] * _num_selections(model)
       selections[cs.selection_index] = None if kept.size == cs.width else tuple(int(i) for i in kept)
-  small = models.build(models.family_of(model), cfg, model.num_classes, selections, getattr(model, 'dtype', None))
+  small = models.build(
+      models.family_of(model), cfg, model.num_classes, selections, getattr(model, 'dtype', None), model.compute
+  )
   return small, {c: unflatten(v) for c, v in flat.items() if v}
 
 

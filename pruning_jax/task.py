@@ -29,9 +29,11 @@ import numpy as np
 
 from core_jax import counting, weights
 from core_jax.classification import ClassificationTask
+from core_jax.compute import Compute, compute_dtype
 from core_jax.errors import UserError
 from core_jax.weights import flatten, format_shape, unflatten
 from pruning_jax import models
+from pruning_jax.models import layers
 
 # The classifier of each family: `init_reinit_head` keeps its fresh initialization.
 HEADS = {'vgg_l1': 'fc2', 'vgg_slimming': 'fc', 'vgg_imagenet': 'fc3', 'vgg_bn_imagenet': 'fc3'}
@@ -39,8 +41,9 @@ TORCH_SUFFIXES = ('.pth', '.pth.tar', '.pt', '.tar')
 MASK_PREFIX = 'params/'
 
 
-def build_from_config(model_cfg, num_classes: int | None, dtype=None):
-  """The model config.model describes (a named model, or a family with its cfg / selections)."""
+def build_from_config(model_cfg, num_classes: int | None, dtype=None, compute: Compute | None = None):
+  """The model config.model describes (a named model, or a family with its cfg / selections); `dtype` and
+  `compute` as `models.build`'s."""
   name = model_cfg.get('name') or ''
   if not name:
     raise UserError('config.model.name is empty: name a model (e.g. vgg16, resnet56) or a family')
@@ -51,6 +54,7 @@ def build_from_config(model_cfg, num_classes: int | None, dtype=None):
       num_classes=num_classes,
       selections=model_cfg.get('selections') or None,
       dtype=dtype,
+      compute=compute,
   )
 
 
@@ -146,7 +150,12 @@ class PruningTask(ClassificationTask):
   def build_model(self):
     if self._model is None:
       num_classes = self.config.model.get('num_classes') or self.dataset_info.num_classes
-      self._model = build_from_config(self.config.model, num_classes)
+      self._model = build_from_config(
+          self.config.model,
+          num_classes,
+          dtype=compute_dtype(self.config.compute_dtype),
+          compute=layers.for_backend(self.config.get('compute')),
+      )
     return self._model
 
   def init_inputs(self, example_batch):

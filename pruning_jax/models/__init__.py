@@ -15,8 +15,9 @@ from collections.abc import Sequence
 
 import flax.linen as nn
 
+from core_jax.compute import Compute
 from core_jax.errors import UserError
-from pruning_jax.models import densenet, preresnet, resnet_cifar, resnet_imagenet, vgg
+from pruning_jax.models import densenet, layers, preresnet, resnet_cifar, resnet_imagenet, vgg
 
 FAMILIES = (
     'vgg_l1',
@@ -157,33 +158,42 @@ def _validate(family: str, cfg: tuple, selections) -> None:
     raise UserError(str(e)) from None
 
 
-def build(family: str, cfg: Sequence, num_classes: int, selections=None, dtype=None) -> nn.Module:
-  """The model of `family` with channel configuration `cfg` (the depth follows from the cfg length)."""
+def build(
+    family: str, cfg: Sequence, num_classes: int, selections=None, dtype=None, compute: Compute | None = None
+) -> nn.Module:
+  """The model of `family` with channel configuration `cfg` (the depth follows from the cfg length); `dtype`: the
+  computation dtype (params stay float32); `compute`: the compute policy (None: the backend's, layers.AUTO)."""
   cfg = normalize_cfg(cfg)
+  compute = layers.for_backend() if compute is None else compute
   selections = _normalize_selections(selections)
   if selections is not None and family not in SELECTION_FAMILIES:
     raise UserError(f'family {family!r} has no channel selection (selections given)')
   _validate(family, cfg, selections)
   try:
     if family in _VGG_HEADS:
-      return vgg.VGG(cfg, num_classes, _VGG_HEADS[family], dtype=dtype)
+      return vgg.VGG(cfg, num_classes, _VGG_HEADS[family], dtype=dtype, compute=compute)
     if family == 'resnet_cifar':
-      return resnet_cifar.CifarResNet(2 + 2 * len(cfg), cfg, num_classes, dtype=dtype)
+      return resnet_cifar.CifarResNet(2 + 2 * len(cfg), cfg, num_classes, dtype=dtype, compute=compute)
     if family == 'preresnet':
-      return preresnet.PreResNet(1 + len(cfg), cfg, num_classes, selections, dtype=dtype)
+      return preresnet.PreResNet(1 + len(cfg), cfg, num_classes, selections, dtype=dtype, compute=compute)
     if family == 'densenet':
-      return densenet.DenseNet(1 + len(cfg), cfg, num_classes, selections=selections, dtype=dtype)
+      return densenet.DenseNet(1 + len(cfg), cfg, num_classes, selections=selections, dtype=dtype, compute=compute)
     if family == 'resnet34':
-      return resnet_imagenet.ResNet34(cfg, num_classes, dtype=dtype)
+      return resnet_imagenet.ResNet34(cfg, num_classes, dtype=dtype, compute=compute)
     if family == 'resnet50':
-      return resnet_imagenet.ResNet50(cfg, num_classes, selections, dtype=dtype)
+      return resnet_imagenet.ResNet50(cfg, num_classes, selections, dtype=dtype, compute=compute)
   except ValueError as e:
     raise UserError(str(e)) from None
   raise UserError(f'unknown model family {family!r} (known: {", ".join(FAMILIES)})')
 
 
 def create(
-    family_or_name: str, cfg: Sequence | None = None, num_classes: int | None = None, selections=None, dtype=None
+    family_or_name: str,
+    cfg: Sequence | None = None,
+    num_classes: int | None = None,
+    selections=None,
+    dtype=None,
+    compute: Compute | None = None,
 ) -> nn.Module:
   """A named model (optionally with another cfg) or a family built from `cfg`."""
   if family_or_name in NAMED:
@@ -194,11 +204,12 @@ def create(
         default_classes(spec.dataset) if num_classes is None else num_classes,
         selections,
         dtype,
+        compute,
     )
   if family_or_name in FAMILIES:
     if cfg is None:
       raise UserError(f'family {family_or_name!r} needs a cfg (or use a named model: {", ".join(sorted(NAMED))})')
-    return build(family_or_name, cfg, 10 if num_classes is None else num_classes, selections, dtype)
+    return build(family_or_name, cfg, 10 if num_classes is None else num_classes, selections, dtype, compute)
   raise UserError(
       f'unknown model {family_or_name!r} (named: {", ".join(sorted(NAMED))}; families: ' f'{", ".join(FAMILIES)})'
   )
@@ -244,8 +255,8 @@ def describe(model: nn.Module) -> dict:
   }
 
 
-def from_description(d: dict, dtype=None) -> nn.Module:
+def from_description(d: dict, dtype=None, compute: Compute | None = None) -> nn.Module:
   missing = [k for k in ('family', 'cfg', 'num_classes') if k not in d]
   if missing:
     raise UserError(f'model description lacks {missing[0]!r}')
-  return build(d['family'], d['cfg'], int(d['num_classes']), d.get('selections'), dtype)
+  return build(d['family'], d['cfg'], int(d['num_classes']), d.get('selections'), dtype, compute)

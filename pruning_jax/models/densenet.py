@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from core_jax.compute import Compute
 from pruning_jax.models import layers
 from pruning_jax.models.preresnet import check_selections
 
@@ -53,11 +54,14 @@ class DenseLayer(nn.Module):
   growth: int
   selection: Sequence[int] | None = None
   dtype: jnp.dtype | None = None
+  compute: Compute = Compute()
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     y = _bn(train, 'bn1', self.dtype)(x)
-    y = layers.conv(self.growth, 3, name='conv1', dtype=self.dtype)(nn.relu(layers.select_channels(y, self.selection)))
+    y = layers.conv(self.growth, 3, name='conv1', dtype=self.dtype, compute=self.compute)(
+        nn.relu(layers.select_channels(y, self.selection))
+    )
     return jnp.concatenate([x, y], axis=-1)
 
 
@@ -65,12 +69,15 @@ class Transition(nn.Module):
   width: int
   selection: Sequence[int] | None = None
   dtype: jnp.dtype | None = None
+  compute: Compute = Compute()
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     out = x.shape[-1]  # compression 1
     y = _bn(train, 'bn1', self.dtype)(x)
-    y = layers.conv(out, 1, name='conv1', dtype=self.dtype)(nn.relu(layers.select_channels(y, self.selection)))
+    y = layers.conv(out, 1, name='conv1', dtype=self.dtype, compute=self.compute)(
+        nn.relu(layers.select_channels(y, self.selection))
+    )
     return layers.avg_pool(y, 2)
 
 
@@ -81,6 +88,7 @@ class DenseNet(nn.Module):
   growth: int = 12
   selections: Sequence[Sequence[int] | None] | None = None
   dtype: jnp.dtype | None = None
+  compute: Compute = Compute()
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -91,14 +99,16 @@ class DenseNet(nn.Module):
       raise ValueError(f'DenseNet-{self.depth} needs a cfg of {len(full)} entries, got {len(cfg)}')
     check_selections(cfg, self.selections, full, cfg, f'DenseNet-{self.depth}')
     sel = (lambda k: None) if self.selections is None else (lambda k: self.selections[k])
-    x = layers.conv(2 * self.growth, 3, name='conv1', dtype=self.dtype)(x)
+    x = layers.conv(2 * self.growth, 3, name='conv1', dtype=self.dtype, compute=self.compute)(x)
     k = 0
     for stage in range(3):
       for i in range(n):
-        x = DenseLayer(int(cfg[k]), self.growth, sel(k), self.dtype, name=f'dense{stage + 1}_{i}')(x, train)
+        x = DenseLayer(int(cfg[k]), self.growth, sel(k), self.dtype, self.compute, name=f'dense{stage + 1}_{i}')(
+            x, train
+        )
         k += 1
       if stage < 2:
-        x = Transition(int(cfg[k]), sel(k), self.dtype, name=f'trans{stage + 1}')(x, train)
+        x = Transition(int(cfg[k]), sel(k), self.dtype, self.compute, name=f'trans{stage + 1}')(x, train)
         k += 1
     x = _bn(train, 'bn', self.dtype)(x)
     x = nn.relu(layers.select_channels(x, sel(k)))

@@ -8,24 +8,24 @@
   with the biased batch variance, while the running variance is updated with the *unbiased* one, exactly as
   torch does. Variables use flax's names: params 'scale' / 'bias', batch_stats 'mean' / 'var'.
 - `select_channels`: the original's channel_selection layer as a static gather on the channel axis.
-- `conv`: a bias-free (by default) convolution with the explicit symmetric padding PyTorch uses.
-- Channel padding at compute time (`CHANNEL_MULTIPLE`, `channel_multiple(m)`): a convolution whose input or
-  output channel count is not a multiple of m (a pruned width such as 14 or 57) is computed with its kernel
-  zero-padded up to the next multiples and the extra output channels sliced off. The zero rows and columns add
-  exact zeros, so the outputs, the gradients and the variables (stored at the exact unpadded shapes, which the
-  params / MACs counts read) are unchanged; only XLA's choice of convolution kernel is. Counts <= 4 (the RGB
-  input) are left as they are. 1 turns it off.
+- `conv` / `Conv`: a bias-free (by default) convolution with the explicit symmetric padding PyTorch uses, computed
+  as the model's compute policy (`core_jax.compute.Compute`, a field of every family's modules) says: on CPU a
+  conv with at most 16 output positions per image as shifted patches @ kernel (XLA:CPU's convolution is far
+  slower than a matmul there: 3x3, 512 -> 512 at 2x2, the last stage of the CIFAR VGGs), and channel counts
+  that are not a multiple of 8 (a pruned width such as 14 or 57) zero-padded up to one at compute time. The
+  variables keep their exact shapes (the params / MACs counts read them); `AUTO` / `for_backend` give the
+  line's choices per backend.
 """
 
-import contextlib
 import math
-import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from core_jax.compute import Compute, on_cpu, resolve
 
 conv_init = nn.initializers.variance_scaling(2.0, 'fan_out', 'normal')
 gaussian_001 = nn.initializers.normal(stddev=0.01)
@@ -89,93 +89,37 @@ class BatchNorm(nn.Module):
     return y.astype(self.dtype or x.dtype)
 
 
-SMALL_OUTPUT_POSITIONS = 16
-# Channel counts are padded up to a multiple of this at compute time (see the module docstring); read when a
-# model is traced. PRUNING_JAX_CHANNEL_MULTIPLE sets the process default.
-CHANNEL_MULTIPLE = int(os.environ.get('PRUNING_JAX_CHANNEL_MULTIPLE', '8'))
-_UNPADDED_MAX = 4
+# What 'auto' means for the pruning line on each backend (benchmarks/ANALYSIS.md, pruned models): the small-conv
+# matmul is an XLA:CPU workaround; channel padding to multiples of 8 on every backend (GPU tensor cores want
+# them too). 1x1 convs stay convs (channel-padded). The other policy fields do not apply to these models.
+AUTO = {
+    'small_conv': on_cpu('matmul', 'conv'),
+    'pointwise_conv': 'conv',
+    'patch_conv': 'conv',
+    'channel_multiple': 8,
+}
 
 
-@contextlib.contextmanager
-def channel_multiple(m: int):
-  """Models traced inside use channel padding to multiples of `m` (1: none)."""
-  global CHANNEL_MULTIPLE
-  before, CHANNEL_MULTIPLE = CHANNEL_MULTIPLE, int(m)
-  try:
-    yield
-  finally:
-    CHANNEL_MULTIPLE = before
-
-
-def padded_channels(c: int, m: int | None = None) -> int:
-  """The channel count `c` is computed with: the next multiple of m (CHANNEL_MULTIPLE), counts <= 4 as they are."""
-  m = CHANNEL_MULTIPLE if m is None else m
-  return c if m <= 1 or c <= _UNPADDED_MAX else -(-c // m) * m
+def for_backend(options: Mapping | None = None) -> Compute:
+  """The pruning models' compute policy: ``options`` (``config.compute``) with 'auto' entries from ``AUTO``."""
+  return resolve(options, AUTO, 'pruning')
 
 
 class Conv(nn.Conv):
-  """nn.Conv (same variables, same result); when the output has at most SMALL_OUTPUT_POSITIONS positions per image
-  it is computed as shifted patches @ kernel, because XLA:CPU's convolution is far slower than a matmul
-  there (3x3, 512 -> 512 channels at 2x2: the last stage of the CIFAR VGGs; numbers in benchmarks/RESULTS.md);
-  channel counts that are not a multiple of CHANNEL_MULTIPLE are computed zero-padded to one (module docstring).
-  Explicit padding only."""
+  """nn.Conv (same variables, same result), computed as ``compute`` says (``Compute.conv``). Explicit padding,
+  no groups or dilation."""
 
+  compute: Compute = Compute()
+
+  @nn.compact
   def __call__(self, inputs):
-    kh, kw = self.kernel_size
-    (pt, pb), (pl, pr) = self.padding
-    sh, sw = self.strides
-    h, w = inputs.shape[-3], inputs.shape[-2]
-    ho, wo = (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1
     if inputs.ndim != 4 or self.feature_group_count != 1 or self.kernel_dilation not in (1, (1, 1)):
-      return super().__call__(inputs)
-    if ho * wo > SMALL_OUTPUT_POSITIONS or kh * kw == 1:
-      cin, cout = inputs.shape[-1], self.features
-      if (padded_channels(cin), padded_channels(cout)) != (cin, cout):
-        return self._padded_conv(inputs)
-      return super().__call__(inputs)
-    return self._patches_matmul(inputs, ho, wo)
-
-  @nn.compact
-  def _padded_conv(self, inputs):
+      raise ValueError(f'{self.name}: layers.Conv takes NHWC inputs and no groups or dilation')
     kh, kw = self.kernel_size
-    cin, cout = inputs.shape[-1], self.features
-    cin_p, cout_p = padded_channels(cin), padded_channels(cout)
-    kernel = self.param('kernel', self.kernel_init, (kh, kw, cin, cout), self.param_dtype)
-    bias = self.param('bias', self.bias_init, (cout,), self.param_dtype) if self.use_bias else None
-    x, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
-    # zero input channels meet zero kernel rows; the zero output columns are sliced off
-    x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, cin_p - cin))) if cin_p > cin else x
-    kernel = jnp.pad(kernel, ((0, 0), (0, 0), (0, cin_p - cin), (0, cout_p - cout)))
-    y = jax.lax.conv_general_dilated(
-        x,
-        kernel,
-        window_strides=tuple(self.strides),
-        padding=tuple(tuple(p) for p in self.padding),
-        dimension_numbers=('NHWC', 'HWIO', 'NHWC'),
-        precision=self.precision,
-    )
-    y = y[..., :cout] if cout_p > cout else y
-    return y if bias is None else y + bias
-
-  @nn.compact
-  def _patches_matmul(self, inputs, ho, wo):
-    kh, kw = self.kernel_size
-    (pt, pb), (pl, pr) = self.padding
-    sh, sw = self.strides
-    cin = inputs.shape[-1]
-    kernel = self.param('kernel', self.kernel_init, (kh, kw, cin, self.features), self.param_dtype)
+    kernel = self.param('kernel', self.kernel_init, (kh, kw, inputs.shape[-1], self.features), self.param_dtype)
     bias = self.param('bias', self.bias_init, (self.features,), self.param_dtype) if self.use_bias else None
     x, kernel, bias = nn.dtypes.promote_dtype(inputs, kernel, bias, dtype=self.dtype)
-    xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0)))
-    patches = jnp.concatenate(
-        [
-            xp[:, i : i + (ho - 1) * sh + 1 : sh, j : j + (wo - 1) * sw + 1 : sw, :]
-            for i in range(kh)
-            for j in range(kw)
-        ],
-        axis=-1,
-    )  # (B, ho, wo, kh * kw * cin)
-    y = jnp.dot(patches, kernel.reshape(kh * kw * cin, self.features), precision=self.precision)
+    y = self.compute.conv(x, kernel, self.strides, self.padding, precision=self.precision)
     return y if bias is None else y + bias
 
 
@@ -188,6 +132,7 @@ def conv(
     use_bias: bool = False,
     padding: int | None = None,
     dtype=None,
+    compute: Compute = Compute(),
 ) -> nn.Conv:
   pad = kernel // 2 if padding is None else padding
   return Conv(
@@ -200,6 +145,7 @@ def conv(
       bias_init=nn.initializers.zeros,
       name=name,
       dtype=dtype,
+      compute=compute,
   )
 
 

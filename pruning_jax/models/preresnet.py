@@ -21,6 +21,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from core_jax.compute import Compute
 from pruning_jax.models import layers
 
 PLANES = (16, 32, 64)
@@ -71,6 +72,7 @@ class Bottleneck(nn.Module):
   stride: int = 1
   selection: Sequence[int] | None = None
   dtype: jnp.dtype | None = None
+  compute: Compute = Compute()
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -80,12 +82,16 @@ class Bottleneck(nn.Module):
     c0, c1, c2 = (int(c) for c in self.cfg)
     del c0  # implied by the selection
     y = nn.relu(layers.select_channels(bn('bn1')(x), self.selection))
-    y = layers.conv(c1, 1, name='conv1', dtype=self.dtype)(y)
-    y = layers.conv(c2, 3, self.stride, name='conv2', dtype=self.dtype)(nn.relu(bn('bn2')(y)))
-    y = layers.conv(self.planes * EXPANSION, 1, name='conv3', dtype=self.dtype)(nn.relu(bn('bn3')(y)))
+    y = layers.conv(c1, 1, name='conv1', dtype=self.dtype, compute=self.compute)(y)
+    y = layers.conv(c2, 3, self.stride, name='conv2', dtype=self.dtype, compute=self.compute)(nn.relu(bn('bn2')(y)))
+    y = layers.conv(self.planes * EXPANSION, 1, name='conv3', dtype=self.dtype, compute=self.compute)(
+        nn.relu(bn('bn3')(y))
+    )
     shortcut = x
     if self.stride != 1 or x.shape[-1] != self.planes * EXPANSION:
-      shortcut = layers.conv(self.planes * EXPANSION, 1, self.stride, name='downsample', dtype=self.dtype)(x)
+      shortcut = layers.conv(
+          self.planes * EXPANSION, 1, self.stride, name='downsample', dtype=self.dtype, compute=self.compute
+      )(x)
     return y + shortcut
 
 
@@ -95,6 +101,7 @@ class PreResNet(nn.Module):
   num_classes: int = 10
   selections: Sequence[Sequence[int] | None] | None = None
   dtype: jnp.dtype | None = None
+  compute: Compute = Compute()
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -105,12 +112,14 @@ class PreResNet(nn.Module):
     full = selection_widths(self.depth)
     check_selections(cfg, self.selections, full, list(cfg[0 : 9 * n : 3]) + [cfg[-1]], f'PreResNet-{self.depth}')
     sel = (lambda k: None) if self.selections is None else (lambda k: self.selections[k])
-    x = layers.conv(16, 3, name='conv1', dtype=self.dtype)(x)
+    x = layers.conv(16, 3, name='conv1', dtype=self.dtype, compute=self.compute)(x)
     for s, planes in enumerate(PLANES):
       for b in range(n):
         k = s * n + b
         stride = 2 if (s > 0 and b == 0) else 1
-        x = Bottleneck(cfg[3 * k : 3 * k + 3], planes, stride, sel(k), self.dtype, name=f'layer{s + 1}_{b}')(x, train)
+        x = Bottleneck(
+            cfg[3 * k : 3 * k + 3], planes, stride, sel(k), self.dtype, self.compute, name=f'layer{s + 1}_{b}'
+        )(x, train)
     x = layers.BatchNorm(use_running_average=not train, scale_init=layers.constant(0.5), name='bn', dtype=self.dtype)(x)
     x = nn.relu(layers.select_channels(x, sel(3 * n)))
     features = layers.global_avg_pool(x)

@@ -19,6 +19,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from core_jax.compute import Compute
 from pruning_jax.models import layers
 
 STAGE_WIDTHS = (16, 32, 64)
@@ -47,12 +48,15 @@ class BasicBlock(nn.Module):
   planes: int
   stride: int = 1
   dtype: jnp.dtype | None = None
+  compute: Compute = Compute()
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     bn = lambda name: layers.BatchNorm(use_running_average=not train, name=name, dtype=self.dtype)
-    y = nn.relu(bn('bn1')(layers.conv(self.width, 3, self.stride, name='conv1', dtype=self.dtype)(x)))
-    y = bn('bn2')(layers.conv(self.planes, 3, name='conv2', dtype=self.dtype)(y))
+    y = nn.relu(
+        bn('bn1')(layers.conv(self.width, 3, self.stride, name='conv1', dtype=self.dtype, compute=self.compute)(x))
+    )
+    y = bn('bn2')(layers.conv(self.planes, 3, name='conv2', dtype=self.dtype, compute=self.compute)(y))
     shortcut = x
     if self.stride != 1 or x.shape[-1] != self.planes:
       shortcut = option_a_shortcut(x, self.planes)
@@ -64,6 +68,7 @@ class CifarResNet(nn.Module):
   cfg: Sequence[int] | None = None
   num_classes: int = 10
   dtype: jnp.dtype | None = None
+  compute: Compute = Compute()
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -71,12 +76,14 @@ class CifarResNet(nn.Module):
     cfg = default_cfg(self.depth) if self.cfg is None else tuple(self.cfg)
     if len(cfg) != 3 * n:
       raise ValueError(f'ResNet-{self.depth} needs a cfg of {3 * n} block widths, got {len(cfg)}')
-    x = layers.conv(16, 3, name='conv1', dtype=self.dtype)(x)
+    x = layers.conv(16, 3, name='conv1', dtype=self.dtype, compute=self.compute)(x)
     x = nn.relu(layers.BatchNorm(use_running_average=not train, name='bn1', dtype=self.dtype)(x))
     for s, planes in enumerate(STAGE_WIDTHS):
       for b in range(n):
         stride = 2 if (s > 0 and b == 0) else 1
-        x = BasicBlock(int(cfg[s * n + b]), planes, stride, self.dtype, name=f'layer{s + 1}_{b}')(x, train)
+        x = BasicBlock(int(cfg[s * n + b]), planes, stride, self.dtype, self.compute, name=f'layer{s + 1}_{b}')(
+            x, train
+        )
     features = layers.global_avg_pool(x)
     logits = layers.torch_dense(self.num_classes, features.shape[-1], 'fc', self.dtype)(features)
     return logits, {'pooled': features}

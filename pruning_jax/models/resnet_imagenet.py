@@ -19,6 +19,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from core_jax.compute import Compute
 from pruning_jax.models import layers
 from pruning_jax.models.preresnet import check_selections
 
@@ -49,8 +50,8 @@ def block_input_widths(depth: int) -> list[int]:
   return widths
 
 
-def _stem(x, train, dtype):
-  x = layers.conv(64, 7, 2, name='conv1', dtype=dtype)(x)
+def _stem(x, train, dtype, compute):
+  x = layers.conv(64, 7, 2, name='conv1', dtype=dtype, compute=compute)(x)
   x = nn.relu(layers.BatchNorm(use_running_average=not train, name='bn1', dtype=dtype)(x))
   return layers.max_pool(x, 3, 2, padding=1)
 
@@ -64,16 +65,19 @@ class BasicBlock(nn.Module):
   planes: int
   stride: int = 1
   dtype: jnp.dtype | None = None
+  compute: Compute = Compute()
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     bn = lambda name: layers.BatchNorm(use_running_average=not train, name=name, dtype=self.dtype)
-    y = nn.relu(bn('bn1')(layers.conv(self.width, 3, self.stride, name='conv1', dtype=self.dtype)(x)))
-    y = bn('bn2')(layers.conv(self.planes, 3, name='conv2', dtype=self.dtype)(y))
+    y = nn.relu(
+        bn('bn1')(layers.conv(self.width, 3, self.stride, name='conv1', dtype=self.dtype, compute=self.compute)(x))
+    )
+    y = bn('bn2')(layers.conv(self.planes, 3, name='conv2', dtype=self.dtype, compute=self.compute)(y))
     shortcut = x
     if self.stride != 1 or x.shape[-1] != self.planes:
       shortcut = bn('downsample_bn')(
-          layers.conv(self.planes, 1, self.stride, name='downsample_conv', dtype=self.dtype)(x)
+          layers.conv(self.planes, 1, self.stride, name='downsample_conv', dtype=self.dtype, compute=self.compute)(x)
       )
     return nn.relu(y + shortcut)
 
@@ -84,19 +88,28 @@ class Bottleneck(nn.Module):
   stride: int = 1
   selection: Sequence[int] | None = None
   dtype: jnp.dtype | None = None
+  compute: Compute = Compute()
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     bn = lambda name: layers.BatchNorm(use_running_average=not train, name=name, dtype=self.dtype)
     _, mid1, mid2 = (int(c) for c in self.cfg)
     y = layers.select_channels(x, self.selection)
-    y = nn.relu(bn('bn1')(layers.conv(mid1, 1, name='conv1', dtype=self.dtype)(y)))
-    y = nn.relu(bn('bn2')(layers.conv(mid2, 3, self.stride, name='conv2', dtype=self.dtype)(y)))
-    y = bn('bn3')(layers.conv(4 * self.planes, 1, name='conv3', dtype=self.dtype)(y))
+    y = nn.relu(bn('bn1')(layers.conv(mid1, 1, name='conv1', dtype=self.dtype, compute=self.compute)(y)))
+    y = nn.relu(bn('bn2')(layers.conv(mid2, 3, self.stride, name='conv2', dtype=self.dtype, compute=self.compute)(y)))
+    y = bn('bn3')(layers.conv(4 * self.planes, 1, name='conv3', dtype=self.dtype, compute=self.compute)(y))
     shortcut = x
     if self.stride != 1 or x.shape[-1] != 4 * self.planes:
       shortcut = bn('downsample_bn')(
-          layers.conv(4 * self.planes, 1, self.stride, name='downsample_conv', use_bias=True, dtype=self.dtype)(x)
+          layers.conv(
+              4 * self.planes,
+              1,
+              self.stride,
+              name='downsample_conv',
+              use_bias=True,
+              dtype=self.dtype,
+              compute=self.compute,
+          )(x)
       )
     return nn.relu(y + shortcut)
 
@@ -105,18 +118,19 @@ class ResNet34(nn.Module):
   cfg: Sequence[int] | None = None
   num_classes: int = 1000
   dtype: jnp.dtype | None = None
+  compute: Compute = Compute()
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     cfg = default_cfg(34) if self.cfg is None else tuple(self.cfg)
     if len(cfg) != 16:
       raise ValueError(f'ResNet-34 needs a cfg of 16 block widths, got {len(cfg)}')
-    x = _stem(x, train, self.dtype)
+    x = _stem(x, train, self.dtype, self.compute)
     k = 0
     for s, (planes, n) in enumerate(zip(WIDTHS, STAGES[34])):
       for b in range(n):
         stride = 2 if (s > 0 and b == 0) else 1
-        x = BasicBlock(int(cfg[k]), planes, stride, self.dtype, name=f'layer{s + 1}_{b}')(x, train)
+        x = BasicBlock(int(cfg[k]), planes, stride, self.dtype, self.compute, name=f'layer{s + 1}_{b}')(x, train)
         k += 1
     features = layers.global_avg_pool(x)
     return _fc(features, self.num_classes, self.dtype), {'pooled': features}
@@ -127,6 +141,7 @@ class ResNet50(nn.Module):
   num_classes: int = 1000
   selections: Sequence[Sequence[int] | None] | None = None
   dtype: jnp.dtype | None = None
+  compute: Compute = Compute()
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -134,13 +149,15 @@ class ResNet50(nn.Module):
     if len(cfg) != 48:
       raise ValueError(f'ResNet-50 needs a cfg of 48 entries (one [in, mid1, mid2] per block), got {len(cfg)}')
     check_selections(cfg, self.selections, block_input_widths(50), cfg[0::3], 'ResNet-50')
-    x = _stem(x, train, self.dtype)
+    x = _stem(x, train, self.dtype, self.compute)
     k = 0
     for s, (planes, n) in enumerate(zip(WIDTHS, STAGES[50])):
       for b in range(n):
         stride = 2 if (s > 0 and b == 0) else 1
         sel = None if self.selections is None else self.selections[k]
-        x = Bottleneck(cfg[3 * k : 3 * k + 3], planes, stride, sel, self.dtype, name=f'layer{s + 1}_{b}')(x, train)
+        x = Bottleneck(cfg[3 * k : 3 * k + 3], planes, stride, sel, self.dtype, self.compute, name=f'layer{s + 1}_{b}')(
+            x, train
+        )
         k += 1
     features = layers.global_avg_pool(x)
     return _fc(features, self.num_classes, self.dtype), {'pooled': features}

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
+from core_jax.compute import Compute
 from pruning_jax.models import layers
 
 CIFAR_CFGS = {
@@ -49,6 +50,7 @@ class VGG(nn.Module):
   num_classes: int = 10
   head: str = 'l1'
   dtype: jnp.dtype | None = None
+  compute: Compute = Compute()
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -68,7 +70,7 @@ class VGG(nn.Module):
       if v == 'M':
         x = layers.max_pool(x, 2, 2)
         continue
-      x = layers.conv(int(v), 3, name=f'conv{i}', use_bias=imagenet, dtype=self.dtype)(x)
+      x = layers.conv(int(v), 3, name=f'conv{i}', use_bias=imagenet, dtype=self.dtype, compute=self.compute)(x)
       if with_bn:
         x = bn(f'bn{i}')(x)
       x = nn.relu(x)

@@ -8,7 +8,7 @@ import pytest
 from anytime_jax import hrnet, job, report
 from anytime_jax import task as task_lib
 from core_jax import cli
-from core_jax.data import transforms
+from core_jax.data import ops
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG_DIR = os.path.join(REPO, 'configs', 'anytime')
@@ -80,7 +80,7 @@ def test_cityscapes_recipe(name):
   assert tuple(c.data.train_transforms) == ('seg_random_scale_crop(size=(512, 1024))', 'seg_flip', 'imagenet_normalize')
   assert tuple(c.data.eval_transforms) == ('imagenet_normalize',)
   for spec in tuple(c.data.train_transforms) + tuple(c.data.eval_transforms):
-    transforms.build_transforms((spec,))
+    ops.build_transforms((spec,))
   assert c.anytime.reference.startswith('cityscapes_')
   # the header: the command, the paper's numbers, the time
   with open(os.path.join(CONFIG_DIR, name)) as f:

@@ -11,6 +11,7 @@ import pytest
 from anytime_jax import confidence, flops, hrnet
 from anytime_jax.confidence import Conv, MaskSet
 from core_jax import counting
+from core_jax.compute import Compute
 from core_jax.errors import UserError
 
 
@@ -74,7 +75,7 @@ def test_dense_conv_as_matmul_equals_xla_conv():
   for k, s in ((3, 1), (3, 2), (1, 1), (1, 2)):
     kernel, bias = jnp.asarray(rng.randn(k, k, 6, 7).astype(np.float32)), jnp.arange(7.0)
     pad = ((k // 2, k // 2), (k // 2, k // 2))
-    got = confidence.dense_conv(x, kernel, bias, (s, s), pad)
+    got = confidence.dense_conv(confidence.for_backend(), x, kernel, bias, (s, s), pad)
     np.testing.assert_allclose(got, confidence.dense_conv_xla(x, kernel, bias, (s, s), pad), rtol=1e-5, atol=1e-5)
 
 
@@ -89,7 +90,7 @@ def test_masked_conv_module_and_lambda_gradient():
   p = variables['params']
   assert p['rbf_lambda'] == 3.0 and p['kernel'].shape == (3, 3, 3, 4)
   assert abs(float(jnp.std(p['kernel'])) - 0.001) < 3e-4  # N(0, 0.001)
-  dense = np.asarray(confidence.dense_conv(x, p['kernel'], p['bias'], (2, 2), ((1, 1), (1, 1))))
+  dense = np.asarray(confidence.dense_conv(Compute(), x, p['kernel'], p['bias'], (2, 2), ((1, 1), (1, 1))))
   out, state = conv.apply(variables, x, MaskSet(jnp.asarray(big)), mutable=['macs'])
   m = big[:, ::2, ::2]  # PyTorch nearest = top-left sample
   np.testing.assert_allclose(np.asarray(out), rbf_by_hand(dense.astype(np.float64), m, 3.0), rtol=1e-5, atol=1e-7)
@@ -117,22 +118,23 @@ def test_masked_conv_module_and_lambda_gradient():
   )
 
 
-def test_set_masked_conv_impl_replaces_every_masked_conv():
+def test_the_policy_masked_conv_is_what_every_masked_conv_calls(monkeypatch):
   calls = []
 
-  def spy(*args):
-    calls.append(args[3].shape)
-    return confidence.reference_masked_conv(*args)
+  def spy(compute, *args):
+    calls.append((compute.masked_conv, args[3].shape))
+    return confidence.masked_dense(compute, *args)
 
-  prev = confidence.set_masked_conv_impl(spy)
-  try:
-    x = jnp.ones((1, 4, 4, 2))
-    conv = Conv(3, 1, exit_index=2)
-    v = conv.init(jax.random.PRNGKey(0), x, MaskSet(jnp.ones((1, 4, 4))))
-    conv.apply(v, x, MaskSet(jnp.ones((1, 4, 4))))
-  finally:
-    assert confidence.set_masked_conv_impl(prev) is spy
-  assert calls == [(1, 4, 4), (1, 4, 4)]
+  monkeypatch.setitem(confidence.MASKED_CONVS, 'dense', spy)
+  x = jnp.ones((1, 4, 4, 2))
+  conv = Conv(3, 1, exit_index=2, compute=confidence.for_backend(dict(masked_conv='dense')))
+  v = conv.init(jax.random.PRNGKey(0), x, MaskSet(jnp.ones((1, 4, 4))))
+  conv.apply(v, x, MaskSet(jnp.ones((1, 4, 4))))
+  assert calls == [('dense', (1, 4, 4)), ('dense', (1, 4, 4))]
+  with pytest.raises(UserError, match=r"compute.masked_conv must be one of \('dense',\), got 'sparse'"):
+    confidence.for_backend(dict(masked_conv='sparse'))
+  with pytest.raises(UserError, match='compute.dwconv=.shifted.: the anytime line has no use for it'):
+    confidence.for_backend(dict(dwconv='shifted'))
 
 
 def test_mask_sampling_matches_torch_nearest():

@@ -6,9 +6,9 @@ What is verified
   * hierarchical variants (atto..xlarge): a random timm model (LN weights/biases and gamma ~ U(0.5, 1.5), biases
     random) is saved as timm .safetensors and as an official-layout .pth (keys renamed by a test-side function
     that is itself checked against timm's own checkpoint_filter_fn); both import to bit-identical Flax params;
-    Flax logits vs timm fp32 eval logits (64x64; tiny also 224) max|diff| <= 1e-4; Flax -> timm and
-    Flax -> official exports equal the original tensors bit for bit (same key sets); the timm export loads
-    into timm with load_state_dict(strict=True) and gives the same logits; for atto and tiny also via
+    Flax logits vs timm fp32 eval logits (64x64; tiny also 224) max|diff| <= 1e-5 x max|logit| (at least 1);
+    Flax -> timm and Flax -> official exports equal the original tensors bit for bit (same key sets); the timm
+    export loads into timm with load_state_dict(strict=True) and gives the same logits; for atto and tiny also via
     timm.create_model(pretrained=True, pretrained_cfg_overlay=dict(file=...)) offline.
   * isotropic variants (timm has none): an official-layout state dict drawn from numpy, saved as .pth and
     .safetensors, imported, and the Flax logits compared against a small torch.nn.functional re-implementation
@@ -32,11 +32,10 @@ import pytest
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 sys.path.insert(0, ROOT)
 
-torch = pytest.importorskip('torch')
-timm = pytest.importorskip('timm')
-
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import timm  # noqa: E402
+import torch  # noqa: E402
 from safetensors.numpy import save_file  # noqa: E402
 
 from convnext_jax import convert as C  # noqa: E402
@@ -57,7 +56,9 @@ HIER = [
     'convnext_xlarge',
 ]
 ISO = ['convnext_iso_small', 'convnext_iso_base', 'convnext_iso_large']
-TOL = 1e-4
+# Logit parity bound, relative to the largest |logit| so that no CPU's float32 rounding can fail it; the README
+# states this bound. Measured on an Intel Xeon: atto 4.8e-7 (max|logit| 1.34), iso_small 7.2e-7 absolute.
+REL_TOL = 1e-5
 
 
 @pytest.fixture(autouse=True)
@@ -113,7 +114,7 @@ def _state_dict_numpy(tm):
 
 
 def _target(name, **overrides):
-  model = create_model(name, dwconv_impl='xla', **overrides)
+  model = create_model(name, compute=dict(dwconv='xla'), **overrides)
   size = model.patch_size * (1 if 'iso' in name else 8)
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32))
   return model, shapes['params']
@@ -142,9 +143,6 @@ def _one_line_error(excinfo, *fragments):
   for f in fragments:
     assert f in msg, msg
   return msg
-
-
-PARITY = []  # (name, size, err) collected for the summary printed at the end
 
 
 # ------------------------------------------------------------------------------------------------
@@ -247,9 +245,8 @@ def test_hierarchical_import_parity_export(name, tmp_path, highest_precision):
       ref = tm(torch.from_numpy(x)).numpy()
     out = _flax_logits(model, params, x)
     err = float(np.max(np.abs(out - ref)))
-    PARITY.append((name, size, err))
     print(f'\n{name} {size}: max|logit diff| = {err:.2e} (max|logit| {np.abs(ref).max():.2f})')
-    assert err <= TOL
+    assert err <= REL_TOL * max(1.0, float(np.abs(ref).max()))
     refs[size] = (x, ref)
 
   # export: bit-exact round trip in both layouts
@@ -367,9 +364,8 @@ def test_isotropic_import_parity_export(name, tmp_path, highest_precision):
     ref = _iso_reference(sd, x)
   out = _flax_logits(model, params, x)
   err = float(np.max(np.abs(out - ref)))
-  PARITY.append((name, (64, 64), err))
   print(f'\n{name} (64, 64): max|logit diff| vs torch functional reference = {err:.2e}')
-  assert err <= TOL
+  assert err <= REL_TOL * max(1.0, float(np.abs(ref).max()))
   _assert_same_tensors(E.flax_to_official(params, name), sd)
   _assert_same_tensors(E.flax_to_timm(params, name), sd)  # no timm iso: official iso layout
 
@@ -662,7 +658,7 @@ def _digits_logits_check(flax_model, params, tm, size=32):
     ref = tm(torch.from_numpy(x)).numpy()
   out = _flax_logits(flax_model, params, x)
   err = float(np.max(np.abs(out - ref)))
-  assert err <= TOL, err
+  assert err <= REL_TOL * max(1.0, float(np.abs(ref).max())), err
   return err
 
 
@@ -725,7 +721,7 @@ def _random_params(model, size, seed):
 @pytest.mark.slow
 def test_demo_architecture_timm_recipe_round_trip(tmp_path, highest_precision):
   """convnext_digits as the demo trains it (no overrides): the recipe builds it in timm; strict load; logits."""
-  model = create_model('convnext_digits', dwconv_impl='xla')
+  model = create_model('convnext_digits', compute=dict(dwconv='xla'))
   params = _random_params(model, 32, seed=4)
   src = tmp_path / 'digits.msgpack'
   E.save_flax(params, str(src), arch='convnext_digits', input_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
@@ -820,8 +816,3 @@ def test_timm_recipe_refuses_what_timm_cannot_build():
   ]:
     with pytest.raises(UserError, match=message):
       E.timm_recipe(name, overrides)
-
-
-def test_parity_summary():
-  if PARITY:
-    print('\nparity summary: ' + '; '.join(f'{n} {s[0]}: {e:.1e}' for n, s, e in PARITY))

@@ -19,17 +19,18 @@ import jax.numpy as jnp  # noqa: E402
 from benchmarks import profile_convnext_layers  # noqa: E402
 from convnext_jax import (  # noqa: E402
     DropPath,
-    Ops,
     PatchConv,
     create_model,
     depthwise_conv2d,
-    fusion_barrier,
+    for_backend,
     gelu_exact,
     list_models,
     param_count,
     resolve_dwconv_impl,
 )
 from core_jax import native_kernels  # noqa: E402
+from core_jax.compute import Compute, fusion_barrier  # noqa: E402
+from core_jax.errors import UserError  # noqa: E402
 
 
 def _rand(shape, seed=0):
@@ -100,14 +101,14 @@ _DEEP = ('convnext_small', 'convnext_base', 'convnext_large', 'convnext_xlarge',
 )
 def test_param_count(name):
   # jax.eval_shape: nothing is materialised.  Count is input-size independent; 'xla' traces fastest.
-  model = create_model(name, num_classes=1000, dwconv_impl='xla')
+  model = create_model(name, num_classes=1000, compute=dict(dwconv='xla'))
   size = (32, 32) if 'iso' not in name else (16, 16)
   assert param_count(model, size) == EXPECTED_PARAMS[name]
 
 
 def test_isotropic_layer_scale():
   for name, has_gamma in [('convnext_iso_small', False), ('convnext_iso_base', False), ('convnext_iso_large', True)]:
-    model = create_model(name, dwconv_impl='xla')
+    model = create_model(name, compute=dict(dwconv='xla'))
     shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32))
     flat = _flat(shapes['params'])
     assert ('blocks_0/gamma' in flat) == has_gamma
@@ -115,7 +116,7 @@ def test_isotropic_layer_scale():
 
 
 def test_param_tree_names_and_shapes():
-  model = create_model('convnext_atto', dwconv_impl='xla')
+  model = create_model('convnext_atto', compute=dict(dwconv='xla'))
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
   flat = _flat(shapes['params'])
   expect = {
@@ -180,7 +181,7 @@ def test_digits_forward_features():
 
 
 def test_valid_padding_floors_like_pytorch():
-  model = create_model('convnext_atto', num_classes=3, dwconv_impl='xla')
+  model = create_model('convnext_atto', num_classes=3, compute=dict(dwconv='xla'))
   x = jax.ShapeDtypeStruct((1, 70, 66, 3), jnp.float32)
   v = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
   _, feats = jax.eval_shape(model.apply, v, x)
@@ -233,9 +234,9 @@ def test_depthwise_conv_impls_agree(shape, highest_precision):
 @pytest.mark.parametrize(
     'cpu_paths',
     [
-        dict(dwconv_impl='native'),  # CPU defaults: C++ dwconv + patch matmul
-        dict(dwconv_impl='shifted'),  # barriers + patch matmul
-        dict(dwconv_impl='xla', fusion_barriers=True, patch_conv_impl='dense'),
+        dict(dwconv='native'),  # CPU defaults: C++ dwconv + patch matmul
+        dict(dwconv='shifted'),  # barriers + patch matmul
+        dict(dwconv='xla', fusion_barriers=True, patch_conv='matmul'),
     ],
 )  # barriers off + conv patches: test_timm_parity's 'plain' case; each depthwise impl: test above
 @pytest.mark.slow
@@ -244,8 +245,8 @@ def test_model_dwconv_impls_same_tree_and_numerics(cpu_paths, highest_precision)
   same parameter tree, same outputs, same gradients."""
   x = _rand((4, 32, 32, 3))
   small = dict(depths=(1, 1, 1, 1), dims=(8, 16, 24, 32))  # 16/8/4/2 maps: exercises the cropped 2x2 path
-  m_xla = create_model('convnext_digits', dwconv_impl='xla', patch_conv_impl='conv', fusion_barriers=False, **small)
-  m_sh = create_model('convnext_digits', **cpu_paths, **small)
+  m_xla = create_model('convnext_digits', compute=Compute(), **small)
+  m_sh = create_model('convnext_digits', compute=cpu_paths, **small)
   v = _np_variables(m_xla, x.shape, gamma=1.0)  # gamma 1: make the residual branch matter
   v_sh = jax.eval_shape(m_sh.init, jax.random.PRNGKey(0), x)
   assert jax.tree_util.tree_structure(v) == jax.tree_util.tree_structure(v_sh)
@@ -275,18 +276,20 @@ def test_patch_conv_impls_agree_with_nn_conv(shape, k, highest_precision):
   v = jax.tree_util.tree_map(lambda a: a + 0.1, v)  # non-zero bias
   y_ref = ref.apply(v, x)
   g_ref = jax.grad(lambda v, x: jnp.sum(jnp.sin(ref.apply(v, x))), argnums=(0, 1))(v, x)
-  for impl in ('conv', 'dense', 'auto'):
-    m = PatchConv(7, k, ops=Ops.for_backend(patch_conv_impl=impl))
+  for impl in ('conv', 'matmul', 'auto'):
+    m = PatchConv(7, k, compute=for_backend(dict(patch_conv=impl)))
     v_m = m.init(jax.random.PRNGKey(1), x)
     assert jax.tree_util.tree_map(jnp.shape, v_m) == jax.tree_util.tree_map(jnp.shape, v)
     np.testing.assert_allclose(m.apply(v, x), y_ref, atol=1e-6, rtol=1e-6)
     g = jax.grad(lambda v, x, m=m: jnp.sum(jnp.sin(m.apply(v, x))), argnums=(0, 1))(v, x)
     for a, b in zip(jax.tree_util.tree_leaves(g), jax.tree_util.tree_leaves(g_ref)):
       np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
-  with pytest.raises(ValueError, match='patch_conv_impl'):
-    Ops.for_backend(patch_conv_impl='bogus')
-  with pytest.raises(ValueError, match='patch_conv_impl'):
-    create_model('convnext_atto', patch_conv_impl='bogus').init(jax.random.PRNGKey(1), jnp.zeros((1, 32, 32, 3)))
+  with pytest.raises(UserError, match='compute.patch_conv'):
+    for_backend(dict(patch_conv='bogus'))
+  with pytest.raises(UserError, match='compute.patch_conv'):
+    create_model('convnext_atto', compute=dict(patch_conv='bogus'))
+  with pytest.raises(UserError, match='compute.channel_multiple=8: the convnext line has no use for it'):
+    create_model('convnext_atto', compute=dict(channel_multiple=8))
 
 
 def test_gelu_exact_matches_autodiff_and_torch(highest_precision):
@@ -357,7 +360,7 @@ def test_drop_path_schedule_and_model_behaviour():
 @pytest.mark.slow  # a jitted init: compiling its threefry calls dominates
 def test_init_statistics():
   # atto widths, one block per stage (fast to init); 1000-class head
-  model = create_model('convnext_atto', depths=(1, 1, 1, 1), head_init_scale=0.1, dwconv_impl='xla')
+  model = create_model('convnext_atto', depths=(1, 1, 1, 1), head_init_scale=0.1, compute=dict(dwconv='xla'))
   v = jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
   flat = _flat(v['params'])
   w = np.asarray(flat['stages_2_block_0/pwconv1/kernel'])
@@ -484,12 +487,8 @@ def test_timm_parity(name, size, impl, highest_precision):
   torch.manual_seed(0)
   tm = timm.create_model(name, pretrained=False, num_classes=1000).eval()
   _randomize_torch(tm, torch)
-  paths = (
-      dict(dwconv_impl=impl)
-      if impl != 'plain'
-      else dict(dwconv_impl='xla', patch_conv_impl='conv', fusion_barriers=False)
-  )
-  model = create_model(name, num_classes=1000, **paths)
+  compute = Compute() if impl == 'plain' else dict(dwconv=impl)  # plain: no CPU speed paths
+  model = create_model(name, num_classes=1000, compute=compute)
   params = timm_to_flax(tm.state_dict(), model.depths)
   ref_tree = jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, *size, 3), jnp.float32))
   assert jax.tree_util.tree_structure(ref_tree['params']) == jax.tree_util.tree_structure(params)

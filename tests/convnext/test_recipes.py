@@ -18,7 +18,8 @@ import pytest
 from PIL import Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TINY_MODEL = dict(depths=(1, 1, 1, 1), dims=(8, 16, 16, 16), dwconv_impl='xla')
+TINY_MODEL = dict(depths=(1, 1, 1, 1), dims=(8, 16, 16, 16))
+TINY_COMPUTE = dict(dwconv='xla')
 NUM_CLASSES = 3
 
 
@@ -75,6 +76,7 @@ def _shrink(c, data):
   if c.data.eval_split.startswith('train['):  # in22k monitors on a train slice larger than the fixture
     c.data.eval_split = 'train[:8]'
   c.model.overrides = dict(TINY_MODEL)
+  c.compute.update(TINY_COMPUTE)
   c.batch_size = 8
   c.eval_batch_size = 8
   c.num_train_steps = 1
@@ -113,7 +115,7 @@ def _final_params(workdir):
 def _random_params(num_classes, seed=1):
   from convnext_jax import models
 
-  model = models.create_model('convnext_tiny', num_classes=num_classes, **TINY_MODEL)
+  model = models.create_model('convnext_tiny', num_classes=num_classes, **TINY_MODEL, compute=TINY_COMPUTE)
   return model.init(jax.random.PRNGKey(seed), jnp.zeros((1, 32, 32, 3)))['params']
 
 
@@ -286,7 +288,7 @@ def test_eval_only_on_checkpoint(data, tmp_path_factory):
 
 def test_eval_only_on_timm_file(data, tmp_path_factory):
   from convnext_jax import export, models
-  from core_jax.data import sources, transforms
+  from core_jax.data import ops, sources
 
   workdir = tmp_path_factory.mktemp('eval_timm')
   params = _random_params(NUM_CLASSES, seed=3)
@@ -298,11 +300,13 @@ def test_eval_only_on_timm_file(data, tmp_path_factory):
   assert results['weights'] == path and 'ema_accuracy' not in results['eval']
   # the same numbers by hand: the file's weights on the eval split
   src, _ = sources.load_source(c.data.name, 'validation', c.data.data_dir)
-  tf = transforms.build_transforms(c.data.eval_transforms)
+  tf = ops.build_transforms(c.data.eval_transforms)
   exs = [tf(dict(src[i]), np.random.default_rng(0)) for i in range(len(src))]
   x = np.stack([e['image'] for e in exs])
   y = np.array([e['label'] for e in exs])
-  model = models.create_model('convnext_tiny', num_classes=NUM_CLASSES, **TINY_MODEL, dtype=jnp.bfloat16)
+  model = models.create_model(
+      'convnext_tiny', num_classes=NUM_CLASSES, **TINY_MODEL, compute=TINY_COMPUTE, dtype=jnp.bfloat16
+  )
   logits, _ = jax.jit(model.apply)({'params': params}, jnp.asarray(x))
   loss = -np.take_along_axis(np.asarray(jax.nn.log_softmax(logits)), y[:, None], -1).mean()
   assert results['eval']['loss'] == pytest.approx(float(loss), rel=1e-3)

@@ -17,6 +17,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from convnext_jax import models, roadmap  # noqa: E402
+from convnext_jax.ops import for_backend  # noqa: E402
 
 RESNET50_PARAMS = 25_557_032  # torchvision resnet50
 CONVNEXT_T_PARAMS = 28_589_128
@@ -114,7 +115,7 @@ def test_last_step_same_function_as_convnext():
   """Small widths: identical param trees and identical logits/features for the same params."""
   kw = dict(depths=(1, 1, 2, 1), num_classes=7)
   ours = roadmap.create_roadmap_model('separate_downsampling', widths=(8, 16, 24, 32), **kw)
-  ref = models.ConvNeXt(dims=(8, 16, 24, 32), dwconv_impl='xla', **kw)
+  ref = models.ConvNeXt(dims=(8, 16, 24, 32), compute=for_backend(dict(dwconv='xla')), **kw)
   x = jnp.asarray(np.random.default_rng(1).standard_normal((2, 64, 64, 3)), jnp.float32)
   v = _random_variables(ref, x)  # non-trivial layer scale / biases / LN affine: every parameter matters
 
@@ -176,9 +177,8 @@ def test_table_formatting(table):
 
 @pytest.mark.parametrize('step', roadmap.step_names())
 def test_config_loads_and_builds(step):
-  import core_jax.data.augment  # noqa: F401  (registers the ImageNet ops)
   from core_jax import cli
-  from core_jax.data import transforms
+  from core_jax.data import ops
 
   c = cli.load_config_file(os.path.join(ROOT, 'configs', 'convnext', f'roadmap.py:{step}'))
   assert c.model.name == f'roadmap_{step}'
@@ -193,8 +193,8 @@ def test_config_loads_and_builds(step):
         c.optimizer.warmup_epochs,
         c.optimizer.weight_decay,
     ) == ('adamw', 4e-3, 4096, 300, 20, 0.05)
-  transforms.build_transforms(c.data.train_transforms)
-  transforms.build_transforms(c.data.eval_transforms)
+  ops.build_transforms(c.data.train_transforms)
+  ops.build_transforms(c.data.eval_transforms)
   m = models.create_model(
       c.model.name,
       num_classes=1000,

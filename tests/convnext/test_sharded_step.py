@@ -1,7 +1,7 @@
 """The CPU speed paths under a batch-sharded jit (8 simulated devices): no activation crosses devices.
 
 Two regressions this guards against, both found by benchmarks/devices_scaling.py (8 devices were far slower
-than the same step written with shard_map; benchmarks/RESULTS.md, design measurements):
+than the same step written with shard_map; benchmarks/ANALYSIS.md, design measurements):
 - the fusion barrier's predicate read an activation element, which GSPMD broadcast from its device at
   every barrier (an all-reduce per barrier per step);
 - a scan over image chunks in the depthwise kernel gradient made GSPMD all-gather the whole batch.
@@ -24,7 +24,7 @@ _PROBE = textwrap.dedent("""
   assert jax.device_count() == 8
   mesh = Mesh(jax.devices(), ('data',))
   model = create_model('convnext_digits', depths=(1, 1, 1, 1), dims=(8, 16, 24, 32), num_classes=10,
-                       dwconv_impl='shifted', fusion_barriers=True, patch_conv_impl='dense')
+                       compute=dict(dwconv='shifted', fusion_barriers=True, patch_conv='matmul'))
   x = jax.device_put(jnp.ones((16, 32, 32, 3)), NamedSharding(mesh, P('data')))
   y = jax.device_put(jnp.zeros((16,), jnp.int32), NamedSharding(mesh, P('data')))
   rep = NamedSharding(mesh, P())

@@ -11,7 +11,8 @@ def get_config():
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
   c = module.get_config()
-  c.model.overrides = dict(depths=(1, 1, 1, 1), dims=(8, 16, 16, 16), dwconv_impl='xla')  # compiles faster
+  c.model.overrides = dict(depths=(1, 1, 1, 1), dims=(8, 16, 16, 16))
+  c.compute.dwconv = 'xla'  # compiles faster
   c.batch_size = 16
   c.eval_batch_size = 40
   c.num_train_steps = 12

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from pruning_helpers import random_variables
 
+from core_jax.compute import Compute
 from core_jax.errors import UserError
 from pruning_jax import models, zoo
 
@@ -135,8 +136,10 @@ def test_small_output_conv_equals_flax_conv(cin, cout, hw, k, stride, highest_pr
   from pruning_jax.models import layers  # pylint: disable=import-outside-toplevel
 
   x = jnp.asarray(np.random.RandomState(0).randn(2, hw, hw, cin).astype(np.float32))
-  ours = layers.conv(cout, k, stride, name='c', use_bias=True)
+  ours = layers.conv(cout, k, stride, name='c', use_bias=True, compute=Compute(small_conv='matmul'))
   ref = nn.Conv(cout, (k, k), strides=(stride, stride), padding=((k // 2, k // 2),) * 2, use_bias=True)
+  jaxpr = str(jax.make_jaxpr(lambda: ours.init(jax.random.PRNGKey(0), x))())
+  assert 'conv_general_dilated' not in jaxpr and 'dot_general' in jaxpr  # the matmul path ran
   shapes = jax.eval_shape(lambda: ours.init(jax.random.PRNGKey(0), x))
   assert shapes == jax.eval_shape(lambda: ref.init(jax.random.PRNGKey(0), x))
   rng = np.random.RandomState(1)
@@ -157,21 +160,21 @@ def test_channel_padded_conv_equals_flax_conv(cin, cout, hw, k, stride, highest_
   from core_jax import counting  # pylint: disable=import-outside-toplevel
   from pruning_jax.models import layers  # pylint: disable=import-outside-toplevel
 
-  assert [layers.padded_channels(c, 8) for c in (3, 4, 6, 14, 16, 57)] == [3, 4, 8, 16, 16, 64]
-  assert layers.padded_channels(57, 1) == 57
+  compute = Compute(channel_multiple=8)
+  assert [compute.padded_channels(c) for c in (3, 4, 6, 14, 16, 57)] == [3, 4, 8, 16, 16, 64]
+  assert Compute(channel_multiple=1).padded_channels(57) == 57
   x = jnp.asarray(np.random.RandomState(0).randn(2, hw, hw, cin).astype(np.float32))
-  ours = layers.conv(cout, k, stride, name='c', use_bias=True)
+  ours = layers.conv(cout, k, stride, name='c', use_bias=True, compute=compute)
   ref = nn.Conv(cout, (k, k), strides=(stride, stride), padding=((k // 2, k // 2),) * 2, use_bias=True)
-  with layers.channel_multiple(8):
-    shapes = jax.eval_shape(lambda: ours.init(jax.random.PRNGKey(0), x))
-    assert shapes == jax.eval_shape(lambda: ref.init(jax.random.PRNGKey(0), x))
-    rng = np.random.RandomState(1)
-    v = jax.tree_util.tree_map(lambda s: jnp.asarray(rng.randn(*s.shape).astype(np.float32)), shapes)
-    jaxpr = str(jax.make_jaxpr(lambda v: ours.apply(v, x))(v))
-    padded = (layers.padded_channels(cin), layers.padded_channels(cout)) != (cin, cout)
-    assert ('name=_pad' in jaxpr) == padded, jaxpr  # the padded path ran where a count is not a multiple of 8
-    np.testing.assert_allclose(ours.apply(v, x), ref.apply(v, x), rtol=1e-5, atol=1e-5)
-    grads = [jax.grad(lambda v, m=m: jnp.sum(m.apply(v, x) ** 2))(v) for m in (ours, ref)]
-    for a, b in zip(*map(jax.tree_util.tree_leaves, grads)):
-      np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
-    assert counting.count_macs(ours, x) == counting.count_macs(ref, x)
+  shapes = jax.eval_shape(lambda: ours.init(jax.random.PRNGKey(0), x))
+  assert shapes == jax.eval_shape(lambda: ref.init(jax.random.PRNGKey(0), x))
+  rng = np.random.RandomState(1)
+  v = jax.tree_util.tree_map(lambda s: jnp.asarray(rng.randn(*s.shape).astype(np.float32)), shapes)
+  jaxpr = str(jax.make_jaxpr(lambda v: ours.apply(v, x))(v))
+  padded = (compute.padded_channels(cin), compute.padded_channels(cout)) != (cin, cout)
+  assert ('name=_pad' in jaxpr) == padded, jaxpr  # the padded path ran where a count is not a multiple of 8
+  np.testing.assert_allclose(ours.apply(v, x), ref.apply(v, x), rtol=1e-5, atol=1e-5)
+  grads = [jax.grad(lambda v, m=m: jnp.sum(m.apply(v, x) ** 2))(v) for m in (ours, ref)]
+  for a, b in zip(*map(jax.tree_util.tree_leaves, grads)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+  assert counting.count_macs(ours, x) == counting.count_macs(ref, x)

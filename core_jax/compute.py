@@ -1,0 +1,208 @@
+"""How models compute on a backend: one frozen, hashable compute policy (``Compute``), never what they compute.
+
+Every choice gives the same function, the same variables and the same results (to float rounding); the lines'
+parity tests run them. They exist because the plain XLA formulation is slow on some backend (XLA:CPU above all):
+
+* ``patch_conv``: non-overlapping convs (stride = kernel, no padding: patchify stems, 2x2 downsampling) as
+  ``conv`` or ``matmul``, one matmul over space-to-depth patches (faster on XLA:CPU in the backward).
+* ``small_conv``: a k x k conv (k > 1) with at most ``SMALL_OUTPUT_POSITIONS`` output positions per image as
+  ``conv`` or ``matmul``, shifted patches @ kernel (XLA:CPU's convolution is far slower than a matmul there:
+  3x3, 512 -> 512 at 2x2, the last stage of the CIFAR VGGs).
+* ``pointwise_conv``: 1x1 convs without padding as ``conv`` or ``matmul`` over the channels.
+* ``channel_multiple``: a conv whose input or output channel count is not a multiple of it (a pruned width such
+  as 14 or 57) is computed with its kernel zero-padded up to the next multiples and the extra outputs sliced
+  off; counts <= 4 (RGB input) stay as they are; 1 turns it off. Variables keep their exact shapes.
+* ``fusion_barriers``: materialize the output of each layer that asks (``layer_end``): XLA:CPU's cross-layer
+  fusions cost more than the memory pass they save (ConvNeXt's blocks).
+* ``dwconv``: depthwise convs as ``xla`` (grouped conv), ``shifted`` (kh*kw shifted multiply-adds) or
+  ``native`` (C++ kernels; ConvNeXt's ``convnext_jax.ops``).
+* ``masked_conv``: the masked conv of confidence adaptivity (anytime_jax.confidence): ``dense``, the full conv
+  then the RBF fill (the released ADP-C code's masked-dense formulation). A sparse path is one more value.
+
+The policy is a field of the model's modules, so two policies give two compiled programs and equal policies
+hash equal: nothing is read from a global when a model is traced. ``Compute()`` is the plain XLA formulation.
+A line resolves ``config.compute`` (every field 'auto' / None by default) with ``resolve``, giving its own
+table of what 'auto' means on each backend (what it measured, benchmarks/ANALYSIS.md) and leaving out the
+fields its models have no use for: setting one of those is a one-line UserError, not a no-op.
+"""
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from core_jax.errors import UserError
+
+Array = jax.Array
+
+SMALL_OUTPUT_POSITIONS = 16
+_UNPADDED_MAX = 4
+CHOICES = {
+    'patch_conv': ('conv', 'matmul'),
+    'small_conv': ('conv', 'matmul'),
+    'pointwise_conv': ('conv', 'matmul'),
+    'dwconv': ('xla', 'shifted', 'native'),
+    'masked_conv': ('dense',),
+}
+COMPUTE_DTYPES = ('float32', 'bfloat16')
+_DN = ('NHWC', 'HWIO', 'NHWC')
+
+
+@dataclasses.dataclass(frozen=True)
+class Compute:
+  """The compute policy the layers receive (module docstring); fields are resolved choices, never 'auto'."""
+
+  patch_conv: str = 'conv'
+  small_conv: str = 'conv'
+  pointwise_conv: str = 'conv'
+  channel_multiple: int = 1
+  fusion_barriers: bool = False
+  dwconv: str = 'xla'
+  masked_conv: str = 'dense'
+
+  def __post_init__(self):
+    for name, allowed in CHOICES.items():
+      if getattr(self, name) not in allowed:
+        raise UserError(f'compute.{name} must be one of {allowed}, got {getattr(self, name)!r}')
+    m = self.channel_multiple
+    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+      raise UserError(f'compute.channel_multiple must be an int >= 1 (1: no channel padding), got {m!r}')
+    if not isinstance(self.fusion_barriers, bool):
+      raise UserError(f'compute.fusion_barriers must be True or False, got {self.fusion_barriers!r}')
+
+  def padded_channels(self, c: int) -> int:
+    """The channel count ``c`` is computed with: the next multiple of ``channel_multiple``; <= 4 as it is."""
+    m = self.channel_multiple
+    return c if m <= 1 or c <= _UNPADDED_MAX else -(-c // m) * m
+
+  def conv(self, x: Array, kernel: Array, strides=(1, 1), padding=((0, 0), (0, 0)), precision=None) -> Array:
+    """Dense NHWC conv (cross-correlation, explicit zero padding, no bias; kernel HWIO as ``nn.Conv``'s),
+    computed as this policy says. ``x`` and ``kernel`` in the computation dtype."""
+    kh, kw, cin, cout = kernel.shape
+    strides = tuple(strides)
+    padding = tuple(tuple(p) for p in padding)
+    (pt, pb), (pl, pr) = padding
+    ho = (x.shape[1] + pt + pb - kh) // strides[0] + 1
+    wo = (x.shape[2] + pl + pr - kw) // strides[1] + 1
+    unpadded = not (pt or pb or pl or pr)
+    if kh * kw == 1:
+      as_matmul = self.pointwise_conv == 'matmul' and unpadded
+    elif strides == (kh, kw) and unpadded and self.patch_conv == 'matmul':
+      as_matmul = True
+    else:
+      as_matmul = self.small_conv == 'matmul' and ho * wo <= SMALL_OUTPUT_POSITIONS
+    if as_matmul:
+      return patches_matmul(x, kernel, strides, padding, precision)
+    cin_p, cout_p = self.padded_channels(cin), self.padded_channels(cout)
+    if cin_p > cin:  # zero input channels meet zero kernel rows
+      x = jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, cin_p - cin)))
+    if (cin_p, cout_p) != (cin, cout):
+      kernel = jnp.pad(kernel, ((0, 0), (0, 0), (0, cin_p - cin), (0, cout_p - cout)))
+    y = lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_DN, precision=precision)
+    return y[..., :cout] if cout_p > cout else y  # the zero output channels are sliced off
+
+  def layer_end(self, y: Array, anchor: Array) -> Array:
+    """``y`` unchanged; with ``fusion_barriers`` computed into its own buffer (``fusion_barrier``).
+    ``anchor``: a replicated array (a parameter) for the barrier's predicate."""
+    return fusion_barrier(y, anchor) if self.fusion_barriers else y
+
+
+def patches_matmul(x: Array, kernel: Array, strides, padding, precision=None) -> Array:
+  """The conv of ``Compute.conv`` (no bias) as ONE matmul: patches (B, ho, wo, kh*kw*cin) @ kernel.
+
+  Non-overlapping patches (stride = kernel, no padding) are a space-to-depth reshape of ``x`` (a remainder
+  row / column is dropped, as by a VALID conv); other convs concatenate the kh*kw shifted, strided slices of the
+  padded input (a 1x1 conv: the strided input itself). Patch features are ordered (i, j, cin), as the HWIO
+  kernel's rows."""
+  kh, kw, cin, cout = kernel.shape
+  (pt, pb), (pl, pr) = padding
+  sh, sw = strides
+  n, h, w, _ = x.shape
+  if (sh, sw) == (kh, kw) and not (pt or pb or pl or pr):
+    ho, wo = h // kh, w // kw
+    x = x[:, : ho * kh, : wo * kw]
+    patches = x.reshape(n, ho, kh, wo, kw, cin).transpose(0, 1, 3, 2, 4, 5).reshape(n, ho, wo, kh * kw * cin)
+    return jnp.dot(patches, kernel.reshape(kh * kw * cin, cout), precision=precision)
+  ho, wo = (h + pt + pb - kh) // sh + 1, (w + pl + pr - kw) // sw + 1
+  xp = jnp.pad(x, ((0, 0), (pt, pb), (pl, pr), (0, 0))) if (pt or pb or pl or pr) else x
+  slices = [
+      xp[:, i : i + (ho - 1) * sh + 1 : sh, j : j + (wo - 1) * sw + 1 : sw, :] for i in range(kh) for j in range(kw)
+  ]
+  patches = slices[0] if len(slices) == 1 else jnp.concatenate(slices, axis=-1)
+  return jnp.dot(patches, kernel.reshape(kh * kw * cin, cout), precision=precision)
+
+
+# --------------------------------------------------------------------------------------
+# Fusion barrier
+# --------------------------------------------------------------------------------------
+def materialized(fn: Callable, *args: Array, anchor: Array | None = None) -> Array:
+  """``fn(*args)``, computed once into its own buffer: an XLA:CPU fusion barrier.
+
+  XLA:CPU would otherwise fuse cheap-looking producers into every consumer (a 49-tap shifted sum is recomputed
+  by each of LayerNorm's three passes: mean, variance, normalize) or hand a reduce and its producers to its
+  YNNPACK fusion, which then materializes each shifted slice on its own; both cost more than the op itself
+  (benchmarks/profile_convnext_layers.py). XLA:CPU has no barrier op (``optimization_barrier`` is expanded
+  before fusion), but a conditional is one: its result is always a buffer of its own. Both branches are
+  ``fn``, so the predicate (never constant-folded: ``v == v`` is false for NaN) cannot change the result.
+  Differentiable: the transpose of a conditional is a conditional, so the backward gets the barrier too.
+
+  The predicate reads one element of ``anchor`` (default: the last arg). Under a batch-sharded jit that element
+  must not come from an activation: it lives on one device, and GSPMD would broadcast it to all of them at
+  every barrier (an all-reduce per barrier per step). Pass a parameter.
+  """
+  v = (args[-1] if anchor is None else anchor).reshape(-1)[0]
+  return lax.cond(v == v, fn, fn, *args)
+
+
+def fusion_barrier(x: Array, anchor: Array | None = None) -> Array:
+  """``x`` unchanged, but materialized: XLA cannot fuse its producer into its consumers (``materialized``)."""
+  return materialized(lambda t: t * 1.0, x, anchor=anchor)
+
+
+# --------------------------------------------------------------------------------------
+# From the config
+# --------------------------------------------------------------------------------------
+def on_cpu(cpu_value: Any, other_value: Any) -> Callable[[], Any]:
+  """An 'auto' entry of a line's table: ``cpu_value`` on the CPU backend, ``other_value`` on GPU / TPU."""
+  return lambda: cpu_value if jax.default_backend() == 'cpu' else other_value
+
+
+def _is_auto(value) -> bool:
+  return value is None or (isinstance(value, str) and value == 'auto')
+
+
+def resolve(options: Mapping[str, Any] | None, auto: Mapping[str, Any], line: str) -> Compute:
+  """The policy of ``options`` (``config.compute``; missing / 'auto' / None entries take ``auto[field]``, a
+  value or a ``on_cpu`` callable). A field ``auto`` does not list is one ``line``'s models cannot honour:
+  leaving it 'auto' gives the plain choice, setting it is a UserError. Resolved when the model is built."""
+  options = {} if options is None else dict(options.to_dict() if hasattr(options, 'to_dict') else options)
+  unknown = sorted(set(options) - {f.name for f in dataclasses.fields(Compute)})
+  if unknown:
+    raise UserError(
+        f'unknown compute option compute.{unknown[0]} (known: {", ".join(CHOICES)}, channel_multiple, '
+        'fusion_barriers)'
+    )
+  chosen = {}
+  for field in dataclasses.fields(Compute):
+    value = options.get(field.name)
+    if field.name not in auto:
+      if not _is_auto(value) and value != field.default:
+        raise UserError(f'compute.{field.name}={value!r}: the {line} line has no use for it; leave it auto')
+      continue
+    if _is_auto(value):
+      value = auto[field.name]
+      value = value() if callable(value) else value
+    chosen[field.name] = value
+  return Compute(**chosen)
+
+
+def compute_dtype(name) -> jnp.dtype:
+  """``config.compute_dtype`` as a dtype: activations and conv / matmul compute (params, losses and BatchNorm
+  statistics stay float32); anything else is a one-line UserError."""
+  if str(name) not in COMPUTE_DTYPES:
+    hint = ' (float16 would need loss scaling, which the loop does not do)' if str(name) == 'float16' else ''
+    raise UserError(f'compute_dtype must be one of {COMPUTE_DTYPES}, got {name!r}{hint}')
+  return jnp.dtype(str(name))

@@ -1,0 +1,99 @@
+"""The compute policy (core_jax.compute): one conv for every formulation, hashing, config resolution, dtypes."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from core_jax import compute as compute_lib
+from core_jax.compute import Compute
+from core_jax.config import base_config
+from core_jax.errors import UserError
+
+_DN = ('NHWC', 'HWIO', 'NHWC')
+
+
+@pytest.mark.parametrize(
+    'policy, shape, k, stride, pad, path',
+    [
+        (Compute(patch_conv='matmul'), (2, 9, 7, 5), 2, 2, 0, 'dot'),  # space-to-depth; remainder row dropped
+        (Compute(small_conv='matmul'), (2, 4, 4, 6), 3, 1, 1, 'dot'),  # 16 output positions: shifted patches
+        (Compute(small_conv='matmul'), (2, 5, 5, 6), 3, 1, 1, 'conv'),  # 25 positions: stays a conv
+        (Compute(pointwise_conv='matmul'), (2, 7, 9, 6), 1, 2, 0, 'dot'),  # strided 1x1
+        (Compute(channel_multiple=8), (2, 6, 6, 6), 3, 1, 1, 'pad'),  # 6 -> 8 input channels, 13 -> 16 outputs
+        (Compute(), (2, 6, 6, 6), 3, 2, 1, 'conv'),
+    ],
+)
+def test_every_formulation_is_the_same_conv(policy, shape, k, stride, pad, path, highest_precision):
+  rng = np.random.RandomState(0)
+  x = jnp.asarray(rng.randn(*shape).astype(np.float32))
+  kernel = jnp.asarray(rng.randn(k, k, shape[-1], 13).astype(np.float32))
+  strides, padding = (stride, stride), ((pad, pad), (pad, pad))
+
+  def ours(x, kernel):
+    return policy.conv(x, kernel, strides, padding)
+
+  def ref(x, kernel):
+    return jax.lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_DN)
+
+  jaxpr = str(jax.make_jaxpr(ours)(x, kernel))
+  assert ('conv_general_dilated' in jaxpr) == (path != 'dot')
+  assert ('f32[3,3,8,16]' in jaxpr) == (path == 'pad')  # the kernel zero-padded to 8 inputs, 16 outputs
+  np.testing.assert_allclose(ours(x, kernel), ref(x, kernel), rtol=1e-5, atol=1e-5)
+  grads = [jax.grad(lambda x, w, f=f: jnp.sum(jnp.sin(f(x, w))), argnums=(0, 1))(x, kernel) for f in (ours, ref)]
+  for a, b in zip(*grads):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
+
+
+def test_the_policy_is_part_of_the_compiled_program():
+  """Equal policies hash equal and share one compiled program; a policy differing in one field is another program
+  (the old process-global channel multiple, read at trace time, was silently ignored after the first compile)."""
+  from pruning_jax.models import layers  # pylint: disable=import-outside-toplevel
+
+  assert Compute(channel_multiple=8) == Compute(channel_multiple=8)
+  assert hash(Compute(channel_multiple=8)) == hash(Compute(channel_multiple=8))
+  assert Compute(channel_multiple=8) != Compute(channel_multiple=1)
+  x = jnp.ones((2, 8, 8, 6))
+  apply = jax.jit(lambda module, v, x: module.apply(v, x), static_argnums=0)
+  conv = lambda m: layers.conv(57, 3, name='c', compute=Compute(channel_multiple=m))
+  v = conv(1).init(jax.random.PRNGKey(0), x)
+  outputs = [apply(conv(m), v, x) for m in (8, 8, 1)]
+  assert apply._cache_size() == 2  # pylint: disable=protected-access
+  texts = [apply.lower(conv(m), v, x).as_text() for m in (8, 1)]
+  assert texts[0] != texts[1] and 'x64xf32' in texts[0] and 'x64xf32' not in texts[1]  # 57 -> 64 padded
+  np.testing.assert_allclose(outputs[0], outputs[2], rtol=1e-5, atol=1e-5)
+
+
+def test_resolve_auto_per_line_and_one_line_errors():
+  from anytime_jax import confidence  # pylint: disable=import-outside-toplevel
+  from convnext_jax import ops  # pylint: disable=import-outside-toplevel
+  from pruning_jax.models import layers  # pylint: disable=import-outside-toplevel
+
+  options = base_config().compute  # every field 'auto' / None
+  assert jax.default_backend() == 'cpu'
+  assert layers.for_backend(options) == Compute(small_conv='matmul', channel_multiple=8)
+  assert confidence.for_backend(options) == Compute(pointwise_conv='matmul')
+  got = ops.for_backend(options)
+  assert got.patch_conv == 'matmul' and got.fusion_barriers and got.dwconv == ops.resolve_dwconv_impl('auto')
+  assert layers.for_backend(dict(channel_multiple=1)).channel_multiple == 1  # a set field wins over auto
+  with pytest.raises(UserError, match='compute.fusion_barriers=True: the pruning line has no use for it'):
+    layers.for_backend(dict(fusion_barriers=True))
+  with pytest.raises(UserError, match='unknown compute option compute.channels'):
+    layers.for_backend(dict(channels=8))
+  with pytest.raises(UserError, match='compute.small_conv must be one of'):
+    layers.for_backend(dict(small_conv='fast'))
+  with pytest.raises(UserError, match='compute.channel_multiple must be an int >= 1'):
+    layers.for_backend(dict(channel_multiple=0))
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    Compute().channel_multiple = 8  # frozen: a policy cannot change under a compiled program
+
+
+def test_compute_dtype():
+  assert compute_lib.compute_dtype('bfloat16') == jnp.bfloat16
+  assert compute_lib.compute_dtype('float32') == jnp.float32
+  with pytest.raises(UserError, match='float16 would need loss scaling'):
+    compute_lib.compute_dtype('float16')
+  with pytest.raises(UserError, match="compute_dtype must be one of \\('float32', 'bfloat16'\\), got 'bf16'"):
+    compute_lib.compute_dtype('bf16')
