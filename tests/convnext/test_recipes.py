@@ -282,8 +282,14 @@ def test_eval_only_on_checkpoint(data, tmp_path_factory):
   assert results['eval_only'] and results['step'] == 1
   for k in ('accuracy', 'top5', 'ema_accuracy', 'ema_top5'):
     assert results['eval'][k] == pytest.approx(trained['eval'][k], abs=1e-6), k
-  on_disk = json.load(open(os.path.join(workdir, 'results.json')))
-  assert on_disk['eval_only'] and 'top5' in on_disk['eval']
+  on_disk = json.load(open(os.path.join(workdir, 'eval', 'step1', 'results.json')))
+  assert (
+      on_disk['eval_only']
+      and 'top5' in on_disk['eval']
+      and results['eval_dir']
+      == os.path.dirname(os.path.join(os.path.abspath(workdir), 'eval', 'step1', 'results.json'))
+  )
+  assert 'eval_only' not in json.load(open(os.path.join(workdir, 'results.json')))  # the training's, kept
 
 
 def test_eval_only_on_timm_file(data, tmp_path_factory):
