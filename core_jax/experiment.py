@@ -10,7 +10,8 @@ Contract
                         run(phase_workdir, done) -> results dict, where done = {earlier phase name: its results}.
                         (writes_results=True: run writes results.json itself, as train.run does.)
   train_phase(name, make_config, task_cls)
-                        a Phase whose run is core_jax.train.run(make_config(done), phase_workdir, task_cls).
+                        a Phase whose run is core_jax.train.run(make_config(done), phase_workdir, task_cls); an
+                        eval_only config evaluates (its results in PHASE_DIR/eval/<tag>/ and PHASE_DIR/results.json).
   run_experiment(phases, workdir) -> {phase name: results}
   - A phase is finished when PHASE_DIR/results.json exists: train.run writes it atomically at the end of a run;
     for other phases run_experiment writes the returned dict (atomically). Finished phases are not run again on
@@ -63,7 +64,11 @@ def train_phase(name: str, make_config: Callable[[dict], ml_collections.ConfigDi
   def run(workdir: str, done: dict) -> dict:
     from core_jax import train  # pylint: disable=import-outside-toplevel  (experiment.py stays light to import)
 
-    return train.run(make_config(done), workdir, task_cls)
+    config = make_config(done)
+    results = train.run(config, workdir, task_cls)
+    if config.get('eval_only', False):  # the core wrote WORKDIR/eval/<tag>/results.json; the phase needs its own
+      _write_results(os.path.join(workdir, RESULTS_FILE), results, name)
+    return results
 
   return Phase(name, run, writes_results=True)
 
