@@ -23,8 +23,9 @@ every config on the command line. Groups and fields (read by core_jax.train unle
                         choice for the running backend; a choice the line's models cannot honour is an error
   init_from             weights file loaded by `Task.load_pretrained` on a fresh start only (never on resume)
   init_reinit_head      keep the freshly initialized classifier instead of the file's
-  eval_only             evaluate and write results.json without training: the weights of `init_from` when
-                        given, else the checkpoint (latest, or `checkpoint.restore_step`)
+  eval_only             evaluate without training: the weights of `init_from` when given, else the workdir's
+                        checkpoint (latest, or `checkpoint.restore_step`), into WORKDIR/eval/<tag>/results.json
+                        (core_jax.train.evaluate_only; the training's results and checkpoints are not touched)
   checkpoint            every_steps, keep (last N), keep_best (plus the best by the task's primary metric),
                         asynchronous (write in the background), restore_step (-1: latest; N: resume from
                         kept step N, later steps are moved to checkpoints_superseded/), allow_fresh_start
