@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 BASE   := $(VENV)/.installed-base
 TESTS  := $(VENV)/.installed-test
 
-.PHONY: demo demo-convnext demo-pruning demo-pruning-l1 demo-pruning-slimming demo-anytime test test-fast lint format bench install clean-demo
+.PHONY: demo demo-convnext demo-pruning demo-pruning-l1 demo-pruning-slimming demo-anytime test test-fast lint format bench gpu-check install clean-demo
 
 # The demo needs only the package; the tests add the PyTorch reference (torch, timm) for parity checks.
 $(BASE): setup.cfg pyproject.toml constraints.txt
@@ -74,3 +74,8 @@ format: $(TESTS)
 
 bench: $(TESTS)
 	$(BIN)/python -m benchmarks.run_all
+
+# On a GPU (under 10 min): each line's main model a few steps in fp32 and bf16 (bf16 within a stated tolerance of
+# fp32), then the GPU benchmark rows into benchmarks/RESULTS_GPU.md. Without a GPU: one line, exit 0.
+gpu-check: $(TESTS)
+	$(BIN)/python scripts/gpu_check.py

@@ -22,7 +22,7 @@ Contract (the released ADP-C code, `conv_mask_uniform` + `set_part_masks`):
 - Dense convs (`dense_conv`) compute as the policy says (`Compute.conv`); `AUTO` / `for_backend` give the
   line's choices per backend: on CPU a 1x1 conv is a matmul over the channels (XLA:CPU's convolution is several
   times slower for it at these channel counts), any other an XLA convolution (shifted patches @ kernel was as
-  fast only on small images, and 3.4x slower for the W18-Small-v2 backbone at 512x1024: benchmarks/RESULTS.md).
+  fast only on small images, and 3.4x slower for the W18-Small-v2 backbone at 512x1024: benchmarks/ANALYSIS.md).
 - `aggregate(prev, new, mask)`: the "copy" aggregation prev * (1 - m) + new * m at the logits' resolution, so
   an exited pixel keeps its logits in every later exit.
 """

@@ -42,27 +42,6 @@ from core_jax.errors import UserError
 
 LAYOUTS = ('timm', 'official')
 _TIMM_HEAD_PREFIXES = ('incre_modules.', 'downsamp_modules.', 'final_layer.', 'classifier.')
-CITYSCAPES_CLASS_WEIGHTS = (
-    0.8373,
-    0.918,
-    0.866,
-    1.0345,
-    1.0166,
-    0.9969,
-    0.9754,
-    1.0489,
-    0.8786,
-    1.0023,
-    0.9539,
-    0.9843,
-    1.1116,
-    0.9037,
-    1.0865,
-    1.0955,
-    1.0865,
-    1.1529,
-    1.0507,
-)
 
 # (flax module template, external module template, kind)
 _BACKBONE = [
@@ -186,7 +165,10 @@ def external_to_variables(
 def variables_to_external(
     variables: Mapping[str, Any], layout: str, class_weights: tuple[float, ...] | None = None
 ) -> dict[str, np.ndarray]:
-  """{'params', 'batch_stats'} -> the PyTorch state dict of `layout` (num_batches_tracked = 0 added)."""
+  """{'params', 'batch_stats'} -> the PyTorch state dict of `layout` (num_batches_tracked = 0 added).
+
+  The official layout carries the loss's class weights (`loss.criterion.weight`): `class_weights`, the training
+  config's loss.class_weights (the Cityscapes table of configs/anytime/cityscapes.py), uniform when not given."""
   flat = {k: np.asarray(v) for k, v in _flat_variables(variables).items()}
   if layout == 'timm':
     flat = {k: v for k, v in flat.items() if _is_backbone(k)}
@@ -203,8 +185,8 @@ def variables_to_external(
       sd[k[: -len('Lambda')] + 'square_dis'] = _square_dis()
     sd = {f'model.{k}': v for k, v in sd.items()}
     num_classes = int(np.shape(flat['params/last_layer/conv3/bias'])[0])
-    if class_weights is None:
-      class_weights = CITYSCAPES_CLASS_WEIGHTS if num_classes == 19 else (1.0,) * num_classes
+    if class_weights is None:  # a config's loss.class_weights (Cityscapes: configs/anytime/cityscapes.py)
+      class_weights = (1.0,) * num_classes
     sd['loss.criterion.weight'] = np.asarray(class_weights, np.float32)
   return sd
 

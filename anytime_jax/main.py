@@ -7,8 +7,9 @@ it for Cityscapes configs): anytime_jax.report.
 
 - `--config.eval_only=True` evaluates without training: the weights of `--config.init_from` (a timm / official
   ADP-C .pth or .safetensors, or one of our step dirs / workdirs), else DIR's checkpoint (latest, or
-  `checkpoint.restore_step`). When DIR holds a training run, the evaluation goes to its own sub-directory
-  DIR/eval_tau<t> (DIR/eval_dense without CA), so the training's results.json is never overwritten.
+  `checkpoint.restore_step`). The core writes it to DIR/eval/<what>-<how>/ (core_jax.train.evaluate_only:
+  e.g. DIR/eval/step496-tau0.99, DIR/eval/weights-adpc_w48-dense), its anytime.json and curve beside it, so a
+  training run's results are never overwritten.
 - `--config.model.tau=0.99` (with eval_only) evaluates the same weights at another threshold, no retraining.
   The threshold is an argument of the compiled eval step (`AnytimeSegTask.eval_constants`), not a constant in
   it, and compiled programs are kept in DIR/xla_cache (`anytime.compilation_cache`, default True; a

@@ -35,6 +35,8 @@ evaluated with and without CA. `init_reinit_head=True` keeps the fresh exits and
 `extra_results`: params, the dense per-exit GFLOPs at the eval size, the eval size.
 """
 
+import functools
+import json
 import os
 
 import flax
@@ -61,8 +63,17 @@ _HEAD_MODULES = ('last_layer',)
 
 # ---------------------------------------------------------------------------------------------- config
 def model_options(config) -> dict:
-  """The `hrnet.build` keyword arguments of `config.model`, validated (one-line UserErrors)."""
+  """The `hrnet.build` keyword arguments of `config.model`, validated (one-line UserErrors).
+
+  Validated once per distinct `config.model`: anytime_jax.job checks a config before any data work, and the
+  task built from the same config later (or each phase's task) takes the checked options from the cache."""
   m = config.model
+  return dict(_model_options(json.dumps(m.to_dict() if hasattr(m, 'to_dict') else dict(m), sort_keys=True)))
+
+
+@functools.lru_cache(maxsize=64)
+def _model_options(model_json: str) -> dict:
+  m = json.loads(model_json)
   arch = str(m.get('arch', 'w48'))
   hrnet.get_arch(arch)
   exits = tuple(m.get('exits', (1, 2, 3, 4)))
@@ -294,6 +305,11 @@ class AnytimeSegTask(Task):
 
       return convert.load_pretrained(variables, path, reinit_head)
     return fit_variables(variables, loaded, source, keep_head=reinit_head)
+
+  def eval_tag(self):
+    """'tau<t>' with confidence adaptivity (one set of weights evaluates at any threshold), else 'dense'."""
+    tau = self.options['tau']
+    return 'dense' if tau is None else f'tau{float(tau):g}'
 
   def extra_results(self, state):
     res = {'params': counting.count_params(state.params)}

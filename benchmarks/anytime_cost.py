@@ -96,7 +96,7 @@ def worker_backbone(args):
   if args.contender == 'ours':
     jax, np, hrnet, x = _setup(args)
     # the network timm's HRNet is (its fuse layers upsample nearest; the segmentation model's bilinear fuse
-    # costs more on CPU: benchmarks/RESULTS.md)
+    # costs more on CPU: benchmarks/ANALYSIS.md)
     model = hrnet.build(args.arch, exits=(4,), fuse_upsample='nearest')
     variables = jax.device_put(hrnet.random_variables(model))
     fwd = jax.jit(lambda v, x: model.apply(v, x, features_only=True))

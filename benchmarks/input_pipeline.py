@@ -49,11 +49,11 @@ def make_folder(root: str, images: int, seed: int = 0) -> str:
 def _ours(folder, repeats):
   import grain  # pylint: disable=import-outside-toplevel
 
-  from core_jax.data import pipeline, transforms  # pylint: disable=import-outside-toplevel
+  from core_jax.data import ops, pipeline  # pylint: disable=import-outside-toplevel
 
   files = sorted(os.path.join(folder, 'class0', f) for f in os.listdir(os.path.join(folder, 'class0')))
   source = [{'image': open(f, 'rb').read(), 'label': 0} for f in files]
-  tf = transforms.build_transforms(OURS_SPECS)
+  tf = ops.build_transforms(OURS_SPECS)
   n = len(source)
 
   def fn(seed):
@@ -76,7 +76,7 @@ def _ours(folder, repeats):
 def _patch_timm_posterize():
   """timm's posterize passes 'keep 0 bits' (PosterizeIncreasing at high magnitude) to Pillow, which raises
   for bits < 1 since Pillow 10, so a timm run crashes at random. Give it the black image older Pillow gave
-  (what ours does, core_jax.data.augment._op_posterize); it is rare, so the timing is unaffected."""
+  (what ours does, core_jax.data.randaugment._op_posterize); it is rare, so the timing is unaffected."""
   from timm.data import auto_augment  # pylint: disable=import-outside-toplevel
 
   original = auto_augment.posterize
@@ -169,14 +169,14 @@ def _op_cases(folder, seed=0):
   RandAugment's geometric ops at 224, each pair giving identical pixels."""
   from PIL import Image  # pylint: disable=import-outside-toplevel
 
-  from core_jax.data import augment, image_kernels  # pylint: disable=import-outside-toplevel
+  from core_jax.data import image_kernels, primitives  # pylint: disable=import-outside-toplevel
 
   rng = np.random.default_rng(seed)
   files = sorted(os.listdir(os.path.join(folder, 'class0')))
   decoded = [Image.open(os.path.join(folder, 'class0', f)).convert('RGB') for f in files]
   boxes = []
   for img in decoded:
-    top, left, h, w = augment.rrc_params(img.height, img.width, (0.08, 1.0), (3 / 4, 4 / 3), rng)
+    top, left, h, w = primitives.rrc_params(img.height, img.width, (0.08, 1.0), (3 / 4, 4 / 3), rng)
     boxes.append((left, top, left + w, top + h))
   small = [np.asarray(img.crop(b).resize((224, 224), Image.BICUBIC)) for img, b in zip(decoded, boxes)]
   small_pil = [Image.fromarray(x) for x in small]

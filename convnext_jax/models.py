@@ -249,7 +249,7 @@ register_model('convnext_large', _H, depths=(3, 3, 27, 3), dims=(192, 384, 768, 
 register_model('convnext_xlarge', _H, depths=(3, 3, 27, 3), dims=(256, 512, 1024, 2048))
 # Small ConvNeXt for 32x32 digit images (10 classes): patch-2 stem -> 16/8/4/2 feature maps.
 # Same block design / 7x7 depthwise kernel / 4 stages; sized for the CPU demo (`make demo`; its train step
-# time is in benchmarks/RESULTS.md, design measurements).
+# time is in benchmarks/ANALYSIS.md, design measurements).
 register_model('convnext_digits', _H, depths=(1, 1, 3, 1), dims=(32, 64, 128, 256), patch_size=2, num_classes=10)
 register_model('convnext_iso_small', ConvNeXtIsotropic, depth=18, dim=384, layer_scale_init_value=0.0)
 register_model('convnext_iso_base', ConvNeXtIsotropic, depth=18, dim=768, layer_scale_init_value=0.0)

@@ -73,7 +73,7 @@ def resolve_dwconv_impl(impl: str) -> str:
   return impl
 
 
-# What 'auto' means for ConvNeXt on each backend (benchmarks/RESULTS.md, design measurements).
+# What 'auto' means for ConvNeXt on each backend (benchmarks/ANALYSIS.md, design measurements).
 AUTO = {
     'dwconv': lambda: resolve_dwconv_impl('auto'),
     'patch_conv': on_cpu('matmul', 'conv'),

@@ -22,7 +22,7 @@ parity tests run them. They exist because the plain XLA formulation is slow on s
 The policy is a field of the model's modules, so two policies give two compiled programs and equal policies
 hash equal: nothing is read from a global when a model is traced. ``Compute()`` is the plain XLA formulation.
 A line resolves ``config.compute`` (every field 'auto' / None by default) with ``resolve``, giving its own
-table of what 'auto' means on each backend (what it measured, benchmarks/RESULTS.md) and leaving out the
+table of what 'auto' means on each backend (what it measured, benchmarks/ANALYSIS.md) and leaving out the
 fields its models have no use for: setting one of those is a one-line UserError, not a no-op.
 """
 

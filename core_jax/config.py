@@ -23,8 +23,9 @@ every config on the command line. Groups and fields (read by core_jax.train unle
                         choice for the running backend; a choice the line's models cannot honour is an error
   init_from             weights file loaded by `Task.load_pretrained` on a fresh start only (never on resume)
   init_reinit_head      keep the freshly initialized classifier instead of the file's
-  eval_only             evaluate and write results.json without training: the weights of `init_from` when
-                        given, else the checkpoint (latest, or `checkpoint.restore_step`)
+  eval_only             evaluate without training: the weights of `init_from` when given, else the workdir's
+                        checkpoint (latest, or `checkpoint.restore_step`), into WORKDIR/eval/<tag>/results.json
+                        (core_jax.train.evaluate_only; the training's results and checkpoints are not touched)
   checkpoint            every_steps, keep (last N), keep_best (plus the best by the task's primary metric),
                         asynchronous (write in the background), restore_step (-1: latest; N: resume from
                         kept step N, later steps are moved to checkpoints_superseded/), allow_fresh_start
@@ -32,6 +33,8 @@ every config on the command line. Groups and fields (read by core_jax.train unle
   mesh                  fsdp: devices per parameter shard (1: parameters replicated)
   distributed           coordinator_address, num_processes, process_id (-1: from the environment), auto
                         (let JAX discover a TPU pod / SLURM job)
+  guard                 loss_spike_factor (1000; 0 = off), window: stop before a state whose loss exploded is
+                        saved, and move the steps of that trajectory aside (core_jax.guard)
   debug                 test-only knobs, off by default: step_delay_s (sleep per step, so a test can signal
                         a run mid-way; same numerics), write_batch_digests (append each step's batch digest
                         to WORKDIR/batch_digests.<process>.txt, to prove the data order)
@@ -96,6 +99,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.mesh = ml_collections.ConfigDict(dict(fsdp=1))
   c.distributed = ml_collections.ConfigDict(dict(coordinator_address='', num_processes=0, process_id=-1, auto=False))
   c.debug = ml_collections.ConfigDict(dict(step_delay_s=0.0, write_batch_digests=False))
+  c.guard = ml_collections.ConfigDict(dict(loss_spike_factor=1000.0, window=200))
   c.data = ml_collections.ConfigDict(
       dict(
           name='',

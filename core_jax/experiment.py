@@ -10,7 +10,8 @@ Contract
                         run(phase_workdir, done) -> results dict, where done = {earlier phase name: its results}.
                         (writes_results=True: run writes results.json itself, as train.run does.)
   train_phase(name, make_config, task_cls)
-                        a Phase whose run is core_jax.train.run(make_config(done), phase_workdir, task_cls).
+                        a Phase whose run is core_jax.train.run(make_config(done), phase_workdir, task_cls); an
+                        eval_only config evaluates (its results in PHASE_DIR/eval/<tag>/ and PHASE_DIR/results.json).
   run_experiment(phases, workdir) -> {phase name: results}
   - A phase is finished when PHASE_DIR/results.json exists: train.run writes it atomically at the end of a run;
     for other phases run_experiment writes the returned dict (atomically). Finished phases are not run again on
@@ -30,7 +31,6 @@ Contract
     JAX (a non-training phase that runs first on a rerun would otherwise start the backend without it).
 """
 
-import contextlib
 import dataclasses
 import json
 import os
@@ -41,6 +41,10 @@ import ml_collections
 from jax.experimental import multihost_utils
 
 from core_jax.errors import UserError
+
+# The experiment's compilation cache, kept in a module of its own that train.run can import too: train.run
+# switches it on, and this module imports train (train_phase), so living here would close an import circle.
+from core_jax.xla_cache import CACHE_DIR, compilation_cache, start_compilation_cache  # noqa: F401  (its API)
 
 RESULTS_FILE = 'results.json'
 
@@ -60,7 +64,11 @@ def train_phase(name: str, make_config: Callable[[dict], ml_collections.ConfigDi
   def run(workdir: str, done: dict) -> dict:
     from core_jax import train  # pylint: disable=import-outside-toplevel  (experiment.py stays light to import)
 
-    return train.run(make_config(done), workdir, task_cls)
+    config = make_config(done)
+    results = train.run(config, workdir, task_cls)
+    if config.get('eval_only', False):  # the core wrote WORKDIR/eval/<tag>/results.json; the phase needs its own
+      _write_results(os.path.join(workdir, RESULTS_FILE), results, name)
+    return results
 
   return Phase(name, run, writes_results=True)
 
@@ -166,48 +174,3 @@ def run_experiment(phases: Sequence[Phase], workdir: str) -> dict[str, dict]:
     done[phase.name] = {**results, 'workdir': phase_dir}
   _say(f'experiment done: {len(phases)} phases in {workdir}')
   return done
-
-
-CACHE_DIR = 'xla_cache'
-_pending_cache_dir: str | None = None  # set by compilation_cache, switched on by start_compilation_cache
-
-
-@contextlib.contextmanager
-def compilation_cache(workdir: str, enabled: bool = True):
-  """JAX's persistent compilation cache in WORKDIR/xla_cache while an experiment runs: its phases compile the
-  same programs (a second seed's steps, every eval-only phase's eval and init), so later phases load them. A
-  cache directory the process already has (JAX_COMPILATION_CACHE_DIR, the tests') wins; the earlier settings
-  come back afterwards (a driver or the tests may run many experiments in one process).
-
-  The cache is only armed here: it is switched on by `start_compilation_cache()`, which core_jax.train.run calls
-  once the data, the model and the weights of its run have loaded. Compiles before that (the init, a data
-  stage) are not kept, so input that fails to load (weights of another width, an export without its sidecar)
-  leaves no WORKDIR/xla_cache behind: nothing is written before the inputs are checked."""
-  global _pending_cache_dir
-  if not enabled or jax.config.jax_compilation_cache_dir:
-    yield
-    return
-  cache_dir = os.path.join(os.path.abspath(workdir), CACHE_DIR)
-  min_seconds = jax.config.jax_persistent_cache_min_compile_time_secs
-  _pending_cache_dir = cache_dir
-  try:
-    yield
-  finally:
-    _pending_cache_dir = None
-    if jax.config.jax_compilation_cache_dir == cache_dir:  # it was switched on: put the earlier settings back
-      from jax.experimental.compilation_cache import compilation_cache as cc  # pylint: disable=import-outside-toplevel
-
-      jax.config.update('jax_compilation_cache_dir', None)
-      jax.config.update('jax_persistent_cache_min_compile_time_secs', min_seconds)
-      cc.reset_cache()
-
-
-def start_compilation_cache() -> None:
-  """Switches on the cache a surrounding `compilation_cache` armed (no-op without one, or when already on)."""
-  if _pending_cache_dir is None or jax.config.jax_compilation_cache_dir:
-    return
-  from jax.experimental.compilation_cache import compilation_cache as cc  # pylint: disable=import-outside-toplevel
-
-  cc.reset_cache()  # jax settles on "no cache" at the first compile; forget that so the directory takes effect
-  jax.config.update('jax_compilation_cache_dir', _pending_cache_dir)
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.0)  # evals and inits are short compiles

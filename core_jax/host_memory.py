@@ -4,7 +4,7 @@ XLA:CPU allocates each step's temporaries as one buffer (2.85 GB for a ConvNeXt-
 ``posix_memalign`` from a worker thread. glibc serves a request that large with a fresh ``mmap`` and returns it
 with ``munmap`` when the step ends, so every step first-touches the whole buffer again: hundreds of thousands of
 page faults per step, a large share of the step in kernel time (measured with benchmarks/convnext_throughput.py;
-numbers in benchmarks/RESULTS.md). The glibc knobs ``mmap_max`` and ``trim_threshold`` alone do not help,
+numbers in benchmarks/ANALYSIS.md). The glibc knobs ``mmap_max`` and ``trim_threshold`` alone do not help,
 because a worker thread allocates from a secondary arena, which falls back to ``mmap`` whatever the limit. With
 one arena, no ``mmap`` and no trimming, the buffer comes from the main heap, and freed memory stays mapped for
 the next step: no page faults after the first step. The price is that the process keeps its peak footprint (as a

@@ -3,7 +3,7 @@
 
 Some CPU hot spots XLA cannot generate well (e.g. depthwise convolutions); a line ships the C++ source of a
 kernel next to its model and calls `load(source, {ffi_name: symbol})`. The first call compiles it (`$CXX` or
-c++/g++, -O3 -march=native; seconds, see benchmarks/RESULTS.md) into a cache keyed by the source, the flags, the
+c++/g++, -O3 -march=native; seconds, see benchmarks/ANALYSIS.md) into a cache keyed by the source, the flags, the
 compiler and this CPU (and the jaxlib version for FFI kernels), so later processes only load it. Without a
 compiler, or if it fails, the loader says why once (a warning) and returns False/None: callers then use their
 pure-XLA (or Pillow/numpy) path, which computes the same function. `pip install` needs no compiler; the kernels

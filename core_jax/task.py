@@ -10,6 +10,7 @@ changes nothing:
   on_epoch_end(state, epoch) a jittable state update at each epoch boundary, before eval and checkpoint
   load_pretrained(...)       `config.init_from`: weights into the freshly built variables
   extra_results(state)       entries merged into results.json
+  eval_tag()                 how an eval-only run evaluates (e.g. ADP-C's 'tau0.99'), in its folder's name
   lr_scale_fn()              per-parameter learning-rate scale (layer-wise decay)
 """
 
@@ -97,6 +98,13 @@ class Task:
     a larger checkpoint). `reinit_head` keeps the freshly initialized classifier (e.g. 22K -> 1K classes)."""
     del variables, reinit_head
     raise UserError(f'{type(self).__name__} cannot load pretrained weights (config.init_from={path!r})')
+
+  def eval_tag(self) -> str:
+    """What in this task's config changes how one set of weights evaluates, as a folder-name part: an eval-only
+    run writes WORKDIR/eval/<what it evaluates>[-<eval_tag>]/ (core_jax.train.eval_tag), so evaluating the
+    same weights another way (ADP-C at another threshold: 'tau0.99') does not overwrite the first. Default: ''
+    (the weights evaluate one way)."""
+    return ''
 
   def extra_results(self, state) -> dict:
     """JSON-able entries merged into results.json (e.g. non-zero parameters, MACs). Default: none."""

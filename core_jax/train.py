@@ -11,7 +11,8 @@ top to bottom in the order of a run, each part a function a test can call on its
                 `compile_steps(built)` jits them (and `Task.on_epoch_end`) over the mesh
   state         `restore_or_init(built, checkpointer)`: resume (latest, or `checkpoint.restore_step`), else
                 init, `init_from` weights (`load_pretrained`), then the optimizer state from those weights
-  eval only     `evaluate` the weights once and write results.json
+  eval only     `evaluate_only`: the `init_from` weights or the workdir's checkpoint, evaluated once into
+                WORKDIR/eval/<tag>/ (`eval_tag`), the training run's files read, never written
   the loop      steps, epoch hooks, progress lines, evals, checkpoints (never of a non-finite state),
                 preemption, and the final results.json (with `Task.extra_results`)
 
@@ -39,9 +40,9 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from core_jax import checkpoint as checkpoint_lib
-from core_jax import counting, experiment, optim, parallel
+from core_jax import counting, guard, optim, parallel, xla_cache
 from core_jax import metrics as metrics_lib
-from core_jax.data import pipeline, sources, transforms
+from core_jax.data import ops, pipeline, sources
 from core_jax.errors import UserError
 from core_jax.task import Task
 
@@ -139,8 +140,8 @@ def build_data(config) -> Data:
   data_dir = dcfg.get('data_dir') or None
   train_source, info = sources.load_source(dcfg.name, dcfg.train_split, data_dir)
   eval_source, _ = sources.load_source(dcfg.name, dcfg.eval_split, data_dir)
-  train_tf = transforms.build_transforms(dcfg.train_transforms)
-  eval_tf = transforms.build_transforms(dcfg.eval_transforms)
+  train_tf = ops.build_transforms(dcfg.train_transforms)
+  eval_tf = ops.build_transforms(dcfg.eval_transforms)
   steps_per_epoch = len(train_source) // config.batch_size
   if steps_per_epoch == 0:
     raise UserError(f'batch_size {config.batch_size} is larger than the {len(train_source)} training examples')
@@ -346,32 +347,30 @@ def _to_host(tree):
   )
 
 
-def _check_same_tree(name: str, got, want) -> None:
+def _tree_mismatch(name: str, got, want) -> str | None:
+  """None when `got` has `want`'s keys and shapes, else what differs first (one line)."""
   got_leaves = dict(jax.tree_util.tree_flatten_with_path(got)[0])
   want_leaves = dict(jax.tree_util.tree_flatten_with_path(want)[0])
   key = lambda p: jax.tree_util.keystr(p)
   missing = sorted(key(p) for p in want_leaves.keys() - got_leaves.keys())
   extra = sorted(key(p) for p in got_leaves.keys() - want_leaves.keys())
   if missing or extra:
-    raise UserError(
-        f'load_pretrained returned {name} of another structure (missing {missing[:3]}, ' f'unexpected {extra[:3]})'
-    )
+    return f'{name} of another structure (missing {missing[:3]}, unexpected {extra[:3]})'
   for p, w in want_leaves.items():
     if tuple(np.shape(got_leaves[p])) != tuple(w.shape):
-      raise UserError(
-          f'load_pretrained returned {name}{key(p)} of shape {tuple(np.shape(got_leaves[p]))}; '
-          f'the model has {tuple(w.shape)}'
-      )
+      return f'{name}{key(p)} of shape {tuple(np.shape(got_leaves[p]))}; the model has {tuple(w.shape)}'
+  return None
 
 
-def load_pretrained(b: Built, state: TrainState) -> TrainState:
-  """`config.init_from` weights into `state` through `Task.load_pretrained` (params, EMA copy, batch_stats).
+def _check_same_tree(name: str, got, want) -> None:
+  mismatch = _tree_mismatch(name, got, want)
+  if mismatch:
+    raise UserError(f'load_pretrained returned {mismatch}')
 
-  The optimizer state is not touched here: `restore_or_init` rebuilds it from the loaded params."""
-  variables = {'params': _to_host(state.params), 'batch_stats': _to_host(state.batch_stats)}
-  loaded = b.task.load_pretrained(variables, b.config.init_from, bool(b.config.get('init_reinit_head', False)))
-  for name in ('params', 'batch_stats'):
-    _check_same_tree(name, loaded.get(name, {}), getattr(state, name))
+
+def _put_weights(b: Built, state: TrainState, params, batch_stats, ema_params=None) -> TrainState:
+  """Host weights (numpy trees of the state's shapes) onto the devices in the state's shardings: params, their
+  EMA copy (`ema_params` when given, else the params) and batch_stats."""
 
   def put(values, like, shardings):  # a fresh device copy each call: params and EMA must not share buffers
     return jax.tree.map(
@@ -382,11 +381,23 @@ def load_pretrained(b: Built, state: TrainState) -> TrainState:
     )
 
   ss = b.state_sharding
+  ema = params if ema_params is None else ema_params
   return state.replace(
-      params=put(loaded['params'], state.params, ss.params),
-      ema_params=put(loaded['params'], state.params, ss.params) if state.ema_params is not None else None,
-      batch_stats=put(loaded.get('batch_stats', {}), state.batch_stats, ss.batch_stats),
+      params=put(params, state.params, ss.params),
+      ema_params=put(ema, state.params, ss.params) if state.ema_params is not None else None,
+      batch_stats=put(batch_stats or {}, state.batch_stats, ss.batch_stats),
   )
+
+
+def load_pretrained(b: Built, state: TrainState) -> TrainState:
+  """`config.init_from` weights into `state` through `Task.load_pretrained` (params, EMA copy, batch_stats).
+
+  The optimizer state is not touched here: `restore_or_init` rebuilds it from the loaded params."""
+  variables = {'params': _to_host(state.params), 'batch_stats': _to_host(state.batch_stats)}
+  loaded = b.task.load_pretrained(variables, b.config.init_from, bool(b.config.get('init_reinit_head', False)))
+  for name in ('params', 'batch_stats'):
+    _check_same_tree(name, loaded.get(name, {}), getattr(state, name))
+  return _put_weights(b, state, loaded['params'], loaded.get('batch_stats', {}))
 
 
 def restore_or_init(b: Built, ckpt: checkpoint_lib.Checkpointer) -> tuple[TrainState, int | None]:
@@ -396,24 +407,22 @@ def restore_or_init(b: Built, ckpt: checkpoint_lib.Checkpointer) -> tuple[TrainS
   the same command then resumes this new branch, not N again); `restored_from_step` is N for such a branch
   (recorded in the checkpoints' meta), else None."""
   config, ckpt_cfg = b.config, b.config.checkpoint
-  eval_only, init_from = config.get('eval_only', False), config.get('init_from') or None
+  init_from = config.get('init_from') or None
   restore_step = int(ckpt_cfg.get('restore_step', -1))
   target = flax.serialization.to_state_dict(
       jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), b.abstract_state, b.state_sharding)
   )
   it = b.data.train_iter
   restored, lineage = None, None
-  if eval_only and init_from:
-    pass  # evaluate the file's weights; the workdir's checkpoints are not read
-  elif restore_step >= 0:
+  if restore_step >= 0:
     lineage = restore_step
     later = [s for s in ckpt.all_steps() if s > restore_step]
-    if not eval_only and later and (ckpt.read_meta(later[-1]) or {}).get('restored_from_step') == restore_step:
+    if later and (ckpt.read_meta(later[-1]) or {}).get('restored_from_step') == restore_step:
       restored = ckpt.restore_latest(target, it)
       _say(f'checkpoint.restore_step={restore_step} was applied by an earlier run; resuming from its latest step')
     else:
       restored = ckpt.restore_step(restore_step, target, it)
-      if not eval_only and later:
+      if later:
         ckpt.set_aside_later_than(restore_step)
         _say(
             f'restarting from step {restore_step}: moved later steps {", ".join(map(str, later))} to '
@@ -428,8 +437,6 @@ def restore_or_init(b: Built, ckpt: checkpoint_lib.Checkpointer) -> tuple[TrainS
     state = flax.serialization.from_state_dict(b.abstract_state, restored[0])
     _say(f'resumed from step {int(state.step)} of {total} in {b.workdir}')
     return state, lineage
-  if eval_only and not init_from:
-    raise UserError(f'eval_only: no checkpoint in {b.workdir} and no init_from weights to evaluate')
   state = _compile_once_cheaply(b.init_fn, b.state_sharding)()
   if init_from:
     state = load_pretrained(b, state)
@@ -507,8 +514,14 @@ def _diverged(what: str, step: int, ckpt: checkpoint_lib.Checkpointer) -> NonFin
 
 # ============================================================================================ the run
 def run(config, workdir: str, task_cls) -> dict:
-  """Trains (or resumes) in `workdir`, evaluates, writes `workdir/results.json`; returns the results."""
+  """Trains (or resumes) in `workdir`, evaluates, writes `workdir/results.json`; returns the results.
+
+  With `eval_only` it evaluates instead (`evaluate_only`): results in WORKDIR/eval/<tag>/, never over a training
+  run's results.json, the workdir's checkpoints read but never touched."""
   optim.check_config(config)  # a phase's derived config too (the command line's was checked by cli.run_main)
+  guard.check_options(config.get('guard', None))
+  if config.get('eval_only', False):
+    return evaluate_only(config, workdir, task_cls)
   _check_workdir(workdir)
   b = build(config, workdir, task_cls)
   ckpt_cfg = config.checkpoint
@@ -523,32 +536,128 @@ def run(config, workdir: str, task_cls) -> dict:
   try:
     state, lineage = restore_or_init(b, ckpt)
     _make_workdir(workdir)  # data, model and weights have loaded: the first thing this run writes
-    experiment.start_compilation_cache()  # an experiment's WORKDIR/xla_cache, likewise only now
+    xla_cache.start_compilation_cache()  # an experiment's WORKDIR/xla_cache, likewise only now
     steps = compile_steps(b)
-    if config.get('eval_only', False):
-      return _eval_only(b, steps, state)
     return _train(b, steps, ckpt, state, lineage)
   finally:
     ckpt.close()
 
 
-def _eval_only(b: Built, steps: Steps, state: TrainState) -> dict:
-  init_from = b.config.get('init_from') or None
-  source = init_from or f'checkpoint step {int(state.step)}'
-  final = evaluate(b, steps, state, with_ema=bool(b.ema_decay) and not init_from)  # a file holds one set
+# ============================================================================================ eval only
+EVAL_DIR = 'eval'
+
+
+def eval_step_dir(config, workdir: str) -> str | None:
+  """The checkpoint step an eval-only run evaluates: None when it evaluates `init_from`, else WORKDIR's
+  `checkpoint.restore_step` or its latest step. Reads the folder listing only (creates and moves nothing)."""
+  if config.get('init_from'):
+    return None
+  directory = os.path.join(os.path.abspath(workdir), 'checkpoints')
+  restore = int(config.checkpoint.get('restore_step', -1))
+  if restore < 0:
+    step_dir = checkpoint_lib.latest_step_dir(workdir)
+    if step_dir is None:
+      raise UserError(f'eval_only: no checkpoint in {workdir} and no init_from weights to evaluate')
+    return step_dir
+  step_dir = os.path.join(directory, str(restore))
+  if not os.path.isdir(os.path.join(step_dir, 'state')):
+    kept = sorted(int(d) for d in os.listdir(directory) if d.isdigit()) if os.path.isdir(directory) else []
+    raise UserError(
+        f'eval_only: checkpoint.restore_step={restore}: no such step in {directory} '
+        f'(kept steps: {", ".join(map(str, kept)) or "none"})'
+    )
+  return step_dir
+
+
+def eval_tag(task: Task, step_dir: str | None, weights: str | None) -> str:
+  """The name of an eval-only run's folder under WORKDIR/eval/: what it evaluates (`step<N>` of the workdir's
+  checkpoints, `weights-<file name>` of init_from), then `Task.eval_tag()` when the task evaluates one set of
+  weights several ways (ADP-C: `tau0.99`), e.g. step496-tau0.99, weights-hrnet_w48-dense, step1000."""
+  if step_dir is not None:
+    what = f'step{os.path.basename(step_dir)}'
+  else:
+    path = os.path.normpath(os.path.abspath(weights))
+    name = os.path.basename(path)
+    if name.isdigit() and os.path.basename(os.path.dirname(path)) == 'checkpoints':  # a step dir of another run
+      name = f'{os.path.basename(os.path.dirname(os.path.dirname(path)))}-step{name}'
+    for ext in ('.safetensors', '.msgpack', '.pth', '.pt', '.bin', '.npz'):
+      if name.endswith(ext):
+        name = name[: -len(ext)]
+        break
+    what = 'weights-' + (''.join(ch if ch.isalnum() or ch in '._-' else '_' for ch in name) or 'file')
+  how = task.eval_tag()
+  return f'{what}-{how}' if how else what
+
+
+def _load_step(b: Built, state: TrainState, step_dir: str) -> tuple[TrainState, bool]:
+  """(state with the weights of one of the workdir's checkpoint steps, whether it holds their EMA copy).
+
+  A step of this very model configuration is loaded as it is, EMA included. Any other (e.g. an ADP-C model
+  evaluated without confidence adaptivity, whose checkpoint has masked convs the dense model lacks) goes through
+  `Task.load_pretrained`, which knows how the line's weights fit another of its configurations."""
+  ckpt = checkpoint_lib.read_training_checkpoint(step_dir)
+  loaded = {'params': ckpt['params'], 'batch_stats': ckpt['batch_stats'] or {}}
+  if _tree_mismatch('params', loaded['params'], state.params) or _tree_mismatch(
+      'batch_stats', loaded['batch_stats'], state.batch_stats
+  ):
+    variables = {'params': _to_host(state.params), 'batch_stats': _to_host(state.batch_stats)}
+    loaded = b.task.load_pretrained(variables, step_dir, False)
+    for name in ('params', 'batch_stats'):
+      _check_same_tree(name, loaded.get(name, {}), getattr(state, name))
+    return _put_weights(b, state, loaded['params'], loaded.get('batch_stats', {})), False
+  ema = ckpt['ema_params']
+  with_ema = ema is not None and state.ema_params is not None and not _tree_mismatch('ema_params', ema, state.params)
+  state = _put_weights(b, state, loaded['params'], loaded['batch_stats'], ema if with_ema else None)
+  step = int((ckpt['meta'] or {}).get('step', os.path.basename(step_dir)))
+  return state.replace(step=jnp.asarray(step, jnp.int32)), with_ema
+
+
+def evaluate_only(config, workdir: str, task_cls) -> dict:
+  """Evaluates `init_from` (a file, a step dir or workdir of another run), else WORKDIR's checkpoint (latest, or
+  `checkpoint.restore_step`), and writes WORKDIR/eval/<tag>/results.json and its TensorBoard scalars (`eval_tag`).
+
+  The training run's results.json and checkpoints are never written: the step is read from its files (no
+  checkpoint manager is opened, so nothing is cleaned up, moved or created there). The results carry
+  'eval_dir', where they were written."""
+  step_dir = eval_step_dir(config, workdir)  # bad input before any data or device work
+  init_from = config.get('init_from') or None
+  _check_workdir(workdir)
+  b = build(config, workdir, task_cls)
+  state = _compile_once_cheaply(b.init_fn, b.state_sharding)()
+  if step_dir is not None:
+    _say(f'evaluating step {os.path.basename(step_dir)} of {os.path.abspath(workdir)}')
+    state, with_ema = _load_step(b, state, step_dir)
+    source = step_dir
+  else:
+    _say(f'evaluating weights {init_from}')
+    state, with_ema = load_pretrained(b, state), False  # a file holds one set of weights
+    source = init_from
+  eval_dir = os.path.join(os.path.abspath(workdir), EVAL_DIR, eval_tag(b.task, step_dir, init_from))
+  _make_workdir(eval_dir)  # data, model and weights have loaded: the first thing this run writes
+  xla_cache.start_compilation_cache()  # an experiment's WORKDIR/xla_cache, likewise only now
+  steps = compile_steps(b)
+  final = evaluate(b, steps, state, with_ema=with_ema and bool(b.ema_decay))
+  step = int(state.step)
   results = {
       'eval_only': True,
       'weights': source,
-      'step': int(state.step),
+      'step': step,
       'eval': final,
       'num_params': b.num_params,
       'primary_metric': b.task.primary_metric,
       b.task.primary_metric: _primary(b.task, final),
+      'eval_dir': eval_dir,
       **b.task.extra_results(state),
   }
-  _write_results(b.workdir, results)
+  _write_results(eval_dir, results)
+  writer = metrics_lib.create_writer(os.path.join(eval_dir, 'tensorboard'))
+  writer.write_scalars(step, {f'eval/{k}': v for k, v in final.items()})
+  writer.close()
   dcfg = b.config.data
-  _say(f'eval of {source} on {dcfg.name}:{dcfg.eval_split}: {_scalars_text(final)}')
+  _say(
+      f'eval of {source} on {dcfg.name}:{dcfg.eval_split}: {_scalars_text(final)}\n'
+      f'  results:     {os.path.join(eval_dir, "results.json")}'
+  )
   return results
 
 
@@ -563,6 +672,7 @@ def _train(b: Built, steps: Steps, ckpt: checkpoint_lib.Checkpointer, state: Tra
   debug = config.get('debug', {})
   meta_config = json.loads(config.to_json_best_effort())
   history, train_metrics = [], None
+  spike_guard = guard.LossSpikeGuard(config.get('guard', None))
   start_step, t_start = step, time.time()
   while step < total_steps:
     with jax.profiler.StepTraceAnnotation('train', step_num=step):
@@ -573,6 +683,7 @@ def _train(b: Built, steps: Steps, ckpt: checkpoint_lib.Checkpointer, state: Tra
         _append_digest(workdir, step, local_batch[task.input_key])
       state, m = steps.train(state, pipeline.to_global(local_batch, b.batch_sharding))
     step += 1
+    spike_guard.observe(step, m)
     train_metrics = m if train_metrics is None else train_metrics.merge(m)
     if steps.epoch_end is not None and step % spe == 0:
       state = steps.epoch_end(state, np.int32(step // spe))
@@ -581,6 +692,9 @@ def _train(b: Built, steps: Steps, ckpt: checkpoint_lib.Checkpointer, state: Tra
     stop = ckpt.should_stop_for_preemption(step)
     if step % log_every == 0 or is_eval or is_ckpt or stop:
       # Read the loss before any checkpoint so a diverged state is never saved.
+      spike = spike_guard.check()
+      if spike is not None:
+        raise guard.stop(spike, ckpt, workdir)
       values = metrics_lib.to_floats(train_metrics)
       train_metrics = None
       watched = {k: v for k, v in values.items() if k == 'loss'} or values

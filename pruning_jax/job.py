@@ -250,7 +250,7 @@ def prune_phase(config, seed: int):
     if config.prune.mode != 'mask':
       ec = _pruned_model(ec, results)
     ec.init_from, ec.eval_only = evaluated, True
-    evaluation = train.run(ec, os.path.join(workdir, 'eval'), PruningTask)
+    evaluation = train.run(ec, workdir, PruningTask)  # into PRUNE_DIR/eval/weights-pruned/
     results['accuracy'] = evaluation['accuracy']
     results['eval'] = evaluation['eval']
     _say(

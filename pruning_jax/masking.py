@@ -1,4 +1,4 @@
-"""Weight masks that survive training: an optax transform for the Task's `post` list (contracts.md).
+"""Weight masks that survive training: an optax transform for the Task's `post` list (`Task.optimizer_transforms`).
 
   keep_masked(mask_fn)   GradientTransformation: init(params) stores mask_fn(params) in its state (so the mask
                          is checkpointed, sharded and restored with opt_state); update() multiplies the final

@@ -22,6 +22,9 @@ for _name in ('torch', 'triton', 'torchvision'):
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+from skip_policy import pytest_make_collect_report, pytest_runtest_makereport  # noqa: E402,F401
+
+pytest_plugins = ('pytester',)  # tests/core/test_skip_policy.py runs pytest on a file of skips
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '3')
 

@@ -82,7 +82,7 @@ def cifar_recipe(c, dataset: str = 'cifar10'):
 
 def imagenet_recipe(c):
   """pytorch/examples 0.3.1: SGD 0.9, wd 1e-4, batch 256, 90 epochs, lr 0.1 / 10 every 30 epochs;
-  RandomResizedCrop 224 + flip, eval resize 256 + center crop 224, ImageNet mean / std."""
+  RandomResizedCrop 224 + flip, eval Resize(256) + CenterCrop(224) (torchvision, bilinear), ImageNet mean / std."""
   c.data.update(
       dict(
           name='imagenet2012',
@@ -99,8 +99,7 @@ def imagenet_recipe(c):
           eval_transforms=(
               'keep(keys=("image", "label"))',
               'decode_jpeg',
-              'resize_small(size=256)',
-              'center_crop(size=224)',
+              'resize_shorter_and_center_crop(size=224, crop_pct=0.875, interpolation="bilinear")',  # Resize(256)
               f'normalize(mean={IMAGENET_MEAN}, std={IMAGENET_STD})',
           ),
       )

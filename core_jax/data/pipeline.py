@@ -152,7 +152,7 @@ def make_train_iterator(
   # Prefetch records, then batch: ReadOptions.prefetch_buffer_size (default 500) counts elements,
   # and 500 prefetched *batches* of large images would not fit in host memory.
   if read_options is None:
-    # grain's default of 16 reader threads thrashes small hosts (benchmarks/RESULTS.md, design measurements).
+    # grain's default of 16 reader threads thrashes small hosts (benchmarks/ANALYSIS.md, design measurements).
     read_options = grain.ReadOptions(num_threads=min(16, os.cpu_count() or 1), prefetch_buffer_size=500)
   ds = ds.to_iter_dataset(read_options)
   if worker_count > 0:

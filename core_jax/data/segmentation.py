@@ -13,7 +13,7 @@ The train augmentation of HRNet-Semantic-Segmentation (which ADP-C uses), step f
                                  seg_random_scale then seg_random_crop, equal bit for bit (same draws), but only
                                  the crop window is resized (a 2.1x Cityscapes image is 2151x4301)
   seg_flip(p=0.5)                horizontal flip of both
-  normalize / imagenet_normalize (core_jax.data.transforms / augment) then touch the image only
+  normalize / imagenet_normalize (core_jax.data.transforms) then touch the image only
 
 so a Cityscapes train pipeline is
   ['seg_random_scale_crop(size=(512, 1024))', 'seg_flip', 'imagenet_normalize']
@@ -23,6 +23,7 @@ and eval is full resolution: ['imagenet_normalize']. (The reference normalizes a
 
 import numpy as np
 
+from core_jax.data import primitives
 from core_jax.data.registry import IGNORE_LABEL, LABEL_MAP_KEY, Example, Transform, register
 from core_jax.errors import UserError
 
@@ -31,13 +32,6 @@ CITYSCAPES_SCALE_FACTORS = tuple(0.5 + i / 10.0 for i in range(17))
 
 _COEF_BITS = 11  # OpenCV's INTER_RESIZE_COEF_BITS
 _COEF_SCALE = 1 << _COEF_BITS
-
-
-def _hw(size) -> tuple[int, int]:
-  if isinstance(size, (int, np.integer)):
-    return int(size), int(size)
-  h, w = size
-  return int(h), int(w)
 
 
 def _linear_taps(in_size: int, out_size: int, start: int, stop: int, clamp_weight: bool):
@@ -157,7 +151,7 @@ def _pad_bottom_right(ex: Example, ch: int, cw: int) -> Example:
 @register('seg_pad')
 def seg_pad(size) -> Transform:
   """Pad bottom and right up to `size` (h, w): image with 0, label map with 255; larger sides stay."""
-  ch, cw = _hw(size)
+  ch, cw = primitives.hw(size)
 
   def op(ex, rng):
     del rng
@@ -169,7 +163,7 @@ def seg_pad(size) -> Transform:
 @register('seg_random_crop')
 def seg_random_crop(size) -> Transform:
   """A uniform (h, w) crop of image and label map (padded as seg_pad first when smaller)."""
-  ch, cw = _hw(size)
+  ch, cw = primitives.hw(size)
 
   def op(ex, rng):
     ex = _pad_bottom_right(ex, ch, cw)
@@ -190,7 +184,7 @@ def seg_random_crop(size) -> Transform:
 @register('seg_random_scale_crop')
 def seg_random_scale_crop(size, factors=CITYSCAPES_SCALE_FACTORS, base_size: int | None = None) -> Transform:
   """`seg_random_scale(factors, base_size)` then `seg_random_crop(size)`, resizing only the crop window."""
-  ch, cw = _hw(size)
+  ch, cw = primitives.hw(size)
   factors = tuple(float(f) for f in factors)
   if not factors or min(factors) <= 0:
     raise UserError(f'seg_random_scale_crop: factors must be positive, got {factors}')

@@ -1,52 +1,32 @@
-"""Basic ops on `image` and, where spatial, `segmentation` together: crops, flips, resizes, normalize, keys.
+"""Geometric and pixel ops on `image` and, where spatial, `segmentation` together: crops, flips, resizes, normalize.
 
 Registered into `core_jax.data.registry` (listed in `core_jax.data.ops.OP_MODULES`):
 
-  random_crop(size, padding=0)   center_crop(size)   flip_lr(p=0.5)   resize(size)   resize_small(size)
-  random_resized_crop(size, scale=(0.08, 1.0), ratio=(3/4, 4/3), attempts=10)
-  normalize(mean=(0, 0, 0), std=(1, 1, 1))   keep(keys)   rename(old='new', ...)
+  random_crop(size, padding=0)   center_crop(size)   flip_lr(p=0.5)   resize(size, interpolation='bilinear')
+  random_resized_crop(size, scale=(0.08, 1.0), ratio=(3/4, 4/3), interpolation='bilinear', attempts=10)
+  random_resized_crop_timm(size, ..., interpolation='bicubic')     (also `inception_crop`)
+  resize_shorter_and_center_crop(size=224, crop_pct=0.875, interpolation='bicubic')
+  squash_resize(size=384, interpolation='bicubic', crop_pct=1.0)
+  normalize(mean=(0, 0, 0), std=(1, 1, 1))   imagenet_normalize   keep(keys)   rename(old='new', ...)
 
-Padding fills the image with 0 and `segmentation` with IGNORE_LABEL (255). `build_transforms` is kept here as
-the name the train loop calls; it is `core_jax.data.ops.build_transforms`.
+Each crop, resize and normalize exists once, in `core_jax.data.primitives`: the resizes and crops follow Pillow
+and torchvision (what timm calls), so a torchvision eval `Resize(256), CenterCrop(224)` is
+`resize_shorter_and_center_crop(size=224, crop_pct=0.875, interpolation='bilinear')`. Padding fills the image
+with 0 and `segmentation` with IGNORE_LABEL (255). Normalization divides uint8 by 255 first, so mean/std are on
+the 0-1 scale: ImageNet's are `primitives.IMAGENET_DEFAULT_MEAN` / `IMAGENET_DEFAULT_STD`.
 """
 
 import math
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from core_jax.data import image_kernels
-from core_jax.data.registry import IGNORE_LABEL, Example, Transform, get_transform, parse_spec, register, registered
-
-__all__ = [
-    'IGNORE_LABEL',
-    'Example',
-    'Transform',
-    'build_transforms',
-    'get_transform',
-    'parse_spec',
-    'register',
-    'registered',
-]
-
-
-def build_transforms(specs: Sequence[str] | str) -> Transform:
-  """`core_jax.data.ops.build_transforms` under its older name (imports every op module, then composes)."""
-  from core_jax.data import ops  # deferred: ops imports this module to register its ops
-
-  return ops.build_transforms(specs)
-
+from core_jax.data import image_kernels, primitives
+from core_jax.data.registry import IGNORE_LABEL, Example, Transform, register
+from core_jax.errors import UserError
 
 # ------------------------------------------------------------------------------- helpers
-
-
-def _hw(size) -> tuple[int, int]:
-  if isinstance(size, (int, np.integer)):
-    return int(size), int(size)
-  h, w = size
-  return int(h), int(w)
 
 
 def _spatial_keys(example: Example) -> list[tuple[str, Any]]:
@@ -75,42 +55,13 @@ def _crop(example: Example, y: int, x: int, h: int, w: int) -> Example:
   return example
 
 
-def _resize_array(x: np.ndarray, h: int, w: int, nearest: bool) -> np.ndarray:
-  """PIL resize; bilinear for images (uint8 or float), nearest for label maps."""
-  resample = Image.NEAREST if nearest else Image.BILINEAR
-  if x.ndim == 2 and (x.dtype == np.uint8 or nearest):
-    return np.asarray(Image.fromarray(x).resize((w, h), resample))
-  if x.dtype == np.uint8 and x.ndim == 3 and x.shape[2] in (3, 4):
-    return np.asarray(Image.fromarray(x).resize((w, h), resample))
-  # Generic path: per-channel float32 ('F' mode).
-  chans = x[..., None] if x.ndim == 2 else x
-  out = np.stack(
-      [
-          np.asarray(Image.fromarray(np.ascontiguousarray(chans[..., c], np.float32)).resize((w, h), resample))
-          for c in range(chans.shape[-1])
-      ],
-      -1,
-  )
-  out = out[..., 0] if x.ndim == 2 else out
-  if x.dtype == np.uint8:
-    out = np.clip(np.round(out), 0, 255)
-  return out.astype(x.dtype)
-
-
-def _resize(example: Example, h: int, w: int) -> Example:
-  example['image'] = _resize_array(np.asarray(example['image']), h, w, nearest=False)
-  if 'segmentation' in example:
-    example['segmentation'] = _resize_array(np.asarray(example['segmentation']), h, w, nearest=True)
-  return example
-
-
 # ----------------------------------------------------------------------------------- ops
 
 
 @register('random_crop')
 def random_crop(size, padding: int = 0) -> Transform:
   """Zero-pad by `padding` (labels with 255), pad up to `size` if smaller, random crop."""
-  ch, cw = _hw(size)
+  ch, cw = primitives.hw(size)
 
   def op(ex, rng):
     ex = _pad_to(ex, (padding,) * 4)
@@ -127,15 +78,12 @@ def random_crop(size, padding: int = 0) -> Transform:
 
 @register('center_crop')
 def center_crop(size) -> Transform:
-  ch, cw = _hw(size)
+  """torchvision CenterCrop: zero-pad (labels 255) where smaller, then the central (h, w) window."""
+  ch, cw = primitives.hw(size)
 
   def op(ex, rng):
     del rng
-    h, w = np.asarray(ex['image']).shape[:2]
-    ph, pw = max(ch - h, 0), max(cw - w, 0)
-    ex = _pad_to(ex, (ph // 2, ph - ph // 2, pw // 2, pw - pw // 2))
-    h, w = max(h, ch), max(w, cw)
-    return _crop(ex, (h - ch) // 2, (w - cw) // 2, ch, cw)
+    return primitives.center_crop_example(ex, ch, cw)
 
   return op
 
@@ -161,53 +109,82 @@ def flip_lr(p: float = 0.5) -> Transform:
 
 
 @register('resize')
-def resize(size) -> Transform:
-  """Bilinear resize to `size` (int -> square); segmentation uses nearest."""
-  h, w = _hw(size)
+def resize(size, interpolation: str = 'bilinear') -> Transform:
+  """Resize to `size` (int -> square), ignoring the aspect ratio; segmentation uses nearest."""
+  h, w = primitives.hw(size)
+  resample = primitives.interpolation(interpolation, allow_random=False)
 
   def op(ex, rng):
     del rng
-    return _resize(ex, h, w)
-
-  return op
-
-
-@register('resize_small')
-def resize_small(size: int) -> Transform:
-  """Resize so the shorter side is `size`, keeping the aspect ratio (eval: then center_crop)."""
-
-  def op(ex, rng):
-    del rng
-    h, w = np.asarray(ex['image']).shape[:2]
-    s = size / min(h, w)
-    return _resize(ex, max(1, round(h * s)), max(1, round(w * s)))
+    return primitives.resize_example(ex, h, w, resample)
 
   return op
 
 
 @register('random_resized_crop')
-def random_resized_crop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), attempts: int = 10) -> Transform:
-  """Inception-style crop: random area fraction and aspect ratio, resized to `size`."""
-  oh, ow = _hw(size)
-  log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+def random_resized_crop(
+    size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), interpolation: str = 'bilinear', attempts: int = 10
+) -> Transform:
+  """Inception-style crop, timm's `RandomResizedCropAndInterpolation`: a random area fraction and aspect ratio
+  (`primitives.rrc_params`, timm's draws in timm's order), resized to `size` with `interpolation`
+  ('random': timm's per-image bilinear/bicubic choice, drawn after the box)."""
+  out_h, out_w = primitives.hw(size)
+  interp = primitives.interpolation(interpolation)
+  scale, ratio = tuple(scale), tuple(ratio)
 
   def op(ex, rng):
-    h, w = np.asarray(ex['image']).shape[:2]
-    for _ in range(attempts):
-      area = h * w * rng.uniform(*scale)
-      aspect = math.exp(rng.uniform(*log_ratio))
-      cw = int(round(math.sqrt(area * aspect)))
-      ch = int(round(math.sqrt(area / aspect)))
-      if 0 < cw <= w and 0 < ch <= h:
-        y = int(rng.integers(0, h - ch + 1))
-        x = int(rng.integers(0, w - cw + 1))
-        break
-    else:  # fall back to a central crop with the ratio clamped
-      aspect = min(max(w / h, ratio[0]), ratio[1])
-      cw, ch = (w, int(round(w / aspect))) if w / h < aspect else (int(round(h * aspect)), h)
-      cw, ch = min(cw, w), min(ch, h)
-      y, x = (h - ch) // 2, (w - cw) // 2
-    return _resize(_crop(ex, y, x, ch, cw), oh, ow)
+    h, w = primitives.image_hw(ex['image'])
+    top, left, ch, cw = primitives.rrc_params(h, w, scale, ratio, rng, attempts)
+    resample = primitives.choose_interpolation(interp, rng)
+    return primitives.resized_crop(ex, top, left, ch, cw, out_h, out_w, resample)
+
+  return op
+
+
+@register('random_resized_crop_timm')
+@register('inception_crop')
+def random_resized_crop_timm(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), interpolation: str = 'bicubic'):
+  """`random_resized_crop` with the ConvNeXt recipe's bicubic default."""
+  return random_resized_crop(size, scale, ratio, interpolation)
+
+
+@register('resize_shorter_and_center_crop')
+def resize_shorter_and_center_crop(
+    size: int = 224, crop_pct: float = 0.875, interpolation: str = 'bicubic'
+) -> Transform:
+  """timm `transforms_imagenet_eval` (crop_mode 'center'), i.e. torchvision Resize(floor(size / crop_pct)) then
+  CenterCrop(size): the shorter side becomes floor(size / crop_pct), the longer int(scale * long / short)."""
+  if not isinstance(size, int):
+    raise UserError('resize_shorter_and_center_crop: size must be an int (square crop)')
+  scale_size = math.floor(size / crop_pct)
+  resample = primitives.interpolation(interpolation, allow_random=False)
+
+  def op(ex, rng):
+    del rng
+    h, w = primitives.image_hw(ex['image'])
+    if w <= h:
+      nw, nh = scale_size, int(scale_size * h / w)
+    else:
+      nh, nw = scale_size, int(scale_size * w / h)
+    ex = primitives.resize_example(ex, nh, nw, resample)
+    return primitives.center_crop_example(ex, size, size)
+
+  return op
+
+
+@register('squash_resize')
+def squash_resize(size: int = 384, interpolation: str = 'bicubic', crop_pct: float = 1.0) -> Transform:
+  """timm eval crop_mode 'squash': resize to floor(size / crop_pct) square ignoring the aspect,
+  then CenterCrop(size) (a no-op at crop_pct=1.0, the official ConvNeXt >= 384 eval)."""
+  if not isinstance(size, int):
+    raise UserError('squash_resize: size must be an int')
+  scale_size = math.floor(size / crop_pct)
+  resample = primitives.interpolation(interpolation, allow_random=False)
+
+  def op(ex, rng):
+    del rng
+    ex = primitives.resize_example(ex, scale_size, scale_size, resample)
+    return primitives.center_crop_example(ex, size, size)
 
   return op
 
@@ -215,57 +192,13 @@ def random_resized_crop(size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), attempts:
 @register('normalize')
 def normalize(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)) -> Transform:
   """float32 image = (image / 255 - mean) / std for uint8 images (mean/std in [0, 1] units)."""
-  mean = np.asarray(mean, np.float32)
-  inv_std = 1.0 / np.asarray(std, np.float32)
-  # uint8 HWC images: one lookup in a (channel, value) table, several times faster than the arithmetic below
-  # (benchmarks/RESULTS.md, design measurements).
-  # The table holds exactly what the arithmetic gives (same float32 ops, same order), so results
-  # are equal bit for bit. One `take` over the interleaved pixels, indexed by value + 256 * channel,
-  # beats a strided `take` per channel; the channel offsets are cached per image shape.
-  table = (np.arange(256, dtype=np.float32)[:, None] / np.float32(255.0) - mean) * inv_std  # (256, C)
-  flat_table = {
-      c: np.ascontiguousarray(np.broadcast_to(table, (256, c)).T).reshape(-1)
-      for c in (1, 2, 3, 4)
-      if table.shape[1] in (1, c)
-  }
-  offsets: dict[tuple, np.ndarray] = {}
+  return primitives.normalize(mean, std)
 
-  def channel_offsets(shape):
-    off = offsets.get(shape)
-    if off is None:
-      off = np.broadcast_to(np.arange(shape[-1], dtype=np.uint16) * 256, shape).copy()
-      if len(offsets) >= 8:  # a stream of varied shapes (eval at native size): don't grow forever
-        offsets.clear()
-      offsets[shape] = off
-    return off
 
-  def op(ex, rng):
-    del rng
-    image = ex['image']
-    # The same table through C++: any strides (a flipped view), Pillow images read in place, faster than the take.
-    if isinstance(image, Image.Image):
-      channels = {'RGB': 3, 'L': 1}.get(image.mode)
-    else:
-      channels = image.shape[2] if getattr(image, 'ndim', 0) == 3 else None
-    if channels in flat_table:
-      out = image_kernels.lookup(image, flat_table[channels].reshape(channels, 256))
-      if out is not None:
-        ex['image'] = out
-        return ex
-    x = np.asarray(image)
-    if x.dtype == np.uint8 and x.ndim == 3 and x.shape[2] in flat_table:
-      index = np.add(x, channel_offsets(x.shape), dtype=np.uint16)
-      ex['image'] = np.take(flat_table[x.shape[2]], index, mode='clip')  # index < 256 * C always
-      return ex
-    y = x.astype(np.float32)  # a fresh buffer: the rest is in place (same float ops, no temporaries)
-    if x.dtype == np.uint8:
-      y /= 255.0
-    y -= mean
-    y *= inv_std
-    ex['image'] = y
-    return ex
-
-  return op
+@register('imagenet_normalize')
+def imagenet_normalize() -> Transform:
+  """(image / 255 - IMAGENET_DEFAULT_MEAN) / IMAGENET_DEFAULT_STD as float32."""
+  return primitives.normalize(mean=primitives.IMAGENET_DEFAULT_MEAN, std=primitives.IMAGENET_DEFAULT_STD)
 
 
 @register('keep')

@@ -2,8 +2,8 @@
 
 Sparsity training: `sparsity_transform(model, s)` adds s * sign(gamma) to the gradient of every BatchNorm scale
 that scores a channel set (all BN2d layers; on the ImageNet VGG-11 also the head's BN1d), applied to the raw
-gradients before weight decay: it belongs in the Task's `pre` optimizer transforms (contracts.md). The paper:
-s = 1e-4 for VGG-19, 1e-5 for PreResNet-164, DenseNet-40 and ImageNet VGG-11.
+gradients before weight decay: it belongs in the Task's `pre` optimizer transforms (`Task.optimizer_transforms`).
+The paper: s = 1e-4 for VGG-19, 1e-5 for PreResNet-164, DenseNet-40 and ImageNet VGG-11.
 
 Pruning: one global threshold over the |gamma| of all those BNs, concatenated in forward order, sorted
 ascending, taken at position int(total * percent); channels with |gamma| strictly greater are kept. Gamma and

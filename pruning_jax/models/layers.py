@@ -89,7 +89,7 @@ class BatchNorm(nn.Module):
     return y.astype(self.dtype or x.dtype)
 
 
-# What 'auto' means for the pruning line on each backend (benchmarks/RESULTS.md, pruned models): the small-conv
+# What 'auto' means for the pruning line on each backend (benchmarks/ANALYSIS.md, pruned models): the small-conv
 # matmul is an XLA:CPU workaround; channel padding to multiples of 8 on every backend (GPU tensor cores want
 # them too). 1x1 convs stay convs (channel-padded). The other policy fields do not apply to these models.
 AUTO = {

@@ -65,7 +65,7 @@ def test_bad_config_exits_2_with_one_line(tmp_path, capsys, override, message):
 def test_help_lists_the_configs(capsys):
   assert cli.run_main(main._run, ['--help'], prog='anytime_jax.main', config_dir=main.CONFIG_DIR) == 0
   out = capsys.readouterr().out
-  for name in ('digit_scenes.py', 'cityscapes_w48_adp_c.py', 'cityscapes_w18_small_v2_adp_c.py'):
+  for name in ('digit_scenes.py', 'cityscapes.py'):
     assert name in out
   assert not any(line.split()[0] == '_base.py' for line in out.splitlines() if line.strip())
 
@@ -102,8 +102,9 @@ def test_digit_scenes_job_end_to_end(tmp_path, tfds_dir, capsys):
   assert all(e['fraction'] == 1.0 for e in dense['exits'])
   assert [e['gflops'] for e in dense['exits']] == pytest.approx(list(dense['gflops_dense'].values()), rel=1e-6)
 
-  # eval-only in the trained phase dir: its own sub-dir, the training results untouched. At the training's own
-  # threshold it reproduces the training phase's evaluation exactly (the same checkpoint and program)
+  # eval-only in the trained phase dir: into the core's PHASE/eval/step2-tau0.998, the training results untouched.
+  # At the training's own threshold it reproduces the training phase's evaluation exactly (the same checkpoint and
+  # program)
   phase = os.path.join(workdir, 'adp_c')
   with open(os.path.join(phase, 'results.json')) as f:
     before = f.read()
@@ -112,7 +113,7 @@ def test_digit_scenes_job_end_to_end(tmp_path, tfds_dir, capsys):
   single = job.run(c, phase)
   with open(os.path.join(phase, 'results.json')) as f:
     assert f.read() == before
-  assert os.path.isfile(os.path.join(phase, 'eval_tau0.998', 'anytime.json'))
+  assert os.path.isfile(os.path.join(phase, 'eval', 'step2-tau0.998', 'anytime.json'))
   assert single['runs'][0]['label'] == 'ADP-C (tau 0.998)'
   assert single['runs'][0]['weights'] == os.path.join(phase, 'checkpoints', '2')
   assert single['runs'][0]['exits'] == adp_c['exits']
@@ -123,7 +124,7 @@ def test_digit_scenes_job_end_to_end(tmp_path, tfds_dir, capsys):
   # the threshold is the step's argument), again no more pixels than at 0.998
   c.model.tau = 0.9
   low = job.run(c, phase)['runs'][0]
-  assert os.path.isfile(os.path.join(phase, 'eval_tau0.9', 'anytime.json'))
+  assert os.path.isfile(os.path.join(phase, 'eval', 'step2-tau0.9', 'anytime.json'))
   assert low['label'] == 'ADP-C (tau 0.9)'
   assert low['exits'][3]['fraction'] <= adp_c['exits'][3]['fraction']
   assert low['exits'][3]['gflops'] <= adp_c['exits'][3]['gflops'] + 1e-9

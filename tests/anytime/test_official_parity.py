@@ -22,8 +22,8 @@ pytestmark = pytest.mark.skipif(
     reason='set ADPC_REPO to a checkout of liuzhuang13/anytime',
 )
 
-torch = pytest.importorskip('torch')
 import jax  # noqa: E402
+import torch  # noqa: E402
 
 from anytime_jax import convert, flops, hrnet  # noqa: E402
 
@@ -135,7 +135,13 @@ def test_same_logits_keys_and_flops_as_the_official_code(exit_type, ca):
   assert set(exported) == {f'model.{k}' for k in sd} | {'loss.criterion.weight'}
   got, macs = jax.jit(lambda v, x: flops.apply_with_macs(model, v, x))(variables, xj)
   for a, b in zip(got['logits'], outs):
-    np.testing.assert_allclose(np.asarray(a), b.numpy().transpose(0, 2, 3, 1), rtol=1e-4, atol=1e-4)
+    # Relative to each exit's scale. With RBF-filled features through the EE exits, exit 4's logits reach 2e8 here,
+    # and the float32 rounding of such sums differs between CPUs (an AMD EPYC gave 2e-4 relative at 4e6 against
+    # an elementwise rtol of 1e-4): the bound must test the code, not the CPU. Measured on an Intel Xeon: 1.5e-6 to
+    # 1.7e-6 of the scale at exits 1-3 (logits up to 5-30), 4.1e-6 at EE exit 4.
+    b = b.numpy().transpose(0, 2, 3, 1)
+    scale = max(1.0, float(np.abs(b).max()))
+    assert np.abs(np.asarray(a, np.float64) - b).max() <= 5e-5 * scale
   if ca:
     assert 0.2 < 1 - float(got['fractions'][1].mean()) < 0.8  # about half of the pixels exited at exit 1
   # the code's counter: run with stop_k, batch 1

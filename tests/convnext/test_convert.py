@@ -1,4 +1,4 @@
-"""Tests for core_jax.weights and convnext_jax.convert (checkpoint import/export, CLI).
+"""Tests for core_jax.weights, convnext_jax.convert (checkpoint import) and convnext_jax.export (export, CLI).
 
 Run: .venv/bin/python -m pytest tests/convnext/test_convert.py -q
 
@@ -6,9 +6,9 @@ What is verified
   * hierarchical variants (atto..xlarge): a random timm model (LN weights/biases and gamma ~ U(0.5, 1.5), biases
     random) is saved as timm .safetensors and as an official-layout .pth (keys renamed by a test-side function
     that is itself checked against timm's own checkpoint_filter_fn); both import to bit-identical Flax params;
-    Flax logits vs timm fp32 eval logits (64x64; tiny also 224) max|diff| <= 1e-4; Flax -> timm and
-    Flax -> official exports equal the original tensors bit for bit (same key sets); the timm export loads
-    into timm with load_state_dict(strict=True) and gives the same logits; for atto and tiny also via
+    Flax logits vs timm fp32 eval logits (64x64; tiny also 224) max|diff| <= 1e-5 x max|logit| (at least 1);
+    Flax -> timm and Flax -> official exports equal the original tensors bit for bit (same key sets); the timm
+    export loads into timm with load_state_dict(strict=True) and gives the same logits; for atto and tiny also via
     timm.create_model(pretrained=True, pretrained_cfg_overlay=dict(file=...)) offline.
   * isotropic variants (timm has none): an official-layout state dict drawn from numpy, saved as .pth and
     .safetensors, imported, and the Flax logits compared against a small torch.nn.functional re-implementation
@@ -32,15 +32,15 @@ import pytest
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..'))
 sys.path.insert(0, ROOT)
 
-torch = pytest.importorskip('torch')
-timm = pytest.importorskip('timm')
-
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
+import timm  # noqa: E402
+import torch  # noqa: E402
 from safetensors.numpy import save_file  # noqa: E402
 
 from convnext_jax import convert as C  # noqa: E402
 from convnext_jax import create_model  # noqa: E402
+from convnext_jax import export as E  # noqa: E402
 from core_jax import weights as W  # noqa: E402
 from core_jax.errors import UserError  # noqa: E402
 
@@ -56,7 +56,9 @@ HIER = [
     'convnext_xlarge',
 ]
 ISO = ['convnext_iso_small', 'convnext_iso_base', 'convnext_iso_large']
-TOL = 1e-4
+# Logit parity bound, relative to the largest |logit| so that no CPU's float32 rounding can fail it; the README
+# states this bound. Measured on an Intel Xeon: atto 4.8e-7 (max|logit| 1.34), iso_small 7.2e-7 absolute.
+REL_TOL = 1e-5
 
 
 @pytest.fixture(autouse=True)
@@ -141,9 +143,6 @@ def _one_line_error(excinfo, *fragments):
   for f in fragments:
     assert f in msg, msg
   return msg
-
-
-PARITY = []  # (name, size, err) collected for the summary printed at the end
 
 
 # ------------------------------------------------------------------------------------------------
@@ -246,21 +245,20 @@ def test_hierarchical_import_parity_export(name, tmp_path, highest_precision):
       ref = tm(torch.from_numpy(x)).numpy()
     out = _flax_logits(model, params, x)
     err = float(np.max(np.abs(out - ref)))
-    PARITY.append((name, size, err))
     print(f'\n{name} {size}: max|logit diff| = {err:.2e} (max|logit| {np.abs(ref).max():.2f})')
-    assert err <= TOL
+    assert err <= REL_TOL * max(1.0, float(np.abs(ref).max()))
     refs[size] = (x, ref)
 
   # export: bit-exact round trip in both layouts
-  exp_timm = C.flax_to_timm(params, name)
+  exp_timm = E.flax_to_timm(params, name)
   _assert_same_tensors(exp_timm, sd_timm)
-  _assert_same_tensors(C.flax_to_official(params, name), sd_off)
+  _assert_same_tensors(E.flax_to_official(params, name), sd_off)
   del sd_off
 
   # the timm export loads strictly into timm and gives the same logits (through a file for the small models)
   if sum(v.size for v in exp_timm.values()) < 30e6:
     p_exp = tmp_path / 'export.safetensors'
-    C.save_timm_safetensors(params, str(p_exp), name)
+    E.save_timm_safetensors(params, str(p_exp), name)
     from safetensors.torch import load_file
 
     exp_torch = load_file(str(p_exp))
@@ -285,7 +283,7 @@ def test_export_loads_with_timm_pretrained_overlay(name, tmp_path, monkeypatch):
   params, arch, overrides = C.import_checkpoint(str(src))
   assert (arch, overrides) == (name, {})
   dst = tmp_path / 'out.safetensors'
-  C.save_timm_safetensors(params, str(dst), arch)
+  E.save_timm_safetensors(params, str(dst), arch)
   tm2 = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(dst))).eval()
   _assert_same_tensors(_state_dict_numpy(tm2), sd)
 
@@ -366,11 +364,10 @@ def test_isotropic_import_parity_export(name, tmp_path, highest_precision):
     ref = _iso_reference(sd, x)
   out = _flax_logits(model, params, x)
   err = float(np.max(np.abs(out - ref)))
-  PARITY.append((name, (64, 64), err))
   print(f'\n{name} (64, 64): max|logit diff| vs torch functional reference = {err:.2e}')
-  assert err <= TOL
-  _assert_same_tensors(C.flax_to_official(params, name), sd)
-  _assert_same_tensors(C.flax_to_timm(params, name), sd)  # no timm iso: official iso layout
+  assert err <= REL_TOL * max(1.0, float(np.abs(ref).max()))
+  _assert_same_tensors(E.flax_to_official(params, name), sd)
+  _assert_same_tensors(E.flax_to_timm(params, name), sd)  # no timm iso: official iso layout
 
 
 # ------------------------------------------------------------------------------------------------
@@ -389,7 +386,7 @@ def atto_files(tmp_path_factory):
 def test_flax_msgpack_and_sidecar(atto_files, tmp_path):
   d, sd = atto_files
   params, arch, _ = C.import_checkpoint(str(d / 'official.pth'))
-  side = C.save_flax(params, str(tmp_path / 'm.msgpack'), arch=arch, metrics={'top1': 0.5})
+  side = E.save_flax(params, str(tmp_path / 'm.msgpack'), arch=arch, metrics={'top1': 0.5})
   meta = json.load(open(side))
   assert set(meta) == {
       'arch',
@@ -402,7 +399,7 @@ def test_flax_msgpack_and_sidecar(atto_files, tmp_path):
       'metrics',
       'timm',
   }
-  assert meta['timm'] == C.timm_recipe('convnext_atto')
+  assert meta['timm'] == E.timm_recipe('convnext_atto')
   assert meta['arch'] == 'convnext_atto' and meta['num_classes'] == 1000 and meta['input_size'] == [3, 224, 224]
   assert meta['crop_pct'] == 0.875 and meta['interpolation'] == 'bicubic' and meta['metrics'] == {'top1': 0.5}
   tree, meta2 = C.load_flax(str(tmp_path / 'm.msgpack'))
@@ -417,10 +414,10 @@ def test_flax_msgpack_and_sidecar(atto_files, tmp_path):
 def test_cli_roundtrip(atto_files, tmp_path, capsys):
   d, sd = atto_files
   mp, st, pth = tmp_path / 'a.msgpack', tmp_path / 'a.safetensors', tmp_path / 'a.pth'
-  assert C.main(['--src', str(d / 'official.pth'), '--dst', str(mp)]) == 0
+  assert E.main(['--src', str(d / 'official.pth'), '--dst', str(mp)]) == 0
   assert json.load(open(tmp_path / 'a.json'))['arch'] == 'convnext_atto'
-  assert C.main(['--src', str(mp), '--dst', str(st)]) == 0
-  assert C.main(['--src', str(mp), '--dst', str(pth)]) == 0
+  assert E.main(['--src', str(mp), '--dst', str(st)]) == 0
+  assert E.main(['--src', str(mp), '--dst', str(pth)]) == 0
   from safetensors.numpy import load_file
 
   _assert_same_tensors(load_file(str(st)), sd)  # timm conv_mlp layout, bit-exact
@@ -443,22 +440,22 @@ def test_cli_exports_a_training_checkpoint(atto_files, tmp_path):
   saver.wait_until_finished()
   from safetensors.numpy import load_file
 
-  assert C.main(['--src', str(step_dir), '--dst', str(tmp_path / 'p.safetensors')]) == 0
+  assert E.main(['--src', str(step_dir), '--dst', str(tmp_path / 'p.safetensors')]) == 0
   _assert_same_tensors(load_file(str(tmp_path / 'p.safetensors')), sd)
-  assert C.main(['--src', str(step_dir), '--dst', str(tmp_path / 'e.safetensors'), '--ema']) == 0
+  assert E.main(['--src', str(step_dir), '--dst', str(tmp_path / 'e.safetensors'), '--ema']) == 0
   got = load_file(str(tmp_path / 'e.safetensors'))
   np.testing.assert_array_equal(got['head.fc.weight'], sd['head.fc.weight'] * 0.5)
-  assert C.main(['--src', str(tmp_path), '--dst', str(tmp_path / 'x.safetensors')]) == 0  # a workdir: latest step
+  assert E.main(['--src', str(tmp_path), '--dst', str(tmp_path / 'x.safetensors')]) == 0  # a workdir: latest step
   _assert_same_tensors(load_file(str(tmp_path / 'x.safetensors')), sd)
   os.makedirs(tmp_path / 'empty')
-  assert C.main(['--src', str(tmp_path / 'empty'), '--dst', str(tmp_path / 'y.safetensors')]) == 2  # no checkpoint
+  assert E.main(['--src', str(tmp_path / 'empty'), '--dst', str(tmp_path / 'y.safetensors')]) == 2  # no checkpoint
 
 
 def test_cli_num_classes_reinit(atto_files, tmp_path, caplog):
   d, sd = atto_files
   mp = tmp_path / 'ft.msgpack'
   with caplog.at_level('WARNING'):
-    assert C.main(['--src', str(d / 'timm.safetensors'), '--dst', str(mp), '--num-classes', '10']) == 0
+    assert E.main(['--src', str(d / 'timm.safetensors'), '--dst', str(mp), '--num-classes', '10']) == 0
   assert any('head re-initialized' in r.getMessage() for r in caplog.records)
   tree, meta = C.load_flax(str(mp))
   assert meta['num_classes'] == 10 and tree['head']['kernel'].shape == (320, 10)
@@ -478,7 +475,7 @@ def test_cli_errors_exit_2(atto_files, tmp_path, capsys):
       ['--src', str(d / 'timm.safetensors')],  # argparse error: still one line
   ]
   for argv in cases:
-    assert C.main(argv) == 2, argv
+    assert E.main(argv) == 2, argv
     err = capsys.readouterr().err
     assert err.startswith('error: ') and err.count('\n') == 1, err
   # the real process: exit status 2 and exactly one stderr line
@@ -661,7 +658,7 @@ def _digits_logits_check(flax_model, params, tm, size=32):
     ref = tm(torch.from_numpy(x)).numpy()
   out = _flax_logits(flax_model, params, x)
   err = float(np.max(np.abs(out - ref)))
-  assert err <= TOL, err
+  assert err <= REL_TOL * max(1.0, float(np.abs(ref).max())), err
   return err
 
 
@@ -671,7 +668,7 @@ def test_training_checkpoint_with_overrides_exports_to_timm(trained_tiny, tmp_pa
 
   step_dir, config = trained_tiny
   dst = tmp_path / 'mine.safetensors'
-  assert C.main(['--src', step_dir, '--dst', str(dst)]) == 0
+  assert E.main(['--src', step_dir, '--dst', str(dst)]) == 0
   out = capsys.readouterr().out
   assert 'depths=[1, 1, 1, 1], dims=[8, 16, 16, 16]' in out
   assert 'model.stages[0].downsample = torch.nn.Identity()' in out
@@ -685,7 +682,7 @@ def test_training_checkpoint_with_overrides_exports_to_timm(trained_tiny, tmp_pa
   trained = checkpoint.read_training_checkpoint(step_dir)['params']
   model = create_model(config.model.name, num_classes=10, **config.model.overrides)
   # the helper: strict load, same logits
-  tm = C.timm_model_for(str(dst))
+  tm = E.timm_model_for(str(dst))
   _digits_logits_check(model, trained, tm)
   # the printed recipe, run as it is
   scope = {}
@@ -699,8 +696,8 @@ def test_training_checkpoint_with_overrides_exports_to_timm(trained_tiny, tmp_pa
     plain.load_state_dict(load_file(str(dst)), strict=True)
   # the same through a Flax msgpack (its sidecar carries the overrides) -> timm: the very same tensors
   mp, again = tmp_path / 'mine.msgpack', tmp_path / 'again.safetensors'
-  assert C.main(['--src', step_dir, '--dst', str(mp)]) == 0
-  assert C.main(['--src', str(mp), '--dst', str(again)]) == 0
+  assert E.main(['--src', step_dir, '--dst', str(mp)]) == 0
+  assert E.main(['--src', str(mp), '--dst', str(again)]) == 0
   _assert_same_tensors(load_file(str(again)), load_file(str(dst)))
   # and back into a training config's init_from (the task's loader) with the right shapes
   params = C.load_pretrained(jax.tree.map(np.asarray, trained), str(again), arch='convnext_digits', as_numpy=True)
@@ -727,15 +724,15 @@ def test_demo_architecture_timm_recipe_round_trip(tmp_path, highest_precision):
   model = create_model('convnext_digits', compute=dict(dwconv='xla'))
   params = _random_params(model, 32, seed=4)
   src = tmp_path / 'digits.msgpack'
-  C.save_flax(params, str(src), arch='convnext_digits', input_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
+  E.save_flax(params, str(src), arch='convnext_digits', input_size=32, mean=(0.5,) * 3, std=(0.5,) * 3)
   dst = tmp_path / 'digits.safetensors'
-  summary = C.convert(str(src), str(dst))
+  summary = E.convert(str(src), str(dst))
   assert 'model.stages[0].downsample = torch.nn.Identity()' in summary
   meta = json.load(open(tmp_path / 'digits.json'))
   assert meta['arch'] == 'convnext_digits' and meta['input_size'] == [3, 32, 32]  # carried from the source sidecar
   assert meta['mean'] == [0.5] * 3 and meta['std'] == [0.5] * 3
   recipe = meta['timm']
-  assert recipe == C.timm_recipe('convnext_digits')
+  assert recipe == E.timm_recipe('convnext_digits')
   assert recipe['kwargs'] == {
       'depths': [1, 1, 3, 1],
       'dims': [32, 64, 128, 256],
@@ -746,20 +743,20 @@ def test_demo_architecture_timm_recipe_round_trip(tmp_path, highest_precision):
       'ls_init_value': 1e-6,
       'conv_mlp': False,
   }
-  tm = C.timm_model_for(str(dst))  # load_state_dict(strict=True) inside
+  tm = E.timm_model_for(str(dst))  # load_state_dict(strict=True) inside
   _digits_logits_check(model, params, tm)
-  assert C.timm_model_for(meta, load_weights=False).stages[0].downsample.__class__.__name__ == 'Identity'
+  assert E.timm_model_for(meta, load_weights=False).stages[0].downsample.__class__.__name__ == 'Identity'
 
 
 def test_overridden_atto_loads_through_timm_pretrained_overlay(tmp_path, monkeypatch):
   """No replacement needed (patch 4): timm's own pretrained path takes the export with the recipe's kwargs."""
   monkeypatch.setenv('HF_HUB_OFFLINE', '1')
   overrides = {'depths': (1, 1, 2, 1), 'num_classes': 7}
-  recipe = C.timm_recipe('convnext_atto', overrides)
+  recipe = E.timm_recipe('convnext_atto', overrides)
   assert recipe['identity'] == [] and recipe['model_name'] == 'convnext_atto' and recipe['kwargs']['conv_mlp']
   params = _random_params(create_model('convnext_atto', **overrides), 32, seed=6)
   dst = tmp_path / 'out.safetensors'
-  sd = C.save_timm_safetensors(params, str(dst), 'convnext_atto')
+  sd = E.save_timm_safetensors(params, str(dst), 'convnext_atto')
   scope = {'timm': timm}
   exec(recipe['python_pretrained'].replace('PATH', repr(str(dst))), scope)  # pylint: disable=exec-used
   _assert_same_tensors(_state_dict_numpy(scope['model']), sd)
@@ -778,9 +775,9 @@ def test_overridden_atto_loads_through_timm_pretrained_overlay(tmp_path, monkeyp
 def test_timm_recipe_builds_the_export_layout(name, overrides):
   """For every registry ConvNeXt (and overridden ones): the recipe's timm module has exactly the keys and shapes
   the export writes (built on the meta device, export computed from shapes: no weights materialized)."""
-  recipe = C.timm_recipe(name, overrides)
+  recipe = E.timm_recipe(name, overrides)
   with torch.device('meta'):
-    tm = C.timm_model_for(recipe, load_weights=False)
+    tm = E.timm_model_for(recipe, load_weights=False)
   want = {k: tuple(v.shape) for k, v in tm.state_dict().items()}
   model, shapes = _target(name, **overrides)
   table = C.rule_table('timm', conv_mlp=name in C.CONV_MLP_ARCHS)
@@ -789,7 +786,7 @@ def test_timm_recipe_builds_the_export_layout(name, overrides):
     key, rule = table.to_external_key(path)
     got[key] = rule.transform.external_shape(tuple(leaf.shape))
   assert got == want
-  if name in C.TIMM_NAMES and not overrides:
+  if name in E.TIMM_NAMES and not overrides:
     assert recipe['identity'] == [] and recipe['model_name'] == name
     with torch.device('meta'):
       named = timm.create_model(name)
@@ -818,9 +815,4 @@ def test_timm_recipe_refuses_what_timm_cannot_build():
       ('convnext_tiny', {'patch_size': 8}, 'dilate'),
   ]:
     with pytest.raises(UserError, match=message):
-      C.timm_recipe(name, overrides)
-
-
-def test_parity_summary():
-  if PARITY:
-    print('\nparity summary: ' + '; '.join(f'{n} {s[0]}: {e:.1e}' for n, s, e in PARITY))
+      E.timm_recipe(name, overrides)

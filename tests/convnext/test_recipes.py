@@ -145,16 +145,16 @@ def _recipe_run(name, arg, data, tmp_path_factory, prepare=None, tag=''):
 
 def _finetune_init(c, workdir):
   """Writes the weights `init_from` names: timm safetensors (22K: 7-class head) or official .pth with EMA."""
-  from convnext_jax import convert
+  from convnext_jax import export
 
   if c.init_reinit_head:
     path = os.path.join(workdir, 'in22k_timm.safetensors')
-    convert.save_timm_safetensors(_random_params(7), path, 'convnext_tiny')
+    export.save_timm_safetensors(_random_params(7), path, 'convnext_tiny')
   else:
     import torch
 
-    sd = convert.flax_to_official(_random_params(NUM_CLASSES, seed=1), 'convnext_tiny')
-    sd_ema = convert.flax_to_official(_random_params(NUM_CLASSES, seed=2), 'convnext_tiny')
+    sd = export.flax_to_official(_random_params(NUM_CLASSES, seed=1), 'convnext_tiny')
+    sd_ema = export.flax_to_official(_random_params(NUM_CLASSES, seed=2), 'convnext_tiny')
     path = os.path.join(workdir, 'in1k_official.pth')
     torch.save(
         {
@@ -282,25 +282,31 @@ def test_eval_only_on_checkpoint(data, tmp_path_factory):
   assert results['eval_only'] and results['step'] == 1
   for k in ('accuracy', 'top5', 'ema_accuracy', 'ema_top5'):
     assert results['eval'][k] == pytest.approx(trained['eval'][k], abs=1e-6), k
-  on_disk = json.load(open(os.path.join(workdir, 'results.json')))
-  assert on_disk['eval_only'] and 'top5' in on_disk['eval']
+  on_disk = json.load(open(os.path.join(workdir, 'eval', 'step1', 'results.json')))
+  assert (
+      on_disk['eval_only']
+      and 'top5' in on_disk['eval']
+      and results['eval_dir']
+      == os.path.dirname(os.path.join(os.path.abspath(workdir), 'eval', 'step1', 'results.json'))
+  )
+  assert 'eval_only' not in json.load(open(os.path.join(workdir, 'results.json')))  # the training's, kept
 
 
 def test_eval_only_on_timm_file(data, tmp_path_factory):
-  from convnext_jax import convert, models
-  from core_jax.data import sources, transforms
+  from convnext_jax import export, models
+  from core_jax.data import ops, sources
 
   workdir = tmp_path_factory.mktemp('eval_timm')
   params = _random_params(NUM_CLASSES, seed=3)
   path = os.path.join(workdir, 'convnext_tiny_tiny.safetensors')
-  convert.save_timm_safetensors(params, path, 'convnext_tiny')
+  export.save_timm_safetensors(params, path, 'convnext_tiny')
   c = _shrink(_load_config('in1k', 'tiny'), data)
   c.eval_only, c.init_from = True, path  # the recipe's bfloat16 compute: shares in1k:tiny's compiled eval
   results = _run(c, workdir)
   assert results['weights'] == path and 'ema_accuracy' not in results['eval']
   # the same numbers by hand: the file's weights on the eval split
   src, _ = sources.load_source(c.data.name, 'validation', c.data.data_dir)
-  tf = transforms.build_transforms(c.data.eval_transforms)
+  tf = ops.build_transforms(c.data.eval_transforms)
   exs = [tf(dict(src[i]), np.random.default_rng(0)) for i in range(len(src))]
   x = np.stack([e['image'] for e in exs])
   y = np.array([e['label'] for e in exs])

@@ -177,9 +177,8 @@ def test_table_formatting(table):
 
 @pytest.mark.parametrize('step', roadmap.step_names())
 def test_config_loads_and_builds(step):
-  import core_jax.data.augment  # noqa: F401  (registers the ImageNet ops)
   from core_jax import cli
-  from core_jax.data import transforms
+  from core_jax.data import ops
 
   c = cli.load_config_file(os.path.join(ROOT, 'configs', 'convnext', f'roadmap.py:{step}'))
   assert c.model.name == f'roadmap_{step}'
@@ -194,8 +193,8 @@ def test_config_loads_and_builds(step):
         c.optimizer.warmup_epochs,
         c.optimizer.weight_decay,
     ) == ('adamw', 4e-3, 4096, 300, 20, 0.05)
-  transforms.build_transforms(c.data.train_transforms)
-  transforms.build_transforms(c.data.eval_transforms)
+  ops.build_transforms(c.data.train_transforms)
+  ops.build_transforms(c.data.eval_transforms)
   m = models.create_model(
       c.model.name,
       num_classes=1000,

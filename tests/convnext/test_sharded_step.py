@@ -1,7 +1,7 @@
 """The CPU speed paths under a batch-sharded jit (8 simulated devices): no activation crosses devices.
 
 Two regressions this guards against, both found by benchmarks/devices_scaling.py (8 devices were far slower
-than the same step written with shard_map; benchmarks/RESULTS.md, design measurements):
+than the same step written with shard_map; benchmarks/ANALYSIS.md, design measurements):
 - the fusion barrier's predicate read an activation element, which GSPMD broadcast from its device at
   every barrier (an all-reduce per barrier per step);
 - a scan over image chunks in the depthwise kernel gradient made GSPMD all-gather the whole batch.

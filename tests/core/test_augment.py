@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from core_jax.data import augment, mixing, transforms
+from core_jax.data import augment, mixing, ops, primitives, randaugment, registry, transforms
 from core_jax.errors import UserError
 
 try:  # the reference implementation (test extra); only the comparisons need it
@@ -30,7 +30,7 @@ except ImportError:  # pragma: no cover
   HAVE_TIMM = False
 needs_timm = pytest.mark.skipif(not HAVE_TIMM, reason='timm/torch/torchvision not installed')
 
-FILL = tuple(min(255, round(255 * x)) for x in augment.IMAGENET_DEFAULT_MEAN)
+FILL = tuple(min(255, round(255 * x)) for x in primitives.IMAGENET_DEFAULT_MEAN)
 
 
 class PyRandomShim:
@@ -91,7 +91,7 @@ def _image(h, w, seed=0):
 
 
 def test_ops_registered_and_build():
-  names = set(transforms.registered())
+  names = set(registry.registered())
   assert {
       'decode_jpeg',
       'random_resized_crop_timm',
@@ -102,7 +102,7 @@ def test_ops_registered_and_build():
       'squash_resize',
       'imagenet_normalize',
   } <= names
-  train = transforms.build_transforms(
+  train = ops.build_transforms(
       [
           'decode_jpeg',
           'random_resized_crop_timm(size=24)',
@@ -119,18 +119,18 @@ def test_ops_registered_and_build():
   assert out['label'] == 3
   again = train({'image': buf.getvalue(), 'label': 3}, np.random.default_rng(0))
   np.testing.assert_array_equal(out['image'], again['image'])  # deterministic given the rng
-  ev = transforms.build_transforms(['resize_shorter_and_center_crop(size=16)', 'imagenet_normalize'])
+  ev = ops.build_transforms(['resize_shorter_and_center_crop(size=16)', 'imagenet_normalize'])
   assert ev({'image': _image(40, 30)}, np.random.default_rng(0))['image'].shape == (16, 16, 3)
   with pytest.raises(UserError):
-    transforms.build_transforms(['random_erasing'])({'image': _image(8, 8)}, np.random.default_rng(0))
+    ops.build_transforms(['random_erasing'])({'image': _image(8, 8)}, np.random.default_rng(0))
 
 
 def test_imagenet_normalize_matches_normalize_op():
   img = _image(9, 7)
-  a = transforms.get_transform('imagenet_normalize')({'image': img}, None)['image']
-  b = transforms.get_transform('normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))')(
-      {'image': img}, None
-  )['image']
+  a = registry.get_transform('imagenet_normalize')({'image': img}, None)['image']
+  b = registry.get_transform('normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225))')({'image': img}, None)[
+      'image'
+  ]
   np.testing.assert_array_equal(a, b)
 
 
@@ -143,7 +143,7 @@ def test_normalize_table_lookup_equals_arithmetic(channels, stats):
       16, 16, channels
   )
   mean, std = (0.485, 0.456, 0.406, 0.5)[:stats], (0.229, 0.224, 0.225, 0.25)[:stats]
-  op = transforms.get_transform(f'normalize(mean={mean}, std={std})')
+  op = registry.get_transform(f'normalize(mean={mean}, std={std})')
   whole = op({'image': img}, None)['image']
   for crop in (np.s_[:5, :9], np.s_[3:, 1:]):  # other shapes: the channel offsets are cached per shape
     np.testing.assert_array_equal(op({'image': img[crop]}, None)['image'], whole[crop])
@@ -164,10 +164,18 @@ def test_normalize_table_lookup_equals_arithmetic(channels, stats):
 
 
 @needs_timm
-@pytest.mark.parametrize('interp', ['bicubic', 'random'])
-def test_rrc_matches_timm_exactly(interp):
-  """Same seeds -> same box, same filter and pixel-identical PIL output as timm."""
-  ours = augment.random_resized_crop_timm(size=(20, 17), interpolation=interp)
+@pytest.mark.parametrize(
+    'spec,interp',
+    [
+        ("random_resized_crop_timm(size=(20, 17), interpolation='bicubic')", 'bicubic'),
+        ("random_resized_crop_timm(size=(20, 17), interpolation='random')", 'random'),
+        ('inception_crop(size=(20, 17))', 'bicubic'),
+        ('random_resized_crop(size=(20, 17))', 'bilinear'),  # torchvision's default, the pruning recipes'
+    ],
+)
+def test_rrc_matches_timm_exactly(spec, interp):
+  """Same seeds -> same box, same filter and pixel-identical PIL output as timm, under each registered name."""
+  ours = registry.get_transform(spec)
   theirs = RandomResizedCropAndInterpolation((20, 17), interpolation=interp)
   shim = PyRandomShim()
   for s, (h, w) in enumerate([(37, 53), (53, 37), (16, 90), (90, 16), (25, 25)] * 8):
@@ -187,14 +195,14 @@ def test_rrc_params_incl_fallback_match_timm():
     _seed(s)
     want = RandomResizedCropAndInterpolation.get_params(Image.new('RGB', (w, h)), (0.08, 1.0), (3 / 4, 4 / 3))
     _seed(s)
-    assert augment.rrc_params(h, w, (0.08, 1.0), (3 / 4, 4 / 3), shim) == tuple(want)
+    assert primitives.rrc_params(h, w, (0.08, 1.0), (3 / 4, 4 / 3), shim) == tuple(want)
 
 
 @needs_timm
 def test_rrc_box_statistics_match_timm():
   n, h, w = 2000, 300, 400
   rng = np.random.default_rng(0)
-  ours = np.array([augment.rrc_params(h, w, (0.08, 1.0), (3 / 4, 4 / 3), rng) for _ in range(n)])
+  ours = np.array([primitives.rrc_params(h, w, (0.08, 1.0), (3 / 4, 4 / 3), rng) for _ in range(n)])
   random.seed(0)
   img = Image.new('RGB', (w, h))
   theirs = np.array([RandomResizedCropAndInterpolation.get_params(img, (0.08, 1.0), (3 / 4, 4 / 3)) for _ in range(n)])
@@ -215,7 +223,7 @@ _HPARAMS = dict(translate_const=100, img_mean=FILL)
 
 
 @needs_timm
-@pytest.mark.parametrize('name', sorted(set(augment.RAND_INCREASING_TRANSFORMS) | set(augment.RAND_TRANSFORMS)))
+@pytest.mark.parametrize('name', sorted(set(randaugment.RAND_INCREASING_TRANSFORMS) | set(randaugment.RAND_TRANSFORMS)))
 def test_rand_op_matches_timm(name, monkeypatch):
   img = Image.fromarray(_image(23, 31, 7))
   for sign_draw, negate in ((0.1, False), (0.9, True)):
@@ -229,7 +237,7 @@ def test_rand_op_matches_timm(name, monkeypatch):
         except ValueError:  # new Pillow rejects posterize(bits=0); old Pillow gave black
           assert name.startswith('Posterize') and args == (0,)
           want = np.zeros_like(np.asarray(img))
-        got = augment.apply_rand_op(img, name, mag, FixedRandom(sign_draw), resample=resample, fillcolor=FILL)
+        got = randaugment.apply_rand_op(img, name, mag, FixedRandom(sign_draw), resample=resample, fillcolor=FILL)
         np.testing.assert_array_equal(
             np.asarray(got), np.asarray(want), err_msg=f'{name} m={mag} negate={negate} {resample}'
         )
@@ -250,9 +258,9 @@ def test_randaugment_pipeline_matches_timm(config, interp, monkeypatch):
   )
   hp = dict(_HPARAMS)
   if interp != 'random':
-    hp['interpolation'] = augment._INTERP[interp]
+    hp['interpolation'] = primitives.INTERPOLATIONS[interp]
   theirs = timm_aa.rand_augment_transform(config, hp)
-  ours = augment.randaugment(config_str=config, interpolation=interp)
+  ours = randaugment.randaugment(config_str=config, interpolation=interp)
   shim = PyRandomShim()
   for s in range(40):
     img = _image(19, 26, s)
@@ -267,7 +275,7 @@ def test_randaugment_statistics(monkeypatch):
   """With a real Generator: ops uniform over the 15 'increasing' ops, each applied w.p. 0.5,
   magnitudes ~ N(9, 0.5) clipped to [0, 10]."""
   calls, mags = [], []
-  table = augment._op_table
+  table = randaugment._op_table
 
   def spy_table(translate_pct):
     out = {}
@@ -281,16 +289,16 @@ def test_randaugment_statistics(monkeypatch):
       out[name] = (geo, lvl, fn)
     return out
 
-  monkeypatch.setattr(augment, '_op_table', spy_table)
-  op = augment.randaugment()
+  monkeypatch.setattr(randaugment, '_op_table', spy_table)
+  op = randaugment.randaugment()
   rng = np.random.default_rng(0)
   img = _image(8, 8)
   n = 1500
   for _ in range(n):
     op({'image': img}, rng)
-  k = len(augment.RAND_INCREASING_TRANSFORMS)
+  k = len(randaugment.RAND_INCREASING_TRANSFORMS)
   assert abs(len(calls) / (2 * n) - 0.5) < 0.03  # each of the 2 layers applied w.p. 0.5
-  counts = np.array([calls.count(name) for name in augment.RAND_INCREASING_TRANSFORMS])
+  counts = np.array([calls.count(name) for name in randaugment.RAND_INCREASING_TRANSFORMS])
   expected = len(calls) / k
   assert (np.abs(counts - expected) < 5 * math.sqrt(expected)).all(), counts
   mags = np.array(mags)
@@ -355,16 +363,52 @@ def test_resize_shorter_and_center_crop_matches_timm(hw):
   img = _image(*hw, seed=hw[0])
   theirs = transforms_imagenet_eval(img_size=size, crop_pct=0.875, interpolation='bicubic', normalize=False)
   want = theirs(Image.fromarray(img)).numpy().transpose(1, 2, 0)
-  op = transforms.get_transform(f'resize_shorter_and_center_crop(size={size})')
+  op = registry.get_transform(f'resize_shorter_and_center_crop(size={size})')
   got = op({'image': img}, None)['image']
   np.testing.assert_array_equal(got, want)
   # With timm's normalization too (float ulp differences only).
   theirs_n = transforms_imagenet_eval(img_size=size, crop_pct=0.875, interpolation='bicubic')
   want_n = theirs_n(Image.fromarray(img)).numpy().transpose(1, 2, 0)
-  got_n = transforms.build_transforms([f'resize_shorter_and_center_crop(size={size})', 'imagenet_normalize'])(
+  got_n = ops.build_transforms([f'resize_shorter_and_center_crop(size={size})', 'imagenet_normalize'])(
       {'image': img}, None
   )['image']
   np.testing.assert_allclose(got_n, want_n, atol=1e-5)
+
+
+@needs_timm
+@pytest.mark.parametrize('hw', [(301, 263), (263, 301), (256, 256), (200, 180)])
+def test_pruning_imagenet_eval_is_torchvision_resize_and_center_crop(hw):
+  """The pruning recipes' eval (pytorch/examples: Resize(256), CenterCrop(224), bilinear) through the one
+  resize-and-center-crop op, pixel for pixel; the smallest image is padded by CenterCrop."""
+  from torchvision import transforms as tv  # pylint: disable=import-outside-toplevel
+
+  from configs.pruning import _recipes  # pylint: disable=import-outside-toplevel
+
+  c = _recipes.imagenet_recipe(_recipes.experiment_config())
+  spec = [s for s in c.data.eval_transforms if s.startswith('resize_shorter_and_center_crop')]
+  assert len(spec) == 1
+  img = _image(*hw, seed=hw[0])
+  want = np.asarray(tv.Compose([tv.Resize(256), tv.CenterCrop(224)])(Image.fromarray(img)))
+  got = ops.build_transforms(spec)({'image': img}, None)['image']
+  np.testing.assert_array_equal(got, want)
+
+
+@needs_timm
+@pytest.mark.parametrize('hw,size', [((37, 40), 30), ((40, 37), (33, 30)), ((20, 23), (24, 26)), ((9, 8), 4)])
+def test_center_crop_matches_torchvision(hw, size):
+  """`center_crop` is torchvision's CenterCrop: offsets round half to even (odd margins 3 and 7 differ from
+  floor), zero padding where the crop is larger; a label map is cropped alike and padded with 255."""
+  from torchvision import transforms as tv  # pylint: disable=import-outside-toplevel
+
+  img = np.maximum(_image(*hw, seed=3), 1)  # never 0, so the padding is visible
+  want = np.asarray(tv.CenterCrop(size)(Image.fromarray(img)))
+  seg = img[..., 0].copy()
+  spec = f'center_crop(size={size})'
+  out = registry.get_transform(spec)({'image': img, 'segmentation': seg}, None)
+  np.testing.assert_array_equal(out['image'], want)
+  inside = want.any(-1)
+  np.testing.assert_array_equal(out['segmentation'][inside], want[..., 0][inside])
+  assert np.all(out['segmentation'][~inside] == 255)
 
 
 @needs_timm
@@ -375,7 +419,7 @@ def test_squash_resize_matches_timm(hw, size, crop_pct):
       img_size=size, crop_pct=crop_pct, crop_mode='squash', interpolation='bicubic', normalize=False
   )
   want = theirs(Image.fromarray(img)).numpy().transpose(1, 2, 0)
-  got = augment.squash_resize(size=size, crop_pct=crop_pct)({'image': img}, None)['image']
+  got = transforms.squash_resize(size=size, crop_pct=crop_pct)({'image': img}, None)['image']
   np.testing.assert_array_equal(got, want)
 
 
@@ -535,7 +579,7 @@ def test_pil_images_between_pil_ops_match_numpy_path(specs):
   buf = io.BytesIO()
   img.save(buf, format='JPEG', quality=90)
   decoded = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert('RGB'))
-  tf = transforms.build_transforms(list(specs))
+  tf = ops.build_transforms(list(specs))
   for seed in range(6):
     from_bytes = tf({'image': buf.getvalue(), 'label': 1}, np.random.default_rng(seed))
     from_array = tf({'image': decoded.copy(), 'label': 1}, np.random.default_rng(seed))
@@ -551,7 +595,7 @@ def test_decode_gives_rgb_uint8_like_pil_convert(mode, fmt):
   img = Image.fromarray(rs.randint(0, 256, (12, 20, 3), dtype=np.uint8)).convert(mode)
   buf = io.BytesIO()
   img.save(buf, format=fmt)
-  got = transforms.build_transforms(['decode_jpeg'])({'image': buf.getvalue()}, np.random.default_rng(0))['image']
+  got = ops.build_transforms(['decode_jpeg'])({'image': buf.getvalue()}, np.random.default_rng(0))['image']
   want = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert('RGB'))
   assert got.dtype == np.uint8 and got.shape == (12, 20, 3)
   np.testing.assert_array_equal(got, want)

@@ -10,7 +10,7 @@ import grain
 import numpy as np
 import pytest
 
-from core_jax.data import pipeline, sources, transforms
+from core_jax.data import ops, pipeline, registry, sources
 from core_jax.errors import UserError
 
 FAST_READ = grain.ReadOptions(num_threads=2, prefetch_buffer_size=16)
@@ -167,19 +167,19 @@ def test_unknown_split(digits_train, tfds_dir):
 
 def test_transform_spec_errors():
   with pytest.raises(UserError, match='no_such_op'):
-    transforms.build_transforms(['flip_lr', 'no_such_op(size=3)'])
+    ops.build_transforms(['flip_lr', 'no_such_op(size=3)'])
   with pytest.raises(UserError, match='random_crop'):
-    transforms.build_transforms(['random_crop(size=x)'])  # not a literal
+    ops.build_transforms(['random_crop(size=x)'])  # not a literal
   with pytest.raises(UserError):
-    transforms.build_transforms(['random_crop(siz=3)'])  # bad kwarg
+    ops.build_transforms(['random_crop(siz=3)'])  # bad kwarg
   with pytest.raises(ValueError):
-    transforms.register('flip_lr')(lambda: None)
-  assert {'random_crop', 'flip_lr', 'center_crop', 'resize', 'normalize', 'keep'} <= set(transforms.registered())
+    registry.register('flip_lr')(lambda: None)
+  assert {'random_crop', 'flip_lr', 'center_crop', 'resize', 'normalize', 'keep'} <= set(registry.registered())
 
 
 def test_transforms_shapes_and_determinism(digits_train):
   train, _ = digits_train
-  f = transforms.build_transforms(
+  f = ops.build_transforms(
       [
           'random_crop(size=32, padding=4)',
           'flip_lr',
@@ -194,7 +194,7 @@ def test_transforms_shapes_and_determinism(digits_train):
   assert a['image'].shape == (36, 36, 3) and a['image'].dtype == np.float32
   assert -1.0 <= a['image'].min() and a['image'].max() <= 1.0
   np.testing.assert_array_equal(a['image'], b['image'])
-  rrc = transforms.build_transforms(['random_resized_crop(size=24)'])(train[3], np.random.default_rng(1))
+  rrc = ops.build_transforms(['random_resized_crop(size=24)'])(train[3], np.random.default_rng(1))
   assert rrc['image'].shape == (24, 24, 3) and rrc['image'].dtype == np.uint8
 
 
@@ -203,14 +203,14 @@ def test_segmentation_transforms_are_joint():
   image = np.zeros((h, w, 3), np.uint8)
   image[..., 0] = np.arange(h * w).reshape(h, w) % 200 + 1  # never 0, so padding is visible
   ex = {'image': image, 'segmentation': image[..., 0].copy()}
-  f = transforms.build_transforms(['random_crop(size=(8, 16), padding=3)', 'flip_lr(p=1.0)'])
+  f = ops.build_transforms(['random_crop(size=(8, 16), padding=3)', 'flip_lr(p=1.0)'])
   for s in range(10):
     out = f(ex, np.random.default_rng(s))
     img, seg = out['image'][..., 0], out['segmentation']
     assert seg.shape == (8, 16) == img.shape
     pad = img == 0
     assert np.all(seg[pad] == 255) and np.all(seg[~pad] == img[~pad])
-  r = transforms.build_transforms(['resize(size=(5, 6))'])(ex, np.random.default_rng(0))
+  r = ops.build_transforms(['resize(size=(5, 6))'])(ex, np.random.default_rng(0))
   assert r['segmentation'].shape == (5, 6)
   assert set(np.unique(r['segmentation'])) <= set(np.unique(ex['segmentation']))  # nearest
 
@@ -363,8 +363,8 @@ def test_segmentation_num_classes_come_from_the_dataset_modules():
 _REGISTRY_SCRIPT = r"""
 import ast, os, sys
 from core_jax.data import registry
-ops_modules = ['core_jax.data.transforms', 'core_jax.data.augment', 'core_jax.data.segmentation',
-               'core_jax.data.cityscapes', 'core_jax.data.ops']
+ops_modules = ['core_jax.data.transforms', 'core_jax.data.augment', 'core_jax.data.randaugment',
+               'core_jax.data.segmentation', 'core_jax.data.cityscapes', 'core_jax.data.ops']
 assert registry.registered() == () and not [m for m in ops_modules if m in sys.modules], 'registry imported ops'
 from core_jax.data import ops
 listed = {m.__name__ for m in ops.OP_MODULES}
@@ -407,14 +407,21 @@ def test_registry_imports_no_ops_and_every_op_comes_from_a_listed_module():
   assert int(out.stdout.split()[-1]) >= 20
 
 
-def test_existing_specs_build_through_ops_and_the_old_name():
+def test_existing_specs_build_through_ops():
   from configs.convnext import digits, in1k
-  from core_jax.data import ops
+  from configs.pruning import _recipes
 
+  imagenet = _recipes.imagenet_recipe(_recipes.experiment_config()).data
   ex = {'image': np.random.default_rng(0).integers(0, 256, (40, 48, 3), dtype=np.uint8)}
-  for specs in (digits.get_config().data.train_transforms, in1k.TRAIN_TRANSFORMS(32), in1k.EVAL_224):
-    a = ops.build_transforms(list(specs))(ex, np.random.default_rng(1))
-    b = transforms.build_transforms(list(specs))(ex, np.random.default_rng(1))
+  for specs in (
+      digits.get_config().data.train_transforms,
+      in1k.TRAIN_TRANSFORMS(32),
+      in1k.EVAL_224,
+      imagenet.train_transforms[2:],  # after keep and decode_jpeg: the example is an array already
+      imagenet.eval_transforms[2:],
+  ):
+    a = ops.build_transforms(list(specs))(dict(ex), np.random.default_rng(1))
+    b = ops.build_transforms(list(specs))(dict(ex), np.random.default_rng(1))
     assert a['image'].dtype == np.float32
     np.testing.assert_array_equal(a['image'], b['image'])
 

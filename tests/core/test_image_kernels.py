@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from core_jax import native_kernels
-from core_jax.data import augment, image_kernels, transforms
+from core_jax.data import image_kernels, ops, primitives, registry
 
 needs_kernels = pytest.mark.skipif(native_kernels._compiler() is None, reason='no C++ compiler')
 FILL = (124, 116, 104)
@@ -72,7 +72,7 @@ def test_random_resized_crop_sizes_equal_pillow(resample):
   rng = np.random.default_rng(7)
   img = Image.fromarray(_image(rng, 375, 500, 3, smooth=True))
   for _ in range(6):
-    top, left, h, w = augment.rrc_params(375, 500, (0.08, 1.0), (3 / 4, 4 / 3), rng)
+    top, left, h, w = primitives.rrc_params(375, 500, (0.08, 1.0), (3 / 4, 4 / 3), rng)
     box = (left, top, left + w, top + h)
     got = image_kernels.resize(img, 224, 224, resample, box=box)
     np.testing.assert_array_equal(got, _pil_resize(img, 224, 224, resample, box), err_msg=str(box))
@@ -173,7 +173,7 @@ def _jpeg_examples(n=6):
 )
 def test_pipeline_equal_with_and_without_kernels(specs, monkeypatch):
   """The training/eval transforms give the same arrays through the kernels and through Pillow alone."""
-  tf = transforms.build_transforms(specs)
+  tf = ops.build_transforms(specs)
   examples = _jpeg_examples()
   used = []
   for name in ('resize', 'affine'):
@@ -195,9 +195,9 @@ def test_pipeline_equal_with_and_without_kernels(specs, monkeypatch):
 
 def test_disabled_kernels_fall_back_to_pillow():
   code = (
-      'from core_jax.data import image_kernels, augment; import numpy as np; from PIL import Image; '
+      'from core_jax.data import image_kernels, primitives; import numpy as np; from PIL import Image; '
       'print(image_kernels.available(), image_kernels.resize(np.zeros((4, 4, 3), np.uint8), 2, 2, Image.BICUBIC), '
-      'augment._resize_any(np.zeros((4, 4, 3), np.uint8), 2, 2, Image.BICUBIC).shape)'
+      'primitives.resize_any(np.zeros((4, 4, 3), np.uint8), 2, 2, Image.BICUBIC).shape)'
   )
   out = subprocess.run(
       [sys.executable, '-c', code],
@@ -214,9 +214,9 @@ def test_flip_and_normalize_kernels_equal_numpy():
   """flip_lr gives numpy's x[:, ::-1] packed; the normalize op's C++ table lookup equals the numpy path
   (kernels off), for RGB and L arrays, flipped views and Pillow images read in place."""
   rng = np.random.default_rng(11)
-  flip = transforms.get_transform('flip_lr(p=1.0)')
-  norm = transforms.get_transform('imagenet_normalize')
-  gray = transforms.get_transform('normalize(mean=(0.5,), std=(0.25,))')
+  flip = registry.get_transform('flip_lr(p=1.0)')
+  norm = registry.get_transform('imagenet_normalize')
+  gray = registry.get_transform('normalize(mean=(0.5,), std=(0.25,))')
   for x in (_image(rng, 17, 23, 3, True), _image(rng, 5, 1, 3, False), _image(rng, 9, 12, 1, True)):
     flipped = flip({'image': x}, np.random.default_rng(0))['image']
     assert flipped.flags['C_CONTIGUOUS']

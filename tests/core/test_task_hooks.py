@@ -177,7 +177,6 @@ def test_hooks_in_one_run(hooks_run):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not toy_task.NESTED_METRICS, reason='needs metrics.to_floats to flatten dicts (core-data)')
 def test_dict_metric_keys_reach_results(hooks_run):
   results = json.load(open(hooks_run / 'results.json'))
   assert results['primary_metric'] == 'cls/error' and 'cls/accuracy' in results['eval']

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from core_jax import cli
-from core_jax.data import transforms
+from core_jax.data import ops
 from core_jax.errors import UserError
 from pruning_jax import job, models, zoo
 from pruning_jax.methods import l1_norm
@@ -101,7 +101,7 @@ def test_config_builds_checks_and_resolves_its_phases(spec):
     assert tuple(opt.decay_fractions) == ((1 / 3, 2 / 3) if imagenet else (0.5, 0.75))
     assert len(seeds) == (1 if imagenet else 5)
   for spec_t in (c.data.train_transforms, c.data.eval_transforms):
-    transforms.build_transforms(spec_t)
+    ops.build_transforms(spec_t)
 
   large = job.large_config(c, seeds[0])
   assert large.sparsity.s == c.sparsity.s and not large.init_from and large.num_epochs == c.num_epochs
