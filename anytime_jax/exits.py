@@ -11,8 +11,10 @@
 Submodules are named by their index in the PyTorch nn.Sequential (`conv0`, `bn1`, `conv3`, ...), which is what
 the official checkpoint's keys (`exit1.0.weight`, `last_layer.1.running_mean`) use.
 Every conv may be a masked conv (`exit_index` set, `masks` given); BN momentum 0.99 (PyTorch 0.01; `bn_momentum`),
-eps 1e-5; conv init as `confidence.Conv` (`conv_init`).
+eps 1e-5; conv init as `confidence.Conv` (`conv_init`); activations in `dtype` (BatchNorm statistics float32).
 """
+
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -25,8 +27,9 @@ BN_MOMENTUM = 0.99
 BN_EPS = 1e-5
 
 
-def batch_norm(train: bool, name: str, momentum: float = BN_MOMENTUM) -> nn.BatchNorm:
-  return nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=BN_EPS, name=name)
+def batch_norm(train: bool, name: str, momentum: float = BN_MOMENTUM, dtype: Any = None) -> nn.BatchNorm:
+  """BatchNorm with float32 statistics and parameters; its output in `dtype` (None: float32)."""
+  return nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=BN_EPS, name=name, dtype=dtype)
 
 
 def resize_bilinear(x: jax.Array, h: int, w: int) -> jax.Array:
@@ -51,6 +54,7 @@ class OriginalExit(nn.Module):
   bn_momentum: float = BN_MOMENTUM
   conv_init: str = 'normal'
   compute: Compute = Compute()
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False, masks: MaskSet | None = None):
@@ -58,7 +62,7 @@ class OriginalExit(nn.Module):
     y = Conv(c, 1, use_bias=True, exit_index=self.exit_index, conv_init=ci, compute=self.compute, name='conv0')(
         x, masks
     )
-    y = nn.relu(batch_norm(train, 'bn1', self.bn_momentum)(y))
+    y = nn.relu(batch_norm(train, 'bn1', self.bn_momentum, self.dtype)(y))
     return Conv(
         self.num_classes, 1, use_bias=True, exit_index=self.exit_index, conv_init=ci, compute=self.compute, name='conv3'
     )(y, masks)
@@ -72,6 +76,7 @@ class RedesignedExit(nn.Module):
   bn_momentum: float = BN_MOMENTUM
   conv_init: str = 'normal'
   compute: Compute = Compute()
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False, masks: MaskSet | None = None):
@@ -89,7 +94,7 @@ class RedesignedExit(nn.Module):
           compute=self.compute,
           name=f'conv{idx}',
       )(y, masks)
-      y = nn.relu(batch_norm(train, f'bn{idx + 1}', self.bn_momentum)(y))
+      y = nn.relu(batch_norm(train, f'bn{idx + 1}', self.bn_momentum, self.dtype)(y))
       idx += 3  # conv, bn, relu
       return y
 

@@ -30,6 +30,7 @@ after exit k (its logits last), for per-exit latency.
 """
 
 import dataclasses
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -90,6 +91,7 @@ class ConvBN(nn.Module):
   bn_momentum: float = BN_MOMENTUM
   conv_init: str = 'normal'
   compute: Compute = Compute()
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False, masks: MaskSet | None = None):
@@ -102,7 +104,7 @@ class ConvBN(nn.Module):
         compute=self.compute,
         name='conv',
     )(x, masks)
-    x = batch_norm(train, 'bn', self.bn_momentum)(x)
+    x = batch_norm(train, 'bn', self.bn_momentum, self.dtype)(x)
     return nn.relu(x) if self.relu else x
 
 
@@ -112,21 +114,35 @@ class Bottleneck(nn.Module):
   bn_momentum: float = BN_MOMENTUM
   conv_init: str = 'normal'
   compute: Compute = Compute()
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False):
     m, ci = self.bn_momentum, self.conv_init
     out = nn.relu(
-        batch_norm(train, 'bn1', m)(Conv(self.planes, 1, conv_init=ci, compute=self.compute, name='conv1')(x))
+        batch_norm(train, 'bn1', m, self.dtype)(
+            Conv(self.planes, 1, conv_init=ci, compute=self.compute, name='conv1')(x)
+        )
     )
     out = nn.relu(
-        batch_norm(train, 'bn2', m)(Conv(self.planes, 3, conv_init=ci, compute=self.compute, name='conv2')(out))
-    )
-    out = batch_norm(train, 'bn3', m)(Conv(self.planes * 4, 1, conv_init=ci, compute=self.compute, name='conv3')(out))
-    residual = (
-        ConvBN(self.planes * 4, 1, relu=False, bn_momentum=m, conv_init=ci, compute=self.compute, name='downsample')(
-            x, train
+        batch_norm(train, 'bn2', m, self.dtype)(
+            Conv(self.planes, 3, conv_init=ci, compute=self.compute, name='conv2')(out)
         )
+    )
+    out = batch_norm(train, 'bn3', m, self.dtype)(
+        Conv(self.planes * 4, 1, conv_init=ci, compute=self.compute, name='conv3')(out)
+    )
+    residual = (
+        ConvBN(
+            self.planes * 4,
+            1,
+            relu=False,
+            bn_momentum=m,
+            conv_init=ci,
+            compute=self.compute,
+            dtype=self.dtype,
+            name='downsample',
+        )(x, train)
         if self.downsample
         else x
     )
@@ -139,14 +155,15 @@ class BasicBlock(nn.Module):
   bn_momentum: float = BN_MOMENTUM
   conv_init: str = 'normal'
   compute: Compute = Compute()
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, x, train: bool = False, masks: MaskSet | None = None):
     m, ci = self.bn_momentum, self.conv_init
     out = Conv(self.planes, 3, exit_index=self.exit_index, conv_init=ci, compute=self.compute, name='conv1')(x, masks)
-    out = nn.relu(batch_norm(train, 'bn1', m)(out))
+    out = nn.relu(batch_norm(train, 'bn1', m, self.dtype)(out))
     out = Conv(self.planes, 3, exit_index=self.exit_index, conv_init=ci, compute=self.compute, name='conv2')(out, masks)
-    out = batch_norm(train, 'bn2', m)(out)
+    out = batch_norm(train, 'bn2', m, self.dtype)(out)
     return nn.relu(out + x)
 
 
@@ -158,12 +175,17 @@ class HighResolutionModule(nn.Module):
   bn_momentum: float = BN_MOMENTUM
   conv_init: str = 'normal'
   compute: Compute = Compute()
+  dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, xs, train: bool = False, masks: MaskSet | None = None):
     xs = list(xs)
     opts = dict(
-        exit_index=self.exit_index, bn_momentum=self.bn_momentum, conv_init=self.conv_init, compute=self.compute
+        exit_index=self.exit_index,
+        bn_momentum=self.bn_momentum,
+        conv_init=self.conv_init,
+        compute=self.compute,
+        dtype=self.dtype,
     )
     n = len(self.channels)
     for i in range(n):
@@ -240,6 +262,7 @@ class HRNet(nn.Module):
   bn_momentum: float = BN_MOMENTUM  # the reference's 0.99 (PyTorch 0.01)
   conv_init: str = 'normal'  # confidence.CONV_INITS: the reference's N(0, 0.001), or 'he'
   compute: Compute = Compute()  # how the convs compute (confidence.for_backend), never what they compute
+  dtype: Any = jnp.float32  # activations and convs; params, BatchNorm statistics and the logits stay float32
 
   @nn.compact
   def __call__(self, x, train: bool = False, features_only: bool = False, last_exit: int = 4):
@@ -256,12 +279,17 @@ class HRNet(nn.Module):
     tau = self.get_variable('constants', 'tau', self.tau) if ca else None
 
     bn_m, ci = self.bn_momentum, self.conv_init
-    opts = dict(bn_momentum=bn_m, conv_init=ci, compute=self.compute)
+    opts = dict(bn_momentum=bn_m, conv_init=ci, compute=self.compute, dtype=self.dtype)
+    x = x.astype(self.dtype)
     x = nn.relu(
-        batch_norm(train, 'bn1', bn_m)(Conv(arch.stem_width, 3, 2, conv_init=ci, compute=self.compute, name='conv1')(x))
+        batch_norm(train, 'bn1', bn_m, self.dtype)(
+            Conv(arch.stem_width, 3, 2, conv_init=ci, compute=self.compute, name='conv1')(x)
+        )
     )
     x = nn.relu(
-        batch_norm(train, 'bn2', bn_m)(Conv(arch.stem_width, 3, 2, conv_init=ci, compute=self.compute, name='conv2')(x))
+        batch_norm(train, 'bn2', bn_m, self.dtype)(
+            Conv(arch.stem_width, 3, 2, conv_init=ci, compute=self.compute, name='conv2')(x)
+        )
     )
     for b in range(arch.stage1_blocks):
       x = Bottleneck(arch.layer1_planes, downsample=b == 0, name=f'layer1_{b}', **opts)(x, train)
@@ -281,6 +309,7 @@ class HRNet(nn.Module):
         out = OriginalExit(self.num_classes, exit_index=seg, name='last_layer', **opts)(feats, train, masks_k)
       else:
         out = make_exit(self.exit_type, k, self.num_classes, inter, seg, f'exit{k}', **opts)(feats, train, masks_k)
+      out = out.astype(jnp.float32)  # logits, masks and the aggregation in float32 whatever the compute dtype
       if masks_k is not None:
         out = confidence.aggregate(prev, out, masks_k.mask)
         fractions.append(masks_k.fraction)
@@ -341,9 +370,10 @@ def build(
     bn_momentum: float = BN_MOMENTUM,
     conv_init: str = 'normal',
     compute: Compute | None = None,
+    dtype: Any = jnp.float32,
 ) -> HRNet:
   """An HRNet with the options validated up front (one-line UserErrors); `compute` None: the backend's policy
-  (`confidence.for_backend`)."""
+  (`confidence.for_backend`); `dtype`: activations and convs (params, BN statistics and logits float32)."""
   get_arch(arch)
   if conv_init not in confidence.CONV_INITS:
     raise UserError(f'conv_init must be one of {confidence.CONV_INITS}, got {conv_init!r}')
@@ -362,6 +392,7 @@ def build(
       bn_momentum=float(bn_momentum),
       conv_init=conv_init,
       compute=confidence.for_backend() if compute is None else compute,
+      dtype=dtype,
   )
 
 

@@ -51,6 +51,7 @@ from anytime_jax.exits import resize_bilinear
 from core_jax import counting
 from core_jax import metrics as metrics_lib
 from core_jax import weights as weights_lib
+from core_jax.compute import compute_dtype
 from core_jax.data.registry import IGNORE_LABEL
 from core_jax.errors import UserError
 from core_jax.task import Task, apply_model
@@ -248,7 +249,10 @@ class AnytimeSegTask(Task):
 
   def build_model(self):
     return hrnet.build(
-        num_classes=self.num_classes, compute=confidence.for_backend(self.config.get('compute')), **self.options
+        num_classes=self.num_classes,
+        compute=confidence.for_backend(self.config.get('compute')),
+        dtype=compute_dtype(self.config.compute_dtype),
+        **self.options,
     )
 
   def init_inputs(self, example_batch):

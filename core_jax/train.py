@@ -40,7 +40,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from core_jax import checkpoint as checkpoint_lib
-from core_jax import counting, guard, optim, parallel, xla_cache
+from core_jax import counting, guard, optim, parallel, workdir_lock, xla_cache
 from core_jax import metrics as metrics_lib
 from core_jax.data import ops, pipeline, sources
 from core_jax.errors import UserError
@@ -524,6 +524,10 @@ def run(config, workdir: str, task_cls) -> dict:
     return evaluate_only(config, workdir, task_cls)
   _check_workdir(workdir)
   b = build(config, workdir, task_cls)
+  # one process per workdir (core_jax.workdir_lock): an existing workdir is locked now, before the restore may
+  # move steps aside; a fresh one as it is made. Process 0 holds it for a multi-process job.
+  lock = workdir_lock.WorkdirLock(workdir, enabled=jax.process_index() == 0)
+  lock.acquire()
   ckpt_cfg = config.checkpoint
   ckpt = checkpoint_lib.Checkpointer(
       os.path.join(workdir, 'checkpoints'),
@@ -536,11 +540,13 @@ def run(config, workdir: str, task_cls) -> dict:
   try:
     state, lineage = restore_or_init(b, ckpt)
     _make_workdir(workdir)  # data, model and weights have loaded: the first thing this run writes
+    lock.acquire()
     xla_cache.start_compilation_cache()  # an experiment's WORKDIR/xla_cache, likewise only now
     steps = compile_steps(b)
     return _train(b, steps, ckpt, state, lineage)
   finally:
     ckpt.close()
+    lock.release()
 
 
 # ============================================================================================ eval only

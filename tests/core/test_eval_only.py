@@ -127,3 +127,26 @@ def test_eval_only_of_a_step_that_is_not_kept(trained, tfds_dir):
   workdir, _ = trained
   with pytest.raises(UserError, match=r'checkpoint.restore_step=5: no such step .*\(kept steps: 4, 8, 12\)'):
     train.run(_config(tfds_dir, eval_only=True, **{'checkpoint.restore_step': 5}), workdir, toy_task.ToyTask)
+
+
+def test_an_eval_only_phase_of_an_experiment_is_finished_by_its_results(tfds_dir, tmp_path, capsys):
+  """A train_phase whose config evaluates (pruning's large phase given weights): the core writes
+  PHASE/eval/<tag>/results.json, the experiment PHASE/results.json, so a rerun skips the phase."""
+  from core_jax import experiment  # pylint: disable=import-outside-toplevel
+
+  b = train.build(_config(tfds_dir), str(tmp_path), toy_task.ToyTask)
+  fresh = jax.tree.map(np.asarray, b.init_fn())
+  path = str(tmp_path / 'given.npz')
+  toy_task.save_variables(path, {'params': fresh.params, 'batch_stats': fresh.batch_stats})
+  phases = [
+      experiment.train_phase('large', lambda done: _config(tfds_dir, eval_only=True, init_from=path), toy_task.ToyTask)
+  ]
+  done = experiment.run_experiment(phases, str(tmp_path / 'exp'))
+  phase_dir = tmp_path / 'exp' / 'large'
+  with open(phase_dir / 'results.json') as f:
+    recorded = json.load(f)
+  assert recorded['eval_only'] and recorded['eval'] == done['large']['eval']
+  assert (phase_dir / 'eval' / 'weights-given' / 'results.json').is_file()
+  capsys.readouterr()
+  again = experiment.run_experiment(phases, str(tmp_path / 'exp'))
+  assert 'finished earlier' in capsys.readouterr().out and again['large']['eval'] == done['large']['eval']

@@ -61,7 +61,14 @@ def test_bf16_within_the_stated_tolerance_of_fp32(fake_runs, capsys, tmp_path, f
   code = gpu_check.main(['--cpu', '--tiny', '--no-bench', '--lines', 'toy', '--workdir', str(tmp_path)])
   assert code == (0 if ok else 1)
   out = capsys.readouterr().out
-  assert out.startswith(f'gpu-check toy: {"ok" if ok else "FAILED"} (bf16 vs fp32 relative eval-loss difference')
+  assert out.startswith(f'gpu-check toy: {"ok" if ok else "FAILED"} (bf16 vs fp32, in units of the tolerance')
+
+
+def test_a_line_without_an_eval_loss_is_compared_on_pixel_accuracies():
+  fp32 = {'eval': {'exit4/miou': 0.3, 'exit4/pixel_accuracy': 0.80, 'exit1/pixel_accuracy': 0.7}}
+  assert gpu_check._compared(fp32) == {'exit4/pixel_accuracy': 0.80, 'exit1/pixel_accuracy': 0.7}
+  assert gpu_check._difference('exit4/pixel_accuracy', 0.80, 0.80 + 0.9 * gpu_check.BF16_PIXEL_ATOL) < 1
+  assert gpu_check._difference('exit4/pixel_accuracy', 0.80, 0.80 - 1.1 * gpu_check.BF16_PIXEL_ATOL) > 1
 
 
 def test_unknown_line_is_refused():

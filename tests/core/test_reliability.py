@@ -171,14 +171,14 @@ def test_failing_init_from_leaves_no_folders(tfds_dir, tmp_path):
   workdir = tmp_path / 'fresh'
   proc = toy_runs.run(workdir, tfds_dir, f'--config.init_from={tmp_path / "missing.npz"}', check=False)
   toy_runs.one_line_error(proc, 'missing.npz')
-  assert not os.listdir(workdir)
+  assert not workdir.exists()  # train.run makes its workdir only once the inputs have loaded
 
 
 def test_unknown_dataset_writes_no_tensorboard_events(tfds_dir, tmp_path):
   workdir = tmp_path / 'fresh'
   proc = toy_runs.run(workdir, tfds_dir, '--config.data.name=no_such_dataset', check=False)
   toy_runs.one_line_error(proc, 'no_such_dataset')
-  assert not os.listdir(workdir)
+  assert not workdir.exists()  # train.run makes its workdir only once the inputs have loaded
 
 
 @pytest.mark.slow
