@@ -42,6 +42,7 @@ from anytime_jax.exits import BN_MOMENTUM, EXIT_TYPES, OriginalExit, batch_norm,
 from core_jax import counting
 from core_jax.compute import Compute
 from core_jax.errors import UserError
+from core_jax.registry import Registry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,7 +76,7 @@ ARCHS = {
 
 def get_arch(name: str) -> Arch:
   if name not in ARCHS:
-    raise UserError(f'unknown HRNet arch {name!r} (expected one of {", ".join(ARCHS)})')
+    raise MODELS.unknown(name)
   return ARCHS[name]
 
 
@@ -428,3 +429,14 @@ def random_variables(model: HRNet, height: int = 64, width: int = 64, seed: int 
 
   tree = {'params': abstract['params'], 'batch_stats': abstract['batch_stats']}
   return jax.tree_util.tree_map_with_path(fill, tree)
+
+
+# Every arch by name: `build` with that arch as default (MODELS.create('w48', exit_type='ee', tau=0.99)).
+MODELS = Registry('HRNet arch')
+for _name in ARCHS:
+  MODELS.register(_name, build, arch=_name)
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+  """Sorted arch names (the zoo, the tests), optionally an fnmatch pattern."""
+  return MODELS.list_models(pattern)

@@ -33,7 +33,8 @@ REFERENCE = {
     ('w48', 'rh'): (None, (41.9, 105.6, 368.0, 701.3)),
     ('w48', 'ee'): (None, (48.4, 113.5, 388.9, 722.2)),
 }
-ROWS = [(a, e) for a in ('w48', 'w18_small_v2', 'w18') for e in ('base', 'ee', 'rh')]
+# the papers' archs (those timm also has), in hrnet.ARCHS order; the CPU-sized ones are not in the zoo
+ROWS = [(a, e) for a, _, _ in hrnet.MODELS.entries() if hrnet.ARCHS[a].timm_name for e in ('base', 'ee', 'rh')]
 
 
 def build(arch: str, exits: str, num_classes: int = 19):

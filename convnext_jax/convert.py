@@ -290,6 +290,8 @@ def infer_arch(sd: Mapping[str, Any], arch: str | None = None) -> tuple[str, dic
       )
   try:
     m = create_model(arch)
+  except UserError as e:  # an unknown name: the registry's line, with the closest names
+    raise UserError(f'--arch: {e}') from None
   except (ValueError, KeyError, TypeError) as e:
     raise UserError(f'unknown --arch {arch!r}: {one_line(e)}') from None
   overrides: dict[str, Any] = {}
@@ -400,7 +402,7 @@ def _recorded_arch(flat: Mapping[str, Any], arch: str | None, overrides: Mapping
   overrides = {k: _plain(v) for k, v in dict(overrides or {}).items() if k not in RUN_FIELDS}
   try:
     defaults = model_config(arch)
-  except ValueError:
+  except UserError:
     raise UserError(f'{where} names model {arch!r}, which convnext_jax does not register') from None
   classes = int(flat['head/bias'].shape[0]) if 'head/bias' in flat else 0
   overrides.pop('num_classes', None)

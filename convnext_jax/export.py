@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from convnext_jax import models
 from convnext_jax.convert import CONV_MLP_ARCHS, RUN_FIELDS, import_with_info, rule_table, unwrap_params
 from core_jax.errors import UserError
 from core_jax.weights import export_tensors, file_kind, flatten, one_line, sidecar_path, unflatten
@@ -103,19 +104,7 @@ def _atomic_write(path: str, write):
 # timm recipe: how timm 1.0.x builds exactly our model
 # --------------------------------------------------------------------------------------------------------------
 # Our registry names that are timm model names with the same architecture.
-TIMM_NAMES = frozenset(
-    {
-        'convnext_atto',
-        'convnext_femto',
-        'convnext_pico',
-        'convnext_nano',
-        'convnext_tiny',
-        'convnext_small',
-        'convnext_base',
-        'convnext_large',
-        'convnext_xlarge',
-    }
-)
+TIMM_NAMES = frozenset(n for n in models.IMAGENET_MODELS if models.MODELS.entry(n)[0] is models.ConvNeXt)
 
 
 def timm_recipe(arch: str, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:

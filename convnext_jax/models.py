@@ -45,7 +45,6 @@ plain XLA formulation. It changes speed, never parameters or results, so checkpo
 """
 
 import dataclasses
-import fnmatch
 from collections.abc import Sequence
 from typing import Any
 
@@ -58,6 +57,7 @@ from convnext_jax import ops
 from convnext_jax.layers import DepthwiseConv, DropPath, LayerNorm, PatchConv, gelu_exact, trunc_normal_init
 from core_jax.compute import Compute, resolve
 from core_jax.errors import UserError
+from core_jax.registry import Registry
 
 Array = jax.Array
 Dtype = Any
@@ -230,11 +230,11 @@ class ConvNeXtIsotropic(nn.Module):
 # --------------------------------------------------------------------------------------
 # Registry
 # --------------------------------------------------------------------------------------
-_REGISTRY: dict[str, tuple[type, dict[str, Any]]] = {}
+MODELS = Registry('ConvNeXt model')
 
 
 def register_model(name: str, cls: type, **defaults) -> None:
-  _REGISTRY[name] = (cls, dict(defaults))
+  MODELS.register(name, cls, **defaults)
 
 
 _H = ConvNeXt
@@ -257,20 +257,21 @@ register_model('convnext_iso_large', ConvNeXtIsotropic, depth=36, dim=1024, laye
 del _H
 
 
+# The ImageNet models (the paper's and timm's names), in registration order: the zoo's rows, the converter's timm
+# names and the parity tests' models come from here.
+IMAGENET_MODELS: tuple[str, ...] = tuple(
+    n for n, cls, d in MODELS.entries() if cls in (ConvNeXt, ConvNeXtIsotropic) and 'num_classes' not in d
+)
+
+
 def list_models(pattern: str | None = None) -> list:
   """Sorted registered names, optionally filtered by an fnmatch pattern (e.g. 'convnext_iso_*')."""
-  names = sorted(_REGISTRY)
-  return [n for n in names if pattern is None or fnmatch.fnmatch(n, pattern)]
+  return MODELS.list_models(pattern)
 
 
 def model_config(name: str, **overrides) -> dict[str, Any]:
-  """The constructor kwargs ``create_model(name, **overrides)`` would use."""
-  if name not in _REGISTRY:
-    raise ValueError(f'unknown model {name!r}; available: {list_models()}')
-  cls, defaults = _REGISTRY[name]
-  cfg = dict(defaults)
-  cfg.update(overrides)
-  return cfg
+  """The constructor kwargs ``create_model(name, **overrides)`` would use (UserError for an unknown name)."""
+  return MODELS.config(name, **overrides)
 
 
 def create_model(name: str, **overrides) -> nn.Module:
@@ -281,7 +282,7 @@ def create_model(name: str, **overrides) -> nn.Module:
   a ``Compute``, or a mapping of its fields (``config.compute``) resolved for the running process by
   ``convnext_jax.ops.for_backend`` (None / missing: every field the backend's choice).
   """
-  cls, _ = _REGISTRY[name] if name in _REGISTRY else (None, None)
+  cls, _ = MODELS.entry(name)
   cfg = model_config(name, **overrides)
   for key in ('depths', 'dims'):
     if key in cfg:

@@ -22,20 +22,7 @@ from core_jax import counting
 
 __all__ = ['ZOO_MODELS', 'REFERENCE_TOP1', 'params_and_macs', 'model_stats', 'zoo_table', 'format_markdown']
 
-ZOO_MODELS: tuple[str, ...] = (
-    'convnext_atto',
-    'convnext_femto',
-    'convnext_pico',
-    'convnext_nano',
-    'convnext_tiny',
-    'convnext_small',
-    'convnext_base',
-    'convnext_large',
-    'convnext_xlarge',
-    'convnext_iso_small',
-    'convnext_iso_base',
-    'convnext_iso_large',
-)
+ZOO_MODELS: tuple[str, ...] = models.IMAGENET_MODELS
 
 # ---------------------------------------------------------------------------------------------------
 # REFERENCE ImageNet-1K val top-1 (%) of models trained on ImageNet-1K only -- NOT computed here.

@@ -17,6 +17,7 @@ import flax.linen as nn
 
 from core_jax.compute import Compute
 from core_jax.errors import UserError
+from core_jax.registry import Registry
 from pruning_jax.models import densenet, layers, preresnet, resnet_cifar, resnet_imagenet, vgg
 
 FAMILIES = (
@@ -187,6 +188,17 @@ def build(
   raise UserError(f'unknown model family {family!r} (known: {", ".join(FAMILIES)})')
 
 
+# Every named model: its family's `build` with the named cfg and its dataset's class count as defaults.
+MODELS = Registry('model')
+for _name, _spec in NAMED.items():
+  MODELS.register(_name, build, family=_spec.family, cfg=_spec.cfg, num_classes=default_classes(_spec.dataset))
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+  """Sorted named models (the zoo, the tests), optionally an fnmatch pattern."""
+  return MODELS.list_models(pattern)
+
+
 def create(
     family_or_name: str,
     cfg: Sequence | None = None,
@@ -196,23 +208,14 @@ def create(
     compute: Compute | None = None,
 ) -> nn.Module:
   """A named model (optionally with another cfg) or a family built from `cfg`."""
-  if family_or_name in NAMED:
-    spec = NAMED[family_or_name]
-    return build(
-        spec.family,
-        spec.cfg if cfg is None else cfg,
-        default_classes(spec.dataset) if num_classes is None else num_classes,
-        selections,
-        dtype,
-        compute,
-    )
+  if family_or_name in MODELS:
+    given = {k: v for k, v in (('cfg', cfg), ('num_classes', num_classes)) if v is not None}
+    return MODELS.create(family_or_name, selections=selections, dtype=dtype, compute=compute, **given)
   if family_or_name in FAMILIES:
     if cfg is None:
-      raise UserError(f'family {family_or_name!r} needs a cfg (or use a named model: {", ".join(sorted(NAMED))})')
+      raise UserError(f'family {family_or_name!r} needs a cfg (or use a named model: {", ".join(list_models())})')
     return build(family_or_name, cfg, 10 if num_classes is None else num_classes, selections, dtype, compute)
-  raise UserError(
-      f'unknown model {family_or_name!r} (named: {", ".join(sorted(NAMED))}; families: ' f'{", ".join(FAMILIES)})'
-  )
+  raise UserError(f'{MODELS.unknown(family_or_name)} (or a family: {", ".join(FAMILIES)})')
 
 
 def family_of(model: nn.Module) -> str:

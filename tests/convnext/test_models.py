@@ -88,7 +88,7 @@ def test_list_models():
   names = list_models('convnext_*')  # other families (the roadmap) may share the registry
   assert set(EXPECTED_PARAMS) | {'convnext_digits'} == set(names)
   assert list_models('convnext_iso_*') == ['convnext_iso_base', 'convnext_iso_large', 'convnext_iso_small']
-  with pytest.raises(ValueError):
+  with pytest.raises(UserError, match="unknown ConvNeXt model 'convnext_nope'"):
     create_model('convnext_nope')
 
 
