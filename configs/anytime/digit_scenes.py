@@ -20,16 +20,17 @@ of 1-70x their norm per step; at BN momentum 0.99 the running statistics lag (ev
 84.5% on a fitted batch);
 digit identity is what takes the epochs (exit-4 mIoU 15% after 3 epochs, 29% after 8 on w8_nano without CA).
 Result (measured, 372 steps; exit 1..4 mIoU %, exit-4 GFLOPs per image; background-only is 8.4 at every exit):
-  ADP-C tau 0.998  8.4 / 9.4 / 11.5 / 16.1   0.0221  (exit 4 computes 98.5% of the pixels)
-  ADP-C tau 1      8.4 / 9.4 / 11.5 / 16.0   0.0222  (every pixel: the dense cost)
-  ADP-C tau 0.99   8.4 / 9.4 / 11.4 / 15.5   0.0147  (39.3%)
-  Sized for `make demo`'s budget, cheaper than the previous recipe (496 steps on whole 64x128 scenes,
+  ADP-C tau 0.998  8.4 / 9.5 / 11.5 / 16.1   0.0221  (exit 4 computes 98.5% of the pixels)
+  ADP-C tau 1      8.4 / 9.5 / 11.5 / 16.0   0.0222  (every pixel: the dense cost)
+  ADP-C tau 0.99   8.4 / 9.5 / 11.4 / 15.4   0.0147  (39.4%)
+  Sized for `make demo`'s budget, less work per run than the previous recipe (496 steps on whole 64x128 scenes,
   thresholds 1 / 0.99 / 0.9; exit 4 reached 30.5 at tau 0.998). Most of the time is fixed: compiling the
   masked 4-exit training step takes about a minute of one core.
-Time:     5 min 6 s CPU time (its last line prints wall and CPU time; 17 min wall while other jobs kept the 2-core
-          machine's load near 10), about a third of it compiling (the training step alone about a minute of one
-          core); each eval-only threshold ~10 s on an idle 2-core CPU (the threshold is an argument of the
-          compiled eval step and the compiled programs are kept in WORKDIR/xla_cache: it compiles nothing).
+Time:     4 min 38 s wall, 5 min 56 s CPU time on a nearly idle 2-core CPU from a fresh clone (its last line
+          prints both; 17 min wall and 5 min 6 s CPU at load ~10), about a third of the CPU time compiling (the
+          training step alone about a minute of one core), so no faster than the earlier 496-step recipe's 4.6 min;
+          each eval-only threshold ~10 s (the threshold is an argument of the compiled eval step and the compiled
+          programs are kept in WORKDIR/xla_cache: it compiles nothing).
 """
 
 import os
