@@ -40,7 +40,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from core_jax import checkpoint as checkpoint_lib
-from core_jax import counting, guard, optim, parallel, workdir_lock, xla_cache
+from core_jax import counting, guard, optim, parallel, pause_points, workdir_lock, xla_cache
 from core_jax import metrics as metrics_lib
 from core_jax.data import ops, pipeline, sources
 from core_jax.errors import UserError
@@ -696,6 +696,7 @@ def _train(b: Built, steps: Steps, ckpt: checkpoint_lib.Checkpointer, state: Tra
   history, train_metrics = [], None
   spike_guard = guard.LossSpikeGuard(config.get('guard', None))
   start_step, t_start = step, time.time()
+  pause_points.reach('train:before_first_step')  # fault tests: started (lock, tensorboard) but nothing saved
   while step < total_steps:
     with jax.profiler.StepTraceAnnotation('train', step_num=step):
       local_batch = next(b.data.train_iter)
