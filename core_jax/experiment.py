@@ -40,6 +40,7 @@ import jax
 import ml_collections
 from jax.experimental import multihost_utils
 
+from core_jax import pause_points
 from core_jax.errors import UserError
 
 # The experiment's compilation cache, kept in a module of its own that train.run can import too: train.run
@@ -155,6 +156,7 @@ def run_experiment(phases: Sequence[Phase], workdir: str) -> dict[str, dict]:
       continue
     made = _make_dirs(phase_dir)
     _say(f'phase {index}/{len(phases)} {phase.name}: running in {phase_dir}')
+    pause_points.reach(f'phase_start:{phase.name}')  # fault tests: the hand-over, the phase's folder made
     try:
       results = phase.run(phase_dir, dict(done))
     except BaseException:
@@ -171,6 +173,7 @@ def run_experiment(phases: Sequence[Phase], workdir: str) -> dict[str, dict]:
       return done
     if not phase.writes_results:
       _write_results(results_path, results, phase.name)
+    pause_points.reach(f'phase_done:{phase.name}')  # fault tests: the hand-over, results.json written
     done[phase.name] = {**results, 'workdir': phase_dir}
   _say(f'experiment done: {len(phases)} phases in {workdir}')
   return done

@@ -40,7 +40,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from core_jax import checkpoint as checkpoint_lib
-from core_jax import counting, guard, optim, parallel, workdir_lock, xla_cache
+from core_jax import counting, guard, optim, parallel, pause_points, workdir_lock, xla_cache
 from core_jax import metrics as metrics_lib
 from core_jax.data import ops, pipeline, sources
 from core_jax.errors import UserError
@@ -73,6 +73,7 @@ class Data:
   train_source: Any
   train_iter: Any  # grain iterator of process-local batches (checkpointed with the state)
   eval_batches: Any  # process-local padded eval batches with a 'mask'
+  eval_examples: int  # the eval split's size: every evaluation counts that many unpadded examples, or stops
   example: dict  # one eval-transformed host example with a leading batch axis of 1 (for model.init)
   steps_per_epoch: int
   total_steps: int
@@ -172,6 +173,7 @@ def build_data(config) -> Data:
       train_source=train_source,
       train_iter=train_iter,
       eval_batches=eval_batches,
+      eval_examples=len(eval_source),
       example=example,
       steps_per_epoch=steps_per_epoch,
       total_steps=total_steps,
@@ -314,19 +316,32 @@ def compile_steps(b: Built) -> Steps:
 
 
 def evaluate(b: Built, steps: Steps, state: TrainState, with_ema: bool) -> dict[str, float]:
-  """The task's eval metrics over the eval split, flattened (metrics.to_floats); EMA ones prefixed 'ema_'."""
+  """The task's eval metrics over the eval split, flattened (metrics.to_floats); EMA ones prefixed 'ema_'.
+
+  The examples evaluated (unpadded, summed over processes) are counted: any number but the split's size stops the
+  run, so a metric is never computed over part of the split."""
   results = {}
   weights = {'': state.params}
   if with_ema:
     weights['ema_'] = state.ema_params
   constants = jax.tree.map(jnp.asarray, b.task.eval_constants())
   for prefix, params in weights.items():
-    collection = None
+    collection, local_examples = None, 0
     for local in b.data.eval_batches:
+      local_examples += int(np.count_nonzero(local['mask']))
       m = steps.eval(params, state.batch_stats, pipeline.to_global(local, b.batch_sharding), constants)
       collection = m if collection is None else collection.merge(m)
+    examples = _sum_over_processes(local_examples)
+    if examples != b.data.eval_examples:
+      raise RuntimeError(f'evaluated {examples} examples of the {b.data.eval_examples} in the eval split')
     results.update({prefix + k: v for k, v in metrics_lib.to_floats(collection).items()})
   return results
+
+
+def _sum_over_processes(count: int) -> int:
+  if jax.process_count() == 1:
+    return count
+  return int(np.sum(multihost_utils.process_allgather(np.asarray(count, np.int64))))
 
 
 # ============================================================================================ state
@@ -649,6 +664,7 @@ def evaluate_only(config, workdir: str, task_cls) -> dict:
       'weights': source,
       'step': step,
       'eval': final,
+      'eval_examples': b.data.eval_examples,  # evaluate() counted exactly these: no example was skipped
       'num_params': b.num_params,
       'primary_metric': b.task.primary_metric,
       b.task.primary_metric: _primary(b.task, final),
@@ -680,6 +696,7 @@ def _train(b: Built, steps: Steps, ckpt: checkpoint_lib.Checkpointer, state: Tra
   history, train_metrics = [], None
   spike_guard = guard.LossSpikeGuard(config.get('guard', None))
   start_step, t_start = step, time.time()
+  pause_points.reach('train:before_first_step')  # fault tests: started (lock, tensorboard) but nothing saved
   while step < total_steps:
     with jax.profiler.StepTraceAnnotation('train', step_num=step):
       local_batch = next(b.data.train_iter)
@@ -756,6 +773,7 @@ def _train(b: Built, steps: Steps, ckpt: checkpoint_lib.Checkpointer, state: Tra
   results = {
       'step': step,
       'eval': final,
+      'eval_examples': b.data.eval_examples,  # evaluate() counted exactly these: no example was skipped
       'num_params': b.num_params,
       'primary_metric': task.primary_metric,
       task.primary_metric: _primary(task, final),

@@ -37,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from core_jax import pause_points
 from core_jax import weights as W
 from core_jax.errors import UserError
 from core_jax.weights import flatten, format_shape, sidecar_path, unflatten
@@ -356,6 +357,7 @@ def save_pruned(path: str, model, variables: Mapping, extra: dict | None = None)
       tensors[f'{collection}/{p}'] = np.ascontiguousarray(np.asarray(jax.device_get(x)))
   meta = dict(models.describe(model), **(extra or {}))
   _atomic(path, lambda p: save_file(tensors, p))
+  pause_points.reach('save_pruned:weights_written')  # fault tests: the weights written, not yet their sidecar
   _atomic(sidecar_path(path), lambda p: open(p, 'w').write(json.dumps(meta, indent=1) + '\n'))
   return path
 

@@ -4,6 +4,8 @@
 classification dataset's 'label', or for a segmentation dataset the `NUM_CLASSES` of its module
 (`SEGMENTATION_MODULES`: digit_scenes 11, cityscapes 19), the one place each count is written.
 Cityscapes records come out as {'image', 'segmentation' (trainIds)} (core_jax.data.cityscapes).
+Every source comes wrapped in `CheckedSource`: a record that does not read or decode ends the run with one line naming
+the split, the shard file and the record, never a skipped or half-read example.
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import operator
 import os
 import re
 from typing import Any
 
 import core_jax.data.embedded  # noqa: F401  (tfds compat shim)
+from core_jax.data.registry import LABEL_MAP_KEY
 from core_jax.errors import UserError
 
 # Embedded builders: generated offline on first use. Values are 'module:Class' so that importing
@@ -41,6 +45,68 @@ _MANUAL_FILES = {
     ),
     ('imagenet2012', ''): ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar'),
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class Shard:
+  """The part of one shard file a split reads: the split's records [start, start + count) are the file's records
+  [skip, skip + count)."""
+
+  filename: str
+  start: int
+  skip: int
+  count: int
+
+
+def split_shards(tfds_source) -> tuple[Shard, ...]:
+  """The shard files behind a TFDS data source, in the split's record order (its file instructions)."""
+  from tensorflow_datasets.core.data_sources import base  # pylint: disable=import-outside-toplevel
+
+  shards, start = [], 0
+  for fi in base.file_instructions(tfds_source.dataset_info, tfds_source.split):
+    shards.append(Shard(filename=os.fspath(fi.filename), start=start, skip=int(fi.skip), count=int(fi.take)))
+    start += int(fi.take)
+  return tuple(shards)
+
+
+class CheckedSource:
+  """A random-access source whose records are checked as they are read (picklable for grain's workers).
+
+  A record that raises while it is read or decoded (a truncated or corrupt ArrayRecord shard, an image that does
+  not decode), or whose label map is not of its image's height and width, is a UserError naming the dataset, the
+  split, the record's index in the split and its shard file and index there: the run stops on it rather than
+  training on, or evaluating without, an example it cannot read."""
+
+  def __init__(self, source, name: str, split: str, shards: tuple[Shard, ...] = ()):
+    self.source, self.name, self.split, self.shards = source, name, split, shards
+    self.length = len(source)
+
+  def __len__(self) -> int:
+    return self.length
+
+  def where(self, index: int) -> str:
+    """'dataset 'digits' split 'test': record 17 (record 17 of shard /data/digits-test.array_record-00000-of-00001)'"""
+    place = f'dataset {self.name!r} split {self.split!r}: record {index}'
+    for shard in self.shards:
+      if shard.start <= index < shard.start + shard.count:
+        return f'{place} (record {shard.skip + index - shard.start} of shard {shard.filename})'
+    return place
+
+  def __getitem__(self, index):
+    index = operator.index(index)
+    if not 0 <= index < self.length:
+      raise IndexError(f'record {index} is not in [0, {self.length})')
+    try:
+      example = self.source[index]
+    except Exception as e:  # array_record, protobuf, PIL and TF raise assorted types for unreadable bytes
+      raise UserError(f'{self.where(index)} cannot be read ({type(e).__name__}: {_one_line(str(e), 200)})') from None
+    image, label_map = example.get('image'), example.get(LABEL_MAP_KEY)
+    if image is not None and label_map is not None and tuple(label_map.shape[:2]) != tuple(image.shape[:2]):
+      raise UserError(
+          f'{self.where(index)}: its {LABEL_MAP_KEY} label map is {tuple(label_map.shape)}, not the height and width '
+          f'of its image {tuple(image.shape)}'
+      )
+    return example
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,6 +273,7 @@ def load_source(
     raise UserError(
         f'dataset {name!r} has no split {split!r} ' f'(splits: {", ".join(tinfo.splits)}): {_one_line(str(e), 150)}'
     ) from None
+  shards = split_shards(source)
   num_classes = segmentation_num_classes(base)
   if num_classes is None and 'label' in tinfo.features.keys():
     num_classes = getattr(tinfo.features['label'], 'num_classes', None)
@@ -218,6 +285,7 @@ def load_source(
       raise UserError(f'dataset {name!r}: use cityscapes/semantic_segmentation (this config has no labels)')
     source = cityscapes.TrainIdSource(source)
     features = ('image', 'segmentation')
+  source = CheckedSource(source, name, split, shards)
   info = DatasetInfo(
       name=name,
       num_classes=num_classes,

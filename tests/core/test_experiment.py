@@ -5,8 +5,10 @@ without the optimizer state; `latest_step_dir` ignores saves still in flight. Th
 
 The experiment: a 3-phase toy (train a tiny ConvNeXt; magnitude-prune its weights into a step directory; fine-tune
 from that via init_from) run as a real process (this file is also its driver: `python test_experiment.py WORKDIR
-DATA_DIR DELAY`), SIGKILLed once inside each phase and rerun with the same command each time; the finished
-phases are skipped, the running one resumes, and every phase's weights equal an uninterrupted run's bit for bit.
+DATA_DIR DELAY`), SIGKILLed once inside each phase and at the two hand-overs (after phase 1's results.json; phase 3
+started but before its first step, paused there by core_jax.pause_points), rerun with the same command each time;
+the finished phases are skipped, the running one resumes, and every phase's weights equal an uninterrupted run's
+bit for bit.
 """
 
 import json
@@ -25,7 +27,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 if __name__ == '__main__':
   sys.path.insert(0, REPO)
 
-from core_jax import checkpoint, experiment  # noqa: E402
+from core_jax import checkpoint, experiment, pause_points  # noqa: E402
 from core_jax.errors import UserError  # noqa: E402
 
 
@@ -233,7 +235,7 @@ def _flat(tree, prefix=''):
 _CACHE = os.path.join(os.environ.get('TMPDIR', '/tmp'), f'core_jax_experiment_cache_{os.getpid()}')
 
 
-def _start(workdir, data_dir, delay):
+def _start(workdir, data_dir, delay, pause_at=''):
   env = dict(
       os.environ,
       TF_CPP_MIN_LOG_LEVEL='3',
@@ -242,6 +244,7 @@ def _start(workdir, data_dir, delay):
       JAX_COMPILATION_CACHE_DIR=_CACHE,
       XLA_FLAGS='--xla_force_host_platform_device_count=1',
   )
+  env[pause_points.ENV] = pause_at
   return subprocess.Popen(
       [sys.executable, os.path.abspath(__file__), str(workdir), str(data_dir), str(delay)],
       env=env,
@@ -268,6 +271,19 @@ def _kill_when(proc, ready, what):
   assert proc.returncode == -signal.SIGKILL
 
 
+def _kill_paused(proc, point):
+  """Reads the run's output until it pauses at `point` (core_jax.pause_points), then SIGKILLs it there."""
+  seen = []
+  for line in proc.stdout:
+    seen.append(line)
+    if line.strip() == f'paused at {point}':
+      break
+  assert proc.poll() is None, f'the run ended before pausing at {point}:\n{"".join(seen)[-3000:]}'
+  proc.send_signal(signal.SIGKILL)
+  proc.communicate(timeout=60)
+  assert proc.returncode == -signal.SIGKILL
+
+
 def _has_step(phase_dir, at_least):
   d = os.path.join(phase_dir, 'checkpoints')
   return os.path.isdir(d) and any(n.isdigit() and int(n) >= at_least for n in os.listdir(d))
@@ -285,7 +301,7 @@ def _weights(workdir):
 
 
 @pytest.mark.slow
-def test_three_phase_experiment_killed_in_each_phase_resumes_bitwise(tfds_dir, tmp_path):
+def test_three_phase_experiment_killed_in_each_phase_and_at_hand_overs_resumes_bitwise(tfds_dir, tmp_path):
   ref, exp = tmp_path / 'reference', tmp_path / 'killed'
   try:
     out = _finish(_start(ref, tfds_dir, 0.0))
@@ -294,9 +310,16 @@ def test_three_phase_experiment_killed_in_each_phase_resumes_bitwise(tfds_dir, t
     delay = 0.4  # same numerics; the kills land inside the phases
     _kill_when(_start(exp, tfds_dir, delay), lambda: _has_step(exp / 'large', 2), 'in phase 1')
     assert not (exp / 'large' / 'results.json').exists()
-    _kill_when(_start(exp, tfds_dir, delay), lambda: (exp / 'prune' / 'started').exists(), 'in phase 2')
-    assert (exp / 'large' / 'results.json').exists() and not (exp / 'prune' / 'results.json').exists()
+    # the hand-over from phase 1 to 2: phase 1's results.json written, phase 2 not begun
+    _kill_paused(_start(exp, tfds_dir, delay, 'phase_done:large'), 'phase_done:large')
+    assert (exp / 'large' / 'results.json').exists() and not (exp / 'prune').exists()
     large_results = (exp / 'large' / 'results.json').stat().st_mtime_ns
+    _kill_when(_start(exp, tfds_dir, delay), lambda: (exp / 'prune' / 'started').exists(), 'in phase 2')
+    assert not (exp / 'prune' / 'results.json').exists()
+    # the hand-over from phase 2 to 3: phase 3 started (its lock, TensorBoard file), before its first step
+    _kill_paused(_start(exp, tfds_dir, delay, 'train:before_first_step'), 'train:before_first_step')
+    assert (exp / 'prune' / 'results.json').exists() and (exp / 'finetune' / 'tensorboard').is_dir()
+    assert not _has_step(exp / 'finetune', 0) and not (exp / 'finetune' / 'results.json').exists()
     _kill_when(_start(exp, tfds_dir, delay), lambda: _has_step(exp / 'finetune', 2), 'in phase 3')
     assert (exp / 'prune' / 'results.json').exists() and not (exp / 'finetune' / 'results.json').exists()
     out = _finish(_start(exp, tfds_dir, delay))  # the same command once more

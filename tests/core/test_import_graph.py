@@ -3,7 +3,10 @@
 The graph is read statically (ast) from every import statement of every module, including deferred ones inside
 functions, so a circle hidden by a deferred import still counts. An edge goes to the module named (for
 `from pkg import name`, to `pkg.name` when that is a module, else to `pkg`); a package's `__init__` reached only
-as the parent of a module is no edge, as Python runs it before either side.
+as the parent of a module is no edge, as Python runs it before either side. The body of a module's
+`if __name__ == '__main__':` block is no edge either: it runs only in a script started with `python -m`, a module
+named `__main__` that nothing imports back (e.g. `python -m convnext_jax.convert` runs `convnext_jax.export`'s CLI,
+and export imports the module `convnext_jax.convert`, a second, ordinary instance).
 """
 
 import ast
@@ -37,6 +40,19 @@ def _absolute(module: str, is_package: bool, node: ast.ImportFrom) -> str:
   return '.'.join(base + ([node.module] if node.module else []))
 
 
+def _is_main_block(node: ast.stmt) -> bool:
+  """`if __name__ == '__main__':` at module level."""
+  test = node.test if isinstance(node, ast.If) else None
+  return (
+      isinstance(test, ast.Compare)
+      and isinstance(test.left, ast.Name)
+      and test.left.id == '__name__'
+      and len(test.comparators) == 1
+      and isinstance(test.comparators[0], ast.Constant)
+      and test.comparators[0].value == '__main__'
+  )
+
+
 def import_graph(root: str, packages=PACKAGES) -> dict[str, set[str]]:
   """{module: the modules of the packages it imports anywhere in its body}."""
   files = module_files(root, packages)
@@ -46,7 +62,8 @@ def import_graph(root: str, packages=PACKAGES) -> dict[str, set[str]]:
       tree = ast.parse(f.read(), path)
     is_package = path.endswith('__init__.py')
     targets = set()
-    for node in ast.walk(tree):
+    script_only = {id(n) for block in tree.body if _is_main_block(block) for n in ast.walk(block)}
+    for node in (n for n in ast.walk(tree) if id(n) not in script_only):
       if isinstance(node, ast.Import):
         targets |= {alias.name for alias in node.names}
       elif isinstance(node, ast.ImportFrom):
@@ -131,9 +148,13 @@ def test_the_walk_sees_deferred_and_relative_imports(tmp_path):
   (pkg / 'sub' / 'd.py').write_text('from .. import a\nfrom . import e\n')
   (pkg / 'sub' / 'e.py').write_text('from ..sub.d import y\n')
   (pkg / 'leaf.py').write_text('import os\nfrom pkg import a\n')
+  # a script block is no edge: `python -m pkg.cli` runs a module named __main__ that pkg.tool cannot import back
+  (pkg / 'cli.py').write_text("X = 1\nif __name__ == '__main__':\n  from pkg.tool import main\n")
+  (pkg / 'tool.py').write_text('from pkg.cli import X\n')
   graph = import_graph(str(tmp_path), ('pkg',))
   assert graph['pkg.b'] == {'pkg.c'} and graph['pkg.sub.d'] == {'pkg.a', 'pkg.sub.e'}
   assert graph['pkg.sub.e'] == {'pkg.sub.d'} and graph['pkg.leaf'] == {'pkg.a'}
+  assert graph['pkg.cli'] == set() and graph['pkg.tool'] == {'pkg.cli'}
   cycles = {' -> '.join(c) for c in find_cycles(graph)}
   assert cycles == {'pkg.a -> pkg.b -> pkg.c -> pkg.a', 'pkg.sub.d -> pkg.sub.e -> pkg.sub.d'}, cycles
 

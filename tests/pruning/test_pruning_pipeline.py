@@ -1,6 +1,7 @@
 """The experiment runner: the results table from phase results, bad input (one line, exit 2, nothing saved lost),
 and tiny end-to-end experiments on the CIFAR-layout builder through the real cifar configs: an uninterrupted run,
-the same run SIGKILLed mid-phase and rerun (same final results), the mask implementation keeping its zeros."""
+the same run SIGKILLed inside the prune phase's export and then mid-phase, rerun each time (same final results,
+the same export), the mask implementation keeping its zeros."""
 
 import json
 import os
@@ -13,8 +14,10 @@ import time
 import cifar_like
 import numpy as np
 import pytest
+import safetensors.numpy
 from pruning_helpers import recipes
 
+from core_jax import pause_points
 from pruning_jax import job, report
 from pruning_jax import main as pruning_main
 
@@ -241,10 +244,36 @@ def test_tiny_experiment_writes_the_table(finished_run, capsys):
 
 
 @pytest.mark.slow
-def test_sigkilled_experiment_resumes_phase_by_phase_to_the_same_results(finished_run, tmp_path, capsys):
+def test_sigkilled_experiment_in_the_export_and_mid_phase_resumes_to_the_same_results(finished_run, tmp_path, capsys):
   config, reference = finished_run
   workdir = tmp_path / 'killed'
   env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.path.dirname(__file__))
+  # First a kill inside the prune phase's export, paused (core_jax.pause_points) with the pruned weights written
+  # and their sidecar not yet: the rerun runs the phase again and overwrites the export.
+  point = 'save_pruned:weights_written'
+  proc = subprocess.Popen(
+      [sys.executable, '-m', 'pruning_jax.main', f'--config={config}', f'--workdir={workdir}'],
+      cwd=REPO,
+      env={**env, pause_points.ENV: point},
+      stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE,
+      text=True,
+      start_new_session=True,
+  )
+  try:
+    seen = []
+    for line in proc.stderr:
+      seen.append(line)
+      if line.strip() == f'paused at {point}':
+        break
+    assert proc.poll() is None, f'the run ended before pausing at {point}:\n{"".join(seen)[-3000:]}'
+  finally:
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+  prune_dir = workdir / 'seed0' / 'prune'
+  assert (workdir / 'seed0' / 'large' / 'results.json').exists() and (prune_dir / job.EXPORT).exists()
+  assert not (prune_dir / 'pruned.json').exists() and not (prune_dir / 'results.json').exists()
+  # Then the same command, slowed down, killed inside the last training phase.
   proc = subprocess.Popen(
       [
           sys.executable,
@@ -281,6 +310,13 @@ def test_sigkilled_experiment_resumes_phase_by_phase_to_the_same_results(finishe
   got = json.loads((workdir / 'results.json').read_text())
   want = json.loads((reference / 'results.json').read_text())
   assert _comparable(got) == _comparable(want)
+  exports = [d / 'seed0' / 'prune' / job.EXPORT for d in (workdir, reference)]
+  got_tensors, want_tensors = (safetensors.numpy.load_file(str(path)) for path in exports)
+  assert got_tensors.keys() == want_tensors.keys()
+  for k, v in want_tensors.items():
+    np.testing.assert_array_equal(got_tensors[k], v, err_msg=k)
+  got_meta, want_meta = (json.loads(path.with_suffix('.json').read_text()) for path in exports)
+  assert got_meta == want_meta | {'source': got_meta['source']}
 
 
 @pytest.mark.slow
