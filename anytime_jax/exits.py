@@ -28,7 +28,8 @@ BN_EPS = 1e-5
 
 
 def batch_norm(train: bool, name: str, momentum: float = BN_MOMENTUM, dtype: Any = None) -> nn.BatchNorm:
-  """BatchNorm with float32 statistics and parameters; its output in `dtype` (None: float32)."""
+  """BatchNorm with float32 statistics and parameters; its output in `dtype` (None: the promoted input and
+  parameter dtype)."""
   return nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=BN_EPS, name=name, dtype=dtype)
 
 
@@ -54,7 +55,7 @@ class OriginalExit(nn.Module):
   bn_momentum: float = BN_MOMENTUM
   conv_init: str = 'normal'
   compute: Compute = Compute()
-  dtype: Any = jnp.float32
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x, train: bool = False, masks: MaskSet | None = None):
@@ -76,7 +77,7 @@ class RedesignedExit(nn.Module):
   bn_momentum: float = BN_MOMENTUM
   conv_init: str = 'normal'
   compute: Compute = Compute()
-  dtype: Any = jnp.float32
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x, train: bool = False, masks: MaskSet | None = None):

@@ -91,7 +91,7 @@ class ConvBN(nn.Module):
   bn_momentum: float = BN_MOMENTUM
   conv_init: str = 'normal'
   compute: Compute = Compute()
-  dtype: Any = jnp.float32
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x, train: bool = False, masks: MaskSet | None = None):
@@ -114,7 +114,7 @@ class Bottleneck(nn.Module):
   bn_momentum: float = BN_MOMENTUM
   conv_init: str = 'normal'
   compute: Compute = Compute()
-  dtype: Any = jnp.float32
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x, train: bool = False):
@@ -155,7 +155,7 @@ class BasicBlock(nn.Module):
   bn_momentum: float = BN_MOMENTUM
   conv_init: str = 'normal'
   compute: Compute = Compute()
-  dtype: Any = jnp.float32
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, x, train: bool = False, masks: MaskSet | None = None):
@@ -175,7 +175,7 @@ class HighResolutionModule(nn.Module):
   bn_momentum: float = BN_MOMENTUM
   conv_init: str = 'normal'
   compute: Compute = Compute()
-  dtype: Any = jnp.float32
+  dtype: Any = None
 
   @nn.compact
   def __call__(self, xs, train: bool = False, masks: MaskSet | None = None):
@@ -262,7 +262,7 @@ class HRNet(nn.Module):
   bn_momentum: float = BN_MOMENTUM  # the reference's 0.99 (PyTorch 0.01)
   conv_init: str = 'normal'  # confidence.CONV_INITS: the reference's N(0, 0.001), or 'he'
   compute: Compute = Compute()  # how the convs compute (confidence.for_backend), never what they compute
-  dtype: Any = jnp.float32  # activations and convs; params, BatchNorm statistics and the logits stay float32
+  dtype: Any = None  # activations and convs (None: the inputs'); params, BN statistics and logits stay float32+
 
   @nn.compact
   def __call__(self, x, train: bool = False, features_only: bool = False, last_exit: int = 4):
@@ -280,7 +280,8 @@ class HRNet(nn.Module):
 
     bn_m, ci = self.bn_momentum, self.conv_init
     opts = dict(bn_momentum=bn_m, conv_init=ci, compute=self.compute, dtype=self.dtype)
-    x = x.astype(self.dtype)
+    if self.dtype is not None:  # None computes in the inputs' dtype: float32, or float64 under jax_enable_x64
+      x = x.astype(self.dtype)
     x = nn.relu(
         batch_norm(train, 'bn1', bn_m, self.dtype)(
             Conv(arch.stem_width, 3, 2, conv_init=ci, compute=self.compute, name='conv1')(x)
@@ -309,7 +310,8 @@ class HRNet(nn.Module):
         out = OriginalExit(self.num_classes, exit_index=seg, name='last_layer', **opts)(feats, train, masks_k)
       else:
         out = make_exit(self.exit_type, k, self.num_classes, inter, seg, f'exit{k}', **opts)(feats, train, masks_k)
-      out = out.astype(jnp.float32)  # logits, masks and the aggregation in float32 whatever the compute dtype
+      # logits, masks and the aggregation at least float32 whatever the compute dtype (float64 stays float64)
+      out = out.astype(jnp.promote_types(out.dtype, jnp.float32))
       if masks_k is not None:
         out = confidence.aggregate(prev, out, masks_k.mask)
         fractions.append(masks_k.fraction)
@@ -370,10 +372,11 @@ def build(
     bn_momentum: float = BN_MOMENTUM,
     conv_init: str = 'normal',
     compute: Compute | None = None,
-    dtype: Any = jnp.float32,
+    dtype: Any = None,
 ) -> HRNet:
   """An HRNet with the options validated up front (one-line UserErrors); `compute` None: the backend's policy
-  (`confidence.for_backend`); `dtype`: activations and convs (params, BN statistics and logits float32)."""
+  (`confidence.for_backend`); `dtype`: activations and convs, None for the inputs' dtype (params, BN statistics
+  and logits float32)."""
   get_arch(arch)
   if conv_init not in confidence.CONV_INITS:
     raise UserError(f'conv_init must be one of {confidence.CONV_INITS}, got {conv_init!r}')

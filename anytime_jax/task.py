@@ -51,7 +51,7 @@ from anytime_jax.exits import resize_bilinear
 from core_jax import counting
 from core_jax import metrics as metrics_lib
 from core_jax import weights as weights_lib
-from core_jax.compute import compute_dtype
+from core_jax.compute import cast_dtype
 from core_jax.data.registry import IGNORE_LABEL
 from core_jax.errors import UserError
 from core_jax.task import Task, apply_model
@@ -251,7 +251,7 @@ class AnytimeSegTask(Task):
     return hrnet.build(
         num_classes=self.num_classes,
         compute=confidence.for_backend(self.config.get('compute')),
-        dtype=compute_dtype(self.config.compute_dtype),
+        dtype=cast_dtype(self.config.compute_dtype),
         **self.options,
     )
 

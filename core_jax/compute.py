@@ -206,3 +206,11 @@ def compute_dtype(name) -> jnp.dtype:
     hint = ' (float16 would need loss scaling, which the loop does not do)' if str(name) == 'float16' else ''
     raise UserError(f'compute_dtype must be one of {COMPUTE_DTYPES}, got {name!r}{hint}')
   return jnp.dtype(str(name))
+
+
+def cast_dtype(name) -> jnp.dtype | None:
+  """The dtype a model casts its activations to for ``config.compute_dtype``: None for float32, which casts
+  nothing (float32 inputs stay float32, and a float64 run under jax_enable_x64 stays float64, as the float64
+  sync-BN tests need); bfloat16 casts to bfloat16. A bad name is compute_dtype's one-line error."""
+  dtype = compute_dtype(name)
+  return None if dtype == jnp.float32 else dtype
