@@ -37,7 +37,7 @@ import numpy as np
 from convnext_jax import models
 from convnext_jax.convert import CONV_MLP_ARCHS, RUN_FIELDS, import_with_info, rule_table, unwrap_params
 from core_jax.errors import UserError
-from core_jax.weights import export_tensors, file_kind, flatten, one_line, sidecar_path, unflatten
+from core_jax.weights import export_tensors, file_kind, flatten, one_line, sidecar_path, unflatten, write_atomic
 
 __all__ = [
     'flax_to_timm',
@@ -87,17 +87,6 @@ def _check_dst_dir(path: str):
   d = os.path.dirname(os.path.abspath(path))
   if not os.path.isdir(d):
     raise UserError(f'output directory does not exist: {d}')
-
-
-def _atomic_write(path: str, write):
-  _check_dst_dir(path)
-  tmp = f'{path}.tmp{os.getpid()}'
-  try:
-    write(tmp)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -238,7 +227,7 @@ def save_timm_safetensors(params, path: str, arch: str) -> dict[str, np.ndarray]
   from safetensors.numpy import save_file
 
   sd = flax_to_timm(params, arch)
-  _atomic_write(path, lambda p: save_file(sd, p, metadata={'format': 'pt'}))
+  write_atomic(path, lambda p: save_file(sd, p, metadata={'format': 'pt'}))
   return sd
 
 
@@ -249,7 +238,7 @@ def save_official_pth(params, path: str, arch: str) -> dict[str, np.ndarray]:
   except ImportError:
     raise UserError('writing .pth needs PyTorch; write .safetensors instead') from None
   sd = flax_to_official(params, arch)
-  _atomic_write(
+  write_atomic(
       path,
       lambda p: torch.save(
           {'model': {k: torch.from_numpy(v if v.flags.writeable else v.copy()) for k, v in sd.items()}}, p
@@ -304,7 +293,7 @@ def sidecar(
 def write_sidecar(path: str, meta: Mapping[str, Any]) -> str:
   """Writes `meta` as JSON next to the export `path`; returns the sidecar path."""
   side = sidecar_path(path)
-  _atomic_write(side, lambda p: open(p, 'w').write(json.dumps(meta, indent=1) + '\n'))
+  write_atomic(side, lambda p: open(p, 'w').write(json.dumps(meta, indent=1) + '\n'))
   return side
 
 
@@ -321,7 +310,7 @@ def save_flax(params, path: str, *, arch: str, **sidecar_fields) -> str:
       f.write(data)
 
   meta = sidecar(tgt, arch=arch, **sidecar_fields)
-  _atomic_write(path, write)
+  write_atomic(path, write)
   return write_sidecar(path, meta)
 
 

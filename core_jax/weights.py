@@ -640,3 +640,18 @@ def merge_params(
         f'{_more(len(extra) - 1)}{hint}'
     )
   return unflatten(merged)
+
+
+def write_atomic(path: str, write: Callable[[str], Any]) -> None:
+  """`write(tmp)` then a rename onto `path`, so a reader (or a rerun after a kill) never sees half a weights file;
+  a missing output folder is one line, and the temporary file is removed whatever happens."""
+  folder = os.path.dirname(os.path.abspath(path))
+  if not os.path.isdir(folder):
+    raise UserError(f'output directory does not exist: {folder}')
+  tmp = f'{path}.tmp{os.getpid()}'
+  try:
+    write(tmp)
+    os.replace(tmp, path)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)

@@ -29,7 +29,6 @@ key and both shapes.
 """
 
 import json
-import os
 import re
 from collections.abc import Mapping
 
@@ -40,7 +39,7 @@ import numpy as np
 from core_jax import pause_points
 from core_jax import weights as W
 from core_jax.errors import UserError
-from core_jax.weights import flatten, format_shape, sidecar_path, unflatten
+from core_jax.weights import flatten, format_shape, sidecar_path, unflatten, write_atomic
 from pruning_jax import models
 
 _LEAF = {'kernel': 'weight', 'bias': 'bias', 'scale': 'weight', 'mean': 'running_mean', 'var': 'running_var'}
@@ -326,25 +325,12 @@ def save_torch_checkpoint(path: str, model, variables) -> None:
 
   sd = {k: torch.from_numpy(np.array(v)) for k, v in to_torch_state_dict(model, variables).items()}
   cfg = list(models.cfg_of(model))
-  _atomic(path, lambda p: torch.save({'cfg': cfg, 'state_dict': sd}, p))
+  write_atomic(path, lambda p: torch.save({'cfg': cfg, 'state_dict': sd}, p))
 
 
 # --------------------------------------------------------------------------------------------------------------
 # Our format
 # --------------------------------------------------------------------------------------------------------------
-def _atomic(path: str, write) -> None:
-  d = os.path.dirname(os.path.abspath(path))
-  if not os.path.isdir(d):
-    raise UserError(f'output directory does not exist: {d}')
-  tmp = f'{path}.tmp{os.getpid()}'
-  try:
-    write(tmp)
-    os.replace(tmp, path)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-
-
 def save_pruned(path: str, model, variables: Mapping, extra: dict | None = None) -> str:
   """Writes PATH (.safetensors, every variable) and its JSON sidecar; returns PATH."""
   from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
@@ -356,9 +342,9 @@ def save_pruned(path: str, model, variables: Mapping, extra: dict | None = None)
     for p, x in flatten(dict(variables.get(collection, {}))).items():
       tensors[f'{collection}/{p}'] = np.ascontiguousarray(np.asarray(jax.device_get(x)))
   meta = dict(models.describe(model), **(extra or {}))
-  _atomic(path, lambda p: save_file(tensors, p))
+  write_atomic(path, lambda p: save_file(tensors, p))
   pause_points.reach('save_pruned:weights_written')  # fault tests: the weights written, not yet their sidecar
-  _atomic(sidecar_path(path), lambda p: open(p, 'w').write(json.dumps(meta, indent=1) + '\n'))
+  write_atomic(sidecar_path(path), lambda p: open(p, 'w').write(json.dumps(meta, indent=1) + '\n'))
   return path
 
 
