@@ -1,7 +1,8 @@
 """Rethinking the Value of Network Pruning (Liu et al., ICLR 2019) in JAX/Flax.
 
 models (every family from a static cfg), surgery (kept channel indices -> smaller model), methods (L1-norm
-filter pruning, Network Slimming), budget (Scratch-E / Scratch-B epochs), io (pruned models in and out).
+filter pruning, Network Slimming, unstructured magnitude pruning, lottery tickets), budget (Scratch-E / Scratch-B
+epochs), io (pruned models in and out).
 """
 
 
