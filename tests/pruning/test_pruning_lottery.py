@@ -112,10 +112,11 @@ def test_lottery_runs_reuse_the_saved_init_bit_for_bit(tmp_path, tfds_dir, capsy
           f'c.model.update(dict(name="resnet_cifar", cfg={TINY_RESNET!r}))',
           'c.num_epochs = 1',
           'c.prune.percent = 0.5',
+          'c.lottery.rounds = 2',
           'c.lottery.lrs = (0.1,)',  # the other lr runs the same phases from the same file
       ],
   )
-  config = _write_config(tmp_path / 'tiny_lottery.py', 'digits_lottery.py', lines)
+  config = _write_config(tmp_path / 'tiny_lottery.py', 'lottery_cifar.py:resnet56_unstructured', lines)
   workdir = tmp_path / 'run'
   assert pruning_main.main([f'--config={config}', f'--workdir={workdir}']) == 0
   init_file = workdir / 'seed0' / 'init' / job.LOTTERY_INIT
