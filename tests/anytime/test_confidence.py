@@ -131,8 +131,8 @@ def test_the_policy_masked_conv_is_what_every_masked_conv_calls(monkeypatch):
   v = conv.init(jax.random.PRNGKey(0), x, MaskSet(jnp.ones((1, 4, 4))))
   conv.apply(v, x, MaskSet(jnp.ones((1, 4, 4))))
   assert calls == [('dense', (1, 4, 4)), ('dense', (1, 4, 4))]
-  with pytest.raises(UserError, match=r"compute.masked_conv must be one of \('dense',\), got 'sparse'"):
-    confidence.for_backend(dict(masked_conv='sparse'))
+  with pytest.raises(UserError, match=r"compute.masked_conv must be one of \('dense', 'sparse'\), got 'tiles'"):
+    confidence.for_backend(dict(masked_conv='tiles'))
   with pytest.raises(UserError, match='compute.dwconv=.shifted.: the anytime line has no use for it'):
     confidence.for_backend(dict(dwconv='shifted'))
 
