@@ -36,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from core_jax import checkpoint, experiment
+from core_jax import checkpoint, experiment, optim
 from core_jax.errors import UserError
 from pruning_jax import budget, models, report
 from pruning_jax.task import PruningTask, build_from_config, merge_weights, read_weights, save_mask
@@ -81,6 +81,14 @@ def check_config(config) -> None:
       )
     if not 0.0 <= float(config.prune.get('ratio', 0.5)) < 1.0:
       raise UserError(f'prune.ratio must be in [0, 1) for graph, got {config.prune.ratio}')
+  if 'finetune' in phases:  # its options derive from the command line's: a bad finetune.lr fails now, not hours in
+    try:
+      optim.check_options(_finetune_optimizer(config), num_epochs=float(config.finetune.num_epochs))
+    except UserError as e:
+      raise UserError(
+          f'the fine-tune phase (finetune.lr={config.finetune.lr!r}, finetune.num_epochs='
+          f'{config.finetune.num_epochs!r}): {e}'
+      ) from None
   model = build_from_config(config.model, config.model.get('num_classes') or 10)  # unknown model / bad cfg: now
   if method == 'l1_norm':  # a bad scheme (skip list, ratio that empties a layer) stops before any training
     from pruning_jax.methods import l1_norm  # pylint: disable=import-outside-toplevel
@@ -130,10 +138,17 @@ def finetune_config(config, seed: int, prune_results: dict):
     c = _pruned_model(c, prune_results)
     c.init_from = prune_results['export']
   c.num_epochs = float(config.finetune.num_epochs)
-  c.optimizer.lr = float(config.finetune.lr)
-  c.optimizer.schedule = 'constant'
-  c.optimizer.decay_epochs, c.optimizer.decay_fractions = (), ()
+  c.optimizer = _finetune_optimizer(config)
   return c
+
+
+def _finetune_optimizer(config):
+  """The fine-tune phase's optimizer: the experiment's, at `finetune.lr` with a constant schedule."""
+  opt = copy.deepcopy(config.optimizer)
+  opt.lr = float(config.finetune.lr)
+  opt.schedule = 'constant'
+  opt.decay_epochs, opt.decay_fractions = (), ()
+  return opt
 
 
 def scratch_config(config, seed: int, prune_results: dict, kind: str):

@@ -8,6 +8,7 @@ import os
 import jax
 import numpy as np
 
+from core_jax import weights
 from pruning_jax import budget
 
 COLUMNS = {  # phase -> its column, in the table's order (the order of pruning_jax.job.PHASES)
@@ -212,10 +213,7 @@ def markdown(summary: dict) -> str:
 def _write_atomic(path: str, text: str) -> None:
   if jax.distributed.is_initialized() and jax.process_index() != 0:
     return
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
+  weights.write_text_atomic(path, text)
 
 
 def write(config, done: dict, workdir: str) -> dict:

@@ -106,9 +106,7 @@ def save_mask(path: str, mask: dict) -> None:
   from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
 
   tensors = {MASK_PREFIX + k: np.ascontiguousarray(np.asarray(v)) for k, v in flatten(mask).items() if v is not None}
-  tmp = f'{path}.tmp{os.getpid()}'
-  save_file(tensors, tmp)
-  os.replace(tmp, path)
+  weights.write_atomic(path, lambda tmp: save_file(tensors, tmp))
 
 
 def load_mask(path: str, params) -> dict:
