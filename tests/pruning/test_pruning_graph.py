@@ -15,10 +15,13 @@ import pruning_jax
 from convnext_jax.models import ConvNeXt
 from core_jax import counting
 from core_jax.compute import Compute
+from core_jax.config import load_sibling
 from core_jax.errors import UserError
 from core_jax.weights import flatten
-from pruning_jax import graph, models, structured, surgery
+from pruning_jax import graph, io, job, models, structured, surgery, task
 from pruning_jax.models import densenet, preresnet
+
+digits_convnext = load_sibling(__file__, '../../configs/pruning/digits_convnext.py')
 
 # A tiny cfg per family (the ImageNet VGGs at 224x224, which their heads need: the trace is abstract).
 TINY = {
@@ -313,3 +316,47 @@ def test_channel_mixing_reshape_is_unprunable_naming_op_and_parameter():
   assert 'reshape (1, 4, 4, 8) -> (1, 4, 4, 2, 4) splits a channel axis' in conv.reason and 'conv/kernel' in conv.reason
   with pytest.raises(UserError, match=r'^no prunable channel group in _Shuffle: reshape .* conv/kernel$'):
     pruning_jax.prune(model, variables, x)
+
+
+# -- the runner's side: a graph-pruned model is described, saved, rebuilt and re-initialized at its widths --
+def test_graph_pruned_convnext_round_trips_through_its_sidecar(tmp_path):
+  model = models.create('convnext', cfg=(8, 8, 16, 16), compute=Compute())
+  x = np.zeros((1, 32, 32, 3), np.float32)
+  result = pruning_jax.prune(model, random_variables(model, x), x, ratio=0.5)
+  d = models.describe(result.model)
+  assert (d['family'], d['cfg'], d['num_classes']) == ('convnext', [8, 8, 16, 16], 10)
+  assert ['stem_conv', [['features', 4]]] in d['widths']
+  # load_pruned rebuilds the model from the sidecar and merges the weights into a fresh abstract init of it, so
+  # Scratch-E / Scratch-B initialize at the pruned widths (a mismatch is a one-line error naming the key)
+  path = io.save_pruned(str(tmp_path / 'pruned.safetensors'), result.model, result.variables)
+  loaded, variables = io.load_pruned(path)
+  assert models.describe(loaded) == d
+  assert jax.tree_util.tree_map(np.shape, variables['params']) == jax.tree_util.tree_map(
+      np.shape, result.variables['params']
+  )
+
+
+def test_digits_convnext_config_resolves_its_phases_and_checks_graph_fields():
+  c = digits_convnext.get_config()
+  job.check_config(c)
+  assert [p.name for p in job.phases_for(c)] == [f'seed0/{p}' for p in job.PHASES]
+  widths = [['stem_conv', [['features', 16]]], ['downsample_1/conv', [['features', 32]]]]
+  prune = {
+      'export': '/x/pruned.safetensors',
+      'pruned_model': {'family': 'convnext', 'cfg': [32, 64, 128, 256], 'selections': None, 'widths': widths},
+      'macs_large': 400,
+      'macs': 100,
+  }
+  ft = job.finetune_config(c, 0, prune)
+  assert (ft.optimizer.name, ft.optimizer.schedule, ft.optimizer.lr, ft.num_epochs) == ('adamw', 'constant', 4e-4, 2)
+  assert ft.model.widths == widths and ft.init_from == prune['export']
+  sb = job.scratch_config(c, 0, prune, 'scratch_b')
+  assert sb.num_epochs == 4 * c.num_epochs and sb.model.widths == widths and not sb.init_from
+  model = task.build_from_config(sb.model, 10)
+  assert dict(model.widths)[('stem_conv',)] == (('features', 16),)
+  c.prune.criterion = 'taylor'
+  with pytest.raises(UserError, match='prune.criterion must be one of l1, l2, bn_scale'):
+    job.check_config(c)
+  c.prune.criterion, c.prune.ratio = 'l1', 1.0
+  with pytest.raises(UserError, match=r'prune.ratio must be in \[0, 1\)'):
+    job.check_config(c)
