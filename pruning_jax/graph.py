@@ -662,4 +662,10 @@ def _anchor(axes, uniq, channels, axis_produced) -> int:
 
 
 def describe_unprunable(groups: Sequence[Group]) -> list[str]:
-  return [f'{g.name}: {g.reason}' for g in groups if not g.prunable]
+  """'name: reason' of each group that cannot be pruned, without the size-1 axes nothing produces (a depthwise
+  kernel's one input channel per group)."""
+  return [
+      f'{g.name}: {g.reason}'
+      for g in groups
+      if not g.prunable and not (g.channels == 1 and all(m.size == 1 for m in g.members))
+  ]
