@@ -12,7 +12,9 @@ Config fields read here:
 Train loss (mmseg): the decode head's 1/4 logits and the auxiliary head's 1/16 logits, each bilinearly resized to
 the labels, cross-entropy with ignore label 255 averaged over the valid pixels of the global batch;
 loss = decode + aux_weight * aux. Eval: whole-image inference at the eval transforms' size, logits resized to the
-labels, argmax, confusion matrix over the eval set: 'miou' (primary), 'pixel_accuracy', 'iou/<c>'.
+labels, argmax, confusion matrix over the eval set: 'miou' (primary), 'pixel_accuracy', 'iou/<c>'. With
+``slide_window`` = (crop, stride) the logits come from sliding windows instead (``core_jax.seg_ops.
+slide_inference``, mmseg's slide mode: the paper's single-scale eval used (512, 341), (640, 426) for 640 crops).
 
 Stage-wise lr decay (facebookresearch/ConvNeXt semantic_segmentation/mmcv_custom/
 layer_decay_optimizer_constructor.py, decay_type 'stage_wise'): with L = num_layers + 2 groups, the stem and
@@ -31,7 +33,7 @@ import jax.numpy as jnp
 from clu import metrics
 
 from convnext_jax import models, upernet
-from core_jax import compute, optim
+from core_jax import compute, optim, seg_ops
 from core_jax import metrics as metrics_lib
 from core_jax import weights as weights_lib
 from core_jax.errors import UserError
@@ -133,7 +135,15 @@ class UperNetSegTask(Task):
 
   def eval_outputs(self, model, variables, batch):
     labels = batch[LABEL_KEY]
-    logits, _ = model.apply(variables, batch[self.input_key], train=False)
+    image = batch[self.input_key]
+    slide = tuple(self.config.get('slide_window', ()) or ())
+    if slide:  # (crop, stride): mmseg's slide mode, the paper's single-scale eval (512, 341) / (640, 426)
+      crop, stride = int(slide[0]), int(slide[1])
+      logits = seg_ops.slide_inference(
+          lambda x: model.apply(variables, x, train=False)[0], image, (crop, crop), (stride, stride)
+      )
+    else:  # whole-image inference
+      logits = model.apply(variables, image, train=False)[0]
     pred = jnp.argmax(resize_bilinear(logits.astype(jnp.float32), *labels.shape[1:3]), axis=-1)
     return {'predictions': pred, 'labels': labels, 'mask': batch['mask']}
 

@@ -263,7 +263,7 @@ def prune(
     batches=None,
     loss_fn=None,
     apply_kwargs: Mapping | None = None,
-    fixed_outputs: Sequence[int] = (0,),
+    fixed_outputs: Sequence[int] | None = None,
 ) -> PruneResult:
   """`model` with `ratio` of each prunable channel group removed -> PruneResult(smaller model, its variables,
   report). `example_inputs`: an array (or a tuple of the apply's positional inputs); `apply_kwargs` default

@@ -43,6 +43,7 @@ def get_config():
           eval_transforms=(NORMALIZE,),
       )
   )
+  c.slide_window = ()  # (crop, stride) evaluates by sliding windows (mmseg's slide mode); (): whole scenes
   c.batch_size = 16
   c.eval_batch_size = 50
   c.num_epochs = 6.0

@@ -1,6 +1,6 @@
 """pruning_jax.graph and pruning_jax.prune: channel groups traced from the jaxpr equal the part-1 families'
-hand-written channel sets, follow concatenations, depthwise convs and ConvNeXt's stages, and name the op and
-parameter they cannot follow; the pruned model equals the masked original and is smaller.
+hand-written channel sets, follow concatenations, depthwise convs, ConvNeXt's stages and HRNet's fuse layers, and
+name the op and parameter they cannot follow; the pruned model equals the masked original and is smaller.
 
 Group derivation traces abstractly (jax.eval_shape variables, ShapeDtypeStruct inputs); variables that are run
 come from numpy (`random_variables`), so only the applies compared compile."""
@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import pruning_jax
+from anytime_jax import hrnet
 from convnext_jax.models import ConvNeXt
 from core_jax import counting
 from core_jax.compute import Compute
@@ -360,3 +361,20 @@ def test_digits_convnext_config_resolves_its_phases_and_checks_graph_fields():
   c.prune.criterion, c.prune.ratio = 'l1', 1.0
   with pytest.raises(UserError, match=r'prune.ratio must be in \[0, 1\)'):
     job.check_config(c)
+
+
+def test_hrnet_branch_widths_run_through_the_fuse_layers():
+  model = hrnet.build('w8_tiny', num_classes=5, exits=(4,), compute=Compute(), fuse_upsample='nearest')
+  x = np.zeros((1, 32, 32, 3), np.float32)
+  groups = {g.name: g for g in graph.channel_groups(model, hrnet.random_variables(model, 32, 32), x, train=False)}
+  branch1 = groups['transition1_1_0/conv/kernel:3']  # branch 1 (16 channels) from stage 2 on
+  assert branch1.prunable and branch1.channels == 16
+  keys = {m.key for m in branch1.members}
+  for stage in ('stage2_0', 'stage3_0', 'stage4_0'):
+    assert ('params', f'{stage}/branch1_0/conv2/kernel', 3) in keys  # each module's residual block output
+    assert ('params', f'{stage}/fuse1_0_0/conv/kernel', 3) in keys  # branch 0 -> 1, strided conv output
+    assert ('params', f'{stage}/fuse0_1/conv/kernel', 2) in keys  # branch 1 -> 0, 1x1 conv then upsampled
+  assert ('params', 'stage4_0/fuse1_3/conv/kernel', 3) in keys  # branch 3 -> 1
+  assert branch1.member('params', 'last_layer/conv0/kernel', 2).span() == (8, 1)  # after branch 0 in the concat
+  # the output is {'fractions', 'logits'}: the leaf under 'logits' is the fixed one
+  assert groups['last_layer/conv3/kernel:3'].reason.startswith('a fixed model output')
