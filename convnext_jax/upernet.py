@@ -51,6 +51,7 @@ from convnext_jax import models
 from convnext_jax.layers import LayerNorm
 from core_jax import counting
 from core_jax.compute import Compute
+from core_jax.seg_ops import resize_bilinear
 
 Array = jax.Array
 Dtype = Any
@@ -63,14 +64,6 @@ POOL_SCALES = (1, 2, 3, 6)
 # --------------------------------------------------------------------------------------------------------------
 # Resizing and pooling as PyTorch computes them
 # --------------------------------------------------------------------------------------------------------------
-def resize_bilinear(x: Array, h: int, w: int) -> Array:
-  """PyTorch ``F.interpolate(x, (h, w), mode='bilinear', align_corners=False)`` of NHWC ``x``: half-pixel
-  centres without antialiasing (``jax.image.resize`` antialiases when it shrinks unless told not to)."""
-  if x.shape[1:3] == (h, w):
-    return x
-  return jax.image.resize(x, (x.shape[0], h, w, x.shape[3]), 'bilinear', antialias=False)
-
-
 def adaptive_bins(size: int, bins: int) -> list[tuple[int, int]]:
   """PyTorch's adaptive pooling windows [floor(i * size / bins), ceil((i + 1) * size / bins)): they overlap when
   ``bins`` does not divide ``size`` (16 into 3: [0, 6), [5, 11), [10, 16)), and repeat pixels when bins > size."""

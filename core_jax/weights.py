@@ -662,3 +662,13 @@ def write_atomic(path: str, write: Callable[[str], Any]) -> None:
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
+
+
+def write_text_atomic(path: str, text: str) -> None:
+  """`text` into `path` through `write_atomic`: a results file is whole or absent, never half written."""
+
+  def write(tmp: str) -> None:
+    with open(tmp, 'w') as f:
+      f.write(text)
+
+  write_atomic(path, write)

@@ -486,15 +486,24 @@ def _flatten_variables(variables) -> list[tuple[str, str, tuple]]:
   return out
 
 
-def channel_groups(model, variables, *inputs, fixed_outputs: Sequence[int] = (0,), **apply_kwargs) -> list[Group]:
+def channel_groups(
+    model, variables, *inputs, fixed_outputs: Sequence[int] | None = None, **apply_kwargs
+) -> list[Group]:
   """The coupled channel groups of `model.apply(variables, *inputs, **apply_kwargs)`, in forward order.
 
-  `fixed_outputs`: indices of the output leaves whose widths are the model's contract (default: the first,
-  the logits); the other outputs (auxiliary features) may shrink."""
+  `fixed_outputs`: indices (in `jax.tree_util.tree_leaves` order) of the output leaves whose widths are the
+  model's contract; None: every leaf under a 'logits' key, else the first leaf (a classifier's `(logits, aux)`).
+  The other outputs (auxiliary features) may shrink."""
   try:
-    closed = jax.make_jaxpr(lambda v, *xs: model.apply(v, *xs, **apply_kwargs))(variables, *inputs)
+    closed, out_shapes = jax.make_jaxpr(lambda v, *xs: model.apply(v, *xs, **apply_kwargs), return_shape=True)(
+        variables, *inputs
+    )
   except Exception as e:  # the model does not run on these inputs: say so in one line
     raise UserError(f'cannot trace {type(model).__name__}.apply: {str(e).splitlines()[0]}') from None
+  if fixed_outputs is None:
+    paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(out_shapes)[0]]
+    fixed_outputs = [i for i, path in enumerate(paths) if any(getattr(k, 'key', None) == 'logits' for k in path)]
+    fixed_outputs = fixed_outputs or [0]
   jaxpr = closed.jaxpr
   leaves = _flatten_variables(variables)
   tr = _Trace()
@@ -653,4 +662,10 @@ def _anchor(axes, uniq, channels, axis_produced) -> int:
 
 
 def describe_unprunable(groups: Sequence[Group]) -> list[str]:
-  return [f'{g.name}: {g.reason}' for g in groups if not g.prunable]
+  """'name: reason' of each group that cannot be pruned, without the size-1 axes nothing produces (a depthwise
+  kernel's one input channel per group)."""
+  return [
+      f'{g.name}: {g.reason}'
+      for g in groups
+      if not g.prunable and not (g.channels == 1 and all(m.size == 1 for m in g.members))
+  ]

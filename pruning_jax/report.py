@@ -8,6 +8,7 @@ import os
 import jax
 import numpy as np
 
+from core_jax import weights
 from pruning_jax import budget
 
 UNSTRUCTURED = ('magnitude',)  # methods whose params / MACs are counted over the non-zero weights
@@ -75,6 +76,7 @@ def summarize(config, done: dict) -> dict:
               'nonzero_params': nonzero,
               'epochs': _epochs(config, phase, r, pr),
               'cfg': (r['pruned_model'] if phase == 'prune' else r.get('model', {})).get('cfg'),
+              'widths': r['pruned_model'].get('widths') if phase == 'prune' else None,
               'workdir': r.get('workdir'),
           }
       )
@@ -154,6 +156,11 @@ def _method_text(prune: dict) -> str:
   if prune['method'] == 'magnitude':
     percent = 100 * float(prune['percent'])
     return f'unstructured magnitude pruning {percent:g}% of the conv weights (params, MACs: non-zero)'
+  if prune['method'] == 'graph':
+    return (
+        f'traced groups, {prune.get("criterion", "l1")} importance, {100 * float(prune.get("ratio", 0.5)):g}% of each '
+        f'{"group" if prune.get("scope", "layer") == "layer" else "model (global)"}'
+    )
   mode = ', mask implementation' if prune.get('mode') == 'mask' else ''
   return f'Network Slimming {100 * float(prune["percent"]):g}%{mode}'
 
@@ -204,16 +211,17 @@ def markdown(summary: dict) -> str:
   if prune:
     cfgs = {json.dumps(s['cfg']) for s in prune['per_seed']}
     lines += ['', f'pruned cfg{"s" if len(cfgs) > 1 else ""}: ' + '; '.join(sorted(cfgs))]
+    widths = prune['per_seed'][0].get('widths')
+    if widths:  # the traced surgery's widths over the cfg (pruning_jax.rewidth)
+      layers = ', '.join(f'{path} {"/".join(str(v) for _, v in fields)}' for path, fields in widths)
+      lines += [f'pruned layer widths (seed {prune["per_seed"][0]["seed"]}): {layers}']
   return '\n'.join(lines) + '\n'
 
 
 def _write_atomic(path: str, text: str) -> None:
   if jax.distributed.is_initialized() and jax.process_index() != 0:
     return
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
+  weights.write_text_atomic(path, text)
 
 
 # ----------------------------------------------------------------------------------------------- lottery tickets

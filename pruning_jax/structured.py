@@ -6,7 +6,7 @@
 Each prunable group keeps floor(C * (1 - ratio)) of its C channels (at least `min_width`, at least one: the
 report says where that floor decided), the ones the criterion scores highest; every member of a dropped channel
 (kernel rows and columns, biases, norm vectors and statistics, the consumers' inputs at their offsets) is sliced
-away. `result.model` is the same module run with its layers' widths replaced (`Rewidthed`): an `nn.Conv(24)`
+away. `result.model` is the same module run with its layers' widths replaced (`rewidth.Rewidthed`): an `nn.Conv(24)`
 or `feature_group_count=24` written as a literal in `@nn.compact` code gets the pruned width through Flax's
 method interception, so no constructor has to expose it.
 
@@ -33,33 +33,10 @@ from core_jax.errors import UserError
 from core_jax.weights import flatten, unflatten
 from pruning_jax import graph
 from pruning_jax.methods import PruneResult
+from pruning_jax.rewidth import Rewidthed
 
 CRITERIA = ('l1', 'l2', 'bn_scale', 'taylor')
 SCOPES = ('layer', 'global')
-
-
-class Rewidthed(nn.Module):
-  """`base` run with some submodules' width fields replaced: `widths` = ((module path, ((field, value), ...)),
-  ...). It shares `base`'s scope, so its variables are exactly `base`'s (with the new shapes)."""
-
-  base: nn.Module
-  widths: tuple = ()
-
-  def setup(self):
-    nn.share_scope(self, self.base)
-
-  def __call__(self, *args, **kwargs):
-    table = dict(self.widths)
-
-    def replace_widths(next_fun, args, kwargs, context):
-      module = context.module
-      if not isinstance(module, Rewidthed) and module.scope is not None:
-        for field, value in table.get(tuple(module.scope.path), ()):
-          object.__setattr__(module, field, value)  # before the method builds its params from it
-      return next_fun(*args, **kwargs)
-
-    with nn.intercept_methods(replace_widths):
-      return self.base(*args, **kwargs)
 
 
 def _as_tuple(inputs) -> tuple:
@@ -286,7 +263,7 @@ def prune(
     batches=None,
     loss_fn=None,
     apply_kwargs: Mapping | None = None,
-    fixed_outputs: Sequence[int] = (0,),
+    fixed_outputs: Sequence[int] | None = None,
 ) -> PruneResult:
   """`model` with `ratio` of each prunable channel group removed -> PruneResult(smaller model, its variables,
   report). `example_inputs`: an array (or a tuple of the apply's positional inputs); `apply_kwargs` default

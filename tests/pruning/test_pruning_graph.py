@@ -1,6 +1,6 @@
 """pruning_jax.graph and pruning_jax.prune: channel groups traced from the jaxpr equal the part-1 families'
-hand-written channel sets, follow concatenations, depthwise convs and ConvNeXt's stages, and name the op and
-parameter they cannot follow; the pruned model equals the masked original and is smaller.
+hand-written channel sets, follow concatenations, depthwise convs, ConvNeXt's stages and HRNet's fuse layers, and
+name the op and parameter they cannot follow; the pruned model equals the masked original and is smaller.
 
 Group derivation traces abstractly (jax.eval_shape variables, ShapeDtypeStruct inputs); variables that are run
 come from numpy (`random_variables`), so only the applies compared compile."""
@@ -12,13 +12,17 @@ import numpy as np
 import pytest
 
 import pruning_jax
+from anytime_jax import hrnet
 from convnext_jax.models import ConvNeXt
 from core_jax import counting
 from core_jax.compute import Compute
+from core_jax.config import load_sibling
 from core_jax.errors import UserError
 from core_jax.weights import flatten
-from pruning_jax import graph, models, structured, surgery
+from pruning_jax import graph, io, job, models, structured, surgery, task
 from pruning_jax.models import densenet, preresnet
+
+digits_convnext = load_sibling(__file__, '../../configs/pruning/digits_convnext.py')
 
 # A tiny cfg per family (the ImageNet VGGs at 224x224, which their heads need: the trace is abstract).
 TINY = {
@@ -313,3 +317,64 @@ def test_channel_mixing_reshape_is_unprunable_naming_op_and_parameter():
   assert 'reshape (1, 4, 4, 8) -> (1, 4, 4, 2, 4) splits a channel axis' in conv.reason and 'conv/kernel' in conv.reason
   with pytest.raises(UserError, match=r'^no prunable channel group in _Shuffle: reshape .* conv/kernel$'):
     pruning_jax.prune(model, variables, x)
+
+
+# -- the runner's side: a graph-pruned model is described, saved, rebuilt and re-initialized at its widths --
+def test_graph_pruned_convnext_round_trips_through_its_sidecar(tmp_path):
+  model = models.create('convnext', cfg=(8, 8, 16, 16), compute=Compute())
+  x = np.zeros((1, 32, 32, 3), np.float32)
+  result = pruning_jax.prune(model, random_variables(model, x), x, ratio=0.5)
+  d = models.describe(result.model)
+  assert (d['family'], d['cfg'], d['num_classes']) == ('convnext', [8, 8, 16, 16], 10)
+  assert ['stem_conv', [['features', 4]]] in d['widths']
+  # load_pruned rebuilds the model from the sidecar and merges the weights into a fresh abstract init of it, so
+  # Scratch-E / Scratch-B initialize at the pruned widths (a mismatch is a one-line error naming the key)
+  path = io.save_pruned(str(tmp_path / 'pruned.safetensors'), result.model, result.variables)
+  loaded, variables = io.load_pruned(path)
+  assert models.describe(loaded) == d
+  assert jax.tree_util.tree_map(np.shape, variables['params']) == jax.tree_util.tree_map(
+      np.shape, result.variables['params']
+  )
+
+
+def test_digits_convnext_config_resolves_its_phases_and_checks_graph_fields():
+  c = digits_convnext.get_config()
+  job.check_config(c)
+  assert [p.name for p in job.phases_for(c)] == [f'seed0/{p}' for p in job.PHASES]
+  widths = [['stem_conv', [['features', 16]]], ['downsample_1/conv', [['features', 32]]]]
+  prune = {
+      'export': '/x/pruned.safetensors',
+      'pruned_model': {'family': 'convnext', 'cfg': [32, 64, 128, 256], 'selections': None, 'widths': widths},
+      'macs_large': 400,
+      'macs': 100,
+  }
+  ft = job.finetune_config(c, 0, prune)
+  assert (ft.optimizer.name, ft.optimizer.schedule, ft.optimizer.lr, ft.num_epochs) == ('adamw', 'constant', 4e-4, 2)
+  assert ft.model.widths == widths and ft.init_from == prune['export']
+  sb = job.scratch_config(c, 0, prune, 'scratch_b')
+  assert sb.num_epochs == 4 * c.num_epochs and sb.model.widths == widths and not sb.init_from
+  model = task.build_from_config(sb.model, 10)
+  assert dict(model.widths)[('stem_conv',)] == (('features', 16),)
+  c.prune.criterion = 'taylor'
+  with pytest.raises(UserError, match='prune.criterion must be one of l1, l2, bn_scale'):
+    job.check_config(c)
+  c.prune.criterion, c.prune.ratio = 'l1', 1.0
+  with pytest.raises(UserError, match=r'prune.ratio must be in \[0, 1\)'):
+    job.check_config(c)
+
+
+def test_hrnet_branch_widths_run_through_the_fuse_layers():
+  model = hrnet.build('w8_tiny', num_classes=5, exits=(4,), compute=Compute(), fuse_upsample='nearest')
+  x = np.zeros((1, 32, 32, 3), np.float32)
+  groups = {g.name: g for g in graph.channel_groups(model, hrnet.random_variables(model, 32, 32), x, train=False)}
+  branch1 = groups['transition1_1_0/conv/kernel:3']  # branch 1 (16 channels) from stage 2 on
+  assert branch1.prunable and branch1.channels == 16
+  keys = {m.key for m in branch1.members}
+  for stage in ('stage2_0', 'stage3_0', 'stage4_0'):
+    assert ('params', f'{stage}/branch1_0/conv2/kernel', 3) in keys  # each module's residual block output
+    assert ('params', f'{stage}/fuse1_0_0/conv/kernel', 3) in keys  # branch 0 -> 1, strided conv output
+    assert ('params', f'{stage}/fuse0_1/conv/kernel', 2) in keys  # branch 1 -> 0, 1x1 conv then upsampled
+  assert ('params', 'stage4_0/fuse1_3/conv/kernel', 3) in keys  # branch 3 -> 1
+  assert branch1.member('params', 'last_layer/conv0/kernel', 2).span() == (8, 1)  # after branch 0 in the concat
+  # the output is {'fractions', 'logits'}: the leaf under 'logits' is the fixed one
+  assert groups['last_layer/conv3/kernel:3'].reason.startswith('a fixed model output')
