@@ -2,8 +2,10 @@
 
 Command:  python -m pruning_jax.main --config=configs/pruning/digits_lottery.py --workdir=/tmp/pruning_digits_lottery
           (ARG: unstructured (default) | l1 -- the structured variant, L1-norm 50% of every block, mask mode)
-Printed:  not yet measured (the table lands in WORKDIR/results.md)
-Time:     not yet measured
+Printed:  (unstructured, seed 0) lr 0.1: unpruned 93.33 | winning ticket 98.06 | random init 88.33;
+          lr 0.01: 36.39 | 42.22 | 26.67; 19.7K non-zero params (-73.9%), 4.72M non-zero MACs (-61.5%)
+          (360 test digits, 1 seed: no spread, and 5 epochs at lr 0.01 leave every run under-trained)
+Time:     6 min 49 s CPU time (46 min wall while other jobs kept the load at 10-26); the l1 variant: not measured
 
 ResNet-8 of digits_l1.py; its random init saved, then at lr 0.1 and at lr 0.01 (the scaled-down CIFAR recipe
 otherwise, 5 epochs a run): the large model trained from that init; unstructured: 2 rounds of magnitude pruning,

@@ -1,14 +1,16 @@
 """Unstructured magnitude pruning of a small CIFAR-style ResNet on the embedded `digits` (32x32), 2 seeds.
 
 Command:  python -m pruning_jax.main --config=configs/pruning/digits_magnitude.py --workdir=/tmp/pruning_digits_mag
-Printed:  not yet measured (the table lands in WORKDIR/results.md; the README "Pruning" has it once measured)
-Time:     not yet measured
+Printed:  accuracy (%) unpruned 93.06 +- 0.39 | pruned 18.61 +- 2.36 | Fine-tuned 89.86 +- 3.34 |
+          Scratch-E 76.39 +- 9.43 | Scratch-B 95.56 +- 0.39; 16.0K of 75.3K params, 4.13M of 12.24M MACs non-zero
+          (360 test digits; the README "Pruning" has the table)
+Time:     6 min 52 s CPU time (36.7 min wall while other jobs kept the load at 10-26)
 
 ResNet-8 of digits_l1.py (option-A shortcuts, one BasicBlock per stage, widths 16/32/64) trained 5 epochs with
 the scaled-down CIFAR recipe; one global magnitude threshold over every conv weight at 80% (Linear, BN and
 biases kept), the mask held exactly through fine-tuning (2 epochs at 0.001) and the scratch runs; Scratch-E /
 Scratch-B re-draw each conv as Normal(0, sqrt(2 / n)), n = nnz / in_channels, under the mask; Scratch-B 5 x the
-ratio of dense to non-zero MACs (about 4.3 here), capped at 2x (10 epochs) so the demo stays short.
+ratio of dense to non-zero MACs (about 3 here), capped at 2x (10 epochs) so the demo stays short.
 """
 
 from core_jax.config import load_sibling
