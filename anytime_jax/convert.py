@@ -106,14 +106,6 @@ def exit_type_of(flat: Mapping[str, Any]) -> str:
   return 'rh' if any(k.startswith('params/exit') and '/conv1/' in k for k in flat) else 'ee'
 
 
-def _flat_variables(variables: Mapping[str, Any]) -> dict[str, Any]:
-  flat = {}
-  for col in ('params', 'batch_stats'):
-    for k, v in W.flatten(variables.get(col, {})).items():
-      flat[f'{col}/{k}'] = v
-  return flat
-
-
 def _is_backbone(path: str) -> bool:
   mod = path.split('/')[1]
   return not (mod.startswith('exit') or mod == 'last_layer') and not path.endswith('/rbf_lambda')
@@ -150,7 +142,7 @@ def external_to_variables(
       if np.shape(sd[k]) != (confidence.RBF_SIZE,) * 2 or not np.array_equal(np.asarray(sd[k]), _square_dis()):
         raise UserError(f'{k} in {source} is not the constant 7x7 RBF distance table')
       del sd[k]
-  flat = _flat_variables(variables)
+  flat = W.flatten_variables(variables)
   hint = _width_hint(sd, flat)
   if hint:
     raise UserError(f'{source}: {hint}')
@@ -169,7 +161,7 @@ def variables_to_external(
 
   The official layout carries the loss's class weights (`loss.criterion.weight`): `class_weights`, the training
   config's loss.class_weights (the Cityscapes table of configs/anytime/cityscapes.py), uniform when not given."""
-  flat = {k: np.asarray(v) for k, v in _flat_variables(variables).items()}
+  flat = {k: np.asarray(v) for k, v in W.flatten_variables(variables).items()}
   if layout == 'timm':
     flat = {k: v for k, v in flat.items() if _is_backbone(k)}
   table = rule_table(layout, exit_type_of(flat))

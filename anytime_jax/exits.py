@@ -22,6 +22,7 @@ import jax.numpy as jnp
 
 from anytime_jax.confidence import Conv, MaskSet
 from core_jax.compute import Compute
+from core_jax.seg_ops import resize_bilinear
 
 BN_MOMENTUM = 0.99
 BN_EPS = 1e-5
@@ -31,13 +32,6 @@ def batch_norm(train: bool, name: str, momentum: float = BN_MOMENTUM, dtype: Any
   """BatchNorm with float32 statistics and parameters; its output in `dtype` (None: the promoted input and
   parameter dtype)."""
   return nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=BN_EPS, name=name, dtype=dtype)
-
-
-def resize_bilinear(x: jax.Array, h: int, w: int) -> jax.Array:
-  """PyTorch F.interpolate(mode='bilinear', align_corners=False) to (h, w)."""
-  if x.shape[1:3] == (h, w):
-    return x
-  return jax.image.resize(x, (x.shape[0], h, w, x.shape[3]), 'bilinear', antialias=False)
 
 
 def exit_input(branches) -> jax.Array:

@@ -47,13 +47,12 @@ from clu import metrics
 
 from anytime_jax import confidence, flops, hrnet
 from anytime_jax import exits as exits_lib
-from anytime_jax.exits import resize_bilinear
 from core_jax import counting
 from core_jax import metrics as metrics_lib
 from core_jax import weights as weights_lib
 from core_jax.compute import cast_dtype
-from core_jax.data.registry import IGNORE_LABEL
 from core_jax.errors import UserError
+from core_jax.seg_ops import pixel_accuracy, resize_bilinear, weighted_cross_entropy
 from core_jax.task import Task, apply_model
 
 GIGA = flops.GIGA
@@ -135,28 +134,6 @@ def validate_config(config) -> None:
   exit_w = tuple(lcfg.get('exit_weights', ()) or ())
   if exit_w and len(exit_w) != num_exits:
     raise UserError(f'loss.exit_weights has {len(exit_w)} entries; the model has {num_exits} exits')
-
-
-# ---------------------------------------------------------------------------------------------- loss
-def weighted_cross_entropy(logits, labels, class_weights=None, ignore_label: int = IGNORE_LABEL):
-  """PyTorch `CrossEntropyLoss(weight, ignore_index)` with 'mean': sum w_y nll / sum w_y over valid pixels.
-
-  logits (B, h, w, K) at any resolution are bilinearly upsampled to the labels' (B, H, W) first."""
-  logits = resize_bilinear(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), *labels.shape[1:3])
-  labels = labels.astype(jnp.int32)
-  valid = labels != ignore_label
-  safe = jnp.where(valid, labels, 0)
-  nll = -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), safe[..., None], axis=-1)[..., 0]
-  w = valid.astype(jnp.float32)
-  if class_weights is not None:
-    w = w * jnp.asarray(class_weights, jnp.float32)[safe]
-  return (w * nll).sum() / jnp.maximum(w.sum(), 1e-12)
-
-
-def pixel_accuracy(logits, labels, ignore_label: int = IGNORE_LABEL):
-  pred = jnp.argmax(resize_bilinear(logits.astype(jnp.float32), *labels.shape[1:3]), axis=-1)
-  valid = labels != ignore_label
-  return ((pred == labels) & valid).sum() / jnp.maximum(valid.sum(), 1)
 
 
 # ---------------------------------------------------------------------------------------------- metrics

@@ -1,5 +1,6 @@
 """ConvNeXt in Flax Linen (NHWC). See ``convnext_jax.models`` for the param-tree / checkpoint mapping."""
 
+from convnext_jax import upernet  # noqa: F401  (registers upernet_convnext_* in models.MODELS)
 from convnext_jax.layers import DepthwiseConv, DropPath, LayerNorm, PatchConv, gelu_exact, trunc_normal_init
 from convnext_jax.models import (
     Block,

@@ -149,30 +149,42 @@ class ConvNeXt(nn.Module):
       raise ValueError(f'depths {self.depths} and dims {self.dims} must have the same length')
     if x.ndim != 4 or x.shape[-1] != self.in_chans:
       raise ValueError(f'expected NHWC input with {self.in_chans} channels, got shape {x.shape}')
-    compute = self.compute
-    x = x.astype(self.dtype)
-    rates = self.block_drop_rates()
-    features: dict[str, Array] = {}
-    k = 0
-    for i, (depth, dim) in enumerate(zip(self.depths, self.dims)):
-      if i == 0:
-        x = PatchConv(dim, self.patch_size, compute=compute, dtype=self.dtype, name='stem_conv')(x)
-        x = LayerNorm(dtype=self.dtype, compute=compute, name='stem_norm')(x)
-      else:
-        x = Downsample(dim, dtype=self.dtype, compute=compute, name=f'downsample_{i}')(x)
-      for j in range(depth):
-        x = Block(
-            drop_path=float(rates[k]),
-            layer_scale_init_value=self.layer_scale_init_value,
-            kernel_size=self.kernel_size,
-            compute=compute,
-            dtype=self.dtype,
-            name=f'stages_{i}_block_{j}',
-        )(x, train=train)
-        k += 1
-      features[f'stage_{i}'] = x
-    logits = _head(x, self.num_classes, self.head_init_scale, self.dtype, compute)
+    stages = hierarchical_stages(self, x, train)
+    features = {f'stage_{i}': y for i, y in enumerate(stages)}
+    logits = _head(stages[-1], self.num_classes, self.head_init_scale, self.dtype, self.compute)
     return logits, features
+
+
+def hierarchical_stages(net: nn.Module, x: Array, train: bool) -> list[Array]:
+  """The output of each stage of a hierarchical ConvNeXt: stem, downsampling layers and blocks, built in the
+  scope of `net` (called from its compact ``__call__``; the param names of the module docstring).
+
+  `net` has ConvNeXt's architecture fields (depths, dims, drop_path_rate, layer_scale_init_value, patch_size,
+  kernel_size, compute, dtype): the classifier and the segmentation backbone (``convnext_jax.upernet``) share it.
+  """
+  compute = net.compute
+  x = x.astype(net.dtype)
+  rates = np.linspace(0.0, net.drop_path_rate, int(sum(net.depths)))
+  outputs = []
+  k = 0
+  for i, (depth, dim) in enumerate(zip(net.depths, net.dims)):
+    if i == 0:
+      x = PatchConv(dim, net.patch_size, compute=compute, dtype=net.dtype, name='stem_conv')(x)
+      x = LayerNorm(dtype=net.dtype, compute=compute, name='stem_norm')(x)
+    else:
+      x = Downsample(dim, dtype=net.dtype, compute=compute, name=f'downsample_{i}')(x)
+    for j in range(depth):
+      x = Block(
+          drop_path=float(rates[k]),
+          layer_scale_init_value=net.layer_scale_init_value,
+          kernel_size=net.kernel_size,
+          compute=compute,
+          dtype=net.dtype,
+          name=f'stages_{i}_block_{j}',
+      )(x, train=train)
+      k += 1
+    outputs.append(x)
+  return outputs
 
 
 class Downsample(nn.Module):

@@ -1,12 +1,18 @@
-"""Model-zoo table: params and GMACs of every registered ImageNet ConvNeXt variant, computed from the models.
+"""Model-zoo tables: params and GMACs of every registered ImageNet ConvNeXt variant and of the UperNet
+segmentors, computed from the models.
 
-    python -m convnext_jax.zoo            # Markdown table (for the README)
+    python -m convnext_jax.zoo            # Markdown tables (for the README)
     python -m convnext_jax.zoo --json     # the same rows as JSON
 
 Params are counted on ``jax.eval_shape`` of ``model.init`` (1000-class head, nothing materialised); GMACs
 are ``core_jax.counting.count_macs`` for one image at 224x224 and 384x384 (fvcore convention = the paper's
 "FLOPs": convs and linears only).  The top-1 columns are REFERENCE numbers copied from the sources below
 (not measured here).
+
+UperNet rows (``convnext_jax.upernet``): params with and without the auxiliary head, and GMACs of one image
+through the backbone and the decode head at 2048x512 and 2560x640 (H x W as mmseg's ``get_flops --shape 2048
+512``), beside the paper's Table 4 (params with the auxiliary head; "FLOPs" = mmcv's count, the same MACs plus
+biases, ReLUs and pooling, ~0.02%: ``convnext_jax.upernet.count``).
 """
 
 import argparse
@@ -17,10 +23,19 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from convnext_jax import models
+from convnext_jax import models, upernet
 from core_jax import counting
 
-__all__ = ['ZOO_MODELS', 'REFERENCE_TOP1', 'params_and_macs', 'model_stats', 'zoo_table', 'format_markdown']
+__all__ = [
+    'ZOO_MODELS',
+    'REFERENCE_TOP1',
+    'params_and_macs',
+    'model_stats',
+    'zoo_table',
+    'format_markdown',
+    'upernet_table',
+    'format_upernet_markdown',
+]
 
 ZOO_MODELS: tuple[str, ...] = models.IMAGENET_MODELS
 
@@ -124,13 +139,68 @@ def format_markdown(rows: list) -> str:
   return '\n'.join(lines)
 
 
+UPERNET_SIZES: tuple[tuple[int, int], ...] = ((2048, 512), (2560, 640))
+
+
+def upernet_table(names: Sequence[str] = upernet.UPERNET_MODELS) -> list:
+  """One row per UperNet size: params (with / without the auxiliary head), GMACs at each of UPERNET_SIZES, and
+  the paper's params (M) and GFLOPs at its input size."""
+  rows = []
+  for name in names:
+    row: dict = dict(model=name)
+    for h, w in UPERNET_SIZES:
+      c = upernet.count(name, h, w)
+      row.update(params=c['params'], params_no_aux=c['params_no_aux'])
+      row[f'macs_{h}x{w}'] = c['macs']
+      row[f'gmacs_{h}x{w}'] = round(c['macs'] / 1e9, 2)
+    paper = upernet.PAPER[name]
+    row.update(
+        paper_params_m=paper['params_m'], paper_gflops=paper['gflops'], paper_input='x'.join(map(str, paper['input']))
+    )
+    rows.append(row)
+  return rows
+
+
+def format_upernet_markdown(rows: list) -> str:
+  sizes = ['x'.join(map(str, s)) for s in UPERNET_SIZES]
+  lines = [
+      '| model | params | params w/o aux head | '
+      + ' | '.join(f'GMACs @{s}' for s in sizes)
+      + ' | paper: params, GFLOPs |',
+      '|---|---:|---:|' + '---:|' * len(sizes) + '---|',
+  ]
+  for r in rows:
+    macs = ' | '.join(f"{r[f'gmacs_{s}']:.2f}" for s in sizes)
+    lines.append(
+        f"| {r['model']} | {r['params']:,} | {r['params_no_aux']:,} | {macs} | "
+        f"{r['paper_params_m']}M, {r['paper_gflops']}G @{r['paper_input']} |"
+    )
+  lines.append('')
+  lines.append(
+      'UperNet (150 classes): GMACs of the backbone and decode head for one H x W image (the auxiliary head runs in '
+      "training only); the paper's FLOPs are mmcv's count of the same, which adds biases, ReLUs and pooling."
+  )
+  return '\n'.join(lines)
+
+
 def main(argv=None) -> None:
   p = argparse.ArgumentParser(description='ConvNeXt model-zoo table (params, GMACs, reference top-1)')
   p.add_argument('--json', action='store_true', help='print JSON instead of Markdown')
-  p.add_argument('--models', nargs='*', default=None, help='subset of model names (default: all ImageNet ones)')
+  p.add_argument(
+      '--models', nargs='*', default=None, help='subset of model names (default: all ImageNet and UperNet ones)'
+  )
   args = p.parse_args(argv)
-  rows = zoo_table(args.models or ZOO_MODELS)
-  print(json.dumps(rows, indent=1) if args.json else format_markdown(rows))
+  names = args.models or ZOO_MODELS + upernet.UPERNET_MODELS
+  unknown = [n for n in names if n not in ZOO_MODELS + upernet.UPERNET_MODELS]
+  if unknown:
+    p.error(f'{unknown[0]} is not in the zoo (its ImageNet ConvNeXt and UperNet models)')
+  rows = zoo_table([n for n in names if n in ZOO_MODELS])
+  seg_rows = upernet_table([n for n in names if n in upernet.UPERNET_MODELS])
+  if args.json:
+    print(json.dumps(dict(imagenet=rows, upernet=seg_rows) if seg_rows else rows, indent=1))
+    return
+  tables = ([format_markdown(rows)] if rows else []) + ([format_upernet_markdown(seg_rows)] if seg_rows else [])
+  print('\n\n'.join(tables))
 
 
 if __name__ == '__main__':

@@ -14,6 +14,8 @@ chosen step (`restore_step`) restores that step only; `set_aside_later_than` mov
 `<workdir>/checkpoints_superseded/`. The directory is created on the first save or restore that needs it.
 """
 
+import contextlib
+import errno
 import logging
 import os
 import re
@@ -79,6 +81,8 @@ class Checkpointer:
     )
     self._manager = None
     self._sigterm = _SigtermFlag()
+    self._saving_step = None  # the step of an async save not yet joined
+    self._save_failed = False
 
   @property
   def manager(self) -> ocp.CheckpointManager:
@@ -106,12 +110,24 @@ class Checkpointer:
           await_cleanup()
         except Exception as e:  # pylint: disable=broad-except  (leftover temp dirs only; never hide the run's error)
           logging.warning('checkpoint temp-dir cleanup failed: %s', _first_line(e))
-      self._manager.close()
+      try:
+        self._manager.close()
+      except Exception as e:  # pylint: disable=broad-except
+        if not self._save_failed:  # close() joins the failed save again: its error was raised already, once
+          raise
+        logging.warning('checkpoint manager close after a failed save: %s', _first_line(e))
       self._manager = None
 
   # ---------------------------------------------------------------- saving
   def save(self, step: int, state, data_iterator, meta: dict, metrics: dict | None = None, force: bool = False) -> bool:
-    """Saves if the interval says so (or `force`); returns whether a save started."""
+    """Saves if the interval says so (or `force`); returns whether a save started.
+
+    A save that fails for want of space (a full disk or quota; async: found when the next save or `wait` joins it)
+    is a UserError naming the step: orbax commits a step by renaming its temporary folder, so the failed step is
+    never among the kept ones, and those are left as they were."""
+    # The same join of the previous async save that orbax's manager.save() does first, made here so that its
+    # failure is reported as that step's, not this one's.
+    self.wait()
     if step in self.manager.all_steps():
       return False
     args = ocp.args.Composite(
@@ -119,7 +135,11 @@ class Checkpointer:
         meta=ocp.args.JsonSave(meta),
         data=grain.checkpoint.CheckpointSave(data_iterator),
     )
-    return self.manager.save(step, args=args, metrics=metrics, force=force)
+    with self._failing_save_is_user_error(step):
+      started = self.manager.save(step, args=args, metrics=metrics, force=force)
+    if started:
+      self._saving_step = step
+    return started
 
   def should_stop_for_preemption(self, step: int) -> bool:
     """True when this step's checkpoint must be the last: SIGTERM here, or a preemption notice on any host."""
@@ -130,7 +150,24 @@ class Checkpointer:
 
   def wait(self):
     if self._manager is not None:
-      self._manager.wait_until_finished()
+      with self._failing_save_is_user_error(self._saving_step):
+        self._manager.wait_until_finished()
+      self._saving_step = None
+
+  @contextlib.contextmanager
+  def _failing_save_is_user_error(self, step):
+    try:
+      yield
+    except Exception as e:  # pylint: disable=broad-except  (re-raised unless the disk is full)
+      reason = _disk_full_reason(e)
+      if reason is None:
+        raise
+      self._save_failed = True
+      kept = sorted(int(d) for d in os.listdir(self.directory) if d.isdigit()) if os.path.isdir(self.directory) else []
+      raise UserError(
+          f'saving checkpoint step {step} in {self.directory} failed: {reason}; the step was not kept, the kept '
+          f'steps ({_steps_text(kept)}) are as they were: free space and rerun the same command to resume'
+      ) from None
 
   def close(self):
     self._reopen()
@@ -264,6 +301,29 @@ def _first_line(e: Exception, limit: int = 240) -> str:
   text = _TENSORSTORE_DETAILS.sub('', str(e)).strip().splitlines()
   line = text[0] if text else type(e).__name__
   return line if len(line) <= limit else line[: limit - 3] + '...'
+
+
+_DISK_FULL = {
+    errno.ENOSPC: 'no space left on device',
+    errno.EDQUOT: 'disk quota exceeded',
+    errno.EFBIG: 'file too large',
+}
+
+
+def _disk_full_reason(e: BaseException) -> str | None:
+  """'no space left on device' (or the quota / file size limit) when `e` or an error it came from says so, else
+  None. TensorStore reports the OS error in its message, not as an OSError."""
+  seen = set()
+  while e is not None and id(e) not in seen:
+    seen.add(id(e))
+    if isinstance(e, OSError) and e.errno in _DISK_FULL:
+      return _DISK_FULL[e.errno]
+    text = str(e).lower()
+    for reason in _DISK_FULL.values():
+      if reason in text:
+        return reason
+    e = e.__cause__ or e.__context__
+  return None
 
 
 def _is_shape_mismatch(e: Exception) -> bool:

@@ -60,6 +60,7 @@ __all__ = [
     'Rule',
     'RuleTable',
     'flatten',
+    'flatten_variables',
     'unflatten',
     'shape_of',
     'format_shape',
@@ -93,6 +94,12 @@ def flatten(tree: Mapping[str, Any], sep: str = '/') -> dict[str, Any]:
 
   walk(tree, '')
   return out
+
+
+def flatten_variables(variables: Mapping[str, Any], collections=('params', 'batch_stats')) -> dict[str, Any]:
+  """{'params': ..., 'batch_stats': ...} -> {'params/<path>': leaf, 'batch_stats/<path>': leaf}: the flat form the
+  converters of models with BatchNorm map (a missing collection adds nothing)."""
+  return {f'{col}/{k}': v for col in collections for k, v in flatten(variables.get(col, {})).items()}
 
 
 def unflatten(flat: Mapping[str, Any], sep: str = '/') -> dict[str, Any]:
@@ -655,3 +662,13 @@ def write_atomic(path: str, write: Callable[[str], Any]) -> None:
   finally:
     if os.path.exists(tmp):
       os.remove(tmp)
+
+
+def write_text_atomic(path: str, text: str) -> None:
+  """`text` into `path` through `write_atomic`: a results file is whole or absent, never half written."""
+
+  def write(tmp: str) -> None:
+    with open(tmp, 'w') as f:
+      f.write(text)
+
+  write_atomic(path, write)

@@ -1,6 +1,7 @@
 """Rethinking the Value of Network Pruning (Liu et al., ICLR 2019) in JAX/Flax.
 
-models (every family from a static cfg), surgery (kept channel indices -> smaller model), methods (L1-norm
+models (every family from a static cfg), surgery (kept channel indices -> smaller model), graph + structured
+(channel groups traced from any Linen model, `prune` of any model), methods (L1-norm
 filter pruning, Network Slimming), budget (Scratch-E / Scratch-B epochs), io (pruned models in and out).
 """
 
@@ -10,3 +11,10 @@ def load_pruned(path: str, dtype=None):
   from pruning_jax import io  # pylint: disable=import-outside-toplevel
 
   return io.load_pruned(path, dtype)
+
+
+def prune(model, variables, example_inputs, ratio=0.5, criterion='l1', **kwargs):
+  """Structured pruning of any Linen model along its traced channel groups -> PruneResult (pruning_jax.structured)."""
+  from pruning_jax import structured  # pylint: disable=import-outside-toplevel
+
+  return structured.prune(model, variables, example_inputs, ratio, criterion, **kwargs)

@@ -36,13 +36,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from core_jax import checkpoint, experiment
+from core_jax import checkpoint, experiment, optim
 from core_jax.errors import UserError
 from pruning_jax import budget, models, report
 from pruning_jax.task import PruningTask, build_from_config, merge_weights, read_weights, save_mask
 
 PHASES = ('large', 'prune', 'finetune', 'scratch_e', 'scratch_b')
-METHODS = ('l1_norm', 'slimming')
+METHODS = ('l1_norm', 'slimming', 'graph')
+GRAPH_CRITERIA = ('l1', 'l2', 'bn_scale')  # Taylor needs batches the prune phase does not read
 EXPORT, MASKED, MASK = 'pruned.safetensors', 'masked.safetensors', 'mask.safetensors'
 
 
@@ -73,6 +74,21 @@ def check_config(config) -> None:
   num_epochs = float(config.num_epochs)
   if num_epochs <= 0 or num_epochs != int(num_epochs):
     raise UserError(f'num_epochs must be a positive whole number of epochs, got {config.num_epochs}')
+  if method == 'graph':
+    if config.prune.get('criterion', 'l1') not in GRAPH_CRITERIA:
+      raise UserError(
+          f'prune.criterion must be one of {", ".join(GRAPH_CRITERIA)} for graph, got {config.prune.criterion!r}'
+      )
+    if not 0.0 <= float(config.prune.get('ratio', 0.5)) < 1.0:
+      raise UserError(f'prune.ratio must be in [0, 1) for graph, got {config.prune.ratio}')
+  if 'finetune' in phases:  # its options derive from the command line's: a bad finetune.lr fails now, not hours in
+    try:
+      optim.check_options(_finetune_optimizer(config), num_epochs=float(config.finetune.num_epochs))
+    except UserError as e:
+      raise UserError(
+          f'the fine-tune phase (finetune.lr={config.finetune.lr!r}, finetune.num_epochs='
+          f'{config.finetune.num_epochs!r}): {e}'
+      ) from None
   model = build_from_config(config.model, config.model.get('num_classes') or 10)  # unknown model / bad cfg: now
   if method == 'l1_norm':  # a bad scheme (skip list, ratio that empties a layer) stops before any training
     from pruning_jax.methods import l1_norm  # pylint: disable=import-outside-toplevel
@@ -102,6 +118,7 @@ def _base(config, seed: int):
 def _pruned_model(c, prune_results: dict):
   d = prune_results['pruned_model']
   c.model.name, c.model.cfg, c.model.selections = d['family'], list(d['cfg']), d.get('selections')
+  c.model.widths = d.get('widths')
   return c
 
 
@@ -121,10 +138,17 @@ def finetune_config(config, seed: int, prune_results: dict):
     c = _pruned_model(c, prune_results)
     c.init_from = prune_results['export']
   c.num_epochs = float(config.finetune.num_epochs)
-  c.optimizer.lr = float(config.finetune.lr)
-  c.optimizer.schedule = 'constant'
-  c.optimizer.decay_epochs, c.optimizer.decay_fractions = (), ()
+  c.optimizer = _finetune_optimizer(config)
   return c
+
+
+def _finetune_optimizer(config):
+  """The fine-tune phase's optimizer: the experiment's, at `finetune.lr` with a constant schedule."""
+  opt = copy.deepcopy(config.optimizer)
+  opt.lr = float(config.finetune.lr)
+  opt.schedule = 'constant'
+  opt.decay_epochs, opt.decay_fractions = (), ()
+  return opt
 
 
 def scratch_config(config, seed: int, prune_results: dict, kind: str):
@@ -161,9 +185,34 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
-def run_method(config, model, variables: dict):
+def run_graph(config, model, variables: dict, input_shape):
+  """The traced surgery (pruning_jax.structured) on `model`: traced with the plain-XLA compute policy (the
+  variables are the same whatever the policy computes them with), rebuilt with the configured one."""
+  from core_jax.compute import Compute  # pylint: disable=import-outside-toplevel
+  from pruning_jax import structured  # pylint: disable=import-outside-toplevel
+  from pruning_jax.rewidth import Rewidthed  # pylint: disable=import-outside-toplevel
+
+  p = config.prune
+  traced = model.clone(compute=Compute()) if hasattr(model, 'compute') else model
+  result = structured.prune(
+      traced,
+      variables,
+      jnp.zeros(input_shape, jnp.float32),
+      float(p.get('ratio', 0.5)),
+      p.get('criterion', 'l1'),
+      scope=p.get('scope', 'layer'),
+      min_width=int(p.get('min_width', 1)),
+  )
+  for note in result.report['notes']:
+    _say(f'warning: {note}')
+  return Rewidthed(model, result.model.widths), result.variables, dict(result.report)
+
+
+def run_method(config, model, variables: dict, input_shape=(1, 32, 32, 3)):
   """(pruned model, its variables, report) of config.prune on `model`'s trained `variables`."""
   p = config.prune
+  if p.method == 'graph':
+    return run_graph(config, model, variables, input_shape)
   if p.method == 'l1_norm':
     from pruning_jax.methods import l1_norm  # pylint: disable=import-outside-toplevel
 
@@ -209,7 +258,7 @@ def prune_phase(config, seed: int):
     model = build_from_config(config.model, num_classes)
     _, loaded = read_weights(source)
     variables = merge_weights(_abstract_variables(model, input_shape), loaded, source)
-    small, small_vars, method_report = run_method(config, model, variables)
+    small, small_vars, method_report = run_method(config, model, variables, input_shape)
     params_large, macs_large = _counts(model, input_shape)
     params, macs = _counts(small, input_shape)
     main_process = not jax.distributed.is_initialized() or jax.process_index() == 0
@@ -254,13 +303,19 @@ def prune_phase(config, seed: int):
     results['accuracy'] = evaluation['accuracy']
     results['eval'] = evaluation['eval']
     _say(
-        f'pruned ({config.prune.method}): cfg {list(small_cfg(results))}; params {params:,} of {params_large:,} '
-        f'({results["params_pruned_percent"]:.1f}% pruned), MACs {macs:,} of {macs_large:,} '
-        f'({results["macs_pruned_percent"]:.1f}% pruned); accuracy before fine-tuning {results["accuracy"]:.4f}'
+        f'pruned ({config.prune.method}): cfg {list(small_cfg(results))}{_widths_note(results)}; '
+        f'params {params:,} of {params_large:,} ({results["params_pruned_percent"]:.1f}% pruned), '
+        f'MACs {macs:,} of {macs_large:,} ({results["macs_pruned_percent"]:.1f}% pruned); '
+        f'accuracy before fine-tuning {results["accuracy"]:.4f}'
     )
     return results
 
   return experiment.Phase(f'seed{seed}/prune', run)
+
+
+def _widths_note(prune_results: dict) -> str:
+  widths = prune_results['pruned_model'].get('widths')
+  return f' with {len(widths)} layers rewidthed by the traced surgery' if widths else ''
 
 
 def small_cfg(prune_results: dict) -> list:

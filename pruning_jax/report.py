@@ -8,6 +8,7 @@ import os
 import jax
 import numpy as np
 
+from core_jax import weights
 from pruning_jax import budget
 
 COLUMNS = {  # phase -> its column, in the table's order (the order of pruning_jax.job.PHASES)
@@ -70,6 +71,7 @@ def summarize(config, done: dict) -> dict:
               'nonzero_params': nonzero,
               'epochs': _epochs(config, phase, r, pr),
               'cfg': (r['pruned_model'] if phase == 'prune' else r.get('model', {})).get('cfg'),
+              'widths': r['pruned_model'].get('widths') if phase == 'prune' else None,
               'workdir': r.get('workdir'),
           }
       )
@@ -146,6 +148,11 @@ def _method_text(prune: dict) -> str:
   if prune['method'] == 'l1_norm':
     scheme = prune.get('scheme')
     return f'L1-norm {scheme}' if isinstance(scheme, str) else f'L1-norm {json.dumps(scheme)}'
+  if prune['method'] == 'graph':
+    return (
+        f'traced groups, {prune.get("criterion", "l1")} importance, {100 * float(prune.get("ratio", 0.5)):g}% of each '
+        f'{"group" if prune.get("scope", "layer") == "layer" else "model (global)"}'
+    )
   mode = ', mask implementation' if prune.get('mode') == 'mask' else ''
   return f'Network Slimming {100 * float(prune["percent"]):g}%{mode}'
 
@@ -196,16 +203,17 @@ def markdown(summary: dict) -> str:
   if prune:
     cfgs = {json.dumps(s['cfg']) for s in prune['per_seed']}
     lines += ['', f'pruned cfg{"s" if len(cfgs) > 1 else ""}: ' + '; '.join(sorted(cfgs))]
+    widths = prune['per_seed'][0].get('widths')
+    if widths:  # the traced surgery's widths over the cfg (pruning_jax.rewidth)
+      layers = ', '.join(f'{path} {"/".join(str(v) for _, v in fields)}' for path, fields in widths)
+      lines += [f'pruned layer widths (seed {prune["per_seed"][0]["seed"]}): {layers}']
   return '\n'.join(lines) + '\n'
 
 
 def _write_atomic(path: str, text: str) -> None:
   if jax.distributed.is_initialized() and jax.process_index() != 0:
     return
-  tmp = f'{path}.tmp{os.getpid()}'
-  with open(tmp, 'w') as f:
-    f.write(text)
-  os.replace(tmp, path)
+  weights.write_text_atomic(path, text)
 
 
 def write(config, done: dict, workdir: str) -> dict:

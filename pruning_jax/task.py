@@ -5,6 +5,7 @@ Config fields read here (the rest is core_jax.config.base_config):
   model.cfg         the channel configuration (None: the named model's own); a pruned model is its family
                     built from a smaller cfg
   model.selections  channel_selection indices (PreResNet / DenseNet / ResNet-50; None: every channel)
+  model.widths      the traced surgery's layer widths over the cfg (a `graph`-pruned model, rewidth.Rewidthed)
   sparsity.s        > 0: Network Slimming's sparsity training, s * sign(gamma) added to the BN-scale gradients
                     before weight decay (the `pre` optimizer transform)
   mask.path         '' or a mask file written by the prune phase (pruning_jax.job): the mask
@@ -34,9 +35,10 @@ from core_jax.errors import UserError
 from core_jax.weights import flatten, format_shape, unflatten
 from pruning_jax import models
 from pruning_jax.models import layers
+from pruning_jax.rewidth import Rewidthed, widths_from_json
 
 # The classifier of each family: `init_reinit_head` keeps its fresh initialization.
-HEADS = {'vgg_l1': 'fc2', 'vgg_slimming': 'fc', 'vgg_imagenet': 'fc3', 'vgg_bn_imagenet': 'fc3'}
+HEADS = {'vgg_l1': 'fc2', 'vgg_slimming': 'fc', 'vgg_imagenet': 'fc3', 'vgg_bn_imagenet': 'fc3', 'convnext': 'head'}
 TORCH_SUFFIXES = ('.pth', '.pth.tar', '.pt', '.tar')
 MASK_PREFIX = 'params/'
 
@@ -48,7 +50,7 @@ def build_from_config(model_cfg, num_classes: int | None, dtype=None, compute: C
   if not name:
     raise UserError('config.model.name is empty: name a model (e.g. vgg16, resnet56) or a family')
   cfg = model_cfg.get('cfg') or None
-  return models.create(
+  model = models.create(
       name,
       cfg=None if cfg is None else list(cfg),
       num_classes=num_classes,
@@ -56,6 +58,8 @@ def build_from_config(model_cfg, num_classes: int | None, dtype=None, compute: C
       dtype=dtype,
       compute=compute,
   )
+  widths = model_cfg.get('widths') or None
+  return Rewidthed(model, widths_from_json(widths)) if widths else model
 
 
 def read_weights(path: str) -> tuple[dict | None, dict]:
@@ -80,7 +84,7 @@ def read_weights(path: str) -> tuple[dict | None, dict]:
 
 
 def _architecture(d: dict) -> tuple:
-  return d['family'], list(models.normalize_cfg(d['cfg'])), d.get('selections')
+  return d['family'], list(models.normalize_cfg(d['cfg'])), d.get('selections'), d.get('widths') or None
 
 
 def _same_architecture(want: dict, got: dict) -> bool:
@@ -102,9 +106,7 @@ def save_mask(path: str, mask: dict) -> None:
   from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
 
   tensors = {MASK_PREFIX + k: np.ascontiguousarray(np.asarray(v)) for k, v in flatten(mask).items() if v is not None}
-  tmp = f'{path}.tmp{os.getpid()}'
-  save_file(tensors, tmp)
-  os.replace(tmp, path)
+  weights.write_atomic(path, lambda tmp: save_file(tensors, tmp))
 
 
 def load_mask(path: str, params) -> dict:

@@ -19,11 +19,21 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 def experiment_config():
   """core_jax.config.base_config plus the pruning groups, with neutral defaults (the configs set them)."""
   c = core_config.base_config()
-  c.model.update(dict(name='', cfg=None, selections=None, num_classes=None))
+  c.model.update(dict(name='', cfg=None, selections=None, num_classes=None, widths=None))
   c.sparsity = ml_collections.ConfigDict(dict(s=0.0))
   c.mask = ml_collections.ConfigDict(dict(path=''))
   c.prune = ml_collections.ConfigDict(
-      dict(method='l1_norm', scheme=None, percent=0.0, mode='physical', on_empty_layer='keep_strongest')
+      dict(
+          method='l1_norm',
+          scheme=None,
+          percent=0.0,
+          mode='physical',
+          on_empty_layer='keep_strongest',
+          ratio=0.5,  # graph: the fraction of each traced channel group removed
+          criterion='l1',  # graph: l1 | l2 | bn_scale (pruning_jax.structured)
+          scope='layer',  # graph: layer | global
+          min_width=1,
+      )
   )
   c.finetune = ml_collections.ConfigDict(dict(num_epochs=40, lr=0.001))
   c.scratch = ml_collections.ConfigDict(dict(budget_cap=0.0))

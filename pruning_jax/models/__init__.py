@@ -8,6 +8,11 @@
 A family plus its cfg determines the architecture (depth is implied by the cfg length); `selections` are the
 channel_selection indices of PreResNet / DenseNet / ResNet-50 (None = every channel). `describe(model)` gives
 the JSON-able dict that `from_description` rebuilds the model from (the pruned-model sidecar uses it).
+
+Beyond the paper's families, `GRAPH_FAMILIES` are models only the traced surgery prunes (pruning_jax.structured):
+'convnext' is the demo's ConvNeXt (`convnext_digits`: depths 1/1/3/1, patch 2) with cfg = its four stage widths.
+Their pruned models are `rewidth.Rewidthed` wrappers; `describe` adds their 'widths' table and `from_description`
+/ `build_from_config` rebuild it.
 """
 
 import dataclasses
@@ -19,6 +24,7 @@ from core_jax.compute import Compute
 from core_jax.errors import UserError
 from core_jax.registry import Registry
 from pruning_jax.models import densenet, layers, preresnet, resnet_cifar, resnet_imagenet, vgg
+from pruning_jax.rewidth import Rewidthed, widths_from_json, widths_jsonable
 
 FAMILIES = (
     'vgg_l1',
@@ -32,6 +38,8 @@ FAMILIES = (
     'resnet50',
 )
 SELECTION_FAMILIES = ('preresnet', 'densenet', 'resnet50')
+GRAPH_FAMILIES = ('convnext',)
+CONVNEXT_DIGITS_DIMS = (32, 64, 128, 256)  # convnext_jax's convnext_digits (depths 1/1/3/1, patch 2), drop path 0.1
 _VGG_HEADS = {'vgg_l1': 'l1', 'vgg_slimming': 'slimming', 'vgg_imagenet': 'imagenet', 'vgg_bn_imagenet': 'imagenet_bn'}
 
 
@@ -165,6 +173,8 @@ def build(
   """The model of `family` with channel configuration `cfg` (the depth follows from the cfg length); `dtype`: the
   computation dtype (params stay float32); `compute`: the compute policy (None: the backend's, layers.AUTO)."""
   cfg = normalize_cfg(cfg)
+  if family in GRAPH_FAMILIES:
+    return _convnext(cfg, num_classes, dtype, compute)
   compute = layers.for_backend() if compute is None else compute
   selections = _normalize_selections(selections)
   if selections is not None and family not in SELECTION_FAMILIES:
@@ -186,6 +196,17 @@ def build(
   except ValueError as e:
     raise UserError(str(e)) from None
   raise UserError(f'unknown model family {family!r} (known: {", ".join(FAMILIES)})')
+
+
+def _convnext(cfg: tuple, num_classes: int, dtype=None, compute: Compute | None = None) -> nn.Module:
+  from convnext_jax import models as convnext_models  # pylint: disable=import-outside-toplevel
+
+  if len(cfg) != len(CONVNEXT_DIGITS_DIMS) or 'M' in cfg:
+    raise UserError(f'convnext: cfg is the {len(CONVNEXT_DIGITS_DIMS)} stage widths, got {list(cfg)}')
+  spec = dict(dims=tuple(cfg), num_classes=int(num_classes), drop_path_rate=0.1)
+  if dtype is not None:
+    spec['dtype'] = dtype
+  return convnext_models.create_model('convnext_digits', compute=compute, **spec)
 
 
 # Every named model: its family's `build` with the named cfg and its dataset's class count as defaults.
@@ -211,6 +232,9 @@ def create(
   if family_or_name in MODELS:
     given = {k: v for k, v in (('cfg', cfg), ('num_classes', num_classes)) if v is not None}
     return MODELS.create(family_or_name, selections=selections, dtype=dtype, compute=compute, **given)
+  if family_or_name in GRAPH_FAMILIES or family_or_name == 'convnext_digits':
+    cfg = CONVNEXT_DIGITS_DIMS if cfg is None else cfg
+    return build('convnext', cfg, 10 if num_classes is None else num_classes, None, dtype, compute)
   if family_or_name in FAMILIES:
     if cfg is None:
       raise UserError(f'family {family_or_name!r} needs a cfg (or use a named model: {", ".join(list_models())})')
@@ -219,6 +243,12 @@ def create(
 
 
 def family_of(model: nn.Module) -> str:
+  from convnext_jax.models import ConvNeXt  # pylint: disable=import-outside-toplevel
+
+  if isinstance(model, Rewidthed):
+    return family_of(model.base)
+  if isinstance(model, ConvNeXt):
+    return 'convnext'
   if isinstance(model, vgg.VGG):
     return {v: k for k, v in _VGG_HEADS.items()}[model.head]
   for family, cls in (
@@ -234,6 +264,10 @@ def family_of(model: nn.Module) -> str:
 
 
 def cfg_of(model: nn.Module) -> tuple:
+  if isinstance(model, Rewidthed):
+    return cfg_of(model.base)
+  if family_of(model) == 'convnext':
+    return tuple(int(d) for d in model.dims)
   if model.cfg is not None:
     return tuple(model.cfg)
   family = family_of(model)
@@ -249,17 +283,22 @@ def cfg_of(model: nn.Module) -> tuple:
 
 def describe(model: nn.Module) -> dict:
   """JSON-able {'family', 'cfg', 'num_classes', 'selections'} that `from_description` rebuilds `model` from."""
-  sel = getattr(model, 'selections', None)
-  return {
-      'family': family_of(model),
-      'cfg': list(cfg_of(model)),
-      'num_classes': int(model.num_classes),
+  base = model.base if isinstance(model, Rewidthed) else model
+  sel = getattr(base, 'selections', None)
+  d = {
+      'family': family_of(base),
+      'cfg': list(cfg_of(base)),
+      'num_classes': int(base.num_classes),
       'selections': None if sel is None else [None if s is None else list(s) for s in sel],
   }
+  if isinstance(model, Rewidthed):
+    d['widths'] = widths_jsonable(model.widths)  # the traced surgery's layer widths over the base's cfg
+  return d
 
 
 def from_description(d: dict, dtype=None, compute: Compute | None = None) -> nn.Module:
   missing = [k for k in ('family', 'cfg', 'num_classes') if k not in d]
   if missing:
     raise UserError(f'model description lacks {missing[0]!r}')
-  return build(d['family'], d['cfg'], int(d['num_classes']), d.get('selections'), dtype, compute)
+  model = build(d['family'], d['cfg'], int(d['num_classes']), d.get('selections'), dtype, compute)
+  return Rewidthed(model, widths_from_json(d['widths'])) if d.get('widths') else model

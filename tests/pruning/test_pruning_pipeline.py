@@ -186,6 +186,7 @@ def test_scratch_b_claim_within_the_seeds_spread(finetune, scratch_b, holds):
         ),
         (['c.prune.mode = "mask"'], 'prune.mode=mask is implemented for slimming only'),
         (['c.experiment.phases = ("large", "finetune")'], 'need the prune phase'),
+        (['c.finetune.lr = -0.01'], 'the fine-tune phase (finetune.lr=-0.01, finetune.num_epochs=40): optimizer.lr'),
     ],
 )
 def test_bad_experiment_configs_fail_before_training(tmp_path, capsys, lines, message):

@@ -1,0 +1,70 @@
+"""ConvNeXt + UperNet on the embedded digit_scenes (11 classes: background and the digits 0-9, 64x128 scenes), a
+small model trained from scratch on CPU: the segmentation line of ConvNeXt end to end (the stage-wise lr decay
+printed at start-up, the auxiliary head's 0.4-weighted loss, the confusion-matrix mIoU on the validation scenes).
+
+Command:  python -m convnext_jax.main --config=configs/convnext/upernet_digit_scenes.py --workdir=/tmp/upernet_digits
+Model:    upernet_convnext_tiny with depths (1, 1, 2, 1), dims (16, 32, 64, 128), a patch-2 stem (features at
+          strides 2 to 16 of the 64x64 crops), 32 decode channels, 16 auxiliary channels, drop path 0.1 (not the
+          paper's; sized for 2 CPU cores). The recipe otherwise follows the official one: AdamW, betas (0.9, 0.999),
+          wd 0.05 (not on 1-D params), stage-wise lr decay 0.9 with num_layers 6 (ConvNeXt-T's), linear warm-up,
+          poly decay to 0; the lr (2e-3) and length are this demo's, from scratch instead of from ImageNet weights.
+Data:     64x64 crops of the scenes rescaled by 0.75-1.25 (the anytime demo's), evaluated on the 200 validation
+          scenes at full size.
+Result:   measured once, 372 steps: validation mIoU 9.8%, pixel accuracy 93.1% (predicting background everywhere
+          gives mIoU 8.4%; the anytime HRNet demo's exit 4 reached 16.1% on the same scenes): the recipe is not
+          tuned yet, and a from-scratch model this size needs more steps to tell the digits apart.
+Time:     18 min 15 s wall at load ~17 on 2 cores, 3 min 4 s CPU time (its last line prints both).
+"""
+
+import os
+
+from core_jax.config import base_config
+
+NORMALIZE = 'normalize(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))'
+
+
+def get_config():
+  c = base_config()
+  c.model.update(
+      dict(
+          name='upernet_convnext_tiny',
+          drop_path_rate=0.1,
+          overrides=dict(depths=(1, 1, 2, 1), dims=(16, 32, 64, 128), patch_size=2, channels=32, aux_channels=16),
+      )
+  )
+  c.loss = dict(aux_weight=0.4)
+  c.data.update(
+      dict(
+          name='digit_scenes',
+          data_dir=os.environ.get('TFDS_DATA_DIR', ''),
+          train_split='train',
+          eval_split='validation',
+          train_transforms=('seg_random_scale_crop(size=(64, 64), factors=(0.75, 1.0, 1.25))', NORMALIZE),
+          eval_transforms=(NORMALIZE,),
+      )
+  )
+  c.slide_window = ()  # (crop, stride) evaluates by sliding windows (mmseg's slide mode); (): whole scenes
+  c.batch_size = 16
+  c.eval_batch_size = 50
+  c.num_epochs = 6.0
+  c.eval_every_epochs = 1000.0  # once, at the end
+  c.log_every_steps = 62
+  c.checkpoint.update(dict(every_steps=1000, keep=1, keep_best=False))
+  c.optimizer.update(
+      dict(
+          name='adamw',
+          lr=2e-3,
+          b1=0.9,
+          b2=0.999,
+          weight_decay=0.05,
+          wd_exclude_1d=True,
+          schedule='poly',
+          poly_power=1.0,
+          min_lr=0.0,
+          warmup_epochs=0.3,
+          warmup_init_lr=2e-9,  # the official warm-up starts at 1e-6 of the lr
+          layer_decay=0.9,
+          layer_decay_num_layers=6,
+      )
+  )
+  return c

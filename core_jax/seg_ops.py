@@ -1,0 +1,69 @@
+"""Semantic segmentation's jittable pieces, shared by the lines' segmentation Tasks (ADP-C's HRNet, ConvNeXt's
+UperNet): PyTorch's bilinear resize, the cross-entropy with an ignore label, pixel accuracy.
+(The data side, transforms on numpy examples, is core_jax/data/segmentation.py; the metric is
+core_jax.metrics.confusion_matrix_metric.)"""
+
+import jax
+import jax.numpy as jnp
+
+from core_jax.data.registry import IGNORE_LABEL
+
+
+def resize_bilinear(x: jax.Array, h: int, w: int) -> jax.Array:
+  """PyTorch ``F.interpolate(x, (h, w), mode='bilinear', align_corners=False)`` of NHWC ``x``: half-pixel centres
+  without antialiasing (``jax.image.resize`` antialiases when it shrinks unless told not to)."""
+  if x.shape[1:3] == (h, w):
+    return x
+  return jax.image.resize(x, (x.shape[0], h, w, x.shape[3]), 'bilinear', antialias=False)
+
+
+def weighted_cross_entropy(logits, labels, class_weights=None, ignore_label: int = IGNORE_LABEL):
+  """PyTorch `CrossEntropyLoss(weight, ignore_index)` with 'mean': sum w_y nll / sum w_y over valid pixels.
+
+  logits (B, h, w, K) at any resolution are bilinearly upsampled to the labels' (B, H, W) first."""
+  logits = resize_bilinear(logits.astype(jnp.promote_types(logits.dtype, jnp.float32)), *labels.shape[1:3])
+  labels = labels.astype(jnp.int32)
+  valid = labels != ignore_label
+  safe = jnp.where(valid, labels, 0)
+  nll = -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), safe[..., None], axis=-1)[..., 0]
+  w = valid.astype(jnp.float32)
+  if class_weights is not None:
+    w = w * jnp.asarray(class_weights, jnp.float32)[safe]
+  return (w * nll).sum() / jnp.maximum(w.sum(), 1e-12)
+
+
+def pixel_accuracy(logits, labels, ignore_label: int = IGNORE_LABEL):
+  """Fraction of the non-ignored pixels whose argmax (after resizing the logits to the labels) is right."""
+  pred = jnp.argmax(resize_bilinear(logits.astype(jnp.float32), *labels.shape[1:3]), axis=-1)
+  valid = labels != ignore_label
+  return ((pred == labels) & valid).sum() / jnp.maximum(valid.sum(), 1)
+
+
+def slide_windows(h: int, w: int, crop: tuple[int, int], stride: tuple[int, int]) -> list[tuple[int, int, int, int]]:
+  """mmseg's ``slide_inference`` windows (y1, y2, x1, x2) over an h x w image: a grid of
+  max(size - crop + stride - 1, 0) // stride + 1 windows per axis, the last ones moved back to end at the border,
+  a window as large as the image where the image is smaller than the crop."""
+  (ch, cw), (sh, sw) = crop, stride
+  rows = max(h - ch + sh - 1, 0) // sh + 1
+  cols = max(w - cw + sw - 1, 0) // sw + 1
+  out = []
+  for i in range(rows):
+    for j in range(cols):
+      y2, x2 = min(i * sh + ch, h), min(j * sw + cw, w)
+      out.append((max(y2 - ch, 0), y2, max(x2 - cw, 0), x2))
+  return out
+
+
+def slide_inference(logits_fn, image: jax.Array, crop: tuple[int, int], stride: tuple[int, int]) -> jax.Array:
+  """Sliding-window logits of NHWC ``image`` at its full size (mmseg's slide mode, as the paper's single-scale
+  ADE20K eval: 512 windows, stride 341): `logits_fn(window)` at any resolution is resized to its window, the
+  windows' logits are summed and divided by how many windows cover each pixel. Static windows (jit-friendly)."""
+  n, h, w, _ = image.shape
+  total, count = None, jnp.zeros((1, h, w, 1), jnp.float32)
+  for y1, y2, x1, x2 in slide_windows(h, w, crop, stride):
+    logits = resize_bilinear(logits_fn(image[:, y1:y2, x1:x2]).astype(jnp.float32), y2 - y1, x2 - x1)
+    if total is None:
+      total = jnp.zeros((n, h, w, logits.shape[-1]), jnp.float32)
+    total = total.at[:, y1:y2, x1:x2].add(logits)
+    count = count.at[:, y1:y2, x1:x2].add(1.0)
+  return total / count

@@ -1,0 +1,105 @@
+"""UperNetSegTask (convnext_jax.upernet_task): the official stage-wise lr decay, the loss, eval outputs, routing.
+
+Run: .venv/bin/python -m pytest tests/convnext/test_upernet_task.py -q
+"""
+
+import os
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from convnext_jax import models, train, upernet_convert, upernet_task
+from core_jax import cli, optim, weights
+from core_jax.errors import UserError
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+class Info:
+  num_classes = 11
+
+
+def demo_config():
+  return cli.load_config_file(os.path.join(REPO, 'configs', 'convnext', 'upernet_digit_scenes.py'))
+
+
+def official_stage_wise_id(mmseg_key: str, num_layers_eff: int) -> int:
+  """get_num_layer_stage_wise of facebookresearch/ConvNeXt's layer_decay_optimizer_constructor.py, on the
+  mmseg parameter names."""
+  if mmseg_key.startswith('backbone.downsample_layers'):
+    return 0
+  if mmseg_key.startswith('backbone.stages'):
+    return int(mmseg_key.split('.')[2]) + 1
+  return num_layers_eff - 1
+
+
+@pytest.mark.parametrize('num_layers', [6, 12])
+def test_stage_wise_decay_equals_the_official_rule_on_every_param(num_layers):
+  model = models.create_model('upernet_convnext_tiny', depths=(1, 1, 2, 1), dims=(8, 16, 24, 32), channels=16)
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32))
+  fn = upernet_task.stage_wise_scale_fn(0.9, num_layers)
+  table = upernet_convert.rule_table()
+  eff = num_layers + 2  # the official constructor's num_layers + 2
+  for path in weights.flatten(shapes['params']):
+    key = table.to_external_key(f'params/{path}')[0]
+    want = 0.9 ** (eff - official_stage_wise_id(key, eff) - 1)
+    assert fn(tuple(path.split('/')), None) == pytest.approx(want, rel=1e-12), (path, key)
+  line = upernet_task.describe_scales(0.9, num_layers)
+  scales = [float(v) for v in re.findall(r' (\d\.\d{3})', line)]
+  if num_layers == 6:  # ConvNeXt-T's config: stem 0.478, stage0 0.531 .. stage3 0.729, heads 1
+    assert scales == [0.478, 0.531, 0.590, 0.656, 0.729, 1.0]
+  else:  # S..XL: the backbone trains at <= 0.387 of the heads' lr
+    assert scales == [0.254, 0.282, 0.314, 0.349, 0.387, 1.0]
+
+
+def test_demo_config_routes_to_the_segmentation_task_and_prints_the_scales(capsys):
+  config = demo_config()
+  assert train.task_for(config) is upernet_task.UperNetSegTask
+  task = upernet_task.UperNetSegTask(config, Info())
+  assert task.lr_scale_fn() is not None and 'stem+downsample 0.478' in capsys.readouterr().out
+  model = task.build_model()
+  assert model.num_classes == 11 and model.dims == (16, 32, 64, 128) and model.patch_size == 2
+  config.model.name = 'convnext_tiny'
+  assert train.task_for(config) is not upernet_task.UperNetSegTask
+  with pytest.raises(UserError, match=r"^model.name 'convnext_tiny' is not an UperNet segmentor"):
+    upernet_task.UperNetSegTask(config, Info())
+  config.optimizer.layer_decay = 1.0
+  assert upernet_task.UperNetSegTask(demo_config(), Info()).lr_scale_fn() is not None
+  assert optim.layerwise_lr_decay_scale(6, 0.9, lambda p: 7)((), None) == 1.0
+
+
+# Compiles a train-mode and an eval-mode forward of a tiny UperNet: 69 s while this 2-core machine ran at load ~17.
+@pytest.mark.slow
+def test_loss_is_decode_plus_weighted_aux_and_eval_predicts_at_label_size():
+  config = demo_config()
+  config.model.overrides = dict(
+      depths=(1, 1, 1, 1), dims=(8, 8, 8, 8), patch_size=2, channels=8, aux_channels=8, dropout=0.0
+  )
+  config.model.drop_path_rate = 0.0
+  config.compute.dwconv = 'xla'  # the plain formulation: nothing but this small program to compile
+  task = upernet_task.UperNetSegTask(config, Info())
+  model = task.build_model()
+  shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0), jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32))
+  rng = np.random.default_rng(0)
+  variables = jax.tree_util.tree_map(lambda s: (0.3 * rng.normal(size=s.shape)).astype(s.dtype), shapes)
+  variables['batch_stats'] = jax.tree_util.tree_map(np.abs, variables['batch_stats'])
+  labels = rng.integers(0, 11, (2, 32, 32)).astype(np.int32)
+  labels[0, :4] = 255
+  batch = {'image': rng.normal(size=(2, 32, 32, 3)).astype(np.float32), 'segmentation': labels}
+  batch['mask'] = np.array([True, False])
+
+  @jax.jit
+  def run(variables, batch):
+    loss, (out, _) = task.train_loss(model, variables, batch, jax.random.PRNGKey(1))
+    return loss, out, task.eval_outputs(model, variables, batch)
+
+  loss, out, ev = run(variables, batch)  # (the loss itself is tested against PyTorch in tests/anytime)
+  assert np.isfinite(float(loss)) and float(out['loss']) == float(loss)
+  assert float(loss) == pytest.approx(float(out['decode_loss']) + 0.4 * float(out['aux_loss']), rel=1e-6)
+  assert float(out['aux_loss']) > 0 and float(out['decode_loss']) > 0
+  assert ev['predictions'].shape == (2, 32, 32) and ev['mask'].tolist() == [True, False]
+  scores = task.eval_metrics.single_from_model_output(**ev).compute()
+  assert set(scores) == {'miou', 'pixel_accuracy', 'iou'} and 0.0 <= scores['miou'] <= 1.0
