@@ -104,8 +104,8 @@ def scene_figure(config, weights_dir: str, workdir: str, index: int | None = Non
   import numpy as np  # pylint: disable=import-outside-toplevel
 
   from anytime_jax import confidence, task  # pylint: disable=import-outside-toplevel
-  from anytime_jax.exits import resize_bilinear  # pylint: disable=import-outside-toplevel
   from core_jax.data import ops, sources  # pylint: disable=import-outside-toplevel
+  from core_jax.seg_ops import resize_bilinear  # pylint: disable=import-outside-toplevel
 
   d = config.data
   source, info = sources.load_source(d.name, d.eval_split, d.get('data_dir') or None)
