@@ -19,9 +19,11 @@ Confidence adaptivity (`tau` set): the aggregated logits of exit k-1 give a mask
 that every conv of transition k-1, stage k and exit k uses (the stem, stage 1 and exit 1 are never masked;
 `masked_stages` picks among 2..4), and exit k's logits are aggregated with "copy". A threshold given as
 variables['constants']['tau'] (traced) replaces `tau`'s value, so one compiled program serves every threshold
-(`tau` set still decides that the model has CA). Counting: after exit k the
-forward calls `core_jax.counting.mark(f'exit{k}')`, so `count_macs_by_mark` gives the paper's cumulative dense
-cost per exit; masked convs sow their actual cost (`confidence.Conv`).
+(`tau` set still decides that the model has CA); given as a (3,) array it is one threshold per exit 1..3 (the
+benchmark sets the computed fractions that way). With `compute.masked_conv='sparse'` the masked convs compute
+only the kept pixels at evaluation (`train=False`); training always computes them masked-dense. Counting: after
+exit k the forward calls `core_jax.counting.mark(f'exit{k}')`, so `count_macs_by_mark` gives the paper's
+cumulative dense cost per exit; masked convs sow their actual cost (`confidence.Conv`).
 
 `__call__(x, train)` returns {'logits': (exit logits, aggregated, in exit order), 'fractions': (per-example
 fraction of 1/4-res pixels computed by each exit: 1.0 unless that exit's stage is masked)};
@@ -321,7 +323,11 @@ class HRNet(nn.Module):
       ran.append(k)
       counting.mark(f'exit{k}')
       prev = out
-      masks = MaskSet(confidence.confidence_mask(out, tau)) if ca and k + 1 in masked else None
+      if ca and k + 1 in masked:
+        tau_k = tau[k - 1] if jnp.ndim(tau) == 1 else tau  # one threshold per exit 1..3 (the benchmark's masks)
+        masks = MaskSet(confidence.confidence_mask(out, tau_k), train=train)
+      else:
+        masks = None
 
     if 1 in exits:
       run_exit(1, exit_input(ys), None)

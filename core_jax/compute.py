@@ -17,7 +17,9 @@ parity tests run them. They exist because the plain XLA formulation is slow on s
 * ``dwconv``: depthwise convs as ``xla`` (grouped conv), ``shifted`` (kh*kw shifted multiply-adds) or
   ``native`` (C++ kernels; ConvNeXt's ``convnext_jax.ops``).
 * ``masked_conv``: the masked conv of confidence adaptivity (anytime_jax.confidence): ``dense``, the full conv
-  then the RBF fill (the released ADP-C code's masked-dense formulation). A sparse path is one more value.
+  then the RBF fill (the released ADP-C code's masked-dense formulation), or ``sparse``, the conv only on tiles
+  with kept pixels and the fill only where it is nonzero (static capacity buckets, dense fallback; inference
+  only: training computes masked-dense whatever the policy).
 
 The policy is a field of the model's modules, so two policies give two compiled programs and equal policies
 hash equal: nothing is read from a global when a model is traced. ``Compute()`` is the plain XLA formulation.
@@ -45,7 +47,7 @@ CHOICES = {
     'small_conv': ('conv', 'matmul'),
     'pointwise_conv': ('conv', 'matmul'),
     'dwconv': ('xla', 'shifted', 'native'),
-    'masked_conv': ('dense',),
+    'masked_conv': ('dense', 'sparse'),
 }
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 _DN = ('NHWC', 'HWIO', 'NHWC')

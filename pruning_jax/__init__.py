@@ -1,8 +1,9 @@
 """Rethinking the Value of Network Pruning (Liu et al., ICLR 2019) in JAX/Flax.
 
 models (every family from a static cfg), surgery (kept channel indices -> smaller model), graph + structured
-(channel groups traced from any Linen model, `prune` of any model), methods (L1-norm
-filter pruning, Network Slimming), budget (Scratch-E / Scratch-B epochs), io (pruned models in and out).
+(channel groups traced from any Linen model, `prune` of any model), methods (L1-norm filter pruning, Network
+Slimming, unstructured magnitude pruning, lottery tickets), budget (Scratch-E / Scratch-B epochs), io (pruned
+models in and out).
 """
 
 

@@ -13,14 +13,28 @@ training phase resumes from its own checkpoints):
   scratch_b  the same for int(epochs * MACs_large / MACs_pruned) epochs (pruning_jax.budget; capped at
              scratch.budget_cap x when > 0, ImageNet L1: 2), lr milestones at the same fractions of the run
              (int(f * epochs) for the config's decay_fractions f, the original's int(0.5 E), int(0.75 E))
+Unstructured magnitude pruning (prune.method='magnitude', percent) is always the mask implementation: the prune
+phase exports the large model with the pruned conv weights zeroed (pruned.safetensors), its mask, and the seed's
+Scratch-E/B init (scratch_init.safetensors: each conv re-drawn at std sqrt(2 / (nnz / in_channels)), masked); its
+params and MACs count the non-zero weights, so Scratch-B scales with the non-zero conv MACs.
+
+Lottery tickets (prune.method='lottery'; lottery.structure, rounds, lrs) run their own phases per seed:
+  init                 the large model's random init, saved (init.safetensors)
+  lr<lr>/large         trained from that file at lr
+  lr<lr>/prune<r>      the mask of round r (unstructured: percent of the remaining conv weights; l1: the scheme),
+                       the winning ticket (init x mask) and, last round, the random init under the mask
+  lr<lr>/round<r>      the ticket retrained before round r + 1 (unstructured, rounds > 1)
+  lr<lr>/ticket, lr<lr>/random   the winning ticket and the random init trained under the final mask
+and the table has one row per lr: unpruned, winning ticket, random init.
+
 Then pruning_jax.report writes DIR/results.json and DIR/results.md (the paper's table) and prints the table. The
 recipes the configs build on (the experiment groups, the paper's CIFAR and ImageNet protocols) are
 configs/pruning/_recipes.py.
 
-Config fields beyond core_jax.config.base_config and pruning_jax.task: prune (method 'l1_norm' with scheme, or
-'slimming' with percent; mode 'physical' | 'mask'; on_empty_layer 'keep_strongest' | 'error'), finetune
-(num_epochs, lr), scratch (budget_cap), experiment (title, seeds, phases, paper: the paper's numbers,
-compilation_cache).
+Config fields beyond core_jax.config.base_config and pruning_jax.task: prune (method 'l1_norm' with scheme,
+'slimming' / 'magnitude' with percent, 'lottery' with percent or scheme; mode 'physical' | 'mask'; on_empty_layer
+'keep_strongest' | 'error'), finetune (num_epochs, lr), scratch (budget_cap), lottery (structure, rounds, lrs),
+experiment (title, seeds, phases, paper: the paper's numbers, compilation_cache).
 
 Compiled steps are shared between phases and seeds through JAX's persistent compilation cache in
 DIR/xla_cache (experiment.compilation_cache=True, the default; a JAX_COMPILATION_CACHE_DIR the user set wins):
@@ -39,12 +53,15 @@ import numpy as np
 from core_jax import checkpoint, experiment, optim
 from core_jax.errors import UserError
 from pruning_jax import budget, models, report
-from pruning_jax.task import PruningTask, build_from_config, merge_weights, read_weights, save_mask
+from pruning_jax.task import PruningTask, build_from_config, count_nonzero, merge_weights, read_weights, save_mask
 
 PHASES = ('large', 'prune', 'finetune', 'scratch_e', 'scratch_b')
-METHODS = ('l1_norm', 'slimming', 'graph')
+METHODS = ('l1_norm', 'slimming', 'graph', 'magnitude', 'lottery')
 GRAPH_CRITERIA = ('l1', 'l2', 'bn_scale')  # Taylor needs batches the prune phase does not read
+UNSTRUCTURED = ('magnitude',)  # the large shape with weights held at 0: always the mask implementation
 EXPORT, MASKED, MASK = 'pruned.safetensors', 'masked.safetensors', 'mask.safetensors'
+SCRATCH_INIT = 'scratch_init.safetensors'  # unstructured: the seed's sparse re-initialization for Scratch-E/B
+LOTTERY_INIT, TICKET, RANDOM_INIT = 'init.safetensors', 'ticket.safetensors', 'random_init.safetensors'
 
 
 # ----------------------------------------------------------------------------------------------- checks
@@ -65,12 +82,18 @@ def check_config(config) -> None:
     raise UserError(f'unknown pruning method {method!r} (known: {", ".join(METHODS)})')
   if config.prune.mode not in ('physical', 'mask'):
     raise UserError(f'prune.mode must be physical or mask, got {config.prune.mode!r}')
-  if config.prune.mode == 'mask' and method != 'slimming':
-    raise UserError('prune.mode=mask is implemented for slimming only')
+  if config.prune.mode == 'mask' and method not in ('slimming', *UNSTRUCTURED):
+    raise UserError('prune.mode=mask is implemented for slimming only (unstructured pruning always masks)')
   if config.prune.get('on_empty_layer', 'keep_strongest') not in ('keep_strongest', 'error'):
     raise UserError(f'prune.on_empty_layer must be keep_strongest or error, got {config.prune.on_empty_layer!r}')
   if method == 'slimming' and not 0.0 <= float(config.prune.percent) < 1.0:
     raise UserError(f'prune.percent must be in [0, 1) for slimming, got {config.prune.percent}')
+  if method in UNSTRUCTURED:
+    from pruning_jax.methods import magnitude  # pylint: disable=import-outside-toplevel
+
+    magnitude.check_percent(config.prune.percent)
+  if method == 'lottery':
+    _check_lottery(config)
   num_epochs = float(config.num_epochs)
   if num_epochs <= 0 or num_epochs != int(num_epochs):
     raise UserError(f'num_epochs must be a positive whole number of epochs, got {config.num_epochs}')
@@ -94,6 +117,25 @@ def check_config(config) -> None:
     from pruning_jax.methods import l1_norm  # pylint: disable=import-outside-toplevel
 
     l1_norm.target_cfg(model, _scheme(config))
+
+
+def _check_lottery(config) -> None:
+  from pruning_jax.methods import lottery, magnitude  # pylint: disable=import-outside-toplevel
+
+  lt = config.get('lottery')
+  if lt is None:
+    raise UserError('prune.method=lottery needs the config group lottery (structure, rounds, lrs)')
+  lottery.check_rounds(lt.rounds, lt.structure)
+  if not tuple(lt.lrs) or any(float(lr) <= 0 for lr in lt.lrs):
+    raise UserError(f'lottery.lrs must be positive learning rates, got {tuple(lt.lrs)}')
+  if config.init_from:
+    raise UserError('lottery tickets start from the random init the large model is trained from: no init_from')
+  if lt.structure == 'unstructured':
+    magnitude.check_percent(config.prune.percent)
+  else:  # a bad scheme stops before any training
+    from pruning_jax.methods import l1_norm  # pylint: disable=import-outside-toplevel
+
+    l1_norm.target_cfg(build_from_config(config.model, config.model.get('num_classes') or 10), _scheme(config))
 
 
 def _scheme(config):
@@ -130,9 +172,14 @@ def large_config(config, seed: int):
   return c
 
 
+def mask_mode(config) -> bool:
+  """The pruned model is the large one with weights held at 0 (slimming's mask implementation, unstructured)."""
+  return config.prune.mode == 'mask' or config.prune.method in UNSTRUCTURED
+
+
 def finetune_config(config, seed: int, prune_results: dict):
   c = _base(config, seed)
-  if config.prune.mode == 'mask':  # the large shape with the pruned channels held at 0
+  if mask_mode(config):  # the large shape with the pruned channels held at 0
     c.init_from, c.mask.path = prune_results['masked_export'], prune_results['mask']
   else:
     c = _pruned_model(c, prune_results)
@@ -153,6 +200,8 @@ def _finetune_optimizer(config):
 
 def scratch_config(config, seed: int, prune_results: dict, kind: str):
   c = _pruned_model(_base(config, seed), prune_results)
+  if config.prune.method in UNSTRUCTURED:  # the large shape, sparsely re-initialized, under the mask
+    c.init_from, c.mask.path = prune_results['scratch_init'], prune_results['mask']
   if kind == 'scratch_b':
     epochs = budget.scratch_b_of_experiment(config, prune_results).epochs
     base = int(config.num_epochs)
@@ -169,6 +218,17 @@ def scratch_config(config, seed: int, prune_results: dict, kind: str):
 def _abstract_variables(model, input_shape):
   v = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(input_shape, jnp.float32)))
   return {c: jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), dict(v[c])) for c in v}
+
+
+def _fresh_variables(model, input_shape, seed: int, draw: int = 0) -> dict:
+  """The model's own initialization for `seed` (host numpy), drawn as the training loop draws it (another draw
+  for draw > 0)."""
+  key = jax.random.PRNGKey(seed)
+  params_rng, dropout_rng, _ = jax.random.split(jax.random.fold_in(key, draw) if draw else key, 3)
+  init = jax.jit(
+      lambda: model.init({'params': params_rng, 'dropout': dropout_rng}, jnp.zeros(input_shape), train=False)
+  )
+  return {c: jax.tree_util.tree_map(np.asarray, dict(v)) for c, v in jax.device_get(init()).items()}
 
 
 def _counts(model, input_shape) -> tuple[int, int]:
@@ -209,8 +269,12 @@ def run_graph(config, model, variables: dict, input_shape):
 
 
 def run_method(config, model, variables: dict, input_shape=(1, 32, 32, 3)):
-  """(pruned model, its variables, report) of config.prune on `model`'s trained `variables`."""
+  """(pruned model, its variables, report) of config.prune on `model`'s trained `variables` (unstructured: the
+  large model with the pruned weights zeroed)."""
   p = config.prune
+  if p.method in UNSTRUCTURED:
+    result = run_unstructured(config, model, variables)
+    return result.model, result.variables, dict(result.report)
   if p.method == 'graph':
     return run_graph(config, model, variables, input_shape)
   if p.method == 'l1_norm':
@@ -235,8 +299,17 @@ def run_method(config, model, variables: dict, input_shape=(1, 32, 32, 3)):
   return small, small_vars, method_report
 
 
+def run_unstructured(config, model, variables: dict):
+  from pruning_jax.methods import magnitude  # pylint: disable=import-outside-toplevel
+
+  return magnitude.prune(model, None, variables, float(config.prune.percent))
+
+
 def run_mask(config, model, variables: dict):
   """(large-shape variables with the pruned channels zeroed, the params mask) of the mask implementation."""
+  if config.prune.method in UNSTRUCTURED:
+    result = run_unstructured(config, model, variables)
+    return result.variables, result.mask
   from pruning_jax.methods import slimming  # pylint: disable=import-outside-toplevel
 
   result = slimming.prune(model, None, variables, float(config.prune.percent), mask=True)
@@ -261,6 +334,15 @@ def prune_phase(config, seed: int):
     small, small_vars, method_report = run_method(config, model, variables, input_shape)
     params_large, macs_large = _counts(model, input_shape)
     params, macs = _counts(small, input_shape)
+    unstructured = config.prune.method in UNSTRUCTURED
+    if unstructured:
+      # Counted over the non-zero weights of the pruned model, i.e. after its mask is applied: the Scratch-B budget
+      # (pruning_jax.budget) scales with these MACs. The original cifar_B.py / imagenet main_B.py compute the ratio
+      # before loading the pruned checkpoint, so their Scratch-B trains Scratch-E's epochs (reference sheet
+      # section 9, item 3); we count what the pruned model really keeps.
+      from pruning_jax.methods import magnitude  # pylint: disable=import-outside-toplevel
+
+      params, macs = count_nonzero(small_vars['params']), magnitude.nonzero_macs(small, small_vars, input_shape)
     main_process = not jax.distributed.is_initialized() or jax.process_index() == 0
     from pruning_jax import io  # pylint: disable=import-outside-toplevel
 
@@ -283,7 +365,18 @@ def prune_phase(config, seed: int):
         'report': report.jsonable(method_report),
     }
     evaluated = export
-    if config.prune.mode == 'mask':
+    if unstructured:  # the export is already the masked large model; its mask and the Scratch-E/B init beside it
+      from pruning_jax.methods import magnitude  # pylint: disable=import-outside-toplevel
+
+      mask = run_mask(config, model, variables)[1]
+      results['masked_export'], results['mask'] = export, os.path.join(workdir, MASK)
+      results['scratch_init'] = os.path.join(workdir, SCRATCH_INIT)
+      if main_process:
+        save_mask(results['mask'], mask)
+        fresh = _fresh_variables(model, input_shape, seed)
+        fresh['params'] = magnitude.sparse_reinit(fresh['params'], mask, seed)
+        io.save_pruned(results['scratch_init'], model, fresh, extra={'method': config.prune.method, 'seed': seed})
+    elif config.prune.mode == 'mask':
       masked_vars, mask = run_mask(config, model, variables)
       results['masked_export'], results['mask'] = os.path.join(workdir, MASKED), os.path.join(workdir, MASK)
       if main_process:
@@ -296,7 +389,7 @@ def prune_phase(config, seed: int):
       multihost_utils.sync_global_devices(f'pruned_{seed}')
     # the pruned model's accuracy before any training, through the loop's eval
     ec = _base(config, seed)
-    if config.prune.mode != 'mask':
+    if not mask_mode(config):
       ec = _pruned_model(ec, results)
     ec.init_from, ec.eval_only = evaluated, True
     evaluation = train.run(ec, workdir, PruningTask)  # into PRUNE_DIR/eval/weights-pruned/
@@ -322,8 +415,140 @@ def small_cfg(prune_results: dict) -> list:
   return prune_results['pruned_model']['cfg']
 
 
+# ----------------------------------------------------------------------------------------------- lottery tickets
+def lottery_lr_tag(lr) -> str:
+  return f'lr{float(lr):g}'
+
+
+def _lottery_train_config(config, seed: int, lr: float, init_from: str, mask_path: str):
+  c = _base(config, seed)
+  c.optimizer.lr = float(lr)
+  c.init_from, c.mask.path = init_from, mask_path
+  return c
+
+
+def _data_shape(config) -> tuple[tuple, int]:
+  """(input shape of one image, number of classes) from the dataset, before anything trains."""
+  from core_jax import train  # pylint: disable=import-outside-toplevel
+
+  data = train.build_data(config)
+  shape = (1,) + tuple(np.shape(data.example['image'])[1:])
+  return shape, int(config.model.get('num_classes') or data.info.num_classes)
+
+
+def lottery_init_phase(config, seed: int) -> experiment.Phase:
+  """Saves the large model's random initialization (the draw the loop makes for this seed): every run of the
+  seed's lottery starts from this file, the large models and the winning tickets bit for bit."""
+
+  def run(workdir: str, done: dict) -> dict:
+    from pruning_jax import io  # pylint: disable=import-outside-toplevel
+
+    input_shape, num_classes = _data_shape(_base(config, seed))
+    model = build_from_config(config.model, num_classes)
+    path = os.path.join(workdir, LOTTERY_INIT)
+    if not jax.distributed.is_initialized() or jax.process_index() == 0:
+      io.save_pruned(path, model, _fresh_variables(model, input_shape, seed), extra={'seed': seed, 'what': 'init'})
+    return {'init': path, 'input_shape': list(input_shape), 'num_classes': num_classes}
+
+  return experiment.Phase(f'seed{seed}/init', run)
+
+
+def lottery_prune_phase(config, seed: int, lr, round_index: int, trained: str) -> experiment.Phase:
+  """Round r: the mask from the weights of phase `trained` (and round r-1's mask), the winning ticket (saved init
+  x mask) and, in the last round, the random re-init under the same mask."""
+  tag = f'seed{seed}/{lottery_lr_tag(lr)}'
+  rounds = int(config.lottery.rounds)
+
+  def run(workdir: str, done: dict) -> dict:
+    from pruning_jax import io  # pylint: disable=import-outside-toplevel
+    from pruning_jax.methods import lottery, magnitude  # pylint: disable=import-outside-toplevel
+    from pruning_jax.task import load_mask  # pylint: disable=import-outside-toplevel
+
+    init = done[f'seed{seed}/init']
+    input_shape, num_classes = tuple(init['input_shape']), int(init['num_classes'])
+    source = checkpoint.latest_step_dir(done[f'{tag}/{trained}']['workdir'])
+    if not source:
+      raise UserError(f'phase {tag}/{trained} left no checkpoint to prune')
+    model = build_from_config(config.model, num_classes)
+    variables = merge_weights(_abstract_variables(model, input_shape), read_weights(source)[1], source)
+    previous = None
+    if round_index > 1:
+      previous = load_mask(done[f'{tag}/prune{round_index - 1}']['mask'], variables['params'])
+    structure = config.lottery.structure
+    how = float(config.prune.percent) if structure == 'unstructured' else _scheme(config)
+    mask, method_report = lottery.next_mask(structure, model, variables, how, previous)
+    _, init_vars = io.load_pruned(init['init'])
+    ticket = lottery.winning_ticket(init_vars, mask)
+    paths = {'mask': os.path.join(workdir, MASK), 'ticket': os.path.join(workdir, TICKET)}
+    if round_index == rounds:
+      paths['random_init'] = os.path.join(workdir, RANDOM_INIT)
+    if not jax.distributed.is_initialized() or jax.process_index() == 0:
+      save_mask(paths['mask'], mask)
+      io.save_pruned(paths['ticket'], model, ticket, extra={'seed': seed, 'what': 'winning ticket'})
+      if 'random_init' in paths:
+        fresh = _fresh_variables(model, input_shape, seed, draw=1)
+        io.save_pruned(paths['random_init'], model, lottery.random_init(fresh, mask, seed), extra={'seed': seed})
+    params_large, macs_large = _counts(model, input_shape)
+    masked_out = sum(int(np.sum(np.asarray(m) == 0)) for m in jax.tree_util.tree_leaves(mask))
+    _say(
+        f'lottery {lottery_lr_tag(lr)} round {round_index}/{rounds} ({structure}): {masked_out:,} of '
+        f'{params_large:,} params masked; the ticket is {init["init"]} x this mask'
+    )
+    return {
+        **paths,
+        'source': source,
+        'round': round_index,
+        'params_large': params_large,
+        'macs_large': macs_large,
+        'params': params_large - masked_out,  # what the mask keeps (an init's BN biases are 0 but not pruned)
+        'macs': magnitude.nonzero_macs(model, ticket, input_shape),
+        'report': report.jsonable(method_report),
+    }
+
+  return experiment.Phase(f'{tag}/prune{round_index}', run)
+
+
+def lottery_phases(config, seed: int) -> list[experiment.Phase]:
+  """Per seed: init; per lr: large (from the init), rounds of prune{r} (+ round{r}: the ticket retrained, before
+  the next round), then the winning ticket and the random init trained under the last mask."""
+  out = [lottery_init_phase(config, seed)]
+  rounds = int(config.lottery.rounds)
+  for lr in config.lottery.lrs:
+    tag = f'seed{seed}/{lottery_lr_tag(lr)}'
+
+    def init_of(done, s=seed):
+      return done[f'seed{s}/init']['init']
+
+    out.append(
+        experiment.train_phase(
+            f'{tag}/large',
+            lambda done, s=seed, lr=lr: _lottery_train_config(config, s, lr, init_of(done), ''),
+            PruningTask,
+        )
+    )
+    trained = 'large'
+    for r in range(1, rounds + 1):
+      out.append(lottery_prune_phase(config, seed, lr, r, trained))
+      pruned = f'{tag}/prune{r}'
+      runs = [(f'round{r}', 'ticket')] if r < rounds else [('ticket', 'ticket'), ('random', 'random_init')]
+      for name, init_key in runs:
+        out.append(
+            experiment.train_phase(
+                f'{tag}/{name}',
+                lambda done, s=seed, lr=lr, p=pruned, k=init_key: _lottery_train_config(
+                    config, s, lr, done[p][k], done[p]['mask']
+                ),
+                PruningTask,
+            )
+        )
+      trained = f'round{r}'
+  return out
+
+
 # ----------------------------------------------------------------------------------------------- the experiment
 def phases_for(config) -> list[experiment.Phase]:
+  if config.prune.method == 'lottery':
+    return [p for seed in config.experiment.seeds for p in lottery_phases(config, int(seed))]
   wanted = tuple(config.experiment.phases)
   out = []
   for seed in config.experiment.seeds:

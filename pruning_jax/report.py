@@ -11,6 +11,8 @@ import numpy as np
 from core_jax import weights
 from pruning_jax import budget
 
+UNSTRUCTURED = ('magnitude',)  # methods whose params / MACs are counted over the non-zero weights
+
 COLUMNS = {  # phase -> its column, in the table's order (the order of pruning_jax.job.PHASES)
     'large': 'unpruned',
     'prune': 'pruned',
@@ -51,6 +53,7 @@ def _stats(values: list[float]) -> dict:
 def summarize(config, done: dict) -> dict:
   """results.json of the experiment from the phases' results."""
   phases = {}
+  unstructured = config.prune.method in UNSTRUCTURED
   for phase in COLUMNS:
     per_seed = []
     for seed in config.experiment.seeds:
@@ -60,6 +63,8 @@ def summarize(config, done: dict) -> dict:
       pr = done.get(f'seed{int(seed)}/prune')
       if phase == 'prune':
         params, macs, nonzero = r['params'], r['macs'], None
+      elif unstructured and phase != 'large':  # the weights the mask keeps (the prune phase counts the same way)
+        params, macs, nonzero = r.get('nonzero_params'), r.get('nonzero_macs', r.get('macs')), r.get('nonzero_params')
       else:
         params, macs, nonzero = r.get('params'), r.get('macs'), r.get('nonzero_params')
       per_seed.append(
@@ -148,6 +153,9 @@ def _method_text(prune: dict) -> str:
   if prune['method'] == 'l1_norm':
     scheme = prune.get('scheme')
     return f'L1-norm {scheme}' if isinstance(scheme, str) else f'L1-norm {json.dumps(scheme)}'
+  if prune['method'] == 'magnitude':
+    percent = 100 * float(prune['percent'])
+    return f'unstructured magnitude pruning {percent:g}% of the conv weights (params, MACs: non-zero)'
   if prune['method'] == 'graph':
     return (
         f'traced groups, {prune.get("criterion", "l1")} importance, {100 * float(prune.get("ratio", 0.5)):g}% of each '
@@ -216,10 +224,101 @@ def _write_atomic(path: str, text: str) -> None:
   weights.write_text_atomic(path, text)
 
 
+# ----------------------------------------------------------------------------------------------- lottery tickets
+LOTTERY_COLUMNS = {'large': 'unpruned', 'ticket': 'winning ticket', 'random': 'random init'}
+
+
+def summarize_lottery(config, done: dict) -> dict:
+  """results.json of a lottery experiment: per lr, the unpruned model, the winning ticket and the random init
+  (accuracy mean and sample std over seeds), the final mask's non-zero params and MACs."""
+  rounds = int(config.lottery.rounds)
+  by_lr = {}
+  for lr in config.lottery.lrs:
+    tag = f'lr{float(lr):g}'
+    entry = {}
+    for phase in LOTTERY_COLUMNS:
+      runs = [(int(s), done.get(f'seed{int(s)}/{tag}/{phase}')) for s in config.experiment.seeds]
+      runs = [(s, r) for s, r in runs if r is not None]
+      if runs:
+        entry[phase] = {
+            'accuracy': _stats([100.0 * float(r['accuracy']) for _, r in runs]),
+            'per_seed': [{'seed': s, 'accuracy': float(r['accuracy']), 'workdir': r.get('workdir')} for s, r in runs],
+        }
+    pruned = [done.get(f'seed{int(s)}/{tag}/prune{rounds}') for s in config.experiment.seeds]
+    pruned = [p for p in pruned if p is not None]
+    if pruned:
+      entry['pruned'] = {
+          key: _stats([p[key] for p in pruned]) for key in ('params', 'macs', 'params_large', 'macs_large')
+      }
+    by_lr[tag] = entry
+  return {
+      'title': config.experiment.title,
+      'dataset': config.data.name,
+      'model': config.model.name,
+      'method': 'lottery',
+      'prune': jsonable(config.prune.to_dict()),
+      'lottery': jsonable(config.lottery.to_dict()),
+      'seeds': [int(s) for s in config.experiment.seeds],
+      'lrs': by_lr,
+      'paper': jsonable(dict(config.experiment.get('paper') or {})),
+      'accuracy_note': 'top-1 % at the end of each phase; mean and sample std over seeds',
+  }
+
+
+def _lottery_text(summary: dict) -> str:
+  lt, prune = summary['lottery'], summary['prune']
+  if lt['structure'] == 'l1':
+    scheme = prune.get('scheme')
+    return f'structured (L1-norm {scheme if isinstance(scheme, str) else json.dumps(scheme)}, mask)'
+  rounds, percent = int(lt['rounds']), float(prune['percent'])
+  final = 100 * (1 - (1 - percent) ** rounds)
+  plural = 's' if rounds != 1 else ''
+  return f'unstructured, {rounds} round{plural} of {100 * percent:g}% ({final:.1f}% of the conv weights)'
+
+
+def markdown_lottery(summary: dict) -> str:
+  n = len(summary['seeds'])
+  lines = [
+      f'### {summary["title"]}',
+      '',
+      f'{summary["dataset"]}, lottery tickets, {_lottery_text(summary)}, {n} seed{"s" if n != 1 else ""} (mean ± std '
+      'of the final top-1 accuracy)',
+      '',
+      '| lr | ' + ' | '.join(LOTTERY_COLUMNS.values()) + ' | params (non-zero) | MACs (non-zero) |',
+      '|---|' + '---|' * (len(LOTTERY_COLUMNS) + 2),
+  ]
+  gaps = []
+  for tag, entry in summary['lrs'].items():
+    cells = []
+    for phase in LOTTERY_COLUMNS:
+      a = entry.get(phase, {}).get('accuracy')
+      cells.append('-' if a is None else (f'{a["mean"]:.2f} ± {a["std"]:.2f}' if n > 1 else f'{a["mean"]:.2f}'))
+    p = entry.get('pruned')
+    counts = ['-', '-']
+    if p:
+      counts = [
+          f'{_count_cell(p[k])} (-{100 * (1 - p[k]["mean"] / p[f"{k}_large"]["mean"]):.1f}%)'
+          for k in ('params', 'macs')
+      ]
+    lines.append(f'| {tag[2:]} | ' + ' | '.join(cells + counts) + ' |')
+    if 'ticket' in entry and 'random' in entry:
+      gaps.append(f'lr {tag[2:]}: {entry["ticket"]["accuracy"]["mean"] - entry["random"]["accuracy"]["mean"]:+.2f}')
+  if gaps:
+    lines += ['', 'winning ticket - random init (points): ' + '; '.join(gaps)]
+  paper = summary.get('paper') or {}
+  if paper:
+    lines += ['', 'paper: ' + '; '.join(f'{k} {v}' for k, v in paper.items())]
+  return '\n'.join(lines) + '\n'
+
+
 def write(config, done: dict, workdir: str) -> dict:
   """Writes DIR/results.json and DIR/results.md from the phases' results, prints the table; returns the summary."""
-  summary = summarize(config, done)
-  text = markdown(summary)
+  if config.prune.method == 'lottery':
+    summary = summarize_lottery(config, done)
+    text = markdown_lottery(summary)
+  else:
+    summary = summarize(config, done)
+    text = markdown(summary)
   _write_atomic(os.path.join(workdir, 'results.json'), json.dumps(summary, indent=1, allow_nan=True) + '\n')
   _write_atomic(os.path.join(workdir, 'results.md'), text)
   if not jax.distributed.is_initialized() or jax.process_index() == 0:

@@ -18,7 +18,8 @@ Config fields read here (the rest is core_jax.config.base_config):
                     naming the first mismatching key and both shapes.
 
 results.json gets (extra_results): model {family, cfg, selections, num_classes}, params, nonzero_params, macs
-(conv + Linear multiply-accumulates of one image of the dataset's size, core_jax.counting), input_shape.
+(conv + Linear multiply-accumulates of one image of the dataset's size, core_jax.counting), input_shape; with a
+mask also nonzero_macs (each conv counting its non-zero weights only, pruning_jax.methods.magnitude).
 """
 
 import os
@@ -196,10 +197,16 @@ class PruningTask(ClassificationTask):
     return counting.count_macs(self.build_model(), jax.ShapeDtypeStruct(self._input_shape, jnp.float32))
 
   def extra_results(self, state):
-    return {
+    out = {
         'model': models.describe(self.build_model()),
         'params': counting.count_params(state.params),
         'nonzero_params': count_nonzero(state.params),
         'macs': int(self.macs()),
         'input_shape': list(self._input_shape),
     }
+    if self.config.get('mask', {}).get('path', ''):  # the mask implementation: also the MACs of the kept weights
+      from pruning_jax.methods import magnitude  # pylint: disable=import-outside-toplevel
+
+      variables = {'params': jax.device_get(state.params), 'batch_stats': jax.device_get(state.batch_stats)}
+      out['nonzero_macs'] = magnitude.nonzero_macs(self.build_model(), variables, self._input_shape)
+    return out

@@ -36,6 +36,9 @@ def experiment_config():
       )
   )
   c.finetune = ml_collections.ConfigDict(dict(num_epochs=40, lr=0.001))
+  # prune.method='lottery' (pruning_jax.methods.lottery): 'unstructured' (rounds of prune.percent of the remaining
+  # conv weights) or 'l1' (prune.scheme, once); every phase runs at each of lrs
+  c.lottery = ml_collections.ConfigDict(dict(structure='unstructured', rounds=1, lrs=(0.1, 0.01)))
   c.scratch = ml_collections.ConfigDict(dict(budget_cap=0.0))
   c.experiment = ml_collections.ConfigDict(
       dict(title='', seeds=(0,), phases=job.PHASES, paper={}, compilation_cache=True)

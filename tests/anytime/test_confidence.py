@@ -131,8 +131,8 @@ def test_the_policy_masked_conv_is_what_every_masked_conv_calls(monkeypatch):
   v = conv.init(jax.random.PRNGKey(0), x, MaskSet(jnp.ones((1, 4, 4))))
   conv.apply(v, x, MaskSet(jnp.ones((1, 4, 4))))
   assert calls == [('dense', (1, 4, 4)), ('dense', (1, 4, 4))]
-  with pytest.raises(UserError, match=r"compute.masked_conv must be one of \('dense',\), got 'sparse'"):
-    confidence.for_backend(dict(masked_conv='sparse'))
+  with pytest.raises(UserError, match=r"compute.masked_conv must be one of \('dense', 'sparse'\), got 'tiles'"):
+    confidence.for_backend(dict(masked_conv='tiles'))
   with pytest.raises(UserError, match='compute.dwconv=.shifted.: the anytime line has no use for it'):
     confidence.for_backend(dict(dwconv='shifted'))
 
@@ -198,7 +198,8 @@ def tiny_ca():
   variables = jax.tree_util.tree_map_with_path(
       fill, {'params': abstract['params'], 'batch_stats': abstract['batch_stats']}
   )
-  logits1 = jax.jit(lambda v, x: probe.apply(v, x)['logits'][0])(variables, x)
+  # exit 1's logits only (`last_exit=1`: the stages after it cannot change them), without compiling the rest
+  logits1 = jax.jit(lambda v, x: probe.apply(v, x, last_exit=1)['logits'][0])(variables, x)
   conf = jax.nn.softmax(logits1, -1).max(-1)
   tau = float(jnp.quantile(conf, 0.5))
   return hrnet.build('w8_tiny', exit_type='rh', tau=tau, num_classes=4), variables, x

@@ -1,8 +1,8 @@
 """The loss-spike guard on every line's task (issue 23, item 4): ConvNeXt (tiny digits config), pruning (the
 ResNet of configs/pruning/digits_l1.py through PruningTask) and ADP-C (configs/anytime/digit_scenes.py's HRNet
-through AnytimeSegTask), each through core_jax.train.run: 3 sane steps, then the same workdir resumed at lr 1e8
-stops with one line before an exploded state is saved; the step it offers holds the sane run's weights, and a
-rerun from it with the sane lr finishes."""
+with two of its exits, through AnytimeSegTask), each through core_jax.train.run: 3 sane steps, then the same
+workdir resumed at lr 1e8 stops with one line before an exploded state is saved; the step it offers holds the
+sane run's weights, and a rerun from it with the sane lr finishes."""
 
 import json
 import math
@@ -39,7 +39,10 @@ def _anytime(tfds_dir):
 
   c = load_config_file(os.path.join(REPO, 'configs', 'anytime', 'digit_scenes.py'))
   c.data.update(dict(data_dir=tfds_dir, train_split='train[:128]', eval_split='validation[:50]'))
-  c.optimizer.warmup_epochs = 0.0
+  # two exits, stage 4 masked by exit 3's confidence (CA on: masked convs, RBF fill, the summed exit losses):
+  # the task's loss and masks as in the job, at a fraction of the four-exit step's compile (the test's time)
+  c.model.update(dict(exits=(3, 4), exit_type='ee', masked_stages=(4,)))
+  c.loss.exit_weights = (1.0, 1.0)
   return c, AnytimeSegTask
 
 
@@ -50,6 +53,9 @@ def test_every_line_stops_on_a_spike_and_resumes_from_the_offered_step(line, tfd
   sane_lr = config.optimizer.lr
   config.unlock()
   config.update(dict(num_train_steps=3, log_every_steps=1, eval_every_epochs=1000.0))
+  # a constant lr: the sane runs of 3 and of 8 steps then share one compiled train step (a schedule over the
+  # run's length bakes each length into its own program); the guard reads the loss, not the schedule
+  config.optimizer.update(dict(schedule='constant', warmup_epochs=0.0))
   config.checkpoint.update(dict(every_steps=1, keep=5, keep_best=False, asynchronous=False))
   workdir = str(tmp_path)
   train.run(config, workdir, task_cls)

@@ -6,7 +6,8 @@ sharding, the step jitted as core_jax.train does). The batch_stats, params, loss
 float tolerance, the 8-device program contains cross-device all-reduces, and, as a control that the check can
 fail, per-shard statistics (what unsynchronized BN would use, averaged over the 8 shards) differ in the
 variances (the small model's control; the HRNet's checks the sharded program only). A small BN CNN (float32);
-the anytime HRNet (digit_scenes' 'w8_nano', AnytimeSegTask's loss, one 32x64 example per device) slow.
+the anytime HRNet (digit_scenes' 'w8_nano' with exits 1 and 4, AnytimeSegTask's loss, one 32x64 example per
+device) slow.
 
 The HRNet runs in float64 (SYNC_BN_X64=1 in the workers): in float32 its params after 2 SGD steps differ between
 1 and 8 devices by up to 8% relative (abs <= 2e-5, median 3e-5 relative), in BN biases whose gradient nearly
@@ -76,6 +77,11 @@ def _hrnet_model():
 
   config = cli.load_config_file(os.path.join(REPO, 'configs', 'anytime', 'digit_scenes.py'))
   config.model.confidence_adaptive = os.environ.get('SYNC_BN_CA', '0') == '1'
+  # exits 1 and 4 of the job's four: exit 1's RH head has every kind of exit BN that exits 2 and 3 have (pooled
+  # down steps at 1/8..1/32, up steps), exit 4 is the segmentation head, and the backbone's BNs are all there;
+  # the two other heads only lengthened the compile of each worker's sharded step
+  config.model.exits = (1, 4)
+  config.loss.exit_weights = (1.0, 1.0)
   task = AnytimeSegTask(config, Info())
   rng = np.random.RandomState(0)
   n = DEVICES  # one example per device: the statistics are still over 8 x 8 x 16 pixels, and float64 is slow

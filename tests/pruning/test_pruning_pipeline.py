@@ -173,7 +173,7 @@ def test_scratch_b_claim_within_the_seeds_spread(finetune, scratch_b, holds):
 @pytest.mark.parametrize(
     'lines,message',
     [
-        (['c.prune.method = "magnitude"'], "unknown pruning method 'magnitude'"),
+        (['c.prune.method = "random"'], "unknown pruning method 'random'"),
         (['c.model.name = "resnet57"'], "unknown model 'resnet57'"),
         (['c.prune.scheme = "resnet57_z"'], "unknown L1-norm scheme 'resnet57_z'"),
         (

@@ -1,0 +1,137 @@
+"""The sparse masked conv (compute.masked_conv='sparse') against the masked-dense reference: hand-built masks
+on single convs (every capacity bucket, the dense fallbacks, per-example masks), a whole tiny HRNet at several
+thresholds, and the policy plumbing (training stays masked-dense; the choice is a hashable field)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from anytime_jax import confidence, hrnet
+from anytime_jax.confidence import Conv, MaskSet, TileSet
+from core_jax.compute import Compute
+
+LAM = 1.7
+AUTO_REST = {f: v for f, v in confidence.for_backend().__dict__.items() if f != 'masked_conv'}
+H = 32  # conv outputs 32 x 32, batch 2: 2 * 4 * 4 = 32 tiles of 8 x 8
+
+
+def _hand_masks(h, rng):
+  """name -> (2, h, h) float mask. Tile counts (conv / fill, of 32): all 32 / 0, none 0 / 0, single 2 / 8,
+  checkerboard 32 / 32, blob 6 / 12, band 24 / 16, per_example 16 / 0, overflow (more than the largest bucket:
+  the dense branches) 32 / 32."""
+  checker = np.indices((h, h)).sum(0) % 2
+  single = np.zeros((h, h))
+  single[h // 3, h // 2] = 1
+  band = np.zeros((h, h))
+  band[:20] = 1
+  return {
+      'all': np.ones((2, h, h)),
+      'none': np.zeros((2, h, h)),
+      'single': np.stack([single, single.T]),
+      'checkerboard': np.stack([checker, 1 - checker]),
+      'blob': np.stack([np.add.outer(np.arange(h), np.arange(h)) < h // 2] * 2),
+      'band': np.stack([band, band]),
+      'per_example': np.stack([np.ones((h, h)), np.zeros((h, h))]),
+      'overflow': rng.rand(2, h, h) < 0.95,
+  }
+
+
+@pytest.mark.parametrize('k,stride,bias', [(3, 1, False), (3, 2, False), (1, 1, True)])
+def test_sparse_equals_masked_dense_on_hand_built_masks(k, stride, bias):
+  rng = np.random.RandomState(k + stride)
+  cin, cout = 6, 5
+  x = jnp.asarray(rng.randn(2, H * stride, H * stride, cin).astype(np.float32))
+  kernel = jnp.asarray(rng.randn(k, k, cin, cout).astype(np.float32) / k)
+  b = jnp.asarray(rng.randn(cout).astype(np.float32)) if bias else None
+  pad = ((k // 2, k // 2), (k // 2, k // 2))
+  compute = Compute()
+
+  @jax.jit
+  def both(x, mask, lam):
+    dense = confidence.masked_dense(compute, x, kernel, b, mask, lam, (stride, stride), pad)
+    return dense, confidence.masked_sparse(compute, x, kernel, b, mask, lam, (stride, stride), pad)
+
+  conv_caps, fill_caps = confidence.capacities(32, confidence.CONV_BUCKETS), confidence.capacities(
+      32, confidence.FILL_BUCKETS
+  )
+  assert conv_caps == (8, 16, 24, 29) and fill_caps == (4, 8, 16)
+  conv_branches, fill_branches = set(), set()
+  for name, m in _hand_masks(H, rng).items():
+    mask = jnp.asarray(m, jnp.float32)
+    dense, sparse = both(x, mask, jnp.float32(LAM))
+    np.testing.assert_allclose(np.asarray(sparse), np.asarray(dense), atol=1e-5, rtol=0, err_msg=name)
+    tiles = TileSet(mask)
+    conv_branches.add(int(confidence._bucket_index(tiles.conv_count, conv_caps)))
+    fill_branches.add(int(confidence._bucket_index(tiles.fill_count, fill_caps)))
+  assert conv_branches == {0, 1, 2, 4} and fill_branches == {0, 1, 2, 3}  # gathered buckets and dense fallbacks
+
+
+def test_tile_set_orders_and_layout():
+  m = np.zeros((2, 16, 8), np.float32)
+  m[0, 1, 2] = 1  # tile 0 (example 0, tile row 0); its fill neighbourhood stays in tile row 0
+  m[1, 9, 7] = 1  # tile 3 (example 1, tile row 1); its fill neighbourhood (rows 6..12) reaches tile 2
+  t = TileSet(jnp.asarray(m))
+  assert (t.th, t.tw, t.nh, t.nw, t.num_tiles) == (8, 8, 2, 1, 4)
+  assert int(t.conv_count) == 2 and int(t.fill_count) == 3
+  np.testing.assert_array_equal(np.asarray(t.conv_order), [0, 3, 1, 2])
+  np.testing.assert_array_equal(np.asarray(t.fill_order), [0, 2, 3, 1])
+  a = jnp.arange(2 * 16 * 8 * 3.0).reshape(2, 16, 8, 3)
+  np.testing.assert_array_equal(np.asarray(t.to_tiles(a)[3]), np.asarray(a[1, 8:16, 0:8]))
+  np.testing.assert_array_equal(np.asarray(t.from_tiles(t.to_tiles(a))), np.asarray(a))
+
+
+@pytest.mark.slow  # 2 tiny-HRNet compiles: 110 s on the shared 2-core machine under load (~20 s idle, unmeasured)
+def test_sparse_hrnet_equals_masked_dense_at_several_thresholds():
+  """A tiny HRNet (weights N(0, 1 / fan_in): confidences differ between pixels) as masked-dense and sparse, at
+  thresholds splitting exit 1's pixels 10 / 50 / 90 % and at 1.0 (nothing skipped); one compiled program each."""
+  rng = np.random.RandomState(0)
+  image = rng.randn(1, 32, 32, 3).astype(np.float32)
+  x = jnp.asarray(np.concatenate([image, image[:, ::-1]]))  # the same confidences per example, masks differ
+
+  def build(masked_conv):
+    policy = confidence.for_backend(dict(masked_conv=masked_conv))
+    return hrnet.build('w8_tiny', exit_type='ee', tau=0.9, num_classes=4, compute=policy)
+
+  dense, sparse = build('dense'), build('sparse')
+  abstract = jax.eval_shape(dense.init, jax.random.PRNGKey(0), x)
+
+  def fill(path, s):  # BN identity, rbf_lambda 2, other weights N(0, 1 / fan_in): logits vary between pixels
+    name = path[-1].key
+    if name in ('var', 'scale', 'mean', 'rbf_lambda'):
+      return np.full(s.shape, {'var': 1.0, 'scale': 1.0, 'mean': 0.0, 'rbf_lambda': 2.0}[name], s.dtype)
+    return (rng.randn(*s.shape) / np.sqrt(max(1, np.prod(s.shape[:-1])))).astype(s.dtype)
+
+  variables = jax.tree_util.tree_map_with_path(
+      fill, {'params': abstract['params'], 'batch_stats': abstract['batch_stats']}
+  )
+  run = jax.jit(lambda model, v, x: model.apply(v, x), static_argnums=0)
+  conf1 = jax.nn.softmax(run(dense, {**variables, 'constants': {'tau': jnp.float32(1.0)}}, x)['logits'][0]).max(-1)
+  taus = [float(jnp.quantile(conf1, q)) for q in (0.1, 0.5, 0.9)] + [1.0]
+  fractions = []
+  for tau in taus:
+    v = {**variables, 'constants': {'tau': jnp.float32(tau)}}
+    want, got = run(dense, v, x), run(sparse, v, x)
+    for k, (a, b) in enumerate(zip(want['logits'], got['logits'])):
+      a, b = np.asarray(a), np.asarray(b)
+      np.testing.assert_allclose(b, a, atol=1e-4, rtol=0, err_msg=f'tau={tau} exit {k + 1}')
+      top2 = np.sort(a, -1)[..., -2:]
+      decided = top2[..., 1] - top2[..., 0] > 1e-4  # argmax may differ only at (near-)ties
+      np.testing.assert_array_equal(b.argmax(-1)[decided], a.argmax(-1)[decided])
+    np.testing.assert_array_equal(np.asarray(got['fractions']), np.asarray(want['fractions']))
+    fractions.append(np.asarray(want['fractions'][1]))
+  assert np.all(0 < fractions[1]) and np.all(fractions[1] < 1) and np.all(fractions[-1] == 1)  # masks were mixed
+
+
+def test_policy_is_a_hashable_build_time_choice_and_training_stays_dense(monkeypatch):
+  sparse_policy = confidence.for_backend(dict(masked_conv='sparse'))
+  assert sparse_policy != Compute() and hash(sparse_policy) == hash(Compute(masked_conv='sparse', **AUTO_REST))
+  calls = []
+  for name in ('dense', 'sparse'):
+    monkeypatch.setitem(confidence.MASKED_CONVS, name, lambda *a, name=name: calls.append(name) or a[1])
+  x = jnp.ones((1, 4, 4, 2))
+  conv = Conv(3, 3, exit_index=2, compute=sparse_policy)
+  v = conv.init(jax.random.PRNGKey(0), x, MaskSet(jnp.ones((1, 4, 4))))
+  conv.apply(v, x, MaskSet(jnp.ones((1, 4, 4)), train=True))
+  conv.apply(v, x, MaskSet(jnp.ones((1, 4, 4))))
+  assert calls == ['sparse', 'dense', 'sparse']  # init (not training), training, evaluation
