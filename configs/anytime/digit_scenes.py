@@ -29,8 +29,10 @@ Result (measured, 372 steps; exit 1..4 mIoU %, exit-4 GFLOPs per image; backgrou
   masked 4-exit training step takes about a minute of one core.
   Why exits 1 and 2 stay at background-only (not yet changed): an RH exit k average-pools 4 - k times from 1/4,
   so on a 64x128 scene exit 1 predicts from a 2x4 grid and exit 2 from a 4x8 one, coarser than a 16-40 px digit
-  (on Cityscapes' 1024x2048 the same pools leave 32x64). Candidates, untested: EE exits (1/4 resolution) or
-  class weights that keep the early exits off all-background.
+  (on Cityscapes' 1024x2048 the same pools leave 32x64). Tried once, not adopted: EE exits (1/4 resolution),
+  248 steps, -O1 (load ~25: 37 min 25 s wall, 5 min 17 s CPU): every exit above background-only but flat, 13.9 /
+  12.6 / 12.6 / 13.9 at tau 0.998 (exit 4 computes 52.9%), 13.9 / 12.5 / 12.1 / 13.0 at tau 1. Untested: class
+  weights that keep the early RH exits off all-background.
 Time:     4 min 38 s wall, 5 min 56 s CPU time on a nearly idle 2-core CPU from a fresh clone (its last line
           prints both; 17 min wall and 5 min 6 s CPU at load ~10), no faster than the earlier 496-step recipe's
           4.6 min; each eval-only threshold ~10 s (the threshold is an argument of the compiled eval step and the
