@@ -90,6 +90,13 @@ def plot(runs: list[dict], out: str, title: str = '', references=()) -> str:
   ax.set_title(title or 'anytime curve')
   ax.grid(True, alpha=0.3)
   ax.legend(fontsize=8, loc='lower right')
+  return save_figure(fig, out)
+
+
+def save_figure(fig, out: str) -> str:
+  """Lays out and writes the matplotlib figure `fig` to the PNG `out` atomically (a temp file, then a rename)."""
+  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+
   fig.tight_layout()
   tmp = f'{out}.tmp{os.getpid()}.png'
   fig.savefig(tmp)

@@ -1,12 +1,16 @@
 """The anytime line's job: one run (train, or evaluate with eval_only), or a comparison of several as phases of one
 core_jax.experiment ([baseline without CA,] the CA model, eval-only runs of its weights at each of
-`anytime.eval_taus`); then the report (anytime_jax.report). `run(config, workdir)` is the entry of
-`python -m anytime_jax.main`, which documents the options."""
+`anytime.eval_taus`); then the report (anytime_jax.report) and, for a comparison job with confidence adaptivity,
+WORKDIR/scene.png (`scene_figure`). `run(config, workdir)` is the entry of `python -m anytime_jax.main`, which
+documents the options."""
 
 import os
 
 from anytime_jax import report
 from core_jax.errors import UserError
+
+# XLA options for a program that runs once (core_jax.train compiles init the same way)
+CHEAP_COMPILE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
 
 
 def validate(config) -> None:
@@ -83,7 +87,66 @@ def _job(config, workdir: str) -> dict | None:
   if any('preempted_at_step' in r for r in done.values()) or len(done) < len(specs):
     return None
   runs = [report.run_entry(report.run_label(c), done[name], c) for name, c, _ in specs]
-  return report.write(workdir, runs, config)
+  data = report.write(workdir, runs, config)
+  main_name, main_config, _ = next(s for s in specs if s[2] is None and s[1] is config)
+  if main_config.model.get('confidence_adaptive', False):
+    print(f'scene:         {scene_figure(main_config, done[main_name]["workdir"], workdir)}', flush=True)
+  return data
+
+
+def scene_figure(config, weights_dir: str, workdir: str, index: int | None = None) -> str:
+  """WORKDIR/scene.png: one eval-split scene through the weights of `weights_dir` (a training workdir: its latest
+  checkpoint) at the config's threshold, drawn by report.plot_scene: the prediction of every exit and the mask
+  of the pixels each exit computed (exit 1 computes all; exit k > 1 those exit k - 1 was not confident about,
+  `confidence.confidence_mask` of its aggregated logits, exactly the mask the model applies).
+  `index` None: the scene with the most labelled classes among the split's first 20."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  from anytime_jax import confidence, task  # pylint: disable=import-outside-toplevel
+  from core_jax.data import ops, sources  # pylint: disable=import-outside-toplevel
+  from core_jax.seg_ops import resize_bilinear  # pylint: disable=import-outside-toplevel
+
+  d = config.data
+  source, info = sources.load_source(d.name, d.eval_split, d.get('data_dir') or None)
+  if index is None:
+    counts = [len(np.unique(np.asarray(source[i][task.LABEL_KEY]))) for i in range(min(20, len(source)))]
+    index = int(np.argmax(counts))
+  raw = dict(source[index])
+  example = ops.build_transforms(d.eval_transforms)(dict(raw), np.random.default_rng(0))
+  seg_task = task.AnytimeSegTask(config, info)
+  model = seg_task.build_model()
+  variables = task.read_our_checkpoint(weights_dir)
+  tau = float(seg_task.options['tau'])
+  labels = np.asarray(example[task.LABEL_KEY])
+
+  def forward(variables, image):
+    out = model.apply(variables, image, train=False)
+    logits = out['logits']
+    preds = [jax.numpy.argmax(resize_bilinear(lg, *labels.shape), axis=-1)[0] for lg in logits]
+    # exit k computes where exit k-1's aggregated logits are not confident (the model's own mask); exit 1 all
+    computed = [jax.numpy.ones(logits[0].shape[1:3])] + [confidence.confidence_mask(lg, tau)[0] for lg in logits[:-1]]
+    return preds, computed, [f[0] for f in out['fractions']]
+
+  # runs once: on CPU compiled as core_jax.train compiles init (XLA's optimizing backend takes longer than the run)
+  image = np.asarray(example[seg_task.input_key])[None]
+  lowered = jax.jit(forward).lower(variables, image)
+  compiled = lowered.compile(compiler_options=CHEAP_COMPILE) if jax.default_backend() == 'cpu' else lowered.compile()
+  preds, computed, fractions = compiled(variables, image)
+  masked = seg_task.options['masked_stages']
+  exits = [
+      {
+          'exit': k,
+          'prediction': np.asarray(p),
+          'computed': np.asarray(m) if k in masked else np.ones_like(np.asarray(m)),
+          'fraction': float(f),
+      }
+      for k, p, m, f in zip(seg_task.exits, preds, computed, fractions)
+  ]
+  title = f'{report.run_label(config)}: {d.name} {d.eval_split} scene {index}'
+  return report.plot_scene(
+      os.path.join(workdir, report.SCENE_PNG), raw['image'], labels, exits, title, seg_task.num_classes
+  )
 
 
 def run(config, workdir: str) -> dict | None:

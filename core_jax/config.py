@@ -21,6 +21,8 @@ every config on the command line. Groups and fields (read by core_jax.train unle
   compute               the compute policy (core_jax.compute): patch_conv, small_conv, pointwise_conv,
                         channel_multiple, fusion_barriers, dwconv, masked_conv; 'auto' / None: the line's
                         choice for the running backend; a choice the line's models cannot honour is an error
+  xla_compiler_options  (not in the base; a config may add it) XLA compile options of the train and eval steps,
+                        e.g. {'xla_backend_optimization_level': 1} (core_jax.train.compile_steps)
   init_from             weights file loaded by `Task.load_pretrained` on a fresh start only (never on resume)
   init_reinit_head      keep the freshly initialized classifier instead of the file's
   eval_only             evaluate without training: the weights of `init_from` when given, else the workdir's

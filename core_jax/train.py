@@ -297,16 +297,21 @@ class Steps:
 def compile_steps(b: Built) -> Steps:
   replicated = parallel.replicated(b.mesh)
   ss = b.state_sharding
+  # `xla_compiler_options` (a config may set it): XLA options of the train and eval steps, e.g. the embedded
+  # anytime job's {'xla_backend_optimization_level': 1}, which compiles its step in 3/4 of the time, runs as fast
+  xla_options = dict(b.config.get('xla_compiler_options', None) or {}) or None
   train = jax.jit(
       functools.partial(train_step, b.task, b.model, b.tx, ema_decay=b.ema_decay),
       in_shardings=(ss, b.batch_sharding),
       out_shardings=(ss, replicated),
       donate_argnums=(0,),
+      compiler_options=xla_options,
   )
   evaluate_ = jax.jit(
       functools.partial(eval_step, b.task, b.model),
       in_shardings=(ss.params, ss.batch_stats, b.batch_sharding, replicated),
       out_shardings=replicated,
+      compiler_options=xla_options,
   )
   epoch_end = None
   if type(b.task).on_epoch_end is not Task.on_epoch_end:

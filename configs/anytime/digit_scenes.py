@@ -7,11 +7,12 @@ Phases (sub-workdirs of WORKDIR, core_jax.experiment: a rerun skips finished pha
   adp_c_tau<t>       eval-only runs of the adp_c weights at each of anytime.eval_taus (no retraining); tau 1
                      computes every pixel, i.e. the EE+RH network's dense cost with these weights
   (--config.anytime.baseline_exit_type=rh also trains a separate EE+RH model first, the paper's EE+RH row)
-Writes WORKDIR/anytime.json (per run and exit: mIoU, GFLOPs, fraction computed) and WORKDIR/anytime.png
-(the anytime curve), and prints the table. Model: 'w8_nano' (branch widths 8/16/32/64, a 16-channel stem,
-one module per stage, one block per branch, RH inter channels 16; not from the paper), 11 classes, trained on
-64x64 crops of the 64x128 scenes rescaled by 0.75-1.25, evaluated on the 200 validation scenes (held-out
-handwriting) at full size.
+Writes WORKDIR/anytime.json (per run and exit: mIoU, GFLOPs, fraction computed), WORKDIR/anytime.png
+(the anytime curve) and WORKDIR/scene.png (one validation scene: the input, its labels, each exit's prediction and
+the mask of the pixels each exit computed; anytime_jax.job.scene_figure), and prints the table.
+Model: 'w8_nano' (branch widths 8/16/32/64, a 16-channel stem, one module per stage, one block per branch, RH
+inter channels 16; not from the paper), 11 classes, trained on 64x64 crops of the 64x128 scenes rescaled by
+0.75-1.25, evaluated on the 200 validation scenes (held-out handwriting) at full size.
 Why not the Cityscapes recipe (SGD, N(0, 0.001) kernels, BN momentum 0.99, 32x64 crops + flip, 3 epochs: every
 pixel was predicted background, mIoU 8.4% at every exit with lr 0.1 or 0.01, also with train-mode BN; 12-14%
 at exit 4 with He kernels, AdamW or class weights at that length): the reference starts from ImageNet weights,
@@ -26,11 +27,23 @@ Result (measured, 372 steps; exit 1..4 mIoU %, exit-4 GFLOPs per image; backgrou
   Sized for `make demo`'s budget, less work per run than the previous recipe (496 steps on whole 64x128 scenes,
   thresholds 1 / 0.99 / 0.9; exit 4 reached 30.5 at tau 0.998). Most of the time is fixed: compiling the
   masked 4-exit training step takes about a minute of one core.
+  Why exits 1 and 2 stay at background-only (not yet changed): an RH exit k average-pools 4 - k times from 1/4,
+  so on a 64x128 scene exit 1 predicts from a 2x4 grid and exit 2 from a 4x8 one, coarser than a 16-40 px digit
+  (on Cityscapes' 1024x2048 the same pools leave 32x64). Tried once, not adopted: EE exits (1/4 resolution),
+  248 steps, -O1 (load ~25: 37 min 25 s wall, 5 min 17 s CPU): every exit above background-only but flat, 13.9 /
+  12.6 / 12.6 / 13.9 at tau 0.998 (exit 4 computes 52.9%), 13.9 / 12.5 / 12.1 / 13.0 at tau 1. Untested: class
+  weights that keep the early RH exits off all-background.
 Time:     4 min 38 s wall, 5 min 56 s CPU time on a nearly idle 2-core CPU from a fresh clone (its last line
-          prints both; 17 min wall and 5 min 6 s CPU at load ~10), about a third of the CPU time compiling (the
-          training step alone about a minute of one core), so no faster than the earlier 496-step recipe's 4.6 min;
-          each eval-only threshold ~10 s (the threshold is an argument of the compiled eval step and the compiled
-          programs are kept in WORKDIR/xla_cache: it compiles nothing).
+          prints both; 17 min wall and 5 min 6 s CPU at load ~10), no faster than the earlier 496-step recipe's
+          4.6 min; each eval-only threshold ~10 s (the threshold is an argument of the compiled eval step and the
+          compiled programs are kept in WORKDIR/xla_cache: it compiles nothing). Where the CPU time goes (measured
+          piece by piece at load ~16, CPU seconds of this process): building data and model and initializing 17 s;
+          compiling the masked 4-exit train step 80 s at XLA's default LLVM -O2, 58 s at -O1 (same 0.43 s per
+          step; -O0 compiles in 45 s but steps take 1.35 s), hence `xla_compiler_options` below; compiling the eval
+          step 27 s; a train step 0.42 s (batch 16 at 64x64; batch 32 at 64x128, 4x the pixels, 1.79 s: the step
+          scales with pixels, not with the number of ops, so fewer crops or steps are the only other cut), 160 s
+          for the 372; one pass over the 200 validation scenes 3.5 s. The table above was printed before the -O1
+          option (XLA:CPU compiles without fast-math, so -O1 should not change a digit; not yet re-run).
 """
 
 import os
@@ -80,6 +93,8 @@ def get_config():
   c.num_epochs = 6.0
   c.eval_every_epochs = 1000.0  # once, at the end
   c.log_every_steps = 62
+  # the step compiles at LLVM -O1: 3/4 of the default's compile time (~60 s vs ~80 s of one core), the same step time
+  c.xla_compiler_options = {'xla_backend_optimization_level': 1}
   c.checkpoint.update(dict(every_steps=1000, keep=1, keep_best=False))
   # AdamW: from scratch in ~500 steps; SGD (the reference's, from ImageNet) left every pixel background here
   c.optimizer.update(

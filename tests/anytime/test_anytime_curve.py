@@ -120,3 +120,20 @@ def test_table_and_run_entry():
   assert lines[2].split()[-5:] == ['50.0', '60.0', '70.0', '80.0', '65.0']
   assert lines[4].split()[-5:] == ['100.0', '80.0', '50.0', '25.0', '60.0']  # computed %
   assert lines[5].split()[-4:] == ['0.0', '20.0', '50.0', '75.0']  # skipped %
+
+
+def test_plot_scene_draws_every_exit(tmp_path):
+  rng = np.random.RandomState(0)
+  labels = rng.randint(0, 11, (16, 32)).astype(np.uint8)
+  labels[0, :4] = 255
+  exits = [
+      {'exit': k, 'prediction': rng.randint(0, 11, (16, 32)), 'computed': rng.rand(4, 8) < 0.5, 'fraction': 0.5}
+      for k in (1, 2, 3, 4)
+  ]
+  image = rng.randint(0, 256, (16, 32, 3)).astype(np.uint8)
+  out = report.plot_scene(str(tmp_path / 'scene.png'), image, labels, exits, 'a scene', num_classes=11)
+  assert out == str(tmp_path / 'scene.png') and os.path.getsize(out) > 5_000
+  assert os.listdir(tmp_path) == ['scene.png']  # written atomically: no temp file left
+  colors = report.label_colors(11)
+  assert colors.shape == (12, 3) and tuple(colors[0]) == (0, 0, 0) and tuple(colors[-1]) == (1, 1, 1)
+  assert len({tuple(c) for c in colors}) == 12  # background, 10 digits and ignore all distinct

@@ -1,16 +1,19 @@
 """anytime_jax.main: bad input is one line and exit 2 (before any data work); the digit_scenes job end to end
-(small: a few steps on a slice; its tau-1 phase is an eval-only run at another threshold), eval-only into its own
-directory reproducing the training's evaluation and at a lower threshold, rerun skips phases."""
+(small: 24 steps fitting 8 scenes, its last exit then above background-only on them; its tau-1 phase is an
+eval-only run at another threshold; the scene figure), eval-only into its own directory reproducing the training's
+evaluation and at a lower threshold, rerun skips phases."""
 
 import json
 import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
-from anytime_jax import job, main
-from core_jax import cli
+from anytime_jax import job, main, report
+from core_jax import cli, metrics
+from core_jax.data import sources
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DIGITS = os.path.join(REPO, 'configs', 'anytime', 'digit_scenes.py')
@@ -70,16 +73,33 @@ def test_help_lists_the_configs(capsys):
   assert not any(line.split()[0] == '_base.py' for line in out.splitlines() if line.strip())
 
 
+# The end-to-end job fits its few training scenes: LEARN_STEPS full-batch steps on 8 scenes, evaluated on the same
+# scenes, take its last exit above predicting background everywhere (what a job that does not learn scores)
+LEARN_STEPS = 24
+
+
 def small_job(tfds_dir):
   c = cli.load_config_file(DIGITS)
-  c.data.update(dict(data_dir=str(tfds_dir), train_split='train[:16]', eval_split='validation[:8]'))
+  c.data.update(dict(data_dir=str(tfds_dir), train_split='train[:8]', eval_split='train[:8]'))
   c.batch_size = 8
   c.eval_batch_size = 8
-  c.num_train_steps = 2
-  c.log_every_steps = 1
-  c.checkpoint.update(dict(every_steps=2, asynchronous=False))
+  c.num_train_steps = LEARN_STEPS
+  c.log_every_steps = LEARN_STEPS
+  c.optimizer.warmup_epochs = 0.0
+  c.checkpoint.update(dict(every_steps=LEARN_STEPS, asynchronous=False))
   c.anytime.eval_taus = (1.0,)  # the dense run; the eval-only run below covers a lower threshold
   return c
+
+
+def background_only_miou(tfds_dir, split: str) -> float:
+  """The mIoU of predicting class 0 (background) at every pixel of `split`, from its labels (255 ignored)."""
+  source, info = sources.load_source('digit_scenes', split, str(tfds_dir))
+  k = int(info.num_classes)
+  cm = np.zeros((k, k), np.int64)
+  for i in range(len(source)):
+    labels = np.asarray(source[i]['segmentation']).ravel()
+    cm[:, 0] += np.bincount(labels[labels != 255], minlength=k)[:k]
+  return metrics.confusion_matrix_scores(cm)['miou']
 
 
 @pytest.mark.slow
@@ -87,12 +107,18 @@ def test_digit_scenes_job_end_to_end(tmp_path, tfds_dir, capsys):
   workdir = str(tmp_path / 'job')
   data = job.run(small_job(tfds_dir), workdir)
   out = capsys.readouterr().out
-  assert [r['label'] for r in data['runs']] == ['ADP-C (tau 0.998)', 'ADP-C (tau 1)']
+  name = report.run_label(small_job(tfds_dir)).split(' (')[0]  # ADP-C, or EE+CA with EE exits
+  assert [r['label'] for r in data['runs']] == [f'{name} (tau 0.998)', f'{name} (tau 1)']
   with open(os.path.join(workdir, 'anytime.json')) as f:
     assert json.load(f)['runs'] == data['runs']
   assert os.path.getsize(os.path.join(workdir, 'anytime.png')) > 10_000
   assert 'mIoU %' in out and 'skipped %' in out and 'anytime curve:' in out
   adp_c, dense = data['runs']
+  # it learns: the last exit beats background-only on the scenes it fitted (the first exit need not yet)
+  background = background_only_miou(tfds_dir, 'train[:8]')
+  assert 0.05 < background < 0.2
+  assert adp_c['exits'][-1]['miou'] > 100 * background + 5.0, (adp_c['exits'], background)
+  assert os.path.getsize(os.path.join(workdir, 'scene.png')) > 10_000
   for run in data['runs']:
     assert [e['exit'] for e in run['exits']] == [1, 2, 3, 4]
     gf = [e['gflops'] for e in run['exits']]
@@ -102,9 +128,9 @@ def test_digit_scenes_job_end_to_end(tmp_path, tfds_dir, capsys):
   assert all(e['fraction'] == 1.0 for e in dense['exits'])
   assert [e['gflops'] for e in dense['exits']] == pytest.approx(list(dense['gflops_dense'].values()), rel=1e-6)
 
-  # eval-only in the trained phase dir: into the core's PHASE/eval/step2-tau0.998, the training results untouched.
-  # At the training's own threshold it reproduces the training phase's evaluation exactly (the same checkpoint and
-  # program)
+  # eval-only in the trained phase dir: into the core's PHASE/eval/step<LEARN_STEPS>-tau0.998, the training results
+  # untouched. At the training's own threshold it reproduces the training phase's evaluation exactly (the same
+  # checkpoint and program)
   phase = os.path.join(workdir, 'adp_c')
   with open(os.path.join(phase, 'results.json')) as f:
     before = f.read()
@@ -113,9 +139,9 @@ def test_digit_scenes_job_end_to_end(tmp_path, tfds_dir, capsys):
   single = job.run(c, phase)
   with open(os.path.join(phase, 'results.json')) as f:
     assert f.read() == before
-  assert os.path.isfile(os.path.join(phase, 'eval', 'step2-tau0.998', 'anytime.json'))
-  assert single['runs'][0]['label'] == 'ADP-C (tau 0.998)'
-  assert single['runs'][0]['weights'] == os.path.join(phase, 'checkpoints', '2')
+  assert os.path.isfile(os.path.join(phase, 'eval', f'step{LEARN_STEPS}-tau0.998', 'anytime.json'))
+  assert single['runs'][0]['label'] == f'{name} (tau 0.998)'
+  assert single['runs'][0]['weights'] == os.path.join(phase, 'checkpoints', str(LEARN_STEPS))
   assert single['runs'][0]['exits'] == adp_c['exits']
   # a lower threshold computes no more pixels and costs no more: tau 0.998 against tau 1
   for low, high in zip(adp_c['exits'], dense['exits']):
@@ -124,8 +150,8 @@ def test_digit_scenes_job_end_to_end(tmp_path, tfds_dir, capsys):
   # the threshold is the step's argument), again no more pixels than at 0.998
   c.model.tau = 0.9
   low = job.run(c, phase)['runs'][0]
-  assert os.path.isfile(os.path.join(phase, 'eval', 'step2-tau0.9', 'anytime.json'))
-  assert low['label'] == 'ADP-C (tau 0.9)'
+  assert os.path.isfile(os.path.join(phase, 'eval', f'step{LEARN_STEPS}-tau0.9', 'anytime.json'))
+  assert low['label'] == f'{name} (tau 0.9)'
   assert low['exits'][3]['fraction'] <= adp_c['exits'][3]['fraction']
   assert low['exits'][3]['gflops'] <= adp_c['exits'][3]['gflops'] + 1e-9
 
