@@ -8,9 +8,10 @@ tau = the median of exit 1's confidence on the benchmark image ("tau_median": ra
 confident, so at 0.998 nothing exits; the median makes half the pixels exit at exit 1, to show the effect;
 conv weights are He-scaled so that confidences differ between pixels).
 GFLOPs follow the paper (anytime_jax.flops: conv/linear MACs / 1024^3, masked convs at dense x computed
-fraction + the interpolation term). The masked convs are masked-dense (`compute.masked_conv='dense'`): they
-compute every output and then fill, so ADP-C saves FLOPs on paper only and its wall-clock is the dense one
-plus the RBF fill; a faster masked conv (another `compute.masked_conv`) shows up here.
+fraction + the interpolation term). The ADP-C variants run masked-dense (`compute.masked_conv='dense'`: every
+output computed, then filled, so ADP-C saves FLOPs on paper only and its wall-clock is the dense one plus the RBF
+fill), and again as `*_sparse` (`compute.masked_conv='sparse'`: the conv only on the tiles that keep a pixel,
+the fill only where it is non-zero; the same outputs, tests/anytime/test_sparse_conv.py).
 
 Backbone: our HRNet stem..stage4 (`features_only`, jax.jit; nearest upsampling in the fuse layers, as timm's
 classification HRNet, so both run the same network) against timm's `create_model(arch, head='')`
@@ -22,7 +23,7 @@ import argparse
 
 from benchmarks import common
 
-VARIANTS = ('rh', 'adpc', 'adpc_tau_median')
+VARIANTS = ('rh', 'adpc', 'adpc_tau_median', 'adpc_sparse', 'adpc_tau_median_sparse')
 TAU = 0.998
 
 
@@ -57,15 +58,17 @@ def worker_exits(args):
   jax, np, hrnet, x = _setup(args)
   from anytime_jax import confidence, flops  # pylint: disable=import-outside-toplevel
 
-  tau = None if args.variant == 'rh' else TAU
-  model = hrnet.build(args.arch, exit_type='rh', tau=tau)
+  variant = args.variant.removesuffix('_sparse')
+  policy = confidence.for_backend(dict(masked_conv='sparse' if args.variant.endswith('_sparse') else 'dense'))
+  tau = None if variant == 'rh' else TAU
+  model = hrnet.build(args.arch, exit_type='rh', tau=tau, compute=policy)
   variables = jax.device_put(_he_weights(hrnet.random_variables(model)))
-  if args.variant == 'adpc_tau_median':
+  if variant == 'adpc_tau_median':
     probe = jax.jit(lambda v, x: model.apply(v, x, last_exit=1)['logits'][0])(variables, x)
     conf = np.unique(np.asarray(jax.nn.softmax(probe, -1).max(-1)).astype(np.float64))
     # midway between the two middle distinct confidences: a strict split even where they nearly tie
     tau = float((conf[len(conf) // 2 - 1] + conf[len(conf) // 2]) / 2) if len(conf) > 1 else float(conf[0])
-    model = hrnet.build(args.arch, exit_type='rh', tau=tau)
+    model = hrnet.build(args.arch, exit_type='rh', tau=tau, compute=policy)
   for k in (1, 2, 3, 4):
     fwd = jax.jit(lambda v, x, k=k: flops.apply_with_macs(model, v, x, last_exit=k))
     out = [None]
@@ -86,7 +89,7 @@ def worker_exits(args):
             'width': args.width,
             'gflops': float(macs[f'exit{k}'][0]) / flops.GIGA,
             'fraction_computed': float(outputs['fractions'][-1][0]),
-            'masked_conv': confidence.for_backend().masked_conv,
+            'masked_conv': policy.masked_conv,
             **stats,
         }
     )

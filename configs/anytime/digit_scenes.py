@@ -21,9 +21,11 @@ of 1-70x their norm per step; at BN momentum 0.99 the running statistics lag (ev
 84.5% on a fitted batch);
 digit identity is what takes the epochs (exit-4 mIoU 15% after 3 epochs, 29% after 8 on w8_nano without CA).
 Result (measured, 372 steps; exit 1..4 mIoU %, exit-4 GFLOPs per image; background-only is 8.4 at every exit):
-  ADP-C tau 0.998  8.4 / 9.5 / 11.5 / 16.1   0.0221  (exit 4 computes 98.5% of the pixels)
-  ADP-C tau 1      8.4 / 9.5 / 11.5 / 16.0   0.0222  (every pixel: the dense cost)
-  ADP-C tau 0.99   8.4 / 9.5 / 11.4 / 15.4   0.0147  (39.4%)
+  ADP-C tau 0.998  8.4 / 9.4 / 11.5 / 16.3   0.0221  (exit 4 computes 98.4% of the pixels)
+  ADP-C tau 1      8.4 / 9.4 / 11.6 / 16.2   0.0222  (every pixel: the dense cost)
+  ADP-C tau 0.99   8.4 / 9.4 / 11.6 / 16.0   0.0147  (39.2%)
+  (fresh clone at eee1ae6, with the -O1 option below; before it: 8.4 / 9.5 / 11.5 / 16.1, 16.0 and 15.4: LLVM -O1
+  rounds differently, a few hundred steps amplify it)
   Sized for `make demo`'s budget, less work per run than the previous recipe (496 steps on whole 64x128 scenes,
   thresholds 1 / 0.99 / 0.9; exit 4 reached 30.5 at tau 0.998). Most of the time is fixed: compiling the
   masked 4-exit training step takes about a minute of one core.
@@ -33,17 +35,16 @@ Result (measured, 372 steps; exit 1..4 mIoU %, exit-4 GFLOPs per image; backgrou
   248 steps, -O1 (load ~25: 37 min 25 s wall, 5 min 17 s CPU): every exit above background-only but flat, 13.9 /
   12.6 / 12.6 / 13.9 at tau 0.998 (exit 4 computes 52.9%), 13.9 / 12.5 / 12.1 / 13.0 at tau 1. Untested: class
   weights that keep the early RH exits off all-background.
-Time:     4 min 38 s wall, 5 min 56 s CPU time on a nearly idle 2-core CPU from a fresh clone (its last line
-          prints both; 17 min wall and 5 min 6 s CPU at load ~10), no faster than the earlier 496-step recipe's
-          4.6 min; each eval-only threshold ~10 s (the threshold is an argument of the compiled eval step and the
-          compiled programs are kept in WORKDIR/xla_cache: it compiles nothing). Where the CPU time goes (measured
+Time:     3 min 51 s wall, 5 min 28 s CPU time on an idle 2-core Intel Xeon from a fresh clone at eee1ae6 (its
+          last line prints both; 4 min 38 s / 5 min 56 s before the -O1 option); each eval-only threshold ~10 s
+          (the threshold is an argument of the compiled eval step and the compiled programs are kept in
+          WORKDIR/xla_cache: it compiles nothing). Where the CPU time goes (measured
           piece by piece at load ~16, CPU seconds of this process): building data and model and initializing 17 s;
           compiling the masked 4-exit train step 80 s at XLA's default LLVM -O2, 58 s at -O1 (same 0.43 s per
           step; -O0 compiles in 45 s but steps take 1.35 s), hence `xla_compiler_options` below; compiling the eval
           step 27 s; a train step 0.42 s (batch 16 at 64x64; batch 32 at 64x128, 4x the pixels, 1.79 s: the step
           scales with pixels, not with the number of ops, so fewer crops or steps are the only other cut), 160 s
-          for the 372; one pass over the 200 validation scenes 3.5 s. The table above was printed before the -O1
-          option (XLA:CPU compiles without fast-math, so -O1 should not change a digit; not yet re-run).
+          for the 372; one pass over the 200 validation scenes 3.5 s.
 """
 
 import os

@@ -75,6 +75,7 @@ def _eval(task, model, variables, x, labels, mask):
   return outputs, task.eval_metrics.single_from_model_output(**outputs)
 
 
+@pytest.mark.slow  # compiles the CA HRNet's eval at several thresholds: ~32 s on 2 cores
 def test_eval_metrics_per_exit_and_mean(tiny_ca):
   task, model, variables, x = tiny_ca
   labels = jnp.asarray(np.random.RandomState(2).randint(0, 11, (4, 32, 64)).astype(np.uint8))

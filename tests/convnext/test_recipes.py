@@ -292,6 +292,7 @@ def test_eval_only_on_checkpoint(data, tmp_path_factory):
   assert 'eval_only' not in json.load(open(os.path.join(workdir, 'results.json')))  # the training's, kept
 
 
+@pytest.mark.slow  # eval-only run of a converted timm file through the CLI: ~40 s on 2 cores
 def test_eval_only_on_timm_file(data, tmp_path_factory):
   from convnext_jax import export, models
   from core_jax.data import ops, sources

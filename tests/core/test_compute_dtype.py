@@ -57,9 +57,10 @@ def _dtypes_of(jaxpr, primitives=('conv_general_dilated', 'dot_general')) -> set
   return found
 
 
+@pytest.mark.slow  # a train step per line, each ~12 s or more on 2 cores
 @pytest.mark.parametrize(
     'line',
-    [_convnext, _pruning, pytest.param(_anytime, marks=pytest.mark.slow)],
+    [_convnext, _pruning, _anytime],
     ids=['convnext', 'pruning', 'anytime'],
 )
 def test_bfloat16_train_step(line):

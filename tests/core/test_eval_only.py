@@ -77,6 +77,7 @@ def test_eval_only_writes_under_eval_and_touches_nothing_of_the_training(trained
   assert not any(os.path.exists(os.path.join(workdir, d)) for d in ('checkpoints_corrupt', 'checkpoints_superseded'))
 
 
+@pytest.mark.slow  # a real eval-only process: ~11 s on 2 cores
 def test_eval_only_of_a_weights_file(trained, tfds_dir, tmp_path, capsys):
   workdir, _ = trained
   b = train.build(_config(tfds_dir), str(tmp_path), toy_task.ToyTask)

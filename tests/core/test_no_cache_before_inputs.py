@@ -10,6 +10,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -42,6 +43,7 @@ def _one_line(proc, needle):
   assert sum(line.startswith('error: ') for line in err) == 1, proc.stderr[-2000:]
 
 
+@pytest.mark.slow  # a real anytime process building its HRNet: ~22 s on 2 cores
 def test_anytime_weights_of_another_width_leave_nothing(tmp_path, tfds_dir):
   from anytime_jax import convert, hrnet  # pylint: disable=import-outside-toplevel
 

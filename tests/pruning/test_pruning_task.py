@@ -59,6 +59,7 @@ def test_build_model_named_family_and_errors():
   assert '\n' not in str(e.value)
 
 
+@pytest.mark.slow  # compiles a train step: ~14 s on 2 cores
 def test_sparsity_pre_transform_adds_s_sign_gamma_to_bn_scales_only():
   task = _task(**{'sparsity.s': 1e-2})
   pre, post = task.optimizer_transforms()
@@ -147,6 +148,7 @@ def test_load_pretrained_from_export_step_dir_and_mismatches(tmp_path):
     task.load_pretrained(fresh, str(tmp_path / 'missing.bin'), False)
 
 
+@pytest.mark.slow  # counts MACs of a full-size model: ~12 s on 2 cores
 def test_extra_results_counts_params_nonzero_and_macs():
   task = _task('resnet_cifar', (8, 16, 32))
   model = task.build_model()
