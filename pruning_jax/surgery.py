@@ -287,18 +287,7 @@ def channel_mask(model, variables: Mapping, keep: Mapping[str, Sequence[int]]) -
       drop = np.setdiff1d(np.asarray(_current_selection(model, cs)), kept)
       for leaf in ('scale', 'bias'):
         zero(f'{cs.bn}/{leaf}', 0, drop)
-  return _unflatten_with_none(mask)
-
-
-def _unflatten_with_none(flat: Mapping[str, np.ndarray | None]) -> dict:
-  out: dict = {}
-  for path, v in flat.items():
-    node = out
-    *parents, leaf = path.split('/')
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = v
-  return out
+  return unflatten(mask)
 
 
 def apply_mask(tree, mask):

@@ -126,14 +126,7 @@ def load_mask(path: str, params) -> dict:
     flat[key] = m
   if tensors:
     raise UserError(f'mask {path} has {sorted(tensors)[0]}, which the model lacks')
-  tree: dict = {}
-  for key, m in flat.items():
-    node = tree
-    *parents, leaf = key.split('/')
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = m
-  return tree
+  return unflatten(flat)
 
 
 def count_nonzero(tree) -> int:

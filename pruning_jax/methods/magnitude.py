@@ -32,7 +32,8 @@ import numpy as np
 
 from core_jax import counting
 from core_jax.errors import UserError
-from core_jax.weights import flatten
+from core_jax.weights import flatten, unflatten
+from pruning_jax import surgery
 from pruning_jax.methods import PruneResult, resolve_model
 
 
@@ -106,28 +107,12 @@ def plan(params, percent: float, mask=None):
       'conv_sparsity': 1.0 - kept / total,
       'kept_fraction_per_layer': per_layer,
   }
-  return unflatten_with_none(flat_mask), report
-
-
-def unflatten_with_none(flat: Mapping) -> dict:
-  out: dict = {}
-  for path, v in flat.items():
-    node = out
-    *parents, leaf = path.split('/')
-    for p in parents:
-      node = node.setdefault(p, {})
-    node[leaf] = v
-  return out
+  return unflatten(flat_mask), report
 
 
 def apply(params, mask):
   """params * mask leafwise (None mask leaves: unchanged), as host numpy."""
-  return jax.tree_util.tree_map(
-      lambda m, x: np.asarray(jax.device_get(x)) if m is None else np.asarray(jax.device_get(x)) * m,
-      mask,
-      dict(params),
-      is_leaf=lambda m: m is None,
-  )
+  return surgery.apply_mask(jax.device_get(dict(params)), mask)
 
 
 def prune(
@@ -158,7 +143,7 @@ def sparse_reinit(params, mask, seed: int) -> dict:
       continue
     draw = np.random.default_rng([int(seed), i]).standard_normal(flat[path].shape)
     flat[path] = (draw * math.sqrt(2.0 / n) * m).astype(flat[path].dtype)
-  return unflatten_with_none(flat)
+  return unflatten(flat)
 
 
 def nonzero_macs(model, variables: Mapping, input_shape) -> int:

@@ -20,7 +20,7 @@ from pruning_helpers import random_variables
 from test_pruning_pipeline import _main, _tiny, _write_config
 
 from core_jax import counting
-from core_jax.weights import flatten
+from core_jax.weights import flatten, unflatten
 from pruning_jax import job, models
 from pruning_jax import main as pruning_main
 from pruning_jax.methods import magnitude
@@ -95,7 +95,7 @@ def test_sparse_reinit_draws_each_conv_with_std_sqrt_2_over_nnz_per_input_channe
     if m.sum() > 200:  # enough draws for the sample std to be within 15% of sqrt(2 / n)
       assert np.std(w[m != 0]) == pytest.approx(math.sqrt(2 / n), rel=0.15), path
   empty = {k: np.zeros_like(v) if v is not None else None for k, v in mask.items()}
-  zeroed = magnitude.sparse_reinit(variables['params'], magnitude.unflatten_with_none(empty), 0)
+  zeroed = magnitude.sparse_reinit(variables['params'], unflatten(empty), 0)
   assert all(not np.any(flatten(zeroed)[p]) for p in _conv_paths(variables['params']))
 
 
