@@ -39,7 +39,9 @@ def experiment_config():
   # prune.method='lottery' (pruning_jax.methods.lottery): 'unstructured' (rounds of prune.percent of the remaining
   # conv weights) or 'l1' (prune.scheme, once); every phase runs at each of lrs
   c.lottery = ml_collections.ConfigDict(dict(structure='unstructured', rounds=1, lrs=(0.1, 0.01)))
-  c.scratch = ml_collections.ConfigDict(dict(budget_cap=0.0))
+  # scratch.init (unstructured only): 'sparse_he' re-draws each conv at the sparse He std (the paper's cifar_E.py),
+  # 'model' keeps the model's own init under the mask
+  c.scratch = ml_collections.ConfigDict(dict(budget_cap=0.0, init='sparse_he'))
   c.experiment = ml_collections.ConfigDict(
       dict(title='', seeds=(0,), phases=job.PHASES, paper={}, compilation_cache=True)
   )
