@@ -78,6 +78,8 @@ OTHER_METHODS = [
     'digits_magnitude.py',
     'lottery_cifar.py',
     'digits_lottery.py',
+    'sss_imagenet.py',  # and digits_sss.py: test_pruning_sss.py
+    'digits_sss.py',
 ]
 
 
