@@ -567,7 +567,6 @@ def lottery_phases(config, seed: int) -> list[experiment.Phase]:
 
 # ----------------------------------------------------------------------------------------------- guided pruning
 GUIDED_PATTERN = 'pattern.json'
-GUIDED_ARCHITECTURES = ('guided', 'transferred', 'uniform')  # the table's rows, in order
 
 
 def guided_architectures(config) -> tuple[str, ...]:
