@@ -39,6 +39,10 @@ def experiment_config():
   # prune.method='lottery' (pruning_jax.methods.lottery): 'unstructured' (rounds of prune.percent of the remaining
   # conv weights) or 'l1' (prune.scheme, once); every phase runs at each of lrs
   c.lottery = ml_collections.ConfigDict(dict(structure='unstructured', rounds=1, lrs=(0.1, 0.01)))
+  # prune.method='guided' (pruning_jax.methods.guided): Network Slimming source runs at prune.percent (this
+  # experiment's seeds, and the seed*/prune phases of the workdirs in runs_from) averaged per stage or layer; a
+  # pattern.json (or a guided experiment's workdir) in pattern_from is transferred; uniform: the same params
+  c.guided = ml_collections.ConfigDict(dict(granularity='stage', runs_from=(), pattern_from='', uniform=True))
   c.scratch = ml_collections.ConfigDict(dict(budget_cap=0.0))
   c.experiment = ml_collections.ConfigDict(
       dict(title='', seeds=(0,), phases=job.PHASES, paper={}, compilation_cache=True)
