@@ -27,6 +27,11 @@ Lottery tickets (prune.method='lottery'; lottery.structure, rounds, lrs) run the
   lr<lr>/ticket, lr<lr>/random   the winning ticket and the random init trained under the final mask
 and the table has one row per lr: unpruned, winning ticket, random init.
 
+Sparse Structure Selection (prune.method='sss', pruning_jax.methods.sss) runs the same phases: the large model
+learns a factor per residual branch (model.block_scale, the proximal step of sss.gamma / sss.momentum), the prune
+phase removes the blocks whose factor is 0 and folds the others into their branch's last BatchNorm; with a fixed
+sss.architecture (resnet41 / 32 / 26) the large ResNet-50 trains plainly and the prune phase cuts that architecture.
+
 Guided pruning (prune.method='guided', pruning_jax.methods.guided) runs, per seed, the source run (large with
 sparsity training, prune = Network Slimming at prune.percent, and the scratch phases asked of its architecture),
 then
@@ -67,7 +72,7 @@ from pruning_jax import budget, models, report
 from pruning_jax.task import PruningTask, build_from_config, count_nonzero, merge_weights, read_weights, save_mask
 
 PHASES = ('large', 'prune', 'finetune', 'scratch_e', 'scratch_b')
-METHODS = ('l1_norm', 'slimming', 'graph', 'magnitude', 'lottery', 'guided')
+METHODS = ('l1_norm', 'slimming', 'graph', 'magnitude', 'lottery', 'guided', 'sss')
 GRAPH_CRITERIA = ('l1', 'l2', 'bn_scale')  # Taylor needs batches the prune phase does not read
 UNSTRUCTURED = ('magnitude',)  # the large shape with weights held at 0: always the mask implementation
 EXPORT, MASKED, MASK = 'pruned.safetensors', 'masked.safetensors', 'mask.safetensors'
@@ -107,6 +112,8 @@ def check_config(config) -> None:
     _check_lottery(config)
   if method == 'guided':
     _check_guided(config)
+  if method == 'sss':
+    _check_sss(config)
   num_epochs = float(config.num_epochs)
   if num_epochs <= 0 or num_epochs != int(num_epochs):
     raise UserError(f'num_epochs must be a positive whole number of epochs, got {config.num_epochs}')
@@ -151,6 +158,31 @@ def _check_lottery(config) -> None:
     l1_norm.target_cfg(build_from_config(config.model, config.model.get('num_classes') or 10), _scheme(config))
 
 
+def _check_sss(config) -> None:
+  from pruning_jax.methods import sss  # pylint: disable=import-outside-toplevel
+
+  group = config.get('sss')
+  if group is None:
+    raise UserError('prune.method=sss needs the config group sss (gamma, momentum, architecture)')
+  sss.proximal_gradient(0.1, group.gamma, group.momentum)  # gamma < 0, momentum outside [0, 1): one line now
+  architecture = group.get('architecture', '') or ''
+  if architecture and architecture not in sss.STAGE_BLOCKS:
+    raise UserError(f'sss.architecture must be empty or one of {", ".join(sss.STAGE_BLOCKS)}, got {architecture!r}')
+  if config.init_from and not architecture:
+    raise UserError(
+        'Sparse Structure Selection learns its block factors in the large phase: no init_from '
+        '(or name a fixed sss.architecture to cut from given weights)'
+    )
+  model = build_from_config(config.model, config.model.get('num_classes') or 10)
+  family = models.family_of(model)
+  if family not in models.BLOCK_FAMILIES or (architecture and family != 'resnet50'):
+    need = 'resnet50' if architecture else ' or '.join(models.BLOCK_FAMILIES)
+    raise UserError(
+        f'Sparse Structure Selection{" " + architecture if architecture else ""} needs a {need} model, '
+        f'got {config.model.name} ({family})'
+    )
+
+
 def _scheme(config):
   scheme = config.prune.scheme
   scheme = scheme.to_dict() if hasattr(scheme, 'to_dict') else scheme
@@ -167,6 +199,7 @@ def _base(config, seed: int):
   c.mask.path = ''
   c.init_from = ''
   c.eval_only = False
+  c.model.block_scale = False
   return c
 
 
@@ -174,15 +207,22 @@ def _pruned_model(c, prune_results: dict):
   d = prune_results['pruned_model']
   c.model.name, c.model.cfg, c.model.selections = d['family'], list(d['cfg']), d.get('selections')
   c.model.widths = d.get('widths')
+  c.model.block_scale = bool(d.get('block_scale'))
   return c
 
 
 def large_config(config, seed: int):
   c = _base(config, seed)
   c.sparsity.s = float(config.sparsity.s)
+  c.model.block_scale = sss_training(config)
   if config.init_from:  # given weights: evaluated, not trained
     c.init_from, c.eval_only = config.init_from, True
   return c
+
+
+def sss_training(config) -> bool:
+  """The large model learns SSS's block factors (prune.method=sss without a fixed sss.architecture)."""
+  return config.prune.method == 'sss' and not (config.get('sss') or {}).get('architecture')
 
 
 def mask_mode(config) -> bool:
@@ -222,7 +262,11 @@ def scratch_config(config, seed: int, prune_results: dict, kind: str):
     if opt.get('schedule') == 'step':  # milestones at the same fractions of the longer run, as the original
       fractions = tuple(opt.get('decay_fractions', ()) or ()) or tuple(e / base for e in opt.get('decay_epochs', ()))
       opt.decay_fractions = ()
-      opt.decay_epochs = tuple(int(f * epochs + 1e-9) for f in fractions)
+      if config.scratch.get('equal_decay_steps', False):  # MXNet's step every int(f1 * E): SSS 117 -> 35/70/105
+        step = int(fractions[0] * epochs + 1e-9)
+        opt.decay_epochs = tuple(step * (i + 1) for i in range(len(fractions)))
+      else:
+        opt.decay_epochs = tuple(int(f * epochs + 1e-9) for f in fractions)
     c.num_epochs = float(epochs)
   return c
 
@@ -290,6 +334,8 @@ def run_method(config, model, variables: dict, input_shape=(1, 32, 32, 3)):
     return result.model, result.variables, dict(result.report)
   if p.method == 'graph':
     return run_graph(config, model, variables, input_shape)
+  if p.method == 'sss':
+    return run_sss(config, model, variables)
   if p.method == 'l1_norm':
     from pruning_jax.methods import l1_norm  # pylint: disable=import-outside-toplevel
 
@@ -310,6 +356,23 @@ def run_method(config, model, variables: dict, input_shape=(1, 32, 32, 3)):
       raise UserError(f'{what}; lower prune.percent or train with more sparsity (prune.on_empty_layer=error)')
     _say(f'warning: {what}; each keeps its strongest channel')
   return small, small_vars, method_report
+
+
+def run_sss(config, model, variables: dict):
+  """Sparse Structure Selection: the blocks whose trained factor is 0 removed, or the fixed sss.architecture cut
+  from the large model."""
+  from pruning_jax.methods import sss  # pylint: disable=import-outside-toplevel
+
+  architecture = config.sss.get('architecture', '') or ''
+  if architecture:
+    small, small_vars = sss.fixed(model, variables, architecture)
+    return small, small_vars, {'method': 'sss', 'architecture': architecture, 'cfg': list(models.cfg_of(small))}
+  result = sss.prune(model, None, variables, on_empty_layer=config.prune.get('on_empty_layer', 'keep_strongest'))
+  for name in result.report['emptied']:
+    _say(f'warning: sss: every factor of the stage of {name} is 0 (sss.gamma={config.sss.gamma}); it keeps {name}')
+  removed = result.report['removed_blocks']
+  _say(f'sss: {len(removed)} blocks removed ({", ".join(removed) or "none"}), depth {result.report["depth"]}')
+  return result.model, result.variables, dict(result.report)
 
 
 def run_unstructured(config, model, variables: dict):
@@ -341,7 +404,7 @@ def prune_phase(config, seed: int):
       raise UserError(f'phase {large_name} left no checkpoint in {large["workdir"]} to prune')
     input_shape = tuple(large.get('input_shape') or (1, 32, 32, 3))
     num_classes = int(large['model']['num_classes'])
-    model = build_from_config(config.model, num_classes)
+    model = build_from_config(large_config(config, seed).model, num_classes)  # SSS: with its block factors
     _, loaded = read_weights(source)
     variables = merge_weights(_abstract_variables(model, input_shape), loaded, source)
     small, small_vars, method_report = run_method(config, model, variables, input_shape)

@@ -80,6 +80,8 @@ OTHER_METHODS = [
     'digits_lottery.py',
     'guided_cifar.py',  # test_pruning_guided.py
     'digits_guided.py',
+    'sss_imagenet.py',  # and digits_sss.py: test_pruning_sss.py
+    'digits_sss.py',
 ]
 
 
