@@ -18,17 +18,20 @@ H = 32  # conv outputs 32 x 32, batch 2: 2 * 4 * 4 = 32 tiles of 8 x 8
 
 def _hand_masks(h, rng):
   """name -> (2, h, h) float mask. Tile counts (conv / fill, of 32): all 32 / 0, none 0 / 0, single 2 / 8,
-  checkerboard 32 / 32, blob 6 / 12, band 24 / 16, per_example 16 / 0, overflow (more than the largest bucket:
-  the dense branches) 32 / 32."""
+  centred (a pixel whose fill stays in its tile) 2 / 2, checkerboard 32 / 32, blob 6 / 12, band 24 / 16,
+  per_example 16 / 0, overflow (more than the largest bucket: the dense branches) 32 / 32."""
   checker = np.indices((h, h)).sum(0) % 2
   single = np.zeros((h, h))
   single[h // 3, h // 2] = 1
+  centred = np.zeros((h, h))
+  centred[12, 12] = 1
   band = np.zeros((h, h))
   band[:20] = 1
   return {
       'all': np.ones((2, h, h)),
       'none': np.zeros((2, h, h)),
       'single': np.stack([single, single.T]),
+      'centred': np.stack([centred, centred[::-1, ::-1]]),
       'checkerboard': np.stack([checker, 1 - checker]),
       'blob': np.stack([np.add.outer(np.arange(h), np.arange(h)) < h // 2] * 2),
       'band': np.stack([band, band]),
@@ -64,7 +67,8 @@ def test_sparse_equals_masked_dense_on_hand_built_masks(k, stride, bias):
     tiles = TileSet(mask)
     conv_branches.add(int(confidence._bucket_index(tiles.conv_count, conv_caps)))
     fill_branches.add(int(confidence._bucket_index(tiles.fill_count, fill_caps)))
-  assert conv_branches == {0, 1, 2, 4} and fill_branches == {0, 1, 2, 3}  # gathered buckets and dense fallbacks
+  # no tile (0), every gathered bucket but the conv's 29 (1..), the dense fallbacks (last)
+  assert conv_branches == {0, 1, 2, 3, 5} and fill_branches == {0, 1, 2, 3, 4}
 
 
 def test_tile_set_orders_and_layout():
