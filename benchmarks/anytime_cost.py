@@ -1,17 +1,26 @@
-"""ADP-C measured cost: wall-clock per image next to GFLOPs per exit, and our HRNet backbone against timm's.
+"""ADP-C measured cost: wall-clock per exit next to GFLOPs, batch 1 latency and batch 8 throughput, and our HRNet
+backbone against timm's.
 
-  python -m benchmarks.anytime_cost [--arch w18_small_v2] [--height 512] [--width 1024] [--repeats 3]
+  python -m benchmarks.anytime_cost [--arch w18_small_v2] [--height 512] [--width 1024] [--batches 1,8] [--rounds 3]
 
-Per exit k (the model stopped after exit k, as the ADP-C counter's stop_k), batch 1, fp32, random weights
-drawn as the model's init: EE+RH exits, and ADP-C (the same + confidence adaptivity) at tau=0.998 and at
-tau = the median of exit 1's confidence on the benchmark image ("tau_median": random weights are never
-confident, so at 0.998 nothing exits; the median makes half the pixels exit at exit 1, to show the effect;
-conv weights are He-scaled so that confidences differ between pixels).
-GFLOPs follow the paper (anytime_jax.flops: conv/linear MACs / 1024^3, masked convs at dense x computed
-fraction + the interpolation term). The ADP-C variants run masked-dense (`compute.masked_conv='dense'`: every
-output computed, then filled, so ADP-C saves FLOPs on paper only and its wall-clock is the dense one plus the RBF
-fill), and again as `*_sparse` (`compute.masked_conv='sparse'`: the conv only on the tiles that keep a pixel,
-the fill only where it is non-zero; the same outputs, tests/anytime/test_sparse_conv.py).
+Contenders, fp32, random weights drawn as the model's init with He-scaled convs (so that features, and the exits'
+confidences, follow the input from pixel to pixel), on one spatially coherent input (low-resolution noise
+upsampled: confidence maps in blobs, not salt-and-pepper):
+- `hrnet`: the plain HRNetV2 (no exits), to its head;
+- `rh`: EE+RH (the four exits, redesigned heads, every pixel computed);
+- `adpc`: ADP-C masked-dense (`compute.masked_conv='dense'`: every output computed, then filled, as the released
+  code: FLOPs saved on paper only);
+- `adpc_sparse`: ADP-C sparse (`compute.masked_conv='sparse'`: the conv only on the tiles that keep a pixel, the
+  fill only where it is non-zero; the same outputs, tests/anytime/test_sparse_conv.py).
+Each ADP-C contender runs at two thresholds, one compiled program each (the threshold is a traced argument):
+`fractions`, one threshold per exit chosen so that 82 / 63 / 38 % of the pixels are computed after exits 1 / 2 / 3
+(the paper's W48 fractions at tau=0.998 on Cityscapes: random weights are never that confident), and `tau=0.998`
+itself (nothing confident: every pixel computed, the sparse path's overhead). Time to exit k is the model stopped
+after exit k (the ADP-C counter's stop_k), so it is cumulative; a segment's time is the difference.
+Every contender is its own process, timed in interleaved rounds (`common.interleaved`), each round calling every
+exit's program; speed-ups are medians of per-round ratios. GFLOPs follow the paper (anytime_jax.flops: conv/linear
+MACs / 1024^3 per image, masked convs at dense x computed fraction + the interpolation term); the FLOP-predicted
+speed-up of a row is EE+RH's GFLOPs over its own.
 
 Backbone: our HRNet stem..stage4 (`features_only`, jax.jit; nearest upsampling in the fuse layers, as timm's
 classification HRNet, so both run the same network) against timm's `create_model(arch, head='')`
@@ -20,11 +29,19 @@ classification HRNet, so both run the same network) against timm's `create_model
 """
 
 import argparse
+import statistics
 
 from benchmarks import common
 
-VARIANTS = ('rh', 'adpc', 'adpc_tau_median', 'adpc_sparse', 'adpc_tau_median_sparse')
+VARIANTS = ('hrnet', 'rh', 'adpc', 'adpc_sparse')
 TAU = 0.998
+PAPER_FRACTIONS = (0.82, 0.63, 0.38)  # computed after exits 1 / 2 / 3 (anytime.md section 2.3)
+NAMES = {
+    'hrnet': 'HRNet (no exits)',
+    'rh': 'EE+RH',
+    'adpc': 'ADP-C masked-dense',
+    'adpc_sparse': 'ADP-C sparse',
+}
 
 
 def _setup(args):
@@ -35,6 +52,17 @@ def _setup(args):
 
   x = np.random.RandomState(0).randn(1, args.height, args.width, 3).astype(np.float32)
   return jax, np, hrnet, jax.device_put(x)
+
+
+def _coherent_input(batch: int, height: int, width: int):
+  """Noise at 1/32 resolution upsampled bilinearly, plus a little pixel noise: exits' confidences vary in blobs."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  rng = np.random.RandomState(0)
+  low = rng.randn(batch, max(1, height // 32), max(1, width // 32), 3).astype(np.float32)
+  x = jax.image.resize(low, (batch, height, width, 3), 'bilinear')
+  return jax.device_put(x + 0.1 * rng.randn(batch, height, width, 3).astype(np.float32))
 
 
 def _he_weights(variables):
@@ -54,45 +82,59 @@ def _he_weights(variables):
 
 
 def worker_exits(args):
-  """Times the model stopped after each exit; one BENCH record per exit."""
-  jax, np, hrnet, x = _setup(args)
-  from anytime_jax import confidence, flops  # pylint: disable=import-outside-toplevel
+  """Serves one contender (`common.serve`): every step calls the program stopped after each exit, at each
+  threshold setting; the BENCH record carries each call's GFLOPs and computed fraction."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
 
-  variant = args.variant.removesuffix('_sparse')
-  policy = confidence.for_backend(dict(masked_conv='sparse' if args.variant.endswith('_sparse') else 'dense'))
-  tau = None if variant == 'rh' else TAU
-  model = hrnet.build(args.arch, exit_type='rh', tau=tau, compute=policy)
+  from anytime_jax import confidence, flops, hrnet  # pylint: disable=import-outside-toplevel
+
+  ca = args.variant.startswith('adpc')
+  policy = confidence.for_backend(dict(masked_conv='sparse' if args.variant == 'adpc_sparse' else 'dense'))
+  model = hrnet.build(
+      args.arch, exits=(4,) if args.variant == 'hrnet' else (1, 2, 3, 4), tau=TAU if ca else None, compute=policy
+  )
   variables = jax.device_put(_he_weights(hrnet.random_variables(model)))
-  if variant == 'adpc_tau_median':
-    probe = jax.jit(lambda v, x: model.apply(v, x, last_exit=1)['logits'][0])(variables, x)
-    conf = np.unique(np.asarray(jax.nn.softmax(probe, -1).max(-1)).astype(np.float64))
-    # midway between the two middle distinct confidences: a strict split even where they nearly tie
-    tau = float((conf[len(conf) // 2 - 1] + conf[len(conf) // 2]) / 2) if len(conf) > 1 else float(conf[0])
-    model = hrnet.build(args.arch, exit_type='rh', tau=tau, compute=policy)
-  for k in (1, 2, 3, 4):
-    fwd = jax.jit(lambda v, x, k=k: flops.apply_with_macs(model, v, x, last_exit=k))
-    out = [None]
+  x = _coherent_input(args.batch, args.height, args.width)
+  exits = (4,) if args.variant == 'hrnet' else (1, 2, 3, 4)
+  programs = {k: jax.jit(lambda v, x, k=k: flops.apply_with_macs(model, v, x, last_exit=k)) for k in exits}
+  with_tau = lambda taus: {**variables, 'constants': {'tau': jnp.asarray(taus, jnp.float32)}}
+  settings = {'dense': variables}
+  if ca:
+    taus = [1.0, 1.0, 1.0]  # exit k's threshold from its confidences under the thresholds of exits < k (nested)
+    for k in (1, 2, 3):
+      logits = programs[k](with_tau(taus), x)[0]['logits'][-1]
+      conf = np.asarray(jax.nn.softmax(logits, -1).max(-1))
+      taus[k - 1] = float(np.quantile(conf, PAPER_FRACTIONS[k - 1]))
+    settings = {'fractions': with_tau(taus), f'tau={TAU}': with_tau([TAU] * 3)}
+  calls, rows = {}, {}
+  for setting, v in settings.items():
+    for k in exits:
 
-    def fn():
-      out[0] = jax.block_until_ready(fwd(variables, x))
-
-    stats = common.time_calls(fn, warmup=1, repeats=args.repeats)
-    outputs, macs = out[0]
-    common.emit(
-        {
-            'bench': 'anytime_exits',
-            'arch': args.arch,
-            'variant': args.variant,
-            'tau': tau,
-            'exit': k,
-            'height': args.height,
-            'width': args.width,
-            'gflops': float(macs[f'exit{k}'][0]) / flops.GIGA,
-            'fraction_computed': float(outputs['fractions'][-1][0]),
-            'masked_conv': policy.masked_conv,
-            **stats,
+      def call(k=k, v=v, key=f'{setting}/exit{k}'):
+        outputs, macs = jax.block_until_ready(programs[k](v, x))
+        rows[key] = {
+            'gflops': float(np.mean(macs[f'exit{k}'])) / flops.GIGA,
+            'fraction_computed': float(np.mean(outputs['fractions'][-1])),
+            'taus': None if setting == 'dense' else [float(t) for t in np.atleast_1d(v['constants']['tau'])],
         }
-    )
+
+      calls[f'{setting}/exit{k}'] = call
+  common.serve(
+      calls,
+      1,
+      {
+          'bench': 'anytime_exits',
+          'arch': args.arch,
+          'variant': args.variant,
+          'batch': args.batch,
+          'height': args.height,
+          'width': args.width,
+          'masked_conv': policy.masked_conv,
+          'rows': rows,
+      },
+  )
 
 
 def worker_backbone(args):
@@ -135,34 +177,83 @@ def worker_backbone(args):
   )
 
 
-def _base_args(arch, height, width, repeats):
-  return ['--arch', arch, '--height', str(height), '--width', str(width), '--repeats', str(repeats)]
+def _base_args(arch, height, width):
+  return ['--arch', arch, '--height', str(height), '--width', str(width)]
 
 
-def measure(arch='w18_small_v2', height=512, width=1024, repeats=3, rounds=5) -> list:
-  base = _base_args(arch, height, width, repeats)
+def _paired(times_a: list, times_b: list) -> float:
+  """Median over rounds of b / a (how many times faster a is)."""
+  return statistics.median(b / a for a, b in zip(times_a, times_b))
+
+
+def exit_rows(runs: dict, batch: int) -> list:
+  """One record per (contender, threshold setting, exit) from `interleaved`'s records: time to the exit
+  (cumulative) and of its segment, GFLOPs, the speed-up over EE+RH (paired per round) and the FLOP-predicted one,
+  and for the sparse path the speed-up over masked-dense at the same setting."""
+  rh = runs['rh']
+  out = []
+  for variant, run in runs.items():
+    for key, times in run['times_s'].items():
+      setting, exit_name = key.split('/')
+      k = int(exit_name[len('exit') :])
+      prev = f'{setting}/exit{k - 1}'
+      segment = [t - p for t, p in zip(times, run['times_s'][prev])] if prev in run['times_s'] else times
+      info = run['rows'][key]
+      rh_key = f'dense/exit{k}'
+      record = {
+          'bench': 'anytime_exits',
+          'arch': run['arch'],
+          'height': run['height'],
+          'width': run['width'],
+          'batch': batch,
+          'variant': variant,
+          'setting': setting,
+          'exit': k,
+          **info,
+          'median_s': statistics.median(times),
+          'segment_median_s': statistics.median(segment),
+          'images_per_s': batch / statistics.median(times),
+          'times_s': times,
+          'first_call_s': run['first_call_s'],
+          'speedup_vs_rh': _paired(times, rh['times_s'][rh_key]),
+          'flop_speedup_vs_rh': rh['rows'][rh_key]['gflops'] / info['gflops'],
+      }
+      if variant == 'adpc_sparse':
+        record['speedup_vs_masked_dense'] = _paired(times, runs['adpc']['times_s'][key])
+      out.append(record)
+  return out
+
+
+def measure(arch='w18_small_v2', height=512, width=1024, batches=(1, 8), rounds=3, backbone=True) -> list:
+  base = _base_args(arch, height, width)
   records = []
-  for variant in VARIANTS:
-    records += common.run_isolated('benchmarks.anytime_cost', ['--worker', 'exits', '--variant', variant, *base])
-  runs = common.interleaved(
-      'benchmarks.anytime_cost',
-      {c: ['--worker', 'backbone', '--contender', c, *base] for c in ('ours', 'timm')},
-      rounds,
-  )
-  ratio = common.paired_ratio(runs['ours']['times_s'], runs['timm']['times_s'])
-  for name, r in runs.items():
-    records.append({**r, 'ours_over_timm': ratio if name == 'timm' else 1.0})
+  for batch in batches:
+    runs = common.interleaved(
+        'benchmarks.anytime_cost',
+        {v: ['--worker', 'exits', '--variant', v, '--batch', str(batch), *base] for v in VARIANTS},
+        rounds,
+    )
+    records += exit_rows(runs, batch)
+  if backbone:
+    runs = common.interleaved(
+        'benchmarks.anytime_cost',
+        {c: ['--worker', 'backbone', '--contender', c, *base] for c in ('ours', 'timm')},
+        rounds,
+    )
+    ratio = common.paired_ratio(runs['ours']['times_s'], runs['timm']['times_s'])
+    for name, r in runs.items():
+      records.append({**r, 'ours_over_timm': ratio if name == 'timm' else 1.0})
   return records
 
 
-def measure_all(repeats=3, rounds=5) -> list:
+def measure_all(rounds=3) -> list:
   """CPU: W18-Small-v2 at 512x1024; with a GPU also W48 at 1024x2048."""
-  records = measure('w18_small_v2', 512, 1024, repeats, rounds)
+  records = measure('w18_small_v2', 512, 1024, rounds=rounds)
   try:
     import jax  # pylint: disable=import-outside-toplevel
 
     if jax.default_backend() == 'gpu':
-      records += measure('w48', 1024, 2048, repeats, rounds)
+      records += measure('w48', 1024, 2048, rounds=rounds)
   except Exception:  # pylint: disable=broad-except
     pass
   return records
@@ -170,15 +261,19 @@ def measure_all(repeats=3, rounds=5) -> list:
 
 def table(records) -> str:
   lines = [
-      '| model | size | variant | tau | exit | GFLOPs | fraction computed | ms / image (median) |',
-      '|---|---|---|---|---|---|---|---|',
+      '| model | size | batch | contender | thresholds | exit | GFLOPs / image | fraction computed | ms to exit | '
+      'ms segment | images / s | speed-up vs EE+RH | FLOP-predicted | ratio | vs masked-dense |',
+      '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|',
   ]
   for r in records:
     if r.get('bench') == 'anytime_exits':
-      tau = '-' if r['tau'] is None else f"{r['tau']:.4g}"
+      setting = '-' if r['setting'] == 'dense' else r['setting']
+      vs_dense = f"{r['speedup_vs_masked_dense']:.2f}x" if 'speedup_vs_masked_dense' in r else '-'
       lines.append(
-          f"| {r['arch']} | {r['height']}x{r['width']} | {r['variant']} | {tau} | {r['exit']} | "
-          f"{r['gflops']:.1f} | {r['fraction_computed']:.3f} | {1e3 * r['median_s']:.1f} |"
+          f"| {r['arch']} | {r['height']}x{r['width']} | {r['batch']} | {NAMES[r['variant']]} | {setting} | "
+          f"{r['exit']} | {r['gflops']:.2f} | {r['fraction_computed']:.3f} | {1e3 * r['median_s']:.0f} | "
+          f"{1e3 * r['segment_median_s']:.0f} | {r['images_per_s']:.2f} | {r['speedup_vs_rh']:.2f}x | "
+          f"{r['flop_speedup_vs_rh']:.2f}x | {r['speedup_vs_rh'] / r['flop_speedup_vs_rh']:.2f} | {vs_dense} |"
       )
   lines += [
       '',
@@ -203,14 +298,17 @@ def main():
   p.add_argument('--arch', default='w18_small_v2')
   p.add_argument('--height', type=int, default=512)
   p.add_argument('--width', type=int, default=1024)
-  p.add_argument('--repeats', type=int, default=3)
-  p.add_argument('--rounds', type=int, default=5)
+  p.add_argument('--batch', type=int, default=1, help=argparse.SUPPRESS)
+  p.add_argument('--batches', default='1,8', help='comma-separated batch sizes')
+  p.add_argument('--rounds', type=int, default=3)
+  p.add_argument('--no-backbone', action='store_true', help='skip the backbone vs timm comparison')
   args = p.parse_args()
   if args.worker == 'exits':
     return worker_exits(args)
   if args.worker == 'backbone':
     return worker_backbone(args)
-  records = measure(args.arch, args.height, args.width, args.repeats, args.rounds)
+  batches = tuple(int(b) for b in args.batches.split(','))
+  records = measure(args.arch, args.height, args.width, batches, args.rounds, backbone=not args.no_backbone)
   print(table(records))
   return records
 

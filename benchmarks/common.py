@@ -109,9 +109,9 @@ class _Server:
     self.stderr.seek(0)
     raise RuntimeError(f'{self.name} exited with {self.proc.returncode}:\n{self.stderr.read()[-3000:]}')
 
-  def step(self) -> float:
+  def step(self) -> float | dict:
     self.proc.stdin.write('step\n')
-    return float(self._expect('TIME '))
+    return json.loads(self._expect('TIME '))
 
   def finish(self) -> dict:
     self.proc.stdin.write('quit\n')
@@ -127,20 +127,24 @@ class _Server:
 
 def serve(fn, warmup: int, record: dict) -> None:
   """The worker side of `interleaved`: first call (compile) and warm-up, then one timed `fn()` per
-  `step` read from stdin; `record` (plus the first-call time and peak RSS) is the final BENCH line."""
-  first = warm_up(fn, warmup)
+  `step` read from stdin; `record` (plus the first-call time and peak RSS) is the final BENCH line. `fn` may
+  be a dict name -> fn: each step then times every one, in order, and reports a dict of seconds."""
+  calls = fn if isinstance(fn, dict) else None
+  first = warm_up((lambda: [f() for f in calls.values()]) if calls else fn, warmup)
   print('READY ' + json.dumps({'first_call_s': first}), flush=True)
   for line in sys.stdin:
     if line.strip() == 'quit':
       break
-    print(f'TIME {seconds(fn)!r}', flush=True)
+    took = {name: seconds(f) for name, f in calls.items()} if calls else seconds(fn)
+    print(f'TIME {json.dumps(took)}', flush=True)
   emit({**record, 'first_call_s': first, 'peak_rss_mb': peak_rss_mb()})
 
 
 def interleaved(module: str, contenders: dict, rounds: int, env: dict | None = None) -> dict:
   """Starts one `--serve` worker per contender (name -> args), one after another (compiles don't
   overlap), then runs `rounds` rounds in which each times one step, in an order rotated every round.
-  Returns name -> record with per-round `times_s`, `median_s`, `min_s` and `first_call_s`."""
+  Returns name -> record with per-round `times_s`, `median_s`, `min_s` and `first_call_s` (each a dict by
+  name for a worker that times several calls per step: `serve` with a dict)."""
   servers, times = {}, {name: [] for name in contenders}
   try:
     for name, args in contenders.items():
@@ -154,7 +158,17 @@ def interleaved(module: str, contenders: dict, rounds: int, env: dict | None = N
     for server in servers.values():
       server.kill()
   for name, record in records.items():
-    record.update(times_s=times[name], median_s=statistics.median(times[name]), min_s=min(times[name]), repeats=rounds)
+    steps = times[name]
+    if steps and isinstance(steps[0], dict):
+      series = {key: [step[key] for step in steps] for key in steps[0]}
+      record.update(
+          times_s=series,
+          median_s={key: statistics.median(t) for key, t in series.items()},
+          min_s={key: min(t) for key, t in series.items()},
+          repeats=rounds,
+      )
+    else:
+      record.update(times_s=steps, median_s=statistics.median(steps), min_s=min(steps), repeats=rounds)
   return records
 
 

@@ -84,11 +84,12 @@ BENCHES = (
     ),
     Bench(
         'anytime_cost',
-        'ADP-C cost per exit: wall-clock next to GFLOPs, and the HRNet backbone vs timm (W18-Small-v2 at 512x1024, '
-        'batch 1, fp32; W48 at 1024x2048 too on a GPU)',
+        'ADP-C cost per exit: wall-clock next to GFLOPs for HRNet, EE+RH, ADP-C masked-dense and sparse (batch 1 '
+        'latency, batch 8 throughput; 3 interleaved rounds), and the HRNet backbone vs timm (W18-Small-v2 at '
+        '512x1024, fp32; W48 at 1024x2048 too on a GPU)',
         anytime_cost.table,
-        lambda: anytime_cost.measure_all(repeats=2, rounds=3),
-        lambda: anytime_cost.measure(height=64, width=128, repeats=1, rounds=1),
+        lambda: anytime_cost.measure_all(rounds=3),
+        lambda: anytime_cost.measure(height=64, width=128, batches=(1, 2), rounds=1),
     ),
 )
 

@@ -36,3 +36,20 @@ def test_interleaved_reports_a_crashed_worker(tmp_path):
   env = {'PYTHONPATH': os.pathsep.join([common.REPO, str(tmp_path)])}
   with pytest.raises(RuntimeError, match='no model here'):
     common.interleaved('crashing_worker', {'only': []}, rounds=1, env=env)
+
+
+_MANY_WORKER = """
+import time
+from benchmarks import common
+common.serve({'short': lambda: time.sleep(0.01), 'long': lambda: time.sleep(0.04)}, warmup=1, record={'bench': 'many'})
+"""
+
+
+def test_interleaved_times_every_call_of_a_worker_that_serves_several(tmp_path):
+  (tmp_path / 'many_worker.py').write_text(_MANY_WORKER)
+  env = {'PYTHONPATH': os.pathsep.join([common.REPO, str(tmp_path)])}
+  r = common.interleaved('many_worker', {'w': []}, rounds=2, env=env)['w']
+  assert r['bench'] == 'many' and r['repeats'] == 2 and set(r['times_s']) == {'short', 'long'}
+  for name, delay in (('short', 0.01), ('long', 0.04)):
+    assert len(r['times_s'][name]) == 2 and all(delay <= t < delay + 0.5 for t in r['times_s'][name])
+    assert r['median_s'][name] >= r['min_s'][name] >= delay
