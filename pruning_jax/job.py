@@ -15,7 +15,8 @@ training phase resumes from its own checkpoints):
              (int(f * epochs) for the config's decay_fractions f, the original's int(0.5 E), int(0.75 E))
 Unstructured magnitude pruning (prune.method='magnitude', percent) is always the mask implementation: the prune
 phase exports the large model with the pruned conv weights zeroed (pruned.safetensors), its mask, and the seed's
-Scratch-E/B init (scratch_init.safetensors: each conv re-drawn at std sqrt(2 / (nnz / in_channels)), masked); its
+Scratch-E/B init (scratch_init.safetensors: each conv re-drawn at std sqrt(2 / (nnz / in_channels)), masked, or with
+scratch.init='model' the model's own fresh init under the mask); its
 params and MACs count the non-zero weights, so Scratch-B scales with the non-zero conv MACs.
 
 Lottery tickets (prune.method='lottery'; lottery.structure, rounds, lrs) run their own phases per seed:
@@ -88,6 +89,7 @@ PHASES = ('large', 'prune', 'finetune', 'scratch_e', 'scratch_b')
 METHODS = ('l1_norm', 'slimming', 'graph', 'magnitude', 'lottery', 'guided', 'sss', 'sfp')
 GRAPH_CRITERIA = ('l1', 'l2', 'bn_scale')  # Taylor needs batches the prune phase does not read
 UNSTRUCTURED = ('magnitude',)  # the large shape with weights held at 0: always the mask implementation
+SCRATCH_INITS = ('sparse_he', 'model')  # unstructured Scratch-E/B: the paper's sparse He re-draw | the model's init
 EXPORT, MASKED, MASK = 'pruned.safetensors', 'masked.safetensors', 'mask.safetensors'
 SCRATCH_INIT = 'scratch_init.safetensors'  # unstructured: the seed's sparse re-initialization for Scratch-E/B
 LOTTERY_INIT, TICKET, RANDOM_INIT = 'init.safetensors', 'ticket.safetensors', 'random_init.safetensors'
@@ -113,6 +115,8 @@ def check_config(config) -> None:
     raise UserError(f'prune.mode must be physical or mask, got {config.prune.mode!r}')
   if config.prune.mode == 'mask' and method not in ('slimming', *UNSTRUCTURED):
     raise UserError('prune.mode=mask is implemented for slimming only (unstructured pruning always masks)')
+  if config.scratch.get('init', 'sparse_he') not in SCRATCH_INITS:
+    raise UserError(f'scratch.init must be one of {", ".join(SCRATCH_INITS)}, got {config.scratch.init!r}')
   if config.prune.get('on_empty_layer', 'keep_strongest') not in ('keep_strongest', 'error'):
     raise UserError(f'prune.on_empty_layer must be keep_strongest or error, got {config.prune.on_empty_layer!r}')
   if method in ('slimming', 'guided') and not 0.0 <= float(config.prune.percent) < 1.0:
@@ -341,7 +345,8 @@ def run_graph(config, model, variables: dict, input_shape):
   )
   for note in result.report['notes']:
     _say(f'warning: {note}')
-  return Rewidthed(model, result.model.widths), result.variables, dict(result.report)
+  base = model.base if isinstance(model, Rewidthed) else model  # a pruned model pruned again: one table over the base
+  return Rewidthed(base, result.model.widths), result.variables, dict(result.report)
 
 
 def run_method(config, model, variables: dict, input_shape=(1, 32, 32, 3)):
@@ -471,7 +476,10 @@ def prune_phase(config, seed: int):
       if main_process:
         save_mask(results['mask'], mask)
         fresh = _fresh_variables(model, input_shape, seed)
-        fresh['params'] = magnitude.sparse_reinit(fresh['params'], mask, seed)
+        if config.scratch.get('init', 'sparse_he') == 'sparse_he':
+          fresh['params'] = magnitude.sparse_reinit(fresh['params'], mask, seed)
+        else:  # 'model': the model's own init, under the mask
+          fresh['params'] = magnitude.apply(fresh['params'], mask)
         io.save_pruned(results['scratch_init'], model, fresh, extra={'method': config.prune.method, 'seed': seed})
     elif config.prune.mode == 'mask':
       masked_vars, mask = run_mask(config, model, variables)

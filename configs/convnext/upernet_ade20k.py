@@ -67,6 +67,25 @@ def train_transforms(crop: int, scale: tuple[int, int]) -> tuple[str, ...]:
   )
 
 
+def official_optimizer(lr: float, num_layers: int, warmup_epochs: float) -> dict:
+  """The official AdamW + stage-wise decay + warm-up + poly recipe's optimizer fields (also the digit_scenes demo's)."""
+  return dict(
+      name='adamw',
+      lr=lr,
+      b1=0.9,
+      b2=0.999,
+      weight_decay=0.05,
+      wd_exclude_1d=True,
+      schedule='poly',
+      poly_power=1.0,
+      min_lr=0.0,
+      warmup_epochs=warmup_epochs,
+      warmup_init_lr=lr * 1e-6,  # mmcv's warmup_ratio 1e-6
+      layer_decay=0.9,
+      layer_decay_num_layers=num_layers,
+  )
+
+
 def ade20k_config(size, crop, lr, num_layers, drop_path, compute_dtype, paper, multi_scale=False):
   del paper  # in the header and VARIANTS, for the reader and the tests
   c = base_config()
@@ -99,23 +118,7 @@ def ade20k_config(size, crop, lr, num_layers, drop_path, compute_dtype, paper, m
   c.eval_every_epochs = 16_000 / steps_per_epoch  # the official evaluation interval
   c.log_every_steps = 50
   c.checkpoint.update(dict(every_steps=16_000, keep=2, keep_best=True))
-  c.optimizer.update(
-      dict(
-          name='adamw',
-          lr=lr,
-          b1=0.9,
-          b2=0.999,
-          weight_decay=0.05,
-          wd_exclude_1d=True,
-          schedule='poly',
-          poly_power=1.0,
-          min_lr=0.0,
-          warmup_epochs=WARMUP_ITERATIONS / steps_per_epoch,
-          warmup_init_lr=lr * 1e-6,  # mmcv's warmup_ratio 1e-6
-          layer_decay=0.9,
-          layer_decay_num_layers=num_layers,
-      )
-  )
+  c.optimizer.update(official_optimizer(lr, num_layers, WARMUP_ITERATIONS / steps_per_epoch))
   return c
 
 

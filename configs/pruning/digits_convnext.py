@@ -13,7 +13,8 @@ demo's recipe (AdamW 4e-3, wd 0.05 without 1-D params, cosine with 1 warmup epoc
 crop). Pruned: ratio 0.5 of every prunable group the tracer finds (the four stage widths with their LayerNorms,
 downsampling convs, depthwise convs and layer scales, and each block's MLP hidden width), channels ranked by the
 L1 norm of all their weights summed over the group's members (Torch-Pruning's group norm); fine-tune 2 epochs at a
-constant 4e-4; Scratch-E 6 epochs; Scratch-B 6 x MACs ratio. One seed; each phase evaluates once, at its end.
+constant 4e-4; Scratch-E 6 epochs; Scratch-B 6 x MACs ratio, capped at 2x (12 epochs). One seed; each phase
+evaluates once, at its end.
 """
 
 from core_jax.config import load_sibling
@@ -32,6 +33,7 @@ def get_config():
   c.optimizer.update(convnext_demo.get_config().optimizer.to_dict())
   c.optimizer.update(dict(warmup_epochs=1.0, decay_fractions=(), decay_epochs=()))
   c.finetune.update(dict(num_epochs=2, lr=4e-4))
+  c.scratch.budget_cap = 2.0  # Scratch-B at most 12 epochs, as the paper caps ImageNet L1's: keeps the demo short
   c.prune.update(dict(method='graph', ratio=0.5, criterion='l1', scope='layer', min_width=1))
   c.experiment.seeds = (0,)
   c.experiment.title = 'ConvNeXt (digits) -> group-L1 50% of every traced channel group'

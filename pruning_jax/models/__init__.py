@@ -13,7 +13,8 @@ branch SSS's learned factor. `describe(model)` gives
 the JSON-able dict that `from_description` rebuilds the model from (the pruned-model sidecar uses it).
 
 Beyond the paper's families, `GRAPH_FAMILIES` are models only the traced surgery prunes (pruning_jax.structured):
-'convnext' is the demo's ConvNeXt (`convnext_digits`: depths 1/1/3/1, patch 2) with cfg = its four stage widths.
+'convnext' is the demo's ConvNeXt (`convnext_digits`: depths 1/1/3/1, patch 2) and 'convnext_tiny' ConvNeXt-T
+(depths 3/3/9/3, patch 4), each with cfg = its four stage widths.
 Their pruned models are `rewidth.Rewidthed` wrappers; `describe` adds their 'widths' table and `from_description`
 / `build_from_config` rebuild it.
 """
@@ -42,8 +43,13 @@ FAMILIES = (
 )
 SELECTION_FAMILIES = ('preresnet', 'densenet', 'resnet50')
 BLOCK_FAMILIES = ('resnet_cifar', 'resnet50')  # blocks removable (width 0) and scalable (block_scale)
-GRAPH_FAMILIES = ('convnext',)
 CONVNEXT_DIGITS_DIMS = (32, 64, 128, 256)  # convnext_jax's convnext_digits (depths 1/1/3/1, patch 2), drop path 0.1
+# family -> (convnext_jax registry name, its stage widths, drop path rate: the recipes' values for these sizes)
+CONVNEXT_FAMILIES = {
+    'convnext': ('convnext_digits', CONVNEXT_DIGITS_DIMS, 0.1),
+    'convnext_tiny': ('convnext_tiny', (96, 192, 384, 768), 0.1),
+}
+GRAPH_FAMILIES = tuple(CONVNEXT_FAMILIES)
 _VGG_HEADS = {'vgg_l1': 'l1', 'vgg_slimming': 'slimming', 'vgg_imagenet': 'imagenet', 'vgg_bn_imagenet': 'imagenet_bn'}
 
 
@@ -198,7 +204,7 @@ def build(
         f'block_scale (Sparse Structure Selection) needs a family of {", ".join(BLOCK_FAMILIES)}, got {family}'
     )
   if family in GRAPH_FAMILIES:
-    return _convnext(cfg, num_classes, dtype, compute)
+    return _convnext(family, cfg, num_classes, dtype, compute)
   compute = layers.for_backend() if compute is None else compute
   selections = _normalize_selections(selections)
   if selections is not None and family not in SELECTION_FAMILIES:
@@ -226,15 +232,16 @@ def build(
   raise UserError(f'unknown model family {family!r} (known: {", ".join(FAMILIES)})')
 
 
-def _convnext(cfg: tuple, num_classes: int, dtype=None, compute: Compute | None = None) -> nn.Module:
+def _convnext(family: str, cfg: tuple, num_classes: int, dtype=None, compute: Compute | None = None) -> nn.Module:
   from convnext_jax import models as convnext_models  # pylint: disable=import-outside-toplevel
 
-  if len(cfg) != len(CONVNEXT_DIGITS_DIMS) or 'M' in cfg:
-    raise UserError(f'convnext: cfg is the {len(CONVNEXT_DIGITS_DIMS)} stage widths, got {list(cfg)}')
-  spec = dict(dims=tuple(cfg), num_classes=int(num_classes), drop_path_rate=0.1)
+  arch, dims, drop_path = CONVNEXT_FAMILIES[family]
+  if len(cfg) != len(dims) or 'M' in cfg:
+    raise UserError(f'{family}: cfg is the {len(dims)} stage widths, got {list(cfg)}')
+  spec = dict(dims=tuple(cfg), num_classes=int(num_classes), drop_path_rate=drop_path)
   if dtype is not None:
     spec['dtype'] = dtype
-  return convnext_models.create_model('convnext_digits', compute=compute, **spec)
+  return convnext_models.create_model(arch, compute=compute, **spec)
 
 
 # Every named model: its family's `build` with the named cfg and its dataset's class count as defaults.
@@ -263,9 +270,12 @@ def create(
     if block_scale:
       given['block_scale'] = True
     return MODELS.create(family_or_name, selections=selections, dtype=dtype, compute=compute, **given)
-  if family_or_name in GRAPH_FAMILIES or family_or_name == 'convnext_digits':
-    cfg = CONVNEXT_DIGITS_DIMS if cfg is None else cfg
-    return build('convnext', cfg, 10 if num_classes is None else num_classes, None, dtype, compute)
+  arch_family = {arch: f for f, (arch, _, _) in CONVNEXT_FAMILIES.items()}
+  if family_or_name in GRAPH_FAMILIES or family_or_name in arch_family:
+    family = arch_family.get(family_or_name, family_or_name)
+    cfg = CONVNEXT_FAMILIES[family][1] if cfg is None else cfg
+    default_classes_ = 10 if family == 'convnext' else 1000
+    return build(family, cfg, default_classes_ if num_classes is None else num_classes, None, dtype, compute)
   if family_or_name in FAMILIES:
     if cfg is None:
       raise UserError(f'family {family_or_name!r} needs a cfg (or use a named model: {", ".join(list_models())})')
@@ -275,13 +285,28 @@ def create(
   raise UserError(f'{MODELS.unknown(family_or_name)} (or a family: {", ".join(FAMILIES)})')
 
 
+def convnext_family(model) -> str:
+  """The CONVNEXT_FAMILIES entry whose depths and patch size `model` (a convnext_jax ConvNeXt) has."""
+  from convnext_jax import models as convnext_models  # pylint: disable=import-outside-toplevel
+
+  for family, (arch, _, _) in CONVNEXT_FAMILIES.items():
+    ref = convnext_models.create_model(arch)
+    if (tuple(ref.depths), ref.patch_size, ref.kernel_size) == (
+        tuple(model.depths),
+        model.patch_size,
+        model.kernel_size,
+    ):
+      return family
+  raise UserError(f'a ConvNeXt with depths {tuple(model.depths)}, patch {model.patch_size} is not a pruning_jax model')
+
+
 def family_of(model: nn.Module) -> str:
   from convnext_jax.models import ConvNeXt  # pylint: disable=import-outside-toplevel
 
   if isinstance(model, Rewidthed):
     return family_of(model.base)
   if isinstance(model, ConvNeXt):
-    return 'convnext'
+    return convnext_family(model)
   if isinstance(model, vgg.VGG):
     return {v: k for k, v in _VGG_HEADS.items()}[model.head]
   for family, cls in (
@@ -299,7 +324,7 @@ def family_of(model: nn.Module) -> str:
 def cfg_of(model: nn.Module) -> tuple:
   if isinstance(model, Rewidthed):
     return cfg_of(model.base)
-  if family_of(model) == 'convnext':
+  if family_of(model) in GRAPH_FAMILIES:
     return tuple(int(d) for d in model.dims)
   if model.cfg is not None:
     return tuple(model.cfg)

@@ -91,8 +91,10 @@ def test_every_config_file_is_listed_here():
   files = {
       os.path.basename(p) for p in glob.glob(os.path.join(CONFIGS, '*.py')) if not os.path.basename(p).startswith('_')
   }
-  # digits_convnext.py (the traced surgery, AdamW): tests/pruning/test_pruning_graph.py resolves its phases
-  assert files == {spec.split(':')[0] for spec in ALL + OTHER_METHODS} | {'digits_convnext.py'}
+  # the ConvNeXt configs (the traced surgery and magnitude pruning with AdamW): tests/pruning/test_pruning_graph.py
+  # resolves their phases
+  convnext = {'digits_convnext.py', 'digits_convnext_magnitude.py', 'convnext_tiny_imagenet.py'}
+  assert files == {spec.split(':')[0] for spec in ALL + OTHER_METHODS} | convnext
 
 
 @pytest.mark.parametrize('spec', ALL)
