@@ -156,6 +156,8 @@ def _method_text(prune: dict) -> str:
         f'traced groups, {prune.get("criterion", "l1")} importance, {100 * float(prune.get("ratio", 0.5)):g}% of each '
         f'{"group" if prune.get("scope", "layer") == "layer" else "model (global)"}'
     )
+  if prune['method'] == 'sfp':
+    return "soft filter pruning (each conv's smallest-L2 filters zeroed after every epoch, then cut)"
   if prune['method'] == 'sss':
     return 'Sparse Structure Selection (residual blocks whose factor reached 0 removed)'
   mode = ', mask implementation' if prune.get('mode') == 'mask' else ''
