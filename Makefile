@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 BASE   := $(VENV)/.installed-base
 TESTS  := $(VENV)/.installed-test
 
-.PHONY: demo demo-convnext demo-pruning demo-pruning-l1 demo-pruning-slimming demo-pruning-magnitude demo-pruning-lottery demo-anytime test test-fast lint format bench gpu-check install clean-demo
+.PHONY: demo demo-convnext demo-pruning demo-pruning-l1 demo-pruning-slimming demo-pruning-magnitude demo-pruning-lottery demo-pruning-thinet demo-pruning-regression demo-anytime test test-fast lint format bench gpu-check install clean-demo
 
 # The demo needs only the package; the tests add the PyTorch reference (torch, timm) for parity checks.
 $(BASE): setup.cfg pyproject.toml constraints.txt
@@ -22,8 +22,8 @@ install: $(TESTS)
 # The embedded demos, no network. `make demo`: one per line, each with its table or picture: ConvNeXt on digits,
 # Network Slimming's pruning table on digits, ADP-C on digit_scenes (its table and anytime curve); every job ends
 # with its wall and CPU time. `make demo LINE=convnext|pruning|anytime` runs one line in full (pruning: every
-# method, L1-norm, Network Slimming, unstructured magnitude pruning, lottery tickets), `LINE=all` every line in
-# full, `LINE=pruning-l1` one experiment.
+# method, L1-norm, Network Slimming, unstructured magnitude pruning, lottery tickets, ThiNet, regression-based
+# reconstruction), `LINE=all` every line in full, `LINE=pruning-l1` one experiment.
 # Rerunning resumes the same workdirs; `make clean-demo` starts over.
 LINE ?=
 DEMO_DIR ?= workdirs
@@ -37,7 +37,8 @@ demo: $(BASE)
 demo-convnext: $(BASE)
 	$(BIN)/python -m convnext_jax.main --config=configs/convnext/digits.py --workdir=$(DEMO_DIR)/convnext_digits
 
-demo-pruning: demo-pruning-l1 demo-pruning-slimming demo-pruning-magnitude demo-pruning-lottery
+demo-pruning: demo-pruning-l1 demo-pruning-slimming demo-pruning-magnitude demo-pruning-lottery demo-pruning-thinet \
+  demo-pruning-regression
 
 demo-pruning-l1: $(BASE)
 	$(BIN)/python -m pruning_jax.main --config=configs/pruning/digits_l1.py --workdir=$(DEMO_DIR)/pruning_digits_l1
@@ -51,12 +52,20 @@ demo-pruning-magnitude: $(BASE)
 demo-pruning-lottery: $(BASE)
 	$(BIN)/python -m pruning_jax.main --config=configs/pruning/digits_lottery.py --workdir=$(DEMO_DIR)/pruning_digits_lottery
 
+demo-pruning-thinet: $(BASE)
+	$(BIN)/python -m pruning_jax.main --config=configs/pruning/digits_thinet.py --workdir=$(DEMO_DIR)/pruning_digits_thinet
+
+demo-pruning-regression: $(BASE)
+	$(BIN)/python -m pruning_jax.main --config=configs/pruning/digits_regression.py \
+	  --workdir=$(DEMO_DIR)/pruning_digits_regression
+
 demo-anytime: $(BASE)
 	$(BIN)/python -m anytime_jax.main --config=configs/anytime/digit_scenes.py --workdir=$(DEMO_DIR)/anytime_digit_scenes
 
 clean-demo:
 	rm -rf $(DEMO_DIR)/convnext_digits $(DEMO_DIR)/pruning_digits_l1 $(DEMO_DIR)/pruning_digits_slimming \
-	  $(DEMO_DIR)/pruning_digits_magnitude $(DEMO_DIR)/pruning_digits_lottery $(DEMO_DIR)/anytime_digit_scenes
+	  $(DEMO_DIR)/pruning_digits_magnitude $(DEMO_DIR)/pruning_digits_lottery $(DEMO_DIR)/pruning_digits_thinet \
+	  $(DEMO_DIR)/pruning_digits_regression $(DEMO_DIR)/anytime_digit_scenes
 
 # The style check (pyproject.toml: pyink + ruff) runs first, so CI holds it; `make format` applies it.
 # TEST_WORKERS pytest-xdist processes share the cores (most of a test's time is XLA compiling, one thread);

@@ -39,7 +39,14 @@ from pruning_jax.models import layers
 from pruning_jax.rewidth import Rewidthed, widths_from_json
 
 # The classifier of each family: `init_reinit_head` keeps its fresh initialization.
-HEADS = {'vgg_l1': 'fc2', 'vgg_slimming': 'fc', 'vgg_imagenet': 'fc3', 'vgg_bn_imagenet': 'fc3', 'convnext': 'head'}
+HEADS = {
+    'vgg_l1': 'fc2',
+    'vgg_slimming': 'fc',
+    'vgg_imagenet': 'fc3',
+    'vgg_bn_imagenet': 'fc3',
+    'vgg_gap_imagenet': 'fc',
+    'convnext': 'head',
+}
 TORCH_SUFFIXES = ('.pth', '.pth.tar', '.pt', '.tar')
 MASK_PREFIX = 'params/'
 

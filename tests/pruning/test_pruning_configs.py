@@ -78,6 +78,10 @@ OTHER_METHODS = [
     'digits_magnitude.py',
     'lottery_cifar.py',
     'digits_lottery.py',
+    'thinet_imagenet.py',  # ThiNet and regression: test_pruning_reconstruction.py
+    'regression_imagenet.py',
+    'digits_thinet.py',
+    'digits_regression.py',
 ]
 
 
