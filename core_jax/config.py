@@ -23,6 +23,9 @@ every config on the command line. Groups and fields (read by core_jax.train unle
                         choice for the running backend; a choice the line's models cannot honour is an error
   xla_compiler_options  (not in the base; a config may add it) XLA compile options of the train and eval steps,
                         e.g. {'xla_backend_optimization_level': 1} (core_jax.train.compile_steps)
+  compile_eval_ahead    (not in the base; a config may add it) True: a training run compiles its eval step on a
+                        worker thread from before the first train step (core_jax.train.CompiledAhead), on a CPU
+                        host beside the train step's compile, instead of after the last step
   init_from             weights file loaded by `Task.load_pretrained` on a fresh start only (never on resume)
   init_reinit_head      keep the freshly initialized classifier instead of the file's
   eval_only             evaluate without training: the weights of `init_from` when given, else the workdir's

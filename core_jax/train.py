@@ -20,6 +20,7 @@ Generic options and their defaults: core_jax.config.base_config. Nothing is writ
 data, the model and `init_from` have loaded (a bad dataset name or weights file leaves no empty folders).
 """
 
+import concurrent.futures
 import dataclasses
 import functools
 import hashlib
@@ -190,6 +191,18 @@ def build_optimizer(config, task: Task, data: Data) -> tuple[optax.GradientTrans
       lr_scale_fn=task.lr_scale_fn(),
       global_batch_size=config.batch_size,
   )
+  own = task.own_optimizer(schedule)
+  if own is not None:
+    if int(config.optimizer.get('accumulate_steps', 1) or 1) > 1:
+      raise UserError(f'{type(task).__name__} updates some parameters itself: optimizer.accumulate_steps must be 1')
+    selects, own_tx = own
+
+    def labels(params):
+      return jax.tree_util.tree_map_with_path(
+          lambda path, _: 'own' if selects(optim.path_to_names(path)) else 'configured', params
+      )
+
+    tx = optax.multi_transform({'configured': tx, 'own': own_tx}, labels)
   pre, post = task.optimizer_transforms()
   if pre or post:  # without them the optimizer state keeps the plain chain's layout (older checkpoints load)
     tx = optax.chain(*pre, tx, *post)
@@ -318,6 +331,40 @@ def compile_steps(b: Built) -> Steps:
     epoch_end = jax.jit(b.task.on_epoch_end, in_shardings=(ss, replicated), out_shardings=ss, donate_argnums=(0,))
   finite = jax.jit(lambda p, s: _all_finite((p, s)), out_shardings=replicated)
   return Steps(train=train, eval=evaluate_, epoch_end=epoch_end, finite=finite)
+
+
+class CompiledAhead:
+  """A jitted step whose program for one argument signature is compiled on a worker thread from the moment this
+  is made, ahead of its first call: XLA compiles a program on one core, so on a CPU host the eval step compiles
+  while the main thread compiles and runs the train step, instead of after the last step. A call with arguments
+  of that signature (tree, shapes, dtypes) waits for the program and runs it; any other call goes to the jit.
+  A compile error is raised at the first such call, as the jit would raise it there."""
+
+  def __init__(self, jitted: Callable, *args):
+    self._jitted = jitted
+    self._signature = _signature(args)
+    specs = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), args)
+    executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix='compile_ahead')
+    self._compiled = executor.submit(lambda: jitted.lower(*specs).compile())
+    executor.shutdown(wait=False)  # the one task still runs; the thread ends with it
+
+  def __call__(self, *args):
+    if _signature(args) == self._signature:
+      return self._compiled.result()(*args)
+    return self._jitted(*args)
+
+
+def _signature(args) -> tuple:
+  leaves, tree = jax.tree.flatten(args)
+  return tree, tuple((tuple(x.shape), jnp.dtype(x.dtype), bool(getattr(x, 'weak_type', False))) for x in leaves)
+
+
+def compile_eval_ahead(b: Built, steps: Steps, state: TrainState) -> Steps:
+  """`steps` whose eval step compiles on a worker thread now (`CompiledAhead`), for the signature `evaluate`
+  calls it with: the state's params and batch_stats, the first eval batch, the task's eval constants."""
+  batch = pipeline.to_global(next(iter(b.data.eval_batches)), b.batch_sharding)
+  constants = jax.tree.map(jnp.asarray, b.task.eval_constants())
+  return dataclasses.replace(steps, eval=CompiledAhead(steps.eval, state.params, state.batch_stats, batch, constants))
 
 
 def evaluate(b: Built, steps: Steps, state: TrainState, with_ema: bool) -> dict[str, float]:
@@ -701,6 +748,8 @@ def _train(b: Built, steps: Steps, ckpt: checkpoint_lib.Checkpointer, state: Tra
   history, train_metrics = [], None
   spike_guard = guard.LossSpikeGuard(config.get('guard', None))
   start_step, t_start = step, time.time()
+  if config.get('compile_eval_ahead', False) and step < total_steps:
+    steps = compile_eval_ahead(b, steps, state)
   pause_points.reach('train:before_first_step')  # fault tests: started (lock, tensorboard) but nothing saved
   while step < total_steps:
     with jax.profiler.StepTraceAnnotation('train', step_num=step):

@@ -5,6 +5,7 @@ Ours (the format a pruning phase writes and `pruning_jax.load_pruned` reads):
   NAME.json          {'family', 'cfg', 'num_classes', 'selections', ...}: `pruning_jax.models.describe(model)`
                      plus whatever the caller adds (e.g. the method and prune ratio)
   save_pruned(path, model, variables, extra=None); load_pruned(path) -> (model, variables)
+ConvNeXt (pruned or not) in timm's layout: export_timm(path, model, variables) / load_timm_export(path).
 
 The official repo (Eric-mingjie/rethinking-network-pruning) saves `{'cfg': cfg, 'state_dict': ...}` after pruning
 (`torch.save`), baselines `{'epoch', 'state_dict', 'best_prec1', 'optimizer'}`. Its key names per family:
@@ -362,6 +363,48 @@ def export_pruned(path: str, model_or_result, variables: Mapping | None = None, 
     extra = dict({'report': result.report}, **(extra or {}))
     return save_pruned(path, result.model, result.variables, extra)
   return save_pruned(path, model_or_result, variables, extra)
+
+
+def export_timm(path: str, model, variables: Mapping, *, input_size: int = 32, **sidecar_fields) -> str:
+  """A ConvNeXt family model (pruned or not) in timm's layout: PATH (.safetensors, convnext_jax.export) and its
+  sidecar, which holds the timm recipe with the pruned per-stage `dims` where timm can build the model, else
+  'timm_cannot_build' (the per-block MLP widths), and always 'pruned': this model's description (family, cfg,
+  widths), from which `load_timm_export` rebuilds it. Returns PATH."""
+  from convnext_jax import export  # pylint: disable=import-outside-toplevel
+
+  family = models.family_of(model)
+  if family not in models.CONVNEXT_FAMILIES:
+    raise UserError(f'timm export is for the ConvNeXt families ({", ".join(models.CONVNEXT_FAMILIES)}), not {family}')
+  if not path.endswith('.safetensors'):
+    raise UserError(f'timm exports are .safetensors files, got {path}')
+  arch = models.CONVNEXT_FAMILIES[family][0]
+  params = jax.device_get(dict(variables['params']))
+  meta = export.sidecar(
+      params,
+      arch=arch,
+      input_size=input_size,
+      pruned=dict(models.describe(model), loader='pruning_jax.io.load_timm_export(PATH)'),
+      **sidecar_fields,
+  )
+  export.save_timm_safetensors(params, path, arch)
+  export.write_sidecar(path, meta)
+  return path
+
+
+def load_timm_export(path: str, dtype=None):
+  """(model, variables) of an `export_timm` file: the model rebuilt from the sidecar's 'pruned' description (its
+  per-block widths too), the timm tensors renamed to Flax paths and loaded strictly (a mismatch: one line naming
+  the first key and both shapes)."""
+  from convnext_jax import convert  # pylint: disable=import-outside-toplevel
+
+  meta = W.read_sidecar(path)
+  if 'pruned' not in meta:
+    raise UserError(f'{path}: its sidecar has no "pruned" entry (not written by pruning_jax.io.export_timm)')
+  model = models.from_description(meta['pruned'], dtype)
+  flat = convert.external_to_flax(convert.read_checkpoint(path), 'timm')
+  target = abstract_variables(model)
+  params = W.merge_params(flat, target['params'], source=path, hint=' (the model built from its sidecar)')
+  return model, {'params': params}
 
 
 def read_sidecar(path: str) -> dict:

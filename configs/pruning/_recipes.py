@@ -19,7 +19,7 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 def experiment_config():
   """core_jax.config.base_config plus the pruning groups, with neutral defaults (the configs set them)."""
   c = core_config.base_config()
-  c.model.update(dict(name='', cfg=None, selections=None, num_classes=None, widths=None))
+  c.model.update(dict(name='', cfg=None, selections=None, num_classes=None, widths=None, block_scale=False))
   c.sparsity = ml_collections.ConfigDict(dict(s=0.0))
   c.mask = ml_collections.ConfigDict(dict(path=''))
   c.prune = ml_collections.ConfigDict(
@@ -49,7 +49,17 @@ def experiment_config():
   # prune.method='lottery' (pruning_jax.methods.lottery): 'unstructured' (rounds of prune.percent of the remaining
   # conv weights) or 'l1' (prune.scheme, once); every phase runs at each of lrs
   c.lottery = ml_collections.ConfigDict(dict(structure='unstructured', rounds=1, lrs=(0.1, 0.01)))
-  c.scratch = ml_collections.ConfigDict(dict(budget_cap=0.0))
+  # prune.method='guided' (pruning_jax.methods.guided): Network Slimming source runs at prune.percent (this
+  # experiment's seeds, and the seed*/prune phases of the workdirs in runs_from) averaged per stage or layer; a
+  # pattern.json (or a guided experiment's workdir) in pattern_from is transferred; uniform: the same params
+  c.guided = ml_collections.ConfigDict(dict(granularity='stage', runs_from=(), pattern_from='', uniform=True))
+  # prune.method='sss' (pruning_jax.methods.sss): the factors' sparsity penalty and momentum of the proximal step;
+  # architecture: '' (the blocks the trained factors remove) or a fixed one of the paper (resnet41/32/26)
+  c.sss = ml_collections.ConfigDict(dict(gamma=0.0, momentum=0.9, architecture=''))
+  # equal_decay_steps: Scratch-B's lr decays every int(f1 x E) epochs (MXNet's recipe, SSS) instead of at int(f x E);
+  # init (unstructured only): 'sparse_he' re-draws each conv at the sparse He std (the paper's cifar_E.py), 'model'
+  # keeps the model's own init under the mask
+  c.scratch = ml_collections.ConfigDict(dict(budget_cap=0.0, equal_decay_steps=False, init='sparse_he'))
   c.experiment = ml_collections.ConfigDict(
       dict(title='', seeds=(0,), phases=job.PHASES, paper={}, compilation_cache=True)
   )
