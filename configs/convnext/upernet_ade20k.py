@@ -29,6 +29,9 @@ U(0.5, 2.0) keeping the aspect, random crop with cat_max_ratio 0.75, flip, photo
 to the crop; 2560x640 for the 640 crops). Eval: single-scale resizes into 2048x512 (2560x640) keeping the aspect
 and slides 512 windows with stride 341 (640 / 426); multi-scale + flip (the official _ms configs) averages the
 softmax over ratios 0.5-1.75 of that size and the mirror image, whole-image inference; labels at full size.
+Limitation: eval takes one image per batch (ADE20K's sizes differ; XLA compiles once per size), and the eval batch
+must split over the devices, so these configs run on one device (an 80 GB GPU holds batch 16 of T at 512); with
+more, train with a larger eval_batch_size only after adding size-bucketed eval (not done).
 Known deviation: mmcv's poly decays over all 160k iterations and the warm-up scales it, here poly starts after the
 warm-up (lr at iteration 1500: 1e-4 here, 0.99e-4 there).
 """

@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from pruning_helpers import random_variables
 
 import pruning_jax
 from convnext_jax import export
@@ -14,7 +15,6 @@ from core_jax.compute import Compute
 from core_jax.errors import UserError
 from core_jax.weights import flatten, sidecar_path
 from pruning_jax import io, models
-from tests.pruning.test_pruning_graph import random_variables
 
 
 @pytest.fixture(scope='module')
