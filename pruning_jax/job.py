@@ -33,6 +33,11 @@ learns a factor per residual branch (model.block_scale, the proximal step of sss
 phase removes the blocks whose factor is 0 and folds the others into their branch's last BatchNorm; with a fixed
 sss.architecture (resnet41 / 32 / 26) the large ResNet-50 trains plainly and the prune phase cuts that architecture.
 
+Soft filter pruning (prune.method='sfp', pruning_jax.methods.sfp): the large phase trains with SFP's epoch hook
+(pruning_jax.task.SoftFilterTask: each conv's weakest filters at sfp.keep_rate zeroed after every epoch, from
+init_from weights when given), the prune phase hard-prunes the zero filters through the surgery; Scratch-B's base
+is scratch.base_epochs when > 0 (SFP: 400, the baseline's and the SFP run's epochs together).
+
 Guided pruning (prune.method='guided', pruning_jax.methods.guided) runs, per seed, the source run (large with
 sparsity training, prune = Network Slimming at prune.percent, and the scratch phases asked of its architecture),
 then
@@ -70,10 +75,18 @@ import numpy as np
 from core_jax import checkpoint, experiment, optim
 from core_jax.errors import UserError
 from pruning_jax import budget, models, report
-from pruning_jax.task import PruningTask, build_from_config, count_nonzero, merge_weights, read_weights, save_mask
+from pruning_jax.task import (
+    PruningTask,
+    SoftFilterTask,
+    build_from_config,
+    count_nonzero,
+    merge_weights,
+    read_weights,
+    save_mask,
+)
 
 PHASES = ('large', 'prune', 'finetune', 'scratch_e', 'scratch_b')
-METHODS = ('l1_norm', 'slimming', 'graph', 'magnitude', 'lottery', 'guided', 'sss', 'thinet', 'regression')
+METHODS = ('l1_norm', 'slimming', 'graph', 'magnitude', 'lottery', 'guided', 'sss', 'sfp', 'thinet', 'regression')
 RECONSTRUCTION = ('thinet', 'regression')  # prune from sampled activations: the prune phase reads training images
 GRAPH_CRITERIA = ('l1', 'l2', 'bn_scale')  # Taylor needs batches the prune phase does not read
 UNSTRUCTURED = ('magnitude',)  # the large shape with weights held at 0: always the mask implementation
@@ -119,6 +132,12 @@ def check_config(config) -> None:
     _check_guided(config)
   if method == 'sss':
     _check_sss(config)
+  if method == 'sfp':
+    from pruning_jax.methods import sfp  # pylint: disable=import-outside-toplevel
+
+    if config.get('sfp') is None:
+      raise UserError('prune.method=sfp needs the config group sfp (keep_rate)')
+    sfp.check_keep_rate(config.sfp.keep_rate)
   num_epochs = float(config.num_epochs)
   if num_epochs <= 0 or num_epochs != int(num_epochs):
     raise UserError(f'num_epochs must be a positive whole number of epochs, got {config.num_epochs}')
@@ -243,8 +262,8 @@ def large_config(config, seed: int):
   c = _base(config, seed)
   c.sparsity.s = float(config.sparsity.s)
   c.model.block_scale = sss_training(config)
-  if config.init_from:  # given weights: evaluated, not trained
-    c.init_from, c.eval_only = config.init_from, True
+  if config.init_from:  # given weights: evaluated, not trained (soft filter pruning trains from them)
+    c.init_from, c.eval_only = config.init_from, config.prune.method != 'sfp'
   return c
 
 
@@ -430,6 +449,13 @@ def run_method(config, model, variables: dict, input_shape=(1, 32, 32, 3), seed:
     return run_graph(config, model, variables, input_shape)
   if p.method == 'sss':
     return run_sss(config, model, variables)
+  if p.method == 'sfp':
+    from pruning_jax.methods import sfp  # pylint: disable=import-outside-toplevel
+
+    result = sfp.hard_prune(model, variables)
+    r = result.report
+    _say(f'sfp: {r["filters_removed"]} zero filters cut, {r["zero_filters_kept"]} on shared residual channels kept')
+    return result.model, result.variables, dict(r)
   if p.method == 'l1_norm':
     from pruning_jax.methods import l1_norm  # pylint: disable=import-outside-toplevel
 
@@ -911,7 +937,8 @@ def seed_phases(config, seed: int, wanted) -> list[experiment.Phase]:
 
   out = []
   if 'large' in wanted or 'prune' in wanted:
-    out.append(experiment.train_phase(f'seed{seed}/large', lambda done, s=seed: large_config(config, s), PruningTask))
+    large_task = SoftFilterTask if config.prune.method == 'sfp' else PruningTask  # SFP: its epoch hook
+    out.append(experiment.train_phase(f'seed{seed}/large', lambda done, s=seed: large_config(config, s), large_task))
   if 'prune' in wanted:
     out.append(prune_phase(config, seed))
   if 'finetune' in wanted:

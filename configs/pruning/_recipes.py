@@ -56,10 +56,13 @@ def experiment_config():
   # prune.method='sss' (pruning_jax.methods.sss): the factors' sparsity penalty and momentum of the proximal step;
   # architecture: '' (the blocks the trained factors remove) or a fixed one of the paper (resnet41/32/26)
   c.sss = ml_collections.ConfigDict(dict(gamma=0.0, momentum=0.9, architecture=''))
+  # prune.method='sfp' (pruning_jax.methods.sfp): the fraction of each conv's filters kept after every epoch
+  c.sfp = ml_collections.ConfigDict(dict(keep_rate=0.7))
   # equal_decay_steps: Scratch-B's lr decays every int(f1 x E) epochs (MXNet's recipe, SSS) instead of at int(f x E);
   # init (unstructured only): 'sparse_he' re-draws each conv at the sparse He std (the paper's cifar_E.py), 'model'
-  # keeps the model's own init under the mask
-  c.scratch = ml_collections.ConfigDict(dict(budget_cap=0.0, equal_decay_steps=False, init='sparse_he'))
+  # keeps the model's own init under the mask; base_epochs > 0: Scratch-B's base instead of num_epochs (SFP: 400,
+  # the baseline's and the SFP run's epochs together)
+  c.scratch = ml_collections.ConfigDict(dict(budget_cap=0.0, equal_decay_steps=False, init='sparse_he', base_epochs=0))
   c.experiment = ml_collections.ConfigDict(
       dict(title='', seeds=(0,), phases=job.PHASES, paper={}, compilation_cache=True)
   )
