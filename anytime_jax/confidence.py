@@ -18,9 +18,9 @@ Contract (the released ADP-C code, `conv_mask_uniform` + `set_part_masks`):
   (`masked_dense`, the released code's formulation) computes the dense conv y (bias included), keeps y where
   mask == 1 and fills masked positions with the 7x7 depthwise RBF interpolation of y * mask: weights
   exp(-lambda^2 d^2) with the centre's d^2 set to 1e5, normalised by the full kernel sum + 1e-5. 'sparse'
-  (`masked_sparse`) gives the same outputs computing the conv only on the 8 x 8 tiles that keep a pixel and the
-  fill only on tiles next to kept pixels (section below); a MaskSet built with train=True (the training
-  forward) always takes 'dense', whose gradients are the reference's.
+  (`masked_sparse`) gives the same outputs (to float32 rounding) computing the conv only on the 8 x 8 tiles that
+  keep a pixel and the fill only on tiles next to kept pixels (section below); a MaskSet built with train=True (the
+  training forward) always takes 'dense', whose gradients are the reference's.
 - Dense convs (`dense_conv`) compute as the policy says (`Compute.conv`); `AUTO` / `for_backend` give the
   line's choices per backend: on CPU a 1x1 conv is a matmul over the channels (XLA:CPU's convolution is several
   times slower for it at these channel counts), any other an XLA convolution (shifted patches @ kernel was as
@@ -40,7 +40,7 @@ import numpy as np
 from jax import lax
 
 from core_jax import counting
-from core_jax.compute import Compute, on_cpu, resolve
+from core_jax.compute import Compute, materialized, on_cpu, resolve
 from core_jax.errors import UserError
 
 RBF_SIZE = 7
@@ -204,12 +204,23 @@ def masked_dense(compute: Compute, x, kernel, bias, mask, rbf_lambda, strides, p
 # --------------------------------------------------------------------------------------
 # Outputs are cut into TILE x TILE tiles (at every conv's output resolution). The conv runs, as one dense VALID
 # conv over a stack of gathered input windows, on the tiles that keep at least one pixel; the RBF fill on the
-# tiles that skip a pixel within 3 of a kept one (elsewhere the fill is exactly 0, or not needed). The number of
+# tiles that skip a pixel within SHORT_RADIUS of a kept one (elsewhere the fill is 0 to float32 rounding, or not
+# needed). The fill's weights exp(-lambda^2 d^2) beyond that radius sum to at most RBF_TAIL_TAPS *
+# exp(-4 lambda^2) <= SHORT_TAIL of the largest value (lambda^2 >= SHORT_LAMBDA2; the init 3.0 gives 1e-14):
+# below float32 rounding, so the 3 x 3 taps give the 7 x 7 fill's values, and fill tiles are only those bordering
+# kept pixels. A smaller lambda (a trained one may be) takes the whole 7 x 7 fill, densely. The number of
 # tiles is dynamic, so each stack has a static capacity, the smallest of a few compiled buckets (fractions of
-# all tiles) that holds it, chosen by `lax.switch` (a conditional runs one branch); above the largest bucket the
-# branch is the dense computation. Per-pixel gathers (im2col of the kept pixels) were measured 3x slower than
-# masked-dense on XLA:CPU (W18-Small-v2, 256x512): its gathers copy one short channel row per tap.
+# all tiles) that holds it, chosen by `lax.switch` (a conditional runs one branch); a count of 0 computes
+# nothing, and above the largest bucket the branch is the dense computation. Both stages work on one NHWC
+# buffer padded by the RBF radius: the conv's tiles are scattered into it and the fill's windows gathered from
+# it and scatter-added back in place (a tile-major layout cost two transposes of the whole tensor per conv).
+# Per-pixel gathers (im2col of the kept pixels) were measured 3x slower than masked-dense on XLA:CPU
+# (W18-Small-v2, 256x512): its gathers copy one short channel row per tap.
 TILE = 8
+SHORT_RADIUS = 1
+RBF_TAIL_TAPS = RBF_SIZE**2 - (2 * SHORT_RADIUS + 1) ** 2  # the taps the short fill leaves out
+SHORT_TAIL = 1e-7
+SHORT_LAMBDA2 = math.log(RBF_TAIL_TAPS / SHORT_TAIL) / (SHORT_RADIUS + 1) ** 2
 CONV_BUCKETS = (0.25, 0.5, 0.75, 0.9)
 FILL_BUCKETS = (0.125, 0.25, 0.5)
 
@@ -230,7 +241,7 @@ class TileSet:
   whole side when smaller) over the output grid padded to whole tiles (the padding is skipped pixels), the batch
   flattened into one list of B * nh * nw tiles (per-example masks, one stack):
   - `conv_count`, `conv_order`: tiles with a kept pixel, first in `conv_order`;
-  - `fill_count`, `fill_order`: tiles with a skipped pixel within 3 (the RBF radius) of a kept one, first."""
+  - `fill_count`, `fill_order`: tiles with a skipped pixel within SHORT_RADIUS of a kept one, first."""
 
   def __init__(self, mask: jax.Array):
     self.mask = mask
@@ -239,8 +250,8 @@ class TileSet:
     self.nh, self.nw = -(-h // self.th), -(-w // self.tw)
     grid = jnp.pad(mask > 0.5, ((0, 0), (0, self.nh * self.th - h), (0, self.nw * self.tw - w)))
     self.grid_mask = grid
-    r = RBF_SIZE // 2
-    near = lax.reduce_window(grid, False, lax.bitwise_or, (1, RBF_SIZE, RBF_SIZE), (1, 1, 1), ((0, 0), (r, r), (r, r)))
+    r, n = SHORT_RADIUS, 2 * SHORT_RADIUS + 1
+    near = lax.reduce_window(grid, False, lax.bitwise_or, (1, n, n), (1, 1, 1), ((0, 0), (r, r), (r, r)))
     tiles = lambda a: a.reshape(bsz, self.nh, self.th, self.nw, self.tw).any(axis=(2, 4))
     self.conv_count, self.conv_order = _ordered(tiles(grid))
     self.fill_count, self.fill_order = _ordered(tiles(near & ~grid))
@@ -261,12 +272,47 @@ class TileSet:
     a = jnp.moveaxis(a.reshape(b, self.nh, self.nw, self.th, self.tw, *rest), 3, 2)
     return a.reshape(b, self.nh * self.th, self.nw * self.tw, *rest)
 
-  def windows(self, a: jax.Array, tiles: jax.Array, stride: int, size: tuple[int, int]) -> jax.Array:
-    """The (size) windows of `a` (B, H, W, C) at tile (b, i, j)'s origin (stride * i * th, stride * j * tw)."""
+  def origins(self, tiles: jax.Array, scale: int, offset: int = 0) -> jax.Array:
+    """(K, 3) start indices (b, offset + scale * i * th, offset + scale * j * tw) of tiles (b, i, j) (flat ids)."""
     b, rest = tiles // (self.nh * self.nw), tiles % (self.nh * self.nw)
     i, j = rest // self.nw, rest % self.nw
-    take = lambda b, i, j: lax.dynamic_slice(a, (b, i, j, 0), (1, *size, a.shape[-1]))[0]
-    return jax.vmap(take)(b, stride * i * self.th, stride * j * self.tw)
+    return jnp.stack([b, offset + scale * i * self.th, offset + scale * j * self.tw], axis=-1).astype(jnp.int32)
+
+  def windows(self, a: jax.Array, tiles: jax.Array, stride: int, size: tuple[int, int], offset: int = 0) -> jax.Array:
+    """The (size) windows of `a` (B, H, W, C) at tile (b, i, j)'s origin (offset + stride * i * th, offset +
+    stride * j * tw): (K, *size, C), one gather."""
+    dnums = lax.GatherDimensionNumbers(offset_dims=(1, 2, 3), collapsed_slice_dims=(0,), start_index_map=(0, 1, 2))
+    return lax.gather(
+        a,
+        self.origins(tiles, stride, offset),
+        dnums,
+        (1, *size, a.shape[-1]),
+        indices_are_sorted=False,
+        mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS,
+    )
+
+  def kept(self, tiles: jax.Array, dtype) -> jax.Array:
+    """The mask of tiles (flat ids) as (K, th, tw, 1) in `dtype`."""
+    return self.to_tiles(self.grid_mask)[tiles][..., None].astype(dtype)
+
+
+_TILE_SCATTER = lax.ScatterDimensionNumbers(
+    update_window_dims=(1, 2, 3), inserted_window_dims=(0,), scatter_dims_to_operand_dims=(0, 1, 2)
+)
+
+
+def _scatter_tiles(op, buffer: jax.Array, tiles: TileSet, rows: jax.Array, values: jax.Array) -> jax.Array:
+  """`op` (lax.scatter or lax.scatter_add) of the tile stack `values` (K, th, tw, C) into `buffer` (the output
+  grid padded by the RBF radius on every side) at the tiles `rows` (distinct, so the windows never overlap)."""
+  return op(
+      buffer,
+      tiles.origins(rows, 1, RBF_SIZE // 2),
+      values,
+      _TILE_SCATTER,
+      indices_are_sorted=False,
+      unique_indices=True,
+      mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS,
+  )
 
 
 def capacities(n: int, fractions) -> tuple[int, ...]:
@@ -275,15 +321,24 @@ def capacities(n: int, fractions) -> tuple[int, ...]:
 
 
 def _bucket_index(count: jax.Array, caps: tuple[int, ...]) -> jax.Array:
-  """Index of the smallest capacity >= count; len(caps) (the dense branch) when none is."""
-  return jnp.sum(count > jnp.asarray(caps, jnp.int32)).astype(jnp.int32)
+  """Index of the smallest capacity >= count (0 for no tile, caps[i] at i + 1); len(caps) + 1 (the dense branch)
+  when none is."""
+  return jnp.sum(count > jnp.asarray((0, *caps), jnp.int32)).astype(jnp.int32)
+
+
+def _grid_buffer(tiles: TileSet, a: jax.Array) -> jax.Array:
+  """`a` (B, h, w, C) on the output grid padded by the RBF radius (the layout both stages share)."""
+  r = RBF_SIZE // 2
+  h, w = a.shape[1:3]
+  return jnp.pad(a, ((0, 0), (r, r + tiles.nh * tiles.th - h), (r, r + tiles.nw * tiles.tw - w), (0, 0)))
 
 
 def _tiled_conv(compute: Compute, x, kernel, bias, tiles: TileSet, cap: int, stride: int, padding) -> jax.Array:
-  """The conv (+ bias) times the mask on the padded output grid (B, nh*th, nw*tw, C_out), computed on the first
-  `cap` tiles of `conv_order` only (every tile with a kept pixel when conv_count <= cap; the others are all
-  skipped pixels, so their product with the mask is 0 whichever they are)."""
-  k = kernel.shape[0]
+  """The conv (+ bias) times the mask in the padded grid buffer (`_grid_buffer`), computed on the first `cap`
+  tiles of `conv_order` only (every tile with a kept pixel when conv_count <= cap; the others are all skipped
+  pixels, so their product with the mask is 0 whichever they are)."""
+  k, cout = kernel.shape[0], kernel.shape[-1]
+  r = RBF_SIZE // 2
   (pt, _), (pl, _) = padding
   win_h, win_w = stride * (tiles.th - 1) + k, stride * (tiles.tw - 1) + k
   need_h, need_w = stride * (tiles.nh * tiles.th - 1) + k, stride * (tiles.nw * tiles.tw - 1) + k
@@ -292,63 +347,80 @@ def _tiled_conv(compute: Compute, x, kernel, bias, tiles: TileSet, cap: int, str
   y = compute.conv(tiles.windows(xp, rows, stride, (win_h, win_w)), kernel, (stride, stride))
   if bias is not None:
     y = y + bias.astype(y.dtype)
-  y = y * tiles.to_tiles(tiles.grid_mask)[rows][..., None].astype(y.dtype)
-  out = jnp.zeros((tiles.num_tiles, tiles.th, tiles.tw, y.shape[-1]), y.dtype).at[rows].set(y, unique_indices=True)
-  return tiles.from_tiles(out)
+  y = y * tiles.kept(rows, y.dtype)
+  buffer = jnp.zeros((x.shape[0], tiles.nh * tiles.th + 2 * r, tiles.nw * tiles.tw + 2 * r, cout), y.dtype)
+  return _scatter_tiles(lax.scatter, buffer, tiles, rows, y)
 
 
-def _separable_rbf(yp: jax.Array, rbf_lambda: jax.Array, h: int, w: int) -> jax.Array:
-  """The RBF interpolation (without the mask terms) of windows `yp` (..., h + 6, w + 6, C) padded by 3."""
-  r = RBF_SIZE // 2
-  g = jnp.exp(-(rbf_lambda**2) * jnp.asarray((np.arange(RBF_SIZE, dtype=np.float32) - r) ** 2)).astype(yp.dtype)
+def _separable_rbf(yp: jax.Array, rbf_lambda: jax.Array, h: int, w: int, r: int) -> jax.Array:
+  """The RBF interpolation (without the mask terms) of windows `yp` (..., h + 2r, w + 2r, C) padded by r, with
+  the taps within r (r = 3: all; normalised by the whole 7 x 7 kernel's sum, as the reference): 2r + 1 taps along
+  the width into a buffer of its own (`materialized`: XLA:CPU would otherwise fuse them into each tap along the
+  height, (2r + 1)^2 multiply-adds per value), then 2r + 1 along the height."""
+  g = jnp.exp(-(rbf_lambda**2) * jnp.asarray((np.arange(2 * r + 1, dtype=np.float32) - r) ** 2)).astype(yp.dtype)
   norm = (1.0 / (rbf_weights(rbf_lambda).sum() + RBF_EPS)).astype(yp.dtype)
-  rows = sum(g[j] * yp[..., :, j : j + w, :] for j in range(RBF_SIZE))
-  return sum(g[i] * rows[..., i : i + h, :, :] for i in range(RBF_SIZE)) * norm
+  rows = materialized(lambda yp, g: sum(g[j] * yp[..., :, j : j + w, :] for j in range(2 * r + 1)), yp, g)
+  return sum(g[i] * rows[..., i : i + h, :, :] for i in range(2 * r + 1)) * norm
 
 
-def _tiled_fill(ym, tiles: TileSet, rbf_lambda, cap: int) -> jax.Array:
-  """`ym` (B, nh*th, nw*tw, C: the conv, 0 at skipped pixels) with the RBF fill added at the skipped pixels of
-  the first `cap` tiles of `fill_order` (every tile that has a nonzero fill when fill_count <= cap; in the
-  others the fill is 0 or falls on kept pixels, where it is not added)."""
-  r = RBF_SIZE // 2
-  yp = jnp.pad(ym, ((0, 0), (r, r), (r, r), (0, 0)))
+def _tiled_fill(ymp, tiles: TileSet, rbf_lambda, cap: int) -> jax.Array:
+  """The padded grid buffer `ymp` (the conv, 0 at skipped pixels) with the short RBF fill (taps within
+  SHORT_RADIUS) added at the skipped pixels of the first `cap` tiles of `fill_order` (every tile that has a nonzero
+  fill when fill_count <= cap; in the others the fill is 0 or falls on kept pixels, where it is not added). The
+  windows are read before any tile is written (one gather, one scatter-add), so every fill sees the conv's values
+  only."""
+  r = SHORT_RADIUS
   rows = tiles.fill_order[:cap]
-  interp = _separable_rbf(
-      tiles.windows(yp, rows, 1, (tiles.th + 2 * r, tiles.tw + 2 * r)), rbf_lambda, tiles.th, tiles.tw
-  )
-  skipped = 1 - tiles.to_tiles(tiles.grid_mask)[rows][..., None].astype(ym.dtype)
-  out = tiles.to_tiles(ym)
-  return tiles.from_tiles(out.at[rows].add(interp * skipped, unique_indices=True))
+  windows = tiles.windows(ymp, rows, 1, (tiles.th + 2 * r, tiles.tw + 2 * r), RBF_SIZE // 2 - r)
+  interp = _separable_rbf(windows, rbf_lambda, tiles.th, tiles.tw, r) * (1 - tiles.kept(rows, ymp.dtype))
+  return _scatter_tiles(lax.scatter_add, ymp, tiles, rows, interp)
 
 
 def masked_sparse(compute: Compute, x, kernel, bias, mask, rbf_lambda, strides, padding):
   """`masked_dense`'s outputs computed sparsely (compute.masked_conv='sparse'; ``mask`` an array or a
   `TileSet`): the conv only on tiles with kept pixels (`_tiled_conv`), the RBF fill only on tiles with skipped
-  pixels next to kept ones (`_tiled_fill`), each at the smallest bucket capacity that holds its tiles, densely
-  above the largest (the conv as `dense_conv`, the fill as `rbf_fill`). Inference only: training keeps
-  `masked_dense` (`MaskSet.train`)."""
+  pixels next to kept ones (`_tiled_fill`, when lambda^2 >= SHORT_LAMBDA2), each at the smallest bucket capacity
+  that holds its tiles, nothing for no tile, densely above the largest bucket (the conv as `dense_conv`, the fill
+  as the separable sum over the whole buffer; the whole 7 x 7 fill so when lambda is smaller). Inference only:
+  training keeps `masked_dense` (`MaskSet.train`)."""
   tiles = mask if isinstance(mask, TileSet) else TileSet(mask)
   m = tiles.mask
-  _, h, w = m.shape
+  bsz, h, w = m.shape
+  r = RBF_SIZE // 2
   kernel = kernel.astype(x.dtype)
   stride = strides[0]
   if tuple(strides) != (stride, stride) or kernel.shape[0] != kernel.shape[1]:
     raise ValueError(f'the sparse masked conv takes square kernels and strides, got {kernel.shape[:2]}, {strides}')
-  grid_pad = ((0, 0), (0, tiles.nh * tiles.th - h), (0, tiles.nw * tiles.tw - w), (0, 0))
+  grid_h, grid_w = tiles.nh * tiles.th, tiles.nw * tiles.tw
 
-  def dense_branch(x, kernel, bias):
-    return jnp.pad(dense_conv(compute, x, kernel, bias, strides, padding) * m[..., None].astype(x.dtype), grid_pad)
+  def no_conv(x, kernel, bias):
+    return jnp.zeros((bsz, grid_h + 2 * r, grid_w + 2 * r, kernel.shape[-1]), x.dtype)
+
+  def dense_conv_branch(x, kernel, bias):
+    return _grid_buffer(tiles, dense_conv(compute, x, kernel, bias, strides, padding) * m[..., None].astype(x.dtype))
 
   caps = capacities(tiles.num_tiles, CONV_BUCKETS)
   branches = [
       lambda x, kernel, bias, c=c: _tiled_conv(compute, x, kernel, bias, tiles, c, stride, padding) for c in caps
   ]
-  ym = lax.switch(_bucket_index(tiles.conv_count, caps), [*branches, dense_branch], x, kernel, bias)
+  ymp = lax.switch(_bucket_index(tiles.conv_count, caps), [no_conv, *branches, dense_conv_branch], x, kernel, bias)
+
+  def no_fill(ymp, lam):
+    return ymp[:, r : r + h, r : r + w]
+
+  def dense_fill(ymp, lam, radius=r):
+    ym = ymp[:, r : r + h, r : r + w]
+    o = r - radius
+    interp = _separable_rbf(ymp[:, o : o + h + 2 * radius, o : o + w + 2 * radius], lam, h, w, radius)
+    return ym + interp * (1 - m[..., None].astype(ym.dtype))
 
   caps = capacities(tiles.num_tiles, FILL_BUCKETS)
-  branches = [lambda ym, lam, c=c: _tiled_fill(ym, tiles, lam, c)[:, :h, :w] for c in caps]
-  dense_fill = lambda ym, lam: rbf_fill(ym[:, :h, :w], m, lam)
-  return lax.switch(_bucket_index(tiles.fill_count, caps), [*branches, dense_fill], ym, rbf_lambda)
+  branches = [lambda ymp, lam, c=c: no_fill(_tiled_fill(ymp, tiles, lam, c), lam) for c in caps]
+  short_dense = lambda ymp, lam: dense_fill(ymp, lam, SHORT_RADIUS)
+  short_fill = lambda ymp, lam: lax.switch(
+      _bucket_index(tiles.fill_count, caps), [no_fill, *branches, short_dense], ymp, lam
+  )
+  return lax.cond(rbf_lambda**2 >= SHORT_LAMBDA2, short_fill, dense_fill, ymp, rbf_lambda)
 
 
 # compute.masked_conv -> the masked conv (same signature and semantics); core_jax.compute.CHOICES lists the names.

@@ -15,6 +15,7 @@ import os
 import sys
 
 from core_jax.errors import UserError
+from core_jax.seg_figure import save_figure
 
 REFERENCES = {
     'cityscapes_w48': {
@@ -91,18 +92,6 @@ def plot(runs: list[dict], out: str, title: str = '', references=()) -> str:
   ax.grid(True, alpha=0.3)
   ax.legend(fontsize=8, loc='lower right')
   return save_figure(fig, out)
-
-
-def save_figure(fig, out: str) -> str:
-  """Lays out and writes the matplotlib figure `fig` to the PNG `out` atomically (a temp file, then a rename)."""
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-
-  fig.tight_layout()
-  tmp = f'{out}.tmp{os.getpid()}.png'
-  fig.savefig(tmp)
-  plt.close(fig)
-  os.replace(tmp, out)
-  return out
 
 
 def redraw(paths: list[str], out: str, title: str = '') -> str:

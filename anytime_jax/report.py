@@ -118,49 +118,19 @@ def write(workdir: str, runs: list[dict], config) -> dict:
   return data
 
 
-def label_colors(num_classes: int):
-  """(num_classes + 1, 3) RGB floats: class 0 (background) black, the others a qualitative map, ignore white (last)."""
-  import matplotlib  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
-
-  cmap = matplotlib.colormaps['tab20' if num_classes > 11 else 'tab10']
-  colors = [(0.0, 0.0, 0.0)] + [cmap(i % cmap.N)[:3] for i in range(num_classes - 1)] + [(1.0, 1.0, 1.0)]
-  return np.asarray(colors, np.float32)
-
-
 def plot_scene(out: str, image, labels, exits: list[dict], title: str, num_classes: int) -> str:
   """One scene as ADP-C sees it: the input and its labels (first column), then per exit its prediction (top) and
   the mask of the pixels it computed (bottom, white = computed, black = copied from the earlier exit).
 
   image (H, W, 3) uint8; labels (H, W) class ids (255 = ignore); exits: [{'exit', 'prediction' (H, W) ids,
   'computed' (h, w) 0/1 mask at the logits' resolution, 'fraction'}]. Writes the PNG `out` atomically."""
-  import matplotlib  # pylint: disable=import-outside-toplevel
-
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
 
-  colors = label_colors(num_classes)
+  from core_jax import seg_figure  # pylint: disable=import-outside-toplevel
 
-  def paint(ids):
-    ids = np.asarray(ids).astype(np.int64)
-    return colors[np.where(ids == 255, num_classes, np.clip(ids, 0, num_classes - 1))]
-
-  cols = 1 + len(exits)
-  fig, axes = plt.subplots(2, cols, figsize=(2.6 * cols, 3.6), dpi=120, squeeze=False)
-  panels = [(axes[0, 0], np.asarray(image), 'input'), (axes[1, 0], paint(labels), 'labels')]
-  for j, e in enumerate(exits, start=1):
-    panels.append((axes[0, j], paint(e['prediction']), f"exit {e['exit']}: prediction"))
-    panels.append(
-        (axes[1, j], np.asarray(e['computed'], np.float32), f"exit {e['exit']}: computed {100 * e['fraction']:.0f}%")
-    )
-  for ax, picture, name in panels:
-    gray = picture.ndim == 2
-    ax.imshow(picture, cmap='gray' if gray else None, vmin=0, vmax=1 if gray else None, interpolation='nearest')
-    ax.set_title(name, fontsize=8)
-    ax.set_xticks([])
-    ax.set_yticks([])
-  fig.suptitle(title, fontsize=9)
-  from anytime_jax import curve  # pylint: disable=import-outside-toplevel
-
-  return curve.save_figure(fig, out)
+  top = [(np.asarray(image), 'input')]
+  bottom = [(seg_figure.paint(labels, num_classes), 'labels')]
+  for e in exits:
+    top.append((seg_figure.paint(e['prediction'], num_classes), f"exit {e['exit']}: prediction"))
+    bottom.append((np.asarray(e['computed'], np.float32), f"exit {e['exit']}: computed {100 * e['fraction']:.0f}%"))
+  return seg_figure.plot_panels(out, [top, bottom], title)

@@ -1,8 +1,16 @@
-"""Speed of the paper's pruned CIFAR models: measured speed-up over the unpruned model next to the MACs ratio,
-ours (jax.jit) and the same models in PyTorch eager, in the same run.
+"""Speed of pruned models: measured speed-up over the unpruned model next to the MACs ratio, ours (jax.jit) and the
+same models in PyTorch eager, in the same run: the paper's pruned CIFAR models, and ConvNeXt pruned by the traced
+surgery (pruning_jax.prune).
 
   python -m benchmarks.pruned_speed [--pairs vgg16:vgg16_a,resnet56:resnet56_a,...] [--batch 64] [--repeats 5] \
-      [--channel-multiples 8,1]
+      [--channel-multiples 8,1] [--size 32]
+  python -m benchmarks.pruned_speed --pairs convnext_tiny:convnext_tiny@0.5 --batch 8 --size 112 --modes infer
+
+A model name NAME@R (a ConvNeXt family of pruning_jax.models: convnext_tiny, convnext) is NAME with ratio R of
+every traced channel group removed by `pruning_jax.prune` (group L1 of a random init: the widths depend on R only,
+not on the weights); its PyTorch side is timm's ConvNeXt at the pruned per-stage `dims` (at a uniform ratio every
+block keeps 4 x its stage width as its MLP hidden width, which timm builds). ConvNeXt pairs time inference only
+(no BatchNorm state for the train step below) at --size x --size inputs.
 
 For each (unpruned, pruned) pair and mode (inference = eval forward; train = forward + backward + the paper's
 SGD step, momentum 0.9, weight decay 1e-4, BN in train mode), four worker processes (ours / torch x large /
@@ -34,18 +42,43 @@ DEFAULT_PAIRS = (
 )
 
 
-def _ours(name, mode, batch):
+def _split(name: str) -> tuple[str, float | None]:
+  """'convnext_tiny@0.5' -> ('convnext_tiny', 0.5); a plain name -> (name, None)."""
+  base, _, ratio = name.partition('@')
+  return base, (float(ratio) if ratio else None)
+
+
+def _build(name: str, compute, size: int):
+  """(model, variables) of `name` (NAME@R: pruned by the traced surgery, see the module docstring)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  from core_jax.compute import Compute  # pylint: disable=import-outside-toplevel
+  from pruning_jax import models, structured  # pylint: disable=import-outside-toplevel
+  from pruning_jax.rewidth import Rewidthed  # pylint: disable=import-outside-toplevel
+
+  base, ratio = _split(name)
+  model = models.create(base, compute=compute)
+  x = jnp.zeros((1, size, size, 3), jnp.float32)
+  variables = jax.jit(lambda: model.init(jax.random.PRNGKey(1), x, train=False))()
+  if ratio is None:
+    return model, variables
+  traced = model.clone(compute=Compute())  # traced with the plain-XLA policy, run with `compute` (as the runner)
+  result = structured.prune(traced, variables, x, ratio)
+  return Rewidthed(model, result.model.widths), result.variables
+
+
+def _ours(name, mode, batch, size=32):
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
 
-  from pruning_jax import models  # pylint: disable=import-outside-toplevel
   from pruning_jax.models import layers  # pylint: disable=import-outside-toplevel
 
-  model = models.create(name, compute=layers.for_backend(dict(channel_multiple=_CHANNEL_MULTIPLE[0])))
-  x = jax.random.normal(jax.random.PRNGKey(0), (batch, 32, 32, 3), jnp.float32)
+  compute = layers.for_backend(dict(channel_multiple=_CHANNEL_MULTIPLE[0]))
+  x = jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, 3), jnp.float32)
   y = jnp.zeros((batch,), jnp.int32)
-  variables = jax.jit(model.init)(jax.random.PRNGKey(1), x[:1])
+  model, variables = _build(name, compute, size)
   if mode == 'infer':
     fwd = jax.jit(lambda v, x: model.apply(v, x, train=False)[0])
     return lambda: fwd(variables, x).block_until_ready()
@@ -71,6 +104,9 @@ def _ours(name, mode, batch):
 
 
 def _torch_model(name):
+  base, ratio = _split(name)
+  if base in _convnext_families():
+    return _timm_convnext(base, ratio)
   sys.path.insert(0, os.path.join(common.REPO, 'tests', 'pruning'))
   import pruning_torch_reference as tr  # pylint: disable=import-outside-toplevel,import-error
 
@@ -87,12 +123,29 @@ def _torch_model(name):
   raise ValueError(f'no PyTorch definition for {name}')
 
 
-def _torch(name, mode, batch):
+def _convnext_families():
+  from pruning_jax import models  # pylint: disable=import-outside-toplevel
+
+  return models.CONVNEXT_FAMILIES
+
+
+def _timm_convnext(base: str, ratio: float | None):
+  """timm's ConvNeXt at the widths `pruning_jax.prune` gives `base` at `ratio` (export.timm_recipe's arguments)."""
+  from convnext_jax import export  # pylint: disable=import-outside-toplevel
+  from pruning_jax import models  # pylint: disable=import-outside-toplevel
+
+  arch, dims, _ = models.CONVNEXT_FAMILIES[base]
+  if ratio is not None:  # floor(C * (1 - ratio)) of every stage width, as structured.prune keeps
+    dims = tuple(max(int(d * (1.0 - ratio) + 1e-9), 1) for d in dims)
+  return export.timm_model_for(export.timm_recipe(arch, dict(dims=dims)))
+
+
+def _torch(name, mode, batch, size=32):
   import torch  # pylint: disable=import-outside-toplevel
 
   torch.set_num_threads(os.cpu_count() or 1)
   model = _torch_model(name)
-  x = torch.randn(batch, 3, 32, 32)
+  x = torch.randn(batch, 3, size, size)
   y = torch.zeros(batch, dtype=torch.long)
   if mode == 'infer':
     model.eval()
@@ -119,13 +172,14 @@ def worker(args):
 
   host_memory.retain_freed_memory()
   _CHANNEL_MULTIPLE[0] = args.channel_multiple
-  fn = (_ours if args.contender == 'ours' else _torch)(args.model, args.mode, args.batch)
+  fn = (_ours if args.contender == 'ours' else _torch)(args.model, args.mode, args.batch, args.size)
   record = {
       'bench': 'pruned_speed',
       'contender': args.contender,
       'mode': args.mode,
       'model': args.model,
       'batch': args.batch,
+      'size': args.size,
       'threads': _threads(args.contender),
   }
   if args.contender == 'ours':
@@ -144,19 +198,30 @@ def _threads(contender: str) -> int:
   return os.cpu_count() or 1  # XLA:CPU's intra-op pool: one thread per core
 
 
-def _macs(name) -> int:
+def _macs(name, size: int = 32) -> int:
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  from core_jax import counting  # pylint: disable=import-outside-toplevel
+  from core_jax.compute import Compute  # pylint: disable=import-outside-toplevel
   from pruning_jax import models, zoo  # pylint: disable=import-outside-toplevel
 
-  return zoo.params_and_macs(models.create(name), 'cifar')[1]
+  if _split(name)[0] not in models.CONVNEXT_FAMILIES:
+    return zoo.params_and_macs(models.create(name), 'cifar')[1]
+  model, variables = _build(name, Compute(), size)
+  return counting.count_macs(model, jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32), variables=variables)
 
 
 def measure(
-    pairs=DEFAULT_PAIRS, batch=64, repeats=5, warmup=2, modes=('infer', 'train'), channel_multiples=(8,)
+    pairs=DEFAULT_PAIRS, batch=64, repeats=5, warmup=2, modes=('infer', 'train'), channel_multiples=(8,), size=32
 ) -> list:
   records = []
   for large, pruned in pairs:
-    macs_ratio = _macs(large) / _macs(pruned)
+    macs_ratio = _macs(large, size) / _macs(pruned, size)
+    convnext = _split(large)[0] in _convnext_families()
     for mode in modes:
+      if convnext and mode == 'train':
+        continue  # inference only (see the module docstring)
       cli = lambda c, m, k=1: [
           '--worker',
           '--contender',
@@ -171,6 +236,8 @@ def measure(
           str(warmup),
           '--channel-multiple',
           str(k),
+          '--size',
+          str(size),
       ]
       contenders = {f'torch:{m}': cli('torch', m) for m in (large, pruned)}
       contenders.update({f'ours{k}:{m}': cli('ours', m, k) for k in channel_multiples for m in (large, pruned)})
@@ -185,6 +252,7 @@ def measure(
             'large': large,
             'pruned': pruned,
             'batch': batch,
+            'size': size,
             'channel_multiple': k,
             'threads': {'ours': threads[f'{ours}:{large}'], 'torch': threads[f'torch:{large}']},
             'macs_ratio': macs_ratio,
@@ -214,7 +282,8 @@ def table(records) -> str:
     m = r['median_s']
     th = r.get('threads') or {}
     lines.append(
-        f"| {r['mode']} | {r['large']} -> {r['pruned']} | {r.get('channel_multiple', '-')} | {r['macs_ratio']:.2f} | "
+        f"| {r['mode']} | {r['large']} -> {r['pruned']}{_size_note(r)} | {r.get('channel_multiple', '-')} | "
+        f"{r['macs_ratio']:.2f} | "
         f"{r['ours_speedup']:.2f}x | "
         f"{r['torch_speedup']:.2f}x | {r['ours_speedup_of_macs_ratio']:.2f} | "
         f"{r['ours_per_torch_large']:.2f}x | {r['ours_per_torch_pruned']:.2f}x | "
@@ -222,6 +291,11 @@ def table(records) -> str:
         f"{th.get('ours', '-')} / {th.get('torch', '-')} |"
     )
   return '\n'.join(lines)
+
+
+def _size_note(record) -> str:
+  size, batch = record.get('size', 32), record.get('batch')
+  return '' if size == 32 else f' ({size}x{size}, batch {batch})'
 
 
 def main():
@@ -234,6 +308,7 @@ def main():
   p.add_argument('--modes', default='infer,train')
   p.add_argument('--pairs', default=','.join(f'{a}:{b}' for a, b in DEFAULT_PAIRS))
   p.add_argument('--batch', type=int, default=64)
+  p.add_argument('--size', type=int, default=32, help='input height and width')
   p.add_argument('--repeats', type=int, default=5)
   p.add_argument('--warmup', type=int, default=2)
   p.add_argument('--channel-multiple', type=int, default=8, help=argparse.SUPPRESS)
@@ -243,7 +318,7 @@ def main():
     return worker(args)
   pairs = [tuple(s.split(':')) for s in args.pairs.split(',')]
   multiples = tuple(int(k) for k in args.channel_multiples.split(','))
-  records = measure(pairs, args.batch, args.repeats, args.warmup, tuple(args.modes.split(',')), multiples)
+  records = measure(pairs, args.batch, args.repeats, args.warmup, tuple(args.modes.split(',')), multiples, args.size)
   print(table(records))
   return records
 

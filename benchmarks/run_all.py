@@ -24,6 +24,9 @@ from benchmarks import anytime_cost, common, convnext_throughput, devices_scalin
 RESULTS = os.path.join(common.REPO, 'benchmarks', 'RESULTS.md')
 
 
+CONVNEXT_PAIRS = (('convnext_tiny', 'convnext_tiny@0.5'),)  # pruning_jax.prune at ratio 0.5 (pruned_speed)
+
+
 class Bench(NamedTuple):
   name: str
   title: str
@@ -68,13 +71,16 @@ BENCHES = (
     ),
     Bench(
         'pruned_speed',
-        'Pruned CIFAR models: speed-up over the unpruned model vs the MACs ratio, ours and PyTorch eager '
-        '(batch 64, 3 interleaved rounds; all five pairs: run pruned_speed alone)',
+        'Pruned models: speed-up over the unpruned model vs the MACs ratio, ours and PyTorch eager (timm for '
+        "ConvNeXt): the paper's CIFAR pairs at batch 64, ConvNeXt-T with half of every traced channel group "
+        'pruned (inference, 112x112, batch 8); 3 interleaved rounds; all five CIFAR pairs: run pruned_speed alone',
         pruned_speed.table,
         lambda: pruned_speed.measure(
             (('vgg16', 'vgg16_a'), ('resnet56', 'resnet56_b'), ('resnet110', 'resnet110_b')), batch=64, repeats=3
-        ),
-        lambda: pruned_speed.measure((('resnet56', 'resnet56_b'),), batch=2, repeats=1, warmup=1, modes=('infer',)),
+        )
+        + pruned_speed.measure(CONVNEXT_PAIRS, batch=8, repeats=3, modes=('infer',), size=112),
+        lambda: pruned_speed.measure((('resnet56', 'resnet56_b'),), batch=2, repeats=1, warmup=1, modes=('infer',))
+        + pruned_speed.measure((('convnext', 'convnext@0.5'),), batch=2, repeats=1, warmup=1, modes=('infer',)),
     ),
     Bench(
         'anytime_cost',

@@ -262,9 +262,16 @@ def sidecar(
     **extra,
 ) -> dict[str, Any]:
   """The JSON written next to an export: {arch, num_classes, input_size (C, H, W as timm), mean, std,
-  interpolation, crop_pct, metrics[, overrides][, timm (timm_recipe)]} plus `extra` entries.
-  crop_pct defaults to 0.875 at 224 and 1.0 (squash resize) above."""
+  interpolation, crop_pct, metrics[, overrides][, timm (timm_recipe) | timm_cannot_build]} plus `extra` entries.
+  crop_pct defaults to 0.875 at 224 and 1.0 (squash resize) above. The stage widths are read from `params`, so a
+  pruned model's per-stage `dims` reach the overrides and the timm recipe; per-block MLP widths that timm cannot
+  build (`mlp_widths_timm_cannot_build`) are listed under 'timm_cannot_build' instead of a recipe."""
   flat = _flat_numpy(params)
+  hierarchical = 'stages_0_block_0/dwconv/kernel' in flat
+  if hierarchical:  # a pruned model's stage widths (per-stage `dims` are a timm argument): from the weights
+    dims = stage_dims(flat)
+    if dims != list(dict(overrides or {}).get('dims') or models.create_model(arch).dims):
+      overrides = dict(overrides or {}, dims=tuple(dims))
   if num_classes is None:
     num_classes = int(flat['head/bias'].shape[0]) if 'head/bias' in flat else 0
   in_chans = int(flat['stem_conv/kernel'].shape[2]) if 'stem_conv/kernel' in flat else 3
@@ -281,13 +288,46 @@ def sidecar(
   ov = {k: list(v) if isinstance(v, tuple) else v for k, v in (overrides or {}).items() if k != 'num_classes'}
   if ov:
     meta['overrides'] = ov
-  if 'stages_0_block_0/dwconv/kernel' in flat:
+  unbuildable = mlp_widths_timm_cannot_build(flat) if hierarchical else {}
+  if unbuildable:
+    meta['timm_cannot_build'] = {
+        'why': (
+            "timm 1.0.x's ConvNeXt builds every block's MLP hidden width as 4 x its stage width; these blocks"
+            ' have other widths (per-block widths of a pruned model), so no timm.create_model call builds this model'
+        ),
+        'mlp_hidden': unbuildable,
+    }
+  elif hierarchical:
     try:
       meta['timm'] = timm_recipe(arch, overrides)
     except UserError:
       pass  # a model timm cannot build: the sidecar says nothing about timm
   meta.update(extra)
   return meta
+
+
+def stage_dims(flat: Mapping[str, Any]) -> list[int]:
+  """The stage widths of a hierarchical ConvNeXt's flat params: the stem's and each downsampling conv's outputs."""
+  dims, i = [int(np.shape(flat['stem_conv/kernel'])[-1])], 1
+  while f'downsample_{i}/conv/kernel' in flat:
+    dims.append(int(np.shape(flat[f'downsample_{i}/conv/kernel'])[-1]))
+    i += 1
+  return dims
+
+
+def mlp_widths_timm_cannot_build(flat: Mapping[str, Any]) -> dict[str, dict[str, int]]:
+  """{block: {'hidden': its MLP hidden width, 'timm': the width timm builds}} for every block whose pwconv1 width
+  is not timm's int(4 * stage width) (timm 1.0.x's ConvNeXt passes no mlp_ratio to its blocks): what a pruned
+  model with per-block widths cannot say in timm's arguments."""
+  out = {}
+  for path in sorted(flat):
+    m = re.fullmatch(r'(stages_\d+_block_\d+)/pwconv1/kernel', path)
+    if m:
+      hidden = int(np.shape(flat[path])[-1])
+      width = int(np.shape(flat[f'{m.group(1)}/dwconv/kernel'])[-1])
+      if hidden != 4 * width:
+        out[m.group(1)] = {'hidden': hidden, 'timm': 4 * width}
+  return out
 
 
 def write_sidecar(path: str, meta: Mapping[str, Any]) -> str:

@@ -15,6 +15,13 @@ loss = decode + aux_weight * aux. Eval: whole-image inference at the eval transf
 labels, argmax, confusion matrix over the eval set: 'miou' (primary), 'pixel_accuracy', 'iou/<c>'. With
 ``slide_window`` = (crop, stride) the logits come from sliding windows instead (``core_jax.seg_ops.
 slide_inference``, mmseg's slide mode: the paper's single-scale eval used (512, 341), (640, 426) for 640 crops).
+Test-time resizing (mmseg's MultiScaleFlipAug; ``core_jax.seg_ops.aug_test_probs``), config fields:
+  eval_resize  (long, short), e.g. (2048, 512): the eval image resized keeping its aspect to fit it, in the graph
+               (the eval transforms only normalize; labels stay at the original size, where mIoU is counted)
+  eval_scales  ratios of eval_resize, e.g. (0.5, 0.75, 1.0, 1.25, 1.5, 1.75) for the paper's multi-scale row
+  eval_flip    also the mirrored image; the softmax probabilities of every (ratio, flip) are averaged
+ADE20K's images differ in size, so their eval runs one image per batch (eval_batch_size 1; XLA compiles the eval
+step once per distinct image size, as mmseg evaluates at batch 1).
 
 Stage-wise lr decay (facebookresearch/ConvNeXt semantic_segmentation/mmcv_custom/
 layer_decay_optimizer_constructor.py, decay_type 'stage_wise'): with L = num_layers + 2 groups, the stem and
@@ -73,6 +80,34 @@ def describe_scales(decay: float, num_layers: int) -> str:
   return f'stage-wise lr decay {decay} (num_layers {num_layers}): lr scale {parts}'
 
 
+_CROP_OPS = ('seg_random_crop_cat', 'seg_random_crop', 'seg_random_scale_crop')
+
+
+def check_crop_fits_padding(specs: tuple[str, ...]) -> None:
+  """The train crop must fit the padded size, so every example of a batch has one shape: UserError when a crop
+  is larger than the `seg_pad` after it (crops up to it are padded), or when mmseg's crop (which keeps a side
+  smaller than the crop as it is) has no `seg_pad` to the crop size after it."""
+  from core_jax.data import primitives, registry  # pylint: disable=import-outside-toplevel
+
+  def size_of(args, kwargs):
+    return primitives.hw(kwargs['size'] if 'size' in kwargs else args[0])
+
+  crop, crop_op = None, None
+  for spec in specs:
+    name, args, kwargs = registry.parse_spec(spec)
+    if name in _CROP_OPS and (args or 'size' in kwargs):
+      crop, crop_op = size_of(args, kwargs), name
+    elif name == 'seg_pad' and crop is not None:
+      pad = size_of(args, kwargs)
+      if crop[0] > pad[0] or crop[1] > pad[1]:
+        raise UserError(
+            f'train crop {crop} ({crop_op}) is larger than the padded image {pad} (seg_pad): pad to the crop size'
+        )
+      crop_op = None
+  if crop_op == 'seg_random_crop_cat':
+    raise UserError(f'train crop {crop} (seg_random_crop_cat) has no seg_pad(size={crop}) after it')
+
+
 def eval_metrics_class(num_classes: int) -> type[metrics.Collection]:
   confusion = metrics_lib.confusion_matrix_metric(num_classes)
 
@@ -105,6 +140,7 @@ class UperNetSegTask(Task):
     if not isinstance(models.create_model(name), upernet.UperNet):
       raise UserError(f'model.name {name!r} is not an UperNet segmentor ({", ".join(upernet.UPERNET_MODELS)})')
     self.num_classes = int(dataset_info.num_classes) if dataset_info is not None else 150
+    check_crop_fits_padding(tuple((config.get('data', None) or {}).get('train_transforms', ()) or ()))
     self.aux_weight = float((config.get('loss', None) or {}).get('aux_weight', AUX_WEIGHT))
     self.eval_metrics = eval_metrics_class(self.num_classes)
 
@@ -137,15 +173,32 @@ class UperNetSegTask(Task):
     labels = batch[LABEL_KEY]
     image = batch[self.input_key]
     slide = tuple(self.config.get('slide_window', ()) or ())
-    if slide:  # (crop, stride): mmseg's slide mode, the paper's single-scale eval (512, 341) / (640, 426)
+    scale = tuple(self.config.get('eval_resize', ()) or ())
+    ratios = tuple(float(r) for r in self.config.get('eval_scales', ()) or (1.0,))
+    flip = bool(self.config.get('eval_flip', False))
+
+    def logits_fn(x):
+      return model.apply(variables, x, train=False)[0]
+
+    if scale or flip or ratios != (1.0,):  # mmseg's test-time resize / multi-scale + flip (seg_ops.aug_test_probs)
+      scores = seg_ops.aug_test_probs(
+          logits_fn,
+          image,
+          labels.shape[1:3],
+          scale or None,
+          ratios,
+          flip,
+          (int(slide[0]), int(slide[1])) if slide else None,
+      )
+    elif slide:  # (crop, stride): mmseg's slide mode on the image as given
       crop, stride = int(slide[0]), int(slide[1])
-      logits = seg_ops.slide_inference(
-          lambda x: model.apply(variables, x, train=False)[0], image, (crop, crop), (stride, stride)
+      scores = resize_bilinear(
+          seg_ops.slide_inference(logits_fn, image, (crop, crop), (stride, stride)).astype(jnp.float32),
+          *labels.shape[1:3],
       )
     else:  # whole-image inference
-      logits = model.apply(variables, image, train=False)[0]
-    pred = jnp.argmax(resize_bilinear(logits.astype(jnp.float32), *labels.shape[1:3]), axis=-1)
-    return {'predictions': pred, 'labels': labels, 'mask': batch['mask']}
+      scores = resize_bilinear(logits_fn(image).astype(jnp.float32), *labels.shape[1:3])
+    return {'predictions': jnp.argmax(scores, axis=-1), 'labels': labels, 'mask': batch['mask']}
 
   def lr_scale_fn(self):
     ocfg = self.config.optimizer
@@ -159,9 +212,10 @@ class UperNetSegTask(Task):
   def load_pretrained(self, variables, path, reinit_head):
     """An mmseg UperNet checkpoint or ImageNet ConvNeXt weights (``upernet_convert.load_pretrained``), or one of
     our training checkpoints (a step dir or a workdir: every variable, strictly; `reinit_head` keeps the fresh
-    classifiers)."""
-    if os.path.isdir(path):
-      tree = weights_lib.unflatten(weights_lib.read_weights(path).tensors)
+    classifiers); a ConvNeXt classifier's step dir or workdir (no backbone/ params) initializes the backbone."""
+    found = weights_lib.read_weights(path).tensors if os.path.isdir(path) else {}
+    if any(k.startswith('params/backbone/') for k in found):
+      tree = weights_lib.unflatten(found)
       loaded = {k: tree.get(k, {}) for k in ('params', 'batch_stats')}
       keep = [r'params/\w+_head/conv_seg/\w+'] if reinit_head else []
       merged = weights_lib.merge_params(loaded, variables, keep_fresh=keep, source=path)

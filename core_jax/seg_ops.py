@@ -67,3 +67,40 @@ def slide_inference(logits_fn, image: jax.Array, crop: tuple[int, int], stride: 
     total = total.at[:, y1:y2, x1:x2].add(logits)
     count = count.at[:, y1:y2, x1:x2].add(1.0)
   return total / count
+
+
+def aug_test_probs(
+    logits_fn,
+    image: jax.Array,
+    out_hw: tuple[int, int],
+    scale: tuple[int, int] | None = None,
+    ratios: tuple[float, ...] = (1.0,),
+    flip: bool = False,
+    slide: tuple[int, int] | None = None,
+) -> jax.Array:
+  """mmseg's test-time inference of NHWC `image` (0.x `EncoderDecoder.simple_test` / `aug_test` under
+  `MultiScaleFlipAug`): per ratio r the image resized keeping its aspect into (int(scale[0] r), int(scale[1] r))
+  (`keep_ratio_size`; `scale` None: as given), per flip the mirrored image; `logits_fn(x)` on the whole of it or by
+  sliding `slide` = (crop, stride) windows, resized to `out_hw` (the labels' size), softmaxed, mirrored back;
+  returns the mean of those probabilities (B, *out_hw, K). Shapes are static: each (ratio, flip) is traced once.
+
+  The image arrives normalized and is resized here (bilinear, PyTorch's align_corners=False), where mmseg resizes
+  the uint8 image and then normalizes: the two differ by the uint8 rounding of the resized pixels only."""
+  from core_jax.data.segmentation import keep_ratio_size  # pylint: disable=import-outside-toplevel
+
+  total, count = None, 0
+  h, w = image.shape[1:3]
+  for ratio in ratios:
+    size = (h, w) if scale is None else keep_ratio_size(h, w, (int(scale[0] * ratio), int(scale[1] * ratio)))
+    x = resize_bilinear(image, *size)
+    for mirrored in (False, True) if flip else (False,):
+      xin = x[:, :, ::-1] if mirrored else x
+      if slide:
+        logits = slide_inference(logits_fn, xin, (slide[0], slide[0]), (slide[1], slide[1]))
+      else:
+        logits = logits_fn(xin)
+      probs = jax.nn.softmax(resize_bilinear(logits.astype(jnp.float32), *out_hw), axis=-1)
+      probs = probs[:, :, ::-1] if mirrored else probs
+      total = probs if total is None else total + probs
+      count += 1
+  return total / count

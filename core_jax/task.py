@@ -6,6 +6,7 @@ and its eval metrics; `core_jax.train.run` does everything else. Methods that ta
 changes nothing:
 
   optimizer_transforms()     (pre, post) optax transformations around the optimizer's own chain
+  own_optimizer(schedule)    (selects, transformation): parameters trained by the task's own update instead
   prepare_train_batch(...)   a jittable batch transform inside the train step (classification: Mixup/CutMix)
   on_epoch_end(state, epoch) a jittable state update at each epoch boundary, before eval and checkpoint
   load_pretrained(...)       `config.init_from`: weights into the freshly built variables
@@ -76,6 +77,16 @@ class Task:
     params the run trains from (after init_from weights are loaded), so masks derive from loaded weights.
     Their state lives in opt_state (checkpointed, sharded, restored on another device count)."""
     return [], []
+
+  def own_optimizer(self, schedule) -> tuple[Callable[[tuple[str, ...]], bool], optax.GradientTransformation] | None:
+    """Parameters the task updates with a transformation of its own instead of the configured optimizer, e.g.
+    Sparse Structure Selection's block factors by a proximal gradient step: (selects, tx). selects(names) -> bool
+    picks a leaf by its path (('layer1_0', 'block_scale')); tx gets only those leaves (with their params) and
+    returns their final updates; the configured chain (its weight decay, momentum, lr scales) never sees them.
+    `schedule(step)` is the run's learning rate. The task's pre / post transforms still wrap both. Default: None
+    (the optimizer state keeps the plain chain's layout)."""
+    del schedule
+    return None
 
   def prepare_train_batch(self, batch: dict, rng: jax.Array, step: jax.Array) -> dict:
     """The global train batch as the loss sees it (jittable); `rng` is the run's key (state.rng, the same

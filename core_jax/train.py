@@ -191,6 +191,18 @@ def build_optimizer(config, task: Task, data: Data) -> tuple[optax.GradientTrans
       lr_scale_fn=task.lr_scale_fn(),
       global_batch_size=config.batch_size,
   )
+  own = task.own_optimizer(schedule)
+  if own is not None:
+    if int(config.optimizer.get('accumulate_steps', 1) or 1) > 1:
+      raise UserError(f'{type(task).__name__} updates some parameters itself: optimizer.accumulate_steps must be 1')
+    selects, own_tx = own
+
+    def labels(params):
+      return jax.tree_util.tree_map_with_path(
+          lambda path, _: 'own' if selects(optim.path_to_names(path)) else 'configured', params
+      )
+
+    tx = optax.multi_transform({'configured': tx, 'own': own_tx}, labels)
   pre, post = task.optimizer_transforms()
   if pre or post:  # without them the optimizer state keeps the plain chain's layout (older checkpoints load)
     tx = optax.chain(*pre, tx, *post)

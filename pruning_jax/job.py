@@ -15,7 +15,8 @@ training phase resumes from its own checkpoints):
              (int(f * epochs) for the config's decay_fractions f, the original's int(0.5 E), int(0.75 E))
 Unstructured magnitude pruning (prune.method='magnitude', percent) is always the mask implementation: the prune
 phase exports the large model with the pruned conv weights zeroed (pruned.safetensors), its mask, and the seed's
-Scratch-E/B init (scratch_init.safetensors: each conv re-drawn at std sqrt(2 / (nnz / in_channels)), masked); its
+Scratch-E/B init (scratch_init.safetensors: each conv re-drawn at std sqrt(2 / (nnz / in_channels)), masked, or with
+scratch.init='model' the model's own fresh init under the mask); its
 params and MACs count the non-zero weights, so Scratch-B scales with the non-zero conv MACs.
 
 Lottery tickets (prune.method='lottery'; lottery.structure, rounds, lrs) run their own phases per seed:
@@ -27,13 +28,34 @@ Lottery tickets (prune.method='lottery'; lottery.structure, rounds, lrs) run the
   lr<lr>/ticket, lr<lr>/random   the winning ticket and the random init trained under the final mask
 and the table has one row per lr: unpruned, winning ticket, random init.
 
+Sparse Structure Selection (prune.method='sss', pruning_jax.methods.sss) runs the same phases: the large model
+learns a factor per residual branch (model.block_scale, the proximal step of sss.gamma / sss.momentum), the prune
+phase removes the blocks whose factor is 0 and folds the others into their branch's last BatchNorm; with a fixed
+sss.architecture (resnet41 / 32 / 26) the large ResNet-50 trains plainly and the prune phase cuts that architecture.
+
+Soft filter pruning (prune.method='sfp', pruning_jax.methods.sfp): the large phase trains with SFP's epoch hook
+(pruning_jax.task.SoftFilterTask: each conv's weakest filters at sfp.keep_rate zeroed after every epoch, from
+init_from weights when given), the prune phase hard-prunes the zero filters through the surgery; Scratch-B's base
+is scratch.base_epochs when > 0 (SFP: 400, the baseline's and the SFP run's epochs together).
+
+Guided pruning (prune.method='guided', pruning_jax.methods.guided) runs, per seed, the source run (large with
+sparsity training, prune = Network Slimming at prune.percent, and the scratch phases asked of its architecture),
+then
+  guided                          not training: the runs' (and guided.runs_from's) kept-width ratios averaged
+                                  per stage (DIR/guided/pattern.json) -> the guided cfg; guided.pattern_from's
+                                  pattern -> the transferred cfg; uniform: one ratio for every width, solved for
+                                  the guided (else the transferred) model's params
+  seed<k>/<architecture>/scratch_e, scratch_b   each of them trained from scratch (guided, transferred, uniform)
+and the table has one row per architecture: params, MACs, Scratch-E, Scratch-B.
+
 Then pruning_jax.report writes DIR/results.json and DIR/results.md (the paper's table) and prints the table. The
 recipes the configs build on (the experiment groups, the paper's CIFAR and ImageNet protocols) are
 configs/pruning/_recipes.py.
 
 Config fields beyond core_jax.config.base_config and pruning_jax.task: prune (method 'l1_norm' with scheme,
-'slimming' / 'magnitude' with percent, 'lottery' with percent or scheme; mode 'physical' | 'mask'; on_empty_layer
-'keep_strongest' | 'error'), finetune (num_epochs, lr), scratch (budget_cap), lottery (structure, rounds, lrs),
+'slimming' / 'magnitude' / 'guided' with percent, 'lottery' with percent or scheme; mode 'physical' | 'mask';
+on_empty_layer 'keep_strongest' | 'error'), finetune (num_epochs, lr), scratch (budget_cap), lottery (structure,
+rounds, lrs), guided (granularity 'stage' | 'layer', runs_from, pattern_from, uniform),
 experiment (title, seeds, phases, paper: the paper's numbers, compilation_cache).
 
 Compiled steps are shared between phases and seeds through JAX's persistent compilation cache in
@@ -53,12 +75,22 @@ import numpy as np
 from core_jax import checkpoint, experiment, optim
 from core_jax.errors import UserError
 from pruning_jax import budget, models, report
-from pruning_jax.task import PruningTask, build_from_config, count_nonzero, merge_weights, read_weights, save_mask
+from pruning_jax.task import (
+    PruningTask,
+    SoftFilterTask,
+    build_from_config,
+    count_nonzero,
+    merge_weights,
+    read_weights,
+    save_mask,
+)
 
 PHASES = ('large', 'prune', 'finetune', 'scratch_e', 'scratch_b')
-METHODS = ('l1_norm', 'slimming', 'graph', 'magnitude', 'lottery')
+METHODS = ('l1_norm', 'slimming', 'graph', 'magnitude', 'lottery', 'guided', 'sss', 'sfp', 'thinet', 'regression')
+RECONSTRUCTION = ('thinet', 'regression')  # prune from sampled activations: the prune phase reads training images
 GRAPH_CRITERIA = ('l1', 'l2', 'bn_scale')  # Taylor needs batches the prune phase does not read
 UNSTRUCTURED = ('magnitude',)  # the large shape with weights held at 0: always the mask implementation
+SCRATCH_INITS = ('sparse_he', 'model')  # unstructured Scratch-E/B: the paper's sparse He re-draw | the model's init
 EXPORT, MASKED, MASK = 'pruned.safetensors', 'masked.safetensors', 'mask.safetensors'
 SCRATCH_INIT = 'scratch_init.safetensors'  # unstructured: the seed's sparse re-initialization for Scratch-E/B
 LOTTERY_INIT, TICKET, RANDOM_INIT = 'init.safetensors', 'ticket.safetensors', 'random_init.safetensors'
@@ -71,7 +103,7 @@ def check_config(config) -> None:
   unknown = [p for p in phases if p not in PHASES]
   if unknown:
     raise UserError(f'experiment.phases names {unknown[0]!r} (phases: {", ".join(PHASES)})')
-  if any(p in phases for p in PHASES[2:]) and 'prune' not in phases:
+  if any(p in phases for p in PHASES[2:]) and 'prune' not in phases and config.prune.method != 'guided':
     raise UserError('experiment.phases: fine-tune and scratch phases need the prune phase')
   if not config.experiment.seeds:
     raise UserError('experiment.seeds is empty')
@@ -84,16 +116,28 @@ def check_config(config) -> None:
     raise UserError(f'prune.mode must be physical or mask, got {config.prune.mode!r}')
   if config.prune.mode == 'mask' and method not in ('slimming', *UNSTRUCTURED):
     raise UserError('prune.mode=mask is implemented for slimming only (unstructured pruning always masks)')
+  if config.scratch.get('init', 'sparse_he') not in SCRATCH_INITS:
+    raise UserError(f'scratch.init must be one of {", ".join(SCRATCH_INITS)}, got {config.scratch.init!r}')
   if config.prune.get('on_empty_layer', 'keep_strongest') not in ('keep_strongest', 'error'):
     raise UserError(f'prune.on_empty_layer must be keep_strongest or error, got {config.prune.on_empty_layer!r}')
-  if method == 'slimming' and not 0.0 <= float(config.prune.percent) < 1.0:
-    raise UserError(f'prune.percent must be in [0, 1) for slimming, got {config.prune.percent}')
+  if method in ('slimming', 'guided') and not 0.0 <= float(config.prune.percent) < 1.0:
+    raise UserError(f'prune.percent must be in [0, 1) for {method}, got {config.prune.percent}')
   if method in UNSTRUCTURED:
     from pruning_jax.methods import magnitude  # pylint: disable=import-outside-toplevel
 
     magnitude.check_percent(config.prune.percent)
   if method == 'lottery':
     _check_lottery(config)
+  if method == 'guided':
+    _check_guided(config)
+  if method == 'sss':
+    _check_sss(config)
+  if method == 'sfp':
+    from pruning_jax.methods import sfp  # pylint: disable=import-outside-toplevel
+
+    if config.get('sfp') is None:
+      raise UserError('prune.method=sfp needs the config group sfp (keep_rate)')
+    sfp.check_keep_rate(config.sfp.keep_rate)
   num_epochs = float(config.num_epochs)
   if num_epochs <= 0 or num_epochs != int(num_epochs):
     raise UserError(f'num_epochs must be a positive whole number of epochs, got {config.num_epochs}')
@@ -113,10 +157,33 @@ def check_config(config) -> None:
           f'{config.finetune.num_epochs!r}): {e}'
       ) from None
   model = build_from_config(config.model, config.model.get('num_classes') or 10)  # unknown model / bad cfg: now
+  if 'prune' not in phases:  # training only (a fixed architecture from scratch): no method runs
+    return
+  if method in RECONSTRUCTION:  # a bad keep ratio, layer or fixed architecture stops before any training
+    _check_reconstruction(config, model)
   if method == 'l1_norm':  # a bad scheme (skip list, ratio that empties a layer) stops before any training
     from pruning_jax.methods import l1_norm  # pylint: disable=import-outside-toplevel
 
     l1_norm.target_cfg(model, _scheme(config))
+
+
+def _check_reconstruction(config, model) -> None:
+  from pruning_jax.methods import reconstruction  # pylint: disable=import-outside-toplevel
+
+  p = config.prune
+  for key in ('sample_images', 'sample_locations', 'alternations'):
+    value = p.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise UserError(f'prune.{key} must be an int >= 1, got {value!r}')
+  if float(p.get('finetune_between', 0.0)) < 0:
+    raise UserError(f'prune.finetune_between must be >= 0 epochs, got {p.finetune_between}')
+  _reconstruction_counts(config, model, reconstruction)
+
+
+def _reconstruction_counts(config, model, reconstruction) -> dict:
+  p = config.prune
+  widths = reconstruction.target_widths(model, p.target) if p.get('target') else None
+  return reconstruction.keep_counts(model, tuple(p.get('layers') or ()), p.get('keep_ratio'), widths)
 
 
 def _check_lottery(config) -> None:
@@ -138,6 +205,31 @@ def _check_lottery(config) -> None:
     l1_norm.target_cfg(build_from_config(config.model, config.model.get('num_classes') or 10), _scheme(config))
 
 
+def _check_sss(config) -> None:
+  from pruning_jax.methods import sss  # pylint: disable=import-outside-toplevel
+
+  group = config.get('sss')
+  if group is None:
+    raise UserError('prune.method=sss needs the config group sss (gamma, momentum, architecture)')
+  sss.proximal_gradient(0.1, group.gamma, group.momentum)  # gamma < 0, momentum outside [0, 1): one line now
+  architecture = group.get('architecture', '') or ''
+  if architecture and architecture not in sss.STAGE_BLOCKS:
+    raise UserError(f'sss.architecture must be empty or one of {", ".join(sss.STAGE_BLOCKS)}, got {architecture!r}')
+  if config.init_from and not architecture:
+    raise UserError(
+        'Sparse Structure Selection learns its block factors in the large phase: no init_from '
+        '(or name a fixed sss.architecture to cut from given weights)'
+    )
+  model = build_from_config(config.model, config.model.get('num_classes') or 10)
+  family = models.family_of(model)
+  if family not in models.BLOCK_FAMILIES or (architecture and family != 'resnet50'):
+    need = 'resnet50' if architecture else ' or '.join(models.BLOCK_FAMILIES)
+    raise UserError(
+        f'Sparse Structure Selection{" " + architecture if architecture else ""} needs a {need} model, '
+        f'got {config.model.name} ({family})'
+    )
+
+
 def _scheme(config):
   scheme = config.prune.scheme
   scheme = scheme.to_dict() if hasattr(scheme, 'to_dict') else scheme
@@ -154,6 +246,7 @@ def _base(config, seed: int):
   c.mask.path = ''
   c.init_from = ''
   c.eval_only = False
+  c.model.block_scale = False
   return c
 
 
@@ -161,15 +254,22 @@ def _pruned_model(c, prune_results: dict):
   d = prune_results['pruned_model']
   c.model.name, c.model.cfg, c.model.selections = d['family'], list(d['cfg']), d.get('selections')
   c.model.widths = d.get('widths')
+  c.model.block_scale = bool(d.get('block_scale'))
   return c
 
 
 def large_config(config, seed: int):
   c = _base(config, seed)
   c.sparsity.s = float(config.sparsity.s)
-  if config.init_from:  # given weights: evaluated, not trained
-    c.init_from, c.eval_only = config.init_from, True
+  c.model.block_scale = sss_training(config)
+  if config.init_from:  # given weights: evaluated, not trained (soft filter pruning trains from them)
+    c.init_from, c.eval_only = config.init_from, config.prune.method != 'sfp'
   return c
+
+
+def sss_training(config) -> bool:
+  """The large model learns SSS's block factors (prune.method=sss without a fixed sss.architecture)."""
+  return config.prune.method == 'sss' and not (config.get('sss') or {}).get('architecture')
 
 
 def mask_mode(config) -> bool:
@@ -209,7 +309,11 @@ def scratch_config(config, seed: int, prune_results: dict, kind: str):
     if opt.get('schedule') == 'step':  # milestones at the same fractions of the longer run, as the original
       fractions = tuple(opt.get('decay_fractions', ()) or ()) or tuple(e / base for e in opt.get('decay_epochs', ()))
       opt.decay_fractions = ()
-      opt.decay_epochs = tuple(int(f * epochs + 1e-9) for f in fractions)
+      if config.scratch.get('equal_decay_steps', False):  # MXNet's step every int(f1 * E): SSS 117 -> 35/70/105
+        step = int(fractions[0] * epochs + 1e-9)
+        opt.decay_epochs = tuple(step * (i + 1) for i in range(len(fractions)))
+      else:
+        opt.decay_epochs = tuple(int(f * epochs + 1e-9) for f in fractions)
     c.num_epochs = float(epochs)
   return c
 
@@ -265,18 +369,93 @@ def run_graph(config, model, variables: dict, input_shape):
   )
   for note in result.report['notes']:
     _say(f'warning: {note}')
-  return Rewidthed(model, result.model.widths), result.variables, dict(result.report)
+  base = model.base if isinstance(model, Rewidthed) else model  # a pruned model pruned again: one table over the base
+  return Rewidthed(base, result.model.widths), result.variables, dict(result.report)
 
 
-def run_method(config, model, variables: dict, input_shape=(1, 32, 32, 3)):
-  """(pruned model, its variables, report) of config.prune on `model`'s trained `variables` (unstructured: the
-  large model with the pruned weights zeroed)."""
+def sample_images(config, seed: int) -> np.ndarray:
+  """prune.sample_images training images (NHWC, the eval transform applied), drawn without replacement by `seed`:
+  the activations ThiNet and regression pruning sample."""
+  from core_jax.data import ops, sources  # pylint: disable=import-outside-toplevel
+
+  source, _ = sources.load_source(config.data.name, config.data.train_split, config.data.get('data_dir') or None)
+  n = int(config.prune.sample_images)
+  if n > len(source):
+    raise UserError(f'prune.sample_images={n} is more than the {len(source)} training images')
+  transform = ops.build_transforms(config.data.eval_transforms)
+  chosen = np.sort(np.random.default_rng(seed).choice(len(source), n, replace=False))
+  return np.stack([np.asarray(transform(dict(source[int(i)]), np.random.default_rng(0))['image']) for i in chosen])
+
+
+def _finetune_between(config, seed: int, workdir: str, input_shape):
+  """The `between` hook of the reconstruction methods: prune.finetune_between epochs of the fine-tune phase's
+  training (finetune.lr, constant) on the model pruned so far, in WORKDIR/between/<k> (a finished one is reused
+  on a rerun of the phase: the layers before it are chosen the same way from the same samples)."""
+  from core_jax import train  # pylint: disable=import-outside-toplevel
+  from pruning_jax import io  # pylint: disable=import-outside-toplevel
+
+  epochs = float(config.prune.get('finetune_between', 0.0) or 0.0)
+  if epochs <= 0:
+    return None
+
+  def between(model, variables, set_name, index):
+    run_dir = os.path.join(workdir, 'between', f'{index}')
+    os.makedirs(run_dir, exist_ok=True)
+    start = os.path.join(run_dir, 'start.safetensors')
+    if not jax.distributed.is_initialized() or jax.process_index() == 0:
+      io.save_pruned(start, model, variables, extra={'after': set_name})
+    c = finetune_config(config, seed, {'pruned_model': models.describe(model), 'export': start})
+    c.num_epochs = epochs
+    train.run(c, os.path.join(run_dir, 'train'), PruningTask)
+    source = checkpoint.latest_step_dir(os.path.join(run_dir, 'train'))
+    _say(f'fine-tuned {epochs:g} epochs after pruning {set_name}')
+    return merge_weights(_abstract_variables(model, input_shape), read_weights(source)[1], source)
+
+  return between
+
+
+def run_reconstruction(config, model, variables: dict, input_shape, seed: int = 0, workdir: str | None = None):
+  """ThiNet / regression pruning of `model` from activations of the seed's sampled training images."""
+  from pruning_jax.methods import reconstruction, regression, thinet  # pylint: disable=import-outside-toplevel
+
   p = config.prune
+  counts = _reconstruction_counts(config, model, reconstruction)
+  between = _finetune_between(config, seed, workdir, input_shape) if workdir else None
+  options = dict(
+      keep_widths=counts, per_image=int(p.sample_locations), seed=seed, between=between, target=p.get('target') or None
+  )
+  images = sample_images(config, seed)
+  if p.method == 'thinet':
+    result = thinet.prune(model, None, variables, images, p.keep_ratio, **options)
+  else:
+    result = regression.prune(model, None, variables, images, p.keep_ratio, int(p.alternations), **options)
+  for layer in result.report['layers']:
+    errors = ', '.join(f'{k} {v:.4g}' for k, v in layer.items() if k.startswith('error_') and v is not None)
+    _say(f'{p.method}: {layer["set"]} keeps {layer["kept"]} of {layer["of"]}; reconstruction MSE {errors}')
+  return result.model, result.variables, dict(result.report)
+
+
+def run_method(config, model, variables: dict, input_shape=(1, 32, 32, 3), seed: int = 0, workdir: str | None = None):
+  """(pruned model, its variables, report) of config.prune on `model`'s trained `variables` (unstructured: the
+  large model with the pruned weights zeroed; thinet / regression sample the seed's training images and, with
+  prune.finetune_between, fine-tune in `workdir` after each layer)."""
+  p = config.prune
+  if p.method in RECONSTRUCTION:
+    return run_reconstruction(config, model, variables, input_shape, seed, workdir)
   if p.method in UNSTRUCTURED:
     result = run_unstructured(config, model, variables)
     return result.model, result.variables, dict(result.report)
   if p.method == 'graph':
     return run_graph(config, model, variables, input_shape)
+  if p.method == 'sss':
+    return run_sss(config, model, variables)
+  if p.method == 'sfp':
+    from pruning_jax.methods import sfp  # pylint: disable=import-outside-toplevel
+
+    result = sfp.hard_prune(model, variables)
+    r = result.report
+    _say(f'sfp: {r["filters_removed"]} zero filters cut, {r["zero_filters_kept"]} on shared residual channels kept')
+    return result.model, result.variables, dict(r)
   if p.method == 'l1_norm':
     from pruning_jax.methods import l1_norm  # pylint: disable=import-outside-toplevel
 
@@ -297,6 +476,23 @@ def run_method(config, model, variables: dict, input_shape=(1, 32, 32, 3)):
       raise UserError(f'{what}; lower prune.percent or train with more sparsity (prune.on_empty_layer=error)')
     _say(f'warning: {what}; each keeps its strongest channel')
   return small, small_vars, method_report
+
+
+def run_sss(config, model, variables: dict):
+  """Sparse Structure Selection: the blocks whose trained factor is 0 removed, or the fixed sss.architecture cut
+  from the large model."""
+  from pruning_jax.methods import sss  # pylint: disable=import-outside-toplevel
+
+  architecture = config.sss.get('architecture', '') or ''
+  if architecture:
+    small, small_vars = sss.fixed(model, variables, architecture)
+    return small, small_vars, {'method': 'sss', 'architecture': architecture, 'cfg': list(models.cfg_of(small))}
+  result = sss.prune(model, None, variables, on_empty_layer=config.prune.get('on_empty_layer', 'keep_strongest'))
+  for name in result.report['emptied']:
+    _say(f'warning: sss: every factor of the stage of {name} is 0 (sss.gamma={config.sss.gamma}); it keeps {name}')
+  removed = result.report['removed_blocks']
+  _say(f'sss: {len(removed)} blocks removed ({", ".join(removed) or "none"}), depth {result.report["depth"]}')
+  return result.model, result.variables, dict(result.report)
 
 
 def run_unstructured(config, model, variables: dict):
@@ -328,10 +524,10 @@ def prune_phase(config, seed: int):
       raise UserError(f'phase {large_name} left no checkpoint in {large["workdir"]} to prune')
     input_shape = tuple(large.get('input_shape') or (1, 32, 32, 3))
     num_classes = int(large['model']['num_classes'])
-    model = build_from_config(config.model, num_classes)
+    model = build_from_config(large_config(config, seed).model, num_classes)  # SSS: with its block factors
     _, loaded = read_weights(source)
     variables = merge_weights(_abstract_variables(model, input_shape), loaded, source)
-    small, small_vars, method_report = run_method(config, model, variables, input_shape)
+    small, small_vars, method_report = run_method(config, model, variables, input_shape, seed, workdir)
     params_large, macs_large = _counts(model, input_shape)
     params, macs = _counts(small, input_shape)
     unstructured = config.prune.method in UNSTRUCTURED
@@ -356,12 +552,7 @@ def prune_phase(config, seed: int):
         'export': export,
         'large_model': models.describe(model),
         'pruned_model': models.describe(small),
-        'params_large': params_large,
-        'macs_large': macs_large,
-        'params': params,
-        'macs': macs,
-        'params_pruned_percent': 100.0 * (1 - params / params_large),
-        'macs_pruned_percent': 100.0 * (1 - macs / macs_large),
+        **_counts_entry(params, macs, params_large, macs_large),
         'report': report.jsonable(method_report),
     }
     evaluated = export
@@ -374,7 +565,10 @@ def prune_phase(config, seed: int):
       if main_process:
         save_mask(results['mask'], mask)
         fresh = _fresh_variables(model, input_shape, seed)
-        fresh['params'] = magnitude.sparse_reinit(fresh['params'], mask, seed)
+        if config.scratch.get('init', 'sparse_he') == 'sparse_he':
+          fresh['params'] = magnitude.sparse_reinit(fresh['params'], mask, seed)
+        else:  # 'model': the model's own init, under the mask
+          fresh['params'] = magnitude.apply(fresh['params'], mask)
         io.save_pruned(results['scratch_init'], model, fresh, extra={'method': config.prune.method, 'seed': seed})
     elif config.prune.mode == 'mask':
       masked_vars, mask = run_mask(config, model, variables)
@@ -404,6 +598,18 @@ def prune_phase(config, seed: int):
     return results
 
   return experiment.Phase(f'seed{seed}/prune', run)
+
+
+def _counts_entry(params: int, macs: int, params_large: int, macs_large: int) -> dict:
+  """A pruned architecture's counts as the prune phase hands them on (Scratch-B reads macs and macs_large)."""
+  return {
+      'params_large': params_large,
+      'macs_large': macs_large,
+      'params': params,
+      'macs': macs,
+      'params_pruned_percent': 100.0 * (1 - params / params_large),
+      'macs_pruned_percent': 100.0 * (1 - macs / macs_large),
+  }
 
 
 def _widths_note(prune_results: dict) -> str:
@@ -545,37 +751,211 @@ def lottery_phases(config, seed: int) -> list[experiment.Phase]:
   return out
 
 
+# ----------------------------------------------------------------------------------------------- guided pruning
+GUIDED_PATTERN = 'pattern.json'
+
+
+def guided_architectures(config) -> tuple[str, ...]:
+  """Which architectures the guided phase builds: 'guided' from the source runs (this experiment's own prune
+  phases and guided.runs_from), 'transferred' from guided.pattern_from, 'uniform' at the params of the first."""
+  own = 'prune' in tuple(config.experiment.phases) or bool(tuple(config.guided.runs_from))
+  names = (('guided',) if own else ()) + (('transferred',) if config.guided.pattern_from else ())
+  return names + (('uniform',) if names and config.guided.uniform else ())
+
+
+def _guided_runs_from(path: str) -> list:
+  """The pruning runs of another experiment's workdir (its finished seed*/prune phases)."""
+  import glob  # pylint: disable=import-outside-toplevel
+  import json  # pylint: disable=import-outside-toplevel
+
+  from pruning_jax.methods import guided  # pylint: disable=import-outside-toplevel
+
+  files = sorted(glob.glob(os.path.join(path, 'seed*', 'prune', 'results.json')))
+  if not files:
+    raise UserError(f'guided.runs_from: {path} has no finished prune phase (seed*/prune/results.json)')
+  runs = []
+  for f in files:
+    with open(f, encoding='utf-8') as fh:
+      r = json.load(fh)
+    if r['pruned_model'].get('widths') or r['pruned_model'].get('selections'):
+      raise UserError(f'guided.runs_from: {f} is not a cfg-only pruned model (traced widths or channel selections)')
+    runs.append(guided.Run(r['large_model']['family'], tuple(r['large_model']['cfg']), tuple(r['pruned_model']['cfg'])))
+  return runs
+
+
+def guided_pattern_from(path: str):
+  """The Pattern of guided.pattern_from: a pattern.json, or the workdir of the guided experiment that wrote it."""
+  import json  # pylint: disable=import-outside-toplevel
+
+  from pruning_jax.methods import guided  # pylint: disable=import-outside-toplevel
+
+  for candidate in (path, os.path.join(path, 'guided', GUIDED_PATTERN), os.path.join(path, GUIDED_PATTERN)):
+    if os.path.isfile(candidate):
+      try:
+        with open(candidate, encoding='utf-8') as fh:
+          return guided.Pattern.from_json(json.load(fh), f'guided.pattern_from {candidate}')
+      except (OSError, ValueError) as e:
+        raise UserError(f'guided.pattern_from: cannot read {candidate}: {e}') from None
+  raise UserError(f'guided.pattern_from: no pattern at {path} (a pattern.json, or a guided experiment dir)')
+
+
+def _check_guided(config) -> None:
+  from pruning_jax.methods import guided  # pylint: disable=import-outside-toplevel
+
+  g = config.get('guided')
+  if g is None:
+    raise UserError('prune.method=guided needs the config group guided (granularity, runs_from, pattern_from, uniform)')
+  if g.granularity not in guided.GRANULARITIES:
+    raise UserError(f'guided.granularity must be one of {", ".join(guided.GRANULARITIES)}, got {g.granularity!r}')
+  phases = tuple(config.experiment.phases)
+  own = 'prune' in phases
+  if not own and 'finetune' in phases:
+    raise UserError('experiment.phases: finetune needs the prune phase (it fine-tunes the source runs)')
+  if not guided_architectures(config):
+    raise UserError(
+        'guided pruning needs at least 1 source run: experiment.phases has no prune phase, guided.runs_from names no '
+        'pruning experiment and guided.pattern_from no pattern'
+    )
+  if config.init_from:
+    raise UserError('guided pruning trains its source runs and architectures itself: no init_from')
+  target = build_from_config(config.model, config.model.get('num_classes') or 10)
+  family, cfg = models.family_of(target), tuple(models.cfg_of(target))
+  runs = [guided.Run(family, cfg, cfg)] if own else []  # a stand-in for the own runs: their family and cfg
+  for path in g.runs_from:
+    runs += _guided_runs_from(path)
+  if runs:  # different families or networks among the runs, or no stage map onto the target: now, not after training
+    guided.stage_map(guided.average(runs, g.granularity), family, cfg)
+  if g.pattern_from:
+    guided.stage_map(guided_pattern_from(g.pattern_from), family, cfg)
+
+
+def guided_phase(config) -> experiment.Phase:
+  """Not training: averages the source runs' kept-width ratios (DIR/guided/pattern.json), builds the guided, the
+  transferred and the uniform architectures and counts them."""
+  own = 'prune' in tuple(config.experiment.phases)
+  seeds = [int(s) for s in config.experiment.seeds]
+
+  def run(workdir: str, done: dict) -> dict:
+    import json  # pylint: disable=import-outside-toplevel
+
+    from pruning_jax.methods import guided  # pylint: disable=import-outside-toplevel
+
+    g = config.guided
+    large = done.get(f'seed{seeds[0]}/large')
+    if large is not None:
+      input_shape, num_classes = tuple(large.get('input_shape') or (1, 32, 32, 3)), int(large['model']['num_classes'])
+    else:
+      input_shape, num_classes = _data_shape(_base(config, seeds[0]))
+    target = build_from_config(config.model, num_classes)
+    family, cfg = models.family_of(target), tuple(models.cfg_of(target))
+    count = guided.Counter(num_classes, input_shape)
+    runs = []
+    if own:
+      runs += [guided.Run(family, cfg, tuple(small_cfg(done[f'seed{s}/prune']))) for s in seeds]
+    for path in g.runs_from:
+      runs += _guided_runs_from(path)
+    cfgs, patterns = {}, {}
+    if runs:
+      source = f'Network Slimming {100 * float(config.prune.percent):g}%, {len(runs)} run{"s" if len(runs) > 1 else ""}'
+      patterns['guided'] = guided.average(runs, g.granularity, source=f'{source} ({config.data.name})')
+      cfgs['guided'] = guided.apply(patterns['guided'], family, cfg)
+    if g.pattern_from:
+      patterns['transferred'] = guided_pattern_from(g.pattern_from)
+      cfgs['transferred'] = guided.apply(patterns['transferred'], family, cfg)
+    if g.uniform:
+      matched = next(iter(cfgs))
+      cfgs['uniform'], ratio = guided.uniform_at_params(family, cfg, count.params(family, cfgs[matched]), count.params)
+    params_large, macs_large = count.params(family, cfg), count.macs(family, cfg)
+    architectures = {}
+    for name, arch in cfgs.items():
+      description = {'family': family, 'cfg': list(arch), 'num_classes': num_classes, 'selections': None}
+      params, macs = count.params(family, arch), count.macs(family, arch)
+      architectures[name] = {'pruned_model': description, **_counts_entry(params, macs, params_large, macs_large)}
+      if name in patterns:
+        architectures[name]['pattern'] = patterns[name].to_json()
+        architectures[name]['stage_map'] = guided.stage_map(patterns[name], family, cfg)
+      else:
+        architectures[name]['ratio'] = ratio
+        architectures[name]['matched'] = matched
+      _say(f'{name}: cfg {list(arch)}; params {params:,} of {params_large:,}, MACs {macs:,} of {macs_large:,}')
+    results = {
+        'architectures': architectures,
+        'params_large': params_large,
+        'macs_large': macs_large,
+        'input_shape': list(input_shape),
+        'num_classes': num_classes,
+    }
+    if 'guided' in patterns:
+      results['pattern_file'] = os.path.join(workdir, GUIDED_PATTERN)
+      if not jax.distributed.is_initialized() or jax.process_index() == 0:
+        from core_jax import weights  # pylint: disable=import-outside-toplevel
+
+        weights.write_text_atomic(results['pattern_file'], json.dumps(patterns['guided'].to_json(), indent=1) + '\n')
+    return results
+
+  return experiment.Phase('guided', run)
+
+
+def guided_phases(config) -> list[experiment.Phase]:
+  """The source runs (per seed: large with sparsity training, prune, and the phases asked of their pruned
+  architectures), the guided phase, then per seed Scratch-E / Scratch-B of every architecture it built
+  (DIR/seed<k>/<architecture>/scratch_e ...)."""
+  wanted = tuple(config.experiment.phases)
+  seeds = [int(s) for s in config.experiment.seeds]
+  own = [p for s in seeds for p in seed_phases(config, s, wanted)] if 'prune' in wanted else []
+  if not own and 'large' in wanted:  # the unpruned model of the table, without source runs of its own
+    own = [p for s in seeds for p in seed_phases(config, s, ('large',))]
+  out = own + [guided_phase(config)]
+  for seed in seeds:
+    for name in guided_architectures(config):
+      for kind in ('scratch_e', 'scratch_b'):
+        if kind in wanted:
+          out.append(
+              experiment.train_phase(
+                  f'seed{seed}/{name}/{kind}',
+                  lambda done, s=seed, n=name, k=kind: scratch_config(config, s, done['guided']['architectures'][n], k),
+                  PruningTask,
+              )
+          )
+  return out
+
+
 # ----------------------------------------------------------------------------------------------- the experiment
 def phases_for(config) -> list[experiment.Phase]:
   if config.prune.method == 'lottery':
     return [p for seed in config.experiment.seeds for p in lottery_phases(config, int(seed))]
-  wanted = tuple(config.experiment.phases)
+  if config.prune.method == 'guided':
+    return guided_phases(config)
+  return [p for seed in config.experiment.seeds for p in seed_phases(config, int(seed), config.experiment.phases)]
+
+
+def seed_phases(config, seed: int, wanted) -> list[experiment.Phase]:
+  """One seed's large / prune / finetune / scratch_e / scratch_b phases (those in `wanted`), in that order."""
+
+  def prune_of(done, s=seed):
+    return done[f'seed{s}/prune']
+
   out = []
-  for seed in config.experiment.seeds:
-    seed = int(seed)
-
-    def prune_of(done, s=seed):
-      return done[f'seed{s}/prune']
-
-    if 'large' in wanted or 'prune' in wanted:
-      out.append(experiment.train_phase(f'seed{seed}/large', lambda done, s=seed: large_config(config, s), PruningTask))
-    if 'prune' in wanted:
-      out.append(prune_phase(config, seed))
-    if 'finetune' in wanted:
+  if 'large' in wanted or 'prune' in wanted:
+    large_task = SoftFilterTask if config.prune.method == 'sfp' else PruningTask  # SFP: its epoch hook
+    out.append(experiment.train_phase(f'seed{seed}/large', lambda done, s=seed: large_config(config, s), large_task))
+  if 'prune' in wanted:
+    out.append(prune_phase(config, seed))
+  if 'finetune' in wanted:
+    out.append(
+        experiment.train_phase(
+            f'seed{seed}/finetune', lambda done, s=seed, p=prune_of: finetune_config(config, s, p(done)), PruningTask
+        )
+    )
+  for kind in ('scratch_e', 'scratch_b'):
+    if kind in wanted:
       out.append(
           experiment.train_phase(
-              f'seed{seed}/finetune', lambda done, s=seed, p=prune_of: finetune_config(config, s, p(done)), PruningTask
+              f'seed{seed}/{kind}',
+              lambda done, s=seed, p=prune_of, k=kind: scratch_config(config, s, p(done), k),
+              PruningTask,
           )
       )
-    for kind in ('scratch_e', 'scratch_b'):
-      if kind in wanted:
-        out.append(
-            experiment.train_phase(
-                f'seed{seed}/{kind}',
-                lambda done, s=seed, p=prune_of, k=kind: scratch_config(config, s, p(done), k),
-                PruningTask,
-            )
-        )
   return out
 
 

@@ -35,8 +35,10 @@ def jsonable(x):
 def _epochs(config, phase: str, r: dict, prune_results: dict | None) -> int | None:
   if phase == 'large':
     return 0 if config.init_from else int(config.num_epochs)
-  if phase == 'prune':
-    return 0
+  if phase == 'prune':  # ThiNet's fine-tuning between pruned layers (prune.finetune_between epochs after each)
+    between = float(config.prune.get('finetune_between', 0.0) or 0.0)
+    layers = len((r.get('report') or {}).get('layers') or ()) if config.prune.method in ('thinet', 'regression') else 0
+    return int(between * layers)
   if phase == 'finetune':
     return int(config.finetune.num_epochs)
   if phase == 'scratch_e':
@@ -98,12 +100,7 @@ def summarize(config, done: dict) -> dict:
   claim = scratch_b_claim(phases)
   return {
       **({'claim': claim} if claim else {}),
-      'title': config.experiment.title,
-      'dataset': config.data.name,
-      'model': config.model.name,
-      'method': config.prune.method,
-      'prune': jsonable(config.prune.to_dict()),
-      'seeds': [int(s) for s in config.experiment.seeds],
+      **_summary_head(config),
       'phases': phases,
       'paper': paper,
       'accuracy_note': 'top-1 % at the end of each phase; mean and sample std over seeds',
@@ -161,6 +158,13 @@ def _method_text(prune: dict) -> str:
         f'traced groups, {prune.get("criterion", "l1")} importance, {100 * float(prune.get("ratio", 0.5)):g}% of each '
         f'{"group" if prune.get("scope", "layer") == "layer" else "model (global)"}'
     )
+  if prune['method'] == 'sss':
+    return 'Sparse Structure Selection (residual blocks whose factor reached 0 removed)'
+  if prune['method'] in ('thinet', 'regression'):
+    name = 'ThiNet' if prune['method'] == 'thinet' else 'regression-based reconstruction (LASSO + least squares)'
+    layers = ', '.join(prune.get('layers') or ()) or 'every conv-read layer'
+    widths = f'to {prune["target"]}' if prune.get('target') else f'keep {float(prune["keep_ratio"]):g} of {layers}'
+    return f'{name} {widths}, {prune["sample_images"]} images x {prune["sample_locations"]} locations'
   mode = ', mask implementation' if prune.get('mode') == 'mask' else ''
   return f'Network Slimming {100 * float(prune["percent"]):g}%{mode}'
 
@@ -228,6 +232,18 @@ def _write_atomic(path: str, text: str) -> None:
 LOTTERY_COLUMNS = {'large': 'unpruned', 'ticket': 'winning ticket', 'random': 'random init'}
 
 
+def _summary_head(config) -> dict:
+  """What every experiment's results.json starts with: the experiment, its data, model, method and seeds."""
+  return {
+      'title': config.experiment.title,
+      'dataset': config.data.name,
+      'model': config.model.name,
+      'method': config.prune.method,
+      'prune': jsonable(config.prune.to_dict()),
+      'seeds': [int(s) for s in config.experiment.seeds],
+  }
+
+
 def summarize_lottery(config, done: dict) -> dict:
   """results.json of a lottery experiment: per lr, the unpruned model, the winning ticket and the random init
   (accuracy mean and sample std over seeds), the final mask's non-zero params and MACs."""
@@ -252,13 +268,8 @@ def summarize_lottery(config, done: dict) -> dict:
       }
     by_lr[tag] = entry
   return {
-      'title': config.experiment.title,
-      'dataset': config.data.name,
-      'model': config.model.name,
-      'method': 'lottery',
-      'prune': jsonable(config.prune.to_dict()),
+      **_summary_head(config),
       'lottery': jsonable(config.lottery.to_dict()),
-      'seeds': [int(s) for s in config.experiment.seeds],
       'lrs': by_lr,
       'paper': jsonable(dict(config.experiment.get('paper') or {})),
       'accuracy_note': 'top-1 % at the end of each phase; mean and sample std over seeds',
@@ -316,6 +327,9 @@ def write(config, done: dict, workdir: str) -> dict:
   if config.prune.method == 'lottery':
     summary = summarize_lottery(config, done)
     text = markdown_lottery(summary)
+  elif config.prune.method == 'guided':
+    summary = summarize_guided(config, done)
+    text = markdown_guided(summary)
   else:
     summary = summarize(config, done)
     text = markdown(summary)
@@ -324,3 +338,154 @@ def write(config, done: dict, workdir: str) -> dict:
   if not jax.distributed.is_initialized() or jax.process_index() == 0:
     print(f'\n{text}\nresults: {os.path.join(os.path.abspath(workdir), "results.json")}, results.md', flush=True)
   return summary
+
+
+# ----------------------------------------------------------------------------------------------- guided pruning
+GUIDED_ROWS = {  # row -> its label: the pruned architectures of section 5, each trained from scratch
+    'pruned': 'Network Slimming (each run)',
+    'guided': 'guided (averaged ratios)',
+    'transferred': 'transferred guided',
+    'uniform': 'uniform',
+}
+
+
+def summarize_guided(config, done: dict) -> dict:
+  """results.json of a guided-pruning experiment: per architecture (the source runs' own pruned ones, guided,
+  transferred, uniform at the same params) its params, MACs and Scratch-E / Scratch-B accuracy over seeds."""
+  seeds = [int(s) for s in config.experiment.seeds]
+  guided = done.get('guided') or {}
+  rows = {}
+
+  def accuracy_of(phase_of):
+    runs = [(s, done.get(phase_of(s))) for s in seeds]
+    runs = [(s, r) for s, r in runs if r is not None]
+    if not runs:
+      return None
+    return {
+        'accuracy': _stats([100.0 * float(r['accuracy']) for _, r in runs]),
+        'per_seed': [{'seed': s, 'accuracy': float(r['accuracy']), 'workdir': r.get('workdir')} for s, r in runs],
+    }
+
+  large = accuracy_of(lambda s: f'seed{s}/large')
+  if large:
+    rows['unpruned'] = {'scratch_e': large, 'epochs': {'scratch_e': int(config.num_epochs)}}
+    if guided:
+      rows['unpruned'].update(params=_stats([guided['params_large']]), macs=_stats([guided['macs_large']]))
+  pruned = [done.get(f'seed{s}/prune') for s in seeds]
+  pruned = [p for p in pruned if p is not None]
+  for name in ('pruned', *GUIDED_ROWS):
+    if name == 'pruned':
+      if not pruned:
+        continue
+      archs, phase_of = pruned, lambda s, k: f'seed{s}/{k}'
+      cfgs = [p['pruned_model']['cfg'] for p in pruned]
+    else:
+      arch = (guided.get('architectures') or {}).get(name)
+      if arch is None:
+        continue
+      archs, phase_of = [arch], lambda s, k, n=name: f'seed{s}/{n}/{k}'
+      cfgs = [arch['pruned_model']['cfg']]
+    row = {
+        'params': _stats([a['params'] for a in archs]),
+        'macs': _stats([a['macs'] for a in archs]),
+        'cfgs': cfgs,
+        'epochs': {'scratch_e': int(config.num_epochs)},
+    }
+    row['epochs']['scratch_b'] = [budget.scratch_b_of_experiment(config, a).epochs for a in archs]
+    for key in ('pattern', 'stage_map', 'ratio', 'matched'):
+      if name != 'pruned' and key in archs[0]:
+        row[key] = archs[0][key]
+    for kind in ('scratch_e', 'scratch_b'):
+      got = accuracy_of(lambda s, k=kind, f=phase_of: f(s, k))
+      if got:
+        row[kind] = got
+    rows[name] = row
+  claims = {}
+  for other in ('guided', 'transferred'):
+    if other in rows and 'uniform' in rows and rows['uniform'].get('matched') == other:
+      claims[other] = {kind: _lead(rows[other], rows['uniform'], kind) for kind in ('scratch_e', 'scratch_b')}
+  return {
+      **_summary_head(config),
+      'guided': jsonable(config.guided.to_dict()),
+      'rows': rows,
+      **({'claim': claims} if claims else {}),
+      'pattern_file': guided.get('pattern_file'),
+      'paper': jsonable(dict(config.experiment.get('paper') or {})),
+      'accuracy_note': 'top-1 % at the end of each phase; mean and sample std over seeds',
+  }
+
+
+def _lead(row: dict, uniform: dict, kind: str) -> dict | None:
+  """The guided row's lead over uniform at the same params (the paper: guided beats uniform), and whether the
+  claim holds within the seeds' spread (the sum of both sample stds)."""
+  if kind not in row or kind not in uniform:
+    return None
+  a, b = row[kind]['accuracy'], uniform[kind]['accuracy']
+  lead, spread = a['mean'] - b['mean'], a['std'] + b['std']
+  return {'lead': lead, 'spread': spread, 'holds': bool(lead >= -spread)}
+
+
+def _ratios_text(pattern: dict) -> str:
+  return ', '.join(f'{k} {v:.3f}' for k, v in pattern['ratios'].items())
+
+
+def markdown_guided(summary: dict) -> str:
+  n = len(summary['seeds'])
+  rows = summary['rows']
+  g = summary['guided']
+  lines = [
+      f'### {summary["title"]}',
+      '',
+      f'{summary["dataset"]}, guided pruning: Network Slimming {100 * float(summary["prune"]["percent"]):g}% '
+      f'per-{g["granularity"]} width ratios averaged, each architecture trained from scratch, {n} seed'
+      f'{"s" if n != 1 else ""} (mean ± std of the final top-1 accuracy)',
+      '',
+      '| architecture | params | MACs | Scratch-E (%) | Scratch-B (%) | epochs E / B |',
+      '|---|---|---|---|---|---|',
+  ]
+
+  def acc(entry):
+    if entry is None:
+      return '-'
+    a = entry['accuracy']
+    return f'{a["mean"]:.2f} ± {a["std"]:.2f}' if n > 1 else f'{a["mean"]:.2f}'
+
+  labels = {'unpruned': 'unpruned', **GUIDED_ROWS}
+  for name, row in rows.items():
+    label = labels[name]
+    if name == 'uniform' and 'ratio' in row:
+      label = f'uniform (x{row["ratio"]:.3f}, at {row.get("matched")}\'s params)'
+    b = row['epochs'].get('scratch_b')
+    epochs = f'{row["epochs"]["scratch_e"]} / ' + ('-' if not b else '/'.join(str(e) for e in sorted(set(b))))
+    lines.append(
+        f'| {label} | {_count_cell(row.get("params"))} | {_count_cell(row.get("macs"))} | '
+        f'{acc(row.get("scratch_e"))} | {acc(row.get("scratch_b"))} | {epochs} |'
+    )
+  for name in ('guided', 'transferred'):
+    row = rows.get(name)
+    if row and 'pattern' in row:
+      p = row['pattern']
+      where = f'{p["source"]}, ' if p.get('source') else ''
+      moved = [f'{t} <- {s}' for t, s in (row.get('stage_map') or {}).items() if t != s]
+      mapping = f'; stage map {", ".join(moved)}' if moved else ''
+      lines += ['', f'{name} ratios ({where}{p["family"]} {p["granularity"]}s{mapping}): {_ratios_text(p)}']
+  for name, row in rows.items():
+    if name not in ('unpruned', 'pruned'):
+      lines.append(f'{name} cfg: {json.dumps(row["cfgs"][0])}')
+  if 'pruned' in rows:
+    lines.append('Network Slimming cfgs: ' + '; '.join(sorted({json.dumps(c) for c in rows['pruned']['cfgs']})))
+  for name, claim in (summary.get('claim') or {}).items():
+    parts = [
+        f'{COLUMNS[kind]} {c["lead"]:+.2f} (spread {c["spread"]:.2f})' for kind, c in claim.items() if c is not None
+    ]
+    if parts:
+      verdict = 'holds' if all(c['holds'] for c in claim.values() if c is not None) else 'does NOT hold'
+      lines += [
+          '',
+          f"the paper's claim, {name} >= uniform at the same params within the seeds' spread: {verdict} "
+          f'({name} - uniform, points: {"; ".join(parts)})',
+      ]
+  paper = summary.get('paper') or {}
+  if paper:
+    lines += ['', 'paper: ' + '; '.join(f'{k} {v}' for k, v in paper.items())]
+  return '\n'.join(lines) + '\n'

@@ -34,6 +34,17 @@ class Rewidthed(nn.Module):
       return self.base(*args, **kwargs)
 
 
+def rewidthed(model: nn.Module, widths) -> Rewidthed:
+  """`model` run with `widths`; a model that is already a Rewidthed keeps one wrapper over its base, its own
+  table updated by `widths` (read off the rewidthed modules, so a later width wins)."""
+  if not isinstance(model, Rewidthed):
+    return Rewidthed(model, tuple(widths))
+  table = {path: dict(fields) for path, fields in model.widths}
+  for path, fields in widths:
+    table.setdefault(path, {}).update(dict(fields))
+  return Rewidthed(model.base, tuple((path, tuple(fields.items())) for path, fields in sorted(table.items())))
+
+
 def widths_jsonable(widths) -> list:
   return [['/'.join(path), [[f, int(v)] for f, v in fields]] for path, fields in widths]
 

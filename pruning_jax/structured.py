@@ -6,7 +6,8 @@
 Each prunable group keeps floor(C * (1 - ratio)) of its C channels (at least `min_width`, at least one: the
 report says where that floor decided), the ones the criterion scores highest; every member of a dropped channel
 (kernel rows and columns, biases, norm vectors and statistics, the consumers' inputs at their offsets) is sliced
-away. `result.model` is the same module run with its layers' widths replaced (`rewidth.Rewidthed`): an `nn.Conv(24)`
+away. `result.model` is the same module run with its layers' widths replaced (`rewidth.Rewidthed`; pruning a pruned
+model again gives one Rewidthed over the original module with both prunings' widths): an `nn.Conv(24)`
 or `feature_group_count=24` written as a literal in `@nn.compact` code gets the pruned width through Flax's
 method interception, so no constructor has to expose it.
 
@@ -30,10 +31,9 @@ import numpy as np
 import optax
 
 from core_jax.errors import UserError
-from core_jax.weights import flatten, unflatten
-from pruning_jax import graph
+from core_jax.weights import flatten, flatten_variables, merge_params, unflatten
+from pruning_jax import graph, rewidth
 from pruning_jax.methods import PruneResult
-from pruning_jax.rewidth import Rewidthed
 
 CRITERIA = ('l1', 'l2', 'bn_scale', 'taylor')
 SCOPES = ('layer', 'global')
@@ -251,6 +251,23 @@ def width_overrides(model, variables, new_variables, inputs, kw) -> tuple:
   return tuple(out)
 
 
+def check_variables(model, variables, inputs, kw) -> None:
+  """One line naming the first key whose shape differs from what `model` builds (weights of another architecture,
+  or of another width), or a key one side lacks, with both shapes (core_jax.weights.merge_params)."""
+  key = jax.random.PRNGKey(0)
+  try:
+    want = jax.eval_shape(lambda *xs: model.init({'params': key, 'dropout': key}, *xs, **kw), *inputs)
+  except Exception:  # pylint: disable=broad-except  # needs more than these rngs to init: the trace reports errors
+    return
+  collections = tuple(c for c in ('params', 'batch_stats') if c in want)
+  merge_params(
+      flatten_variables(variables, collections),
+      flatten_variables(want, collections),
+      source='the weights tree',
+      hint=f' (not weights of this {type(model).__name__})',
+  )
+
+
 def prune(
     model: nn.Module,
     variables,
@@ -268,10 +285,9 @@ def prune(
   """`model` with `ratio` of each prunable channel group removed -> PruneResult(smaller model, its variables,
   report). `example_inputs`: an array (or a tuple of the apply's positional inputs); `apply_kwargs` default
   {'train': False}."""
-  if isinstance(model, Rewidthed):
-    raise UserError('prune the original model (a pruned model is a Rewidthed wrapper): use a larger ratio')
   kw = {'train': False} if apply_kwargs is None else dict(apply_kwargs)
   inputs = _as_tuple(example_inputs)
+  check_variables(model, variables, inputs, kw)
   groups = graph.channel_groups(model, variables, *inputs, fixed_outputs=fixed_outputs, **kw)
   prunable = [g for g in groups if g.prunable]
   if not prunable:
@@ -284,7 +300,7 @@ def prune(
   dropped = dropped_positions(groups, keep)
   small_vars = slice_variables(variables, dropped)
   widths = width_overrides(model, variables, small_vars, inputs, kw)
-  small = Rewidthed(model, widths)
+  small = rewidth.rewidthed(model, widths)
   try:
     jax.eval_shape(lambda v, *xs: small.apply(v, *xs, **kw), small_vars, *inputs)
   except Exception as e:  # the module computes a width the trace could not see (a literal reshape, ...)

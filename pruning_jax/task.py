@@ -6,6 +6,8 @@ Config fields read here (the rest is core_jax.config.base_config):
                     built from a smaller cfg
   model.selections  channel_selection indices (PreResNet / DenseNet / ResNet-50; None: every channel)
   model.widths      the traced surgery's layer widths over the cfg (a `graph`-pruned model, rewidth.Rewidthed)
+  model.block_scale True: Sparse Structure Selection's factor on every residual branch, trained by its proximal
+                    step (sss.gamma, sss.momentum; pruning_jax.methods.sss) instead of the configured optimizer
   sparsity.s        > 0: Network Slimming's sparsity training, s * sign(gamma) added to the BN-scale gradients
                     before weight decay (the `pre` optimizer transform)
   mask.path         '' or a mask file written by the prune phase (pruning_jax.job): the mask
@@ -39,7 +41,15 @@ from pruning_jax.models import layers
 from pruning_jax.rewidth import Rewidthed, widths_from_json
 
 # The classifier of each family: `init_reinit_head` keeps its fresh initialization.
-HEADS = {'vgg_l1': 'fc2', 'vgg_slimming': 'fc', 'vgg_imagenet': 'fc3', 'vgg_bn_imagenet': 'fc3', 'convnext': 'head'}
+HEADS = {
+    'vgg_l1': 'fc2',
+    'vgg_slimming': 'fc',
+    'vgg_imagenet': 'fc3',
+    'vgg_bn_imagenet': 'fc3',
+    'vgg_gap_imagenet': 'fc',
+    'convnext': 'head',
+    'convnext_tiny': 'head',
+}
 TORCH_SUFFIXES = ('.pth', '.pth.tar', '.pt', '.tar')
 MASK_PREFIX = 'params/'
 
@@ -58,6 +68,7 @@ def build_from_config(model_cfg, num_classes: int | None, dtype=None, compute: C
       selections=model_cfg.get('selections') or None,
       dtype=dtype,
       compute=compute,
+      block_scale=bool(model_cfg.get('block_scale') or False),
   )
   widths = model_cfg.get('widths') or None
   return Rewidthed(model, widths_from_json(widths)) if widths else model
@@ -85,7 +96,8 @@ def read_weights(path: str) -> tuple[dict | None, dict]:
 
 
 def _architecture(d: dict) -> tuple:
-  return d['family'], list(models.normalize_cfg(d['cfg'])), d.get('selections'), d.get('widths') or None
+  cfg = list(models.normalize_cfg(d['cfg']))
+  return d['family'], cfg, d.get('selections'), d.get('widths') or None, bool(d.get('block_scale'))
 
 
 def _same_architecture(want: dict, got: dict) -> bool:
@@ -174,6 +186,17 @@ class PruningTask(ClassificationTask):
       post.append(masking.keep_masked(lambda params: load_mask(mask_path, params)))
     return pre, post
 
+  def own_optimizer(self, schedule):
+    """Sparse Structure Selection's block factors (model.block_scale) on its proximal gradient step, at the run's
+    lr with sss.gamma and sss.momentum; the other parameters keep the configured optimizer."""
+    if not self.config.model.get('block_scale'):
+      return None
+    from pruning_jax.methods import sss  # pylint: disable=import-outside-toplevel
+
+    group = self.config.get('sss') or {}
+    tx = sss.proximal_gradient(schedule, float(group.get('gamma', 0.0)), float(group.get('momentum', 0.9)))
+    return sss.is_factor, tx
+
   def load_pretrained(self, variables, path, reinit_head):
     description, loaded = read_weights(path)
     model = self.build_model()
@@ -203,3 +226,16 @@ class PruningTask(ClassificationTask):
       variables = {'params': jax.device_get(state.params), 'batch_stats': jax.device_get(state.batch_stats)}
       out['nonzero_macs'] = magnitude.nonzero_macs(self.build_model(), variables, self._input_shape)
     return out
+
+
+class SoftFilterTask(PruningTask):
+  """Soft filter pruning's training (pruning_jax.methods.sfp): at every epoch boundary, before eval and checkpoint
+  (so a resumed run zeroes the same filters), each conv's weakest filters at sfp.keep_rate are set to 0 and keep
+  learning."""
+
+  def on_epoch_end(self, state, epoch):
+    del epoch
+    from pruning_jax.methods import sfp  # pylint: disable=import-outside-toplevel
+
+    params, batch_stats = sfp.soft_prune(state.params, state.batch_stats, float(self.config.sfp.keep_rate))
+    return state.replace(params=params, batch_stats=batch_stats)

@@ -19,7 +19,7 @@ IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 def experiment_config():
   """core_jax.config.base_config plus the pruning groups, with neutral defaults (the configs set them)."""
   c = core_config.base_config()
-  c.model.update(dict(name='', cfg=None, selections=None, num_classes=None, widths=None))
+  c.model.update(dict(name='', cfg=None, selections=None, num_classes=None, widths=None, block_scale=False))
   c.sparsity = ml_collections.ConfigDict(dict(s=0.0))
   c.mask = ml_collections.ConfigDict(dict(path=''))
   c.prune = ml_collections.ConfigDict(
@@ -33,13 +33,36 @@ def experiment_config():
           criterion='l1',  # graph: l1 | l2 | bn_scale (pruning_jax.structured)
           scope='layer',  # graph: layer | global
           min_width=1,
+          # thinet / regression (pruning_jax.methods.reconstruction): each channel set read by a conv (or those
+          # named in layers) keeps floor(width * keep_ratio), or the widths of the fixed architecture `target`;
+          # sampled from sample_images training images (eval transform) at sample_locations positions each
+          keep_ratio=0.5,
+          layers=(),
+          target='',
+          sample_images=100,
+          sample_locations=10,
+          alternations=1,  # regression: rounds of LASSO / least squares
+          finetune_between=0.0,  # epochs of fine-tuning (finetune.lr) after each pruned layer; 0: none
       )
   )
   c.finetune = ml_collections.ConfigDict(dict(num_epochs=40, lr=0.001))
   # prune.method='lottery' (pruning_jax.methods.lottery): 'unstructured' (rounds of prune.percent of the remaining
   # conv weights) or 'l1' (prune.scheme, once); every phase runs at each of lrs
   c.lottery = ml_collections.ConfigDict(dict(structure='unstructured', rounds=1, lrs=(0.1, 0.01)))
-  c.scratch = ml_collections.ConfigDict(dict(budget_cap=0.0))
+  # prune.method='guided' (pruning_jax.methods.guided): Network Slimming source runs at prune.percent (this
+  # experiment's seeds, and the seed*/prune phases of the workdirs in runs_from) averaged per stage or layer; a
+  # pattern.json (or a guided experiment's workdir) in pattern_from is transferred; uniform: the same params
+  c.guided = ml_collections.ConfigDict(dict(granularity='stage', runs_from=(), pattern_from='', uniform=True))
+  # prune.method='sss' (pruning_jax.methods.sss): the factors' sparsity penalty and momentum of the proximal step;
+  # architecture: '' (the blocks the trained factors remove) or a fixed one of the paper (resnet41/32/26)
+  c.sss = ml_collections.ConfigDict(dict(gamma=0.0, momentum=0.9, architecture=''))
+  # prune.method='sfp' (pruning_jax.methods.sfp): the fraction of each conv's filters kept after every epoch
+  c.sfp = ml_collections.ConfigDict(dict(keep_rate=0.7))
+  # equal_decay_steps: Scratch-B's lr decays every int(f1 x E) epochs (MXNet's recipe, SSS) instead of at int(f x E);
+  # init (unstructured only): 'sparse_he' re-draws each conv at the sparse He std (the paper's cifar_E.py), 'model'
+  # keeps the model's own init under the mask; base_epochs > 0: Scratch-B's base instead of num_epochs (SFP: 400,
+  # the baseline's and the SFP run's epochs together)
+  c.scratch = ml_collections.ConfigDict(dict(budget_cap=0.0, equal_decay_steps=False, init='sparse_he', base_epochs=0))
   c.experiment = ml_collections.ConfigDict(
       dict(title='', seeds=(0,), phases=job.PHASES, paper={}, compilation_cache=True)
   )

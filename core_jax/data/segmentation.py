@@ -115,6 +115,18 @@ def scaled_size(h: int, w: int, factor: float, base_size: int | None = None) -> 
   return int(h * long_size / w + 0.5), long_size
 
 
+def _resize_pair(ex: Example, h: int, w: int) -> Example:
+  """Image bilinear, label map nearest (OpenCV's, as mmcv.imrescale) to (h, w)."""
+  image = np.asarray(ex['image'])
+  label = _label_map(ex)
+  if label is not None and label.shape[:2] != image.shape[:2]:
+    raise UserError(f'{LABEL_MAP_KEY} {label.shape[:2]} and image {image.shape[:2]} differ in size')
+  ex['image'] = resize_bilinear(image, h, w)
+  if label is not None:
+    ex[LABEL_MAP_KEY] = resize_nearest(label, h, w)
+  return ex
+
+
 @register('seg_random_scale')
 def seg_random_scale(factors=CITYSCAPES_SCALE_FACTORS, base_size: int | None = None) -> Transform:
   """Resize image (bilinear) and label map (nearest) by a factor drawn uniformly from `factors`."""
@@ -125,14 +137,7 @@ def seg_random_scale(factors=CITYSCAPES_SCALE_FACTORS, base_size: int | None = N
   def op(ex, rng):
     factor = factors[int(rng.integers(0, len(factors)))]
     image = np.asarray(ex['image'])
-    h, w = scaled_size(image.shape[0], image.shape[1], factor, base_size)
-    label = _label_map(ex)
-    if label is not None and label.shape[:2] != image.shape[:2]:
-      raise UserError(f'{LABEL_MAP_KEY} {label.shape[:2]} and image {image.shape[:2]} differ in size')
-    ex['image'] = resize_bilinear(image, h, w)
-    if label is not None:
-      ex[LABEL_MAP_KEY] = resize_nearest(label, h, w)
-    return ex
+    return _resize_pair(ex, *scaled_size(image.shape[0], image.shape[1], factor, base_size))
 
   return op
 
@@ -221,6 +226,167 @@ def seg_flip(p: float = 0.5) -> Transform:
       label = _label_map(ex)
       if label is not None:
         ex[LABEL_MAP_KEY] = np.ascontiguousarray(label[:, ::-1])
+    return ex
+
+  return op
+
+
+# ------------------------------------------------------------------------------------------------ mmseg's pipeline
+# mmsegmentation 0.x (what the ConvNeXt / BEiT segmentation code runs), configs/_base_/datasets/ade20k.py:
+#   Resize(img_scale=(2048, 512), ratio_range=(0.5, 2.0)) -> RandomCrop(crop_size, cat_max_ratio=0.75)
+#   -> RandomFlip(0.5) -> PhotoMetricDistortion -> Normalize -> Pad(crop_size, pad_val=0, seg_pad_val=255)
+# here 'seg_random_resize_ratio(scale=(2048, 512), ratio_range=(0.5, 2.0))', 'seg_random_crop_cat(size=(512, 512),
+# cat_max_ratio=0.75)', 'seg_flip', 'photometric_distortion', 'imagenet_normalize', 'seg_pad(size=(512, 512))'.
+# Unlike HRNet's crop (seg_random_crop) mmseg's does not pad first and draws y before x; Pad comes last.
+
+
+def keep_ratio_size(h: int, w: int, scale: tuple[int, int]) -> tuple[int, int]:
+  """mmcv.rescale_size with keep_ratio: the largest (h', w') of the image's aspect with long side <= max(scale) and
+  short side <= min(scale): factor = min(max(scale) / long, min(scale) / short), sides int(side * factor + 0.5)."""
+  factor = min(max(scale) / max(h, w), min(scale) / min(h, w))
+  return int(h * factor + 0.5), int(w * factor + 0.5)
+
+
+@register('seg_random_resize_ratio')
+def seg_random_resize_ratio(scale=(2048, 512), ratio_range=(0.5, 2.0)) -> Transform:
+  """mmseg's Resize(img_scale=scale, ratio_range, keep_ratio=True): ratio ~ U[lo, hi), the target scale
+  (int(scale[0] * ratio), int(scale[1] * ratio)), the image resized to `keep_ratio_size` of it."""
+  lo, hi = (float(r) for r in ratio_range)
+  if not 0 < lo <= hi:
+    raise UserError(f'seg_random_resize_ratio: ratio_range must be 0 < lo <= hi, got {ratio_range}')
+
+  def op(ex, rng):
+    ratio = rng.random() * (hi - lo) + lo
+    target = (int(scale[0] * ratio), int(scale[1] * ratio))
+    return _resize_pair(ex, *keep_ratio_size(*np.asarray(ex['image']).shape[:2], target))
+
+  return op
+
+
+@register('seg_random_crop_cat')
+def seg_random_crop_cat(size, cat_max_ratio: float = 1.0, tries: int = 10) -> Transform:
+  """mmseg's RandomCrop(crop_size, cat_max_ratio): offsets y then x uniform in [0, max(side - crop, 0)]; with
+  cat_max_ratio < 1 a window is redrawn (up to `tries` times, the last draw kept unchecked) until it holds more than
+  one non-ignored class and none covers `cat_max_ratio` or more of its labelled pixels. No padding: a side smaller
+  than the crop stays (mmseg pads after the photometric distortion and normalization, seg_pad)."""
+  ch, cw = primitives.hw(size)
+
+  def op(ex, rng):
+    image = np.asarray(ex['image'])
+    label = _label_map(ex)
+    h, w = image.shape[:2]
+    if label is not None and label.shape[:2] != (h, w):
+      raise UserError(f'{LABEL_MAP_KEY} {label.shape[:2]} and image {(h, w)} differ in size')
+
+    def draw():
+      return int(rng.integers(0, max(h - ch, 0) + 1)), int(rng.integers(0, max(w - cw, 0) + 1))
+
+    y, x = draw()
+    if cat_max_ratio < 1.0 and label is not None:
+      for _ in range(tries):
+        ids, counts = np.unique(label[y : y + ch, x : x + cw], return_counts=True)
+        counts = counts[ids != IGNORE_LABEL]
+        if len(counts) > 1 and counts.max() / counts.sum() < cat_max_ratio:
+          break
+        y, x = draw()
+    ex['image'] = image[y : y + ch, x : x + cw]
+    if label is not None:
+      ex[LABEL_MAP_KEY] = label[y : y + ch, x : x + cw]
+    return ex
+
+  return op
+
+
+_HSV_SHIFT = 12
+
+
+def _hsv_tables() -> tuple[np.ndarray, np.ndarray]:
+  i = np.arange(256, dtype=np.float64)
+  with np.errstate(divide='ignore'):
+    sdiv = np.where(i > 0, np.rint((255 << _HSV_SHIFT) / i), 0).astype(np.int64)
+    hdiv = np.where(i > 0, np.rint((180 << _HSV_SHIFT) / (6.0 * i)), 0).astype(np.int64)
+  return sdiv, hdiv
+
+
+_SDIV, _HDIV180 = _hsv_tables()
+
+
+def rgb_to_hsv_u8(rgb: np.ndarray) -> np.ndarray:
+  """OpenCV's cvtColor(RGB2HSV) of uint8 (H in 0..179, S and V in 0..255), its integer tables bit for bit."""
+  rgb = np.asarray(rgb).astype(np.int64)
+  r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+  v = np.maximum(np.maximum(r, g), b)
+  diff = v - np.minimum(np.minimum(r, g), b)
+  half = 1 << (_HSV_SHIFT - 1)
+  s = (diff * _SDIV[v] + half) >> _HSV_SHIFT
+  h = np.where(v == r, g - b, np.where(v == g, b - r + 2 * diff, r - g + 4 * diff))
+  h = (h * _HDIV180[diff] + half) >> _HSV_SHIFT
+  h = np.where(h < 0, h + 180, h)
+  return np.stack([h, s, v], axis=-1).clip(0, 255).astype(np.uint8)
+
+
+# OpenCV's HSV2RGB sector table: (r, g, b) = tab[...] with tab = (v, v(1 - s), v(1 - s f), v(1 - s(1 - f))).
+_SECTORS = np.array([[0, 3, 1], [2, 0, 1], [1, 0, 3], [1, 2, 0], [3, 1, 0], [0, 1, 2]])
+
+
+def hsv_to_rgb_u8(hsv: np.ndarray) -> np.ndarray:
+  """OpenCV's cvtColor(HSV2RGB) of uint8 (H 0..179) as its vectorized loop computes it on x86-64 (AVX2/FMA
+  builds): s and v scaled by 1/255 in float32, the sector's 1 - s*f fused (one rounding), x 255 truncated. (The
+  scalar tail of each row, its last width mod 32 or 64 pixels, rounds instead; one level apart at most.)"""
+  hsv = np.asarray(hsv)
+  f32, one = np.float32, np.float32(1)
+  h = hsv[..., 0].astype(f32) * (f32(6) / f32(180))
+  s = hsv[..., 1].astype(f32) * f32(1.0 / 255.0)
+  v = hsv[..., 2].astype(f32) * f32(1.0 / 255.0)
+  sector = np.floor(h).astype(np.int64)
+  f = h - sector.astype(f32)
+  s64 = s.astype(np.float64)
+  fused_2 = (1.0 - s64 * f).astype(f32)  # fnmadd: s * f exact in float64, one rounding to float32
+  fused_3 = (1.0 - s64 * (one - f)).astype(f32)
+  tab = np.stack([v, v * (one - s), v * fused_2, v * fused_3], axis=-1)
+  rgb = np.take_along_axis(tab, _SECTORS[sector % 6], axis=-1) * f32(255)
+  return np.floor(rgb).clip(0, 255).astype(np.uint8)
+
+
+def _convert(x: np.ndarray, alpha: float = 1.0, beta: float = 0.0) -> np.ndarray:
+  """mmseg's `convert`: float32 x * alpha + beta, clipped to 0..255, truncated to uint8."""
+  return np.clip(x.astype(np.float32) * np.float32(alpha) + np.float32(beta), 0, 255).astype(np.uint8)
+
+
+@register('photometric_distortion')
+def photometric_distortion(
+    brightness_delta: int = 32, contrast_range=(0.5, 1.5), saturation_range=(0.5, 1.5), hue_delta: int = 18
+) -> Transform:
+  """mmseg's PhotoMetricDistortion on the uint8 image, its order and draws: brightness (p 0.5, + U(-32, 32));
+  mode = randint(2); contrast first when mode is 1 (p 0.5, x U(0.5, 1.5)); saturation in HSV (p 0.5, S x U(0.5,
+  1.5)); hue (p 0.5, H + randint(-18, 18) mod 180); contrast last when mode is 0. Each step truncates to uint8."""
+  c_lo, c_hi = (float(x) for x in contrast_range)
+  s_lo, s_hi = (float(x) for x in saturation_range)
+
+  def op(ex, rng):
+    img = np.asarray(ex['image'])
+    if img.dtype != np.uint8:
+      raise UserError(f'photometric_distortion needs the uint8 image (before normalize), got {img.dtype}')
+
+    def contrast(img):
+      return _convert(img, alpha=rng.uniform(c_lo, c_hi)) if rng.integers(2) else img
+
+    if rng.integers(2):
+      img = _convert(img, beta=rng.uniform(-brightness_delta, brightness_delta))
+    mode = int(rng.integers(2))
+    if mode == 1:
+      img = contrast(img)
+    if rng.integers(2):
+      hsv = rgb_to_hsv_u8(img)
+      hsv[..., 1] = _convert(hsv[..., 1], alpha=rng.uniform(s_lo, s_hi))
+      img = hsv_to_rgb_u8(hsv)
+    if rng.integers(2):
+      hsv = rgb_to_hsv_u8(img)
+      hsv[..., 0] = (hsv[..., 0].astype(np.int64) + int(rng.integers(-hue_delta, hue_delta))) % 180
+      img = hsv_to_rgb_u8(hsv)
+    if mode == 0:
+      img = contrast(img)
+    ex['image'] = img
     return ex
 
   return op

@@ -4,6 +4,8 @@
 classification dataset's 'label', or for a segmentation dataset the `NUM_CLASSES` of its module
 (`SEGMENTATION_MODULES`: digit_scenes 11, cityscapes 19), the one place each count is written.
 Cityscapes records come out as {'image', 'segmentation' (trainIds)} (core_jax.data.cityscapes).
+ADE20K is read from its release folder, not TFDS ('ade20k' or 'ade20k:/path', core_jax.data.ade20k), its labels
+reduced (0 -> 255, 1..150 -> 0..149).
 Every source comes wrapped in `CheckedSource`: a record that does not read or decode ends the run with one line naming
 the split, the shard file and the record, never a skipped or half-read example.
 """
@@ -32,6 +34,7 @@ EMBEDDED = {
 SEGMENTATION_MODULES = {
     'digit_scenes': 'core_jax.data.embedded.digit_scenes',
     'cityscapes': 'core_jax.data.cityscapes',
+    'ade20k': 'core_jax.data.ade20k',
 }
 # Files a manual-download dataset needs in its manual dir, per (dataset, TFDS config; '' = the default config).
 # Others fall back to TFDS' own instructions.
@@ -242,6 +245,22 @@ def _tfds_builder(name: str, data_dir: str, download: bool):
   return builder
 
 
+def _ade20k_source(name: str, split: str, data_dir: str) -> tuple[Any, DatasetInfo]:
+  from core_jax.data import ade20k  # pylint: disable=import-outside-toplevel
+
+  if name.split('/')[0].split(':')[0] == 'scene_parse150':
+    raise ade20k.scene_parse150_error(data_dir)
+  root = name.split(':', 1)[1] if ':' in name else ade20k.default_root(data_dir)
+  source = ade20k.ReleaseFolderSource(root, split)
+  info = DatasetInfo(
+      name=name,
+      num_classes=ade20k.NUM_CLASSES,
+      splits=ade20k.split_sizes(source.root),
+      features=('image', LABEL_MAP_KEY),
+  )
+  return CheckedSource(source, name, split), info
+
+
 def load_source(
     name: str, split: str, data_dir: str | None = None, *, download: bool = False
 ) -> tuple[Any, DatasetInfo]:
@@ -254,6 +273,8 @@ def load_source(
   """
   data_dir = os.path.expanduser(data_dir or default_data_dir())
   base = name.split('/')[0].split(':')[0]
+  if base in ('ade20k', 'scene_parse150'):
+    return _ade20k_source(name, split, data_dir)
   if base == 'image_folder':
     builder = _image_folder_builder(name, data_dir)
   elif base in EMBEDDED:

@@ -1,5 +1,5 @@
-"""Pruning methods, one module each (l1_norm, slimming, magnitude, lottery, thinet, regression; the last two share
-reconstruction: sampled activations and least squares), and the result they return.
+"""Pruning methods, one module each (l1_norm, slimming, magnitude, lottery, thinet, regression, guided; thinet and
+regression share reconstruction: sampled activations and least squares), and the result they return.
 
 Every method's `prune(model_name_or_family, cfg, variables, ...)` returns a `PruneResult`; the model may also be
 given as a built pruning_jax model (then cfg may be None).

@@ -1,7 +1,8 @@
 """Unstructured magnitude pruning (Han et al. 2015), as the paper's code does it (`cifar/weight-level/*`).
 
-Only conv weights are pruned (4-D kernels; Linear, BatchNorm and biases are kept). One global threshold over all
-of them: |w| of every conv kernel concatenated and sorted ascending, the threshold is the value at position
+Only conv weights are pruned (4-D kernels, and ConvNeXt's pointwise convs `pwconv1` / `pwconv2`, which it writes
+as Linear layers over channels-last maps; the classifier Linear, norms and biases are kept). One global threshold
+over all of them: |w| of every conv kernel concatenated and sorted ascending, the threshold is the value at position
 int(total * percent), and weights with |w| strictly greater are kept. Pruned weights are set to 0 and the mask
 implementation (pruning_jax.masking.keep_masked, the Task's `post` transform) keeps them exactly 0 through
 training, checkpoints and resumes: the mask is part of the optimizer state.
@@ -14,12 +15,14 @@ re-drawn as Normal(0, sqrt(2 / n)) with n = nnz(mask) / in_channels (He fan-in o
 The Scratch-B budget counts MACs over the non-zero conv weights (`nonzero_macs`), from the mask the pruned model
 actually has.
 
-  is_conv_kernel(path, leaf)              the filter: 4-D 'kernel' leaves
+  is_conv_kernel(path, leaf)              the filter: 4-D 'kernel' leaves and 2-D pwconv kernels
   threshold(params, percent, mask=None)   the global |w| threshold (over the weights `mask` keeps)
   plan(params, percent, mask=None)        (params-shaped {0, 1} mask, None off conv kernels; report)
   prune(model_name_or_family, cfg, variables, percent, mask=None)  -> methods.PruneResult: the large model,
                                           its variables with the pruned weights zeroed, the report and the mask
-  sparse_reinit(params, mask, seed)       the Scratch-E/B conv re-initialization
+  sparse_reinit(params, mask, seed)       the Scratch-E/B conv re-initialization (scratch.init='sparse_he'; 'model'
+                                          keeps the model's own init under the mask: ConvNeXt's truncated normal
+                                          of std 0.02 does not depend on the fan-in)
   nonzero_macs(model, variables, input_shape)  MACs with every conv counting only its non-zero weights
 """
 
@@ -36,9 +39,13 @@ from core_jax.weights import flatten, unflatten
 from pruning_jax import surgery
 from pruning_jax.methods import PruneResult, resolve_model
 
+POINTWISE_CONVS = ('pwconv1', 'pwconv2')  # ConvNeXt's 1x1 convs, nn.Dense over the channels of NHWC maps
+
 
 def is_conv_kernel(path: tuple, leaf) -> bool:
-  return bool(path) and path[-1] == 'kernel' and np.ndim(leaf) == 4
+  if not path or path[-1] != 'kernel':
+    return False
+  return np.ndim(leaf) == 4 or (np.ndim(leaf) == 2 and len(path) >= 2 and path[-2] in POINTWISE_CONVS)
 
 
 def _conv_kernels(params) -> dict[str, np.ndarray]:
@@ -130,14 +137,14 @@ def prune(
 
 def sparse_reinit(params, mask, seed: int) -> dict:
   """params with every masked conv kernel re-drawn as Normal(0, sqrt(2 / n)) * mask, n = nnz(mask) / in_channels
-  (flax kernels are (kh, kw, in, out)); other leaves unchanged. Kernel i (sorted path order) draws from numpy's
-  default_rng([seed, i]) (host-side: no program to compile per kernel shape)."""
+  (flax kernels are (kh, kw, in, out), pointwise (in, out)); other leaves unchanged. Kernel i (sorted path order)
+  draws from numpy's default_rng([seed, i]) (host-side: no program to compile per kernel shape)."""
   flat = {p: np.asarray(jax.device_get(x)) for p, x in flatten(dict(params)).items()}
   for i, path in enumerate(sorted(flat)):
     m = _mask_leaf(mask, path)
     if m is None or not is_conv_kernel(tuple(path.split('/')), flat[path]):
       continue
-    n = float(m.sum()) / flat[path].shape[2]
+    n = float(m.sum()) / flat[path].shape[-2]
     if n == 0:  # every weight of the layer pruned
       flat[path] = np.zeros_like(flat[path])
       continue

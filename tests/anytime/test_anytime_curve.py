@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from anytime_jax import curve, report
+from core_jax import seg_figure
 from core_jax.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -134,6 +135,6 @@ def test_plot_scene_draws_every_exit(tmp_path):
   out = report.plot_scene(str(tmp_path / 'scene.png'), image, labels, exits, 'a scene', num_classes=11)
   assert out == str(tmp_path / 'scene.png') and os.path.getsize(out) > 5_000
   assert os.listdir(tmp_path) == ['scene.png']  # written atomically: no temp file left
-  colors = report.label_colors(11)
+  colors = seg_figure.label_colors(11)
   assert colors.shape == (12, 3) and tuple(colors[0]) == (0, 0, 0) and tuple(colors[-1]) == (1, 1, 1)
   assert len({tuple(c) for c in colors}) == 12  # background, 10 digits and ignore all distinct

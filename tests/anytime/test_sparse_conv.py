@@ -11,24 +11,27 @@ from anytime_jax import confidence, hrnet
 from anytime_jax.confidence import Conv, MaskSet, TileSet
 from core_jax.compute import Compute
 
-LAM = 1.7
+LAMS = (1.7, 3.0)  # below SHORT_LAMBDA2 (the whole 7 x 7 fill, dense) and above (the short fill, tiled); 3.0: init
 AUTO_REST = {f: v for f, v in confidence.for_backend().__dict__.items() if f != 'masked_conv'}
 H = 32  # conv outputs 32 x 32, batch 2: 2 * 4 * 4 = 32 tiles of 8 x 8
 
 
 def _hand_masks(h, rng):
-  """name -> (2, h, h) float mask. Tile counts (conv / fill, of 32): all 32 / 0, none 0 / 0, single 2 / 8,
-  checkerboard 32 / 32, blob 6 / 12, band 24 / 16, per_example 16 / 0, overflow (more than the largest bucket:
-  the dense branches) 32 / 32."""
+  """name -> (2, h, h) float mask. Tile counts (conv / short fill, of 32): all 32 / 0, none 0 / 0, single 2 / 4,
+  centred 2 / 2, checkerboard 32 / 32, blob 6 / 10, band 24 / 8, per_example 16 / 0, overflow (more than the
+  largest bucket: the dense branches) 32 / 31."""
   checker = np.indices((h, h)).sum(0) % 2
   single = np.zeros((h, h))
   single[h // 3, h // 2] = 1
+  centred = np.zeros((h, h))
+  centred[12, 12] = 1
   band = np.zeros((h, h))
   band[:20] = 1
   return {
       'all': np.ones((2, h, h)),
       'none': np.zeros((2, h, h)),
       'single': np.stack([single, single.T]),
+      'centred': np.stack([centred, centred[::-1, ::-1]]),
       'checkerboard': np.stack([checker, 1 - checker]),
       'blob': np.stack([np.add.outer(np.arange(h), np.arange(h)) < h // 2] * 2),
       'band': np.stack([band, band]),
@@ -59,21 +62,23 @@ def test_sparse_equals_masked_dense_on_hand_built_masks(k, stride, bias):
   conv_branches, fill_branches = set(), set()
   for name, m in _hand_masks(H, rng).items():
     mask = jnp.asarray(m, jnp.float32)
-    dense, sparse = both(x, mask, jnp.float32(LAM))
-    np.testing.assert_allclose(np.asarray(sparse), np.asarray(dense), atol=1e-5, rtol=0, err_msg=name)
+    for lam in LAMS:
+      dense, sparse = both(x, mask, jnp.float32(lam))
+      np.testing.assert_allclose(np.asarray(sparse), np.asarray(dense), atol=1e-5, rtol=0, err_msg=f'{name} {lam}')
     tiles = TileSet(mask)
     conv_branches.add(int(confidence._bucket_index(tiles.conv_count, conv_caps)))
     fill_branches.add(int(confidence._bucket_index(tiles.fill_count, fill_caps)))
-  assert conv_branches == {0, 1, 2, 4} and fill_branches == {0, 1, 2, 3}  # gathered buckets and dense fallbacks
+  # no tile (0), every gathered bucket but the conv's 29 (1..), the dense fallbacks (last)
+  assert conv_branches == {0, 1, 2, 3, 5} and fill_branches == {0, 1, 2, 3, 4}
 
 
 def test_tile_set_orders_and_layout():
   m = np.zeros((2, 16, 8), np.float32)
-  m[0, 1, 2] = 1  # tile 0 (example 0, tile row 0); its fill neighbourhood stays in tile row 0
-  m[1, 9, 7] = 1  # tile 3 (example 1, tile row 1); its fill neighbourhood (rows 6..12) reaches tile 2
+  m[0, 1, 2] = 1  # tile 0 (example 0, tile row 0); its fill neighbourhood (rows 0..2) stays in tile 0
+  m[1, 8, 7] = 1  # tile 3 (example 1, tile row 1); its fill neighbourhood (rows 7..9) reaches tile 2
   t = TileSet(jnp.asarray(m))
   assert (t.th, t.tw, t.nh, t.nw, t.num_tiles) == (8, 8, 2, 1, 4)
-  assert int(t.conv_count) == 2 and int(t.fill_count) == 3
+  assert int(t.conv_count) == 2 and int(t.fill_count) == 3 and confidence.SHORT_RADIUS == 1
   np.testing.assert_array_equal(np.asarray(t.conv_order), [0, 3, 1, 2])
   np.testing.assert_array_equal(np.asarray(t.fill_order), [0, 2, 3, 1])
   a = jnp.arange(2 * 16 * 8 * 3.0).reshape(2, 16, 8, 3)
@@ -96,10 +101,12 @@ def test_sparse_hrnet_equals_masked_dense_at_several_thresholds():
   dense, sparse = build('dense'), build('sparse')
   abstract = jax.eval_shape(dense.init, jax.random.PRNGKey(0), x)
 
-  def fill(path, s):  # BN identity, rbf_lambda 2, other weights N(0, 1 / fan_in): logits vary between pixels
+  def fill(
+      path, s
+  ):  # BN identity, rbf_lambda 3 (the init: the short fill), other weights N(0, 1 / fan_in): logits vary between pixels
     name = path[-1].key
     if name in ('var', 'scale', 'mean', 'rbf_lambda'):
-      return np.full(s.shape, {'var': 1.0, 'scale': 1.0, 'mean': 0.0, 'rbf_lambda': 2.0}[name], s.dtype)
+      return np.full(s.shape, {'var': 1.0, 'scale': 1.0, 'mean': 0.0, 'rbf_lambda': 3.0}[name], s.dtype)
     return (rng.randn(*s.shape) / np.sqrt(max(1, np.prod(s.shape[:-1])))).astype(s.dtype)
 
   variables = jax.tree_util.tree_map_with_path(

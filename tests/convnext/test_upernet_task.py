@@ -103,3 +103,17 @@ def test_loss_is_decode_plus_weighted_aux_and_eval_predicts_at_label_size():
   assert ev['predictions'].shape == (2, 32, 32) and ev['mask'].tolist() == [True, False]
   scores = task.eval_metrics.single_from_model_output(**ev).compute()
   assert set(scores) == {'miou', 'pixel_accuracy', 'iou'} and 0.0 <= scores['miou'] <= 1.0
+
+
+def test_demo_table_sits_beside_the_readmes_anytime_row(tmp_path):
+  from convnext_jax import upernet_demo  # pylint: disable=import-outside-toplevel
+
+  with open(os.path.join(REPO, 'README.md')) as f:
+    row = next(line for line in f if line.startswith('| ADP-C tau 0.998 |'))
+  assert row.split('|')[2].split('/')[-1].strip() == f'{upernet_demo.ANYTIME_EXIT4_MIOU:.1f}'
+  text = upernet_demo.table({'miou': 0.1234, 'pixel_accuracy': 0.9}, 437_430)
+  lines = text.splitlines()
+  assert 'ConvNeXt + UperNet (this run, 437,430 params)' in lines[1] and lines[1].split()[-2:] == ['12.3', '90.0']
+  assert lines[2].split()[-2] == '16.3' and lines[3].split()[-2] == '8.4'
+  with pytest.raises(UserError, match=r'results.json does not exist: train first'):
+    upernet_demo.report(demo_config(), str(tmp_path))

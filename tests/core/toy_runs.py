@@ -30,19 +30,25 @@ def cmd(workdir, *overrides):
   return [sys.executable, TOY, f'--config={TOY}', f'--workdir={workdir}', *overrides]
 
 
-def run(workdir, data_dir, *overrides, devices=1, check=True, timeout=300):
+def run(workdir, data_dir, *overrides, devices=1, check=True, timeout=300, command=None):
+  """`command` (argv without the workdir and overrides): another entry point than the toy task's."""
   proc = subprocess.run(
-      cmd(workdir, *overrides), env=env(data_dir, devices), cwd=REPO, capture_output=True, text=True, timeout=timeout
+      (command or cmd(workdir)[:-1]) + [f'--workdir={workdir}', *overrides],
+      env=env(data_dir, devices),
+      cwd=REPO,
+      capture_output=True,
+      text=True,
+      timeout=timeout,
   )
   if check and proc.returncode != 0:
     raise AssertionError(f'run failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}')
   return proc
 
 
-def start_and_signal(workdir, data_dir, sig, *overrides, after_step, devices=1):
+def start_and_signal(workdir, data_dir, sig, *overrides, after_step, devices=1, command=None, wait_s=240):
   """Starts a run, sends `sig` once a checkpoint >= `after_step` has committed; returns (returncode, output)."""
   proc = subprocess.Popen(
-      cmd(workdir, *overrides),
+      (command or cmd(workdir)[:-1]) + [f'--workdir={workdir}', *overrides],
       env=env(data_dir, devices),
       cwd=REPO,
       stdout=subprocess.PIPE,
@@ -50,7 +56,7 @@ def start_and_signal(workdir, data_dir, sig, *overrides, after_step, devices=1):
       text=True,
   )
   ckpt_dir = os.path.join(workdir, 'checkpoints')
-  deadline = time.time() + 240
+  deadline = time.time() + wait_s
   while time.time() < deadline and proc.poll() is None:
     if os.path.isdir(ckpt_dir) and any(d.isdigit() and int(d) >= after_step for d in os.listdir(ckpt_dir)):
       break

@@ -28,5 +28,5 @@ def random_variables(model, x, seed: int = 0) -> dict:
       v = rng.uniform(0.5, 1.5, s.shape)
     else:
       v = 0.1 * rng.randn(*s.shape)
-    out.append(v.astype(np.float32))
+    out.append(np.asarray(v, np.float32))  # scalars too (SSS block factors)
   return jax.tree_util.tree_unflatten(treedef, out)

@@ -78,6 +78,16 @@ OTHER_METHODS = [
     'digits_magnitude.py',
     'lottery_cifar.py',
     'digits_lottery.py',
+    'guided_cifar.py',  # test_pruning_guided.py
+    'digits_guided.py',
+    'sss_imagenet.py',  # and digits_sss.py: test_pruning_sss.py
+    'digits_sss.py',
+    'sfp_cifar.py',  # test_pruning_sfp.py
+    'digits_sfp.py',
+    'thinet_imagenet.py',  # ThiNet and regression: test_pruning_reconstruction.py
+    'regression_imagenet.py',
+    'digits_thinet.py',
+    'digits_regression.py',
 ]
 
 
@@ -85,8 +95,10 @@ def test_every_config_file_is_listed_here():
   files = {
       os.path.basename(p) for p in glob.glob(os.path.join(CONFIGS, '*.py')) if not os.path.basename(p).startswith('_')
   }
-  # digits_convnext.py (the traced surgery, AdamW): tests/pruning/test_pruning_graph.py resolves its phases
-  assert files == {spec.split(':')[0] for spec in ALL + OTHER_METHODS} | {'digits_convnext.py'}
+  # the ConvNeXt configs (the traced surgery and magnitude pruning with AdamW): tests/pruning/test_pruning_graph.py
+  # resolves their phases
+  convnext = {'digits_convnext.py', 'digits_convnext_magnitude.py', 'convnext_tiny_imagenet.py'}
+  assert files == {spec.split(':')[0] for spec in ALL + OTHER_METHODS} | convnext
 
 
 @pytest.mark.parametrize('spec', ALL)

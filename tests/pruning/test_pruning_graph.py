@@ -5,6 +5,8 @@ name the op and parameter they cannot follow; the pruned model equals the masked
 Group derivation traces abstractly (jax.eval_shape variables, ShapeDtypeStruct inputs); variables that are run
 come from numpy (`random_variables`), so only the applies compared compile."""
 
+import os
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -14,9 +16,10 @@ import pytest
 import pruning_jax
 from anytime_jax import hrnet
 from convnext_jax.models import ConvNeXt
-from core_jax import counting
+from core_jax import cli, counting
 from core_jax.compute import Compute
 from core_jax.config import load_sibling
+from core_jax.data import ops
 from core_jax.errors import UserError
 from core_jax.weights import flatten
 from pruning_jax import graph, io, job, models, structured, surgery, task
@@ -191,6 +194,22 @@ def test_small_model_pruned_equals_masked_and_is_smaller(small_net):
   assert params[1] < 0.4 * params[0] and macs[1] < 0.4 * macs[0], (params, macs)
 
 
+def test_pruning_a_pruned_model_again_is_a_smaller_model_equal_to_masked(small_net):
+  model, variables, x = small_net
+  once = pruning_jax.prune(model, variables, x, ratio=0.5)
+  twice = pruning_jax.prune(once.model, once.variables, x, ratio=0.5)
+  assert twice.model.base is model  # one wrapper over the original module, both prunings' widths in its table
+  widths = dict(twice.model.widths)
+  assert widths[('_Block_0', 'Conv_1')] == (('features', 6), ('feature_group_count', 6))  # 24 -> 12 -> 6
+  assert widths[('Conv_0',)] == (('features', 4),)
+  out = twice.model.apply(twice.variables, x, train=False)
+  np.testing.assert_allclose(out, _masked_original(once.model, once.variables, x, 0.5), atol=1e-5, rtol=1e-5)
+  sizes = [counting.count_params(r.variables['params']) for r in (once, twice)]
+  assert sizes[1] < 0.4 * sizes[0], sizes
+  rebuilt = type(twice.model)(model, twice.model.widths)  # the table alone rebuilds it
+  np.testing.assert_allclose(rebuilt.apply(twice.variables, x, train=False), out, atol=1e-6)
+
+
 def test_ratio_that_empties_a_group_keeps_its_strongest_channel(small_net):
   model, variables, x = small_net
   groups = graph.channel_groups(model, variables, x, train=False)
@@ -199,6 +218,25 @@ def test_ratio_that_empties_a_group_keeps_its_strongest_channel(small_net):
   side = '_Block_0/Conv_2/kernel:3'
   assert keep[side] == [int(np.argmax(scores[side]))]
   assert any(n.startswith(side) and 'keeps its strongest 1' in n for n in notes)
+  result = pruning_jax.prune(model, variables, x, ratio={side: 0.99})  # the report says so too
+  assert result.report['notes'] == [f'{side}: ratio 0.99 would keep 0 of 8 channels; keeps its strongest 1']
+  assert [g['kept'] for g in result.report['groups'] if g['name'] == side] == [1]
+
+
+def test_weights_of_another_architecture_name_the_first_mismatching_key_and_both_shapes(small_net, tiny_convnext):
+  model, variables, x = small_net
+  with pytest.raises(
+      UserError,
+      match=r'^params/Conv_0/bias: the model has shape \(16,\) but the weights tree has \(8,\) '
+      r'\(not weights of this _Net\)$',
+  ):
+    pruning_jax.prune(model, pruning_jax.prune(model, variables, x).variables, x)
+  with pytest.raises(
+      UserError,
+      match=r'^the weights tree has no params/Conv_0/bias \(the model needs shape \(16,\)\) '
+      r'\(not weights of this _Net\)$',
+  ):
+    pruning_jax.prune(model, tiny_convnext[1], x)
 
 
 def test_criteria_and_scopes_rank_channels(small_net):
@@ -352,7 +390,7 @@ def test_digits_convnext_config_resolves_its_phases_and_checks_graph_fields():
   assert (ft.optimizer.name, ft.optimizer.schedule, ft.optimizer.lr, ft.num_epochs) == ('adamw', 'constant', 4e-4, 2)
   assert ft.model.widths == widths and ft.init_from == prune['export']
   sb = job.scratch_config(c, 0, prune, 'scratch_b')
-  assert sb.num_epochs == 4 * c.num_epochs and sb.model.widths == widths and not sb.init_from
+  assert sb.num_epochs == 2 * c.num_epochs and sb.model.widths == widths and not sb.init_from  # 4x MACs, cap 2x
   model = task.build_from_config(sb.model, 10)
   assert dict(model.widths)[('stem_conv',)] == (('features', 16),)
   c.prune.criterion = 'taylor'
@@ -361,6 +399,38 @@ def test_digits_convnext_config_resolves_its_phases_and_checks_graph_fields():
   c.prune.criterion, c.prune.ratio = 'l1', 1.0
   with pytest.raises(UserError, match=r'prune.ratio must be in \[0, 1\)'):
     job.check_config(c)
+
+
+@pytest.mark.parametrize(
+    'spec', ['digits_convnext_magnitude.py', 'convnext_tiny_imagenet.py:l1', 'convnext_tiny_imagenet.py:magnitude']
+)
+def test_convnext_magnitude_and_imagenet_configs_check_and_resolve_their_phases(spec):
+  c = cli.load_config_file(os.path.join(os.path.dirname(digits_convnext.__file__), spec))
+  job.check_config(c)
+  assert [p.name for p in job.phases_for(c)] == [f'seed0/{p}' for p in job.PHASES]
+  for transforms in (c.data.train_transforms, c.data.eval_transforms):
+    ops.build_transforms(transforms)
+  large = task.build_from_config(c.model, None)
+  assert models.family_of(large) == ('convnext' if spec.startswith('digits') else 'convnext_tiny')
+  prune = {
+      'export': '/x/pruned.safetensors',
+      'masked_export': '/x/pruned.safetensors',
+      'mask': '/x/mask.safetensors',
+      'scratch_init': '/x/scratch_init.safetensors',
+      'pruned_model': models.describe(large),
+      'macs_large': 400,
+      'macs': 100,
+  }
+  ft = job.finetune_config(c, 0, prune)
+  assert (ft.optimizer.name, ft.optimizer.schedule) == ('adamw', 'constant')
+  sb = job.scratch_config(c, 0, prune, 'scratch_b')
+  assert sb.num_epochs == 2 * c.num_epochs  # 4x fewer MACs, capped at 2x
+  if c.prune.method == 'magnitude':  # the dense shape under the mask, from the model's own init
+    assert c.scratch.init == 'model' and (ft.mask.path, sb.mask.path) == (prune['mask'], prune['mask'])
+    assert sb.init_from == prune['scratch_init']
+  if spec.startswith('convnext_tiny'):
+    assert (c.batch_size, c.num_epochs, c.optimizer.lr, c.mixup.mixup_alpha) == (4096, 300, 4e-3, 0.8)
+    assert (ft.num_epochs, ft.optimizer.lr) == (30, 5e-5)
 
 
 def test_hrnet_branch_widths_run_through_the_fuse_layers():

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from pruning_helpers import random_variables
 from test_pruning_magnitude import _conv_kernels_exactly_masked
-from test_pruning_pipeline import _main, _tiny, _write_config
+from test_pruning_pipeline import _fails_in_one_line_keeping_saved_work, _tiny, _write_config
 
 from core_jax import cli
 from core_jax.weights import flatten
@@ -81,12 +81,7 @@ def test_ticket_is_the_saved_init_times_the_mask_and_random_init_is_another_draw
 )
 def test_bad_lottery_configs_are_one_line_and_keep_saved_work(tmp_path, capsys, lines, message):
   config = _write_config(tmp_path / 'bad.py', 'digits_lottery.py', lines)
-  workdir = tmp_path / 'run'
-  (workdir / 'seed0').mkdir(parents=True)
-  (workdir / 'seed0' / 'kept.txt').write_text('earlier work')
-  code, err = _main([f'--config={config}', f'--workdir={workdir}'], capsys)
-  assert code == 2 and len(err) == 1 and message in err[0], err
-  assert sorted(p.name for p in workdir.rglob('*')) == ['kept.txt', 'seed0']
+  _fails_in_one_line_keeping_saved_work(tmp_path, capsys, config, message)
 
 
 @pytest.mark.parametrize(

@@ -77,6 +77,16 @@ def _main(argv, capsys):
   return code, [line for line in err.splitlines() if line.strip()]
 
 
+def _fails_in_one_line_keeping_saved_work(tmp_path, capsys, config: str, message: str) -> None:
+  """Runs `config` on a workdir holding earlier work: exit 2, one line naming the problem, the work untouched."""
+  workdir = tmp_path / 'run'
+  (workdir / 'seed0').mkdir(parents=True)
+  (workdir / 'seed0' / 'kept.txt').write_text('earlier work')
+  code, err = _main([f'--config={config}', f'--workdir={workdir}'], capsys)
+  assert code == 2 and len(err) == 1 and message in err[0], err
+  assert sorted(p.name for p in workdir.rglob('*')) == ['kept.txt', 'seed0']
+
+
 def _comparable(summary: dict) -> dict:
   keep = ('seed', 'accuracy', 'params', 'macs', 'nonzero_params', 'epochs', 'cfg')
   return {p: [{k: s[k] for k in keep} for s in e['per_seed']] for p, e in summary['phases'].items()}

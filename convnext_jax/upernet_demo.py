@@ -1,0 +1,91 @@
+"""The UperNet digit_scenes demo's report: its mIoU beside the anytime HRNet's final exit on the same validation
+scenes, and WORKDIR/scene.png (validation scenes: the input, its labels, the prediction).
+
+  python -m convnext_jax.upernet_demo --config=configs/convnext/upernet_digit_scenes.py --workdir=WORKDIR
+
+after the training run `python -m convnext_jax.main` with the same config and workdir (`make demo LINE=upernet`
+runs both). The anytime numbers are the README's measured ADP-C digit_scenes row (configs/anytime/digit_scenes.py),
+not rerun here."""
+
+import json
+import os
+import sys
+
+# The anytime demo's measured exit-4 mIoU on the 200 validation scenes (configs/anytime/digit_scenes.py, README's
+# anytime table: ADP-C tau 0.998) and predicting background everywhere on them.
+ANYTIME_EXIT4_MIOU = 16.3
+BACKGROUND_ONLY_MIOU = 8.4
+SCENE_PNG = 'scene.png'
+
+
+def table(results: dict, params: int) -> str:
+  rows = [
+      ('model (digit_scenes validation, 200 scenes)', 'mIoU %', 'pixel acc. %'),
+      (
+          f'ConvNeXt + UperNet (this run, {params:,} params)',
+          f'{100 * results["miou"]:.1f}',
+          f'{100 * results["pixel_accuracy"]:.1f}',
+      ),
+      ('ADP-C HRNet w8_nano, exit 4 (anytime demo, README)', f'{ANYTIME_EXIT4_MIOU:.1f}', '-'),
+      ('background everywhere', f'{BACKGROUND_ONLY_MIOU:.1f}', '-'),
+  ]
+  widths = [max(len(r[i]) for r in rows) for i in range(3)]
+  return '\n'.join('  '.join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def scene_figure(config, workdir: str, count: int = 3) -> str:
+  """WORKDIR/scene.png: the `count` validation scenes (of the first 20) with the most labelled classes through the
+  workdir's latest weights: input, labels, prediction (core_jax.seg_figure, as the anytime line's scene)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  from convnext_jax import upernet_task  # pylint: disable=import-outside-toplevel
+  from core_jax import seg_figure  # pylint: disable=import-outside-toplevel
+  from core_jax import weights as weights_lib  # pylint: disable=import-outside-toplevel
+  from core_jax.data import ops, sources  # pylint: disable=import-outside-toplevel
+
+  d = config.data
+  source, info = sources.load_source(d.name, d.eval_split, d.get('data_dir') or None)
+  label_key = upernet_task.LABEL_KEY
+  classes = [len(np.unique(np.asarray(source[i][label_key]))) for i in range(min(20, len(source)))]
+  indices = sorted(np.argsort(classes, kind='stable')[::-1][:count].tolist())
+  transform = ops.build_transforms(d.eval_transforms)
+  raws = [dict(source[i]) for i in indices]
+  examples = [transform(dict(r), np.random.default_rng(0)) for r in raws]
+  task = upernet_task.UperNetSegTask(config, info)
+  model = task.build_model()
+  tree = weights_lib.unflatten(weights_lib.read_weights(workdir).tensors)
+  variables = {k: tree.get(k, {}) for k in ('params', 'batch_stats')}
+  images = np.stack([np.asarray(e[task.input_key]) for e in examples])
+  labels = np.stack([np.asarray(e[label_key]) for e in examples]).astype(np.int32)
+  batch = {task.input_key: images, label_key: labels, 'mask': np.ones(len(examples), bool)}
+  predict = jax.jit(lambda v, b: task.eval_outputs(model, v, b)['predictions'])
+  preds = np.asarray(predict(variables, batch))
+  k = task.num_classes
+  rows = [
+      [(r['image'], f'scene {i}: input'), (seg_figure.paint(lab, k), 'labels'), (seg_figure.paint(p, k), 'prediction')]
+      for i, r, lab, p in zip(indices, raws, labels, preds)
+  ]
+  title = f'ConvNeXt + UperNet ({config.model.name}, shrunk): {d.name} {d.eval_split}'
+  return seg_figure.plot_panels(os.path.join(workdir, SCENE_PNG), rows, title, panel_size=(2.8, 1.6))
+
+
+def report(config, workdir: str) -> str:
+  """Prints the table and draws the scenes of a finished run in `workdir`; returns the table."""
+  path = os.path.join(workdir, 'results.json')
+  if not os.path.isfile(path):
+    from core_jax.errors import UserError  # pylint: disable=import-outside-toplevel
+
+    raise UserError(f'{path} does not exist: train first (python -m convnext_jax.main with the same config)')
+  with open(path) as f:
+    results = json.load(f)
+  text = table(results['eval'], int(results['num_params']))
+  print(text, flush=True)
+  print(f'scene:  {scene_figure(config, workdir)}', flush=True)
+  return text
+
+
+if __name__ == '__main__':
+  from core_jax import cli  # pylint: disable=ungrouped-imports
+
+  sys.exit(cli.run_main(report, prog='convnext_jax.upernet_demo'))

@@ -1,0 +1,289 @@
+"""Guided pruning and transferred guided pruning (the paper's section 5, "pruning as architecture search").
+
+Network Slimming's pruned architectures are consistent across runs (VGG-16 at 60%: conv1 down to about 40 of 64,
+conv2-7 almost untouched, the 512-wide conv8-13 cut hardest). Guided pruning keeps only that pattern: the kept
+width ratio of every *layer stage* (the prunable layers that share one feature-map size), averaged over several
+pruning runs, applied to the unpruned network, which is then trained from scratch. The paper compares it with
+uniform pruning (every layer cut by the same ratio) at the same parameter count: guided matches the pruned
+architectures' parameter efficiency and beats uniform. Transferred guided pruning applies a pattern found on one
+network and dataset to another (VGG-16 on CIFAR-10 -> VGG-19 on CIFAR-100) and still beats uniform.
+
+Stages (`stages`; the maps between stages below say which transfers exist):
+  vgg_l1, vgg_slimming, vgg_imagenet, vgg_bn_imagenet
+      stage k = the convs between the (k-1)-th and the k-th 'M' of the cfg (one feature-map size; every VGG of the
+      zoo has 5); vgg_bn_imagenet adds the stage 'fc' (its two BN1d FC widths, which ImageNet slimming prunes)
+  resnet_cifar
+      stage k = the inner widths of the k-th group of blocks (the residual widths 16/32/64 are never pruned)
+A stage's ratio is its kept widths over its unpruned widths (sum over the stage's layers) of one run, averaged
+over the runs. `granularity='layer'` averages each layer's ratio instead (the same layer layout only).
+
+Transfer: stages map by name, within a family group -- stage k of any VGG to stage k of any VGG (VGG-16 -> VGG-19:
+each of the 5 stages to itself; VGG-19's extra conv in stages 3-5 takes its stage's ratio; a CIFAR VGG's stage k
+runs at 32 / 2^(k-1) pixels, an ImageNet VGG's at 224 / 2^(k-1): the same position in the network), stage k of a
+CIFAR ResNet to stage k of another CIFAR ResNet (ResNet-56 -> ResNet-110). Between groups there is no map (a VGG
+stage is a run of plain convs, a ResNet's pruned widths are block-internal; 5 stages against 3): an error. A
+target stage the source has not got (an ImageNet VGG-11-BN's 'fc' from a CIFAR pattern) is an error too.
+
+Widths: max(1, floor(ratio x unpruned width + 0.5)) (halves round up), so with the same architecture and
+stage-wise equal widths the guided model's widths are the rounded averages of the runs' kept widths.
+
+  stages(family, cfg)                           [(stage name, cfg indices of its prunable widths)]
+  average(runs, granularity='stage')            -> Pattern over `Run`s (one family, one unpruned cfg, >= 1 run)
+  stage_map(pattern, family, cfg)               {target stage: source stage} (or the layer-wise identity)
+  apply(pattern, family, cfg)                   the guided (or, on another network, transferred) cfg
+  uniform(family, cfg, ratio)                   every prunable width x ratio (rounded as above)
+  uniform_at_params(family, cfg, target, params_of)  (cfg, ratio): the uniform cfg whose params are closest
+  Counter(num_classes, input_shape)             .params(family, cfg), .macs(family, cfg): exact, cached
+"""
+
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from core_jax.errors import UserError
+from pruning_jax import models
+
+VGG_FAMILIES = ('vgg_l1', 'vgg_slimming', 'vgg_imagenet', 'vgg_bn_imagenet')
+GROUPS = {**{f: 'vgg' for f in VGG_FAMILIES}, 'resnet_cifar': 'resnet_cifar'}  # transfers stay within a group
+GRANULARITIES = ('stage', 'layer')
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+  """One pruning run: its family, the unpruned cfg and the cfg pruning left."""
+
+  family: str
+  cfg: tuple
+  pruned_cfg: tuple
+
+
+@dataclasses.dataclass(frozen=True)
+class Pattern:
+  """Kept-width ratios averaged over pruning runs of one network, per stage (or per prunable layer)."""
+
+  family: str
+  cfg: tuple  # the unpruned cfg the runs pruned
+  granularity: str
+  names: tuple[str, ...]  # stage names, or 'layer<i>' per prunable layer in cfg order
+  ratios: tuple[float, ...]
+  runs: tuple[tuple, ...] = ()  # the pruned cfgs averaged
+  source: str = ''  # what produced the runs (method, ratio, dataset), for the table
+
+  def to_json(self) -> dict:
+    return {
+        'family': self.family,
+        'cfg': list(self.cfg),
+        'granularity': self.granularity,
+        'ratios': dict(zip(self.names, self.ratios)),
+        'runs': [list(r) for r in self.runs],
+        'source': self.source,
+    }
+
+  @classmethod
+  def from_json(cls, d: dict, where: str = 'pattern') -> 'Pattern':
+    missing = [k for k in ('family', 'cfg', 'granularity', 'ratios') if k not in d]
+    if missing:
+      raise UserError(f'{where}: not a guided-pruning pattern (no {missing[0]!r})')
+    ratios = dict(d['ratios'])
+    return cls(
+        d['family'],
+        models.normalize_cfg(d['cfg']),
+        d['granularity'],
+        tuple(ratios),
+        tuple(float(v) for v in ratios.values()),
+        tuple(tuple(r) for r in d.get('runs') or ()),
+        d.get('source', ''),
+    )
+
+
+def _group(family: str) -> str:
+  if family not in GROUPS:
+    raise UserError(f'guided pruning has no layer stages for family {family!r} (families: {", ".join(GROUPS)})')
+  return GROUPS[family]
+
+
+def stages(family: str, cfg: Sequence) -> list[tuple[str, tuple[int, ...]]]:
+  """[(stage name, indices into cfg of the stage's prunable widths)] in forward order."""
+  cfg = models.normalize_cfg(cfg)
+  if _group(family) == 'resnet_cifar':
+    if not cfg or len(cfg) % 3:
+      raise UserError(f'resnet_cifar needs 3n block widths, got {len(cfg)}')
+    n = len(cfg) // 3
+    return [(f'stage{k + 1}', tuple(range(k * n, (k + 1) * n))) for k in range(3)]
+  body = len(cfg) - 2 if family == 'vgg_bn_imagenet' else len(cfg)
+  groups, current = [], []
+  for i, v in enumerate(cfg[:body]):
+    if v == 'M':
+      if current:
+        groups.append(tuple(current))
+      current = []
+    else:
+      current.append(i)
+  if current:
+    groups.append(tuple(current))
+  out = [(f'stage{k + 1}', g) for k, g in enumerate(groups)]
+  if family == 'vgg_bn_imagenet':
+    out.append(('fc', (len(cfg) - 2, len(cfg) - 1)))
+  return out
+
+
+def prunable(family: str, cfg: Sequence) -> tuple[int, ...]:
+  """The cfg indices guided pruning rewidths, in cfg order."""
+  return tuple(sorted(i for _, ix in stages(family, cfg) for i in ix))
+
+
+def width(ratio: float, base: int) -> int:
+  return max(1, int(math.floor(ratio * base + 0.5)))
+
+
+def _check_run(run: Run, cfg: tuple) -> tuple:
+  pruned = models.normalize_cfg(run.pruned_cfg)
+  if len(pruned) != len(cfg) or any((a == 'M') != (b == 'M') for a, b in zip(pruned, cfg)):
+    raise UserError(f'a pruned cfg {list(pruned)} does not have the layout of its unpruned cfg {list(cfg)}')
+  return pruned
+
+
+def average(runs: Sequence[Run], granularity: str = 'stage', source: str = '') -> Pattern:
+  """The runs' kept-width ratios averaged per stage (or per prunable layer)."""
+  runs = list(runs)
+  if not runs:
+    raise UserError('guided pruning averages at least 1 pruning run, got none')
+  if granularity not in GRANULARITIES:
+    raise UserError(f'guided.granularity must be one of {", ".join(GRANULARITIES)}, got {granularity!r}')
+  family, cfg = runs[0].family, models.normalize_cfg(runs[0].cfg)
+  for run in runs[1:]:
+    if run.family != family:
+      raise UserError(f'guided pruning averages runs of one family, got {family!r} and {run.family!r}')
+    if models.normalize_cfg(run.cfg) != cfg:
+      raise UserError(f'guided pruning averages runs of one unpruned network, got cfgs {list(cfg)} and {list(run.cfg)}')
+  pruned = [_check_run(r, cfg) for r in runs]
+  if granularity == 'stage':
+    layout = stages(family, cfg)
+    names = tuple(name for name, _ in layout)
+    per_run = [[sum(p[i] for i in ix) / sum(cfg[i] for i in ix) for _, ix in layout] for p in pruned]
+  else:
+    ix = prunable(family, cfg)
+    names = tuple(f'layer{i}' for i in ix)
+    per_run = [[p[i] / cfg[i] for i in ix] for p in pruned]
+  ratios = tuple(sum(r[k] for r in per_run) / len(per_run) for k in range(len(names)))
+  return Pattern(family, cfg, granularity, names, ratios, tuple(tuple(p) for p in pruned), source)
+
+
+def stage_map(pattern: Pattern, family: str, cfg: Sequence) -> dict[str, str]:
+  """{target stage (or layer): the source's stage (or layer) whose ratio it takes}."""
+  cfg = models.normalize_cfg(cfg)
+  if _group(pattern.family) != _group(family):
+    raise UserError(
+        f'no stage mapping from {pattern.family} to {family}: guided patterns transfer between VGGs or between '
+        'CIFAR ResNets only'
+    )
+  if pattern.granularity == 'layer':
+    target = tuple(f'layer{i}' for i in prunable(family, cfg))
+    if family != pattern.family or target != pattern.names:
+      raise UserError(
+          f'a per-layer pattern applies to its own layer layout only ({pattern.family}, {len(pattern.names)} '
+          f'prunable layers); transfer a per-stage one (guided.granularity=stage)'
+      )
+    return {n: n for n in target}
+  source = set(pattern.names)
+  out = {}
+  for name, _ in stages(family, cfg):
+    if name not in source:
+      raise UserError(
+          f'no stage mapping for {family} stage {name!r}: the pattern ({pattern.family}) has stages '
+          f'{", ".join(pattern.names)}'
+      )
+    out[name] = name
+  return out
+
+
+def apply(pattern: Pattern, family: str, cfg: Sequence) -> tuple:
+  """`cfg` rewidthed by the pattern: every prunable width x its stage's (layer's) averaged ratio."""
+  cfg = models.normalize_cfg(cfg)
+  ratio_of = dict(zip(pattern.names, pattern.ratios))
+  mapping = stage_map(pattern, family, cfg)
+  out = list(cfg)
+  if pattern.granularity == 'layer':
+    for i in prunable(family, cfg):
+      out[i] = width(ratio_of[mapping[f'layer{i}']], cfg[i])
+  else:
+    for name, ix in stages(family, cfg):
+      for i in ix:
+        out[i] = width(ratio_of[mapping[name]], cfg[i])
+  return tuple(out)
+
+
+def uniform(family: str, cfg: Sequence, ratio: float) -> tuple:
+  """Every prunable width of `cfg` x `ratio` (uniform channel pruning)."""
+  cfg = models.normalize_cfg(cfg)
+  out = list(cfg)
+  for i in prunable(family, cfg):
+    out[i] = width(ratio, cfg[i])
+  return tuple(out)
+
+
+def uniform_at_params(
+    family: str, cfg: Sequence, target_params: int, params_of: Callable[[str, tuple], int]
+) -> tuple[tuple, float]:
+  """(uniform cfg, its ratio) with params closest to `target_params`.
+
+  A uniform width max(1, floor(r w + 1/2)) steps from k to k + 1 at r = (k + 1/2) / w, so uniform cfgs change only
+  at those ratios: one ratio between each two neighbouring steps stands for every cfg there is. Params grow with
+  r, so a bisection over those ratios brackets the target between two neighbouring cfgs and the closer one wins:
+  the match is within one step, the params of one more channel in every layer whose width changes at that ratio
+  (at most one channel per layer)."""
+  cfg = models.normalize_cfg(cfg)
+  widths = {cfg[i] for i in prunable(family, cfg)}
+  steps = sorted({(k + 0.5) / w for w in widths for k in range(1, w)})
+  edges = [0.0, *steps, 1.0]
+  candidates = [(a + b) / 2 for a, b in zip(edges[:-1], edges[1:]) if b > a] + [1.0]
+
+  def params(j: int) -> int:
+    return params_of(family, uniform(family, cfg, candidates[j]))
+
+  lo, hi = 0, len(candidates) - 1
+  if params(hi) <= target_params:
+    return uniform(family, cfg, 1.0), 1.0
+  if params(lo) >= target_params:
+    return uniform(family, cfg, candidates[lo]), candidates[lo]
+  while hi - lo > 1:  # params(lo) < target <= params(hi)
+    mid = (lo + hi) // 2
+    if params(mid) >= target_params:
+      hi = mid
+    else:
+      lo = mid
+  best = lo if target_params - params(lo) < params(hi) - target_params else hi
+  return uniform(family, cfg, candidates[best]), candidates[best]
+
+
+class Counter:
+  """Exact params and MACs (one image) of family + cfg architectures, from abstract inits, cached per cfg."""
+
+  def __init__(self, num_classes: int, input_shape: Sequence[int]):
+    self.num_classes = int(num_classes)
+    self.shape = tuple(int(d) for d in input_shape)
+    self._variables, self._macs = {}, {}
+
+  def _abstract(self, family: str, cfg: tuple):
+    key = (family, models.normalize_cfg(cfg))
+    if key not in self._variables:
+      model = models.build(family, key[1], self.num_classes)
+      v = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(self.shape, jnp.float32)))
+      self._variables[key] = (model, v)
+    return key, self._variables[key]
+
+  def params(self, family: str, cfg: tuple) -> int:
+    from core_jax import counting  # pylint: disable=import-outside-toplevel
+
+    return counting.count_params(self._abstract(family, cfg)[1][1]['params'])
+
+  def macs(self, family: str, cfg: tuple) -> int:
+    from core_jax import counting  # pylint: disable=import-outside-toplevel
+
+    key, (model, v) = self._abstract(family, cfg)
+    if key not in self._macs:
+      self._macs[key] = counting.count_macs(model, jax.ShapeDtypeStruct(self.shape, jnp.float32), variables=v)
+    return self._macs[key]

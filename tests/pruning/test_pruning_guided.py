@@ -1,0 +1,215 @@
+"""Guided pruning (pruning_jax.methods.guided, the paper's section 5): the guided model has the rounded averages of
+the runs' widths, uniform pruning matches its params within one channel per layer, patterns transfer stage by
+stage as documented; the runner's phases and table; bad input (one line, exit 2, nothing saved lost)."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from test_pruning_pipeline import _fails_in_one_line_keeping_saved_work, _write_config
+
+from core_jax import cli
+from core_jax.errors import UserError
+from core_jax.weights import flatten
+from pruning_jax import job, models, report
+from pruning_jax.methods import guided
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TINY = (8, 'M', 16, 16, 'M', 8, 'M', 8, 'M', 8)  # 5 stages (one feature-map size each), 32x32 -> 1x1
+RUNS = [  # two pruning runs of TINY, kept widths per conv
+    guided.Run('vgg_slimming', TINY, (4, 'M', 10, 12, 'M', 4, 'M', 2, 'M', 6)),
+    guided.Run('vgg_slimming', TINY, (6, 'M', 8, 10, 'M', 6, 'M', 3, 'M', 8)),
+]
+COUNT = guided.Counter(10, (1, 32, 32, 3))
+
+
+def _conv_widths(model) -> list[int]:
+  v = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
+  kernels = {p: s.shape[-1] for p, s in flatten(v['params']).items() if p.endswith('kernel') and len(s.shape) == 4}
+  return [kernels[f'conv{i}/kernel'] for i in range(len(kernels))]
+
+
+def test_guided_model_has_the_rounded_average_widths():
+  per_stage = guided.apply(guided.average(RUNS), 'vgg_slimming', TINY)
+  # stage ratios: (4+6)/2/8, ((10+12)+(8+10))/2/32, 5/8, 2.5/8, 7/8 -> widths 5, 10 10, 5, 3 (2.5 rounds up), 7
+  assert per_stage == (5, 'M', 10, 10, 'M', 5, 'M', 3, 'M', 7)
+  per_layer = guided.apply(guided.average(RUNS, 'layer'), 'vgg_slimming', TINY)
+  means = np.mean([[v for v in r.pruned_cfg if v != 'M'] for r in RUNS], axis=0)  # 5, 9, 11, 5, 2.5, 7
+  assert [v for v in per_layer if v != 'M'] == [int(np.floor(m + 0.5)) for m in means] == [5, 9, 11, 5, 3, 7]
+  assert _conv_widths(models.build('vgg_slimming', per_layer, 10)) == [5, 9, 11, 5, 3, 7]  # the built model's
+  one = guided.average(RUNS[:1], 'layer')  # a single run, layer by layer: its own architecture back
+  assert guided.apply(one, 'vgg_slimming', TINY) == RUNS[0].pruned_cfg
+
+
+def test_uniform_at_the_same_params_within_one_channel_per_layer():
+  target_cfg = guided.apply(guided.average(RUNS), 'vgg_slimming', TINY)
+  target = COUNT.params('vgg_slimming', target_cfg)
+  cfg, ratio = guided.uniform_at_params('vgg_slimming', TINY, target, COUNT.params)
+  assert 0 < ratio < 1 and cfg == guided.uniform('vgg_slimming', TINY, ratio)
+  assert [v for v in cfg if v != 'M'] == [guided.width(ratio, w) for w in TINY if w != 'M']  # one ratio everywhere
+  got = COUNT.params('vgg_slimming', cfg)
+  wider = tuple(v if v == 'M' else v + 1 for v in cfg)
+  one_channel_per_layer = COUNT.params('vgg_slimming', wider) - got
+  assert abs(got - target) <= one_channel_per_layer
+  assert cfg != target_cfg  # the same params, not the same architecture
+
+
+def test_transfer_maps_stage_k_to_stage_k():
+  vgg16, vgg19 = models.NAMED['vgg16_slimming'].cfg, models.NAMED['vgg19'].cfg
+  run = guided.Run(
+      'vgg_slimming', vgg16, (40, 60, 'M', 128, 120, 'M', 250, 240, 230, 'M', 100, 50, 30, 'M') + (30,) * 3
+  )
+  pattern = guided.average([run])
+  assert guided.stage_map(pattern, 'vgg_l1', vgg19) == {f'stage{k}': f'stage{k}' for k in range(1, 6)}
+  transferred = guided.apply(pattern, 'vgg_slimming', vgg19)
+  want = [50] * 2 + [124] * 2 + [240] * 4 + [60] * 4 + [30] * 4  # each stage's ratio on every conv, extra ones too
+  assert [v for v in transferred if v != 'M'] == want
+  assert [i for i, v in enumerate(transferred) if v == 'M'] == [i for i, v in enumerate(vgg19) if v == 'M']
+  r56 = models.NAMED['resnet56'].cfg  # CIFAR ResNets: stage k of 9 blocks -> stage k of 18
+  pattern = guided.average([guided.Run('resnet_cifar', r56, (8,) * 9 + (16,) * 9 + (16,) * 9)])
+  assert guided.apply(pattern, 'resnet_cifar', models.NAMED['resnet110'].cfg) == (8,) * 18 + (16,) * 18 + (16,) * 18
+
+
+@pytest.mark.parametrize(
+    'call,message',
+    [
+        (lambda: guided.average([]), 'averages at least 1 pruning run, got none'),
+        (
+            lambda: guided.average([RUNS[0], guided.Run('resnet_cifar', (16, 32, 64), (8, 16, 32))]),
+            "runs of one family, got 'vgg_slimming' and 'resnet_cifar'",
+        ),
+        (
+            lambda: guided.average([RUNS[0], guided.Run('vgg_slimming', (8, 'M', 16, 'M', 8, 'M', 8, 'M', 8), TINY)]),
+            'runs of one unpruned network',
+        ),
+        (
+            lambda: guided.apply(guided.average(RUNS), 'resnet_cifar', (16, 32, 64)),
+            'no stage mapping from vgg_slimming to resnet_cifar',
+        ),
+        (
+            lambda: guided.apply(guided.average(RUNS), 'vgg_bn_imagenet', models.NAMED['vgg11_bn_imagenet'].cfg),
+            "no stage mapping for vgg_bn_imagenet stage 'fc'",
+        ),
+        (
+            lambda: guided.apply(guided.average(RUNS, 'layer'), 'vgg_slimming', models.NAMED['vgg19'].cfg),
+            'a per-layer pattern applies to its own layer layout only',
+        ),
+        (lambda: guided.stages('densenet', (12,) * 39), "no layer stages for family 'densenet'"),
+    ],
+)
+def test_bad_patterns_are_one_line_user_errors(call, message):
+  with pytest.raises(UserError, match='^[^\n]*$') as e:
+    call()
+  assert message in str(e.value)
+
+
+# ------------------------------------------------------------------------------------------------ the runner
+def _pattern_file(tmp_path, family='vgg_slimming', cfg=(16, 'M', 32, 'M', 64, 'M', 64, 'M', 128)) -> str:
+  pruned = tuple(v if v == 'M' else max(1, v // 2) for v in cfg)
+  path = tmp_path / 'pattern.json'
+  path.write_text(json.dumps(guided.average([guided.Run(family, cfg, pruned)]).to_json()))
+  return str(path)
+
+
+def _resnet_runs(tmp_path) -> str:
+  d = tmp_path / 'resnet_runs'
+  (d / 'seed0' / 'prune').mkdir(parents=True)
+  r = {'large_model': {'family': 'resnet_cifar', 'cfg': [16, 32, 64]}, 'pruned_model': {'cfg': [8, 16, 32]}}
+  (d / 'seed0' / 'prune' / 'results.json').write_text(json.dumps(r))
+  return str(d)
+
+
+@pytest.mark.parametrize(
+    'lines,message',
+    [
+        (
+            ['c.experiment.phases = ("scratch_e",)'],
+            'guided pruning needs at least 1 source run: experiment.phases has no prune phase',
+        ),
+        (
+            ['c.model.update(dict(name="resnet_cifar", cfg=(16, 32, 64)))', 'c.guided.pattern_from = {pattern!r}'],
+            'no stage mapping from vgg_slimming to resnet_cifar',
+        ),
+        (['c.guided.runs_from = ({resnet_runs!r},)'], "runs of one family, got 'vgg_slimming' and 'resnet_cifar'"),
+        (['c.guided.pattern_from = "/nonexistent/guided"'], 'guided.pattern_from: no pattern at /nonexistent/guided'),
+        (['c.guided.granularity = "block"'], "guided.granularity must be one of stage, layer, got 'block'"),
+    ],
+)
+def test_bad_guided_configs_are_one_line_and_keep_saved_work(tmp_path, capsys, lines, message):
+  fill = dict(pattern=_pattern_file(tmp_path), resnet_runs=_resnet_runs(tmp_path))
+  config = _write_config(tmp_path / 'bad.py', 'digits_guided.py', [line.format(**fill) for line in lines])
+  _fails_in_one_line_keeping_saved_work(tmp_path, capsys, config, message)
+
+
+@pytest.mark.parametrize(
+    'spec,own,archs',
+    [
+        ('digits_guided.py', True, ('guided', 'uniform')),
+        ('digits_guided.py:transfer', False, ('transferred', 'uniform')),
+        ('guided_cifar.py:vgg16_c10_60', True, ('guided', 'uniform')),
+        ('guided_cifar.py:vgg19_c100_50_transferred', True, ('guided', 'transferred', 'uniform')),
+    ],
+)
+def test_guided_configs_resolve_their_phases(tmp_path, spec, own, archs):
+  c = cli.load_config_file(os.path.join(REPO, 'configs', 'pruning', spec))
+  if c.guided.pattern_from:  # the source experiment's pattern, here a stand-in file
+    c.guided.pattern_from = _pattern_file(tmp_path)
+  job.check_config(c)
+  assert job.guided_architectures(c) == archs
+  seeds = [int(s) for s in c.experiment.seeds]
+  names = [p.name for p in job.phases_for(c)]
+  source = [f'seed{s}/{p}' for s in seeds for p in ('large', 'prune', 'scratch_e', 'scratch_b')] if own else []
+  trained = [f'seed{s}/{a}/{k}' for s in seeds for a in archs for k in ('scratch_e', 'scratch_b')]
+  assert names == source + ['guided'] + trained
+
+
+def _fake_done():
+  arch = lambda cfg, params, macs: {  # noqa: E731
+      'pruned_model': {'family': 'vgg_slimming', 'cfg': cfg, 'num_classes': 10, 'selections': None},
+      'params': params,
+      'macs': macs,
+      'params_large': 1000,
+      'macs_large': 10_000_000,
+  }
+  done = {
+      'guided': {
+          'architectures': {
+              'guided': {**arch([4, 8], 400, 5_000_000), 'pattern': guided.average(RUNS).to_json()},
+              'uniform': {**arch([3, 9], 401, 4_000_000), 'ratio': 0.5, 'matched': 'guided'},
+          },
+          'params_large': 1000,
+          'macs_large': 10_000_000,
+          'pattern_file': '/w/guided/pattern.json',
+      }
+  }
+  for seed, (large, e, b, ue, ub) in ((0, (0.9, 0.8, 0.85, 0.7, 0.75)), (1, (0.92, 0.82, 0.87, 0.72, 0.79))):
+    done[f'seed{seed}/large'] = {'accuracy': large}
+    done[f'seed{seed}/prune'] = {**arch([5, 7], 410 + seed, 5_000_000), 'accuracy': 0.1}
+    for name, acc in (('scratch_e', e), ('scratch_b', b), ('guided/scratch_e', e), ('guided/scratch_b', b)):
+      done[f'seed{seed}/{name}'] = {'accuracy': acc}
+    done[f'seed{seed}/uniform/scratch_e'], done[f'seed{seed}/uniform/scratch_b'] = {'accuracy': ue}, {'accuracy': ub}
+  return done
+
+
+def test_guided_table_rows_and_claim():
+  c = cli.load_config_file(os.path.join(REPO, 'configs', 'pruning', 'digits_guided.py'))
+  c.experiment.title = 'T'
+  summary = report.summarize_guided(c, _fake_done())
+  rows = summary['rows']
+  assert list(rows) == ['unpruned', 'pruned', 'guided', 'uniform']
+  assert rows['guided']['scratch_e']['accuracy']['mean'] == pytest.approx(81.0)
+  assert rows['guided']['epochs'] == {'scratch_e': 5, 'scratch_b': [10]}  # 5 x 2 (capped), MACs ratio 2
+  assert rows['uniform']['epochs']['scratch_b'] == [10]  # ratio 2.5, capped at 2
+  assert rows['pruned']['params']['min'] == 410 and rows['pruned']['params']['max'] == 411
+  claim = summary['claim']['guided']
+  assert claim['scratch_e']['lead'] == pytest.approx(10.0) and claim['scratch_e']['holds']
+  text = report.markdown_guided(summary).splitlines()
+  assert text[4] == '| architecture | params | MACs | Scratch-E (%) | Scratch-B (%) | epochs E / B |'
+  assert '| guided (averaged ratios) | 400 | 5.00M | 81.00 ± 1.41 | 86.00 ± 1.41 | 5 / 10 |' in text
+  assert "| uniform (x0.500, at guided's params) | 401 | 4.00M | 71.00 ± 1.41 | 77.00 ± 2.83 | 5 / 10 |" in text
+  assert '| unpruned | 1.0K | 10.00M | 91.00 ± 1.41 | - | 5 / - |' in text
+  assert any(line.startswith('guided ratios (vgg_slimming stages): stage1 0.625, stage2 0.625') for line in text)
+  assert text[-1].startswith("the paper's claim, guided >= uniform at the same params within the seeds' spread: holds")
