@@ -46,6 +46,7 @@ HEADS = {
     'vgg_slimming': 'fc',
     'vgg_imagenet': 'fc3',
     'vgg_bn_imagenet': 'fc3',
+    'vgg_gap_imagenet': 'fc',
     'convnext': 'head',
     'convnext_tiny': 'head',
 }

@@ -33,6 +33,16 @@ def experiment_config():
           criterion='l1',  # graph: l1 | l2 | bn_scale (pruning_jax.structured)
           scope='layer',  # graph: layer | global
           min_width=1,
+          # thinet / regression (pruning_jax.methods.reconstruction): each channel set read by a conv (or those
+          # named in layers) keeps floor(width * keep_ratio), or the widths of the fixed architecture `target`;
+          # sampled from sample_images training images (eval transform) at sample_locations positions each
+          keep_ratio=0.5,
+          layers=(),
+          target='',
+          sample_images=100,
+          sample_locations=10,
+          alternations=1,  # regression: rounds of LASSO / least squares
+          finetune_between=0.0,  # epochs of fine-tuning (finetune.lr) after each pruned layer; 0: none
       )
   )
   c.finetune = ml_collections.ConfigDict(dict(num_epochs=40, lr=0.001))

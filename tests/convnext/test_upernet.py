@@ -7,6 +7,7 @@ Run: .venv/bin/python -m pytest tests/convnext/test_upernet.py -q
 import functools
 import os
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -269,7 +270,8 @@ def test_a_classifier_workdir_initializes_the_backbone(loaded, tmp_path):
   its latest step's params go into the backbone, its head does not, the UperNet heads keep their values."""
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
 
-  from convnext_jax import upernet_convert  # pylint: disable=import-outside-toplevel
+  from convnext_jax import upernet_task  # pylint: disable=import-outside-toplevel
+  from core_jax import cli  # pylint: disable=import-outside-toplevel
 
   classifier = models.create_model(
       'convnext_tiny', depths=SMALL['depths'], dims=SMALL['dims'], num_classes=3, compute=Compute()
@@ -280,7 +282,11 @@ def test_a_classifier_workdir_initializes_the_backbone(loaded, tmp_path):
   saver = ocp.StandardCheckpointer()
   saver.save(str(tmp_path / 'checkpoints' / '5' / 'state'), {'params': params, 'step': 5})
   saver.wait_until_finished()
-  got = upernet_convert.load_pretrained(jax.tree_util.tree_map(np.asarray, loaded), str(tmp_path))
+  config = cli.load_config_file(
+      os.path.join(os.path.dirname(__file__), '..', '..', 'configs', 'convnext', 'upernet_digit_scenes.py')
+  )
+  task = upernet_task.UperNetSegTask(config, types.SimpleNamespace(num_classes=11))
+  got = task.load_pretrained(jax.tree_util.tree_map(np.asarray, loaded), str(tmp_path), False)  # the loop's call
   flat, before = weights.flatten(got['params']), weights.flatten(loaded['params'])
   for k, v in weights.flatten(params).items():
     if not k.startswith('head'):
