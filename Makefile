@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 BASE   := $(VENV)/.installed-base
 TESTS  := $(VENV)/.installed-test
 
-.PHONY: demo demo-convnext demo-upernet demo-pruning demo-pruning-l1 demo-pruning-slimming demo-pruning-magnitude demo-pruning-lottery demo-pruning-guided demo-pruning-sss demo-pruning-convnext demo-anytime test test-fast lint format bench gpu-check install clean-demo
+.PHONY: demo demo-convnext demo-upernet demo-pruning demo-pruning-l1 demo-pruning-slimming demo-pruning-magnitude demo-pruning-lottery demo-pruning-guided demo-pruning-sss demo-pruning-sfp demo-pruning-convnext demo-pruning-thinet demo-pruning-regression demo-anytime test test-fast lint format bench gpu-check install clean-demo
 
 # The demo needs only the package; the tests add the PyTorch reference (torch, timm) for parity checks.
 $(BASE): setup.cfg pyproject.toml constraints.txt
@@ -23,9 +23,9 @@ install: $(TESTS)
 # Network Slimming's pruning table on digits, ADP-C on digit_scenes (its table and anytime curve); every job ends
 # with its wall and CPU time. `make demo LINE=convnext|pruning|anytime` runs one line in full (pruning: every
 # method, L1-norm, Network Slimming, unstructured magnitude pruning, lottery tickets, guided pruning, Sparse
-# Structure Selection, the traced structured and unstructured pruning of the demo's ConvNeXt), `LINE=all` every
-# line in full, `LINE=pruning-l1` one experiment, `LINE=upernet` ConvNeXt + UperNet on digit_scenes (not in the
-# default).
+# Structure Selection, soft filter pruning, the traced structured and unstructured pruning of the demo's ConvNeXt,
+# ThiNet, regression-based reconstruction), `LINE=all` every line in full, `LINE=pruning-l1` one experiment,
+# `LINE=upernet` ConvNeXt + UperNet on digit_scenes (not in the default).
 # Rerunning resumes the same workdirs; `make clean-demo` starts over.
 LINE ?=
 DEMO_DIR ?= workdirs
@@ -44,7 +44,8 @@ demo-upernet: $(BASE)
 	$(BIN)/python -m convnext_jax.main --config=configs/convnext/upernet_digit_scenes.py --workdir=$(DEMO_DIR)/upernet_digit_scenes
 	$(BIN)/python -m convnext_jax.upernet_demo --config=configs/convnext/upernet_digit_scenes.py --workdir=$(DEMO_DIR)/upernet_digit_scenes
 
-demo-pruning: demo-pruning-l1 demo-pruning-slimming demo-pruning-magnitude demo-pruning-lottery demo-pruning-guided demo-pruning-sss demo-pruning-convnext
+demo-pruning: demo-pruning-l1 demo-pruning-slimming demo-pruning-magnitude demo-pruning-lottery demo-pruning-guided demo-pruning-sss \
+  demo-pruning-sfp demo-pruning-convnext demo-pruning-thinet demo-pruning-regression
 
 demo-pruning-l1: $(BASE)
 	$(BIN)/python -m pruning_jax.main --config=configs/pruning/digits_l1.py --workdir=$(DEMO_DIR)/pruning_digits_l1
@@ -70,14 +71,26 @@ demo-pruning-convnext: $(BASE)
 	$(BIN)/python -m pruning_jax.main --config=configs/pruning/digits_convnext_magnitude.py \
 	  --workdir=$(DEMO_DIR)/pruning_digits_convnext_magnitude --config.init_from=$(DEMO_DIR)/pruning_digits_convnext/seed0/large
 
+demo-pruning-sfp: $(BASE)
+	$(BIN)/python -m pruning_jax.main --config=configs/pruning/digits_sfp.py --workdir=$(DEMO_DIR)/pruning_digits_sfp
+
+demo-pruning-thinet: $(BASE)
+	$(BIN)/python -m pruning_jax.main --config=configs/pruning/digits_thinet.py --workdir=$(DEMO_DIR)/pruning_digits_thinet
+
+demo-pruning-regression: $(BASE)
+	$(BIN)/python -m pruning_jax.main --config=configs/pruning/digits_regression.py \
+	  --workdir=$(DEMO_DIR)/pruning_digits_regression
+
 demo-anytime: $(BASE)
 	$(BIN)/python -m anytime_jax.main --config=configs/anytime/digit_scenes.py --workdir=$(DEMO_DIR)/anytime_digit_scenes
 
 clean-demo:
 	rm -rf $(DEMO_DIR)/convnext_digits $(DEMO_DIR)/upernet_digit_scenes $(DEMO_DIR)/pruning_digits_l1 \
 	  $(DEMO_DIR)/pruning_digits_slimming $(DEMO_DIR)/pruning_digits_magnitude $(DEMO_DIR)/pruning_digits_lottery \
-	  $(DEMO_DIR)/pruning_digits_guided $(DEMO_DIR)/pruning_digits_sss $(DEMO_DIR)/pruning_digits_convnext \
-	  $(DEMO_DIR)/pruning_digits_convnext_magnitude $(DEMO_DIR)/anytime_digit_scenes
+	  $(DEMO_DIR)/pruning_digits_guided $(DEMO_DIR)/pruning_digits_sss $(DEMO_DIR)/pruning_digits_sfp \
+	  $(DEMO_DIR)/pruning_digits_convnext \
+	  $(DEMO_DIR)/pruning_digits_convnext_magnitude $(DEMO_DIR)/pruning_digits_thinet \
+	  $(DEMO_DIR)/pruning_digits_regression $(DEMO_DIR)/anytime_digit_scenes
 
 # The style check (pyproject.toml: pyink + ruff) runs first, so CI holds it; `make format` applies it.
 # TEST_WORKERS pytest-xdist processes share the cores (most of a test's time is XLA compiling, one thread);

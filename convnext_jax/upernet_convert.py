@@ -22,8 +22,9 @@ head with another class count names both counts (reinit_head keeps the fresh cla
 unexpected or mis-shaped key is named by ``core_jax.weights``.
 
 `load_pretrained` (the Task contract) takes an mmseg UperNet checkpoint (everything), or an ImageNet ConvNeXt
-(official / timm / our classifier export): the backbone's stem, downsampling layers and blocks; the classifier's
-``norm``/``head`` are dropped and ``norm0..3`` and the heads keep their fresh values (the official init).
+(official / timm / our classifier export, or a classifier's training workdir / step): the backbone's stem,
+downsampling layers and blocks; the classifier's ``norm``/``head`` are dropped and ``norm0..3`` and the heads keep
+their fresh values (the official init).
 Files: .pth/.pt/.bin (torch.load(weights_only=True), mmcv's {'meta', 'state_dict', ...} unwrapped) or
 .safetensors (``core_jax.weights.read_weights``).
 """
@@ -190,7 +191,7 @@ def imagenet_to_variables(sd: Mapping[str, Any], variables: Mapping[str, Any], *
 def load_pretrained(variables: Mapping[str, Any], path: str, reinit_head: bool = False) -> dict[str, Any]:
   """The Task.load_pretrained contract (`variables` host arrays): an mmseg UperNet file, or ImageNet ConvNeXt
   weights for the backbone (see the module docstring)."""
-  sd = W.read_weights(path).tensors
+  sd = convert.read_checkpoint(path)  # a classifier's training step / workdir gives its params without 'params/'
   if is_mmseg(sd):
     return mmseg_to_variables(sd, variables, source=path, reinit_head=reinit_head)
   return imagenet_to_variables(sd, variables, source=path)

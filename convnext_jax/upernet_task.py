@@ -212,9 +212,10 @@ class UperNetSegTask(Task):
   def load_pretrained(self, variables, path, reinit_head):
     """An mmseg UperNet checkpoint or ImageNet ConvNeXt weights (``upernet_convert.load_pretrained``), or one of
     our training checkpoints (a step dir or a workdir: every variable, strictly; `reinit_head` keeps the fresh
-    classifiers)."""
-    if os.path.isdir(path):
-      tree = weights_lib.unflatten(weights_lib.read_weights(path).tensors)
+    classifiers); a ConvNeXt classifier's step dir or workdir (no backbone/ params) initializes the backbone."""
+    found = weights_lib.read_weights(path).tensors if os.path.isdir(path) else {}
+    if any(k.startswith('params/backbone/') for k in found):
+      tree = weights_lib.unflatten(found)
       loaded = {k: tree.get(k, {}) for k in ('params', 'batch_stats')}
       keep = [r'params/\w+_head/conv_seg/\w+'] if reinit_head else []
       merged = weights_lib.merge_params(loaded, variables, keep_fresh=keep, source=path)

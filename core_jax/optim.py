@@ -23,6 +23,9 @@ Config fields (`opt_cfg`; defaults in `DEFAULTS`):
   decay_fractions () milestones for 'step' as fractions of `total_steps` (e.g. (0.5, 0.75)), so a scaled
                   budget (Scratch-B) scales them too; exclusive with decay_epochs
   decay_factor    0.1 for 'step'
+  decay_factors   () or one factor per milestone (sorted by milestone) for 'step', instead of decay_factor at
+                  every milestone: lr = lr * the factors of the milestones passed (soft filter pruning's CIFAR
+                  schedule: lr 0.01, factors (10, 0.2, 0.2, 0.2) at epochs (1, 60, 120, 160))
   poly_power      0.9 for 'poly'
 
 Step units: `steps_per_epoch` and `total_steps` count data-loader steps (micro-batches). Without
@@ -70,6 +73,7 @@ DEFAULTS = dict(
     decay_epochs=(),
     decay_fractions=(),
     decay_factor=0.1,
+    decay_factors=(),
     poly_power=0.9,
 )
 OPTIMIZERS = ('sgd', 'adamw')
@@ -205,6 +209,13 @@ def make_schedule(
         [_epochs_to_steps(e, steps_per_epoch) for e in epochs] + [int(round(float(f) * total_steps)) for f in fractions]
     )
     factor = float(_get(opt_cfg, 'decay_factor'))
+    factors = [float(f) for f in _get(opt_cfg, 'decay_factors')]
+    if factors and (len(factors) != len(milestones) or not all(f > 0 and math.isfinite(f) for f in factors)):
+      raise UserError(
+          f'step schedule: decay_factors {tuple(factors)} must be {len(milestones)} positive factors, one per milestone'
+      )
+    if factors:  # the lr after passing milestones[0..i]: the running product of their factors
+      passed_lr = [peak * math.prod(factors[: i + 1]) for i in range(len(factors))]
   power = float(_get(opt_cfg, 'poly_power'))
 
   def main(t):  # t: float32 loader step >= warmup
@@ -221,6 +232,8 @@ def make_schedule(
       if not milestones:
         return jnp.full_like(t, peak)
       passed = jnp.sum(t[..., None] >= jnp.asarray(milestones, jnp.float32), axis=-1)
+      if factors:
+        return jnp.asarray([peak, *passed_lr], jnp.float32)[passed]
       return peak * jnp.asarray(factor, jnp.float32) ** passed
     return jnp.full_like(t, peak)
 

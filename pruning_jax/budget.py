@@ -40,8 +40,7 @@ def scratch_b_epochs(base_epochs: int, macs_large: int, macs_pruned: int, cap: f
 
 def scratch_b_of_experiment(config, prune_results: dict) -> Budget:
   """Scratch-B of a pruning experiment's config (num_epochs, scratch.budget_cap; a cap <= 0 is none) and its prune
-  phase's results (macs_large, macs)."""
+  phase's results (macs_large, macs); the base is scratch.base_epochs when > 0, else num_epochs."""
   cap = float(config.scratch.get('budget_cap', 0.0) or 0.0)
-  return scratch_b(
-      int(config.num_epochs), int(prune_results['macs_large']), int(prune_results['macs']), cap=cap if cap > 0 else None
-  )
+  base = int(config.scratch.get('base_epochs', 0) or 0) or int(config.num_epochs)  # SFP: 400 (baseline + SFP run)
+  return scratch_b(base, int(prune_results['macs_large']), int(prune_results['macs']), cap=cap if cap > 0 else None)

@@ -18,6 +18,7 @@ The official repo (Eric-mingjie/rethinking-network-pruning) saves `{'cfg': cfg, 
                          select.indexes, fc
   resnet34 / resnet50    torchvision names (downsample.0 conv, downsample.1 BN)
   vgg_imagenet / vgg_bn_imagenet  features.{i}, classifier.{0,3,6} (+ classifier.{1,4} BN1d)
+  vgg_gap_imagenet       features.{i}, classifier.0 (ThiNet's VGG-GAP / VGG-Tiny)
 `select.indexes` is the 0/1 channel_selection vector; it becomes our static `selections`. BN
 `num_batches_tracked` (newer PyTorch) is not a weight and is ignored on import and not written on export.
 Tensors: conv (O, I, kh, kw) <-> flax (kh, kw, I, O); Linear (out, in) <-> (in, out); vectors as they are.
@@ -48,6 +49,7 @@ _VGG_HEAD_KEYS = {
     'vgg_l1': {'fc1': 'classifier.0', 'fc_bn1': 'classifier.1', 'fc2': 'classifier.3'},
     'vgg_slimming': {'fc': 'classifier'},
     'vgg_imagenet': {'fc1': 'classifier.0', 'fc2': 'classifier.3', 'fc3': 'classifier.6'},
+    'vgg_gap_imagenet': {'fc': 'classifier.0'},
     'vgg_bn_imagenet': {
         'fc1': 'classifier.0',
         'fc_bn1': 'classifier.1',
@@ -57,6 +59,8 @@ _VGG_HEAD_KEYS = {
     },
 }
 
+_VGG_NO_BN = ('vgg_imagenet', 'vgg_gap_imagenet')  # conv, relu per width in the nn.Sequential
+
 
 # --------------------------------------------------------------------------------------------------------------
 # Key mapping
@@ -64,7 +68,7 @@ _VGG_HEAD_KEYS = {
 def _vgg_feature_index(family: str, cfg) -> dict[str, int]:
   """conv{i} / bn{i} -> index in the original nn.Sequential (conv, [bn,] relu per width; one pool per 'M')."""
   body = cfg[:-2] if family == 'vgg_bn_imagenet' else cfg
-  per_conv = 2 if family == 'vgg_imagenet' else 3
+  per_conv = 2 if family in _VGG_NO_BN else 3
   out, idx, i = {}, 0, 0
   for v in body:
     if v == 'M':
@@ -174,7 +178,9 @@ def detect_family(sd: Mapping[str, np.ndarray]) -> str:
   if 'feature.0.weight' in keys:
     return 'vgg_l1' if 'classifier.0.weight' in keys else 'vgg_slimming'
   if 'features.0.weight' in keys:
-    return 'vgg_bn_imagenet' if 'classifier.1.running_mean' in keys else 'vgg_imagenet'
+    if 'classifier.1.running_mean' in keys:
+      return 'vgg_bn_imagenet'
+    return 'vgg_imagenet' if 'classifier.3.weight' in keys else 'vgg_gap_imagenet'
   raise UserError(f'cannot tell the model family from the checkpoint keys (first: {sorted(keys)[0] if keys else None})')
 
 
@@ -197,11 +203,11 @@ def infer_cfg(family: str, sd: Mapping[str, np.ndarray]):
     )
     cfg, prev = [], None
     for i in idx:
-      if prev is not None and i - prev > (2 if family == 'vgg_imagenet' else 3):
+      if prev is not None and i - prev > (2 if family in _VGG_NO_BN else 3):
         cfg.append('M')
       cfg.append(_shape(sd, f'{prefix}.{i}.weight')[0])
       prev = i
-    if 'imagenet' in family:
+    if family in ('vgg_imagenet', 'vgg_bn_imagenet'):  # the 5th pool (the GAP head pools globally instead)
       cfg.append('M')
     if family == 'vgg_bn_imagenet':
       cfg += [_shape(sd, 'classifier.0.weight')[0], _shape(sd, 'classifier.3.weight')[0]]
@@ -263,7 +269,7 @@ def abstract_variables(model, dataset_hw: int = 32):
 
 
 def _input_hw(family: str) -> int:
-  return 224 if family in ('resnet34', 'resnet50', 'vgg_imagenet', 'vgg_bn_imagenet') else 32
+  return 224 if family in ('resnet34', 'resnet50') or family.endswith('_imagenet') else 32
 
 
 def from_torch_state_dict(sd: Mapping, family: str | None = None, cfg=None, source: str = 'checkpoint'):
@@ -282,6 +288,7 @@ def from_torch_state_dict(sd: Mapping, family: str | None = None, cfg=None, sour
       'vgg_slimming': 'classifier.weight',
       'vgg_imagenet': 'classifier.6.weight',
       'vgg_bn_imagenet': 'classifier.6.weight',
+      'vgg_gap_imagenet': 'classifier.0.weight',
   }.get(family, 'fc.weight')
   num_classes = _shape(sd, fc_key)[0]
   model = models.build(family, inferred, num_classes, selections)

@@ -33,6 +33,11 @@ learns a factor per residual branch (model.block_scale, the proximal step of sss
 phase removes the blocks whose factor is 0 and folds the others into their branch's last BatchNorm; with a fixed
 sss.architecture (resnet41 / 32 / 26) the large ResNet-50 trains plainly and the prune phase cuts that architecture.
 
+Soft filter pruning (prune.method='sfp', pruning_jax.methods.sfp): the large phase trains with SFP's epoch hook
+(pruning_jax.task.SoftFilterTask: each conv's weakest filters at sfp.keep_rate zeroed after every epoch, from
+init_from weights when given), the prune phase hard-prunes the zero filters through the surgery; Scratch-B's base
+is scratch.base_epochs when > 0 (SFP: 400, the baseline's and the SFP run's epochs together).
+
 Guided pruning (prune.method='guided', pruning_jax.methods.guided) runs, per seed, the source run (large with
 sparsity training, prune = Network Slimming at prune.percent, and the scratch phases asked of its architecture),
 then
@@ -70,10 +75,19 @@ import numpy as np
 from core_jax import checkpoint, experiment, optim
 from core_jax.errors import UserError
 from pruning_jax import budget, models, report
-from pruning_jax.task import PruningTask, build_from_config, count_nonzero, merge_weights, read_weights, save_mask
+from pruning_jax.task import (
+    PruningTask,
+    SoftFilterTask,
+    build_from_config,
+    count_nonzero,
+    merge_weights,
+    read_weights,
+    save_mask,
+)
 
 PHASES = ('large', 'prune', 'finetune', 'scratch_e', 'scratch_b')
-METHODS = ('l1_norm', 'slimming', 'graph', 'magnitude', 'lottery', 'guided', 'sss')
+METHODS = ('l1_norm', 'slimming', 'graph', 'magnitude', 'lottery', 'guided', 'sss', 'sfp', 'thinet', 'regression')
+RECONSTRUCTION = ('thinet', 'regression')  # prune from sampled activations: the prune phase reads training images
 GRAPH_CRITERIA = ('l1', 'l2', 'bn_scale')  # Taylor needs batches the prune phase does not read
 UNSTRUCTURED = ('magnitude',)  # the large shape with weights held at 0: always the mask implementation
 SCRATCH_INITS = ('sparse_he', 'model')  # unstructured Scratch-E/B: the paper's sparse He re-draw | the model's init
@@ -118,6 +132,12 @@ def check_config(config) -> None:
     _check_guided(config)
   if method == 'sss':
     _check_sss(config)
+  if method == 'sfp':
+    from pruning_jax.methods import sfp  # pylint: disable=import-outside-toplevel
+
+    if config.get('sfp') is None:
+      raise UserError('prune.method=sfp needs the config group sfp (keep_rate)')
+    sfp.check_keep_rate(config.sfp.keep_rate)
   num_epochs = float(config.num_epochs)
   if num_epochs <= 0 or num_epochs != int(num_epochs):
     raise UserError(f'num_epochs must be a positive whole number of epochs, got {config.num_epochs}')
@@ -137,10 +157,33 @@ def check_config(config) -> None:
           f'{config.finetune.num_epochs!r}): {e}'
       ) from None
   model = build_from_config(config.model, config.model.get('num_classes') or 10)  # unknown model / bad cfg: now
+  if 'prune' not in phases:  # training only (a fixed architecture from scratch): no method runs
+    return
+  if method in RECONSTRUCTION:  # a bad keep ratio, layer or fixed architecture stops before any training
+    _check_reconstruction(config, model)
   if method == 'l1_norm':  # a bad scheme (skip list, ratio that empties a layer) stops before any training
     from pruning_jax.methods import l1_norm  # pylint: disable=import-outside-toplevel
 
     l1_norm.target_cfg(model, _scheme(config))
+
+
+def _check_reconstruction(config, model) -> None:
+  from pruning_jax.methods import reconstruction  # pylint: disable=import-outside-toplevel
+
+  p = config.prune
+  for key in ('sample_images', 'sample_locations', 'alternations'):
+    value = p.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      raise UserError(f'prune.{key} must be an int >= 1, got {value!r}')
+  if float(p.get('finetune_between', 0.0)) < 0:
+    raise UserError(f'prune.finetune_between must be >= 0 epochs, got {p.finetune_between}')
+  _reconstruction_counts(config, model, reconstruction)
+
+
+def _reconstruction_counts(config, model, reconstruction) -> dict:
+  p = config.prune
+  widths = reconstruction.target_widths(model, p.target) if p.get('target') else None
+  return reconstruction.keep_counts(model, tuple(p.get('layers') or ()), p.get('keep_ratio'), widths)
 
 
 def _check_lottery(config) -> None:
@@ -219,8 +262,8 @@ def large_config(config, seed: int):
   c = _base(config, seed)
   c.sparsity.s = float(config.sparsity.s)
   c.model.block_scale = sss_training(config)
-  if config.init_from:  # given weights: evaluated, not trained
-    c.init_from, c.eval_only = config.init_from, True
+  if config.init_from:  # given weights: evaluated, not trained (soft filter pruning trains from them)
+    c.init_from, c.eval_only = config.init_from, config.prune.method != 'sfp'
   return c
 
 
@@ -330,10 +373,75 @@ def run_graph(config, model, variables: dict, input_shape):
   return Rewidthed(base, result.model.widths), result.variables, dict(result.report)
 
 
-def run_method(config, model, variables: dict, input_shape=(1, 32, 32, 3)):
-  """(pruned model, its variables, report) of config.prune on `model`'s trained `variables` (unstructured: the
-  large model with the pruned weights zeroed)."""
+def sample_images(config, seed: int) -> np.ndarray:
+  """prune.sample_images training images (NHWC, the eval transform applied), drawn without replacement by `seed`:
+  the activations ThiNet and regression pruning sample."""
+  from core_jax.data import ops, sources  # pylint: disable=import-outside-toplevel
+
+  source, _ = sources.load_source(config.data.name, config.data.train_split, config.data.get('data_dir') or None)
+  n = int(config.prune.sample_images)
+  if n > len(source):
+    raise UserError(f'prune.sample_images={n} is more than the {len(source)} training images')
+  transform = ops.build_transforms(config.data.eval_transforms)
+  chosen = np.sort(np.random.default_rng(seed).choice(len(source), n, replace=False))
+  return np.stack([np.asarray(transform(dict(source[int(i)]), np.random.default_rng(0))['image']) for i in chosen])
+
+
+def _finetune_between(config, seed: int, workdir: str, input_shape):
+  """The `between` hook of the reconstruction methods: prune.finetune_between epochs of the fine-tune phase's
+  training (finetune.lr, constant) on the model pruned so far, in WORKDIR/between/<k> (a finished one is reused
+  on a rerun of the phase: the layers before it are chosen the same way from the same samples)."""
+  from core_jax import train  # pylint: disable=import-outside-toplevel
+  from pruning_jax import io  # pylint: disable=import-outside-toplevel
+
+  epochs = float(config.prune.get('finetune_between', 0.0) or 0.0)
+  if epochs <= 0:
+    return None
+
+  def between(model, variables, set_name, index):
+    run_dir = os.path.join(workdir, 'between', f'{index}')
+    os.makedirs(run_dir, exist_ok=True)
+    start = os.path.join(run_dir, 'start.safetensors')
+    if not jax.distributed.is_initialized() or jax.process_index() == 0:
+      io.save_pruned(start, model, variables, extra={'after': set_name})
+    c = finetune_config(config, seed, {'pruned_model': models.describe(model), 'export': start})
+    c.num_epochs = epochs
+    train.run(c, os.path.join(run_dir, 'train'), PruningTask)
+    source = checkpoint.latest_step_dir(os.path.join(run_dir, 'train'))
+    _say(f'fine-tuned {epochs:g} epochs after pruning {set_name}')
+    return merge_weights(_abstract_variables(model, input_shape), read_weights(source)[1], source)
+
+  return between
+
+
+def run_reconstruction(config, model, variables: dict, input_shape, seed: int = 0, workdir: str | None = None):
+  """ThiNet / regression pruning of `model` from activations of the seed's sampled training images."""
+  from pruning_jax.methods import reconstruction, regression, thinet  # pylint: disable=import-outside-toplevel
+
   p = config.prune
+  counts = _reconstruction_counts(config, model, reconstruction)
+  between = _finetune_between(config, seed, workdir, input_shape) if workdir else None
+  options = dict(
+      keep_widths=counts, per_image=int(p.sample_locations), seed=seed, between=between, target=p.get('target') or None
+  )
+  images = sample_images(config, seed)
+  if p.method == 'thinet':
+    result = thinet.prune(model, None, variables, images, p.keep_ratio, **options)
+  else:
+    result = regression.prune(model, None, variables, images, p.keep_ratio, int(p.alternations), **options)
+  for layer in result.report['layers']:
+    errors = ', '.join(f'{k} {v:.4g}' for k, v in layer.items() if k.startswith('error_') and v is not None)
+    _say(f'{p.method}: {layer["set"]} keeps {layer["kept"]} of {layer["of"]}; reconstruction MSE {errors}')
+  return result.model, result.variables, dict(result.report)
+
+
+def run_method(config, model, variables: dict, input_shape=(1, 32, 32, 3), seed: int = 0, workdir: str | None = None):
+  """(pruned model, its variables, report) of config.prune on `model`'s trained `variables` (unstructured: the
+  large model with the pruned weights zeroed; thinet / regression sample the seed's training images and, with
+  prune.finetune_between, fine-tune in `workdir` after each layer)."""
+  p = config.prune
+  if p.method in RECONSTRUCTION:
+    return run_reconstruction(config, model, variables, input_shape, seed, workdir)
   if p.method in UNSTRUCTURED:
     result = run_unstructured(config, model, variables)
     return result.model, result.variables, dict(result.report)
@@ -341,6 +449,13 @@ def run_method(config, model, variables: dict, input_shape=(1, 32, 32, 3)):
     return run_graph(config, model, variables, input_shape)
   if p.method == 'sss':
     return run_sss(config, model, variables)
+  if p.method == 'sfp':
+    from pruning_jax.methods import sfp  # pylint: disable=import-outside-toplevel
+
+    result = sfp.hard_prune(model, variables)
+    r = result.report
+    _say(f'sfp: {r["filters_removed"]} zero filters cut, {r["zero_filters_kept"]} on shared residual channels kept')
+    return result.model, result.variables, dict(r)
   if p.method == 'l1_norm':
     from pruning_jax.methods import l1_norm  # pylint: disable=import-outside-toplevel
 
@@ -412,7 +527,7 @@ def prune_phase(config, seed: int):
     model = build_from_config(large_config(config, seed).model, num_classes)  # SSS: with its block factors
     _, loaded = read_weights(source)
     variables = merge_weights(_abstract_variables(model, input_shape), loaded, source)
-    small, small_vars, method_report = run_method(config, model, variables, input_shape)
+    small, small_vars, method_report = run_method(config, model, variables, input_shape, seed, workdir)
     params_large, macs_large = _counts(model, input_shape)
     params, macs = _counts(small, input_shape)
     unstructured = config.prune.method in UNSTRUCTURED
@@ -822,7 +937,8 @@ def seed_phases(config, seed: int, wanted) -> list[experiment.Phase]:
 
   out = []
   if 'large' in wanted or 'prune' in wanted:
-    out.append(experiment.train_phase(f'seed{seed}/large', lambda done, s=seed: large_config(config, s), PruningTask))
+    large_task = SoftFilterTask if config.prune.method == 'sfp' else PruningTask  # SFP: its epoch hook
+    out.append(experiment.train_phase(f'seed{seed}/large', lambda done, s=seed: large_config(config, s), large_task))
   if 'prune' in wanted:
     out.append(prune_phase(config, seed))
   if 'finetune' in wanted:

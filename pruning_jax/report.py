@@ -35,8 +35,10 @@ def jsonable(x):
 def _epochs(config, phase: str, r: dict, prune_results: dict | None) -> int | None:
   if phase == 'large':
     return 0 if config.init_from else int(config.num_epochs)
-  if phase == 'prune':
-    return 0
+  if phase == 'prune':  # ThiNet's fine-tuning between pruned layers (prune.finetune_between epochs after each)
+    between = float(config.prune.get('finetune_between', 0.0) or 0.0)
+    layers = len((r.get('report') or {}).get('layers') or ()) if config.prune.method in ('thinet', 'regression') else 0
+    return int(between * layers)
   if phase == 'finetune':
     return int(config.finetune.num_epochs)
   if phase == 'scratch_e':
@@ -156,8 +158,15 @@ def _method_text(prune: dict) -> str:
         f'traced groups, {prune.get("criterion", "l1")} importance, {100 * float(prune.get("ratio", 0.5)):g}% of each '
         f'{"group" if prune.get("scope", "layer") == "layer" else "model (global)"}'
     )
+  if prune['method'] == 'sfp':
+    return "soft filter pruning (each conv's smallest-L2 filters zeroed after every epoch, then cut)"
   if prune['method'] == 'sss':
     return 'Sparse Structure Selection (residual blocks whose factor reached 0 removed)'
+  if prune['method'] in ('thinet', 'regression'):
+    name = 'ThiNet' if prune['method'] == 'thinet' else 'regression-based reconstruction (LASSO + least squares)'
+    layers = ', '.join(prune.get('layers') or ()) or 'every conv-read layer'
+    widths = f'to {prune["target"]}' if prune.get('target') else f'keep {float(prune["keep_ratio"]):g} of {layers}'
+    return f'{name} {widths}, {prune["sample_images"]} images x {prune["sample_locations"]} locations'
   mode = ', mask implementation' if prune.get('mode') == 'mask' else ''
   return f'Network Slimming {100 * float(prune["percent"]):g}%{mode}'
 

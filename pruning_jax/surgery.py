@@ -77,9 +77,10 @@ def _vgg_sets(model) -> list[ChannelSet]:
   cfg = tuple(model.cfg)
   body = cfg[:-2] if head == 'imagenet_bn' else cfg
   idx = [i for i, v in enumerate(body) if v != 'M']
-  first_fc = {'l1': 'fc1', 'slimming': 'fc', 'imagenet': 'fc1', 'imagenet_bn': 'fc1'}[head]
+  first_fc = {'l1': 'fc1', 'slimming': 'fc', 'imagenet': 'fc1', 'imagenet_bn': 'fc1', 'imagenet_gap': 'fc'}[head]
   pools = sum(1 for v in body if v == 'M')
-  repeat = (224 // 2**pools) ** 2 if head.startswith('imagenet') else 1  # NCHW flatten: channel-major rows
+  flattened = head in ('imagenet', 'imagenet_bn')  # NCHW flatten of the last map: channel-major rows
+  repeat = (224 // 2**pools) ** 2 if flattened else 1
   sets = []
   for i, ci in enumerate(idx):
     last = i == len(idx) - 1
@@ -90,7 +91,7 @@ def _vgg_sets(model) -> list[ChannelSet]:
             int(body[ci]),
             ci,
             f'conv{i}',
-            None if head == 'imagenet' else f'bn{i}',
+            None if head in ('imagenet', 'imagenet_gap') else f'bn{i}',
             consumer,
             0 if last else -2,
             conv_bias=head.startswith('imagenet'),

@@ -46,6 +46,7 @@ HEADS = {
     'vgg_slimming': 'fc',
     'vgg_imagenet': 'fc3',
     'vgg_bn_imagenet': 'fc3',
+    'vgg_gap_imagenet': 'fc',
     'convnext': 'head',
     'convnext_tiny': 'head',
 }
@@ -225,3 +226,16 @@ class PruningTask(ClassificationTask):
       variables = {'params': jax.device_get(state.params), 'batch_stats': jax.device_get(state.batch_stats)}
       out['nonzero_macs'] = magnitude.nonzero_macs(self.build_model(), variables, self._input_shape)
     return out
+
+
+class SoftFilterTask(PruningTask):
+  """Soft filter pruning's training (pruning_jax.methods.sfp): at every epoch boundary, before eval and checkpoint
+  (so a resumed run zeroes the same filters), each conv's weakest filters at sfp.keep_rate are set to 0 and keep
+  learning."""
+
+  def on_epoch_end(self, state, epoch):
+    del epoch
+    from pruning_jax.methods import sfp  # pylint: disable=import-outside-toplevel
+
+    params, batch_stats = sfp.soft_prune(state.params, state.batch_stats, float(self.config.sfp.keep_rate))
+    return state.replace(params=params, batch_stats=batch_stats)

@@ -8,7 +8,8 @@ running statistics), the convention of the paper's tables. MACs are `core_jax.co
 (32x32 for CIFAR models, 224x224 for ImageNet ones, 10 / 1000 classes): conv and Linear multiply-accumulates
 only, which is what Li et al. and the paper call FLOPs. Pruned architectures show the percentage of params and
 MACs removed relative to their unpruned base model. The REFERENCE columns are copied from the reference sheet
-(`shared/reference/pruning.md` sections 3 and 4.1, rounded as printed there), not computed here.
+(`shared/reference/pruning.md` sections 3 and 4.1, rounded as printed there; VGG-GAP / VGG-Tiny from ThiNet's
+official README), not computed here.
 """
 
 import argparse
@@ -34,6 +35,10 @@ REFERENCE_COUNTS: dict[str, tuple[float | None, float | None]] = {
     'resnet50': (25.56, 4090.0),
     'vgg16_imagenet': (138.4, 15470.0),
     'vgg16_a': (5.40, None),
+    # ThiNet's official README (Roll920/ThiNet), not the reference sheet: #Param. and #FLOPs / 2 (that table counts
+    # a multiply-add as 2 FLOPs: VGG-GAP 9.34B, VGG-Tiny 2.01B)
+    'vgg16_thinet_gap': (8.32, 4670.0),
+    'vgg16_thinet_tiny': (1.32, 1005.0),
 }
 # pruned name -> (params pruned %, MACs pruned %) of the reference sheet section 4.1 (our formulas' values).
 REFERENCE_PRUNED: dict[str, tuple[float, float]] = {

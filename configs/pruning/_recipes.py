@@ -33,6 +33,16 @@ def experiment_config():
           criterion='l1',  # graph: l1 | l2 | bn_scale (pruning_jax.structured)
           scope='layer',  # graph: layer | global
           min_width=1,
+          # thinet / regression (pruning_jax.methods.reconstruction): each channel set read by a conv (or those
+          # named in layers) keeps floor(width * keep_ratio), or the widths of the fixed architecture `target`;
+          # sampled from sample_images training images (eval transform) at sample_locations positions each
+          keep_ratio=0.5,
+          layers=(),
+          target='',
+          sample_images=100,
+          sample_locations=10,
+          alternations=1,  # regression: rounds of LASSO / least squares
+          finetune_between=0.0,  # epochs of fine-tuning (finetune.lr) after each pruned layer; 0: none
       )
   )
   c.finetune = ml_collections.ConfigDict(dict(num_epochs=40, lr=0.001))
@@ -46,10 +56,13 @@ def experiment_config():
   # prune.method='sss' (pruning_jax.methods.sss): the factors' sparsity penalty and momentum of the proximal step;
   # architecture: '' (the blocks the trained factors remove) or a fixed one of the paper (resnet41/32/26)
   c.sss = ml_collections.ConfigDict(dict(gamma=0.0, momentum=0.9, architecture=''))
+  # prune.method='sfp' (pruning_jax.methods.sfp): the fraction of each conv's filters kept after every epoch
+  c.sfp = ml_collections.ConfigDict(dict(keep_rate=0.7))
   # equal_decay_steps: Scratch-B's lr decays every int(f1 x E) epochs (MXNet's recipe, SSS) instead of at int(f x E);
   # init (unstructured only): 'sparse_he' re-draws each conv at the sparse He std (the paper's cifar_E.py), 'model'
-  # keeps the model's own init under the mask
-  c.scratch = ml_collections.ConfigDict(dict(budget_cap=0.0, equal_decay_steps=False, init='sparse_he'))
+  # keeps the model's own init under the mask; base_epochs > 0: Scratch-B's base instead of num_epochs (SFP: 400,
+  # the baseline's and the SFP run's epochs together)
+  c.scratch = ml_collections.ConfigDict(dict(budget_cap=0.0, equal_decay_steps=False, init='sparse_he', base_epochs=0))
   c.experiment = ml_collections.ConfigDict(
       dict(title='', seeds=(0,), phases=job.PHASES, paper={}, compilation_cache=True)
   )

@@ -19,6 +19,10 @@ consumer's output from fewer input channels:
   prune(method, choose, model_name_or_family, cfg, variables, images, keep_ratio, ...)  the methods' `prune`:
                                      keep counts, the loop, the PruneResult and its report
   keep_counts(model, sets, keep_ratio, keep_widths)   {set: channels kept}, one-line errors for bad input
+  target_widths(model, name)         keep_widths that prune `model` to a named fixed architecture of the zoo
+                                     (vgg16_imagenet -> vgg16_thinet_conv / vgg16_5x, resnet50 ->
+                                     resnet50_thinet30/50/70 / resnet50_2x): the method picks the channels,
+                                     the paper fixed only their counts
 
 Channels are *positions* in the consumer's current input (a selection set's positions map to stream channel ids).
 Memory: patches are N x kh*kw x C float32 (N = images x per_image), held for one layer at a time.
@@ -97,6 +101,39 @@ def keep_counts(model, sets: Sequence[str] | None, keep_ratio, keep_widths: Mapp
         raise UserError(f'keep ratio {ratio} leaves no channel of {name} (width {width})')
     out[name] = int(n)
   return out
+
+
+def target_widths(model, name: str) -> dict[str, int]:
+  """{set: width} that turns `model` into the named fixed architecture `name` (same family, same layout, every
+  changed width read by a conv and not wider than now)."""
+  if name not in models.NAMED:
+    raise UserError(f'unknown fixed architecture {name!r} (e.g. vgg16_thinet_conv, resnet50_thinet50, vgg16_5x)')
+  spec, family = models.NAMED[name], models.family_of(model)
+  if spec.family != family:
+    raise UserError(
+        f'fixed architecture {name} is a {spec.family} model; it cannot be pruned from this {family} model'
+        + (
+            ' (VGG-GAP / VGG-Tiny replace the FC head: train them from scratch)'
+            if spec.family == 'vgg_gap_imagenet'
+            else ''
+        )
+    )
+  cfg, target = models.cfg_of(model), models.normalize_cfg(spec.cfg)
+  if len(cfg) != len(target) or [v == 'M' for v in cfg] != [v == 'M' for v in target]:
+    raise UserError(f'fixed architecture {name} has cfg {list(target)}, not the layout of this model {list(cfg)}')
+  sets = {cs.cfg_index: cs for cs in surgery.channel_sets(model)}
+  readable = {cs.name for cs in prunable_sets(model)}
+  widths = {}
+  for i, (now, want) in enumerate(zip(cfg, target)):
+    if now == want or now == 'M':
+      continue
+    cs = sets.get(i)
+    if want > now or cs is None or cs.name not in readable:
+      raise UserError(
+          f'fixed architecture {name}: cfg entry {i} ({now} -> {want}) is not a width this model can prune to'
+      )
+    widths[cs.name] = int(want)
+  return widths
 
 
 def check_keep_ratio(keep_ratio) -> float:
@@ -194,7 +231,7 @@ def sample_layer(
     per_image: int = 10,
     seed: int = 0,
     reference: tuple | None = None,
-    batch_size: int = 64,
+    batch_size: int = 16,
 ) -> LayerSamples:
   """The consumer's input patches at `per_image` random output positions of every image, its kernel, and the
   output to reconstruct: its own (reference None) or that of `reference` = (model, variables) at the same
@@ -328,6 +365,7 @@ def prune(
     *,
     layers: Sequence[str] | None = None,
     keep_widths: Mapping[str, int] | None = None,
+    target: str | None = None,
     per_image: int = 10,
     seed: int = 0,
     target_from_reference: bool = False,
@@ -337,8 +375,11 @@ def prune(
 ) -> PruneResult:
   """`choose` applied layer by layer to `variables` with sampling `images` (NHWC, the eval transform applied):
   every channel set of `layers` (default: each one read by a conv) keeps floor(width * keep_ratio) channels (or
-  its `keep_widths` entry); `between(model, variables, set, index)` runs after each layer."""
+  its `keep_widths` entry, or the widths of the fixed architecture `target`); `between(model, variables, set,
+  index)` runs after each layer."""
   model = resolve_model(model_name_or_family, cfg, num_classes, variables=variables)
+  if target:
+    keep_widths = {**target_widths(model, target), **dict(keep_widths or {})}
   counts = keep_counts(model, layers, keep_ratio, keep_widths)
   small, small_vars, layer_reports = prune_layer_by_layer(
       model,
@@ -353,7 +394,8 @@ def prune(
   )
   full_report = {
       'method': method,
-      'keep_ratio': float(keep_ratio),
+      'keep_ratio': None if target else float(keep_ratio),
+      'target': target or None,
       **dict(report or {}),
       'cfg': list(models.cfg_of(small)),
       'samples_per_layer': int(np.asarray(images).shape[0]) * int(per_image),

@@ -36,10 +36,12 @@ ACTIVE_TOLERANCE = 1e-10  # a channel whose |Z_c|^2 is below this fraction of th
 BISECTION_STEPS = 60
 
 
-def contribution_gram(samples: reconstruction.LayerSamples, chunk: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-  """(G, g): G_cd = sum_{n, o} Z_nco Z_ndo / N and g_c = sum_{n, o} Z_nco Y_no / N, Z_nco = sum_k P_nkc W_kco."""
+def contribution_gram(samples: reconstruction.LayerSamples) -> tuple[np.ndarray, np.ndarray]:
+  """(G, g): G_cd = sum_{n, o} Z_nco Z_ndo / N and g_c = sum_{n, o} Z_nco Y_no / N, Z_nco = sum_k P_nkc W_kco,
+  over chunks of samples whose Z stays near 2**24 entries (VGG-16's 512 x 512 layers: 64 samples at a time)."""
   w = samples.flat_kernel()
   c = samples.num_channels
+  chunk = max(1, 2**24 // (c * w.shape[-1]))
   gram, rhs = np.zeros((c, c)), np.zeros(c)
   n = samples.patches.shape[0]
   for s in range(0, n, chunk):

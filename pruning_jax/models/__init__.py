@@ -27,7 +27,7 @@ import flax.linen as nn
 from core_jax.compute import Compute
 from core_jax.errors import UserError
 from core_jax.registry import Registry
-from pruning_jax.models import densenet, layers, preresnet, resnet_cifar, resnet_imagenet, vgg
+from pruning_jax.models import densenet, layers, preresnet, regression_2x, resnet_cifar, resnet_imagenet, vgg
 from pruning_jax.rewidth import Rewidthed, widths_from_json, widths_jsonable
 
 FAMILIES = (
@@ -35,6 +35,7 @@ FAMILIES = (
     'vgg_slimming',
     'vgg_imagenet',
     'vgg_bn_imagenet',
+    'vgg_gap_imagenet',
     'resnet_cifar',
     'preresnet',
     'densenet',
@@ -50,7 +51,13 @@ CONVNEXT_FAMILIES = {
     'convnext_tiny': ('convnext_tiny', (96, 192, 384, 768), 0.1),
 }
 GRAPH_FAMILIES = tuple(CONVNEXT_FAMILIES)
-_VGG_HEADS = {'vgg_l1': 'l1', 'vgg_slimming': 'slimming', 'vgg_imagenet': 'imagenet', 'vgg_bn_imagenet': 'imagenet_bn'}
+_VGG_HEADS = {
+    'vgg_l1': 'l1',
+    'vgg_slimming': 'slimming',
+    'vgg_imagenet': 'imagenet',
+    'vgg_bn_imagenet': 'imagenet_bn',
+    'vgg_gap_imagenet': 'imagenet_gap',
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,13 +66,15 @@ class Named:
   cfg: tuple
   dataset: str  # 'cifar' (32x32, 10 classes by default) or 'imagenet' (224x224, 1000 classes)
   base: str | None = None  # the unpruned model a pruned architecture comes from
+  selections: tuple | None = None  # channel_selection indices (ResNet-50-2x)
 
 
 def _x(n: int, width: int) -> list[int]:
   return [width] * n
 
 
-# The paper's pruned architectures with fixed cfgs (reference sheet section 4.1-4.3).
+# The paper's pruned architectures with fixed cfgs (reference sheet section 4.1-4.3; ThiNet's and regression
+# pruning's from the official repo's imagenet/thinet/models and imagenet/regression-pruning/models).
 _VGG16_A = (32, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 256, 256, 256, 'M', 256, 256, 256)
 _R56_A = tuple(_x(7, 14) + [16, 14, 32] + _x(8, 28) + [64] + _x(7, 57) + [64])
 _R56_B = tuple(_x(7, 6) + [16, 16, 32] + _x(6, 22) + [32, 22, 64] + _x(7, 57) + [64])
@@ -73,6 +82,9 @@ _R110_A = tuple(_x(17, 8) + [16] + _x(18, 32) + _x(18, 64))
 _R110_B = tuple(_x(17, 8) + [16, 32] + _x(17, 19) + [64] + _x(17, 44))
 _R34_A = (64, 44, 44, 128, 89, 89, 128, 256, 179, 179, 179, 179, 256, 512, 512, 512)
 _R34_B = (64, 32, 32, 128, 51, 51, 128, 256, 153, 153, 153, 153, 256, 512, 512, 512)
+
+
+_THINET_CONV = (32, 32, 'M', 64, 64, 'M', 128, 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M')
 
 
 def _thinet(mid: tuple[int, int, int, int]) -> tuple[int, ...]:
@@ -110,6 +122,12 @@ NAMED.update(
         'resnet50_thinet30': Named('resnet50', _thinet((19, 38, 76, 153)), 'imagenet', base='resnet50'),
         'resnet50_thinet50': Named('resnet50', _thinet((32, 64, 128, 256)), 'imagenet', base='resnet50'),
         'resnet50_thinet70': Named('resnet50', _thinet((44, 89, 179, 358)), 'imagenet', base='resnet50'),
+        'vgg16_thinet_conv': Named('vgg_imagenet', _THINET_CONV, 'imagenet', base='vgg16_imagenet'),
+        'vgg16_thinet_gap': Named('vgg_gap_imagenet', vgg.THINET_GAP_CFG, 'imagenet', base='vgg16_imagenet'),
+        'vgg16_thinet_tiny': Named('vgg_gap_imagenet', vgg.THINET_TINY_CFG, 'imagenet', base='vgg16_imagenet'),
+        'resnet50_2x': Named(
+            'resnet50', regression_2x.CFG, 'imagenet', base='resnet50', selections=regression_2x.selections()
+        ),
         **{
             f'{name}_sss': Named('resnet50', resnet_imagenet.stage_blocks_cfg(stages), 'imagenet', base='resnet50')
             for name, stages in resnet_imagenet.SSS_STAGE_BLOCKS.items()
@@ -247,7 +265,14 @@ def _convnext(family: str, cfg: tuple, num_classes: int, dtype=None, compute: Co
 # Every named model: its family's `build` with the named cfg and its dataset's class count as defaults.
 MODELS = Registry('model')
 for _name, _spec in NAMED.items():
-  MODELS.register(_name, build, family=_spec.family, cfg=_spec.cfg, num_classes=default_classes(_spec.dataset))
+  MODELS.register(
+      _name,
+      build,
+      family=_spec.family,
+      cfg=_spec.cfg,
+      num_classes=default_classes(_spec.dataset),
+      selections=_spec.selections,
+  )
 
 
 def list_models(pattern: str | None = None) -> list[str]:
@@ -266,10 +291,12 @@ def create(
 ) -> nn.Module:
   """A named model (optionally with another cfg) or a family built from `cfg`."""
   if family_or_name in MODELS:
-    given = {k: v for k, v in (('cfg', cfg), ('num_classes', num_classes)) if v is not None}
+    given = {k: v for k, v in (('cfg', cfg), ('num_classes', num_classes), ('selections', selections)) if v is not None}
+    if cfg is not None and selections is None:  # another cfg: the named selections (sized for its cfg) do not apply
+      given['selections'] = None
     if block_scale:
       given['block_scale'] = True
-    return MODELS.create(family_or_name, selections=selections, dtype=dtype, compute=compute, **given)
+    return MODELS.create(family_or_name, dtype=dtype, compute=compute, **given)
   arch_family = {arch: f for f, (arch, _, _) in CONVNEXT_FAMILIES.items()}
   if family_or_name in GRAPH_FAMILIES or family_or_name in arch_family:
     family = arch_family.get(family_or_name, family_or_name)

@@ -10,6 +10,8 @@ cfg[-1] features. Two heads:
 ImageNet:
   head='imagenet'     VGG-16 of ThiNet / regression pruning: convs with bias, no BN, 5 pools, the NCHW-ordered
                       flatten of 512x7x7 -> 4096 -> ReLU -> Dropout(0.5) -> 4096 -> ReLU -> Dropout -> classes.
+  head='imagenet_gap' ThiNet's VGG-GAP / VGG-Tiny (`imagenet/thinet/models/thinetvgg.py`): convs with bias, no BN,
+                      4 pools (224 -> 14x14), AvgPool2d(14, 2) = the global average, Linear(cfg[-1] -> classes).
   head='imagenet_bn'  VGG-11 of ImageNet Network Slimming: convs with bias + BN (gamma 0.5); the cfg's last two
                       entries are the FC widths: flatten -> Linear -> BN1d -> ReLU -> Linear -> BN1d -> ReLU ->
                       Linear, BN1d gamma 0.5, no dropout.
@@ -17,7 +19,7 @@ ImageNet:
 The ImageNet heads flatten in PyTorch's (C, H, W) order so Dense rows line up with the original checkpoints.
 
 Variables: conv{i} / bn{i} for the i-th conv of the cfg (0-based); heads fc1, fc_bn1, fc2, fc_bn2, fc3 (l1:
-fc1, fc_bn1, fc2; slimming: fc). The model returns (logits, {'pooled': features fed to the head}).
+fc1, fc_bn1, fc2; slimming and imagenet_gap: fc). The model returns (logits, {'pooled': features fed to the head}).
 """
 
 from collections.abc import Sequence
@@ -36,7 +38,9 @@ CIFAR_CFGS = {
 }
 IMAGENET_VGG16_CFG = (64, 64, 'M', 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512, 'M', 512, 512, 512, 'M')
 IMAGENET_VGG11_BN_CFG = (64, 'M', 128, 'M', 256, 256, 'M', 512, 512, 'M', 512, 512, 'M', 4096, 4096)
-HEADS = ('l1', 'slimming', 'imagenet', 'imagenet_bn')
+THINET_GAP_CFG = (32, 32, 'M', 64, 64, 'M', 128, 128, 128, 'M', 256, 256, 256, 'M', 512, 512, 512)
+THINET_TINY_CFG = (16, 16, 'M', 32, 32, 'M', 64, 64, 64, 'M', 128, 128, 128, 'M', 128, 128, 256)
+HEADS = ('l1', 'slimming', 'imagenet', 'imagenet_bn', 'imagenet_gap')
 
 
 def conv_widths(cfg: Sequence, head: str) -> list[int]:
@@ -57,7 +61,7 @@ class VGG(nn.Module):
     if self.head not in HEADS:
       raise ValueError(f'unknown VGG head {self.head!r} (expected one of {HEADS})')
     imagenet = self.head.startswith('imagenet')
-    with_bn = self.head != 'imagenet'
+    with_bn = self.head not in ('imagenet', 'imagenet_gap')
     body = self.cfg[:-2] if self.head == 'imagenet_bn' else self.cfg
     bn = lambda name, gamma=0.5: layers.BatchNorm(
         use_running_average=not train, scale_init=layers.constant(gamma), name=name, dtype=self.dtype
@@ -77,20 +81,25 @@ class VGG(nn.Module):
       i += 1
     if not imagenet:
       x = layers.avg_pool(x, 2)
-    expected = 7 if imagenet else 1
-    if x.shape[1:3] != (expected, expected):  # the original's Linear sizes assume exactly this
-      size = '224x224 input with 5 pools' if imagenet else '32x32 input with 4 pools'
+    expected = {'imagenet_gap': 14}.get(self.head, 7 if imagenet else 1)
+    if x.shape[1:3] != (expected, expected):  # the original's Linear sizes (and GAP's AvgPool2d(14)) assume this
+      size = {7: '224x224 input with 5 pools', 14: '224x224 input with 4 pools'}.get(
+          expected, '32x32 input with 4 pools'
+      )
       raise ValueError(
           f'VGG head {self.head!r} needs a {expected}x{expected} feature map before the classifier '
           f'({size}), got {x.shape[1]}x{x.shape[2]}'
       )
-    x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)  # PyTorch's (C, H, W) flatten order
+    if self.head == 'imagenet_gap':
+      x = layers.global_avg_pool(x)  # AvgPool2d(14, stride 2) on the 14x14 map
+    else:
+      x = jnp.transpose(x, (0, 3, 1, 2)).reshape(x.shape[0], -1)  # PyTorch's (C, H, W) flatten order
     features = x
     if self.head == 'l1':
       x = dense(512, 'fc1')(x)
       x = nn.relu(_bn1d_uniform(train, 'fc_bn1', self.dtype)(x))
       x = dense(self.num_classes, 'fc2')(x)
-    elif self.head == 'slimming':
+    elif self.head in ('slimming', 'imagenet_gap'):
       x = dense(self.num_classes, 'fc')(x)
     elif self.head == 'imagenet':
       x = nn.Dropout(0.5, deterministic=not train)(nn.relu(dense(4096, 'fc1')(x)))

@@ -7,6 +7,7 @@ Run: .venv/bin/python -m pytest tests/convnext/test_upernet.py -q
 import functools
 import os
 import sys
+import types
 
 import jax
 import jax.numpy as jnp
@@ -262,3 +263,33 @@ def test_imagenet_weights_initialize_the_backbone(loaded):
   sd = {k: v for k, v in sd.items() if not k.startswith('stages.2.1.')}
   with pytest.raises(UserError, match=r"^in1k.pth is a ConvNeXt depths=\(1, 1, 1, 1\) .* but the model's backbone"):
     upernet_convert.imagenet_to_variables(sd, loaded, source='in1k.pth')
+
+
+def test_a_classifier_workdir_initializes_the_backbone(loaded, tmp_path):
+  """`init_from` = a ConvNeXt classifier's training workdir (as the digit_scenes demo uses the digits demo's):
+  its latest step's params go into the backbone, its head does not, the UperNet heads keep their values."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
+  from convnext_jax import upernet_task  # pylint: disable=import-outside-toplevel
+  from core_jax import cli  # pylint: disable=import-outside-toplevel
+
+  classifier = models.create_model(
+      'convnext_tiny', depths=SMALL['depths'], dims=SMALL['dims'], num_classes=3, compute=Compute()
+  )
+  shapes = jax.eval_shape(classifier.init, jax.random.PRNGKey(3), jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32))
+  rng = np.random.default_rng(4)
+  params = jax.tree_util.tree_map(lambda s: rng.normal(size=s.shape).astype(s.dtype), shapes['params'])
+  saver = ocp.StandardCheckpointer()
+  saver.save(str(tmp_path / 'checkpoints' / '5' / 'state'), {'params': params, 'step': 5})
+  saver.wait_until_finished()
+  config = cli.load_config_file(
+      os.path.join(os.path.dirname(__file__), '..', '..', 'configs', 'convnext', 'upernet_digit_scenes.py')
+  )
+  task = upernet_task.UperNetSegTask(config, types.SimpleNamespace(num_classes=11))
+  got = task.load_pretrained(jax.tree_util.tree_map(np.asarray, loaded), str(tmp_path), False)  # the loop's call
+  flat, before = weights.flatten(got['params']), weights.flatten(loaded['params'])
+  for k, v in weights.flatten(params).items():
+    if not k.startswith('head'):
+      assert np.array_equal(flat[f'backbone/{k}'], v), k
+  for k in ('backbone/norm3/scale', 'decode_head/conv_seg/kernel', 'auxiliary_head/conv_seg/bias'):
+    assert np.array_equal(flat[k], before[k])

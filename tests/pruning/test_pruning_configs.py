@@ -82,6 +82,12 @@ OTHER_METHODS = [
     'digits_guided.py',
     'sss_imagenet.py',  # and digits_sss.py: test_pruning_sss.py
     'digits_sss.py',
+    'sfp_cifar.py',  # test_pruning_sfp.py
+    'digits_sfp.py',
+    'thinet_imagenet.py',  # ThiNet and regression: test_pruning_reconstruction.py
+    'regression_imagenet.py',
+    'digits_thinet.py',
+    'digits_regression.py',
 ]
 
 
