@@ -48,7 +48,8 @@ Result (measured, 372 steps; exit 1..4 mIoU %, exit-4 GFLOPs per image; backgrou
 Time:     3 min 51 s wall, 5 min 28 s CPU time on an idle 2-core Intel Xeon from a fresh clone at eee1ae6 (its
           last line prints both; 4 min 38 s / 5 min 56 s before the -O1 option), before `compile_eval_ahead`
           (below: the same programs, so the same numbers; the eval step's ~27 s of one core now overlap the train
-          step's compile on an idle 2-core machine; not yet timed idle); each eval-only threshold ~10 s
+          step's compile on an idle 2-core machine; not yet timed idle; rerun with it at load 5-15: the table above to
+          the digit, 4 min 53 s CPU); each eval-only threshold ~10 s
           (the threshold is an argument of the compiled eval step and the compiled programs are kept in
           WORKDIR/xla_cache: it compiles nothing). Where the CPU time goes (measured
           piece by piece at load ~16, CPU seconds of this process): building data and model and initializing 17 s;
