@@ -33,6 +33,7 @@ TINY = {
     'vgg_slimming': ((8, 'M', 8, 'M', 16, 'M', 16, 'M', 16), 32),
     'vgg_imagenet': ((8, 'M', 8, 'M', 8, 'M', 16, 'M', 16, 'M'), 224),
     'vgg_bn_imagenet': ((8, 'M', 8, 'M', 8, 'M', 16, 'M', 16, 'M', 24, 16), 224),
+    'vgg_gap_imagenet': ((8, 'M', 8, 'M', 8, 'M', 16, 'M', 16), 224),  # its head pools a 14x14 map
     'resnet_cifar': ((8, 8, 8), 32),
     'preresnet': (preresnet.default_cfg(11), 32),
     'densenet': (densenet.default_cfg(7), 32),
