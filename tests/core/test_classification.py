@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import pytest
 
 from core_jax.classification import ClassificationTask
 from core_jax.data.sources import DatasetInfo
@@ -36,6 +37,7 @@ def _task(input_key: str) -> ClassificationTask:
   return task_cls(config, DatasetInfo(name='toy', num_classes=3, splits={'train': 8}, features=(input_key, 'label')))
 
 
+@pytest.mark.slow  # 6-16 s on 2 cores: out of make test-fast (5-minute budget), still in make test
 def test_classification_reads_the_task_input_key():
   x = jax.random.normal(jax.random.PRNGKey(0), (4, 4, 4, 3))
   labels = jnp.array([0, 2, 1, 2])

@@ -130,6 +130,7 @@ def test_eval_only_of_a_step_that_is_not_kept(trained, tfds_dir):
     train.run(_config(tfds_dir, eval_only=True, **{'checkpoint.restore_step': 5}), workdir, toy_task.ToyTask)
 
 
+@pytest.mark.slow  # 6-16 s on 2 cores: out of make test-fast (5-minute budget), still in make test
 def test_an_eval_only_phase_of_an_experiment_is_finished_by_its_results(tfds_dir, tmp_path, capsys):
   """A train_phase whose config evaluates (pruning's large phase given weights): the core writes
   PHASE/eval/<tag>/results.json, the experiment PHASE/results.json, so a rerun skips the phase."""

@@ -178,6 +178,7 @@ def test_bad_inputs_are_user_errors():
     ops.build_transforms('seg_random_scale_crop(size=4)')(dict(bad), np.random.default_rng(0))
 
 
+@pytest.mark.slow  # 6-16 s on 2 cores: out of make test-fast (5-minute budget), still in make test
 def test_digit_scenes_train_and_eval_batches(tfds_dir):
   """The ops in the grain pipelines on the embedded segmentation dataset: fixed-size train crops, full-size eval."""
   import grain

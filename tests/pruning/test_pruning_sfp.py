@@ -78,6 +78,7 @@ def test_each_epoch_zeroes_every_convs_weakest_filters_with_their_bn_bias_and_me
   assert sfp.zeroed_filters(again['params'])['conv1/kernel'] == _weakest(stem, 4)
 
 
+@pytest.mark.slow  # 6-16 s on 2 cores: out of make test-fast (5-minute budget), still in make test
 def test_the_hard_prune_computes_the_soft_model(tiny, highest_precision):
   model, v = tiny
   params, stats = jax.jit(sfp.soft_prune, static_argnums=2)(v['params'], v['batch_stats'], 0.7)

@@ -43,6 +43,7 @@ def _apply(model, variables, x, train):
 @pytest.mark.parametrize(
     'family', [pytest.param(f, marks=pytest.mark.slow) if f == 'resnet34' else f for f in sorted(CASES)]
 )
+@pytest.mark.slow  # 6-16 s on 2 cores: out of make test-fast (5-minute budget), still in make test
 def test_pruned_equals_masked(family, highest_precision):
   cfg, sel, hw = CASES[family]
   model = models.build(family, cfg, 5, sel)

@@ -76,6 +76,7 @@ def test_sparsity_pre_transform_adds_s_sign_gamma_to_bn_scales_only():
     _task(**{'sparsity.s': -1.0}).optimizer_transforms()
 
 
+@pytest.mark.slow  # 6-16 s on 2 cores: out of make test-fast (5-minute budget), still in make test
 def test_mask_post_transform_keeps_masked_weights_exactly_zero(tmp_path):
   model = _task().build_model()
   params = _variables(model)['params']

@@ -46,6 +46,7 @@ def _max_rel(a, b):
   return float(np.abs(a - b).max() / max(1.0, np.abs(b).max()))
 
 
+@pytest.mark.slow  # 6-16 s on 2 cores: out of make test-fast (5-minute budget), still in make test
 @pytest.mark.parametrize('family', sorted(CASES))
 def test_matches_pytorch(family, highest_precision):
   case = CASES[family]
