@@ -267,7 +267,14 @@ class Checkpointer:
   def _set_aside(self, step: int, error: Exception, older: int | None):
     target = self._move(step, CORRUPT_DIR)
     then = f'falling back to step {older}' if older is not None else 'no older checkpoint to fall back to'
-    logging.warning('checkpoint step %d is unreadable: %s: %s', step, type(error).__name__, error)  # run's log
+    # The run's log gets the traceback every time; TensorStore's own thread tracebacks come only on some runs.
+    logging.warning(
+        'checkpoint step %d is unreadable: %s: %s',
+        step,
+        type(error).__name__,
+        error,
+        exc_info=(type(error), error, error.__traceback__),
+    )
     if jax.process_index() == 0:
       print(
           f'warning: checkpoint step {step} is unreadable ({type(error).__name__}: {_first_line(error)}); '
