@@ -24,7 +24,9 @@ Contract (the released ADP-C code, `conv_mask_uniform` + `set_part_masks`):
 - Dense convs (`dense_conv`) compute as the policy says (`Compute.conv`); `AUTO` / `for_backend` give the
   line's choices per backend: on CPU a 1x1 conv is a matmul over the channels (XLA:CPU's convolution is several
   times slower for it at these channel counts), any other an XLA convolution (shifted patches @ kernel was as
-  fast only on small images, and 3.4x slower for the W18-Small-v2 backbone at 512x1024: benchmarks/ANALYSIS.md).
+  fast only on small images, and 3.4x slower for the W18-Small-v2 backbone at 512x1024: benchmarks/ANALYSIS.md);
+  the masked conv is 'sparse' on CPU (measured faster than masked-dense there: benchmarks/ANALYSIS.md) and
+  'dense' on GPU / TPU (not measured).
 - `aggregate(prev, new, mask)`: the "copy" aggregation prev * (1 - m) + new * m at the logits' resolution, so
   an exited pixel keeps its logits in every later exit.
 """
@@ -173,7 +175,10 @@ AUTO = {
     'small_conv': 'conv',
     'patch_conv': 'conv',
     'channel_multiple': 1,
-    'masked_conv': 'dense',
+    # the sparse masked conv where it was measured faster than masked-dense (CPU: benchmarks/ANALYSIS.md, 'anytime
+    # masked_conv'); dense on GPU / TPU, where it is not measured yet. Evaluation only: training is masked-dense
+    # whatever the policy. A small job may still pin 'dense': the sparse program compiles several times longer
+    'masked_conv': on_cpu('sparse', 'dense'),
 }
 
 

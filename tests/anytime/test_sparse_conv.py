@@ -260,3 +260,15 @@ def test_sparse_equals_masked_dense_on_trained_digit_scenes_model(trained_digit_
     np.testing.assert_array_equal(np.asarray(got['fractions']), fractions)
     mixed.append(0 < fractions[1:].mean() < 1)
   assert mixed[:2] == [True, True] and np.all(fractions == 1)  # the quantile thresholds skip some, tau 1 none
+
+
+def test_auto_masked_conv_is_sparse_on_cpu_dense_elsewhere(monkeypatch):
+  """'auto' picks the sparse masked conv where it was measured faster (CPU), masked-dense on GPU / TPU; the
+  digit_scenes demo pins masked-dense (its eval program compiles several times longer sparse)."""
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'cpu')
+  assert confidence.for_backend().masked_conv == 'sparse'
+  assert confidence.for_backend(dict(masked_conv='dense')).masked_conv == 'dense'
+  for backend in ('gpu', 'tpu'):
+    monkeypatch.setattr(jax, 'default_backend', lambda backend=backend: backend)
+    assert confidence.for_backend().masked_conv == 'dense'
+  assert _digit_config().compute.masked_conv == 'dense'
