@@ -43,7 +43,7 @@ from jax import lax
 
 from core_jax import counting
 from core_jax.compute import Compute, materialized, on_cpu, resolve
-from core_jax.errors import UserError
+from core_jax.errors import check_fraction
 
 RBF_SIZE = 7
 RBF_CENTRE_DIST2 = 1e5  # the released code's centre distance: its weight is exp(-1e5 * lambda^2) ~ 0
@@ -56,13 +56,7 @@ _DN = ('NHWC', 'HWIO', 'NHWC')
 
 def check_tau(tau) -> float:
   """tau as a float in (0, 1], else a one-line UserError."""
-  try:
-    t = float(tau)
-  except (TypeError, ValueError):
-    raise UserError(f'confidence threshold tau must be a number in (0, 1], got {tau!r}') from None
-  if not 0.0 < t <= 1.0:
-    raise UserError(f'confidence threshold tau must be in (0, 1], got {tau!r}')
-  return t
+  return check_fraction(tau, 'confidence threshold tau')
 
 
 def confidence_mask(logits: jax.Array, tau: float) -> jax.Array:
