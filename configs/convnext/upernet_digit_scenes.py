@@ -11,7 +11,7 @@ Model:    upernet_convnext_tiny with depths (1, 1, 2, 1), dims (16, 32, 64, 128)
 Data:     64x64 crops of the scenes rescaled by 0.75-1.25 (the anytime demo's), evaluated on the 200 validation
           scenes at full size.
 Result:   measured (`make demo LINE=upernet`, 2026-12-05, twice, the same numbers), 372 steps: validation mIoU
-          9.8%, pixel accuracy 93.1%, beside the anytime HRNet demo's exit 4 at 16.3% on the same 200 scenes and
+          9.8%, pixel accuracy 93.1%, beside the anytime HRNet demo's exit 4 at 18.6% on the same 200 scenes and
           background-only 8.4%. It finds the digits (background IoU 98.7%) but calls every digit pixel 9 (IoU 9.4%,
           the other digits 0): digit identity needs more steps than this budget. Not adopted: lr 4e-3 x 12 epochs
           without drop path (loss stalled at 0.36), lr 5e-4 x 8 epochs without drop path (9.6%).
