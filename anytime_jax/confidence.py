@@ -24,7 +24,9 @@ Contract (the released ADP-C code, `conv_mask_uniform` + `set_part_masks`):
 - Dense convs (`dense_conv`) compute as the policy says (`Compute.conv`); `AUTO` / `for_backend` give the
   line's choices per backend: on CPU a 1x1 conv is a matmul over the channels (XLA:CPU's convolution is several
   times slower for it at these channel counts), any other an XLA convolution (shifted patches @ kernel was as
-  fast only on small images, and 3.4x slower for the W18-Small-v2 backbone at 512x1024: benchmarks/ANALYSIS.md).
+  fast only on small images, and 3.4x slower for the W18-Small-v2 backbone at 512x1024: benchmarks/ANALYSIS.md);
+  the masked conv is 'sparse' on CPU (measured faster than masked-dense there: benchmarks/ANALYSIS.md) and
+  'dense' on GPU / TPU (not measured).
 - `aggregate(prev, new, mask)`: the "copy" aggregation prev * (1 - m) + new * m at the logits' resolution, so
   an exited pixel keeps its logits in every later exit.
 """
@@ -41,7 +43,7 @@ from jax import lax
 
 from core_jax import counting
 from core_jax.compute import Compute, materialized, on_cpu, resolve
-from core_jax.errors import UserError
+from core_jax.errors import check_fraction
 
 RBF_SIZE = 7
 RBF_CENTRE_DIST2 = 1e5  # the released code's centre distance: its weight is exp(-1e5 * lambda^2) ~ 0
@@ -54,13 +56,7 @@ _DN = ('NHWC', 'HWIO', 'NHWC')
 
 def check_tau(tau) -> float:
   """tau as a float in (0, 1], else a one-line UserError."""
-  try:
-    t = float(tau)
-  except (TypeError, ValueError):
-    raise UserError(f'confidence threshold tau must be a number in (0, 1], got {tau!r}') from None
-  if not 0.0 < t <= 1.0:
-    raise UserError(f'confidence threshold tau must be in (0, 1], got {tau!r}')
-  return t
+  return check_fraction(tau, 'confidence threshold tau')
 
 
 def confidence_mask(logits: jax.Array, tau: float) -> jax.Array:
@@ -173,7 +169,10 @@ AUTO = {
     'small_conv': 'conv',
     'patch_conv': 'conv',
     'channel_multiple': 1,
-    'masked_conv': 'dense',
+    # the sparse masked conv where it was measured faster than masked-dense (CPU: benchmarks/ANALYSIS.md, 'anytime
+    # masked_conv'); dense on GPU / TPU, where it is not measured yet. Evaluation only: training is masked-dense
+    # whatever the policy. A small job may still pin 'dense': the sparse program compiles several times longer
+    'masked_conv': on_cpu('sparse', 'dense'),
 }
 
 

@@ -111,6 +111,9 @@ def get_config():
   c.xla_compiler_options = {'xla_backend_optimization_level': 1}
   # the eval step (~27 s of one core) compiles on a second thread beside the train step's compile
   c.compile_eval_ahead = True
+  # masked-dense evaluation, not the CPU's 'auto' (sparse): at 64x128 the sparse eval step compiled in 4.7x the CPU
+  # time of the dense one (45 s vs 9.5 s of one core) and saved ~0.1 s per batch of 50 (12 batches in the job)
+  c.compute.masked_conv = 'dense'
   c.checkpoint.update(dict(every_steps=1000, keep=1, keep_best=False))
   # AdamW: from scratch in ~500 steps; SGD (the reference's, from ImageNet) left every pixel background here
   c.optimizer.update(

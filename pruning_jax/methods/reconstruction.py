@@ -35,7 +35,7 @@ import flax.linen as nn
 import numpy as np
 
 from core_jax.compute import Compute
-from core_jax.errors import UserError
+from core_jax.errors import UserError, check_fraction
 from pruning_jax import models, surgery
 from pruning_jax.methods import PruneResult, resolve_model
 
@@ -137,13 +137,7 @@ def target_widths(model, name: str) -> dict[str, int]:
 
 
 def check_keep_ratio(keep_ratio) -> float:
-  try:
-    ratio = float(keep_ratio)
-  except (TypeError, ValueError):
-    raise UserError(f'keep ratio must be a number in (0, 1], got {keep_ratio!r}') from None
-  if not 0.0 < ratio <= 1.0:
-    raise UserError(f'keep ratio must be in (0, 1], got {ratio}')
-  return ratio
+  return check_fraction(keep_ratio, 'keep ratio')
 
 
 def get_leaf(tree: Mapping, path: str):

@@ -27,19 +27,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from core_jax.errors import UserError
+from core_jax.errors import check_fraction
 from core_jax.weights import flatten
 from pruning_jax import models, surgery
 from pruning_jax.methods import PruneResult
 
 
 def check_keep_rate(rate, what: str = 'sfp.keep_rate') -> float:
-  if isinstance(rate, bool) or not isinstance(rate, (int, float, np.floating, np.integer)):
-    raise UserError(f'{what} must be a number in (0, 1] (the fraction of filters kept), got {rate!r}')
-  rate = float(rate)
-  if not 0.0 < rate <= 1.0:
-    raise UserError(f'{what} must be in (0, 1] (the fraction of filters kept), got {rate}')
-  return rate
+  return check_fraction(rate, what, 'the fraction of filters kept')
 
 
 def pruned_count(filters: int, keep_rate: float) -> int:

@@ -183,7 +183,10 @@ def tiny_ca():
   """A tiny ADP-C HRNet with random weights and a threshold splitting exit 1's pixels."""
   rng = np.random.RandomState(0)
   x = jnp.asarray(rng.randn(2, 64, 64, 3).astype(np.float32))
-  probe = hrnet.build('w8_tiny', exit_type='rh', tau=1.0, num_classes=4)
+  # masked-dense, the reference formulation (the sparse one equals it: test_sparse_conv.py; on CPU it is 'auto''s
+  # choice, whose program compiles several times longer)
+  dense = confidence.for_backend(dict(masked_conv='dense'))
+  probe = hrnet.build('w8_tiny', exit_type='rh', tau=1.0, num_classes=4, compute=dense)
   abstract = jax.eval_shape(probe.init, jax.random.PRNGKey(0), x)
 
   def fill(path, s):
@@ -203,7 +206,7 @@ def tiny_ca():
   logits1 = jax.jit(lambda v, x: probe.apply(v, x, last_exit=1)['logits'][0])(variables, x)
   conf = jax.nn.softmax(logits1, -1).max(-1)
   tau = float(jnp.quantile(conf, 0.5))
-  return hrnet.build('w8_tiny', exit_type='rh', tau=tau, num_classes=4), variables, x
+  return hrnet.build('w8_tiny', exit_type='rh', tau=tau, num_classes=4, compute=dense), variables, x
 
 
 @pytest.mark.slow

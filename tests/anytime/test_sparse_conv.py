@@ -1,18 +1,26 @@
 """The sparse masked conv (compute.masked_conv='sparse') against the masked-dense reference: hand-built masks
 on single convs (every capacity bucket, the dense fallbacks, per-example masks), a whole tiny HRNet at several
-thresholds, and the policy plumbing (training stays masked-dense; the choice is a hashable field)."""
+thresholds, the digit_scenes demo's model after a short training at several thresholds, and the policy plumbing
+(training stays masked-dense; the choice is a hashable field)."""
+
+import os
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from anytime_jax import confidence, hrnet
+from anytime_jax import task as task_lib
 from anytime_jax.confidence import Conv, MaskSet, TileSet
+from core_jax import cli
 from core_jax.compute import Compute
+from core_jax.data import sources
 
 LAMS = (1.7, 3.0)  # below SHORT_LAMBDA2 (the whole 7 x 7 fill, dense) and above (the short fill, tiled); 3.0: init
 AUTO_REST = {f: v for f, v in confidence.for_backend().__dict__.items() if f != 'masked_conv'}
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 H = 32  # conv outputs 32 x 32, batch 2: 2 * 4 * 4 = 32 tiles of 8 x 8
 
 
@@ -142,3 +150,125 @@ def test_policy_is_a_hashable_build_time_choice_and_training_stays_dense(monkeyp
   conv.apply(v, x, MaskSet(jnp.ones((1, 4, 4)), train=True))
   conv.apply(v, x, MaskSet(jnp.ones((1, 4, 4))))
   assert calls == ['sparse', 'dense', 'sparse']  # init (not training), training, evaluation
+
+
+def _compile_cheaply(fn, *args):
+  """fn compiled for args at XLA:CPU's optimization level 0 (a third of the compile time; these programs run a few
+  dozen times on small batches, so their slower steps cost less than the compile they save)."""
+  lowered = jax.jit(fn).lower(*args)
+  if jax.default_backend() == 'cpu':
+    return lowered.compile({'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True})
+  return lowered.compile()
+
+
+def _digit_config(**model):
+  c = cli.load_config_file(os.path.join(REPO, 'configs', 'anytime', 'digit_scenes.py'))
+  c.model.update(model)
+  return c
+
+
+class _SceneInfo:
+  num_classes = 11
+
+
+TRAIN_STEPS = 30
+
+
+@pytest.fixture(scope='module')
+def trained_digit_scenes(tfds_dir):
+  """The demo's model (configs/anytime/digit_scenes.py: w8_nano, RH exits, He kernels, BN momentum 0.9, AdamW)
+  fitted for TRAIN_STEPS steps of 2 training scenes, without CA (the same variables but the rbf_lambdas; its train
+  step compiles in half the time), so that its exits' confidences vary between pixels as a trained model's do. The
+  masked convs get lambda 1.5 (the whole 7 x 7 fill) and 3.0 (the init: the short fill) in turn. Returns the CA
+  task (tau from the eval step's constants), its variables and 4 validation scenes."""
+  config = _digit_config()
+  plain = task_lib.AnytimeSegTask(_digit_config(confidence_adaptive=False), _SceneInfo())
+  model = plain.build_model()
+  train, _ = sources.load_source('digit_scenes', 'train', str(tfds_dir))
+  val, _ = sources.load_source('digit_scenes', 'validation', str(tfds_dir))
+
+  def batch(source, idx):  # the config's normalize(mean=0.5, std=0.5)
+    images = np.stack([np.asarray(source[i]['image']) for i in idx]).astype(np.float32) / 255.0
+    labels = np.stack([np.asarray(source[i]['segmentation']) for i in idx])
+    return jnp.asarray((images - 0.5) / 0.5), jnp.asarray(labels)
+
+  opt = optax.adamw(config.optimizer.lr, weight_decay=config.optimizer.weight_decay)
+  variables = jax.tree.map(jnp.asarray, hrnet.random_variables(model, 64, 128))
+  params, stats = variables['params'], variables['batch_stats']
+
+  def step(params, stats, opt_state, image, labels):
+    def loss(p):
+      total, (_, new_vars) = plain.train_loss(
+          model, {'params': p, 'batch_stats': stats}, {'image': image, 'segmentation': labels}, None
+      )
+      return total, new_vars['batch_stats']
+
+    (_, new_stats), grads = jax.value_and_grad(loss, has_aux=True)(params)
+    updates, opt_state = opt.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), new_stats, opt_state
+
+  opt_state = opt.init(params)
+  compiled = _compile_cheaply(step, params, stats, opt_state, *batch(train, range(2)))
+  for s in range(TRAIN_STEPS):
+    params, stats, opt_state = compiled(params, stats, opt_state, *batch(train, range(2 * s, 2 * s + 2)))
+
+  ca = task_lib.AnytimeSegTask(_digit_config(confidence_adaptive=True), _SceneInfo())
+  ca_abstract = jax.eval_shape(ca.build_model().init, jax.random.PRNGKey(0), jnp.zeros((1, 64, 128, 3)))
+  lambdas = iter([1.5, 3.0] * 100)
+
+  def ca_params(path, _):  # the trained value, or (the rbf_lambdas) a fixed one
+    node = params
+    for p in path:
+      if p.key not in node:
+        return jnp.float32(next(lambdas))
+      node = node[p.key]
+    return node
+
+  ca_vars = {'params': jax.tree_util.tree_map_with_path(ca_params, ca_abstract['params']), 'batch_stats': stats}
+  return ca, ca_vars, batch(val, range(4))[0]
+
+
+@pytest.mark.slow  # trains (one compile) and evaluates (two): 72 s at load 9 on the shared 2-core machine, 42 s CPU
+def test_sparse_equals_masked_dense_on_trained_digit_scenes_model(trained_digit_scenes):
+  """The issue's 'Done when': the demo's model after a short training, evaluated masked-dense and sparse on
+  validation scenes at thresholds splitting exit 1's pixels 25 / 75 % and at 0.998 (the demo's) and 1.0 (nothing
+  skipped), one compiled program each (tau an argument): every exit's logits within 1e-4, the same argmax except
+  at near-ties, the same computed fractions, and masks mixed (some pixels kept, some skipped) below tau 1."""
+  ca, variables, images = trained_digit_scenes
+
+  def program(masked_conv):
+    ca.config.compute.masked_conv = masked_conv
+    model = ca.build_model()
+    v = {**variables, 'constants': {'tau': jnp.float32(1.0)}}
+    return _compile_cheaply(lambda v, x: model.apply(v, x), v, images)
+
+  dense, sparse = program('dense'), program('sparse')
+  at_one = dense({**variables, 'constants': {'tau': jnp.float32(1.0)}}, images)
+  conf1 = np.asarray(jax.nn.softmax(at_one['logits'][0]).max(-1))
+  taus = [float(np.quantile(conf1, q)) for q in (0.25, 0.75)] + [0.998, 1.0]
+  mixed = []
+  for tau in taus:
+    v = {**variables, 'constants': {'tau': jnp.float32(tau)}}
+    want, got = dense(v, images), sparse(v, images)
+    for k, (a, b) in enumerate(zip(want['logits'], got['logits'])):
+      a, b = np.asarray(a), np.asarray(b)
+      np.testing.assert_allclose(b, a, atol=1e-4, rtol=0, err_msg=f'tau={tau} exit {k + 1}')
+      top2 = np.sort(a, -1)[..., -2:]
+      decided = top2[..., 1] - top2[..., 0] > 1e-4  # argmax may differ only at (near-)ties
+      np.testing.assert_array_equal(b.argmax(-1)[decided], a.argmax(-1)[decided], err_msg=f'tau={tau} exit {k + 1}')
+    fractions = np.asarray(want['fractions'])  # (exits, batch): the fraction each exit computed
+    np.testing.assert_array_equal(np.asarray(got['fractions']), fractions)
+    mixed.append(0 < fractions[1:].mean() < 1)
+  assert mixed[:2] == [True, True] and np.all(fractions == 1)  # the quantile thresholds skip some, tau 1 none
+
+
+def test_auto_masked_conv_is_sparse_on_cpu_dense_elsewhere(monkeypatch):
+  """'auto' picks the sparse masked conv where it was measured faster (CPU), masked-dense on GPU / TPU; the
+  digit_scenes demo pins masked-dense (its eval program compiles several times longer sparse)."""
+  monkeypatch.setattr(jax, 'default_backend', lambda: 'cpu')
+  assert confidence.for_backend().masked_conv == 'sparse'
+  assert confidence.for_backend(dict(masked_conv='dense')).masked_conv == 'dense'
+  for backend in ('gpu', 'tpu'):
+    monkeypatch.setattr(jax, 'default_backend', lambda backend=backend: backend)
+    assert confidence.for_backend().masked_conv == 'dense'
+  assert _digit_config().compute.masked_conv == 'dense'

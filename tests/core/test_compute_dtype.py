@@ -35,10 +35,20 @@ def _pruning(dtype):
 
 
 def _anytime(dtype):
-  from anytime_jax import hrnet  # pylint: disable=import-outside-toplevel
+  from anytime_jax import confidence, hrnet  # pylint: disable=import-outside-toplevel
 
-  # exit 3 masks stage 4 (masked convs, RBF fill, aggregation in the bf16 model); two exits keep the compile short
-  model = hrnet.build('w8_nano', num_classes=3, exits=(3, 4), exit_type='ee', tau=0.5, masked_stages=(4,), dtype=dtype)
+  # exit 3 masks stage 4 (masked convs, RBF fill, aggregation in the bf16 model); two exits and the masked-dense
+  # init (not the CPU's sparse one) keep the compile short
+  model = hrnet.build(
+      'w8_nano',
+      num_classes=3,
+      exits=(3, 4),
+      exit_type='ee',
+      tau=0.5,
+      masked_stages=(4,),
+      dtype=dtype,
+      compute=confidence.for_backend(dict(masked_conv='dense')),
+  )
   x = jnp.ones((2, 32, 32, 3)) * jnp.linspace(-1, 1, 32)[:, None, None]
   return model, x, lambda out: jnp.stack(out['logits'])
 
