@@ -5,7 +5,11 @@ BIN    := $(VENV)/bin
 BASE   := $(VENV)/.installed-base
 TESTS  := $(VENV)/.installed-test
 
-.PHONY: demo demo-convnext demo-upernet demo-pruning demo-pruning-l1 demo-pruning-slimming demo-pruning-magnitude demo-pruning-lottery demo-pruning-guided demo-pruning-sss demo-pruning-sfp demo-pruning-convnext demo-pruning-thinet demo-pruning-regression demo-anytime test test-fast lint format bench gpu-check install clean-demo
+# The pruning methods with one digits config each (configs/pruning/digits_<method>.py, `make demo LINE=pruning-<method>`)
+PRUNING_DEMOS := l1 slimming magnitude lottery guided sss sfp thinet regression
+
+.PHONY: demo demo-convnext demo-upernet demo-pruning $(addprefix demo-pruning-,$(PRUNING_DEMOS)) demo-pruning-convnext demo-anytime \
+  test test-fast lint format bench gpu-check install clean-demo
 
 # The demo needs only the package; the tests add the PyTorch reference (torch, timm) for parity checks.
 $(BASE): setup.cfg pyproject.toml constraints.txt
@@ -32,8 +36,22 @@ DEMO_DIR ?= workdirs
 DEMO_DEFAULT := convnext pruning-slimming anytime
 DEMO_LINES := $(if $(LINE),$(if $(filter all,$(LINE)),convnext upernet pruning anytime,$(LINE)),$(DEMO_DEFAULT))
 
+# The jobs run DEMO_JOBS at a time, side by side (each compiles on one core while another trains), and each job's
+# output is printed whole when it ends (GNU make's --output-sync; a make without it runs them one by one).
+DEMO_JOBS ?= 3
+DEMO_PARALLEL := $(if $(filter output-sync,$(.FEATURES)),-j$(DEMO_JOBS) --output-sync=target)
+
+DEMO_KNOWN := convnext upernet pruning $(addprefix pruning-,$(PRUNING_DEMOS) convnext) anytime
+ifneq ($(filter demo,$(MAKECMDGOALS)),)
+ifneq ($(filter-out $(DEMO_KNOWN),$(DEMO_LINES)),)
+$(error make demo LINE=$(LINE): no demo named $(filter-out $(DEMO_KNOWN),$(DEMO_LINES)) (one of: all $(DEMO_KNOWN)))
+endif
+endif
+
 demo: $(BASE)
-	@start=$$(date +%s); for line in $(DEMO_LINES); do $(MAKE) --no-print-directory demo-$$line || exit 1; done; \
+	@start=$$(date +%s); \
+	  echo "make demo: $(DEMO_LINES), $(if $(DEMO_PARALLEL),$(DEMO_JOBS) jobs at a time; each prints its output when it ends,one job at a time)"; \
+	  $(MAKE) --no-print-directory $(DEMO_PARALLEL) $(addprefix demo-,$(DEMO_LINES)) || exit 1; \
 	  s=$$(( $$(date +%s) - start )); echo "make demo ($(DEMO_LINES)): done in $$((s / 60)) min $$((s % 60)) s in all"
 
 demo-convnext: $(BASE)
@@ -44,26 +62,12 @@ demo-upernet: $(BASE)
 	$(BIN)/python -m convnext_jax.main --config=configs/convnext/upernet_digit_scenes.py --workdir=$(DEMO_DIR)/upernet_digit_scenes
 	$(BIN)/python -m convnext_jax.upernet_demo --config=configs/convnext/upernet_digit_scenes.py --workdir=$(DEMO_DIR)/upernet_digit_scenes
 
-demo-pruning: demo-pruning-l1 demo-pruning-slimming demo-pruning-magnitude demo-pruning-lottery demo-pruning-guided demo-pruning-sss \
-  demo-pruning-sfp demo-pruning-convnext demo-pruning-thinet demo-pruning-regression
+# One experiment per pruning method on digits (PRUNING_DEMOS, above): configs/pruning/digits_<method>.py into
+# DEMO_DIR/pruning_digits_<method>; ConvNeXt's two (below) share one trained model
+demo-pruning: $(addprefix demo-pruning-,$(PRUNING_DEMOS)) demo-pruning-convnext
 
-demo-pruning-l1: $(BASE)
-	$(BIN)/python -m pruning_jax.main --config=configs/pruning/digits_l1.py --workdir=$(DEMO_DIR)/pruning_digits_l1
-
-demo-pruning-slimming: $(BASE)
-	$(BIN)/python -m pruning_jax.main --config=configs/pruning/digits_slimming.py --workdir=$(DEMO_DIR)/pruning_digits_slimming
-
-demo-pruning-magnitude: $(BASE)
-	$(BIN)/python -m pruning_jax.main --config=configs/pruning/digits_magnitude.py --workdir=$(DEMO_DIR)/pruning_digits_magnitude
-
-demo-pruning-lottery: $(BASE)
-	$(BIN)/python -m pruning_jax.main --config=configs/pruning/digits_lottery.py --workdir=$(DEMO_DIR)/pruning_digits_lottery
-
-demo-pruning-guided: $(BASE)
-	$(BIN)/python -m pruning_jax.main --config=configs/pruning/digits_guided.py --workdir=$(DEMO_DIR)/pruning_digits_guided
-
-demo-pruning-sss: $(BASE)
-	$(BIN)/python -m pruning_jax.main --config=configs/pruning/digits_sss.py --workdir=$(DEMO_DIR)/pruning_digits_sss
+$(addprefix demo-pruning-,$(PRUNING_DEMOS)): demo-pruning-%: $(BASE)
+	$(BIN)/python -m pruning_jax.main --config=configs/pruning/digits_$*.py --workdir=$(DEMO_DIR)/pruning_digits_$*
 
 # ConvNeXt: group-L1 structured, then unstructured magnitude pruning of the same trained model (its large phase)
 demo-pruning-convnext: $(BASE)
@@ -71,26 +75,12 @@ demo-pruning-convnext: $(BASE)
 	$(BIN)/python -m pruning_jax.main --config=configs/pruning/digits_convnext_magnitude.py \
 	  --workdir=$(DEMO_DIR)/pruning_digits_convnext_magnitude --config.init_from=$(DEMO_DIR)/pruning_digits_convnext/seed0/large
 
-demo-pruning-sfp: $(BASE)
-	$(BIN)/python -m pruning_jax.main --config=configs/pruning/digits_sfp.py --workdir=$(DEMO_DIR)/pruning_digits_sfp
-
-demo-pruning-thinet: $(BASE)
-	$(BIN)/python -m pruning_jax.main --config=configs/pruning/digits_thinet.py --workdir=$(DEMO_DIR)/pruning_digits_thinet
-
-demo-pruning-regression: $(BASE)
-	$(BIN)/python -m pruning_jax.main --config=configs/pruning/digits_regression.py \
-	  --workdir=$(DEMO_DIR)/pruning_digits_regression
-
 demo-anytime: $(BASE)
 	$(BIN)/python -m anytime_jax.main --config=configs/anytime/digit_scenes.py --workdir=$(DEMO_DIR)/anytime_digit_scenes
 
 clean-demo:
-	rm -rf $(DEMO_DIR)/convnext_digits $(DEMO_DIR)/upernet_digit_scenes $(DEMO_DIR)/pruning_digits_l1 \
-	  $(DEMO_DIR)/pruning_digits_slimming $(DEMO_DIR)/pruning_digits_magnitude $(DEMO_DIR)/pruning_digits_lottery \
-	  $(DEMO_DIR)/pruning_digits_guided $(DEMO_DIR)/pruning_digits_sss $(DEMO_DIR)/pruning_digits_sfp \
-	  $(DEMO_DIR)/pruning_digits_convnext \
-	  $(DEMO_DIR)/pruning_digits_convnext_magnitude $(DEMO_DIR)/pruning_digits_thinet \
-	  $(DEMO_DIR)/pruning_digits_regression $(DEMO_DIR)/anytime_digit_scenes
+	rm -rf $(DEMO_DIR)/convnext_digits $(DEMO_DIR)/upernet_digit_scenes $(DEMO_DIR)/anytime_digit_scenes \
+	  $(addprefix $(DEMO_DIR)/pruning_digits_,$(PRUNING_DEMOS) convnext convnext_magnitude)
 
 # The style check (pyproject.toml: pyink + ruff) runs first, so CI holds it; `make format` applies it.
 # TEST_WORKERS pytest-xdist processes share the cores (most of a test's time is XLA compiling, one thread);
