@@ -30,7 +30,8 @@ Result (measured, 375 steps; exit 1..4 mIoU %, exit-4 GFLOPs per image; backgrou
   4 min 49 s of CPU time (3 min 15 s wall, idle); this one, in the same number of updates at half the pixels per
   step, takes 2/3 of that CPU time (Time below). Measured one change at a time (375 steps, load 7-8, CPU time of
   the job): batch 8 alone 8.4 / 9.6 / 10.3 / 13.2 (2 min 49 s); with the background weight 0.1 the table above
-  (3 min 17 s; CPU time moves by some 10% with the load).
+  (3 min 17 s; CPU time moves by some 10% with the load); background 0.03 instead, 8.6 / 13.7 / 12.6 / 13.6
+  (2 min 56 s): exit 1 barely above background-only, exits 3 and 4 below exit 2.
   Why exit 1 stays at background-only: an RH exit k average-pools 4 - k times from 1/4, so on a 64x128 scene
   exit 1 predicts from a 2x4 grid and exit 2 from a 4x8 one, coarser than a 16-40 px digit (on Cityscapes'
   1024x2048 the same pools leave 32x64). With every pixel weighing 1 most cells of those grids are mostly
