@@ -46,7 +46,11 @@ then
                                   pattern -> the transferred cfg; uniform: one ratio for every width, solved for
                                   the guided (else the transferred) model's params
   seed<k>/<architecture>/scratch_e, scratch_b   each of them trained from scratch (guided, transferred, uniform)
-and the table has one row per architecture: params, MACs, Scratch-E, Scratch-B.
+and the table has one row per architecture: params, MACs, Scratch-E, Scratch-B. With guided.structure='unstructured'
+(guided sparsification) the source runs are unstructured magnitude pruning at prune.percent, the guided phase
+averages their masks' kept fractions per stage (DIR/guided/pattern.json) and writes the guided and the uniform mask
+(DIR/guided/<architecture>/mask.safetensors, a Scratch-E/B init per seed beside it), each trained as the mask
+implementation.
 
 Then pruning_jax.report writes DIR/results.json and DIR/results.md (the paper's table) and prints the table. The
 recipes the configs build on (the experiment groups, the paper's CIFAR and ImageNet protocols) are
@@ -55,7 +59,7 @@ configs/pruning/_recipes.py.
 Config fields beyond core_jax.config.base_config and pruning_jax.task: prune (method 'l1_norm' with scheme,
 'slimming' / 'magnitude' / 'guided' with percent, 'lottery' with percent or scheme; mode 'physical' | 'mask';
 on_empty_layer 'keep_strongest' | 'error'), finetune (num_epochs, lr), scratch (budget_cap), lottery (structure,
-rounds, lrs), guided (granularity 'stage' | 'layer', runs_from, pattern_from, uniform),
+rounds, lrs), guided (granularity 'stage' | 'layer', runs_from, pattern_from, uniform, structure),
 experiment (title, seeds, phases, paper: the paper's numbers, compilation_cache).
 
 Compiled steps are shared between phases and seeds through JAX's persistent compilation cache in
@@ -300,7 +304,7 @@ def _finetune_optimizer(config):
 
 def scratch_config(config, seed: int, prune_results: dict, kind: str):
   c = _pruned_model(_base(config, seed), prune_results)
-  if config.prune.method in UNSTRUCTURED:  # the large shape, sparsely re-initialized, under the mask
+  if config.prune.method in UNSTRUCTURED or 'scratch_init' in prune_results:  # the large shape, under the mask
     c.init_from, c.mask.path = prune_results['scratch_init'], prune_results['mask']
   if kind == 'scratch_b':
     epochs = budget.scratch_b_of_experiment(config, prune_results).epochs
@@ -333,6 +337,19 @@ def _fresh_variables(model, input_shape, seed: int, draw: int = 0) -> dict:
       lambda: model.init({'params': params_rng, 'dropout': dropout_rng}, jnp.zeros(input_shape), train=False)
   )
   return {c: jax.tree_util.tree_map(np.asarray, dict(v)) for c, v in jax.device_get(init()).items()}
+
+
+def _scratch_init(config, model, input_shape, seed: int, mask) -> dict:
+  """The seed's Scratch-E/B init of a masked (unstructured) model: scratch.init 'sparse_he' re-draws each conv at
+  the sparse He std under the mask (the paper's cifar_E.py), 'model' keeps the model's own init under it."""
+  from pruning_jax.methods import magnitude  # pylint: disable=import-outside-toplevel
+
+  fresh = _fresh_variables(model, input_shape, seed)
+  if config.scratch.get('init', 'sparse_he') == 'sparse_he':
+    fresh['params'] = magnitude.sparse_reinit(fresh['params'], mask, seed)
+  else:
+    fresh['params'] = magnitude.apply(fresh['params'], mask)
+  return fresh
 
 
 def _counts(model, input_shape) -> tuple[int, int]:
@@ -564,11 +581,7 @@ def prune_phase(config, seed: int):
       results['scratch_init'] = os.path.join(workdir, SCRATCH_INIT)
       if main_process:
         save_mask(results['mask'], mask)
-        fresh = _fresh_variables(model, input_shape, seed)
-        if config.scratch.get('init', 'sparse_he') == 'sparse_he':
-          fresh['params'] = magnitude.sparse_reinit(fresh['params'], mask, seed)
-        else:  # 'model': the model's own init, under the mask
-          fresh['params'] = magnitude.apply(fresh['params'], mask)
+        fresh = _scratch_init(config, model, input_shape, seed, mask)
         io.save_pruned(results['scratch_init'], model, fresh, extra={'method': config.prune.method, 'seed': seed})
     elif config.prune.mode == 'mask':
       masked_vars, mask = run_mask(config, model, variables)
@@ -809,6 +822,21 @@ def _check_guided(config) -> None:
     raise UserError(f'guided.granularity must be one of {", ".join(guided.GRANULARITIES)}, got {g.granularity!r}')
   phases = tuple(config.experiment.phases)
   own = 'prune' in phases
+  structure = g.get('structure', 'structured')
+  if structure not in guided.STRUCTURES:
+    raise UserError(f'guided.structure must be one of {", ".join(guided.STRUCTURES)}, got {structure!r}')
+  if structure == 'unstructured':
+    from pruning_jax.methods import magnitude  # pylint: disable=import-outside-toplevel
+
+    magnitude.check_percent(config.prune.percent)
+    if g.runs_from or g.pattern_from or not own:
+      raise UserError(
+          'guided.structure=unstructured averages its own magnitude runs: it needs the prune phase, and '
+          'guided.runs_from / pattern_from are for the structured variant'
+      )
+    if config.init_from:
+      raise UserError('guided pruning trains its source runs and architectures itself: no init_from')
+    return
   if not own and 'finetune' in phases:
     raise UserError('experiment.phases: finetune needs the prune phase (it fine-tunes the source runs)')
   if not guided_architectures(config):
@@ -829,6 +857,90 @@ def _check_guided(config) -> None:
     guided.stage_map(guided_pattern_from(g.pattern_from), family, cfg)
 
 
+def _guided_results(architectures: dict, params_large: int, macs_large: int, input_shape, num_classes: int) -> dict:
+  return {
+      'architectures': architectures,
+      'params_large': params_large,
+      'macs_large': macs_large,
+      'input_shape': list(input_shape),
+      'num_classes': num_classes,
+  }
+
+
+def guided_source_config(config):
+  """The config of the guided experiment's own source runs: unstructured magnitude pruning at prune.percent for
+  guided.structure=unstructured, else the experiment's (Network Slimming)."""
+  if config.guided.get('structure', 'structured') != 'unstructured':
+    return config
+  c = copy.deepcopy(config)
+  c.prune.method = 'magnitude'
+  return c
+
+
+def _guided_sparsity(config, done: dict, workdir: str) -> dict:
+  """The guided phase of guided.structure=unstructured: the own runs' masks averaged per stage (or conv), the
+  guided mask and the uniform one at its non-zero count, each with its mask file and a Scratch-E/B init per seed
+  (the scratch.init of unstructured pruning) under WORKDIR/<architecture>/."""
+  import json  # pylint: disable=import-outside-toplevel
+
+  from core_jax import weights  # pylint: disable=import-outside-toplevel
+  from core_jax.weights import flatten, unflatten  # pylint: disable=import-outside-toplevel
+  from pruning_jax import io  # pylint: disable=import-outside-toplevel
+  from pruning_jax.methods import guided, magnitude  # pylint: disable=import-outside-toplevel
+  from pruning_jax.task import load_mask  # pylint: disable=import-outside-toplevel
+
+  g = config.guided
+  seeds = [int(s) for s in config.experiment.seeds]
+  large = done[f'seed{seeds[0]}/large']
+  input_shape, num_classes = tuple(large.get('input_shape') or (1, 32, 32, 3)), int(large['model']['num_classes'])
+  model = build_from_config(config.model, num_classes)
+  family, cfg = models.family_of(model), tuple(models.cfg_of(model))
+  zeros = _abstract_variables(model, input_shape)
+  layout = guided.conv_stages(model, zeros, input_shape)
+  flat_zeros = flatten(zeros['params'])
+  shapes = {p: flat_zeros[p].shape for _, paths in layout for p in paths}
+  masks = []
+  for s in seeds:
+    tree = load_mask(done[f'seed{s}/prune']['mask'], zeros['params'])
+    masks.append({p: np.asarray(m) for p, m in flatten(tree).items() if m is not None})
+  source = f'magnitude pruning {100 * float(config.prune.percent):g}%, {len(seeds)} run{"s" if len(seeds) > 1 else ""}'
+  pattern = guided.average_density(masks, layout, g.granularity, family, cfg, source=f'{source} ({config.data.name})')
+  arch_masks = {'guided': guided.sparse_mask(shapes, guided.conv_densities(pattern, layout), seeds[0])}
+  if g.uniform:
+    density = sum(float(m.sum()) for m in arch_masks['guided'].values()) / sum(m.size for m in masks[0].values())
+    arch_masks['uniform'] = guided.sparse_mask(shapes, {p: density for p in shapes}, seeds[0])
+  params_large, macs_large = _counts(model, input_shape)
+  main_process = not jax.distributed.is_initialized() or jax.process_index() == 0
+  architectures = {}
+  for name, flat_mask in arch_masks.items():
+    arch_dir = os.path.join(workdir, name)
+    os.makedirs(arch_dir, exist_ok=True)
+    mask = unflatten(flat_mask)
+    entry = {'pruned_model': models.describe(model), 'mask': os.path.join(arch_dir, MASK), 'scratch_inits': {}}
+    if main_process:
+      save_mask(entry['mask'], mask)
+    for s in seeds:
+      fresh = _scratch_init(config, model, input_shape, s, mask)
+      entry['scratch_inits'][str(s)] = os.path.join(arch_dir, f'scratch_init_seed{s}.safetensors')
+      if main_process:
+        io.save_pruned(entry['scratch_inits'][str(s)], model, fresh, extra={'method': 'guided', 'seed': s})
+    kept = sum(int(m.sum()) for m in flat_mask.values())
+    params = params_large - (sum(m.size for m in flat_mask.values()) - kept)
+    macs = magnitude.nonzero_macs(model, fresh, input_shape)  # a seed's init: non-zero exactly under the mask
+    entry.update(_counts_entry(params, macs, params_large, macs_large), kept_weights=kept)
+    if name == 'guided':
+      entry['pattern'] = pattern.to_json()
+    else:
+      entry['ratio'], entry['matched'] = density, 'guided'
+    architectures[name] = entry
+    _say(f'{name}: {kept:,} conv weights kept; params {params:,} of {params_large:,}, MACs {macs:,} of {macs_large:,}')
+  results = _guided_results(architectures, params_large, macs_large, input_shape, num_classes)
+  results['pattern_file'] = os.path.join(workdir, GUIDED_PATTERN)
+  if main_process:
+    weights.write_text_atomic(results['pattern_file'], json.dumps(pattern.to_json(), indent=1) + '\n')
+  return results
+
+
 def guided_phase(config) -> experiment.Phase:
   """Not training: averages the source runs' kept-width ratios (DIR/guided/pattern.json), builds the guided, the
   transferred and the uniform architectures and counts them."""
@@ -841,6 +953,8 @@ def guided_phase(config) -> experiment.Phase:
     from pruning_jax.methods import guided  # pylint: disable=import-outside-toplevel
 
     g = config.guided
+    if g.get('structure', 'structured') == 'unstructured':
+      return _guided_sparsity(config, done, workdir)
     large = done.get(f'seed{seeds[0]}/large')
     if large is not None:
       input_shape, num_classes = tuple(large.get('input_shape') or (1, 32, 32, 3)), int(large['model']['num_classes'])
@@ -878,13 +992,7 @@ def guided_phase(config) -> experiment.Phase:
         architectures[name]['ratio'] = ratio
         architectures[name]['matched'] = matched
       _say(f'{name}: cfg {list(arch)}; params {params:,} of {params_large:,}, MACs {macs:,} of {macs_large:,}')
-    results = {
-        'architectures': architectures,
-        'params_large': params_large,
-        'macs_large': macs_large,
-        'input_shape': list(input_shape),
-        'num_classes': num_classes,
-    }
+    results = _guided_results(architectures, params_large, macs_large, input_shape, num_classes)
     if 'guided' in patterns:
       results['pattern_file'] = os.path.join(workdir, GUIDED_PATTERN)
       if not jax.distributed.is_initialized() or jax.process_index() == 0:
@@ -896,15 +1004,23 @@ def guided_phase(config) -> experiment.Phase:
   return experiment.Phase('guided', run)
 
 
+def _architecture_of_seed(architecture: dict, seed: int) -> dict:
+  """A guided architecture as scratch_config reads it: guided sparsification's masks have one init per seed."""
+  if 'scratch_inits' not in architecture:
+    return architecture
+  return {**architecture, 'scratch_init': architecture['scratch_inits'][str(seed)]}
+
+
 def guided_phases(config) -> list[experiment.Phase]:
   """The source runs (per seed: large with sparsity training, prune, and the phases asked of their pruned
   architectures), the guided phase, then per seed Scratch-E / Scratch-B of every architecture it built
   (DIR/seed<k>/<architecture>/scratch_e ...)."""
   wanted = tuple(config.experiment.phases)
   seeds = [int(s) for s in config.experiment.seeds]
-  own = [p for s in seeds for p in seed_phases(config, s, wanted)] if 'prune' in wanted else []
+  source = guided_source_config(config)
+  own = [p for s in seeds for p in seed_phases(source, s, wanted)] if 'prune' in wanted else []
   if not own and 'large' in wanted:  # the unpruned model of the table, without source runs of its own
-    own = [p for s in seeds for p in seed_phases(config, s, ('large',))]
+    own = [p for s in seeds for p in seed_phases(source, s, ('large',))]
   out = own + [guided_phase(config)]
   for seed in seeds:
     for name in guided_architectures(config):
@@ -913,7 +1029,9 @@ def guided_phases(config) -> list[experiment.Phase]:
           out.append(
               experiment.train_phase(
                   f'seed{seed}/{name}/{kind}',
-                  lambda done, s=seed, n=name, k=kind: scratch_config(config, s, done['guided']['architectures'][n], k),
+                  lambda done, s=seed, n=name, k=kind: scratch_config(
+                      config, s, _architecture_of_seed(done['guided']['architectures'][n], s), k
+                  ),
                   PruningTask,
               )
           )

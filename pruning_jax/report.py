@@ -431,6 +431,20 @@ def _ratios_text(pattern: dict) -> str:
   return ', '.join(f'{k} {v:.3f}' for k, v in pattern['ratios'].items())
 
 
+def _unstructured(summary: dict) -> bool:
+  return (summary.get('guided') or {}).get('structure', 'structured') == 'unstructured'
+
+
+def _guided_source(summary: dict) -> str:
+  if _unstructured(summary):
+    return 'guided sparsification: unstructured magnitude pruning'
+  return 'guided pruning: Network Slimming'
+
+
+def _guided_what(summary: dict) -> str:
+  return 'kept conv-weight fractions' if _unstructured(summary) else 'width ratios'
+
+
 def markdown_guided(summary: dict) -> str:
   n = len(summary['seeds'])
   rows = summary['rows']
@@ -438,8 +452,8 @@ def markdown_guided(summary: dict) -> str:
   lines = [
       f'### {summary["title"]}',
       '',
-      f'{summary["dataset"]}, guided pruning: Network Slimming {100 * float(summary["prune"]["percent"]):g}% '
-      f'per-{g["granularity"]} width ratios averaged, each architecture trained from scratch, {n} seed'
+      f'{summary["dataset"]}, {_guided_source(summary)} {100 * float(summary["prune"]["percent"]):g}% '
+      f'per-{g["granularity"]} {_guided_what(summary)} averaged, each architecture trained from scratch, {n} seed'
       f'{"s" if n != 1 else ""} (mean ± std of the final top-1 accuracy)',
       '',
       '| architecture | params | MACs | Scratch-E (%) | Scratch-B (%) | epochs E / B |',
@@ -453,6 +467,10 @@ def markdown_guided(summary: dict) -> str:
     return f'{a["mean"]:.2f} ± {a["std"]:.2f}' if n > 1 else f'{a["mean"]:.2f}'
 
   labels = {'unpruned': 'unpruned', **GUIDED_ROWS}
+  if _unstructured(summary):
+    labels['pruned'] = 'magnitude pruning (each run)'
+    labels['guided'] = 'guided sparsification (averaged densities)'
+
   for name, row in rows.items():
     label = labels[name]
     if name == 'uniform' and 'ratio' in row:
@@ -471,11 +489,15 @@ def markdown_guided(summary: dict) -> str:
       moved = [f'{t} <- {s}' for t, s in (row.get('stage_map') or {}).items() if t != s]
       mapping = f'; stage map {", ".join(moved)}' if moved else ''
       lines += ['', f'{name} ratios ({where}{p["family"]} {p["granularity"]}s{mapping}): {_ratios_text(p)}']
-  for name, row in rows.items():
-    if name not in ('unpruned', 'pruned'):
-      lines.append(f'{name} cfg: {json.dumps(row["cfgs"][0])}')
-  if 'pruned' in rows:
-    lines.append('Network Slimming cfgs: ' + '; '.join(sorted({json.dumps(c) for c in rows['pruned']['cfgs']})))
+  if _unstructured(summary):
+    if 'uniform' in rows and 'ratio' in rows['uniform']:
+      lines.append(f'uniform density: {rows["uniform"]["ratio"]:.3f} of every conv')
+  else:
+    for name, row in rows.items():
+      if name not in ('unpruned', 'pruned'):
+        lines.append(f'{name} cfg: {json.dumps(row["cfgs"][0])}')
+    if 'pruned' in rows:
+      lines.append('Network Slimming cfgs: ' + '; '.join(sorted({json.dumps(c) for c in rows['pruned']['cfgs']})))
   for name, claim in (summary.get('claim') or {}).items():
     parts = [
         f'{COLUMNS[kind]} {c["lead"]:+.2f} (spread {c["spread"]:.2f})' for kind, c in claim.items() if c is not None

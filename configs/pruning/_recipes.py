@@ -51,8 +51,11 @@ def experiment_config():
   c.lottery = ml_collections.ConfigDict(dict(structure='unstructured', rounds=1, lrs=(0.1, 0.01)))
   # prune.method='guided' (pruning_jax.methods.guided): Network Slimming source runs at prune.percent (this
   # experiment's seeds, and the seed*/prune phases of the workdirs in runs_from) averaged per stage or layer; a
-  # pattern.json (or a guided experiment's workdir) in pattern_from is transferred; uniform: the same params
-  c.guided = ml_collections.ConfigDict(dict(granularity='stage', runs_from=(), pattern_from='', uniform=True))
+  # pattern.json (or a guided experiment's workdir) in pattern_from is transferred; uniform: the same params;
+  # structure 'unstructured': guided sparsification from magnitude runs at prune.percent (conv weight densities)
+  c.guided = ml_collections.ConfigDict(
+      dict(granularity='stage', runs_from=(), pattern_from='', uniform=True, structure='structured')
+  )
   # prune.method='sss' (pruning_jax.methods.sss): the factors' sparsity penalty and momentum of the proximal step;
   # architecture: '' (the blocks the trained factors remove) or a fixed one of the paper (resnet41/32/26)
   c.sss = ml_collections.ConfigDict(dict(gamma=0.0, momentum=0.9, architecture=''))

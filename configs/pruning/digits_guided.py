@@ -18,6 +18,9 @@ Transfer: (:transfer, after the run above) transferred guided 36.8K params, 3.69
           0.39; uniform (x0.494, at its params) 37.2K, 2.21M MACs 99.03 +- 0.20 | 99.31 +- 0.20; the claim holds
           (Scratch-E +0.14, Scratch-B -0.14, spread 0.59); 5 min 23 s CPU time (30.2 min wall at load 24-28)
 
+Unstructured: python -m pruning_jax.main --config=configs/pruning/digits_guided.py:unstructured
+          --workdir=/tmp/pruning_digits_guided_u (guided sparsification: not run on digits yet, no table)
+
 Per seed the source run of digits_slimming.py (5 epochs with sparsity s = 0.02, one global |gamma| threshold at
 50% of the channels: the same large models and pruned cfgs), its pruned architecture trained from scratch; then
 the kept width ratio of each of the 5 stages averaged over both runs, applied to the unpruned cfg (guided), and
@@ -33,12 +36,19 @@ TRANSFER_CFG = (16, 16, 'M', 32, 32, 'M', 64, 'M', 64, 'M', 128)  # a deeper VGG
 
 
 def get_config(arg: str = 'guided'):
-  if arg not in ('guided', 'transfer'):
-    raise ValueError(f'experiment {arg!r}: expected guided or transfer')
+  if arg not in ('guided', 'transfer', 'unstructured'):
+    raise ValueError(f'experiment {arg!r}: expected guided, transfer or unstructured')
   c = digits_slimming.get_config()
   c.prune.method = 'guided'
   c.experiment.phases = ('large', 'prune', 'scratch_e', 'scratch_b')
-  if arg == 'guided':
+  if arg == 'unstructured':
+    # guided sparsification: 2 magnitude runs at 80% of the conv weights (the paper's CIFAR-10 ratio), no sparsity
+    # training; their per-stage kept fractions on random masks vs one density everywhere at the same non-zeros
+    c.guided.structure = 'unstructured'
+    c.sparsity.s = 0.0
+    c.prune.percent = 0.8
+    c.experiment.title = 'VGG (5 conv), guided sparsification from 2 magnitude 80% runs vs uniform (digits)'
+  elif arg == 'guided':
     c.experiment.title = 'VGG (5 conv), guided pruning from 2 Network Slimming 50% runs vs uniform (digits)'
   else:
     # no source runs of its own: the pattern of the guided run, transferred, and uniform at its params

@@ -27,6 +27,15 @@ target stage the source has not got (an ImageNet VGG-11-BN's 'fc' from a CIFAR p
 Widths: max(1, floor(ratio x unpruned width + 0.5)) (halves round up), so with the same architecture and
 stage-wise equal widths the guided model's widths are the rounded averages of the runs' kept widths.
 
+Guided sparsification (guided.structure='unstructured', the paper's unstructured counterpart): the source runs are
+unstructured magnitude pruning (prune.percent of the conv weights, one global threshold); a stage is every conv
+whose output has one spatial size (`conv_stages`, any family), its ratio the fraction of the stage's conv weights
+the run kept, averaged over the runs (or per conv with granularity 'layer'). The guided network is the unpruned one
+under a mask with that density in each conv, the kept positions drawn at random per conv (`sparse_mask`; the
+paper's averaged 3x3 keep-probability maps are not used), trained from scratch as the mask implementation;
+uniform sparsification puts one density, the guided mask's overall one, in every conv (the same non-zero count
+within one weight per conv). Transfer of such a pattern is not implemented.
+
   stages(family, cfg)                           [(stage name, cfg indices of its prunable widths)]
   average(runs, granularity='stage')            -> Pattern over `Run`s (one family, one unpruned cfg, >= 1 run)
   stage_map(pattern, family, cfg)               {target stage: source stage} (or the layer-wise identity)
@@ -34,6 +43,10 @@ stage-wise equal widths the guided model's widths are the rounded averages of th
   uniform(family, cfg, ratio)                   every prunable width x ratio (rounded as above)
   uniform_at_params(family, cfg, target, params_of)  (cfg, ratio): the uniform cfg whose params are closest
   Counter(num_classes, input_shape)             .params(family, cfg), .macs(family, cfg): exact, cached
+  conv_stages(model, variables, input_shape)    unstructured: [(stage name, its conv kernel paths)]
+  average_density(masks, layout, ...)           unstructured: -> Pattern of kept-weight fractions
+  conv_densities(pattern, layout)               {conv kernel path: its density}
+  sparse_mask(shapes, densities, seed)          {conv kernel path: 0/1 mask with round(density x size) ones}
 """
 
 import dataclasses
@@ -42,6 +55,7 @@ from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from core_jax.errors import UserError
 from pruning_jax import models
@@ -49,6 +63,7 @@ from pruning_jax import models
 VGG_FAMILIES = ('vgg_l1', 'vgg_slimming', 'vgg_imagenet', 'vgg_bn_imagenet')
 GROUPS = {**{f: 'vgg' for f in VGG_FAMILIES}, 'resnet_cifar': 'resnet_cifar'}  # transfers stay within a group
 GRANULARITIES = ('stage', 'layer')
+STRUCTURES = ('structured', 'unstructured')  # channel widths | conv weight densities
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,8 +84,9 @@ class Pattern:
   granularity: str
   names: tuple[str, ...]  # stage names, or 'layer<i>' per prunable layer in cfg order
   ratios: tuple[float, ...]
-  runs: tuple[tuple, ...] = ()  # the pruned cfgs averaged
+  runs: tuple[tuple, ...] = ()  # the pruned cfgs averaged (unstructured: each run's ratios)
   source: str = ''  # what produced the runs (method, ratio, dataset), for the table
+  structure: str = 'structured'  # 'unstructured': the ratios are kept fractions of the conv weights
 
   def to_json(self) -> dict:
     return {
@@ -80,6 +96,7 @@ class Pattern:
         'ratios': dict(zip(self.names, self.ratios)),
         'runs': [list(r) for r in self.runs],
         'source': self.source,
+        'structure': self.structure,
     }
 
   @classmethod
@@ -96,6 +113,7 @@ class Pattern:
         tuple(float(v) for v in ratios.values()),
         tuple(tuple(r) for r in d.get('runs') or ()),
         d.get('source', ''),
+        d.get('structure', 'structured'),
     )
 
 
@@ -175,6 +193,8 @@ def average(runs: Sequence[Run], granularity: str = 'stage', source: str = '') -
 def stage_map(pattern: Pattern, family: str, cfg: Sequence) -> dict[str, str]:
   """{target stage (or layer): the source's stage (or layer) whose ratio it takes}."""
   cfg = models.normalize_cfg(cfg)
+  if pattern.structure != 'structured':
+    raise UserError(f'a {pattern.structure} pattern (conv weight densities) does not rewidth a network')
   if _group(pattern.family) != _group(family):
     raise UserError(
         f'no stage mapping from {pattern.family} to {family}: guided patterns transfer between VGGs or between '
@@ -287,3 +307,77 @@ class Counter:
     if key not in self._macs:
       self._macs[key] = counting.count_macs(model, jax.ShapeDtypeStruct(self.shape, jnp.float32), variables=v)
     return self._macs[key]
+
+
+# ----------------------------------------------------------------------------------------------- guided sparsification
+def conv_stages(model, variables, input_shape) -> list[tuple[str, tuple[str, ...]]]:
+  """[(stage name, conv kernel paths)]: the convs grouped by the spatial size of their output, largest maps first
+  (stage1 runs at the input's resolution in the CIFAR nets); `variables` may be zeros of the right shapes."""
+  from pruning_jax.methods import magnitude  # pylint: disable=import-outside-toplevel
+
+  maps = magnitude.conv_output_maps(model, variables, input_shape)
+  sizes = sorted({m for m in maps.values()}, key=lambda m: -math.prod(m))
+  return [(f'stage{k + 1}', tuple(p for p, m in maps.items() if m == size)) for k, size in enumerate(sizes)]
+
+
+def average_density(
+    masks, layout, granularity: str = 'stage', family: str = '', cfg: Sequence = (), source: str = ''
+) -> Pattern:
+  """The runs' kept fractions of the conv weights ({conv kernel path: 0/1 mask} per run) averaged per stage of
+  `layout` (conv_stages), or per conv (granularity 'layer', named by their kernel paths)."""
+  masks = list(masks)
+  if not masks:
+    raise UserError('guided sparsification averages at least 1 pruning run, got none')
+  if granularity not in GRANULARITIES:
+    raise UserError(f'guided.granularity must be one of {", ".join(GRANULARITIES)}, got {granularity!r}')
+  for mask in masks:
+    missing = [p for _, paths in layout for p in paths if p not in mask]
+    if missing:
+      raise UserError(f'a pruning run has no mask for the conv {missing[0]}')
+  if granularity == 'stage':
+    names = tuple(name for name, _ in layout)
+    groups = [paths for _, paths in layout]
+  else:
+    groups = [(p,) for _, paths in layout for p in paths]
+    names = tuple(g[0] for g in groups)
+
+  def kept(mask, paths):
+    return sum(float(np.count_nonzero(mask[p])) for p in paths) / sum(np.size(mask[p]) for p in paths)
+
+  per_run = [tuple(kept(mask, paths) for paths in groups) for mask in masks]
+  ratios = tuple(float(np.mean([r[k] for r in per_run])) for k in range(len(names)))
+  return Pattern(
+      family,
+      models.normalize_cfg(cfg) if cfg else (),
+      granularity,
+      names,
+      ratios,
+      tuple(per_run),
+      source,
+      'unstructured',
+  )
+
+
+def conv_densities(pattern: Pattern, layout) -> dict[str, float]:
+  """{conv kernel path: the density the pattern gives it} (its stage's ratio, or its own per layer)."""
+  ratio_of = dict(zip(pattern.names, pattern.ratios))
+  if pattern.granularity == 'layer':
+    return {p: ratio_of[p] for _, paths in layout for p in paths}
+  return {p: ratio_of[name] for name, paths in layout for p in paths}
+
+
+def sparse_mask(shapes, densities, seed: int) -> dict[str, np.ndarray]:
+  """{conv kernel path: float32 0/1 mask of its shape with max(1, floor(density x size + 1/2)) ones at positions drawn
+  uniformly}; conv i (sorted path order) draws from numpy's default_rng([seed, i])."""
+  out = {}
+  for i, path in enumerate(sorted(densities)):
+    shape = tuple(shapes[path])
+    size = math.prod(shape)
+    density = float(densities[path])
+    if not 0.0 < density <= 1.0:
+      raise UserError(f'a conv density must be in (0, 1], got {density} for {path}')
+    ones = min(size, max(1, int(math.floor(density * size + 0.5))))
+    flat = np.zeros(size, np.float32)
+    flat[np.random.default_rng([int(seed), i]).permutation(size)[:ones]] = 1.0
+    out[path] = flat.reshape(shape)
+  return out

@@ -158,6 +158,17 @@ def nonzero_macs(model, variables: Mapping, input_shape) -> int:
   the dense count (core_jax.counting) less, per conv, positions x (zero weights)."""
   x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
   dense = counting.count_macs(model, x, variables=variables)
+  maps = conv_output_maps(model, variables, input_shape)
+  zeros = 0
+  for path, w in _conv_kernels(variables['params']).items():
+    zeros += math.prod(maps[path]) * int(w.size - np.count_nonzero(w))
+  return int(dense - zeros)
+
+
+def conv_output_maps(model, variables: Mapping, input_shape) -> dict[str, tuple[int, ...]]:
+  """{conv kernel path: the spatial shape of that conv's output} for one image of `input_shape` (abstract: nothing
+  is computed)."""
+  x = jax.ShapeDtypeStruct(tuple(input_shape), jnp.float32)
 
   def intermediates():
     return model.apply(
@@ -169,11 +180,10 @@ def nonzero_macs(model, variables: Mapping, input_shape) -> int:
       for keys, leaf in jax.tree_util.tree_flatten_with_path(jax.eval_shape(intermediates))[0]
       if len(keys) >= 2 and getattr(keys[-2], 'key', None) == '__call__' and getattr(keys[-1], 'idx', None) == 0
   }
-  zeros = 0
-  for path, w in _conv_kernels(variables['params']).items():
+  maps = {}
+  for path in _conv_kernels(variables['params']):
     out = outputs.get(path.rsplit('/', 1)[0])
     if out is None:
       raise UserError(f'nonzero_macs: no output recorded for the conv {path}')
-    positions = math.prod(out.shape[1:-1])
-    zeros += positions * int(w.size - np.count_nonzero(w))
-  return int(dense - zeros)
+    maps[path] = tuple(int(d) for d in out.shape[1:-1])
+  return maps

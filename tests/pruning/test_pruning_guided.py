@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from test_pruning_pipeline import _fails_in_one_line_keeping_saved_work, _write_config
+from test_pruning_pipeline import _fails_in_one_line_keeping_saved_work, _write_config, cifar_dir  # noqa: F401
 
 from core_jax import cli
 from core_jax.errors import UserError
@@ -136,6 +136,11 @@ def _resnet_runs(tmp_path) -> str:
         (['c.guided.runs_from = ({resnet_runs!r},)'], "runs of one family, got 'vgg_slimming' and 'resnet_cifar'"),
         (['c.guided.pattern_from = "/nonexistent/guided"'], 'guided.pattern_from: no pattern at /nonexistent/guided'),
         (['c.guided.granularity = "block"'], "guided.granularity must be one of stage, layer, got 'block'"),
+        (['c.guided.structure = "blocks"'], "guided.structure must be one of structured, unstructured, got 'blocks'"),
+        (
+            ['c.guided.structure = "unstructured"', 'c.guided.pattern_from = {pattern!r}'],
+            'guided.structure=unstructured averages its own magnitude runs',
+        ),
     ],
 )
 def test_bad_guided_configs_are_one_line_and_keep_saved_work(tmp_path, capsys, lines, message):
@@ -149,6 +154,7 @@ def test_bad_guided_configs_are_one_line_and_keep_saved_work(tmp_path, capsys, l
     [
         ('digits_guided.py', True, ('guided', 'uniform')),
         ('digits_guided.py:transfer', False, ('transferred', 'uniform')),
+        ('digits_guided.py:unstructured', True, ('guided', 'uniform')),
         ('guided_cifar.py:vgg16_c10_60', True, ('guided', 'uniform')),
         ('guided_cifar.py:vgg19_c100_50_transferred', True, ('guided', 'transferred', 'uniform')),
     ],
@@ -213,3 +219,111 @@ def test_guided_table_rows_and_claim():
   assert '| unpruned | 1.0K | 10.00M | 91.00 ± 1.41 | - | 5 / - |' in text
   assert any(line.startswith('guided ratios (vgg_slimming stages): stage1 0.625, stage2 0.625') for line in text)
   assert text[-1].startswith("the paper's claim, guided >= uniform at the same params within the seeds' spread: holds")
+
+
+# ------------------------------------------------------------------------------------------- guided sparsification
+def _zeros(model):
+  v = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
+  return jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), dict(v))
+
+
+def test_guided_sparsification_builds_the_averaged_densities_and_uniform_at_the_same_nonzeros():
+  model = models.build('vgg_slimming', TINY, 10)
+  zeros = _zeros(model)
+  layout = guided.conv_stages(model, zeros, (1, 32, 32, 3))
+  # one stage per feature-map size, largest first: conv0 at 32x32, conv1-2 at 16x16, then 8, 4, 2
+  assert layout == [
+      ('stage1', ('conv0/kernel',)),
+      ('stage2', ('conv1/kernel', 'conv2/kernel')),
+      ('stage3', ('conv3/kernel',)),
+      ('stage4', ('conv4/kernel',)),
+      ('stage5', ('conv5/kernel',)),
+  ]
+  flat = flatten(zeros['params'])
+  shapes = {p: flat[p].shape for _, paths in layout for p in paths}
+  runs = [  # two magnitude runs, given as masks with known kept fractions per conv
+      guided.sparse_mask(shapes, {p: d for p, d in zip(shapes, (0.5, 0.25, 0.75, 0.5, 0.125, 0.5))}, 1),
+      guided.sparse_mask(shapes, {p: d for p, d in zip(shapes, (0.25, 0.25, 0.25, 0.5, 0.375, 1.0))}, 2),
+  ]
+  pattern = guided.average_density(runs, layout)
+  sizes = {p: int(np.prod(s)) for p, s in shapes.items()}
+  conv12 = ('conv1/kernel', 'conv2/kernel')  # stage 2: the kept weights of both convs over their sizes
+  stage2 = [sum(float(r[p].sum()) for p in conv12) / sum(sizes[p] for p in conv12) for r in runs]
+  assert pattern.names == ('stage1', 'stage2', 'stage3', 'stage4', 'stage5') and pattern.structure == 'unstructured'
+  np.testing.assert_allclose(pattern.ratios, [0.375, np.mean(stage2), 0.5, 0.25, 0.75], atol=1 / 216)
+  built = guided.sparse_mask(shapes, guided.conv_densities(pattern, layout), 0)
+  for name, paths in layout:  # every conv of a stage at the stage's averaged density (rounded per conv)
+    for p in paths:
+      assert abs(built[p].sum() - dict(zip(pattern.names, pattern.ratios))[name] * sizes[p]) <= 0.5
+      assert set(np.unique(built[p])) <= {0.0, 1.0}
+  per_layer = guided.average_density(runs, layout, 'layer')
+  assert per_layer.names == tuple(shapes) and guided.conv_densities(per_layer, layout)['conv2/kernel'] == 0.5
+  # uniform at the guided mask's non-zero count: one density in every conv, the same total within 1 per conv
+  kept = sum(m.sum() for m in built.values())
+  uniform = guided.sparse_mask(shapes, {p: kept / sum(sizes.values()) for p in shapes}, 0)
+  assert abs(sum(m.sum() for m in uniform.values()) - kept) <= len(shapes)
+  assert guided.Pattern.from_json(pattern.to_json()) == pattern
+  with pytest.raises(UserError, match='does not rewidth a network'):
+    guided.apply(pattern, 'vgg_slimming', TINY)
+  with pytest.raises(UserError, match='no mask for the conv conv5/kernel'):
+    guided.average_density([{p: m for p, m in runs[0].items() if p != 'conv5/kernel'}], layout)
+
+
+@pytest.mark.slow  # a tiny end-to-end experiment: a magnitude run, the guided phase, 3 scratch runs
+def test_guided_sparsification_runs_through_the_runner(tmp_path, cifar_dir):  # noqa: F811
+  from test_pruning_pipeline import _tiny  # pylint: disable=import-outside-toplevel
+
+  from pruning_jax import main as pruning_main  # pylint: disable=import-outside-toplevel
+  from pruning_jax.task import load_mask  # pylint: disable=import-outside-toplevel
+
+  lines = _tiny(
+      cifar_dir,
+      [
+          f'c.model.update(dict(name="vgg_slimming", cfg={TINY!r}))',
+          'c.guided.structure = "unstructured"',
+          'c.prune.percent = 0.6',
+          'c.sparsity.s = 0.0',
+          'c.data.name = "cifar10"',
+          "c.data.train_transforms = (\"keep(keys=('image', 'label'))\", *c.data.train_transforms)",
+          "c.data.eval_transforms = (\"keep(keys=('image', 'label'))\", *c.data.eval_transforms)",
+          'c.num_epochs = 1',
+          'c.experiment.phases = ("large", "prune", "scratch_e")',
+      ],
+  )
+  config = _write_config(tmp_path / 'tiny_guided_u.py', 'digits_guided.py:unstructured', lines)
+  workdir = tmp_path / 'run'
+  assert pruning_main.main([f'--config={config}', f'--workdir={workdir}']) == 0
+  summary = json.loads((workdir / 'results.json').read_text())
+  rows = summary['rows']
+  assert list(rows) == ['unpruned', 'pruned', 'guided', 'uniform']
+  pattern = json.loads((workdir / 'guided' / 'pattern.json').read_text())
+  assert pattern['structure'] == 'unstructured' and len(pattern['runs']) == 1
+  model = models.build('vgg_slimming', TINY, 10)
+  zeros = _zeros(model)
+  convs = [p for p in flatten(zeros['params']) if p.endswith('kernel') and np.ndim(flatten(zeros['params'])[p]) == 4]
+  run_masks = [
+      flatten(load_mask(str(workdir / f'seed{s}' / 'prune' / 'mask.safetensors'), zeros['params'])) for s in (0,)
+  ]
+  assert np.isclose(
+      np.mean([sum(m[p].sum() for p in convs) for m in run_masks])
+      / sum(m.size for m in [run_masks[0][p] for p in convs]),
+      0.4,
+      atol=0.01,
+  )  # the runs kept 40% of the conv weights
+  guided_mask = flatten(load_mask(str(workdir / 'guided' / 'guided' / 'mask.safetensors'), zeros['params']))
+  ratio_of = pattern['ratios']
+  for name, paths in guided.conv_stages(model, zeros, (1, 32, 32, 3)):
+    want = np.mean([sum(m[p].sum() for p in paths) / sum(m[p].size for p in paths) for m in run_masks])
+    assert np.isclose(ratio_of[name], want)
+    for p in paths:
+      assert abs(guided_mask[p].sum() - want * guided_mask[p].size) <= 0.5
+  # each architecture trained from scratch under its mask: its zeros stayed zeros, its params count the non-zeros
+  for name in ('guided', 'uniform'):
+    for seed in (0,):
+      r = json.loads((workdir / f'seed{seed}' / name / 'scratch_e' / 'results.json').read_text())
+      mask = flatten(load_mask(str(workdir / 'guided' / name / 'mask.safetensors'), zeros['params']))
+      trained = flatten(job.read_weights(str(workdir / f'seed{seed}' / name / 'scratch_e'))[1]['params'])
+      assert all(np.all(trained[p][mask[p] == 0] == 0) for p in convs)
+      assert r['nonzero_params'] == rows[name]['params']['mean']
+  assert abs(rows['guided']['params']['mean'] - rows['uniform']['params']['mean']) <= len(convs)
+  assert 'guided sparsification' in (workdir / 'results.md').read_text()
