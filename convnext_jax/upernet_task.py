@@ -6,12 +6,15 @@ Config fields read here:
   model.name            a registered UperNet (upernet_convnext_tiny ... xlarge), model.drop_path_rate,
                         model.overrides (any UperNet field: depths, dims, channels, aux_channels, ...)
   loss.aux_weight       the auxiliary FCN head's loss weight (0.4, the official configs)
+  loss.class_weight     one weight per class for both heads' cross-entropy (mmseg's CrossEntropyLoss
+                        class_weight; the official ADE20K configs leave it unset: () = uniform)
   optimizer.layer_decay the official "stage_wise" lr decay rate (0.9; >= 1 turns it off) and
   optimizer.layer_decay_num_layers  its num_layers (6 for T, 12 for S-XL, as the official configs set it)
 
 Train loss (mmseg): the decode head's 1/4 logits and the auxiliary head's 1/16 logits, each bilinearly resized to
-the labels, cross-entropy with ignore label 255 averaged over the valid pixels of the global batch;
-loss = decode + aux_weight * aux. Eval: whole-image inference at the eval transforms' size, logits resized to the
+the labels, cross-entropy with ignore label 255 averaged over the valid pixels of the global batch (weighted
+by loss.class_weight when set: sum w_y nll / sum w_y, PyTorch's CrossEntropyLoss(weight)); loss = decode +
+aux_weight * aux. Eval: whole-image inference at the eval transforms' size, logits resized to the
 labels, argmax, confusion matrix over the eval set: 'miou' (primary), 'pixel_accuracy', 'iou/<c>'. With
 ``slide_window`` = (crop, stride) the logits come from sliding windows instead (``core_jax.seg_ops.
 slide_inference``, mmseg's slide mode: the paper's single-scale eval used (512, 341), (640, 426) for 640 crops).
@@ -108,6 +111,18 @@ def check_crop_fits_padding(specs: tuple[str, ...]) -> None:
     raise UserError(f'train crop {crop} (seg_random_crop_cat) has no seg_pad(size={crop}) after it')
 
 
+def class_weight(loss_config, num_classes: int) -> tuple[float, ...] | None:
+  """`loss.class_weight` validated against the dataset's classes: None when unset (uniform)."""
+  weights = tuple(float(w) for w in loss_config.get('class_weight', ()) or ())
+  if not weights:
+    return None
+  if len(weights) != num_classes:
+    raise UserError(f'loss.class_weight has {len(weights)} entries; the dataset has {num_classes} classes')
+  if any(not w >= 0 for w in weights) or not any(w > 0 for w in weights):
+    raise UserError(f'loss.class_weight must be >= 0 with one > 0, got {weights}')
+  return weights
+
+
 def eval_metrics_class(num_classes: int) -> type[metrics.Collection]:
   confusion = metrics_lib.confusion_matrix_metric(num_classes)
 
@@ -141,7 +156,9 @@ class UperNetSegTask(Task):
       raise UserError(f'model.name {name!r} is not an UperNet segmentor ({", ".join(upernet.UPERNET_MODELS)})')
     self.num_classes = int(dataset_info.num_classes) if dataset_info is not None else 150
     check_crop_fits_padding(tuple((config.get('data', None) or {}).get('train_transforms', ()) or ()))
-    self.aux_weight = float((config.get('loss', None) or {}).get('aux_weight', AUX_WEIGHT))
+    lcfg = config.get('loss', None) or {}
+    self.aux_weight = float(lcfg.get('aux_weight', AUX_WEIGHT))
+    self.class_weight = class_weight(lcfg, self.num_classes)
     self.eval_metrics = eval_metrics_class(self.num_classes)
 
   def build_model(self):
@@ -158,11 +175,11 @@ class UperNetSegTask(Task):
   def train_loss(self, model, variables, batch, rng):
     (logits, aux), new_vars = apply_model(model, variables, batch[self.input_key], train=True, rng=rng)
     labels = batch[LABEL_KEY]
-    decode = weighted_cross_entropy(logits, labels)
+    decode = weighted_cross_entropy(logits, labels, self.class_weight)
     out = {'decode_loss': decode, 'accuracy': pixel_accuracy(logits, labels)}
     total = decode
     if 'aux_logits' in aux:
-      out['aux_loss'] = weighted_cross_entropy(aux['aux_logits'], labels)
+      out['aux_loss'] = weighted_cross_entropy(aux['aux_logits'], labels, self.class_weight)
       total = total + self.aux_weight * out['aux_loss']
     else:
       out['aux_loss'] = jnp.zeros((), jnp.float32)

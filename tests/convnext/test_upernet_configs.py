@@ -55,6 +55,7 @@ def test_every_table_4_row_builds_with_the_official_recipe(arg, capsys):
   low = '0.478' if num_layers == 6 else '0.254'
   assert f'stem+downsample {low}' in capsys.readouterr().out
   assert c.loss.aux_weight == 0.4 and c.data.name == 'ade20k' and c.eval_batch_size == 1
+  assert not c.loss.get('class_weight')  # the official loss is uniform (only the digit_scenes demo weighs)
   scale = (2048, 512) if crop == 512 else (2560, 640)
   assert tuple(c.eval_resize) == scale and tuple(c.slide_window) == (crop, {512: 341, 640: 426}[crop])
   assert tuple(c.eval_scales) == (1.0,) and not c.eval_flip

@@ -6,6 +6,7 @@ Run: .venv/bin/python -m pytest tests/convnext/test_upernet_task.py -q
 import os
 import re
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -105,6 +106,55 @@ def test_loss_is_decode_plus_weighted_aux_and_eval_predicts_at_label_size():
   assert set(scores) == {'miou', 'pixel_accuracy', 'iou'} and 0.0 <= scores['miou'] <= 1.0
 
 
+class FixedLogits(nn.Module):
+  """Stands in for the UperNet in train_loss: the given decode and auxiliary logits (nothing to compile but a
+  softmax)."""
+
+  logits: np.ndarray
+  aux_logits: np.ndarray
+
+  @nn.compact
+  def __call__(self, x, train=False):
+    del x, train
+    return jnp.asarray(self.logits), {'aux_logits': jnp.asarray(self.aux_logits)}
+
+
+def reference_weighted_ce(logits, labels, weights):
+  """mean over the valid pixels of w_y * nll, divided by the mean w_y (PyTorch's CrossEntropyLoss(weight))."""
+  logp = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+  valid = labels != 255
+  y = labels[valid]
+  w = np.asarray(weights)[y]
+  return float((w * -logp[valid, y]).sum() / w.sum())
+
+
+def test_class_weight_weighs_both_heads_losses_and_bad_weights_are_one_line():
+  config = demo_config()
+  weights_ = config.loss.class_weight
+  assert len(weights_) == 11 and weights_[0] < min(weights_[1:])  # the demo down-weights the background
+  rng = np.random.default_rng(0)
+  logits = rng.normal(size=(2, 8, 8, 11)).astype(np.float32)
+  aux = rng.normal(size=(2, 8, 8, 11)).astype(np.float32)
+  labels = np.where(rng.random((2, 8, 8)) < 0.7, 0, rng.integers(1, 11, (2, 8, 8))).astype(np.int32)
+  labels[1, :2] = 255
+  batch = {'image': np.zeros((2, 8, 8, 3), np.float32), 'segmentation': labels}
+  model = FixedLogits(logits, aux)
+  task = upernet_task.UperNetSegTask(config, Info())
+  _, (out, _) = task.train_loss(model, {}, batch, None)
+  assert float(out['decode_loss']) == pytest.approx(reference_weighted_ce(logits, labels, weights_), rel=1e-5)
+  assert float(out['aux_loss']) == pytest.approx(reference_weighted_ce(aux, labels, weights_), rel=1e-5)
+  config.loss.class_weight = ()  # unset: uniform, as the official ADE20K configs
+  _, (uniform, _) = upernet_task.UperNetSegTask(config, Info()).train_loss(model, {}, batch, None)
+  assert float(uniform['decode_loss']) == pytest.approx(reference_weighted_ce(logits, labels, [1.0] * 11), rel=1e-5)
+  assert abs(float(uniform['decode_loss']) - float(out['decode_loss'])) > 1e-3
+  config.loss.class_weight = (1.0,) * 10
+  with pytest.raises(UserError, match=r'^loss.class_weight has 10 entries; the dataset has 11 classes$'):
+    upernet_task.UperNetSegTask(config, Info())
+  config.loss.class_weight = (-1.0,) + (1.0,) * 10
+  with pytest.raises(UserError, match=r'^loss.class_weight must be >= 0 with one > 0'):
+    upernet_task.UperNetSegTask(config, Info())
+
+
 def test_demo_table_sits_beside_the_readmes_anytime_row(tmp_path):
   from convnext_jax import upernet_demo  # pylint: disable=import-outside-toplevel
 
@@ -114,6 +164,6 @@ def test_demo_table_sits_beside_the_readmes_anytime_row(tmp_path):
   text = upernet_demo.table({'miou': 0.1234, 'pixel_accuracy': 0.9}, 437_430)
   lines = text.splitlines()
   assert 'ConvNeXt + UperNet (this run, 437,430 params)' in lines[1] and lines[1].split()[-2:] == ['12.3', '90.0']
-  assert lines[2].split()[-2] == '16.3' and lines[3].split()[-2] == '8.4'
+  assert lines[2].split()[-2] == '18.6' and lines[3].split()[-2] == '8.4'
   with pytest.raises(UserError, match=r'results.json does not exist: train first'):
     upernet_demo.report(demo_config(), str(tmp_path))
