@@ -16,6 +16,7 @@ are an acceleration, never a requirement.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import hashlib
 import logging
 import os
@@ -79,18 +80,23 @@ def _build(source: str, compiler: str, extra_flags: tuple = (), ffi_headers: boo
   if os.path.exists(out):
     return out
   os.makedirs(os.path.dirname(out), exist_ok=True)
-  # Build next to the target, then rename: concurrent processes never load a half-written library.
-  fd, tmp = tempfile.mkstemp(suffix='.so', dir=os.path.dirname(out))
-  os.close(fd)
-  try:
-    cmd = [compiler, *flags, *include, source, '-o', tmp]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    if proc.returncode != 0:
-      raise RuntimeError(f'{" ".join(cmd)} failed: {proc.stderr.strip()[-1500:]}')
-    os.replace(tmp, out)
-  finally:
-    if os.path.exists(tmp):
-      os.remove(tmp)
+  # One process compiles, the others wait for it (make demo's jobs start side by side on a fresh machine).
+  with open(out + '.lock', 'a') as lock:
+    fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+    if os.path.exists(out):
+      return out
+    # Build next to the target, then rename: a process that does not take the lock never loads a half-written file.
+    fd, tmp = tempfile.mkstemp(suffix='.so', dir=os.path.dirname(out))
+    os.close(fd)
+    try:
+      cmd = [compiler, *flags, *include, source, '-o', tmp]
+      proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+      if proc.returncode != 0:
+        raise RuntimeError(f'{" ".join(cmd)} failed: {proc.stderr.strip()[-1500:]}')
+      os.replace(tmp, out)
+    finally:
+      if os.path.exists(tmp):
+        os.remove(tmp)
   return out
 
 

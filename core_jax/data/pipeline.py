@@ -153,7 +153,11 @@ def make_train_iterator(
   # and 500 prefetched *batches* of large images would not fit in host memory.
   if read_options is None:
     # grain's default of 16 reader threads thrashes small hosts (benchmarks/ANALYSIS.md, design measurements).
-    read_options = grain.ReadOptions(num_threads=min(16, os.cpu_count() or 1), prefetch_buffer_size=500)
+    # Two local batches of records, at most grain's 500: every record taken scans the buffer's ready prefix
+    # (grain's prefetch-depth statistic, a lock per future), so a full 500 buffer costs the main thread about as
+    # much as making the records on small examples (digits at batch 64: 50 -> 26 ms of CPU per batch).
+    buffer = min(500, max(16, 2 * (global_batch_size // process_count)))
+    read_options = grain.ReadOptions(num_threads=min(16, os.cpu_count() or 1), prefetch_buffer_size=buffer)
   ds = ds.to_iter_dataset(read_options)
   if worker_count > 0:
     # Before batching: mp_prefetch gives worker w the records w::W and interleaves them back in
