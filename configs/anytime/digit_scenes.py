@@ -47,9 +47,9 @@ Result (measured, 375 steps; exit 1..4 mIoU %, exit-4 GFLOPs per image; backgrou
   (stage 1, 64 channels at 1/4) segments ink from background as well as the later exits, and in 124-248 steps none
   of them learns much digit identity. Still open: exit 1 above background-only (a scene set where local evidence
   decides some pixels and context the rest, or scenes large enough for the RH grid).
-Time:     2 min 57 s and 3 min 17 s CPU time (5 min 27 s and 5 min 28 s wall) at load 6-8 on the shared 2-core Intel
-          Xeon (the job's last line prints wall and CPU time). Not yet timed idle: the previous recipe's 4 min 49 s of
-          CPU was 3 min 15 s wall there, the compiles overlapping, so about 2 min 10 s is expected. Where the CPU time
+Time:     3 min 16 s wall, 2 min 41 s CPU time in `make demo` on a fresh clone at 3f441db, the idle 2-core Intel Xeon
+          shared with the demo's two other jobs (side by side; the job's last line prints wall and CPU time); 2 min
+          57 s and 3 min 17 s CPU time (5 min 27 s and 5 min 28 s wall) alone at load 6-8. Where the CPU time
           goes (measured piece by piece at load ~16 for the previous recipe, CPU seconds of this process): building data
           and model and initializing 17 s; compiling the masked 4-exit train step 80 s at XLA's default LLVM -O2, 58 s
           at -O1 (same step time; -O0 compiles in 45 s but steps take 3x as long), hence `xla_compiler_options` below;

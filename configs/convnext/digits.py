@@ -2,8 +2,9 @@
 
 Command:  python -m convnext_jax.main --config=configs/convnext/digits.py --workdir=/tmp/convnext_digits
 Expected: >= 97% test accuracy (measured: see README "Results"; an SVM reaches ~98% on this data).
-Time:     about 1-1.5 minutes on an idle 2-core CPU (the `make demo` job): 2 min 13 s CPU time on a fresh clone with
-          cold caches (its last line prints wall and CPU time; 11.5 min wall while other jobs kept the load near 10).
+Time:     1 min 45 s wall, 1 min 4 s CPU time in `make demo` on a fresh clone at 3f441db with cold caches, the idle
+          2-core CPU shared with the demo's two other jobs (side by side; its last line prints wall and CPU time);
+          about 1-1.5 minutes alone on an idle 2-core CPU.
 Every generic loop option (init_from, eval_only, checkpoint.restore_step, ...) comes from core_jax.config.
 """
 

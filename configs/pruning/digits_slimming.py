@@ -3,8 +3,8 @@
 Command:  python -m pruning_jax.main --config=configs/pruning/digits_slimming.py --workdir=/tmp/pruning_digits_slim
 Printed:  accuracy (%) unpruned 94.72 +- 1.57 | pruned 84.86 +- 8.05 | Fine-tuned 94.31 +- 0.98 |
           Scratch-E 98.19 +- 0.98 | Scratch-B 99.03 +- 0.20 (360 test digits; the README "Pruning" has the table)
-Time:     109 s wall on an idle 2-core CPU; 4 min 31 s CPU time on a fresh clone with cold caches while other jobs
-          kept the load near 10 (14 min wall), 3.0 min user CPU at load 6-7 (6.9 min wall)
+Time:     2 min 34 s wall, 2 min 4 s CPU time in `make demo` on a fresh clone at 3f441db, the idle 2-core CPU shared
+          with the demo's two other jobs (side by side); 109 s wall alone on an idle 2-core CPU in an earlier run
 Also printed: the paper's claim, Scratch-B >= Fine-tuned within the seeds' spread: holds (+4.72 points, spread 1.18)
 
 A 5-conv VGG with the slimming head (cfg 16, M, 32, M, 64, M, 64, M, 128; BN gamma 0.5; one Linear) trained 5
