@@ -26,9 +26,10 @@ def weighted_cross_entropy(logits, labels, class_weights=None, ignore_label: int
   valid = labels != ignore_label
   safe = jnp.where(valid, labels, 0)
   nll = -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), safe[..., None], axis=-1)[..., 0]
-  w = valid.astype(jnp.float32)
+  # the weights in the loss's dtype: a float32 sum of 0.1s rounds by reduction order, which float64 runs would see
+  w = valid.astype(nll.dtype)
   if class_weights is not None:
-    w = w * jnp.asarray(class_weights, jnp.float32)[safe]
+    w = w * jnp.asarray(class_weights, nll.dtype)[safe]
   return (w * nll).sum() / jnp.maximum(w.sum(), 1e-12)
 
 
