@@ -50,7 +50,7 @@ endif
 
 demo: $(BASE)
 	@start=$$(date +%s); \
-	  echo "make demo: $(DEMO_LINES), $(if $(DEMO_PARALLEL),$(DEMO_JOBS) jobs at a time; each prints its output when it ends,one job at a time)"; \
+	  echo "make demo: $(DEMO_LINES), $(if $(DEMO_PARALLEL),up to $(DEMO_JOBS) side by side (DEMO_JOBS); each prints its output when it ends,one job at a time)"; \
 	  $(MAKE) --no-print-directory $(DEMO_PARALLEL) $(addprefix demo-,$(DEMO_LINES)) || exit 1; \
 	  s=$$(( $$(date +%s) - start )); echo "make demo ($(DEMO_LINES)): done in $$((s / 60)) min $$((s % 60)) s in all"
 
