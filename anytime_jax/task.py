@@ -52,7 +52,7 @@ from core_jax import metrics as metrics_lib
 from core_jax import weights as weights_lib
 from core_jax.compute import cast_dtype
 from core_jax.errors import UserError
-from core_jax.seg_ops import pixel_accuracy, resize_bilinear, weighted_cross_entropy
+from core_jax.seg_ops import check_class_weights, pixel_accuracy, resize_bilinear, weighted_cross_entropy
 from core_jax.task import Task, apply_model
 
 GIGA = flops.GIGA
@@ -118,12 +118,9 @@ def loss_weights(config, num_exits: int, num_classes: int) -> tuple[tuple[float,
   exit_w = tuple(float(w) for w in lcfg.get('exit_weights', ()) or (1.0,) * num_exits)
   if len(exit_w) != num_exits:
     raise UserError(f'loss.exit_weights has {len(exit_w)} entries; the model has {num_exits} exits')
-  class_w = tuple(float(w) for w in lcfg.get('class_weights', ()) or ())
-  if class_w and len(class_w) != num_classes:
-    raise UserError(f'loss.class_weights has {len(class_w)} entries; the dataset has {num_classes} classes')
-  if any(w < 0 for w in exit_w + class_w):
-    raise UserError('loss.exit_weights and loss.class_weights must be >= 0')
-  return exit_w, class_w or None
+  if any(w < 0 for w in exit_w):
+    raise UserError('loss.exit_weights must be >= 0')
+  return exit_w, check_class_weights(lcfg.get('class_weights', ()), num_classes, 'loss.class_weights')
 
 
 def validate_config(config) -> None:

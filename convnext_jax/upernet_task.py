@@ -47,7 +47,7 @@ from core_jax import compute, optim, seg_ops
 from core_jax import metrics as metrics_lib
 from core_jax import weights as weights_lib
 from core_jax.errors import UserError
-from core_jax.seg_ops import pixel_accuracy, resize_bilinear, weighted_cross_entropy
+from core_jax.seg_ops import check_class_weights, pixel_accuracy, resize_bilinear, weighted_cross_entropy
 from core_jax.task import Task, apply_model
 
 log = logging.getLogger(__name__)
@@ -111,18 +111,6 @@ def check_crop_fits_padding(specs: tuple[str, ...]) -> None:
     raise UserError(f'train crop {crop} (seg_random_crop_cat) has no seg_pad(size={crop}) after it')
 
 
-def class_weight(loss_config, num_classes: int) -> tuple[float, ...] | None:
-  """`loss.class_weight` validated against the dataset's classes: None when unset (uniform)."""
-  weights = tuple(float(w) for w in loss_config.get('class_weight', ()) or ())
-  if not weights:
-    return None
-  if len(weights) != num_classes:
-    raise UserError(f'loss.class_weight has {len(weights)} entries; the dataset has {num_classes} classes')
-  if any(not w >= 0 for w in weights) or not any(w > 0 for w in weights):
-    raise UserError(f'loss.class_weight must be >= 0 with one > 0, got {weights}')
-  return weights
-
-
 def eval_metrics_class(num_classes: int) -> type[metrics.Collection]:
   confusion = metrics_lib.confusion_matrix_metric(num_classes)
 
@@ -158,7 +146,7 @@ class UperNetSegTask(Task):
     check_crop_fits_padding(tuple((config.get('data', None) or {}).get('train_transforms', ()) or ()))
     lcfg = config.get('loss', None) or {}
     self.aux_weight = float(lcfg.get('aux_weight', AUX_WEIGHT))
-    self.class_weight = class_weight(lcfg, self.num_classes)
+    self.class_weight = check_class_weights(lcfg.get('class_weight', ()), self.num_classes, 'loss.class_weight')
     self.eval_metrics = eval_metrics_class(self.num_classes)
 
   def build_model(self):

@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 
 from core_jax.data.registry import IGNORE_LABEL
+from core_jax.errors import UserError
 
 
 def resize_bilinear(x: jax.Array, h: int, w: int) -> jax.Array:
@@ -15,6 +16,19 @@ def resize_bilinear(x: jax.Array, h: int, w: int) -> jax.Array:
   if x.shape[1:3] == (h, w):
     return x
   return jax.image.resize(x, (x.shape[0], h, w, x.shape[3]), 'bilinear', antialias=False)
+
+
+def check_class_weights(values, num_classes: int, what: str) -> tuple[float, ...] | None:
+  """`weighted_cross_entropy`'s class weights from the config field named `what`: None when unset (uniform); one
+  per class, each >= 0 and not all 0 (the loss would be 0 everywhere), else a one-line UserError."""
+  weights = tuple(float(w) for w in values or ())
+  if not weights:
+    return None
+  if len(weights) != num_classes:
+    raise UserError(f'{what} has {len(weights)} entries; the dataset has {num_classes} classes')
+  if any(not w >= 0 for w in weights) or not any(w > 0 for w in weights):
+    raise UserError(f'{what} must be >= 0 with one > 0, got {weights}')
+  return weights
 
 
 def weighted_cross_entropy(logits, labels, class_weights=None, ignore_label: int = IGNORE_LABEL):

@@ -230,6 +230,13 @@ def test_bad_loss_weights():
   c.loss.class_weights = (1.0,) * 19
   with pytest.raises(UserError, match='loss.class_weights has 19 entries; the dataset has 11 classes'):
     task_lib.AnytimeSegTask(c, Info())
+  c.loss.class_weights = (0.0,) * 11  # every pixel weighted 0: the loss would be 0 everywhere
+  with pytest.raises(UserError, match=r'^loss.class_weights must be >= 0 with one > 0'):
+    task_lib.AnytimeSegTask(c, Info())
+  c = digit_config()
+  c.loss.exit_weights = (1.0, -1.0, 1.0, 1.0)
+  with pytest.raises(UserError, match='^loss.exit_weights must be >= 0$'):
+    task_lib.AnytimeSegTask(c, Info())
 
 
 def test_base_model_has_one_exit_and_its_primary_metric():
