@@ -95,7 +95,7 @@ def keep_counts(model, sets: Sequence[str] | None, keep_ratio, keep_widths: Mapp
       if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= width:
         raise UserError(f'keep width of {name} must be an int in [1, {width}], got {n!r}')
     else:
-      ratio = check_keep_ratio(keep_ratio)
+      ratio = check_fraction(keep_ratio, 'keep ratio')
       n = int(width * ratio + 1e-9)
       if n < 1:
         raise UserError(f'keep ratio {ratio} leaves no channel of {name} (width {width})')
@@ -134,10 +134,6 @@ def target_widths(model, name: str) -> dict[str, int]:
       )
     widths[cs.name] = int(want)
   return widths
-
-
-def check_keep_ratio(keep_ratio) -> float:
-  return check_fraction(keep_ratio, 'keep ratio')
 
 
 def get_leaf(tree: Mapping, path: str):
