@@ -41,19 +41,31 @@ digits_slimming = load_sibling(__file__, 'digits_slimming.py')
 TRANSFER_CFG = (16, 16, 'M', 32, 32, 'M', 64, 'M', 64, 'M', 128)  # a deeper VGG: stages 1 and 2 get two convs
 
 
+EXPERIMENTS = ('guided', 'transfer', 'unstructured', 'unstructured_densities', 'unstructured_transfer')
+
+
 def get_config(arg: str = 'guided'):
-  if arg not in ('guided', 'transfer', 'unstructured'):
-    raise ValueError(f'experiment {arg!r}: expected guided, transfer or unstructured')
+  if arg not in EXPERIMENTS:
+    raise ValueError(f'experiment {arg!r}: expected one of {", ".join(EXPERIMENTS)}')
   c = digits_slimming.get_config()
   c.prune.method = 'guided'
   c.experiment.phases = ('large', 'prune', 'scratch_e', 'scratch_b')
-  if arg == 'unstructured':
+  if arg.startswith('unstructured'):
     # guided sparsification: 2 magnitude runs at 80% of the conv weights (the paper's CIFAR-10 ratio), no sparsity
-    # training; their per-stage kept fractions on random masks vs one density everywhere at the same non-zeros
+    # training; their per-stage kept fractions and 3x3 keep-probability maps drawn into a new mask (densities only:
+    # positions uniform) vs one density everywhere at the same non-zeros
     c.guided.structure = 'unstructured'
     c.sparsity.s = 0.0
     c.prune.percent = 0.8
     c.experiment.title = 'VGG (5 conv), guided sparsification from 2 magnitude 80% runs vs uniform (digits)'
+    if arg == 'unstructured_densities':
+      c.guided.kernel_maps = False
+      c.experiment.title = 'VGG (5 conv), guided sparsification (densities only) from 2 magnitude 80% runs vs uniform'
+    elif arg == 'unstructured_transfer':  # the :unstructured run's pattern on the 7-conv VGG, stage k -> stage k
+      c.model.cfg = TRANSFER_CFG
+      c.guided.pattern_from = '/tmp/pruning_digits_guided_u'
+      c.experiment.phases = ('scratch_e', 'scratch_b')
+      c.experiment.title = 'VGG (7 conv), transferred guided sparsification from the 5-conv VGG vs uniform (digits)'
   elif arg == 'guided':
     c.experiment.title = 'VGG (5 conv), guided pruning from 2 Network Slimming 50% runs vs uniform (digits)'
   else:
