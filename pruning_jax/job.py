@@ -150,8 +150,10 @@ def check_config(config) -> None:
       raise UserError(
           f'prune.criterion must be one of {", ".join(GRAPH_CRITERIA)} for graph, got {config.prune.criterion!r}'
       )
-    if not 0.0 <= float(config.prune.get('ratio', 0.5)) < 1.0:
-      raise UserError(f'prune.ratio must be in [0, 1) for graph, got {config.prune.ratio}')
+  ratio = config.prune.get('ratio', 0.5)
+  if not 0.0 <= float(ratio) < 1.0:  # every method: a bad value of this shared recipe key is never silently unused
+    read_by = '' if method == 'graph' else f'; only prune.method=graph reads it, this run is {method}'
+    raise UserError(f'prune.ratio must be in [0, 1) for graph, got {ratio}{read_by}')
   if 'finetune' in phases:  # its options derive from the command line's: a bad finetune.lr fails now, not hours in
     try:
       optim.check_options(_finetune_optimizer(config), num_epochs=float(config.finetune.num_epochs))
