@@ -370,15 +370,13 @@ def _say(text: str) -> None:
 
 def run_graph(config, model, variables: dict, input_shape):
   """The traced surgery (pruning_jax.structured) on `model`: traced with the plain-XLA compute policy (the
-  variables are the same whatever the policy computes them with), rebuilt with the configured one."""
-  from core_jax.compute import Compute  # pylint: disable=import-outside-toplevel
+  variables are the same whatever the policy computes them with), run with `model`'s (the configured one); a
+  pruned model pruned again is one Rewidthed over the base with both tables (`rewidth.rewidthed`)."""
   from pruning_jax import structured  # pylint: disable=import-outside-toplevel
-  from pruning_jax.rewidth import Rewidthed  # pylint: disable=import-outside-toplevel
 
   p = config.prune
-  traced = model.clone(compute=Compute()) if hasattr(model, 'compute') else model
   result = structured.prune(
-      traced,
+      model,
       variables,
       jnp.zeros(input_shape, jnp.float32),
       float(p.get('ratio', 0.5)),
@@ -388,8 +386,7 @@ def run_graph(config, model, variables: dict, input_shape):
   )
   for note in result.report['notes']:
     _say(f'warning: {note}')
-  base = model.base if isinstance(model, Rewidthed) else model  # a pruned model pruned again: one table over the base
-  return Rewidthed(base, result.model.widths), result.variables, dict(result.report)
+  return result.model, result.variables, dict(result.report)
 
 
 def sample_images(config, seed: int) -> np.ndarray:
