@@ -152,8 +152,10 @@ def check_config(config) -> None:
       raise UserError(
           f'prune.criterion must be one of {", ".join(GRAPH_CRITERIA)} for graph, got {config.prune.criterion!r}'
       )
-    if not 0.0 <= float(config.prune.get('ratio', 0.5)) < 1.0:
-      raise UserError(f'prune.ratio must be in [0, 1) for graph, got {config.prune.ratio}')
+  ratio = config.prune.get('ratio', 0.5)
+  if not 0.0 <= float(ratio) < 1.0:  # every method: a bad value of this shared recipe key is never silently unused
+    read_by = '' if method == 'graph' else f'; only prune.method=graph reads it, this run is {method}'
+    raise UserError(f'prune.ratio must be in [0, 1) for graph, got {ratio}{read_by}')
   if 'finetune' in phases:  # its options derive from the command line's: a bad finetune.lr fails now, not hours in
     try:
       optim.check_options(_finetune_optimizer(config), num_epochs=float(config.finetune.num_epochs))
@@ -370,15 +372,13 @@ def _say(text: str) -> None:
 
 def run_graph(config, model, variables: dict, input_shape):
   """The traced surgery (pruning_jax.structured) on `model`: traced with the plain-XLA compute policy (the
-  variables are the same whatever the policy computes them with), rebuilt with the configured one."""
-  from core_jax.compute import Compute  # pylint: disable=import-outside-toplevel
+  variables are the same whatever the policy computes them with), run with `model`'s (the configured one); a
+  pruned model pruned again is one Rewidthed over the base with both tables (`rewidth.rewidthed`)."""
   from pruning_jax import structured  # pylint: disable=import-outside-toplevel
-  from pruning_jax.rewidth import Rewidthed  # pylint: disable=import-outside-toplevel
 
   p = config.prune
-  traced = model.clone(compute=Compute()) if hasattr(model, 'compute') else model
   result = structured.prune(
-      traced,
+      model,
       variables,
       jnp.zeros(input_shape, jnp.float32),
       float(p.get('ratio', 0.5)),
@@ -388,8 +388,7 @@ def run_graph(config, model, variables: dict, input_shape):
   )
   for note in result.report['notes']:
     _say(f'warning: {note}')
-  base = model.base if isinstance(model, Rewidthed) else model  # a pruned model pruned again: one table over the base
-  return Rewidthed(base, result.model.widths), result.variables, dict(result.report)
+  return result.model, result.variables, dict(result.report)
 
 
 def sample_images(config, seed: int) -> np.ndarray:
