@@ -20,7 +20,9 @@ speed-up as a fraction of the MACs ratio, and ours / torch absolute speed for bo
 faster). The PyTorch definitions are the parity-tested ones of tests/pruning/pruning_torch_reference.py.
 
 Ours runs at each of --channel-multiples (the compute policy's channel_multiple, core_jax.compute: pruned counts
-computed zero-padded to a multiple of m; 1 = unpadded), one row per value, all in the same interleaved rounds.
+computed zero-padded to a multiple of m; 1 = unpadded) and each of --computes (config.compute overrides, e.g.
+'dwconv=xla'; 'auto' = the policy the line resolves for the model's family), one row per combination, all in the
+same interleaved rounds.
 Both sides use one thread per CPU core: PyTorch's intra-op pool is set to os.cpu_count() threads, XLA:CPU's
 Eigen pool has one thread per core; each worker reports its count (`threads`).
 """
@@ -33,6 +35,7 @@ import sys
 from benchmarks import common
 
 _CHANNEL_MULTIPLE = [8]  # a worker's --channel-multiple
+_COMPUTE = ['auto']  # a worker's --compute: config.compute overrides ('auto': none)
 DEFAULT_PAIRS = (
     ('vgg16', 'vgg16_a'),
     ('resnet56', 'resnet56_a'),
@@ -49,13 +52,13 @@ def _split(name: str) -> tuple[str, float | None]:
 
 
 def _build(name: str, compute, size: int):
-  """(model, variables) of `name` (NAME@R: pruned by the traced surgery, see the module docstring)."""
+  """(model, variables) of `name` (NAME@R: pruned by the traced surgery, see the module docstring); `compute`: a
+  policy or config.compute options, as `pruning_jax.models.create` takes (options: resolved for the family, as
+  the runner does)."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
 
-  from core_jax.compute import Compute  # pylint: disable=import-outside-toplevel
   from pruning_jax import models, structured  # pylint: disable=import-outside-toplevel
-  from pruning_jax.rewidth import Rewidthed  # pylint: disable=import-outside-toplevel
 
   base, ratio = _split(name)
   model = models.create(base, compute=compute)
@@ -63,9 +66,18 @@ def _build(name: str, compute, size: int):
   variables = jax.jit(lambda: model.init(jax.random.PRNGKey(1), x, train=False))()
   if ratio is None:
     return model, variables
-  traced = model.clone(compute=Compute())  # traced with the plain-XLA policy, run with `compute` (as the runner)
-  result = structured.prune(traced, variables, x, ratio)
-  return Rewidthed(model, result.model.widths), result.variables
+  result = structured.prune(model, variables, x, ratio)  # traced with the plain policy, run with the model's
+  return result.model, result.variables
+
+
+def _compute_options(channel_multiple: int, overrides: str) -> dict:
+  """config.compute options: `channel_multiple` and the `overrides` ('auto': none; else 'field=value,...')."""
+  options = {'channel_multiple': channel_multiple}
+  for item in [] if overrides == 'auto' else overrides.split(','):
+    field, _, value = item.partition('=')
+    value = value.strip()
+    options[field.strip()] = {'true': True, 'false': False}.get(value.lower(), int(value) if value.isdigit() else value)
+  return options
 
 
 def _ours(name, mode, batch, size=32):
@@ -73,9 +85,7 @@ def _ours(name, mode, batch, size=32):
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import optax  # pylint: disable=import-outside-toplevel
 
-  from pruning_jax.models import layers  # pylint: disable=import-outside-toplevel
-
-  compute = layers.for_backend(dict(channel_multiple=_CHANNEL_MULTIPLE[0]))
+  compute = _compute_options(_CHANNEL_MULTIPLE[0], _COMPUTE[0])
   x = jax.random.normal(jax.random.PRNGKey(0), (batch, size, size, 3), jnp.float32)
   y = jnp.zeros((batch,), jnp.int32)
   model, variables = _build(name, compute, size)
@@ -172,6 +182,7 @@ def worker(args):
 
   host_memory.retain_freed_memory()
   _CHANNEL_MULTIPLE[0] = args.channel_multiple
+  _COMPUTE[0] = args.compute
   fn = (_ours if args.contender == 'ours' else _torch)(args.model, args.mode, args.batch, args.size)
   record = {
       'bench': 'pruned_speed',
@@ -184,6 +195,7 @@ def worker(args):
   }
   if args.contender == 'ours':
     record['channel_multiple'] = _CHANNEL_MULTIPLE[0]
+    record['compute'] = _COMPUTE[0]
   if args.serve:
     return common.serve(fn, args.warmup, record)
   stats = common.time_calls(fn, warmup=args.warmup, repeats=args.repeats)
@@ -213,16 +225,28 @@ def _macs(name, size: int = 32) -> int:
 
 
 def measure(
-    pairs=DEFAULT_PAIRS, batch=64, repeats=5, warmup=2, modes=('infer', 'train'), channel_multiples=(8,), size=32
+    pairs=DEFAULT_PAIRS,
+    batch=64,
+    repeats=5,
+    warmup=2,
+    modes=('infer', 'train'),
+    channel_multiples=(8,),
+    size=32,
+    computes=('auto',),
 ) -> list:
+  """One record per pair, mode, channel multiple and `computes` entry (config.compute overrides, 'auto': the
+  line's policy; `_compute_options`), all of a pair's contenders in the same interleaved rounds."""
   records = []
+  variants = [(k, c) for k in channel_multiples for c in computes]
+  label = lambda k, c: f'ours{k}' if c == 'auto' else f'ours{k}[{c}]'
+
   for large, pruned in pairs:
     macs_ratio = _macs(large, size) / _macs(pruned, size)
     convnext = _split(large)[0] in _convnext_families()
     for mode in modes:
       if convnext and mode == 'train':
         continue  # inference only (see the module docstring)
-      cli = lambda c, m, k=1: [
+      cli = lambda c, m, k=1, compute='auto': [
           '--worker',
           '--contender',
           c,
@@ -238,14 +262,16 @@ def measure(
           str(k),
           '--size',
           str(size),
+          '--compute',
+          compute,
       ]
       contenders = {f'torch:{m}': cli('torch', m) for m in (large, pruned)}
-      contenders.update({f'ours{k}:{m}': cli('ours', m, k) for k in channel_multiples for m in (large, pruned)})
+      contenders.update({f'{label(k, c)}:{m}': cli('ours', m, k, c) for k, c in variants for m in (large, pruned)})
       by = common.interleaved('benchmarks.pruned_speed', contenders, rounds=repeats)
       t = {k: v['times_s'] for k, v in by.items()}
       threads = {k: v.get('threads') for k, v in by.items()}
-      for k in channel_multiples:
-        ours = f'ours{k}'
+      for k, compute in variants:
+        ours = label(k, compute)
         rec = {
             'bench': 'pruned_speed',
             'mode': mode,
@@ -254,6 +280,7 @@ def measure(
             'batch': batch,
             'size': size,
             'channel_multiple': k,
+            'compute': compute,
             'threads': {'ours': threads[f'{ours}:{large}'], 'torch': threads[f'torch:{large}']},
             'macs_ratio': macs_ratio,
             'ours_speedup': common.paired_ratio(t[f'{ours}:{pruned}'], t[f'{ours}:{large}']),
@@ -282,7 +309,8 @@ def table(records) -> str:
     m = r['median_s']
     th = r.get('threads') or {}
     lines.append(
-        f"| {r['mode']} | {r['large']} -> {r['pruned']}{_size_note(r)} | {r.get('channel_multiple', '-')} | "
+        f"| {r['mode']} | {r['large']} -> {r['pruned']}{_size_note(r)} | {r.get('channel_multiple', '-')}"
+        f'{_compute_note(r)} | '
         f"{r['macs_ratio']:.2f} | "
         f"{r['ours_speedup']:.2f}x | "
         f"{r['torch_speedup']:.2f}x | {r['ours_speedup_of_macs_ratio']:.2f} | "
@@ -291,6 +319,11 @@ def table(records) -> str:
         f"{th.get('ours', '-')} / {th.get('torch', '-')} |"
     )
   return '\n'.join(lines)
+
+
+def _compute_note(record) -> str:
+  compute = record.get('compute', 'auto')
+  return '' if compute == 'auto' else f' ({compute})'
 
 
 def _size_note(record) -> str:
@@ -313,12 +346,22 @@ def main():
   p.add_argument('--warmup', type=int, default=2)
   p.add_argument('--channel-multiple', type=int, default=8, help=argparse.SUPPRESS)
   p.add_argument('--channel-multiples', default='8', help='ours at each compute.channel_multiple, e.g. 8,1')
+  p.add_argument('--compute', default='auto', help=argparse.SUPPRESS)
+  p.add_argument(
+      '--computes',
+      default='auto',
+      help="ours under each of these ';'-separated config.compute overrides ('auto': the line's policy), e.g. "
+      "'auto;dwconv=xla,patch_conv=conv,fusion_barriers=false' (ConvNeXt as the generic pruning policy ran it)",
+  )
   args = p.parse_args()
   if args.worker:
     return worker(args)
   pairs = [tuple(s.split(':')) for s in args.pairs.split(',')]
   multiples = tuple(int(k) for k in args.channel_multiples.split(','))
-  records = measure(pairs, args.batch, args.repeats, args.warmup, tuple(args.modes.split(',')), multiples, args.size)
+  computes = tuple(c.strip() for c in args.computes.split(';'))
+  records = measure(
+      pairs, args.batch, args.repeats, args.warmup, tuple(args.modes.split(',')), multiples, args.size, computes
+  )
   print(table(records))
   return records
 

@@ -81,11 +81,15 @@ AUTO = {
 }
 
 
-def for_backend(options: Mapping | None = None) -> Compute:
+def for_backend(options: Mapping | None = None, line_auto: Mapping | None = None, line: str = 'convnext') -> Compute:
   """ConvNeXt's compute policy for the running process: ``options`` (``config.compute``, or a dict of some
   fields) with each 'auto' / missing entry resolved by ``AUTO``; 'native' without the C++ kernels ->
-  'shifted'."""
-  compute = resolve(options, AUTO, 'convnext')
+  'shifted'.
+
+  Another line that builds ConvNeXts (the pruning line's 'convnext' families) passes its own table as
+  ``line_auto`` and its name as ``line``: its fields join (channel_multiple, ...), and ``AUTO`` wins the fields
+  both list, so its ConvNeXts compute exactly as this line's."""
+  compute = resolve(options, {**(line_auto or {}), **AUTO}, line)
   return dataclasses.replace(compute, dwconv=resolve_dwconv_impl(compute.dwconv))
 
 

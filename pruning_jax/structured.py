@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from core_jax.compute import Compute
 from core_jax.errors import UserError
 from core_jax.weights import flatten, flatten_variables, merge_params, unflatten
 from pruning_jax import graph, rewidth
@@ -268,6 +269,15 @@ def check_variables(model, variables, inputs, kw) -> None:
   )
 
 
+def plain_policy(model: nn.Module) -> nn.Module:
+  """`model` computed the plain XLA way (``core_jax.compute.Compute()``; a Rewidthed's base likewise): the channel
+  tracer follows XLA ops, not the custom calls of a faster policy (ConvNeXt's C++ kernels on CPU). The variables and
+  the function are the same whatever the policy, so the widths found hold for `model` itself."""
+  if isinstance(model, rewidth.Rewidthed):
+    return rewidth.Rewidthed(plain_policy(model.base), model.widths)
+  return model.clone(compute=Compute()) if isinstance(getattr(model, 'compute', None), Compute) else model
+
+
 def prune(
     model: nn.Module,
     variables,
@@ -284,11 +294,12 @@ def prune(
 ) -> PruneResult:
   """`model` with `ratio` of each prunable channel group removed -> PruneResult(smaller model, its variables,
   report). `example_inputs`: an array (or a tuple of the apply's positional inputs); `apply_kwargs` default
-  {'train': False}."""
+  {'train': False}. Traced under the plain policy (`plain_policy`); the smaller model keeps `model`'s."""
   kw = {'train': False} if apply_kwargs is None else dict(apply_kwargs)
   inputs = _as_tuple(example_inputs)
-  check_variables(model, variables, inputs, kw)
-  groups = graph.channel_groups(model, variables, *inputs, fixed_outputs=fixed_outputs, **kw)
+  traced = plain_policy(model)
+  check_variables(traced, variables, inputs, kw)
+  groups = graph.channel_groups(traced, variables, *inputs, fixed_outputs=fixed_outputs, **kw)
   prunable = [g for g in groups if g.prunable]
   if not prunable:
     blocked = next((g for g in groups if g.reason and 'tracer' in g.reason), None)
@@ -299,8 +310,8 @@ def prune(
   keep, notes = choose(groups, scores, ratio, scope, min_width)
   dropped = dropped_positions(groups, keep)
   small_vars = slice_variables(variables, dropped)
-  widths = width_overrides(model, variables, small_vars, inputs, kw)
-  small = rewidth.rewidthed(model, widths)
+  widths = width_overrides(traced, variables, small_vars, inputs, kw)
+  small = rewidth.rewidthed(model, widths)  # computed by `model`'s own policy
   try:
     jax.eval_shape(lambda v, *xs: small.apply(v, *xs, **kw), small_vars, *inputs)
   except Exception as e:  # the module computes a width the trace could not see (a literal reshape, ...)

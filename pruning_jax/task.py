@@ -26,6 +26,7 @@ mask also nonzero_macs (each conv counting its non-zero weights only, pruning_ja
 
 import os
 import re
+from collections.abc import Mapping
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +38,6 @@ from core_jax.compute import Compute, compute_dtype
 from core_jax.errors import UserError
 from core_jax.weights import flatten, format_shape, unflatten
 from pruning_jax import models
-from pruning_jax.models import layers
 from pruning_jax.rewidth import Rewidthed, widths_from_json
 
 # The classifier of each family: `init_reinit_head` keeps its fresh initialization.
@@ -54,7 +54,7 @@ TORCH_SUFFIXES = ('.pth', '.pth.tar', '.pt', '.tar')
 MASK_PREFIX = 'params/'
 
 
-def build_from_config(model_cfg, num_classes: int | None, dtype=None, compute: Compute | None = None):
+def build_from_config(model_cfg, num_classes: int | None, dtype=None, compute: Compute | Mapping | None = None):
   """The model config.model describes (a named model, or a family with its cfg / selections); `dtype` and
   `compute` as `models.build`'s."""
   name = model_cfg.get('name') or ''
@@ -162,7 +162,7 @@ class PruningTask(ClassificationTask):
           self.config.model,
           num_classes,
           dtype=compute_dtype(self.config.compute_dtype),
-          compute=layers.for_backend(self.config.get('compute')),
+          compute=self.config.get('compute'),  # resolved for the model's family (models.policy_for)
       )
     return self._model
 

@@ -20,7 +20,7 @@ Their pruned models are `rewidth.Rewidthed` wrappers; `describe` adds their 'wid
 """
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import flax.linen as nn
 
@@ -204,26 +204,36 @@ def _validate(family: str, cfg: tuple, selections) -> None:
     raise UserError(str(e)) from None
 
 
+def policy_for(family: str, compute: Compute | Mapping | None = None) -> Compute:
+  """The compute policy `family`'s model is built with: `compute` itself when a `Compute`, else the options
+  (`config.compute`; None: every field auto) resolved for the running process: `layers.for_convnext` for the
+  ConvNeXt families (ConvNeXt's own choices: C++ depthwise-conv and LayerNorm kernels on CPU), `layers.for_backend`
+  for the others."""
+  if isinstance(compute, Compute):
+    return compute
+  return (layers.for_convnext if family in GRAPH_FAMILIES else layers.for_backend)(compute)
+
+
 def build(
     family: str,
     cfg: Sequence,
     num_classes: int,
     selections=None,
     dtype=None,
-    compute: Compute | None = None,
+    compute: Compute | Mapping | None = None,
     block_scale: bool = False,
 ) -> nn.Module:
   """The model of `family` with channel configuration `cfg` (the depth follows from the cfg length); `dtype`: the
-  computation dtype (params stay float32); `compute`: the compute policy (None: the backend's, layers.AUTO);
-  `block_scale`: SSS's learned factor on every residual branch (BLOCK_FAMILIES only)."""
+  computation dtype (params stay float32); `compute`: the compute policy or the options it is resolved from
+  (`policy_for`); `block_scale`: SSS's learned factor on every residual branch (BLOCK_FAMILIES only)."""
   cfg = normalize_cfg(cfg)
   if block_scale and family not in BLOCK_FAMILIES:
     raise UserError(
         f'block_scale (Sparse Structure Selection) needs a family of {", ".join(BLOCK_FAMILIES)}, got {family}'
     )
+  compute = policy_for(family, compute)
   if family in GRAPH_FAMILIES:
     return _convnext(family, cfg, num_classes, dtype, compute)
-  compute = layers.for_backend() if compute is None else compute
   selections = _normalize_selections(selections)
   if selections is not None and family not in SELECTION_FAMILIES:
     raise UserError(f'family {family!r} has no channel selection (selections given)')
@@ -250,7 +260,7 @@ def build(
   raise UserError(f'unknown model family {family!r} (known: {", ".join(FAMILIES)})')
 
 
-def _convnext(family: str, cfg: tuple, num_classes: int, dtype=None, compute: Compute | None = None) -> nn.Module:
+def _convnext(family: str, cfg: tuple, num_classes: int, dtype, compute: Compute) -> nn.Module:
   from convnext_jax import models as convnext_models  # pylint: disable=import-outside-toplevel
 
   arch, dims, drop_path = CONVNEXT_FAMILIES[family]
@@ -286,10 +296,10 @@ def create(
     num_classes: int | None = None,
     selections=None,
     dtype=None,
-    compute: Compute | None = None,
+    compute: Compute | Mapping | None = None,
     block_scale: bool = False,
 ) -> nn.Module:
-  """A named model (optionally with another cfg) or a family built from `cfg`."""
+  """A named model (optionally with another cfg) or a family built from `cfg`; `compute` as `build`'s."""
   if family_or_name in MODELS:
     given = {k: v for k, v in (('cfg', cfg), ('num_classes', num_classes), ('selections', selections)) if v is not None}
     if cfg is not None and selections is None:  # another cfg: the named selections (sized for its cfg) do not apply
@@ -383,7 +393,7 @@ def describe(model: nn.Module) -> dict:
   return d
 
 
-def from_description(d: dict, dtype=None, compute: Compute | None = None) -> nn.Module:
+def from_description(d: dict, dtype=None, compute: Compute | Mapping | None = None) -> nn.Module:
   missing = [k for k in ('family', 'cfg', 'num_classes') if k not in d]
   if missing:
     raise UserError(f'model description lacks {missing[0]!r}')

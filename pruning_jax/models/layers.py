@@ -14,7 +14,7 @@
   slower than a matmul there: 3x3, 512 -> 512 at 2x2, the last stage of the CIFAR VGGs), and channel counts
   that are not a multiple of 8 (a pruned width such as 14 or 57) zero-padded up to one at compute time. The
   variables keep their exact shapes (the params / MACs counts read them); `AUTO` / `for_backend` give the
-  line's choices per backend.
+  line's choices per backend, `for_convnext` those of its ConvNeXt families (ConvNeXt's own, plus the line's).
 """
 
 import math
@@ -103,6 +103,16 @@ AUTO = {
 def for_backend(options: Mapping | None = None) -> Compute:
   """The pruning models' compute policy: ``options`` (``config.compute``) with 'auto' entries from ``AUTO``."""
   return resolve(options, AUTO, 'pruning')
+
+
+def for_convnext(options: Mapping | None = None) -> Compute:
+  """The policy of the line's ConvNeXt families: ConvNeXt's own choices for the running process
+  (``convnext_jax.ops.AUTO``: the depthwise conv and LayerNorm kernels, patch convs, fusion barriers), this line's
+  ``AUTO`` for the rest (channel_multiple, ...). The C++ kernels take any channel count (pruned widths such as
+  22 or 89 included), so nothing is padded for them."""
+  from convnext_jax import ops  # pylint: disable=import-outside-toplevel
+
+  return ops.for_backend(options, AUTO, 'pruning')
 
 
 class Conv(nn.Conv):

@@ -77,6 +77,9 @@ def test_resolve_auto_per_line_and_one_line_errors():
   assert confidence.for_backend(options) == Compute(pointwise_conv='matmul', masked_conv='sparse')
   got = ops.for_backend(options)
   assert got.patch_conv == 'matmul' and got.fusion_barriers and got.dwconv == ops.resolve_dwconv_impl('auto')
+  # the pruning line's ConvNeXts: ConvNeXt's choices, the line's for the fields ConvNeXt's table leaves out
+  assert layers.for_convnext(options) == dataclasses.replace(got, small_conv='matmul', channel_multiple=8)
+  assert layers.for_convnext(dict(patch_conv='conv', dwconv='xla')).dwconv == 'xla'  # set fields win here too
   assert layers.for_backend(dict(channel_multiple=1)).channel_multiple == 1  # a set field wins over auto
   with pytest.raises(UserError, match='compute.fusion_barriers=True: the pruning line has no use for it'):
     layers.for_backend(dict(fusion_barriers=True))

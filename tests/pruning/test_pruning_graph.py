@@ -376,6 +376,69 @@ def test_graph_pruned_convnext_round_trips_through_its_sidecar(tmp_path):
   )
 
 
+# -- the line's ConvNeXts compute as convnext_jax's own (on CPU: the C++ depthwise-conv and LayerNorm kernels) --
+def test_line_convnexts_carry_convnexts_own_policy_plus_the_lines_fields():
+  from convnext_jax import ops  # pylint: disable=import-outside-toplevel
+  from pruning_jax.models import layers  # pylint: disable=import-outside-toplevel
+
+  own = ops.for_backend()
+  c = digits_convnext.get_config()
+  x = np.zeros((1, 32, 32, 3), np.float32)
+  created = models.create('convnext', cfg=(8, 8, 16, 16))
+  built = {
+      'create': created,
+      'runner': task.build_from_config(c.model, 10, compute=c.get('compute')),  # as PruningTask.build_model
+      'prune': pruning_jax.prune(created, random_variables(created, x, train=False), x, ratio=0.5).model.base,
+  }
+  for how, model in built.items():
+    got = model.compute
+    assert (got.dwconv, got.patch_conv, got.fusion_barriers) == (own.dwconv, own.patch_conv, own.fusion_barriers), how
+    assert ops.uses_native_layer_norm(got) == ops.uses_native_layer_norm(own), how
+    assert got.channel_multiple == layers.AUTO['channel_multiple'], how  # the line's own fields still apply
+  assert own.dwconv == ops.resolve_dwconv_impl('auto') and own.dwconv != 'xla'  # the CPU's fast path, not XLA's
+  # config.compute reaches the ConvNeXt's fields; the other families still refuse what they cannot honour
+  assert task.build_from_config(c.model, 10, compute={'dwconv': 'xla'}).compute.dwconv == 'xla'
+  assert models.create('resnet56').compute == layers.for_backend()
+  with pytest.raises(UserError, match=r"^compute.dwconv='native': the pruning line has no use for it; leave it auto$"):
+    models.create('resnet56', compute={'dwconv': 'native'})
+
+
+def _pruned_convnext(cfg, ratio, size):
+  """(the line's pruned `convnext` at `cfg`, the same under the plain-XLA policy, its variables, a batch)."""
+  model = models.create('convnext', cfg=cfg)
+  x = np.random.default_rng(3).standard_normal((2, size, size, 3)).astype(np.float32)
+  result = pruning_jax.prune(model, random_variables(model, x[:1], train=False), x[:1], ratio=ratio)
+  fast, plain = result.model, structured.plain_policy(result.model)
+  assert plain.base.compute == Compute() and fast.base.compute != Compute()
+  return fast, plain, result.variables, x
+
+
+@pytest.mark.parametrize(
+    'cfg,ratio,size',
+    [(None, 0.5, 32), ((8, 8, 16, 16), 0.3, 16)],
+    ids=['demo_half', 'odd_widths'],  # the demo's convnext at the demo's ratio; widths 5/5/11/11, MLPs 22/44
+)
+def test_pruned_convnext_under_the_lines_policy_equals_plain_xla(cfg, ratio, size):
+  fast, plain, variables, x = _pruned_convnext(cfg, ratio, size)
+  (la, fa), (lb, fb) = (jax.jit(m.apply, static_argnames='train')(variables, x, train=False) for m in (fast, plain))
+  np.testing.assert_allclose(la, lb, atol=1e-5, rtol=1e-5)
+  for key in fa:
+    np.testing.assert_allclose(fa[key], fb[key], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.slow  # ~16-22 s on 2 cores, most of it compiling the plain-XLA backward
+def test_pruned_convnext_trains_with_the_plain_xla_gradients():
+  """Training through the line's paths (C++ kernels' backward at odd widths, drop path on, as the runner's step)."""
+  fast, plain, variables, x = _pruned_convnext((8, 8, 16, 16), 0.3, 16)
+
+  def grads(m):
+    loss = lambda p: jnp.mean(m.apply({'params': p}, x, train=True, rngs={'dropout': jax.random.PRNGKey(0)})[0] ** 2)
+    return jax.jit(jax.grad(loss))(variables['params'])
+
+  for a, b in zip(jax.tree_util.tree_leaves(grads(fast)), jax.tree_util.tree_leaves(grads(plain))):
+    np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4)
+
+
 def test_digits_convnext_config_resolves_its_phases_and_checks_graph_fields():
   c = digits_convnext.get_config()
   job.check_config(c)
