@@ -15,7 +15,7 @@ Data:     64x64 crops of the scenes rescaled by 0.75-1.25 (the anytime demo's), 
           scenes at full size.
 Result:   measured (`make demo LINE=upernet`'s two commands from a fresh workdir, 2026-12-05; the same numbers as
           the tuning run of this config before it), 744 steps: validation mIoU 35.1%, pixel accuracy 95.7%, beside
-          the anytime HRNet demo's exit 4 at 18.6% (375 steps of batch 8) on the same 200 scenes and
+          the anytime HRNet demo's exit 4 at 21.4% (375 steps of batch 8) on the same 200 scenes and
           background-only 8.4%.
           IoU %: background 99.9; digits 0-9: 30.7 38.9 25.3 28.1 41.6 25.2 44.9 35.9 13.1 2.8 (8 and 9 are
           the ones it confuses most).

@@ -114,10 +114,13 @@ def test_digit_scenes_job_end_to_end(tmp_path, tfds_dir, capsys):
   assert os.path.getsize(os.path.join(workdir, 'anytime.png')) > 10_000
   assert 'mIoU %' in out and 'skipped %' in out and 'anytime curve:' in out
   adp_c, dense = data['runs']
-  # it learns: the last exit beats background-only on the scenes it fitted (the first exit need not yet)
+  # it learns: the last exit beats background-only on the scenes it fitted, and so does the first (13.8 vs 9.2%
+  # here; with the paper's RH depths, before the config's rh_max_depth 1, the job's exit 1 predicted background
+  # everywhere on the validation scenes)
   background = background_only_miou(tfds_dir, 'train[:8]')
   assert 0.05 < background < 0.2
   assert adp_c['exits'][-1]['miou'] > 100 * background + 5.0, (adp_c['exits'], background)
+  assert adp_c['exits'][0]['miou'] > 100 * background + 2.0, (adp_c['exits'], background)
   assert os.path.getsize(os.path.join(workdir, 'scene.png')) > 10_000
   for run in data['runs']:
     assert [e['exit'] for e in run['exits']] == [1, 2, 3, 4]

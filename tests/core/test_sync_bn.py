@@ -81,6 +81,7 @@ def _hrnet_model():
   # down steps at 1/8..1/32, up steps), exit 4 is the segmentation head, and the backbone's BNs are all there;
   # the two other heads only lengthened the compile of each worker's sharded step
   config.model.exits = (1, 4)
+  config.model.rh_max_depth = 3  # the paper's three down steps for exit 1 (the job scales them down to one)
   config.loss.exit_weights = (1.0, 1.0)
   task = AnytimeSegTask(config, Info())
   rng = np.random.RandomState(0)
