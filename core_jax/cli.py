@@ -139,6 +139,8 @@ def parse_args(argv: Sequence[str], prog: str = '<line>.main'):
       raise UserError(f'unknown flag --{key}; {usage}')
   if config_path is None or workdir is None:
     raise UserError(f'--config and --workdir are required; {usage}')
+  if not workdir.strip():
+    raise UserError(f"--workdir is empty: name the run's folder; {usage}")
   config = load_config_file(config_path)
   for dotted, value in overrides:
     apply_override(config, dotted, value)
@@ -264,6 +266,12 @@ def run_main(run_fn, argv=None, *, prog: str = '<line>.main', config_dir: str | 
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
+  except KeyboardInterrupt:  # Ctrl-C before training began, or twice: the checkpoints saved are kept
+    print(
+        'error: interrupted (Ctrl-C); the steps already saved are kept: rerun the same command to resume',
+        file=sys.stderr,
+    )
+    return 130
   finally:
     if log is not None:  # the process's own command line keeps the hooks to its exit (orbax's shutdown noise)
       log.flush() if own_process else log.release()

@@ -34,7 +34,9 @@ every config on the command line. Groups and fields (read by core_jax.train unle
   checkpoint            every_steps, keep (last N), keep_best (plus the best by the task's primary metric),
                         asynchronous (write in the background), restore_step (-1: latest; N: resume from
                         kept step N, later steps are moved to checkpoints_superseded/), allow_fresh_start
-                        (start over when every checkpoint of the workdir is unreadable; default: stop)
+                        (start over when every checkpoint of the workdir is unreadable; default: stop),
+                        allow_config_change (resume although the seed, batch size, data, model or optimizer kind
+                        differ from the checkpoint's run; default: stop, core_jax.train.resume_config_changes)
   mesh                  fsdp: devices per parameter shard (1: parameters replicated)
   distributed           coordinator_address, num_processes, process_id (-1: from the environment), auto
                         (let JAX discover a TPU pod / SLURM job)
@@ -99,7 +101,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.init_reinit_head = False
   c.eval_only = False
   c.checkpoint = ml_collections.ConfigDict(
-      dict(every_steps=1000, keep=3, keep_best=True, asynchronous=True, restore_step=-1, allow_fresh_start=False)
+      dict(
+          every_steps=1000,
+          keep=3,
+          keep_best=True,
+          asynchronous=True,
+          restore_step=-1,
+          allow_fresh_start=False,
+          allow_config_change=False,
+      )
   )
   c.mesh = ml_collections.ConfigDict(dict(fsdp=1))
   c.distributed = ml_collections.ConfigDict(dict(coordinator_address='', num_processes=0, process_id=-1, auto=False))
