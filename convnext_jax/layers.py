@@ -18,6 +18,7 @@ from jax import lax
 from convnext_jax import ops
 from core_jax import counting
 from core_jax.compute import Compute
+from core_jax.errors import UserError
 
 Array = jax.Array
 Dtype = Any
@@ -166,6 +167,12 @@ class DropPath(nn.Module):
 
   rate: float = 0.0
   rng_collection: str = 'dropout'
+
+  def __post_init__(self):
+    # every model's stochastic depth passes here, and a rate of 1 or more would scale by 1 / keep with keep <= 0
+    if not 0.0 <= float(self.rate) < 1.0:
+      raise UserError(f"drop_path_rate: a block's drop-path rate must be in [0, 1), got {float(self.rate):g}")
+    super().__post_init__()
 
   @nn.compact
   def __call__(self, x: Array, train: bool = False) -> Array:

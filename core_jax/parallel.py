@@ -79,7 +79,9 @@ def state_shardings(mesh: Mesh, abstract_state):
   return jax.tree.map(lambda x: leaf_sharding(mesh, x.shape, itemsize=x.dtype.itemsize), abstract_state)
 
 
-def check_batch_size(global_batch_size: int, mesh: Mesh) -> None:
+def check_batch_size(global_batch_size: int, mesh: Mesh, key: str = 'batch_size') -> None:
+  if global_batch_size <= 0:
+    raise UserError(f'{key} must be a positive number of examples, got {global_batch_size}')
   if global_batch_size % mesh.devices.size:
     raise UserError(f'global batch size {global_batch_size} is not divisible by the {mesh.devices.size} devices')
   if global_batch_size % jax.process_count():

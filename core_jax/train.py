@@ -103,6 +103,8 @@ class Built:
 def _check_workdir(workdir: str) -> None:
   """Fails early if `workdir` cannot be written, creating nothing: the folder itself is made by `_make_workdir`
   once the data, the model and the weights have loaded, so bad input leaves no empty folder behind."""
+  if os.path.exists(workdir) and not os.path.isdir(workdir):
+    raise UserError(f'workdir {workdir} is not writable: it is a file, not a directory')
   if os.path.isdir(workdir):
     try:
       with tempfile.NamedTemporaryFile(dir=workdir):
@@ -132,8 +134,8 @@ def build_mesh(config) -> Mesh:
   """Starts jax.distributed (once per process), builds the mesh and checks the batch sizes against it."""
   parallel.initialize_distributed(config)
   mesh = parallel.make_mesh(config)
-  parallel.check_batch_size(config.batch_size, mesh)
-  parallel.check_batch_size(config.eval_batch_size, mesh)
+  parallel.check_batch_size(config.batch_size, mesh, 'batch_size')
+  parallel.check_batch_size(config.eval_batch_size, mesh, 'eval_batch_size')
   return mesh
 
 
@@ -183,6 +185,11 @@ def build_data(config) -> Data:
 
 def build_optimizer(config, task: Task, data: Data) -> tuple[optax.GradientTransformation, Callable]:
   """(tx, schedule): the task's pre transforms, the optimizer's own chain, the task's post transforms."""
+  if data.total_steps <= 0:
+    raise UserError(
+        f'num_epochs {config.num_epochs} at {data.steps_per_epoch} steps per epoch is {data.total_steps} training '
+        'steps: ask for at least one (num_epochs or num_train_steps)'
+    )
   tx, schedule = optim.build_optimizer(
       config.optimizer,
       steps_per_epoch=data.steps_per_epoch,

@@ -210,8 +210,11 @@ def test_fit_variables_lambda_head_and_errors(tiny_ca):
         (dict(tau=1.5), r'tau must be in \(0, 1\]'),
         (dict(tau=-0.2, confidence_adaptive=False), r'tau must be in \(0, 1\]'),
         (dict(arch='w99'), 'unknown HRNet arch'),
+        (dict(name='resnet50'), r"model.name 'resnet50': the anytime line's model is 'hrnet'"),
         (dict(exit_type='fancy'), 'exit_type must be one of'),
         (dict(masked_stages=(3,), exits=(1, 4)), 'masking stage 3 needs exit 2'),
+        (dict(rh_max_depth=0), r'model.rh_max_depth must be an integer 1\.\.3 '),
+        (dict(rh_max_depth=4), r'model.rh_max_depth must be an integer 1\.\.3 '),
     ],
 )
 def test_bad_model_configs_are_one_line_errors(model, message):

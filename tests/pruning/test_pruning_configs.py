@@ -208,3 +208,11 @@ def test_report_columns_follow_the_job_phases():
   from pruning_jax import report  # pylint: disable=import-outside-toplevel
 
   assert tuple(report.COLUMNS) == job.PHASES
+
+
+@pytest.mark.parametrize('spec', ['digits_l1.py', 'digits_slimming.py'])
+def test_a_bad_prune_ratio_stops_every_method_not_only_graph(spec):
+  c = _load(spec)
+  c.prune.ratio = 1.5
+  with pytest.raises(UserError, match=r'^prune.ratio must be in \[0, 1\) for graph, got 1.5; only prune.method='):
+    job.check_config(c)
