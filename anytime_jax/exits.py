@@ -7,7 +7,9 @@
 - `RedesignedExit` ('rh', the code's `flex` = downup_pool_1x1_inter{,_double,_triple}): d = 4 - k down steps
   (AvgPool 2x2 s2 -> 1x1 conv (C -> I, then I -> I, bias) + BN + ReLU), then d up steps (bilinear x2 -> 1x1 conv
   I -> I + BN + ReLU, except that the last up step is followed by the 1x1 I -> classes classifier). Up steps
-  return to the sizes the down steps came from, so the output is at 1/4.
+  return to the sizes the down steps came from, so the output is at 1/4. `rh_max_depth` caps d (`make_exit`):
+  the paper's 3 never binds (exit 1 pools 1/4 -> 1/32: a 32x64 grid on Cityscapes' 1024x2048); a small input
+  takes fewer steps (on a 64x128 scene exit 1's three pools leave a 2x4 grid, coarser than what it segments).
 Submodules are named by their index in the PyTorch nn.Sequential (`conv0`, `bn1`, `conv3`, ...), which is what
 the official checkpoint's keys (`exit1.0.weight`, `last_layer.1.running_mean`) use.
 Every conv may be a masked conv (`exit_index` set, `masks` given); BN momentum 0.99 (PyTorch 0.01; `bn_momentum`),
@@ -22,6 +24,7 @@ import jax.numpy as jnp
 
 from anytime_jax.confidence import Conv, MaskSet
 from core_jax.compute import Compute
+from core_jax.errors import UserError
 from core_jax.seg_ops import resize_bilinear
 
 BN_MOMENTUM = 0.99
@@ -115,16 +118,36 @@ class RedesignedExit(nn.Module):
 
 
 EXIT_TYPES = ('ee', 'rh')
+RH_MAX_DEPTH = 3  # the paper's: exit k takes 4 - k down steps, exit 1 three
+
+
+def check_rh_max_depth(value, name: str = 'rh_max_depth') -> int:
+  """The RH exits' most down steps, 1..3 (one-line UserError otherwise)."""
+  if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= RH_MAX_DEPTH:
+    raise UserError(
+        f"{name} must be an integer 1..{RH_MAX_DEPTH} (the most down steps of an RH exit; the paper's exit k takes"
+        f' 4 - k, so {RH_MAX_DEPTH} keeps them all), got {value!r}'
+    )
+  return value
 
 
 def make_exit(
-    exit_type: str, k: int, num_classes: int, inter_channels: int, exit_index: int | None, name: str, **options
+    exit_type: str,
+    k: int,
+    num_classes: int,
+    inter_channels: int,
+    exit_index: int | None,
+    name: str,
+    rh_max_depth: int = RH_MAX_DEPTH,
+    **options,
 ):
-  """Exit k (1..3) of the given type; `options`: bn_momentum, conv_init, compute."""
+  """Exit k (1..3) of the given type; an RH exit takes min(4 - k, rh_max_depth) down steps; `options`:
+  bn_momentum, conv_init, compute."""
   if exit_type == 'ee':
     return OriginalExit(num_classes, exit_index=exit_index, name=name, **options)
   if exit_type == 'rh':
+    depth = min(4 - k, rh_max_depth)
     return RedesignedExit(
-        num_classes, depth=4 - k, inter_channels=inter_channels, exit_index=exit_index, name=name, **options
+        num_classes, depth=depth, inter_channels=inter_channels, exit_index=exit_index, name=name, **options
     )
   raise ValueError(f'unknown exit type {exit_type!r} (expected one of {EXIT_TYPES})')

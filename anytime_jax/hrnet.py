@@ -11,9 +11,10 @@ the reference's values by default: `bn_momentum` (every BN) and `conv_init` ('he
 short from-scratch runs; `random_variables` always draws the reference's N(0, 0.001)).
 
 Exits (`exits`, a subset of 1..4 that includes 4): exit k (k = 1..3) after stage k, of `exit_type` 'ee' or 'rh'
-(`anytime_jax.exits`); exit 4 is the HRNet head `last_layer` (the original exit on the 4-branch concat).
-`exits=(4,)` is the plain HRNetV2 segmentation model. Each exit's input is the concat of the current branches
-upsampled to 1/4; all logits are at 1/4.
+(`anytime_jax.exits`; `rh_max_depth` caps an RH exit's down steps, 3 = the paper's, fewer for small inputs);
+exit 4 is the HRNet head `last_layer` (the original exit on the 4-branch concat). `exits=(4,)` is the plain
+HRNetV2 segmentation model. Each exit's input is the concat of the current branches upsampled to 1/4; all logits
+are at 1/4.
 
 Confidence adaptivity (`tau` set): the aggregated logits of exit k-1 give a mask (`confidence.confidence_mask`)
 that every conv of transition k-1, stage k and exit k uses (the stem, stage 1 and exit 1 are never masked;
@@ -40,7 +41,17 @@ import jax.numpy as jnp
 
 from anytime_jax import confidence
 from anytime_jax.confidence import Conv, MaskSet
-from anytime_jax.exits import BN_MOMENTUM, EXIT_TYPES, OriginalExit, batch_norm, exit_input, make_exit, resize_bilinear
+from anytime_jax.exits import (
+    BN_MOMENTUM,
+    EXIT_TYPES,
+    RH_MAX_DEPTH,
+    OriginalExit,
+    batch_norm,
+    check_rh_max_depth,
+    exit_input,
+    make_exit,
+    resize_bilinear,
+)
 from core_jax import counting
 from core_jax.compute import Compute
 from core_jax.errors import UserError
@@ -258,6 +269,7 @@ class HRNet(nn.Module):
   exits: tuple[int, ...] = (1, 2, 3, 4)
   exit_type: str = 'rh'
   inter_channels: int | None = None  # RH exits; None: the arch's (128 for W48, 64 for W18)
+  rh_max_depth: int = RH_MAX_DEPTH  # RH exit k's down steps are min(4 - k, this): 3 = the paper's, 1-2 small inputs
   tau: float | None = None  # confidence adaptivity when set
   masked_stages: tuple[int, ...] = (2, 3, 4)
   fuse_upsample: str = 'bilinear'
@@ -311,7 +323,9 @@ class HRNet(nn.Module):
       if k == 4:
         out = OriginalExit(self.num_classes, exit_index=seg, name='last_layer', **opts)(feats, train, masks_k)
       else:
-        out = make_exit(self.exit_type, k, self.num_classes, inter, seg, f'exit{k}', **opts)(feats, train, masks_k)
+        out = make_exit(
+            self.exit_type, k, self.num_classes, inter, seg, f'exit{k}', rh_max_depth=self.rh_max_depth, **opts
+        )(feats, train, masks_k)
       # logits, masks and the aggregation at least float32 whatever the compute dtype (float64 stays float64)
       out = out.astype(jnp.promote_types(out.dtype, jnp.float32))
       if masks_k is not None:
@@ -372,6 +386,7 @@ def build(
     exits=(1, 2, 3, 4),
     exit_type: str = 'rh',
     inter_channels: int | None = None,
+    rh_max_depth: int = RH_MAX_DEPTH,
     tau: float | None = None,
     masked_stages=(2, 3, 4),
     fuse_upsample: str = 'bilinear',
@@ -388,6 +403,7 @@ def build(
     raise UserError(f'conv_init must be one of {confidence.CONV_INITS}, got {conv_init!r}')
   if not 0.0 <= float(bn_momentum) < 1.0:
     raise UserError(f'bn_momentum must be in [0, 1) (Flax convention: 1 - PyTorch momentum), got {bn_momentum!r}')
+  check_rh_max_depth(rh_max_depth)
   exits, masked = check_structure(exits, exit_type, tau, masked_stages if tau is not None else ())
   return HRNet(
       arch=arch,
@@ -395,6 +411,7 @@ def build(
       exits=exits,
       exit_type=exit_type,
       inter_channels=inter_channels,
+      rh_max_depth=rh_max_depth,
       tau=None if tau is None else float(tau),
       masked_stages=masked or (2, 3, 4),
       fuse_upsample=fuse_upsample,

@@ -2,6 +2,7 @@
 
 Config fields read here (`configs/anytime/*`):
   model.arch, model.exits, model.exit_type ('ee' | 'rh'), model.inter_channels (0: the arch's),
+  model.rh_max_depth (an RH exit k's down steps are min(4 - k, it): 3 = the paper's, fewer for small inputs),
   model.confidence_adaptive (CA on/off), model.tau (its threshold, in (0, 1]), model.masked_stages (2..4),
   model.bn_momentum (0.99 = the reference), model.conv_init ('normal' = the reference's N(0, 0.001) | 'he')
                           -> anytime_jax.hrnet.build
@@ -97,6 +98,7 @@ def _model_options(model_json: str) -> dict:
   inter = int(m.get('inter_channels', 0) or 0)
   if inter < 0:
     raise UserError(f'model.inter_channels must be >= 0 (0: the arch default), got {inter}')
+  rh_max_depth = exits_lib.check_rh_max_depth(m.get('rh_max_depth', exits_lib.RH_MAX_DEPTH), 'model.rh_max_depth')
   exit_type = str(m.get('exit_type', 'rh'))
   exits, masked = hrnet.check_structure(exits, exit_type, tau if ca else None, masked if ca else ())
   bn_momentum = float(m.get('bn_momentum', exits_lib.BN_MOMENTUM))
@@ -110,6 +112,7 @@ def _model_options(model_json: str) -> dict:
       exits=exits,
       exit_type=exit_type,
       inter_channels=inter or None,
+      rh_max_depth=rh_max_depth,
       tau=tau if ca else None,
       masked_stages=masked or (2, 3, 4),
       bn_momentum=bn_momentum,

@@ -48,9 +48,10 @@ then
   seed<k>/<architecture>/scratch_e, scratch_b   each of them trained from scratch (guided, transferred, uniform)
 and the table has one row per architecture: params, MACs, Scratch-E, Scratch-B. With guided.structure='unstructured'
 (guided sparsification) the source runs are unstructured magnitude pruning at prune.percent, the guided phase
-averages their masks' kept fractions per stage (DIR/guided/pattern.json) and writes the guided and the uniform mask
-(DIR/guided/<architecture>/mask.safetensors, a Scratch-E/B init per seed beside it), each trained as the mask
-implementation.
+averages their masks' kept fractions and kernel keep-probability maps per stage (DIR/guided/pattern.json), draws
+the guided mask from them (guided.pattern_from's unstructured pattern: the transferred one, stage k to stage k) and
+the uniform one at its non-zero count (DIR/guided/<architecture>/mask.safetensors, a Scratch-E/B init per seed
+beside it), each trained as the mask implementation.
 
 Then pruning_jax.report writes DIR/results.json and DIR/results.md (the paper's table) and prints the table. The
 recipes the configs build on (the experiment groups, the paper's CIFAR and ImageNet protocols) are
@@ -59,7 +60,7 @@ configs/pruning/_recipes.py.
 Config fields beyond core_jax.config.base_config and pruning_jax.task: prune (method 'l1_norm' with scheme,
 'slimming' / 'magnitude' / 'guided' with percent, 'lottery' with percent or scheme; mode 'physical' | 'mask';
 on_empty_layer 'keep_strongest' | 'error'), finetune (num_epochs, lr), scratch (budget_cap), lottery (structure,
-rounds, lrs), guided (granularity 'stage' | 'layer', runs_from, pattern_from, uniform, structure),
+rounds, lrs), guided (granularity 'stage' | 'layer', runs_from, pattern_from, uniform, structure, kernel_maps),
 experiment (title, seeds, phases, paper: the paper's numbers, compilation_cache).
 
 Compiled steps are shared between phases and seeds through JAX's persistent compilation cache in
@@ -70,6 +71,7 @@ or without it.
 """
 
 import copy
+import math
 import os
 
 import jax
@@ -828,13 +830,20 @@ def _check_guided(config) -> None:
     from pruning_jax.methods import magnitude  # pylint: disable=import-outside-toplevel
 
     magnitude.check_percent(config.prune.percent)
-    if g.runs_from or g.pattern_from or not own:
+    if g.runs_from or not (own or g.pattern_from):
       raise UserError(
-          'guided.structure=unstructured averages its own magnitude runs: it needs the prune phase, and '
-          'guided.runs_from / pattern_from are for the structured variant'
+          'guided.structure=unstructured averages its own magnitude runs (the prune phase) or transfers '
+          'guided.pattern_from; guided.runs_from is for the structured variant'
       )
     if config.init_from:
       raise UserError('guided pruning trains its source runs and architectures itself: no init_from')
+    if g.pattern_from:  # its stages are matched to the target's in the guided phase (tracing needs the data's shape)
+      source = guided_pattern_from(g.pattern_from)
+      if source.structure != 'unstructured':
+        raise UserError(
+            f'guided.pattern_from: {g.pattern_from} holds a {source.structure} pattern (channel widths); '
+            'guided.structure=unstructured transfers the pattern of a guided sparsification experiment'
+        )
     return
   if not own and 'finetune' in phases:
     raise UserError('experiment.phases: finetune needs the prune phase (it fine-tunes the source runs)')
@@ -877,9 +886,11 @@ def guided_source_config(config):
 
 
 def _guided_sparsity(config, done: dict, workdir: str) -> dict:
-  """The guided phase of guided.structure=unstructured: the own runs' masks averaged per stage (or conv), the
-  guided mask and the uniform one at its non-zero count, each with its mask file and a Scratch-E/B init per seed
-  (the scratch.init of unstructured pruning) under WORKDIR/<architecture>/."""
+  """The guided phase of guided.structure=unstructured: the own runs' masks averaged per stage (or conv) with their
+  kernel maps (guided), guided.pattern_from's pattern on this network (transferred), and the uniform mask at the
+  first one's non-zero count, each with its mask file and a Scratch-E/B init per seed (the scratch.init of
+  unstructured pruning) under WORKDIR/<architecture>/. The masks draw from the first seed: one mask per
+  architecture, as one pruned architecture per run."""
   import json  # pylint: disable=import-outside-toplevel
 
   from core_jax import weights  # pylint: disable=import-outside-toplevel
@@ -890,23 +901,43 @@ def _guided_sparsity(config, done: dict, workdir: str) -> dict:
 
   g = config.guided
   seeds = [int(s) for s in config.experiment.seeds]
-  large = done[f'seed{seeds[0]}/large']
-  input_shape, num_classes = tuple(large.get('input_shape') or (1, 32, 32, 3)), int(large['model']['num_classes'])
+  own = 'prune' in tuple(config.experiment.phases)
+  large = done.get(f'seed{seeds[0]}/large')
+  if large is not None:
+    input_shape, num_classes = tuple(large.get('input_shape') or (1, 32, 32, 3)), int(large['model']['num_classes'])
+  else:
+    input_shape, num_classes = _data_shape(_base(config, seeds[0]))
   model = build_from_config(config.model, num_classes)
   family, cfg = models.family_of(model), tuple(models.cfg_of(model))
   zeros = _abstract_variables(model, input_shape)
   layout = guided.conv_stages(model, zeros, input_shape)
   flat_zeros = flatten(zeros['params'])
   shapes = {p: flat_zeros[p].shape for _, paths in layout for p in paths}
-  masks = []
-  for s in seeds:
-    tree = load_mask(done[f'seed{s}/prune']['mask'], zeros['params'])
-    masks.append({p: np.asarray(m) for p, m in flatten(tree).items() if m is not None})
-  source = f'magnitude pruning {100 * float(config.prune.percent):g}%, {len(seeds)} run{"s" if len(seeds) > 1 else ""}'
-  pattern = guided.average_density(masks, layout, g.granularity, family, cfg, source=f'{source} ({config.data.name})')
-  arch_masks = {'guided': guided.sparse_mask(shapes, guided.conv_densities(pattern, layout), seeds[0])}
+  patterns, mappings = {}, {}
+  if own:
+    masks = []
+    for s in seeds:
+      tree = load_mask(done[f'seed{s}/prune']['mask'], zeros['params'])
+      masks.append({p: np.asarray(m) for p, m in flatten(tree).items() if m is not None})
+    runs = f'{len(seeds)} run{"s" if len(seeds) > 1 else ""}'
+    source = f'magnitude pruning {100 * float(config.prune.percent):g}%, {runs} ({config.data.name})'
+    patterns['guided'] = guided.average_density(masks, layout, g.granularity, family, cfg, source=source)
+    mappings['guided'] = {name: name for name, _ in layout}
+  if g.pattern_from:
+    patterns['transferred'] = guided_pattern_from(g.pattern_from)
+    mappings['transferred'] = guided.sparse_stage_map(patterns['transferred'], layout, f'{family} {list(cfg)}')
+  arch_masks = {}
+  for name, pattern in patterns.items():
+    # the paper's "kernel-sparsity pattern per layer stage" (its figure: the average 3x3 keep-probability maps of
+    # each stage, whose mean is the stage's density) read as both: density per stage and where in the kernel the
+    # weights are kept; guided.kernel_maps=False keeps the densities only (positions uniform)
+    by_position = guided.conv_position_weights(pattern, layout, shapes, mappings[name]) if g.kernel_maps else None
+    densities = guided.conv_densities(pattern, layout, mappings[name])
+    arch_masks[name] = guided.sparse_mask(shapes, densities, seeds[0], by_position)
   if g.uniform:
-    density = sum(float(m.sum()) for m in arch_masks['guided'].values()) / sum(m.size for m in masks[0].values())
+    matched = next(iter(arch_masks))
+    total = sum(math.prod(shape) for shape in shapes.values())
+    density = sum(float(m.sum()) for m in arch_masks[matched].values()) / total
     arch_masks['uniform'] = guided.sparse_mask(shapes, {p: density for p in shapes}, seeds[0])
   params_large, macs_large = _counts(model, input_shape)
   main_process = not jax.distributed.is_initialized() or jax.process_index() == 0
@@ -927,16 +958,21 @@ def _guided_sparsity(config, done: dict, workdir: str) -> dict:
     params = params_large - (sum(m.size for m in flat_mask.values()) - kept)
     macs = magnitude.nonzero_macs(model, fresh, input_shape)  # a seed's init: non-zero exactly under the mask
     entry.update(_counts_entry(params, macs, params_large, macs_large), kept_weights=kept)
-    if name == 'guided':
-      entry['pattern'] = pattern.to_json()
+    if name in patterns:
+      entry['pattern'] = patterns[name].to_json()
+      entry['stage_map'] = mappings[name]
+      # the maps the drawn mask has (one draw, pooled per stage like the source's): what the network trains with
+      entry['drawn_kernel_maps'] = [m.to_json() for m in guided.average_kernel_maps([flat_mask], layout)]
     else:
-      entry['ratio'], entry['matched'] = density, 'guided'
+      entry['ratio'], entry['matched'] = density, matched
     architectures[name] = entry
     _say(f'{name}: {kept:,} conv weights kept; params {params:,} of {params_large:,}, MACs {macs:,} of {macs_large:,}')
   results = _guided_results(architectures, params_large, macs_large, input_shape, num_classes)
-  results['pattern_file'] = os.path.join(workdir, GUIDED_PATTERN)
-  if main_process:
-    weights.write_text_atomic(results['pattern_file'], json.dumps(pattern.to_json(), indent=1) + '\n')
+  if own:
+    results['pattern_file'] = os.path.join(workdir, GUIDED_PATTERN)
+    if main_process:
+      text = json.dumps(patterns['guided'].to_json(), indent=1) + '\n'
+      weights.write_text_atomic(results['pattern_file'], text)
   return results
 
 

@@ -332,6 +332,14 @@ def write(config, done: dict, workdir: str) -> dict:
   elif config.prune.method == 'guided':
     summary = summarize_guided(config, done)
     text = markdown_guided(summary)
+    main_process = not jax.distributed.is_initialized() or jax.process_index() == 0
+    if (
+        main_process
+        and _unstructured(summary)
+        and (summary['rows'].get('guided', {}).get('pattern') or {}).get('kernel_maps')
+    ):
+      summary['kernel_maps_png'] = plot_kernel_maps(summary['rows']['guided'], os.path.join(workdir, KERNEL_MAPS_PNG))
+      text += f'\nthe maps as a picture (brighter: kept more often): {summary["kernel_maps_png"]}\n'
   else:
     summary = summarize(config, done)
     text = markdown(summary)
@@ -394,7 +402,7 @@ def summarize_guided(config, done: dict) -> dict:
         'epochs': {'scratch_e': int(config.num_epochs)},
     }
     row['epochs']['scratch_b'] = [budget.scratch_b_of_experiment(config, a).epochs for a in archs]
-    for key in ('pattern', 'stage_map', 'ratio', 'matched'):
+    for key in ('pattern', 'stage_map', 'ratio', 'matched', 'drawn_kernel_maps'):
       if name != 'pruned' and key in archs[0]:
         row[key] = archs[0][key]
     for kind in ('scratch_e', 'scratch_b'):
@@ -445,6 +453,63 @@ def _guided_what(summary: dict) -> str:
   return 'kept conv-weight fractions' if _unstructured(summary) else 'width ratios'
 
 
+KERNEL_MAPS_PNG = 'kernel_maps.png'
+
+
+def plot_kernel_maps(row: dict, out: str) -> str:
+  """The guided row's keep-probability maps as a PNG: one column per stage and kernel size, one row per source run,
+  then their mean and the map of the mask drawn from it (gray from 0, black, to 1, white)."""
+  from core_jax import seg_figure  # pylint: disable=import-outside-toplevel
+
+  maps = row['pattern']['kernel_maps']
+  drawn = {(m['stage'], tuple(m['kernel'])): m['mean'] for m in row.get('drawn_kernel_maps') or ()}
+  runs = max(len(m['runs']) for m in maps)
+  grid = [
+      [(m['runs'][i], f'{m["stage"]} run {i + 1}') if i < len(m['runs']) else None for m in maps] for i in range(runs)
+  ]
+  grid.append([(m['mean'], f'{m["stage"]} mean ({np.mean(m["mean"]):.2f})') for m in maps])
+  if drawn:
+    grid.append([(drawn.get((m['stage'], tuple(m['kernel']))), f'{m["stage"]} drawn') for m in maps])
+    grid[-1] = [None if cell[0] is None else cell for cell in grid[-1]]
+  title = f'keep probability per kernel position ({row["pattern"].get("source") or row["pattern"]["family"]})'
+  return seg_figure.plot_panels(out, grid, title, panel_size=(1.6, 1.6))
+
+
+def _kernel_map_cell(values) -> str:
+  return ' / '.join(' '.join(f'{v:.2f}' for v in row) for row in values)
+
+
+def _kernel_maps_table(name: str, row: dict) -> list[str]:
+  """The pattern's average keep-probability maps per stage (kernel rows top to bottom, separated by /), their
+  largest std over the source runs, and the maps of the mask drawn from them (mapped stage by stage)."""
+  pattern = row['pattern']
+  runs = len(pattern.get('runs') or ()) or 1
+  density = pattern['ratios'] if pattern.get('granularity') == 'stage' else {}
+  source_of = {v: k for k, v in (row.get('stage_map') or {}).items()}  # source stage -> the target stage it sets
+  drawn = {(m['stage'], tuple(m['kernel'])): m['mean'] for m in row.get('drawn_kernel_maps') or ()}
+  lines = [
+      f'{name}: average keep probability per kernel position, per stage ({pattern.get("source") or pattern["family"]};'
+      f' the std is over the {runs} run{"s" if runs != 1 else ""})',
+      '',
+      '| stage | kernel | density | keep probability (rows top to bottom) | max std over runs | drawn mask |',
+      '|---|---|---|---|---|---|',
+  ]
+  for m in pattern['kernel_maps']:
+    kernel = tuple(m['kernel'])
+    stage = (
+        m['stage']
+        if source_of.get(m['stage'], m['stage']) == m['stage']
+        else f'{m["stage"]} -> {source_of[m["stage"]]}'
+    )
+    mine = drawn.get((source_of.get(m['stage'], m['stage']), kernel))
+    d = density.get(m['stage'])
+    lines.append(
+        f'| {stage} | {kernel[0]}x{kernel[1]} | {"-" if d is None else f"{d:.3f}"} | {_kernel_map_cell(m["mean"])} | '
+        f'{max(v for r in m["std"] for v in r):.3f} | {"-" if mine is None else _kernel_map_cell(mine)} |'
+    )
+  return lines
+
+
 def markdown_guided(summary: dict) -> str:
   n = len(summary['seeds'])
   rows = summary['rows']
@@ -468,8 +533,10 @@ def markdown_guided(summary: dict) -> str:
 
   labels = {'unpruned': 'unpruned', **GUIDED_ROWS}
   if _unstructured(summary):
+    what = 'densities and kernel maps' if g.get('kernel_maps', True) else 'densities'
     labels['pruned'] = 'magnitude pruning (each run)'
-    labels['guided'] = 'guided sparsification (averaged densities)'
+    labels['guided'] = f'guided sparsification (averaged {what})'
+    labels['transferred'] = f'transferred guided sparsification ({what})'
 
   for name, row in rows.items():
     label = labels[name]
@@ -492,6 +559,9 @@ def markdown_guided(summary: dict) -> str:
   if _unstructured(summary):
     if 'uniform' in rows and 'ratio' in rows['uniform']:
       lines.append(f'uniform density: {rows["uniform"]["ratio"]:.3f} of every conv')
+    for name in ('guided', 'transferred'):
+      if name in rows and (rows[name].get('pattern') or {}).get('kernel_maps'):
+        lines += ['', *_kernel_maps_table(name, rows[name])]
   else:
     for name, row in rows.items():
       if name not in ('unpruned', 'pruned'):

@@ -2,6 +2,7 @@
 
 `anytime_config()` is core_jax.config.base_config() plus the anytime groups (defaults = ADP-C on W48):
   model     name 'hrnet', arch, exits, exit_type ('ee' | 'rh'), inter_channels (0: arch default 128 / 64),
+            rh_max_depth (RH exit k takes min(4 - k, it) down steps; 3: the paper's, 1..2: for small inputs),
             confidence_adaptive, tau (threshold in (0, 1]), masked_stages (2..4), bn_momentum (0.99, the
             reference's PyTorch 0.01), conv_init ('normal': the reference's N(0, 0.001); 'he': N(0, 2 / fan_in))
   loss      exit_weights (one per exit), class_weights (one per class; () = uniform)
@@ -26,6 +27,7 @@ def anytime_config() -> ml_collections.ConfigDict:
           exits=(1, 2, 3, 4),
           exit_type='rh',
           inter_channels=0,
+          rh_max_depth=3,
           confidence_adaptive=True,
           tau=0.998,
           masked_stages=(2, 3, 4),

@@ -52,9 +52,11 @@ def experiment_config():
   # prune.method='guided' (pruning_jax.methods.guided): Network Slimming source runs at prune.percent (this
   # experiment's seeds, and the seed*/prune phases of the workdirs in runs_from) averaged per stage or layer; a
   # pattern.json (or a guided experiment's workdir) in pattern_from is transferred; uniform: the same params;
-  # structure 'unstructured': guided sparsification from magnitude runs at prune.percent (conv weight densities)
+  # structure 'unstructured': guided sparsification from magnitude runs at prune.percent (conv weight densities
+  # and, with kernel_maps, each stage's keep probability at every kernel position; pattern_from: an unstructured
+  # pattern transferred stage k -> stage k)
   c.guided = ml_collections.ConfigDict(
-      dict(granularity='stage', runs_from=(), pattern_from='', uniform=True, structure='structured')
+      dict(granularity='stage', runs_from=(), pattern_from='', uniform=True, structure='structured', kernel_maps=True)
   )
   # prune.method='sss' (pruning_jax.methods.sss): the factors' sparsity penalty and momentum of the proximal step;
   # architecture: '' (the blocks the trained factors remove) or a fixed one of the paper (resnet41/32/26)

@@ -19,13 +19,30 @@ Transfer: (:transfer, after the run above) transferred guided 36.8K params, 3.69
           (Scratch-E +0.14, Scratch-B -0.14, spread 0.59); 5 min 23 s CPU time (30.2 min wall at load 24-28)
 
 Unstructured: python -m pruning_jax.main --config=configs/pruning/digits_guided.py:unstructured
-          --workdir=/tmp/pruning_digits_guided_u (guided sparsification) printed (Scratch-E | Scratch-B, %, 2 seeds):
+          --workdir=/tmp/pruning_digits_guided_u (guided sparsification: each stage's density and 3x3 keep-probability
+          map) printed (Scratch-E | Scratch-B, %, 2 seeds):
             unpruned 136.0K params 99.17 +- 0.39
             magnitude pruning 80% (each run) 28.7K non-zero, 1.34M MACs  98.89 +- 1.18 | 99.17 +- 0.39
-            guided (stage densities 0.630 0.443 0.288 0.273 0.124) 28.7K, 1.34M MACs  98.89 +- 0.79 | 99.31 +- 0.20
+            guided (stage densities 0.630 0.443 0.288 0.273 0.124, and maps) 28.7K, 1.34M MACs  98.89 +- 0.39 | 99.31
+            +- 0.20
             uniform (0.200 of every conv, the same 26,813 conv weights) 28.7K, 738.2K MACs  98.89 +- 0.39 | 99.17 +-
-            0.39; the claim holds (Scratch-E +0.00, spread 1.18; Scratch-B +0.14, spread 0.59); 4 min 59 s CPU time
-            (6 min 5 s wall at load 7-9, 17 phases)
+            0.39; the claim holds (Scratch-E +0.00, spread 0.79; Scratch-B +0.14, spread 0.59); 5 min 28 s CPU time
+            (10 min 58 s wall at load 4-10, 17 phases). The maps (mean of the 2 runs, rows top to bottom; max std over
+            the runs; DIR/kernel_maps.png):
+              stage1 (32x32, 3 x 16 channel pairs) 0.67 0.55 0.68 / 0.65 0.59 0.52 / 0.62 0.73 0.66  std 0.103
+              stage2 0.45 0.44 0.43 / 0.46 0.43 0.48 / 0.45 0.44 0.42  std 0.058
+              stage3 0.30 0.30 0.29 / 0.29 0.28 0.27 / 0.29 0.29 0.29  std 0.028
+              stage4 0.27 0.28 0.27 / 0.27 0.27 0.27 / 0.28 0.27 0.27  std 0.011
+              stage5 0.11 0.13 0.12 / 0.12 0.15 0.13 / 0.12 0.13 0.11  std 0.008
+            nearly flat on digits (no position kept clearly more), stable across the runs where a stage has many
+            channel pairs (std 0.01-0.03 from stage 3 on). :unstructured_densities (guided.kernel_maps=False,
+            positions uniform) printed before the maps existed: guided 98.89 +- 0.79 | 99.31 +- 0.20, the other rows
+            the same; 4 min 59 s CPU time (6 min 5 s wall at load 7-9).
+Unstructured transfer: (:unstructured_transfer, after the :unstructured run) its densities and maps on the 7-conv VGG,
+          stage k -> stage k (stage 1 and 2 with two convs each): transferred 34.3K non-zero, 3.87M MACs  99.03 +-
+          0.20 | 99.31 +- 0.59; uniform (0.222 of every conv, the same 32,349 conv weights) 34.3K, 1.87M MACs  99.17
+          +- 0.39 | 99.44 +- 0.00; the claim holds within the spread (Scratch-E -0.14, Scratch-B -0.14, spread
+          0.59); the drawn mask's maps equal the source's to 0.01; 4 min 52 s CPU time (9 min 43 s wall at load 5-12)
 
 Per seed the source run of digits_slimming.py (5 epochs with sparsity s = 0.02, one global |gamma| threshold at
 50% of the channels: the same large models and pruned cfgs), its pruned architecture trained from scratch; then
@@ -41,19 +58,31 @@ digits_slimming = load_sibling(__file__, 'digits_slimming.py')
 TRANSFER_CFG = (16, 16, 'M', 32, 32, 'M', 64, 'M', 64, 'M', 128)  # a deeper VGG: stages 1 and 2 get two convs
 
 
+EXPERIMENTS = ('guided', 'transfer', 'unstructured', 'unstructured_densities', 'unstructured_transfer')
+
+
 def get_config(arg: str = 'guided'):
-  if arg not in ('guided', 'transfer', 'unstructured'):
-    raise ValueError(f'experiment {arg!r}: expected guided, transfer or unstructured')
+  if arg not in EXPERIMENTS:
+    raise ValueError(f'experiment {arg!r}: expected one of {", ".join(EXPERIMENTS)}')
   c = digits_slimming.get_config()
   c.prune.method = 'guided'
   c.experiment.phases = ('large', 'prune', 'scratch_e', 'scratch_b')
-  if arg == 'unstructured':
+  if arg.startswith('unstructured'):
     # guided sparsification: 2 magnitude runs at 80% of the conv weights (the paper's CIFAR-10 ratio), no sparsity
-    # training; their per-stage kept fractions on random masks vs one density everywhere at the same non-zeros
+    # training; their per-stage kept fractions and 3x3 keep-probability maps drawn into a new mask (densities only:
+    # positions uniform) vs one density everywhere at the same non-zeros
     c.guided.structure = 'unstructured'
     c.sparsity.s = 0.0
     c.prune.percent = 0.8
     c.experiment.title = 'VGG (5 conv), guided sparsification from 2 magnitude 80% runs vs uniform (digits)'
+    if arg == 'unstructured_densities':
+      c.guided.kernel_maps = False
+      c.experiment.title = 'VGG (5 conv), guided sparsification (densities only) from 2 magnitude 80% runs vs uniform'
+    elif arg == 'unstructured_transfer':  # the :unstructured run's pattern on the 7-conv VGG, stage k -> stage k
+      c.model.cfg = TRANSFER_CFG
+      c.guided.pattern_from = '/tmp/pruning_digits_guided_u'
+      c.experiment.phases = ('scratch_e', 'scratch_b')
+      c.experiment.title = 'VGG (7 conv), transferred guided sparsification from the 5-conv VGG vs uniform (digits)'
   elif arg == 'guided':
     c.experiment.title = 'VGG (5 conv), guided pruning from 2 Network Slimming 50% runs vs uniform (digits)'
   else:

@@ -22,6 +22,20 @@ Time:     not measured: no accelerator was available to this work. Per seed: 160
           Scratch-E (160) and Scratch-B (160 x MACs ratio) of the run's own architecture and of each of the 2-3
           built ones, 781 steps an epoch at batch 64; VGG-16 313.5M / VGG-19 398M MACs per image unpruned.
 
+Unstructured (guided sparsification, ARG with _unstructured after P; the paper's section 5 for magnitude pruning):
+          python -m pruning_jax.main --config=configs/pruning/guided_cifar.py:vgg16_c10_80_unstructured
+            --workdir=/ckpt/guided_vgg16_c10_80_unstructured
+          python -m pruning_jax.main --config=configs/pruning/guided_cifar.py:vgg19_c100_80_unstructured_transferred
+            --workdir=/ckpt/guided_vgg19_c100_80_unstructured  (pattern_from: the first one's workdir)
+          5 seeds of VGG trained normally (s = 0), P% of the conv weights pruned by one global magnitude threshold;
+          per stage (one feature-map size) the kept fraction and the average 3x3 keep-probability map over the 5
+          runs (printed with their std over runs: the paper's figure shows them stable and consistent across runs,
+          qualitatively, reference sheet section 7 [unverified: check the paper]); guided: a mask drawn
+          with those densities and maps, trained from scratch; uniform: P% of every conv at the same non-zeros;
+          transferred: VGG-16 / CIFAR-10's maps and densities on VGG-19 / CIFAR-100, stage k -> stage k. The
+          paper shows guided and transferred guided sparsification as efficient as the pruned sparse models and
+          better than uniform (figures, no table: not measured here, no accelerator was available to this work).
+
 Recipe: the CIFAR protocol of slimming_cifar.py (SGD 0.9, wd 1e-4, batch 64, 160 epochs, lr / 10 at 50% and 75%,
 pad-4 crop + flip), s = 1e-4 for both VGGs (the paper's VGG value), 5 seeds; the slimming VGG (one Linear head).
 Stages map by position (the k-th group of convs sharing a feature-map size): VGG-16's 5 stages onto VGG-19's,
@@ -36,22 +50,25 @@ NETWORKS = {'vgg16_c10': ('vgg16_slimming', 'cifar10', 'VGG-16'), 'vgg19_c100': 
 
 
 def _parse(arg: str):
-  transferred = arg.endswith('_transferred')
-  network, _, rest = arg.removesuffix('_transferred').rpartition('_')
+  rest = arg.removesuffix('_transferred')
+  transferred = rest != arg
+  unstructured = rest.endswith('_unstructured')
+  network, _, percent = rest.removesuffix('_unstructured').rpartition('_')
   if (
       network not in NETWORKS
-      or not rest.isdigit()
-      or not 10 <= int(rest) <= 90
+      or not percent.isdigit()
+      or not 10 <= int(percent) <= 90
       or (transferred and network != 'vgg19_c100')
   ):
     raise ValueError(
-        f'experiment {arg!r}: expected vgg16_c10_P, vgg19_c100_P or vgg19_c100_P_transferred (P: a percent in 10-90)'
+        f'experiment {arg!r}: expected vgg16_c10_P, vgg19_c100_P or vgg19_c100_P_transferred, each optionally with '
+        '_unstructured after P (P: a percent in 10-90)'
     )
-  return network, int(rest), transferred
+  return network, int(percent), transferred, unstructured
 
 
 def get_config(arg: str = 'vgg16_c10_60'):
-  network, percent, transferred = _parse(arg)
+  network, percent, transferred, unstructured = _parse(arg)
   model, data, name = NETWORKS[network]
   c = recipes.cifar_recipe(recipes.experiment_config(), data)
   c.model.name = model
@@ -59,8 +76,13 @@ def get_config(arg: str = 'vgg16_c10_60'):
   c.prune.update(dict(method='guided', percent=percent / 100))
   c.experiment.phases = ('large', 'prune', 'scratch_e', 'scratch_b')
   title = f'{name}, guided pruning from 5 Network Slimming {percent}% runs vs uniform ({data.upper()})'
+  if unstructured:  # guided sparsification: magnitude runs of normally trained networks (no sparsity training)
+    c.guided.structure = 'unstructured'
+    c.sparsity.s = 0.0
+    title = f'{name}, guided sparsification from 5 magnitude {percent}% runs vs uniform ({data.upper()})'
   if transferred:
-    c.guided.pattern_from = f'/ckpt/guided_vgg16_c10_{percent}'
-    title = f'{name}, guided and transferred guided (VGG-16 / CIFAR10 {percent}%) pruning vs uniform ({data.upper()})'
+    kind = 'sparsification' if unstructured else 'pruning'
+    c.guided.pattern_from = f'/ckpt/guided_vgg16_c10_{percent}{"_unstructured" if unstructured else ""}'
+    title = f'{name}, guided and transferred guided (VGG-16 / CIFAR10 {percent}%) {kind} vs uniform ({data.upper()})'
   c.experiment.update(dict(title=title, seeds=(0, 1, 2, 3, 4)))
   return c

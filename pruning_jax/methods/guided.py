@@ -30,11 +30,18 @@ stage-wise equal widths the guided model's widths are the rounded averages of th
 Guided sparsification (guided.structure='unstructured', the paper's unstructured counterpart): the source runs are
 unstructured magnitude pruning (prune.percent of the conv weights, one global threshold); a stage is every conv
 whose output has one spatial size (`conv_stages`, any family), its ratio the fraction of the stage's conv weights
-the run kept, averaged over the runs (or per conv with granularity 'layer'). The guided network is the unpruned one
-under a mask with that density in each conv, the kept positions drawn at random per conv (`sparse_mask`; the
-paper's averaged 3x3 keep-probability maps are not used), trained from scratch as the mask implementation;
-uniform sparsification puts one density, the guided mask's overall one, in every conv (the same non-zero count
-within one weight per conv). Transfer of such a pattern is not implemented.
+the run kept, averaged over the runs (or per conv with granularity 'layer'). With the densities the runs' average
+keep-probability maps of the kernels are kept (`KernelMap`, the paper's figure of 3x3 maps per layer stage): per
+stage and kernel size, the fraction of the (in, out) channel pairs whose weight at each kernel position survived,
+pooled over the stage's convs, per run, then averaged (their std over runs says how stable they are). The guided
+network is the unpruned one under a mask drawn per conv (`sparse_mask`) with its stage's density and, at each
+kernel position, that stage's map scaled to the conv's density (guided.kernel_maps, the default; False draws the
+positions uniformly, densities only); it is trained from scratch as the mask implementation. Uniform
+sparsification puts one density, the guided mask's overall one, in every conv (the same non-zero count within one
+weight per conv), positions uniform. Transfer (guided.pattern_from with an unstructured pattern): the k-th stage
+of the target (its k-th largest feature map) takes the source's k-th stage's density and maps (`sparse_stage_map`;
+VGG-16 -> VGG-19 on CIFAR: 5 stages each, VGG-19's extra convs take their stage's); a different number of stages
+is an error naming both networks.
 
   stages(family, cfg)                           [(stage name, cfg indices of its prunable widths)]
   average(runs, granularity='stage')            -> Pattern over `Run`s (one family, one unpruned cfg, >= 1 run)
@@ -45,8 +52,12 @@ within one weight per conv). Transfer of such a pattern is not implemented.
   Counter(num_classes, input_shape)             .params(family, cfg), .macs(family, cfg): exact, cached
   conv_stages(model, variables, input_shape)    unstructured: [(stage name, its conv kernel paths)]
   average_density(masks, layout, ...)           unstructured: -> Pattern of kept-weight fractions
-  conv_densities(pattern, layout)               {conv kernel path: its density}
-  sparse_mask(shapes, densities, seed)          {conv kernel path: 0/1 mask with round(density x size) ones}
+  average_kernel_maps(masks, layout)            unstructured: per stage and kernel size, the keep probability maps
+  sparse_stage_map(pattern, layout, family)     unstructured: {target stage: source stage} (stage k -> stage k)
+  conv_densities(pattern, layout, mapping)      {conv kernel path: its density}
+  conv_position_weights(pattern, layout, shapes, mapping)  {conv kernel path: its stage's map, flat} (k x k only)
+  sparse_mask(shapes, densities, seed, position_weights)  {conv kernel path: 0/1 mask with round(density x size)
+                                                ones, split over the kernel positions by the weights when given}
 """
 
 import dataclasses
@@ -76,6 +87,41 @@ class Run:
 
 
 @dataclasses.dataclass(frozen=True)
+class KernelMap:
+  """One stage's keep probability at each position of its k x k kernels (unstructured): per run, the kept weights
+  at the position over the (in, out) channel pairs there, pooled over the stage's convs of that kernel size."""
+
+  stage: str
+  kernel: tuple[int, int]  # (kh, kw)
+  runs: tuple[tuple[float, ...], ...]  # per run kh x kw values, row-major
+
+  @property
+  def mean(self) -> np.ndarray:
+    return np.mean(np.asarray(self.runs, np.float64), axis=0).reshape(self.kernel)
+
+  @property
+  def std(self) -> np.ndarray:
+    """The sample std over runs at each position (0 for one run): how stable the map is across runs."""
+    runs = np.asarray(self.runs, np.float64)
+    return (np.std(runs, axis=0, ddof=1) if len(runs) > 1 else np.zeros(runs.shape[1])).reshape(self.kernel)
+
+  def to_json(self) -> dict:
+    return {
+        'stage': self.stage,
+        'kernel': list(self.kernel),
+        'mean': self.mean.tolist(),
+        'std': self.std.tolist(),
+        'runs': [np.reshape(r, self.kernel).tolist() for r in self.runs],
+    }
+
+  @classmethod
+  def from_json(cls, d: dict) -> 'KernelMap':
+    kernel = tuple(int(k) for k in d['kernel'])
+    runs = d.get('runs') or [d['mean']]
+    return cls(d['stage'], kernel, tuple(tuple(float(v) for v in np.reshape(r, -1)) for r in runs))
+
+
+@dataclasses.dataclass(frozen=True)
 class Pattern:
   """Kept-width ratios averaged over pruning runs of one network, per stage (or per prunable layer)."""
 
@@ -87,6 +133,7 @@ class Pattern:
   runs: tuple[tuple, ...] = ()  # the pruned cfgs averaged (unstructured: each run's ratios)
   source: str = ''  # what produced the runs (method, ratio, dataset), for the table
   structure: str = 'structured'  # 'unstructured': the ratios are kept fractions of the conv weights
+  kernel_maps: tuple[KernelMap, ...] = ()  # unstructured: per stage and kernel size, the keep-probability maps
 
   def to_json(self) -> dict:
     return {
@@ -97,6 +144,7 @@ class Pattern:
         'runs': [list(r) for r in self.runs],
         'source': self.source,
         'structure': self.structure,
+        'kernel_maps': [m.to_json() for m in self.kernel_maps],
     }
 
   @classmethod
@@ -114,6 +162,7 @@ class Pattern:
         tuple(tuple(r) for r in d.get('runs') or ()),
         d.get('source', ''),
         d.get('structure', 'structured'),
+        tuple(KernelMap.from_json(m) for m in d.get('kernel_maps') or ()),
     )
 
 
@@ -194,7 +243,10 @@ def stage_map(pattern: Pattern, family: str, cfg: Sequence) -> dict[str, str]:
   """{target stage (or layer): the source's stage (or layer) whose ratio it takes}."""
   cfg = models.normalize_cfg(cfg)
   if pattern.structure != 'structured':
-    raise UserError(f'a {pattern.structure} pattern (conv weight densities) does not rewidth a network')
+    raise UserError(
+        'an unstructured pattern (conv weight densities) does not rewidth a network: guided.structure=structured '
+        'takes the pattern of a guided pruning experiment'
+    )
   if _group(pattern.family) != _group(family):
     raise UserError(
         f'no stage mapping from {pattern.family} to {family}: guided patterns transfer between VGGs or between '
@@ -324,7 +376,8 @@ def average_density(
     masks, layout, granularity: str = 'stage', family: str = '', cfg: Sequence = (), source: str = ''
 ) -> Pattern:
   """The runs' kept fractions of the conv weights ({conv kernel path: 0/1 mask} per run) averaged per stage of
-  `layout` (conv_stages), or per conv (granularity 'layer', named by their kernel paths)."""
+  `layout` (conv_stages), or per conv (granularity 'layer', named by their kernel paths), with the runs' kernel
+  maps per stage (average_kernel_maps)."""
   masks = list(masks)
   if not masks:
     raise UserError('guided sparsification averages at least 1 pruning run, got none')
@@ -355,20 +408,132 @@ def average_density(
       tuple(per_run),
       source,
       'unstructured',
+      average_kernel_maps(masks, layout),
   )
 
 
-def conv_densities(pattern: Pattern, layout) -> dict[str, float]:
-  """{conv kernel path: the density the pattern gives it} (its stage's ratio, or its own per layer)."""
+def kernel_of(shape) -> tuple[int, int]:
+  """The (kh, kw) of a conv kernel: flax's (kh, kw, in, out), or (1, 1) for a pointwise (in, out) one."""
+  return (int(shape[0]), int(shape[1])) if len(shape) == 4 else (1, 1)
+
+
+def _kept_per_position(mask) -> tuple[np.ndarray, int]:
+  """(kept weights at each kernel position, row-major; the (in, out) channel pairs at one position)."""
+  kh, kw = kernel_of(np.shape(mask))
+  by_position = np.reshape(np.asarray(mask), (kh * kw, -1))
+  return np.count_nonzero(by_position, axis=1), by_position.shape[1]
+
+
+def average_kernel_maps(masks, layout) -> tuple[KernelMap, ...]:
+  """Per stage of `layout` and kernel size with more than one position (a 1 x 1 kernel's map is its density), each
+  run's fraction of kept weights at every kernel position: the kept weights there over the (in, out) channel
+  pairs, pooled over the stage's convs of that size (the paper's average 3 x 3 keep-probability maps)."""
+  out = []
+  for name, paths in layout:
+    by_kernel: dict[tuple[int, int], list[str]] = {}
+    for p in paths:
+      by_kernel.setdefault(kernel_of(np.shape(masks[0][p])), []).append(p)
+    for kernel, group in sorted(by_kernel.items()):
+      if math.prod(kernel) == 1:
+        continue
+      runs = []
+      for mask in masks:
+        counts = [_kept_per_position(mask[p]) for p in group]
+        fractions = sum(c for c, _ in counts) / sum(pairs for _, pairs in counts)
+        runs.append(tuple(float(v) for v in fractions))
+      out.append(KernelMap(name, kernel, tuple(runs)))
+  return tuple(out)
+
+
+def _describe(pattern: Pattern) -> str:
+  cfg = f' {list(pattern.cfg)}' if pattern.cfg else ''
+  return f'{pattern.family or "the source network"}{cfg}'
+
+
+def sparse_stage_map(pattern: Pattern, layout, family: str = '') -> dict[str, str]:
+  """{target stage of `layout` (conv_stages): the source stage whose density and maps it takes}: stage k (the k-th
+  largest feature map) to stage k, so both networks need the same number of stages; a per-conv pattern applies to
+  its own convs only."""
+  if pattern.structure != 'unstructured':
+    raise UserError(
+        'a structured pattern (channel widths) does not sparsify a network: guided.structure=unstructured '
+        'takes the pattern of a guided sparsification experiment'
+    )
+  names = [name for name, _ in layout]
+  if pattern.granularity == 'layer':
+    convs = tuple(p for _, paths in layout for p in paths)
+    if convs != pattern.names:
+      raise UserError(
+          f'a per-conv pattern applies to its own convs only ({_describe(pattern)}, {len(pattern.names)} convs); '
+          'transfer a per-stage one (guided.granularity=stage)'
+      )
+    return {n: n for n in names}
+  if len(names) != len(pattern.names):
+    raise UserError(
+        f'no stage mapping from {_describe(pattern)} ({len(pattern.names)} feature-map sizes) to '
+        f'{family or "the target network"} ({len(names)} feature-map sizes): stage k maps to stage k, so both need '
+        'the same number of stages'
+    )
+  return dict(zip(names, pattern.names))
+
+
+def conv_densities(pattern: Pattern, layout, mapping: dict[str, str] | None = None) -> dict[str, float]:
+  """{conv kernel path: the density the pattern gives it} (its stage's ratio through `mapping`, {target stage:
+  source stage}, default the identity; or its own per conv)."""
   ratio_of = dict(zip(pattern.names, pattern.ratios))
   if pattern.granularity == 'layer':
     return {p: ratio_of[p] for _, paths in layout for p in paths}
-  return {p: ratio_of[name] for name, paths in layout for p in paths}
+  mapping = mapping or {name: name for name, _ in layout}
+  return {p: ratio_of[mapping[name]] for name, paths in layout for p in paths}
 
 
-def sparse_mask(shapes, densities, seed: int) -> dict[str, np.ndarray]:
-  """{conv kernel path: float32 0/1 mask of its shape with max(1, floor(density x size + 1/2)) ones at positions drawn
-  uniformly}; conv i (sorted path order) draws from numpy's default_rng([seed, i])."""
+def conv_position_weights(pattern: Pattern, layout, shapes, mapping: dict[str, str] | None = None) -> dict:
+  """{conv kernel path: its (source) stage's mean keep-probability map for its kernel size, flat row-major}, for the
+  convs whose stage has a map of their kernel size (others: positions uniform)."""
+  mapping = mapping or {name: name for name, _ in layout}
+  maps = {(m.stage, m.kernel): m.mean.reshape(-1) for m in pattern.kernel_maps}
+  out = {}
+  for name, paths in layout:
+    for p in paths:
+      weights = maps.get((mapping[name], kernel_of(shapes[p])))
+      if weights is not None:
+        out[p] = weights
+  return out
+
+
+def split_over_positions(weights, ones: int, capacity: int) -> np.ndarray:
+  """Integer kept counts per kernel position summing to `ones`: proportional to `weights` (a stage's map, so each
+  position's keep probability is its map value scaled to the conv's density), each at most `capacity` (the channel
+  pairs at one position); a full position's excess goes to the others in proportion, positions of weight 0 only
+  once all others are full; the rounding gives the largest remainders one more."""
+  weights = np.asarray(weights, np.float64)
+  share = np.zeros(len(weights))
+  free = np.ones(len(weights), bool)
+  left = float(ones)
+  while free.any() and left > 0:
+    w = weights[free] if weights[free].sum() > 0 else np.ones(int(free.sum()))
+    want = left * w / w.sum()
+    full = want >= capacity
+    if not full.any():
+      share[free] = want
+      break
+    idx = np.flatnonzero(free)[full]
+    share[idx] = capacity
+    left -= capacity * len(idx)
+    free[idx] = False
+  counts = np.floor(share + 1e-9).astype(np.int64)
+  rest = int(ones - counts.sum())
+  order = np.argsort(-(share - counts), kind='stable')
+  counts[order[:rest]] += 1
+  return counts
+
+
+def sparse_mask(shapes, densities, seed: int, position_weights=None) -> dict[str, np.ndarray]:
+  """{conv kernel path: float32 0/1 mask of its shape with max(1, floor(density x size + 1/2)) ones}; conv i (sorted
+  path order) draws from numpy's default_rng([seed, i]). Without position weights for a conv its ones sit at
+  positions drawn uniformly; with them (conv_position_weights) the ones are first split over the kernel positions
+  (split_over_positions) and at each position the (in, out) channel pairs that keep their weight are drawn."""
+  position_weights = position_weights or {}
   out = {}
   for i, path in enumerate(sorted(densities)):
     shape = tuple(shapes[path])
@@ -377,7 +542,16 @@ def sparse_mask(shapes, densities, seed: int) -> dict[str, np.ndarray]:
     if not 0.0 < density <= 1.0:
       raise UserError(f'a conv density must be in (0, 1], got {density} for {path}')
     ones = min(size, max(1, int(math.floor(density * size + 0.5))))
-    flat = np.zeros(size, np.float32)
-    flat[np.random.default_rng([int(seed), i]).permutation(size)[:ones]] = 1.0
-    out[path] = flat.reshape(shape)
+    rng = np.random.default_rng([int(seed), i])
+    positions = math.prod(kernel_of(shape))
+    if path not in position_weights or positions == 1:
+      flat = np.zeros(size, np.float32)
+      flat[rng.permutation(size)[:ones]] = 1.0
+      out[path] = flat.reshape(shape)
+      continue
+    pairs = size // positions
+    by_position = np.zeros((positions, pairs), np.float32)
+    for k, count in enumerate(split_over_positions(position_weights[path], ones, pairs)):
+      by_position[k, rng.permutation(pairs)[:count]] = 1.0
+    out[path] = by_position.reshape(shape)
   return out

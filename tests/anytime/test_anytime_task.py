@@ -213,6 +213,8 @@ def test_fit_variables_lambda_head_and_errors(tiny_ca):
         (dict(name='resnet50'), r"model.name 'resnet50': the anytime line's model is 'hrnet'"),
         (dict(exit_type='fancy'), 'exit_type must be one of'),
         (dict(masked_stages=(3,), exits=(1, 4)), 'masking stage 3 needs exit 2'),
+        (dict(rh_max_depth=0), r'model.rh_max_depth must be an integer 1\.\.3 '),
+        (dict(rh_max_depth=4), r'model.rh_max_depth must be an integer 1\.\.3 '),
     ],
 )
 def test_bad_model_configs_are_one_line_errors(model, message):

@@ -233,3 +233,22 @@ def test_recipe_options_conv_init_and_bn_momentum():
     hrnet.build('w8_tiny', bn_momentum=1.0)
   nano = abstract_variables(hrnet.build('w8_nano', num_classes=3))['params']
   assert nano['conv1']['kernel'].shape == (3, 3, 3, 16) and nano['layer1_0']['conv3']['kernel'].shape[-1] == 64
+
+
+def test_rh_max_depth_caps_the_redesigned_exits_down_steps():
+  """RH exit k takes min(4 - k, rh_max_depth) down steps (conv names are the PyTorch Sequential's indices: the
+  classifier of d steps is conv{8d - 3}); the default 3 is the paper's 3 / 2 / 1; bad values are one line."""
+
+  def classifier_index(params, k):
+    return max(int(n[len('conv') :]) for n in params[f'exit{k}'] if n.startswith('conv'))
+
+  paper = abstract_variables(hrnet.build('w8_tiny', num_classes=3))['params']
+  assert [classifier_index(paper, k) for k in (1, 2, 3)] == [21, 13, 5]
+  for cap, depths in ((2, (2, 2, 1)), (1, (1, 1, 1))):
+    capped = abstract_variables(hrnet.build('w8_tiny', num_classes=3, rh_max_depth=cap))['params']
+    assert [classifier_index(capped, k) for k in (1, 2, 3)] == [8 * d - 3 for d in depths], cap
+    assert capped['exit3'].keys() == paper['exit3'].keys()
+  for bad in (0, 4, 2.0, True):
+    with pytest.raises(UserError, match=r'^rh_max_depth must be an integer 1\.\.3 .*got ') as e:
+      hrnet.build('w8_tiny', rh_max_depth=bad)
+    assert '\n' not in str(e.value)

@@ -114,6 +114,19 @@ def _pattern_file(tmp_path, family='vgg_slimming', cfg=(16, 'M', 32, 'M', 64, 'M
   return str(path)
 
 
+def _sparse_pattern_file(tmp_path, cfg=(16, 'M', 32, 'M', 64, 'M', 64, 'M', 128)) -> str:
+  """An unstructured pattern of the digits VGG (5 stages), as a guided sparsification experiment writes it."""
+  model = models.build('vgg_slimming', cfg, 10)
+  zeros = _zeros(model)
+  layout = guided.conv_stages(model, zeros, (1, 32, 32, 3))
+  flat = flatten(zeros['params'])
+  shapes = {p: flat[p].shape for _, paths in layout for p in paths}
+  masks = [guided.sparse_mask(shapes, {p: 0.5 for p in shapes}, seed) for seed in (0, 1)]
+  path = tmp_path / 'sparse_pattern.json'
+  path.write_text(json.dumps(guided.average_density(masks, layout, family='vgg_slimming', cfg=cfg).to_json()))
+  return str(path)
+
+
 def _resnet_runs(tmp_path) -> str:
   d = tmp_path / 'resnet_runs'
   (d / 'seed0' / 'prune').mkdir(parents=True)
@@ -139,12 +152,22 @@ def _resnet_runs(tmp_path) -> str:
         (['c.guided.structure = "blocks"'], "guided.structure must be one of structured, unstructured, got 'blocks'"),
         (
             ['c.guided.structure = "unstructured"', 'c.guided.pattern_from = {pattern!r}'],
-            'guided.structure=unstructured averages its own magnitude runs',
+            'holds a structured pattern (channel widths); guided.structure=unstructured transfers the pattern of a',
+        ),
+        (
+            ['c.guided.structure = "unstructured"', 'c.guided.runs_from = ({resnet_runs!r},)'],
+            'guided.runs_from is for the structured variant',
+        ),
+        (
+            ['c.guided.pattern_from = {sparse_pattern!r}'],
+            'an unstructured pattern (conv weight densities) does not rewidth a network: guided.structure=structured',
         ),
     ],
 )
 def test_bad_guided_configs_are_one_line_and_keep_saved_work(tmp_path, capsys, lines, message):
-  fill = dict(pattern=_pattern_file(tmp_path), resnet_runs=_resnet_runs(tmp_path))
+  fill = dict(
+      pattern=_pattern_file(tmp_path), resnet_runs=_resnet_runs(tmp_path), sparse_pattern=_sparse_pattern_file(tmp_path)
+  )
   config = _write_config(tmp_path / 'bad.py', 'digits_guided.py', [line.format(**fill) for line in lines])
   _fails_in_one_line_keeping_saved_work(tmp_path, capsys, config, message)
 
@@ -155,6 +178,10 @@ def test_bad_guided_configs_are_one_line_and_keep_saved_work(tmp_path, capsys, l
         ('digits_guided.py', True, ('guided', 'uniform')),
         ('digits_guided.py:transfer', False, ('transferred', 'uniform')),
         ('digits_guided.py:unstructured', True, ('guided', 'uniform')),
+        ('digits_guided.py:unstructured_densities', True, ('guided', 'uniform')),
+        ('digits_guided.py:unstructured_transfer', False, ('transferred', 'uniform')),
+        ('guided_cifar.py:vgg16_c10_80_unstructured', True, ('guided', 'uniform')),
+        ('guided_cifar.py:vgg19_c100_80_unstructured_transferred', True, ('guided', 'transferred', 'uniform')),
         ('guided_cifar.py:vgg16_c10_60', True, ('guided', 'uniform')),
         ('guided_cifar.py:vgg19_c100_50_transferred', True, ('guided', 'transferred', 'uniform')),
     ],
@@ -162,7 +189,8 @@ def test_bad_guided_configs_are_one_line_and_keep_saved_work(tmp_path, capsys, l
 def test_guided_configs_resolve_their_phases(tmp_path, spec, own, archs):
   c = cli.load_config_file(os.path.join(REPO, 'configs', 'pruning', spec))
   if c.guided.pattern_from:  # the source experiment's pattern, here a stand-in file
-    c.guided.pattern_from = _pattern_file(tmp_path)
+    unstructured = c.guided.structure == 'unstructured'
+    c.guided.pattern_from = _sparse_pattern_file(tmp_path) if unstructured else _pattern_file(tmp_path)
   job.check_config(c)
   assert job.guided_architectures(c) == archs
   seeds = [int(s) for s in c.experiment.seeds]
@@ -221,9 +249,46 @@ def test_guided_table_rows_and_claim():
   assert text[-1].startswith("the paper's claim, guided >= uniform at the same params within the seeds' spread: holds")
 
 
+def test_guided_sparsification_table_prints_the_kernel_maps(tmp_path):
+  c = cli.load_config_file(os.path.join(REPO, 'configs', 'pruning', 'digits_guided.py:unstructured'))
+  layout = [('stage1', ('a/kernel',))]
+  runs = [
+      {'a/kernel': _positions_mask([2, 4, 2, 4, 8, 4, 2, 4, 2], (2, 4))},
+      {'a/kernel': _positions_mask([4, 4, 4, 4, 8, 4, 4, 4, 4], (2, 4))},
+  ]
+  pattern = guided.average_density(runs, layout, source='magnitude pruning 80%, 2 runs (digits)')
+  done = _fake_done()
+  entry = done['guided']['architectures']['guided']
+  entry['pattern'], entry['stage_map'] = pattern.to_json(), {'stage1': 'stage1'}
+  entry['drawn_kernel_maps'] = [m.to_json() for m in guided.average_kernel_maps(runs[:1], layout)]
+  summary = report.summarize_guided(c, done)
+  assert summary['rows']['guided']['pattern']['kernel_maps'][0]['std'][0][0] == pytest.approx(
+      np.std([0.25, 0.5], ddof=1)
+  )
+  text = report.markdown_guided(summary).splitlines()
+  assert '| guided sparsification (averaged densities and kernel maps) | 400 | 5.00M | 81.00 ± 1.41 |' in '\n'.join(
+      text
+  )
+  assert (
+      '| stage1 | 3x3 | 0.500 | 0.38 0.50 0.38 / 0.50 1.00 0.50 / 0.38 0.50 0.38 | 0.177 | '
+      '0.25 0.50 0.25 / 0.50 1.00 0.50 / 0.25 0.50 0.25 |'
+  ) in text
+  assert text[
+      text.index(
+          '| stage | kernel | density | keep probability (rows top to bottom) | max std over runs | drawn mask |'
+      )
+      - 2
+  ].startswith(
+      'guided: average keep probability per kernel position, per stage (magnitude pruning 80%, 2 runs (digits); the '
+      'std is over the 2 runs)'
+  )
+  png = report.plot_kernel_maps(summary['rows']['guided'], str(tmp_path / report.KERNEL_MAPS_PNG))
+  assert open(png, 'rb').read(8) == b'\x89PNG\r\n\x1a\n'
+
+
 # ------------------------------------------------------------------------------------------- guided sparsification
-def _zeros(model):
-  v = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3))))
+def _zeros(model, input_shape=(1, 32, 32, 3)):
+  v = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros(input_shape)))
   return jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype), dict(v))
 
 
@@ -267,6 +332,123 @@ def test_guided_sparsification_builds_the_averaged_densities_and_uniform_at_the_
     guided.apply(pattern, 'vgg_slimming', TINY)
   with pytest.raises(UserError, match='no mask for the conv conv5/kernel'):
     guided.average_density([{p: m for p, m in runs[0].items() if p != 'conv5/kernel'}], layout)
+
+
+def _positions_mask(kept_at, pairs_shape) -> np.ndarray:
+  """A (3, 3, in, out) 0/1 mask whose position k keeps its first kept_at[k] (in, out) channel pairs."""
+  pairs = int(np.prod(pairs_shape))
+  by_position = np.zeros((9, pairs), np.float32)
+  for k, n in enumerate(kept_at):
+    by_position[k, :n] = 1.0
+  return by_position.reshape((3, 3, *pairs_shape))
+
+
+def test_kernel_maps_of_hand_built_masks_are_the_kept_fractions_per_position():
+  layout = [('stage1', ('a/kernel',)), ('stage2', ('b/kernel', 'c/kernel', 'd/kernel'))]
+  # stage 2 pools b (4 x 8 = 32 channel pairs a position) and c (4 x 4 = 16); d is 1 x 1: no map of its own
+  runs = [
+      {
+          'a/kernel': _positions_mask([2, 4, 2, 4, 8, 4, 2, 4, 2], (2, 4)),
+          'b/kernel': _positions_mask([0, 8, 0, 8, 32, 8, 0, 8, 0], (4, 8)),
+          'c/kernel': _positions_mask([0, 4, 0, 4, 16, 4, 0, 4, 0], (4, 4)),
+          'd/kernel': np.ones((1, 1, 16, 4), np.float32),
+      },
+      {
+          'a/kernel': _positions_mask([4, 4, 4, 4, 8, 4, 4, 4, 4], (2, 4)),
+          'b/kernel': _positions_mask([8, 8, 8, 8, 32, 8, 8, 8, 8], (4, 8)),
+          'c/kernel': _positions_mask([0, 4, 0, 4, 16, 4, 0, 4, 0], (4, 4)),
+          'd/kernel': np.zeros((1, 1, 16, 4), np.float32),
+      },
+  ]
+  maps = guided.average_kernel_maps(runs, layout)
+  assert [(m.stage, m.kernel) for m in maps] == [('stage1', (3, 3)), ('stage2', (3, 3))]
+  np.testing.assert_allclose(
+      maps[0].runs, [[0.25, 0.5, 0.25, 0.5, 1, 0.5, 0.25, 0.5, 0.25], [0.5] * 4 + [1] + [0.5] * 4]
+  )
+  np.testing.assert_allclose(maps[0].mean, [[0.375, 0.5, 0.375], [0.5, 1, 0.5], [0.375, 0.5, 0.375]])
+  np.testing.assert_allclose(maps[0].std, np.std([0.25, 0.5], ddof=1) * np.array([[1, 0, 1], [0, 0, 0], [1, 0, 1]]))
+  # stage 2, position 0: run 1 keeps 0 of 48 pairs, run 2 8 of 48 (b) -> 1/12 on average; centre: all
+  np.testing.assert_allclose(maps[1].mean[0, 0], (0 + 8 / 48) / 2)
+  np.testing.assert_allclose(maps[1].mean[0, 1], 12 / 48)
+  np.testing.assert_allclose(maps[1].mean[1, 1], 1.0)
+  pattern = guided.average_density(runs, layout)
+  assert pattern.kernel_maps == maps and guided.Pattern.from_json(json.loads(json.dumps(pattern.to_json()))) == pattern
+  assert pattern.to_json()['kernel_maps'][0]['mean'][1] == [0.5, 1.0, 0.5]
+
+
+def test_drawn_masks_hit_the_stage_densities_and_position_probabilities():
+  shapes = {'a/kernel': (3, 3, 64, 64), 'b/kernel': (3, 3, 64, 32), 'c/kernel': (1, 1, 64, 32)}
+  layout = [('stage1', ('a/kernel',)), ('stage2', ('b/kernel', 'c/kernel'))]
+  corners = np.array([[0.1, 0.3, 0.1], [0.3, 0.9, 0.3], [0.1, 0.3, 0.1]])  # a stage's map, mean 2.5 / 9
+  maps = (
+      guided.KernelMap('stage1', (3, 3), (tuple(corners.reshape(-1)),)),
+      guided.KernelMap('stage2', (3, 3), (tuple(np.full(9, 0.5)), tuple(np.r_[np.zeros(8), 0.9]))),
+  )
+  pattern = guided.Pattern(
+      'vgg_slimming', (), 'stage', ('stage1', 'stage2'), (2.5 / 9, 0.15), (), '', 'unstructured', maps
+  )
+  weights = guided.conv_position_weights(pattern, layout, shapes)
+  assert set(weights) == {'a/kernel', 'b/kernel'}  # the 1 x 1 conv: positions uniform (its map is its density)
+  densities = guided.conv_densities(pattern, layout)
+  drawn = guided.sparse_mask(shapes, densities, 3, weights)
+  for path, density in densities.items():  # every conv at its stage's density (rounded)
+    assert abs(drawn[path].sum() - density * drawn[path].size) <= 0.5
+  by_position = drawn['a/kernel'].reshape(9, -1).mean(axis=1)  # the stage's map scaled to the density: itself here
+  np.testing.assert_allclose(by_position, corners.reshape(-1), atol=1 / 4096 + 1e-7)
+  # stage 2's map (0.25 off the centre, 0.7 in it, mean 0.3) scaled to 0.15 per position of b
+  stage2 = maps[1].mean.reshape(-1)
+  np.testing.assert_allclose(drawn['b/kernel'].reshape(9, -1).mean(axis=1), stage2 * 0.15 / stage2.mean(), atol=1e-3)
+  again = guided.sparse_mask(shapes, densities, 3, weights)
+  assert all(np.array_equal(drawn[p], again[p]) for p in shapes)  # one seed, one mask
+  other = guided.sparse_mask(shapes, densities, 4, weights)
+  assert not np.array_equal(drawn['a/kernel'], other['a/kernel'])
+  np.testing.assert_array_equal(other['a/kernel'].reshape(9, -1).sum(1), drawn['a/kernel'].reshape(9, -1).sum(1))
+  # a density the map cannot hold (0.9 x 0.5 / (2.5 / 9) > 1): the centre full, its excess shared in proportion
+  full = guided.sparse_mask(shapes, {'a/kernel': 0.5}, 0, weights)['a/kernel'].reshape(9, -1).mean(axis=1)
+  assert full.sum() * 4096 == round(0.5 * 9 * 4096) and full[4] == 1.0 and full.max() <= 1.0
+  np.testing.assert_allclose(full[[0, 1]] / full[[1, 0]], [1 / 3, 3], rtol=1e-2)  # corners : edges stays 1 : 3
+  assert list(guided.split_over_positions([1, 2, 3, 0, 0, 0, 0, 0, 9], 100, 20)) == [20, 20, 20, 4, 4, 4, 4, 4, 20]
+
+
+def test_unstructured_patterns_transfer_stage_by_stage_across_depths():
+  source_model = models.build('vgg_slimming', TINY, 10)
+  deeper = (8, 8, 'M', 16, 16, 16, 'M', 8, 'M', 8, 8, 'M', 8)  # the same 5 feature-map sizes, 9 convs
+  target_model = models.build('vgg_slimming', deeper, 10)
+  layouts, shapes = {}, {}
+  for name, model in (('source', source_model), ('target', target_model)):
+    zeros = _zeros(model)
+    layouts[name] = guided.conv_stages(model, zeros, (1, 32, 32, 3))
+    flat = flatten(zeros['params'])
+    shapes[name] = {p: flat[p].shape for _, paths in layouts[name] for p in paths}
+  stage_of = {p: i for i, (_, paths) in enumerate(layouts['source']) for p in paths}
+  runs = [
+      guided.sparse_mask(shapes['source'], {p: (0.8, 0.6, 0.4, 0.3, 0.2)[stage_of[p]] for p in shapes['source']}, s)
+      for s in (0, 1)
+  ]
+  pattern = guided.average_density(runs, layouts['source'], family='vgg_slimming', cfg=TINY)
+  mapping = guided.sparse_stage_map(pattern, layouts['target'], 'vgg_slimming')
+  assert mapping == {f'stage{k}': f'stage{k}' for k in range(1, 6)}
+  densities = guided.conv_densities(pattern, layouts['target'], mapping)
+  weights = guided.conv_position_weights(pattern, layouts['target'], shapes['target'], mapping)
+  drawn = guided.sparse_mask(shapes['target'], densities, 0, weights)
+  ratio_of = dict(zip(pattern.names, pattern.ratios))
+  for name, paths in layouts['target']:  # every conv of target stage k (2, 3, 1, 2, 1 of them) at stage k's density
+    for p in paths:
+      assert abs(drawn[p].sum() - ratio_of[name] * drawn[p].size) <= 0.5
+  assert len(layouts['target'][1][1]) == 3 and set(weights) == set(shapes['target'])
+  four_stages = models.build('vgg_slimming', (8, 'M', 16, 'M', 8, 'M', 8), 10)  # on 16 x 16 images: 16, 8, 4, 2
+  layout = guided.conv_stages(four_stages, _zeros(four_stages, (1, 16, 16, 3)), (1, 16, 16, 3))
+  with pytest.raises(UserError, match='^[^\n]*$') as e:
+    guided.sparse_stage_map(pattern, layout, 'VGG-4')
+  assert f'no stage mapping from vgg_slimming {list(TINY)} (5 feature-map sizes) to VGG-4 (4 feature-map sizes)' in str(
+      e.value
+  )
+  per_conv = guided.average_density(runs, layouts['source'], 'layer', 'vgg_slimming', TINY)
+  with pytest.raises(UserError, match='a per-conv pattern applies to its own convs only'):
+    guided.sparse_stage_map(per_conv, layouts['target'])
+  assert guided.sparse_stage_map(per_conv, layouts['source']) == {f'stage{k}': f'stage{k}' for k in range(1, 6)}
+  with pytest.raises(UserError, match='a structured pattern .channel widths. does not sparsify a network'):
+    guided.sparse_stage_map(guided.average(RUNS), layouts['target'])
 
 
 @pytest.mark.slow  # a tiny end-to-end experiment: a magnitude run, the guided phase, 3 scratch runs
@@ -315,8 +497,14 @@ def test_guided_sparsification_runs_through_the_runner(tmp_path, cifar_dir):  # 
   for name, paths in guided.conv_stages(model, zeros, (1, 32, 32, 3)):
     want = np.mean([sum(m[p].sum() for p in paths) / sum(m[p].size for p in paths) for m in run_masks])
     assert np.isclose(ratio_of[name], want)
+    by_stage = {m['stage']: np.reshape(m['mean'], -1) for m in pattern['kernel_maps']}
     for p in paths:
       assert abs(guided_mask[p].sum() - want * guided_mask[p].size) <= 0.5
+      # the stage's keep-probability map split the conv's kept weights over the 9 kernel positions
+      kept_at = guided_mask[p].reshape(9, -1).sum(axis=1)
+      pairs = guided_mask[p].size // 9
+      assert list(kept_at) == list(guided.split_over_positions(by_stage[name], int(guided_mask[p].sum()), pairs))
+  assert os.path.isfile(summary['kernel_maps_png'])
   # each architecture trained from scratch under its mask: its zeros stayed zeros, its params count the non-zeros
   for name in ('guided', 'uniform'):
     for seed in (0,):
