@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import ml_collections
 
+from core_jax import config as config_lib
 from core_jax import host_memory, run_log
 from core_jax.errors import UserError
 
@@ -261,6 +262,7 @@ def run_main(run_fn, argv=None, *, prog: str = '<line>.main', config_dir: str | 
     from core_jax import optim  # pylint: disable=import-outside-toplevel  (imports jax: after retain_freed_memory)
 
     optim.check_config(config)  # once, before the line's job builds or writes anything
+    config_lib.check_run_options(config)
     log = run_log.capture(workdir)  # library noise (orbax, TensorStore) to WORKDIR/log.txt, not stderr
     run_fn(config, workdir)
   except UserError as e:

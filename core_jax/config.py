@@ -61,6 +61,8 @@ import types
 import ml_collections
 from ml_collections import config_dict
 
+from core_jax.errors import UserError
+
 
 def load_sibling(config_file: str, name: str) -> types.ModuleType:
   """Imports the file `name` from the folder of `config_file` (a config's `__file__`) and returns the module."""
@@ -140,3 +142,30 @@ def base_config() -> ml_collections.ConfigDict:
   )
   c.model = ml_collections.ConfigDict(dict(name=''))
   return c
+
+
+# (key, smallest value, what it counts): the loop's own options that divide or seed something, so a value below
+# the smallest is a traceback deep in the loop (a modulo by zero, grain's seed check) or a run that keeps nothing.
+_AT_LEAST = (
+    ('seed', 0, 'a non-negative integer'),
+    ('log_every_steps', 1, 'steps'),
+    ('checkpoint.every_steps', 1, 'steps'),
+    ('checkpoint.keep', 1, 'checkpoints (0 would keep none to resume from)'),
+    ('mesh.fsdp', 1, 'devices per parameter shard'),
+)
+
+
+def check_run_options(config) -> None:
+  """One-line UserErrors for the loop's own options (base_config) that no run can use; keys a config lacks are
+  skipped. Called by every line's command line before its job starts and by each run (a phase's derived config)."""
+  for key, least, what in _AT_LEAST:
+    group, _, leaf = key.rpartition('.')
+    node = config.get(group) if group else config
+    if node is None or leaf not in node:
+      continue
+    value = node[leaf]
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+      raise UserError(f'{key} must be an integer >= {least} ({what}), got {value!r}')
+  every = config.get('eval_every_epochs', 1.0)
+  if not every > 0:
+    raise UserError(f'eval_every_epochs must be > 0, got {every!r}')

@@ -41,6 +41,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from core_jax import checkpoint as checkpoint_lib
+from core_jax import config as config_lib
 from core_jax import counting, guard, optim, parallel, pause_points, workdir_lock, xla_cache
 from core_jax import metrics as metrics_lib
 from core_jax.data import ops, pipeline, sources
@@ -634,6 +635,7 @@ def run(config, workdir: str, task_cls) -> dict:
   With `eval_only` it evaluates instead (`evaluate_only`): results in WORKDIR/eval/<tag>/, never over a training
   run's results.json, the workdir's checkpoints read but never touched."""
   optim.check_config(config)  # a phase's derived config too (the command line's was checked by cli.run_main)
+  config_lib.check_run_options(config)
   guard.check_options(config.get('guard', None))
   if config.get('eval_only', False):
     return evaluate_only(config, workdir, task_cls)

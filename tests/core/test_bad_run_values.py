@@ -80,3 +80,24 @@ def test_resuming_with_a_lower_lr_or_more_epochs_names_them_and_ignores_debug_op
       'changed options: num_epochs 1.0 -> 3.0, optimizer.lr 0.1 -> 0.01'
   )
   assert train.resume_config_changes(now, None, 'W', 4) == ''  # a checkpoint without the config in its meta
+
+
+@pytest.mark.parametrize(
+    'key, value, message',
+    [
+        ('seed', -1, r'^seed must be an integer >= 0 \(a non-negative integer\), got -1$'),
+        ('log_every_steps', 0, r'^log_every_steps must be an integer >= 1 \(steps\), got 0$'),
+        ('checkpoint.every_steps', 0, r'^checkpoint.every_steps must be an integer >= 1 \(steps\), got 0$'),
+        ('checkpoint.keep', 0, r'^checkpoint.keep must be an integer >= 1 \(checkpoints \(0 would keep none'),
+        ('mesh.fsdp', 0, r'^mesh.fsdp must be an integer >= 1 \(devices per parameter shard\), got 0$'),
+        ('eval_every_epochs', 0.0, r'^eval_every_epochs must be > 0, got 0.0$'),
+    ],
+)
+def test_loop_options_no_run_can_use_are_one_line(key, value, message):
+  """Each was a traceback deep in the loop (a modulo by zero, grain's seed check) or, keep=0, a run keeping nothing."""
+  c = config_lib.base_config()
+  group, _, leaf = key.rpartition('.')
+  (c[group] if group else c)[leaf] = value
+  with pytest.raises(UserError, match=message):
+    config_lib.check_run_options(c)
+  config_lib.check_run_options(config_lib.base_config())  # the defaults pass
