@@ -101,3 +101,14 @@ def test_loop_options_no_run_can_use_are_one_line(key, value, message):
   with pytest.raises(UserError, match=message):
     config_lib.check_run_options(c)
   config_lib.check_run_options(config_lib.base_config())  # the defaults pass
+
+
+def test_a_data_dir_that_is_a_file_is_one_line(tmp_path):
+  from core_jax.data import sources  # pylint: disable=import-outside-toplevel
+
+  f = tmp_path / 'tfds'
+  f.write_text('not a folder')
+  with pytest.raises(
+      UserError, match=r'^data dir .*tfds is a file, not a directory \(data.data_dir, or TFDS_DATA_DIR\)$'
+  ):
+    sources.load_source('digits', 'train', str(f))
