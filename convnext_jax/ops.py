@@ -6,7 +6,8 @@ parity tests in tests/convnext/test_models.py run every path). The policy fields
 * ``dwconv``: the 7x7 depthwise conv as
   ``xla`` (``lax.conv_general_dilated(feature_group_count=C)``; fast on GPU/TPU, slow on XLA:CPU),
   ``native`` (C++ kernels, ``cpu_kernels.cc``, called as XLA FFI custom calls; float32 'same' convs, other
-  cases take ``shifted``; with it the LayerNorms use the C++ kernels too), or ``shifted`` (kh*kw shifted
+  cases take ``shifted``; with it the LayerNorms use the C++ kernels too; channel counts padded to
+  ``channel_multiple``, 1 in ConvNeXt's own table, 8 in the pruning line's), or ``shifted`` (kh*kw shifted
   multiply-adds with a hand-written backward, each computed once behind a fusion barrier; the fastest
   pure-XLA path on CPU, and the one that partitions under a sharded jit).
 * ``patch_conv``: the non-overlapping k x k / stride k convs (stem, downsampling) as ``conv`` or ``matmul``
@@ -93,19 +94,29 @@ def for_backend(options: Mapping | None = None, line_auto: Mapping | None = None
   return dataclasses.replace(compute, dwconv=resolve_dwconv_impl(compute.dwconv))
 
 
-def uses_native_layer_norm(compute: Compute) -> bool:
-  """LayerNorms by the C++ kernel: exactly when the depthwise conv uses them (same device conditions)."""
+def uses_native_kernels(compute: Compute) -> bool:
+  """The C++ kernels compute the (float32 'same') depthwise convs and, exactly then, the LayerNorms."""
   return compute.dwconv == 'native' and native_cpu_kernels_available()
 
 
 def depthwise_conv(compute: Compute, x: Array, kernel: Array, padding: int) -> Array:
-  """Stride-1 depthwise conv, zero padding ``padding``; kernel (kh, kw, 1, C). See ``depthwise_conv2d``."""
-  return depthwise_conv2d(x, kernel, padding, compute.dwconv)
+  """Stride-1 depthwise conv, zero padding ``padding``; kernel (kh, kw, 1, C). See ``depthwise_conv2d``.
+
+  By the C++ kernels, a channel count that is not a multiple of ``compute.channel_multiple`` (a pruned width:
+  the pruning line's ConvNeXts) is computed zero-padded up to one and sliced back: the kernels' fast path takes
+  8 channels at a time, and the remainder path was 2.5-3x slower than padding (C = 67 at 28x28, 134 at 14x14,
+  batch 8: benchmarks/ANALYSIS.md). Zero channels meet zero kernel taps, so the result is the same."""
+  c = kernel.shape[-1]
+  padded = compute.padded_channels(c)
+  if padded == c or x.dtype != jnp.float32 or not uses_native_kernels(compute):
+    return depthwise_conv2d(x, kernel, padding, compute.dwconv)
+  widen = lambda a: jnp.pad(a, ((0, 0),) * (a.ndim - 1) + ((0, padded - c),))
+  return depthwise_conv2d(widen(x), widen(kernel), padding, compute.dwconv)[..., :c]
 
 
 def layer_norm(compute: Compute, x: Array, scale: Array, bias: Array, eps: float) -> Array:
   """LayerNorm over the last axis (``layer_norm_channels_last``); by the C++ kernel for float32 if native."""
-  if uses_native_layer_norm(compute) and x.dtype == jnp.float32:
+  if uses_native_kernels(compute) and x.dtype == jnp.float32:
     return layer_norm_native(x, scale, bias, eps)
   return layer_norm_channels_last(x, scale, bias, eps)
 
@@ -113,7 +124,7 @@ def layer_norm(compute: Compute, x: Array, scale: Array, bias: Array, eps: float
 def layer_end(compute: Compute, y: Array, anchor: Array, after_layer_norm: bool = False) -> Array:
   """``compute.layer_end``, except after a LayerNorm by the C++ kernel, which already writes to a buffer of
   its own (``after_layer_norm``: ``y`` is a LayerNorm's output)."""
-  if after_layer_norm and uses_native_layer_norm(compute):
+  if after_layer_norm and uses_native_kernels(compute):
     return y
   return compute.layer_end(y, anchor)
 

@@ -21,6 +21,7 @@ import os
 import re
 import shutil
 import signal
+import sys
 import threading
 
 import grain
@@ -36,16 +37,34 @@ SUPERSEDED_DIR = 'checkpoints_superseded'
 
 
 class _SigtermFlag:
-  """Turns SIGTERM (what schedulers send before preemption) into a flag the loop polls once per step."""
+  """Turns SIGTERM (what schedulers send before preemption) into a flag the loop polls once per step; in a
+  single-process run the first Ctrl-C (SIGINT) does the same, so a run stopped by hand keeps the steps since its
+  last checkpoint, and a second Ctrl-C stops at once (KeyboardInterrupt: the saved steps are kept as after a
+  SIGKILL). `restore` puts the handlers found back (an in-process caller, e.g. a test session, keeps its own)."""
 
   def __init__(self):
     self.raised = False
+    self.reason = 'preempted'
+    self._previous = {}
     if threading.current_thread() is threading.main_thread():
-      signal.signal(signal.SIGTERM, self._handle)
+      self._previous[signal.SIGTERM] = signal.signal(signal.SIGTERM, self._handle)
+      if jax.process_count() == 1 and signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        self._previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._handle)
 
   def _handle(self, signum, frame):
-    del signum, frame
+    del frame
+    if signum == signal.SIGINT:
+      if self.raised:  # the second Ctrl-C
+        raise KeyboardInterrupt
+      self.reason = 'interrupted (Ctrl-C)'
+      print('interrupt: saving at the end of this step, then stopping (Ctrl-C again stops now)', file=sys.stderr)
     self.raised = True
+
+  def restore(self):
+    if threading.current_thread() is threading.main_thread():
+      for signum, handler in self._previous.items():
+        signal.signal(signum, handler if handler is not None else signal.SIG_DFL)
+    self._previous = {}
 
 
 class Checkpointer:
@@ -169,7 +188,13 @@ class Checkpointer:
           f'steps ({_steps_text(kept)}) are as they were: free space and rerun the same command to resume'
       ) from None
 
+  @property
+  def stop_reason(self) -> str:
+    """What stopped the run early: 'preempted' (SIGTERM, a preemption notice) or 'interrupted (Ctrl-C)'."""
+    return self._sigterm.reason
+
   def close(self):
+    self._sigterm.restore()
     self._reopen()
 
   # ---------------------------------------------------------------- restoring

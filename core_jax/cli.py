@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 import ml_collections
 
+from core_jax import config as config_lib
 from core_jax import host_memory, run_log
 from core_jax.errors import UserError
 
@@ -139,6 +140,8 @@ def parse_args(argv: Sequence[str], prog: str = '<line>.main'):
       raise UserError(f'unknown flag --{key}; {usage}')
   if config_path is None or workdir is None:
     raise UserError(f'--config and --workdir are required; {usage}')
+  if not workdir.strip():
+    raise UserError(f"--workdir is empty: name the run's folder; {usage}")
   config = load_config_file(config_path)
   for dotted, value in overrides:
     apply_override(config, dotted, value)
@@ -259,11 +262,18 @@ def run_main(run_fn, argv=None, *, prog: str = '<line>.main', config_dir: str | 
     from core_jax import optim  # pylint: disable=import-outside-toplevel  (imports jax: after retain_freed_memory)
 
     optim.check_config(config)  # once, before the line's job builds or writes anything
+    config_lib.check_run_options(config)
     log = run_log.capture(workdir)  # library noise (orbax, TensorStore) to WORKDIR/log.txt, not stderr
     run_fn(config, workdir)
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
+  except KeyboardInterrupt:  # Ctrl-C before training began, or twice: the checkpoints saved are kept
+    print(
+        'error: interrupted (Ctrl-C); the steps already saved are kept: rerun the same command to resume',
+        file=sys.stderr,
+    )
+    return 130
   finally:
     if log is not None:  # the process's own command line keeps the hooks to its exit (orbax's shutdown noise)
       log.flush() if own_process else log.release()

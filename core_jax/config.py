@@ -34,7 +34,9 @@ every config on the command line. Groups and fields (read by core_jax.train unle
   checkpoint            every_steps, keep (last N), keep_best (plus the best by the task's primary metric),
                         asynchronous (write in the background), restore_step (-1: latest; N: resume from
                         kept step N, later steps are moved to checkpoints_superseded/), allow_fresh_start
-                        (start over when every checkpoint of the workdir is unreadable; default: stop)
+                        (start over when every checkpoint of the workdir is unreadable; default: stop),
+                        allow_config_change (resume although the seed, batch size, data, model or optimizer kind
+                        differ from the checkpoint's run; default: stop, core_jax.train.resume_config_changes)
   mesh                  fsdp: devices per parameter shard (1: parameters replicated)
   distributed           coordinator_address, num_processes, process_id (-1: from the environment), auto
                         (let JAX discover a TPU pod / SLURM job)
@@ -58,6 +60,8 @@ import types
 
 import ml_collections
 from ml_collections import config_dict
+
+from core_jax.errors import UserError
 
 
 def load_sibling(config_file: str, name: str) -> types.ModuleType:
@@ -99,7 +103,15 @@ def base_config() -> ml_collections.ConfigDict:
   c.init_reinit_head = False
   c.eval_only = False
   c.checkpoint = ml_collections.ConfigDict(
-      dict(every_steps=1000, keep=3, keep_best=True, asynchronous=True, restore_step=-1, allow_fresh_start=False)
+      dict(
+          every_steps=1000,
+          keep=3,
+          keep_best=True,
+          asynchronous=True,
+          restore_step=-1,
+          allow_fresh_start=False,
+          allow_config_change=False,
+      )
   )
   c.mesh = ml_collections.ConfigDict(dict(fsdp=1))
   c.distributed = ml_collections.ConfigDict(dict(coordinator_address='', num_processes=0, process_id=-1, auto=False))
@@ -130,3 +142,30 @@ def base_config() -> ml_collections.ConfigDict:
   )
   c.model = ml_collections.ConfigDict(dict(name=''))
   return c
+
+
+# (key, smallest value, what it counts): the loop's own options that divide or seed something, so a value below
+# the smallest is a traceback deep in the loop (a modulo by zero, grain's seed check) or a run that keeps nothing.
+_AT_LEAST = (
+    ('seed', 0, 'a non-negative integer'),
+    ('log_every_steps', 1, 'steps'),
+    ('checkpoint.every_steps', 1, 'steps'),
+    ('checkpoint.keep', 1, 'checkpoints (0 would keep none to resume from)'),
+    ('mesh.fsdp', 1, 'devices per parameter shard'),
+)
+
+
+def check_run_options(config) -> None:
+  """One-line UserErrors for the loop's own options (base_config) that no run can use; keys a config lacks are
+  skipped. Called by every line's command line before its job starts and by each run (a phase's derived config)."""
+  for key, least, what in _AT_LEAST:
+    group, _, leaf = key.rpartition('.')
+    node = config.get(group) if group else config
+    if node is None or leaf not in node:
+      continue
+    value = node[leaf]
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+      raise UserError(f'{key} must be an integer >= {least} ({what}), got {value!r}')
+  every = config.get('eval_every_epochs', 1.0)
+  if not every > 0:
+    raise UserError(f'eval_every_epochs must be > 0, got {every!r}')

@@ -41,6 +41,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from core_jax import checkpoint as checkpoint_lib
+from core_jax import config as config_lib
 from core_jax import counting, guard, optim, parallel, pause_points, workdir_lock, xla_cache
 from core_jax import metrics as metrics_lib
 from core_jax.data import ops, pipeline, sources
@@ -474,6 +475,46 @@ def load_pretrained(b: Built, state: TrainState) -> TrainState:
   return _put_weights(b, state, loaded['params'], loaded.get('batch_stats', {}))
 
 
+# Options whose change on resume would make the checkpoint's run another run: a different data order, other
+# examples per step, another model or optimizer state. A resume that changes one stops (checkpoint.
+# allow_config_change=True resumes anyway); any other changed option (a lower lr after a loss spike, more epochs,
+# other devices or compute choices) is named on the "resumed" line. Options that never change a run are ignored.
+RESUME_FIXED = ('seed', 'batch_size', 'data.name', 'data.train_split', 'data.train_transforms')
+RESUME_FIXED_GROUPS = ('model.',)
+RESUME_FIXED_OPTIMIZER = ('optimizer.name', 'optimizer.accumulate_steps')
+RESUME_IGNORED = ('init_from', 'init_reinit_head', 'eval_only', 'checkpoint.', 'debug.', 'distributed.', 'mesh.')
+
+
+def _flat(tree, prefix: str = '') -> dict:
+  if isinstance(tree, dict):
+    out = {}
+    for k, v in tree.items():
+      out.update(_flat(v, f'{prefix}{k}.'))
+    return out
+  return {prefix[:-1]: tree}
+
+
+def resume_config_changes(config, saved: dict | None, workdir: str, step: int) -> str:
+  """'' or the text naming the options that changed since the checkpoint's run (its meta keeps that run's config);
+  UserError when one of them fixes the run (RESUME_FIXED...), unless checkpoint.allow_config_change."""
+  if not saved:  # a checkpoint written before the meta kept the config: nothing to compare
+    return ''
+  now, then = _flat(json.loads(config.to_json_best_effort())), _flat(saved)
+  keys = [k for k in sorted(set(now) | set(then)) if now.get(k) != then.get(k) and not k.startswith(RESUME_IGNORED)]
+  if not keys:
+    return ''
+  fixed = [k for k in keys if k in RESUME_FIXED + RESUME_FIXED_OPTIMIZER or k.startswith(RESUME_FIXED_GROUPS)]
+  text = ', '.join(f'{k} {then.get(k, "(unset)")!r} -> {now.get(k, "(unset)")!r}' for k in (fixed or keys)[:4])
+  more = len(fixed or keys) - 4
+  text += f' and {more} more' if more > 0 else ''
+  if fixed and not config.checkpoint.get('allow_config_change', False):
+    raise UserError(
+        f'{workdir} holds step {step} of another run: {text} since its checkpoints were written; use a new workdir, '
+        'or resume anyway with --config.checkpoint.allow_config_change=True'
+    )
+  return 'changed options: ' + ', '.join(f'{k} {then.get(k, "(unset)")!r} -> {now.get(k, "(unset)")!r}' for k in keys)
+
+
 def restore_or_init(b: Built, ckpt: checkpoint_lib.Checkpointer) -> tuple[TrainState, int | None]:
   """(state, restored_from_step): the checkpoint to resume, else a fresh init with `init_from` weights.
 
@@ -509,7 +550,8 @@ def restore_or_init(b: Built, ckpt: checkpoint_lib.Checkpointer) -> tuple[TrainS
   spe, total = b.data.steps_per_epoch, b.data.total_steps
   if restored is not None:
     state = flax.serialization.from_state_dict(b.abstract_state, restored[0])
-    _say(f'resumed from step {int(state.step)} of {total} in {b.workdir}')
+    changed = resume_config_changes(config, (restored[1] or {}).get('config'), b.workdir, int(state.step))
+    _say(f'resumed from step {int(state.step)} of {total} in {b.workdir}' + (f' with {changed}' if changed else ''))
     return state, lineage
   state = _compile_once_cheaply(b.init_fn, b.state_sharding)()
   if init_from:
@@ -593,6 +635,7 @@ def run(config, workdir: str, task_cls) -> dict:
   With `eval_only` it evaluates instead (`evaluate_only`): results in WORKDIR/eval/<tag>/, never over a training
   run's results.json, the workdir's checkpoints read but never touched."""
   optim.check_config(config)  # a phase's derived config too (the command line's was checked by cli.run_main)
+  config_lib.check_run_options(config)
   guard.check_options(config.get('guard', None))
   if config.get('eval_only', False):
     return evaluate_only(config, workdir, task_cls)
@@ -820,7 +863,7 @@ def _train(b: Built, steps: Steps, ckpt: checkpoint_lib.Checkpointer, state: Tra
       )
     if stop:
       ckpt.wait()
-      _say(f'preempted: saved step {step}; rerun the same command to resume')
+      _say(f'{ckpt.stop_reason}: saved step {step}; rerun the same command to resume')
       writer.close()
       return {'preempted_at_step': step}
   writer.flush()

@@ -144,6 +144,12 @@ def check_config(config) -> None:
     if config.get('sfp') is None:
       raise UserError('prune.method=sfp needs the config group sfp (keep_rate)')
     sfp.check_keep_rate(config.sfp.keep_rate)
+  if config.get('eval_only', False):  # each phase is trained or evaluated by the experiment itself; not a no-op
+    raise UserError(
+        'eval_only: a pruning experiment evaluates each phase as it ends (DIR/seed<N>/<phase>/results.json; the '
+        'table: DIR/results.md); to evaluate a weights file as the large model without training it, start an '
+        'experiment in a new workdir with --config.init_from=FILE'
+    )
   num_epochs = float(config.num_epochs)
   if num_epochs <= 0 or num_epochs != int(num_epochs):
     raise UserError(f'num_epochs must be a positive whole number of epochs, got {config.num_epochs}')

@@ -272,6 +272,8 @@ def load_source(
   `download=True` allows TFDS to download them.
   """
   data_dir = os.path.expanduser(data_dir or default_data_dir())
+  if os.path.exists(data_dir) and not os.path.isdir(data_dir):  # data.data_dir, else TFDS_DATA_DIR
+    raise UserError(f'data dir {data_dir} is a file, not a directory (data.data_dir, or TFDS_DATA_DIR)')
   base = name.split('/')[0].split(':')[0]
   if base in ('ade20k', 'scene_parse150'):
     return _ade20k_source(name, split, data_dir)

@@ -243,7 +243,10 @@ def stage_map(pattern: Pattern, family: str, cfg: Sequence) -> dict[str, str]:
   """{target stage (or layer): the source's stage (or layer) whose ratio it takes}."""
   cfg = models.normalize_cfg(cfg)
   if pattern.structure != 'structured':
-    raise UserError(f'a {pattern.structure} pattern (conv weight densities) does not rewidth a network')
+    raise UserError(
+        'an unstructured pattern (conv weight densities) does not rewidth a network: guided.structure=structured '
+        'takes the pattern of a guided pruning experiment'
+    )
   if _group(pattern.family) != _group(family):
     raise UserError(
         f'no stage mapping from {pattern.family} to {family}: guided patterns transfer between VGGs or between '
@@ -453,7 +456,7 @@ def sparse_stage_map(pattern: Pattern, layout, family: str = '') -> dict[str, st
   its own convs only."""
   if pattern.structure != 'unstructured':
     raise UserError(
-        f'a {pattern.structure} pattern (channel widths) does not sparsify a network: guided.structure=unstructured '
+        'a structured pattern (channel widths) does not sparsify a network: guided.structure=unstructured '
         'takes the pattern of a guided sparsification experiment'
     )
   names = [name for name, _ in layout]

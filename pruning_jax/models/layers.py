@@ -108,8 +108,8 @@ def for_backend(options: Mapping | None = None) -> Compute:
 def for_convnext(options: Mapping | None = None) -> Compute:
   """The policy of the line's ConvNeXt families: ConvNeXt's own choices for the running process
   (``convnext_jax.ops.AUTO``: the depthwise conv and LayerNorm kernels, patch convs, fusion barriers), this line's
-  ``AUTO`` for the rest (channel_multiple, ...). The C++ kernels take any channel count (pruned widths such as
-  22 or 89 included), so nothing is padded for them."""
+  ``AUTO`` for the rest (channel_multiple, ...): the C++ depthwise conv computes pruned widths (22, 89, ...)
+  padded to channel_multiple (``convnext_jax.ops.depthwise_conv``)."""
   from convnext_jax import ops  # pylint: disable=import-outside-toplevel
 
   return ops.for_backend(options, AUTO, 'pruning')

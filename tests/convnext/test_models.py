@@ -232,6 +232,28 @@ def test_depthwise_conv_impls_agree(shape, highest_precision):
     depthwise_conv2d(x, k, 3, 'bogus')
 
 
+def test_native_dwconv_computes_a_pruned_width_padded_to_the_channel_multiple(highest_precision):
+  """11 channels (a pruned width) by the C++ kernels are computed as 16 under channel_multiple=8 (the pruning
+  line's ConvNeXts): the same function as unpadded and as XLA's grouped conv, forward and backward."""
+  from convnext_jax import ops  # pylint: disable=import-outside-toplevel
+
+  assert ops.native_cpu_kernels_available()
+  x, k = _rand((2, 9, 9, 11), 1), _rand((7, 7, 1, 11), 2)
+
+  def run(compute):
+    fn = jax.jit(jax.value_and_grad(lambda x, k: jnp.sum(jnp.sin(ops.depthwise_conv(compute, x, k, 3))), (0, 1)))
+    return fn(x, k), fn.lower(x, k).as_text()
+
+  (ref, _), (padded, text8), (unpadded, text1) = (
+      run(c) for c in (Compute(), Compute(dwconv='native', channel_multiple=8), Compute(dwconv='native'))
+  )
+  assert 'custom_call' in text8 and 'x9x9x16xf32' in text8 and 'x16xf32' not in text1
+  for got in (padded, unpadded):
+    np.testing.assert_allclose(got[0], ref[0], atol=1e-5, rtol=1e-5)
+    np.testing.assert_allclose(got[1][0], ref[1][0], atol=5e-5, rtol=1e-4)
+    np.testing.assert_allclose(got[1][1], ref[1][1], atol=2e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize(
     'cpu_paths',
     [

@@ -1,10 +1,12 @@
 """Values no run can use stop before any work with one line naming the key: batch sizes, a training length of no
 steps, a workdir that is a file, a drop-path rate of 1 or more (each was a traceback or a silent run before)."""
 
+import json
 import types
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import pytest
 
 from convnext_jax.models import create_model
@@ -47,3 +49,66 @@ def test_a_drop_path_rate_outside_0_1_is_one_line(rate):
 
 def test_mesh_checks_still_pass_a_good_batch():
   parallel.check_batch_size(8, train.build_mesh(config_lib.base_config()))
+
+
+def _saved(c):
+  return json.loads(c.to_json_best_effort())
+
+
+def test_resuming_with_another_seed_batch_data_or_model_stops_naming_the_change(tmp_path):
+  then = config_lib.base_config()
+  then.model = ml_collections.ConfigDict(dict(name='convnext_digits', drop_path_rate=0.1))
+  saved = _saved(then)
+  assert train.resume_config_changes(then, saved, 'W', 12) == ''
+  for key, value in [('seed', 1), ('batch_size', 64), ('model.drop_path_rate', 0.2), ('data.name', 'digits')]:
+    now = config_lib.base_config()
+    now.model = ml_collections.ConfigDict(dict(name='convnext_digits', drop_path_rate=0.1))
+    group, _, leaf = key.rpartition('.')
+    (now[group] if group else now)[leaf] = value
+    with pytest.raises(UserError, match=rf'^W holds step 12 of another run: {key} .* -> {value!r} since its'):
+      train.resume_config_changes(now, saved, 'W', 12)
+    now.checkpoint.allow_config_change = True
+    assert train.resume_config_changes(now, saved, 'W', 12).startswith(f'changed options: {key} ')
+
+
+def test_resuming_with_a_lower_lr_or_more_epochs_names_them_and_ignores_debug_options():
+  then = config_lib.base_config()
+  now = config_lib.base_config()
+  now.optimizer.lr, now.num_epochs = 0.01, 3.0
+  now.debug.step_delay_s, now.checkpoint.restore_step, now.mesh.fsdp = 0.5, 4, 2
+  assert train.resume_config_changes(now, _saved(then), 'W', 4) == (
+      'changed options: num_epochs 1.0 -> 3.0, optimizer.lr 0.1 -> 0.01'
+  )
+  assert train.resume_config_changes(now, None, 'W', 4) == ''  # a checkpoint without the config in its meta
+
+
+@pytest.mark.parametrize(
+    'key, value, message',
+    [
+        ('seed', -1, r'^seed must be an integer >= 0 \(a non-negative integer\), got -1$'),
+        ('log_every_steps', 0, r'^log_every_steps must be an integer >= 1 \(steps\), got 0$'),
+        ('checkpoint.every_steps', 0, r'^checkpoint.every_steps must be an integer >= 1 \(steps\), got 0$'),
+        ('checkpoint.keep', 0, r'^checkpoint.keep must be an integer >= 1 \(checkpoints \(0 would keep none'),
+        ('mesh.fsdp', 0, r'^mesh.fsdp must be an integer >= 1 \(devices per parameter shard\), got 0$'),
+        ('eval_every_epochs', 0.0, r'^eval_every_epochs must be > 0, got 0.0$'),
+    ],
+)
+def test_loop_options_no_run_can_use_are_one_line(key, value, message):
+  """Each was a traceback deep in the loop (a modulo by zero, grain's seed check) or, keep=0, a run keeping nothing."""
+  c = config_lib.base_config()
+  group, _, leaf = key.rpartition('.')
+  (c[group] if group else c)[leaf] = value
+  with pytest.raises(UserError, match=message):
+    config_lib.check_run_options(c)
+  config_lib.check_run_options(config_lib.base_config())  # the defaults pass
+
+
+def test_a_data_dir_that_is_a_file_is_one_line(tmp_path):
+  from core_jax.data import sources  # pylint: disable=import-outside-toplevel
+
+  f = tmp_path / 'tfds'
+  f.write_text('not a folder')
+  with pytest.raises(
+      UserError, match=r'^data dir .*tfds is a file, not a directory \(data.data_dir, or TFDS_DATA_DIR\)$'
+  ):
+    sources.load_source('digits', 'train', str(f))

@@ -51,6 +51,9 @@ def test_missing_config_file_and_flags():
     cli.parse_args(['--config=/nonexistent.py', '--workdir=/tmp/x'])
   with pytest.raises(UserError, match='required'):
     cli.parse_args([f'--config={DIGITS}'])
+  for empty in ('', ' '):  # was a "fresh start in :" line, then a late error once the model had loaded
+    with pytest.raises(UserError, match='^--workdir is empty'):
+      cli.parse_args([f'--config={DIGITS}', f'--workdir={empty}'])
 
 
 def test_run_main_prints_one_line_and_exits_2(capsys):

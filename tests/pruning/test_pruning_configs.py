@@ -216,3 +216,10 @@ def test_a_bad_prune_ratio_stops_every_method_not_only_graph(spec):
   c.prune.ratio = 1.5
   with pytest.raises(UserError, match=r'^prune.ratio must be in \[0, 1\) for graph, got 1.5; only prune.method='):
     job.check_config(c)
+
+
+def test_eval_only_on_an_experiment_is_one_line_not_a_silent_training_run():
+  c = _load('digits_l1.py')
+  c.eval_only = True
+  with pytest.raises(UserError, match=r'^eval_only: a pruning experiment evaluates each phase as it ends'):
+    job.check_config(c)

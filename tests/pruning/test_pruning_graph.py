@@ -393,7 +393,7 @@ def test_line_convnexts_carry_convnexts_own_policy_plus_the_lines_fields():
   for how, model in built.items():
     got = model.compute
     assert (got.dwconv, got.patch_conv, got.fusion_barriers) == (own.dwconv, own.patch_conv, own.fusion_barriers), how
-    assert ops.uses_native_layer_norm(got) == ops.uses_native_layer_norm(own), how
+    assert ops.uses_native_kernels(got) == ops.uses_native_kernels(own), how
     assert got.channel_multiple == layers.AUTO['channel_multiple'], how  # the line's own fields still apply
   assert own.dwconv == ops.resolve_dwconv_impl('auto') and own.dwconv != 'xla'  # the CPU's fast path, not XLA's
   # config.compute reaches the ConvNeXt's fields; the other families still refuse what they cannot honour

@@ -160,7 +160,7 @@ def _resnet_runs(tmp_path) -> str:
         ),
         (
             ['c.guided.pattern_from = {sparse_pattern!r}'],
-            'a unstructured pattern (conv weight densities) does not rewidth a network',
+            'an unstructured pattern (conv weight densities) does not rewidth a network: guided.structure=structured',
         ),
     ],
 )
