@@ -74,7 +74,7 @@ def model_options(config) -> dict:
 @functools.lru_cache(maxsize=64)
 def _model_options(model_json: str) -> dict:
   m = json.loads(model_json)
-  name = str(m.get('name', 'hrnet'))
+  name = str(m.get('name') or 'hrnet')  # base_config's '' means unset
   if name != 'hrnet':  # the line's one model family; its sizes are model.arch
     raise UserError(
         f"model.name {name!r}: the anytime line's model is 'hrnet' (its size is model.arch: {', '.join(hrnet.ARCHS)})"
