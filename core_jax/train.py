@@ -44,6 +44,7 @@ from core_jax import checkpoint as checkpoint_lib
 from core_jax import config as config_lib
 from core_jax import counting, guard, optim, parallel, pause_points, workdir_lock, xla_cache
 from core_jax import metrics as metrics_lib
+from core_jax import weights as weights_lib
 from core_jax.data import ops, pipeline, sources
 from core_jax.errors import UserError
 from core_jax.task import Task
@@ -479,19 +480,17 @@ def load_pretrained(b: Built, state: TrainState) -> TrainState:
 # examples per step, another model or optimizer state. A resume that changes one stops (checkpoint.
 # allow_config_change=True resumes anyway); any other changed option (a lower lr after a loss spike, more epochs,
 # other devices or compute choices) is named on the "resumed" line. Options that never change a run are ignored.
-RESUME_FIXED = ('seed', 'batch_size', 'data.name', 'data.train_split', 'data.train_transforms')
+RESUME_FIXED = (
+    'seed',
+    'batch_size',
+    'data.name',
+    'data.train_split',
+    'data.train_transforms',
+    'optimizer.name',
+    'optimizer.accumulate_steps',
+)
 RESUME_FIXED_GROUPS = ('model.',)
-RESUME_FIXED_OPTIMIZER = ('optimizer.name', 'optimizer.accumulate_steps')
 RESUME_IGNORED = ('init_from', 'init_reinit_head', 'eval_only', 'checkpoint.', 'debug.', 'distributed.', 'mesh.')
-
-
-def _flat(tree, prefix: str = '') -> dict:
-  if isinstance(tree, dict):
-    out = {}
-    for k, v in tree.items():
-      out.update(_flat(v, f'{prefix}{k}.'))
-    return out
-  return {prefix[:-1]: tree}
 
 
 def resume_config_changes(config, saved: dict | None, workdir: str, step: int) -> str:
@@ -499,20 +498,23 @@ def resume_config_changes(config, saved: dict | None, workdir: str, step: int) -
   UserError when one of them fixes the run (RESUME_FIXED...), unless checkpoint.allow_config_change."""
   if not saved:  # a checkpoint written before the meta kept the config: nothing to compare
     return ''
-  now, then = _flat(json.loads(config.to_json_best_effort())), _flat(saved)
+  now = weights_lib.flatten(json.loads(config.to_json_best_effort()), sep='.')
+  then = weights_lib.flatten(saved, sep='.')
   keys = [k for k in sorted(set(now) | set(then)) if now.get(k) != then.get(k) and not k.startswith(RESUME_IGNORED)]
   if not keys:
     return ''
-  fixed = [k for k in keys if k in RESUME_FIXED + RESUME_FIXED_OPTIMIZER or k.startswith(RESUME_FIXED_GROUPS)]
-  text = ', '.join(f'{k} {then.get(k, "(unset)")!r} -> {now.get(k, "(unset)")!r}' for k in (fixed or keys)[:4])
-  more = len(fixed or keys) - 4
-  text += f' and {more} more' if more > 0 else ''
+
+  def changes(names):
+    return ', '.join(f'{k} {then.get(k, "(unset)")!r} -> {now.get(k, "(unset)")!r}' for k in names)
+
+  fixed = [k for k in keys if k in RESUME_FIXED or k.startswith(RESUME_FIXED_GROUPS)]
   if fixed and not config.checkpoint.get('allow_config_change', False):
+    more = f' and {len(fixed) - 4} more' if len(fixed) > 4 else ''
     raise UserError(
-        f'{workdir} holds step {step} of another run: {text} since its checkpoints were written; use a new workdir, '
-        'or resume anyway with --config.checkpoint.allow_config_change=True'
+        f'{workdir} holds step {step} of another run: {changes(fixed[:4])}{more} since its checkpoints were '
+        'written; use a new workdir, or resume anyway with --config.checkpoint.allow_config_change=True'
     )
-  return 'changed options: ' + ', '.join(f'{k} {then.get(k, "(unset)")!r} -> {now.get(k, "(unset)")!r}' for k in keys)
+  return 'changed options: ' + changes(keys)
 
 
 def restore_or_init(b: Built, ckpt: checkpoint_lib.Checkpointer) -> tuple[TrainState, int | None]:
