@@ -93,7 +93,7 @@ class Built:
   task: Task
   model: Any
   tx: optax.GradientTransformation
-  schedule: Callable
+  schedule: optim.Schedule  # lr(loader step)
   ema_decay: float
   init_fn: Callable[[], TrainState]
   abstract_state: TrainState
@@ -322,13 +322,23 @@ def compile_steps(b: Built) -> Steps:
   # `xla_compiler_options` (a config may set it): XLA options of the train and eval steps, e.g. the embedded
   # anytime job's {'xla_backend_optimization_level': 1}, which compiles its step in 3/4 of the time, runs as fast
   xla_options = dict(b.config.get('xla_compiler_options', None) or {}) or None
-  train = jax.jit(
-      functools.partial(train_step, b.task, b.model, b.tx, ema_decay=b.ema_decay),
-      in_shardings=(ss, b.batch_sharding),
+
+  # The lr schedule's numbers are an input of the step, not constants in it (optim.Schedule): runs that differ
+  # only in them (a pruning experiment's fine-tune and scratch phases) lower to one program and compile it once
+  # through the persistent compilation cache.
+  def train_with_schedule(state, batch, schedule_numbers):
+    with b.schedule.traced(schedule_numbers):
+      return train_step(b.task, b.model, b.tx, state, batch, ema_decay=b.ema_decay)
+
+  train_jit = jax.jit(
+      train_with_schedule,
+      in_shardings=(ss, b.batch_sharding, replicated),
       out_shardings=(ss, replicated),
       donate_argnums=(0,),
       compiler_options=xla_options,
   )
+  schedule_numbers = jax.device_put(b.schedule.numbers, replicated)
+  train = functools.partial(_train_with_numbers, train_jit, schedule_numbers)
   evaluate_ = jax.jit(
       functools.partial(eval_step, b.task, b.model),
       in_shardings=(ss.params, ss.batch_stats, b.batch_sharding, replicated),
@@ -340,6 +350,10 @@ def compile_steps(b: Built) -> Steps:
     epoch_end = jax.jit(b.task.on_epoch_end, in_shardings=(ss, replicated), out_shardings=ss, donate_argnums=(0,))
   finite = jax.jit(lambda p, s: _all_finite((p, s)), out_shardings=replicated)
   return Steps(train=train, eval=evaluate_, epoch_end=epoch_end, finite=finite)
+
+
+def _train_with_numbers(train_jit, schedule_numbers, state, batch):
+  return train_jit(state, batch, schedule_numbers)
 
 
 class CompiledAhead:
