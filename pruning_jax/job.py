@@ -282,6 +282,12 @@ def large_config(config, seed: int):
   return c
 
 
+def large_model(config, seed: int, num_classes: int):
+  """The trained large model as the prune phase rebuilds it: SSS's with its block factors, under the configured
+  compute policy as the task's model (the methods' forward passes run it)."""
+  return build_from_config(large_config(config, seed).model, num_classes, compute=config.get('compute'))
+
+
 def sss_training(config) -> bool:
   """The large model learns SSS's block factors (prune.method=sss without a fixed sss.architecture)."""
   return config.prune.method == 'sss' and not (config.get('sss') or {}).get('architecture')
@@ -549,7 +555,7 @@ def prune_phase(config, seed: int):
       raise UserError(f'phase {large_name} left no checkpoint in {large["workdir"]} to prune')
     input_shape = tuple(large.get('input_shape') or (1, 32, 32, 3))
     num_classes = int(large['model']['num_classes'])
-    model = build_from_config(large_config(config, seed).model, num_classes)  # SSS: with its block factors
+    model = large_model(config, seed, num_classes)
     _, loaded = read_weights(source)
     variables = merge_weights(_abstract_variables(model, input_shape), loaded, source)
     small, small_vars, method_report = run_method(config, model, variables, input_shape, seed, workdir)
