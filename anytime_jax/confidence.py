@@ -31,6 +31,7 @@ Contract (the released ADP-C code, `conv_mask_uniform` + `set_part_masks`):
   an exited pixel keeps its logits in every later exit.
 """
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -193,8 +194,10 @@ def dense_conv_xla(x, kernel, bias, strides, padding):
   return y if bias is None else y + bias.astype(y.dtype)
 
 
-def masked_dense(compute: Compute, x, kernel, bias, mask, rbf_lambda, strides, padding):
-  """Masked-dense (the reference): the full conv, then masked outputs replaced by the RBF fill (no compute saved)."""
+def masked_dense(compute: Compute, x, kernel, bias, mask, rbf_lambda, strides, padding, fill: bool = True):
+  """Masked-dense (the reference): the full conv, then masked outputs replaced by the RBF fill (no compute saved).
+  `fill` (False: the caller reads kept pixels only, `masked_sparse`) is ignored: the reference always fills."""
+  del fill
   return rbf_fill(dense_conv(compute, x, kernel, bias, strides, padding), mask, rbf_lambda)
 
 
@@ -222,6 +225,9 @@ SHORT_TAIL = 1e-7
 SHORT_LAMBDA2 = math.log(RBF_TAIL_TAPS / SHORT_TAIL) / (SHORT_RADIUS + 1) ** 2
 CONV_BUCKETS = (0.25, 0.5, 0.75, 0.9)
 FILL_BUCKETS = (0.125, 0.25, 0.5)
+# A 1 x 1 conv (stride 1) needs no halo, and its input rows (one pixel's channels) are long enough for a gather to
+# pay: it computes the kept pixels only, gathered into the smallest of these capacities (fractions of all pixels).
+PIXEL_BUCKETS = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 3 / 4)
 
 
 def _ordered(flags: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -258,6 +264,11 @@ class TileSet:
   @property
   def num_tiles(self) -> int:
     return self.mask.shape[0] * self.nh * self.nw
+
+  @functools.cached_property
+  def pixels(self) -> tuple[jax.Array, jax.Array]:
+    """(count, order) of the kept pixels over the flat (B * h * w) positions, kept first (the 1 x 1 conv's)."""
+    return _ordered(self.mask > 0.5)
 
   def to_tiles(self, a: jax.Array) -> jax.Array:
     """(B, nh*th, nw*tw, ...) -> (B*nh*nw, th, tw, ...)."""
@@ -351,6 +362,29 @@ def _tiled_conv(compute: Compute, x, kernel, bias, tiles: TileSet, cap: int, str
   return _scatter_tiles(lax.scatter, buffer, tiles, rows, y)
 
 
+def _pointwise_conv(compute: Compute, x, kernel, bias, tiles: TileSet, cap: int, padded: bool) -> jax.Array:
+  """A 1 x 1 conv (stride 1, + bias) times the mask, computed on the first `cap` pixels of `tiles.pixels` only
+  (every kept pixel when their count <= cap; the others are skipped, their product with the mask 0) and scattered
+  into zeros: the padded grid buffer (`_grid_buffer`) when `padded`, else (B, h, w, C_out)."""
+  bsz, h, w = tiles.mask.shape
+  cout = kernel.shape[-1]
+  rows = tiles.pixels[1][:cap]
+  picked = x.reshape(-1, x.shape[-1])[rows]
+  y = compute.conv(picked[None, :, None], kernel, (1, 1), ((0, 0), (0, 0)))[0, :, 0]
+  if bias is not None:
+    y = y + bias.astype(y.dtype)
+  y = y * tiles.mask.reshape(-1)[rows][:, None].astype(y.dtype)
+  if not padded:
+    out = jnp.zeros((bsz * h * w, cout), y.dtype).at[rows].set(y, unique_indices=True, mode='promise_in_bounds')
+    return out.reshape(bsz, h, w, cout)
+  r = RBF_SIZE // 2
+  grid_h, grid_w = tiles.nh * tiles.th + 2 * r, tiles.nw * tiles.tw + 2 * r
+  b, rest = rows // (h * w), rows % (h * w)
+  flat = b * (grid_h * grid_w) + (rest // w + r) * grid_w + rest % w + r
+  out = jnp.zeros((bsz * grid_h * grid_w, cout), y.dtype).at[flat].set(y, unique_indices=True, mode='promise_in_bounds')
+  return out.reshape(bsz, grid_h, grid_w, cout)
+
+
 def _separable_rbf(yp: jax.Array, rbf_lambda: jax.Array, h: int, w: int, r: int) -> jax.Array:
   """The RBF interpolation (without the mask terms) of windows `yp` (..., h + 2r, w + 2r, C) padded by r, with
   the taps within r (r = 3: all; normalised by the whole 7 x 7 kernel's sum, as the reference): 2r + 1 taps along
@@ -375,13 +409,15 @@ def _tiled_fill(ymp, tiles: TileSet, rbf_lambda, cap: int) -> jax.Array:
   return _scatter_tiles(lax.scatter_add, ymp, tiles, rows, interp)
 
 
-def masked_sparse(compute: Compute, x, kernel, bias, mask, rbf_lambda, strides, padding):
+def masked_sparse(compute: Compute, x, kernel, bias, mask, rbf_lambda, strides, padding, fill: bool = True):
   """`masked_dense`'s outputs computed sparsely (compute.masked_conv='sparse'; ``mask`` an array or a
   `TileSet`): the conv only on tiles with kept pixels (`_tiled_conv`), the RBF fill only on tiles with skipped
   pixels next to kept ones (`_tiled_fill`, when lambda^2 >= SHORT_LAMBDA2), each at the smallest bucket capacity
   that holds its tiles, nothing for no tile, densely above the largest bucket (the conv as `dense_conv`, the fill
-  as the separable sum over the whole buffer; the whole 7 x 7 fill so when lambda is smaller). Inference only:
-  training keeps `masked_dense` (`MaskSet.train`)."""
+  as the separable sum over the whole buffer; the whole 7 x 7 fill so when lambda is smaller). A 1 x 1 conv of
+  stride 1 computes the kept pixels only (`_pointwise_conv`, PIXEL_BUCKETS). `fill=False` (the caller reads the
+  output at kept pixels only, e.g. a 1 x 1 chain into the exit's aggregation) leaves out the fill: skipped pixels
+  are 0, kept ones `masked_dense`'s. Inference only: training keeps `masked_dense` (`MaskSet.train`)."""
   tiles = mask if isinstance(mask, TileSet) else TileSet(mask)
   m = tiles.mask
   bsz, h, w = m.shape
@@ -392,17 +428,30 @@ def masked_sparse(compute: Compute, x, kernel, bias, mask, rbf_lambda, strides, 
     raise ValueError(f'the sparse masked conv takes square kernels and strides, got {kernel.shape[:2]}, {strides}')
   grid_h, grid_w = tiles.nh * tiles.th, tiles.nw * tiles.tw
 
+  pointwise = kernel.shape[0] == 1 and stride == 1
+  padded = fill or not pointwise  # the tiled conv writes the padded grid buffer only
+  out_shape = (bsz, grid_h + 2 * r, grid_w + 2 * r) if padded else (bsz, h, w)
+
   def no_conv(x, kernel, bias):
-    return jnp.zeros((bsz, grid_h + 2 * r, grid_w + 2 * r, kernel.shape[-1]), x.dtype)
+    return jnp.zeros((*out_shape, kernel.shape[-1]), x.dtype)
 
   def dense_conv_branch(x, kernel, bias):
-    return _grid_buffer(tiles, dense_conv(compute, x, kernel, bias, strides, padding) * m[..., None].astype(x.dtype))
+    y = dense_conv(compute, x, kernel, bias, strides, padding) * m[..., None].astype(x.dtype)
+    return _grid_buffer(tiles, y) if padded else y
 
-  caps = capacities(tiles.num_tiles, CONV_BUCKETS)
-  branches = [
-      lambda x, kernel, bias, c=c: _tiled_conv(compute, x, kernel, bias, tiles, c, stride, padding) for c in caps
-  ]
-  ymp = lax.switch(_bucket_index(tiles.conv_count, caps), [no_conv, *branches, dense_conv_branch], x, kernel, bias)
+  if pointwise:
+    caps = capacities(bsz * h * w, PIXEL_BUCKETS)
+    count = tiles.pixels[0]
+    branches = [lambda x, kernel, bias, c=c: _pointwise_conv(compute, x, kernel, bias, tiles, c, padded) for c in caps]
+  else:
+    caps = capacities(tiles.num_tiles, CONV_BUCKETS)
+    count = tiles.conv_count
+    branches = [
+        lambda x, kernel, bias, c=c: _tiled_conv(compute, x, kernel, bias, tiles, c, stride, padding) for c in caps
+    ]
+  ymp = lax.switch(_bucket_index(count, caps), [no_conv, *branches, dense_conv_branch], x, kernel, bias)
+  if not fill:
+    return ymp[:, r : r + h, r : r + w] if padded else ymp
 
   def no_fill(ymp, lam):
     return ymp[:, r : r + h, r : r + w]
@@ -441,6 +490,10 @@ class Conv(nn.Module):
   exit_index: int | None = None
   conv_init: str = 'normal'  # CONV_INITS
   compute: Compute = Compute()
+  # False where every consumer reads this masked conv's output at kept pixels only (a chain of 1 x 1 convs into the
+  # exit's aggregation, which takes the new logits at kept pixels only): the sparse path then skips the RBF fill
+  # (`masked_sparse`'s fill); the model's outputs are the same either way
+  fill_read: bool = True
 
   @nn.compact
   def __call__(self, x: jax.Array, masks: MaskSet | None = None) -> jax.Array:
@@ -463,7 +516,8 @@ class Conv(nn.Module):
     m = masks.at(h, w)
     kind = 'dense' if masks.train else self.compute.masked_conv
     mask_arg = masks.tiles(h, w) if kind == 'sparse' else m
-    y = MASKED_CONVS[kind](self.compute, x, kernel, bias, mask_arg, rbf_lambda, (s, s), pad)
+    fill = {} if self.fill_read else {'fill': False}
+    y = MASKED_CONVS[kind](self.compute, x, kernel, bias, mask_arg, rbf_lambda, (s, s), pad, **fill)
     p = m.mean(axis=(1, 2))
     actual = float(dense) * p + (1 - p) * p * float(self.features * RBF_SIZE * RBF_SIZE * h * w)
     counting.sow_macs(self, f'actual_exit{self.exit_index}', actual)

@@ -57,13 +57,11 @@ class OriginalExit(nn.Module):
   @nn.compact
   def __call__(self, x, train: bool = False, masks: MaskSet | None = None):
     c, ci = x.shape[-1], self.conv_init
-    y = Conv(c, 1, use_bias=True, exit_index=self.exit_index, conv_init=ci, compute=self.compute, name='conv0')(
-        x, masks
-    )
+    # conv0 -> BN -> ReLU -> conv3 is pixel-wise and the aggregation reads kept pixels only: no fill is read
+    opts = dict(use_bias=True, exit_index=self.exit_index, conv_init=ci, compute=self.compute, fill_read=False)
+    y = Conv(c, 1, name='conv0', **opts)(x, masks)
     y = nn.relu(batch_norm(train, 'bn1', self.bn_momentum, self.dtype)(y))
-    return Conv(
-        self.num_classes, 1, use_bias=True, exit_index=self.exit_index, conv_init=ci, compute=self.compute, name='conv3'
-    )(y, masks)
+    return Conv(self.num_classes, 1, name='conv3', **opts)(y, masks)
 
 
 class RedesignedExit(nn.Module):
@@ -113,6 +111,7 @@ class RedesignedExit(nn.Module):
         exit_index=self.exit_index,
         conv_init=self.conv_init,
         compute=self.compute,
+        fill_read=False,  # the aggregation reads the logits at kept pixels only
         name=f'conv{idx}',
     )(x, masks)
 

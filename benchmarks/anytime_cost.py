@@ -81,11 +81,27 @@ def _he_weights(variables):
   return {**variables, 'params': jax.tree_util.tree_map_with_path(rescale, variables['params'])}
 
 
+def thresholds(programs, variables, x) -> dict:
+  """setting -> the variables with its thresholds: 'fractions' (exit k's threshold the quantile of its confidences,
+  under the thresholds of exits < k, that computes PAPER_FRACTIONS[k - 1] after it) and 'tau=0.998'. `programs`:
+  exit k -> jitted `flops.apply_with_macs` stopped after exit k."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  with_tau = lambda taus: {**variables, 'constants': {'tau': jnp.asarray(taus, jnp.float32)}}
+  taus = [1.0, 1.0, 1.0]
+  for k in (1, 2, 3):
+    logits = programs[k](with_tau(taus), x)[0]['logits'][-1]
+    conf = np.asarray(jax.nn.softmax(logits, -1).max(-1))
+    taus[k - 1] = float(np.quantile(conf, PAPER_FRACTIONS[k - 1]))
+  return {'fractions': with_tau(taus), f'tau={TAU}': with_tau([TAU] * 3)}
+
+
 def worker_exits(args):
   """Serves one contender (`common.serve`): every step calls the program stopped after each exit, at each
   threshold setting; the BENCH record carries each call's GFLOPs and computed fraction."""
   import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
 
   from anytime_jax import confidence, flops, hrnet  # pylint: disable=import-outside-toplevel
@@ -99,15 +115,7 @@ def worker_exits(args):
   x = _coherent_input(args.batch, args.height, args.width)
   exits = (4,) if args.variant == 'hrnet' else (1, 2, 3, 4)
   programs = {k: jax.jit(lambda v, x, k=k: flops.apply_with_macs(model, v, x, last_exit=k)) for k in exits}
-  with_tau = lambda taus: {**variables, 'constants': {'tau': jnp.asarray(taus, jnp.float32)}}
-  settings = {'dense': variables}
-  if ca:
-    taus = [1.0, 1.0, 1.0]  # exit k's threshold from its confidences under the thresholds of exits < k (nested)
-    for k in (1, 2, 3):
-      logits = programs[k](with_tau(taus), x)[0]['logits'][-1]
-      conf = np.asarray(jax.nn.softmax(logits, -1).max(-1))
-      taus[k - 1] = float(np.quantile(conf, PAPER_FRACTIONS[k - 1]))
-    settings = {'fractions': with_tau(taus), f'tau={TAU}': with_tau([TAU] * 3)}
+  settings = thresholds(programs, variables, x) if ca else {'dense': variables}
   calls, rows = {}, {}
   for setting, v in settings.items():
     for k in exits:

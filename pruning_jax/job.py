@@ -65,9 +65,10 @@ experiment (title, seeds, phases, paper: the paper's numbers, compilation_cache)
 
 Compiled steps are shared between phases and seeds through JAX's persistent compilation cache in
 DIR/xla_cache (experiment.compilation_cache=True, the default; a JAX_COMPILATION_CACHE_DIR the user set wins):
-phases whose steps lower to the same program (every phase of a second seed with the same cfg, reruns) load the
-executable instead of compiling it again. The cache holds compiled code only, so the results are the same with
-or without it.
+phases whose steps lower to the same program (every phase of a second seed with the same cfg, reruns; the
+fine-tune, Scratch-E and Scratch-B of one pruned cfg, whose lr schedules are inputs of one train step:
+core_jax.optim.Schedule) load the executable instead of compiling it again. The cache holds compiled code only,
+so the results are the same with or without it.
 """
 
 import copy
@@ -279,6 +280,12 @@ def large_config(config, seed: int):
   if config.init_from:  # given weights: evaluated, not trained (soft filter pruning trains from them)
     c.init_from, c.eval_only = config.init_from, config.prune.method != 'sfp'
   return c
+
+
+def large_model(config, seed: int, num_classes: int):
+  """The trained large model as the prune phase rebuilds it: SSS's with its block factors, under the configured
+  compute policy as the task's model (the methods' forward passes run it)."""
+  return build_from_config(large_config(config, seed).model, num_classes, compute=config.get('compute'))
 
 
 def sss_training(config) -> bool:
@@ -548,7 +555,7 @@ def prune_phase(config, seed: int):
       raise UserError(f'phase {large_name} left no checkpoint in {large["workdir"]} to prune')
     input_shape = tuple(large.get('input_shape') or (1, 32, 32, 3))
     num_classes = int(large['model']['num_classes'])
-    model = build_from_config(large_config(config, seed).model, num_classes)  # SSS: with its block factors
+    model = large_model(config, seed, num_classes)
     _, loaded = read_weights(source)
     variables = merge_weights(_abstract_variables(model, input_shape), loaded, source)
     small, small_vars, method_report = run_method(config, model, variables, input_shape, seed, workdir)

@@ -61,23 +61,32 @@ def test_sparse_equals_masked_dense_on_hand_built_masks(k, stride, bias):
   @jax.jit
   def both(x, mask, lam):
     dense = confidence.masked_dense(compute, x, kernel, b, mask, lam, (stride, stride), pad)
-    return dense, confidence.masked_sparse(compute, x, kernel, b, mask, lam, (stride, stride), pad)
+    sparse = confidence.masked_sparse(compute, x, kernel, b, mask, lam, (stride, stride), pad)
+    return dense, sparse, confidence.masked_sparse(compute, x, kernel, b, mask, lam, (stride, stride), pad, fill=False)
 
   conv_caps, fill_caps = confidence.capacities(32, confidence.CONV_BUCKETS), confidence.capacities(
       32, confidence.FILL_BUCKETS
   )
   assert conv_caps == (8, 16, 24, 29) and fill_caps == (4, 8, 16)
-  conv_branches, fill_branches = set(), set()
+  pixel_caps = confidence.capacities(2 * H * H, confidence.PIXEL_BUCKETS)
+  assert pixel_caps == (64, 128, 256, 512, 1024, 1536)
+  conv_branches, fill_branches, pixel_branches = set(), set(), set()
   for name, m in _hand_masks(H, rng).items():
     mask = jnp.asarray(m, jnp.float32)
     for lam in LAMS:
-      dense, sparse = both(x, mask, jnp.float32(lam))
+      dense, sparse, unfilled = both(x, mask, jnp.float32(lam))
       np.testing.assert_allclose(np.asarray(sparse), np.asarray(dense), atol=1e-5, rtol=0, err_msg=f'{name} {lam}')
+      # fill=False: the same at kept pixels, 0 at skipped ones
+      kept_only = np.asarray(dense) * np.asarray(mask)[..., None]
+      np.testing.assert_allclose(np.asarray(unfilled), kept_only, atol=1e-5, rtol=0, err_msg=f'{name} {lam} no fill')
     tiles = TileSet(mask)
     conv_branches.add(int(confidence._bucket_index(tiles.conv_count, conv_caps)))
     fill_branches.add(int(confidence._bucket_index(tiles.fill_count, fill_caps)))
-  # no tile (0), every gathered bucket but the conv's 29 (1..), the dense fallbacks (last)
+    pixel_branches.add(int(confidence._bucket_index(tiles.pixels[0], pixel_caps)))
+  # no tile (0), every gathered bucket but the conv's 29 (1..), the dense fallbacks (last); a 1 x 1 conv (stride 1)
+  # takes the pixel buckets instead of the conv's tile buckets: none, 1 / 32, 1 / 4, 1 / 2, 3 / 4 and dense
   assert conv_branches == {0, 1, 2, 3, 5} and fill_branches == {0, 1, 2, 3, 4}
+  assert pixel_branches == {0, 1, 4, 5, 6, 7}
 
 
 def test_tile_set_orders_and_layout():

@@ -388,6 +388,7 @@ def test_line_convnexts_carry_convnexts_own_policy_plus_the_lines_fields():
   built = {
       'create': created,
       'runner': task.build_from_config(c.model, 10, compute=c.get('compute')),  # as PruningTask.build_model
+      'prune phase': job.large_model(c, 0, 10),
       'prune': pruning_jax.prune(created, random_variables(created, x, train=False), x, ratio=0.5).model.base,
   }
   for how, model in built.items():
@@ -398,6 +399,8 @@ def test_line_convnexts_carry_convnexts_own_policy_plus_the_lines_fields():
   assert own.dwconv == ops.resolve_dwconv_impl('auto') and own.dwconv != 'xla'  # the CPU's fast path, not XLA's
   # config.compute reaches the ConvNeXt's fields; the other families still refuse what they cannot honour
   assert task.build_from_config(c.model, 10, compute={'dwconv': 'xla'}).compute.dwconv == 'xla'
+  c.compute.dwconv = 'xla'
+  assert job.large_model(c, 0, 10).compute.dwconv == 'xla'
   assert models.create('resnet56').compute == layers.for_backend()
   with pytest.raises(UserError, match=r"^compute.dwconv='native': the pruning line has no use for it; leave it auto$"):
     models.create('resnet56', compute={'dwconv': 'native'})

@@ -1,0 +1,179 @@
+"""Where ADP-C's sparse masked convs spend their time: each masked conv of one segment timed alone, sparse
+against the dense conv EE+RH computes in its place, with the masks `benchmarks.anytime_cost` uses.
+
+  python -m benchmarks.profile_anytime_sparse [--arch w18_small_v2] [--height 512] [--width 1024] \
+      [--setting tau=0.998|fractions] [--segment 4] [--repeats 5]
+
+Builds the benchmark's model (He-scaled random weights, the spatially coherent input, the thresholds of the
+setting), takes the segment's mask from the exit before it, lists the segment's masked convs (shapes from
+`flax.linen.intercept_methods` under `jax.eval_shape`), and times every distinct conv (input shape, kernel,
+stride, output channels) as its own jitted program: `dense` (`confidence.dense_conv`, what EE+RH computes),
+`sparse` (`confidence.masked_sparse`, the TileSet built inside, as the model builds it once per resolution), and
+`tiles` (the TileSet alone). Prints one row per distinct conv (count, computed fraction, tile fractions, the
+buckets taken, ms each) and the totals per output resolution; the rest of the segment (BN, ReLU, upsampling,
+the exit's concat) is the segment's time minus the convs'. Run alone on an idle machine: it reads ratios within
+one run, never absolute times across runs.
+"""
+
+import argparse
+import collections
+
+from benchmarks import anytime_cost, common
+
+
+def segment_convs(model, variables, x, segment: int) -> list:
+  """(name, x shape, kernel size, stride, features, use_bias) of every masked conv of `segment`, in call order."""
+  import flax.linen as nn  # pylint: disable=import-outside-toplevel
+  import jax  # pylint: disable=import-outside-toplevel
+
+  from anytime_jax import confidence  # pylint: disable=import-outside-toplevel
+
+  found = []
+
+  def record(next_fun, args, kwargs, context):
+    mod = context.module
+    if isinstance(mod, confidence.Conv) and context.method_name == '__call__' and mod.exit_index == segment:
+      found.append((mod.name, tuple(args[0].shape), mod.kernel_size, mod.strides, mod.features, mod.use_bias))
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):
+    jax.eval_shape(lambda v, x: model.apply(v, x, last_exit=segment), variables, x)
+  return found
+
+
+def setting_variables(model, variables, x, setting: str):
+  """The variables with the setting's thresholds (`anytime_cost.thresholds`) and the masks' logits program."""
+  import jax  # pylint: disable=import-outside-toplevel
+
+  from anytime_jax import flops  # pylint: disable=import-outside-toplevel
+
+  programs = {k: jax.jit(lambda v, x, k=k: flops.apply_with_macs(model, v, x, last_exit=k)) for k in (1, 2, 3, 4)}
+  return programs, anytime_cost.thresholds(programs, variables, x)[setting]
+
+
+def _bucket(tiles, pointwise: bool, stage: str) -> int:
+  """The lax.switch branch `masked_sparse` takes: 0 nothing, i the i-th capacity, the last the dense fallback."""
+  from anytime_jax import confidence  # pylint: disable=import-outside-toplevel
+
+  if pointwise:
+    count, n, fractions = tiles.pixels[0], tiles.mask.size, confidence.PIXEL_BUCKETS
+  else:
+    count, fractions = (
+        (tiles.conv_count, confidence.CONV_BUCKETS) if stage == 'conv' else (tiles.fill_count, confidence.FILL_BUCKETS)
+    )
+    n = tiles.num_tiles
+  return int(confidence._bucket_index(count, confidence.capacities(n, fractions)))  # pylint: disable=protected-access
+
+
+def profile(arch='w18_small_v2', height=512, width=1024, setting='tau=0.998', segment=4, repeats=5) -> list:
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  from anytime_jax import confidence, hrnet  # pylint: disable=import-outside-toplevel
+
+  policy = confidence.for_backend(dict(masked_conv='sparse'))
+  model = hrnet.build(arch, exits=(1, 2, 3, 4), tau=anytime_cost.TAU, compute=policy)
+  variables = jax.device_put(anytime_cost._he_weights(hrnet.random_variables(model)))  # pylint: disable=protected-access
+  x = anytime_cost._coherent_input(1, height, width)  # pylint: disable=protected-access
+  programs, v = setting_variables(model, variables, x, setting)
+  outputs, _ = programs[segment - 1](v, x)
+  taus = v['constants']['tau']
+  mask = confidence.confidence_mask(outputs['logits'][-1], float(np.atleast_1d(taus)[segment - 2]))
+  masks = confidence.MaskSet(mask)
+  seg_times = {}
+  for k in (segment - 1, segment):
+    fn = lambda k=k: jax.block_until_ready(programs[k](v, x))
+    seg_times[k] = common.time_calls(fn, warmup=1, repeats=repeats)['median_s']
+  convs = segment_convs(model, v, x, segment)
+  groups = collections.Counter((shape, k, s, f, b) for _, shape, k, s, f, b in convs)
+  rng = np.random.RandomState(0)
+  rows = []
+  for (shape, k, s, f, b), count in groups.items():
+    h, w = (shape[1] + 2 * (k // 2) - k) // s + 1, (shape[2] + 2 * (k // 2) - k) // s + 1
+    m = masks.at(h, w)
+    xin = jnp.asarray(rng.randn(*shape).astype(np.float32))
+    kernel = jnp.asarray(rng.randn(k, k, shape[-1], f).astype(np.float32) / np.sqrt(k * k * shape[-1]))
+    bias = jnp.zeros((f,), jnp.float32) if b else None
+    lam = jnp.float32(confidence.LAMBDA_INIT)
+    pad = ((k // 2, k // 2), (k // 2, k // 2))
+    tiles = confidence.TileSet(m)
+    fns = {
+        'dense': jax.jit(lambda x, kern, bias: confidence.dense_conv(policy, x, kern, bias, (s, s), pad)),
+        'sparse': jax.jit(
+            lambda x, kern, bias, m: confidence.masked_sparse(policy, x, kern, bias, m, lam, (s, s), pad)
+        ),
+        'tiles': jax.jit(lambda m: (lambda t: (t.conv_order, t.fill_order))(confidence.TileSet(m))),
+    }
+    args = {'dense': (xin, kernel, bias), 'sparse': (xin, kernel, bias, m), 'tiles': (m,)}
+    ms = {}
+    for name, fn in fns.items():
+      call = lambda fn=fn, a=args[name]: jax.block_until_ready(fn(*a))
+      ms[name] = 1e3 * common.time_calls(call, warmup=2, repeats=repeats)['median_s']
+    n = tiles.num_tiles
+    rows.append(
+        {
+            'x': shape,
+            'out': (h, w),
+            'k': k,
+            'stride': s,
+            'cout': f,
+            'count': count,
+            'computed': float(m.mean()),
+            'conv_tiles': int(tiles.conv_count) / n,
+            'fill_tiles': int(tiles.fill_count) / n,
+            'num_tiles': n,
+            'conv_bucket': _bucket(tiles, k == 1 and s == 1, 'conv'),
+            'fill_bucket': _bucket(tiles, False, 'fill'),
+            **{f'{name}_ms': t for name, t in ms.items()},
+        }
+    )
+  rows.sort(key=lambda r: -r['count'] * r['sparse_ms'])
+  return rows, seg_times
+
+
+def report(rows, seg_times, segment) -> str:
+  lines = [
+      '| input | out | k/s | cout | n | computed | conv tiles | fill tiles | buckets | dense ms | sparse ms | '
+      'tiles ms | sparse/dense |',
+      '|---|---|---|---|---|---|---|---|---|---|---|---|---|',
+  ]
+  for r in rows:
+    lines.append(
+        f"| {r['x'][1]}x{r['x'][2]}x{r['x'][3]} | {r['out'][0]}x{r['out'][1]} | {r['k']}/{r['stride']} | {r['cout']} | "
+        f"{r['count']} | {r['computed']:.3f} | {r['conv_tiles']:.3f} of {r['num_tiles']} | {r['fill_tiles']:.3f} | "
+        f"{r['conv_bucket']}/{r['fill_bucket']} | {r['dense_ms']:.2f} | {r['sparse_ms']:.2f} | {r['tiles_ms']:.2f} | "
+        f"{r['sparse_ms'] / r['dense_ms']:.2f} |"
+    )
+  by_res = collections.defaultdict(lambda: [0.0, 0.0])
+  for r in rows:
+    by_res[r['out']][0] += r['count'] * r['dense_ms']
+    by_res[r['out']][1] += r['count'] * r['sparse_ms']
+  lines.append('')
+  for res, (d, s) in sorted(by_res.items(), reverse=True):
+    lines.append(f'output {res[0]}x{res[1]}: convs dense {d:.1f} ms, sparse {s:.1f} ms')
+  total_d = sum(d for d, _ in by_res.values())
+  total_s = sum(s for _, s in by_res.values())
+  seg = 1e3 * (seg_times[segment] - seg_times[segment - 1])
+  lines.append(
+      f'segment {segment} (whole model, sparse, cumulative difference): {seg:.1f} ms; its masked convs timed alone: '
+      f'dense {total_d:.1f} ms, sparse {total_s:.1f} ms; the rest (the segment minus its convs) {seg - total_s:.1f} ms'
+  )
+  return '\n'.join(lines)
+
+
+def main():
+  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument('--arch', default='w18_small_v2')
+  p.add_argument('--height', type=int, default=512)
+  p.add_argument('--width', type=int, default=1024)
+  p.add_argument('--setting', default=f'tau={anytime_cost.TAU}', choices=('fractions', f'tau={anytime_cost.TAU}'))
+  p.add_argument('--segment', type=int, default=4, choices=(2, 3, 4))
+  p.add_argument('--repeats', type=int, default=5)
+  args = p.parse_args()
+  rows, seg_times = profile(args.arch, args.height, args.width, args.setting, args.segment, args.repeats)
+  print(report(rows, seg_times, args.segment))
+
+
+if __name__ == '__main__':
+  main()
