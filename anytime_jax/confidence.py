@@ -134,6 +134,21 @@ def rbf_kernel(rbf_lambda: jax.Array) -> jax.Array:
   return k / (k.sum() + RBF_EPS)
 
 
+def _tap_sum(g: jax.Array, a: jax.Array, axis: int, size: int) -> jax.Array:
+  """sum_j g[j] * a[..., j : j + size, ...] (the slice along `axis`) over the taps j of `g`.
+
+  The same primitives, in the same order, as `sum(g[j] * a[..., j : j + size, ...] for j in ...)` (its first add
+  is 0 + the first term), written with lax ops: jnp's indexing and arithmetic wrappers made up about a quarter of
+  tracing these sums, hundreds of ops per masked conv, traced again under the training step's linearize."""
+  total = 0
+  for j in range(g.shape[0]):
+    start, limit = [0] * a.ndim, list(a.shape)
+    start[axis], limit[axis] = j, j + size
+    term = lax.mul(lax.squeeze(lax.slice(g, (j,), (j + 1,)), (0,)), lax.slice(a, start, limit))
+    total = total + term if j == 0 else lax.add(total, term)
+  return total
+
+
 def rbf_fill(y: jax.Array, mask: jax.Array, rbf_lambda: jax.Array) -> jax.Array:
   """y * m + rbf(y * m) * (1 - m) for y (B, h, w, C) and mask (B, h, w).
 
@@ -148,8 +163,8 @@ def rbf_fill(y: jax.Array, mask: jax.Array, rbf_lambda: jax.Array) -> jax.Array:
   g = jnp.exp(-(rbf_lambda**2) * jnp.asarray((np.arange(RBF_SIZE, dtype=np.float32) - r) ** 2)).astype(y.dtype)
   norm = (1.0 / (rbf_weights(rbf_lambda).sum() + RBF_EPS)).astype(y.dtype)
   yp = jnp.pad(ym, ((0, 0), (r, r), (r, r), (0, 0)))
-  rows = sum(g[j] * yp[:, :, j : j + w, :] for j in range(RBF_SIZE))
-  interp = sum(g[i] * rows[:, i : i + h, :, :] for i in range(RBF_SIZE)) * norm
+  rows = _tap_sum(g, yp, 2, w)
+  interp = _tap_sum(g, rows, 1, h) * norm
   return ym + interp * (1 - m)
 
 
@@ -392,8 +407,8 @@ def _separable_rbf(yp: jax.Array, rbf_lambda: jax.Array, h: int, w: int, r: int)
   height, (2r + 1)^2 multiply-adds per value), then 2r + 1 along the height."""
   g = jnp.exp(-(rbf_lambda**2) * jnp.asarray((np.arange(2 * r + 1, dtype=np.float32) - r) ** 2)).astype(yp.dtype)
   norm = (1.0 / (rbf_weights(rbf_lambda).sum() + RBF_EPS)).astype(yp.dtype)
-  rows = materialized(lambda yp, g: sum(g[j] * yp[..., :, j : j + w, :] for j in range(2 * r + 1)), yp, g)
-  return sum(g[i] * rows[..., i : i + h, :, :] for i in range(2 * r + 1)) * norm
+  rows = materialized(lambda yp, g: _tap_sum(g, yp, yp.ndim - 2, w), yp, g)
+  return _tap_sum(g, rows, rows.ndim - 3, h) * norm
 
 
 def _tiled_fill(ymp, tiles: TileSet, rbf_lambda, cap: int) -> jax.Array:
