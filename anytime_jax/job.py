@@ -9,9 +9,6 @@ import os
 from anytime_jax import report
 from core_jax.errors import UserError
 
-# XLA options for a program that runs once (core_jax.train compiles init the same way)
-CHEAP_COMPILE = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
-
 
 def validate(config) -> None:
   """All anytime options checked before any data or device work (one-line UserErrors)."""
@@ -104,6 +101,7 @@ def scene_figure(config, weights_dir: str, workdir: str, index: int | None = Non
   import numpy as np  # pylint: disable=import-outside-toplevel
 
   from anytime_jax import confidence, task  # pylint: disable=import-outside-toplevel
+  from core_jax import train  # pylint: disable=import-outside-toplevel
   from core_jax.data import ops, sources  # pylint: disable=import-outside-toplevel
   from core_jax.seg_ops import resize_bilinear  # pylint: disable=import-outside-toplevel
 
@@ -131,7 +129,7 @@ def scene_figure(config, weights_dir: str, workdir: str, index: int | None = Non
   # runs once: on CPU compiled as core_jax.train compiles init (XLA's optimizing backend takes longer than the run)
   image = np.asarray(example[seg_task.input_key])[None]
   lowered = jax.jit(forward).lower(variables, image)
-  compiled = lowered.compile(compiler_options=CHEAP_COMPILE) if jax.default_backend() == 'cpu' else lowered.compile()
+  compiled = lowered.compile(compiler_options=train.cheap_compiler_options())
   preds, computed, fractions = compiled(variables, image)
   masked = seg_task.options['masked_stages']
   exits = [

@@ -44,12 +44,15 @@ per-parameter-group learning rate in PyTorch (timm / BEiT layer-wise lr decay).
 
 from __future__ import annotations
 
+import contextlib
 import math
+import threading
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from core_jax.errors import UserError
@@ -172,9 +175,7 @@ def _epochs_to_steps(epochs, steps_per_epoch: int) -> int:
   return int(round(float(epochs) * steps_per_epoch))
 
 
-def make_schedule(
-    opt_cfg, *, steps_per_epoch: int, total_steps: int, peak_lr: float | None = None
-) -> Callable[[Any], jax.Array]:
+def make_schedule(opt_cfg, *, steps_per_epoch: int, total_steps: int, peak_lr: float | None = None) -> Schedule:
   """lr(step) as a jit-able function of the (loader) step; see the module docstring for the fields.
 
   warmup (t < W): init + (peak - init) * t / W
@@ -198,6 +199,7 @@ def make_schedule(
     raise UserError(f'warmup ({warmup} steps) must lie within [0, total_steps={total_steps}]')
   decay_steps = max(total_steps - warmup, 1)
 
+  milestones, factor, factors = [], 1.0, []
   if kind == 'step':
     epochs, fractions = tuple(_get(opt_cfg, 'decay_epochs')), tuple(_get(opt_cfg, 'decay_fractions'))
     if epochs and fractions:
@@ -218,6 +220,9 @@ def make_schedule(
       passed_lr = [peak * math.prod(factors[: i + 1]) for i in range(len(factors))]
   power = float(_get(opt_cfg, 'poly_power'))
 
+  if kind in ('step', 'constant') and warmup == 0:
+    return _step_schedule(peak, milestones if kind == 'step' else [], factor, passed_lr if factors else None)
+
   def main(t):  # t: float32 loader step >= warmup
     # remaining fraction r = 1 - (t - W) / T, computed from integers so it is exact near the end;
     # 0.5 * (1 + cos(pi * (1 - r))) == sin(pi * r / 2) ** 2 keeps float32 relative accuracy near min_lr.
@@ -237,14 +242,76 @@ def make_schedule(
       return peak * jnp.asarray(factor, jnp.float32) ** passed
     return jnp.full_like(t, peak)
 
-  def schedule(step):
+  def schedule(numbers, step):
+    del numbers  # every number is a constant of the program: see Schedule
     t = jnp.asarray(step, jnp.float32)
     lr = main(t)
     if warmup > 0:
       lr = jnp.where(t < warmup, init + (peak - init) * t / warmup, lr)
     return lr
 
-  return schedule
+  return Schedule({}, schedule)
+
+
+MILESTONE_SLOTS = 4  # 'step' / 'constant' schedules with up to this many milestones share one form
+
+
+def _step_schedule(peak: float, milestones: list[int], factor: float, passed_lr: list[float] | None) -> Schedule:
+  """A 'step' schedule without warmup ('constant': no milestone) whose numbers are inputs (Schedule.traced).
+
+  'constant' is the 'step' form with no milestone passed (peak * factor ** 0 == peak), and unused milestone slots
+  hold inf (never passed), so a constant-lr fine-tune and the step-schedule scratch phases of one model lower to
+  one program. The numbers are the float32 values the constants were: the lr values are the same to the bit."""
+  slots = max(MILESTONE_SLOTS, len(milestones))
+  numbers = dict(peak=np.float32(peak), milestones=np.full(slots, np.inf, np.float32))
+  numbers['milestones'][: len(milestones)] = milestones
+  if passed_lr is not None:  # the lr after passing milestones[0..i]; unused slots repeat the last (never indexed)
+    lrs = [peak, *passed_lr]
+    numbers['passed_lr'] = np.asarray(lrs + [lrs[-1]] * (slots + 1 - len(lrs)), np.float32)
+  else:
+    numbers['factor'] = np.float32(factor)
+
+  def schedule(n, step):
+    t = jnp.asarray(step, jnp.float32)
+    passed = jnp.sum(t[..., None] >= jnp.asarray(n['milestones']), axis=-1)
+    if passed_lr is not None:
+      return jnp.asarray(n['passed_lr'])[passed]
+    return n['peak'] * jnp.asarray(n['factor']) ** passed
+
+  return Schedule(numbers, schedule)
+
+
+class Schedule:
+  """lr(step), a jit-able function of the loader step (make_schedule) whose numbers can be inputs of a program.
+
+  `schedule(step)` computes with `numbers` (float32 arrays) as constants. While a thread traces a program under
+  `with schedule.traced(numbers):` (`numbers` being that program's argument), calls in that thread compute with
+  those traced values instead: the program holds the schedule's form (its kind, how many milestones), not its
+  numbers. So train steps of runs
+  that differ only in lr, milestones or length (a pruning experiment's fine-tune, Scratch-E and Scratch-B of one
+  pruned model) lower to one program, and the persistent compilation cache compiles it once.
+
+  Only 'step' and 'constant' schedules without warmup have numbers (`_step_schedule`); the others keep every
+  number a constant (`numbers` is empty): XLA folds the warmup ramp's constant arithmetic into other float32
+  operations than the traced ones, so with traced numbers their lr would differ in the last bit."""
+
+  def __init__(self, numbers: dict, fn: Callable[[dict, Any], jax.Array]):
+    self.numbers = numbers
+    self._fn = fn
+    self._traced = threading.local()
+
+  @contextlib.contextmanager
+  def traced(self, numbers: dict):
+    previous = getattr(self._traced, 'numbers', None)
+    self._traced.numbers = numbers
+    try:
+      yield
+    finally:
+      self._traced.numbers = previous
+
+  def __call__(self, step) -> jax.Array:
+    numbers = getattr(self._traced, 'numbers', None)
+    return self._fn(self.numbers if numbers is None else numbers, step)
 
 
 def path_to_names(path) -> tuple[str, ...]:

@@ -93,7 +93,7 @@ class Built:
   task: Task
   model: Any
   tx: optax.GradientTransformation
-  schedule: Callable
+  schedule: optim.Schedule  # lr(loader step)
   ema_decay: float
   init_fn: Callable[[], TrainState]
   abstract_state: TrainState
@@ -322,13 +322,23 @@ def compile_steps(b: Built) -> Steps:
   # `xla_compiler_options` (a config may set it): XLA options of the train and eval steps, e.g. the embedded
   # anytime job's {'xla_backend_optimization_level': 1}, which compiles its step in 3/4 of the time, runs as fast
   xla_options = dict(b.config.get('xla_compiler_options', None) or {}) or None
-  train = jax.jit(
-      functools.partial(train_step, b.task, b.model, b.tx, ema_decay=b.ema_decay),
-      in_shardings=(ss, b.batch_sharding),
+
+  # The lr schedule's numbers are an input of the step, not constants in it (optim.Schedule): runs that differ
+  # only in them (a pruning experiment's fine-tune and scratch phases) lower to one program and compile it once
+  # through the persistent compilation cache.
+  def train_with_schedule(state, batch, schedule_numbers):
+    with b.schedule.traced(schedule_numbers):
+      return train_step(b.task, b.model, b.tx, state, batch, ema_decay=b.ema_decay)
+
+  train_jit = jax.jit(
+      train_with_schedule,
+      in_shardings=(ss, b.batch_sharding, replicated),
       out_shardings=(ss, replicated),
       donate_argnums=(0,),
       compiler_options=xla_options,
   )
+  schedule_numbers = jax.device_put(b.schedule.numbers, replicated)
+  train = functools.partial(_train_with_numbers, train_jit, schedule_numbers)
   evaluate_ = jax.jit(
       functools.partial(eval_step, b.task, b.model),
       in_shardings=(ss.params, ss.batch_stats, b.batch_sharding, replicated),
@@ -338,8 +348,15 @@ def compile_steps(b: Built) -> Steps:
   epoch_end = None
   if type(b.task).on_epoch_end is not Task.on_epoch_end:
     epoch_end = jax.jit(b.task.on_epoch_end, in_shardings=(ss, replicated), out_shardings=ss, donate_argnums=(0,))
-  finite = jax.jit(lambda p, s: _all_finite((p, s)), out_shardings=replicated)
+  # a reduction that checks the weights at a checkpoint: its optimized build costs seconds per model, not its runs
+  finite = jax.jit(
+      lambda p, s: _all_finite((p, s)), out_shardings=replicated, compiler_options=cheap_compiler_options()
+  )
   return Steps(train=train, eval=evaluate_, epoch_end=epoch_end, finite=finite)
+
+
+def _train_with_numbers(train_jit, schedule_numbers, state, batch):
+  return train_jit(state, batch, schedule_numbers)
 
 
 class CompiledAhead:
@@ -406,15 +423,17 @@ def _sum_over_processes(count: int) -> int:
 
 
 # ============================================================================================ state
+def cheap_compiler_options() -> dict | None:
+  """XLA options for programs whose run time is negligible: on CPU, no LLVM optimization."""
+  if jax.default_backend() == 'cpu':
+    return {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
+  return None
+
+
 def _compile_once_cheaply(fn, out_shardings):
   """jit for functions that run once (init): on CPU, XLA's optimizing backend spends many seconds on the
   threefry calls of a few dozen initializers; level 0 compiles them quickly and they run in milliseconds."""
-  lowered = jax.jit(fn, out_shardings=out_shardings).lower()
-  if jax.default_backend() == 'cpu':
-    return lowered.compile(
-        compiler_options={'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
-    )
-  return lowered.compile()
+  return jax.jit(fn, out_shardings=out_shardings).lower().compile(compiler_options=cheap_compiler_options())
 
 
 def _to_host(tree):
@@ -442,6 +461,15 @@ def _check_same_tree(name: str, got, want) -> None:
   mismatch = _tree_mismatch(name, got, want)
   if mismatch:
     raise UserError(f'load_pretrained returned {mismatch}')
+
+
+def _zeros_state(b: Built) -> TrainState:
+  """The state's layout on its devices with every leaf zero, for weights loaded whole (no init compiled)."""
+  return jax.tree.map(
+      lambda a, s: jax.make_array_from_callback(a.shape, s, lambda idx: np.zeros(a.shape, a.dtype)[idx]),
+      b.abstract_state,
+      b.state_sharding,
+  )
 
 
 def _put_weights(b: Built, state: TrainState, params, batch_stats, ema_params=None) -> TrainState:
@@ -714,22 +742,26 @@ def eval_tag(task: Task, step_dir: str | None, weights: str | None) -> str:
   return f'{what}-{how}' if how else what
 
 
-def _load_step(b: Built, state: TrainState, step_dir: str) -> tuple[TrainState, bool]:
-  """(state with the weights of one of the workdir's checkpoint steps, whether it holds their EMA copy).
+def _load_step(b: Built, step_dir: str) -> tuple[TrainState, bool]:
+  """(a state with the weights of one of the workdir's checkpoint steps, whether it holds their EMA copy).
 
-  A step of this very model configuration is loaded as it is, EMA included. Any other (e.g. an ADP-C model
+  A step of this very model configuration is loaded as it is, EMA included, into a state of zeros: every weight
+  an evaluation reads comes from the step, so no initializer is compiled or run. Any other (e.g. an ADP-C model
   evaluated without confidence adaptivity, whose checkpoint has masked convs the dense model lacks) goes through
-  `Task.load_pretrained`, which knows how the line's weights fit another of its configurations."""
+  `Task.load_pretrained`, which knows how the line's weights fit a fresh init of another of its configurations."""
   ckpt = checkpoint_lib.read_training_checkpoint(step_dir)
   loaded = {'params': ckpt['params'], 'batch_stats': ckpt['batch_stats'] or {}}
-  if _tree_mismatch('params', loaded['params'], state.params) or _tree_mismatch(
-      'batch_stats', loaded['batch_stats'], state.batch_stats
+  like = b.abstract_state
+  if _tree_mismatch('params', loaded['params'], like.params) or _tree_mismatch(
+      'batch_stats', loaded['batch_stats'], like.batch_stats
   ):
+    state = _compile_once_cheaply(b.init_fn, b.state_sharding)()
     variables = {'params': _to_host(state.params), 'batch_stats': _to_host(state.batch_stats)}
     loaded = b.task.load_pretrained(variables, step_dir, False)
     for name in ('params', 'batch_stats'):
       _check_same_tree(name, loaded.get(name, {}), getattr(state, name))
     return _put_weights(b, state, loaded['params'], loaded.get('batch_stats', {})), False
+  state = _zeros_state(b)
   ema = ckpt['ema_params']
   with_ema = ema is not None and state.ema_params is not None and not _tree_mismatch('ema_params', ema, state.params)
   state = _put_weights(b, state, loaded['params'], loaded['batch_stats'], ema if with_ema else None)
@@ -748,13 +780,13 @@ def evaluate_only(config, workdir: str, task_cls) -> dict:
   init_from = config.get('init_from') or None
   _check_workdir(workdir)
   b = build(config, workdir, task_cls)
-  state = _compile_once_cheaply(b.init_fn, b.state_sharding)()
   if step_dir is not None:
     _say(f'evaluating step {os.path.basename(step_dir)} of {os.path.abspath(workdir)}')
-    state, with_ema = _load_step(b, state, step_dir)
+    state, with_ema = _load_step(b, step_dir)
     source = step_dir
   else:
     _say(f'evaluating weights {init_from}')
+    state = _compile_once_cheaply(b.init_fn, b.state_sharding)()  # a file's weights may keep some fresh ones
     state, with_ema = load_pretrained(b, state), False  # a file holds one set of weights
     source = init_from
   eval_dir = os.path.join(os.path.abspath(workdir), EVAL_DIR, eval_tag(b.task, step_dir, init_from))

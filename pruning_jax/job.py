@@ -65,9 +65,10 @@ experiment (title, seeds, phases, paper: the paper's numbers, compilation_cache)
 
 Compiled steps are shared between phases and seeds through JAX's persistent compilation cache in
 DIR/xla_cache (experiment.compilation_cache=True, the default; a JAX_COMPILATION_CACHE_DIR the user set wins):
-phases whose steps lower to the same program (every phase of a second seed with the same cfg, reruns) load the
-executable instead of compiling it again. The cache holds compiled code only, so the results are the same with
-or without it.
+phases whose steps lower to the same program (every phase of a second seed with the same cfg, reruns; the
+fine-tune, Scratch-E and Scratch-B of one pruned cfg, whose lr schedules are inputs of one train step:
+core_jax.optim.Schedule) load the executable instead of compiling it again. The cache holds compiled code only,
+so the results are the same with or without it.
 """
 
 import copy

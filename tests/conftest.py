@@ -1,5 +1,5 @@
-"""Test-wide settings: a persistent JAX compilation cache, highest matmul precision for parity checks, and one
-TFDS data dir per session.
+"""Test-wide settings: XLA's fast-compiling flags (tests/xla_test_flags.py), a persistent JAX compilation cache,
+highest matmul precision for parity checks, and one TFDS data dir per session.
 
 The compilation cache (``.cache/jax`` in the repository, git-ignored; ``JAX_COMPILATION_CACHE_DIR`` overrides it,
 ``JAX_ENABLE_COMPILATION_CACHE=false`` turns it off) lets a rerun of the suite load the programs an earlier run
@@ -22,7 +22,11 @@ for _name in ('torch', 'triton', 'torchvision'):
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
+import xla_test_flags  # noqa: E402
 from skip_policy import pytest_make_collect_report, pytest_runtest_makereport  # noqa: E402,F401
+
+# LLVM at its lowest level in this process and (os.environ) its subprocesses: compiling is most of the suite's time
+xla_test_flags.set_for_this_process()
 
 pytest_plugins = ('pytester',)  # tests/core/test_skip_policy.py runs pytest on a file of skips
 

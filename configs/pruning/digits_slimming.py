@@ -4,7 +4,9 @@ Command:  python -m pruning_jax.main --config=configs/pruning/digits_slimming.py
 Printed:  accuracy (%) unpruned 94.72 +- 1.57 | pruned 84.86 +- 8.05 | Fine-tuned 94.31 +- 0.98 |
           Scratch-E 98.19 +- 0.98 | Scratch-B 99.03 +- 0.20 (360 test digits; the README "Pruning" has the table)
 Time:     2 min 34 s wall, 2 min 4 s CPU time in `make demo` on a fresh clone at 3f441db, the idle 2-core CPU shared
-          with the demo's two other jobs (side by side); 109 s wall alone on an idle 2-core CPU in an earlier run
+          with the demo's two other jobs (side by side); 109 s wall alone on an idle 2-core CPU in an earlier run. At
+          75bbebd (fine-tune, Scratch-E and Scratch-B of a seed share one compiled train step: 3 train-step compiles
+          instead of 7) 2 min 11 s CPU time in `make demo` at load 9-11, 2 min 31 s before it back to back
 Also printed: the paper's claim, Scratch-B >= Fine-tuned within the seeds' spread: holds (+4.72 points, spread 1.18)
 
 A 5-conv VGG with the slimming head (cfg 16, M, 32, M, 64, M, 64, M, 128; BN gamma 0.5; one Linear) trained 5

@@ -23,27 +23,6 @@ TINY_COMPUTE = dict(dwconv='xla')
 NUM_CLASSES = 3
 
 
-@pytest.fixture(scope='module', autouse=True)
-def _fast_cpu_compiles(tmp_path_factory):
-  """Train steps compile several times faster at XLA's lowest CPU optimization level, and recipes whose programs
-  coincide (e.g. in1k base/large) share them through the persistent cache. Takes effect when this module
-  initializes the JAX backend (run alone); in a larger session it is a no-op (slower, same results)."""
-  old = os.environ.get('XLA_FLAGS')
-  os.environ['XLA_FLAGS'] = (
-      (old or '') + ' --xla_backend_optimization_level=0' ' --xla_llvm_disable_expensive_passes=true'
-  ).strip()
-  old_cache = jax.config.jax_compilation_cache_dir
-  if old_cache is None:
-    jax.config.update('jax_compilation_cache_dir', str(tmp_path_factory.mktemp('jax_cache')))
-  yield
-  if old is None:
-    os.environ.pop('XLA_FLAGS', None)
-  else:
-    os.environ['XLA_FLAGS'] = old
-  if old_cache is None:
-    jax.config.update('jax_compilation_cache_dir', None)
-
-
 def _load_config(name, arg):
   from core_jax.cli import load_config_file
 

@@ -14,6 +14,7 @@ import textwrap
 
 import jax
 import pytest
+import xla_test_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -46,7 +47,7 @@ def test_sharded_train_step_moves_no_activations():
       PYTHONPATH=REPO,
       JAX_PLATFORMS='cpu',
       TF_CPP_MIN_LOG_LEVEL='3',
-      XLA_FLAGS='--xla_force_host_platform_device_count=8',
+      XLA_FLAGS=xla_test_flags.with_devices(8),
   )
   if jax.config.jax_compilation_cache_dir:  # the suite's persistent cache (tests/conftest.py): reruns load the step
     env.update(

@@ -236,13 +236,15 @@ _CACHE = os.path.join(os.environ.get('TMPDIR', '/tmp'), f'core_jax_experiment_ca
 
 
 def _start(workdir, data_dir, delay, pause_at=''):
+  import xla_test_flags  # pylint: disable=import-outside-toplevel  (tests/: not on this file's path as a script)
+
   env = dict(
       os.environ,
       TF_CPP_MIN_LOG_LEVEL='3',
       JAX_PLATFORMS='cpu',
       PYTHONPATH=REPO,
       JAX_COMPILATION_CACHE_DIR=_CACHE,
-      XLA_FLAGS='--xla_force_host_platform_device_count=1',
+      XLA_FLAGS=xla_test_flags.with_devices(1),
   )
   env[pause_points.ENV] = pause_at
   return subprocess.Popen(

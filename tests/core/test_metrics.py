@@ -191,12 +191,14 @@ def test_two_processes_match_numpy_with_a_padded_last_batch(tmp_path):
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
     port = s.getsockname()[1]
+  import xla_test_flags  # pylint: disable=import-outside-toplevel  (tests/: not on this file's path as a script)
+
   env = dict(
       os.environ,
       JAX_PLATFORMS='cpu',
       PYTHONPATH=REPO,
       TF_CPP_MIN_LOG_LEVEL='3',
-      XLA_FLAGS='--xla_force_host_platform_device_count=2',
+      XLA_FLAGS=xla_test_flags.with_devices(2),
   )
   procs = [
       subprocess.Popen(

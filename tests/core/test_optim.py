@@ -335,3 +335,32 @@ def test_step_schedule_bad_fractions_are_user_errors():
     sched(cfg(schedule='step', decay_fractions=(0.5,), decay_epochs=(3,)))
   with pytest.raises(UserError, match=r'\[0, 1\]'):
     sched(cfg(schedule='step', decay_fractions=(50,)))
+
+
+def _traced_program(s):
+  def lr(numbers, t):
+    with s.traced(numbers):
+      return s(t)
+
+  return jax.jit(lr)
+
+
+def test_step_and_constant_schedules_are_one_program_with_the_constant_programs_values():
+  """A pruning experiment's fine-tune (constant lr) and Scratch-E / Scratch-B (step milestones at fractions of
+  runs of two lengths) lower to one program with the schedule's numbers as inputs (the train steps share one
+  executable), and it computes each schedule's lr to the bit of the program with the numbers as constants."""
+  ts = jnp.arange(230)
+  runs = [
+      sched(cfg(lr=0.001, schedule='constant'), spe=22, total=44),
+      sched(cfg(lr=0.1, schedule='step', decay_fractions=(0.5, 0.75)), spe=22, total=110),
+      sched(cfg(lr=0.1, schedule='step', decay_fractions=(0.5, 0.75)), spe=22, total=220),
+      sched(cfg(lr=0.01, schedule='step', decay_epochs=(1, 3, 5), decay_factors=(10, 0.2, 0.2)), spe=22, total=220),
+  ]
+  texts = {_traced_program(s).lower(s.numbers, ts).as_text() for s in runs[:3]}
+  assert len(texts) == 1
+  for s in runs:
+    np.testing.assert_array_equal(_traced_program(s)(s.numbers, ts), jax.jit(s)(ts))
+  assert float(runs[0](229)) == np.float32(0.001) and float(runs[2](165)) == np.float32(0.1) * np.float32(0.1) ** 2
+  # a warmup (or a cosine / poly form) keeps its numbers in the program: nothing to trace
+  assert sched(cfg(schedule='step', decay_epochs=(2,), warmup_epochs=1)).numbers == {}
+  assert sched(cfg(schedule='cosine')).numbers == {}

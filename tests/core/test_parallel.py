@@ -5,6 +5,8 @@ import subprocess
 import sys
 import textwrap
 
+import xla_test_flags
+
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 _SCRIPT = textwrap.dedent("""
@@ -44,7 +46,7 @@ _SCRIPT = textwrap.dedent("""
 
 
 def test_fsdp_shardings_on_eight_devices():
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu', PYTHONPATH=REPO)
+  env = dict(os.environ, XLA_FLAGS=xla_test_flags.with_devices(8), JAX_PLATFORMS='cpu', PYTHONPATH=REPO)
   proc = subprocess.run([sys.executable, '-c', _SCRIPT], env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0 and proc.stdout.strip().endswith('OK'), proc.stdout + proc.stderr[-3000:]
 

@@ -180,12 +180,14 @@ def worker(kind: str, out: str) -> None:
 
 
 def _run_worker(kind: str, devices: int, out: str, x64: bool = False) -> dict:
+  import xla_test_flags  # pylint: disable=import-outside-toplevel  (tests/: not on this file's path as a script)
+
   env = dict(
       os.environ,
       SYNC_BN_X64='1' if x64 else '0',
       JAX_PLATFORMS='cpu',
       PYTHONPATH=REPO + os.pathsep + os.environ.get('PYTHONPATH', ''),
-      XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+      XLA_FLAGS=xla_test_flags.with_devices(devices),
   )
   proc = subprocess.run(
       [sys.executable, os.path.abspath(__file__), kind, out], env=env, capture_output=True, text=True, timeout=900

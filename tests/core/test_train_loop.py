@@ -15,6 +15,7 @@ import time
 
 import numpy as np
 import pytest
+import xla_test_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = os.path.join(REPO, 'tests', 'core', 'tiny_config.py')
@@ -31,7 +32,7 @@ def _env(data_dir, devices=1, extra=None):
       TF_CPP_MIN_LOG_LEVEL='3',
       JAX_PLATFORMS='cpu',
       JAX_COMPILATION_CACHE_DIR=_COMPILE_CACHE,
-      XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+      XLA_FLAGS=xla_test_flags.with_devices(devices),
       PYTHONPATH=REPO,
   )
   env.update(extra or {})

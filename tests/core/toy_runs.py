@@ -6,6 +6,7 @@ import sys
 import time
 
 import numpy as np
+import xla_test_flags
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TOY = os.path.join(REPO, 'tests', 'core', 'toy_task.py')
@@ -21,7 +22,7 @@ def env(data_dir, devices=1):
       JAX_PLATFORMS='cpu',
       JAX_COMPILATION_CACHE_DIR=COMPILE_CACHE,
       PYTHONPATH=REPO,
-      XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+      XLA_FLAGS=xla_test_flags.with_devices(devices),
   )
   return e
 

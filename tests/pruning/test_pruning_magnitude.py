@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import xla_test_flags
 from pruning_helpers import random_variables
 from test_pruning_pipeline import _main, _tiny, _write_config
 
@@ -166,7 +167,7 @@ def _env(devices: int):
       os.environ,
       PYTHONPATH=REPO + os.pathsep + os.path.dirname(__file__),
       JAX_PLATFORMS='cpu',
-      XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+      XLA_FLAGS=xla_test_flags.with_devices(devices),
   )
 
 
