@@ -18,8 +18,9 @@ Contract (the released ADP-C code, `conv_mask_uniform` + `set_part_masks`):
   (`masked_dense`, the released code's formulation) computes the dense conv y (bias included), keeps y where
   mask == 1 and fills masked positions with the 7x7 depthwise RBF interpolation of y * mask: weights
   exp(-lambda^2 d^2) with the centre's d^2 set to 1e5, normalised by the full kernel sum + 1e-5. 'sparse'
-  (`masked_sparse`) gives the same outputs (to float32 rounding) computing the conv only on the 8 x 8 tiles that
-  keep a pixel and the fill only on tiles next to kept pixels (section below); a MaskSet built with train=True (the
+  (`masked_sparse`) gives the same outputs (to float32 rounding) computing the conv only on the kept pixels (few
+  of them, or a 1 x 1 conv) or on the 8 x 8 tiles that keep a pixel, and the fill only next to kept pixels (section
+  below); `Conv.fill_read=False` lets it skip a fill that no consumer reads; a MaskSet built with train=True (the
   training forward) always takes 'dense', whose gradients are the reference's.
 - Dense convs (`dense_conv`) compute as the policy says (`Compute.conv`); `AUTO` / `for_backend` give the
   line's choices per backend: on CPU a 1x1 conv is a matmul over the channels (XLA:CPU's convolution is several
@@ -231,8 +232,9 @@ def masked_dense(compute: Compute, x, kernel, bias, mask, rbf_lambda, strides, p
 # nothing, and above the largest bucket the branch is the dense computation. Both stages work on one NHWC
 # buffer padded by the RBF radius: the conv's tiles are scattered into it and the fill's windows gathered from
 # it and scatter-added back in place (a tile-major layout cost two transposes of the whole tensor per conv).
-# Per-pixel gathers (im2col of the kept pixels) were measured 3x slower than masked-dense on XLA:CPU
-# (W18-Small-v2, 256x512): its gathers copy one short channel row per tap.
+# Per-pixel gathers for every fraction (im2col of the kept pixels) were measured 3x slower than masked-dense on
+# XLA:CPU (W18-Small-v2, 256x512): its gathers copy one short channel row per tap. They are used below a few
+# percent of the pixels only (or for 1 x 1 convs, one tap), where tiles lose instead (PIXEL_BUCKETS below).
 TILE = 8
 SHORT_RADIUS = 1
 RBF_TAIL_TAPS = RBF_SIZE**2 - (2 * SHORT_RADIUS + 1) ** 2  # the taps the short fill leaves out
@@ -240,9 +242,18 @@ SHORT_TAIL = 1e-7
 SHORT_LAMBDA2 = math.log(RBF_TAIL_TAPS / SHORT_TAIL) / (SHORT_RADIUS + 1) ** 2
 CONV_BUCKETS = (0.25, 0.5, 0.75, 0.9)
 FILL_BUCKETS = (0.125, 0.25, 0.5)
-# A 1 x 1 conv (stride 1) needs no halo, and its input rows (one pixel's channels) are long enough for a gather to
-# pay: it computes the kept pixels only, gathered into the smallest of these capacities (fractions of all pixels).
-PIXEL_BUCKETS = (1 / 32, 1 / 16, 1 / 8, 1 / 4, 1 / 2, 3 / 4)
+# Per pixel: a kept pixel's conv reads its k x k input window, so computed per pixel (the window's rows gathered,
+# one matmul) it costs in proportion to the kept pixels whatever their layout, where a tile costs its whole area as
+# soon as one of its pixels is kept (at tau=0.998 on W18-Small-v2 the 5.4 % kept pixels hit 87 % of the 8 x 8
+# tiles: benchmarks/ANALYSIS.md). A gather copies one row of channels per tap, so per pixel wins at small
+# fractions and for 1 x 1 convs (one tap, no halo): capacities PIXEL_BUCKETS for a 1 x 1 conv of stride 1,
+# PATCH_BUCKETS for the others (the tiles above the largest). At SCATTER_FILL_MAX of the pixels or fewer the short
+# fill is scattered from the kept pixels too (`_pixel_fill`), so that such a branch's whole cost follows them.
+# Few buckets: every capacity is a branch compiled into every masked conv, and the sparse program already compiles
+# several times longer than the dense one.
+PIXEL_BUCKETS = (1 / 16, 1 / 4, 1 / 2)
+PATCH_BUCKETS = (1 / 32, 1 / 8)
+SCATTER_FILL_MAX = 1 / 8
 
 
 def _ordered(flags: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -377,18 +388,36 @@ def _tiled_conv(compute: Compute, x, kernel, bias, tiles: TileSet, cap: int, str
   return _scatter_tiles(lax.scatter, buffer, tiles, rows, y)
 
 
-def _pointwise_conv(compute: Compute, x, kernel, bias, tiles: TileSet, cap: int, padded: bool) -> jax.Array:
-  """A 1 x 1 conv (stride 1, + bias) times the mask, computed on the first `cap` pixels of `tiles.pixels` only
-  (every kept pixel when their count <= cap; the others are skipped, their product with the mask 0) and scattered
-  into zeros: the padded grid buffer (`_grid_buffer`) when `padded`, else (B, h, w, C_out)."""
+def _pixel_conv(compute: Compute, x, kernel, bias, tiles: TileSet, cap: int, stride: int, padding):
+  """(rows, y): the first `cap` pixels of `tiles.pixels` (flat ids over B * h * w: every kept pixel when their count
+  <= cap; the others are skipped) and the conv (+ bias) times the mask there, (cap, C_out): each pixel's k x k input
+  window gathered (a row of channels per tap) and one matmul; a 1 x 1 conv of stride 1 gathers the rows of x."""
   bsz, h, w = tiles.mask.shape
-  cout = kernel.shape[-1]
+  k, cin = kernel.shape[0], x.shape[-1]
   rows = tiles.pixels[1][:cap]
-  picked = x.reshape(-1, x.shape[-1])[rows]
-  y = compute.conv(picked[None, :, None], kernel, (1, 1), ((0, 0), (0, 0)))[0, :, 0]
+  if k == 1 and stride == 1:
+    picked = x.reshape(-1, cin).at[rows].get(mode='promise_in_bounds')
+  else:
+    (pt, _), (pl, _) = padding
+    need_h, need_w = stride * (h - 1) + k, stride * (w - 1) + k
+    xp = jnp.pad(x, ((0, 0), (pt, max(0, need_h - x.shape[1] - pt)), (pl, max(0, need_w - x.shape[2] - pl)), (0, 0)))
+    hx, wx = xp.shape[1:3]
+    b, rest = rows // (h * w), rows % (h * w)
+    origin = b * (hx * wx) + stride * (rest // w) * wx + stride * (rest % w)
+    di, dj = np.divmod(np.arange(k * k), k)
+    taps = origin[:, None] + jnp.asarray(di * wx + dj, jnp.int32)[None]
+    picked = xp.reshape(-1, cin).at[taps].get(mode='promise_in_bounds').reshape(cap, k * k * cin)
+  y = compute.conv(picked[None, :, None], kernel.reshape(1, 1, k * k * cin, -1), (1, 1), ((0, 0), (0, 0)))[0, :, 0]
   if bias is not None:
     y = y + bias.astype(y.dtype)
-  y = y * tiles.mask.reshape(-1)[rows][:, None].astype(y.dtype)
+  return rows, y * tiles.mask.reshape(-1).at[rows].get(mode='promise_in_bounds')[:, None].astype(y.dtype)
+
+
+def _pixels_to_grid(tiles: TileSet, rows, y, padded: bool) -> jax.Array:
+  """Pixel rows `y` (K, C) at flat ids `rows` (distinct) scattered into zeros: the padded grid buffer
+  (`_grid_buffer`) when `padded`, else (B, h, w, C)."""
+  bsz, h, w = tiles.mask.shape
+  cout = y.shape[-1]
   if not padded:
     out = jnp.zeros((bsz * h * w, cout), y.dtype).at[rows].set(y, unique_indices=True, mode='promise_in_bounds')
     return out.reshape(bsz, h, w, cout)
@@ -398,6 +427,28 @@ def _pointwise_conv(compute: Compute, x, kernel, bias, tiles: TileSet, cap: int,
   flat = b * (grid_h * grid_w) + (rest // w + r) * grid_w + rest % w + r
   out = jnp.zeros((bsz * grid_h * grid_w, cout), y.dtype).at[flat].set(y, unique_indices=True, mode='promise_in_bounds')
   return out.reshape(bsz, grid_h, grid_w, cout)
+
+
+def _pixel_fill(tiles: TileSet, rows, y, rbf_lambda) -> jax.Array:
+  """(B, h, w, C): the pixel rows `y` at their pixels plus the short RBF fill scattered from them (each kept pixel
+  adds its value times the fill's weight to its neighbours within SHORT_RADIUS that are skipped: the same sums as
+  `_tiled_fill`, gathered from the other side), one scatter-add of (2 SHORT_RADIUS + 1)^2 rows per pixel."""
+  r = SHORT_RADIUS
+  mask = tiles.mask
+  bsz, h, w = mask.shape
+  hb, wb = h + 2 * r, w + 2 * r
+  b, rest = rows // (h * w), rows % (h * w)
+  centre = b * (hb * wb) + (rest // w + r) * wb + rest % w + r
+  di, dj = np.divmod(np.arange((2 * r + 1) ** 2), 2 * r + 1)
+  targets = centre[:, None] + jnp.asarray((di - r) * wb + dj - r, jnp.int32)[None]
+  skipped = 1 - jnp.pad(mask, ((0, 0), (r, r), (r, r))).reshape(-1).at[targets].get(mode='promise_in_bounds')
+  g = jnp.exp(-(rbf_lambda**2) * jnp.asarray((np.arange(2 * r + 1, dtype=np.float32) - r) ** 2))
+  norm = 1.0 / (rbf_weights(rbf_lambda).sum() + RBF_EPS)
+  weights = g[di] * g[dj] * norm
+  coef = jnp.where(jnp.asarray((di == r) & (dj == r))[None], 1.0, weights[None] * skipped).astype(y.dtype)
+  values = (y[:, None, :] * coef[..., None]).reshape(-1, y.shape[-1])
+  out = jnp.zeros((bsz * hb * wb, y.shape[-1]), y.dtype).at[targets.reshape(-1)].add(values, mode='promise_in_bounds')
+  return out.reshape(bsz, hb, wb, -1)[:, r : r + h, r : r + w]
 
 
 def _separable_rbf(yp: jax.Array, rbf_lambda: jax.Array, h: int, w: int, r: int) -> jax.Array:
@@ -426,13 +477,16 @@ def _tiled_fill(ymp, tiles: TileSet, rbf_lambda, cap: int) -> jax.Array:
 
 def masked_sparse(compute: Compute, x, kernel, bias, mask, rbf_lambda, strides, padding, fill: bool = True):
   """`masked_dense`'s outputs computed sparsely (compute.masked_conv='sparse'; ``mask`` an array or a
-  `TileSet`): the conv only on tiles with kept pixels (`_tiled_conv`), the RBF fill only on tiles with skipped
-  pixels next to kept ones (`_tiled_fill`, when lambda^2 >= SHORT_LAMBDA2), each at the smallest bucket capacity
-  that holds its tiles, nothing for no tile, densely above the largest bucket (the conv as `dense_conv`, the fill
-  as the separable sum over the whole buffer; the whole 7 x 7 fill so when lambda is smaller). A 1 x 1 conv of
-  stride 1 computes the kept pixels only (`_pointwise_conv`, PIXEL_BUCKETS). `fill=False` (the caller reads the
-  output at kept pixels only, e.g. a 1 x 1 chain into the exit's aggregation) leaves out the fill: skipped pixels
-  are 0, kept ones `masked_dense`'s. Inference only: training keeps `masked_dense` (`MaskSet.train`)."""
+  `TileSet`), in one of these branches (`conv_branch`): nothing for no kept pixel; the conv on the kept pixels only
+  (`_pixel_conv`) at the smallest pixel capacity that holds them, with the short fill scattered from them
+  (`_pixel_fill`) at up to SCATTER_FILL_MAX of the pixels; above the largest pixel capacity, the conv on the tiles
+  with kept pixels (`_tiled_conv`) at the smallest tile capacity that holds them; above the largest, the dense conv.
+  Outside `_pixel_fill` the fill runs on the padded grid buffer: on the tiles with skipped pixels next to kept ones
+  (`_tiled_fill`, when lambda^2 >= SHORT_LAMBDA2) at the smallest fill capacity, nothing for none, above the
+  largest as the separable sum over the whole buffer (the whole 7 x 7 fill so when lambda is smaller).
+  `fill=False` (the caller reads the output at kept pixels only, e.g. a 1 x 1 chain into the exit's aggregation)
+  leaves out the fill: skipped pixels are 0, kept ones `masked_dense`'s. Inference only: training keeps
+  `masked_dense` (`MaskSet.train`)."""
   tiles = mask if isinstance(mask, TileSet) else TileSet(mask)
   m = tiles.mask
   bsz, h, w = m.shape
@@ -441,49 +495,93 @@ def masked_sparse(compute: Compute, x, kernel, bias, mask, rbf_lambda, strides, 
   stride = strides[0]
   if tuple(strides) != (stride, stride) or kernel.shape[0] != kernel.shape[1]:
     raise ValueError(f'the sparse masked conv takes square kernels and strides, got {kernel.shape[:2]}, {strides}')
-  grid_h, grid_w = tiles.nh * tiles.th, tiles.nw * tiles.tw
-
   pointwise = kernel.shape[0] == 1 and stride == 1
-  padded = fill or not pointwise  # the tiled conv writes the padded grid buffer only
-  out_shape = (bsz, grid_h + 2 * r, grid_w + 2 * r) if padded else (bsz, h, w)
+  num_pixels = bsz * h * w
 
-  def no_conv(x, kernel, bias):
-    return jnp.zeros((*out_shape, kernel.shape[-1]), x.dtype)
-
-  def dense_conv_branch(x, kernel, bias):
-    y = dense_conv(compute, x, kernel, bias, strides, padding) * m[..., None].astype(x.dtype)
-    return _grid_buffer(tiles, y) if padded else y
-
-  if pointwise:
-    caps = capacities(bsz * h * w, PIXEL_BUCKETS)
-    count = tiles.pixels[0]
-    branches = [lambda x, kernel, bias, c=c: _pointwise_conv(compute, x, kernel, bias, tiles, c, padded) for c in caps]
-  else:
-    caps = capacities(tiles.num_tiles, CONV_BUCKETS)
-    count = tiles.conv_count
-    branches = [
-        lambda x, kernel, bias, c=c: _tiled_conv(compute, x, kernel, bias, tiles, c, stride, padding) for c in caps
-    ]
-  ymp = lax.switch(_bucket_index(count, caps), [no_conv, *branches, dense_conv_branch], x, kernel, bias)
-  if not fill:
-    return ymp[:, r : r + h, r : r + w] if padded else ymp
-
-  def no_fill(ymp, lam):
-    return ymp[:, r : r + h, r : r + w]
-
-  def dense_fill(ymp, lam, radius=r):
+  def finish(ymp, lam):  # the fill stage on the padded grid buffer of the conv times the mask
     ym = ymp[:, r : r + h, r : r + w]
-    o = r - radius
-    interp = _separable_rbf(ymp[:, o : o + h + 2 * radius, o : o + w + 2 * radius], lam, h, w, radius)
-    return ym + interp * (1 - m[..., None].astype(ym.dtype))
 
-  caps = capacities(tiles.num_tiles, FILL_BUCKETS)
-  branches = [lambda ymp, lam, c=c: no_fill(_tiled_fill(ymp, tiles, lam, c), lam) for c in caps]
-  short_dense = lambda ymp, lam: dense_fill(ymp, lam, SHORT_RADIUS)
-  short_fill = lambda ymp, lam: lax.switch(
-      _bucket_index(tiles.fill_count, caps), [no_fill, *branches, short_dense], ymp, lam
-  )
-  return lax.cond(rbf_lambda**2 >= SHORT_LAMBDA2, short_fill, dense_fill, ymp, rbf_lambda)
+    def no_fill(ymp, lam):
+      return ymp[:, r : r + h, r : r + w]
+
+    def dense_fill(ymp, lam, radius=r):
+      o = r - radius
+      interp = _separable_rbf(ymp[:, o : o + h + 2 * radius, o : o + w + 2 * radius], lam, h, w, radius)
+      return ym + interp * (1 - m[..., None].astype(ym.dtype))
+
+    caps = capacities(tiles.num_tiles, FILL_BUCKETS)
+    branches = [lambda ymp, lam, c=c: no_fill(_tiled_fill(ymp, tiles, lam, c), lam) for c in caps]
+    short_dense = lambda ymp, lam: dense_fill(ymp, lam, SHORT_RADIUS)
+    short_fill = lambda ymp, lam: lax.switch(
+        _bucket_index(tiles.fill_count, caps), [no_fill, *branches, short_dense], ymp, lam
+    )
+    return lax.cond(lam**2 >= SHORT_LAMBDA2, short_fill, dense_fill, ymp, lam)
+
+  index, pixel_caps, tile_caps = conv_branch(tiles, pointwise)
+  cout = kernel.shape[-1]
+
+  def conv_branches(padded: bool):  # each conv branch's output times the mask: the padded grid buffer or (B, h, w, C)
+    def no_conv(x, kernel, bias):
+      return jnp.zeros(
+          (bsz, tiles.nh * tiles.th + 2 * r, tiles.nw * tiles.tw + 2 * r, cout) if padded else (bsz, h, w, cout),
+          x.dtype,
+      )
+
+    def pixels(x, kernel, bias, cap):
+      return _pixels_to_grid(tiles, *_pixel_conv(compute, x, kernel, bias, tiles, cap, stride, padding), padded)
+
+    def tile_conv(x, kernel, bias, cap):
+      ymp = _tiled_conv(compute, x, kernel, bias, tiles, cap, stride, padding)
+      return ymp if padded else ymp[:, r : r + h, r : r + w]
+
+    def dense(x, kernel, bias):
+      y = dense_conv(compute, x, kernel, bias, strides, padding) * m[..., None].astype(x.dtype)
+      return _grid_buffer(tiles, y) if padded else y
+
+    return [
+        no_conv,
+        *[functools.partial(pixels, cap=c) for c in pixel_caps],
+        *[functools.partial(tile_conv, cap=c) for c in tile_caps],
+        dense,
+    ]
+
+  if not fill:
+    return lax.switch(index, conv_branches(padded=False), x, kernel, bias)
+
+  def grid_path(x, kernel, bias, lam):  # any conv branch into the grid buffer, then the fill stage on it
+    return finish(lax.switch(index, conv_branches(padded=True), x, kernel, bias), lam)
+
+  # the smallest pixel capacities with the short fill scattered from the kept pixels (branches 1..)
+  scatter_caps = tuple(c for c in pixel_caps if c <= SCATTER_FILL_MAX * num_pixels)
+  if not scatter_caps:
+    return grid_path(x, kernel, bias, rbf_lambda)
+
+  def scattered(x, kernel, bias, lam, cap):
+    return _pixel_fill(tiles, *_pixel_conv(compute, x, kernel, bias, tiles, cap, stride, padding), lam)
+
+  def scatter_path(x, kernel, bias, lam):
+    branches = [functools.partial(scattered, cap=c) for c in scatter_caps]
+    return lax.switch(index - 1, branches, x, kernel, bias, lam)
+
+  use_scatter = (index >= 1) & (index <= len(scatter_caps)) & (rbf_lambda**2 >= SHORT_LAMBDA2)
+  return lax.cond(use_scatter, scatter_path, grid_path, x, kernel, bias, rbf_lambda)
+
+
+def conv_branch(tiles: TileSet, pointwise: bool) -> tuple[jax.Array, tuple[int, ...], tuple[int, ...]]:
+  """(index, pixel capacities, tile capacities) of `masked_sparse`'s conv: branch 0 for no kept pixel, then one per
+  pixel capacity (the smallest that holds the kept pixels: PIXEL_BUCKETS for a 1 x 1 conv of stride 1,
+  PATCH_BUCKETS for the others), then, above the largest, one per tile capacity (CONV_BUCKETS; none for a 1 x 1
+  conv), then the dense conv."""
+  num_pixels = tiles.mask.size
+  pixel_caps = capacities(num_pixels, PIXEL_BUCKETS if pointwise else PATCH_BUCKETS)
+  tile_caps = () if pointwise else capacities(tiles.num_tiles, CONV_BUCKETS)
+  count = tiles.pixels[0]
+  index = _bucket_index(count, pixel_caps)
+  if pixel_caps and tile_caps:
+    index = jnp.where(count <= pixel_caps[-1], index, len(pixel_caps) + _bucket_index(tiles.conv_count, tile_caps))
+  elif tile_caps:
+    index = _bucket_index(tiles.conv_count, tile_caps)
+  return index, pixel_caps, tile_caps
 
 
 # compute.masked_conv -> the masked conv (same signature and semantics); core_jax.compute.CHOICES lists the names.

@@ -226,19 +226,21 @@ def exit_rows(runs: dict, batch: int) -> list:
           'speedup_vs_rh': _paired(times, rh['times_s'][rh_key]),
           'flop_speedup_vs_rh': rh['rows'][rh_key]['gflops'] / info['gflops'],
       }
-      if variant == 'adpc_sparse':
+      if variant == 'adpc_sparse' and 'adpc' in runs:
         record['speedup_vs_masked_dense'] = _paired(times, runs['adpc']['times_s'][key])
       out.append(record)
   return out
 
 
-def measure(arch='w18_small_v2', height=512, width=1024, batches=(1, 8), rounds=3, backbone=True) -> list:
+def measure(
+    arch='w18_small_v2', height=512, width=1024, batches=(1, 8), rounds=3, backbone=True, variants=VARIANTS
+) -> list:
   base = _base_args(arch, height, width)
   records = []
   for batch in batches:
     runs = common.interleaved(
         'benchmarks.anytime_cost',
-        {v: ['--worker', 'exits', '--variant', v, '--batch', str(batch), *base] for v in VARIANTS},
+        {v: ['--worker', 'exits', '--variant', v, '--batch', str(batch), *base] for v in variants},
         rounds,
     )
     records += exit_rows(runs, batch)
@@ -310,13 +312,21 @@ def main():
   p.add_argument('--batches', default='1,8', help='comma-separated batch sizes')
   p.add_argument('--rounds', type=int, default=3)
   p.add_argument('--no-backbone', action='store_true', help='skip the backbone vs timm comparison')
+  p.add_argument(
+      '--variants',
+      default=','.join(VARIANTS),
+      help='comma-separated contenders (rh, the baseline, always runs): a quicker look at a few',
+  )
   args = p.parse_args()
   if args.worker == 'exits':
     return worker_exits(args)
   if args.worker == 'backbone':
     return worker_backbone(args)
   batches = tuple(int(b) for b in args.batches.split(','))
-  records = measure(args.arch, args.height, args.width, batches, args.rounds, backbone=not args.no_backbone)
+  variants = tuple(v for v in VARIANTS if v == 'rh' or v in args.variants.split(','))
+  records = measure(
+      args.arch, args.height, args.width, batches, args.rounds, backbone=not args.no_backbone, variants=variants
+  )
   print(table(records))
   return records
 

@@ -27,7 +27,7 @@ H = 32  # conv outputs 32 x 32, batch 2: 2 * 4 * 4 = 32 tiles of 8 x 8
 def _hand_masks(h, rng):
   """name -> (2, h, h) float mask. Tile counts (conv / short fill, of 32): all 32 / 0, none 0 / 0, single 2 / 4,
   centred 2 / 2, checkerboard 32 / 32, blob 6 / 10, band 24 / 8, per_example 16 / 0, overflow (more than the
-  largest bucket: the dense branches) 32 / 31."""
+  largest bucket: the dense branches) 32 / 31; scattered and few: a few kept pixels spread over most tiles."""
   checker = np.indices((h, h)).sum(0) % 2
   single = np.zeros((h, h))
   single[h // 3, h // 2] = 1
@@ -45,6 +45,8 @@ def _hand_masks(h, rng):
       'band': np.stack([band, band]),
       'per_example': np.stack([np.ones((h, h)), np.zeros((h, h))]),
       'overflow': rng.rand(2, h, h) < 0.95,
+      'scattered': rng.rand(2, h, h) < 0.05,  # ~102 kept pixels of 2048 in ~all tiles
+      'few': rng.rand(2, h, h) < 0.02,  # ~41 kept pixels
   }
 
 
@@ -68,9 +70,8 @@ def test_sparse_equals_masked_dense_on_hand_built_masks(k, stride, bias):
       32, confidence.FILL_BUCKETS
   )
   assert conv_caps == (8, 16, 24, 29) and fill_caps == (4, 8, 16)
-  pixel_caps = confidence.capacities(2 * H * H, confidence.PIXEL_BUCKETS)
-  assert pixel_caps == (64, 128, 256, 512, 1024, 1536)
-  conv_branches, fill_branches, pixel_branches = set(), set(), set()
+  pointwise = k == 1 and stride == 1
+  branches, fill_branches = set(), set()
   for name, m in _hand_masks(H, rng).items():
     mask = jnp.asarray(m, jnp.float32)
     for lam in LAMS:
@@ -80,13 +81,17 @@ def test_sparse_equals_masked_dense_on_hand_built_masks(k, stride, bias):
       kept_only = np.asarray(dense) * np.asarray(mask)[..., None]
       np.testing.assert_allclose(np.asarray(unfilled), kept_only, atol=1e-5, rtol=0, err_msg=f'{name} {lam} no fill')
     tiles = TileSet(mask)
-    conv_branches.add(int(confidence._bucket_index(tiles.conv_count, conv_caps)))
-    fill_branches.add(int(confidence._bucket_index(tiles.fill_count, fill_caps)))
-    pixel_branches.add(int(confidence._bucket_index(tiles.pixels[0], pixel_caps)))
-  # no tile (0), every gathered bucket but the conv's 29 (1..), the dense fallbacks (last); a 1 x 1 conv (stride 1)
-  # takes the pixel buckets instead of the conv's tile buckets: none, 1 / 32, 1 / 4, 1 / 2, 3 / 4 and dense
-  assert conv_branches == {0, 1, 2, 3, 5} and fill_branches == {0, 1, 2, 3, 4}
-  assert pixel_branches == {0, 1, 4, 5, 6, 7}
+    index, pixel_caps, tile_caps = confidence.conv_branch(tiles, pointwise)
+    branches.add(int(index))
+    if int(index) > len(pixel_caps):  # a tile or the dense conv: the fill stage on the grid buffer
+      fill_branches.add(int(confidence._bucket_index(tiles.fill_count, fill_caps)))
+  if pointwise:  # none, every pixel capacity (1 / 16, 1 / 4, 1 / 2 of 2048), the dense conv
+    assert pixel_caps == (128, 512, 1024) and tile_caps == ()
+    assert branches == {0, 1, 2, 3, 4}
+  else:  # none, every pixel capacity (1 / 32, 1 / 8 of 2048), the tile capacities 8, 16, 24, the dense conv
+    assert pixel_caps == (64, 256) and tile_caps == conv_caps
+    assert branches == {0, 1, 2, 3, 4, 5, 7}
+    assert fill_branches == {0, 2, 3, 4}  # the tile fill: 8 and 16 tiles, the dense fill
 
 
 def test_tile_set_orders_and_layout():
