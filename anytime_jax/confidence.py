@@ -150,6 +150,11 @@ def _tap_sum(g: jax.Array, a: jax.Array, axis: int, size: int) -> jax.Array:
   return total
 
 
+# A jit inlined into its caller (no call in the program): its trace, and under the train step's linearize its
+# linearization, are cached per input shapes, where tracing the fill anew for each of a model's masked convs (a few
+# distinct shapes, a hundred-odd taps each) was half of the anytime train step's tracing time. The caller's program
+# holds the same ops (its constants, the tap distances, once instead of once per conv).
+@functools.partial(jax.jit, inline=True)
 def rbf_fill(y: jax.Array, mask: jax.Array, rbf_lambda: jax.Array) -> jax.Array:
   """y * m + rbf(y * m) * (1 - m) for y (B, h, w, C) and mask (B, h, w).
 
