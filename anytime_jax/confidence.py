@@ -135,6 +135,14 @@ def rbf_kernel(rbf_lambda: jax.Array) -> jax.Array:
   return k / (k.sum() + RBF_EPS)
 
 
+def _separable_taps(rbf_lambda: jax.Array, radius: int, dtype) -> tuple[jax.Array, jax.Array]:
+  """(g, norm) in `dtype`: the 1-D RBF weights exp(-lambda^2 d^2) at d = -radius..radius, and 1 / (the whole 7 x 7
+  kernel's sum + RBF_EPS), the reference's normalisation whatever taps are used."""
+  d2 = jnp.asarray((np.arange(2 * radius + 1, dtype=np.float32) - radius) ** 2)
+  g = jnp.exp(-(rbf_lambda**2) * d2).astype(dtype)
+  return g, (1.0 / (rbf_weights(rbf_lambda).sum() + RBF_EPS)).astype(dtype)
+
+
 def _tap_sum(g: jax.Array, a: jax.Array, axis: int, size: int) -> jax.Array:
   """sum_j g[j] * a[..., j : j + size, ...] (the slice along `axis`) over the taps j of `g`.
 
@@ -166,8 +174,7 @@ def rbf_fill(y: jax.Array, mask: jax.Array, rbf_lambda: jax.Array) -> jax.Array:
   ym = y * m
   r = RBF_SIZE // 2
   h, w = y.shape[1:3]
-  g = jnp.exp(-(rbf_lambda**2) * jnp.asarray((np.arange(RBF_SIZE, dtype=np.float32) - r) ** 2)).astype(y.dtype)
-  norm = (1.0 / (rbf_weights(rbf_lambda).sum() + RBF_EPS)).astype(y.dtype)
+  g, norm = _separable_taps(rbf_lambda, r, y.dtype)
   yp = jnp.pad(ym, ((0, 0), (r, r), (r, r), (0, 0)))
   rows = _tap_sum(g, yp, 2, w)
   interp = _tap_sum(g, rows, 1, h) * norm
@@ -393,6 +400,14 @@ def _tiled_conv(compute: Compute, x, kernel, bias, tiles: TileSet, cap: int, str
   return _scatter_tiles(lax.scatter, buffer, tiles, rows, y)
 
 
+def _grid_ids(rows: jax.Array, h: int, w: int, grid: tuple[int, int], offset: int = 0, stride: int = 1) -> jax.Array:
+  """Flat ids in a (B, *grid) buffer of the pixels `rows` (flat ids over B * h * w): pixel (b, i, j) at
+  (b, offset + stride * i, offset + stride * j)."""
+  gh, gw = grid
+  b, rest = rows // (h * w), rows % (h * w)
+  return b * (gh * gw) + (offset + stride * (rest // w)) * gw + offset + stride * (rest % w)
+
+
 def _pixel_conv(compute: Compute, x, kernel, bias, tiles: TileSet, cap: int, stride: int, padding):
   """(rows, y): the first `cap` pixels of `tiles.pixels` (flat ids over B * h * w: every kept pixel when their count
   <= cap; the others are skipped) and the conv (+ bias) times the mask there, (cap, C_out): each pixel's k x k input
@@ -406,9 +421,8 @@ def _pixel_conv(compute: Compute, x, kernel, bias, tiles: TileSet, cap: int, str
     (pt, _), (pl, _) = padding
     need_h, need_w = stride * (h - 1) + k, stride * (w - 1) + k
     xp = jnp.pad(x, ((0, 0), (pt, max(0, need_h - x.shape[1] - pt)), (pl, max(0, need_w - x.shape[2] - pl)), (0, 0)))
-    hx, wx = xp.shape[1:3]
-    b, rest = rows // (h * w), rows % (h * w)
-    origin = b * (hx * wx) + stride * (rest // w) * wx + stride * (rest % w)
+    wx = xp.shape[2]
+    origin = _grid_ids(rows, h, w, xp.shape[1:3], stride=stride)
     di, dj = np.divmod(np.arange(k * k), k)
     taps = origin[:, None] + jnp.asarray(di * wx + dj, jnp.int32)[None]
     picked = xp.reshape(-1, cin).at[taps].get(mode='promise_in_bounds').reshape(cap, k * k * cin)
@@ -428,8 +442,7 @@ def _pixels_to_grid(tiles: TileSet, rows, y, padded: bool) -> jax.Array:
     return out.reshape(bsz, h, w, cout)
   r = RBF_SIZE // 2
   grid_h, grid_w = tiles.nh * tiles.th + 2 * r, tiles.nw * tiles.tw + 2 * r
-  b, rest = rows // (h * w), rows % (h * w)
-  flat = b * (grid_h * grid_w) + (rest // w + r) * grid_w + rest % w + r
+  flat = _grid_ids(rows, h, w, (grid_h, grid_w), r)
   out = jnp.zeros((bsz * grid_h * grid_w, cout), y.dtype).at[flat].set(y, unique_indices=True, mode='promise_in_bounds')
   return out.reshape(bsz, grid_h, grid_w, cout)
 
@@ -442,13 +455,11 @@ def _pixel_fill(tiles: TileSet, rows, y, rbf_lambda) -> jax.Array:
   mask = tiles.mask
   bsz, h, w = mask.shape
   hb, wb = h + 2 * r, w + 2 * r
-  b, rest = rows // (h * w), rows % (h * w)
-  centre = b * (hb * wb) + (rest // w + r) * wb + rest % w + r
+  centre = _grid_ids(rows, h, w, (hb, wb), r)
   di, dj = np.divmod(np.arange((2 * r + 1) ** 2), 2 * r + 1)
   targets = centre[:, None] + jnp.asarray((di - r) * wb + dj - r, jnp.int32)[None]
   skipped = 1 - jnp.pad(mask, ((0, 0), (r, r), (r, r))).reshape(-1).at[targets].get(mode='promise_in_bounds')
-  g = jnp.exp(-(rbf_lambda**2) * jnp.asarray((np.arange(2 * r + 1, dtype=np.float32) - r) ** 2))
-  norm = 1.0 / (rbf_weights(rbf_lambda).sum() + RBF_EPS)
+  g, norm = _separable_taps(rbf_lambda, r, jnp.float32)
   weights = g[di] * g[dj] * norm
   coef = jnp.where(jnp.asarray((di == r) & (dj == r))[None], 1.0, weights[None] * skipped).astype(y.dtype)
   values = (y[:, None, :] * coef[..., None]).reshape(-1, y.shape[-1])
@@ -461,8 +472,7 @@ def _separable_rbf(yp: jax.Array, rbf_lambda: jax.Array, h: int, w: int, r: int)
   the taps within r (r = 3: all; normalised by the whole 7 x 7 kernel's sum, as the reference): 2r + 1 taps along
   the width into a buffer of its own (`materialized`: XLA:CPU would otherwise fuse them into each tap along the
   height, (2r + 1)^2 multiply-adds per value), then 2r + 1 along the height."""
-  g = jnp.exp(-(rbf_lambda**2) * jnp.asarray((np.arange(2 * r + 1, dtype=np.float32) - r) ** 2)).astype(yp.dtype)
-  norm = (1.0 / (rbf_weights(rbf_lambda).sum() + RBF_EPS)).astype(yp.dtype)
+  g, norm = _separable_taps(rbf_lambda, r, yp.dtype)
   rows = materialized(lambda yp, g: _tap_sum(g, yp, yp.ndim - 2, w), yp, g)
   return _tap_sum(g, rows, rows.ndim - 3, h) * norm
 
