@@ -98,24 +98,34 @@ def thresholds(programs, variables, x) -> dict:
   return {'fractions': with_tau(taus), f'tau={TAU}': with_tau([TAU] * 3)}
 
 
+def contender(arch: str, variant: str, batch: int, height: int, width: int):
+  """(model, variables, input, programs: exit -> the jitted `flops.apply_with_macs` stopped after it) of one
+  contender (VARIANTS), as its worker measures it."""
+  import jax  # pylint: disable=import-outside-toplevel
+
+  from anytime_jax import confidence, flops, hrnet  # pylint: disable=import-outside-toplevel
+
+  ca = variant.startswith('adpc')
+  policy = confidence.for_backend(dict(masked_conv='sparse' if variant == 'adpc_sparse' else 'dense'))
+  exits = (4,) if variant == 'hrnet' else (1, 2, 3, 4)
+  model = hrnet.build(arch, exits=exits, tau=TAU if ca else None, compute=policy)
+  variables = jax.device_put(_he_weights(hrnet.random_variables(model)))
+  x = _coherent_input(batch, height, width)
+  programs = {k: jax.jit(lambda v, x, k=k: flops.apply_with_macs(model, v, x, last_exit=k)) for k in exits}
+  return model, variables, x, programs
+
+
 def worker_exits(args):
   """Serves one contender (`common.serve`): every step calls the program stopped after each exit, at each
   threshold setting; the BENCH record carries each call's GFLOPs and computed fraction."""
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
 
-  from anytime_jax import confidence, flops, hrnet  # pylint: disable=import-outside-toplevel
+  from anytime_jax import flops  # pylint: disable=import-outside-toplevel
 
-  ca = args.variant.startswith('adpc')
-  policy = confidence.for_backend(dict(masked_conv='sparse' if args.variant == 'adpc_sparse' else 'dense'))
-  model = hrnet.build(
-      args.arch, exits=(4,) if args.variant == 'hrnet' else (1, 2, 3, 4), tau=TAU if ca else None, compute=policy
-  )
-  variables = jax.device_put(_he_weights(hrnet.random_variables(model)))
-  x = _coherent_input(args.batch, args.height, args.width)
-  exits = (4,) if args.variant == 'hrnet' else (1, 2, 3, 4)
-  programs = {k: jax.jit(lambda v, x, k=k: flops.apply_with_macs(model, v, x, last_exit=k)) for k in exits}
-  settings = thresholds(programs, variables, x) if ca else {'dense': variables}
+  model, variables, x, programs = contender(args.arch, args.variant, args.batch, args.height, args.width)
+  exits = tuple(programs)
+  settings = thresholds(programs, variables, x) if args.variant.startswith('adpc') else {'dense': variables}
   calls, rows = {}, {}
   for setting, v in settings.items():
     for k in exits:
@@ -139,7 +149,7 @@ def worker_exits(args):
           'batch': args.batch,
           'height': args.height,
           'width': args.width,
-          'masked_conv': policy.masked_conv,
+          'masked_conv': model.compute.masked_conv,
           'rows': rows,
       },
   )

@@ -22,7 +22,8 @@ from benchmarks import anytime_cost, common
 
 
 def segment_convs(model, variables, x, segment: int) -> list:
-  """(name, x shape, kernel size, stride, features, use_bias) of every masked conv of `segment`, in call order."""
+  """(name, x shape, kernel size, stride, features, use_bias, fill_read) of every masked conv of `segment`, in call
+  order."""
   import flax.linen as nn  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
 
@@ -33,7 +34,9 @@ def segment_convs(model, variables, x, segment: int) -> list:
   def record(next_fun, args, kwargs, context):
     mod = context.module
     if isinstance(mod, confidence.Conv) and context.method_name == '__call__' and mod.exit_index == segment:
-      found.append((mod.name, tuple(args[0].shape), mod.kernel_size, mod.strides, mod.features, mod.use_bias))
+      found.append(
+          (mod.name, tuple(args[0].shape), mod.kernel_size, mod.strides, mod.features, mod.use_bias, mod.fill_read)
+      )
     return next_fun(*args, **kwargs)
 
   with nn.intercept_methods(record):
@@ -41,28 +44,12 @@ def segment_convs(model, variables, x, segment: int) -> list:
   return found
 
 
-def setting_variables(model, variables, x, setting: str):
-  """The variables with the setting's thresholds (`anytime_cost.thresholds`) and the masks' logits program."""
-  import jax  # pylint: disable=import-outside-toplevel
-
-  from anytime_jax import flops  # pylint: disable=import-outside-toplevel
-
-  programs = {k: jax.jit(lambda v, x, k=k: flops.apply_with_macs(model, v, x, last_exit=k)) for k in (1, 2, 3, 4)}
-  return programs, anytime_cost.thresholds(programs, variables, x)[setting]
-
-
-def _bucket(tiles, pointwise: bool, stage: str) -> int:
-  """The lax.switch branch `masked_sparse` takes: 0 nothing, i the i-th capacity, the last the dense fallback."""
+def _fill_bucket(tiles) -> int:
+  """The fill stage's lax.switch branch on the grid buffer: 0 nothing, i the i-th capacity, the last dense."""
   from anytime_jax import confidence  # pylint: disable=import-outside-toplevel
 
-  if pointwise:
-    count, n, fractions = tiles.pixels[0], tiles.mask.size, confidence.PIXEL_BUCKETS
-  else:
-    count, fractions = (
-        (tiles.conv_count, confidence.CONV_BUCKETS) if stage == 'conv' else (tiles.fill_count, confidence.FILL_BUCKETS)
-    )
-    n = tiles.num_tiles
-  return int(confidence._bucket_index(count, confidence.capacities(n, fractions)))  # pylint: disable=protected-access
+  caps = confidence.capacities(tiles.num_tiles, confidence.FILL_BUCKETS)
+  return int(confidence._bucket_index(tiles.fill_count, caps))  # pylint: disable=protected-access
 
 
 def profile(arch='w18_small_v2', height=512, width=1024, setting='tau=0.998', segment=4, repeats=5) -> list:
@@ -70,13 +57,11 @@ def profile(arch='w18_small_v2', height=512, width=1024, setting='tau=0.998', se
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
 
-  from anytime_jax import confidence, hrnet  # pylint: disable=import-outside-toplevel
+  from anytime_jax import confidence  # pylint: disable=import-outside-toplevel
 
-  policy = confidence.for_backend(dict(masked_conv='sparse'))
-  model = hrnet.build(arch, exits=(1, 2, 3, 4), tau=anytime_cost.TAU, compute=policy)
-  variables = jax.device_put(anytime_cost._he_weights(hrnet.random_variables(model)))  # pylint: disable=protected-access
-  x = anytime_cost._coherent_input(1, height, width)  # pylint: disable=protected-access
-  programs, v = setting_variables(model, variables, x, setting)
+  model, variables, x, programs = anytime_cost.contender(arch, 'adpc_sparse', 1, height, width)
+  policy = model.compute
+  v = anytime_cost.thresholds(programs, variables, x)[setting]
   outputs, _ = programs[segment - 1](v, x)
   taus = v['constants']['tau']
   mask = confidence.confidence_mask(outputs['logits'][-1], float(np.atleast_1d(taus)[segment - 2]))
@@ -86,10 +71,10 @@ def profile(arch='w18_small_v2', height=512, width=1024, setting='tau=0.998', se
     fn = lambda k=k: jax.block_until_ready(programs[k](v, x))
     seg_times[k] = common.time_calls(fn, warmup=1, repeats=repeats)['median_s']
   convs = segment_convs(model, v, x, segment)
-  groups = collections.Counter((shape, k, s, f, b) for _, shape, k, s, f, b in convs)
+  groups = collections.Counter(conv[1:] for conv in convs)
   rng = np.random.RandomState(0)
   rows = []
-  for (shape, k, s, f, b), count in groups.items():
+  for (shape, k, s, f, b, fill), count in groups.items():
     h, w = (shape[1] + 2 * (k // 2) - k) // s + 1, (shape[2] + 2 * (k // 2) - k) // s + 1
     m = masks.at(h, w)
     xin = jnp.asarray(rng.randn(*shape).astype(np.float32))
@@ -101,7 +86,7 @@ def profile(arch='w18_small_v2', height=512, width=1024, setting='tau=0.998', se
     fns = {
         'dense': jax.jit(lambda x, kern, bias: confidence.dense_conv(policy, x, kern, bias, (s, s), pad)),
         'sparse': jax.jit(
-            lambda x, kern, bias, m: confidence.masked_sparse(policy, x, kern, bias, m, lam, (s, s), pad)
+            lambda x, kern, bias, m: confidence.masked_sparse(policy, x, kern, bias, m, lam, (s, s), pad, fill=fill)
         ),
         'tiles': jax.jit(lambda m: (lambda t: (t.conv_order, t.fill_order))(confidence.TileSet(m))),
     }
@@ -123,8 +108,8 @@ def profile(arch='w18_small_v2', height=512, width=1024, setting='tau=0.998', se
             'conv_tiles': int(tiles.conv_count) / n,
             'fill_tiles': int(tiles.fill_count) / n,
             'num_tiles': n,
-            'conv_bucket': _bucket(tiles, k == 1 and s == 1, 'conv'),
-            'fill_bucket': _bucket(tiles, False, 'fill'),
+            'conv_bucket': int(confidence.conv_branch(tiles, k == 1 and s == 1)[0]),
+            'fill_bucket': _fill_bucket(tiles) if fill else '-',
             **{f'{name}_ms': t for name, t in ms.items()},
         }
     )
