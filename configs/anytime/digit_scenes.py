@@ -58,21 +58,23 @@ dense exit-4 cost is 0.0227):
   but level (13.9 / 12.6 / 12.6 / 13.9, 248 steps; 14.3 / 14.2 / 15.3 / 14.7 with the background weight 0.1, 124
   steps); the background weight 1 instead of 0.1 left exits 1 and 2 at background-only (8.4 / 9.6 / 10.3 / 13.2);
   0.03, 8.6 / 13.7 / 12.6 / 13.6.
-Time:     1 min 45 s wall, 1 min 44 s CPU time at load 4-5, run as `make demo-anytime` runs it (fresh workdir,
-          default threads) right after the job before these two changes: 3 min 10 s wall, 2 min 32 s CPU time (the
-          job's last line prints wall and CPU time; 2026-12-05). The changes: (1) the RBF fill is one matmul per side
-          with the banded tap matrix on sides of at most 32 pixels (confidence.rbf_fill; the same values to float32
-          rounding): the fill's slices were most of the train step's ops, and measured alone at load ~5 the step
-          compiled in 24.6 s of CPU instead of 39.5 s and ran in 0.09 s of CPU instead of 0.16 s (with the slices and
-          tau 1 still evaluated: 2 min 4 s CPU); (2) tau 1 is not evaluated (~10 s: an eval-only phase). Tried and not
-          kept (2026-12-05, load 5-7): 250 steps at lr 4e-3 (slice fill, tau 0.99 only) 15.1 / 17.1 / 17.1 / 17.8 at
-          0.998 in 2 min 25 s CPU against 2 min 51 s for this recipe then; 300 steps (banded fill) 14.6 / 17.2 / 17.9
-          / 17.5, exit 4 computing 98.8% at 0.998 and 57.1% at 0.99; XLA's xla_llvm_disable_expensive_passes on the
-          train step, 47 s of compile against 42 s without. Where the rest goes (a 5-step job at load ~5, slice fill):
-          fixed cost about 105 s of CPU: imports (TensorFlow through clu's TensorBoard writer ~4 s), building data
-          and model, the initializer (compiled at -O0), the train and eval steps' compiles, tracing the model for the
-          train step, the eval step, the FLOP count and scene.png (~2-6 s each), the checkpoint's finite check and
-          scene.png's forward compiled at -O0 (a few s each), one pass over the 200 validation scenes 3.5 s.
+Time:     1 min 45 s wall, 1 min 44 s CPU time at load 4-5, run as `make demo-anytime` runs it (fresh workdir, default
+          threads) right after the job before these two changes: 3 min 10 s wall, 2 min 32 s CPU time (the job's last
+          line prints wall and CPU time; 2026-12-05); a second such pair at load 5-6: 3 min 56 s wall, 2 min 49 s CPU
+          before, 1 min 58 s wall, 2 min 6 s CPU after (the same table): 25-32% less CPU time, about half the wall time.
+          The changes: (1) the RBF fill is one matmul per side with the banded tap matrix on sides of at most 32 pixels
+          (confidence.rbf_fill; the same values to float32 rounding): the fill's slices were most of the train step's
+          ops, and measured alone at load ~5 the step compiled in 24.6 s of CPU instead of 39.5 s and ran in 0.09 s of
+          CPU instead of 0.16 s (with the slices and tau 1 still evaluated: 2 min 4 s CPU); (2) tau 1 is not evaluated
+          (~10 s: an eval-only phase). Tried and not kept (2026-12-05, load 5-7): 250 steps at lr 4e-3 (slice fill, tau
+          0.99 only) 15.1 / 17.1 / 17.1 / 17.8 at 0.998 in 2 min 25 s CPU against 2 min 51 s for this recipe then; 300
+          steps (banded fill) 14.6 / 17.2 / 17.9 / 17.5, exit 4 computing 98.8% at 0.998 and 57.1% at 0.99; XLA's
+          xla_llvm_disable_expensive_passes on the train step, 47 s of compile against 42 s without. Where the rest goes
+          (a 5-step job at load ~5, slice fill): fixed cost about 105 s of CPU: imports (TensorFlow through clu's
+          TensorBoard writer ~4 s), building data and model, the initializer (compiled at -O0), the train and eval
+          steps' compiles, tracing the model for the train step, the eval step, the FLOP count and scene.png (~2-6 s
+          each), the checkpoint's finite check and scene.png's forward compiled at -O0 (a few s each), one pass over the
+          200 validation scenes 3.5 s.
           Earlier (the previous recipe, piece by piece at load ~16): compiling the masked 4-exit train step 80 s at
           XLA's default LLVM -O2, 58 s at -O1 (same step time; -O0 compiles in 45 s but steps take 3x as long), hence
           `xla_compiler_options` below; compiling the eval step 10-27 s (on a second thread beside the train step's
