@@ -4,8 +4,10 @@ confidence thresholds.
 Command:  python -m anytime_jax.main --config=configs/anytime/digit_scenes.py --workdir=/tmp/anytime_digits
 Phases (sub-workdirs of WORKDIR, core_jax.experiment: a rerun skips finished phases and resumes a killed one):
   adp_c              EE+RH+CA at model.tau 0.998, trained with the masks as in the reference
-  adp_c_tau<t>       eval-only runs of the adp_c weights at each of anytime.eval_taus (no retraining); tau 1
-                     computes every pixel, i.e. the EE+RH network's dense cost with these weights
+  adp_c_tau<t>       eval-only runs of the adp_c weights at each of anytime.eval_taus (no retraining): here 0.99;
+                     `--config.anytime.eval_taus=(1.0, 0.99)` adds tau 1, which computes every pixel (the EE+RH
+                     network's dense cost with these weights, ~10 s more; every run's anytime.json entry holds
+                     that dense cost as gflops_dense)
   (--config.anytime.baseline_exit_type=rh also trains a separate EE+RH model first, the paper's EE+RH row)
 Writes WORKDIR/anytime.json (per run and exit: mIoU, GFLOPs, fraction computed), WORKDIR/anytime.png
 (the anytime curve) and WORKDIR/scene.png (one validation scene: the input, its labels, each exit's prediction and
@@ -22,13 +24,15 @@ this job from scratch in a few hundred steps. Measured on the same data: N(0, 0.
 of 1-70x their norm per step; at BN momentum 0.99 the running statistics lag (eval-mode mIoU 39.5% vs train-mode
 84.5% on a fitted batch);
 digit identity is what takes the epochs (exit-4 mIoU 15% after 3 epochs, 29% after 8 on w8_nano without CA).
-Result (measured, 375 steps; exit 1..4 mIoU %, exit-4 GFLOPs per image; background-only is 8.4 at every exit):
-  ADP-C tau 0.998  16.5 / 20.0 / 21.4 / 21.4   0.0221  (exit 4 computes 93.6% of the pixels)
-  ADP-C tau 1      16.5 / 20.0 / 21.9 / 21.5   0.0227  (every pixel: the dense cost)
-  ADP-C tau 0.99   16.5 / 19.5 / 19.6 / 20.4   0.0120  (29.2%: exit 1 is sure of most of the background)
+Result (measured, 375 steps; exit 1..4 mIoU %, exit-4 GFLOPs per image; background-only is 8.4 at every exit; the
+dense exit-4 cost is 0.0227):
+  ADP-C tau 0.998  16.5 / 19.8 / 21.4 / 21.4   0.0220  (exit 4 computes 92.9% of the pixels)
+  ADP-C tau 0.99   16.5 / 19.3 / 19.6 / 20.0   0.0119  (29.1%: exit 1 is sure of most of the background)
   Every exit learns: exit 1 is 8 points above background-only, exits 1 < 2 < 3 rise, exit 4 ties exit 3 at 0.998
-  and 1 (0.1-0.4 points apart, within one run's noise: below) and leads it at 0.99, where exit 4 costs 53% of
-  the dense GFLOPs for 1.1 points less.
+  (within one run's noise: below) and leads it at 0.99, where exit 4 costs 52% of the dense GFLOPs (54% of
+  0.998's) for 1.4 points less. Until the banded fill (Time, below) this recipe printed 16.5 / 20.0 / 21.4 / 21.4
+  (0.0221, 93.6%) and 16.5 / 19.5 / 19.6 / 20.4 (0.0120, 29.2%), and at tau 1 16.5 / 20.0 / 21.9 / 21.5: the
+  fill's float32 rounding changed, 375 steps amplify it by up to 0.4 points.
   The lever, measured one change at a time from the previous recipe (RH depths 3 / 2 / 1, inter channels 16:
   8.4 / 12.4 / 13.8 / 18.6, exit 4 computing 99.2% at 0.998 and 72.7% at 0.99), exit 1..4 mIoU % at tau 0.998,
   CPU time of the job at load 2-10 (2026-12-05; the last three rows evaluated one threshold more, ~10 s):
@@ -54,18 +58,27 @@ Result (measured, 375 steps; exit 1..4 mIoU %, exit-4 GFLOPs per image; backgrou
   but level (13.9 / 12.6 / 12.6 / 13.9, 248 steps; 14.3 / 14.2 / 15.3 / 14.7 with the background weight 0.1, 124
   steps); the background weight 1 instead of 0.1 left exits 1 and 2 at background-only (8.4 / 9.6 / 10.3 / 13.2);
   0.03, 8.6 / 13.7 / 12.6 / 13.6.
-Time:     3 min 40 s wall, 3 min 16 s CPU time alone at load 3-5 (2026-12-05; the previous recipe, 2 min 35 s CPU
-          time in `make demo` on the idle machine, took 3 min 33 s back to back with it: this config takes no more;
-          the job's last line prints wall and CPU time). Where the CPU time goes (measured piece by piece at load
-          ~16 for the previous recipe, CPU seconds of this process): building data
-          and model and initializing 17 s; compiling the masked 4-exit train step 80 s at XLA's default LLVM -O2, 58 s
-          at -O1 (same step time; -O0 compiles in 45 s but steps take 3x as long), hence `xla_compiler_options` below;
-          compiling the eval step 10-27 s (on a second thread beside the train step's compile: `compile_eval_ahead`); a
-          train step 0.43 s at batch 16 at 64x64, about half that at batch 8 (the step scales with pixels, not with the
-          number of ops); one pass over the 200 validation scenes 3.5 s; each eval-only threshold ~10 s (the threshold
-          is an argument of the compiled eval step and the compiled programs are kept in WORKDIR/xla_cache: it compiles
-          nothing; since 75bbebd not even an initializer, the checkpoint's weights go into a state of zeros). At
-          75bbebd 2 min 43 s CPU time in `make demo` at load 9-11, 2 min 55 s before it back to back.
+Time:     1 min 45 s wall, 1 min 44 s CPU time at load 4-5, run as `make demo-anytime` runs it (fresh workdir,
+          default threads) right after the job before these two changes: 3 min 10 s wall, 2 min 32 s CPU time (the
+          job's last line prints wall and CPU time; 2026-12-05). The changes: (1) the RBF fill is one matmul per side
+          with the banded tap matrix on sides of at most 32 pixels (confidence.rbf_fill; the same values to float32
+          rounding): the fill's slices were most of the train step's ops, and measured alone at load ~5 the step
+          compiled in 24.6 s of CPU instead of 39.5 s and ran in 0.09 s of CPU instead of 0.16 s (with the slices and
+          tau 1 still evaluated: 2 min 4 s CPU); (2) tau 1 is not evaluated (~10 s: an eval-only phase). Tried and not
+          kept (2026-12-05, load 5-7): 250 steps at lr 4e-3 (slice fill, tau 0.99 only) 15.1 / 17.1 / 17.1 / 17.8 at
+          0.998 in 2 min 25 s CPU against 2 min 51 s for this recipe then; 300 steps (banded fill) 14.6 / 17.2 / 17.9
+          / 17.5, exit 4 computing 98.8% at 0.998 and 57.1% at 0.99; XLA's xla_llvm_disable_expensive_passes on the
+          train step, 47 s of compile against 42 s without. Where the rest goes (a 5-step job at load ~5, slice fill):
+          fixed cost about 105 s of CPU: imports (TensorFlow through clu's TensorBoard writer ~4 s), building data
+          and model, the initializer (compiled at -O0), the train and eval steps' compiles, tracing the model for the
+          train step, the eval step, the FLOP count and scene.png (~2-6 s each), the checkpoint's finite check and
+          scene.png's forward compiled at -O0 (a few s each), one pass over the 200 validation scenes 3.5 s.
+          Earlier (the previous recipe, piece by piece at load ~16): compiling the masked 4-exit train step 80 s at
+          XLA's default LLVM -O2, 58 s at -O1 (same step time; -O0 compiles in 45 s but steps take 3x as long), hence
+          `xla_compiler_options` below; compiling the eval step 10-27 s (on a second thread beside the train step's
+          compile: `compile_eval_ahead`); each eval-only threshold ~10 s (the threshold is an argument of the
+          compiled eval step and the compiled programs are kept in WORKDIR/xla_cache: it compiles nothing, not even
+          an initializer: the checkpoint's weights go into a state of zeros).
 """
 
 import os
@@ -101,10 +114,11 @@ def get_config():
           bn_momentum=0.9,
       )
   )
-  # one training run (ADP-C, CA active in training as in the reference), then its weights at other thresholds;
-  # tau 1.0 computes every pixel: the EE+RH network's dense cost and predictions with these weights; at 0.99 exit
-  # 1 is sure of most of the background and exit 4 computes 29% of the pixels (at the training's 0.998, 94%)
-  c.anytime.update(dict(eval_taus=(1.0, 0.99), baseline_exit_type=''))
+  # one training run (ADP-C, CA active in training as in the reference), then its weights at a lower threshold:
+  # at 0.99 exit 1 is sure of most of the background and exit 4 computes 29% of the pixels (at the training's
+  # 0.998, 93%). Tau 1.0 (every pixel: the EE+RH network's dense cost) is left out, ~10 s of the job: its GFLOPs
+  # are every run's gflops_dense in anytime.json; its mIoU was within 0.6 points of 0.998's (header)
+  c.anytime.update(dict(eval_taus=(0.99,), baseline_exit_type=''))
   c.data.update(
       dict(
           name='digit_scenes',

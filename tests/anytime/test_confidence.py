@@ -59,15 +59,21 @@ def test_rbf_fill_hand_built():
   np.testing.assert_allclose(got[0, 2, 3], 0.245 * (y[0, 1, 3] + y[0, 3, 3] + y[0, 2, 2] + y[0, 2, 4]), rtol=2e-3)
   # far from the only computed pixel: nothing to interpolate from
   np.testing.assert_array_equal(got[1, 0, 0], 0.0)
-  # the separable slice sum equals the reference's 7x7 depthwise conv, values and gradients (lambda included)
-  grads = [
-      jax.grad(lambda t, lam, f=f: jnp.sum(f(t, jnp.asarray(mask), lam) ** 2), argnums=(0, 1))(
-          jnp.asarray(y), jnp.float32(0.7)
-      )
-      for f in (confidence.rbf_fill, confidence.rbf_fill_conv)
-  ]
-  np.testing.assert_allclose(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-5)
-  np.testing.assert_allclose(grads[0][1], grads[1][1], rtol=1e-5)
+  # the separable pass equals the reference's 7x7 depthwise conv, values and gradients (lambda included): banded
+  # matmuls on these short sides, and on a side longer than BAND_MAX the shifted slices (here the width)
+  wide_y = np.random.RandomState(3).randn(1, 6, confidence.BAND_MAX + 9, 2).astype(np.float32)
+  wide_mask = (np.random.RandomState(4).rand(1, 6, confidence.BAND_MAX + 9) < 0.3).astype(np.float32)
+  got = np.asarray(confidence.rbf_fill(jnp.asarray(wide_y), jnp.asarray(wide_mask), jnp.float32(1.0)))
+  np.testing.assert_allclose(got, rbf_by_hand(wide_y.astype(np.float64), wide_mask, 1.0), rtol=1e-5, atol=1e-6)
+  for t, m in ((y, mask), (wide_y, wide_mask)):
+    grads = [
+        jax.grad(lambda t, lam, f=f, m=m: jnp.sum(f(t, jnp.asarray(m), lam) ** 2), argnums=(0, 1))(
+            jnp.asarray(t), jnp.float32(0.7)
+        )
+        for f in (confidence.rbf_fill, confidence.rbf_fill_conv)
+    ]
+    np.testing.assert_allclose(grads[0][0], grads[1][0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(grads[0][1], grads[1][1], rtol=1e-5)
 
 
 def test_dense_conv_as_matmul_equals_xla_conv():
