@@ -19,9 +19,10 @@ Contract (the released ADP-C code, `conv_mask_uniform` + `set_part_masks`):
   mask == 1 and fills masked positions with the 7x7 depthwise RBF interpolation of y * mask: weights
   exp(-lambda^2 d^2) with the centre's d^2 set to 1e5, normalised by the full kernel sum + 1e-5. 'sparse'
   (`masked_sparse`) gives the same outputs (to float32 rounding) computing the conv only on the kept pixels (few
-  of them, or a 1 x 1 conv) or on the 8 x 8 tiles that keep a pixel, and the fill only next to kept pixels (section
-  below); `Conv.fill_read=False` lets it skip a fill that no consumer reads; a MaskSet built with train=True (the
-  training forward) always takes 'dense', whose gradients are the reference's.
+  of them, or a 1 x 1 conv) or on the 8 x 8 tiles that keep a pixel, and the fill only next to kept pixels, or,
+  where (nearly) every pixel is kept, the plain conv and the fill at the few skipped pixels only (section below);
+  `Conv.fill_read=False` lets it skip a fill that no consumer reads; a MaskSet built with train=True (the training
+  forward) always takes 'dense', whose gradients are the reference's.
 - Dense convs (`dense_conv`) compute as the policy says (`Compute.conv`); `AUTO` / `for_backend` give the
   line's choices per backend: on CPU a 1x1 conv is a matmul over the channels (XLA:CPU's convolution is several
   times slower for it at these channel counts), any other an XLA convolution (shifted patches @ kernel was as
@@ -291,6 +292,12 @@ FILL_BUCKETS = (0.125, 0.25, 0.5)
 PIXEL_BUCKETS = (1 / 16, 1 / 4, 1 / 2)
 PATCH_BUCKETS = (1 / 32, 1 / 8)
 SCATTER_FILL_MAX = 1 / 8
+# Near-dense: where (nearly) every pixel is kept (a segment after a confident-nowhere exit), the branches above cost
+# the dense conv plus their machinery (the mask product, the padded grid buffer, the tile fill over it), well above
+# the plain conv that EE+RH computes. So every pixel kept is the plain conv alone, and few skipped pixels (at most
+# a NEAR_BUCKETS fraction, short fill only) are the plain conv with the fill computed at the skipped pixels only
+# (`_near_dense_fill`: each one's 3 x 3 neighbourhood gathered), a cost in proportion to the skipped pixels.
+NEAR_BUCKETS = (1 / 64, 1 / 16)
 
 
 def _ordered(flags: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -515,9 +522,48 @@ def _tiled_fill(ymp, tiles: TileSet, rbf_lambda, cap: int) -> jax.Array:
   return _scatter_tiles(lax.scatter_add, ymp, tiles, rows, interp)
 
 
+def _near_dense_fill(y: jax.Array, tiles: TileSet, rbf_lambda, cap: int) -> jax.Array:
+  """`masked_dense`'s output from the dense conv `y` (B, h, w, C) when at most `cap` pixels are skipped: `y` with
+  the short RBF fill written at the last `cap` pixels of `tiles.pixels` (kept first: every skipped pixel, and kept
+  ones, which keep their `y`), each from its (2 SHORT_RADIUS + 1)^2 neighbours gathered from `y` (their ids clamped
+  to the image; the mask, padded with skipped pixels, gives 0 weight outside it and at skipped neighbours)."""
+  r = SHORT_RADIUS
+  mask = tiles.mask
+  bsz, h, w = mask.shape
+  cout = y.shape[-1]
+  rows = tiles.pixels[1][-cap:]
+  b, rest = rows // (h * w), rows % (h * w)
+  i, j = rest // w, rest % w
+  di, dj = np.divmod(np.arange((2 * r + 1) ** 2), 2 * r + 1)
+  ni, nj = i[:, None] + jnp.asarray(di - r)[None], j[:, None] + jnp.asarray(dj - r)[None]
+  hb, wb = h + 2 * r, w + 2 * r
+  kept = jnp.pad(mask, ((0, 0), (r, r), (r, r))).reshape(-1).at[b[:, None] * (hb * wb) + (ni + r) * wb + nj + r]
+  kept = kept.get(mode='promise_in_bounds').astype(y.dtype)
+  flat = y.reshape(-1, cout)
+  ids = b[:, None] * (h * w) + jnp.clip(ni, 0, h - 1) * w + jnp.clip(nj, 0, w - 1)
+  neighbours = flat.at[ids].get(mode='promise_in_bounds')  # (cap, taps, C)
+  g, norm = _separable_taps(rbf_lambda, r, y.dtype)
+  interp = jnp.einsum('kt,ktc->kc', g[di] * g[dj] * norm * kept, neighbours)
+  centre = kept[:, (2 * r + 1) ** 2 // 2, None]
+  values = centre * flat.at[rows].get(mode='promise_in_bounds') + (1 - centre) * interp
+  return flat.at[rows].set(values, unique_indices=True, mode='promise_in_bounds').reshape(y.shape)
+
+
+def near_branch(tiles: TileSet, short: jax.Array | bool) -> tuple[jax.Array, tuple[int, ...]]:
+  """(index, capacities) of `masked_sparse`'s near-dense branches: 0 when every pixel is kept (the plain conv), i
+  when at most the i-th capacity (NEAR_BUCKETS of the pixels) is skipped and the short fill applies (`short`), and
+  len(capacities) + 1 otherwise (the branches that follow the kept pixels)."""
+  num_pixels = tiles.mask.size
+  caps = capacities(num_pixels, NEAR_BUCKETS)
+  index = _bucket_index(num_pixels - tiles.pixels[0], caps)
+  return jnp.where((index == 0) | short, index, len(caps) + 1), caps
+
+
 def masked_sparse(compute: Compute, x, kernel, bias, mask, rbf_lambda, strides, padding, fill: bool = True):
   """`masked_dense`'s outputs computed sparsely (compute.masked_conv='sparse'; ``mask`` an array or a
-  `TileSet`), in one of these branches (`conv_branch`): nothing for no kept pixel; the conv on the kept pixels only
+  `TileSet`), in one of these branches. Near-dense (`near_branch`): the plain dense conv when every pixel is kept;
+  with at most a NEAR_BUCKETS fraction skipped (short fill), the dense conv and the fill at the skipped pixels only
+  (`_near_dense_fill`). Otherwise (`conv_branch`): nothing for no kept pixel; the conv on the kept pixels only
   (`_pixel_conv`) at the smallest pixel capacity that holds them, with the short fill scattered from them
   (`_pixel_fill`) at up to SCATTER_FILL_MAX of the pixels; above the largest pixel capacity, the conv on the tiles
   with kept pixels (`_tiled_conv`) at the smallest tile capacity that holds them; above the largest, the dense conv.
@@ -585,26 +631,39 @@ def masked_sparse(compute: Compute, x, kernel, bias, mask, rbf_lambda, strides, 
         dense,
     ]
 
+  def plain(x, kernel, bias, *lam):  # every pixel kept: the conv EE+RH computes, nothing else
+    return dense_conv(compute, x, kernel, bias, strides, padding)
+
+  # One switch picks the branch: the near-dense ones, then those that follow the kept pixels.
   if not fill:
-    return lax.switch(index, conv_branches(padded=False), x, kernel, bias)
+    top = jnp.where(tiles.pixels[0] == num_pixels, 0, 1 + index)
+    return lax.switch(top, [plain, *conv_branches(padded=False)], x, kernel, bias)
+
+  def near_dense(x, kernel, bias, lam, cap):
+    return _near_dense_fill(dense_conv(compute, x, kernel, bias, strides, padding), tiles, lam, cap)
 
   def grid_path(x, kernel, bias, lam):  # any conv branch into the grid buffer, then the fill stage on it
     return finish(lax.switch(index, conv_branches(padded=True), x, kernel, bias), lam)
 
-  # the smallest pixel capacities with the short fill scattered from the kept pixels (branches 1..)
-  scatter_caps = tuple(c for c in pixel_caps if c <= SCATTER_FILL_MAX * num_pixels)
-  if not scatter_caps:
-    return grid_path(x, kernel, bias, rbf_lambda)
-
-  def scattered(x, kernel, bias, lam, cap):
+  def scattered(x, kernel, bias, lam, cap):  # few kept pixels: their conv, the short fill scattered from them
     return _pixel_fill(tiles, *_pixel_conv(compute, x, kernel, bias, tiles, cap, stride, padding), lam)
 
-  def scatter_path(x, kernel, bias, lam):
-    branches = [functools.partial(scattered, cap=c) for c in scatter_caps]
-    return lax.switch(index - 1, branches, x, kernel, bias, lam)
-
-  use_scatter = (index >= 1) & (index <= len(scatter_caps)) & (rbf_lambda**2 >= SHORT_LAMBDA2)
-  return lax.cond(use_scatter, scatter_path, grid_path, x, kernel, bias, rbf_lambda)
+  short = rbf_lambda**2 >= SHORT_LAMBDA2
+  near_index, near_caps = near_branch(tiles, short)
+  scatter_caps = tuple(c for c in pixel_caps if c <= SCATTER_FILL_MAX * num_pixels)  # conv branches 1..
+  use_scatter = (index >= 1) & (index <= len(scatter_caps)) & short
+  top = jnp.where(
+      near_index <= len(near_caps),
+      near_index,
+      jnp.where(use_scatter, len(near_caps) + index, len(near_caps) + len(scatter_caps) + 1),
+  )
+  branches = [
+      plain,
+      *[functools.partial(near_dense, cap=c) for c in near_caps],
+      *[functools.partial(scattered, cap=c) for c in scatter_caps],
+      grid_path,
+  ]
+  return lax.switch(top, branches, x, kernel, bias, rbf_lambda)
 
 
 def conv_branch(tiles: TileSet, pointwise: bool) -> tuple[jax.Array, tuple[int, ...], tuple[int, ...]]:

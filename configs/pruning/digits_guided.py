@@ -64,7 +64,7 @@ EXPERIMENTS = ('guided', 'transfer', 'unstructured', 'unstructured_densities', '
 def get_config(arg: str = 'guided'):
   if arg not in EXPERIMENTS:
     raise ValueError(f'experiment {arg!r}: expected one of {", ".join(EXPERIMENTS)}')
-  c = digits_slimming.get_config()
+  c = digits_slimming.recipe()
   c.prune.method = 'guided'
   c.experiment.phases = ('large', 'prune', 'scratch_e', 'scratch_b')
   if arg.startswith('unstructured'):

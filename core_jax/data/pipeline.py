@@ -122,6 +122,10 @@ class _ProcessSlice:
     return self.record(step * self.global_batch + self.offset + r)
 
 
+# Records made on the calling thread, no reader threads or prefetch buffer (see core_jax.train.build_data).
+SYNCHRONOUS_READ = grain.ReadOptions(num_threads=0, prefetch_buffer_size=0)
+
+
 def make_train_iterator(
     source,
     *,

@@ -27,7 +27,8 @@ H = 32  # conv outputs 32 x 32, batch 2: 2 * 4 * 4 = 32 tiles of 8 x 8
 def _hand_masks(h, rng):
   """name -> (2, h, h) float mask. Tile counts (conv / short fill, of 32): all 32 / 0, none 0 / 0, single 2 / 4,
   centred 2 / 2, checkerboard 32 / 32, blob 6 / 10, band 24 / 8, per_example 16 / 0, overflow (more than the
-  largest bucket: the dense branches) 32 / 31; scattered and few: a few kept pixels spread over most tiles."""
+  largest bucket: the dense branches; ~5 % skipped: the near-dense fill's largest capacity) 32 / 31; scattered and
+  few: a few kept pixels spread over most tiles; holes: 5 skipped pixels (the near-dense fill's smallest capacity)."""
   checker = np.indices((h, h)).sum(0) % 2
   single = np.zeros((h, h))
   single[h // 3, h // 2] = 1
@@ -35,6 +36,9 @@ def _hand_masks(h, rng):
   centred[12, 12] = 1
   band = np.zeros((h, h))
   band[:20] = 1
+  holes = np.zeros((2, h, h))
+  holes[0, 0, 0] = holes[0, 5, h - 1] = holes[1, h - 1, h - 1] = 1
+  holes[1, 10, 10:12] = 1
   return {
       'all': np.ones((2, h, h)),
       'none': np.zeros((2, h, h)),
@@ -47,6 +51,7 @@ def _hand_masks(h, rng):
       'overflow': rng.rand(2, h, h) < 0.95,
       'scattered': rng.rand(2, h, h) < 0.05,  # ~102 kept pixels of 2048 in ~all tiles
       'few': rng.rand(2, h, h) < 0.02,  # ~41 kept pixels
+      'holes': 1 - holes,  # 5 skipped pixels, on the borders and in a row: the near-dense fill's smallest capacity
   }
 
 
@@ -71,20 +76,25 @@ def test_sparse_equals_masked_dense_on_hand_built_masks(k, stride, bias):
   )
   assert conv_caps == (8, 16, 24, 29) and fill_caps == (4, 8, 16)
   pointwise = k == 1 and stride == 1
-  branches, fill_branches = set(), set()
+  branches, fill_branches, near_branches = set(), set(), set()
   for name, m in _hand_masks(H, rng).items():
     mask = jnp.asarray(m, jnp.float32)
+    tiles = TileSet(mask)
+    index, pixel_caps, tile_caps = confidence.conv_branch(tiles, pointwise)
     for lam in LAMS:
       dense, sparse, unfilled = both(x, mask, jnp.float32(lam))
       np.testing.assert_allclose(np.asarray(sparse), np.asarray(dense), atol=1e-5, rtol=0, err_msg=f'{name} {lam}')
       # fill=False: the same at kept pixels, 0 at skipped ones
       kept_only = np.asarray(dense) * np.asarray(mask)[..., None]
       np.testing.assert_allclose(np.asarray(unfilled), kept_only, atol=1e-5, rtol=0, err_msg=f'{name} {lam} no fill')
-    tiles = TileSet(mask)
-    index, pixel_caps, tile_caps = confidence.conv_branch(tiles, pointwise)
-    branches.add(int(index))
-    if int(index) > len(pixel_caps):  # a tile or the dense conv: the fill stage on the grid buffer
-      fill_branches.add(int(confidence._bucket_index(tiles.fill_count, fill_caps)))
+      near, near_caps = confidence.near_branch(tiles, lam**2 >= confidence.SHORT_LAMBDA2)
+      near_branches.add(int(near))
+      if int(near) <= len(near_caps):  # the plain conv or the near-dense fill
+        continue
+      branches.add(int(index))
+      if int(index) > len(pixel_caps) and lam == LAMS[1]:  # a tile or the dense conv: the short fill's stage
+        fill_branches.add(int(confidence._bucket_index(tiles.fill_count, fill_caps)))
+  assert near_caps == (32, 128) and near_branches == {0, 1, 2, 3}  # every pixel kept, <= 32 and <= 128 skipped
   if pointwise:  # none, every pixel capacity (1 / 16, 1 / 4, 1 / 2 of 2048), the dense conv
     assert pixel_caps == (128, 512, 1024) and tile_caps == ()
     assert branches == {0, 1, 2, 3, 4}

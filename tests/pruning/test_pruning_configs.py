@@ -140,7 +140,7 @@ def test_config_builds_checks_and_resolves_its_phases(spec):
   prune = _fake_prune_results(c, pruned_cfg)
   ft = job.finetune_config(c, seeds[0], prune)
   assert (ft.optimizer.schedule, ft.sparsity.s, ft.num_epochs) == ('constant', 0.0, c.finetune.num_epochs)
-  ft_epochs = {'l1_imagenet.py': 20, 'slimming_imagenet.py': 5, 'digits_l1.py': 2, 'digits_slimming.py': 2}
+  ft_epochs = {'l1_imagenet.py': 20, 'slimming_imagenet.py': 5, 'digits_l1.py': 2, 'digits_slimming.py': 1}
   assert ft.optimizer.lr == 0.001 and ft.num_epochs == ft_epochs.get(spec.split(':')[0], 40)
   if c.prune.mode == 'mask':  # fine-tuned in the large shape with the mask holding the pruned channels at 0
     assert ft.model.name == c.model.name and ft.mask.path == prune['mask'] and ft.init_from == prune['masked_export']
