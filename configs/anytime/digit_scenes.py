@@ -62,6 +62,8 @@ Time:     1 min 45 s wall, 1 min 44 s CPU time at load 4-5, run as `make demo-an
           threads) right after the job before these two changes: 3 min 10 s wall, 2 min 32 s CPU time (the job's last
           line prints wall and CPU time; 2026-12-05); a second such pair at load 5-6: 3 min 56 s wall, 2 min 49 s CPU
           before, 1 min 58 s wall, 2 min 6 s CPU after (the same table): 25-32% less CPU time, about half the wall time.
+          In `make demo` (fresh clone at e15330e, the idle machine, beside the demo's other two jobs): 2 min 39 s
+          wall, 2 min 5 s CPU time; the job before these changes, run right after the same way: 3 min 21 s, 2 min 41 s.
           The changes: (1) the RBF fill is one matmul per side with the banded tap matrix on sides of at most 32 pixels
           (confidence.rbf_fill; the same values to float32 rounding): the fill's slices were most of the train step's
           ops, and measured alone at load ~5 the step compiled in 24.6 s of CPU instead of 39.5 s and ran in 0.09 s of

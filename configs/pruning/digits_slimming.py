@@ -7,6 +7,8 @@ Time:     2 min 31 s wall, 1 min 45 s CPU time alone on this project's 2-core CP
           at 5-7, cold TFDS and C++-kernel caches; the recipe before it (fine-tuning 2 epochs, Scratch-B capped at
           2x, -O3) took 3 min 19 s wall, 2 min 25 s CPU time just before under the same load, and 2 min 35 s /
           1 min 54 s at -O3 with this recipe (the table the same to the digit at -O1 and -O3)
+          In `make demo` (fresh clone at e15330e, the idle machine, beside the demo's other two jobs): 2 min 26 s
+          wall, 1 min 51 s CPU time; the recipe before it, run right after the same way: 2 min 48 s, 2 min 11 s.
 Also printed: the paper's claim, Scratch-B >= Fine-tuned within the seeds' spread: holds (+5.69 points, spread 2.16)
 
 A 5-conv VGG with the slimming head (cfg 16, M, 32, M, 64, M, 64, M, 128; BN gamma 0.5; one Linear) trained 5
