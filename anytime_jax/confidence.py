@@ -479,6 +479,18 @@ def _pixels_to_grid(tiles: TileSet, rows, y, padded: bool) -> jax.Array:
   return out.reshape(bsz, grid_h, grid_w, cout)
 
 
+def _short_windows(mask: jax.Array, rows: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """(ids, kept), (len(rows), (2 SHORT_RADIUS + 1)^2): the flat ids, in the (B, h + 2r, w + 2r) buffer padded by
+  r = SHORT_RADIUS, of each pixel's window of the short fill (row-major, the centre in the middle), and the mask
+  there (the padding counts as skipped)."""
+  r = SHORT_RADIUS
+  _, h, w = mask.shape
+  hb, wb = h + 2 * r, w + 2 * r
+  di, dj = np.divmod(np.arange((2 * r + 1) ** 2), 2 * r + 1)
+  ids = _grid_ids(rows, h, w, (hb, wb), r)[:, None] + jnp.asarray((di - r) * wb + dj - r, jnp.int32)[None]
+  return ids, jnp.pad(mask, ((0, 0), (r, r), (r, r))).reshape(-1).at[ids].get(mode='promise_in_bounds')
+
+
 def _pixel_fill(tiles: TileSet, rows, y, rbf_lambda) -> jax.Array:
   """(B, h, w, C): the pixel rows `y` at their pixels plus the short RBF fill scattered from them (each kept pixel
   adds its value times the fill's weight to its neighbours within SHORT_RADIUS that are skipped: the same sums as
@@ -487,10 +499,9 @@ def _pixel_fill(tiles: TileSet, rows, y, rbf_lambda) -> jax.Array:
   mask = tiles.mask
   bsz, h, w = mask.shape
   hb, wb = h + 2 * r, w + 2 * r
-  centre = _grid_ids(rows, h, w, (hb, wb), r)
   di, dj = np.divmod(np.arange((2 * r + 1) ** 2), 2 * r + 1)
-  targets = centre[:, None] + jnp.asarray((di - r) * wb + dj - r, jnp.int32)[None]
-  skipped = 1 - jnp.pad(mask, ((0, 0), (r, r), (r, r))).reshape(-1).at[targets].get(mode='promise_in_bounds')
+  targets, kept = _short_windows(mask, rows)
+  skipped = 1 - kept
   g, norm = _separable_taps(rbf_lambda, r, jnp.float32)
   weights = g[di] * g[dj] * norm
   coef = jnp.where(jnp.asarray((di == r) & (dj == r))[None], 1.0, weights[None] * skipped).astype(y.dtype)
@@ -536,9 +547,7 @@ def _near_dense_fill(y: jax.Array, tiles: TileSet, rbf_lambda, cap: int) -> jax.
   i, j = rest // w, rest % w
   di, dj = np.divmod(np.arange((2 * r + 1) ** 2), 2 * r + 1)
   ni, nj = i[:, None] + jnp.asarray(di - r)[None], j[:, None] + jnp.asarray(dj - r)[None]
-  hb, wb = h + 2 * r, w + 2 * r
-  kept = jnp.pad(mask, ((0, 0), (r, r), (r, r))).reshape(-1).at[b[:, None] * (hb * wb) + (ni + r) * wb + nj + r]
-  kept = kept.get(mode='promise_in_bounds').astype(y.dtype)
+  kept = _short_windows(mask, rows)[1].astype(y.dtype)
   flat = y.reshape(-1, cout)
   ids = b[:, None] * (h * w) + jnp.clip(ni, 0, h - 1) * w + jnp.clip(nj, 0, w - 1)
   neighbours = flat.at[ids].get(mode='promise_in_bounds')  # (cap, taps, C)
