@@ -11,7 +11,8 @@ PRUNING_DEMOS := l1 slimming magnitude lottery guided sss sfp thinet regression
 .PHONY: demo demo-convnext demo-upernet demo-pruning $(addprefix demo-pruning-,$(PRUNING_DEMOS)) demo-pruning-convnext demo-anytime \
   test test-fast lint format bench gpu-check install clean-demo
 
-# The demo needs only the package; the tests add the PyTorch reference (torch, timm) for parity checks.
+# The demo needs only the package (no TensorFlow: the `tf` extra, to prepare TFDS datasets); the tests add the PyTorch
+# reference (torch, timm) for parity checks and TensorFlow for the cifar/cityscapes stand-ins they prepare.
 $(BASE): setup.cfg pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e .
