@@ -43,9 +43,10 @@ DEMO_JOBS ?= 3
 DEMO_PARALLEL := $(if $(filter output-sync,$(.FEATURES)),-j$(DEMO_JOBS) --output-sync=target)
 
 # Each demo job's XLA runs its convolutions and matmuls on the calling thread (XLA_FLAGS, added to yours): with three
-# jobs on two cores, a per-job Eigen thread pool only adds threads that contend for the cores. Measured one job at a
-# time (2026-12-06, load 3-5): ConvNeXt 36.8 s of CPU instead of 41.6 s, ADP-C 1 min 13 s instead of 1 min 25 s,
-# slimming the same; each job's table (results.json, anytime.json, results.md) identical to the digit.
+# jobs on two cores, a per-job Eigen thread pool only adds threads that contend for the cores. Each job's table
+# (results.json, anytime.json, results.md) is identical to the digit with it. One job at a time on the shared
+# machine (2026-12-06, load 2-5) it saved from nothing to 15% of a job's CPU time, within that hour's noise; side by
+# side, its aim, not yet measured: `make demo DEMO_XLA_FLAGS=` runs without it.
 DEMO_XLA_FLAGS ?= --xla_cpu_multi_thread_eigen=false
 DEMO_ENV := XLA_FLAGS="$(strip $(XLA_FLAGS) $(DEMO_XLA_FLAGS))"
 
