@@ -146,10 +146,10 @@ def _pad_bottom_right(ex: Example, ch: int, cw: int) -> Example:
   image = np.asarray(ex['image'])
   ph, pw = max(ch - image.shape[0], 0), max(cw - image.shape[1], 0)
   if ph or pw:
-    ex['image'] = np.pad(image, [(0, ph), (0, pw)] + [(0, 0)] * (image.ndim - 2), constant_values=0)
+    ex['image'] = primitives.pad_hw(image, 0, ph, 0, pw, 0)
     label = _label_map(ex)
     if label is not None:
-      ex[LABEL_MAP_KEY] = np.pad(label, [(0, ph), (0, pw)] + [(0, 0)] * (label.ndim - 2), constant_values=IGNORE_LABEL)
+      ex[LABEL_MAP_KEY] = primitives.pad_hw(label, 0, ph, 0, pw, IGNORE_LABEL)
   return ex
 
 

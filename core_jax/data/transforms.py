@@ -43,9 +43,7 @@ def _pad_to(example: Example, pad: tuple[int, int, int, int]) -> Example:
   if not any(pad):
     return example
   for key, value in _spatial_keys(example):
-    x = np.asarray(example[key])
-    widths = [(top, bottom), (left, right)] + [(0, 0)] * (x.ndim - 2)
-    example[key] = np.pad(x, widths, constant_values=value)
+    example[key] = primitives.pad_hw(np.asarray(example[key]), top, bottom, left, right, value)
   return example
 
 

@@ -599,3 +599,16 @@ def test_decode_gives_rgb_uint8_like_pil_convert(mode, fmt):
   want = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert('RGB'))
   assert got.dtype == np.uint8 and got.shape == (12, 20, 3)
   np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize(
+    'shape, dtype, value', [((5, 7, 3), np.uint8, 0), ((5, 7), np.uint8, 255), ((4, 6, 2), np.float32, -1.5)]
+)
+def test_pad_hw_is_np_pad(shape, dtype, value):
+  x = np.random.default_rng(0).integers(0, 200, shape).astype(dtype)
+  for pads in ((2, 2, 2, 2), (0, 3, 0, 1), (1, 0, 0, 0), (0, 0, 0, 0)):
+    want = np.pad(x, [pads[:2], pads[2:]] + [(0, 0)] * (x.ndim - 2), constant_values=value)
+    got = primitives.pad_hw(x, *pads, value)
+    assert got.dtype == want.dtype and np.array_equal(got, want)
+  with pytest.raises(ValueError, match='negative padding'):
+    primitives.pad_hw(x, -1, 0, 0, 0, 0)

@@ -2,6 +2,7 @@
 
 import math
 import os
+import pickle
 import subprocess
 import sys
 import time
@@ -438,3 +439,20 @@ def test_to_global_single_process():
   np.testing.assert_array_equal(np.asarray(g['label']), batch['label'])
   g2 = pipeline.to_global(batch, lambda x: NamedSharding(mesh, P('data')))
   assert g2['label'].sharding == g['label'].sharding
+
+
+def test_embedded_records_decode_once_and_reads_are_copies(digits_train):
+  """An embedded split keeps each record after its first read (sources.DecodedOnce); a read is a new dict of
+  copies, so a transform that writes into its example leaves the kept record as read; pickled (grain's workers)
+  without the kept records."""
+  source, _ = digits_train
+  kept = source.source
+  assert isinstance(kept, sources.DecodedOnce)
+  first = source[3]
+  want = first['image'].copy()
+  first['image'][:] = 0
+  first['label'] = -1
+  again = source[3]
+  assert np.array_equal(again['image'], want) and again['label'] != -1
+  assert np.array_equal(again['image'], kept.source[3]['image'])  # the kept record is the decoded one
+  assert 3 in kept._records and not pickle.loads(pickle.dumps(kept))._records
