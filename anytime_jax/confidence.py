@@ -400,7 +400,7 @@ def capacities(n: int, fractions) -> tuple[int, ...]:
   return tuple(sorted({c for c in (math.ceil(f * n) for f in fractions) if 0 < c < n}))
 
 
-def _bucket_index(count: jax.Array, caps: tuple[int, ...]) -> jax.Array:
+def bucket_index(count: jax.Array, caps: tuple[int, ...]) -> jax.Array:
   """Index of the smallest capacity >= count (0 for no tile, caps[i] at i + 1); len(caps) + 1 (the dense branch)
   when none is."""
   return jnp.sum(count > jnp.asarray((0, *caps), jnp.int32)).astype(jnp.int32)
@@ -564,7 +564,7 @@ def near_branch(tiles: TileSet, short: jax.Array | bool) -> tuple[jax.Array, tup
   len(capacities) + 1 otherwise (the branches that follow the kept pixels)."""
   num_pixels = tiles.mask.size
   caps = capacities(num_pixels, NEAR_BUCKETS)
-  index = _bucket_index(num_pixels - tiles.pixels[0], caps)
+  index = bucket_index(num_pixels - tiles.pixels[0], caps)
   return jnp.where((index == 0) | short, index, len(caps) + 1), caps
 
 
@@ -608,7 +608,7 @@ def masked_sparse(compute: Compute, x, kernel, bias, mask, rbf_lambda, strides, 
     branches = [lambda ymp, lam, c=c: no_fill(_tiled_fill(ymp, tiles, lam, c), lam) for c in caps]
     short_dense = lambda ymp, lam: dense_fill(ymp, lam, SHORT_RADIUS)
     short_fill = lambda ymp, lam: lax.switch(
-        _bucket_index(tiles.fill_count, caps), [no_fill, *branches, short_dense], ymp, lam
+        bucket_index(tiles.fill_count, caps), [no_fill, *branches, short_dense], ymp, lam
     )
     return lax.cond(lam**2 >= SHORT_LAMBDA2, short_fill, dense_fill, ymp, lam)
 
@@ -684,11 +684,11 @@ def conv_branch(tiles: TileSet, pointwise: bool) -> tuple[jax.Array, tuple[int, 
   pixel_caps = capacities(num_pixels, PIXEL_BUCKETS if pointwise else PATCH_BUCKETS)
   tile_caps = () if pointwise else capacities(tiles.num_tiles, CONV_BUCKETS)
   count = tiles.pixels[0]
-  index = _bucket_index(count, pixel_caps)
+  index = bucket_index(count, pixel_caps)
   if pixel_caps and tile_caps:
-    index = jnp.where(count <= pixel_caps[-1], index, len(pixel_caps) + _bucket_index(tiles.conv_count, tile_caps))
+    index = jnp.where(count <= pixel_caps[-1], index, len(pixel_caps) + bucket_index(tiles.conv_count, tile_caps))
   elif tile_caps:
-    index = _bucket_index(tiles.conv_count, tile_caps)
+    index = bucket_index(tiles.conv_count, tile_caps)
   return index, pixel_caps, tile_caps
 
 
@@ -739,8 +739,15 @@ class Conv(nn.Module):
     mask_arg = masks.tiles(h, w) if kind == 'sparse' else m
     fill = {} if self.fill_read else {'fill': False}
     y = MASKED_CONVS[kind](self.compute, x, kernel, bias, mask_arg, rbf_lambda, (s, s), pad, **fill)
-    p = m.mean(axis=(1, 2))
-    actual = float(dense) * p + (1 - p) * p * float(self.features * RBF_SIZE * RBF_SIZE * h * w)
-    counting.sow_macs(self, f'actual_exit{self.exit_index}', actual)
-    counting.sow_macs(self, f'dense_exit{self.exit_index}', jnp.full_like(p, float(dense)))
+    sow_masked_macs(self, self.exit_index, dense, m, self.features)
     return y
+
+
+def sow_masked_macs(module: nn.Module, exit_index: int, dense: int, mask: jax.Array, features: int) -> None:
+  """Sows a masked conv's per-example `actual_exit{k}` (dense * p + (1 - p) * p * C_out * 49 * H * W, p = the
+  fraction of its output `mask` (B, H, W) computed, as the ADP-C FLOP counter) and `dense_exit{k}` MACs."""
+  h, w = mask.shape[1:3]
+  p = mask.mean(axis=(1, 2))
+  actual = float(dense) * p + (1 - p) * p * float(features * RBF_SIZE * RBF_SIZE * h * w)
+  counting.sow_macs(module, f'actual_exit{exit_index}', actual)
+  counting.sow_macs(module, f'dense_exit{exit_index}', jnp.full_like(p, float(dense)))
