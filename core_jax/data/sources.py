@@ -15,9 +15,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import importlib.util
 import operator
 import os
 import re
+import sys
 from typing import Any
 
 import core_jax.data.embedded  # noqa: F401  (tfds compat shim)
@@ -197,6 +199,24 @@ def _manual_files(name: str) -> tuple[str, ...]:
   return _MANUAL_FILES.get((base, config.split('/')[0]), ())
 
 
+def tensorflow_installed() -> bool:
+  return importlib.util.find_spec('tensorflow') is not None
+
+
+def _check_tensorflow_for(name: str, data_dir: str) -> None:
+  """TFDS' own builders (cifar10/100, imagenet2012, cityscapes, ...) read and encode their files with TensorFlow,
+  which the base install leaves out (setup.cfg's `tf` extra): say so before anything is written, rather than
+  TFDS' banner and a traceback once preparation has begun. Reading a prepared dataset needs no TensorFlow, nor do
+  the embedded datasets and image folders (their builders are TF-free)."""
+  if tensorflow_installed():
+    return
+  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  raise UserError(
+      f'preparing dataset {name!r} in {data_dir} needs TensorFlow, which is not installed: run '
+      f"`{sys.executable} -m pip install -c constraints.txt -e '.[tf]'` in {root}, then run again"
+  )
+
+
 def _tfds_builder(name: str, data_dir: str, download: bool):
   import tensorflow_datasets as tfds
 
@@ -232,6 +252,7 @@ def _tfds_builder(name: str, data_dir: str, download: bool):
     )
   else:
     hint = 'check network access for the download'
+  _check_tensorflow_for(name, data_dir)
   with _file_lock(os.path.join(data_dir, f'.{base}.prepare.lock')):
     builder = tfds.builder(name, data_dir=data_dir, file_format='array_record', try_gcs=False)
     if not builder.is_prepared():

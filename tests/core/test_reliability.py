@@ -12,9 +12,13 @@ import json
 import os
 import shutil
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import toy_runs
+
+from core_jax import parallel, train
 
 DIGESTS = '--config.debug.write_batch_digests=True'
 
@@ -143,6 +147,22 @@ def test_non_finite_parameters_are_never_saved(tfds_dir, tmp_path):
   )
   toy_runs.one_line_error(proc, 'parameters became non-finite at step 1 (not saved)', 'no checkpoint was kept')
   assert not toy_runs.steps(tmp_path)
+
+
+@pytest.mark.parametrize('backend', ['cpu', 'gpu'])
+def test_finite_check_finds_a_non_finite_float_in_params_or_batch_stats(monkeypatch, backend):
+  """The check before each checkpoint: numpy on a CPU host, the jitted reduction elsewhere ('gpu' routes a CPU
+  array there); integer leaves are not checked, bfloat16 ones are."""
+  if backend != 'cpu':
+    monkeypatch.setattr(jax, 'default_backend', lambda: backend)
+  finite = train._finite_check(parallel.replicated(jax.sharding.Mesh(np.array(jax.devices()[:1]), ('data',))))
+  params = {'w': jnp.ones((3, 4)), 'h': jnp.ones((2,), jnp.bfloat16), 'count': jnp.zeros((), jnp.int32)}
+  stats = {'mean': jnp.zeros((4,))}
+  assert finite(params, stats) is True
+  for leaf, bad in (('w', jnp.nan), ('h', jnp.inf)):
+    assert finite({**params, leaf: params[leaf].at[0].set(bad)}, stats) is False
+  assert finite(params, {'mean': stats['mean'].at[1].set(-jnp.inf)}) is False
+  assert finite(params, {}) is True
 
 
 @pytest.mark.slow
