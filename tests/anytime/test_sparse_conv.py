@@ -28,7 +28,8 @@ def _hand_masks(h, rng):
   """name -> (2, h, h) float mask. Tile counts (conv / short fill, of 32): all 32 / 0, none 0 / 0, single 2 / 4,
   centred 2 / 2, checkerboard 32 / 32, blob 6 / 10, band 24 / 8, per_example 16 / 0, overflow (more than the
   largest bucket: the dense branches; ~5 % skipped: the near-dense fill's largest capacity) 32 / 31; scattered and
-  few: a few kept pixels spread over most tiles; holes: 5 skipped pixels (the near-dense fill's smallest capacity)."""
+  few: a few kept pixels spread over most tiles; holes: 5 skipped pixels (the near-dense fill's smallest capacity);
+  tenth: ~10 % of the pixels kept."""
   checker = np.indices((h, h)).sum(0) % 2
   single = np.zeros((h, h))
   single[h // 3, h // 2] = 1
@@ -52,6 +53,7 @@ def _hand_masks(h, rng):
       'scattered': rng.rand(2, h, h) < 0.05,  # ~102 kept pixels of 2048 in ~all tiles
       'few': rng.rand(2, h, h) < 0.02,  # ~41 kept pixels
       'holes': 1 - holes,  # 5 skipped pixels, on the borders and in a row: the near-dense fill's smallest capacity
+      'tenth': rng.rand(2, h, h) < 0.1,  # ~205 kept pixels: the largest pixel capacity of a k x k conv (1 / 8)
   }
 
 
@@ -98,9 +100,9 @@ def test_sparse_equals_masked_dense_on_hand_built_masks(k, stride, bias):
   if pointwise:  # none, every pixel capacity (1 / 16, 1 / 4, 1 / 2 of 2048), the dense conv
     assert pixel_caps == (128, 512, 1024) and tile_caps == ()
     assert branches == {0, 1, 2, 3, 4}
-  else:  # none, every pixel capacity (1 / 32, 1 / 8 of 2048), the tile capacities 8, 16, 24, the dense conv
-    assert pixel_caps == (64, 256) and tile_caps == conv_caps
-    assert branches == {0, 1, 2, 3, 4, 5, 7}
+  else:  # none, every pixel capacity (1 / 32, 1 / 16, 1 / 8 of 2048), the tile capacities 8, 16, 24, the dense conv
+    assert pixel_caps == (64, 128, 256) and tile_caps == conv_caps
+    assert branches == {0, 1, 2, 3, 4, 5, 6, 8}
     assert fill_branches == {0, 2, 3, 4}  # the tile fill: 8 and 16 tiles, the dense fill
 
 
