@@ -22,7 +22,8 @@ that every conv of transition k-1, stage k and exit k uses (the stem, stage 1 an
 variables['constants']['tau'] (traced) replaces `tau`'s value, so one compiled program serves every threshold
 (`tau` set still decides that the model has CA); given as a (3,) array it is one threshold per exit 1..3 (the
 benchmark sets the computed fractions that way). With `compute.masked_conv='sparse'` the masked convs compute
-only the kept pixels at evaluation (`train=False`); training always computes them masked-dense. Counting: after
+only the kept pixels at evaluation (`train=False`), and an original exit forms its input at the kept pixels only
+(`exits.OriginalExit`); training always computes them masked-dense. Counting: after
 exit k the forward calls `core_jax.counting.mark(f'exit{k}')`, so `count_macs_by_mark` gives the paper's
 cumulative dense cost per exit; masked convs sow their actual cost (`confidence.Conv`).
 
@@ -315,17 +316,19 @@ class HRNet(nn.Module):
     prev = None  # the last exit's aggregated logits
     batch = x.shape[0]
 
-    def run_exit(k, feats, masks_k):
+    def run_exit(k, branches, masks_k):
       nonlocal prev, masks
       seg = k if k in masked else None
       if features_only:
         return
       if k == 4:
-        out = OriginalExit(self.num_classes, exit_index=seg, name='last_layer', **opts)(feats, train, masks_k)
+        head = OriginalExit(self.num_classes, exit_index=seg, name='last_layer', **opts)
       else:
-        out = make_exit(
+        head = make_exit(
             self.exit_type, k, self.num_classes, inter, seg, f'exit{k}', rh_max_depth=self.rh_max_depth, **opts
-        )(feats, train, masks_k)
+        )
+      # the original exit takes the branches: the sparse path forms its input at the kept pixels only
+      out = head(branches if isinstance(head, OriginalExit) else exit_input(branches), train, masks_k)
       # logits, masks and the aggregation at least float32 whatever the compute dtype (float64 stays float64)
       out = out.astype(jnp.promote_types(out.dtype, jnp.float32))
       if masks_k is not None:
@@ -344,7 +347,7 @@ class HRNet(nn.Module):
         masks = None
 
     if 1 in exits:
-      run_exit(1, exit_input(ys), None)
+      run_exit(1, ys, None)
 
     pre = [arch.layer1_planes * 4]
     for s in (2, 3, 4):
@@ -372,7 +375,7 @@ class HRNet(nn.Module):
         )(xs, train, masks_s)
       ys, pre = xs, cur
       if s in exits:
-        run_exit(s, exit_input(ys), masks_s)
+        run_exit(s, ys, masks_s)
 
     if features_only:
       return ys

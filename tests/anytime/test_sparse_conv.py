@@ -11,10 +11,10 @@ import numpy as np
 import optax
 import pytest
 
-from anytime_jax import confidence, hrnet
+from anytime_jax import confidence, exits, hrnet
 from anytime_jax import task as task_lib
 from anytime_jax.confidence import Conv, MaskSet, TileSet
-from core_jax import cli
+from core_jax import cli, counting
 from core_jax.compute import Compute
 from core_jax.data import sources
 
@@ -28,7 +28,8 @@ def _hand_masks(h, rng):
   """name -> (2, h, h) float mask. Tile counts (conv / short fill, of 32): all 32 / 0, none 0 / 0, single 2 / 4,
   centred 2 / 2, checkerboard 32 / 32, blob 6 / 10, band 24 / 8, per_example 16 / 0, overflow (more than the
   largest bucket: the dense branches; ~5 % skipped: the near-dense fill's largest capacity) 32 / 31; scattered and
-  few: a few kept pixels spread over most tiles; holes: 5 skipped pixels (the near-dense fill's smallest capacity)."""
+  few: a few kept pixels spread over most tiles; holes: 5 skipped pixels (the near-dense fill's smallest capacity);
+  tenth: ~10 % of the pixels kept."""
   checker = np.indices((h, h)).sum(0) % 2
   single = np.zeros((h, h))
   single[h // 3, h // 2] = 1
@@ -52,6 +53,7 @@ def _hand_masks(h, rng):
       'scattered': rng.rand(2, h, h) < 0.05,  # ~102 kept pixels of 2048 in ~all tiles
       'few': rng.rand(2, h, h) < 0.02,  # ~41 kept pixels
       'holes': 1 - holes,  # 5 skipped pixels, on the borders and in a row: the near-dense fill's smallest capacity
+      'tenth': rng.rand(2, h, h) < 0.1,  # ~205 kept pixels: the largest pixel capacity of a k x k conv (1 / 8)
   }
 
 
@@ -93,15 +95,59 @@ def test_sparse_equals_masked_dense_on_hand_built_masks(k, stride, bias):
         continue
       branches.add(int(index))
       if int(index) > len(pixel_caps) and lam == LAMS[1]:  # a tile or the dense conv: the short fill's stage
-        fill_branches.add(int(confidence._bucket_index(tiles.fill_count, fill_caps)))
+        fill_branches.add(int(confidence.bucket_index(tiles.fill_count, fill_caps)))
   assert near_caps == (32, 128) and near_branches == {0, 1, 2, 3}  # every pixel kept, <= 32 and <= 128 skipped
   if pointwise:  # none, every pixel capacity (1 / 16, 1 / 4, 1 / 2 of 2048), the dense conv
     assert pixel_caps == (128, 512, 1024) and tile_caps == ()
     assert branches == {0, 1, 2, 3, 4}
-  else:  # none, every pixel capacity (1 / 32, 1 / 8 of 2048), the tile capacities 8, 16, 24, the dense conv
-    assert pixel_caps == (64, 256) and tile_caps == conv_caps
-    assert branches == {0, 1, 2, 3, 4, 5, 7}
+  else:  # none, every pixel capacity (1 / 32, 1 / 16, 1 / 8 of 2048), the tile capacities 8, 16, 24, the dense conv
+    assert pixel_caps == (64, 128, 256) and tile_caps == conv_caps
+    assert branches == {0, 1, 2, 3, 4, 5, 6, 8}
     assert fill_branches == {0, 2, 3, 4}  # the tile fill: 8 and 16 tiles, the dense fill
+
+
+def test_original_exit_at_kept_pixels_equals_masked_dense_exit():
+  """The sparse path's original exit (`OriginalExit.kept_pixels_head`: its input formed, both 1 x 1 convs and the
+  BN run at the kept pixels only) against the masked-dense exit on `exit_input`'s concat: the same logits at kept
+  pixels, 0 at skipped ones, the same MACs counted and sown, in every branch (no kept pixel, each pixel capacity,
+  every pixel). Branch sizes include odd ones (bilinear ratios that are not powers of 2)."""
+  rng = np.random.RandomState(0)
+  shapes = ((2, 12, 15, 4), (2, 6, 8, 6), (2, 3, 4, 8))
+  branches = [jnp.asarray(rng.randn(*s).astype(np.float32)) for s in shapes]
+  rows = jnp.asarray(rng.permutation(2 * 12 * 15)[:50].astype(np.int32))
+  np.testing.assert_allclose(
+      np.asarray(exits.exit_input_rows(branches, rows)),
+      np.asarray(exits.exit_input(branches).reshape(-1, 18)[rows]),
+      atol=1e-5,
+  )
+  policy = lambda kind: confidence.for_backend(dict(masked_conv=kind))
+  dense_exit, sparse_exit = (exits.OriginalExit(5, exit_index=4, compute=policy(kind)) for kind in ('dense', 'sparse'))
+  v = dense_exit.init(jax.random.PRNGKey(0), exits.exit_input(branches), False, MaskSet(jnp.ones((2, 12, 15))))
+  v = jax.tree.map(lambda a: jnp.asarray(rng.rand(*a.shape) + 0.5, jnp.float32), v)  # BN not the identity
+
+  @jax.jit
+  def both(mask):
+    want, w_macs = dense_exit.apply(v, exits.exit_input(branches), False, MaskSet(mask), mutable=['macs'])
+    got, g_macs = sparse_exit.apply(v, branches, False, MaskSet(mask), mutable=['macs'])
+    tiles = MaskSet(mask).tiles(12, 15)
+    index = confidence.bucket_index(tiles.pixels[0], confidence.capacities(mask.size, confidence.PIXEL_BUCKETS))
+    return (
+        want,
+        got,
+        index,
+        [counting.sum_macs(m, f'{kind}_exit4') for m in (w_macs, g_macs) for kind in ('actual', 'dense')],
+    )
+
+  taken = set()
+  for fraction in (0.0, 0.04, 0.2, 0.45, 0.8, 1.0):  # none, 1 / 16, 1 / 4, 1 / 2 of 360 pixels, above, all
+    mask = jnp.asarray((rng.rand(2, 12, 15) < fraction).astype(np.float32))
+    want, got, index, macs = both(mask)
+    m = np.asarray(mask)[..., None]
+    np.testing.assert_allclose(np.asarray(got) * m, np.asarray(want) * m, atol=1e-5, rtol=1e-5)
+    np.testing.assert_array_equal(np.asarray(got) * (1 - m), 0 * np.asarray(got))
+    np.testing.assert_allclose(np.asarray(macs[2:]), np.asarray(macs[:2]), rtol=1e-6)
+    taken.add(int(index))
+  assert taken == {0, 1, 2, 3, 4}
 
 
 def test_tile_set_orders_and_layout():
