@@ -42,14 +42,6 @@ DEMO_LINES := $(if $(LINE),$(if $(filter all,$(LINE)),convnext upernet pruning a
 DEMO_JOBS ?= 3
 DEMO_PARALLEL := $(if $(filter output-sync,$(.FEATURES)),-j$(DEMO_JOBS) --output-sync=target)
 
-# Each demo job's XLA runs its convolutions and matmuls on the calling thread (XLA_FLAGS, added to yours): with three
-# jobs on two cores, a per-job Eigen thread pool only adds threads that contend for the cores. Each job's table
-# (results.json, anytime.json, results.md) is identical to the digit with it. One job at a time on the shared
-# machine (2026-12-06, load 2-5) it saved from nothing to 15% of a job's CPU time, within that hour's noise; side by
-# side, its aim, not yet measured: `make demo DEMO_XLA_FLAGS=` runs without it.
-DEMO_XLA_FLAGS ?= --xla_cpu_multi_thread_eigen=false
-DEMO_ENV := XLA_FLAGS="$(strip $(XLA_FLAGS) $(DEMO_XLA_FLAGS))"
-
 DEMO_KNOWN := convnext upernet pruning $(addprefix pruning-,$(PRUNING_DEMOS) convnext) anytime
 ifneq ($(filter demo,$(MAKECMDGOALS)),)
 ifneq ($(filter-out $(DEMO_KNOWN),$(DEMO_LINES)),)
@@ -64,28 +56,28 @@ demo: $(BASE)
 	  s=$$(( $$(date +%s) - start )); echo "make demo ($(DEMO_LINES)): done in $$((s / 60)) min $$((s % 60)) s in all"
 
 demo-convnext: $(BASE)
-	$(DEMO_ENV) $(BIN)/python -m convnext_jax.main --config=configs/convnext/digits.py --workdir=$(DEMO_DIR)/convnext_digits
+	$(BIN)/python -m convnext_jax.main --config=configs/convnext/digits.py --workdir=$(DEMO_DIR)/convnext_digits
 
 # ConvNeXt + UperNet segmentation on digit_scenes, then its table (beside the anytime HRNet) and scene.png.
 demo-upernet: $(BASE)
-	$(DEMO_ENV) $(BIN)/python -m convnext_jax.main --config=configs/convnext/upernet_digit_scenes.py --workdir=$(DEMO_DIR)/upernet_digit_scenes
-	$(DEMO_ENV) $(BIN)/python -m convnext_jax.upernet_demo --config=configs/convnext/upernet_digit_scenes.py --workdir=$(DEMO_DIR)/upernet_digit_scenes
+	$(BIN)/python -m convnext_jax.main --config=configs/convnext/upernet_digit_scenes.py --workdir=$(DEMO_DIR)/upernet_digit_scenes
+	$(BIN)/python -m convnext_jax.upernet_demo --config=configs/convnext/upernet_digit_scenes.py --workdir=$(DEMO_DIR)/upernet_digit_scenes
 
 # One experiment per pruning method on digits (PRUNING_DEMOS, above): configs/pruning/digits_<method>.py into
 # DEMO_DIR/pruning_digits_<method>; ConvNeXt's two (below) share one trained model
 demo-pruning: $(addprefix demo-pruning-,$(PRUNING_DEMOS)) demo-pruning-convnext
 
 $(addprefix demo-pruning-,$(PRUNING_DEMOS)): demo-pruning-%: $(BASE)
-	$(DEMO_ENV) $(BIN)/python -m pruning_jax.main --config=configs/pruning/digits_$*.py --workdir=$(DEMO_DIR)/pruning_digits_$*
+	$(BIN)/python -m pruning_jax.main --config=configs/pruning/digits_$*.py --workdir=$(DEMO_DIR)/pruning_digits_$*
 
 # ConvNeXt: group-L1 structured, then unstructured magnitude pruning of the same trained model (its large phase)
 demo-pruning-convnext: $(BASE)
-	$(DEMO_ENV) $(BIN)/python -m pruning_jax.main --config=configs/pruning/digits_convnext.py --workdir=$(DEMO_DIR)/pruning_digits_convnext
-	$(DEMO_ENV) $(BIN)/python -m pruning_jax.main --config=configs/pruning/digits_convnext_magnitude.py \
+	$(BIN)/python -m pruning_jax.main --config=configs/pruning/digits_convnext.py --workdir=$(DEMO_DIR)/pruning_digits_convnext
+	$(BIN)/python -m pruning_jax.main --config=configs/pruning/digits_convnext_magnitude.py \
 	  --workdir=$(DEMO_DIR)/pruning_digits_convnext_magnitude --config.init_from=$(DEMO_DIR)/pruning_digits_convnext/seed0/large
 
 demo-anytime: $(BASE)
-	$(DEMO_ENV) $(BIN)/python -m anytime_jax.main --config=configs/anytime/digit_scenes.py --workdir=$(DEMO_DIR)/anytime_digit_scenes
+	$(BIN)/python -m anytime_jax.main --config=configs/anytime/digit_scenes.py --workdir=$(DEMO_DIR)/anytime_digit_scenes
 
 clean-demo:
 	rm -rf $(DEMO_DIR)/convnext_digits $(DEMO_DIR)/upernet_digit_scenes $(DEMO_DIR)/anytime_digit_scenes \
