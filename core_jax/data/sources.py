@@ -225,8 +225,18 @@ def _manual_files(name: str) -> tuple[str, ...]:
   return _MANUAL_FILES.get((base, config.split('/')[0]), ())
 
 
+_REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
 def tensorflow_installed() -> bool:
   return importlib.util.find_spec('tensorflow') is not None
+
+
+def _tensorflow_hint() -> str:
+  """What to add to a hint that prepares a TFDS builder's dataset where TensorFlow is missing."""
+  if tensorflow_installed():
+    return ''
+  return f"; both need TensorFlow: `{sys.executable} -m pip install -c constraints.txt -e '.[tf]'` in {_REPO_ROOT}"
 
 
 def _check_tensorflow_for(name: str, data_dir: str) -> None:
@@ -236,10 +246,9 @@ def _check_tensorflow_for(name: str, data_dir: str) -> None:
   the embedded datasets and image folders (their builders are TF-free)."""
   if tensorflow_installed():
     return
-  root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
   raise UserError(
       f'preparing dataset {name!r} in {data_dir} needs TensorFlow, which is not installed: run '
-      f"`{sys.executable} -m pip install -c constraints.txt -e '.[tf]'` in {root}, then run again"
+      f"`{sys.executable} -m pip install -c constraints.txt -e '.[tf]'` in {_REPO_ROOT}, then run again"
   )
 
 
@@ -274,7 +283,7 @@ def _tfds_builder(name: str, data_dir: str, download: bool):
     raise UserError(
         f'dataset {name!r} is not prepared in {data_dir}: run `tfds build {name} --data_dir '
         f'{data_dir} --file_format array_record` on a machine with internet access '
-        f'(or call load_source(..., download=True))'
+        f'(or call load_source(..., download=True)){_tensorflow_hint()}'
     )
   else:
     hint = 'check network access for the download'

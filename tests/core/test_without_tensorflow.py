@@ -32,9 +32,11 @@ DEMO_MODULES = (
     'anytime_jax.task',
 )
 
-# (dataset, files put in its manual dir, load_source's download): TFDS builders that need TensorFlow to prepare (so
-# does cifar10's, left out here: without the check it would go on to download the real dataset).
+# (dataset, files put in its manual dir, load_source's download): TFDS builders that need TensorFlow to prepare.
+# cifar10 without download: the `tfds build` hint, which must say that the build needs TensorFlow too (with download
+# the check is the same one as imagenet2012's, and without it the test would download the real dataset).
 NEEDS_TENSORFLOW = (
+    ('cifar10', (), False),
     ('imagenet2012', ('ILSVRC2012_img_train.tar', 'ILSVRC2012_img_val.tar'), False),
     ('cityscapes/semantic_segmentation', ('leftImg8bit_trainvaltest.zip', 'gtFine_trainvaltest.zip'), False),
 )
