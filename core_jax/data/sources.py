@@ -232,11 +232,14 @@ def tensorflow_installed() -> bool:
   return importlib.util.find_spec('tensorflow') is not None
 
 
+def _install_tensorflow() -> str:
+  """The command that adds TensorFlow to this install (setup.cfg's `tf` extra), and where to run it."""
+  return f"`{sys.executable} -m pip install -c constraints.txt -e '.[tf]'` in {_REPO_ROOT}"
+
+
 def _tensorflow_hint() -> str:
   """What to add to a hint that prepares a TFDS builder's dataset where TensorFlow is missing."""
-  if tensorflow_installed():
-    return ''
-  return f"; both need TensorFlow: `{sys.executable} -m pip install -c constraints.txt -e '.[tf]'` in {_REPO_ROOT}"
+  return '' if tensorflow_installed() else f'; both need TensorFlow: {_install_tensorflow()}'
 
 
 def _check_tensorflow_for(name: str, data_dir: str) -> None:
@@ -248,7 +251,7 @@ def _check_tensorflow_for(name: str, data_dir: str) -> None:
     return
   raise UserError(
       f'preparing dataset {name!r} in {data_dir} needs TensorFlow, which is not installed: run '
-      f"`{sys.executable} -m pip install -c constraints.txt -e '.[tf]'` in {_REPO_ROOT}, then run again"
+      f'{_install_tensorflow()}, then run again'
   )
 
 
