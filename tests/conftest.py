@@ -37,7 +37,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if jax.config.jax_compilation_cache_dir is None:
   jax.config.update('jax_compilation_cache_dir', os.path.join(REPO, '.cache', 'jax'))
 # jax caches only compiles slower than this; the default (1 s) would leave out most of the suite's small programs.
-jax.config.update('jax_persistent_cache_min_compile_time_secs', 0.1)
+# Through os.environ too: the test subprocesses that share a cache directory (a run and its SIGKILLed resume, the
+# toy runs of tests/core/toy_runs.py) then load each other's inits and eval steps instead of compiling them again.
+_MIN_COMPILE_S = os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0.1')
+jax.config.update('jax_persistent_cache_min_compile_time_secs', float(_MIN_COMPILE_S))
 
 
 @pytest.fixture(scope='session')
