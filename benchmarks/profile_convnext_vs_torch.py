@@ -1,7 +1,8 @@
 """ConvNeXt-T's layer kinds one by one, ours (XLA:CPU under ConvNeXt's compute policy) against timm's PyTorch op
 at the same shape, in one process, interleaved round by round, wall and CPU time per call.
 
-  python -m benchmarks.profile_convnext_vs_torch [--batch 32] [--rounds 5] [--modes infer,train] [--threads 2]
+  python -m benchmarks.profile_convnext_vs_torch [--batch 32] [--rounds 5] [--modes infer,train] [--threads 2] \
+      [--set dense_grad=autodiff ...]
 
 Each stage of ConvNeXt-T at 224 (56x56x96, 28x28x192, 14x14x384, 7x7x768) and each layer kind of its blocks:
 the 7x7 depthwise conv with bias (ours NHWC by the policy's depthwise path; timm's ``Conv2d(groups=C)`` on an
@@ -34,12 +35,12 @@ import numpy as np  # noqa: E402
 STAGES = ((56, 96, 3), (28, 192, 3), (14, 384, 9), (7, 768, 3))  # (H = W, C, blocks) of ConvNeXt-T at 224
 
 
-def _ours_ops(n, h, c, mode):
+def _ours_ops(n, h, c, mode, overrides):
   """name -> a no-argument callable running our op once (jitted; train: value and gradient)."""
   from convnext_jax import for_backend, ops  # pylint: disable=import-outside-toplevel
   from convnext_jax.layers import gelu_exact  # pylint: disable=import-outside-toplevel
 
-  compute = for_backend()
+  compute = for_backend(overrides)
   rng = np.random.RandomState(0)
   arr = lambda *shape: jnp.asarray(rng.randn(*shape).astype(np.float32) * 0.1)
   x, x4 = arr(n, h, h, c), arr(n, h, h, 4 * c)
@@ -47,12 +48,14 @@ def _ours_ops(n, h, c, mode):
   w1, w2 = arr(c, 4 * c), arr(4 * c, c)
   prev = arr(n, 2 * h, 2 * h, c // 2)
   ds_k = arr(2, 2, c // 2, c)
+  dot_general = compute.dot_general or jax.lax.dot_general  # as nn.Dense(dot_general=...) in the model
+  dense = lambda x, w, b: dot_general(x, w, (((x.ndim - 1,), (0,)), ((), ()))) + b
   fns = {
       'dwconv 7x7 + bias': (lambda x, k, b: ops.depthwise_conv(compute, x, k, 3) + b, (x, dw_k, vec)),
       'LayerNorm': (lambda x, s, b: ops.layer_norm(compute, x, s, b, 1e-6), (x, vec, vec)),
-      'pwconv1 + bias': (lambda x, w, b: jnp.dot(x, w) + b, (x, w1, vec4)),
+      'pwconv1 + bias': (dense, (x, w1, vec4)),
       'GELU (erf)': (gelu_exact, (x4,)),
-      'pwconv2 + bias': (lambda x, w, b: jnp.dot(x, w) + b, (x4, w2, vec)),
+      'pwconv2 + bias': (dense, (x4, w2, vec)),
   }
   if h != 56:
     fns['downsample (LN + 2x2/2 conv)'] = (
@@ -125,16 +128,17 @@ def _timed(fn):
   return time.perf_counter() - t, time.process_time() - c
 
 
-def measure(batch=32, rounds=5, modes=('infer', 'train'), threads=2) -> list:
+def measure(batch=32, rounds=5, modes=('infer', 'train'), threads=2, overrides=None) -> list:
   """One row per (mode, stage, layer kind): median wall / CPU seconds per call of ours and torch's, and the
-  median of the per-round CPU-time ratios torch / ours (above 1: ours cheaper)."""
+  median of the per-round CPU-time ratios torch / ours (above 1: ours cheaper). ``overrides``: compute policy
+  fields for ours (``convnext_jax.for_backend``), e.g. {'dense_grad': 'autodiff'}."""
   import torch  # pylint: disable=import-outside-toplevel
 
   torch.set_num_threads(threads)
   rows = []
   for mode in modes:
     for h, c, blocks in STAGES:
-      contenders = {'ours': _ours_ops(batch, h, c, mode), 'torch': _torch_ops(batch, h, c, mode)}
+      contenders = {'ours': _ours_ops(batch, h, c, mode, overrides), 'torch': _torch_ops(batch, h, c, mode)}
       for fns in contenders.values():
         for f in fns.values():
           f()
@@ -195,6 +199,7 @@ def main():
   p.add_argument('--rounds', type=int, default=5)
   p.add_argument('--modes', default='infer,train')
   p.add_argument('--threads', type=int, default=os.cpu_count(), help="torch's intra-op threads (XLA uses every core)")
+  p.add_argument('--set', action='append', default=[], help='a compute policy field for ours, e.g. dense_grad=autodiff')
   args = p.parse_args()
   modes = tuple(args.modes.split(','))
   if not set(modes) <= {'infer', 'train'} or args.batch < 1 or args.rounds < 1:
@@ -202,7 +207,8 @@ def main():
   print(f'jax {jax.__version__} backend {jax.default_backend()}, batch {args.batch}, {args.rounds} rounds')
   print('| mode | stage | layer | ours wall / CPU ms | torch wall / CPU ms | torch / ours CPU | blocks |')
   print('|---|---|---|---|---|---|---|')
-  rows = measure(args.batch, args.rounds, modes, args.threads)
+  overrides = dict(kv.split('=', 1) for kv in args.set)
+  rows = measure(args.batch, args.rounds, modes, args.threads, overrides)
   print()
   print(summary(rows))
 
