@@ -8,9 +8,9 @@ Builds the benchmark's model (He-scaled random weights, the spatially coherent i
 setting), takes the segment's mask from the exit before it, lists the segment's masked convs (shapes from
 `flax.linen.intercept_methods` under `jax.eval_shape`), and times every distinct conv (input shape, kernel,
 stride, output channels) as its own jitted program: `dense` (`confidence.dense_conv`, what EE+RH computes),
-`sparse` (`confidence.masked_sparse`, the TileSet built inside, as the model builds it once per resolution), and
-`tiles` (the TileSet alone). Prints one row per distinct conv (count, computed fraction, tile fractions, the
-buckets taken, ms each) and the totals per output resolution; the rest of the segment (BN, ReLU, upsampling,
+`sparse` (`confidence.masked_sparse`, the PixelSet built inside, as the model builds it once per resolution), and
+`pixels` (the PixelSet alone). Prints one row per distinct conv (count, computed fraction, the branch taken,
+ms each) and the totals per output resolution; the rest of the segment (BN, ReLU, upsampling,
 the exit's concat) is the segment's time minus the convs'. Run alone on an idle machine: it reads ratios within
 one run, never absolute times across runs.
 """
@@ -44,12 +44,21 @@ def segment_convs(model, variables, x, segment: int) -> list:
   return found
 
 
-def _fill_bucket(tiles) -> int:
-  """The fill stage's lax.switch branch on the grid buffer: 0 nothing, i the i-th capacity, the last dense."""
+BRANCHES = ('plain', 'near-dense', 'scattered', 'filled')  # confidence.sparse_branch's
+
+
+def _branch(pixels, k: int, stride: int, fill: bool, lam: float) -> str:
+  """The branch `masked_sparse` takes, and for the filled one (or without the fill) whether its conv is per pixel."""
   from anytime_jax import confidence  # pylint: disable=import-outside-toplevel
 
-  caps = confidence.capacities(tiles.num_tiles, confidence.FILL_BUCKETS)
-  return int(confidence._bucket_index(tiles.fill_count, caps))  # pylint: disable=protected-access
+  n, count = pixels.mask.size, int(pixels.count)
+  per_pixel = count <= (confidence.PIXEL_MAX if k == 1 and stride == 1 else confidence.PATCH_MAX) * n
+  if count == n:
+    return 'plain'
+  branch = BRANCHES[int(confidence.sparse_branch(pixels, lam**2 >= confidence.SHORT_LAMBDA2))] if fill else 'no fill'
+  if branch in ('filled', 'no fill'):
+    branch += f", {'per pixel' if per_pixel else 'dense'} ({-(-count // pixels.chunk) if per_pixel else '-'} chunks)"
+  return branch
 
 
 def profile(arch='w18_small_v2', height=512, width=1024, setting='tau=0.998', segment=4, repeats=5) -> list:
@@ -82,20 +91,19 @@ def profile(arch='w18_small_v2', height=512, width=1024, setting='tau=0.998', se
     bias = jnp.zeros((f,), jnp.float32) if b else None
     lam = jnp.float32(confidence.LAMBDA_INIT)
     pad = ((k // 2, k // 2), (k // 2, k // 2))
-    tiles = confidence.TileSet(m)
+    pixels = confidence.PixelSet(m)
     fns = {
         'dense': jax.jit(lambda x, kern, bias: confidence.dense_conv(policy, x, kern, bias, (s, s), pad)),
         'sparse': jax.jit(
             lambda x, kern, bias, m: confidence.masked_sparse(policy, x, kern, bias, m, lam, (s, s), pad, fill=fill)
         ),
-        'tiles': jax.jit(lambda m: (lambda t: (t.conv_order, t.fill_order))(confidence.TileSet(m))),
+        'pixels': jax.jit(lambda m: (lambda p: (p.count, p.order))(confidence.PixelSet(m))),
     }
-    args = {'dense': (xin, kernel, bias), 'sparse': (xin, kernel, bias, m), 'tiles': (m,)}
+    args = {'dense': (xin, kernel, bias), 'sparse': (xin, kernel, bias, m), 'pixels': (m,)}
     ms = {}
     for name, fn in fns.items():
       call = lambda fn=fn, a=args[name]: jax.block_until_ready(fn(*a))
       ms[name] = 1e3 * common.time_calls(call, warmup=2, repeats=repeats)['median_s']
-    n = tiles.num_tiles
     rows.append(
         {
             'x': shape,
@@ -105,11 +113,7 @@ def profile(arch='w18_small_v2', height=512, width=1024, setting='tau=0.998', se
             'cout': f,
             'count': count,
             'computed': float(m.mean()),
-            'conv_tiles': int(tiles.conv_count) / n,
-            'fill_tiles': int(tiles.fill_count) / n,
-            'num_tiles': n,
-            'conv_bucket': int(confidence.conv_branch(tiles, k == 1 and s == 1)[0]),
-            'fill_bucket': _fill_bucket(tiles) if fill else '-',
+            'branch': _branch(pixels, k, s, fill, float(lam)),
             **{f'{name}_ms': t for name, t in ms.items()},
         }
     )
@@ -119,15 +123,14 @@ def profile(arch='w18_small_v2', height=512, width=1024, setting='tau=0.998', se
 
 def report(rows, seg_times, segment) -> str:
   lines = [
-      '| input | out | k/s | cout | n | computed | conv tiles | fill tiles | buckets | dense ms | sparse ms | '
-      'tiles ms | sparse/dense |',
-      '|---|---|---|---|---|---|---|---|---|---|---|---|---|',
+      '| input | out | k/s | cout | n | computed | branch | dense ms | sparse ms | pixels ms | sparse/dense |',
+      '|---|---|---|---|---|---|---|---|---|---|---|',
   ]
   for r in rows:
     lines.append(
         f"| {r['x'][1]}x{r['x'][2]}x{r['x'][3]} | {r['out'][0]}x{r['out'][1]} | {r['k']}/{r['stride']} | {r['cout']} | "
-        f"{r['count']} | {r['computed']:.3f} | {r['conv_tiles']:.3f} of {r['num_tiles']} | {r['fill_tiles']:.3f} | "
-        f"{r['conv_bucket']}/{r['fill_bucket']} | {r['dense_ms']:.2f} | {r['sparse_ms']:.2f} | {r['tiles_ms']:.2f} | "
+        f"{r['count']} | {r['computed']:.3f} | {r['branch']} | {r['dense_ms']:.2f} | {r['sparse_ms']:.2f} | "
+        f"{r['pixels_ms']:.2f} | "
         f"{r['sparse_ms'] / r['dense_ms']:.2f} |"
     )
   by_res = collections.defaultdict(lambda: [0.0, 0.0])
