@@ -38,14 +38,10 @@ BN_MOMENTUM = 0.99
 BN_EPS = 1e-5
 
 
-def batch_norm(
-    train: bool, name: str | None, momentum: float = BN_MOMENTUM, dtype: Any = None, **parent
-) -> nn.BatchNorm:
+def batch_norm(train: bool, name: str, momentum: float = BN_MOMENTUM, dtype: Any = None) -> nn.BatchNorm:
   """BatchNorm with float32 statistics and parameters; its output in `dtype` (None: the promoted input and
-  parameter dtype). `parent=None`: an unbound module, for `apply` on given variables."""
-  return nn.BatchNorm(
-      use_running_average=not train, momentum=momentum, epsilon=BN_EPS, name=name, dtype=dtype, **parent
-  )
+  parameter dtype)."""
+  return nn.BatchNorm(use_running_average=not train, momentum=momentum, epsilon=BN_EPS, name=name, dtype=dtype)
 
 
 def exit_input(branches) -> jax.Array:
@@ -115,7 +111,8 @@ class OriginalExit(nn.Module):
     run on the kept pixels alone, in chunks (`confidence.PixelSet.loop`) up to `confidence.PIXEL_MAX` of the
     pixels, above at every pixel. Skipped pixels' logits are 0, as the masked conv's without the fill;
     kept ones equal the masked-dense exit's. MACs are counted and sown as the two masked convs'."""
-    params, stats = self.variables['params'], self.variables['batch_stats']['bn1']
+    params = self.variables['params']
+    bn1 = batch_norm(False, 'bn1', self.bn_momentum, self.dtype)  # eval mode: its running statistics
     x0 = branches[0]
     bsz, h, w, _ = x0.shape
     cin = sum(b.shape[-1] for b in branches)
@@ -130,12 +127,7 @@ class OriginalExit(nn.Module):
         kernel, bias = params[name]['kernel'].astype(y.dtype), params[name]['bias'].astype(y.dtype)
         return confidence.dense_conv(self.compute, y, kernel, bias, (1, 1), ((0, 0), (0, 0)))
 
-      y = conv(feats, 'conv0')
-      # bn1's own eval-mode BatchNorm, unbound and applied to its variables: a bound module cannot be called inside
-      # the lax.switch's branches (Flax refuses a scope used at another trace level)
-      bn1 = batch_norm(False, None, self.bn_momentum, self.dtype, parent=None)
-      y = bn1.apply({'params': params['bn1'], 'batch_stats': stats}, y)
-      return conv(nn.relu(y), 'conv3')
+      return conv(nn.relu(bn1(conv(feats, 'conv0'))), 'conv3')
 
     pixels = masks.pixels(h, w)
 

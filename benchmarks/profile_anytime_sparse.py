@@ -13,6 +13,11 @@ stride, output channels) as its own jitted program: `dense` (`confidence.dense_c
 ms each) and the totals per output resolution; the rest of the segment (BN, ReLU, upsampling,
 the exit's concat) is the segment's time minus the convs'. Run alone on an idle machine: it reads ratios within
 one run, never absolute times across runs.
+
+  python -m benchmarks.profile_anytime_sparse --demo-compile
+
+instead prints the CPU time of tracing and compiling the digit_scenes demo's eval forward (configs/anytime/
+digit_scenes.py: batch 50 at 64x128, its XLA options) masked-dense and sparse, twice each.
 """
 
 import argparse
@@ -150,8 +155,43 @@ def report(rows, seg_times, segment) -> str:
   return '\n'.join(lines)
 
 
+def demo_compile_seconds(masked_conv: str) -> dict:
+  """Tracing and compiling the digit_scenes demo's eval forward (its config, batch eval_batch_size at 64x128, its
+  XLA options) with `masked_conv`: {'trace': s, 'compile': s}, CPU time of this process (process_time)."""
+  import os  # pylint: disable=import-outside-toplevel
+  import time  # pylint: disable=import-outside-toplevel
+
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  from anytime_jax import task as task_lib  # pylint: disable=import-outside-toplevel
+  from core_jax import cli  # pylint: disable=import-outside-toplevel
+
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  config = cli.load_config_file(os.path.join(root, 'configs', 'anytime', 'digit_scenes.py'))
+  config.compute.masked_conv = masked_conv
+
+  class Info:
+    num_classes = 11
+
+  model = task_lib.AnytimeSegTask(config, Info()).build_model()
+  v = dict(jax.eval_shape(model.init, jax.random.PRNGKey(0), jnp.zeros((1, 64, 128, 3))))
+  v['constants'] = {'tau': jax.ShapeDtypeStruct((), jnp.float32)}
+  x = jax.ShapeDtypeStruct((config.eval_batch_size, 64, 128, 3), jnp.float32)
+  t0 = time.process_time()
+  lowered = jax.jit(lambda v, x: model.apply(v, x)).lower(v, x)
+  t1 = time.process_time()
+  lowered.compile(dict(config.get('xla_compiler_options', None) or {}))
+  return {'trace': t1 - t0, 'compile': time.process_time() - t1}
+
+
 def main():
   p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p.add_argument(
+      '--demo-compile',
+      action='store_true',
+      help="instead: the CPU seconds of tracing and compiling the digit_scenes demo's eval forward, dense and sparse",
+  )
   p.add_argument('--arch', default='w18_small_v2')
   p.add_argument('--height', type=int, default=512)
   p.add_argument('--width', type=int, default=1024)
@@ -159,6 +199,10 @@ def main():
   p.add_argument('--segment', type=int, default=4, choices=(2, 3, 4))
   p.add_argument('--repeats', type=int, default=5)
   args = p.parse_args()
+  if args.demo_compile:
+    for kind in ('dense', 'sparse', 'dense', 'sparse'):  # twice each, interleaved: the machine's load drifts
+      print(kind, {k: f'{t:.1f} s' for k, t in demo_compile_seconds(kind).items()}, flush=True)
+    return
   rows, seg_times = profile(args.arch, args.height, args.width, args.setting, args.segment, args.repeats)
   print(report(rows, seg_times, args.segment))
 
