@@ -18,9 +18,10 @@ Contract (the released ADP-C code, `conv_mask_uniform` + `set_part_masks`):
   (`masked_dense`, the released code's formulation) computes the dense conv y (bias included), keeps y where
   mask == 1 and fills masked positions with the 7x7 depthwise RBF interpolation of y * mask: weights
   exp(-lambda^2 d^2) with the centre's d^2 set to 1e5, normalised by the full kernel sum + 1e-5. 'sparse'
-  (`masked_sparse`) gives the same outputs (to float32 rounding) computing the conv only on the kept pixels (few
-  of them, or a 1 x 1 conv) or on the 8 x 8 tiles that keep a pixel, and the fill only next to kept pixels, or,
-  where (nearly) every pixel is kept, the plain conv and the fill at the few skipped pixels only (section below);
+  (`masked_sparse`) gives the same outputs (to float32 rounding) computing the conv only at the kept pixels (few
+  of them, or a 1 x 1 conv; a loop over chunks of them, its trip count traced) and the fill only next to few kept
+  pixels, or, where (nearly) every pixel is kept, the plain conv and the fill at the few skipped pixels only
+  (section below);
   `Conv.fill_read=False` lets it skip a fill that no consumer reads; a MaskSet built with train=True (the training
   forward) always takes 'dense', whose gradients are the reference's.
 - Dense convs (`dense_conv`) compute as the policy says (`Compute.conv`); `AUTO` / `for_backend` give the
@@ -45,7 +46,7 @@ import numpy as np
 from jax import lax
 
 from core_jax import counting
-from core_jax.compute import Compute, materialized, on_cpu, resolve
+from core_jax.compute import Compute, on_cpu, resolve
 from core_jax.errors import check_fraction
 
 RBF_SIZE = 7
@@ -99,7 +100,7 @@ class MaskSet:
     self.mask = mask
     self.train = train  # training computes every masked conv masked-dense, whatever the policy
     self._cache: dict[tuple[int, int], jax.Array] = {}
-    self._tiles: dict[tuple[int, int], Any] = {}
+    self._pixels: dict[tuple[int, int], Any] = {}
 
   def at(self, h: int, w: int) -> jax.Array:
     if (h, w) not in self._cache:
@@ -109,11 +110,11 @@ class MaskSet:
       self._cache[(h, w)] = self.mask if (h, w) == (big_h, big_w) else resize_mask_nearest(self.mask, h, w)
     return self._cache[(h, w)]
 
-  def tiles(self, h: int, w: int) -> 'TileSet':
-    """The mask at (h, w) as the sparse masked conv's `TileSet`, built once per size."""
-    if (h, w) not in self._tiles:
-      self._tiles[(h, w)] = TileSet(self.at(h, w))
-    return self._tiles[(h, w)]
+  def pixels(self, h: int, w: int) -> 'PixelSet':
+    """The mask at (h, w) as the sparse masked conv's `PixelSet`, built once per size."""
+    if (h, w) not in self._pixels:
+      self._pixels[(h, w)] = PixelSet(self.at(h, w))
+    return self._pixels[(h, w)]
 
   @property
   def fraction(self) -> jax.Array:
@@ -258,49 +259,37 @@ def masked_dense(compute: Compute, x, kernel, bias, mask, rbf_lambda, strides, p
 # --------------------------------------------------------------------------------------
 # The sparse masked conv (compute.masked_conv='sparse'): same outputs, work in proportion to the mask
 # --------------------------------------------------------------------------------------
-# Outputs are cut into TILE x TILE tiles (at every conv's output resolution). The conv runs, as one dense VALID
-# conv over a stack of gathered input windows, on the tiles that keep at least one pixel; the RBF fill on the
-# tiles that skip a pixel within SHORT_RADIUS of a kept one (elsewhere the fill is 0 to float32 rounding, or not
-# needed). The fill's weights exp(-lambda^2 d^2) beyond that radius sum to at most RBF_TAIL_TAPS *
-# exp(-4 lambda^2) <= SHORT_TAIL of the largest value (lambda^2 >= SHORT_LAMBDA2; the init 3.0 gives 1e-14):
-# below float32 rounding, so the 3 x 3 taps give the 7 x 7 fill's values, and fill tiles are only those bordering
-# kept pixels. A smaller lambda (a trained one may be) takes the whole 7 x 7 fill, densely. The number of
-# tiles is dynamic, so each stack has a static capacity, the smallest of a few compiled buckets (fractions of
-# all tiles) that holds it, chosen by `lax.switch` (a conditional runs one branch); a count of 0 computes
-# nothing, and above the largest bucket the branch is the dense computation. Both stages work on one NHWC
-# buffer padded by the RBF radius: the conv's tiles are scattered into it and the fill's windows gathered from
-# it and scatter-added back in place (a tile-major layout cost two transposes of the whole tensor per conv).
-# Per-pixel gathers for every fraction (im2col of the kept pixels) were measured 3x slower than masked-dense on
-# XLA:CPU (W18-Small-v2, 256x512): its gathers copy one short channel row per tap. They are used below a few
-# percent of the pixels only (or for 1 x 1 convs, one tap), where tiles lose instead (PIXEL_BUCKETS below).
-TILE = 8
+# Per pixel: a kept pixel's conv reads its k x k input window, so computed per pixel (the window's rows gathered, one
+# matmul) it costs in proportion to the kept pixels whatever their layout. The kept pixels come first in one ordered
+# list over the whole batch (per-example masks, one list), and a loop with a traced trip count runs over it in chunks
+# of CHUNK_FRACTION of the positions: XLA's shapes are static, its while loops' trip counts are not, so one compiled
+# chunk does the work of every count (rounded up to a chunk). The earlier static capacities (a lax.switch branch per
+# bucket, and 8 x 8 tile stacks for the larger fractions) compiled about 20 branch bodies into every masked conv: the
+# sparse eval program of the digit_scenes demo compiled in 13x the CPU time of the dense one, and on real masks (the
+# demo's model at tau 0.998 / 0.99 / 0.95 / 0.9, the benchmark's W18-Small-v2 at 512x1024 at tau=0.998 and at the
+# paper's fractions) the tile branches were taken by no 3 x 3 conv at 512x1024 (a 38 % mask keeps a pixel in more
+# than 90 % of the 8 x 8 tiles: the dense branch ran instead). A gather copies one row of channels per tap, so per
+# pixel wins at small fractions and for 1 x 1 convs (one tap): up to PIXEL_MAX of the pixels for a 1 x 1 conv of
+# stride 1, PATCH_MAX for the others; above, the dense conv times the mask.
+# The RBF fill's weights exp(-lambda^2 d^2) beyond SHORT_RADIUS sum to at most RBF_TAIL_TAPS * exp(-4 lambda^2) <=
+# SHORT_TAIL of the largest value (lambda^2 >= SHORT_LAMBDA2; the init 3.0 gives 1e-14): below float32 rounding, so
+# the 3 x 3 taps give the 7 x 7 fill's values. At SCATTER_FILL_MAX of the pixels or fewer the short fill is scattered
+# from the kept pixels (`_scatter_fill`), so that the branch's whole cost follows them; above, it is the separable
+# 3 + 3 pass over the map (`_short_fill`). A smaller lambda (a trained one may be) takes the whole 7 x 7 fill of the
+# reference (`rbf_fill`).
+# Near-dense: where (nearly) every pixel is kept (a segment after a confident-nowhere exit) every pixel kept is the
+# plain conv EE+RH computes, and at most NEAR_MAX skipped (short fill) the plain conv with the fill computed at the
+# skipped pixels only (`_near_dense_fill`: each one's 3 x 3 neighbourhood gathered), a cost in proportion to them.
+CHUNK_FRACTION = 1 / 32
+MIN_CHUNK = 64
 SHORT_RADIUS = 1
 RBF_TAIL_TAPS = RBF_SIZE**2 - (2 * SHORT_RADIUS + 1) ** 2  # the taps the short fill leaves out
 SHORT_TAIL = 1e-7
 SHORT_LAMBDA2 = math.log(RBF_TAIL_TAPS / SHORT_TAIL) / (SHORT_RADIUS + 1) ** 2
-CONV_BUCKETS = (0.25, 0.5, 0.75, 0.9)
-FILL_BUCKETS = (0.125, 0.25, 0.5)
-# Per pixel: a kept pixel's conv reads its k x k input window, so computed per pixel (the window's rows gathered,
-# one matmul) it costs in proportion to the kept pixels whatever their layout, where a tile costs its whole area as
-# soon as one of its pixels is kept (at tau=0.998 on W18-Small-v2 the 5.4 % kept pixels hit 87 % of the 8 x 8
-# tiles: benchmarks/ANALYSIS.md). A gather copies one row of channels per tap, so per pixel wins at small
-# fractions and for 1 x 1 convs (one tap, no halo): capacities PIXEL_BUCKETS for a 1 x 1 conv of stride 1,
-# PATCH_BUCKETS for the others (the tiles above the largest). At SCATTER_FILL_MAX of the pixels or fewer the short
-# fill is scattered from the kept pixels too (`_pixel_fill`), so that such a branch's whole cost follows them.
-# Few buckets: every capacity is a branch compiled into every masked conv, and the sparse program already compiles
-# several times longer than the dense one. But a pixel branch's gathers and scattered fill cost in proportion to its
-# capacity, not to its count, so the k x k capacities are a factor 2 apart (at most half the rows wasted): with 5.4 %
-# of the pixels kept (tau=0.998 after exit 3, W18-Small-v2 at 512x1024) the 1 / 16 capacity took a 3 x 3 masked
-# conv at 1/4 (128 x 256 x 18) from 3.9 to 2.5 ms (the dense conv: 2.7 ms), 1.2 -> 0.8 ms at 1/8.
-PIXEL_BUCKETS = (1 / 16, 1 / 4, 1 / 2)
-PATCH_BUCKETS = (1 / 32, 1 / 16, 1 / 8)
+PIXEL_MAX = 1 / 2
+PATCH_MAX = 1 / 8
 SCATTER_FILL_MAX = 1 / 8
-# Near-dense: where (nearly) every pixel is kept (a segment after a confident-nowhere exit), the branches above cost
-# the dense conv plus their machinery (the mask product, the padded grid buffer, the tile fill over it), well above
-# the plain conv that EE+RH computes. So every pixel kept is the plain conv alone, and few skipped pixels (at most
-# a NEAR_BUCKETS fraction, short fill only) are the plain conv with the fill computed at the skipped pixels only
-# (`_near_dense_fill`: each one's 3 x 3 neighbourhood gathered), a cost in proportion to the skipped pixels.
-NEAR_BUCKETS = (1 / 64, 1 / 16)
+NEAR_MAX = 1 / 16
 
 
 def _ordered(flags: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -313,126 +302,34 @@ def _ordered(flags: jax.Array) -> tuple[jax.Array, jax.Array]:
   return count, jnp.zeros((n,), jnp.int32).at[rank].set(jnp.arange(n, dtype=jnp.int32), unique_indices=True)
 
 
-class TileSet:
-  """One mask (B, h, w) in the form the sparse masked conv uses, built once per mask and output size (the
-  `MaskSet` caches it, so every conv of a segment at one resolution shares it). Tiles th x tw (TILE, or the
-  whole side when smaller) over the output grid padded to whole tiles (the padding is skipped pixels), the batch
-  flattened into one list of B * nh * nw tiles (per-example masks, one stack):
-  - `conv_count`, `conv_order`: tiles with a kept pixel, first in `conv_order`;
-  - `fill_count`, `fill_order`: tiles with a skipped pixel within SHORT_RADIUS of a kept one, first."""
+class PixelSet:
+  """One mask (B, h, w) in the form the sparse masked conv uses, built once per mask and output size (the `MaskSet`
+  caches it, so every conv of a segment at one resolution shares it): `count` kept pixels, `order` the flat positions
+  (over B * h * w) kept first, and the chunk the loops over them take (`CHUNK_FRACTION` of the positions, at least
+  MIN_CHUNK, at most all)."""
 
   def __init__(self, mask: jax.Array):
     self.mask = mask
-    bsz, h, w = mask.shape
-    self.th, self.tw = min(TILE, h), min(TILE, w)
-    self.nh, self.nw = -(-h // self.th), -(-w // self.tw)
-    grid = jnp.pad(mask > 0.5, ((0, 0), (0, self.nh * self.th - h), (0, self.nw * self.tw - w)))
-    self.grid_mask = grid
-    r, n = SHORT_RADIUS, 2 * SHORT_RADIUS + 1
-    near = lax.reduce_window(grid, False, lax.bitwise_or, (1, n, n), (1, 1, 1), ((0, 0), (r, r), (r, r)))
-    tiles = lambda a: a.reshape(bsz, self.nh, self.th, self.nw, self.tw).any(axis=(2, 4))
-    self.conv_count, self.conv_order = _ordered(tiles(grid))
-    self.fill_count, self.fill_order = _ordered(tiles(near & ~grid))
+    self.count, self.order = _ordered(mask > 0.5)
+    n = mask.size
+    self.chunk = min(n, max(MIN_CHUNK, math.ceil(n * CHUNK_FRACTION)))
+    self._padded = -(-n // self.chunk) * self.chunk
 
-  @property
-  def num_tiles(self) -> int:
-    return self.mask.shape[0] * self.nh * self.nw
+  def loop(self, body: Callable, init, kept: bool = True):
+    """`body(rows, carry)` over the kept pixels (`kept`) or the skipped ones, `chunk` rows at a time: ceil(count /
+    chunk) iterations (a traced trip count: 0 runs none). A chunk past the last pixel of its kind is filled up with
+    pixels of the other kind (padded with the last / first of `order` where the positions run out), whose rows the
+    bodies give no effect."""
+    n = self.mask.size
+    order = self.order if kept else self.order[::-1]
+    order = jnp.concatenate([order, jnp.broadcast_to(order[-1], (self._padded - n,))]) if self._padded > n else order
+    count = self.count if kept else n - self.count
+    step = lambda i, carry: body(lax.dynamic_slice_in_dim(order, i * self.chunk, self.chunk), carry)
+    return lax.fori_loop(0, (count + self.chunk - 1) // self.chunk, step, init)
 
-  @functools.cached_property
-  def pixels(self) -> tuple[jax.Array, jax.Array]:
-    """(count, order) of the kept pixels over the flat (B * h * w) positions, kept first (the 1 x 1 conv's)."""
-    return _ordered(self.mask > 0.5)
-
-  def to_tiles(self, a: jax.Array) -> jax.Array:
-    """(B, nh*th, nw*tw, ...) -> (B*nh*nw, th, tw, ...)."""
-    b, rest = a.shape[0], a.shape[3:]
-    a = a.reshape(b, self.nh, self.th, self.nw, self.tw, *rest)
-    return jnp.moveaxis(a, 3, 2).reshape(b * self.nh * self.nw, self.th, self.tw, *rest)
-
-  def from_tiles(self, a: jax.Array) -> jax.Array:
-    """`to_tiles`' inverse."""
-    b, rest = self.mask.shape[0], a.shape[3:]
-    a = jnp.moveaxis(a.reshape(b, self.nh, self.nw, self.th, self.tw, *rest), 3, 2)
-    return a.reshape(b, self.nh * self.th, self.nw * self.tw, *rest)
-
-  def origins(self, tiles: jax.Array, scale: int, offset: int = 0) -> jax.Array:
-    """(K, 3) start indices (b, offset + scale * i * th, offset + scale * j * tw) of tiles (b, i, j) (flat ids)."""
-    b, rest = tiles // (self.nh * self.nw), tiles % (self.nh * self.nw)
-    i, j = rest // self.nw, rest % self.nw
-    return jnp.stack([b, offset + scale * i * self.th, offset + scale * j * self.tw], axis=-1).astype(jnp.int32)
-
-  def windows(self, a: jax.Array, tiles: jax.Array, stride: int, size: tuple[int, int], offset: int = 0) -> jax.Array:
-    """The (size) windows of `a` (B, H, W, C) at tile (b, i, j)'s origin (offset + stride * i * th, offset +
-    stride * j * tw): (K, *size, C), one gather."""
-    dnums = lax.GatherDimensionNumbers(offset_dims=(1, 2, 3), collapsed_slice_dims=(0,), start_index_map=(0, 1, 2))
-    return lax.gather(
-        a,
-        self.origins(tiles, stride, offset),
-        dnums,
-        (1, *size, a.shape[-1]),
-        indices_are_sorted=False,
-        mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS,
-    )
-
-  def kept(self, tiles: jax.Array, dtype) -> jax.Array:
-    """The mask of tiles (flat ids) as (K, th, tw, 1) in `dtype`."""
-    return self.to_tiles(self.grid_mask)[tiles][..., None].astype(dtype)
-
-
-_TILE_SCATTER = lax.ScatterDimensionNumbers(
-    update_window_dims=(1, 2, 3), inserted_window_dims=(0,), scatter_dims_to_operand_dims=(0, 1, 2)
-)
-
-
-def _scatter_tiles(op, buffer: jax.Array, tiles: TileSet, rows: jax.Array, values: jax.Array) -> jax.Array:
-  """`op` (lax.scatter or lax.scatter_add) of the tile stack `values` (K, th, tw, C) into `buffer` (the output
-  grid padded by the RBF radius on every side) at the tiles `rows` (distinct, so the windows never overlap)."""
-  return op(
-      buffer,
-      tiles.origins(rows, 1, RBF_SIZE // 2),
-      values,
-      _TILE_SCATTER,
-      indices_are_sorted=False,
-      unique_indices=True,
-      mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS,
-  )
-
-
-def capacities(n: int, fractions) -> tuple[int, ...]:
-  """The static tile capacities for n tiles (distinct, 0 < cap < n; the dense branch covers the rest)."""
-  return tuple(sorted({c for c in (math.ceil(f * n) for f in fractions) if 0 < c < n}))
-
-
-def bucket_index(count: jax.Array, caps: tuple[int, ...]) -> jax.Array:
-  """Index of the smallest capacity >= count (0 for no tile, caps[i] at i + 1); len(caps) + 1 (the dense branch)
-  when none is."""
-  return jnp.sum(count > jnp.asarray((0, *caps), jnp.int32)).astype(jnp.int32)
-
-
-def _grid_buffer(tiles: TileSet, a: jax.Array) -> jax.Array:
-  """`a` (B, h, w, C) on the output grid padded by the RBF radius (the layout both stages share)."""
-  r = RBF_SIZE // 2
-  h, w = a.shape[1:3]
-  return jnp.pad(a, ((0, 0), (r, r + tiles.nh * tiles.th - h), (r, r + tiles.nw * tiles.tw - w), (0, 0)))
-
-
-def _tiled_conv(compute: Compute, x, kernel, bias, tiles: TileSet, cap: int, stride: int, padding) -> jax.Array:
-  """The conv (+ bias) times the mask in the padded grid buffer (`_grid_buffer`), computed on the first `cap`
-  tiles of `conv_order` only (every tile with a kept pixel when conv_count <= cap; the others are all skipped
-  pixels, so their product with the mask is 0 whichever they are)."""
-  k, cout = kernel.shape[0], kernel.shape[-1]
-  r = RBF_SIZE // 2
-  (pt, _), (pl, _) = padding
-  win_h, win_w = stride * (tiles.th - 1) + k, stride * (tiles.tw - 1) + k
-  need_h, need_w = stride * (tiles.nh * tiles.th - 1) + k, stride * (tiles.nw * tiles.tw - 1) + k
-  xp = jnp.pad(x, ((0, 0), (pt, need_h - x.shape[1] - pt), (pl, need_w - x.shape[2] - pl), (0, 0)))
-  rows = tiles.conv_order[:cap]
-  y = compute.conv(tiles.windows(xp, rows, stride, (win_h, win_w)), kernel, (stride, stride))
-  if bias is not None:
-    y = y + bias.astype(y.dtype)
-  y = y * tiles.kept(rows, y.dtype)
-  buffer = jnp.zeros((x.shape[0], tiles.nh * tiles.th + 2 * r, tiles.nw * tiles.tw + 2 * r, cout), y.dtype)
-  return _scatter_tiles(lax.scatter, buffer, tiles, rows, y)
+  def at_rows(self, rows: jax.Array, dtype) -> jax.Array:
+    """The mask at the flat positions `rows`, (len(rows), 1) in `dtype`."""
+    return self.mask.reshape(-1).at[rows].get(mode='promise_in_bounds')[:, None].astype(dtype)
 
 
 def _grid_ids(rows: jax.Array, h: int, w: int, grid: tuple[int, int], offset: int = 0, stride: int = 1) -> jax.Array:
@@ -443,43 +340,40 @@ def _grid_ids(rows: jax.Array, h: int, w: int, grid: tuple[int, int], offset: in
   return b * (gh * gw) + (offset + stride * (rest // w)) * gw + offset + stride * (rest % w)
 
 
-def _pixel_conv(compute: Compute, x, kernel, bias, tiles: TileSet, cap: int, stride: int, padding):
-  """(rows, y): the first `cap` pixels of `tiles.pixels` (flat ids over B * h * w: every kept pixel when their count
-  <= cap; the others are skipped) and the conv (+ bias) times the mask there, (cap, C_out): each pixel's k x k input
-  window gathered (a row of channels per tap) and one matmul; a 1 x 1 conv of stride 1 gathers the rows of x."""
-  bsz, h, w = tiles.mask.shape
-  k, cin = kernel.shape[0], x.shape[-1]
-  rows = tiles.pixels[1][:cap]
-  if k == 1 and stride == 1:
-    picked = x.reshape(-1, cin).at[rows].get(mode='promise_in_bounds')
-  else:
-    (pt, _), (pl, _) = padding
-    need_h, need_w = stride * (h - 1) + k, stride * (w - 1) + k
-    xp = jnp.pad(x, ((0, 0), (pt, max(0, need_h - x.shape[1] - pt)), (pl, max(0, need_w - x.shape[2] - pl)), (0, 0)))
-    wx = xp.shape[2]
-    origin = _grid_ids(rows, h, w, xp.shape[1:3], stride=stride)
-    di, dj = np.divmod(np.arange(k * k), k)
-    taps = origin[:, None] + jnp.asarray(di * wx + dj, jnp.int32)[None]
-    picked = xp.reshape(-1, cin).at[taps].get(mode='promise_in_bounds').reshape(cap, k * k * cin)
+def _pixel_conv(compute: Compute, xp, kernel, bias, pixels: PixelSet, rows, stride: int) -> jax.Array:
+  """The conv (+ bias) times the mask at the pixels `rows` (flat ids over B * h * w), (len(rows), C_out): each
+  pixel's k x k input window gathered from the padded input `xp` (`_padded_input`; a row of channels per tap) and
+  one matmul; a 1 x 1 conv of stride 1 gathers the rows of x."""
+  _, h, w = pixels.mask.shape
+  k, cin = kernel.shape[0], xp.shape[-1]
+  origin = _grid_ids(rows, h, w, xp.shape[1:3], stride=stride)
+  di, dj = np.divmod(np.arange(k * k), k)
+  taps = origin[:, None] + jnp.asarray(di * xp.shape[2] + dj, jnp.int32)[None]
+  picked = xp.reshape(-1, cin).at[taps].get(mode='promise_in_bounds').reshape(rows.shape[0], k * k * cin)
   y = compute.conv(picked[None, :, None], kernel.reshape(1, 1, k * k * cin, -1), (1, 1), ((0, 0), (0, 0)))[0, :, 0]
   if bias is not None:
     y = y + bias.astype(y.dtype)
-  return rows, y * tiles.mask.reshape(-1).at[rows].get(mode='promise_in_bounds')[:, None].astype(y.dtype)
+  return y * pixels.at_rows(rows, y.dtype)
 
 
-def _pixels_to_grid(tiles: TileSet, rows, y, padded: bool) -> jax.Array:
-  """Pixel rows `y` (K, C) at flat ids `rows` (distinct) scattered into zeros: the padded grid buffer
-  (`_grid_buffer`) when `padded`, else (B, h, w, C)."""
-  bsz, h, w = tiles.mask.shape
-  cout = y.shape[-1]
-  if not padded:
-    out = jnp.zeros((bsz * h * w, cout), y.dtype).at[rows].set(y, unique_indices=True, mode='promise_in_bounds')
-    return out.reshape(bsz, h, w, cout)
-  r = RBF_SIZE // 2
-  grid_h, grid_w = tiles.nh * tiles.th + 2 * r, tiles.nw * tiles.tw + 2 * r
-  flat = _grid_ids(rows, h, w, (grid_h, grid_w), r)
-  out = jnp.zeros((bsz * grid_h * grid_w, cout), y.dtype).at[flat].set(y, unique_indices=True, mode='promise_in_bounds')
-  return out.reshape(bsz, grid_h, grid_w, cout)
+def _padded_input(x, k: int, stride: int, padding, h: int, w: int) -> jax.Array:
+  """x with the conv's zero padding, cut or extended so that every output pixel's window lies inside."""
+  (pt, _), (pl, _) = padding
+  need_h, need_w = stride * (h - 1) + k, stride * (w - 1) + k
+  return jnp.pad(x, ((0, 0), (pt, max(0, need_h - x.shape[1] - pt)), (pl, max(0, need_w - x.shape[2] - pl)), (0, 0)))
+
+
+def _kept_conv(compute: Compute, x, kernel, bias, pixels: PixelSet, stride: int, padding) -> jax.Array:
+  """(B, h, w, C_out): the conv (+ bias) at the kept pixels, 0 at skipped ones, computed at the kept pixels only
+  (`PixelSet.loop`)."""
+  bsz, h, w = pixels.mask.shape
+  xp = _padded_input(x, kernel.shape[0], stride, padding, h, w)
+  cout = kernel.shape[-1]
+
+  def body(rows, out):
+    return out.at[rows].set(_pixel_conv(compute, xp, kernel, bias, pixels, rows, stride), mode='promise_in_bounds')
+
+  return pixels.loop(body, jnp.zeros((bsz * h * w, cout), x.dtype)).reshape(bsz, h, w, cout)
 
 
 def _short_windows(mask: jax.Array, rows: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -494,205 +388,119 @@ def _short_windows(mask: jax.Array, rows: jax.Array) -> tuple[jax.Array, jax.Arr
   return ids, jnp.pad(mask, ((0, 0), (r, r), (r, r))).reshape(-1).at[ids].get(mode='promise_in_bounds')
 
 
-def _pixel_fill(tiles: TileSet, rows, y, rbf_lambda) -> jax.Array:
-  """(B, h, w, C): the pixel rows `y` at their pixels plus the short RBF fill scattered from them (each kept pixel
-  adds its value times the fill's weight to its neighbours within SHORT_RADIUS that are skipped: the same sums as
-  `_tiled_fill`, gathered from the other side), one scatter-add of (2 SHORT_RADIUS + 1)^2 rows per pixel."""
+def _scatter_fill(compute: Compute, x, kernel, bias, pixels: PixelSet, rbf_lambda, stride: int, padding):
+  """(B, h, w, C_out): the conv at the kept pixels plus the short RBF fill scattered from them (each kept pixel adds
+  its value times the fill's weight to its neighbours within SHORT_RADIUS that are skipped: the same sums as the
+  separable fill, gathered from the other side), a scatter-add of (2 SHORT_RADIUS + 1)^2 rows per kept pixel."""
   r = SHORT_RADIUS
-  mask = tiles.mask
+  mask = pixels.mask
   bsz, h, w = mask.shape
   hb, wb = h + 2 * r, w + 2 * r
+  cout = kernel.shape[-1]
+  xp = _padded_input(x, kernel.shape[0], stride, padding, h, w)
   di, dj = np.divmod(np.arange((2 * r + 1) ** 2), 2 * r + 1)
-  targets, kept = _short_windows(mask, rows)
-  skipped = 1 - kept
   g, norm = _separable_taps(rbf_lambda, r, jnp.float32)
   weights = g[di] * g[dj] * norm
-  coef = jnp.where(jnp.asarray((di == r) & (dj == r))[None], 1.0, weights[None] * skipped).astype(y.dtype)
-  values = (y[:, None, :] * coef[..., None]).reshape(-1, y.shape[-1])
-  out = jnp.zeros((bsz * hb * wb, y.shape[-1]), y.dtype).at[targets.reshape(-1)].add(values, mode='promise_in_bounds')
-  return out.reshape(bsz, hb, wb, -1)[:, r : r + h, r : r + w]
+  centre = jnp.asarray((di == r) & (dj == r))[None]
+
+  def body(rows, out):
+    y = _pixel_conv(compute, xp, kernel, bias, pixels, rows, stride)  # 0 at the skipped pixels a chunk ends with
+    targets, kept = _short_windows(mask, rows)
+    coef = jnp.where(centre, 1.0, weights[None] * (1 - kept)).astype(y.dtype)
+    values = (y[:, None, :] * coef[..., None]).reshape(-1, cout)
+    return out.at[targets.reshape(-1)].add(values, mode='promise_in_bounds')
+
+  out = pixels.loop(body, jnp.zeros((bsz * hb * wb, cout), x.dtype))
+  return out.reshape(bsz, hb, wb, cout)[:, r : r + h, r : r + w]
 
 
-def _separable_rbf(yp: jax.Array, rbf_lambda: jax.Array, h: int, w: int, r: int) -> jax.Array:
-  """The RBF interpolation (without the mask terms) of windows `yp` (..., h + 2r, w + 2r, C) padded by r, with
-  the taps within r (r = 3: all; normalised by the whole 7 x 7 kernel's sum, as the reference): 2r + 1 taps along
-  the width into a buffer of its own (`materialized`: XLA:CPU would otherwise fuse them into each tap along the
-  height, (2r + 1)^2 multiply-adds per value), then 2r + 1 along the height."""
-  g, norm = _separable_taps(rbf_lambda, r, yp.dtype)
-  rows = materialized(lambda yp, g: _tap_sum(g, yp, yp.ndim - 2, w), yp, g)
-  return _tap_sum(g, rows, rows.ndim - 3, h) * norm
+def _short_fill(ym: jax.Array, mask: jax.Array, rbf_lambda) -> jax.Array:
+  """`rbf_fill` of `ym` (the conv times the mask) with the taps within SHORT_RADIUS only (lambda^2 >= SHORT_LAMBDA2:
+  the same values to float32 rounding), as the separable 3 + 3 pass of `_fill_sum`."""
+  m = mask[..., None].astype(ym.dtype)
+  g, norm = _separable_taps(rbf_lambda, SHORT_RADIUS, ym.dtype)
+  return ym + _fill_sum(g, _fill_sum(g, ym, 2), 1) * norm * (1 - m)
 
 
-def _tiled_fill(ymp, tiles: TileSet, rbf_lambda, cap: int) -> jax.Array:
-  """The padded grid buffer `ymp` (the conv, 0 at skipped pixels) with the short RBF fill (taps within
-  SHORT_RADIUS) added at the skipped pixels of the first `cap` tiles of `fill_order` (every tile that has a nonzero
-  fill when fill_count <= cap; in the others the fill is 0 or falls on kept pixels, where it is not added). The
-  windows are read before any tile is written (one gather, one scatter-add), so every fill sees the conv's values
-  only."""
+def _near_dense_fill(y: jax.Array, pixels: PixelSet, rbf_lambda) -> jax.Array:
+  """`masked_dense`'s output from the dense conv `y` (B, h, w, C) when few pixels are skipped: `y` with the short RBF
+  fill written at the skipped pixels (`PixelSet.loop` over them; a chunk's rows past them are kept pixels, which
+  keep their `y`), each from its (2 SHORT_RADIUS + 1)^2 neighbours gathered from `y` (their ids clamped to the image;
+  the mask, padded with skipped pixels, gives 0 weight outside it and at skipped neighbours)."""
   r = SHORT_RADIUS
-  rows = tiles.fill_order[:cap]
-  windows = tiles.windows(ymp, rows, 1, (tiles.th + 2 * r, tiles.tw + 2 * r), RBF_SIZE // 2 - r)
-  interp = _separable_rbf(windows, rbf_lambda, tiles.th, tiles.tw, r) * (1 - tiles.kept(rows, ymp.dtype))
-  return _scatter_tiles(lax.scatter_add, ymp, tiles, rows, interp)
-
-
-def _near_dense_fill(y: jax.Array, tiles: TileSet, rbf_lambda, cap: int) -> jax.Array:
-  """`masked_dense`'s output from the dense conv `y` (B, h, w, C) when at most `cap` pixels are skipped: `y` with
-  the short RBF fill written at the last `cap` pixels of `tiles.pixels` (kept first: every skipped pixel, and kept
-  ones, which keep their `y`), each from its (2 SHORT_RADIUS + 1)^2 neighbours gathered from `y` (their ids clamped
-  to the image; the mask, padded with skipped pixels, gives 0 weight outside it and at skipped neighbours)."""
-  r = SHORT_RADIUS
-  mask = tiles.mask
-  bsz, h, w = mask.shape
+  mask = pixels.mask
+  _, h, w = mask.shape
   cout = y.shape[-1]
-  rows = tiles.pixels[1][-cap:]
-  b, rest = rows // (h * w), rows % (h * w)
-  i, j = rest // w, rest % w
   di, dj = np.divmod(np.arange((2 * r + 1) ** 2), 2 * r + 1)
-  ni, nj = i[:, None] + jnp.asarray(di - r)[None], j[:, None] + jnp.asarray(dj - r)[None]
-  kept = _short_windows(mask, rows)[1].astype(y.dtype)
-  flat = y.reshape(-1, cout)
-  ids = b[:, None] * (h * w) + jnp.clip(ni, 0, h - 1) * w + jnp.clip(nj, 0, w - 1)
-  neighbours = flat.at[ids].get(mode='promise_in_bounds')  # (cap, taps, C)
   g, norm = _separable_taps(rbf_lambda, r, y.dtype)
-  interp = jnp.einsum('kt,ktc->kc', g[di] * g[dj] * norm * kept, neighbours)
-  centre = kept[:, (2 * r + 1) ** 2 // 2, None]
-  values = centre * flat.at[rows].get(mode='promise_in_bounds') + (1 - centre) * interp
-  return flat.at[rows].set(values, unique_indices=True, mode='promise_in_bounds').reshape(y.shape)
+  flat = y.reshape(-1, cout)
 
+  def body(rows, out):
+    b, rest = rows // (h * w), rows % (h * w)
+    ni = (rest // w)[:, None] + jnp.asarray(di - r)[None]
+    nj = (rest % w)[:, None] + jnp.asarray(dj - r)[None]
+    kept = _short_windows(mask, rows)[1].astype(y.dtype)
+    ids = b[:, None] * (h * w) + jnp.clip(ni, 0, h - 1) * w + jnp.clip(nj, 0, w - 1)
+    neighbours = flat.at[ids].get(mode='promise_in_bounds')  # (chunk, taps, C)
+    interp = jnp.einsum('kt,ktc->kc', g[di] * g[dj] * norm * kept, neighbours)
+    centre = kept[:, (2 * r + 1) ** 2 // 2, None]
+    values = centre * flat.at[rows].get(mode='promise_in_bounds') + (1 - centre) * interp
+    return out.at[rows].set(values, mode='promise_in_bounds')
 
-def near_branch(tiles: TileSet, short: jax.Array | bool) -> tuple[jax.Array, tuple[int, ...]]:
-  """(index, capacities) of `masked_sparse`'s near-dense branches: 0 when every pixel is kept (the plain conv), i
-  when at most the i-th capacity (NEAR_BUCKETS of the pixels) is skipped and the short fill applies (`short`), and
-  len(capacities) + 1 otherwise (the branches that follow the kept pixels)."""
-  num_pixels = tiles.mask.size
-  caps = capacities(num_pixels, NEAR_BUCKETS)
-  index = bucket_index(num_pixels - tiles.pixels[0], caps)
-  return jnp.where((index == 0) | short, index, len(caps) + 1), caps
+  return pixels.loop(body, flat, kept=False).reshape(y.shape)
 
 
 def masked_sparse(compute: Compute, x, kernel, bias, mask, rbf_lambda, strides, padding, fill: bool = True):
-  """`masked_dense`'s outputs computed sparsely (compute.masked_conv='sparse'; ``mask`` an array or a
-  `TileSet`), in one of these branches. Near-dense (`near_branch`): the plain dense conv when every pixel is kept;
-  with at most a NEAR_BUCKETS fraction skipped (short fill), the dense conv and the fill at the skipped pixels only
-  (`_near_dense_fill`). Otherwise (`conv_branch`): nothing for no kept pixel; the conv on the kept pixels only
-  (`_pixel_conv`) at the smallest pixel capacity that holds them, with the short fill scattered from them
-  (`_pixel_fill`) at up to SCATTER_FILL_MAX of the pixels; above the largest pixel capacity, the conv on the tiles
-  with kept pixels (`_tiled_conv`) at the smallest tile capacity that holds them; above the largest, the dense conv.
-  Outside `_pixel_fill` the fill runs on the padded grid buffer: on the tiles with skipped pixels next to kept ones
-  (`_tiled_fill`, when lambda^2 >= SHORT_LAMBDA2) at the smallest fill capacity, nothing for none, above the
-  largest as the separable sum over the whole buffer (the whole 7 x 7 fill so when lambda is smaller).
-  `fill=False` (the caller reads the output at kept pixels only, e.g. a 1 x 1 chain into the exit's aggregation)
-  leaves out the fill: skipped pixels are 0, kept ones `masked_dense`'s. Inference only: training keeps
-  `masked_dense` (`MaskSet.train`)."""
-  tiles = mask if isinstance(mask, TileSet) else TileSet(mask)
-  m = tiles.mask
-  bsz, h, w = m.shape
-  r = RBF_SIZE // 2
+  """`masked_dense`'s outputs computed sparsely (compute.masked_conv='sparse'; ``mask`` an array or a `PixelSet`), in
+  one of four branches (`sparse_branch`): every pixel kept, the plain conv; at most NEAR_MAX skipped (short fill), the
+  plain conv and the fill at the skipped pixels only (`_near_dense_fill`); at most SCATTER_FILL_MAX kept (short
+  fill), the conv at the kept pixels with the fill scattered from them (`_scatter_fill`); otherwise the conv at the
+  kept pixels (`_kept_conv`, up to PIXEL_MAX / PATCH_MAX of them) or the dense conv times the mask, then the fill over
+  the map (`_short_fill`, or the reference's `rbf_fill` when lambda^2 < SHORT_LAMBDA2). `fill=False` (the caller
+  reads the output at kept pixels only, e.g. a 1 x 1 chain into the exit's aggregation) leaves out the fill: skipped
+  pixels are 0, kept ones `masked_dense`'s. Inference only: training keeps `masked_dense` (`MaskSet.train`)."""
+  pixels = mask if isinstance(mask, PixelSet) else PixelSet(mask)
+  m = pixels.mask
   kernel = kernel.astype(x.dtype)
   stride = strides[0]
   if tuple(strides) != (stride, stride) or kernel.shape[0] != kernel.shape[1]:
     raise ValueError(f'the sparse masked conv takes square kernels and strides, got {kernel.shape[:2]}, {strides}')
-  pointwise = kernel.shape[0] == 1 and stride == 1
-  num_pixels = bsz * h * w
+  per_pixel = pixels.count <= (PIXEL_MAX if kernel.shape[0] == 1 and stride == 1 else PATCH_MAX) * m.size
 
-  def finish(ymp, lam):  # the fill stage on the padded grid buffer of the conv times the mask
-    ym = ymp[:, r : r + h, r : r + w]
-
-    def no_fill(ymp, lam):
-      return ymp[:, r : r + h, r : r + w]
-
-    def dense_fill(ymp, lam, radius=r):
-      o = r - radius
-      interp = _separable_rbf(ymp[:, o : o + h + 2 * radius, o : o + w + 2 * radius], lam, h, w, radius)
-      return ym + interp * (1 - m[..., None].astype(ym.dtype))
-
-    caps = capacities(tiles.num_tiles, FILL_BUCKETS)
-    branches = [lambda ymp, lam, c=c: no_fill(_tiled_fill(ymp, tiles, lam, c), lam) for c in caps]
-    short_dense = lambda ymp, lam: dense_fill(ymp, lam, SHORT_RADIUS)
-    short_fill = lambda ymp, lam: lax.switch(
-        bucket_index(tiles.fill_count, caps), [no_fill, *branches, short_dense], ymp, lam
-    )
-    return lax.cond(lam**2 >= SHORT_LAMBDA2, short_fill, dense_fill, ymp, lam)
-
-  index, pixel_caps, tile_caps = conv_branch(tiles, pointwise)
-  cout = kernel.shape[-1]
-
-  def conv_branches(padded: bool):  # each conv branch's output times the mask: the padded grid buffer or (B, h, w, C)
-    def no_conv(x, kernel, bias):
-      return jnp.zeros(
-          (bsz, tiles.nh * tiles.th + 2 * r, tiles.nw * tiles.tw + 2 * r, cout) if padded else (bsz, h, w, cout),
-          x.dtype,
-      )
-
-    def pixels(x, kernel, bias, cap):
-      return _pixels_to_grid(tiles, *_pixel_conv(compute, x, kernel, bias, tiles, cap, stride, padding), padded)
-
-    def tile_conv(x, kernel, bias, cap):
-      ymp = _tiled_conv(compute, x, kernel, bias, tiles, cap, stride, padding)
-      return ymp if padded else ymp[:, r : r + h, r : r + w]
-
-    def dense(x, kernel, bias):
-      y = dense_conv(compute, x, kernel, bias, strides, padding) * m[..., None].astype(x.dtype)
-      return _grid_buffer(tiles, y) if padded else y
-
-    return [
-        no_conv,
-        *[functools.partial(pixels, cap=c) for c in pixel_caps],
-        *[functools.partial(tile_conv, cap=c) for c in tile_caps],
-        dense,
-    ]
-
-  def plain(x, kernel, bias, *lam):  # every pixel kept: the conv EE+RH computes, nothing else
+  def plain(x, kernel, bias, lam):  # every pixel kept: the conv EE+RH computes, nothing else
     return dense_conv(compute, x, kernel, bias, strides, padding)
 
-  # One switch picks the branch: the near-dense ones, then those that follow the kept pixels.
+  def kept_conv(x, kernel, bias):  # the conv times the mask: at the kept pixels, or dense
+    dense = lambda x, kernel, bias: plain(x, kernel, bias, None) * m[..., None].astype(x.dtype)
+    sparse = lambda x, kernel, bias: _kept_conv(compute, x, kernel, bias, pixels, stride, padding)
+    return lax.cond(per_pixel, sparse, dense, x, kernel, bias)
+
   if not fill:
-    top = jnp.where(tiles.pixels[0] == num_pixels, 0, 1 + index)
-    return lax.switch(top, [plain, *conv_branches(padded=False)], x, kernel, bias)
+    return lax.switch(
+        jnp.where(pixels.count == m.size, 0, 1), [plain, lambda *a: kept_conv(*a[:3])], x, kernel, bias, rbf_lambda
+    )
 
-  def near_dense(x, kernel, bias, lam, cap):
-    return _near_dense_fill(dense_conv(compute, x, kernel, bias, strides, padding), tiles, lam, cap)
+  def near_dense(x, kernel, bias, lam):
+    return _near_dense_fill(plain(x, kernel, bias, lam), pixels, lam)
 
-  def grid_path(x, kernel, bias, lam):  # any conv branch into the grid buffer, then the fill stage on it
-    return finish(lax.switch(index, conv_branches(padded=True), x, kernel, bias), lam)
+  def scattered(x, kernel, bias, lam):
+    return _scatter_fill(compute, x, kernel, bias, pixels, lam, stride, padding)
 
-  def scattered(x, kernel, bias, lam, cap):  # few kept pixels: their conv, the short fill scattered from them
-    return _pixel_fill(tiles, *_pixel_conv(compute, x, kernel, bias, tiles, cap, stride, padding), lam)
+  def filled(x, kernel, bias, lam):
+    ym = kept_conv(x, kernel, bias)
+    return lax.cond(lam**2 >= SHORT_LAMBDA2, _short_fill, rbf_fill, ym, m, lam)
 
-  short = rbf_lambda**2 >= SHORT_LAMBDA2
-  near_index, near_caps = near_branch(tiles, short)
-  scatter_caps = tuple(c for c in pixel_caps if c <= SCATTER_FILL_MAX * num_pixels)  # conv branches 1..
-  use_scatter = (index >= 1) & (index <= len(scatter_caps)) & short
-  top = jnp.where(
-      near_index <= len(near_caps),
-      near_index,
-      jnp.where(use_scatter, len(near_caps) + index, len(near_caps) + len(scatter_caps) + 1),
-  )
-  branches = [
-      plain,
-      *[functools.partial(near_dense, cap=c) for c in near_caps],
-      *[functools.partial(scattered, cap=c) for c in scatter_caps],
-      grid_path,
-  ]
-  return lax.switch(top, branches, x, kernel, bias, rbf_lambda)
+  index = sparse_branch(pixels, rbf_lambda**2 >= SHORT_LAMBDA2)
+  return lax.switch(index, [plain, near_dense, scattered, filled], x, kernel, bias, rbf_lambda)
 
 
-def conv_branch(tiles: TileSet, pointwise: bool) -> tuple[jax.Array, tuple[int, ...], tuple[int, ...]]:
-  """(index, pixel capacities, tile capacities) of `masked_sparse`'s conv: branch 0 for no kept pixel, then one per
-  pixel capacity (the smallest that holds the kept pixels: PIXEL_BUCKETS for a 1 x 1 conv of stride 1,
-  PATCH_BUCKETS for the others), then, above the largest, one per tile capacity (CONV_BUCKETS; none for a 1 x 1
-  conv), then the dense conv."""
-  num_pixels = tiles.mask.size
-  pixel_caps = capacities(num_pixels, PIXEL_BUCKETS if pointwise else PATCH_BUCKETS)
-  tile_caps = () if pointwise else capacities(tiles.num_tiles, CONV_BUCKETS)
-  count = tiles.pixels[0]
-  index = bucket_index(count, pixel_caps)
-  if pixel_caps and tile_caps:
-    index = jnp.where(count <= pixel_caps[-1], index, len(pixel_caps) + bucket_index(tiles.conv_count, tile_caps))
-  elif tile_caps:
-    index = bucket_index(tiles.conv_count, tile_caps)
-  return index, pixel_caps, tile_caps
+def sparse_branch(pixels: PixelSet, short: jax.Array | bool) -> jax.Array:
+  """`masked_sparse`'s branch (with the fill): 0 every pixel kept, 1 at most NEAR_MAX skipped, 2 at most
+  SCATTER_FILL_MAX kept (both with the short fill: `short`), 3 otherwise."""
+  n, count = pixels.mask.size, pixels.count
+  near = short & (n - count <= NEAR_MAX * n)
+  scatter = short & (count <= SCATTER_FILL_MAX * n)
+  return jnp.where(count == n, 0, jnp.where(near, 1, jnp.where(scatter, 2, 3))).astype(jnp.int32)
 
 
 # compute.masked_conv -> the masked conv (same signature and semantics); core_jax.compute.CHOICES lists the names.
@@ -739,7 +547,7 @@ class Conv(nn.Module):
       return dense_conv(self.compute, x, kernel, bias, (s, s), pad)
     m = masks.at(h, w)
     kind = 'dense' if masks.train else self.compute.masked_conv
-    mask_arg = masks.tiles(h, w) if kind == 'sparse' else m
+    mask_arg = masks.pixels(h, w) if kind == 'sparse' else m
     fill = {} if self.fill_read else {'fill': False}
     y = MASKED_CONVS[kind](self.compute, x, kernel, bias, mask_arg, rbf_lambda, (s, s), pad, **fill)
     sow_masked_macs(self, self.exit_index, dense, m, self.features)

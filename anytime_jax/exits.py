@@ -108,10 +108,11 @@ class OriginalExit(nn.Module):
   def kept_pixels_head(self, branches, masks: MaskSet) -> jax.Array:
     """The masked exit at evaluation with the sparse masked conv, from the stage's branches: pixel-wise, and the
     aggregation reads its logits at kept pixels only, so the input (`exit_input_rows`), both 1 x 1 convs and the BN
-    run on the kept pixels alone, at the smallest capacity of `confidence.PIXEL_BUCKETS` that holds them (none:
-    zeros; above the largest: every pixel). Skipped pixels' logits are 0, as the masked conv's without the fill;
+    run on the kept pixels alone, in chunks (`confidence.PixelSet.loop`) up to `confidence.PIXEL_MAX` of the
+    pixels, above at every pixel. Skipped pixels' logits are 0, as the masked conv's without the fill;
     kept ones equal the masked-dense exit's. MACs are counted and sown as the two masked convs'."""
-    params, stats = self.variables['params'], self.variables['batch_stats']['bn1']
+    params = self.variables['params']
+    bn1 = batch_norm(False, 'bn1', self.bn_momentum, self.dtype)  # eval mode: its running statistics
     x0 = branches[0]
     bsz, h, w, _ = x0.shape
     cin = sum(b.shape[-1] for b in branches)
@@ -126,30 +127,23 @@ class OriginalExit(nn.Module):
         kernel, bias = params[name]['kernel'].astype(y.dtype), params[name]['bias'].astype(y.dtype)
         return confidence.dense_conv(self.compute, y, kernel, bias, (1, 1), ((0, 0), (0, 0)))
 
-      y = conv(feats, 'conv0')
-      bn = params['bn1']
-      y = (y - stats['mean']) * (lax.rsqrt(stats['var'] + BN_EPS) * bn['scale']) + bn['bias']
-      return conv(nn.relu(y.astype(self.dtype or y.dtype)), 'conv3')
+      return conv(nn.relu(bn1(conv(feats, 'conv0'))), 'conv3')
 
-    tiles = masks.tiles(h, w)
-    caps = confidence.capacities(bsz * h * w, confidence.PIXEL_BUCKETS)
+    pixels = masks.pixels(h, w)
 
-    def none(branches):
-      return jnp.zeros((bsz, h, w, self.num_classes), x0.dtype)
+    def kept(branches):  # a chunk's rows past the kept pixels are skipped ones: 0 there
+      def body(rows, out):
+        y = head(exit_input_rows(branches, rows)[None, :, None])[0, :, 0] * pixels.at_rows(rows, x0.dtype)
+        return out.at[rows].set(y, mode='promise_in_bounds')
 
-    def kept(branches, cap):
-      rows = tiles.pixels[1][:cap]
-      y = head(exit_input_rows(branches, rows)[None, :, None])[0, :, 0]  # the rows past the count: skipped pixels
-      y = y * m.reshape(-1).at[rows].get(mode='promise_in_bounds')[:, None].astype(y.dtype)
-      out = jnp.zeros((bsz * h * w, y.shape[-1]), y.dtype)
-      out = out.at[rows].set(y, unique_indices=True, mode='promise_in_bounds')
+      out = pixels.loop(body, jnp.zeros((bsz * h * w, self.num_classes), x0.dtype))
       return out.reshape(bsz, h, w, -1)
 
     def every(branches):
       return head(exit_input(branches)) * m[..., None].astype(x0.dtype)
 
-    index = confidence.bucket_index(tiles.pixels[0], caps)
-    return lax.switch(index, [none, *[lambda bs, c=c: kept(bs, c) for c in caps], every], list(branches))
+    per_pixel = pixels.count <= confidence.PIXEL_MAX * m.size
+    return lax.cond(per_pixel, kept, every, list(branches))
 
 
 class RedesignedExit(nn.Module):

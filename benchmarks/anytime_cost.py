@@ -10,9 +10,9 @@ upsampled: confidence maps in blobs, not salt-and-pepper):
 - `rh`: EE+RH (the four exits, redesigned heads, every pixel computed);
 - `adpc`: ADP-C masked-dense (`compute.masked_conv='dense'`: every output computed, then filled, as the released
   code: FLOPs saved on paper only);
-- `adpc_sparse`: ADP-C sparse (`compute.masked_conv='sparse'`: the conv only on the pixels or tiles that keep a
-  pixel, the fill only where it is non-zero, the original exit (exit 4's head) and its input only at kept pixels; the
-  same outputs, tests/anytime/test_sparse_conv.py).
+- `adpc_sparse`: ADP-C sparse (`compute.masked_conv='sparse'`: the conv only at the kept pixels where they are
+  few, the fill only next to them where they are few, the original exit (exit 4's head) and its input only at kept
+  pixels; the same outputs, tests/anytime/test_sparse_conv.py).
 Each ADP-C contender runs at two thresholds, one compiled program each (the threshold is a traced argument):
 `fractions`, one threshold per exit chosen so that 82 / 63 / 38 % of the pixels are computed after exits 1 / 2 / 3
 (the paper's W48 fractions at tau=0.998 on Cityscapes: random weights are never that confident), and `tau=0.998`

@@ -74,13 +74,14 @@ __all__ = [
 ]
 
 
-def _dense(features: int, name: str, dtype: Dtype, scale: float = 1.0) -> nn.Dense:
+def _dense(features: int, name: str, dtype: Dtype, compute: Compute, scale: float = 1.0) -> nn.Dense:
   return nn.Dense(
       features,
       dtype=dtype,
       param_dtype=jnp.float32,
       kernel_init=trunc_normal_init(0.02, scale=scale),
       bias_init=nn.initializers.zeros,
+      dot_general=compute.dot_general,  # the policy's weight gradient (dense_grad); the same forward
       name=name,
   )
 
@@ -107,9 +108,9 @@ class Block(nn.Module):
     # replicated parameter, never the batch-sharded activation.
     anchor = norm.variables['params']['scale']
     y = ops.layer_end(compute, y, anchor, after_layer_norm=True)
-    y = compute.layer_end(_dense(4 * c, 'pwconv1', self.dtype)(y), anchor)
+    y = compute.layer_end(_dense(4 * c, 'pwconv1', self.dtype, compute)(y), anchor)
     y = compute.layer_end(gelu_exact(y), anchor)
-    y = compute.layer_end(_dense(c, 'pwconv2', self.dtype)(y), anchor)
+    y = compute.layer_end(_dense(c, 'pwconv2', self.dtype, compute)(y), anchor)
     if self.layer_scale_init_value > 0:
       gamma = self.param('gamma', nn.initializers.constant(self.layer_scale_init_value), (c,), jnp.float32)
       y = y * gamma.astype(y.dtype)
@@ -121,7 +122,7 @@ def _head(x: Array, num_classes: int, head_init_scale: float, dtype: Dtype, comp
   x = jnp.mean(x.astype(jnp.float32), axis=(1, 2)).astype(dtype)  # global average pool, then LN
   x = LayerNorm(dtype=dtype, compute=compute, name='head_norm')(x)
   if num_classes > 0:
-    x = _dense(num_classes, 'head', dtype, scale=head_init_scale)(x)
+    x = _dense(num_classes, 'head', dtype, compute, scale=head_init_scale)(x)
   return x.astype(jnp.float32)
 
 

@@ -12,6 +12,10 @@ parity tests in tests/convnext/test_models.py run every path). The policy fields
   pure-XLA path on CPU, and the one that partitions under a sharded jit).
 * ``patch_conv``: the non-overlapping k x k / stride k convs (stem, downsampling) as ``conv`` or ``matmul``
   over space-to-depth patches (``Compute.conv``; bit-identical on XLA:CPU, faster there in the backward).
+* ``dense_grad``: the pointwise convs' (and the head's) weight gradient as ``autodiff`` or
+  ``narrow_transpose``, one standard-form matmul (``core_jax.compute.dense_dot_general``; on XLA:CPU autodiff's
+  form runs outside YNNPACK after a transposed copy of the output gradient: ConvNeXt-T's first-stage pwconv1
+  forward + backward 2.3x the CPU time, benchmarks/ANALYSIS.md).
 * ``fusion_barriers``: materialize each block layer's output (``layer_end``): XLA:CPU's cross-layer fusions
   (LayerNorm into the matmul, GELU into its neighbours) cost more than the memory pass they save.
 
@@ -79,6 +83,7 @@ AUTO = {
     'dwconv': lambda: resolve_dwconv_impl('auto'),
     'patch_conv': on_cpu('matmul', 'conv'),
     'fusion_barriers': on_cpu(True, False),
+    'dense_grad': on_cpu('narrow_transpose', 'autodiff'),
 }
 
 

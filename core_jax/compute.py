@@ -16,6 +16,10 @@ parity tests run them. They exist because the plain XLA formulation is slow on s
   fusions cost more than the memory pass they save (ConvNeXt's blocks).
 * ``dwconv``: depthwise convs as ``xla`` (grouped conv), ``shifted`` (kh*kw shifted multiply-adds) or
   ``native`` (C++ kernels; ConvNeXt's ``convnext_jax.ops``).
+* ``dense_grad``: the weight gradient of a dense layer (``nn.Dense``, a 1x1 conv as a matmul) as ``autodiff``
+  (JAX's transpose of the dot: XLA:CPU then transposes the output gradient in memory and computes x^T g with its
+  generic dot, outside YNNPACK) or ``narrow_transpose`` (``dense_dot_general``: a hand-written VJP whose weight
+  gradient is one standard-form matmul, the narrower of x and g transposed; the input gradient as autodiff's).
 * ``masked_conv``: the masked conv of confidence adaptivity (anytime_jax.confidence): ``dense``, the full conv
   then the RBF fill (the released ADP-C code's masked-dense formulation), or ``sparse``, the conv only on tiles
   with kept pixels and the fill only where it is nonzero (static capacity buckets, dense fallback; inference
@@ -29,6 +33,7 @@ fields its models have no use for: setting one of those is a one-line UserError,
 """
 
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -48,6 +53,7 @@ CHOICES = {
     'pointwise_conv': ('conv', 'matmul'),
     'dwconv': ('xla', 'shifted', 'native'),
     'masked_conv': ('dense', 'sparse'),
+    'dense_grad': ('autodiff', 'narrow_transpose'),
 }
 COMPUTE_DTYPES = ('float32', 'bfloat16')
 _DN = ('NHWC', 'HWIO', 'NHWC')
@@ -64,6 +70,7 @@ class Compute:
   fusion_barriers: bool = False
   dwconv: str = 'xla'
   masked_conv: str = 'dense'
+  dense_grad: str = 'autodiff'
 
   def __post_init__(self):
     for name, allowed in CHOICES.items():
@@ -106,6 +113,12 @@ class Compute:
     y = lax.conv_general_dilated(x, kernel, strides, padding, dimension_numbers=_DN, precision=precision)
     return y[..., :cout] if cout_p > cout else y  # the zero output channels are sliced off
 
+  @property
+  def dot_general(self) -> Callable | None:
+    """The ``dot_general`` a dense layer computes with (``nn.Dense(dot_general=...)``): None (Flax's default,
+    ``lax.dot_general``) or ``dense_dot_general`` (``dense_grad``)."""
+    return dense_dot_general if self.dense_grad == 'narrow_transpose' else None
+
   def layer_end(self, y: Array, anchor: Array) -> Array:
     """``y`` unchanged; with ``fusion_barriers`` computed into its own buffer (``fusion_barrier``).
     ``anchor``: a replicated array (a parameter) for the barrier's predicate."""
@@ -135,6 +148,54 @@ def patches_matmul(x: Array, kernel: Array, strides, padding, precision=None) ->
   ]
   patches = slices[0] if len(slices) == 1 else jnp.concatenate(slices, axis=-1)
   return jnp.dot(patches, kernel.reshape(kh * kw * cin, cout), precision=precision)
+
+
+# --------------------------------------------------------------------------------------
+# Dense layer with the weight gradient as one standard-form matmul
+# --------------------------------------------------------------------------------------
+def dense_dot_general(lhs: Array, rhs: Array, dimension_numbers, precision=None, preferred_element_type=None) -> Array:
+  """``lax.dot_general`` (same signature, same forward), whose gradient computes a dense layer's weight gradient
+  as one standard-form matmul: the narrower of the input x (M, C) and the output gradient g (M, D) transposed,
+  then (C, M) @ (M, D), or (D, M) @ (M, C) and the small result transposed.
+
+  Autodiff's transpose asks for x^T g, a contraction over both operands' leading (row) axis; XLA:CPU's YNNPACK
+  path does not take that form, so XLA lays the output gradient out transposed (a copy of the largest tensor of
+  the layer, 4C wide after ConvNeXt's pwconv1) and runs its generic dot. The input gradient is autodiff's
+  (g @ w^T). Only a dense layer's contraction (the last axis of ``lhs`` with the first of a 2-D ``rhs``, no batch
+  axes) takes the custom VJP; anything else is ``lax.dot_general`` as it is."""
+  (lc, rc), (lb, rb) = dimension_numbers
+  if tuple(lc) != (lhs.ndim - 1,) or tuple(rc) != (0,) or rhs.ndim != 2 or lb or rb or lhs.ndim < 2:
+    return lax.dot_general(lhs, rhs, dimension_numbers, precision, preferred_element_type)
+  return _dense_matmul(lhs, rhs, precision, preferred_element_type)
+
+
+def _matmul(a: Array, b: Array, precision, preferred_element_type) -> Array:
+  return lax.dot_general(a, b, (((a.ndim - 1,), (0,)), ((), ())), precision, preferred_element_type)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _dense_matmul(x: Array, w: Array, precision, preferred_element_type) -> Array:
+  return _matmul(x, w, precision, preferred_element_type)
+
+
+def _dense_matmul_fwd(x, w, precision, preferred_element_type):
+  return _matmul(x, w, precision, preferred_element_type), (x, w)
+
+
+def _dense_matmul_bwd(precision, preferred_element_type, res, g):
+  del preferred_element_type  # the gradients take the operands' dtypes, as autodiff's
+  x, w = res
+  c, d = w.shape
+  dx = lax.dot_general(g, w, (((g.ndim - 1,), (1,)), ((), ())), precision, preferred_element_type=x.dtype)
+  x2, g2 = x.reshape(-1, c), g.reshape(-1, d).astype(x.dtype)
+  if c <= d:
+    dw = lax.dot_general(x2.T, g2, (((1,), (0,)), ((), ())), precision, preferred_element_type=w.dtype)
+  else:
+    dw = lax.dot_general(g2.T, x2, (((1,), (0,)), ((), ())), precision, preferred_element_type=w.dtype).T
+  return dx.astype(x.dtype), dw.astype(w.dtype)
+
+
+_dense_matmul.defvjp(_dense_matmul_fwd, _dense_matmul_bwd)
 
 
 # --------------------------------------------------------------------------------------

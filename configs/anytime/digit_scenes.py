@@ -150,8 +150,10 @@ def get_config():
   c.xla_compiler_options = {'xla_backend_optimization_level': 1}
   # the eval step (~27 s of one core) compiles on a second thread beside the train step's compile
   c.compile_eval_ahead = True
-  # masked-dense evaluation, not the CPU's 'auto' (sparse): at 64x128 the sparse eval step compiled in 4.7x the CPU
-  # time of the dense one (45 s vs 9.5 s of one core) and saved ~0.1 s per batch of 50 (12 batches in the job)
+  # masked-dense evaluation, not the CPU's 'auto' (sparse): at 64x128 the sparse eval forward compiles in about 5x
+  # the CPU time of the dense one (19.3-19.8 s vs 3.5-4.1 s, `python -m benchmarks.profile_anytime_sparse
+  # --demo-compile`, 2026-12-06, load ~7; 55 s before the sparse path's chunked loops) and saved ~0.1 s per batch
+  # of 50 (12 batches in the job; measured 2026-12-05)
   c.compute.masked_conv = 'dense'
   c.checkpoint.update(dict(every_steps=1000, keep=1, keep_best=False))
   # AdamW: from scratch in ~500 steps; SGD (the reference's, from ImageNet) left every pixel background here

@@ -1,7 +1,7 @@
-"""The sparse masked conv (compute.masked_conv='sparse') against the masked-dense reference: hand-built masks
-on single convs (every capacity bucket, the dense fallbacks, per-example masks), a whole tiny HRNet at several
-thresholds, the digit_scenes demo's model after a short training at several thresholds, and the policy plumbing
-(training stays masked-dense; the choice is a hashable field)."""
+"""The sparse masked conv (compute.masked_conv='sparse') against the masked-dense reference: hand-built masks on
+single convs (every branch, loops of 0 to 32 chunks, the dense fallbacks, per-example masks), a whole tiny HRNet at
+several thresholds, the digit_scenes demo's model after a short training at several thresholds, and the policy
+plumbing (training stays masked-dense; the choice is a hashable field)."""
 
 import os
 
@@ -13,7 +13,7 @@ import pytest
 
 from anytime_jax import confidence, exits, hrnet
 from anytime_jax import task as task_lib
-from anytime_jax.confidence import Conv, MaskSet, TileSet
+from anytime_jax.confidence import Conv, MaskSet, PixelSet
 from core_jax import cli, counting
 from core_jax.compute import Compute
 from core_jax.data import sources
@@ -21,15 +21,15 @@ from core_jax.data import sources
 LAMS = (1.7, 3.0)  # below SHORT_LAMBDA2 (the whole 7 x 7 fill, dense) and above (the short fill, tiled); 3.0: init
 AUTO_REST = {f: v for f, v in confidence.for_backend().__dict__.items() if f != 'masked_conv'}
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-H = 32  # conv outputs 32 x 32, batch 2: 2 * 4 * 4 = 32 tiles of 8 x 8
+H = 32  # conv outputs 32 x 32, batch 2: 2048 pixels
 
 
 def _hand_masks(h, rng):
-  """name -> (2, h, h) float mask. Tile counts (conv / short fill, of 32): all 32 / 0, none 0 / 0, single 2 / 4,
-  centred 2 / 2, checkerboard 32 / 32, blob 6 / 10, band 24 / 8, per_example 16 / 0, overflow (more than the
-  largest bucket: the dense branches; ~5 % skipped: the near-dense fill's largest capacity) 32 / 31; scattered and
-  few: a few kept pixels spread over most tiles; holes: 5 skipped pixels (the near-dense fill's smallest capacity);
-  tenth: ~10 % of the pixels kept."""
+  """name -> (2, h, h) float mask, of 2048 pixels (chunks of 64): all, none, single (one pixel per example),
+  centred, checkerboard (half: the per-pixel maximum of a 1 x 1 conv), blob, band (62 %), per_example (one example
+  all kept, the other none), overflow (~95 % kept: above every per-pixel maximum, ~5 % skipped: the near-dense fill
+  in 2 chunks), scattered and few (a few kept pixels spread over the image: the scattered fill), holes (5 skipped
+  pixels on the borders and in a row), tenth (~10 %: the k x k conv per pixel in 4 chunks)."""
   checker = np.indices((h, h)).sum(0) % 2
   single = np.zeros((h, h))
   single[h // 3, h // 2] = 1
@@ -50,10 +50,10 @@ def _hand_masks(h, rng):
       'band': np.stack([band, band]),
       'per_example': np.stack([np.ones((h, h)), np.zeros((h, h))]),
       'overflow': rng.rand(2, h, h) < 0.95,
-      'scattered': rng.rand(2, h, h) < 0.05,  # ~102 kept pixels of 2048 in ~all tiles
+      'scattered': rng.rand(2, h, h) < 0.05,  # ~102 kept pixels of 2048
       'few': rng.rand(2, h, h) < 0.02,  # ~41 kept pixels
-      'holes': 1 - holes,  # 5 skipped pixels, on the borders and in a row: the near-dense fill's smallest capacity
-      'tenth': rng.rand(2, h, h) < 0.1,  # ~205 kept pixels: the largest pixel capacity of a k x k conv (1 / 8)
+      'holes': 1 - holes,  # 5 skipped pixels, on the borders and in a row: the near-dense fill
+      'tenth': rng.rand(2, h, h) < 0.1,  # ~205 kept pixels: below a k x k conv's per-pixel maximum (1 / 8)
   }
 
 
@@ -73,37 +73,27 @@ def test_sparse_equals_masked_dense_on_hand_built_masks(k, stride, bias):
     sparse = confidence.masked_sparse(compute, x, kernel, b, mask, lam, (stride, stride), pad)
     return dense, sparse, confidence.masked_sparse(compute, x, kernel, b, mask, lam, (stride, stride), pad, fill=False)
 
-  conv_caps, fill_caps = confidence.capacities(32, confidence.CONV_BUCKETS), confidence.capacities(
-      32, confidence.FILL_BUCKETS
-  )
-  assert conv_caps == (8, 16, 24, 29) and fill_caps == (4, 8, 16)
   pointwise = k == 1 and stride == 1
-  branches, fill_branches, near_branches = set(), set(), set()
+  per_pixel_max = (confidence.PIXEL_MAX if pointwise else confidence.PATCH_MAX) * 2 * H * H
+  taken = set()
   for name, m in _hand_masks(H, rng).items():
     mask = jnp.asarray(m, jnp.float32)
-    tiles = TileSet(mask)
-    index, pixel_caps, tile_caps = confidence.conv_branch(tiles, pointwise)
+    pixels = PixelSet(mask)
+    assert pixels.chunk == 64  # 1 / 32 of 2048: the loops run 0 (none kept) to 32 chunks
     for lam in LAMS:
       dense, sparse, unfilled = both(x, mask, jnp.float32(lam))
       np.testing.assert_allclose(np.asarray(sparse), np.asarray(dense), atol=1e-5, rtol=0, err_msg=f'{name} {lam}')
       # fill=False: the same at kept pixels, 0 at skipped ones
       kept_only = np.asarray(dense) * np.asarray(mask)[..., None]
       np.testing.assert_allclose(np.asarray(unfilled), kept_only, atol=1e-5, rtol=0, err_msg=f'{name} {lam} no fill')
-      near, near_caps = confidence.near_branch(tiles, lam**2 >= confidence.SHORT_LAMBDA2)
-      near_branches.add(int(near))
-      if int(near) <= len(near_caps):  # the plain conv or the near-dense fill
-        continue
-      branches.add(int(index))
-      if int(index) > len(pixel_caps) and lam == LAMS[1]:  # a tile or the dense conv: the short fill's stage
-        fill_branches.add(int(confidence.bucket_index(tiles.fill_count, fill_caps)))
-  assert near_caps == (32, 128) and near_branches == {0, 1, 2, 3}  # every pixel kept, <= 32 and <= 128 skipped
-  if pointwise:  # none, every pixel capacity (1 / 16, 1 / 4, 1 / 2 of 2048), the dense conv
-    assert pixel_caps == (128, 512, 1024) and tile_caps == ()
-    assert branches == {0, 1, 2, 3, 4}
-  else:  # none, every pixel capacity (1 / 32, 1 / 16, 1 / 8 of 2048), the tile capacities 8, 16, 24, the dense conv
-    assert pixel_caps == (64, 128, 256) and tile_caps == conv_caps
-    assert branches == {0, 1, 2, 3, 4, 5, 6, 8}
-    assert fill_branches == {0, 2, 3, 4}  # the tile fill: 8 and 16 tiles, the dense fill
+      branch = int(confidence.sparse_branch(pixels, lam**2 >= confidence.SHORT_LAMBDA2))
+      # the filled branch's conv: at the kept pixels (chunks) or dense (above the per-pixel maximum: 'overflow')
+      taken.add((branch, bool(pixels.count <= per_pixel_max)) if branch == 3 else branch)
+      if branch == 2:
+        assert int(pixels.count) > 0 or name == 'none'
+  # every pixel kept, a few skipped (near-dense), a few kept (scattered fill, 0 to 2 chunks), and the filled branch
+  # with the conv per pixel and dense
+  assert taken == {0, 1, 2, (3, True), (3, False)}, taken
 
 
 def test_original_exit_at_kept_pixels_equals_masked_dense_exit():
@@ -129,39 +119,40 @@ def test_original_exit_at_kept_pixels_equals_masked_dense_exit():
   def both(mask):
     want, w_macs = dense_exit.apply(v, exits.exit_input(branches), False, MaskSet(mask), mutable=['macs'])
     got, g_macs = sparse_exit.apply(v, branches, False, MaskSet(mask), mutable=['macs'])
-    tiles = MaskSet(mask).tiles(12, 15)
-    index = confidence.bucket_index(tiles.pixels[0], confidence.capacities(mask.size, confidence.PIXEL_BUCKETS))
+    count = MaskSet(mask).pixels(12, 15).count
     return (
         want,
         got,
-        index,
+        count,
         [counting.sum_macs(m, f'{kind}_exit4') for m in (w_macs, g_macs) for kind in ('actual', 'dense')],
     )
 
   taken = set()
-  for fraction in (0.0, 0.04, 0.2, 0.45, 0.8, 1.0):  # none, 1 / 16, 1 / 4, 1 / 2 of 360 pixels, above, all
+  for fraction in (0.0, 0.04, 0.2, 0.45, 0.8, 1.0):  # none, 1 chunk of 64 (of 360 pixels), 2, 3, above 1 / 2, all
     mask = jnp.asarray((rng.rand(2, 12, 15) < fraction).astype(np.float32))
-    want, got, index, macs = both(mask)
+    want, got, count, macs = both(mask)
     m = np.asarray(mask)[..., None]
     np.testing.assert_allclose(np.asarray(got) * m, np.asarray(want) * m, atol=1e-5, rtol=1e-5)
     np.testing.assert_array_equal(np.asarray(got) * (1 - m), 0 * np.asarray(got))
     np.testing.assert_allclose(np.asarray(macs[2:]), np.asarray(macs[:2]), rtol=1e-6)
-    taken.add(int(index))
-  assert taken == {0, 1, 2, 3, 4}
+    taken.add(-(-int(count) // 64) if count <= confidence.PIXEL_MAX * mask.size else 'every')
+  assert taken == {0, 1, 2, 3, 'every'}, taken  # chunks of the loop, or every pixel
 
 
-def test_tile_set_orders_and_layout():
-  m = np.zeros((2, 16, 8), np.float32)
-  m[0, 1, 2] = 1  # tile 0 (example 0, tile row 0); its fill neighbourhood (rows 0..2) stays in tile 0
-  m[1, 8, 7] = 1  # tile 3 (example 1, tile row 1); its fill neighbourhood (rows 7..9) reaches tile 2
-  t = TileSet(jnp.asarray(m))
-  assert (t.th, t.tw, t.nh, t.nw, t.num_tiles) == (8, 8, 2, 1, 4)
-  assert int(t.conv_count) == 2 and int(t.fill_count) == 3 and confidence.SHORT_RADIUS == 1
-  np.testing.assert_array_equal(np.asarray(t.conv_order), [0, 3, 1, 2])
-  np.testing.assert_array_equal(np.asarray(t.fill_order), [0, 2, 3, 1])
-  a = jnp.arange(2 * 16 * 8 * 3.0).reshape(2, 16, 8, 3)
-  np.testing.assert_array_equal(np.asarray(t.to_tiles(a)[3]), np.asarray(a[1, 8:16, 0:8]))
-  np.testing.assert_array_equal(np.asarray(t.from_tiles(t.to_tiles(a))), np.asarray(a))
+def test_pixel_set_order_and_chunks():
+  m = np.zeros((2, 3, 8), np.float32)
+  m[0, 1, 2] = m[1, 2, 7] = m[1, 0, 0] = 1
+  p = PixelSet(jnp.asarray(m))
+  assert int(p.count) == 3 and p.chunk == m.size < confidence.MIN_CHUNK  # the chunk is at most every pixel
+  np.testing.assert_array_equal(np.asarray(p.order)[:3], [10, 24, 47])  # kept first, raster order, then skipped
+  np.testing.assert_array_equal(np.sort(np.asarray(p.order)), np.arange(48))
+  seen = lambda kept: np.asarray(p.loop(lambda rows, acc: acc.at[rows].add(1), jnp.zeros(48, jnp.int32), kept))
+  np.testing.assert_array_equal(seen(True), np.ones(48))  # one chunk: the 3 kept pixels and the 45 skipped ones
+  np.testing.assert_array_equal(seen(False), np.ones(48))
+  big = PixelSet(jnp.asarray(np.arange(2 * 40 * 50).reshape(2, 40, 50) % 7 == 0, jnp.float32))
+  assert big.chunk == 125 and int(big.count) == 572  # 1 / 32 of 4000; 5 chunks, the last runs into skipped ones
+  visits = np.asarray(big.loop(lambda rows, acc: acc.at[rows].add(1), jnp.zeros(4000, jnp.int32)))
+  assert visits[np.asarray(big.order)[:572]].tolist() == [1] * 572 and visits.sum() == 5 * 125
 
 
 @pytest.mark.slow  # 2 tiny-HRNet compiles: 110 s on the shared 2-core machine under load (~20 s idle, unmeasured)

@@ -77,6 +77,8 @@ def test_resolve_auto_per_line_and_one_line_errors():
   assert confidence.for_backend(options) == Compute(pointwise_conv='matmul', masked_conv='sparse')
   got = ops.for_backend(options)
   assert got.patch_conv == 'matmul' and got.fusion_barriers and got.dwconv == ops.resolve_dwconv_impl('auto')
+  assert got.dense_grad == 'narrow_transpose' and got.dot_general is compute_lib.dense_dot_general
+  assert Compute().dot_general is None  # Flax's lax.dot_general: the plain formulation
   # the pruning line's ConvNeXts: ConvNeXt's choices, the line's for the fields ConvNeXt's table leaves out
   assert layers.for_convnext(options) == dataclasses.replace(got, small_conv='matmul', channel_multiple=8)
   assert layers.for_convnext(dict(patch_conv='conv', dwconv='xla')).dwconv == 'xla'  # set fields win here too
@@ -91,6 +93,33 @@ def test_resolve_auto_per_line_and_one_line_errors():
     layers.for_backend(dict(channel_multiple=0))
   with pytest.raises(dataclasses.FrozenInstanceError):
     Compute().channel_multiple = 8  # frozen: a policy cannot change under a compiled program
+
+
+@pytest.mark.parametrize('lead, c, d', [((2, 5, 3), 4, 16), ((2, 5, 3), 16, 4), ((7,), 6, 6)])
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_dense_dot_general_is_the_dot_with_a_standard_form_weight_gradient(lead, c, d, dtype, highest_precision):
+  """``dense_grad='narrow_transpose'``: the forward and both gradients equal ``lax.dot_general``'s autodiff, in
+  the operands' dtypes; the weight gradient's matmul contracts the narrower operand transposed (never the wider
+  output gradient, which XLA:CPU copied transposed for autodiff's form); other contractions pass through."""
+  rng = np.random.RandomState(0)
+  x = jnp.asarray(rng.randn(*lead, c), dtype)
+  w = jnp.asarray(rng.randn(c, d), dtype)
+  dn = (((len(lead),), (0,)), ((), ()))
+  ours = lambda x, w: compute_lib.dense_dot_general(x, w, dn)
+  ref = lambda x, w: jax.lax.dot_general(x, w, dn)
+  tol = 1e-5 if dtype == jnp.float32 else 2e-2
+  np.testing.assert_allclose(np.float32(ours(x, w)), np.float32(ref(x, w)), rtol=tol, atol=tol)
+  loss = lambda f: lambda x, w: jnp.sum(jnp.sin(f(x, w).astype(jnp.float32)))
+  got, want = jax.grad(loss(ours), argnums=(0, 1))(x, w), jax.grad(loss(ref), argnums=(0, 1))(x, w)
+  for a, b in zip(got, want):
+    assert a.dtype == b.dtype == dtype and a.shape == b.shape
+    np.testing.assert_allclose(np.float32(a), np.float32(b), rtol=tol, atol=tol * 10)
+  eqns = jax.make_jaxpr(jax.grad(loss(ours), argnums=1))(x, w).jaxpr.eqns
+  transposed = [tuple(e.invars[0].aval.shape) for e in eqns if e.primitive.name == 'transpose']
+  assert transposed[0] == (int(np.prod(lead)), min(c, d))
+  batched = (((2,), (1,)), ((0,), (0,)))  # not a dense layer's contraction: lax.dot_general as it is
+  xb, wb = jnp.ones((2, 3, 4), dtype), jnp.ones((2, 4, 5), dtype)
+  assert compute_lib.dense_dot_general(xb, wb, batched).shape == (2, 3, 5)
 
 
 def test_compute_dtype():
