@@ -21,9 +21,9 @@ parity tests run them. They exist because the plain XLA formulation is slow on s
   generic dot, outside YNNPACK) or ``narrow_transpose`` (``dense_dot_general``: a hand-written VJP whose weight
   gradient is one standard-form matmul, the narrower of x and g transposed; the input gradient as autodiff's).
 * ``masked_conv``: the masked conv of confidence adaptivity (anytime_jax.confidence): ``dense``, the full conv
-  then the RBF fill (the released ADP-C code's masked-dense formulation), or ``sparse``, the conv only on tiles
-  with kept pixels and the fill only where it is nonzero (static capacity buckets, dense fallback; inference
-  only: training computes masked-dense whatever the policy).
+  then the RBF fill (the released ADP-C code's masked-dense formulation), or ``sparse``, the conv only at the
+  kept pixels where they are few (a loop over chunks of them, its trip count traced) and the fill only where it
+  is nonzero (dense fallback; inference only: training computes masked-dense whatever the policy).
 
 The policy is a field of the model's modules, so two policies give two compiled programs and equal policies
 hash equal: nothing is read from a global when a model is traced. ``Compute()`` is the plain XLA formulation.
