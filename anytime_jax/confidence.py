@@ -316,19 +316,33 @@ class PixelSet:
     self.count, self.order = _ordered(mask > 0.5)
     n = mask.size
     self.chunk = min(n, max(MIN_CHUNK, math.ceil(n * CHUNK_FRACTION)))
-    self._padded = -(-n // self.chunk) * self.chunk
+    padded = -(-n // self.chunk) * self.chunk
+
+    def pad(order):  # to whole chunks, with its last position (of the other kind, unless every pixel is one kind)
+      return jnp.concatenate([order, jnp.broadcast_to(order[-1], (padded - n,))]) if padded > n else order
+
+    # the loops' orders, built once per mask and size (every loop of every conv sharing this PixelSet reads them)
+    self._loop_orders = {True: pad(self.order), False: pad(self.order[::-1])}
 
   def loop(self, body: Callable, init, kept: bool = True):
     """`body(rows, carry)` over the kept pixels (`kept`) or the skipped ones, `chunk` rows at a time: ceil(count /
     chunk) iterations (a traced trip count: 0 runs none). A chunk past the last pixel of its kind is filled up with
     pixels of the other kind (padded with the last / first of `order` where the positions run out), whose rows the
     bodies give no effect."""
-    n = self.mask.size
-    order = self.order if kept else self.order[::-1]
-    order = jnp.concatenate([order, jnp.broadcast_to(order[-1], (self._padded - n,))]) if self._padded > n else order
-    count = self.count if kept else n - self.count
+    order = self._loop_orders[kept]
+    count = self.count if kept else self.mask.size - self.count
     step = lambda i, carry: body(lax.dynamic_slice_in_dim(order, i * self.chunk, self.chunk), carry)
     return lax.fori_loop(0, (count + self.chunk - 1) // self.chunk, step, init)
+
+  def kept_map(self, values: Callable, channels: int, dtype) -> jax.Array:
+    """(B, h, w, channels): `values(rows)` ((len(rows), channels), for flat ids over B * h * w) at the kept pixels,
+    0 at the skipped ones, computed at the kept pixels only (`loop`; the skipped pixels a chunk ends with are
+    zeroed by the mask) and written into a zero map."""
+
+    def body(rows, out):
+      return out.at[rows].set(values(rows) * self.at_rows(rows, dtype), mode='promise_in_bounds')
+
+    return self.loop(body, jnp.zeros((self.mask.size, channels), dtype)).reshape(*self.mask.shape, channels)
 
   def at_rows(self, rows: jax.Array, dtype) -> jax.Array:
     """The mask at the flat positions `rows`, (len(rows), 1) in `dtype`."""
@@ -344,9 +358,9 @@ def _grid_ids(rows: jax.Array, h: int, w: int, grid: tuple[int, int], offset: in
 
 
 def _pixel_conv(compute: Compute, xp, kernel, bias, pixels: PixelSet, rows, stride: int) -> jax.Array:
-  """The conv (+ bias) times the mask at the pixels `rows` (flat ids over B * h * w), (len(rows), C_out): each
-  pixel's k x k input window gathered from the padded input `xp` (`_padded_input`; a row of channels per tap) and
-  one matmul; a 1 x 1 conv of stride 1 gathers the rows of x."""
+  """The conv (+ bias) at the pixels `rows` (flat ids over B * h * w), (len(rows), C_out): each pixel's k x k input
+  window gathered from the padded input `xp` (`_padded_input`; a row of channels per tap) and one matmul; a 1 x 1
+  conv of stride 1 gathers the rows of x."""
   _, h, w = pixels.mask.shape
   k, cin = kernel.shape[0], xp.shape[-1]
   origin = _grid_ids(rows, h, w, xp.shape[1:3], stride=stride)
@@ -354,9 +368,7 @@ def _pixel_conv(compute: Compute, xp, kernel, bias, pixels: PixelSet, rows, stri
   taps = origin[:, None] + jnp.asarray(di * xp.shape[2] + dj, jnp.int32)[None]
   picked = xp.reshape(-1, cin).at[taps].get(mode='promise_in_bounds').reshape(rows.shape[0], k * k * cin)
   y = compute.conv(picked[None, :, None], kernel.reshape(1, 1, k * k * cin, -1), (1, 1), ((0, 0), (0, 0)))[0, :, 0]
-  if bias is not None:
-    y = y + bias.astype(y.dtype)
-  return y * pixels.at_rows(rows, y.dtype)
+  return y if bias is None else y + bias.astype(y.dtype)
 
 
 def _padded_input(x, k: int, stride: int, padding, h: int, w: int) -> jax.Array:
@@ -368,15 +380,11 @@ def _padded_input(x, k: int, stride: int, padding, h: int, w: int) -> jax.Array:
 
 def _kept_conv(compute: Compute, x, kernel, bias, pixels: PixelSet, stride: int, padding) -> jax.Array:
   """(B, h, w, C_out): the conv (+ bias) at the kept pixels, 0 at skipped ones, computed at the kept pixels only
-  (`PixelSet.loop`)."""
-  bsz, h, w = pixels.mask.shape
+  (`PixelSet.kept_map`)."""
+  _, h, w = pixels.mask.shape
   xp = _padded_input(x, kernel.shape[0], stride, padding, h, w)
-  cout = kernel.shape[-1]
-
-  def body(rows, out):
-    return out.at[rows].set(_pixel_conv(compute, xp, kernel, bias, pixels, rows, stride), mode='promise_in_bounds')
-
-  return pixels.loop(body, jnp.zeros((bsz * h * w, cout), x.dtype)).reshape(bsz, h, w, cout)
+  rows_conv = lambda rows: _pixel_conv(compute, xp, kernel, bias, pixels, rows, stride)
+  return pixels.kept_map(rows_conv, kernel.shape[-1], x.dtype)
 
 
 def _short_windows(mask: jax.Array, rows: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -407,7 +415,8 @@ def _scatter_fill(compute: Compute, x, kernel, bias, pixels: PixelSet, rbf_lambd
   centre = jnp.asarray((di == r) & (dj == r))[None]
 
   def body(rows, out):
-    y = _pixel_conv(compute, xp, kernel, bias, pixels, rows, stride)  # 0 at the skipped pixels a chunk ends with
+    y = _pixel_conv(compute, xp, kernel, bias, pixels, rows, stride)
+    y = y * pixels.at_rows(rows, y.dtype)  # 0 at the skipped pixels a chunk ends with
     targets, kept = _short_windows(mask, rows)
     coef = jnp.where(centre, 1.0, weights[None] * (1 - kept)).astype(y.dtype)
     values = (y[:, None, :] * coef[..., None]).reshape(-1, cout)

@@ -153,6 +153,10 @@ def test_pixel_set_order_and_chunks():
   assert big.chunk == 125 and int(big.count) == 572  # 1 / 32 of 4000; 5 chunks, the last runs into skipped ones
   visits = np.asarray(big.loop(lambda rows, acc: acc.at[rows].add(1), jnp.zeros(4000, jnp.int32)))
   assert visits[np.asarray(big.order)[:572]].tolist() == [1] * 572 and visits.sum() == 5 * 125
+  # kept_map: the values at the kept pixels (each row's own id here), 0 at the skipped ones the last chunk runs into
+  got = np.asarray(big.kept_map(lambda rows: jnp.stack([rows, -rows], -1).astype(jnp.float32), 2, jnp.float32))
+  ids = np.arange(4000, dtype=np.float32).reshape(2, 40, 50) * np.asarray(big.mask)
+  np.testing.assert_array_equal(got, np.stack([ids, -ids], -1))
 
 
 @pytest.mark.slow  # 2 tiny-HRNet compiles: 110 s on the shared 2-core machine under load (~20 s idle, unmeasured)
