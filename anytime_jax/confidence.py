@@ -298,11 +298,14 @@ NEAR_MAX = 1 / 16
 def _ordered(flags: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(count of true flags, permutation of the flat positions: the true ones first, each part in raster order)."""
   flat = flags.reshape(-1)
-  on_rank = jnp.cumsum(flat) - 1
-  count = on_rank[-1] + 1
-  rank = jnp.where(flat, on_rank, count + jnp.cumsum(~flat) - 1).astype(jnp.int32)
   n = flat.shape[0]
-  return count, jnp.zeros((n,), jnp.int32).at[rank].set(jnp.arange(n, dtype=jnp.int32), unique_indices=True)
+  position = jnp.arange(n, dtype=jnp.int32)
+  # one cumsum: the false flags before position i number i - (the true ones up to i), so a false flag's rank among
+  # them is i - on_rank - 1 (a second cumsum, of ~flat, was about 10 more kernels for XLA:CPU to compile per mask)
+  on_rank = jnp.cumsum(flat, dtype=jnp.int32) - 1
+  count = on_rank[-1] + 1
+  rank = jnp.where(flat, on_rank, count + position - on_rank - 1)
+  return count, jnp.zeros((n,), jnp.int32).at[rank].set(position, unique_indices=True)
 
 
 class PixelSet:

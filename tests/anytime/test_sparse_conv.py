@@ -146,6 +146,7 @@ def test_pixel_set_order_and_chunks():
   assert int(p.count) == 3 and p.chunk == m.size < confidence.MIN_CHUNK  # the chunk is at most every pixel
   np.testing.assert_array_equal(np.asarray(p.order)[:3], [10, 24, 47])  # kept first, raster order, then skipped
   np.testing.assert_array_equal(np.sort(np.asarray(p.order)), np.arange(48))
+  np.testing.assert_array_equal(np.asarray(p.order)[3:], np.setdiff1d(np.arange(48), [10, 24, 47]))  # raster order
   seen = lambda kept: np.asarray(p.loop(lambda rows, acc: acc.at[rows].add(1), jnp.zeros(48, jnp.int32), kept))
   np.testing.assert_array_equal(seen(True), np.ones(48))  # one chunk: the 3 kept pixels and the 45 skipped ones
   np.testing.assert_array_equal(seen(False), np.ones(48))
