@@ -437,6 +437,18 @@ def _short_fill(ym: jax.Array, mask: jax.Array, rbf_lambda) -> jax.Array:
   return ym + _fill_sum(g, _fill_sum(g, ym, 2), 1) * norm * (1 - m)
 
 
+def _banded_fill(ym: jax.Array, mask: jax.Array, rbf_lambda, short: jax.Array) -> jax.Array:
+  """`_short_fill` of `ym` where `short`, else `rbf_fill`, for a map whose sides are at most BAND_MAX: both are the
+  two matmuls with the (n, n) banded tap matrices (`_fill_sum`), the short fill's the 7 x 7 fill's with the taps
+  beyond SHORT_RADIUS set to 0: the same matrices, so the same values, from one compiled body instead of two
+  (XLA:CPU compiles a kernel in some milliseconds, and every masked conv carries its fills)."""
+  m = mask[..., None].astype(ym.dtype)
+  r = RBF_SIZE // 2
+  g, norm = _separable_taps(rbf_lambda, r, ym.dtype)
+  g = jnp.where(short & (np.abs(np.arange(2 * r + 1) - r) > SHORT_RADIUS), jnp.zeros((), g.dtype), g)
+  return ym + _fill_sum(g, _fill_sum(g, ym, 2), 1) * norm * (1 - m)
+
+
 def _near_dense_fill(y: jax.Array, pixels: PixelSet, rbf_lambda) -> jax.Array:
   """`masked_dense`'s output from the dense conv `y` (B, h, w, C) when few pixels are skipped: `y` with the short RBF
   fill written at the skipped pixels (`PixelSet.loop` over them; a chunk's rows past them are kept pixels, which
@@ -471,9 +483,10 @@ def masked_sparse(compute: Compute, x, kernel, bias, mask, rbf_lambda, strides, 
   plain conv and the fill at the skipped pixels only (`_near_dense_fill`); at most SCATTER_FILL_MAX kept (short
   fill), the conv at the kept pixels with the fill scattered from them (`_scatter_fill`); otherwise the conv at the
   kept pixels (`_kept_conv`, up to PIXEL_MAX / PATCH_MAX of them) or the dense conv times the mask, then the fill over
-  the map (`_short_fill`, or the reference's `rbf_fill` when lambda^2 < SHORT_LAMBDA2). `fill=False` (the caller
-  reads the output at kept pixels only, e.g. a 1 x 1 chain into the exit's aggregation) leaves out the fill: skipped
-  pixels are 0, kept ones `masked_dense`'s. Inference only: training keeps `masked_dense` (`MaskSet.train`)."""
+  the map (`_short_fill`, or the reference's `rbf_fill` when lambda^2 < SHORT_LAMBDA2; both in one body,
+  `_banded_fill`, on a map of at most BAND_MAX a side). `fill=False` (the caller reads the output at kept pixels
+  only, e.g. a 1 x 1 chain into the exit's aggregation) leaves out the fill: skipped pixels are 0, kept ones
+  `masked_dense`'s. Inference only: training keeps `masked_dense` (`MaskSet.train`)."""
   pixels = mask if isinstance(mask, PixelSet) else PixelSet(mask)
   m = pixels.mask
   kernel = kernel.astype(x.dtype)
@@ -503,6 +516,8 @@ def masked_sparse(compute: Compute, x, kernel, bias, mask, rbf_lambda, strides, 
 
   def filled(x, kernel, bias, lam):
     ym = kept_conv(x, kernel, bias)
+    if max(m.shape[1:]) <= BAND_MAX:  # one body for both fills: the same banded matmuls (`_banded_fill`)
+      return _banded_fill(ym, m, lam, lam**2 >= SHORT_LAMBDA2)
     return lax.cond(lam**2 >= SHORT_LAMBDA2, _short_fill, rbf_fill, ym, m, lam)
 
   index = sparse_branch(pixels, rbf_lambda**2 >= SHORT_LAMBDA2)

@@ -96,6 +96,28 @@ def test_sparse_equals_masked_dense_on_hand_built_masks(k, stride, bias):
   assert taken == {0, 1, 2, (3, True), (3, False)}, taken
 
 
+def test_fill_over_the_map_on_sides_above_band_max():
+  """The filled branch on a map with a side above confidence.BAND_MAX (the hand-built masks' 32 x 32 take one banded
+  body for both fills): the short fill and the reference's 7 x 7 fill, chosen by lambda, each the separable slices."""
+  rng = np.random.RandomState(1)
+  h, w = confidence.BAND_MAX + 8, 24
+  x = jnp.asarray(rng.randn(2, h, w, 4).astype(np.float32))
+  kernel = jnp.asarray(rng.randn(3, 3, 4, 3).astype(np.float32) / 3)
+  compute, pad = Compute(), ((1, 1), (1, 1))
+  both = jax.jit(
+      lambda mask, lam: [
+          f(compute, x, kernel, None, mask, lam, (1, 1), pad)
+          for f in (confidence.masked_dense, confidence.masked_sparse)
+      ]
+  )
+  for fraction in (0.3, 0.6):
+    mask = jnp.asarray((rng.rand(2, h, w) < fraction).astype(np.float32))
+    for lam in LAMS:
+      assert int(confidence.sparse_branch(PixelSet(mask), lam**2 >= confidence.SHORT_LAMBDA2)) == 3
+      dense, sparse = both(mask, jnp.float32(lam))
+      np.testing.assert_allclose(np.asarray(sparse), np.asarray(dense), atol=1e-5, rtol=0, err_msg=f'{fraction} {lam}')
+
+
 def test_original_exit_at_kept_pixels_equals_masked_dense_exit():
   """The sparse path's original exit (`OriginalExit.kept_pixels_head`: its input formed, both 1 x 1 convs and the
   BN run at the kept pixels only) against the masked-dense exit on `exit_input`'s concat: the same logits at kept
