@@ -225,6 +225,9 @@ AUTO = {
     'small_conv': 'conv',
     'patch_conv': 'conv',
     'channel_multiple': 1,
+    # HRNet's block and fuse outputs materialized at evaluation on CPU (`hrnet.relu_of_sum`): XLA:CPU otherwise
+    # recomputes each stage's chain of BN + residual + ReLU in every later fusion (benchmarks/ANALYSIS.md)
+    'fusion_barriers': on_cpu(True, False),
     # the sparse masked conv where it was measured faster than masked-dense (CPU: benchmarks/ANALYSIS.md, 'anytime
     # masked_conv'); dense on GPU / TPU, where it is not measured yet. Evaluation only: training is masked-dense
     # whatever the policy. A small job may still pin 'dense': the sparse program compiles several times longer
@@ -295,11 +298,14 @@ NEAR_MAX = 1 / 16
 def _ordered(flags: jax.Array) -> tuple[jax.Array, jax.Array]:
   """(count of true flags, permutation of the flat positions: the true ones first, each part in raster order)."""
   flat = flags.reshape(-1)
-  on_rank = jnp.cumsum(flat) - 1
-  count = on_rank[-1] + 1
-  rank = jnp.where(flat, on_rank, count + jnp.cumsum(~flat) - 1).astype(jnp.int32)
   n = flat.shape[0]
-  return count, jnp.zeros((n,), jnp.int32).at[rank].set(jnp.arange(n, dtype=jnp.int32), unique_indices=True)
+  position = jnp.arange(n, dtype=jnp.int32)
+  # one cumsum: the false flags before position i number i - (the true ones up to i), so a false flag's rank among
+  # them is i - on_rank - 1 (a second cumsum, of ~flat, was about 10 more kernels for XLA:CPU to compile per mask)
+  on_rank = jnp.cumsum(flat, dtype=jnp.int32) - 1
+  count = on_rank[-1] + 1
+  rank = jnp.where(flat, on_rank, count + position - on_rank - 1)
+  return count, jnp.zeros((n,), jnp.int32).at[rank].set(position, unique_indices=True)
 
 
 class PixelSet:
@@ -313,19 +319,33 @@ class PixelSet:
     self.count, self.order = _ordered(mask > 0.5)
     n = mask.size
     self.chunk = min(n, max(MIN_CHUNK, math.ceil(n * CHUNK_FRACTION)))
-    self._padded = -(-n // self.chunk) * self.chunk
+    padded = -(-n // self.chunk) * self.chunk
+
+    def pad(order):  # to whole chunks, with its last position (of the other kind, unless every pixel is one kind)
+      return jnp.concatenate([order, jnp.broadcast_to(order[-1], (padded - n,))]) if padded > n else order
+
+    # the loops' orders, built once per mask and size (every loop of every conv sharing this PixelSet reads them)
+    self._loop_orders = {True: pad(self.order), False: pad(self.order[::-1])}
 
   def loop(self, body: Callable, init, kept: bool = True):
     """`body(rows, carry)` over the kept pixels (`kept`) or the skipped ones, `chunk` rows at a time: ceil(count /
     chunk) iterations (a traced trip count: 0 runs none). A chunk past the last pixel of its kind is filled up with
     pixels of the other kind (padded with the last / first of `order` where the positions run out), whose rows the
     bodies give no effect."""
-    n = self.mask.size
-    order = self.order if kept else self.order[::-1]
-    order = jnp.concatenate([order, jnp.broadcast_to(order[-1], (self._padded - n,))]) if self._padded > n else order
-    count = self.count if kept else n - self.count
+    order = self._loop_orders[kept]
+    count = self.count if kept else self.mask.size - self.count
     step = lambda i, carry: body(lax.dynamic_slice_in_dim(order, i * self.chunk, self.chunk), carry)
     return lax.fori_loop(0, (count + self.chunk - 1) // self.chunk, step, init)
+
+  def kept_map(self, values: Callable, channels: int, dtype) -> jax.Array:
+    """(B, h, w, channels): `values(rows)` ((len(rows), channels), for flat ids over B * h * w) at the kept pixels,
+    0 at the skipped ones, computed at the kept pixels only (`loop`; the skipped pixels a chunk ends with are
+    zeroed by the mask) and written into a zero map."""
+
+    def body(rows, out):
+      return out.at[rows].set(values(rows) * self.at_rows(rows, dtype), mode='promise_in_bounds')
+
+    return self.loop(body, jnp.zeros((self.mask.size, channels), dtype)).reshape(*self.mask.shape, channels)
 
   def at_rows(self, rows: jax.Array, dtype) -> jax.Array:
     """The mask at the flat positions `rows`, (len(rows), 1) in `dtype`."""
@@ -341,9 +361,9 @@ def _grid_ids(rows: jax.Array, h: int, w: int, grid: tuple[int, int], offset: in
 
 
 def _pixel_conv(compute: Compute, xp, kernel, bias, pixels: PixelSet, rows, stride: int) -> jax.Array:
-  """The conv (+ bias) times the mask at the pixels `rows` (flat ids over B * h * w), (len(rows), C_out): each
-  pixel's k x k input window gathered from the padded input `xp` (`_padded_input`; a row of channels per tap) and
-  one matmul; a 1 x 1 conv of stride 1 gathers the rows of x."""
+  """The conv (+ bias) at the pixels `rows` (flat ids over B * h * w), (len(rows), C_out): each pixel's k x k input
+  window gathered from the padded input `xp` (`_padded_input`; a row of channels per tap) and one matmul; a 1 x 1
+  conv of stride 1 gathers the rows of x."""
   _, h, w = pixels.mask.shape
   k, cin = kernel.shape[0], xp.shape[-1]
   origin = _grid_ids(rows, h, w, xp.shape[1:3], stride=stride)
@@ -351,9 +371,7 @@ def _pixel_conv(compute: Compute, xp, kernel, bias, pixels: PixelSet, rows, stri
   taps = origin[:, None] + jnp.asarray(di * xp.shape[2] + dj, jnp.int32)[None]
   picked = xp.reshape(-1, cin).at[taps].get(mode='promise_in_bounds').reshape(rows.shape[0], k * k * cin)
   y = compute.conv(picked[None, :, None], kernel.reshape(1, 1, k * k * cin, -1), (1, 1), ((0, 0), (0, 0)))[0, :, 0]
-  if bias is not None:
-    y = y + bias.astype(y.dtype)
-  return y * pixels.at_rows(rows, y.dtype)
+  return y if bias is None else y + bias.astype(y.dtype)
 
 
 def _padded_input(x, k: int, stride: int, padding, h: int, w: int) -> jax.Array:
@@ -365,15 +383,11 @@ def _padded_input(x, k: int, stride: int, padding, h: int, w: int) -> jax.Array:
 
 def _kept_conv(compute: Compute, x, kernel, bias, pixels: PixelSet, stride: int, padding) -> jax.Array:
   """(B, h, w, C_out): the conv (+ bias) at the kept pixels, 0 at skipped ones, computed at the kept pixels only
-  (`PixelSet.loop`)."""
-  bsz, h, w = pixels.mask.shape
+  (`PixelSet.kept_map`)."""
+  _, h, w = pixels.mask.shape
   xp = _padded_input(x, kernel.shape[0], stride, padding, h, w)
-  cout = kernel.shape[-1]
-
-  def body(rows, out):
-    return out.at[rows].set(_pixel_conv(compute, xp, kernel, bias, pixels, rows, stride), mode='promise_in_bounds')
-
-  return pixels.loop(body, jnp.zeros((bsz * h * w, cout), x.dtype)).reshape(bsz, h, w, cout)
+  rows_conv = lambda rows: _pixel_conv(compute, xp, kernel, bias, pixels, rows, stride)
+  return pixels.kept_map(rows_conv, kernel.shape[-1], x.dtype)
 
 
 def _short_windows(mask: jax.Array, rows: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -404,7 +418,8 @@ def _scatter_fill(compute: Compute, x, kernel, bias, pixels: PixelSet, rbf_lambd
   centre = jnp.asarray((di == r) & (dj == r))[None]
 
   def body(rows, out):
-    y = _pixel_conv(compute, xp, kernel, bias, pixels, rows, stride)  # 0 at the skipped pixels a chunk ends with
+    y = _pixel_conv(compute, xp, kernel, bias, pixels, rows, stride)
+    y = y * pixels.at_rows(rows, y.dtype)  # 0 at the skipped pixels a chunk ends with
     targets, kept = _short_windows(mask, rows)
     coef = jnp.where(centre, 1.0, weights[None] * (1 - kept)).astype(y.dtype)
     values = (y[:, None, :] * coef[..., None]).reshape(-1, cout)
@@ -419,6 +434,18 @@ def _short_fill(ym: jax.Array, mask: jax.Array, rbf_lambda) -> jax.Array:
   the same values to float32 rounding), as the separable 3 + 3 pass of `_fill_sum`."""
   m = mask[..., None].astype(ym.dtype)
   g, norm = _separable_taps(rbf_lambda, SHORT_RADIUS, ym.dtype)
+  return ym + _fill_sum(g, _fill_sum(g, ym, 2), 1) * norm * (1 - m)
+
+
+def _banded_fill(ym: jax.Array, mask: jax.Array, rbf_lambda, short: jax.Array) -> jax.Array:
+  """`_short_fill` of `ym` where `short`, else `rbf_fill`, for a map whose sides are at most BAND_MAX: both are the
+  two matmuls with the (n, n) banded tap matrices (`_fill_sum`), the short fill's the 7 x 7 fill's with the taps
+  beyond SHORT_RADIUS set to 0: the same matrices, so the same values, from one compiled body instead of two
+  (XLA:CPU compiles a kernel in some milliseconds, and every masked conv carries its fills)."""
+  m = mask[..., None].astype(ym.dtype)
+  r = RBF_SIZE // 2
+  g, norm = _separable_taps(rbf_lambda, r, ym.dtype)
+  g = jnp.where(short & (np.abs(np.arange(2 * r + 1) - r) > SHORT_RADIUS), jnp.zeros((), g.dtype), g)
   return ym + _fill_sum(g, _fill_sum(g, ym, 2), 1) * norm * (1 - m)
 
 
@@ -456,9 +483,10 @@ def masked_sparse(compute: Compute, x, kernel, bias, mask, rbf_lambda, strides, 
   plain conv and the fill at the skipped pixels only (`_near_dense_fill`); at most SCATTER_FILL_MAX kept (short
   fill), the conv at the kept pixels with the fill scattered from them (`_scatter_fill`); otherwise the conv at the
   kept pixels (`_kept_conv`, up to PIXEL_MAX / PATCH_MAX of them) or the dense conv times the mask, then the fill over
-  the map (`_short_fill`, or the reference's `rbf_fill` when lambda^2 < SHORT_LAMBDA2). `fill=False` (the caller
-  reads the output at kept pixels only, e.g. a 1 x 1 chain into the exit's aggregation) leaves out the fill: skipped
-  pixels are 0, kept ones `masked_dense`'s. Inference only: training keeps `masked_dense` (`MaskSet.train`)."""
+  the map (`_short_fill`, or the reference's `rbf_fill` when lambda^2 < SHORT_LAMBDA2; both in one body,
+  `_banded_fill`, on a map of at most BAND_MAX a side). `fill=False` (the caller reads the output at kept pixels
+  only, e.g. a 1 x 1 chain into the exit's aggregation) leaves out the fill: skipped pixels are 0, kept ones
+  `masked_dense`'s. Inference only: training keeps `masked_dense` (`MaskSet.train`)."""
   pixels = mask if isinstance(mask, PixelSet) else PixelSet(mask)
   m = pixels.mask
   kernel = kernel.astype(x.dtype)
@@ -488,6 +516,8 @@ def masked_sparse(compute: Compute, x, kernel, bias, mask, rbf_lambda, strides, 
 
   def filled(x, kernel, bias, lam):
     ym = kept_conv(x, kernel, bias)
+    if max(m.shape[1:]) <= BAND_MAX:  # one body for both fills: the same banded matmuls (`_banded_fill`)
+      return _banded_fill(ym, m, lam, lam**2 >= SHORT_LAMBDA2)
     return lax.cond(lam**2 >= SHORT_LAMBDA2, _short_fill, rbf_fill, ym, m, lam)
 
   index = sparse_branch(pixels, rbf_lambda**2 >= SHORT_LAMBDA2)

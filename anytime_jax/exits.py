@@ -108,7 +108,7 @@ class OriginalExit(nn.Module):
   def kept_pixels_head(self, branches, masks: MaskSet) -> jax.Array:
     """The masked exit at evaluation with the sparse masked conv, from the stage's branches: pixel-wise, and the
     aggregation reads its logits at kept pixels only, so the input (`exit_input_rows`), both 1 x 1 convs and the BN
-    run on the kept pixels alone, in chunks (`confidence.PixelSet.loop`) up to `confidence.PIXEL_MAX` of the
+    run on the kept pixels alone, in chunks (`confidence.PixelSet.kept_map`) up to `confidence.PIXEL_MAX` of the
     pixels, above at every pixel. Skipped pixels' logits are 0, as the masked conv's without the fill;
     kept ones equal the masked-dense exit's. MACs are counted and sown as the two masked convs'."""
     params = self.variables['params']
@@ -131,13 +131,9 @@ class OriginalExit(nn.Module):
 
     pixels = masks.pixels(h, w)
 
-    def kept(branches):  # a chunk's rows past the kept pixels are skipped ones: 0 there
-      def body(rows, out):
-        y = head(exit_input_rows(branches, rows)[None, :, None])[0, :, 0] * pixels.at_rows(rows, x0.dtype)
-        return out.at[rows].set(y, mode='promise_in_bounds')
-
-      out = pixels.loop(body, jnp.zeros((bsz * h * w, self.num_classes), x0.dtype))
-      return out.reshape(bsz, h, w, -1)
+    def kept(branches):  # at the kept pixels only, 0 at the others
+      rows_head = lambda rows: head(exit_input_rows(branches, rows)[None, :, None])[0, :, 0]
+      return pixels.kept_map(rows_head, self.num_classes, x0.dtype)
 
     def every(branches):
       return head(exit_input(branches)) * m[..., None].astype(x0.dtype)

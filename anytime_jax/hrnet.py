@@ -53,6 +53,7 @@ from anytime_jax.exits import (
     make_exit,
     resize_bilinear,
 )
+from core_jax import compute as compute_lib
 from core_jax import counting
 from core_jax.compute import Compute
 from core_jax.errors import UserError
@@ -92,6 +93,24 @@ def get_arch(name: str) -> Arch:
   if name not in ARCHS:
     raise MODELS.unknown(name)
   return ARCHS[name]
+
+
+def relu_of_sum(terms, barrier: bool, anchor: jax.Array) -> jax.Array:
+  """ReLU(sum of `terms`): a block's or a fuse layer's output. With `barrier` (`compute.fusion_barriers` at
+  evaluation) computed into its own buffer (`core_jax.compute.materialized`; `anchor` a parameter for its
+  predicate): XLA:CPU fused each output's producers (the BN + residual + ReLU of every block before it, and the
+  fuse layers' upsampled maps, read transposed) into each of its consumers again instead of reading one buffer, so
+  a stage's elementwise work grew with the square of its blocks (19 ReLUs in one stage-4 fusion of W18-Small-v2,
+  in every contender's program): most of the sparse last segment's time at tau=0.998 (benchmarks/ANALYSIS.md).
+  Training keeps the fused form (not measured there)."""
+
+  def total(*ts):
+    y = ts[0]
+    for t in ts[1:]:
+      y = y + t
+    return nn.relu(y)
+
+  return compute_lib.materialized(total, *terms, anchor=anchor) if barrier else total(*terms)
 
 
 class ConvBN(nn.Module):
@@ -178,7 +197,8 @@ class BasicBlock(nn.Module):
     out = nn.relu(batch_norm(train, 'bn1', m, self.dtype)(out))
     out = Conv(self.planes, 3, exit_index=self.exit_index, conv_init=ci, compute=self.compute, name='conv2')(out, masks)
     out = batch_norm(train, 'bn2', m, self.dtype)(out)
-    return nn.relu(out + x)
+    barrier = self.compute.fusion_barriers and not train
+    return relu_of_sum((out, x), barrier, self.variables['params']['bn2']['scale'])
 
 
 class HighResolutionModule(nn.Module):
@@ -206,8 +226,9 @@ class HighResolutionModule(nn.Module):
       for b in range(self.num_blocks):
         xs[i] = BasicBlock(self.channels[i], name=f'branch{i}_{b}', **opts)(xs[i], train, masks)
     outs = []
+    barrier = self.compute.fusion_barriers and not train
     for i in range(n):
-      y = None
+      terms = []
       for j in range(n):
         if j == i:
           t = xs[j]
@@ -226,8 +247,8 @@ class HighResolutionModule(nn.Module):
                 name=f'fuse{i}_{j}_{k}',
                 **opts,
             )(t, train, masks)
-        y = t if y is None else y + t
-      outs.append(nn.relu(y))
+        terms.append(t)
+      outs.append(relu_of_sum(terms, barrier, self.variables['params'][f'branch{i}_0']['bn2']['scale']))
     return outs
 
   def _upsample(self, t, size, factor):

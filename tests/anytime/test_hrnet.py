@@ -252,3 +252,37 @@ def test_rh_max_depth_caps_the_redesigned_exits_down_steps():
     with pytest.raises(UserError, match=r'^rh_max_depth must be an integer 1\.\.3 .*got ') as e:
       hrnet.build('w8_tiny', rh_max_depth=bad)
     assert '\n' not in str(e.value)
+
+
+def _count_conds(jaxpr) -> int:
+  """The lax.cond equations of a jaxpr, inside sub-jaxprs (pjit, cond branches) too."""
+  count = 0
+  for eqn in jaxpr.eqns:
+    count += eqn.primitive.name == 'cond'
+    for sub in jax.core.jaxprs_in_params(eqn.params):
+      count += _count_conds(sub)
+  return count
+
+
+def test_fusion_barriers_materialize_block_and_fuse_outputs_at_evaluation_only():
+  """compute.fusion_barriers (the anytime line's choice on CPU) computes every BasicBlock's and fuse layer's
+  ReLU(sum) into its own buffer (a conditional) at evaluation, with the same outputs as without; training keeps
+  the fused form. w8_tiny: 2 + 3 + 4 blocks and as many fuse outputs in stages 2..4."""
+  from anytime_jax import confidence  # pylint: disable=import-outside-toplevel
+
+  def build(barriers):
+    return hrnet.build(
+        'w8_tiny', exits=(4,), num_classes=3, compute=confidence.for_backend(dict(fusion_barriers=barriers))
+    )
+
+  with_barriers, without = build(True), build(False)
+  variables = hrnet.random_variables(with_barriers, 32, 32)
+  x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
+  evaluate = lambda model: jax.make_jaxpr(lambda v, x: model.apply(v, x))(variables, x).jaxpr
+  train = lambda model: jax.make_jaxpr(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']))(
+      variables, x
+  ).jaxpr
+  assert _count_conds(evaluate(with_barriers)) == 18 and _count_conds(evaluate(without)) == 0
+  assert _count_conds(train(with_barriers)) == 0
+  run = lambda model: np.asarray(jax.jit(lambda v, x: model.apply(v, x)['logits'][-1])(variables, x))
+  np.testing.assert_array_equal(run(with_barriers), run(without))

@@ -96,6 +96,28 @@ def test_sparse_equals_masked_dense_on_hand_built_masks(k, stride, bias):
   assert taken == {0, 1, 2, (3, True), (3, False)}, taken
 
 
+def test_fill_over_the_map_on_sides_above_band_max():
+  """The filled branch on a map with a side above confidence.BAND_MAX (the hand-built masks' 32 x 32 take one banded
+  body for both fills): the short fill and the reference's 7 x 7 fill, chosen by lambda, each the separable slices."""
+  rng = np.random.RandomState(1)
+  h, w = confidence.BAND_MAX + 8, 24
+  x = jnp.asarray(rng.randn(2, h, w, 4).astype(np.float32))
+  kernel = jnp.asarray(rng.randn(3, 3, 4, 3).astype(np.float32) / 3)
+  compute, pad = Compute(), ((1, 1), (1, 1))
+  both = jax.jit(
+      lambda mask, lam: [
+          f(compute, x, kernel, None, mask, lam, (1, 1), pad)
+          for f in (confidence.masked_dense, confidence.masked_sparse)
+      ]
+  )
+  for fraction in (0.3, 0.6):
+    mask = jnp.asarray((rng.rand(2, h, w) < fraction).astype(np.float32))
+    for lam in LAMS:
+      assert int(confidence.sparse_branch(PixelSet(mask), lam**2 >= confidence.SHORT_LAMBDA2)) == 3
+      dense, sparse = both(mask, jnp.float32(lam))
+      np.testing.assert_allclose(np.asarray(sparse), np.asarray(dense), atol=1e-5, rtol=0, err_msg=f'{fraction} {lam}')
+
+
 def test_original_exit_at_kept_pixels_equals_masked_dense_exit():
   """The sparse path's original exit (`OriginalExit.kept_pixels_head`: its input formed, both 1 x 1 convs and the
   BN run at the kept pixels only) against the masked-dense exit on `exit_input`'s concat: the same logits at kept
@@ -146,6 +168,7 @@ def test_pixel_set_order_and_chunks():
   assert int(p.count) == 3 and p.chunk == m.size < confidence.MIN_CHUNK  # the chunk is at most every pixel
   np.testing.assert_array_equal(np.asarray(p.order)[:3], [10, 24, 47])  # kept first, raster order, then skipped
   np.testing.assert_array_equal(np.sort(np.asarray(p.order)), np.arange(48))
+  np.testing.assert_array_equal(np.asarray(p.order)[3:], np.setdiff1d(np.arange(48), [10, 24, 47]))  # raster order
   seen = lambda kept: np.asarray(p.loop(lambda rows, acc: acc.at[rows].add(1), jnp.zeros(48, jnp.int32), kept))
   np.testing.assert_array_equal(seen(True), np.ones(48))  # one chunk: the 3 kept pixels and the 45 skipped ones
   np.testing.assert_array_equal(seen(False), np.ones(48))
@@ -153,6 +176,10 @@ def test_pixel_set_order_and_chunks():
   assert big.chunk == 125 and int(big.count) == 572  # 1 / 32 of 4000; 5 chunks, the last runs into skipped ones
   visits = np.asarray(big.loop(lambda rows, acc: acc.at[rows].add(1), jnp.zeros(4000, jnp.int32)))
   assert visits[np.asarray(big.order)[:572]].tolist() == [1] * 572 and visits.sum() == 5 * 125
+  # kept_map: the values at the kept pixels (each row's own id here), 0 at the skipped ones the last chunk runs into
+  got = np.asarray(big.kept_map(lambda rows: jnp.stack([rows, -rows], -1).astype(jnp.float32), 2, jnp.float32))
+  ids = np.arange(4000, dtype=np.float32).reshape(2, 40, 50) * np.asarray(big.mask)
+  np.testing.assert_array_equal(got, np.stack([ids, -ids], -1))
 
 
 @pytest.mark.slow  # 2 tiny-HRNet compiles: 110 s on the shared 2-core machine under load (~20 s idle, unmeasured)
