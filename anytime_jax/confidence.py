@@ -193,6 +193,12 @@ def _fill_sum(g: jax.Array, a: jax.Array, axis: int) -> jax.Array:
 # distinct shapes, a hundred-odd taps each) was half of the anytime train step's tracing time. The caller's program
 # holds the same ops (its constants, the tap distances, once instead of once per conv).
 @functools.partial(jax.jit, inline=True)
+def _separable_fill(ym: jax.Array, m: jax.Array, g: jax.Array, norm: jax.Array) -> jax.Array:
+  """ym + the separable fill of `ym` with the per-side taps `g` (`_fill_sum` along each side) times `norm`, at the
+  skipped pixels only (m (B, h, w, 1) 0 there): the last step of every RBF fill here."""
+  return ym + _fill_sum(g, _fill_sum(g, ym, 2), 1) * norm * (1 - m)
+
+
 def rbf_fill(y: jax.Array, mask: jax.Array, rbf_lambda: jax.Array) -> jax.Array:
   """y * m + rbf(y * m) * (1 - m) for y (B, h, w, C) and mask (B, h, w).
 
@@ -204,8 +210,7 @@ def rbf_fill(y: jax.Array, mask: jax.Array, rbf_lambda: jax.Array) -> jax.Array:
   m = mask[..., None].astype(y.dtype)
   ym = y * m
   g, norm = _separable_taps(rbf_lambda, RBF_SIZE // 2, y.dtype)
-  interp = _fill_sum(g, _fill_sum(g, ym, 2), 1) * norm
-  return ym + interp * (1 - m)
+  return _separable_fill(ym, m, g, norm)
 
 
 def rbf_fill_conv(y: jax.Array, mask: jax.Array, rbf_lambda: jax.Array) -> jax.Array:
@@ -434,7 +439,7 @@ def _short_fill(ym: jax.Array, mask: jax.Array, rbf_lambda) -> jax.Array:
   the same values to float32 rounding), as the separable 3 + 3 pass of `_fill_sum`."""
   m = mask[..., None].astype(ym.dtype)
   g, norm = _separable_taps(rbf_lambda, SHORT_RADIUS, ym.dtype)
-  return ym + _fill_sum(g, _fill_sum(g, ym, 2), 1) * norm * (1 - m)
+  return _separable_fill(ym, m, g, norm)
 
 
 def _banded_fill(ym: jax.Array, mask: jax.Array, rbf_lambda, short: jax.Array) -> jax.Array:
@@ -446,7 +451,7 @@ def _banded_fill(ym: jax.Array, mask: jax.Array, rbf_lambda, short: jax.Array) -
   r = RBF_SIZE // 2
   g, norm = _separable_taps(rbf_lambda, r, ym.dtype)
   g = jnp.where(short & (np.abs(np.arange(2 * r + 1) - r) > SHORT_RADIUS), jnp.zeros((), g.dtype), g)
-  return ym + _fill_sum(g, _fill_sum(g, ym, 2), 1) * norm * (1 - m)
+  return _separable_fill(ym, m, g, norm)
 
 
 def _near_dense_fill(y: jax.Array, pixels: PixelSet, rbf_lambda) -> jax.Array:
