@@ -527,7 +527,7 @@ MASKED_CONVS: dict[str, Callable] = {'dense': masked_dense, 'sparse': masked_spa
 # conditional around every masked conv kept XLA from fusing across them and cost more than the sparse work saved
 # where most pixels stay kept (benchmarks/ANALYSIS.md, 'segment-level choice', for the measured crossover).
 SEGMENT_KINDS = ('plain', 'dense', 'sparse')
-SEGMENT_DENSE_MIN = 0.5
+SEGMENT_DENSE_MIN = 0.5  # masked-dense won at 0.63 kept and above, sparse at 0.38 and below: ANALYSIS.md
 
 
 def segment_kind(mask: jax.Array) -> jax.Array:
