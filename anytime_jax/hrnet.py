@@ -56,7 +56,6 @@ from anytime_jax.exits import (
     make_exit,
     resize_bilinear,
 )
-from core_jax import compute as compute_lib
 from core_jax import counting
 from core_jax.compute import Compute
 from core_jax.errors import UserError
@@ -98,22 +97,28 @@ def get_arch(name: str) -> Arch:
   return ARCHS[name]
 
 
-def relu_of_sum(terms, barrier: bool, anchor: jax.Array) -> jax.Array:
-  """ReLU(sum of `terms`): a block's or a fuse layer's output. With `barrier` (`compute.fusion_barriers` at
-  evaluation) computed into its own buffer (`core_jax.compute.materialized`; `anchor` a parameter for its
-  predicate): XLA:CPU fused each output's producers (the BN + residual + ReLU of every block before it, and the
-  fuse layers' upsampled maps, read transposed) into each of its consumers again instead of reading one buffer, so
-  a stage's elementwise work grew with the square of its blocks (19 ReLUs in one stage-4 fusion of W18-Small-v2,
-  in every contender's program): most of the sparse last segment's time at tau=0.998 (benchmarks/ANALYSIS.md).
-  Training keeps the fused form (not measured there)."""
+def _sum_relu(*terms: jax.Array) -> jax.Array:
+  y = terms[0]
+  for t in terms[1:]:
+    y = y + t
+  return nn.relu(y)
 
-  def total(*ts):
-    y = ts[0]
-    for t in ts[1:]:
-      y = y + t
-    return nn.relu(y)
 
-  return compute_lib.materialized(total, *terms, anchor=anchor) if barrier else total(*terms)
+def relu_of_sum(terms, compute: Compute, anchor: jax.Array) -> jax.Array:
+  """ReLU(sum of `terms`): a block's or a fuse layer's output, a layer end of `compute`
+  (`Compute.layer_end_of`: with `fusion_barriers` the sum and ReLU are computed into their own buffer; `anchor` a
+  parameter for its predicate): XLA:CPU fused each output's producers (the BN + residual + ReLU of every block
+  before it, and the fuse layers' upsampled maps, read transposed) into each of its consumers again instead of
+  reading one buffer, so a stage's elementwise work grew with the square of its blocks (19 ReLUs in one stage-4
+  fusion of W18-Small-v2, in every contender's program): most of the sparse last segment's time at tau=0.998
+  (benchmarks/ANALYSIS.md). Training keeps the fused form (`_layer_end_policy`)."""
+  return compute.layer_end_of(_sum_relu, *terms, anchor=anchor)
+
+
+def _layer_end_policy(compute: Compute, train: bool) -> Compute:
+  """The policy the block and fuse outputs end with: `compute` at evaluation; in training without fusion
+  barriers (not measured there)."""
+  return compute if not train else dataclasses.replace(compute, fusion_barriers=False)
 
 
 class ConvBN(nn.Module):
@@ -200,8 +205,8 @@ class BasicBlock(nn.Module):
     out = nn.relu(batch_norm(train, 'bn1', m, self.dtype)(out))
     out = Conv(self.planes, 3, exit_index=self.exit_index, conv_init=ci, compute=self.compute, name='conv2')(out, masks)
     out = batch_norm(train, 'bn2', m, self.dtype)(out)
-    barrier = self.compute.fusion_barriers and not train
-    return relu_of_sum((out, x), barrier, self.variables['params']['bn2']['scale'])
+    ends = _layer_end_policy(self.compute, train)
+    return relu_of_sum((out, x), ends, self.variables['params']['bn2']['scale'])
 
 
 class HighResolutionModule(nn.Module):
@@ -229,7 +234,7 @@ class HighResolutionModule(nn.Module):
       for b in range(self.num_blocks):
         xs[i] = BasicBlock(self.channels[i], name=f'branch{i}_{b}', **opts)(xs[i], train, masks)
     outs = []
-    barrier = self.compute.fusion_barriers and not train
+    ends = _layer_end_policy(self.compute, train)
     for i in range(n):
       terms = []
       for j in range(n):
@@ -251,7 +256,7 @@ class HighResolutionModule(nn.Module):
                 **opts,
             )(t, train, masks)
         terms.append(t)
-      outs.append(relu_of_sum(terms, barrier, self.variables['params'][f'branch{i}_0']['bn2']['scale']))
+      outs.append(relu_of_sum(terms, ends, self.variables['params'][f'branch{i}_0']['bn2']['scale']))
     return outs
 
   def _upsample(self, t, size, factor):

@@ -12,9 +12,9 @@ parity tests run them. They exist because the plain XLA formulation is slow on s
 * ``channel_multiple``: a conv whose input or output channel count is not a multiple of it (a pruned width such
   as 14 or 57) is computed with its kernel zero-padded up to the next multiples and the extra outputs sliced
   off; counts <= 4 (RGB input) stay as they are; 1 turns it off. Variables keep their exact shapes.
-* ``fusion_barriers``: materialize the output of each layer that asks (``layer_end``): XLA:CPU's cross-layer
-  fusions cost more than the memory pass they save (ConvNeXt's blocks; HRNet's block and fuse outputs at evaluation,
-  ``anytime_jax.hrnet.relu_of_sum``).
+* ``fusion_barriers``: materialize the output of each layer that asks (``Compute.layer_end_of``, or ``layer_end``
+  for an output computed already): XLA:CPU's cross-layer fusions cost more than the memory pass they save
+  (ConvNeXt's blocks; HRNet's block and fuse outputs at evaluation, ``anytime_jax.hrnet.relu_of_sum``).
 * ``dwconv``: depthwise convs as ``xla`` (grouped conv), ``shifted`` (kh*kw shifted multiply-adds) or
   ``native`` (C++ kernels; ConvNeXt's ``convnext_jax.ops``).
 * ``dense_grad``: the weight gradient of a dense layer (``nn.Dense``, a 1x1 conv as a matmul) as ``autodiff``
@@ -120,10 +120,16 @@ class Compute:
     ``lax.dot_general``) or ``dense_dot_general`` (``dense_grad``)."""
     return dense_dot_general if self.dense_grad == 'narrow_transpose' else None
 
+  def layer_end_of(self, fn: Callable, *args: Array, anchor: Array) -> Array:
+    """``fn(*args)``, the output of a layer; with ``fusion_barriers`` computed into its own buffer
+    (``materialized``: ``fn`` runs inside the barrier, so XLA fuses it with nothing after it). The one place
+    the policy decides where a barrier goes. ``anchor``: a replicated array (a parameter) for the barrier's
+    predicate."""
+    return materialized(fn, *args, anchor=anchor) if self.fusion_barriers else fn(*args)
+
   def layer_end(self, y: Array, anchor: Array) -> Array:
-    """``y`` unchanged; with ``fusion_barriers`` computed into its own buffer (``fusion_barrier``).
-    ``anchor``: a replicated array (a parameter) for the barrier's predicate."""
-    return fusion_barrier(y, anchor) if self.fusion_barriers else y
+    """``y``, a layer's output computed already (``layer_end_of`` of a copy: ``fusion_barrier``)."""
+    return self.layer_end_of(_copy, y, anchor=anchor)
 
 
 def patches_matmul(x: Array, kernel: Array, strides, padding, precision=None) -> Array:
@@ -221,9 +227,14 @@ def materialized(fn: Callable, *args: Array, anchor: Array | None = None) -> Arr
   return lax.cond(v == v, fn, fn, *args)
 
 
+def _copy(t: Array) -> Array:
+  # t * 1.0, not t: XLA removes a conditional whose branches only return their operand (no barrier left)
+  return t * 1.0
+
+
 def fusion_barrier(x: Array, anchor: Array | None = None) -> Array:
   """``x`` unchanged, but materialized: XLA cannot fuse its producer into its consumers (``materialized``)."""
-  return materialized(lambda t: t * 1.0, x, anchor=anchor)
+  return materialized(_copy, x, anchor=anchor)
 
 
 # --------------------------------------------------------------------------------------

@@ -129,3 +129,20 @@ def test_compute_dtype():
     compute_lib.compute_dtype('float16')
   with pytest.raises(UserError, match="compute_dtype must be one of \\('float32', 'bfloat16'\\), got 'bf16'"):
     compute_lib.compute_dtype('bf16')
+
+
+def test_layer_end_of_is_the_layer_with_a_barrier_only_where_the_policy_says():
+  """``Compute.layer_end_of(fn, *args)`` is ``fn(*args)``; with ``fusion_barriers`` inside one conditional (the
+  barrier XLA:CPU keeps), without none. ``layer_end`` of an output computed already is the same rule."""
+  a, b = jnp.linspace(-2.0, 2.0, 24).reshape(2, 3, 4), jnp.linspace(1.0, -1.0, 24).reshape(2, 3, 4)
+  anchor = jnp.ones((3,))
+  relu_sum = lambda x, y: jax.nn.relu(x + y)
+  for policy, conds in ((Compute(fusion_barriers=True), 1), (Compute(), 0)):
+    end_of = lambda x, y, policy=policy: policy.layer_end_of(relu_sum, x, y, anchor=anchor)
+    end = lambda x, y, policy=policy: policy.layer_end(relu_sum(x, y), anchor)
+    for f in (end_of, end):
+      assert str(jax.make_jaxpr(f)(a, b)).count('cond[') == conds, policy
+      np.testing.assert_array_equal(jax.jit(f)(a, b), relu_sum(a, b))
+      grads = jax.grad(lambda x, y, f=f: jnp.sum(f(x, y) * x), argnums=(0, 1))(a, b)
+      want = jax.grad(lambda x, y: jnp.sum(relu_sum(x, y) * x), argnums=(0, 1))(a, b)
+      np.testing.assert_array_equal(grads, want)
