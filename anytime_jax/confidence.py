@@ -20,8 +20,9 @@ Contract (the released ADP-C code, `conv_mask_uniform` + `set_part_masks`):
   exp(-lambda^2 d^2) with the centre's d^2 set to 1e5, normalised by the full kernel sum + 1e-5. 'sparse'
   (`masked_sparse`) gives the same outputs (to float32 rounding) computing the conv only at the kept pixels (few
   of them, or a 1 x 1 conv; a loop over chunks of them, its trip count traced) and the fill only next to few kept
-  pixels, or, where (nearly) every pixel is kept, the plain conv and the fill at the few skipped pixels only
-  (section below);
+  pixels (section below); under it a segment whose mask keeps every pixel, or more than SEGMENT_DENSE_MIN of
+  them, takes the plain convs ('plain', `masked_plain`) or masked-dense instead, chosen once per segment
+  (`segment_kind`, read from `MaskSet.kind`);
   `Conv.fill_read=False` lets it skip a fill that no consumer reads; a MaskSet built with train=True (the training
   forward) always takes 'dense', whose gradients are the reference's.
 - Dense convs (`dense_conv`) compute as the policy says (`Compute.conv`); `AUTO` / `for_backend` give the
@@ -96,9 +97,12 @@ def resize_mask_nearest(mask: jax.Array, h: int, w: int) -> jax.Array:
 class MaskSet:
   """Exit k's mask at the logits' resolution, served at every conv's output resolution (cached per size)."""
 
-  def __init__(self, mask: jax.Array, train: bool = False):
+  def __init__(self, mask: jax.Array, train: bool = False, kind: str | None = None):
     self.mask = mask
     self.train = train  # training computes every masked conv masked-dense, whatever the policy
+    # the masked conv this segment chose (`SEGMENT_KINDS`, `segment_kind`): static, so that one segment traced once
+    # per kind under a switch computes each kind with the same params; None takes the compute policy's
+    self.kind = kind
     self._cache: dict[tuple[int, int], jax.Array] = {}
     self._pixels: dict[tuple[int, int], Any] = {}
 
@@ -115,6 +119,11 @@ class MaskSet:
     if (h, w) not in self._pixels:
       self._pixels[(h, w)] = PixelSet(self.at(h, w))
     return self._pixels[(h, w)]
+
+  def masked_conv(self, compute: Compute) -> str:
+    """The masked conv of this segment's convs (a `MASKED_CONVS` key): 'dense' in training, else the segment's
+    `kind`, else the policy's."""
+    return 'dense' if self.train else self.kind or compute.masked_conv
 
   @property
   def fraction(self) -> jax.Array:
@@ -286,9 +295,9 @@ def masked_dense(compute: Compute, x, kernel, bias, mask, rbf_lambda, strides, p
 # from the kept pixels (`_scatter_fill`), so that the branch's whole cost follows them; above, it is the separable
 # 3 + 3 pass over the map (`_short_fill`). A smaller lambda (a trained one may be) takes the whole 7 x 7 fill of the
 # reference (`rbf_fill`).
-# Near-dense: where (nearly) every pixel is kept (a segment after a confident-nowhere exit) every pixel kept is the
-# plain conv EE+RH computes, and at most NEAR_MAX skipped (short fill) the plain conv with the fill computed at the
-# skipped pixels only (`_near_dense_fill`: each one's 3 x 3 neighbourhood gathered), a cost in proportion to them.
+# Where (nearly) every pixel is kept the segment takes the plain or the masked-dense convs (`segment_kind`): the
+# per-conv plain and near-dense branches this path had (the fill at the few skipped pixels only) cost more in their
+# per-conv conditionals than they saved (benchmarks/ANALYSIS.md, 'segment-level choice').
 CHUNK_FRACTION = 1 / 32
 MIN_CHUNK = 64
 SHORT_RADIUS = 1
@@ -298,7 +307,6 @@ SHORT_LAMBDA2 = math.log(RBF_TAIL_TAPS / SHORT_TAIL) / (SHORT_RADIUS + 1) ** 2
 PIXEL_MAX = 1 / 2
 PATCH_MAX = 1 / 8
 SCATTER_FILL_MAX = 1 / 8
-NEAR_MAX = 1 / 16
 
 
 def _ordered(flags: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -455,44 +463,16 @@ def _banded_fill(ym: jax.Array, mask: jax.Array, rbf_lambda, short: jax.Array) -
   return _separable_fill(ym, m, g, norm)
 
 
-def _near_dense_fill(y: jax.Array, pixels: PixelSet, rbf_lambda) -> jax.Array:
-  """`masked_dense`'s output from the dense conv `y` (B, h, w, C) when few pixels are skipped: `y` with the short RBF
-  fill written at the skipped pixels (`PixelSet.loop` over them; a chunk's rows past them are kept pixels, which
-  keep their `y`), each from its (2 SHORT_RADIUS + 1)^2 neighbours gathered from `y` (their ids clamped to the image;
-  the mask, padded with skipped pixels, gives 0 weight outside it and at skipped neighbours)."""
-  r = SHORT_RADIUS
-  mask = pixels.mask
-  _, h, w = mask.shape
-  cout = y.shape[-1]
-  di, dj = np.divmod(np.arange((2 * r + 1) ** 2), 2 * r + 1)
-  g, norm = _separable_taps(rbf_lambda, r, y.dtype)
-  flat = y.reshape(-1, cout)
-
-  def body(rows, out):
-    b, rest = rows // (h * w), rows % (h * w)
-    ni = (rest // w)[:, None] + jnp.asarray(di - r)[None]
-    nj = (rest % w)[:, None] + jnp.asarray(dj - r)[None]
-    kept = _short_windows(mask, rows)[1].astype(y.dtype)
-    ids = b[:, None] * (h * w) + jnp.clip(ni, 0, h - 1) * w + jnp.clip(nj, 0, w - 1)
-    neighbours = flat.at[ids].get(mode='promise_in_bounds')  # (chunk, taps, C)
-    interp = jnp.einsum('kt,ktc->kc', g[di] * g[dj] * norm * kept, neighbours)
-    centre = kept[:, (2 * r + 1) ** 2 // 2, None]
-    values = centre * flat.at[rows].get(mode='promise_in_bounds') + (1 - centre) * interp
-    return out.at[rows].set(values, mode='promise_in_bounds')
-
-  return pixels.loop(body, flat, kept=False).reshape(y.shape)
-
-
 def masked_sparse(compute: Compute, x, kernel, bias, mask, rbf_lambda, strides, padding, fill: bool = True):
   """`masked_dense`'s outputs computed sparsely (compute.masked_conv='sparse'; ``mask`` an array or a `PixelSet`), in
-  one of four branches (`sparse_branch`): every pixel kept, the plain conv; at most NEAR_MAX skipped (short fill), the
-  plain conv and the fill at the skipped pixels only (`_near_dense_fill`); at most SCATTER_FILL_MAX kept (short
-  fill), the conv at the kept pixels with the fill scattered from them (`_scatter_fill`); otherwise the conv at the
-  kept pixels (`_kept_conv`, up to PIXEL_MAX / PATCH_MAX of them) or the dense conv times the mask, then the fill over
-  the map (`_short_fill`, or the reference's `rbf_fill` when lambda^2 < SHORT_LAMBDA2; both in one body,
-  `_banded_fill`, on a map of at most BAND_MAX a side). `fill=False` (the caller reads the output at kept pixels
-  only, e.g. a 1 x 1 chain into the exit's aggregation) leaves out the fill: skipped pixels are 0, kept ones
-  `masked_dense`'s. Inference only: training keeps `masked_dense` (`MaskSet.train`)."""
+  one of two branches (`sparse_branch`): at most SCATTER_FILL_MAX kept (short fill), the conv at the kept pixels with
+  the fill scattered from them (`_scatter_fill`); otherwise the conv at the kept pixels (`_kept_conv`, up to
+  PIXEL_MAX / PATCH_MAX of them) or the dense conv times the mask, then the fill over the map (`_short_fill`, or the
+  reference's `rbf_fill` when lambda^2 < SHORT_LAMBDA2; both in one body, `_banded_fill`, on a map of at most
+  BAND_MAX a side). A segment whose pixels are all or mostly kept takes the plain or the masked-dense convs instead
+  (`segment_kind`), so this path has no branch of its own for them. `fill=False` (the caller reads the output at
+  kept pixels only, e.g. a 1 x 1 chain into the exit's aggregation) leaves out the fill: skipped pixels are 0, kept
+  ones `masked_dense`'s. Inference only: training keeps `masked_dense` (`MaskSet.train`)."""
   pixels = mask if isinstance(mask, PixelSet) else PixelSet(mask)
   m = pixels.mask
   kernel = kernel.astype(x.dtype)
@@ -501,21 +481,15 @@ def masked_sparse(compute: Compute, x, kernel, bias, mask, rbf_lambda, strides, 
     raise ValueError(f'the sparse masked conv takes square kernels and strides, got {kernel.shape[:2]}, {strides}')
   per_pixel = pixels.count <= (PIXEL_MAX if kernel.shape[0] == 1 and stride == 1 else PATCH_MAX) * m.size
 
-  def plain(x, kernel, bias, lam):  # every pixel kept: the conv EE+RH computes, nothing else
-    return dense_conv(compute, x, kernel, bias, strides, padding)
-
   def kept_conv(x, kernel, bias):  # the conv times the mask: at the kept pixels, or dense
-    dense = lambda x, kernel, bias: plain(x, kernel, bias, None) * m[..., None].astype(x.dtype)
+    dense = lambda x, kernel, bias: dense_conv(compute, x, kernel, bias, strides, padding) * m[..., None].astype(
+        x.dtype
+    )
     sparse = lambda x, kernel, bias: _kept_conv(compute, x, kernel, bias, pixels, stride, padding)
     return lax.cond(per_pixel, sparse, dense, x, kernel, bias)
 
   if not fill:
-    return lax.switch(
-        jnp.where(pixels.count == m.size, 0, 1), [plain, lambda *a: kept_conv(*a[:3])], x, kernel, bias, rbf_lambda
-    )
-
-  def near_dense(x, kernel, bias, lam):
-    return _near_dense_fill(plain(x, kernel, bias, lam), pixels, lam)
+    return kept_conv(x, kernel, bias)
 
   def scattered(x, kernel, bias, lam):
     return _scatter_fill(compute, x, kernel, bias, pixels, lam, stride, padding)
@@ -527,20 +501,41 @@ def masked_sparse(compute: Compute, x, kernel, bias, mask, rbf_lambda, strides, 
     return lax.cond(lam**2 >= SHORT_LAMBDA2, _short_fill, rbf_fill, ym, m, lam)
 
   index = sparse_branch(pixels, rbf_lambda**2 >= SHORT_LAMBDA2)
-  return lax.switch(index, [plain, near_dense, scattered, filled], x, kernel, bias, rbf_lambda)
+  return lax.switch(index, [scattered, filled], x, kernel, bias, rbf_lambda)
 
 
 def sparse_branch(pixels: PixelSet, short: jax.Array | bool) -> jax.Array:
-  """`masked_sparse`'s branch (with the fill): 0 every pixel kept, 1 at most NEAR_MAX skipped, 2 at most
-  SCATTER_FILL_MAX kept (both with the short fill: `short`), 3 otherwise."""
-  n, count = pixels.mask.size, pixels.count
-  near = short & (n - count <= NEAR_MAX * n)
-  scatter = short & (count <= SCATTER_FILL_MAX * n)
-  return jnp.where(count == n, 0, jnp.where(near, 1, jnp.where(scatter, 2, 3))).astype(jnp.int32)
+  """`masked_sparse`'s branch (with the fill): 0 at most SCATTER_FILL_MAX kept with the short fill (`short`), else
+  1."""
+  scatter = short & (pixels.count <= SCATTER_FILL_MAX * pixels.mask.size)
+  return jnp.where(scatter, 0, 1).astype(jnp.int32)
 
 
-# compute.masked_conv -> the masked conv (same signature and semantics); core_jax.compute.CHOICES lists the names.
-MASKED_CONVS: dict[str, Callable] = {'dense': masked_dense, 'sparse': masked_sparse}
+def masked_plain(compute: Compute, x, kernel, bias, mask, rbf_lambda, strides, padding, fill: bool = True):
+  """`masked_dense`'s output where every pixel is kept (a segment's choice, `segment_kind`): the conv alone; the
+  fill, y * 1 + fill * 0, would give the same values."""
+  del mask, rbf_lambda, fill
+  return dense_conv(compute, x, kernel, bias, strides, padding)
+
+
+# compute.masked_conv -> the masked conv (same signature and semantics); core_jax.compute.CHOICES lists the policy's
+# names, 'plain' is a segment's choice only (`segment_kind`).
+MASKED_CONVS: dict[str, Callable] = {'dense': masked_dense, 'sparse': masked_sparse, 'plain': masked_plain}
+
+# The sparse policy decides once per segment (the HRNet between two exits, whose mask is fixed), not per conv, how
+# its masked convs compute (`segment_kind`), one switch around the segment traced once per kind: every pixel kept,
+# the plain convs (what EE+RH computes); more than SEGMENT_DENSE_MIN of them kept, masked-dense; else sparse. A
+# conditional around every masked conv kept XLA from fusing across them and cost more than the sparse work saved
+# where most pixels stay kept (benchmarks/ANALYSIS.md, 'segment-level choice', for the measured crossover).
+SEGMENT_KINDS = ('plain', 'dense', 'sparse')
+SEGMENT_DENSE_MIN = 0.5  # masked-dense won at 0.63 kept and above, sparse at 0.38 and below: ANALYSIS.md
+
+
+def segment_kind(mask: jax.Array) -> jax.Array:
+  """The index in SEGMENT_KINDS of a segment's masked convs for its mask (B, H, W), over the whole batch (one list
+  of kept pixels serves every example): 0 every pixel kept, 1 more than SEGMENT_DENSE_MIN of them, else 2."""
+  kept = jnp.sum(mask > 0.5, dtype=jnp.int32)
+  return jnp.where(kept == mask.size, 0, jnp.where(kept > SEGMENT_DENSE_MIN * mask.size, 1, 2)).astype(jnp.int32)
 
 
 def torch_bias_init(fan_in: int):
@@ -582,7 +577,7 @@ class Conv(nn.Module):
     if masks is None:  # CA model run without masks (e.g. backbone features): plain dense conv
       return dense_conv(self.compute, x, kernel, bias, (s, s), pad)
     m = masks.at(h, w)
-    kind = 'dense' if masks.train else self.compute.masked_conv
+    kind = masks.masked_conv(self.compute)
     mask_arg = masks.pixels(h, w) if kind == 'sparse' else m
     fill = {} if self.fill_read else {'fill': False}
     y = MASKED_CONVS[kind](self.compute, x, kernel, bias, mask_arg, rbf_lambda, (s, s), pad, **fill)

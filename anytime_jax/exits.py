@@ -94,7 +94,7 @@ class OriginalExit(nn.Module):
     """`x`: the exit's input (B, h, w, C), or the branches `exit_input` concatenates (a list): then, when the
     sparse masked conv applies, only the kept pixels' input is formed (`kept_pixels_head`)."""
     if isinstance(x, (list, tuple)):
-      sparse = masks is not None and not masks.train and self.compute.masked_conv == 'sparse'
+      sparse = masks is not None and masks.masked_conv(self.compute) == 'sparse'
       if sparse and self.exit_index is not None and not self.is_initializing():
         return self.kept_pixels_head(x, masks)
       x = exit_input(x)
@@ -117,9 +117,9 @@ class OriginalExit(nn.Module):
     bsz, h, w, _ = x0.shape
     cin = sum(b.shape[-1] for b in branches)
     m = masks.at(h, w)
-    for cout in (cin, self.num_classes):
+    for name, cout in (('conv0', cin), ('conv3', self.num_classes)):
       counting.record_macs(bsz * h * w * cin * cout)
-      confidence.sow_masked_macs(self, self.exit_index, h * w * cin * cout, m, cout)
+      SownMacs(self.exit_index, name=name)(h * w * cin * cout, m, cout)
       cin = cout
 
     def head(feats):  # (..., C) -> (..., classes): conv0, BN (running statistics), ReLU, conv3
@@ -140,6 +140,18 @@ class OriginalExit(nn.Module):
 
     per_pixel = pixels.count <= confidence.PIXEL_MAX * m.size
     return lax.cond(per_pixel, kept, every, list(branches))
+
+
+class SownMacs(nn.Module):
+  """Sows a masked conv's MACs (`confidence.sow_masked_macs`) under the conv's name without computing it: the
+  kept-pixel head sows where the masked-dense head's convs do, so that a segment's sown tree is the same whichever
+  masked conv it takes (`confidence.segment_kind`'s switch needs one structure)."""
+
+  exit_index: int
+
+  @nn.compact
+  def __call__(self, dense: int, mask: jax.Array, features: int) -> None:
+    confidence.sow_masked_macs(self, self.exit_index, dense, mask, features)
 
 
 class RedesignedExit(nn.Module):

@@ -23,7 +23,10 @@ variables['constants']['tau'] (traced) replaces `tau`'s value, so one compiled p
 (`tau` set still decides that the model has CA); given as a (3,) array it is one threshold per exit 1..3 (the
 benchmark sets the computed fractions that way). With `compute.masked_conv='sparse'` the masked convs compute
 only the kept pixels at evaluation (`train=False`), and an original exit forms its input at the kept pixels only
-(`exits.OriginalExit`); training always computes them masked-dense. Counting: after
+(`exits.OriginalExit`); each segment (transition k-1, stage k, exit k) first chooses once, from its mask's kept
+fraction over the batch, between its plain, masked-dense and sparse convs (`confidence.segment_kind`: one switch
+around the segment, traced once per kind with the same params; initialization and MAC counts trace it once).
+Training always computes them masked-dense. Counting: after
 exit k the forward calls `core_jax.counting.mark(f'exit{k}')`, so `count_macs_by_mark` gives the paper's
 cumulative dense cost per exit; masked convs sow their actual cost (`confidence.Conv`).
 
@@ -334,11 +337,8 @@ class HRNet(nn.Module):
     prev = None  # the last exit's aggregated logits
     batch = x.shape[0]
 
-    def run_exit(k, branches, masks_k):
-      nonlocal prev, masks
+    def exit_head(k, branches, masks_k):
       seg = k if k in masked else None
-      if features_only:
-        return
       if k == 4:
         head = OriginalExit(self.num_classes, exit_index=seg, name='last_layer', **opts)
       else:
@@ -346,7 +346,15 @@ class HRNet(nn.Module):
             self.exit_type, k, self.num_classes, inter, seg, f'exit{k}', rh_max_depth=self.rh_max_depth, **opts
         )
       # the original exit takes the branches: the sparse path forms its input at the kept pixels only
-      out = head(branches if isinstance(head, OriginalExit) else exit_input(branches), train, masks_k)
+      return head(branches if isinstance(head, OriginalExit) else exit_input(branches), train, masks_k)
+
+    def run_exit(k, branches, masks_k, out=None):
+      """Exit k's logits (`out`: its head's, computed by the segment) aggregated, counted, and the next mask."""
+      nonlocal prev, masks
+      if features_only:
+        return
+      if out is None:
+        out = exit_head(k, branches, masks_k)
       # logits, masks and the aggregation at least float32 whatever the compute dtype (float64 stays float64)
       out = out.astype(jnp.promote_types(out.dtype, jnp.float32))
       if masks_k is not None:
@@ -367,12 +375,10 @@ class HRNet(nn.Module):
     if 1 in exits:
       run_exit(1, ys, None)
 
-    pre = [arch.layer1_planes * 4]
-    for s in (2, 3, 4):
-      if not features_only and ran and ran[-1] >= last_exit:
-        break  # stop after `last_exit` (per-exit latency, as the ADP-C code's stop_k)
+    def segment(s, ys, pre, masks_s):
+      """Transition s - 1 and stage s from the branches `ys` (`pre` their widths), and exit s's head's logits (None
+      when s is no exit or only features are asked for)."""
       seg = s if s in masked else None
-      masks_s = masks if seg is not None and ca else None
       cur = arch.channels(s)
       xs = []
       for i in range(s):
@@ -391,9 +397,32 @@ class HRNet(nn.Module):
         xs = HighResolutionModule(
             tuple(cur), arch.stage_blocks, self.fuse_upsample, exit_index=seg, name=f'stage{s}_{m}', **opts
         )(xs, train, masks_s)
-      ys, pre = xs, cur
+      return xs, exit_head(s, xs, masks_s) if s in exits and not features_only else None
+
+    def switched_segment(s, ys, pre, masks_s):
+      """`segment` with its masked convs as the segment's mask chooses (`confidence.segment_kind`): one switch,
+      each branch the segment traced with one kind of masked conv (the same params)."""
+
+      def branch(kind):
+        return lambda mdl, ys, mask: segment(s, ys, pre, MaskSet(mask, kind=kind))
+
+      branches = [branch(kind) for kind in confidence.SEGMENT_KINDS]
+      return nn.switch(confidence.segment_kind(masks_s.mask), branches, self, list(ys), masks_s.mask)
+
+    pre = [arch.layer1_planes * 4]
+    for s in (2, 3, 4):
+      if not features_only and ran and ran[-1] >= last_exit:
+        break  # stop after `last_exit` (per-exit latency, as the ADP-C code's stop_k)
+      masks_s = masks if s in masked and ca else None
+      # the sparse policy chooses per segment at evaluation; initialization and a MAC count trace it once
+      choose = masks_s is not None and not masks_s.train and self.compute.masked_conv == 'sparse'
+      if choose and not self.is_initializing() and not counting.active():
+        xs, out = switched_segment(s, ys, pre, masks_s)
+      else:
+        xs, out = segment(s, ys, pre, masks_s)
+      ys, pre = xs, arch.channels(s)
       if s in exits:
-        run_exit(s, ys, masks_s)
+        run_exit(s, ys, masks_s, out)
 
     if features_only:
       return ys

@@ -49,7 +49,7 @@ def segment_convs(model, variables, x, segment: int) -> list:
   return found
 
 
-BRANCHES = ('plain', 'near-dense', 'scattered', 'filled')  # confidence.sparse_branch's
+BRANCHES = ('scattered', 'filled')  # confidence.sparse_branch's
 
 
 def _branch(pixels, k: int, stride: int, fill: bool, lam: float) -> str:
@@ -58,8 +58,6 @@ def _branch(pixels, k: int, stride: int, fill: bool, lam: float) -> str:
 
   n, count = pixels.mask.size, int(pixels.count)
   per_pixel = count <= (confidence.PIXEL_MAX if k == 1 and stride == 1 else confidence.PATCH_MAX) * n
-  if count == n:
-    return 'plain'
   branch = BRANCHES[int(confidence.sparse_branch(pixels, lam**2 >= confidence.SHORT_LAMBDA2))] if fill else 'no fill'
   if branch in ('filled', 'no fill'):
     branch += f", {'per pixel' if per_pixel else 'dense'} ({-(-count // pixels.chunk) if per_pixel else '-'} chunks)"

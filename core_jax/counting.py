@@ -63,6 +63,12 @@ def record_macs(n: int) -> None:
     counters[-1].total += int(n)
 
 
+def active() -> bool:
+  """Whether a count is running: a forward that traces one part several times (e.g. once per branch of a switch)
+  traces it once instead, so that its MACs count once."""
+  return bool(_counters())
+
+
 def mark(name: str) -> None:
   """Records the MACs counted so far (cumulative) under `name` in the innermost active count; else a no-op."""
   counters = _counters()

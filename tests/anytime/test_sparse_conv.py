@@ -11,7 +11,7 @@ import numpy as np
 import optax
 import pytest
 
-from anytime_jax import confidence, exits, hrnet
+from anytime_jax import confidence, exits, flops, hrnet
 from anytime_jax import task as task_lib
 from anytime_jax.confidence import Conv, MaskSet, PixelSet
 from core_jax import cli, counting
@@ -88,12 +88,12 @@ def test_sparse_equals_masked_dense_on_hand_built_masks(k, stride, bias):
       np.testing.assert_allclose(np.asarray(unfilled), kept_only, atol=1e-5, rtol=0, err_msg=f'{name} {lam} no fill')
       branch = int(confidence.sparse_branch(pixels, lam**2 >= confidence.SHORT_LAMBDA2))
       # the filled branch's conv: at the kept pixels (chunks) or dense (above the per-pixel maximum: 'overflow')
-      taken.add((branch, bool(pixels.count <= per_pixel_max)) if branch == 3 else branch)
-      if branch == 2:
+      taken.add((branch, bool(pixels.count <= per_pixel_max)) if branch == 1 else branch)
+      if branch == 0:
         assert int(pixels.count) > 0 or name == 'none'
-  # every pixel kept, a few skipped (near-dense), a few kept (scattered fill, 0 to 2 chunks), and the filled branch
-  # with the conv per pixel and dense
-  assert taken == {0, 1, 2, (3, True), (3, False)}, taken
+  # a few kept (scattered fill, 0 to 2 chunks), and the filled branch with the conv per pixel and dense (every pixel
+  # kept among them: a segment takes the plain convs then, `segment_kind`, but the sparse conv stays exact)
+  assert taken == {0, (1, True), (1, False)}, taken
 
 
 def test_fill_over_the_map_on_sides_above_band_max():
@@ -113,7 +113,7 @@ def test_fill_over_the_map_on_sides_above_band_max():
   for fraction in (0.3, 0.6):
     mask = jnp.asarray((rng.rand(2, h, w) < fraction).astype(np.float32))
     for lam in LAMS:
-      assert int(confidence.sparse_branch(PixelSet(mask), lam**2 >= confidence.SHORT_LAMBDA2)) == 3
+      assert int(confidence.sparse_branch(PixelSet(mask), lam**2 >= confidence.SHORT_LAMBDA2)) == 1
       dense, sparse = both(mask, jnp.float32(lam))
       np.testing.assert_allclose(np.asarray(sparse), np.asarray(dense), atol=1e-5, rtol=0, err_msg=f'{fraction} {lam}')
 
@@ -224,6 +224,76 @@ def test_sparse_hrnet_equals_masked_dense_at_several_thresholds():
     np.testing.assert_array_equal(np.asarray(got['fractions']), np.asarray(want['fractions']))
     fractions.append(np.asarray(want['fractions'][1]))
   assert np.all(0 < fractions[1]) and np.all(fractions[1] < 1) and np.all(fractions[-1] == 1)  # masks were mixed
+
+
+def test_segment_kind_from_the_batch_kept_fraction():
+  """`segment_kind` over the whole batch: every pixel kept -> plain, more than SEGMENT_DENSE_MIN -> masked-dense,
+  else sparse; examples may differ (one all kept, one none: the batch's fraction decides)."""
+  n = 100
+  kept = lambda *counts: jnp.asarray(np.stack([np.arange(n) < c for c in counts]).reshape(len(counts), 10, 10))
+  above = int(confidence.SEGMENT_DENSE_MIN * n) + 1
+  assert confidence.SEGMENT_KINDS[int(confidence.segment_kind(kept(n, n)))] == 'plain'
+  assert confidence.SEGMENT_KINDS[int(confidence.segment_kind(kept(n, n - 1)))] == 'dense'
+  assert confidence.SEGMENT_KINDS[int(confidence.segment_kind(kept(above, above)))] == 'dense'
+  assert confidence.SEGMENT_KINDS[int(confidence.segment_kind(kept(above - 1, above - 1)))] == 'sparse'
+  assert confidence.SEGMENT_KINDS[int(confidence.segment_kind(kept(n, 0)))] == 'sparse'  # exactly the minimum
+  assert confidence.SEGMENT_KINDS[int(confidence.segment_kind(kept(0, 0)))] == 'sparse'
+
+
+def test_sparse_hrnet_segment_choice_takes_each_kind_with_examples_that_differ():
+  """A tiny HRNet, batch 3: example 0 an image, examples 1 and 2 the image flipped and scaled by 20 (larger logits:
+  more confident), so one threshold keeps nearly every pixel of example 0 and few of examples 1 and 2. Thresholds
+  put the batch's kept fraction after exit 1 above and below SEGMENT_DENSE_MIN, and at 1.0 (every pixel kept): each
+  segment's kind (plain, masked-dense, sparse, read from the per-example fractions as `segment_kind` decides) is
+  taken, and the sparse model's logits equal the masked-dense model's at every exit."""
+  rng = np.random.RandomState(3)
+  image = rng.randn(1, 32, 32, 3).astype(np.float32)
+  x = jnp.asarray(np.concatenate([image, 20 * image[:, ::-1], 20 * image[:, :, ::-1]]))
+
+  def build(masked_conv):
+    policy = confidence.for_backend(dict(masked_conv=masked_conv))
+    return hrnet.build('w8_tiny', exit_type='ee', tau=0.9, num_classes=4, compute=policy)
+
+  dense, sparse = build('dense'), build('sparse')
+  abstract = jax.eval_shape(dense.init, jax.random.PRNGKey(0), x)
+
+  def fill(path, s):  # BN identity, rbf_lambda 3, other weights N(0, 1 / fan_in)
+    name = path[-1].key
+    if name in ('var', 'scale', 'mean', 'rbf_lambda'):
+      return np.full(s.shape, {'var': 1.0, 'scale': 1.0, 'mean': 0.0, 'rbf_lambda': 3.0}[name], s.dtype)
+    return (rng.randn(*s.shape) / np.sqrt(max(1, np.prod(s.shape[:-1])))).astype(s.dtype)
+
+  variables = jax.tree_util.tree_map_with_path(
+      fill, {'params': abstract['params'], 'batch_stats': abstract['batch_stats']}
+  )
+  # the sown MACs too (the switch needs one sown tree for every kind): the same per exit as masked-dense's
+  run = jax.jit(lambda model, v, x: flops.apply_with_macs(model, v, x), static_argnums=0)
+  at_one = run(dense, {**variables, 'constants': {'tau': jnp.float32(1.0)}}, x)[0]
+  conf1 = np.asarray(jax.nn.softmax(at_one['logits'][0]).max(-1))
+  kinds, differing = set(), False
+  for q in (0.35, 0.75, None):  # the batch keeps about 35 % / 75 % after exit 1, or every pixel
+    tau = 1.0 if q is None else float(np.quantile(conf1, q))
+    v = {**variables, 'constants': {'tau': jnp.float32(tau)}}
+    (want, want_macs), (got, got_macs) = run(dense, v, x), run(sparse, v, x)
+    for k, (a, b) in enumerate(zip(want['logits'], got['logits'])):
+      a, b = np.asarray(a), np.asarray(b)
+      np.testing.assert_allclose(b, a, atol=1e-4, rtol=0, err_msg=f'tau={tau} exit {k + 1}')
+      top2 = np.sort(a, -1)[..., -2:]
+      decided = top2[..., 1] - top2[..., 0] > 1e-4  # argmax may differ only at (near-)ties
+      np.testing.assert_array_equal(b.argmax(-1)[decided], a.argmax(-1)[decided])
+    np.testing.assert_array_equal(np.asarray(got['fractions']), np.asarray(want['fractions']))
+    assert set(got_macs) == set(want_macs)
+    for name in want_macs:
+      np.testing.assert_allclose(np.asarray(got_macs[name]), np.asarray(want_macs[name]), rtol=1e-6, err_msg=name)
+    for per_example in want['fractions'][1:]:  # the masks of segments 2..4: each example's kept fraction
+      per_example = np.asarray(per_example)
+      batch_fraction = per_example.mean()
+      kinds.add(
+          'plain' if batch_fraction == 1 else 'dense' if batch_fraction > confidence.SEGMENT_DENSE_MIN else 'sparse'
+      )
+      differing |= bool(per_example[0] > 0.9 and per_example[1:].max() < 0.3)
+  assert kinds == set(confidence.SEGMENT_KINDS), kinds
+  assert differing  # one example nearly all kept, the others mostly skipped, in one segment at least
 
 
 def test_policy_is_a_hashable_build_time_choice_and_training_stays_dense(monkeypatch):
