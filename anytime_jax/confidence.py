@@ -239,8 +239,9 @@ AUTO = {
     'small_conv': 'conv',
     'patch_conv': 'conv',
     'channel_multiple': 1,
-    # HRNet's block and fuse outputs materialized at evaluation on CPU (`hrnet.relu_of_sum`): XLA:CPU otherwise
-    # recomputes each stage's chain of BN + residual + ReLU in every later fusion (benchmarks/ANALYSIS.md)
+    # HRNet's block and fuse outputs materialized on CPU, in training and at evaluation (`hrnet.relu_of_sum`):
+    # XLA:CPU otherwise recomputes each stage's chain of BN + residual + ReLU in every later fusion
+    # (benchmarks/ANALYSIS.md)
     'fusion_barriers': on_cpu(True, False),
     # the sparse masked conv where it was measured faster than masked-dense (CPU: benchmarks/ANALYSIS.md, 'anytime
     # masked_conv'); dense on GPU / TPU, where it is not measured yet. Evaluation only: training is masked-dense

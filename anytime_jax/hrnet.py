@@ -110,15 +110,9 @@ def relu_of_sum(terms, compute: Compute, anchor: jax.Array) -> jax.Array:
   parameter for its predicate): XLA:CPU fused each output's producers (the BN + residual + ReLU of every block
   before it, and the fuse layers' upsampled maps, read transposed) into each of its consumers again instead of
   reading one buffer, so a stage's elementwise work grew with the square of its blocks (19 ReLUs in one stage-4
-  fusion of W18-Small-v2, in every contender's program): most of the sparse last segment's time at tau=0.998
-  (benchmarks/ANALYSIS.md). Training keeps the fused form (`_layer_end_policy`)."""
+  fusion of W18-Small-v2, in every contender's program): most of the sparse last segment's time at tau=0.998. In
+  training too: the W18-Small-v2 EE+RH train step runs faster and compiles in less CPU (benchmarks/ANALYSIS.md)."""
   return compute.layer_end_of(_sum_relu, *terms, anchor=anchor)
-
-
-def _layer_end_policy(compute: Compute, train: bool) -> Compute:
-  """The policy the block and fuse outputs end with: `compute` at evaluation; in training without fusion
-  barriers (not measured there)."""
-  return compute if not train else dataclasses.replace(compute, fusion_barriers=False)
 
 
 class ConvBN(nn.Module):
@@ -205,8 +199,7 @@ class BasicBlock(nn.Module):
     out = nn.relu(batch_norm(train, 'bn1', m, self.dtype)(out))
     out = Conv(self.planes, 3, exit_index=self.exit_index, conv_init=ci, compute=self.compute, name='conv2')(out, masks)
     out = batch_norm(train, 'bn2', m, self.dtype)(out)
-    ends = _layer_end_policy(self.compute, train)
-    return relu_of_sum((out, x), ends, self.variables['params']['bn2']['scale'])
+    return relu_of_sum((out, x), self.compute, self.variables['params']['bn2']['scale'])
 
 
 class HighResolutionModule(nn.Module):
@@ -234,7 +227,6 @@ class HighResolutionModule(nn.Module):
       for b in range(self.num_blocks):
         xs[i] = BasicBlock(self.channels[i], name=f'branch{i}_{b}', **opts)(xs[i], train, masks)
     outs = []
-    ends = _layer_end_policy(self.compute, train)
     for i in range(n):
       terms = []
       for j in range(n):
@@ -256,7 +248,7 @@ class HighResolutionModule(nn.Module):
                 **opts,
             )(t, train, masks)
         terms.append(t)
-      outs.append(relu_of_sum(terms, ends, self.variables['params'][f'branch{i}_0']['bn2']['scale']))
+      outs.append(relu_of_sum(terms, self.compute, self.variables['params'][f'branch{i}_0']['bn2']['scale']))
     return outs
 
   def _upsample(self, t, size, factor):

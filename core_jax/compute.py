@@ -14,7 +14,7 @@ parity tests run them. They exist because the plain XLA formulation is slow on s
   off; counts <= 4 (RGB input) stay as they are; 1 turns it off. Variables keep their exact shapes.
 * ``fusion_barriers``: materialize the output of each layer that asks (``Compute.layer_end_of``, or ``layer_end``
   for an output computed already): XLA:CPU's cross-layer fusions cost more than the memory pass they save
-  (ConvNeXt's blocks; HRNet's block and fuse outputs at evaluation, ``anytime_jax.hrnet.relu_of_sum``).
+  (ConvNeXt's blocks; HRNet's block and fuse outputs, ``anytime_jax.hrnet.relu_of_sum``).
 * ``dwconv``: depthwise convs as ``xla`` (grouped conv), ``shifted`` (kh*kw shifted multiply-adds) or
   ``native`` (C++ kernels; ConvNeXt's ``convnext_jax.ops``).
 * ``dense_grad``: the weight gradient of a dense layer (``nn.Dense``, a 1x1 conv as a matmul) as ``autodiff``

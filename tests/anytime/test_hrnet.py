@@ -264,10 +264,11 @@ def _count_conds(jaxpr) -> int:
   return count
 
 
-def test_fusion_barriers_materialize_block_and_fuse_outputs_at_evaluation_only():
+def test_fusion_barriers_materialize_block_and_fuse_outputs():
   """compute.fusion_barriers (the anytime line's choice on CPU) computes every BasicBlock's and fuse layer's
-  ReLU(sum) into its own buffer (a conditional) at evaluation, with the same outputs as without; training keeps
-  the fused form. w8_tiny: 2 + 3 + 4 blocks and as many fuse outputs in stages 2..4."""
+  ReLU(sum) into its own buffer (a conditional), at evaluation and in training: the same logits as without, and
+  gradients and BN statistics to float rounding (XLA fuses the backward differently around the barriers).
+  w8_tiny: 2 + 3 + 4 blocks and as many fuse outputs in stages 2..4."""
   from anytime_jax import confidence  # pylint: disable=import-outside-toplevel
 
   def build(barriers):
@@ -283,6 +284,18 @@ def test_fusion_barriers_materialize_block_and_fuse_outputs_at_evaluation_only()
       variables, x
   ).jaxpr
   assert _count_conds(evaluate(with_barriers)) == 18 and _count_conds(evaluate(without)) == 0
-  assert _count_conds(train(with_barriers)) == 0
+  assert _count_conds(train(with_barriers)) == 18 and _count_conds(train(without)) == 0
   run = lambda model: np.asarray(jax.jit(lambda v, x: model.apply(v, x)['logits'][-1])(variables, x))
   np.testing.assert_array_equal(run(with_barriers), run(without))
+
+  def train_step(model):
+    def loss(params):
+      out, state = model.apply({**variables, 'params': params}, x, train=True, mutable=['batch_stats'])
+      return jnp.mean(out['logits'][-1] ** 2), state
+
+    return jax.jit(jax.grad(loss, has_aux=True))(variables['params'])
+
+  (grads_b, state_b), (grads, state) = train_step(with_barriers), train_step(without)
+  leaves = lambda tree: jax.tree_util.tree_leaves(tree)
+  for got, want in zip(leaves((grads_b, state_b)), leaves((grads, state)), strict=True):
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-6, atol=1e-7)

@@ -164,6 +164,6 @@ def test_demo_table_sits_beside_the_readmes_anytime_row(tmp_path):
   text = upernet_demo.table({'miou': 0.1234, 'pixel_accuracy': 0.9}, 437_430)
   lines = text.splitlines()
   assert 'ConvNeXt + UperNet (this run, 437,430 params)' in lines[1] and lines[1].split()[-2:] == ['12.3', '90.0']
-  assert lines[2].split()[-2] == '21.4' and lines[3].split()[-2] == '8.4'
+  assert lines[2].split()[-2] == '22.4' and lines[3].split()[-2] == '8.4'
   with pytest.raises(UserError, match=r'results.json does not exist: train first'):
     upernet_demo.report(demo_config(), str(tmp_path))
