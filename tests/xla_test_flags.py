@@ -6,11 +6,18 @@ in about half the time of the default -O2 (the embedded anytime job's step: 45 s
 runs a few steps of it. The programs and their numerics are XLA's (HLO passes are the same); only the machine
 code is less optimized, so each process of a comparison (one device vs eight, a run vs its SIGKILLed resume)
 compiles with the same flags. A program given its own `compiler_options` (a config's `xla_compiler_options`)
-keeps them."""
+keeps them. XLA:CPU's classic elementwise emitters instead of its fusion (MLIR) emitters, as core_jax.train's
+`cheap_compiler_options` compiles a run's init: they compile the suite's many small fusions faster
+(tests/core/test_loss_spike_lines.py 86.8 -> 77.6 s CPU, tests/anytime/test_sparse_conv.py 168.0 -> 150.8 s);
+every process of a comparison gets them, as it gets the LLVM level."""
 
 import os
 
-FAST_COMPILE = ('--xla_backend_optimization_level=0', '--xla_llvm_disable_expensive_passes=true')
+FAST_COMPILE = (
+    '--xla_backend_optimization_level=0',
+    '--xla_llvm_disable_expensive_passes=true',
+    '--xla_cpu_use_fusion_emitters=false',
+)
 
 
 def with_fast_compile(flags: str = '') -> str:
