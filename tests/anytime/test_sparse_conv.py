@@ -182,13 +182,21 @@ def test_pixel_set_order_and_chunks():
   np.testing.assert_array_equal(got, np.stack([ids, -ids], -1))
 
 
-@pytest.mark.slow  # 2 tiny-HRNet compiles: 110 s on the shared 2-core machine under load (~20 s idle, unmeasured)
-def test_sparse_hrnet_equals_masked_dense_at_several_thresholds():
-  """A tiny HRNet (weights N(0, 1 / fan_in): confidences differ between pixels) as masked-dense and sparse, at
-  thresholds splitting exit 1's pixels 10 / 50 / 90 % and at 1.0 (nothing skipped); one compiled program each."""
-  rng = np.random.RandomState(0)
-  image = rng.randn(1, 32, 32, 3).astype(np.float32)
-  x = jnp.asarray(np.concatenate([image, image[:, ::-1]]))  # the same confidences per example, masks differ
+def assert_exits_equal(want_logits, got_logits, tau) -> None:
+  """The sparse model's logits (`got_logits`, one array per exit) equal masked-dense's to 1e-4, and so does the
+  argmax except at (near-)ties."""
+  for k, (a, b) in enumerate(zip(want_logits, got_logits)):
+    a, b = np.asarray(a), np.asarray(b)
+    np.testing.assert_allclose(b, a, atol=1e-4, rtol=0, err_msg=f'tau={tau} exit {k + 1}')
+    top2 = np.sort(a, -1)[..., -2:]
+    decided = top2[..., 1] - top2[..., 0] > 1e-4  # argmax may differ only at (near-)ties
+    np.testing.assert_array_equal(b.argmax(-1)[decided], a.argmax(-1)[decided], err_msg=f'tau={tau} exit {k + 1}')
+
+
+def tiny_hrnets(x, rng):
+  """The w8_tiny EE model with CA as masked-dense and as sparse, and random variables for input `x` drawn from
+  `rng`: BN identity, rbf_lambda 3 (the init: the short fill), other weights N(0, 1 / fan_in), so that logits vary
+  between pixels."""
 
   def build(masked_conv):
     policy = confidence.for_backend(dict(masked_conv=masked_conv))
@@ -197,9 +205,7 @@ def test_sparse_hrnet_equals_masked_dense_at_several_thresholds():
   dense, sparse = build('dense'), build('sparse')
   abstract = jax.eval_shape(dense.init, jax.random.PRNGKey(0), x)
 
-  def fill(
-      path, s
-  ):  # BN identity, rbf_lambda 3 (the init: the short fill), other weights N(0, 1 / fan_in): logits vary between pixels
+  def fill(path, s):
     name = path[-1].key
     if name in ('var', 'scale', 'mean', 'rbf_lambda'):
       return np.full(s.shape, {'var': 1.0, 'scale': 1.0, 'mean': 0.0, 'rbf_lambda': 3.0}[name], s.dtype)
@@ -208,6 +214,18 @@ def test_sparse_hrnet_equals_masked_dense_at_several_thresholds():
   variables = jax.tree_util.tree_map_with_path(
       fill, {'params': abstract['params'], 'batch_stats': abstract['batch_stats']}
   )
+  return dense, sparse, variables
+
+
+@pytest.mark.slow  # 2 tiny-HRNet compiles: 110 s on the shared 2-core machine under load (~20 s idle, unmeasured)
+def test_sparse_hrnet_equals_masked_dense_at_several_thresholds():
+  """A tiny HRNet (weights N(0, 1 / fan_in): confidences differ between pixels) as masked-dense and sparse, at
+  thresholds splitting exit 1's pixels 10 / 50 / 90 % and at 1.0 (nothing skipped); one compiled program each."""
+  rng = np.random.RandomState(0)
+  image = rng.randn(1, 32, 32, 3).astype(np.float32)
+  x = jnp.asarray(np.concatenate([image, image[:, ::-1]]))  # the same confidences per example, masks differ
+
+  dense, sparse, variables = tiny_hrnets(x, rng)
   run = jax.jit(lambda model, v, x: model.apply(v, x), static_argnums=0)
   conf1 = jax.nn.softmax(run(dense, {**variables, 'constants': {'tau': jnp.float32(1.0)}}, x)['logits'][0]).max(-1)
   taus = [float(jnp.quantile(conf1, q)) for q in (0.1, 0.5, 0.9)] + [1.0]
@@ -215,12 +233,7 @@ def test_sparse_hrnet_equals_masked_dense_at_several_thresholds():
   for tau in taus:
     v = {**variables, 'constants': {'tau': jnp.float32(tau)}}
     want, got = run(dense, v, x), run(sparse, v, x)
-    for k, (a, b) in enumerate(zip(want['logits'], got['logits'])):
-      a, b = np.asarray(a), np.asarray(b)
-      np.testing.assert_allclose(b, a, atol=1e-4, rtol=0, err_msg=f'tau={tau} exit {k + 1}')
-      top2 = np.sort(a, -1)[..., -2:]
-      decided = top2[..., 1] - top2[..., 0] > 1e-4  # argmax may differ only at (near-)ties
-      np.testing.assert_array_equal(b.argmax(-1)[decided], a.argmax(-1)[decided])
+    assert_exits_equal(want['logits'], got['logits'], tau)
     np.testing.assert_array_equal(np.asarray(got['fractions']), np.asarray(want['fractions']))
     fractions.append(np.asarray(want['fractions'][1]))
   assert np.all(0 < fractions[1]) and np.all(fractions[1] < 1) and np.all(fractions[-1] == 1)  # masks were mixed
@@ -250,22 +263,7 @@ def test_sparse_hrnet_segment_choice_takes_each_kind_with_examples_that_differ()
   image = rng.randn(1, 32, 32, 3).astype(np.float32)
   x = jnp.asarray(np.concatenate([image, 20 * image[:, ::-1], 20 * image[:, :, ::-1]]))
 
-  def build(masked_conv):
-    policy = confidence.for_backend(dict(masked_conv=masked_conv))
-    return hrnet.build('w8_tiny', exit_type='ee', tau=0.9, num_classes=4, compute=policy)
-
-  dense, sparse = build('dense'), build('sparse')
-  abstract = jax.eval_shape(dense.init, jax.random.PRNGKey(0), x)
-
-  def fill(path, s):  # BN identity, rbf_lambda 3, other weights N(0, 1 / fan_in)
-    name = path[-1].key
-    if name in ('var', 'scale', 'mean', 'rbf_lambda'):
-      return np.full(s.shape, {'var': 1.0, 'scale': 1.0, 'mean': 0.0, 'rbf_lambda': 3.0}[name], s.dtype)
-    return (rng.randn(*s.shape) / np.sqrt(max(1, np.prod(s.shape[:-1])))).astype(s.dtype)
-
-  variables = jax.tree_util.tree_map_with_path(
-      fill, {'params': abstract['params'], 'batch_stats': abstract['batch_stats']}
-  )
+  dense, sparse, variables = tiny_hrnets(x, rng)
   # the sown MACs too (the switch needs one sown tree for every kind): the same per exit as masked-dense's
   run = jax.jit(lambda model, v, x: flops.apply_with_macs(model, v, x), static_argnums=0)
   at_one = run(dense, {**variables, 'constants': {'tau': jnp.float32(1.0)}}, x)[0]
@@ -275,12 +273,7 @@ def test_sparse_hrnet_segment_choice_takes_each_kind_with_examples_that_differ()
     tau = 1.0 if q is None else float(np.quantile(conf1, q))
     v = {**variables, 'constants': {'tau': jnp.float32(tau)}}
     (want, want_macs), (got, got_macs) = run(dense, v, x), run(sparse, v, x)
-    for k, (a, b) in enumerate(zip(want['logits'], got['logits'])):
-      a, b = np.asarray(a), np.asarray(b)
-      np.testing.assert_allclose(b, a, atol=1e-4, rtol=0, err_msg=f'tau={tau} exit {k + 1}')
-      top2 = np.sort(a, -1)[..., -2:]
-      decided = top2[..., 1] - top2[..., 0] > 1e-4  # argmax may differ only at (near-)ties
-      np.testing.assert_array_equal(b.argmax(-1)[decided], a.argmax(-1)[decided])
+    assert_exits_equal(want['logits'], got['logits'], tau)
     np.testing.assert_array_equal(np.asarray(got['fractions']), np.asarray(want['fractions']))
     assert set(got_macs) == set(want_macs)
     for name in want_macs:
@@ -408,12 +401,7 @@ def test_sparse_equals_masked_dense_on_trained_digit_scenes_model(trained_digit_
   for tau in taus:
     v = {**variables, 'constants': {'tau': jnp.float32(tau)}}
     want, got = dense(v, images), sparse(v, images)
-    for k, (a, b) in enumerate(zip(want['logits'], got['logits'])):
-      a, b = np.asarray(a), np.asarray(b)
-      np.testing.assert_allclose(b, a, atol=1e-4, rtol=0, err_msg=f'tau={tau} exit {k + 1}')
-      top2 = np.sort(a, -1)[..., -2:]
-      decided = top2[..., 1] - top2[..., 0] > 1e-4  # argmax may differ only at (near-)ties
-      np.testing.assert_array_equal(b.argmax(-1)[decided], a.argmax(-1)[decided], err_msg=f'tau={tau} exit {k + 1}')
+    assert_exits_equal(want['logits'], got['logits'], tau)
     fractions = np.asarray(want['fractions'])  # (exits, batch): the fraction each exit computed
     np.testing.assert_array_equal(np.asarray(got['fractions']), fractions)
     mixed.append(0 < fractions[1:].mean() < 1)
