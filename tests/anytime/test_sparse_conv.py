@@ -17,6 +17,7 @@ from anytime_jax.confidence import Conv, MaskSet, PixelSet
 from core_jax import cli, counting
 from core_jax.compute import Compute
 from core_jax.data import sources
+from core_jax.errors import UserError
 
 LAMS = (1.7, 3.0)  # below SHORT_LAMBDA2 (the whole 7 x 7 fill, dense) and above (the short fill, tiled); 3.0: init
 AUTO_REST = {f: v for f, v in confidence.for_backend().__dict__.items() if f != 'masked_conv'}
@@ -240,17 +241,45 @@ def test_sparse_hrnet_equals_masked_dense_at_several_thresholds():
 
 
 def test_segment_kind_from_the_batch_kept_fraction():
-  """`segment_kind` over the whole batch: every pixel kept -> plain, more than SEGMENT_DENSE_MIN -> masked-dense,
-  else sparse; examples may differ (one all kept, one none: the batch's fraction decides)."""
+  """`segment_kind` over the whole batch: every pixel kept -> plain, more than `dense_above` -> masked-dense, else
+  sparse; examples may differ (one all kept, one none: the batch's fraction decides)."""
   n = 100
   kept = lambda *counts: jnp.asarray(np.stack([np.arange(n) < c for c in counts]).reshape(len(counts), 10, 10))
-  above = int(confidence.SEGMENT_DENSE_MIN * n) + 1
-  assert confidence.SEGMENT_KINDS[int(confidence.segment_kind(kept(n, n)))] == 'plain'
-  assert confidence.SEGMENT_KINDS[int(confidence.segment_kind(kept(n, n - 1)))] == 'dense'
-  assert confidence.SEGMENT_KINDS[int(confidence.segment_kind(kept(above, above)))] == 'dense'
-  assert confidence.SEGMENT_KINDS[int(confidence.segment_kind(kept(above - 1, above - 1)))] == 'sparse'
-  assert confidence.SEGMENT_KINDS[int(confidence.segment_kind(kept(n, 0)))] == 'sparse'  # exactly the minimum
-  assert confidence.SEGMENT_KINDS[int(confidence.segment_kind(kept(0, 0)))] == 'sparse'
+  kind = lambda mask, above: confidence.SEGMENT_KINDS[int(confidence.segment_kind(mask, above))]
+  for dense_above in (0.5, 0.7):
+    above = int(dense_above * n) + 1
+    assert kind(kept(n, n), dense_above) == 'plain'
+    assert kind(kept(n, n - 1), dense_above) == 'dense'
+    assert kind(kept(above, above), dense_above) == 'dense'
+    assert kind(kept(above - 1, above - 1), dense_above) == 'sparse'
+    assert kind(kept(0, 0), dense_above) == 'sparse'
+  assert kind(kept(n, 0), 0.5) == 'sparse'  # exactly the minimum
+  assert kind(kept(n, 40), 0.5) == 'dense' and kind(kept(n, 40), 0.7) == 'sparse'
+  assert kind(kept(n, n - 1), 1.0) == 'sparse'  # 1.0: sparse whenever a pixel is skipped
+  assert kind(kept(1, 0), 0.0) == 'dense' and kind(kept(0, 0), 0.0) == 'sparse'  # 0.0: masked-dense unless none
+
+
+def test_each_segment_chooses_with_its_own_crossover(monkeypatch):
+  """The sparse HRNet's segments 2, 3, 4 each ask `segment_kind` with their own entry of the policy's
+  `masked_dense_above` (a static, hashable field: two tables, two programs); the line's 'auto' is
+  SEGMENT_DENSE_MIN; a bad table is a one-line error."""
+  assert confidence.for_backend(dict(masked_conv='sparse')).masked_dense_above == confidence.SEGMENT_DENSE_MIN
+  policy = confidence.for_backend(dict(masked_conv='sparse', masked_dense_above=[0.25, 0.5, 0.75]))
+  assert policy.masked_dense_above == (0.25, 0.5, 0.75) and hash(policy) == hash(
+      confidence.for_backend(dict(masked_conv='sparse', masked_dense_above=(0.25, 0.5, 0.75)))
+  )
+  assert policy != confidence.for_backend(dict(masked_conv='sparse', masked_dense_above=(0.75, 0.5, 0.25)))
+  for bad in ((0.5, 0.5), (0.5, 0.5, 1.5), (0.5, 0.5, 'x'), 0.5):
+    with pytest.raises(UserError, match='compute.masked_dense_above must be 3 kept fractions'):
+      confidence.for_backend(dict(masked_conv='sparse', masked_dense_above=bad))
+  asked = []
+  real = confidence.segment_kind
+  monkeypatch.setattr(confidence, 'segment_kind', lambda mask, above: asked.append(above) or real(mask, above))
+  model = hrnet.build('w8_tiny', exits=(1, 2, 3, 4), tau=0.5, compute=policy)
+  x = jnp.zeros((1, 32, 32, 3))
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+  jax.eval_shape(lambda v: model.apply(v, x), {**variables, 'constants': {'tau': jnp.float32(0.5)}})
+  assert asked == [0.25, 0.5, 0.75]
 
 
 def test_sparse_hrnet_segment_choice_takes_each_kind_with_examples_that_differ():
@@ -278,12 +307,11 @@ def test_sparse_hrnet_segment_choice_takes_each_kind_with_examples_that_differ()
     assert set(got_macs) == set(want_macs)
     for name in want_macs:
       np.testing.assert_allclose(np.asarray(got_macs[name]), np.asarray(want_macs[name]), rtol=1e-6, err_msg=name)
-    for per_example in want['fractions'][1:]:  # the masks of segments 2..4: each example's kept fraction
+    for s, per_example in enumerate(want['fractions'][1:]):  # segments 2..4's masks: each example's kept fraction
       per_example = np.asarray(per_example)
       batch_fraction = per_example.mean()
-      kinds.add(
-          'plain' if batch_fraction == 1 else 'dense' if batch_fraction > confidence.SEGMENT_DENSE_MIN else 'sparse'
-      )
+      above = confidence.SEGMENT_DENSE_MIN[s]
+      kinds.add('plain' if batch_fraction == 1 else 'dense' if batch_fraction > above else 'sparse')
       differing |= bool(per_example[0] > 0.9 and per_example[1:].max() < 0.3)
   assert kinds == set(confidence.SEGMENT_KINDS), kinds
   assert differing  # one example nearly all kept, the others mostly skipped, in one segment at least
