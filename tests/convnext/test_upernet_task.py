@@ -167,3 +167,25 @@ def test_demo_table_sits_beside_the_readmes_anytime_row(tmp_path):
   assert lines[2].split()[-2] == '22.4' and lines[3].split()[-2] == '8.4'
   with pytest.raises(UserError, match=r'results.json does not exist: train first'):
     upernet_demo.report(demo_config(), str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    'key, value, message',
+    [
+        # (0, 0) was a ZeroDivisionError traceback at the first evaluation, after the whole training
+        ('slide_window', (0, 0), r'^slide_window must be 2 positive integers, got \(0, 0\)$'),
+        ('slide_window', (32,), r'^slide_window must be 2 positive integers, got \(32,\)$'),
+        ('slide_window', (32, 48), r'^slide_window \(crop, stride\) = \(32, 48\): a stride above the crop leaves'),
+        ('eval_resize', (64, -1), r'^eval_resize must be 2 positive integers, got \(64, -1\)$'),
+        ('eval_scales', (1.0, 0.0), r'^eval_scales must be ratios above 0, got \(1.0, 0.0\)$'),
+    ],
+)
+def test_eval_options_no_evaluation_can_use_are_one_line_at_start_up(key, value, message):
+  config = demo_config()
+  with config.unlocked():
+    config[key] = value
+  with pytest.raises(UserError, match=message):
+    upernet_task.UperNetSegTask(config, Info())
+  with config.unlocked():
+    config[key] = dict(slide_window=(32, 16), eval_resize=(128, 64), eval_scales=(0.5, 1.0))[key]
+  upernet_task.UperNetSegTask(config, Info())  # the usable values pass
