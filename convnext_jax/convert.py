@@ -472,6 +472,9 @@ def import_with_info(path: str, *, arch: str | None, num_classes: int | None, em
   from convnext_jax.layers import trunc_normal_init
   from convnext_jax.models import ConvNeXt, ConvNeXtIsotropic, create_model
 
+  if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
+    # -3 wrote a head of no classes and reported success
+    raise UserError(f'--num-classes must be a positive number of classes, got {num_classes!r}')
   sd, info = _read_source(path, ema)
   if (arch is None or arch == info.get('arch')) and info.get('arch') and detect_layout(sd) == 'flax':
     # the checkpoint names its own model (e.g. trained with model.overrides): rebuild exactly that one

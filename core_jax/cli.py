@@ -11,6 +11,7 @@ a config file that does not import is one line naming the file and line; bad inp
 
 import ast
 import importlib.util
+import math
 import os
 import sys
 import time
@@ -88,9 +89,16 @@ def _parse_value(text: str, current):
   except (ValueError, SyntaxError):
     if current is None:
       return text  # a None field (e.g. an optional path) takes a bare string
+    if isinstance(current, float) and text.strip().lstrip('+-').lower() in ('nan', 'inf', 'infinity'):
+      raise ValueError(f'expected a finite float, got {text!r}') from None
     raise ValueError(f'cannot parse {text!r} as {type(current).__name__}') from None
-  if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+  if isinstance(value, bool) and current is not None and not isinstance(current, bool):
+    # bool is an int to Python: `--config.batch_size=True` was a batch of 1
+    raise ValueError(f'expected {type(current).__name__}, got bool {text!r}')
+  if isinstance(current, float) and isinstance(value, int):
     value = float(value)
+  if isinstance(current, float) and isinstance(value, float) and not math.isfinite(value):  # 1e999
+    raise ValueError(f'expected a finite float, got {text!r}')
   if isinstance(current, tuple) and isinstance(value, list):
     value = tuple(value)
   if isinstance(current, tuple) and not isinstance(value, tuple):
@@ -268,6 +276,18 @@ def run_main(run_fn, argv=None, *, prog: str = '<line>.main', config_dir: str | 
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
+  except Exception as e:  # pylint: disable=broad-except  (only running out of memory is ours to word; else re-raised)
+    reason = out_of_memory(e)
+    if reason is None:
+      raise
+    if log is not None:
+      log.write('out of memory', traceback.format_exc())
+    print(
+        f'error: out of memory ({reason}); the steps already saved are kept: rerun with a smaller batch_size or '
+        'eval_batch_size (or on a larger device)',
+        file=sys.stderr,
+    )
+    return 1
   except KeyboardInterrupt:  # Ctrl-C before training began, or twice: the checkpoints saved are kept
     print(
         'error: interrupted (Ctrl-C); the steps already saved are kept: rerun the same command to resume',
@@ -280,6 +300,23 @@ def run_main(run_fn, argv=None, *, prog: str = '<line>.main', config_dir: str | 
   if _is_main_process():
     print(done_line(time.monotonic() - wall_start, time.process_time() - cpu_start), flush=True)
   return 0
+
+
+def out_of_memory(error: BaseException) -> str | None:
+  """What ran out, in a few words, when `error` or one it came from is an allocation failure (XLA's
+  RESOURCE_EXHAUSTED on any backend, Python's MemoryError), else None."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, MemoryError):
+      return 'host memory'
+    text = str(error)
+    if 'RESOURCE_EXHAUSTED' in text or 'Out of memory' in text:
+      lines = [line.strip() for line in text.splitlines() if 'memory' in line.lower()]
+      line = (lines or [text.strip()])[0]
+      return line if len(line) <= 200 else line[:197] + '...'
+    error = error.__cause__ or error.__context__
+  return None
 
 
 def _is_main_process() -> bool:

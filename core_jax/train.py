@@ -586,6 +586,10 @@ def restore_or_init(b: Built, ckpt: checkpoint_lib.Checkpointer) -> tuple[TrainS
   )
   it = b.data.train_iter
   restored, lineage = None, None
+  steps = ckpt.all_steps()
+  first_try = restore_step if restore_step in steps else (steps[-1] if steps else None)
+  if first_try is not None:  # another model's checkpoint: name the change, not the first array that differs
+    resume_config_changes(config, (ckpt.read_meta(first_try) or {}).get('config'), b.workdir, first_try)
   if restore_step >= 0:
     lineage = restore_step
     later = [s for s in ckpt.all_steps() if s > restore_step]

@@ -452,6 +452,38 @@ def test_cli_num_classes_reinit(atto_files, tmp_path, caplog):
   assert np.array_equal(tree['head_norm']['scale'], sd['head.norm.weight'])
 
 
+@pytest.mark.parametrize('classes', ['0', '-3'])
+def test_cli_num_classes_below_one_is_one_line(atto_files, tmp_path, capsys, classes):
+  """-3 wrote a head of no classes and exited 0."""
+  d, _ = atto_files
+  mp = tmp_path / 'ft.msgpack'
+  assert E.main(['--src', str(d / 'timm.safetensors'), '--dst', str(mp), '--num-classes', classes]) == 2
+  assert capsys.readouterr().err == f'error: --num-classes must be a positive number of classes, got {classes}\n'
+  assert not mp.exists() and not (tmp_path / 'ft.json').exists()
+
+
+@pytest.mark.slow  # a converter process: ~13 s on 2 cores
+def test_cli_export_of_a_training_step_as_a_process_writes_nothing_on_stderr(atto_files, tmp_path):
+  """orbax's 'WARNING:absl:Metadata file does not exist' came before the summary line of every step export."""
+  import orbax.checkpoint as ocp
+
+  d, _ = atto_files
+  params, _, _ = C.import_checkpoint(str(d / 'official.pth'))
+  step_dir = tmp_path / 'checkpoints' / '3'
+  saver = ocp.StandardCheckpointer()
+  saver.save(str(step_dir / 'state'), {'params': params, 'step': 3})
+  saver.wait_until_finished()
+  r = subprocess.run(
+      [sys.executable, '-m', 'convnext_jax.convert', '--src', str(step_dir), '--dst', str(tmp_path / 'p.msgpack')],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=120,
+  )
+  assert r.returncode == 0 and r.stderr == '', r.stderr
+  assert r.stdout.startswith(f'{step_dir} -> {tmp_path / "p.msgpack"}: convnext_atto, '), r.stdout
+
+
 @pytest.mark.slow
 def test_cli_errors_exit_2(atto_files, tmp_path, capsys):
   d, sd = atto_files

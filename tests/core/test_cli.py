@@ -157,3 +157,58 @@ def test_main_help_as_a_process():
   )
   assert r.returncode == 0 and r.stderr == '', r.stderr
   assert 'digits.py' in r.stdout and 'finetune.py' in r.stdout and 'usage:' in r.stdout
+
+
+@pytest.mark.parametrize(
+    'arg,message',
+    [
+        # bool is an int to Python: this was a batch of 1, silently
+        ('--config.batch_size=True', "bad value for config key 'batch_size': expected int, got bool 'True'"),
+        ('--config.optimizer.lr=False', "bad value for config key 'optimizer.lr': expected float, got bool 'False'"),
+        ('--config.num_epochs=nan', "bad value for config key 'num_epochs': expected a finite float, got 'nan'"),
+        ('--config.optimizer.lr=-inf', "bad value for config key 'optimizer.lr': expected a finite float, got '-inf'"),
+        (
+            '--config.optimizer.lr=1e999',
+            "bad value for config key 'optimizer.lr': expected a finite float, got '1e999'",
+        ),
+    ],
+)
+def test_a_bool_or_a_non_finite_number_for_a_number_is_one_line(arg, message):
+  with pytest.raises(UserError) as e:
+    cli.parse_args([f'--config={DIGITS}', '--workdir=/tmp/x', arg])
+  assert str(e.value) == message
+  config, _ = cli.parse_args([f'--config={DIGITS}', '--workdir=/tmp/x', '--config.checkpoint.asynchronous=True'])
+  assert config.checkpoint.asynchronous is True  # a bool field still takes one
+
+
+def test_running_out_of_memory_is_one_line_and_exit_1(tmp_path, capsys):
+  """A batch too large for the device was a 40-line JAX traceback; now one line, the details in WORKDIR/log.txt."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  def too_large(config, workdir):
+    del config
+    os.makedirs(workdir, exist_ok=True)
+    jnp.zeros((1 << 42,), jnp.uint8).block_until_ready()  # XLA refuses the 4 TiB buffer at once, allocates nothing
+
+  workdir = tmp_path / 'w'
+  assert cli.run_main(too_large, [f'--config={DIGITS}', f'--workdir={workdir}']) == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith('error: out of memory (RESOURCE_EXHAUSTED: Out of memory'), err
+  assert 'smaller batch_size or eval_batch_size' in err[0]
+  assert 'Traceback' in (workdir / 'log.txt').read_text()
+
+
+def test_other_errors_of_a_run_are_not_reworded():
+  def broken(config, workdir):
+    raise RuntimeError('a bug of ours')
+
+  with pytest.raises(RuntimeError, match='a bug of ours'):
+    cli.run_main(broken, [f'--config={DIGITS}', '--workdir=/tmp/x'])
+  assert cli.out_of_memory(ValueError('x')) is None
+  try:
+    try:
+      raise MemoryError()
+    except MemoryError as e:
+      raise RuntimeError('while decoding') from e
+  except RuntimeError as e:
+    assert cli.out_of_memory(e) == 'host memory'
