@@ -11,6 +11,7 @@ a config file that does not import is one line naming the file and line; bad inp
 
 import ast
 import importlib.util
+import inspect
 import math
 import os
 import sys
@@ -41,6 +42,8 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
     raise _config_error(path, e) from None
   if not hasattr(module, 'get_config'):
     raise UserError(f'config file {path} has no get_config()')
+  if arg and not _takes_an_argument(module.get_config):  # was a TypeError 'via core_jax/cli.py'
+    raise UserError(f'config file {path} takes no argument; drop the :{arg} after it')
   try:
     config = module.get_config(arg) if arg else module.get_config()
   except Exception as e:  # pylint: disable=broad-except
@@ -48,6 +51,14 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
   if not isinstance(config, ml_collections.ConfigDict):
     raise UserError(f'config file {path}: get_config() returned a {type(config).__name__}, not a ConfigDict')
   return config
+
+
+def _takes_an_argument(get_config) -> bool:
+  try:
+    parameters = inspect.signature(get_config).parameters.values()
+  except (TypeError, ValueError):
+    return True  # not introspectable: let the call say
+  return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in parameters)
 
 
 def _config_error(path: str, error: Exception, calling: str = '') -> UserError:

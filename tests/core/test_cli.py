@@ -212,3 +212,13 @@ def test_other_errors_of_a_run_are_not_reworded():
       raise RuntimeError('while decoding') from e
   except RuntimeError as e:
     assert cli.out_of_memory(e) == 'host memory'
+
+
+def test_an_argument_to_a_config_that_takes_none_is_one_line():
+  """Was 'config file ... (via core_jax/cli.py, line 45) in get_config('zz'): TypeError: ... 0 positional'."""
+  with pytest.raises(UserError) as e:
+    cli.parse_args([f'--config={DIGITS}:zz', '--workdir=/tmp/x'])
+  assert str(e.value) == f'config file {DIGITS} takes no argument; drop the :zz after it'
+  cityscapes = os.path.join(REPO, 'configs', 'anytime', 'cityscapes.py')
+  with pytest.raises(UserError, match=r"in get_config\('w48_adpc'\): ValueError: cityscapes variant 'w48_adpc'"):
+    cli.parse_args([f'--config={cityscapes}:w48_adpc', '--workdir=/tmp/x'])
