@@ -201,6 +201,20 @@ def test_demo_table_without_the_anytime_demo_says_how_to_get_it():
   assert lines[4] == '(no anytime demo numbers beside this workdir: run `make demo LINE=anytime` for the ADP-C row)'
 
 
+def test_an_anytime_json_without_a_confidence_adaptive_run_is_one_line(tmp_path):
+  from convnext_jax import upernet_demo  # pylint: disable=import-outside-toplevel
+
+  path = _anytime_json(str(tmp_path), 22.4)
+  with open(path) as f:
+    data = json.load(f)
+  for run in data['runs']:
+    run['confidence_adaptive'] = False
+  with open(path, 'w') as f:
+    json.dump(data, f)
+  with pytest.raises(UserError, match=r'anytime.json has no confidence-adaptive run: not the anytime demo'):
+    upernet_demo.anytime_last_exit_miou(path)
+
+
 def test_readmes_upernet_table_cites_the_anytime_tables_last_exit():
   """The README's UperNet table row of the ADP-C HRNet is the anytime demo's exit 4 at tau 0.998 (its own table
   in the README), as `make demo LINE=all` prints it."""
@@ -209,3 +223,25 @@ def test_readmes_upernet_table_cites_the_anytime_tables_last_exit():
   anytime = next(line for line in text if line.startswith('| ADP-C tau 0.998 |'))
   upernet = next(line for line in text if line.startswith('| ADP-C HRNet w8_nano, exit 4 '))
   assert upernet.split('|')[2].strip() == anytime.split('|')[2].split('/')[-1].strip()
+
+
+@pytest.mark.parametrize(
+    'key, value, message',
+    [
+        # (0, 0) was a ZeroDivisionError traceback at the first evaluation, after the whole training
+        ('slide_window', (0, 0), r'^slide_window must be 2 positive integers, got \(0, 0\)$'),
+        ('slide_window', (32,), r'^slide_window must be 2 positive integers, got \(32,\)$'),
+        ('slide_window', (32, 48), r'^slide_window \(crop, stride\) = \(32, 48\): a stride above the crop leaves'),
+        ('eval_resize', (64, -1), r'^eval_resize must be 2 positive integers, got \(64, -1\)$'),
+        ('eval_scales', (1.0, 0.0), r'^eval_scales must be ratios above 0, got \(1.0, 0.0\)$'),
+    ],
+)
+def test_eval_options_no_evaluation_can_use_are_one_line_at_start_up(key, value, message):
+  config = demo_config()
+  with config.unlocked():
+    config[key] = value
+  with pytest.raises(UserError, match=message):
+    upernet_task.UperNetSegTask(config, Info())
+  with config.unlocked():
+    config[key] = dict(slide_window=(32, 16), eval_resize=(128, 64), eval_scales=(0.5, 1.0))[key]
+  upernet_task.UperNetSegTask(config, Info())  # the usable values pass
