@@ -183,7 +183,7 @@ def test_demo_table_reads_the_anytime_demos_last_exit(tmp_path):
   assert _anytime_json(str(tmp_path), 22.37) == path
   miou = upernet_demo.anytime_last_exit_miou(path)
   assert miou == 22.37
-  text = upernet_demo.table({'miou': 0.1234, 'pixel_accuracy': 0.9}, 437_430, miou)
+  text = upernet_demo.table({'miou': 0.1234, 'pixel_accuracy': 0.9}, 437_430, miou, 8.4123)
   lines = text.splitlines()
   assert len(lines) == 4
   assert 'ConvNeXt + UperNet (this run, 437,430 params)' in lines[1] and lines[1].split()[-2:] == ['12.3', '90.0']
@@ -196,7 +196,7 @@ def test_demo_table_reads_the_anytime_demos_last_exit(tmp_path):
 def test_demo_table_without_the_anytime_demo_says_how_to_get_it():
   from convnext_jax import upernet_demo  # pylint: disable=import-outside-toplevel
 
-  lines = upernet_demo.table({'miou': 0.1234, 'pixel_accuracy': 0.9}, 437_430, None).splitlines()
+  lines = upernet_demo.table({'miou': 0.1234, 'pixel_accuracy': 0.9}, 437_430, None, 8.4123).splitlines()
   assert lines[2].startswith(upernet_demo.ANYTIME_ROW) and lines[2].split()[-2:] == ['-', '-']
   assert lines[4] == '(no anytime demo numbers beside this workdir: run `make demo LINE=anytime` for the ADP-C row)'
 
@@ -213,6 +213,20 @@ def test_an_anytime_json_without_a_confidence_adaptive_run_is_one_line(tmp_path)
     json.dump(data, f)
   with pytest.raises(UserError, match=r'anytime.json has no confidence-adaptive run: not the anytime demo'):
     upernet_demo.anytime_last_exit_miou(path)
+
+
+def test_background_row_is_computed_from_the_validation_labels(tfds_dir):
+  """The table's 'background everywhere' row: predicting class 0 at every pixel of the 200 validation scenes,
+  computed from their label maps; the README's table prints it."""
+  from convnext_jax import upernet_demo  # pylint: disable=import-outside-toplevel
+
+  config = demo_config()
+  config.data.data_dir = str(tfds_dir)
+  miou = upernet_demo.background_only_miou(config)
+  assert 5 < miou < 20  # the background IoU (most pixels) over the 11 classes, the digits' IoU 0
+  with open(os.path.join(REPO, 'README.md')) as f:
+    row = next(line for line in f if line.startswith('| background everywhere |'))
+  assert row.split('|')[2].strip() == f'{miou:.1f}'
 
 
 def test_readmes_upernet_table_cites_the_anytime_tables_last_exit():
