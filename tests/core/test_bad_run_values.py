@@ -7,6 +7,7 @@ import types
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import pytest
 
 from convnext_jax.models import create_model
@@ -128,3 +129,12 @@ def test_a_workdir_entry_of_the_wrong_kind_is_one_line_and_kept(tmp_path, name, 
     train._check_workdir(str(tmp_path))  # pylint: disable=protected-access
   assert entry.exists() and (kind == 'folder' or entry.read_text() == 'kept')
   train._check_workdir(str(tmp_path / 'fresh'))  # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize('key', ['batch_size', 'eval_batch_size'])
+def test_a_global_batch_the_devices_do_not_divide_names_its_key(key):
+  """Both were 'global batch size 7 is not divisible by the 2 devices', which did not say which of the two."""
+  two_devices = types.SimpleNamespace(devices=np.empty((2, 1), object))
+  with pytest.raises(UserError, match=rf'^{key} 7 \(a global batch\) is not divisible by the 2 devices$'):
+    parallel.check_batch_size(7, two_devices, key)
+  parallel.check_batch_size(8, two_devices, key)
