@@ -549,6 +549,16 @@ def test_shape_mismatch(atto_files, tmp_path):
   )
 
 
+def test_another_width_is_not_called_a_head_size_mismatch(atto_files, tmp_path):
+  """atto's weights as convnext_femto (another width): was 'head.fc.weight: expected (1000, 384) but checkpoint has
+  (1000, 320) (head size mismatch; use reinit_head=True ...)', which re-initializing the head would not fix."""
+  d, _ = atto_files
+  with pytest.raises(UserError) as e:
+    C.import_checkpoint(str(d / 'timm.safetensors'), arch='convnext_femto')
+  assert 'head size' not in str(e.value) and 'reinit' not in str(e.value), str(e.value)
+  _one_line_error(e, 'expected shape (', ' but checkpoint has (')
+
+
 def test_head_mismatch_and_reinit(atto_files, tmp_path, caplog):
   _, sd = atto_files
   rng = np.random.default_rng(0)

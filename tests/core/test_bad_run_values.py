@@ -112,3 +112,19 @@ def test_a_data_dir_that_is_a_file_is_one_line(tmp_path):
       UserError, match=r'^data dir .*tfds is a file, not a directory \(data.data_dir, or TFDS_DATA_DIR\)$'
   ):
     sources.load_source('digits', 'train', str(f))
+
+
+@pytest.mark.parametrize('name, kind', [('checkpoints', 'file'), ('tensorboard', 'file'), ('results.json', 'folder')])
+def test_a_workdir_entry_of_the_wrong_kind_is_one_line_and_kept(tmp_path, name, kind):
+  """A file named checkpoints was an 81-line orbax traceback after the model had compiled; a folder named
+  results.json a traceback at the end of the training."""
+  entry = tmp_path / name
+  if kind == 'file':
+    entry.write_text('kept')
+  else:
+    entry.mkdir()
+  where = 'a file where the run keeps a folder' if kind == 'file' else 'a folder where the run writes a file'
+  with pytest.raises(UserError, match=f'^{entry} is {where}: move it out of the workdir$'):
+    train._check_workdir(str(tmp_path))  # pylint: disable=protected-access
+  assert entry.exists() and (kind == 'folder' or entry.read_text() == 'kept')
+  train._check_workdir(str(tmp_path / 'fresh'))  # pylint: disable=protected-access
