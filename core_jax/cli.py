@@ -35,6 +35,8 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
   if not os.path.isfile(path):
     raise UserError(f'config file not found: {path}')
   spec = importlib.util.spec_from_file_location(f'_config_{abs(hash(path))}', path)
+  if spec is None or spec.loader is None:  # README.md: importlib has no loader for it (was a traceback)
+    raise UserError(f'config file {path} is not a Python file: name a .py config (--help lists them)')
   module = importlib.util.module_from_spec(spec)
   try:
     spec.loader.exec_module(module)
@@ -146,9 +148,14 @@ def parse_args(argv: Sequence[str], prog: str = '<line>.main'):
   usage = _usage(prog).splitlines()[0] + '  (--help for more)'
   config_path, workdir, overrides = None, None, []
   for arg in argv:
+    if arg in ('--config', '--workdir'):  # `--config FILE`: the value is a separate argument
+      raise UserError(f'{arg} takes its value after an =: {arg}={"FILE" if arg == "--config" else "DIR"}; {usage}')
     if not arg.startswith('--') or '=' not in arg:
       raise UserError(f'unexpected argument {arg!r}; {usage}')
     key, _, value = arg[2:].partition('=')
+    if key in ('config', 'workdir') and (config_path if key == 'config' else workdir) is not None:
+      # which one would run? a script that appends its own --workdir must not silently win or lose
+      raise UserError(f'--{key} is given twice ({config_path if key == "config" else workdir!r} and {value!r})')
     if key == 'config':
       config_path = value
     elif key == 'workdir':

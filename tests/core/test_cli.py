@@ -222,3 +222,27 @@ def test_an_argument_to_a_config_that_takes_none_is_one_line():
   cityscapes = os.path.join(REPO, 'configs', 'anytime', 'cityscapes.py')
   with pytest.raises(UserError, match=r"in get_config\('w48_adpc'\): ValueError: cityscapes variant 'w48_adpc'"):
     cli.parse_args([f'--config={cityscapes}:w48_adpc', '--workdir=/tmp/x'])
+
+
+@pytest.mark.parametrize(
+    'argv, message',
+    [
+        # importlib has no loader for a .md: was an AttributeError traceback
+        (['--config=README.md', '--workdir=/tmp/x'], 'config file README.md is not a Python file: name a .py config'),
+        ([f'--config={DIGITS}', '--workdir', '/tmp/x'], '--workdir takes its value after an =: --workdir=DIR; usage:'),
+        (['--config', DIGITS, '--workdir=/tmp/x'], '--config takes its value after an =: --config=FILE; usage:'),
+        # the last one silently won
+        (
+            [f'--config={DIGITS}', '--workdir=/tmp/a', '--workdir=/tmp/b'],
+            "--workdir is given twice ('/tmp/a' and '/tmp/b')",
+        ),
+        ([f'--config={DIGITS}', f'--config={DIGITS}', '--workdir=/tmp/a'], f"--config is given twice ('{DIGITS}' and"),
+    ],
+)
+def test_command_lines_that_are_not_one_run_are_one_line(argv, message, monkeypatch):
+  monkeypatch.chdir(REPO)
+  with pytest.raises(UserError) as e:
+    cli.parse_args(argv)
+  assert str(e.value).startswith(message), str(e.value)
+  config, workdir = cli.parse_args([f'--config={DIGITS}', '--workdir=/tmp/x', '--config.seed=1', '--config.seed=2'])
+  assert (config.seed, workdir) == (2, '/tmp/x')  # a repeated override: the last one, as a script appends them
