@@ -8,7 +8,7 @@ TESTS  := $(VENV)/.installed-test
 # The pruning methods with one digits config each (configs/pruning/digits_<method>.py, `make demo LINE=pruning-<method>`)
 PRUNING_DEMOS := l1 slimming magnitude lottery guided sss sfp thinet regression
 
-.PHONY: demo demo-convnext demo-upernet demo-pruning $(addprefix demo-pruning-,$(PRUNING_DEMOS)) demo-pruning-convnext demo-anytime \
+.PHONY: demo demo-convnext demo-upernet demo-upernet-train demo-pruning $(addprefix demo-pruning-,$(PRUNING_DEMOS)) demo-pruning-convnext demo-anytime \
   test test-fast lint format bench gpu-check install clean-demo
 
 # The demo needs only the package (no TensorFlow: the `tf` extra, to prepare TFDS datasets); the tests add the PyTorch
@@ -58,10 +58,14 @@ demo: $(BASE)
 demo-convnext: $(BASE)
 	$(BIN)/python -m convnext_jax.main --config=configs/convnext/digits.py --workdir=$(DEMO_DIR)/convnext_digits
 
-# ConvNeXt + UperNet segmentation on digit_scenes, then its table (beside the anytime HRNet) and scene.png.
-demo-upernet: $(BASE)
-	$(BIN)/python -m convnext_jax.main --config=configs/convnext/upernet_digit_scenes.py --workdir=$(DEMO_DIR)/upernet_digit_scenes
+# ConvNeXt + UperNet segmentation on digit_scenes, then its table (beside the anytime HRNet's last exit, read from
+# DEMO_DIR/anytime_digit_scenes/anytime.json: when the anytime demo runs in the same make, e.g. LINE=all, the
+# table waits for it) and scene.png.
+demo-upernet: demo-upernet-train $(filter demo-anytime,$(MAKECMDGOALS))
 	$(BIN)/python -m convnext_jax.upernet_demo --config=configs/convnext/upernet_digit_scenes.py --workdir=$(DEMO_DIR)/upernet_digit_scenes
+
+demo-upernet-train: $(BASE)
+	$(BIN)/python -m convnext_jax.main --config=configs/convnext/upernet_digit_scenes.py --workdir=$(DEMO_DIR)/upernet_digit_scenes
 
 # One experiment per pruning method on digits (PRUNING_DEMOS, above): configs/pruning/digits_<method>.py into
 # DEMO_DIR/pruning_digits_<method>; ConvNeXt's two (below) share one trained model

@@ -36,6 +36,28 @@ def _single(config, workdir: str) -> dict | None:
   return report.write(out, [report.run_entry(report.run_label(config), results, config)], config)
 
 
+def _main_phase_name(config) -> str:
+  return 'adp_c' if config.model.get('confidence_adaptive', False) else 'model'
+
+
+def _is_comparison(config) -> bool:
+  a = report.anytime_options(config)
+  return bool(a.get('eval_taus') or a.get('baseline_exit_type'))
+
+
+def evaluated_workdir(config, workdir: str) -> str:
+  """The workdir an eval-only run evaluates: WORKDIR itself, or, for a comparison job's WORKDIR (the digit_scenes
+  demo's), whose checkpoints are its trained phase's (WORKDIR/adp_c/checkpoints), that phase's folder, as the
+  job's own tau phases do (it was 'no checkpoint in WORKDIR' beside a trained model)."""
+  if not config.get('eval_only', False) or config.get('init_from') or not _is_comparison(config):
+    return workdir
+  phase = os.path.join(workdir, _main_phase_name(config))
+  if os.path.isdir(os.path.join(workdir, 'checkpoints')) or not os.path.isdir(os.path.join(phase, 'checkpoints')):
+    return workdir
+  print(f'eval_only: {workdir} holds a comparison job; evaluating its trained phase {phase}', flush=True)
+  return phase
+
+
 def job_configs(config) -> list[tuple[str, object, str | None]]:
   """[(phase name, config, name of the phase whose weights it evaluates or None), ...] of a comparison job."""
   a = report.anytime_options(config)
@@ -48,7 +70,7 @@ def job_configs(config) -> list[tuple[str, object, str | None]]:
       c.model.confidence_adaptive = False
       c.anytime.label = ''
     phases.append(('ee_rh' if base == 'rh' else 'ee', c, None))
-  main_name = 'adp_c' if config.model.get('confidence_adaptive', False) else 'model'
+  main_name = _main_phase_name(config)
   phases.append((main_name, config, None))
   for t in tuple(a.get('eval_taus', ()) or ()):
     c = config.copy_and_resolve_references()
@@ -154,6 +176,6 @@ def run(config, workdir: str) -> dict | None:
   validate(config)
   a = report.anytime_options(config)
   with experiment.compilation_cache(workdir, bool(a.get('compilation_cache', True))):
-    if (a.get('eval_taus') or a.get('baseline_exit_type')) and not config.get('eval_only', False):
+    if _is_comparison(config) and not config.get('eval_only', False):
       return _job(config, workdir)
-    return _single(config, workdir)
+    return _single(config, evaluated_workdir(config, workdir))

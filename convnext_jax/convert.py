@@ -376,13 +376,25 @@ def _load_into(
     k = head_keys['head/kernel']
     if k in sd and 'head/kernel' in flat_t:
       want = head_t.external_shape(shape_of(flat_t['head/kernel']))
-      if shape_of(sd[k]) != want:
+      # only the class count differs (the same features per class): the head, which reinit_head re-initializes;
+      # another feature width is another model, named below by its first differing key (reinit_head would not do)
+      if shape_of(sd[k]) != want and _same_features(shape_of(sd[k]), want, sd.get(head_keys['head/bias']), flat_t):
         raise UserError(
             f'{k}: expected shape {format_shape(want)} but checkpoint has {format_shape(shape_of(sd[k]))}'
             f' (head size mismatch; use reinit_head=True / --num-classes to re-initialize the head)'
         )
   flat = import_tensors(sd, table, flat_t, source='checkpoint', ignore_flax=ignore)
   return merge_params(flat, flat_t, keep_fresh=[re.escape(p) for p in ignore], source=path)
+
+
+def _same_features(found: tuple, want: tuple, found_bias, flat_t) -> bool:
+  """Whether two head kernels differ in their class count alone: the same number of inputs per class."""
+  if found_bias is None or 'head/bias' not in flat_t:
+    return True
+  classes_found, classes_want = int(np.prod(shape_of(found_bias))), int(np.prod(shape_of(flat_t['head/bias'])))
+  if not classes_found or not classes_want:
+    return True
+  return int(np.prod(found)) // classes_found == int(np.prod(want)) // classes_want
 
 
 # create_model fields that change how a model runs or trains, not its parameters: not part of an export's recipe.
@@ -472,6 +484,9 @@ def import_with_info(path: str, *, arch: str | None, num_classes: int | None, em
   from convnext_jax.layers import trunc_normal_init
   from convnext_jax.models import ConvNeXt, ConvNeXtIsotropic, create_model
 
+  if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
+    # -3 wrote a head of no classes and reported success
+    raise UserError(f'--num-classes must be a positive number of classes, got {num_classes!r}')
   sd, info = _read_source(path, ema)
   if (arch is None or arch == info.get('arch')) and info.get('arch') and detect_layout(sd) == 'flax':
     # the checkpoint names its own model (e.g. trained with model.overrides): rebuild exactly that one

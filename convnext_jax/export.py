@@ -436,6 +436,10 @@ def convert(
 
 
 def main(argv=None) -> int:
+  from absl import logging as absl_logging  # pylint: disable=import-outside-toplevel
+
+  # orbax's 'Metadata file does not exist' warning when reading a training step: stderr is for our one line
+  absl_logging.set_verbosity(absl_logging.ERROR)
   try:
     args = _parser().parse_args(argv)
     print(

@@ -4,21 +4,58 @@ scenes, and WORKDIR/scene.png (validation scenes: the input, its labels, the pre
   python -m convnext_jax.upernet_demo --config=configs/convnext/upernet_digit_scenes.py --workdir=WORKDIR
 
 after the training run `python -m convnext_jax.main` with the same config and workdir (`make demo LINE=upernet`
-runs both). The anytime numbers are the README's measured ADP-C digit_scenes row (configs/anytime/digit_scenes.py),
-not rerun here."""
+runs both). The anytime row is read from the anytime demo's numbers (`make demo LINE=anytime`:
+configs/anytime/digit_scenes.py into ANYTIME_WORKDIR beside this workdir, its anytime.json), not rerun here; without
+them the row shows '-' and a note says how to get them. `make demo LINE=all` runs the anytime demo first."""
 
 import json
 import os
 import sys
 
-# The anytime demo's measured exit-4 mIoU on the 200 validation scenes (configs/anytime/digit_scenes.py, README's
-# anytime table: ADP-C tau 0.998) and predicting background everywhere on them.
-ANYTIME_EXIT4_MIOU = 22.4
-BACKGROUND_ONLY_MIOU = 8.4
+# The anytime demo's workdir, beside this demo's as `make demo` lays them out (DEMO_DIR/anytime_digit_scenes).
+ANYTIME_WORKDIR = 'anytime_digit_scenes'
+ANYTIME_ROW = 'ADP-C HRNet w8_nano, exit 4 (anytime demo, README)'
 SCENE_PNG = 'scene.png'
 
 
-def table(results: dict, params: int) -> str:
+def anytime_json_path(workdir: str) -> str:
+  """Where the anytime demo writes its numbers, for this demo's `workdir`."""
+  from anytime_jax import report  # pylint: disable=import-outside-toplevel
+
+  return os.path.join(os.path.dirname(os.path.abspath(workdir)), ANYTIME_WORKDIR, report.ANYTIME_JSON)
+
+
+def anytime_last_exit_miou(path: str) -> float | None:
+  """The last exit's mIoU % of the anytime demo's trained ADP-C run (the first confidence-adaptive run of its
+  anytime.json at `path`; the eval-only runs at other thresholds follow it), or None when there is no such file."""
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    runs = json.load(f)['runs']
+  run = next((r for r in runs if r['confidence_adaptive']), None)
+  if run is None:
+    from core_jax.errors import UserError  # pylint: disable=import-outside-toplevel
+
+    raise UserError(f'{path} has no confidence-adaptive run: not the anytime demo (configs/anytime/digit_scenes.py)')
+  return max(run['exits'], key=lambda e: e['exit'])['miou']
+
+
+def background_only_miou(config) -> float:
+  """The mIoU % of predicting background everywhere on the config's evaluation split, from its label maps."""
+  from convnext_jax import upernet_task  # pylint: disable=import-outside-toplevel
+  from core_jax import metrics  # pylint: disable=import-outside-toplevel
+  from core_jax.data import sources  # pylint: disable=import-outside-toplevel
+  from core_jax.data.registry import IGNORE_LABEL  # pylint: disable=import-outside-toplevel
+
+  d = config.data
+  source, info = sources.load_source(d.name, d.eval_split, d.get('data_dir') or None)
+  labels = (source[i][upernet_task.LABEL_KEY] for i in range(len(source)))
+  return 100.0 * metrics.background_only_miou(labels, int(info.num_classes), ignore_label=IGNORE_LABEL)
+
+
+def table(results: dict, params: int, anytime_miou: float | None, background_miou: float) -> str:
+  """The demo's table (mIoU in %); `anytime_miou` None (no anytime demo run): that row shows '-' and a note
+  follows."""
   rows = [
       ('model (digit_scenes validation, 200 scenes)', 'mIoU %', 'pixel acc. %'),
       (
@@ -26,11 +63,14 @@ def table(results: dict, params: int) -> str:
           f'{100 * results["miou"]:.1f}',
           f'{100 * results["pixel_accuracy"]:.1f}',
       ),
-      ('ADP-C HRNet w8_nano, exit 4 (anytime demo, README)', f'{ANYTIME_EXIT4_MIOU:.1f}', '-'),
-      ('background everywhere', f'{BACKGROUND_ONLY_MIOU:.1f}', '-'),
+      (ANYTIME_ROW, '-' if anytime_miou is None else f'{anytime_miou:.1f}', '-'),
+      ('background everywhere', f'{background_miou:.1f}', '-'),
   ]
   widths = [max(len(r[i]) for r in rows) for i in range(3)]
-  return '\n'.join('  '.join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+  text = '\n'.join('  '.join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+  if anytime_miou is None:
+    text += '\n(no anytime demo numbers beside this workdir: run `make demo LINE=anytime` for the ADP-C row)'
+  return text
 
 
 def scene_figure(config, workdir: str, count: int = 3) -> str:
@@ -79,7 +119,8 @@ def report(config, workdir: str) -> str:
     raise UserError(f'{path} does not exist: train first (python -m convnext_jax.main with the same config)')
   with open(path) as f:
     results = json.load(f)
-  text = table(results['eval'], int(results['num_params']))
+  anytime_miou = anytime_last_exit_miou(anytime_json_path(workdir))
+  text = table(results['eval'], int(results['num_params']), anytime_miou, background_only_miou(config))
   print(text, flush=True)
   print(f'scene:  {scene_figure(config, workdir)}', flush=True)
   return text

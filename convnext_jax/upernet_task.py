@@ -35,6 +35,7 @@ at start-up (T: 0.478 / 0.531 ... 0.729 / 1; S-XL: 0.254 / 0.282 ... 0.387 / 1).
 """
 
 import logging
+import numbers
 import os
 import re
 
@@ -111,6 +112,30 @@ def check_crop_fits_padding(specs: tuple[str, ...]) -> None:
     raise UserError(f'train crop {crop} (seg_random_crop_cat) has no seg_pad(size={crop}) after it')
 
 
+def check_eval_options(config) -> None:
+  """The test-time options (module doc) as UserErrors at start-up: a window or stride of 0 was a
+  ZeroDivisionError traceback at the first evaluation, after the training; a stride larger than the window leaves
+  pixels no window covers (mmseg asserts on it), a ratio of 0 or below an image of no pixels."""
+
+  def positive_ints(key, value, count):
+    if len(value) != count or any(isinstance(v, bool) or not isinstance(v, numbers.Integral) or v < 1 for v in value):
+      raise UserError(f'{key} must be {count} positive integers, got {value!r}')
+
+  slide = tuple(config.get('slide_window', ()) or ())
+  if slide:
+    positive_ints('slide_window', slide, 2)
+    if slide[1] > slide[0]:
+      raise UserError(
+          f'slide_window (crop, stride) = {slide!r}: a stride above the crop leaves pixels no window covers'
+      )
+  resize = tuple(config.get('eval_resize', ()) or ())
+  if resize:
+    positive_ints('eval_resize', resize, 2)
+  ratios = tuple(config.get('eval_scales', ()) or ())
+  if any(isinstance(r, bool) or not isinstance(r, numbers.Real) or not r > 0 for r in ratios):
+    raise UserError(f'eval_scales must be ratios above 0, got {ratios!r}')
+
+
 def eval_metrics_class(num_classes: int) -> type[metrics.Collection]:
   confusion = metrics_lib.confusion_matrix_metric(num_classes)
 
@@ -148,6 +173,7 @@ class UperNetSegTask(Task):
     self.aux_weight = float(lcfg.get('aux_weight', AUX_WEIGHT))
     self.class_weight = check_class_weights(lcfg.get('class_weight', ()), self.num_classes, 'loss.class_weight')
     self.eval_metrics = eval_metrics_class(self.num_classes)
+    check_eval_options(config)
 
   def build_model(self):
     mcfg = self.config.model

@@ -273,12 +273,44 @@ class Checkpointer:
       self.manager.restore(step, args=ocp.args.Composite(data=grain.checkpoint.CheckpointRestore(data_iterator)))
     except Exception as e:  # pylint: disable=broad-except
       data_iterator.set_state(before)
-      if _is_shape_mismatch(e):
+      # Another model's step is readable, not corrupt: it must not be moved aside as one (orbax words a shape
+      # change as 'not compatible', a key change as a tree diff: the saved shapes decide when they read).
+      difference = self._first_difference(step, abstract_state)
+      if difference or _is_shape_mismatch(e):
         raise UserError(
-            f'checkpoint step {step} in {self.directory} does not match the model: ' f'{_first_line(e)}'
+            f'checkpoint step {step} in {self.directory} does not match the model: {difference or _first_line(e)}'
         ) from None
       raise
     return restored['state'], restored['meta']
+
+  def _first_difference(self, step: int, abstract_state) -> str:
+    """The first array whose name or shape differs between `step`'s state and `abstract_state`, in words, and
+    how many differ ('' when the saved shapes cannot be read): orbax's own text is a multi-line tree diff, or a
+    shape without the array's name."""
+    try:
+      saved = _shapes(getattr(self.manager.item_metadata(step)['state'], 'tree', None))
+    except Exception:  # pylint: disable=broad-except  (the metadata is a best-effort help for the message)
+      return ''
+    wanted = _shapes(abstract_state)
+    if not saved or not wanted:
+      return ''
+    # the parameters first: their names are the model's (an optimizer's moments repeat them under opt_state.*)
+    differ = sorted(
+        (k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k)), key=lambda k: (k[:7] != 'params.', k)
+    )
+    if not differ:
+      return ''
+    first = differ[0]
+    if first not in wanted:
+      what = f'{first} is in the checkpoint, not in the model'
+    elif first not in saved:
+      what = f'{first} is in the model, not in the checkpoint'
+    else:
+      what = f'{first} is {saved[first]} in the checkpoint, {wanted[first]} in the model'
+    return (
+        f'{what} ({len(differ)} of {len(saved | wanted)} arrays differ: another model, width or head; '
+        'use a new workdir)'
+    )
 
   def set_aside_later_than(self, step: int) -> list[int]:
     """Moves the steps after `step` to `<workdir>/checkpoints_superseded/` (a run restarted from `step`)."""
@@ -318,6 +350,18 @@ class Checkpointer:
     if jax.process_count() > 1:
       multihost_utils.sync_global_devices(f'move_{folder}_{step}')
     return target
+
+
+def _shapes(tree) -> dict[str, tuple]:
+  """{'params.stem.kernel': shape} of a tree of arrays, ShapeDtypeStructs or orbax ArrayMetadata."""
+  if tree is None:
+    return {}
+  leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+  return {
+      '.'.join(str(getattr(k, 'key', getattr(k, 'idx', k))) for k in path): tuple(leaf.shape)
+      for path, leaf in leaves
+      if getattr(leaf, 'shape', None) is not None
+  }
 
 
 def _steps_text(steps) -> str:

@@ -4,6 +4,8 @@ Kept apart from `core_jax.task`, the contract every line implements, so that the
 `core_jax.data`: only a classification task needs the batch-level mixing of `core_jax.data.mixing`.
 """
 
+import numbers
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -14,6 +16,13 @@ from core_jax.errors import UserError
 from core_jax.task import Task, apply_model
 
 MIXUP_SALT = 0x6D6978  # 'mix': Mixup/CutMix draws from its own stream, so the dropout rng is the same without it
+
+
+def _check_smoothing(key: str, value) -> None:
+  """Label smoothing moves `value` of each target's mass to the uniform: 1 or more (or below 0) is no target at
+  all, and trained silently before."""
+  if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0.0 <= value < 1.0:
+    raise UserError(f'{key} must be in [0, 1) (the share of each target spread over all classes), got {value!r}')
 
 
 class ClassificationTask(Task):
@@ -31,6 +40,9 @@ class ClassificationTask(Task):
     self._mixup = mix if mix is not None and mix.get('enabled', True) else None
     if self._mixup is not None and dataset_info is not None and not dataset_info.num_classes:
       raise UserError(f'mixup needs a dataset with a class count; {config.data.name} has none')
+    _check_smoothing('label_smoothing', config.get('label_smoothing', 0.0))
+    if self._mixup is not None and 'label_smoothing' in self._mixup:
+      _check_smoothing('mixup.label_smoothing', self._mixup.label_smoothing)
 
   def prepare_train_batch(self, batch, rng, step):
     if self._mixup is None:

@@ -9,8 +9,11 @@ files of `config_dir` (first docstring line of each), `--config=FILE --help` the
 a config file that does not import is one line naming the file and line; bad input exits 2.
 """
 
+import argparse
 import ast
 import importlib.util
+import inspect
+import math
 import os
 import sys
 import time
@@ -24,6 +27,15 @@ from core_jax import host_memory, run_log
 from core_jax.errors import UserError
 
 
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse for the lines' small tools (the zoos, the roadmap): a bad argument is one line, `error: ...` and
+  exit status 2, instead of argparse's usage line above its error."""
+
+  def error(self, message):
+    print(f'error: {" ".join(message.split())} ({self.prog} --help for usage)', file=sys.stderr)
+    self.exit(2)
+
+
 def load_config_file(path: str) -> ml_collections.ConfigDict:
   """Imports a config file and calls its `get_config()`; `FILE:arg` passes `arg` to it.
 
@@ -33,6 +45,8 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
   if not os.path.isfile(path):
     raise UserError(f'config file not found: {path}')
   spec = importlib.util.spec_from_file_location(f'_config_{abs(hash(path))}', path)
+  if spec is None or spec.loader is None:  # README.md: importlib has no loader for it (was a traceback)
+    raise UserError(f'config file {path} is not a Python file: name a .py config (--help lists them)')
   module = importlib.util.module_from_spec(spec)
   try:
     spec.loader.exec_module(module)
@@ -40,6 +54,8 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
     raise _config_error(path, e) from None
   if not hasattr(module, 'get_config'):
     raise UserError(f'config file {path} has no get_config()')
+  if arg and not _takes_an_argument(module.get_config):  # was a TypeError 'via core_jax/cli.py'
+    raise UserError(f'config file {path} takes no argument; drop the :{arg} after it')
   try:
     config = module.get_config(arg) if arg else module.get_config()
   except Exception as e:  # pylint: disable=broad-except
@@ -47,6 +63,14 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
   if not isinstance(config, ml_collections.ConfigDict):
     raise UserError(f'config file {path}: get_config() returned a {type(config).__name__}, not a ConfigDict')
   return config
+
+
+def _takes_an_argument(get_config) -> bool:
+  try:
+    parameters = inspect.signature(get_config).parameters.values()
+  except (TypeError, ValueError):
+    return True  # not introspectable: let the call say
+  return any(p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in parameters)
 
 
 def _config_error(path: str, error: Exception, calling: str = '') -> UserError:
@@ -88,9 +112,16 @@ def _parse_value(text: str, current):
   except (ValueError, SyntaxError):
     if current is None:
       return text  # a None field (e.g. an optional path) takes a bare string
+    if isinstance(current, float) and text.strip().lstrip('+-').lower() in ('nan', 'inf', 'infinity'):
+      raise ValueError(f'expected a finite float, got {text!r}') from None
     raise ValueError(f'cannot parse {text!r} as {type(current).__name__}') from None
-  if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
+  if isinstance(value, bool) and current is not None and not isinstance(current, bool):
+    # bool is an int to Python: `--config.batch_size=True` was a batch of 1
+    raise ValueError(f'expected {type(current).__name__}, got bool {text!r}')
+  if isinstance(current, float) and isinstance(value, int):
     value = float(value)
+  if isinstance(current, float) and isinstance(value, float) and not math.isfinite(value):  # 1e999
+    raise ValueError(f'expected a finite float, got {text!r}')
   if isinstance(current, tuple) and isinstance(value, list):
     value = tuple(value)
   if isinstance(current, tuple) and not isinstance(value, tuple):
@@ -127,9 +158,14 @@ def parse_args(argv: Sequence[str], prog: str = '<line>.main'):
   usage = _usage(prog).splitlines()[0] + '  (--help for more)'
   config_path, workdir, overrides = None, None, []
   for arg in argv:
+    if arg in ('--config', '--workdir'):  # `--config FILE`: the value is a separate argument
+      raise UserError(f'{arg} takes its value after an =: {arg}={"FILE" if arg == "--config" else "DIR"}; {usage}')
     if not arg.startswith('--') or '=' not in arg:
       raise UserError(f'unexpected argument {arg!r}; {usage}')
     key, _, value = arg[2:].partition('=')
+    if key in ('config', 'workdir') and (config_path if key == 'config' else workdir) is not None:
+      # which one would run? a script that appends its own --workdir must not silently win or lose
+      raise UserError(f'--{key} is given twice ({config_path if key == "config" else workdir!r} and {value!r})')
     if key == 'config':
       config_path = value
     elif key == 'workdir':
@@ -268,6 +304,18 @@ def run_main(run_fn, argv=None, *, prog: str = '<line>.main', config_dir: str | 
   except UserError as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
+  except Exception as e:  # pylint: disable=broad-except  (only running out of memory is ours to word; else re-raised)
+    reason = out_of_memory(e)
+    if reason is None:
+      raise
+    if log is not None:
+      log.write('out of memory', traceback.format_exc())
+    print(
+        f'error: out of memory ({reason}); the steps already saved are kept: rerun with a smaller batch_size or '
+        'eval_batch_size (or on a larger device)',
+        file=sys.stderr,
+    )
+    return 1
   except KeyboardInterrupt:  # Ctrl-C before training began, or twice: the checkpoints saved are kept
     print(
         'error: interrupted (Ctrl-C); the steps already saved are kept: rerun the same command to resume',
@@ -280,6 +328,23 @@ def run_main(run_fn, argv=None, *, prog: str = '<line>.main', config_dir: str | 
   if _is_main_process():
     print(done_line(time.monotonic() - wall_start, time.process_time() - cpu_start), flush=True)
   return 0
+
+
+def out_of_memory(error: BaseException) -> str | None:
+  """What ran out, in a few words, when `error` or one it came from is an allocation failure (XLA's
+  RESOURCE_EXHAUSTED on any backend, Python's MemoryError), else None."""
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, MemoryError):
+      return 'host memory'
+    text = str(error)
+    if 'RESOURCE_EXHAUSTED' in text or 'Out of memory' in text:
+      lines = [line.strip() for line in text.splitlines() if 'memory' in line.lower()]
+      line = (lines or [text.strip()])[0]
+      return line if len(line) <= 200 else line[:197] + '...'
+    error = error.__cause__ or error.__context__
+  return None
 
 
 def _is_main_process() -> bool:

@@ -201,3 +201,13 @@ def confusion_matrix_scores(cm) -> dict:
   present = ~np.isnan(iou)
   miou = float(iou[present].mean()) if present.any() else float('nan')
   return {'miou': miou, 'pixel_accuracy': accuracy, 'iou': iou}
+
+
+def background_only_miou(label_maps, num_classes: int, ignore_label: int) -> float:
+  """The mIoU (``confusion_matrix_scores``) of predicting class 0, the background, at every pixel of `label_maps`
+  (integer label arrays; `ignore_label` left out): what a segmentation model that learned nothing scores."""
+  cm = np.zeros((num_classes, num_classes), np.int64)
+  for labels in label_maps:
+    labels = np.asarray(labels).ravel()
+    cm[:, 0] += np.bincount(labels[labels != ignore_label], minlength=num_classes)[:num_classes]
+  return confusion_matrix_scores(cm)['miou']

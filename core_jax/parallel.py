@@ -82,7 +82,10 @@ def state_shardings(mesh: Mesh, abstract_state):
 def check_batch_size(global_batch_size: int, mesh: Mesh, key: str = 'batch_size') -> None:
   if global_batch_size <= 0:
     raise UserError(f'{key} must be a positive number of examples, got {global_batch_size}')
+  # the key named: batch_size and eval_batch_size are both global batches, and either can be the one that fails
   if global_batch_size % mesh.devices.size:
-    raise UserError(f'global batch size {global_batch_size} is not divisible by the {mesh.devices.size} devices')
+    raise UserError(f'{key} {global_batch_size} (a global batch) is not divisible by the {mesh.devices.size} devices')
   if global_batch_size % jax.process_count():
-    raise UserError(f'global batch size {global_batch_size} is not divisible by the {jax.process_count()} processes')
+    raise UserError(
+        f'{key} {global_batch_size} (a global batch) is not divisible by the {jax.process_count()} processes'
+    )

@@ -42,7 +42,7 @@ from jax.sharding import Mesh
 
 from core_jax import checkpoint as checkpoint_lib
 from core_jax import config as config_lib
-from core_jax import counting, guard, optim, parallel, pause_points, workdir_lock, xla_cache
+from core_jax import counting, guard, optim, parallel, pause_points, run_log, workdir_lock, xla_cache
 from core_jax import metrics as metrics_lib
 from core_jax import weights as weights_lib
 from core_jax.data import ops, pipeline, sources
@@ -113,6 +113,7 @@ def _check_workdir(workdir: str) -> None:
         pass
     except OSError as e:
       raise UserError(f'workdir {workdir} is not writable: {e.strerror or e}') from None
+    _check_workdir_entries(workdir)
     return
   parent = os.path.dirname(os.path.abspath(workdir))
   while not os.path.exists(parent):  # the nearest existing ancestor is the folder makedirs will write into
@@ -121,6 +122,24 @@ def _check_workdir(workdir: str) -> None:
     raise UserError(f'workdir {workdir} is not writable: {parent} is not a directory')
   if not os.access(parent, os.W_OK | os.X_OK):
     raise UserError(f'workdir {workdir} is not writable: no write permission in {parent}')
+
+
+# What a run writes in its workdir, folders and files: another kind of entry under one of these names ended in a
+# traceback (a file named checkpoints: orbax's listdir, after the model had compiled; a folder named results.json:
+# at the end of the training).
+_WORKDIR_FOLDERS = ('checkpoints', checkpoint_lib.CORRUPT_DIR, checkpoint_lib.SUPERSEDED_DIR, 'tensorboard', 'eval')
+_WORKDIR_FILES = ('results.json', run_log.LOG_FILE)
+
+
+def _check_workdir_entries(workdir: str) -> None:
+  for name in _WORKDIR_FOLDERS:
+    path = os.path.join(workdir, name)
+    if os.path.exists(path) and not os.path.isdir(path):
+      raise UserError(f'{path} is a file where the run keeps a folder: move it out of the workdir')
+  for name in _WORKDIR_FILES:
+    path = os.path.join(workdir, name)
+    if os.path.isdir(path):
+      raise UserError(f'{path} is a folder where the run writes a file: move it out of the workdir')
 
 
 def _make_workdir(workdir: str) -> None:
@@ -586,6 +605,10 @@ def restore_or_init(b: Built, ckpt: checkpoint_lib.Checkpointer) -> tuple[TrainS
   )
   it = b.data.train_iter
   restored, lineage = None, None
+  steps = ckpt.all_steps()
+  first_try = restore_step if restore_step in steps else (steps[-1] if steps else None)
+  if first_try is not None:  # another model's checkpoint: name the change, not the first array that differs
+    resume_config_changes(config, (ckpt.read_meta(first_try) or {}).get('config'), b.workdir, first_try)
   if restore_step >= 0:
     lineage = restore_step
     later = [s for s in ckpt.all_steps() if s > restore_step]

@@ -66,3 +66,16 @@ def test_an_unknown_line_is_one_line_naming_it():
   proc = _make('demo', 'LINE=pruning-l2')
   assert proc.returncode != 0 and not proc.stdout.strip()
   assert proc.stderr.strip().count('\n') == 0 and 'no demo named pruning-l2' in proc.stderr, proc.stderr
+
+
+def test_upernet_table_waits_for_the_anytime_demo_of_the_same_make():
+  """The UperNet demo's table reads the anytime demo's anytime.json: with both lines in one make (LINE=all) its
+  report runs after the anytime job; alone (LINE=upernet) it runs no anytime job."""
+  lines = _make('demo', 'LINE=all').stdout.splitlines()
+  anytime = next(i for i, ln in enumerate(lines) if 'anytime_jax.main' in ln)
+  report = next(i for i, ln in enumerate(lines) if 'convnext_jax.upernet_demo' in ln)
+  assert anytime < report
+  alone = _make('demo', 'LINE=upernet')
+  assert alone.returncode == 0, alone.stderr
+  assert _configs_run(alone.stdout) == {'configs/convnext/upernet_digit_scenes.py'}
+  assert 'convnext_jax.upernet_demo' in alone.stdout

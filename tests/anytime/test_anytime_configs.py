@@ -133,3 +133,25 @@ def test_bad_anytime_options(key, value, message):
   with pytest.raises(Exception, match=message) as e:
     job.validate(c)
   assert type(e.value).__name__ == 'UserError' and '\n' not in str(e.value)
+
+
+def test_eval_only_of_the_demo_workdir_evaluates_its_trained_phase(tmp_path, capsys):
+  """`--config.eval_only=True --config.model.tau=0.9` on the digit_scenes job's WORKDIR was 'no checkpoint in
+  WORKDIR': its checkpoints are the adp_c phase's (WORKDIR/adp_c/checkpoints)."""
+  c = load('digit_scenes.py')
+  workdir = str(tmp_path)
+  assert job.evaluated_workdir(c, workdir) == workdir  # training: the job's own folder
+  cli.apply_override(c, 'eval_only', 'True')
+  assert job.evaluated_workdir(c, workdir) == workdir  # nothing trained yet: the core's one line says so
+  os.makedirs(tmp_path / 'adp_c' / 'checkpoints')
+  assert job.evaluated_workdir(c, workdir) == str(tmp_path / 'adp_c')
+  assert (
+      capsys.readouterr().out
+      == f'eval_only: {workdir} holds a comparison job; evaluating its trained phase {tmp_path / "adp_c"}\n'
+  )
+  cli.apply_override(c, 'init_from', '/weights/adpc.pth')  # a weights file: evaluated into WORKDIR/eval/
+  assert job.evaluated_workdir(c, workdir) == workdir
+  single = load('digit_scenes.py')
+  cli.apply_override(single, 'anytime.eval_taus', '()')
+  cli.apply_override(single, 'eval_only', 'True')
+  assert job.evaluated_workdir(single, workdir) == workdir  # one run: its checkpoints are WORKDIR's own

@@ -417,17 +417,32 @@ def test_cli_roundtrip(atto_files, tmp_path, capsys):
   assert 'convnext_atto' in out
 
 
+def _save_step(step_dir, state):
+  """A step directory as core_jax.checkpoint writes its state item."""
+  import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
+
+  saver = ocp.StandardCheckpointer()
+  saver.save(str(step_dir / 'state'), state)
+  saver.wait_until_finished()
+  return step_dir
+
+
+def _convert_process(src, dst):
+  return subprocess.run(
+      [sys.executable, '-m', 'convnext_jax.convert', '--src', str(src), '--dst', str(dst)],
+      cwd=ROOT,
+      capture_output=True,
+      text=True,
+      timeout=120,
+  )
+
+
 def test_cli_exports_a_training_checkpoint(atto_files, tmp_path):
   """WORKDIR/checkpoints/STEP (as core_jax.checkpoint writes it) -> timm .safetensors, params or EMA."""
-  import orbax.checkpoint as ocp
-
   d, sd = atto_files
   params, _, _ = C.import_checkpoint(str(d / 'official.pth'))
   ema = jax.tree.map(lambda v: np.asarray(v) * 0.5, params)
-  step_dir = tmp_path / 'checkpoints' / '7'
-  saver = ocp.StandardCheckpointer()
-  saver.save(str(step_dir / 'state'), {'params': params, 'ema_params': ema, 'step': 7})
-  saver.wait_until_finished()
+  step_dir = _save_step(tmp_path / 'checkpoints' / '7', {'params': params, 'ema_params': ema, 'step': 7})
   from safetensors.numpy import load_file
 
   assert E.main(['--src', str(step_dir), '--dst', str(tmp_path / 'p.safetensors')]) == 0
@@ -452,6 +467,27 @@ def test_cli_num_classes_reinit(atto_files, tmp_path, caplog):
   assert np.array_equal(tree['head_norm']['scale'], sd['head.norm.weight'])
 
 
+@pytest.mark.parametrize('classes', ['0', '-3'])
+def test_cli_num_classes_below_one_is_one_line(atto_files, tmp_path, capsys, classes):
+  """-3 wrote a head of no classes and exited 0."""
+  d, _ = atto_files
+  mp = tmp_path / 'ft.msgpack'
+  assert E.main(['--src', str(d / 'timm.safetensors'), '--dst', str(mp), '--num-classes', classes]) == 2
+  assert capsys.readouterr().err == f'error: --num-classes must be a positive number of classes, got {classes}\n'
+  assert not mp.exists() and not (tmp_path / 'ft.json').exists()
+
+
+@pytest.mark.slow  # a converter process: ~13 s on 2 cores
+def test_cli_export_of_a_training_step_as_a_process_writes_nothing_on_stderr(atto_files, tmp_path):
+  """orbax's 'WARNING:absl:Metadata file does not exist' came before the summary line of every step export."""
+  d, _ = atto_files
+  params, _, _ = C.import_checkpoint(str(d / 'official.pth'))
+  step_dir = _save_step(tmp_path / 'checkpoints' / '3', {'params': params, 'step': 3})
+  r = _convert_process(step_dir, tmp_path / 'p.msgpack')
+  assert r.returncode == 0 and r.stderr == '', r.stderr
+  assert r.stdout.startswith(f'{step_dir} -> {tmp_path / "p.msgpack"}: convnext_atto, '), r.stdout
+
+
 @pytest.mark.slow
 def test_cli_errors_exit_2(atto_files, tmp_path, capsys):
   d, sd = atto_files
@@ -469,13 +505,7 @@ def test_cli_errors_exit_2(atto_files, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith('error: ') and err.count('\n') == 1, err
   # the real process: exit status 2 and exactly one stderr line
-  r = subprocess.run(
-      [sys.executable, '-m', 'convnext_jax.convert', '--src', str(bad), '--dst', str(tmp_path / 'y.msgpack')],
-      cwd=ROOT,
-      capture_output=True,
-      text=True,
-      timeout=120,
-  )
+  r = _convert_process(bad, tmp_path / 'y.msgpack')
   assert r.returncode == 2
   lines = [l for l in r.stderr.splitlines() if l.strip()]
   assert len(lines) == 1 and lines[0].startswith('error: cannot read'), r.stderr
@@ -517,6 +547,16 @@ def test_shape_mismatch(atto_files, tmp_path):
   assert (
       str(e.value) == 'stages.0.blocks.1.conv_dw.weight: expected shape (40, 1, 7, 7) but checkpoint has (40, 1, 5, 5)'
   )
+
+
+def test_another_width_is_not_called_a_head_size_mismatch(atto_files, tmp_path):
+  """atto's weights as convnext_femto (another width): was 'head.fc.weight: expected (1000, 384) but checkpoint has
+  (1000, 320) (head size mismatch; use reinit_head=True ...)', which re-initializing the head would not fix."""
+  d, _ = atto_files
+  with pytest.raises(UserError) as e:
+    C.import_checkpoint(str(d / 'timm.safetensors'), arch='convnext_femto')
+  assert 'head size' not in str(e.value) and 'reinit' not in str(e.value), str(e.value)
+  _one_line_error(e, 'expected shape (', ' but checkpoint has (')
 
 
 def test_head_mismatch_and_reinit(atto_files, tmp_path, caplog):

@@ -132,8 +132,10 @@ def test_last_step_same_function_as_convnext():
 
 @pytest.mark.parametrize('step', roadmap.step_names())
 def test_every_step_forward_abstract(step):
-  """Full-size model of every step, 32x32 input, batch 1, 10 classes, train mode: one abstract trace."""
-  m = models.create_model(f'roadmap_{step}', num_classes=10)
+  """Every step's registered model at full width and one block per stage (the table fixture traces each at full
+  depth in eval mode; a stage's blocks differ only in their drop-path rate), 32x32 input, batch 1, 10 classes,
+  train mode: one abstract trace."""
+  m = models.create_model(f'roadmap_{step}', num_classes=10, depths=(1, 1, 1, 1))
   x = jax.ShapeDtypeStruct((1, 32, 32, 3), jnp.float32)
   key = jax.random.PRNGKey(0)
   (logits, feats), v = jax.eval_shape(lambda x: m.init_with_output({'params': key, 'dropout': key}, x, train=True), x)

@@ -3,6 +3,7 @@
 Run: .venv/bin/python -m pytest tests/convnext/test_upernet_task.py -q
 """
 
+import json
 import os
 import re
 
@@ -155,15 +156,106 @@ def test_class_weight_weighs_both_heads_losses_and_bad_weights_are_one_line():
     upernet_task.UperNetSegTask(config, Info())
 
 
-def test_demo_table_sits_beside_the_readmes_anytime_row(tmp_path):
+def _anytime_json(demo_dir, exit4_miou: float) -> str:
+  """An anytime.json as the anytime demo writes it (anytime_jax.report.write) into DEMO_DIR/anytime_digit_scenes:
+  the trained ADP-C run, then the eval-only run at tau 0.99 (a lower last exit)."""
+  from anytime_jax import report  # pylint: disable=import-outside-toplevel
+
+  def run(label, tau, mious):
+    exits = [{'exit': k, 'miou': m, 'gflops': 0.01 * k, 'fraction': 1.0} for k, m in enumerate(mious, 1)]
+    return {'label': label, 'exits': exits, 'confidence_adaptive': True, 'tau': tau}
+
+  runs = [run('ADP-C (tau 0.998)', 0.998, [17.0, 20.1, 21.7, exit4_miou]), run('ADP-C (tau 0.99)', 0.99, [17.0] * 4)]
+  folder = os.path.join(demo_dir, 'anytime_digit_scenes')
+  os.makedirs(folder)
+  path = os.path.join(folder, report.ANYTIME_JSON)
+  with open(path, 'w') as f:
+    json.dump({'title': 'digit_scenes', 'runs': runs}, f)
+  return path
+
+
+def test_demo_table_reads_the_anytime_demos_last_exit(tmp_path):
   from convnext_jax import upernet_demo  # pylint: disable=import-outside-toplevel
 
-  with open(os.path.join(REPO, 'README.md')) as f:
-    row = next(line for line in f if line.startswith('| ADP-C tau 0.998 |'))
-  assert row.split('|')[2].split('/')[-1].strip() == f'{upernet_demo.ANYTIME_EXIT4_MIOU:.1f}'
-  text = upernet_demo.table({'miou': 0.1234, 'pixel_accuracy': 0.9}, 437_430)
+  workdir = str(tmp_path / 'upernet_digit_scenes')
+  path = upernet_demo.anytime_json_path(workdir)
+  assert upernet_demo.anytime_last_exit_miou(path) is None  # the anytime demo has not run
+  assert _anytime_json(str(tmp_path), 22.37) == path
+  miou = upernet_demo.anytime_last_exit_miou(path)
+  assert miou == 22.37
+  text = upernet_demo.table({'miou': 0.1234, 'pixel_accuracy': 0.9}, 437_430, miou, 8.4123)
   lines = text.splitlines()
+  assert len(lines) == 4
   assert 'ConvNeXt + UperNet (this run, 437,430 params)' in lines[1] and lines[1].split()[-2:] == ['12.3', '90.0']
-  assert lines[2].split()[-2] == '22.4' and lines[3].split()[-2] == '8.4'
+  assert lines[2].startswith(upernet_demo.ANYTIME_ROW) and lines[2].split()[-2:] == ['22.4', '-']
+  assert lines[3].split()[-2] == '8.4'
   with pytest.raises(UserError, match=r'results.json does not exist: train first'):
-    upernet_demo.report(demo_config(), str(tmp_path))
+    upernet_demo.report(demo_config(), workdir)
+
+
+def test_demo_table_without_the_anytime_demo_says_how_to_get_it():
+  from convnext_jax import upernet_demo  # pylint: disable=import-outside-toplevel
+
+  lines = upernet_demo.table({'miou': 0.1234, 'pixel_accuracy': 0.9}, 437_430, None, 8.4123).splitlines()
+  assert lines[2].startswith(upernet_demo.ANYTIME_ROW) and lines[2].split()[-2:] == ['-', '-']
+  assert lines[4] == '(no anytime demo numbers beside this workdir: run `make demo LINE=anytime` for the ADP-C row)'
+
+
+def test_an_anytime_json_without_a_confidence_adaptive_run_is_one_line(tmp_path):
+  from convnext_jax import upernet_demo  # pylint: disable=import-outside-toplevel
+
+  path = _anytime_json(str(tmp_path), 22.4)
+  with open(path) as f:
+    data = json.load(f)
+  for run in data['runs']:
+    run['confidence_adaptive'] = False
+  with open(path, 'w') as f:
+    json.dump(data, f)
+  with pytest.raises(UserError, match=r'anytime.json has no confidence-adaptive run: not the anytime demo'):
+    upernet_demo.anytime_last_exit_miou(path)
+
+
+def test_background_row_is_computed_from_the_validation_labels(tfds_dir):
+  """The table's 'background everywhere' row: predicting class 0 at every pixel of the 200 validation scenes,
+  computed from their label maps; the README's table prints it."""
+  from convnext_jax import upernet_demo  # pylint: disable=import-outside-toplevel
+
+  config = demo_config()
+  config.data.data_dir = str(tfds_dir)
+  miou = upernet_demo.background_only_miou(config)
+  assert 5 < miou < 20  # the background IoU (most pixels) over the 11 classes, the digits' IoU 0
+  with open(os.path.join(REPO, 'README.md')) as f:
+    row = next(line for line in f if line.startswith('| background everywhere |'))
+  assert row.split('|')[2].strip() == f'{miou:.1f}'
+
+
+def test_readmes_upernet_table_cites_the_anytime_tables_last_exit():
+  """The README's UperNet table row of the ADP-C HRNet is the anytime demo's exit 4 at tau 0.998 (its own table
+  in the README), as `make demo LINE=all` prints it."""
+  with open(os.path.join(REPO, 'README.md')) as f:
+    text = f.read().splitlines()
+  anytime = next(line for line in text if line.startswith('| ADP-C tau 0.998 |'))
+  upernet = next(line for line in text if line.startswith('| ADP-C HRNet w8_nano, exit 4 '))
+  assert upernet.split('|')[2].strip() == anytime.split('|')[2].split('/')[-1].strip()
+
+
+@pytest.mark.parametrize(
+    'key, value, message',
+    [
+        # (0, 0) was a ZeroDivisionError traceback at the first evaluation, after the whole training
+        ('slide_window', (0, 0), r'^slide_window must be 2 positive integers, got \(0, 0\)$'),
+        ('slide_window', (32,), r'^slide_window must be 2 positive integers, got \(32,\)$'),
+        ('slide_window', (32, 48), r'^slide_window \(crop, stride\) = \(32, 48\): a stride above the crop leaves'),
+        ('eval_resize', (64, -1), r'^eval_resize must be 2 positive integers, got \(64, -1\)$'),
+        ('eval_scales', (1.0, 0.0), r'^eval_scales must be ratios above 0, got \(1.0, 0.0\)$'),
+    ],
+)
+def test_eval_options_no_evaluation_can_use_are_one_line_at_start_up(key, value, message):
+  config = demo_config()
+  with config.unlocked():
+    config[key] = value
+  with pytest.raises(UserError, match=message):
+    upernet_task.UperNetSegTask(config, Info())
+  with config.unlocked():
+    config[key] = dict(slide_window=(32, 16), eval_resize=(128, 64), eval_scales=(0.5, 1.0))[key]
+  upernet_task.UperNetSegTask(config, Info())  # the usable values pass

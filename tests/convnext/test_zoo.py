@@ -11,7 +11,12 @@ import pytest
 
 sys.path.insert(0, os.path.abspath(os.path.join(os.path.dirname(__file__), '..', '..')))
 
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
 from convnext_jax import models, zoo  # noqa: E402
+from convnext_jax.ops import for_backend  # noqa: E402
+from core_jax.compute import Compute  # noqa: E402
 
 # name: (params with a 1000-class head, GMACs @224, GMACs @384 or None) -- fact sheet Sec. 1.6 / 1.7
 EXPECTED = {
@@ -34,7 +39,15 @@ ISO_PARAMS_M = {'convnext_iso_small': 22, 'convnext_iso_base': 87, 'convnext_iso
 
 @pytest.fixture(scope='module')
 def rows():
+  """Every zoo model at 224 and 384 (about 7 s of one core: the slow tests only)."""
   return {r['model']: r for r in zoo.zoo_table()}
+
+
+@pytest.fixture(scope='module')
+def tiny_row():
+  """ConvNeXt-T's row alone (two traces, about 0.5 s): the tests of the not-slow set."""
+  (row,) = zoo.zoo_table(['convnext_tiny'])
+  return row
 
 
 def test_zoo_covers_registered_imagenet_models():
@@ -57,8 +70,19 @@ def test_params_and_gmacs(rows, name):
     assert r['gmacs_384'] == g384
 
 
-def test_exact_macs_tiny(rows):
-  assert rows['convnext_tiny']['macs_224'] == 4_455_531_264
+def test_exact_macs_tiny(tiny_row):
+  assert tiny_row['macs_224'] == 4_455_531_264
+  assert (tiny_row['params'], tiny_row['gmacs_384']) == (28_589_128, 13.09)
+
+
+def test_count_does_not_depend_on_the_compute_policy():
+  """The zoo counts with the plain policy (``Compute()``); the CPU's (fusion barriers, patch matmuls, the native
+  depthwise conv, the custom weight gradient) goes through the same layers: the same params and MACs."""
+  x = jax.ShapeDtypeStruct((1, 64, 64, 3), jnp.float32)
+  plain = models.create_model('convnext_atto', compute=Compute())
+  cpu = models.create_model('convnext_atto', compute=for_backend(None))
+  assert cpu.compute != plain.compute and cpu.compute.fusion_barriers
+  assert zoo.params_and_macs(cpu, x) == zoo.params_and_macs(plain, x)
 
 
 def test_reference_accuracies():
@@ -67,8 +91,7 @@ def test_reference_accuracies():
   assert zoo.REFERENCE_TOP1['convnext_iso_large'][0] == 82.6
 
 
-def test_outputs(rows):
-  ordered = [rows[n] for n in zoo.ZOO_MODELS]
-  md = zoo.format_markdown(ordered)
+def test_outputs(tiny_row):
+  md = zoo.format_markdown([tiny_row])
   assert '| convnext_tiny | 28,589,128 | 4.46 | 13.09 | 82.1 |' in md
-  assert json.loads(json.dumps(ordered))[4]['params'] == 28_589_128
+  assert json.loads(json.dumps([tiny_row]))[0]['params'] == 28_589_128

@@ -7,6 +7,7 @@ import types
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import pytest
 
 from convnext_jax.models import create_model
@@ -91,6 +92,18 @@ def test_resuming_with_a_lower_lr_or_more_epochs_names_them_and_ignores_debug_op
         ('checkpoint.keep', 0, r'^checkpoint.keep must be an integer >= 1 \(checkpoints \(0 would keep none'),
         ('mesh.fsdp', 0, r'^mesh.fsdp must be an integer >= 1 \(devices per parameter shard\), got 0$'),
         ('eval_every_epochs', 0.0, r'^eval_every_epochs must be > 0, got 0.0$'),
+        # these two ran as if unset (num_epochs; the latest step), without a word
+        (
+            'num_train_steps',
+            0,
+            r'^num_train_steps must be a number of steps >= 1, or -1 for num_epochs to decide, got 0$',
+        ),
+        ('num_train_steps', -5, r'^num_train_steps must be a number of steps >= 1, or -1 for num_epochs to decide'),
+        (
+            'checkpoint.restore_step',
+            -7,
+            r'^checkpoint.restore_step must be a kept step >= 0, or -1 for the latest, got -7$',
+        ),
     ],
 )
 def test_loop_options_no_run_can_use_are_one_line(key, value, message):
@@ -112,3 +125,28 @@ def test_a_data_dir_that_is_a_file_is_one_line(tmp_path):
       UserError, match=r'^data dir .*tfds is a file, not a directory \(data.data_dir, or TFDS_DATA_DIR\)$'
   ):
     sources.load_source('digits', 'train', str(f))
+
+
+@pytest.mark.parametrize('name, kind', [('checkpoints', 'file'), ('tensorboard', 'file'), ('results.json', 'folder')])
+def test_a_workdir_entry_of_the_wrong_kind_is_one_line_and_kept(tmp_path, name, kind):
+  """A file named checkpoints was an 81-line orbax traceback after the model had compiled; a folder named
+  results.json a traceback at the end of the training."""
+  entry = tmp_path / name
+  if kind == 'file':
+    entry.write_text('kept')
+  else:
+    entry.mkdir()
+  where = 'a file where the run keeps a folder' if kind == 'file' else 'a folder where the run writes a file'
+  with pytest.raises(UserError, match=f'^{entry} is {where}: move it out of the workdir$'):
+    train._check_workdir(str(tmp_path))  # pylint: disable=protected-access
+  assert entry.exists() and (kind == 'folder' or entry.read_text() == 'kept')
+  train._check_workdir(str(tmp_path / 'fresh'))  # pylint: disable=protected-access
+
+
+@pytest.mark.parametrize('key', ['batch_size', 'eval_batch_size'])
+def test_a_global_batch_the_devices_do_not_divide_names_its_key(key):
+  """Both were 'global batch size 7 is not divisible by the 2 devices', which did not say which of the two."""
+  two_devices = types.SimpleNamespace(devices=np.empty((2, 1), object))
+  with pytest.raises(UserError, match=rf'^{key} 7 \(a global batch\) is not divisible by the 2 devices$'):
+    parallel.check_batch_size(7, two_devices, key)
+  parallel.check_batch_size(8, two_devices, key)

@@ -77,3 +77,23 @@ def test_task_contract_imports_nothing_from_data():
   )
   assert out.returncode == 0, out.stderr[-2000:]
   assert out.stdout.strip() == '', f'core_jax.task pulled in {out.stdout.strip()}'
+
+
+@pytest.mark.parametrize(
+    'changes, message',
+    [
+        (dict(label_smoothing=1.0), r'^label_smoothing must be in \[0, 1\) .*, got 1.0$'),
+        (dict(label_smoothing=-0.1), r'^label_smoothing must be in \[0, 1\) .*, got -0.1$'),
+        (dict(mixup=dict(mixup_alpha=0.8, label_smoothing=1.5)), r'^mixup.label_smoothing must be in \[0, 1\)'),
+    ],
+)
+def test_a_label_smoothing_outside_0_1_is_one_line(changes, message):
+  """1.5 or -0.5 trained silently before: targets with negative mass or none on the label."""
+  from core_jax.errors import UserError  # pylint: disable=import-outside-toplevel
+
+  config = ml_collections.ConfigDict(dict(label_smoothing=0.1, mixup=None, data=dict(name='toy')))
+  config.update(changes)
+  info = DatasetInfo(name='toy', num_classes=3, splits={'train': 8}, features=('image', 'label'))
+  with pytest.raises(UserError, match=message):
+    ClassificationTask(config, info)
+  ClassificationTask(ml_collections.ConfigDict(dict(label_smoothing=0.0, data=dict(name='toy'))), info)

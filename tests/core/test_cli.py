@@ -157,3 +157,116 @@ def test_main_help_as_a_process():
   )
   assert r.returncode == 0 and r.stderr == '', r.stderr
   assert 'digits.py' in r.stdout and 'finetune.py' in r.stdout and 'usage:' in r.stdout
+
+
+@pytest.mark.parametrize(
+    'arg,message',
+    [
+        # bool is an int to Python: this was a batch of 1, silently
+        ('--config.batch_size=True', "bad value for config key 'batch_size': expected int, got bool 'True'"),
+        ('--config.optimizer.lr=False', "bad value for config key 'optimizer.lr': expected float, got bool 'False'"),
+        ('--config.num_epochs=nan', "bad value for config key 'num_epochs': expected a finite float, got 'nan'"),
+        ('--config.optimizer.lr=-inf', "bad value for config key 'optimizer.lr': expected a finite float, got '-inf'"),
+        (
+            '--config.optimizer.lr=1e999',
+            "bad value for config key 'optimizer.lr': expected a finite float, got '1e999'",
+        ),
+    ],
+)
+def test_a_bool_or_a_non_finite_number_for_a_number_is_one_line(arg, message):
+  with pytest.raises(UserError) as e:
+    cli.parse_args([f'--config={DIGITS}', '--workdir=/tmp/x', arg])
+  assert str(e.value) == message
+  config, _ = cli.parse_args([f'--config={DIGITS}', '--workdir=/tmp/x', '--config.checkpoint.asynchronous=True'])
+  assert config.checkpoint.asynchronous is True  # a bool field still takes one
+
+
+def test_running_out_of_memory_is_one_line_and_exit_1(tmp_path, capsys):
+  """A batch too large for the device was a 40-line JAX traceback; now one line, the details in WORKDIR/log.txt."""
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  def too_large(config, workdir):
+    del config
+    os.makedirs(workdir, exist_ok=True)
+    jnp.zeros((1 << 42,), jnp.uint8).block_until_ready()  # XLA refuses the 4 TiB buffer at once, allocates nothing
+
+  workdir = tmp_path / 'w'
+  assert cli.run_main(too_large, [f'--config={DIGITS}', f'--workdir={workdir}']) == 1
+  err = capsys.readouterr().err.strip().splitlines()
+  assert len(err) == 1 and err[0].startswith('error: out of memory (RESOURCE_EXHAUSTED: Out of memory'), err
+  assert 'smaller batch_size or eval_batch_size' in err[0]
+  assert 'Traceback' in (workdir / 'log.txt').read_text()
+
+
+def test_other_errors_of_a_run_are_not_reworded():
+  def broken(config, workdir):
+    raise RuntimeError('a bug of ours')
+
+  with pytest.raises(RuntimeError, match='a bug of ours'):
+    cli.run_main(broken, [f'--config={DIGITS}', '--workdir=/tmp/x'])
+  assert cli.out_of_memory(ValueError('x')) is None
+  try:
+    try:
+      raise MemoryError()
+    except MemoryError as e:
+      raise RuntimeError('while decoding') from e
+  except RuntimeError as e:
+    assert cli.out_of_memory(e) == 'host memory'
+
+
+def test_an_argument_to_a_config_that_takes_none_is_one_line():
+  """Was 'config file ... (via core_jax/cli.py, line 45) in get_config('zz'): TypeError: ... 0 positional'."""
+  with pytest.raises(UserError) as e:
+    cli.parse_args([f'--config={DIGITS}:zz', '--workdir=/tmp/x'])
+  assert str(e.value) == f'config file {DIGITS} takes no argument; drop the :zz after it'
+  cityscapes = os.path.join(REPO, 'configs', 'anytime', 'cityscapes.py')
+  with pytest.raises(UserError, match=r"in get_config\('w48_adpc'\): ValueError: cityscapes variant 'w48_adpc'"):
+    cli.parse_args([f'--config={cityscapes}:w48_adpc', '--workdir=/tmp/x'])
+
+
+@pytest.mark.parametrize(
+    'argv, message',
+    [
+        # importlib has no loader for a .md: was an AttributeError traceback
+        (['--config=README.md', '--workdir=/tmp/x'], 'config file README.md is not a Python file: name a .py config'),
+        ([f'--config={DIGITS}', '--workdir', '/tmp/x'], '--workdir takes its value after an =: --workdir=DIR; usage:'),
+        (['--config', DIGITS, '--workdir=/tmp/x'], '--config takes its value after an =: --config=FILE; usage:'),
+        # the last one silently won
+        (
+            [f'--config={DIGITS}', '--workdir=/tmp/a', '--workdir=/tmp/b'],
+            "--workdir is given twice ('/tmp/a' and '/tmp/b')",
+        ),
+        ([f'--config={DIGITS}', f'--config={DIGITS}', '--workdir=/tmp/a'], f"--config is given twice ('{DIGITS}' and"),
+    ],
+)
+def test_command_lines_that_are_not_one_run_are_one_line(argv, message, monkeypatch):
+  monkeypatch.chdir(REPO)
+  with pytest.raises(UserError) as e:
+    cli.parse_args(argv)
+  assert str(e.value).startswith(message), str(e.value)
+  config, workdir = cli.parse_args([f'--config={DIGITS}', '--workdir=/tmp/x', '--config.seed=1', '--config.seed=2'])
+  assert (config.seed, workdir) == (2, '/tmp/x')  # a repeated override: the last one, as a script appends them
+
+
+@pytest.mark.parametrize(
+    'module, args, message',
+    [
+        # a KeyError traceback before
+        ('pruning_jax.zoo', ['nonexistent_model'], 'nonexistent_model is not a named model of the zoo'),
+        # a table of 0 GMACs and exit 0 before
+        ('convnext_jax.roadmap', ['--size=0'], '--size must be a positive multiple of 32'),
+        # argparse's usage line above its error before
+        ('convnext_jax.roadmap', ['--size=abc'], "argument --size: invalid int value: 'abc'"),
+        ('convnext_jax.zoo', ['--models', 'convnext_nope'], 'convnext_nope is not in the zoo'),
+        ('anytime_jax.zoo', ['--bogus'], 'unrecognized arguments: --bogus'),
+    ],
+)
+def test_the_lines_small_tools_say_a_bad_argument_in_one_line(module, args, message, capsys):
+  import importlib  # pylint: disable=import-outside-toplevel
+
+  with pytest.raises(SystemExit) as e:
+    importlib.import_module(module).main(args)
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert err.count('\n') == 1 and err.startswith(f'error: {message}'), err
+  assert err.endswith(f'(python -m {module} --help for usage)\n'), err

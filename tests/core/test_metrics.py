@@ -260,3 +260,10 @@ def test_writer_events_read_back_in_tensorboard_without_importing_tensorflow(tmp
     for tag in acc.Tags()['scalars']:
       got.setdefault(tag, []).extend((e.step, round(e.value, 6)) for e in acc.Scalars(tag))
   assert got == {'train/loss': [(5, 0.3), (10, 0.15)], 'eval/accuracy': [(5, 0.25), (10, 0.25)]}
+
+
+def test_background_only_miou_by_hand():
+  """Class 0 predicted everywhere: 4 background pixels, 2 of class 1, 1 ignored, class 2 absent (left out of the
+  mean). IoU background 4 / 6, class 1 0 / 2: mIoU 1 / 3."""
+  maps = [np.array([[0, 0, 1], [255, 0, 0]]), np.array([1])]
+  assert metrics.background_only_miou(maps, 3, ignore_label=255) == pytest.approx(1 / 3)

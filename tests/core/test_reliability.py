@@ -253,3 +253,73 @@ def test_unreadable_tensors_leave_one_line_on_stderr_and_the_details_in_the_log(
   assert len(warnings) == 3 and all(len(ln) < 600 and 'tensorstore_spec' not in ln for ln in warnings), warnings
   log = (workdir / 'log.txt').read_text()
   assert 'checkpoint step 12 is unreadable' in log and 'Traceback' in log
+
+
+def _abstract(tree):
+  device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), tree)
+
+
+def _state(width, head='head'):
+  return {
+      'params': {
+          'conv': {'kernel': np.zeros((3, 3, 3, width), np.float32)},
+          head: {'kernel': np.zeros((width, 10), np.float32)},
+      }
+  }
+
+
+@pytest.mark.parametrize(
+    'other, message',
+    [
+        # orbax's text was 'Requested shape: (16, 10) is not compatible ...' without the array's name, read as a
+        # corrupt step: restore_latest moved every good checkpoint to checkpoints_corrupt/
+        (_state(16), r'params.conv.kernel is \(3, 3, 3, 8\) in the checkpoint, \(3, 3, 3, 16\) in the model \(2 of 2'),
+        # a multi-line tree diff before, its first line ending in a colon
+        (_state(8, head='fc'), r'params.fc.kernel is in the model, not in the checkpoint \(2 of 3 arrays differ'),
+    ],
+)
+def test_another_models_checkpoint_is_one_line_naming_the_first_array_and_is_kept(tmp_path, other, message):
+  import grain  # pylint: disable=import-outside-toplevel
+
+  from core_jax import checkpoint  # pylint: disable=import-outside-toplevel
+  from core_jax.errors import UserError  # pylint: disable=import-outside-toplevel
+
+  it = iter(grain.MapDataset.range(10).to_iter_dataset())
+  next(it)
+  ckpt = checkpoint.Checkpointer(str(tmp_path / 'checkpoints'), save_every_steps=1, asynchronous=False)
+  ckpt.save(1, _state(8), it, {'config': {}}, force=True)
+  ckpt.wait()
+  for restore in (
+      lambda: ckpt.restore_step(1, _abstract(other), it),
+      lambda: ckpt.restore_latest(_abstract(other), it),
+  ):
+    with pytest.raises(UserError, match=rf'^checkpoint step 1 in .* does not match the model: {message}') as e:
+      restore()
+    assert '\n' not in str(e.value) and str(e.value).endswith('use a new workdir)')
+  assert ckpt.all_steps() == [1] and not (tmp_path / 'checkpoints_corrupt').exists()
+  assert next(it) == 1  # the iterator is where it was
+  state, _ = ckpt.restore_latest(_abstract(_state(8)), it)
+  assert state['params']['conv']['kernel'].shape == (3, 3, 3, 8)
+  ckpt.close()
+
+
+@pytest.mark.slow  # a ConvNeXt run of 2 steps and two reruns: ~25 s on 2 cores
+def test_resuming_another_model_names_the_change_then_the_array_and_keeps_the_steps(tfds_dir, tmp_path):
+  """The toy task has no width to change: the digits ConvNeXt, whose model.name picks another width."""
+  import sys  # pylint: disable=import-outside-toplevel
+
+  command = [sys.executable, '-m', 'convnext_jax.main', f'--config={toy_runs.REPO}/configs/convnext/digits.py']
+  short = ('--config.num_train_steps=2', '--config.optimizer.warmup_epochs=0', '--config.checkpoint.every_steps=1')
+  workdir = tmp_path / 'w'
+  toy_runs.run(workdir, tfds_dir, *short, command=command)
+  atto = '--config.model.name=convnext_atto'
+  proc = toy_runs.run(workdir, tfds_dir, *short, atto, command=command, check=False)
+  # was 'does not match the model: User-provided restore item and on-disk value metadata tree structures ...:'
+  toy_runs.one_line_error(proc, 'holds step 2 of another run: model.name ', "-> 'convnext_atto'", 'allow_config_change')
+  proc = toy_runs.run(
+      workdir, tfds_dir, *short, atto, '--config.checkpoint.allow_config_change=True', command=command, check=False
+  )
+  toy_runs.one_line_error(proc, 'checkpoint step 2 in ', 'does not match the model: params.', ' in the checkpoint, ')
+  assert sorted(os.listdir(workdir / 'checkpoints')) == ['1', '2'] and not (workdir / 'checkpoints_corrupt').exists()
+  assert 'resumed from step 2 of 2' in toy_runs.run(workdir, tfds_dir, *short, command=command).stdout
