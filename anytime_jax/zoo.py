@@ -14,7 +14,6 @@ REFERENCE values (not computed here), from ../shared/reference/anytime.md:
 W18 (full) and the W18-Small-v2 exit rows have no published FLOPs.
 """
 
-import argparse
 import json
 import sys
 
@@ -22,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from anytime_jax import flops, hrnet
-from core_jax import counting
+from core_jax import cli, counting
 
 HEIGHT, WIDTH = 1024, 2048
 ARCH_LABELS = {'w48': 'HRNet-W48', 'w18_small_v2': 'HRNet-W18-Small-v2', 'w18': 'HRNet-W18'}
@@ -91,7 +90,7 @@ def markdown(rows: list[dict], height: int = HEIGHT, width: int = WIDTH) -> str:
 
 
 def main(argv=None) -> int:
-  p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  p = cli.ArgumentParser(prog='python -m anytime_jax.zoo', description=__doc__.split('\n')[0])
   p.add_argument('--json', action='store_true', help='print the rows as JSON')
   args = p.parse_args(argv)
   rows = table()

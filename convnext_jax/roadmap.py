@@ -51,7 +51,6 @@ Assumptions where the paper is silent (none changes a MAC count; only the last t
   conv and after the global pool are added there).
 """
 
-import argparse
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -63,6 +62,7 @@ import numpy as np
 
 from convnext_jax import models, zoo
 from convnext_jax.layers import DropPath, layer_norm, trunc_normal_init
+from core_jax import cli
 
 Array = jax.Array
 Dtype = Any
@@ -461,10 +461,12 @@ def format_table(rows: list) -> str:
 
 
 def main(argv=None) -> None:
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p = cli.ArgumentParser(prog='python -m convnext_jax.roadmap', description=__doc__.splitlines()[0])
   p.add_argument('--json', action='store_true', help='print JSON instead of a Markdown table')
   p.add_argument('--size', type=int, default=224)
   args = p.parse_args(argv)
+  if args.size < 32 or args.size % 32:  # 0 printed a table of 0 GMACs and exited 0
+    p.error(f'--size must be a positive multiple of 32 (the networks downsample 32 times), got {args.size}')
   rows = roadmap_table(args.size)
   if args.json:
     print(json.dumps(dict(rows=rows, mismatch_notes=MISMATCH_NOTES), indent=1))

@@ -9,7 +9,6 @@ runs both). The anytime row is read from the anytime demo's numbers (`make demo 
 configs/anytime/digit_scenes.py into ANYTIME_WORKDIR beside this workdir, its anytime.json), not rerun here; without
 them the row shows '-' and a note says how to get them. `make demo LINE=all` runs the anytime demo first."""
 
-import json
 import os
 import sys
 
@@ -29,14 +28,13 @@ def anytime_json_path(workdir: str) -> str:
 def anytime_last_exit_miou(path: str) -> float | None:
   """The last exit's mIoU % of the anytime demo's trained ADP-C run (the first confidence-adaptive run of its
   anytime.json at `path`; the eval-only runs at other thresholds follow it), or None when there is no such file."""
+  from core_jax.errors import UserError, read_json_dict  # pylint: disable=import-outside-toplevel
+
   if not os.path.isfile(path):
     return None
-  with open(path) as f:
-    runs = json.load(f)['runs']
-  run = next((r for r in runs if r['confidence_adaptive']), None)
+  runs = read_json_dict(path, "the anytime demo's numbers", 'rerun `make demo LINE=anytime`').get('runs')
+  run = next((r for r in runs or () if isinstance(r, dict) and r.get('confidence_adaptive')), None)
   if run is None:
-    from core_jax.errors import UserError  # pylint: disable=import-outside-toplevel
-
     raise UserError(f'{path} has no confidence-adaptive run: not the anytime demo (configs/anytime/digit_scenes.py)')
   return max(run['exits'], key=lambda e: e['exit'])['miou']
 
@@ -88,13 +86,19 @@ def scene_figure(config, workdir: str, count: int = 3) -> str:
 
 def run(config, workdir: str) -> str:
   """Prints the table and draws the scenes of a finished run in `workdir`; returns the table."""
+  from core_jax.errors import UserError, read_json_dict  # pylint: disable=import-outside-toplevel
+
+  train_first = 'train first (python -m convnext_jax.main with the same config)'
+  if not str(config.model.name).startswith('upernet_'):  # another line's config: a KeyError on its labels before
+    raise UserError(f'the UperNet demo reports an UperNet run; this config trains {config.model.name!r}')
   path = os.path.join(workdir, 'results.json')
   if not os.path.isfile(path):
-    from core_jax.errors import UserError  # pylint: disable=import-outside-toplevel
-
-    raise UserError(f'{path} does not exist: train first (python -m convnext_jax.main with the same config)')
-  with open(path) as f:
-    results = json.load(f)
+    raise UserError(f'{path} does not exist: {train_first}')
+  # a finished run's rerun of the training command rewrites results.json from its last checkpoint
+  rewrite = 'rerun the training (python -m convnext_jax.main, the same config and workdir) to rewrite it'
+  results = read_json_dict(path, "the training's results", rewrite)
+  if not {'miou', 'pixel_accuracy'} <= set(results.get('eval') or ()) or 'num_params' not in results:
+    raise UserError(f'{path} holds no UperNet evaluation (eval.miou, eval.pixel_accuracy, num_params): {rewrite}')
   anytime_miou = anytime_last_exit_miou(anytime_json_path(workdir))
   text = report.upernet_demo_table(
       results['eval'], int(results['num_params']), anytime_miou, background_only_miou(config)

@@ -15,7 +15,6 @@ through the backbone and the decode head at 2048x512 and 2560x640 (H x W as mmse
 biases, ReLUs and pooling, ~0.02%: ``convnext_jax.upernet.count``).
 """
 
-import argparse
 from collections.abc import Sequence
 
 import flax.linen as nn
@@ -23,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from convnext_jax import models, report, upernet
-from core_jax import counting
+from core_jax import cli, counting
 from core_jax.compute import Compute
 
 __all__ = [
@@ -139,7 +138,9 @@ def upernet_table(names: Sequence[str] = upernet.UPERNET_MODELS) -> list:
 
 
 def main(argv=None) -> None:
-  p = argparse.ArgumentParser(description='ConvNeXt model-zoo table (params, GMACs, reference top-1)')
+  p = cli.ArgumentParser(
+      prog='python -m convnext_jax.zoo', description='ConvNeXt model-zoo table (params, GMACs, reference top-1)'
+  )
   p.add_argument('--json', action='store_true', help='print JSON instead of Markdown')
   p.add_argument(
       '--models', nargs='*', default=None, help='subset of model names (default: all ImageNet and UperNet ones)'

@@ -9,6 +9,7 @@ files of `config_dir` (first docstring line of each), `--config=FILE --help` the
 a config file that does not import is one line naming the file and line; bad input exits 2.
 """
 
+import argparse
 import ast
 import importlib.util
 import inspect
@@ -24,6 +25,15 @@ import ml_collections
 from core_jax import config as config_lib
 from core_jax import host_memory, run_log
 from core_jax.errors import UserError
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse for the lines' small tools (the zoos, the roadmap): a bad argument is one line, `error: ...` and
+  exit status 2, instead of argparse's usage line above its error."""
+
+  def error(self, message):
+    print(f'error: {" ".join(message.split())} ({self.prog} --help for usage)', file=sys.stderr)
+    self.exit(2)
 
 
 def load_config_file(path: str) -> ml_collections.ConfigDict:

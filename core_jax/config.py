@@ -167,6 +167,23 @@ def check_run_options(config) -> None:
     value = node[leaf]
     if isinstance(value, bool) or not isinstance(value, int) or value < least:
       raise UserError(f'{key} must be an integer >= {least} ({what}), got {value!r}')
+  # -1 is each one's 'unset'; below it (or num_train_steps 0) the run went on as if unset, without a word
+  for key, what in (
+      ('num_train_steps', 'a number of steps >= 1, or -1 for num_epochs to decide'),
+      ('checkpoint.restore_step', 'a kept step >= 0, or -1 for the latest'),
+  ):
+    group, _, leaf = key.rpartition('.')
+    node = config.get(group) if group else config
+    if node is None or leaf not in node:
+      continue
+    value = node[leaf]
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < -1
+        or (value == 0 and leaf == 'num_train_steps')
+    ):
+      raise UserError(f'{key} must be {what}, got {value!r}')
   every = config.get('eval_every_epochs', 1.0)
   if not every > 0:
     raise UserError(f'eval_every_epochs must be > 0, got {every!r}')

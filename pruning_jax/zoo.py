@@ -12,7 +12,6 @@ MACs removed relative to their unpruned base model. The REFERENCE columns are co
 official README), not computed here.
 """
 
-import argparse
 import inspect
 import json
 
@@ -20,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from core_jax import counting
+from core_jax import cli, counting
 from pruning_jax import models
 
 # name -> (params in M, MACs in M) as printed in the reference sheet (None: not given there).
@@ -147,10 +146,13 @@ def format_markdown(rows: list[dict]) -> str:
 
 
 def main(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  parser = cli.ArgumentParser(prog='python -m pruning_jax.zoo', description=__doc__.splitlines()[0])
   parser.add_argument('--json', action='store_true')
   parser.add_argument('names', nargs='*', help='named models (default: all)')
   args = parser.parse_args(argv)
+  unknown = [n for n in args.names if n not in models.NAMED]
+  if unknown:  # was a KeyError traceback
+    parser.error(f'{unknown[0]} is not a named model of the zoo (python -m pruning_jax.zoo lists them)')
   rows = zoo_rows(args.names or None)
   print(json.dumps(rows, indent=1) if args.json else format_markdown(rows))
 

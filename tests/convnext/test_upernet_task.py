@@ -262,3 +262,32 @@ def test_eval_options_no_evaluation_can_use_are_one_line_at_start_up(key, value,
   with config.unlocked():
     config[key] = dict(slide_window=(32, 16), eval_resize=(128, 64), eval_scales=(0.5, 1.0))[key]
   upernet_task.UperNetSegTask(config, Info())  # the usable values pass
+
+
+@pytest.mark.parametrize(
+    'results, message',
+    [
+        ('{"step": 7, "ev', r"^cannot read the training's results .*results.json \(.*\): rerun the training"),
+        ('[1, 2]', r"results.json is not the training's results \(a JSON list, not an object\): rerun the training"),
+        ('{"eval": {"accuracy": 0.9}, "num_params": 5}', r'results.json holds no UperNet evaluation \(eval.miou'),
+    ],
+)
+def test_the_demo_report_of_a_damaged_results_file_is_one_line(tmp_path, results, message):
+  """Each was a traceback (JSONDecodeError, KeyError 'eval')."""
+  from convnext_jax import upernet_demo  # pylint: disable=import-outside-toplevel
+
+  (tmp_path / 'results.json').write_text(results)
+  with pytest.raises(UserError, match=message):
+    upernet_demo.run(demo_config(), str(tmp_path))
+  assert (tmp_path / 'results.json').read_text() == results  # left as it was
+
+
+def test_the_demo_report_of_another_lines_config_is_one_line(tmp_path):
+  """The digits ConvNeXt's config was a KeyError 'segmentation' on its dataset's records."""
+  from convnext_jax import upernet_demo  # pylint: disable=import-outside-toplevel
+
+  digits = cli.load_config_file(os.path.join(REPO, 'configs', 'convnext', 'digits.py'))
+  with pytest.raises(
+      UserError, match=r"^the UperNet demo reports an UperNet run; this config trains 'convnext_digits'$"
+  ):
+    upernet_demo.run(digits, str(tmp_path))

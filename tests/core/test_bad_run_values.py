@@ -92,6 +92,18 @@ def test_resuming_with_a_lower_lr_or_more_epochs_names_them_and_ignores_debug_op
         ('checkpoint.keep', 0, r'^checkpoint.keep must be an integer >= 1 \(checkpoints \(0 would keep none'),
         ('mesh.fsdp', 0, r'^mesh.fsdp must be an integer >= 1 \(devices per parameter shard\), got 0$'),
         ('eval_every_epochs', 0.0, r'^eval_every_epochs must be > 0, got 0.0$'),
+        # these two ran as if unset (num_epochs; the latest step), without a word
+        (
+            'num_train_steps',
+            0,
+            r'^num_train_steps must be a number of steps >= 1, or -1 for num_epochs to decide, got 0$',
+        ),
+        ('num_train_steps', -5, r'^num_train_steps must be a number of steps >= 1, or -1 for num_epochs to decide'),
+        (
+            'checkpoint.restore_step',
+            -7,
+            r'^checkpoint.restore_step must be a kept step >= 0, or -1 for the latest, got -7$',
+        ),
     ],
 )
 def test_loop_options_no_run_can_use_are_one_line(key, value, message):

@@ -246,3 +246,27 @@ def test_command_lines_that_are_not_one_run_are_one_line(argv, message, monkeypa
   assert str(e.value).startswith(message), str(e.value)
   config, workdir = cli.parse_args([f'--config={DIGITS}', '--workdir=/tmp/x', '--config.seed=1', '--config.seed=2'])
   assert (config.seed, workdir) == (2, '/tmp/x')  # a repeated override: the last one, as a script appends them
+
+
+@pytest.mark.parametrize(
+    'module, args, message',
+    [
+        # a KeyError traceback before
+        ('pruning_jax.zoo', ['nonexistent_model'], 'nonexistent_model is not a named model of the zoo'),
+        # a table of 0 GMACs and exit 0 before
+        ('convnext_jax.roadmap', ['--size=0'], '--size must be a positive multiple of 32'),
+        # argparse's usage line above its error before
+        ('convnext_jax.roadmap', ['--size=abc'], "argument --size: invalid int value: 'abc'"),
+        ('convnext_jax.zoo', ['--models', 'convnext_nope'], 'convnext_nope is not in the zoo'),
+        ('anytime_jax.zoo', ['--bogus'], 'unrecognized arguments: --bogus'),
+    ],
+)
+def test_the_lines_small_tools_say_a_bad_argument_in_one_line(module, args, message, capsys):
+  import importlib  # pylint: disable=import-outside-toplevel
+
+  with pytest.raises(SystemExit) as e:
+    importlib.import_module(module).main(args)
+  assert e.value.code == 2
+  err = capsys.readouterr().err
+  assert err.count('\n') == 1 and err.startswith(f'error: {message}'), err
+  assert err.endswith(f'(python -m {module} --help for usage)\n'), err
