@@ -118,9 +118,9 @@ def redraw(paths: list[str], out: str, title: str = '') -> str:
 def main(argv=None) -> int:
   argv = sys.argv[1:] if argv is None else argv
   usage = 'usage: python -m anytime_jax.curve DIR_OR_JSON... --out FILE.png [--title TEXT]'
-  if not argv or '--help' in argv or '-h' in argv:
+  if '--help' in argv or '-h' in argv:
     print(usage)
-    return 0 if argv else 2
+    return 0
   paths, out, title = [], None, ''
   it = iter(argv)
   try:

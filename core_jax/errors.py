@@ -1,5 +1,6 @@
 """The one error type that means "the user gave us bad input", and the checks several lines share."""
 
+import json
 import numbers
 
 
@@ -17,3 +18,16 @@ def check_fraction(value, what: str, meaning: str = '') -> float:
   if not 0.0 < fraction <= 1.0:  # NaN fails too
     raise UserError(f'{what} must be in (0, 1]{note}, got {fraction}')
   return fraction
+
+
+def read_json_dict(path: str, what: str, then: str) -> dict:
+  """The JSON object in the file at `path`, else a one-line UserError naming it as `what` (e.g. "the run's
+  results") and what to do (`then`): a file cut short, not JSON or not an object was a traceback."""
+  try:
+    with open(path) as f:
+      value = json.load(f)
+  except (OSError, ValueError) as e:
+    raise UserError(f'cannot read {what} {path} ({" ".join(str(e).split())}): {then}') from None
+  if not isinstance(value, dict):
+    raise UserError(f'{path} is not {what} (a JSON {type(value).__name__}, not an object): {then}')
+  return value

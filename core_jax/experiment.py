@@ -41,7 +41,7 @@ import ml_collections
 from jax.experimental import multihost_utils
 
 from core_jax import pause_points
-from core_jax.errors import UserError
+from core_jax.errors import UserError, read_json_dict
 
 # The experiment's compilation cache, kept in a module of its own that train.run can import too: train.run
 # switches it on, and this module imports train (train_phase), so living here would close an import circle.
@@ -97,14 +97,7 @@ def _say(text: str) -> None:
 
 
 def _read_results(path: str, name: str) -> dict:
-  try:
-    with open(path) as f:
-      results = json.load(f)
-  except (OSError, ValueError) as e:
-    raise UserError(f'phase {name!r}: cannot read {path} ({e}); remove it to run the phase again') from None
-  if not isinstance(results, dict):
-    raise UserError(f'phase {name!r}: {path} holds a {type(results).__name__}, not a results dict')
-  return results
+  return read_json_dict(path, f'the results of phase {name!r}', 'remove it to run the phase again')
 
 
 def _write_results(path: str, results: dict, name: str) -> None:

@@ -39,7 +39,6 @@ Files and trees, once for every line:
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import pickle
 import re
@@ -49,7 +48,7 @@ from typing import Any
 import numpy as np
 
 from core_jax import checkpoint
-from core_jax.errors import UserError
+from core_jax.errors import UserError, read_json_dict
 
 __all__ = [
     'Transform',
@@ -438,14 +437,7 @@ def read_sidecar(path: str) -> dict[str, Any]:
   side = sidecar_path(path)
   if not os.path.isfile(side):
     return {}
-  try:
-    with open(side) as f:
-      meta = json.load(f)
-  except (OSError, ValueError) as e:
-    raise UserError(f'cannot read sidecar {side}: {one_line(e)}') from None
-  if not isinstance(meta, dict):
-    raise UserError(f'sidecar {side} holds a {type(meta).__name__}, not a JSON object')
-  return meta
+  return read_json_dict(side, 'the sidecar', f'fix or remove it (it describes {path})')
 
 
 def _pickled_objects_error(path: str, e: Exception) -> UserError:

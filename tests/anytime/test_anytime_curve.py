@@ -76,6 +76,7 @@ def test_redraw_from_several_dirs_and_cli(tmp_path):
     [
         (['{missing}', '--out', '{out}'], 'no anytime.json at'),
         (['{a}'], 'give at least one run and --out'),
+        ([], 'give at least one run and --out'),  # was the usage on stdout, nothing on stderr, exit 2
         (['{a}', '--out', '{d}/x.jpg'], '--out must name a .png'),
         (['{a}', '--out', '{d}/nodir/x.png'], 'output directory does not exist'),
         (['{a}', '--out', '{out}', '--bogus'], 'unknown flag --bogus'),

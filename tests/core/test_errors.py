@@ -37,3 +37,21 @@ def test_the_meaning_is_said_in_both_messages():
     check_fraction(2, 'sfp.keep_rate', 'the fraction of filters kept')
   with pytest.raises(UserError, match=r'must be a number in \(0, 1\] \(the fraction of filters kept\), got \[1\]$'):
     check_fraction([1], 'sfp.keep_rate', 'the fraction of filters kept')
+
+
+def test_read_json_dict_is_one_line_for_a_missing_cut_or_non_object_file(tmp_path):
+  from core_jax.errors import read_json_dict  # pylint: disable=import-outside-toplevel
+
+  path = tmp_path / 'r.json'
+  path.write_text('{"a": 1}')
+  assert read_json_dict(str(path), 'the results', 'rerun') == {'a': 1}
+  for text, message in [
+      ('{"a": ', r'^cannot read the results .*r.json \(Expecting value: .*\): rerun$'),
+      ('3', 'a JSON int'),
+  ]:
+    path.write_text(text)
+    with pytest.raises(UserError, match=message) as e:
+      read_json_dict(str(path), 'the results', 'rerun')
+    assert '\n' not in str(e.value)
+  with pytest.raises(UserError, match=r'^cannot read the results .*nope.json \(\[Errno 2\] No such file'):
+    read_json_dict(str(tmp_path / 'nope.json'), 'the results', 'rerun')
