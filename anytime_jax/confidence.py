@@ -58,9 +58,11 @@ CONV_INIT_STD = 0.001
 CONV_INITS = ('normal', 'he')  # the reference's N(0, 0.001); He (Kaiming) normal N(0, 2 / fan_in)
 _DN = ('NHWC', 'HWIO', 'NHWC')
 # per segment 2, 3, 4 the kept fraction above which the sparse policy's segment takes masked-dense convs
-# (`segment_kind`; `Compute.masked_dense_above`, the line's 'auto'): masked-dense won at 0.63 kept and above,
-# sparse at 0.38 and below: benchmarks/ANALYSIS.md
-SEGMENT_DENSE_MIN = (0.5, 0.5, 0.5)
+# (`segment_kind`; `Compute.masked_dense_above`, the line's 'auto'), from `benchmarks.anytime_crossover`'s CPU times
+# (W18-Small-v2, 512x1024, batch 1 and 8, kept 0.3-0.9; benchmarks/ANALYSIS.md, 'crossover per segment'): segment 4
+# (whose exit head computes the kept pixels only) was as fast or faster sparse up to 0.9 kept, segment 3 as fast
+# or faster masked-dense from 0.3, segment 2 even (its sparse edge at batch 8 at most 14 %)
+SEGMENT_DENSE_MIN = (0.5, 0.3, 0.9)
 
 
 def check_tau(tau) -> float:
