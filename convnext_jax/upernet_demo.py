@@ -1,5 +1,6 @@
 """The UperNet digit_scenes demo's report: its mIoU beside the anytime HRNet's final exit on the same validation
-scenes, and WORKDIR/scene.png (validation scenes: the input, its labels, the prediction).
+scenes, and WORKDIR/scene.png (validation scenes: the input, its labels, the prediction). This module computes
+them (reads the run's results, runs the model on the scenes); convnext_jax.report draws the table and figure.
 
   python -m convnext_jax.upernet_demo --config=configs/convnext/upernet_digit_scenes.py --workdir=WORKDIR
 
@@ -11,17 +12,17 @@ them the row shows '-' and a note says how to get them. `make demo LINE=all` run
 import os
 import sys
 
+from convnext_jax import report
+
 # The anytime demo's workdir, beside this demo's as `make demo` lays them out (DEMO_DIR/anytime_digit_scenes).
 ANYTIME_WORKDIR = 'anytime_digit_scenes'
-ANYTIME_ROW = 'ADP-C HRNet w8_nano, exit 4 (anytime demo, README)'
-SCENE_PNG = 'scene.png'
 
 
 def anytime_json_path(workdir: str) -> str:
   """Where the anytime demo writes its numbers, for this demo's `workdir`."""
-  from anytime_jax import report  # pylint: disable=import-outside-toplevel
+  from anytime_jax import report as anytime_report  # pylint: disable=import-outside-toplevel
 
-  return os.path.join(os.path.dirname(os.path.abspath(workdir)), ANYTIME_WORKDIR, report.ANYTIME_JSON)
+  return os.path.join(os.path.dirname(os.path.abspath(workdir)), ANYTIME_WORKDIR, anytime_report.ANYTIME_JSON)
 
 
 def anytime_last_exit_miou(path: str) -> float | None:
@@ -51,26 +52,6 @@ def background_only_miou(config) -> float:
   return 100.0 * metrics.background_only_miou(labels, int(info.num_classes), ignore_label=IGNORE_LABEL)
 
 
-def table(results: dict, params: int, anytime_miou: float | None, background_miou: float) -> str:
-  """The demo's table (mIoU in %); `anytime_miou` None (no anytime demo run): that row shows '-' and a note
-  follows."""
-  rows = [
-      ('model (digit_scenes validation, 200 scenes)', 'mIoU %', 'pixel acc. %'),
-      (
-          f'ConvNeXt + UperNet (this run, {params:,} params)',
-          f'{100 * results["miou"]:.1f}',
-          f'{100 * results["pixel_accuracy"]:.1f}',
-      ),
-      (ANYTIME_ROW, '-' if anytime_miou is None else f'{anytime_miou:.1f}', '-'),
-      ('background everywhere', f'{background_miou:.1f}', '-'),
-  ]
-  widths = [max(len(r[i]) for r in rows) for i in range(3)]
-  text = '\n'.join('  '.join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
-  if anytime_miou is None:
-    text += '\n(no anytime demo numbers beside this workdir: run `make demo LINE=anytime` for the ADP-C row)'
-  return text
-
-
 def scene_figure(config, workdir: str, count: int = 3) -> str:
   """WORKDIR/scene.png: the `count` validation scenes (of the first 20) with the most labelled classes through the
   workdir's latest weights: input, labels, prediction (core_jax.seg_figure, as the anytime line's scene)."""
@@ -78,7 +59,6 @@ def scene_figure(config, workdir: str, count: int = 3) -> str:
   import numpy as np  # pylint: disable=import-outside-toplevel
 
   from convnext_jax import upernet_task  # pylint: disable=import-outside-toplevel
-  from core_jax import seg_figure  # pylint: disable=import-outside-toplevel
   from core_jax import weights as weights_lib  # pylint: disable=import-outside-toplevel
   from core_jax.data import ops, sources  # pylint: disable=import-outside-toplevel
 
@@ -99,16 +79,12 @@ def scene_figure(config, workdir: str, count: int = 3) -> str:
   batch = {task.input_key: images, label_key: labels, 'mask': np.ones(len(examples), bool)}
   predict = jax.jit(lambda v, b: task.eval_outputs(model, v, b)['predictions'])
   preds = np.asarray(predict(variables, batch))
-  k = task.num_classes
-  rows = [
-      [(r['image'], f'scene {i}: input'), (seg_figure.paint(lab, k), 'labels'), (seg_figure.paint(p, k), 'prediction')]
-      for i, r, lab, p in zip(indices, raws, labels, preds)
-  ]
   title = f'ConvNeXt + UperNet ({config.model.name}, shrunk): {d.name} {d.eval_split}'
-  return seg_figure.plot_panels(os.path.join(workdir, SCENE_PNG), rows, title, panel_size=(2.8, 1.6))
+  scenes = list(zip(indices, raws, labels, preds))
+  return report.plot_scenes(os.path.join(workdir, report.SCENE_PNG), scenes, task.num_classes, title)
 
 
-def report(config, workdir: str) -> str:
+def run(config, workdir: str) -> str:
   """Prints the table and draws the scenes of a finished run in `workdir`; returns the table."""
   from core_jax.errors import UserError, read_json_dict  # pylint: disable=import-outside-toplevel
 
@@ -124,7 +100,9 @@ def report(config, workdir: str) -> str:
   if not {'miou', 'pixel_accuracy'} <= set(results.get('eval') or ()) or 'num_params' not in results:
     raise UserError(f'{path} holds no UperNet evaluation (eval.miou, eval.pixel_accuracy, num_params): {rewrite}')
   anytime_miou = anytime_last_exit_miou(anytime_json_path(workdir))
-  text = table(results['eval'], int(results['num_params']), anytime_miou, background_only_miou(config))
+  text = report.upernet_demo_table(
+      results['eval'], int(results['num_params']), anytime_miou, background_only_miou(config)
+  )
   print(text, flush=True)
   print(f'scene:  {scene_figure(config, workdir)}', flush=True)
   return text
@@ -133,4 +111,4 @@ def report(config, workdir: str) -> str:
 if __name__ == '__main__':
   from core_jax import cli  # pylint: disable=ungrouped-imports
 
-  sys.exit(cli.run_main(report, prog='convnext_jax.upernet_demo'))
+  sys.exit(cli.run_main(run, prog='convnext_jax.upernet_demo'))

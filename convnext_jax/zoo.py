@@ -1,5 +1,5 @@
 """Model-zoo tables: params and GMACs of every registered ImageNet ConvNeXt variant and of the UperNet
-segmentors, computed from the models.
+segmentors, computed from the models (the tables are drawn by convnext_jax.report).
 
     python -m convnext_jax.zoo            # Markdown tables (for the README)
     python -m convnext_jax.zoo --json     # the same rows as JSON
@@ -15,14 +15,13 @@ through the backbone and the decode head at 2048x512 and 2560x640 (H x W as mmse
 biases, ReLUs and pooling, ~0.02%: ``convnext_jax.upernet.count``).
 """
 
-import json
 from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from convnext_jax import models, upernet
+from convnext_jax import models, report, upernet
 from core_jax import cli, counting
 from core_jax.compute import Compute
 
@@ -32,9 +31,7 @@ __all__ = [
     'params_and_macs',
     'model_stats',
     'zoo_table',
-    'format_markdown',
     'upernet_table',
-    'format_upernet_markdown',
 ]
 
 ZOO_MODELS: tuple[str, ...] = models.IMAGENET_MODELS
@@ -121,38 +118,13 @@ def zoo_table(names: Sequence[str] = ZOO_MODELS) -> list:
   return rows
 
 
-def _fmt(v: float | None) -> str:
-  return '—' if v is None else str(v)
-
-
-def format_markdown(rows: list) -> str:
-  lines = [
-      '| model | params | GMACs @224 | GMACs @384 | ref. IN-1K top-1 @224 | ref. @384 | reference source |',
-      '|---|---:|---:|---:|---:|---:|---|',
-  ]
-  for r in rows:
-    lines.append(
-        f"| {r['model']} | {r['params']:,} | {r['gmacs_224']:.2f} | {r['gmacs_384']:.2f} | "
-        f"{_fmt(r['ref_top1_224'])} | {_fmt(r['ref_top1_384'])} | {r['ref_source']} |"
-    )
-  lines.append('')
-  lines.append(
-      'Params (1000-class head) and GMACs are computed from the Flax models (`python -m convnext_jax.zoo`); '
-      'top-1 columns are reference numbers from the paper / timm, not measured here.'
-  )
-  return '\n'.join(lines)
-
-
-UPERNET_SIZES: tuple[tuple[int, int], ...] = ((2048, 512), (2560, 640))
-
-
 def upernet_table(names: Sequence[str] = upernet.UPERNET_MODELS) -> list:
-  """One row per UperNet size: params (with / without the auxiliary head), GMACs at each of UPERNET_SIZES, and
+  """One row per UperNet size: params (with / without the auxiliary head), GMACs at each of report.UPERNET_SIZES, and
   the paper's params (M) and GFLOPs at its input size."""
   rows = []
   for name in names:
     row: dict = dict(model=name)
-    for h, w in UPERNET_SIZES:
+    for h, w in report.UPERNET_SIZES:
       c = upernet.count(name, h, w)
       row.update(params=c['params'], params_no_aux=c['params_no_aux'])
       row[f'macs_{h}x{w}'] = c['macs']
@@ -163,28 +135,6 @@ def upernet_table(names: Sequence[str] = upernet.UPERNET_MODELS) -> list:
     )
     rows.append(row)
   return rows
-
-
-def format_upernet_markdown(rows: list) -> str:
-  sizes = ['x'.join(map(str, s)) for s in UPERNET_SIZES]
-  lines = [
-      '| model | params | params w/o aux head | '
-      + ' | '.join(f'GMACs @{s}' for s in sizes)
-      + ' | paper: params, GFLOPs |',
-      '|---|---:|---:|' + '---:|' * len(sizes) + '---|',
-  ]
-  for r in rows:
-    macs = ' | '.join(f"{r[f'gmacs_{s}']:.2f}" for s in sizes)
-    lines.append(
-        f"| {r['model']} | {r['params']:,} | {r['params_no_aux']:,} | {macs} | "
-        f"{r['paper_params_m']}M, {r['paper_gflops']}G @{r['paper_input']} |"
-    )
-  lines.append('')
-  lines.append(
-      'UperNet (150 classes): GMACs of the backbone and decode head for one H x W image (the auxiliary head runs in '
-      "training only); the paper's FLOPs are mmcv's count of the same, which adds biases, ReLUs and pooling."
-  )
-  return '\n'.join(lines)
 
 
 def main(argv=None) -> None:
@@ -202,11 +152,7 @@ def main(argv=None) -> None:
     p.error(f'{unknown[0]} is not in the zoo (its ImageNet ConvNeXt and UperNet models)')
   rows = zoo_table([n for n in names if n in ZOO_MODELS])
   seg_rows = upernet_table([n for n in names if n in upernet.UPERNET_MODELS])
-  if args.json:
-    print(json.dumps(dict(imagenet=rows, upernet=seg_rows) if seg_rows else rows, indent=1))
-    return
-  tables = ([format_markdown(rows)] if rows else []) + ([format_upernet_markdown(seg_rows)] if seg_rows else [])
-  print('\n\n'.join(tables))
+  print(report.zoo_text(rows, seg_rows, as_json=args.json))
 
 
 if __name__ == '__main__':

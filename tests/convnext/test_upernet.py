@@ -21,6 +21,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 import torch_upernet  # noqa: E402
 
 from convnext_jax import models, upernet, zoo  # noqa: E402
+from convnext_jax import report as convnext_report  # noqa: E402
 from core_jax import weights  # noqa: E402
 from core_jax.compute import Compute  # noqa: E402
 
@@ -140,7 +141,7 @@ def test_zoo_lists_upernet_rows(monkeypatch):
   monkeypatch.setattr(upernet, 'count', fake_count)
   rows = zoo.upernet_table(['upernet_convnext_tiny'])
   assert calls == [('upernet_convnext_tiny', 2048, 512), ('upernet_convnext_tiny', 2560, 640)]
-  md = zoo.format_upernet_markdown(rows)
+  md = convnext_report.format_upernet_markdown(rows)
   assert '| upernet_convnext_tiny | 60,242,636 | 59,318,838 | 938.49 |' in md and '60M, 939G @2048x512' in md
 
 

@@ -175,6 +175,7 @@ def _anytime_json(demo_dir, exit4_miou: float) -> str:
 
 
 def test_demo_table_reads_the_anytime_demos_last_exit(tmp_path):
+  from convnext_jax import report as convnext_report  # pylint: disable=import-outside-toplevel
   from convnext_jax import upernet_demo  # pylint: disable=import-outside-toplevel
 
   workdir = str(tmp_path / 'upernet_digit_scenes')
@@ -183,21 +184,23 @@ def test_demo_table_reads_the_anytime_demos_last_exit(tmp_path):
   assert _anytime_json(str(tmp_path), 22.37) == path
   miou = upernet_demo.anytime_last_exit_miou(path)
   assert miou == 22.37
-  text = upernet_demo.table({'miou': 0.1234, 'pixel_accuracy': 0.9}, 437_430, miou, 8.4123)
+  text = convnext_report.upernet_demo_table({'miou': 0.1234, 'pixel_accuracy': 0.9}, 437_430, miou, 8.4123)
   lines = text.splitlines()
   assert len(lines) == 4
   assert 'ConvNeXt + UperNet (this run, 437,430 params)' in lines[1] and lines[1].split()[-2:] == ['12.3', '90.0']
-  assert lines[2].startswith(upernet_demo.ANYTIME_ROW) and lines[2].split()[-2:] == ['22.4', '-']
+  assert lines[2].startswith(convnext_report.ANYTIME_ROW) and lines[2].split()[-2:] == ['22.4', '-']
   assert lines[3].split()[-2] == '8.4'
   with pytest.raises(UserError, match=r'results.json does not exist: train first'):
-    upernet_demo.report(demo_config(), workdir)
+    upernet_demo.run(demo_config(), workdir)
 
 
 def test_demo_table_without_the_anytime_demo_says_how_to_get_it():
-  from convnext_jax import upernet_demo  # pylint: disable=import-outside-toplevel
+  from convnext_jax import report as convnext_report  # pylint: disable=import-outside-toplevel
 
-  lines = upernet_demo.table({'miou': 0.1234, 'pixel_accuracy': 0.9}, 437_430, None, 8.4123).splitlines()
-  assert lines[2].startswith(upernet_demo.ANYTIME_ROW) and lines[2].split()[-2:] == ['-', '-']
+  lines = convnext_report.upernet_demo_table(
+      {'miou': 0.1234, 'pixel_accuracy': 0.9}, 437_430, None, 8.4123
+  ).splitlines()
+  assert lines[2].startswith(convnext_report.ANYTIME_ROW) and lines[2].split()[-2:] == ['-', '-']
   assert lines[4] == '(no anytime demo numbers beside this workdir: run `make demo LINE=anytime` for the ADP-C row)'
 
 
@@ -275,7 +278,7 @@ def test_the_demo_report_of_a_damaged_results_file_is_one_line(tmp_path, results
 
   (tmp_path / 'results.json').write_text(results)
   with pytest.raises(UserError, match=message):
-    upernet_demo.report(demo_config(), str(tmp_path))
+    upernet_demo.run(demo_config(), str(tmp_path))
   assert (tmp_path / 'results.json').read_text() == results  # left as it was
 
 
@@ -287,4 +290,4 @@ def test_the_demo_report_of_another_lines_config_is_one_line(tmp_path):
   with pytest.raises(
       UserError, match=r"^the UperNet demo reports an UperNet run; this config trains 'convnext_digits'$"
   ):
-    upernet_demo.report(digits, str(tmp_path))
+    upernet_demo.run(digits, str(tmp_path))

@@ -15,6 +15,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from convnext_jax import models, zoo  # noqa: E402
+from convnext_jax import report as convnext_report  # noqa: E402
 from convnext_jax.ops import for_backend  # noqa: E402
 from core_jax.compute import Compute  # noqa: E402
 
@@ -92,6 +93,6 @@ def test_reference_accuracies():
 
 
 def test_outputs(tiny_row):
-  md = zoo.format_markdown([tiny_row])
+  md = convnext_report.format_markdown([tiny_row])
   assert '| convnext_tiny | 28,589,128 | 4.46 | 13.09 | 82.1 |' in md
   assert json.loads(json.dumps([tiny_row]))[0]['params'] == 28_589_128
