@@ -163,10 +163,11 @@ def _check_same_experiment(config, workdir: str) -> None:
   then = weights.flatten(read_json_dict(path, "the experiment's config", 'remove it to skip this check'), sep='.')
   now = weights.flatten(json.loads(config.to_json_best_effort()), sep='.')
   free = train.RESUME_IGNORED + FREE_OPTIONS
-  changed = [k for k in sorted(set(now) | set(then)) if now.get(k) != then.get(k) and not k.startswith(free)]
+  # keys in both only: an option the code added or dropped since (its default) is no change of the user's
+  changed = [k for k in sorted(set(now) & set(then)) if now[k] != then[k] and not k.startswith(free)]
   if not changed:
     return
-  text = ', '.join(f'{k} {then.get(k, "(unset)")!r} -> {now.get(k, "(unset)")!r}' for k in changed[:4])
+  text = ', '.join(f'{k} {then[k]!r} -> {now[k]!r}' for k in changed[:4])
   text += f' and {len(changed) - 4} more' if len(changed) > 4 else ''
   if not config.get('checkpoint', {}).get('allow_config_change', False):
     raise UserError(

@@ -403,6 +403,7 @@ def test_a_rerun_with_another_config_stops_instead_of_reporting_the_old_phases(t
   assert (tmp_path / experiment.CONFIG_FILE).is_file()
   again = experiment.run_experiment(phases, str(tmp_path), config(0.5, experiment=dict(seeds=(0, 1))))
   assert ran == ['a'] and again['a']['accuracy'] == 0.5  # more seeds: the same experiment
+  experiment.run_experiment(phases, str(tmp_path), config(0.5, added_since=dict(option=1)))  # a new default
   with pytest.raises(UserError, match=r'holds an experiment begun with another config: prune.ratio 0.5 -> 0.3; its'):
     experiment.run_experiment(phases, str(tmp_path), config(0.3))
   allowed = config(0.3)
