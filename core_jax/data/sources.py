@@ -260,7 +260,7 @@ def _tfds_builder(name: str, data_dir: str, download: bool):
 
   try:
     builder = tfds.builder(name, data_dir=data_dir, file_format='array_record', try_gcs=False)
-  except tfds.core.registered.DatasetNotFoundError:
+  except (tfds.core.registered.DatasetNotFoundError, ValueError):  # ValueError: TFDS cannot parse the name ('')
     raise UserError(
         f'unknown dataset {name!r}: not an embedded dataset ' f'({", ".join(sorted(EMBEDDED))}) nor a TFDS dataset'
     ) from None
