@@ -339,6 +339,8 @@ def load_source(
   if base == 'image_folder':
     builder = _image_folder_builder(name, data_dir)
   elif base in EMBEDDED:
+    if name != base:  # 'digits/v2' read as digits, the '/v2' dropped without a word
+      raise UserError(f'dataset {name!r}: the embedded dataset {base!r} has no configs or versions; name it {base!r}')
     builder = _embedded_builder(base, data_dir)
   else:
     builder = _tfds_builder(name, data_dir, download)

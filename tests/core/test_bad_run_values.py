@@ -161,3 +161,14 @@ def test_a_dataset_name_tfds_cannot_parse_is_one_line(tmp_path, name):
   with pytest.raises(UserError, match=rf'^unknown dataset {name!r}: not an embedded dataset \(digit_scenes, digits\)'):
     sources.load_source(name, 'train', str(tmp_path))
   assert os.listdir(tmp_path) == []  # nothing prepared or written
+
+
+@pytest.mark.parametrize('name', ['digits/x', 'digit_scenes:2.0.0'])
+def test_an_embedded_dataset_with_a_config_or_version_is_one_line(tmp_path, name):
+  """'digits/x' trained on digits, the '/x' dropped without a word."""
+  from core_jax.data import sources  # pylint: disable=import-outside-toplevel
+
+  base = name.split('/')[0].split(':')[0]
+  with pytest.raises(UserError, match=rf'^dataset {name!r}: the embedded dataset {base!r} has no configs or versions'):
+    sources.load_source(name, 'train', str(tmp_path))
+  assert os.listdir(tmp_path) == []
