@@ -20,9 +20,9 @@ Contract (the released ADP-C code, `conv_mask_uniform` + `set_part_masks`):
   exp(-lambda^2 d^2) with the centre's d^2 set to 1e5, normalised by the full kernel sum + 1e-5. 'sparse'
   (`masked_sparse`) gives the same outputs (to float32 rounding) computing the conv only at the kept pixels (few
   of them, or a 1 x 1 conv; a loop over chunks of them, its trip count traced) and the fill only next to few kept
-  pixels (section below); under it a segment whose mask keeps every pixel, or more than SEGMENT_DENSE_MIN of
-  them, takes the plain convs ('plain', `masked_plain`) or masked-dense instead, chosen once per segment
-  (`segment_kind`, read from `MaskSet.kind`);
+  pixels (section below); under it a segment whose mask keeps every pixel, or more than the policy's
+  `masked_dense_above` of them (per segment; the line's SEGMENT_DENSE_MIN), takes the plain convs ('plain',
+  `masked_plain`) or masked-dense instead, chosen once per segment (`segment_kind`, read from `MaskSet.kind`);
   `Conv.fill_read=False` lets it skip a fill that no consumer reads; a MaskSet built with train=True (the training
   forward) always takes 'dense', whose gradients are the reference's.
 - Dense convs (`dense_conv`) compute as the policy says (`Compute.conv`); `AUTO` / `for_backend` give the
@@ -57,6 +57,10 @@ LAMBDA_INIT = 3.0
 CONV_INIT_STD = 0.001
 CONV_INITS = ('normal', 'he')  # the reference's N(0, 0.001); He (Kaiming) normal N(0, 2 / fan_in)
 _DN = ('NHWC', 'HWIO', 'NHWC')
+# per segment 2, 3, 4 the kept fraction above which the sparse policy's segment takes masked-dense convs
+# (`segment_kind`; `Compute.masked_dense_above`, the line's 'auto'): masked-dense won at 0.63 kept and above,
+# sparse at 0.38 and below: benchmarks/ANALYSIS.md
+SEGMENT_DENSE_MIN = (0.5, 0.5, 0.5)
 
 
 def check_tau(tau) -> float:
@@ -247,6 +251,8 @@ AUTO = {
     # masked_conv'); dense on GPU / TPU, where it is not measured yet. Evaluation only: training is masked-dense
     # whatever the policy. A small job may still pin 'dense': the sparse program compiles several times longer
     'masked_conv': on_cpu('sparse', 'dense'),
+    # per segment (2, 3, 4) the kept fraction above which the sparse policy's segment computes masked-dense
+    'masked_dense_above': SEGMENT_DENSE_MIN,
 }
 
 
@@ -524,18 +530,19 @@ MASKED_CONVS: dict[str, Callable] = {'dense': masked_dense, 'sparse': masked_spa
 
 # The sparse policy decides once per segment (the HRNet between two exits, whose mask is fixed), not per conv, how
 # its masked convs compute (`segment_kind`), one switch around the segment traced once per kind: every pixel kept,
-# the plain convs (what EE+RH computes); more than SEGMENT_DENSE_MIN of them kept, masked-dense; else sparse. A
-# conditional around every masked conv kept XLA from fusing across them and cost more than the sparse work saved
-# where most pixels stay kept (benchmarks/ANALYSIS.md, 'segment-level choice', for the measured crossover).
+# the plain convs (what EE+RH computes); more than the segment's `Compute.masked_dense_above` kept, masked-dense;
+# else sparse. A conditional around every masked conv kept XLA from fusing across them and cost more than the
+# sparse work saved where most pixels stay kept (benchmarks/ANALYSIS.md, 'segment-level choice'; the crossover per
+# segment: `python -m benchmarks.anytime_crossover`).
 SEGMENT_KINDS = ('plain', 'dense', 'sparse')
-SEGMENT_DENSE_MIN = 0.5  # masked-dense won at 0.63 kept and above, sparse at 0.38 and below: ANALYSIS.md
 
 
-def segment_kind(mask: jax.Array) -> jax.Array:
+def segment_kind(mask: jax.Array, dense_above: float) -> jax.Array:
   """The index in SEGMENT_KINDS of a segment's masked convs for its mask (B, H, W), over the whole batch (one list
-  of kept pixels serves every example): 0 every pixel kept, 1 more than SEGMENT_DENSE_MIN of them, else 2."""
+  of kept pixels serves every example): 0 every pixel kept, 1 more than `dense_above` of them (the segment's
+  `Compute.masked_dense_above`), else 2."""
   kept = jnp.sum(mask > 0.5, dtype=jnp.int32)
-  return jnp.where(kept == mask.size, 0, jnp.where(kept > SEGMENT_DENSE_MIN * mask.size, 1, 2)).astype(jnp.int32)
+  return jnp.where(kept == mask.size, 0, jnp.where(kept > dense_above * mask.size, 1, 2)).astype(jnp.int32)
 
 
 def torch_bias_init(fan_in: int):

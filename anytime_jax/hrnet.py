@@ -407,7 +407,8 @@ class HRNet(nn.Module):
         return lambda mdl, ys, mask: segment(s, ys, pre, MaskSet(mask, kind=kind))
 
       branches = [branch(kind) for kind in confidence.SEGMENT_KINDS]
-      return nn.switch(confidence.segment_kind(masks_s.mask), branches, self, list(ys), masks_s.mask)
+      kind = confidence.segment_kind(masks_s.mask, self.compute.masked_dense_above[s - 2])
+      return nn.switch(kind, branches, self, list(ys), masks_s.mask)
 
     pre = [arch.layer1_planes * 4]
     for s in (2, 3, 4):

@@ -25,6 +25,9 @@ parity tests run them. They exist because the plain XLA formulation is slow on s
   then the RBF fill (the released ADP-C code's masked-dense formulation), or ``sparse``, the conv only at the
   kept pixels where they are few (a loop over chunks of them, its trip count traced) and the fill only where it
   is nonzero (dense fallback; inference only: training computes masked-dense whatever the policy).
+* ``masked_dense_above``: under ``masked_conv='sparse'``, per ADP-C segment (2, 3, 4: the HRNet between two
+  exits) the kept fraction of its mask above which the segment's masked convs compute masked-dense instead of
+  sparse (``anytime_jax.confidence.segment_kind``); 1.0 never, 0.0 always unless every pixel is kept.
 
 The policy is a field of the model's modules, so two policies give two compiled programs and equal policies
 hash equal: nothing is read from a global when a model is traced. ``Compute()`` is the plain XLA formulation.
@@ -72,6 +75,7 @@ class Compute:
   dwconv: str = 'xla'
   masked_conv: str = 'dense'
   dense_grad: str = 'autodiff'
+  masked_dense_above: tuple[float, ...] = (0.5, 0.5, 0.5)
 
   def __post_init__(self):
     for name, allowed in CHOICES.items():
@@ -82,6 +86,16 @@ class Compute:
       raise UserError(f'compute.channel_multiple must be an int >= 1 (1: no channel padding), got {m!r}')
     if not isinstance(self.fusion_barriers, bool):
       raise UserError(f'compute.fusion_barriers must be True or False, got {self.fusion_barriers!r}')
+    above = self.masked_dense_above
+    if (
+        not isinstance(above, (tuple, list))
+        or len(above) != 3
+        or not all(isinstance(f, (int, float)) and not isinstance(f, bool) and 0.0 <= f <= 1.0 for f in above)
+    ):
+      raise UserError(
+          f'compute.masked_dense_above must be 3 kept fractions in [0, 1] (ADP-C segments 2, 3, 4), got {above!r}'
+      )
+    object.__setattr__(self, 'masked_dense_above', tuple(float(f) for f in above))  # hashable, whatever came in
 
   def padded_channels(self, c: int) -> int:
     """The channel count ``c`` is computed with: the next multiple of ``channel_multiple``; <= 4 as it is."""
@@ -258,7 +272,7 @@ def resolve(options: Mapping[str, Any] | None, auto: Mapping[str, Any], line: st
   if unknown:
     raise UserError(
         f'unknown compute option compute.{unknown[0]} (known: {", ".join(CHOICES)}, channel_multiple, '
-        'fusion_barriers)'
+        'fusion_barriers, masked_dense_above)'
     )
   chosen = {}
   for field in dataclasses.fields(Compute):

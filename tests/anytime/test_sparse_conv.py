@@ -17,6 +17,7 @@ from anytime_jax.confidence import Conv, MaskSet, PixelSet
 from core_jax import cli, counting
 from core_jax.compute import Compute
 from core_jax.data import sources
+from core_jax.errors import UserError
 
 LAMS = (1.7, 3.0)  # below SHORT_LAMBDA2 (the whole 7 x 7 fill, dense) and above (the short fill, tiled); 3.0: init
 AUTO_REST = {f: v for f, v in confidence.for_backend().__dict__.items() if f != 'masked_conv'}
@@ -241,8 +242,8 @@ def test_sparse_hrnet_equals_masked_dense_at_several_thresholds():
 
 def test_segment_kind_from_the_batch_kept_fraction():
   """`segment_kind` on hand-built masks of known kinds, batch 2 of 10 x 10 pixels (the batch's kept fraction
-  decides; examples may differ): every pixel kept -> plain, more than half -> masked-dense, half (the crossover,
-  exactly) or fewer -> sparse."""
+  decides; examples may differ): every pixel kept -> plain, more than `dense_above` (the segment's
+  `Compute.masked_dense_above`) -> masked-dense, `dense_above` exactly or fewer -> sparse."""
   kept = lambda *counts: jnp.asarray(np.stack([np.arange(100) < c for c in counts]).reshape(len(counts), 10, 10))
   expected = {
       (100, 100): 'plain',
@@ -256,16 +257,44 @@ def test_segment_kind_from_the_batch_kept_fraction():
       (30, 30): 'sparse',
       (0, 0): 'sparse',
   }
-  got = {counts: confidence.SEGMENT_KINDS[int(confidence.segment_kind(kept(*counts)))] for counts in expected}
+  got = {counts: confidence.SEGMENT_KINDS[int(confidence.segment_kind(kept(*counts), 0.5))] for counts in expected}
   assert got == expected
+  kind = lambda counts, above: confidence.SEGMENT_KINDS[int(confidence.segment_kind(kept(*counts), above))]
+  assert kind((60, 60), 0.7) == 'sparse' and kind((71, 71), 0.7) == 'dense' and kind((100, 100), 0.7) == 'plain'
+  assert kind((100, 99), 1.0) == 'sparse'  # 1.0: sparse whenever a pixel is skipped
+  assert kind((1, 0), 0.0) == 'dense' and kind((0, 0), 0.0) == 'sparse'  # 0.0: masked-dense unless none is kept
 
 
-def known_kind(batch_fraction: float) -> str | None:
+def known_kind(batch_fraction: float, dense_above: float) -> str | None:
   """The kind of a segment whose batch keeps `batch_fraction` of its pixels, where it is known without the rule
-  (test_segment_kind: all kept -> plain, 0.6 and above -> dense, 0.4 and below -> sparse); None near the crossover."""
+  (test_segment_kind: all kept -> plain, 0.1 or more above the segment's crossover `dense_above` -> dense, 0.1 or
+  more below -> sparse); None near the crossover."""
   if batch_fraction == 1:
     return 'plain'
-  return 'dense' if batch_fraction >= 0.6 else 'sparse' if batch_fraction <= 0.4 else None
+  return 'dense' if batch_fraction >= dense_above + 0.1 else 'sparse' if batch_fraction <= dense_above - 0.1 else None
+
+
+def test_each_segment_chooses_with_its_own_crossover(monkeypatch):
+  """The sparse HRNet's segments 2, 3, 4 each ask `segment_kind` with their own entry of the policy's
+  `masked_dense_above` (a static, hashable field: two tables, two programs); the line's 'auto' is
+  SEGMENT_DENSE_MIN; a bad table is a one-line error."""
+  assert confidence.for_backend(dict(masked_conv='sparse')).masked_dense_above == confidence.SEGMENT_DENSE_MIN
+  policy = confidence.for_backend(dict(masked_conv='sparse', masked_dense_above=[0.25, 0.5, 0.75]))
+  assert policy.masked_dense_above == (0.25, 0.5, 0.75) and hash(policy) == hash(
+      confidence.for_backend(dict(masked_conv='sparse', masked_dense_above=(0.25, 0.5, 0.75)))
+  )
+  assert policy != confidence.for_backend(dict(masked_conv='sparse', masked_dense_above=(0.75, 0.5, 0.25)))
+  for bad in ((0.5, 0.5), (0.5, 0.5, 1.5), (0.5, 0.5, 'x'), 0.5):
+    with pytest.raises(UserError, match='compute.masked_dense_above must be 3 kept fractions'):
+      confidence.for_backend(dict(masked_conv='sparse', masked_dense_above=bad))
+  asked = []
+  real = confidence.segment_kind
+  monkeypatch.setattr(confidence, 'segment_kind', lambda mask, above: asked.append(above) or real(mask, above))
+  model = hrnet.build('w8_tiny', exits=(1, 2, 3, 4), tau=0.5, compute=policy)
+  x = jnp.zeros((1, 32, 32, 3))
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+  jax.eval_shape(lambda v: model.apply(v, x), {**variables, 'constants': {'tau': jnp.float32(0.5)}})
+  assert asked == [0.25, 0.5, 0.75]
 
 
 def test_sparse_hrnet_segment_choice_takes_each_kind_with_examples_that_differ():
@@ -293,10 +322,10 @@ def test_sparse_hrnet_segment_choice_takes_each_kind_with_examples_that_differ()
     assert set(got_macs) == set(want_macs)
     for name in want_macs:
       np.testing.assert_allclose(np.asarray(got_macs[name]), np.asarray(want_macs[name]), rtol=1e-6, err_msg=name)
-    for per_example in want['fractions'][1:]:  # the masks of segments 2..4: each example's kept fraction
+    for s, per_example in enumerate(want['fractions'][1:]):  # segments 2..4's masks: each example's kept fraction
       per_example = np.asarray(per_example)
       batch_fraction = per_example.mean()
-      kinds.add(known_kind(batch_fraction))
+      kinds.add(known_kind(batch_fraction, confidence.SEGMENT_DENSE_MIN[s]))
       differing |= bool(per_example[0] > 0.9 and per_example[1:].max() < 0.3)
   assert kinds - {None} == set(confidence.SEGMENT_KINDS), kinds
   assert differing  # one example nearly all kept, the others mostly skipped, in one segment at least
