@@ -18,9 +18,12 @@ $(BASE): setup.cfg pyproject.toml constraints.txt
 	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e .
 	touch $@
 
-$(TESTS): $(BASE)
+# The test install is the base one plus the extra, in one pip run (resolving and building the editable package once,
+# not twice, on a fresh clone), so it marks the base install done too.
+$(TESTS): setup.cfg pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --disable-pip-version-check -c constraints.txt -e '.[test]'
-	touch $@
+	touch $(BASE) $@
 
 install: $(TESTS)
 

@@ -87,6 +87,8 @@ def _check_dst_dir(path: str):
   d = os.path.dirname(os.path.abspath(path))
   if not os.path.isdir(d):
     raise UserError(f'output directory does not exist: {d}')
+  if os.path.isdir(path):  # before the import's work, not at the write (core_jax.weights.write_atomic says it too)
+    raise UserError(f'output {path} is a folder: name a file to write')
 
 
 # --------------------------------------------------------------------------------------------------------------

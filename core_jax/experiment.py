@@ -133,12 +133,69 @@ def _remove_empty(folders: list[str]) -> None:
       return  # not empty (the phase wrote something) or gone: keep it and everything above it
 
 
-def run_experiment(phases: Sequence[Phase], workdir: str) -> dict[str, dict]:
+CONFIG_FILE = 'experiment_config.json'
+# Options an experiment may change between its runs: where the data is, how much it logs, more seeds or another
+# choice of phases (each seed's phases are their own folders), its compilation cache; with train.RESUME_IGNORED's
+# (checkpoint., debug., mesh., ...).
+FREE_OPTIONS = (
+    'experiment.seeds',
+    'experiment.phases',
+    'experiment.compilation_cache',
+    'log_every_steps',
+    'data.data_dir',
+    'data.worker_count',
+)
+
+
+def _check_same_experiment(config, workdir: str) -> None:
+  """Stops with one line when `workdir` holds an experiment begun with another config (WORKDIR/CONFIG_FILE, written
+  once its first phase finished): its finished phases would be skipped and their old results reported as this
+  config's (another pruning ratio or model printed the old table, exit 0). checkpoint.allow_config_change goes on,
+  naming the changes."""
+  from core_jax import (
+      train,  # pylint: disable=import-outside-toplevel  (deferred: the loop is heavy to import)
+      weights,  # pylint: disable=import-outside-toplevel
+  )
+
+  path = os.path.join(workdir, CONFIG_FILE)
+  if config is None or not os.path.isfile(path):
+    return
+  then = weights.flatten(read_json_dict(path, "the experiment's config", 'remove it to skip this check'), sep='.')
+  now = weights.flatten(json.loads(config.to_json_best_effort()), sep='.')
+  free = train.RESUME_IGNORED + FREE_OPTIONS
+  # keys in both only: an option the code added or dropped since (its default) is no change of the user's
+  changed = [k for k in sorted(set(now) & set(then)) if now[k] != then[k] and not k.startswith(free)]
+  if not changed:
+    return
+  text = ', '.join(f'{k} {then[k]!r} -> {now[k]!r}' for k in changed[:4])
+  text += f' and {len(changed) - 4} more' if len(changed) > 4 else ''
+  if not config.get('checkpoint', {}).get('allow_config_change', False):
+    raise UserError(
+        f'{workdir} holds an experiment begun with another config: {text}; its finished phases would be reported '
+        "as this one's: use a new workdir, or go on anyway with --config.checkpoint.allow_config_change=True"
+    )
+  _say(f'changed options since this experiment began (finished phases are not rerun): {text}')
+
+
+def _record_config(config, workdir: str) -> None:
+  path = os.path.join(workdir, CONFIG_FILE)
+  if config is None or os.path.exists(path) or not _is_main_process():
+    return
+  tmp = f'{path}.tmp{os.getpid()}'
+  with open(tmp, 'w') as f:
+    f.write(json.dumps(json.loads(config.to_json_best_effort()), indent=1) + '\n')
+  os.replace(tmp, path)
+
+
+def run_experiment(phases: Sequence[Phase], workdir: str, config=None) -> dict[str, dict]:
   """Runs `phases` in order under `workdir`, skipping finished ones; returns {phase name: results}.
 
-  See the module docstring for what finished means, how weights are handed on, and preemption."""
+  See the module docstring for what finished means, how weights are handed on, and preemption. `config`, the
+  experiment's: a rerun with another one stops (`_check_same_experiment`); it is kept in WORKDIR/CONFIG_FILE
+  once a phase has finished (nothing is written before the first phase's inputs have loaded)."""
   _check_names(phases)
   workdir = os.path.abspath(workdir)
+  _check_same_experiment(config, workdir)
   done: dict[str, dict] = {}
   for index, phase in enumerate(phases, 1):
     phase_dir = os.path.join(workdir, phase.name)
@@ -146,6 +203,7 @@ def run_experiment(phases: Sequence[Phase], workdir: str) -> dict[str, dict]:
     if os.path.isfile(results_path):
       done[phase.name] = {**_read_results(results_path, phase.name), 'workdir': phase_dir}
       _say(f'phase {index}/{len(phases)} {phase.name}: finished earlier ({results_path}); skipped')
+      _record_config(config, workdir)  # an experiment begun before the config was kept: from now on
       continue
     made = _make_dirs(phase_dir)
     _say(f'phase {index}/{len(phases)} {phase.name}: running in {phase_dir}')
@@ -166,6 +224,7 @@ def run_experiment(phases: Sequence[Phase], workdir: str) -> dict[str, dict]:
       return done
     if not phase.writes_results:
       _write_results(results_path, results, phase.name)
+    _record_config(config, workdir)
     pause_points.reach(f'phase_done:{phase.name}')  # fault tests: the hand-over, results.json written
     done[phase.name] = {**results, 'workdir': phase_dir}
   _say(f'experiment done: {len(phases)} phases in {workdir}')

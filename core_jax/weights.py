@@ -647,6 +647,8 @@ def write_atomic(path: str, write: Callable[[str], Any]) -> None:
   folder = os.path.dirname(os.path.abspath(path))
   if not os.path.isdir(folder):
     raise UserError(f'output directory does not exist: {folder}')
+  if os.path.isdir(path):  # os.replace's IsADirectoryError was a traceback, after the work
+    raise UserError(f'output {path} is a folder: name a file to write')
   tmp = f'{path}.tmp{os.getpid()}'
   try:
     write(tmp)

@@ -1130,7 +1130,7 @@ def run(config, workdir: str) -> dict:
   check_config(config)
   # no makedirs here: run_experiment makes each phase's folder (and removes it again if the phase's input fails)
   with experiment.compilation_cache(workdir, config.experiment.get('compilation_cache', True)):
-    done = experiment.run_experiment(phases_for(config), workdir)
+    done = experiment.run_experiment(phases_for(config), workdir, config)
   if any('preempted_at_step' in r for r in done.values()):
     return {'preempted': True}
   return report.write(config, done, workdir)

@@ -260,7 +260,7 @@ def _tfds_builder(name: str, data_dir: str, download: bool):
 
   try:
     builder = tfds.builder(name, data_dir=data_dir, file_format='array_record', try_gcs=False)
-  except tfds.core.registered.DatasetNotFoundError:
+  except (tfds.core.registered.DatasetNotFoundError, ValueError):  # ValueError: TFDS cannot parse the name ('')
     raise UserError(
         f'unknown dataset {name!r}: not an embedded dataset ' f'({", ".join(sorted(EMBEDDED))}) nor a TFDS dataset'
     ) from None
@@ -339,6 +339,8 @@ def load_source(
   if base == 'image_folder':
     builder = _image_folder_builder(name, data_dir)
   elif base in EMBEDDED:
+    if name != base:  # 'digits/v2' read as digits, the '/v2' dropped without a word
+      raise UserError(f'dataset {name!r}: the embedded dataset {base!r} has no configs or versions; name it {base!r}')
     builder = _embedded_builder(base, data_dir)
   else:
     builder = _tfds_builder(name, data_dir, download)

@@ -269,11 +269,8 @@ def _count_conds(jaxpr) -> int:
   return count
 
 
-def test_fusion_barriers_materialize_block_and_fuse_outputs():
-  """compute.fusion_barriers (the anytime line's choice on CPU) computes every BasicBlock's and fuse layer's
-  ReLU(sum) into its own buffer (a conditional), at evaluation and in training: the same logits as without, and
-  gradients and BN statistics to float rounding (XLA fuses the backward differently around the barriers).
-  w8_tiny: 2 + 3 + 4 blocks and as many fuse outputs in stages 2..4."""
+def _barrier_models():
+  """w8_tiny (last exit only) with and without compute.fusion_barriers, its random variables and a batch of 2."""
   from anytime_jax import confidence  # pylint: disable=import-outside-toplevel
 
   def build(barriers):
@@ -284,12 +281,27 @@ def test_fusion_barriers_materialize_block_and_fuse_outputs():
   with_barriers, without = build(True), build(False)
   variables = hrnet.random_variables(with_barriers, 32, 32)
   x = jax.random.normal(jax.random.PRNGKey(0), (2, 32, 32, 3))
+  return with_barriers, without, variables, x
+
+
+def test_fusion_barriers_materialize_block_and_fuse_outputs():
+  """compute.fusion_barriers (the anytime line's choice on CPU) computes every BasicBlock's and fuse layer's
+  ReLU(sum) into its own buffer (a conditional), at evaluation and in training (traced only: the numbers are
+  test_fusion_barriers_change_no_numbers'). w8_tiny: 2 + 3 + 4 blocks and as many fuse outputs in stages 2..4."""
+  with_barriers, without, variables, x = _barrier_models()
   evaluate = lambda model: jax.make_jaxpr(lambda v, x: model.apply(v, x))(variables, x).jaxpr
   train = lambda model: jax.make_jaxpr(lambda v, x: model.apply(v, x, train=True, mutable=['batch_stats']))(
       variables, x
   ).jaxpr
   assert _count_conds(evaluate(with_barriers)) == 18 and _count_conds(evaluate(without)) == 0
   assert _count_conds(train(with_barriers)) == 18 and _count_conds(train(without)) == 0
+
+
+@pytest.mark.slow  # four compiled w8_tiny programs: 10 s of CPU cold (tests/anytime: the heaviest not-slow test)
+def test_fusion_barriers_change_no_numbers():
+  """With compute.fusion_barriers: the same logits as without, and gradients and BN statistics to float rounding
+  (XLA fuses the backward differently around the barriers)."""
+  with_barriers, without, variables, x = _barrier_models()
   run = lambda model: np.asarray(jax.jit(lambda v, x: model.apply(v, x)['logits'][-1])(variables, x))
   np.testing.assert_array_equal(run(with_barriers), run(without))
 

@@ -297,6 +297,9 @@ def test_each_segment_chooses_with_its_own_crossover(monkeypatch):
   assert asked == [0.25, 0.5, 0.75]
 
 
+# two tiny-HRNet compiles with the sown MACs: 24 s of CPU cold, the heaviest not-slow test; the sparse kernels stay
+# in the quick set (test_original_exit_at_kept_pixels_equals_masked_dense_exit, test_segment_kind_*)
+@pytest.mark.slow
 def test_sparse_hrnet_segment_choice_takes_each_kind_with_examples_that_differ():
   """A tiny HRNet, batch 3: example 0 an image, examples 1 and 2 the image flipped and scaled by 20 (larger logits:
   more confident), so one threshold keeps nearly every pixel of example 0 and few of examples 1 and 2. Thresholds

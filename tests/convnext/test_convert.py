@@ -467,6 +467,14 @@ def test_cli_num_classes_reinit(atto_files, tmp_path, caplog):
   assert np.array_equal(tree['head_norm']['scale'], sd['head.norm.weight'])
 
 
+def test_cli_dst_that_is_a_folder_is_one_line_before_the_work(atto_files, tmp_path, capsys):
+  d, _ = atto_files
+  (tmp_path / 'out.msgpack').mkdir()
+  assert E.main(['--src', str(d / 'timm.safetensors'), '--dst', str(tmp_path / 'out.msgpack')]) == 2
+  assert capsys.readouterr().err == f'error: output {tmp_path / "out.msgpack"} is a folder: name a file to write\n'
+  assert os.listdir(tmp_path / 'out.msgpack') == []
+
+
 @pytest.mark.parametrize('classes', ['0', '-3'])
 def test_cli_num_classes_below_one_is_one_line(atto_files, tmp_path, capsys, classes):
   """-3 wrote a head of no classes and exited 0."""

@@ -2,6 +2,7 @@
 steps, a workdir that is a file, a drop-path rate of 1 or more (each was a traceback or a silent run before)."""
 
 import json
+import os
 import types
 
 import jax
@@ -150,3 +151,24 @@ def test_a_global_batch_the_devices_do_not_divide_names_its_key(key):
   with pytest.raises(UserError, match=rf'^{key} 7 \(a global batch\) is not divisible by the 2 devices$'):
     parallel.check_batch_size(7, two_devices, key)
   parallel.check_batch_size(8, two_devices, key)
+
+
+@pytest.mark.parametrize('name', ['', 'a b', 'x/y:z/'])
+def test_a_dataset_name_tfds_cannot_parse_is_one_line(tmp_path, name):
+  """'' was a 61-line traceback of TFDS' name parser ('Parsing builder name string  failed')."""
+  from core_jax.data import sources  # pylint: disable=import-outside-toplevel
+
+  with pytest.raises(UserError, match=rf'^unknown dataset {name!r}: not an embedded dataset \(digit_scenes, digits\)'):
+    sources.load_source(name, 'train', str(tmp_path))
+  assert os.listdir(tmp_path) == []  # nothing prepared or written
+
+
+@pytest.mark.parametrize('name', ['digits/x', 'digit_scenes:2.0.0'])
+def test_an_embedded_dataset_with_a_config_or_version_is_one_line(tmp_path, name):
+  """'digits/x' trained on digits, the '/x' dropped without a word."""
+  from core_jax.data import sources  # pylint: disable=import-outside-toplevel
+
+  base = name.split('/')[0].split(':')[0]
+  with pytest.raises(UserError, match=rf'^dataset {name!r}: the embedded dataset {base!r} has no configs or versions'):
+    sources.load_source(name, 'train', str(tmp_path))
+  assert os.listdir(tmp_path) == []

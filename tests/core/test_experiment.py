@@ -384,3 +384,34 @@ def test_compilation_cache_in_the_experiment_dir_then_restored(tmp_path):
     jax.config.update('jax_compilation_cache_dir', before)
     jax.config.update('jax_persistent_cache_min_compile_time_secs', min_seconds)
     cc.reset_cache()
+
+
+def test_a_rerun_with_another_config_stops_instead_of_reporting_the_old_phases(tmp_path, capsys):
+  """A pruning experiment rerun with another ratio or model printed the finished phases' old table, exit 0."""
+  import ml_collections  # pylint: disable=import-outside-toplevel
+
+  def config(ratio, **more):
+    c = ml_collections.ConfigDict(
+        dict(prune=dict(ratio=ratio), experiment=dict(seeds=(0,)), checkpoint=dict(allow_config_change=False))
+    )
+    c.update(more)
+    return c
+
+  ran = []
+  phases = [experiment.Phase('a', lambda w, d: ran.append('a') or {'accuracy': 0.5})]
+  assert experiment.run_experiment(phases, str(tmp_path), config(0.5))['a']['accuracy'] == 0.5
+  assert (tmp_path / experiment.CONFIG_FILE).is_file()
+  again = experiment.run_experiment(phases, str(tmp_path), config(0.5, experiment=dict(seeds=(0, 1))))
+  assert ran == ['a'] and again['a']['accuracy'] == 0.5  # more seeds: the same experiment
+  experiment.run_experiment(phases, str(tmp_path), config(0.5, added_since=dict(option=1)))  # a new default
+  with pytest.raises(UserError, match=r'holds an experiment begun with another config: prune.ratio 0.5 -> 0.3; its'):
+    experiment.run_experiment(phases, str(tmp_path), config(0.3))
+  allowed = config(0.3)
+  allowed.checkpoint.allow_config_change = True
+  capsys.readouterr()
+  experiment.run_experiment(phases, str(tmp_path), allowed)
+  assert 'changed options since this experiment began (finished phases are not rerun): prune.ratio 0.5 -> 0.3' in (
+      capsys.readouterr().out
+  )
+  assert ran == ['a']
+  assert '0.5' in (tmp_path / experiment.CONFIG_FILE).read_text()  # the experiment's first config is kept

@@ -184,3 +184,13 @@ def test_merge_errors_name_the_key_and_both_shapes():
   shapes = {'head': {'kernel': jax.ShapeDtypeStruct((4, 10), np.float32)}}
   with pytest.raises(UserError, match='needs a concrete initial value'):
     W.merge_params({}, shapes, keep_fresh=['head/.*'])
+
+
+def test_write_atomic_onto_a_folder_is_one_line_and_keeps_it(tmp_path):
+  """os.replace's IsADirectoryError was a traceback (convnext_jax.convert --dst=existing_folder.msgpack)."""
+  folder = tmp_path / 'w.msgpack'
+  folder.mkdir()
+  (folder / 'kept').write_text('x')
+  with pytest.raises(UserError, match=r'^output .*w.msgpack is a folder: name a file to write$'):
+    W.write_atomic(str(folder), lambda p: open(p, 'w').write('new'))
+  assert os.listdir(folder) == ['kept'] and sorted(os.listdir(tmp_path)) == ['w.msgpack']
