@@ -158,33 +158,36 @@ _AT_LEAST = (
 )
 
 
+# (key, smallest value, what it means): options whose -1 means unset; below it (or num_train_steps 0) the run went
+# on as if unset, without a word.
+_UNSET_OR_AT_LEAST = (
+    ('num_train_steps', 1, 'a number of steps >= 1, or -1 for num_epochs to decide'),
+    ('checkpoint.restore_step', 0, 'a kept step >= 0, or -1 for the latest'),
+)
+_MISSING = object()
+
+
+def _option(config, key: str):
+  """The value at the dotted `key`, or _MISSING where the config lacks it."""
+  group, _, leaf = key.rpartition('.')
+  node = config.get(group) if group else config
+  return _MISSING if node is None or leaf not in node else node[leaf]
+
+
+def _is_int(value) -> bool:
+  return isinstance(value, int) and not isinstance(value, bool)
+
+
 def check_run_options(config) -> None:
   """One-line UserErrors for the loop's own options (base_config) that no run can use; keys a config lacks are
   skipped. Called by every line's command line before its job starts and by each run (a phase's derived config)."""
   for key, least, what in _AT_LEAST:
-    group, _, leaf = key.rpartition('.')
-    node = config.get(group) if group else config
-    if node is None or leaf not in node:
-      continue
-    value = node[leaf]
-    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+    value = _option(config, key)
+    if value is not _MISSING and (not _is_int(value) or value < least):
       raise UserError(f'{key} must be an integer >= {least} ({what}), got {value!r}')
-  # -1 is each one's 'unset'; below it (or num_train_steps 0) the run went on as if unset, without a word
-  for key, what in (
-      ('num_train_steps', 'a number of steps >= 1, or -1 for num_epochs to decide'),
-      ('checkpoint.restore_step', 'a kept step >= 0, or -1 for the latest'),
-  ):
-    group, _, leaf = key.rpartition('.')
-    node = config.get(group) if group else config
-    if node is None or leaf not in node:
-      continue
-    value = node[leaf]
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int)
-        or value < -1
-        or (value == 0 and leaf == 'num_train_steps')
-    ):
+  for key, least, what in _UNSET_OR_AT_LEAST:
+    value = _option(config, key)
+    if value is not _MISSING and (not _is_int(value) or (value != -1 and value < least)):
       raise UserError(f'{key} must be {what}, got {value!r}')
   every = config.get('eval_every_epochs', 1.0)
   if not every > 0:

@@ -152,23 +152,17 @@ def _check_same_experiment(config, workdir: str) -> None:
   once its first phase finished): its finished phases would be skipped and their old results reported as this
   config's (another pruning ratio or model printed the old table, exit 0). checkpoint.allow_config_change goes on,
   naming the changes."""
-  from core_jax import (
-      train,  # pylint: disable=import-outside-toplevel  (deferred: the loop is heavy to import)
-      weights,  # pylint: disable=import-outside-toplevel
-  )
+  from core_jax import train  # pylint: disable=import-outside-toplevel  (deferred: the loop is heavy to import)
 
   path = os.path.join(workdir, CONFIG_FILE)
   if config is None or not os.path.isfile(path):
     return
-  then = weights.flatten(read_json_dict(path, "the experiment's config", 'remove it to skip this check'), sep='.')
-  now = weights.flatten(json.loads(config.to_json_best_effort()), sep='.')
-  free = train.RESUME_IGNORED + FREE_OPTIONS
+  then = read_json_dict(path, "the experiment's config", 'remove it to skip this check')
   # keys in both only: an option the code added or dropped since (its default) is no change of the user's
-  changed = [k for k in sorted(set(now) & set(then)) if now[k] != then[k] and not k.startswith(free)]
+  changed = train.config_changes(config, then, train.RESUME_IGNORED + FREE_OPTIONS, keys_in_both=True)
   if not changed:
     return
-  text = ', '.join(f'{k} {then[k]!r} -> {now[k]!r}' for k in changed[:4])
-  text += f' and {len(changed) - 4} more' if len(changed) > 4 else ''
+  text = train.changes_text(changed, 4)
   if not config.get('checkpoint', {}).get('allow_config_change', False):
     raise UserError(
         f'{workdir} holds an experiment begun with another config: {text}; its finished phases would be reported '

@@ -567,28 +567,42 @@ RESUME_FIXED_GROUPS = ('model.',)
 RESUME_IGNORED = ('init_from', 'init_reinit_head', 'eval_only', 'checkpoint.', 'debug.', 'distributed.', 'mesh.')
 
 
+def config_changes(config, saved: dict, ignored: tuple[str, ...], keys_in_both: bool = False) -> dict[str, tuple]:
+  """{option: (then, now)} of the options, as dotted keys, whose value differs between `config` and the `saved`
+  one, except those starting with one of `ignored`; an option only one side has reads '(unset)' on the other
+  (`keys_in_both`: such options are left out: a default the code added or dropped since)."""
+  now = weights_lib.flatten(json.loads(config.to_json_best_effort()), sep='.')
+  then = weights_lib.flatten(saved, sep='.')
+  keys = set(now) & set(then) if keys_in_both else set(now) | set(then)
+  return {
+      k: (then.get(k, '(unset)'), now.get(k, '(unset)'))
+      for k in sorted(keys)
+      if now.get(k) != then.get(k) and not k.startswith(ignored)
+  }
+
+
+def changes_text(changes: dict[str, tuple], limit: int | None = None) -> str:
+  """'key then -> now, ...' of `config_changes`' result, its first `limit` and how many more."""
+  names = list(changes)[:limit]
+  text = ', '.join(f'{k} {changes[k][0]!r} -> {changes[k][1]!r}' for k in names)
+  return text + (f' and {len(changes) - len(names)} more' if len(changes) > len(names) else '')
+
+
 def resume_config_changes(config, saved: dict | None, workdir: str, step: int) -> str:
   """'' or the text naming the options that changed since the checkpoint's run (its meta keeps that run's config);
   UserError when one of them fixes the run (RESUME_FIXED...), unless checkpoint.allow_config_change."""
   if not saved:  # a checkpoint written before the meta kept the config: nothing to compare
     return ''
-  now = weights_lib.flatten(json.loads(config.to_json_best_effort()), sep='.')
-  then = weights_lib.flatten(saved, sep='.')
-  keys = [k for k in sorted(set(now) | set(then)) if now.get(k) != then.get(k) and not k.startswith(RESUME_IGNORED)]
-  if not keys:
+  changes = config_changes(config, saved, RESUME_IGNORED)
+  if not changes:
     return ''
-
-  def changes(names):
-    return ', '.join(f'{k} {then.get(k, "(unset)")!r} -> {now.get(k, "(unset)")!r}' for k in names)
-
-  fixed = [k for k in keys if k in RESUME_FIXED or k.startswith(RESUME_FIXED_GROUPS)]
+  fixed = {k: v for k, v in changes.items() if k in RESUME_FIXED or k.startswith(RESUME_FIXED_GROUPS)}
   if fixed and not config.checkpoint.get('allow_config_change', False):
-    more = f' and {len(fixed) - 4} more' if len(fixed) > 4 else ''
     raise UserError(
-        f'{workdir} holds step {step} of another run: {changes(fixed[:4])}{more} since its checkpoints were '
+        f'{workdir} holds step {step} of another run: {changes_text(fixed, 4)} since its checkpoints were '
         'written; use a new workdir, or resume anyway with --config.checkpoint.allow_config_change=True'
     )
-  return 'changed options: ' + changes(keys)
+  return 'changed options: ' + changes_text(changes)
 
 
 def restore_or_init(b: Built, ckpt: checkpoint_lib.Checkpointer) -> tuple[TrainState, int | None]:
@@ -611,7 +625,7 @@ def restore_or_init(b: Built, ckpt: checkpoint_lib.Checkpointer) -> tuple[TrainS
     resume_config_changes(config, (ckpt.read_meta(first_try) or {}).get('config'), b.workdir, first_try)
   if restore_step >= 0:
     lineage = restore_step
-    later = [s for s in ckpt.all_steps() if s > restore_step]
+    later = [s for s in steps if s > restore_step]
     if later and (ckpt.read_meta(later[-1]) or {}).get('restored_from_step') == restore_step:
       restored = ckpt.restore_latest(target, it)
       _say(f'checkpoint.restore_step={restore_step} was applied by an earlier run; resuming from its latest step')
