@@ -200,11 +200,6 @@ def _base_args(arch, height, width):
   return ['--arch', arch, '--height', str(height), '--width', str(width)]
 
 
-def _paired(times_a: list, times_b: list) -> float:
-  """Median over rounds of b / a (how many times faster a is)."""
-  return statistics.median(b / a for a, b in zip(times_a, times_b))
-
-
 def exit_rows(runs: dict, batch: int) -> list:
   """One record per (contender, threshold setting, exit) from `interleaved`'s records: time to the exit
   (cumulative) and of its segment, GFLOPs, the speed-up over EE+RH (paired per round) and the FLOP-predicted one,
@@ -234,11 +229,11 @@ def exit_rows(runs: dict, batch: int) -> list:
           'images_per_s': batch / statistics.median(times),
           'times_s': times,
           'first_call_s': run['first_call_s'],
-          'speedup_vs_rh': _paired(times, rh['times_s'][rh_key]),
+          'speedup_vs_rh': common.paired_ratio(times, rh['times_s'][rh_key]),
           'flop_speedup_vs_rh': rh['rows'][rh_key]['gflops'] / info['gflops'],
       }
       if variant == 'adpc_sparse' and 'adpc' in runs:
-        record['speedup_vs_masked_dense'] = _paired(times, runs['adpc']['times_s'][key])
+        record['speedup_vs_masked_dense'] = common.paired_ratio(times, runs['adpc']['times_s'][key])
       out.append(record)
   return out
 

@@ -120,8 +120,8 @@ def segment_rows(runs: dict, batch: int, args) -> list:
       record[f'{c}_ms'] = 1e3 * statistics.median(walls)
       record[f'{c}_cpu_ms'] = 1e3 * statistics.median(cpus)
       record[f'{c}_fraction'] = run['rows'][key]['fraction_computed']
-    record['dense_over_sparse'] = statistics.median(d / sp for d, sp in zip(seg['dense'], seg['sparse']))
-    record['dense_over_sparse_cpu'] = statistics.median(d / sp for d, sp in zip(seg_cpu['dense'], seg_cpu['sparse']))
+    record['dense_over_sparse'] = common.paired_ratio(seg['sparse'], seg['dense'])
+    record['dense_over_sparse_cpu'] = common.paired_ratio(seg_cpu['sparse'], seg_cpu['dense'])
     out.append(record)
   return out
 
