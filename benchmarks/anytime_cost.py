@@ -314,9 +314,10 @@ def _positive_ints(text: str) -> tuple[int, ...]:
   return values
 
 
-def check_args(p, args) -> tuple[tuple[int, ...], tuple[str, ...]]:
-  """(batches, variants) of the command line, or `p.error` (one line, exit 2) naming the bad argument: a bad size,
-  batch or variant was a traceback after minutes of work, or (an unknown variant) silently left out."""
+def check_sizes(p, args) -> tuple[int, ...]:
+  """The batches of the command line (`--batches`), after checking `--arch`, the sizes, `--batch` and `--rounds`;
+  else `p.error` (one line, exit 2) naming the bad argument: a bad size or batch was a traceback after minutes of
+  work. Shared with benchmarks.anytime_crossover."""
   from anytime_jax import hrnet  # pylint: disable=import-outside-toplevel
 
   if args.arch not in hrnet.ARCHS:
@@ -325,9 +326,15 @@ def check_args(p, args) -> tuple[tuple[int, ...], tuple[str, ...]]:
     if getattr(args, name) <= 0:
       p.error(f'--{name} must be a whole number above 0, got {getattr(args, name)}')
   try:
-    batches = _positive_ints(args.batches)
+    return _positive_ints(args.batches)
   except ValueError:
     p.error(f'--batches must be comma-separated whole numbers above 0, got {args.batches!r}')
+
+
+def check_args(p, args) -> tuple[tuple[int, ...], tuple[str, ...]]:
+  """(batches, variants) of the command line (`check_sizes`), or `p.error` naming the bad argument (an unknown
+  variant was silently left out)."""
+  batches = check_sizes(p, args)
   unknown = [v for v in args.variants.split(',') if v not in VARIANTS]
   if unknown:
     p.error(f'--variants: unknown {", ".join(map(repr, unknown))}; known: {", ".join(VARIANTS)}')
