@@ -313,6 +313,8 @@ class HRNet(nn.Module):
     # the threshold: `tau`, or a traced value given as variables['constants']['tau'] (the eval step's argument,
     # core_jax.task.Task.eval_constants), so one compiled program serves every threshold
     tau = self.get_variable('constants', 'tau', self.tau) if ca else None
+    if ca and jnp.shape(tau) not in ((), (3,)):  # a traced index past the end would clamp: exit 3 took exit 2's
+      raise UserError(f"constants['tau'] must be one threshold or one per exit 1..3, shape (3,); got {jnp.shape(tau)}")
 
     bn_m, ci = self.bn_momentum, self.conv_init
     opts = dict(bn_momentum=bn_m, conv_init=ci, compute=self.compute, dtype=self.dtype)

@@ -11,6 +11,9 @@ import numpy as np
 import pytest
 from test_sparse_conv import assert_exits_equal, tiny_hrnets
 
+from anytime_jax import confidence
+from core_jax.errors import UserError
+
 # bf16 keeps 8 bits of mantissa: one rounding is up to 2^-8 of a value, and the two programs round at other
 # places (XLA fuses the plain and the masked-dense convs differently). Measured on the tiny HRNet: at most 0.0094,
 # 0.0137, 0.0065 of the exit's largest logit at exits 2-4 with every pixel kept; 2^-5 leaves room for a few more
@@ -70,3 +73,32 @@ def test_sparse_in_bf16_within_bf16_rounding_of_masked_dense():
         # every pixel where the masks agree; else a pixel kept by one and skipped by the other changes its
         # neighbourhood's logits, a tenth of the pixels at most here
         assert close[i].all() if same_masks[i] else close[i].mean() >= 0.9, (tau, k, i, np.abs(b - a)[i].max())
+
+
+def test_per_exit_thresholds_of_the_wrong_shape_are_one_line():
+  """The eval step's threshold (variables['constants']['tau']) is one value or one per exit 1..3: a (2,) array was
+  indexed past its end for exit 3, which a traced index clamps (exit 3 took exit 2's threshold, silently)."""
+  x = jnp.zeros((1, 32, 32, 3))
+  _, sparse, variables = tiny_hrnets(x, np.random.RandomState(0))
+  trace = lambda shape: jax.eval_shape(
+      lambda v, x: sparse.apply(v, x), {**variables, 'constants': {'tau': jnp.full(shape, 0.9, jnp.float32)}}, x
+  )
+  for shape in ((2,), (4,), (3, 1), (1, 3)):
+    with pytest.raises(UserError, match=r"constants\['tau'\] must be one threshold or one per exit 1..3"):
+      trace(shape)
+  for shape in ((), (3,)):
+    assert len(trace(shape)['logits']) == 4
+
+
+@pytest.mark.slow  # three tiny-HRNet compiles: ~25 s idle
+@pytest.mark.parametrize('above', [(1.0, 1.0, 1.0), (0.0, 0.0, 0.0)])
+def test_sparse_equals_masked_dense_at_the_crossover_table_edges(above):
+  """`compute.masked_dense_above` at its edges: 1.0, every segment sparse whenever a pixel is skipped (also at 95 %
+  kept, the per-pixel paths' dense fallbacks); 0.0, masked-dense whenever a pixel is kept."""
+  x = jnp.asarray(np.random.RandomState(1).randn(2, 33, 47, 3).astype(np.float32))
+  dense, sparse, run, with_tau = _programs(x)
+  sparse = sparse.clone(compute=confidence.for_backend(dict(masked_conv='sparse', masked_dense_above=above)))
+  for tau in _taus(run, dense, with_tau, x):
+    want, got = run(dense, with_tau(tau), x), run(sparse, with_tau(tau), x)
+    assert_exits_equal(want['logits'], got['logits'], f'{tau}, masked_dense_above={above}')
+    np.testing.assert_array_equal(np.asarray(got['fractions']), np.asarray(want['fractions']))
