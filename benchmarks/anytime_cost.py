@@ -44,6 +44,7 @@ import statistics
 import time
 
 from benchmarks import common
+from core_jax import cli
 
 VARIANTS = ('hrnet', 'rh', 'adpc', 'adpc_sparse')
 TAU = 0.998
@@ -358,8 +359,43 @@ def table(records) -> str:
   return '\n'.join(lines)
 
 
+def _positive_ints(text: str) -> tuple[int, ...]:
+  """'1,8' -> (1, 8); ValueError unless every entry is a whole number above 0."""
+  values = tuple(int(v) for v in text.split(','))
+  if any(v <= 0 for v in values):
+    raise ValueError(text)
+  return values
+
+
+def check_sizes(p, args) -> tuple[int, ...]:
+  """The batches of the command line (`--batches`), after checking `--arch`, the sizes, `--batch` and `--rounds`;
+  else `p.error` (one line, exit 2) naming the bad argument: a bad size or batch was a traceback after minutes of
+  work. Shared with benchmarks.anytime_crossover."""
+  from anytime_jax import hrnet  # pylint: disable=import-outside-toplevel
+
+  if args.arch not in hrnet.ARCHS:
+    p.error(f'--arch {args.arch!r} is not an HRNet arch ({", ".join(sorted(hrnet.ARCHS))})')
+  for name in ('height', 'width', 'batch', 'rounds'):
+    if getattr(args, name) <= 0:
+      p.error(f'--{name} must be a whole number above 0, got {getattr(args, name)}')
+  try:
+    return _positive_ints(args.batches)
+  except ValueError:
+    p.error(f'--batches must be comma-separated whole numbers above 0, got {args.batches!r}')
+
+
+def check_args(p, args) -> tuple[tuple[int, ...], tuple[str, ...]]:
+  """(batches, variants) of the command line (`check_sizes`), or `p.error` naming the bad argument (an unknown
+  variant was silently left out)."""
+  batches = check_sizes(p, args)
+  unknown = [v for v in args.variants.split(',') if v not in VARIANTS]
+  if unknown:
+    p.error(f'--variants: unknown {", ".join(map(repr, unknown))}; known: {", ".join(VARIANTS)}')
+  return batches, tuple(v for v in VARIANTS if v == 'rh' or v in args.variants.split(','))
+
+
 def main():
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p = cli.ArgumentParser(prog='python -m benchmarks.anytime_cost', description=__doc__.splitlines()[0])
   p.add_argument('--worker', choices=('exits', 'backbone'), help=argparse.SUPPRESS)
   p.add_argument('--variant', choices=VARIANTS, default='rh', help=argparse.SUPPRESS)
   p.add_argument('--contender', choices=('ours', 'timm'), default='ours', help=argparse.SUPPRESS)
@@ -378,12 +414,11 @@ def main():
       help='comma-separated contenders (rh, the baseline, always runs): a quicker look at a few',
   )
   args = p.parse_args()
+  batches, variants = check_args(p, args)
   if args.worker == 'exits':
     return worker_exits(args)
   if args.worker == 'backbone':
     return worker_backbone(args)
-  batches = tuple(int(b) for b in args.batches.split(','))
-  variants = tuple(v for v in VARIANTS if v == 'rh' or v in args.variants.split(','))
   records = measure(
       args.arch, args.height, args.width, batches, args.rounds, backbone=not args.no_backbone, variants=variants
   )

@@ -22,6 +22,7 @@ import statistics
 import time
 
 from benchmarks import anytime_cost, common
+from core_jax import cli
 
 CONTENDERS = ('dense', 'sparse')
 FRACTIONS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -125,7 +126,7 @@ def table(records) -> str:
 
 
 def main():
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p = cli.ArgumentParser(prog='python -m benchmarks.anytime_crossover', description=__doc__.splitlines()[0])
   p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
   p.add_argument('--serve', action='store_true', help=argparse.SUPPRESS)
   p.add_argument('--contender', choices=CONTENDERS, default='dense', help=argparse.SUPPRESS)
@@ -138,15 +139,20 @@ def main():
   p.add_argument('--segments', default='2,3,4', help='segments (2, 3, 4), comma-separated')
   p.add_argument('--rounds', type=int, default=3)
   args = p.parse_args()
+  batches = anytime_cost.check_sizes(p, args)
   for f in args.fractions.split(','):
-    if not 0.0 < float(f) < 1.0:
-      p.error(f'--fractions: each must lie in (0, 1), got {f}')
+    try:
+      inside = 0.0 < float(f) < 1.0
+    except ValueError:
+      inside = False
+    if not inside:
+      p.error(f'--fractions: each must be a number in (0, 1), got {f!r}')
   if not set(args.segments.split(',')) <= {'2', '3', '4'}:
     p.error(f'--segments: each must be 2, 3 or 4, got {args.segments}')
   if args.worker:
     return worker(args)
   records = []
-  for batch in (int(b) for b in args.batches.split(',')):
+  for batch in batches:
     base = ['--arch', args.arch, '--height', str(args.height), '--width', str(args.width), '--batch', str(batch)]
     base += ['--fractions', args.fractions, '--segments', args.segments]
     runs = common.interleaved(
