@@ -12,11 +12,11 @@ reversed every other round; ms wall (CPU) medians and dense / kept as the median
 per-pixel conv is faster). Not part of `make bench`; seconds per arch.
 """
 
-import argparse
 import statistics
 import time
 
 from benchmarks import common
+from core_jax import cli
 
 
 def measure(arch: str, height: int, width: int, fractions, rounds: int) -> list:
@@ -83,17 +83,37 @@ def table(records) -> str:
   return '\n'.join(lines)
 
 
+def check_args(p, args) -> tuple[tuple[str, ...], tuple[float, ...]]:
+  """(archs, fractions) of the command line, or `p.error` (one line, exit 2) naming the bad argument."""
+  from anytime_jax import hrnet  # pylint: disable=import-outside-toplevel
+
+  archs = tuple(args.archs.split(','))
+  unknown = [a for a in archs if a not in hrnet.ARCHS]
+  if unknown:
+    p.error(f'--archs: unknown {", ".join(map(repr, unknown))}; known: {", ".join(sorted(hrnet.ARCHS))}')
+  for name in ('height', 'width', 'rounds'):
+    if getattr(args, name) <= 0:
+      p.error(f'--{name} must be a whole number above 0, got {getattr(args, name)}')
+  try:
+    fractions = tuple(float(f) for f in args.fractions.split(','))
+  except ValueError:
+    fractions = ()
+  if not fractions or not all(0 < f < 1 for f in fractions):
+    p.error(f'--fractions must be comma-separated kept fractions in (0, 1), got {args.fractions!r}')
+  return archs, fractions
+
+
 def main():
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p = cli.ArgumentParser(prog='python -m benchmarks.sparse_patch_crossover', description=__doc__.splitlines()[0])
   p.add_argument('--archs', default='w48,w18_small_v2')
   p.add_argument('--height', type=int, default=512)
   p.add_argument('--width', type=int, default=1024)
   p.add_argument('--fractions', default='0.125,0.25,0.38,0.63')
   p.add_argument('--rounds', type=int, default=7)
   args = p.parse_args()
-  fractions = tuple(float(f) for f in args.fractions.split(','))
+  archs, fractions = check_args(p, args)
   records = []
-  for arch in args.archs.split(','):
+  for arch in archs:
     records += measure(arch, args.height, args.width, fractions, args.rounds)
   print(table(records))
   return records
