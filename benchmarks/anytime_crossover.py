@@ -13,8 +13,8 @@ rounds (`common.interleaved`): `dense` (compute.masked_conv='dense') and `sparse
 masked_dense_above=1.0 for every segment, so the segment computes sparse at every fraction below 1). Rows: ms of
 the segment (median over rounds, wall, and the worker's CPU time), and masked-dense over sparse (median of the
 per-round ratios, wall and CPU: above 1, sparse is faster). Exits 1-3's class convs are scaled down first
-(`_tempered`) so that their confidences do not saturate at 1.0. Not part of `make bench` (two sparse compiles
-and many calls: about 10 min at batch 1, more at batch 8, on 2 cores).
+(`anytime_cost.tempered`) so that their confidences do not saturate at 1.0. Not part of `make bench` (two sparse
+compiles and many calls: about 10 min at batch 1, more at batch 8, on 2 cores).
 """
 
 import argparse
@@ -34,22 +34,6 @@ def _policy(contender: str):
   if contender == 'dense':
     return confidence.for_backend(dict(masked_conv='dense'))
   return confidence.for_backend(dict(masked_conv='sparse', masked_dense_above=(1.0, 1.0, 1.0)))
-
-
-def _tempered(variables, logits_max: dict, num_classes: int, target: float = 10.0):
-  """The variables with exit k's class convs (kernel and bias, output width `num_classes`) scaled so that its
-  largest logit is about `target` (`logits_max`: exit -> its largest |logit| now): the He-scaled random weights give
-  exit 3 logits in the thousands, whose max-softmax is 1.0 at most pixels, so no threshold could keep 30-90 % of
-  them. The work of every program is the same whatever the values."""
-  import jax  # pylint: disable=import-outside-toplevel
-
-  def scale(path, leaf):
-    top = getattr(path[0], 'key', '')
-    if top.startswith('exit') and int(top[4:]) in logits_max and leaf.shape[-1:] == (num_classes,):
-      return leaf * (target / logits_max[int(top[4:])])
-    return leaf
-
-  return {**variables, 'params': jax.tree_util.tree_map_with_path(scale, variables['params'])}
 
 
 def worker(args):
@@ -87,7 +71,7 @@ def worker(args):
   for s in segments:
     logits = programs[s - 1](with_tau([1.0] * 3), x)[0]['logits'][-1]
     logits_max[s - 1] = float(np.abs(np.asarray(logits)).max())
-  variables = _tempered(variables, logits_max, model.num_classes)
+  variables = anytime_cost.tempered(variables, logits_max, model.num_classes)
   for s in segments:
     at_one = with_tau([1.0] * 3)
     add(f'seg{s}/base', s - 1, at_one)

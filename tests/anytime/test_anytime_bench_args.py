@@ -1,6 +1,7 @@
-"""`python -m benchmarks.anytime_cost` (and `benchmarks.anytime_crossover`, which shares its checks) with a bad
-argument stops before any work with one line naming it and exit 2 (a zero size or a non-number batch was a
-traceback after the first contender's minutes; an unknown variant was silently left out)."""
+"""`python -m benchmarks.anytime_cost` (and `benchmarks.anytime_crossover`, which shares its checks, and
+`benchmarks.sparse_patch_crossover`) with a bad argument stops before any work with one line naming it and exit 2
+(a zero size or a non-number batch was a traceback after the first contender's minutes; an unknown variant was
+silently left out)."""
 
 import os
 import subprocess
@@ -8,7 +9,7 @@ import sys
 
 import pytest
 
-from benchmarks import anytime_cost, anytime_crossover
+from benchmarks import anytime_cost, anytime_crossover, sparse_patch_crossover
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -33,11 +34,20 @@ CROSSOVER_CASES = [
     (['--fractions', '0.5,1.5'], "--fractions: each must be a number in (0, 1), got '1.5'"),
     (['--segments', '2,5'], '--segments: each must be 2, 3 or 4'),
 ]
+PATCH_CASES = [
+    (['--archs', 'w48,bogus'], "--archs: unknown 'bogus'"),
+    (['--height', '0'], '--height must be a whole number above 0, got 0'),
+    (['--rounds', '0'], '--rounds must be a whole number above 0, got 0'),
+    (['--fractions', 'x'], "--fractions must be comma-separated kept fractions in (0, 1), got 'x'"),
+    (['--fractions', '0.5,1.0'], "--fractions must be comma-separated kept fractions in (0, 1), got '0.5,1.0'"),
+]
 
 
 @pytest.mark.parametrize(
     'bench, args, message',
-    [(anytime_cost, *c) for c in COST_CASES] + [(anytime_crossover, *c) for c in CROSSOVER_CASES],
+    [(anytime_cost, *c) for c in COST_CASES]
+    + [(anytime_crossover, *c) for c in CROSSOVER_CASES]
+    + [(sparse_patch_crossover, *c) for c in PATCH_CASES],
 )
 def test_bad_argument_is_one_line(monkeypatch, capsys, bench, args, message):
   monkeypatch.setattr(sys, 'argv', [bench.__name__, *args])
