@@ -240,6 +240,15 @@ def rbf_fill_conv(y: jax.Array, mask: jax.Array, rbf_lambda: jax.Array) -> jax.A
   return ym + interp * (1 - m)
 
 
+# Up to which kept fraction `masked_sparse` computes a k x k (k > 1) or strided conv per pixel, by its output
+# channels (`Compute.patch_max_by_channels`): the crossover rises with the channels (the gather copies k^2 C_in
+# values per pixel, the matmul does k^2 C_in C_out MACs). (min out channels, max kept fraction) steps, each a
+# fraction where the per-pixel 3 x 3 conv measured clearly faster (>= ~1.1x) than dense times the mask on the HRNet
+# branches of that width at 512x1024 (`benchmarks.sparse_patch_crossover`; benchmarks/ANALYSIS.md, 'W48 on this
+# CPU'): 18-36 channels win at 1/4 and lose at 0.38, 48-72 win at 0.3 and are even at 0.38-0.4, 96-384 win at 1/2
+PATCH_MAX_BY_CHANNELS = ((0, 1 / 4), (48, 0.35), (96, 1 / 2))
+
+
 # What 'auto' means for the anytime line on each backend (module docstring); the other fields do not apply.
 AUTO = {
     'pointwise_conv': on_cpu('matmul', 'conv'),
@@ -256,6 +265,8 @@ AUTO = {
     'masked_conv': on_cpu('sparse', 'dense'),
     # per segment (2, 3, 4) the kept fraction above which the sparse policy's segment computes masked-dense
     'masked_dense_above': SEGMENT_DENSE_MIN,
+    # the kept fraction up to which a sparse k x k conv runs per pixel, by its output channels
+    'patch_max_by_channels': PATCH_MAX_BY_CHANNELS,
 }
 
 
@@ -305,7 +316,8 @@ def masked_dense(compute: Compute, x, kernel, bias, mask, rbf_lambda, strides, p
 # paper's fractions) the tile branches were taken by no 3 x 3 conv at 512x1024 (a 38 % mask keeps a pixel in more
 # than 90 % of the 8 x 8 tiles: the dense branch ran instead). A gather copies one row of channels per tap, so per
 # pixel wins at small fractions and for 1 x 1 convs (one tap): up to PIXEL_MAX of the pixels for a 1 x 1 conv of
-# stride 1, PATCH_MAX for the others; above, the dense conv times the mask.
+# stride 1, for the others up to `Compute.patch_max` of the conv's output channels (the line's 'auto' table
+# PATCH_MAX_BY_CHANNELS); above, the dense conv times the mask.
 # The RBF fill's weights exp(-lambda^2 d^2) beyond SHORT_RADIUS sum to at most RBF_TAIL_TAPS * exp(-4 lambda^2) <=
 # SHORT_TAIL of the largest value (lambda^2 >= SHORT_LAMBDA2; the init 3.0 gives 1e-14): below float32 rounding, so
 # the 3 x 3 taps give the 7 x 7 fill's values. At SCATTER_FILL_MAX of the pixels or fewer the short fill is scattered
@@ -322,7 +334,6 @@ RBF_TAIL_TAPS = RBF_SIZE**2 - (2 * SHORT_RADIUS + 1) ** 2  # the taps the short 
 SHORT_TAIL = 1e-7
 SHORT_LAMBDA2 = math.log(RBF_TAIL_TAPS / SHORT_TAIL) / (SHORT_RADIUS + 1) ** 2
 PIXEL_MAX = 1 / 2
-PATCH_MAX = 1 / 8
 SCATTER_FILL_MAX = 1 / 8
 
 
@@ -484,7 +495,7 @@ def masked_sparse(compute: Compute, x, kernel, bias, mask, rbf_lambda, strides, 
   """`masked_dense`'s outputs computed sparsely (compute.masked_conv='sparse'; ``mask`` an array or a `PixelSet`), in
   one of two branches (`sparse_branch`): at most SCATTER_FILL_MAX kept (short fill), the conv at the kept pixels with
   the fill scattered from them (`_scatter_fill`); otherwise the conv at the kept pixels (`_kept_conv`, up to
-  PIXEL_MAX / PATCH_MAX of them) or the dense conv times the mask, then the fill over the map (`_short_fill`, or the
+  `per_pixel_max` of them) or the dense conv times the mask, then the fill over the map (`_short_fill`, or the
   reference's `rbf_fill` when lambda^2 < SHORT_LAMBDA2; both in one body, `_banded_fill`, on a map of at most
   BAND_MAX a side). A segment whose pixels are all or mostly kept takes the plain or the masked-dense convs instead
   (`segment_kind`), so this path has no branch of its own for them. `fill=False` (the caller reads the output at
@@ -496,7 +507,7 @@ def masked_sparse(compute: Compute, x, kernel, bias, mask, rbf_lambda, strides, 
   stride = strides[0]
   if tuple(strides) != (stride, stride) or kernel.shape[0] != kernel.shape[1]:
     raise ValueError(f'the sparse masked conv takes square kernels and strides, got {kernel.shape[:2]}, {strides}')
-  per_pixel = pixels.count <= (PIXEL_MAX if kernel.shape[0] == 1 and stride == 1 else PATCH_MAX) * m.size
+  per_pixel = pixels.count <= per_pixel_max(compute, kernel.shape, stride) * m.size
 
   def kept_conv(x, kernel, bias):  # the conv times the mask: at the kept pixels, or dense
     dense = lambda x, kernel, bias: dense_conv(compute, x, kernel, bias, strides, padding) * m[..., None].astype(
@@ -519,6 +530,15 @@ def masked_sparse(compute: Compute, x, kernel, bias, mask, rbf_lambda, strides, 
 
   index = sparse_branch(pixels, rbf_lambda**2 >= SHORT_LAMBDA2)
   return lax.switch(index, [scattered, filled], x, kernel, bias, rbf_lambda)
+
+
+def per_pixel_max(compute: Compute, kernel_shape, stride: int) -> float:
+  """The kept fraction up to which `masked_sparse` computes a conv of this (HWIO) kernel shape and stride at the
+  kept pixels: PIXEL_MAX for a 1 x 1 conv of stride 1, else ``compute.patch_max`` of its output channels (static:
+  chosen when the model is traced)."""
+  if kernel_shape[0] == 1 and stride == 1:
+    return PIXEL_MAX
+  return compute.patch_max(kernel_shape[-1])
 
 
 def sparse_branch(pixels: PixelSet, short: jax.Array | bool) -> jax.Array:

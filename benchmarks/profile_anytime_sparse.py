@@ -52,12 +52,12 @@ def segment_convs(model, variables, x, segment: int) -> list:
 BRANCHES = ('scattered', 'filled')  # confidence.sparse_branch's
 
 
-def _branch(pixels, k: int, stride: int, fill: bool, lam: float) -> str:
+def _branch(compute, pixels, kernel_shape, stride: int, fill: bool, lam: float) -> str:
   """The branch `masked_sparse` takes, and for the filled one (or without the fill) whether its conv is per pixel."""
   from anytime_jax import confidence  # pylint: disable=import-outside-toplevel
 
   n, count = pixels.mask.size, int(pixels.count)
-  per_pixel = count <= (confidence.PIXEL_MAX if k == 1 and stride == 1 else confidence.PATCH_MAX) * n
+  per_pixel = count <= confidence.per_pixel_max(compute, kernel_shape, stride) * n
   branch = BRANCHES[int(confidence.sparse_branch(pixels, lam**2 >= confidence.SHORT_LAMBDA2))] if fill else 'no fill'
   if branch in ('filled', 'no fill'):
     branch += f", {'per pixel' if per_pixel else 'dense'} ({-(-count // pixels.chunk) if per_pixel else '-'} chunks)"
@@ -116,7 +116,7 @@ def profile(arch='w18_small_v2', height=512, width=1024, setting='tau=0.998', se
             'cout': f,
             'count': count,
             'computed': float(m.mean()),
-            'branch': _branch(pixels, k, s, fill, float(lam)),
+            'branch': _branch(policy, pixels, (k, k, shape[-1], f), s, fill, float(lam)),
             **{f'{name}_ms': t for name, t in ms.items()},
         }
     )

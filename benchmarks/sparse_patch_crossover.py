@@ -1,15 +1,16 @@
-"""Where the sparse masked conv's per-pixel 3x3 conv beats the dense one: the data behind `confidence.PATCH_MAX`.
+"""Where the sparse masked conv's per-pixel 3x3 conv beats the dense one: the data behind
+`confidence.PATCH_MAX_BY_CHANNELS`.
 
   python -m benchmarks.sparse_patch_crossover [--archs w48,w18_small_v2] [--height 512] [--width 1024] \
       [--fractions 0.125,0.25,0.38,0.63] [--rounds 7]
 
 For each HRNet branch of the arch at the input size (1/4 .. 1/32, its channels), a 3x3 conv of stride 1 (C -> C,
 batch 1) with a spatially coherent mask (low-resolution noise upsampled, kept where below its quantile): `dense`,
-the dense conv times the mask (what `masked_sparse` computes above PATCH_MAX kept), against `kept`, the conv at the
-kept pixels only (`confidence._kept_conv`, each pixel's window gathered, one matmul; what it computes below). Both
-feed the same fill, so the fill is left out. Checked equal (1e-4) before timing; then `--rounds` rounds, the order
-reversed every other round; ms wall (CPU) medians and dense / kept as the median of per-round ratios (above 1 the
-per-pixel conv is faster). Not part of `make bench`; seconds per arch.
+the dense conv times the mask (what `masked_sparse` computes above `Compute.patch_max` kept), against `kept`, the
+conv at the kept pixels only (`confidence._kept_conv`, each pixel's window gathered, one matmul; what it computes
+below). Both feed the same fill, so the fill is left out. Checked equal (1e-4) before timing; then `--rounds`
+rounds, the order reversed every other round; ms wall (CPU) medians and dense / kept as the median of per-round
+ratios (above 1 the per-pixel conv is faster). Not part of `make bench`; seconds per arch.
 """
 
 import statistics

@@ -28,6 +28,11 @@ parity tests run them. They exist because the plain XLA formulation is slow on s
 * ``masked_dense_above``: under ``masked_conv='sparse'``, per ADP-C segment (2, 3, 4: the HRNet between two
   exits) the kept fraction of its mask above which the segment's masked convs compute masked-dense instead of
   sparse (``anytime_jax.confidence.segment_kind``); 1.0 never, 0.0 always unless every pixel is kept.
+* ``patch_max_by_channels``: under ``masked_conv='sparse'``, the kept fraction up to which a k x k (k > 1) or strided
+  masked conv is computed at the kept pixels (gathered windows, one matmul) instead of dense times the mask, by
+  the conv's output channels: steps ((min_out_channels, max_kept_fraction), ...), the first from 0 channels, the
+  channel counts rising; a conv takes the last step whose count it reaches (``patch_max``; its kernel shape is
+  static, so the choice is made when the model is traced). The per-pixel conv's crossover rises with the channels.
 
 The policy is a field of the model's modules, so two policies give two compiled programs and equal policies
 hash equal: nothing is read from a global when a model is traced. ``Compute()`` is the plain XLA formulation.
@@ -63,6 +68,24 @@ COMPUTE_DTYPES = ('float32', 'bfloat16')
 _DN = ('NHWC', 'HWIO', 'NHWC')
 
 
+def _is_channel_steps(steps) -> bool:
+  """Whether ``steps`` is a ``patch_max_by_channels`` table: non-empty (count, fraction) pairs, ints from 0 rising
+  strictly, fractions in [0, 1]."""
+  if not isinstance(steps, (tuple, list)) or not steps:
+    return False
+  for step in steps:
+    if not isinstance(step, (tuple, list)) or len(step) != 2:
+      return False
+  counts = [c for c, _ in steps]
+  fractions = [f for _, f in steps]
+  return (
+      all(isinstance(c, int) and not isinstance(c, bool) for c in counts)
+      and counts[0] == 0
+      and all(a < b for a, b in zip(counts, counts[1:]))
+      and all(isinstance(f, (int, float)) and not isinstance(f, bool) and 0.0 <= f <= 1.0 for f in fractions)
+  )
+
+
 @dataclasses.dataclass(frozen=True)
 class Compute:
   """The compute policy the layers receive (module docstring); fields are resolved choices, never 'auto'."""
@@ -76,6 +99,7 @@ class Compute:
   masked_conv: str = 'dense'
   dense_grad: str = 'autodiff'
   masked_dense_above: tuple[float, ...] = (0.5, 0.5, 0.5)
+  patch_max_by_channels: tuple[tuple[int, float], ...] = ((0, 0.125),)
 
   def __post_init__(self):
     for name, allowed in CHOICES.items():
@@ -96,6 +120,18 @@ class Compute:
           f'compute.masked_dense_above must be 3 kept fractions in [0, 1] (ADP-C segments 2, 3, 4), got {above!r}'
       )
     object.__setattr__(self, 'masked_dense_above', tuple(float(f) for f in above))  # hashable, whatever came in
+    steps = self.patch_max_by_channels
+    if not _is_channel_steps(steps):
+      raise UserError(
+          'compute.patch_max_by_channels must be (min_out_channels, max_kept_fraction) steps, the first at 0 '
+          f'channels, the channel counts rising, the fractions in [0, 1], got {steps!r}'
+      )
+    object.__setattr__(self, 'patch_max_by_channels', tuple((int(c), float(f)) for c, f in steps))
+
+  def patch_max(self, out_channels: int) -> float:
+    """The kept fraction up to which a masked conv of ``out_channels`` outputs (k > 1 or strided) is computed
+    per pixel: the last step of ``patch_max_by_channels`` whose channel count it reaches."""
+    return [f for c, f in self.patch_max_by_channels if out_channels >= c][-1]
 
   def padded_channels(self, c: int) -> int:
     """The channel count ``c`` is computed with: the next multiple of ``channel_multiple``; <= 4 as it is."""
@@ -272,7 +308,7 @@ def resolve(options: Mapping[str, Any] | None, auto: Mapping[str, Any], line: st
   if unknown:
     raise UserError(
         f'unknown compute option compute.{unknown[0]} (known: {", ".join(CHOICES)}, channel_multiple, '
-        'fusion_barriers, masked_dense_above)'
+        'fusion_barriers, masked_dense_above, patch_max_by_channels)'
     )
   chosen = {}
   for field in dataclasses.fields(Compute):

@@ -74,8 +74,7 @@ def test_sparse_equals_masked_dense_on_hand_built_masks(k, stride, bias):
     sparse = confidence.masked_sparse(compute, x, kernel, b, mask, lam, (stride, stride), pad)
     return dense, sparse, confidence.masked_sparse(compute, x, kernel, b, mask, lam, (stride, stride), pad, fill=False)
 
-  pointwise = k == 1 and stride == 1
-  per_pixel_max = (confidence.PIXEL_MAX if pointwise else confidence.PATCH_MAX) * 2 * H * H
+  per_pixel_max = confidence.per_pixel_max(compute, kernel.shape, stride) * 2 * H * H
   taken = set()
   for name, m in _hand_masks(H, rng).items():
     mask = jnp.asarray(m, jnp.float32)
@@ -95,6 +94,82 @@ def test_sparse_equals_masked_dense_on_hand_built_masks(k, stride, bias):
   # a few kept (scattered fill, 0 to 2 chunks), and the filled branch with the conv per pixel and dense (every pixel
   # kept among them: a segment takes the plain convs then, `segment_kind`, but the sparse conv stays exact)
   assert taken == {0, (1, True), (1, False)}, taken
+
+
+def test_patch_max_by_channels_chooses_by_the_output_channels():
+  """`Compute.patch_max_by_channels`: the last step whose channel count the conv's outputs reach (static, from the
+  kernel shape); 1 x 1 convs of stride 1 keep PIXEL_MAX. The plain policy keeps main's single bound (1/8); the
+  anytime line's 'auto' is PATCH_MAX_BY_CHANNELS, whose steps are these (a shifted table fails here)."""
+  auto = confidence.for_backend(dict(masked_conv='sparse'))
+  assert auto.patch_max_by_channels == confidence.PATCH_MAX_BY_CHANNELS == ((0, 0.25), (48, 0.35), (96, 0.5))
+  widths = (1, 18, 36, 47, 48, 72, 95, 96, 144, 384)
+  assert [auto.patch_max(c) for c in widths] == [0.25] * 4 + [0.35] * 3 + [0.5] * 3
+  assert [Compute().patch_max(c) for c in widths] == [0.125] * len(widths)
+  assert confidence.per_pixel_max(auto, (3, 3, 8, 96), 1) == 0.5
+  assert confidence.per_pixel_max(auto, (3, 3, 96, 18), 2) == 0.25  # strided: by its outputs
+  assert confidence.per_pixel_max(auto, (1, 1, 8, 96), 2) == 0.5  # a strided 1 x 1 conv gathers like a k x k one
+  assert confidence.per_pixel_max(auto, (1, 1, 8, 18), 1) == confidence.PIXEL_MAX
+  mine = confidence.for_backend(dict(masked_conv='sparse', patch_max_by_channels=[[0, 0.1], [64, 0.6]]))
+  assert mine.patch_max_by_channels == ((0, 0.1), (64, 0.6)) and [mine.patch_max(c) for c in (63, 64)] == [0.1, 0.6]
+  assert hash(mine) == hash(
+      confidence.for_backend(dict(masked_conv='sparse', patch_max_by_channels=((0, 0.1), (64, 0.6))))
+  )
+  assert mine != auto
+  # the job's config check (no backend) takes and refuses the same tables
+  confidence.check_policy(dict(patch_max_by_channels=((0, 0.3),)))
+
+
+@pytest.mark.parametrize(
+    'bad',
+    [
+        (),
+        0.25,
+        ((0, 0.25, 1),),
+        ((8, 0.25),),
+        ((0, 0.25), (0, 0.5)),
+        ((0, 0.25), (96, 0.5), (48, 0.4)),
+        ((0, 1.5),),
+        ((0, -0.1),),
+        ((0, 'x'),),
+        ((0.0, 0.25),),
+        ((True, 0.25),),
+        ((0, None),),
+    ],
+)
+def test_patch_max_by_channels_bad_tables_are_one_line(bad):
+  for check in (confidence.for_backend, confidence.check_policy):
+    with pytest.raises(UserError, match=r'compute.patch_max_by_channels must be \(min_out_channels') as e:
+      check(dict(masked_conv='sparse', patch_max_by_channels=bad))
+    assert '\n' not in str(e.value)
+
+
+@pytest.mark.parametrize('cout,kept', [(6, 0.2), (96, 0.45)])
+def test_per_pixel_between_main_bound_and_the_table_equals_masked_dense(cout, kept):
+  """A 3 x 3 conv whose kept fraction lies between main's bound (1/8) and the 'auto' table's (narrow: 6 outputs,
+  1/4; wide: 96 outputs, 1/2): per pixel under the table, dense times the mask under main's bound, both equal to
+  masked-dense (fp32, 1e-4); also strided."""
+  auto = confidence.for_backend(dict(masked_conv='sparse'))
+  main_bound = confidence.for_backend(dict(masked_conv='sparse', patch_max_by_channels=((0, 0.125),)))
+  rng = np.random.RandomState(cout)
+  cin = 8
+  for stride in (1, 2):
+    x = jnp.asarray(rng.randn(2, H * stride, H * stride, cin).astype(np.float32))
+    kernel = jnp.asarray(rng.randn(3, 3, cin, cout).astype(np.float32) / np.sqrt(9 * cin))
+    b = jnp.asarray(rng.randn(cout).astype(np.float32))
+    mask = jnp.asarray((rng.rand(2, H, H) < kept).astype(np.float32))
+    fraction = float(mask.mean())
+    assert 0.125 < fraction <= auto.patch_max(cout) and fraction > confidence.SCATTER_FILL_MAX
+    assert fraction <= confidence.per_pixel_max(auto, kernel.shape, stride)
+    assert fraction > confidence.per_pixel_max(main_bound, kernel.shape, stride)
+    strides, pad = (stride, stride), ((1, 1), (1, 1))
+    run = jax.jit(
+        lambda m, lam, policy: confidence.masked_sparse(policy, x, kernel, b, m, lam, strides, pad), static_argnums=2
+    )
+    for lam in LAMS:
+      want = np.asarray(confidence.masked_dense(Compute(), x, kernel, b, mask, jnp.float32(lam), strides, pad))
+      for policy in (auto, main_bound):
+        got = np.asarray(run(mask, jnp.float32(lam), policy))
+        np.testing.assert_allclose(got, want, atol=1e-4, rtol=0, err_msg=f'{cout} {stride} {lam} {policy}')
 
 
 def test_fill_over_the_map_on_sides_above_band_max():

@@ -75,8 +75,14 @@ def test_resolve_auto_per_line_and_one_line_errors():
   assert jax.default_backend() == 'cpu'
   assert layers.for_backend(options) == Compute(small_conv='matmul', channel_multiple=8)
   assert confidence.for_backend(options) == Compute(
-      pointwise_conv='matmul', masked_conv='sparse', fusion_barriers=True, masked_dense_above=(0.5, 0.3, 0.9)
+      pointwise_conv='matmul',
+      masked_conv='sparse',
+      fusion_barriers=True,
+      masked_dense_above=(0.5, 0.3, 0.9),
+      patch_max_by_channels=((0, 0.25), (48, 0.35), (96, 0.5)),
   )
+  with pytest.raises(UserError, match='compute.patch_max_by_channels=.*: the pruning line has no use for it'):
+    layers.for_backend(dict(patch_max_by_channels=((0, 0.5),)))
   got = ops.for_backend(options)
   assert got.patch_conv == 'matmul' and got.fusion_barriers and got.dwconv == ops.resolve_dwconv_impl('auto')
   assert got.dense_grad == 'narrow_transpose' and got.dot_general is compute_lib.dense_dot_general
