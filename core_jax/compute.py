@@ -28,6 +28,10 @@ parity tests run them. They exist because the plain XLA formulation is slow on s
 * ``masked_dense_above``: under ``masked_conv='sparse'``, per ADP-C segment (2, 3, 4: the HRNet between two
   exits) the kept fraction of its mask above which the segment's masked convs compute masked-dense instead of
   sparse (``anytime_jax.confidence.segment_kind``); 1.0 never, 0.0 always unless every pixel is kept.
+* ``dense_entry``: under ``masked_conv='sparse'``, per ADP-C segment (2, 3, 4) whether the segment's entry convs
+  (those that read its input branches: the transitions, a passed-through branch's first conv) are computed dense
+  before the segment's choice of kind and handed to every kind (``anytime_jax.hrnet``): they can then run beside
+  the previous exit's head, as masked-dense's do, instead of waiting for its mask.
 
 The policy is a field of the model's modules, so two policies give two compiled programs and equal policies
 hash equal: nothing is read from a global when a model is traced. ``Compute()`` is the plain XLA formulation.
@@ -76,6 +80,7 @@ class Compute:
   masked_conv: str = 'dense'
   dense_grad: str = 'autodiff'
   masked_dense_above: tuple[float, ...] = (0.5, 0.5, 0.5)
+  dense_entry: tuple[bool, ...] = (False, False, False)
 
   def __post_init__(self):
     for name, allowed in CHOICES.items():
@@ -96,6 +101,10 @@ class Compute:
           f'compute.masked_dense_above must be 3 kept fractions in [0, 1] (ADP-C segments 2, 3, 4), got {above!r}'
       )
     object.__setattr__(self, 'masked_dense_above', tuple(float(f) for f in above))  # hashable, whatever came in
+    entry = self.dense_entry
+    if not isinstance(entry, (tuple, list)) or len(entry) != 3 or not all(isinstance(e, bool) for e in entry):
+      raise UserError(f'compute.dense_entry must be 3 booleans (ADP-C segments 2, 3, 4), got {entry!r}')
+    object.__setattr__(self, 'dense_entry', tuple(entry))
 
   def padded_channels(self, c: int) -> int:
     """The channel count ``c`` is computed with: the next multiple of ``channel_multiple``; <= 4 as it is."""
@@ -272,7 +281,7 @@ def resolve(options: Mapping[str, Any] | None, auto: Mapping[str, Any], line: st
   if unknown:
     raise UserError(
         f'unknown compute option compute.{unknown[0]} (known: {", ".join(CHOICES)}, channel_multiple, '
-        'fusion_barriers, masked_dense_above)'
+        'fusion_barriers, masked_dense_above, dense_entry)'
     )
   chosen = {}
   for field in dataclasses.fields(Compute):

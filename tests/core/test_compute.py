@@ -75,7 +75,11 @@ def test_resolve_auto_per_line_and_one_line_errors():
   assert jax.default_backend() == 'cpu'
   assert layers.for_backend(options) == Compute(small_conv='matmul', channel_multiple=8)
   assert confidence.for_backend(options) == Compute(
-      pointwise_conv='matmul', masked_conv='sparse', fusion_barriers=True, masked_dense_above=(0.5, 0.3, 0.9)
+      pointwise_conv='matmul',
+      masked_conv='sparse',
+      fusion_barriers=True,
+      masked_dense_above=(0.5, 0.3, 0.9),
+      dense_entry=confidence.SEGMENT_DENSE_ENTRY,
   )
   got = ops.for_backend(options)
   assert got.patch_conv == 'matmul' and got.fusion_barriers and got.dwconv == ops.resolve_dwconv_impl('auto')
