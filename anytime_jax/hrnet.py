@@ -26,6 +26,9 @@ only the kept pixels at evaluation (`train=False`), and an original exit forms i
 (`exits.OriginalExit`); each segment (transition k-1, stage k, exit k) first chooses once, from its mask's kept
 fraction over the batch, between its plain, masked-dense and sparse convs (`confidence.segment_kind`: one switch
 around the segment, traced once per kind with the same params; initialization and MAC counts trace it once).
+The switch's index waits for the previous exit's head and mask; the segment's entry convs (`entry_convs`: those
+that read its input branches) do not, and with `compute.dense_entry` they are computed dense before the switch and
+every kind starts from their outputs, so that they can run beside that head as masked-dense's do.
 Training always computes them masked-dense. Counting: after
 exit k the forward calls `core_jax.counting.mark(f'exit{k}')`, so `count_macs_by_mark` gives the paper's
 cumulative dense cost per exit; masked convs sow their actual cost (`confidence.Conv`).
