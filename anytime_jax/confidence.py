@@ -64,8 +64,14 @@ _DN = ('NHWC', 'HWIO', 'NHWC')
 # or faster masked-dense from 0.3, segment 2 even (its sparse edge at batch 8 at most 14 %)
 SEGMENT_DENSE_MIN = (0.5, 0.3, 0.9)
 # per segment 2, 3, 4 whether the sparse policy computes the segment's entry convs (those that read its input
-# branches) dense before the segment's switch on its kind (`Compute.dense_entry`, the line's 'auto'; hrnet.HRNet)
-SEGMENT_DENSE_ENTRY = (True, True, True)
+# branches) dense before the segment's switch on its kind (`Compute.dense_entry`, the line's 'auto'; hrnet.HRNet):
+# segments 2 and 3, where the kinds taken are mostly plain or masked-dense (which compute them dense anyway), so
+# that they run beside the previous exit's head (W18-Small-v2, 512x1024, batch 1, near idle: segment 2 at 82 % kept
+# 67 ms wall against 77 behind the switch, masked-dense's 68); not segment 4, whose sparse kind (up to 90 % kept)
+# computes them at the kept pixels: at 5.8 % kept (batch 8) the dense ones cost 4 % more CPU time to exit 4
+# (benchmarks/ANALYSIS.md, 'The switch wait'). Below PATCH_MAX kept a segment-2 or -3 entry conv is dense where the
+# sparse kind would compute it per pixel (not measured)
+SEGMENT_DENSE_ENTRY = (True, True, False)
 
 
 def check_tau(tau) -> float:

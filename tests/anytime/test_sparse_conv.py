@@ -362,13 +362,17 @@ def test_sparse_hrnet_segment_choice_takes_each_kind_with_examples_that_differ()
   more confident), so one threshold keeps nearly every pixel of example 0 and few of examples 1 and 2. Thresholds
   put the batch's kept fraction after exit 1 above and below SEGMENT_DENSE_MIN, and at 1.0 (every pixel kept): each
   segment's kind (plain, masked-dense, sparse, known from the per-example fractions away from the crossover) is
-  taken, and the sparse model's logits equal the masked-dense model's at every exit."""
+  taken, and the sparse model's logits equal the masked-dense model's at every exit, with its entry convs ahead
+  of the switches as the policy chooses (`Compute.dense_entry`), ahead of all of them, and of none."""
   rng = np.random.RandomState(3)
   image = rng.randn(1, 32, 32, 3).astype(np.float32)
   x = jnp.asarray(np.concatenate([image, 20 * image[:, ::-1], 20 * image[:, :, ::-1]]))
 
   dense, sparse, variables = tiny_hrnets(x, rng)
-  assert all(sparse.compute.dense_entry)  # the line's auto: entry convs ahead of every switch; and without them
+  # the line's auto (entry convs ahead of the switches of segments 2 and 3), with them ahead of every switch, and
+  # without them
+  assert sparse.compute.dense_entry == confidence.SEGMENT_DENSE_ENTRY == (True, True, False)
+  entry_everywhere = sparse.clone(compute=dataclasses.replace(sparse.compute, dense_entry=(True, True, True)))
   without_entry = sparse.clone(compute=dataclasses.replace(sparse.compute, dense_entry=(False, False, False)))
   # the sown MACs too (the switch needs one sown tree for every kind): the same per exit as masked-dense's
   run = jax.jit(lambda model, v, x: flops.apply_with_macs(model, v, x), static_argnums=0)
@@ -380,7 +384,8 @@ def test_sparse_hrnet_segment_choice_takes_each_kind_with_examples_that_differ()
     v = {**variables, 'constants': {'tau': jnp.float32(tau)}}
     (want, want_macs), (got, got_macs) = run(dense, v, x), run(sparse, v, x)
     assert_exits_equal(want['logits'], got['logits'], tau)
-    assert_exits_equal(want['logits'], run(without_entry, v, x)[0]['logits'], tau)
+    for other in (entry_everywhere, without_entry):
+      assert_exits_equal(want['logits'], run(other, v, x)[0]['logits'], tau)
     np.testing.assert_array_equal(np.asarray(got['fractions']), np.asarray(want['fractions']))
     assert set(got_macs) == set(want_macs)
     for name in want_macs:
