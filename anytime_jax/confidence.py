@@ -35,6 +35,7 @@ Contract (the released ADP-C code, `conv_mask_uniform` + `set_part_masks`):
   an exited pixel keeps its logits in every later exit.
 """
 
+import dataclasses
 import functools
 import math
 from collections.abc import Callable, Mapping
@@ -272,6 +273,14 @@ AUTO = {
 def for_backend(options: Mapping | None = None) -> Compute:
   """The anytime models' compute policy: ``options`` (``config.compute``) with 'auto' entries from ``AUTO``."""
   return resolve(options, AUTO, 'anytime')
+
+
+def check_policy(options: Mapping | None) -> None:
+  """``config.compute``'s set entries checked without asking the backend (`for_backend` resolves 'auto' per backend,
+  which initializes it: a job checks its config before jax.distributed and any device work): each backend-dependent
+  'auto' stands for the plain choice here. A bad entry is `resolve`'s one-line UserError."""
+  plain = {f.name: f.default for f in dataclasses.fields(Compute)}
+  resolve(options, {k: plain[k] if callable(v) else v for k, v in AUTO.items()}, 'anytime')
 
 
 def dense_conv(compute: Compute, x, kernel, bias, strides, padding):

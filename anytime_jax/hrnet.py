@@ -341,6 +341,8 @@ class HRNet(nn.Module):
     # the threshold: `tau`, or a traced value given as variables['constants']['tau'] (the eval step's argument,
     # core_jax.task.Task.eval_constants), so one compiled program serves every threshold
     tau = self.get_variable('constants', 'tau', self.tau) if ca else None
+    if ca and jnp.shape(tau) not in ((), (3,)):  # a traced index past the end would clamp: exit 3 took exit 2's
+      raise UserError(f"constants['tau'] must be one threshold or one per exit 1..3, shape (3,); got {jnp.shape(tau)}")
 
     bn_m, ci = self.bn_momentum, self.conv_init
     opts = dict(bn_momentum=bn_m, conv_init=ci, compute=self.compute, dtype=self.dtype)
@@ -364,6 +366,7 @@ class HRNet(nn.Module):
     masks = None  # the MaskSet of the last exit, for the next stage
     prev = None  # the last exit's aggregated logits
     batch = x.shape[0]
+    static_shape = all(isinstance(d, int) for d in x.shape)  # False under jax.export's symbolic dimensions
 
     def exit_head(k, branches, masks_k):
       seg = k if k in masked else None
@@ -465,8 +468,12 @@ class HRNet(nn.Module):
       if not features_only and ran and ran[-1] >= last_exit:
         break  # stop after `last_exit` (per-exit latency, as the ADP-C code's stop_k)
       masks_s = masks if s in masked and ca else None
+      if masks_s is not None and not static_shape and masks_s.masked_conv(self.compute) == 'sparse':
+        # a shape-polymorphic trace (jax.export with a symbolic batch size): the sparse loops' chunk is a static
+        # size of the pixels, so these segments compute masked-dense, the same outputs
+        masks_s = MaskSet(masks_s.mask, kind='dense')
       # the sparse policy chooses per segment at evaluation; initialization and a MAC count trace it once
-      choose = masks_s is not None and not masks_s.train and self.compute.masked_conv == 'sparse'
+      choose = masks_s is not None and masks_s.masked_conv(self.compute) == 'sparse' and masks_s.kind is None
       if choose and not self.is_initializing() and not counting.active():
         xs, out = switched_segment(s, ys, pre, masks_s)
       else:

@@ -51,7 +51,7 @@ from anytime_jax import exits as exits_lib
 from core_jax import counting
 from core_jax import metrics as metrics_lib
 from core_jax import weights as weights_lib
-from core_jax.compute import cast_dtype
+from core_jax.compute import cast_dtype, compute_dtype
 from core_jax.errors import UserError
 from core_jax.seg_ops import check_class_weights, pixel_accuracy, resize_bilinear, weighted_cross_entropy
 from core_jax.task import Task, apply_model
@@ -132,8 +132,12 @@ def loss_weights(config, num_exits: int, num_classes: int) -> tuple[tuple[float,
 
 
 def validate_config(config) -> None:
-  """Every model / loss option checked before any data or device work (main calls it first)."""
+  """Every model / loss / compute option checked before any data or device work (main calls it first)."""
   opts = model_options(config)
+  # the compute policy and dtype: a bad one was found only when a phase built its model, after the job had
+  # started the phase (or, eval-only, after looking for the checkpoint)
+  confidence.check_policy(config.get('compute'))
+  compute_dtype(config.get('compute_dtype', 'float32'))
   num_exits = len(opts['exits'])
   lcfg = config.get('loss', None) or {}
   exit_w = tuple(lcfg.get('exit_weights', ()) or ())

@@ -13,8 +13,8 @@ rounds (`common.interleaved`): `dense` (compute.masked_conv='dense') and `sparse
 masked_dense_above=1.0 for every segment, so the segment computes sparse at every fraction below 1). Rows: ms of
 the segment (median over rounds, wall, and the worker's CPU time), and masked-dense over sparse (median of the
 per-round ratios, wall and CPU: above 1, sparse is faster). Exits 1-3's class convs are scaled down first
-(`_tempered`) so that their confidences do not saturate at 1.0. Not part of `make bench` (two sparse compiles
-and many calls: about 10 min at batch 1, more at batch 8, on 2 cores).
+(`anytime_cost.tempered`) so that their confidences do not saturate at 1.0. Not part of `make bench` (two sparse
+compiles and many calls: about 10 min at batch 1, more at batch 8, on 2 cores).
 """
 
 import argparse
@@ -22,6 +22,7 @@ import statistics
 import time
 
 from benchmarks import anytime_cost, common
+from core_jax import cli
 
 CONTENDERS = ('dense', 'sparse')
 FRACTIONS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -33,22 +34,6 @@ def _policy(contender: str):
   if contender == 'dense':
     return confidence.for_backend(dict(masked_conv='dense'))
   return confidence.for_backend(dict(masked_conv='sparse', masked_dense_above=(1.0, 1.0, 1.0)))
-
-
-def _tempered(variables, logits_max: dict, num_classes: int, target: float = 10.0):
-  """The variables with exit k's class convs (kernel and bias, output width `num_classes`) scaled so that its
-  largest logit is about `target` (`logits_max`: exit -> its largest |logit| now): the He-scaled random weights give
-  exit 3 logits in the thousands, whose max-softmax is 1.0 at most pixels, so no threshold could keep 30-90 % of
-  them. The work of every program is the same whatever the values."""
-  import jax  # pylint: disable=import-outside-toplevel
-
-  def scale(path, leaf):
-    top = getattr(path[0], 'key', '')
-    if top.startswith('exit') and int(top[4:]) in logits_max and leaf.shape[-1:] == (num_classes,):
-      return leaf * (target / logits_max[int(top[4:])])
-    return leaf
-
-  return {**variables, 'params': jax.tree_util.tree_map_with_path(scale, variables['params'])}
 
 
 def worker(args):
@@ -86,7 +71,7 @@ def worker(args):
   for s in segments:
     logits = programs[s - 1](with_tau([1.0] * 3), x)[0]['logits'][-1]
     logits_max[s - 1] = float(np.abs(np.asarray(logits)).max())
-  variables = _tempered(variables, logits_max, model.num_classes)
+  variables = anytime_cost.tempered(variables, logits_max, model.num_classes)
   for s in segments:
     at_one = with_tau([1.0] * 3)
     add(f'seg{s}/base', s - 1, at_one)
@@ -141,7 +126,7 @@ def table(records) -> str:
 
 
 def main():
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p = cli.ArgumentParser(prog='python -m benchmarks.anytime_crossover', description=__doc__.splitlines()[0])
   p.add_argument('--worker', action='store_true', help=argparse.SUPPRESS)
   p.add_argument('--serve', action='store_true', help=argparse.SUPPRESS)
   p.add_argument('--contender', choices=CONTENDERS, default='dense', help=argparse.SUPPRESS)
@@ -154,15 +139,20 @@ def main():
   p.add_argument('--segments', default='2,3,4', help='segments (2, 3, 4), comma-separated')
   p.add_argument('--rounds', type=int, default=3)
   args = p.parse_args()
+  batches = anytime_cost.check_sizes(p, args)
   for f in args.fractions.split(','):
-    if not 0.0 < float(f) < 1.0:
-      p.error(f'--fractions: each must lie in (0, 1), got {f}')
+    try:
+      inside = 0.0 < float(f) < 1.0
+    except ValueError:
+      inside = False
+    if not inside:
+      p.error(f'--fractions: each must be a number in (0, 1), got {f!r}')
   if not set(args.segments.split(',')) <= {'2', '3', '4'}:
     p.error(f'--segments: each must be 2, 3 or 4, got {args.segments}')
   if args.worker:
     return worker(args)
   records = []
-  for batch in (int(b) for b in args.batches.split(',')):
+  for batch in batches:
     base = ['--arch', args.arch, '--height', str(args.height), '--width', str(args.width), '--batch', str(batch)]
     base += ['--fractions', args.fractions, '--segments', args.segments]
     runs = common.interleaved(

@@ -73,7 +73,7 @@ def profile(arch='w18_small_v2', height=512, width=1024, setting='tau=0.998', se
 
   model, variables, x, programs = anytime_cost.contender(arch, 'adpc_sparse', 1, height, width)
   policy = model.compute
-  v = anytime_cost.thresholds(programs, variables, x)[setting]
+  v = anytime_cost.thresholds(programs, variables, x, model.num_classes)[setting]
   outputs, _ = programs[segment - 1](v, x)
   taus = v['constants']['tau']
   mask = confidence.confidence_mask(outputs['logits'][-1], float(np.atleast_1d(taus)[segment - 2]))

@@ -789,7 +789,9 @@ def eval_step_dir(config, workdir: str) -> str | None:
 def eval_tag(task: Task, step_dir: str | None, weights: str | None) -> str:
   """The name of an eval-only run's folder under WORKDIR/eval/: what it evaluates (`step<N>` of the workdir's
   checkpoints, `weights-<file name>` of init_from), then `Task.eval_tag()` when the task evaluates one set of
-  weights several ways (ADP-C: `tau0.99`), e.g. step496-tau0.99, weights-hrnet_w48-dense, step1000."""
+  weights several ways (ADP-C: `tau0.99`), then the compute dtype when it is not float32 (bf16 gives other numbers:
+  an evaluation in bfloat16 overwrote the float32 one of the same weights), e.g. step496-tau0.99,
+  weights-hrnet_w48-dense, step1000, step1000-bfloat16."""
   if step_dir is not None:
     what = f'step{os.path.basename(step_dir)}'
   else:
@@ -802,8 +804,8 @@ def eval_tag(task: Task, step_dir: str | None, weights: str | None) -> str:
         name = name[: -len(ext)]
         break
     what = 'weights-' + (''.join(ch if ch.isalnum() or ch in '._-' else '_' for ch in name) or 'file')
-  how = task.eval_tag()
-  return f'{what}-{how}' if how else what
+  dtype = str((task.config.get('compute_dtype', None) if task.config is not None else None) or 'float32')
+  return '-'.join(part for part in (what, task.eval_tag(), '' if dtype == 'float32' else dtype) if part)
 
 
 def _load_step(b: Built, step_dir: str) -> tuple[TrainState, bool]:

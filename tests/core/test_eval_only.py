@@ -8,6 +8,7 @@ import json
 import os
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
 import toy_task
@@ -108,6 +109,10 @@ def test_eval_tag_names_what_and_how():
   assert train.eval_tag(tau, None, '/x/hrnet_w48.pth') == 'weights-hrnet_w48-tau0.99'
   assert train.eval_tag(plain, None, '/runs/large/checkpoints/20') == 'weights-large-step20'
   assert train.eval_tag(plain, None, '/runs/pruned.safetensors') == 'weights-pruned'
+  # another compute dtype gives other numbers: its own folder, not the float32 evaluation's
+  bf16, fp32 = (Threshold(ml_collections.ConfigDict({'compute_dtype': d}), None) for d in ('bfloat16', 'float32'))
+  assert train.eval_tag(bf16, '/w/checkpoints/496', None) == 'step496-tau0.99-bfloat16'
+  assert train.eval_tag(fp32, '/w/checkpoints/496', None) == 'step496-tau0.99'
 
 
 def test_eval_only_without_checkpoint_or_weights_is_one_line(tfds_dir, tmp_path, capsys):
