@@ -64,6 +64,15 @@ _DN = ('NHWC', 'HWIO', 'NHWC')
 # (whose exit head computes the kept pixels only) was as fast or faster sparse up to 0.9 kept, segment 3 as fast
 # or faster masked-dense from 0.3, segment 2 even (its sparse edge at batch 8 at most 14 %)
 SEGMENT_DENSE_MIN = (0.5, 0.3, 0.9)
+# per segment 2, 3, 4 whether the sparse policy computes the segment's entry convs (those that read its input
+# branches) dense before the segment's switch on its kind (`Compute.dense_entry`, the line's 'auto'; hrnet.HRNet):
+# segments 2 and 3, where the kinds taken are mostly plain or masked-dense (which compute them dense anyway), so
+# that they run beside the previous exit's head (W18-Small-v2, 512x1024, batch 1, near idle: segment 2 at 82 % kept
+# 67 ms wall against 77 behind the switch, masked-dense's 68); not segment 4, whose sparse kind (up to 90 % kept)
+# computes them at the kept pixels: at 5.8 % kept (batch 8) the dense ones cost 4 % more CPU time to exit 4
+# (benchmarks/ANALYSIS.md, 'The switch wait'). Below PATCH_MAX kept a segment-2 or -3 entry conv is dense where the
+# sparse kind would compute it per pixel (not measured)
+SEGMENT_DENSE_ENTRY = (True, True, False)
 
 
 def check_tau(tau) -> float:
@@ -267,6 +276,8 @@ AUTO = {
     'masked_dense_above': SEGMENT_DENSE_MIN,
     # the kept fraction up to which a sparse k x k conv runs per pixel, by its output channels
     'patch_max_by_channels': PATCH_MAX_BY_CHANNELS,
+    # per segment (2, 3, 4) its entry convs computed dense before its switch on the kind (`Compute.dense_entry`)
+    'dense_entry': SEGMENT_DENSE_ENTRY,
 }
 
 
@@ -289,17 +300,27 @@ def dense_conv(compute: Compute, x, kernel, bias, strides, padding):
   return y if bias is None else y + bias.astype(y.dtype)
 
 
+def conv_padding(k: int) -> tuple:
+  """PyTorch's explicit padding of a k x k conv (k // 2 each side), as every `Conv` pads."""
+  return ((k // 2, k // 2), (k // 2, k // 2))
+
+
 def dense_conv_xla(x, kernel, bias, strides, padding):
   """`dense_conv` as one lax.conv_general_dilated (the tests' oracle)."""
   y = lax.conv_general_dilated(x, kernel.astype(x.dtype), strides, padding, dimension_numbers=_DN)
   return y if bias is None else y + bias.astype(y.dtype)
 
 
-def masked_dense(compute: Compute, x, kernel, bias, mask, rbf_lambda, strides, padding, fill: bool = True):
+def masked_dense(
+    compute: Compute, x, kernel, bias, mask, rbf_lambda, strides, padding, fill: bool = True, dense_out=None
+):
   """Masked-dense (the reference): the full conv, then masked outputs replaced by the RBF fill (no compute saved).
-  `fill` (False: the caller reads kept pixels only, `masked_sparse`) is ignored: the reference always fills."""
+  `fill` (False: the caller reads kept pixels only, `masked_sparse`) is ignored: the reference always fills.
+  `dense_out`: the conv's output (bias included) computed already (a segment's entry conv, `Compute.dense_entry`):
+  only the fill is left."""
   del fill
-  return rbf_fill(dense_conv(compute, x, kernel, bias, strides, padding), mask, rbf_lambda)
+  y = dense_conv(compute, x, kernel, bias, strides, padding) if dense_out is None else dense_out
+  return rbf_fill(y, mask, rbf_lambda)
 
 
 # --------------------------------------------------------------------------------------
@@ -444,30 +465,29 @@ def _short_windows(mask: jax.Array, rows: jax.Array) -> tuple[jax.Array, jax.Arr
   return ids, jnp.pad(mask, ((0, 0), (r, r), (r, r))).reshape(-1).at[ids].get(mode='promise_in_bounds')
 
 
-def _scatter_fill(compute: Compute, x, kernel, bias, pixels: PixelSet, rbf_lambda, stride: int, padding):
-  """(B, h, w, C_out): the conv at the kept pixels plus the short RBF fill scattered from them (each kept pixel adds
-  its value times the fill's weight to its neighbours within SHORT_RADIUS that are skipped: the same sums as the
-  separable fill, gathered from the other side), a scatter-add of (2 SHORT_RADIUS + 1)^2 rows per kept pixel."""
+def _scatter_fill(pixel_values: Callable, cout: int, dtype, pixels: PixelSet, rbf_lambda):
+  """(B, h, w, C_out): the conv at the kept pixels (`pixel_values(rows)`, (len(rows), cout), for flat ids over
+  B * h * w) plus the short RBF fill scattered from them (each kept pixel adds its value times the fill's weight to
+  its neighbours within SHORT_RADIUS that are skipped: the same sums as the separable fill, gathered from the other
+  side), a scatter-add of (2 SHORT_RADIUS + 1)^2 rows per kept pixel."""
   r = SHORT_RADIUS
   mask = pixels.mask
   bsz, h, w = mask.shape
   hb, wb = h + 2 * r, w + 2 * r
-  cout = kernel.shape[-1]
-  xp = _padded_input(x, kernel.shape[0], stride, padding, h, w)
   di, dj = np.divmod(np.arange((2 * r + 1) ** 2), 2 * r + 1)
   g, norm = _separable_taps(rbf_lambda, r, jnp.float32)
   weights = g[di] * g[dj] * norm
   centre = jnp.asarray((di == r) & (dj == r))[None]
 
   def body(rows, out):
-    y = _pixel_conv(compute, xp, kernel, bias, pixels, rows, stride)
+    y = pixel_values(rows)
     y = y * pixels.at_rows(rows, y.dtype)  # 0 at the skipped pixels a chunk ends with
     targets, kept = _short_windows(mask, rows)
     coef = jnp.where(centre, 1.0, weights[None] * (1 - kept)).astype(y.dtype)
     values = (y[:, None, :] * coef[..., None]).reshape(-1, cout)
     return out.at[targets.reshape(-1)].add(values, mode='promise_in_bounds')
 
-  out = pixels.loop(body, jnp.zeros((bsz * hb * wb, cout), x.dtype))
+  out = pixels.loop(body, jnp.zeros((bsz * hb * wb, cout), dtype))
   return out.reshape(bsz, hb, wb, cout)[:, r : r + h, r : r + w]
 
 
@@ -491,7 +511,9 @@ def _banded_fill(ym: jax.Array, mask: jax.Array, rbf_lambda, short: jax.Array) -
   return _separable_fill(ym, m, g, norm)
 
 
-def masked_sparse(compute: Compute, x, kernel, bias, mask, rbf_lambda, strides, padding, fill: bool = True):
+def masked_sparse(
+    compute: Compute, x, kernel, bias, mask, rbf_lambda, strides, padding, fill: bool = True, dense_out=None
+):
   """`masked_dense`'s outputs computed sparsely (compute.masked_conv='sparse'; ``mask`` an array or a `PixelSet`), in
   one of two branches (`sparse_branch`): at most SCATTER_FILL_MAX kept (short fill), the conv at the kept pixels with
   the fill scattered from them (`_scatter_fill`); otherwise the conv at the kept pixels (`_kept_conv`, up to
@@ -500,7 +522,9 @@ def masked_sparse(compute: Compute, x, kernel, bias, mask, rbf_lambda, strides, 
   BAND_MAX a side). A segment whose pixels are all or mostly kept takes the plain or the masked-dense convs instead
   (`segment_kind`), so this path has no branch of its own for them. `fill=False` (the caller reads the output at
   kept pixels only, e.g. a 1 x 1 chain into the exit's aggregation) leaves out the fill: skipped pixels are 0, kept
-  ones `masked_dense`'s. Inference only: training keeps `masked_dense` (`MaskSet.train`)."""
+  ones `masked_dense`'s. `dense_out`: the conv's output computed already (a segment's entry conv,
+  `Compute.dense_entry`), read at the kept pixels instead of computing them. Inference only: training keeps
+  `masked_dense` (`MaskSet.train`)."""
   pixels = mask if isinstance(mask, PixelSet) else PixelSet(mask)
   m = pixels.mask
   kernel = kernel.astype(x.dtype)
@@ -510,6 +534,8 @@ def masked_sparse(compute: Compute, x, kernel, bias, mask, rbf_lambda, strides, 
   per_pixel = pixels.count <= per_pixel_max(compute, kernel.shape, stride) * m.size
 
   def kept_conv(x, kernel, bias):  # the conv times the mask: at the kept pixels, or dense
+    if dense_out is not None:
+      return dense_out * m[..., None].astype(dense_out.dtype)
     dense = lambda x, kernel, bias: dense_conv(compute, x, kernel, bias, strides, padding) * m[..., None].astype(
         x.dtype
     )
@@ -520,7 +546,12 @@ def masked_sparse(compute: Compute, x, kernel, bias, mask, rbf_lambda, strides, 
     return kept_conv(x, kernel, bias)
 
   def scattered(x, kernel, bias, lam):
-    return _scatter_fill(compute, x, kernel, bias, pixels, lam, stride, padding)
+    if dense_out is None:
+      xp = _padded_input(x, kernel.shape[0], stride, padding, *m.shape[1:])
+      values = lambda rows: _pixel_conv(compute, xp, kernel, bias, pixels, rows, stride)
+    else:
+      values = lambda rows: dense_out.reshape(-1, dense_out.shape[-1]).at[rows].get(mode='promise_in_bounds')
+    return _scatter_fill(values, kernel.shape[-1], x.dtype, pixels, lam)
 
   def filled(x, kernel, bias, lam):
     ym = kept_conv(x, kernel, bias)
@@ -548,11 +579,13 @@ def sparse_branch(pixels: PixelSet, short: jax.Array | bool) -> jax.Array:
   return jnp.where(scatter, 0, 1).astype(jnp.int32)
 
 
-def masked_plain(compute: Compute, x, kernel, bias, mask, rbf_lambda, strides, padding, fill: bool = True):
-  """`masked_dense`'s output where every pixel is kept (a segment's choice, `segment_kind`): the conv alone; the
-  fill, y * 1 + fill * 0, would give the same values."""
+def masked_plain(
+    compute: Compute, x, kernel, bias, mask, rbf_lambda, strides, padding, fill: bool = True, dense_out=None
+):
+  """`masked_dense`'s output where every pixel is kept (a segment's choice, `segment_kind`): the conv alone
+  (`dense_out` where it was computed already); the fill, y * 1 + fill * 0, would give the same values."""
   del mask, rbf_lambda, fill
-  return dense_conv(compute, x, kernel, bias, strides, padding)
+  return dense_conv(compute, x, kernel, bias, strides, padding) if dense_out is None else dense_out
 
 
 # compute.masked_conv -> the masked conv (same signature and semantics); core_jax.compute.CHOICES lists the policy's
@@ -597,12 +630,14 @@ class Conv(nn.Module):
   fill_read: bool = True
 
   @nn.compact
-  def __call__(self, x: jax.Array, masks: MaskSet | None = None) -> jax.Array:
+  def __call__(self, x: jax.Array, masks: MaskSet | None = None, dense_out: jax.Array | None = None) -> jax.Array:
+    """`dense_out`: this masked conv's dense output (bias included) computed already, before the segment chose
+    its kind (`Compute.dense_entry`); given with the segment's masks only."""
     k, s, cin = self.kernel_size, self.strides, x.shape[-1]
     std = CONV_INIT_STD if self.conv_init == 'normal' else math.sqrt(2.0 / (cin * k * k))
     kernel = self.param('kernel', nn.initializers.normal(std), (k, k, cin, self.features))
     bias = self.param('bias', torch_bias_init(cin * k * k), (self.features,)) if self.use_bias else None
-    pad = ((k // 2, k // 2), (k // 2, k // 2))
+    pad = conv_padding(k)
     h = (x.shape[1] + 2 * (k // 2) - k) // s + 1
     w = (x.shape[2] + 2 * (k // 2) - k) // s + 1
     dense = h * w * k * k * cin * self.features  # MACs per example (conv/linear multiply-adds only)
@@ -612,13 +647,17 @@ class Conv(nn.Module):
         raise ValueError(f'{self.name}: a mask was given to a conv that is not masked')
       return dense_conv(self.compute, x, kernel, bias, (s, s), pad)
     rbf_lambda = self.param('rbf_lambda', nn.initializers.constant(LAMBDA_INIT), ())
+    if dense_out is not None and (masks is None or masks.kind is None):
+      raise ValueError(f'{self.name}: a dense output computed ahead is only for a segment that chose its kind')
     if masks is None:  # CA model run without masks (e.g. backbone features): plain dense conv
       return dense_conv(self.compute, x, kernel, bias, (s, s), pad)
     m = masks.at(h, w)
     kind = masks.masked_conv(self.compute)
     mask_arg = masks.pixels(h, w) if kind == 'sparse' else m
-    fill = {} if self.fill_read else {'fill': False}
-    y = MASKED_CONVS[kind](self.compute, x, kernel, bias, mask_arg, rbf_lambda, (s, s), pad, **fill)
+    extra = {} if self.fill_read else {'fill': False}
+    if dense_out is not None:
+      extra['dense_out'] = dense_out
+    y = MASKED_CONVS[kind](self.compute, x, kernel, bias, mask_arg, rbf_lambda, (s, s), pad, **extra)
     sow_masked_macs(self, self.exit_index, dense, m, self.features)
     return y
 

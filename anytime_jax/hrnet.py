@@ -26,6 +26,9 @@ only the kept pixels at evaluation (`train=False`), and an original exit forms i
 (`exits.OriginalExit`); each segment (transition k-1, stage k, exit k) first chooses once, from its mask's kept
 fraction over the batch, between its plain, masked-dense and sparse convs (`confidence.segment_kind`: one switch
 around the segment, traced once per kind with the same params; initialization and MAC counts trace it once).
+The switch's index waits for the previous exit's head and mask; the segment's entry convs (`entry_convs`: those
+that read its input branches) do not, and with `compute.dense_entry` they are computed dense before the switch and
+every kind starts from their outputs, so that they can run beside that head as masked-dense's do.
 Training always computes them masked-dense. Counting: after
 exit k the forward calls `core_jax.counting.mark(f'exit{k}')`, so `count_macs_by_mark` gives the paper's
 cumulative dense cost per exit; masked convs sow their actual cost (`confidence.Conv`).
@@ -37,6 +40,7 @@ after exit k (its logits last), for per-exit latency.
 """
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax.linen as nn
@@ -129,7 +133,8 @@ class ConvBN(nn.Module):
   dtype: Any = None
 
   @nn.compact
-  def __call__(self, x, train: bool = False, masks: MaskSet | None = None):
+  def __call__(self, x, train: bool = False, masks: MaskSet | None = None, conv_out: jax.Array | None = None):
+    """`conv_out`: the conv's dense output computed already (`Conv`'s `dense_out`)."""
     x = Conv(
         self.features,
         self.kernel_size,
@@ -138,7 +143,7 @@ class ConvBN(nn.Module):
         conv_init=self.conv_init,
         compute=self.compute,
         name='conv',
-    )(x, masks)
+    )(x, masks, conv_out)
     x = batch_norm(train, 'bn', self.bn_momentum, self.dtype)(x)
     return nn.relu(x) if self.relu else x
 
@@ -193,9 +198,11 @@ class BasicBlock(nn.Module):
   dtype: Any = None
 
   @nn.compact
-  def __call__(self, x, train: bool = False, masks: MaskSet | None = None):
+  def __call__(self, x, train: bool = False, masks: MaskSet | None = None, conv1_out: jax.Array | None = None):
+    """`conv1_out`: conv1's dense output computed already (`Conv`'s `dense_out`)."""
     m, ci = self.bn_momentum, self.conv_init
-    out = Conv(self.planes, 3, exit_index=self.exit_index, conv_init=ci, compute=self.compute, name='conv1')(x, masks)
+    conv1 = Conv(self.planes, 3, exit_index=self.exit_index, conv_init=ci, compute=self.compute, name='conv1')
+    out = conv1(x, masks, conv1_out)
     out = nn.relu(batch_norm(train, 'bn1', m, self.dtype)(out))
     out = Conv(self.planes, 3, exit_index=self.exit_index, conv_init=ci, compute=self.compute, name='conv2')(out, masks)
     out = batch_norm(train, 'bn2', m, self.dtype)(out)
@@ -213,8 +220,10 @@ class HighResolutionModule(nn.Module):
   dtype: Any = None
 
   @nn.compact
-  def __call__(self, xs, train: bool = False, masks: MaskSet | None = None):
+  def __call__(self, xs, train: bool = False, masks: MaskSet | None = None, first_convs=None):
+    """`first_convs`: per branch the dense output of its first block's conv1 computed already, or None."""
     xs = list(xs)
+    first_convs = first_convs or [None] * len(xs)
     opts = dict(
         exit_index=self.exit_index,
         bn_momentum=self.bn_momentum,
@@ -225,7 +234,8 @@ class HighResolutionModule(nn.Module):
     n = len(self.channels)
     for i in range(n):
       for b in range(self.num_blocks):
-        xs[i] = BasicBlock(self.channels[i], name=f'branch{i}_{b}', **opts)(xs[i], train, masks)
+        conv1_out = first_convs[i] if b == 0 else None
+        xs[i] = BasicBlock(self.channels[i], name=f'branch{i}_{b}', **opts)(xs[i], train, masks, conv1_out)
     outs = []
     for i in range(n):
       terms = []
@@ -257,6 +267,24 @@ class HighResolutionModule(nn.Module):
     if self.fuse_upsample == 'nearest':  # HRNet classification / timm (x 2^(j-i), nearest)
       return jnp.repeat(jnp.repeat(t, factor, axis=1), factor, axis=2)[:, : size[0], : size[1]]
     raise ValueError(f'fuse_upsample must be bilinear or nearest, got {self.fuse_upsample!r}')
+
+
+def entry_convs(arch: Arch, s: int) -> tuple[tuple[str, int, int], ...]:
+  """Segment s's entry convs: the masked convs that read its input branches (stage s - 1's outputs, or layer1's)
+  directly, as (param path, input branch, stride): a transition's conv where a branch's width changes, the first
+  conv of a new branch's chain (from the last branch), and the first block's conv1 of a branch the transition
+  passes through (`HRNet`'s `segment` names them so)."""
+  pre = arch.channels(s - 1) if s > 2 else [arch.layer1_planes * 4]
+  cur = arch.channels(s)
+  convs = []
+  for i in range(s):
+    if i >= len(pre):
+      convs.append((f'transition{s - 1}_{i}_0/conv', len(pre) - 1, 2))
+    elif cur[i] != pre[i]:
+      convs.append((f'transition{s - 1}_{i}/conv', i, 1))
+    else:
+      convs.append((f'stage{s}_0/branch{i}_0/conv1', i, 1))
+  return tuple(convs)
 
 
 def check_structure(exits, exit_type: str, tau, masked_stages) -> tuple:
@@ -378,40 +406,62 @@ class HRNet(nn.Module):
     if 1 in exits:
       run_exit(1, ys, None)
 
-    def segment(s, ys, pre, masks_s):
+    def segment(s, ys, pre, masks_s, entry=None):
       """Transition s - 1 and stage s from the branches `ys` (`pre` their widths), and exit s's head's logits (None
-      when s is no exit or only features are asked for)."""
+      when s is no exit or only features are asked for). `entry`: the dense outputs of the entry convs computed
+      already (`entry_convs`, by path), or None."""
+      entry = entry or {}
       seg = s if s in masked else None
       cur = arch.channels(s)
       xs = []
       for i in range(s):
         if i < len(pre):
           if cur[i] != pre[i]:
-            xs.append(ConvBN(cur[i], 3, exit_index=seg, name=f'transition{s - 1}_{i}', **opts)(ys[i], train, masks_s))
+            name = f'transition{s - 1}_{i}'
+            conv = ConvBN(cur[i], 3, exit_index=seg, name=name, **opts)
+            xs.append(conv(ys[i], train, masks_s, entry.get(f'{name}/conv')))
           else:
             xs.append(ys[i])
         else:
           t = ys[-1]
           for j in range(i + 1 - len(pre)):
             out_c = cur[i] if j == i - len(pre) else pre[-1]
-            t = ConvBN(out_c, 3, 2, exit_index=seg, name=f'transition{s - 1}_{i}_{j}', **opts)(t, train, masks_s)
+            name = f'transition{s - 1}_{i}_{j}'
+            t = ConvBN(out_c, 3, 2, exit_index=seg, name=name, **opts)(t, train, masks_s, entry.get(f'{name}/conv'))
           xs.append(t)
       for m in range(arch.stage_modules[s - 2]):
+        first = [entry.get(f'stage{s}_{m}/branch{i}_0/conv1') for i in range(s)]
         xs = HighResolutionModule(
             tuple(cur), arch.stage_blocks, self.fuse_upsample, exit_index=seg, name=f'stage{s}_{m}', **opts
-        )(xs, train, masks_s)
+        )(xs, train, masks_s, first)
       return xs, exit_head(s, xs, masks_s) if s in exits and not features_only else None
+
+    def entry_outputs(s, ys):
+      """The dense outputs (bias included) of segment s's entry convs (`entry_convs`), from the params: the same
+      convs every kind of the segment starts with (`Compute.dense_entry`)."""
+      params = self.variables['params']
+      out = {}
+      for path, branch, stride in entry_convs(arch, s):
+        conv = functools.reduce(lambda tree, name: tree[name], path.split('/'), params)
+        kernel = conv['kernel']
+        padding = confidence.conv_padding(kernel.shape[0])
+        out[path] = confidence.dense_conv(self.compute, ys[branch], kernel, conv.get('bias'), (stride, stride), padding)
+      return out
 
     def switched_segment(s, ys, pre, masks_s):
       """`segment` with its masked convs as the segment's mask chooses (`confidence.segment_kind`): one switch,
-      each branch the segment traced with one kind of masked conv (the same params)."""
+      each branch the segment traced with one kind of masked conv (the same params). With `Compute.dense_entry`
+      for the segment its entry convs are computed dense before the switch and every kind starts from them: the
+      switch's index waits for exit s - 1's head and mask, these convs do not (they can run beside that head, as
+      masked-dense's do)."""
 
       def branch(kind):
-        return lambda mdl, ys, mask: segment(s, ys, pre, MaskSet(mask, kind=kind))
+        return lambda mdl, ys, mask, entry: segment(s, ys, pre, MaskSet(mask, kind=kind), entry)
 
+      entry = entry_outputs(s, ys) if self.compute.dense_entry[s - 2] else {}
       branches = [branch(kind) for kind in confidence.SEGMENT_KINDS]
       kind = confidence.segment_kind(masks_s.mask, self.compute.masked_dense_above[s - 2])
-      return nn.switch(kind, branches, self, list(ys), masks_s.mask)
+      return nn.switch(kind, branches, self, list(ys), masks_s.mask, entry)
 
     pre = [arch.layer1_planes * 4]
     for s in (2, 3, 4):

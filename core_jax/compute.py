@@ -33,6 +33,10 @@ parity tests run them. They exist because the plain XLA formulation is slow on s
   the conv's output channels: steps ((min_out_channels, max_kept_fraction), ...), the first from 0 channels, the
   channel counts rising; a conv takes the last step whose count it reaches (``patch_max``; its kernel shape is
   static, so the choice is made when the model is traced). The per-pixel conv's crossover rises with the channels.
+* ``dense_entry``: under ``masked_conv='sparse'``, per ADP-C segment (2, 3, 4) whether the segment's entry convs
+  (those that read its input branches: the transitions, a passed-through branch's first conv) are computed dense
+  before the segment's choice of kind and handed to every kind (``anytime_jax.hrnet``): they can then run beside
+  the previous exit's head, as masked-dense's do, instead of waiting for its mask.
 
 The policy is a field of the model's modules, so two policies give two compiled programs and equal policies
 hash equal: nothing is read from a global when a model is traced. ``Compute()`` is the plain XLA formulation.
@@ -100,6 +104,7 @@ class Compute:
   dense_grad: str = 'autodiff'
   masked_dense_above: tuple[float, ...] = (0.5, 0.5, 0.5)
   patch_max_by_channels: tuple[tuple[int, float], ...] = ((0, 0.125),)
+  dense_entry: tuple[bool, ...] = (False, False, False)
 
   def __post_init__(self):
     for name, allowed in CHOICES.items():
@@ -127,6 +132,10 @@ class Compute:
           f'channels, the channel counts rising, the fractions in [0, 1], got {steps!r}'
       )
     object.__setattr__(self, 'patch_max_by_channels', tuple((int(c), float(f)) for c, f in steps))
+    entry = self.dense_entry
+    if not isinstance(entry, (tuple, list)) or len(entry) != 3 or not all(isinstance(e, bool) for e in entry):
+      raise UserError(f'compute.dense_entry must be 3 booleans (ADP-C segments 2, 3, 4), got {entry!r}')
+    object.__setattr__(self, 'dense_entry', tuple(entry))
 
   def patch_max(self, out_channels: int) -> float:
     """The kept fraction up to which a masked conv of ``out_channels`` outputs (k > 1 or strided) is computed
@@ -308,7 +317,7 @@ def resolve(options: Mapping[str, Any] | None, auto: Mapping[str, Any], line: st
   if unknown:
     raise UserError(
         f'unknown compute option compute.{unknown[0]} (known: {", ".join(CHOICES)}, channel_multiple, '
-        'fusion_barriers, masked_dense_above, patch_max_by_channels)'
+        'fusion_barriers, masked_dense_above, patch_max_by_channels, dense_entry)'
     )
   chosen = {}
   for field in dataclasses.fields(Compute):

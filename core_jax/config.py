@@ -20,7 +20,7 @@ every config on the command line. Groups and fields (read by core_jax.train unle
                         losses and BatchNorm statistics stay float32; core_jax.compute.compute_dtype)
   compute               the compute policy (core_jax.compute): patch_conv, small_conv, pointwise_conv,
                         channel_multiple, fusion_barriers, dwconv, masked_conv, dense_grad, masked_dense_above,
-                        patch_max_by_channels;
+                        patch_max_by_channels, dense_entry;
                         'auto' / None: the line's choice for the running backend; a choice the line's models
                         cannot honour is an error
   xla_compiler_options  (not in the base; a config may add it) XLA compile options of the train and eval steps,
@@ -102,6 +102,7 @@ def base_config() -> ml_collections.ConfigDict:
           dense_grad='auto',
           masked_dense_above=config_dict.placeholder(tuple),
           patch_max_by_channels=config_dict.placeholder(tuple),
+          dense_entry=config_dict.placeholder(tuple),
       )
   )
   c.init_from = ''

@@ -3,6 +3,7 @@ single convs (every branch, loops of 0 to 32 chunks, the dense fallbacks, per-ex
 several thresholds, the digit_scenes demo's model after a short training at several thresholds, and the policy
 plumbing (training stays masked-dense; the choice is a hashable field)."""
 
+import dataclasses
 import os
 
 import jax
@@ -372,6 +373,62 @@ def test_each_segment_chooses_with_its_own_crossover(monkeypatch):
   assert asked == [0.25, 0.5, 0.75]
 
 
+def _convs_outside_conditionals(jaxpr) -> int:
+  """The conv_general_dilated ops of `jaxpr` that no conditional or loop holds (sub-jaxprs of other ops, such as
+  pjit's, counted)."""
+  count = 0
+  for eqn in jaxpr.eqns:
+    if eqn.primitive.name == 'conv_general_dilated':
+      count += 1
+    elif eqn.primitive.name not in ('cond', 'while'):
+      for sub in jax.core.jaxprs_in_params(eqn.params):
+        count += _convs_outside_conditionals(sub)
+  return count
+
+
+def test_entry_convs_are_computed_before_each_segment_switch():
+  """With `Compute.dense_entry` for a segment, its entry convs (`hrnet.entry_convs`: every 3 x 3 conv that reads
+  the segment's input branches) are computed outside any conditional, before the switch on the segment's kind
+  (whose index waits for the previous exit's head), and inside it otherwise; each is a conv of the model's
+  params."""
+  x = jnp.zeros((1, 32, 32, 3))
+  arch = hrnet.get_arch('w8_tiny')
+  entries = {s: hrnet.entry_convs(arch, s) for s in (2, 3, 4)}
+  assert [path for path, _, _ in entries[2]] == ['transition1_0/conv', 'transition1_1_0/conv']
+  assert [path for path, _, _ in entries[3]] == [
+      'stage3_0/branch0_0/conv1',
+      'stage3_0/branch1_0/conv1',
+      'transition2_2_0/conv',
+  ]
+  counts = {}
+  for dense_entry in ((False, False, False), (True, False, True), (True, True, True)):
+    policy = confidence.for_backend(dict(masked_conv='sparse', dense_entry=dense_entry))
+    model = hrnet.build('w8_tiny', tau=0.5, compute=policy)
+    variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), x)
+    for path, _, stride in (conv for convs in entries.values() for conv in convs):
+      conv = variables['params']
+      for name in path.split('/'):
+        conv = conv[name]
+      assert conv['kernel'].shape[:2] == (3, 3) and stride in (1, 2), path
+    jaxpr = jax.make_jaxpr(lambda v: model.apply(v, x))({**variables, 'constants': {'tau': jnp.float32(0.5)}})
+    counts[dense_entry] = _convs_outside_conditionals(jaxpr.jaxpr)
+  hoisted = lambda on: sum(len(entries[s]) for s, flag in zip((2, 3, 4), on) if flag)
+  assert hoisted((True, True, True)) == 9
+  for dense_entry, count in counts.items():
+    assert count - counts[(False, False, False)] == hoisted(dense_entry), (dense_entry, counts)
+  for bad in ((True, True), (1, 1, 1), True):
+    with pytest.raises(UserError, match='compute.dense_entry must be 3 booleans'):
+      confidence.for_backend(dict(masked_conv='sparse', dense_entry=bad))
+
+
+def test_dense_output_ahead_only_for_a_segment_that_chose_its_kind():
+  x = jnp.ones((1, 4, 4, 2))
+  conv = Conv(3, 3, exit_index=2, compute=confidence.for_backend(dict(masked_conv='sparse')))
+  v = conv.init(jax.random.PRNGKey(0), x, MaskSet(jnp.ones((1, 4, 4))))
+  with pytest.raises(ValueError, match='a dense output computed ahead is only for a segment that chose its kind'):
+    conv.apply(v, x, MaskSet(jnp.ones((1, 4, 4))), jnp.ones((1, 4, 4, 3)))
+
+
 # two tiny-HRNet compiles with the sown MACs: 24 s of CPU cold, the heaviest not-slow test; the sparse kernels stay
 # in the quick set (test_original_exit_at_kept_pixels_equals_masked_dense_exit, test_segment_kind_*)
 @pytest.mark.slow
@@ -380,12 +437,18 @@ def test_sparse_hrnet_segment_choice_takes_each_kind_with_examples_that_differ()
   more confident), so one threshold keeps nearly every pixel of example 0 and few of examples 1 and 2. Thresholds
   put the batch's kept fraction after exit 1 above and below SEGMENT_DENSE_MIN, and at 1.0 (every pixel kept): each
   segment's kind (plain, masked-dense, sparse, known from the per-example fractions away from the crossover) is
-  taken, and the sparse model's logits equal the masked-dense model's at every exit."""
+  taken, and the sparse model's logits equal the masked-dense model's at every exit, with its entry convs ahead
+  of the switches as the policy chooses (`Compute.dense_entry`), ahead of all of them, and of none."""
   rng = np.random.RandomState(3)
   image = rng.randn(1, 32, 32, 3).astype(np.float32)
   x = jnp.asarray(np.concatenate([image, 20 * image[:, ::-1], 20 * image[:, :, ::-1]]))
 
   dense, sparse, variables = tiny_hrnets(x, rng)
+  # the line's auto (entry convs ahead of the switches of segments 2 and 3), with them ahead of every switch, and
+  # without them
+  assert sparse.compute.dense_entry == confidence.SEGMENT_DENSE_ENTRY == (True, True, False)
+  entry_everywhere = sparse.clone(compute=dataclasses.replace(sparse.compute, dense_entry=(True, True, True)))
+  without_entry = sparse.clone(compute=dataclasses.replace(sparse.compute, dense_entry=(False, False, False)))
   # the sown MACs too (the switch needs one sown tree for every kind): the same per exit as masked-dense's
   run = jax.jit(lambda model, v, x: flops.apply_with_macs(model, v, x), static_argnums=0)
   at_one = run(dense, {**variables, 'constants': {'tau': jnp.float32(1.0)}}, x)[0]
@@ -396,6 +459,8 @@ def test_sparse_hrnet_segment_choice_takes_each_kind_with_examples_that_differ()
     v = {**variables, 'constants': {'tau': jnp.float32(tau)}}
     (want, want_macs), (got, got_macs) = run(dense, v, x), run(sparse, v, x)
     assert_exits_equal(want['logits'], got['logits'], tau)
+    for other in (entry_everywhere, without_entry):
+      assert_exits_equal(want['logits'], run(other, v, x)[0]['logits'], tau)
     np.testing.assert_array_equal(np.asarray(got['fractions']), np.asarray(want['fractions']))
     assert set(got_macs) == set(want_macs)
     for name in want_macs:

@@ -80,6 +80,7 @@ def test_resolve_auto_per_line_and_one_line_errors():
       fusion_barriers=True,
       masked_dense_above=(0.5, 0.3, 0.9),
       patch_max_by_channels=((0, 0.25), (48, 0.35), (96, 0.5)),
+      dense_entry=confidence.SEGMENT_DENSE_ENTRY,
   )
   with pytest.raises(UserError, match='compute.patch_max_by_channels=.*: the pruning line has no use for it'):
     layers.for_backend(dict(patch_max_by_channels=((0, 0.5),)))
