@@ -11,11 +11,11 @@ and main / table as the median of per-round ratios (above 1 the table is faster)
 equal first (1e-4 of their scale). Not part of `make bench`.
 """
 
-import argparse
 import statistics
 import time
 
 from benchmarks import anytime_cost, common
+from core_jax import cli
 
 MAIN_BOUND = ((0, 0.125),)
 
@@ -70,14 +70,30 @@ def measure(arch: str, height: int, width: int, rounds: int, settings) -> list:
   return records
 
 
+def check_args(p, args) -> None:
+  """`p.error` (one line, exit 2) naming a bad argument."""
+  from anytime_jax import hrnet  # pylint: disable=import-outside-toplevel
+
+  if args.arch not in hrnet.ARCHS:
+    p.error(f'--arch: unknown {args.arch!r}; known: {", ".join(sorted(hrnet.ARCHS))}')
+  for name in ('height', 'width', 'rounds'):
+    if getattr(args, name) <= 0:
+      p.error(f'--{name} must be a whole number above 0, got {getattr(args, name)}')
+  known = ('fractions', f'tau={anytime_cost.TAU}')
+  bad = [s for s in args.settings.split(',') if s not in known]
+  if bad:
+    p.error(f'--settings: unknown {", ".join(map(repr, bad))}; known: {", ".join(known)}')
+
+
 def main():
-  p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+  p = cli.ArgumentParser(prog='python -m benchmarks.patch_max_ab', description=__doc__.splitlines()[0])
   p.add_argument('--arch', default='w18_small_v2')
   p.add_argument('--height', type=int, default=512)
   p.add_argument('--width', type=int, default=1024)
   p.add_argument('--rounds', type=int, default=3)
   p.add_argument('--settings', default=f'fractions,tau={anytime_cost.TAU}')
   args = p.parse_args()
+  check_args(p, args)
   records = measure(args.arch, args.height, args.width, args.rounds, args.settings.split(','))
   print('| arch | thresholds | main bound ms (CPU) | table ms (CPU) | main / table, wall (CPU) |')
   print('|---|---|---|---|---|')

@@ -1,7 +1,7 @@
-"""`python -m benchmarks.anytime_cost` (and `benchmarks.anytime_crossover`, which shares its checks, and
-`benchmarks.sparse_patch_crossover`) with a bad argument stops before any work with one line naming it and exit 2
-(a zero size or a non-number batch was a traceback after the first contender's minutes; an unknown variant was
-silently left out)."""
+"""`python -m benchmarks.anytime_cost` (and `benchmarks.anytime_crossover`, which shares its checks,
+`benchmarks.sparse_patch_crossover` and `benchmarks.patch_max_ab`) with a bad argument stops before any work with one
+line naming it and exit 2 (a zero size or a non-number batch was a traceback after the first contender's minutes; an
+unknown variant was silently left out)."""
 
 import os
 import subprocess
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from benchmarks import anytime_cost, anytime_crossover, sparse_patch_crossover
+from benchmarks import anytime_cost, anytime_crossover, patch_max_ab, sparse_patch_crossover
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -43,11 +43,20 @@ PATCH_CASES = [
 ]
 
 
+AB_CASES = [
+    (['--arch', 'w99'], "--arch: unknown 'w99'"),
+    (['--rounds', '0'], '--rounds must be a whole number above 0, got 0'),
+    (['--height', '-1'], '--height must be a whole number above 0, got -1'),
+    (['--settings', 'fractions,tau=0.9'], "--settings: unknown 'tau=0.9'"),
+]
+
+
 @pytest.mark.parametrize(
     'bench, args, message',
     [(anytime_cost, *c) for c in COST_CASES]
     + [(anytime_crossover, *c) for c in CROSSOVER_CASES]
-    + [(sparse_patch_crossover, *c) for c in PATCH_CASES],
+    + [(sparse_patch_crossover, *c) for c in PATCH_CASES]
+    + [(patch_max_ab, *c) for c in AB_CASES],
 )
 def test_bad_argument_is_one_line(monkeypatch, capsys, bench, args, message):
   monkeypatch.setattr(sys, 'argv', [bench.__name__, *args])
