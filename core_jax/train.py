@@ -786,12 +786,14 @@ def eval_step_dir(config, workdir: str) -> str | None:
   return step_dir
 
 
-def eval_tag(task: Task, step_dir: str | None, weights: str | None) -> str:
+def eval_tag(task: Task, step_dir: str | None, weights: str | None, trained_dtype: str = 'float32') -> str:
   """The name of an eval-only run's folder under WORKDIR/eval/: what it evaluates (`step<N>` of the workdir's
   checkpoints, `weights-<file name>` of init_from), then `Task.eval_tag()` when the task evaluates one set of
-  weights several ways (ADP-C: `tau0.99`), then the compute dtype when it is not float32 (bf16 gives other numbers:
-  an evaluation in bfloat16 overwrote the float32 one of the same weights), e.g. step496-tau0.99,
-  weights-hrnet_w48-dense, step1000, step1000-bfloat16."""
+  weights several ways (ADP-C: `tau0.99`), then the compute dtype when it is not the one the weights were trained
+  in (`trained_dtype`: the step's run config; float32 for a weights file), as another dtype gives other numbers (an
+  evaluation in bfloat16 overwrote the float32 one of the same weights), while a recipe evaluated as it trained
+  (ImageNet's bfloat16) keeps the plain name; e.g. step496-tau0.99, weights-hrnet_w48-dense, step1000,
+  step1000-bfloat16."""
   if step_dir is not None:
     what = f'step{os.path.basename(step_dir)}'
   else:
@@ -805,17 +807,19 @@ def eval_tag(task: Task, step_dir: str | None, weights: str | None) -> str:
         break
     what = 'weights-' + (''.join(ch if ch.isalnum() or ch in '._-' else '_' for ch in name) or 'file')
   dtype = str((task.config.get('compute_dtype', None) if task.config is not None else None) or 'float32')
-  return '-'.join(part for part in (what, task.eval_tag(), '' if dtype == 'float32' else dtype) if part)
+  return '-'.join(part for part in (what, task.eval_tag(), '' if dtype == str(trained_dtype) else dtype) if part)
 
 
-def _load_step(b: Built, step_dir: str) -> tuple[TrainState, bool]:
-  """(a state with the weights of one of the workdir's checkpoint steps, whether it holds their EMA copy).
+def _load_step(b: Built, step_dir: str) -> tuple[TrainState, bool, str]:
+  """(a state with the weights of one of the workdir's checkpoint steps, whether it holds their EMA copy, the
+  compute dtype the step was trained in).
 
   A step of this very model configuration is loaded as it is, EMA included, into a state of zeros: every weight
   an evaluation reads comes from the step, so no initializer is compiled or run. Any other (e.g. an ADP-C model
   evaluated without confidence adaptivity, whose checkpoint has masked convs the dense model lacks) goes through
   `Task.load_pretrained`, which knows how the line's weights fit a fresh init of another of its configurations."""
   ckpt = checkpoint_lib.read_training_checkpoint(step_dir)
+  trained_dtype = str(((ckpt['meta'] or {}).get('config') or {}).get('compute_dtype') or 'float32')
   loaded = {'params': ckpt['params'], 'batch_stats': ckpt['batch_stats'] or {}}
   like = b.abstract_state
   if _tree_mismatch('params', loaded['params'], like.params) or _tree_mismatch(
@@ -826,13 +830,13 @@ def _load_step(b: Built, step_dir: str) -> tuple[TrainState, bool]:
     loaded = b.task.load_pretrained(variables, step_dir, False)
     for name in ('params', 'batch_stats'):
       _check_same_tree(name, loaded.get(name, {}), getattr(state, name))
-    return _put_weights(b, state, loaded['params'], loaded.get('batch_stats', {})), False
+    return _put_weights(b, state, loaded['params'], loaded.get('batch_stats', {})), False, trained_dtype
   state = _zeros_state(b)
   ema = ckpt['ema_params']
   with_ema = ema is not None and state.ema_params is not None and not _tree_mismatch('ema_params', ema, state.params)
   state = _put_weights(b, state, loaded['params'], loaded['batch_stats'], ema if with_ema else None)
   step = int((ckpt['meta'] or {}).get('step', os.path.basename(step_dir)))
-  return state.replace(step=jnp.asarray(step, jnp.int32)), with_ema
+  return state.replace(step=jnp.asarray(step, jnp.int32)), with_ema, trained_dtype
 
 
 def evaluate_only(config, workdir: str, task_cls) -> dict:
@@ -848,14 +852,14 @@ def evaluate_only(config, workdir: str, task_cls) -> dict:
   b = build(config, workdir, task_cls)
   if step_dir is not None:
     _say(f'evaluating step {os.path.basename(step_dir)} of {os.path.abspath(workdir)}')
-    state, with_ema = _load_step(b, step_dir)
+    state, with_ema, trained_dtype = _load_step(b, step_dir)
     source = step_dir
   else:
     _say(f'evaluating weights {init_from}')
     state = _compile_once_cheaply(b.init_fn, b.state_sharding)()  # a file's weights may keep some fresh ones
     state, with_ema = load_pretrained(b, state), False  # a file holds one set of weights
-    source = init_from
-  eval_dir = os.path.join(os.path.abspath(workdir), EVAL_DIR, eval_tag(b.task, step_dir, init_from))
+    source, trained_dtype = init_from, 'float32'
+  eval_dir = os.path.join(os.path.abspath(workdir), EVAL_DIR, eval_tag(b.task, step_dir, init_from, trained_dtype))
   _make_workdir(eval_dir)  # data, model and weights have loaded: the first thing this run writes
   xla_cache.start_compilation_cache()  # an experiment's WORKDIR/xla_cache, likewise only now
   steps = compile_steps(b)

@@ -113,6 +113,10 @@ def test_eval_tag_names_what_and_how():
   bf16, fp32 = (Threshold(ml_collections.ConfigDict({'compute_dtype': d}), None) for d in ('bfloat16', 'float32'))
   assert train.eval_tag(bf16, '/w/checkpoints/496', None) == 'step496-tau0.99-bfloat16'
   assert train.eval_tag(fp32, '/w/checkpoints/496', None) == 'step496-tau0.99'
+  # a step evaluated in the dtype it was trained in (ImageNet's bfloat16 recipe) keeps the plain name; float32
+  # after bfloat16 training gives other numbers too
+  assert train.eval_tag(bf16, '/w/checkpoints/496', None, 'bfloat16') == 'step496-tau0.99'
+  assert train.eval_tag(fp32, '/w/checkpoints/496', None, 'bfloat16') == 'step496-tau0.99-float32'
 
 
 def test_eval_only_without_checkpoint_or_weights_is_one_line(tfds_dir, tmp_path, capsys):
