@@ -375,9 +375,7 @@ def check_sizes(p, args) -> tuple[int, ...]:
 
   if args.arch not in hrnet.ARCHS:
     p.error(f'--arch {args.arch!r} is not an HRNet arch ({", ".join(sorted(hrnet.ARCHS))})')
-  for name in ('height', 'width', 'batch', 'rounds'):
-    if getattr(args, name) <= 0:
-      p.error(f'--{name} must be a whole number above 0, got {getattr(args, name)}')
+  common.check_positive(p, args, ('height', 'width', 'batch', 'rounds'))
   try:
     return _positive_ints(args.batches)
   except ValueError:

@@ -176,3 +176,11 @@ def paired_ratio(times_a: list, times_b: list) -> float:
   """Median over rounds of b / a: how many times faster `a` is than `b`, each round's pair measured
   back to back, so drift between rounds cancels."""
   return statistics.median(b / a for a, b in zip(times_a, times_b))
+
+
+def check_positive(p, args, names) -> None:
+  """`p.error` (one line, exit 2) for the first of the integer options `names` of `args` that is not above 0: a
+  size or round count of 0 was a traceback after minutes of compiling."""
+  for name in names:
+    if getattr(args, name) <= 0:
+      p.error(f'--{name} must be a whole number above 0, got {getattr(args, name)}')

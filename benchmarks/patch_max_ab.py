@@ -76,9 +76,7 @@ def check_args(p, args) -> None:
 
   if args.arch not in hrnet.ARCHS:
     p.error(f'--arch: unknown {args.arch!r}; known: {", ".join(sorted(hrnet.ARCHS))}')
-  for name in ('height', 'width', 'rounds'):
-    if getattr(args, name) <= 0:
-      p.error(f'--{name} must be a whole number above 0, got {getattr(args, name)}')
+  common.check_positive(p, args, ('height', 'width', 'rounds'))
   known = ('fractions', f'tau={anytime_cost.TAU}')
   bad = [s for s in args.settings.split(',') if s not in known]
   if bad:

@@ -92,9 +92,7 @@ def check_args(p, args) -> tuple[tuple[str, ...], tuple[float, ...]]:
   unknown = [a for a in archs if a not in hrnet.ARCHS]
   if unknown:
     p.error(f'--archs: unknown {", ".join(map(repr, unknown))}; known: {", ".join(sorted(hrnet.ARCHS))}')
-  for name in ('height', 'width', 'rounds'):
-    if getattr(args, name) <= 0:
-      p.error(f'--{name} must be a whole number above 0, got {getattr(args, name)}')
+  common.check_positive(p, args, ('height', 'width', 'rounds'))
   try:
     fractions = tuple(float(f) for f in args.fractions.split(','))
   except ValueError:
