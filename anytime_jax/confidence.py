@@ -20,9 +20,10 @@ Contract (the released ADP-C code, `conv_mask_uniform` + `set_part_masks`):
   exp(-lambda^2 d^2) with the centre's d^2 set to 1e5, normalised by the full kernel sum + 1e-5. 'sparse'
   (`masked_sparse`) gives the same outputs (to float32 rounding) computing the conv only at the kept pixels (few
   of them, or a 1 x 1 conv; a loop over chunks of them, its trip count traced) and the fill only next to few kept
-  pixels (section below); under it a segment whose mask keeps every pixel, or more than the policy's
-  `masked_dense_above` of them (per segment; the line's SEGMENT_DENSE_MIN), takes the plain convs ('plain',
-  `masked_plain`) or masked-dense instead, chosen once per segment (`segment_kind`, read from `MaskSet.kind`);
+  pixels (section below); under it a segment whose mask keeps every pixel or all but PLAIN_SKIPPED_MAX of them, or
+  more than the policy's `masked_dense_above` of them (per segment; the line's SEGMENT_DENSE_MIN), takes the plain
+  convs with the fill at the skipped pixels alone ('plain', `masked_plain`) or masked-dense instead, chosen once per
+  segment (`segment_kind`, read from `MaskSet.kind`);
   `Conv.fill_read=False` lets it skip a fill that no consumer reads; a MaskSet built with train=True (the training
   forward) always takes 'dense', whose gradients are the reference's.
 - Dense convs (`dense_conv`) compute as the policy says (`Compute.conv`); `AUTO` / `for_backend` give the
@@ -121,6 +122,7 @@ class MaskSet:
     self.kind = kind
     self._cache: dict[tuple[int, int], jax.Array] = {}
     self._pixels: dict[tuple[int, int], Any] = {}
+    self._skipped: dict[tuple[int, int], Any] = {}
 
   def at(self, h: int, w: int) -> jax.Array:
     if (h, w) not in self._cache:
@@ -135,6 +137,12 @@ class MaskSet:
     if (h, w) not in self._pixels:
       self._pixels[(h, w)] = PixelSet(self.at(h, w))
     return self._pixels[(h, w)]
+
+  def skipped(self, h: int, w: int) -> 'SkippedPixels':
+    """The mask at (h, w) as the plain kind's `SkippedPixels` (the fill at the skipped pixels), built once per size."""
+    if (h, w) not in self._skipped:
+      self._skipped[(h, w)] = SkippedPixels(self.at(h, w))
+    return self._skipped[(h, w)]
 
   def masked_conv(self, compute: Compute) -> str:
     """The masked conv of this segment's convs (a `MASKED_CONVS` key): 'dense' in training, else the segment's
@@ -345,9 +353,9 @@ def masked_dense(
 # from the kept pixels (`_scatter_fill`), so that the branch's whole cost follows them; above, it is the separable
 # 3 + 3 pass over the map (`_short_fill`). A smaller lambda (a trained one may be) takes the whole 7 x 7 fill of the
 # reference (`rbf_fill`).
-# Where (nearly) every pixel is kept the segment takes the plain or the masked-dense convs (`segment_kind`): the
-# per-conv plain and near-dense branches this path had (the fill at the few skipped pixels only) cost more in their
-# per-conv conditionals than they saved (benchmarks/ANALYSIS.md, 'segment-level choice').
+# Where (nearly) every pixel is kept the segment takes the plain convs (the fill at its few skipped pixels alone) or
+# the masked-dense ones (`segment_kind`): the per-conv plain and near-dense branches this path had cost more in
+# their per-conv conditionals than they saved (benchmarks/ANALYSIS.md, 'segment-level choice').
 CHUNK_FRACTION = 1 / 32
 MIN_CHUNK = 64
 SHORT_RADIUS = 1
@@ -582,10 +590,86 @@ def sparse_branch(pixels: PixelSet, short: jax.Array | bool) -> jax.Array:
 def masked_plain(
     compute: Compute, x, kernel, bias, mask, rbf_lambda, strides, padding, fill: bool = True, dense_out=None
 ):
-  """`masked_dense`'s output where every pixel is kept (a segment's choice, `segment_kind`): the conv alone
-  (`dense_out` where it was computed already); the fill, y * 1 + fill * 0, would give the same values."""
-  del mask, rbf_lambda, fill
-  return dense_conv(compute, x, kernel, bias, strides, padding) if dense_out is None else dense_out
+  """`masked_dense`'s outputs where every pixel or nearly every one is kept (a segment's choice, `segment_kind`):
+  the conv (`dense_out` where it was computed already), and the RBF fill at the skipped pixels alone
+  (`fill_skipped`; ``mask`` an array or a `SkippedPixels`), none where every pixel is kept. The kept pixels' values
+  are the conv's, as masked-dense's y * 1 + fill * 0. `fill=False` returns the conv (the caller reads kept pixels
+  only)."""
+  y = dense_conv(compute, x, kernel, bias, strides, padding) if dense_out is None else dense_out
+  if not fill:
+    return y
+  return fill_skipped(y, mask if isinstance(mask, SkippedPixels) else SkippedPixels(mask), rbf_lambda)
+
+
+# The fill at the skipped pixels alone, for a segment that keeps all but PLAIN_SKIPPED_MAX of its pixels or fewer
+# (`segment_kind`: its 'plain' kind): masked-dense's fill is two 7-tap passes over the whole map per masked conv,
+# whatever it fills, which made a segment that keeps 99.7 % of its pixels cost 1.3x EE+RH's at batch 8 (W18-Small-v2
+# at 512x1024, tau=0.998: 1,117 against 857 ms in `make bench` at 6b3e2ab). Here each skipped pixel's 7 x 7 window
+# of the conv's output and of the mask is gathered (clamped inside the map, the taps beyond the radius weighted 0)
+# and summed with the separable RBF weights: the reference's values to float32 rounding whatever lambda is, and
+# no pass over the map. The skipped pixels are found chunk by chunk by a binary search in the running count of
+# skipped pixels (`SkippedPixels`): no ordering of every pixel (`PixelSet`'s scatter of all B * h * w positions
+# cost about 10 ms at batch 8 at 128x256). Chunks of SKIPPED_CHUNK_FRACTION of the positions, at least MIN_CHUNK.
+# One 3 x 3 conv with its fill timed alone (benchmarks/ANALYSIS.md, 'The fill at the skipped pixels'): even with
+# masked-dense's at about 3 % skipped, ahead below.
+PLAIN_SKIPPED_MAX = 1 / 64
+SKIPPED_CHUNK_FRACTION = 1 / 512
+
+
+class SkippedPixels:
+  """One mask (B, h, w) in the form the fill at the skipped pixels uses (`fill_skipped`), built once per mask and
+  output size (the `MaskSet` caches it): `cum`, the running count of skipped pixels over the flat positions
+  (B * h * w), `count` skipped in all, and the loop over them."""
+
+  def __init__(self, mask: jax.Array):
+    self.mask = mask
+    self.cum = jnp.cumsum((mask <= 0.5).reshape(-1), dtype=jnp.int32)
+    self.count = self.cum[-1]
+    n = mask.size
+    self.chunk = min(n, max(MIN_CHUNK, math.ceil(n * SKIPPED_CHUNK_FRACTION)))
+
+  def loop(self, body: Callable, init):
+    """`body(rows, carry)` over the skipped pixels, `chunk` flat ids at a time in raster order: ceil(count / chunk)
+    iterations (a traced trip count). The ids past the last skipped pixel are B * h * w (out of bounds)."""
+    ranks = jnp.arange(1, self.chunk + 1, dtype=jnp.int32)
+
+    def step(i, carry):  # the (i * chunk + 1)-th to the ((i + 1) * chunk)-th skipped pixel: the first id whose
+      # running count reaches each rank
+      rows = jnp.searchsorted(self.cum, i * self.chunk + ranks, side='left', method='scan_unrolled')
+      return body(rows.astype(jnp.int32), carry)
+
+    return lax.fori_loop(0, (self.count + self.chunk - 1) // self.chunk, step, init)
+
+
+def fill_skipped(y: jax.Array, skipped: SkippedPixels, rbf_lambda: jax.Array) -> jax.Array:
+  """`rbf_fill(y, mask, rbf_lambda)` computed at the skipped pixels alone (y (B, h, w, C) kept elsewhere): per
+  skipped pixel the 7 x 7 windows (at most the map's sides) of y and the mask around it, clamped inside the map,
+  weighted by the separable RBF taps of each element's distance (0 beyond the radius) and the reference's
+  normalisation. The windows are read from the map being filled: a pixel filled already is a skipped one, whose
+  weight is 0."""
+  m = skipped.mask
+  _, h, w = m.shape
+  c, n, r = y.shape[-1], m.size, RBF_SIZE // 2
+  kh, kw = min(RBF_SIZE, h), min(RBF_SIZE, w)
+  g, norm = _separable_taps(rbf_lambda, r, y.dtype)
+  m = m.astype(y.dtype)
+  window = jax.vmap(lambda a, start, size: lax.dynamic_slice(a, start, size)[0], in_axes=(None, 0, None))
+
+  def taps(start, centre, size):  # (rows, size): the weight at start + t for t < size from the centre
+    d = start[:, None] + jnp.arange(size, dtype=jnp.int32)[None] - centre[:, None]
+    return jnp.where(jnp.abs(d) <= r, g[jnp.clip(d + r, 0, 2 * r)], jnp.zeros((), y.dtype))
+
+  def body(rows, out):
+    at = jnp.minimum(rows, n - 1)
+    b, i, j = at // (h * w), at % (h * w) // w, at % w
+    i0, j0 = jnp.clip(i - r, 0, h - kh), jnp.clip(j - r, 0, w - kw)
+    zero = jnp.zeros_like(b)
+    values = window(out.reshape(y.shape), jnp.stack([b, i0, j0, zero], 1), (1, kh, kw, c))
+    weights = window(m, jnp.stack([b, i0, j0], 1), (1, kh, kw)) * taps(i0, i, kh)[:, :, None] * taps(j0, j, kw)[:, None]
+    fill = jnp.einsum('rab,rabc->rc', weights, values) * norm
+    return out.at[rows].set(fill, mode='drop')  # ids past the last skipped pixel are out of bounds: dropped
+
+  return skipped.loop(body, y.reshape(-1, c)).reshape(y.shape)
 
 
 # compute.masked_conv -> the masked conv (same signature and semantics); core_jax.compute.CHOICES lists the policy's
@@ -593,20 +677,22 @@ def masked_plain(
 MASKED_CONVS: dict[str, Callable] = {'dense': masked_dense, 'sparse': masked_sparse, 'plain': masked_plain}
 
 # The sparse policy decides once per segment (the HRNet between two exits, whose mask is fixed), not per conv, how
-# its masked convs compute (`segment_kind`), one switch around the segment traced once per kind: every pixel kept,
-# the plain convs (what EE+RH computes); more than the segment's `Compute.masked_dense_above` kept, masked-dense;
-# else sparse. A conditional around every masked conv kept XLA from fusing across them and cost more than the
-# sparse work saved where most pixels stay kept (benchmarks/ANALYSIS.md, 'segment-level choice'; the crossover per
-# segment: `python -m benchmarks.anytime_crossover`).
+# its masked convs compute (`segment_kind`), one switch around the segment traced once per kind: every pixel kept or
+# all but PLAIN_SKIPPED_MAX of them, the plain convs with the fill at the skipped pixels alone (what EE+RH computes,
+# plus that fill); more than the segment's `Compute.masked_dense_above` kept, masked-dense; else sparse. A
+# conditional around every masked conv kept XLA from fusing across them and cost more than the sparse work saved
+# where most pixels stay kept (benchmarks/ANALYSIS.md, 'segment-level choice'; the crossover per segment:
+# `python -m benchmarks.anytime_crossover`).
 SEGMENT_KINDS = ('plain', 'dense', 'sparse')
 
 
 def segment_kind(mask: jax.Array, dense_above: float) -> jax.Array:
   """The index in SEGMENT_KINDS of a segment's masked convs for its mask (B, H, W), over the whole batch (one list
-  of kept pixels serves every example): 0 every pixel kept, 1 more than `dense_above` of them (the segment's
-  `Compute.masked_dense_above`), else 2."""
+  of kept pixels serves every example): 0 at most PLAIN_SKIPPED_MAX of the pixels skipped (none, or few: the fill
+  at those alone), 1 more than `dense_above` of them kept (the segment's `Compute.masked_dense_above`), else 2."""
   kept = jnp.sum(mask > 0.5, dtype=jnp.int32)
-  return jnp.where(kept == mask.size, 0, jnp.where(kept > dense_above * mask.size, 1, 2)).astype(jnp.int32)
+  plain = mask.size - kept <= PLAIN_SKIPPED_MAX * mask.size
+  return jnp.where(plain, 0, jnp.where(kept > dense_above * mask.size, 1, 2)).astype(jnp.int32)
 
 
 def torch_bias_init(fan_in: int):
@@ -653,7 +739,7 @@ class Conv(nn.Module):
       return dense_conv(self.compute, x, kernel, bias, (s, s), pad)
     m = masks.at(h, w)
     kind = masks.masked_conv(self.compute)
-    mask_arg = masks.pixels(h, w) if kind == 'sparse' else m
+    mask_arg = masks.pixels(h, w) if kind == 'sparse' else masks.skipped(h, w) if kind == 'plain' else m
     extra = {} if self.fill_read else {'fill': False}
     if dense_out is not None:
       extra['dense_out'] = dense_out

@@ -59,14 +59,19 @@ def _hand_masks(h, rng):
   }
 
 
+def _conv_params(rng, k: int, cin: int, cout: int, bias: bool):
+  """(kernel, bias or None, PyTorch's padding) of a k x k conv cin -> cout drawn from `rng`."""
+  kernel = jnp.asarray(rng.randn(k, k, cin, cout).astype(np.float32) / k)
+  b = jnp.asarray(rng.randn(cout).astype(np.float32)) if bias else None
+  return kernel, b, ((k // 2, k // 2), (k // 2, k // 2))
+
+
 @pytest.mark.parametrize('k,stride,bias', [(3, 1, False), (3, 2, False), (1, 1, True)])
 def test_sparse_equals_masked_dense_on_hand_built_masks(k, stride, bias):
   rng = np.random.RandomState(k + stride)
   cin, cout = 6, 5
   x = jnp.asarray(rng.randn(2, H * stride, H * stride, cin).astype(np.float32))
-  kernel = jnp.asarray(rng.randn(k, k, cin, cout).astype(np.float32) / k)
-  b = jnp.asarray(rng.randn(cout).astype(np.float32)) if bias else None
-  pad = ((k // 2, k // 2), (k // 2, k // 2))
+  kernel, b, pad = _conv_params(rng, k, cin, cout, bias)
   compute = Compute()
 
   @jax.jit
@@ -259,6 +264,79 @@ def test_pixel_set_order_and_chunks():
   np.testing.assert_array_equal(got, np.stack([ids, -ids], -1))
 
 
+@pytest.mark.parametrize('k,stride,bias', [(3, 1, False), (3, 2, True), (1, 1, True)])
+def test_plain_kind_fills_the_skipped_pixels_like_masked_dense(k, stride, bias):
+  """`masked_plain` (a segment that keeps all but PLAIN_SKIPPED_MAX of its pixels or fewer): the conv, and the RBF
+  fill at the skipped pixels alone, equal to masked-dense's on hand-built masks (every pixel kept, a single skipped
+  pixel in a corner, the holes on the borders and in a row, ~1 % and ~5 % skipped at random: 0 to 2 chunks of the
+  loop, and every pixel of one example skipped, whose fill is 0), at both lambdas (the 7 x 7 taps whatever lambda
+  is), and on maps narrower than the 7 x 7 window (4 x 5 and 1 x 9: windows clamped to the map)."""
+  rng = np.random.RandomState(10 * k + stride)
+  cin, cout = 4, 3
+  kernel, b, pad = _conv_params(rng, k, cin, cout, bias)
+  compute = Compute()
+
+  @jax.jit
+  def both(x, mask, lam):
+    args = (compute, x, kernel, b, mask, lam, (stride, stride), pad)
+    return confidence.masked_dense(*args), confidence.masked_plain(*args), confidence.masked_plain(*args, fill=False)
+
+  corner = np.ones((2, H, H))
+  corner[1, H - 1, 0] = 0
+  one_example = np.ones((2, H, H))
+  one_example[0] = 0
+  masks = {
+      'all': np.ones((2, H, H)),
+      'corner': corner,
+      'holes': _hand_masks(H, rng)['holes'],
+      'one_percent': rng.rand(2, H, H) >= 0.01,
+      'five_percent': rng.rand(2, H, H) >= 0.05,  # ~102 skipped of 2048: 2 chunks of 64
+      'one_example_skipped': one_example,
+      'narrow': np.arange(2 * 4 * 5).reshape(2, 4, 5) % 3 > 0,
+      'one_row': np.arange(3 * 1 * 9).reshape(3, 1, 9) % 4 > 0,
+  }
+  chunks = set()
+  for name, m in masks.items():
+    mask = jnp.asarray(m, jnp.float32)
+    bsz, h, w = mask.shape
+    x = jnp.asarray(rng.randn(bsz, h * stride, w * stride, cin).astype(np.float32))
+    skipped = confidence.SkippedPixels(mask)
+    assert int(skipped.count) == int((m == 0).sum()), name
+    chunks.add(-(-int(skipped.count) // skipped.chunk))
+    for lam in LAMS:
+      dense, plain, unfilled = both(x, mask, jnp.float32(lam))
+      np.testing.assert_allclose(np.asarray(plain), np.asarray(dense), atol=1e-5, rtol=0, err_msg=f'{name} {lam}')
+      kept = np.asarray(mask)[..., None] > 0.5  # fill=False: the conv, whose kept pixels are masked-dense's
+      np.testing.assert_allclose(
+          np.where(kept, np.asarray(unfilled), 0), np.where(kept, np.asarray(dense), 0), atol=1e-5
+      )
+  assert {0, 1, 2} <= chunks, chunks
+
+
+def test_skipped_pixels_loop_visits_each_skipped_pixel_once():
+  """`SkippedPixels.loop` over the skipped pixels in raster order, `chunk` ids at a time: each skipped pixel once,
+  no kept one, ids past the last skipped pixel out of bounds (B * h * w); ceil(count / chunk) chunks, none when
+  every pixel is kept; the chunk is SKIPPED_CHUNK_FRACTION of the positions, at least MIN_CHUNK, at most all."""
+  m = np.ones((2, 3, 8), np.float32)
+  m[0, 1, 2] = m[1, 2, 7] = m[1, 0, 0] = 0
+  skipped = confidence.SkippedPixels(jnp.asarray(m))
+  assert int(skipped.count) == 3 and skipped.chunk == m.size < confidence.MIN_CHUNK
+  collect = lambda s: s.loop(
+      lambda rows, acc: (acc[0].at[acc[1]].set(rows), acc[1] + 1), (jnp.zeros((4, s.chunk), jnp.int32) - 1, 0)
+  )
+  rows, trips = collect(skipped)
+  assert int(trips) == 1
+  np.testing.assert_array_equal(np.asarray(rows)[0], [10, 24, 47] + [48] * 45)
+  assert int(collect(confidence.SkippedPixels(jnp.ones((2, 3, 8))))[1]) == 0  # every pixel kept: no chunk
+  n = 8 * 128 * 256
+  big = np.ones(n, np.float32)
+  big[np.arange(0, n, 97)] = 0  # 21,620 skipped
+  s = confidence.SkippedPixels(jnp.asarray(big.reshape(8, 128, 256)))
+  assert s.chunk == round(n * confidence.SKIPPED_CHUNK_FRACTION) == 512
+  visits = np.asarray(s.loop(lambda rows, acc: acc.at[rows].add(1, mode='drop'), jnp.zeros(n, jnp.int32)))
+  np.testing.assert_array_equal(visits, 1 - big)
+
+
 def assert_exits_equal(want_logits, got_logits, tau) -> None:
   """The sparse model's logits (`got_logits`, one array per exit) equal masked-dense's to 1e-4, and so does the
   argmax except at (near-)ties."""
@@ -318,12 +396,15 @@ def test_sparse_hrnet_equals_masked_dense_at_several_thresholds():
 
 def test_segment_kind_from_the_batch_kept_fraction():
   """`segment_kind` on hand-built masks of known kinds, batch 2 of 10 x 10 pixels (the batch's kept fraction
-  decides; examples may differ): every pixel kept -> plain, more than `dense_above` (the segment's
-  `Compute.masked_dense_above`) -> masked-dense, `dense_above` exactly or fewer -> sparse."""
+  decides; examples may differ): every pixel kept, or all but PLAIN_SKIPPED_MAX of them (here 3 of 200) -> plain, more
+  than `dense_above` (the segment's `Compute.masked_dense_above`) -> masked-dense, `dense_above` exactly or fewer ->
+  sparse."""
   kept = lambda *counts: jnp.asarray(np.stack([np.arange(100) < c for c in counts]).reshape(len(counts), 10, 10))
   expected = {
       (100, 100): 'plain',
-      (100, 99): 'dense',  # 0.995
+      (100, 99): 'plain',  # 1 skipped
+      (99, 98): 'plain',  # 3 skipped: 1.5 %, at most PLAIN_SKIPPED_MAX
+      (98, 98): 'dense',  # 4 skipped: 2 %
       (60, 60): 'dense',
       (51, 51): 'dense',
       (100, 1): 'dense',  # 0.505: one example all kept, the other one pixel
@@ -337,16 +418,19 @@ def test_segment_kind_from_the_batch_kept_fraction():
   assert got == expected
   kind = lambda counts, above: confidence.SEGMENT_KINDS[int(confidence.segment_kind(kept(*counts), above))]
   assert kind((60, 60), 0.7) == 'sparse' and kind((71, 71), 0.7) == 'dense' and kind((100, 100), 0.7) == 'plain'
-  assert kind((100, 99), 1.0) == 'sparse'  # 1.0: sparse whenever a pixel is skipped
+  assert kind((100, 96), 1.0) == 'sparse'  # 1.0: sparse whenever more than PLAIN_SKIPPED_MAX are skipped
   assert kind((1, 0), 0.0) == 'dense' and kind((0, 0), 0.0) == 'sparse'  # 0.0: masked-dense unless none is kept
 
 
 def known_kind(batch_fraction: float, dense_above: float) -> str | None:
   """The kind of a segment whose batch keeps `batch_fraction` of its pixels, where it is known without the rule
-  (test_segment_kind: all kept -> plain, 0.1 or more above the segment's crossover `dense_above` -> dense, 0.1 or
-  more below -> sparse); None near the crossover."""
-  if batch_fraction == 1:
+  (test_segment_kind: at most half PLAIN_SKIPPED_MAX skipped -> plain, 0.1 or more above the segment's crossover
+  `dense_above` -> dense, 0.1 or more below -> sparse); None near either boundary."""
+  skipped = 1 - batch_fraction
+  if skipped <= confidence.PLAIN_SKIPPED_MAX / 2:
     return 'plain'
+  if skipped <= 2 * confidence.PLAIN_SKIPPED_MAX:
+    return None
   return 'dense' if batch_fraction >= dense_above + 0.1 else 'sparse' if batch_fraction <= dense_above - 0.1 else None
 
 
@@ -435,8 +519,9 @@ def test_dense_output_ahead_only_for_a_segment_that_chose_its_kind():
 def test_sparse_hrnet_segment_choice_takes_each_kind_with_examples_that_differ():
   """A tiny HRNet, batch 3: example 0 an image, examples 1 and 2 the image flipped and scaled by 20 (larger logits:
   more confident), so one threshold keeps nearly every pixel of example 0 and few of examples 1 and 2. Thresholds
-  put the batch's kept fraction after exit 1 above and below SEGMENT_DENSE_MIN, and at 1.0 (every pixel kept): each
-  segment's kind (plain, masked-dense, sparse, known from the per-example fractions away from the crossover) is
+  put the batch's kept fraction after exit 1 above and below SEGMENT_DENSE_MIN, at 99.5 % (plain with the fill at
+  the few skipped pixels) and at 1.0 (every pixel kept): each segment's kind (plain, masked-dense, sparse, known
+  from the per-example fractions away from the boundaries) is
   taken, and the sparse model's logits equal the masked-dense model's at every exit, with its entry convs ahead
   of the switches as the policy chooses (`Compute.dense_entry`), ahead of all of them, and of none."""
   rng = np.random.RandomState(3)
@@ -453,8 +538,8 @@ def test_sparse_hrnet_segment_choice_takes_each_kind_with_examples_that_differ()
   run = jax.jit(lambda model, v, x: flops.apply_with_macs(model, v, x), static_argnums=0)
   at_one = run(dense, {**variables, 'constants': {'tau': jnp.float32(1.0)}}, x)[0]
   conf1 = np.asarray(jax.nn.softmax(at_one['logits'][0]).max(-1))
-  kinds, differing = set(), False
-  for q in (0.35, 0.75, None):  # the batch keeps about 35 % / 75 % after exit 1, or every pixel
+  kinds, differing, plain_skipping = set(), False, False
+  for q in (0.995, 0.35, 0.75, None):  # the batch keeps about 99.5 % / 35 % / 75 % after exit 1, or every pixel
     tau = 1.0 if q is None else float(np.quantile(conf1, q))
     v = {**variables, 'constants': {'tau': jnp.float32(tau)}}
     (want, want_macs), (got, got_macs) = run(dense, v, x), run(sparse, v, x)
@@ -470,7 +555,9 @@ def test_sparse_hrnet_segment_choice_takes_each_kind_with_examples_that_differ()
       batch_fraction = per_example.mean()
       kinds.add(known_kind(batch_fraction, confidence.SEGMENT_DENSE_MIN[s]))
       differing |= bool(per_example[0] > 0.9 and per_example[1:].max() < 0.3)
+      plain_skipping |= known_kind(batch_fraction, confidence.SEGMENT_DENSE_MIN[s]) == 'plain' and batch_fraction < 1
   assert kinds - {None} == set(confidence.SEGMENT_KINDS), kinds
+  assert plain_skipping  # a plain segment with skipped pixels to fill
   assert differing  # one example nearly all kept, the others mostly skipped, in one segment at least
 
 
